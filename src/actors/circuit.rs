@@ -1,0 +1,144 @@
+//! Circuit: the verify gate. Runs the task's verify command in its worktree and reports the
+//! outcome; a failure's output goes back (through the pipeline) to Patch's next attempt.
+
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use uuid::Uuid;
+
+use super::jobs::{InFlightJobs, JobKey, JobReply, StageError};
+use super::Services;
+use crate::domain::{Stage, Task, TaskId};
+use crate::engine::{self, RunIdentity, ShellRun};
+
+/// The Circuit persona.
+pub struct Circuit;
+
+/// Circuit's start-up arguments.
+pub struct CircuitArguments {
+    /// Shared services.
+    pub services: Services,
+}
+
+/// The verdict of one verify run.
+#[derive(Debug, Clone)]
+pub struct VerifyOutcome {
+    /// The verify command exited 0 in time.
+    pub passed: bool,
+    /// The tail of its output (bounded): Patch's feedback when it failed.
+    pub output: String,
+    /// The engine run that holds the whole (bounded) output.
+    pub run_id: Uuid,
+}
+
+/// Circuit's state: rebuilt empty on restart.
+pub struct CircuitState {
+    services: Services,
+    jobs: InFlightJobs<VerifyOutcome>,
+}
+
+/// Circuit's messages.
+pub enum CircuitMsg {
+    /// Verify attempt `task.attempts` of a task.
+    Verify {
+        /// The task as persisted.
+        task: Box<Task>,
+        /// Where the verdict goes.
+        reply: JobReply<VerifyOutcome>,
+    },
+    /// A verify job finished.
+    JobDone {
+        /// Which job.
+        key: JobKey,
+        /// Which run of it.
+        token: u64,
+        /// Its result.
+        result: Result<VerifyOutcome, StageError>,
+    },
+    /// Abort everything running for a task (the verify command's process group is killed).
+    CancelTask(TaskId),
+}
+
+impl Actor for Circuit {
+    type Msg = CircuitMsg;
+    type State = CircuitState;
+    type Arguments = CircuitArguments;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(CircuitState {
+            services: args.services,
+            jobs: InFlightJobs::default(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            CircuitMsg::Verify { task, reply } => {
+                crate::work_failpoint!("circuit.handle");
+                let key = (task.id, Stage::Verify);
+                let work = verify(state.services.clone(), *task);
+                state
+                    .jobs
+                    .start(key, reply, myself, work, |key, token, result| {
+                        CircuitMsg::JobDone { key, token, result }
+                    });
+            }
+            CircuitMsg::JobDone { key, token, result } => state.jobs.finish(key, token, result),
+            CircuitMsg::CancelTask(task_id) => state.jobs.cancel_task(task_id),
+        }
+        Ok(())
+    }
+}
+
+async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageError> {
+    let worktree_path = services.worktree_path(task.id);
+    if !worktree_path.is_dir() {
+        return Err(StageError::Internal(format!(
+            "worktree {} is missing",
+            worktree_path.display()
+        )));
+    }
+    let config = &services.config.engines;
+    let who = RunIdentity {
+        task_id: task.id,
+        persona: "circuit",
+        stage: Stage::Verify,
+        attempt: task.attempts,
+    };
+    let run = engine::run_shell(
+        &services.store,
+        &who,
+        ShellRun {
+            command: task.verify.clone(),
+            cwd: worktree_path,
+            env: vec![
+                ("GLITCHLAB_TASK_ID".into(), task.id.to_string()),
+                ("GLITCHLAB_ATTEMPT".into(), task.attempts.to_string()),
+            ],
+            timeout: Duration::from_secs(config.verify_timeout_secs),
+            output_bytes_max: config.output_bytes_max,
+        },
+    )
+    .await?;
+    let mut output = run.combined_output();
+    if run.timed_out {
+        output.push_str(&format!(
+            "\n[glitchlab: verify timed out after {}s and was killed]\n",
+            config.verify_timeout_secs
+        ));
+    }
+    Ok(VerifyOutcome {
+        passed: run.succeeded(),
+        output: crate::process::keep_tail(&output, config.feedback_bytes_max),
+        run_id: run.id,
+    })
+}

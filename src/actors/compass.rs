@@ -1,0 +1,590 @@
+//! Compass: the project manager at the root of the tree.
+//!
+//! It starts and supervises the personas, owns the queue of tasks waiting for a pipeline slot
+//! (priority, then age), spawns one [`Pipeline`] per running task, and applies the restart policy
+//! ractor does not have: a crashed child is restarted after an exponential backoff, at most
+//! `max_restarts` times in `window_secs`; past that a persona is marked `failed` (its work fails
+//! with `PERSONA_UNAVAILABLE`) and a pipeline's task fails with `PIPELINE_FAILED`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde_json::json;
+
+use super::circuit::{Circuit, CircuitArguments, CircuitMsg};
+use super::directory::{ActorEntry, ActorHealth};
+use super::ledger::{Ledger, LedgerArguments};
+use super::patch::{Patch, PatchArguments, PatchMsg};
+use super::pipeline::{Pipeline, PipelineArguments, PipelineMsg};
+use super::planner::{Planner, PlannerArguments, PlannerMsg};
+use super::supervision::{RestartDecision, RestartHistory};
+use super::uplink_deploy::{UplinkDeploy, UplinkDeployArguments};
+use super::uplink_respond::{UplinkRespond, UplinkRespondArguments};
+use super::uplink_watch::{UplinkWatch, UplinkWatchArguments};
+use super::Services;
+use crate::definitions::PERSONAS;
+use crate::domain::{ErrorInfo, Priority, Task, TaskId, TaskStatus};
+use crate::store::{NewEvent, StoreError};
+
+/// How long Compass waits for its children to stop on shutdown.
+const SHUTDOWN_CHILDREN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The Compass actor.
+pub struct Compass;
+
+/// Compass's start-up arguments.
+pub struct CompassArguments {
+    /// Shared services.
+    pub services: Services,
+}
+
+/// Why a cancel was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// No such task.
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    /// It already ended.
+    #[error("task {0} has already finished")]
+    AlreadyFinished(TaskId),
+    /// Durable state could not be written.
+    #[error("{0}")]
+    Store(String),
+}
+
+/// Compass's messages.
+pub enum CompassMsg {
+    /// A task was persisted by the ingress; queue it.
+    TaskSubmitted(TaskId),
+    /// Cancel a task (queued or running); replies with the cancelled task.
+    Cancel {
+        /// Which.
+        task_id: TaskId,
+        /// The outcome.
+        reply: RpcReplyPort<Result<Task, CancelError>>,
+    },
+    /// A persona's restart backoff elapsed.
+    RestartPersona(&'static str),
+    /// A pipeline's restart backoff elapsed.
+    RestartPipeline(TaskId),
+    /// A pipeline could not start; handled like a crash.
+    PipelineStartFailed(TaskId, String),
+}
+
+struct PersonaSlot {
+    /// The current incarnation; `None` while it waits to be restarted or after it failed.
+    cell: Option<ActorCell>,
+    history: RestartHistory,
+}
+
+struct PipelineSlot {
+    cell: Option<ActorCell>,
+    history: RestartHistory,
+}
+
+/// Compass's state.
+pub struct CompassState {
+    services: Services,
+    personas: BTreeMap<&'static str, PersonaSlot>,
+    pipelines: HashMap<TaskId, PipelineSlot>,
+    /// Tasks waiting for a slot: ordered by priority, then by id (UUID v7: age).
+    queue: BTreeSet<(Priority, TaskId)>,
+}
+
+impl Actor for Compass {
+    type Msg = CompassMsg;
+    type State = CompassState;
+    type Arguments = CompassArguments;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let services = args.services;
+        services.directory.set(
+            entry("compass", None, ActorHealth::Running, 0),
+            Some(myself.get_cell()),
+        );
+        let mut state = CompassState {
+            services,
+            personas: BTreeMap::new(),
+            pipelines: HashMap::new(),
+            queue: BTreeSet::new(),
+        };
+        for name in PERSONAS.iter().copied().filter(|name| *name != "compass") {
+            let cell = spawn_persona(name, &myself, &state.services).await?;
+            state.services.directory.set(
+                entry(name, Some("compass"), ActorHealth::Running, 0),
+                Some(cell.clone()),
+            );
+            state.personas.insert(
+                name,
+                PersonaSlot {
+                    cell: Some(cell),
+                    history: RestartHistory::default(),
+                },
+            );
+        }
+        Ok(state)
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let unfinished = state.services.store.unfinished_tasks()?;
+        let resumed = unfinished
+            .iter()
+            .filter(|t| t.status == TaskStatus::Running)
+            .count();
+        tracing::info!(
+            unfinished = unfinished.len(),
+            resumed,
+            "compass reloaded unfinished tasks"
+        );
+        for task in unfinished {
+            if task.status == TaskStatus::Running {
+                // It held a slot when the process stopped: it resumes at its stage first.
+                start_pipeline(&myself, state, task.id).await;
+            } else {
+                state.queue.insert((task.priority, task.id));
+            }
+        }
+        dispatch(&myself, state).await;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Running tasks stay `running` at their stage in sled: the next start resumes them.
+        myself
+            .stop_children_and_wait(Some("shutdown".into()), Some(SHUTDOWN_CHILDREN_TIMEOUT))
+            .await;
+        state.services.directory.mark_all_stopped();
+        state.services.store.flush().await?;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            CompassMsg::TaskSubmitted(task_id) => on_submitted(&myself, state, task_id).await?,
+            CompassMsg::Cancel { task_id, reply } => {
+                let outcome = cancel(&myself, state, task_id).await;
+                let _ = reply.send(outcome);
+            }
+            CompassMsg::RestartPersona(name) => restart_persona(&myself, state, name).await,
+            CompassMsg::PipelineStartFailed(task_id, reason) => {
+                on_pipeline_exit(
+                    &myself,
+                    state,
+                    task_id,
+                    format!("failed to start: {reason}"),
+                )
+                .await?;
+            }
+            CompassMsg::RestartPipeline(task_id) => {
+                if state.pipelines.contains_key(&task_id) {
+                    start_pipeline(&myself, state, task_id).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failure) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason),
+            SupervisionEvent::ActorFailed(cell, error) => (cell, Some(format!("crashed: {error}"))),
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        let is_current =
+            |slot: &Option<ActorCell>| slot.as_ref().map(ActorCell::get_id) == Some(id);
+        if let Some(name) = state
+            .personas
+            .iter()
+            .find(|(_, s)| is_current(&s.cell))
+            .map(|(n, _)| *n)
+        {
+            on_persona_exit(&myself, state, name, failure.unwrap_or_default()).await;
+        } else if let Some(task_id) = state
+            .pipelines
+            .iter()
+            .find(|(_, s)| is_current(&s.cell))
+            .map(|(t, _)| *t)
+        {
+            on_pipeline_exit(&myself, state, task_id, failure.unwrap_or_default()).await?;
+        }
+        Ok(())
+    }
+}
+
+fn entry(name: &str, parent: Option<&str>, status: ActorHealth, restarts: u32) -> ActorEntry {
+    ActorEntry {
+        name: name.to_owned(),
+        parent: parent.map(str::to_owned),
+        status,
+        restarts,
+    }
+}
+
+async fn spawn_persona(
+    name: &'static str,
+    compass: &ActorRef<CompassMsg>,
+    services: &Services,
+) -> Result<ActorCell, ractor::SpawnErr> {
+    let supervisor = compass.get_cell();
+    let services = services.clone();
+    let cell = match name {
+        "ledger" => Actor::spawn_linked(None, Ledger, LedgerArguments { services }, supervisor)
+            .await?
+            .0
+            .get_cell(),
+        "planner" => Actor::spawn_linked(None, Planner, PlannerArguments { services }, supervisor)
+            .await?
+            .0
+            .get_cell(),
+        "patch" => Actor::spawn_linked(None, Patch, PatchArguments { services }, supervisor)
+            .await?
+            .0
+            .get_cell(),
+        "circuit" => Actor::spawn_linked(None, Circuit, CircuitArguments { services }, supervisor)
+            .await?
+            .0
+            .get_cell(),
+        "uplink-deploy" => Actor::spawn_linked(
+            None,
+            UplinkDeploy,
+            UplinkDeployArguments { services },
+            supervisor,
+        )
+        .await?
+        .0
+        .get_cell(),
+        "uplink-watch" => Actor::spawn_linked(
+            None,
+            UplinkWatch,
+            UplinkWatchArguments { services },
+            supervisor,
+        )
+        .await?
+        .0
+        .get_cell(),
+        "uplink-respond" => Actor::spawn_linked(
+            None,
+            UplinkRespond,
+            UplinkRespondArguments { services },
+            supervisor,
+        )
+        .await?
+        .0
+        .get_cell(),
+        other => {
+            return Err(ractor::SpawnErr::StartupFailed(
+                format!("unknown persona {other}").into(),
+            ))
+        }
+    };
+    Ok(cell)
+}
+
+async fn record_service_event(state: &CompassState, kind: &'static str, data: serde_json::Value) {
+    let event = NewEvent::new("compass", kind, data);
+    if let Err(error) = state
+        .services
+        .store
+        .append_event(TaskId::service(), event)
+        .await
+    {
+        tracing::error!(%error, kind, "could not record a service event");
+    }
+}
+
+async fn on_persona_exit(
+    myself: &ActorRef<CompassMsg>,
+    state: &mut CompassState,
+    name: &'static str,
+    reason: String,
+) {
+    let policy = state.services.config.supervision.clone();
+    let Some(slot) = state.personas.get_mut(name) else {
+        return;
+    };
+    slot.cell = None;
+    let decision = slot.history.on_failure(&policy, Instant::now());
+    let restarts = slot.history.total();
+    match decision {
+        RestartDecision::RestartAfter(delay) => {
+            tracing::warn!(persona = name, %reason, ?delay, "persona exited; restarting");
+            state.services.directory.set(
+                entry(name, Some("compass"), ActorHealth::Restarting, restarts),
+                None,
+            );
+            myself.send_after(delay, move || CompassMsg::RestartPersona(name));
+            let data = json!({"actor": name, "reason": reason, "restart_in_ms": delay.as_millis()});
+            record_service_event(state, "actor.crashed", data).await;
+        }
+        RestartDecision::GiveUp => {
+            tracing::error!(persona = name, %reason, "persona crashed past its restart limit; marked failed");
+            state.services.directory.set(
+                entry(name, Some("compass"), ActorHealth::Failed, restarts),
+                None,
+            );
+            let data = json!({"actor": name, "reason": reason, "restarts": restarts});
+            record_service_event(state, "actor.failed", data).await;
+        }
+    }
+}
+
+async fn restart_persona(
+    myself: &ActorRef<CompassMsg>,
+    state: &mut CompassState,
+    name: &'static str,
+) {
+    match spawn_persona(name, myself, &state.services).await {
+        Ok(cell) => {
+            let Some(slot) = state.personas.get_mut(name) else {
+                return;
+            };
+            slot.cell = Some(cell.clone());
+            let restarts = slot.history.total();
+            state.services.directory.set(
+                entry(name, Some("compass"), ActorHealth::Running, restarts),
+                Some(cell),
+            );
+            tracing::info!(persona = name, restarts, "persona restarted");
+            record_service_event(
+                state,
+                "actor.restarted",
+                json!({"actor": name, "restarts": restarts}),
+            )
+            .await;
+            for slot in state.pipelines.values() {
+                if let Some(cell) = &slot.cell {
+                    let pipeline: ActorRef<PipelineMsg> = cell.clone().into();
+                    let _ = pipeline.cast(PipelineMsg::PersonaRestarted {
+                        persona: name.to_owned(),
+                        restarts,
+                    });
+                }
+            }
+        }
+        Err(error) => {
+            on_persona_exit(myself, state, name, format!("failed to start: {error}")).await
+        }
+    }
+}
+
+async fn on_submitted(
+    myself: &ActorRef<CompassMsg>,
+    state: &mut CompassState,
+    task_id: TaskId,
+) -> Result<(), StoreError> {
+    let Some(task) = state.services.store.task(task_id)? else {
+        return Ok(());
+    };
+    if task.status == TaskStatus::Queued && !state.pipelines.contains_key(&task_id) {
+        state.queue.insert((task.priority, task.id));
+        dispatch(myself, state).await;
+    }
+    Ok(())
+}
+
+/// Starts queued tasks while slots are free.
+async fn dispatch(myself: &ActorRef<CompassMsg>, state: &mut CompassState) {
+    let slots = state.services.config.compass.max_concurrent_tasks;
+    while state.pipelines.len() < slots {
+        let Some((_, task_id)) = state.queue.pop_first() else {
+            break;
+        };
+        start_pipeline(myself, state, task_id).await;
+    }
+    state.services.directory.set_queue_depth(state.queue.len());
+}
+
+async fn start_pipeline(myself: &ActorRef<CompassMsg>, state: &mut CompassState, task_id: TaskId) {
+    let name = format!("pipeline-{task_id}");
+    let arguments = PipelineArguments {
+        task_id,
+        services: state.services.clone(),
+    };
+    let spawned = Actor::spawn_linked(None, Pipeline, arguments, myself.get_cell()).await;
+    let slot = state
+        .pipelines
+        .entry(task_id)
+        .or_insert_with(|| PipelineSlot {
+            cell: None,
+            history: RestartHistory::default(),
+        });
+    let restarts = slot.history.total();
+    match spawned {
+        Ok((actor, _)) => {
+            slot.cell = Some(actor.get_cell());
+            state.services.directory.set(
+                entry(&name, Some("compass"), ActorHealth::Running, restarts),
+                Some(actor.get_cell()),
+            );
+            if restarts > 0 {
+                let event = NewEvent::new(
+                    "compass",
+                    "actor.restarted",
+                    json!({"actor": name, "restarts": restarts}),
+                );
+                if let Err(error) = state.services.store.append_event(task_id, event).await {
+                    tracing::error!(%error, task = %task_id, "could not record a pipeline restart");
+                }
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, task = %task_id, "pipeline failed to start");
+            // Counted like a crash (through the mailbox), so a pipeline that never starts is given up on.
+            let _ = myself.cast(CompassMsg::PipelineStartFailed(task_id, error.to_string()));
+        }
+    }
+}
+
+async fn on_pipeline_exit(
+    myself: &ActorRef<CompassMsg>,
+    state: &mut CompassState,
+    task_id: TaskId,
+    reason: String,
+) -> Result<(), StoreError> {
+    let name = format!("pipeline-{task_id}");
+    let task = state.services.store.task(task_id)?;
+    if task.as_ref().is_none_or(|t| t.status.is_terminal()) {
+        state.pipelines.remove(&task_id);
+        state.services.directory.remove(&name);
+        dispatch(myself, state).await;
+        return Ok(());
+    }
+    let policy = state.services.config.supervision.clone();
+    let Some(slot) = state.pipelines.get_mut(&task_id) else {
+        return Ok(());
+    };
+    slot.cell = None;
+    match slot.history.on_failure(&policy, Instant::now()) {
+        RestartDecision::RestartAfter(delay) => {
+            tracing::warn!(task = %task_id, %reason, ?delay, "pipeline exited; restarting from its persisted state");
+            state.services.directory.set(
+                entry(
+                    &name,
+                    Some("compass"),
+                    ActorHealth::Restarting,
+                    slot.history.total(),
+                ),
+                None,
+            );
+            myself.send_after(delay, move || CompassMsg::RestartPipeline(task_id));
+        }
+        RestartDecision::GiveUp => {
+            let error = ErrorInfo::new(
+                "PIPELINE_FAILED",
+                format!("the task's pipeline crashed past its restart limit; last: {reason}"),
+            );
+            let finished = NewEvent::new(
+                "compass",
+                "task.finished",
+                json!({"status": TaskStatus::Failed, "error": error}),
+            );
+            let result = state
+                .services
+                .store
+                .update_task(task_id, &[finished], |t| {
+                    t.status = TaskStatus::Failed;
+                    t.error = Some(error.clone());
+                    t.finished_at = Some(Utc::now());
+                })
+                .await;
+            match result {
+                Ok(_) | Err(StoreError::TaskFinished(_)) => {}
+                Err(other) => return Err(other),
+            }
+            state.pipelines.remove(&task_id);
+            state.services.directory.remove(&name);
+            dispatch(myself, state).await;
+        }
+    }
+    Ok(())
+}
+
+async fn cancel(
+    myself: &ActorRef<CompassMsg>,
+    state: &mut CompassState,
+    task_id: TaskId,
+) -> Result<Task, CancelError> {
+    let event = NewEvent::new(
+        "compass",
+        "task.finished",
+        json!({"status": TaskStatus::Cancelled}),
+    );
+    let cancelled = state
+        .services
+        .store
+        .update_task(task_id, &[event], |t| {
+            t.status = TaskStatus::Cancelled;
+            t.finished_at = Some(Utc::now());
+        })
+        .await
+        .map_err(|error| match error {
+            StoreError::TaskNotFound(id) => CancelError::NotFound(id),
+            StoreError::TaskFinished(id) => CancelError::AlreadyFinished(id),
+            other => CancelError::Store(other.to_string()),
+        })?;
+    state.queue.remove(&(cancelled.priority, task_id));
+    for persona in ["planner", "patch", "circuit"] {
+        let Some(cell) = state
+            .personas
+            .get(persona)
+            .and_then(|slot| slot.cell.clone())
+        else {
+            continue;
+        };
+        let _ = match persona {
+            "planner" => ActorRef::<PlannerMsg>::from(cell)
+                .cast(PlannerMsg::CancelTask(task_id))
+                .map_err(drop),
+            "patch" => ActorRef::<PatchMsg>::from(cell)
+                .cast(PatchMsg::CancelTask(task_id))
+                .map_err(drop),
+            _ => ActorRef::<CircuitMsg>::from(cell)
+                .cast(CircuitMsg::CancelTask(task_id))
+                .map_err(drop),
+        };
+    }
+    match state
+        .pipelines
+        .get(&task_id)
+        .and_then(|slot| slot.cell.clone())
+    {
+        Some(cell) => {
+            let _ = ActorRef::<PipelineMsg>::from(cell).cast(PipelineMsg::Cancel);
+        }
+        None => {
+            // Queued, or waiting for a restart: nothing runs; free the slot now.
+            state.pipelines.remove(&task_id);
+            state
+                .services
+                .directory
+                .remove(&format!("pipeline-{task_id}"));
+            dispatch(myself, state).await;
+        }
+    }
+    Ok(cancelled)
+}

@@ -1,0 +1,140 @@
+//! The live view of the supervision tree, shared between Compass (its only writer), the pipelines
+//! (which look up the *current* ref of a persona, never a cached one) and the HTTP ingress.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use ractor::{ActorCell, ActorStatus};
+use serde::Serialize;
+
+/// How often a caller waiting for a restarting persona looks again.
+const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+/// The health of one actor as its supervisor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorHealth {
+    /// Up and taking messages.
+    Running,
+    /// Crashed; its supervisor restarts it after a backoff.
+    Restarting,
+    /// Crashed more often than the restart policy allows; not restarted again.
+    Failed,
+    /// Stopped on shutdown.
+    Stopped,
+}
+
+/// One row of `GET /v1/actors`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActorEntry {
+    /// `compass`, `patch`, `pipeline-<task-id>`, ...
+    pub name: String,
+    /// Its supervisor's name; `None` for the root.
+    pub parent: Option<String>,
+    /// Health.
+    pub status: ActorHealth,
+    /// Restarts since the service started.
+    pub restarts: u32,
+}
+
+struct Slot {
+    entry: ActorEntry,
+    /// The current incarnation; replaced on every restart.
+    cell: Option<ActorCell>,
+}
+
+/// A persona could not be reached.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    /// It failed past its restart limit.
+    #[error("{0} failed past its restart limit")]
+    Failed(String),
+    /// It did not come back within the wait.
+    #[error("{0} did not come back within {1:?}")]
+    NotBack(String, Duration),
+}
+
+/// Shared directory of actors; a std `RwLock` because no lock is ever held across an `.await`.
+#[derive(Default)]
+pub struct ActorDirectory {
+    slots: RwLock<BTreeMap<String, Slot>>,
+    queue_depth: AtomicUsize,
+}
+
+impl ActorDirectory {
+    /// Records (or replaces) an actor's entry and current cell.
+    pub fn set(&self, entry: ActorEntry, cell: Option<ActorCell>) {
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        slots.insert(entry.name.clone(), Slot { entry, cell });
+    }
+
+    /// Forgets an actor (a pipeline whose task ended).
+    pub fn remove(&self, name: &str) {
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        slots.remove(name);
+    }
+
+    /// Marks every actor stopped (on shutdown).
+    pub fn mark_all_stopped(&self) {
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        for slot in slots.values_mut() {
+            slot.entry.status = ActorHealth::Stopped;
+            slot.cell = None;
+        }
+    }
+
+    /// Every actor, by name.
+    pub fn snapshot(&self) -> Vec<ActorEntry> {
+        let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
+        slots.values().map(|slot| slot.entry.clone()).collect()
+    }
+
+    /// The root and the personas that are not running: what `/readyz` names.
+    pub fn not_ready(&self) -> Vec<ActorEntry> {
+        self.snapshot()
+            .into_iter()
+            .filter(|entry| !entry.name.starts_with("pipeline-"))
+            .filter(|entry| entry.status != ActorHealth::Running)
+            .collect()
+    }
+
+    /// Tasks waiting in Compass's queue (kept here so the ingress can refuse work cheaply).
+    pub fn queue_depth(&self) -> usize {
+        self.queue_depth.load(Ordering::Relaxed)
+    }
+
+    /// Updated by Compass whenever its queue changes.
+    pub fn set_queue_depth(&self, depth: usize) {
+        self.queue_depth.store(depth, Ordering::Relaxed);
+    }
+
+    /// The current incarnation of `name` if it is running; waits (bounded) while it restarts.
+    pub async fn wait_for(&self, name: &str, wait_max: Duration) -> Result<ActorCell, LookupError> {
+        let deadline = Instant::now() + wait_max;
+        loop {
+            if let Some(cell) = self.running_cell(name)? {
+                return Ok(cell);
+            }
+            if Instant::now() >= deadline {
+                return Err(LookupError::NotBack(name.to_owned(), wait_max));
+            }
+            tokio::time::sleep(WAIT_POLL_INTERVAL).await;
+        }
+    }
+
+    fn running_cell(&self, name: &str) -> Result<Option<ActorCell>, LookupError> {
+        let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(slot) = slots.get(name) else {
+            return Ok(None);
+        };
+        match (slot.entry.status, &slot.cell) {
+            (ActorHealth::Failed, _) => Err(LookupError::Failed(name.to_owned())),
+            (ActorHealth::Running, Some(cell)) if cell.get_status() == ActorStatus::Running => {
+                Ok(Some(cell.clone()))
+            }
+            _ => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The supervision tree. One actor per file; each file holds the actor's messages, arguments and
+//! state beside it.
+//!
+//! ```text
+//! Compass (root)
+//! ├── Ledger, Planner, Patch, Circuit, Uplink-Deploy, Uplink-Watch, Uplink-Respond
+//! └── Pipeline(task) × N
+//! ```
+//!
+//! Shared pieces: [`directory`] (the live tree, read by pipelines and the ingress),
+//! [`supervision`] (the restart policy), [`jobs`] (how long work runs without blocking a mailbox).
+
+pub mod circuit;
+pub mod compass;
+pub mod directory;
+pub mod jobs;
+pub mod ledger;
+pub mod patch;
+pub mod pipeline;
+pub mod planner;
+pub mod supervision;
+pub mod uplink_deploy;
+pub mod uplink_respond;
+pub mod uplink_watch;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::definitions::Definitions;
+use crate::domain::TaskId;
+use crate::store::Store;
+use directory::ActorDirectory;
+
+/// What every actor of the tree shares. Cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    /// Durable state.
+    pub store: Store,
+    /// The live tree.
+    pub directory: Arc<ActorDirectory>,
+    /// Configuration (with `storage.data_dir` made absolute).
+    pub config: Arc<Config>,
+    /// Personas, runbooks and ops targets.
+    pub definitions: Arc<Definitions>,
+}
+
+impl Services {
+    /// Where a task's git worktree lives.
+    pub fn worktree_path(&self, task_id: TaskId) -> PathBuf {
+        self.config
+            .storage
+            .data_dir
+            .join("worktrees")
+            .join(task_id.to_string())
+    }
+
+    /// Where the prompt and feedback files of a task are written (outside the worktree, so they
+    /// are never committed).
+    pub fn prompt_dir(&self, task_id: TaskId) -> PathBuf {
+        self.config
+            .storage
+            .data_dir
+            .join("prompts")
+            .join(task_id.to_string())
+    }
+}
+
+/// Evaluates the `fail` crate's failpoint `name` where an actor starts handling a work message.
+/// Compiles to nothing without the `failpoints` feature.
+#[macro_export]
+macro_rules! work_failpoint {
+    ($name:literal) => {
+        fail::fail_point!($name);
+    };
+}

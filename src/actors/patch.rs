@@ -1,0 +1,290 @@
+//! Patch: the implementer. Works in a git worktree on `glitchlab/<task-id>`, commits what its
+//! engine changed, and delivers the branch into the base branch.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::jobs::{InFlightJobs, JobKey, JobReply, StageError};
+use super::Services;
+use crate::domain::{EngineRun, EngineSpec, Stage, Task, TaskId};
+use crate::engine::{self, RunIdentity, ShellRun};
+use crate::git::{self, DeliverError, Git};
+use crate::prompt;
+
+/// The Patch persona.
+pub struct Patch;
+
+/// Patch's start-up arguments.
+pub struct PatchArguments {
+    /// Shared services.
+    pub services: Services,
+}
+
+/// What an implement attempt produced.
+#[derive(Debug, Clone)]
+pub struct ImplementOutcome {
+    /// The commit made, or `None` when the engine changed nothing.
+    pub commit: Option<String>,
+    /// The engine's output when it exited non-zero: the attempt failed like a failing verify.
+    pub engine_failure: Option<String>,
+}
+
+/// One async mutex per `(repo, base branch)`: deliveries into one branch never interleave.
+type DeliveryLocks = Arc<Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>>;
+
+/// Patch's state: rebuilt empty on restart.
+pub struct PatchState {
+    services: Services,
+    implementing: InFlightJobs<ImplementOutcome>,
+    delivering: InFlightJobs<String>,
+    delivery_locks: DeliveryLocks,
+}
+
+/// Patch's messages.
+pub enum PatchMsg {
+    /// Run one implement attempt (the attempt number is `task.attempts`).
+    Implement {
+        /// The task as persisted.
+        task: Box<Task>,
+        /// Where the outcome goes.
+        reply: JobReply<ImplementOutcome>,
+    },
+    /// Merge the task's branch into its base branch; replies with the delivered commit.
+    Deliver {
+        /// The task as persisted.
+        task: Box<Task>,
+        /// Where the commit goes.
+        reply: JobReply<String>,
+    },
+    /// An implement job finished.
+    ImplementDone {
+        /// Which job.
+        key: JobKey,
+        /// Which run of it.
+        token: u64,
+        /// Its result.
+        result: Result<ImplementOutcome, StageError>,
+    },
+    /// A deliver job finished.
+    DeliverDone {
+        /// Which job.
+        key: JobKey,
+        /// Which run of it.
+        token: u64,
+        /// Its result.
+        result: Result<String, StageError>,
+    },
+    /// Abort everything running for a task (its engine's process group is killed).
+    CancelTask(TaskId),
+}
+
+impl Actor for Patch {
+    type Msg = PatchMsg;
+    type State = PatchState;
+    type Arguments = PatchArguments;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(PatchState {
+            services: args.services,
+            implementing: InFlightJobs::default(),
+            delivering: InFlightJobs::default(),
+            delivery_locks: DeliveryLocks::default(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            PatchMsg::Implement { task, reply } => {
+                crate::work_failpoint!("patch.handle");
+                let key = (task.id, Stage::Implement);
+                let work = implement(state.services.clone(), *task);
+                state
+                    .implementing
+                    .start(key, reply, myself, work, |key, token, result| {
+                        PatchMsg::ImplementDone { key, token, result }
+                    });
+            }
+            PatchMsg::Deliver { task, reply } => {
+                crate::work_failpoint!("patch.handle");
+                let key = (task.id, Stage::Deliver);
+                let lock = delivery_lock(&state.delivery_locks, &task);
+                let work = deliver(state.services.clone(), *task, lock);
+                state
+                    .delivering
+                    .start(key, reply, myself, work, |key, token, result| {
+                        PatchMsg::DeliverDone { key, token, result }
+                    });
+            }
+            PatchMsg::ImplementDone { key, token, result } => {
+                state.implementing.finish(key, token, result);
+            }
+            PatchMsg::DeliverDone { key, token, result } => {
+                state.delivering.finish(key, token, result);
+            }
+            PatchMsg::CancelTask(task_id) => {
+                state.implementing.cancel_task(task_id);
+                state.delivering.cancel_task(task_id);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn delivery_lock(locks: &DeliveryLocks, task: &Task) -> Arc<tokio::sync::Mutex<()>> {
+    let mut locks = locks.lock().unwrap_or_else(PoisonError::into_inner);
+    locks
+        .entry((task.repo.clone(), task.base_branch.clone()))
+        .or_default()
+        .clone()
+}
+
+/// The branch a task's work lives on.
+pub fn branch_name(task_id: TaskId) -> String {
+    format!("glitchlab/{task_id}")
+}
+
+async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, StageError> {
+    let git_timeout = services.config.git.timeout();
+    let worktree_path = services.worktree_path(task.id);
+    let repo = Git::new(&task.repo, git_timeout);
+    repo.ensure_worktree(&worktree_path, &branch_name(task.id), &task.base_branch)
+        .await?;
+    let worktree = Git::new(&worktree_path, git_timeout);
+    // A cut-off earlier run of this attempt may have left half-made edits.
+    worktree.discard_uncommitted().await?;
+
+    let who = RunIdentity {
+        task_id: task.id,
+        persona: "patch",
+        stage: Stage::Implement,
+        attempt: task.attempts,
+    };
+    let run = run_engine(&services, &task, &who, &worktree_path).await?;
+    if run.timed_out {
+        return Err(StageError::EngineTimeout(format!(
+            "patch engine timed out after {}s",
+            services.config.engines.timeout_secs
+        )));
+    }
+    if !run.succeeded() {
+        worktree.discard_uncommitted().await?;
+        let output = crate::process::keep_tail(
+            &run.combined_output(),
+            services.config.engines.feedback_bytes_max,
+        );
+        return Ok(ImplementOutcome {
+            commit: None,
+            engine_failure: Some(format!(
+                "the patch engine exited with {:?}:\n{output}",
+                run.exit_code
+            )),
+        });
+    }
+    let message = format!("glitchlab: {} (attempt {})", task.title, task.attempts);
+    let commit = worktree.commit_all(&message).await?;
+    Ok(ImplementOutcome {
+        commit,
+        engine_failure: None,
+    })
+}
+
+async fn run_engine(
+    services: &Services,
+    task: &Task,
+    who: &RunIdentity,
+    worktree_path: &Path,
+) -> Result<EngineRun, StageError> {
+    match task.patch_engine() {
+        EngineSpec::Builtin => {
+            let started = Instant::now();
+            let (relative, text) = engine::builtin_note(task, task.attempts);
+            let path = worktree_path.join(&relative);
+            if let Some(parent) = path.parent() {
+                tokio::fs::create_dir_all(parent).await?;
+            }
+            tokio::fs::write(&path, text).await?;
+            engine::record_builtin(&services.store, who, format!("wrote {relative}\n"), started)
+                .await
+        }
+        EngineSpec::Shell { command } => {
+            let system_prompt = services.definitions.system_prompt("patch");
+            let feedback = task.feedback.as_deref().filter(|_| task.attempts > 1);
+            let files = prompt::write_files(
+                &services.prompt_dir(task.id),
+                "implement",
+                task.attempts,
+                &prompt::build(system_prompt, task, feedback),
+                feedback,
+            )
+            .await?;
+            let config = &services.config.engines;
+            engine::run_shell(
+                &services.store,
+                who,
+                ShellRun {
+                    command,
+                    cwd: worktree_path.to_path_buf(),
+                    env: prompt::engine_env(task, task.attempts, &files),
+                    timeout: Duration::from_secs(config.timeout_secs),
+                    output_bytes_max: config.output_bytes_max,
+                },
+            )
+            .await
+        }
+    }
+}
+
+async fn deliver(
+    services: Services,
+    task: Task,
+    lock: Arc<tokio::sync::Mutex<()>>,
+) -> Result<String, StageError> {
+    let _one_delivery_at_a_time = lock.lock().await;
+    let git_timeout = services.config.git.timeout();
+    let branch = branch_name(task.id);
+    let repo = Git::new(&task.repo, git_timeout);
+    let worktree_path = services.worktree_path(task.id);
+    if !worktree_path.exists() {
+        // Cut off after the merge and the clean-up but before the result was recorded?
+        if let Ok(head) = repo.rev_parse(&branch).await {
+            let merged = repo
+                .run(&["merge-base", "--is-ancestor", &head, &task.base_branch])
+                .await
+                .is_ok();
+            if merged {
+                return Ok(head);
+            }
+        }
+        repo.ensure_worktree(&worktree_path, &branch, &task.base_branch)
+            .await?;
+    }
+    let worktree = Git::new(&worktree_path, git_timeout);
+    let commit = git::deliver(&repo, &worktree, &branch, &task.base_branch)
+        .await
+        .map_err(|error| match error {
+            DeliverError::Conflict { .. } => {
+                StageError::MergeConflict(format!("{error}; branch {branch} is kept for a human"))
+            }
+            DeliverError::Git(inner) => {
+                StageError::DeliverFailed(format!("{inner}; branch {branch} is kept for a human"))
+            }
+        })?;
+    // The branch stays; the worktree is only scratch space.
+    if let Err(error) = repo.remove_worktree(&worktree_path).await {
+        tracing::warn!(task = %task.id, %error, "could not remove a delivered worktree");
+    }
+    Ok(commit)
+}

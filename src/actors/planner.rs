@@ -1,0 +1,146 @@
+//! Planner: turns a task's text into a structured [`Plan`].
+
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::jobs::{InFlightJobs, JobKey, JobReply, StageError};
+use super::Services;
+use crate::domain::{EngineSpec, Plan, Stage, Task, TaskId};
+use crate::engine::{self, RunIdentity, ShellRun};
+use crate::prompt;
+
+/// The Planner persona.
+pub struct Planner;
+
+/// Planner's start-up arguments.
+pub struct PlannerArguments {
+    /// Shared services.
+    pub services: Services,
+}
+
+/// Planner's state: rebuilt empty on restart (in-flight requests are retried by their pipelines).
+pub struct PlannerState {
+    services: Services,
+    jobs: InFlightJobs<Plan>,
+}
+
+/// Planner's messages.
+pub enum PlannerMsg {
+    /// Make a plan for a task.
+    Plan {
+        /// The task as persisted.
+        task: Box<Task>,
+        /// Where the plan goes.
+        reply: JobReply<Plan>,
+    },
+    /// A plan job finished (sent by the job itself).
+    JobDone {
+        /// Which job.
+        key: JobKey,
+        /// Which run of it.
+        token: u64,
+        /// Its result.
+        result: Result<Plan, StageError>,
+    },
+    /// Abort everything running for a task.
+    CancelTask(TaskId),
+}
+
+impl Actor for Planner {
+    type Msg = PlannerMsg;
+    type State = PlannerState;
+    type Arguments = PlannerArguments;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(PlannerState {
+            services: args.services,
+            jobs: InFlightJobs::default(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            PlannerMsg::Plan { task, reply } => {
+                crate::work_failpoint!("planner.handle");
+                let key = (task.id, Stage::Plan);
+                let work = make_plan(state.services.clone(), *task);
+                state
+                    .jobs
+                    .start(key, reply, myself, work, |key, token, result| {
+                        PlannerMsg::JobDone { key, token, result }
+                    });
+            }
+            PlannerMsg::JobDone { key, token, result } => state.jobs.finish(key, token, result),
+            PlannerMsg::CancelTask(task_id) => state.jobs.cancel_task(task_id),
+        }
+        Ok(())
+    }
+}
+
+async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
+    let who = RunIdentity {
+        task_id: task.id,
+        persona: "planner",
+        stage: Stage::Plan,
+        attempt: 0,
+    };
+    match task.planner_engine() {
+        EngineSpec::Builtin => {
+            let started = Instant::now();
+            let plan = engine::builtin_plan(&task);
+            let text = serde_json::to_string_pretty(&plan)
+                .map_err(|e| StageError::Internal(e.to_string()))?;
+            engine::record_builtin(&services.store, &who, text, started).await?;
+            Ok(plan)
+        }
+        EngineSpec::Shell { command } => {
+            let system_prompt = services.definitions.system_prompt("planner");
+            let files = prompt::write_files(
+                &services.prompt_dir(task.id),
+                "plan",
+                0,
+                &prompt::build(system_prompt, &task, None),
+                None,
+            )
+            .await?;
+            let config = &services.config.engines;
+            let run = engine::run_shell(
+                &services.store,
+                &who,
+                ShellRun {
+                    command,
+                    cwd: std::path::PathBuf::from(&task.repo),
+                    env: prompt::engine_env(&task, 0, &files),
+                    timeout: Duration::from_secs(config.timeout_secs),
+                    output_bytes_max: config.output_bytes_max,
+                },
+            )
+            .await?;
+            if run.timed_out {
+                return Err(StageError::EngineTimeout(format!(
+                    "planner engine timed out after {}s",
+                    config.timeout_secs
+                )));
+            }
+            serde_json::from_str::<Plan>(run.stdout.text.trim())
+                .ok()
+                .filter(|plan| run.succeeded() && !plan.steps.is_empty())
+                .ok_or_else(|| {
+                    StageError::PlanInvalid(format!(
+                        "planner engine did not print a JSON plan with steps (exit {:?})",
+                        run.exit_code
+                    ))
+                })
+        }
+    }
+}

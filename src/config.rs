@@ -1,0 +1,369 @@
+//! Service configuration: built-in defaults, optionally overridden by a TOML file, then by flags.
+//!
+//! Every key is optional; unknown keys and bad values stop start-up with the file, the key and the
+//! reason (toml's error names the line and the key path).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::Stage;
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "config/glitchlab.toml";
+
+/// Configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid configuration.
+    #[error("invalid config file {path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The key, line and reason as toml reports them.
+        reason: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP ingress.
+    pub server: ServerConfig,
+    /// Where durable state lives.
+    pub storage: StorageConfig,
+    /// Where persona definitions, runbooks and ops targets are read from.
+    pub paths: PathsConfig,
+    /// Compass's scheduling.
+    pub compass: CompassConfig,
+    /// The restart policy every supervisor applies to its children.
+    pub supervision: SupervisionConfig,
+    /// Engine and verify runs.
+    pub engines: EnginesConfig,
+    /// Git calls.
+    pub git: GitConfig,
+    /// Task defaults and limits.
+    pub tasks: TasksConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            paths: PathsConfig::default(),
+            compass: CompassConfig::default(),
+            supervision: SupervisionConfig::default(),
+            engines: EnginesConfig::default(),
+            git: GitConfig::default(),
+            tasks: TasksConfig::default(),
+        }
+    }
+}
+
+/// HTTP ingress settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free one.
+    pub bind: SocketAddr,
+    /// Request bodies above this are refused with 413.
+    pub body_bytes_max: usize,
+    /// On shutdown, how long open requests may take before the server stops anyway.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            body_bytes_max: 1024 * 1024,
+            shutdown_timeout_secs: 10,
+        }
+    }
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Holds the sled database, worktrees and prompt files.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("glitchlab-data"),
+        }
+    }
+}
+
+/// Data folders of the project layout.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PathsConfig {
+    /// Persona definitions (`<name>.md`); built-in copies are used for any missing file.
+    pub actors_dir: PathBuf,
+    /// Incident runbooks (`*.yaml`).
+    pub runbooks_dir: PathBuf,
+    /// Ops targets and schedules.
+    pub ops_file: PathBuf,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        Self {
+            actors_dir: PathBuf::from("actors"),
+            runbooks_dir: PathBuf::from("runbooks"),
+            ops_file: PathBuf::from("ops.yaml"),
+        }
+    }
+}
+
+/// Compass's scheduling settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompassConfig {
+    /// Pipelines running at once; the rest wait as `queued`.
+    pub max_concurrent_tasks: usize,
+    /// Tasks allowed to wait in the queue; past it, submissions get 429 `QUEUE_FULL`.
+    pub max_queued_tasks: usize,
+    /// Pipeline templates: which stages each task kind runs, in order.
+    pub templates: std::collections::BTreeMap<String, Vec<Stage>>,
+}
+
+impl Default for CompassConfig {
+    fn default() -> Self {
+        let full = vec![Stage::Plan, Stage::Implement, Stage::Verify, Stage::Deliver];
+        let templates = ["feature", "bugfix", "refactor", "infra", "chore"]
+            .into_iter()
+            .map(|kind| (kind.to_owned(), full.clone()))
+            .collect();
+        Self {
+            max_concurrent_tasks: 4,
+            max_queued_tasks: 10_000,
+            templates,
+        }
+    }
+}
+
+/// OTP-style restart intensity: at most `max_restarts` in `window_secs`, with exponential backoff.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisionConfig {
+    /// Restarts allowed within the window before the child is marked `failed`.
+    pub max_restarts: u32,
+    /// The sliding window, in seconds.
+    pub window_secs: u64,
+    /// First restart delay; doubles with each restart in the window.
+    pub backoff_base_ms: u64,
+    /// Cap on the restart delay.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 5,
+            window_secs: 60,
+            backoff_base_ms: 100,
+            backoff_max_ms: 5_000,
+        }
+    }
+}
+
+impl SupervisionConfig {
+    /// The window as a duration.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.window_secs)
+    }
+}
+
+/// Engine and verify run limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnginesConfig {
+    /// A `shell` engine run is killed (with its process group) after this long.
+    pub timeout_secs: u64,
+    /// A verify command is killed after this long.
+    pub verify_timeout_secs: u64,
+    /// Bytes of stdout and of stderr kept per run.
+    pub output_bytes_max: usize,
+    /// Bytes of the last verify failure handed to the next attempt.
+    pub feedback_bytes_max: usize,
+}
+
+impl Default for EnginesConfig {
+    fn default() -> Self {
+        Self {
+            timeout_secs: 600,
+            verify_timeout_secs: 600,
+            output_bytes_max: 64 * 1024,
+            feedback_bytes_max: 16 * 1024,
+        }
+    }
+}
+
+/// Git call limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitConfig {
+    /// Any git call is killed after this long.
+    pub timeout_secs: u64,
+}
+
+impl Default for GitConfig {
+    fn default() -> Self {
+        Self { timeout_secs: 120 }
+    }
+}
+
+impl GitConfig {
+    /// The timeout as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+/// Task defaults and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TasksConfig {
+    /// `max_attempts` when a submission gives none.
+    pub default_max_attempts: u32,
+    /// The largest `max_attempts` a submission may ask for.
+    pub max_attempts_limit: u32,
+    /// `GET /v1/tasks` returns at most this many.
+    pub list_limit: usize,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            default_max_attempts: 3,
+            max_attempts_limit: 10,
+            list_limit: 1000,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` if given (it must exist), else [`DEFAULT_CONFIG_PATH`] if it exists, else defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match path {
+            Some(path) => (path.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        if !required && !path.exists() {
+            return Ok(Self::default());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|reason| ConfigError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        })
+    }
+
+    /// Parses TOML text and checks the values.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let checks = [
+            (
+                self.compass.max_concurrent_tasks == 0,
+                "compass.max_concurrent_tasks must be at least 1",
+            ),
+            (
+                self.compass.templates.values().any(Vec::is_empty),
+                "compass.templates: a template needs at least one stage",
+            ),
+            (
+                self.supervision.window_secs == 0,
+                "supervision.window_secs must be at least 1",
+            ),
+            (
+                self.supervision.backoff_base_ms > self.supervision.backoff_max_ms,
+                "supervision.backoff_base_ms must not exceed backoff_max_ms",
+            ),
+            (
+                self.engines.timeout_secs == 0,
+                "engines.timeout_secs must be at least 1",
+            ),
+            (
+                self.engines.verify_timeout_secs == 0,
+                "engines.verify_timeout_secs must be at least 1",
+            ),
+            (
+                self.engines.output_bytes_max < 1024,
+                "engines.output_bytes_max must be at least 1024",
+            ),
+            (
+                self.git.timeout_secs == 0,
+                "git.timeout_secs must be at least 1",
+            ),
+            (
+                self.tasks.default_max_attempts == 0,
+                "tasks.default_max_attempts must be at least 1",
+            ),
+            (
+                self.tasks.default_max_attempts > self.tasks.max_attempts_limit,
+                "tasks.default_max_attempts must not exceed max_attempts_limit",
+            ),
+            (
+                self.server.body_bytes_max == 0,
+                "server.body_bytes_max must be at least 1",
+            ),
+        ];
+        match checks.iter().find(|(failed, _)| *failed) {
+            Some((_, reason)) => Err((*reason).to_owned()),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.compass.max_concurrent_tasks, 4);
+        assert_eq!(config.supervision.max_restarts, 5);
+        assert_eq!(config.server.bind.port(), 7700);
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let error = Config::parse("[compass]\nmax_concurent_tasks = 3\n").unwrap_err();
+        assert!(error.contains("max_concurent_tasks"), "{error}");
+    }
+
+    #[test]
+    fn bad_value_is_refused() {
+        let error = Config::parse("[compass]\nmax_concurrent_tasks = 0\n").unwrap_err();
+        assert!(error.contains("max_concurrent_tasks"), "{error}");
+        let error = Config::parse("[supervision]\nmax_restarts = \"many\"\n").unwrap_err();
+        assert!(error.contains("max_restarts"), "{error}");
+    }
+}

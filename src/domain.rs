@@ -1,0 +1,406 @@
+//! The task model: what a task is, where it stands, and what it produced.
+//!
+//! These types are the persisted shape (sled stores them as JSON) and the HTTP shape at once, so a
+//! field added here is visible to clients and survives restarts without a second mapping layer.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A task's identity: a UUID v7, so ids sort by creation time and double as "age" in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(Uuid);
+
+impl TaskId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// The 16 raw bytes, used as the sled key prefix for everything that belongs to the task.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// Rebuilds an id from a sled key prefix.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(Uuid::from_bytes(bytes))
+    }
+
+    /// The id of the service itself, for events that belong to no task (restarts of personas).
+    pub fn service() -> Self {
+        Self(Uuid::nil())
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = uuid::Error;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(text).map(Self)
+    }
+}
+
+/// Scheduling priority; the derive order is the scheduling order (critical runs first).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Drops everything else.
+    Critical,
+    /// Ahead of routine work.
+    High,
+    /// Routine work.
+    #[default]
+    Medium,
+    /// When nothing else waits.
+    Low,
+}
+
+/// Where a task stands in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Persisted and waiting for a pipeline slot.
+    Queued,
+    /// Waiting for dependencies.
+    Blocked,
+    /// A pipeline actor is driving it through its stages.
+    Running,
+    /// Parked at a human gate.
+    AwaitingApproval,
+    /// Delivered.
+    Done,
+    /// Ended with an error (see `error`).
+    Failed,
+    /// Ended by a client.
+    Cancelled,
+    /// Every retry was used up; kept for a human.
+    DeadLetter,
+}
+
+impl TaskStatus {
+    /// A terminal task never changes again; Compass does not reload it on start.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Done | Self::Failed | Self::Cancelled | Self::DeadLetter
+        )
+    }
+}
+
+/// One step of a pipeline template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Planner turns the task's text into a structured plan.
+    Plan,
+    /// Patch changes the worktree and commits.
+    Implement,
+    /// Circuit runs the verify command.
+    Verify,
+    /// Patch merges the branch into the base branch.
+    Deliver,
+}
+
+impl Stage {
+    /// The name used in events and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plan => "plan",
+            Self::Implement => "implement",
+            Self::Verify => "verify",
+            Self::Deliver => "deliver",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A machine-readable failure: every failed task carries one, never a bare "failed".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// SCREAMING_SNAKE_CASE code clients can branch on (`VERIFY_FAILED`, `PERSONA_UNAVAILABLE`, ...).
+    pub code: String,
+    /// What happened, for a human.
+    pub message: String,
+}
+
+impl ErrorInfo {
+    /// Builds an error from a code and a message.
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// How a persona thinks or acts for one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EngineSpec {
+    /// Deterministic and offline: what lets the service run with no network and no keys.
+    Builtin,
+    /// `sh -c <command>` in the task's worktree, with the prompt in `GLITCHLAB_PROMPT_FILE`.
+    Shell {
+        /// The command line handed to `sh -c`.
+        command: String,
+    },
+}
+
+/// Per-task engine overrides; a persona without one uses `builtin`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineOverrides {
+    /// Planner's engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planner: Option<EngineSpec>,
+    /// Patch's engine (the implementer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<EngineSpec>,
+}
+
+/// Planner's output: what Patch is asked to do, in steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// One line: what the task delivers.
+    pub summary: String,
+    /// Ordered steps; never empty.
+    pub steps: Vec<PlanStep>,
+    /// `low`, `medium` or `high`.
+    pub risk: String,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStep {
+    /// What to do.
+    pub title: String,
+    /// Files the step mentions or is expected to touch.
+    pub files: Vec<String>,
+    /// Why the step exists.
+    pub rationale: String,
+}
+
+/// A task: the request, its progress and its outcome, persisted as one record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// UUID v7.
+    pub id: TaskId,
+    /// Short name of the work.
+    pub title: String,
+    /// What to do, in prose; the planner's input.
+    pub description: String,
+    /// Absolute path of the git repository the work happens in.
+    pub repo: String,
+    /// Branch the work is delivered into.
+    pub base_branch: String,
+    /// Picks the pipeline template (`stages`).
+    pub kind: String,
+    /// Scheduling priority.
+    pub priority: Priority,
+    /// Shell command that must exit 0 in the worktree for the work to be delivered.
+    pub verify: String,
+    /// Implement/verify rounds allowed before the task fails.
+    pub max_attempts: u32,
+    /// Engine overrides per persona.
+    pub engines: EngineOverrides,
+    /// Client-chosen key that makes submission idempotent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Where the task stands.
+    pub status: TaskStatus,
+    /// The stage being run (or last run); `None` before the pipeline starts.
+    pub stage: Option<Stage>,
+    /// The ordered stages of this task, fixed at submission from the kind's template.
+    pub stages: Vec<Stage>,
+    /// Implement attempts started so far (1-based once implement has begun).
+    pub attempts: u32,
+    /// `glitchlab/<task-id>` once Patch has made the worktree.
+    pub branch: Option<String>,
+    /// Delivered commit on the base branch.
+    pub commit: Option<String>,
+    /// The plan, once Planner has made it.
+    pub plan: Option<Plan>,
+    /// The last verify failure's output (bounded), handed to Patch on the next attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<String>,
+    /// Why the task failed, when it did.
+    pub error: Option<ErrorInfo>,
+    /// Submission time.
+    pub created_at: DateTime<Utc>,
+    /// Last change to this record.
+    pub updated_at: DateTime<Utc>,
+    /// When a pipeline first picked it up.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal status.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Task {
+    /// The stage after `stage` in this task's template, or `None` when `stage` is the last.
+    pub fn stage_after(&self, stage: Stage) -> Option<Stage> {
+        let position = self.stages.iter().position(|s| *s == stage)?;
+        self.stages.get(position + 1).copied()
+    }
+
+    /// The engine Patch uses for this task.
+    pub fn patch_engine(&self) -> EngineSpec {
+        self.engines.patch.clone().unwrap_or(EngineSpec::Builtin)
+    }
+
+    /// The engine Planner uses for this task.
+    pub fn planner_engine(&self) -> EngineSpec {
+        self.engines.planner.clone().unwrap_or(EngineSpec::Builtin)
+    }
+}
+
+/// One entry of the append-only event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Strictly increasing across all events of the service (sled's monotonic id generator).
+    pub seq: u64,
+    /// When it was recorded.
+    pub ts: DateTime<Utc>,
+    /// The task it belongs to; the nil id for service-wide events.
+    pub task_id: TaskId,
+    /// Who recorded it: `compass`, `planner`, `pipeline-<id>`, ...
+    pub actor: String,
+    /// Dotted event kind: `task.submitted`, `stage.started`, `engine.run`, ...
+    pub kind: String,
+    /// Kind-specific details.
+    pub data: serde_json::Value,
+}
+
+/// Output of one process, bounded: a head and a tail are kept, the middle is counted, not kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturedOutput {
+    /// The kept text (lossy UTF-8), with a marker where bytes were dropped.
+    pub text: String,
+    /// Bytes dropped from the middle; 0 when the output was kept whole.
+    pub truncated_bytes: u64,
+}
+
+/// The record of one engine run, persisted before its result is acted on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineRun {
+    /// UUID v7 of the run.
+    pub id: Uuid,
+    /// The task it ran for.
+    pub task_id: TaskId,
+    /// Which persona ran it.
+    pub persona: String,
+    /// `builtin` or `shell`.
+    pub engine: String,
+    /// The stage it belonged to.
+    pub stage: Stage,
+    /// Implement/verify attempt (1-based; 0 for plan).
+    pub attempt: u32,
+    /// The command line for `shell` runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Exit code; `None` when killed by a signal or timed out.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the process, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Whether the run was killed for exceeding its timeout.
+    pub timed_out: bool,
+    /// Standard output, bounded.
+    pub stdout: CapturedOutput,
+    /// Standard error, bounded.
+    pub stderr: CapturedOutput,
+    /// Wall-clock duration.
+    pub duration_ms: u64,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+}
+
+impl EngineRun {
+    /// A run counts as a success when it exited 0 in time.
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out
+    }
+
+    /// Stdout and stderr together, for feedback to the next attempt.
+    pub fn combined_output(&self) -> String {
+        let mut text = String::new();
+        if !self.stdout.text.is_empty() {
+            text.push_str(&self.stdout.text);
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+        }
+        text.push_str(&self.stderr.text);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_orders_critical_first() {
+        let mut priorities = vec![
+            Priority::Low,
+            Priority::Critical,
+            Priority::Medium,
+            Priority::High,
+        ];
+        priorities.sort();
+        assert_eq!(
+            priorities,
+            vec![
+                Priority::Critical,
+                Priority::High,
+                Priority::Medium,
+                Priority::Low
+            ]
+        );
+    }
+
+    #[test]
+    fn task_ids_sort_by_creation() {
+        let first = TaskId::new();
+        let second = TaskId::new();
+        assert!(first < second);
+        assert_eq!(first.to_string().parse::<TaskId>().ok(), Some(first));
+    }
+
+    #[test]
+    fn engine_spec_rejects_unknown_kind() {
+        let parsed: Result<EngineSpec, _> = serde_json::from_str(r#"{"kind":"magic"}"#);
+        assert!(parsed.is_err());
+        let shell: EngineSpec =
+            serde_json::from_str(r#"{"kind":"shell","command":"true"}"#).unwrap();
+        assert_eq!(
+            shell,
+            EngineSpec::Shell {
+                command: "true".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! Engines: how a persona thinks or acts. `builtin` is deterministic and offline; `shell` runs a
+//! command in the worktree. Every run, of either, is persisted as an [`EngineRun`] before the
+//! persona acts on its result.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use crate::actors::jobs::StageError;
+use crate::domain::{CapturedOutput, EngineRun, Plan, PlanStep, Stage, Task, TaskId};
+use crate::process::{self, CommandSpec};
+use crate::store::Store;
+
+/// Who runs an engine, for what: becomes the run record's identity.
+#[derive(Debug, Clone)]
+pub struct RunIdentity {
+    /// The task.
+    pub task_id: TaskId,
+    /// `planner`, `patch`, `circuit`, ...
+    pub persona: &'static str,
+    /// The stage.
+    pub stage: Stage,
+    /// The attempt (0 for plan).
+    pub attempt: u32,
+}
+
+/// A `shell` run: `sh -c <command>` in `cwd`.
+#[derive(Debug, Clone)]
+pub struct ShellRun {
+    /// The command line.
+    pub command: String,
+    /// The worktree.
+    pub cwd: PathBuf,
+    /// `GLITCHLAB_*` variables.
+    pub env: Vec<(String, String)>,
+    /// Killed with its process group after this long.
+    pub timeout: Duration,
+    /// Bytes kept per stream.
+    pub output_bytes_max: usize,
+}
+
+/// Runs a shell engine and persists the run. A timeout is a recorded run, not an error; failing to
+/// start `sh` at all is an error.
+pub async fn run_shell(
+    store: &Store,
+    who: &RunIdentity,
+    run: ShellRun,
+) -> Result<EngineRun, StageError> {
+    let started_at = Utc::now();
+    let mut spec = CommandSpec::shell(&run.command, run.cwd, run.timeout, run.output_bytes_max);
+    spec.env = run.env;
+    let output = process::run(&spec)
+        .await
+        .map_err(|error| StageError::EngineFailed(error.to_string()))?;
+    let record = EngineRun {
+        id: Uuid::now_v7(),
+        task_id: who.task_id,
+        persona: who.persona.to_owned(),
+        engine: "shell".into(),
+        stage: who.stage,
+        attempt: who.attempt,
+        command: Some(run.command),
+        exit_code: output.exit_code,
+        signal: output.signal,
+        timed_out: output.timed_out,
+        stdout: output.stdout,
+        stderr: output.stderr,
+        duration_ms: millis(output.duration),
+        started_at,
+    };
+    store.record_run(&record).await?;
+    Ok(record)
+}
+
+/// Persists the run of a builtin engine that produced `stdout`.
+pub async fn record_builtin(
+    store: &Store,
+    who: &RunIdentity,
+    stdout: String,
+    started: Instant,
+) -> Result<EngineRun, StageError> {
+    let record = EngineRun {
+        id: Uuid::now_v7(),
+        task_id: who.task_id,
+        persona: who.persona.to_owned(),
+        engine: "builtin".into(),
+        stage: who.stage,
+        attempt: who.attempt,
+        command: None,
+        exit_code: Some(0),
+        signal: None,
+        timed_out: false,
+        stdout: CapturedOutput {
+            text: stdout,
+            truncated_bytes: 0,
+        },
+        stderr: CapturedOutput::default(),
+        duration_ms: millis(started.elapsed()),
+        started_at: Utc::now(),
+    };
+    store.record_run(&record).await?;
+    Ok(record)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Steps the builtin planner makes at most; the rest of a long description is folded into the last.
+const PLAN_STEPS_MAX: usize = 12;
+
+/// The builtin planner: a deterministic structured plan from the task's text.
+///
+/// Each non-empty line or sentence of the description becomes a step; words that look like paths
+/// (`src/lib.rs`, `README.md`) become the step's files; the risk grows with the plan's size and
+/// with words that signal risky work.
+pub fn builtin_plan(task: &Task) -> Plan {
+    let mut sentences: Vec<String> = task
+        .description
+        .lines()
+        .flat_map(|line| line.split(". "))
+        .map(|part| {
+            part.trim()
+                .trim_start_matches(['-', '*', ' '])
+                .trim_end_matches('.')
+                .trim()
+                .to_owned()
+        })
+        .filter(|part| !part.is_empty())
+        .collect();
+    if sentences.is_empty() {
+        sentences.push(task.title.clone());
+    }
+    if sentences.len() > PLAN_STEPS_MAX {
+        let rest = sentences.split_off(PLAN_STEPS_MAX - 1).join("; ");
+        sentences.push(rest);
+    }
+    let mut steps: Vec<PlanStep> = sentences
+        .iter()
+        .enumerate()
+        .map(|(index, sentence)| PlanStep {
+            title: sentence.clone(),
+            files: mentioned_files(sentence),
+            rationale: format!("step {} of the task as described", index + 1),
+        })
+        .collect();
+    steps.push(PlanStep {
+        title: format!("make `{}` pass", task.verify),
+        files: Vec::new(),
+        rationale: "the verify gate must pass before delivery".into(),
+    });
+    Plan {
+        summary: task.title.clone(),
+        risk: risk_of(task, steps.len()).into(),
+        steps,
+    }
+}
+
+fn mentioned_files(text: &str) -> Vec<String> {
+    let mut files: Vec<String> = text
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '`' || c == '(' || c == ')')
+        .map(|word| word.trim_end_matches([':', ';', '.']))
+        .filter(|word| {
+            let has_extension = word.rsplit_once('.').is_some_and(|(stem, ext)| {
+                !stem.is_empty()
+                    && (1..=5).contains(&ext.len())
+                    && ext.chars().all(|c| c.is_ascii_alphanumeric())
+            });
+            (word.contains('/') || has_extension) && !word.starts_with("http")
+        })
+        .map(str::to_owned)
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+fn risk_of(task: &Task, step_count: usize) -> &'static str {
+    let text = format!("{} {}", task.title, task.description).to_lowercase();
+    let risky = [
+        "migration",
+        "delete",
+        "security",
+        "auth",
+        "database",
+        "schema",
+        "concurrency",
+    ];
+    if risky.iter().any(|word| text.contains(word)) || step_count > 8 {
+        "high"
+    } else if step_count > 3 {
+        "medium"
+    } else {
+        "low"
+    }
+}
+
+/// The builtin implementer's change: a note with the plan under `.glitchlab/notes/`, so an offline
+/// run still produces a real, reviewable commit.
+pub fn builtin_note(task: &Task, attempt: u32) -> (String, String) {
+    let path = format!(".glitchlab/notes/{}.md", task.id);
+    let mut text = format!(
+        "# {}\n\n{}\n\nAttempt {attempt}.\n",
+        task.title, task.description
+    );
+    if let Some(plan) = &task.plan {
+        text.push_str(&format!("\n## Plan ({} risk)\n\n", plan.risk));
+        for (index, step) in plan.steps.iter().enumerate() {
+            text.push_str(&format!("{}. {}\n", index + 1, step.title));
+        }
+    }
+    (path, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EngineOverrides, Priority, TaskStatus};
+
+    fn task(description: &str) -> Task {
+        Task {
+            id: TaskId::new(),
+            title: "Add greeting".into(),
+            description: description.into(),
+            repo: "/tmp/repo".into(),
+            base_branch: "main".into(),
+            kind: "feature".into(),
+            priority: Priority::Medium,
+            verify: "test -f hello.txt".into(),
+            max_attempts: 3,
+            engines: EngineOverrides::default(),
+            idempotency_key: None,
+            status: TaskStatus::Queued,
+            stage: None,
+            stages: vec![Stage::Plan],
+            attempts: 0,
+            branch: None,
+            commit: None,
+            plan: None,
+            feedback: None,
+            error: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn plan_has_a_step_per_sentence_and_names_files() {
+        let plan = builtin_plan(&task(
+            "Create hello.txt with a greeting. Mention it in README.md",
+        ));
+        assert_eq!(plan.summary, "Add greeting");
+        assert_eq!(plan.steps.len(), 3);
+        assert_eq!(plan.steps[0].files, vec!["hello.txt"]);
+        assert_eq!(plan.steps[1].files, vec!["README.md"]);
+        assert_eq!(plan.risk, "low");
+    }
+
+    #[test]
+    fn plan_is_bounded_and_deterministic() {
+        let long: String = (0..40).map(|i| format!("step {i}\n")).collect();
+        let first = builtin_plan(&task(&long));
+        assert_eq!(first.steps.len(), PLAN_STEPS_MAX + 1);
+        assert_eq!(first, builtin_plan(&task(&long)));
+        assert_eq!(first.risk, "high");
+    }
+}

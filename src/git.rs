@@ -1,0 +1,243 @@
+//! Git, through the `git` binary: repository checks at the ingress, worktrees for Patch, commits,
+//! and delivery into the base branch. Every call has a timeout and bounded output.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::process::{self, CommandSpec};
+
+/// Git output is small; this bounds it all the same.
+const GIT_OUTPUT_BYTES_MAX: usize = 64 * 1024;
+
+/// Who glitchlab's commits are by, so commits work on machines with no git identity configured.
+const COMMITTER: [&str; 4] = [
+    "-c",
+    "user.name=glitchlab",
+    "-c",
+    "user.email=glitchlab@localhost",
+];
+
+/// A git command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    /// `git` could not be started.
+    #[error(transparent)]
+    Spawn(#[from] process::SpawnError),
+    /// `git` ran past its timeout and was killed.
+    #[error("`git {args}` timed out")]
+    Timeout {
+        /// The arguments, for the message.
+        args: String,
+    },
+    /// `git` exited non-zero.
+    #[error("`git {args}` failed: {stderr}")]
+    Failed {
+        /// The arguments, for the message.
+        args: String,
+        /// What git said.
+        stderr: String,
+    },
+}
+
+/// Git in one directory, with one timeout.
+#[derive(Debug, Clone)]
+pub struct Git {
+    dir: PathBuf,
+    timeout: Duration,
+}
+
+impl Git {
+    /// Git commands run with `dir` as their working directory.
+    pub fn new(dir: impl Into<PathBuf>, timeout: Duration) -> Self {
+        Self {
+            dir: dir.into(),
+            timeout,
+        }
+    }
+
+    /// Runs `git <args>` and returns trimmed stdout.
+    pub async fn run(&self, args: &[&str]) -> Result<String, GitError> {
+        let mut all_args: Vec<String> = COMMITTER.iter().map(|s| (*s).to_owned()).collect();
+        all_args.extend(args.iter().map(|s| (*s).to_owned()));
+        let spec = CommandSpec {
+            program: "git".into(),
+            args: all_args,
+            cwd: self.dir.clone(),
+            env: vec![
+                ("GIT_TERMINAL_PROMPT".into(), "0".into()),
+                ("GIT_EDITOR".into(), "true".into()),
+            ],
+            timeout: self.timeout,
+            output_bytes_max: GIT_OUTPUT_BYTES_MAX,
+        };
+        let output = process::run(&spec).await?;
+        let joined = args.join(" ");
+        if output.timed_out {
+            return Err(GitError::Timeout { args: joined });
+        }
+        if !output.success() {
+            let mut stderr = output.stderr.text.trim().to_owned();
+            if stderr.is_empty() {
+                stderr = output.stdout.text.trim().to_owned();
+            }
+            return Err(GitError::Failed {
+                args: joined,
+                stderr,
+            });
+        }
+        Ok(output.stdout.text.trim().to_owned())
+    }
+
+    /// Whether the directory is inside a git repository.
+    pub async fn is_repository(&self) -> bool {
+        self.dir.is_dir() && self.run(&["rev-parse", "--git-dir"]).await.is_ok()
+    }
+
+    /// Whether a local branch exists.
+    pub async fn branch_exists(&self, branch: &str) -> bool {
+        let reference = format!("refs/heads/{branch}");
+        self.run(&["rev-parse", "--verify", "--quiet", &reference])
+            .await
+            .is_ok()
+    }
+
+    /// The commit a revision names.
+    pub async fn rev_parse(&self, revision: &str) -> Result<String, GitError> {
+        let spec = format!("{revision}^{{commit}}");
+        self.run(&["rev-parse", "--verify", &spec]).await
+    }
+
+    /// Makes (or reuses) the worktree at `path` on `branch`, starting from `base` when new.
+    pub async fn ensure_worktree(
+        &self,
+        path: &Path,
+        branch: &str,
+        base: &str,
+    ) -> Result<(), GitError> {
+        let path_text = path.display().to_string();
+        if path.join(".git").exists() {
+            let here = Git::new(path, self.timeout);
+            if here
+                .run(&["rev-parse", "--abbrev-ref", "HEAD"])
+                .await
+                .ok()
+                .as_deref()
+                == Some(branch)
+            {
+                return Ok(());
+            }
+        }
+        if path.exists() {
+            // A half-made worktree from a crash: start it again.
+            let _ = self
+                .run(&["worktree", "remove", "--force", &path_text])
+                .await;
+            let _ = std::fs::remove_dir_all(path);
+        }
+        self.run(&["worktree", "prune"]).await?;
+        if self.branch_exists(branch).await {
+            self.run(&["worktree", "add", &path_text, branch]).await?;
+        } else {
+            self.run(&["worktree", "add", "-b", branch, &path_text, base])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Drops uncommitted changes: a cut-off attempt runs again from its last commit.
+    pub async fn discard_uncommitted(&self) -> Result<(), GitError> {
+        self.run(&["reset", "--hard", "--quiet", "HEAD"]).await?;
+        self.run(&["clean", "-fdq"]).await?;
+        Ok(())
+    }
+
+    /// Commits everything that changed; `None` when nothing did.
+    pub async fn commit_all(&self, message: &str) -> Result<Option<String>, GitError> {
+        self.run(&["add", "-A"]).await?;
+        if self.run(&["status", "--porcelain"]).await?.is_empty() {
+            return Ok(None);
+        }
+        self.run(&["commit", "--quiet", "--no-verify", "-m", message])
+            .await?;
+        self.rev_parse("HEAD").await.map(Some)
+    }
+
+    /// Removes a worktree; the branch stays.
+    pub async fn remove_worktree(&self, path: &Path) -> Result<(), GitError> {
+        let path_text = path.display().to_string();
+        self.run(&["worktree", "remove", "--force", &path_text])
+            .await?;
+        Ok(())
+    }
+}
+
+/// Why a delivery did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// The branch and the base changed the same lines.
+    #[error("merging {base} into {branch} conflicts: {detail}")]
+    Conflict {
+        /// The base branch.
+        base: String,
+        /// The task branch.
+        branch: String,
+        /// What git said.
+        detail: String,
+    },
+    /// Any other git failure.
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
+/// Merges `branch` (checked out in `worktree`) into `base` of `repo`; returns the new base commit.
+///
+/// Fast-forwards when the base has not moved; otherwise merges the base into the branch first (in
+/// the worktree, so the user's checkout is never left mid-merge) and then fast-forwards the base.
+pub async fn deliver(
+    repo: &Git,
+    worktree: &Git,
+    branch: &str,
+    base: &str,
+) -> Result<String, DeliverError> {
+    let base_commit = repo.rev_parse(base).await?;
+    let is_ancestor = worktree
+        .run(&["merge-base", "--is-ancestor", &base_commit, "HEAD"])
+        .await
+        .is_ok();
+    if !is_ancestor {
+        let message = format!("glitchlab: merge {base} into {branch}");
+        if let Err(error) = worktree
+            .run(&[
+                "merge",
+                "--no-ff",
+                "--no-edit",
+                "-m",
+                &message,
+                &base_commit,
+            ])
+            .await
+        {
+            let _ = worktree.run(&["merge", "--abort"]).await;
+            return Err(DeliverError::Conflict {
+                base: base.to_owned(),
+                branch: branch.to_owned(),
+                detail: error.to_string(),
+            });
+        }
+    }
+    let head = worktree.rev_parse("HEAD").await?;
+    let checked_out = repo
+        .run(&["symbolic-ref", "--quiet", "--short", "HEAD"])
+        .await
+        .ok();
+    let is_bare = repo.run(&["rev-parse", "--is-bare-repository"]).await? == "true";
+    if checked_out.as_deref() == Some(base) && !is_bare {
+        // The user's checkout is on the base branch: move it with the files, never over local edits.
+        repo.run(&["merge", "--ff-only", "--quiet", &head]).await?;
+    } else {
+        let reference = format!("refs/heads/{base}");
+        repo.run(&["update-ref", &reference, &head, &base_commit])
+            .await?;
+    }
+    Ok(head)
+}

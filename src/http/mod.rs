@@ -1,0 +1,58 @@
+//! The HTTP ingress (axum). Only this module knows HTTP and the JSON error shape.
+
+pub mod error;
+pub mod json;
+pub mod system;
+pub mod tasks;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use ractor::ActorRef;
+use tower_http::trace::TraceLayer;
+
+use crate::actors::compass::CompassMsg;
+use crate::actors::Services;
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Store, directory, config.
+    pub services: Services,
+    /// The root of the tree: where new tasks and cancels go.
+    pub compass: ActorRef<CompassMsg>,
+}
+
+/// The whole router.
+pub fn router(app: AppState) -> Router {
+    let body_bytes_max = app.services.config.server.body_bytes_max;
+    let v1 = Router::new()
+        .route("/tasks", post(tasks::submit).get(tasks::list))
+        .route("/tasks/{id}", get(tasks::get))
+        .route("/tasks/{id}/events", get(tasks::events))
+        .route("/tasks/{id}/runs", get(tasks::runs))
+        .route("/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/actors", get(system::actors));
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(TraceLayer::new_for_http())
+        .with_state(app)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("NOT_FOUND", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "method not allowed on this route",
+    )
+}

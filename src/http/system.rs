@@ -1,0 +1,46 @@
+//! Liveness, readiness and the live supervision tree.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::AppState;
+
+/// `GET /healthz`: the process is up and answering.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: the root and every persona are running; otherwise 503 naming what is not.
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    let not_ready = app.services.directory.not_ready();
+    if not_ready.is_empty() {
+        return Json(json!({"status": "ready"})).into_response();
+    }
+    let names: Vec<String> = not_ready
+        .iter()
+        .map(|entry| {
+            format!(
+                "{} ({})",
+                entry.name,
+                serde_json::to_value(entry.status)
+                    .unwrap_or_default()
+                    .as_str()
+                    .unwrap_or("unknown")
+            )
+        })
+        .collect();
+    let body = json!({
+        "status": "not_ready",
+        "error": {"code": "NOT_READY", "message": format!("not ready: {}", names.join(", "))},
+        "actors": not_ready,
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// `GET /v1/actors`: every actor of the tree with its parent, health and restart count.
+pub async fn actors(State(app): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({"actors": app.services.directory.snapshot()}))
+}

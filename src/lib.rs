@@ -1,0 +1,26 @@
+//! glitchlab: a long-running service that runs a software project with AI personas.
+//!
+//! Work comes in over HTTP ([`http`]), is persisted ([`store`]) and driven through a supervision
+//! tree of actors ([`actors`]): Compass at the root queues tasks and spawns one pipeline per task;
+//! Planner plans, Patch implements in a git worktree ([`git`]) through an engine ([`engine`]),
+//! Circuit verifies, Patch delivers. Every subprocess goes through [`process`] (timeouts, bounded
+//! output, process groups).
+//!
+//! - [`cli`], [`config`], [`telemetry`], [`startup`]: the service around the tree.
+//! - [`domain`]: tasks, events and engine runs, as stored and as served.
+//! - [`definitions`]: persona files (`actors/`), runbooks (`runbooks/`), ops targets (`ops.yaml`).
+//! - [`prompt`]: what a persona hands its engine.
+
+pub mod actors;
+pub mod cli;
+pub mod config;
+pub mod definitions;
+pub mod domain;
+pub mod engine;
+pub mod git;
+pub mod http;
+pub mod process;
+pub mod prompt;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

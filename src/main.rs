@@ -1,0 +1,65 @@
+//! The `glitchlab` binary: a thin wrapper over the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use glitchlab::cli::{Cli, Command, ServeArgs};
+use glitchlab::config::Config;
+use glitchlab::startup::Application;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    glitchlab::telemetry::init();
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("glitchlab: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut config = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+    if let Some(bind) = args.bind {
+        config.server.bind = bind;
+    }
+    if let Some(data_dir) = args.data_dir {
+        config.storage.data_dir = data_dir;
+    }
+    let application = Application::build(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = application.addr().map_err(|e| e.to_string())?;
+    // The one line on stdout: scripts and tests read the address from it.
+    println!("glitchlab listening on http://{addr}");
+    application
+        .run_until_stopped(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+}

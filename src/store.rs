@@ -1,0 +1,318 @@
+//! Durable state in sled. Only this module touches sled.
+//!
+//! Trees:
+//! - `tasks`: task id → task JSON.
+//! - `events`: task id (16 bytes) ++ seq (8 bytes, big-endian) → event JSON; prefix scans give a
+//!   task's log in order. Service-wide events use the nil task id.
+//! - `runs`: task id ++ run id (UUID v7) → engine run JSON.
+//! - `idempotency`: client key → `{task_id, digest}`.
+//!
+//! Every write method flushes before it returns: a caller that acts on a write's success may be
+//! `kill -9`ed the next instant without the write being lost.
+
+use std::path::Path;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Transactional, Tree};
+
+use crate::domain::{EngineRun, Event, Task, TaskId};
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled reported an I/O or corruption error.
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored record does not decode (or a record does not encode).
+    #[error("stored record is not valid: {0}")]
+    Codec(#[from] serde_json::Error),
+    /// The task does not exist.
+    #[error("task {0} not found")]
+    TaskNotFound(TaskId),
+    /// The task already ended; terminal records never change.
+    #[error("task {0} has already finished")]
+    TaskFinished(TaskId),
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(error: TransactionError<StoreError>) -> Self {
+        match error {
+            TransactionError::Abort(inner) => inner,
+            TransactionError::Storage(inner) => Self::Sled(inner),
+        }
+    }
+}
+
+/// An event to append; the store assigns `seq` and `ts`.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Who records it.
+    pub actor: String,
+    /// Dotted kind.
+    pub kind: &'static str,
+    /// Details.
+    pub data: serde_json::Value,
+}
+
+impl NewEvent {
+    /// An event from `actor` of `kind` with `data`.
+    pub fn new(actor: impl Into<String>, kind: &'static str, data: serde_json::Value) -> Self {
+        Self {
+            actor: actor.into(),
+            kind,
+            data,
+        }
+    }
+}
+
+/// How a submission with an idempotency key was resolved.
+#[derive(Debug)]
+pub enum Submission {
+    /// A new task was stored.
+    Created(Task),
+    /// The key was seen before with the same body: the original task.
+    Replayed(Task),
+    /// The key was seen before with another body: the original task's id.
+    KeyConflict(TaskId),
+}
+
+#[derive(Serialize, Deserialize)]
+struct IdempotencyRecord {
+    task_id: TaskId,
+    digest: String,
+}
+
+/// Handle to the database; cheap to clone (sled trees are reference-counted).
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    tasks: Tree,
+    events: Tree,
+    runs: Tree,
+    idempotency: Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the database under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir.join("db")).open()?;
+        Ok(Self {
+            tasks: db.open_tree("tasks")?,
+            events: db.open_tree("events")?,
+            runs: db.open_tree("runs")?,
+            idempotency: db.open_tree("idempotency")?,
+            db,
+        })
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Stores a new task (and its `task.submitted` event), honouring its idempotency key.
+    pub async fn create_task(
+        &self,
+        task: Task,
+        digest: &str,
+        event: NewEvent,
+    ) -> Result<Submission, StoreError> {
+        let seq = self.db.generate_id()?;
+        let task_bytes = serde_json::to_vec(&task)?;
+        let event_bytes = encode_event(seq, task.id, &event)?;
+        let idempotency_bytes = serde_json::to_vec(&IdempotencyRecord {
+            task_id: task.id,
+            digest: digest.to_owned(),
+        })?;
+        let outcome = (&self.tasks, &self.events, &self.idempotency).transaction(
+            |(tasks, events, keys)| {
+                if let Some(key) = &task.idempotency_key {
+                    if let Some(existing) = keys.get(key.as_bytes())? {
+                        let record: IdempotencyRecord =
+                            serde_json::from_slice(&existing).map_err(abort)?;
+                        if record.digest != digest {
+                            return Ok(Err(record.task_id));
+                        }
+                        let stored = tasks.get(record.task_id.as_bytes())?.ok_or(
+                            ConflictableTransactionError::Abort(StoreError::TaskNotFound(
+                                record.task_id,
+                            )),
+                        )?;
+                        return Ok(Ok(Some(stored)));
+                    }
+                    keys.insert(key.as_bytes(), idempotency_bytes.as_slice())?;
+                }
+                tasks.insert(task.id.as_bytes(), task_bytes.as_slice())?;
+                events.insert(event_key(task.id, seq).as_slice(), event_bytes.as_slice())?;
+                Ok(Ok(None))
+            },
+        )?;
+        match outcome {
+            Err(original) => Ok(Submission::KeyConflict(original)),
+            Ok(Some(stored)) => Ok(Submission::Replayed(serde_json::from_slice(&stored)?)),
+            Ok(None) => {
+                self.flush().await?;
+                Ok(Submission::Created(task))
+            }
+        }
+    }
+
+    /// One task.
+    pub fn task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        match self.tasks.get(id.as_bytes())? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` tasks, oldest first.
+    pub fn tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
+        self.tasks
+            .iter()
+            .values()
+            .take(limit)
+            .map(|bytes| Ok(serde_json::from_slice(&bytes?)?))
+            .collect()
+    }
+
+    /// Every task that has not reached a terminal status: what Compass reloads on start.
+    pub fn unfinished_tasks(&self) -> Result<Vec<Task>, StoreError> {
+        let mut unfinished = Vec::new();
+        for bytes in self.tasks.iter().values() {
+            let task: Task = serde_json::from_slice(&bytes?)?;
+            if !task.status.is_terminal() {
+                unfinished.push(task);
+            }
+        }
+        Ok(unfinished)
+    }
+
+    /// Changes a task and appends events in one transaction, then flushes.
+    ///
+    /// Refuses (with [`StoreError::TaskFinished`]) to change a task that has already ended, so a
+    /// late stage result can never overwrite a cancel.
+    pub async fn update_task(
+        &self,
+        id: TaskId,
+        events: &[NewEvent],
+        change: impl Fn(&mut Task),
+    ) -> Result<Task, StoreError> {
+        let mut encoded_events = Vec::with_capacity(events.len());
+        for event in events {
+            let seq = self.db.generate_id()?;
+            encoded_events.push((event_key(id, seq), encode_event(seq, id, event)?));
+        }
+        let updated = (&self.tasks, &self.events).transaction(|(tasks, log)| {
+            let bytes = tasks
+                .get(id.as_bytes())?
+                .ok_or(ConflictableTransactionError::Abort(
+                    StoreError::TaskNotFound(id),
+                ))?;
+            let mut task: Task = serde_json::from_slice(&bytes).map_err(abort)?;
+            if task.status.is_terminal() {
+                return Err(ConflictableTransactionError::Abort(
+                    StoreError::TaskFinished(id),
+                ));
+            }
+            change(&mut task);
+            task.updated_at = Utc::now();
+            tasks.insert(id.as_bytes(), serde_json::to_vec(&task).map_err(abort)?)?;
+            append_encoded(log, &encoded_events)?;
+            Ok(task)
+        })?;
+        self.flush().await?;
+        Ok(updated)
+    }
+
+    /// Appends one event to a task's log (or the service log, with [`TaskId::service`]).
+    pub async fn append_event(&self, task_id: TaskId, event: NewEvent) -> Result<(), StoreError> {
+        let seq = self.db.generate_id()?;
+        self.events
+            .insert(event_key(task_id, seq), encode_event(seq, task_id, &event)?)?;
+        self.flush().await
+    }
+
+    /// A task's events in order.
+    pub fn events(&self, task_id: TaskId) -> Result<Vec<Event>, StoreError> {
+        self.events
+            .scan_prefix(task_id.as_bytes())
+            .values()
+            .map(|bytes| Ok(serde_json::from_slice(&bytes?)?))
+            .collect()
+    }
+
+    /// Persists an engine run together with its `engine.run` event.
+    pub async fn record_run(&self, run: &EngineRun) -> Result<(), StoreError> {
+        let seq = self.db.generate_id()?;
+        let event = NewEvent::new(
+            run.persona.clone(),
+            "engine.run",
+            serde_json::json!({
+                "run_id": run.id,
+                "engine": run.engine,
+                "stage": run.stage,
+                "attempt": run.attempt,
+                "exit_code": run.exit_code,
+                "timed_out": run.timed_out,
+                "duration_ms": run.duration_ms,
+            }),
+        );
+        let event_bytes = encode_event(seq, run.task_id, &event)?;
+        let mut run_key = run.task_id.as_bytes().to_vec();
+        run_key.extend_from_slice(run.id.as_bytes());
+        let run_bytes = serde_json::to_vec(run)?;
+        (&self.runs, &self.events).transaction(|(runs, log)| {
+            runs.insert(run_key.as_slice(), run_bytes.as_slice())?;
+            log.insert(
+                event_key(run.task_id, seq).as_slice(),
+                event_bytes.as_slice(),
+            )?;
+            Ok::<(), ConflictableTransactionError<StoreError>>(())
+        })?;
+        self.flush().await
+    }
+
+    /// A task's engine runs, oldest first.
+    pub fn runs(&self, task_id: TaskId) -> Result<Vec<EngineRun>, StoreError> {
+        self.runs
+            .scan_prefix(task_id.as_bytes())
+            .values()
+            .map(|bytes| Ok(serde_json::from_slice(&bytes?)?))
+            .collect()
+    }
+}
+
+fn abort(error: serde_json::Error) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(StoreError::Codec(error))
+}
+
+fn event_key(task_id: TaskId, seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(task_id.as_bytes());
+    key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn encode_event(seq: u64, task_id: TaskId, event: &NewEvent) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&Event {
+        seq,
+        ts: Utc::now(),
+        task_id,
+        actor: event.actor.clone(),
+        kind: event.kind.to_owned(),
+        data: event.data.clone(),
+    })
+}
+
+fn append_encoded(
+    log: &TransactionalTree,
+    encoded: &[([u8; 24], Vec<u8>)],
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    for (key, bytes) in encoded {
+        log.insert(key.as_slice(), bytes.as_slice())?;
+    }
+    Ok(())
+}
