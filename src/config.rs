@@ -37,7 +37,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// HTTP ingress.
@@ -56,21 +56,6 @@ pub struct Config {
     pub git: GitConfig,
     /// Task defaults and limits.
     pub tasks: TasksConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            storage: StorageConfig::default(),
-            paths: PathsConfig::default(),
-            compass: CompassConfig::default(),
-            supervision: SupervisionConfig::default(),
-            engines: EnginesConfig::default(),
-            git: GitConfig::default(),
-            tasks: TasksConfig::default(),
-        }
-    }
 }
 
 /// HTTP ingress settings.

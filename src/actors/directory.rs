@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use ractor::{ActorCell, ActorStatus};
+use ractor::{ActorCell, ActorId, ActorStatus};
 use serde::Serialize;
 
 /// How often a caller waiting for a restarting persona looks again.
@@ -111,11 +111,21 @@ impl ActorDirectory {
     }
 
     /// The current incarnation of `name` if it is running; waits (bounded) while it restarts.
-    pub async fn wait_for(&self, name: &str, wait_max: Duration) -> Result<ActorCell, LookupError> {
+    ///
+    /// `replacing` is an incarnation known to be dead (it dropped a request): the wait goes on
+    /// until the supervisor has put a new one in its place.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        wait_max: Duration,
+        replacing: Option<ActorId>,
+    ) -> Result<ActorCell, LookupError> {
         let deadline = Instant::now() + wait_max;
         loop {
             if let Some(cell) = self.running_cell(name)? {
-                return Ok(cell);
+                if Some(cell.get_id()) != replacing {
+                    return Ok(cell);
+                }
             }
             if Instant::now() >= deadline {
                 return Err(LookupError::NotBack(name.to_owned(), wait_max));

@@ -245,15 +245,17 @@ where
     M: Message,
     T: Send + 'static,
 {
+    let mut lost_to = None;
     for try_number in 1..=limits.tries_max {
         let cell = directory
-            .wait_for(persona, limits.restart_wait)
+            .wait_for(persona, limits.restart_wait, lost_to)
             .await
             .map_err(|error| match error {
                 LookupError::Failed(_) | LookupError::NotBack(..) => {
                     StageError::PersonaUnavailable(format!("persona {error}"))
                 }
             })?;
+        lost_to = Some(cell.get_id());
         let actor: ActorRef<M> = cell.into();
         match actor.call(&request, Some(limits.timeout)).await {
             Ok(CallResult::Success(result)) => return result,

@@ -89,17 +89,18 @@ pub async fn submit(
         "task.submitted",
         json!({"title": task.title, "kind": task.kind, "priority": task.priority}),
     );
-    let (task, replayed) =
-        match app.services.store.create_task(task, &digest, event).await? {
-            Submission::Created(task) => (task, false),
-            Submission::Replayed(task) => (task, true),
-            Submission::KeyConflict(original) => return Err(ApiError::conflict(
+    let (task, replayed) = match app.services.store.create_task(task, &digest, event).await? {
+        Submission::Created(task) => (task, false),
+        Submission::Replayed(task) => (task, true),
+        Submission::KeyConflict(original) => {
+            return Err(ApiError::conflict(
                 "IDEMPOTENCY_CONFLICT",
                 format!(
                     "idempotency_key was already used for task {original} with a different body"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     if !replayed {
         // Durable already: if Compass is down, the next start picks the task up.
         if let Err(error) = app.compass.cast(CompassMsg::TaskSubmitted(task.id)) {

@@ -1,0 +1,281 @@
+//! Test harness: the real `glitchlab` binary on `127.0.0.1:0` with a temp data dir, real git
+//! repositories in temp dirs, and real HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a service may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running service process.
+pub struct Service {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The temp dir holding the data dir, the log and the config.
+    pub root: PathBuf,
+    client: reqwest::Client,
+}
+
+/// How to start a service.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Config file text (TOML); none means built-in defaults.
+    pub config: Option<String>,
+    /// Extra environment, e.g. `FAILPOINTS`.
+    pub env: Vec<(String, String)>,
+}
+
+impl Service {
+    /// Starts a service with default options in a fresh temp root.
+    pub async fn start(root: &Path) -> Service {
+        Self::start_with(root, Options::default()).await
+    }
+
+    /// Starts a service whose data dir is `<root>/data` (reused when it exists: a restart).
+    pub async fn start_with(root: &Path, options: Options) -> Service {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_glitchlab"));
+        command
+            .arg("serve")
+            .arg("--bind")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(root.join("data"))
+            .current_dir(root)
+            .env("RUST_LOG", "info,tower_http=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        if let Some(config) = &options.config {
+            let path = root.join("glitchlab.toml");
+            std::fs::write(&path, config).unwrap();
+            command.arg("--config").arg(path);
+        }
+        for (key, value) in &options.env {
+            command.env(key, value);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join("service.log"))
+            .unwrap();
+        command.stderr(log);
+        let mut child = command.spawn().expect("start glitchlab");
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        let line = receiver.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
+            panic!(
+                "service did not start; log:\n{}",
+                std::fs::read_to_string(root.join("service.log")).unwrap_or_default()
+            )
+        });
+        let base = line
+            .strip_prefix("glitchlab listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_owned();
+        Service {
+            child: Some(child),
+            base,
+            root: root.to_path_buf(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// `GET path` → (status, JSON body).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `POST path` with a JSON body → (status, JSON body).
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, body.to_string()).await
+    }
+
+    /// `POST path` with raw bytes → (status, JSON body).
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Submits a task; panics unless it is accepted.
+    pub async fn submit(&self, body: &Value) -> Value {
+        let (status, task) = self.post("/v1/tasks", body).await;
+        assert_eq!(status, 201, "submit failed: {task}");
+        task
+    }
+
+    /// Polls a task until `done(task)` holds; panics with the task and its events on timeout.
+    pub async fn wait_for_task(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (_, task) = self.get(&format!("/v1/tasks/{id}")).await;
+            if done(&task) {
+                return task;
+            }
+            if Instant::now() > deadline {
+                let (_, events) = self.get(&format!("/v1/tasks/{id}/events")).await;
+                panic!(
+                    "task did not reach the expected state in {timeout:?}:\n{task:#}\nevents: {events:#}\nlog:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the task reaches a terminal status.
+    pub async fn wait_until_finished(&self, id: &str) -> Value {
+        self.wait_for_task(id, Duration::from_secs(60), |task| {
+            matches!(
+                task["status"].as_str(),
+                Some("done" | "failed" | "cancelled" | "dead_letter")
+            )
+        })
+        .await
+    }
+
+    /// The event kinds of a task, in order.
+    pub async fn event_kinds(&self, id: &str) -> Vec<String> {
+        let (_, events) = self.get(&format!("/v1/tasks/{id}/events")).await;
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// One actor's row of `/v1/actors`.
+    pub async fn actor(&self, name: &str) -> Value {
+        let (_, actors) = self.get("/v1/actors").await;
+        actors["actors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// The service's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("service.log")).unwrap_or_default()
+    }
+
+    /// `kill -9`: no chance to flush or clean up.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit status (bounded).
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("service is running");
+        let pid = i32::try_from(child.id()).unwrap();
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "service did not stop within {timeout:?} of SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs git in `dir`; panics on failure.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args(["-c", "user.name=test", "-c", "user.email=test@localhost"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A fresh repository at `<root>/repo` on `main` with one commit.
+pub fn git_repo(root: &Path) -> PathBuf {
+    let repo = root.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README.md"), "# demo\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "initial"]);
+    repo
+}
+
+/// A task body with a shell patch engine.
+pub fn shell_task(repo: &Path, patch_command: &str, verify: &str) -> Value {
+    serde_json::json!({
+        "title": "Add a greeting",
+        "description": "Create hello.txt containing a greeting.",
+        "repo": repo.display().to_string(),
+        "verify": verify,
+        "engines": {"patch": {"kind": "shell", "command": patch_command}},
+    })
+}
+
+/// Whether any process of the group `pgid` is alive.
+pub fn process_group_alive(pgid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    unsafe { libc::kill(-pgid, 0) == 0 }
+}

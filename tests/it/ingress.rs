@@ -1,0 +1,202 @@
+//! The HTTP edge: every bad input gets its status and code, never a 500; idempotent submission.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{git_repo, shell_task, Service};
+
+async fn assert_error(service: &Service, body: impl Into<reqwest::Body>, status: u16, code: &str) {
+    let (got_status, got) = service.post_raw("/v1/tasks", body).await;
+    assert_eq!(
+        (got_status, got["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{got}"
+    );
+    assert!(
+        got["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{got}"
+    );
+}
+
+#[tokio::test]
+async fn each_bad_input_gets_its_status_and_code() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let not_a_repo = root.path().join("plain-dir");
+    std::fs::create_dir_all(&not_a_repo).unwrap();
+    let service = Service::start(root.path()).await;
+    let valid = shell_task(&repo, "true", "true");
+    let with = |key: &str, value: Value| {
+        let mut body = valid.clone();
+        body[key] = value;
+        body.to_string()
+    };
+    let without = |key: &str| {
+        let mut body = valid.clone();
+        body.as_object_mut().unwrap().remove(key);
+        body.to_string()
+    };
+
+    assert_error(&service, "{not json", 400, "INVALID_JSON").await;
+    assert_error(&service, "", 400, "INVALID_JSON").await;
+    assert_error(&service, without("title"), 422, "INVALID_FIELD").await;
+    assert_error(&service, without("verify"), 422, "INVALID_FIELD").await;
+    assert_error(&service, with("title", json!("   ")), 422, "INVALID_FIELD").await;
+    assert_error(
+        &service,
+        with("priority", json!("urgent")),
+        422,
+        "INVALID_FIELD",
+    )
+    .await;
+    assert_error(
+        &service,
+        with("max_attempts", json!(0)),
+        422,
+        "INVALID_FIELD",
+    )
+    .await;
+    assert_error(
+        &service,
+        with("max_attempts", json!(-1)),
+        422,
+        "INVALID_FIELD",
+    )
+    .await;
+    assert_error(
+        &service,
+        with("surprise", json!(true)),
+        422,
+        "INVALID_FIELD",
+    )
+    .await;
+    assert_error(
+        &service,
+        with("engines", json!({"patch": {"kind": "magic"}})),
+        422,
+        "INVALID_FIELD",
+    )
+    .await;
+    assert_error(
+        &service,
+        with("repo", json!("relative/path")),
+        422,
+        "INVALID_FIELD",
+    )
+    .await;
+    assert_error(
+        &service,
+        with("repo", json!(not_a_repo.display().to_string())),
+        422,
+        "NOT_A_GIT_REPOSITORY",
+    )
+    .await;
+    assert_error(
+        &service,
+        with("repo", json!("/definitely/not/here")),
+        422,
+        "NOT_A_GIT_REPOSITORY",
+    )
+    .await;
+    assert_error(
+        &service,
+        with("base_branch", json!("nope")),
+        422,
+        "UNKNOWN_BASE_BRANCH",
+    )
+    .await;
+    assert_error(&service, with("kind", json!("poetry")), 422, "UNKNOWN_KIND").await;
+    let huge = with("description", json!("x".repeat(1024 * 1024 + 1)));
+    assert_error(&service, huge, 413, "PAYLOAD_TOO_LARGE").await;
+
+    for path in [
+        "/v1/tasks/00000000-0000-7000-8000-000000000000",
+        "/v1/tasks/not-an-id",
+        "/v1/tasks/not-an-id/events",
+        "/v1/tasks/not-an-id/runs",
+    ] {
+        let (status, body) = service.get(path).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("TASK_NOT_FOUND")),
+            "{path}: {body}"
+        );
+    }
+    let (status, body) = service.post("/v1/tasks/not-an-id/cancel", &json!({})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("TASK_NOT_FOUND"))
+    );
+    let (status, body) = service.get("/v1/nothing-here").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("NOT_FOUND"))
+    );
+
+    let (_, tasks) = service.get("/v1/tasks").await;
+    assert_eq!(
+        tasks["tasks"].as_array().unwrap().len(),
+        0,
+        "a bad submission created a task"
+    );
+    assert!(!service.log().contains("panicked"), "{}", service.log());
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_the_same_task_and_refuses_another_body() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let mut body = shell_task(&repo, "echo hello > hello.txt", "test -f hello.txt");
+    body["idempotency_key"] = json!("deploy-greeting-1");
+
+    let first = service.submit(&body).await;
+    let second = service.submit(&body).await;
+    assert_eq!(first["id"], second["id"]);
+
+    body["title"] = json!("Something else");
+    let (status, conflict) = service.post("/v1/tasks", &body).await;
+    assert_eq!(status, 409);
+    assert_eq!(conflict["error"]["code"], "IDEMPOTENCY_CONFLICT");
+
+    let (_, tasks) = service.get("/v1/tasks").await;
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 1);
+    let id = first["id"].as_str().unwrap();
+    assert_eq!(service.wait_until_finished(id).await["status"], "done");
+}
+
+#[tokio::test]
+async fn the_tree_is_listed_with_every_persona() {
+    let root = tempfile::tempdir().unwrap();
+    let service = Service::start(root.path()).await;
+    let (status, _) = service.get("/healthz").await;
+    assert_eq!(status, 200);
+    let (status, ready) = service.get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    let (_, actors) = service.get("/v1/actors").await;
+    let mut names: Vec<String> = actors["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            assert_eq!(a["status"], "running");
+            assert_eq!(a["restarts"], 0);
+            a["name"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    names.sort();
+    let expected = [
+        "circuit",
+        "compass",
+        "ledger",
+        "patch",
+        "planner",
+        "uplink-deploy",
+        "uplink-respond",
+        "uplink-watch",
+    ];
+    assert_eq!(names, expected);
+    assert_eq!(service.actor("compass").await["parent"], Value::Null);
+    assert_eq!(service.actor("patch").await["parent"], "compass");
+}

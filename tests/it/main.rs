@@ -1,0 +1,8 @@
+//! Integration tests: each test starts the real service binary on `127.0.0.1:0` with its own temp
+//! data dir and real git repositories, and talks to it over HTTP.
+
+mod helpers;
+mod ingress;
+mod pipeline;
+mod recovery;
+mod supervision;

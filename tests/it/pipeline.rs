@@ -1,0 +1,216 @@
+//! The engineering pipeline end to end: plan → implement → verify → deliver on real repos.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{git, git_repo, process_group_alive, shell_task, Service};
+
+#[tokio::test]
+async fn task_goes_through_all_stages_and_lands_on_main() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+
+    let task = service
+        .submit(&shell_task(
+            &repo,
+            "echo hello > hello.txt",
+            "grep -q hello hello.txt",
+        ))
+        .await;
+    assert_eq!(task["status"], "queued");
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
+
+    assert_eq!(task["status"], "done", "{task:#}");
+    assert_eq!(task["stage"], "deliver");
+    assert_eq!(task["attempts"], 1);
+    assert_eq!(task["branch"], format!("glitchlab/{id}"));
+    assert_eq!(
+        task["commit"].as_str().unwrap(),
+        git(&repo, &["rev-parse", "main"])
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.join("hello.txt")).unwrap(),
+        "hello\n"
+    );
+    assert!(task["plan"]["steps"].as_array().unwrap().len() >= 2);
+
+    let kinds = service.event_kinds(id).await;
+    let expected = [
+        "task.submitted",
+        "task.started",
+        "stage.started",
+        "engine.run",
+        "stage.finished",
+        "stage.started",
+        "engine.run",
+        "stage.finished",
+        "stage.started",
+        "engine.run",
+        "stage.finished",
+        "stage.started",
+        "stage.finished",
+        "task.finished",
+    ];
+    assert_eq!(kinds, expected);
+    let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    let seqs: Vec<u64> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "{seqs:?}");
+
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    let runs = runs["runs"].as_array().unwrap();
+    let personas: Vec<&str> = runs
+        .iter()
+        .map(|r| r["persona"].as_str().unwrap())
+        .collect();
+    assert_eq!(personas, ["planner", "patch", "circuit"]);
+    assert_eq!(runs[1]["engine"], "shell");
+    assert_eq!(runs[1]["command"], "echo hello > hello.txt");
+    assert_eq!(runs[2]["exit_code"], 0);
+}
+
+#[tokio::test]
+async fn builtin_engines_deliver_a_plan_note_offline() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let task = service
+        .submit(&json!({
+            "title": "Document the plan",
+            "description": "Describe the change in docs/plan.md. Keep it short.",
+            "repo": repo.display().to_string(),
+            "verify": "test -d .glitchlab/notes",
+        }))
+        .await;
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    let note = std::fs::read_to_string(repo.join(format!(".glitchlab/notes/{id}.md"))).unwrap();
+    assert!(note.contains("Document the plan"));
+    assert!(note.contains("docs/plan.md"));
+}
+
+#[tokio::test]
+async fn failed_verify_is_fixed_on_the_second_attempt_using_the_feedback_file() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    // Attempt 1 gets an empty feedback file and makes the wrong change; attempt 2 reads why
+    // verify failed and fixes it. Both check that the prompt file carries the task.
+    let patch = r#"grep -q "Add a greeting" "$GLITCHLAB_PROMPT_FILE" || exit 9
+if [ "$GLITCHLAB_ATTEMPT" = 1 ]; then
+  test ! -s "$GLITCHLAB_FEEDBACK_FILE" || exit 8
+  echo wrong > wrong.txt
+else
+  grep -q "hello.txt is missing" "$GLITCHLAB_FEEDBACK_FILE" || exit 7
+  cp "$GLITCHLAB_FEEDBACK_FILE" feedback-seen.txt
+  echo hello > hello.txt
+fi"#;
+    let verify = r#"test -f hello.txt || { echo "hello.txt is missing (attempt $GLITCHLAB_ATTEMPT)"; exit 1; }"#;
+    let task = service.submit(&shell_task(&repo, patch, verify)).await;
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
+
+    assert_eq!(task["status"], "done", "{task:#}");
+    assert_eq!(task["attempts"], 2);
+    let seen = std::fs::read_to_string(repo.join("feedback-seen.txt")).unwrap();
+    assert!(seen.contains("hello.txt is missing (attempt 1)"), "{seen}");
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    let verify_exits: Vec<(u64, i64)> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["persona"] == "circuit")
+        .map(|r| {
+            (
+                r["attempt"].as_u64().unwrap(),
+                r["exit_code"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(verify_exits, [(1, 1), (2, 0)]);
+    let log = git(&repo, &["log", "--format=%s", "main"]);
+    assert!(
+        log.contains("(attempt 1)") && log.contains("(attempt 2)"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn exhausted_attempts_fail_with_verify_failed_and_keep_the_branch() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let main_before = git(&repo, &["rev-parse", "main"]);
+    let service = Service::start(root.path()).await;
+    let mut body = shell_task(
+        &repo,
+        "echo attempt $GLITCHLAB_ATTEMPT >> log.txt",
+        "echo never good enough; exit 3",
+    );
+    body["max_attempts"] = json!(2);
+    let task = service.submit(&body).await;
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
+
+    assert_eq!(task["status"], "failed");
+    assert_eq!(task["attempts"], 2);
+    assert_eq!(task["error"]["code"], "VERIFY_FAILED");
+    assert!(task["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("never good enough"));
+    assert_eq!(git(&repo, &["rev-parse", "main"]), main_before);
+    let branch_log = git(&repo, &["log", "--format=%s", &format!("glitchlab/{id}")]);
+    assert!(branch_log.contains("(attempt 2)"), "{branch_log}");
+}
+
+#[tokio::test]
+async fn cancel_kills_the_running_engine_and_ends_the_task() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let pid_file = root.path().join("engine.pid");
+    let patch = format!("echo $$ > {}; sleep 60", pid_file.display());
+    let task = service.submit(&shell_task(&repo, &patch, "true")).await;
+    let id = task["id"].as_str().unwrap();
+    service
+        .wait_for_task(id, Duration::from_secs(30), |_| {
+            std::fs::read_to_string(&pid_file).is_ok_and(|text| text.ends_with('\n'))
+        })
+        .await;
+    let pgid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(process_group_alive(pgid));
+
+    let (status, cancelled) = service
+        .post(&format!("/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelled");
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while process_group_alive(pgid) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !process_group_alive(pgid),
+        "engine process group still alive 2 s after cancel"
+    );
+
+    let (status, again) = service
+        .post(&format!("/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(again["error"]["code"], "TASK_FINISHED");
+    let kinds = service.event_kinds(id).await;
+    assert_eq!(kinds.last().map(String::as_str), Some("task.finished"));
+}

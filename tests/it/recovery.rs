@@ -1,0 +1,117 @@
+//! Durability: `kill -9` and SIGTERM in the middle of a stage lose nothing.
+
+use std::time::Duration;
+
+use crate::helpers::{git, git_repo, process_group_alive, shell_task, Service};
+
+/// A verify command that hangs the first time it runs (recording its process group in `marker`)
+/// and passes on every later run.
+fn verify_that_hangs_once(marker: &std::path::Path) -> String {
+    format!(
+        "if [ ! -f {m} ]; then echo $$ > {m}; sleep 60; fi; test -f hello.txt",
+        m = marker.display()
+    )
+}
+
+async fn wait_for_marker(service: &Service, id: &str, marker: &std::path::Path) -> i32 {
+    let task = service
+        .wait_for_task(id, Duration::from_secs(30), |task| {
+            task["stage"] == "verify"
+                && std::fs::read_to_string(marker).is_ok_and(|t| t.ends_with('\n'))
+        })
+        .await;
+    assert_eq!(task["status"], "running");
+    std::fs::read_to_string(marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn kill_9_during_verify_then_restart_finishes_the_task() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let marker = root.path().join("verify-started");
+    let mut service = Service::start(root.path()).await;
+    let task = service
+        .submit(&shell_task(
+            &repo,
+            "echo hello > hello.txt",
+            &verify_that_hangs_once(&marker),
+        ))
+        .await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let orphan = wait_for_marker(&service, &id, &marker).await;
+
+    service.kill_9();
+    // The killed service's verify is an orphan now; end it so it cannot interfere.
+    // SAFETY: signalling a process group this test started.
+    unsafe {
+        libc::kill(-orphan, libc::SIGKILL);
+    }
+
+    let service = Service::start(root.path()).await;
+    let task = service.wait_until_finished(&id).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    assert_eq!(task["attempts"], 1);
+    assert_eq!(
+        task["commit"].as_str().unwrap(),
+        git(&repo, &["rev-parse", "main"])
+    );
+    let kinds = service.event_kinds(&id).await;
+    assert!(kinds.contains(&"task.resumed".to_owned()), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "task.submitted").count(), 1);
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    let verify_runs = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["persona"] == "circuit")
+        .count();
+    assert_eq!(
+        verify_runs, 1,
+        "the cut-off verify left no run; the rerun did"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_the_next_start_resumes_in_flight_work() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let marker = root.path().join("verify-started");
+    let mut service = Service::start(root.path()).await;
+    let task = service
+        .submit(&shell_task(
+            &repo,
+            "echo hello > hello.txt",
+            &verify_that_hangs_once(&marker),
+        ))
+        .await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let verify_group = wait_for_marker(&service, &id, &marker).await;
+
+    let status = service.terminate(Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        service.log()
+    );
+    // Killed on shutdown; give init a moment to reap the orphaned zombies.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while process_group_alive(verify_group) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !process_group_alive(verify_group),
+        "shutdown left the verify command running"
+    );
+
+    let service = Service::start(root.path()).await;
+    let task = service.wait_until_finished(&id).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    assert!(service
+        .event_kinds(&id)
+        .await
+        .contains(&"task.resumed".to_owned()));
+}

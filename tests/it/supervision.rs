@@ -1,0 +1,119 @@
+//! The restart policy, exercised with failpoints (`--features failpoints`, `FAILPOINTS=...`).
+#![cfg(feature = "failpoints")]
+
+use crate::helpers::{git_repo, shell_task, Options, Service};
+
+fn failpoints(spec: &str, config: Option<&str>) -> Options {
+    Options {
+        config: config.map(str::to_owned),
+        env: vec![("FAILPOINTS".into(), spec.into())],
+    }
+}
+
+#[tokio::test]
+async fn a_persona_panic_is_survived_and_its_request_retried() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start_with(root.path(), failpoints("patch.handle=1*panic", None)).await;
+    let task = service
+        .submit(&shell_task(
+            &repo,
+            "echo hello > hello.txt",
+            "test -f hello.txt",
+        ))
+        .await;
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
+
+    assert_eq!(task["status"], "done", "{task:#}");
+    let patch = service.actor("patch").await;
+    assert_eq!(patch["status"], "running");
+    assert_eq!(patch["restarts"], 1);
+    let kinds = service.event_kinds(id).await;
+    assert!(kinds.contains(&"actor.restarted".to_owned()), "{kinds:?}");
+    let (status, _) = service.get("/readyz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_crashed_pipeline_resumes_from_its_persisted_state() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service =
+        Service::start_with(root.path(), failpoints("pipeline.handle=2*panic", None)).await;
+    let task = service
+        .submit(&shell_task(
+            &repo,
+            "echo hello > hello.txt",
+            "test -f hello.txt",
+        ))
+        .await;
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
+
+    assert_eq!(task["status"], "done", "{task:#}");
+    let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    let restarts: Vec<_> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "actor.restarted")
+        .map(|e| e["data"]["actor"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(restarts, vec![format!("pipeline-{id}"); 2]);
+    let resumed = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "task.resumed")
+        .count();
+    assert_eq!(resumed, 2);
+}
+
+#[tokio::test]
+async fn a_persona_that_always_panics_is_given_up_on() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let config = "[supervision]\nmax_restarts = 3\nwindow_secs = 60\nbackoff_base_ms = 10\nbackoff_max_ms = 40\n";
+    let service = Service::start_with(
+        root.path(),
+        failpoints("circuit.handle=panic", Some(config)),
+    )
+    .await;
+    let task = service
+        .submit(&shell_task(
+            &repo,
+            "echo hello > hello.txt",
+            "test -f hello.txt",
+        ))
+        .await;
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
+
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["error"]["code"], "PERSONA_UNAVAILABLE");
+    assert!(task["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("circuit"));
+    let circuit = service.actor("circuit").await;
+    assert_eq!(circuit["status"], "failed");
+    assert_eq!(circuit["restarts"], 3);
+
+    let (status, ready) = service.get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(ready.to_string().contains("circuit"), "{ready}");
+    let (status, _) = service.get("/healthz").await;
+    assert_eq!(status, 200);
+    // Everything else keeps running: the other personas, the ingress, and new work up to verify.
+    assert_eq!(service.actor("patch").await["status"], "running");
+    assert_eq!(service.actor("planner").await["status"], "running");
+    let second = service
+        .submit(&shell_task(&repo, "echo again > again.txt", "true"))
+        .await;
+    let second = service
+        .wait_until_finished(second["id"].as_str().unwrap())
+        .await;
+    assert_eq!(second["error"]["code"], "PERSONA_UNAVAILABLE");
+    assert_eq!(second["stage"], "verify");
+}
