@@ -316,3 +316,133 @@ fn append_encoded(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EngineOverrides, Priority, Stage, TaskStatus};
+
+    fn task(key: Option<&str>) -> Task {
+        Task {
+            id: TaskId::new(),
+            title: "t".into(),
+            description: String::new(),
+            repo: "/tmp/repo".into(),
+            base_branch: "main".into(),
+            kind: "feature".into(),
+            priority: Priority::Medium,
+            verify: "true".into(),
+            max_attempts: 3,
+            engines: EngineOverrides::default(),
+            idempotency_key: key.map(str::to_owned),
+            status: TaskStatus::Queued,
+            stage: None,
+            stages: vec![Stage::Plan],
+            attempts: 0,
+            branch: None,
+            commit: None,
+            plan: None,
+            feedback: None,
+            error: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    fn submitted() -> NewEvent {
+        NewEvent::new("test", "task.submitted", serde_json::json!({}))
+    }
+
+    #[tokio::test]
+    async fn idempotency_key_replays_or_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = task(Some("k"));
+        let Submission::Created(created) = store
+            .create_task(first.clone(), "d1", submitted())
+            .await
+            .unwrap()
+        else {
+            panic!("expected a new task");
+        };
+        match store
+            .create_task(task(Some("k")), "d1", submitted())
+            .await
+            .unwrap()
+        {
+            Submission::Replayed(replayed) => assert_eq!(replayed.id, created.id),
+            other => panic!("expected a replay, got {other:?}"),
+        }
+        match store
+            .create_task(task(Some("k")), "d2", submitted())
+            .await
+            .unwrap()
+        {
+            Submission::KeyConflict(original) => assert_eq!(original, created.id),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(store.tasks(10).unwrap().len(), 1);
+        assert_eq!(store.events(created.id).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn terminal_tasks_never_change_and_events_keep_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let Submission::Created(created) = store
+            .create_task(task(None), "d", submitted())
+            .await
+            .unwrap()
+        else {
+            panic!("expected a new task");
+        };
+        let events = [
+            NewEvent::new("test", "task.started", serde_json::json!({})),
+            NewEvent::new("test", "task.finished", serde_json::json!({})),
+        ];
+        store
+            .update_task(created.id, &events, |t| t.status = TaskStatus::Cancelled)
+            .await
+            .unwrap();
+        let refused = store
+            .update_task(created.id, &[], |t| t.status = TaskStatus::Running)
+            .await;
+        assert!(matches!(refused, Err(StoreError::TaskFinished(_))));
+        assert_eq!(
+            store.task(created.id).unwrap().unwrap().status,
+            TaskStatus::Cancelled
+        );
+        let kinds: Vec<String> = store
+            .events(created.id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["task.submitted", "task.started", "task.finished"]);
+        assert!(store.unfinished_tasks().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let store = Store::open(dir.path()).unwrap();
+            let Submission::Created(created) = store
+                .create_task(task(None), "d", submitted())
+                .await
+                .unwrap()
+            else {
+                panic!("expected a new task");
+            };
+            created.id
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.unfinished_tasks().unwrap()[0].id, id);
+        let later = NewEvent::new("test", "task.resumed", serde_json::json!({}));
+        store.append_event(id, later).await.unwrap();
+        let seqs: Vec<u64> = store.events(id).unwrap().iter().map(|e| e.seq).collect();
+        assert!(seqs[0] < seqs[1], "{seqs:?}");
+    }
+}

@@ -214,3 +214,104 @@ async fn cancel_kills_the_running_engine_and_ends_the_task() {
     let kinds = service.event_kinds(id).await;
     assert_eq!(kinds.last().map(String::as_str), Some("task.finished"));
 }
+
+/// A patch engine that also moves `main` in the user's repository while the task runs.
+fn moves_base_then(repo: &std::path::Path, base_content: &str, task_edit: &str) -> String {
+    format!(
+        "printf '{base_content}\\n' > {r}/{file} && git -C {r} -c user.name=t -c user.email=t@t add -A && \
+         git -C {r} -c user.name=t -c user.email=t@t commit -qm base-moved && {task_edit}",
+        r = repo.display(),
+        file = if base_content == "other" { "OTHER.md" } else { "README.md" },
+    )
+}
+
+#[tokio::test]
+async fn a_moved_base_is_merged_when_it_does_not_conflict() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let patch = moves_base_then(&repo, "other", "echo hello > hello.txt");
+    let task = service
+        .submit(&shell_task(&repo, &patch, "test -f hello.txt"))
+        .await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+
+    assert_eq!(task["status"], "done", "{task:#}");
+    assert_eq!(
+        task["commit"].as_str().unwrap(),
+        git(&repo, &["rev-parse", "main"])
+    );
+    assert!(repo.join("hello.txt").exists() && repo.join("OTHER.md").exists());
+    let parents = git(&repo, &["rev-list", "--parents", "-n", "1", "main"]);
+    assert_eq!(parents.split(' ').count(), 3, "a merge commit: {parents}");
+}
+
+#[tokio::test]
+async fn a_conflicting_base_fails_with_merge_conflict_and_keeps_the_branch() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let patch = moves_base_then(
+        &repo,
+        "changed on main",
+        "echo 'changed by the task' > README.md",
+    );
+    let task = service.submit(&shell_task(&repo, &patch, "true")).await;
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
+
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["error"]["code"], "MERGE_CONFLICT");
+    assert_eq!(
+        git(&repo, &["log", "-1", "--format=%s", "main"]),
+        "base-moved"
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.join("README.md")).unwrap(),
+        "changed on main\n"
+    );
+    let branch_file = git(&repo, &["show", &format!("glitchlab/{id}:README.md")]);
+    assert_eq!(branch_file, "changed by the task");
+    assert_eq!(
+        git(&repo, &["status", "--porcelain"]),
+        "",
+        "the user's checkout was left dirty"
+    );
+}
+
+#[tokio::test]
+async fn engine_output_is_bounded_and_the_cut_is_marked() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let options = crate::helpers::Options {
+        config: Some("[engines]\noutput_bytes_max = 4096\n".into()),
+        env: Vec::new(),
+    };
+    let service = Service::start_with(root.path(), options).await;
+    let patch =
+        "head -c 300000 /dev/zero | tr '\\0' 'a'; echo; echo THE-END; echo hello > hello.txt";
+    let task = service
+        .submit(&shell_task(&repo, patch, "test -f hello.txt"))
+        .await;
+    let id = task["id"].as_str().unwrap();
+    assert_eq!(service.wait_until_finished(id).await["status"], "done");
+
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    let patch_run = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["persona"] == "patch")
+        .unwrap()
+        .clone();
+    let stdout = &patch_run["stdout"];
+    assert!(
+        stdout["truncated_bytes"].as_u64().unwrap() > 290_000,
+        "{stdout}"
+    );
+    let text = stdout["text"].as_str().unwrap();
+    assert!(text.len() < 4096 + 100);
+    assert!(text.contains("glitchlab truncated") && text.trim_end().ends_with("THE-END"));
+}
