@@ -168,11 +168,12 @@ impl Store {
         }
     }
 
-    /// Up to `limit` tasks, oldest first.
+    /// Up to `limit` tasks, newest first (ids are UUID v7, so key order is age order).
     pub fn tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
         self.tasks
             .iter()
             .values()
+            .rev()
             .take(limit)
             .map(|bytes| Ok(serde_json::from_slice(&bytes?)?))
             .collect()

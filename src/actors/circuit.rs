@@ -7,9 +7,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use uuid::Uuid;
 
 use super::jobs::{InFlightJobs, JobKey, JobReply, StageError};
+use super::patch::branch_name;
 use super::Services;
 use crate::domain::{Stage, Task, TaskId};
 use crate::engine::{self, RunIdentity, ShellRun};
+use crate::git::Git;
 
 /// The Circuit persona.
 pub struct Circuit;
@@ -101,12 +103,10 @@ impl Actor for Circuit {
 
 async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageError> {
     let worktree_path = services.worktree_path(task.id);
-    if !worktree_path.is_dir() {
-        return Err(StageError::Internal(format!(
-            "worktree {} is missing",
-            worktree_path.display()
-        )));
-    }
+    // Normally Patch's worktree is there; if it was removed, the branch holds the work.
+    Git::new(&task.repo, services.config.git.timeout())
+        .ensure_worktree(&worktree_path, &branch_name(task.id), &task.base_branch)
+        .await?;
     let config = &services.config.engines;
     let who = RunIdentity {
         task_id: task.id,

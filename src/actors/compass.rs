@@ -547,7 +547,9 @@ async fn cancel(
             StoreError::TaskFinished(id) => CancelError::AlreadyFinished(id),
             other => CancelError::Store(other.to_string()),
         })?;
-    state.queue.remove(&(cancelled.priority, task_id));
+    if state.queue.remove(&(cancelled.priority, task_id)) {
+        state.services.directory.set_queue_depth(state.queue.len());
+    }
     for persona in ["planner", "patch", "circuit"] {
         let Some(cell) = state
             .personas
