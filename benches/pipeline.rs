@@ -48,13 +48,28 @@ async fn submit(client: &reqwest::Client, base: &str, repo: &Path, n: usize) -> 
         "verify": "true",
         "engines": {"patch": {"kind": "shell", "command": format!("echo {n} > bench-{n}.txt")}},
     });
-    let task: Value = client.post(format!("{base}/v1/tasks")).json(&body).send().await.unwrap().json().await.unwrap();
+    let task: Value = client
+        .post(format!("{base}/v1/tasks"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     task["id"].as_str().expect("task id").to_owned()
 }
 
 async fn wait_done(client: &reqwest::Client, base: &str, id: &str) {
     loop {
-        let task: Value = client.get(format!("{base}/v1/tasks/{id}")).send().await.unwrap().json().await.unwrap();
+        let task: Value = client
+            .get(format!("{base}/v1/tasks/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         match task["status"].as_str() {
             Some("done") => return,
             Some("failed" | "cancelled" | "dead_letter") => panic!("bench task failed: {task}"),
@@ -96,7 +111,9 @@ async fn main() {
         let _ = stop_rx.await;
     }));
     let client = reqwest::Client::new();
-    let repos: Vec<PathBuf> = (0..REPOS).map(|i| repo(root.path(), &format!("repo-{i}"))).collect();
+    let repos: Vec<PathBuf> = (0..REPOS)
+        .map(|i| repo(root.path(), &format!("repo-{i}")))
+        .collect();
 
     let mut latencies = Vec::with_capacity(SEQUENTIAL_TASKS);
     for n in 0..SEQUENTIAL_TASKS {
@@ -122,9 +139,18 @@ async fn main() {
 
     println!("| measure | value |");
     println!("|---|---|");
-    println!("| submit → done, one at a time ({SEQUENTIAL_TASKS} tasks), p50 | {} |", ms(percentile(&latencies, 0.5)));
-    println!("| submit → done, p95 | {} |", ms(percentile(&latencies, 0.95)));
-    println!("| submit → done, max | {} |", ms(*latencies.last().unwrap()));
+    println!(
+        "| submit → done, one at a time ({SEQUENTIAL_TASKS} tasks), p50 | {} |",
+        ms(percentile(&latencies, 0.5))
+    );
+    println!(
+        "| submit → done, p95 | {} |",
+        ms(percentile(&latencies, 0.95))
+    );
+    println!(
+        "| submit → done, max | {} |",
+        ms(*latencies.last().unwrap())
+    );
     println!(
         "| {CONCURRENT_TASKS} tasks queued at once over {REPOS} repos, 4 slots: wall time | {} ({:.1} tasks/s) |",
         ms(burst),

@@ -107,6 +107,17 @@ impl Store {
         })
     }
 
+    /// Another named tree of the same database, for a component that keeps its own records (the
+    /// ledger's books); its writes share this store's flushes.
+    pub fn tree(&self, name: &str) -> Result<Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// The database handle, for multi-tree transactions of a component that owns its trees.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Makes everything written so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
