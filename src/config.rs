@@ -267,7 +267,11 @@ impl Config {
 
     /// Parses TOML text and checks the values.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        // A file's templates add to (or replace) the built-in kinds rather than removing the rest.
+        for (kind, stages) in CompassConfig::default().templates {
+            config.compass.templates.entry(kind).or_insert(stages);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -319,11 +323,32 @@ impl Config {
                 "server.body_bytes_max must be at least 1",
             ),
         ];
-        match checks.iter().find(|(failed, _)| *failed) {
-            Some((_, reason)) => Err((*reason).to_owned()),
-            None => Ok(()),
+        if let Some((_, reason)) = checks.iter().find(|(failed, _)| *failed) {
+            return Err((*reason).to_owned());
+        }
+        self.compass
+            .templates
+            .iter()
+            .try_for_each(|(kind, stages)| check_template(kind, stages))
+    }
+}
+
+/// A template runs each stage once, and verify and deliver only after implement made the branch.
+fn check_template(kind: &str, stages: &[Stage]) -> Result<(), String> {
+    for (index, stage) in stages.iter().enumerate() {
+        if stages[..index].contains(stage) {
+            return Err(format!(
+                "compass.templates.{kind}: stage `{stage}` appears twice"
+            ));
+        }
+        let needs_branch = matches!(stage, Stage::Verify | Stage::Deliver);
+        if needs_branch && !stages[..index].contains(&Stage::Implement) {
+            return Err(format!(
+                "compass.templates.{kind}: `{stage}` must come after `implement`"
+            ));
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -342,6 +367,20 @@ mod tests {
     fn unknown_key_names_the_key() {
         let error = Config::parse("[compass]\nmax_concurent_tasks = 3\n").unwrap_err();
         assert!(error.contains("max_concurent_tasks"), "{error}");
+    }
+
+    #[test]
+    fn templates_are_checked() {
+        let twice = "[compass.templates]\nloop = [\"implement\", \"verify\", \"implement\"]\n";
+        assert!(Config::parse(twice).unwrap_err().contains("appears twice"));
+        let early = "[compass.templates]\nodd = [\"verify\", \"implement\"]\n";
+        assert!(Config::parse(early)
+            .unwrap_err()
+            .contains("after `implement`"));
+        let docs = "[compass.templates]\ndocs = [\"implement\", \"deliver\"]\n";
+        let templates = Config::parse(docs).unwrap().compass.templates;
+        assert_eq!(templates["docs"].len(), 2);
+        assert_eq!(templates["feature"].len(), 4);
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct ShellRun {
     pub timeout: Duration,
     /// Bytes kept per stream.
     pub output_bytes_max: usize,
+    /// The service instance (its data dir), exported as `GLITCHLAB_INSTANCE` so a restarted
+    /// service can find and kill what a killed one left running.
+    pub instance: String,
 }
 
 /// Runs a shell engine and persists the run. A timeout is a recorded run, not an error; failing to
@@ -51,6 +54,8 @@ pub async fn run_shell(
     let started_at = Utc::now();
     let mut spec = CommandSpec::shell(&run.command, run.cwd, run.timeout, run.output_bytes_max);
     spec.env = run.env;
+    spec.env
+        .push((process::INSTANCE_VARIABLE.into(), run.instance));
     let output = process::run(&spec)
         .await
         .map_err(|error| StageError::EngineFailed(error.to_string()))?;
@@ -102,6 +107,15 @@ pub async fn record_builtin(
     };
     store.record_run(&record).await?;
     Ok(record)
+}
+
+/// How a run ended, for messages: "exited with code 2", "was killed by signal 9".
+pub fn ending(run: &EngineRun) -> String {
+    match (run.exit_code, run.signal) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => "ended without an exit status".to_owned(),
+    }
 }
 
 fn millis(duration: Duration) -> u64 {

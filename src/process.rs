@@ -251,6 +251,58 @@ impl BoundedCapture {
     }
 }
 
+/// The variable every engine and verify process carries, naming the service instance (its data
+/// dir) that started it, so a restarted service can find what a killed one left running.
+pub const INSTANCE_VARIABLE: &str = "GLITCHLAB_INSTANCE";
+
+/// Kills the process groups of processes that carry `INSTANCE_VARIABLE=<instance>`: engines and
+/// verify commands orphaned when a previous run of this service was killed (`kill -9` gives it
+/// no chance to clean up). Returns how many groups were killed. Linux only (reads `/proc`).
+pub fn kill_orphans(instance: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let marker = format!("{INSTANCE_VARIABLE}={instance}");
+    let own_group = own_process_group();
+    let mut groups: Vec<i32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| carries(*pid, &marker))
+        .filter_map(process_group_of)
+        .filter(|pgid| Some(*pgid) != own_group && *pgid > 1)
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    for pgid in &groups {
+        // SAFETY: kill(2) on a process group that carries this instance's marker.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+    groups.len()
+}
+
+fn carries(pid: i32, marker: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|environ| {
+            environ
+                .split(|b| *b == 0)
+                .any(|entry| entry == marker.as_bytes())
+        })
+        .unwrap_or(false)
+}
+
+fn process_group_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let after_command = &stat[stat.rfind(')')? + 1..];
+    after_command.split_whitespace().nth(2)?.parse().ok()
+}
+
+fn own_process_group() -> Option<i32> {
+    process_group_of(i32::try_from(std::process::id()).ok()?)
+}
+
 /// Cuts text to at most `bytes_max` bytes, keeping the tail (where test failures print), marked.
 pub fn keep_tail(text: &str, bytes_max: usize) -> String {
     if text.len() <= bytes_max {
@@ -269,6 +321,7 @@ pub fn keep_tail(text: &str, bytes_max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
 
     #[test]
     fn capture_keeps_everything_under_the_limit() {
@@ -313,6 +366,29 @@ mod tests {
         assert!(output.timed_out);
         assert!(output.duration < Duration::from_secs(5));
         assert!(!output.stdout.text.contains("never"));
+    }
+
+    #[tokio::test]
+    async fn orphans_of_an_instance_are_found_and_killed() {
+        let instance = format!("test-{}", uuid::Uuid::now_v7());
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30"])
+            .env(INSTANCE_VARIABLE, &instance)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut killed = 0;
+        for _ in 0..50 {
+            killed = kill_orphans(&instance);
+            if killed > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(killed, 1);
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+        assert_eq!(kill_orphans(&instance), 0);
     }
 
     #[tokio::test]

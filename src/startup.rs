@@ -17,6 +17,7 @@ use crate::actors::Services;
 use crate::config::Config;
 use crate::definitions::{DefinitionError, Definitions};
 use crate::http::{self, AppState};
+use crate::process;
 use crate::store::{Store, StoreError};
 
 /// How long the tree may take to stop on shutdown.
@@ -77,6 +78,15 @@ impl Application {
             "loaded data folders"
         );
         let store = Store::open(&config.storage.data_dir)?;
+        // Opening sled took its lock: no other live service uses this data dir, so anything still
+        // running with its mark was orphaned by a killed predecessor.
+        let orphans = process::kill_orphans(&config.storage.data_dir.display().to_string());
+        if orphans > 0 {
+            tracing::warn!(
+                orphans,
+                "killed process groups left running by a previous run"
+            );
+        }
         let services = Services {
             store,
             directory: Arc::new(ActorDirectory::default()),

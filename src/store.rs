@@ -171,6 +171,17 @@ impl Store {
         }
     }
 
+    /// The task an idempotency key was first used for, and the digest of that submission.
+    pub fn idempotent_submission(&self, key: &str) -> Result<Option<(TaskId, String)>, StoreError> {
+        match self.idempotency.get(key.as_bytes())? {
+            Some(bytes) => {
+                let record: IdempotencyRecord = serde_json::from_slice(&bytes)?;
+                Ok(Some((record.task_id, record.digest)))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// One task.
     pub fn task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
         match self.tasks.get(id.as_bytes())? {
@@ -254,6 +265,20 @@ impl Store {
             .values()
             .map(|bytes| Ok(serde_json::from_slice(&bytes?)?))
             .collect()
+    }
+
+    /// The last `limit` events of a log, in order (the service log grows for as long as it runs).
+    pub fn recent_events(&self, task_id: TaskId, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let mut events = self
+            .events
+            .scan_prefix(task_id.as_bytes())
+            .values()
+            .rev()
+            .take(limit)
+            .map(|bytes| Ok(serde_json::from_slice(&bytes?)?))
+            .collect::<Result<Vec<Event>, StoreError>>()?;
+        events.reverse();
+        Ok(events)
     }
 
     /// Persists an engine run together with its `engine.run` event.

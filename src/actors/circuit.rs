@@ -126,6 +126,7 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
             ],
             timeout: Duration::from_secs(config.verify_timeout_secs),
             output_bytes_max: config.output_bytes_max,
+            instance: services.instance(),
         },
     )
     .await?;

@@ -6,7 +6,7 @@
 //! `max_restarts` times in `window_secs`; past that a persona is marked `failed` (its work fails
 //! with `PERSONA_UNAVAILABLE`) and a pipeline's task fails with `PIPELINE_FAILED`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -91,6 +91,8 @@ pub struct CompassState {
     pipelines: HashMap<TaskId, PipelineSlot>,
     /// Tasks waiting for a slot: ordered by priority, then by id (UUID v7: age).
     queue: BTreeSet<(Priority, TaskId)>,
+    /// Tasks that were running when the service last stopped: they get slots before the queue.
+    resuming: VecDeque<TaskId>,
 }
 
 impl Actor for Compass {
@@ -113,6 +115,7 @@ impl Actor for Compass {
             personas: BTreeMap::new(),
             pipelines: HashMap::new(),
             queue: BTreeSet::new(),
+            resuming: VecDeque::new(),
         };
         for name in PERSONAS.iter().copied().filter(|name| *name != "compass") {
             let cell = spawn_persona(name, &myself, &state.services).await?;
@@ -148,8 +151,8 @@ impl Actor for Compass {
         );
         for task in unfinished {
             if task.status == TaskStatus::Running {
-                // It held a slot when the process stopped: it resumes at its stage first.
-                start_pipeline(&myself, state, task.id).await;
+                // It held a slot when the process stopped: it resumes at its stage, first.
+                state.resuming.push_back(task.id);
             } else {
                 state.queue.insert((task.priority, task.id));
             }
@@ -411,12 +414,21 @@ async fn on_submitted(
 async fn dispatch(myself: &ActorRef<CompassMsg>, state: &mut CompassState) {
     let slots = state.services.config.compass.max_concurrent_tasks;
     while state.pipelines.len() < slots {
-        let Some((_, task_id)) = state.queue.pop_first() else {
+        let next = state
+            .resuming
+            .pop_front()
+            .or_else(|| state.queue.pop_first().map(|(_, task_id)| task_id));
+        let Some(task_id) = next else {
             break;
         };
         start_pipeline(myself, state, task_id).await;
     }
-    state.services.directory.set_queue_depth(state.queue.len());
+    set_queue_depth(state);
+}
+
+fn set_queue_depth(state: &CompassState) {
+    let depth = state.queue.len() + state.resuming.len();
+    state.services.directory.set_queue_depth(depth);
 }
 
 async fn start_pipeline(myself: &ActorRef<CompassMsg>, state: &mut CompassState, task_id: TaskId) {
@@ -547,9 +559,28 @@ async fn cancel(
             StoreError::TaskFinished(id) => CancelError::AlreadyFinished(id),
             other => CancelError::Store(other.to_string()),
         })?;
-    if state.queue.remove(&(cancelled.priority, task_id)) {
-        state.services.directory.set_queue_depth(state.queue.len());
+    state.queue.remove(&(cancelled.priority, task_id));
+    state.resuming.retain(|waiting| *waiting != task_id);
+    set_queue_depth(state);
+    match state
+        .pipelines
+        .get(&task_id)
+        .and_then(|slot| slot.cell.clone())
+    {
+        Some(cell) => {
+            let _ = ActorRef::<PipelineMsg>::from(cell).cast(PipelineMsg::Cancel);
+        }
+        None => {
+            // Queued, or waiting for a restart: nothing runs; free the slot now.
+            state.pipelines.remove(&task_id);
+            state
+                .services
+                .directory
+                .remove(&format!("pipeline-{task_id}"));
+            dispatch(myself, state).await;
+        }
     }
+    // After the pipeline has been told, so its call ends as cancelled work, not as a crash.
     for persona in ["planner", "patch", "circuit"] {
         let Some(cell) = state
             .personas
@@ -569,24 +600,6 @@ async fn cancel(
                 .cast(CircuitMsg::CancelTask(task_id))
                 .map_err(drop),
         };
-    }
-    match state
-        .pipelines
-        .get(&task_id)
-        .and_then(|slot| slot.cell.clone())
-    {
-        Some(cell) => {
-            let _ = ActorRef::<PipelineMsg>::from(cell).cast(PipelineMsg::Cancel);
-        }
-        None => {
-            // Queued, or waiting for a restart: nothing runs; free the slot now.
-            state.pipelines.remove(&task_id);
-            state
-                .services
-                .directory
-                .remove(&format!("pipeline-{task_id}"));
-            dispatch(myself, state).await;
-        }
     }
     Ok(cancelled)
 }

@@ -61,6 +61,9 @@ pub enum StageError {
     /// Durable state could not be written.
     #[error("{0}")]
     Store(String),
+    /// The task was cancelled while the job ran.
+    #[error("the task was cancelled")]
+    Cancelled,
     /// A bug: a job panicked.
     #[error("{0}")]
     Internal(String),
@@ -79,6 +82,7 @@ impl StageError {
             Self::MergeConflict(_) => "MERGE_CONFLICT",
             Self::DeliverFailed(_) => "DELIVER_FAILED",
             Self::Store(_) => "STORE_FAILED",
+            Self::Cancelled => "CANCELLED",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -143,7 +147,8 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
 struct RunningJob<T> {
     token: u64,
     reply: JobReply<T>,
-    _work: AbortOnDropHandle<()>,
+    /// Dropping it aborts the job.
+    work: AbortOnDropHandle<()>,
 }
 
 /// A persona's jobs in flight. Dropping it (the persona stopped or crashed) aborts them all.
@@ -189,7 +194,7 @@ impl<T: Send + 'static> InFlightJobs<T> {
             RunningJob {
                 token,
                 reply,
-                _work: handle,
+                work: handle,
             },
         );
     }
@@ -204,9 +209,21 @@ impl<T: Send + 'static> InFlightJobs<T> {
         }
     }
 
-    /// Aborts every job of a task.
+    /// Aborts every job of a task; their callers hear `Cancelled` rather than a dropped reply
+    /// (which would read as a crash and be retried).
     pub fn cancel_task(&mut self, task_id: TaskId) {
-        self.jobs.retain(|(task, _), _| *task != task_id);
+        let keys: Vec<JobKey> = self
+            .jobs
+            .keys()
+            .filter(|(task, _)| *task == task_id)
+            .copied()
+            .collect();
+        for key in keys {
+            if let Some(job) = self.jobs.remove(&key) {
+                drop(job.work);
+                let _ = job.reply.send(Err(StageError::Cancelled));
+            }
+        }
     }
 
     /// Jobs running now.

@@ -55,6 +55,11 @@ impl Services {
             .join(task_id.to_string())
     }
 
+    /// This service instance's identity for its child processes: the (absolute) data dir.
+    pub fn instance(&self) -> String {
+        self.config.storage.data_dir.display().to_string()
+    }
+
     /// Where the prompt and feedback files of a task are written (outside the worktree, so they
     /// are never committed).
     pub fn prompt_dir(&self, task_id: TaskId) -> PathBuf {

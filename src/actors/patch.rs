@@ -188,8 +188,8 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
         return Ok(ImplementOutcome {
             commit: None,
             engine_failure: Some(format!(
-                "the patch engine exited with {:?}:\n{output}",
-                run.exit_code
+                "the patch engine {}:\n{output}",
+                engine::ending(&run)
             )),
         });
     }
@@ -240,6 +240,7 @@ async fn run_engine(
                     env: prompt::engine_env(task, task.attempts, &files),
                     timeout: Duration::from_secs(config.timeout_secs),
                     output_bytes_max: config.output_bytes_max,
+                    instance: services.instance(),
                 },
             )
             .await

@@ -535,7 +535,7 @@ async fn note_restart(
         return Ok(());
     }
     let event = NewEvent::new(
-        "compass",
+        &state.name,
         "actor.restarted",
         json!({"actor": persona, "restarts": restarts, "retrying": true}),
     );

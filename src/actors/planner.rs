@@ -5,9 +5,11 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::jobs::{InFlightJobs, JobKey, JobReply, StageError};
+use super::patch::branch_name;
 use super::Services;
 use crate::domain::{EngineSpec, Plan, Stage, Task, TaskId};
 use crate::engine::{self, RunIdentity, ShellRun};
+use crate::git::Git;
 use crate::prompt;
 
 /// The Planner persona.
@@ -113,16 +115,22 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
                 None,
             )
             .await?;
+            // The planner may read the repository, but in its own worktree, never the user's checkout.
+            let worktree = services.worktree_path(task.id);
+            Git::new(&task.repo, services.config.git.timeout())
+                .ensure_worktree(&worktree, &branch_name(task.id), &task.base_branch)
+                .await?;
             let config = &services.config.engines;
             let run = engine::run_shell(
                 &services.store,
                 &who,
                 ShellRun {
                     command,
-                    cwd: std::path::PathBuf::from(&task.repo),
+                    cwd: worktree,
                     env: prompt::engine_env(&task, 0, &files),
                     timeout: Duration::from_secs(config.timeout_secs),
                     output_bytes_max: config.output_bytes_max,
+                    instance: services.instance(),
                 },
             )
             .await?;
@@ -137,8 +145,8 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
                 .filter(|plan| run.succeeded() && !plan.steps.is_empty())
                 .ok_or_else(|| {
                     StageError::PlanInvalid(format!(
-                        "planner engine did not print a JSON plan with steps (exit {:?})",
-                        run.exit_code
+                        "the planner engine {} without printing a JSON plan with steps",
+                        engine::ending(&run)
                     ))
                 })
         }

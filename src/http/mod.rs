@@ -33,7 +33,8 @@ pub fn router(app: AppState) -> Router {
         .route("/tasks/{id}/events", get(tasks::events))
         .route("/tasks/{id}/runs", get(tasks::runs))
         .route("/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/actors", get(system::actors));
+        .route("/actors", get(system::actors))
+        .route("/events", get(system::service_events));
     Router::new()
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))

@@ -6,7 +6,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use super::error::ApiError;
 use super::AppState;
+use crate::domain::TaskId;
 
 /// `GET /healthz`: the process is up and answering.
 pub async fn healthz() -> Json<serde_json::Value> {
@@ -43,4 +45,18 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 /// `GET /v1/actors`: every actor of the tree with its parent, health and restart count.
 pub async fn actors(State(app): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({"actors": app.services.directory.snapshot()}))
+}
+
+/// Service-wide events returned at most (the newest).
+const SERVICE_EVENTS_MAX: usize = 1000;
+
+/// `GET /v1/events`: the service-wide log (persona crashes, restarts and give-ups), latest last.
+pub async fn service_events(
+    State(app): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let events = app
+        .services
+        .store
+        .recent_events(TaskId::service(), SERVICE_EVENTS_MAX)?;
+    Ok(Json(json!({"events": events})))
 }

@@ -71,6 +71,13 @@ pub async fn submit(
     State(app): State<AppState>,
     JsonBody(request): JsonBody<SubmitTaskRequest>,
 ) -> Result<Response, ApiError> {
+    let digest = digest_of(&request)?;
+    // A replay answers with the original task even if the repo, the config or the queue changed.
+    if let Some(key) = &request.idempotency_key {
+        if let Some(original) = app.services.store.idempotent_submission(key)? {
+            return answer_replay(&app, original, &digest);
+        }
+    }
     let task = validate(&app, request).await?;
     let config = &app.services.config.compass;
     if app.services.directory.queue_depth() >= config.max_queued_tasks {
@@ -83,7 +90,6 @@ pub async fn submit(
             QUEUE_FULL_RETRY_AFTER_SECS,
         ));
     }
-    let digest = digest_of(&task);
     let event = NewEvent::new(
         "ingress",
         "task.submitted",
@@ -107,11 +113,38 @@ pub async fn submit(
             tracing::error!(%error, task = %task.id, "could not notify compass of a new task");
         }
     }
+    Ok(created(task, replayed))
+}
+
+/// `201` with the task; a replay says so in `Idempotent-Replayed: true`.
+fn created(task: Task, replayed: bool) -> Response {
     let mut headers = HeaderMap::new();
     if replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok((StatusCode::CREATED, headers, Json(task)).into_response())
+    (StatusCode::CREATED, headers, Json(task)).into_response()
+}
+
+fn answer_replay(
+    app: &AppState,
+    original: (TaskId, String),
+    digest: &str,
+) -> Result<Response, ApiError> {
+    let (task_id, original_digest) = original;
+    if original_digest != digest {
+        return Err(key_conflict(task_id));
+    }
+    let task = app.services.store.task(task_id)?.ok_or_else(|| {
+        ApiError::internal(format!("idempotency key names missing task {task_id}"))
+    })?;
+    Ok(created(task, true))
+}
+
+fn key_conflict(original: TaskId) -> ApiError {
+    ApiError::conflict(
+        "IDEMPOTENCY_CONFLICT",
+        format!("idempotency_key was already used for task {original} with a different body"),
+    )
 }
 
 async fn validate(app: &AppState, request: SubmitTaskRequest) -> Result<Task, ApiError> {
@@ -233,14 +266,11 @@ async fn check_repository(
     Ok(())
 }
 
-/// What makes two submissions "the same body": every client-given field after defaults.
-fn digest_of(task: &Task) -> String {
-    let identity = json!({
-        "title": task.title, "description": task.description, "repo": task.repo,
-        "base_branch": task.base_branch, "kind": task.kind, "priority": task.priority,
-        "verify": task.verify, "max_attempts": task.max_attempts, "engines": task.engines,
-    });
-    hex::encode(Sha256::digest(identity.to_string().as_bytes()))
+/// What makes two submissions "the same body": the body as sent (after parsing, so key order and
+/// whitespace do not matter), independent of config defaults that may change between the two.
+fn digest_of(request: &SubmitTaskRequest) -> Result<String, ApiError> {
+    let canonical = serde_json::to_vec(request).map_err(ApiError::internal)?;
+    Ok(hex::encode(Sha256::digest(&canonical)))
 }
 
 /// `GET /v1/tasks`.

@@ -45,13 +45,21 @@ async fn kill_9_during_verify_then_restart_finishes_the_task() {
     let orphan = wait_for_marker(&service, &id, &marker).await;
 
     service.kill_9();
-    // The killed service's verify is an orphan now; end it so it cannot interfere.
-    // SAFETY: signalling a process group this test started.
-    unsafe {
-        libc::kill(-orphan, libc::SIGKILL);
-    }
+    assert!(
+        process_group_alive(orphan),
+        "kill -9 gives the service no chance to stop its verify"
+    );
 
+    // The restarted service finds the orphan by its instance mark and kills it.
     let service = Service::start(root.path()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while process_group_alive(orphan) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !process_group_alive(orphan),
+        "the orphaned verify of the killed service still runs"
+    );
     let task = service.wait_until_finished(&id).await;
     assert_eq!(task["status"], "done", "{task:#}");
     assert_eq!(task["attempts"], 1);
