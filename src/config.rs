@@ -52,6 +52,8 @@ pub struct Config {
     pub supervision: SupervisionConfig,
     /// Engine and verify runs.
     pub engines: EnginesConfig,
+    /// Retries of stages after transient failures.
+    pub retry: RetryConfig,
     /// Git calls.
     pub git: GitConfig,
     /// Task defaults and limits.
@@ -126,6 +128,8 @@ pub struct CompassConfig {
     pub max_concurrent_tasks: usize,
     /// Tasks allowed to wait in the queue; past it, submissions get 429 `QUEUE_FULL`.
     pub max_queued_tasks: usize,
+    /// A running task with no event for this long is reported as stalled.
+    pub stall_after_secs: u64,
     /// Pipeline templates: which stages each task kind runs, in order.
     pub templates: std::collections::BTreeMap<String, Vec<Stage>>,
 }
@@ -140,6 +144,7 @@ impl Default for CompassConfig {
         Self {
             max_concurrent_tasks: 4,
             max_queued_tasks: 10_000,
+            stall_after_secs: 900,
             templates,
         }
     }
@@ -174,6 +179,47 @@ impl SupervisionConfig {
     /// The window as a duration.
     pub fn window(&self) -> Duration {
         Duration::from_secs(self.window_secs)
+    }
+}
+
+/// Retries of a stage after transient failures (engine timeout or kill, git lock, persona timeout):
+/// exponential backoff with jitter, at most `max` per stage; then the task is dead-lettered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Retries per stage.
+    pub max: u32,
+    /// First delay; doubles with each retry.
+    pub base_backoff_ms: u64,
+    /// Cap on the delay.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max: 3,
+            base_backoff_ms: 500,
+            max_backoff_ms: 30_000,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The delay before retry number `retry` (1-based): exponential, capped, with jitter in
+    /// `[delay/2, delay]` so retries of many tasks do not stampede together.
+    pub fn delay(&self, retry: u32) -> Duration {
+        use std::hash::{BuildHasher, Hasher};
+        let exponent = retry.saturating_sub(1).min(20);
+        let ceiling = self
+            .base_backoff_ms
+            .saturating_mul(1u64 << exponent)
+            .min(self.max_backoff_ms);
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let half = ceiling / 2;
+        Duration::from_millis(half + random % (ceiling - half + 1))
     }
 }
 
@@ -311,6 +357,15 @@ impl Config {
                 "git.timeout_secs must be at least 1",
             ),
             (
+                self.retry.base_backoff_ms > self.retry.max_backoff_ms,
+                "retry.base_backoff_ms must not exceed max_backoff_ms",
+            ),
+            (self.retry.max > 100, "retry.max must be at most 100"),
+            (
+                self.compass.stall_after_secs == 0,
+                "compass.stall_after_secs must be at least 1",
+            ),
+            (
                 self.tasks.default_max_attempts == 0,
                 "tasks.default_max_attempts must be at least 1",
             ),
@@ -367,6 +422,21 @@ mod tests {
     fn unknown_key_names_the_key() {
         let error = Config::parse("[compass]\nmax_concurent_tasks = 3\n").unwrap_err();
         assert!(error.contains("max_concurent_tasks"), "{error}");
+    }
+
+    #[test]
+    fn retry_delay_grows_with_jitter_and_a_cap() {
+        let retry = RetryConfig {
+            max: 5,
+            base_backoff_ms: 100,
+            max_backoff_ms: 300,
+        };
+        for _ in 0..50 {
+            let first = retry.delay(1).as_millis();
+            assert!((50..=100).contains(&first), "{first}");
+            let third = retry.delay(3).as_millis();
+            assert!((150..=300).contains(&third), "{third}");
+        }
     }
 
     #[test]

@@ -116,6 +116,8 @@ pub enum Stage {
     Implement,
     /// Circuit runs the verify command.
     Verify,
+    /// A human approves (or rejects) before delivery; the task waits as `awaiting_approval`.
+    Approve,
     /// Patch merges the branch into the base branch.
     Deliver,
 }
@@ -127,6 +129,7 @@ impl Stage {
             Self::Plan => "plan",
             Self::Implement => "implement",
             Self::Verify => "verify",
+            Self::Approve => "approve",
             Self::Deliver => "deliver",
         }
     }
@@ -155,6 +158,30 @@ impl ErrorInfo {
             message: message.into(),
         }
     }
+}
+
+/// Whether a human must approve a task's work before it is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewPolicy {
+    /// Delivered as soon as verify passes.
+    #[default]
+    Auto,
+    /// An `approve` gate is inserted before `deliver`.
+    Manual,
+}
+
+/// One failed try of a stage, kept on the task so a dead letter carries every diagnostic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// The stage that failed.
+    pub stage: Stage,
+    /// The implement/verify attempt it belonged to.
+    pub attempt: u32,
+    /// Code and message (the message holds the tail of the output).
+    pub error: ErrorInfo,
 }
 
 /// How a persona thinks or acts for one task.
@@ -227,6 +254,15 @@ pub struct Task {
     pub max_attempts: u32,
     /// Engine overrides per persona.
     pub engines: EngineOverrides,
+    /// Tasks that must be `done` before this one may start.
+    #[serde(default)]
+    pub deps: Vec<TaskId>,
+    /// The unfinished dependencies while the task is `blocked`.
+    #[serde(default)]
+    pub blocked_by: Vec<TaskId>,
+    /// Whether delivery waits for a human.
+    #[serde(default)]
+    pub review_policy: ReviewPolicy,
     /// Client-chosen key that makes submission idempotent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
@@ -238,6 +274,15 @@ pub struct Task {
     pub stages: Vec<Stage>,
     /// Implement attempts started so far (1-based once implement has begun).
     pub attempts: u32,
+    /// Retries of the current stage after transient failures (reset when the stage changes).
+    #[serde(default)]
+    pub stage_retries: u32,
+    /// Times delivery found the base moved and sent the merged branch back to verify.
+    #[serde(default)]
+    pub reverifications: u32,
+    /// Every failed try so far, oldest first (bounded by [`FAILURES_KEPT_MAX`]).
+    #[serde(default)]
+    pub failures: Vec<FailureRecord>,
     /// `glitchlab/<task-id>` once Patch has made the worktree.
     pub branch: Option<String>,
     /// Delivered commit on the base branch.
@@ -259,7 +304,23 @@ pub struct Task {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// Failure records kept per task; older ones are dropped first.
+pub const FAILURES_KEPT_MAX: usize = 32;
+
 impl Task {
+    /// Records a failed try, keeping the newest [`FAILURES_KEPT_MAX`].
+    pub fn record_failure(&mut self, stage: Stage, error: ErrorInfo) {
+        if self.failures.len() >= FAILURES_KEPT_MAX {
+            self.failures.remove(0);
+        }
+        self.failures.push(FailureRecord {
+            at: Utc::now(),
+            stage,
+            attempt: self.attempts,
+            error,
+        });
+    }
+
     /// The stage after `stage` in this task's template, or `None` when `stage` is the last.
     pub fn stage_after(&self, stage: Stage) -> Option<Stage> {
         let position = self.stages.iter().position(|s| *s == stage)?;

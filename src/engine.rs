@@ -130,7 +130,9 @@ const PLAN_STEPS_MAX: usize = 12;
 /// Each non-empty line or sentence of the description becomes a step; words that look like paths
 /// (`src/lib.rs`, `README.md`) become the step's files; the risk grows with the plan's size and
 /// with words that signal risky work.
-pub fn builtin_plan(task: &Task) -> Plan {
+///
+/// Earlier failures on the same repository (`history`) open the plan with a step to avoid them.
+pub fn builtin_plan(task: &Task, history: &[Task]) -> Plan {
     let mut sentences: Vec<String> = task
         .description
         .lines()
@@ -160,6 +162,21 @@ pub fn builtin_plan(task: &Task) -> Plan {
             rationale: format!("step {} of the task as described", index + 1),
         })
         .collect();
+    if !history.is_empty() {
+        let codes: Vec<String> = history
+            .iter()
+            .filter_map(|t| t.error.as_ref().map(|e| format!("{} ({})", t.id, e.code)))
+            .collect();
+        steps.insert(
+            0,
+            PlanStep {
+                title: "review the earlier failures on this repository and avoid repeating them"
+                    .into(),
+                files: Vec::new(),
+                rationale: format!("recent failed tasks: {}", codes.join(", ")),
+            },
+        );
+    }
     steps.push(PlanStep {
         title: format!("make `{}` pass", task.verify),
         files: Vec::new(),
@@ -246,10 +263,16 @@ mod tests {
             max_attempts: 3,
             engines: EngineOverrides::default(),
             idempotency_key: None,
+            deps: Vec::new(),
+            blocked_by: Vec::new(),
+            review_policy: Default::default(),
             status: TaskStatus::Queued,
             stage: None,
             stages: vec![Stage::Plan],
             attempts: 0,
+            stage_retries: 0,
+            reverifications: 0,
+            failures: Vec::new(),
             branch: None,
             commit: None,
             plan: None,
@@ -264,9 +287,10 @@ mod tests {
 
     #[test]
     fn plan_has_a_step_per_sentence_and_names_files() {
-        let plan = builtin_plan(&task(
-            "Create hello.txt with a greeting. Mention it in README.md",
-        ));
+        let plan = builtin_plan(
+            &task("Create hello.txt with a greeting. Mention it in README.md"),
+            &[],
+        );
         assert_eq!(plan.summary, "Add greeting");
         assert_eq!(plan.steps.len(), 3);
         assert_eq!(plan.steps[0].files, vec!["hello.txt"]);
@@ -277,9 +301,9 @@ mod tests {
     #[test]
     fn plan_is_bounded_and_deterministic() {
         let long: String = (0..40).map(|i| format!("step {i}\n")).collect();
-        let first = builtin_plan(&task(&long));
+        let first = builtin_plan(&task(&long), &[]);
         assert_eq!(first.steps.len(), PLAN_STEPS_MAX + 1);
-        assert_eq!(first, builtin_plan(&task(&long)));
+        assert_eq!(first, builtin_plan(&task(&long), &[]));
         assert_eq!(first.risk, "high");
     }
 }

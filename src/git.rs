@@ -189,16 +189,28 @@ pub enum DeliverError {
     Git(#[from] GitError),
 }
 
-/// Merges `branch` (checked out in `worktree`) into `base` of `repo`; returns the new base commit.
+/// What one delivery step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliverStep {
+    /// The base branch now points at this commit.
+    Delivered(String),
+    /// The base had moved: it was merged into the branch (this commit), which must be verified
+    /// again before it may be delivered.
+    BaseMerged(String),
+}
+
+/// Delivers `branch` (checked out in `worktree`) into `base` of `repo`.
 ///
-/// Fast-forwards when the base has not moved; otherwise merges the base into the branch first (in
-/// the worktree, so the user's checkout is never left mid-merge) and then fast-forwards the base.
+/// When the base has not moved since the branch was made (or last merged it), the base is
+/// fast-forwarded to the branch. Otherwise the base is merged into the branch — in the worktree,
+/// so the user's checkout is never left mid-merge — and the caller must verify again before the
+/// next step fast-forwards it.
 pub async fn deliver(
     repo: &Git,
     worktree: &Git,
     branch: &str,
     base: &str,
-) -> Result<String, DeliverError> {
+) -> Result<DeliverStep, DeliverError> {
     let base_commit = repo.rev_parse(base).await?;
     let is_ancestor = worktree
         .run(&["merge-base", "--is-ancestor", &base_commit, "HEAD"])
@@ -206,17 +218,15 @@ pub async fn deliver(
         .is_ok();
     if !is_ancestor {
         let message = format!("glitchlab: merge {base} into {branch}");
-        if let Err(error) = worktree
-            .run(&[
-                "merge",
-                "--no-ff",
-                "--no-edit",
-                "-m",
-                &message,
-                &base_commit,
-            ])
-            .await
-        {
+        let merge = [
+            "merge",
+            "--no-ff",
+            "--no-edit",
+            "-m",
+            &message,
+            &base_commit,
+        ];
+        if let Err(error) = worktree.run(&merge).await {
             let _ = worktree.run(&["merge", "--abort"]).await;
             return Err(DeliverError::Conflict {
                 base: base.to_owned(),
@@ -224,6 +234,7 @@ pub async fn deliver(
                 detail: error.to_string(),
             });
         }
+        return Ok(DeliverStep::BaseMerged(worktree.rev_parse("HEAD").await?));
     }
     let head = worktree.rev_parse("HEAD").await?;
     let checked_out = repo
@@ -239,5 +250,16 @@ pub async fn deliver(
         repo.run(&["update-ref", &reference, &head, &base_commit])
             .await?;
     }
-    Ok(head)
+    Ok(DeliverStep::Delivered(head))
+}
+
+/// Whether a git failure is another git process holding a lock: worth retrying, not a verdict.
+pub fn is_lock_contention(error: &GitError) -> bool {
+    match error {
+        GitError::Failed { stderr, .. } => {
+            stderr.contains(".lock")
+                && (stderr.contains("File exists") || stderr.contains("Unable to create"))
+        }
+        _ => false,
+    }
 }

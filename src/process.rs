@@ -268,7 +268,7 @@ pub fn kill_orphans(instance: &str) -> usize {
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| carries(*pid, &marker))
-        .filter_map(process_group_of)
+        .filter_map(live_process_group)
         .filter(|pgid| Some(*pgid) != own_group && *pgid > 1)
         .collect();
     groups.sort_unstable();
@@ -292,15 +292,20 @@ fn carries(pid: i32, marker: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn process_group_of(pid: i32) -> Option<i32> {
+/// The process group of a process that is still running (a zombie is already dead).
+fn live_process_group(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command (which may hold spaces) start after the last ')'.
-    let after_command = &stat[stat.rfind(')')? + 1..];
-    after_command.split_whitespace().nth(2)?.parse().ok()
+    // Fields after the command (which may hold spaces) start after the last ')':
+    // state, parent, process group.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(1)?.parse().ok()
 }
 
 fn own_process_group() -> Option<i32> {
-    process_group_of(i32::try_from(std::process::id()).ok()?)
+    live_process_group(i32::try_from(std::process::id()).ok()?)
 }
 
 /// Cuts text to at most `bytes_max` bytes, keeping the tail (where test failures print), marked.

@@ -44,6 +44,29 @@ pub fn build(system_prompt: &str, task: &Task, feedback: Option<&str>) -> String
     text
 }
 
+/// Bytes of each earlier failure's message a prompt carries.
+const HISTORY_MESSAGE_BYTES_MAX: usize = 600;
+
+/// The planner's extra section: earlier failures on the same repository, so a model-backed
+/// planner can avoid repeating them.
+pub fn history_section(failures: &[Task]) -> String {
+    if failures.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("\n# Earlier failures on this repository (most recent first)\n");
+    for task in failures {
+        let Some(error) = &task.error else {
+            continue;
+        };
+        let message = crate::process::keep_tail(&error.message, HISTORY_MESSAGE_BYTES_MAX);
+        text.push_str(&format!(
+            "\n## Task {} \"{}\": {}\n\n```\n{}\n```\n",
+            task.id, task.title, error.code, message
+        ));
+    }
+    text
+}
+
 /// Writes the prompt and feedback files for one engine run.
 pub async fn write_files(
     dir: &Path,

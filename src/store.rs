@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Transactional, Tree};
 
-use crate::domain::{EngineRun, Event, Task, TaskId};
+use crate::domain::{EngineRun, Event, Task, TaskId, TaskStatus};
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +201,29 @@ impl Store {
             .collect()
     }
 
+    /// The most recent failed or dead-lettered tasks on `repo` (other than `except`), newest
+    /// first: what a planner should not repeat. Looks at most at `scan_max` recent tasks.
+    pub fn recent_failures(
+        &self,
+        repo: &str,
+        except: TaskId,
+        limit: usize,
+        scan_max: usize,
+    ) -> Result<Vec<Task>, StoreError> {
+        let mut failures = Vec::new();
+        for bytes in self.tasks.iter().values().rev().take(scan_max) {
+            let task: Task = serde_json::from_slice(&bytes?)?;
+            let failed = matches!(task.status, TaskStatus::Failed | TaskStatus::DeadLetter);
+            if failed && task.repo == repo && task.id != except {
+                failures.push(task);
+                if failures.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(failures)
+    }
+
     /// Every task that has not reached a terminal status: what Compass reloads on start.
     pub fn unfinished_tasks(&self) -> Result<Vec<Task>, StoreError> {
         let mut unfinished = Vec::new();
@@ -223,6 +246,27 @@ impl Store {
         events: &[NewEvent],
         change: impl Fn(&mut Task),
     ) -> Result<Task, StoreError> {
+        self.change_task(id, events, false, change).await
+    }
+
+    /// Like [`Store::update_task`], but for the one transition out of a terminal status: a
+    /// client's retry of a failed or dead-lettered task.
+    pub async fn reopen_task(
+        &self,
+        id: TaskId,
+        events: &[NewEvent],
+        change: impl Fn(&mut Task),
+    ) -> Result<Task, StoreError> {
+        self.change_task(id, events, true, change).await
+    }
+
+    async fn change_task(
+        &self,
+        id: TaskId,
+        events: &[NewEvent],
+        reopen: bool,
+        change: impl Fn(&mut Task),
+    ) -> Result<Task, StoreError> {
         let mut encoded_events = Vec::with_capacity(events.len());
         for event in events {
             let seq = self.db.generate_id()?;
@@ -235,7 +279,8 @@ impl Store {
                     StoreError::TaskNotFound(id),
                 ))?;
             let mut task: Task = serde_json::from_slice(&bytes).map_err(abort)?;
-            if task.status.is_terminal() {
+            let reopenable = matches!(task.status, TaskStatus::Failed | TaskStatus::DeadLetter);
+            if task.status.is_terminal() && !(reopen && reopenable) {
                 return Err(ConflictableTransactionError::Abort(
                     StoreError::TaskFinished(id),
                 ));
@@ -357,7 +402,7 @@ fn append_encoded(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{EngineOverrides, Priority, Stage, TaskStatus};
+    use crate::domain::{EngineOverrides, Priority, Stage};
 
     fn task(key: Option<&str>) -> Task {
         Task {
@@ -372,10 +417,16 @@ mod tests {
             max_attempts: 3,
             engines: EngineOverrides::default(),
             idempotency_key: key.map(str::to_owned),
+            deps: Vec::new(),
+            blocked_by: Vec::new(),
+            review_policy: Default::default(),
             status: TaskStatus::Queued,
             stage: None,
             stages: vec![Stage::Plan],
             attempts: 0,
+            stage_retries: 0,
+            reverifications: 0,
+            failures: Vec::new(),
             branch: None,
             commit: None,
             plan: None,

@@ -130,6 +130,11 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
         },
     )
     .await?;
+    if let (None, Some(signal), false) = (run.exit_code, run.signal, run.timed_out) {
+        return Err(StageError::EngineKilled(format!(
+            "the verify command was killed by signal {signal}"
+        )));
+    }
     let mut output = run.combined_output();
     if run.timed_out {
         output.push_str(&format!(

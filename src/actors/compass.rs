@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use serde_json::json;
 
@@ -20,12 +19,13 @@ use super::patch::{Patch, PatchArguments, PatchMsg};
 use super::pipeline::{Pipeline, PipelineArguments, PipelineMsg};
 use super::planner::{Planner, PlannerArguments, PlannerMsg};
 use super::supervision::{RestartDecision, RestartHistory};
+use super::transitions::{self, Readiness, TaskActionError};
 use super::uplink_deploy::{UplinkDeploy, UplinkDeployArguments};
 use super::uplink_respond::{UplinkRespond, UplinkRespondArguments};
 use super::uplink_watch::{UplinkWatch, UplinkWatchArguments};
 use super::Services;
 use crate::definitions::PERSONAS;
-use crate::domain::{ErrorInfo, Priority, Task, TaskId, TaskStatus};
+use crate::domain::{Priority, Task, TaskId, TaskStatus};
 use crate::store::{NewEvent, StoreError};
 
 /// How long Compass waits for its children to stop on shutdown.
@@ -40,30 +40,18 @@ pub struct CompassArguments {
     pub services: Services,
 }
 
-/// Why a cancel was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum CancelError {
-    /// No such task.
-    #[error("task {0} not found")]
-    NotFound(TaskId),
-    /// It already ended.
-    #[error("task {0} has already finished")]
-    AlreadyFinished(TaskId),
-    /// Durable state could not be written.
-    #[error("{0}")]
-    Store(String),
-}
-
 /// Compass's messages.
 pub enum CompassMsg {
     /// A task was persisted by the ingress; queue it.
     TaskSubmitted(TaskId),
-    /// Cancel a task (queued or running); replies with the cancelled task.
-    Cancel {
-        /// Which.
+    /// A client acts on a task (cancel, approve, reject, retry); replies with the task after.
+    Act {
+        /// Which task.
         task_id: TaskId,
-        /// The outcome.
-        reply: RpcReplyPort<Result<Task, CancelError>>,
+        /// What to do.
+        action: TaskAction,
+        /// The task after the action, or why it was refused.
+        reply: RpcReplyPort<Result<Task, TaskActionError>>,
     },
     /// A persona's restart backoff elapsed.
     RestartPersona(&'static str),
@@ -71,6 +59,25 @@ pub enum CompassMsg {
     RestartPipeline(TaskId),
     /// A pipeline could not start; handled like a crash.
     PipelineStartFailed(TaskId, String),
+}
+
+/// What a client can do to a task through Compass.
+#[derive(Debug, Clone)]
+pub enum TaskAction {
+    /// End it `cancelled` (killing whatever runs for it).
+    Cancel,
+    /// Pass its approval gate.
+    Approve {
+        /// The reviewer's note.
+        comment: Option<String>,
+    },
+    /// Refuse its work at the gate (it ends `cancelled`).
+    Reject {
+        /// The reviewer's note.
+        comment: Option<String>,
+    },
+    /// Re-queue a failed or dead-lettered task.
+    Retry,
 }
 
 struct PersonaSlot {
@@ -93,6 +100,8 @@ pub struct CompassState {
     queue: BTreeSet<(Priority, TaskId)>,
     /// Tasks that were running when the service last stopped: they get slots before the queue.
     resuming: VecDeque<TaskId>,
+    /// Tasks waiting for dependencies (their records say on which).
+    blocked: BTreeSet<TaskId>,
 }
 
 impl Actor for Compass {
@@ -116,6 +125,7 @@ impl Actor for Compass {
             pipelines: HashMap::new(),
             queue: BTreeSet::new(),
             resuming: VecDeque::new(),
+            blocked: BTreeSet::new(),
         };
         for name in PERSONAS.iter().copied().filter(|name| *name != "compass") {
             let cell = spawn_persona(name, &myself, &state.services).await?;
@@ -150,12 +160,22 @@ impl Actor for Compass {
             "compass reloaded unfinished tasks"
         );
         for task in unfinished {
-            if task.status == TaskStatus::Running {
+            match task.status {
                 // It held a slot when the process stopped: it resumes at its stage, first.
-                state.resuming.push_back(task.id);
-            } else {
-                state.queue.insert((task.priority, task.id));
+                TaskStatus::Running => state.resuming.push_back(task.id),
+                TaskStatus::Queued => {
+                    state.queue.insert((task.priority, task.id));
+                }
+                TaskStatus::Blocked => {
+                    state.blocked.insert(task.id);
+                }
+                // Waits for a human; terminal ones are not reloaded.
+                _ => {}
             }
+        }
+        let blocked: Vec<TaskId> = state.blocked.iter().copied().collect();
+        for task_id in blocked {
+            on_blocked(&myself, state, task_id).await?;
         }
         dispatch(&myself, state).await;
         Ok(())
@@ -183,8 +203,12 @@ impl Actor for Compass {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             CompassMsg::TaskSubmitted(task_id) => on_submitted(&myself, state, task_id).await?,
-            CompassMsg::Cancel { task_id, reply } => {
-                let outcome = cancel(&myself, state, task_id).await;
+            CompassMsg::Act {
+                task_id,
+                action,
+                reply,
+            } => {
+                let outcome = act(&myself, state, task_id, action).await;
                 let _ = reply.send(outcome);
             }
             CompassMsg::RestartPersona(name) => restart_persona(&myself, state, name).await,
@@ -403,10 +427,70 @@ async fn on_submitted(
     let Some(task) = state.services.store.task(task_id)? else {
         return Ok(());
     };
-    if task.status == TaskStatus::Queued && !state.pipelines.contains_key(&task_id) {
-        state.queue.insert((task.priority, task.id));
-        dispatch(myself, state).await;
+    if state.pipelines.contains_key(&task_id) {
+        return Ok(());
     }
+    match task.status {
+        TaskStatus::Queued => {
+            state.queue.insert((task.priority, task.id));
+            dispatch(myself, state).await;
+        }
+        TaskStatus::Blocked => {
+            state.blocked.insert(task_id);
+            on_blocked(myself, state, task_id).await?;
+            dispatch(myself, state).await;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Looks at one blocked task; if it ended (a dependency failed), its dependents are next.
+async fn on_blocked(
+    myself: &ActorRef<CompassMsg>,
+    state: &mut CompassState,
+    task_id: TaskId,
+) -> Result<(), StoreError> {
+    let Some(task) = state.services.store.task(task_id)? else {
+        state.blocked.remove(&task_id);
+        return Ok(());
+    };
+    match transitions::evaluate_blocked(&state.services, &task).await? {
+        Readiness::Ready => {
+            state.blocked.remove(&task_id);
+            state.queue.insert((task.priority, task_id));
+        }
+        Readiness::Ended => {
+            state.blocked.remove(&task_id);
+            Box::pin(on_finished(myself, state, task_id)).await?;
+        }
+        Readiness::StillBlocked => {
+            if task.status != TaskStatus::Blocked {
+                state.blocked.remove(&task_id);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A task ended: the blocked tasks that depend on it may move now.
+async fn on_finished(
+    myself: &ActorRef<CompassMsg>,
+    state: &mut CompassState,
+    finished: TaskId,
+) -> Result<(), StoreError> {
+    let waiting: Vec<TaskId> = state.blocked.iter().copied().collect();
+    for task_id in waiting {
+        let depends = state
+            .services
+            .store
+            .task(task_id)?
+            .is_some_and(|task| task.deps.contains(&finished));
+        if depends {
+            on_blocked(myself, state, task_id).await?;
+        }
+    }
+    set_queue_depth(state);
     Ok(())
 }
 
@@ -478,11 +562,14 @@ async fn on_pipeline_exit(
     task_id: TaskId,
     reason: String,
 ) -> Result<(), StoreError> {
-    let name = format!("pipeline-{task_id}");
     let task = state.services.store.task(task_id)?;
-    if task.as_ref().is_none_or(|t| t.status.is_terminal()) {
-        state.pipelines.remove(&task_id);
-        state.services.directory.remove(&name);
+    let status = task.as_ref().map(|t| t.status);
+    if status != Some(TaskStatus::Running) {
+        // Finished, parked at the approval gate, or gone: the slot is free; nothing restarts.
+        free_slot(state, task_id);
+        if status.is_some_and(TaskStatus::is_terminal) {
+            on_finished(myself, state, task_id).await?;
+        }
         dispatch(myself, state).await;
         return Ok(());
     }
@@ -491,77 +578,74 @@ async fn on_pipeline_exit(
         return Ok(());
     };
     slot.cell = None;
+    let name = format!("pipeline-{task_id}");
     match slot.history.on_failure(&policy, Instant::now()) {
         RestartDecision::RestartAfter(delay) => {
             tracing::warn!(task = %task_id, %reason, ?delay, "pipeline exited; restarting from its persisted state");
-            state.services.directory.set(
-                entry(
-                    &name,
-                    Some("compass"),
-                    ActorHealth::Restarting,
-                    slot.history.total(),
-                ),
-                None,
-            );
+            let restarts = slot.history.total();
+            let health = entry(&name, Some("compass"), ActorHealth::Restarting, restarts);
+            state.services.directory.set(health, None);
             myself.send_after(delay, move || CompassMsg::RestartPipeline(task_id));
         }
         RestartDecision::GiveUp => {
-            let error = ErrorInfo::new(
-                "PIPELINE_FAILED",
-                format!("the task's pipeline crashed past its restart limit; last: {reason}"),
-            );
-            let finished = NewEvent::new(
-                "compass",
-                "task.finished",
-                json!({"status": TaskStatus::Failed, "error": error}),
-            );
-            let result = state
-                .services
-                .store
-                .update_task(task_id, &[finished], |t| {
-                    t.status = TaskStatus::Failed;
-                    t.error = Some(error.clone());
-                    t.finished_at = Some(Utc::now());
-                })
-                .await;
-            match result {
-                Ok(_) | Err(StoreError::TaskFinished(_)) => {}
-                Err(other) => return Err(other),
-            }
-            state.pipelines.remove(&task_id);
-            state.services.directory.remove(&name);
+            transitions::give_up_pipeline(&state.services, task_id, &reason).await?;
+            free_slot(state, task_id);
+            on_finished(myself, state, task_id).await?;
             dispatch(myself, state).await;
         }
     }
     Ok(())
 }
 
+fn free_slot(state: &mut CompassState, task_id: TaskId) {
+    state.pipelines.remove(&task_id);
+    state
+        .services
+        .directory
+        .remove(&format!("pipeline-{task_id}"));
+}
+
+/// Carries out a client's action on a task and moves the queue accordingly.
+async fn act(
+    myself: &ActorRef<CompassMsg>,
+    state: &mut CompassState,
+    task_id: TaskId,
+    action: TaskAction,
+) -> Result<Task, TaskActionError> {
+    let task = match action {
+        TaskAction::Cancel => return cancel(myself, state, task_id).await,
+        TaskAction::Approve { comment } => {
+            transitions::approve(&state.services, task_id, comment).await?
+        }
+        TaskAction::Reject { comment } => {
+            transitions::reject(&state.services, task_id, comment).await?
+        }
+        TaskAction::Retry => transitions::retry(&state.services, task_id).await?,
+    };
+    match task.status {
+        TaskStatus::Queued => {
+            state.queue.insert((task.priority, task_id));
+        }
+        TaskStatus::Blocked => {
+            state.blocked.insert(task_id);
+            on_blocked(myself, state, task_id).await?;
+        }
+        _ => on_finished(myself, state, task_id).await?,
+    }
+    dispatch(myself, state).await;
+    // The record after any immediate move (a retried task whose dependency failed ends again).
+    Ok(state.services.store.task(task_id)?.unwrap_or(task))
+}
+
 async fn cancel(
     myself: &ActorRef<CompassMsg>,
     state: &mut CompassState,
     task_id: TaskId,
-) -> Result<Task, CancelError> {
-    let event = NewEvent::new(
-        "compass",
-        "task.finished",
-        json!({"status": TaskStatus::Cancelled}),
-    );
-    let cancelled = state
-        .services
-        .store
-        .update_task(task_id, &[event], |t| {
-            t.status = TaskStatus::Cancelled;
-            t.finished_at = Some(Utc::now());
-        })
-        .await
-        .map_err(|error| match error {
-            StoreError::TaskNotFound(id) => CancelError::NotFound(id),
-            StoreError::TaskFinished(id) => CancelError::AlreadyFinished(id),
-            other => CancelError::Store(other.to_string()),
-        })?;
+) -> Result<Task, TaskActionError> {
+    let cancelled = transitions::cancel(&state.services, task_id).await?;
     state.queue.remove(&(cancelled.priority, task_id));
     state.resuming.retain(|waiting| *waiting != task_id);
-    set_queue_depth(state);
+    state.blocked.remove(&task_id);
     match state
         .pipelines
         .get(&task_id)
@@ -571,13 +655,9 @@ async fn cancel(
             let _ = ActorRef::<PipelineMsg>::from(cell).cast(PipelineMsg::Cancel);
         }
         None => {
-            // Queued, or waiting for a restart: nothing runs; free the slot now.
-            state.pipelines.remove(&task_id);
-            state
-                .services
-                .directory
-                .remove(&format!("pipeline-{task_id}"));
-            dispatch(myself, state).await;
+            // Queued, blocked, parked or waiting for a restart: nothing runs; free the slot now.
+            free_slot(state, task_id);
+            transitions::remove_worktree_later(&state.services, &cancelled);
         }
     }
     // After the pipeline has been told, so its call ends as cancelled work, not as a crash.
@@ -601,5 +681,7 @@ async fn cancel(
                 .map_err(drop),
         };
     }
+    on_finished(myself, state, task_id).await?;
+    dispatch(myself, state).await;
     Ok(cancelled)
 }

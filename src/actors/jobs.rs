@@ -46,6 +46,12 @@ pub enum StageError {
     /// An engine could not be started.
     #[error("{0}")]
     EngineFailed(String),
+    /// An engine's process was killed by a signal it did not ask for (OOM killer, an operator).
+    #[error("{0}")]
+    EngineKilled(String),
+    /// Another git process held a lock.
+    #[error("{0}")]
+    GitLocked(String),
     /// The planner's engine did not produce a valid plan.
     #[error("{0}")]
     PlanInvalid(String),
@@ -77,6 +83,8 @@ impl StageError {
             Self::PersonaTimeout { .. } => "PERSONA_TIMEOUT",
             Self::EngineTimeout(_) => "ENGINE_TIMEOUT",
             Self::EngineFailed(_) => "ENGINE_FAILED",
+            Self::EngineKilled(_) => "ENGINE_KILLED",
+            Self::GitLocked(_) => "GIT_LOCKED",
             Self::PlanInvalid(_) => "PLAN_INVALID",
             Self::Git(_) => "GIT_FAILED",
             Self::MergeConflict(_) => "MERGE_CONFLICT",
@@ -87,6 +95,18 @@ impl StageError {
         }
     }
 
+    /// Infrastructure trouble worth retrying with backoff; everything else is a verdict.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::EngineTimeout(_)
+                | Self::EngineKilled(_)
+                | Self::GitLocked(_)
+                | Self::PersonaTimeout { .. }
+                | Self::Store(_)
+        )
+    }
+
     /// The error as recorded on a failed task.
     pub fn to_info(&self) -> ErrorInfo {
         ErrorInfo::new(self.code(), self.to_string())
@@ -95,7 +115,11 @@ impl StageError {
 
 impl From<GitError> for StageError {
     fn from(error: GitError) -> Self {
-        Self::Git(error.to_string())
+        if crate::git::is_lock_contention(&error) {
+            Self::GitLocked(error.to_string())
+        } else {
+            Self::Git(error.to_string())
+        }
     }
 }
 

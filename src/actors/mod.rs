@@ -19,6 +19,7 @@ pub mod patch;
 pub mod pipeline;
 pub mod planner;
 pub mod supervision;
+pub mod transitions;
 pub mod uplink_deploy;
 pub mod uplink_respond;
 pub mod uplink_watch;

@@ -12,7 +12,7 @@ use super::jobs::{InFlightJobs, JobKey, JobReply, StageError};
 use super::Services;
 use crate::domain::{EngineRun, EngineSpec, Stage, Task, TaskId};
 use crate::engine::{self, RunIdentity, ShellRun};
-use crate::git::{self, DeliverError, Git};
+use crate::git::{self, DeliverError, DeliverStep, Git};
 use crate::prompt;
 
 /// The Patch persona.
@@ -40,7 +40,7 @@ type DeliveryLocks = Arc<Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<
 pub struct PatchState {
     services: Services,
     implementing: InFlightJobs<ImplementOutcome>,
-    delivering: InFlightJobs<String>,
+    delivering: InFlightJobs<DeliverStep>,
     delivery_locks: DeliveryLocks,
 }
 
@@ -53,12 +53,13 @@ pub enum PatchMsg {
         /// Where the outcome goes.
         reply: JobReply<ImplementOutcome>,
     },
-    /// Merge the task's branch into its base branch; replies with the delivered commit.
+    /// Merge the task's branch into its base branch (or, when the base moved, the base into the
+    /// branch, to be verified again).
     Deliver {
         /// The task as persisted.
         task: Box<Task>,
-        /// Where the commit goes.
-        reply: JobReply<String>,
+        /// Where the step taken goes.
+        reply: JobReply<DeliverStep>,
     },
     /// An implement job finished.
     ImplementDone {
@@ -76,7 +77,7 @@ pub enum PatchMsg {
         /// Which run of it.
         token: u64,
         /// Its result.
-        result: Result<String, StageError>,
+        result: Result<DeliverStep, StageError>,
     },
     /// Abort everything running for a task (its engine's process group is killed).
     CancelTask(TaskId),
@@ -179,6 +180,12 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
             services.config.engines.timeout_secs
         )));
     }
+    if let (None, Some(signal)) = (run.exit_code, run.signal) {
+        worktree.discard_uncommitted().await?;
+        return Err(StageError::EngineKilled(format!(
+            "the patch engine was killed by signal {signal}"
+        )));
+    }
     if !run.succeeded() {
         worktree.discard_uncommitted().await?;
         let output = crate::process::keep_tail(
@@ -252,7 +259,7 @@ async fn deliver(
     services: Services,
     task: Task,
     lock: Arc<tokio::sync::Mutex<()>>,
-) -> Result<String, StageError> {
+) -> Result<DeliverStep, StageError> {
     let _one_delivery_at_a_time = lock.lock().await;
     let git_timeout = services.config.git.timeout();
     let branch = branch_name(task.id);
@@ -266,26 +273,29 @@ async fn deliver(
                 .await
                 .is_ok();
             if merged {
-                return Ok(head);
+                return Ok(DeliverStep::Delivered(head));
             }
         }
         repo.ensure_worktree(&worktree_path, &branch, &task.base_branch)
             .await?;
     }
     let worktree = Git::new(&worktree_path, git_timeout);
-    let commit = git::deliver(&repo, &worktree, &branch, &task.base_branch)
+    let step = git::deliver(&repo, &worktree, &branch, &task.base_branch)
         .await
         .map_err(|error| match error {
             DeliverError::Conflict { .. } => {
                 StageError::MergeConflict(format!("{error}; branch {branch} is kept for a human"))
             }
+            DeliverError::Git(inner) if git::is_lock_contention(&inner) => StageError::from(inner),
             DeliverError::Git(inner) => {
                 StageError::DeliverFailed(format!("{inner}; branch {branch} is kept for a human"))
             }
         })?;
-    // The branch stays; the worktree is only scratch space.
-    if let Err(error) = repo.remove_worktree(&worktree_path).await {
-        tracing::warn!(task = %task.id, %error, "could not remove a delivered worktree");
+    if matches!(step, DeliverStep::Delivered(_)) {
+        // The branch stays; the worktree is only scratch space.
+        if let Err(error) = repo.remove_worktree(&worktree_path).await {
+            tracing::warn!(task = %task.id, %error, "could not remove a delivered worktree");
+        }
     }
-    Ok(commit)
+    Ok(step)
 }

@@ -17,13 +17,18 @@ use super::circuit::{CircuitMsg, VerifyOutcome};
 use super::jobs::{call_persona, spawn_job, CallLimits, StageError};
 use super::patch::{branch_name, ImplementOutcome, PatchMsg};
 use super::planner::PlannerMsg;
+use super::transitions;
 use super::Services;
 use crate::domain::{ErrorInfo, Plan, Stage, Task, TaskId, TaskStatus};
-use crate::git::Git;
+use crate::git::DeliverStep;
 use crate::store::{NewEvent, StoreError};
 
 /// Added to a stage's own timeouts before its persona call is given up.
 const CALL_TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
+/// How often delivery may find the base moved (merge, verify again) before it gives up.
+const REVERIFICATIONS_MAX: u32 = 5;
+/// Bytes of a failed attempt's output kept in its failure record and error message.
+const FAILURE_TAIL_BYTES: usize = 2048;
 
 /// The Pipeline actor.
 pub struct Pipeline;
@@ -38,25 +43,14 @@ pub struct PipelineArguments {
 
 /// What a stage's persona answered.
 pub enum StageOutcome {
-    /// Planner's answer.
-    Planned(Result<Plan, StageError>),
-    /// Patch's implement answer.
-    Implemented(Result<ImplementOutcome, StageError>),
-    /// Circuit's answer.
-    Verified(Result<VerifyOutcome, StageError>),
-    /// Patch's deliver answer: the delivered commit.
-    Delivered(Result<String, StageError>),
-}
-
-impl StageOutcome {
-    fn failed(stage: Stage, error: StageError) -> Self {
-        match stage {
-            Stage::Plan => Self::Planned(Err(error)),
-            Stage::Implement => Self::Implemented(Err(error)),
-            Stage::Verify => Self::Verified(Err(error)),
-            Stage::Deliver => Self::Delivered(Err(error)),
-        }
-    }
+    /// Planner's plan.
+    Planned(Plan),
+    /// Patch's implement attempt.
+    Implemented(ImplementOutcome),
+    /// Circuit's verdict.
+    Verified(VerifyOutcome),
+    /// Patch's delivery step.
+    Delivered(DeliverStep),
 }
 
 /// A pipeline's messages.
@@ -70,7 +64,7 @@ pub enum PipelineMsg {
         /// The attempt it ran for (stale answers are ignored).
         attempt: u32,
         /// The answer.
-        outcome: StageOutcome,
+        outcome: Result<StageOutcome, StageError>,
     },
     /// The task was cancelled (already recorded by Compass): stop the work and clean up.
     Cancel,
@@ -125,19 +119,18 @@ impl Actor for Pipeline {
             myself.stop(Some("task is gone".into()));
             return Ok(());
         };
-        let result = if task.status == TaskStatus::Running {
-            let event = NewEvent::new(
-                &state.name,
-                "task.resumed",
-                json!({"stage": task.stage, "attempt": task.attempts}),
-            );
-            state.services.store.append_event(task.id, event).await
-        } else {
-            start_task(state, &task).await.map(drop)
+        let result = match task.status {
+            TaskStatus::Running => {
+                let data = json!({"stage": task.stage, "attempt": task.attempts});
+                let event = NewEvent::new(&state.name, "task.resumed", data);
+                state.services.store.append_event(task.id, event).await
+            }
+            TaskStatus::Queued => start_task(state, &task).await.map(drop),
+            _ => Err(StoreError::TaskFinished(task.id)),
         };
         match result {
             Ok(()) => myself.cast(PipelineMsg::Advance)?,
-            Err(StoreError::TaskFinished(_)) => myself.stop(Some("finished".into())),
+            Err(StoreError::TaskFinished(_)) => myself.stop(Some("not runnable".into())),
             Err(error) => return Err(error.into()),
         }
         Ok(())
@@ -152,7 +145,7 @@ impl Actor for Pipeline {
         let result = match message {
             PipelineMsg::Advance => {
                 crate::work_failpoint!("pipeline.handle");
-                advance(&myself, state)
+                advance(&myself, state).await
             }
             PipelineMsg::StageDone {
                 stage,
@@ -164,7 +157,9 @@ impl Actor for Pipeline {
             }
             PipelineMsg::Cancel => {
                 state.in_flight = None;
-                remove_worktree_later(state);
+                if let Ok(Some(task)) = state.services.store.task(state.task_id) {
+                    transitions::remove_worktree_later(&state.services, &task);
+                }
                 myself.stop(Some("cancelled".into()));
                 Ok(())
             }
@@ -173,7 +168,7 @@ impl Actor for Pipeline {
             }
         };
         match result {
-            // Cancelled (or otherwise ended) under our feet: nothing left to drive.
+            // Ended or parked under our feet: nothing left to drive.
             Err(StoreError::TaskFinished(_)) => {
                 myself.stop(Some("finished".into()));
                 Ok(())
@@ -183,15 +178,26 @@ impl Actor for Pipeline {
     }
 }
 
+/// Moves a queued task to `running` at its stage: the first of its template, or — after an
+/// approval or a retry — the stage it stopped at.
 async fn start_task(state: &PipelineState, task: &Task) -> Result<Task, StoreError> {
     let first = task.stages.first().copied().unwrap_or(Stage::Plan);
-    let attempts = u32::from(first == Stage::Implement);
+    let stage = task.stage.unwrap_or(first);
+    let attempts = if stage == Stage::Implement {
+        task.attempts.max(1)
+    } else {
+        task.attempts
+    };
     let events = [
-        NewEvent::new(&state.name, "task.started", json!({"stages": task.stages})),
+        NewEvent::new(
+            &state.name,
+            "task.started",
+            json!({"stages": task.stages, "stage": stage, "continued": task.stage.is_some()}),
+        ),
         NewEvent::new(
             &state.name,
             "stage.started",
-            json!({"stage": first, "attempt": attempts}),
+            json!({"stage": stage, "attempt": attempts}),
         ),
     ];
     state
@@ -199,27 +205,37 @@ async fn start_task(state: &PipelineState, task: &Task) -> Result<Task, StoreErr
         .store
         .update_task(task.id, &events, |t| {
             t.status = TaskStatus::Running;
-            t.stage = Some(first);
+            t.stage = Some(stage);
             t.attempts = attempts;
-            t.started_at = Some(Utc::now());
-            if first == Stage::Implement {
+            t.started_at.get_or_insert_with(Utc::now);
+            if stage == Stage::Implement {
                 t.branch = Some(branch_name(t.id));
             }
         })
         .await
 }
 
-fn advance(myself: &ActorRef<PipelineMsg>, state: &mut PipelineState) -> Result<(), StoreError> {
+fn load_active(state: &PipelineState) -> Result<Task, StoreError> {
     let task = state
         .services
         .store
         .task(state.task_id)?
         .ok_or(StoreError::TaskNotFound(state.task_id))?;
-    if task.status.is_terminal() {
+    if task.status != TaskStatus::Running {
         return Err(StoreError::TaskFinished(task.id));
     }
+    Ok(task)
+}
+
+async fn advance(
+    myself: &ActorRef<PipelineMsg>,
+    state: &mut PipelineState,
+) -> Result<(), StoreError> {
+    let task = load_active(state)?;
     let stage = task.stage.unwrap_or(Stage::Plan);
-    let persona = persona_of(stage);
+    let Some(persona) = persona_of(stage) else {
+        return park_for_approval(myself, state, &task).await;
+    };
     let limits = call_limits(&state.services, stage);
     let directory = state.services.directory.clone();
     let attempt = task.attempts;
@@ -230,64 +246,59 @@ fn advance(myself: &ActorRef<PipelineMsg>, state: &mut PipelineState) -> Result<
         };
         let boxed = || Box::new(task.clone());
         match stage {
-            Stage::Plan => StageOutcome::Planned(
-                call_persona(
-                    &directory,
-                    persona,
-                    limits,
-                    |reply| PlannerMsg::Plan {
-                        task: boxed(),
-                        reply,
-                    },
-                    on_retry,
-                )
-                .await,
-            ),
-            Stage::Implement => StageOutcome::Implemented(
-                call_persona(
-                    &directory,
-                    persona,
-                    limits,
-                    |reply| PatchMsg::Implement {
-                        task: boxed(),
-                        reply,
-                    },
-                    on_retry,
-                )
-                .await,
-            ),
-            Stage::Verify => StageOutcome::Verified(
-                call_persona(
-                    &directory,
-                    persona,
-                    limits,
-                    |reply| CircuitMsg::Verify {
-                        task: boxed(),
-                        reply,
-                    },
-                    on_retry,
-                )
-                .await,
-            ),
-            Stage::Deliver => StageOutcome::Delivered(
-                call_persona(
-                    &directory,
-                    persona,
-                    limits,
-                    |reply| PatchMsg::Deliver {
-                        task: boxed(),
-                        reply,
-                    },
-                    on_retry,
-                )
-                .await,
-            ),
+            Stage::Plan => call_persona(
+                &directory,
+                persona,
+                limits,
+                |reply| PlannerMsg::Plan {
+                    task: boxed(),
+                    reply,
+                },
+                on_retry,
+            )
+            .await
+            .map(StageOutcome::Planned),
+            Stage::Implement => call_persona(
+                &directory,
+                persona,
+                limits,
+                |reply| PatchMsg::Implement {
+                    task: boxed(),
+                    reply,
+                },
+                on_retry,
+            )
+            .await
+            .map(StageOutcome::Implemented),
+            Stage::Verify => call_persona(
+                &directory,
+                persona,
+                limits,
+                |reply| CircuitMsg::Verify {
+                    task: boxed(),
+                    reply,
+                },
+                on_retry,
+            )
+            .await
+            .map(StageOutcome::Verified),
+            Stage::Deliver | Stage::Approve => call_persona(
+                &directory,
+                persona,
+                limits,
+                |reply| PatchMsg::Deliver {
+                    task: boxed(),
+                    reply,
+                },
+                on_retry,
+            )
+            .await
+            .map(StageOutcome::Delivered),
         }
     };
     let pipeline = myself.clone();
     let handle = spawn_job(work, move |outcome| {
-        let outcome = outcome
-            .unwrap_or_else(|panic| StageOutcome::failed(stage, StageError::Internal(panic)));
+        let outcome = outcome.unwrap_or_else(|panic| Err(StageError::Internal(panic)));
         // The pipeline may be gone (cancelled or crashed); its successor asks again.
         let _ = pipeline.cast(PipelineMsg::StageDone {
             stage,
@@ -302,12 +313,13 @@ fn advance(myself: &ActorRef<PipelineMsg>, state: &mut PipelineState) -> Result<
     Ok(())
 }
 
-/// The persona that runs a stage.
-pub fn persona_of(stage: Stage) -> &'static str {
+/// The persona that runs a stage; `None` for the human gate.
+pub fn persona_of(stage: Stage) -> Option<&'static str> {
     match stage {
-        Stage::Plan => "planner",
-        Stage::Implement | Stage::Deliver => "patch",
-        Stage::Verify => "circuit",
+        Stage::Plan => Some("planner"),
+        Stage::Implement | Stage::Deliver => Some("patch"),
+        Stage::Verify => Some("circuit"),
+        Stage::Approve => None,
     }
 }
 
@@ -315,10 +327,10 @@ fn call_limits(services: &Services, stage: Stage) -> CallLimits {
     let config = &services.config;
     let git = config.git.timeout();
     let own = match stage {
-        Stage::Plan => Duration::from_secs(config.engines.timeout_secs),
+        Stage::Plan => Duration::from_secs(config.engines.timeout_secs) + git * 3,
         Stage::Implement => Duration::from_secs(config.engines.timeout_secs) + git * 6,
-        Stage::Verify => Duration::from_secs(config.engines.verify_timeout_secs),
-        Stage::Deliver => git * 8,
+        Stage::Verify => Duration::from_secs(config.engines.verify_timeout_secs) + git * 3,
+        Stage::Deliver | Stage::Approve => git * 8,
     };
     let supervision = &config.supervision;
     CallLimits {
@@ -329,65 +341,132 @@ fn call_limits(services: &Services, stage: Stage) -> CallLimits {
     }
 }
 
+/// The task waits for a human: its pipeline ends (freeing the slot) and Compass starts a new one
+/// when the task is approved.
+async fn park_for_approval(
+    myself: &ActorRef<PipelineMsg>,
+    state: &PipelineState,
+    task: &Task,
+) -> Result<(), StoreError> {
+    let event = NewEvent::new(
+        &state.name,
+        "approval.requested",
+        json!({"branch": task.branch}),
+    );
+    state
+        .services
+        .store
+        .update_task(task.id, &[event], |t| {
+            t.status = TaskStatus::AwaitingApproval
+        })
+        .await?;
+    myself.stop(Some("awaiting approval".into()));
+    Ok(())
+}
+
 async fn on_stage_done(
     myself: &ActorRef<PipelineMsg>,
     state: &mut PipelineState,
     stage: Stage,
     attempt: u32,
-    outcome: StageOutcome,
+    outcome: Result<StageOutcome, StageError>,
 ) -> Result<(), StoreError> {
-    let task = state
-        .services
-        .store
-        .task(state.task_id)?
-        .ok_or(StoreError::TaskNotFound(state.task_id))?;
-    if task.status.is_terminal() {
-        return Err(StoreError::TaskFinished(task.id));
-    }
+    let task = load_active(state)?;
     if task.stage != Some(stage) || task.attempts != attempt {
         return Ok(()); // an answer for a stage this task has moved past
     }
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(error) => return on_stage_error(myself, state, &task, error).await,
+    };
     match outcome {
-        StageOutcome::Planned(Ok(plan)) => {
+        StageOutcome::Planned(plan) => {
             let summary = json!({"steps": plan.steps.len(), "risk": plan.risk});
             finish_stage(myself, state, &task, summary, move |t| {
                 t.plan = Some(plan.clone())
             })
             .await
         }
-        StageOutcome::Implemented(Ok(done)) => match done.engine_failure {
+        StageOutcome::Implemented(done) => match done.engine_failure {
             Some(output) => failed_attempt(myself, state, &task, output, "IMPLEMENT_FAILED").await,
             None => {
                 finish_stage(myself, state, &task, json!({"commit": done.commit}), |_| {}).await
             }
         },
-        StageOutcome::Verified(Ok(verdict)) if verdict.passed => {
-            finish_stage(
-                myself,
-                state,
-                &task,
-                json!({"passed": true, "run_id": verdict.run_id}),
-                |_| {},
-            )
-            .await
+        StageOutcome::Verified(verdict) if verdict.passed => {
+            let data = json!({"passed": true, "run_id": verdict.run_id});
+            finish_stage(myself, state, &task, data, |_| {}).await
         }
-        StageOutcome::Verified(Ok(verdict)) => {
+        StageOutcome::Verified(verdict) => {
             failed_attempt(myself, state, &task, verdict.output, "VERIFY_FAILED").await
         }
-        StageOutcome::Delivered(Ok(commit)) => {
+        StageOutcome::Delivered(DeliverStep::Delivered(commit)) => {
             let data = json!({"commit": commit});
             finish_stage(myself, state, &task, data, move |t| {
                 t.commit = Some(commit.clone())
             })
             .await
         }
-        StageOutcome::Planned(Err(error))
-        | StageOutcome::Implemented(Err(error))
-        | StageOutcome::Verified(Err(error))
-        | StageOutcome::Delivered(Err(error)) => {
-            fail_task(myself, state, &task, error.to_info()).await
+        StageOutcome::Delivered(DeliverStep::BaseMerged(head)) => {
+            reverify(myself, state, &task, head).await
         }
     }
+}
+
+/// The base moved while the task worked: its branch now merges the new base, and what is
+/// delivered must pass verify again.
+async fn reverify(
+    myself: &ActorRef<PipelineMsg>,
+    state: &PipelineState,
+    task: &Task,
+    head: String,
+) -> Result<(), StoreError> {
+    if task.reverifications >= REVERIFICATIONS_MAX {
+        let message = format!(
+            "the base branch moved {REVERIFICATIONS_MAX} times during delivery; branch {} is kept",
+            branch_name(task.id)
+        );
+        return end_task(
+            myself,
+            state,
+            task,
+            TaskStatus::DeadLetter,
+            ErrorInfo::new("DELIVER_FAILED", message),
+        )
+        .await;
+    }
+    let events = [
+        NewEvent::new(
+            &state.name,
+            "stage.finished",
+            json!({"stage": Stage::Deliver, "outcome": "base_merged", "head": head}),
+        ),
+        NewEvent::new(
+            &state.name,
+            "stage.started",
+            json!({"stage": Stage::Verify, "attempt": task.attempts, "reason": "the base branch moved"}),
+        ),
+    ];
+    state
+        .services
+        .store
+        .update_task(task.id, &events, |t| {
+            t.stage = Some(Stage::Verify);
+            t.reverifications += 1;
+            t.stage_retries = 0;
+        })
+        .await?;
+    myself.cast(PipelineMsg::Advance).ok();
+    Ok(())
+}
+
+/// The stage after `stage` for this task: its template's next, except that a verify run after
+/// the base moved goes straight back to delivery (the work was approved already).
+fn next_stage(task: &Task, stage: Stage) -> Option<Stage> {
+    if stage == Stage::Verify && task.reverifications > 0 {
+        return Some(Stage::Deliver);
+    }
+    task.stage_after(stage)
 }
 
 /// Records the stage as done and moves to the next one (or finishes the task).
@@ -404,7 +483,7 @@ async fn finish_stage(
         "stage.finished",
         json!({"stage": stage, "attempt": task.attempts, "outcome": "ok", "result": result}),
     );
-    let Some(next) = task.stage_after(stage) else {
+    let Some(next) = next_stage(task, stage) else {
         let done = NewEvent::new(
             &state.name,
             "task.finished",
@@ -436,6 +515,7 @@ async fn finish_stage(
             change(t);
             t.stage = Some(next);
             t.attempts = attempts;
+            t.stage_retries = 0;
             if next == Stage::Implement {
                 t.branch = Some(branch_name(t.id));
             }
@@ -454,14 +534,21 @@ async fn failed_attempt(
     code: &str,
 ) -> Result<(), StoreError> {
     let stage = task.stage.unwrap_or(Stage::Verify);
+    let tail = crate::process::keep_tail(&output, FAILURE_TAIL_BYTES);
     let can_retry = task.attempts < task.max_attempts && task.stages.contains(&Stage::Implement);
     if !can_retry {
-        let tail = crate::process::keep_tail(&output, 2048);
         let message = format!(
             "attempt {} of {} failed at {stage}; last output:\n{tail}",
             task.attempts, task.max_attempts
         );
-        return fail_task(myself, state, task, ErrorInfo::new(code, message)).await;
+        return end_task(
+            myself,
+            state,
+            task,
+            TaskStatus::DeadLetter,
+            ErrorInfo::new(code, message),
+        )
+        .await;
     }
     let next_attempt = task.attempts + 1;
     let events = [
@@ -476,44 +563,98 @@ async fn failed_attempt(
             json!({"stage": Stage::Implement, "attempt": next_attempt, "feedback_bytes": output.len()}),
         ),
     ];
+    let failure = ErrorInfo::new(code, tail);
     state
         .services
         .store
         .update_task(task.id, &events, |t| {
+            t.record_failure(stage, failure.clone());
             t.feedback = Some(output.clone());
             t.attempts = next_attempt;
             t.stage = Some(Stage::Implement);
+            t.stage_retries = 0;
+            t.reverifications = 0;
         })
         .await?;
     myself.cast(PipelineMsg::Advance).ok();
     Ok(())
 }
 
-async fn fail_task(
+/// A stage could not produce a result: retry infrastructure trouble with backoff, end the task
+/// on a verdict, dead-letter it when the retries are spent.
+async fn on_stage_error(
     myself: &ActorRef<PipelineMsg>,
     state: &PipelineState,
     task: &Task,
+    error: StageError,
+) -> Result<(), StoreError> {
+    if matches!(error, StageError::Cancelled) {
+        return Err(StoreError::TaskFinished(task.id));
+    }
+    let retry = &state.services.config.retry;
+    if !error.is_transient() {
+        return end_task(myself, state, task, TaskStatus::Failed, error.to_info()).await;
+    }
+    if task.stage_retries >= retry.max {
+        let mut info = error.to_info();
+        info.message = format!("{} (after {} retries)", info.message, task.stage_retries);
+        return end_task(myself, state, task, TaskStatus::DeadLetter, info).await;
+    }
+    let stage = task.stage.unwrap_or(Stage::Plan);
+    let retry_number = task.stage_retries + 1;
+    let delay = retry.delay(retry_number);
+    let info = error.to_info();
+    let event = NewEvent::new(
+        &state.name,
+        "stage.retry_scheduled",
+        json!({"stage": stage, "attempt": task.attempts, "retry": retry_number, "delay_ms": delay.as_millis(), "error": info}),
+    );
+    state
+        .services
+        .store
+        .update_task(task.id, &[event], |t| {
+            t.stage_retries = retry_number;
+            t.record_failure(stage, info.clone());
+        })
+        .await?;
+    tracing::warn!(task = %task.id, %stage, code = %info.code, ?delay, "transient failure; retrying the stage");
+    myself.send_after(delay, || PipelineMsg::Advance);
+    Ok(())
+}
+
+/// Ends the task as `failed` or `dead_letter` (with an escalation event) and stops the pipeline.
+async fn end_task(
+    myself: &ActorRef<PipelineMsg>,
+    state: &PipelineState,
+    task: &Task,
+    status: TaskStatus,
     error: ErrorInfo,
 ) -> Result<(), StoreError> {
     let stage = task.stage.unwrap_or(Stage::Plan);
-    let events = [
-        NewEvent::new(
+    let mut events = vec![NewEvent::new(
+        &state.name,
+        "stage.finished",
+        json!({"stage": stage, "attempt": task.attempts, "outcome": "failed", "code": error.code}),
+    )];
+    if status == TaskStatus::DeadLetter {
+        events.push(NewEvent::new(
             &state.name,
-            "stage.finished",
-            json!({"stage": stage, "attempt": task.attempts, "outcome": "failed", "code": error.code}),
-        ),
-        NewEvent::new(
-            &state.name,
-            "task.finished",
-            json!({"status": TaskStatus::Failed, "error": error}),
-        ),
-    ];
-    tracing::warn!(task = %task.id, code = %error.code, "task failed");
+            "task.escalated",
+            json!({"to": "human", "reason": "retries exhausted", "code": error.code, "failures": task.failures.len() + 1}),
+        ));
+    }
+    events.push(NewEvent::new(
+        &state.name,
+        "task.finished",
+        json!({"status": status, "error": error}),
+    ));
+    tracing::warn!(task = %task.id, code = %error.code, ?status, "task ended without delivery");
     state
         .services
         .store
         .update_task(task.id, &events, |t| {
-            t.status = TaskStatus::Failed;
+            t.record_failure(stage, error.clone());
+            t.status = status;
             t.error = Some(error.clone());
             t.finished_at = Some(Utc::now());
         })
@@ -544,22 +685,4 @@ async fn note_restart(
         .store
         .append_event(state.task_id, event)
         .await
-}
-
-/// A cancelled task's worktree goes (its branch stays); done off the mailbox, bounded by git's timeout.
-fn remove_worktree_later(state: &PipelineState) {
-    let services = state.services.clone();
-    let task_id = state.task_id;
-    tokio::spawn(async move {
-        let Ok(Some(task)) = services.store.task(task_id) else {
-            return;
-        };
-        let path = services.worktree_path(task_id);
-        if path.exists() {
-            let repo = Git::new(&task.repo, services.config.git.timeout());
-            if let Err(error) = repo.remove_worktree(&path).await {
-                tracing::warn!(task = %task_id, %error, "could not remove a cancelled task's worktree");
-            }
-        }
-    });
 }

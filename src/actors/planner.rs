@@ -89,7 +89,16 @@ impl Actor for Planner {
     }
 }
 
+/// Earlier failures a plan prompt carries at most.
+const HISTORY_TASKS_MAX: usize = 5;
+/// Recent tasks searched for them.
+const HISTORY_SCAN_MAX: usize = 1000;
+
 async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
+    let history =
+        services
+            .store
+            .recent_failures(&task.repo, task.id, HISTORY_TASKS_MAX, HISTORY_SCAN_MAX)?;
     let who = RunIdentity {
         task_id: task.id,
         persona: "planner",
@@ -99,7 +108,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
     match task.planner_engine() {
         EngineSpec::Builtin => {
             let started = Instant::now();
-            let plan = engine::builtin_plan(&task);
+            let plan = engine::builtin_plan(&task, &history);
             let text = serde_json::to_string_pretty(&plan)
                 .map_err(|e| StageError::Internal(e.to_string()))?;
             engine::record_builtin(&services.store, &who, text, started).await?;
@@ -111,7 +120,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
                 &services.prompt_dir(task.id),
                 "plan",
                 0,
-                &prompt::build(system_prompt, &task, None),
+                &(prompt::build(system_prompt, &task, None) + &prompt::history_section(&history)),
                 None,
             )
             .await?;

@@ -32,11 +32,14 @@ where
                     ApiError::invalid_json(format!("could not read the body: {rejection}"))
                 }
             })?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|error| match error.classify() {
-                serde_json::error::Category::Data => ApiError::invalid_field(error.to_string()),
-                _ => ApiError::invalid_json(format!("body is not valid JSON: {error}")),
-            })
+        parse(&bytes).map(JsonBody)
     }
+}
+
+/// Parses a JSON body: 400 when it is not JSON, 422 when it is JSON of the wrong shape.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| match error.classify() {
+        serde_json::error::Category::Data => ApiError::invalid_field(error.to_string()),
+        _ => ApiError::invalid_json(format!("body is not valid JSON: {error}")),
+    })
 }

@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod json;
+pub mod report;
 pub mod system;
 pub mod tasks;
 
@@ -33,8 +34,12 @@ pub fn router(app: AppState) -> Router {
         .route("/tasks/{id}/events", get(tasks::events))
         .route("/tasks/{id}/runs", get(tasks::runs))
         .route("/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/tasks/{id}/approve", post(tasks::approve))
+        .route("/tasks/{id}/reject", post(tasks::reject))
+        .route("/tasks/{id}/retry", post(tasks::retry))
         .route("/actors", get(system::actors))
-        .route("/events", get(system::service_events));
+        .route("/events", get(system::service_events))
+        .route("/report", get(report::report));
     Router::new()
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))

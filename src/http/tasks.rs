@@ -6,6 +6,7 @@
 use std::path::Path as FsPath;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -19,8 +20,11 @@ use sha2::{Digest, Sha256};
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
-use crate::actors::compass::{CancelError, CompassMsg};
-use crate::domain::{EngineOverrides, EngineSpec, Priority, Task, TaskId, TaskStatus};
+use crate::actors::compass::{CompassMsg, TaskAction};
+use crate::actors::transitions::TaskActionError;
+use crate::domain::{
+    EngineOverrides, EngineSpec, Priority, ReviewPolicy, Stage, Task, TaskId, TaskStatus,
+};
 use crate::git::Git;
 use crate::store::{NewEvent, Submission};
 
@@ -64,6 +68,12 @@ pub struct SubmitTaskRequest {
     /// Makes the submission idempotent.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Tasks that must be `done` first.
+    #[serde(default)]
+    pub deps: Option<Vec<String>>,
+    /// `manual` puts an approval gate before delivery (default `auto`).
+    #[serde(default)]
+    pub review_policy: Option<ReviewPolicy>,
 }
 
 /// `POST /v1/tasks`.
@@ -196,6 +206,9 @@ async fn validate(app: &AppState, request: SubmitTaskRequest) -> Result<Task, Ap
     let base_branch = request.base_branch.unwrap_or_else(|| "main".to_owned());
     check_length("base_branch", &base_branch, 1, TITLE_BYTES_MAX)?;
     check_repository(config.git.timeout(), &request.repo, &base_branch).await?;
+    let deps = check_deps(app, request.deps.unwrap_or_default())?;
+    let review_policy = request.review_policy.unwrap_or_default();
+    let stages = with_review(stages.clone(), review_policy);
     let now = Utc::now();
     Ok(Task {
         id: TaskId::new(),
@@ -209,10 +222,20 @@ async fn validate(app: &AppState, request: SubmitTaskRequest) -> Result<Task, Ap
         max_attempts,
         engines,
         idempotency_key: request.idempotency_key,
-        status: TaskStatus::Queued,
+        status: if deps.is_empty() {
+            TaskStatus::Queued
+        } else {
+            TaskStatus::Blocked
+        },
+        blocked_by: deps.clone(),
+        deps,
+        review_policy,
         stage: None,
-        stages: stages.clone(),
+        stages,
         attempts: 0,
+        stage_retries: 0,
+        reverifications: 0,
+        failures: Vec::new(),
         branch: None,
         commit: None,
         plan: None,
@@ -223,6 +246,47 @@ async fn validate(app: &AppState, request: SubmitTaskRequest) -> Result<Task, Ap
         started_at: None,
         finished_at: None,
     })
+}
+
+/// Dependencies a task may name at most.
+const DEPS_MAX: usize = 64;
+
+/// Every dependency must name an existing task; Compass decides whether it still blocks.
+fn check_deps(app: &AppState, deps: Vec<String>) -> Result<Vec<TaskId>, ApiError> {
+    if deps.len() > DEPS_MAX {
+        return Err(ApiError::invalid_field(format!(
+            "deps lists more than {DEPS_MAX} tasks"
+        )));
+    }
+    let mut ids = Vec::with_capacity(deps.len());
+    for dep in deps {
+        let unknown = || {
+            ApiError::unprocessable(
+                "UNKNOWN_DEPENDENCY",
+                format!("deps names unknown task `{dep}`"),
+            )
+        };
+        let id: TaskId = dep.parse().map_err(|_| unknown())?;
+        if app.services.store.task(id)?.is_none() {
+            return Err(unknown());
+        }
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// A manual review puts the approval gate right before delivery (or last, if nothing delivers).
+fn with_review(mut stages: Vec<Stage>, policy: ReviewPolicy) -> Vec<Stage> {
+    if policy == ReviewPolicy::Manual && !stages.contains(&Stage::Approve) {
+        let at = stages
+            .iter()
+            .position(|s| *s == Stage::Deliver)
+            .unwrap_or(stages.len());
+        stages.insert(at, Stage::Approve);
+    }
+    stages
 }
 
 fn check_length(field: &str, value: &str, min: usize, max: usize) -> Result<(), ApiError> {
@@ -316,31 +380,87 @@ pub async fn runs(
     Ok(Json(json!({"runs": runs})))
 }
 
+/// The optional body of approve and reject.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewRequest {
+    /// The reviewer's note, kept in the event.
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// Bytes of a review comment kept at most.
+const COMMENT_BYTES_MAX: usize = 4096;
+
+fn review_comment(body: &Bytes) -> Result<Option<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let review: ReviewRequest = super::json::parse(body)?;
+    if let Some(comment) = &review.comment {
+        check_length("comment", comment, 0, COMMENT_BYTES_MAX)?;
+    }
+    Ok(review.comment)
+}
+
 /// `POST /v1/tasks/{id}/cancel`.
 pub async fn cancel(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    let task = parse_id(&app, &id)?;
-    let task_id = task.id;
+    act(&app, &id, TaskAction::Cancel).await
+}
+
+/// `POST /v1/tasks/{id}/approve` with an optional `{comment}`.
+pub async fn approve(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Task>, ApiError> {
+    let comment = review_comment(&body)?;
+    act(&app, &id, TaskAction::Approve { comment }).await
+}
+
+/// `POST /v1/tasks/{id}/reject` with an optional `{comment}`.
+pub async fn reject(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Task>, ApiError> {
+    let comment = review_comment(&body)?;
+    act(&app, &id, TaskAction::Reject { comment }).await
+}
+
+/// `POST /v1/tasks/{id}/retry`: re-queue a failed or dead-lettered task.
+pub async fn retry(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    act(&app, &id, TaskAction::Retry).await
+}
+
+async fn act(app: &AppState, id: &str, action: TaskAction) -> Result<Json<Task>, ApiError> {
+    let task_id = parse_id(app, id)?.id;
     let answer = app
         .compass
         .call(
-            |reply| CompassMsg::Cancel { task_id, reply },
+            |reply| CompassMsg::Act {
+                task_id,
+                action,
+                reply,
+            },
             Some(COMPASS_CALL_TIMEOUT),
         )
         .await;
     match answer {
         Ok(CallResult::Success(Ok(task))) => Ok(Json(task)),
-        Ok(CallResult::Success(Err(CancelError::NotFound(_)))) => Err(ApiError::not_found(
-            "TASK_NOT_FOUND",
-            format!("no task with id `{id}`"),
-        )),
-        Ok(CallResult::Success(Err(CancelError::AlreadyFinished(_)))) => Err(ApiError::conflict(
-            "TASK_FINISHED",
-            format!("task {id} has already finished"),
-        )),
-        Ok(CallResult::Success(Err(error))) => Err(ApiError::internal(error)),
+        Ok(CallResult::Success(Err(error))) => Err(match error {
+            TaskActionError::NotFound(_) => ApiError::not_found(error.code(), error.to_string()),
+            TaskActionError::WrongStatus { .. } | TaskActionError::Finished(_) => {
+                ApiError::conflict(error.code(), error.to_string())
+            }
+            TaskActionError::Store(_) => ApiError::internal(error),
+        }),
         Ok(CallResult::Timeout | CallResult::SenderError) | Err(_) => Err(ApiError::unavailable(
             "COMPASS_UNAVAILABLE",
             "compass did not answer; try again",

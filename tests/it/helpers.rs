@@ -124,6 +124,28 @@ impl Service {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST path` → (status, headers, JSON body).
+    pub async fn post_full(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        (
+            status,
+            headers,
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
     /// Submits a task; panics unless it is accepted.
     pub async fn submit(&self, body: &Value) -> Value {
         let (status, task) = self.post("/v1/tasks", body).await;
@@ -272,6 +294,14 @@ pub fn shell_task(repo: &Path, patch_command: &str, verify: &str) -> Value {
         "verify": verify,
         "engines": {"patch": {"kind": "shell", "command": patch_command}},
     })
+}
+
+/// Options with a config file.
+pub fn with_config(config: &str) -> Options {
+    Options {
+        config: Some(config.to_owned()),
+        env: Vec::new(),
+    }
 }
 
 /// Whether any process of the group `pgid` is alive.

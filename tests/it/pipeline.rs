@@ -144,7 +144,7 @@ fi"#;
 }
 
 #[tokio::test]
-async fn exhausted_attempts_fail_with_verify_failed_and_keep_the_branch() {
+async fn exhausted_attempts_dead_letter_the_task_with_every_diagnostic_and_keep_the_branch() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let main_before = git(&repo, &["rev-parse", "main"]);
@@ -159,9 +159,22 @@ async fn exhausted_attempts_fail_with_verify_failed_and_keep_the_branch() {
     let id = task["id"].as_str().unwrap();
     let task = service.wait_until_finished(id).await;
 
-    assert_eq!(task["status"], "failed");
+    assert_eq!(task["status"], "dead_letter");
     assert_eq!(task["attempts"], 2);
     assert_eq!(task["error"]["code"], "VERIFY_FAILED");
+    let failures = task["failures"].as_array().unwrap();
+    assert_eq!(
+        failures.len(),
+        2,
+        "one diagnostic per attempt: {failures:#?}"
+    );
+    assert!(failures
+        .iter()
+        .all(|f| f["error"]["code"] == "VERIFY_FAILED"));
+    assert!(service
+        .event_kinds(id)
+        .await
+        .contains(&"task.escalated".to_owned()));
     assert!(task["error"]["message"]
         .as_str()
         .unwrap()

@@ -1,0 +1,489 @@
+//! Compass runs the work: limits, priorities, dependencies, the queue bound, approval gates,
+//! transient retries and dead letters, retry, history for the planner, and the report.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{git, git_repo, process_group_alive, shell_task, with_config, Service};
+
+fn id_of(task: &Value) -> String {
+    task["id"].as_str().unwrap().to_owned()
+}
+
+fn started_at(task: &Value) -> String {
+    task["started_at"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn never_more_than_max_concurrent_tasks_run_and_all_finish() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start_with(
+        root.path(),
+        with_config("[compass]\nmax_concurrent_tasks = 2\n"),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let patch = format!("sleep 0.4; echo {n} > file-{n}.txt");
+        ids.push(id_of(
+            &service.submit(&shell_task(&repo, &patch, "true")).await,
+        ));
+    }
+    let mut most_running = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, list) = service.get("/v1/tasks").await;
+        let tasks = list["tasks"].as_array().unwrap();
+        let running = tasks.iter().filter(|t| t["status"] == "running").count();
+        most_running = most_running.max(running);
+        assert!(running <= 2, "{running} tasks running at once");
+        if tasks.iter().all(|t| t["status"] == "done") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "tasks did not finish: {list:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(most_running, 2, "the two slots were never both used");
+    for n in 0..6 {
+        assert!(repo.join(format!("file-{n}.txt")).exists());
+    }
+}
+
+#[tokio::test]
+async fn a_critical_task_submitted_after_a_low_one_starts_first() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start_with(
+        root.path(),
+        with_config("[compass]\nmax_concurrent_tasks = 1\n"),
+    )
+    .await;
+    let busy = service
+        .submit(&shell_task(&repo, "sleep 1; echo busy > busy.txt", "true"))
+        .await;
+    service
+        .wait_for_task(&id_of(&busy), Duration::from_secs(30), |t| {
+            t["status"] == "running"
+        })
+        .await;
+    let mut low = shell_task(&repo, "echo low > low.txt", "true");
+    low["priority"] = json!("low");
+    let low = service.submit(&low).await;
+    let mut critical = shell_task(&repo, "echo critical > critical.txt", "true");
+    critical["priority"] = json!("critical");
+    let critical = service.submit(&critical).await;
+
+    let low = service.wait_until_finished(&id_of(&low)).await;
+    let critical = service.wait_until_finished(&id_of(&critical)).await;
+    assert_eq!(
+        (low["status"].as_str(), critical["status"].as_str()),
+        (Some("done"), Some("done"))
+    );
+    assert!(
+        started_at(&critical) < started_at(&low),
+        "critical {critical:#} low {low:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_dependent_task_waits_for_its_dependency_and_then_runs() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let first = service
+        .submit(&shell_task(&repo, "sleep 1; echo one > one.txt", "true"))
+        .await;
+    let mut second = shell_task(&repo, "echo two > two.txt", "test -f one.txt");
+    second["deps"] = json!([id_of(&first)]);
+    let second = service.submit(&second).await;
+    assert_eq!(second["status"], "blocked");
+    assert_eq!(second["blocked_by"], json!([id_of(&first)]));
+    let (_, report) = service.get("/v1/report").await;
+    let blocked = report["blocked"].as_array().unwrap();
+    assert_eq!(
+        blocked[0]["blocked_by"],
+        json!([id_of(&first)]),
+        "{report:#}"
+    );
+
+    let first = service.wait_until_finished(&id_of(&first)).await;
+    let second = service.wait_until_finished(&id_of(&second)).await;
+    assert_eq!(second["status"], "done", "{second:#}");
+    assert!(started_at(&second) > first["finished_at"].as_str().unwrap().to_owned());
+    assert!(service
+        .event_kinds(&id_of(&second))
+        .await
+        .contains(&"task.unblocked".to_owned()));
+}
+
+#[tokio::test]
+async fn a_dependent_task_fails_when_its_dependency_fails() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let mut failing = shell_task(&repo, "sleep 0.5; echo x > x.txt", "echo nope; exit 1");
+    failing["max_attempts"] = json!(1);
+    let failing = service.submit(&failing).await;
+    let mut dependent = shell_task(&repo, "echo y > y.txt", "true");
+    dependent["deps"] = json!([id_of(&failing)]);
+    let dependent = service.submit(&dependent).await;
+    let mut transitive = shell_task(&repo, "echo z > z.txt", "true");
+    transitive["deps"] = json!([id_of(&dependent)]);
+    let transitive = service.submit(&transitive).await;
+
+    let dependent = service.wait_until_finished(&id_of(&dependent)).await;
+    assert_eq!(dependent["status"], "failed");
+    assert_eq!(dependent["error"]["code"], "DEPENDENCY_FAILED");
+    assert!(dependent["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(&id_of(&failing)));
+    let transitive = service.wait_until_finished(&id_of(&transitive)).await;
+    assert_eq!(transitive["error"]["code"], "DEPENDENCY_FAILED");
+    assert!(!repo.join("y.txt").exists());
+
+    let mut unknown = shell_task(&repo, "true", "true");
+    unknown["deps"] = json!(["01234567-89ab-7def-8123-456789abcdef"]);
+    let (status, body) = service.post("/v1/tasks", &unknown).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("UNKNOWN_DEPENDENCY"))
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let config = "[compass]\nmax_concurrent_tasks = 1\nmax_queued_tasks = 2\n";
+    let service = Service::start_with(root.path(), with_config(config)).await;
+    let busy = service
+        .submit(&shell_task(&repo, "sleep 2; echo a > a.txt", "true"))
+        .await;
+    service
+        .wait_for_task(&id_of(&busy), Duration::from_secs(30), |t| {
+            t["status"] == "running"
+        })
+        .await;
+    service
+        .submit(&shell_task(&repo, "echo b > b.txt", "true"))
+        .await;
+    service
+        .submit(&shell_task(&repo, "echo c > c.txt", "true"))
+        .await;
+    let (status, headers, body) = service
+        .post_full("/v1/tasks", &shell_task(&repo, "echo d > d.txt", "true"))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("QUEUE_FULL")),
+        "{body}"
+    );
+    assert!(headers.get("retry-after").is_some());
+    let (_, report) = service.get("/v1/report").await;
+    assert_eq!(report["queue_depth"], 2);
+    assert_eq!(report["counts"]["queued"], 2);
+    assert_eq!(report["running"][0]["id"], busy["id"]);
+}
+
+#[tokio::test]
+async fn cancel_kills_a_running_verify_removes_the_worktree_and_keeps_the_branch() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let pid_file = root.path().join("verify.pid");
+    let verify = format!("echo $$ > {}; sleep 60", pid_file.display());
+    let task = service
+        .submit(&shell_task(&repo, "echo hello > hello.txt", &verify))
+        .await;
+    let id = id_of(&task);
+    service
+        .wait_for_task(&id, Duration::from_secs(30), |_| {
+            std::fs::read_to_string(&pid_file).is_ok_and(|text| text.ends_with('\n'))
+        })
+        .await;
+    let pgid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    let cancelled_at = Instant::now();
+    let (status, cancelled) = service
+        .post(&format!("/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(
+        (status, cancelled["status"].as_str()),
+        (200, Some("cancelled"))
+    );
+    while process_group_alive(pgid) && cancelled_at.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !process_group_alive(pgid),
+        "the verify command outlived the cancel by 2 s"
+    );
+    let worktree = root.path().join("data/worktrees").join(&id);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while worktree.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!worktree.exists(), "the worktree was kept");
+    assert_eq!(
+        git(&repo, &["show", &format!("glitchlab/{id}:hello.txt")]),
+        "hello"
+    );
+    assert_eq!(
+        service.get(&format!("/v1/tasks/{id}")).await.1["status"],
+        "cancelled"
+    );
+}
+
+#[tokio::test]
+async fn manual_review_waits_for_approval_and_reject_cancels() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let main_before = git(&repo, &["rev-parse", "main"]);
+    let mut body = shell_task(&repo, "echo reviewed > reviewed.txt", "true");
+    body["review_policy"] = json!("manual");
+    let approved = service.submit(&body).await;
+    let id = id_of(&approved);
+    let waiting = service
+        .wait_for_task(&id, Duration::from_secs(30), |t| {
+            t["status"] == "awaiting_approval"
+        })
+        .await;
+    assert_eq!(waiting["stage"], "approve");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        git(&repo, &["rev-parse", "main"]),
+        main_before,
+        "delivered before approval"
+    );
+    let (_, actors) = service.get("/v1/actors").await;
+    assert!(
+        !actors.to_string().contains(&format!("pipeline-{id}")),
+        "a parked task holds a slot"
+    );
+
+    let (status, after) = service
+        .post(
+            &format!("/v1/tasks/{id}/approve"),
+            &json!({"comment": "ship it"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{after}");
+    let done = service.wait_until_finished(&id).await;
+    assert_eq!(done["status"], "done");
+    assert!(repo.join("reviewed.txt").exists());
+    let kinds = service.event_kinds(&id).await;
+    assert!(
+        kinds.contains(&"approval.requested".to_owned())
+            && kinds.contains(&"task.approved".to_owned())
+    );
+
+    let rejected = service.submit(&body).await;
+    let rejected_id = id_of(&rejected);
+    service
+        .wait_for_task(&rejected_id, Duration::from_secs(30), |t| {
+            t["status"] == "awaiting_approval"
+        })
+        .await;
+    let (status, after) = service
+        .post(
+            &format!("/v1/tasks/{rejected_id}/reject"),
+            &json!({"comment": "not this way"}),
+        )
+        .await;
+    assert_eq!((status, after["status"].as_str()), (200, Some("cancelled")));
+    assert!(service
+        .event_kinds(&rejected_id)
+        .await
+        .contains(&"task.rejected".to_owned()));
+    let (status, body) = service
+        .post(&format!("/v1/tasks/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("INVALID_TASK_STATUS"))
+    );
+}
+
+#[tokio::test]
+async fn two_tasks_editing_one_file_never_break_main() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    std::fs::write(repo.join("shared.txt"), "base\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "shared file"]);
+    let service = Service::start(root.path()).await;
+    let verify = "test \"$(wc -l < shared.txt)\" -eq 1";
+    let first = service
+        .submit(&shell_task(
+            &repo,
+            "sleep 0.3; echo first > shared.txt",
+            verify,
+        ))
+        .await;
+    let second = service
+        .submit(&shell_task(
+            &repo,
+            "sleep 0.3; echo second > shared.txt",
+            verify,
+        ))
+        .await;
+    let first = service.wait_until_finished(&id_of(&first)).await;
+    let second = service.wait_until_finished(&id_of(&second)).await;
+
+    let outcomes = [&first, &second].map(|t| {
+        (
+            t["status"].as_str().unwrap().to_owned(),
+            t["error"]["code"].as_str().map(str::to_owned),
+        )
+    });
+    let done = outcomes
+        .iter()
+        .filter(|(status, _)| status == "done")
+        .count();
+    let conflicts = outcomes
+        .iter()
+        .filter(|(_, code)| code.as_deref() == Some("MERGE_CONFLICT"))
+        .count();
+    assert!(done >= 1 && done + conflicts == 2, "{outcomes:?}");
+    let content = std::fs::read_to_string(repo.join("shared.txt")).unwrap();
+    assert!(
+        content == "first\n" || content == "second\n",
+        "main is broken: {content:?}"
+    );
+    assert_eq!(git(&repo, &["status", "--porcelain"]), "");
+}
+
+#[tokio::test]
+async fn a_transient_engine_kill_is_retried_with_backoff() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let config = "[retry]\nmax = 2\nbase_backoff_ms = 20\nmax_backoff_ms = 100\n";
+    let service = Service::start_with(root.path(), with_config(config)).await;
+    let marker = root.path().join("killed-once");
+    let patch = format!(
+        "if [ ! -f {m} ]; then touch {m}; kill -KILL $$; fi; echo hello > hello.txt",
+        m = marker.display()
+    );
+    let task = service
+        .submit(&shell_task(&repo, &patch, "test -f hello.txt"))
+        .await;
+    let task = service.wait_until_finished(&id_of(&task)).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    assert_eq!(
+        task["attempts"], 1,
+        "a transient failure does not use up an attempt"
+    );
+    assert_eq!(task["failures"][0]["error"]["code"], "ENGINE_KILLED");
+    assert!(service
+        .event_kinds(&id_of(&task))
+        .await
+        .contains(&"stage.retry_scheduled".to_owned()));
+
+    let always = service
+        .submit(&shell_task(&repo, "kill -KILL $$", "true"))
+        .await;
+    let always = service.wait_until_finished(&id_of(&always)).await;
+    assert_eq!(always["status"], "dead_letter", "{always:#}");
+    assert_eq!(always["error"]["code"], "ENGINE_KILLED");
+    assert_eq!(
+        always["failures"].as_array().unwrap().len(),
+        3,
+        "first try and two retries"
+    );
+    let (_, runs) = service
+        .get(&format!("/v1/tasks/{}/runs", id_of(&always)))
+        .await;
+    assert_eq!(
+        runs["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["persona"] == "patch")
+            .count(),
+        3
+    );
+    assert!(service
+        .event_kinds(&id_of(&always))
+        .await
+        .contains(&"task.escalated".to_owned()));
+}
+
+#[tokio::test]
+async fn retry_requeues_a_dead_lettered_task() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let allow = root.path().join("allow");
+    let verify = format!(
+        "test -f {} || {{ echo 'not allowed yet'; exit 1; }}",
+        allow.display()
+    );
+    let mut body = shell_task(&repo, "echo hello > hello.txt", &verify);
+    body["max_attempts"] = json!(1);
+    let task = service.submit(&body).await;
+    let id = id_of(&task);
+    assert_eq!(
+        service.wait_until_finished(&id).await["status"],
+        "dead_letter"
+    );
+
+    std::fs::write(&allow, "").unwrap();
+    let (status, retried) = service
+        .post(&format!("/v1/tasks/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{retried}");
+    let done = service.wait_until_finished(&id).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    assert!(service
+        .event_kinds(&id)
+        .await
+        .contains(&"task.retried".to_owned()));
+    let (status, body) = service
+        .post(&format!("/v1/tasks/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("INVALID_TASK_STATUS"))
+    );
+
+    let (_, report) = service.get("/v1/report").await;
+    assert_eq!(report["finished_last_hour"]["counts"]["done"], 1);
+    assert!(report["finished_last_hour"]["median_secs_to_done"]
+        .as_f64()
+        .is_some());
+}
+
+#[tokio::test]
+async fn the_planner_prompt_carries_earlier_failures_on_the_repo() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let mut failing = shell_task(&repo, "true", "echo BOOM-4711 broke the build; exit 1");
+    failing["max_attempts"] = json!(1);
+    let failing = service.submit(&failing).await;
+    service.wait_until_finished(&id_of(&failing)).await;
+
+    let copy = root.path().join("planner-prompt.md");
+    let plan = r#"{"summary":"s","steps":[{"title":"t","files":[],"rationale":"r"}],"risk":"low"}"#;
+    let mut next = shell_task(&repo, "echo ok > ok.txt", "true");
+    next["engines"]["planner"] = json!({"kind": "shell", "command": format!("cp \"$GLITCHLAB_PROMPT_FILE\" {}; echo '{plan}'", copy.display())});
+    let next = service.submit(&next).await;
+    assert_eq!(
+        service.wait_until_finished(&id_of(&next)).await["status"],
+        "done"
+    );
+    let prompt = std::fs::read_to_string(&copy).unwrap();
+    assert!(
+        prompt.contains("BOOM-4711") && prompt.contains(&id_of(&failing)),
+        "{prompt}"
+    );
+    assert!(prompt.contains("VERIFY_FAILED"));
+}
