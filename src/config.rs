@@ -137,10 +137,12 @@ pub struct CompassConfig {
 impl Default for CompassConfig {
     fn default() -> Self {
         let full = vec![Stage::Plan, Stage::Implement, Stage::Verify, Stage::Deliver];
-        let templates = ["feature", "bugfix", "refactor", "infra", "chore"]
-            .into_iter()
-            .map(|kind| (kind.to_owned(), full.clone()))
-            .collect();
+        let mut templates: std::collections::BTreeMap<String, Vec<Stage>> =
+            ["feature", "bugfix", "refactor", "infra", "chore"]
+                .into_iter()
+                .map(|kind| (kind.to_owned(), full.clone()))
+                .collect();
+        templates.insert("docs".to_owned(), vec![Stage::Implement, Stage::Deliver]);
         Self {
             max_concurrent_tasks: 4,
             max_queued_tasks: 10_000,

@@ -487,3 +487,27 @@ async fn the_planner_prompt_carries_earlier_failures_on_the_repo() {
     );
     assert!(prompt.contains("VERIFY_FAILED"));
 }
+
+#[tokio::test]
+async fn a_docs_task_runs_only_its_templates_stages() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let mut body = shell_task(&repo, "echo '# Guide' > GUIDE.md", "false");
+    body["kind"] = json!("docs");
+    let task = service.submit(&body).await;
+    assert_eq!(task["stages"], json!(["implement", "deliver"]));
+    let task = service.wait_until_finished(&id_of(&task)).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    assert!(repo.join("GUIDE.md").exists());
+    let (_, runs) = service
+        .get(&format!("/v1/tasks/{}/runs", id_of(&task)))
+        .await;
+    let personas: Vec<&str> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["persona"].as_str().unwrap())
+        .collect();
+    assert_eq!(personas, ["patch"], "no plan, no verify for docs");
+}
