@@ -111,7 +111,7 @@ async fn a_dependent_task_waits_for_its_dependency_and_then_runs() {
     let first = service.wait_until_finished(&id_of(&first)).await;
     let second = service.wait_until_finished(&id_of(&second)).await;
     assert_eq!(second["status"], "done", "{second:#}");
-    assert!(started_at(&second) > first["finished_at"].as_str().unwrap().to_owned());
+    assert!(started_at(&second).as_str() > first["finished_at"].as_str().unwrap());
     assert!(service
         .event_kinds(&id_of(&second))
         .await
