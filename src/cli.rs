@@ -1,4 +1,5 @@
-//! The command line: `glitchlab serve [--bind ADDR] [--data-dir DIR] [--config FILE]`.
+//! The command line: `glitchlab serve [--bind ADDR] [--data-dir DIR] [--config FILE]`, and
+//! `glitchlab ledger [--url URL] balance|history|audit` against a running service.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the service: the HTTP ingress and the supervision tree.
     Serve(ServeArgs),
+    /// Read the token ledger of a running service.
+    Ledger(LedgerArgs),
 }
 
 /// Flags of `serve`; each overrides the config file.
@@ -33,4 +36,41 @@ pub struct ServeArgs {
     /// Configuration file (TOML); without it `config/glitchlab.toml` is read if present.
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+/// Flags of `ledger`.
+#[derive(Debug, clap::Args)]
+pub struct LedgerArgs {
+    /// Base URL of the running service.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:7700")]
+    pub url: String,
+    /// What to read.
+    #[command(subcommand)]
+    pub command: LedgerCommand,
+}
+
+/// Subcommands of `ledger`.
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// An account's totals, balance and available amount (JSON).
+    Balance {
+        /// Account id, e.g. `user:local`.
+        account: String,
+    },
+    /// An account's transfers, newest first (a table; `--json` for the raw page).
+    History {
+        /// Account id.
+        account: String,
+        /// Transfers per page (1..=500).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print the page as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute every balance from the transfers (JSON); exits 1 unless balanced.
+    Audit,
 }

@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Ledger(args) => glitchlab::ledger::cli::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod json;
+pub mod ledger;
 pub mod report;
 pub mod system;
 pub mod tasks;
@@ -37,6 +38,15 @@ pub fn router(app: AppState) -> Router {
         .route("/tasks/{id}/approve", post(tasks::approve))
         .route("/tasks/{id}/reject", post(tasks::reject))
         .route("/tasks/{id}/retry", post(tasks::retry))
+        .route("/ledger/accounts", post(ledger::open_account))
+        .route("/ledger/accounts/{id}", get(ledger::account))
+        .route("/ledger/accounts/{id}/transfers", get(ledger::history))
+        .route("/ledger/transfers", post(ledger::create_transfer))
+        .route("/ledger/transfers/{id}", get(ledger::transfer))
+        .route("/ledger/transfers/{id}/post", post(ledger::post))
+        .route("/ledger/transfers/{id}/void", post(ledger::void))
+        .route("/ledger/mint", post(ledger::mint))
+        .route("/ledger/audit", get(ledger::audit))
         .route("/actors", get(system::actors))
         .route("/events", get(system::service_events))
         .route("/report", get(report::report));

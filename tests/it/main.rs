@@ -4,6 +4,7 @@
 mod compass;
 mod helpers;
 mod ingress;
+mod ledger;
 mod pipeline;
 mod recovery;
 mod supervision;
