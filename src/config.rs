@@ -421,6 +421,19 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_file_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH);
+        let config = Config::load(Some(&path)).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.compass.templates, defaults.compass.templates);
+        assert_eq!(config.retry.max, defaults.retry.max);
+        assert_eq!(
+            config.compass.stall_after_secs,
+            defaults.compass.stall_after_secs
+        );
+    }
+
+    #[test]
     fn unknown_key_names_the_key() {
         let error = Config::parse("[compass]\nmax_concurent_tasks = 3\n").unwrap_err();
         assert!(error.contains("max_concurent_tasks"), "{error}");

@@ -200,3 +200,23 @@ async fn the_tree_is_listed_with_every_persona() {
     assert_eq!(service.actor("compass").await["parent"], Value::Null);
     assert_eq!(service.actor("patch").await["parent"], "compass");
 }
+
+#[test]
+fn a_bad_config_file_stops_start_up_naming_file_and_key() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("bad.toml");
+    std::fs::write(&config, "[compass]\nmax_concurrent_tasks = \"four\"\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_glitchlab"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(root.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("max_concurrent_tasks"),
+        "{stderr}"
+    );
+}
