@@ -171,6 +171,17 @@ pub enum ReviewPolicy {
     Manual,
 }
 
+/// What made a task necessary: the incident (and the deploy) an ops persona filed it for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CausedBy {
+    /// The incident's id.
+    pub incident: String,
+    /// The deploy that caused it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<String>,
+}
+
 /// One failed try of a stage, kept on the task so a dead letter carries every diagnostic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureRecord {
@@ -263,6 +274,12 @@ pub struct Task {
     /// Whether delivery waits for a human.
     #[serde(default)]
     pub review_policy: ReviewPolicy,
+    /// The incident (and deploy) this task answers, if an ops persona filed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caused_by: Option<CausedBy>,
+    /// The app to deploy once the task is delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<String>,
     /// Client-chosen key that makes submission idempotent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,

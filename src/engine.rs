@@ -266,6 +266,8 @@ mod tests {
             deps: Vec::new(),
             blocked_by: Vec::new(),
             review_policy: Default::default(),
+            caused_by: None,
+            deploy: None,
             status: TaskStatus::Queued,
             stage: None,
             stages: vec![Stage::Plan],

@@ -1,0 +1,353 @@
+//! Taking work in: a submission is validated (fields, the repository, the base branch, the kind,
+//! the dependencies), checked against its idempotency key and the queue bound, persisted and
+//! flushed, and only then handed to Compass — so an accepted task survives a crash. The HTTP
+//! ingress and in-process callers (an incident's bugfix task) both come through here.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::Utc;
+use ractor::ActorRef;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::actors::compass::CompassMsg;
+use crate::actors::Services;
+use crate::domain::{
+    CausedBy, EngineOverrides, EngineSpec, Priority, ReviewPolicy, Stage, Task, TaskId, TaskStatus,
+};
+use crate::git::Git;
+use crate::store::{NewEvent, StoreError, Submission};
+
+/// Field length limits: bounds on what a submission may store.
+const TITLE_BYTES_MAX: usize = 200;
+const DESCRIPTION_BYTES_MAX: usize = 64 * 1024;
+const VERIFY_BYTES_MAX: usize = 8 * 1024;
+const KEY_BYTES_MAX: usize = 200;
+/// Dependencies a task may name at most.
+const DEPS_MAX: usize = 64;
+
+/// Why a submission was refused. Each variant has a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// A field is missing, empty, too long or out of range.
+    #[error("{0}")]
+    InvalidField(String),
+    /// The request names something that does not exist (repo, branch, kind, dependency).
+    #[error("{message}")]
+    Unknown {
+        /// `NOT_A_GIT_REPOSITORY`, `UNKNOWN_BASE_BRANCH`, `UNKNOWN_KIND`, `UNKNOWN_DEPENDENCY`.
+        code: &'static str,
+        /// What was not found.
+        message: String,
+    },
+    /// The queue holds its limit.
+    #[error("the queue holds its limit of {0} tasks")]
+    QueueFull(usize),
+    /// The idempotency key was used before with another body.
+    #[error("idempotency_key was already used for task {0} with a different body")]
+    IdempotencyConflict(TaskId),
+    /// Durable state could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl IntakeError {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidField(_) => "INVALID_FIELD",
+            Self::Unknown { code, .. } => code,
+            Self::QueueFull(_) => "QUEUE_FULL",
+            Self::IdempotencyConflict(_) => "IDEMPOTENCY_CONFLICT",
+            Self::Store(_) => "STORE_FAILED",
+        }
+    }
+
+    fn unknown(code: &'static str, message: String) -> Self {
+        Self::Unknown { code, message }
+    }
+}
+
+/// A submission: the body of `POST /v1/tasks`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitTaskRequest {
+    /// Short name of the work.
+    pub title: String,
+    /// What to do.
+    pub description: String,
+    /// Absolute path of a git repository on this host.
+    pub repo: String,
+    /// Branch to deliver into (default `main`).
+    #[serde(default)]
+    pub base_branch: Option<String>,
+    /// Pipeline template (default `feature`).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Scheduling priority (default `medium`).
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Command that must pass in the worktree before delivery.
+    pub verify: String,
+    /// Implement/verify rounds (default from config).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Engine overrides per persona.
+    #[serde(default)]
+    pub engines: Option<EngineOverrides>,
+    /// Makes the submission idempotent.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Tasks that must be `done` first.
+    #[serde(default)]
+    pub deps: Option<Vec<String>>,
+    /// `manual` puts an approval gate before delivery (default `auto`).
+    #[serde(default)]
+    pub review_policy: Option<ReviewPolicy>,
+    /// The incident (and deploy) this work answers, when an ops persona files it.
+    #[serde(default)]
+    pub caused_by: Option<CausedBy>,
+    /// The app (in `ops.yaml`) to deploy once the task is delivered.
+    #[serde(default)]
+    pub deploy: Option<String>,
+}
+
+/// An accepted submission.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The task as stored.
+    pub task: Task,
+    /// Whether this was an idempotent replay of an earlier submission.
+    pub replayed: bool,
+}
+
+/// Validates, persists (flushed) and queues a task.
+pub async fn submit(
+    services: &Services,
+    compass: &ActorRef<CompassMsg>,
+    request: SubmitTaskRequest,
+) -> Result<Accepted, IntakeError> {
+    let digest = digest_of(&request);
+    // A replay answers with the original task even if the repo, the config or the queue changed.
+    if let Some(key) = &request.idempotency_key {
+        if let Some((task_id, original_digest)) = services.store.idempotent_submission(key)? {
+            if original_digest != digest {
+                return Err(IntakeError::IdempotencyConflict(task_id));
+            }
+            let task = services
+                .store
+                .task(task_id)?
+                .ok_or(StoreError::TaskNotFound(task_id))?;
+            return Ok(Accepted {
+                task,
+                replayed: true,
+            });
+        }
+    }
+    let task = validate(services, request).await?;
+    let limit = services.config.compass.max_queued_tasks;
+    if services.directory.queue_depth() >= limit {
+        return Err(IntakeError::QueueFull(limit));
+    }
+    let event = NewEvent::new(
+        "ingress",
+        "task.submitted",
+        json!({"title": task.title, "kind": task.kind, "priority": task.priority, "caused_by": task.caused_by}),
+    );
+    let (task, replayed) = match services.store.create_task(task, &digest, event).await? {
+        Submission::Created(task) => (task, false),
+        Submission::Replayed(task) => (task, true),
+        Submission::KeyConflict(original) => {
+            return Err(IntakeError::IdempotencyConflict(original))
+        }
+    };
+    if !replayed {
+        // Durable already: if Compass is down, the next start picks the task up.
+        if let Err(error) = compass.cast(CompassMsg::TaskSubmitted(task.id)) {
+            tracing::error!(%error, task = %task.id, "could not notify compass of a new task");
+        }
+    }
+    Ok(Accepted { task, replayed })
+}
+
+async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Task, IntakeError> {
+    let config = &services.config;
+    check_length("title", &request.title, 1, TITLE_BYTES_MAX)?;
+    check_length(
+        "description",
+        &request.description,
+        0,
+        DESCRIPTION_BYTES_MAX,
+    )?;
+    check_length("verify", &request.verify, 1, VERIFY_BYTES_MAX)?;
+    if let Some(key) = &request.idempotency_key {
+        check_length("idempotency_key", key, 1, KEY_BYTES_MAX)?;
+    }
+    let max_attempts = request
+        .max_attempts
+        .unwrap_or(config.tasks.default_max_attempts);
+    if max_attempts == 0 || max_attempts > config.tasks.max_attempts_limit {
+        return Err(IntakeError::InvalidField(format!(
+            "max_attempts must be between 1 and {}",
+            config.tasks.max_attempts_limit
+        )));
+    }
+    let engines = request.engines.unwrap_or_default();
+    for (persona, spec) in [("planner", &engines.planner), ("patch", &engines.patch)] {
+        if let Some(EngineSpec::Shell { command }) = spec {
+            check_length(
+                &format!("engines.{persona}.command"),
+                command,
+                1,
+                VERIFY_BYTES_MAX,
+            )?;
+        }
+    }
+    let kind = request.kind.unwrap_or_else(|| "feature".to_owned());
+    let Some(stages) = config.compass.templates.get(&kind) else {
+        let known: Vec<&str> = config
+            .compass
+            .templates
+            .keys()
+            .map(String::as_str)
+            .collect();
+        return Err(IntakeError::unknown(
+            "UNKNOWN_KIND",
+            format!("unknown kind `{kind}`; known kinds: {}", known.join(", ")),
+        ));
+    };
+    let base_branch = request.base_branch.unwrap_or_else(|| "main".to_owned());
+    check_length("base_branch", &base_branch, 1, TITLE_BYTES_MAX)?;
+    check_repository(config.git.timeout(), &request.repo, &base_branch).await?;
+    let deps = check_deps(services, request.deps.unwrap_or_default())?;
+    let review_policy = request.review_policy.unwrap_or_default();
+    let stages = with_review(stages.clone(), review_policy);
+    let now = Utc::now();
+    Ok(Task {
+        id: TaskId::new(),
+        title: request.title,
+        description: request.description,
+        repo: request.repo,
+        base_branch,
+        kind,
+        priority: request.priority.unwrap_or_default(),
+        verify: request.verify,
+        max_attempts,
+        engines,
+        idempotency_key: request.idempotency_key,
+        status: if deps.is_empty() {
+            TaskStatus::Queued
+        } else {
+            TaskStatus::Blocked
+        },
+        blocked_by: deps.clone(),
+        deps,
+        review_policy,
+        caused_by: request.caused_by,
+        deploy: request.deploy,
+        stage: None,
+        stages,
+        attempts: 0,
+        stage_retries: 0,
+        reverifications: 0,
+        failures: Vec::new(),
+        branch: None,
+        commit: None,
+        plan: None,
+        feedback: None,
+        error: None,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+    })
+}
+
+/// Every dependency must name an existing task; Compass decides whether it still blocks.
+fn check_deps(services: &Services, deps: Vec<String>) -> Result<Vec<TaskId>, IntakeError> {
+    if deps.len() > DEPS_MAX {
+        return Err(IntakeError::InvalidField(format!(
+            "deps lists more than {DEPS_MAX} tasks"
+        )));
+    }
+    let mut ids = Vec::with_capacity(deps.len());
+    for dep in deps {
+        let unknown = || {
+            IntakeError::unknown(
+                "UNKNOWN_DEPENDENCY",
+                format!("deps names unknown task `{dep}`"),
+            )
+        };
+        let id: TaskId = dep.parse().map_err(|_| unknown())?;
+        if services.store.task(id)?.is_none() {
+            return Err(unknown());
+        }
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// A manual review puts the approval gate right before delivery (or last, if nothing delivers).
+fn with_review(mut stages: Vec<Stage>, policy: ReviewPolicy) -> Vec<Stage> {
+    if policy == ReviewPolicy::Manual && !stages.contains(&Stage::Approve) {
+        let at = stages
+            .iter()
+            .position(|s| *s == Stage::Deliver)
+            .unwrap_or(stages.len());
+        stages.insert(at, Stage::Approve);
+    }
+    stages
+}
+
+fn check_length(field: &str, value: &str, min: usize, max: usize) -> Result<(), IntakeError> {
+    if value.trim().len() < min {
+        return Err(IntakeError::InvalidField(format!(
+            "{field} must not be empty"
+        )));
+    }
+    if value.len() > max {
+        return Err(IntakeError::InvalidField(format!(
+            "{field} is longer than {max} bytes"
+        )));
+    }
+    Ok(())
+}
+
+async fn check_repository(
+    git_timeout: Duration,
+    repo: &str,
+    base_branch: &str,
+) -> Result<(), IntakeError> {
+    let path = Path::new(repo);
+    if !path.is_absolute() {
+        return Err(IntakeError::InvalidField(format!(
+            "repo must be an absolute path, got `{repo}`"
+        )));
+    }
+    let git = Git::new(path, git_timeout);
+    if !git.is_repository().await {
+        return Err(IntakeError::unknown(
+            "NOT_A_GIT_REPOSITORY",
+            format!("{repo} is not a git repository"),
+        ));
+    }
+    if !git.branch_exists(base_branch).await {
+        return Err(IntakeError::unknown(
+            "UNKNOWN_BASE_BRANCH",
+            format!("{repo} has no branch `{base_branch}`"),
+        ));
+    }
+    Ok(())
+}
+
+/// What makes two submissions "the same body": the body as sent (after parsing, so key order and
+/// whitespace do not matter), independent of config defaults that may change between the two.
+fn digest_of(request: &SubmitTaskRequest) -> String {
+    // Serializing plain data to a Vec cannot fail; an empty digest would only weaken a replay check.
+    let canonical = serde_json::to_vec(request).unwrap_or_default();
+    hex::encode(Sha256::digest(&canonical))
+}
