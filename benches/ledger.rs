@@ -158,7 +158,9 @@ async fn main() {
     let total = CONCURRENT_CLIENTS * TRANSFERS_PER_CLIENT;
     println!("| measure | durable transfers/s |");
     println!("|---|---|");
-    println!("| HTTP, 1 client, {SEQUENTIAL_TRANSFERS} transfers one at a time | {http_sequential:.0} |");
+    println!(
+        "| HTTP, 1 client, {SEQUENTIAL_TRANSFERS} transfers one at a time | {http_sequential:.0} |"
+    );
     println!("| HTTP, {CONCURRENT_CLIENTS} concurrent clients, {total} transfers | {http_concurrent:.0} |");
     println!("| in-process (Ledger actor), 1 caller, {SEQUENTIAL_TRANSFERS} transfers | {actor_sequential:.0} |");
     println!("| in-process (Ledger actor), {CONCURRENT_CLIENTS} concurrent callers, {total} transfers | {actor_concurrent:.0} |");

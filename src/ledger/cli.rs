@@ -85,7 +85,8 @@ fn print_json(value: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// One line per transfer: when, id, direction (`-` paid, `+` received), amount, counterparty.
+/// One line per transfer: when, id, direction (`-` paid, `+` received), amount, status,
+/// counterparty.
 fn print_history(account: &str, page: &Value) {
     let empty = Vec::new();
     let transfers = page["transfers"].as_array().unwrap_or(&empty);
@@ -100,12 +101,18 @@ fn print_history(account: &str, page: &Value) {
         } else {
             ("+", &transfer["debit_account"])
         };
+        // What moved, once settled; what is reserved (or was asked), before.
+        let amount = if transfer["status"] == "posted" {
+            &transfer["posted_amount"]
+        } else {
+            &transfer["amount"]
+        };
         let created = transfer["created_at"].as_str().unwrap_or_default();
         println!(
             "{:<20} {:<40} {:>20} {:<9} {}",
             created.get(..19).unwrap_or(created),
             transfer["id"].as_str().unwrap_or_default(),
-            format!("{sign}{}", transfer["amount"]),
+            format!("{sign}{amount}"),
             transfer["status"].as_str().unwrap_or_default(),
             counterparty.as_str().unwrap_or_default(),
         );
