@@ -530,3 +530,33 @@ async fn the_cli_reads_balance_history_and_audit() {
         stderr(4)
     );
 }
+
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_ledger_crash_loses_the_answer_not_the_books() {
+    let root = tempfile::tempdir().unwrap();
+    let options = super::helpers::Options {
+        config: None,
+        env: vec![("FAILPOINTS".into(), "ledger.handle=1*off->1*panic".into())],
+    };
+    let service = Service::start_with(root.path(), options).await;
+    open_account(&service, "user:a").await;
+    let body = transfer_body("t-crash", "user:local", "user:a", 10);
+    let (status, error) = service.post("/v1/ledger/transfers", &body).await;
+    assert_eq!(status, 503, "{error}");
+    assert_eq!(error["error"]["code"], "PERSONA_UNAVAILABLE");
+    // The caller retries with the same id once Compass has restarted the Ledger.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let transfer = loop {
+        let (status, answer) = service.post("/v1/ledger/transfers", &body).await;
+        if status == 201 {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "{status} {answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(transfer["status"], "posted");
+    assert_eq!(totals(&service, "user:a").await.0, 10);
+    assert_eq!(service.actor("ledger").await["restarts"], 1);
+    assert_balanced(&service).await;
+}
