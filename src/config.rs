@@ -58,6 +58,8 @@ pub struct Config {
     pub git: GitConfig,
     /// Task defaults and limits.
     pub tasks: TasksConfig,
+    /// The token ledger: the local account, the rate card, task budgets.
+    pub ledger: crate::ledger::LedgerConfig,
 }
 
 /// HTTP ingress settings.
@@ -382,6 +384,11 @@ impl Config {
         ];
         if let Some((_, reason)) = checks.iter().find(|(failed, _)| *failed) {
             return Err((*reason).to_owned());
+        }
+        crate::ledger::validate_id("ledger.local_account", &self.ledger.local_account)
+            .map_err(|e| e.to_string())?;
+        if self.ledger.default_task_budget == 0 {
+            return Err("ledger.default_task_budget must be at least 1".into());
         }
         self.compass
             .templates

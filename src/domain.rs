@@ -182,6 +182,14 @@ pub struct CausedBy {
     pub deploy: Option<String>,
 }
 
+/// What a task may spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TaskBudget {
+    /// Micro-tokens reserved from the paying account when the task is accepted.
+    pub max_cost: u64,
+}
+
 /// One failed try of a stage, kept on the task so a dead letter carries every diagnostic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureRecord {
@@ -280,6 +288,24 @@ pub struct Task {
     /// The app to deploy once the task is delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<String>,
+    /// The ledger account that pays for the task.
+    #[serde(default)]
+    pub account: String,
+    /// What the task may spend.
+    #[serde(default)]
+    pub budget: TaskBudget,
+    /// The task that filed this one (it pays, unless this one names an account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_task: Option<TaskId>,
+    /// The ledger transfer holding the budget while the task runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<String>,
+    /// Reservations made so far (a retry reserves again).
+    #[serde(default)]
+    pub budget_rounds: u32,
+    /// Whether the reservation was settled after the task ended.
+    #[serde(default)]
+    pub settled: bool,
     /// Client-chosen key that makes submission idempotent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,

@@ -9,9 +9,10 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use crate::actors::jobs::StageError;
+use crate::actors::Services;
 use crate::domain::{CapturedOutput, EngineRun, Plan, PlanStep, Stage, Task, TaskId};
+use crate::metering;
 use crate::process::{self, CommandSpec};
-use crate::store::Store;
 
 /// Who runs an engine, for what: becomes the run record's identity.
 #[derive(Debug, Clone)]
@@ -47,7 +48,7 @@ pub struct ShellRun {
 /// Runs a shell engine and persists the run. A timeout is a recorded run, not an error; failing to
 /// start `sh` at all is an error.
 pub async fn run_shell(
-    store: &Store,
+    services: &Services,
     who: &RunIdentity,
     run: ShellRun,
 ) -> Result<EngineRun, StageError> {
@@ -75,13 +76,14 @@ pub async fn run_shell(
         duration_ms: millis(output.duration),
         started_at,
     };
-    store.record_run(&record).await?;
+    services.store.record_run(&record).await?;
+    metering::charge_run(services, &record).await;
     Ok(record)
 }
 
 /// Persists the run of a builtin engine that produced `stdout`.
 pub async fn record_builtin(
-    store: &Store,
+    services: &Services,
     who: &RunIdentity,
     stdout: String,
     started: Instant,
@@ -105,7 +107,8 @@ pub async fn record_builtin(
         duration_ms: millis(started.elapsed()),
         started_at: Utc::now(),
     };
-    store.record_run(&record).await?;
+    services.store.record_run(&record).await?;
+    metering::charge_run(services, &record).await;
     Ok(record)
 }
 
@@ -268,6 +271,12 @@ mod tests {
             review_policy: Default::default(),
             caused_by: None,
             deploy: None,
+            account: "user:local".into(),
+            budget: Default::default(),
+            parent_task: None,
+            reservation: None,
+            budget_rounds: 0,
+            settled: false,
             status: TaskStatus::Queued,
             stage: None,
             stages: vec![Stage::Plan],

@@ -15,9 +15,12 @@ use sha2::{Digest, Sha256};
 use crate::actors::compass::CompassMsg;
 use crate::actors::Services;
 use crate::domain::{
-    CausedBy, EngineOverrides, EngineSpec, Priority, ReviewPolicy, Stage, Task, TaskId, TaskStatus,
+    CausedBy, EngineOverrides, EngineSpec, Priority, ReviewPolicy, Stage, Task, TaskBudget, TaskId,
+    TaskStatus,
 };
 use crate::git::Git;
+use crate::ledger::LedgerError;
+use crate::metering;
 use crate::store::{NewEvent, StoreError, Submission};
 
 /// Field length limits: bounds on what a submission may store.
@@ -48,9 +51,28 @@ pub enum IntakeError {
     /// The idempotency key was used before with another body.
     #[error("idempotency_key was already used for task {0} with a different body")]
     IdempotencyConflict(TaskId),
+    /// The paying account cannot cover the budget; no task was created.
+    #[error("{0}")]
+    InsufficientFunds(String),
+    /// The ledger refused or could not be reached.
+    #[error(transparent)]
+    Ledger(LedgerError),
     /// Durable state could not be read or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<LedgerError> for IntakeError {
+    fn from(error: LedgerError) -> Self {
+        match error {
+            LedgerError::InsufficientFunds { .. } => Self::InsufficientFunds(error.to_string()),
+            LedgerError::AccountNotFound(account) => Self::Unknown {
+                code: "ACCOUNT_NOT_FOUND",
+                message: format!("no ledger account `{account}` to pay for the task"),
+            },
+            other => Self::Ledger(other),
+        }
+    }
 }
 
 impl IntakeError {
@@ -61,6 +83,8 @@ impl IntakeError {
             Self::Unknown { code, .. } => code,
             Self::QueueFull(_) => "QUEUE_FULL",
             Self::IdempotencyConflict(_) => "IDEMPOTENCY_CONFLICT",
+            Self::InsufficientFunds(_) => "INSUFFICIENT_FUNDS",
+            Self::Ledger(inner) => inner.code(),
             Self::Store(_) => "STORE_FAILED",
         }
     }
@@ -112,6 +136,24 @@ pub struct SubmitTaskRequest {
     /// The app (in `ops.yaml`) to deploy once the task is delivered.
     #[serde(default)]
     pub deploy: Option<String>,
+    /// The ledger account that pays (default: the parent task's, else `ledger.local_account`).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// What the task may spend (default `max_cost`: `ledger.default_task_budget`).
+    #[serde(default)]
+    pub budget: Option<BudgetRequest>,
+    /// The task that files this one.
+    #[serde(default)]
+    pub parent_task: Option<String>,
+}
+
+/// The `budget` of a submission.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetRequest {
+    /// Micro-tokens to reserve.
+    #[serde(default)]
+    pub max_cost: Option<u64>,
 }
 
 /// An accepted submission.
@@ -146,17 +188,26 @@ pub async fn submit(
             });
         }
     }
-    let task = validate(services, request).await?;
+    let mut task = validate(services, request).await?;
     let limit = services.config.compass.max_queued_tasks;
     if services.directory.queue_depth() >= limit {
         return Err(IntakeError::QueueFull(limit));
     }
+    // The money first: a task that cannot be paid for is never created.
+    let reservation = metering::reserve(&services.directory, &task, 1).await?;
+    task.reservation = Some(reservation.clone());
+    task.budget_rounds = 1;
     let event = NewEvent::new(
         "ingress",
         "task.submitted",
         json!({"title": task.title, "kind": task.kind, "priority": task.priority, "caused_by": task.caused_by}),
     );
-    let (task, replayed) = match services.store.create_task(task, &digest, event).await? {
+    let created = services.store.create_task(task, &digest, event).await;
+    if !matches!(created, Ok(Submission::Created(_))) {
+        // Not stored (a concurrent twin won the key, or the write failed): free the money.
+        metering::release(&services.directory, &reservation).await;
+    }
+    let (task, replayed) = match created? {
         Submission::Created(task) => (task, false),
         Submission::Replayed(task) => (task, true),
         Submission::KeyConflict(original) => {
@@ -223,6 +274,31 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
     check_repository(config.git.timeout(), &request.repo, &base_branch).await?;
     let deps = check_deps(services, request.deps.unwrap_or_default())?;
     let review_policy = request.review_policy.unwrap_or_default();
+    let parent_task = match request.parent_task.as_deref() {
+        Some(text) => Some(check_deps(services, vec![text.to_owned()])?.remove(0)),
+        None => None,
+    };
+    let account = match (&request.account, parent_task) {
+        (Some(account), _) => account.clone(),
+        (None, Some(parent)) => services
+            .store
+            .task(parent)?
+            .map(|p| p.account)
+            .unwrap_or_default(),
+        (None, None) => config.ledger.local_account.clone(),
+    };
+    crate::ledger::validate_id("account", &account)
+        .map_err(|e| IntakeError::InvalidField(e.to_string()))?;
+    let max_cost = request
+        .budget
+        .as_ref()
+        .and_then(|b| b.max_cost)
+        .unwrap_or(config.ledger.default_task_budget);
+    if max_cost == 0 {
+        return Err(IntakeError::InvalidField(
+            "budget.max_cost must be at least 1".into(),
+        ));
+    }
     let stages = with_review(stages.clone(), review_policy);
     let now = Utc::now();
     Ok(Task {
@@ -247,6 +323,12 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
         review_policy,
         caused_by: request.caused_by,
         deploy: request.deploy,
+        account,
+        budget: TaskBudget { max_cost },
+        parent_task,
+        reservation: None,
+        budget_rounds: 0,
+        settled: false,
         stage: None,
         stages,
         attempts: 0,

@@ -10,6 +10,7 @@
 //! - [`domain`]: tasks, events and engine runs, as stored and as served.
 //! - [`definitions`]: persona files (`actors/`), runbooks (`runbooks/`), ops targets (`ops.yaml`).
 //! - [`prompt`]: what a persona hands its engine.
+//! - [`metering`]: task budgets reserved in the Ledger, engine runs charged, settlement.
 //! - [`intake`]: how a task gets in (validation, idempotency, the queue bound), for HTTP and ops.
 //! - [`ledger`]: the double-entry token books (accounts, transfers, audit) the Ledger actor writes.
 
@@ -23,6 +24,7 @@ pub mod git;
 pub mod http;
 pub mod intake;
 pub mod ledger;
+pub mod metering;
 pub mod process;
 pub mod prompt;
 pub mod startup;

@@ -257,29 +257,46 @@ pub const INSTANCE_VARIABLE: &str = "GLITCHLAB_INSTANCE";
 
 /// Kills the process groups of processes that carry `INSTANCE_VARIABLE=<instance>`: engines and
 /// verify commands orphaned when a previous run of this service was killed (`kill -9` gives it
-/// no chance to clean up). Returns how many groups were killed. Linux only (reads `/proc`).
+/// no chance to clean up). Returns how many group kills were sent. Linux only (reads `/proc`).
 pub fn kill_orphans(instance: &str) -> usize {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
     let marker = format!("{INSTANCE_VARIABLE}={instance}");
+    let mut killed = 0;
+    // A group member forked while the signal was sent can escape one round; look again.
+    for _ in 0..ORPHAN_KILL_ROUNDS_MAX {
+        let groups = marked_groups(&marker);
+        if groups.is_empty() {
+            break;
+        }
+        for pgid in &groups {
+            // SAFETY: kill(2) on a process group that carries this instance's marker.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+        killed += groups.len();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    killed
+}
+
+/// Rounds of scanning and killing before [`kill_orphans`] gives up on stragglers.
+const ORPHAN_KILL_ROUNDS_MAX: usize = 10;
+
+fn marked_groups(marker: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let own_group = own_process_group();
     let mut groups: Vec<i32> = entries
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| carries(*pid, &marker))
+        .filter(|pid| carries(*pid, marker))
         .filter_map(live_process_group)
         .filter(|pgid| Some(*pgid) != own_group && *pgid > 1)
         .collect();
     groups.sort_unstable();
     groups.dedup();
-    for pgid in &groups {
-        // SAFETY: kill(2) on a process group that carries this instance's marker.
-        unsafe {
-            libc::kill(-pgid, libc::SIGKILL);
-        }
-    }
-    groups.len()
+    groups
 }
 
 fn carries(pid: i32, marker: &str) -> bool {
@@ -390,7 +407,7 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(killed, 1);
+        assert!(killed >= 1);
         let status = child.wait().unwrap();
         assert!(!status.success());
         assert_eq!(kill_orphans(&instance), 0);

@@ -224,6 +224,18 @@ impl Store {
         Ok(failures)
     }
 
+    /// Finished tasks whose budget reservation was not settled yet (the service stopped first).
+    pub fn unsettled_tasks(&self) -> Result<Vec<Task>, StoreError> {
+        let mut unsettled = Vec::new();
+        for bytes in self.tasks.iter().values() {
+            let task: Task = serde_json::from_slice(&bytes?)?;
+            if task.status.is_terminal() && !task.settled && task.reservation.is_some() {
+                unsettled.push(task);
+            }
+        }
+        Ok(unsettled)
+    }
+
     /// Every task that has not reached a terminal status: what Compass reloads on start.
     pub fn unfinished_tasks(&self) -> Result<Vec<Task>, StoreError> {
         let mut unfinished = Vec::new();
@@ -246,7 +258,7 @@ impl Store {
         events: &[NewEvent],
         change: impl Fn(&mut Task),
     ) -> Result<Task, StoreError> {
-        self.change_task(id, events, false, change).await
+        self.change_task(id, events, &[], change).await
     }
 
     /// Like [`Store::update_task`], but for the one transition out of a terminal status: a
@@ -257,14 +269,33 @@ impl Store {
         events: &[NewEvent],
         change: impl Fn(&mut Task),
     ) -> Result<Task, StoreError> {
-        self.change_task(id, events, true, change).await
+        self.change_task(
+            id,
+            events,
+            &[TaskStatus::Failed, TaskStatus::DeadLetter],
+            change,
+        )
+        .await
+    }
+
+    /// Records that a finished task's budget was settled in the ledger: bookkeeping, the one
+    /// change a terminal task still takes.
+    pub async fn mark_settled(&self, id: TaskId, event: NewEvent) -> Result<Task, StoreError> {
+        let terminal = [
+            TaskStatus::Done,
+            TaskStatus::Failed,
+            TaskStatus::Cancelled,
+            TaskStatus::DeadLetter,
+        ];
+        self.change_task(id, &[event], &terminal, |t| t.settled = true)
+            .await
     }
 
     async fn change_task(
         &self,
         id: TaskId,
         events: &[NewEvent],
-        reopen: bool,
+        terminal_allowed: &[TaskStatus],
         change: impl Fn(&mut Task),
     ) -> Result<Task, StoreError> {
         let mut encoded_events = Vec::with_capacity(events.len());
@@ -279,8 +310,7 @@ impl Store {
                     StoreError::TaskNotFound(id),
                 ))?;
             let mut task: Task = serde_json::from_slice(&bytes).map_err(abort)?;
-            let reopenable = matches!(task.status, TaskStatus::Failed | TaskStatus::DeadLetter);
-            if task.status.is_terminal() && !(reopen && reopenable) {
+            if task.status.is_terminal() && !terminal_allowed.contains(&task.status) {
                 return Err(ConflictableTransactionError::Abort(
                     StoreError::TaskFinished(id),
                 ));
@@ -422,6 +452,12 @@ mod tests {
             review_policy: Default::default(),
             caused_by: None,
             deploy: None,
+            account: "user:local".into(),
+            budget: Default::default(),
+            parent_task: None,
+            reservation: None,
+            budget_rounds: 0,
+            settled: false,
             status: TaskStatus::Queued,
             stage: None,
             stages: vec![Stage::Plan],

@@ -115,7 +115,7 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
         attempt: task.attempts,
     };
     let run = engine::run_shell(
-        &services.store,
+        &services,
         &who,
         ShellRun {
             command: task.verify.clone(),

@@ -26,6 +26,7 @@ use super::uplink_watch::{UplinkWatch, UplinkWatchArguments};
 use super::Services;
 use crate::definitions::PERSONAS;
 use crate::domain::{Priority, Task, TaskId, TaskStatus};
+use crate::metering;
 use crate::store::{NewEvent, StoreError};
 
 /// How long Compass waits for its children to stop on shutdown.
@@ -76,8 +77,11 @@ pub enum TaskAction {
         /// The reviewer's note.
         comment: Option<String>,
     },
-    /// Re-queue a failed or dead-lettered task.
-    Retry,
+    /// Re-queue a failed or dead-lettered task, with the budget reserved for its new round.
+    Retry {
+        /// The new reservation's transfer id, if one was made.
+        reservation: Option<String>,
+    },
 }
 
 struct PersonaSlot {
@@ -149,6 +153,9 @@ impl Actor for Compass {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        for task in state.services.store.unsettled_tasks()? {
+            settle_later(&state.services, task.id);
+        }
         let unfinished = state.services.store.unfinished_tasks()?;
         let resumed = unfinished
             .iter()
@@ -473,12 +480,13 @@ async fn on_blocked(
     Ok(())
 }
 
-/// A task ended: the blocked tasks that depend on it may move now.
+/// A task ended: its budget is settled, and the blocked tasks that depend on it may move now.
 async fn on_finished(
     myself: &ActorRef<CompassMsg>,
     state: &mut CompassState,
     finished: TaskId,
 ) -> Result<(), StoreError> {
+    settle_later(&state.services, finished);
     let waiting: Vec<TaskId> = state.blocked.iter().copied().collect();
     for task_id in waiting {
         let depends = state
@@ -597,6 +605,37 @@ async fn on_pipeline_exit(
     Ok(())
 }
 
+/// Settles a finished task's reservation in the ledger, off the mailbox (a ledger call may wait
+/// for a flush or a restart). Idempotent: a settlement cut off by a crash is redone at start.
+fn settle_later(services: &Services, task_id: TaskId) {
+    let services = services.clone();
+    tokio::spawn(async move {
+        let Ok(Some(task)) = services.store.task(task_id) else {
+            return;
+        };
+        if task.settled || !task.status.is_terminal() || task.reservation.is_none() {
+            return;
+        }
+        let (kind, data) = match metering::settle(&services, &task).await {
+            Ok(()) => ("ledger.settled", json!({"reservation": task.reservation})),
+            Err(error) => {
+                tracing::warn!(task = %task_id, %error, "could not settle a task's budget");
+                let data = json!({"reservation": task.reservation, "error": error.to_string()});
+                let event = NewEvent::new("compass", "ledger.settle_failed", data);
+                let _ = services.store.append_event(task_id, event).await;
+                return;
+            }
+        };
+        if let Err(error) = services
+            .store
+            .mark_settled(task_id, NewEvent::new("compass", kind, data))
+            .await
+        {
+            tracing::error!(task = %task_id, %error, "could not record a settlement");
+        }
+    });
+}
+
 fn free_slot(state: &mut CompassState, task_id: TaskId) {
     state.pipelines.remove(&task_id);
     state
@@ -620,7 +659,9 @@ async fn act(
         TaskAction::Reject { comment } => {
             transitions::reject(&state.services, task_id, comment).await?
         }
-        TaskAction::Retry => transitions::retry(&state.services, task_id).await?,
+        TaskAction::Retry { reservation } => {
+            transitions::retry(&state.services, task_id, reservation).await?
+        }
     };
     match task.status {
         TaskStatus::Queued => {

@@ -183,8 +183,8 @@ impl Actor for Ledger {
 }
 
 /// The ledger's settings. Defaults until `Config` has a `[ledger]` section.
-fn ledger_config(_services: &Services) -> LedgerConfig {
-    LedgerConfig::default()
+fn ledger_config(services: &Services) -> LedgerConfig {
+    services.config.ledger.clone()
 }
 
 /// Opens the built-in accounts and funds the local one, idempotently (fixed ids).

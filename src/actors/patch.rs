@@ -223,8 +223,7 @@ async fn run_engine(
                 tokio::fs::create_dir_all(parent).await?;
             }
             tokio::fs::write(&path, text).await?;
-            engine::record_builtin(&services.store, who, format!("wrote {relative}\n"), started)
-                .await
+            engine::record_builtin(services, who, format!("wrote {relative}\n"), started).await
         }
         EngineSpec::Shell { command } => {
             let system_prompt = services.definitions.system_prompt("patch");
@@ -239,7 +238,7 @@ async fn run_engine(
             .await?;
             let config = &services.config.engines;
             engine::run_shell(
-                &services.store,
+                services,
                 who,
                 ShellRun {
                     command,

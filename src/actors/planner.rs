@@ -111,7 +111,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
             let plan = engine::builtin_plan(&task, &history);
             let text = serde_json::to_string_pretty(&plan)
                 .map_err(|e| StageError::Internal(e.to_string()))?;
-            engine::record_builtin(&services.store, &who, text, started).await?;
+            engine::record_builtin(&services, &who, text, started).await?;
             Ok(plan)
         }
         EngineSpec::Shell { command } => {
@@ -131,7 +131,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
                 .await?;
             let config = &services.config.engines;
             let run = engine::run_shell(
-                &services.store,
+                &services,
                 &who,
                 ShellRun {
                     command,

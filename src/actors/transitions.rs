@@ -257,7 +257,11 @@ pub async fn cancel(services: &Services, id: TaskId) -> Result<Task, TaskActionE
 /// Re-queues a failed or dead-lettered task. Attempt-loop failures start a fresh round of
 /// attempts at implement (the last failure's output stays as feedback); other failures rerun
 /// the stage they happened in; a task failed by its dependencies waits for them again.
-pub async fn retry(services: &Services, id: TaskId) -> Result<Task, TaskActionError> {
+pub async fn retry(
+    services: &Services,
+    id: TaskId,
+    reservation: Option<String>,
+) -> Result<Task, TaskActionError> {
     let task = load(
         services,
         id,
@@ -284,6 +288,11 @@ pub async fn retry(services: &Services, id: TaskId) -> Result<Task, TaskActionEr
             t.finished_at = None;
             t.stage_retries = 0;
             t.reverifications = 0;
+            if let Some(reservation) = &reservation {
+                t.reservation = Some(reservation.clone());
+                t.budget_rounds += 1;
+                t.settled = false;
+            }
             if restart_attempts {
                 t.stage = Some(Stage::Implement);
                 t.attempts = 0;

@@ -17,8 +17,10 @@ use super::json::JsonBody;
 use super::AppState;
 use crate::actors::compass::{CompassMsg, TaskAction};
 use crate::actors::transitions::TaskActionError;
-use crate::domain::{Task, TaskId};
+use crate::domain::{Task, TaskId, TaskStatus};
 use crate::intake::{self, IntakeError, SubmitTaskRequest};
+use crate::ledger::LedgerError;
+use crate::metering;
 
 /// How long a cancel may wait for Compass.
 const COMPASS_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,23 +35,30 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let accepted = intake::submit(&app.services, &app.compass, request)
         .await
-        .map_err(|error| match error {
-            IntakeError::InvalidField(_) | IntakeError::Unknown { .. } => {
-                ApiError::unprocessable(error.code(), error.to_string())
-            }
-            IntakeError::QueueFull(_) => {
-                ApiError::too_many(error.code(), error.to_string(), QUEUE_FULL_RETRY_AFTER_SECS)
-            }
-            IntakeError::IdempotencyConflict(_) => {
-                ApiError::conflict(error.code(), error.to_string())
-            }
-            IntakeError::Store(inner) => ApiError::internal(inner),
-        })?;
+        .map_err(intake_error)?;
     let mut headers = HeaderMap::new();
     if accepted.replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok((StatusCode::CREATED, headers, Json(accepted.task)).into_response())
+}
+
+fn intake_error(error: IntakeError) -> ApiError {
+    let (code, message) = (error.code(), error.to_string());
+    match error {
+        IntakeError::InvalidField(_) | IntakeError::Unknown { .. } => {
+            ApiError::unprocessable(code, message)
+        }
+        IntakeError::QueueFull(_) => ApiError::too_many(code, message, QUEUE_FULL_RETRY_AFTER_SECS),
+        IntakeError::IdempotencyConflict(_) => ApiError::conflict(code, message),
+        IntakeError::InsufficientFunds(_) => {
+            ApiError::new(StatusCode::PAYMENT_REQUIRED, code, message)
+        }
+        IntakeError::Ledger(LedgerError::Unavailable(_)) => ApiError::unavailable(code, message),
+        IntakeError::Ledger(LedgerError::InvalidField(_)) => ApiError::unprocessable(code, message),
+        IntakeError::Ledger(inner) => ApiError::internal(inner),
+        IntakeError::Store(inner) => ApiError::internal(inner),
+    }
 }
 
 /// `GET /v1/tasks`.
@@ -150,12 +159,50 @@ pub async fn reject(
     act(&app, &id, TaskAction::Reject { comment }).await
 }
 
-/// `POST /v1/tasks/{id}/retry`: re-queue a failed or dead-lettered task.
+/// `POST /v1/tasks/{id}/retry`: re-queue a failed or dead-lettered task. Its budget is reserved
+/// again first (402 when the account cannot cover it).
 pub async fn retry(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    act(&app, &id, TaskAction::Retry).await
+    let task = parse_id(&app, &id)?;
+    let retryable = matches!(task.status, TaskStatus::Failed | TaskStatus::DeadLetter);
+    let reservation = if retryable {
+        Some(reserve_again(&app, &task).await?)
+    } else {
+        None
+    };
+    let outcome = act(
+        &app,
+        &id,
+        TaskAction::Retry {
+            reservation: reservation.clone(),
+        },
+    )
+    .await;
+    if let (Err(_), Some(reservation)) = (&outcome, &reservation) {
+        metering::release(&app.services.directory, reservation).await;
+    }
+    outcome
+}
+
+/// Settles the last round (if its settlement has not run yet) and reserves the next one.
+async fn reserve_again(app: &AppState, task: &Task) -> Result<String, ApiError> {
+    let directory = &app.services.directory;
+    if !task.settled {
+        match metering::settle(&app.services, task).await {
+            // Settled concurrently by Compass: fine.
+            Ok(()) | Err(LedgerError::TransferNotPending { .. }) => {}
+            Err(error) => return Err(ledger_error(error)),
+        }
+    }
+    metering::reserve(directory, task, task.budget_rounds + 1)
+        .await
+        .map_err(ledger_error)
+}
+
+fn ledger_error(error: LedgerError) -> ApiError {
+    intake_error(IntakeError::from(error))
 }
 
 async fn act(app: &AppState, id: &str, action: TaskAction) -> Result<Json<Task>, ApiError> {

@@ -71,9 +71,8 @@ pub fn builtin_accounts(config: &LedgerConfig) -> Vec<NewAccount> {
     accounts
 }
 
-/// Settings of the ledger. Not yet read from the config file: `actors::ledger` uses the defaults
-/// until `Config` grows a `[ledger]` section of this type.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Settings of the ledger: the `[ledger]` section of the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
     /// The account a default install funds, so the service works out of the box.
@@ -82,6 +81,10 @@ pub struct LedgerConfig {
     pub local_funding: u64,
     /// How often the Ledger voids pending transfers past their timeout.
     pub expiry_scan_interval_ms: u64,
+    /// What a task reserves when its submission names no `budget.max_cost`, in micro-tokens.
+    pub default_task_budget: u64,
+    /// Prices of engine runs, tokens and deploys.
+    pub rates: crate::metering::RateCard,
 }
 
 impl Default for LedgerConfig {
@@ -90,6 +93,8 @@ impl Default for LedgerConfig {
             local_account: "user:local".to_owned(),
             local_funding: 1_000_000_000,
             expiry_scan_interval_ms: 1000,
+            default_task_budget: 10_000_000,
+            rates: crate::metering::RateCard::default(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Integration tests: each test starts the real service binary on `127.0.0.1:0` with its own temp
 //! data dir and real git repositories, and talks to it over HTTP.
 
+mod billing;
 mod compass;
 mod helpers;
 mod ingress;

@@ -1,0 +1,136 @@
+//! Paying for tasks: the budget is reserved before a task exists, every engine run is charged to
+//! the persona that ran it, and the reservation is settled when the task ends.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{git_repo, shell_task, Service};
+
+async fn account(service: &Service, id: &str) -> Value {
+    let (status, account) = service.get(&format!("/v1/ledger/accounts/{id}")).await;
+    assert_eq!(status, 200, "{id}: {account}");
+    account
+}
+
+async fn wait_settled(service: &Service, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+        if task["settled"] == true {
+            return task;
+        }
+        assert!(Instant::now() < deadline, "never settled: {task:#}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn assert_audit_balanced(service: &Service) {
+    let (status, audit) = service.get("/v1/ledger/audit").await;
+    assert_eq!(status, 200, "{audit}");
+    assert_eq!(audit["balanced"], true, "{audit:#}");
+}
+
+#[tokio::test]
+async fn a_task_whose_account_is_short_is_refused_with_402_and_not_created() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let (status, _) = service
+        .post(
+            "/v1/ledger/accounts",
+            &json!({"id": "user:poor", "kind": "user"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let mut body = shell_task(&repo, "echo hi > hi.txt", "true");
+    body["account"] = json!("user:poor");
+    let (status, refused) = service.post("/v1/tasks", &body).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (402, Some("INSUFFICIENT_FUNDS")),
+        "{refused}"
+    );
+    let (_, tasks) = service.get("/v1/tasks").await;
+    assert!(tasks["tasks"].as_array().unwrap().is_empty());
+    assert_eq!(account(&service, "user:poor").await["debits_pending"], 0);
+
+    body["account"] = json!("user:nobody");
+    let (status, refused) = service.post("/v1/tasks", &body).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (422, Some("ACCOUNT_NOT_FOUND"))
+    );
+    assert_audit_balanced(&service).await;
+}
+
+#[tokio::test]
+async fn a_finished_tasks_charges_appear_per_persona_and_its_reservation_is_settled() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let before = account(&service, "user:local").await;
+    let mut body = shell_task(&repo, "echo hi > hi.txt", "test -f hi.txt");
+    body["budget"] = json!({"max_cost": 5_000_000});
+    let task = service.submit(&body).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    assert_eq!(task["reservation"], format!("task:{id}:budget:1"));
+    assert_eq!(
+        account(&service, "user:local").await["debits_pending"],
+        5_000_000
+    );
+
+    assert_eq!(service.wait_until_finished(&id).await["status"], "done");
+    wait_settled(&service, &id).await;
+    let mut earned = Vec::new();
+    for persona in ["planner", "patch", "circuit"] {
+        let agent = account(&service, &format!("agent:{persona}")).await;
+        earned.push(agent["credits_posted"].as_u64().unwrap());
+    }
+    assert!(
+        earned.iter().all(|amount| *amount > 0),
+        "every persona that ran was paid: {earned:?}"
+    );
+    let cost: u64 = earned.iter().sum();
+
+    let (_, reservation) = service
+        .get(&format!("/v1/ledger/transfers/task:{id}:budget:1"))
+        .await;
+    assert_eq!(reservation["status"], "posted", "{reservation:#}");
+    assert_eq!(reservation["posted_amount"].as_u64(), Some(cost));
+    let after = account(&service, "user:local").await;
+    assert_eq!(
+        after["debits_pending"], 0,
+        "the rest of the budget was released"
+    );
+    assert_eq!(
+        before["balance"].as_i64().unwrap() - after["balance"].as_i64().unwrap(),
+        i64::try_from(cost).unwrap(),
+        "the payer paid exactly what the runs cost"
+    );
+    assert_eq!(account(&service, &format!("task:{id}")).await["balance"], 0);
+    assert_audit_balanced(&service).await;
+}
+
+#[tokio::test]
+async fn usage_past_the_budget_is_charged_to_the_payer_at_settlement() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let before = account(&service, "user:local").await;
+    let mut body = shell_task(&repo, "echo hi > hi.txt", "true");
+    body["budget"] = json!({"max_cost": 1});
+    let task = service.submit(&body).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    service.wait_until_finished(&id).await;
+    wait_settled(&service, &id).await;
+
+    let (_, reservation) = service
+        .get(&format!("/v1/ledger/transfers/task:{id}:budget:1"))
+        .await;
+    assert_eq!(reservation["posted_amount"], 1);
+    assert_eq!(account(&service, &format!("task:{id}")).await["balance"], 0);
+    let after = account(&service, "user:local").await;
+    assert!(before["balance"].as_i64().unwrap() > after["balance"].as_i64().unwrap() + 1);
+    assert_audit_balanced(&service).await;
+}
