@@ -351,6 +351,51 @@ pub struct Task {
 pub const FAILURES_KEPT_MAX: usize = 32;
 
 impl Task {
+    /// A queued feature task for unit tests: plan-only, paid by `user:local`.
+    #[cfg(test)]
+    pub fn for_test(title: &str, description: &str) -> Self {
+        let now = Utc::now();
+        Self {
+            id: TaskId::new(),
+            title: title.into(),
+            description: description.into(),
+            repo: "/tmp/repo".into(),
+            base_branch: "main".into(),
+            kind: "feature".into(),
+            priority: Priority::Medium,
+            verify: "true".into(),
+            max_attempts: 3,
+            engines: EngineOverrides::default(),
+            idempotency_key: None,
+            deps: Vec::new(),
+            blocked_by: Vec::new(),
+            review_policy: ReviewPolicy::Auto,
+            caused_by: None,
+            deploy: None,
+            account: "user:local".into(),
+            budget: TaskBudget::default(),
+            parent_task: None,
+            reservation: None,
+            budget_rounds: 0,
+            settled: false,
+            status: TaskStatus::Queued,
+            stage: None,
+            stages: vec![Stage::Plan],
+            attempts: 0,
+            stage_retries: 0,
+            reverifications: 0,
+            failures: Vec::new(),
+            branch: None,
+            commit: None,
+            plan: None,
+            feedback: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+        }
+    }
     /// Records a failed try, keeping the newest [`FAILURES_KEPT_MAX`].
     pub fn record_failure(&mut self, stage: Stage, error: ErrorInfo) {
         if self.failures.len() >= FAILURES_KEPT_MAX {

@@ -251,49 +251,11 @@ pub fn builtin_note(task: &Task, attempt: u32) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{EngineOverrides, Priority, TaskStatus};
 
     fn task(description: &str) -> Task {
-        Task {
-            id: TaskId::new(),
-            title: "Add greeting".into(),
-            description: description.into(),
-            repo: "/tmp/repo".into(),
-            base_branch: "main".into(),
-            kind: "feature".into(),
-            priority: Priority::Medium,
-            verify: "test -f hello.txt".into(),
-            max_attempts: 3,
-            engines: EngineOverrides::default(),
-            idempotency_key: None,
-            deps: Vec::new(),
-            blocked_by: Vec::new(),
-            review_policy: Default::default(),
-            caused_by: None,
-            deploy: None,
-            account: "user:local".into(),
-            budget: Default::default(),
-            parent_task: None,
-            reservation: None,
-            budget_rounds: 0,
-            settled: false,
-            status: TaskStatus::Queued,
-            stage: None,
-            stages: vec![Stage::Plan],
-            attempts: 0,
-            stage_retries: 0,
-            reverifications: 0,
-            failures: Vec::new(),
-            branch: None,
-            commit: None,
-            plan: None,
-            feedback: None,
-            error: None,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-            started_at: None,
-            finished_at: None,
-        }
+        let mut task = Task::for_test("Add greeting", description);
+        task.verify = "test -f hello.txt".into();
+        task
     }
 
     #[test]

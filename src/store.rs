@@ -432,49 +432,11 @@ fn append_encoded(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{EngineOverrides, Priority, Stage};
 
     fn task(key: Option<&str>) -> Task {
-        Task {
-            id: TaskId::new(),
-            title: "t".into(),
-            description: String::new(),
-            repo: "/tmp/repo".into(),
-            base_branch: "main".into(),
-            kind: "feature".into(),
-            priority: Priority::Medium,
-            verify: "true".into(),
-            max_attempts: 3,
-            engines: EngineOverrides::default(),
-            idempotency_key: key.map(str::to_owned),
-            deps: Vec::new(),
-            blocked_by: Vec::new(),
-            review_policy: Default::default(),
-            caused_by: None,
-            deploy: None,
-            account: "user:local".into(),
-            budget: Default::default(),
-            parent_task: None,
-            reservation: None,
-            budget_rounds: 0,
-            settled: false,
-            status: TaskStatus::Queued,
-            stage: None,
-            stages: vec![Stage::Plan],
-            attempts: 0,
-            stage_retries: 0,
-            reverifications: 0,
-            failures: Vec::new(),
-            branch: None,
-            commit: None,
-            plan: None,
-            feedback: None,
-            error: None,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-            started_at: None,
-            finished_at: None,
-        }
+        let mut task = Task::for_test("t", "");
+        task.idempotency_key = key.map(str::to_owned);
+        task
     }
 
     fn submitted() -> NewEvent {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{git, git_repo, process_group_alive, shell_task, with_config, Service};
+use crate::helpers::{git, git_repo, shell_task, wait_group_gone, with_config, Service};
 
 fn id_of(task: &Value) -> String {
     task["id"].as_str().unwrap().to_owned()
@@ -218,11 +218,12 @@ async fn cancel_kills_a_running_verify_removes_the_worktree_and_keeps_the_branch
         (status, cancelled["status"].as_str()),
         (200, Some("cancelled"))
     );
-    while process_group_alive(pgid) && cancelled_at.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert!(
-        !process_group_alive(pgid),
+        wait_group_gone(
+            pgid,
+            Duration::from_secs(2).saturating_sub(cancelled_at.elapsed())
+        )
+        .await,
         "the verify command outlived the cancel by 2 s"
     );
     let worktree = root.path().join("data/worktrees").join(&id);

@@ -309,3 +309,12 @@ pub fn process_group_alive(pgid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence.
     unsafe { libc::kill(-pgid, 0) == 0 }
 }
+
+/// Waits (up to `timeout`) for a process group to be gone; whether it is.
+pub async fn wait_group_gone(pgid: i32, timeout: std::time::Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while process_group_alive(pgid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    !process_group_alive(pgid)
+}

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{git, git_repo, process_group_alive, shell_task, Service};
+use crate::helpers::{git, git_repo, process_group_alive, shell_task, wait_group_gone, Service};
 
 #[tokio::test]
 async fn task_goes_through_all_stages_and_lands_on_main() {
@@ -216,12 +216,8 @@ async fn cancel_kills_the_running_engine_and_ends_the_task() {
         .await;
     assert_eq!(status, 200, "{cancelled}");
     assert_eq!(cancelled["status"], "cancelled");
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while process_group_alive(pgid) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert!(
-        !process_group_alive(pgid),
+        wait_group_gone(pgid, Duration::from_secs(2)).await,
         "engine process group still alive 2 s after cancel"
     );
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{git, git_repo, process_group_alive, shell_task, Service};
+use crate::helpers::{git, git_repo, process_group_alive, shell_task, wait_group_gone, Service};
 
 /// A verify command that hangs the first time it runs (recording its process group in `marker`)
 /// and passes on every later run.
@@ -52,12 +52,8 @@ async fn kill_9_during_verify_then_restart_finishes_the_task() {
 
     // The restarted service finds the orphan by its instance mark and kills it.
     let service = Service::start(root.path()).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while process_group_alive(orphan) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert!(
-        !process_group_alive(orphan),
+        wait_group_gone(orphan, Duration::from_secs(2)).await,
         "the orphaned verify of the killed service still runs"
     );
     let task = service.wait_until_finished(&id).await;
@@ -106,12 +102,8 @@ async fn sigterm_stops_cleanly_and_the_next_start_resumes_in_flight_work() {
         service.log()
     );
     // Killed on shutdown; give init a moment to reap the orphaned zombies.
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while process_group_alive(verify_group) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert!(
-        !process_group_alive(verify_group),
+        wait_group_gone(verify_group, Duration::from_secs(2)).await,
         "shutdown left the verify command running"
     );
 
