@@ -98,6 +98,7 @@ async fn in_process(root: &Path) -> (f64, f64) {
         store: Store::open(&config.storage.data_dir).unwrap(),
         directory: Arc::new(ActorDirectory::default()),
         definitions: Arc::new(Definitions::load(&config.paths).unwrap()),
+        redactor: Arc::default(),
         config: Arc::new(config),
     };
     let arguments = LedgerArguments {

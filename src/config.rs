@@ -60,6 +60,30 @@ pub struct Config {
     pub tasks: TasksConfig,
     /// The token ledger: the local account, the rate card, task budgets.
     pub ledger: crate::ledger::LedgerConfig,
+    /// What personas may touch and see.
+    pub governance: GovernanceConfig,
+}
+
+/// Governance: protected paths and secrets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GovernanceConfig {
+    /// Globs (relative to the repository) a task's diff may not touch; `PROTECTED_PATH` if it does.
+    pub protected_paths: Vec<String>,
+    /// Environment variable names whose values are secrets: redacted from everything persisted
+    /// and passed only to the personas whose `env` lists them.
+    pub secrets: Vec<String>,
+}
+
+impl Default for GovernanceConfig {
+    fn default() -> Self {
+        Self {
+            protected_paths: [".git/**", ".github/**", "ops.yaml", "runbooks/**"]
+                .map(str::to_owned)
+                .to_vec(),
+            secrets: Vec::new(),
+        }
+    }
 }
 
 /// HTTP ingress settings.
@@ -384,6 +408,10 @@ impl Config {
         ];
         if let Some((_, reason)) = checks.iter().find(|(failed, _)| *failed) {
             return Err((*reason).to_owned());
+        }
+        for pattern in &self.governance.protected_paths {
+            globset::Glob::new(pattern)
+                .map_err(|e| format!("governance.protected_paths: `{pattern}`: {e}"))?;
         }
         crate::ledger::validate_id("ledger.local_account", &self.ledger.local_account)
             .map_err(|e| e.to_string())?;

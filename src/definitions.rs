@@ -98,6 +98,9 @@ pub struct PersonaFrontMatter {
     /// Budget caps (interpreted by the Ledger).
     #[serde(default)]
     pub budget: BTreeMap<String, u64>,
+    /// Environment variables (secrets among them) this persona's commands may receive.
+    #[serde(default)]
+    pub env: Vec<String>,
 }
 
 fn builtin_engine() -> String {
@@ -157,6 +160,22 @@ impl Definitions {
             runbooks: load_runbooks(&paths.runbooks_dir)?,
             ops: load_ops(&paths.ops_file)?,
         })
+    }
+
+    /// A persona's tool rules (an unknown persona may run nothing).
+    pub fn tool_rules(&self, persona: &str) -> ToolRules {
+        self.personas
+            .get(persona)
+            .map(|p| p.front.tools.clone())
+            .unwrap_or_default()
+    }
+
+    /// The environment variables a persona's commands may receive.
+    pub fn env_allowed(&self, persona: &str) -> &[String] {
+        self.personas
+            .get(persona)
+            .map(|p| p.front.env.as_slice())
+            .unwrap_or(&[])
     }
 
     /// The system prompt of a persona (empty for an unknown name).

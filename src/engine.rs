@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::actors::jobs::StageError;
 use crate::actors::Services;
 use crate::domain::{CapturedOutput, EngineRun, Plan, PlanStep, Stage, Task, TaskId};
+use crate::executor;
 use crate::metering;
 use crate::process::{self, CommandSpec};
 
@@ -52,14 +53,23 @@ pub async fn run_shell(
     who: &RunIdentity,
     run: ShellRun,
 ) -> Result<EngineRun, StageError> {
+    let rules = services.definitions.tool_rules(who.persona);
+    executor::check(&run.command, who.persona, &rules)
+        .map_err(|denied| StageError::ToolDenied(denied.to_string()))?;
     let started_at = Utc::now();
     let mut spec = CommandSpec::shell(&run.command, run.cwd, run.timeout, run.output_bytes_max);
-    spec.env = run.env;
+    spec.env_clear = true;
+    spec.env = governed_env(services, who.persona);
+    spec.env.extend(run.env);
     spec.env
         .push((process::INSTANCE_VARIABLE.into(), run.instance));
     let output = process::run(&spec)
         .await
         .map_err(|error| StageError::EngineFailed(error.to_string()))?;
+    let redact = |mut captured: CapturedOutput| {
+        captured.text = services.redactor.redact(&captured.text);
+        captured
+    };
     let record = EngineRun {
         id: Uuid::now_v7(),
         task_id: who.task_id,
@@ -67,18 +77,30 @@ pub async fn run_shell(
         engine: "shell".into(),
         stage: who.stage,
         attempt: who.attempt,
-        command: Some(run.command),
+        command: Some(services.redactor.redact(&run.command)),
         exit_code: output.exit_code,
         signal: output.signal,
         timed_out: output.timed_out,
-        stdout: output.stdout,
-        stderr: output.stderr,
+        stdout: redact(output.stdout),
+        stderr: redact(output.stderr),
         duration_ms: millis(output.duration),
         started_at,
     };
     services.store.record_run(&record).await?;
     metering::charge_run(services, &record).await;
     Ok(record)
+}
+
+/// The environment a governed command starts from: the basics ([`executor::ENV_PASSED`]) and
+/// the variables its persona's `env` allows — nothing else of the service's environment.
+fn governed_env(services: &Services, persona: &str) -> Vec<(String, String)> {
+    let allowed = services.definitions.env_allowed(persona);
+    executor::ENV_PASSED
+        .iter()
+        .map(|name| (*name).to_owned())
+        .chain(allowed.iter().cloned())
+        .filter_map(|name| std::env::var(&name).ok().map(|value| (name, value)))
+        .collect()
 }
 
 /// Persists the run of a builtin engine that produced `stdout`.

@@ -67,6 +67,7 @@ impl Git {
                 ("GIT_TERMINAL_PROMPT".into(), "0".into()),
                 ("GIT_EDITOR".into(), "true".into()),
             ],
+            env_clear: false,
             timeout: self.timeout,
             output_bytes_max: GIT_OUTPUT_BYTES_MAX,
         };

@@ -10,6 +10,7 @@
 //! - [`domain`]: tasks, events and engine runs, as stored and as served.
 //! - [`definitions`]: persona files (`actors/`), runbooks (`runbooks/`), ops targets (`ops.yaml`).
 //! - [`prompt`]: what a persona hands its engine.
+//! - [`executor`]: the governed executor's rules (allowlists, deny list, secrets redaction).
 //! - [`metering`]: task budgets reserved in the Ledger, engine runs charged, settlement.
 //! - [`intake`]: how a task gets in (validation, idempotency, the queue bound), for HTTP and ops.
 //! - [`ledger`]: the double-entry token books (accounts, transfers, audit) the Ledger actor writes.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod definitions;
 pub mod domain;
 pub mod engine;
+pub mod executor;
 pub mod git;
 pub mod http;
 pub mod intake;

@@ -26,6 +26,9 @@ pub struct CommandSpec {
     pub cwd: PathBuf,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// Start from an empty environment (only `env` is set): governed commands see no secret
+    /// they were not given.
+    pub env_clear: bool,
     /// Killed (with its whole process group) when exceeded.
     pub timeout: Duration,
     /// Per stream: bytes kept of stdout and of stderr.
@@ -45,6 +48,7 @@ impl CommandSpec {
             args: vec!["-c".into(), command_line.into()],
             cwd,
             env: Vec::new(),
+            env_clear: false,
             timeout,
             output_bytes_max,
         }
@@ -115,6 +119,9 @@ impl Drop for ProcessGroupGuard {
 pub async fn run(spec: &CommandSpec) -> Result<CommandOutput, SpawnError> {
     let started = Instant::now();
     let mut command = Command::new(&spec.program);
+    if spec.env_clear {
+        command.env_clear();
+    }
     command
         .args(&spec.args)
         .current_dir(&spec.cwd)

@@ -87,7 +87,9 @@ impl Application {
                 "killed process groups left running by a previous run"
             );
         }
+        let redactor = crate::executor::Redactor::from_env(&config.governance.secrets);
         let services = Services {
+            redactor: Arc::new(redactor),
             store,
             directory: Arc::new(ActorDirectory::default()),
             config: Arc::new(config),

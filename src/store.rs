@@ -365,6 +365,7 @@ impl Store {
             serde_json::json!({
                 "run_id": run.id,
                 "engine": run.engine,
+                "command": run.command,
                 "stage": run.stage,
                 "attempt": run.attempt,
                 "exit_code": run.exit_code,

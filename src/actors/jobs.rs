@@ -52,6 +52,12 @@ pub enum StageError {
     /// Another git process held a lock.
     #[error("{0}")]
     GitLocked(String),
+    /// A command was refused by the governed executor.
+    #[error("{0}")]
+    ToolDenied(String),
+    /// The task's changes touch protected paths.
+    #[error("{0}")]
+    ProtectedPath(String),
     /// The planner's engine did not produce a valid plan.
     #[error("{0}")]
     PlanInvalid(String),
@@ -86,6 +92,8 @@ impl StageError {
             Self::EngineKilled(_) => "ENGINE_KILLED",
             Self::GitLocked(_) => "GIT_LOCKED",
             Self::PlanInvalid(_) => "PLAN_INVALID",
+            Self::ToolDenied(_) => "TOOL_DENIED",
+            Self::ProtectedPath(_) => "PROTECTED_PATH",
             Self::Git(_) => "GIT_FAILED",
             Self::MergeConflict(_) => "MERGE_CONFLICT",
             Self::DeliverFailed(_) => "DELIVER_FAILED",

@@ -44,6 +44,8 @@ pub struct Services {
     pub config: Arc<Config>,
     /// Personas, runbooks and ops targets.
     pub definitions: Arc<Definitions>,
+    /// Secret values to scrub from everything persisted.
+    pub redactor: Arc<crate::executor::Redactor>,
 }
 
 impl Services {

@@ -202,10 +202,46 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
     }
     let message = format!("glitchlab: {} (attempt {})", task.title, task.attempts);
     let commit = worktree.commit_all(&message).await?;
+    check_protected_paths(&services, &worktree, &task.base_branch).await?;
     Ok(ImplementOutcome {
         commit,
         engine_failure: None,
     })
+}
+
+/// Refuses a branch whose changes (since it left the base) touch a protected path.
+async fn check_protected_paths(
+    services: &Services,
+    worktree: &Git,
+    base: &str,
+) -> Result<(), StageError> {
+    let protected = protected_globs(&services.config.governance.protected_paths)?;
+    let range = format!("{base}...HEAD");
+    let changed = worktree.run(&["diff", "--name-only", &range]).await?;
+    let touched: Vec<&str> = changed
+        .lines()
+        .filter(|path| protected.is_match(path))
+        .collect();
+    if touched.is_empty() {
+        return Ok(());
+    }
+    Err(StageError::ProtectedPath(format!(
+        "the change touches protected paths: {}",
+        touched.join(", ")
+    )))
+}
+
+/// Compiles the protected-path globs (checked at start-up, so this does not fail in practice).
+pub fn protected_globs(patterns: &[String]) -> Result<globset::GlobSet, StageError> {
+    let mut builder = globset::GlobSetBuilder::new();
+    for pattern in patterns {
+        let glob = globset::Glob::new(pattern)
+            .map_err(|e| StageError::Internal(format!("protected path `{pattern}`: {e}")))?;
+        builder.add(glob);
+    }
+    builder
+        .build()
+        .map_err(|e| StageError::Internal(format!("protected paths: {e}")))
 }
 
 async fn run_engine(

@@ -3,6 +3,7 @@
 
 mod billing;
 mod compass;
+mod governance;
 mod helpers;
 mod ingress;
 mod ledger;

@@ -1,0 +1,114 @@
+//! The governed executor: allowlists and the global deny list, a cleared environment, secrets
+//! redacted from everything persisted, and protected paths.
+
+use serde_json::json;
+
+use crate::helpers::{git, git_repo, shell_task, Options, Service};
+
+#[tokio::test]
+async fn curl_in_a_verify_command_fails_tool_denied_naming_the_rule() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let task = service
+        .submit(&shell_task(
+            &repo,
+            "echo hi > hi.txt",
+            "test -f hi.txt && curl -s http://127.0.0.1:9/",
+        ))
+        .await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["error"]["code"], "TOOL_DENIED");
+    let message = task["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("curl") && message.contains("global deny list"),
+        "{message}"
+    );
+
+    let task = service
+        .submit(&shell_task(&repo, "echo hi > hi.txt", "perl -e 1"))
+        .await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["error"]["code"], "TOOL_DENIED");
+    assert!(task["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("the circuit allowlist"));
+}
+
+#[tokio::test]
+async fn touching_a_protected_path_fails_before_anything_is_merged() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let main_before = git(&repo, &["rev-parse", "main"]);
+    let service = Service::start(root.path()).await;
+    let patch = "mkdir -p .github/workflows && echo 'on: push' > .github/workflows/ci.yml && echo hi > hi.txt";
+    let task = service.submit(&shell_task(&repo, patch, "true")).await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["error"]["code"], "PROTECTED_PATH");
+    assert!(task["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(".github/workflows/ci.yml"));
+    assert_eq!(git(&repo, &["rev-parse", "main"]), main_before);
+}
+
+#[tokio::test]
+async fn secrets_reach_only_allowed_personas_and_never_the_records() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let secret = "hunter2-7f3a9c-very-secret";
+    // Patch may receive the secret; Circuit (the built-in definition) may not.
+    std::fs::create_dir_all(root.path().join("actors")).unwrap();
+    std::fs::write(
+        root.path().join("actors/patch.md"),
+        "---\nname: patch\nrole: implementer\nenv: [GLITCHLAB_TEST_SECRET]\ntools:\n  allow: [sh, echo, test]\n---\nYou are Patch.\n",
+    )
+    .unwrap();
+    let options = Options {
+        config: Some("[governance]\nsecrets = [\"GLITCHLAB_TEST_SECRET\"]\n".into()),
+        env: vec![
+            ("GLITCHLAB_TEST_SECRET".into(), secret.into()),
+            ("GLITCHLAB_NOT_FOR_ENGINES".into(), "leaked".into()),
+        ],
+    };
+    let service = Service::start_with(root.path(), options).await;
+    let patch = "echo \"the key is $GLITCHLAB_TEST_SECRET\"; echo \"$GLITCHLAB_TEST_SECRET\" >&2; echo ok > ok.txt";
+    let verify = "test -z \"$GLITCHLAB_TEST_SECRET\" && test -z \"$GLITCHLAB_NOT_FOR_ENGINES\" && test -f ok.txt";
+    let task = service.submit(&shell_task(&repo, patch, verify)).await;
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    let records = format!("{runs}{events}");
+    assert!(
+        !records.contains(secret),
+        "the secret leaked into the records"
+    );
+    let patch_run = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["persona"] == "patch")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        patch_run["stdout"]["text"],
+        "the key is [REDACTED:GLITCHLAB_TEST_SECRET]\n"
+    );
+    assert_eq!(
+        patch_run["stderr"]["text"],
+        "[REDACTED:GLITCHLAB_TEST_SECRET]\n"
+    );
+    assert_eq!(json!(patch_run["exit_code"]), json!(0));
+}
