@@ -48,6 +48,7 @@ pub fn router(app: AppState) -> Router {
         .route("/ledger/mint", post(ledger::mint))
         .route("/ledger/audit", get(ledger::audit))
         .route("/actors", get(system::actors))
+        .route("/personas", get(system::personas))
         .route("/events", get(system::service_events))
         .route("/report", get(report::report));
     Router::new()

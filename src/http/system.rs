@@ -60,3 +60,30 @@ pub async fn service_events(
         .recent_events(TaskId::service(), SERVICE_EVENTS_MAX)?;
     Ok(Json(json!({"events": events})))
 }
+
+/// `GET /v1/personas`: every persona's definition as loaded (engine, allowlist, env names —
+/// names only, never values), so an operator can see what each may do.
+pub async fn personas(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let personas: Vec<serde_json::Value> = app
+        .services
+        .definitions
+        .personas
+        .values()
+        .map(|persona| {
+            let front = &persona.front;
+            json!({
+                "name": front.name,
+                "role": front.role,
+                "engine": front.engine,
+                "model": front.model,
+                "timeout_secs": front.timeout_secs,
+                "max_attempts": front.max_attempts,
+                "tools": front.tools,
+                "env": front.env,
+                "budget": front.budget,
+                "source": persona.source,
+            })
+        })
+        .collect();
+    Json(json!({"personas": personas}))
+}

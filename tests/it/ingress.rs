@@ -198,6 +198,24 @@ async fn the_tree_is_listed_with_every_persona() {
     ];
     assert_eq!(names, expected);
     assert_eq!(service.actor("compass").await["parent"], Value::Null);
+    let (status, personas) = service.get("/v1/personas").await;
+    assert_eq!(status, 200);
+    let patch = personas["personas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "patch")
+        .unwrap()
+        .clone();
+    assert_eq!(patch["engine"], "builtin");
+    assert!(patch["tools"]["allow"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("cargo")));
+    assert!(patch["tools"]["deny"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("curl")));
     assert_eq!(service.actor("patch").await["parent"], "compass");
 }
 
