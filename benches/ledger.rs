@@ -99,6 +99,7 @@ async fn in_process(root: &Path) -> (f64, f64) {
         directory: Arc::new(ActorDirectory::default()),
         definitions: Arc::new(Definitions::load(&config.paths).unwrap()),
         redactor: Arc::default(),
+        sandbox_exe: None,
         config: Arc::new(config),
     };
     let arguments = LedgerArguments {

@@ -104,6 +104,8 @@ async fn main() {
     config.server.bind = "127.0.0.1:0".parse().unwrap();
     config.storage.data_dir = root.path().join("data");
     config.paths.actors_dir = root.path().join("no-actors");
+    // In-process, this binary is the bench, not `glitchlab`: it cannot be the sandbox helper.
+    config.governance.sandbox = glitchlab::sandbox::SandboxMode::Off;
     let application = Application::build(config).await.unwrap();
     let base = format!("http://{}", application.addr().unwrap());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -73,6 +73,10 @@ pub struct GovernanceConfig {
     /// Environment variable names whose values are secrets: redacted from everything persisted
     /// and passed only to the personas whose `env` lists them.
     pub secrets: Vec<String>,
+    /// Landlock confinement of engine and verify processes: `off`, `auto`, `required`.
+    pub sandbox: crate::sandbox::SandboxMode,
+    /// Directories confined processes may write besides their worktree and private temp dir.
+    pub sandbox_writable: Vec<PathBuf>,
 }
 
 impl Default for GovernanceConfig {
@@ -82,6 +86,8 @@ impl Default for GovernanceConfig {
                 .map(str::to_owned)
                 .to_vec(),
             secrets: Vec::new(),
+            sandbox: crate::sandbox::SandboxMode::Auto,
+            sandbox_writable: Vec::new(),
         }
     }
 }

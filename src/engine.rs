@@ -2,7 +2,7 @@
 //! command in the worktree. Every run, of either, is persisted as an [`EngineRun`] before the
 //! persona acts on its result.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -14,6 +14,7 @@ use crate::domain::{CapturedOutput, EngineRun, Plan, PlanStep, Stage, Task, Task
 use crate::executor;
 use crate::metering;
 use crate::process::{self, CommandSpec};
+use crate::sandbox;
 
 /// Who runs an engine, for what: becomes the run record's identity.
 #[derive(Debug, Clone)]
@@ -57,9 +58,22 @@ pub async fn run_shell(
     executor::check(&run.command, who.persona, &rules)
         .map_err(|denied| StageError::ToolDenied(denied.to_string()))?;
     let started_at = Utc::now();
-    let mut spec = CommandSpec::shell(&run.command, run.cwd, run.timeout, run.output_bytes_max);
+    let temp_dir = services.temp_dir(who.task_id);
+    tokio::fs::create_dir_all(&temp_dir).await?;
+    let mut spec = CommandSpec::shell(
+        &run.command,
+        run.cwd.clone(),
+        run.timeout,
+        run.output_bytes_max,
+    );
+    if let Some(exe) = &services.sandbox_exe {
+        let writable = writable_dirs(services, &run.cwd, &temp_dir).await;
+        (spec.program, spec.args) = sandbox::wrap(exe, &writable, &spec.program, &spec.args);
+    }
     spec.env_clear = true;
     spec.env = governed_env(services, who.persona);
+    spec.env
+        .push(("TMPDIR".into(), temp_dir.display().to_string()));
     spec.env.extend(run.env);
     spec.env
         .push((process::INSTANCE_VARIABLE.into(), run.instance));
@@ -89,6 +103,23 @@ pub async fn run_shell(
     services.store.record_run(&record).await?;
     metering::charge_run(services, &record).await;
     Ok(record)
+}
+
+/// Where a confined process may write: its worktree (and the worktree's git dir, so `git status`
+/// can refresh its index), its private temp dir, `/dev`, and the configured extras.
+async fn writable_dirs(services: &Services, cwd: &Path, temp_dir: &Path) -> Vec<PathBuf> {
+    let mut writable = vec![
+        cwd.to_path_buf(),
+        temp_dir.to_path_buf(),
+        PathBuf::from("/dev"),
+    ];
+    if let Ok(dot_git) = tokio::fs::read_to_string(cwd.join(".git")).await {
+        if let Some(git_dir) = dot_git.trim().strip_prefix("gitdir: ") {
+            writable.push(PathBuf::from(git_dir));
+        }
+    }
+    writable.extend(services.config.governance.sandbox_writable.iter().cloned());
+    writable
 }
 
 /// The environment a governed command starts from: the basics ([`executor::ENV_PASSED`]) and

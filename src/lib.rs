@@ -10,10 +10,12 @@
 //! - [`domain`]: tasks, events and engine runs, as stored and as served.
 //! - [`definitions`]: persona files (`actors/`), runbooks (`runbooks/`), ops targets (`ops.yaml`).
 //! - [`prompt`]: what a persona hands its engine.
+//! - [`sandbox`]: Landlock confinement of engine and verify processes (`sandbox-exec`).
 //! - [`executor`]: the governed executor's rules (allowlists, deny list, secrets redaction).
 //! - [`metering`]: task budgets reserved in the Ledger, engine runs charged, settlement.
 //! - [`intake`]: how a task gets in (validation, idempotency, the queue bound), for HTTP and ops.
 //! - [`ledger`]: the double-entry token books (accounts, transfers, audit) the Ledger actor writes.
+//! - [`ops`]: deploys, health checks, maintenance checks and incidents (the Uplink personas' work).
 
 pub mod actors;
 pub mod cli;
@@ -29,6 +31,7 @@ pub mod ledger;
 pub mod metering;
 pub mod process;
 pub mod prompt;
+pub mod sandbox;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -7,8 +7,28 @@ use glitchlab::cli::{Cli, Command, ServeArgs};
 use glitchlab::config::Config;
 use glitchlab::startup::Application;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // The sandbox helper confines itself and execs the command: no runtime, no threads, no logs.
+    let mut args = std::env::args_os();
+    if args
+        .nth(1)
+        .is_some_and(|arg| arg == glitchlab::sandbox::SANDBOX_SUBCOMMAND)
+    {
+        glitchlab::sandbox::exec_main(args.collect());
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(error) => {
+            eprintln!("glitchlab: cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     glitchlab::telemetry::init();
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::config::Config;
 use crate::definitions::{DefinitionError, Definitions};
 use crate::http::{self, AppState};
 use crate::process;
+use crate::sandbox::{self, SandboxMode};
 use crate::store::{Store, StoreError};
 
 /// How long the tree may take to stop on shutdown.
@@ -47,9 +49,35 @@ pub enum StartupError {
     /// The listener could not be bound or served.
     #[error("http: {0}")]
     Http(#[from] std::io::Error),
+    /// `sandbox = "required"` but engines cannot be confined here.
+    #[error("sandbox required but unavailable: {0}")]
+    Sandbox(String),
     /// Compass died while the service ran.
     #[error("compass stopped unexpectedly")]
     CompassDied,
+}
+
+/// Decides whether engine processes are confined: the binary to re-exec as `sandbox-exec`, or
+/// `None` (said at start, so nobody believes in a sandbox that is not there).
+fn sandbox_exe(mode: SandboxMode) -> Result<Option<PathBuf>, StartupError> {
+    if mode == SandboxMode::Off {
+        tracing::warn!("sandbox = off: engine and verify processes run unconfined");
+        return Ok(None);
+    }
+    let available = sandbox::landlock_enforced().and_then(|()| {
+        std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))
+    });
+    match (available, mode) {
+        (Ok(exe), _) => {
+            tracing::info!("engine and verify processes are confined with Landlock");
+            Ok(Some(exe))
+        }
+        (Err(reason), SandboxMode::Required) => Err(StartupError::Sandbox(reason)),
+        (Err(reason), _) => {
+            tracing::warn!(%reason, "Landlock is unavailable: engine and verify processes run unconfined");
+            Ok(None)
+        }
+    }
 }
 
 /// A built service, bound and with its tree running.
@@ -88,8 +116,10 @@ impl Application {
             );
         }
         let redactor = crate::executor::Redactor::from_env(&config.governance.secrets);
+        let sandbox_exe = sandbox_exe(config.governance.sandbox)?;
         let services = Services {
             redactor: Arc::new(redactor),
+            sandbox_exe,
             store,
             directory: Arc::new(ActorDirectory::default()),
             config: Arc::new(config),

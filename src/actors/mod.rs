@@ -46,6 +46,9 @@ pub struct Services {
     pub definitions: Arc<Definitions>,
     /// Secret values to scrub from everything persisted.
     pub redactor: Arc<crate::executor::Redactor>,
+    /// This binary, when engine and verify processes are confined with Landlock through it
+    /// (`sandbox-exec`); `None` when they run unconfined.
+    pub sandbox_exe: Option<PathBuf>,
 }
 
 impl Services {
@@ -61,6 +64,15 @@ impl Services {
     /// This service instance's identity for its child processes: the (absolute) data dir.
     pub fn instance(&self) -> String {
         self.config.storage.data_dir.display().to_string()
+    }
+
+    /// A task's private temp dir: the one place besides its worktree a confined process may write.
+    pub fn temp_dir(&self, task_id: TaskId) -> PathBuf {
+        self.config
+            .storage
+            .data_dir
+            .join("tmp")
+            .join(task_id.to_string())
     }
 
     /// Where the prompt and feedback files of a task are written (outside the worktree, so they

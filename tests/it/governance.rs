@@ -112,3 +112,43 @@ async fn secrets_reach_only_allowed_personas_and_never_the_records() {
     );
     assert_eq!(json!(patch_run["exit_code"]), json!(0));
 }
+
+#[tokio::test]
+async fn a_confined_engine_cannot_write_outside_its_worktree() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let target = outside.path().join("escaped.txt");
+    let patch = format!(
+        "echo escaped > {}; echo scratch > \"$TMPDIR/scratch.txt\" && cat \"$TMPDIR/scratch.txt\"; echo hi > hi.txt",
+        target.display()
+    );
+    let task = service
+        .submit(&shell_task(&repo, &patch, "test -f hi.txt"))
+        .await;
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    assert!(!target.exists(), "the engine wrote outside its worktree");
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    let patch_run = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["persona"] == "patch")
+        .unwrap()
+        .clone();
+    assert!(
+        patch_run["stderr"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("ermission denied"),
+        "{patch_run:#}"
+    );
+    assert_eq!(
+        patch_run["stdout"]["text"], "scratch\n",
+        "the private temp dir is writable"
+    );
+    assert!(repo.join("hi.txt").exists());
+}

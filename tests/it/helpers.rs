@@ -50,11 +50,14 @@ impl Service {
             .env("RUST_LOG", "info,tower_http=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
-        if let Some(config) = &options.config {
-            let path = root.join("glitchlab.toml");
-            std::fs::write(&path, config).unwrap();
-            command.arg("--config").arg(path);
-        }
+        // Tests keep their markers and pid files in the temp root: let confined engines write there.
+        let path = root.join("glitchlab.toml");
+        std::fs::write(
+            &path,
+            with_root_writable(options.config.as_deref().unwrap_or(""), root),
+        )
+        .unwrap();
+        command.arg("--config").arg(path);
         for (key, value) in &options.env {
             command.env(key, value);
         }
@@ -294,6 +297,18 @@ pub fn shell_task(repo: &Path, patch_command: &str, verify: &str) -> Value {
         "verify": verify,
         "engines": {"patch": {"kind": "shell", "command": patch_command}},
     })
+}
+
+/// Adds `governance.sandbox_writable = [root]` to a test's config text.
+fn with_root_writable(config: &str, root: &Path) -> String {
+    let line = format!("sandbox_writable = [{:?}]\n", root.display().to_string());
+    match config.find("[governance]\n") {
+        Some(at) => {
+            let after = at + "[governance]\n".len();
+            format!("{}{line}{}", &config[..after], &config[after..])
+        }
+        None => format!("{config}\n[governance]\n{line}"),
+    }
 }
 
 /// Options with a config file.
