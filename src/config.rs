@@ -62,6 +62,36 @@ pub struct Config {
     pub ledger: crate::ledger::LedgerConfig,
     /// What personas may touch and see.
     pub governance: GovernanceConfig,
+    /// OpenAI-compatible model providers, by name (`openai` engines name one).
+    pub providers: std::collections::BTreeMap<String, ProviderConfig>,
+}
+
+/// One OpenAI-compatible chat-completions endpoint. The key is read from `api_key_env` at call
+/// time and never stored, logged or put in a prompt.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// E.g. `https://api.openai.com/v1`; `/chat/completions` is appended.
+    pub base_url: String,
+    /// The model asked for.
+    pub model: String,
+    /// The environment variable holding the API key (none: no `Authorization` header).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// One request's timeout.
+    #[serde(default = "provider_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Retries after 429, 5xx and connection errors (with backoff, honouring `Retry-After`).
+    #[serde(default = "provider_retries_max")]
+    pub retries_max: u32,
+}
+
+fn provider_timeout_secs() -> u64 {
+    120
+}
+
+fn provider_retries_max() -> u32 {
+    3
 }
 
 /// Governance: protected paths and secrets.

@@ -188,6 +188,12 @@ pub struct CausedBy {
 pub struct TaskBudget {
     /// Micro-tokens reserved from the paying account when the task is accepted.
     pub max_cost: u64,
+    /// Model tokens (input + output) the task may use; crossing it ends it `BUDGET_EXCEEDED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// Seconds from start the task may run; crossing it ends it `BUDGET_EXCEEDED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wall_secs: Option<u64>,
 }
 
 /// One failed try of a stage, kept on the task so a dead letter carries every diagnostic.
@@ -214,6 +220,11 @@ pub enum EngineSpec {
         /// The command line handed to `sh -c`.
         command: String,
     },
+    /// An OpenAI-compatible chat-completions endpoint (`[providers.<provider>]` in config).
+    Openai {
+        /// The provider's name in config.
+        provider: String,
+    },
 }
 
 /// Per-task engine overrides; a persona without one uses `builtin`.
@@ -226,6 +237,9 @@ pub struct EngineOverrides {
     /// Patch's engine (the implementer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patch: Option<EngineSpec>,
+    /// Circuit's judge of the acceptance criteria (the verify command always runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit: Option<EngineSpec>,
 }
 
 /// Planner's output: what Patch is asked to do, in steps.
@@ -269,6 +283,9 @@ pub struct Task {
     pub priority: Priority,
     /// Shell command that must exit 0 in the worktree for the work to be delivered.
     pub verify: String,
+    /// What "done" means, in prose: what a model-backed Circuit judges the diff against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptance: Option<String>,
     /// Implement/verify rounds allowed before the task fails.
     pub max_attempts: u32,
     /// Engine overrides per persona.
@@ -364,6 +381,7 @@ impl Task {
             kind: "feature".into(),
             priority: Priority::Medium,
             verify: "true".into(),
+            acceptance: None,
             max_attempts: 3,
             engines: EngineOverrides::default(),
             idempotency_key: None,
@@ -415,14 +433,45 @@ impl Task {
         self.stages.get(position + 1).copied()
     }
 
-    /// The engine Patch uses for this task.
-    pub fn patch_engine(&self) -> EngineSpec {
-        self.engines.patch.clone().unwrap_or(EngineSpec::Builtin)
+    /// The engine `persona` uses for this task: the task's override, else the persona's default
+    /// (`persona_default`, from its `actors/` front matter: `builtin` or `openai:<provider>`).
+    pub fn engine_for(&self, persona: &str, persona_default: &str) -> EngineSpec {
+        let chosen = match persona {
+            "planner" => self.engines.planner.clone(),
+            "patch" => self.engines.patch.clone(),
+            "circuit" => self.engines.circuit.clone(),
+            _ => None,
+        };
+        chosen.unwrap_or_else(|| match persona_default.strip_prefix("openai:") {
+            Some(provider) => EngineSpec::Openai {
+                provider: provider.to_owned(),
+            },
+            None => EngineSpec::Builtin,
+        })
+    }
+}
+
+/// Tokens one model call (or one run's calls) used, as the provider reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Prompt tokens.
+    pub input: u64,
+    /// Completion tokens.
+    pub output: u64,
+}
+
+impl TokenUsage {
+    /// Input plus output.
+    pub fn total(&self) -> u64 {
+        self.input.saturating_add(self.output)
     }
 
-    /// The engine Planner uses for this task.
-    pub fn planner_engine(&self) -> EngineSpec {
-        self.engines.planner.clone().unwrap_or(EngineSpec::Builtin)
+    /// The sum of two usages.
+    pub fn plus(self, other: TokenUsage) -> TokenUsage {
+        TokenUsage {
+            input: self.input.saturating_add(other.input),
+            output: self.output.saturating_add(other.output),
+        }
     }
 }
 
@@ -483,6 +532,9 @@ pub struct EngineRun {
     pub stderr: CapturedOutput,
     /// Wall-clock duration.
     pub duration_ms: u64,
+    /// Tokens a model-backed engine used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenUsage>,
     /// When it started.
     pub started_at: DateTime<Utc>,
 }

@@ -13,6 +13,7 @@ use crate::actors::Services;
 use crate::domain::{CapturedOutput, EngineRun, Plan, PlanStep, Stage, Task, TaskId};
 use crate::executor;
 use crate::metering;
+use crate::openai;
 use crate::process::{self, CommandSpec};
 use crate::sandbox;
 
@@ -98,6 +99,7 @@ pub async fn run_shell(
         stdout: redact(output.stdout),
         stderr: redact(output.stderr),
         duration_ms: millis(output.duration),
+        tokens: None,
         started_at,
     };
     services.store.record_run(&record).await?;
@@ -134,6 +136,74 @@ fn governed_env(services: &Services, persona: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// One call of an `openai` engine: the completion is persisted as an engine run (its text
+/// redacted, its token usage kept and metered) before it is returned. When the task's model
+/// tokens then exceed `max_tokens`, the answer is refused with `BUDGET_EXCEEDED`.
+pub async fn run_model(
+    services: &Services,
+    who: &RunIdentity,
+    provider_name: &str,
+    system: &str,
+    user: &str,
+    max_tokens: Option<u64>,
+) -> Result<String, StageError> {
+    let provider = services
+        .config
+        .providers
+        .get(provider_name)
+        .ok_or_else(|| {
+            StageError::EngineFailed(format!("no provider `{provider_name}` in [providers]"))
+        })?;
+    let started = Instant::now();
+    let started_at = Utc::now();
+    let completion = openai::complete(provider, system, user)
+        .await
+        .map_err(|error| {
+            if error.is_transient() {
+                StageError::ProviderUnavailable(error.to_string())
+            } else {
+                StageError::EngineFailed(error.to_string())
+            }
+        })?;
+    let record = EngineRun {
+        id: Uuid::now_v7(),
+        task_id: who.task_id,
+        persona: who.persona.to_owned(),
+        engine: "openai".into(),
+        stage: who.stage,
+        attempt: who.attempt,
+        command: Some(format!("openai:{provider_name}/{}", provider.model)),
+        exit_code: Some(0),
+        signal: None,
+        timed_out: false,
+        stdout: CapturedOutput {
+            text: services.redactor.redact(&completion.content),
+            truncated_bytes: 0,
+        },
+        stderr: CapturedOutput::default(),
+        duration_ms: millis(started.elapsed()),
+        tokens: Some(completion.usage),
+        started_at,
+    };
+    services.store.record_run(&record).await?;
+    metering::charge_run(services, &record).await;
+    if let Some(cap) = max_tokens {
+        let used: u64 = services
+            .store
+            .runs(who.task_id)?
+            .iter()
+            .filter_map(|run| run.tokens)
+            .map(|tokens| tokens.total())
+            .sum();
+        if used > cap {
+            return Err(StageError::BudgetExceeded(format!(
+                "max_tokens: the task used {used} model tokens of its {cap}"
+            )));
+        }
+    }
+    Ok(completion.content)
+}
+
 /// Persists the run of a builtin engine that produced `stdout`.
 pub async fn record_builtin(
     services: &Services,
@@ -158,6 +228,7 @@ pub async fn record_builtin(
         },
         stderr: CapturedOutput::default(),
         duration_ms: millis(started.elapsed()),
+        tokens: None,
         started_at: Utc::now(),
     };
     services.store.record_run(&record).await?;

@@ -145,6 +145,9 @@ pub struct SubmitTaskRequest {
     /// The task that files this one.
     #[serde(default)]
     pub parent_task: Option<String>,
+    /// What "done" means, for a model-backed Circuit to judge.
+    #[serde(default)]
+    pub acceptance: Option<String>,
 }
 
 /// The `budget` of a submission.
@@ -154,6 +157,12 @@ pub struct BudgetRequest {
     /// Micro-tokens to reserve.
     #[serde(default)]
     pub max_cost: Option<u64>,
+    /// Model tokens the task may use.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// Seconds from start the task may run.
+    #[serde(default)]
+    pub max_wall_secs: Option<u64>,
 }
 
 /// An accepted submission.
@@ -246,16 +255,7 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
         )));
     }
     let engines = request.engines.unwrap_or_default();
-    for (persona, spec) in [("planner", &engines.planner), ("patch", &engines.patch)] {
-        if let Some(EngineSpec::Shell { command }) = spec {
-            check_length(
-                &format!("engines.{persona}.command"),
-                command,
-                1,
-                VERIFY_BYTES_MAX,
-            )?;
-        }
-    }
+    check_engines(services, &engines)?;
     let kind = request.kind.unwrap_or_else(|| "feature".to_owned());
     let Some(stages) = config.compass.templates.get(&kind) else {
         let known: Vec<&str> = config
@@ -324,7 +324,12 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
         caused_by: request.caused_by,
         deploy: request.deploy,
         account,
-        budget: TaskBudget { max_cost },
+        budget: TaskBudget {
+            max_cost,
+            max_tokens: request.budget.as_ref().and_then(|b| b.max_tokens),
+            max_wall_secs: request.budget.as_ref().and_then(|b| b.max_wall_secs),
+        },
+        acceptance: request.acceptance,
         parent_task,
         reservation: None,
         budget_rounds: 0,
@@ -345,6 +350,52 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
         started_at: None,
         finished_at: None,
     })
+}
+
+/// Shell commands are bounded, providers must exist, and Circuit's engine is a judge (builtin or
+/// a model), never a second command: its command is the task's `verify`.
+fn check_engines(services: &Services, engines: &EngineOverrides) -> Result<(), IntakeError> {
+    let all = [
+        ("planner", &engines.planner),
+        ("patch", &engines.patch),
+        ("circuit", &engines.circuit),
+    ];
+    for (persona, spec) in all {
+        match spec {
+            Some(EngineSpec::Shell { .. }) if persona == "circuit" => {
+                return Err(IntakeError::InvalidField(
+                    "engines.circuit must be builtin or openai: its command is `verify`".into(),
+                ));
+            }
+            Some(EngineSpec::Shell { command }) => {
+                check_length(
+                    &format!("engines.{persona}.command"),
+                    command,
+                    1,
+                    VERIFY_BYTES_MAX,
+                )?;
+            }
+            Some(EngineSpec::Openai { provider })
+                if !services.config.providers.contains_key(provider) =>
+            {
+                let known: Vec<&str> = services
+                    .config
+                    .providers
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                return Err(IntakeError::unknown(
+                    "UNKNOWN_PROVIDER",
+                    format!(
+                        "engines.{persona}: no provider `{provider}`; known: [{}]",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Every dependency must name an existing task; Compass decides whether it still blocks.

@@ -12,6 +12,7 @@
 //! - [`prompt`]: what a persona hands its engine.
 //! - [`sandbox`]: Landlock confinement of engine and verify processes (`sandbox-exec`).
 //! - [`executor`]: the governed executor's rules (allowlists, deny list, secrets redaction).
+//! - [`openai`]: the `openai` engine's client (any OpenAI-compatible chat-completions endpoint).
 //! - [`metering`]: task budgets reserved in the Ledger, engine runs charged, settlement.
 //! - [`intake`]: how a task gets in (validation, idempotency, the queue bound), for HTTP and ops.
 //! - [`ledger`]: the double-entry token books (accounts, transfers, audit) the Ledger actor writes.
@@ -29,6 +30,7 @@ pub mod http;
 pub mod intake;
 pub mod ledger;
 pub mod metering;
+pub mod openai;
 pub mod process;
 pub mod prompt;
 pub mod sandbox;

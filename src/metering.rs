@@ -69,6 +69,7 @@ impl RateCard {
         let seconds_started = run.duration_ms.div_ceil(1000).max(1);
         let engine = match run.engine.as_str() {
             "builtin" => self.builtin_per_run,
+            "openai" => self.token_cost(run),
             _ => self.shell_per_second.saturating_mul(seconds_started),
         };
         let verify = if run.stage == Stage::Verify {
@@ -77,6 +78,27 @@ impl RateCard {
             0
         };
         engine.saturating_add(verify)
+    }
+}
+
+impl RateCard {
+    /// Model tokens priced per 1,000 by the model named in the run's `command`
+    /// (`openai:<provider>/<model>`); a model without a price costs nothing.
+    fn token_cost(&self, run: &EngineRun) -> u64 {
+        let (Some(tokens), Some(command)) = (run.tokens, run.command.as_deref()) else {
+            return 0;
+        };
+        let model = command
+            .rsplit_once('/')
+            .map(|(_, model)| model)
+            .unwrap_or(command);
+        let price = |table: &BTreeMap<String, u64>, count: u64| {
+            table
+                .get(model)
+                .map_or(0, |per_1k| per_1k.saturating_mul(count).div_ceil(1000))
+        };
+        price(&self.input_per_1k_tokens, tokens.input)
+            .saturating_add(price(&self.output_per_1k_tokens, tokens.output))
     }
 }
 

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::jobs::{InFlightJobs, JobKey, JobReply, StageError};
 use super::patch::branch_name;
 use super::Services;
-use crate::domain::{Stage, Task, TaskId};
+use crate::domain::{EngineSpec, Stage, Task, TaskId};
 use crate::engine::{self, RunIdentity, ShellRun};
 use crate::git::Git;
 
@@ -142,9 +142,84 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
             config.verify_timeout_secs
         ));
     }
+    let feedback_max = config.feedback_bytes_max;
+    if let (true, EngineSpec::Openai { provider }) =
+        (run.succeeded(), services.engine_for(&task, "circuit"))
+    {
+        if let Some(reasons) = judge(&services, &task, &provider, &output).await? {
+            return Ok(VerifyOutcome {
+                passed: false,
+                output: crate::process::keep_tail(&reasons, feedback_max),
+                run_id: run.id,
+            });
+        }
+    }
     Ok(VerifyOutcome {
         passed: run.succeeded(),
-        output: crate::process::keep_tail(&output, config.feedback_bytes_max),
+        output: crate::process::keep_tail(&output, feedback_max),
         run_id: run.id,
     })
+}
+
+/// Bytes of the diff a judge sees at most.
+const JUDGE_DIFF_BYTES_MAX: usize = 32 * 1024;
+
+/// Asks the model whether the change meets the task's acceptance criteria, given the diff and
+/// the test output. `Some(reasons)` when it says it does not (fed back to Patch like a failing
+/// test); an answer without a verdict counts as a failure too, with that said.
+async fn judge(
+    services: &Services,
+    task: &Task,
+    provider: &str,
+    test_output: &str,
+) -> Result<Option<String>, StageError> {
+    let worktree = Git::new(
+        services.worktree_path(task.id),
+        services.config.git.timeout(),
+    );
+    let range = format!("{}...HEAD", task.base_branch);
+    let diff = worktree.run(&["diff", &range]).await?;
+    let criteria = task.acceptance.as_deref().unwrap_or(&task.description);
+    let prompt = format!(
+        "# Task\n\n{}\n\n# Acceptance criteria\n\n{criteria}\n\n# Diff\n\n```diff\n{}\n```\n\n# Test output\n\n```\n{}\n```\n\n\
+         # Answer\n\nAnswer with one JSON object and nothing else: \
+         {{\"verdict\": \"pass\" | \"fail\", \"reasons\": [string]}}.\n",
+        task.title,
+        crate::process::keep_tail(&diff, JUDGE_DIFF_BYTES_MAX),
+        crate::process::keep_tail(test_output, JUDGE_DIFF_BYTES_MAX),
+    );
+    let who = RunIdentity {
+        task_id: task.id,
+        persona: "circuit",
+        stage: Stage::Verify,
+        attempt: task.attempts,
+    };
+    let system = services.definitions.system_prompt("circuit");
+    let answer = engine::run_model(
+        services,
+        &who,
+        provider,
+        system,
+        &prompt,
+        task.budget.max_tokens,
+    )
+    .await?;
+    let verdict =
+        crate::openai::json_in(&answer).and_then(|json| serde_json::from_str::<Verdict>(json).ok());
+    Ok(match verdict {
+        Some(Verdict { verdict, .. }) if verdict == "pass" => None,
+        Some(Verdict { reasons, .. }) => Some(format!(
+            "the acceptance judge failed the change:\n- {}",
+            reasons.join("\n- ")
+        )),
+        None => Some("the acceptance judge gave no verdict; the change is not accepted".into()),
+    })
+}
+
+/// A judge's answer.
+#[derive(Debug, serde::Deserialize)]
+struct Verdict {
+    verdict: String,
+    #[serde(default)]
+    reasons: Vec<String>,
 }

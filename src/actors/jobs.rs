@@ -52,6 +52,15 @@ pub enum StageError {
     /// Another git process held a lock.
     #[error("{0}")]
     GitLocked(String),
+    /// The model provider stayed busy or unreachable through every retry.
+    #[error("{0}")]
+    ProviderUnavailable(String),
+    /// A task crossed one of its budget caps.
+    #[error("{0}")]
+    BudgetExceeded(String),
+    /// A model asked to edit a path outside the worktree.
+    #[error("{0}")]
+    EditRefused(String),
     /// A command was refused by the governed executor.
     #[error("{0}")]
     ToolDenied(String),
@@ -93,6 +102,9 @@ impl StageError {
             Self::GitLocked(_) => "GIT_LOCKED",
             Self::PlanInvalid(_) => "PLAN_INVALID",
             Self::ToolDenied(_) => "TOOL_DENIED",
+            Self::ProviderUnavailable(_) => "PROVIDER_UNAVAILABLE",
+            Self::BudgetExceeded(_) => "BUDGET_EXCEEDED",
+            Self::EditRefused(_) => "EDIT_REFUSED",
             Self::ProtectedPath(_) => "PROTECTED_PATH",
             Self::Git(_) => "GIT_FAILED",
             Self::MergeConflict(_) => "MERGE_CONFLICT",
@@ -109,6 +121,7 @@ impl StageError {
             self,
             Self::EngineTimeout(_)
                 | Self::EngineKilled(_)
+                | Self::ProviderUnavailable(_)
                 | Self::GitLocked(_)
                 | Self::PersonaTimeout { .. }
                 | Self::Store(_)

@@ -61,6 +61,21 @@ impl Services {
             .join(task_id.to_string())
     }
 
+    /// The engine `persona` uses for `task` (the task's override, else the persona's default).
+    pub fn engine_for(
+        &self,
+        task: &crate::domain::Task,
+        persona: &str,
+    ) -> crate::domain::EngineSpec {
+        let default = self
+            .definitions
+            .personas
+            .get(persona)
+            .map(|p| p.front.engine.as_str())
+            .unwrap_or("builtin");
+        task.engine_for(persona, default)
+    }
+
     /// This service instance's identity for its child processes: the (absolute) data dir.
     pub fn instance(&self) -> String {
         self.config.storage.data_dir.display().to_string()

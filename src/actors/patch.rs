@@ -173,31 +173,20 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
         stage: Stage::Implement,
         attempt: task.attempts,
     };
-    let run = run_engine(&services, &task, &who, &worktree_path).await?;
-    if run.timed_out {
-        return Err(StageError::EngineTimeout(format!(
-            "patch engine timed out after {}s",
-            services.config.engines.timeout_secs
-        )));
-    }
-    if let (None, Some(signal)) = (run.exit_code, run.signal) {
+    let failure = match services.engine_for(&task, "patch") {
+        EngineSpec::Openai { provider } => {
+            edit_with_model(&services, &task, &who, &provider, &worktree_path).await?
+        }
+        spec => {
+            let run = run_engine(&services, &task, &who, &worktree_path, spec).await?;
+            shell_failure(&services, &run)?
+        }
+    };
+    if let Some(feedback) = failure {
         worktree.discard_uncommitted().await?;
-        return Err(StageError::EngineKilled(format!(
-            "the patch engine was killed by signal {signal}"
-        )));
-    }
-    if !run.succeeded() {
-        worktree.discard_uncommitted().await?;
-        let output = crate::process::keep_tail(
-            &run.combined_output(),
-            services.config.engines.feedback_bytes_max,
-        );
         return Ok(ImplementOutcome {
             commit: None,
-            engine_failure: Some(format!(
-                "the patch engine {}:\n{output}",
-                engine::ending(&run)
-            )),
+            engine_failure: Some(feedback),
         });
     }
     let message = format!("glitchlab: {} (attempt {})", task.title, task.attempts);
@@ -244,13 +233,154 @@ pub fn protected_globs(patterns: &[String]) -> Result<globset::GlobSet, StageErr
         .map_err(|e| StageError::Internal(format!("protected paths: {e}")))
 }
 
+/// How a command engine's run ended: `Ok(None)` done, `Ok(Some(feedback))` a failed attempt,
+/// `Err` trouble that is not the attempt's fault (a timeout, a kill).
+fn shell_failure(services: &Services, run: &EngineRun) -> Result<Option<String>, StageError> {
+    if run.timed_out {
+        return Err(StageError::EngineTimeout(format!(
+            "patch engine timed out after {}s",
+            services.config.engines.timeout_secs
+        )));
+    }
+    if let (None, Some(signal)) = (run.exit_code, run.signal) {
+        return Err(StageError::EngineKilled(format!(
+            "the patch engine was killed by signal {signal}"
+        )));
+    }
+    if run.succeeded() {
+        return Ok(None);
+    }
+    let output = crate::process::keep_tail(
+        &run.combined_output(),
+        services.config.engines.feedback_bytes_max,
+    );
+    Ok(Some(format!(
+        "the patch engine {}:\n{output}",
+        engine::ending(run)
+    )))
+}
+
+/// What the model is told about the shape of its answer.
+const EDITS_FORMAT: &str = "\n# Answer\n\nAnswer with one JSON object and nothing else: \
+{\"edits\": [{\"path\": string, \"search\": string, \"replace\": string} | \
+{\"path\": string, \"content\": string}]}. Paths are relative to the repository root. \
+`search` must appear in the file exactly as given; `content` replaces (or creates) the whole file.\n";
+
+/// One edit a model asked for.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum Edit {
+    /// Replace the first occurrence of `search` with `replace`.
+    Replace {
+        path: String,
+        search: String,
+        replace: String,
+    },
+    /// Write the whole file.
+    Write { path: String, content: String },
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Edits {
+    edits: Vec<Edit>,
+}
+
+/// Asks the model for edits and applies them inside the worktree. A path outside it is refused
+/// (`EDIT_REFUSED`); an answer that cannot be applied is a failed attempt with the reason as
+/// feedback.
+async fn edit_with_model(
+    services: &Services,
+    task: &Task,
+    who: &RunIdentity,
+    provider: &str,
+    worktree: &Path,
+) -> Result<Option<String>, StageError> {
+    let system = services.definitions.system_prompt("patch");
+    let feedback = task.feedback.as_deref().filter(|_| task.attempts > 1);
+    let prompt = prompt::build("", task, feedback) + EDITS_FORMAT;
+    let answer = engine::run_model(
+        services,
+        who,
+        provider,
+        system,
+        &prompt,
+        task.budget.max_tokens,
+    )
+    .await?;
+    let edits = match crate::openai::json_in(&answer).map(serde_json::from_str::<Edits>) {
+        Some(Ok(edits)) => edits.edits,
+        Some(Err(error)) => return Ok(Some(format!("the edits were not valid JSON: {error}"))),
+        None => return Ok(Some("the answer held no JSON object with edits".into())),
+    };
+    for edit in &edits {
+        if let Err(reason) = apply_edit(worktree, edit).await? {
+            return Ok(Some(reason));
+        }
+    }
+    Ok(None)
+}
+
+/// Applies one edit; `Ok(Err(reason))` when it does not apply, `Err` when it is refused.
+async fn apply_edit(worktree: &Path, edit: &Edit) -> Result<Result<(), String>, StageError> {
+    let (Edit::Replace { path, .. } | Edit::Write { path, .. }) = edit;
+    let target = inside_worktree(worktree, path)?;
+    match edit {
+        Edit::Write { content, .. } => {
+            if let Some(parent) = target.parent() {
+                tokio::fs::create_dir_all(parent).await?;
+            }
+            tokio::fs::write(&target, content).await?;
+        }
+        Edit::Replace {
+            search, replace, ..
+        } => {
+            let Ok(text) = tokio::fs::read_to_string(&target).await else {
+                return Ok(Err(format!("{path}: no such file to edit")));
+            };
+            if !text.contains(search.as_str()) {
+                return Ok(Err(format!("{path}: the search text was not found")));
+            }
+            tokio::fs::write(&target, text.replacen(search.as_str(), replace, 1)).await?;
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// The worktree path an edit names, refusing absolute paths, `..`, and the git directory.
+fn inside_worktree(worktree: &Path, relative: &str) -> Result<std::path::PathBuf, StageError> {
+    use std::path::Component;
+    let path = Path::new(relative);
+    let escapes = path.is_absolute()
+        || path.components().any(|c| {
+            matches!(
+                c,
+                Component::ParentDir | Component::Prefix(_) | Component::RootDir
+            )
+        })
+        || path
+            .components()
+            .next()
+            .is_some_and(|c| c.as_os_str() == ".git")
+        || relative.is_empty();
+    if escapes {
+        return Err(StageError::EditRefused(format!(
+            "the edit path `{relative}` is outside the worktree"
+        )));
+    }
+    Ok(worktree.join(path))
+}
+
 async fn run_engine(
     services: &Services,
     task: &Task,
     who: &RunIdentity,
     worktree_path: &Path,
+    spec: EngineSpec,
 ) -> Result<EngineRun, StageError> {
-    match task.patch_engine() {
+    match spec {
+        EngineSpec::Openai { .. } => Err(StageError::Internal(
+            "a model engine has no run of its own".into(),
+        )),
         EngineSpec::Builtin => {
             let started = Instant::now();
             let (relative, text) = engine::builtin_note(task, task.attempts);

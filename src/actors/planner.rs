@@ -105,7 +105,10 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
         stage: Stage::Plan,
         attempt: 0,
     };
-    match task.planner_engine() {
+    match services.engine_for(&task, "planner") {
+        EngineSpec::Openai { provider } => {
+            plan_with_model(&services, &task, &who, &provider, &history).await
+        }
         EngineSpec::Builtin => {
             let started = Instant::now();
             let plan = engine::builtin_plan(&task, &history);
@@ -160,4 +163,54 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
                 })
         }
     }
+}
+
+/// What the model is told about the shape of its answer.
+const PLAN_FORMAT: &str = "\n# Answer\n\nAnswer with one JSON object and nothing else: \
+{\"summary\": string, \"steps\": [{\"title\": string, \"files\": [string], \"rationale\": string}], \
+\"risk\": \"low\" | \"medium\" | \"high\"}. At least one step.\n";
+
+/// Asks the model for a plan; an invalid answer is asked for once more with the reason, then
+/// the stage fails `PLAN_INVALID`.
+async fn plan_with_model(
+    services: &Services,
+    task: &Task,
+    who: &RunIdentity,
+    provider: &str,
+    history: &[Task],
+) -> Result<Plan, StageError> {
+    let system = services.definitions.system_prompt("planner");
+    let prompt = prompt::build("", task, None) + &prompt::history_section(history) + PLAN_FORMAT;
+    let max_tokens = task.budget.max_tokens;
+    let answer = engine::run_model(services, who, provider, system, &prompt, max_tokens).await?;
+    let reason = match parse_plan(&answer) {
+        Ok(plan) => return Ok(plan),
+        Err(reason) => reason,
+    };
+    let again = format!("{prompt}\n# Your previous answer was not a valid plan\n\n{reason}\nAnswer with the JSON object only.\n");
+    let answer = engine::run_model(services, who, provider, system, &again, max_tokens).await?;
+    parse_plan(&answer).map_err(|reason| {
+        StageError::PlanInvalid(format!(
+            "the model's plan was invalid twice; last: {reason}"
+        ))
+    })
+}
+
+/// Parses and checks a model's plan: a summary, at least one titled step, a known risk.
+pub fn parse_plan(answer: &str) -> Result<Plan, String> {
+    let json = crate::openai::json_in(answer).ok_or("the answer holds no JSON object")?;
+    let plan: Plan = serde_json::from_str(json).map_err(|e| format!("not a plan: {e}"))?;
+    if plan.summary.trim().is_empty() {
+        return Err("summary is empty".into());
+    }
+    if plan.steps.is_empty() || plan.steps.iter().any(|s| s.title.trim().is_empty()) {
+        return Err("a plan needs at least one step, each with a title".into());
+    }
+    if !["low", "medium", "high"].contains(&plan.risk.as_str()) {
+        return Err(format!(
+            "risk must be low, medium or high, not `{}`",
+            plan.risk
+        ));
+    }
+    Ok(plan)
 }

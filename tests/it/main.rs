@@ -7,6 +7,7 @@ mod governance;
 mod helpers;
 mod ingress;
 mod ledger;
+mod models;
 mod pipeline;
 mod recovery;
 mod supervision;
