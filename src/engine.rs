@@ -136,6 +136,27 @@ fn governed_env(services: &Services, persona: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What is left of a task's `max_wall_secs` (`None`: no cap). A task past its cap is refused
+/// with `BUDGET_EXCEEDED` — checked when each persona job starts, and every engine's timeout is
+/// cut to what is left, so no run outlives the budget.
+pub fn wall_budget_left(task: &Task) -> Result<Option<Duration>, StageError> {
+    let (Some(cap_secs), Some(started)) = (task.budget.max_wall_secs, task.started_at) else {
+        return Ok(None);
+    };
+    let used_secs = u64::try_from((Utc::now() - started).num_seconds()).unwrap_or(0);
+    if used_secs >= cap_secs {
+        return Err(StageError::BudgetExceeded(format!(
+            "max_wall_secs: the task has run {used_secs}s of its {cap_secs}s"
+        )));
+    }
+    Ok(Some(Duration::from_secs(cap_secs - used_secs)))
+}
+
+/// `timeout`, cut to what is left of the task's wall-clock budget.
+pub fn capped_timeout(task: &Task, timeout: Duration) -> Result<Duration, StageError> {
+    Ok(wall_budget_left(task)?.map_or(timeout, |left| left.min(timeout)))
+}
+
 /// One call of an `openai` engine: the completion is persisted as an engine run (its text
 /// redacted, its token usage kept and metered) before it is returned. When the task's model
 /// tokens then exceed `max_tokens`, the answer is refused with `BUDGET_EXCEEDED`.

@@ -102,6 +102,7 @@ impl Actor for Circuit {
 }
 
 async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageError> {
+    engine::wall_budget_left(&task)?;
     let worktree_path = services.worktree_path(task.id);
     // Normally Patch's worktree is there; if it was removed, the branch holds the work.
     Git::new(&task.repo, services.config.git.timeout())
@@ -124,7 +125,10 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
                 ("GLITCHLAB_TASK_ID".into(), task.id.to_string()),
                 ("GLITCHLAB_ATTEMPT".into(), task.attempts.to_string()),
             ],
-            timeout: Duration::from_secs(config.verify_timeout_secs),
+            timeout: engine::capped_timeout(
+                &task,
+                Duration::from_secs(config.verify_timeout_secs),
+            )?,
             output_bytes_max: config.output_bytes_max,
             instance: services.instance(),
         },

@@ -158,6 +158,7 @@ pub fn branch_name(task_id: TaskId) -> String {
 }
 
 async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, StageError> {
+    engine::wall_budget_left(&task)?;
     let git_timeout = services.config.git.timeout();
     let worktree_path = services.worktree_path(task.id);
     let repo = Git::new(&task.repo, git_timeout);
@@ -410,7 +411,10 @@ async fn run_engine(
                     command,
                     cwd: worktree_path.to_path_buf(),
                     env: prompt::engine_env(task, task.attempts, &files),
-                    timeout: Duration::from_secs(config.timeout_secs),
+                    timeout: engine::capped_timeout(
+                        task,
+                        Duration::from_secs(config.timeout_secs),
+                    )?,
                     output_bytes_max: config.output_bytes_max,
                     instance: services.instance(),
                 },

@@ -95,6 +95,7 @@ const HISTORY_TASKS_MAX: usize = 5;
 const HISTORY_SCAN_MAX: usize = 1000;
 
 async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
+    engine::wall_budget_left(&task)?;
     let history =
         services
             .store
@@ -140,7 +141,10 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
                     command,
                     cwd: worktree,
                     env: prompt::engine_env(&task, 0, &files),
-                    timeout: Duration::from_secs(config.timeout_secs),
+                    timeout: engine::capped_timeout(
+                        &task,
+                        Duration::from_secs(config.timeout_secs),
+                    )?,
                     output_bytes_max: config.output_bytes_max,
                     instance: services.instance(),
                 },

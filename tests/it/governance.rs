@@ -152,3 +152,27 @@ async fn a_confined_engine_cannot_write_outside_its_worktree() {
     );
     assert!(repo.join("hi.txt").exists());
 }
+
+#[tokio::test]
+async fn a_wall_clock_cap_stops_a_task_with_budget_exceeded() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let mut body = shell_task(&repo, "sleep 30", "true");
+    body["budget"] = json!({"max_wall_secs": 2});
+    let started = std::time::Instant::now();
+    let task = service.submit(&body).await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["error"]["code"], "BUDGET_EXCEEDED");
+    assert!(task["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_wall_secs"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the engine outlived the cap"
+    );
+}
