@@ -245,8 +245,14 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
     if let Some(key) = &request.idempotency_key {
         check_length("idempotency_key", key, 1, KEY_BYTES_MAX)?;
     }
+    let patch_default = services
+        .definitions
+        .personas
+        .get("patch")
+        .and_then(|p| p.front.max_attempts);
     let max_attempts = request
         .max_attempts
+        .or(patch_default)
         .unwrap_or(config.tasks.default_max_attempts);
     if max_attempts == 0 || max_attempts > config.tasks.max_attempts_limit {
         return Err(IntakeError::InvalidField(format!(

@@ -1,7 +1,6 @@
 //! Circuit: the verify gate. Runs the task's verify command in its worktree and reports the
 //! outcome; a failure's output goes back (through the pipeline) to Patch's next attempt.
 
-use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use uuid::Uuid;
@@ -127,7 +126,7 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
             ],
             timeout: engine::capped_timeout(
                 &task,
-                Duration::from_secs(config.verify_timeout_secs),
+                services.engine_timeout("circuit", config.verify_timeout_secs),
             )?,
             output_bytes_max: config.output_bytes_max,
             instance: services.instance(),

@@ -76,6 +76,17 @@ impl Services {
         task.engine_for(persona, default)
     }
 
+    /// A persona's engine timeout: its `timeout_secs` from `actors/`, else the configured one.
+    pub fn engine_timeout(&self, persona: &str, configured_secs: u64) -> std::time::Duration {
+        let secs = self
+            .definitions
+            .personas
+            .get(persona)
+            .and_then(|p| p.front.timeout_secs)
+            .unwrap_or(configured_secs);
+        std::time::Duration::from_secs(secs)
+    }
+
     /// This service instance's identity for its child processes: the (absolute) data dir.
     pub fn instance(&self) -> String {
         self.config.storage.data_dir.display().to_string()

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -413,7 +413,7 @@ async fn run_engine(
                     env: prompt::engine_env(task, task.attempts, &files),
                     timeout: engine::capped_timeout(
                         task,
-                        Duration::from_secs(config.timeout_secs),
+                        services.engine_timeout("patch", config.timeout_secs),
                     )?,
                     output_bytes_max: config.output_bytes_max,
                     instance: services.instance(),

@@ -1,6 +1,6 @@
 //! Planner: turns a task's text into a structured [`Plan`].
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -143,7 +143,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
                     env: prompt::engine_env(&task, 0, &files),
                     timeout: engine::capped_timeout(
                         &task,
-                        Duration::from_secs(config.timeout_secs),
+                        services.engine_timeout("planner", config.timeout_secs),
                     )?,
                     output_bytes_max: config.output_bytes_max,
                     instance: services.instance(),
