@@ -1,7 +1,6 @@
 //! Circuit: the verify gate. Runs the task's verify command in its worktree and reports the
 //! outcome; a failure's output goes back (through the pipeline) to Patch's next attempt.
 
-
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use uuid::Uuid;
 
