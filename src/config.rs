@@ -107,6 +107,28 @@ pub struct GovernanceConfig {
     pub sandbox: crate::sandbox::SandboxMode,
     /// Directories confined processes may write besides their worktree and private temp dir.
     pub sandbox_writable: Vec<PathBuf>,
+    /// Per-repository additions, keyed by the repository's absolute path.
+    pub repos: std::collections::BTreeMap<String, RepoGovernance>,
+}
+
+/// Governance that applies to one repository only.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepoGovernance {
+    /// Globs protected in this repository on top of `governance.protected_paths`.
+    pub protected_paths: Vec<String>,
+}
+
+impl GovernanceConfig {
+    /// Every protected-path glob that applies to `repo`.
+    pub fn protected_paths_for(&self, repo: &str) -> Vec<String> {
+        let extra = self
+            .repos
+            .get(repo)
+            .map(|r| r.protected_paths.as_slice())
+            .unwrap_or(&[]);
+        self.protected_paths.iter().chain(extra).cloned().collect()
+    }
 }
 
 impl Default for GovernanceConfig {
@@ -118,6 +140,7 @@ impl Default for GovernanceConfig {
             secrets: Vec::new(),
             sandbox: crate::sandbox::SandboxMode::Auto,
             sandbox_writable: Vec::new(),
+            repos: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -445,7 +468,12 @@ impl Config {
         if let Some((_, reason)) = checks.iter().find(|(failed, _)| *failed) {
             return Err((*reason).to_owned());
         }
-        for pattern in &self.governance.protected_paths {
+        let per_repo = self
+            .governance
+            .repos
+            .values()
+            .flat_map(|r| &r.protected_paths);
+        for pattern in self.governance.protected_paths.iter().chain(per_repo) {
             globset::Glob::new(pattern)
                 .map_err(|e| format!("governance.protected_paths: `{pattern}`: {e}"))?;
         }

@@ -192,7 +192,7 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
     }
     let message = format!("glitchlab: {} (attempt {})", task.title, task.attempts);
     let commit = worktree.commit_all(&message).await?;
-    check_protected_paths(&services, &worktree, &task.base_branch).await?;
+    check_protected_paths(&services, &worktree, &task).await?;
     Ok(ImplementOutcome {
         commit,
         engine_failure: None,
@@ -203,10 +203,11 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
 async fn check_protected_paths(
     services: &Services,
     worktree: &Git,
-    base: &str,
+    task: &Task,
 ) -> Result<(), StageError> {
-    let protected = protected_globs(&services.config.governance.protected_paths)?;
-    let range = format!("{base}...HEAD");
+    let patterns = services.config.governance.protected_paths_for(&task.repo);
+    let protected = protected_globs(&patterns)?;
+    let range = format!("{}...HEAD", task.base_branch);
     let changed = worktree.run(&["diff", "--name-only", &range]).await?;
     let touched: Vec<&str> = changed
         .lines()

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{git, git_repo, shell_task, Options, Service};
+use crate::helpers::{git, git_repo, shell_task, with_config, Options, Service};
 
 #[tokio::test]
 async fn curl_in_a_verify_command_fails_tool_denied_naming_the_rule() {
@@ -59,6 +59,36 @@ async fn touching_a_protected_path_fails_before_anything_is_merged() {
         .unwrap()
         .contains(".github/workflows/ci.yml"));
     assert_eq!(git(&repo, &["rev-parse", "main"]), main_before);
+}
+
+#[tokio::test]
+async fn a_repository_can_protect_more_paths() {
+    let root = tempfile::tempdir().unwrap();
+    let guarded = git_repo(&root.path().join("guarded"));
+    let open = git_repo(&root.path().join("open"));
+    let config = format!(
+        "[governance.repos.{:?}]\nprotected_paths = [\"migrations/**\"]\n",
+        guarded.display().to_string()
+    );
+    let service = Service::start_with(root.path(), with_config(&config)).await;
+    let patch = "mkdir -p migrations && echo 'create table t();' > migrations/001.sql";
+
+    let task = service.submit(&shell_task(&guarded, patch, "true")).await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["error"]["code"], "PROTECTED_PATH", "{task:#}");
+    assert!(task["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("migrations/001.sql"));
+
+    // The same change elsewhere is ordinary work.
+    let task = service.submit(&shell_task(&open, patch, "true")).await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["status"], "done", "{task:#}");
 }
 
 #[tokio::test]
