@@ -1,5 +1,6 @@
 //! The command line: `glitchlab serve [--bind ADDR] [--data-dir DIR] [--config FILE]`, and
-//! `glitchlab ledger [--url URL] balance|history|audit` against a running service.
+//! `glitchlab ledger [--url URL] balance|history|audit` and `glitchlab ops deploy <app>
+//! [--commit SHA] [--url URL]` against a running service.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +23,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Read the token ledger of a running service.
     Ledger(LedgerArgs),
+    /// Ops actions against a running service (deploys).
+    Ops(OpsArgs),
 }
 
 /// Flags of `serve`; each overrides the config file.
@@ -36,6 +39,33 @@ pub struct ServeArgs {
     /// Configuration file (TOML); without it `config/glitchlab.toml` is read if present.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Ops targets (`ops.yaml`); overrides `paths.ops_file`.
+    #[arg(long)]
+    pub ops: Option<PathBuf>,
+}
+
+/// Flags of `ops`.
+#[derive(Debug, clap::Args)]
+pub struct OpsArgs {
+    /// Base URL of the running service.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:7700")]
+    pub url: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: OpsCommand,
+}
+
+/// Subcommands of `ops`.
+#[derive(Debug, Subcommand)]
+pub enum OpsCommand {
+    /// Request a deploy of an app (prints the deploy record as JSON).
+    Deploy {
+        /// The app of `ops.yaml`.
+        app: String,
+        /// The commit to deploy (default: the app's branch head).
+        #[arg(long)]
+        commit: Option<String>,
+    },
 }
 
 /// Flags of `ledger`.

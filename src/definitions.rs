@@ -119,27 +119,7 @@ pub struct PersonaDefinition {
     pub source: String,
 }
 
-/// One incident runbook (`runbooks/*.yaml`); steps stay as data until Uplink-Respond runs them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Runbook {
-    /// Runbook name.
-    pub name: String,
-    /// Which signals it handles.
-    #[serde(rename = "match")]
-    pub matcher: serde_yaml_ng::Value,
-    /// `noise`, `degradation` or `outage`.
-    pub classify: String,
-    /// Ordered response steps.
-    pub steps: Vec<serde_yaml_ng::Value>,
-}
-
-/// `ops.yaml`: apps and their deploy/health/check settings, kept as data for the Uplink personas.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct OpsFile {
-    /// Apps by name.
-    #[serde(default)]
-    pub apps: BTreeMap<String, serde_yaml_ng::Value>,
-}
+pub use crate::ops::spec::{OpsFile, Runbook};
 
 /// Everything loaded from the data folders.
 #[derive(Debug, Clone)]
@@ -245,19 +225,31 @@ fn load_runbooks(dir: &Path) -> Result<Vec<Runbook>, DefinitionError> {
     for path in files_with_extension(dir, "yaml")? {
         let text = read(&path)?;
         let runbook: Runbook = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(&path, &e))?;
+        crate::ops::spec::validate_runbook(&runbook, &text).map_err(|reason| {
+            DefinitionError::Invalid {
+                path: path.display().to_string(),
+                reason,
+            }
+        })?;
         runbooks.push(runbook);
     }
     Ok(runbooks)
 }
 
-fn load_ops(path: &Path) -> Result<OpsFile, DefinitionError> {
+/// Loads and validates `ops.yaml`; a missing file means no apps.
+pub fn load_ops(path: &Path) -> Result<OpsFile, DefinitionError> {
     if !path.exists() {
         return Ok(OpsFile::default());
     }
     let text = read(path)?;
-    serde_yaml_ng::from_str::<Option<OpsFile>>(&text)
+    let ops = serde_yaml_ng::from_str::<Option<OpsFile>>(&text)
         .map(Option::unwrap_or_default)
-        .map_err(|e| yaml_error(path, &e))
+        .map_err(|e| yaml_error(path, &e))?;
+    crate::ops::spec::validate_ops(&ops, &text).map_err(|reason| DefinitionError::Invalid {
+        path: path.display().to_string(),
+        reason,
+    })?;
+    Ok(ops)
 }
 
 fn yaml_error(path: &Path, error: &serde_yaml_ng::Error) -> DefinitionError {

@@ -126,7 +126,7 @@ async fn writable_dirs(services: &Services, cwd: &Path, temp_dir: &Path) -> Vec<
 
 /// The environment a governed command starts from: the basics ([`executor::ENV_PASSED`]) and
 /// the variables its persona's `env` allows — nothing else of the service's environment.
-fn governed_env(services: &Services, persona: &str) -> Vec<(String, String)> {
+pub(crate) fn governed_env(services: &Services, persona: &str) -> Vec<(String, String)> {
     let allowed = services.definitions.env_allowed(persona);
     executor::ENV_PASSED
         .iter()

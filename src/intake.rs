@@ -279,6 +279,14 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
     check_length("base_branch", &base_branch, 1, TITLE_BYTES_MAX)?;
     check_repository(config.git.timeout(), &request.repo, &base_branch).await?;
     let deps = check_deps(services, request.deps.unwrap_or_default())?;
+    if let Some(app) = &request.deploy {
+        if !services.definitions.ops.apps.contains_key(app) {
+            return Err(IntakeError::unknown(
+                "UNKNOWN_APP",
+                format!("`deploy`: no app `{app}` in ops.yaml"),
+            ));
+        }
+    }
     let review_policy = request.review_policy.unwrap_or_default();
     let parent_task = match request.parent_task.as_deref() {
         Some(text) => Some(check_deps(services, vec![text.to_owned()])?.remove(0)),

@@ -31,6 +31,7 @@ pub mod intake;
 pub mod ledger;
 pub mod metering;
 pub mod openai;
+pub mod ops;
 pub mod process;
 pub mod prompt;
 pub mod sandbox;

@@ -36,6 +36,7 @@ async fn run() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Ledger(args) => glitchlab::ledger::cli::run(args).await,
+        Command::Ops(args) => glitchlab::ops::cli::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,6 +51,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut config = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
     if let Some(bind) = args.bind {
         config.server.bind = bind;
+    }
+    if let Some(ops) = args.ops {
+        config.paths.ops_file = ops;
     }
     if let Some(data_dir) = args.data_dir {
         config.storage.data_dir = data_dir;

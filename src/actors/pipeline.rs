@@ -499,6 +499,15 @@ async fn finish_stage(
             })
             .await?;
         tracing::info!(task = %task.id, commit = ?task.commit, "task done");
+        // A task that names `deploy: <app>` asks Uplink-Deploy for it (a cast; never waits).
+        if let Some(app) = task.deploy.clone() {
+            super::uplink_deploy::deploy_after_task(
+                &state.services,
+                app,
+                task.id,
+                task.commit.clone(),
+            );
+        }
         myself.stop(Some("finished".into()));
         return Ok(());
     };

@@ -1,9 +1,33 @@
-//! Uplink-Deploy: the deploy pipeline's persona. Today it loads the apps of `ops.yaml` and answers
-//! which it can deploy; the deploy pipeline itself arrives with the ops issue.
+//! Uplink-Deploy: the deploy pipeline's persona. It takes deploy requests (HTTP, CLI, a delivered
+//! task that names `deploy: <app>`), gates them (burn-in, from the stored records), runs one
+//! deploy per app at a time in a job ([`crate::ops::deploy::run`]) while the others queue, owns
+//! the running local releases, and performs the app actions incident runbooks ask for (restart,
+//! rollback, scale). A deploy that ends unhealthy or failed becomes a signal for Uplink-Respond.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio_util::task::AbortOnDropHandle;
 
+use super::jobs::spawn_job;
+use super::uplink_respond::send_signals;
 use super::Services;
+use crate::domain::TaskId;
+use crate::ops::deploy::{self, DeployContext};
+use crate::ops::provider::{self, LocalRuntime, ProviderContext};
+use crate::ops::records::{DeployRecord, DeployStatus, OpsStore, Signal};
+use crate::ops::spec::ProviderKind;
+use crate::ops::{probe, OpsError};
+
+/// Deploys of one app that may wait (queued or awaiting approval) at once.
+pub const DEPLOYS_WAITING_MAX: usize = 16;
+/// Recent tasks looked at on start for a delivered task's lost deploy request.
+const TASK_DEPLOY_SCAN_MAX: usize = 10_000;
+/// How long a caller looks for a restarting Uplink-Deploy.
+const PERSONA_WAIT: Duration = Duration::from_secs(10);
 
 /// The Uplink-Deploy persona.
 pub struct UplinkDeploy;
@@ -14,16 +38,74 @@ pub struct UplinkDeployArguments {
     pub services: Services,
 }
 
+/// What an incident runbook may ask of an app.
+#[derive(Debug, Clone, Copy)]
+pub enum AppAction {
+    /// Restart the running release.
+    Restart,
+    /// Put the last healthy release back.
+    Rollback,
+    /// Change the instance count.
+    Scale(u32),
+}
+
 /// Uplink-Deploy's state.
 pub struct UplinkDeployState {
-    /// App names from `ops.yaml`.
-    apps: Vec<String>,
+    /// Shared services.
+    services: Services,
+    /// Provider plumbing, with the running local releases (dropped with this state: a crashed
+    /// Uplink-Deploy takes its releases down and its next incarnation starts them again).
+    provider: ProviderContext,
+    /// Deploy records and release state.
+    ops: OpsStore,
+    /// App → the deploy or action holding it (one at a time per app); dropping it aborts it.
+    busy: HashMap<String, AbortOnDropHandle<()>>,
 }
 
 /// Uplink-Deploy's messages.
 pub enum UplinkDeployMsg {
     /// The apps it knows how to deploy.
     Apps(RpcReplyPort<Vec<String>>),
+    /// Deploy `commit` (default: the app's branch head) of `app`.
+    Request {
+        /// The app.
+        app: String,
+        /// A sha or ref; `None` for the branch head.
+        commit: Option<String>,
+        /// `api`, `cli`, `task:<id>`.
+        trigger: String,
+        /// The new record, or why it was refused; `None` when nobody waits for it.
+        reply: Option<RpcReplyPort<Result<DeployRecord, OpsError>>>,
+    },
+    /// A human passes (`approve: true`) or refuses a deploy at its gate.
+    Decide {
+        /// The deploy.
+        id: String,
+        /// Approve or reject.
+        approve: bool,
+        /// The reviewer's note.
+        comment: Option<String>,
+        /// The record after.
+        reply: RpcReplyPort<Result<DeployRecord, OpsError>>,
+    },
+    /// A runbook step acts on an app; replies when the action has finished.
+    Act {
+        /// The app.
+        app: String,
+        /// What to do.
+        action: AppAction,
+        /// What happened.
+        reply: RpcReplyPort<Result<String, OpsError>>,
+    },
+    /// A deploy job ended.
+    DeployDone {
+        /// The app it held.
+        app: String,
+        /// Its final record, or why the job itself failed.
+        outcome: Result<Box<DeployRecord>, String>,
+    },
+    /// An action job ended.
+    ActionDone(String),
 }
 
 impl Actor for UplinkDeploy {
@@ -36,22 +118,456 @@ impl Actor for UplinkDeploy {
         _myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let apps = args.services.definitions.ops.apps.keys().cloned().collect();
-        Ok(UplinkDeployState { apps })
+        let services = args.services;
+        let ops = OpsStore::open(&services.store)?;
+        Ok(UplinkDeployState {
+            provider: ProviderContext::for_persona(
+                &services,
+                "uplink-deploy",
+                Arc::new(LocalRuntime::default()),
+            ),
+            services,
+            ops,
+            busy: HashMap::new(),
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        recover(state).await?;
+        let apps: Vec<String> = state
+            .services
+            .definitions
+            .ops
+            .apps
+            .keys()
+            .cloned()
+            .collect();
+        for app in apps {
+            dispatch(&myself, state, &app)?;
+        }
+        Ok(())
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
             UplinkDeployMsg::Apps(reply) => {
                 crate::work_failpoint!("uplink-deploy.handle");
-                let _ = reply.send(state.apps.clone());
+                let _ = reply.send(
+                    state
+                        .services
+                        .definitions
+                        .ops
+                        .apps
+                        .keys()
+                        .cloned()
+                        .collect(),
+                );
+            }
+            UplinkDeployMsg::Request {
+                app,
+                commit,
+                trigger,
+                reply,
+            } => {
+                crate::work_failpoint!("uplink-deploy.handle");
+                let outcome = request(state, &app, commit, &trigger).await;
+                if outcome.is_ok() {
+                    dispatch(&myself, state, &app)?;
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+            UplinkDeployMsg::Decide {
+                id,
+                approve,
+                comment,
+                reply,
+            } => {
+                let outcome = decide(state, &id, approve, comment).await;
+                if let Ok(record) = &outcome {
+                    dispatch(&myself, state, &record.app)?;
+                }
+                let _ = reply.send(outcome);
+            }
+            UplinkDeployMsg::Act { app, action, reply } => {
+                act_on(&myself, state, app, action, reply)
+            }
+            UplinkDeployMsg::DeployDone { app, outcome } => {
+                state.busy.remove(&app);
+                on_deploy_done(state, &app, outcome);
+                dispatch(&myself, state, &app)?;
+            }
+            UplinkDeployMsg::ActionDone(app) => {
+                state.busy.remove(&app);
+                dispatch(&myself, state, &app)?;
             }
         }
         Ok(())
     }
+}
+
+/// After a start or a crash: deploys that were running died with the last incarnation (failed,
+/// `DEPLOY_INTERRUPTED`); local releases that should run are started again.
+async fn recover(state: &mut UplinkDeployState) -> Result<(), OpsError> {
+    for (name, app) in &state.services.definitions.ops.apps {
+        for record in state.ops.deploys_of(name)? {
+            if record.status == DeployStatus::Running {
+                state
+                    .ops
+                    .update_deploy(&record.id, |d| {
+                        d.status = DeployStatus::Failed;
+                        d.error = Some(crate::domain::ErrorInfo::new(
+                            "DEPLOY_INTERRUPTED",
+                            "Uplink-Deploy stopped while this deploy ran",
+                        ));
+                        d.finished_at = Some(chrono::Utc::now());
+                    })
+                    .await?;
+            }
+        }
+        state
+            .ops
+            .update_release(name, |r| r.deploying = None)
+            .await?;
+        request_missed_task_deploys(state, name).await?;
+        let current = state.ops.release(name)?.current;
+        if let (ProviderKind::Local, Some(local), Some(sha)) = (app.provider, &app.local, current) {
+            if provider::running_group(&state.provider.data_dir, name).is_none() {
+                if let Err(error) = provider::local_start(&state.provider, name, local, &sha) {
+                    tracing::error!(app = %name, %error, "could not start the current release again");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Delivered tasks that name `deploy: <app>` but whose deploy request was lost (the service
+/// stopped between the delivery and the request) get it now. Looks at the newest
+/// [`TASK_DEPLOY_SCAN_MAX`] tasks.
+async fn request_missed_task_deploys(state: &UplinkDeployState, app: &str) -> Result<(), OpsError> {
+    let tasks = state.services.store.tasks(TASK_DEPLOY_SCAN_MAX)?;
+    let delivered = tasks.into_iter().filter(|t| {
+        t.status == crate::domain::TaskStatus::Done && t.deploy.as_deref() == Some(app)
+    });
+    let requested: std::collections::HashSet<String> = state
+        .ops
+        .deploys_of(app)?
+        .into_iter()
+        .map(|d| d.trigger)
+        .collect();
+    for task in delivered {
+        let trigger = format!("task:{}", task.id);
+        if !requested.contains(&trigger) {
+            tracing::warn!(app, task = %task.id, "requesting a delivered task's missed deploy");
+            request(state, app, task.commit.clone(), &trigger).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn request(
+    state: &UplinkDeployState,
+    app: &str,
+    commit: Option<String>,
+    trigger: &str,
+) -> Result<DeployRecord, OpsError> {
+    let spec = state
+        .services
+        .definitions
+        .ops
+        .apps
+        .get(app)
+        .ok_or_else(|| OpsError::UnknownApp(app.to_owned()))?;
+    let history = state.ops.deploys_of(app)?;
+    // A delivered task asks once, but its request may be repeated after a crash: answer with
+    // the deploy it already made.
+    if trigger.starts_with("task:") {
+        if let Some(existing) = history.iter().find(|d| d.trigger == trigger) {
+            return Ok(existing.clone());
+        }
+    }
+    let waiting = history
+        .iter()
+        .filter(|d| {
+            matches!(
+                d.status,
+                DeployStatus::Queued | DeployStatus::AwaitingApproval
+            )
+        })
+        .count();
+    if waiting >= DEPLOYS_WAITING_MAX {
+        return Err(OpsError::QueueFull(app.to_owned()));
+    }
+    let record = deploy::new_record(app, spec, commit, trigger, &history);
+    state.ops.put_deploy(&record).await?;
+    tracing::info!(app, deploy = %record.id, status = ?record.status, gate = %record.gate, "deploy requested");
+    Ok(record)
+}
+
+async fn decide(
+    state: &UplinkDeployState,
+    id: &str,
+    approve: bool,
+    comment: Option<String>,
+) -> Result<DeployRecord, OpsError> {
+    let record = state
+        .ops
+        .deploy(id)?
+        .ok_or_else(|| OpsError::NotFound(format!("no deploy with id `{id}`")))?;
+    if record.status != DeployStatus::AwaitingApproval {
+        return Err(OpsError::InvalidState(format!(
+            "deploy {id} is {:?}, not awaiting approval",
+            record.status
+        )));
+    }
+    let updated = state
+        .ops
+        .update_deploy(id, |d| {
+            d.comment = comment.clone();
+            if approve {
+                d.status = DeployStatus::Queued;
+            } else {
+                d.status = DeployStatus::Rejected;
+                d.finished_at = Some(chrono::Utc::now());
+            }
+        })
+        .await?;
+    updated.ok_or_else(|| OpsError::NotFound(format!("no deploy with id `{id}`")))
+}
+
+/// Starts the app's oldest queued deploy unless something holds the app.
+fn dispatch(
+    myself: &ActorRef<UplinkDeployMsg>,
+    state: &mut UplinkDeployState,
+    app: &str,
+) -> Result<(), OpsError> {
+    if state.busy.contains_key(app) {
+        return Ok(());
+    }
+    let Some(spec) = state.services.definitions.ops.apps.get(app).cloned() else {
+        return Ok(());
+    };
+    let Some(next) = state
+        .ops
+        .deploys_of(app)?
+        .into_iter()
+        .find(|d| d.status == DeployStatus::Queued)
+    else {
+        return Ok(());
+    };
+    let ctx = DeployContext {
+        provider: state.provider.clone(),
+        ops: state.ops.clone(),
+        name: app.to_owned(),
+        app: spec,
+    };
+    let (me, name) = (myself.clone(), app.to_owned());
+    let job = spawn_job(deploy::run(ctx, next.id), move |outcome| {
+        let outcome = match outcome {
+            Ok(Ok(record)) => Ok(Box::new(record)),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(panic) => Err(panic),
+        };
+        let _ = me.cast(UplinkDeployMsg::DeployDone { app: name, outcome });
+    });
+    state.busy.insert(app.to_owned(), job);
+    Ok(())
+}
+
+/// A deploy that did not end healthy becomes a signal; the incident's id goes on the record.
+fn on_deploy_done(
+    state: &UplinkDeployState,
+    app: &str,
+    outcome: Result<Box<DeployRecord>, String>,
+) {
+    let record = match outcome {
+        Ok(record) => record,
+        Err(error) => {
+            tracing::error!(app, %error, "deploy job failed");
+            return;
+        }
+    };
+    tracing::info!(app, deploy = %record.id, status = ?record.status, "deploy finished");
+    let signal_name = match record.status {
+        DeployStatus::RolledBack => "deploy_unhealthy",
+        DeployStatus::Failed => "deploy_failed",
+        _ => return,
+    };
+    let summary = record.error.as_ref().map_or_else(
+        || format!("deploy {} {signal_name}", record.id),
+        |e| e.message.clone(),
+    );
+    let signal = Signal {
+        app: app.to_owned(),
+        signal: signal_name.into(),
+        severity: "critical".into(),
+        summary,
+        labels: [("deploy".to_owned(), record.id.clone())].into(),
+        source: "deploy".into(),
+        deploy: Some(record.id.clone()),
+        at: chrono::Utc::now(),
+    };
+    let (services, ops, id) = (state.services.clone(), state.ops.clone(), record.id);
+    tokio::spawn(async move {
+        let incidents = send_signals(&services, vec![signal]).await;
+        if let Some(incident) = incidents.into_iter().next() {
+            let _ = ops
+                .update_deploy(&id, |d| d.incident = Some(incident.clone()))
+                .await;
+        }
+    });
+}
+
+fn act_on(
+    myself: &ActorRef<UplinkDeployMsg>,
+    state: &mut UplinkDeployState,
+    app: String,
+    action: AppAction,
+    reply: RpcReplyPort<Result<String, OpsError>>,
+) {
+    let Some(spec) = state.services.definitions.ops.apps.get(&app).cloned() else {
+        let _ = reply.send(Err(OpsError::UnknownApp(app)));
+        return;
+    };
+    if state.busy.contains_key(&app) {
+        let _ = reply.send(Err(OpsError::Busy(app)));
+        return;
+    }
+    let ctx = DeployContext {
+        provider: state.provider.clone(),
+        ops: state.ops.clone(),
+        name: app.clone(),
+        app: spec,
+    };
+    let (me, name) = (myself.clone(), app.clone());
+    let job = spawn_job(
+        async move {
+            let _ = reply.send(perform(&ctx, action).await);
+        },
+        move |_| {
+            let _ = me.cast(UplinkDeployMsg::ActionDone(name));
+        },
+    );
+    state.busy.insert(app, job);
+}
+
+async fn perform(ctx: &DeployContext, action: AppAction) -> Result<String, OpsError> {
+    let release = ctx.ops.release(&ctx.name)?;
+    let done = match action {
+        AppAction::Scale(count) => {
+            return provider::scale(&ctx.provider, &ctx.name, &ctx.app, count).await
+        }
+        AppAction::Restart => {
+            let current = release.current.ok_or_else(|| {
+                OpsError::NoRelease(format!("`{}` has no release to restart", ctx.name))
+            })?;
+            provider::restart(&ctx.provider, &ctx.name, &ctx.app, &current).await?
+        }
+        AppAction::Rollback => {
+            let target = release.last_healthy.ok_or_else(|| {
+                OpsError::NoRelease(format!(
+                    "`{}` has no healthy release to go back to",
+                    ctx.name
+                ))
+            })?;
+            let detail = provider::rollback(&ctx.provider, &ctx.name, &ctx.app, &target).await?;
+            ctx.ops
+                .update_release(&ctx.name, |r| r.current = Some(target.clone()))
+                .await?;
+            detail
+        }
+    };
+    let health = probe::app_health(&ctx.provider, &ctx.name, &ctx.app).await;
+    if health.healthy {
+        Ok(format!("{done}; {} is healthy", health.target))
+    } else {
+        Err(OpsError::Provider(format!(
+            "{done}; {} is still unhealthy",
+            health.target
+        )))
+    }
+}
+
+/// Asks the current Uplink-Deploy incarnation to act on an app and waits (bounded) for the end.
+pub async fn act(
+    directory: &super::directory::ActorDirectory,
+    app: &str,
+    action: AppAction,
+    timeout: Duration,
+) -> Result<String, OpsError> {
+    let actor = current(directory).await?;
+    let app = app.to_owned();
+    let call = actor.call(
+        |reply| UplinkDeployMsg::Act {
+            app: app.clone(),
+            action,
+            reply,
+        },
+        Some(timeout),
+    );
+    unwrap_call(call.await)
+}
+
+/// The current Uplink-Deploy incarnation.
+pub async fn current(
+    directory: &super::directory::ActorDirectory,
+) -> Result<ActorRef<UplinkDeployMsg>, OpsError> {
+    let cell = directory
+        .wait_for("uplink-deploy", PERSONA_WAIT, None)
+        .await
+        .map_err(|e| OpsError::Unavailable(e.to_string()))?;
+    Ok(cell.into())
+}
+
+/// Flattens an RPC's outcome.
+pub fn unwrap_call<T>(
+    result: Result<CallResult<Result<T, OpsError>>, ractor::MessagingErr<UplinkDeployMsg>>,
+) -> Result<T, OpsError> {
+    match result {
+        Ok(CallResult::Success(outcome)) => outcome,
+        Ok(CallResult::Timeout) => Err(OpsError::Unavailable(
+            "uplink-deploy did not answer in time".into(),
+        )),
+        Ok(CallResult::SenderError) | Err(_) => Err(OpsError::Unavailable(
+            "uplink-deploy stopped before answering".into(),
+        )),
+    }
+}
+
+/// A delivered task named `deploy: <app>`: request that deploy of the delivered commit. Never
+/// blocks the caller: the lookup and the cast run in a spawned task. A request lost to a crash is
+/// made at the next start (see `request_missed_task_deploys`); a repeated one is answered with
+/// the deploy it already made.
+pub fn deploy_after_task(services: &Services, app: String, task: TaskId, commit: Option<String>) {
+    // Tests drop the request here, as a crash right after the delivery would.
+    fail::fail_point!("uplink-deploy.task-request", |_| {});
+    let directory = services.directory.clone();
+    tokio::spawn(async move {
+        match current(&directory).await {
+            Ok(actor) => {
+                let trigger = format!("task:{task}");
+                let message = UplinkDeployMsg::Request {
+                    app,
+                    commit,
+                    trigger,
+                    reply: None,
+                };
+                if actor.cast(message).is_err() {
+                    tracing::error!(%task, "uplink-deploy stopped before it took the deploy");
+                }
+            }
+            Err(error) => tracing::error!(%task, %error, "cannot request the task's deploy"),
+        }
+    });
 }

@@ -1,10 +1,34 @@
-//! Uplink-Respond: incident response from runbooks. Today it loads `runbooks/` and answers which
-//! runbook a signal would match; the incident pipeline arrives with the ops issue.
+//! Uplink-Respond: incidents. Signals come from Uplink-Watch, from failed deploys and from
+//! `POST /v1/alerts`; a repeat of an unresolved incident's fingerprint within
+//! [`DEDUP_WINDOW`] attaches to it. A new incident is classified by the first matching runbook
+//! (none → `needs_human`, nothing done), then its response — diagnose, steps, resolve,
+//! postmortem — runs in a job ([`crate::ops::incident::respond`]).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::json;
+use tokio_util::task::AbortOnDropHandle;
 
+use super::jobs::spawn_job;
 use super::Services;
-use crate::definitions::Runbook;
+use crate::ops::incident::{self, RespondContext};
+use crate::ops::provider::{LocalRuntime, ProviderContext};
+use crate::ops::records::{Incident, IncidentStatus, OpsStore, Signal};
+use crate::ops::OpsError;
+
+/// A repeat of an unresolved incident's fingerprint within this window attaches to it.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Incidents scanned (newest first) for a fingerprint match.
+const DEDUP_SCAN_MAX: usize = 200;
+/// Incident responses running at once; past it a new incident goes to a human.
+pub const RESPONSES_MAX: usize = 32;
+/// How long a signal's sender waits for Uplink-Respond (lookup and answer).
+const SIGNAL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Uplink-Respond persona.
 pub struct UplinkRespond;
@@ -17,8 +41,10 @@ pub struct UplinkRespondArguments {
 
 /// Uplink-Respond's state.
 pub struct UplinkRespondState {
-    /// Runbooks in match order.
-    runbooks: Vec<Runbook>,
+    /// What response jobs need.
+    ctx: RespondContext,
+    /// Incident → its running response; dropping one aborts it.
+    responses: HashMap<String, AbortOnDropHandle<()>>,
 }
 
 /// Uplink-Respond's messages.
@@ -29,6 +55,29 @@ pub enum UplinkRespondMsg {
         signal: String,
         /// The runbook's name.
         reply: RpcReplyPort<Option<String>>,
+    },
+    /// Signals to open incidents for (or attach to open ones); replies with their incident ids.
+    Signals {
+        /// The signals.
+        signals: Vec<Signal>,
+        /// The incident of each signal, in order.
+        reply: Option<RpcReplyPort<Result<Vec<String>, OpsError>>>,
+    },
+    /// A human approves (or rejects) the gated step an incident waits at.
+    Decide {
+        /// The incident.
+        id: String,
+        /// Approve or reject.
+        approve: bool,
+        /// The incident after.
+        reply: RpcReplyPort<Result<Incident, OpsError>>,
+    },
+    /// A response job ended.
+    ResponseDone {
+        /// The incident.
+        id: String,
+        /// Why the job failed, if it did.
+        error: Option<String>,
     },
 }
 
@@ -42,14 +91,41 @@ impl Actor for UplinkRespond {
         _myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let services = args.services;
+        let ops = OpsStore::open(&services.store)?;
+        let provider = ProviderContext::for_persona(
+            &services,
+            "uplink-respond",
+            Arc::new(LocalRuntime::default()),
+        );
         Ok(UplinkRespondState {
-            runbooks: args.services.definitions.runbooks.clone(),
+            ctx: RespondContext {
+                services,
+                provider,
+                ops,
+            },
+            responses: HashMap::new(),
         })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Responses that were running died with the last incarnation: run them again.
+        let open = state.ctx.ops.incidents_where(DEDUP_SCAN_MAX, |i| {
+            i.status == IncidentStatus::Open && i.awaiting_step.is_none()
+        })?;
+        for incident in open {
+            start_response(&myself, state, incident.id, 0, None);
+        }
+        Ok(())
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -57,16 +133,235 @@ impl Actor for UplinkRespond {
             UplinkRespondMsg::MatchSignal { signal, reply } => {
                 crate::work_failpoint!("uplink-respond.handle");
                 let matched = state
+                    .ctx
+                    .services
+                    .definitions
                     .runbooks
                     .iter()
-                    .find(|runbook| {
-                        runbook.matcher.get("signal").and_then(|s| s.as_str())
-                            == Some(signal.as_str())
-                    })
+                    .find(|runbook| runbook.matcher.signal == signal)
                     .map(|runbook| runbook.name.clone());
                 let _ = reply.send(matched);
             }
+            UplinkRespondMsg::Signals { signals, reply } => {
+                crate::work_failpoint!("uplink-respond.handle");
+                let mut ids = Vec::new();
+                let mut outcome = Ok(());
+                for signal in signals {
+                    match on_signal(&myself, state, signal).await {
+                        Ok(id) => ids.push(id),
+                        Err(error) => {
+                            outcome = Err(error);
+                            break;
+                        }
+                    }
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome.map(|()| ids));
+                }
+            }
+            UplinkRespondMsg::Decide { id, approve, reply } => {
+                let outcome = decide(&myself, state, &id, approve).await;
+                let _ = reply.send(outcome);
+            }
+            UplinkRespondMsg::ResponseDone { id, error } => {
+                state.responses.remove(&id);
+                if let Some(error) = error {
+                    on_response_failed(state, &id, error).await?;
+                }
+            }
         }
         Ok(())
+    }
+}
+
+async fn on_signal(
+    myself: &ActorRef<UplinkRespondMsg>,
+    state: &mut UplinkRespondState,
+    signal: Signal,
+) -> Result<String, OpsError> {
+    let fingerprint = incident::fingerprint(&signal);
+    let window = chrono::Duration::from_std(DEDUP_WINDOW).unwrap_or(chrono::Duration::MAX);
+    let since = Utc::now() - window;
+    let repeat = state.ctx.ops.incidents_where(DEDUP_SCAN_MAX, |i| {
+        i.status != IncidentStatus::Resolved
+            && i.fingerprint == fingerprint
+            && i.updated_at >= since
+    })?;
+    if let Some(open) = repeat.first() {
+        let id = open.id.clone();
+        state
+            .ctx
+            .ops
+            .update_incident(&id, |i| i.attach(signal.clone()))
+            .await?;
+        return Ok(id);
+    }
+    let runbook = incident::match_runbook(&state.ctx.services.definitions.runbooks, &signal);
+    let mut opened = incident::open(signal, runbook);
+    let respond = opened.status == IncidentStatus::Open;
+    if respond && state.responses.len() >= RESPONSES_MAX {
+        opened.status = IncidentStatus::NeedsHuman;
+        opened.push_event(
+            "needs_human",
+            json!({"reason": format!("{RESPONSES_MAX} responses already run")}),
+        );
+    }
+    state.ctx.ops.put_incident(&opened).await?;
+    tracing::warn!(incident = %opened.id, app = %opened.app, status = ?opened.status, runbook = ?opened.runbook, "incident opened");
+    if opened.status == IncidentStatus::Open {
+        start_response(myself, state, opened.id.clone(), 0, None);
+    }
+    Ok(opened.id)
+}
+
+fn start_response(
+    myself: &ActorRef<UplinkRespondMsg>,
+    state: &mut UplinkRespondState,
+    id: String,
+    from: usize,
+    approved: Option<usize>,
+) {
+    let (me, incident_id) = (myself.clone(), id.clone());
+    let job = spawn_job(
+        incident::respond(state.ctx.clone(), id.clone(), from, approved),
+        move |outcome| {
+            let error = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(panic) => Some(panic),
+            };
+            let _ = me.cast(UplinkRespondMsg::ResponseDone {
+                id: incident_id,
+                error,
+            });
+        },
+    );
+    state.responses.insert(id, job);
+}
+
+async fn on_response_failed(
+    state: &UplinkRespondState,
+    id: &str,
+    error: String,
+) -> Result<(), OpsError> {
+    tracing::error!(incident = %id, %error, "incident response failed");
+    state
+        .ctx
+        .ops
+        .update_incident(id, |i| {
+            i.push_event("needs_human", json!({"reason": error}));
+            i.status = IncidentStatus::NeedsHuman;
+            i.postmortem = Some(incident::postmortem(i));
+        })
+        .await?;
+    Ok(())
+}
+
+async fn decide(
+    myself: &ActorRef<UplinkRespondMsg>,
+    state: &mut UplinkRespondState,
+    id: &str,
+    approve: bool,
+) -> Result<Incident, OpsError> {
+    let incident = state
+        .ctx
+        .ops
+        .incident(id)?
+        .ok_or_else(|| OpsError::NotFound(format!("no incident with id `{id}`")))?;
+    let step = incident
+        .awaiting_step
+        .filter(|_| incident.status == IncidentStatus::Open)
+        .ok_or_else(|| OpsError::InvalidState(format!("incident {id} waits for no approval")))?;
+    let kind = if approve {
+        "step.approved"
+    } else {
+        "step.rejected"
+    };
+    let updated = state
+        .ctx
+        .ops
+        .update_incident(id, |i| {
+            i.push_event(kind, json!({"step": step}));
+            if !approve {
+                i.awaiting_step = None;
+                i.status = IncidentStatus::NeedsHuman;
+                i.postmortem = Some(incident::postmortem(i));
+            }
+        })
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("no incident with id `{id}`")))?;
+    if approve {
+        start_response(myself, state, id.to_owned(), step, Some(step));
+    }
+    Ok(updated)
+}
+
+/// Hands signals to the current Uplink-Respond and returns their incidents' ids (empty when it
+/// cannot be reached in time: the failure is logged, the sender goes on).
+pub async fn send_signals(services: &Services, signals: Vec<Signal>) -> Vec<String> {
+    match call_signals(services, signals).await {
+        Ok(ids) => ids,
+        Err(error) => {
+            tracing::error!(%error, "a signal did not reach uplink-respond");
+            Vec::new()
+        }
+    }
+}
+
+/// Hands signals to the current Uplink-Respond; `Err` says why they did not arrive.
+pub async fn call_signals(
+    services: &Services,
+    signals: Vec<Signal>,
+) -> Result<Vec<String>, OpsError> {
+    let cell = services
+        .directory
+        .wait_for("uplink-respond", SIGNAL_CALL_TIMEOUT, None)
+        .await
+        .map_err(|e| OpsError::Unavailable(e.to_string()))?;
+    let actor: ActorRef<UplinkRespondMsg> = cell.into();
+    let call = actor.call(
+        |reply| UplinkRespondMsg::Signals {
+            signals: signals.clone(),
+            reply: Some(reply),
+        },
+        Some(SIGNAL_CALL_TIMEOUT),
+    );
+    match call.await {
+        Ok(CallResult::Success(outcome)) => outcome,
+        Ok(CallResult::Timeout) => Err(OpsError::Unavailable(
+            "uplink-respond did not answer in time".into(),
+        )),
+        _ => Err(OpsError::Unavailable(
+            "uplink-respond stopped before answering".into(),
+        )),
+    }
+}
+
+/// Asks the current Uplink-Respond to approve or reject an incident's gated step.
+pub async fn call_decide(
+    services: &Services,
+    id: &str,
+    approve: bool,
+) -> Result<Incident, OpsError> {
+    let cell = services
+        .directory
+        .wait_for("uplink-respond", SIGNAL_CALL_TIMEOUT, None)
+        .await
+        .map_err(|e| OpsError::Unavailable(e.to_string()))?;
+    let actor: ActorRef<UplinkRespondMsg> = cell.into();
+    let id = id.to_owned();
+    let call = actor.call(
+        |reply| UplinkRespondMsg::Decide {
+            id: id.clone(),
+            approve,
+            reply,
+        },
+        Some(SIGNAL_CALL_TIMEOUT),
+    );
+    match call.await {
+        Ok(CallResult::Success(outcome)) => outcome,
+        _ => Err(OpsError::Unavailable(
+            "uplink-respond did not answer".into(),
+        )),
     }
 }

@@ -1,9 +1,27 @@
-//! Uplink-Watch: periodic read-only checks. Today it loads the checks named in `ops.yaml`; the
-//! cron scheduler arrives with the ops issue.
+//! Uplink-Watch: periodic read-only checks on cron schedules (with a seconds field). Each due
+//! check runs in a job ([`crate::ops::probe::run_check`]); its result comes back as a message, is
+//! stored, and a failure becomes a signal for Uplink-Respond. Watch never acts on an app itself.
+//! Checks of an app pause while it is being deployed and before its first release.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio_util::task::AbortOnDropHandle;
 
+use super::jobs::spawn_job;
+use super::uplink_respond::send_signals;
 use super::Services;
+use crate::ops::probe;
+use crate::ops::provider::{LocalRuntime, ProviderContext};
+use crate::ops::records::{CheckResult, OpsStore, Signal};
+use crate::ops::spec::{CheckKind, CheckSpec};
+
+/// How often Watch looks for due checks: the resolution of its schedules.
+const TICK: Duration = Duration::from_millis(200);
+/// Checks Watch schedules at most (across apps).
+pub const CHECKS_MAX: usize = 1024;
 
 /// The Uplink-Watch persona.
 pub struct UplinkWatch;
@@ -14,16 +32,43 @@ pub struct UplinkWatchArguments {
     pub services: Services,
 }
 
+struct Scheduled {
+    /// The app the check belongs to.
+    app: String,
+    /// The check.
+    spec: CheckSpec,
+    /// Its parsed schedule.
+    schedule: cron::Schedule,
+    /// When it is due next; `None` when the schedule has no future time.
+    next: Option<DateTime<Utc>>,
+    /// The run in flight (at most one per check); dropping it aborts the run.
+    running: Option<AbortOnDropHandle<()>>,
+}
+
 /// Uplink-Watch's state.
 pub struct UplinkWatchState {
-    /// `<app>/<check>` for every check in `ops.yaml`.
-    checks: Vec<String>,
+    services: Services,
+    provider: ProviderContext,
+    ops: OpsStore,
+    /// Every check, in `ops.yaml` order.
+    checks: Vec<Scheduled>,
+    /// Sends `Tick`; aborted with the state.
+    _ticker: AbortOnDropHandle<()>,
 }
 
 /// Uplink-Watch's messages.
 pub enum UplinkWatchMsg {
-    /// The checks it watches.
+    /// The checks it watches (`<app>/<check>`).
     Checks(RpcReplyPort<Vec<String>>),
+    /// Time to look for due checks.
+    Tick,
+    /// A check run ended.
+    CheckDone {
+        /// Index into the schedule.
+        index: usize,
+        /// What it found.
+        result: CheckResult,
+    },
 }
 
 impl Actor for UplinkWatch {
@@ -33,35 +78,174 @@ impl Actor for UplinkWatch {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let services = args.services;
+        let ops = OpsStore::open(&services.store)?;
+        let now = Utc::now();
         let mut checks = Vec::new();
-        for (app, settings) in &args.services.definitions.ops.apps {
-            let listed = settings.get("checks").and_then(|c| c.as_sequence());
-            for check in listed.into_iter().flatten() {
-                let name = check
-                    .get("name")
-                    .and_then(|n| n.as_str())
-                    .unwrap_or("unnamed");
-                checks.push(format!("{app}/{name}"));
+        for (app, spec) in &services.definitions.ops.apps {
+            for check in spec.checks.iter().take(CHECKS_MAX) {
+                let schedule = check.parsed_schedule()?;
+                let next = schedule.after(&now).next();
+                checks.push(Scheduled {
+                    app: app.clone(),
+                    spec: check.clone(),
+                    schedule,
+                    next,
+                    running: None,
+                });
             }
         }
-        Ok(UplinkWatchState { checks })
+        checks.truncate(CHECKS_MAX);
+        let provider = ProviderContext::for_persona(
+            &services,
+            "uplink-watch",
+            Arc::new(LocalRuntime::default()),
+        );
+        Ok(UplinkWatchState {
+            services,
+            provider,
+            ops,
+            checks,
+            _ticker: ticker(myself),
+        })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
             UplinkWatchMsg::Checks(reply) => {
                 crate::work_failpoint!("uplink-watch.handle");
-                let _ = reply.send(state.checks.clone());
+                let names = state
+                    .checks
+                    .iter()
+                    .map(|c| format!("{}/{}", c.app, c.spec.name))
+                    .collect();
+                let _ = reply.send(names);
+            }
+            UplinkWatchMsg::Tick => on_tick(&myself, state)?,
+            UplinkWatchMsg::CheckDone { index, result } => {
+                on_check_done(state, index, result).await?;
             }
         }
         Ok(())
     }
+}
+
+fn ticker(myself: ActorRef<UplinkWatchMsg>) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let mut interval = tokio::time::interval(TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            interval.tick().await;
+            if myself.cast(UplinkWatchMsg::Tick).is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+fn on_tick(
+    myself: &ActorRef<UplinkWatchMsg>,
+    state: &mut UplinkWatchState,
+) -> Result<(), crate::store::StoreError> {
+    let now = Utc::now();
+    for index in 0..state.checks.len() {
+        let due = {
+            let check = &state.checks[index];
+            check.running.is_none() && check.next.is_some_and(|next| next <= now)
+        };
+        if !due {
+            continue;
+        }
+        let next = state.checks[index].schedule.after(&now).next();
+        state.checks[index].next = next;
+        if paused(state, index)? {
+            continue;
+        }
+        start_check(myself, state, index);
+    }
+    Ok(())
+}
+
+/// Whether the check's app is being deployed, or (for app-bound kinds) has no release yet.
+fn paused(state: &UplinkWatchState, index: usize) -> Result<bool, crate::store::StoreError> {
+    let check = &state.checks[index];
+    let release = state.ops.release(&check.app)?;
+    let bound_to_release = matches!(check.spec.kind, CheckKind::Http | CheckKind::Process);
+    Ok(release.deploying.is_some() || (bound_to_release && release.current.is_none()))
+}
+
+fn start_check(myself: &ActorRef<UplinkWatchMsg>, state: &mut UplinkWatchState, index: usize) {
+    let check = &state.checks[index];
+    let Some(app) = state.services.definitions.ops.apps.get(&check.app).cloned() else {
+        return;
+    };
+    let (provider, store) = (state.provider.clone(), state.services.store.clone());
+    let (name, spec) = (check.app.clone(), check.spec.clone());
+    let me = myself.clone();
+    let (fallback_app, fallback_check, kind) = (name.clone(), spec.name.clone(), spec.kind);
+    let job = spawn_job(
+        async move { probe::run_check(&provider, &store, &name, &app, &spec).await },
+        move |outcome| {
+            let result = outcome.unwrap_or_else(|panic| CheckResult {
+                app: fallback_app,
+                check: fallback_check,
+                kind,
+                outcome: "fail".into(),
+                detail: panic,
+                at: Utc::now(),
+                duration_ms: 0,
+            });
+            let _ = me.cast(UplinkWatchMsg::CheckDone { index, result });
+        },
+    );
+    state.checks[index].running = Some(job);
+}
+
+async fn on_check_done(
+    state: &mut UplinkWatchState,
+    index: usize,
+    result: CheckResult,
+) -> Result<(), crate::store::StoreError> {
+    if let Some(check) = state.checks.get_mut(index) {
+        check.running = None;
+    }
+    state.ops.record_check(&result).await?;
+    if !result.failed() {
+        return Ok(());
+    }
+    // A deploy may have started while the check ran; its own health check decides then.
+    if state.ops.release(&result.app)?.deploying.is_some() {
+        return Ok(());
+    }
+    tracing::warn!(app = %result.app, check = %result.check, detail = %result.detail, "check failed");
+    let signal = Signal {
+        app: result.app.clone(),
+        signal: result.kind.signal().into(),
+        severity: "critical".into(),
+        summary: format!("check `{}` failed: {}", result.check, result.detail),
+        labels: [
+            ("check".to_owned(), result.check.clone()),
+            (
+                "kind".to_owned(),
+                format!("{:?}", result.kind).to_lowercase(),
+            ),
+        ]
+        .into(),
+        source: "watch".into(),
+        deploy: None,
+        at: Utc::now(),
+    };
+    let services = state.services.clone();
+    tokio::spawn(async move {
+        send_signals(&services, vec![signal]).await;
+    });
+    Ok(())
 }

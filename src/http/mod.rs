@@ -3,6 +3,7 @@
 pub mod error;
 pub mod json;
 pub mod ledger;
+pub mod ops;
 pub mod report;
 pub mod system;
 pub mod tasks;
@@ -50,7 +51,17 @@ pub fn router(app: AppState) -> Router {
         .route("/actors", get(system::actors))
         .route("/personas", get(system::personas))
         .route("/events", get(system::service_events))
-        .route("/report", get(report::report));
+        .route("/report", get(report::report))
+        .route("/deploys", post(ops::create_deploy).get(ops::list_deploys))
+        .route("/deploys/{id}", get(ops::get_deploy))
+        .route("/deploys/{id}/approve", post(ops::approve_deploy))
+        .route("/deploys/{id}/reject", post(ops::reject_deploy))
+        .route("/checks", get(ops::list_checks))
+        .route("/alerts", post(ops::alerts))
+        .route("/incidents", get(ops::list_incidents))
+        .route("/incidents/{id}", get(ops::get_incident))
+        .route("/incidents/{id}/approve", post(ops::approve_incident))
+        .route("/incidents/{id}/reject", post(ops::reject_incident));
     Router::new()
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))

@@ -8,6 +8,7 @@ mod helpers;
 mod ingress;
 mod ledger;
 mod models;
+mod ops;
 mod pipeline;
 mod recovery;
 mod supervision;

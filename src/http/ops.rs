@@ -1,0 +1,289 @@
+//! `/v1/deploys`, `/v1/checks`, `/v1/alerts`, `/v1/incidents`: the ops org over HTTP. Reads come
+//! straight from ops' sled trees; writes are calls (with a timeout) to Uplink-Deploy and
+//! Uplink-Respond.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::json::{parse, JsonBody};
+use super::AppState;
+use crate::actors::uplink_deploy::{self, UplinkDeployMsg};
+use crate::actors::uplink_respond;
+use crate::ops::records::{IncidentStatus, OpsStore, LIST_LIMIT_MAX};
+use crate::ops::{incident, OpsError};
+
+/// How long a request waits for an Uplink persona.
+const PERSONA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Records a list answers unless `limit` says otherwise.
+const LIST_LIMIT_DEFAULT: usize = 50;
+
+/// Maps an ops error to its status: unknown things 404/422, state conflicts 409, busy 429.
+fn ops_error(error: OpsError) -> ApiError {
+    let (code, message) = (error.code(), error.to_string());
+    match error {
+        OpsError::NotFound(_) => ApiError::not_found(code, message),
+        OpsError::UnknownApp(_) | OpsError::UnknownCommit(_) => {
+            ApiError::unprocessable(code, message)
+        }
+        OpsError::InvalidState(_) | OpsError::Busy(_) => ApiError::conflict(code, message),
+        OpsError::QueueFull(_) => ApiError::too_many(code, message, 5),
+        OpsError::Unavailable(_) => ApiError::unavailable(code, message),
+        OpsError::Denied { .. } => ApiError::new(StatusCode::FORBIDDEN, code, message),
+        other => ApiError::internal(other),
+    }
+}
+
+fn ops_store(app: &AppState) -> Result<OpsStore, ApiError> {
+    Ok(OpsStore::open(&app.services.store)?)
+}
+
+/// `?limit=&app=&status=` of the lists.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Records at most (1..=200).
+    limit: Option<usize>,
+    /// Only this app's.
+    app: Option<String>,
+}
+
+impl ListQuery {
+    fn limit(&self) -> usize {
+        self.limit
+            .unwrap_or(LIST_LIMIT_DEFAULT)
+            .clamp(1, LIST_LIMIT_MAX)
+    }
+}
+
+/// The body of `POST /v1/deploys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// The app of `ops.yaml`.
+    app: String,
+    /// A sha or ref (default: the app's branch head).
+    #[serde(default)]
+    commit: Option<String>,
+    /// Who asks (`api` unless the CLI says `cli`).
+    #[serde(default)]
+    trigger: Option<String>,
+}
+
+/// `POST /v1/deploys`: 201 with the new record (`awaiting_approval` or `queued`).
+pub async fn create_deploy(
+    State(app): State<AppState>,
+    JsonBody(request): JsonBody<DeployRequest>,
+) -> Result<Response, ApiError> {
+    let trigger = match request.trigger.as_deref() {
+        Some("cli") => "cli",
+        _ => "api",
+    };
+    let actor = uplink_deploy::current(&app.services.directory)
+        .await
+        .map_err(ops_error)?;
+    let call = actor.call(
+        |reply| UplinkDeployMsg::Request {
+            app: request.app.clone(),
+            commit: request.commit.clone(),
+            trigger: trigger.to_owned(),
+            reply: Some(reply),
+        },
+        Some(PERSONA_CALL_TIMEOUT),
+    );
+    let record = uplink_deploy::unwrap_call(call.await).map_err(ops_error)?;
+    Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+/// `GET /v1/deploys`: `{"deploys":[...]}`, newest first.
+pub async fn list_deploys(
+    State(app): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let ops = ops_store(&app)?;
+    let deploys: Vec<_> = match &query.app {
+        Some(name) => ops
+            .deploys_of(name)?
+            .into_iter()
+            .rev()
+            .take(query.limit())
+            .collect(),
+        None => ops.deploys(query.limit())?,
+    };
+    Ok(Json(json!({ "deploys": deploys })))
+}
+
+/// `GET /v1/deploys/{id}`.
+pub async fn get_deploy(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = ops_store(&app)?.deploy(&id)?.ok_or_else(|| {
+        ApiError::not_found("DEPLOY_NOT_FOUND", format!("no deploy with id `{id}`"))
+    })?;
+    Ok(Json(json!(record)))
+}
+
+/// An optional `{comment}` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    /// The reviewer's note.
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+fn decision(body: &Bytes) -> Result<DecisionBody, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DecisionBody::default());
+    }
+    parse(body)
+}
+
+async fn decide_deploy(
+    app: &AppState,
+    id: String,
+    approve: bool,
+    body: &Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let comment = decision(body)?.comment;
+    let actor = uplink_deploy::current(&app.services.directory)
+        .await
+        .map_err(ops_error)?;
+    let call = actor.call(
+        |reply| UplinkDeployMsg::Decide {
+            id: id.clone(),
+            approve,
+            comment: comment.clone(),
+            reply,
+        },
+        Some(PERSONA_CALL_TIMEOUT),
+    );
+    let record = uplink_deploy::unwrap_call(call.await).map_err(|error| match error {
+        OpsError::NotFound(message) => ApiError::not_found("DEPLOY_NOT_FOUND", message),
+        other => ops_error(other),
+    })?;
+    Ok(Json(json!(record)))
+}
+
+/// `POST /v1/deploys/{id}/approve`: the deploy is queued (and runs when the app is free).
+pub async fn approve_deploy(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    decide_deploy(&app, id, true, &body).await
+}
+
+/// `POST /v1/deploys/{id}/reject`: the deploy ends `rejected`.
+pub async fn reject_deploy(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    decide_deploy(&app, id, false, &body).await
+}
+
+/// `GET /v1/checks`: every check of `ops.yaml` with its last result and its history.
+pub async fn list_checks(
+    State(app): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let ops = ops_store(&app)?;
+    let mut checks = Vec::new();
+    for (name, spec) in &app.services.definitions.ops.apps {
+        if query.app.as_ref().is_some_and(|only| only != name) {
+            continue;
+        }
+        for check in &spec.checks {
+            let history = ops.check_history(name, &check.name)?;
+            checks.push(json!({
+                "app": name, "name": check.name, "kind": check.kind, "schedule": check.schedule,
+                "last": history.first(), "history": history,
+            }));
+        }
+    }
+    Ok(Json(json!({ "checks": checks })))
+}
+
+/// `POST /v1/alerts`: an Alertmanager webhook or `{app, signal, severity?, summary?, labels?}`;
+/// 202 with the incident each alert opened or attached to.
+pub async fn alerts(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    let signals = incident::parse_alerts(&body).map_err(ApiError::invalid_field)?;
+    let ids = uplink_respond::call_signals(&app.services, signals)
+        .await
+        .map_err(ops_error)?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "incidents": ids }))).into_response())
+}
+
+/// `?status=` of the incident list, besides `limit` and `app`.
+#[derive(Debug, Deserialize)]
+pub struct IncidentQuery {
+    /// Records at most.
+    limit: Option<usize>,
+    /// Only this app's.
+    app: Option<String>,
+    /// `open`, `resolved` or `needs_human`.
+    status: Option<IncidentStatus>,
+}
+
+/// `GET /v1/incidents`: `{"incidents":[...]}`, newest first.
+pub async fn list_incidents(
+    State(app): State<AppState>,
+    Query(query): Query<IncidentQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = query
+        .limit
+        .unwrap_or(LIST_LIMIT_DEFAULT)
+        .clamp(1, LIST_LIMIT_MAX);
+    let incidents = ops_store(&app)?.incidents_where(limit, |i| {
+        query.app.as_ref().is_none_or(|a| *a == i.app) && query.status.is_none_or(|s| s == i.status)
+    })?;
+    Ok(Json(json!({ "incidents": incidents })))
+}
+
+/// `GET /v1/incidents/{id}`.
+pub async fn get_incident(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let incident = ops_store(&app)?.incident(&id)?.ok_or_else(|| {
+        ApiError::not_found("INCIDENT_NOT_FOUND", format!("no incident with id `{id}`"))
+    })?;
+    Ok(Json(json!(incident)))
+}
+
+async fn decide_incident(app: &AppState, id: &str, approve: bool) -> Result<Json<Value>, ApiError> {
+    let incident = uplink_respond::call_decide(&app.services, id, approve)
+        .await
+        .map_err(|error| match error {
+            OpsError::NotFound(message) => ApiError::not_found("INCIDENT_NOT_FOUND", message),
+            other => ops_error(other),
+        })?;
+    Ok(Json(json!(incident)))
+}
+
+/// `POST /v1/incidents/{id}/approve`: run the gated step the incident waits at, and go on.
+pub async fn approve_incident(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    decide_incident(&app, &id, true).await
+}
+
+/// `POST /v1/incidents/{id}/reject`: refuse the gated step; the incident goes to a human.
+pub async fn reject_incident(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    decide_incident(&app, &id, false).await
+}

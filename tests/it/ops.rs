@@ -1,0 +1,498 @@
+//! The ops org against the real service: a real sample app (python3 http.server) in a temp git
+//! repository, deployed by the `local` provider on a free loopback port; approvals, automatic
+//! rollback, a killed process restarted by a runbook, alerts de-duplicated, unmatched signals
+//! handed to a human, and the `fly` provider against a fake `fly` on PATH.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{git, with_config, Options, Service};
+
+/// How long any ops state may take to appear on a loaded machine.
+const WAIT: Duration = Duration::from_secs(40);
+
+const SAMPLE_APP: &str = include_str!("../../examples/sample-app/app.py");
+
+/// Kills whatever the local provider left running under `root` when the test ends (also on a
+/// panic), so no sample app outlives its test.
+struct AppReaper(PathBuf);
+
+impl Drop for AppReaper {
+    fn drop(&mut self) {
+        let releases = self.0.join("data").join("releases");
+        for entry in std::fs::read_dir(releases).into_iter().flatten().flatten() {
+            let pid = std::fs::read_to_string(entry.path().join("app.pid")).unwrap_or_default();
+            if let Ok(pgid) = pid.trim().parse::<i32>() {
+                if pgid > 1 {
+                    // SAFETY: signalling a process group this test's service started.
+                    unsafe {
+                        libc::kill(-pgid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A git repository holding the sample app at VERSION `1`.
+fn sample_repo(root: &Path) -> PathBuf {
+    let repo = root.join("web");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("app.py"), SAMPLE_APP).unwrap();
+    std::fs::write(repo.join("VERSION"), "1\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "sample app v1"]);
+    repo
+}
+
+fn commit_all(repo: &Path, message: &str) -> String {
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", message]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+/// `ops.yaml` for the sample app on `port`, with `extra` appended to the app's settings.
+fn local_ops(repo: &Path, port: u16, approve_first: u32, checks: &str) -> String {
+    format!(
+        r#"apps:
+  web:
+    repo: {repo}
+    branch: main
+    verify: "python3 -m py_compile app.py"
+    provider: local
+    local: {{build: "true", start: "python3 app.py", port: {port}, stop_grace_ms: 1000}}
+    health: {{url: "http://127.0.0.1:{port}/health", expect_status: 200, timeout_ms: 1000, retries: 30, interval_ms: 200}}
+    drain: {{command: "sleep 5", timeout_secs: 1}}
+    gates: {{approve_first: {approve_first}}}
+{checks}"#,
+        repo = repo.display()
+    )
+}
+
+async fn start(root: &Path, ops_yaml: &str, env: Vec<(String, String)>) -> Service {
+    let ops_file = root.join("ops.yaml");
+    std::fs::write(&ops_file, ops_yaml).unwrap();
+    let runbooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("runbooks");
+    let config = format!(
+        "[paths]\nops_file = \"{}\"\nrunbooks_dir = \"{}\"\n",
+        ops_file.display(),
+        runbooks.display()
+    );
+    let mut options: Options = with_config(&config);
+    options.env = env;
+    Service::start_with(root, options).await
+}
+
+/// Polls `GET path` until `done(body)` holds; panics with the body and the log on timeout.
+async fn wait_until(service: &Service, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = service.get(path).await;
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} did not reach the expected state in {WAIT:?}:\n{body:#}\nlog:\n{}",
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `GET http://127.0.0.1:port/` of the sample app, if it answers.
+async fn app_root(port: u16) -> Option<Value> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let response = client
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .ok()?;
+    response.json().await.ok()
+}
+
+async fn wait_for_app(port: u16, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(body) = app_root(port).await {
+            if done(&body) {
+                return body;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the app did not answer as expected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn first_deploy_waits_for_approval_then_a_bad_release_is_rolled_back() {
+    let root = tempfile::tempdir().unwrap();
+    let _reaper = AppReaper(root.path().to_path_buf());
+    let repo = sample_repo(root.path());
+    let port = free_port();
+    let service = start(root.path(), &local_ops(&repo, port, 1, ""), Vec::new()).await;
+
+    let (status, record) = service.post("/v1/deploys", &json!({"app": "web"})).await;
+    assert_eq!(status, 201, "{record}");
+    assert_eq!(record["status"], "awaiting_approval");
+    let id = record["id"].as_str().unwrap().to_owned();
+    let (status, unknown) = service.post("/v1/deploys", &json!({"app": "nope"})).await;
+    assert_eq!(
+        (status, &unknown["error"]["code"]),
+        (422, &json!("UNKNOWN_APP"))
+    );
+    // Nothing runs until a human approves.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app_root(port).await.is_none());
+    let (_, again) = service.get(&format!("/v1/deploys/{id}")).await;
+    assert_eq!(again["status"], "awaiting_approval");
+
+    let (status, approved) = service
+        .post(
+            &format!("/v1/deploys/{id}/approve"),
+            &json!({"comment": "first one"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{approved}");
+    let healthy = wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
+        d["status"] == "healthy"
+    })
+    .await;
+    let good = git(&repo, &["rev-parse", "HEAD"]);
+    assert_eq!(healthy["commit"], good.as_str());
+    assert!(healthy["health"]["healthy"].as_bool().unwrap());
+    let stages: Vec<&str> = healthy["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["precheck", "deploy", "health"]);
+    assert_eq!(wait_for_app(port, |_| true).await["version"], "1");
+
+    // A bad release: its /health answers 500. The CLI asks; burn-in is over, so it runs at once.
+    std::fs::write(repo.join("VERSION"), "2\n").unwrap();
+    std::fs::write(repo.join("BROKEN"), "yes\n").unwrap();
+    let bad = commit_all(&repo, "v2, broken");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_glitchlab"))
+        .args([
+            "ops",
+            "deploy",
+            "web",
+            "--commit",
+            &bad,
+            "--url",
+            &service.base,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["status"], "queued", "{printed}");
+    let bad_id = printed["id"].as_str().unwrap().to_owned();
+    let rolled = wait_until(&service, &format!("/v1/deploys/{bad_id}"), |d| {
+        d["status"] == "rolled_back" && d["incident"].is_string()
+    })
+    .await;
+    assert_eq!(rolled["previous_release"], good.as_str());
+    assert_eq!(rolled["rollback"]["to"], good.as_str());
+    assert_eq!(rolled["rollback"]["healthy"], true);
+    assert!(rolled["warnings"][0].as_str().unwrap().contains("drain"));
+    assert_eq!(wait_for_app(port, |_| true).await["version"], "1");
+
+    let incident_id = rolled["incident"].as_str().unwrap();
+    let incident = wait_until(&service, &format!("/v1/incidents/{incident_id}"), |i| {
+        i["status"] == "resolved" && i["task_id"].is_string()
+    })
+    .await;
+    assert_eq!(incident["runbook"], "deploy-unhealthy");
+    assert_eq!(incident["deploy"], bad_id.as_str());
+    assert!(incident["postmortem"]
+        .as_str()
+        .unwrap()
+        .contains("## Timeline"));
+    let (_, task) = service
+        .get(&format!(
+            "/v1/tasks/{}",
+            incident["task_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(task["caused_by"]["incident"], incident_id);
+    assert_eq!(task["caused_by"]["deploy"], bad_id.as_str());
+    assert_eq!(task["kind"], "bugfix");
+    let (_, list) = service.get("/v1/deploys").await;
+    assert_eq!(list["deploys"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_killed_app_is_noticed_restarted_and_its_incident_resolved() {
+    let root = tempfile::tempdir().unwrap();
+    let _reaper = AppReaper(root.path().to_path_buf());
+    let repo = sample_repo(root.path());
+    let port = free_port();
+    let checks =
+        "    checks:\n      - {name: web-process, schedule: \"*/1 * * * * *\", kind: process}\n";
+    let service = start(root.path(), &local_ops(&repo, port, 0, checks), Vec::new()).await;
+
+    let (status, record) = service.post("/v1/deploys", &json!({"app": "web"})).await;
+    assert_eq!(status, 201, "{record}");
+    assert_eq!(record["status"], "queued");
+    let id = record["id"].as_str().unwrap();
+    wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
+        d["status"] == "healthy"
+    })
+    .await;
+    let first = wait_for_app(port, |_| true).await;
+    let pid = i32::try_from(first["pid"].as_i64().unwrap()).unwrap();
+    wait_until(&service, "/v1/checks", |c| {
+        c["checks"][0]["last"]["outcome"] == "pass"
+    })
+    .await;
+
+    // SAFETY: killing the sample app this test's service started.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let incidents = wait_until(&service, "/v1/incidents?app=web", |list| {
+        list["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["status"] == "resolved" && i["signals"][0]["signal"] == "process_exited")
+    })
+    .await;
+    let incident = incidents["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["status"] == "resolved")
+        .unwrap();
+    assert_eq!(incident["runbook"], "process-exited");
+    assert_eq!(incident["classification"], "outage");
+    let postmortem = incident["postmortem"].as_str().unwrap();
+    assert!(postmortem.contains("restart"), "{postmortem}");
+    assert!(postmortem.contains("## Outcome"), "{postmortem}");
+    let kinds: Vec<&str> = incident["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"diagnosed") && kinds.contains(&"step.finished"),
+        "{kinds:?}"
+    );
+    let again = wait_for_app(port, |body| body["pid"].as_i64() != Some(i64::from(pid))).await;
+    assert_eq!(again["version"], "1");
+    let (_, checks) = service.get("/v1/checks").await;
+    let history = checks["checks"][0]["history"].as_array().unwrap();
+    assert!(history.iter().any(|r| r["outcome"] == "fail"), "{checks:#}");
+}
+
+#[tokio::test]
+async fn alerts_open_one_incident_per_fingerprint_and_unmatched_ones_go_to_a_human() {
+    let root = tempfile::tempdir().unwrap();
+    let service = start(root.path(), "apps: {}\n", Vec::new()).await;
+    let webhook = json!({
+        "version": "4", "status": "firing", "receiver": "glitchlab",
+        "groupLabels": {"alertname": "DiskAlmostFull"},
+        "commonLabels": {"alertname": "DiskAlmostFull", "app": "web"},
+        "alerts": [{
+            "status": "firing",
+            "labels": {"alertname": "DiskAlmostFull", "app": "web", "severity": "critical"},
+            "annotations": {"summary": "disk 97% full"},
+            "startsAt": "2024-01-01T00:00:00Z", "fingerprint": "abc123"
+        }]
+    });
+    let (status, first) = service.post("/v1/alerts", &webhook).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, repeat) = service.post("/v1/alerts", &webhook).await;
+    assert_eq!(status, 202, "{repeat}");
+    assert_eq!(first["incidents"], repeat["incidents"]);
+    let id = first["incidents"][0].as_str().unwrap();
+    let (_, incident) = service.get(&format!("/v1/incidents/{id}")).await;
+    assert_eq!(incident["signal_count"], 2);
+    assert_eq!(incident["signals"][0]["source"], "alertmanager");
+    assert_eq!(incident["status"], "needs_human");
+
+    let (status, plain) = service
+        .post(
+            "/v1/alerts",
+            &json!({"app": "web", "signal": "mystery_smell", "summary": "?"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{plain}");
+    let plain_id = plain["incidents"][0].as_str().unwrap();
+    assert_ne!(plain_id, id);
+    let (_, unmatched) = service.get(&format!("/v1/incidents/{plain_id}")).await;
+    assert_eq!(unmatched["status"], "needs_human");
+    assert!(unmatched["runbook"].is_null());
+    assert!(unmatched["task_id"].is_null());
+    let (_, list) = service.get("/v1/incidents?status=needs_human").await;
+    assert_eq!(list["incidents"].as_array().unwrap().len(), 2);
+    let (status, bad) = service.post("/v1/alerts", &json!({"app": "web"})).await;
+    assert_eq!(
+        (status, &bad["error"]["code"]),
+        (422, &json!("INVALID_FIELD"))
+    );
+}
+
+#[tokio::test]
+async fn the_fly_provider_drives_the_fly_cli_and_never_its_secrets() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = sample_repo(root.path());
+    let bin = root.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = root.path().join("fly-calls.log");
+    let script = format!(
+        "#!/bin/sh\necho \"$@\" >> '{}'\necho \"fake fly: $1 ok\"\n",
+        calls.display()
+    );
+    let fly = bin.join("fly");
+    std::fs::write(&fly, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fly, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let ops = format!(
+        "apps:\n  web:\n    repo: {repo}\n    provider: fly\n    fly: {{app: demo-web}}\n    verify: \"test -f app.py\"\n  leaky:\n    repo: {repo}\n    provider: command\n    command: {{deploy: \"fly secrets list --app demo-web\", rollback: \"true\"}}\n  fetchy:\n    repo: {repo}\n    provider: command\n    command: {{deploy: \"curl -s http://127.0.0.1:9/ | sh\", rollback: \"true\"}}\n",
+        repo = repo.display()
+    );
+    let service = start(root.path(), &ops, vec![("PATH".into(), path)]).await;
+    let (status, record) = service.post("/v1/deploys", &json!({"app": "web"})).await;
+    assert_eq!(status, 201, "{record}");
+    let id = record["id"].as_str().unwrap();
+    let done = wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
+        d["status"] == "healthy" || d["status"] == "failed"
+    })
+    .await;
+    assert_eq!(done["status"], "healthy", "{done:#}");
+    let recorded = std::fs::read_to_string(&calls).unwrap();
+    assert!(
+        recorded.contains("deploy --app demo-web --strategy rolling"),
+        "{recorded}"
+    );
+    assert!(recorded.contains("status --app demo-web"), "{recorded}");
+
+    // A deploy command that would read fly's secrets, or fetch and run a script, never runs.
+    for (app, rule) in [("leaky", "fly secrets"), ("fetchy", "the global deny list")] {
+        let (status, record) = service.post("/v1/deploys", &json!({"app": app})).await;
+        assert_eq!(status, 201, "{record}");
+        let id = record["id"].as_str().unwrap();
+        let done = wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
+            d["status"] == "failed"
+        })
+        .await;
+        assert_eq!(done["error"]["code"], "COMMAND_DENIED", "{done:#}");
+        let message = done["error"]["message"].as_str().unwrap();
+        assert!(message.contains(rule), "{message}");
+    }
+    let recorded = std::fs::read_to_string(&calls).unwrap();
+    assert!(
+        !recorded.contains("secrets") && !recorded.contains("ssh"),
+        "{recorded}"
+    );
+}
+
+#[tokio::test]
+async fn a_delivered_task_that_names_an_app_deploys_its_commit() {
+    let root = tempfile::tempdir().unwrap();
+    let _reaper = AppReaper(root.path().to_path_buf());
+    let repo = sample_repo(root.path());
+    let port = free_port();
+    let service = start(root.path(), &local_ops(&repo, port, 0, ""), Vec::new()).await;
+
+    let mut body =
+        crate::helpers::shell_task(&repo, "echo 2 > VERSION", "python3 -m py_compile app.py");
+    body["deploy"] = json!("nope");
+    let (status, refused) = service.post("/v1/tasks", &body).await;
+    assert_eq!(
+        (status, &refused["error"]["code"]),
+        (422, &json!("UNKNOWN_APP")),
+        "{refused}"
+    );
+
+    body["deploy"] = json!("web");
+    let task = service.submit(&body).await;
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    let task = service.wait_until_finished(&task_id).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    let trigger = format!("task:{task_id}");
+    let list = wait_until(&service, "/v1/deploys", |list| {
+        list["deploys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["trigger"] == trigger.as_str() && d["status"] == "healthy")
+    })
+    .await;
+    let deploy = &list["deploys"][0];
+    assert_eq!(deploy["commit"], task["commit"], "{deploy:#}");
+    assert_eq!(wait_for_app(port, |_| true).await["version"], "2");
+}
+
+#[tokio::test]
+async fn a_deploy_request_lost_after_delivery_is_made_at_the_next_start() {
+    let root = tempfile::tempdir().unwrap();
+    let _reaper = AppReaper(root.path().to_path_buf());
+    let repo = sample_repo(root.path());
+    let port = free_port();
+    let ops = local_ops(&repo, port, 0, "");
+    let failpoint = (
+        "FAILPOINTS".to_owned(),
+        "uplink-deploy.task-request=return".to_owned(),
+    );
+    let mut service = start(root.path(), &ops, vec![failpoint]).await;
+    let mut body = crate::helpers::shell_task(&repo, "echo 3 > VERSION", "true");
+    body["deploy"] = json!("web");
+    let task = service.submit(&body).await;
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        service.wait_until_finished(&task_id).await["status"],
+        "done"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, list) = service.get("/v1/deploys").await;
+    assert_eq!(
+        list["deploys"],
+        json!([]),
+        "the failpoint dropped the request"
+    );
+    service.terminate(Duration::from_secs(10));
+
+    let service = start(root.path(), &ops, Vec::new()).await;
+    let trigger = format!("task:{task_id}");
+    wait_until(&service, "/v1/deploys", |list| {
+        list["deploys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["trigger"] == trigger.as_str() && d["status"] == "healthy")
+    })
+    .await;
+    assert_eq!(wait_for_app(port, |_| true).await["version"], "3");
+    let (_, list) = service.get("/v1/deploys").await;
+    assert_eq!(list["deploys"].as_array().unwrap().len(), 1, "{list:#}");
+}
