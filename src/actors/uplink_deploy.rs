@@ -327,8 +327,8 @@ async fn decide(
         .ok_or_else(|| OpsError::NotFound(format!("no deploy with id `{id}`")))?;
     if record.status != DeployStatus::AwaitingApproval {
         return Err(OpsError::InvalidState(format!(
-            "deploy {id} is {:?}, not awaiting approval",
-            record.status
+            "deploy {id} is {}, not awaiting approval",
+            crate::ops::wire_name(&record.status)
         )));
     }
     let updated = state

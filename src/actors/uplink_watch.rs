@@ -233,10 +233,7 @@ async fn on_check_done(
         summary: format!("check `{}` failed: {}", result.check, result.detail),
         labels: [
             ("check".to_owned(), result.check.clone()),
-            (
-                "kind".to_owned(),
-                format!("{:?}", result.kind).to_lowercase(),
-            ),
+            ("kind".to_owned(), crate::ops::wire_name(&result.kind)),
         ]
         .into(),
         source: "watch".into(),

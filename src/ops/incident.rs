@@ -493,8 +493,10 @@ async fn create_task(
 
 fn task_description(incident: &Incident, step: &RunbookStep) -> String {
     let mut text = format!(
-        "Incident {} on app `{}` ({:?}).\n",
-        incident.id, incident.app, incident.classification
+        "Incident {} on app `{}` ({}).\n",
+        incident.id,
+        incident.app,
+        super::wire_name(&incident.classification)
     );
     if let Some(message) = &step.message {
         text.push_str(&format!("{message}\n"));
@@ -566,9 +568,9 @@ async fn resolve(ctx: &RespondContext, id: &str) -> Result<(), OpsError> {
 pub fn postmortem(incident: &Incident) -> String {
     let mut text = format!("# Incident {} — `{}`\n\n", incident.id, incident.app);
     text.push_str(&format!(
-        "- Status: {:?}\n- Classification: {:?}\n- Runbook: {}\n- Opened: {}\n",
-        incident.status,
-        incident.classification,
+        "- Status: {}\n- Classification: {}\n- Runbook: {}\n- Opened: {}\n",
+        super::wire_name(&incident.status),
+        super::wire_name(&incident.classification),
         incident.runbook.as_deref().unwrap_or("none"),
         incident.created_at
     ));

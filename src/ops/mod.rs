@@ -112,6 +112,16 @@ impl From<std::io::Error> for OpsError {
     }
 }
 
+/// A value as the API spells it (`needs_human`, `outage`; `none` for a missing one), for text
+/// humans read next to the JSON.
+pub fn wire_name(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        Ok(serde_json::Value::Null) | Err(_) => "none".into(),
+        Ok(other) => other.to_string(),
+    }
+}
+
 /// Commands the Uplink personas never run, whatever their persona file says: they would read or
 /// change secrets, or open a shell on a production machine.
 pub const ALWAYS_DENIED: [&str; 4] = ["fly secrets", "fly ssh", "flyctl secrets", "flyctl ssh"];

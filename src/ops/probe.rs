@@ -28,13 +28,34 @@ const COST_PAGES_MAX: usize = 20;
 /// between writing its pid file and starting).
 const PROCESS_RECHECK_DELAY: Duration = Duration::from_millis(500);
 
-/// One HTTP GET with a timeout.
+/// The one HTTP client of every probe: building one loads the system's TLS roots, which a probe
+/// every few seconds should not repeat.
+fn probe_client() -> Result<&'static reqwest::Client, String> {
+    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// One HTTP(S) GET with a timeout.
 pub async fn http_probe(url: &str, timeout: Duration, expect_status: u16) -> (Probe, bool) {
     let started = Instant::now();
     let at = Utc::now();
-    let outcome = match reqwest::Client::builder().timeout(timeout).build() {
-        Ok(client) => client.get(url).send().await.map(|r| r.status().as_u16()),
-        Err(error) => Err(error),
+    let outcome = match probe_client() {
+        Ok(client) => client
+            .get(url)
+            .timeout(timeout)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string()),
+        Err(error) => Err(format!("no HTTP client: {error}")),
     };
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match outcome {
@@ -51,7 +72,7 @@ pub async fn http_probe(url: &str, timeout: Duration, expect_status: u16) -> (Pr
             Probe {
                 at,
                 status: None,
-                error: Some(error.to_string()),
+                error: Some(error),
                 duration_ms,
             },
             false,
@@ -371,6 +392,37 @@ mod tests {
             verdict.as_ref().is_err_and(|d| d.contains("today 200")),
             "{verdict:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn https_health_urls_are_probed_over_tls() {
+        // A listener that records the first byte the probe sends: 0x16 opens a TLS handshake.
+        // (A build without TLS never connects to an https URL at all.)
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let first_byte = std::thread::spawn(move || {
+            use std::io::Read;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut stream = loop {
+                match listener.accept() {
+                    Ok((stream, _)) => break stream,
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(_) => return None,
+                }
+            };
+            stream.set_nonblocking(false).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).ok()?;
+            Some(byte[0])
+        });
+        let url = format!("https://127.0.0.1:{port}/health");
+        let (_, healthy) = http_probe(&url, Duration::from_secs(3), 200).await;
+        assert!(!healthy, "the listener never answers");
+        assert_eq!(first_byte.join().unwrap(), Some(0x16));
     }
 
     #[tokio::test]

@@ -203,10 +203,12 @@ pub fn ok_or_failed(what: &str, output: &CommandOutput) -> Result<String, OpsErr
             output.duration
         )))
     } else {
-        Err(OpsError::Provider(format!(
-            "{what} exited with {:?}: {tail}",
-            output.exit_code
-        )))
+        let ended = match (output.exit_code, output.signal) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(signal)) => format!("was killed by signal {signal}"),
+            (None, None) => "ended without a status".to_owned(),
+        };
+        Err(OpsError::Provider(format!("{what} {ended}: {tail}")))
     }
 }
 

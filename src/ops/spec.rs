@@ -522,8 +522,9 @@ fn validate_check(app: &AppSpec, check: &CheckSpec) -> Result<(), String> {
         .map_err(|e| format!("check `{}`: schedule `{}`: {e}", check.name, check.schedule))?;
     let missing = |field: &str| {
         format!(
-            "check `{}` of kind {:?} needs `{field}`",
-            check.name, check.kind
+            "check `{}` of kind {} needs `{field}`",
+            check.name,
+            super::wire_name(&check.kind)
         )
     };
     match check.kind {
