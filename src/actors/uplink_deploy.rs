@@ -19,7 +19,7 @@ use crate::domain::TaskId;
 use crate::ops::deploy::{self, DeployContext};
 use crate::ops::provider::{self, LocalRuntime, ProviderContext};
 use crate::ops::records::{DeployRecord, DeployStatus, OpsStore, Signal};
-use crate::ops::spec::ProviderKind;
+use crate::ops::spec::{AppSpec, ProviderKind};
 use crate::ops::{probe, OpsError};
 
 /// Deploys of one app that may wait (queued or awaiting approval) at once.
@@ -346,6 +346,15 @@ async fn decide(
     updated.ok_or_else(|| OpsError::NotFound(format!("no deploy with id `{id}`")))
 }
 
+fn deploy_context(state: &UplinkDeployState, app: &str, spec: AppSpec) -> DeployContext {
+    DeployContext {
+        provider: state.provider.clone(),
+        ops: state.ops.clone(),
+        name: app.to_owned(),
+        app: spec,
+    }
+}
+
 /// Starts the app's oldest queued deploy unless something holds the app.
 fn dispatch(
     myself: &ActorRef<UplinkDeployMsg>,
@@ -366,12 +375,7 @@ fn dispatch(
     else {
         return Ok(());
     };
-    let ctx = DeployContext {
-        provider: state.provider.clone(),
-        ops: state.ops.clone(),
-        name: app.to_owned(),
-        app: spec,
-    };
+    let ctx = deploy_context(state, app, spec);
     let (me, name) = (myself.clone(), app.to_owned());
     let job = spawn_job(deploy::run(ctx, next.id), move |outcome| {
         let outcome = match outcome {
@@ -444,12 +448,7 @@ fn act_on(
         let _ = reply.send(Err(OpsError::Busy(app)));
         return;
     }
-    let ctx = DeployContext {
-        provider: state.provider.clone(),
-        ops: state.ops.clone(),
-        name: app.clone(),
-        app: spec,
-    };
+    let ctx = deploy_context(state, &app, spec);
     let (me, name) = (myself.clone(), app.clone());
     let job = spawn_job(
         async move {
@@ -523,26 +522,14 @@ pub async fn act(
 pub async fn current(
     directory: &super::directory::ActorDirectory,
 ) -> Result<ActorRef<UplinkDeployMsg>, OpsError> {
-    let cell = directory
-        .wait_for("uplink-deploy", PERSONA_WAIT, None)
-        .await
-        .map_err(|e| OpsError::Unavailable(e.to_string()))?;
-    Ok(cell.into())
+    crate::ops::current_persona(directory, "uplink-deploy", PERSONA_WAIT).await
 }
 
-/// Flattens an RPC's outcome.
+/// Flattens a call to Uplink-Deploy.
 pub fn unwrap_call<T>(
     result: Result<CallResult<Result<T, OpsError>>, ractor::MessagingErr<UplinkDeployMsg>>,
 ) -> Result<T, OpsError> {
-    match result {
-        Ok(CallResult::Success(outcome)) => outcome,
-        Ok(CallResult::Timeout) => Err(OpsError::Unavailable(
-            "uplink-deploy did not answer in time".into(),
-        )),
-        Ok(CallResult::SenderError) | Err(_) => Err(OpsError::Unavailable(
-            "uplink-deploy stopped before answering".into(),
-        )),
-    }
+    crate::ops::flatten_call("uplink-deploy", result)
 }
 
 /// A delivered task named `deploy: <app>`: request that deploy of the delivered commit. Never

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
 use tokio_util::task::AbortOnDropHandle;
@@ -113,12 +112,15 @@ impl Actor for UplinkRespond {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // Responses that were running died with the last incarnation: run them again.
+        // Responses that were running died with the last incarnation: go on after their last
+        // finished step.
         let open = state.ctx.ops.incidents_where(DEDUP_SCAN_MAX, |i| {
             i.status == IncidentStatus::Open && i.awaiting_step.is_none()
         })?;
         for incident in open {
-            start_response(&myself, state, incident.id, 0, None);
+            let (from, approved) = incident::resume_point(&incident);
+            tracing::info!(incident = %incident.id, from, "resuming an incident response");
+            start_response(&myself, state, incident.id, from, approved);
         }
         Ok(())
     }
@@ -313,12 +315,7 @@ pub async fn call_signals(
     services: &Services,
     signals: Vec<Signal>,
 ) -> Result<Vec<String>, OpsError> {
-    let cell = services
-        .directory
-        .wait_for("uplink-respond", SIGNAL_CALL_TIMEOUT, None)
-        .await
-        .map_err(|e| OpsError::Unavailable(e.to_string()))?;
-    let actor: ActorRef<UplinkRespondMsg> = cell.into();
+    let actor = current(services).await?;
     let call = actor.call(
         |reply| UplinkRespondMsg::Signals {
             signals: signals.clone(),
@@ -326,15 +323,7 @@ pub async fn call_signals(
         },
         Some(SIGNAL_CALL_TIMEOUT),
     );
-    match call.await {
-        Ok(CallResult::Success(outcome)) => outcome,
-        Ok(CallResult::Timeout) => Err(OpsError::Unavailable(
-            "uplink-respond did not answer in time".into(),
-        )),
-        _ => Err(OpsError::Unavailable(
-            "uplink-respond stopped before answering".into(),
-        )),
-    }
+    crate::ops::flatten_call("uplink-respond", call.await)
 }
 
 /// Asks the current Uplink-Respond to approve or reject an incident's gated step.
@@ -343,12 +332,7 @@ pub async fn call_decide(
     id: &str,
     approve: bool,
 ) -> Result<Incident, OpsError> {
-    let cell = services
-        .directory
-        .wait_for("uplink-respond", SIGNAL_CALL_TIMEOUT, None)
-        .await
-        .map_err(|e| OpsError::Unavailable(e.to_string()))?;
-    let actor: ActorRef<UplinkRespondMsg> = cell.into();
+    let actor = current(services).await?;
     let id = id.to_owned();
     let call = actor.call(
         |reply| UplinkRespondMsg::Decide {
@@ -358,10 +342,10 @@ pub async fn call_decide(
         },
         Some(SIGNAL_CALL_TIMEOUT),
     );
-    match call.await {
-        Ok(CallResult::Success(outcome)) => outcome,
-        _ => Err(OpsError::Unavailable(
-            "uplink-respond did not answer".into(),
-        )),
-    }
+    crate::ops::flatten_call("uplink-respond", call.await)
+}
+
+/// The current Uplink-Respond incarnation.
+async fn current(services: &Services) -> Result<ActorRef<UplinkRespondMsg>, OpsError> {
+    crate::ops::current_persona(&services.directory, "uplink-respond", SIGNAL_CALL_TIMEOUT).await
 }

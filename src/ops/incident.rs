@@ -218,6 +218,30 @@ pub fn open(signal: Signal, runbook: Option<&Runbook>) -> Incident {
     incident
 }
 
+/// Where a response cut off by a crash picks up: after the last finished step (the one that was
+/// running runs again), with a step a human already approved still approved.
+pub fn resume_point(incident: &Incident) -> (usize, Option<usize>) {
+    let step_of = |detail: &Value| {
+        detail
+            .get("step")
+            .and_then(Value::as_u64)
+            .and_then(|step| usize::try_from(step).ok())
+    };
+    let from = incident
+        .events
+        .iter()
+        .filter(|e| e.kind == "step.finished")
+        .filter_map(|e| step_of(&e.detail))
+        .max()
+        .map_or(0, |last| last + 1);
+    let approved = incident
+        .events
+        .iter()
+        .any(|e| e.kind == "step.approved" && step_of(&e.detail) == Some(from))
+        .then_some(from);
+    (from, approved)
+}
+
 /// What the response job needs.
 #[derive(Clone)]
 pub struct RespondContext {
@@ -621,6 +645,22 @@ pub fn postmortem(incident: &Incident) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_off_response_resumes_after_its_last_finished_step() {
+        let signal = parse_alerts(&json!({"app": "web", "signal": "x"}))
+            .unwrap()
+            .remove(0);
+        let mut incident = open(signal, None);
+        assert_eq!(resume_point(&incident), (0, None));
+        incident.push_event("step.started", json!({"step": 0}));
+        assert_eq!(resume_point(&incident), (0, None), "step 0 runs again");
+        incident.push_event("step.finished", json!({"step": 0}));
+        incident.push_event("step.finished", json!({"step": 1}));
+        incident.push_event("step.approved", json!({"step": 2}));
+        incident.push_event("step.started", json!({"step": 2}));
+        assert_eq!(resume_point(&incident), (2, Some(2)));
+    }
 
     #[test]
     fn alertmanager_and_plain_alerts_parse() {

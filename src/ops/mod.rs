@@ -122,6 +122,36 @@ pub fn wire_name(value: &impl serde::Serialize) -> String {
     }
 }
 
+/// The current incarnation of Uplink persona `name`, waiting (bounded) for one that restarts.
+pub async fn current_persona<M: ractor::Message>(
+    directory: &crate::actors::directory::ActorDirectory,
+    name: &str,
+    wait: std::time::Duration,
+) -> Result<ractor::ActorRef<M>, OpsError> {
+    let cell = directory
+        .wait_for(name, wait, None)
+        .await
+        .map_err(|e| OpsError::Unavailable(e.to_string()))?;
+    Ok(cell.into())
+}
+
+/// Flattens a call to persona `name`: its answer, or `Unavailable` saying why there was none.
+pub fn flatten_call<T, M>(
+    name: &str,
+    result: Result<ractor::rpc::CallResult<Result<T, OpsError>>, ractor::MessagingErr<M>>,
+) -> Result<T, OpsError> {
+    use ractor::rpc::CallResult;
+    match result {
+        Ok(CallResult::Success(outcome)) => outcome,
+        Ok(CallResult::Timeout) => Err(OpsError::Unavailable(format!(
+            "{name} did not answer in time"
+        ))),
+        Ok(CallResult::SenderError) | Err(_) => Err(OpsError::Unavailable(format!(
+            "{name} stopped before answering"
+        ))),
+    }
+}
+
 /// Commands the Uplink personas never run, whatever their persona file says: they would read or
 /// change secrets, or open a shell on a production machine.
 pub const ALWAYS_DENIED: [&str; 4] = ["fly secrets", "fly ssh", "flyctl secrets", "flyctl ssh"];
