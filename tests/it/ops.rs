@@ -496,3 +496,63 @@ async fn a_deploy_request_lost_after_delivery_is_made_at_the_next_start() {
     let (_, list) = service.get("/v1/deploys").await;
     assert_eq!(list["deploys"].as_array().unwrap().len(), 1, "{list:#}");
 }
+
+#[tokio::test]
+async fn an_incident_response_cut_off_by_kill_9_goes_on_after_its_last_finished_step() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = sample_repo(root.path());
+    let runbooks = root.path().join("runbooks");
+    std::fs::create_dir_all(&runbooks).unwrap();
+    std::fs::write(
+        runbooks.join("slow.yaml"),
+        "name: slow\nmatch: {signal: slow_thing}\nclassify: degradation\nsteps:\n  - {action: notify, message: first}\n  - {action: wait, seconds: 3}\n  - {action: notify, message: last}\n",
+    )
+    .unwrap();
+    let ops_file = root.path().join("ops.yaml");
+    std::fs::write(
+        &ops_file,
+        format!(
+            "apps:\n  svc:\n    repo: {}\n    provider: command\n    command: {{deploy: \"true\", rollback: \"true\", status: \"true\"}}\n",
+            repo.display()
+        ),
+    )
+    .unwrap();
+    let options = with_config(&format!(
+        "[paths]\nops_file = \"{}\"\nrunbooks_dir = \"{}\"\n",
+        ops_file.display(),
+        runbooks.display()
+    ));
+    let mut service = Service::start_with(root.path(), options.clone()).await;
+    let (status, accepted) = service
+        .post("/v1/alerts", &json!({"app": "svc", "signal": "slow_thing"}))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["incidents"][0].as_str().unwrap().to_owned();
+    let path = format!("/v1/incidents/{id}");
+    let step_events = |incident: &Value, kind: &str, step: u64| {
+        incident["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == kind && e["detail"]["step"] == step)
+            .count()
+    };
+    // Killed while the wait (step 1) runs: step 0 is done, step 1 is not.
+    wait_until(&service, &path, |i| step_events(i, "step.started", 1) == 1).await;
+    service.kill_9();
+
+    let service = Service::start_with(root.path(), options).await;
+    let incident = wait_until(&service, &path, |i| i["status"] == "resolved").await;
+    assert_eq!(step_events(&incident, "step.finished", 0), 1, "not redone");
+    assert_eq!(
+        step_events(&incident, "step.started", 1),
+        2,
+        "the cut-off step ran again"
+    );
+    assert_eq!(step_events(&incident, "step.finished", 1), 1);
+    assert_eq!(step_events(&incident, "step.finished", 2), 1);
+    assert!(incident["postmortem"]
+        .as_str()
+        .unwrap()
+        .contains("## Outcome"));
+}
