@@ -239,7 +239,6 @@ async fn recover(state: &mut UplinkDeployState) -> Result<(), OpsError> {
             .ops
             .update_release(name, |r| r.deploying = None)
             .await?;
-        request_missed_task_deploys(state, name).await?;
         let current = state.ops.release(name)?.current;
         if let (ProviderKind::Local, Some(local), Some(sha)) = (app.provider, &app.local, current) {
             if provider::running_group(&state.provider.data_dir, name).is_none() {
@@ -249,28 +248,39 @@ async fn recover(state: &mut UplinkDeployState) -> Result<(), OpsError> {
             }
         }
     }
-    Ok(())
+    request_missed_task_deploys(state).await
 }
 
 /// Delivered tasks that name `deploy: <app>` but whose deploy request was lost (the service
 /// stopped between the delivery and the request) get it now. Looks at the newest
 /// [`TASK_DEPLOY_SCAN_MAX`] tasks.
-async fn request_missed_task_deploys(state: &UplinkDeployState, app: &str) -> Result<(), OpsError> {
+async fn request_missed_task_deploys(state: &UplinkDeployState) -> Result<(), OpsError> {
     let tasks = state.services.store.tasks(TASK_DEPLOY_SCAN_MAX)?;
-    let delivered = tasks.into_iter().filter(|t| {
-        t.status == crate::domain::TaskStatus::Done && t.deploy.as_deref() == Some(app)
-    });
-    let requested: std::collections::HashSet<String> = state
-        .ops
-        .deploys_of(app)?
-        .into_iter()
-        .map(|d| d.trigger)
-        .collect();
-    for task in delivered {
+    let mut requested: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+    for task in tasks {
+        let Some(app) = task.deploy.as_deref() else {
+            continue;
+        };
+        if task.status != crate::domain::TaskStatus::Done
+            || !state.services.definitions.ops.apps.contains_key(app)
+        {
+            continue;
+        }
+        if !requested.contains_key(app) {
+            let triggers = state.ops.deploys_of(app)?.into_iter().map(|d| d.trigger);
+            requested.insert(app.to_owned(), triggers.collect());
+        }
         let trigger = format!("task:{}", task.id);
-        if !requested.contains(&trigger) {
-            tracing::warn!(app, task = %task.id, "requesting a delivered task's missed deploy");
-            request(state, app, task.commit.clone(), &trigger).await?;
+        if requested
+            .get(app)
+            .is_some_and(|known| known.contains(&trigger))
+        {
+            continue;
+        }
+        tracing::warn!(app, task = %task.id, "requesting a delivered task's missed deploy");
+        // A refusal (say, a full queue) is logged, never a reason to stop Uplink-Deploy.
+        if let Err(error) = request(state, app, task.commit.clone(), &trigger).await {
+            tracing::error!(app, task = %task.id, %error, "the missed deploy was refused");
         }
     }
     Ok(())
