@@ -3,6 +3,7 @@
 //! stored, and a failure becomes a signal for Uplink-Respond. Watch never acts on an app itself.
 //! Checks of an app pause while it is being deployed and before its first release.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,11 +100,14 @@ impl Actor for UplinkWatch {
             }
         }
         checks.truncate(CHECKS_MAX);
+        // Checks observe; under Landlock they may write only a scratch dir and /dev.
+        let scratch = services.config.storage.data_dir.join("tmp").join("watch");
         let provider = ProviderContext::for_persona(
             &services,
             "uplink-watch",
             Arc::new(LocalRuntime::default()),
-        );
+        )
+        .confined(&services, vec![scratch, PathBuf::from("/dev")]);
         Ok(UplinkWatchState {
             services,
             provider,

@@ -57,6 +57,19 @@ pub struct ProviderContext {
     pub redactor: Arc<Redactor>,
     /// The running local releases.
     pub runtime: Arc<LocalRuntime>,
+    /// When set, shell commands run under Landlock and may write only these directories
+    /// (Uplink-Watch: its checks are read-only by construction, not by promise).
+    pub confine: Option<Confinement>,
+}
+
+/// How [`ProviderContext::shell`] confines a command: the `glitchlab` binary to re-exec through
+/// `sandbox-exec`, and the only directories it may write.
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    /// The service's own executable.
+    pub exe: PathBuf,
+    /// Writable directories; everything else is read-only.
+    pub writable: Vec<PathBuf>,
 }
 
 impl ProviderContext {
@@ -71,7 +84,18 @@ impl ProviderContext {
             env: crate::engine::governed_env(services, persona),
             redactor: services.redactor.clone(),
             runtime,
+            confine: None,
         }
+    }
+
+    /// Confines this context's shell commands to writing `writable` only, when the service
+    /// runs with a sandbox (see [`crate::sandbox`]); without one it stays as it is.
+    pub fn confined(mut self, services: &Services, writable: Vec<PathBuf>) -> Self {
+        self.confine = services
+            .sandbox_exe
+            .clone()
+            .map(|exe| Confinement { exe, writable });
+        self
     }
 
     /// Refuses a command line the persona may not run: `fly secrets`/`fly ssh` and the
@@ -118,6 +142,16 @@ impl ProviderContext {
         self.check(line)?;
         let mut spec = CommandSpec::shell(line, cwd.to_path_buf(), timeout, OUTPUT_BYTES_MAX);
         spec.env = self.env_with(env);
+        if let Some(confine) = &self.confine {
+            for dir in &confine.writable {
+                std::fs::create_dir_all(dir)?;
+            }
+            (spec.program, spec.args) =
+                crate::sandbox::wrap(&confine.exe, &confine.writable, &spec.program, &spec.args);
+            if let Some(temp) = confine.writable.first() {
+                spec.env.push(("TMPDIR".into(), temp.display().to_string()));
+            }
+        }
         self.run_governed(spec).await
     }
 

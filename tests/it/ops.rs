@@ -556,3 +556,45 @@ async fn an_incident_response_cut_off_by_kill_9_goes_on_after_its_last_finished_
         .unwrap()
         .contains("## Outcome"));
 }
+
+#[tokio::test]
+async fn watch_checks_read_but_cannot_write_under_landlock() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = sample_repo(root.path());
+    // The harness lets confined engines write the temp root; Watch's checks still may not.
+    let target = root.path().join("written-by-a-check.txt");
+    let ops = format!(
+        "apps:\n  svc:\n    repo: {repo}\n    provider: command\n    command: {{deploy: \"true\", rollback: \"true\", status: \"true\"}}\n    checks:\n      - {{name: reader, schedule: \"*/1 * * * * *\", kind: command, command: \"cat {repo}/VERSION\"}}\n      - {{name: writer, schedule: \"*/1 * * * * *\", kind: command, command: \"echo x > {target}\"}}\n",
+        repo = repo.display(),
+        target = target.display()
+    );
+    let service = start(root.path(), &ops, Vec::new()).await;
+    let checks = wait_until(&service, "/v1/checks", |c| {
+        c["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|check| check["last"].is_object())
+    })
+    .await;
+    let last = |name: &str| {
+        checks["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()["last"]
+            .clone()
+    };
+    assert_eq!(last("reader")["outcome"], "pass", "{checks:#}");
+    let writer = last("writer");
+    assert_eq!(writer["outcome"], "fail", "{checks:#}");
+    assert!(
+        writer["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ermission denied"),
+        "{writer:#}"
+    );
+    assert!(!target.exists(), "a check wrote outside its scratch dir");
+}
