@@ -127,13 +127,12 @@ async fn writable_dirs(services: &Services, cwd: &Path, temp_dir: &Path) -> Vec<
 /// The environment a governed command starts from: the basics ([`executor::ENV_PASSED`]) and
 /// the variables its persona's `env` allows — nothing else of the service's environment.
 pub(crate) fn governed_env(services: &Services, persona: &str) -> Vec<(String, String)> {
-    let allowed = services.definitions.env_allowed(persona);
-    executor::ENV_PASSED
+    let allowed = services
+        .definitions
+        .env_allowed(persona)
         .iter()
-        .map(|name| (*name).to_owned())
-        .chain(allowed.iter().cloned())
-        .filter_map(|name| std::env::var(&name).ok().map(|value| (name, value)))
-        .collect()
+        .filter_map(|name| std::env::var(name).ok().map(|value| (name.clone(), value)));
+    executor::passed_env().into_iter().chain(allowed).collect()
 }
 
 /// What is left of a task's `max_wall_secs` (`None`: no cap). A task past its cap is refused

@@ -33,6 +33,19 @@ pub const ENV_PASSED: [&str; 8] = [
     "PATH", "HOME", "LANG", "LC_ALL", "TERM", "TMPDIR", "USER", "SHELL",
 ];
 
+/// The values of [`ENV_PASSED`] in the service's own environment: what every governed command
+/// starts from.
+pub fn passed_env() -> Vec<(String, String)> {
+    ENV_PASSED
+        .iter()
+        .filter_map(|name| {
+            std::env::var(name)
+                .ok()
+                .map(|value| ((*name).to_owned(), value))
+        })
+        .collect()
+}
+
 /// Why a command may not run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{program}` is denied by {rule}")]

@@ -63,11 +63,16 @@ impl Git {
             program: "git".into(),
             args: all_args,
             cwd: self.dir.clone(),
-            env: vec![
-                ("GIT_TERMINAL_PROMPT".into(), "0".into()),
-                ("GIT_EDITOR".into(), "true".into()),
-            ],
-            env_clear: false,
+            // The basics only: no secret of the service's environment, and no stray `GIT_DIR`
+            // or `GIT_INDEX_FILE`, reaches git.
+            env: crate::executor::passed_env()
+                .into_iter()
+                .chain([
+                    ("GIT_TERMINAL_PROMPT".into(), "0".into()),
+                    ("GIT_EDITOR".into(), "true".into()),
+                ])
+                .collect(),
+            env_clear: true,
             timeout: self.timeout,
             output_bytes_max: GIT_OUTPUT_BYTES_MAX,
         };

@@ -206,3 +206,32 @@ async fn a_wall_clock_cap_stops_a_task_with_budget_exceeded() {
         "the engine outlived the cap"
     );
 }
+
+#[tokio::test]
+async fn git_runs_with_a_cleared_environment() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    // A post-commit hook records the environment git gives it when Patch commits.
+    let seen = root.path().join("git-env.txt");
+    let hook = repo.join(".git/hooks/post-commit");
+    std::fs::write(&hook, format!("#!/bin/sh\nenv > '{}'\n", seen.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = "do-not-leak-4d1c8e2b";
+    let options = Options {
+        config: None,
+        env: vec![("SERVICE_ONLY_SECRET".into(), secret.into())],
+    };
+    let service = Service::start_with(root.path(), options).await;
+    let task = service
+        .submit(&shell_task(&repo, "echo hi > hi.txt", "true"))
+        .await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    let env = std::fs::read_to_string(&seen).expect("the hook ran");
+    assert!(env.contains("PATH="), "{env}");
+    assert!(!env.contains(secret), "{env}");
+    assert!(!env.contains("RUST_LOG"), "{env}");
+}
