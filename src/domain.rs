@@ -501,6 +501,20 @@ pub struct CapturedOutput {
     pub truncated_bytes: u64,
 }
 
+/// Where an engine run stands. A run is written `running` before its process starts, so one cut
+/// off by a cancel, a shutdown or a crash still leaves a record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Its process (or model call) is under way.
+    Running,
+    /// It ended on its own; exit code, outputs and duration are final.
+    #[default]
+    Finished,
+    /// It was cut off (cancel, shutdown, crash); outputs are empty, duration as far as known.
+    Interrupted,
+}
+
 /// The record of one engine run, persisted before its result is acted on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineRun {
@@ -537,6 +551,9 @@ pub struct EngineRun {
     pub tokens: Option<TokenUsage>,
     /// When it started.
     pub started_at: DateTime<Utc>,
+    /// Running, finished or interrupted (records from before this field are finished).
+    #[serde(default)]
+    pub status: RunStatus,
 }
 
 impl EngineRun {

@@ -10,12 +10,13 @@ use uuid::Uuid;
 
 use crate::actors::jobs::StageError;
 use crate::actors::Services;
-use crate::domain::{CapturedOutput, EngineRun, Plan, PlanStep, Stage, Task, TaskId};
+use crate::domain::{CapturedOutput, EngineRun, Plan, PlanStep, RunStatus, Stage, Task, TaskId};
 use crate::executor;
 use crate::metering;
 use crate::openai;
 use crate::process::{self, CommandSpec};
 use crate::sandbox;
+use crate::store::{Store, StoreError};
 
 /// Who runs an engine, for what: becomes the run record's identity.
 #[derive(Debug, Clone)]
@@ -48,6 +49,81 @@ pub struct ShellRun {
     pub instance: String,
 }
 
+impl RunIdentity {
+    /// The record of a run that starts now: `running`, nothing known yet.
+    fn running(&self, engine: &str, command: Option<String>) -> EngineRun {
+        EngineRun {
+            id: Uuid::now_v7(),
+            task_id: self.task_id,
+            persona: self.persona.to_owned(),
+            engine: engine.to_owned(),
+            stage: self.stage,
+            attempt: self.attempt,
+            command,
+            exit_code: None,
+            signal: None,
+            timed_out: false,
+            stdout: CapturedOutput::default(),
+            stderr: CapturedOutput::default(),
+            duration_ms: 0,
+            tokens: None,
+            started_at: Utc::now(),
+            status: RunStatus::Running,
+        }
+    }
+}
+
+/// A run written `running` whose end is not recorded yet. Dropped before [`OpenRun::finish`] (a
+/// cancel, a persona crash, shutdown aborting the job), it records the run `interrupted` from a
+/// spawned task, since a drop cannot wait; a crash leaves it to [`Store::interrupt_open_runs`].
+struct OpenRun {
+    store: Store,
+    run: EngineRun,
+    started: Instant,
+    finished: bool,
+}
+
+impl OpenRun {
+    async fn start(store: &Store, run: EngineRun) -> Result<Self, StoreError> {
+        store.start_run(&run).await?;
+        Ok(Self {
+            store: store.clone(),
+            run,
+            started: Instant::now(),
+            finished: false,
+        })
+    }
+
+    /// The final record: the running one with what the run produced.
+    fn finish(mut self, fill: impl FnOnce(&mut EngineRun)) -> EngineRun {
+        self.finished = true;
+        let mut run = self.run.clone();
+        fill(&mut run);
+        run.duration_ms = millis(self.started.elapsed());
+        run.status = RunStatus::Finished;
+        run
+    }
+}
+
+impl Drop for OpenRun {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut run = self.run.clone();
+        run.status = RunStatus::Interrupted;
+        run.duration_ms = millis(self.started.elapsed());
+        let store = self.store.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = store.record_run(&run).await {
+                    tracing::warn!(%error, run = %run.id, "could not record an interrupted run");
+                }
+            });
+        }
+    }
+}
+
 /// Runs a shell engine and persists the run. A timeout is a recorded run, not an error; failing to
 /// start `sh` at all is an error.
 pub async fn run_shell(
@@ -58,7 +134,6 @@ pub async fn run_shell(
     let rules = services.definitions.tool_rules(who.persona);
     executor::check(&run.command, who.persona, &rules)
         .map_err(|denied| StageError::ToolDenied(denied.to_string()))?;
-    let started_at = Utc::now();
     let temp_dir = services.temp_dir(who.task_id);
     tokio::fs::create_dir_all(&temp_dir).await?;
     let mut spec = CommandSpec::shell(
@@ -78,30 +153,29 @@ pub async fn run_shell(
     spec.env.extend(run.env);
     spec.env
         .push((process::INSTANCE_VARIABLE.into(), run.instance));
-    let output = process::run(&spec)
-        .await
-        .map_err(|error| StageError::EngineFailed(error.to_string()))?;
+    let command = Some(services.redactor.redact(&run.command));
+    let open = OpenRun::start(&services.store, who.running("shell", command)).await?;
+    let output = match process::run(&spec).await {
+        Ok(output) => output,
+        Err(error) => {
+            let message = error.to_string();
+            let failed = open.finish(|record| record.stderr.text = message.clone());
+            services.store.record_run(&failed).await?;
+            return Err(StageError::EngineFailed(message));
+        }
+    };
     let redact = |mut captured: CapturedOutput| {
         captured.text = services.redactor.redact(&captured.text);
         captured
     };
-    let record = EngineRun {
-        id: Uuid::now_v7(),
-        task_id: who.task_id,
-        persona: who.persona.to_owned(),
-        engine: "shell".into(),
-        stage: who.stage,
-        attempt: who.attempt,
-        command: Some(services.redactor.redact(&run.command)),
-        exit_code: output.exit_code,
-        signal: output.signal,
-        timed_out: output.timed_out,
-        stdout: redact(output.stdout),
-        stderr: redact(output.stderr),
-        duration_ms: millis(output.duration),
-        tokens: None,
-        started_at,
-    };
+    let mut record = open.finish(|record| {
+        record.exit_code = output.exit_code;
+        record.signal = output.signal;
+        record.timed_out = output.timed_out;
+        record.stdout = redact(output.stdout);
+        record.stderr = redact(output.stderr);
+    });
+    record.duration_ms = millis(output.duration);
     services.store.record_run(&record).await?;
     metering::charge_run(services, &record).await;
     Ok(record)
@@ -174,37 +248,30 @@ pub async fn run_model(
         .ok_or_else(|| {
             StageError::EngineFailed(format!("no provider `{provider_name}` in [providers]"))
         })?;
-    let started = Instant::now();
-    let started_at = Utc::now();
-    let completion = openai::complete(provider, system, user)
-        .await
-        .map_err(|error| {
-            if error.is_transient() {
-                StageError::ProviderUnavailable(error.to_string())
+    let command = Some(format!("openai:{provider_name}/{}", provider.model));
+    let open = OpenRun::start(&services.store, who.running("openai", command)).await?;
+    let completion = match openai::complete(provider, system, user).await {
+        Ok(completion) => completion,
+        Err(error) => {
+            // A failed call is a finished run without an answer, recorded like any other.
+            let message = services.redactor.redact(&error.to_string());
+            let failed = open.finish(|record| record.stderr.text = message.clone());
+            services.store.record_run(&failed).await?;
+            return Err(if error.is_transient() {
+                StageError::ProviderUnavailable(message)
             } else {
-                StageError::EngineFailed(error.to_string())
-            }
-        })?;
-    let record = EngineRun {
-        id: Uuid::now_v7(),
-        task_id: who.task_id,
-        persona: who.persona.to_owned(),
-        engine: "openai".into(),
-        stage: who.stage,
-        attempt: who.attempt,
-        command: Some(format!("openai:{provider_name}/{}", provider.model)),
-        exit_code: Some(0),
-        signal: None,
-        timed_out: false,
-        stdout: CapturedOutput {
+                StageError::EngineFailed(message)
+            });
+        }
+    };
+    let record = open.finish(|record| {
+        record.exit_code = Some(0);
+        record.stdout = CapturedOutput {
             text: services.redactor.redact(&completion.content),
             truncated_bytes: 0,
-        },
-        stderr: CapturedOutput::default(),
-        duration_ms: millis(started.elapsed()),
-        tokens: Some(completion.usage),
-        started_at,
-    };
+        };
+        record.tokens = Some(completion.usage);
+    });
     services.store.record_run(&record).await?;
     metering::charge_run(services, &record).await;
     if let Some(cap) = max_tokens {
@@ -250,6 +317,7 @@ pub async fn record_builtin(
         duration_ms: millis(started.elapsed()),
         tokens: None,
         started_at: Utc::now(),
+        status: RunStatus::Finished,
     };
     services.store.record_run(&record).await?;
     metering::charge_run(services, &record).await;

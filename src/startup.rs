@@ -115,6 +115,11 @@ impl Application {
                 "killed process groups left running by a previous run"
             );
         }
+        // Their processes are gone now: runs they were recorded under end `interrupted`.
+        let interrupted = store.interrupt_open_runs().await?;
+        if interrupted > 0 {
+            tracing::warn!(interrupted, "engine runs cut off by the previous run's end");
+        }
         let redactor = crate::executor::Redactor::from_env(&config.governance.secrets);
         let sandbox_exe = sandbox_exe(config.governance.sandbox)?;
         let services = Services {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Transactional, Tree};
 
-use crate::domain::{EngineRun, Event, Task, TaskId, TaskStatus};
+use crate::domain::{EngineRun, Event, RunStatus, Task, TaskId, TaskStatus};
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,13 @@ struct IdempotencyRecord {
     digest: String,
 }
 
+/// A run's key in `runs` (and `open_runs`): task id, then run id, so a task's runs are a prefix.
+fn run_key(run: &EngineRun) -> Vec<u8> {
+    let mut key = run.task_id.as_bytes().to_vec();
+    key.extend_from_slice(run.id.as_bytes());
+    key
+}
+
 /// Handle to the database; cheap to clone (sled trees are reference-counted).
 #[derive(Clone)]
 pub struct Store {
@@ -91,6 +98,8 @@ pub struct Store {
     tasks: Tree,
     events: Tree,
     runs: Tree,
+    /// Keys (in `runs`) of runs written `running` and not finished yet.
+    open_runs: Tree,
     idempotency: Tree,
 }
 
@@ -102,6 +111,7 @@ impl Store {
             tasks: db.open_tree("tasks")?,
             events: db.open_tree("events")?,
             runs: db.open_tree("runs")?,
+            open_runs: db.open_tree("open_runs")?,
             idempotency: db.open_tree("idempotency")?,
             db,
         })
@@ -356,12 +366,53 @@ impl Store {
         Ok(events)
     }
 
-    /// Persists an engine run together with its `engine.run` event.
+    /// Writes a run as `running` before its process starts (flushed), so that a run cut off by a
+    /// cancel, a shutdown or a crash is still on record.
+    pub async fn start_run(&self, run: &EngineRun) -> Result<(), StoreError> {
+        let key = run_key(run);
+        let bytes = serde_json::to_vec(run)?;
+        (&self.runs, &self.open_runs).transaction(|(runs, open)| {
+            runs.insert(key.as_slice(), bytes.as_slice())?;
+            open.insert(key.as_slice(), &[])?;
+            Ok::<(), ConflictableTransactionError<StoreError>>(())
+        })?;
+        self.flush().await
+    }
+
+    /// Marks every run still `running` from an earlier process as `interrupted`, with an
+    /// `engine.interrupted` event: called at start, after the orphaned processes were killed.
+    pub async fn interrupt_open_runs(&self) -> Result<usize, StoreError> {
+        let mut count = 0;
+        for key in self.open_runs.iter().keys() {
+            let key = key?;
+            let Some(bytes) = self.runs.get(&key)? else {
+                self.open_runs.remove(&key)?;
+                continue;
+            };
+            let mut run: EngineRun = serde_json::from_slice(&bytes)?;
+            if run.status == RunStatus::Running {
+                run.status = RunStatus::Interrupted;
+                self.record_run(&run).await?;
+                count += 1;
+            } else {
+                self.open_runs.remove(&key)?;
+            }
+        }
+        self.flush().await?;
+        Ok(count)
+    }
+
+    /// Persists an engine run together with its `engine.run` event (`engine.interrupted` for a
+    /// run cut off), and closes it if it was open.
     pub async fn record_run(&self, run: &EngineRun) -> Result<(), StoreError> {
         let seq = self.db.generate_id()?;
+        let kind = match run.status {
+            RunStatus::Interrupted => "engine.interrupted",
+            RunStatus::Running | RunStatus::Finished => "engine.run",
+        };
         let event = NewEvent::new(
             run.persona.clone(),
-            "engine.run",
+            kind,
             serde_json::json!({
                 "run_id": run.id,
                 "engine": run.engine,
@@ -374,11 +425,11 @@ impl Store {
             }),
         );
         let event_bytes = encode_event(seq, run.task_id, &event)?;
-        let mut run_key = run.task_id.as_bytes().to_vec();
-        run_key.extend_from_slice(run.id.as_bytes());
+        let run_key = run_key(run);
         let run_bytes = serde_json::to_vec(run)?;
-        (&self.runs, &self.events).transaction(|(runs, log)| {
+        (&self.runs, &self.open_runs, &self.events).transaction(|(runs, open, log)| {
             runs.insert(run_key.as_slice(), run_bytes.as_slice())?;
+            open.remove(run_key.as_slice())?;
             log.insert(
                 event_key(run.task_id, seq).as_slice(),
                 event_bytes.as_slice(),

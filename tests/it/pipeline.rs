@@ -210,6 +210,14 @@ async fn cancel_kills_the_running_engine_and_ends_the_task() {
         .parse()
         .unwrap();
     assert!(process_group_alive(pgid));
+    // While it runs, the run is visible as `running`.
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    let running = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["persona"] == "patch");
+    assert_eq!(running.unwrap()["status"], "running", "{runs:#}");
 
     let (status, cancelled) = service
         .post(&format!("/v1/tasks/{id}/cancel"), &json!({}))
@@ -226,11 +234,33 @@ async fn cancel_kills_the_running_engine_and_ends_the_task() {
         .await;
     assert_eq!(status, 409);
     assert_eq!(again["error"]["code"], "TASK_FINISHED");
+    // The killed engine run is on record, `interrupted` (written as the job is dropped, so it
+    // may land just after the task's end, like the ledger's settlement).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let patch_run = loop {
+        let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+        let run = runs["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["persona"] == "patch")
+            .cloned();
+        match run {
+            Some(run) if run["status"] == "interrupted" => break run,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "no interrupted patch run: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(patch_run["exit_code"].is_null());
+    assert!(patch_run["duration_ms"].as_u64().unwrap() > 0);
     let kinds: Vec<String> = service
         .event_kinds(id)
         .await
         .into_iter()
-        .filter(|k| !k.starts_with("ledger."))
+        .filter(|k| !k.starts_with("ledger.") && !k.starts_with("engine."))
         .collect();
     assert_eq!(kinds.last().map(String::as_str), Some("task.finished"));
 }

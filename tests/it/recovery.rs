@@ -67,15 +67,21 @@ async fn kill_9_during_verify_then_restart_finishes_the_task() {
     assert!(kinds.contains(&"task.resumed".to_owned()), "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| *k == "task.submitted").count(), 1);
     let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
-    let verify_runs = runs["runs"]
+    let verify_runs: Vec<&str> = runs["runs"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|r| r["persona"] == "circuit")
-        .count();
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
     assert_eq!(
-        verify_runs, 1,
-        "the cut-off verify left no run; the rerun did"
+        verify_runs,
+        ["interrupted", "finished"],
+        "the cut-off verify is on record as interrupted, then the rerun: {runs:#}"
+    );
+    assert!(
+        kinds.contains(&"engine.interrupted".to_owned()),
+        "{kinds:?}"
     );
 }
 
