@@ -211,6 +211,34 @@ impl Store {
             .collect()
     }
 
+    /// One page of tasks, newest first: up to `limit` tasks older than `before` (all when
+    /// `None`), and the id to pass as `before` for the next page (`None` on the last page).
+    pub fn tasks_page(
+        &self,
+        limit: usize,
+        before: Option<TaskId>,
+    ) -> Result<(Vec<Task>, Option<TaskId>), StoreError> {
+        let range = match before {
+            Some(id) => self.tasks.range(..id.as_bytes().to_vec()),
+            None => self.tasks.range::<Vec<u8>, _>(..),
+        };
+        let mut tasks = Vec::with_capacity(limit.min(1024));
+        let mut more = false;
+        for bytes in range.values().rev() {
+            if tasks.len() == limit {
+                more = true;
+                break;
+            }
+            tasks.push(serde_json::from_slice::<Task>(&bytes?)?);
+        }
+        let next = if more {
+            tasks.last().map(|t| t.id)
+        } else {
+            None
+        };
+        Ok((tasks, next))
+    }
+
     /// The most recent failed or dead-lettered tasks on `repo` (other than `except`), newest
     /// first: what a planner should not repeat. Looks at most at `scan_max` recent tasks.
     pub fn recent_failures(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -61,13 +61,37 @@ fn intake_error(error: IntakeError) -> ApiError {
     }
 }
 
-/// `GET /v1/tasks`.
-pub async fn list(State(app): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let tasks = app
-        .services
-        .store
-        .tasks(app.services.config.tasks.list_limit)?;
-    Ok(Json(json!({"tasks": tasks})))
+/// `GET /v1/tasks?limit=&cursor=`: newest first, a page at a time.
+pub async fn list(
+    State(app): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let max = app.services.config.tasks.list_limit;
+    let limit = match query.limit.as_deref() {
+        None => max,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::invalid_field(format!("limit must be within 1..={max}")))?,
+    };
+    let before = match query.cursor.as_deref() {
+        None => None,
+        Some(text) => Some(text.parse::<TaskId>().map_err(|_| {
+            ApiError::invalid_field("cursor must be a `next_cursor` of an earlier page")
+        })?),
+    };
+    let (tasks, next) = app.services.store.tasks_page(limit, before)?;
+    Ok(Json(json!({"tasks": tasks, "next_cursor": next})))
+}
+
+/// `?limit=&cursor=` of `GET /v1/tasks`, read as text so a bad value gets the JSON error shape.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Tasks per page (default and at most `tasks.list_limit`).
+    limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
 }
 
 fn parse_id(app: &AppState, id: &str) -> Result<Task, ApiError> {

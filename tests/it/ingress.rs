@@ -238,3 +238,51 @@ fn a_bad_config_file_stops_start_up_naming_file_and_key() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_task_list_pages_with_a_cursor() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let mut submitted = Vec::new();
+    for n in 0..3 {
+        let task = service
+            .submit(&shell_task(&repo, &format!("echo {n} > n{n}.txt"), "true"))
+            .await;
+        submitted.push(task["id"].as_str().unwrap().to_owned());
+    }
+    let (status, first) = service.get("/v1/tasks?limit=2").await;
+    assert_eq!(status, 200, "{first}");
+    let ids = |page: &Value| -> Vec<String> {
+        page["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Newest first.
+    assert_eq!(ids(&first), [submitted[2].clone(), submitted[1].clone()]);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = service
+        .get(&format!("/v1/tasks?limit=2&cursor={cursor}"))
+        .await;
+    assert_eq!(ids(&second), [submitted[0].clone()]);
+    assert!(second["next_cursor"].is_null(), "{second}");
+    let (_, all) = service.get("/v1/tasks").await;
+    assert_eq!(ids(&all).len(), 3);
+    assert!(all["next_cursor"].is_null());
+
+    for bad in [
+        "/v1/tasks?limit=0",
+        "/v1/tasks?limit=x",
+        "/v1/tasks?cursor=nope",
+    ] {
+        let (status, body) = service.get(bad).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (422, &json!("INVALID_FIELD")),
+            "{bad}: {body}"
+        );
+    }
+}
