@@ -249,6 +249,9 @@ pub struct SupervisionConfig {
     pub backoff_base_ms: u64,
     /// Cap on the restart delay.
     pub backoff_max_ms: u64,
+    /// A `failed` persona is tried again, with a fresh restart budget, this long after it failed;
+    /// 0 leaves it down until the service restarts.
+    pub revive_after_secs: u64,
 }
 
 impl Default for SupervisionConfig {
@@ -258,6 +261,7 @@ impl Default for SupervisionConfig {
             window_secs: 60,
             backoff_base_ms: 100,
             backoff_max_ms: 5_000,
+            revive_after_secs: 300,
         }
     }
 }

@@ -56,6 +56,8 @@ pub enum CompassMsg {
     },
     /// A persona's restart backoff elapsed.
     RestartPersona(&'static str),
+    /// A `failed` persona's cooldown (`supervision.revive_after_secs`) elapsed: try it again.
+    RevivePersona(&'static str),
     /// A pipeline's restart backoff elapsed.
     RestartPipeline(TaskId),
     /// A pipeline could not start; handled like a crash.
@@ -219,6 +221,7 @@ impl Actor for Compass {
                 let _ = reply.send(outcome);
             }
             CompassMsg::RestartPersona(name) => restart_persona(&myself, state, name).await,
+            CompassMsg::RevivePersona(name) => revive_persona(&myself, state, name).await,
             CompassMsg::PipelineStartFailed(task_id, reason) => {
                 on_pipeline_exit(
                     &myself,
@@ -381,10 +384,35 @@ async fn on_persona_exit(
                 entry(name, Some("compass"), ActorHealth::Failed, restarts),
                 None,
             );
-            let data = json!({"actor": name, "reason": reason, "restarts": restarts});
+            let revive_after = policy.revive_after_secs;
+            if revive_after > 0 {
+                myself.send_after(Duration::from_secs(revive_after), move || {
+                    CompassMsg::RevivePersona(name)
+                });
+            }
+            let data = json!({"actor": name, "reason": reason, "restarts": restarts, "revive_after_secs": revive_after});
             record_service_event(state, "actor.failed", data).await;
         }
     }
+}
+
+/// Tries a `failed` persona again with a fresh restart budget (a dependency it needed may be
+/// back); if it fails again it is `failed` again, until the next cooldown.
+async fn revive_persona(
+    myself: &ActorRef<CompassMsg>,
+    state: &mut CompassState,
+    name: &'static str,
+) {
+    let Some(slot) = state.personas.get_mut(name) else {
+        return;
+    };
+    if slot.cell.is_some() {
+        return;
+    }
+    slot.history.forgive();
+    tracing::warn!(persona = name, "reviving a failed persona");
+    record_service_event(state, "actor.reviving", json!({"actor": name})).await;
+    restart_persona(myself, state, name).await;
 }
 
 async fn restart_persona(

@@ -48,6 +48,11 @@ impl RestartHistory {
         RestartDecision::RestartAfter(Duration::from_millis(delay_ms))
     }
 
+    /// Forgets the crashes in the window: a revived child gets its whole restart budget again.
+    pub fn forgive(&mut self) {
+        self.recent.clear();
+    }
+
     /// Restarts since the service started.
     pub fn total(&self) -> u32 {
         self.total
@@ -64,6 +69,7 @@ mod tests {
             window_secs: 10,
             backoff_base_ms: 100,
             backoff_max_ms: 250,
+            revive_after_secs: 0,
         }
     }
 

@@ -117,3 +117,55 @@ async fn a_persona_that_always_panics_is_given_up_on() {
     assert_eq!(second["error"]["code"], "PERSONA_UNAVAILABLE");
     assert_eq!(second["stage"], "verify");
 }
+
+#[tokio::test]
+async fn a_failed_persona_is_revived_after_its_cooldown() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let config = "[supervision]\nmax_restarts = 3\nwindow_secs = 60\nbackoff_base_ms = 10\nbackoff_max_ms = 40\nrevive_after_secs = 1\n";
+    // Four crashes (the limit is three restarts), then the trouble is gone.
+    let service = Service::start_with(
+        root.path(),
+        failpoints("circuit.handle=4*panic->off", Some(config)),
+    )
+    .await;
+    let first = service
+        .submit(&shell_task(&repo, "echo one > one.txt", "true"))
+        .await;
+    let first = service
+        .wait_until_finished(first["id"].as_str().unwrap())
+        .await;
+    assert_eq!(first["error"]["code"], "PERSONA_UNAVAILABLE", "{first:#}");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, _) = service.get("/readyz").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "circuit was not revived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(service.actor("circuit").await["status"], "running");
+    let second = service
+        .submit(&shell_task(&repo, "echo two > two.txt", "true"))
+        .await;
+    let second = service
+        .wait_until_finished(second["id"].as_str().unwrap())
+        .await;
+    assert_eq!(second["status"], "done", "{second:#}");
+    let (_, events) = service.get("/v1/events").await;
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"actor.failed") && kinds.contains(&"actor.reviving"),
+        "{kinds:?}"
+    );
+}
