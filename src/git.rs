@@ -1,7 +1,9 @@
 //! Git, through the `git` binary: repository checks at the ingress, worktrees for Patch, commits,
 //! and delivery into the base branch. Every call has a timeout and bounded output.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, PoisonError, Weak};
 use std::time::Duration;
 
 use crate::process::{self, CommandSpec};
@@ -37,6 +39,24 @@ pub enum GitError {
         /// What git said.
         stderr: String,
     },
+}
+
+/// The lock that serializes worktree administration (`git worktree add|prune|remove`) in one
+/// repository. Concurrent ones race on `.git/worktrees/`: an add can read another add's
+/// half-written `commondir` ("failed to read ... commondir"), and a prune can delete an add in
+/// progress. Entries live while someone holds their lock, so the map is bounded by the
+/// repositories being worked on.
+fn worktree_lock(repo: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    type Locks = std::sync::Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>;
+    static LOCKS: LazyLock<Locks> = LazyLock::new(Locks::default);
+    let mut locks = LOCKS.lock().unwrap_or_else(PoisonError::into_inner);
+    locks.retain(|_, lock| lock.strong_count() > 0);
+    if let Some(lock) = locks.get(repo).and_then(Weak::upgrade) {
+        return lock;
+    }
+    let lock = Arc::new(tokio::sync::Mutex::new(()));
+    locks.insert(repo.to_path_buf(), Arc::downgrade(&lock));
+    lock
 }
 
 /// Git in one directory, with one timeout.
@@ -133,6 +153,8 @@ impl Git {
                 return Ok(());
             }
         }
+        let lock = worktree_lock(&self.dir);
+        let _serialized = lock.lock().await;
         if path.exists() {
             // A half-made worktree from a crash: start it again.
             let _ = self
@@ -171,6 +193,8 @@ impl Git {
     /// Removes a worktree; the branch stays.
     pub async fn remove_worktree(&self, path: &Path) -> Result<(), GitError> {
         let path_text = path.display().to_string();
+        let lock = worktree_lock(&self.dir);
+        let _serialized = lock.lock().await;
         self.run(&["worktree", "remove", "--force", &path_text])
             .await?;
         Ok(())
@@ -267,5 +291,39 @@ pub fn is_lock_contention(error: &GitError) -> bool {
                 && (stderr.contains("File exists") || stderr.contains("Unable to create"))
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many worktrees of one repository made and removed at once, as concurrent tasks do.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_worktrees_of_one_repository_do_not_race() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo_path = dir.path().join("repo");
+        std::fs::create_dir_all(&repo_path).unwrap();
+        let repo = Git::new(&repo_path, Duration::from_secs(30));
+        repo.run(&["init", "-q", "-b", "main"]).await.unwrap();
+        std::fs::write(repo_path.join("README.md"), "x\n").unwrap();
+        repo.run(&["add", "-A"]).await.unwrap();
+        repo.run(&["commit", "-qm", "initial"]).await.unwrap();
+        for round in 0..3 {
+            let jobs: Vec<_> = (0..12)
+                .map(|n| {
+                    let repo = repo.clone();
+                    let path = dir.path().join(format!("wt-{round}-{n}"));
+                    tokio::spawn(async move {
+                        let branch = format!("b-{round}-{n}");
+                        repo.ensure_worktree(&path, &branch, "main").await?;
+                        repo.remove_worktree(&path).await
+                    })
+                })
+                .collect();
+            for job in jobs {
+                job.await.unwrap().unwrap();
+            }
+        }
     }
 }

@@ -353,7 +353,12 @@ async fn two_tasks_editing_one_file_never_break_main() {
         .iter()
         .filter(|(_, code)| code.as_deref() == Some("MERGE_CONFLICT"))
         .count();
-    assert!(done >= 1 && done + conflicts == 2, "{outcomes:?}");
+    assert!(
+        done >= 1 && done + conflicts == 2,
+        "{outcomes:?} {:#} {:#}",
+        first["error"],
+        second["error"]
+    );
     let content = std::fs::read_to_string(repo.join("shared.txt")).unwrap();
     assert!(
         content == "first\n" || content == "second\n",
