@@ -202,13 +202,7 @@ impl Store {
 
     /// Up to `limit` tasks, newest first (ids are UUID v7, so key order is age order).
     pub fn tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
-        self.tasks
-            .iter()
-            .values()
-            .rev()
-            .take(limit)
-            .map(|bytes| Ok(serde_json::from_slice(&bytes?)?))
-            .collect()
+        Ok(self.tasks_page(limit, None)?.0)
     }
 
     /// One page of tasks, newest first: up to `limit` tasks older than `before` (all when

@@ -259,11 +259,16 @@ pub fn parse_enddate(text: &str) -> Option<DateTime<Utc>> {
 
 /// Today's ledger spend (what agents earned from tasks) against the trailing daily average.
 fn cost_check(store: &Store, check: &CheckSpec) -> Result<String, String> {
+    cost_check_at(store, check, Utc::now())
+}
+
+/// [`cost_check`] with "today" being `now`'s day.
+fn cost_check_at(store: &Store, check: &CheckSpec, now: DateTime<Utc>) -> Result<String, String> {
     let days = check.days.unwrap_or(COST_DAYS_DEFAULT).max(1);
     let factor = check.factor.unwrap_or(COST_FACTOR_DEFAULT);
     let floor = check.floor.unwrap_or(0);
     let spend =
-        daily_spend(store, days, Utc::now()).map_err(|e| format!("cannot read the ledger: {e}"))?;
+        daily_spend(store, days, now).map_err(|e| format!("cannot read the ledger: {e}"))?;
     let today = spend.first().copied().unwrap_or(0);
     let trailing: u64 = spend.iter().skip(1).sum();
     let average = trailing as f64 / f64::from(days);
@@ -384,10 +389,10 @@ mod tests {
         let spend = daily_spend(&store, 7, now).unwrap();
         assert_eq!(spend, vec![50, 100, 100, 100, 0, 0, 0, 0]);
         // Average 300 / 7 ≈ 43: 50 is under 2×, over 1×.
-        assert!(cost_check(&store, &cost_spec(2.0)).is_ok());
-        assert!(cost_check(&store, &cost_spec(1.0)).is_err());
+        assert!(cost_check_at(&store, &cost_spec(2.0), now).is_ok());
+        assert!(cost_check_at(&store, &cost_spec(1.0), now).is_err());
         charge(&book, "today-2", 150, now);
-        let verdict = cost_check(&store, &cost_spec(2.0));
+        let verdict = cost_check_at(&store, &cost_spec(2.0), now);
         assert!(
             verdict.as_ref().is_err_and(|d| d.contains("today 200")),
             "{verdict:?}"

@@ -91,6 +91,11 @@ impl ProviderContext {
     /// Confines this context's shell commands to writing `writable` only, when the service
     /// runs with a sandbox (see [`crate::sandbox`]); without one it stays as it is.
     pub fn confined(mut self, services: &Services, writable: Vec<PathBuf>) -> Self {
+        for dir in &writable {
+            if let Err(error) = std::fs::create_dir_all(dir) {
+                tracing::warn!(dir = %dir.display(), %error, "cannot create a confined command's writable dir");
+            }
+        }
         self.confine = services
             .sandbox_exe
             .clone()
@@ -143,9 +148,6 @@ impl ProviderContext {
         let mut spec = CommandSpec::shell(line, cwd.to_path_buf(), timeout, OUTPUT_BYTES_MAX);
         spec.env = self.env_with(env);
         if let Some(confine) = &self.confine {
-            for dir in &confine.writable {
-                std::fs::create_dir_all(dir)?;
-            }
             (spec.program, spec.args) =
                 crate::sandbox::wrap(&confine.exe, &confine.writable, &spec.program, &spec.args);
             if let Some(temp) = confine.writable.first() {

@@ -458,11 +458,12 @@ impl OpsStore {
         app: &str,
         change: impl Fn(&mut ReleaseState),
     ) -> Result<(), StoreError> {
-        let current = self.release(app)?;
-        let mut next = current.clone();
-        change(&mut next);
-        self.releases
-            .insert(app.as_bytes(), serde_json::to_vec(&next)?)?;
+        cas_upsert(
+            &self.releases,
+            app.as_bytes(),
+            Some(ReleaseState::default),
+            change,
+        )?;
         self.store.flush().await
     }
 
@@ -514,14 +515,27 @@ fn cas_update<T: Serialize + serde::de::DeserializeOwned>(
     key: &[u8],
     change: impl Fn(&mut T),
 ) -> Result<Option<T>, StoreError> {
+    cas_upsert(tree, key, None::<fn() -> T>, change)
+}
+
+/// Changes the record at `key` with a compare-and-swap loop, so a concurrent writer is never
+/// overwritten. A missing record starts from `missing()` when given, else `Ok(None)`.
+fn cas_upsert<T: Serialize + serde::de::DeserializeOwned>(
+    tree: &Tree,
+    key: &[u8],
+    missing: Option<impl Fn() -> T>,
+    change: impl Fn(&mut T),
+) -> Result<Option<T>, StoreError> {
     for _ in 0..CAS_TRIES_MAX {
-        let Some(old) = tree.get(key)? else {
-            return Ok(None);
+        let old = tree.get(key)?;
+        let mut record: T = match (&old, &missing) {
+            (Some(bytes), _) => serde_json::from_slice(bytes)?,
+            (None, Some(start)) => start(),
+            (None, None) => return Ok(None),
         };
-        let mut record: T = serde_json::from_slice(&old)?;
         change(&mut record);
         let new = serde_json::to_vec(&record)?;
-        if tree.compare_and_swap(key, Some(old), Some(new))?.is_ok() {
+        if tree.compare_and_swap(key, old, Some(new))?.is_ok() {
             return Ok(Some(record));
         }
     }
