@@ -11,6 +11,7 @@
 //! `kill -9`ed the next instant without the write being lost.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,27 @@ pub enum StoreError {
     /// The task already ended; terminal records never change.
     #[error("task {0} has already finished")]
     TaskFinished(TaskId),
+    /// The database's lock stayed held for the whole wait: another live process uses it.
+    #[error(
+        "database {path} is in use by another process (its lock stayed held for {waited_ms} ms)"
+    )]
+    Locked {
+        /// The database directory.
+        path: String,
+        /// How long opening waited for the lock.
+        waited_ms: u128,
+    },
+}
+
+/// How long opening waits for sled's lock. sled 0.34 releases it from a background thread after
+/// the last handle drops (spacejam/sled#1234), so a reopen in the same process, or a start right
+/// after a predecessor exited, can find it briefly held; a live owner holds it far longer.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Whether sled refused to open because its file lock is held. sled reports this only as an
+/// `Other` I/O error with this message, so the message is what there is to match.
+fn is_lock_contention(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -104,9 +126,34 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database under `dir`.
+    /// Opens (or creates) the database under `dir`, waiting up to [`LOCK_WAIT`] for a lock that
+    /// a just-closed handle has not released yet.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir.join("db")).open()?;
+        Self::open_waiting(dir, LOCK_WAIT)
+    }
+
+    fn open_waiting(dir: &Path, wait: Duration) -> Result<Self, StoreError> {
+        let path = dir.join("db");
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(10);
+        let db = loop {
+            match sled::Config::new().path(&path).open() {
+                Ok(db) => break db,
+                Err(error) if is_lock_contention(&error) => {
+                    let waited = started.elapsed();
+                    if waited >= wait {
+                        return Err(StoreError::Locked {
+                            path: path.display().to_string(),
+                            waited_ms: waited.as_millis(),
+                        });
+                    }
+                    // Blocking on purpose: opening happens once, at start-up, before any work.
+                    std::thread::sleep(pause.min(wait - waited));
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
         Ok(Self {
             tasks: db.open_tree("tasks")?,
             events: db.open_tree("events")?,
@@ -584,6 +631,26 @@ mod tests {
             .collect();
         assert_eq!(kinds, ["task.submitted", "task.started", "task.finished"]);
         assert!(store.unfinished_tasks().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_held_lock_is_waited_for_and_then_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = Store::open(dir.path()).unwrap();
+        let refused = Store::open_waiting(dir.path(), Duration::from_millis(150));
+        assert!(
+            matches!(refused, Err(StoreError::Locked { waited_ms, .. }) if waited_ms >= 150),
+            "{:?}",
+            refused.err()
+        );
+        // The owner lets go while the next open is still waiting: that open succeeds.
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(owner);
+        });
+        let reopened = Store::open_waiting(dir.path(), Duration::from_secs(10));
+        releaser.join().unwrap();
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
     }
 
     #[tokio::test]
