@@ -16,6 +16,7 @@ use super::jobs::spawn_job;
 use super::uplink_respond::send_signals;
 use super::Services;
 use crate::domain::TaskId;
+use crate::ops::billing;
 use crate::ops::deploy::{self, DeployContext};
 use crate::ops::provider::{self, LocalRuntime, ProviderContext};
 use crate::ops::records::{DeployRecord, DeployStatus, OpsStore, Signal};
@@ -183,8 +184,14 @@ impl Actor for UplinkDeploy {
                 if outcome.is_ok() {
                     dispatch(&myself, state, &app)?;
                 }
-                if let Some(reply) = reply {
-                    let _ = reply.send(outcome);
+                match (reply, outcome) {
+                    (Some(reply), outcome) => {
+                        let _ = reply.send(outcome);
+                    }
+                    (None, Err(error)) => {
+                        tracing::error!(%app, %trigger, %error, "deploy request refused");
+                    }
+                    (None, Ok(_)) => {}
                 }
             }
             UplinkDeployMsg::Decide {
@@ -195,6 +202,9 @@ impl Actor for UplinkDeploy {
             } => {
                 let outcome = decide(state, &id, approve, comment).await;
                 if let Ok(record) = &outcome {
+                    if record.status.is_terminal() {
+                        settle_later(&state.services, record.clone());
+                    }
                     dispatch(&myself, state, &record.app)?;
                 }
                 let _ = reply.send(outcome);
@@ -220,9 +230,9 @@ impl Actor for UplinkDeploy {
 /// `DEPLOY_INTERRUPTED`); local releases that should run are started again.
 async fn recover(state: &mut UplinkDeployState) -> Result<(), OpsError> {
     for (name, app) in &state.services.definitions.ops.apps {
-        for record in state.ops.deploys_of(name)? {
+        for mut record in state.ops.deploys_of(name)? {
             if record.status == DeployStatus::Running {
-                state
+                let updated = state
                     .ops
                     .update_deploy(&record.id, |d| {
                         d.status = DeployStatus::Failed;
@@ -233,6 +243,11 @@ async fn recover(state: &mut UplinkDeployState) -> Result<(), OpsError> {
                         d.finished_at = Some(chrono::Utc::now());
                     })
                     .await?;
+                record = updated.unwrap_or(record);
+            }
+            // Ended before the last incarnation could settle it (reads only when nothing is owed).
+            if billing::needs_settling(&state.services, &record).unwrap_or(true) {
+                settle_later(&state.services, record);
             }
         }
         state
@@ -319,8 +334,13 @@ async fn request(
     if waiting >= DEPLOYS_WAITING_MAX {
         return Err(OpsError::QueueFull(app.to_owned()));
     }
-    let record = deploy::new_record(app, spec, commit, trigger, &history);
-    state.ops.put_deploy(&record).await?;
+    let mut record = deploy::new_record(app, spec, commit, trigger, &history);
+    record.account = Some(billing::payer(&state.services, spec, trigger));
+    billing::reserve_deploy(&state.services, &record).await?;
+    if let Err(error) = state.ops.put_deploy(&record).await {
+        billing::release_deploy(&state.services, &record.id).await;
+        return Err(error.into());
+    }
     tracing::info!(app, deploy = %record.id, status = ?record.status, gate = %record.gate, "deploy requested");
     Ok(record)
 }
@@ -358,7 +378,7 @@ async fn decide(
 
 fn deploy_context(state: &UplinkDeployState, app: &str, spec: AppSpec) -> DeployContext {
     DeployContext {
-        provider: state.provider.clone(),
+        provider: state.provider.clone().metered(),
         ops: state.ops.clone(),
         name: app.to_owned(),
         app: spec,
@@ -399,6 +419,17 @@ fn dispatch(
     Ok(())
 }
 
+/// Settles an ended deploy with the Ledger in a spawned task (the handler never waits on it). A
+/// settlement that fails is logged and done again at the next start.
+fn settle_later(services: &Services, record: DeployRecord) {
+    let services = services.clone();
+    tokio::spawn(async move {
+        if let Err(error) = billing::settle_deploy(&services, &record).await {
+            tracing::error!(deploy = %record.id, %error, "could not settle a deploy with the ledger");
+        }
+    });
+}
+
 /// A deploy that did not end healthy becomes a signal; the incident's id goes on the record.
 fn on_deploy_done(
     state: &UplinkDeployState,
@@ -413,6 +444,7 @@ fn on_deploy_done(
         }
     };
     tracing::info!(app, deploy = %record.id, status = ?record.status, "deploy finished");
+    settle_later(&state.services, (*record).clone());
     let signal_name = match record.status {
         DeployStatus::RolledBack => "deploy_unhealthy",
         DeployStatus::Failed => "deploy_failed",
@@ -458,11 +490,20 @@ fn act_on(
         let _ = reply.send(Err(OpsError::Busy(app)));
         return;
     }
+    let payer = billing::payer(&state.services, &spec, "action");
     let ctx = deploy_context(state, &app, spec);
-    let (me, name) = (myself.clone(), app.clone());
+    let (me, name, services) = (myself.clone(), app.clone(), state.services.clone());
     let job = spawn_job(
         async move {
-            let _ = reply.send(perform(&ctx, action).await);
+            let outcome = perform(&ctx, action).await;
+            let id = format!("action:{}", uuid::Uuid::now_v7());
+            let seconds = ctx.provider.command_seconds();
+            let memo = format!("{action:?} of {}: {seconds} command seconds", ctx.name);
+            if let Err(error) = billing::charge_action(&services, &id, &payer, seconds, memo).await
+            {
+                tracing::error!(app = %ctx.name, %error, "could not charge an app action");
+            }
+            let _ = reply.send(outcome);
         },
         move |_| {
             let _ = me.cast(UplinkDeployMsg::ActionDone(name));

@@ -30,7 +30,10 @@ fn ops_error(error: OpsError) -> ApiError {
     let (code, message) = (error.code(), error.to_string());
     match error {
         OpsError::NotFound(_) => ApiError::not_found(code, message),
-        OpsError::UnknownApp(_) | OpsError::UnknownCommit(_) => {
+        OpsError::InsufficientFunds(_) => {
+            ApiError::new(StatusCode::PAYMENT_REQUIRED, code, message)
+        }
+        OpsError::UnknownApp(_) | OpsError::UnknownCommit(_) | OpsError::UnknownAccount(_) => {
             ApiError::unprocessable(code, message)
         }
         OpsError::InvalidState(_) | OpsError::Busy(_) => ApiError::conflict(code, message),

@@ -98,6 +98,8 @@ pub fn new_record(
         error: None,
         incident: None,
         comment: None,
+        account: None,
+        command_seconds: 0,
         created_at: now,
         updated_at: now,
         finished_at: None,
@@ -117,9 +119,11 @@ pub async fn run(ctx: DeployContext, id: String) -> Result<DeployRecord, OpsErro
         .update_release(&ctx.name, |r| r.deploying = None)
         .await?;
     let error = outcome.err().map(|e| e.to_info());
+    let command_seconds = ctx.provider.command_seconds();
     let record = ctx
         .ops
         .update_deploy(&id, |d| {
+            d.command_seconds = command_seconds;
             if let Some(error) = &error {
                 d.error = Some(error.clone());
                 if !d.status.is_terminal() {
@@ -369,6 +373,7 @@ mod tests {
                 auto_after,
             },
             checks: Vec::new(),
+            account: None,
         }
     }
 

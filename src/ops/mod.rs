@@ -6,6 +6,7 @@
 //! Nothing here holds actor state: the actors own the decisions (queues, locks, dedup) and run
 //! the functions here in spawned jobs.
 
+pub mod billing;
 pub mod cli;
 pub mod deploy;
 pub mod incident;
@@ -71,6 +72,20 @@ pub enum OpsError {
     /// The file system refused.
     #[error("{0}")]
     Io(String),
+    /// The paying account cannot cover the price; nothing was created.
+    #[error("{0}")]
+    InsufficientFunds(String),
+    /// The paying account does not exist.
+    #[error("{0}")]
+    UnknownAccount(String),
+    /// The ledger refused for another reason.
+    #[error("{message}")]
+    Ledger {
+        /// The ledger's code.
+        code: &'static str,
+        /// Its message.
+        message: String,
+    },
 }
 
 impl OpsError {
@@ -91,6 +106,9 @@ impl OpsError {
             Self::Unavailable(_) => "PERSONA_UNAVAILABLE",
             Self::Store(_) => "STORE_FAILED",
             Self::Io(_) => "IO_FAILED",
+            Self::InsufficientFunds(_) => "INSUFFICIENT_FUNDS",
+            Self::UnknownAccount(_) => "ACCOUNT_NOT_FOUND",
+            Self::Ledger { code, .. } => code,
         }
     }
 

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,9 @@ pub struct ProviderContext {
     /// When set, shell commands run under Landlock and may write only these directories
     /// (Uplink-Watch: its checks are read-only by construction, not by promise).
     pub confine: Option<Confinement>,
+    /// Started seconds of every command run through this context since [`Self::metered`]: what
+    /// the work is charged for at the shell rate.
+    clock: Arc<AtomicU64>,
 }
 
 /// How [`ProviderContext::shell`] confines a command: the `glitchlab` binary to re-exec through
@@ -85,7 +89,20 @@ impl ProviderContext {
             redactor: services.redactor.clone(),
             runtime,
             confine: None,
+            clock: Arc::default(),
         }
+    }
+
+    /// This context with a clock of its own, so one deploy's or action's command seconds are
+    /// counted apart from every other's.
+    pub fn metered(mut self) -> Self {
+        self.clock = Arc::default();
+        self
+    }
+
+    /// Started seconds of the commands run since [`Self::metered`].
+    pub fn command_seconds(&self) -> u64 {
+        self.clock.load(Ordering::Relaxed)
     }
 
     /// Confines this context's shell commands to writing `writable` only, when the service
@@ -131,6 +148,10 @@ impl ProviderContext {
         let mut output = process::run(&spec)
             .await
             .map_err(|e| OpsError::Provider(e.to_string()))?;
+        let started_seconds = u64::try_from(output.duration.as_millis().div_ceil(1000))
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.clock.fetch_add(started_seconds, Ordering::Relaxed);
         output.stdout.text = self.redactor.redact(&output.stdout.text);
         output.stderr.text = self.redactor.redact(&output.stderr.text);
         Ok(output)

@@ -132,6 +132,12 @@ pub struct DeployRecord {
     pub incident: Option<String>,
     /// A reviewer's note at the gate.
     pub comment: Option<String>,
+    /// The ledger account that pays for it (its price is reserved when it is requested).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Seconds of commands it ran (each started second counts), charged at the shell rate.
+    #[serde(default)]
+    pub command_seconds: u64,
     /// Creation.
     pub created_at: DateTime<Utc>,
     /// Last change.

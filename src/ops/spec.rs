@@ -83,6 +83,10 @@ pub struct AppSpec {
     /// Periodic read-only checks (Uplink-Watch).
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
+    /// The ledger account that pays for the app's deploys and actions (default: a delivering
+    /// task's account, else `ledger.local_account`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 fn default_branch() -> String {
@@ -456,6 +460,10 @@ fn validate_app(name: &str, app: &AppSpec) -> Result<(), (String, String)> {
         _ => {}
     }
     validate_limits(app).map_err(at_app)?;
+    if let Some(account) = &app.account {
+        crate::ledger::validate_id("account", account)
+            .map_err(|e| ("account:".to_owned(), e.to_string()))?;
+    }
     if app.checks.len() > CHECKS_PER_APP_MAX {
         return Err(at_app(format!("at most {CHECKS_PER_APP_MAX} checks")));
     }

@@ -434,7 +434,22 @@ async fn a_delivered_task_that_names_an_app_deploys_its_commit() {
         "{refused}"
     );
 
+    // The task's account pays for the deploy it asks for.
+    service
+        .post(
+            "/v1/ledger/accounts",
+            &json!({"id": "user:team", "kind": "user"}),
+        )
+        .await;
+    let (status, _) = service
+        .post(
+            "/v1/ledger/mint",
+            &json!({"account": "user:team", "amount": 100_000_000, "memo": "team"}),
+        )
+        .await;
+    assert_eq!(status, 201);
     body["deploy"] = json!("web");
+    body["account"] = json!("user:team");
     let task = service.submit(&body).await;
     let task_id = task["id"].as_str().unwrap().to_owned();
     let task = service.wait_until_finished(&task_id).await;
@@ -450,7 +465,18 @@ async fn a_delivered_task_that_names_an_app_deploys_its_commit() {
     .await;
     let deploy = &list["deploys"][0];
     assert_eq!(deploy["commit"], task["commit"], "{deploy:#}");
+    assert_eq!(deploy["account"], "user:team");
     assert_eq!(wait_for_app(port, |_| true).await["version"], "2");
+    let price = wait_for_record(
+        &service,
+        &format!(
+            "/v1/ledger/transfers/deploy:{}",
+            deploy["id"].as_str().unwrap()
+        ),
+        |t| t["status"] == "posted",
+    )
+    .await;
+    assert_eq!(price["debit_account"], "user:team");
 }
 
 #[tokio::test]
@@ -597,4 +623,182 @@ async fn watch_checks_read_but_cannot_write_under_landlock() {
         "{writer:#}"
     );
     assert!(!target.exists(), "a check wrote outside its scratch dir");
+}
+
+/// Polls `GET path` until it answers 200 and `done(body)` holds.
+async fn wait_for_record(service: &Service, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = service.get(path).await;
+        if status == 200 && done(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} did not reach the expected state in {WAIT:?}:\n{body:#}\nlog:\n{}",
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn deploys_are_paid_for_from_the_apps_account() {
+    let root = tempfile::tempdir().unwrap();
+    let _reaper = AppReaper(root.path().to_path_buf());
+    let repo = sample_repo(root.path());
+    let port = free_port();
+    let ops = local_ops(&repo, port, 1, "    account: \"user:ops\"\n");
+    let service = start(root.path(), &ops, Vec::new()).await;
+    let deploy_price = 10_000; // the rate card's default `deploy`
+    let shell_per_second = 1_000;
+
+    // No account, then an account that cannot pay: refused, and no deploy exists.
+    let (status, missing) = service.post("/v1/deploys", &json!({"app": "web"})).await;
+    assert_eq!(
+        (status, &missing["error"]["code"]),
+        (422, &json!("ACCOUNT_NOT_FOUND"))
+    );
+    let (status, _) = service
+        .post(
+            "/v1/ledger/accounts",
+            &json!({"id": "user:ops", "kind": "user"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, short) = service.post("/v1/deploys", &json!({"app": "web"})).await;
+    assert_eq!(
+        (status, &short["error"]["code"]),
+        (402, &json!("INSUFFICIENT_FUNDS")),
+        "{short}"
+    );
+    let (_, list) = service.get("/v1/deploys").await;
+    assert_eq!(list["deploys"], json!([]));
+    let funds = 1_000_000;
+    let (status, _) = service
+        .post(
+            "/v1/ledger/mint",
+            &json!({"account": "user:ops", "amount": funds, "memo": "ops"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    // A deploy reserves its price while it waits; rejecting it releases the reservation.
+    let (status, rejected) = service.post("/v1/deploys", &json!({"app": "web"})).await;
+    assert_eq!(status, 201, "{rejected}");
+    assert_eq!(rejected["account"], "user:ops");
+    let rejected_id = rejected["id"].as_str().unwrap().to_owned();
+    let (_, account) = service.get("/v1/ledger/accounts/user:ops").await;
+    assert_eq!(account["debits_pending"], deploy_price);
+    assert_eq!(account["available"], funds - deploy_price);
+    let (status, _) = service
+        .post(
+            &format!("/v1/deploys/{rejected_id}/reject"),
+            &json!({"comment": "not now"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let voided = wait_for_record(
+        &service,
+        &format!("/v1/ledger/transfers/deploy:{rejected_id}"),
+        |t| t["status"] == "voided",
+    )
+    .await;
+    assert_eq!(voided["amount"], deploy_price);
+
+    // A deploy that ran: its price is posted and its command seconds are charged.
+    let (_, record) = service.post("/v1/deploys", &json!({"app": "web"})).await;
+    let id = record["id"].as_str().unwrap().to_owned();
+    service
+        .post(&format!("/v1/deploys/{id}/approve"), &json!({}))
+        .await;
+    let healthy = wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
+        d["status"] == "healthy"
+    })
+    .await;
+    let seconds = healthy["command_seconds"].as_u64().unwrap();
+    // At least git rev-parse, git archive, verify, build and the 1 s drain timeout ran.
+    assert!(seconds >= 5, "{healthy:#}");
+    let price = wait_for_record(
+        &service,
+        &format!("/v1/ledger/transfers/deploy:{id}"),
+        |t| t["status"] == "posted",
+    )
+    .await;
+    assert_eq!(price["posted_amount"], deploy_price);
+    assert_eq!(price["credit_account"], "agent:uplink-deploy");
+    let commands = wait_for_record(
+        &service,
+        &format!("/v1/ledger/transfers/deploy:{id}:commands"),
+        |_| true,
+    )
+    .await;
+    assert_eq!(commands["amount"], shell_per_second * seconds);
+    let (_, account) = service.get("/v1/ledger/accounts/user:ops").await;
+    let spent = deploy_price + shell_per_second * seconds;
+    assert_eq!(account["balance"], funds - spent, "{account}");
+    assert_eq!(account["debits_pending"], 0);
+    let (_, audit) = service.get("/v1/ledger/audit").await;
+    assert_eq!(audit["balanced"], true, "{audit}");
+}
+
+#[tokio::test]
+async fn a_runbook_action_is_charged_for_its_command_seconds() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = sample_repo(root.path());
+    let ops = format!(
+        "apps:\n  svc:\n    repo: {repo}\n    provider: command\n    command: {{deploy: \"true\", rollback: \"true\", status: \"true\", restart: \"sleep 1\"}}\n    gates: {{approve_first: 0}}\n",
+        repo = repo.display()
+    );
+    let service = start(root.path(), &ops, Vec::new()).await;
+    let (status, record) = service.post("/v1/deploys", &json!({"app": "svc"})).await;
+    assert_eq!(status, 201, "{record}");
+    let id = record["id"].as_str().unwrap();
+    wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
+        d["status"] == "healthy"
+    })
+    .await;
+
+    // The starter runbook for a failing health check restarts the app; the restart's commands
+    // are paid by the install's account to Uplink-Deploy.
+    let alert = json!({"app": "svc", "signal": "health_check_failed", "summary": "down"});
+    let (status, _) = service.post("/v1/alerts", &alert).await;
+    assert_eq!(status, 202);
+    wait_until(&service, "/v1/incidents?app=svc", |list| {
+        list["incidents"][0]["status"] == "resolved"
+    })
+    .await;
+    let history = wait_for_record(
+        &service,
+        "/v1/ledger/accounts/user:local/transfers?limit=100",
+        |page| {
+            page["transfers"].as_array().unwrap().iter().any(|t| {
+                t["memo"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("Restart of svc"))
+            })
+        },
+    )
+    .await;
+    let charge = history["transfers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| {
+            t["memo"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Restart of svc"))
+        })
+        .unwrap();
+    assert_eq!(charge["credit_account"], "agent:uplink-deploy");
+    assert_eq!(charge["code"], 21);
+    // `sleep 1` (2 started seconds, or 1 at exactly 1.000 s) and the `status` check after it.
+    let seconds: u64 = charge["memo"].as_str().unwrap()["Restart of svc: ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((2..=4).contains(&seconds), "{charge}");
+    assert_eq!(charge["amount"], 1_000 * seconds, "{charge}");
 }

@@ -1,0 +1,209 @@
+//! What ops work costs, in the same books as engineering work.
+//!
+//! - A deploy's price (`ledger.rates.deploy`) is reserved from its payer when it is requested: a
+//!   payer that cannot cover it is refused with `INSUFFICIENT_FUNDS` and no deploy exists.
+//! - When the deploy ends, the reservation is posted if its `deploy` stage began (something was
+//!   put on the target) and released otherwise (rejected at its gate, refused at precheck). The seconds of commands it ran (verify, build, drain, git, provider
+//!   commands) are charged at `ledger.rates.shell_per_second`.
+//! - An app action a runbook asks for (restart, rollback, scale) is charged for its command
+//!   seconds.
+//!
+//! The money goes from the payer to `agent:uplink-deploy`, so the books (and the Watch `cost`
+//! check, which sums what agents earned) show what operating an app costs. Every transfer id is
+//! derived from the deploy's or action's id and every memo is fixed, so settling again (after a
+//! crash) is a no-op.
+
+use super::records::DeployRecord;
+use super::spec::AppSpec;
+use super::OpsError;
+use crate::actors::ledger as ledger_actor;
+use crate::actors::Services;
+use crate::ledger::book::Book;
+use crate::ledger::{agent_account, LedgerError, NewTransfer, TransferStatus};
+
+/// Transfer code of a deploy's price (reserved at request, posted when it ran).
+pub const CODE_DEPLOY: u16 = 20;
+/// Transfer code of the command seconds of a deploy or an app action.
+pub const CODE_OPS_COMMANDS: u16 = 21;
+
+/// The persona ops work is paid to.
+const PAYEE: &str = "uplink-deploy";
+
+/// The id of a deploy's price reservation.
+pub fn deploy_reservation(deploy: &str) -> String {
+    format!("deploy:{deploy}")
+}
+
+/// The id of a deploy's command-seconds charge.
+pub fn deploy_commands_charge(deploy: &str) -> String {
+    format!("deploy:{deploy}:commands")
+}
+
+/// Who pays for a deploy of `app` asked for by `trigger`: the app's `account`, else the account of
+/// the task that delivered it (`task:<id>`), else the install's local account.
+pub fn payer(services: &Services, app: &AppSpec, trigger: &str) -> String {
+    if let Some(account) = &app.account {
+        return account.clone();
+    }
+    let task_account = trigger
+        .strip_prefix("task:")
+        .and_then(|id| id.parse().ok())
+        .and_then(|id| services.store.task(id).ok().flatten())
+        .map(|task| task.account);
+    task_account.unwrap_or_else(|| services.config.ledger.local_account.clone())
+}
+
+/// Reserves the price of the deploy `record` (whose `account` is set) from its payer.
+pub async fn reserve_deploy(services: &Services, record: &DeployRecord) -> Result<(), OpsError> {
+    let price = services.config.ledger.rates.deploy;
+    let Some(account) = record.account.as_deref().filter(|_| price > 0) else {
+        return Ok(());
+    };
+    let mut reservation = NewTransfer::reserve(
+        &deploy_reservation(&record.id),
+        account,
+        &agent_account(PAYEE),
+        price,
+        CODE_DEPLOY,
+        None,
+    );
+    reservation.memo = Some(format!("deploy {} of {}", record.id, record.app));
+    ledger_actor::pending(&services.directory, reservation)
+        .await
+        .map(drop)
+        .map_err(OpsError::from)
+}
+
+/// Releases the reservation of a deploy that was never stored.
+pub async fn release_deploy(services: &Services, deploy: &str) {
+    let id = deploy_reservation(deploy);
+    match ledger_actor::void(&services.directory, &id).await {
+        Ok(_) | Err(LedgerError::TransferNotFound(_)) => {}
+        Err(error) => {
+            tracing::error!(%error, reservation = %id, "could not release a deploy's reservation")
+        }
+    }
+}
+
+/// Whether the ended deploy `record` still owes the books something: its reservation is pending,
+/// or its command seconds are not charged yet. Reads only, so a start-up scan stays cheap.
+pub fn needs_settling(services: &Services, record: &DeployRecord) -> Result<bool, LedgerError> {
+    if !record.status.is_terminal() || record.account.is_none() {
+        return Ok(false);
+    }
+    let book = Book::open(&services.store)?;
+    let pending = book
+        .transfer(&deploy_reservation(&record.id))?
+        .is_some_and(|t| t.status == TransferStatus::Pending);
+    let uncharged = commands_cost(services, record) > 0
+        && book
+            .transfer(&deploy_commands_charge(&record.id))?
+            .is_none();
+    Ok(pending || uncharged)
+}
+
+/// Settles an ended deploy: posts its price if its `deploy` stage began (else releases it) and
+/// charges its command seconds. Idempotent.
+pub async fn settle_deploy(services: &Services, record: &DeployRecord) -> Result<(), LedgerError> {
+    if !needs_settling(services, record)? {
+        return Ok(());
+    }
+    let Some(account) = record.account.as_deref() else {
+        return Ok(());
+    };
+    let ran = record.stages.iter().any(|s| s.stage == "deploy");
+    let reservation = deploy_reservation(&record.id);
+    let book = Book::open(&services.store)?;
+    if book
+        .transfer(&reservation)?
+        .is_some_and(|t| t.status == TransferStatus::Pending)
+    {
+        let settled = if ran {
+            ledger_actor::post(&services.directory, &reservation, None).await
+        } else {
+            ledger_actor::void(&services.directory, &reservation).await
+        };
+        match settled {
+            // Settled meanwhile by another settlement of the same deploy: nothing left to do.
+            Ok(_) | Err(LedgerError::TransferNotPending { .. }) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    let memo = format!(
+        "deploy {} of {}: {} command seconds",
+        record.id, record.app, record.command_seconds
+    );
+    charge_commands(
+        services,
+        &deploy_commands_charge(&record.id),
+        account,
+        commands_cost(services, record),
+        memo,
+    )
+    .await
+}
+
+/// Charges an app action's command seconds (`id`: the action's own id).
+pub async fn charge_action(
+    services: &Services,
+    id: &str,
+    account: &str,
+    seconds: u64,
+    memo: String,
+) -> Result<(), LedgerError> {
+    let amount = services
+        .config
+        .ledger
+        .rates
+        .shell_per_second
+        .saturating_mul(seconds);
+    charge_commands(services, id, account, amount, memo).await
+}
+
+fn commands_cost(services: &Services, record: &DeployRecord) -> u64 {
+    services
+        .config
+        .ledger
+        .rates
+        .shell_per_second
+        .saturating_mul(record.command_seconds)
+}
+
+async fn charge_commands(
+    services: &Services,
+    id: &str,
+    account: &str,
+    amount: u64,
+    memo: String,
+) -> Result<(), LedgerError> {
+    if amount == 0 {
+        return Ok(());
+    }
+    let mut charge = NewTransfer::posted(
+        id,
+        account,
+        &agent_account(PAYEE),
+        amount,
+        CODE_OPS_COMMANDS,
+    );
+    charge.memo = Some(memo);
+    ledger_actor::transfer(&services.directory, charge)
+        .await
+        .map(drop)
+}
+
+impl From<LedgerError> for OpsError {
+    fn from(error: LedgerError) -> Self {
+        match error {
+            LedgerError::InsufficientFunds { .. } => Self::InsufficientFunds(error.to_string()),
+            LedgerError::AccountNotFound(account) => {
+                Self::UnknownAccount(format!("no ledger account `{account}` to pay for it"))
+            }
+            LedgerError::Unavailable(message) => Self::Unavailable(message),
+            other => Self::Ledger {
+                code: other.code(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
