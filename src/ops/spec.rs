@@ -584,6 +584,26 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_validates() {
+        let text = include_str!("../../examples/ops.yaml");
+        let ops: OpsFile = serde_yaml_ng::from_str(text).unwrap();
+        validate_ops(&ops, text).unwrap();
+        assert_eq!(ops.apps["sample"].account.as_deref(), Some("user:local"));
+    }
+
+    #[test]
+    fn a_bad_account_names_its_line() {
+        let text = format!("{GOOD}    account: \"no spaces please\"\n");
+        let ops: OpsFile = serde_yaml_ng::from_str(&text).unwrap();
+        let error = validate_ops(&ops, &text).unwrap_err();
+        assert!(error.contains("account"), "{error}");
+        assert!(
+            error.starts_with(&format!("line {}", text.lines().count())),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn a_bad_schedule_names_its_line() {
         let text = GOOD.replace("*/5 * * * * *", "every five");
         let ops: OpsFile = serde_yaml_ng::from_str(&text).unwrap();
