@@ -142,7 +142,11 @@ impl Application {
         let listener = TcpListener::bind(services.config.server.bind).await?;
         Ok(Self {
             listener,
-            app: AppState { services, compass },
+            app: AppState {
+                services,
+                compass,
+                streams: Default::default(),
+            },
             compass_done,
         })
     }

@@ -8,15 +8,18 @@
 //! - `idempotency`: client key → `{task_id, digest}`.
 //!
 //! Every write method flushes before it returns: a caller that acts on a write's success may be
-//! `kill -9`ed the next instant without the write being lost.
+//! `kill -9`ed the next instant without the write being lost. Events reach live subscribers
+//! ([`Store::subscribe`]) only after that flush, so a streamed event is never one a crash undoes.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Transactional, Tree};
+use tokio::sync::broadcast;
 
 use crate::domain::{EngineRun, Event, RunStatus, Task, TaskId, TaskStatus};
 
@@ -113,9 +116,15 @@ fn run_key(run: &EngineRun) -> Vec<u8> {
     key
 }
 
+/// Events a slow live subscriber may fall behind by before it is told it lagged (and, for a
+/// task's stream, catches up from sled).
+pub const LIVE_EVENTS_BUFFER: usize = 1024;
+
 /// Handle to the database; cheap to clone (sled trees are reference-counted).
 #[derive(Clone)]
 pub struct Store {
+    /// Every event, once durable, for live subscribers (the SSE streams).
+    live: broadcast::Sender<Arc<Event>>,
     db: sled::Db,
     tasks: Tree,
     events: Tree,
@@ -155,6 +164,7 @@ impl Store {
             }
         };
         Ok(Self {
+            live: broadcast::channel(LIVE_EVENTS_BUFFER).0,
             tasks: db.open_tree("tasks")?,
             events: db.open_tree("events")?,
             runs: db.open_tree("runs")?,
@@ -181,6 +191,22 @@ impl Store {
         Ok(())
     }
 
+    /// Every event written from now on, as soon as it is durable. A receiver that falls more than
+    /// [`LIVE_EVENTS_BUFFER`] events behind gets `Lagged`; sled still has everything.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.live.subscribe()
+    }
+
+    /// Hands durable events to the live subscribers (none listening is fine).
+    fn publish(&self, events: impl IntoIterator<Item = Event>) {
+        if self.live.receiver_count() == 0 {
+            return;
+        }
+        for event in events {
+            let _ = self.live.send(Arc::new(event));
+        }
+    }
+
     /// Stores a new task (and its `task.submitted` event), honouring its idempotency key.
     pub async fn create_task(
         &self,
@@ -190,7 +216,8 @@ impl Store {
     ) -> Result<Submission, StoreError> {
         let seq = self.db.generate_id()?;
         let task_bytes = serde_json::to_vec(&task)?;
-        let event_bytes = encode_event(seq, task.id, &event)?;
+        let event = stamp(seq, task.id, &event);
+        let event_bytes = serde_json::to_vec(&event)?;
         let idempotency_bytes = serde_json::to_vec(&IdempotencyRecord {
             task_id: task.id,
             digest: digest.to_owned(),
@@ -223,6 +250,7 @@ impl Store {
             Ok(Some(stored)) => Ok(Submission::Replayed(serde_json::from_slice(&stored)?)),
             Ok(None) => {
                 self.flush().await?;
+                self.publish([event]);
                 Ok(Submission::Created(task))
             }
         }
@@ -377,10 +405,13 @@ impl Store {
         terminal_allowed: &[TaskStatus],
         change: impl Fn(&mut Task),
     ) -> Result<Task, StoreError> {
+        let mut stamped = Vec::with_capacity(events.len());
         let mut encoded_events = Vec::with_capacity(events.len());
         for event in events {
             let seq = self.db.generate_id()?;
-            encoded_events.push((event_key(id, seq), encode_event(seq, id, event)?));
+            let event = stamp(seq, id, event);
+            encoded_events.push((event_key(id, seq), serde_json::to_vec(&event)?));
+            stamped.push(event);
         }
         let updated = (&self.tasks, &self.events).transaction(|(tasks, log)| {
             let bytes = tasks
@@ -401,15 +432,31 @@ impl Store {
             Ok(task)
         })?;
         self.flush().await?;
+        self.publish(stamped);
         Ok(updated)
     }
 
     /// Appends one event to a task's log (or the service log, with [`TaskId::service`]).
     pub async fn append_event(&self, task_id: TaskId, event: NewEvent) -> Result<(), StoreError> {
         let seq = self.db.generate_id()?;
+        let event = stamp(seq, task_id, &event);
         self.events
-            .insert(event_key(task_id, seq), encode_event(seq, task_id, &event)?)?;
-        self.flush().await
+            .insert(event_key(task_id, seq), serde_json::to_vec(&event)?)?;
+        self.flush().await?;
+        self.publish([event]);
+        Ok(())
+    }
+
+    /// A task's events with a `seq` above `after`, in order: where a live stream resumes.
+    pub fn events_after(&self, task_id: TaskId, after: u64) -> Result<Vec<Event>, StoreError> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        self.events
+            .range(event_key(task_id, first)..=event_key(task_id, u64::MAX))
+            .values()
+            .map(|bytes| Ok(serde_json::from_slice(&bytes?)?))
+            .collect()
     }
 
     /// A task's events in order.
@@ -493,7 +540,8 @@ impl Store {
                 "duration_ms": run.duration_ms,
             }),
         );
-        let event_bytes = encode_event(seq, run.task_id, &event)?;
+        let event = stamp(seq, run.task_id, &event);
+        let event_bytes = serde_json::to_vec(&event)?;
         let run_key = run_key(run);
         let run_bytes = serde_json::to_vec(run)?;
         (&self.runs, &self.open_runs, &self.events).transaction(|(runs, open, log)| {
@@ -505,7 +553,9 @@ impl Store {
             )?;
             Ok::<(), ConflictableTransactionError<StoreError>>(())
         })?;
-        self.flush().await
+        self.flush().await?;
+        self.publish([event]);
+        Ok(())
     }
 
     /// A task's engine runs, oldest first.
@@ -529,15 +579,16 @@ fn event_key(task_id: TaskId, seq: u64) -> [u8; 24] {
     key
 }
 
-fn encode_event(seq: u64, task_id: TaskId, event: &NewEvent) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(&Event {
+/// The stored form of a new event: its `seq` and time.
+fn stamp(seq: u64, task_id: TaskId, event: &NewEvent) -> Event {
+    Event {
         seq,
         ts: Utc::now(),
         task_id,
         actor: event.actor.clone(),
         kind: event.kind.to_owned(),
         data: event.data.clone(),
-    })
+    }
 }
 
 fn append_encoded(
@@ -631,6 +682,43 @@ mod tests {
             .collect();
         assert_eq!(kinds, ["task.submitted", "task.started", "task.finished"]);
         assert!(store.unfinished_tasks().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn live_subscribers_get_durable_events_and_events_after_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut live = store.subscribe();
+        let Submission::Created(created) = store
+            .create_task(task(None), "d", submitted())
+            .await
+            .unwrap()
+        else {
+            panic!("expected a new task");
+        };
+        for kind in ["task.started", "task.finished"] {
+            let event = NewEvent::new("test", kind, serde_json::json!({}));
+            store.append_event(created.id, event).await.unwrap();
+        }
+        let mut heard = Vec::new();
+        for _ in 0..3 {
+            heard.push(live.recv().await.unwrap().seq);
+        }
+        let stored: Vec<u64> = store
+            .events(created.id)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(heard, stored);
+        let after_first: Vec<u64> = store
+            .events_after(created.id, stored[0])
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(after_first, stored[1..]);
+        assert!(store.events_after(created.id, u64::MAX).unwrap().is_empty());
     }
 
     #[test]

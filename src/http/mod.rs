@@ -5,6 +5,7 @@ pub mod json;
 pub mod ledger;
 pub mod ops;
 pub mod report;
+pub mod stream;
 pub mod system;
 pub mod tasks;
 
@@ -25,6 +26,8 @@ pub struct AppState {
     pub services: Services,
     /// The root of the tree: where new tasks and cancels go.
     pub compass: ActorRef<CompassMsg>,
+    /// The budget of open event streams.
+    pub streams: stream::StreamSlots,
 }
 
 /// The whole router.
@@ -34,6 +37,7 @@ pub fn router(app: AppState) -> Router {
         .route("/tasks", post(tasks::submit).get(tasks::list))
         .route("/tasks/{id}", get(tasks::get))
         .route("/tasks/{id}/events", get(tasks::events))
+        .route("/tasks/{id}/events/stream", get(stream::task_events))
         .route("/tasks/{id}/runs", get(tasks::runs))
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/tasks/{id}/approve", post(tasks::approve))
@@ -51,6 +55,7 @@ pub fn router(app: AppState) -> Router {
         .route("/actors", get(system::actors))
         .route("/personas", get(system::personas))
         .route("/events", get(system::service_events))
+        .route("/events/stream", get(stream::all_events))
         .route("/report", get(report::report))
         .route("/deploys", post(ops::create_deploy).get(ops::list_deploys))
         .route("/deploys/{id}", get(ops::get_deploy))

@@ -11,4 +11,5 @@ mod models;
 mod ops;
 mod pipeline;
 mod recovery;
+mod stream;
 mod supervision;

@@ -1,0 +1,191 @@
+//! Live events over SSE against the real service: a task's stream shows progress while the task
+//! runs and ends after it, a reconnect resumes after `Last-Event-ID`, and the service-wide stream
+//! carries every task's events.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{git_repo, shell_task, Service};
+
+/// One SSE message.
+#[derive(Debug)]
+struct Message {
+    id: Option<u64>,
+    event: String,
+    data: Value,
+}
+
+/// An open SSE response, read message by message.
+struct Stream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Stream {
+    async fn open(service: &Service, path: &str, last_event_id: Option<u64>) -> Stream {
+        let mut request = reqwest::Client::new().get(format!("{}{path}", service.base));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        Stream {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next message (keep-alive comments skipped); `None` when the stream ended.
+    async fn next(&mut self, within: Duration) -> Option<Message> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut message = Message {
+                    id: None,
+                    event: "message".into(),
+                    data: Value::Null,
+                };
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(id) = line.strip_prefix("id: ") {
+                        message.id = Some(id.parse().unwrap());
+                    } else if let Some(event) = line.strip_prefix("event: ") {
+                        message.event = event.to_owned();
+                    } else if let Some(chunk) = line.strip_prefix("data: ") {
+                        data.push_str(chunk);
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                message.data = serde_json::from_str(&data).unwrap();
+                return Some(message);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(left, self.response.chunk())
+                .await
+                .expect("no SSE message in time")
+                .unwrap()?;
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_tasks_stream_shows_progress_live_ends_after_it_and_resumes() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let mut everything = Stream::open(&service, "/v1/events/stream", None).await;
+
+    // Verify takes a while, so the stream can be seen moving before the task ends.
+    let task = service
+        .submit(&shell_task(
+            &repo,
+            "echo hi > hello.txt",
+            "sleep 1; test -f hello.txt",
+        ))
+        .await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let mut stream = Stream::open(&service, &format!("/v1/tasks/{id}/events/stream"), None).await;
+    let mut received = Vec::new();
+    let mut seen_running = false;
+    loop {
+        let message = stream
+            .next(Duration::from_secs(60))
+            .await
+            .expect("the stream ended without an `end` event");
+        if message.event == "end" {
+            assert_eq!(message.data["status"], "done", "{received:#?}");
+            break;
+        }
+        assert_eq!(message.data["task_id"], id.as_str());
+        assert_eq!(message.id, message.data["seq"].as_u64());
+        assert_eq!(message.event, message.data["kind"].as_str().unwrap());
+        if message.event == "stage.started" && message.data["data"]["stage"] == "verify" {
+            // Delivered while the task still runs, not replayed afterwards.
+            let (_, now) = service.get(&format!("/v1/tasks/{id}")).await;
+            seen_running |= now["status"] == "running";
+        }
+        received.push(message);
+    }
+    assert!(
+        seen_running,
+        "the verify stage was not streamed while it ran"
+    );
+    assert!(
+        stream.next(Duration::from_secs(5)).await.is_none(),
+        "the stream did not close"
+    );
+
+    // Everything the log has, the stream sent: same events, none twice.
+    let (_, stored) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    let stored: Vec<u64> = stored["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    let mut streamed: Vec<u64> = received.iter().map(|m| m.id.unwrap()).collect();
+    streamed.sort_unstable();
+    assert_eq!(streamed, stored);
+    let kinds: Vec<&str> = received.iter().map(|m| m.event.as_str()).collect();
+    for kind in [
+        "task.submitted",
+        "engine.run",
+        "task.finished",
+        "ledger.settled",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+
+    // A client that reconnects after the third event gets the rest, then `end`.
+    let third = stored[2];
+    let mut resumed = Stream::open(
+        &service,
+        &format!("/v1/tasks/{id}/events/stream"),
+        Some(third),
+    )
+    .await;
+    let mut rest = Vec::new();
+    while let Some(message) = resumed.next(Duration::from_secs(10)).await {
+        if message.event == "end" {
+            break;
+        }
+        rest.push(message.id.unwrap());
+    }
+    rest.sort_unstable();
+    assert_eq!(rest, stored[3..]);
+
+    // The service-wide stream carried the task's events too.
+    let mut of_task = 0;
+    while of_task < stored.len() {
+        let message = everything.next(Duration::from_secs(10)).await.unwrap();
+        if message.data["task_id"] == id.as_str() {
+            of_task += 1;
+        }
+    }
+
+    // Unknown tasks and bad resume points are refused like elsewhere.
+    let (status, body) = service
+        .get("/v1/tasks/00000000-0000-0000-0000-000000000000/events/stream")
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("TASK_NOT_FOUND"))
+    );
+    let (status, body) = service
+        .get(&format!("/v1/tasks/{id}/events/stream?after=soon"))
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (422, &json!("INVALID_FIELD"))
+    );
+}
