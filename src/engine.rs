@@ -16,7 +16,7 @@ use crate::metering;
 use crate::openai;
 use crate::process::{self, CommandSpec};
 use crate::sandbox;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// Who runs an engine, for what: becomes the run record's identity.
 #[derive(Debug, Clone)]
@@ -74,20 +74,24 @@ impl RunIdentity {
 }
 
 /// A run written `running` whose end is not recorded yet. Dropped before [`OpenRun::finish`] (a
-/// cancel, a persona crash, shutdown aborting the job), it records the run `interrupted` from a
-/// spawned task, since a drop cannot wait; a crash leaves it to [`Store::interrupt_open_runs`].
+/// cancel, a persona crash, shutdown aborting the job), it charges the time the run took and
+/// records it `interrupted` from a spawned task, since a drop cannot wait; a crash leaves it to
+/// [`crate::store::Store::interrupt_open_runs`] (uncharged: when it ended is unknown).
+///
+/// The charge goes first and the record closes the run: a task's settlement waits for its open
+/// runs to close ([`crate::store::Store::has_open_runs`]), so the charge is on the books before it settles.
 struct OpenRun {
-    store: Store,
+    services: Services,
     run: EngineRun,
     started: Instant,
     finished: bool,
 }
 
 impl OpenRun {
-    async fn start(store: &Store, run: EngineRun) -> Result<Self, StoreError> {
-        store.start_run(&run).await?;
+    async fn start(services: &Services, run: EngineRun) -> Result<Self, StoreError> {
+        services.store.start_run(&run).await?;
         Ok(Self {
-            store: store.clone(),
+            services: services.clone(),
             run,
             started: Instant::now(),
             finished: false,
@@ -113,10 +117,11 @@ impl Drop for OpenRun {
         let mut run = self.run.clone();
         run.status = RunStatus::Interrupted;
         run.duration_ms = millis(self.started.elapsed());
-        let store = self.store.clone();
+        let services = self.services.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(error) = store.record_run(&run).await {
+                metering::charge_run(&services, &run).await;
+                if let Err(error) = services.store.record_run(&run).await {
                     tracing::warn!(%error, run = %run.id, "could not record an interrupted run");
                 }
             });
@@ -154,7 +159,7 @@ pub async fn run_shell(
     spec.env
         .push((process::INSTANCE_VARIABLE.into(), run.instance));
     let command = Some(services.redactor.redact(&run.command));
-    let open = OpenRun::start(&services.store, who.running("shell", command)).await?;
+    let open = OpenRun::start(services, who.running("shell", command)).await?;
     let output = match process::run(&spec).await {
         Ok(output) => output,
         Err(error) => {
@@ -249,7 +254,7 @@ pub async fn run_model(
             StageError::EngineFailed(format!("no provider `{provider_name}` in [providers]"))
         })?;
     let command = Some(format!("openai:{provider_name}/{}", provider.model));
-    let open = OpenRun::start(&services.store, who.running("openai", command)).await?;
+    let open = OpenRun::start(services, who.running("openai", command)).await?;
     let completion = match openai::complete(provider, system, user).await {
         Ok(completion) => completion,
         Err(error) => {

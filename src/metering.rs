@@ -6,11 +6,14 @@
 //! - submit: a *pending* transfer `<payer>` → `task:<id>` of the budget (refused with
 //!   `INSUFFICIENT_FUNDS` when the payer cannot cover it: no task is created);
 //! - each engine run: a posted transfer `task:<id>` → `agent:<persona>`, priced by the rate card,
-//!   with the run's id as its idempotency root (so the books show which persona earned what);
-//! - the end: the reservation is posted for what the runs cost (at most the reservation) and the
-//!   rest is released; usage past the reservation is charged to the payer directly.
+//!   with the run's id as its idempotency root (so the books show which persona earned what); a run
+//!   cut off by a cancel is charged for the time it ran;
+//! - the end (once the task's cut-off runs are charged and closed): the reservation is posted for
+//!   what the runs cost (at most the reservation) and the rest is released; usage past the
+//!   reservation is charged to the payer directly.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
@@ -31,6 +34,8 @@ pub const CODE_TASK_BUDGET: u16 = 10;
 pub const CODE_ENGINE_RUN: u16 = 11;
 /// Transfer code of usage past the reservation, charged to the payer at settlement.
 pub const CODE_BUDGET_OVERRUN: u16 = 12;
+/// How long a settlement waits for the task's cut-off runs to be charged and closed.
+const OPEN_RUNS_WAIT: Duration = Duration::from_secs(10);
 
 /// Prices, in micro-tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -180,6 +185,7 @@ pub async fn settle(services: &Services, task: &Task) -> Result<(), LedgerError>
     let Some(reservation) = &task.reservation else {
         return Ok(());
     };
+    wait_for_open_runs(services, task.id).await;
     let owed = owed_by_task(services, task.id)?;
     let book = Book::open(&services.store)?;
     if let Some(held) = book
@@ -205,6 +211,19 @@ pub async fn settle(services: &Services, task: &Task) -> Result<(), LedgerError>
         ledger_actor::transfer(&services.directory, charge).await?;
     }
     Ok(())
+}
+
+/// Waits (at most [`OPEN_RUNS_WAIT`]) until the task's runs are closed: a run cut off by a cancel
+/// is charged and closed from a spawned task, and its charge belongs in the settlement.
+async fn wait_for_open_runs(services: &Services, task_id: TaskId) {
+    let deadline = tokio::time::Instant::now() + OPEN_RUNS_WAIT;
+    while services.store.has_open_runs(task_id).unwrap_or(false) {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(task = %task_id, "settling with a run still open");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// What the task's runs cost that no settlement has paid yet (the task account's deficit).

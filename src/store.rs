@@ -495,6 +495,16 @@ impl Store {
         self.flush().await
     }
 
+    /// Whether a run of the task was started and its end is not recorded yet (one cut off a moment
+    /// ago is being charged and closed).
+    pub fn has_open_runs(&self, task_id: TaskId) -> Result<bool, StoreError> {
+        Ok(self
+            .open_runs
+            .scan_prefix(task_id.as_bytes())
+            .next()
+            .is_some())
+    }
+
     /// Marks every run still `running` from an earlier process as `interrupted`, with an
     /// `engine.interrupted` event: called at start, after the orphaned processes were killed.
     pub async fn interrupt_open_runs(&self) -> Result<usize, StoreError> {

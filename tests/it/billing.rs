@@ -134,3 +134,60 @@ async fn usage_past_the_budget_is_charged_to_the_payer_at_settlement() {
     assert!(before["balance"].as_i64().unwrap() > after["balance"].as_i64().unwrap() + 1);
     assert_audit_balanced(&service).await;
 }
+
+#[tokio::test]
+async fn a_run_cut_off_by_a_cancel_is_charged_before_the_task_settles() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let before = account(&service, "user:local").await;
+    let marker = root.path().join("verify.started");
+    let verify = format!("touch {}; sleep 60", marker.display());
+    let task = service
+        .submit(&shell_task(&repo, "echo hi > hi.txt", &verify))
+        .await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "verify never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let it run into its second second, so the charge is for 2 started seconds at least.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, _) = service
+        .post(&format!("/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    wait_settled(&service, &id).await;
+
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    let cut = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["stage"] == "verify")
+        .unwrap_or_else(|| panic!("no verify run: {runs:#}"));
+    assert_eq!(cut["status"], "interrupted", "{cut:#}");
+    let (status, charge) = service
+        .get(&format!(
+            "/v1/ledger/transfers/run:{}",
+            cut["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200, "the cut-off run was not charged: {charge}");
+    // 1,000 per started second (at least 2) plus 500 per verify run: the default rate card.
+    assert!(charge["amount"].as_u64().unwrap() >= 2_500, "{charge:#}");
+    assert_eq!(charge["credit_account"], "agent:circuit");
+
+    // The settlement came after the charge: the task's account is square, the payer paid it.
+    assert_eq!(account(&service, &format!("task:{id}")).await["balance"], 0);
+    let after = account(&service, "user:local").await;
+    assert_eq!(after["debits_pending"], 0);
+    let (_, reservation) = service
+        .get(&format!("/v1/ledger/transfers/task:{id}:budget:1"))
+        .await;
+    let paid = before["balance"].as_i64().unwrap() - after["balance"].as_i64().unwrap();
+    assert_eq!(Some(paid), reservation["posted_amount"].as_i64());
+    assert!(paid >= 2_500, "{reservation:#}");
+    assert_audit_balanced(&service).await;
+}
