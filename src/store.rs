@@ -657,17 +657,23 @@ mod tests {
         assert_eq!(store.events(created.id).unwrap().len(), 1);
     }
 
+    /// A new task (without an idempotency key) in `store`.
+    async fn create(store: &Store) -> Task {
+        match store
+            .create_task(task(None), "d", submitted())
+            .await
+            .unwrap()
+        {
+            Submission::Created(created) => created,
+            _ => panic!("expected a new task"),
+        }
+    }
+
     #[tokio::test]
     async fn terminal_tasks_never_change_and_events_keep_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let Submission::Created(created) = store
-            .create_task(task(None), "d", submitted())
-            .await
-            .unwrap()
-        else {
-            panic!("expected a new task");
-        };
+        let created = create(&store).await;
         let events = [
             NewEvent::new("test", "task.started", serde_json::json!({})),
             NewEvent::new("test", "task.finished", serde_json::json!({})),
@@ -699,13 +705,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut live = store.subscribe();
-        let Submission::Created(created) = store
-            .create_task(task(None), "d", submitted())
-            .await
-            .unwrap()
-        else {
-            panic!("expected a new task");
-        };
+        let created = create(&store).await;
         for kind in ["task.started", "task.finished"] {
             let event = NewEvent::new("test", kind, serde_json::json!({}));
             store.append_event(created.id, event).await.unwrap();
@@ -756,14 +756,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = {
             let store = Store::open(dir.path()).unwrap();
-            let Submission::Created(created) = store
-                .create_task(task(None), "d", submitted())
-                .await
-                .unwrap()
-            else {
-                panic!("expected a new task");
-            };
-            created.id
+            create(&store).await.id
         };
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.unfinished_tasks().unwrap()[0].id, id);

@@ -92,12 +92,13 @@ async fn start(root: &Path, ops_yaml: &str, env: Vec<(String, String)>) -> Servi
     Service::start_with(root, options).await
 }
 
-/// Polls `GET path` until `done(body)` holds; panics with the body and the log on timeout.
+/// Polls `GET path` until it answers 200 and `done(body)` holds; panics with the body and the log
+/// on timeout.
 async fn wait_until(service: &Service, path: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
-        let (_, body) = service.get(path).await;
-        if done(&body) {
+        let (status, body) = service.get(path).await;
+        if status == 200 && done(&body) {
             return body;
         }
         assert!(
@@ -467,7 +468,7 @@ async fn a_delivered_task_that_names_an_app_deploys_its_commit() {
     assert_eq!(deploy["commit"], task["commit"], "{deploy:#}");
     assert_eq!(deploy["account"], "user:team");
     assert_eq!(wait_for_app(port, |_| true).await["version"], "2");
-    let price = wait_for_record(
+    let price = wait_until(
         &service,
         &format!(
             "/v1/ledger/transfers/deploy:{}",
@@ -625,23 +626,6 @@ async fn watch_checks_read_but_cannot_write_under_landlock() {
     assert!(!target.exists(), "a check wrote outside its scratch dir");
 }
 
-/// Polls `GET path` until it answers 200 and `done(body)` holds.
-async fn wait_for_record(service: &Service, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (status, body) = service.get(path).await;
-        if status == 200 && done(&body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} did not reach the expected state in {WAIT:?}:\n{body:#}\nlog:\n{}",
-            service.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn deploys_are_paid_for_from_the_apps_account() {
     let root = tempfile::tempdir().unwrap();
@@ -698,7 +682,7 @@ async fn deploys_are_paid_for_from_the_apps_account() {
         )
         .await;
     assert_eq!(status, 200);
-    let voided = wait_for_record(
+    let voided = wait_until(
         &service,
         &format!("/v1/ledger/transfers/deploy:{rejected_id}"),
         |t| t["status"] == "voided",
@@ -719,7 +703,7 @@ async fn deploys_are_paid_for_from_the_apps_account() {
     let seconds = healthy["command_seconds"].as_u64().unwrap();
     // At least git rev-parse, git archive, verify, build and the 1 s drain timeout ran.
     assert!(seconds >= 5, "{healthy:#}");
-    let price = wait_for_record(
+    let price = wait_until(
         &service,
         &format!("/v1/ledger/transfers/deploy:{id}"),
         |t| t["status"] == "posted",
@@ -727,7 +711,7 @@ async fn deploys_are_paid_for_from_the_apps_account() {
     .await;
     assert_eq!(price["posted_amount"], deploy_price);
     assert_eq!(price["credit_account"], "agent:uplink-deploy");
-    let commands = wait_for_record(
+    let commands = wait_until(
         &service,
         &format!("/v1/ledger/transfers/deploy:{id}:commands"),
         |_| true,
@@ -768,7 +752,7 @@ async fn a_runbook_action_is_charged_for_its_command_seconds() {
         list["incidents"][0]["status"] == "resolved"
     })
     .await;
-    let history = wait_for_record(
+    let history = wait_until(
         &service,
         "/v1/ledger/accounts/user:local/transfers?limit=100",
         |page| {
