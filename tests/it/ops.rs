@@ -696,8 +696,9 @@ async fn deploys_are_paid_for_from_the_apps_account() {
     service
         .post(&format!("/v1/deploys/{id}/approve"), &json!({}))
         .await;
+    // `finished_at` comes with the last write of the record, after `healthy`.
     let healthy = wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
-        d["status"] == "healthy"
+        d["status"] == "healthy" && d["finished_at"].is_string()
     })
     .await;
     let seconds = healthy["command_seconds"].as_u64().unwrap();
