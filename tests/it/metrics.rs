@@ -247,3 +247,100 @@ async fn metrics_count_a_task_its_engine_runs_and_its_requests() {
         .all(|s| s.name != "glitchlab_actor_restarts_total"
             && s.name != "glitchlab_actor_failures_total"));
 }
+
+/// A persona that always crashes: restarted up to the limit, then given up on; its task fails.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn metrics_count_persona_restarts_and_give_ups() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let config = "[supervision]\nmax_restarts = 2\nwindow_secs = 60\nbackoff_base_ms = 10\nbackoff_max_ms = 40\n";
+    let options = crate::helpers::Options {
+        config: Some(config.to_owned()),
+        env: vec![("FAILPOINTS".into(), "circuit.handle=panic".into())],
+    };
+    let service = Service::start_with(root.path(), options).await;
+    let task = service
+        .submit(&shell_task(&repo, "echo hi > hi.txt", "true"))
+        .await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["error"]["code"], "PERSONA_UNAVAILABLE", "{task:#}");
+
+    let failed = [("status", "failed")];
+    let text = scrape_until(&service, |samples| {
+        value_of(samples, "glitchlab_tasks_finished_total", &failed) == Some(1.0)
+    })
+    .await;
+    let samples = parse_exposition(&text);
+    let circuit = [("actor", "circuit")];
+    let restarts = value_of(&samples, "glitchlab_actor_restarts_total", &circuit);
+    assert_eq!(restarts, Some(2.0), "{text}");
+    let failures = value_of(&samples, "glitchlab_actor_failures_total", &circuit);
+    assert_eq!(failures, Some(1.0), "{text}");
+    for other in ["patch", "planner", "pipeline"] {
+        let labels = [("actor", other)];
+        assert_eq!(
+            value_of(&samples, "glitchlab_actor_restarts_total", &labels),
+            None,
+            "{text}"
+        );
+    }
+}
+
+/// Deploys (rejected, then approved and healthy), check runs and incidents of a `command` app.
+#[tokio::test]
+async fn metrics_count_deploys_checks_and_incidents() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let ops_file = root.path().join("ops.yaml");
+    let ops = format!(
+        "apps:\n  svc:\n    repo: {repo}\n    provider: command\n    command: {{deploy: \"true\", rollback: \"true\", status: \"true\"}}\n    gates: {{approve_first: 5}}\n    checks:\n      - {{name: up, schedule: \"*/1 * * * * *\", kind: command, command: \"true\"}}\n      - {{name: down, schedule: \"*/1 * * * * *\", kind: command, command: \"false\"}}\n",
+        repo = repo.display()
+    );
+    std::fs::write(&ops_file, ops).unwrap();
+    let config = format!("[paths]\nops_file = \"{}\"\n", ops_file.display());
+    let service = Service::start_with(root.path(), crate::helpers::with_config(&config)).await;
+
+    let deploy = serde_json::json!({"app": "svc"});
+    let (status, first) = service.post("/v1/deploys", &deploy).await;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(first["status"], "awaiting_approval", "{first}");
+    let reject = format!("/v1/deploys/{}/reject", first["id"].as_str().unwrap());
+    let (status, rejected) = service.post_raw(&reject, "").await;
+    assert_eq!(status, 200, "{rejected}");
+    let (status, second) = service.post("/v1/deploys", &deploy).await;
+    assert_eq!(status, 201, "{second}");
+    let approve = format!("/v1/deploys/{}/approve", second["id"].as_str().unwrap());
+    let (status, approved) = service.post_raw(&approve, "").await;
+    assert_eq!(status, 200, "{approved}");
+    let alert = serde_json::json!({"app": "not-in-ops-yaml", "signal": "odd_smell"});
+    let (status, opened) = service.post("/v1/alerts", &alert).await;
+    assert_eq!(status, 202, "{opened}");
+
+    let healthy = [("app", "svc"), ("status", "healthy")];
+    let up = [("app", "svc"), ("check", "up"), ("outcome", "pass")];
+    let down = [("app", "svc"), ("check", "down"), ("outcome", "fail")];
+    let text = scrape_until(&service, |samples| {
+        value_of(samples, "glitchlab_deploys_finished_total", &healthy) == Some(1.0)
+            && value_of(samples, "glitchlab_checks_total", &up).is_some_and(|v| v >= 1.0)
+            && value_of(samples, "glitchlab_checks_total", &down).is_some_and(|v| v >= 1.0)
+    })
+    .await;
+    let samples = parse_exposition(&text);
+    let rejected = [("app", "svc"), ("status", "rejected")];
+    assert_eq!(
+        value_of(&samples, "glitchlab_deploys_finished_total", &rejected),
+        Some(1.0),
+        "{text}"
+    );
+    // The webhook's app is not in ops.yaml: one label for all such apps, never the name sent.
+    let other = [("app", "other"), ("classification", "none")];
+    assert_eq!(
+        value_of(&samples, "glitchlab_incidents_opened_total", &other),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(!text.contains("not-in-ops-yaml"), "{text}");
+}
