@@ -121,8 +121,11 @@ impl Drop for OpenRun {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 metering::charge_run(&services, &run).await;
-                if let Err(error) = services.store.record_run(&run).await {
-                    tracing::warn!(%error, run = %run.id, "could not record an interrupted run");
+                match services.store.record_run(&run).await {
+                    Ok(()) => crate::metrics::engine_run(&run),
+                    Err(error) => {
+                        tracing::warn!(%error, run = %run.id, "could not record an interrupted run");
+                    }
                 }
             });
         }
@@ -166,6 +169,7 @@ pub async fn run_shell(
             let message = error.to_string();
             let failed = open.finish(|record| record.stderr.text = message.clone());
             services.store.record_run(&failed).await?;
+            crate::metrics::engine_run(&failed);
             return Err(StageError::EngineFailed(message));
         }
     };
@@ -182,6 +186,7 @@ pub async fn run_shell(
     });
     record.duration_ms = millis(output.duration);
     services.store.record_run(&record).await?;
+    crate::metrics::engine_run(&record);
     metering::charge_run(services, &record).await;
     Ok(record)
 }
@@ -262,6 +267,7 @@ pub async fn run_model(
             let message = services.redactor.redact(&error.to_string());
             let failed = open.finish(|record| record.stderr.text = message.clone());
             services.store.record_run(&failed).await?;
+            crate::metrics::engine_run(&failed);
             return Err(if error.is_transient() {
                 StageError::ProviderUnavailable(message)
             } else {
@@ -278,6 +284,7 @@ pub async fn run_model(
         record.tokens = Some(completion.usage);
     });
     services.store.record_run(&record).await?;
+    crate::metrics::engine_run(&record);
     metering::charge_run(services, &record).await;
     if let Some(cap) = max_tokens {
         let used: u64 = services
@@ -325,6 +332,7 @@ pub async fn record_builtin(
         status: RunStatus::Finished,
     };
     services.store.record_run(&record).await?;
+    crate::metrics::engine_run(&record);
     metering::charge_run(services, &record).await;
     Ok(record)
 }

@@ -224,6 +224,7 @@ pub async fn submit(
         }
     };
     if !replayed {
+        crate::metrics::task_submitted(&task.kind);
         // Durable already: if Compass is down, the next start picks the task up.
         if let Err(error) = compass.cast(CompassMsg::TaskSubmitted(task.id)) {
             tracing::error!(%error, task = %task.id, "could not notify compass of a new task");

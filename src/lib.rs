@@ -14,6 +14,7 @@
 //! - [`executor`]: the governed executor's rules (allowlists, deny list, secrets redaction).
 //! - [`openai`]: the `openai` engine's client (any OpenAI-compatible chat-completions endpoint).
 //! - [`metering`]: task budgets reserved in the Ledger, engine runs charged, settlement.
+//! - [`metrics`]: the Prometheus metrics (names, labels, recording) `GET /metrics` serves.
 //! - [`intake`]: how a task gets in (validation, idempotency, the queue bound), for HTTP and ops.
 //! - [`ledger`]: the double-entry token books (accounts, transfers, audit) the Ledger actor writes.
 //! - [`ops`]: deploys, health checks, maintenance checks and incidents (the Uplink personas' work).
@@ -30,6 +31,7 @@ pub mod http;
 pub mod intake;
 pub mod ledger;
 pub mod metering;
+pub mod metrics;
 pub mod openai;
 pub mod ops;
 pub mod process;

@@ -24,7 +24,7 @@ use crate::actors::Services;
 use crate::domain::{EngineRun, Stage, Task, TaskId};
 use crate::ledger::book::Book;
 use crate::ledger::{
-    agent_account, AccountKind, LedgerError, NewAccount, NewTransfer, TransferStatus,
+    agent_account, AccountKind, Applied, LedgerError, NewAccount, NewTransfer, TransferStatus,
 };
 use crate::store::NewEvent;
 
@@ -170,12 +170,19 @@ pub async fn charge_run(services: &Services, run: &EngineRun) {
         "{} {} run, {} ms",
         run.persona, run.engine, run.duration_ms
     ));
-    if let Err(error) = ledger_actor::transfer(&services.directory, charge).await {
-        tracing::error!(%error, run = %run.id, "could not charge an engine run");
-        let data = json!({"run_id": run.id, "amount": amount, "error": error.to_string()});
-        let event = NewEvent::new("ledger", "ledger.charge_failed", data);
-        let _ = services.store.append_event(run.task_id, event).await;
+    match ledger_actor::transfer(&services.directory, charge).await {
+        Ok(Applied::Created(_)) => crate::metrics::ledger_charged(&run.persona, amount),
+        Ok(Applied::Replayed(_)) => {}
+        Err(error) => charge_failed(services, run, amount, error).await,
     }
+}
+
+/// Records a charge the Ledger refused or did not answer: an event on the task, never a failure.
+async fn charge_failed(services: &Services, run: &EngineRun, amount: u64, error: LedgerError) {
+    tracing::error!(%error, run = %run.id, "could not charge an engine run");
+    let data = json!({"run_id": run.id, "amount": amount, "error": error.to_string()});
+    let event = NewEvent::new("ledger", "ledger.charge_failed", data);
+    let _ = services.store.append_event(run.task_id, event).await;
 }
 
 /// Settles a finished task's reservation: posts what its runs cost (at most the reservation),

@@ -99,6 +99,8 @@ impl Application {
         std::fs::create_dir_all(data_dir).map_err(data_dir_error)?;
         config.storage.data_dir = std::fs::canonicalize(data_dir).map_err(data_dir_error)?;
         let definitions = Definitions::load(&config.paths)?;
+        // Process-wide and idempotent: a second service in this process shares the recorder.
+        crate::metrics::install();
         tracing::info!(
             personas = definitions.personas.len(),
             runbooks = definitions.runbooks.len(),

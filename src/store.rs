@@ -413,7 +413,7 @@ impl Store {
             encoded_events.push((event_key(id, seq), serde_json::to_vec(&event)?));
             stamped.push(event);
         }
-        let updated = (&self.tasks, &self.events).transaction(|(tasks, log)| {
+        let (before, updated) = (&self.tasks, &self.events).transaction(|(tasks, log)| {
             let bytes = tasks
                 .get(id.as_bytes())?
                 .ok_or(ConflictableTransactionError::Abort(
@@ -425,14 +425,17 @@ impl Store {
                     StoreError::TaskFinished(id),
                 ));
             }
+            let before = task.status;
             change(&mut task);
             task.updated_at = Utc::now();
             tasks.insert(id.as_bytes(), serde_json::to_vec(&task).map_err(abort)?)?;
             append_encoded(log, &encoded_events)?;
-            Ok(task)
+            Ok((before, task))
         })?;
         self.flush().await?;
         self.publish(stamped);
+        // Every status change goes through here, after its commit: a task's end is counted once.
+        crate::metrics::task_transition(before, updated.status);
         Ok(updated)
     }
 

@@ -27,6 +27,7 @@ use super::Services;
 use crate::definitions::PERSONAS;
 use crate::domain::{Priority, Task, TaskId, TaskStatus};
 use crate::metering;
+use crate::metrics;
 use crate::store::{NewEvent, StoreError};
 
 /// How long Compass waits for its children to stop on shutdown.
@@ -380,6 +381,7 @@ async fn on_persona_exit(
         }
         RestartDecision::GiveUp => {
             tracing::error!(persona = name, %reason, "persona crashed past its restart limit; marked failed");
+            metrics::actor_failed(name);
             state.services.directory.set(
                 entry(name, Some("compass"), ActorHealth::Failed, restarts),
                 None,
@@ -432,6 +434,7 @@ async fn restart_persona(
                 Some(cell),
             );
             tracing::info!(persona = name, restarts, "persona restarted");
+            metrics::actor_restarted(name);
             record_service_event(
                 state,
                 "actor.restarted",
@@ -549,6 +552,7 @@ async fn dispatch(myself: &ActorRef<CompassMsg>, state: &mut CompassState) {
 fn set_queue_depth(state: &CompassState) {
     let depth = state.queue.len() + state.resuming.len();
     state.services.directory.set_queue_depth(depth);
+    metrics::task_gauges(depth, state.pipelines.len());
 }
 
 async fn start_pipeline(myself: &ActorRef<CompassMsg>, state: &mut CompassState, task_id: TaskId) {
@@ -574,6 +578,7 @@ async fn start_pipeline(myself: &ActorRef<CompassMsg>, state: &mut CompassState,
                 Some(actor.get_cell()),
             );
             if restarts > 0 {
+                metrics::actor_restarted("pipeline");
                 let event = NewEvent::new(
                     "compass",
                     "actor.restarted",
@@ -624,6 +629,7 @@ async fn on_pipeline_exit(
             myself.send_after(delay, move || CompassMsg::RestartPipeline(task_id));
         }
         RestartDecision::GiveUp => {
+            metrics::actor_failed("pipeline");
             transitions::give_up_pipeline(&state.services, task_id, &reason).await?;
             free_slot(state, task_id);
             on_finished(myself, state, task_id).await?;

@@ -156,6 +156,9 @@ impl Actor for Ledger {
                 crate::work_failpoint!("ledger.handle");
                 expire_due(&myself, state);
                 let result = state.book.apply_transfer(&transfer, Utc::now());
+                if let Ok(Applied::Created(applied)) = &result {
+                    crate::metrics::ledger_transfer(applied.code);
+                }
                 defer(state, reply, result);
             }
             LedgerMsg::Settle { id, action, reply } => {
@@ -214,6 +217,7 @@ fn open_builtin_accounts(book: &Book, config: &LedgerConfig) -> Result<(), Ledge
     match book.apply_transfer(&funding, Utc::now()) {
         Ok(applied) if !applied.is_replay() => {
             tracing::info!(account = %config.local_account, amount = config.local_funding, "funded the local account");
+            crate::metrics::ledger_transfer(CODE_MINT);
             Ok(())
         }
         Ok(_) => Ok(()),

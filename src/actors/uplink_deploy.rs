@@ -202,6 +202,7 @@ impl Actor for UplinkDeploy {
             } => {
                 let outcome = decide(state, &id, approve, comment).await;
                 if let Ok(record) = &outcome {
+                    crate::metrics::deploy_finished(record);
                     if record.status.is_terminal() {
                         settle_later(&state.services, record.clone());
                     }
@@ -244,6 +245,7 @@ async fn recover(state: &mut UplinkDeployState) -> Result<(), OpsError> {
                     })
                     .await?;
                 record = updated.unwrap_or(record);
+                crate::metrics::deploy_finished(&record);
             }
             // Ended before the last incarnation could settle it (reads only when nothing is owed).
             if billing::needs_settling(&state.services, &record).unwrap_or(true) {
@@ -444,6 +446,7 @@ fn on_deploy_done(
         }
     };
     tracing::info!(app, deploy = %record.id, status = ?record.status, "deploy finished");
+    crate::metrics::deploy_finished(&record);
     settle_later(&state.services, (*record).clone());
     let signal_name = match record.status {
         DeployStatus::RolledBack => "deploy_unhealthy",

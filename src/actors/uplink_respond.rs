@@ -209,6 +209,7 @@ async fn on_signal(
         );
     }
     state.ctx.ops.put_incident(&opened).await?;
+    crate::metrics::incident_opened(&state.ctx.services.definitions.ops, &opened);
     tracing::warn!(incident = %opened.id, app = %opened.app, status = ?opened.status, runbook = ?opened.runbook, "incident opened");
     if opened.status == IncidentStatus::Open {
         start_response(myself, state, opened.id.clone(), 0, None);

@@ -222,6 +222,7 @@ async fn on_check_done(
         check.running = None;
     }
     state.ops.record_check(&result).await?;
+    crate::metrics::check_finished(&result);
     if !result.failed() {
         return Ok(());
     }

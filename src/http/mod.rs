@@ -9,7 +9,11 @@ pub mod stream;
 pub mod system;
 pub mod tasks;
 
-use axum::extract::DefaultBodyLimit;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use ractor::ActorRef;
@@ -70,12 +74,28 @@ pub fn router(app: AppState) -> Router {
     Router::new()
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
+        .route("/metrics", get(system::metrics))
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(middleware::from_fn(record_request))
         .layer(TraceLayer::new_for_http())
         .with_state(app)
+}
+
+/// Counts and times every request by its matched route pattern (bounded), never its raw path.
+async fn record_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    crate::metrics::http_request(method.as_str(), route.as_deref(), status, started.elapsed());
+    response
 }
 
 async fn not_found() -> ApiError {

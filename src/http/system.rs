@@ -1,7 +1,7 @@
 //! Liveness, readiness and the live supervision tree.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -13,6 +13,23 @@ use crate::domain::TaskId;
 /// `GET /healthz`: the process is up and answering.
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// The content type of the Prometheus text exposition format.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// `GET /metrics`: every metric in the Prometheus text format, for a scraper; 503 if this
+/// process has no recorder (another one held the global slot).
+pub async fn metrics() -> Response {
+    match crate::metrics::render() {
+        Some(text) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "METRICS_UNAVAILABLE",
+            "no metrics recorder is installed in this process",
+        )
+        .into_response(),
+    }
 }
 
 /// `GET /readyz`: the root and every persona are running; otherwise 503 naming what is not.
