@@ -170,6 +170,7 @@ impl Application {
         } = self;
         let compass: ActorRef<CompassMsg> = app.compass.clone();
         let services = app.services.clone();
+        let streams = app.streams.clone();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(listener, http::router(app)).with_graceful_shutdown(async move {
             let _ = stop_rx.await;
@@ -185,6 +186,8 @@ impl Application {
         };
         tracing::info!("shutting down: stopping intake");
         let _ = stop_tx.send(());
+        // Event streams never end by themselves; the graceful shutdown would wait for them.
+        streams.close();
         let drain = Duration::from_secs(services.config.server.shutdown_timeout_secs);
         if tokio::time::timeout(drain, &mut server).await.is_err() {
             tracing::warn!("open requests did not finish in time; closing them");

@@ -10,7 +10,7 @@
 //!
 //! Each SSE message has `id:` the event's `seq`, `event:` its kind and `data:` its JSON. At most
 //! [`STREAMS_MAX`] streams are open at once; each is a task feeding a bounded channel, and it stops
-//! when the client goes away.
+//! when the client goes away or the service stops ([`StreamSlots::close`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
@@ -25,6 +25,7 @@ use futures_util::stream::{self, Stream};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::AppState;
@@ -43,19 +44,33 @@ const SETTLE_LINGER: Duration = Duration::from_secs(5);
 /// writes no task change, and a stream must still end).
 const TASK_POLL: Duration = Duration::from_secs(1);
 
-/// The open-stream budget, shared by the router's handlers.
+/// The open-stream budget, shared by the router's handlers, and the signal that ends every
+/// stream at shutdown (a stream never ends by itself, and a graceful shutdown waits for open
+/// responses).
 #[derive(Clone)]
-pub struct StreamSlots(Arc<Semaphore>);
+pub struct StreamSlots {
+    permits: Arc<Semaphore>,
+    closing: CancellationToken,
+}
 
 impl Default for StreamSlots {
     fn default() -> Self {
-        Self(Arc::new(Semaphore::new(STREAMS_MAX)))
+        Self {
+            permits: Arc::new(Semaphore::new(STREAMS_MAX)),
+            closing: CancellationToken::new(),
+        }
     }
 }
 
 impl StreamSlots {
+    /// Ends every open stream and refuses new ones: the service is stopping.
+    pub fn close(&self) {
+        self.closing.cancel();
+        self.permits.close();
+    }
+
     fn take(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        self.0.clone().try_acquire_owned().map_err(|_| {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
             ApiError::unavailable(
                 "TOO_MANY_STREAMS",
                 format!("{STREAMS_MAX} event streams are open; try again later"),
@@ -82,9 +97,14 @@ pub async fn task_events(
     // Subscribed before the stored events are read: nothing written in between is missed.
     let live = store.subscribe();
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+    let closing = app.streams.closing.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        if let Err(error) = feed_task(&store, task_id, after, live, &sender).await {
+        let fed = tokio::select! {
+            () = closing.cancelled() => Ok(()),
+            fed = feed_task(&store, task_id, after, live, &sender) => fed,
+        };
+        if let Err(error) = fed {
             tracing::warn!(task = %task_id, %error, "a task's event stream stopped");
             let _ = sender.send(Ok(error_message(&error))).await;
         }
@@ -97,10 +117,12 @@ pub async fn all_events(State(app): State<AppState>) -> Result<Response, ApiErro
     let permit = app.streams.take()?;
     let mut live = app.services.store.subscribe();
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+    let closing = app.streams.closing.clone();
     tokio::spawn(async move {
         let _permit = permit;
         loop {
             let message = tokio::select! {
+                () = closing.cancelled() => return,
                 () = sender.closed() => return,
                 received = live.recv() => match received {
                     Ok(event) => event_message(&event),

@@ -189,3 +189,17 @@ async fn a_tasks_stream_shows_progress_live_ends_after_it_and_resumes() {
         (422, &json!("INVALID_FIELD"))
     );
 }
+
+#[tokio::test]
+async fn open_streams_end_when_the_service_stops() {
+    let root = tempfile::tempdir().unwrap();
+    let mut service = Service::start(root.path()).await;
+    let mut everything = Stream::open(&service, "/v1/events/stream", None).await;
+    // A graceful shutdown waits for open responses (up to `server.shutdown_timeout_secs`, 10 s);
+    // a stream that never ends by itself must not hold it.
+    let stopped_at = Instant::now();
+    let status = service.terminate(Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+    assert!(stopped_at.elapsed() < Duration::from_secs(5));
+    assert!(everything.next(Duration::from_secs(5)).await.is_none());
+}
