@@ -8,6 +8,7 @@ mod helpers;
 mod ingress;
 mod ledger;
 mod models;
+mod openapi;
 mod ops;
 mod pipeline;
 mod recovery;
