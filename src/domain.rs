@@ -8,10 +8,13 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// A task's identity: a UUID v7, so ids sort by creation time and double as "age" in the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(transparent)]
 pub struct TaskId(Uuid);
 
@@ -59,7 +62,18 @@ impl FromStr for TaskId {
 
 /// Scheduling priority; the derive order is the scheduling order (critical runs first).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    Default,
+    ToSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
@@ -75,7 +89,7 @@ pub enum Priority {
 }
 
 /// Where a task stands in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     /// Persisted and waiting for a pipeline slot.
@@ -107,7 +121,9 @@ impl TaskStatus {
 }
 
 /// One step of a pipeline template.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// Planner turns the task's text into a structured plan.
@@ -142,7 +158,7 @@ impl fmt::Display for Stage {
 }
 
 /// A machine-readable failure: every failed task carries one, never a bare "failed".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorInfo {
     /// SCREAMING_SNAKE_CASE code clients can branch on (`VERIFY_FAILED`, `PERSONA_UNAVAILABLE`, ...).
     pub code: String,
@@ -161,7 +177,7 @@ impl ErrorInfo {
 }
 
 /// Whether a human must approve a task's work before it is delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReviewPolicy {
     /// Delivered as soon as verify passes.
@@ -172,7 +188,7 @@ pub enum ReviewPolicy {
 }
 
 /// What made a task necessary: the incident (and the deploy) an ops persona filed it for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CausedBy {
     /// The incident's id.
@@ -183,7 +199,7 @@ pub struct CausedBy {
 }
 
 /// What a task may spend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskBudget {
     /// Micro-tokens reserved from the paying account when the task is accepted.
@@ -197,7 +213,7 @@ pub struct TaskBudget {
 }
 
 /// One failed try of a stage, kept on the task so a dead letter carries every diagnostic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FailureRecord {
     /// When it happened.
     pub at: DateTime<Utc>,
@@ -210,7 +226,7 @@ pub struct FailureRecord {
 }
 
 /// How a persona thinks or acts for one task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum EngineSpec {
     /// Deterministic and offline: what lets the service run with no network and no keys.
@@ -228,7 +244,7 @@ pub enum EngineSpec {
 }
 
 /// Per-task engine overrides; a persona without one uses `builtin`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EngineOverrides {
     /// Planner's engine.
@@ -243,7 +259,7 @@ pub struct EngineOverrides {
 }
 
 /// Planner's output: what Patch is asked to do, in steps.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Plan {
     /// One line: what the task delivers.
     pub summary: String,
@@ -254,7 +270,7 @@ pub struct Plan {
 }
 
 /// One step of a plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PlanStep {
     /// What to do.
     pub title: String,
@@ -265,7 +281,7 @@ pub struct PlanStep {
 }
 
 /// A task: the request, its progress and its outcome, persisted as one record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Task {
     /// UUID v7.
     pub id: TaskId,
@@ -452,7 +468,7 @@ impl Task {
 }
 
 /// Tokens one model call (or one run's calls) used, as the provider reported them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenUsage {
     /// Prompt tokens.
     pub input: u64,
@@ -476,7 +492,7 @@ impl TokenUsage {
 }
 
 /// One entry of the append-only event log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     /// Strictly increasing across all events of the service (sled's monotonic id generator).
     pub seq: u64,
@@ -493,7 +509,7 @@ pub struct Event {
 }
 
 /// Output of one process, bounded: a head and a tail are kept, the middle is counted, not kept.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CapturedOutput {
     /// The kept text (lossy UTF-8), with a marker where bytes were dropped.
     pub text: String,
@@ -503,7 +519,7 @@ pub struct CapturedOutput {
 
 /// Where an engine run stands. A run is written `running` before its process starts, so one cut
 /// off by a cancel, a shutdown or a crash still leaves a record.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Its process (or model call) is under way.
@@ -516,7 +532,7 @@ pub enum RunStatus {
 }
 
 /// The record of one engine run, persisted before its result is acted on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EngineRun {
     /// UUID v7 of the run.
     pub id: Uuid,

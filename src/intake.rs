@@ -11,6 +11,7 @@ use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 use crate::actors::compass::CompassMsg;
 use crate::actors::Services;
@@ -95,7 +96,7 @@ impl IntakeError {
 }
 
 /// A submission: the body of `POST /v1/tasks`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitTaskRequest {
     /// Short name of the work.
@@ -151,7 +152,7 @@ pub struct SubmitTaskRequest {
 }
 
 /// The `budget` of a submission.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetRequest {
     /// Micro-tokens to reserve.

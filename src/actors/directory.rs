@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use ractor::{ActorCell, ActorId, ActorStatus};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// How often a caller waiting for a restarting persona looks again.
 const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(25);
 
 /// The health of one actor as its supervisor sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ActorHealth {
     /// Up and taking messages.
@@ -27,7 +28,7 @@ pub enum ActorHealth {
 }
 
 /// One row of `GET /v1/actors`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ActorEntry {
     /// `compass`, `patch`, `pipeline-<task-id>`, ...
     pub name: String,

@@ -4,7 +4,8 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// An error answered to a client.
 #[derive(Debug)]
@@ -13,6 +14,23 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after_secs: Option<u64>,
+}
+
+/// The body of every error answer: `{"error":{"code","message"}}`. `ApiError` serializes this
+/// very type, so the OpenAPI document (which references it) and the wire agree.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The one error.
+    pub error: ErrorDetail,
+}
+
+/// The `error` of an [`ErrorBody`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable SCREAMING_SNAKE_CASE code clients branch on (`TASK_NOT_FOUND`, `INVALID_FIELD`, ...).
+    pub code: String,
+    /// What happened, for a human; never an internal cause (those are only logged).
+    pub message: String,
 }
 
 impl ApiError {
@@ -83,7 +101,12 @@ impl From<crate::store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after_secs {
             response

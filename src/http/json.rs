@@ -1,8 +1,11 @@
-//! A JSON body extractor with this service's error shape: a body over the limit is 413, text that
-//! is not JSON is 400, JSON of the wrong shape is 422 — never a 500 for bad input.
+//! Extractors with this service's error shape, where axum's own answer in plain text: a body over
+//! the limit is 413 `PAYLOAD_TOO_LARGE`, text that is not JSON is 400 `INVALID_JSON`, JSON of the
+//! wrong shape and a query string that does not parse are 422 `INVALID_FIELD` — never a 500, and
+//! never a body without the error envelope, for bad input.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
@@ -19,8 +22,24 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(request, state)
+        let RawBody(bytes) = RawBody::from_request(request, state).await?;
+        parse(&bytes).map(JsonBody)
+    }
+}
+
+/// The request body as bytes, for handlers whose body is optional (empty or JSON).
+pub struct RawBody(pub Bytes);
+
+impl<S> FromRequest<S> for RawBody
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(request, state)
             .await
+            .map(RawBody)
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(
@@ -31,8 +50,25 @@ where
                 } else {
                     ApiError::invalid_json(format!("could not read the body: {rejection}"))
                 }
-            })?;
-        parse(&bytes).map(JsonBody)
+            })
+    }
+}
+
+/// The query string parsed into `T`; one that does not parse is 422 `INVALID_FIELD`.
+pub struct QueryParams<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for QueryParams<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(query)| QueryParams(query))
+            .map_err(|rejection| ApiError::invalid_field(rejection.body_text()))
     }
 }
 

@@ -7,21 +7,22 @@
 
 use std::collections::HashMap;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
-use super::json::JsonBody;
+use super::error::{ApiError, ErrorBody};
+use super::json::{JsonBody, QueryParams};
+use super::openapi::describe;
 use super::AppState;
 use crate::actors::ledger;
 use crate::ledger::book::{Book, HISTORY_LIMIT_MAX};
 use crate::ledger::{
-    Account, Applied, Audit, HistoryPage, LedgerError, NewAccount, NewTransfer, Transfer,
-    CODE_MINT, MINT_ACCOUNT,
+    Account, AccountView, Applied, Audit, HistoryPage, LedgerError, NewAccount, NewTransfer,
+    Transfer, CODE_MINT, MINT_ACCOUNT,
 };
 
 /// History page size when `?limit=` is absent.
@@ -54,7 +55,7 @@ impl From<LedgerError> for ApiError {
 }
 
 /// The body of `POST /v1/ledger/mint`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MintRequest {
     /// The account receiving the new tokens.
@@ -70,7 +71,7 @@ pub struct MintRequest {
 }
 
 /// The body of `POST /v1/ledger/transfers/{id}/post`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostRequest {
     /// How much of the reservation to move (default: all of it).
@@ -93,6 +94,26 @@ fn book(app: &AppState) -> Result<Book, ApiError> {
 }
 
 /// `POST /v1/ledger/accounts`.
+#[utoipa::path(
+    post,
+    path = "/v1/ledger/accounts",
+    tag = "ledger",
+    request_body = NewAccount,
+    responses(
+        (status = 201, description = "The new account.", body = AccountView),
+        (status = 200, description = "An identical replay: the stored account, with \
+            `idempotent-replayed: true`.", body = AccountView,
+            headers(("idempotent-replayed" = String, description = "`true`"))),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 409, description = "`ACCOUNT_EXISTS`: the id exists with another `kind` or \
+            `allow_negative`.", body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`: bad id, unknown field, wrong type.",
+            body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::LEDGER_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn open_account(
     State(app): State<AppState>,
     JsonBody(request): JsonBody<NewAccount>,
@@ -107,6 +128,19 @@ pub async fn open_account(
 }
 
 /// `GET /v1/ledger/accounts/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/ledger/accounts/{id}",
+    operation_id = "get_account",
+    tag = "ledger",
+    params(("id" = String, Path, description = "Account id, e.g. `user:local`.")),
+    responses(
+        (status = 200, description = "The account with its derived `balance` and `available`.",
+            body = AccountView),
+        (status = 404, description = describe::ACCOUNT_NOT_FOUND, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
 pub async fn account(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -118,12 +152,29 @@ pub async fn account(
 }
 
 /// `GET /v1/ledger/accounts/{id}/transfers?limit=&cursor=`: newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/ledger/accounts/{id}/transfers",
+    operation_id = "account_history",
+    tag = "ledger",
+    params(
+        ("id" = String, Path, description = "Account id."),
+        ("limit" = Option<usize>, Query, description = "1..=500 (default 50)."),
+        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "The account's transfers, newest first, in their current \
+            state.", body = HistoryPage),
+        (status = 404, description = describe::ACCOUNT_NOT_FOUND, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`: bad `limit` or `cursor`.", body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
 pub async fn history(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    QueryParams(query): QueryParams<HashMap<String, String>>,
 ) -> Result<Json<HistoryPage>, ApiError> {
-    let Query(query) = query.map_err(|rejection| ApiError::invalid_field(rejection.body_text()))?;
     let limit = match query.get("limit") {
         None => HISTORY_LIMIT_DEFAULT,
         Some(text) => text
@@ -141,6 +192,29 @@ pub async fn history(
 }
 
 /// `POST /v1/ledger/transfers`.
+#[utoipa::path(
+    post,
+    path = "/v1/ledger/transfers",
+    tag = "ledger",
+    request_body = NewTransfer,
+    responses(
+        (status = 201, description = "The new transfer, durable.", body = Transfer),
+        (status = 200, description = "An identical replay: the stored transfer, with \
+            `idempotent-replayed: true`.", body = Transfer,
+            headers(("idempotent-replayed" = String, description = "`true`"))),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 404, description = "`ACCOUNT_NOT_FOUND`: the debit or credit account is \
+            unknown.", body = ErrorBody),
+        (status = 409, description = "`TRANSFER_EXISTS`: the id exists with another body.",
+            body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD` (bad id, amount 0, code 0, debit = credit, \
+            memo > 512 bytes, bad `timeout_secs`), `INSUFFICIENT_FUNDS`, `AMOUNT_OVERFLOW`. \
+            Nothing changed.", body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::LEDGER_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn create_transfer(
     State(app): State<AppState>,
     JsonBody(request): JsonBody<NewTransfer>,
@@ -151,6 +225,18 @@ pub async fn create_transfer(
 }
 
 /// `GET /v1/ledger/transfers/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/ledger/transfers/{id}",
+    operation_id = "get_transfer",
+    tag = "ledger",
+    params(("id" = String, Path, description = "Transfer id.")),
+    responses(
+        (status = 200, description = "The transfer.", body = Transfer),
+        (status = 404, description = describe::TRANSFER_NOT_FOUND, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
 pub async fn transfer(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -162,6 +248,27 @@ pub async fn transfer(
 }
 
 /// `POST /v1/ledger/transfers/{id}/post` with `{}` or `{"amount": n}`.
+#[utoipa::path(
+    post,
+    path = "/v1/ledger/transfers/{id}/post",
+    operation_id = "post_transfer",
+    tag = "ledger",
+    params(("id" = String, Path, description = "Id of a pending transfer.")),
+    request_body = PostRequest,
+    responses(
+        (status = 200, description = "The transfer, posted (a replay carries \
+            `idempotent-replayed: true`).", body = Transfer,
+            headers(("idempotent-replayed" = String, description = "`true` on a replay"))),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 404, description = describe::TRANSFER_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = describe::NOT_PENDING, body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD` (bad id, `amount` 0), \
+            `EXCEEDS_PENDING_AMOUNT`, `AMOUNT_OVERFLOW`.", body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::LEDGER_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn post(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -172,6 +279,23 @@ pub async fn post(
 }
 
 /// `POST /v1/ledger/transfers/{id}/void` (any body is ignored).
+#[utoipa::path(
+    post,
+    path = "/v1/ledger/transfers/{id}/void",
+    operation_id = "void_transfer",
+    tag = "ledger",
+    params(("id" = String, Path, description = "Id of a pending transfer.")),
+    responses(
+        (status = 200, description = "The transfer, voided (a replay carries \
+            `idempotent-replayed: true`). Any body is ignored.", body = Transfer,
+            headers(("idempotent-replayed" = String, description = "`true` on a replay"))),
+        (status = 404, description = describe::TRANSFER_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = describe::NOT_PENDING, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`: bad id.", body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::LEDGER_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn void(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -181,6 +305,27 @@ pub async fn void(
 }
 
 /// `POST /v1/ledger/mint`: a transfer from `system:mint`.
+#[utoipa::path(
+    post,
+    path = "/v1/ledger/mint",
+    tag = "ledger",
+    request_body = MintRequest,
+    responses(
+        (status = 201, description = "The transfer from `system:mint` (code 1).", body = Transfer),
+        (status = 200, description = "An identical replay (same `id`): the stored transfer, with \
+            `idempotent-replayed: true`.", body = Transfer,
+            headers(("idempotent-replayed" = String, description = "`true`"))),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 404, description = describe::ACCOUNT_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = "`TRANSFER_EXISTS`: the `id` exists with another body.",
+            body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD` (bad id or account, amount 0, memo > 512 \
+            bytes), `AMOUNT_OVERFLOW`.", body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::LEDGER_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn mint(
     State(app): State<AppState>,
     JsonBody(request): JsonBody<MintRequest>,
@@ -204,6 +349,18 @@ pub async fn mint(
 }
 
 /// `GET /v1/ledger/audit`.
+#[utoipa::path(
+    get,
+    path = "/v1/ledger/audit",
+    operation_id = "audit_ledger",
+    tag = "ledger",
+    responses(
+        (status = 200, description = "Every account's totals recomputed from the transfers and \
+            compared with the stored ones.", body = Audit),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::LEDGER_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn audit(State(app): State<AppState>) -> Result<Json<Audit>, ApiError> {
     Ok(Json(ledger::audit(&app.services.directory).await?))
 }

@@ -3,6 +3,7 @@
 pub mod error;
 pub mod json;
 pub mod ledger;
+pub mod openapi;
 pub mod ops;
 pub mod report;
 pub mod stream;
@@ -70,7 +71,8 @@ pub fn router(app: AppState) -> Router {
         .route("/incidents", get(ops::list_incidents))
         .route("/incidents/{id}", get(ops::get_incident))
         .route("/incidents/{id}/approve", post(ops::approve_incident))
-        .route("/incidents/{id}/reject", post(ops::reject_incident));
+        .route("/incidents/{id}/reject", post(ops::reject_incident))
+        .route("/openapi.json", get(openapi::document));
     Router::new()
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))

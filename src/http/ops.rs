@@ -5,19 +5,21 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
-use super::json::{parse, JsonBody};
+use super::error::{ApiError, ErrorBody};
+use super::json::{parse, JsonBody, QueryParams, RawBody};
+use super::openapi::describe;
 use super::AppState;
 use crate::actors::uplink_deploy::{self, UplinkDeployMsg};
 use crate::actors::uplink_respond;
-use crate::ops::records::{IncidentStatus, OpsStore, LIST_LIMIT_MAX};
+use crate::ops::records::{DeployRecord, Incident, IncidentStatus, OpsStore, LIST_LIMIT_MAX};
 use crate::ops::{incident, OpsError};
 
 /// How long a request waits for an Uplink persona.
@@ -66,7 +68,7 @@ impl ListQuery {
 }
 
 /// The body of `POST /v1/deploys`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     /// The app of `ops.yaml`.
@@ -80,6 +82,26 @@ pub struct DeployRequest {
 }
 
 /// `POST /v1/deploys`: 201 with the new record (`awaiting_approval` or `queued`).
+#[utoipa::path(
+    post,
+    path = "/v1/deploys",
+    tag = "ops",
+    request_body = DeployRequest,
+    responses(
+        (status = 201, description = "The deploy record, `awaiting_approval` (burn-in) or \
+            `queued`; its price is reserved from the payer.", body = DeployRecord),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 402, description = "`INSUFFICIENT_FUNDS`: the payer cannot cover the price; no \
+            deploy is created.", body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`, `UNKNOWN_APP`, `UNKNOWN_COMMIT`, \
+            `ACCOUNT_NOT_FOUND`.", body = ErrorBody),
+        (status = 429, description = "`DEPLOY_QUEUE_FULL`: 16 deploys of the app already wait.",
+            body = ErrorBody, headers(("retry-after" = u64, description = "Seconds (5)."))),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn create_deploy(
     State(app): State<AppState>,
     JsonBody(request): JsonBody<DeployRequest>,
@@ -105,9 +127,25 @@ pub async fn create_deploy(
 }
 
 /// `GET /v1/deploys`: `{"deploys":[...]}`, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/deploys",
+    tag = "ops",
+    params(
+        ("limit" = Option<usize>, Query, description = "Records at most, clamped to 1..=200 \
+            (default 50)."),
+        ("app" = Option<String>, Query, description = "Only this app's."),
+    ),
+    responses(
+        (status = 200, description = "`{\"deploys\": [DeployRecord, …]}`, newest first.",
+            body = Object),
+        (status = 422, description = describe::BAD_QUERY, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
 pub async fn list_deploys(
     State(app): State<AppState>,
-    Query(query): Query<ListQuery>,
+    QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let ops = ops_store(&app)?;
     let deploys: Vec<_> = match &query.app {
@@ -123,6 +161,17 @@ pub async fn list_deploys(
 }
 
 /// `GET /v1/deploys/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/deploys/{id}",
+    tag = "ops",
+    params(("id" = String, Path, description = "Deploy id.")),
+    responses(
+        (status = 200, description = "The deploy record.", body = DeployRecord),
+        (status = 404, description = describe::DEPLOY_NOT_FOUND, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
 pub async fn get_deploy(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -134,7 +183,7 @@ pub async fn get_deploy(
 }
 
 /// An optional `{comment}` body.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionBody {
     /// The reviewer's note.
@@ -176,27 +225,76 @@ async fn decide_deploy(
 }
 
 /// `POST /v1/deploys/{id}/approve`: the deploy is queued (and runs when the app is free).
+#[utoipa::path(
+    post,
+    path = "/v1/deploys/{id}/approve",
+    tag = "ops",
+    params(("id" = String, Path, description = "Deploy id.")),
+    request_body(content = Option<DecisionBody>, description = "Optional; may be empty."),
+    responses(
+        (status = 200, description = "The deploy record, `queued`.", body = DeployRecord),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 404, description = describe::DEPLOY_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = describe::DEPLOY_NOT_AWAITING, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`: unknown field or wrong type.",
+            body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn approve_deploy(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
     decide_deploy(&app, id, true, &body).await
 }
 
 /// `POST /v1/deploys/{id}/reject`: the deploy ends `rejected`.
+#[utoipa::path(
+    post,
+    path = "/v1/deploys/{id}/reject",
+    tag = "ops",
+    params(("id" = String, Path, description = "Deploy id.")),
+    request_body(content = Option<DecisionBody>, description = "Optional; may be empty."),
+    responses(
+        (status = 200, description = "The deploy record, `rejected`.", body = DeployRecord),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 404, description = describe::DEPLOY_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = describe::DEPLOY_NOT_AWAITING, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`: unknown field or wrong type.",
+            body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn reject_deploy(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
     decide_deploy(&app, id, false, &body).await
 }
 
 /// `GET /v1/checks`: every check of `ops.yaml` with its last result and its history.
+#[utoipa::path(
+    get,
+    path = "/v1/checks",
+    tag = "ops",
+    params(("app" = Option<String>, Query, description = "Only this app's checks.")),
+    responses(
+        (status = 200, description = "`{\"checks\": [{app, name, kind, schedule, last: \
+            CheckResult | null, history: [CheckResult, …]}, …]}`: every check of `ops.yaml`, \
+            history newest first (50 kept per check).", body = Object),
+        (status = 422, description = describe::BAD_QUERY, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
 pub async fn list_checks(
     State(app): State<AppState>,
-    Query(query): Query<ListQuery>,
+    QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let ops = ops_store(&app)?;
     let mut checks = Vec::new();
@@ -217,6 +315,24 @@ pub async fn list_checks(
 
 /// `POST /v1/alerts`: an Alertmanager webhook or `{app, signal, severity?, summary?, labels?}`;
 /// 202 with the incident each alert opened or attached to.
+#[utoipa::path(
+    post,
+    path = "/v1/alerts",
+    tag = "ops",
+    request_body(content = Object, description = "An Alertmanager webhook (firing alerts: \
+        `labels.alertname` is the signal, `labels.app`/`service`/`job` the app) or a plain \
+        `{app, signal, severity?, summary?, labels?}`."),
+    responses(
+        (status = 202, description = "`{\"incidents\": [incident id, …]}`: the incident each \
+            alert opened or attached to.", body = Object),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`: not an alert of either shape.",
+            body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn alerts(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<Value>,
@@ -240,9 +356,26 @@ pub struct IncidentQuery {
 }
 
 /// `GET /v1/incidents`: `{"incidents":[...]}`, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/incidents",
+    tag = "ops",
+    params(
+        ("limit" = Option<usize>, Query, description = "Records at most, clamped to 1..=200 \
+            (default 50)."),
+        ("app" = Option<String>, Query, description = "Only this app's."),
+        ("status" = Option<IncidentStatus>, Query, description = "Only incidents in this status."),
+    ),
+    responses(
+        (status = 200, description = "`{\"incidents\": [Incident, …]}`, newest first.",
+            body = Object),
+        (status = 422, description = describe::BAD_QUERY, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
 pub async fn list_incidents(
     State(app): State<AppState>,
-    Query(query): Query<IncidentQuery>,
+    QueryParams(query): QueryParams<IncidentQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = query
         .limit
@@ -255,6 +388,17 @@ pub async fn list_incidents(
 }
 
 /// `GET /v1/incidents/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/incidents/{id}",
+    tag = "ops",
+    params(("id" = String, Path, description = "Incident id.")),
+    responses(
+        (status = 200, description = "The incident.", body = Incident),
+        (status = 404, description = describe::INCIDENT_NOT_FOUND, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
 pub async fn get_incident(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -276,6 +420,20 @@ async fn decide_incident(app: &AppState, id: &str, approve: bool) -> Result<Json
 }
 
 /// `POST /v1/incidents/{id}/approve`: run the gated step the incident waits at, and go on.
+#[utoipa::path(
+    post,
+    path = "/v1/incidents/{id}/approve",
+    tag = "ops",
+    params(("id" = String, Path, description = "Incident id.")),
+    responses(
+        (status = 200, description = "The incident; the gated step and the rest of the runbook \
+            run.", body = Incident),
+        (status = 404, description = describe::INCIDENT_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = describe::INCIDENT_NOT_AWAITING, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn approve_incident(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -284,6 +442,20 @@ pub async fn approve_incident(
 }
 
 /// `POST /v1/incidents/{id}/reject`: refuse the gated step; the incident goes to a human.
+#[utoipa::path(
+    post,
+    path = "/v1/incidents/{id}/reject",
+    tag = "ops",
+    params(("id" = String, Path, description = "Incident id.")),
+    responses(
+        (status = 200, description = "The incident, handed to a human (`needs_human`).",
+            body = Incident),
+        (status = 404, description = describe::INCIDENT_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = describe::INCIDENT_NOT_AWAITING, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn reject_incident(
     State(app): State<AppState>,
     Path(id): Path<String>,

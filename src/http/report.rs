@@ -6,8 +6,10 @@ use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::openapi::describe;
 use super::AppState;
 use crate::domain::{Stage, Task, TaskId, TaskStatus};
 
@@ -15,7 +17,7 @@ use crate::domain::{Stage, Task, TaskId, TaskStatus};
 const REPORT_TASKS_MAX: usize = 100_000;
 
 /// The report.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Report {
     /// When it was made.
     pub generated_at: DateTime<Utc>,
@@ -34,7 +36,7 @@ pub struct Report {
 }
 
 /// One running task.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RunningTask {
     /// The task.
     pub id: TaskId,
@@ -49,7 +51,7 @@ pub struct RunningTask {
 }
 
 /// One blocked task.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BlockedTask {
     /// The task.
     pub id: TaskId,
@@ -60,7 +62,7 @@ pub struct BlockedTask {
 }
 
 /// One stalled task.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct StalledTask {
     /// The task.
     pub id: TaskId,
@@ -73,7 +75,7 @@ pub struct StalledTask {
 }
 
 /// What ended in the last hour.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct FinishedSummary {
     /// Tasks per terminal status.
     pub counts: BTreeMap<String, usize>,
@@ -89,6 +91,15 @@ fn status_key(status: TaskStatus) -> String {
 }
 
 /// `GET /v1/report`.
+#[utoipa::path(
+    get,
+    path = "/v1/report",
+    tag = "tasks",
+    responses(
+        (status = 200, description = "Where the work stands.", body = Report),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
 pub async fn report(State(app): State<AppState>) -> Result<Json<Report>, ApiError> {
     let now = Utc::now();
     let tasks = app.services.store.tasks(REPORT_TASKS_MAX)?;

@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +27,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::json::QueryParams;
+use super::openapi::describe;
 use super::AppState;
 use crate::domain::{Event, Task, TaskId};
 use crate::store::Store;
@@ -82,10 +84,33 @@ impl StreamSlots {
 type Message = Result<SseEvent, Infallible>;
 
 /// `GET /v1/tasks/{id}/events/stream`.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/events/stream",
+    operation_id = "stream_task_events",
+    tag = "tasks",
+    params(
+        ("id" = String, Path, description = "Task id (a UUID)."),
+        ("after" = Option<u64>, Query, description = "Send only events with a greater `seq`."),
+        ("Last-Event-ID" = Option<u64>, Header,
+            description = "A reconnecting client's last `seq` (wins over `after`)."),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events: `id:` seq, `event:` kind, `data:` the \
+            Event JSON; the stored events, then live ones; `event: end` with `{task_id, status}` \
+            once the task is terminal and settled, then the stream closes.",
+            body = String, content_type = "text/event-stream"),
+        (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`: `after` or `Last-Event-ID` is not an \
+            integer.", body = ErrorBody),
+        (status = 503, description = describe::TOO_MANY_STREAMS, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
 pub async fn task_events(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    QueryParams(query): QueryParams<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found("TASK_NOT_FOUND", format!("no task with id `{id}`"));
@@ -113,6 +138,19 @@ pub async fn task_events(
 }
 
 /// `GET /v1/events/stream`.
+#[utoipa::path(
+    get,
+    path = "/v1/events/stream",
+    operation_id = "stream_all_events",
+    tag = "system",
+    responses(
+        (status = 200, description = "Server-Sent Events: every new event of the service (`id:` \
+            seq, `event:` kind, `data:` the Event JSON); `event: lagged` with `{skipped}` for a \
+            client that fell 1024 events behind. Never ends by itself.",
+            body = String, content_type = "text/event-stream"),
+        (status = 503, description = describe::TOO_MANY_STREAMS, body = ErrorBody),
+    )
+)]
 pub async fn all_events(State(app): State<AppState>) -> Result<Response, ApiError> {
     let permit = app.streams.take()?;
     let mut live = app.services.store.subscribe();

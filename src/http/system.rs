@@ -6,11 +6,19 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::openapi::describe;
 use super::AppState;
 use crate::domain::TaskId;
 
 /// `GET /healthz`: the process is up and answering.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "system",
+    responses((status = 200, description = "`{\"status\": \"ok\"}` while the process answers.",
+        body = Object)),
+)]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
@@ -20,6 +28,18 @@ const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// `GET /metrics`: every metric in the Prometheus text format, for a scraper; 503 if this
 /// process has no recorder (another one held the global slot).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "system",
+    responses(
+        (status = 200, description = "Every metric in the Prometheus text exposition format \
+            (see docs/operations.md, Metrics).", body = String,
+            content_type = "text/plain; version=0.0.4"),
+        (status = 503, description = "`METRICS_UNAVAILABLE`: this process has no metrics \
+            recorder.", body = ErrorBody),
+    )
+)]
 pub async fn metrics() -> Response {
     match crate::metrics::render() {
         Some(text) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
@@ -33,6 +53,18 @@ pub async fn metrics() -> Response {
 }
 
 /// `GET /readyz`: the root and every persona are running; otherwise 503 naming what is not.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "system",
+    responses(
+        (status = 200, description = "`{\"status\": \"ready\"}`: Compass and every persona are \
+            `running`.", body = Object),
+        (status = 503, description = "`{\"status\": \"not_ready\", \"error\": {\"code\": \
+            \"NOT_READY\", \"message\"}, \"actors\": [ActorEntry, …]}` naming the actors that are \
+            not running.", body = Object),
+    )
+)]
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let not_ready = app.services.directory.not_ready();
     if not_ready.is_empty() {
@@ -60,6 +92,14 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 /// `GET /v1/actors`: every actor of the tree with its parent, health and restart count.
+#[utoipa::path(
+    get,
+    path = "/v1/actors",
+    operation_id = "list_actors",
+    tag = "system",
+    responses((status = 200, description = "`{\"actors\": [ActorEntry, …]}`: the live tree, \
+        sorted by name.", body = Object)),
+)]
 pub async fn actors(State(app): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({"actors": app.services.directory.snapshot()}))
 }
@@ -68,6 +108,16 @@ pub async fn actors(State(app): State<AppState>) -> Json<serde_json::Value> {
 const SERVICE_EVENTS_MAX: usize = 1000;
 
 /// `GET /v1/events`: the service-wide log (persona crashes, restarts and give-ups), latest last.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "system",
+    responses(
+        (status = 200, description = "`{\"events\": [Event, …]}`: the service-wide log (persona \
+            crashes, restarts, give-ups), the newest 1000, oldest first.", body = Object),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
 pub async fn service_events(
     State(app): State<AppState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -80,6 +130,15 @@ pub async fn service_events(
 
 /// `GET /v1/personas`: every persona's definition as loaded (engine, allowlist, env names —
 /// names only, never values), so an operator can see what each may do.
+#[utoipa::path(
+    get,
+    path = "/v1/personas",
+    operation_id = "list_personas",
+    tag = "system",
+    responses((status = 200, description = "`{\"personas\": [{name, role, engine, model, \
+        timeout_secs, max_attempts, tools, env, budget, source}, …]}`: every persona's definition \
+        as loaded (env names only, never values).", body = Object)),
+)]
 pub async fn personas(State(app): State<AppState>) -> Json<serde_json::Value> {
     let personas: Vec<serde_json::Value> = app
         .services

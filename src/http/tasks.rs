@@ -4,16 +4,18 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ractor::rpc::CallResult;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
-use super::error::ApiError;
-use super::json::JsonBody;
+use super::error::{ApiError, ErrorBody};
+use super::json::{JsonBody, QueryParams, RawBody};
+use super::openapi::describe;
 use super::AppState;
 use crate::actors::compass::{CompassMsg, TaskAction};
 use crate::actors::transitions::TaskActionError;
@@ -29,6 +31,33 @@ const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 5;
 
 /// `POST /v1/tasks`: 201 with the task (also for an idempotent replay, marked by the header
 /// `Idempotent-Replayed: true`).
+#[utoipa::path(
+    post,
+    path = "/v1/tasks",
+    operation_id = "submit_task",
+    tag = "tasks",
+    request_body = SubmitTaskRequest,
+    responses(
+        (status = 201, description = "The task, durable. An idempotent replay answers the original \
+            task's current state with `idempotent-replayed: true`.", body = Task,
+            headers(("idempotent-replayed" = String, description = "`true` on a replay"))),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 402, description = "`INSUFFICIENT_FUNDS`: the paying account cannot cover the \
+            budget; no task is created.", body = ErrorBody),
+        (status = 409, description = "`IDEMPOTENCY_CONFLICT`: the key was used with a different \
+            body.", body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD` (missing/unknown field, wrong type, bad \
+            length, relative `repo`, `max_attempts` out of range), `NOT_A_GIT_REPOSITORY`, \
+            `UNKNOWN_BASE_BRANCH`, `UNKNOWN_KIND`, `UNKNOWN_DEPENDENCY`, `UNKNOWN_APP`, \
+            `UNKNOWN_PROVIDER`, `ACCOUNT_NOT_FOUND`.", body = ErrorBody),
+        (status = 429, description = "`QUEUE_FULL`: `compass.max_queued_tasks` tasks wait.",
+            body = ErrorBody, headers(("retry-after" = u64, description = "Seconds (5)."))),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = "`PERSONA_UNAVAILABLE`: the Ledger did not answer the \
+            budget reservation.", body = ErrorBody),
+    )
+)]
 pub async fn submit(
     State(app): State<AppState>,
     JsonBody(request): JsonBody<SubmitTaskRequest>,
@@ -62,9 +91,27 @@ fn intake_error(error: IntakeError) -> ApiError {
 }
 
 /// `GET /v1/tasks?limit=&cursor=`: newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks",
+    operation_id = "list_tasks",
+    tag = "tasks",
+    params(
+        ("limit" = Option<usize>, Query,
+            description = "Tasks per page, 1..=`tasks.list_limit` (default and at most 1000)."),
+        ("cursor" = Option<String>, Query,
+            description = "The `next_cursor` of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "`{\"tasks\": [Task, …], \"next_cursor\": task id | null}`, \
+            newest first; `next_cursor` is `null` on the last page.", body = Object),
+        (status = 422, description = "`INVALID_FIELD`: bad `limit` or `cursor`.", body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(app): State<AppState>,
-    Query(query): Query<ListQuery>,
+    QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let max = app.services.config.tasks.list_limit;
     let limit = match query.limit.as_deref() {
@@ -101,6 +148,18 @@ fn parse_id(app: &AppState, id: &str) -> Result<Task, ApiError> {
 }
 
 /// `GET /v1/tasks/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}",
+    operation_id = "get_task",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id (a UUID).")),
+    responses(
+        (status = 200, description = "The task.", body = Task),
+        (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -109,6 +168,19 @@ pub async fn get(
 }
 
 /// `GET /v1/tasks/{id}/events`.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/events",
+    operation_id = "task_events",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id (a UUID).")),
+    responses(
+        (status = 200, description = "`{\"events\": [Event, …]}`: the task's log in `seq` order.",
+            body = Object),
+        (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
 pub async fn events(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -119,6 +191,18 @@ pub async fn events(
 }
 
 /// `GET /v1/tasks/{id}/runs`.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/runs",
+    operation_id = "task_runs",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id (a UUID).")),
+    responses(
+        (status = 200, description = "`{\"runs\": [EngineRun, …]}`, oldest first.", body = Object),
+        (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
 pub async fn runs(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -129,7 +213,7 @@ pub async fn runs(
 }
 
 /// The optional body of approve and reject.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewRequest {
     /// The reviewer's note, kept in the event.
@@ -156,6 +240,20 @@ fn review_comment(body: &Bytes) -> Result<Option<String>, ApiError> {
 }
 
 /// `POST /v1/tasks/{id}/cancel`.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/cancel",
+    operation_id = "cancel_task",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id (a UUID).")),
+    responses(
+        (status = 200, description = "The task, `cancelled`.", body = Task),
+        (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = "`TASK_FINISHED`: the task already ended.", body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::COMPASS_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn cancel(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -164,20 +262,57 @@ pub async fn cancel(
 }
 
 /// `POST /v1/tasks/{id}/approve` with an optional `{comment}`.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/approve",
+    operation_id = "approve_task",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id (a UUID).")),
+    request_body(content = Option<ReviewRequest>, description = "Optional; may be empty."),
+    responses(
+        (status = 200, description = "The task, queued again at the stage after the gate.",
+            body = Task),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = describe::INVALID_TASK_STATUS_GATE, body = ErrorBody),
+        (status = 422, description = describe::INVALID_COMMENT, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::COMPASS_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn approve(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<Task>, ApiError> {
     let comment = review_comment(&body)?;
     act(&app, &id, TaskAction::Approve { comment }).await
 }
 
 /// `POST /v1/tasks/{id}/reject` with an optional `{comment}`.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/reject",
+    operation_id = "reject_task",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id (a UUID).")),
+    request_body(content = Option<ReviewRequest>, description = "Optional; may be empty."),
+    responses(
+        (status = 200, description = "The task, `cancelled`.", body = Task),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = describe::INVALID_TASK_STATUS_GATE, body = ErrorBody),
+        (status = 422, description = describe::INVALID_COMMENT, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::COMPASS_UNAVAILABLE, body = ErrorBody),
+    )
+)]
 pub async fn reject(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Json<Task>, ApiError> {
     let comment = review_comment(&body)?;
     act(&app, &id, TaskAction::Reject { comment }).await
@@ -185,6 +320,24 @@ pub async fn reject(
 
 /// `POST /v1/tasks/{id}/retry`: re-queue a failed or dead-lettered task. Its budget is reserved
 /// again first (402 when the account cannot cover it).
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/retry",
+    operation_id = "retry_task",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id (a UUID).")),
+    responses(
+        (status = 200, description = "The task, queued again.", body = Task),
+        (status = 402, description = "`INSUFFICIENT_FUNDS`: the account cannot cover another \
+            budget round.", body = ErrorBody),
+        (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = "`INVALID_TASK_STATUS`: the task is not `failed` or \
+            `dead_letter`.", body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = "`COMPASS_UNAVAILABLE`, or `PERSONA_UNAVAILABLE` (the Ledger \
+            did not answer the reservation).", body = ErrorBody),
+    )
+)]
 pub async fn retry(
     State(app): State<AppState>,
     Path(id): Path<String>,

@@ -20,6 +20,7 @@ pub mod cli;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::definitions::PERSONAS;
 use crate::domain::TaskId;
@@ -100,7 +101,7 @@ impl Default for LedgerConfig {
 }
 
 /// What an account is for; it changes nothing in the rules, it says whose money it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AccountKind {
     /// A human (or an API client) paying for work.
@@ -177,7 +178,7 @@ impl Account {
 }
 
 /// An account as served over HTTP: the stored totals plus `balance` and `available`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct AccountView {
     /// Id.
     pub id: String,
@@ -202,7 +203,7 @@ pub struct AccountView {
 }
 
 /// A request to open an account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccount {
     /// Caller-chosen id (`[A-Za-z0-9:_.@-]`, 1..=128 bytes).
@@ -222,7 +223,7 @@ impl NewAccount {
 }
 
 /// Where a transfer stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TransferStatus {
     /// Reserved; waiting for a post or a void.
@@ -236,7 +237,7 @@ pub enum TransferStatus {
 }
 
 /// A request to move tokens. Two requests with the same `id` are the same transfer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTransfer {
     /// Caller-chosen idempotency id (`[A-Za-z0-9:_.@-]`, 1..=128 bytes).
@@ -326,7 +327,7 @@ impl NewTransfer {
 }
 
 /// A transfer as stored and served.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Transfer {
     /// Caller-chosen id.
     pub id: String,
@@ -399,7 +400,7 @@ impl<T> Applied<T> {
 }
 
 /// One page of an account's history, newest first.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct HistoryPage {
     /// Up to `limit` transfers.
     pub transfers: Vec<Transfer>,
@@ -408,7 +409,7 @@ pub struct HistoryPage {
 }
 
 /// One thing the audit found wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Violation {
     /// The account concerned (or the transfer, for a dangling reference).
     pub account: String,
@@ -419,7 +420,7 @@ pub struct Violation {
 }
 
 /// The result of recomputing every balance from the transfers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Audit {
     /// No violations and total debits equal total credits (posted and pending).
     pub balanced: bool,

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sled::Tree;
+use utoipa::ToSchema;
 
 use super::spec::Classification;
 use crate::domain::ErrorInfo;
@@ -29,7 +30,7 @@ pub const LIST_LIMIT_MAX: usize = 200;
 const CAS_TRIES_MAX: usize = 64;
 
 /// Where a deploy stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeployStatus {
     /// Waits for `POST /v1/deploys/{id}/approve` (burn-in gate).
@@ -59,7 +60,7 @@ impl DeployStatus {
 }
 
 /// One stage of a deploy: when it ran and how it ended.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StageRecord {
     /// `precheck`, `drain`, `deploy`, `health`, `rollback`, `rollback_health`.
     pub stage: String,
@@ -74,7 +75,7 @@ pub struct StageRecord {
 }
 
 /// One health probe.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Probe {
     /// When.
     pub at: DateTime<Utc>,
@@ -87,7 +88,7 @@ pub struct Probe {
 }
 
 /// A health check: its probes and the verdict.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HealthResult {
     /// Whether a probe passed.
     pub healthy: bool,
@@ -98,7 +99,7 @@ pub struct HealthResult {
 }
 
 /// A deploy record (`GET /v1/deploys/{id}`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeployRecord {
     /// UUID v7.
     pub id: String,
@@ -147,7 +148,7 @@ pub struct DeployRecord {
 }
 
 /// What a rollback did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RollbackRecord {
     /// The release put back.
     pub to: String,
@@ -169,7 +170,7 @@ pub struct ReleaseState {
 }
 
 /// One signal: a failing check, a failed deploy, an alert.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Signal {
     /// The app it concerns (may be unknown to `ops.yaml`).
     pub app: String,
@@ -190,7 +191,7 @@ pub struct Signal {
 }
 
 /// Where an incident stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IncidentStatus {
     /// Being handled (or waiting for a gated step's approval).
@@ -202,7 +203,7 @@ pub enum IncidentStatus {
 }
 
 /// One entry of an incident's timeline.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct IncidentEvent {
     /// When.
     pub at: DateTime<Utc>,
@@ -213,7 +214,7 @@ pub struct IncidentEvent {
 }
 
 /// What diagnose collected.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct Diagnosis {
     /// The app's recent log lines (bounded).
     pub log_lines: Vec<String>,
@@ -224,7 +225,7 @@ pub struct Diagnosis {
 }
 
 /// An incident (`GET /v1/incidents/{id}`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Incident {
     /// UUID v7.
     pub id: String,
@@ -290,7 +291,7 @@ impl Incident {
 }
 
 /// One run of a check.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CheckResult {
     /// The app.
     pub app: String,

@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 /// Upper bound on any configured wait (drain, build, deploy, check): one day.
 pub const CONFIGURED_TIMEOUT_SECS_MAX: u64 = 24 * 60 * 60;
@@ -243,7 +244,7 @@ pub struct GatesSpec {
 }
 
 /// What a check looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckKind {
     /// An HTTP GET (the check's `url`, else the app's health URL).
@@ -350,7 +351,7 @@ pub struct RunbookMatch {
 }
 
 /// How bad an incident is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Classification {
     /// Nothing is wrong for users.

@@ -133,6 +133,33 @@ async fn each_bad_input_gets_its_status_and_code() {
         (status, body["error"]["code"].as_str()),
         (404, Some("NOT_FOUND"))
     );
+    // Query strings and optional bodies that axum itself refuses still get the error envelope.
+    for path in [
+        "/v1/tasks?limit=many",
+        "/v1/deploys?limit=many",
+        "/v1/checks?limit=-1",
+        "/v1/incidents?status=sleeping",
+        "/v1/ledger/accounts/user:local/transfers?limit=x",
+    ] {
+        let (status, body) = service.get(path).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (422, Some("INVALID_FIELD")),
+            "{path}: {body}"
+        );
+    }
+    let huge_comment = json!({"comment": "x".repeat(1024 * 1024 + 1)}).to_string();
+    for path in [
+        "/v1/tasks/00000000-0000-7000-8000-000000000000/approve",
+        "/v1/deploys/nope/reject",
+    ] {
+        let (status, body) = service.post_raw(path, huge_comment.clone()).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (413, Some("PAYLOAD_TOO_LARGE")),
+            "{path}: {body}"
+        );
+    }
 
     let (_, tasks) = service.get("/v1/tasks").await;
     assert_eq!(

@@ -9,6 +9,7 @@ mod ingress;
 mod ledger;
 mod metrics;
 mod models;
+mod openapi;
 mod ops;
 mod pipeline;
 mod recovery;
