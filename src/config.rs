@@ -370,6 +370,8 @@ pub struct TasksConfig {
     pub max_attempts_limit: u32,
     /// `GET /v1/tasks` returns at most this many.
     pub list_limit: usize,
+    /// What delivery does when a submission does not say: `merge` or leave the `branch`.
+    pub delivery: crate::domain::Delivery,
 }
 
 impl Default for TasksConfig {
@@ -378,6 +380,7 @@ impl Default for TasksConfig {
             default_max_attempts: 3,
             max_attempts_limit: 10,
             list_limit: 1000,
+            delivery: crate::domain::Delivery::Merge,
         }
     }
 }
@@ -530,10 +533,19 @@ mod tests {
         let defaults = Config::default();
         assert_eq!(config.compass.templates, defaults.compass.templates);
         assert_eq!(config.retry.max, defaults.retry.max);
+        assert_eq!(config.tasks.delivery, defaults.tasks.delivery);
         assert_eq!(
             config.compass.stall_after_secs,
             defaults.compass.stall_after_secs
         );
+    }
+
+    #[test]
+    fn delivery_is_merge_or_branch() {
+        let config = Config::parse("[tasks]\ndelivery = \"branch\"\n").unwrap();
+        assert_eq!(config.tasks.delivery, crate::domain::Delivery::Branch);
+        let error = Config::parse("[tasks]\ndelivery = \"push\"\n").unwrap_err();
+        assert!(error.contains("push"), "{error}");
     }
 
     #[test]

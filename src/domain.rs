@@ -187,6 +187,18 @@ pub enum ReviewPolicy {
     Manual,
 }
 
+/// What delivering a task's work does with its branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Merged into the base branch (fast-forward, or a merge of the new base that is verified
+    /// again).
+    #[default]
+    Merge,
+    /// Left on `glitchlab/<task-id>` for a human to review and merge; the base is not touched.
+    Branch,
+}
+
 /// What made a task necessary: the incident (and the deploy) an ops persona filed it for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -315,6 +327,9 @@ pub struct Task {
     /// Whether delivery waits for a human.
     #[serde(default)]
     pub review_policy: ReviewPolicy,
+    /// Merge into the base branch, or leave the branch for review.
+    #[serde(default)]
+    pub delivery: Delivery,
     /// The incident (and deploy) this task answers, if an ops persona filed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caused_by: Option<CausedBy>,
@@ -404,6 +419,7 @@ impl Task {
             deps: Vec::new(),
             blocked_by: Vec::new(),
             review_policy: ReviewPolicy::Auto,
+            delivery: Delivery::Merge,
             caused_by: None,
             deploy: None,
             account: "user:local".into(),

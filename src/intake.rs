@@ -16,8 +16,8 @@ use utoipa::ToSchema;
 use crate::actors::compass::CompassMsg;
 use crate::actors::Services;
 use crate::domain::{
-    CausedBy, EngineOverrides, EngineSpec, Priority, ReviewPolicy, Stage, Task, TaskBudget, TaskId,
-    TaskStatus,
+    CausedBy, Delivery, EngineOverrides, EngineSpec, Priority, ReviewPolicy, Stage, Task,
+    TaskBudget, TaskId, TaskStatus,
 };
 use crate::git::Git;
 use crate::ledger::LedgerError;
@@ -131,6 +131,10 @@ pub struct SubmitTaskRequest {
     /// `manual` puts an approval gate before delivery (default `auto`).
     #[serde(default)]
     pub review_policy: Option<ReviewPolicy>,
+    /// `merge` into the base branch, or leave the `branch` for review (default
+    /// `tasks.delivery`).
+    #[serde(default)]
+    pub delivery: Option<Delivery>,
     /// The incident (and deploy) this work answers, when an ops persona files it.
     #[serde(default)]
     pub caused_by: Option<CausedBy>,
@@ -281,6 +285,13 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
     check_length("base_branch", &base_branch, 1, TITLE_BYTES_MAX)?;
     check_repository(config.git.timeout(), &request.repo, &base_branch).await?;
     let deps = check_deps(services, request.deps.unwrap_or_default())?;
+    let delivery = request.delivery.unwrap_or(config.tasks.delivery);
+    if delivery == Delivery::Branch && request.deploy.is_some() {
+        return Err(IntakeError::InvalidField(
+            "`deploy` needs `delivery: merge`: a deploy ships what landed on the base branch"
+                .into(),
+        ));
+    }
     if let Some(app) = &request.deploy {
         if !services.definitions.ops.apps.contains_key(app) {
             return Err(IntakeError::unknown(
@@ -337,6 +348,7 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
         blocked_by: deps.clone(),
         deps,
         review_policy,
+        delivery,
         caused_by: request.caused_by,
         deploy: request.deploy,
         account,

@@ -10,7 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::jobs::{InFlightJobs, JobKey, JobReply, StageError};
 use super::Services;
-use crate::domain::{EngineRun, EngineSpec, Stage, Task, TaskId};
+use crate::domain::{Delivery, EngineRun, EngineSpec, Stage, Task, TaskId};
 use crate::engine::{self, RunIdentity, ShellRun};
 use crate::git::{self, DeliverError, DeliverStep, Git};
 use crate::prompt;
@@ -197,6 +197,23 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
         commit,
         engine_failure: None,
     })
+}
+
+/// `delivery: branch`: the work stays on its branch for a human to review and merge; the base is
+/// not touched and the worktree goes. Safe to repeat (a cut-off run finds the branch as it was).
+async fn leave_branch(
+    repo: &Git,
+    branch: &str,
+    worktree_path: &std::path::Path,
+    task_id: TaskId,
+) -> Result<DeliverStep, StageError> {
+    let head = repo.rev_parse(branch).await?;
+    if worktree_path.exists() {
+        if let Err(error) = repo.remove_worktree(worktree_path).await {
+            tracing::warn!(task = %task_id, %error, "could not remove a delivered worktree");
+        }
+    }
+    Ok(DeliverStep::Delivered(head))
 }
 
 /// Refuses a branch whose changes (since it left the base) touch a protected path.
@@ -435,6 +452,9 @@ async fn deliver(
     let branch = branch_name(task.id);
     let repo = Git::new(&task.repo, git_timeout);
     let worktree_path = services.worktree_path(task.id);
+    if task.delivery == Delivery::Branch {
+        return leave_branch(&repo, &branch, &worktree_path, task.id).await;
+    }
     if !worktree_path.exists() {
         // Cut off after the merge and the clean-up but before the result was recorded?
         if let Ok(head) = repo.rev_parse(&branch).await {

@@ -401,7 +401,7 @@ async fn on_stage_done(
             failed_attempt(myself, state, &task, verdict.output, "VERIFY_FAILED").await
         }
         StageOutcome::Delivered(DeliverStep::Delivered(commit)) => {
-            let data = json!({"commit": commit});
+            let data = json!({"commit": commit, "delivery": task.delivery, "branch": branch_name(task.id)});
             finish_stage(myself, state, &task, data, move |t| {
                 t.commit = Some(commit.clone())
             })

@@ -494,6 +494,7 @@ async fn create_task(
         idempotency_key: Some(format!("incident-{}", incident.id)),
         deps: None,
         review_policy: Some(ReviewPolicy::Manual),
+        delivery: None,
         caused_by: Some(CausedBy {
             incident: incident.id.clone(),
             deploy: incident.deploy.clone(),

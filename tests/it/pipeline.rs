@@ -365,3 +365,59 @@ async fn engine_output_is_bounded_and_the_cut_is_marked() {
     assert!(text.len() < 4096 + 100);
     assert!(text.contains("glitchlab truncated") && text.trim_end().ends_with("THE-END"));
 }
+
+#[tokio::test]
+async fn branch_delivery_leaves_the_work_for_review_and_the_base_untouched() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let main_before = git(&repo, &["rev-parse", "main"]);
+    let mut body = shell_task(&repo, "echo hello > hello.txt", "test -f hello.txt");
+    body["delivery"] = json!("branch");
+    let task = service.submit(&body).await;
+    assert_eq!(task["delivery"], "branch");
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
+
+    assert_eq!(task["status"], "done", "{task:#}");
+    let branch = format!("glitchlab/{id}");
+    assert_eq!(
+        task["commit"].as_str().unwrap(),
+        git(&repo, &["rev-parse", &branch])
+    );
+    assert_eq!(
+        git(&repo, &["rev-parse", "main"]),
+        main_before,
+        "the base moved"
+    );
+    assert!(!repo.join("hello.txt").exists(), "the checkout changed");
+    assert_eq!(
+        git(&repo, &["show", &format!("{branch}:hello.txt")]),
+        "hello"
+    );
+    assert!(
+        !root.path().join("data/worktrees").join(id).exists(),
+        "the worktree was kept"
+    );
+    let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    let delivered = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "stage.finished" && e["data"]["stage"] == "deliver")
+        .unwrap_or_else(|| panic!("no deliver stage: {events:#}"));
+    assert_eq!(
+        delivered["data"]["result"]["delivery"], "branch",
+        "{delivered:#}"
+    );
+    assert_eq!(delivered["data"]["result"]["branch"], branch.as_str());
+
+    // A deploy ships what landed on the base: it cannot follow a branch left for review.
+    body["deploy"] = json!("web");
+    let (status, refused) = service.post("/v1/tasks", &body).await;
+    assert_eq!(
+        (status, &refused["error"]["code"]),
+        (422, &json!("INVALID_FIELD")),
+        "{refused}"
+    );
+}
