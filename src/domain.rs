@@ -581,6 +581,14 @@ pub struct EngineRun {
     /// Tokens a model-backed engine used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<TokenUsage>,
+    /// `sha256:<hex>` of the prompt the engine was given (none for verify and `builtin`): which
+    /// runs saw the same input, without keeping the text twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_digest: Option<String>,
+    /// What the rate card charged for it, in micro-tokens; none while it runs and for a run cut
+    /// off by a crash (never charged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<u64>,
     /// When it started.
     pub started_at: DateTime<Utc>,
     /// Running, finished or interrupted (records from before this field are finished).

@@ -47,6 +47,15 @@ pub struct ShellRun {
     /// The service instance (its data dir), exported as `GLITCHLAB_INSTANCE` so a restarted
     /// service can find and kill what a killed one left running.
     pub instance: String,
+    /// [`prompt_digest`] of the prompt file the engine reads; none for verify.
+    pub prompt_digest: Option<String>,
+}
+
+/// `sha256:<hex>` of a prompt: recorded on the run so runs that saw the same input can be told
+/// apart from runs that did not, without storing the text again.
+pub fn prompt_digest(prompt: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(prompt.as_bytes())))
 }
 
 impl RunIdentity {
@@ -67,6 +76,8 @@ impl RunIdentity {
             stderr: CapturedOutput::default(),
             duration_ms: 0,
             tokens: None,
+            prompt_digest: None,
+            cost: None,
             started_at: Utc::now(),
             status: RunStatus::Running,
         }
@@ -117,6 +128,7 @@ impl Drop for OpenRun {
         let mut run = self.run.clone();
         run.status = RunStatus::Interrupted;
         run.duration_ms = millis(self.started.elapsed());
+        metering::price(&self.services, &mut run);
         let services = self.services.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
@@ -162,12 +174,15 @@ pub async fn run_shell(
     spec.env
         .push((process::INSTANCE_VARIABLE.into(), run.instance));
     let command = Some(services.redactor.redact(&run.command));
-    let open = OpenRun::start(services, who.running("shell", command)).await?;
+    let mut running = who.running("shell", command);
+    running.prompt_digest = run.prompt_digest;
+    let open = OpenRun::start(services, running).await?;
     let output = match process::run(&spec).await {
         Ok(output) => output,
         Err(error) => {
             let message = error.to_string();
-            let failed = open.finish(|record| record.stderr.text = message.clone());
+            let mut failed = open.finish(|record| record.stderr.text = message.clone());
+            metering::price(services, &mut failed);
             services.store.record_run(&failed).await?;
             crate::metrics::engine_run(&failed);
             return Err(StageError::EngineFailed(message));
@@ -185,6 +200,7 @@ pub async fn run_shell(
         record.stderr = redact(output.stderr);
     });
     record.duration_ms = millis(output.duration);
+    metering::price(services, &mut record);
     services.store.record_run(&record).await?;
     crate::metrics::engine_run(&record);
     metering::charge_run(services, &record).await;
@@ -259,13 +275,16 @@ pub async fn run_model(
             StageError::EngineFailed(format!("no provider `{provider_name}` in [providers]"))
         })?;
     let command = Some(format!("openai:{provider_name}/{}", provider.model));
-    let open = OpenRun::start(services, who.running("openai", command)).await?;
+    let mut running = who.running("openai", command);
+    running.prompt_digest = Some(prompt_digest(&format!("{system}\n\n{user}")));
+    let open = OpenRun::start(services, running).await?;
     let completion = match openai::complete(provider, system, user).await {
         Ok(completion) => completion,
         Err(error) => {
             // A failed call is a finished run without an answer, recorded like any other.
             let message = services.redactor.redact(&error.to_string());
-            let failed = open.finish(|record| record.stderr.text = message.clone());
+            let mut failed = open.finish(|record| record.stderr.text = message.clone());
+            metering::price(services, &mut failed);
             services.store.record_run(&failed).await?;
             crate::metrics::engine_run(&failed);
             return Err(if error.is_transient() {
@@ -275,7 +294,7 @@ pub async fn run_model(
             });
         }
     };
-    let record = open.finish(|record| {
+    let mut record = open.finish(|record| {
         record.exit_code = Some(0);
         record.stdout = CapturedOutput {
             text: services.redactor.redact(&completion.content),
@@ -283,6 +302,7 @@ pub async fn run_model(
         };
         record.tokens = Some(completion.usage);
     });
+    metering::price(services, &mut record);
     services.store.record_run(&record).await?;
     crate::metrics::engine_run(&record);
     metering::charge_run(services, &record).await;
@@ -310,7 +330,7 @@ pub async fn record_builtin(
     stdout: String,
     started: Instant,
 ) -> Result<EngineRun, StageError> {
-    let record = EngineRun {
+    let mut record = EngineRun {
         id: Uuid::now_v7(),
         task_id: who.task_id,
         persona: who.persona.to_owned(),
@@ -328,9 +348,12 @@ pub async fn record_builtin(
         stderr: CapturedOutput::default(),
         duration_ms: millis(started.elapsed()),
         tokens: None,
+        prompt_digest: None,
+        cost: None,
         started_at: Utc::now(),
         status: RunStatus::Finished,
     };
+    metering::price(services, &mut record);
     services.store.record_run(&record).await?;
     crate::metrics::engine_run(&record);
     metering::charge_run(services, &record).await;

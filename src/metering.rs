@@ -151,10 +151,18 @@ pub async fn release(directory: &ActorDirectory, reservation: &str) {
     }
 }
 
+/// Puts what the rate card charges for an ended run on its record (`cost`), so the runs API shows
+/// the same figure the books do.
+pub fn price(services: &Services, run: &mut EngineRun) {
+    run.cost = Some(services.config.ledger.rates.run_cost(run));
+}
+
 /// Charges one engine run to its task (idempotent by the run's id). A failure is recorded as an
 /// event, never fails the work: the run already happened.
 pub async fn charge_run(services: &Services, run: &EngineRun) {
-    let amount = services.config.ledger.rates.run_cost(run);
+    let amount = run
+        .cost
+        .unwrap_or_else(|| services.config.ledger.rates.run_cost(run));
     if amount == 0 {
         return;
     }

@@ -12,6 +12,8 @@ pub struct PromptFiles {
     pub prompt: PathBuf,
     /// `GLITCHLAB_FEEDBACK_FILE`: the previous verify failure; empty on attempt 1.
     pub feedback: PathBuf,
+    /// The prompt's digest, for the run record.
+    pub digest: String,
 }
 
 /// The full prompt text.
@@ -79,6 +81,7 @@ pub async fn write_files(
     let files = PromptFiles {
         prompt: dir.join(format!("{stage}-{attempt}.prompt.md")),
         feedback: dir.join(format!("{stage}-{attempt}.feedback.txt")),
+        digest: crate::engine::prompt_digest(prompt),
     };
     tokio::fs::write(&files.prompt, prompt).await?;
     tokio::fs::write(&files.feedback, feedback.unwrap_or("")).await?;

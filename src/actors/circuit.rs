@@ -129,6 +129,7 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
             )?,
             output_bytes_max: config.output_bytes_max,
             instance: services.instance(),
+            prompt_digest: None,
         },
     )
     .await?;

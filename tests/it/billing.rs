@@ -110,6 +110,24 @@ async fn a_finished_tasks_charges_appear_per_persona_and_its_reservation_is_sett
     );
     assert_eq!(account(&service, &format!("task:{id}")).await["balance"], 0);
     assert_audit_balanced(&service).await;
+
+    // Each run carries the figure the books charged, and the digest of the prompt it was given.
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    let runs = runs["runs"].as_array().unwrap();
+    let priced: u64 = runs.iter().map(|r| r["cost"].as_u64().unwrap()).sum();
+    assert_eq!(priced, cost, "{runs:#?}");
+    let patch = runs.iter().find(|r| r["persona"] == "patch").unwrap();
+    let prompt_file = root
+        .path()
+        .join("data/prompts")
+        .join(&id)
+        .join("implement-1.prompt.md");
+    let prompt = std::fs::read(&prompt_file).unwrap();
+    use sha2::Digest;
+    let expected = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&prompt)));
+    assert_eq!(patch["prompt_digest"], expected.as_str());
+    let verify = runs.iter().find(|r| r["persona"] == "circuit").unwrap();
+    assert!(verify.get("prompt_digest").is_none(), "{verify:#}");
 }
 
 #[tokio::test]
@@ -178,6 +196,7 @@ async fn a_run_cut_off_by_a_cancel_is_charged_before_the_task_settles() {
     // 1,000 per started second (at least 2) plus 500 per verify run: the default rate card.
     assert!(charge["amount"].as_u64().unwrap() >= 2_500, "{charge:#}");
     assert_eq!(charge["credit_account"], "agent:circuit");
+    assert_eq!(cut["cost"], charge["amount"], "the run shows what was charged");
 
     // The settlement came after the charge: the task's account is square, the payer paid it.
     assert_eq!(account(&service, &format!("task:{id}")).await["balance"], 0);
