@@ -217,22 +217,29 @@ pub struct CompassConfig {
     pub stall_after_secs: u64,
     /// Pipeline templates: which stages each task kind runs, in order.
     pub templates: std::collections::BTreeMap<String, Vec<Stage>>,
+    /// How long a `deploy` stage waits for its deploy to end (an approval gate included) before
+    /// the task fails `DEPLOY_FAILED`; the deploy itself goes on.
+    pub deploy_wait_secs: u64,
 }
 
 impl Default for CompassConfig {
     fn default() -> Self {
         let full = vec![Stage::Plan, Stage::Implement, Stage::Verify, Stage::Deliver];
         let mut templates: std::collections::BTreeMap<String, Vec<Stage>> =
-            ["feature", "bugfix", "refactor", "infra", "chore"]
+            ["feature", "bugfix", "refactor", "chore"]
                 .into_iter()
                 .map(|kind| (kind.to_owned(), full.clone()))
                 .collect();
         templates.insert("docs".to_owned(), vec![Stage::Implement, Stage::Deliver]);
+        let mut deployed = full;
+        deployed.push(Stage::Deploy);
+        templates.insert("infra".to_owned(), deployed);
         Self {
             max_concurrent_tasks: 4,
             max_queued_tasks: 10_000,
             stall_after_secs: 900,
             templates,
+            deploy_wait_secs: 3600,
         }
     }
 }
@@ -460,6 +467,10 @@ impl Config {
                 "compass.stall_after_secs must be at least 1",
             ),
             (
+                self.compass.deploy_wait_secs == 0,
+                "compass.deploy_wait_secs must be at least 1",
+            ),
+            (
                 self.tasks.default_max_attempts == 0,
                 "tasks.default_max_attempts must be at least 1",
             ),
@@ -508,6 +519,11 @@ fn check_template(kind: &str, stages: &[Stage]) -> Result<(), String> {
         if needs_branch && !stages[..index].contains(&Stage::Implement) {
             return Err(format!(
                 "compass.templates.{kind}: `{stage}` must come after `implement`"
+            ));
+        }
+        if *stage == Stage::Deploy && !stages[..index].contains(&Stage::Deliver) {
+            return Err(format!(
+                "compass.templates.{kind}: `deploy` must come after `deliver` (it ships what landed)"
             ));
         }
     }
@@ -581,6 +597,11 @@ mod tests {
         let templates = Config::parse(docs).unwrap().compass.templates;
         assert_eq!(templates["docs"].len(), 2);
         assert_eq!(templates["feature"].len(), 4);
+        assert_eq!(templates["infra"].last(), Some(&Stage::Deploy));
+        let early_deploy = "[compass.templates]\nship = [\"implement\", \"deploy\", \"deliver\"]\n";
+        assert!(Config::parse(early_deploy)
+            .unwrap_err()
+            .contains("`deploy` must come after `deliver`"));
     }
 
     #[test]

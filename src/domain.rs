@@ -136,6 +136,9 @@ pub enum Stage {
     Approve,
     /// Patch merges the branch into the base branch.
     Deliver,
+    /// Uplink-Deploy deploys the delivered commit to the task's `deploy` app; the task is done
+    /// when the release is healthy.
+    Deploy,
 }
 
 impl Stage {
@@ -147,6 +150,7 @@ impl Stage {
             Self::Verify => "verify",
             Self::Approve => "approve",
             Self::Deliver => "deliver",
+            Self::Deploy => "deploy",
         }
     }
 }

@@ -285,6 +285,11 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
     check_length("base_branch", &base_branch, 1, TITLE_BYTES_MAX)?;
     check_repository(config.git.timeout(), &request.repo, &base_branch).await?;
     let deps = check_deps(services, request.deps.unwrap_or_default())?;
+    if stages.contains(&Stage::Deploy) && request.deploy.is_none() {
+        return Err(IntakeError::InvalidField(format!(
+            "kind `{kind}` ends with a deploy stage: name the app (of ops.yaml) in `deploy`"
+        )));
+    }
     let delivery = request.delivery.unwrap_or(config.tasks.delivery);
     if delivery == Delivery::Branch && request.deploy.is_some() {
         return Err(IntakeError::InvalidField(

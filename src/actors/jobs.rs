@@ -79,6 +79,10 @@ pub enum StageError {
     /// Delivery failed for another reason; the branch stays for a human.
     #[error("{0}")]
     DeliverFailed(String),
+    /// The task's deploy did not end healthy (rolled back, failed, rejected, or still waiting
+    /// past `compass.deploy_wait_secs`).
+    #[error("{0}")]
+    DeployFailed(String),
     /// Durable state could not be written.
     #[error("{0}")]
     Store(String),
@@ -109,6 +113,7 @@ impl StageError {
             Self::Git(_) => "GIT_FAILED",
             Self::MergeConflict(_) => "MERGE_CONFLICT",
             Self::DeliverFailed(_) => "DELIVER_FAILED",
+            Self::DeployFailed(_) => "DEPLOY_FAILED",
             Self::Store(_) => "STORE_FAILED",
             Self::Cancelled => "CANCELLED",
             Self::Internal(_) => "INTERNAL",

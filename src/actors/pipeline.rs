@@ -51,6 +51,8 @@ pub enum StageOutcome {
     Verified(VerifyOutcome),
     /// Patch's delivery step.
     Delivered(DeliverStep),
+    /// Uplink-Deploy's deploy of the delivered commit went healthy: its id.
+    Deployed(String),
 }
 
 /// A pipeline's messages.
@@ -238,6 +240,7 @@ async fn advance(
     };
     let limits = call_limits(&state.services, stage);
     let directory = state.services.directory.clone();
+    let services = state.services.clone();
     let attempt = task.attempts;
     let task_id = task.id;
     let work = async move {
@@ -294,6 +297,12 @@ async fn advance(
             )
             .await
             .map(StageOutcome::Delivered),
+            Stage::Deploy => {
+                let wait = Duration::from_secs(services.config.compass.deploy_wait_secs);
+                super::uplink_deploy::deploy_stage(&services, &task, wait)
+                    .await
+                    .map(StageOutcome::Deployed)
+            }
         }
     };
     let pipeline = myself.clone();
@@ -319,6 +328,7 @@ pub fn persona_of(stage: Stage) -> Option<&'static str> {
         Stage::Plan => Some("planner"),
         Stage::Implement | Stage::Deliver => Some("patch"),
         Stage::Verify => Some("circuit"),
+        Stage::Deploy => Some("uplink-deploy"),
         Stage::Approve => None,
     }
 }
@@ -331,6 +341,7 @@ fn call_limits(services: &Services, stage: Stage) -> CallLimits {
         Stage::Implement => Duration::from_secs(config.engines.timeout_secs) + git * 6,
         Stage::Verify => Duration::from_secs(config.engines.verify_timeout_secs) + git * 3,
         Stage::Deliver | Stage::Approve => git * 8,
+        Stage::Deploy => Duration::from_secs(config.compass.deploy_wait_secs),
     };
     let supervision = &config.supervision;
     CallLimits {
@@ -409,6 +420,9 @@ async fn on_stage_done(
         }
         StageOutcome::Delivered(DeliverStep::BaseMerged(head)) => {
             reverify(myself, state, &task, head).await
+        }
+        StageOutcome::Deployed(deploy) => {
+            finish_stage(myself, state, &task, json!({"deploy": deploy}), |_| {}).await
         }
     }
 }
@@ -499,8 +513,13 @@ async fn finish_stage(
             })
             .await?;
         tracing::info!(task = %task.id, commit = ?task.commit, "task done");
-        // A task that names `deploy: <app>` asks Uplink-Deploy for it (a cast; never waits).
-        if let Some(app) = task.deploy.clone() {
+        // A task that names `deploy: <app>` without a `deploy` stage asks Uplink-Deploy for it
+        // now (a cast; never waits).
+        if let Some(app) = task
+            .deploy
+            .clone()
+            .filter(|_| !task.stages.contains(&Stage::Deploy))
+        {
             super::uplink_deploy::deploy_after_task(
                 &state.services,
                 app,

@@ -12,7 +12,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::jobs::spawn_job;
+use super::jobs::{spawn_job, StageError};
 use super::uplink_respond::send_signals;
 use super::Services;
 use crate::domain::TaskId;
@@ -318,9 +318,13 @@ async fn request(
         .ok_or_else(|| OpsError::UnknownApp(app.to_owned()))?;
     let history = state.ops.deploys_of(app)?;
     // A delivered task asks once, but its request may be repeated after a crash: answer with
-    // the deploy it already made.
+    // the deploy it already made — unless that one ended without a healthy release and the task
+    // was retried: then it asks for a new one.
     if trigger.starts_with("task:") {
-        if let Some(existing) = history.iter().find(|d| d.trigger == trigger) {
+        let made = history.iter().rev().find(|d| {
+            d.trigger == trigger && (!d.status.is_terminal() || d.status == DeployStatus::Healthy)
+        });
+        if let Some(existing) = made {
             return Ok(existing.clone());
         }
     }
@@ -584,6 +588,76 @@ pub fn unwrap_call<T>(
     result: Result<CallResult<Result<T, OpsError>>, ractor::MessagingErr<UplinkDeployMsg>>,
 ) -> Result<T, OpsError> {
     crate::ops::flatten_call("uplink-deploy", result)
+}
+
+/// How often a task's `deploy` stage looks at its deploy record.
+const DEPLOY_POLL: Duration = Duration::from_millis(250);
+
+/// A task's `deploy` stage: asks for the deploy of its delivered commit (idempotent by the trigger
+/// `task:<id>`, so a stage run again after a crash finds the deploy it made) and waits, at most
+/// `wait`, for it to end. Healthy: the deploy's id. Anything else fails the stage
+/// `DEPLOY_FAILED`; a deploy still running when the wait ends goes on without the task.
+pub async fn deploy_stage(
+    services: &Services,
+    task: &crate::domain::Task,
+    wait: Duration,
+) -> Result<String, StageError> {
+    let app = task.deploy.clone().ok_or_else(|| {
+        StageError::DeployFailed("the task names no `deploy` app for its deploy stage".into())
+    })?;
+    let actor = current(&services.directory).await.map_err(stage_error)?;
+    let trigger = format!("task:{}", task.id);
+    let call = actor.call(
+        |reply| UplinkDeployMsg::Request {
+            app: app.clone(),
+            commit: task.commit.clone(),
+            trigger: trigger.clone(),
+            reply: Some(reply),
+        },
+        Some(PERSONA_WAIT),
+    );
+    let record = unwrap_call(call.await).map_err(stage_error)?;
+    let ops = OpsStore::open(&services.store).map_err(|e| StageError::Store(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let current = ops
+            .deploy(&record.id)
+            .map_err(|e| StageError::Store(e.to_string()))?
+            .ok_or_else(|| StageError::DeployFailed(format!("deploy {} vanished", record.id)))?;
+        if current.status == DeployStatus::Healthy && current.finished_at.is_some() {
+            return Ok(current.id);
+        }
+        if current.status.is_terminal() && current.status != DeployStatus::Healthy {
+            let why = current
+                .error
+                .map(|e| format!(": {} {}", e.code, e.message))
+                .unwrap_or_default();
+            return Err(StageError::DeployFailed(format!(
+                "deploy {} of `{app}` ended {}{why}",
+                current.id,
+                crate::ops::wire_name(&current.status)
+            )));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StageError::DeployFailed(format!(
+                "deploy {} of `{app}` is still {} after {}s (compass.deploy_wait_secs); it goes on \
+                 without the task",
+                current.id,
+                crate::ops::wire_name(&current.status),
+                wait.as_secs()
+            )));
+        }
+        tokio::time::sleep(DEPLOY_POLL).await;
+    }
+}
+
+/// An ops error as a stage's: a persona that is down is one, the rest are the deploy's verdict.
+fn stage_error(error: OpsError) -> StageError {
+    match error {
+        OpsError::Unavailable(message) => StageError::PersonaUnavailable(message),
+        OpsError::Store(message) => StageError::Store(message),
+        other => StageError::DeployFailed(format!("{}: {other}", other.code())),
+    }
 }
 
 /// A delivered task named `deploy: <app>`: request that deploy of the delivered commit. Never

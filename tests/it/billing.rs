@@ -196,7 +196,10 @@ async fn a_run_cut_off_by_a_cancel_is_charged_before_the_task_settles() {
     // 1,000 per started second (at least 2) plus 500 per verify run: the default rate card.
     assert!(charge["amount"].as_u64().unwrap() >= 2_500, "{charge:#}");
     assert_eq!(charge["credit_account"], "agent:circuit");
-    assert_eq!(cut["cost"], charge["amount"], "the run shows what was charged");
+    assert_eq!(
+        cut["cost"], charge["amount"],
+        "the run shows what was charged"
+    );
 
     // The settlement came after the charge: the task's account is square, the payer paid it.
     assert_eq!(account(&service, &format!("task:{id}")).await["balance"], 0);

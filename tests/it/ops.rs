@@ -787,3 +787,66 @@ async fn a_runbook_action_is_charged_for_its_command_seconds() {
     assert!((2..=4).contains(&seconds), "{charge}");
     assert_eq!(charge["amount"], 1_000 * seconds, "{charge}");
 }
+
+#[tokio::test]
+async fn an_infra_task_is_done_only_once_its_deploy_is_healthy() {
+    let root = tempfile::tempdir().unwrap();
+    let _reaper = AppReaper(root.path().to_path_buf());
+    let repo = sample_repo(root.path());
+    let port = free_port();
+    let service = start(root.path(), &local_ops(&repo, port, 0, ""), Vec::new()).await;
+
+    // `infra` ends with a deploy stage: it must say what to deploy.
+    let mut body =
+        crate::helpers::shell_task(&repo, "echo 2 > VERSION", "python3 -m py_compile app.py");
+    body["kind"] = json!("infra");
+    let (status, refused) = service.post("/v1/tasks", &body).await;
+    assert_eq!(
+        (status, &refused["error"]["code"]),
+        (422, &json!("INVALID_FIELD")),
+        "{refused}"
+    );
+
+    body["deploy"] = json!("web");
+    let task = service.submit(&body).await;
+    assert_eq!(
+        task["stages"],
+        json!(["plan", "implement", "verify", "deliver", "deploy"])
+    );
+    let id = task["id"].as_str().unwrap().to_owned();
+    let task = service.wait_until_finished(&id).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    assert_eq!(task["stage"], "deploy");
+    // Done means deployed: the app already answers with the task's work.
+    assert_eq!(app_root(port).await.unwrap()["version"], "2");
+    let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    let deployed = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "stage.finished" && e["data"]["stage"] == "deploy")
+        .unwrap_or_else(|| panic!("no deploy stage: {events:#}"));
+    let deploy_id = deployed["data"]["result"]["deploy"].as_str().unwrap();
+    let (_, deploy) = service.get(&format!("/v1/deploys/{deploy_id}")).await;
+    assert_eq!(deploy["status"], "healthy");
+    assert_eq!(deploy["trigger"], format!("task:{id}"));
+    assert_eq!(deploy["commit"], task["commit"]);
+
+    // A release whose health check fails is rolled back, and the task fails with it.
+    let mut broken = crate::helpers::shell_task(
+        &repo,
+        "echo 3 > VERSION && echo yes > BROKEN",
+        "python3 -m py_compile app.py",
+    );
+    broken["kind"] = json!("infra");
+    broken["deploy"] = json!("web");
+    let task = service.submit(&broken).await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["error"]["code"], "DEPLOY_FAILED");
+    let message = task["error"]["message"].as_str().unwrap();
+    assert!(message.contains("rolled_back"), "{message}");
+    assert_eq!(app_root(port).await.unwrap()["version"], "2");
+}
