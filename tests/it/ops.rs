@@ -849,4 +849,26 @@ async fn an_infra_task_is_done_only_once_its_deploy_is_healthy() {
     let message = task["error"]["message"].as_str().unwrap();
     assert!(message.contains("rolled_back"), "{message}");
     assert_eq!(app_root(port).await.unwrap()["version"], "2");
+
+    // A retry runs the deploy stage again with a new deploy, not the rolled-back one.
+    let broken_id = task["id"].as_str().unwrap().to_owned();
+    let (status, _) = service
+        .post(&format!("/v1/tasks/{broken_id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let task = service
+        .wait_for_task(&broken_id, WAIT, |t| {
+            t["status"] == "failed" && t["failures"].as_array().is_some_and(|f| f.len() >= 2)
+        })
+        .await;
+    assert_eq!(task["error"]["code"], "DEPLOY_FAILED");
+    let trigger = format!("task:{broken_id}");
+    let (_, list) = service.get("/v1/deploys?app=web").await;
+    let made = list["deploys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["trigger"] == trigger.as_str())
+        .count();
+    assert_eq!(made, 2, "{list:#}");
 }
