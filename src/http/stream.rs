@@ -210,6 +210,9 @@ async fn feed_task(
     }
     // Whether to look at the task record: at the start, after one of its events, on a poll tick.
     let mut look = true;
+    // One interval for the whole stream: other tasks' events must not keep postponing the tick.
+    let mut poll = tokio::time::interval(TASK_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let task = if std::mem::take(&mut look) {
             store.task(task_id)?
@@ -235,7 +238,7 @@ async fn feed_task(
         }
         tokio::select! {
             () = sender.closed() => return Ok(()),
-            () = tokio::time::sleep(TASK_POLL) => look = true,
+            _ = poll.tick() => look = true,
             received = live.recv() => match received {
                 Ok(event) if event.task_id == task_id => {
                     look = true;
