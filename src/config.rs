@@ -471,6 +471,10 @@ impl Config {
                 "compass.deploy_wait_secs must be at least 1",
             ),
             (
+                self.ledger.watch_billing_interval_secs == 0,
+                "ledger.watch_billing_interval_secs must be at least 1",
+            ),
+            (
                 self.tasks.default_max_attempts == 0,
                 "tasks.default_max_attempts must be at least 1",
             ),

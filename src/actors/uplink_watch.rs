@@ -3,6 +3,7 @@
 //! stored, and a failure becomes a signal for Uplink-Respond. Watch never acts on an app itself.
 //! Checks of an app pause while it is being deployed and before its first release.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +15,10 @@ use tokio_util::task::AbortOnDropHandle;
 use super::jobs::spawn_job;
 use super::uplink_respond::send_signals;
 use super::Services;
-use crate::ops::probe;
 use crate::ops::provider::{LocalRuntime, ProviderContext};
 use crate::ops::records::{CheckResult, OpsStore, Signal};
 use crate::ops::spec::{CheckKind, CheckSpec};
+use crate::ops::{billing, probe};
 
 /// How often Watch looks for due checks: the resolution of its schedules.
 const TICK: Duration = Duration::from_millis(200);
@@ -53,6 +54,10 @@ pub struct UplinkWatchState {
     ops: OpsStore,
     /// Every check, in `ops.yaml` order.
     checks: Vec<Scheduled>,
+    /// Command seconds the checks of each app ran since its last charge.
+    unbilled: BTreeMap<String, u64>,
+    /// When the unbilled seconds were last charged.
+    billed_at: tokio::time::Instant,
     /// Sends `Tick`; aborted with the state.
     _ticker: AbortOnDropHandle<()>,
 }
@@ -69,6 +74,8 @@ pub enum UplinkWatchMsg {
         index: usize,
         /// What it found.
         result: CheckResult,
+        /// Started seconds of the commands it ran (to be charged).
+        command_seconds: u64,
     },
 }
 
@@ -113,6 +120,8 @@ impl Actor for UplinkWatch {
             provider,
             ops,
             checks,
+            unbilled: BTreeMap::new(),
+            billed_at: tokio::time::Instant::now(),
             _ticker: ticker(myself),
         })
     }
@@ -133,8 +142,18 @@ impl Actor for UplinkWatch {
                     .collect();
                 let _ = reply.send(names);
             }
-            UplinkWatchMsg::Tick => on_tick(&myself, state)?,
-            UplinkWatchMsg::CheckDone { index, result } => {
+            UplinkWatchMsg::Tick => {
+                on_tick(&myself, state)?;
+                bill_if_due(state);
+            }
+            UplinkWatchMsg::CheckDone {
+                index,
+                result,
+                command_seconds,
+            } => {
+                if command_seconds > 0 {
+                    *state.unbilled.entry(result.app.clone()).or_default() += command_seconds;
+                }
                 on_check_done(state, index, result).await?;
             }
         }
@@ -191,26 +210,62 @@ fn start_check(myself: &ActorRef<UplinkWatchMsg>, state: &mut UplinkWatchState, 
     let Some(app) = state.services.definitions.ops.apps.get(&check.app).cloned() else {
         return;
     };
-    let (provider, store) = (state.provider.clone(), state.services.store.clone());
+    let (provider, store) = (
+        state.provider.clone().metered(),
+        state.services.store.clone(),
+    );
     let (name, spec) = (check.app.clone(), check.spec.clone());
     let me = myself.clone();
     let (fallback_app, fallback_check, kind) = (name.clone(), spec.name.clone(), spec.kind);
     let job = spawn_job(
-        async move { probe::run_check(&provider, &store, &name, &app, &spec).await },
+        async move {
+            let result = probe::run_check(&provider, &store, &name, &app, &spec).await;
+            (result, provider.command_seconds())
+        },
         move |outcome| {
-            let result = outcome.unwrap_or_else(|panic| CheckResult {
-                app: fallback_app,
-                check: fallback_check,
-                kind,
-                outcome: "fail".into(),
-                detail: panic,
-                at: Utc::now(),
-                duration_ms: 0,
+            let (result, command_seconds) = outcome.unwrap_or_else(|panic| {
+                let result = CheckResult {
+                    app: fallback_app,
+                    check: fallback_check,
+                    kind,
+                    outcome: "fail".into(),
+                    detail: panic,
+                    at: Utc::now(),
+                    duration_ms: 0,
+                };
+                (result, 0)
             });
-            let _ = me.cast(UplinkWatchMsg::CheckDone { index, result });
+            let _ = me.cast(UplinkWatchMsg::CheckDone {
+                index,
+                result,
+                command_seconds,
+            });
         },
     );
     state.checks[index].running = Some(job);
+}
+
+/// Once per `ledger.watch_billing_interval_secs`, charges each app's unbilled command seconds in
+/// one transfer, from a spawned task (the handler never waits on the Ledger). Seconds whose charge
+/// fails, or that a crash cuts off before their interval ends, go uncharged: Watch under-bills,
+/// it never bills twice.
+fn bill_if_due(state: &mut UplinkWatchState) {
+    let interval = Duration::from_secs(state.services.config.ledger.watch_billing_interval_secs);
+    if state.billed_at.elapsed() < interval || state.unbilled.is_empty() {
+        return;
+    }
+    state.billed_at = tokio::time::Instant::now();
+    for (app, seconds) in std::mem::take(&mut state.unbilled) {
+        let Some(spec) = state.services.definitions.ops.apps.get(&app).cloned() else {
+            continue;
+        };
+        let services = state.services.clone();
+        tokio::spawn(async move {
+            if let Err(error) = billing::charge_watch(&services, &app, &spec, seconds).await {
+                tracing::error!(%app, seconds, %error, "could not charge the checks' command seconds");
+            }
+        });
+    }
 }
 
 async fn on_check_done(

@@ -86,6 +86,9 @@ pub struct LedgerConfig {
     pub default_task_budget: u64,
     /// Prices of engine runs, tokens and deploys.
     pub rates: crate::metering::RateCard,
+    /// How often Uplink-Watch charges the command seconds its checks ran, per app, in one
+    /// transfer (a transfer per check run would be one every few seconds).
+    pub watch_billing_interval_secs: u64,
 }
 
 impl Default for LedgerConfig {
@@ -96,6 +99,7 @@ impl Default for LedgerConfig {
             expiry_scan_interval_ms: 1000,
             default_task_budget: 10_000_000,
             rates: crate::metering::RateCard::default(),
+            watch_billing_interval_secs: 60,
         }
     }
 }

@@ -7,8 +7,10 @@
 //!   commands) are charged at `ledger.rates.shell_per_second`.
 //! - An app action a runbook asks for (restart, rollback, scale) is charged for its command
 //!   seconds.
+//! - The command seconds of Watch's checks (`command`, `tls_expiry`) are summed per app and
+//!   charged to `agent:uplink-watch` once per `ledger.watch_billing_interval_secs`.
 //!
-//! The money goes from the payer to `agent:uplink-deploy`, so the books (and the Watch `cost`
+//! Deploy and action money goes from the payer to `agent:uplink-deploy`, so the books (and the Watch `cost`
 //! check, which sums what agents earned) show what operating an app costs. Every transfer id is
 //! derived from the deploy's or action's id and every memo is fixed, so settling again (after a
 //! crash) is a no-op.
@@ -25,6 +27,8 @@ use crate::ledger::{agent_account, LedgerError, NewTransfer, TransferStatus};
 pub const CODE_DEPLOY: u16 = 20;
 /// Transfer code of the command seconds of a deploy or an app action.
 pub const CODE_OPS_COMMANDS: u16 = 21;
+/// Transfer code of the command seconds Watch's checks of an app ran in one billing interval.
+pub const CODE_WATCH_COMMANDS: u16 = 22;
 
 /// The persona ops work is paid to.
 const PAYEE: &str = "uplink-deploy";
@@ -141,6 +145,38 @@ pub async fn settle_deploy(services: &Services, record: &DeployRecord) -> Result
         memo,
     )
     .await
+}
+
+/// Charges the command seconds Watch's checks of `app` ran since the last charge, from the app's
+/// payer to `agent:uplink-watch`, as one transfer with a fresh id.
+pub async fn charge_watch(
+    services: &Services,
+    app: &str,
+    spec: &AppSpec,
+    seconds: u64,
+) -> Result<(), LedgerError> {
+    let amount = services
+        .config
+        .ledger
+        .rates
+        .shell_per_second
+        .saturating_mul(seconds);
+    if amount == 0 {
+        return Ok(());
+    }
+    let account = payer(services, spec, "watch");
+    let id = format!("watch:{app}:{}", uuid::Uuid::now_v7());
+    let mut charge = NewTransfer::posted(
+        &id,
+        &account,
+        &agent_account("uplink-watch"),
+        amount,
+        CODE_WATCH_COMMANDS,
+    );
+    charge.memo = Some(format!("checks of {app}: {seconds} command seconds"));
+    ledger_actor::transfer(&services.directory, charge)
+        .await
+        .map(drop)
 }
 
 /// Charges an app action's command seconds (`id`: the action's own id).

@@ -872,3 +872,45 @@ async fn an_infra_task_is_done_only_once_its_deploy_is_healthy() {
         .count();
     assert_eq!(made, 2, "{list:#}");
 }
+
+#[tokio::test]
+async fn watch_checks_are_charged_for_their_command_seconds_per_app() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = sample_repo(root.path());
+    let ops = format!(
+        "apps:\n  svc:\n    repo: {repo}\n    provider: command\n    command: {{deploy: \"true\", rollback: \"true\"}}\n    checks:\n      - {{name: reader, schedule: \"*/1 * * * * *\", kind: command, command: \"cat {repo}/VERSION\"}}\n",
+        repo = repo.display()
+    );
+    let ops_file = root.path().join("ops.yaml");
+    std::fs::write(&ops_file, ops).unwrap();
+    let config = format!(
+        "[paths]\nops_file = \"{}\"\n[ledger]\nwatch_billing_interval_secs = 1\n",
+        ops_file.display()
+    );
+    let service = Service::start_with(root.path(), with_config(&config)).await;
+    // One transfer per app per interval, from the app's payer to Uplink-Watch.
+    let history = wait_until(
+        &service,
+        "/v1/ledger/accounts/agent:uplink-watch/transfers",
+        |page| page["transfers"].as_array().is_some_and(|t| !t.is_empty()),
+    )
+    .await;
+    let charge = &history["transfers"][0];
+    assert_eq!(charge["debit_account"], "user:local");
+    assert_eq!(charge["code"], 22);
+    assert!(
+        charge["id"].as_str().unwrap().starts_with("watch:svc:"),
+        "{charge}"
+    );
+    let memo = charge["memo"].as_str().unwrap();
+    let seconds: u64 = memo["checks of svc: ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(seconds >= 1, "{memo}");
+    assert_eq!(charge["amount"], 1_000 * seconds, "{charge}");
+    let (_, audit) = service.get("/v1/ledger/audit").await;
+    assert_eq!(audit["balanced"], true, "{audit}");
+}
