@@ -15,6 +15,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::jobs::spawn_job;
 use super::Services;
+use crate::ops::billing;
 use crate::ops::incident::{self, RespondContext};
 use crate::ops::provider::{LocalRuntime, ProviderContext};
 use crate::ops::records::{Incident, IncidentStatus, OpsStore, Signal};
@@ -224,22 +225,28 @@ fn start_response(
     from: usize,
     approved: Option<usize>,
 ) {
-    let (me, incident_id) = (myself.clone(), id.clone());
-    let job = spawn_job(
-        incident::respond(state.ctx.clone(), id.clone(), from, approved),
-        move |outcome| {
-            let error = match outcome {
-                Ok(Ok(())) => None,
-                Ok(Err(error)) => Some(error.to_string()),
-                Err(panic) => Some(panic),
-            };
-            let _ = me.cast(UplinkRespondMsg::ResponseDone {
-                id: incident_id,
-                error,
-            });
-        },
-    );
-    state.responses.insert(id, job);
+    let (me, incident_id, incident_id_key) = (myself.clone(), id.clone(), id.clone());
+    // Its own clock: the response's command seconds (logs, status, checks) are charged after it.
+    let mut ctx = state.ctx.clone();
+    ctx.provider = ctx.provider.metered();
+    let response = async move {
+        let outcome = incident::respond(ctx.clone(), id.clone(), from, approved).await;
+        billing::charge_response(&ctx.services, &ctx.ops, &id, ctx.provider.command_seconds())
+            .await;
+        outcome
+    };
+    let job = spawn_job(response, move |outcome| {
+        let error = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(panic) => Some(panic),
+        };
+        let _ = me.cast(UplinkRespondMsg::ResponseDone {
+            id: incident_id,
+            error,
+        });
+    });
+    state.responses.insert(incident_id_key, job);
 }
 
 async fn on_response_failed(

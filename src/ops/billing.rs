@@ -9,13 +9,15 @@
 //!   seconds.
 //! - The command seconds of Watch's checks (`command`, `tls_expiry`) are summed per app and
 //!   charged to `agent:uplink-watch` once per `ledger.watch_billing_interval_secs`.
+//! - A run of an incident response is charged for its own command seconds to
+//!   `agent:uplink-respond` when it ends.
 //!
 //! Deploy and action money goes from the payer to `agent:uplink-deploy`, so the books (and the Watch `cost`
 //! check, which sums what agents earned) show what operating an app costs. Every transfer id is
 //! derived from the deploy's or action's id and every memo is fixed, so settling again (after a
 //! crash) is a no-op.
 
-use super::records::DeployRecord;
+use super::records::{DeployRecord, OpsStore};
 use super::spec::AppSpec;
 use super::OpsError;
 use crate::actors::ledger as ledger_actor;
@@ -29,6 +31,9 @@ pub const CODE_DEPLOY: u16 = 20;
 pub const CODE_OPS_COMMANDS: u16 = 21;
 /// Transfer code of the command seconds Watch's checks of an app ran in one billing interval.
 pub const CODE_WATCH_COMMANDS: u16 = 22;
+/// Transfer code of the command seconds of one run of an incident response (diagnose, checks,
+/// the wait for health).
+pub const CODE_RESPONSE_COMMANDS: u16 = 23;
 
 /// The persona ops work is paid to.
 const PAYEE: &str = "uplink-deploy";
@@ -177,6 +182,43 @@ pub async fn charge_watch(
     ledger_actor::transfer(&services.directory, charge)
         .await
         .map(drop)
+}
+
+/// Charges the command seconds one run of incident `id`'s response took (its restart, rollback and
+/// scale steps are Uplink-Deploy's actions, charged there), from the app's payer to
+/// `agent:uplink-respond`. A failure is logged: the response already happened.
+pub async fn charge_response(services: &Services, ops: &OpsStore, id: &str, seconds: u64) {
+    let amount = services
+        .config
+        .ledger
+        .rates
+        .shell_per_second
+        .saturating_mul(seconds);
+    if amount == 0 {
+        return;
+    }
+    let Ok(Some(incident)) = ops.incident(id) else {
+        return;
+    };
+    let account = match services.definitions.ops.apps.get(&incident.app) {
+        Some(spec) => payer(services, spec, "respond"),
+        None => services.config.ledger.local_account.clone(),
+    };
+    let transfer_id = format!("respond:{id}:{}", uuid::Uuid::now_v7());
+    let mut charge = NewTransfer::posted(
+        &transfer_id,
+        &account,
+        &agent_account("uplink-respond"),
+        amount,
+        CODE_RESPONSE_COMMANDS,
+    );
+    charge.memo = Some(format!(
+        "incident {id} of {}: {seconds} command seconds",
+        incident.app
+    ));
+    if let Err(error) = ledger_actor::transfer(&services.directory, charge).await {
+        tracing::error!(incident = %id, %error, "could not charge an incident response");
+    }
 }
 
 /// Charges an app action's command seconds (`id`: the action's own id).

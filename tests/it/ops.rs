@@ -786,6 +786,27 @@ async fn a_runbook_action_is_charged_for_its_command_seconds() {
         .unwrap();
     assert!((2..=4).contains(&seconds), "{charge}");
     assert_eq!(charge["amount"], 1_000 * seconds, "{charge}");
+
+    // The response's own commands (its `check` steps and the health wait run `status`) are paid
+    // to Uplink-Respond.
+    let respond = wait_until(
+        &service,
+        "/v1/ledger/accounts/agent:uplink-respond/transfers",
+        |page| page["transfers"].as_array().is_some_and(|t| !t.is_empty()),
+    )
+    .await;
+    let charge = &respond["transfers"][0];
+    assert_eq!(charge["debit_account"], "user:local");
+    assert_eq!(charge["code"], 23);
+    let memo = charge["memo"].as_str().unwrap();
+    let seconds: u64 = memo
+        .split(": ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{memo}"));
+    assert!(seconds >= 2, "two check steps ran `status`: {memo}");
+    assert_eq!(charge["amount"], 1_000 * seconds, "{charge}");
 }
 
 #[tokio::test]
