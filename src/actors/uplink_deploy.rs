@@ -78,6 +78,13 @@ pub enum UplinkDeployMsg {
         /// The new record, or why it was refused; `None` when nobody waits for it.
         reply: Option<RpcReplyPort<Result<DeployRecord, OpsError>>>,
     },
+    /// A requested deploy whose price is reserved: store it (and run it when the app is free).
+    Admit {
+        /// The record, not stored yet.
+        record: Box<DeployRecord>,
+        /// Who waits for it.
+        reply: Option<RpcReplyPort<Result<DeployRecord, OpsError>>>,
+    },
     /// A human passes (`approve: true`) or refuses a deploy at its gate.
     Decide {
         /// The deploy.
@@ -138,7 +145,7 @@ impl Actor for UplinkDeploy {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        recover(state).await?;
+        recover(&myself, state).await?;
         let apps: Vec<String> = state
             .services
             .definitions
@@ -180,19 +187,21 @@ impl Actor for UplinkDeploy {
                 reply,
             } => {
                 crate::work_failpoint!("uplink-deploy.handle");
-                let outcome = request(state, &app, commit, &trigger).await;
+                match prepare(state, &app, commit, &trigger) {
+                    Ok(Prepared::Existing(record)) => answer(reply, &app, &trigger, Ok(record)),
+                    Ok(Prepared::New(record)) => {
+                        reserve_then_admit(&myself, &state.services, record, reply);
+                    }
+                    Err(error) => answer(reply, &app, &trigger, Err(error)),
+                }
+            }
+            UplinkDeployMsg::Admit { record, reply } => {
+                let (app, trigger) = (record.app.clone(), record.trigger.clone());
+                let outcome = admit(state, *record).await;
                 if outcome.is_ok() {
                     dispatch(&myself, state, &app)?;
                 }
-                match (reply, outcome) {
-                    (Some(reply), outcome) => {
-                        let _ = reply.send(outcome);
-                    }
-                    (None, Err(error)) => {
-                        tracing::error!(%app, %trigger, %error, "deploy request refused");
-                    }
-                    (None, Ok(_)) => {}
-                }
+                answer(reply, &app, &trigger, outcome);
             }
             UplinkDeployMsg::Decide {
                 id,
@@ -229,7 +238,10 @@ impl Actor for UplinkDeploy {
 
 /// After a start or a crash: deploys that were running died with the last incarnation (failed,
 /// `DEPLOY_INTERRUPTED`); local releases that should run are started again.
-async fn recover(state: &mut UplinkDeployState) -> Result<(), OpsError> {
+async fn recover(
+    myself: &ActorRef<UplinkDeployMsg>,
+    state: &mut UplinkDeployState,
+) -> Result<(), OpsError> {
     for (name, app) in &state.services.definitions.ops.apps {
         for mut record in state.ops.deploys_of(name)? {
             if record.status == DeployStatus::Running {
@@ -265,13 +277,16 @@ async fn recover(state: &mut UplinkDeployState) -> Result<(), OpsError> {
             }
         }
     }
-    request_missed_task_deploys(state).await
+    request_missed_task_deploys(myself, state)
 }
 
 /// Delivered tasks that name `deploy: <app>` but whose deploy request was lost (the service
 /// stopped between the delivery and the request) get it now. Looks at the newest
-/// [`TASK_DEPLOY_SCAN_MAX`] tasks.
-async fn request_missed_task_deploys(state: &UplinkDeployState) -> Result<(), OpsError> {
+/// [`TASK_DEPLOY_SCAN_MAX`] tasks. The requests go to this actor's own mailbox, like any other.
+fn request_missed_task_deploys(
+    myself: &ActorRef<UplinkDeployMsg>,
+    state: &UplinkDeployState,
+) -> Result<(), OpsError> {
     let tasks = state.services.store.tasks(TASK_DEPLOY_SCAN_MAX)?;
     let mut requested: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
     for task in tasks {
@@ -295,20 +310,37 @@ async fn request_missed_task_deploys(state: &UplinkDeployState) -> Result<(), Op
             continue;
         }
         tracing::warn!(app, task = %task.id, "requesting a delivered task's missed deploy");
-        // A refusal (say, a full queue) is logged, never a reason to stop Uplink-Deploy.
-        if let Err(error) = request(state, app, task.commit.clone(), &trigger).await {
-            tracing::error!(app, task = %task.id, %error, "the missed deploy was refused");
+        // A refusal (say, a full queue) is logged when it comes, never a reason to stop.
+        let message = UplinkDeployMsg::Request {
+            app: app.to_owned(),
+            commit: task.commit.clone(),
+            trigger,
+            reply: None,
+        };
+        if myself.cast(message).is_err() {
+            return Ok(());
         }
     }
     Ok(())
 }
 
-async fn request(
+/// What a deploy request comes to before any money moves.
+enum Prepared {
+    /// A delivered task asked again: the deploy it already made.
+    Existing(DeployRecord),
+    /// A new record (not stored yet) whose price is reserved next.
+    New(DeployRecord),
+}
+
+/// The checks of a deploy request that need only the stored records: the app exists, a task's
+/// repeated request finds its deploy, the app's waiting queue has room. Builds the new record at
+/// the gate its history decides, with its payer.
+fn prepare(
     state: &UplinkDeployState,
     app: &str,
     commit: Option<String>,
     trigger: &str,
-) -> Result<DeployRecord, OpsError> {
+) -> Result<Prepared, OpsError> {
     let spec = state
         .services
         .definitions
@@ -317,17 +349,29 @@ async fn request(
         .get(app)
         .ok_or_else(|| OpsError::UnknownApp(app.to_owned()))?;
     let history = state.ops.deploys_of(app)?;
-    // A delivered task asks once, but its request may be repeated after a crash: answer with
-    // the deploy it already made — unless that one ended without a healthy release and the task
-    // was retried: then it asks for a new one.
-    if trigger.starts_with("task:") {
-        let made = history.iter().rev().find(|d| {
-            d.trigger == trigger && (!d.status.is_terminal() || d.status == DeployStatus::Healthy)
-        });
-        if let Some(existing) = made {
-            return Ok(existing.clone());
-        }
+    if let Some(existing) = made_for(&history, trigger) {
+        return Ok(Prepared::Existing(existing.clone()));
     }
+    check_room(&history, app)?;
+    let mut record = deploy::new_record(app, spec, commit, trigger, &history);
+    record.account = Some(billing::payer(&state.services, spec, trigger));
+    Ok(Prepared::New(record))
+}
+
+/// A delivered task asks once, but its request may be repeated after a crash: the deploy it
+/// already made — unless that one ended without a healthy release and the task was retried:
+/// then it asks for a new one.
+fn made_for<'a>(history: &'a [DeployRecord], trigger: &str) -> Option<&'a DeployRecord> {
+    if !trigger.starts_with("task:") {
+        return None;
+    }
+    history.iter().rev().find(|d| {
+        d.trigger == trigger && (!d.status.is_terminal() || d.status == DeployStatus::Healthy)
+    })
+}
+
+/// Refuses a request when [`DEPLOYS_WAITING_MAX`] deploys of the app already wait.
+fn check_room(history: &[DeployRecord], app: &str) -> Result<(), OpsError> {
     let waiting = history
         .iter()
         .filter(|d| {
@@ -340,15 +384,75 @@ async fn request(
     if waiting >= DEPLOYS_WAITING_MAX {
         return Err(OpsError::QueueFull(app.to_owned()));
     }
-    let mut record = deploy::new_record(app, spec, commit, trigger, &history);
-    record.account = Some(billing::payer(&state.services, spec, trigger));
-    billing::reserve_deploy(&state.services, &record).await?;
-    if let Err(error) = state.ops.put_deploy(&record).await {
-        billing::release_deploy(&state.services, &record.id).await;
-        return Err(error.into());
+    Ok(())
+}
+
+/// Reserves the new deploy's price from a spawned task (the handler never waits on the Ledger),
+/// then hands the record back as [`UplinkDeployMsg::Admit`]; a refusal goes to the requester.
+fn reserve_then_admit(
+    myself: &ActorRef<UplinkDeployMsg>,
+    services: &Services,
+    record: DeployRecord,
+    reply: Option<RpcReplyPort<Result<DeployRecord, OpsError>>>,
+) {
+    let (me, services) = (myself.clone(), services.clone());
+    tokio::spawn(async move {
+        if let Err(error) = billing::reserve_deploy(&services, &record).await {
+            answer(reply, &record.app, &record.trigger, Err(error));
+            return;
+        }
+        let id = record.id.clone();
+        let admit = UplinkDeployMsg::Admit {
+            record: Box::new(record),
+            reply,
+        };
+        if me.cast(admit).is_err() {
+            // Uplink-Deploy stopped meanwhile: nothing was stored, so nothing stays reserved.
+            billing::release_deploy(&services, &id).await;
+        }
+    });
+}
+
+/// Stores a deploy whose price is reserved, after checking again what may have changed while
+/// the Ledger answered (a repeated task request, the waiting queue). A refusal here releases the
+/// reservation.
+async fn admit(state: &UplinkDeployState, record: DeployRecord) -> Result<DeployRecord, OpsError> {
+    let history = state.ops.deploys_of(&record.app)?;
+    let refused = match made_for(&history, &record.trigger) {
+        Some(existing) => Some(Ok(existing.clone())),
+        None => check_room(&history, &record.app).err().map(Err),
+    };
+    let outcome = match refused {
+        Some(outcome) => outcome,
+        None => match state.ops.put_deploy(&record).await {
+            Ok(()) => {
+                tracing::info!(app = %record.app, deploy = %record.id, status = ?record.status, gate = %record.gate, "deploy requested");
+                return Ok(record);
+            }
+            Err(error) => Err(error.into()),
+        },
+    };
+    let (services, id) = (state.services.clone(), record.id);
+    tokio::spawn(async move { billing::release_deploy(&services, &id).await });
+    outcome
+}
+
+/// Sends a request's outcome to whoever waits for it; a refusal nobody waits for is logged.
+fn answer(
+    reply: Option<RpcReplyPort<Result<DeployRecord, OpsError>>>,
+    app: &str,
+    trigger: &str,
+    outcome: Result<DeployRecord, OpsError>,
+) {
+    match (reply, outcome) {
+        (Some(reply), outcome) => {
+            let _ = reply.send(outcome);
+        }
+        (None, Err(error)) => {
+            tracing::error!(%app, %trigger, %error, "deploy request refused");
+        }
+        (None, Ok(_)) => {}
     }
-    tracing::info!(app, deploy = %record.id, status = ?record.status, gate = %record.gate, "deploy requested");
-    Ok(record)
 }
 
 async fn decide(
