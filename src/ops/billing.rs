@@ -104,7 +104,7 @@ pub fn needs_settling(services: &Services, record: &DeployRecord) -> Result<bool
     let pending = book
         .transfer(&deploy_reservation(&record.id))?
         .is_some_and(|t| t.status == TransferStatus::Pending);
-    let uncharged = commands_cost(services, record) > 0
+    let uncharged = seconds_cost(services, record.command_seconds) > 0
         && book
             .transfer(&deploy_commands_charge(&record.id))?
             .is_none();
@@ -138,18 +138,61 @@ pub async fn settle_deploy(services: &Services, record: &DeployRecord) -> Result
             Err(error) => return Err(error),
         }
     }
-    let memo = format!(
-        "deploy {} of {}: {} command seconds",
-        record.id, record.app, record.command_seconds
-    );
-    charge_commands(
-        services,
-        &deploy_commands_charge(&record.id),
+    CommandCharge {
+        id: &deploy_commands_charge(&record.id),
         account,
-        commands_cost(services, record),
-        memo,
-    )
+        payee: PAYEE,
+        code: CODE_OPS_COMMANDS,
+        seconds: record.command_seconds,
+        memo: format!(
+            "deploy {} of {}: {} command seconds",
+            record.id, record.app, record.command_seconds
+        ),
+    }
+    .apply(services)
     .await
+}
+
+/// One posted charge for command time, at `ledger.rates.shell_per_second` per started second.
+struct CommandCharge<'a> {
+    /// The transfer id (its idempotency root).
+    id: &'a str,
+    /// Who pays.
+    account: &'a str,
+    /// The persona paid (`agent:<payee>`).
+    payee: &'a str,
+    /// The transfer code.
+    code: u16,
+    /// Started seconds of the commands.
+    seconds: u64,
+    /// What it was for.
+    memo: String,
+}
+
+impl CommandCharge<'_> {
+    /// Moves the money; nothing for zero seconds (or a zero rate).
+    async fn apply(self, services: &Services) -> Result<(), LedgerError> {
+        let amount = seconds_cost(services, self.seconds);
+        if amount == 0 {
+            return Ok(());
+        }
+        let payee = agent_account(self.payee);
+        let mut charge = NewTransfer::posted(self.id, self.account, &payee, amount, self.code);
+        charge.memo = Some(self.memo);
+        ledger_actor::transfer(&services.directory, charge)
+            .await
+            .map(drop)
+    }
+}
+
+/// What `seconds` of commands cost at the shell rate.
+fn seconds_cost(services: &Services, seconds: u64) -> u64 {
+    services
+        .config
+        .ledger
+        .rates
+        .shell_per_second
+        .saturating_mul(seconds)
 }
 
 /// Charges the command seconds Watch's checks of `app` ran since the last charge, from the app's
@@ -160,41 +203,24 @@ pub async fn charge_watch(
     spec: &AppSpec,
     seconds: u64,
 ) -> Result<(), LedgerError> {
-    let amount = services
-        .config
-        .ledger
-        .rates
-        .shell_per_second
-        .saturating_mul(seconds);
-    if amount == 0 {
-        return Ok(());
-    }
     let account = payer(services, spec, "watch");
-    let id = format!("watch:{app}:{}", uuid::Uuid::now_v7());
-    let mut charge = NewTransfer::posted(
-        &id,
-        &account,
-        &agent_account("uplink-watch"),
-        amount,
-        CODE_WATCH_COMMANDS,
-    );
-    charge.memo = Some(format!("checks of {app}: {seconds} command seconds"));
-    ledger_actor::transfer(&services.directory, charge)
-        .await
-        .map(drop)
+    CommandCharge {
+        id: &format!("watch:{app}:{}", uuid::Uuid::now_v7()),
+        account: &account,
+        payee: "uplink-watch",
+        code: CODE_WATCH_COMMANDS,
+        seconds,
+        memo: format!("checks of {app}: {seconds} command seconds"),
+    }
+    .apply(services)
+    .await
 }
 
 /// Charges the command seconds one run of incident `id`'s response took (its restart, rollback and
 /// scale steps are Uplink-Deploy's actions, charged there), from the app's payer to
 /// `agent:uplink-respond`. A failure is logged: the response already happened.
 pub async fn charge_response(services: &Services, ops: &OpsStore, id: &str, seconds: u64) {
-    let amount = services
-        .config
-        .ledger
-        .rates
-        .shell_per_second
-        .saturating_mul(seconds);
-    if amount == 0 {
+    if seconds_cost(services, seconds) == 0 {
         return;
     }
     let Ok(Some(incident)) = ops.incident(id) else {
@@ -204,19 +230,20 @@ pub async fn charge_response(services: &Services, ops: &OpsStore, id: &str, seco
         Some(spec) => payer(services, spec, "respond"),
         None => services.config.ledger.local_account.clone(),
     };
-    let transfer_id = format!("respond:{id}:{}", uuid::Uuid::now_v7());
-    let mut charge = NewTransfer::posted(
-        &transfer_id,
-        &account,
-        &agent_account("uplink-respond"),
-        amount,
-        CODE_RESPONSE_COMMANDS,
-    );
-    charge.memo = Some(format!(
-        "incident {id} of {}: {seconds} command seconds",
-        incident.app
-    ));
-    if let Err(error) = ledger_actor::transfer(&services.directory, charge).await {
+    let charged = CommandCharge {
+        id: &format!("respond:{id}:{}", uuid::Uuid::now_v7()),
+        account: &account,
+        payee: "uplink-respond",
+        code: CODE_RESPONSE_COMMANDS,
+        seconds,
+        memo: format!(
+            "incident {id} of {}: {seconds} command seconds",
+            incident.app
+        ),
+    }
+    .apply(services)
+    .await;
+    if let Err(error) = charged {
         tracing::error!(incident = %id, %error, "could not charge an incident response");
     }
 }
@@ -229,45 +256,16 @@ pub async fn charge_action(
     seconds: u64,
     memo: String,
 ) -> Result<(), LedgerError> {
-    let amount = services
-        .config
-        .ledger
-        .rates
-        .shell_per_second
-        .saturating_mul(seconds);
-    charge_commands(services, id, account, amount, memo).await
-}
-
-fn commands_cost(services: &Services, record: &DeployRecord) -> u64 {
-    services
-        .config
-        .ledger
-        .rates
-        .shell_per_second
-        .saturating_mul(record.command_seconds)
-}
-
-async fn charge_commands(
-    services: &Services,
-    id: &str,
-    account: &str,
-    amount: u64,
-    memo: String,
-) -> Result<(), LedgerError> {
-    if amount == 0 {
-        return Ok(());
-    }
-    let mut charge = NewTransfer::posted(
+    CommandCharge {
         id,
         account,
-        &agent_account(PAYEE),
-        amount,
-        CODE_OPS_COMMANDS,
-    );
-    charge.memo = Some(memo);
-    ledger_actor::transfer(&services.directory, charge)
-        .await
-        .map(drop)
+        payee: PAYEE,
+        code: CODE_OPS_COMMANDS,
+        seconds,
+        memo,
+    }
+    .apply(services)
+    .await
 }
 
 impl From<LedgerError> for OpsError {
