@@ -144,6 +144,17 @@ impl Drop for OpenRun {
     }
 }
 
+/// The end of every run that finished (or failed to start): priced, persisted with its event,
+/// counted, then charged — so the `cost` on the record is always what the books charged.
+/// (A run cut off mid-way is closed by [`OpenRun`]'s drop instead, charge first.)
+async fn close_run(services: &Services, mut run: EngineRun) -> Result<EngineRun, StoreError> {
+    metering::price(services, &mut run);
+    services.store.record_run(&run).await?;
+    crate::metrics::engine_run(&run);
+    metering::charge_run(services, &run).await;
+    Ok(run)
+}
+
 /// Runs a shell engine and persists the run. A timeout is a recorded run, not an error; failing to
 /// start `sh` at all is an error.
 pub async fn run_shell(
@@ -181,10 +192,8 @@ pub async fn run_shell(
         Ok(output) => output,
         Err(error) => {
             let message = error.to_string();
-            let mut failed = open.finish(|record| record.stderr.text = message.clone());
-            metering::price(services, &mut failed);
-            services.store.record_run(&failed).await?;
-            crate::metrics::engine_run(&failed);
+            let failed = open.finish(|record| record.stderr.text = message.clone());
+            close_run(services, failed).await?;
             return Err(StageError::EngineFailed(message));
         }
     };
@@ -200,11 +209,7 @@ pub async fn run_shell(
         record.stderr = redact(output.stderr);
     });
     record.duration_ms = millis(output.duration);
-    metering::price(services, &mut record);
-    services.store.record_run(&record).await?;
-    crate::metrics::engine_run(&record);
-    metering::charge_run(services, &record).await;
-    Ok(record)
+    Ok(close_run(services, record).await?)
 }
 
 /// Where a confined process may write: its worktree (and the worktree's git dir, so `git status`
@@ -283,10 +288,8 @@ pub async fn run_model(
         Err(error) => {
             // A failed call is a finished run without an answer, recorded like any other.
             let message = services.redactor.redact(&error.to_string());
-            let mut failed = open.finish(|record| record.stderr.text = message.clone());
-            metering::price(services, &mut failed);
-            services.store.record_run(&failed).await?;
-            crate::metrics::engine_run(&failed);
+            let failed = open.finish(|record| record.stderr.text = message.clone());
+            close_run(services, failed).await?;
             return Err(if error.is_transient() {
                 StageError::ProviderUnavailable(message)
             } else {
@@ -294,7 +297,7 @@ pub async fn run_model(
             });
         }
     };
-    let mut record = open.finish(|record| {
+    let record = open.finish(|record| {
         record.exit_code = Some(0);
         record.stdout = CapturedOutput {
             text: services.redactor.redact(&completion.content),
@@ -302,10 +305,7 @@ pub async fn run_model(
         };
         record.tokens = Some(completion.usage);
     });
-    metering::price(services, &mut record);
-    services.store.record_run(&record).await?;
-    crate::metrics::engine_run(&record);
-    metering::charge_run(services, &record).await;
+    close_run(services, record).await?;
     if let Some(cap) = max_tokens {
         let used: u64 = services
             .store
@@ -330,7 +330,7 @@ pub async fn record_builtin(
     stdout: String,
     started: Instant,
 ) -> Result<EngineRun, StageError> {
-    let mut record = EngineRun {
+    let record = EngineRun {
         id: Uuid::now_v7(),
         task_id: who.task_id,
         persona: who.persona.to_owned(),
@@ -353,11 +353,7 @@ pub async fn record_builtin(
         started_at: Utc::now(),
         status: RunStatus::Finished,
     };
-    metering::price(services, &mut record);
-    services.store.record_run(&record).await?;
-    crate::metrics::engine_run(&record);
-    metering::charge_run(services, &record).await;
-    Ok(record)
+    Ok(close_run(services, record).await?)
 }
 
 /// How a run ended, for messages: "exited with code 2", "was killed by signal 9".
