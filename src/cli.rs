@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -103,4 +104,44 @@ pub enum LedgerCommand {
     },
     /// Recompute every balance from the transfers (JSON); exits 1 unless balanced.
     Audit,
+}
+
+/// The HTTP client of a CLI command talking to a running service: every request bounded by
+/// `timeout`, connecting included.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|error| format!("cannot build an HTTP client: {error}"))
+}
+
+/// Sends a CLI command's request to `url` and reads the JSON answer. An unreachable service, an
+/// answer that is not JSON and an error answer (`STATUS: CODE: message`) are messages for the
+/// user.
+pub async fn call(
+    request: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<serde_json::Value, String> {
+    let response = request
+        .send()
+        .await
+        .map_err(|error| format!("cannot reach the service at {url}: {error}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|error| format!("unexpected answer from {url} ({status}): {error}"))?;
+    if !status.is_success() {
+        let code = body["error"]["code"].as_str().unwrap_or("UNKNOWN");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        return Err(format!("{status}: {code}: {message}"));
+    }
+    Ok(body)
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json(value: &serde_json::Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|error| error.to_string())?;
+    println!("{text}");
+    Ok(())
 }

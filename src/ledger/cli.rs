@@ -7,17 +7,14 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::validate_id;
-use crate::cli::{LedgerArgs, LedgerCommand};
+use crate::cli::{call, http_client, print_json, LedgerArgs, LedgerCommand};
 
 /// How long one request may take, connecting included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs one `ledger` subcommand; `Err` is the message to print before exiting 1.
 pub async fn run(args: LedgerArgs) -> Result<(), String> {
-    let client = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .map_err(|error| format!("cannot build an HTTP client: {error}"))?;
+    let client = http_client(REQUEST_TIMEOUT)?;
     let base = args.url.trim_end_matches('/');
     match args.command {
         LedgerCommand::Balance { account } => {
@@ -61,28 +58,7 @@ fn checked(account: &str) -> Result<&str, String> {
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> Result<Value, String> {
-    let response = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|error| format!("cannot reach the service at {url}: {error}"))?;
-    let status = response.status();
-    let body: Value = response
-        .json()
-        .await
-        .map_err(|error| format!("unexpected answer from {url} ({status}): {error}"))?;
-    if !status.is_success() {
-        let code = body["error"]["code"].as_str().unwrap_or("UNKNOWN");
-        let message = body["error"]["message"].as_str().unwrap_or_default();
-        return Err(format!("{status}: {code}: {message}"));
-    }
-    Ok(body)
-}
-
-fn print_json(value: &Value) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(value).map_err(|error| error.to_string())?;
-    println!("{text}");
-    Ok(())
+    call(client.get(url), url).await
 }
 
 /// One line per transfer: when, id, direction (`-` paid, `+` received), amount, status,
