@@ -728,7 +728,7 @@ pub async fn deploy_stage(
             .deploy(&record.id)
             .map_err(|e| StageError::Store(e.to_string()))?
             .ok_or_else(|| StageError::DeployFailed(format!("deploy {} vanished", record.id)))?;
-        if current.status == DeployStatus::Healthy && current.finished_at.is_some() {
+        if current.status == DeployStatus::Healthy {
             return Ok(current.id);
         }
         if current.status.is_terminal() && current.status != DeployStatus::Healthy {

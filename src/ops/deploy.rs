@@ -118,25 +118,40 @@ pub async fn run(ctx: DeployContext, id: String) -> Result<DeployRecord, OpsErro
     ctx.ops
         .update_release(&ctx.name, |r| r.deploying = None)
         .await?;
-    let error = outcome.err().map(|e| e.to_info());
+    let ending = outcome.unwrap_or_else(|error| Ending {
+        status: DeployStatus::Failed,
+        error: Some(error.to_info()),
+    });
     let command_seconds = ctx.provider.command_seconds();
+    // The terminal status comes with everything else in one write: whoever sees it sees the
+    // finished record.
     let record = ctx
         .ops
         .update_deploy(&id, |d| {
-            d.command_seconds = command_seconds;
-            if let Some(error) = &error {
+            d.status = ending.status;
+            if let Some(error) = &ending.error {
                 d.error = Some(error.clone());
-                if !d.status.is_terminal() {
-                    d.status = DeployStatus::Failed;
-                }
             }
+            d.command_seconds = command_seconds;
             d.finished_at = Some(Utc::now());
         })
         .await?;
     record.ok_or_else(|| OpsError::NotFound(format!("deploy {id} vanished")))
 }
 
-async fn stages(ctx: &DeployContext, id: &str, previous: Option<String>) -> Result<(), OpsError> {
+/// How a deploy that ran its stages ended.
+struct Ending {
+    /// `healthy`, `rolled_back` or `failed`.
+    status: DeployStatus,
+    /// Why it is not healthy.
+    error: Option<crate::domain::ErrorInfo>,
+}
+
+async fn stages(
+    ctx: &DeployContext,
+    id: &str,
+    previous: Option<String>,
+) -> Result<Ending, OpsError> {
     let requested = ctx
         .ops
         .deploy(id)?
@@ -174,10 +189,10 @@ async fn stages(ctx: &DeployContext, id: &str, previous: Option<String>) -> Resu
                 r.last_healthy = Some(sha_done.clone());
             })
             .await?;
-        ctx.ops
-            .update_deploy(id, |d| d.status = DeployStatus::Healthy)
-            .await?;
-        return Ok(());
+        return Ok(Ending {
+            status: DeployStatus::Healthy,
+            error: None,
+        });
     }
     roll_back(ctx, id, &sha).await
 }
@@ -233,12 +248,9 @@ async fn drain(ctx: &DeployContext, id: &str, something_runs: bool) -> Result<()
     }
 }
 
-async fn roll_back(ctx: &DeployContext, id: &str, bad: &str) -> Result<(), OpsError> {
+async fn roll_back(ctx: &DeployContext, id: &str, bad: &str) -> Result<Ending, OpsError> {
     let release = ctx.ops.release(&ctx.name)?;
     let Some(target) = release.last_healthy.filter(|t| t != bad) else {
-        ctx.ops
-            .update_deploy(id, |d| d.status = DeployStatus::Failed)
-            .await?;
         return Err(OpsError::NoRelease(format!(
             "release {bad} is unhealthy and `{}` has no earlier healthy release",
             ctx.name
@@ -271,20 +283,19 @@ async fn roll_back(ctx: &DeployContext, id: &str, bad: &str) -> Result<(), OpsEr
         .update_release(&ctx.name, |r| r.current = Some(target.clone()))
         .await?;
     ctx.ops
-        .update_deploy(id, |d| {
-            d.rollback = Some(rollback.clone());
-            d.status = if healthy {
-                DeployStatus::RolledBack
-            } else {
-                DeployStatus::Failed
-            };
-            d.error = Some(crate::domain::ErrorInfo::new(
-                "DEPLOY_UNHEALTHY",
-                format!("release {bad} failed its health check"),
-            ));
-        })
+        .update_deploy(id, |d| d.rollback = Some(rollback.clone()))
         .await?;
-    Ok(())
+    Ok(Ending {
+        status: if healthy {
+            DeployStatus::RolledBack
+        } else {
+            DeployStatus::Failed
+        },
+        error: Some(crate::domain::ErrorInfo::new(
+            "DEPLOY_UNHEALTHY",
+            format!("release {bad} failed its health check"),
+        )),
+    })
 }
 
 /// Runs `work` as stage `name` of the record.

@@ -696,11 +696,12 @@ async fn deploys_are_paid_for_from_the_apps_account() {
     service
         .post(&format!("/v1/deploys/{id}/approve"), &json!({}))
         .await;
-    // `finished_at` comes with the last write of the record, after `healthy`.
+    // `healthy` is the record's last write: everything else (`command_seconds`) is there.
     let healthy = wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
-        d["status"] == "healthy" && d["finished_at"].is_string()
+        d["status"] == "healthy"
     })
     .await;
+    assert!(healthy["finished_at"].is_string(), "{healthy:#}");
     let seconds = healthy["command_seconds"].as_u64().unwrap();
     // At least git rev-parse, git archive, verify, build and the 1 s drain timeout ran.
     assert!(seconds >= 5, "{healthy:#}");
