@@ -173,12 +173,16 @@ impl Default for ServerConfig {
 pub struct StorageConfig {
     /// Holds the sled database, worktrees and prompt files.
     pub data_dir: PathBuf,
+    /// Seconds the store writer may spend on one group commit before the watchdog calls it
+    /// stalled (logged, `/readyz` 503 naming `storage`, `glitchlab_store_writer_stalled` 1).
+    pub stall_secs: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("glitchlab-data"),
+            stall_secs: 10,
         }
     }
 }
@@ -456,6 +460,10 @@ impl Config {
             (
                 self.git.timeout_secs == 0,
                 "git.timeout_secs must be at least 1",
+            ),
+            (
+                self.storage.stall_secs == 0,
+                "storage.stall_secs must be at least 1",
             ),
             (
                 self.retry.base_backoff_ms > self.retry.max_backoff_ms,

@@ -309,7 +309,8 @@ pub async fn run_model(
     if let Some(cap) = max_tokens {
         let used: u64 = services
             .store
-            .runs(who.task_id)?
+            .runs(who.task_id)
+            .await?
             .iter()
             .filter_map(|run| run.tokens)
             .map(|tokens| tokens.total())

@@ -188,13 +188,14 @@ pub async fn submit(
     let digest = digest_of(&request);
     // A replay answers with the original task even if the repo, the config or the queue changed.
     if let Some(key) = &request.idempotency_key {
-        if let Some((task_id, original_digest)) = services.store.idempotent_submission(key)? {
+        if let Some((task_id, original_digest)) = services.store.idempotent_submission(key).await? {
             if original_digest != digest {
                 return Err(IntakeError::IdempotencyConflict(task_id));
             }
             let task = services
                 .store
-                .task(task_id)?
+                .task(task_id)
+                .await?
                 .ok_or(StoreError::TaskNotFound(task_id))?;
             return Ok(Accepted {
                 task,
@@ -284,7 +285,7 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
     let base_branch = request.base_branch.unwrap_or_else(|| "main".to_owned());
     check_length("base_branch", &base_branch, 1, TITLE_BYTES_MAX)?;
     check_repository(config.git.timeout(), &request.repo, &base_branch).await?;
-    let deps = check_deps(services, request.deps.unwrap_or_default())?;
+    let deps = check_deps(services, request.deps.unwrap_or_default()).await?;
     if stages.contains(&Stage::Deploy) && request.deploy.is_none() {
         return Err(IntakeError::InvalidField(format!(
             "kind `{kind}` ends with a deploy stage: name the app (of ops.yaml) in `deploy`"
@@ -307,14 +308,15 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
     }
     let review_policy = request.review_policy.unwrap_or_default();
     let parent_task = match request.parent_task.as_deref() {
-        Some(text) => Some(check_deps(services, vec![text.to_owned()])?.remove(0)),
+        Some(text) => Some(check_deps(services, vec![text.to_owned()]).await?.remove(0)),
         None => None,
     };
     let account = match (&request.account, parent_task) {
         (Some(account), _) => account.clone(),
         (None, Some(parent)) => services
             .store
-            .task(parent)?
+            .task(parent)
+            .await?
             .map(|p| p.account)
             .unwrap_or_default(),
         (None, None) => config.ledger.local_account.clone(),
@@ -432,7 +434,7 @@ fn check_engines(services: &Services, engines: &EngineOverrides) -> Result<(), I
 }
 
 /// Every dependency must name an existing task; Compass decides whether it still blocks.
-fn check_deps(services: &Services, deps: Vec<String>) -> Result<Vec<TaskId>, IntakeError> {
+async fn check_deps(services: &Services, deps: Vec<String>) -> Result<Vec<TaskId>, IntakeError> {
     if deps.len() > DEPS_MAX {
         return Err(IntakeError::InvalidField(format!(
             "deps lists more than {DEPS_MAX} tasks"
@@ -447,7 +449,7 @@ fn check_deps(services: &Services, deps: Vec<String>) -> Result<Vec<TaskId>, Int
             )
         };
         let id: TaskId = dep.parse().map_err(|_| unknown())?;
-        if services.store.task(id)?.is_none() {
+        if services.store.task(id).await?.is_none() {
             return Err(unknown());
         }
         if !ids.contains(&id) {

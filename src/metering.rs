@@ -201,10 +201,11 @@ pub async fn settle(services: &Services, task: &Task) -> Result<(), LedgerError>
         return Ok(());
     };
     wait_for_open_runs(services, task.id).await;
-    let owed = owed_by_task(services, task.id)?;
-    let book = Book::open(&services.store)?;
+    let owed = owed_by_task(services, task.id).await?;
+    let book = Book::new(&services.store);
     if let Some(held) = book
-        .transfer(reservation)?
+        .transfer(reservation)
+        .await?
         .filter(|t| t.status == TransferStatus::Pending)
     {
         match owed.min(held.amount) {
@@ -212,7 +213,7 @@ pub async fn settle(services: &Services, task: &Task) -> Result<(), LedgerError>
             used => ledger_actor::post(&services.directory, reservation, Some(used)).await?,
         };
     }
-    let overrun = owed_by_task(services, task.id)?;
+    let overrun = owed_by_task(services, task.id).await?;
     if overrun > 0 {
         let mut charge = NewTransfer::posted(
             &format!("{reservation}:overrun"),
@@ -232,7 +233,7 @@ pub async fn settle(services: &Services, task: &Task) -> Result<(), LedgerError>
 /// is charged and closed from a spawned task, and its charge belongs in the settlement.
 async fn wait_for_open_runs(services: &Services, task_id: TaskId) {
     let deadline = tokio::time::Instant::now() + OPEN_RUNS_WAIT;
-    while services.store.has_open_runs(task_id).unwrap_or(false) {
+    while services.store.has_open_runs(task_id).await.unwrap_or(false) {
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!(task = %task_id, "settling with a run still open");
             return;
@@ -242,10 +243,11 @@ async fn wait_for_open_runs(services: &Services, task_id: TaskId) {
 }
 
 /// What the task's runs cost that no settlement has paid yet (the task account's deficit).
-fn owed_by_task(services: &Services, task_id: TaskId) -> Result<u64, LedgerError> {
-    let book = Book::open(&services.store)?;
+async fn owed_by_task(services: &Services, task_id: TaskId) -> Result<u64, LedgerError> {
+    let book = Book::new(&services.store);
     let balance = book
-        .account(&task_account(task_id))?
+        .account(&task_account(task_id))
+        .await?
         .map(|a| a.balance())
         .unwrap_or(0);
     Ok(u64::try_from(-balance.min(0)).unwrap_or(u64::MAX))

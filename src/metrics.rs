@@ -57,6 +57,16 @@ pub const INCIDENTS_OPENED_TOTAL: &str = "glitchlab_incidents_opened_total";
 /// Counter `{app, check, outcome}`: scheduled check runs by outcome (`pass`, `fail`, `skipped`).
 pub const CHECKS_TOTAL: &str = "glitchlab_checks_total";
 
+/// Gauge: 1 while the store writer has been stuck on one group for `storage.stall_secs` (the
+/// watchdog's verdict, also `/readyz`'s), else 0.
+pub const STORE_WRITER_STALLED: &str = "glitchlab_store_writer_stalled";
+/// Gauge: write jobs waiting in the store writer's queue.
+pub const STORE_WRITE_QUEUE: &str = "glitchlab_store_write_queue";
+/// Counter: group commits (one transaction and one flush each).
+pub const STORE_GROUPS_TOTAL: &str = "glitchlab_store_groups_total";
+/// Counter: write jobs committed (jobs per group = the group commit's batching).
+pub const STORE_JOBS_TOTAL: &str = "glitchlab_store_jobs_total";
+
 /// Histogram buckets of every `*_duration_seconds` metric: 5 ms (a fast HTTP answer) up to
 /// 600 s (the default engine and verify timeout).
 pub const DURATION_BUCKETS_SECONDS: &[f64] = &[
@@ -130,6 +140,10 @@ fn describe() {
     describe_counter!(DEPLOYS_FINISHED_TOTAL, "Deploys ended");
     describe_counter!(INCIDENTS_OPENED_TOTAL, "Incidents opened");
     describe_counter!(CHECKS_TOTAL, "Scheduled check runs");
+    describe_gauge!(STORE_WRITER_STALLED, "1 while the store writer is stalled");
+    describe_gauge!(STORE_WRITE_QUEUE, "Write jobs waiting for the store writer");
+    describe_counter!(STORE_GROUPS_TOTAL, "Store group commits");
+    describe_counter!(STORE_JOBS_TOTAL, "Store write jobs committed");
 }
 
 /// The Prometheus text exposition of everything recorded so far; `None` without a recorder.
@@ -198,6 +212,18 @@ pub fn task_transition(before: TaskStatus, after: TaskStatus) {
 pub fn task_gauges(queued: usize, running: usize) {
     ::metrics::gauge!(TASKS_QUEUED).set(gauge_value(queued));
     ::metrics::gauge!(TASKS_RUNNING).set(gauge_value(running));
+}
+
+/// The watchdog's view of the store writer.
+pub fn store_writer(stalled: bool, queued: usize) {
+    ::metrics::gauge!(STORE_WRITER_STALLED).set(if stalled { 1.0 } else { 0.0 });
+    ::metrics::gauge!(STORE_WRITE_QUEUE).set(gauge_value(queued));
+}
+
+/// One group commit of `jobs` jobs.
+pub fn store_group(jobs: usize) {
+    ::metrics::counter!(STORE_GROUPS_TOTAL).increment(1);
+    ::metrics::counter!(STORE_JOBS_TOTAL).increment(u64::try_from(jobs).unwrap_or(u64::MAX));
 }
 
 /// A count as a gauge value (exact below 2^53, far above any queue bound).

@@ -85,6 +85,8 @@ pub struct Application {
     listener: TcpListener,
     app: AppState,
     compass_done: JoinHandle<()>,
+    /// Stops the store writer's watchdog with the service.
+    watchdog: tokio_util::sync::CancellationToken,
 }
 
 impl Application {
@@ -122,6 +124,12 @@ impl Application {
         if interrupted > 0 {
             tracing::warn!(interrupted, "engine runs cut off by the previous run's end");
         }
+        let watchdog = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(crate::store::watch_writer(
+            store.clone(),
+            Duration::from_secs(config.storage.stall_secs),
+            watchdog.clone(),
+        ));
         let redactor = crate::executor::Redactor::from_env(&config.governance.secrets);
         let sandbox_exe = sandbox_exe(config.governance.sandbox)?;
         let services = Services {
@@ -150,6 +158,7 @@ impl Application {
                 streams: Default::default(),
             },
             compass_done,
+            watchdog,
         })
     }
 
@@ -167,6 +176,7 @@ impl Application {
             listener,
             app,
             mut compass_done,
+            watchdog,
         } = self;
         let compass: ActorRef<CompassMsg> = app.compass.clone();
         let services = app.services.clone();
@@ -203,7 +213,7 @@ impl Application {
                 tracing::warn!("the tree did not stop in time");
             }
         }
-        services.store.flush().await?;
+        watchdog.cancel();
         tracing::info!("stopped");
         if compass_died {
             return Err(StartupError::CompassDied);

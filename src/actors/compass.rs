@@ -156,10 +156,10 @@ impl Actor for Compass {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        for task in state.services.store.unsettled_tasks()? {
+        for task in state.services.store.unsettled_tasks().await? {
             settle_later(&state.services, task.id);
         }
-        let unfinished = state.services.store.unfinished_tasks()?;
+        let unfinished = state.services.store.unfinished_tasks().await?;
         let resumed = unfinished
             .iter()
             .filter(|t| t.status == TaskStatus::Running)
@@ -201,7 +201,6 @@ impl Actor for Compass {
             .stop_children_and_wait(Some("shutdown".into()), Some(SHUTDOWN_CHILDREN_TIMEOUT))
             .await;
         state.services.directory.mark_all_stopped();
-        state.services.store.flush().await?;
         Ok(())
     }
 
@@ -462,7 +461,7 @@ async fn on_submitted(
     state: &mut CompassState,
     task_id: TaskId,
 ) -> Result<(), StoreError> {
-    let Some(task) = state.services.store.task(task_id)? else {
+    let Some(task) = state.services.store.task(task_id).await? else {
         return Ok(());
     };
     if state.pipelines.contains_key(&task_id) {
@@ -489,7 +488,7 @@ async fn on_blocked(
     state: &mut CompassState,
     task_id: TaskId,
 ) -> Result<(), StoreError> {
-    let Some(task) = state.services.store.task(task_id)? else {
+    let Some(task) = state.services.store.task(task_id).await? else {
         state.blocked.remove(&task_id);
         return Ok(());
     };
@@ -523,7 +522,8 @@ async fn on_finished(
         let depends = state
             .services
             .store
-            .task(task_id)?
+            .task(task_id)
+            .await?
             .is_some_and(|task| task.deps.contains(&finished));
         if depends {
             on_blocked(myself, state, task_id).await?;
@@ -603,7 +603,7 @@ async fn on_pipeline_exit(
     task_id: TaskId,
     reason: String,
 ) -> Result<(), StoreError> {
-    let task = state.services.store.task(task_id)?;
+    let task = state.services.store.task(task_id).await?;
     let status = task.as_ref().map(|t| t.status);
     if status != Some(TaskStatus::Running) {
         // Finished, parked at the approval gate, or gone: the slot is free; nothing restarts.
@@ -644,7 +644,7 @@ async fn on_pipeline_exit(
 fn settle_later(services: &Services, task_id: TaskId) {
     let services = services.clone();
     tokio::spawn(async move {
-        let Ok(Some(task)) = services.store.task(task_id) else {
+        let Ok(Some(task)) = services.store.task(task_id).await else {
             return;
         };
         if task.settled || !task.status.is_terminal() || task.reservation.is_none() {
@@ -709,7 +709,7 @@ async fn act(
     }
     dispatch(myself, state).await;
     // The record after any immediate move (a retried task whose dependency failed ends again).
-    Ok(state.services.store.task(task_id)?.unwrap_or(task))
+    Ok(state.services.store.task(task_id).await?.unwrap_or(task))
 }
 
 async fn cancel(

@@ -1,42 +1,43 @@
-//! Ledger: the token ledger, the only writer of balances.
+//! Ledger: the token ledger, the only source of balance changes.
 //!
-//! Every write (open an account, transfer, post, void) is a message. The handler applies it to
-//! the [`Book`] at once — one short sled transaction — and parks the answer until a flush has made
-//! it durable. One flush runs at a time, in a spawned task; the writes applied while it runs wait
-//! for the next one, so under load one flush covers a whole batch (group commit) and the mailbox
-//! never waits on the disk. Nobody hears "done" (nor a replay of it) before it is on disk.
+//! Every write (open an account, transfer, post, void) is a message. The handler turns it into a
+//! job for the store's writer ([`Store::submit`]) and goes on to the next message: the job reads
+//! the balances, decides and stages its writes on the writer thread, and the answer goes back to
+//! the caller from there once the job's group commit is durable. So the mailbox never waits on
+//! the disk, a burst of transfers shares one flush, and nobody hears "done" (nor a replay of it)
+//! before it is on disk. The handler waits only for room in the writer's bounded queue; a full
+//! queue answers `STORE_BUSY`.
 //!
-//! Reads (an account, a transfer, a history page) go straight to the book from HTTP; the audit
-//! runs here, between two writes, so that it sees a consistent state. A timer voids pending
-//! transfers past their timeout (a bounded batch per tick), and every write first releases any
-//! that are due, so an expired reservation never blocks a payment.
+//! Reads (an account, a transfer, a history page) go straight to the [`Book`] from HTTP; the
+//! audit is a writer job on the last commit, so that it sees a consistent state. A timer voids
+//! pending transfers past their timeout (a bounded batch per tick), and every transfer and
+//! settlement first releases any that are due, so an expired reservation never blocks a payment.
 //!
 //! Other components call it through [`open_account`], [`transfer`], [`pending`], [`post`],
 //! [`void`] and [`audit`], which find the current incarnation in the [`ActorDirectory`].
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 
 use super::directory::ActorDirectory;
 use super::Services;
-use crate::ledger::book::{Book, Settle};
+use crate::ledger::book::{self, Settle};
 use crate::ledger::{
     builtin_accounts, local_funding_transfer_id, Account, Applied, Audit, LedgerConfig,
     LedgerError, NewAccount, NewTransfer, Transfer, CODE_MINT, MINT_ACCOUNT,
 };
+use crate::store::{Batch, Store};
 
 /// How long a caller waits for a restarting Ledger to come back.
 pub const LEDGER_RESTART_WAIT: Duration = Duration::from_secs(5);
-/// How long a caller waits for the Ledger's answer (a write waits for its flush).
+/// How long a caller waits for the Ledger's answer (a write waits for its group commit).
 pub const LEDGER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most expired transfers released per message, so a backlog never holds the mailbox long.
+/// Most expired transfers released per job, so a backlog never holds the writer long.
 const EXPIRE_BATCH_MAX: usize = 256;
-/// Most answers waiting for a flush; past it the handler flushes inline (backpressure).
-const UNFLUSHED_ANSWERS_MAX: usize = 4096;
 /// Shortest expiry scan interval, whatever the config says.
 const EXPIRY_SCAN_INTERVAL_MS_MIN: u64 = 10;
 
@@ -49,22 +50,13 @@ pub struct LedgerArguments {
     pub services: Services,
 }
 
-/// An answer waiting for a flush: called with the flush's outcome.
-type Answer = Box<dyn FnOnce(Result<(), String>) + Send>;
-
 /// Where a request's result goes.
 pub type LedgerReply<T> = RpcReplyPort<Result<T, LedgerError>>;
 
 /// Ledger's state.
 pub struct LedgerState {
-    /// The books; the actor is their only writer.
-    book: Book,
-    /// Answers of writes applied since the running flush started: they wait for the next one.
-    unflushed: Vec<Answer>,
-    /// Whether something nobody waits for (an expiry) was written since the last flush started.
-    dirty: bool,
-    /// Whether a flush task runs; at most one does.
-    flushing: bool,
+    /// Where the books live; every write is a job on its writer.
+    store: Store,
     /// The expiry tick; stopped with the actor.
     expiry_timer: JoinHandle<()>,
 }
@@ -98,8 +90,6 @@ pub enum LedgerMsg {
     Audit(LedgerReply<Audit>),
     /// Release pending transfers past their timeout (the timer's tick).
     ExpireDue,
-    /// The running flush finished.
-    Flushed(Result<(), String>),
 }
 
 impl Actor for Ledger {
@@ -113,19 +103,17 @@ impl Actor for Ledger {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let config = ledger_config(&args.services);
-        let book = Book::open(&args.services.store)?;
-        open_builtin_accounts(&book, &config)?;
-        book.flush().await?;
+        let store = args.services.store.clone();
         let interval = config
             .expiry_scan_interval_ms
             .max(EXPIRY_SCAN_INTERVAL_MS_MIN);
+        store
+            .write(move |batch| open_builtin_accounts(batch, &config))
+            .await?;
         let expiry_timer =
             myself.send_interval(Duration::from_millis(interval), || LedgerMsg::ExpireDue);
         Ok(LedgerState {
-            book,
-            unflushed: Vec::new(),
-            dirty: false,
-            flushing: false,
+            store,
             expiry_timer,
         })
     }
@@ -136,7 +124,6 @@ impl Actor for Ledger {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         state.expiry_timer.abort();
-        flush_inline(state).await;
         Ok(())
     }
 
@@ -146,54 +133,79 @@ impl Actor for Ledger {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let now = Utc::now();
         match message {
             LedgerMsg::OpenAccount { account, reply } => {
                 crate::work_failpoint!("ledger.handle");
-                let result = state.book.create_account(&account);
-                defer(state, reply, result);
+                let op = move |batch: &mut Batch<'_>| book::create_account(batch, &account);
+                submit(&state.store, op, reply).await;
             }
             LedgerMsg::Transfer { transfer, reply } => {
                 crate::work_failpoint!("ledger.handle");
-                expire_due(&myself, state);
-                let result = state.book.apply_transfer(&transfer, Utc::now());
-                if let Ok(Applied::Created(applied)) = &result {
-                    crate::metrics::ledger_transfer(applied.code);
-                }
-                defer(state, reply, result);
+                let op = move |batch: &mut Batch<'_>| {
+                    release_due(batch, now);
+                    let applied = book::apply_transfer(batch, &transfer, now);
+                    if let Ok(Applied::Created(created)) = &applied {
+                        crate::metrics::ledger_transfer(created.code);
+                    }
+                    applied
+                };
+                submit(&state.store, op, reply).await;
             }
             LedgerMsg::Settle { id, action, reply } => {
                 crate::work_failpoint!("ledger.handle");
-                expire_due(&myself, state);
-                let result = state.book.settle(&id, action, Utc::now());
-                defer(state, reply, result);
+                let op = move |batch: &mut Batch<'_>| {
+                    release_due(batch, now);
+                    book::settle(batch, &id, action, now)
+                };
+                // The outer result decides what is written; the inner one is the answer (an
+                // expired transfer is released, and the request refused).
+                let answer = move |result: Result<Result<_, _>, LedgerError>| {
+                    let _ = reply.send(result.and_then(|inner| inner));
+                };
+                state.store.submit(op, answer).await;
             }
             LedgerMsg::Audit(reply) => {
-                let _ = reply.send(state.book.audit());
+                let op = |batch: &mut Batch<'_>| book::audit(&batch.committed());
+                submit(&state.store, op, reply).await;
             }
-            LedgerMsg::ExpireDue => expire_due(&myself, state),
-            LedgerMsg::Flushed(result) => {
-                state.flushing = false;
-                // The books may hold writes that are not durable: start over from disk.
-                result.map_err(|error| format!("the ledger could not flush: {error}"))?;
-            }
+            LedgerMsg::ExpireDue => expire_due(&myself, &state.store, now).await,
         }
-        if state.unflushed.len() >= UNFLUSHED_ANSWERS_MAX {
-            flush_inline(state).await;
-        }
-        start_flush(&myself, state);
         Ok(())
     }
 }
 
-/// The ledger's settings. Defaults until `Config` has a `[ledger]` section.
+/// Queues `op` on the store's writer; its result, once durable (or the store's refusal), answers
+/// `reply`.
+async fn submit<T: Send + 'static>(
+    store: &Store,
+    op: impl FnOnce(&mut Batch<'_>) -> Result<T, LedgerError> + Send + 'static,
+    reply: LedgerReply<T>,
+) {
+    store
+        .submit(op, move |result| {
+            let _ = reply.send(result);
+        })
+        .await;
+}
+
+/// Releases a bounded batch of due pending transfers inside a write job, so an expired
+/// reservation never blocks the write; a failure is logged and left to the timer.
+fn release_due(batch: &mut Batch<'_>, now: DateTime<Utc>) {
+    if let Err(error) = book::expire_due(batch, now, EXPIRE_BATCH_MAX) {
+        tracing::error!(%error, "could not release expired pending transfers");
+    }
+}
+
+/// The ledger's settings.
 fn ledger_config(services: &Services) -> LedgerConfig {
     services.config.ledger.clone()
 }
 
 /// Opens the built-in accounts and funds the local one, idempotently (fixed ids).
-fn open_builtin_accounts(book: &Book, config: &LedgerConfig) -> Result<(), LedgerError> {
+fn open_builtin_accounts(batch: &mut Batch<'_>, config: &LedgerConfig) -> Result<(), LedgerError> {
     for account in builtin_accounts(config) {
-        match book.create_account(&account) {
+        match book::create_account(batch, &account) {
             Ok(_) => {}
             Err(LedgerError::AccountExists(id)) => {
                 tracing::warn!(account = %id, "a built-in account exists with another kind or limit")
@@ -214,7 +226,7 @@ fn open_builtin_accounts(book: &Book, config: &LedgerConfig) -> Result<(), Ledge
             CODE_MINT,
         )
     };
-    match book.apply_transfer(&funding, Utc::now()) {
+    match book::apply_transfer(batch, &funding, Utc::now()) {
         Ok(applied) if !applied.is_replay() => {
             tracing::info!(account = %config.local_account, amount = config.local_funding, "funded the local account");
             crate::metrics::ledger_transfer(CODE_MINT);
@@ -229,64 +241,23 @@ fn open_builtin_accounts(book: &Book, config: &LedgerConfig) -> Result<(), Ledge
     }
 }
 
-/// Parks a write's answer until the next flush has finished.
-fn defer<T: Send + 'static>(
-    state: &mut LedgerState,
-    reply: LedgerReply<T>,
-    result: Result<T, LedgerError>,
-) {
-    state.unflushed.push(Box::new(move |flushed| {
-        let answer = match flushed {
-            Ok(()) => result,
-            Err(error) => Err(LedgerError::NotDurable(error)),
-        };
-        let _ = reply.send(answer);
-    }));
-}
-
-/// Starts a flush for everything written so far, unless one runs (its end starts the next).
-fn start_flush(myself: &ActorRef<LedgerMsg>, state: &mut LedgerState) {
-    if state.flushing || (state.unflushed.is_empty() && !state.dirty) {
-        return;
-    }
-    state.flushing = true;
-    state.dirty = false;
-    let answers = std::mem::take(&mut state.unflushed);
-    let book = state.book.clone();
+/// Releases a bounded batch of due pending transfers (the timer's tick); asks for another batch
+/// if it was full.
+async fn expire_due(myself: &ActorRef<LedgerMsg>, store: &Store, now: DateTime<Utc>) {
     let myself = myself.clone();
-    tokio::spawn(async move {
-        let flushed = book.flush().await.map_err(|error| error.to_string());
-        for answer in answers {
-            answer(flushed.clone());
-        }
-        let _ = myself.cast(LedgerMsg::Flushed(flushed));
-    });
-}
-
-/// Flushes in the handler and answers everyone waiting: backpressure and shutdown.
-async fn flush_inline(state: &mut LedgerState) {
-    let flushed = state.book.flush().await.map_err(|error| error.to_string());
-    if let Err(error) = &flushed {
-        tracing::error!(%error, "the ledger could not flush");
-    }
-    for answer in std::mem::take(&mut state.unflushed) {
-        answer(flushed.clone());
-    }
-}
-
-/// Releases a bounded batch of due pending transfers; asks for another batch if it was full.
-fn expire_due(myself: &ActorRef<LedgerMsg>, state: &mut LedgerState) {
-    match state.book.expire_due(Utc::now(), EXPIRE_BATCH_MAX) {
+    let op = move |batch: &mut Batch<'_>| book::expire_due(batch, now, EXPIRE_BATCH_MAX);
+    let done = move |result: Result<usize, LedgerError>| match result {
         Ok(0) => {}
         Ok(released) => {
             tracing::info!(released, "released pending transfers past their timeout");
-            state.dirty = true;
             if released == EXPIRE_BATCH_MAX {
                 let _ = myself.cast(LedgerMsg::ExpireDue);
             }
         }
         Err(error) => tracing::error!(%error, "could not release expired pending transfers"),
-    }
+    };
+    // A full queue reaches `done` as an error; the next tick tries again.
+    store.submit(op, done).await;
 }
 
 /// Asks the current Ledger incarnation and waits (bounded) for its answer.

@@ -117,7 +117,7 @@ impl Actor for Pipeline {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(task) = state.services.store.task(state.task_id)? else {
+        let Some(task) = state.services.store.task(state.task_id).await? else {
             myself.stop(Some("task is gone".into()));
             return Ok(());
         };
@@ -159,7 +159,7 @@ impl Actor for Pipeline {
             }
             PipelineMsg::Cancel => {
                 state.in_flight = None;
-                if let Ok(Some(task)) = state.services.store.task(state.task_id) {
+                if let Ok(Some(task)) = state.services.store.task(state.task_id).await {
                     transitions::remove_worktree_later(&state.services, &task);
                 }
                 myself.stop(Some("cancelled".into()));
@@ -205,7 +205,7 @@ async fn start_task(state: &PipelineState, task: &Task) -> Result<Task, StoreErr
     state
         .services
         .store
-        .update_task(task.id, &events, |t| {
+        .update_task(task.id, &events, move |t| {
             t.status = TaskStatus::Running;
             t.stage = Some(stage);
             t.attempts = attempts;
@@ -217,11 +217,12 @@ async fn start_task(state: &PipelineState, task: &Task) -> Result<Task, StoreErr
         .await
 }
 
-fn load_active(state: &PipelineState) -> Result<Task, StoreError> {
+async fn load_active(state: &PipelineState) -> Result<Task, StoreError> {
     let task = state
         .services
         .store
-        .task(state.task_id)?
+        .task(state.task_id)
+        .await?
         .ok_or(StoreError::TaskNotFound(state.task_id))?;
     if task.status != TaskStatus::Running {
         return Err(StoreError::TaskFinished(task.id));
@@ -233,7 +234,7 @@ async fn advance(
     myself: &ActorRef<PipelineMsg>,
     state: &mut PipelineState,
 ) -> Result<(), StoreError> {
-    let task = load_active(state)?;
+    let task = load_active(state).await?;
     let stage = task.stage.unwrap_or(Stage::Plan);
     let Some(persona) = persona_of(stage) else {
         return park_for_approval(myself, state, &task).await;
@@ -382,7 +383,7 @@ async fn on_stage_done(
     attempt: u32,
     outcome: Result<StageOutcome, StageError>,
 ) -> Result<(), StoreError> {
-    let task = load_active(state)?;
+    let task = load_active(state).await?;
     if task.stage != Some(stage) || task.attempts != attempt {
         return Ok(()); // an answer for a stage this task has moved past
     }
@@ -489,7 +490,7 @@ async fn finish_stage(
     state: &PipelineState,
     task: &Task,
     result: serde_json::Value,
-    change: impl Fn(&mut Task),
+    change: impl FnOnce(&mut Task) + Send + 'static,
 ) -> Result<(), StoreError> {
     let stage = task.stage.unwrap_or(Stage::Plan);
     let finished = NewEvent::new(
@@ -506,7 +507,7 @@ async fn finish_stage(
         let task = state
             .services
             .store
-            .update_task(task.id, &[finished, done], |t| {
+            .update_task(task.id, &[finished, done], move |t| {
                 change(t);
                 t.status = TaskStatus::Done;
                 t.finished_at = Some(Utc::now());
@@ -539,7 +540,7 @@ async fn finish_stage(
     state
         .services
         .store
-        .update_task(task.id, &[finished, started], |t| {
+        .update_task(task.id, &[finished, started], move |t| {
             change(t);
             t.stage = Some(next);
             t.attempts = attempts;
@@ -595,7 +596,7 @@ async fn failed_attempt(
     state
         .services
         .store
-        .update_task(task.id, &events, |t| {
+        .update_task(task.id, &events, move |t| {
             t.record_failure(stage, failure.clone());
             t.feedback = Some(output.clone());
             t.attempts = next_attempt;
@@ -632,6 +633,7 @@ async fn on_stage_error(
     let retry_number = task.stage_retries + 1;
     let delay = retry.delay(retry_number);
     let info = error.to_info();
+    let failure_info = info.clone();
     let event = NewEvent::new(
         &state.name,
         "stage.retry_scheduled",
@@ -640,9 +642,9 @@ async fn on_stage_error(
     state
         .services
         .store
-        .update_task(task.id, &[event], |t| {
+        .update_task(task.id, &[event], move |t| {
             t.stage_retries = retry_number;
-            t.record_failure(stage, info.clone());
+            t.record_failure(stage, failure_info);
         })
         .await?;
     tracing::warn!(task = %task.id, %stage, code = %info.code, ?delay, "transient failure; retrying the stage");
@@ -680,7 +682,7 @@ async fn end_task(
     state
         .services
         .store
-        .update_task(task.id, &events, |t| {
+        .update_task(task.id, &events, move |t| {
             t.record_failure(stage, error.clone());
             t.status = status;
             t.error = Some(error.clone());

@@ -96,10 +96,10 @@ const HISTORY_SCAN_MAX: usize = 1000;
 
 async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
     engine::wall_budget_left(&task)?;
-    let history =
-        services
-            .store
-            .recent_failures(&task.repo, task.id, HISTORY_TASKS_MAX, HISTORY_SCAN_MAX)?;
+    let history = services
+        .store
+        .recent_failures(&task.repo, task.id, HISTORY_TASKS_MAX, HISTORY_SCAN_MAX)
+        .await?;
     let who = RunIdentity {
         task_id: task.id,
         persona: "planner",

@@ -68,7 +68,7 @@ pub enum Readiness {
     Ended,
 }
 
-fn load(
+async fn load(
     services: &Services,
     id: TaskId,
     expected: &'static str,
@@ -76,7 +76,8 @@ fn load(
 ) -> Result<Task, TaskActionError> {
     let task = services
         .store
-        .task(id)?
+        .task(id)
+        .await?
         .ok_or(TaskActionError::NotFound(id))?;
     if !allowed.contains(&task.status) {
         return Err(TaskActionError::WrongStatus {
@@ -95,7 +96,7 @@ pub async fn evaluate_blocked(services: &Services, task: &Task) -> Result<Readin
     }
     let mut unfinished = Vec::new();
     for dep in &task.deps {
-        let status = services.store.task(*dep)?.map(|d| d.status);
+        let status = services.store.task(*dep).await?.map(|d| d.status);
         match status {
             Some(TaskStatus::Done) => {}
             Some(ended @ (TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::DeadLetter)) => {
@@ -125,7 +126,7 @@ pub async fn evaluate_blocked(services: &Services, task: &Task) -> Result<Readin
     if unfinished != task.blocked_by {
         services
             .store
-            .update_task(task.id, &[], |t| t.blocked_by = unfinished.clone())
+            .update_task(task.id, &[], move |t| t.blocked_by = unfinished.clone())
             .await?;
     }
     Ok(Readiness::StillBlocked)
@@ -152,7 +153,7 @@ async fn fail_for_dependency(
     );
     services
         .store
-        .update_task(id, &[event], |t| {
+        .update_task(id, &[event], move |t| {
             t.status = TaskStatus::Failed;
             t.error = Some(error.clone());
             t.finished_at = Some(Utc::now());
@@ -173,7 +174,8 @@ pub async fn approve(
         id,
         "awaiting_approval",
         &[TaskStatus::AwaitingApproval],
-    )?;
+    )
+    .await?;
     let next = task.stage_after(Stage::Approve);
     let mut events = vec![NewEvent::new(
         "compass",
@@ -189,7 +191,7 @@ pub async fn approve(
     }
     let updated = services
         .store
-        .update_task(id, &events, |t| match next {
+        .update_task(id, &events, move |t| match next {
             Some(stage) => {
                 t.status = TaskStatus::Queued;
                 t.stage = Some(stage);
@@ -214,7 +216,8 @@ pub async fn reject(
         id,
         "awaiting_approval",
         &[TaskStatus::AwaitingApproval],
-    )?;
+    )
+    .await?;
     let events = [
         NewEvent::new("compass", "task.rejected", json!({"comment": comment})),
         NewEvent::new(
@@ -267,7 +270,8 @@ pub async fn retry(
         id,
         "failed or dead_letter",
         &[TaskStatus::Failed, TaskStatus::DeadLetter],
-    )?;
+    )
+    .await?;
     let restart_attempts = matches!(task.stage, Some(Stage::Implement | Stage::Verify));
     let blocked = task.stage.is_none() && !task.deps.is_empty();
     let event = NewEvent::new(
@@ -277,7 +281,7 @@ pub async fn retry(
     );
     let updated = services
         .store
-        .reopen_task(id, &[event], |t| {
+        .reopen_task(id, &[event], move |t| {
             t.status = if blocked {
                 TaskStatus::Blocked
             } else {
@@ -326,7 +330,7 @@ pub async fn give_up_pipeline(
     ];
     let result = services
         .store
-        .update_task(id, &events, |t| {
+        .update_task(id, &events, move |t| {
             let stage = t.stage.unwrap_or(Stage::Plan);
             t.record_failure(stage, error.clone());
             t.status = TaskStatus::DeadLetter;

@@ -127,7 +127,7 @@ impl Actor for UplinkDeploy {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let services = args.services;
-        let ops = OpsStore::open(&services.store)?;
+        let ops = OpsStore::new(&services.store);
         Ok(UplinkDeployState {
             provider: ProviderContext::for_persona(
                 &services,
@@ -155,7 +155,7 @@ impl Actor for UplinkDeploy {
             .cloned()
             .collect();
         for app in apps {
-            dispatch(&myself, state, &app)?;
+            dispatch(&myself, state, &app).await?;
         }
         Ok(())
     }
@@ -187,7 +187,7 @@ impl Actor for UplinkDeploy {
                 reply,
             } => {
                 crate::work_failpoint!("uplink-deploy.handle");
-                match prepare(state, &app, commit, &trigger) {
+                match prepare(state, &app, commit, &trigger).await {
                     Ok(Prepared::Existing(record)) => answer(reply, &app, &trigger, Ok(record)),
                     Ok(Prepared::New(record)) => {
                         reserve_then_admit(&myself, &state.services, record, reply);
@@ -199,7 +199,7 @@ impl Actor for UplinkDeploy {
                 let (app, trigger) = (record.app.clone(), record.trigger.clone());
                 let outcome = admit(state, *record).await;
                 if outcome.is_ok() {
-                    dispatch(&myself, state, &app)?;
+                    dispatch(&myself, state, &app).await?;
                 }
                 answer(reply, &app, &trigger, outcome);
             }
@@ -215,7 +215,7 @@ impl Actor for UplinkDeploy {
                     if record.status.is_terminal() {
                         settle_later(&state.services, record.clone());
                     }
-                    dispatch(&myself, state, &record.app)?;
+                    dispatch(&myself, state, &record.app).await?;
                 }
                 let _ = reply.send(outcome);
             }
@@ -225,11 +225,11 @@ impl Actor for UplinkDeploy {
             UplinkDeployMsg::DeployDone { app, outcome } => {
                 state.busy.remove(&app);
                 on_deploy_done(state, &app, outcome);
-                dispatch(&myself, state, &app)?;
+                dispatch(&myself, state, &app).await?;
             }
             UplinkDeployMsg::ActionDone(app) => {
                 state.busy.remove(&app);
-                dispatch(&myself, state, &app)?;
+                dispatch(&myself, state, &app).await?;
             }
         }
         Ok(())
@@ -243,7 +243,7 @@ async fn recover(
     state: &mut UplinkDeployState,
 ) -> Result<(), OpsError> {
     for (name, app) in &state.services.definitions.ops.apps {
-        for mut record in state.ops.deploys_of(name)? {
+        for mut record in state.ops.deploys_of(name).await? {
             if record.status == DeployStatus::Running {
                 let updated = state
                     .ops
@@ -260,7 +260,10 @@ async fn recover(
                 crate::metrics::deploy_finished(&record);
             }
             // Ended before the last incarnation could settle it (reads only when nothing is owed).
-            if billing::needs_settling(&state.services, &record).unwrap_or(true) {
+            if billing::needs_settling(&state.services, &record)
+                .await
+                .unwrap_or(true)
+            {
                 settle_later(&state.services, record);
             }
         }
@@ -268,7 +271,7 @@ async fn recover(
             .ops
             .update_release(name, |r| r.deploying = None)
             .await?;
-        let current = state.ops.release(name)?.current;
+        let current = state.ops.release(name).await?.current;
         if let (ProviderKind::Local, Some(local), Some(sha)) = (app.provider, &app.local, current) {
             if provider::running_group(&state.provider.data_dir, name).is_none() {
                 if let Err(error) = provider::local_start(&state.provider, name, local, &sha) {
@@ -277,17 +280,17 @@ async fn recover(
             }
         }
     }
-    request_missed_task_deploys(myself, state)
+    request_missed_task_deploys(myself, state).await
 }
 
 /// Delivered tasks that name `deploy: <app>` but whose deploy request was lost (the service
 /// stopped between the delivery and the request) get it now. Looks at the newest
 /// [`TASK_DEPLOY_SCAN_MAX`] tasks. The requests go to this actor's own mailbox, like any other.
-fn request_missed_task_deploys(
+async fn request_missed_task_deploys(
     myself: &ActorRef<UplinkDeployMsg>,
     state: &UplinkDeployState,
 ) -> Result<(), OpsError> {
-    let tasks = state.services.store.tasks(TASK_DEPLOY_SCAN_MAX)?;
+    let tasks = state.services.store.tasks(TASK_DEPLOY_SCAN_MAX).await?;
     let mut requested: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
     for task in tasks {
         let Some(app) = task.deploy.as_deref() else {
@@ -299,7 +302,12 @@ fn request_missed_task_deploys(
             continue;
         }
         if !requested.contains_key(app) {
-            let triggers = state.ops.deploys_of(app)?.into_iter().map(|d| d.trigger);
+            let triggers = state
+                .ops
+                .deploys_of(app)
+                .await?
+                .into_iter()
+                .map(|d| d.trigger);
             requested.insert(app.to_owned(), triggers.collect());
         }
         let trigger = format!("task:{}", task.id);
@@ -335,7 +343,7 @@ enum Prepared {
 /// The checks of a deploy request that need only the stored records: the app exists, a task's
 /// repeated request finds its deploy, the app's waiting queue has room. Builds the new record at
 /// the gate its history decides, with its payer.
-fn prepare(
+async fn prepare(
     state: &UplinkDeployState,
     app: &str,
     commit: Option<String>,
@@ -348,13 +356,13 @@ fn prepare(
         .apps
         .get(app)
         .ok_or_else(|| OpsError::UnknownApp(app.to_owned()))?;
-    let history = state.ops.deploys_of(app)?;
+    let history = state.ops.deploys_of(app).await?;
     if let Some(existing) = made_for(&history, trigger) {
         return Ok(Prepared::Existing(existing.clone()));
     }
     check_room(&history, app)?;
     let mut record = deploy::new_record(app, spec, commit, trigger, &history);
-    record.account = Some(billing::payer(&state.services, spec, trigger));
+    record.account = Some(billing::payer(&state.services, spec, trigger).await);
     Ok(Prepared::New(record))
 }
 
@@ -417,7 +425,7 @@ fn reserve_then_admit(
 /// the Ledger answered (a repeated task request, the waiting queue). A refusal here releases the
 /// reservation.
 async fn admit(state: &UplinkDeployState, record: DeployRecord) -> Result<DeployRecord, OpsError> {
-    let history = state.ops.deploys_of(&record.app)?;
+    let history = state.ops.deploys_of(&record.app).await?;
     let refused = match made_for(&history, &record.trigger) {
         Some(existing) => Some(Ok(existing.clone())),
         None => check_room(&history, &record.app).err().map(Err),
@@ -463,7 +471,8 @@ async fn decide(
 ) -> Result<DeployRecord, OpsError> {
     let record = state
         .ops
-        .deploy(id)?
+        .deploy(id)
+        .await?
         .ok_or_else(|| OpsError::NotFound(format!("no deploy with id `{id}`")))?;
     if record.status != DeployStatus::AwaitingApproval {
         return Err(OpsError::InvalidState(format!(
@@ -473,7 +482,7 @@ async fn decide(
     }
     let updated = state
         .ops
-        .update_deploy(id, |d| {
+        .update_deploy(id, move |d| {
             d.comment = comment.clone();
             if approve {
                 d.status = DeployStatus::Queued;
@@ -496,7 +505,7 @@ fn deploy_context(state: &UplinkDeployState, app: &str, spec: AppSpec) -> Deploy
 }
 
 /// Starts the app's oldest queued deploy unless something holds the app.
-fn dispatch(
+async fn dispatch(
     myself: &ActorRef<UplinkDeployMsg>,
     state: &mut UplinkDeployState,
     app: &str,
@@ -509,7 +518,8 @@ fn dispatch(
     };
     let Some(next) = state
         .ops
-        .deploys_of(app)?
+        .deploys_of(app)
+        .await?
         .into_iter()
         .find(|d| d.status == DeployStatus::Queued)
     else {
@@ -580,7 +590,7 @@ fn on_deploy_done(
         let incidents = send_signals(&services, vec![signal]).await;
         if let Some(incident) = incidents.into_iter().next() {
             let _ = ops
-                .update_deploy(&id, |d| d.incident = Some(incident.clone()))
+                .update_deploy(&id, move |d| d.incident = Some(incident.clone()))
                 .await;
         }
     });
@@ -601,12 +611,13 @@ fn act_on(
         let _ = reply.send(Err(OpsError::Busy(app)));
         return;
     }
-    let payer = billing::payer(&state.services, &spec, "action");
+    let payer_spec = spec.clone();
     let ctx = deploy_context(state, &app, spec);
     let (me, name, services) = (myself.clone(), app.clone(), state.services.clone());
     let job = spawn_job(
         async move {
             let outcome = perform(&ctx, action).await;
+            let payer = billing::payer(&services, &payer_spec, "action").await;
             let id = format!("action:{}", uuid::Uuid::now_v7());
             let seconds = ctx.provider.command_seconds();
             let memo = format!("{action:?} of {}: {seconds} command seconds", ctx.name);
@@ -624,7 +635,7 @@ fn act_on(
 }
 
 async fn perform(ctx: &DeployContext, action: AppAction) -> Result<String, OpsError> {
-    let release = ctx.ops.release(&ctx.name)?;
+    let release = ctx.ops.release(&ctx.name).await?;
     let done = match action {
         AppAction::Scale(count) => {
             return provider::scale(&ctx.provider, &ctx.name, &ctx.app, count).await
@@ -644,7 +655,7 @@ async fn perform(ctx: &DeployContext, action: AppAction) -> Result<String, OpsEr
             })?;
             let detail = provider::rollback(&ctx.provider, &ctx.name, &ctx.app, &target).await?;
             ctx.ops
-                .update_release(&ctx.name, |r| r.current = Some(target.clone()))
+                .update_release(&ctx.name, move |r| r.current = Some(target.clone()))
                 .await?;
             detail
         }
@@ -721,11 +732,12 @@ pub async fn deploy_stage(
         Some(PERSONA_WAIT),
     );
     let record = unwrap_call(call.await).map_err(stage_error)?;
-    let ops = OpsStore::open(&services.store).map_err(|e| StageError::Store(e.to_string()))?;
+    let ops = OpsStore::new(&services.store);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let current = ops
             .deploy(&record.id)
+            .await
             .map_err(|e| StageError::Store(e.to_string()))?
             .ok_or_else(|| StageError::DeployFailed(format!("deploy {} vanished", record.id)))?;
         if current.status == DeployStatus::Healthy {

@@ -92,7 +92,7 @@ impl Actor for UplinkRespond {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let services = args.services;
-        let ops = OpsStore::open(&services.store)?;
+        let ops = OpsStore::new(&services.store);
         let provider = ProviderContext::for_persona(
             &services,
             "uplink-respond",
@@ -115,9 +115,13 @@ impl Actor for UplinkRespond {
     ) -> Result<(), ActorProcessingErr> {
         // Responses that were running died with the last incarnation: go on after their last
         // finished step.
-        let open = state.ctx.ops.incidents_where(DEDUP_SCAN_MAX, |i| {
-            i.status == IncidentStatus::Open && i.awaiting_step.is_none()
-        })?;
+        let open = state
+            .ctx
+            .ops
+            .incidents_where(DEDUP_SCAN_MAX, |i| {
+                i.status == IncidentStatus::Open && i.awaiting_step.is_none()
+            })
+            .await?;
         for incident in open {
             let (from, approved) = incident::resume_point(&incident);
             tracing::info!(incident = %incident.id, from, "resuming an incident response");
@@ -185,17 +189,21 @@ async fn on_signal(
     let fingerprint = incident::fingerprint(&signal);
     let window = chrono::Duration::from_std(DEDUP_WINDOW).unwrap_or(chrono::Duration::MAX);
     let since = Utc::now() - window;
-    let repeat = state.ctx.ops.incidents_where(DEDUP_SCAN_MAX, |i| {
-        i.status != IncidentStatus::Resolved
-            && i.fingerprint == fingerprint
-            && i.updated_at >= since
-    })?;
+    let repeat = state
+        .ctx
+        .ops
+        .incidents_where(DEDUP_SCAN_MAX, move |i| {
+            i.status != IncidentStatus::Resolved
+                && i.fingerprint == fingerprint
+                && i.updated_at >= since
+        })
+        .await?;
     if let Some(open) = repeat.first() {
         let id = open.id.clone();
         state
             .ctx
             .ops
-            .update_incident(&id, |i| i.attach(signal.clone()))
+            .update_incident(&id, move |i| i.attach(signal.clone()))
             .await?;
         return Ok(id);
     }
@@ -258,7 +266,7 @@ async fn on_response_failed(
     state
         .ctx
         .ops
-        .update_incident(id, |i| {
+        .update_incident(id, move |i| {
             i.push_event("needs_human", json!({"reason": error}));
             i.status = IncidentStatus::NeedsHuman;
             i.postmortem = Some(incident::postmortem(i));
@@ -276,7 +284,8 @@ async fn decide(
     let incident = state
         .ctx
         .ops
-        .incident(id)?
+        .incident(id)
+        .await?
         .ok_or_else(|| OpsError::NotFound(format!("no incident with id `{id}`")))?;
     let step = incident
         .awaiting_step
@@ -290,7 +299,7 @@ async fn decide(
     let updated = state
         .ctx
         .ops
-        .update_incident(id, |i| {
+        .update_incident(id, move |i| {
             i.push_event(kind, json!({"step": step}));
             if !approve {
                 i.awaiting_step = None;

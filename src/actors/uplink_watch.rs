@@ -90,7 +90,7 @@ impl Actor for UplinkWatch {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let services = args.services;
-        let ops = OpsStore::open(&services.store)?;
+        let ops = OpsStore::new(&services.store);
         let now = Utc::now();
         let mut checks = Vec::new();
         for (app, spec) in &services.definitions.ops.apps {
@@ -143,7 +143,7 @@ impl Actor for UplinkWatch {
                 let _ = reply.send(names);
             }
             UplinkWatchMsg::Tick => {
-                on_tick(&myself, state)?;
+                on_tick(&myself, state).await?;
                 bill_if_due(state);
             }
             UplinkWatchMsg::CheckDone {
@@ -174,7 +174,7 @@ fn ticker(myself: ActorRef<UplinkWatchMsg>) -> AbortOnDropHandle<()> {
     }))
 }
 
-fn on_tick(
+async fn on_tick(
     myself: &ActorRef<UplinkWatchMsg>,
     state: &mut UplinkWatchState,
 ) -> Result<(), crate::store::StoreError> {
@@ -189,7 +189,7 @@ fn on_tick(
         }
         let next = state.checks[index].schedule.after(&now).next();
         state.checks[index].next = next;
-        if paused(state, index)? {
+        if paused(state, index).await? {
             continue;
         }
         start_check(myself, state, index);
@@ -198,9 +198,9 @@ fn on_tick(
 }
 
 /// Whether the check's app is being deployed, or (for app-bound kinds) has no release yet.
-fn paused(state: &UplinkWatchState, index: usize) -> Result<bool, crate::store::StoreError> {
+async fn paused(state: &UplinkWatchState, index: usize) -> Result<bool, crate::store::StoreError> {
     let check = &state.checks[index];
-    let release = state.ops.release(&check.app)?;
+    let release = state.ops.release(&check.app).await?;
     let bound_to_release = matches!(check.spec.kind, CheckKind::Http | CheckKind::Process);
     Ok(release.deploying.is_some() || (bound_to_release && release.current.is_none()))
 }
@@ -282,7 +282,7 @@ async fn on_check_done(
         return Ok(());
     }
     // A deploy may have started while the check ran; its own health check decides then.
-    if state.ops.release(&result.app)?.deploying.is_some() {
+    if state.ops.release(&result.app).await?.deploying.is_some() {
         return Ok(());
     }
     tracing::warn!(app = %result.app, check = %result.check, detail = %result.detail, "check failed");

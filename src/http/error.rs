@@ -93,8 +93,18 @@ impl ApiError {
     }
 }
 
+/// Seconds a client is told to wait after the store pushed back.
+const STORE_RETRY_AFTER_SECS: u64 = 1;
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(error: crate::store::StoreError) -> Self {
+        if error.is_overload() {
+            tracing::warn!(%error, "storage pushed back");
+            return Self {
+                retry_after_secs: Some(STORE_RETRY_AFTER_SECS),
+                ..Self::unavailable(error.code(), error.to_string())
+            };
+        }
         Self::internal(error)
     }
 }

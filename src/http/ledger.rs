@@ -45,10 +45,13 @@ impl From<LedgerError> for ApiError {
             | LedgerError::TransferNotPending { .. }
             | LedgerError::TransferExpired(_) => StatusCode::CONFLICT,
             LedgerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            LedgerError::NotDurable(_)
-            | LedgerError::Storage(_)
-            | LedgerError::Codec(_)
-            | LedgerError::Store(_) => return ApiError::internal(error),
+            LedgerError::Store(_) => {
+                let LedgerError::Store(error) = error else {
+                    unreachable!("matched above")
+                };
+                return error.into();
+            }
+            LedgerError::Codec(_) => return ApiError::internal(error),
         };
         ApiError::new(status, error.code(), error.to_string())
     }
@@ -90,7 +93,7 @@ fn created_or_replayed<T: Serialize>(applied: Applied<T>, created: StatusCode) -
 }
 
 fn book(app: &AppState) -> Result<Book, ApiError> {
-    Ok(Book::open(&app.services.store)?)
+    Ok(Book::new(&app.services.store))
 }
 
 /// `POST /v1/ledger/accounts`.
@@ -146,7 +149,8 @@ pub async fn account(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let account: Account = book(&app)?
-        .account(&id)?
+        .account(&id)
+        .await?
         .ok_or(LedgerError::AccountNotFound(id))?;
     Ok(Json(account.view()).into_response())
 }
@@ -188,7 +192,7 @@ pub async fn history(
             })?,
     };
     let cursor = query.get("cursor").map(String::as_str);
-    Ok(Json(book(&app)?.history(&id, limit, cursor)?))
+    Ok(Json(book(&app)?.history(&id, limit, cursor).await?))
 }
 
 /// `POST /v1/ledger/transfers`.
@@ -242,7 +246,8 @@ pub async fn transfer(
     Path(id): Path<String>,
 ) -> Result<Json<Transfer>, ApiError> {
     let transfer = book(&app)?
-        .transfer(&id)?
+        .transfer(&id)
+        .await?
         .ok_or(LedgerError::TransferNotFound(id))?;
     Ok(Json(transfer))
 }

@@ -47,7 +47,7 @@ fn ops_error(error: OpsError) -> ApiError {
 }
 
 fn ops_store(app: &AppState) -> Result<OpsStore, ApiError> {
-    Ok(OpsStore::open(&app.services.store)?)
+    Ok(OpsStore::new(&app.services.store))
 }
 
 /// `?limit=&app=&status=` of the lists.
@@ -150,12 +150,13 @@ pub async fn list_deploys(
     let ops = ops_store(&app)?;
     let deploys: Vec<_> = match &query.app {
         Some(name) => ops
-            .deploys_of(name)?
+            .deploys_of(name)
+            .await?
             .into_iter()
             .rev()
             .take(query.limit())
             .collect(),
-        None => ops.deploys(query.limit())?,
+        None => ops.deploys(query.limit()).await?,
     };
     Ok(Json(json!({ "deploys": deploys })))
 }
@@ -176,7 +177,7 @@ pub async fn get_deploy(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let record = ops_store(&app)?.deploy(&id)?.ok_or_else(|| {
+    let record = ops_store(&app)?.deploy(&id).await?.ok_or_else(|| {
         ApiError::not_found("DEPLOY_NOT_FOUND", format!("no deploy with id `{id}`"))
     })?;
     Ok(Json(json!(record)))
@@ -303,7 +304,7 @@ pub async fn list_checks(
             continue;
         }
         for check in &spec.checks {
-            let history = ops.check_history(name, &check.name)?;
+            let history = ops.check_history(name, &check.name).await?;
             checks.push(json!({
                 "app": name, "name": check.name, "kind": check.kind, "schedule": check.schedule,
                 "last": history.first(), "history": history,
@@ -381,9 +382,12 @@ pub async fn list_incidents(
         .limit
         .unwrap_or(LIST_LIMIT_DEFAULT)
         .clamp(1, LIST_LIMIT_MAX);
-    let incidents = ops_store(&app)?.incidents_where(limit, |i| {
-        query.app.as_ref().is_none_or(|a| *a == i.app) && query.status.is_none_or(|s| s == i.status)
-    })?;
+    let incidents = ops_store(&app)?
+        .incidents_where(limit, move |i| {
+            query.app.as_ref().is_none_or(|a| *a == i.app)
+                && query.status.is_none_or(|s| s == i.status)
+        })
+        .await?;
     Ok(Json(json!({ "incidents": incidents })))
 }
 
@@ -403,7 +407,7 @@ pub async fn get_incident(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let incident = ops_store(&app)?.incident(&id)?.ok_or_else(|| {
+    let incident = ops_store(&app)?.incident(&id).await?.ok_or_else(|| {
         ApiError::not_found("INCIDENT_NOT_FOUND", format!("no incident with id `{id}`"))
     })?;
     Ok(Json(json!(incident)))

@@ -102,7 +102,7 @@ fn status_key(status: TaskStatus) -> String {
 )]
 pub async fn report(State(app): State<AppState>) -> Result<Json<Report>, ApiError> {
     let now = Utc::now();
-    let tasks = app.services.store.tasks(REPORT_TASKS_MAX)?;
+    let tasks = app.services.store.tasks(REPORT_TASKS_MAX).await?;
     let stall_after = Duration::seconds(
         i64::try_from(app.services.config.compass.stall_after_secs).unwrap_or(i64::MAX),
     );
@@ -123,7 +123,8 @@ pub async fn report(State(app): State<AppState>) -> Result<Json<Report>, ApiErro
         let last_event_at = app
             .services
             .store
-            .recent_events(task.id, 1)?
+            .recent_events(task.id, 1)
+            .await?
             .pop()
             .map(|e| e.ts);
         let silent = now - last_event_at.unwrap_or(task.updated_at);

@@ -115,7 +115,11 @@ pub async fn task_events(
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::not_found("TASK_NOT_FOUND", format!("no task with id `{id}`"));
     let task_id: TaskId = id.parse().map_err(|_| not_found())?;
-    app.services.store.task(task_id)?.ok_or_else(not_found)?;
+    app.services
+        .store
+        .task(task_id)
+        .await?
+        .ok_or_else(not_found)?;
     let after = resume_point(&query, &headers)?;
     let permit = app.streams.take()?;
     let store = app.services.store.clone();
@@ -215,7 +219,7 @@ async fn feed_task(
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let task = if std::mem::take(&mut look) {
-            store.task(task_id)?
+            store.task(task_id).await?
         } else {
             None
         };
@@ -270,7 +274,7 @@ async fn send_stored(
     sent: &mut BTreeSet<u64>,
     sender: &mpsc::Sender<Message>,
 ) -> bool {
-    let events = match store.events_after(task_id, after) {
+    let events = match store.events_after(task_id, after).await {
         Ok(events) => events,
         Err(error) => {
             let _ = sender.send(Ok(error_message(&error))).await;

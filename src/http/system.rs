@@ -52,7 +52,8 @@ pub async fn metrics() -> Response {
     }
 }
 
-/// `GET /readyz`: the root and every persona are running; otherwise 503 naming what is not.
+/// `GET /readyz`: the root and every persona are running and the store writer moves; otherwise
+/// 503 naming what is not. Reads no storage: the writer's health is lock-free.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -62,14 +63,16 @@ pub async fn metrics() -> Response {
             `running`.", body = Object),
         (status = 503, description = "`{\"status\": \"not_ready\", \"error\": {\"code\": \
             \"NOT_READY\", \"message\"}, \"actors\": [ActorEntry, …]}` naming the actors that are \
-            not running.", body = Object),
+            not running, and `storage` when the store writer is stalled.", body = Object),
     )
 )]
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let not_ready = app.services.directory.not_ready();
-    if not_ready.is_empty() {
+    let storage_stalled = app.services.store.writer_health().stalled();
+    if not_ready.is_empty() && !storage_stalled {
         return Json(json!({"status": "ready"})).into_response();
     }
+    let storage = storage_stalled.then(|| "storage (writer stalled)".to_owned());
     let names: Vec<String> = not_ready
         .iter()
         .map(|entry| {
@@ -82,6 +85,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
                     .unwrap_or("unknown")
             )
         })
+        .chain(storage)
         .collect();
     let body = json!({
         "status": "not_ready",
@@ -124,7 +128,8 @@ pub async fn service_events(
     let events = app
         .services
         .store
-        .recent_events(TaskId::service(), SERVICE_EVENTS_MAX)?;
+        .recent_events(TaskId::service(), SERVICE_EVENTS_MAX)
+        .await?;
     Ok(Json(json!({"events": events})))
 }
 

@@ -128,7 +128,7 @@ pub async fn list(
             ApiError::invalid_field("cursor must be a `next_cursor` of an earlier page")
         })?),
     };
-    let (tasks, next) = app.services.store.tasks_page(limit, before)?;
+    let (tasks, next) = app.services.store.tasks_page(limit, before).await?;
     Ok(Json(json!({"tasks": tasks, "next_cursor": next})))
 }
 
@@ -141,10 +141,14 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-fn parse_id(app: &AppState, id: &str) -> Result<Task, ApiError> {
+async fn parse_id(app: &AppState, id: &str) -> Result<Task, ApiError> {
     let not_found = || ApiError::not_found("TASK_NOT_FOUND", format!("no task with id `{id}`"));
     let task_id: TaskId = id.parse().map_err(|_| not_found())?;
-    app.services.store.task(task_id)?.ok_or_else(not_found)
+    app.services
+        .store
+        .task(task_id)
+        .await?
+        .ok_or_else(not_found)
 }
 
 /// `GET /v1/tasks/{id}`.
@@ -164,7 +168,7 @@ pub async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    parse_id(&app, &id).map(Json)
+    parse_id(&app, &id).await.map(Json)
 }
 
 /// `GET /v1/tasks/{id}/events`.
@@ -185,8 +189,8 @@ pub async fn events(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let task = parse_id(&app, &id)?;
-    let events = app.services.store.events(task.id)?;
+    let task = parse_id(&app, &id).await?;
+    let events = app.services.store.events(task.id).await?;
     Ok(Json(json!({"events": events})))
 }
 
@@ -207,8 +211,8 @@ pub async fn runs(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let task = parse_id(&app, &id)?;
-    let runs = app.services.store.runs(task.id)?;
+    let task = parse_id(&app, &id).await?;
+    let runs = app.services.store.runs(task.id).await?;
     Ok(Json(json!({"runs": runs})))
 }
 
@@ -342,7 +346,7 @@ pub async fn retry(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    let task = parse_id(&app, &id)?;
+    let task = parse_id(&app, &id).await?;
     let retryable = matches!(task.status, TaskStatus::Failed | TaskStatus::DeadLetter);
     let reservation = if retryable {
         Some(reserve_again(&app, &task).await?)
@@ -383,7 +387,7 @@ fn ledger_error(error: LedgerError) -> ApiError {
 }
 
 async fn act(app: &AppState, id: &str, action: TaskAction) -> Result<Json<Task>, ApiError> {
-    let task_id = parse_id(app, id)?.id;
+    let task_id = parse_id(app, id).await?.id;
     let answer = app
         .compass
         .call(

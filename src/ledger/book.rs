@@ -1,47 +1,35 @@
-//! The books in sled. With `store`, the only module that touches sled.
+//! The books, as records of the store. Writes are jobs on the store's writer ([`Batch`]), reads
+//! run on a [`Snapshot`]; only the store calls sled.
 //!
-//! Trees (of the service's one database, opened through [`Store::tree`]):
-//! - `ledger_accounts`: account id → account JSON (with its four running totals);
-//! - `ledger_transfers`: transfer id → transfer JSON;
-//! - `ledger_history`: account id ++ `0x00` ++ seq (8 bytes, big-endian) → transfer id. Ids never
+//! Tables (of the service's one database):
+//! - `LedgerAccounts`: account id → account JSON (with its four running totals);
+//! - `LedgerTransfers`: transfer id → transfer JSON;
+//! - `LedgerHistory`: account id ++ `0x00` ++ seq (8 bytes, big-endian) → transfer id. Ids never
 //!   hold `0x00`, so a prefix scan gives one account's transfers in creation order;
-//! - `ledger_expiry`: expiry time (ms since the epoch, 8 bytes, big-endian) ++ transfer id → empty:
+//! - `LedgerExpiry`: expiry time (ms since the epoch, 8 bytes, big-endian) ++ transfer id → empty:
 //!   the pending transfers that have a timeout, soonest first.
 //!
-//! Every write is one multi-tree transaction holding the transfer, the balances it touches, its
-//! history entries and its expiry entry, so a crash leaves either all of it or none. Writes do not
-//! flush: the Ledger actor applies many and flushes once for the batch (group commit), answering
-//! nobody before [`Book::flush`] returned.
+//! Every write is one writer job staging the transfer, the balances it touches, its history
+//! entries and its expiry entry: the group commit holds all of it or none, and a refused request
+//! stages nothing. The writer is the only writer, so a balance read in a job is the balance the
+//! job's write replaces: no lost update, no transaction retry.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::{CompareAndSwapError, Transactional, Tree};
 
 use super::{
     Account, Applied, Audit, HistoryPage, LedgerError, NewAccount, NewTransfer, Transfer,
     TransferStatus, Violation,
 };
-use crate::store::Store;
+use crate::store::{Batch, Snapshot, Store, Table};
 
 /// Most transfers one history page may hold.
 pub const HISTORY_LIMIT_MAX: usize = 500;
 /// Separates an account id from the seq in a history key; never part of an id.
 const HISTORY_SEPARATOR: u8 = 0;
-
-type TxError = ConflictableTransactionError<LedgerError>;
-
-impl From<TransactionError<LedgerError>> for LedgerError {
-    fn from(error: TransactionError<LedgerError>) -> Self {
-        match error {
-            TransactionError::Abort(inner) => inner,
-            TransactionError::Storage(inner) => Self::Storage(inner),
-        }
-    }
-}
 
 /// How a pending transfer is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,267 +51,247 @@ enum Decision {
     Refuse(LedgerError),
 }
 
-/// The ledger's trees. Cheap to clone (sled trees are reference-counted).
+/// Reads of the books; cheap to clone. Writes are the free functions below, run as writer jobs
+/// (by the Ledger actor, their one caller).
 #[derive(Clone)]
 pub struct Book {
-    /// For sequence numbers and flushes.
     store: Store,
-    accounts: Tree,
-    transfers: Tree,
-    history: Tree,
-    expiry: Tree,
 }
 
 impl Book {
-    /// Opens (or creates) the ledger's trees in the store's database.
-    pub fn open(store: &Store) -> Result<Self, LedgerError> {
-        Ok(Self {
-            accounts: store.tree("ledger_accounts")?,
-            transfers: store.tree("ledger_transfers")?,
-            history: store.tree("ledger_history")?,
-            expiry: store.tree("ledger_expiry")?,
+    /// The books of `store`'s database.
+    pub fn new(store: &Store) -> Self {
+        Self {
             store: store.clone(),
-        })
-    }
-
-    /// Makes every write so far durable; the actor answers writers only after this returned.
-    pub async fn flush(&self) -> Result<(), LedgerError> {
-        Ok(self.store.flush().await?)
+        }
     }
 
     /// One account.
-    pub fn account(&self, id: &str) -> Result<Option<Account>, LedgerError> {
-        self.accounts.get(id)?.map(|b| decode(&b)).transpose()
+    pub async fn account(&self, id: &str) -> Result<Option<Account>, LedgerError> {
+        let id = id.to_owned();
+        self.store
+            .read(move |snapshot| read_record(snapshot, Table::LedgerAccounts, &id))
+            .await
     }
 
     /// One transfer.
-    pub fn transfer(&self, id: &str) -> Result<Option<Transfer>, LedgerError> {
-        self.transfers.get(id)?.map(|b| decode(&b)).transpose()
-    }
-
-    /// Opens an account; an identical request again is a replay, another body a conflict.
-    pub fn create_account(&self, new: &NewAccount) -> Result<Applied<Account>, LedgerError> {
-        new.validate()?;
-        let account = Account::new(new);
-        let bytes = encode(&account)?;
-        match self
-            .accounts
-            .compare_and_swap(&new.id, None as Option<&[u8]>, Some(bytes))?
-        {
-            Ok(()) => Ok(Applied::Created(account)),
-            Err(CompareAndSwapError { current, .. }) => {
-                let stored: Account = decode(current.as_deref().unwrap_or_default())?;
-                if stored.kind == new.kind && stored.allow_negative == new.allow_negative {
-                    Ok(Applied::Replayed(stored))
-                } else {
-                    Err(LedgerError::AccountExists(new.id.clone()))
-                }
-            }
-        }
-    }
-
-    /// Applies a new transfer (or answers a replay), atomically with its balances and index
-    /// entries. Refusals change nothing.
-    pub fn apply_transfer(
-        &self,
-        request: &NewTransfer,
-        now: DateTime<Utc>,
-    ) -> Result<Applied<Transfer>, LedgerError> {
-        request.validate()?;
-        let seq = self.store.db().generate_id()?;
-        let trees = (&self.accounts, &self.transfers, &self.history, &self.expiry);
-        let applied = trees.transaction(|(accounts, transfers, history, expiry)| {
-            if let Some(bytes) = transfers.get(&request.id)? {
-                let stored: Transfer = decode(&bytes).map_err(abort)?;
-                return if stored.same_request(request) {
-                    Ok(Applied::Replayed(stored))
-                } else {
-                    Err(abort(LedgerError::TransferExists(request.id.clone())))
-                };
-            }
-            let mut debit = read_account(accounts, &request.debit_account)?;
-            let mut credit = read_account(accounts, &request.credit_account)?;
-            move_or_reserve(&mut debit, &mut credit, request.amount, request.pending)
-                .map_err(abort)?;
-            let transfer = new_transfer(request, seq, now);
-            write(accounts, &debit.id, &debit)?;
-            write(accounts, &credit.id, &credit)?;
-            write(transfers, &transfer.id, &transfer)?;
-            history.insert(history_key(&debit.id, seq), transfer.id.as_bytes())?;
-            history.insert(history_key(&credit.id, seq), transfer.id.as_bytes())?;
-            if let Some(expires_at) = transfer.expires_at {
-                expiry.insert(expiry_key(expires_at, &transfer.id), &[])?;
-            }
-            Ok(Applied::Created(transfer))
-        })?;
-        Ok(applied)
-    }
-
-    /// Posts or voids a pending transfer. One whose timeout passed is released now, and the
-    /// request is refused with [`LedgerError::TransferExpired`].
-    pub fn settle(
-        &self,
-        id: &str,
-        action: Settle,
-        now: DateTime<Utc>,
-    ) -> Result<Applied<Transfer>, LedgerError> {
-        if action == Settle::Post(Some(0)) {
-            return Err(LedgerError::InvalidField(
-                "amount must be at least 1; void to release all".into(),
-            ));
-        }
-        let trees = (&self.accounts, &self.transfers, &self.expiry);
-        trees.transaction(|(accounts, transfers, expiry)| {
-            let mut transfer = read_transfer(transfers, id)?;
-            let decision = if is_due(&transfer, now) {
-                Decision::Apply(TransferStatus::Expired, 0)
-            } else {
-                decide(&transfer, action)
-            };
-            match decision {
-                Decision::Replay => Ok(Ok(Applied::Replayed(transfer))),
-                Decision::Refuse(error) => Ok(Err(error)),
-                Decision::Apply(status, posted) => {
-                    release(accounts, expiry, &mut transfer, status, posted, now)?;
-                    write(transfers, &transfer.id, &transfer)?;
-                    if status == TransferStatus::Expired {
-                        return Ok(Err(LedgerError::TransferExpired(transfer.id)));
-                    }
-                    Ok(Ok(Applied::Created(transfer)))
-                }
-            }
-        })?
-    }
-
-    /// Releases up to `max` pending transfers whose timeout passed; answers how many.
-    pub fn expire_due(&self, now: DateTime<Utc>, max: usize) -> Result<usize, LedgerError> {
-        let end = (millis(now).saturating_add(1)).to_be_bytes();
-        let due: Vec<sled::IVec> = self
-            .expiry
-            .range(..end.as_slice())
-            .keys()
-            .take(max)
-            .collect::<Result<_, _>>()?;
-        let mut expired = 0;
-        for key in &due {
-            let id = String::from_utf8_lossy(key.get(8..).unwrap_or_default()).into_owned();
-            if self.expire_one(key, &id, now)? {
-                expired += 1;
-            }
-        }
-        Ok(expired)
-    }
-
-    fn expire_one(&self, key: &[u8], id: &str, now: DateTime<Utc>) -> Result<bool, LedgerError> {
-        let trees = (&self.accounts, &self.transfers, &self.expiry);
-        let expired = trees.transaction(|(accounts, transfers, expiry)| {
-            let Some(bytes) = transfers.get(id)? else {
-                expiry.remove(key)?;
-                return Ok(false);
-            };
-            let mut transfer: Transfer = decode(&bytes).map_err(abort)?;
-            if !is_due(&transfer, now) {
-                expiry.remove(key)?;
-                return Ok(false);
-            }
-            release(
-                accounts,
-                expiry,
-                &mut transfer,
-                TransferStatus::Expired,
-                0,
-                now,
-            )?;
-            write(transfers, &transfer.id, &transfer)?;
-            Ok(true)
-        })?;
-        Ok(expired)
+    pub async fn transfer(&self, id: &str) -> Result<Option<Transfer>, LedgerError> {
+        let id = id.to_owned();
+        self.store
+            .read(move |snapshot| read_record(snapshot, Table::LedgerTransfers, &id))
+            .await
     }
 
     /// Up to `limit` of an account's transfers, newest first, older than `cursor`.
-    pub fn history(
+    pub async fn history(
         &self,
         account: &str,
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<HistoryPage, LedgerError> {
-        if self.accounts.get(account)?.is_none() {
-            return Err(LedgerError::AccountNotFound(account.to_owned()));
-        }
-        let start = history_key(account, 0);
-        let end = match cursor {
-            Some(cursor) => history_key(account, decode_cursor(cursor)?),
-            // Just past every key of this account: the separator plus one.
-            None => [account.as_bytes(), &[HISTORY_SEPARATOR + 1]].concat(),
-        };
-        let mut transfers = Vec::with_capacity(limit.min(HISTORY_LIMIT_MAX));
-        let mut next_cursor = None;
-        for entry in self.history.range(start..end).rev() {
-            let (_, id) = entry?;
-            if transfers.len() == limit.min(HISTORY_LIMIT_MAX) {
-                next_cursor = transfers.last().map(|t: &Transfer| encode_cursor(t.seq));
-                break;
-            }
-            let id = String::from_utf8_lossy(&id).into_owned();
-            let transfer = self
-                .transfer(&id)?
-                .ok_or(LedgerError::TransferNotFound(id))?;
-            transfers.push(transfer);
-        }
-        Ok(HistoryPage {
-            transfers,
-            next_cursor,
-        })
+        let account = account.to_owned();
+        let cursor = cursor.map(str::to_owned);
+        self.store
+            .read(move |snapshot| history(snapshot, &account, limit, cursor.as_deref()))
+            .await
     }
+}
 
-    /// Recomputes every account's totals from the transfers and compares them with the stored
-    /// ones. Reads everything: O(accounts + transfers). Exact only while nobody writes, which is
-    /// why the Ledger actor runs it between two writes.
-    pub fn audit(&self) -> Result<Audit, LedgerError> {
-        let mut recomputed: HashMap<String, [u128; 4]> = HashMap::new();
-        let mut transfers_checked = 0;
-        for bytes in self.transfers.iter().values() {
-            let transfer: Transfer = decode(&bytes?)?;
-            add_to_recomputation(&mut recomputed, &transfer);
-            transfers_checked += 1;
-        }
-        let mut audit = Audit {
-            balanced: false,
-            total_debits: 0,
-            total_credits: 0,
-            total_debits_pending: 0,
-            total_credits_pending: 0,
-            accounts_checked: 0,
-            transfers_checked,
-            violations: Vec::new(),
+/// Opens an account; an identical request again is a replay, another body a conflict.
+pub fn create_account(
+    batch: &mut Batch<'_>,
+    new: &NewAccount,
+) -> Result<Applied<Account>, LedgerError> {
+    new.validate()?;
+    if let Some(stored) = batch_get::<Account>(batch, Table::LedgerAccounts, &new.id)? {
+        return if stored.kind == new.kind && stored.allow_negative == new.allow_negative {
+            Ok(Applied::Replayed(stored))
+        } else {
+            Err(LedgerError::AccountExists(new.id.clone()))
         };
-        for bytes in self.accounts.iter().values() {
-            let account: Account = decode(&bytes?)?;
-            let expected = recomputed.remove(&account.id).unwrap_or_default();
-            check_account(&mut audit, &account, expected);
-        }
-        for account in recomputed.into_keys() {
-            audit.violations.push(Violation {
-                kind: "unknown_account",
-                message: format!("transfers name account `{account}`, which does not exist"),
-                account,
-            });
-        }
-        let history_entries = self.history.len();
-        if history_entries != 2 * transfers_checked {
-            audit.violations.push(Violation {
-                account: String::new(),
-                kind: "history_index",
-                message: format!(
-                    "{history_entries} history entries for {transfers_checked} transfers"
-                ),
-            });
-        }
-        audit.balanced = audit.violations.is_empty()
-            && audit.total_debits == audit.total_credits
-            && audit.total_debits_pending == audit.total_credits_pending;
-        Ok(audit)
     }
+    let account = Account::new(new);
+    put(batch, Table::LedgerAccounts, &account.id, &account)?;
+    Ok(Applied::Created(account))
+}
+
+/// Applies a new transfer (or answers a replay) with its balances and index entries. Refusals
+/// stage nothing.
+pub fn apply_transfer(
+    batch: &mut Batch<'_>,
+    request: &NewTransfer,
+    now: DateTime<Utc>,
+) -> Result<Applied<Transfer>, LedgerError> {
+    request.validate()?;
+    if let Some(stored) = batch_get::<Transfer>(batch, Table::LedgerTransfers, &request.id)? {
+        return if stored.same_request(request) {
+            Ok(Applied::Replayed(stored))
+        } else {
+            Err(LedgerError::TransferExists(request.id.clone()))
+        };
+    }
+    let mut debit = read_account(batch, &request.debit_account)?;
+    let mut credit = read_account(batch, &request.credit_account)?;
+    move_or_reserve(&mut debit, &mut credit, request.amount, request.pending)?;
+    let seq = batch.generate_id()?;
+    let transfer = new_transfer(request, seq, now);
+    put(batch, Table::LedgerAccounts, &debit.id, &debit)?;
+    put(batch, Table::LedgerAccounts, &credit.id, &credit)?;
+    put(batch, Table::LedgerTransfers, &transfer.id, &transfer)?;
+    let id = transfer.id.as_bytes().to_vec();
+    batch.insert(
+        Table::LedgerHistory,
+        history_key(&debit.id, seq),
+        id.clone(),
+    );
+    batch.insert(Table::LedgerHistory, history_key(&credit.id, seq), id);
+    if let Some(expires_at) = transfer.expires_at {
+        batch.insert(
+            Table::LedgerExpiry,
+            expiry_key(expires_at, &transfer.id),
+            Vec::new(),
+        );
+    }
+    Ok(Applied::Created(transfer))
+}
+
+/// Posts or voids a pending transfer. One whose timeout passed is released now (the outer `Ok`:
+/// that release is written), and the request is refused with [`LedgerError::TransferExpired`]
+/// (the inner `Err`). An outer `Err` stages nothing.
+pub fn settle(
+    batch: &mut Batch<'_>,
+    id: &str,
+    action: Settle,
+    now: DateTime<Utc>,
+) -> Result<Result<Applied<Transfer>, LedgerError>, LedgerError> {
+    if action == Settle::Post(Some(0)) {
+        return Err(LedgerError::InvalidField(
+            "amount must be at least 1; void to release all".into(),
+        ));
+    }
+    let mut transfer = batch_get::<Transfer>(batch, Table::LedgerTransfers, id)?
+        .ok_or_else(|| LedgerError::TransferNotFound(id.to_owned()))?;
+    let decision = if is_due(&transfer, now) {
+        Decision::Apply(TransferStatus::Expired, 0)
+    } else {
+        decide(&transfer, action)
+    };
+    match decision {
+        Decision::Replay => Ok(Ok(Applied::Replayed(transfer))),
+        Decision::Refuse(error) => Err(error),
+        Decision::Apply(status, posted) => {
+            release(batch, &mut transfer, status, posted, now)?;
+            put(batch, Table::LedgerTransfers, &transfer.id, &transfer)?;
+            if status == TransferStatus::Expired {
+                return Ok(Err(LedgerError::TransferExpired(transfer.id)));
+            }
+            Ok(Ok(Applied::Created(transfer)))
+        }
+    }
+}
+
+/// Releases up to `max` pending transfers whose timeout passed; answers how many.
+pub fn expire_due(
+    batch: &mut Batch<'_>,
+    now: DateTime<Utc>,
+    max: usize,
+) -> Result<usize, LedgerError> {
+    let end = (millis(now).saturating_add(1)).to_be_bytes();
+    let due = batch.keys_in(Table::LedgerExpiry, &[], &end, max)?;
+    let mut expired = 0;
+    for key in &due {
+        let id = String::from_utf8_lossy(key.get(8..).unwrap_or_default()).into_owned();
+        match batch_get::<Transfer>(batch, Table::LedgerTransfers, &id)? {
+            Some(mut transfer) if is_due(&transfer, now) => {
+                release(batch, &mut transfer, TransferStatus::Expired, 0, now)?;
+                put(batch, Table::LedgerTransfers, &transfer.id, &transfer)?;
+                expired += 1;
+            }
+            _ => batch.remove(Table::LedgerExpiry, key.clone()),
+        }
+    }
+    Ok(expired)
+}
+
+fn history(
+    snapshot: &Snapshot<'_>,
+    account: &str,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<HistoryPage, LedgerError> {
+    if !snapshot.contains(Table::LedgerAccounts, account.as_bytes())? {
+        return Err(LedgerError::AccountNotFound(account.to_owned()));
+    }
+    let start = history_key(account, 0);
+    let end = match cursor {
+        Some(cursor) => history_key(account, decode_cursor(cursor)?),
+        // Just past every key of this account: the separator plus one.
+        None => [account.as_bytes(), &[HISTORY_SEPARATOR + 1]].concat(),
+    };
+    let mut transfers = Vec::with_capacity(limit.min(HISTORY_LIMIT_MAX));
+    let mut next_cursor = None;
+    for entry in snapshot.range(Table::LedgerHistory, start..end).rev() {
+        let (_, id) = entry?;
+        if transfers.len() == limit.min(HISTORY_LIMIT_MAX) {
+            next_cursor = transfers.last().map(|t: &Transfer| encode_cursor(t.seq));
+            break;
+        }
+        let id = String::from_utf8_lossy(&id).into_owned();
+        let transfer = read_record(snapshot, Table::LedgerTransfers, &id)?
+            .ok_or(LedgerError::TransferNotFound(id))?;
+        transfers.push(transfer);
+    }
+    Ok(HistoryPage {
+        transfers,
+        next_cursor,
+    })
+}
+
+/// Recomputes every account's totals from the transfers and compares them with the stored ones.
+/// Reads everything: O(accounts + transfers). Exact only on a state nobody writes meanwhile,
+/// which is why it runs as a writer job on [`Batch::committed`].
+pub fn audit(snapshot: &Snapshot<'_>) -> Result<Audit, LedgerError> {
+    let mut recomputed: HashMap<String, [u128; 4]> = HashMap::new();
+    let mut transfers_checked = 0;
+    for bytes in snapshot.iter(Table::LedgerTransfers).values() {
+        let transfer: Transfer = decode(&bytes?)?;
+        add_to_recomputation(&mut recomputed, &transfer);
+        transfers_checked += 1;
+    }
+    let mut audit = Audit {
+        balanced: false,
+        total_debits: 0,
+        total_credits: 0,
+        total_debits_pending: 0,
+        total_credits_pending: 0,
+        accounts_checked: 0,
+        transfers_checked,
+        violations: Vec::new(),
+    };
+    for bytes in snapshot.iter(Table::LedgerAccounts).values() {
+        let account: Account = decode(&bytes?)?;
+        let expected = recomputed.remove(&account.id).unwrap_or_default();
+        check_account(&mut audit, &account, expected);
+    }
+    for account in recomputed.into_keys() {
+        audit.violations.push(Violation {
+            kind: "unknown_account",
+            message: format!("transfers name account `{account}`, which does not exist"),
+            account,
+        });
+    }
+    let history_entries = snapshot.len(Table::LedgerHistory);
+    if history_entries != 2 * transfers_checked {
+        audit.violations.push(Violation {
+            account: String::new(),
+            kind: "history_index",
+            message: format!("{history_entries} history entries for {transfers_checked} transfers"),
+        });
+    }
+    audit.balanced = audit.violations.is_empty()
+        && audit.total_debits == audit.total_credits
+        && audit.total_debits_pending == audit.total_credits_pending;
+    Ok(audit)
 }
 
 /// Applies `amount` to both sides (posted, or reserved when `pending`), refusing to take a
@@ -412,23 +380,22 @@ fn decide(transfer: &Transfer, action: Settle) -> Decision {
     }
 }
 
-/// Settles a pending transfer inside a transaction: its two balances, its expiry entry, its
-/// status. The caller writes the transfer.
+/// Settles a pending transfer: its two balances, its expiry entry, its status. The caller writes
+/// the transfer.
 fn release(
-    accounts: &TransactionalTree,
-    expiry: &TransactionalTree,
+    batch: &mut Batch<'_>,
     transfer: &mut Transfer,
     status: TransferStatus,
     posted: u64,
     now: DateTime<Utc>,
-) -> Result<(), TxError> {
-    let mut debit = read_account(accounts, &transfer.debit_account)?;
-    let mut credit = read_account(accounts, &transfer.credit_account)?;
-    settle_totals(&mut debit, &mut credit, transfer.amount, posted).map_err(abort)?;
-    write(accounts, &debit.id, &debit)?;
-    write(accounts, &credit.id, &credit)?;
+) -> Result<(), LedgerError> {
+    let mut debit = read_account(batch, &transfer.debit_account)?;
+    let mut credit = read_account(batch, &transfer.credit_account)?;
+    settle_totals(&mut debit, &mut credit, transfer.amount, posted)?;
+    put(batch, Table::LedgerAccounts, &debit.id, &debit)?;
+    put(batch, Table::LedgerAccounts, &credit.id, &credit)?;
     if let Some(expires_at) = transfer.expires_at {
-        expiry.remove(expiry_key(expires_at, &transfer.id))?;
+        batch.remove(Table::LedgerExpiry, expiry_key(expires_at, &transfer.id));
     }
     transfer.status = status;
     transfer.posted_amount = posted;
@@ -518,27 +485,41 @@ fn check_account(audit: &mut Audit, account: &Account, expected: [u128; 4]) {
     audit.accounts_checked += 1;
 }
 
-fn read_account(accounts: &TransactionalTree, id: &str) -> Result<Account, TxError> {
-    let bytes = accounts
-        .get(id)?
-        .ok_or_else(|| abort(LedgerError::AccountNotFound(id.to_owned())))?;
-    decode(&bytes).map_err(abort)
+fn read_account(batch: &Batch<'_>, id: &str) -> Result<Account, LedgerError> {
+    batch_get(batch, Table::LedgerAccounts, id)?
+        .ok_or_else(|| LedgerError::AccountNotFound(id.to_owned()))
 }
 
-fn read_transfer(transfers: &TransactionalTree, id: &str) -> Result<Transfer, TxError> {
-    let bytes = transfers
-        .get(id)?
-        .ok_or_else(|| abort(LedgerError::TransferNotFound(id.to_owned())))?;
-    decode(&bytes).map_err(abort)
+fn batch_get<T: DeserializeOwned>(
+    batch: &Batch<'_>,
+    table: Table,
+    id: &str,
+) -> Result<Option<T>, LedgerError> {
+    batch
+        .get(table, id.as_bytes())?
+        .map(|b| decode(&b))
+        .transpose()
 }
 
-fn write(tree: &TransactionalTree, key: &str, value: &impl Serialize) -> Result<(), TxError> {
-    tree.insert(key.as_bytes(), encode(value).map_err(abort)?)?;
+fn read_record<T: DeserializeOwned>(
+    snapshot: &Snapshot<'_>,
+    table: Table,
+    id: &str,
+) -> Result<Option<T>, LedgerError> {
+    snapshot
+        .get(table, id.as_bytes())?
+        .map(|b| decode(&b))
+        .transpose()
+}
+
+fn put(
+    batch: &mut Batch<'_>,
+    table: Table,
+    id: &str,
+    value: &impl Serialize,
+) -> Result<(), LedgerError> {
+    batch.insert(table, id.as_bytes(), encode(value)?);
     Ok(())
-}
-
-fn abort(error: impl Into<LedgerError>) -> TxError {
-    ConflictableTransactionError::Abort(error.into())
 }
 
 fn encode(value: &impl Serialize) -> Result<Vec<u8>, LedgerError> {
@@ -576,3 +557,94 @@ fn decode_cursor(cursor: &str) -> Result<u64, LedgerError> {
 
 #[cfg(test)]
 mod tests;
+
+/// The book's write rules as awaitable calls, each one writer job: for tests that drive the
+/// rules without the Ledger actor.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A [`Book`] plus its writes.
+    pub struct Books {
+        store: Store,
+        book: Book,
+    }
+
+    impl Books {
+        pub fn new(store: &Store) -> Self {
+            Self {
+                store: store.clone(),
+                book: Book::new(store),
+            }
+        }
+
+        pub async fn create_account(
+            &self,
+            new: &NewAccount,
+        ) -> Result<Applied<Account>, LedgerError> {
+            let new = new.clone();
+            self.store.write(move |b| create_account(b, &new)).await
+        }
+
+        pub async fn apply_transfer(
+            &self,
+            request: &NewTransfer,
+            now: DateTime<Utc>,
+        ) -> Result<Applied<Transfer>, LedgerError> {
+            let request = request.clone();
+            self.store
+                .write(move |b| apply_transfer(b, &request, now))
+                .await
+        }
+
+        pub async fn settle(
+            &self,
+            id: &str,
+            action: Settle,
+            now: DateTime<Utc>,
+        ) -> Result<Applied<Transfer>, LedgerError> {
+            let id = id.to_owned();
+            self.store
+                .write(move |b| settle(b, &id, action, now))
+                .await
+                .and_then(|inner| inner)
+        }
+
+        pub async fn expire_due(
+            &self,
+            now: DateTime<Utc>,
+            max: usize,
+        ) -> Result<usize, LedgerError> {
+            self.store.write(move |b| expire_due(b, now, max)).await
+        }
+
+        pub async fn audit(&self) -> Result<Audit, LedgerError> {
+            self.store.write(|b| audit(&b.committed())).await
+        }
+
+        /// Overwrites a stored account, rules bypassed: how a test tampers with the books.
+        pub async fn overwrite_account(&self, account: &Account) -> Result<(), LedgerError> {
+            let account = account.clone();
+            self.store
+                .write(move |b| put(b, Table::LedgerAccounts, &account.id, &account))
+                .await
+        }
+
+        pub async fn account(&self, id: &str) -> Result<Option<Account>, LedgerError> {
+            self.book.account(id).await
+        }
+
+        pub async fn transfer(&self, id: &str) -> Result<Option<Transfer>, LedgerError> {
+            self.book.transfer(id).await
+        }
+
+        pub async fn history(
+            &self,
+            account: &str,
+            limit: usize,
+            cursor: Option<&str>,
+        ) -> Result<HistoryPage, LedgerError> {
+            self.book.history(account, limit, cursor).await
+        }
+    }
+}

@@ -499,12 +499,6 @@ pub enum LedgerError {
     /// The Ledger is down or did not answer.
     #[error("ledger unavailable: {0}")]
     Unavailable(String),
-    /// The write was applied but could not be made durable.
-    #[error("could not flush the books: {0}")]
-    NotDurable(String),
-    /// sled failed.
-    #[error("storage error: {0}")]
-    Storage(#[from] sled::Error),
     /// A stored record does not decode.
     #[error("stored ledger record is not valid: {0}")]
     Codec(#[from] serde_json::Error),
@@ -528,7 +522,8 @@ impl LedgerError {
             Self::ExceedsPending { .. } => "EXCEEDS_PENDING_AMOUNT",
             Self::Overflow(_) => "AMOUNT_OVERFLOW",
             Self::Unavailable(_) => "PERSONA_UNAVAILABLE",
-            Self::NotDurable(_) | Self::Storage(_) | Self::Codec(_) | Self::Store(_) => "INTERNAL",
+            Self::Store(error) => error.code(),
+            Self::Codec(_) => "INTERNAL",
         }
     }
 }

@@ -50,16 +50,17 @@ pub fn deploy_commands_charge(deploy: &str) -> String {
 
 /// Who pays for a deploy of `app` asked for by `trigger`: the app's `account`, else the account of
 /// the task that delivered it (`task:<id>`), else the install's local account.
-pub fn payer(services: &Services, app: &AppSpec, trigger: &str) -> String {
+pub async fn payer(services: &Services, app: &AppSpec, trigger: &str) -> String {
     if let Some(account) = &app.account {
         return account.clone();
     }
-    let task_account = trigger
-        .strip_prefix("task:")
-        .and_then(|id| id.parse().ok())
-        .and_then(|id| services.store.task(id).ok().flatten())
-        .map(|task| task.account);
-    task_account.unwrap_or_else(|| services.config.ledger.local_account.clone())
+    let task_id = trigger.strip_prefix("task:").and_then(|id| id.parse().ok());
+    let task = match task_id {
+        Some(id) => services.store.task(id).await.ok().flatten(),
+        None => None,
+    };
+    task.map(|task| task.account)
+        .unwrap_or_else(|| services.config.ledger.local_account.clone())
 }
 
 /// Reserves the price of the deploy `record` (whose `account` is set) from its payer.
@@ -96,17 +97,22 @@ pub async fn release_deploy(services: &Services, deploy: &str) {
 
 /// Whether the ended deploy `record` still owes the books something: its reservation is pending,
 /// or its command seconds are not charged yet. Reads only, so a start-up scan stays cheap.
-pub fn needs_settling(services: &Services, record: &DeployRecord) -> Result<bool, LedgerError> {
+pub async fn needs_settling(
+    services: &Services,
+    record: &DeployRecord,
+) -> Result<bool, LedgerError> {
     if !record.status.is_terminal() || record.account.is_none() {
         return Ok(false);
     }
-    let book = Book::open(&services.store)?;
+    let book = Book::new(&services.store);
     let pending = book
-        .transfer(&deploy_reservation(&record.id))?
+        .transfer(&deploy_reservation(&record.id))
+        .await?
         .is_some_and(|t| t.status == TransferStatus::Pending);
     let uncharged = seconds_cost(services, record.command_seconds) > 0
         && book
-            .transfer(&deploy_commands_charge(&record.id))?
+            .transfer(&deploy_commands_charge(&record.id))
+            .await?
             .is_none();
     Ok(pending || uncharged)
 }
@@ -114,7 +120,7 @@ pub fn needs_settling(services: &Services, record: &DeployRecord) -> Result<bool
 /// Settles an ended deploy: posts its price if its `deploy` stage began (else releases it) and
 /// charges its command seconds. Idempotent.
 pub async fn settle_deploy(services: &Services, record: &DeployRecord) -> Result<(), LedgerError> {
-    if !needs_settling(services, record)? {
+    if !needs_settling(services, record).await? {
         return Ok(());
     }
     let Some(account) = record.account.as_deref() else {
@@ -122,9 +128,10 @@ pub async fn settle_deploy(services: &Services, record: &DeployRecord) -> Result
     };
     let ran = record.stages.iter().any(|s| s.stage == "deploy");
     let reservation = deploy_reservation(&record.id);
-    let book = Book::open(&services.store)?;
+    let book = Book::new(&services.store);
     if book
-        .transfer(&reservation)?
+        .transfer(&reservation)
+        .await?
         .is_some_and(|t| t.status == TransferStatus::Pending)
     {
         let settled = if ran {
@@ -203,7 +210,7 @@ pub async fn charge_watch(
     spec: &AppSpec,
     seconds: u64,
 ) -> Result<(), LedgerError> {
-    let account = payer(services, spec, "watch");
+    let account = payer(services, spec, "watch").await;
     CommandCharge {
         id: &format!("watch:{app}:{}", uuid::Uuid::now_v7()),
         account: &account,
@@ -223,11 +230,11 @@ pub async fn charge_response(services: &Services, ops: &OpsStore, id: &str, seco
     if seconds_cost(services, seconds) == 0 {
         return;
     }
-    let Ok(Some(incident)) = ops.incident(id) else {
+    let Ok(Some(incident)) = ops.incident(id).await else {
         return;
     };
     let account = match services.definitions.ops.apps.get(&incident.app) {
-        Some(spec) => payer(services, spec, "respond"),
+        Some(spec) => payer(services, spec, "respond").await,
         None => services.config.ledger.local_account.clone(),
     };
     let charged = CommandCharge {

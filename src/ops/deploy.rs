@@ -108,11 +108,11 @@ pub fn new_record(
 
 /// Runs deploy `id` to its end and returns the final record.
 pub async fn run(ctx: DeployContext, id: String) -> Result<DeployRecord, OpsError> {
-    let release = ctx.ops.release(&ctx.name)?;
+    let release = ctx.ops.release(&ctx.name).await?;
     let previous = release.current.clone();
     let deploy_id = id.clone();
     ctx.ops
-        .update_release(&ctx.name, |r| r.deploying = Some(deploy_id.clone()))
+        .update_release(&ctx.name, move |r| r.deploying = Some(deploy_id.clone()))
         .await?;
     let outcome = stages(&ctx, &id, previous).await;
     ctx.ops
@@ -127,7 +127,7 @@ pub async fn run(ctx: DeployContext, id: String) -> Result<DeployRecord, OpsErro
     // finished record.
     let record = ctx
         .ops
-        .update_deploy(&id, |d| {
+        .update_deploy(&id, move |d| {
             d.status = ending.status;
             if let Some(error) = &ending.error {
                 d.error = Some(error.clone());
@@ -154,12 +154,13 @@ async fn stages(
 ) -> Result<Ending, OpsError> {
     let requested = ctx
         .ops
-        .deploy(id)?
+        .deploy(id)
+        .await?
         .map(|d| d.requested)
         .ok_or_else(|| OpsError::NotFound(format!("no deploy {id}")))?;
     let prev = previous.clone();
     ctx.ops
-        .update_deploy(id, |d| {
+        .update_deploy(id, move |d| {
             d.status = DeployStatus::Running;
             d.previous_release = prev.clone();
         })
@@ -179,12 +180,12 @@ async fn stages(
     let outcome = if healthy { "ok" } else { "failed" };
     end(ctx, id, "health", outcome, None).await?;
     ctx.ops
-        .update_deploy(id, |d| d.health = Some(health.clone()))
+        .update_deploy(id, move |d| d.health = Some(health.clone()))
         .await?;
     if healthy {
         let sha_done = sha.clone();
         ctx.ops
-            .update_release(&ctx.name, |r| {
+            .update_release(&ctx.name, move |r| {
                 r.current = Some(sha_done.clone());
                 r.last_healthy = Some(sha_done.clone());
             })
@@ -201,9 +202,9 @@ async fn precheck(ctx: &DeployContext, id: &str, requested: &str) -> Result<Stri
     let sha = provider::resolve_commit(&ctx.provider, &ctx.app.repo, requested).await?;
     let resolved = sha.clone();
     ctx.ops
-        .update_deploy(id, |d| d.commit = Some(resolved.clone()))
+        .update_deploy(id, move |d| d.commit = Some(resolved.clone()))
         .await?;
-    if ctx.ops.verified(&ctx.name, &sha)? {
+    if ctx.ops.verified(&ctx.name, &sha).await? {
         return Ok(sha);
     }
     let dir = ctx
@@ -241,7 +242,7 @@ async fn drain(ctx: &DeployContext, id: &str, something_runs: bool) -> Result<()
             tracing::warn!(app = %ctx.name, deploy = %id, %warning);
             let noted = warning.clone();
             ctx.ops
-                .update_deploy(id, |d| d.warnings.push(noted.clone()))
+                .update_deploy(id, move |d| d.warnings.push(noted.clone()))
                 .await?;
             end(ctx, id, "drain", "warning", Some(warning)).await
         }
@@ -249,7 +250,7 @@ async fn drain(ctx: &DeployContext, id: &str, something_runs: bool) -> Result<()
 }
 
 async fn roll_back(ctx: &DeployContext, id: &str, bad: &str) -> Result<Ending, OpsError> {
-    let release = ctx.ops.release(&ctx.name)?;
+    let release = ctx.ops.release(&ctx.name).await?;
     let Some(target) = release.last_healthy.filter(|t| t != bad) else {
         return Err(OpsError::NoRelease(format!(
             "release {bad} is unhealthy and `{}` has no earlier healthy release",
@@ -280,10 +281,10 @@ async fn roll_back(ctx: &DeployContext, id: &str, bad: &str) -> Result<Ending, O
         health: Some(health),
     };
     ctx.ops
-        .update_release(&ctx.name, |r| r.current = Some(target.clone()))
+        .update_release(&ctx.name, move |r| r.current = Some(target.clone()))
         .await?;
     ctx.ops
-        .update_deploy(id, |d| d.rollback = Some(rollback.clone()))
+        .update_deploy(id, move |d| d.rollback = Some(rollback.clone()))
         .await?;
     Ok(Ending {
         status: if healthy {
@@ -320,10 +321,11 @@ async fn staged<T: ToString>(
 
 async fn begin(ctx: &DeployContext, id: &str, name: &str) -> Result<(), OpsError> {
     tracing::info!(app = %ctx.name, deploy = %id, stage = name, "deploy stage started");
+    let name = name.to_owned();
     ctx.ops
-        .update_deploy(id, |d| {
+        .update_deploy(id, move |d| {
             d.stages.push(StageRecord {
-                stage: name.to_owned(),
+                stage: name,
                 started_at: Utc::now(),
                 finished_at: None,
                 outcome: None,
@@ -342,12 +344,13 @@ async fn end(
     detail: Option<String>,
 ) -> Result<(), OpsError> {
     let detail = detail.map(|d| crate::process::keep_tail(&d, super::DETAIL_BYTES_MAX));
+    let (name, outcome) = (name.to_owned(), outcome.to_owned());
     ctx.ops
-        .update_deploy(id, |d| {
+        .update_deploy(id, move |d| {
             if let Some(stage) = d.stages.iter_mut().rev().find(|s| s.stage == name) {
                 stage.finished_at = Some(Utc::now());
-                stage.outcome = Some(outcome.to_owned());
-                stage.detail = detail.clone();
+                stage.outcome = Some(outcome);
+                stage.detail = detail;
             }
         })
         .await?;

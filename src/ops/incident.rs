@@ -262,7 +262,8 @@ pub async fn respond(
 ) -> Result<(), OpsError> {
     let incident = ctx
         .ops
-        .incident(&id)?
+        .incident(&id)
+        .await?
         .ok_or_else(|| OpsError::NotFound(format!("no incident {id}")))?;
     let runbook = incident
         .runbook
@@ -279,7 +280,7 @@ pub async fn respond(
     if from == 0 {
         let diagnosis = diagnose(&ctx, &incident.app).await?;
         ctx.ops
-            .update_incident(&id, |i| {
+            .update_incident(&id, move |i| {
                 i.diagnosis = Some(diagnosis.clone());
                 i.push_event(
                     "diagnosed",
@@ -290,13 +291,11 @@ pub async fn respond(
     }
     for (index, step) in runbook.steps.iter().enumerate().skip(from) {
         if step.needs_approval() && approved != Some(index) {
+            let data = json!({"step": index, "action": step.action});
             ctx.ops
-                .update_incident(&id, |i| {
+                .update_incident(&id, move |i| {
                     i.awaiting_step = Some(index);
-                    i.push_event(
-                        "step.awaiting_approval",
-                        json!({"step": index, "action": step.action}),
-                    );
+                    i.push_event("step.awaiting_approval", data);
                 })
                 .await?;
             return Ok(());
@@ -312,18 +311,17 @@ async fn run_step(
     index: usize,
     step: &RunbookStep,
 ) -> Result<(), OpsError> {
+    let data = json!({"step": index, "action": step.action});
     ctx.ops
-        .update_incident(id, |i| {
+        .update_incident(id, move |i| {
             i.awaiting_step = None;
-            i.push_event(
-                "step.started",
-                json!({"step": index, "action": step.action}),
-            );
+            i.push_event("step.started", data);
         })
         .await?;
     let incident = ctx
         .ops
-        .incident(id)?
+        .incident(id)
+        .await?
         .ok_or_else(|| OpsError::NotFound(format!("no incident {id}")))?;
     let result = step_action(ctx, &incident, step).await;
     let (outcome, detail) = match &result {
@@ -331,13 +329,9 @@ async fn run_step(
         Err(error) => ("failed", format!("{}: {error}", error.code())),
     };
     tracing::info!(incident = %id, step = index, action = ?step.action, outcome, "runbook step");
+    let data = json!({"step": index, "action": step.action, "outcome": outcome, "detail": detail});
     ctx.ops
-        .update_incident(id, |i| {
-            i.push_event(
-                "step.finished",
-                json!({"step": index, "action": step.action, "outcome": outcome, "detail": detail}),
-            );
-        })
+        .update_incident(id, move |i| i.push_event("step.finished", data))
         .await?;
     Ok(())
 }
@@ -434,7 +428,8 @@ async fn diagnose(ctx: &RespondContext, app: &str) -> Result<Diagnosis, OpsError
     let log_lines = provider::recent_logs(&ctx.provider, app, spec).await;
     let mut deploys: Vec<Value> = ctx
         .ops
-        .deploys_of(app)?
+        .deploys_of(app)
+        .await?
         .iter()
         .rev()
         .take(DIAGNOSIS_DEPLOYS_MAX)
@@ -443,7 +438,13 @@ async fn diagnose(ctx: &RespondContext, app: &str) -> Result<Diagnosis, OpsError
     deploys.truncate(DIAGNOSIS_DEPLOYS_MAX);
     let mut checks = Vec::new();
     for check in &spec.checks {
-        if let Some(latest) = ctx.ops.check_history(app, &check.name)?.into_iter().next() {
+        if let Some(latest) = ctx
+            .ops
+            .check_history(app, &check.name)
+            .await?
+            .into_iter()
+            .next()
+        {
             checks.push(latest);
         }
     }
@@ -511,7 +512,7 @@ async fn create_task(
     let task_id = accepted.task.id.to_string();
     let recorded = task_id.clone();
     ctx.ops
-        .update_incident(&incident.id, |i| i.task_id = Some(recorded.clone()))
+        .update_incident(&incident.id, move |i| i.task_id = Some(recorded.clone()))
         .await?;
     Ok(format!("filed bugfix task {task_id}"))
 }
@@ -548,7 +549,8 @@ fn task_description(incident: &Incident, step: &RunbookStep) -> String {
 async fn resolve(ctx: &RespondContext, id: &str) -> Result<(), OpsError> {
     let incident = ctx
         .ops
-        .incident(id)?
+        .incident(id)
+        .await?
         .ok_or_else(|| OpsError::NotFound(format!("no incident {id}")))?;
     let mut healthy = false;
     let mut target = String::new();
@@ -576,7 +578,7 @@ async fn resolve(ctx: &RespondContext, id: &str) -> Result<(), OpsError> {
         (IncidentStatus::NeedsHuman, "needs_human")
     };
     ctx.ops
-        .update_incident(id, |i| {
+        .update_incident(id, move |i| {
             i.push_event(kind, json!({"health": target, "healthy": healthy}));
             i.status = status;
             if healthy {

@@ -172,7 +172,7 @@ async fn run_kind(
                 .await
                 .map_err(|e| e.to_string())
         }
-        CheckKind::Cost => cost_check(store, check),
+        CheckKind::Cost => cost_check(store, check).await,
     }
 }
 
@@ -258,17 +258,22 @@ pub fn parse_enddate(text: &str) -> Option<DateTime<Utc>> {
 }
 
 /// Today's ledger spend (what agents earned from tasks) against the trailing daily average.
-fn cost_check(store: &Store, check: &CheckSpec) -> Result<String, String> {
-    cost_check_at(store, check, Utc::now())
+async fn cost_check(store: &Store, check: &CheckSpec) -> Result<String, String> {
+    cost_check_at(store, check, Utc::now()).await
 }
 
 /// [`cost_check`] with "today" being `now`'s day.
-fn cost_check_at(store: &Store, check: &CheckSpec, now: DateTime<Utc>) -> Result<String, String> {
+async fn cost_check_at(
+    store: &Store,
+    check: &CheckSpec,
+    now: DateTime<Utc>,
+) -> Result<String, String> {
     let days = check.days.unwrap_or(COST_DAYS_DEFAULT).max(1);
     let factor = check.factor.unwrap_or(COST_FACTOR_DEFAULT);
     let floor = check.floor.unwrap_or(0);
-    let spend =
-        daily_spend(store, days, now).map_err(|e| format!("cannot read the ledger: {e}"))?;
+    let spend = daily_spend(store, days, now)
+        .await
+        .map_err(|e| format!("cannot read the ledger: {e}"))?;
     let today = spend.first().copied().unwrap_or(0);
     let trailing: u64 = spend.iter().skip(1).sum();
     let average = trailing as f64 / f64::from(days);
@@ -290,21 +295,23 @@ fn spend_accounts() -> impl Iterator<Item = String> {
 }
 
 /// Spend per day, today first, for today and the `days` before it (read-only; bounded pages).
-fn daily_spend(
+async fn daily_spend(
     store: &Store,
     days: u32,
     now: DateTime<Utc>,
 ) -> Result<Vec<u64>, crate::ledger::LedgerError> {
-    let book = Book::open(store)?;
+    let book = Book::new(store);
     let mut spend = vec![0u64; days as usize + 1];
     let today = now.date_naive();
     for account in spend_accounts() {
-        if book.account(&account)?.is_none() {
+        if book.account(&account).await?.is_none() {
             continue;
         }
         let mut cursor: Option<String> = None;
         for _ in 0..COST_PAGES_MAX {
-            let page = book.history(&account, HISTORY_LIMIT_MAX, cursor.as_deref())?;
+            let page = book
+                .history(&account, HISTORY_LIMIT_MAX, cursor.as_deref())
+                .await?;
             let mut older_than_window = false;
             for transfer in page
                 .transfers
@@ -333,6 +340,7 @@ fn daily_spend(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::book::test_support::Books;
 
     #[test]
     fn openssl_enddate_parses() {
@@ -349,23 +357,23 @@ mod tests {
     }
 
     /// Charges `amount` to Patch's agent account at `at`, as an engine run's charge would be.
-    fn charge(book: &Book, id: &str, amount: u64, at: DateTime<Utc>) {
+    async fn charge(book: &Books, id: &str, amount: u64, at: DateTime<Utc>) {
         use crate::ledger::{NewTransfer, MINT_ACCOUNT};
         let transfer = NewTransfer::posted(id, MINT_ACCOUNT, &agent_account("patch"), amount, 9);
-        book.apply_transfer(&transfer, at).unwrap();
+        book.apply_transfer(&transfer, at).await.unwrap();
     }
 
-    #[test]
-    fn the_cost_check_compares_today_with_the_trailing_average_of_agent_charges() {
+    #[tokio::test]
+    async fn the_cost_check_compares_today_with_the_trailing_average_of_agent_charges() {
         use crate::ledger::builtin_accounts;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let book = Book::open(&store).unwrap();
+        let book = Books::new(&store);
         for account in builtin_accounts(&crate::ledger::LedgerConfig::default()) {
-            book.create_account(&account).unwrap();
+            book.create_account(&account).await.unwrap();
         }
         assert!(
-            cost_check(&store, &cost_spec(2.0)).is_ok(),
+            cost_check(&store, &cost_spec(2.0)).await.is_ok(),
             "no spend at all"
         );
 
@@ -376,7 +384,8 @@ mod tests {
                 &format!("old-{day}"),
                 100,
                 now - chrono::Duration::days(day),
-            );
+            )
+            .await;
         }
         // Ten days ago: outside the 7-day window.
         charge(
@@ -384,15 +393,16 @@ mod tests {
             "ancient",
             1_000_000,
             now - chrono::Duration::days(10),
-        );
-        charge(&book, "today-1", 50, now);
-        let spend = daily_spend(&store, 7, now).unwrap();
+        )
+        .await;
+        charge(&book, "today-1", 50, now).await;
+        let spend = daily_spend(&store, 7, now).await.unwrap();
         assert_eq!(spend, vec![50, 100, 100, 100, 0, 0, 0, 0]);
         // Average 300 / 7 ≈ 43: 50 is under 2×, over 1×.
-        assert!(cost_check_at(&store, &cost_spec(2.0), now).is_ok());
-        assert!(cost_check_at(&store, &cost_spec(1.0), now).is_err());
-        charge(&book, "today-2", 150, now);
-        let verdict = cost_check_at(&store, &cost_spec(2.0), now);
+        assert!(cost_check_at(&store, &cost_spec(2.0), now).await.is_ok());
+        assert!(cost_check_at(&store, &cost_spec(1.0), now).await.is_err());
+        charge(&book, "today-2", 150, now).await;
+        let verdict = cost_check_at(&store, &cost_spec(2.0), now).await;
         assert!(
             verdict.as_ref().is_err_and(|d| d.contains("today 200")),
             "{verdict:?}"

@@ -1,22 +1,22 @@
-//! What ops persists, in its own sled trees (through [`Store::tree`]): deploy records, incidents,
-//! check results, each app's release state and the commits whose verify passed.
+//! What ops persists, in its own tables of the store: deploy records, incidents, check results,
+//! each app's release state and the commits whose verify passed.
 //!
-//! Trees: `ops_deploys` (deploy id → record), `ops_incidents` (incident id → incident),
-//! `ops_checks` (`<app>/<check>` ++ 0 ++ seq → result), `ops_releases` (app → release state),
-//! `ops_verified` (`<app>/<sha>` → time). Ids are UUID v7, so key order is creation order.
-//! Read-modify-writes are compare-and-swap loops: a deploy job, an incident job and an actor may
-//! touch one record at once without losing a change. Every write flushes before it returns.
+//! Tables: `OpsDeploys` (deploy id → record), `OpsIncidents` (incident id → incident),
+//! `OpsChecks` (`<app>/<check>` ++ 0 ++ seq → result), `OpsReleases` (app → release state),
+//! `OpsVerified` (`<app>/<sha>` → time). Ids are UUID v7, so key order is creation order.
+//! Read-modify-writes are writer jobs ([`Store::write`]): the store's one writer applies them one
+//! after another, so a deploy job, an incident job and an actor may change one record at once
+//! without losing a change. Every write is durable before it returns.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sled::Tree;
 use utoipa::ToSchema;
 
 use super::spec::Classification;
 use crate::domain::ErrorInfo;
-use crate::store::{Store, StoreError};
+use crate::store::{Batch, Snapshot, Store, StoreError, Table};
 
 /// Results kept per check; older ones are dropped.
 pub const CHECK_HISTORY_MAX: usize = 50;
@@ -26,8 +26,6 @@ pub const INCIDENT_SIGNALS_MAX: usize = 50;
 pub const INCIDENT_EVENTS_MAX: usize = 200;
 /// Records a list answers at most.
 pub const LIST_LIMIT_MAX: usize = 200;
-/// Compare-and-swap attempts before an update gives up (only contention makes it loop).
-const CAS_TRIES_MAX: usize = 64;
 
 /// Where a deploy stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -319,171 +317,226 @@ impl CheckResult {
 /// A stored record does not decode, or sled failed.
 pub type OpsStoreError = StoreError;
 
-/// Ops' trees. Cheap to clone.
+/// Ops' records. Cheap to clone.
 #[derive(Clone)]
 pub struct OpsStore {
     store: Store,
-    deploys: Tree,
-    incidents: Tree,
-    checks: Tree,
-    releases: Tree,
-    verified: Tree,
 }
 
 impl OpsStore {
-    /// Opens (or creates) ops' trees.
-    pub fn open(store: &Store) -> Result<Self, StoreError> {
-        Ok(Self {
-            deploys: store.tree("ops_deploys")?,
-            incidents: store.tree("ops_incidents")?,
-            checks: store.tree("ops_checks")?,
-            releases: store.tree("ops_releases")?,
-            verified: store.tree("ops_verified")?,
+    /// Ops' records in `store`'s database.
+    pub fn new(store: &Store) -> Self {
+        Self {
             store: store.clone(),
-        })
+        }
     }
 
-    /// Writes a deploy record (flushed).
+    /// Writes a deploy record (durable).
     pub async fn put_deploy(&self, record: &DeployRecord) -> Result<(), StoreError> {
-        self.deploys
-            .insert(record.id.as_bytes(), serde_json::to_vec(record)?)?;
-        self.store.flush().await
+        put(&self.store, Table::OpsDeploys, record.id.as_bytes(), record).await
     }
 
-    /// Changes a deploy record atomically (flushed); `None` when it does not exist.
+    /// Changes a deploy record (durable); `None` when it does not exist.
     pub async fn update_deploy(
         &self,
         id: &str,
-        change: impl Fn(&mut DeployRecord),
+        change: impl FnOnce(&mut DeployRecord) + Send + 'static,
     ) -> Result<Option<DeployRecord>, StoreError> {
-        let updated = cas_update(&self.deploys, id.as_bytes(), |record: &mut DeployRecord| {
-            change(record);
-            record.updated_at = Utc::now();
-        })?;
-        self.store.flush().await?;
-        Ok(updated)
+        let key = id.as_bytes().to_vec();
+        self.store
+            .write(move |batch| {
+                upsert(
+                    batch,
+                    Table::OpsDeploys,
+                    &key,
+                    None,
+                    |record: &mut DeployRecord| {
+                        change(record);
+                        record.updated_at = Utc::now();
+                    },
+                )
+            })
+            .await
     }
 
     /// One deploy.
-    pub fn deploy(&self, id: &str) -> Result<Option<DeployRecord>, StoreError> {
-        get(&self.deploys, id.as_bytes())
+    pub async fn deploy(&self, id: &str) -> Result<Option<DeployRecord>, StoreError> {
+        get(&self.store, Table::OpsDeploys, id).await
     }
 
     /// Deploys, newest first, at most `limit`.
-    pub fn deploys(&self, limit: usize) -> Result<Vec<DeployRecord>, StoreError> {
-        newest(
-            &self.deploys,
-            limit.min(LIST_LIMIT_MAX),
-            |_: &DeployRecord| true,
-        )
+    pub async fn deploys(&self, limit: usize) -> Result<Vec<DeployRecord>, StoreError> {
+        let limit = limit.min(LIST_LIMIT_MAX);
+        self.store
+            .read(move |snapshot| {
+                newest(snapshot, Table::OpsDeploys, limit, |_: &DeployRecord| true)
+            })
+            .await
     }
 
     /// Every deploy of an app, oldest first (what burn-in counts).
-    pub fn deploys_of(&self, app: &str) -> Result<Vec<DeployRecord>, StoreError> {
-        let mut records = Vec::new();
-        for entry in self.deploys.iter() {
-            let (_, bytes) = entry?;
-            let record: DeployRecord = serde_json::from_slice(&bytes)?;
-            if record.app == app {
-                records.push(record);
-            }
-        }
-        Ok(records)
+    pub async fn deploys_of(&self, app: &str) -> Result<Vec<DeployRecord>, StoreError> {
+        let app = app.to_owned();
+        self.store
+            .read(move |snapshot| {
+                let mut records = Vec::new();
+                for bytes in snapshot.iter(Table::OpsDeploys).values() {
+                    let record: DeployRecord = serde_json::from_slice(&bytes?)?;
+                    if record.app == app {
+                        records.push(record);
+                    }
+                }
+                Ok(records)
+            })
+            .await
     }
 
-    /// Writes an incident (flushed).
+    /// Writes an incident (durable).
     pub async fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
-        self.incidents
-            .insert(incident.id.as_bytes(), serde_json::to_vec(incident)?)?;
-        self.store.flush().await
+        put(
+            &self.store,
+            Table::OpsIncidents,
+            incident.id.as_bytes(),
+            incident,
+        )
+        .await
     }
 
-    /// Changes an incident atomically (flushed).
+    /// Changes an incident (durable).
     pub async fn update_incident(
         &self,
         id: &str,
-        change: impl Fn(&mut Incident),
+        change: impl FnOnce(&mut Incident) + Send + 'static,
     ) -> Result<Option<Incident>, StoreError> {
-        let updated = cas_update(&self.incidents, id.as_bytes(), |incident: &mut Incident| {
-            change(incident);
-            incident.updated_at = Utc::now();
-        })?;
-        self.store.flush().await?;
-        Ok(updated)
+        let key = id.as_bytes().to_vec();
+        self.store
+            .write(move |batch| {
+                upsert(
+                    batch,
+                    Table::OpsIncidents,
+                    &key,
+                    None,
+                    |incident: &mut Incident| {
+                        change(incident);
+                        incident.updated_at = Utc::now();
+                    },
+                )
+            })
+            .await
     }
 
     /// One incident.
-    pub fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
-        get(&self.incidents, id.as_bytes())
+    pub async fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
+        get(&self.store, Table::OpsIncidents, id).await
     }
 
     /// Incidents, newest first, at most `limit`, those `keep` accepts.
-    pub fn incidents_where(
+    pub async fn incidents_where(
         &self,
         limit: usize,
-        keep: impl Fn(&Incident) -> bool,
+        keep: impl Fn(&Incident) -> bool + Send + 'static,
     ) -> Result<Vec<Incident>, StoreError> {
-        newest(&self.incidents, limit.min(LIST_LIMIT_MAX), keep)
+        let limit = limit.min(LIST_LIMIT_MAX);
+        self.store
+            .read(move |snapshot| newest(snapshot, Table::OpsIncidents, limit, keep))
+            .await
     }
 
-    /// Stores a check result, keeping the newest [`CHECK_HISTORY_MAX`] of that check (flushed).
+    /// Stores a check result, keeping the newest [`CHECK_HISTORY_MAX`] of that check (durable).
     pub async fn record_check(&self, result: &CheckResult) -> Result<(), StoreError> {
         let prefix = check_prefix(&result.app, &result.check);
-        let seq = self.store.db().generate_id()?;
-        let key = [prefix.as_slice(), &seq.to_be_bytes()].concat();
-        self.checks.insert(key, serde_json::to_vec(result)?)?;
-        let keys: Vec<sled::IVec> = self
-            .checks
-            .scan_prefix(&prefix)
-            .keys()
-            .collect::<Result<_, _>>()?;
-        let excess = keys.len().saturating_sub(CHECK_HISTORY_MAX);
-        for key in keys.into_iter().take(excess) {
-            self.checks.remove(key)?;
-        }
-        self.store.flush().await
+        let bytes = serde_json::to_vec(result)?;
+        self.store
+            .write(move |batch| {
+                let seq = batch.generate_id()?;
+                batch.insert(
+                    Table::OpsChecks,
+                    [prefix.as_slice(), &seq.to_be_bytes()].concat(),
+                    bytes,
+                );
+                // Just past every key of this check: the separator plus one.
+                let mut end = prefix.clone();
+                if let Some(last) = end.last_mut() {
+                    *last += 1;
+                }
+                let keys = batch.keys_in(Table::OpsChecks, &prefix, &end, usize::MAX)?;
+                let excess = keys.len().saturating_sub(CHECK_HISTORY_MAX);
+                for key in keys.into_iter().take(excess) {
+                    batch.remove(Table::OpsChecks, key);
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// A check's results, newest first.
-    pub fn check_history(&self, app: &str, check: &str) -> Result<Vec<CheckResult>, StoreError> {
-        let mut results = Vec::new();
-        for entry in self.checks.scan_prefix(check_prefix(app, check)).rev() {
-            let (_, bytes) = entry?;
-            results.push(serde_json::from_slice(&bytes)?);
-        }
-        Ok(results)
+    pub async fn check_history(
+        &self,
+        app: &str,
+        check: &str,
+    ) -> Result<Vec<CheckResult>, StoreError> {
+        let prefix = check_prefix(app, check);
+        self.store
+            .read(move |snapshot| {
+                let mut results = Vec::new();
+                for bytes in snapshot
+                    .scan_prefix(Table::OpsChecks, &prefix)
+                    .values()
+                    .rev()
+                {
+                    results.push(serde_json::from_slice(&bytes?)?);
+                }
+                Ok(results)
+            })
+            .await
     }
 
     /// An app's release state.
-    pub fn release(&self, app: &str) -> Result<ReleaseState, StoreError> {
-        Ok(get(&self.releases, app.as_bytes())?.unwrap_or_default())
+    pub async fn release(&self, app: &str) -> Result<ReleaseState, StoreError> {
+        Ok(get(&self.store, Table::OpsReleases, app)
+            .await?
+            .unwrap_or_default())
     }
 
-    /// Changes an app's release state (flushed).
+    /// Changes an app's release state (durable).
     pub async fn update_release(
         &self,
         app: &str,
-        change: impl Fn(&mut ReleaseState),
+        change: impl FnOnce(&mut ReleaseState) + Send + 'static,
     ) -> Result<(), StoreError> {
-        cas_upsert(
-            &self.releases,
-            app.as_bytes(),
-            Some(ReleaseState::default),
-            change,
-        )?;
-        self.store.flush().await
+        let key = app.as_bytes().to_vec();
+        self.store
+            .write(move |batch| {
+                upsert(
+                    batch,
+                    Table::OpsReleases,
+                    &key,
+                    Some(ReleaseState::default()),
+                    change,
+                )
+                .map(|_| ())
+            })
+            .await
     }
 
     /// Whether `sha`'s verify passed for `app` before.
-    pub fn verified(&self, app: &str, sha: &str) -> Result<bool, StoreError> {
-        Ok(self.verified.contains_key(format!("{app}/{sha}"))?)
+    pub async fn verified(&self, app: &str, sha: &str) -> Result<bool, StoreError> {
+        let key = format!("{app}/{sha}");
+        self.store
+            .read(move |snapshot| snapshot.contains(Table::OpsVerified, key.as_bytes()))
+            .await
     }
 
-    /// Records that `sha`'s verify passed for `app` (flushed).
+    /// Records that `sha`'s verify passed for `app` (durable).
     pub async fn mark_verified(&self, app: &str, sha: &str) -> Result<(), StoreError> {
-        self.verified
-            .insert(format!("{app}/{sha}"), Utc::now().to_rfc3339().as_bytes())?;
-        self.store.flush().await
+        let key = format!("{app}/{sha}");
+        let at = Utc::now().to_rfc3339();
+        self.store
+            .write(move |batch| {
+                batch.insert(Table::OpsVerified, key.as_bytes(), at.as_bytes());
+                Ok(())
+            })
+            .await
     }
 }
 
@@ -491,25 +544,45 @@ fn check_prefix(app: &str, check: &str) -> Vec<u8> {
     [app.as_bytes(), b"/", check.as_bytes(), &[0]].concat()
 }
 
-fn get<T: serde::de::DeserializeOwned>(tree: &Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
-    match tree.get(key)? {
-        Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-        None => Ok(None),
-    }
+async fn get<T: serde::de::DeserializeOwned + Send + 'static>(
+    store: &Store,
+    table: Table,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let key = key.to_owned();
+    store
+        .read(move |snapshot| snapshot.record(table, key.as_bytes()))
+        .await
+}
+
+async fn put<T: Serialize>(
+    store: &Store,
+    table: Table,
+    key: &[u8],
+    record: &T,
+) -> Result<(), StoreError> {
+    let key = key.to_vec();
+    let bytes = serde_json::to_vec(record)?;
+    store
+        .write(move |batch| {
+            batch.insert(table, key, bytes);
+            Ok(())
+        })
+        .await
 }
 
 fn newest<T: serde::de::DeserializeOwned>(
-    tree: &Tree,
+    snapshot: &Snapshot<'_>,
+    table: Table,
     limit: usize,
     keep: impl Fn(&T) -> bool,
 ) -> Result<Vec<T>, StoreError> {
     let mut records = Vec::new();
-    for entry in tree.iter().rev() {
+    for bytes in snapshot.iter(table).values().rev() {
         if records.len() >= limit {
             break;
         }
-        let (_, bytes) = entry?;
-        let record: T = serde_json::from_slice(&bytes)?;
+        let record: T = serde_json::from_slice(&bytes?)?;
         if keep(&record) {
             records.push(record);
         }
@@ -517,36 +590,20 @@ fn newest<T: serde::de::DeserializeOwned>(
     Ok(records)
 }
 
-fn cas_update<T: Serialize + serde::de::DeserializeOwned>(
-    tree: &Tree,
+/// Changes the record at `key` inside a writer job. A missing record starts from `missing` when
+/// given, else nothing changes and the answer is `None`.
+fn upsert<T: Serialize + serde::de::DeserializeOwned>(
+    batch: &mut Batch<'_>,
+    table: Table,
     key: &[u8],
-    change: impl Fn(&mut T),
+    missing: Option<T>,
+    change: impl FnOnce(&mut T),
 ) -> Result<Option<T>, StoreError> {
-    cas_upsert(tree, key, None::<fn() -> T>, change)
-}
-
-/// Changes the record at `key` with a compare-and-swap loop, so a concurrent writer is never
-/// overwritten. A missing record starts from `missing()` when given, else `Ok(None)`.
-fn cas_upsert<T: Serialize + serde::de::DeserializeOwned>(
-    tree: &Tree,
-    key: &[u8],
-    missing: Option<impl Fn() -> T>,
-    change: impl Fn(&mut T),
-) -> Result<Option<T>, StoreError> {
-    for _ in 0..CAS_TRIES_MAX {
-        let old = tree.get(key)?;
-        let mut record: T = match (&old, &missing) {
-            (Some(bytes), _) => serde_json::from_slice(bytes)?,
-            (None, Some(start)) => start(),
-            (None, None) => return Ok(None),
-        };
-        change(&mut record);
-        let new = serde_json::to_vec(&record)?;
-        if tree.compare_and_swap(key, old, Some(new))?.is_ok() {
-            return Ok(Some(record));
-        }
-    }
-    Err(StoreError::Sled(sled::Error::Unsupported(
-        "record changed under every compare-and-swap attempt".into(),
-    )))
+    let stored: Option<T> = crate::store::batch_record(batch, table, key)?;
+    let Some(mut record) = stored.or(missing) else {
+        return Ok(None);
+    };
+    change(&mut record);
+    batch.insert(table, key, serde_json::to_vec(&record)?);
+    Ok(Some(record))
 }
