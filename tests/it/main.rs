@@ -7,6 +7,7 @@ mod governance;
 mod helpers;
 mod ingress;
 mod ledger;
+mod load;
 mod metrics;
 mod models;
 mod openapi;
