@@ -134,42 +134,41 @@ impl Git {
     }
 
     /// Makes (or reuses) the worktree at `path` on `branch`, starting from `base` when new.
+    ///
+    /// The hot path spawns at most one git process: a worktree already on `branch` is recognised
+    /// from its files (`.git` → its git dir → `HEAD`), and a new task's worktree and branch are
+    /// made by one `worktree add -b`; only when that fails (the branch exists, a stale entry of a
+    /// crashed run) does it prune and try the slower way.
     pub async fn ensure_worktree(
         &self,
         path: &Path,
         branch: &str,
         base: &str,
-    ) -> Result<(), GitError> {
-        let path_text = path.display().to_string();
-        if path.join(".git").exists() {
-            let here = Git::new(path, self.timeout);
-            if here
-                .run(&["rev-parse", "--abbrev-ref", "HEAD"])
-                .await
-                .ok()
-                .as_deref()
-                == Some(branch)
-            {
-                return Ok(());
-            }
+    ) -> Result<Worktree, GitError> {
+        if worktree_branch(path).await.as_deref() == Some(branch) {
+            return Ok(Worktree::Existing);
         }
+        let path_text = path.display().to_string();
         let lock = worktree_lock(&self.dir);
         let _serialized = lock.lock().await;
-        if path.exists() {
+        if tokio::fs::try_exists(path).await.unwrap_or(true) {
             // A half-made worktree from a crash: start it again.
             let _ = self
                 .run(&["worktree", "remove", "--force", &path_text])
                 .await;
-            let _ = std::fs::remove_dir_all(path);
+            let _ = tokio::fs::remove_dir_all(path).await;
+        }
+        let new_branch = ["worktree", "add", "-b", branch, &path_text, base];
+        if self.run(&new_branch).await.is_ok() {
+            return Ok(Worktree::Created);
         }
         self.run(&["worktree", "prune"]).await?;
         if self.branch_exists(branch).await {
             self.run(&["worktree", "add", &path_text, branch]).await?;
         } else {
-            self.run(&["worktree", "add", "-b", branch, &path_text, base])
-                .await?;
+            self.run(&new_branch).await?;
         }
-        Ok(())
+        Ok(Worktree::Created)
     }
 
     /// Drops uncommitted changes: a cut-off attempt runs again from its last commit.
@@ -199,6 +198,32 @@ impl Git {
             .await?;
         Ok(())
     }
+}
+
+/// How [`Git::ensure_worktree`] found the worktree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Worktree {
+    /// Made just now from its branch: clean, nothing to discard.
+    Created,
+    /// It was there already (a resumed or repeated stage): may hold a cut-off run's edits.
+    Existing,
+}
+
+/// The branch a linked worktree at `path` has checked out, read from its files (no process):
+/// `path/.git` names the worktree's git dir, whose `HEAD` names the branch. `None` when there is
+/// no such worktree or its `HEAD` is detached.
+async fn worktree_branch(path: &Path) -> Option<String> {
+    let dot_git = tokio::fs::read_to_string(path.join(".git")).await.ok()?;
+    let git_dir = PathBuf::from(dot_git.trim().strip_prefix("gitdir: ")?);
+    let git_dir = if git_dir.is_absolute() {
+        git_dir
+    } else {
+        path.join(git_dir)
+    };
+    let head = tokio::fs::read_to_string(git_dir.join("HEAD")).await.ok()?;
+    head.trim()
+        .strip_prefix("ref: refs/heads/")
+        .map(str::to_owned)
 }
 
 /// Why a delivery did not happen.
@@ -241,7 +266,22 @@ pub async fn deliver(
     branch: &str,
     base: &str,
 ) -> Result<DeliverStep, DeliverError> {
-    let base_commit = repo.rev_parse(base).await?;
+    // One process for both commits: the worktree shares the repository's refs.
+    let commits = worktree
+        .run(&[
+            "rev-parse",
+            &format!("refs/heads/{base}^{{commit}}"),
+            "HEAD^{commit}",
+        ])
+        .await?;
+    let mut commits = commits.lines().map(str::to_owned);
+    let (Some(base_commit), Some(head)) = (commits.next(), commits.next()) else {
+        return Err(GitError::Failed {
+            args: "rev-parse <base> HEAD".into(),
+            stderr: "expected two commits".into(),
+        }
+        .into());
+    };
     let is_ancestor = worktree
         .run(&["merge-base", "--is-ancestor", &base_commit, "HEAD"])
         .await
@@ -266,13 +306,18 @@ pub async fn deliver(
         }
         return Ok(DeliverStep::BaseMerged(worktree.rev_parse("HEAD").await?));
     }
-    let head = worktree.rev_parse("HEAD").await?;
-    let checked_out = repo
-        .run(&["symbolic-ref", "--quiet", "--short", "HEAD"])
-        .await
-        .ok();
-    let is_bare = repo.run(&["rev-parse", "--is-bare-repository"]).await? == "true";
-    if checked_out.as_deref() == Some(base) && !is_bare {
+    let checkout = repo
+        .run(&[
+            "rev-parse",
+            "--is-bare-repository",
+            "--symbolic-full-name",
+            "HEAD",
+        ])
+        .await?;
+    let mut checkout = checkout.lines();
+    let is_bare = checkout.next() == Some("true");
+    let on_base = checkout.next() == Some(format!("refs/heads/{base}").as_str());
+    if on_base && !is_bare {
         // The user's checkout is on the base branch: move it with the files, never over local edits.
         repo.run(&["merge", "--ff-only", "--quiet", &head]).await?;
     } else {

@@ -497,19 +497,21 @@ async fn check_repository(
         )));
     }
     let git = Git::new(path, git_timeout);
+    // One process on the happy path: the branch lookup fails in a non-repository too, and only
+    // then does a second call tell the two apart.
+    if git.branch_exists(base_branch).await {
+        return Ok(());
+    }
     if !git.is_repository().await {
         return Err(IntakeError::unknown(
             "NOT_A_GIT_REPOSITORY",
             format!("{repo} is not a git repository"),
         ));
     }
-    if !git.branch_exists(base_branch).await {
-        return Err(IntakeError::unknown(
-            "UNKNOWN_BASE_BRANCH",
-            format!("{repo} has no branch `{base_branch}`"),
-        ));
-    }
-    Ok(())
+    Err(IntakeError::unknown(
+        "UNKNOWN_BASE_BRANCH",
+        format!("{repo} has no branch `{base_branch}`"),
+    ))
 }
 
 /// What makes two submissions "the same body": the body as sent (after parsing, so key order and

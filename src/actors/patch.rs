@@ -162,11 +162,14 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
     let git_timeout = services.config.git.timeout();
     let worktree_path = services.worktree_path(task.id);
     let repo = Git::new(&task.repo, git_timeout);
-    repo.ensure_worktree(&worktree_path, &branch_name(task.id), &task.base_branch)
+    let made = repo
+        .ensure_worktree(&worktree_path, &branch_name(task.id), &task.base_branch)
         .await?;
     let worktree = Git::new(&worktree_path, git_timeout);
-    // A cut-off earlier run of this attempt may have left half-made edits.
-    worktree.discard_uncommitted().await?;
+    if made == git::Worktree::Existing {
+        // A cut-off earlier run of this attempt may have left half-made edits.
+        worktree.discard_uncommitted().await?;
+    }
 
     let who = RunIdentity {
         task_id: task.id,

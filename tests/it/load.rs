@@ -14,7 +14,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use crate::helpers::{git_repo, shell_task, with_config, Service};
+use crate::helpers::{git_repo, shell_task, with_config, Options, Service};
 
 /// Concurrent clients.
 const CLIENTS: usize = 64;
@@ -606,6 +606,23 @@ async fn check_after_restart(service: &Service, logs: &[ClientLog]) -> (Vec<Stri
 /// seconds; the request timeouts then fail it in about [`LOAD_PHASE_LIMIT`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_clients_get_answers_and_a_kill_9_loses_nothing_acknowledged() {
+    load_then_kill_9(with_config(CONFIG)).await;
+}
+
+/// The same load against a service with a single async worker thread (tokio reads
+/// `TOKIO_WORKER_THREADS`): one blocking call on that worker — a sled read, a flush, a file or
+/// process wait — stalls every request, `/healthz` included, so this is the test that no handler
+/// blocks the runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_async_worker_is_never_blocked_under_the_same_load() {
+    let mut options = with_config(CONFIG);
+    options
+        .env
+        .push(("TOKIO_WORKER_THREADS".into(), "1".into()));
+    load_then_kill_9(options).await;
+}
+
+async fn load_then_kill_9(options: Options) {
     let root = tempfile::tempdir().unwrap();
     let repos: Vec<PathBuf> = (0..REPOS)
         .map(|n| {
@@ -615,7 +632,7 @@ async fn sixty_four_clients_get_answers_and_a_kill_9_loses_nothing_acknowledged(
         })
         .collect();
     let repos = Arc::new(repos);
-    let mut service = Service::start_with(root.path(), with_config(CONFIG)).await;
+    let mut service = Service::start_with(root.path(), options.clone()).await;
     tokio::time::timeout(SETUP_LIMIT, open_accounts(&service))
         .await
         .expect("opening and funding the accounts one at a time took too long");
@@ -709,7 +726,7 @@ async fn sixty_four_clients_get_answers_and_a_kill_9_loses_nothing_acknowledged(
     }
 
     service.kill_9();
-    let service = Service::start_with(root.path(), with_config(CONFIG)).await;
+    let service = Service::start_with(root.path(), options).await;
     let checked_at = Instant::now();
     match tokio::time::timeout(CHECK_LIMIT, check_after_restart(&service, &logs)).await {
         Ok((found, notes)) => {
