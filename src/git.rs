@@ -181,11 +181,17 @@ impl Git {
     /// Commits everything that changed; `None` when nothing did.
     pub async fn commit_all(&self, message: &str) -> Result<Option<String>, GitError> {
         self.run(&["add", "-A"]).await?;
-        if self.run(&["status", "--porcelain"]).await?.is_empty() {
-            return Ok(None);
+        // Commit first and ask why only when it fails: the common case is one process less.
+        let committed = self
+            .run(&["commit", "--quiet", "--no-verify", "-m", message])
+            .await;
+        if let Err(error) = committed {
+            // `diff --cached --quiet` succeeds when nothing is staged: nothing changed.
+            if self.run(&["diff", "--cached", "--quiet"]).await.is_ok() {
+                return Ok(None);
+            }
+            return Err(error);
         }
-        self.run(&["commit", "--quiet", "--no-verify", "-m", message])
-            .await?;
         self.rev_parse("HEAD").await.map(Some)
     }
 

@@ -169,3 +169,86 @@ async fn state_survives_reopening() {
         .collect();
     assert!(seqs[0] < seqs[1], "{seqs:?}");
 }
+
+/// Writes through the writer from many tasks at once: all are durable, and the writer shares
+/// flushes between them (fewer groups than jobs) — the group commit the load relies on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_share_group_commits() {
+    const WRITERS: usize = 64;
+    const EVENTS_EACH: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let created = create(&store).await;
+    let groups_before = store.writer_health().groups();
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..WRITERS {
+        let store = store.clone();
+        writers.spawn(async move {
+            for n in 0..EVENTS_EACH {
+                let data = serde_json::json!({"writer": writer, "n": n});
+                let event = NewEvent::new("test", "test.event", data);
+                store.append_event(created.id, event).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    let jobs = WRITERS * EVENTS_EACH;
+    assert_eq!(store.events(created.id).await.unwrap().len(), jobs + 1);
+    let groups = store.writer_health().groups() - groups_before;
+    assert!(
+        groups < jobs as u64,
+        "{jobs} concurrent writes took {groups} group commits: no batching"
+    );
+}
+
+/// A job that refuses (returns `Err`) or panics leaves none of its writes, and the writer goes on
+/// serving the jobs after it.
+#[tokio::test]
+async fn a_refused_or_panicking_job_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let refused: Result<(), StoreError> = store
+        .write(|batch| {
+            batch.insert(Table::Idempotency, b"refused".to_vec(), b"x".to_vec());
+            Err(StoreError::Closed)
+        })
+        .await;
+    assert!(matches!(refused, Err(StoreError::Closed)));
+    let panicked: Result<(), StoreError> = store
+        .write(|batch| {
+            batch.insert(Table::Idempotency, b"panicked".to_vec(), b"x".to_vec());
+            panic!("a bug in a job");
+        })
+        .await;
+    assert!(matches!(panicked, Err(StoreError::Closed)), "{panicked:?}");
+    let kept: Result<(), StoreError> = store
+        .write(|batch| {
+            batch.insert(Table::Idempotency, b"kept".to_vec(), b"x".to_vec());
+            Ok(())
+        })
+        .await;
+    assert!(kept.is_ok());
+    let present = store
+        .read(|snapshot| {
+            Ok::<_, StoreError>(["refused", "panicked", "kept"].map(|key| {
+                snapshot
+                    .contains(Table::Idempotency, key.as_bytes())
+                    .unwrap()
+            }))
+        })
+        .await
+        .unwrap();
+    assert_eq!(present, [false, false, true]);
+}
+
+/// In a debug build, sled on an async worker thread is a bug the store catches.
+#[cfg(debug_assertions)]
+#[tokio::test]
+#[should_panic(expected = "sled called on an async runtime thread")]
+async fn sled_on_an_async_worker_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let _ = Snapshot::new(&store.shared.trees);
+}
