@@ -100,6 +100,7 @@ async fn in_process(root: &Path) -> (f64, f64) {
         definitions: Arc::new(Definitions::load(&config.paths).unwrap()),
         redactor: Arc::default(),
         sandbox_exe: None,
+        repo_checks: Arc::default(),
         config: Arc::new(config),
     };
     let arguments = LedgerArguments {

@@ -284,7 +284,13 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
     };
     let base_branch = request.base_branch.unwrap_or_else(|| "main".to_owned());
     check_length("base_branch", &base_branch, 1, TITLE_BYTES_MAX)?;
-    check_repository(config.git.timeout(), &request.repo, &base_branch).await?;
+    if !services
+        .repo_checks
+        .recently_found(&request.repo, &base_branch)
+    {
+        check_repository(config.git.timeout(), &request.repo, &base_branch).await?;
+        services.repo_checks.found(&request.repo, &base_branch);
+    }
     let deps = check_deps(services, request.deps.unwrap_or_default()).await?;
     if stages.contains(&Stage::Deploy) && request.deploy.is_none() {
         return Err(IntakeError::InvalidField(format!(
@@ -483,6 +489,52 @@ fn check_length(field: &str, value: &str, min: usize, max: usize) -> Result<(), 
         )));
     }
     Ok(())
+}
+
+/// How long a repository and base branch found at submit stay trusted without asking git again.
+/// A branch deleted within it is caught when the worktree is made, with git's own error.
+pub const REPO_CHECK_TTL: Duration = Duration::from_secs(5);
+/// Repository/branch pairs remembered at most; past it the expired ones are dropped (all of them
+/// when that is not enough).
+const REPO_CHECKS_MAX: usize = 1024;
+
+/// Repository and base-branch pairs that git confirmed a moment ago: a burst of submissions to
+/// one repository costs one `git` process, not one each (issue #9's hot path). Only successes
+/// are remembered, never for longer than [`REPO_CHECK_TTL`].
+#[derive(Debug, Default)]
+pub struct RepoChecks {
+    /// (repo, branch) → when git found it; a std mutex, never held across an await.
+    found: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+}
+
+impl RepoChecks {
+    /// Whether git found `branch` in `repo` less than [`REPO_CHECK_TTL`] ago.
+    pub fn recently_found(&self, repo: &str, branch: &str) -> bool {
+        let Ok(found) = self.found.lock() else {
+            return false;
+        };
+        let key = (repo.to_owned(), branch.to_owned());
+        found
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < REPO_CHECK_TTL)
+    }
+
+    /// Remembers that git found `branch` in `repo` now.
+    pub fn found(&self, repo: &str, branch: &str) {
+        let Ok(mut found) = self.found.lock() else {
+            return;
+        };
+        if found.len() >= REPO_CHECKS_MAX {
+            found.retain(|_, at| at.elapsed() < REPO_CHECK_TTL);
+            if found.len() >= REPO_CHECKS_MAX {
+                found.clear();
+            }
+        }
+        found.insert(
+            (repo.to_owned(), branch.to_owned()),
+            std::time::Instant::now(),
+        );
+    }
 }
 
 async fn check_repository(

@@ -135,6 +135,7 @@ impl Application {
         let services = Services {
             redactor: Arc::new(redactor),
             sandbox_exe,
+            repo_checks: Arc::default(),
             store,
             directory: Arc::new(ActorDirectory::default()),
             config: Arc::new(config),

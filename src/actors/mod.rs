@@ -49,6 +49,8 @@ pub struct Services {
     /// This binary, when engine and verify processes are confined with Landlock through it
     /// (`sandbox-exec`); `None` when they run unconfined.
     pub sandbox_exe: Option<PathBuf>,
+    /// Repositories and base branches git confirmed a moment ago (intake's cache).
+    pub repo_checks: Arc<crate::intake::RepoChecks>,
 }
 
 impl Services {

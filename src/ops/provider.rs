@@ -312,13 +312,13 @@ pub async fn export_commit(
     sha: &str,
     dest: &Path,
 ) -> Result<(), OpsError> {
-    if dest.is_dir() {
+    if tokio::fs::metadata(dest).await.is_ok_and(|m| m.is_dir()) {
         return Ok(());
     }
     let parent = dest.parent().unwrap_or(dest);
-    std::fs::create_dir_all(parent)?;
+    tokio::fs::create_dir_all(parent).await?;
     let temp = parent.join(format!(".export-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&temp)?;
+    tokio::fs::create_dir_all(&temp).await?;
     let line = format!(
         "git archive --format=tar {sha} | tar -x -C '{}'",
         temp.display()
@@ -327,12 +327,12 @@ pub async fn export_commit(
         .shell_ok("git archive", &line, repo, Vec::new(), GIT_TIMEOUT)
         .await;
     if let Err(error) = exported {
-        let _ = std::fs::remove_dir_all(&temp);
+        let _ = tokio::fs::remove_dir_all(&temp).await;
         return Err(error);
     }
-    if std::fs::rename(&temp, dest).is_err() {
+    if tokio::fs::rename(&temp, dest).await.is_err() {
         // Someone exported it meanwhile.
-        let _ = std::fs::remove_dir_all(&temp);
+        let _ = tokio::fs::remove_dir_all(&temp).await;
     }
     Ok(())
 }
@@ -642,7 +642,13 @@ pub async fn status(ctx: &ProviderContext, name: &str, app: &AppSpec) -> Result<
 /// The app's recent log lines (and, for fly, its releases), for a diagnosis.
 pub async fn recent_logs(ctx: &ProviderContext, name: &str, app: &AppSpec) -> Vec<String> {
     let text = match app.provider {
-        ProviderKind::Local => return local_log_tail(&ctx.data_dir, name),
+        ProviderKind::Local => {
+            // A file read: on the blocking pool, never on an async worker.
+            let (data_dir, name) = (ctx.data_dir.clone(), name.to_owned());
+            return tokio::task::spawn_blocking(move || local_log_tail(&data_dir, &name))
+                .await
+                .unwrap_or_default();
+        }
         ProviderKind::Fly => match fly_of(app) {
             Ok(fly) => {
                 let logs = fly_run(ctx, fly, &["logs", "--app", &fly.app, "--no-tail"]).await;
