@@ -205,9 +205,9 @@ pub async fn submit(
     }
     let mut task = validate(services, request).await?;
     let limit = services.config.compass.max_queued_tasks;
-    if services.directory.queue_depth() >= limit {
+    let Some(admission) = services.directory.admit(limit) else {
         return Err(IntakeError::QueueFull(limit));
-    }
+    };
     // The money first: a task that cannot be paid for is never created.
     let reservation = metering::reserve(&services.directory, &task, 1).await?;
     task.reservation = Some(reservation.clone());
@@ -232,8 +232,11 @@ pub async fn submit(
     if !replayed {
         crate::metrics::task_submitted(&task.kind);
         // Durable already: if Compass is down, the next start picks the task up.
-        if let Err(error) = compass.cast(CompassMsg::TaskSubmitted(task.id)) {
-            tracing::error!(%error, task = %task.id, "could not notify compass of a new task");
+        match compass.cast(CompassMsg::TaskSubmitted(task.id)) {
+            Ok(()) => admission.hand_over(),
+            Err(error) => {
+                tracing::error!(%error, task = %task.id, "could not notify compass of a new task")
+            }
         }
     }
     Ok(Accepted { task, replayed })
@@ -548,9 +551,27 @@ async fn check_repository(
             "repo must be an absolute path, got `{repo}`"
         )));
     }
+    // In-process (gix): no git process per submission.
+    match crate::git::read::has_branch(path, base_branch).await {
+        Ok(Some(true)) => Ok(()),
+        Ok(Some(false)) => Err(IntakeError::unknown(
+            "UNKNOWN_BASE_BRANCH",
+            format!("{repo} has no branch `{base_branch}`"),
+        )),
+        // Not a repository's top (a subdirectory, say), or one gix cannot read: git decides, as
+        // it always did.
+        Ok(None) | Err(_) => check_with_git(git_timeout, path, repo, base_branch).await,
+    }
+}
+
+/// [`check_repository`] through the `git` binary.
+async fn check_with_git(
+    git_timeout: Duration,
+    path: &Path,
+    repo: &str,
+    base_branch: &str,
+) -> Result<(), IntakeError> {
     let git = Git::new(path, git_timeout);
-    // One process on the happy path: the branch lookup fails in a non-repository too, and only
-    // then does a second call tell the two apart.
     if git.branch_exists(base_branch).await {
         return Ok(());
     }

@@ -211,7 +211,12 @@ impl Actor for Compass {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            CompassMsg::TaskSubmitted(task_id) => on_submitted(&myself, state, task_id).await?,
+            CompassMsg::TaskSubmitted(task_id) => {
+                let queued = on_submitted(&myself, state, task_id).await;
+                // The ingress reserved a queue place for it; the queue depth counts it now.
+                state.services.directory.admission_queued();
+                queued?
+            }
             CompassMsg::Act {
                 task_id,
                 action,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use ractor::{ActorCell, ActorId, ActorStatus};
@@ -62,6 +62,32 @@ pub enum LookupError {
 pub struct ActorDirectory {
     slots: RwLock<BTreeMap<String, Slot>>,
     queue_depth: AtomicUsize,
+    /// Submissions admitted by the ingress that Compass has not queued yet: counted against the
+    /// queue bound too, so concurrent submits cannot overshoot it between admission and queueing.
+    admitted: AtomicUsize,
+}
+
+/// A queue place reserved for a submission until Compass has queued it ([`Admission::hand_over`]);
+/// dropped without that (refused, failed, replayed), it frees the place.
+pub struct Admission {
+    directory: Arc<ActorDirectory>,
+    handed_over: bool,
+}
+
+impl Admission {
+    /// Compass was told about the task: it frees the place once the task is in its queue
+    /// ([`ActorDirectory::admission_queued`]).
+    pub fn hand_over(mut self) {
+        self.handed_over = true;
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if !self.handed_over {
+            self.directory.admission_queued();
+        }
+    }
 }
 
 impl ActorDirectory {
@@ -104,6 +130,29 @@ impl ActorDirectory {
     /// Tasks waiting in Compass's queue (kept here so the ingress can refuse work cheaply).
     pub fn queue_depth(&self) -> usize {
         self.queue_depth.load(Ordering::Relaxed)
+    }
+
+    /// Reserves a queue place for a submission, unless the queue and the places already reserved
+    /// hold `limit`.
+    pub fn admit(self: &Arc<Self>, limit: usize) -> Option<Admission> {
+        let queued = self.queue_depth();
+        self.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |admitted| {
+                (queued + admitted < limit).then_some(admitted + 1)
+            })
+            .ok()?;
+        Some(Admission {
+            directory: self.clone(),
+            handed_over: false,
+        })
+    }
+
+    /// Frees a place [`ActorDirectory::admit`] reserved: Compass queued the task (or the
+    /// submission never got that far).
+    pub fn admission_queued(&self) {
+        let _ = self
+            .admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// Updated by Compass whenever its queue changes.

@@ -188,6 +188,49 @@ async fn a_full_queue_answers_429_with_retry_after() {
     assert_eq!(report["running"][0]["id"], busy["id"]);
 }
 
+/// The queue bound holds under 64 concurrent submitters: a place is reserved at admission, so
+/// submits that race past each other before Compass has queued them cannot overshoot it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submits_never_overshoot_the_queue_bound() {
+    const SUBMITTERS: usize = 64;
+    const QUEUE_MAX: usize = 5;
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let config = format!("[compass]\nmax_concurrent_tasks = 1\nmax_queued_tasks = {QUEUE_MAX}\n");
+    let service = Service::start_with(root.path(), with_config(&config)).await;
+    let busy = service
+        .submit(&shell_task(&repo, "sleep 30; echo a > a.txt", "true"))
+        .await;
+    service
+        .wait_for_task(&id_of(&busy), Duration::from_secs(30), |t| {
+            t["status"] == "running"
+        })
+        .await;
+    let client = reqwest::Client::new();
+    let mut submits = tokio::task::JoinSet::new();
+    for n in 0..SUBMITTERS {
+        let (client, url) = (client.clone(), format!("{}/v1/tasks", service.base));
+        let body = shell_task(&repo, &format!("echo {n} > f{n}.txt"), "true");
+        submits.spawn(async move {
+            let response = client.post(url).json(&body).send().await.unwrap();
+            response.status().as_u16()
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = submits.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    let accepted = statuses.iter().filter(|s| **s == 201).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(accepted + refused, SUBMITTERS, "{statuses:?}");
+    assert!(
+        accepted <= QUEUE_MAX && accepted > 0,
+        "{accepted} accepted with a bound of {QUEUE_MAX}"
+    );
+    let (_, report) = service.get("/v1/report").await;
+    assert_eq!(report["counts"]["queued"], accepted, "{report}");
+}
+
 #[tokio::test]
 async fn cancel_kills_a_running_verify_removes_the_worktree_and_keeps_the_branch() {
     let root = tempfile::tempdir().unwrap();

@@ -1,5 +1,8 @@
-//! Git, through the `git` binary: repository checks at the ingress, worktrees for Patch, commits,
-//! and delivery into the base branch. Every call has a timeout and bounded output.
+//! Git: repository checks at the ingress, worktrees for Patch, commits, and delivery into the
+//! base branch. Changes go through the `git` binary (every call with a timeout and bounded
+//! output); read-only questions are answered in-process by [`read`] (gix), a process saved each.
+
+pub mod read;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -178,7 +181,8 @@ impl Git {
         Ok(())
     }
 
-    /// Commits everything that changed; `None` when nothing did.
+    /// Commits everything that changed; `None` when nothing did. The new commit's id is read
+    /// in-process.
     pub async fn commit_all(&self, message: &str) -> Result<Option<String>, GitError> {
         self.run(&["add", "-A"]).await?;
         // Commit first and ask why only when it fails: the common case is one process less.
@@ -192,7 +196,7 @@ impl Git {
             }
             return Err(error);
         }
-        self.rev_parse("HEAD").await.map(Some)
+        read::head_commit(&self.dir).await.map(Some)
     }
 
     /// Removes a worktree; the branch stays.
@@ -272,27 +276,10 @@ pub async fn deliver(
     branch: &str,
     base: &str,
 ) -> Result<DeliverStep, DeliverError> {
-    // One process for both commits: the worktree shares the repository's refs.
-    let commits = worktree
-        .run(&[
-            "rev-parse",
-            &format!("refs/heads/{base}^{{commit}}"),
-            "HEAD^{commit}",
-        ])
-        .await?;
-    let mut commits = commits.lines().map(str::to_owned);
-    let (Some(base_commit), Some(head)) = (commits.next(), commits.next()) else {
-        return Err(GitError::Failed {
-            args: "rev-parse <base> HEAD".into(),
-            stderr: "expected two commits".into(),
-        }
-        .into());
-    };
-    let is_ancestor = worktree
-        .run(&["merge-base", "--is-ancestor", &base_commit, "HEAD"])
-        .await
-        .is_ok();
-    if !is_ancestor {
+    let facts = read::delivery_facts(&repo.dir, &worktree.dir, base).await?;
+    let base_commit = facts.base_commit;
+    let head = facts.head;
+    if !facts.base_is_ancestor {
         let message = format!("glitchlab: merge {base} into {branch}");
         let merge = [
             "merge",
@@ -310,20 +297,11 @@ pub async fn deliver(
                 detail: error.to_string(),
             });
         }
-        return Ok(DeliverStep::BaseMerged(worktree.rev_parse("HEAD").await?));
+        return Ok(DeliverStep::BaseMerged(
+            read::head_commit(&worktree.dir).await?,
+        ));
     }
-    let checkout = repo
-        .run(&[
-            "rev-parse",
-            "--is-bare-repository",
-            "--symbolic-full-name",
-            "HEAD",
-        ])
-        .await?;
-    let mut checkout = checkout.lines();
-    let is_bare = checkout.next() == Some("true");
-    let on_base = checkout.next() == Some(format!("refs/heads/{base}").as_str());
-    if on_base && !is_bare {
+    if facts.repo_on_base && !facts.repo_is_bare {
         // The user's checkout is on the base branch: move it with the files, never over local edits.
         repo.run(&["merge", "--ff-only", "--quiet", &head]).await?;
     } else {

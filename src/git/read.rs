@@ -1,0 +1,118 @@
+//! Read-only questions answered in-process by `gix` instead of a `git` process each: what a ref
+//! or `HEAD` points at, whether a repository is bare and which branch its checkout is on, and
+//! whether one commit descends from another. A process costs ~2 ms; these cost microseconds, and
+//! a trivial task asks about ten of them. Writes (worktrees, commits, merges) stay with the `git`
+//! binary.
+//!
+//! gix reads files, so every call runs on the blocking pool, never on an async worker. Repositories
+//! are opened isolated (no system or user configuration), like the `git` calls, which clear the
+//! environment.
+
+use std::path::{Path, PathBuf};
+
+use super::GitError;
+
+/// What a delivery needs to know before it moves the base, read in one go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryFacts {
+    /// The commit the base branch points at.
+    pub base_commit: String,
+    /// The commit the worktree's `HEAD` points at.
+    pub head: String,
+    /// Whether the base commit is `head` or one of its ancestors (a fast-forward is possible).
+    pub base_is_ancestor: bool,
+    /// Whether the repository is bare (no checkout to move along).
+    pub repo_is_bare: bool,
+    /// Whether the repository's own checkout is on the base branch.
+    pub repo_on_base: bool,
+}
+
+/// The commit `HEAD` of the repository or worktree at `dir` points at.
+pub async fn head_commit(dir: &Path) -> Result<String, GitError> {
+    let dir = dir.to_path_buf();
+    blocking("rev-parse HEAD", move || {
+        let repo = open(&dir)?;
+        let id = repo.head_id().map_err(failed("rev-parse HEAD"))?;
+        Ok(id.detach().to_string())
+    })
+    .await
+}
+
+/// The facts [`super::deliver`] decides on: the base's commit, the worktree's `HEAD`, whether the
+/// base is an ancestor of it, and the repository's checkout.
+pub async fn delivery_facts(
+    repo: &Path,
+    worktree: &Path,
+    base: &str,
+) -> Result<DeliveryFacts, GitError> {
+    let (repo, worktree) = (repo.to_path_buf(), worktree.to_path_buf());
+    let base_ref = format!("refs/heads/{base}");
+    blocking("delivery facts", move || {
+        let here = open(&worktree)?;
+        let base_commit = here
+            .find_reference(base_ref.as_str())
+            .map_err(failed("find the base branch"))?
+            .peel_to_id()
+            .map_err(failed("peel the base branch"))?
+            .detach();
+        let head = here.head_id().map_err(failed("rev-parse HEAD"))?.detach();
+        let base_is_ancestor = base_commit == head
+            || here
+                .merge_base(base_commit, head)
+                .map_err(failed("merge-base"))?
+                .is_some_and(|common| common.detach() == base_commit);
+        let checkout = open(&repo)?;
+        let repo_is_bare = checkout.is_bare();
+        let repo_on_base = checkout
+            .head_name()
+            .map_err(failed("symbolic-ref HEAD"))?
+            .is_some_and(|name| name.as_bstr() == base_ref.as_bytes());
+        Ok(DeliveryFacts {
+            base_commit: base_commit.to_string(),
+            head: head.to_string(),
+            base_is_ancestor,
+            repo_is_bare,
+            repo_on_base,
+        })
+    })
+    .await
+}
+
+/// Whether `dir` is in a repository that has the local branch `branch`: `Ok(None)` when `dir` is
+/// not a repository at all.
+pub async fn has_branch(dir: &Path, branch: &str) -> Result<Option<bool>, GitError> {
+    let dir = dir.to_path_buf();
+    let name = format!("refs/heads/{branch}");
+    blocking("rev-parse --verify", move || {
+        let Ok(repo) = open(&dir) else {
+            return Ok(None);
+        };
+        let found = repo
+            .try_find_reference(name.as_str())
+            .map_err(failed("find the branch"))?;
+        Ok(Some(found.is_some()))
+    })
+    .await
+}
+
+fn open(dir: &PathBuf) -> Result<gix::Repository, GitError> {
+    gix::open_opts(dir, gix::open::Options::isolated()).map_err(failed("open the repository"))
+}
+
+/// Maps a gix error to [`GitError::Failed`], naming what was asked.
+fn failed<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> GitError {
+    move |error| GitError::Failed {
+        args: what.to_owned(),
+        stderr: error.to_string(),
+    }
+}
+
+/// Runs a gix question on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    question: impl FnOnce() -> Result<T, GitError> + Send + 'static,
+) -> Result<T, GitError> {
+    tokio::task::spawn_blocking(question)
+        .await
+        .map_err(failed(what))?
+}
