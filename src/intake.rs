@@ -86,6 +86,7 @@ impl IntakeError {
             Self::IdempotencyConflict(_) => "IDEMPOTENCY_CONFLICT",
             Self::InsufficientFunds(_) => "INSUFFICIENT_FUNDS",
             Self::Ledger(inner) => inner.code(),
+            Self::Store(inner) if inner.is_overload() => inner.code(),
             Self::Store(_) => "STORE_FAILED",
         }
     }

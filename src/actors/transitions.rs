@@ -30,9 +30,9 @@ pub enum TaskActionError {
     /// The task already ended.
     #[error("task {0} has already finished")]
     Finished(TaskId),
-    /// Durable state could not be written.
-    #[error("{0}")]
-    Store(String),
+    /// Durable state could not be read or written (or the store pushed back).
+    #[error(transparent)]
+    Store(StoreError),
 }
 
 impl TaskActionError {
@@ -42,6 +42,7 @@ impl TaskActionError {
             Self::NotFound(_) => "TASK_NOT_FOUND",
             Self::WrongStatus { .. } => "INVALID_TASK_STATUS",
             Self::Finished(_) => "TASK_FINISHED",
+            Self::Store(inner) if inner.is_overload() => inner.code(),
             Self::Store(_) => "STORE_FAILED",
         }
     }
@@ -51,7 +52,7 @@ impl From<StoreError> for TaskActionError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::TaskNotFound(id) => Self::NotFound(id),
-            other => Self::Store(other.to_string()),
+            other => Self::Store(other),
         }
     }
 }

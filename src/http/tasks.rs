@@ -85,8 +85,9 @@ fn intake_error(error: IntakeError) -> ApiError {
         }
         IntakeError::Ledger(LedgerError::Unavailable(_)) => ApiError::unavailable(code, message),
         IntakeError::Ledger(LedgerError::InvalidField(_)) => ApiError::unprocessable(code, message),
-        IntakeError::Ledger(inner) => ApiError::internal(inner),
-        IntakeError::Store(inner) => ApiError::internal(inner),
+        // A busy or slow store is 503 with `Retry-After`; anything else is internal.
+        IntakeError::Ledger(inner) => inner.into(),
+        IntakeError::Store(inner) => inner.into(),
     }
 }
 
@@ -406,7 +407,7 @@ async fn act(app: &AppState, id: &str, action: TaskAction) -> Result<Json<Task>,
             TaskActionError::WrongStatus { .. } | TaskActionError::Finished(_) => {
                 ApiError::conflict(error.code(), error.to_string())
             }
-            TaskActionError::Store(_) => ApiError::internal(error),
+            TaskActionError::Store(inner) => inner.into(),
         }),
         Ok(CallResult::Timeout | CallResult::SenderError) | Err(_) => Err(ApiError::unavailable(
             "COMPASS_UNAVAILABLE",
