@@ -176,6 +176,9 @@ pub struct StorageConfig {
     /// Seconds the store writer may spend on one group commit before the watchdog calls it
     /// stalled (logged, `/readyz` 503 naming `storage`, `glitchlab_store_writer_stalled` 1).
     pub stall_secs: u64,
+    /// Write jobs that may wait for the store writer; past it a write waits 1 s for room, then
+    /// answers `503 STORE_BUSY`.
+    pub write_queue_max: usize,
 }
 
 impl Default for StorageConfig {
@@ -183,6 +186,7 @@ impl Default for StorageConfig {
         Self {
             data_dir: PathBuf::from("glitchlab-data"),
             stall_secs: 10,
+            write_queue_max: crate::store::WRITE_QUEUE_MAX,
         }
     }
 }
@@ -464,6 +468,10 @@ impl Config {
             (
                 self.storage.stall_secs == 0,
                 "storage.stall_secs must be at least 1",
+            ),
+            (
+                self.storage.write_queue_max == 0,
+                "storage.write_queue_max must be at least 1",
             ),
             (
                 self.retry.base_backoff_ms > self.retry.max_backoff_ms,

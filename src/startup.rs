@@ -109,7 +109,7 @@ impl Application {
             apps = definitions.ops.apps.len(),
             "loaded data folders"
         );
-        let store = Store::open(&config.storage.data_dir)?;
+        let store = Store::open_with(&config.storage.data_dir, config.storage.write_queue_max)?;
         // Opening sled took its lock: no other live service uses this data dir, so anything still
         // running with its mark was orphaned by a killed predecessor.
         let orphans = process::kill_orphans(&config.storage.data_dir.display().to_string());

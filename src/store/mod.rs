@@ -94,8 +94,8 @@ impl StoreError {
     }
 }
 
-/// Most write jobs waiting for the writer; a caller that cannot enqueue within [`ENQUEUE_WAIT`]
-/// gets [`StoreError::Busy`].
+/// Most write jobs waiting for the writer by default (`storage.write_queue_max`); a caller that
+/// cannot enqueue within [`ENQUEUE_WAIT`] gets [`StoreError::Busy`].
 pub const WRITE_QUEUE_MAX: usize = 4096;
 /// How long a writer waits for room in the queue.
 pub const ENQUEUE_WAIT: Duration = Duration::from_secs(1);
@@ -339,17 +339,26 @@ impl Store {
     /// Opens (or creates) the database under `dir` and starts its writer thread, waiting up to
     /// [`LOCK_WAIT`] for a lock that a just-closed handle has not released yet.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_waiting(dir, LOCK_WAIT)
+        Self::open_with(dir, WRITE_QUEUE_MAX)
     }
 
-    fn open_waiting(dir: &Path, wait: Duration) -> Result<Self, StoreError> {
+    /// [`Store::open`] with a write queue of `write_queue_max` jobs (at least 1).
+    pub fn open_with(dir: &Path, write_queue_max: usize) -> Result<Self, StoreError> {
+        Self::open_waiting(dir, LOCK_WAIT, write_queue_max)
+    }
+
+    fn open_waiting(
+        dir: &Path,
+        wait: Duration,
+        write_queue_max: usize,
+    ) -> Result<Self, StoreError> {
         let db = open_db(&dir.join("db"), wait)?;
         let trees = Table::ALL
             .iter()
             .map(|table| db.open_tree(table.tree_name()))
             .collect::<Result<Vec<_>, _>>()?;
         let trees = Arc::new(Trees { db, trees });
-        let (jobs, receiver) = mpsc::channel(WRITE_QUEUE_MAX);
+        let (jobs, receiver) = mpsc::channel(write_queue_max.max(1));
         let health = Arc::new(WriterHealth::default());
         let live = broadcast::channel(LIVE_EVENTS_BUFFER).0;
         let (exited_tx, exited_rx) = std_mpsc::channel();
@@ -380,6 +389,7 @@ impl Store {
 
     /// Runs `op` on the writer thread and answers once its group is durable. `op` stages its
     /// writes on the [`Batch`]; an `Err` drops them (nothing of a refused request is written).
+    /// Answers within [`ENQUEUE_WAIT`] + [`ANSWER_WAIT`], whatever the writer does.
     pub async fn write<T, E>(
         &self,
         op: impl FnOnce(&mut Batch<'_>) -> Result<T, E> + Send + 'static,
@@ -393,18 +403,15 @@ impl Store {
             let _ = answer.send(result);
         })
         .await;
-        match tokio::time::timeout(ANSWER_WAIT, answered).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(StoreError::Closed.into()),
-            Err(_) => Err(StoreError::AnswerTimeout(ANSWER_WAIT).into()),
-        }
+        answered.await.unwrap_or(Err(StoreError::Closed.into()))
     }
 
     /// Queues `op` for the writer without waiting for it to run. `done` is called exactly once:
     /// with `op`'s result once its group is durable (on the writer thread, so it must only hand
-    /// the result on), or at once with [`StoreError::Busy`] when the queue stayed full for
-    /// [`ENQUEUE_WAIT`]. For actors that must not hold their mailbox for a flush. (A job that
-    /// panics drops `done` uncalled.)
+    /// the result on); at once with [`StoreError::Busy`] when the queue stayed full for
+    /// [`ENQUEUE_WAIT`]; or with [`StoreError::AnswerTimeout`] when the group has not committed
+    /// [`ANSWER_WAIT`] after queueing (a stalled writer). For actors that must not hold their
+    /// mailbox for a flush. (A job that panics answers only through that timeout.)
     pub async fn submit<T, E>(
         &self,
         op: impl FnOnce(&mut Batch<'_>) -> Result<T, E> + Send + 'static,
@@ -421,6 +428,7 @@ impl Store {
             Ok(Err(_)) => return done(Err(StoreError::Closed.into())),
             Err(_) => return done(Err(StoreError::Busy.into())),
         };
+        let answer = Answer::new(done);
         permit.send(Box::new(move |batch| {
             let result = op(batch);
             match &result {
@@ -428,7 +436,7 @@ impl Store {
                 Err(_) => batch.discard(),
             }
             Box::new(move |committed: Result<(), &str>| {
-                done(match (committed, result) {
+                answer.give(match (committed, result) {
                     (Err(message), Ok(_)) => Err(StoreError::Commit(message.to_owned()).into()),
                     (_, result) => result,
                 })
@@ -482,6 +490,55 @@ impl Store {
             .as_ref()
             .map_or(0, |jobs| jobs.max_capacity() - jobs.capacity())
     }
+}
+
+/// A caller's answer, given once: by the writer after the commit, by a timer after
+/// [`ANSWER_WAIT`], or — when the job is dropped unanswered (it panicked) — as
+/// [`StoreError::Closed`], whichever comes first.
+struct Answer<T, E: From<StoreError>> {
+    slot: Arc<Mutex<Option<Done<T, E>>>>,
+    timer: tokio::task::AbortHandle,
+}
+
+/// A caller's `done`, boxed.
+type Done<T, E> = Box<dyn FnOnce(Result<T, E>) + Send>;
+
+impl<T: Send + 'static, E: From<StoreError> + Send + 'static> Answer<T, E> {
+    fn new(done: impl FnOnce(Result<T, E>) + Send + 'static) -> Self {
+        let slot: Arc<Mutex<Option<Done<T, E>>>> = Arc::new(Mutex::new(Some(Box::new(done))));
+        let timed_out = slot.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(ANSWER_WAIT).await;
+            if let Some(done) = take(&timed_out) {
+                done(Err(StoreError::AnswerTimeout(ANSWER_WAIT).into()));
+            }
+        });
+        Self {
+            slot,
+            timer: timer.abort_handle(),
+        }
+    }
+
+    /// Answers, unless the timer did already.
+    fn give(self, result: Result<T, E>) {
+        if let Some(done) = take(&self.slot) {
+            done(result);
+        }
+    }
+}
+
+impl<T, E: From<StoreError>> Drop for Answer<T, E> {
+    fn drop(&mut self) {
+        self.timer.abort();
+        if let Some(done) = take(&self.slot) {
+            done(Err(StoreError::Closed.into()));
+        }
+    }
+}
+
+/// Takes the `done` out of its slot (whoever takes it answers).
+fn take<F>(slot: &Mutex<Option<F>>) -> Option<F> {
+    slot.lock().ok().and_then(|mut slot| slot.take())
 }
 
 /// Hands durable events to the live subscribers (none listening is fine).

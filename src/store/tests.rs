@@ -133,7 +133,7 @@ async fn live_subscribers_get_durable_events_and_events_after_resumes() {
 fn a_held_lock_is_waited_for_and_then_reported() {
     let dir = tempfile::tempdir().unwrap();
     let owner = Store::open(dir.path()).unwrap();
-    let refused = Store::open_waiting(dir.path(), Duration::from_millis(150));
+    let refused = Store::open_waiting(dir.path(), Duration::from_millis(150), WRITE_QUEUE_MAX);
     assert!(
         matches!(refused, Err(StoreError::Locked { waited_ms, .. }) if waited_ms >= 150),
         "{:?}",
@@ -144,7 +144,7 @@ fn a_held_lock_is_waited_for_and_then_reported() {
         std::thread::sleep(Duration::from_millis(200));
         drop(owner);
     });
-    let reopened = Store::open_waiting(dir.path(), Duration::from_secs(10));
+    let reopened = Store::open_waiting(dir.path(), Duration::from_secs(10), WRITE_QUEUE_MAX);
     releaser.join().unwrap();
     assert!(reopened.is_ok(), "{:?}", reopened.err());
 }

@@ -197,6 +197,7 @@ impl<'a> Batch<'a> {
     /// Writes the group in one sled transaction (atomic across trees, so a crash leaves all of
     /// it or none) and flushes.
     fn commit(&self) -> Result<(), StoreError> {
+        hold_while_marked();
         if self.group.is_empty() {
             return Ok(());
         }
@@ -226,6 +227,19 @@ impl<'a> Batch<'a> {
         self.trees.db.flush()?;
         Ok(())
     }
+}
+
+/// Test hook (`--features failpoints`): with `FAILPOINTS=store.stall=return(<file>)`, every group
+/// commit waits while `<file>` exists (at most a minute): a test stalls the writer on demand.
+fn hold_while_marked() {
+    #[cfg(feature = "failpoints")]
+    fail::eval("store.stall", |marker| {
+        let Some(marker) = marker else { return };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::path::Path::new(&marker).exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    });
 }
 
 /// Runs the writer until every sender is gone. Runs on its own OS thread: every call here may

@@ -14,5 +14,6 @@ mod openapi;
 mod ops;
 mod pipeline;
 mod recovery;
+mod store;
 mod stream;
 mod supervision;
