@@ -211,7 +211,7 @@ async fn leave_branch(
     task_id: TaskId,
 ) -> Result<DeliverStep, StageError> {
     let head = repo.rev_parse(branch).await?;
-    if worktree_path.exists() {
+    if tokio::fs::try_exists(worktree_path).await.unwrap_or(true) {
         if let Err(error) = repo.remove_worktree(worktree_path).await {
             tracing::warn!(task = %task_id, %error, "could not remove a delivered worktree");
         }
@@ -459,7 +459,7 @@ async fn deliver(
     if task.delivery == Delivery::Branch {
         return leave_branch(&repo, &branch, &worktree_path, task.id).await;
     }
-    if !worktree_path.exists() {
+    if !tokio::fs::try_exists(&worktree_path).await.unwrap_or(true) {
         // Cut off after the merge and the clean-up but before the result was recorded?
         if let Ok(head) = repo.rev_parse(&branch).await {
             let merged = repo

@@ -351,7 +351,7 @@ pub fn remove_worktree_later(services: &Services, task: &Task) {
     let repo = Git::new(&task.repo, services.config.git.timeout());
     let task_id = task.id;
     tokio::spawn(async move {
-        if path.exists() {
+        if tokio::fs::try_exists(&path).await.unwrap_or(true) {
             if let Err(error) = repo.remove_worktree(&path).await {
                 tracing::warn!(task = %task_id, branch = %branch_name(task_id), %error, "could not remove a worktree");
             }

@@ -119,7 +119,10 @@ impl Git {
 
     /// Whether the directory is inside a git repository.
     pub async fn is_repository(&self) -> bool {
-        self.dir.is_dir() && self.run(&["rev-parse", "--git-dir"]).await.is_ok()
+        tokio::fs::metadata(&self.dir)
+            .await
+            .is_ok_and(|m| m.is_dir())
+            && self.run(&["rev-parse", "--git-dir"]).await.is_ok()
     }
 
     /// Whether a local branch exists.

@@ -70,7 +70,7 @@ impl Book {
     pub async fn account(&self, id: &str) -> Result<Option<Account>, LedgerError> {
         let id = id.to_owned();
         self.store
-            .read(move |snapshot| read_record(snapshot, Table::LedgerAccounts, &id))
+            .read(move |snapshot| Ok(snapshot.record(Table::LedgerAccounts, id.as_bytes())?))
             .await
     }
 
@@ -78,7 +78,7 @@ impl Book {
     pub async fn transfer(&self, id: &str) -> Result<Option<Transfer>, LedgerError> {
         let id = id.to_owned();
         self.store
-            .read(move |snapshot| read_record(snapshot, Table::LedgerTransfers, &id))
+            .read(move |snapshot| Ok(snapshot.record(Table::LedgerTransfers, id.as_bytes())?))
             .await
     }
 
@@ -103,7 +103,7 @@ pub fn create_account(
     new: &NewAccount,
 ) -> Result<Applied<Account>, LedgerError> {
     new.validate()?;
-    if let Some(stored) = batch_get::<Account>(batch, Table::LedgerAccounts, &new.id)? {
+    if let Some(stored) = batch.record::<Account>(Table::LedgerAccounts, new.id.as_bytes())? {
         return if stored.kind == new.kind && stored.allow_negative == new.allow_negative {
             Ok(Applied::Replayed(stored))
         } else {
@@ -123,7 +123,7 @@ pub fn apply_transfer(
     now: DateTime<Utc>,
 ) -> Result<Applied<Transfer>, LedgerError> {
     request.validate()?;
-    if let Some(stored) = batch_get::<Transfer>(batch, Table::LedgerTransfers, &request.id)? {
+    if let Some(stored) = batch.record::<Transfer>(Table::LedgerTransfers, request.id.as_bytes())? {
         return if stored.same_request(request) {
             Ok(Applied::Replayed(stored))
         } else {
@@ -169,7 +169,8 @@ pub fn settle(
             "amount must be at least 1; void to release all".into(),
         ));
     }
-    let mut transfer = batch_get::<Transfer>(batch, Table::LedgerTransfers, id)?
+    let mut transfer = batch
+        .record::<Transfer>(Table::LedgerTransfers, id.as_bytes())?
         .ok_or_else(|| LedgerError::TransferNotFound(id.to_owned()))?;
     let decision = if is_due(&transfer, now) {
         Decision::Apply(TransferStatus::Expired, 0)
@@ -201,7 +202,7 @@ pub fn expire_due(
     let mut expired = 0;
     for key in &due {
         let id = String::from_utf8_lossy(key.get(8..).unwrap_or_default()).into_owned();
-        match batch_get::<Transfer>(batch, Table::LedgerTransfers, &id)? {
+        match batch.record::<Transfer>(Table::LedgerTransfers, id.as_bytes())? {
             Some(mut transfer) if is_due(&transfer, now) => {
                 release(batch, &mut transfer, TransferStatus::Expired, 0, now)?;
                 put(batch, Table::LedgerTransfers, &transfer.id, &transfer)?;
@@ -237,7 +238,8 @@ fn history(
             break;
         }
         let id = String::from_utf8_lossy(&id).into_owned();
-        let transfer = read_record(snapshot, Table::LedgerTransfers, &id)?
+        let transfer = snapshot
+            .record(Table::LedgerTransfers, id.as_bytes())?
             .ok_or(LedgerError::TransferNotFound(id))?;
         transfers.push(transfer);
     }
@@ -486,30 +488,9 @@ fn check_account(audit: &mut Audit, account: &Account, expected: [u128; 4]) {
 }
 
 fn read_account(batch: &Batch<'_>, id: &str) -> Result<Account, LedgerError> {
-    batch_get(batch, Table::LedgerAccounts, id)?
-        .ok_or_else(|| LedgerError::AccountNotFound(id.to_owned()))
-}
-
-fn batch_get<T: DeserializeOwned>(
-    batch: &Batch<'_>,
-    table: Table,
-    id: &str,
-) -> Result<Option<T>, LedgerError> {
     batch
-        .get(table, id.as_bytes())?
-        .map(|b| decode(&b))
-        .transpose()
-}
-
-fn read_record<T: DeserializeOwned>(
-    snapshot: &Snapshot<'_>,
-    table: Table,
-    id: &str,
-) -> Result<Option<T>, LedgerError> {
-    snapshot
-        .get(table, id.as_bytes())?
-        .map(|b| decode(&b))
-        .transpose()
+        .record(Table::LedgerAccounts, id.as_bytes())?
+        .ok_or_else(|| LedgerError::AccountNotFound(id.to_owned()))
 }
 
 fn put(

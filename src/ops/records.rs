@@ -599,7 +599,7 @@ fn upsert<T: Serialize + serde::de::DeserializeOwned>(
     missing: Option<T>,
     change: impl FnOnce(&mut T),
 ) -> Result<Option<T>, StoreError> {
-    let stored: Option<T> = crate::store::batch_record(batch, table, key)?;
+    let stored: Option<T> = batch.record(table, key)?;
     let Some(mut record) = stored.or(missing) else {
         return Ok(None);
     };

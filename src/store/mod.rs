@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 
-pub use self::tasks::{batch_record, NewEvent, Submission};
+pub use self::tasks::{NewEvent, Submission};
 pub use self::writer::{Batch, WriterHealth};
 use crate::domain::{Event, TaskId};
 
@@ -446,7 +446,8 @@ impl Store {
 
     /// Runs `op` on a snapshot of the last commit, on the blocking pool (never on an async
     /// worker). At most [`READERS_MAX`] reads run at once; a read that cannot start within
-    /// [`ENQUEUE_WAIT`] is [`StoreError::Busy`].
+    /// [`ENQUEUE_WAIT`] is [`StoreError::Busy`], one that has not finished [`ANSWER_WAIT`] later
+    /// is [`StoreError::AnswerTimeout`].
     pub async fn read<T, E>(
         &self,
         op: impl FnOnce(&Snapshot<'_>) -> Result<T, E> + Send + 'static,
@@ -469,7 +470,12 @@ impl Store {
             STORAGE_THREAD.with(|flag| flag.set(false));
             result
         });
-        read.await.map_err(|_| StoreError::Closed)?
+        // A read stuck in sled keeps its thread and its permit, but not the caller.
+        match tokio::time::timeout(ANSWER_WAIT, read).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StoreError::Closed.into()),
+            Err(_) => Err(StoreError::AnswerTimeout(ANSWER_WAIT).into()),
+        }
     }
 
     /// Every event written from now on, as soon as it is durable. A receiver that falls more than

@@ -228,7 +228,8 @@ impl Store {
         let terminal_allowed = terminal_allowed.to_vec();
         let (before, updated) = self
             .write(move |batch| {
-                let mut task: Task = batch_record(batch, Table::Tasks, id.as_bytes())?
+                let mut task: Task = batch
+                    .record(Table::Tasks, id.as_bytes())?
                     .ok_or(StoreError::TaskNotFound(id))?;
                 if task.status.is_terminal() && !terminal_allowed.contains(&task.status) {
                     return Err(StoreError::TaskFinished(id));
@@ -361,18 +362,6 @@ impl Store {
     }
 }
 
-/// Decodes the JSON record at `key` as the running job sees it.
-pub fn batch_record<T: serde::de::DeserializeOwned>(
-    batch: &Batch<'_>,
-    table: Table,
-    key: &[u8],
-) -> Result<Option<T>, StoreError> {
-    match batch.get(table, key)? {
-        Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-        None => Ok(None),
-    }
-}
-
 fn create_task(
     batch: &mut Batch<'_>,
     task: Task,
@@ -381,12 +370,13 @@ fn create_task(
 ) -> Result<Submission, StoreError> {
     if let Some(key) = &task.idempotency_key {
         let existing: Option<IdempotencyRecord> =
-            batch_record(batch, Table::Idempotency, key.as_bytes())?;
+            batch.record(Table::Idempotency, key.as_bytes())?;
         if let Some(record) = existing {
             if record.digest != digest {
                 return Ok(Submission::KeyConflict(record.task_id));
             }
-            let stored = batch_record(batch, Table::Tasks, record.task_id.as_bytes())?
+            let stored = batch
+                .record(Table::Tasks, record.task_id.as_bytes())?
                 .ok_or(StoreError::TaskNotFound(record.task_id))?;
             return Ok(Submission::Replayed(stored));
         }
@@ -443,7 +433,7 @@ fn interrupt_open_runs(batch: &mut Batch<'_>, max: usize) -> Result<(usize, bool
     let more = open.len() > max;
     let mut count = 0;
     for key in open.into_iter().take(max) {
-        match batch_record::<EngineRun>(batch, Table::Runs, &key)? {
+        match batch.record::<EngineRun>(Table::Runs, &key)? {
             Some(mut run) if run.status == RunStatus::Running => {
                 run.status = RunStatus::Interrupted;
                 record_run(batch, &run)?;

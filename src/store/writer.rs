@@ -126,6 +126,18 @@ impl<'a> Batch<'a> {
         Ok(self.trees.get(table).get(key)?.map(|v| v.to_vec()))
     }
 
+    /// Decodes the JSON record at `key`, as this job sees it.
+    pub fn record<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match self.get(table, key)? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Stages `key` → `value`.
     pub fn insert(&mut self, table: Table, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
         self.staged.insert((table, key.into()), Some(value.into()));
