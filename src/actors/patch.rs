@@ -490,6 +490,7 @@ async fn deliver(
         if let Err(error) = repo.remove_worktree(&worktree_path).await {
             tracing::warn!(task = %task.id, %error, "could not remove a delivered worktree");
         }
+        repo.maintain_now_and_then().await;
     }
     Ok(step)
 }

@@ -22,6 +22,16 @@ const COMMITTER: [&str; 4] = [
     "user.email=glitchlab@localhost",
 ];
 
+/// Every commit and merge would otherwise start `git maintenance run --auto` (a process, ≈ 3 ms,
+/// on a task's critical path twice); glitchlab runs it itself every
+/// [`MAINTENANCE_EVERY_DELIVERIES`] deliveries of a repository instead ([`Git::maintain_now_and_then`]).
+const NO_AUTO_MAINTENANCE: [&str; 4] = ["-c", "maintenance.auto=false", "-c", "gc.auto=0"];
+
+/// Deliveries into one repository between two `git maintenance run --auto`.
+pub const MAINTENANCE_EVERY_DELIVERIES: u32 = 16;
+/// Repositories whose delivery count is kept; past it the counts start over.
+const MAINTENANCE_REPOS_MAX: usize = 1024;
+
 /// A git command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -80,7 +90,26 @@ impl Git {
 
     /// Runs `git <args>` and returns trimmed stdout.
     pub async fn run(&self, args: &[&str]) -> Result<String, GitError> {
+        self.run_configured(&NO_AUTO_MAINTENANCE, args).await
+    }
+
+    /// Runs `git maintenance run --auto` (git decides whether there is work) on every
+    /// [`MAINTENANCE_EVERY_DELIVERIES`]th call for this repository: what the commits and merges
+    /// glitchlab makes with auto-maintenance off would each have started. Failures are only
+    /// logged: maintenance is housekeeping, never a reason to fail a task.
+    pub async fn maintain_now_and_then(&self) {
+        if !maintenance_due(&self.dir) {
+            return;
+        }
+        let args = ["maintenance", "run", "--auto", "--quiet"];
+        if let Err(error) = self.run_configured(&[], &args).await {
+            tracing::warn!(repo = %self.dir.display(), %error, "git maintenance failed");
+        }
+    }
+
+    async fn run_configured(&self, config: &[&str], args: &[&str]) -> Result<String, GitError> {
         let mut all_args: Vec<String> = COMMITTER.iter().map(|s| (*s).to_owned()).collect();
+        all_args.extend(config.iter().map(|s| (*s).to_owned()));
         all_args.extend(args.iter().map(|s| (*s).to_owned()));
         let spec = CommandSpec {
             program: "git".into(),
@@ -213,6 +242,19 @@ impl Git {
     }
 }
 
+/// Counts a delivery into `repo`; true on every [`MAINTENANCE_EVERY_DELIVERIES`]th.
+fn maintenance_due(repo: &Path) -> bool {
+    type Counts = std::sync::Mutex<HashMap<PathBuf, u32>>;
+    static COUNTS: LazyLock<Counts> = LazyLock::new(Counts::default);
+    let mut counts = COUNTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if counts.len() >= MAINTENANCE_REPOS_MAX && !counts.contains_key(repo) {
+        counts.clear();
+    }
+    let count = counts.entry(repo.to_path_buf()).or_insert(0);
+    *count += 1;
+    *count % MAINTENANCE_EVERY_DELIVERIES == 0
+}
+
 /// How [`Git::ensure_worktree`] found the worktree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Worktree {
@@ -329,6 +371,21 @@ pub fn is_lock_contention(error: &GitError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maintenance_comes_due_every_so_many_deliveries_per_repository() {
+        let (one, two) = (Path::new("/nonexistent/one"), Path::new("/nonexistent/two"));
+        let due: Vec<bool> = (0..2 * MAINTENANCE_EVERY_DELIVERIES)
+            .map(|_| maintenance_due(one))
+            .collect();
+        let every = MAINTENANCE_EVERY_DELIVERIES as usize;
+        assert_eq!(due.iter().filter(|d| **d).count(), 2);
+        assert!(due[every - 1] && due[2 * every - 1]);
+        assert!(
+            !maintenance_due(two),
+            "another repository counts on its own"
+        );
+    }
 
     /// Many worktrees of one repository made and removed at once, as concurrent tasks do.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
