@@ -262,6 +262,14 @@ pub fn run(
     health: Arc<WriterHealth>,
     publish: impl Fn(Vec<Event>),
 ) {
+    /// Marks the writer stopped however the loop ends, a panic included: `/readyz` then says so.
+    struct Stopped(Arc<WriterHealth>);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            self.0.stopped.store(true, Ordering::Release);
+        }
+    }
+    let _stopped = Stopped(health.clone());
     while let Some(first) = jobs.blocking_recv() {
         health.group_started_ms.store(now_ms(), Ordering::Release);
         let mut group = vec![first];
@@ -286,7 +294,11 @@ pub fn run(
         let events = std::mem::take(&mut batch.group_events);
         drop(batch);
         for answer in answers {
-            answer(outcome.as_ref().map(|_| ()).map_err(String::as_str));
+            let committed = outcome.as_ref().map(|_| ()).map_err(String::as_str);
+            // An answer only hands a result on; should one panic, the others are still given.
+            if std::panic::catch_unwind(AssertUnwindSafe(|| answer(committed))).is_err() {
+                tracing::error!("store: answering a write panicked");
+            }
         }
         if durable {
             publish(events);
@@ -296,7 +308,6 @@ pub fn run(
         health.jobs.fetch_add(count, Ordering::Relaxed);
         health.group_started_ms.store(0, Ordering::Release);
     }
-    health.stopped.store(true, Ordering::Release);
 }
 
 /// Runs one job; a panicking job is dropped with its writes (its caller hears that the writer
