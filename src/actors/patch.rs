@@ -193,9 +193,9 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
             engine_failure: Some(feedback),
         });
     }
-    let message = format!("glitchlab: {} (attempt {})", task.title, task.attempts);
-    let commit = worktree.commit_all(&message).await?;
     check_protected_paths(&services, &worktree, &task).await?;
+    let message = format!("glitchlab: {} (attempt {})", task.title, task.attempts);
+    let commit = worktree.commit_staged(&message).await?;
     Ok(ImplementOutcome {
         commit,
         engine_failure: None,
@@ -219,7 +219,10 @@ async fn leave_branch(
     Ok(DeliverStep::Delivered(head))
 }
 
-/// Refuses a branch whose changes (since it left the base) touch a protected path.
+/// Stages the attempt's changes and refuses them, before anything is committed, when the branch's
+/// change since it left the base would touch a protected path: staged edits and what was already
+/// committed on the branch (an engine that commits by itself, an earlier attempt), both sides of a
+/// rename.
 async fn check_protected_paths(
     services: &Services,
     worktree: &Git,
@@ -227,10 +230,11 @@ async fn check_protected_paths(
 ) -> Result<(), StageError> {
     let patterns = services.config.governance.protected_paths_for(&task.repo);
     let protected = protected_globs(&patterns)?;
-    let range = format!("{}...HEAD", task.base_branch);
-    let changed = worktree.run(&["diff", "--name-only", &range]).await?;
+    worktree.stage_all().await?;
+    let changed = worktree.changed_since(&task.base_branch).await?;
     let touched: Vec<&str> = changed
-        .lines()
+        .iter()
+        .map(String::as_str)
         .filter(|path| protected.is_match(path))
         .collect();
     if touched.is_empty() {

@@ -13,6 +13,9 @@ use crate::process::{self, CommandSpec};
 
 /// Git output is small; this bounds it all the same.
 const GIT_OUTPUT_BYTES_MAX: usize = 64 * 1024;
+/// Bound on a list of paths git prints (what a change touches): a decision is made on every line
+/// of it, so a longer list is refused rather than checked in part.
+const GIT_PATH_LIST_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// Who glitchlab's commits are by, so commits work on machines with no git identity configured.
 const COMMITTER: [&str; 4] = [
@@ -107,7 +110,64 @@ impl Git {
         }
     }
 
+    /// Runs `git <args>` whose every output line matters (a list of paths): up to
+    /// [`GIT_PATH_LIST_BYTES_MAX`], and an error rather than a list with its middle cut out.
+    pub async fn run_listing(&self, args: &[&str]) -> Result<String, GitError> {
+        let (text, truncated_bytes) = self
+            .run_bounded(&NO_AUTO_MAINTENANCE, args, GIT_PATH_LIST_BYTES_MAX)
+            .await?;
+        if truncated_bytes > 0 {
+            return Err(GitError::Failed {
+                args: args.join(" "),
+                stderr: format!(
+                    "printed more than {GIT_PATH_LIST_BYTES_MAX} bytes of paths; refusing to \
+                     decide on part of them"
+                ),
+            });
+        }
+        Ok(text)
+    }
+
+    /// Stages everything that changed in the worktree.
+    pub async fn stage_all(&self) -> Result<(), GitError> {
+        self.run(&["add", "-A"]).await.map(|_| ())
+    }
+
+    /// Every path the staged tree changes since it left `base` (the merge base of `base` and
+    /// `HEAD`): staged edits and whatever was committed on the branch, both sides of a rename.
+    /// Read NUL-separated, so no path name can hide from a check.
+    pub async fn changed_since(&self, base: &str) -> Result<Vec<String>, GitError> {
+        let args = [
+            "diff",
+            "--cached",
+            "--merge-base",
+            base,
+            "--name-only",
+            "-z",
+            "--no-renames",
+        ];
+        let listing = self.run_listing(&args).await?;
+        Ok(listing
+            .split('\0')
+            .filter(|path| !path.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
     async fn run_configured(&self, config: &[&str], args: &[&str]) -> Result<String, GitError> {
+        Ok(self
+            .run_bounded(config, args, GIT_OUTPUT_BYTES_MAX)
+            .await?
+            .0)
+    }
+
+    /// Runs git; answers its trimmed stdout and how many bytes of it the bound cut out.
+    async fn run_bounded(
+        &self,
+        config: &[&str],
+        args: &[&str],
+        output_bytes_max: usize,
+    ) -> Result<(String, u64), GitError> {
         let mut all_args: Vec<String> = COMMITTER.iter().map(|s| (*s).to_owned()).collect();
         all_args.extend(config.iter().map(|s| (*s).to_owned()));
         all_args.extend(args.iter().map(|s| (*s).to_owned()));
@@ -126,7 +186,7 @@ impl Git {
                 .collect(),
             env_clear: true,
             timeout: self.timeout,
-            output_bytes_max: GIT_OUTPUT_BYTES_MAX,
+            output_bytes_max,
         };
         let output = process::run(&spec).await?;
         let joined = args.join(" ");
@@ -143,7 +203,10 @@ impl Git {
                 stderr,
             });
         }
-        Ok(output.stdout.text.trim().to_owned())
+        Ok((
+            output.stdout.text.trim().to_owned(),
+            output.stdout.truncated_bytes,
+        ))
     }
 
     /// Whether the directory is inside a git repository.
@@ -213,10 +276,9 @@ impl Git {
         Ok(())
     }
 
-    /// Commits everything that changed; `None` when nothing did. The new commit's id is read
-    /// in-process.
-    pub async fn commit_all(&self, message: &str) -> Result<Option<String>, GitError> {
-        self.run(&["add", "-A"]).await?;
+    /// Commits what is staged ([`Git::stage_all`]); `None` when nothing is. The new commit's id
+    /// is read in-process.
+    pub async fn commit_staged(&self, message: &str) -> Result<Option<String>, GitError> {
         // Commit first and ask why only when it fails: the common case is one process less.
         let committed = self
             .run(&["commit", "--quiet", "--no-verify", "-m", message])

@@ -61,6 +61,39 @@ async fn touching_a_protected_path_fails_before_anything_is_merged() {
     assert_eq!(git(&repo, &["rev-parse", "main"]), main_before);
 }
 
+/// The check covers what an engine commits by itself (coding agents such as aider do), and both
+/// sides of a rename: moving a protected file away is touching it.
+#[tokio::test]
+async fn protected_paths_hold_for_engine_commits_and_renames() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    std::fs::create_dir_all(repo.join(".github/workflows")).unwrap();
+    std::fs::write(repo.join(".github/workflows/ci.yml"), "on: push\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "a workflow"]);
+    let main_before = git(&repo, &["rev-parse", "main"]);
+    let service = Service::start(root.path()).await;
+    let commits_itself =
+        "mkdir -p .github/workflows && echo 'on: pull_request' > .github/workflows/ci.yml \
+        && git add -A && git -c user.name=agent -c user.email=agent@localhost commit -q -m agent";
+    let renames_away = "git mv .github/workflows/ci.yml ci.yml";
+    for patch in [commits_itself, renames_away] {
+        let task = service.submit(&shell_task(&repo, patch, "true")).await;
+        let task = service
+            .wait_until_finished(task["id"].as_str().unwrap())
+            .await;
+        assert_eq!(task["error"]["code"], "PROTECTED_PATH", "{patch}: {task:#}");
+        assert!(
+            task["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(".github/workflows/ci.yml"),
+            "{task:#}"
+        );
+    }
+    assert_eq!(git(&repo, &["rev-parse", "main"]), main_before);
+}
+
 #[tokio::test]
 async fn a_repository_can_protect_more_paths() {
     let root = tempfile::tempdir().unwrap();
