@@ -936,3 +936,86 @@ async fn watch_checks_are_charged_for_their_command_seconds_per_app() {
     let (_, audit) = service.get("/v1/ledger/audit").await;
     assert_eq!(audit["balanced"], true, "{audit}");
 }
+
+/// An alert storm (issue #16: one webhook with 20 firing `health_check_failed` alerts used to hang
+/// the service or wedge the Ledger — the same sled lock-up as under load): every alert becomes an
+/// incident whose runbook restarts the app and files a task, and meanwhile `/healthz` stays fast,
+/// writes are answered, the books balance and SIGTERM still stops the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_storm_leaves_the_service_responsive() {
+    const ALERTS: usize = 20;
+    const WATCH_FOR: Duration = Duration::from_secs(10);
+    let root = tempfile::tempdir().unwrap();
+    let _reaper = AppReaper(root.path().to_path_buf());
+    let repo = sample_repo(root.path());
+    let port = free_port();
+    let mut service = start(root.path(), &local_ops(&repo, port, 0, ""), Vec::new()).await;
+    let (status, record) = service.post("/v1/deploys", &json!({"app": "web"})).await;
+    assert_eq!(status, 201, "{record}");
+    let id = record["id"].as_str().unwrap();
+    wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
+        d["status"] == "healthy"
+    })
+    .await;
+
+    let alerts: Vec<Value> = (0..ALERTS)
+        .map(|n| {
+            json!({
+                "status": "firing",
+                "labels": {"alertname": "health_check_failed", "app": "web",
+                           "instance": format!("web-{n}"), "severity": "critical"},
+                "annotations": {"summary": "health check failing"},
+                "startsAt": "2024-01-01T00:00:00Z", "fingerprint": format!("storm-{n}")
+            })
+        })
+        .collect();
+    let webhook = json!({"version": "4", "status": "firing", "receiver": "glitchlab",
+                         "alerts": alerts});
+    let posted = Instant::now();
+    let (status, body) = service.post("/v1/alerts", &webhook).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(posted.elapsed() < Duration::from_secs(10), "{body}");
+
+    let (mut slowest_healthz, mut slowest_write) = (Duration::ZERO, Duration::ZERO);
+    let mut writes = 0;
+    let watching = Instant::now();
+    while watching.elapsed() < WATCH_FOR {
+        let asked = Instant::now();
+        let (status, _) = service.get("/healthz").await;
+        assert_eq!(status, 200);
+        slowest_healthz = slowest_healthz.max(asked.elapsed());
+        if writes < watching.elapsed().as_secs() {
+            writes += 1;
+            let asked = Instant::now();
+            let account = json!({"id": format!("user:storm-{writes}"), "kind": "user"});
+            let (status, body) = service.post("/v1/ledger/accounts", &account).await;
+            assert!(status == 200 || status == 201, "{status} {body}");
+            slowest_write = slowest_write.max(asked.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        slowest_healthz < Duration::from_millis(500),
+        "/healthz took {slowest_healthz:?} during the storm"
+    );
+    assert!(
+        slowest_write < Duration::from_secs(10),
+        "a ledger write took {slowest_write:?} during the storm"
+    );
+    let (_, incidents) = service.get("/v1/incidents?app=web").await;
+    assert_eq!(
+        incidents["incidents"].as_array().unwrap().len(),
+        ALERTS,
+        "{incidents:#}"
+    );
+    let (status, audit) = service.get("/v1/ledger/audit").await;
+    assert_eq!(status, 200, "{audit}");
+    assert_eq!(audit["balanced"], true, "{audit:#}");
+    let stopped = Instant::now();
+    let exit = service.terminate(Duration::from_secs(30));
+    assert!(
+        exit.success(),
+        "exit {exit:?} after {:?}",
+        stopped.elapsed()
+    );
+}
