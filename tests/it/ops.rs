@@ -937,10 +937,12 @@ async fn watch_checks_are_charged_for_their_command_seconds_per_app() {
     assert_eq!(audit["balanced"], true, "{audit}");
 }
 
-/// An alert storm (issue #16: one webhook with 20 firing `health_check_failed` alerts used to hang
-/// the service or wedge the Ledger — the same sled lock-up as under load): every alert becomes an
-/// incident whose runbook restarts the app and files a task, and meanwhile `/healthz` stays fast,
-/// writes are answered, the books balance and SIGTERM still stops the service.
+/// An alert storm (issue #16 saw one webhook with 20 firing `health_check_failed` alerts hang the
+/// service or wedge the Ledger, the same sled lock-up as under load): every alert becomes an
+/// incident whose runbook checks, restarts and files a task, and meanwhile `/healthz` stays fast,
+/// writes are answered, the books balance and SIGTERM still stops the service. A liveness guard:
+/// it did not reproduce the hang on the code before the store writer (`c5dd19e`, 20 and 50
+/// alerts, one run each), so it is no proof of that fix — the load test is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_storm_leaves_the_service_responsive() {
     const ALERTS: usize = 20;
