@@ -205,16 +205,23 @@ impl Store {
     }
 
     /// Records that a finished task's budget was settled in the ledger: bookkeeping, the one
-    /// change a terminal task still takes.
+    /// change a terminal task still takes. Once: a task already marked is answered as it is, and
+    /// `event` is not written again (two settlements racing after a cancel both land here).
     pub async fn mark_settled(&self, id: TaskId, event: NewEvent) -> Result<Task, StoreError> {
-        let terminal = [
-            TaskStatus::Done,
-            TaskStatus::Failed,
-            TaskStatus::Cancelled,
-            TaskStatus::DeadLetter,
-        ];
-        self.change_task(id, &[event], &terminal, |t| t.settled = true)
-            .await
+        self.write(move |batch| {
+            let mut task: Task = batch
+                .record(Table::Tasks, id.as_bytes())?
+                .ok_or(StoreError::TaskNotFound(id))?;
+            if task.settled {
+                return Ok(task);
+            }
+            task.settled = true;
+            task.updated_at = Utc::now();
+            batch.insert(Table::Tasks, id.as_bytes(), serde_json::to_vec(&task)?);
+            append(batch, id, &event)?;
+            Ok(task)
+        })
+        .await
     }
 
     async fn change_task(

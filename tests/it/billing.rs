@@ -212,4 +212,13 @@ async fn a_run_cut_off_by_a_cancel_is_charged_before_the_task_settles() {
     assert_eq!(Some(paid), reservation["posted_amount"].as_i64());
     assert!(paid >= 2_500, "{reservation:#}");
     assert_audit_balanced(&service).await;
+    // The cancel and the pipeline's end both ask for the settlement; it is recorded once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = service
+        .event_kinds(&id)
+        .await
+        .iter()
+        .filter(|kind| *kind == "ledger.settled")
+        .count();
+    assert_eq!(settled, 1, "{:?}", service.event_kinds(&id).await);
 }
