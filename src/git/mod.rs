@@ -383,7 +383,12 @@ pub async fn deliver(
     branch: &str,
     base: &str,
 ) -> Result<DeliverStep, DeliverError> {
-    let facts = read::delivery_facts(&repo.dir, &worktree.dir, base).await?;
+    let mut facts = read::delivery_facts(&repo.dir, &worktree.dir, base).await?;
+    if facts.merge_in_progress {
+        // A delivery killed mid-merge left `MERGE_HEAD`: undo that merge and decide again.
+        worktree.run(&["merge", "--abort"]).await?;
+        facts = read::delivery_facts(&repo.dir, &worktree.dir, base).await?;
+    }
     let base_commit = facts.base_commit;
     let head = facts.head;
     if !facts.base_is_ancestor {
@@ -476,5 +481,37 @@ mod tests {
                 job.await.unwrap().unwrap();
             }
         }
+    }
+
+    /// A delivery killed mid-merge leaves `MERGE_HEAD` in the worktree; the next delivery aborts
+    /// that merge and goes on (issue #10 saw such resumes fail `MERGE_CONFLICT`).
+    #[tokio::test]
+    async fn a_merge_left_half_done_is_aborted_before_delivering() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo_path = dir.path().join("repo");
+        std::fs::create_dir_all(&repo_path).unwrap();
+        let repo = Git::new(&repo_path, Duration::from_secs(30));
+        repo.run(&["init", "-q", "-b", "main"]).await.unwrap();
+        std::fs::write(repo_path.join("README.md"), "x\n").unwrap();
+        repo.run(&["add", "-A"]).await.unwrap();
+        repo.run(&["commit", "-qm", "initial"]).await.unwrap();
+        let wt_path = dir.path().join("wt");
+        repo.ensure_worktree(&wt_path, "task", "main")
+            .await
+            .unwrap();
+        let worktree = Git::new(&wt_path, Duration::from_secs(30));
+        std::fs::write(wt_path.join("task.txt"), "task\n").unwrap();
+        worktree.stage_all().await.unwrap();
+        worktree.commit_staged("task").await.unwrap();
+        // The base moves on, and a merge of it into the branch is cut off before its commit.
+        std::fs::write(repo_path.join("other.txt"), "other\n").unwrap();
+        repo.run(&["add", "-A"]).await.unwrap();
+        repo.run(&["commit", "-qm", "teammate"]).await.unwrap();
+        worktree
+            .run(&["merge", "--no-ff", "--no-commit", "main"])
+            .await
+            .unwrap();
+        let step = deliver(&repo, &worktree, "task", "main").await;
+        assert!(matches!(step, Ok(DeliverStep::BaseMerged(_))), "{step:?}");
     }
 }

@@ -25,6 +25,9 @@ pub struct DeliveryFacts {
     pub repo_is_bare: bool,
     /// Whether the repository's own checkout is on the base branch.
     pub repo_on_base: bool,
+    /// Whether the worktree is in the middle of a merge (`MERGE_HEAD`): one a killed process
+    /// left behind, to be aborted before anything else.
+    pub merge_in_progress: bool,
 }
 
 /// The commit `HEAD` of the repository or worktree at `dir` points at.
@@ -61,6 +64,7 @@ pub async fn delivery_facts(
                 .merge_base(base_commit, head)
                 .map_err(failed("merge-base"))?
                 .is_some_and(|common| common.detach() == base_commit);
+        let merge_in_progress = matches!(here.state(), Some(gix::state::InProgress::Merge));
         let checkout = open(&repo)?;
         let repo_is_bare = checkout.is_bare();
         let repo_on_base = checkout
@@ -73,6 +77,7 @@ pub async fn delivery_facts(
             base_is_ancestor,
             repo_is_bare,
             repo_on_base,
+            merge_in_progress,
         })
     })
     .await
