@@ -502,9 +502,9 @@ pub const REPO_CHECK_TTL: Duration = Duration::from_secs(5);
 /// when that is not enough).
 const REPO_CHECKS_MAX: usize = 1024;
 
-/// Repository and base-branch pairs that git confirmed a moment ago: a burst of submissions to
-/// one repository costs one `git` process, not one each (issue #9's hot path). Only successes
-/// are remembered, never for longer than [`REPO_CHECK_TTL`].
+/// Repository and base-branch pairs confirmed a moment ago: a burst of submissions to one
+/// repository opens it once, not once each (issue #9's hot path). Only successes are remembered,
+/// never for longer than [`REPO_CHECK_TTL`].
 #[derive(Debug, Default)]
 pub struct RepoChecks {
     /// (repo, branch) → when git found it; a std mutex, never held across an await.
