@@ -439,6 +439,18 @@ pub fn is_lock_contention(error: &GitError) -> bool {
 mod tests {
     use super::*;
 
+    /// A repository with one commit on `main`, under `root`.
+    async fn repository(root: &Path) -> (PathBuf, Git) {
+        let repo_path = root.join("repo");
+        std::fs::create_dir_all(&repo_path).unwrap();
+        let repo = Git::new(&repo_path, Duration::from_secs(30));
+        repo.run(&["init", "-q", "-b", "main"]).await.unwrap();
+        std::fs::write(repo_path.join("README.md"), "x\n").unwrap();
+        repo.run(&["add", "-A"]).await.unwrap();
+        repo.run(&["commit", "-qm", "initial"]).await.unwrap();
+        (repo_path, repo)
+    }
+
     #[test]
     fn maintenance_comes_due_every_so_many_deliveries_per_repository() {
         let (one, two) = (Path::new("/nonexistent/one"), Path::new("/nonexistent/two"));
@@ -458,13 +470,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_worktrees_of_one_repository_do_not_race() {
         let dir = tempfile::tempdir().unwrap();
-        let repo_path = dir.path().join("repo");
-        std::fs::create_dir_all(&repo_path).unwrap();
-        let repo = Git::new(&repo_path, Duration::from_secs(30));
-        repo.run(&["init", "-q", "-b", "main"]).await.unwrap();
-        std::fs::write(repo_path.join("README.md"), "x\n").unwrap();
-        repo.run(&["add", "-A"]).await.unwrap();
-        repo.run(&["commit", "-qm", "initial"]).await.unwrap();
+        let (_, repo) = repository(dir.path()).await;
         for round in 0..3 {
             let jobs: Vec<_> = (0..12)
                 .map(|n| {
@@ -488,13 +494,7 @@ mod tests {
     #[tokio::test]
     async fn a_merge_left_half_done_is_aborted_before_delivering() {
         let dir = tempfile::tempdir().unwrap();
-        let repo_path = dir.path().join("repo");
-        std::fs::create_dir_all(&repo_path).unwrap();
-        let repo = Git::new(&repo_path, Duration::from_secs(30));
-        repo.run(&["init", "-q", "-b", "main"]).await.unwrap();
-        std::fs::write(repo_path.join("README.md"), "x\n").unwrap();
-        repo.run(&["add", "-A"]).await.unwrap();
-        repo.run(&["commit", "-qm", "initial"]).await.unwrap();
+        let (repo_path, repo) = repository(dir.path()).await;
         let wt_path = dir.path().join("wt");
         repo.ensure_worktree(&wt_path, "task", "main")
             .await

@@ -236,10 +236,7 @@ impl<'a> Snapshot<'a> {
         table: Table,
         key: &[u8],
     ) -> Result<Option<T>, StoreError> {
-        match self.get(table, key)? {
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-            None => Ok(None),
-        }
+        decode(self.get(table, key)?.as_deref())
     }
 
     /// Whether `key` is present.
@@ -266,6 +263,11 @@ impl<'a> Snapshot<'a> {
     pub fn len(&self, table: Table) -> usize {
         self.trees.get(table).len()
     }
+}
+
+/// Decodes a stored JSON record, if there is one.
+fn decode<T: serde::de::DeserializeOwned>(bytes: Option<&[u8]>) -> Result<Option<T>, StoreError> {
+    Ok(bytes.map(serde_json::from_slice).transpose()?)
 }
 
 /// Stored bytes (a key or a value), as sled hands them out.

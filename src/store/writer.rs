@@ -132,10 +132,7 @@ impl<'a> Batch<'a> {
         table: Table,
         key: &[u8],
     ) -> Result<Option<T>, StoreError> {
-        match self.get(table, key)? {
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
-            None => Ok(None),
-        }
+        super::decode(self.get(table, key)?.as_deref())
     }
 
     /// Stages `key` → `value`.
