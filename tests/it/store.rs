@@ -142,9 +142,18 @@ async fn a_stalled_writer_is_reported_pushes_back_and_recovers() {
     })
     .await;
     assert_eq!(status, 200, "not ready again after the stall: {body}");
-    assert!(metrics_text(&service)
+    // The watchdog clears the stall and then the gauge, one tick: poll briefly for the gauge.
+    let cleared = Instant::now();
+    while !metrics_text(&service)
         .await
-        .contains("glitchlab_store_writer_stalled 0"));
+        .contains("glitchlab_store_writer_stalled 0")
+    {
+        assert!(
+            cleared.elapsed() < Duration::from_secs(5),
+            "the stall stays on /metrics"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The store works again: a new write is answered and durable.
     let (status, body) = service
         .post(
