@@ -99,12 +99,17 @@ async fn a_stalled_writer_is_reported_pushes_back_and_recovers() {
         "/healthz took {:?} while the writer was stalled",
         healthz_started.elapsed()
     );
-    assert!(
-        metrics_text(&service)
-            .await
-            .contains("glitchlab_store_writer_stalled 1"),
-        "the stall is not on /metrics"
-    );
+    let marked = Instant::now();
+    while !metrics_text(&service)
+        .await
+        .contains("glitchlab_store_writer_stalled 1")
+    {
+        assert!(
+            marked.elapsed() < Duration::from_secs(3),
+            "the stall is not on /metrics"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let mut codes = Vec::new();
     while let Some(write) = writes.join_next().await {
