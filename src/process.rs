@@ -316,6 +316,24 @@ fn carries(pid: i32, marker: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether process group `pgid` has a member that still runs. `kill(-pgid, 0)` alone also
+/// succeeds for a group of zombies, which linger where nothing reaps orphans (a container whose
+/// PID 1 does not wait): a release killed with its service would look alive for ever. Reads
+/// `/proc`; where that is unreadable, the signal's answer stands.
+pub fn group_runs(pgid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the group exists; it touches no memory.
+    if unsafe { libc::kill(-pgid, 0) } != 0 {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .any(|pid| live_process_group(pid) == Some(pgid))
+}
+
 /// The process group of a process that is still running (a zombie is already dead).
 fn live_process_group(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -350,6 +368,35 @@ pub fn keep_tail(text: &str, bytes_max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A group whose only member exited but was not reaped yet (a zombie) does not run, though
+    /// `kill(-pgid, 0)` still finds it.
+    #[test]
+    fn a_group_of_zombies_does_not_run() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("true")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = i32::try_from(child.id()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: signal 0 on the group of the child this test started.
+        assert_eq!(
+            unsafe { libc::kill(-pgid, 0) },
+            0,
+            "the zombie is still there"
+        );
+        assert!(!group_runs(pgid));
+        child.wait().unwrap();
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("5")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        assert!(group_runs(i32::try_from(sleeper.id()).unwrap()));
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+    }
     use std::os::unix::process::CommandExt;
 
     #[test]

@@ -237,8 +237,7 @@ pub fn running_group(data_dir: &Path, app: &str) -> Option<i32> {
 }
 
 fn group_alive(pgid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the group exists.
-    unsafe { libc::kill(-pgid, 0) == 0 }
+    crate::process::group_runs(pgid)
 }
 
 fn signal_group(pgid: i32, signal: i32) {

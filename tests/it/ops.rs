@@ -1021,3 +1021,31 @@ async fn an_alert_storm_leaves_the_service_responsive() {
         stopped.elapsed()
     );
 }
+
+/// Issue #16: after a `kill -9` of the service, the next start kills the processes the dead one
+/// left behind — the app it started included — and must then start the app's current release
+/// again, as a graceful restart does. (Its killed processes may linger as zombies where nothing
+/// reaps orphans; they are not a running release.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_app_comes_back_after_the_service_is_killed() {
+    let root = tempfile::tempdir().unwrap();
+    let _reaper = AppReaper(root.path().to_path_buf());
+    let repo = sample_repo(root.path());
+    let port = free_port();
+    let ops = local_ops(&repo, port, 0, "");
+    let mut service = start(root.path(), &ops, Vec::new()).await;
+    let (status, record) = service.post("/v1/deploys", &json!({"app": "web"})).await;
+    assert_eq!(status, 201, "{record}");
+    let id = record["id"].as_str().unwrap();
+    wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
+        d["status"] == "healthy"
+    })
+    .await;
+    let first = wait_for_app(port, |_| true).await;
+    service.kill_9();
+    let service = start(root.path(), &ops, Vec::new()).await;
+    let again = wait_for_app(port, |body| body["pid"] != first["pid"]).await;
+    assert_eq!(again["version"], "1", "{again}");
+    let (status, _) = service.get("/readyz").await;
+    assert_eq!(status, 200);
+}
