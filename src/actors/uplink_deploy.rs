@@ -361,9 +361,31 @@ async fn prepare(
         return Ok(Prepared::Existing(existing.clone()));
     }
     check_room(&history, app)?;
+    if let Some(reference) = &commit {
+        refuse_unknown_commit(&spec.repo, reference).await?;
+    }
     let mut record = deploy::new_record(app, spec, commit, trigger, &history);
     record.account = Some(billing::payer(&state.services, spec, trigger).await);
     Ok(Prepared::New(record))
+}
+
+/// A commit that does not resolve in the app's repository is refused at the door (issue #16: a
+/// typo used to make a deploy record, then fail it `UNKNOWN_COMMIT`, open an outage incident and
+/// file a bugfix task). Answered in-process (gix); a repository gix cannot read is left to the
+/// deploy's own `git rev-parse`.
+async fn refuse_unknown_commit(repo: &std::path::Path, reference: &str) -> Result<(), OpsError> {
+    if reference.starts_with('-') || reference.chars().any(char::is_whitespace) {
+        return Err(OpsError::UnknownCommit(format!(
+            "`{reference}` is not a commit"
+        )));
+    }
+    match crate::git::read::resolve_commit(repo, reference).await {
+        Ok(None) => Err(OpsError::UnknownCommit(format!(
+            "no commit `{reference}` in {}",
+            repo.display()
+        ))),
+        Ok(Some(_)) | Err(_) => Ok(()),
+    }
 }
 
 /// A delivered task asks once, but its request may be repeated after a crash: the deploy it

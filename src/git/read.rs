@@ -83,6 +83,21 @@ pub async fn delivery_facts(
     .await
 }
 
+/// The commit `reference` (a sha, a branch, a tag, `main~1`) names in the repository at `dir`;
+/// `Ok(None)` when it names none there.
+pub async fn resolve_commit(dir: &Path, reference: &str) -> Result<Option<String>, GitError> {
+    let dir = dir.to_path_buf();
+    let spec = format!("{reference}^{{commit}}");
+    blocking("rev-parse --verify", move || {
+        let repo = open(&dir)?;
+        Ok(repo
+            .rev_parse_single(spec.as_str())
+            .ok()
+            .map(|id| id.detach().to_string()))
+    })
+    .await
+}
+
 /// Whether `dir` is in a repository that has the local branch `branch`: `Ok(None)` when `dir` is
 /// not a repository at all.
 pub async fn has_branch(dir: &Path, branch: &str) -> Result<Option<bool>, GitError> {

@@ -1049,3 +1049,33 @@ async fn a_healthy_app_comes_back_after_the_service_is_killed() {
     let (status, _) = service.get("/readyz").await;
     assert_eq!(status, 200);
 }
+
+/// Issue #16: a deploy of a commit that does not exist is refused at the door — `422
+/// UNKNOWN_COMMIT`, no deploy record, no incident — instead of a record that fails, an outage
+/// incident and a bugfix task.
+#[tokio::test]
+async fn a_mistyped_commit_is_refused_at_the_door() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = sample_repo(root.path());
+    let port = free_port();
+    let service = start(root.path(), &local_ops(&repo, port, 0, ""), Vec::new()).await;
+    for commit in ["deadbeefdeadbeef", "main~5", "--upload-pack=evil"] {
+        let (status, body) = service
+            .post("/v1/deploys", &json!({"app": "web", "commit": commit}))
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (422, Some("UNKNOWN_COMMIT")),
+            "{commit}: {body}"
+        );
+    }
+    let (_, deploys) = service.get("/v1/deploys").await;
+    assert_eq!(deploys["deploys"], json!([]), "{deploys}");
+    let (_, incidents) = service.get("/v1/incidents").await;
+    assert_eq!(incidents["incidents"], json!([]), "{incidents}");
+    // A real reference still deploys.
+    let (status, record) = service
+        .post("/v1/deploys", &json!({"app": "web", "commit": "main"}))
+        .await;
+    assert_eq!(status, 201, "{record}");
+}
