@@ -109,6 +109,9 @@ pub struct CompassState {
     resuming: VecDeque<TaskId>,
     /// Tasks waiting for dependencies (their records say on which).
     blocked: BTreeSet<TaskId>,
+    /// While a `TaskSubmitted` is handled: its queue place (reserved by the ingress) is still to
+    /// be freed, in the same step as the first queue update that counts the task.
+    admission_pending: bool,
 }
 
 impl Actor for Compass {
@@ -133,6 +136,7 @@ impl Actor for Compass {
             queue: BTreeSet::new(),
             resuming: VecDeque::new(),
             blocked: BTreeSet::new(),
+            admission_pending: false,
         };
         for name in PERSONAS.iter().copied().filter(|name| *name != "compass") {
             let cell = spawn_persona(name, &myself, &state.services).await?;
@@ -212,9 +216,13 @@ impl Actor for Compass {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             CompassMsg::TaskSubmitted(task_id) => {
+                state.admission_pending = true;
                 let queued = on_submitted(&myself, state, task_id).await;
-                // The ingress reserved a queue place for it; the queue depth counts it now.
-                state.services.directory.admission_queued();
+                // The ingress reserved a queue place for it: freed with the first queue update
+                // (`set_queue_depth`), or here if there was none.
+                if std::mem::take(&mut state.admission_pending) {
+                    state.services.directory.admission_queued();
+                }
                 queued?
             }
             CompassMsg::Act {
@@ -554,9 +562,13 @@ async fn dispatch(myself: &ActorRef<CompassMsg>, state: &mut CompassState) {
     set_queue_depth(state);
 }
 
-fn set_queue_depth(state: &CompassState) {
+fn set_queue_depth(state: &mut CompassState) {
     let depth = state.queue.len() + state.resuming.len();
-    state.services.directory.set_queue_depth(depth);
+    if std::mem::take(&mut state.admission_pending) {
+        state.services.directory.set_queue_depth_admitted(depth);
+    } else {
+        state.services.directory.set_queue_depth(depth);
+    }
     metrics::task_gauges(depth, state.pipelines.len());
 }
 

@@ -2,8 +2,7 @@
 //! (which look up the *current* ref of a persona, never a cached one) and the HTTP ingress.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use ractor::{ActorCell, ActorId, ActorStatus};
@@ -61,10 +60,19 @@ pub enum LookupError {
 #[derive(Default)]
 pub struct ActorDirectory {
     slots: RwLock<BTreeMap<String, Slot>>,
-    queue_depth: AtomicUsize,
-    /// Submissions admitted by the ingress that Compass has not queued yet: counted against the
-    /// queue bound too, so concurrent submits cannot overshoot it between admission and queueing.
-    admitted: AtomicUsize,
+    /// Compass's queue and the submissions admitted into it, under one lock: the ingress's bound
+    /// check and Compass's hand-over never see half of a change.
+    queue: Mutex<QueueCount>,
+}
+
+/// What counts against `compass.max_queued_tasks`.
+#[derive(Debug, Default)]
+struct QueueCount {
+    /// Tasks waiting in Compass's queue.
+    queued: usize,
+    /// Submissions admitted by the ingress that Compass has not counted in `queued` yet: counted
+    /// too, so concurrent submits cannot overshoot the bound between admission and queueing.
+    admitted: usize,
 }
 
 /// A queue place reserved for a submission until Compass has queued it ([`Admission::hand_over`]);
@@ -129,35 +137,45 @@ impl ActorDirectory {
 
     /// Tasks waiting in Compass's queue (kept here so the ingress can refuse work cheaply).
     pub fn queue_depth(&self) -> usize {
-        self.queue_depth.load(Ordering::Relaxed)
+        self.queue_count().queued
     }
 
     /// Reserves a queue place for a submission, unless the queue and the places already reserved
     /// hold `limit`.
     pub fn admit(self: &Arc<Self>, limit: usize) -> Option<Admission> {
-        let queued = self.queue_depth();
-        self.admitted
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |admitted| {
-                (queued + admitted < limit).then_some(admitted + 1)
-            })
-            .ok()?;
+        let mut count = self.queue_count();
+        if count.queued + count.admitted >= limit {
+            return None;
+        }
+        count.admitted += 1;
         Some(Admission {
             directory: self.clone(),
             handed_over: false,
         })
     }
 
-    /// Frees a place [`ActorDirectory::admit`] reserved: Compass queued the task (or the
-    /// submission never got that far).
+    /// Frees a place [`ActorDirectory::admit`] reserved without counting it in the queue (the
+    /// submission never got that far, or Compass did not queue it).
     pub fn admission_queued(&self) {
-        let _ = self
-            .admitted
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        let mut count = self.queue_count();
+        count.admitted = count.admitted.saturating_sub(1);
     }
 
     /// Updated by Compass whenever its queue changes.
     pub fn set_queue_depth(&self, depth: usize) {
-        self.queue_depth.store(depth, Ordering::Relaxed);
+        self.queue_count().queued = depth;
+    }
+
+    /// Compass's first queue update after taking a submission in: the new depth counts it now,
+    /// so its reserved place is freed in the same step (never counted twice, never not at all).
+    pub fn set_queue_depth_admitted(&self, depth: usize) {
+        let mut count = self.queue_count();
+        count.queued = depth;
+        count.admitted = count.admitted.saturating_sub(1);
+    }
+
+    fn queue_count(&self) -> std::sync::MutexGuard<'_, QueueCount> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The current incarnation of `name` if it is running; waits (bounded) while it restarts.
