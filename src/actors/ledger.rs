@@ -144,13 +144,16 @@ impl Actor for Ledger {
                 crate::work_failpoint!("ledger.handle");
                 let op = move |batch: &mut Batch<'_>| {
                     release_due(batch, now);
-                    let applied = book::apply_transfer(batch, &transfer, now);
+                    book::apply_transfer(batch, &transfer, now)
+                };
+                // Counted once durable, like every other answer.
+                let answer = move |applied: Result<Applied<Transfer>, LedgerError>| {
                     if let Ok(Applied::Created(created)) = &applied {
                         crate::metrics::ledger_transfer(created.code);
                     }
-                    applied
+                    let _ = reply.send(applied);
                 };
-                submit(&state.store, op, reply).await;
+                state.store.submit(op, answer).await;
             }
             LedgerMsg::Settle { id, action, reply } => {
                 crate::work_failpoint!("ledger.handle");

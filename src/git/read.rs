@@ -127,12 +127,19 @@ fn failed<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> GitError {
     }
 }
 
-/// Runs a gix question on the blocking pool.
+/// How long a caller waits for a gix answer. These are file reads that take microseconds; the
+/// bound is for a pathological repository (or a revision such as `:/text` that searches history):
+/// the caller moves on — the intake and deploy checks to the `git` binary, a commit or delivery
+/// with a `GitError::Timeout` like a git call that ran out of time.
+const QUESTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs a gix question on the blocking pool, bounded by [`QUESTION_TIMEOUT`].
 async fn blocking<T: Send + 'static>(
     what: &'static str,
     question: impl FnOnce() -> Result<T, GitError> + Send + 'static,
 ) -> Result<T, GitError> {
-    tokio::task::spawn_blocking(question)
-        .await
-        .map_err(failed(what))?
+    match tokio::time::timeout(QUESTION_TIMEOUT, tokio::task::spawn_blocking(question)).await {
+        Ok(answer) => answer.map_err(failed(what))?,
+        Err(_) => Err(GitError::Timeout { args: what.into() }),
+    }
 }

@@ -47,8 +47,6 @@ pub struct WriterHealth {
     group_started_ms: AtomicU64,
     /// Groups committed since start.
     groups: AtomicU64,
-    /// Jobs answered since start.
-    jobs: AtomicU64,
     /// Set by the watchdog while the running group is older than the stall bound.
     stalled: AtomicBool,
     /// Whether the thread ended (every handle dropped, or it died).
@@ -77,11 +75,6 @@ impl WriterHealth {
     /// Groups committed since start.
     pub fn groups(&self) -> u64 {
         self.groups.load(Ordering::Relaxed)
-    }
-
-    /// Jobs answered since start.
-    pub fn jobs(&self) -> u64 {
-        self.jobs.load(Ordering::Relaxed)
     }
 }
 
@@ -302,7 +295,6 @@ pub fn run(
         }
         crate::metrics::store_group(group_jobs);
         health.groups.fetch_add(1, Ordering::Relaxed);
-        health.jobs.fetch_add(count, Ordering::Relaxed);
         health.group_started_ms.store(0, Ordering::Release);
     }
 }

@@ -92,6 +92,17 @@ async fn start(root: &Path, ops_yaml: &str, env: Vec<(String, String)>) -> Servi
     Service::start_with(root, options).await
 }
 
+/// Asks for a deploy of `app` and waits until it is healthy; the record.
+async fn deploy_healthy(service: &Service, app: &str) -> Value {
+    let (status, record) = service.post("/v1/deploys", &json!({"app": app})).await;
+    assert_eq!(status, 201, "{record}");
+    let id = record["id"].as_str().unwrap();
+    wait_until(service, &format!("/v1/deploys/{id}"), |d| {
+        d["status"] == "healthy"
+    })
+    .await
+}
+
 /// Polls `GET path` until it answers 200 and `done(body)` holds; panics with the body and the log
 /// on timeout.
 async fn wait_until(service: &Service, path: &str, done: impl Fn(&Value) -> bool) -> Value {
@@ -737,13 +748,7 @@ async fn a_runbook_action_is_charged_for_its_command_seconds() {
         repo = repo.display()
     );
     let service = start(root.path(), &ops, Vec::new()).await;
-    let (status, record) = service.post("/v1/deploys", &json!({"app": "svc"})).await;
-    assert_eq!(status, 201, "{record}");
-    let id = record["id"].as_str().unwrap();
-    wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
-        d["status"] == "healthy"
-    })
-    .await;
+    deploy_healthy(&service, "svc").await;
 
     // The starter runbook for a failing health check restarts the app; the restart's commands
     // are paid by the install's account to Uplink-Deploy.
@@ -952,13 +957,7 @@ async fn an_alert_storm_leaves_the_service_responsive() {
     let repo = sample_repo(root.path());
     let port = free_port();
     let mut service = start(root.path(), &local_ops(&repo, port, 0, ""), Vec::new()).await;
-    let (status, record) = service.post("/v1/deploys", &json!({"app": "web"})).await;
-    assert_eq!(status, 201, "{record}");
-    let id = record["id"].as_str().unwrap();
-    wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
-        d["status"] == "healthy"
-    })
-    .await;
+    deploy_healthy(&service, "web").await;
 
     let alerts: Vec<Value> = (0..ALERTS)
         .map(|n| {
@@ -1034,13 +1033,7 @@ async fn a_healthy_app_comes_back_after_the_service_is_killed() {
     let port = free_port();
     let ops = local_ops(&repo, port, 0, "");
     let mut service = start(root.path(), &ops, Vec::new()).await;
-    let (status, record) = service.post("/v1/deploys", &json!({"app": "web"})).await;
-    assert_eq!(status, 201, "{record}");
-    let id = record["id"].as_str().unwrap();
-    wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
-        d["status"] == "healthy"
-    })
-    .await;
+    deploy_healthy(&service, "web").await;
     let first = wait_for_app(port, |_| true).await;
     service.kill_9();
     let service = start(root.path(), &ops, Vec::new()).await;
