@@ -13,7 +13,7 @@
 # Five git processes. glitchlab does the same work for a task (plus its checks, its records and a
 # verify command), so `benches/load.rs` reports its submit → done p50 as a ratio of this p50.
 #
-# Like glitchlab's own git calls (src/git.rs), git here reads no global or system configuration,
+# Like glitchlab's own git calls (src/platform/git/mod.rs), git here reads no global or system configuration,
 # so a user's hooks or settings cannot make the floor slower or faster than the service.
 # The last line is machine-readable: `runs=N p50_ms=X p95_ms=Y min_ms=Z max_ms=W`.
 set -euo pipefail

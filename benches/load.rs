@@ -330,7 +330,7 @@ impl Service {
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        glitchlab::process::kill_orphans(&self.instance);
+        glitchlab::platform::process::kill_orphans(&self.instance);
     }
 
     /// With `LOAD_BENCH_STACKS_DIR` set, every thread's stack (gdb) into `<dir>/<level>.txt`.

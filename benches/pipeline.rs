@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use glitchlab::app::startup::Application;
 use glitchlab::config::Config;
-use glitchlab::startup::Application;
 use serde_json::{json, Value};
 
 const SEQUENTIAL_TASKS: usize = 30;
@@ -105,7 +105,7 @@ async fn main() {
     config.storage.data_dir = root.path().join("data");
     config.paths.actors_dir = root.path().join("no-actors");
     // In-process, this binary is the bench, not `glitchlab`: it cannot be the sandbox helper.
-    config.governance.sandbox = glitchlab::sandbox::SandboxMode::Off;
+    config.governance.sandbox = glitchlab::platform::sandbox::SandboxMode::Off;
     let application = Application::build(config).await.unwrap();
     let base = format!("http://{}", application.addr().unwrap());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

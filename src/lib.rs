@@ -1,42 +1,26 @@
 //! glitchlab: a long-running service that runs a software project with AI personas.
 //!
-//! Work comes in over HTTP ([`http`]), is persisted ([`store`]) and driven through a supervision
-//! tree of actors ([`actors`]): Compass at the root queues tasks and spawns one pipeline per task;
-//! Planner plans, Patch implements in a git worktree ([`git`]) through an engine ([`engine`]),
-//! Circuit verifies, Patch delivers. Every subprocess goes through [`process`] (timeouts, bounded
-//! output, process groups).
+//! Work comes in over HTTP, is persisted and driven through a supervision tree of actors: Compass
+//! at the root queues tasks and spawns one pipeline per task; Planner plans, Patch implements in a
+//! git worktree through an engine, Circuit verifies, Patch delivers; the Uplink personas deploy,
+//! watch and respond; the Ledger meters every cost.
 //!
-//! - [`cli`], [`config`], [`telemetry`], [`startup`]: the service around the tree.
-//! - [`domain`]: tasks, events and engine runs, as stored and as served.
-//! - [`definitions`]: persona files (`actors/`), runbooks (`runbooks/`), ops targets (`ops.yaml`).
-//! - [`prompt`]: what a persona hands its engine.
-//! - [`sandbox`]: Landlock confinement of engine and verify processes (`sandbox-exec`).
-//! - [`executor`]: the governed executor's rules (allowlists, deny list, secrets redaction).
-//! - [`openai`]: the `openai` engine's client (any OpenAI-compatible chat-completions endpoint).
-//! - [`metering`]: task budgets reserved in the Ledger, engine runs charged, settlement.
-//! - [`metrics`]: the Prometheus metrics (names, labels, recording) `GET /metrics` serves.
-//! - [`intake`]: how a task gets in (validation, idempotency, the queue bound), for HTTP and ops.
-//! - [`ledger`]: the double-entry token books (accounts, transfers, audit) the Ledger actor writes.
-//! - [`ops`]: deploys, health checks, maintenance checks and incidents (the Uplink personas' work).
+//! The modules are layers, each importing only those below it (`tests/it/layers.rs` enforces it):
+//!
+//! 1. [`model`]: the shared vocabulary — plain types, no tokio, sled or ractor.
+//! 2. [`config`]: the service's configuration, persona files, runbooks and `ops.yaml`.
+//! 3. [`platform`]: process, sandbox, git, executor rules, model client, prompts, metrics.
+//! 4. [`storage`]: the store and its one writer, the token books, ops' records.
+//! 5. [`runtime`]: the context handle, the live tree, and the clients of the actors others call.
+//! 6. [`work`]: engine runs, metering, intake, task actions, ops orchestration.
+//! 7. [`actors`]: the supervision tree's actors.
+//! 8. [`app`]: the HTTP ingress, the command line, start-up.
 
 pub mod actors;
-pub mod cli;
+pub mod app;
 pub mod config;
-pub mod definitions;
-pub mod domain;
-pub mod engine;
-pub mod executor;
-pub mod git;
-pub mod http;
-pub mod intake;
-pub mod ledger;
-pub mod metering;
-pub mod metrics;
-pub mod openai;
-pub mod ops;
-pub mod process;
-pub mod prompt;
-pub mod sandbox;
-pub mod startup;
-pub mod store;
-pub mod telemetry;
+pub mod model;
+pub mod platform;
+pub mod runtime;
+pub mod storage;
+pub mod work;

@@ -3,18 +3,18 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use glitchlab::cli::{Cli, Command, ServeArgs};
+use glitchlab::app::cli::{Cli, Command, ServeArgs};
+use glitchlab::app::startup::Application;
 use glitchlab::config::Config;
-use glitchlab::startup::Application;
 
 fn main() -> ExitCode {
     // The sandbox helper confines itself and execs the command: no runtime, no threads, no logs.
     let mut args = std::env::args_os();
     if args
         .nth(1)
-        .is_some_and(|arg| arg == glitchlab::sandbox::SANDBOX_SUBCOMMAND)
+        .is_some_and(|arg| arg == glitchlab::platform::sandbox::SANDBOX_SUBCOMMAND)
     {
-        glitchlab::sandbox::exec_main(args.collect());
+        glitchlab::platform::sandbox::exec_main(args.collect());
     }
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -29,14 +29,14 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> ExitCode {
-    glitchlab::telemetry::init();
+    glitchlab::platform::telemetry::init();
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Ledger(args) => glitchlab::ledger::cli::run(args).await,
-        Command::Ops(args) => glitchlab::ops::cli::run(args).await,
+        Command::Ledger(args) => glitchlab::app::cli::ledger::run(args).await,
+        Command::Ops(args) => glitchlab::app::cli::ops::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

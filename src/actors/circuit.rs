@@ -4,12 +4,12 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use uuid::Uuid;
 
-use super::jobs::{InFlightJobs, JobKey, JobReply, StageError};
-use super::patch::branch_name;
-use super::Services;
-use crate::domain::{EngineSpec, Stage, Task, TaskId};
-use crate::engine::{self, RunIdentity, ShellRun};
-use crate::git::Git;
+use crate::model::task::branch_name;
+use crate::model::task::{EngineSpec, Stage, Task, TaskId};
+use crate::platform::git::Git;
+use crate::runtime::jobs::{InFlightJobs, JobKey, JobReply, StageError};
+use crate::runtime::Services;
+use crate::work::engine::{self, RunIdentity, ShellRun};
 
 /// The Circuit persona.
 pub struct Circuit;
@@ -152,14 +152,14 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
         if let Some(reasons) = judge(&services, &task, &provider, &output).await? {
             return Ok(VerifyOutcome {
                 passed: false,
-                output: crate::process::keep_tail(&reasons, feedback_max),
+                output: crate::platform::process::keep_tail(&reasons, feedback_max),
                 run_id: run.id,
             });
         }
     }
     Ok(VerifyOutcome {
         passed: run.succeeded(),
-        output: crate::process::keep_tail(&output, feedback_max),
+        output: crate::platform::process::keep_tail(&output, feedback_max),
         run_id: run.id,
     })
 }
@@ -188,8 +188,8 @@ async fn judge(
          # Answer\n\nAnswer with one JSON object and nothing else: \
          {{\"verdict\": \"pass\" | \"fail\", \"reasons\": [string]}}.\n",
         task.title,
-        crate::process::keep_tail(&diff, JUDGE_DIFF_BYTES_MAX),
-        crate::process::keep_tail(test_output, JUDGE_DIFF_BYTES_MAX),
+        crate::platform::process::keep_tail(&diff, JUDGE_DIFF_BYTES_MAX),
+        crate::platform::process::keep_tail(test_output, JUDGE_DIFF_BYTES_MAX),
     );
     let who = RunIdentity {
         task_id: task.id,
@@ -207,8 +207,8 @@ async fn judge(
         task.budget.max_tokens,
     )
     .await?;
-    let verdict =
-        crate::openai::json_in(&answer).and_then(|json| serde_json::from_str::<Verdict>(json).ok());
+    let verdict = crate::platform::openai::json_in(&answer)
+        .and_then(|json| serde_json::from_str::<Verdict>(json).ok());
     Ok(match verdict {
         Some(Verdict { verdict, .. }) if verdict == "pass" => None,
         Some(Verdict { reasons, .. }) => Some(format!(

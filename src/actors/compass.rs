@@ -13,22 +13,22 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, Super
 use serde_json::json;
 
 use super::circuit::{Circuit, CircuitArguments, CircuitMsg};
-use super::directory::{ActorEntry, ActorHealth};
 use super::ledger::{Ledger, LedgerArguments};
 use super::patch::{Patch, PatchArguments, PatchMsg};
 use super::pipeline::{Pipeline, PipelineArguments, PipelineMsg};
 use super::planner::{Planner, PlannerArguments, PlannerMsg};
-use super::supervision::{RestartDecision, RestartHistory};
-use super::transitions::{self, Readiness, TaskActionError};
 use super::uplink_deploy::{UplinkDeploy, UplinkDeployArguments};
 use super::uplink_respond::{UplinkRespond, UplinkRespondArguments};
 use super::uplink_watch::{UplinkWatch, UplinkWatchArguments};
-use super::Services;
-use crate::definitions::PERSONAS;
-use crate::domain::{Priority, Task, TaskId, TaskStatus};
-use crate::metering;
-use crate::metrics;
-use crate::store::{NewEvent, StoreError};
+use crate::config::definitions::PERSONAS;
+use crate::model::task::{Priority, Task, TaskId, TaskStatus};
+use crate::platform::metrics;
+use crate::runtime::directory::{ActorEntry, ActorHealth};
+use crate::runtime::supervision::{RestartDecision, RestartHistory};
+use crate::runtime::Services;
+use crate::storage::store::{NewEvent, StoreError};
+use crate::work::metering;
+use crate::work::transitions::{self, Readiness, TaskActionError};
 
 /// How long Compass waits for its children to stop on shutdown.
 const SHUTDOWN_CHILDREN_TIMEOUT: Duration = Duration::from_secs(15);

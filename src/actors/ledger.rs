@@ -23,14 +23,14 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 
-use super::directory::ActorDirectory;
-use super::Services;
-use crate::ledger::book::{self, Settle};
-use crate::ledger::{
+use crate::model::ledger::{
     builtin_accounts, local_funding_transfer_id, Account, Applied, Audit, LedgerConfig,
     LedgerError, NewAccount, NewTransfer, Transfer, CODE_MINT, MINT_ACCOUNT,
 };
-use crate::store::{Batch, Store};
+use crate::runtime::directory::ActorDirectory;
+use crate::runtime::Services;
+use crate::storage::ledger::{self as book, Settle};
+use crate::storage::store::{Batch, Store};
 
 /// How long a caller waits for a restarting Ledger to come back.
 pub const LEDGER_RESTART_WAIT: Duration = Duration::from_secs(5);
@@ -149,7 +149,7 @@ impl Actor for Ledger {
                 // Counted once durable, like every other answer.
                 let answer = move |applied: Result<Applied<Transfer>, LedgerError>| {
                     if let Ok(Applied::Created(created)) = &applied {
-                        crate::metrics::ledger_transfer(created.code);
+                        crate::platform::metrics::ledger_transfer(created.code);
                     }
                     let _ = reply.send(applied);
                 };
@@ -232,7 +232,7 @@ fn open_builtin_accounts(batch: &mut Batch<'_>, config: &LedgerConfig) -> Result
     match book::apply_transfer(batch, &funding, Utc::now()) {
         Ok(applied) if !applied.is_replay() => {
             tracing::info!(account = %config.local_account, amount = config.local_funding, "funded the local account");
-            crate::metrics::ledger_transfer(CODE_MINT);
+            crate::platform::metrics::ledger_transfer(CODE_MINT);
             Ok(())
         }
         Ok(_) => Ok(()),

@@ -8,12 +8,12 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::jobs::{InFlightJobs, JobKey, JobReply, StageError};
-use super::Services;
-use crate::domain::{Delivery, EngineRun, EngineSpec, Stage, Task, TaskId};
-use crate::engine::{self, RunIdentity, ShellRun};
-use crate::git::{self, DeliverError, DeliverStep, Git};
-use crate::prompt;
+use crate::model::task::{branch_name, Delivery, EngineRun, EngineSpec, Stage, Task, TaskId};
+use crate::platform::git::{self, DeliverError, DeliverStep, Git};
+use crate::platform::prompt;
+use crate::runtime::jobs::{InFlightJobs, JobKey, JobReply, StageError};
+use crate::runtime::Services;
+use crate::work::engine::{self, RunIdentity, ShellRun};
 
 /// The Patch persona.
 pub struct Patch;
@@ -152,11 +152,6 @@ fn delivery_lock(locks: &DeliveryLocks, task: &Task) -> Arc<tokio::sync::Mutex<(
         .clone()
 }
 
-/// The branch a task's work lives on.
-pub fn branch_name(task_id: TaskId) -> String {
-    format!("glitchlab/{task_id}")
-}
-
 async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, StageError> {
     engine::wall_budget_left(&task)?;
     let git_timeout = services.config.git.timeout();
@@ -276,7 +271,7 @@ fn shell_failure(services: &Services, run: &EngineRun) -> Result<Option<String>,
     if run.succeeded() {
         return Ok(None);
     }
-    let output = crate::process::keep_tail(
+    let output = crate::platform::process::keep_tail(
         &run.combined_output(),
         services.config.engines.feedback_bytes_max,
     );
@@ -333,7 +328,7 @@ async fn edit_with_model(
         task.budget.max_tokens,
     )
     .await?;
-    let edits = match crate::openai::json_in(&answer).map(serde_json::from_str::<Edits>) {
+    let edits = match crate::platform::openai::json_in(&answer).map(serde_json::from_str::<Edits>) {
         Some(Ok(edits)) => edits.edits,
         Some(Err(error)) => return Ok(Some(format!("the edits were not valid JSON: {error}"))),
         None => return Ok(Some("the answer held no JSON object with edits".into())),

@@ -14,14 +14,15 @@ use serde_json::json;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::circuit::{CircuitMsg, VerifyOutcome};
-use super::jobs::{call_persona, spawn_job, CallLimits, StageError};
-use super::patch::{branch_name, ImplementOutcome, PatchMsg};
+use super::patch::{ImplementOutcome, PatchMsg};
 use super::planner::PlannerMsg;
-use super::transitions;
-use super::Services;
-use crate::domain::{ErrorInfo, Plan, Stage, Task, TaskId, TaskStatus};
-use crate::git::DeliverStep;
-use crate::store::{NewEvent, StoreError};
+use crate::model::task::branch_name;
+use crate::model::task::{ErrorInfo, Plan, Stage, Task, TaskId, TaskStatus};
+use crate::platform::git::DeliverStep;
+use crate::runtime::jobs::{call_persona, spawn_job, CallLimits, StageError};
+use crate::runtime::Services;
+use crate::storage::store::{NewEvent, StoreError};
+use crate::work::transitions;
 
 /// Added to a stage's own timeouts before its persona call is given up.
 const CALL_TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
@@ -563,7 +564,7 @@ async fn failed_attempt(
     code: &str,
 ) -> Result<(), StoreError> {
     let stage = task.stage.unwrap_or(Stage::Verify);
-    let tail = crate::process::keep_tail(&output, FAILURE_TAIL_BYTES);
+    let tail = crate::platform::process::keep_tail(&output, FAILURE_TAIL_BYTES);
     let can_retry = task.attempts < task.max_attempts && task.stages.contains(&Stage::Implement);
     if !can_retry {
         let message = format!(

@@ -4,13 +4,13 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::jobs::{InFlightJobs, JobKey, JobReply, StageError};
-use super::patch::branch_name;
-use super::Services;
-use crate::domain::{EngineSpec, Plan, Stage, Task, TaskId};
-use crate::engine::{self, RunIdentity, ShellRun};
-use crate::git::Git;
-use crate::prompt;
+use crate::model::task::branch_name;
+use crate::model::task::{EngineSpec, Plan, Stage, Task, TaskId};
+use crate::platform::git::Git;
+use crate::platform::prompt;
+use crate::runtime::jobs::{InFlightJobs, JobKey, JobReply, StageError};
+use crate::runtime::Services;
+use crate::work::engine::{self, RunIdentity, ShellRun};
 
 /// The Planner persona.
 pub struct Planner;
@@ -203,7 +203,7 @@ async fn plan_with_model(
 
 /// Parses and checks a model's plan: a summary, at least one titled step, a known risk.
 pub fn parse_plan(answer: &str) -> Result<Plan, String> {
-    let json = crate::openai::json_in(answer).ok_or("the answer holds no JSON object")?;
+    let json = crate::platform::openai::json_in(answer).ok_or("the answer holds no JSON object")?;
     let plan: Plan = serde_json::from_str(json).map_err(|e| format!("not a plan: {e}"))?;
     if plan.summary.trim().is_empty() {
         return Err("summary is empty".into());

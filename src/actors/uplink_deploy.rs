@@ -1,6 +1,6 @@
 //! Uplink-Deploy: the deploy pipeline's persona. It takes deploy requests (HTTP, CLI, a delivered
 //! task that names `deploy: <app>`), gates them (burn-in, from the stored records), runs one
-//! deploy per app at a time in a job ([`crate::ops::deploy::run`]) while the others queue, owns
+//! deploy per app at a time in a job ([`crate::work::ops::deploy::run`]) while the others queue, owns
 //! the running local releases, and performs the app actions incident runbooks ask for (restart,
 //! rollback, scale). A deploy that ends unhealthy or failed becomes a signal for Uplink-Respond.
 
@@ -12,16 +12,17 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::jobs::{spawn_job, StageError};
 use super::uplink_respond::send_signals;
-use super::Services;
-use crate::domain::TaskId;
-use crate::ops::billing;
-use crate::ops::deploy::{self, DeployContext};
-use crate::ops::provider::{self, LocalRuntime, ProviderContext};
-use crate::ops::records::{DeployRecord, DeployStatus, OpsStore, Signal};
-use crate::ops::spec::{AppSpec, ProviderKind};
-use crate::ops::{probe, OpsError};
+use crate::model::ops::records::{DeployRecord, DeployStatus, Signal};
+use crate::model::ops::spec::{AppSpec, ProviderKind};
+use crate::model::task::TaskId;
+use crate::runtime::jobs::{spawn_job, StageError};
+use crate::runtime::Services;
+use crate::storage::ops::OpsStore;
+use crate::work::ops::billing;
+use crate::work::ops::deploy::{self, DeployContext};
+use crate::work::ops::provider::{self, LocalRuntime, ProviderContext};
+use crate::work::ops::{probe, OpsError};
 
 /// Deploys of one app that may wait (queued or awaiting approval) at once.
 pub const DEPLOYS_WAITING_MAX: usize = 16;
@@ -211,7 +212,7 @@ impl Actor for UplinkDeploy {
             } => {
                 let outcome = decide(state, &id, approve, comment).await;
                 if let Ok(record) = &outcome {
-                    crate::metrics::deploy_finished(record);
+                    crate::platform::metrics::deploy_finished(record);
                     if record.status.is_terminal() {
                         settle_later(&state.services, record.clone());
                     }
@@ -249,7 +250,7 @@ async fn recover(
                     .ops
                     .update_deploy(&record.id, |d| {
                         d.status = DeployStatus::Failed;
-                        d.error = Some(crate::domain::ErrorInfo::new(
+                        d.error = Some(crate::model::task::ErrorInfo::new(
                             "DEPLOY_INTERRUPTED",
                             "Uplink-Deploy stopped while this deploy ran",
                         ));
@@ -257,7 +258,7 @@ async fn recover(
                     })
                     .await?;
                 record = updated.unwrap_or(record);
-                crate::metrics::deploy_finished(&record);
+                crate::platform::metrics::deploy_finished(&record);
             }
             // Ended before the last incarnation could settle it (reads only when nothing is owed).
             if billing::needs_settling(&state.services, &record)
@@ -296,7 +297,7 @@ async fn request_missed_task_deploys(
         let Some(app) = task.deploy.as_deref() else {
             continue;
         };
-        if task.status != crate::domain::TaskStatus::Done
+        if task.status != crate::model::task::TaskStatus::Done
             || !state.services.definitions.ops.apps.contains_key(app)
         {
             continue;
@@ -379,7 +380,7 @@ async fn refuse_unknown_commit(repo: &std::path::Path, reference: &str) -> Resul
             "`{reference}` is not a commit"
         )));
     }
-    match crate::git::read::resolve_commit(repo, reference).await {
+    match crate::platform::git::read::resolve_commit(repo, reference).await {
         Ok(None) => Err(OpsError::UnknownCommit(format!(
             "no commit `{reference}` in {}",
             repo.display()
@@ -499,7 +500,7 @@ async fn decide(
     if record.status != DeployStatus::AwaitingApproval {
         return Err(OpsError::InvalidState(format!(
             "deploy {id} is {}, not awaiting approval",
-            crate::ops::wire_name(&record.status)
+            crate::model::ops::wire_name(&record.status)
         )));
     }
     let updated = state
@@ -586,7 +587,7 @@ fn on_deploy_done(
         }
     };
     tracing::info!(app, deploy = %record.id, status = ?record.status, "deploy finished");
-    crate::metrics::deploy_finished(&record);
+    crate::platform::metrics::deploy_finished(&record);
     settle_later(&state.services, (*record).clone());
     let signal_name = match record.status {
         DeployStatus::RolledBack => "deploy_unhealthy",
@@ -695,7 +696,7 @@ async fn perform(ctx: &DeployContext, action: AppAction) -> Result<String, OpsEr
 
 /// Asks the current Uplink-Deploy incarnation to act on an app and waits (bounded) for the end.
 pub async fn act(
-    directory: &super::directory::ActorDirectory,
+    directory: &crate::runtime::directory::ActorDirectory,
     app: &str,
     action: AppAction,
     timeout: Duration,
@@ -715,16 +716,16 @@ pub async fn act(
 
 /// The current Uplink-Deploy incarnation.
 pub async fn current(
-    directory: &super::directory::ActorDirectory,
+    directory: &crate::runtime::directory::ActorDirectory,
 ) -> Result<ActorRef<UplinkDeployMsg>, OpsError> {
-    crate::ops::current_persona(directory, "uplink-deploy", PERSONA_WAIT).await
+    crate::work::ops::current_persona(directory, "uplink-deploy", PERSONA_WAIT).await
 }
 
 /// Flattens a call to Uplink-Deploy.
 pub fn unwrap_call<T>(
     result: Result<CallResult<Result<T, OpsError>>, ractor::MessagingErr<UplinkDeployMsg>>,
 ) -> Result<T, OpsError> {
-    crate::ops::flatten_call("uplink-deploy", result)
+    crate::work::ops::flatten_call("uplink-deploy", result)
 }
 
 /// How often a task's `deploy` stage looks at its deploy record.
@@ -736,7 +737,7 @@ const DEPLOY_POLL: Duration = Duration::from_millis(250);
 /// `DEPLOY_FAILED`; a deploy still running when the wait ends goes on without the task.
 pub async fn deploy_stage(
     services: &Services,
-    task: &crate::domain::Task,
+    task: &crate::model::task::Task,
     wait: Duration,
 ) -> Result<String, StageError> {
     let app = task.deploy.clone().ok_or_else(|| {
@@ -773,7 +774,7 @@ pub async fn deploy_stage(
             return Err(StageError::DeployFailed(format!(
                 "deploy {} of `{app}` ended {}{why}",
                 current.id,
-                crate::ops::wire_name(&current.status)
+                crate::model::ops::wire_name(&current.status)
             )));
         }
         if tokio::time::Instant::now() >= deadline {
@@ -781,7 +782,7 @@ pub async fn deploy_stage(
                 "deploy {} of `{app}` is still {} after {}s (compass.deploy_wait_secs); it goes on \
                  without the task",
                 current.id,
-                crate::ops::wire_name(&current.status),
+                crate::model::ops::wire_name(&current.status),
                 wait.as_secs()
             )));
         }

@@ -2,7 +2,7 @@
 //! `POST /v1/alerts`; a repeat of an unresolved incident's fingerprint within
 //! [`DEDUP_WINDOW`] attaches to it. A new incident is classified by the first matching runbook
 //! (none → `needs_human`, nothing done), then its response — diagnose, steps, resolve,
-//! postmortem — runs in a job ([`crate::ops::incident::respond`]).
+//! postmortem — runs in a job ([`crate::work::ops::incident::respond`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,13 +13,14 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::jobs::spawn_job;
-use super::Services;
-use crate::ops::billing;
-use crate::ops::incident::{self, RespondContext};
-use crate::ops::provider::{LocalRuntime, ProviderContext};
-use crate::ops::records::{Incident, IncidentStatus, OpsStore, Signal};
-use crate::ops::OpsError;
+use crate::model::ops::records::{Incident, IncidentStatus, Signal};
+use crate::runtime::jobs::spawn_job;
+use crate::runtime::Services;
+use crate::storage::ops::OpsStore;
+use crate::work::ops::billing;
+use crate::work::ops::incident::{self, RespondContext};
+use crate::work::ops::provider::{LocalRuntime, ProviderContext};
+use crate::work::ops::OpsError;
 
 /// A repeat of an unresolved incident's fingerprint within this window attaches to it.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -218,7 +219,7 @@ async fn on_signal(
         );
     }
     state.ctx.ops.put_incident(&opened).await?;
-    crate::metrics::incident_opened(&state.ctx.services.definitions.ops, &opened);
+    crate::platform::metrics::incident_opened(&state.ctx.services.definitions.ops, &opened);
     tracing::warn!(incident = %opened.id, app = %opened.app, status = ?opened.status, runbook = ?opened.runbook, "incident opened");
     if opened.status == IncidentStatus::Open {
         start_response(myself, state, opened.id.clone(), 0, None);
@@ -340,7 +341,7 @@ pub async fn call_signals(
         },
         Some(SIGNAL_CALL_TIMEOUT),
     );
-    crate::ops::flatten_call("uplink-respond", call.await)
+    crate::work::ops::flatten_call("uplink-respond", call.await)
 }
 
 /// Asks the current Uplink-Respond to approve or reject an incident's gated step.
@@ -359,10 +360,11 @@ pub async fn call_decide(
         },
         Some(SIGNAL_CALL_TIMEOUT),
     );
-    crate::ops::flatten_call("uplink-respond", call.await)
+    crate::work::ops::flatten_call("uplink-respond", call.await)
 }
 
 /// The current Uplink-Respond incarnation.
 async fn current(services: &Services) -> Result<ActorRef<UplinkRespondMsg>, OpsError> {
-    crate::ops::current_persona(&services.directory, "uplink-respond", SIGNAL_CALL_TIMEOUT).await
+    crate::work::ops::current_persona(&services.directory, "uplink-respond", SIGNAL_CALL_TIMEOUT)
+        .await
 }

@@ -1,5 +1,5 @@
 //! Uplink-Watch: periodic read-only checks on cron schedules (with a seconds field). Each due
-//! check runs in a job ([`crate::ops::probe::run_check`]); its result comes back as a message, is
+//! check runs in a job ([`crate::work::ops::probe::run_check`]); its result comes back as a message, is
 //! stored, and a failure becomes a signal for Uplink-Respond. Watch never acts on an app itself.
 //! Checks of an app pause while it is being deployed and before its first release.
 
@@ -12,13 +12,14 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::jobs::spawn_job;
 use super::uplink_respond::send_signals;
-use super::Services;
-use crate::ops::provider::{LocalRuntime, ProviderContext};
-use crate::ops::records::{CheckResult, OpsStore, Signal};
-use crate::ops::spec::{CheckKind, CheckSpec};
-use crate::ops::{billing, probe};
+use crate::model::ops::records::{CheckResult, Signal};
+use crate::model::ops::spec::{CheckKind, CheckSpec};
+use crate::runtime::jobs::spawn_job;
+use crate::runtime::Services;
+use crate::storage::ops::OpsStore;
+use crate::work::ops::provider::{LocalRuntime, ProviderContext};
+use crate::work::ops::{billing, probe};
 
 /// How often Watch looks for due checks: the resolution of its schedules.
 const TICK: Duration = Duration::from_millis(200);
@@ -177,7 +178,7 @@ fn ticker(myself: ActorRef<UplinkWatchMsg>) -> AbortOnDropHandle<()> {
 async fn on_tick(
     myself: &ActorRef<UplinkWatchMsg>,
     state: &mut UplinkWatchState,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<(), crate::storage::store::StoreError> {
     let now = Utc::now();
     for index in 0..state.checks.len() {
         let due = {
@@ -198,7 +199,10 @@ async fn on_tick(
 }
 
 /// Whether the check's app is being deployed, or (for app-bound kinds) has no release yet.
-async fn paused(state: &UplinkWatchState, index: usize) -> Result<bool, crate::store::StoreError> {
+async fn paused(
+    state: &UplinkWatchState,
+    index: usize,
+) -> Result<bool, crate::storage::store::StoreError> {
     let check = &state.checks[index];
     let release = state.ops.release(&check.app).await?;
     let bound_to_release = matches!(check.spec.kind, CheckKind::Http | CheckKind::Process);
@@ -272,12 +276,12 @@ async fn on_check_done(
     state: &mut UplinkWatchState,
     index: usize,
     result: CheckResult,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<(), crate::storage::store::StoreError> {
     if let Some(check) = state.checks.get_mut(index) {
         check.running = None;
     }
     state.ops.record_check(&result).await?;
-    crate::metrics::check_finished(&result);
+    crate::platform::metrics::check_finished(&result);
     if !result.failed() {
         return Ok(());
     }
@@ -293,7 +297,10 @@ async fn on_check_done(
         summary: format!("check `{}` failed: {}", result.check, result.detail),
         labels: [
             ("check".to_owned(), result.check.clone()),
-            ("kind".to_owned(), crate::ops::wire_name(&result.kind)),
+            (
+                "kind".to_owned(),
+                crate::model::ops::wire_name(&result.kind),
+            ),
         ]
         .into(),
         source: "watch".into(),

@@ -1,5 +1,5 @@
 //! `GET /v1/openapi.json` against the real service: an OpenAPI 3 document that lists exactly the
-//! routes of `src/http/mod.rs`, each of which the service answers (never the router's fallback)
+//! routes of `src/app/http/mod.rs`, each of which the service answers (never the router's fallback)
 //! with a status the document names.
 
 use serde_json::{json, Value};
@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use crate::helpers::Service;
 
 /// The router's source: every route registered there must be in the document, and nothing else.
-const ROUTER_SOURCE: &str = include_str!("../../src/http/mod.rs");
+const ROUTER_SOURCE: &str = include_str!("../../src/app/http/mod.rs");
 
 /// Stands in for every path parameter: a UUID no record has (and a valid ledger id).
 const DUMMY_ID: &str = "00000000-0000-0000-0000-000000000000";

@@ -1,0 +1,128 @@
+//! The one error shape of the HTTP edge: `{"error":{"code":"SNAKE_CASE","message":"..."}}`.
+//! Internal failures are logged in full and answered with a stable code and a generic message.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// An error answered to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after_secs: Option<u64>,
+}
+
+/// The body of every error answer: `{"error":{"code","message"}}`. `ApiError` serializes this
+/// very type, so the OpenAPI document (which references it) and the wire agree.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The one error.
+    pub error: ErrorDetail,
+}
+
+/// The `error` of an [`ErrorBody`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable SCREAMING_SNAKE_CASE code clients branch on (`TASK_NOT_FOUND`, `INVALID_FIELD`, ...).
+    pub code: String,
+    /// What happened, for a human; never an internal cause (those are only logged).
+    pub message: String,
+}
+
+impl ApiError {
+    /// Any status and code.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// 400: the body is not JSON.
+    pub fn invalid_json(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "INVALID_JSON", message)
+    }
+
+    /// 422: the JSON is well-formed but a field is wrong.
+    pub fn invalid_field(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_FIELD", message)
+    }
+
+    /// 422 with a specific code.
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    /// 404 with a specific code.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 409 with a specific code.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// 429 with a `Retry-After` header.
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after_secs: Some(retry_after_secs),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+        }
+    }
+
+    /// 500: logs the cause, tells the client only that it happened.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error answering a request");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "internal error; see the service log",
+        )
+    }
+
+    /// 503: a part of the service is down.
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+}
+
+/// Seconds a client is told to wait after the store pushed back.
+const STORE_RETRY_AFTER_SECS: u64 = 1;
+
+impl From<crate::storage::store::StoreError> for ApiError {
+    fn from(error: crate::storage::store::StoreError) -> Self {
+        if error.is_overload() {
+            tracing::warn!(%error, "storage pushed back");
+            return Self {
+                retry_after_secs: Some(STORE_RETRY_AFTER_SECS),
+                ..Self::unavailable(error.code(), error.to_string())
+            };
+        }
+        Self::internal(error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

@@ -1,0 +1,118 @@
+//! The HTTP ingress (axum). Only this module knows HTTP and the JSON error shape.
+
+pub mod error;
+pub mod json;
+pub mod ledger;
+pub mod openapi;
+pub mod ops;
+pub mod report;
+pub mod stream;
+pub mod system;
+pub mod tasks;
+
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use ractor::ActorRef;
+use tower_http::trace::TraceLayer;
+
+use crate::actors::compass::CompassMsg;
+use crate::runtime::Services;
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Store, directory, config.
+    pub services: Services,
+    /// The root of the tree: where new tasks and cancels go.
+    pub compass: ActorRef<CompassMsg>,
+    /// The budget of open event streams.
+    pub streams: stream::StreamSlots,
+}
+
+/// The whole router.
+pub fn router(app: AppState) -> Router {
+    let body_bytes_max = app.services.config.server.body_bytes_max;
+    let v1 = Router::new()
+        .route("/tasks", post(tasks::submit).get(tasks::list))
+        .route("/tasks/{id}", get(tasks::get))
+        .route("/tasks/{id}/events", get(tasks::events))
+        .route("/tasks/{id}/events/stream", get(stream::task_events))
+        .route("/tasks/{id}/runs", get(tasks::runs))
+        .route("/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/tasks/{id}/approve", post(tasks::approve))
+        .route("/tasks/{id}/reject", post(tasks::reject))
+        .route("/tasks/{id}/retry", post(tasks::retry))
+        .route("/ledger/accounts", post(ledger::open_account))
+        .route("/ledger/accounts/{id}", get(ledger::account))
+        .route("/ledger/accounts/{id}/transfers", get(ledger::history))
+        .route("/ledger/transfers", post(ledger::create_transfer))
+        .route("/ledger/transfers/{id}", get(ledger::transfer))
+        .route("/ledger/transfers/{id}/post", post(ledger::post))
+        .route("/ledger/transfers/{id}/void", post(ledger::void))
+        .route("/ledger/mint", post(ledger::mint))
+        .route("/ledger/audit", get(ledger::audit))
+        .route("/actors", get(system::actors))
+        .route("/personas", get(system::personas))
+        .route("/events", get(system::service_events))
+        .route("/events/stream", get(stream::all_events))
+        .route("/report", get(report::report))
+        .route("/deploys", post(ops::create_deploy).get(ops::list_deploys))
+        .route("/deploys/{id}", get(ops::get_deploy))
+        .route("/deploys/{id}/approve", post(ops::approve_deploy))
+        .route("/deploys/{id}/reject", post(ops::reject_deploy))
+        .route("/checks", get(ops::list_checks))
+        .route("/alerts", post(ops::alerts))
+        .route("/incidents", get(ops::list_incidents))
+        .route("/incidents/{id}", get(ops::get_incident))
+        .route("/incidents/{id}/approve", post(ops::approve_incident))
+        .route("/incidents/{id}/reject", post(ops::reject_incident))
+        .route("/openapi.json", get(openapi::document));
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/metrics", get(system::metrics))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(middleware::from_fn(record_request))
+        .layer(TraceLayer::new_for_http())
+        .with_state(app)
+}
+
+/// Counts and times every request by its matched route pattern (bounded), never its raw path.
+async fn record_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    crate::platform::metrics::http_request(
+        method.as_str(),
+        route.as_deref(),
+        status,
+        started.elapsed(),
+    );
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("NOT_FOUND", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "method not allowed on this route",
+    )
+}

@@ -1,0 +1,231 @@
+//! `GET /v1/openapi.json`: the OpenAPI document of every route, generated from the handlers'
+//! `#[utoipa::path]` annotations and the `ToSchema` derives of the types they read and answer.
+//! `docs/api.md` stays the prose reference; this is its machine-readable twin, and
+//! `tests/it/openapi.rs` checks that it lists exactly the routes of [`super::router`].
+
+use std::sync::OnceLock;
+
+use axum::body::Bytes;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use utoipa::OpenApi;
+
+use super::error::{ApiError, ErrorBody};
+use super::{ledger, ops, report, stream, system, tasks};
+use crate::model::ops::records::{CheckResult, DeployRecord, Incident};
+use crate::model::task::{EngineRun, Event, Task};
+use crate::runtime::directory::ActorEntry;
+
+/// The document: every routed handler, the schemas of their bodies, one tag per area.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "glitchlab",
+        version = env!("CARGO_PKG_VERSION"),
+        description = "Submit tasks that AI personas plan, implement, verify and deliver into a \
+            git repository; pay for them from a double-entry token ledger; deploy apps and handle \
+            their incidents. Every error answers `ErrorBody`: \
+            `{\"error\":{\"code\":\"...\",\"message\":\"...\"}}`. Any route answers \
+            `404 NOT_FOUND` for an unknown path and `405 METHOD_NOT_ALLOWED` for a wrong method.",
+    ),
+    paths(
+        tasks::submit,
+        tasks::list,
+        tasks::get,
+        tasks::events,
+        tasks::runs,
+        tasks::cancel,
+        tasks::approve,
+        tasks::reject,
+        tasks::retry,
+        report::report,
+        ledger::open_account,
+        ledger::account,
+        ledger::history,
+        ledger::create_transfer,
+        ledger::transfer,
+        ledger::post,
+        ledger::void,
+        ledger::mint,
+        ledger::audit,
+        ops::create_deploy,
+        ops::list_deploys,
+        ops::get_deploy,
+        ops::approve_deploy,
+        ops::reject_deploy,
+        ops::list_checks,
+        ops::alerts,
+        ops::list_incidents,
+        ops::get_incident,
+        ops::approve_incident,
+        ops::reject_incident,
+        system::healthz,
+        system::readyz,
+        system::actors,
+        system::personas,
+        system::service_events,
+        system::metrics,
+        stream::task_events,
+        stream::all_events,
+        document,
+    ),
+    // Schemas that untyped (`Object`) answers name in their descriptions; the rest are collected
+    // from the paths.
+    components(schemas(
+        ErrorBody,
+        Task,
+        Event,
+        EngineRun,
+        ActorEntry,
+        CheckResult,
+        DeployRecord,
+        Incident
+    )),
+    tags(
+        (name = "tasks", description = "Submit, list, inspect and act on tasks; the report."),
+        (name = "ledger", description = "The double-entry token ledger: accounts, transfers \
+            (plain and two-phase), history, mint, audit. Amounts are micro-tokens."),
+        (name = "ops", description = "Deploys, health checks, alerts and incidents."),
+        (name = "system", description = "Probes, the supervision tree, personas, service events \
+            and this document."),
+    )
+)]
+pub struct ApiDoc;
+
+/// Response descriptions shared by many operations, so one error reads the same everywhere.
+/// Codes and wording follow `docs/api.md`.
+pub mod describe {
+    /// 400 of a handler that parses a JSON body.
+    pub const INVALID_JSON: &str = "`INVALID_JSON`: the body is not JSON, empty, or unreadable.";
+    /// 413 of a handler that reads its body through `JsonBody`.
+    pub const PAYLOAD_TOO_LARGE: &str =
+        "`PAYLOAD_TOO_LARGE`: the body is over `server.body_bytes_max` (1 MiB).";
+    /// 500 of any handler that reads or writes storage.
+    pub const INTERNAL: &str =
+        "`INTERNAL`: storage failure or bug; the cause is only in the service log.";
+    /// 404 of `/v1/tasks/{id}...`.
+    pub const TASK_NOT_FOUND: &str = "`TASK_NOT_FOUND`: unknown id, or not a UUID.";
+    /// 503 of the task actions, which are calls to Compass.
+    pub const COMPASS_UNAVAILABLE: &str =
+        "`COMPASS_UNAVAILABLE`: Compass did not answer within 10 s.";
+    /// 409 of task approve and reject.
+    pub const INVALID_TASK_STATUS_GATE: &str =
+        "`INVALID_TASK_STATUS`: the task is not `awaiting_approval`.";
+    /// 422 of the optional `{comment}` bodies.
+    pub const INVALID_COMMENT: &str =
+        "`INVALID_FIELD`: unknown field, wrong type, or a comment over 4096 bytes.";
+    /// 503 of the ledger writes, which are calls to the Ledger actor.
+    pub const LEDGER_UNAVAILABLE: &str = "`PERSONA_UNAVAILABLE`: the Ledger is down or did not \
+        answer within 10 s; retry with the same id.";
+    /// 404 of an unknown account.
+    pub const ACCOUNT_NOT_FOUND: &str = "`ACCOUNT_NOT_FOUND`: unknown account.";
+    /// 404 of an unknown transfer.
+    pub const TRANSFER_NOT_FOUND: &str = "`TRANSFER_NOT_FOUND`: unknown transfer.";
+    /// 409 of post and void.
+    pub const NOT_PENDING: &str = "`TRANSFER_NOT_PENDING` (already posted or voided), \
+        `TRANSFER_EXPIRED` (past its timeout; it has been released).";
+    /// 503 of the ops writes, which are calls to the Uplink personas.
+    pub const UPLINK_UNAVAILABLE: &str =
+        "`PERSONA_UNAVAILABLE`: the Uplink persona is down or did not answer within 10 s.";
+    /// 422 of the ops lists, whose query string is typed.
+    pub const BAD_QUERY: &str =
+        "`INVALID_FIELD`: a `limit` that is not a non-negative integer (or \
+        an unknown `status`).";
+    /// 503 of the event streams.
+    pub const TOO_MANY_STREAMS: &str = "`TOO_MANY_STREAMS`: 256 event streams are open, or the \
+        service is stopping.";
+    /// 404 of an unknown deploy.
+    pub const DEPLOY_NOT_FOUND: &str = "`DEPLOY_NOT_FOUND`: unknown deploy.";
+    /// 409 of deploy approve and reject.
+    pub const DEPLOY_NOT_AWAITING: &str = "`INVALID_STATE`: the deploy is not `awaiting_approval`.";
+    /// 404 of an unknown incident.
+    pub const INCIDENT_NOT_FOUND: &str = "`INCIDENT_NOT_FOUND`: unknown incident.";
+    /// 409 of incident approve and reject.
+    pub const INCIDENT_NOT_AWAITING: &str =
+        "`INVALID_STATE`: the incident does not wait at a gated step.";
+}
+
+/// The serialized document, made on first request: it is fixed at compile time, so every request
+/// answers the same bytes (a cheap clone of [`Bytes`]).
+static DOCUMENT: OnceLock<Result<Bytes, String>> = OnceLock::new();
+
+/// `GET /v1/openapi.json`: this service's OpenAPI document.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    operation_id = "openapi_document",
+    tag = "system",
+    responses(
+        (status = 200, description = "This document (OpenAPI 3.1).", body = Object),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
+pub async fn document() -> Result<Response, ApiError> {
+    let document = DOCUMENT.get_or_init(|| {
+        serde_json::to_vec(&ApiDoc::openapi())
+            .map(Bytes::from)
+            .map_err(|error| error.to_string())
+    });
+    match document {
+        Ok(bytes) => {
+            Ok(([(header::CONTENT_TYPE, "application/json")], bytes.clone()).into_response())
+        }
+        Err(error) => Err(ApiError::internal(format!("openapi document: {error}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+    use utoipa::OpenApi;
+
+    use super::ApiDoc;
+    use crate::model::task::Task;
+
+    fn document() -> Value {
+        serde_json::to_value(ApiDoc::openapi()).expect("the document serializes")
+    }
+
+    /// Every error answer with a body references the one envelope (`/readyz`'s 503 has its own).
+    #[test]
+    fn error_responses_reference_error_body() {
+        let document = document();
+        let paths = document["paths"].as_object().expect("paths");
+        for (path, item) in paths {
+            for (method, operation) in item.as_object().expect("path item") {
+                let responses = operation["responses"].as_object().expect("responses");
+                for (status, response) in responses {
+                    let Some(content) = response.get("content") else {
+                        continue;
+                    };
+                    if !status.starts_with(['4', '5']) || path == "/readyz" {
+                        continue;
+                    }
+                    assert_eq!(
+                        content["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The `Task` schema names exactly the keys a served task has, and requires the ones it
+    /// always has.
+    #[test]
+    fn task_schema_matches_a_serialized_task() {
+        let document = document();
+        let schema = &document["components"]["schemas"]["Task"];
+        let properties = schema["properties"].as_object().expect("properties");
+        let task = serde_json::to_value(Task::for_test("t", "d")).expect("task");
+        let task = task.as_object().expect("object");
+        for key in task.keys() {
+            assert!(properties.contains_key(key), "{key} is not in the schema");
+        }
+        for required in schema["required"].as_array().expect("required") {
+            let key = required.as_str().expect("name");
+            assert!(task.contains_key(key), "{key} is required but not served");
+        }
+    }
+}

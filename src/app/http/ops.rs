@@ -1,0 +1,469 @@
+//! `/v1/deploys`, `/v1/checks`, `/v1/alerts`, `/v1/incidents`: the ops org over HTTP. Reads come
+//! straight from ops' sled trees; writes are calls (with a timeout) to Uplink-Deploy and
+//! Uplink-Respond.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::json::{parse, JsonBody, QueryParams, RawBody};
+use super::openapi::describe;
+use super::AppState;
+use crate::actors::uplink_deploy::{self, UplinkDeployMsg};
+use crate::actors::uplink_respond;
+use crate::model::ops::records::{DeployRecord, Incident, IncidentStatus, LIST_LIMIT_MAX};
+use crate::storage::ops::OpsStore;
+use crate::work::ops::{incident, OpsError};
+
+/// How long a request waits for an Uplink persona.
+const PERSONA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Records a list answers unless `limit` says otherwise.
+const LIST_LIMIT_DEFAULT: usize = 50;
+
+/// Maps an ops error to its status: unknown things 404/422, state conflicts 409, busy 429.
+fn ops_error(error: OpsError) -> ApiError {
+    let (code, message) = (error.code(), error.to_string());
+    match error {
+        OpsError::NotFound(_) => ApiError::not_found(code, message),
+        OpsError::InsufficientFunds(_) => {
+            ApiError::new(StatusCode::PAYMENT_REQUIRED, code, message)
+        }
+        OpsError::UnknownApp(_) | OpsError::UnknownCommit(_) | OpsError::UnknownAccount(_) => {
+            ApiError::unprocessable(code, message)
+        }
+        OpsError::InvalidState(_) | OpsError::Busy(_) => ApiError::conflict(code, message),
+        OpsError::QueueFull(_) => ApiError::too_many(code, message, 5),
+        OpsError::Unavailable(_) => ApiError::unavailable(code, message),
+        OpsError::Denied { .. } => ApiError::new(StatusCode::FORBIDDEN, code, message),
+        other => ApiError::internal(other),
+    }
+}
+
+fn ops_store(app: &AppState) -> Result<OpsStore, ApiError> {
+    Ok(OpsStore::new(&app.services.store))
+}
+
+/// `?limit=&app=&status=` of the lists.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Records at most (1..=200).
+    limit: Option<usize>,
+    /// Only this app's.
+    app: Option<String>,
+}
+
+impl ListQuery {
+    fn limit(&self) -> usize {
+        self.limit
+            .unwrap_or(LIST_LIMIT_DEFAULT)
+            .clamp(1, LIST_LIMIT_MAX)
+    }
+}
+
+/// The body of `POST /v1/deploys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// The app of `ops.yaml`.
+    app: String,
+    /// A sha or ref (default: the app's branch head).
+    #[serde(default)]
+    commit: Option<String>,
+    /// Who asks (`api` unless the CLI says `cli`).
+    #[serde(default)]
+    trigger: Option<String>,
+}
+
+/// `POST /v1/deploys`: 201 with the new record (`awaiting_approval` or `queued`).
+#[utoipa::path(
+    post,
+    path = "/v1/deploys",
+    tag = "ops",
+    request_body = DeployRequest,
+    responses(
+        (status = 201, description = "The deploy record, `awaiting_approval` (burn-in) or \
+            `queued`; its price is reserved from the payer.", body = DeployRecord),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 402, description = "`INSUFFICIENT_FUNDS`: the payer cannot cover the price; no \
+            deploy is created.", body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`, `UNKNOWN_APP`, `UNKNOWN_COMMIT`, \
+            `ACCOUNT_NOT_FOUND`.", body = ErrorBody),
+        (status = 429, description = "`DEPLOY_QUEUE_FULL`: 16 deploys of the app already wait.",
+            body = ErrorBody, headers(("retry-after" = u64, description = "Seconds (5)."))),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
+    )
+)]
+pub async fn create_deploy(
+    State(app): State<AppState>,
+    JsonBody(request): JsonBody<DeployRequest>,
+) -> Result<Response, ApiError> {
+    let trigger = match request.trigger.as_deref() {
+        Some("cli") => "cli",
+        _ => "api",
+    };
+    let actor = uplink_deploy::current(&app.services.directory)
+        .await
+        .map_err(ops_error)?;
+    let call = actor.call(
+        |reply| UplinkDeployMsg::Request {
+            app: request.app.clone(),
+            commit: request.commit.clone(),
+            trigger: trigger.to_owned(),
+            reply: Some(reply),
+        },
+        Some(PERSONA_CALL_TIMEOUT),
+    );
+    let record = uplink_deploy::unwrap_call(call.await).map_err(ops_error)?;
+    Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+/// `GET /v1/deploys`: `{"deploys":[...]}`, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/deploys",
+    tag = "ops",
+    params(
+        ("limit" = Option<usize>, Query, description = "Records at most, clamped to 1..=200 \
+            (default 50)."),
+        ("app" = Option<String>, Query, description = "Only this app's."),
+    ),
+    responses(
+        (status = 200, description = "`{\"deploys\": [DeployRecord, …]}`, newest first.",
+            body = Object),
+        (status = 422, description = describe::BAD_QUERY, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
+pub async fn list_deploys(
+    State(app): State<AppState>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let ops = ops_store(&app)?;
+    let deploys: Vec<_> = match &query.app {
+        Some(name) => ops
+            .deploys_of(name)
+            .await?
+            .into_iter()
+            .rev()
+            .take(query.limit())
+            .collect(),
+        None => ops.deploys(query.limit()).await?,
+    };
+    Ok(Json(json!({ "deploys": deploys })))
+}
+
+/// `GET /v1/deploys/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/deploys/{id}",
+    tag = "ops",
+    params(("id" = String, Path, description = "Deploy id.")),
+    responses(
+        (status = 200, description = "The deploy record.", body = DeployRecord),
+        (status = 404, description = describe::DEPLOY_NOT_FOUND, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
+pub async fn get_deploy(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = ops_store(&app)?.deploy(&id).await?.ok_or_else(|| {
+        ApiError::not_found("DEPLOY_NOT_FOUND", format!("no deploy with id `{id}`"))
+    })?;
+    Ok(Json(json!(record)))
+}
+
+/// An optional `{comment}` body.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    /// The reviewer's note.
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+fn decision(body: &Bytes) -> Result<DecisionBody, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DecisionBody::default());
+    }
+    parse(body)
+}
+
+async fn decide_deploy(
+    app: &AppState,
+    id: String,
+    approve: bool,
+    body: &Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let comment = decision(body)?.comment;
+    let actor = uplink_deploy::current(&app.services.directory)
+        .await
+        .map_err(ops_error)?;
+    let call = actor.call(
+        |reply| UplinkDeployMsg::Decide {
+            id: id.clone(),
+            approve,
+            comment: comment.clone(),
+            reply,
+        },
+        Some(PERSONA_CALL_TIMEOUT),
+    );
+    let record = uplink_deploy::unwrap_call(call.await).map_err(|error| match error {
+        OpsError::NotFound(message) => ApiError::not_found("DEPLOY_NOT_FOUND", message),
+        other => ops_error(other),
+    })?;
+    Ok(Json(json!(record)))
+}
+
+/// `POST /v1/deploys/{id}/approve`: the deploy is queued (and runs when the app is free).
+#[utoipa::path(
+    post,
+    path = "/v1/deploys/{id}/approve",
+    tag = "ops",
+    params(("id" = String, Path, description = "Deploy id.")),
+    request_body(content = Option<DecisionBody>, description = "Optional; may be empty."),
+    responses(
+        (status = 200, description = "The deploy record, `queued`.", body = DeployRecord),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 404, description = describe::DEPLOY_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = describe::DEPLOY_NOT_AWAITING, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`: unknown field or wrong type.",
+            body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
+    )
+)]
+pub async fn approve_deploy(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>, ApiError> {
+    decide_deploy(&app, id, true, &body).await
+}
+
+/// `POST /v1/deploys/{id}/reject`: the deploy ends `rejected`.
+#[utoipa::path(
+    post,
+    path = "/v1/deploys/{id}/reject",
+    tag = "ops",
+    params(("id" = String, Path, description = "Deploy id.")),
+    request_body(content = Option<DecisionBody>, description = "Optional; may be empty."),
+    responses(
+        (status = 200, description = "The deploy record, `rejected`.", body = DeployRecord),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 404, description = describe::DEPLOY_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = describe::DEPLOY_NOT_AWAITING, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`: unknown field or wrong type.",
+            body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
+    )
+)]
+pub async fn reject_deploy(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Json<Value>, ApiError> {
+    decide_deploy(&app, id, false, &body).await
+}
+
+/// `GET /v1/checks`: every check of `ops.yaml` with its last result and its history.
+#[utoipa::path(
+    get,
+    path = "/v1/checks",
+    tag = "ops",
+    params(("app" = Option<String>, Query, description = "Only this app's checks.")),
+    responses(
+        (status = 200, description = "`{\"checks\": [{app, name, kind, schedule, last: \
+            CheckResult | null, history: [CheckResult, …]}, …]}`: every check of `ops.yaml`, \
+            history newest first (50 kept per check).", body = Object),
+        (status = 422, description = describe::BAD_QUERY, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
+pub async fn list_checks(
+    State(app): State<AppState>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let ops = ops_store(&app)?;
+    let mut checks = Vec::new();
+    for (name, spec) in &app.services.definitions.ops.apps {
+        if query.app.as_ref().is_some_and(|only| only != name) {
+            continue;
+        }
+        for check in &spec.checks {
+            let history = ops.check_history(name, &check.name).await?;
+            checks.push(json!({
+                "app": name, "name": check.name, "kind": check.kind, "schedule": check.schedule,
+                "last": history.first(), "history": history,
+            }));
+        }
+    }
+    Ok(Json(json!({ "checks": checks })))
+}
+
+/// `POST /v1/alerts`: an Alertmanager webhook or `{app, signal, severity?, summary?, labels?}`;
+/// 202 with the incident each alert opened or attached to.
+#[utoipa::path(
+    post,
+    path = "/v1/alerts",
+    tag = "ops",
+    request_body(content = Object, description = "An Alertmanager webhook (firing alerts: \
+        `labels.alertname` is the signal, `labels.app`/`service`/`job` the app) or a plain \
+        `{app, signal, severity?, summary?, labels?}`."),
+    responses(
+        (status = 202, description = "`{\"incidents\": [incident id, …]}`: the incident each \
+            alert opened or attached to.", body = Object),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`: not an alert of either shape.",
+            body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
+    )
+)]
+pub async fn alerts(
+    State(app): State<AppState>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    let signals = incident::parse_alerts(&body).map_err(ApiError::invalid_field)?;
+    let ids = uplink_respond::call_signals(&app.services, signals)
+        .await
+        .map_err(ops_error)?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "incidents": ids }))).into_response())
+}
+
+/// `?status=` of the incident list, besides `limit` and `app`.
+#[derive(Debug, Deserialize)]
+pub struct IncidentQuery {
+    /// Records at most.
+    limit: Option<usize>,
+    /// Only this app's.
+    app: Option<String>,
+    /// `open`, `resolved` or `needs_human`.
+    status: Option<IncidentStatus>,
+}
+
+/// `GET /v1/incidents`: `{"incidents":[...]}`, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/incidents",
+    tag = "ops",
+    params(
+        ("limit" = Option<usize>, Query, description = "Records at most, clamped to 1..=200 \
+            (default 50)."),
+        ("app" = Option<String>, Query, description = "Only this app's."),
+        ("status" = Option<IncidentStatus>, Query, description = "Only incidents in this status."),
+    ),
+    responses(
+        (status = 200, description = "`{\"incidents\": [Incident, …]}`, newest first.",
+            body = Object),
+        (status = 422, description = describe::BAD_QUERY, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
+pub async fn list_incidents(
+    State(app): State<AppState>,
+    QueryParams(query): QueryParams<IncidentQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = query
+        .limit
+        .unwrap_or(LIST_LIMIT_DEFAULT)
+        .clamp(1, LIST_LIMIT_MAX);
+    let incidents = ops_store(&app)?
+        .incidents_where(limit, move |i| {
+            query.app.as_ref().is_none_or(|a| *a == i.app)
+                && query.status.is_none_or(|s| s == i.status)
+        })
+        .await?;
+    Ok(Json(json!({ "incidents": incidents })))
+}
+
+/// `GET /v1/incidents/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/incidents/{id}",
+    tag = "ops",
+    params(("id" = String, Path, description = "Incident id.")),
+    responses(
+        (status = 200, description = "The incident.", body = Incident),
+        (status = 404, description = describe::INCIDENT_NOT_FOUND, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
+pub async fn get_incident(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let incident = ops_store(&app)?.incident(&id).await?.ok_or_else(|| {
+        ApiError::not_found("INCIDENT_NOT_FOUND", format!("no incident with id `{id}`"))
+    })?;
+    Ok(Json(json!(incident)))
+}
+
+async fn decide_incident(app: &AppState, id: &str, approve: bool) -> Result<Json<Value>, ApiError> {
+    let incident = uplink_respond::call_decide(&app.services, id, approve)
+        .await
+        .map_err(|error| match error {
+            OpsError::NotFound(message) => ApiError::not_found("INCIDENT_NOT_FOUND", message),
+            other => ops_error(other),
+        })?;
+    Ok(Json(json!(incident)))
+}
+
+/// `POST /v1/incidents/{id}/approve`: run the gated step the incident waits at, and go on.
+#[utoipa::path(
+    post,
+    path = "/v1/incidents/{id}/approve",
+    tag = "ops",
+    params(("id" = String, Path, description = "Incident id.")),
+    responses(
+        (status = 200, description = "The incident; the gated step and the rest of the runbook \
+            run.", body = Incident),
+        (status = 404, description = describe::INCIDENT_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = describe::INCIDENT_NOT_AWAITING, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
+    )
+)]
+pub async fn approve_incident(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    decide_incident(&app, &id, true).await
+}
+
+/// `POST /v1/incidents/{id}/reject`: refuse the gated step; the incident goes to a human.
+#[utoipa::path(
+    post,
+    path = "/v1/incidents/{id}/reject",
+    tag = "ops",
+    params(("id" = String, Path, description = "Incident id.")),
+    responses(
+        (status = 200, description = "The incident, handed to a human (`needs_human`).",
+            body = Incident),
+        (status = 404, description = describe::INCIDENT_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = describe::INCIDENT_NOT_AWAITING, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
+    )
+)]
+pub async fn reject_incident(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    decide_incident(&app, &id, false).await
+}

@@ -1,0 +1,203 @@
+//! `GET /v1/report`: where the work stands, for the humans who manage it.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::openapi::describe;
+use super::AppState;
+use crate::model::task::{Stage, Task, TaskId, TaskStatus};
+
+/// Tasks the report looks at at most (newest first); older ones only count if they fit.
+const REPORT_TASKS_MAX: usize = 100_000;
+
+/// The report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Report {
+    /// When it was made.
+    pub generated_at: DateTime<Utc>,
+    /// Tasks per status.
+    pub counts: BTreeMap<String, usize>,
+    /// Tasks waiting for a pipeline slot.
+    pub queue_depth: usize,
+    /// Tasks a pipeline is driving now.
+    pub running: Vec<RunningTask>,
+    /// Tasks waiting for dependencies.
+    pub blocked: Vec<BlockedTask>,
+    /// Running tasks with no event for `stall_after_secs`.
+    pub stalled: Vec<StalledTask>,
+    /// Tasks that ended in the last hour.
+    pub finished_last_hour: FinishedSummary,
+}
+
+/// One running task.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunningTask {
+    /// The task.
+    pub id: TaskId,
+    /// Its title.
+    pub title: String,
+    /// The stage it is in.
+    pub stage: Option<Stage>,
+    /// The implement attempt.
+    pub attempts: u32,
+    /// Seconds since it started.
+    pub age_secs: i64,
+}
+
+/// One blocked task.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BlockedTask {
+    /// The task.
+    pub id: TaskId,
+    /// Its title.
+    pub title: String,
+    /// The unfinished dependencies that block it.
+    pub blocked_by: Vec<TaskId>,
+}
+
+/// One stalled task.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StalledTask {
+    /// The task.
+    pub id: TaskId,
+    /// The stage it sits in.
+    pub stage: Option<Stage>,
+    /// When its last event was recorded.
+    pub last_event_at: Option<DateTime<Utc>>,
+    /// Seconds since then.
+    pub silent_secs: i64,
+}
+
+/// What ended in the last hour.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FinishedSummary {
+    /// Tasks per terminal status.
+    pub counts: BTreeMap<String, usize>,
+    /// Median seconds from submission to `done`, over the done ones.
+    pub median_secs_to_done: Option<f64>,
+}
+
+fn status_key(status: TaskStatus) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// `GET /v1/report`.
+#[utoipa::path(
+    get,
+    path = "/v1/report",
+    tag = "tasks",
+    responses(
+        (status = 200, description = "Where the work stands.", body = Report),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
+pub async fn report(State(app): State<AppState>) -> Result<Json<Report>, ApiError> {
+    let now = Utc::now();
+    let tasks = app.services.store.tasks(REPORT_TASKS_MAX).await?;
+    let stall_after = Duration::seconds(
+        i64::try_from(app.services.config.compass.stall_after_secs).unwrap_or(i64::MAX),
+    );
+    let mut counts = BTreeMap::new();
+    for task in &tasks {
+        *counts.entry(status_key(task.status)).or_insert(0) += 1;
+    }
+    let mut running = Vec::new();
+    let mut stalled = Vec::new();
+    for task in tasks.iter().filter(|t| t.status == TaskStatus::Running) {
+        running.push(RunningTask {
+            id: task.id,
+            title: task.title.clone(),
+            stage: task.stage,
+            attempts: task.attempts,
+            age_secs: (now - task.started_at.unwrap_or(task.created_at)).num_seconds(),
+        });
+        let last_event_at = app
+            .services
+            .store
+            .recent_events(task.id, 1)
+            .await?
+            .pop()
+            .map(|e| e.ts);
+        let silent = now - last_event_at.unwrap_or(task.updated_at);
+        if silent >= stall_after {
+            stalled.push(StalledTask {
+                id: task.id,
+                stage: task.stage,
+                last_event_at,
+                silent_secs: silent.num_seconds(),
+            });
+        }
+    }
+    let blocked = tasks
+        .iter()
+        .filter(|t| t.status == TaskStatus::Blocked)
+        .map(|t| BlockedTask {
+            id: t.id,
+            title: t.title.clone(),
+            blocked_by: t.blocked_by.clone(),
+        })
+        .collect();
+    Ok(Json(Report {
+        generated_at: now,
+        counts,
+        queue_depth: app.services.directory.queue_depth(),
+        running,
+        blocked,
+        stalled,
+        finished_last_hour: finished_since(&tasks, now - Duration::hours(1)),
+    }))
+}
+
+fn finished_since(tasks: &[Task], since: DateTime<Utc>) -> FinishedSummary {
+    let recent: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| t.status.is_terminal() && t.finished_at.is_some_and(|at| at >= since))
+        .collect();
+    let mut counts = BTreeMap::new();
+    for task in &recent {
+        *counts.entry(status_key(task.status)).or_insert(0) += 1;
+    }
+    let mut durations: Vec<f64> = recent
+        .iter()
+        .filter(|t| t.status == TaskStatus::Done)
+        .filter_map(|t| {
+            t.finished_at
+                .map(|at| (at - t.created_at).num_milliseconds() as f64 / 1000.0)
+        })
+        .collect();
+    durations.sort_by(f64::total_cmp);
+    FinishedSummary {
+        counts,
+        median_secs_to_done: median(&durations),
+    }
+}
+
+fn median(sorted: &[f64]) -> Option<f64> {
+    let middle = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[middle]),
+        _ => Some((sorted[middle - 1] + sorted[middle]) / 2.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[1.0, 2.0, 9.0]), Some(2.0));
+        assert_eq!(median(&[1.0, 2.0, 4.0, 9.0]), Some(3.0));
+    }
+}

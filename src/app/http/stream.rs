@@ -1,0 +1,323 @@
+//! Live events as Server-Sent Events: progress is visible while work runs, without polling.
+//!
+//! - `GET /v1/tasks/{id}/events/stream` sends the task's stored events (those after
+//!   `Last-Event-ID`, or `?after=SEQ`), then its new ones as they become durable, and ends with an
+//!   `end` event once the task is terminal and its budget settled. It loses nothing: a stream that
+//!   falls behind the live buffer catches up from sled.
+//! - `GET /v1/events/stream` sends every new event of the service (all tasks and service-wide);
+//!   one that falls behind gets a `lagged` event saying how many it missed (the REST lists have
+//!   them).
+//!
+//! Each SSE message has `id:` the event's `seq`, `event:` its kind and `data:` its JSON. At most
+//! [`STREAMS_MAX`] streams are open at once; each is a task feeding a bounded channel, and it stops
+//! when the client goes away or the service stops ([`StreamSlots::close`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream};
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::error::{ApiError, ErrorBody};
+use super::json::QueryParams;
+use super::openapi::describe;
+use super::AppState;
+use crate::model::task::{Event, Task, TaskId};
+use crate::storage::store::Store;
+
+/// Live streams open at once; the next is refused with 503 `TOO_MANY_STREAMS`.
+pub const STREAMS_MAX: usize = 256;
+/// Messages buffered between a stream's feeder and its client.
+const STREAM_BUFFER: usize = 64;
+/// How often an idle stream sends a comment, so proxies and clients know it is alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How long a terminal task's stream waits for the settlement of its budget before it ends.
+const SETTLE_LINGER: Duration = Duration::from_secs(5);
+/// How often a task's stream looks at the task while nothing arrives (a settlement that failed
+/// writes no task change, and a stream must still end).
+const TASK_POLL: Duration = Duration::from_secs(1);
+
+/// The open-stream budget, shared by the router's handlers, and the signal that ends every
+/// stream at shutdown (a stream never ends by itself, and a graceful shutdown waits for open
+/// responses).
+#[derive(Clone)]
+pub struct StreamSlots {
+    permits: Arc<Semaphore>,
+    closing: CancellationToken,
+}
+
+impl Default for StreamSlots {
+    fn default() -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(STREAMS_MAX)),
+            closing: CancellationToken::new(),
+        }
+    }
+}
+
+impl StreamSlots {
+    /// Ends every open stream and refuses new ones: the service is stopping.
+    pub fn close(&self) {
+        self.closing.cancel();
+        self.permits.close();
+    }
+
+    fn take(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            ApiError::unavailable(
+                "TOO_MANY_STREAMS",
+                format!("{STREAMS_MAX} event streams are open; try again later"),
+            )
+        })
+    }
+}
+
+type Message = Result<SseEvent, Infallible>;
+
+/// `GET /v1/tasks/{id}/events/stream`.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/events/stream",
+    operation_id = "stream_task_events",
+    tag = "tasks",
+    params(
+        ("id" = String, Path, description = "Task id (a UUID)."),
+        ("after" = Option<u64>, Query, description = "Send only events with a greater `seq`."),
+        ("Last-Event-ID" = Option<u64>, Header,
+            description = "A reconnecting client's last `seq` (wins over `after`)."),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events: `id:` seq, `event:` kind, `data:` the \
+            Event JSON; the stored events, then live ones; `event: end` with `{task_id, status}` \
+            once the task is terminal and settled, then the stream closes.",
+            body = String, content_type = "text/event-stream"),
+        (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`: `after` or `Last-Event-ID` is not an \
+            integer.", body = ErrorBody),
+        (status = 503, description = describe::TOO_MANY_STREAMS, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
+pub async fn task_events(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    QueryParams(query): QueryParams<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::not_found("TASK_NOT_FOUND", format!("no task with id `{id}`"));
+    let task_id: TaskId = id.parse().map_err(|_| not_found())?;
+    app.services
+        .store
+        .task(task_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let after = resume_point(&query, &headers)?;
+    let permit = app.streams.take()?;
+    let store = app.services.store.clone();
+    // Subscribed before the stored events are read: nothing written in between is missed.
+    let live = store.subscribe();
+    let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+    let closing = app.streams.closing.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let fed = tokio::select! {
+            () = closing.cancelled() => Ok(()),
+            fed = feed_task(&store, task_id, after, live, &sender) => fed,
+        };
+        if let Err(error) = fed {
+            tracing::warn!(task = %task_id, %error, "a task's event stream stopped");
+            let _ = sender.send(Ok(error_message(&error))).await;
+        }
+    });
+    Ok(sse(receiver))
+}
+
+/// `GET /v1/events/stream`.
+#[utoipa::path(
+    get,
+    path = "/v1/events/stream",
+    operation_id = "stream_all_events",
+    tag = "system",
+    responses(
+        (status = 200, description = "Server-Sent Events: every new event of the service (`id:` \
+            seq, `event:` kind, `data:` the Event JSON); `event: lagged` with `{skipped}` for a \
+            client that fell 1024 events behind. Never ends by itself.",
+            body = String, content_type = "text/event-stream"),
+        (status = 503, description = describe::TOO_MANY_STREAMS, body = ErrorBody),
+    )
+)]
+pub async fn all_events(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let permit = app.streams.take()?;
+    let mut live = app.services.store.subscribe();
+    let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+    let closing = app.streams.closing.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        loop {
+            let message = tokio::select! {
+                () = closing.cancelled() => return,
+                () = sender.closed() => return,
+                received = live.recv() => match received {
+                    Ok(event) => event_message(&event),
+                    Err(RecvError::Lagged(skipped)) => SseEvent::default()
+                        .event("lagged")
+                        .data(json!({"skipped": skipped}).to_string()),
+                    Err(RecvError::Closed) => return,
+                },
+            };
+            if sender.send(Ok(message)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(sse(receiver))
+}
+
+/// Where a task's stream starts: after `Last-Event-ID` (a reconnecting client) or `?after=`.
+fn resume_point(query: &HashMap<String, String>, headers: &HeaderMap) -> Result<u64, ApiError> {
+    let text = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .or(query.get("after").map(String::as_str));
+    match text {
+        None => Ok(0),
+        Some(text) => text.trim().parse().map_err(|_| {
+            ApiError::invalid_field("after (or Last-Event-ID) must be an event seq (an integer)")
+        }),
+    }
+}
+
+/// Sends the task's events after `after`, then its live ones, until the task has ended and its
+/// books are closed (or the client has gone).
+async fn feed_task(
+    store: &Store,
+    task_id: TaskId,
+    after: u64,
+    mut live: tokio::sync::broadcast::Receiver<Arc<Event>>,
+    sender: &mpsc::Sender<Message>,
+) -> Result<(), crate::storage::store::StoreError> {
+    // Seqs already sent. Concurrent writers may commit a task's events slightly out of seq order,
+    // so a set (not a high-water mark) decides what is new.
+    let mut sent = BTreeSet::new();
+    let mut terminal_since: Option<tokio::time::Instant> = None;
+    if !send_stored(store, task_id, after, &mut sent, sender).await {
+        return Ok(());
+    }
+    // Whether to look at the task record: at the start, after one of its events, on a poll tick.
+    let mut look = true;
+    // One interval for the whole stream: other tasks' events must not keep postponing the tick.
+    let mut poll = tokio::time::interval(TASK_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let task = if std::mem::take(&mut look) {
+            store.task(task_id).await?
+        } else {
+            None
+        };
+        match task {
+            Some(task) if task.status.is_terminal() => {
+                let since = *terminal_since.get_or_insert_with(tokio::time::Instant::now);
+                if books_closed(&task) || since.elapsed() >= SETTLE_LINGER {
+                    // Whatever was written up to the end goes out before `end`.
+                    send_stored(store, task_id, after, &mut sent, sender).await;
+                    let end = json!({"task_id": task_id, "status": task.status});
+                    let _ = sender
+                        .send(Ok(SseEvent::default().event("end").data(end.to_string())))
+                        .await;
+                    return Ok(());
+                }
+            }
+            // Retried after it failed: it is running again.
+            Some(_) => terminal_since = None,
+            None => {}
+        }
+        tokio::select! {
+            () = sender.closed() => return Ok(()),
+            _ = poll.tick() => look = true,
+            received = live.recv() => match received {
+                Ok(event) if event.task_id == task_id => {
+                    look = true;
+                    if sent.insert(event.seq)
+                        && sender.send(Ok(event_message(&event))).await.is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                // Fell behind the live buffer: sled has everything.
+                Err(RecvError::Lagged(_)) => {
+                    look = true;
+                    if !send_stored(store, task_id, after, &mut sent, sender).await {
+                        return Ok(());
+                    }
+                }
+                Err(RecvError::Closed) => return Ok(()),
+            },
+        }
+    }
+}
+
+/// Sends the stored events after `after` not sent yet; false once the client has gone.
+async fn send_stored(
+    store: &Store,
+    task_id: TaskId,
+    after: u64,
+    sent: &mut BTreeSet<u64>,
+    sender: &mpsc::Sender<Message>,
+) -> bool {
+    let events = match store.events_after(task_id, after).await {
+        Ok(events) => events,
+        Err(error) => {
+            let _ = sender.send(Ok(error_message(&error))).await;
+            return false;
+        }
+    };
+    for event in events {
+        if sent.insert(event.seq) && sender.send(Ok(event_message(&event))).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// A task has nothing more to say once it is terminal and its reservation is settled.
+fn books_closed(task: &Task) -> bool {
+    task.settled || task.reservation.is_none()
+}
+
+fn event_message(event: &Event) -> SseEvent {
+    let data = serde_json::to_string(event).unwrap_or_else(|error| {
+        json!({"seq": event.seq, "error": format!("event does not encode: {error}")}).to_string()
+    });
+    SseEvent::default()
+        .id(event.seq.to_string())
+        .event(event.kind.as_str())
+        .data(data)
+}
+
+fn error_message(error: &impl std::fmt::Display) -> SseEvent {
+    let body = json!({"error": {"code": "STREAM_FAILED", "message": error.to_string()}});
+    SseEvent::default().event("error").data(body.to_string())
+}
+
+fn sse(receiver: mpsc::Receiver<Message>) -> Response {
+    let messages = receiver_stream(receiver);
+    Sse::new(messages)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
+}
+
+fn receiver_stream(receiver: mpsc::Receiver<Message>) -> impl Stream<Item = Message> {
+    stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|message| (message, receiver))
+    })
+}

@@ -1,0 +1,170 @@
+//! Liveness, readiness and the live supervision tree.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::error::{ApiError, ErrorBody};
+use super::openapi::describe;
+use super::AppState;
+use crate::model::task::TaskId;
+
+/// `GET /healthz`: the process is up and answering.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "system",
+    responses((status = 200, description = "`{\"status\": \"ok\"}` while the process answers.",
+        body = Object)),
+)]
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// The content type of the Prometheus text exposition format.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// `GET /metrics`: every metric in the Prometheus text format, for a scraper; 503 if this
+/// process has no recorder (another one held the global slot).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "system",
+    responses(
+        (status = 200, description = "Every metric in the Prometheus text exposition format \
+            (see docs/operations.md, Metrics).", body = String,
+            content_type = "text/plain; version=0.0.4"),
+        (status = 503, description = "`METRICS_UNAVAILABLE`: this process has no metrics \
+            recorder.", body = ErrorBody),
+    )
+)]
+pub async fn metrics() -> Response {
+    match crate::platform::metrics::render() {
+        Some(text) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "METRICS_UNAVAILABLE",
+            "no metrics recorder is installed in this process",
+        )
+        .into_response(),
+    }
+}
+
+/// `GET /readyz`: the root and every persona are running and the store writer moves; otherwise
+/// 503 naming what is not. Reads no storage: the writer's health is lock-free.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "system",
+    responses(
+        (status = 200, description = "`{\"status\": \"ready\"}`: Compass and every persona are \
+            `running`.", body = Object),
+        (status = 503, description = "`{\"status\": \"not_ready\", \"error\": {\"code\": \
+            \"NOT_READY\", \"message\"}, \"actors\": [ActorEntry, …]}` naming the actors that are \
+            not running, and `storage` when the store writer is stalled.", body = Object),
+    )
+)]
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    let not_ready = app.services.directory.not_ready();
+    let storage_stalled = app.services.store.writer_health().stalled();
+    if not_ready.is_empty() && !storage_stalled {
+        return Json(json!({"status": "ready"})).into_response();
+    }
+    let storage = storage_stalled.then(|| "storage (writer stalled)".to_owned());
+    let names: Vec<String> = not_ready
+        .iter()
+        .map(|entry| {
+            format!(
+                "{} ({})",
+                entry.name,
+                serde_json::to_value(entry.status)
+                    .unwrap_or_default()
+                    .as_str()
+                    .unwrap_or("unknown")
+            )
+        })
+        .chain(storage)
+        .collect();
+    let body = json!({
+        "status": "not_ready",
+        "error": {"code": "NOT_READY", "message": format!("not ready: {}", names.join(", "))},
+        "actors": not_ready,
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// `GET /v1/actors`: every actor of the tree with its parent, health and restart count.
+#[utoipa::path(
+    get,
+    path = "/v1/actors",
+    operation_id = "list_actors",
+    tag = "system",
+    responses((status = 200, description = "`{\"actors\": [ActorEntry, …]}`: the live tree, \
+        sorted by name.", body = Object)),
+)]
+pub async fn actors(State(app): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({"actors": app.services.directory.snapshot()}))
+}
+
+/// Service-wide events returned at most (the newest).
+const SERVICE_EVENTS_MAX: usize = 1000;
+
+/// `GET /v1/events`: the service-wide log (persona crashes, restarts and give-ups), latest last.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "system",
+    responses(
+        (status = 200, description = "`{\"events\": [Event, …]}`: the service-wide log (persona \
+            crashes, restarts, give-ups), the newest 1000, oldest first.", body = Object),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
+pub async fn service_events(
+    State(app): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let events = app
+        .services
+        .store
+        .recent_events(TaskId::service(), SERVICE_EVENTS_MAX)
+        .await?;
+    Ok(Json(json!({"events": events})))
+}
+
+/// `GET /v1/personas`: every persona's definition as loaded (engine, allowlist, env names —
+/// names only, never values), so an operator can see what each may do.
+#[utoipa::path(
+    get,
+    path = "/v1/personas",
+    operation_id = "list_personas",
+    tag = "system",
+    responses((status = 200, description = "`{\"personas\": [{name, role, engine, model, \
+        timeout_secs, max_attempts, tools, env, budget, source}, …]}`: every persona's definition \
+        as loaded (env names only, never values).", body = Object)),
+)]
+pub async fn personas(State(app): State<AppState>) -> Json<serde_json::Value> {
+    let personas: Vec<serde_json::Value> = app
+        .services
+        .definitions
+        .personas
+        .values()
+        .map(|persona| {
+            let front = &persona.front;
+            json!({
+                "name": front.name,
+                "role": front.role,
+                "engine": front.engine,
+                "model": front.model,
+                "timeout_secs": front.timeout_secs,
+                "max_attempts": front.max_attempts,
+                "tools": front.tools,
+                "env": front.env,
+                "budget": front.budget,
+                "source": persona.source,
+            })
+        })
+        .collect();
+    Json(json!({"personas": personas}))
+}

@@ -1,0 +1,417 @@
+//! `/v1/tasks`: submit (through [`crate::work::intake`]), list, inspect (record, events, engine runs),
+//! and act on tasks (cancel, approve, reject, retry) through Compass.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ractor::rpc::CallResult;
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::json::{JsonBody, QueryParams, RawBody};
+use super::openapi::describe;
+use super::AppState;
+use crate::actors::compass::{CompassMsg, TaskAction};
+use crate::model::ledger::LedgerError;
+use crate::model::task::{Task, TaskId, TaskStatus};
+use crate::work::intake::{self, IntakeError, SubmitTaskRequest};
+use crate::work::metering;
+use crate::work::transitions::TaskActionError;
+
+/// How long a cancel may wait for Compass.
+const COMPASS_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// What `Retry-After` says when the queue is full.
+const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 5;
+
+/// `POST /v1/tasks`: 201 with the task (also for an idempotent replay, marked by the header
+/// `Idempotent-Replayed: true`).
+#[utoipa::path(
+    post,
+    path = "/v1/tasks",
+    operation_id = "submit_task",
+    tag = "tasks",
+    request_body = SubmitTaskRequest,
+    responses(
+        (status = 201, description = "The task, durable. An idempotent replay answers the original \
+            task's current state with `idempotent-replayed: true`.", body = Task,
+            headers(("idempotent-replayed" = String, description = "`true` on a replay"))),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 402, description = "`INSUFFICIENT_FUNDS`: the paying account cannot cover the \
+            budget; no task is created.", body = ErrorBody),
+        (status = 409, description = "`IDEMPOTENCY_CONFLICT`: the key was used with a different \
+            body.", body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD` (missing/unknown field, wrong type, bad \
+            length, relative `repo`, `max_attempts` out of range), `NOT_A_GIT_REPOSITORY`, \
+            `UNKNOWN_BASE_BRANCH`, `UNKNOWN_KIND`, `UNKNOWN_DEPENDENCY`, `UNKNOWN_APP`, \
+            `UNKNOWN_PROVIDER`, `ACCOUNT_NOT_FOUND`.", body = ErrorBody),
+        (status = 429, description = "`QUEUE_FULL`: `compass.max_queued_tasks` tasks wait.",
+            body = ErrorBody, headers(("retry-after" = u64, description = "Seconds (5)."))),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = "`PERSONA_UNAVAILABLE`: the Ledger did not answer the \
+            budget reservation.", body = ErrorBody),
+    )
+)]
+pub async fn submit(
+    State(app): State<AppState>,
+    JsonBody(request): JsonBody<SubmitTaskRequest>,
+) -> Result<Response, ApiError> {
+    let accepted = intake::submit(&app.services, &app.compass, request)
+        .await
+        .map_err(intake_error)?;
+    let mut headers = HeaderMap::new();
+    if accepted.replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok((StatusCode::CREATED, headers, Json(accepted.task)).into_response())
+}
+
+fn intake_error(error: IntakeError) -> ApiError {
+    let (code, message) = (error.code(), error.to_string());
+    match error {
+        IntakeError::InvalidField(_) | IntakeError::Unknown { .. } => {
+            ApiError::unprocessable(code, message)
+        }
+        IntakeError::QueueFull(_) => ApiError::too_many(code, message, QUEUE_FULL_RETRY_AFTER_SECS),
+        IntakeError::IdempotencyConflict(_) => ApiError::conflict(code, message),
+        IntakeError::InsufficientFunds(_) => {
+            ApiError::new(StatusCode::PAYMENT_REQUIRED, code, message)
+        }
+        IntakeError::Ledger(LedgerError::Unavailable(_)) => ApiError::unavailable(code, message),
+        IntakeError::Ledger(LedgerError::InvalidField(_)) => ApiError::unprocessable(code, message),
+        // A busy or slow store is 503 with `Retry-After`; anything else is internal.
+        IntakeError::Ledger(inner) => inner.into(),
+        IntakeError::Store(inner) => inner.into(),
+    }
+}
+
+/// `GET /v1/tasks?limit=&cursor=`: newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks",
+    operation_id = "list_tasks",
+    tag = "tasks",
+    params(
+        ("limit" = Option<usize>, Query,
+            description = "Tasks per page, 1..=`tasks.list_limit` (default and at most 1000)."),
+        ("cursor" = Option<String>, Query,
+            description = "The `next_cursor` of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "`{\"tasks\": [Task, …], \"next_cursor\": task id | null}`, \
+            newest first; `next_cursor` is `null` on the last page.", body = Object),
+        (status = 422, description = "`INVALID_FIELD`: bad `limit` or `cursor`.", body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
+pub async fn list(
+    State(app): State<AppState>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let max = app.services.config.tasks.list_limit;
+    let limit = match query.limit.as_deref() {
+        None => max,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::invalid_field(format!("limit must be within 1..={max}")))?,
+    };
+    let before = match query.cursor.as_deref() {
+        None => None,
+        Some(text) => Some(text.parse::<TaskId>().map_err(|_| {
+            ApiError::invalid_field("cursor must be a `next_cursor` of an earlier page")
+        })?),
+    };
+    let (tasks, next) = app.services.store.tasks_page(limit, before).await?;
+    Ok(Json(json!({"tasks": tasks, "next_cursor": next})))
+}
+
+/// `?limit=&cursor=` of `GET /v1/tasks`, read as text so a bad value gets the JSON error shape.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Tasks per page (default and at most `tasks.list_limit`).
+    limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+async fn parse_id(app: &AppState, id: &str) -> Result<Task, ApiError> {
+    let not_found = || ApiError::not_found("TASK_NOT_FOUND", format!("no task with id `{id}`"));
+    let task_id: TaskId = id.parse().map_err(|_| not_found())?;
+    app.services
+        .store
+        .task(task_id)
+        .await?
+        .ok_or_else(not_found)
+}
+
+/// `GET /v1/tasks/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}",
+    operation_id = "get_task",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id (a UUID).")),
+    responses(
+        (status = 200, description = "The task.", body = Task),
+        (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
+pub async fn get(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    parse_id(&app, &id).await.map(Json)
+}
+
+/// `GET /v1/tasks/{id}/events`.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/events",
+    operation_id = "task_events",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id (a UUID).")),
+    responses(
+        (status = 200, description = "`{\"events\": [Event, …]}`: the task's log in `seq` order.",
+            body = Object),
+        (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
+pub async fn events(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let task = parse_id(&app, &id).await?;
+    let events = app.services.store.events(task.id).await?;
+    Ok(Json(json!({"events": events})))
+}
+
+/// `GET /v1/tasks/{id}/runs`.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/runs",
+    operation_id = "task_runs",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id (a UUID).")),
+    responses(
+        (status = 200, description = "`{\"runs\": [EngineRun, …]}`, oldest first.", body = Object),
+        (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+    )
+)]
+pub async fn runs(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let task = parse_id(&app, &id).await?;
+    let runs = app.services.store.runs(task.id).await?;
+    Ok(Json(json!({"runs": runs})))
+}
+
+/// The optional body of approve and reject.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewRequest {
+    /// The reviewer's note, kept in the event.
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// Bytes of a review comment kept at most.
+const COMMENT_BYTES_MAX: usize = 4096;
+
+fn review_comment(body: &Bytes) -> Result<Option<String>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let review: ReviewRequest = super::json::parse(body)?;
+    if let Some(comment) = &review.comment {
+        if comment.len() > COMMENT_BYTES_MAX {
+            return Err(ApiError::invalid_field(format!(
+                "comment is longer than {COMMENT_BYTES_MAX} bytes"
+            )));
+        }
+    }
+    Ok(review.comment)
+}
+
+/// `POST /v1/tasks/{id}/cancel`.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/cancel",
+    operation_id = "cancel_task",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id (a UUID).")),
+    responses(
+        (status = 200, description = "The task, `cancelled`.", body = Task),
+        (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = "`TASK_FINISHED`: the task already ended.", body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::COMPASS_UNAVAILABLE, body = ErrorBody),
+    )
+)]
+pub async fn cancel(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    act(&app, &id, TaskAction::Cancel).await
+}
+
+/// `POST /v1/tasks/{id}/approve` with an optional `{comment}`.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/approve",
+    operation_id = "approve_task",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id (a UUID).")),
+    request_body(content = Option<ReviewRequest>, description = "Optional; may be empty."),
+    responses(
+        (status = 200, description = "The task, queued again at the stage after the gate.",
+            body = Task),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = describe::INVALID_TASK_STATUS_GATE, body = ErrorBody),
+        (status = 422, description = describe::INVALID_COMMENT, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::COMPASS_UNAVAILABLE, body = ErrorBody),
+    )
+)]
+pub async fn approve(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Json<Task>, ApiError> {
+    let comment = review_comment(&body)?;
+    act(&app, &id, TaskAction::Approve { comment }).await
+}
+
+/// `POST /v1/tasks/{id}/reject` with an optional `{comment}`.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/reject",
+    operation_id = "reject_task",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id (a UUID).")),
+    request_body(content = Option<ReviewRequest>, description = "Optional; may be empty."),
+    responses(
+        (status = 200, description = "The task, `cancelled`.", body = Task),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
+        (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
+        (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = describe::INVALID_TASK_STATUS_GATE, body = ErrorBody),
+        (status = 422, description = describe::INVALID_COMMENT, body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = describe::COMPASS_UNAVAILABLE, body = ErrorBody),
+    )
+)]
+pub async fn reject(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Json<Task>, ApiError> {
+    let comment = review_comment(&body)?;
+    act(&app, &id, TaskAction::Reject { comment }).await
+}
+
+/// `POST /v1/tasks/{id}/retry`: re-queue a failed or dead-lettered task. Its budget is reserved
+/// again first (402 when the account cannot cover it).
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/retry",
+    operation_id = "retry_task",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id (a UUID).")),
+    responses(
+        (status = 200, description = "The task, queued again.", body = Task),
+        (status = 402, description = "`INSUFFICIENT_FUNDS`: the account cannot cover another \
+            budget round.", body = ErrorBody),
+        (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
+        (status = 409, description = "`INVALID_TASK_STATUS`: the task is not `failed` or \
+            `dead_letter`.", body = ErrorBody),
+        (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = "`COMPASS_UNAVAILABLE`, or `PERSONA_UNAVAILABLE` (the Ledger \
+            did not answer the reservation).", body = ErrorBody),
+    )
+)]
+pub async fn retry(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    let task = parse_id(&app, &id).await?;
+    let retryable = matches!(task.status, TaskStatus::Failed | TaskStatus::DeadLetter);
+    let reservation = if retryable {
+        Some(reserve_again(&app, &task).await?)
+    } else {
+        None
+    };
+    let outcome = act(
+        &app,
+        &id,
+        TaskAction::Retry {
+            reservation: reservation.clone(),
+        },
+    )
+    .await;
+    if let (Err(_), Some(reservation)) = (&outcome, &reservation) {
+        metering::release(&app.services.directory, reservation).await;
+    }
+    outcome
+}
+
+/// Settles the last round (if its settlement has not run yet) and reserves the next one.
+async fn reserve_again(app: &AppState, task: &Task) -> Result<String, ApiError> {
+    let directory = &app.services.directory;
+    if !task.settled {
+        match metering::settle(&app.services, task).await {
+            // Settled concurrently by Compass: fine.
+            Ok(()) | Err(LedgerError::TransferNotPending { .. }) => {}
+            Err(error) => return Err(ledger_error(error)),
+        }
+    }
+    metering::reserve(directory, task, task.budget_rounds + 1)
+        .await
+        .map_err(ledger_error)
+}
+
+fn ledger_error(error: LedgerError) -> ApiError {
+    intake_error(IntakeError::from(error))
+}
+
+async fn act(app: &AppState, id: &str, action: TaskAction) -> Result<Json<Task>, ApiError> {
+    let task_id = parse_id(app, id).await?.id;
+    let answer = app
+        .compass
+        .call(
+            |reply| CompassMsg::Act {
+                task_id,
+                action,
+                reply,
+            },
+            Some(COMPASS_CALL_TIMEOUT),
+        )
+        .await;
+    match answer {
+        Ok(CallResult::Success(Ok(task))) => Ok(Json(task)),
+        Ok(CallResult::Success(Err(error))) => Err(match error {
+            TaskActionError::NotFound(_) => ApiError::not_found(error.code(), error.to_string()),
+            TaskActionError::WrongStatus { .. } | TaskActionError::Finished(_) => {
+                ApiError::conflict(error.code(), error.to_string())
+            }
+            TaskActionError::Store(inner) => inner.into(),
+        }),
+        Ok(CallResult::Timeout | CallResult::SenderError) | Err(_) => Err(ApiError::unavailable(
+            "COMPASS_UNAVAILABLE",
+            "compass did not answer; try again",
+        )),
+    }
+}

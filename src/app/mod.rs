@@ -1,0 +1,6 @@
+//! The service's surfaces, on top of everything: the HTTP ingress ([`http`]), the command line
+//! ([`cli`]) and start-up and shutdown ([`startup`]).
+
+pub mod cli;
+pub mod http;
+pub mod startup;

@@ -1,0 +1,224 @@
+//! Building and running the service: open the store, load the data folders, start the tree, bind
+//! the listener; then serve until a shutdown signal, and shut down in order (stop intake, stop the
+//! tree, flush sled).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::actors::compass::{Compass, CompassArguments, CompassMsg};
+use crate::app::http::{self, AppState};
+use crate::config::definitions::{DefinitionError, Definitions};
+use crate::config::Config;
+use crate::platform::process;
+use crate::platform::sandbox::{self, SandboxMode};
+use crate::runtime::directory::ActorDirectory;
+use crate::runtime::Services;
+use crate::storage::store::{Store, StoreError};
+
+/// How long the tree may take to stop on shutdown.
+const TREE_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The service could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The data directory could not be made.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// sled could not be opened (another glitchlab may hold it).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A data file is invalid.
+    #[error(transparent)]
+    Definitions(#[from] DefinitionError),
+    /// The tree's root could not start.
+    #[error("compass failed to start: {0}")]
+    Tree(String),
+    /// The listener could not be bound or served.
+    #[error("http: {0}")]
+    Http(#[from] std::io::Error),
+    /// `sandbox = "required"` but engines cannot be confined here.
+    #[error("sandbox required but unavailable: {0}")]
+    Sandbox(String),
+    /// Compass died while the service ran.
+    #[error("compass stopped unexpectedly")]
+    CompassDied,
+}
+
+/// Decides whether engine processes are confined: the binary to re-exec as `sandbox-exec`, or
+/// `None` (said at start, so nobody believes in a sandbox that is not there).
+fn sandbox_exe(mode: SandboxMode) -> Result<Option<PathBuf>, StartupError> {
+    if mode == SandboxMode::Off {
+        tracing::warn!("sandbox = off: engine and verify processes run unconfined");
+        return Ok(None);
+    }
+    let available = sandbox::landlock_enforced().and_then(|()| {
+        std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))
+    });
+    match (available, mode) {
+        (Ok(exe), _) => {
+            tracing::info!("engine and verify processes are confined with Landlock");
+            Ok(Some(exe))
+        }
+        (Err(reason), SandboxMode::Required) => Err(StartupError::Sandbox(reason)),
+        (Err(reason), _) => {
+            tracing::warn!(%reason, "Landlock is unavailable: engine and verify processes run unconfined");
+            Ok(None)
+        }
+    }
+}
+
+/// A built service, bound and with its tree running.
+pub struct Application {
+    listener: TcpListener,
+    app: AppState,
+    compass_done: JoinHandle<()>,
+    /// Stops the store writer's watchdog with the service.
+    watchdog: tokio_util::sync::CancellationToken,
+}
+
+impl Application {
+    /// Opens the store, loads the data folders, starts Compass (which starts the personas and
+    /// resumes unfinished tasks) and binds `config.server.bind`.
+    pub async fn build(mut config: Config) -> Result<Self, StartupError> {
+        let data_dir = &config.storage.data_dir;
+        let data_dir_error = |source| StartupError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(data_dir).map_err(data_dir_error)?;
+        config.storage.data_dir = std::fs::canonicalize(data_dir).map_err(data_dir_error)?;
+        let definitions = Definitions::load(&config.paths)?;
+        // Process-wide and idempotent: a second service in this process shares the recorder.
+        crate::platform::metrics::install();
+        tracing::info!(
+            personas = definitions.personas.len(),
+            runbooks = definitions.runbooks.len(),
+            apps = definitions.ops.apps.len(),
+            "loaded data folders"
+        );
+        let store = Store::open_with(&config.storage.data_dir, config.storage.write_queue_max)?;
+        // Opening sled took its lock: no other live service uses this data dir, so anything still
+        // running with its mark was orphaned by a killed predecessor.
+        let orphans = process::kill_orphans(&config.storage.data_dir.display().to_string());
+        if orphans > 0 {
+            tracing::warn!(
+                orphans,
+                "killed process groups left running by a previous run"
+            );
+        }
+        // Their processes are gone now: runs they were recorded under end `interrupted`.
+        let interrupted = store.interrupt_open_runs().await?;
+        if interrupted > 0 {
+            tracing::warn!(interrupted, "engine runs cut off by the previous run's end");
+        }
+        let watchdog = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(crate::storage::store::watch_writer(
+            store.clone(),
+            Duration::from_secs(config.storage.stall_secs),
+            watchdog.clone(),
+        ));
+        let redactor = crate::platform::executor::Redactor::from_env(&config.governance.secrets);
+        let sandbox_exe = sandbox_exe(config.governance.sandbox)?;
+        let services = Services {
+            redactor: Arc::new(redactor),
+            sandbox_exe,
+            repo_checks: Arc::default(),
+            store,
+            directory: Arc::new(ActorDirectory::default()),
+            config: Arc::new(config),
+            definitions: Arc::new(definitions),
+        };
+        let (compass, compass_done) = Actor::spawn(
+            None,
+            Compass,
+            CompassArguments {
+                services: services.clone(),
+            },
+        )
+        .await
+        .map_err(|error| StartupError::Tree(error.to_string()))?;
+        let listener = TcpListener::bind(services.config.server.bind).await?;
+        Ok(Self {
+            listener,
+            app: AppState {
+                services,
+                compass,
+                streams: Default::default(),
+            },
+            compass_done,
+            watchdog,
+        })
+    }
+
+    /// The address actually bound (the port is real even when 0 was asked for).
+    pub fn addr(&self) -> Result<SocketAddr, StartupError> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves until `shutdown` completes, then stops intake, the tree and sled, in that order.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let Self {
+            listener,
+            app,
+            mut compass_done,
+            watchdog,
+        } = self;
+        let compass: ActorRef<CompassMsg> = app.compass.clone();
+        let services = app.services.clone();
+        let streams = app.streams.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, http::router(app)).with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        });
+        let mut server = tokio::spawn(async move { server.await });
+        let compass_died = tokio::select! {
+            _ = shutdown => false,
+            _ = &mut compass_done => true,
+            result = &mut server => {
+                result.map_err(|e| std::io::Error::other(e.to_string()))??;
+                false
+            }
+        };
+        tracing::info!("shutting down: stopping intake");
+        let _ = stop_tx.send(());
+        // Event streams never end by themselves; the graceful shutdown would wait for them.
+        streams.close();
+        let drain = Duration::from_secs(services.config.server.shutdown_timeout_secs);
+        if tokio::time::timeout(drain, &mut server).await.is_err() {
+            tracing::warn!("open requests did not finish in time; closing them");
+            server.abort();
+        }
+        if !compass_died {
+            tracing::info!("stopping the supervision tree");
+            compass.stop(Some("shutdown".into()));
+            if tokio::time::timeout(TREE_STOP_TIMEOUT, compass_done)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the tree did not stop in time");
+            }
+        }
+        watchdog.cancel();
+        tracing::info!("stopped");
+        if compass_died {
+            return Err(StartupError::CompassDied);
+        }
+        Ok(())
+    }
+}

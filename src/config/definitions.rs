@@ -1,0 +1,323 @@
+//! The project's data folders: persona definitions (`actors/*.md`), incident runbooks
+//! (`runbooks/*.yaml`) and ops targets (`ops.yaml`), loaded and checked at start.
+//!
+//! Persona files ship inside the binary too, so the service runs from any directory; a file in
+//! `actors_dir` replaces the built-in copy of the same persona.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::PathsConfig;
+
+/// Every persona of the tree, in the order they are started.
+pub const PERSONAS: [&str; 8] = [
+    "compass",
+    "ledger",
+    "planner",
+    "patch",
+    "circuit",
+    "uplink-deploy",
+    "uplink-watch",
+    "uplink-respond",
+];
+
+const BUILTIN_PERSONAS: [(&str, &str); 8] = [
+    ("compass.md", include_str!("../../actors/compass.md")),
+    ("ledger.md", include_str!("../../actors/ledger.md")),
+    ("planner.md", include_str!("../../actors/planner.md")),
+    ("patch.md", include_str!("../../actors/patch.md")),
+    ("circuit.md", include_str!("../../actors/circuit.md")),
+    (
+        "uplink-deploy.md",
+        include_str!("../../actors/uplink-deploy.md"),
+    ),
+    (
+        "uplink-watch.md",
+        include_str!("../../actors/uplink-watch.md"),
+    ),
+    (
+        "uplink-respond.md",
+        include_str!("../../actors/uplink-respond.md"),
+    ),
+];
+
+/// A data file is missing or malformed.
+#[derive(Debug, thiserror::Error)]
+pub enum DefinitionError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file does not parse or names something unknown.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Line and reason.
+        reason: String,
+    },
+}
+
+/// Tool permissions of a persona (enforced by the governed executor once it exists).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ToolRules {
+    /// Programs the persona may run.
+    pub allow: Vec<String>,
+    /// Programs it may never run.
+    pub deny: Vec<String>,
+}
+
+/// The YAML front matter of `actors/<name>.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonaFrontMatter {
+    /// Persona name; must match the file name.
+    pub name: String,
+    /// One line: what the persona does.
+    pub role: String,
+    /// Default engine: `builtin`, `shell`, or a provider name.
+    #[serde(default = "builtin_engine")]
+    pub engine: String,
+    /// Model for model-backed engines.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Engine timeout override.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Attempts override.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Tool permissions.
+    #[serde(default)]
+    pub tools: ToolRules,
+    /// Budget caps (interpreted by the Ledger).
+    #[serde(default)]
+    pub budget: BTreeMap<String, u64>,
+    /// Environment variables (secrets among them) this persona's commands may receive.
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+fn builtin_engine() -> String {
+    "builtin".into()
+}
+
+/// A persona: its front matter and its system prompt (the file's body).
+#[derive(Debug, Clone, Serialize)]
+pub struct PersonaDefinition {
+    /// The parsed front matter.
+    #[serde(flatten)]
+    pub front: PersonaFrontMatter,
+    /// The system prompt that opens every prompt the persona builds.
+    pub system_prompt: String,
+    /// Where it came from: a path, or `builtin`.
+    pub source: String,
+}
+
+pub use crate::model::ops::spec::{OpsFile, Runbook};
+
+/// Everything loaded from the data folders.
+#[derive(Debug, Clone)]
+pub struct Definitions {
+    /// Personas by name; always all of [`PERSONAS`].
+    pub personas: BTreeMap<String, PersonaDefinition>,
+    /// Runbooks in file-name order.
+    pub runbooks: Vec<Runbook>,
+    /// Ops targets.
+    pub ops: OpsFile,
+}
+
+impl Definitions {
+    /// Loads the data folders named in `paths`; missing folders fall back to built-in defaults.
+    pub fn load(paths: &PathsConfig) -> Result<Self, DefinitionError> {
+        Ok(Self {
+            personas: load_personas(&paths.actors_dir)?,
+            runbooks: load_runbooks(&paths.runbooks_dir)?,
+            ops: load_ops(&paths.ops_file)?,
+        })
+    }
+
+    /// A persona's tool rules (an unknown persona may run nothing).
+    pub fn tool_rules(&self, persona: &str) -> ToolRules {
+        self.personas
+            .get(persona)
+            .map(|p| p.front.tools.clone())
+            .unwrap_or_default()
+    }
+
+    /// The environment variables a persona's commands may receive.
+    pub fn env_allowed(&self, persona: &str) -> &[String] {
+        self.personas
+            .get(persona)
+            .map(|p| p.front.env.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// The system prompt of a persona (empty for an unknown name).
+    pub fn system_prompt(&self, persona: &str) -> &str {
+        self.personas
+            .get(persona)
+            .map(|p| p.system_prompt.as_str())
+            .unwrap_or("")
+    }
+}
+
+fn load_personas(dir: &Path) -> Result<BTreeMap<String, PersonaDefinition>, DefinitionError> {
+    let mut personas = BTreeMap::new();
+    for (file, text) in BUILTIN_PERSONAS {
+        let persona = parse_persona(&format!("builtin:actors/{file}"), text)?;
+        personas.insert(persona.front.name.clone(), persona);
+    }
+    for path in files_with_extension(dir, "md")? {
+        let text = read(&path)?;
+        let source = path.display().to_string();
+        let persona = parse_persona(&source, &text)?;
+        let expected = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        if persona.front.name != expected || !PERSONAS.contains(&expected) {
+            return Err(DefinitionError::Invalid {
+                path: source,
+                reason: format!(
+                    "line 2: name `{}` must match the file name and be one of {}",
+                    persona.front.name,
+                    PERSONAS.join(", ")
+                ),
+            });
+        }
+        personas.insert(persona.front.name.clone(), persona);
+    }
+    Ok(personas)
+}
+
+/// Splits `---\n<yaml>\n---\n<body>` and parses the YAML.
+pub fn parse_persona(source: &str, text: &str) -> Result<PersonaDefinition, DefinitionError> {
+    let invalid = |reason: String| DefinitionError::Invalid {
+        path: source.to_owned(),
+        reason,
+    };
+    let rest = text
+        .strip_prefix("---\n")
+        .ok_or_else(|| invalid("line 1: expected `---` opening the YAML front matter".into()))?;
+    let end = rest
+        .find("\n---")
+        .ok_or_else(|| invalid("front matter is not closed by a `---` line".into()))?;
+    let front: PersonaFrontMatter = serde_yaml_ng::from_str(&rest[..end]).map_err(|e| {
+        let line = e.location().map(|l| l.line() + 1).unwrap_or(1);
+        invalid(format!("line {line}: {e}"))
+    })?;
+    let body = rest[end + 4..]
+        .trim_start_matches(['-', '\n'])
+        .trim()
+        .to_owned();
+    Ok(PersonaDefinition {
+        front,
+        system_prompt: body,
+        source: source.to_owned(),
+    })
+}
+
+fn load_runbooks(dir: &Path) -> Result<Vec<Runbook>, DefinitionError> {
+    let mut runbooks = Vec::new();
+    for path in files_with_extension(dir, "yaml")? {
+        let text = read(&path)?;
+        let runbook: Runbook = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(&path, &e))?;
+        crate::model::ops::spec::validate_runbook(&runbook, &text).map_err(|reason| {
+            DefinitionError::Invalid {
+                path: path.display().to_string(),
+                reason,
+            }
+        })?;
+        runbooks.push(runbook);
+    }
+    Ok(runbooks)
+}
+
+/// Loads and validates `ops.yaml`; a missing file means no apps.
+pub fn load_ops(path: &Path) -> Result<OpsFile, DefinitionError> {
+    if !path.exists() {
+        return Ok(OpsFile::default());
+    }
+    let text = read(path)?;
+    let ops = serde_yaml_ng::from_str::<Option<OpsFile>>(&text)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| yaml_error(path, &e))?;
+    crate::model::ops::spec::validate_ops(&ops, &text).map_err(|reason| {
+        DefinitionError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        }
+    })?;
+    Ok(ops)
+}
+
+fn yaml_error(path: &Path, error: &serde_yaml_ng::Error) -> DefinitionError {
+    let line = error.location().map(|l| l.line()).unwrap_or(1);
+    DefinitionError::Invalid {
+        path: path.display().to_string(),
+        reason: format!("line {line}: {error}"),
+    }
+}
+
+fn read(path: &Path) -> Result<String, DefinitionError> {
+    std::fs::read_to_string(path).map_err(|source| DefinitionError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn files_with_extension(dir: &Path, extension: &str) -> Result<Vec<PathBuf>, DefinitionError> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| DefinitionError::Read {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().and_then(|e| e.to_str()) == Some(extension))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_personas_all_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let personas = load_personas(dir.path()).unwrap();
+        assert_eq!(personas.len(), PERSONAS.len());
+        assert!(!personas["patch"].system_prompt.is_empty());
+    }
+
+    #[test]
+    fn bad_front_matter_names_file_and_line() {
+        let error = parse_persona("actors/x.md", "---\nname: x\nrole: [\n---\nbody").unwrap_err();
+        let text = error.to_string();
+        assert!(text.starts_with("actors/x.md: line"), "{text}");
+    }
+
+    #[test]
+    fn repository_data_files_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let definitions = Definitions::load(&PathsConfig {
+            actors_dir: root.join("actors"),
+            runbooks_dir: root.join("runbooks"),
+            ops_file: root.join("ops.yaml"),
+        })
+        .unwrap();
+        assert!(!definitions.runbooks.is_empty());
+        assert_eq!(definitions.personas.len(), PERSONAS.len());
+    }
+}

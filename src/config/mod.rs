@@ -1,0 +1,636 @@
+//! Service configuration: built-in defaults, optionally overridden by a TOML file, then by flags.
+//!
+//! Every key is optional; unknown keys and bad values stop start-up with the file, the key and the
+//! reason (toml's error names the line and the key path).
+
+pub mod definitions;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::task::Stage;
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "config/glitchlab.toml";
+
+/// Configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid configuration.
+    #[error("invalid config file {path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The key, line and reason as toml reports them.
+        reason: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP ingress.
+    pub server: ServerConfig,
+    /// Where durable state lives.
+    pub storage: StorageConfig,
+    /// Where persona definitions, runbooks and ops targets are read from.
+    pub paths: PathsConfig,
+    /// Compass's scheduling.
+    pub compass: CompassConfig,
+    /// The restart policy every supervisor applies to its children.
+    pub supervision: SupervisionConfig,
+    /// Engine and verify runs.
+    pub engines: EnginesConfig,
+    /// Retries of stages after transient failures.
+    pub retry: RetryConfig,
+    /// Git calls.
+    pub git: GitConfig,
+    /// Task defaults and limits.
+    pub tasks: TasksConfig,
+    /// The token ledger: the local account, the rate card, task budgets.
+    pub ledger: crate::model::ledger::LedgerConfig,
+    /// What personas may touch and see.
+    pub governance: GovernanceConfig,
+    /// OpenAI-compatible model providers, by name (`openai` engines name one).
+    pub providers: std::collections::BTreeMap<String, ProviderConfig>,
+}
+
+/// One OpenAI-compatible chat-completions endpoint. The key is read from `api_key_env` at call
+/// time and never stored, logged or put in a prompt.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// E.g. `https://api.openai.com/v1`; `/chat/completions` is appended.
+    pub base_url: String,
+    /// The model asked for.
+    pub model: String,
+    /// The environment variable holding the API key (none: no `Authorization` header).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// One request's timeout.
+    #[serde(default = "provider_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Retries after 429, 5xx and connection errors (with backoff, honouring `Retry-After`).
+    #[serde(default = "provider_retries_max")]
+    pub retries_max: u32,
+}
+
+fn provider_timeout_secs() -> u64 {
+    120
+}
+
+fn provider_retries_max() -> u32 {
+    3
+}
+
+/// Governance: protected paths and secrets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GovernanceConfig {
+    /// Globs (relative to the repository) a task's diff may not touch; `PROTECTED_PATH` if it does.
+    pub protected_paths: Vec<String>,
+    /// Environment variable names whose values are secrets: redacted from everything persisted
+    /// and passed only to the personas whose `env` lists them.
+    pub secrets: Vec<String>,
+    /// Landlock confinement of engine and verify processes: `off`, `auto`, `required`.
+    pub sandbox: crate::platform::sandbox::SandboxMode,
+    /// Directories confined processes may write besides their worktree and private temp dir.
+    pub sandbox_writable: Vec<PathBuf>,
+    /// Per-repository additions, keyed by the repository's absolute path.
+    pub repos: std::collections::BTreeMap<String, RepoGovernance>,
+}
+
+/// Governance that applies to one repository only.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepoGovernance {
+    /// Globs protected in this repository on top of `governance.protected_paths`.
+    pub protected_paths: Vec<String>,
+}
+
+impl GovernanceConfig {
+    /// Every protected-path glob that applies to `repo`.
+    pub fn protected_paths_for(&self, repo: &str) -> Vec<String> {
+        let extra = self
+            .repos
+            .get(repo)
+            .map(|r| r.protected_paths.as_slice())
+            .unwrap_or(&[]);
+        self.protected_paths.iter().chain(extra).cloned().collect()
+    }
+}
+
+impl Default for GovernanceConfig {
+    fn default() -> Self {
+        Self {
+            protected_paths: [".git/**", ".github/**", "ops.yaml", "runbooks/**"]
+                .map(str::to_owned)
+                .to_vec(),
+            secrets: Vec::new(),
+            sandbox: crate::platform::sandbox::SandboxMode::Auto,
+            sandbox_writable: Vec::new(),
+            repos: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// HTTP ingress settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free one.
+    pub bind: SocketAddr,
+    /// Request bodies above this are refused with 413.
+    pub body_bytes_max: usize,
+    /// On shutdown, how long open requests may take before the server stops anyway.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            body_bytes_max: 1024 * 1024,
+            shutdown_timeout_secs: 10,
+        }
+    }
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Holds the sled database, worktrees and prompt files.
+    pub data_dir: PathBuf,
+    /// Seconds the store writer may spend on one group commit before the watchdog calls it
+    /// stalled (logged, `/readyz` 503 naming `storage`, `glitchlab_store_writer_stalled` 1).
+    pub stall_secs: u64,
+    /// Write jobs that may wait for the store writer; past it a write waits 1 s for room, then
+    /// answers `503 STORE_BUSY`.
+    pub write_queue_max: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("glitchlab-data"),
+            stall_secs: 10,
+            write_queue_max: crate::storage::store::WRITE_QUEUE_MAX,
+        }
+    }
+}
+
+/// Data folders of the project layout.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PathsConfig {
+    /// Persona definitions (`<name>.md`); built-in copies are used for any missing file.
+    pub actors_dir: PathBuf,
+    /// Incident runbooks (`*.yaml`).
+    pub runbooks_dir: PathBuf,
+    /// Ops targets and schedules.
+    pub ops_file: PathBuf,
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        Self {
+            actors_dir: PathBuf::from("actors"),
+            runbooks_dir: PathBuf::from("runbooks"),
+            ops_file: PathBuf::from("ops.yaml"),
+        }
+    }
+}
+
+/// Compass's scheduling settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompassConfig {
+    /// Pipelines running at once; the rest wait as `queued`.
+    pub max_concurrent_tasks: usize,
+    /// Tasks allowed to wait in the queue; past it, submissions get 429 `QUEUE_FULL`.
+    pub max_queued_tasks: usize,
+    /// A running task with no event for this long is reported as stalled.
+    pub stall_after_secs: u64,
+    /// Pipeline templates: which stages each task kind runs, in order.
+    pub templates: std::collections::BTreeMap<String, Vec<Stage>>,
+    /// How long a `deploy` stage waits for its deploy to end (an approval gate included) before
+    /// the task fails `DEPLOY_FAILED`; the deploy itself goes on.
+    pub deploy_wait_secs: u64,
+}
+
+impl Default for CompassConfig {
+    fn default() -> Self {
+        let full = vec![Stage::Plan, Stage::Implement, Stage::Verify, Stage::Deliver];
+        let mut templates: std::collections::BTreeMap<String, Vec<Stage>> =
+            ["feature", "bugfix", "refactor", "chore"]
+                .into_iter()
+                .map(|kind| (kind.to_owned(), full.clone()))
+                .collect();
+        templates.insert("docs".to_owned(), vec![Stage::Implement, Stage::Deliver]);
+        let mut deployed = full;
+        deployed.push(Stage::Deploy);
+        templates.insert("infra".to_owned(), deployed);
+        Self {
+            max_concurrent_tasks: 4,
+            max_queued_tasks: 10_000,
+            stall_after_secs: 900,
+            templates,
+            deploy_wait_secs: 3600,
+        }
+    }
+}
+
+/// OTP-style restart intensity: at most `max_restarts` in `window_secs`, with exponential backoff.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisionConfig {
+    /// Restarts allowed within the window before the child is marked `failed`.
+    pub max_restarts: u32,
+    /// The sliding window, in seconds.
+    pub window_secs: u64,
+    /// First restart delay; doubles with each restart in the window.
+    pub backoff_base_ms: u64,
+    /// Cap on the restart delay.
+    pub backoff_max_ms: u64,
+    /// A `failed` persona is tried again, with a fresh restart budget, this long after it failed;
+    /// 0 leaves it down until the service restarts.
+    pub revive_after_secs: u64,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 5,
+            window_secs: 60,
+            backoff_base_ms: 100,
+            backoff_max_ms: 5_000,
+            revive_after_secs: 300,
+        }
+    }
+}
+
+impl SupervisionConfig {
+    /// The window as a duration.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.window_secs)
+    }
+}
+
+/// Retries of a stage after transient failures (engine timeout or kill, git lock, persona timeout):
+/// exponential backoff with jitter, at most `max` per stage; then the task is dead-lettered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Retries per stage.
+    pub max: u32,
+    /// First delay; doubles with each retry.
+    pub base_backoff_ms: u64,
+    /// Cap on the delay.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max: 3,
+            base_backoff_ms: 500,
+            max_backoff_ms: 30_000,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The delay before retry number `retry` (1-based): exponential, capped, with jitter in
+    /// `[delay/2, delay]` so retries of many tasks do not stampede together.
+    pub fn delay(&self, retry: u32) -> Duration {
+        use std::hash::{BuildHasher, Hasher};
+        let exponent = retry.saturating_sub(1).min(20);
+        let ceiling = self
+            .base_backoff_ms
+            .saturating_mul(1u64 << exponent)
+            .min(self.max_backoff_ms);
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let half = ceiling / 2;
+        Duration::from_millis(half + random % (ceiling - half + 1))
+    }
+}
+
+/// Engine and verify run limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnginesConfig {
+    /// A `shell` engine run is killed (with its process group) after this long.
+    pub timeout_secs: u64,
+    /// A verify command is killed after this long.
+    pub verify_timeout_secs: u64,
+    /// Bytes of stdout and of stderr kept per run.
+    pub output_bytes_max: usize,
+    /// Bytes of the last verify failure handed to the next attempt.
+    pub feedback_bytes_max: usize,
+}
+
+impl Default for EnginesConfig {
+    fn default() -> Self {
+        Self {
+            timeout_secs: 600,
+            verify_timeout_secs: 600,
+            output_bytes_max: 64 * 1024,
+            feedback_bytes_max: 16 * 1024,
+        }
+    }
+}
+
+/// Git call limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitConfig {
+    /// Any git call is killed after this long.
+    pub timeout_secs: u64,
+}
+
+impl Default for GitConfig {
+    fn default() -> Self {
+        Self { timeout_secs: 120 }
+    }
+}
+
+impl GitConfig {
+    /// The timeout as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+/// Task defaults and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TasksConfig {
+    /// `max_attempts` when a submission gives none.
+    pub default_max_attempts: u32,
+    /// The largest `max_attempts` a submission may ask for.
+    pub max_attempts_limit: u32,
+    /// `GET /v1/tasks` returns at most this many.
+    pub list_limit: usize,
+    /// What delivery does when a submission does not say: `merge` or leave the `branch`.
+    pub delivery: crate::model::task::Delivery,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            default_max_attempts: 3,
+            max_attempts_limit: 10,
+            list_limit: 1000,
+            delivery: crate::model::task::Delivery::Merge,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` if given (it must exist), else [`DEFAULT_CONFIG_PATH`] if it exists, else defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match path {
+            Some(path) => (path.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        if !required && !path.exists() {
+            return Ok(Self::default());
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|reason| ConfigError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        })
+    }
+
+    /// Parses TOML text and checks the values.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        // A file's templates add to (or replace) the built-in kinds rather than removing the rest.
+        for (kind, stages) in CompassConfig::default().templates {
+            config.compass.templates.entry(kind).or_insert(stages);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let checks = [
+            (
+                self.compass.max_concurrent_tasks == 0,
+                "compass.max_concurrent_tasks must be at least 1",
+            ),
+            (
+                self.compass.templates.values().any(Vec::is_empty),
+                "compass.templates: a template needs at least one stage",
+            ),
+            (
+                self.supervision.window_secs == 0,
+                "supervision.window_secs must be at least 1",
+            ),
+            (
+                self.supervision.backoff_base_ms > self.supervision.backoff_max_ms,
+                "supervision.backoff_base_ms must not exceed backoff_max_ms",
+            ),
+            (
+                self.engines.timeout_secs == 0,
+                "engines.timeout_secs must be at least 1",
+            ),
+            (
+                self.engines.verify_timeout_secs == 0,
+                "engines.verify_timeout_secs must be at least 1",
+            ),
+            (
+                self.engines.output_bytes_max < 1024,
+                "engines.output_bytes_max must be at least 1024",
+            ),
+            (
+                self.git.timeout_secs == 0,
+                "git.timeout_secs must be at least 1",
+            ),
+            (
+                self.storage.stall_secs == 0,
+                "storage.stall_secs must be at least 1",
+            ),
+            (
+                self.storage.write_queue_max == 0,
+                "storage.write_queue_max must be at least 1",
+            ),
+            (
+                self.retry.base_backoff_ms > self.retry.max_backoff_ms,
+                "retry.base_backoff_ms must not exceed max_backoff_ms",
+            ),
+            (self.retry.max > 100, "retry.max must be at most 100"),
+            (
+                self.compass.stall_after_secs == 0,
+                "compass.stall_after_secs must be at least 1",
+            ),
+            (
+                self.compass.deploy_wait_secs == 0,
+                "compass.deploy_wait_secs must be at least 1",
+            ),
+            (
+                self.ledger.watch_billing_interval_secs == 0,
+                "ledger.watch_billing_interval_secs must be at least 1",
+            ),
+            (
+                self.tasks.default_max_attempts == 0,
+                "tasks.default_max_attempts must be at least 1",
+            ),
+            (
+                self.tasks.default_max_attempts > self.tasks.max_attempts_limit,
+                "tasks.default_max_attempts must not exceed max_attempts_limit",
+            ),
+            (
+                self.server.body_bytes_max == 0,
+                "server.body_bytes_max must be at least 1",
+            ),
+        ];
+        if let Some((_, reason)) = checks.iter().find(|(failed, _)| *failed) {
+            return Err((*reason).to_owned());
+        }
+        let per_repo = self
+            .governance
+            .repos
+            .values()
+            .flat_map(|r| &r.protected_paths);
+        for pattern in self.governance.protected_paths.iter().chain(per_repo) {
+            globset::Glob::new(pattern)
+                .map_err(|e| format!("governance.protected_paths: `{pattern}`: {e}"))?;
+        }
+        crate::model::ledger::validate_id("ledger.local_account", &self.ledger.local_account)
+            .map_err(|e| e.to_string())?;
+        if self.ledger.default_task_budget == 0 {
+            return Err("ledger.default_task_budget must be at least 1".into());
+        }
+        self.compass
+            .templates
+            .iter()
+            .try_for_each(|(kind, stages)| check_template(kind, stages))
+    }
+}
+
+/// A template runs each stage once, and verify and deliver only after implement made the branch.
+fn check_template(kind: &str, stages: &[Stage]) -> Result<(), String> {
+    for (index, stage) in stages.iter().enumerate() {
+        if stages[..index].contains(stage) {
+            return Err(format!(
+                "compass.templates.{kind}: stage `{stage}` appears twice"
+            ));
+        }
+        let needs_branch = matches!(stage, Stage::Verify | Stage::Deliver);
+        if needs_branch && !stages[..index].contains(&Stage::Implement) {
+            return Err(format!(
+                "compass.templates.{kind}: `{stage}` must come after `implement`"
+            ));
+        }
+        if *stage == Stage::Deploy && !stages[..index].contains(&Stage::Deliver) {
+            return Err(format!(
+                "compass.templates.{kind}: `deploy` must come after `deliver` (it ships what landed)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.compass.max_concurrent_tasks, 4);
+        assert_eq!(config.supervision.max_restarts, 5);
+        assert_eq!(config.server.bind.port(), 7700);
+    }
+
+    #[test]
+    fn the_shipped_config_file_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH);
+        let config = Config::load(Some(&path)).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.compass.templates, defaults.compass.templates);
+        assert_eq!(config.retry.max, defaults.retry.max);
+        assert_eq!(config.tasks.delivery, defaults.tasks.delivery);
+        assert_eq!(
+            config.compass.stall_after_secs,
+            defaults.compass.stall_after_secs
+        );
+    }
+
+    #[test]
+    fn delivery_is_merge_or_branch() {
+        let config = Config::parse("[tasks]\ndelivery = \"branch\"\n").unwrap();
+        assert_eq!(config.tasks.delivery, crate::model::task::Delivery::Branch);
+        let error = Config::parse("[tasks]\ndelivery = \"push\"\n").unwrap_err();
+        assert!(error.contains("push"), "{error}");
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let error = Config::parse("[compass]\nmax_concurent_tasks = 3\n").unwrap_err();
+        assert!(error.contains("max_concurent_tasks"), "{error}");
+    }
+
+    #[test]
+    fn retry_delay_grows_with_jitter_and_a_cap() {
+        let retry = RetryConfig {
+            max: 5,
+            base_backoff_ms: 100,
+            max_backoff_ms: 300,
+        };
+        for _ in 0..50 {
+            let first = retry.delay(1).as_millis();
+            assert!((50..=100).contains(&first), "{first}");
+            let third = retry.delay(3).as_millis();
+            assert!((150..=300).contains(&third), "{third}");
+        }
+    }
+
+    #[test]
+    fn templates_are_checked() {
+        let twice = "[compass.templates]\nloop = [\"implement\", \"verify\", \"implement\"]\n";
+        assert!(Config::parse(twice).unwrap_err().contains("appears twice"));
+        let early = "[compass.templates]\nodd = [\"verify\", \"implement\"]\n";
+        assert!(Config::parse(early)
+            .unwrap_err()
+            .contains("after `implement`"));
+        let docs = "[compass.templates]\ndocs = [\"implement\", \"deliver\"]\n";
+        let templates = Config::parse(docs).unwrap().compass.templates;
+        assert_eq!(templates["docs"].len(), 2);
+        assert_eq!(templates["feature"].len(), 4);
+        assert_eq!(templates["infra"].last(), Some(&Stage::Deploy));
+        let early_deploy = "[compass.templates]\nship = [\"implement\", \"deploy\", \"deliver\"]\n";
+        assert!(Config::parse(early_deploy)
+            .unwrap_err()
+            .contains("`deploy` must come after `deliver`"));
+    }
+
+    #[test]
+    fn bad_value_is_refused() {
+        let error = Config::parse("[compass]\nmax_concurrent_tasks = 0\n").unwrap_err();
+        assert!(error.contains("max_concurrent_tasks"), "{error}");
+        let error = Config::parse("[supervision]\nmax_restarts = \"many\"\n").unwrap_err();
+        assert!(error.contains("max_restarts"), "{error}");
+    }
+}

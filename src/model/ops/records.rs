@@ -1,0 +1,307 @@
+//! What ops records: deploys, incidents, check results, release state. Plain data; the store
+//! keeps them in its ops tables ([`crate::storage::ops`]).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::spec::Classification;
+use crate::model::task::ErrorInfo;
+
+/// Results kept per check; older ones are dropped.
+pub const CHECK_HISTORY_MAX: usize = 50;
+/// Signals kept on one incident (a repeat past it only bumps `signal_count`).
+pub const INCIDENT_SIGNALS_MAX: usize = 50;
+/// Events kept on one incident.
+pub const INCIDENT_EVENTS_MAX: usize = 200;
+/// Records a list answers at most.
+pub const LIST_LIMIT_MAX: usize = 200;
+
+/// Where a deploy stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployStatus {
+    /// Waits for `POST /v1/deploys/{id}/approve` (burn-in gate).
+    AwaitingApproval,
+    /// Waits for the app's previous deploy to end.
+    Queued,
+    /// Precheck, drain, deploy or health check in progress.
+    Running,
+    /// The release is up and passed its health check.
+    Healthy,
+    /// The release failed its health check; the previous healthy release is back.
+    RolledBack,
+    /// It failed, and nothing healthy could be put back (or precheck refused it).
+    Failed,
+    /// A human refused it at the gate.
+    Rejected,
+}
+
+impl DeployStatus {
+    /// Whether the record will not change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Healthy | Self::RolledBack | Self::Failed | Self::Rejected
+        )
+    }
+}
+
+/// One stage of a deploy: when it ran and how it ended.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StageRecord {
+    /// `precheck`, `drain`, `deploy`, `health`, `rollback`, `rollback_health`.
+    pub stage: String,
+    /// Start.
+    pub started_at: DateTime<Utc>,
+    /// End (`None` while it runs).
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `ok`, `failed`, `warning`, `skipped`.
+    pub outcome: Option<String>,
+    /// Bounded detail (command output tail, reason).
+    pub detail: Option<String>,
+}
+
+/// One health probe.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Probe {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// HTTP status, if any came back.
+    pub status: Option<u16>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// How long it took.
+    pub duration_ms: u64,
+}
+
+/// A health check: its probes and the verdict.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthResult {
+    /// Whether a probe passed.
+    pub healthy: bool,
+    /// The probes, in order (at most the configured retries).
+    pub probes: Vec<Probe>,
+    /// What was checked (a URL, or the provider's status).
+    pub target: String,
+}
+
+/// A deploy record (`GET /v1/deploys/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeployRecord {
+    /// UUID v7.
+    pub id: String,
+    /// The app of `ops.yaml`.
+    pub app: String,
+    /// What was asked for (a sha, or the app's branch).
+    pub requested: String,
+    /// The resolved commit, once precheck ran.
+    pub commit: Option<String>,
+    /// The release that ran when this deploy started.
+    pub previous_release: Option<String>,
+    /// Who asked: `api`, `cli`, `task:<id>`.
+    pub trigger: String,
+    /// Where it stands.
+    pub status: DeployStatus,
+    /// `approval` or `automatic`, and why.
+    pub gate: String,
+    /// Digest of the app's ops settings when the deploy was requested.
+    pub config_digest: String,
+    /// Stages in the order they ran.
+    pub stages: Vec<StageRecord>,
+    /// The new release's health check.
+    pub health: Option<HealthResult>,
+    /// The rollback, if one ran.
+    pub rollback: Option<RollbackRecord>,
+    /// Non-fatal trouble (a drain that timed out).
+    pub warnings: Vec<String>,
+    /// Why it failed.
+    pub error: Option<ErrorInfo>,
+    /// The incident it opened.
+    pub incident: Option<String>,
+    /// A reviewer's note at the gate.
+    pub comment: Option<String>,
+    /// The ledger account that pays for it (its price is reserved when it is requested).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Seconds of commands it ran (each started second counts), charged at the shell rate.
+    #[serde(default)]
+    pub command_seconds: u64,
+    /// Creation.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// When it reached a terminal status.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RollbackRecord {
+    /// The release put back.
+    pub to: String,
+    /// Whether it is healthy again.
+    pub healthy: bool,
+    /// Its health check.
+    pub health: Option<HealthResult>,
+}
+
+/// An app's releases as Uplink-Deploy left them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReleaseState {
+    /// The release that should be running now.
+    pub current: Option<String>,
+    /// The newest release that passed its health check: where a rollback goes.
+    pub last_healthy: Option<String>,
+    /// The deploy running for this app now, if any (checks pause meanwhile).
+    pub deploying: Option<String>,
+}
+
+/// One signal: a failing check, a failed deploy, an alert.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Signal {
+    /// The app it concerns (may be unknown to `ops.yaml`).
+    pub app: String,
+    /// Its name: `health_check_failed`, `process_exited`, an alertname, ...
+    pub signal: String,
+    /// `critical`, `warning`, `info`, ...
+    pub severity: String,
+    /// One line for humans.
+    pub summary: String,
+    /// Extra labels (matched by runbooks, part of the fingerprint).
+    pub labels: BTreeMap<String, String>,
+    /// `watch`, `deploy`, `alertmanager`, `api`.
+    pub source: String,
+    /// The deploy it came from.
+    pub deploy: Option<String>,
+    /// When it was received.
+    pub at: DateTime<Utc>,
+}
+
+/// Where an incident stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentStatus {
+    /// Being handled (or waiting for a gated step's approval).
+    Open,
+    /// Health passed again.
+    Resolved,
+    /// No runbook matched, or the runbook could not fix it: a human decides.
+    NeedsHuman,
+}
+
+/// One entry of an incident's timeline.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IncidentEvent {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// `incident.opened`, `signal.attached`, `classified`, `diagnosed`, `step.started`, ...
+    pub kind: String,
+    /// Details.
+    pub detail: serde_json::Value,
+}
+
+/// What diagnose collected.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Diagnosis {
+    /// The app's recent log lines (bounded).
+    pub log_lines: Vec<String>,
+    /// Its recent deploys: id, commit, status.
+    pub deploys: Vec<serde_json::Value>,
+    /// Its latest check results.
+    pub checks: Vec<CheckResult>,
+}
+
+/// An incident (`GET /v1/incidents/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Incident {
+    /// UUID v7.
+    pub id: String,
+    /// The app.
+    pub app: String,
+    /// Where it stands.
+    pub status: IncidentStatus,
+    /// How repeats are recognised.
+    pub fingerprint: String,
+    /// From the matched runbook.
+    pub classification: Option<Classification>,
+    /// The matched runbook.
+    pub runbook: Option<String>,
+    /// The signals, first one first (bounded).
+    pub signals: Vec<Signal>,
+    /// Signals received in all (also past the bound).
+    pub signal_count: u64,
+    /// The timeline (bounded).
+    pub events: Vec<IncidentEvent>,
+    /// What diagnose found.
+    pub diagnosis: Option<Diagnosis>,
+    /// The next runbook step, when a gated one waits for approval.
+    pub awaiting_step: Option<usize>,
+    /// Markdown, once it ended.
+    pub postmortem: Option<String>,
+    /// The bugfix task filed for it.
+    pub task_id: Option<String>,
+    /// The deploy that caused it.
+    pub deploy: Option<String>,
+    /// Opened.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Resolved.
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+impl Incident {
+    /// Appends a timeline event, dropping the oldest past [`INCIDENT_EVENTS_MAX`].
+    pub fn push_event(&mut self, kind: &str, detail: serde_json::Value) {
+        if self.events.len() >= INCIDENT_EVENTS_MAX {
+            self.events.remove(0);
+        }
+        self.events.push(IncidentEvent {
+            at: Utc::now(),
+            kind: kind.to_owned(),
+            detail,
+        });
+        self.updated_at = Utc::now();
+    }
+
+    /// Attaches a repeat signal (kept while under [`INCIDENT_SIGNALS_MAX`], always counted).
+    pub fn attach(&mut self, signal: Signal) {
+        self.signal_count += 1;
+        self.push_event(
+            "signal.attached",
+            serde_json::json!({"signal": signal.signal, "source": signal.source, "summary": signal.summary}),
+        );
+        if self.signals.len() < INCIDENT_SIGNALS_MAX {
+            self.signals.push(signal);
+        }
+    }
+}
+
+/// One run of a check.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CheckResult {
+    /// The app.
+    pub app: String,
+    /// The check's name.
+    pub check: String,
+    /// Its kind.
+    pub kind: super::spec::CheckKind,
+    /// `pass`, `fail` or `skipped`.
+    pub outcome: String,
+    /// What it saw.
+    pub detail: String,
+    /// When it ran.
+    pub at: DateTime<Utc>,
+    /// How long it took.
+    pub duration_ms: u64,
+}
+
+impl CheckResult {
+    /// Whether it failed.
+    pub fn failed(&self) -> bool {
+        self.outcome == "fail"
+    }
+}

@@ -1,0 +1,641 @@
+//! The typed shape of `ops.yaml` and of `runbooks/*.yaml`, and their validation at start.
+//!
+//! Every struct denies unknown fields: a typo in an ops file stops start-up with the file and the
+//! line, instead of silently deploying with a default.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+/// Upper bound on any configured wait (drain, build, deploy, check): one day.
+pub const CONFIGURED_TIMEOUT_SECS_MAX: u64 = 24 * 60 * 60;
+/// Health check retries allowed at most.
+pub const HEALTH_RETRIES_MAX: u32 = 100;
+/// Checks one app may declare at most.
+pub const CHECKS_PER_APP_MAX: usize = 64;
+/// Steps one runbook may declare at most.
+pub const RUNBOOK_STEPS_MAX: usize = 32;
+/// The longest `wait` step a runbook may ask for.
+pub const WAIT_STEP_SECS_MAX: u64 = 600;
+
+/// `ops.yaml`: the apps glitchlab deploys and watches.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpsFile {
+    /// Apps by name.
+    #[serde(default)]
+    pub apps: BTreeMap<String, AppSpec>,
+    /// Where the `fly` CLI is (default: `fly` on `PATH`); an app's own `fly.binary` wins.
+    #[serde(default)]
+    pub fly_binary: Option<String>,
+}
+
+/// How an app is deployed and operated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Releases run as supervised processes on this host.
+    Local,
+    /// The fly.io CLI.
+    Fly,
+    /// User-given shell commands.
+    Command,
+}
+
+/// One app of `ops.yaml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// The app's git repository on this host: releases are its commits.
+    pub repo: PathBuf,
+    /// The branch a deploy without a commit takes its head from.
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// Must exit 0 on a commit (in an export of it) before that commit deploys.
+    #[serde(default = "default_verify")]
+    pub verify: String,
+    /// How verify may take at most.
+    #[serde(default = "default_verify_timeout_secs")]
+    pub verify_timeout_secs: u64,
+    /// Which provider deploys it.
+    pub provider: ProviderKind,
+    /// Settings of the `local` provider.
+    #[serde(default)]
+    pub local: Option<LocalSpec>,
+    /// Settings of the `fly` provider.
+    #[serde(default)]
+    pub fly: Option<FlySpec>,
+    /// Settings of the `command` provider.
+    #[serde(default)]
+    pub command: Option<CommandSpecs>,
+    /// How to tell that a release is healthy; without it the provider's status decides.
+    #[serde(default)]
+    pub health: Option<HealthSpec>,
+    /// A hook run before a deploy replaces the running release.
+    #[serde(default)]
+    pub drain: Option<DrainSpec>,
+    /// Burn-in: which deploys wait for a human.
+    #[serde(default)]
+    pub gates: GatesSpec,
+    /// Periodic read-only checks (Uplink-Watch).
+    #[serde(default)]
+    pub checks: Vec<CheckSpec>,
+    /// The ledger account that pays for the app's deploys and actions (default: a delivering
+    /// task's account, else `ledger.local_account`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+}
+
+fn default_branch() -> String {
+    "main".into()
+}
+
+fn default_verify() -> String {
+    "true".into()
+}
+
+fn default_verify_timeout_secs() -> u64 {
+    600
+}
+
+/// `local:` — build and start commands of a release on this host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSpec {
+    /// Run once in the release directory before it starts.
+    #[serde(default = "default_build")]
+    pub build: String,
+    /// Starts the app (a long-running process); `PORT` is set.
+    pub start: String,
+    /// The port handed to the app as `PORT`.
+    pub port: u16,
+    /// How long `build` may take.
+    #[serde(default = "default_build_timeout_secs")]
+    pub build_timeout_secs: u64,
+    /// After SIGTERM, how long the old release may take to exit before SIGKILL.
+    #[serde(default = "default_stop_grace_ms")]
+    pub stop_grace_ms: u64,
+}
+
+fn default_build() -> String {
+    "true".into()
+}
+
+fn default_build_timeout_secs() -> u64 {
+    300
+}
+
+fn default_stop_grace_ms() -> u64 {
+    2000
+}
+
+/// `fly:` — the fly.io app behind this app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlySpec {
+    /// The fly app name (`--app`).
+    pub app: String,
+    /// The CLI to run (default: the top-level `fly_binary`, else `fly`).
+    #[serde(default)]
+    pub binary: Option<String>,
+    /// A `fly.toml` path inside the release (`--config`).
+    #[serde(default)]
+    pub config: Option<String>,
+    /// How long one fly command may take.
+    #[serde(default = "default_fly_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_fly_timeout_secs() -> u64 {
+    600
+}
+
+/// `command:` — shell commands that deploy and operate the app. `GLITCHLAB_COMMIT`,
+/// `GLITCHLAB_RELEASE_DIR` and `GLITCHLAB_APP` are set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSpecs {
+    /// Deploys the commit.
+    pub deploy: String,
+    /// Puts the given (earlier) commit back.
+    pub rollback: String,
+    /// Exits 0 while the app runs.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Restarts the running release.
+    #[serde(default)]
+    pub restart: Option<String>,
+    /// Scales to `GLITCHLAB_COUNT` instances.
+    #[serde(default)]
+    pub scale: Option<String>,
+    /// Prints recent log lines.
+    #[serde(default)]
+    pub logs: Option<String>,
+    /// How long one command may take.
+    #[serde(default = "default_fly_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+/// `health:` — an HTTP probe with retries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    /// The URL to GET.
+    pub url: String,
+    /// The status that means healthy.
+    #[serde(default = "default_expect_status")]
+    pub expect_status: u16,
+    /// One probe's timeout.
+    #[serde(default = "default_health_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Probes before giving up.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Pause between probes.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_expect_status() -> u16 {
+    200
+}
+
+fn default_health_timeout_ms() -> u64 {
+    1000
+}
+
+fn default_retries() -> u32 {
+    3
+}
+
+fn default_interval_ms() -> u64 {
+    500
+}
+
+/// `drain:` — a hook before the running release is replaced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainSpec {
+    /// Shell command, run in the app's repository.
+    pub command: String,
+    /// Past this the hook is killed and the deploy goes on with a warning.
+    #[serde(default = "default_drain_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_drain_timeout_secs() -> u64 {
+    60
+}
+
+/// `gates:` — burn-in. See [`crate::work::ops::deploy::gate_for`] for the rule.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatesSpec {
+    /// The first N deploys wait for approval.
+    #[serde(default)]
+    pub approve_first: u32,
+    /// From this many healthy deploys on, deploys are automatic even after a config change.
+    #[serde(default)]
+    pub auto_after: Option<u32>,
+}
+
+/// What a check looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// An HTTP GET (the check's `url`, else the app's health URL).
+    Http,
+    /// Days left on a TLS certificate.
+    TlsExpiry,
+    /// Whether the app's process runs.
+    Process,
+    /// A shell command that must exit 0.
+    Command,
+    /// Today's ledger spend against the trailing daily average.
+    Cost,
+}
+
+impl CheckKind {
+    /// The signal a failure of this kind raises.
+    pub fn signal(self) -> &'static str {
+        match self {
+            Self::Http => "health_check_failed",
+            Self::TlsExpiry => "tls_expiring",
+            Self::Process => "process_exited",
+            Self::Command => "check_failed",
+            Self::Cost => "cost_spike",
+        }
+    }
+}
+
+/// One maintenance check.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    /// Unique within the app.
+    pub name: String,
+    /// Cron with a seconds field: `sec min hour day month weekday [year]`.
+    pub schedule: String,
+    /// What it looks at.
+    pub kind: CheckKind,
+    /// `http`: the URL (default: the app's health URL).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `http`: the expected status (default 200).
+    #[serde(default)]
+    pub expect_status: Option<u16>,
+    /// `tls_expiry`: the host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// `tls_expiry`: the port (default 443).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `tls_expiry`: alert under this many days (default 14).
+    #[serde(default)]
+    pub min_days: Option<u32>,
+    /// `command`: the shell command.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// `cost`: alert when today is over this many times the trailing average (default 2.0).
+    #[serde(default)]
+    pub factor: Option<f64>,
+    /// `cost`: days of the trailing average (default 7).
+    #[serde(default)]
+    pub days: Option<u32>,
+    /// `cost`: spend (micro-tokens) under which today never alerts (default 0).
+    #[serde(default)]
+    pub floor: Option<u64>,
+    /// How long one run may take (default 10 s).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+impl CheckSpec {
+    /// The parsed schedule (validated at load, so this only fails for a hand-built spec).
+    pub fn parsed_schedule(&self) -> Result<cron::Schedule, String> {
+        cron::Schedule::from_str(&self.schedule).map_err(|e| e.to_string())
+    }
+}
+
+/// One incident runbook (`runbooks/*.yaml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runbook {
+    /// Runbook name.
+    pub name: String,
+    /// Which signals it handles.
+    #[serde(rename = "match")]
+    pub matcher: RunbookMatch,
+    /// How bad a matched incident is.
+    pub classify: Classification,
+    /// Ordered response steps.
+    pub steps: Vec<RunbookStep>,
+}
+
+/// `match:` of a runbook: every given field must agree with the signal.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunbookMatch {
+    /// The signal name (`health_check_failed`, an Alertmanager `alertname`, ...).
+    pub signal: String,
+    /// Only this app.
+    #[serde(default)]
+    pub app: Option<String>,
+    /// Labels the signal must carry with these values.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// How bad an incident is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Classification {
+    /// Nothing is wrong for users.
+    Noise,
+    /// Users see it, the app still serves.
+    Degradation,
+    /// The app does not serve.
+    Outage,
+}
+
+/// What a runbook step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepAction {
+    /// Restart the running release.
+    Restart,
+    /// Put the last healthy release back.
+    Rollback,
+    /// Change the instance count (always gated).
+    Scale,
+    /// Pause.
+    Wait,
+    /// Run the app's health check once (with its retries) and record it.
+    Check,
+    /// File a bugfix task for Compass with `caused_by`.
+    CreateTask,
+    /// Record and log a notice for humans.
+    Notify,
+}
+
+/// One runbook step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunbookStep {
+    /// What to do.
+    pub action: StepAction,
+    /// Waits for `POST /v1/incidents/{id}/approve` first (scale always does).
+    #[serde(default)]
+    pub gated: bool,
+    /// `wait`: seconds.
+    #[serde(default)]
+    pub seconds: Option<u64>,
+    /// `scale`: instances.
+    #[serde(default)]
+    pub count: Option<u32>,
+    /// `notify` / `create_task`: text.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+impl RunbookStep {
+    /// Whether a human must approve the step before it runs.
+    pub fn needs_approval(&self) -> bool {
+        self.gated || self.action == StepAction::Scale
+    }
+}
+
+/// The digest of an app's settings: "the ops config is unchanged since the last healthy deploy".
+pub fn config_digest(app: &AppSpec) -> String {
+    let bytes = serde_json::to_vec(app).unwrap_or_default();
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The 1-based line of the first line of `text` that contains `needle` (1 when none does).
+pub fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|line| line.contains(needle))
+        .map_or(1, |index| index + 1)
+}
+
+/// Checks what serde cannot: provider sections, schedules, check fields, limits. The error is
+/// `line N: reason`, N found by searching the text for the offending key.
+pub fn validate_ops(ops: &OpsFile, text: &str) -> Result<(), String> {
+    for (name, app) in &ops.apps {
+        validate_app(name, app).map_err(|(needle, reason)| {
+            let line = line_of(text, &needle);
+            format!("line {line}: app `{name}`: {reason}")
+        })?;
+    }
+    Ok(())
+}
+
+fn validate_app(name: &str, app: &AppSpec) -> Result<(), (String, String)> {
+    let at_app = |reason: String| (format!("{name}:"), reason);
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(at_app("app names use letters, digits, `-` and `_`".into()));
+    }
+    if !app.repo.is_absolute() {
+        return Err(("repo:".into(), "repo must be an absolute path".into()));
+    }
+    match app.provider {
+        ProviderKind::Local if app.local.is_none() => {
+            return Err(at_app("provider `local` needs a `local:` section".into()))
+        }
+        ProviderKind::Fly if app.fly.is_none() => {
+            return Err(at_app("provider `fly` needs a `fly:` section".into()))
+        }
+        ProviderKind::Command if app.command.is_none() => {
+            return Err(at_app(
+                "provider `command` needs a `command:` section".into(),
+            ))
+        }
+        _ => {}
+    }
+    validate_limits(app).map_err(at_app)?;
+    if let Some(account) = &app.account {
+        crate::model::ledger::validate_id("account", account)
+            .map_err(|e| ("account:".to_owned(), e.to_string()))?;
+    }
+    if app.checks.len() > CHECKS_PER_APP_MAX {
+        return Err(at_app(format!("at most {CHECKS_PER_APP_MAX} checks")));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for check in &app.checks {
+        let at_check = |reason: String| (format!("name: {}", check.name), reason);
+        if !seen.insert(check.name.as_str()) {
+            return Err(at_check(format!(
+                "check `{}` is declared twice",
+                check.name
+            )));
+        }
+        validate_check(app, check).map_err(at_check)?;
+    }
+    Ok(())
+}
+
+fn validate_limits(app: &AppSpec) -> Result<(), String> {
+    let timeouts = [
+        ("verify_timeout_secs", app.verify_timeout_secs),
+        (
+            "drain.timeout_secs",
+            app.drain.as_ref().map_or(1, |d| d.timeout_secs),
+        ),
+        (
+            "local.build_timeout_secs",
+            app.local.as_ref().map_or(1, |l| l.build_timeout_secs),
+        ),
+        (
+            "fly.timeout_secs",
+            app.fly.as_ref().map_or(1, |f| f.timeout_secs),
+        ),
+        (
+            "command.timeout_secs",
+            app.command.as_ref().map_or(1, |c| c.timeout_secs),
+        ),
+    ];
+    for (key, value) in timeouts {
+        if value == 0 || value > CONFIGURED_TIMEOUT_SECS_MAX {
+            return Err(format!(
+                "{key} must be within 1..={CONFIGURED_TIMEOUT_SECS_MAX}"
+            ));
+        }
+    }
+    if let Some(health) = &app.health {
+        if health.retries == 0 || health.retries > HEALTH_RETRIES_MAX {
+            return Err(format!(
+                "health.retries must be within 1..={HEALTH_RETRIES_MAX}"
+            ));
+        }
+        if health.timeout_ms == 0 || health.timeout_ms > CONFIGURED_TIMEOUT_SECS_MAX * 1000 {
+            return Err("health.timeout_ms is out of range".into());
+        }
+        if !health.url.starts_with("http://") && !health.url.starts_with("https://") {
+            return Err("health.url must be an http:// or https:// URL".into());
+        }
+    }
+    Ok(())
+}
+
+fn validate_check(app: &AppSpec, check: &CheckSpec) -> Result<(), String> {
+    check
+        .parsed_schedule()
+        .map_err(|e| format!("check `{}`: schedule `{}`: {e}", check.name, check.schedule))?;
+    let missing = |field: &str| {
+        format!(
+            "check `{}` of kind {} needs `{field}`",
+            check.name,
+            super::wire_name(&check.kind)
+        )
+    };
+    match check.kind {
+        CheckKind::Http if check.url.is_none() && app.health.is_none() => Err(missing("url")),
+        CheckKind::TlsExpiry if check.host.is_none() => Err(missing("host")),
+        CheckKind::Command if check.command.is_none() => Err(missing("command")),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a runbook beyond its shape: at least one step, at most [`RUNBOOK_STEPS_MAX`], waits and
+/// scales with their parameters.
+pub fn validate_runbook(runbook: &Runbook, text: &str) -> Result<(), String> {
+    let fail = |needle: &str, reason: String| format!("line {}: {reason}", line_of(text, needle));
+    if runbook.steps.is_empty() || runbook.steps.len() > RUNBOOK_STEPS_MAX {
+        return Err(fail(
+            "steps",
+            format!("a runbook has 1..={RUNBOOK_STEPS_MAX} steps"),
+        ));
+    }
+    for step in &runbook.steps {
+        match step.action {
+            StepAction::Wait if step.seconds.is_none_or(|s| s > WAIT_STEP_SECS_MAX) => {
+                return Err(fail(
+                    "wait",
+                    format!("a wait step needs `seconds` within 0..={WAIT_STEP_SECS_MAX}"),
+                ))
+            }
+            StepAction::Scale if step.count.is_none() => {
+                return Err(fail("scale", "a scale step needs `count`".into()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "apps:\n  web:\n    repo: /srv/web\n    provider: local\n    local: {start: \"python3 app.py\", port: 8081}\n    checks:\n      - {name: web-health, schedule: \"*/5 * * * * *\", kind: process}\n";
+
+    #[test]
+    fn a_good_file_validates() {
+        let ops: OpsFile = serde_yaml_ng::from_str(GOOD).unwrap();
+        validate_ops(&ops, GOOD).unwrap();
+        assert_eq!(ops.apps["web"].branch, "main");
+    }
+
+    #[test]
+    fn the_shipped_example_validates() {
+        let text = include_str!("../../../examples/ops.yaml");
+        let ops: OpsFile = serde_yaml_ng::from_str(text).unwrap();
+        validate_ops(&ops, text).unwrap();
+        assert_eq!(ops.apps["sample"].account.as_deref(), Some("user:local"));
+    }
+
+    #[test]
+    fn a_bad_account_names_its_line() {
+        let text = format!("{GOOD}    account: \"no spaces please\"\n");
+        let ops: OpsFile = serde_yaml_ng::from_str(&text).unwrap();
+        let error = validate_ops(&ops, &text).unwrap_err();
+        assert!(error.contains("account"), "{error}");
+        assert!(
+            error.starts_with(&format!("line {}", text.lines().count())),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_bad_schedule_names_its_line() {
+        let text = GOOD.replace("*/5 * * * * *", "every five");
+        let ops: OpsFile = serde_yaml_ng::from_str(&text).unwrap();
+        let error = validate_ops(&ops, &text).unwrap_err();
+        assert!(error.starts_with("line 7:"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_provider_section_is_refused() {
+        let text = GOOD.replace("provider: local", "provider: fly");
+        let ops: OpsFile = serde_yaml_ng::from_str(&text).unwrap();
+        assert!(validate_ops(&ops, &text).unwrap_err().contains("fly:"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = GOOD
+            .replace("branch", "x")
+            .replace("provider: local", "provider: local\n    colour: red");
+        assert!(serde_yaml_ng::from_str::<OpsFile>(&text).is_err());
+    }
+
+    #[test]
+    fn scale_is_always_gated() {
+        let step = RunbookStep {
+            action: StepAction::Scale,
+            gated: false,
+            seconds: None,
+            count: Some(2),
+            message: None,
+        };
+        assert!(step.needs_approval());
+    }
+}

@@ -1,0 +1,673 @@
+//! The task model: what a task is, where it stands, and what it produced.
+//!
+//! These types are the persisted shape (sled stores them as JSON) and the HTTP shape at once, so a
+//! field added here is visible to clients and survives restarts without a second mapping layer.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A task's identity: a UUID v7, so ids sort by creation time and double as "age" in the queue.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(transparent)]
+pub struct TaskId(Uuid);
+
+impl TaskId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// The 16 raw bytes, used as the sled key prefix for everything that belongs to the task.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// Rebuilds an id from a sled key prefix.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(Uuid::from_bytes(bytes))
+    }
+
+    /// The id of the service itself, for events that belong to no task (restarts of personas).
+    pub fn service() -> Self {
+        Self(Uuid::nil())
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = uuid::Error;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(text).map(Self)
+    }
+}
+
+/// Scheduling priority; the derive order is the scheduling order (critical runs first).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    Default,
+    ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Drops everything else.
+    Critical,
+    /// Ahead of routine work.
+    High,
+    /// Routine work.
+    #[default]
+    Medium,
+    /// When nothing else waits.
+    Low,
+}
+
+/// Where a task stands in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Persisted and waiting for a pipeline slot.
+    Queued,
+    /// Waiting for dependencies.
+    Blocked,
+    /// A pipeline actor is driving it through its stages.
+    Running,
+    /// Parked at a human gate.
+    AwaitingApproval,
+    /// Delivered.
+    Done,
+    /// Ended with an error (see `error`).
+    Failed,
+    /// Ended by a client.
+    Cancelled,
+    /// Every retry was used up; kept for a human.
+    DeadLetter,
+}
+
+impl TaskStatus {
+    /// A terminal task never changes again; Compass does not reload it on start.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Done | Self::Failed | Self::Cancelled | Self::DeadLetter
+        )
+    }
+}
+
+/// One step of a pipeline template.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Planner turns the task's text into a structured plan.
+    Plan,
+    /// Patch changes the worktree and commits.
+    Implement,
+    /// Circuit runs the verify command.
+    Verify,
+    /// A human approves (or rejects) before delivery; the task waits as `awaiting_approval`.
+    Approve,
+    /// Patch merges the branch into the base branch.
+    Deliver,
+    /// Uplink-Deploy deploys the delivered commit to the task's `deploy` app; the task is done
+    /// when the release is healthy.
+    Deploy,
+}
+
+impl Stage {
+    /// The name used in events and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plan => "plan",
+            Self::Implement => "implement",
+            Self::Verify => "verify",
+            Self::Approve => "approve",
+            Self::Deliver => "deliver",
+            Self::Deploy => "deploy",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A machine-readable failure: every failed task carries one, never a bare "failed".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorInfo {
+    /// SCREAMING_SNAKE_CASE code clients can branch on (`VERIFY_FAILED`, `PERSONA_UNAVAILABLE`, ...).
+    pub code: String,
+    /// What happened, for a human.
+    pub message: String,
+}
+
+impl ErrorInfo {
+    /// Builds an error from a code and a message.
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Whether a human must approve a task's work before it is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewPolicy {
+    /// Delivered as soon as verify passes.
+    #[default]
+    Auto,
+    /// An `approve` gate is inserted before `deliver`.
+    Manual,
+}
+
+/// What delivering a task's work does with its branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Merged into the base branch (fast-forward, or a merge of the new base that is verified
+    /// again).
+    #[default]
+    Merge,
+    /// Left on `glitchlab/<task-id>` for a human to review and merge; the base is not touched.
+    Branch,
+}
+
+/// What made a task necessary: the incident (and the deploy) an ops persona filed it for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CausedBy {
+    /// The incident's id.
+    pub incident: String,
+    /// The deploy that caused it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<String>,
+}
+
+/// What a task may spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskBudget {
+    /// Micro-tokens reserved from the paying account when the task is accepted.
+    pub max_cost: u64,
+    /// Model tokens (input + output) the task may use; crossing it ends it `BUDGET_EXCEEDED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// Seconds from start the task may run; crossing it ends it `BUDGET_EXCEEDED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wall_secs: Option<u64>,
+}
+
+/// One failed try of a stage, kept on the task so a dead letter carries every diagnostic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FailureRecord {
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// The stage that failed.
+    pub stage: Stage,
+    /// The implement/verify attempt it belonged to.
+    pub attempt: u32,
+    /// Code and message (the message holds the tail of the output).
+    pub error: ErrorInfo,
+}
+
+/// How a persona thinks or acts for one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EngineSpec {
+    /// Deterministic and offline: what lets the service run with no network and no keys.
+    Builtin,
+    /// `sh -c <command>` in the task's worktree, with the prompt in `GLITCHLAB_PROMPT_FILE`.
+    Shell {
+        /// The command line handed to `sh -c`.
+        command: String,
+    },
+    /// An OpenAI-compatible chat-completions endpoint (`[providers.<provider>]` in config).
+    Openai {
+        /// The provider's name in config.
+        provider: String,
+    },
+}
+
+/// Per-task engine overrides; a persona without one uses `builtin`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EngineOverrides {
+    /// Planner's engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planner: Option<EngineSpec>,
+    /// Patch's engine (the implementer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<EngineSpec>,
+    /// Circuit's judge of the acceptance criteria (the verify command always runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit: Option<EngineSpec>,
+}
+
+/// Planner's output: what Patch is asked to do, in steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Plan {
+    /// One line: what the task delivers.
+    pub summary: String,
+    /// Ordered steps; never empty.
+    pub steps: Vec<PlanStep>,
+    /// `low`, `medium` or `high`.
+    pub risk: String,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PlanStep {
+    /// What to do.
+    pub title: String,
+    /// Files the step mentions or is expected to touch.
+    pub files: Vec<String>,
+    /// Why the step exists.
+    pub rationale: String,
+}
+
+/// A task: the request, its progress and its outcome, persisted as one record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Task {
+    /// UUID v7.
+    pub id: TaskId,
+    /// Short name of the work.
+    pub title: String,
+    /// What to do, in prose; the planner's input.
+    pub description: String,
+    /// Absolute path of the git repository the work happens in.
+    pub repo: String,
+    /// Branch the work is delivered into.
+    pub base_branch: String,
+    /// Picks the pipeline template (`stages`).
+    pub kind: String,
+    /// Scheduling priority.
+    pub priority: Priority,
+    /// Shell command that must exit 0 in the worktree for the work to be delivered.
+    pub verify: String,
+    /// What "done" means, in prose: what a model-backed Circuit judges the diff against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptance: Option<String>,
+    /// Implement/verify rounds allowed before the task fails.
+    pub max_attempts: u32,
+    /// Engine overrides per persona.
+    pub engines: EngineOverrides,
+    /// Tasks that must be `done` before this one may start.
+    #[serde(default)]
+    pub deps: Vec<TaskId>,
+    /// The unfinished dependencies while the task is `blocked`.
+    #[serde(default)]
+    pub blocked_by: Vec<TaskId>,
+    /// Whether delivery waits for a human.
+    #[serde(default)]
+    pub review_policy: ReviewPolicy,
+    /// Merge into the base branch, or leave the branch for review.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// The incident (and deploy) this task answers, if an ops persona filed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caused_by: Option<CausedBy>,
+    /// The app to deploy once the task is delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<String>,
+    /// The ledger account that pays for the task.
+    #[serde(default)]
+    pub account: String,
+    /// What the task may spend.
+    #[serde(default)]
+    pub budget: TaskBudget,
+    /// The task that filed this one (it pays, unless this one names an account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_task: Option<TaskId>,
+    /// The ledger transfer holding the budget while the task runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<String>,
+    /// Reservations made so far (a retry reserves again).
+    #[serde(default)]
+    pub budget_rounds: u32,
+    /// Whether the reservation was settled after the task ended.
+    #[serde(default)]
+    pub settled: bool,
+    /// Client-chosen key that makes submission idempotent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Where the task stands.
+    pub status: TaskStatus,
+    /// The stage being run (or last run); `None` before the pipeline starts.
+    pub stage: Option<Stage>,
+    /// The ordered stages of this task, fixed at submission from the kind's template.
+    pub stages: Vec<Stage>,
+    /// Implement attempts started so far (1-based once implement has begun).
+    pub attempts: u32,
+    /// Retries of the current stage after transient failures (reset when the stage changes).
+    #[serde(default)]
+    pub stage_retries: u32,
+    /// Times delivery found the base moved and sent the merged branch back to verify.
+    #[serde(default)]
+    pub reverifications: u32,
+    /// Every failed try so far, oldest first (bounded by [`FAILURES_KEPT_MAX`]).
+    #[serde(default)]
+    pub failures: Vec<FailureRecord>,
+    /// `glitchlab/<task-id>` once Patch has made the worktree.
+    pub branch: Option<String>,
+    /// Delivered commit on the base branch.
+    pub commit: Option<String>,
+    /// The plan, once Planner has made it.
+    pub plan: Option<Plan>,
+    /// The last verify failure's output (bounded), handed to Patch on the next attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<String>,
+    /// Why the task failed, when it did.
+    pub error: Option<ErrorInfo>,
+    /// Submission time.
+    pub created_at: DateTime<Utc>,
+    /// Last change to this record.
+    pub updated_at: DateTime<Utc>,
+    /// When a pipeline first picked it up.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal status.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The branch a task's work lives on.
+pub fn branch_name(task_id: TaskId) -> String {
+    format!("glitchlab/{task_id}")
+}
+
+/// Failure records kept per task; older ones are dropped first.
+pub const FAILURES_KEPT_MAX: usize = 32;
+
+impl Task {
+    /// A queued feature task for unit tests: plan-only, paid by `user:local`.
+    #[cfg(test)]
+    pub fn for_test(title: &str, description: &str) -> Self {
+        let now = Utc::now();
+        Self {
+            id: TaskId::new(),
+            title: title.into(),
+            description: description.into(),
+            repo: "/tmp/repo".into(),
+            base_branch: "main".into(),
+            kind: "feature".into(),
+            priority: Priority::Medium,
+            verify: "true".into(),
+            acceptance: None,
+            max_attempts: 3,
+            engines: EngineOverrides::default(),
+            idempotency_key: None,
+            deps: Vec::new(),
+            blocked_by: Vec::new(),
+            review_policy: ReviewPolicy::Auto,
+            delivery: Delivery::Merge,
+            caused_by: None,
+            deploy: None,
+            account: "user:local".into(),
+            budget: TaskBudget::default(),
+            parent_task: None,
+            reservation: None,
+            budget_rounds: 0,
+            settled: false,
+            status: TaskStatus::Queued,
+            stage: None,
+            stages: vec![Stage::Plan],
+            attempts: 0,
+            stage_retries: 0,
+            reverifications: 0,
+            failures: Vec::new(),
+            branch: None,
+            commit: None,
+            plan: None,
+            feedback: None,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+    /// Records a failed try, keeping the newest [`FAILURES_KEPT_MAX`].
+    pub fn record_failure(&mut self, stage: Stage, error: ErrorInfo) {
+        if self.failures.len() >= FAILURES_KEPT_MAX {
+            self.failures.remove(0);
+        }
+        self.failures.push(FailureRecord {
+            at: Utc::now(),
+            stage,
+            attempt: self.attempts,
+            error,
+        });
+    }
+
+    /// The stage after `stage` in this task's template, or `None` when `stage` is the last.
+    pub fn stage_after(&self, stage: Stage) -> Option<Stage> {
+        let position = self.stages.iter().position(|s| *s == stage)?;
+        self.stages.get(position + 1).copied()
+    }
+
+    /// The engine `persona` uses for this task: the task's override, else the persona's default
+    /// (`persona_default`, from its `actors/` front matter: `builtin` or `openai:<provider>`).
+    pub fn engine_for(&self, persona: &str, persona_default: &str) -> EngineSpec {
+        let chosen = match persona {
+            "planner" => self.engines.planner.clone(),
+            "patch" => self.engines.patch.clone(),
+            "circuit" => self.engines.circuit.clone(),
+            _ => None,
+        };
+        chosen.unwrap_or_else(|| match persona_default.strip_prefix("openai:") {
+            Some(provider) => EngineSpec::Openai {
+                provider: provider.to_owned(),
+            },
+            None => EngineSpec::Builtin,
+        })
+    }
+}
+
+/// Tokens one model call (or one run's calls) used, as the provider reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenUsage {
+    /// Prompt tokens.
+    pub input: u64,
+    /// Completion tokens.
+    pub output: u64,
+}
+
+impl TokenUsage {
+    /// Input plus output.
+    pub fn total(&self) -> u64 {
+        self.input.saturating_add(self.output)
+    }
+
+    /// The sum of two usages.
+    pub fn plus(self, other: TokenUsage) -> TokenUsage {
+        TokenUsage {
+            input: self.input.saturating_add(other.input),
+            output: self.output.saturating_add(other.output),
+        }
+    }
+}
+
+/// One entry of the append-only event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Strictly increasing across all events of the service (sled's monotonic id generator).
+    pub seq: u64,
+    /// When it was recorded.
+    pub ts: DateTime<Utc>,
+    /// The task it belongs to; the nil id for service-wide events.
+    pub task_id: TaskId,
+    /// Who recorded it: `compass`, `planner`, `pipeline-<id>`, ...
+    pub actor: String,
+    /// Dotted event kind: `task.submitted`, `stage.started`, `engine.run`, ...
+    pub kind: String,
+    /// Kind-specific details.
+    pub data: serde_json::Value,
+}
+
+/// Output of one process, bounded: a head and a tail are kept, the middle is counted, not kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CapturedOutput {
+    /// The kept text (lossy UTF-8), with a marker where bytes were dropped.
+    pub text: String,
+    /// Bytes dropped from the middle; 0 when the output was kept whole.
+    pub truncated_bytes: u64,
+}
+
+/// Where an engine run stands. A run is written `running` before its process starts, so one cut
+/// off by a cancel, a shutdown or a crash still leaves a record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Its process (or model call) is under way.
+    Running,
+    /// It ended on its own; exit code, outputs and duration are final.
+    #[default]
+    Finished,
+    /// It was cut off (cancel, shutdown, crash); outputs are empty, duration as far as known.
+    Interrupted,
+}
+
+/// The record of one engine run, persisted before its result is acted on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EngineRun {
+    /// UUID v7 of the run.
+    pub id: Uuid,
+    /// The task it ran for.
+    pub task_id: TaskId,
+    /// Which persona ran it.
+    pub persona: String,
+    /// `builtin` or `shell`.
+    pub engine: String,
+    /// The stage it belonged to.
+    pub stage: Stage,
+    /// Implement/verify attempt (1-based; 0 for plan).
+    pub attempt: u32,
+    /// The command line for `shell` runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Exit code; `None` when killed by a signal or timed out.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the process, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Whether the run was killed for exceeding its timeout.
+    pub timed_out: bool,
+    /// Standard output, bounded.
+    pub stdout: CapturedOutput,
+    /// Standard error, bounded.
+    pub stderr: CapturedOutput,
+    /// Wall-clock duration.
+    pub duration_ms: u64,
+    /// Tokens a model-backed engine used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokenUsage>,
+    /// `sha256:<hex>` of the prompt the engine was given (none for verify and `builtin`): which
+    /// runs saw the same input, without keeping the text twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_digest: Option<String>,
+    /// What the rate card charged for it, in micro-tokens; none while it runs and for a run cut
+    /// off by a crash (never charged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<u64>,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Running, finished or interrupted (records from before this field are finished).
+    #[serde(default)]
+    pub status: RunStatus,
+}
+
+impl EngineRun {
+    /// A run counts as a success when it exited 0 in time.
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out
+    }
+
+    /// Stdout and stderr together, for feedback to the next attempt.
+    pub fn combined_output(&self) -> String {
+        let mut text = String::new();
+        if !self.stdout.text.is_empty() {
+            text.push_str(&self.stdout.text);
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+        }
+        text.push_str(&self.stderr.text);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_orders_critical_first() {
+        let mut priorities = vec![
+            Priority::Low,
+            Priority::Critical,
+            Priority::Medium,
+            Priority::High,
+        ];
+        priorities.sort();
+        assert_eq!(
+            priorities,
+            vec![
+                Priority::Critical,
+                Priority::High,
+                Priority::Medium,
+                Priority::Low
+            ]
+        );
+    }
+
+    #[test]
+    fn task_ids_sort_by_creation() {
+        let first = TaskId::new();
+        let second = TaskId::new();
+        assert!(first < second);
+        assert_eq!(first.to_string().parse::<TaskId>().ok(), Some(first));
+    }
+
+    #[test]
+    fn engine_spec_rejects_unknown_kind() {
+        let parsed: Result<EngineSpec, _> = serde_json::from_str(r#"{"kind":"magic"}"#);
+        assert!(parsed.is_err());
+        let shell: EngineSpec =
+            serde_json::from_str(r#"{"kind":"shell","command":"true"}"#).unwrap();
+        assert_eq!(
+            shell,
+            EngineSpec::Shell {
+                command: "true".into()
+            }
+        );
+    }
+}

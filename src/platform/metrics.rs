@@ -1,0 +1,377 @@
+//! Prometheus metrics: every metric the service exports is named here, once, with what it means,
+//! and recorded through the small functions below so that call sites stay one line.
+//!
+//! The recorder is process-wide (the `metrics` facade has one global recorder): [`install`] sets
+//! it up the first time and hands every later caller — a second service started in the same
+//! process — the same [`PrometheusHandle`]. `GET /metrics` renders it.
+//!
+//! Labels are bounded: only names that come from config or from fixed sets (HTTP method and
+//! route, task kind and status, persona, engine, app, check, transfer code). Never a task, run,
+//! deploy or incident id, and never free text a client sent.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::model::ops::records::{CheckResult, DeployRecord, Incident};
+use crate::model::ops::spec::OpsFile;
+use crate::model::task::{EngineRun, RunStatus, TaskStatus};
+
+/// Counter `{method, route, status}`: HTTP requests answered. `route` is the matched route
+/// pattern (`/v1/tasks/{id}`), or `unmatched`.
+pub const HTTP_REQUESTS_TOTAL: &str = "glitchlab_http_requests_total";
+/// Histogram `{method, route}`: seconds from a request's arrival to its response.
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "glitchlab_http_request_duration_seconds";
+/// Counter `{kind}`: tasks created through intake (HTTP or ops); idempotent replays not counted.
+pub const TASKS_SUBMITTED_TOTAL: &str = "glitchlab_tasks_submitted_total";
+/// Counter `{status}`: tasks that reached a terminal status (`done`, `failed`, `cancelled`,
+/// `dead_letter`); a retried task that ends again counts again.
+pub const TASKS_FINISHED_TOTAL: &str = "glitchlab_tasks_finished_total";
+/// Gauge: tasks waiting for a pipeline slot (queued, and running ones waiting to resume).
+pub const TASKS_QUEUED: &str = "glitchlab_tasks_queued";
+/// Gauge: pipeline slots in use (a pipeline waiting to be restarted still holds its slot).
+pub const TASKS_RUNNING: &str = "glitchlab_tasks_running";
+/// Counter `{persona, engine, status}`: engine runs ended; `status` is [`run_outcome`].
+pub const ENGINE_RUNS_TOTAL: &str = "glitchlab_engine_runs_total";
+/// Histogram `{persona, engine}`: wall-clock seconds of an ended engine run.
+pub const ENGINE_RUN_DURATION_SECONDS: &str = "glitchlab_engine_run_duration_seconds";
+/// Counter `{persona, direction}`: model tokens used by model-backed engines; `direction` is
+/// `input` (prompt) or `output` (completion).
+pub const MODEL_TOKENS_TOTAL: &str = "glitchlab_model_tokens_total";
+/// Counter `{actor}`: restarts by Compass after a crash; `actor` is a persona name or `pipeline`.
+pub const ACTOR_RESTARTS_TOTAL: &str = "glitchlab_actor_restarts_total";
+/// Counter `{actor}`: give-ups past the restart limit (a persona marked `failed`, a pipeline's
+/// task failed with `PIPELINE_FAILED`).
+pub const ACTOR_FAILURES_TOTAL: &str = "glitchlab_actor_failures_total";
+/// Counter `{code}`: ledger transfers newly applied (posted or pending; replays not counted), by
+/// transfer code (`10` budget, `11` engine run, `12` overrun, ...).
+pub const LEDGER_TRANSFERS_TOTAL: &str = "glitchlab_ledger_transfers_total";
+/// Counter `{persona}`: micro-tokens charged for engine runs to `agent:<persona>`.
+pub const LEDGER_CHARGED_MICRO_TOKENS_TOTAL: &str = "glitchlab_ledger_charged_micro_tokens_total";
+/// Counter `{app, status}`: deploys that ended (`healthy`, `rolled_back`, `failed`, `rejected`).
+pub const DEPLOYS_FINISHED_TOTAL: &str = "glitchlab_deploys_finished_total";
+/// Counter `{app, classification}`: incidents opened (a signal attached to an open incident is
+/// not one); `classification` is the runbook's, or `none`; an app not in `ops.yaml` is `other`.
+pub const INCIDENTS_OPENED_TOTAL: &str = "glitchlab_incidents_opened_total";
+/// Counter `{app, check, outcome}`: scheduled check runs by outcome (`pass`, `fail`, `skipped`).
+pub const CHECKS_TOTAL: &str = "glitchlab_checks_total";
+
+/// Gauge: 1 while the store writer has been stuck on one group for `storage.stall_secs` (the
+/// watchdog's verdict, also `/readyz`'s), else 0.
+pub const STORE_WRITER_STALLED: &str = "glitchlab_store_writer_stalled";
+/// Gauge: write jobs waiting in the store writer's queue.
+pub const STORE_WRITE_QUEUE: &str = "glitchlab_store_write_queue";
+/// Counter: group commits (one transaction and one flush each).
+pub const STORE_GROUPS_TOTAL: &str = "glitchlab_store_groups_total";
+/// Counter: write jobs committed (jobs per group = the group commit's batching).
+pub const STORE_JOBS_TOTAL: &str = "glitchlab_store_jobs_total";
+
+/// Histogram buckets of every `*_duration_seconds` metric: 5 ms (a fast HTTP answer) up to
+/// 600 s (the default engine and verify timeout).
+pub const DURATION_BUCKETS_SECONDS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// How often histogram samples are folded into their buckets when nobody scrapes (a scrape does
+/// it too): keeps the recorder's memory bounded on an unscraped service.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The process's recorder, once installed; `None` if another recorder held the global slot.
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder as the process's global recorder, once; later calls return
+/// the same handle. `None` when it could not be installed (another recorder was there first):
+/// the service runs on without metrics and says so in the log.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE.get_or_init(build_and_install).as_ref()
+}
+
+fn build_and_install() -> Option<PrometheusHandle> {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_duration_seconds".into()),
+            DURATION_BUCKETS_SECONDS,
+        )
+        .inspect_err(|error| tracing::error!(%error, "metrics: bad histogram buckets"))
+        .ok()?;
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    if let Err(error) = ::metrics::set_global_recorder(recorder) {
+        tracing::error!(%error, "metrics: another recorder is installed; /metrics is unavailable");
+        return None;
+    }
+    describe();
+    let upkeep = handle.clone();
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            upkeep.run_upkeep();
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "metrics: no upkeep thread; histograms are folded on scrape only");
+    }
+    Some(handle)
+}
+
+/// The `# HELP` lines.
+fn describe() {
+    use ::metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered");
+    describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, "HTTP request latency");
+    describe_counter!(TASKS_SUBMITTED_TOTAL, "Tasks created through intake");
+    describe_counter!(TASKS_FINISHED_TOTAL, "Tasks that reached a terminal status");
+    describe_gauge!(TASKS_QUEUED, "Tasks waiting for a pipeline slot");
+    describe_gauge!(TASKS_RUNNING, "Pipeline slots in use");
+    describe_counter!(ENGINE_RUNS_TOTAL, "Engine runs ended");
+    describe_histogram!(ENGINE_RUN_DURATION_SECONDS, "Engine run wall-clock time");
+    describe_counter!(MODEL_TOKENS_TOTAL, "Model tokens used");
+    describe_counter!(ACTOR_RESTARTS_TOTAL, "Actor restarts after a crash");
+    describe_counter!(
+        ACTOR_FAILURES_TOTAL,
+        "Actors given up past the restart limit"
+    );
+    describe_counter!(LEDGER_TRANSFERS_TOTAL, "Ledger transfers applied");
+    describe_counter!(
+        LEDGER_CHARGED_MICRO_TOKENS_TOTAL,
+        "Micro-tokens charged for engine runs"
+    );
+    describe_counter!(DEPLOYS_FINISHED_TOTAL, "Deploys ended");
+    describe_counter!(INCIDENTS_OPENED_TOTAL, "Incidents opened");
+    describe_counter!(CHECKS_TOTAL, "Scheduled check runs");
+    describe_gauge!(STORE_WRITER_STALLED, "1 while the store writer is stalled");
+    describe_gauge!(STORE_WRITE_QUEUE, "Write jobs waiting for the store writer");
+    describe_counter!(STORE_GROUPS_TOTAL, "Store group commits");
+    describe_counter!(STORE_JOBS_TOTAL, "Store write jobs committed");
+}
+
+/// The Prometheus text exposition of everything recorded so far; `None` without a recorder.
+pub fn render() -> Option<String> {
+    HANDLE.get()?.as_ref().map(PrometheusHandle::render)
+}
+
+/// The `method` label: the standard methods by name, anything else `other` (a client can send
+/// any token as a method).
+pub fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Records one answered HTTP request; `route` is the matched pattern, never the raw path.
+pub fn http_request(method: &str, route: Option<&str>, status: u16, elapsed: Duration) {
+    let method = method_label(method);
+    let route = route.unwrap_or("unmatched").to_owned();
+    ::metrics::counter!(HTTP_REQUESTS_TOTAL, "method" => method, "route" => route.clone(), "status" => status.to_string())
+        .increment(1);
+    ::metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "method" => method, "route" => route)
+        .record(elapsed.as_secs_f64());
+}
+
+/// Records a task created through intake, by kind (one of the config's templates).
+pub fn task_submitted(kind: &str) {
+    ::metrics::counter!(TASKS_SUBMITTED_TOTAL, "kind" => kind.to_owned()).increment(1);
+}
+
+/// The wire name of a task status, as a label.
+pub fn status_label(status: TaskStatus) -> &'static str {
+    match status {
+        TaskStatus::Queued => "queued",
+        TaskStatus::Blocked => "blocked",
+        TaskStatus::Running => "running",
+        TaskStatus::AwaitingApproval => "awaiting_approval",
+        TaskStatus::Done => "done",
+        TaskStatus::Failed => "failed",
+        TaskStatus::Cancelled => "cancelled",
+        TaskStatus::DeadLetter => "dead_letter",
+    }
+}
+
+/// The `status` label of [`TASKS_FINISHED_TOTAL`] if a move from `before` to `after` is the one
+/// into a terminal status; `None` for any other change (bookkeeping on an ended task included).
+pub fn finished_status(before: TaskStatus, after: TaskStatus) -> Option<&'static str> {
+    (!before.is_terminal() && after.is_terminal()).then(|| status_label(after))
+}
+
+/// Records a task's change from `before` to `after`: counted once, when it ends.
+pub fn task_transition(before: TaskStatus, after: TaskStatus) {
+    if let Some(status) = finished_status(before, after) {
+        ::metrics::counter!(TASKS_FINISHED_TOTAL, "status" => status).increment(1);
+    }
+}
+
+/// Sets the queue gauges to Compass's current counts.
+pub fn task_gauges(queued: usize, running: usize) {
+    ::metrics::gauge!(TASKS_QUEUED).set(gauge_value(queued));
+    ::metrics::gauge!(TASKS_RUNNING).set(gauge_value(running));
+}
+
+/// The watchdog's view of the store writer.
+pub fn store_writer(stalled: bool, queued: usize) {
+    ::metrics::gauge!(STORE_WRITER_STALLED).set(if stalled { 1.0 } else { 0.0 });
+    ::metrics::gauge!(STORE_WRITE_QUEUE).set(gauge_value(queued));
+}
+
+/// One group commit of `jobs` jobs.
+pub fn store_group(jobs: usize) {
+    ::metrics::counter!(STORE_GROUPS_TOTAL).increment(1);
+    ::metrics::counter!(STORE_JOBS_TOTAL).increment(u64::try_from(jobs).unwrap_or(u64::MAX));
+}
+
+/// A count as a gauge value (exact below 2^53, far above any queue bound).
+fn gauge_value(count: usize) -> f64 {
+    u32::try_from(count).map_or(f64::from(u32::MAX), f64::from)
+}
+
+/// How an ended engine run went, as a label: `ok` (exit 0 in time), `failed` (exit ≠ 0, killed
+/// or no answer), `timed_out`, or `interrupted` (cut off by cancel, shutdown or a crash).
+pub fn run_outcome(run: &EngineRun) -> &'static str {
+    match run.status {
+        RunStatus::Interrupted => "interrupted",
+        RunStatus::Running => "running",
+        RunStatus::Finished if run.timed_out => "timed_out",
+        RunStatus::Finished if run.succeeded() => "ok",
+        RunStatus::Finished => "failed",
+    }
+}
+
+/// Records an ended engine run: its outcome, its duration and the model tokens it used.
+pub fn engine_run(run: &EngineRun) {
+    let (persona, engine) = (run.persona.clone(), run.engine.clone());
+    ::metrics::counter!(ENGINE_RUNS_TOTAL, "persona" => persona.clone(), "engine" => engine.clone(), "status" => run_outcome(run))
+        .increment(1);
+    ::metrics::histogram!(ENGINE_RUN_DURATION_SECONDS, "persona" => persona.clone(), "engine" => engine)
+        .record(Duration::from_millis(run.duration_ms).as_secs_f64());
+    if let Some(tokens) = run.tokens {
+        ::metrics::counter!(MODEL_TOKENS_TOTAL, "persona" => persona.clone(), "direction" => "input")
+            .increment(tokens.input);
+        ::metrics::counter!(MODEL_TOKENS_TOTAL, "persona" => persona, "direction" => "output")
+            .increment(tokens.output);
+    }
+}
+
+/// Records a restart of `actor` (a persona's name, or `pipeline`).
+pub fn actor_restarted(actor: &'static str) {
+    ::metrics::counter!(ACTOR_RESTARTS_TOTAL, "actor" => actor).increment(1);
+}
+
+/// Records a give-up on `actor` (a persona's name, or `pipeline`) past its restart limit.
+pub fn actor_failed(actor: &'static str) {
+    ::metrics::counter!(ACTOR_FAILURES_TOTAL, "actor" => actor).increment(1);
+}
+
+/// Records a transfer the Ledger applied, by its code.
+pub fn ledger_transfer(code: u16) {
+    ::metrics::counter!(LEDGER_TRANSFERS_TOTAL, "code" => code.to_string()).increment(1);
+}
+
+/// Records an engine run's charge to `agent:<persona>`.
+pub fn ledger_charged(persona: &str, micro_tokens: u64) {
+    ::metrics::counter!(LEDGER_CHARGED_MICRO_TOKENS_TOTAL, "persona" => persona.to_owned())
+        .increment(micro_tokens);
+}
+
+/// Records a deploy that reached a terminal status (others are ignored).
+pub fn deploy_finished(record: &DeployRecord) {
+    if record.status.is_terminal() {
+        let status = crate::model::ops::wire_name(&record.status);
+        ::metrics::counter!(DEPLOYS_FINISHED_TOTAL, "app" => record.app.clone(), "status" => status)
+            .increment(1);
+    }
+}
+
+/// Records a newly opened incident. Its app comes from a webhook: one `ops.yaml` does not name
+/// is labelled `other`.
+pub fn incident_opened(ops: &OpsFile, incident: &Incident) {
+    let app = app_label(ops, &incident.app);
+    let classification = crate::model::ops::wire_name(&incident.classification);
+    ::metrics::counter!(INCIDENTS_OPENED_TOTAL, "app" => app, "classification" => classification)
+        .increment(1);
+}
+
+/// An app name as a label: itself if `ops.yaml` names it, else `other`.
+pub fn app_label(ops: &OpsFile, app: &str) -> String {
+    if ops.apps.contains_key(app) {
+        app.to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
+/// Records one scheduled check run (app and check come from `ops.yaml`).
+pub fn check_finished(result: &CheckResult) {
+    let outcome = match result.outcome.as_str() {
+        "pass" => "pass",
+        "fail" => "fail",
+        "skipped" => "skipped",
+        _ => "other",
+    };
+    ::metrics::counter!(CHECKS_TOTAL, "app" => result.app.clone(), "check" => result.check.clone(), "outcome" => outcome)
+        .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_outside_the_standard_set_share_one_label() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("POST"), "POST");
+        assert_eq!(method_label("BREW"), "other");
+        assert_eq!(method_label("get"), "other");
+    }
+
+    #[test]
+    fn status_labels_are_the_wire_names() {
+        for status in [
+            TaskStatus::Queued,
+            TaskStatus::Blocked,
+            TaskStatus::Running,
+            TaskStatus::AwaitingApproval,
+            TaskStatus::Done,
+            TaskStatus::Failed,
+            TaskStatus::Cancelled,
+            TaskStatus::DeadLetter,
+        ] {
+            assert_eq!(status_label(status), crate::model::ops::wire_name(&status));
+        }
+    }
+
+    #[test]
+    fn only_the_move_into_a_terminal_status_is_a_finish() {
+        use TaskStatus::{AwaitingApproval, Cancelled, DeadLetter, Done, Failed, Queued, Running};
+        assert_eq!(finished_status(Running, Done), Some("done"));
+        assert_eq!(finished_status(Queued, Cancelled), Some("cancelled"));
+        assert_eq!(finished_status(AwaitingApproval, Done), Some("done"));
+        assert_eq!(finished_status(Running, DeadLetter), Some("dead_letter"));
+        assert_eq!(finished_status(Queued, Running), None);
+        // Settlement bookkeeping on an ended task, and a retry out of one, are no finish.
+        assert_eq!(finished_status(Failed, Failed), None);
+        assert_eq!(finished_status(DeadLetter, Queued), None);
+    }
+
+    #[test]
+    fn install_twice_gives_the_same_recorder() {
+        let first = install().map(|h| h as *const PrometheusHandle);
+        let second = install().map(|h| h as *const PrometheusHandle);
+        assert!(first.is_some());
+        assert_eq!(first, second);
+        // A code no other test uses: unit tests share the process's recorder.
+        ledger_transfer(65_535);
+        let text = render().unwrap_or_default();
+        assert!(
+            text.lines()
+                .any(|line| line == "glitchlab_ledger_transfers_total{code=\"65535\"} 1"),
+            "{text}"
+        );
+    }
+}

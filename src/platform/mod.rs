@@ -1,0 +1,13 @@
+//! Helpers that talk to the machine and the outside, knowing nothing of actors or the store:
+//! subprocesses ([`process`]), confinement ([`sandbox`]), git ([`git`]), the governed executor's
+//! rules ([`executor`]), the model client ([`openai`]), prompts ([`prompt`]), logs
+//! ([`telemetry`]) and Prometheus metrics ([`metrics`]).
+
+pub mod executor;
+pub mod git;
+pub mod metrics;
+pub mod openai;
+pub mod process;
+pub mod prompt;
+pub mod sandbox;
+pub mod telemetry;

@@ -1,0 +1,483 @@
+//! Running outside programs: one place that gives every subprocess a timeout, a bounded output
+//! capture and its own process group, so a timeout or a cancel kills the whole tree it started.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::model::task::CapturedOutput;
+
+/// After the main process exits, how long its pipes may stay open before capture gives up.
+const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What to run and within which limits.
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    /// Program name or path.
+    pub program: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Start from an empty environment (only `env` is set): governed commands see no secret
+    /// they were not given.
+    pub env_clear: bool,
+    /// Killed (with its whole process group) when exceeded.
+    pub timeout: Duration,
+    /// Per stream: bytes kept of stdout and of stderr.
+    pub output_bytes_max: usize,
+}
+
+impl CommandSpec {
+    /// `sh -c <command_line>`: how engines and verify commands run.
+    pub fn shell(
+        command_line: &str,
+        cwd: PathBuf,
+        timeout: Duration,
+        output_bytes_max: usize,
+    ) -> Self {
+        Self {
+            program: "sh".into(),
+            args: vec!["-c".into(), command_line.into()],
+            cwd,
+            env: Vec::new(),
+            env_clear: false,
+            timeout,
+            output_bytes_max,
+        }
+    }
+}
+
+/// How a process ended and what it printed.
+#[derive(Debug, Clone)]
+pub struct CommandOutput {
+    /// Exit code; `None` when a signal ended it.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if any.
+    pub signal: Option<i32>,
+    /// Whether it was killed for exceeding its timeout.
+    pub timed_out: bool,
+    /// Standard output, bounded.
+    pub stdout: CapturedOutput,
+    /// Standard error, bounded.
+    pub stderr: CapturedOutput,
+    /// Wall-clock time from spawn to exit.
+    pub duration: Duration,
+}
+
+impl CommandOutput {
+    /// Exited 0 in time.
+    pub fn success(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out
+    }
+}
+
+/// The process could not be run at all.
+#[derive(Debug, thiserror::Error)]
+#[error("could not start `{program}` in {cwd}: {source}")]
+pub struct SpawnError {
+    /// The program that failed to start.
+    pub program: String,
+    /// Where it was started.
+    pub cwd: String,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Kills a whole process group when dropped: a cancelled or aborted job leaves no process behind.
+struct ProcessGroupGuard {
+    /// The group id (the leader's pid, as the child is started with `process_group(0)`).
+    pgid: Option<i32>,
+}
+
+impl ProcessGroupGuard {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            // SAFETY: kill(2) with a negative pid signals a process group; it touches no memory.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for ProcessGroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a command to completion (or timeout) and captures its bounded output.
+pub async fn run(spec: &CommandSpec) -> Result<CommandOutput, SpawnError> {
+    let started = Instant::now();
+    let mut command = Command::new(&spec.program);
+    if spec.env_clear {
+        command.env_clear();
+    }
+    command
+        .args(&spec.args)
+        .current_dir(&spec.cwd)
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|source| SpawnError {
+        program: spec.program.clone(),
+        cwd: spec.cwd.display().to_string(),
+        source,
+    })?;
+    let mut guard = ProcessGroupGuard {
+        pgid: child.id().and_then(|pid| i32::try_from(pid).ok()),
+    };
+    let stdout_capture = child
+        .stdout
+        .take()
+        .map(|pipe| AbortOnDropHandle::new(tokio::spawn(capture(pipe, spec.output_bytes_max))));
+    let stderr_capture = child
+        .stderr
+        .take()
+        .map(|pipe| AbortOnDropHandle::new(tokio::spawn(capture(pipe, spec.output_bytes_max))));
+
+    let (status, timed_out) = match tokio::time::timeout(spec.timeout, child.wait()).await {
+        Ok(status) => (status.ok(), false),
+        Err(_elapsed) => {
+            guard.kill();
+            (child.wait().await.ok(), true)
+        }
+    };
+    // Background processes the command left behind would hold the pipes open; end them too.
+    guard.kill();
+    let duration = started.elapsed();
+    let stdout = collect(stdout_capture).await;
+    let stderr = collect(stderr_capture).await;
+
+    use std::os::unix::process::ExitStatusExt;
+    Ok(CommandOutput {
+        exit_code: status.and_then(|s| s.code()),
+        signal: status.and_then(|s| s.signal()),
+        timed_out,
+        stdout,
+        stderr,
+        duration,
+    })
+}
+
+async fn collect(capture: Option<AbortOnDropHandle<BoundedCapture>>) -> CapturedOutput {
+    let Some(handle) = capture else {
+        return CapturedOutput::default();
+    };
+    match tokio::time::timeout(PIPE_DRAIN_TIMEOUT, handle).await {
+        Ok(Ok(captured)) => captured.finish(),
+        _ => CapturedOutput {
+            text: "[glitchlab: output capture did not finish]".into(),
+            truncated_bytes: 0,
+        },
+    }
+}
+
+async fn capture(mut pipe: impl AsyncRead + Unpin, bytes_max: usize) -> BoundedCapture {
+    let mut captured = BoundedCapture::new(bytes_max);
+    let mut buffer = vec![0u8; 8192];
+    loop {
+        match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => captured.push(&buffer[..n]),
+        }
+    }
+    captured
+}
+
+/// Keeps the first half and the last half of a stream within `bytes_max`, counting what it drops.
+#[derive(Debug)]
+pub struct BoundedCapture {
+    head: Vec<u8>,
+    tail: VecDeque<u8>,
+    head_bytes_max: usize,
+    tail_bytes_max: usize,
+    dropped_bytes: u64,
+}
+
+impl BoundedCapture {
+    /// A capture that keeps at most `bytes_max` bytes.
+    pub fn new(bytes_max: usize) -> Self {
+        let head_bytes_max = bytes_max / 2;
+        Self {
+            head: Vec::new(),
+            tail: VecDeque::new(),
+            head_bytes_max,
+            tail_bytes_max: bytes_max - head_bytes_max,
+            dropped_bytes: 0,
+        }
+    }
+
+    /// Appends bytes, dropping from the middle once full.
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        let head_room = self.head_bytes_max - self.head.len();
+        if head_room > 0 {
+            let taken = head_room.min(bytes.len());
+            self.head.extend_from_slice(&bytes[..taken]);
+            bytes = &bytes[taken..];
+        }
+        for byte in bytes {
+            if self.tail.len() == self.tail_bytes_max {
+                if self.tail.pop_front().is_none() {
+                    self.dropped_bytes += 1;
+                    continue;
+                }
+                self.dropped_bytes += 1;
+            }
+            self.tail.push_back(*byte);
+        }
+    }
+
+    /// The kept text with a marker where the middle was dropped.
+    pub fn finish(self) -> CapturedOutput {
+        let mut text = String::from_utf8_lossy(&self.head).into_owned();
+        if self.dropped_bytes > 0 {
+            text.push_str(&format!(
+                "\n[... glitchlab truncated {} bytes ...]\n",
+                self.dropped_bytes
+            ));
+        }
+        let tail: Vec<u8> = self.tail.into_iter().collect();
+        text.push_str(&String::from_utf8_lossy(&tail));
+        CapturedOutput {
+            text,
+            truncated_bytes: self.dropped_bytes,
+        }
+    }
+}
+
+/// The variable every engine and verify process carries, naming the service instance (its data
+/// dir) that started it, so a restarted service can find what a killed one left running.
+pub const INSTANCE_VARIABLE: &str = "GLITCHLAB_INSTANCE";
+
+/// Kills the process groups of processes that carry `INSTANCE_VARIABLE=<instance>`: engines and
+/// verify commands orphaned when a previous run of this service was killed (`kill -9` gives it
+/// no chance to clean up). Returns how many group kills were sent. Linux only (reads `/proc`).
+pub fn kill_orphans(instance: &str) -> usize {
+    let marker = format!("{INSTANCE_VARIABLE}={instance}");
+    let mut killed = 0;
+    // A group member forked while the signal was sent can escape one round; look again.
+    for _ in 0..ORPHAN_KILL_ROUNDS_MAX {
+        let groups = marked_groups(&marker);
+        if groups.is_empty() {
+            break;
+        }
+        for pgid in &groups {
+            // SAFETY: kill(2) on a process group that carries this instance's marker.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+        killed += groups.len();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    killed
+}
+
+/// Rounds of scanning and killing before [`kill_orphans`] gives up on stragglers.
+const ORPHAN_KILL_ROUNDS_MAX: usize = 10;
+
+fn marked_groups(marker: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let own_group = own_process_group();
+    let mut groups: Vec<i32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| carries(*pid, marker))
+        .filter_map(live_process_group)
+        .filter(|pgid| Some(*pgid) != own_group && *pgid > 1)
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
+
+fn carries(pid: i32, marker: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|environ| {
+            environ
+                .split(|b| *b == 0)
+                .any(|entry| entry == marker.as_bytes())
+        })
+        .unwrap_or(false)
+}
+
+/// Whether process group `pgid` has a member that still runs. `kill(-pgid, 0)` alone also
+/// succeeds for a group of zombies, which linger where nothing reaps orphans (a container whose
+/// PID 1 does not wait): a release killed with its service would look alive for ever. Reads
+/// `/proc`; where that is unreadable, the signal's answer stands.
+pub fn group_runs(pgid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the group exists; it touches no memory.
+    if unsafe { libc::kill(-pgid, 0) } != 0 {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .any(|pid| live_process_group(pid) == Some(pgid))
+}
+
+/// The process group of a process that is still running (a zombie is already dead).
+fn live_process_group(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start after the last ')':
+    // state, parent, process group.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(1)?.parse().ok()
+}
+
+fn own_process_group() -> Option<i32> {
+    live_process_group(i32::try_from(std::process::id()).ok()?)
+}
+
+/// Cuts text to at most `bytes_max` bytes, keeping the tail (where test failures print), marked.
+pub fn keep_tail(text: &str, bytes_max: usize) -> String {
+    if text.len() <= bytes_max {
+        return text.to_owned();
+    }
+    let mut start = text.len() - bytes_max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!(
+        "[... glitchlab truncated {start} bytes ...]\n{}",
+        &text[start..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A group whose only member exited but was not reaped yet (a zombie) does not run, though
+    /// `kill(-pgid, 0)` still finds it.
+    #[test]
+    fn a_group_of_zombies_does_not_run() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("true")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = i32::try_from(child.id()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: signal 0 on the group of the child this test started.
+        assert_eq!(
+            unsafe { libc::kill(-pgid, 0) },
+            0,
+            "the zombie is still there"
+        );
+        assert!(!group_runs(pgid));
+        child.wait().unwrap();
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("5")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        assert!(group_runs(i32::try_from(sleeper.id()).unwrap()));
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+    }
+    use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn capture_keeps_everything_under_the_limit() {
+        let mut capture = BoundedCapture::new(16);
+        capture.push(b"hello");
+        let output = capture.finish();
+        assert_eq!(output.text, "hello");
+        assert_eq!(output.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn capture_keeps_head_and_tail_and_marks_the_gap() {
+        let mut capture = BoundedCapture::new(8);
+        capture.push(b"abcd");
+        capture.push(b"0123456789");
+        capture.push(b"wxyz");
+        let output = capture.finish();
+        assert_eq!(output.truncated_bytes, 10);
+        assert!(output
+            .text
+            .starts_with("abcd\n[... glitchlab truncated 10 bytes ...]\n"));
+        assert!(output.text.ends_with("wxyz"));
+    }
+
+    #[test]
+    fn keep_tail_respects_char_boundaries() {
+        let text = "ééééé";
+        let kept = keep_tail(text, 3);
+        assert!(kept.ends_with('é'));
+        assert!(kept.starts_with("[... glitchlab truncated"));
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let spec = CommandSpec::shell(
+            "sleep 30 & sleep 30; echo never",
+            std::env::temp_dir(),
+            Duration::from_millis(200),
+            1024,
+        );
+        let output = run(&spec).await.unwrap();
+        assert!(output.timed_out);
+        assert!(output.duration < Duration::from_secs(5));
+        assert!(!output.stdout.text.contains("never"));
+    }
+
+    #[tokio::test]
+    async fn orphans_of_an_instance_are_found_and_killed() {
+        let instance = format!("test-{}", uuid::Uuid::now_v7());
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30"])
+            .env(INSTANCE_VARIABLE, &instance)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut killed = 0;
+        for _ in 0..50 {
+            killed = kill_orphans(&instance);
+            if killed > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(killed >= 1);
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+        assert_eq!(kill_orphans(&instance), 0);
+    }
+
+    #[tokio::test]
+    async fn captures_exit_code_and_streams() {
+        let spec = CommandSpec::shell(
+            "echo out; echo err >&2; exit 3",
+            std::env::temp_dir(),
+            Duration::from_secs(10),
+            1024,
+        );
+        let output = run(&spec).await.unwrap();
+        assert_eq!(output.exit_code, Some(3));
+        assert_eq!(output.stdout.text, "out\n");
+        assert_eq!(output.stderr.text, "err\n");
+    }
+}

@@ -1,0 +1,106 @@
+//! The prompt a persona builds for its engine (its system prompt, the task, the plan, the last
+//! failure) and the files and environment variables that hand it to a `shell` engine.
+
+use std::path::{Path, PathBuf};
+
+use crate::model::task::Task;
+
+/// The files a `shell` engine reads.
+#[derive(Debug, Clone)]
+pub struct PromptFiles {
+    /// `GLITCHLAB_PROMPT_FILE`.
+    pub prompt: PathBuf,
+    /// `GLITCHLAB_FEEDBACK_FILE`: the previous verify failure; empty on attempt 1.
+    pub feedback: PathBuf,
+    /// The prompt's digest, for the run record.
+    pub digest: String,
+}
+
+/// The full prompt text.
+pub fn build(system_prompt: &str, task: &Task, feedback: Option<&str>) -> String {
+    let mut text = String::new();
+    text.push_str(system_prompt.trim());
+    text.push_str("\n\n# Task\n\n");
+    text.push_str(&format!("Title: {}\nKind: {}\n", task.title, task.kind));
+    text.push_str(&format!("Verify command: {}\n\n", task.verify));
+    text.push_str(task.description.trim());
+    text.push('\n');
+    if let Some(plan) = &task.plan {
+        text.push_str(&format!(
+            "\n# Plan ({} risk)\n\n{}\n\n",
+            plan.risk, plan.summary
+        ));
+        for (index, step) in plan.steps.iter().enumerate() {
+            text.push_str(&format!("{}. {}", index + 1, step.title));
+            if !step.files.is_empty() {
+                text.push_str(&format!(" [files: {}]", step.files.join(", ")));
+            }
+            text.push('\n');
+        }
+    }
+    if let Some(feedback) = feedback.filter(|f| !f.is_empty()) {
+        text.push_str("\n# The previous attempt failed verification\n\n```\n");
+        text.push_str(feedback);
+        text.push_str("\n```\n");
+    }
+    text
+}
+
+/// Bytes of each earlier failure's message a prompt carries.
+const HISTORY_MESSAGE_BYTES_MAX: usize = 600;
+
+/// The planner's extra section: earlier failures on the same repository, so a model-backed
+/// planner can avoid repeating them.
+pub fn history_section(failures: &[Task]) -> String {
+    if failures.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("\n# Earlier failures on this repository (most recent first)\n");
+    for task in failures {
+        let Some(error) = &task.error else {
+            continue;
+        };
+        let message =
+            crate::platform::process::keep_tail(&error.message, HISTORY_MESSAGE_BYTES_MAX);
+        text.push_str(&format!(
+            "\n## Task {} \"{}\": {}\n\n```\n{}\n```\n",
+            task.id, task.title, error.code, message
+        ));
+    }
+    text
+}
+
+/// Writes the prompt and feedback files for one engine run.
+pub async fn write_files(
+    dir: &Path,
+    stage: &str,
+    attempt: u32,
+    prompt: &str,
+    feedback: Option<&str>,
+) -> std::io::Result<PromptFiles> {
+    tokio::fs::create_dir_all(dir).await?;
+    let files = PromptFiles {
+        prompt: dir.join(format!("{stage}-{attempt}.prompt.md")),
+        feedback: dir.join(format!("{stage}-{attempt}.feedback.txt")),
+        digest: crate::work::engine::prompt_digest(prompt),
+    };
+    tokio::fs::write(&files.prompt, prompt).await?;
+    tokio::fs::write(&files.feedback, feedback.unwrap_or("")).await?;
+    Ok(files)
+}
+
+/// The `GLITCHLAB_*` environment of an engine run.
+pub fn engine_env(task: &Task, attempt: u32, files: &PromptFiles) -> Vec<(String, String)> {
+    vec![
+        ("GLITCHLAB_TASK_ID".into(), task.id.to_string()),
+        ("GLITCHLAB_ATTEMPT".into(), attempt.to_string()),
+        (
+            "GLITCHLAB_PROMPT_FILE".into(),
+            files.prompt.display().to_string(),
+        ),
+        (
+            "GLITCHLAB_FEEDBACK_FILE".into(),
+            files.feedback.display().to_string(),
+        ),
+    ]
+}

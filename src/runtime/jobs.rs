@@ -1,0 +1,343 @@
+//! How long work flows through the tree without blocking a mailbox.
+//!
+//! - A pipeline asks a persona for a job with [`call_persona`]: it looks up the persona's current
+//!   incarnation, calls it with a timeout, and when the persona dies mid-request (its reply port is
+//!   dropped) waits for the restart and asks again, a bounded number of times.
+//! - A persona runs each job with [`InFlightJobs::start`] in a spawned task whose result comes back
+//!   to the persona as a message; a panic in the job becomes an error, not a lost reply.
+//! - Dropping a job's handle aborts it, and with it the process group of any engine it runs.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, Message, RpcReplyPort};
+use tokio_util::task::AbortOnDropHandle;
+
+use super::directory::{ActorDirectory, LookupError};
+use crate::model::task::{ErrorInfo, Stage, TaskId};
+use crate::platform::git::GitError;
+use crate::storage::store::StoreError;
+
+/// A job is identified by its task and stage: a newer request for the same pair replaces the old.
+pub type JobKey = (TaskId, Stage);
+
+/// Where a persona sends a job's result.
+pub type JobReply<T> = RpcReplyPort<Result<T, StageError>>;
+
+/// Why a stage could not produce its result. Each variant has a stable code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StageError {
+    /// The persona crashed past its restart limit.
+    #[error("{0}")]
+    PersonaUnavailable(String),
+    /// The persona did not answer in time.
+    #[error("{persona} did not answer within {seconds}s")]
+    PersonaTimeout {
+        /// Who.
+        persona: String,
+        /// How long we waited.
+        seconds: u64,
+    },
+    /// An engine ran past its timeout and was killed.
+    #[error("{0}")]
+    EngineTimeout(String),
+    /// An engine could not be started.
+    #[error("{0}")]
+    EngineFailed(String),
+    /// An engine's process was killed by a signal it did not ask for (OOM killer, an operator).
+    #[error("{0}")]
+    EngineKilled(String),
+    /// Another git process held a lock.
+    #[error("{0}")]
+    GitLocked(String),
+    /// The model provider stayed busy or unreachable through every retry.
+    #[error("{0}")]
+    ProviderUnavailable(String),
+    /// A task crossed one of its budget caps.
+    #[error("{0}")]
+    BudgetExceeded(String),
+    /// A model asked to edit a path outside the worktree.
+    #[error("{0}")]
+    EditRefused(String),
+    /// A command was refused by the governed executor.
+    #[error("{0}")]
+    ToolDenied(String),
+    /// The task's changes touch protected paths.
+    #[error("{0}")]
+    ProtectedPath(String),
+    /// The planner's engine did not produce a valid plan.
+    #[error("{0}")]
+    PlanInvalid(String),
+    /// A git operation failed.
+    #[error("{0}")]
+    Git(String),
+    /// The branch conflicts with the base; it stays for a human.
+    #[error("{0}")]
+    MergeConflict(String),
+    /// Delivery failed for another reason; the branch stays for a human.
+    #[error("{0}")]
+    DeliverFailed(String),
+    /// The task's deploy did not end healthy (rolled back, failed, rejected, or still waiting
+    /// past `compass.deploy_wait_secs`).
+    #[error("{0}")]
+    DeployFailed(String),
+    /// Durable state could not be written.
+    #[error("{0}")]
+    Store(String),
+    /// The task was cancelled while the job ran.
+    #[error("the task was cancelled")]
+    Cancelled,
+    /// A bug: a job panicked.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl StageError {
+    /// The machine-readable code recorded on the task.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::PersonaUnavailable(_) => "PERSONA_UNAVAILABLE",
+            Self::PersonaTimeout { .. } => "PERSONA_TIMEOUT",
+            Self::EngineTimeout(_) => "ENGINE_TIMEOUT",
+            Self::EngineFailed(_) => "ENGINE_FAILED",
+            Self::EngineKilled(_) => "ENGINE_KILLED",
+            Self::GitLocked(_) => "GIT_LOCKED",
+            Self::PlanInvalid(_) => "PLAN_INVALID",
+            Self::ToolDenied(_) => "TOOL_DENIED",
+            Self::ProviderUnavailable(_) => "PROVIDER_UNAVAILABLE",
+            Self::BudgetExceeded(_) => "BUDGET_EXCEEDED",
+            Self::EditRefused(_) => "EDIT_REFUSED",
+            Self::ProtectedPath(_) => "PROTECTED_PATH",
+            Self::Git(_) => "GIT_FAILED",
+            Self::MergeConflict(_) => "MERGE_CONFLICT",
+            Self::DeliverFailed(_) => "DELIVER_FAILED",
+            Self::DeployFailed(_) => "DEPLOY_FAILED",
+            Self::Store(_) => "STORE_FAILED",
+            Self::Cancelled => "CANCELLED",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// Infrastructure trouble worth retrying with backoff; everything else is a verdict.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::EngineTimeout(_)
+                | Self::EngineKilled(_)
+                | Self::ProviderUnavailable(_)
+                | Self::GitLocked(_)
+                | Self::PersonaTimeout { .. }
+                | Self::Store(_)
+        )
+    }
+
+    /// The error as recorded on a failed task.
+    pub fn to_info(&self) -> ErrorInfo {
+        ErrorInfo::new(self.code(), self.to_string())
+    }
+}
+
+impl From<GitError> for StageError {
+    fn from(error: GitError) -> Self {
+        if crate::platform::git::is_lock_contention(&error) {
+            Self::GitLocked(error.to_string())
+        } else {
+            Self::Git(error.to_string())
+        }
+    }
+}
+
+impl From<StoreError> for StageError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error.to_string())
+    }
+}
+
+impl From<std::io::Error> for StageError {
+    fn from(error: std::io::Error) -> Self {
+        Self::Internal(format!("file system: {error}"))
+    }
+}
+
+/// Spawns `work`; `on_done` gets its output, or the panic message if it panicked.
+///
+/// Dropping the returned handle aborts the work (and, through [`crate::platform::process`], any process it
+/// started). The inner task is what may panic; the outer one always reports.
+pub fn spawn_job<T, F, C>(work: F, on_done: C) -> AbortOnDropHandle<()>
+where
+    T: Send + 'static,
+    F: Future<Output = T> + Send + 'static,
+    C: FnOnce(Result<T, String>) + Send + 'static,
+{
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let inner = AbortOnDropHandle::new(tokio::spawn(work));
+        let outcome = inner.await.map_err(|error| {
+            if error.is_panic() {
+                panic_text(error.into_panic())
+            } else {
+                "job was cancelled".to_owned()
+            }
+        });
+        on_done(outcome);
+    }))
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        format!("job panicked: {text}")
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        format!("job panicked: {text}")
+    } else {
+        "job panicked".to_owned()
+    }
+}
+
+struct RunningJob<T> {
+    token: u64,
+    reply: JobReply<T>,
+    /// Dropping it aborts the job.
+    work: AbortOnDropHandle<()>,
+}
+
+/// A persona's jobs in flight. Dropping it (the persona stopped or crashed) aborts them all.
+pub struct InFlightJobs<T> {
+    jobs: HashMap<JobKey, RunningJob<T>>,
+    next_token: u64,
+}
+
+impl<T> Default for InFlightJobs<T> {
+    fn default() -> Self {
+        Self {
+            jobs: HashMap::new(),
+            next_token: 0,
+        }
+    }
+}
+
+impl<T: Send + 'static> InFlightJobs<T> {
+    /// Runs `work` for `key`; its result comes back to `persona` as the message `done` builds.
+    ///
+    /// A job already running for `key` is aborted: the request it served is gone (its pipeline
+    /// crashed and asked again), and two runs in one worktree would trample each other.
+    pub fn start<M, F>(
+        &mut self,
+        key: JobKey,
+        reply: JobReply<T>,
+        persona: ActorRef<M>,
+        work: F,
+        done: fn(JobKey, u64, Result<T, StageError>) -> M,
+    ) where
+        M: Message,
+        F: Future<Output = Result<T, StageError>> + Send + 'static,
+    {
+        self.next_token += 1;
+        let token = self.next_token;
+        let handle = spawn_job(work, move |outcome| {
+            let result = outcome.unwrap_or_else(|panic| Err(StageError::Internal(panic)));
+            // The persona may be gone (crashed); then the caller retries and nothing is lost.
+            let _ = persona.cast(done(key, token, result));
+        });
+        self.jobs.insert(
+            key,
+            RunningJob {
+                token,
+                reply,
+                work: handle,
+            },
+        );
+    }
+
+    /// Delivers a finished job's result to its caller (unless a newer job replaced it).
+    pub fn finish(&mut self, key: JobKey, token: u64, result: Result<T, StageError>) {
+        if self.jobs.get(&key).map(|job| job.token) == Some(token) {
+            if let Some(job) = self.jobs.remove(&key) {
+                // The caller may have given up (timeout, cancel); nothing to do then.
+                let _ = job.reply.send(result);
+            }
+        }
+    }
+
+    /// Aborts every job of a task; their callers hear `Cancelled` rather than a dropped reply
+    /// (which would read as a crash and be retried).
+    pub fn cancel_task(&mut self, task_id: TaskId) {
+        let keys: Vec<JobKey> = self
+            .jobs
+            .keys()
+            .filter(|(task, _)| *task == task_id)
+            .copied()
+            .collect();
+        for key in keys {
+            if let Some(job) = self.jobs.remove(&key) {
+                drop(job.work);
+                let _ = job.reply.send(Err(StageError::Cancelled));
+            }
+        }
+    }
+
+    /// Jobs running now.
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Whether no job runs.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+}
+
+/// Limits of one persona call.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLimits {
+    /// How long one request may take before it is given up.
+    pub timeout: Duration,
+    /// How long to wait for a restarting persona to come back.
+    pub restart_wait: Duration,
+    /// Requests sent at most (the first plus retries after persona crashes).
+    pub tries_max: u32,
+}
+
+/// Asks `persona` for a job, retrying when the persona dies mid-request.
+///
+/// `on_retry` is told each time a request was lost to a crash, before it is sent again.
+pub async fn call_persona<M, T>(
+    directory: &ActorDirectory,
+    persona: &str,
+    limits: CallLimits,
+    request: impl Fn(JobReply<T>) -> M,
+    mut on_retry: impl FnMut(u32),
+) -> Result<T, StageError>
+where
+    M: Message,
+    T: Send + 'static,
+{
+    let mut lost_to = None;
+    for try_number in 1..=limits.tries_max {
+        let cell = directory
+            .wait_for(persona, limits.restart_wait, lost_to)
+            .await
+            .map_err(|error| match error {
+                LookupError::Failed(_) | LookupError::NotBack(..) => {
+                    StageError::PersonaUnavailable(format!("persona {error}"))
+                }
+            })?;
+        lost_to = Some(cell.get_id());
+        let actor: ActorRef<M> = cell.into();
+        match actor.call(&request, Some(limits.timeout)).await {
+            Ok(CallResult::Success(result)) => return result,
+            Ok(CallResult::Timeout) => {
+                return Err(StageError::PersonaTimeout {
+                    persona: persona.to_owned(),
+                    seconds: limits.timeout.as_secs(),
+                })
+            }
+            // The persona died with our request (or just before it): ask its next incarnation.
+            Ok(CallResult::SenderError) | Err(_) => on_retry(try_number),
+        }
+    }
+    Err(StageError::PersonaUnavailable(format!(
+        "persona {persona} crashed on every one of {} tries",
+        limits.tries_max
+    )))
+}

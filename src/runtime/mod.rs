@@ -1,0 +1,97 @@
+//! What the actors of the tree share at run time: the context handle ([`Services`]), the live
+//! tree ([`directory`]), the restart policy ([`supervision`]), how work runs beside a mailbox
+//! ([`jobs`]).
+
+pub mod directory;
+pub mod jobs;
+pub mod supervision;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::definitions::Definitions;
+use crate::config::Config;
+use crate::model::task::TaskId;
+use crate::storage::store::Store;
+use directory::ActorDirectory;
+
+/// What every actor of the tree shares. Cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    /// Durable state.
+    pub store: Store,
+    /// The live tree.
+    pub directory: Arc<ActorDirectory>,
+    /// Configuration (with `storage.data_dir` made absolute).
+    pub config: Arc<Config>,
+    /// Personas, runbooks and ops targets.
+    pub definitions: Arc<Definitions>,
+    /// Secret values to scrub from everything persisted.
+    pub redactor: Arc<crate::platform::executor::Redactor>,
+    /// This binary, when engine and verify processes are confined with Landlock through it
+    /// (`sandbox-exec`); `None` when they run unconfined.
+    pub sandbox_exe: Option<PathBuf>,
+    /// Repositories and base branches git confirmed a moment ago (intake's cache).
+    pub repo_checks: Arc<crate::work::intake::RepoChecks>,
+}
+
+impl Services {
+    /// Where a task's git worktree lives.
+    pub fn worktree_path(&self, task_id: TaskId) -> PathBuf {
+        self.config
+            .storage
+            .data_dir
+            .join("worktrees")
+            .join(task_id.to_string())
+    }
+
+    /// The engine `persona` uses for `task` (the task's override, else the persona's default).
+    pub fn engine_for(
+        &self,
+        task: &crate::model::task::Task,
+        persona: &str,
+    ) -> crate::model::task::EngineSpec {
+        let default = self
+            .definitions
+            .personas
+            .get(persona)
+            .map(|p| p.front.engine.as_str())
+            .unwrap_or("builtin");
+        task.engine_for(persona, default)
+    }
+
+    /// A persona's engine timeout: its `timeout_secs` from `actors/`, else the configured one.
+    pub fn engine_timeout(&self, persona: &str, configured_secs: u64) -> std::time::Duration {
+        let secs = self
+            .definitions
+            .personas
+            .get(persona)
+            .and_then(|p| p.front.timeout_secs)
+            .unwrap_or(configured_secs);
+        std::time::Duration::from_secs(secs)
+    }
+
+    /// This service instance's identity for its child processes: the (absolute) data dir.
+    pub fn instance(&self) -> String {
+        self.config.storage.data_dir.display().to_string()
+    }
+
+    /// A task's private temp dir: the one place besides its worktree a confined process may write.
+    pub fn temp_dir(&self, task_id: TaskId) -> PathBuf {
+        self.config
+            .storage
+            .data_dir
+            .join("tmp")
+            .join(task_id.to_string())
+    }
+
+    /// Where the prompt and feedback files of a task are written (outside the worktree, so they
+    /// are never committed).
+    pub fn prompt_dir(&self, task_id: TaskId) -> PathBuf {
+        self.config
+            .storage
+            .data_dir
+            .join("prompts")
+            .join(task_id.to_string())
+    }
+}

@@ -1,0 +1,628 @@
+//! Durable state in sled. Only this module touches sled.
+//!
+//! One database, a fixed set of trees ([`Table`]): the service's tasks, events, engine runs and
+//! idempotency keys (their rules live in `tasks`), the ledger's books and ops' records (their rules
+//! live in `ledger::book` and `ops::records`, written as jobs over this module's [`Batch`]).
+//!
+//! How sled is used, and why (sled 0.34 locks up when writes, transactions and flushes run from
+//! several threads at once: spacejam/sled#1412, #1301, #1308):
+//! - **One writer.** Every write is a job for the writer thread ([`writer`]), fed through a bounded
+//!   channel; the thread commits whatever is waiting as one transaction and one flush, and only
+//!   then answers each caller (group commit). Nothing is acknowledged before it is on disk.
+//! - **No sled call on the async runtime.** Reads run on tokio's blocking pool through
+//!   [`Store::read`] (at most [`READERS_MAX`] at once); the writer is its own OS thread. A stuck
+//!   sled costs threads, never the runtime: `/healthz` still answers.
+//! - **Every wait is bounded.** A full queue answers [`StoreError::Busy`] within
+//!   [`ENQUEUE_WAIT`]; an answer that takes longer than [`ANSWER_WAIT`] is
+//!   [`StoreError::AnswerTimeout`]; a writer stuck on one group past `storage.stall_secs` is
+//!   reported by the watchdog ([`watch_writer`]) to the log, `/readyz` and `/metrics`.
+//!
+//! Events reach live subscribers ([`Store::subscribe`]) only after their group's flush, so a
+//! streamed event is never one a crash undoes.
+
+mod tasks;
+pub mod writer;
+
+use std::cell::Cell;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
+
+pub use self::tasks::{NewEvent, Submission};
+pub use self::writer::{Batch, WriterHealth};
+use crate::model::task::{Event, TaskId};
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled reported an I/O or corruption error.
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored record does not decode (or a record does not encode).
+    #[error("stored record is not valid: {0}")]
+    Codec(#[from] serde_json::Error),
+    /// The task does not exist.
+    #[error("task {0} not found")]
+    TaskNotFound(TaskId),
+    /// The task already ended; terminal records never change.
+    #[error("task {0} has already finished")]
+    TaskFinished(TaskId),
+    /// The database's lock stayed held for the whole wait: another live process uses it.
+    #[error(
+        "database {path} is in use by another process (its lock stayed held for {waited_ms} ms)"
+    )]
+    Locked {
+        /// The database directory.
+        path: String,
+        /// How long opening waited for the lock.
+        waited_ms: u128,
+    },
+    /// The writer's queue (or the readers' pool) stayed full for the whole wait: nothing was
+    /// done; try again shortly.
+    #[error("storage is busy; nothing was written, try again shortly")]
+    Busy,
+    /// The request was queued but its answer did not come in time: it may or may not have been
+    /// written (an idempotent retry finds out).
+    #[error("storage did not answer within {0:?}; the write may or may not have happened")]
+    AnswerTimeout(Duration),
+    /// The group the write belonged to could not be committed: nothing of it was written.
+    #[error("storage commit failed: {0}")]
+    Commit(String),
+    /// The writer or a reader went away (the service is stopping, or a job panicked).
+    #[error("storage is shut down or dropped the request")]
+    Closed,
+}
+
+impl StoreError {
+    /// Whether this is the store pushing back (busy or slow) rather than a fault: what the HTTP
+    /// edge answers with 503 and `Retry-After`.
+    pub fn is_overload(&self) -> bool {
+        matches!(self, Self::Busy | Self::AnswerTimeout(_))
+    }
+
+    /// The stable code the HTTP edge answers: `STORE_BUSY` (503, nothing written, retry),
+    /// `STORE_TIMEOUT` (503, outcome unknown: retry idempotently) or `INTERNAL`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Busy => "STORE_BUSY",
+            Self::AnswerTimeout(_) => "STORE_TIMEOUT",
+            _ => "INTERNAL",
+        }
+    }
+}
+
+/// Most write jobs waiting for the writer by default (`storage.write_queue_max`); a caller that
+/// cannot enqueue within [`ENQUEUE_WAIT`] gets [`StoreError::Busy`].
+pub const WRITE_QUEUE_MAX: usize = 4096;
+/// How long a writer waits for room in the queue.
+pub const ENQUEUE_WAIT: Duration = Duration::from_secs(1);
+/// How long a caller waits for its write's answer (its group's commit and flush).
+pub const ANSWER_WAIT: Duration = Duration::from_secs(5);
+/// Most reads running at once on the blocking pool; more wait (up to [`ENQUEUE_WAIT`]).
+pub const READERS_MAX: usize = 32;
+
+/// How long opening waits for sled's lock. sled 0.34 releases it from a background thread after
+/// the last handle drops (spacejam/sled#1234), so a reopen in the same process, or a start right
+/// after a predecessor exited, can find it briefly held; a live owner holds it far longer.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+/// How long dropping the last handle waits for the writer to finish its group.
+const WRITER_EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Every tree of the database. Fixed at compile time so a group commit can span any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    /// Task id → task.
+    Tasks,
+    /// Task id ++ seq → event.
+    Events,
+    /// Task id ++ run id → engine run.
+    Runs,
+    /// Keys (in `Runs`) of runs written `running` and not finished yet.
+    OpenRuns,
+    /// Client idempotency key → task id and body digest.
+    Idempotency,
+    /// Ledger: account id → account.
+    LedgerAccounts,
+    /// Ledger: transfer id → transfer.
+    LedgerTransfers,
+    /// Ledger: account id ++ 0 ++ seq → transfer id.
+    LedgerHistory,
+    /// Ledger: expiry ms ++ transfer id → empty.
+    LedgerExpiry,
+    /// Ops: deploy id → deploy.
+    OpsDeploys,
+    /// Ops: incident id → incident.
+    OpsIncidents,
+    /// Ops: app/check ++ 0 ++ seq → check result.
+    OpsChecks,
+    /// Ops: app → release state.
+    OpsReleases,
+    /// Ops: app/sha → when its verify passed.
+    OpsVerified,
+}
+
+impl Table {
+    /// All tables, in index order.
+    pub const ALL: [Table; 14] = [
+        Table::Tasks,
+        Table::Events,
+        Table::Runs,
+        Table::OpenRuns,
+        Table::Idempotency,
+        Table::LedgerAccounts,
+        Table::LedgerTransfers,
+        Table::LedgerHistory,
+        Table::LedgerExpiry,
+        Table::OpsDeploys,
+        Table::OpsIncidents,
+        Table::OpsChecks,
+        Table::OpsReleases,
+        Table::OpsVerified,
+    ];
+
+    /// The sled tree's name (unchanged from the layout before the writer, so data dirs carry
+    /// over).
+    fn tree_name(self) -> &'static str {
+        match self {
+            Table::Tasks => "tasks",
+            Table::Events => "events",
+            Table::Runs => "runs",
+            Table::OpenRuns => "open_runs",
+            Table::Idempotency => "idempotency",
+            Table::LedgerAccounts => "ledger_accounts",
+            Table::LedgerTransfers => "ledger_transfers",
+            Table::LedgerHistory => "ledger_history",
+            Table::LedgerExpiry => "ledger_expiry",
+            Table::OpsDeploys => "ops_deploys",
+            Table::OpsIncidents => "ops_incidents",
+            Table::OpsChecks => "ops_checks",
+            Table::OpsReleases => "ops_releases",
+            Table::OpsVerified => "ops_verified",
+        }
+    }
+}
+
+/// The open database and its trees, indexed by [`Table`].
+pub struct Trees {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+}
+
+impl Trees {
+    fn get(&self, table: Table) -> &sled::Tree {
+        // `trees` holds one tree per `Table::ALL` entry, in that order.
+        &self.trees[table as usize]
+    }
+}
+
+thread_local! {
+    /// Set on the writer thread and inside [`Store::read`]'s blocking closures: the only threads
+    /// that may call sled.
+    static STORAGE_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Debug builds check that sled is never called on an async worker thread: a blocked sled call
+/// there would stall every task scheduled on it (the freeze of issue #9).
+fn assert_storage_thread() {
+    debug_assert!(
+        STORAGE_THREAD.with(Cell::get) || tokio::runtime::Handle::try_current().is_err(),
+        "sled called on an async runtime thread; use Store::read or Store::write"
+    );
+}
+
+/// A read-only view of the last commit. Handed to [`Store::read`] closures (on the blocking pool)
+/// and to writer jobs that need a consistent scan ([`Batch::committed`]).
+pub struct Snapshot<'a> {
+    trees: &'a Trees,
+}
+
+impl<'a> Snapshot<'a> {
+    fn new(trees: &'a Trees) -> Self {
+        assert_storage_thread();
+        Self { trees }
+    }
+
+    /// The value at `key`.
+    pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.trees.get(table).get(key)?)
+    }
+
+    /// Decodes the JSON record at `key`.
+    pub fn record<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        decode(self.get(table, key)?.as_deref())
+    }
+
+    /// Whether `key` is present.
+    pub fn contains(&self, table: Table, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.trees.get(table).contains_key(key)?)
+    }
+
+    /// Entries in key order (reversible).
+    pub fn iter(&self, table: Table) -> Entries {
+        Entries(self.trees.get(table).iter())
+    }
+
+    /// Entries whose keys fall in `range`, in key order (reversible).
+    pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, table: Table, range: R) -> Entries {
+        Entries(self.trees.get(table).range(range))
+    }
+
+    /// Entries whose keys start with `prefix`, in key order (reversible).
+    pub fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Entries {
+        Entries(self.trees.get(table).scan_prefix(prefix))
+    }
+
+    /// How many entries the table holds (a full scan in sled).
+    pub fn len(&self, table: Table) -> usize {
+        self.trees.get(table).len()
+    }
+}
+
+/// Decodes a stored JSON record, if there is one.
+fn decode<T: serde::de::DeserializeOwned>(bytes: Option<&[u8]>) -> Result<Option<T>, StoreError> {
+    Ok(bytes.map(serde_json::from_slice).transpose()?)
+}
+
+/// Stored bytes (a key or a value), as sled hands them out.
+pub type Bytes = sled::IVec;
+
+/// An iterator over a table's entries, in key order or (with `rev`) the reverse.
+pub struct Entries(sled::Iter);
+
+impl Entries {
+    /// The keys alone.
+    pub fn keys(self) -> impl DoubleEndedIterator<Item = Result<Bytes, StoreError>> {
+        self.map(|entry| entry.map(|(key, _)| key))
+    }
+
+    /// The values alone.
+    pub fn values(self) -> impl DoubleEndedIterator<Item = Result<Bytes, StoreError>> {
+        self.map(|entry| entry.map(|(_, value)| value))
+    }
+}
+
+impl Iterator for Entries {
+    type Item = Result<(Bytes, Bytes), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next().map(|entry| entry.map_err(StoreError::from))
+    }
+}
+
+impl DoubleEndedIterator for Entries {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.0
+            .next_back()
+            .map(|entry| entry.map_err(StoreError::from))
+    }
+}
+
+/// What every handle shares.
+struct Shared {
+    trees: Arc<Trees>,
+    /// The writer's queue; `None` once dropping (so the writer sees its end).
+    jobs: Option<mpsc::Sender<writer::Job>>,
+    health: Arc<WriterHealth>,
+    /// Bounds the reads running on the blocking pool.
+    readers: Arc<Semaphore>,
+    /// Every event, once durable, for live subscribers (the SSE streams).
+    live: broadcast::Sender<Arc<Event>>,
+    /// Told when the writer thread ended, so the last handle can wait for it (and sled's lock).
+    writer_exited: Mutex<std_mpsc::Receiver<()>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Ok(exited) = self.writer_exited.lock() {
+            let _ = exited.recv_timeout(WRITER_EXIT_WAIT);
+        }
+    }
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+/// Events a slow live subscriber may fall behind by before it is told it lagged (and, for a
+/// task's stream, catches up from sled).
+pub const LIVE_EVENTS_BUFFER: usize = 1024;
+
+impl Store {
+    /// Opens (or creates) the database under `dir` and starts its writer thread, waiting up to
+    /// [`LOCK_WAIT`] for a lock that a just-closed handle has not released yet.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, WRITE_QUEUE_MAX)
+    }
+
+    /// [`Store::open`] with a write queue of `write_queue_max` jobs (at least 1).
+    pub fn open_with(dir: &Path, write_queue_max: usize) -> Result<Self, StoreError> {
+        Self::open_waiting(dir, LOCK_WAIT, write_queue_max)
+    }
+
+    fn open_waiting(
+        dir: &Path,
+        wait: Duration,
+        write_queue_max: usize,
+    ) -> Result<Self, StoreError> {
+        let db = open_db(&dir.join("db"), wait)?;
+        let trees = Table::ALL
+            .iter()
+            .map(|table| db.open_tree(table.tree_name()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let trees = Arc::new(Trees { db, trees });
+        let (jobs, receiver) = mpsc::channel(write_queue_max.max(1));
+        let health = Arc::new(WriterHealth::default());
+        let live = broadcast::channel(LIVE_EVENTS_BUFFER).0;
+        let (exited_tx, exited_rx) = std_mpsc::channel();
+        let thread_trees = trees.clone();
+        let thread_health = health.clone();
+        let thread_live = live.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                STORAGE_THREAD.with(|flag| flag.set(true));
+                writer::run(thread_trees, receiver, thread_health, |events| {
+                    publish(&thread_live, events)
+                });
+                let _ = exited_tx.send(());
+            })
+            .map_err(|error| StoreError::Commit(format!("cannot start the writer: {error}")))?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                trees,
+                jobs: Some(jobs),
+                health,
+                readers: Arc::new(Semaphore::new(READERS_MAX)),
+                live,
+                writer_exited: Mutex::new(exited_rx),
+            }),
+        })
+    }
+
+    /// Runs `op` on the writer thread and answers once its group is durable. `op` stages its
+    /// writes on the [`Batch`]; an `Err` drops them (nothing of a refused request is written).
+    /// Answers within [`ENQUEUE_WAIT`] + [`ANSWER_WAIT`], whatever the writer does.
+    pub async fn write<T, E>(
+        &self,
+        op: impl FnOnce(&mut Batch<'_>) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (answer, answered) = oneshot::channel();
+        self.submit(op, move |result| {
+            let _ = answer.send(result);
+        })
+        .await;
+        answered.await.unwrap_or(Err(StoreError::Closed.into()))
+    }
+
+    /// Queues `op` for the writer without waiting for it to run. `done` is called exactly once:
+    /// with `op`'s result once its group is durable (on the writer thread, so it must only hand
+    /// the result on); at once with [`StoreError::Busy`] when the queue stayed full for
+    /// [`ENQUEUE_WAIT`]; or with [`StoreError::AnswerTimeout`] when the group has not committed
+    /// [`ANSWER_WAIT`] after queueing (a stalled writer). For actors that must not hold their
+    /// mailbox for a flush. (A job that panics answers only through that timeout.)
+    pub async fn submit<T, E>(
+        &self,
+        op: impl FnOnce(&mut Batch<'_>) -> Result<T, E> + Send + 'static,
+        done: impl FnOnce(Result<T, E>) + Send + 'static,
+    ) where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let Some(jobs) = self.shared.jobs.as_ref() else {
+            return done(Err(StoreError::Closed.into()));
+        };
+        let permit = match tokio::time::timeout(ENQUEUE_WAIT, jobs.reserve()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return done(Err(StoreError::Closed.into())),
+            Err(_) => return done(Err(StoreError::Busy.into())),
+        };
+        let answer = Answer::new(done);
+        permit.send(Box::new(move |batch| {
+            let result = op(batch);
+            match &result {
+                Ok(_) => batch.keep(),
+                Err(_) => batch.discard(),
+            }
+            Box::new(move |committed: Result<(), &str>| {
+                answer.give(match (committed, result) {
+                    (Err(message), Ok(_)) => Err(StoreError::Commit(message.to_owned()).into()),
+                    (_, result) => result,
+                })
+            })
+        }));
+    }
+
+    /// Runs `op` on a snapshot of the last commit, on the blocking pool (never on an async
+    /// worker). At most [`READERS_MAX`] reads run at once; a read that cannot start within
+    /// [`ENQUEUE_WAIT`] is [`StoreError::Busy`], one that has not finished [`ANSWER_WAIT`] later
+    /// is [`StoreError::AnswerTimeout`].
+    pub async fn read<T, E>(
+        &self,
+        op: impl FnOnce(&Snapshot<'_>) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let readers = self.shared.readers.clone();
+        let permit = match tokio::time::timeout(ENQUEUE_WAIT, readers.acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(StoreError::Closed.into()),
+            Err(_) => return Err(StoreError::Busy.into()),
+        };
+        let trees = self.shared.trees.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            STORAGE_THREAD.with(|flag| flag.set(true));
+            let result = op(&Snapshot::new(&trees));
+            STORAGE_THREAD.with(|flag| flag.set(false));
+            result
+        });
+        // A read stuck in sled keeps its thread and its permit, but not the caller.
+        match tokio::time::timeout(ANSWER_WAIT, read).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StoreError::Closed.into()),
+            Err(_) => Err(StoreError::AnswerTimeout(ANSWER_WAIT).into()),
+        }
+    }
+
+    /// Every event written from now on, as soon as it is durable. A receiver that falls more than
+    /// [`LIVE_EVENTS_BUFFER`] events behind gets `Lagged`; sled still has everything.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.shared.live.subscribe()
+    }
+
+    /// What the writer is doing (lock-free; for probes and the watchdog).
+    pub fn writer_health(&self) -> &WriterHealth {
+        &self.shared.health
+    }
+
+    /// Write jobs waiting for the writer.
+    pub fn write_queue_depth(&self) -> usize {
+        self.shared
+            .jobs
+            .as_ref()
+            .map_or(0, |jobs| jobs.max_capacity() - jobs.capacity())
+    }
+}
+
+/// A caller's answer, given once: by the writer after the commit, by a timer after
+/// [`ANSWER_WAIT`], or — when the job is dropped unanswered (it panicked) — as
+/// [`StoreError::Closed`], whichever comes first.
+struct Answer<T, E: From<StoreError>> {
+    slot: Arc<Mutex<Option<Done<T, E>>>>,
+    timer: tokio::task::AbortHandle,
+}
+
+/// A caller's `done`, boxed.
+type Done<T, E> = Box<dyn FnOnce(Result<T, E>) + Send>;
+
+impl<T: Send + 'static, E: From<StoreError> + Send + 'static> Answer<T, E> {
+    fn new(done: impl FnOnce(Result<T, E>) + Send + 'static) -> Self {
+        let slot: Arc<Mutex<Option<Done<T, E>>>> = Arc::new(Mutex::new(Some(Box::new(done))));
+        let timed_out = slot.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(ANSWER_WAIT).await;
+            if let Some(done) = take(&timed_out) {
+                done(Err(StoreError::AnswerTimeout(ANSWER_WAIT).into()));
+            }
+        });
+        Self {
+            slot,
+            timer: timer.abort_handle(),
+        }
+    }
+
+    /// Answers, unless the timer did already.
+    fn give(self, result: Result<T, E>) {
+        if let Some(done) = take(&self.slot) {
+            done(result);
+        }
+    }
+}
+
+impl<T, E: From<StoreError>> Drop for Answer<T, E> {
+    fn drop(&mut self) {
+        self.timer.abort();
+        if let Some(done) = take(&self.slot) {
+            done(Err(StoreError::Closed.into()));
+        }
+    }
+}
+
+/// Takes the `done` out of its slot (whoever takes it answers).
+fn take<F>(slot: &Mutex<Option<F>>) -> Option<F> {
+    slot.lock().ok().and_then(|mut slot| slot.take())
+}
+
+/// Hands durable events to the live subscribers (none listening is fine).
+fn publish(live: &broadcast::Sender<Arc<Event>>, events: Vec<Event>) {
+    if live.receiver_count() == 0 {
+        return;
+    }
+    for event in events {
+        let _ = live.send(Arc::new(event));
+    }
+}
+
+/// Whether sled refused to open because its file lock is held. sled reports this only as an
+/// `Other` I/O error with this message, so the message is what there is to match.
+fn is_lock_contention(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+/// Opens sled at `path`, waiting up to `wait` for a lock a just-closed handle still holds.
+fn open_db(path: &Path, wait: Duration) -> Result<sled::Db, StoreError> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return Ok(db),
+            Err(error) if is_lock_contention(&error) => {
+                let waited = started.elapsed();
+                if waited >= wait {
+                    return Err(StoreError::Locked {
+                        path: path.display().to_string(),
+                        waited_ms: waited.as_millis(),
+                    });
+                }
+                // Blocking on purpose: opening happens once, at start-up, before any work.
+                std::thread::sleep(pause.min(wait - waited));
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Watches the writer until `stop` is cancelled: a group running longer than `stall` is logged
+/// as an error once, and marked on [`WriterHealth`] (which `/readyz` and `/metrics` read) until
+/// the writer moves again.
+pub async fn watch_writer(
+    store: Store,
+    stall: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let tick = (stall / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stall_ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let health = store.writer_health();
+        let busy_ms = health.busy_for_ms();
+        let stalled = busy_ms.is_some_and(|ms| ms >= stall_ms);
+        if health.set_stalled(stalled) {
+            if stalled {
+                tracing::error!(
+                    busy_ms = busy_ms.unwrap_or_default(),
+                    queued = store.write_queue_depth(),
+                    "store writer made no progress for storage.stall_secs; writes are stuck"
+                );
+            } else {
+                tracing::warn!("store writer is moving again");
+            }
+        }
+        crate::platform::metrics::store_writer(stalled, store.write_queue_depth());
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,518 @@
+//! Tasks, their events, their engine runs and idempotency keys.
+//!
+//! Keys:
+//! - `Tasks`: task id → task JSON.
+//! - `Events`: task id (16 bytes) ++ seq (8 bytes, big-endian) → event JSON; prefix scans give a
+//!   task's log in order. Service-wide events use the nil task id.
+//! - `Runs`: task id ++ run id (UUID v7) → engine run JSON; `OpenRuns` holds the keys of runs
+//!   written `running` and not finished yet.
+//! - `Idempotency`: client key → `{task_id, digest}`.
+//!
+//! Every write is a writer job ([`Store::write`]): answered only once durable, so a caller that
+//! acts on a write's success may be `kill -9`ed the next instant without the write being lost.
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use super::{Batch, Snapshot, Store, StoreError, Table};
+use crate::model::task::{EngineRun, Event, RunStatus, Task, TaskId, TaskStatus};
+
+/// An event to append; the store assigns `seq` and `ts`.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Who records it.
+    pub actor: String,
+    /// Dotted kind.
+    pub kind: &'static str,
+    /// Details.
+    pub data: serde_json::Value,
+}
+
+impl NewEvent {
+    /// An event from `actor` of `kind` with `data`.
+    pub fn new(actor: impl Into<String>, kind: &'static str, data: serde_json::Value) -> Self {
+        Self {
+            actor: actor.into(),
+            kind,
+            data,
+        }
+    }
+}
+
+/// How a submission with an idempotency key was resolved.
+#[derive(Debug)]
+pub enum Submission {
+    /// A new task was stored.
+    Created(Task),
+    /// The key was seen before with the same body: the original task.
+    Replayed(Task),
+    /// The key was seen before with another body: the original task's id.
+    KeyConflict(TaskId),
+}
+
+#[derive(Serialize, Deserialize)]
+struct IdempotencyRecord {
+    task_id: TaskId,
+    digest: String,
+}
+
+/// Most runs [`Store::interrupt_open_runs`] closes in one writer job, so a long backlog never
+/// holds the writer long.
+const INTERRUPT_BATCH_MAX: usize = 256;
+
+/// A run's key in `Runs` (and `OpenRuns`): task id, then run id, so a task's runs are a prefix.
+fn run_key(run: &EngineRun) -> Vec<u8> {
+    let mut key = run.task_id.as_bytes().to_vec();
+    key.extend_from_slice(run.id.as_bytes());
+    key
+}
+
+impl Store {
+    /// Stores a new task (and its `task.submitted` event), honouring its idempotency key.
+    pub async fn create_task(
+        &self,
+        task: Task,
+        digest: &str,
+        event: NewEvent,
+    ) -> Result<Submission, StoreError> {
+        let digest = digest.to_owned();
+        self.write(move |batch| create_task(batch, task, digest, &event))
+            .await
+    }
+
+    /// The task an idempotency key was first used for, and the digest of that submission.
+    pub async fn idempotent_submission(
+        &self,
+        key: &str,
+    ) -> Result<Option<(TaskId, String)>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |snapshot| {
+            let record: Option<IdempotencyRecord> =
+                snapshot.record(Table::Idempotency, key.as_bytes())?;
+            Ok(record.map(|r| (r.task_id, r.digest)))
+        })
+        .await
+    }
+
+    /// One task.
+    pub async fn task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        self.read(move |snapshot| snapshot.record(Table::Tasks, id.as_bytes()))
+            .await
+    }
+
+    /// Up to `limit` tasks, newest first (ids are UUID v7, so key order is age order).
+    pub async fn tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
+        Ok(self.tasks_page(limit, None).await?.0)
+    }
+
+    /// One page of tasks, newest first: up to `limit` tasks older than `before` (all when
+    /// `None`), and the id to pass as `before` for the next page (`None` on the last page).
+    pub async fn tasks_page(
+        &self,
+        limit: usize,
+        before: Option<TaskId>,
+    ) -> Result<(Vec<Task>, Option<TaskId>), StoreError> {
+        self.read(move |snapshot| tasks_page(snapshot, limit, before))
+            .await
+    }
+
+    /// The most recent failed or dead-lettered tasks on `repo` (other than `except`), newest
+    /// first: what a planner should not repeat. Looks at most at `scan_max` recent tasks.
+    pub async fn recent_failures(
+        &self,
+        repo: &str,
+        except: TaskId,
+        limit: usize,
+        scan_max: usize,
+    ) -> Result<Vec<Task>, StoreError> {
+        let repo = repo.to_owned();
+        self.read(move |snapshot| {
+            let mut failures = Vec::new();
+            for bytes in snapshot.iter(Table::Tasks).values().rev().take(scan_max) {
+                let task: Task = serde_json::from_slice(&bytes?)?;
+                let failed = matches!(task.status, TaskStatus::Failed | TaskStatus::DeadLetter);
+                if failed && task.repo == repo && task.id != except {
+                    failures.push(task);
+                    if failures.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(failures)
+        })
+        .await
+    }
+
+    /// Finished tasks whose budget reservation was not settled yet (the service stopped first).
+    pub async fn unsettled_tasks(&self) -> Result<Vec<Task>, StoreError> {
+        self.tasks_where(|task| {
+            task.status.is_terminal() && !task.settled && task.reservation.is_some()
+        })
+        .await
+    }
+
+    /// Every task that has not reached a terminal status: what Compass reloads on start.
+    pub async fn unfinished_tasks(&self) -> Result<Vec<Task>, StoreError> {
+        self.tasks_where(|task| !task.status.is_terminal()).await
+    }
+
+    /// Every task `keep` accepts (a full scan: for start-up, not for requests).
+    async fn tasks_where(
+        &self,
+        keep: impl Fn(&Task) -> bool + Send + 'static,
+    ) -> Result<Vec<Task>, StoreError> {
+        self.read(move |snapshot| {
+            let mut kept = Vec::new();
+            for bytes in snapshot.iter(Table::Tasks).values() {
+                let task: Task = serde_json::from_slice(&bytes?)?;
+                if keep(&task) {
+                    kept.push(task);
+                }
+            }
+            Ok(kept)
+        })
+        .await
+    }
+
+    /// Changes a task and appends events in one durable write.
+    ///
+    /// Refuses (with [`StoreError::TaskFinished`]) to change a task that has already ended, so a
+    /// late stage result can never overwrite a cancel.
+    pub async fn update_task(
+        &self,
+        id: TaskId,
+        events: &[NewEvent],
+        change: impl FnOnce(&mut Task) + Send + 'static,
+    ) -> Result<Task, StoreError> {
+        self.change_task(id, events, &[], change).await
+    }
+
+    /// Like [`Store::update_task`], but for the one transition out of a terminal status: a
+    /// client's retry of a failed or dead-lettered task.
+    pub async fn reopen_task(
+        &self,
+        id: TaskId,
+        events: &[NewEvent],
+        change: impl FnOnce(&mut Task) + Send + 'static,
+    ) -> Result<Task, StoreError> {
+        self.change_task(
+            id,
+            events,
+            &[TaskStatus::Failed, TaskStatus::DeadLetter],
+            change,
+        )
+        .await
+    }
+
+    /// Records that a finished task's budget was settled in the ledger: bookkeeping, the one
+    /// change a terminal task still takes. Once: a task already marked is answered as it is, and
+    /// `event` is not written again (two settlements racing after a cancel both land here).
+    pub async fn mark_settled(&self, id: TaskId, event: NewEvent) -> Result<Task, StoreError> {
+        self.write(move |batch| {
+            let mut task: Task = batch
+                .record(Table::Tasks, id.as_bytes())?
+                .ok_or(StoreError::TaskNotFound(id))?;
+            if task.settled {
+                return Ok(task);
+            }
+            task.settled = true;
+            task.updated_at = Utc::now();
+            batch.insert(Table::Tasks, id.as_bytes(), serde_json::to_vec(&task)?);
+            append(batch, id, &event)?;
+            Ok(task)
+        })
+        .await
+    }
+
+    async fn change_task(
+        &self,
+        id: TaskId,
+        events: &[NewEvent],
+        terminal_allowed: &[TaskStatus],
+        change: impl FnOnce(&mut Task) + Send + 'static,
+    ) -> Result<Task, StoreError> {
+        let events = events.to_vec();
+        let terminal_allowed = terminal_allowed.to_vec();
+        let (before, updated) = self
+            .write(move |batch| {
+                let mut task: Task = batch
+                    .record(Table::Tasks, id.as_bytes())?
+                    .ok_or(StoreError::TaskNotFound(id))?;
+                if task.status.is_terminal() && !terminal_allowed.contains(&task.status) {
+                    return Err(StoreError::TaskFinished(id));
+                }
+                let before = task.status;
+                change(&mut task);
+                task.updated_at = Utc::now();
+                batch.insert(Table::Tasks, id.as_bytes(), serde_json::to_vec(&task)?);
+                for event in &events {
+                    append(batch, id, event)?;
+                }
+                Ok((before, task))
+            })
+            .await?;
+        // Every status change goes through here, after its commit: a task's end is counted once.
+        crate::platform::metrics::task_transition(before, updated.status);
+        Ok(updated)
+    }
+
+    /// Appends one event to a task's log (or the service log, with [`TaskId::service`]).
+    pub async fn append_event(&self, task_id: TaskId, event: NewEvent) -> Result<(), StoreError> {
+        self.write(move |batch| append(batch, task_id, &event))
+            .await
+    }
+
+    /// A task's events with a `seq` above `after`, in order: where a live stream resumes.
+    pub async fn events_after(
+        &self,
+        task_id: TaskId,
+        after: u64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        self.read(move |snapshot| {
+            let range = event_key(task_id, first)..=event_key(task_id, u64::MAX);
+            decode_all(snapshot.range(Table::Events, range).values())
+        })
+        .await
+    }
+
+    /// A task's events in order.
+    pub async fn events(&self, task_id: TaskId) -> Result<Vec<Event>, StoreError> {
+        self.read(move |snapshot| {
+            decode_all(
+                snapshot
+                    .scan_prefix(Table::Events, task_id.as_bytes())
+                    .values(),
+            )
+        })
+        .await
+    }
+
+    /// The last `limit` events of a log, in order (the service log grows for as long as it runs).
+    pub async fn recent_events(
+        &self,
+        task_id: TaskId,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.read(move |snapshot| {
+            let newest = snapshot
+                .scan_prefix(Table::Events, task_id.as_bytes())
+                .values()
+                .rev()
+                .take(limit);
+            let mut events = decode_all(newest)?;
+            events.reverse();
+            Ok(events)
+        })
+        .await
+    }
+
+    /// Writes a run as `running` before its process starts (durable), so that a run cut off by a
+    /// cancel, a shutdown or a crash is still on record.
+    pub async fn start_run(&self, run: &EngineRun) -> Result<(), StoreError> {
+        let key = run_key(run);
+        let bytes = serde_json::to_vec(run)?;
+        self.write(move |batch| {
+            batch.insert(Table::Runs, key.clone(), bytes);
+            batch.insert(Table::OpenRuns, key, Vec::new());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether a run of the task was started and its end is not recorded yet (one cut off a moment
+    /// ago is being charged and closed).
+    pub async fn has_open_runs(&self, task_id: TaskId) -> Result<bool, StoreError> {
+        self.read(move |snapshot| {
+            Ok(snapshot
+                .scan_prefix(Table::OpenRuns, task_id.as_bytes())
+                .next()
+                .is_some())
+        })
+        .await
+    }
+
+    /// Marks every run still `running` from an earlier process as `interrupted`, with an
+    /// `engine.interrupted` event: called at start, after the orphaned processes were killed.
+    pub async fn interrupt_open_runs(&self) -> Result<usize, StoreError> {
+        let mut count = 0;
+        loop {
+            let (closed, more) = self
+                .write(|batch| interrupt_open_runs(batch, INTERRUPT_BATCH_MAX))
+                .await?;
+            count += closed;
+            if !more {
+                return Ok(count);
+            }
+        }
+    }
+
+    /// Persists an engine run together with its `engine.run` event (`engine.interrupted` for a
+    /// run cut off), and closes it if it was open.
+    pub async fn record_run(&self, run: &EngineRun) -> Result<(), StoreError> {
+        let run = run.clone();
+        self.write(move |batch| record_run(batch, &run)).await
+    }
+
+    /// A task's engine runs, oldest first.
+    pub async fn runs(&self, task_id: TaskId) -> Result<Vec<EngineRun>, StoreError> {
+        self.read(move |snapshot| {
+            decode_all(
+                snapshot
+                    .scan_prefix(Table::Runs, task_id.as_bytes())
+                    .values(),
+            )
+        })
+        .await
+    }
+}
+
+fn create_task(
+    batch: &mut Batch<'_>,
+    task: Task,
+    digest: String,
+    event: &NewEvent,
+) -> Result<Submission, StoreError> {
+    if let Some(key) = &task.idempotency_key {
+        let existing: Option<IdempotencyRecord> =
+            batch.record(Table::Idempotency, key.as_bytes())?;
+        if let Some(record) = existing {
+            if record.digest != digest {
+                return Ok(Submission::KeyConflict(record.task_id));
+            }
+            let stored = batch
+                .record(Table::Tasks, record.task_id.as_bytes())?
+                .ok_or(StoreError::TaskNotFound(record.task_id))?;
+            return Ok(Submission::Replayed(stored));
+        }
+        let record = IdempotencyRecord {
+            task_id: task.id,
+            digest,
+        };
+        batch.insert(
+            Table::Idempotency,
+            key.as_bytes(),
+            serde_json::to_vec(&record)?,
+        );
+    }
+    batch.insert(Table::Tasks, task.id.as_bytes(), serde_json::to_vec(&task)?);
+    append(batch, task.id, event)?;
+    Ok(Submission::Created(task))
+}
+
+fn tasks_page(
+    snapshot: &Snapshot<'_>,
+    limit: usize,
+    before: Option<TaskId>,
+) -> Result<(Vec<Task>, Option<TaskId>), StoreError> {
+    let range = match before {
+        Some(id) => snapshot.range(Table::Tasks, ..id.as_bytes().to_vec()),
+        None => snapshot.range::<Vec<u8>, _>(Table::Tasks, ..),
+    };
+    let mut tasks = Vec::with_capacity(limit.min(1024));
+    let mut more = false;
+    for bytes in range.values().rev() {
+        if tasks.len() == limit {
+            more = true;
+            break;
+        }
+        tasks.push(serde_json::from_slice::<Task>(&bytes?)?);
+    }
+    let next = if more {
+        tasks.last().map(|t| t.id)
+    } else {
+        None
+    };
+    Ok((tasks, next))
+}
+
+/// Closes up to `max` open runs; answers how many were interrupted and whether more are open.
+fn interrupt_open_runs(batch: &mut Batch<'_>, max: usize) -> Result<(usize, bool), StoreError> {
+    let open: Vec<Vec<u8>> = batch
+        .committed()
+        .iter(Table::OpenRuns)
+        .keys()
+        .take(max + 1)
+        .map(|key| key.map(|k| k.to_vec()))
+        .collect::<Result<_, _>>()?;
+    let more = open.len() > max;
+    let mut count = 0;
+    for key in open.into_iter().take(max) {
+        match batch.record::<EngineRun>(Table::Runs, &key)? {
+            Some(mut run) if run.status == RunStatus::Running => {
+                run.status = RunStatus::Interrupted;
+                record_run(batch, &run)?;
+                count += 1;
+            }
+            _ => batch.remove(Table::OpenRuns, key),
+        }
+    }
+    Ok((count, more))
+}
+
+fn record_run(batch: &mut Batch<'_>, run: &EngineRun) -> Result<(), StoreError> {
+    let kind = match run.status {
+        RunStatus::Interrupted => "engine.interrupted",
+        RunStatus::Running | RunStatus::Finished => "engine.run",
+    };
+    let event = NewEvent::new(
+        run.persona.clone(),
+        kind,
+        serde_json::json!({
+            "run_id": run.id,
+            "engine": run.engine,
+            "command": run.command,
+            "stage": run.stage,
+            "attempt": run.attempt,
+            "exit_code": run.exit_code,
+            "timed_out": run.timed_out,
+            "duration_ms": run.duration_ms,
+        }),
+    );
+    let key = run_key(run);
+    batch.insert(Table::Runs, key.clone(), serde_json::to_vec(run)?);
+    batch.remove(Table::OpenRuns, key);
+    append(batch, run.task_id, &event)
+}
+
+/// Stages one event (its seq from sled's counter) and its publication once durable.
+fn append(batch: &mut Batch<'_>, task_id: TaskId, event: &NewEvent) -> Result<(), StoreError> {
+    let seq = batch.generate_id()?;
+    let event = stamp(seq, task_id, event);
+    batch.insert(
+        Table::Events,
+        event_key(task_id, seq),
+        serde_json::to_vec(&event)?,
+    );
+    batch.publish(event);
+    Ok(())
+}
+
+fn decode_all<T: serde::de::DeserializeOwned>(
+    values: impl Iterator<Item = Result<super::Bytes, StoreError>>,
+) -> Result<Vec<T>, StoreError> {
+    values
+        .map(|bytes| Ok(serde_json::from_slice(&bytes?)?))
+        .collect()
+}
+
+fn event_key(task_id: TaskId, seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(task_id.as_bytes());
+    key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The stored form of a new event: its `seq` and time.
+fn stamp(seq: u64, task_id: TaskId, event: &NewEvent) -> Event {
+    Event {
+        seq,
+        ts: Utc::now(),
+        task_id,
+        actor: event.actor.clone(),
+        kind: event.kind.to_owned(),
+        data: event.data.clone(),
+    }
+}

@@ -1,0 +1,254 @@
+//! The store's own tests: task writes through the writer, reads on the blocking pool, group
+//! commit under concurrent writers, and sled's lock across reopening.
+
+use std::time::Duration;
+
+use super::*;
+use crate::model::task::{Task, TaskStatus};
+
+fn task(key: Option<&str>) -> Task {
+    let mut task = Task::for_test("t", "");
+    task.idempotency_key = key.map(str::to_owned);
+    task
+}
+
+fn submitted() -> NewEvent {
+    NewEvent::new("test", "task.submitted", serde_json::json!({}))
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_or_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let first = task(Some("k"));
+    let Submission::Created(created) = store
+        .create_task(first.clone(), "d1", submitted())
+        .await
+        .unwrap()
+    else {
+        panic!("expected a new task");
+    };
+    match store
+        .create_task(task(Some("k")), "d1", submitted())
+        .await
+        .unwrap()
+    {
+        Submission::Replayed(replayed) => assert_eq!(replayed.id, created.id),
+        other => panic!("expected a replay, got {other:?}"),
+    }
+    match store
+        .create_task(task(Some("k")), "d2", submitted())
+        .await
+        .unwrap()
+    {
+        Submission::KeyConflict(original) => assert_eq!(original, created.id),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(store.tasks(10).await.unwrap().len(), 1);
+    assert_eq!(store.events(created.id).await.unwrap().len(), 1);
+}
+
+/// A new task (without an idempotency key) in `store`.
+async fn create(store: &Store) -> Task {
+    match store
+        .create_task(task(None), "d", submitted())
+        .await
+        .unwrap()
+    {
+        Submission::Created(created) => created,
+        _ => panic!("expected a new task"),
+    }
+}
+
+#[tokio::test]
+async fn terminal_tasks_never_change_and_events_keep_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let created = create(&store).await;
+    let events = [
+        NewEvent::new("test", "task.started", serde_json::json!({})),
+        NewEvent::new("test", "task.finished", serde_json::json!({})),
+    ];
+    store
+        .update_task(created.id, &events, |t| t.status = TaskStatus::Cancelled)
+        .await
+        .unwrap();
+    let refused = store
+        .update_task(created.id, &[], |t| t.status = TaskStatus::Running)
+        .await;
+    assert!(matches!(refused, Err(StoreError::TaskFinished(_))));
+    assert_eq!(
+        store.task(created.id).await.unwrap().unwrap().status,
+        TaskStatus::Cancelled
+    );
+    let kinds: Vec<String> = store
+        .events(created.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, ["task.submitted", "task.started", "task.finished"]);
+    assert!(store.unfinished_tasks().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn live_subscribers_get_durable_events_and_events_after_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut live = store.subscribe();
+    let created = create(&store).await;
+    for kind in ["task.started", "task.finished"] {
+        let event = NewEvent::new("test", kind, serde_json::json!({}));
+        store.append_event(created.id, event).await.unwrap();
+    }
+    let mut heard = Vec::new();
+    for _ in 0..3 {
+        heard.push(live.recv().await.unwrap().seq);
+    }
+    let stored: Vec<u64> = store
+        .events(created.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(heard, stored);
+    let after_first: Vec<u64> = store
+        .events_after(created.id, stored[0])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(after_first, stored[1..]);
+    assert!(store
+        .events_after(created.id, u64::MAX)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn a_held_lock_is_waited_for_and_then_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = Store::open(dir.path()).unwrap();
+    let refused = Store::open_waiting(dir.path(), Duration::from_millis(150), WRITE_QUEUE_MAX);
+    assert!(
+        matches!(refused, Err(StoreError::Locked { waited_ms, .. }) if waited_ms >= 150),
+        "{:?}",
+        refused.err()
+    );
+    // The owner lets go while the next open is still waiting: that open succeeds.
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        drop(owner);
+    });
+    let reopened = Store::open_waiting(dir.path(), Duration::from_secs(10), WRITE_QUEUE_MAX);
+    releaser.join().unwrap();
+    assert!(reopened.is_ok(), "{:?}", reopened.err());
+}
+
+#[tokio::test]
+async fn state_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let store = Store::open(dir.path()).unwrap();
+        create(&store).await.id
+    };
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.unfinished_tasks().await.unwrap()[0].id, id);
+    let later = NewEvent::new("test", "task.resumed", serde_json::json!({}));
+    store.append_event(id, later).await.unwrap();
+    let seqs: Vec<u64> = store
+        .events(id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert!(seqs[0] < seqs[1], "{seqs:?}");
+}
+
+/// Writes through the writer from many tasks at once: all are durable, and the writer shares
+/// flushes between them (fewer groups than jobs) — the group commit the load relies on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_share_group_commits() {
+    const WRITERS: usize = 64;
+    const EVENTS_EACH: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let created = create(&store).await;
+    let groups_before = store.writer_health().groups();
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..WRITERS {
+        let store = store.clone();
+        writers.spawn(async move {
+            for n in 0..EVENTS_EACH {
+                let data = serde_json::json!({"writer": writer, "n": n});
+                let event = NewEvent::new("test", "test.event", data);
+                store.append_event(created.id, event).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    let jobs = WRITERS * EVENTS_EACH;
+    assert_eq!(store.events(created.id).await.unwrap().len(), jobs + 1);
+    let groups = store.writer_health().groups() - groups_before;
+    assert!(
+        groups < jobs as u64,
+        "{jobs} concurrent writes took {groups} group commits: no batching"
+    );
+}
+
+/// A job that refuses (returns `Err`) or panics leaves none of its writes, and the writer goes on
+/// serving the jobs after it.
+#[tokio::test]
+async fn a_refused_or_panicking_job_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let refused: Result<(), StoreError> = store
+        .write(|batch| {
+            batch.insert(Table::Idempotency, b"refused".to_vec(), b"x".to_vec());
+            Err(StoreError::Closed)
+        })
+        .await;
+    assert!(matches!(refused, Err(StoreError::Closed)));
+    let panicked: Result<(), StoreError> = store
+        .write(|batch| {
+            batch.insert(Table::Idempotency, b"panicked".to_vec(), b"x".to_vec());
+            panic!("a bug in a job");
+        })
+        .await;
+    assert!(matches!(panicked, Err(StoreError::Closed)), "{panicked:?}");
+    let kept: Result<(), StoreError> = store
+        .write(|batch| {
+            batch.insert(Table::Idempotency, b"kept".to_vec(), b"x".to_vec());
+            Ok(())
+        })
+        .await;
+    assert!(kept.is_ok());
+    let present = store
+        .read(|snapshot| {
+            Ok::<_, StoreError>(["refused", "panicked", "kept"].map(|key| {
+                snapshot
+                    .contains(Table::Idempotency, key.as_bytes())
+                    .unwrap()
+            }))
+        })
+        .await
+        .unwrap();
+    assert_eq!(present, [false, false, true]);
+}
+
+/// In a debug build, sled on an async worker thread is a bug the store catches.
+#[cfg(debug_assertions)]
+#[tokio::test]
+#[should_panic(expected = "sled called on an async runtime thread")]
+async fn sled_on_an_async_worker_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let _ = Snapshot::new(&store.shared.trees);
+}

@@ -1,0 +1,317 @@
+//! The store writer: the one thread that writes to sled.
+//!
+//! sled 0.34 locks up when transactions, compare-and-swaps and flushes run at once from several
+//! threads (spacejam/sled#1412, #1301, #1308; see `docs/ARCHITECTURE.md`). So every write of the
+//! service is a [`Job`] sent to this thread through a bounded channel. The thread takes whatever
+//! jobs are waiting (at most [`GROUP_JOBS_MAX`]), runs each against a [`Batch`] — reads see the
+//! last commit plus what earlier jobs of the group wrote, writes are staged in memory — then
+//! commits the whole group in one sled transaction, flushes once, and only then runs each job's
+//! answer (group commit). A job that fails leaves nothing behind; a crash before the flush loses
+//! the whole group, which nobody was told about.
+//!
+//! Because this thread is the only writer, read-modify-write rules (a ledger balance, a task's
+//! status) need no sled transaction racing another: they read, decide and stage in one job.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sled::transaction::ConflictableTransactionError;
+use sled::Transactional;
+use tokio::sync::mpsc;
+
+use super::{Snapshot, StoreError, Table, Trees};
+use crate::model::task::Event;
+
+/// Most jobs one group commit takes: bounds the memory of a group and the wait of its first job.
+pub const GROUP_JOBS_MAX: usize = 512;
+
+/// A write request: runs on the writer thread against the group's [`Batch`] and returns what to
+/// do once the group's outcome is known (answer the caller).
+pub type Job = Box<dyn FnOnce(&mut Batch<'_>) -> Answer + Send>;
+
+/// Called after the group commit with its outcome (`Err` carries sled's message).
+pub type Answer = Box<dyn FnOnce(Result<(), &str>) + Send>;
+
+/// Staged writes: `None` removes the key.
+type Writes = BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>;
+
+/// What the writer is doing, for the watchdog, `/readyz` and `/metrics`. Lock-free so probes never
+/// wait on the writer they are checking.
+#[derive(Debug, Default)]
+pub struct WriterHealth {
+    /// Milliseconds since the epoch when the running group started; 0 while idle.
+    group_started_ms: AtomicU64,
+    /// Groups committed since start.
+    groups: AtomicU64,
+    /// Set by the watchdog while the running group is older than the stall bound.
+    stalled: AtomicBool,
+    /// Whether the thread ended (every handle dropped, or it died).
+    stopped: AtomicBool,
+}
+
+impl WriterHealth {
+    /// How long the running group has been running, in ms (`None` while idle).
+    pub fn busy_for_ms(&self) -> Option<u64> {
+        match self.group_started_ms.load(Ordering::Acquire) {
+            0 => None,
+            started => Some(now_ms().saturating_sub(started)),
+        }
+    }
+
+    /// Whether the watchdog saw the writer make no progress for the stall bound.
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Acquire) || self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Marks (or clears) the stall; answers whether this changed it.
+    pub fn set_stalled(&self, stalled: bool) -> bool {
+        self.stalled.swap(stalled, Ordering::AcqRel) != stalled
+    }
+
+    /// Groups committed since start.
+    pub fn groups(&self) -> u64 {
+        self.groups.load(Ordering::Relaxed)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// One group's view of the database: the last commit, plus the writes staged by the group's
+/// earlier jobs and by the running job.
+pub struct Batch<'a> {
+    trees: &'a Trees,
+    /// Writes of the group's jobs that succeeded.
+    group: Writes,
+    /// Writes of the running job, kept or dropped when it ends.
+    staged: Writes,
+    /// Events to publish once durable: the group's, then the running job's.
+    group_events: Vec<Event>,
+    staged_events: Vec<Event>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(trees: &'a Trees) -> Self {
+        Self {
+            trees,
+            group: Writes::new(),
+            staged: Writes::new(),
+            group_events: Vec::new(),
+            staged_events: Vec::new(),
+        }
+    }
+
+    /// The value at `key`, as this job would see it after everything staged before it.
+    pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let entry = (table, key.to_vec());
+        if let Some(value) = self.staged.get(&entry).or_else(|| self.group.get(&entry)) {
+            return Ok(value.clone());
+        }
+        Ok(self.trees.get(table).get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Decodes the JSON record at `key`, as this job sees it.
+    pub fn record<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        super::decode(self.get(table, key)?.as_deref())
+    }
+
+    /// Stages `key` → `value`.
+    pub fn insert(&mut self, table: Table, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.staged.insert((table, key.into()), Some(value.into()));
+    }
+
+    /// Stages the removal of `key`.
+    pub fn remove(&mut self, table: Table, key: impl Into<Vec<u8>>) {
+        self.staged.insert((table, key.into()), None);
+    }
+
+    /// Keys of `table` in `[start, end)` in order, as this job sees them (the last commit merged
+    /// with what is staged), at most `limit`.
+    pub fn keys_in(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut keys: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+        for key in self.trees.get(table).range(start..end).keys().take(limit) {
+            keys.insert(key?.to_vec(), true);
+        }
+        let bounds = (
+            Bound::Included((table, start.to_vec())),
+            Bound::Excluded((table, end.to_vec())),
+        );
+        for writes in [&self.group, &self.staged] {
+            for ((_, key), value) in writes.range(bounds.clone()) {
+                keys.insert(key.clone(), value.is_some());
+            }
+        }
+        Ok(keys
+            .into_iter()
+            .filter_map(|(key, present)| present.then_some(key))
+            .take(limit)
+            .collect())
+    }
+
+    /// The last commit alone: a consistent snapshot, since nothing else writes (what an audit
+    /// reads).
+    pub fn committed(&self) -> Snapshot<'_> {
+        Snapshot::new(self.trees)
+    }
+
+    /// A fresh, increasing id (sled's counter; durable with the group).
+    pub fn generate_id(&self) -> Result<u64, StoreError> {
+        Ok(self.trees.db.generate_id()?)
+    }
+
+    /// Hands `event` to live subscribers once the group is durable (if this job's writes are
+    /// kept).
+    pub fn publish(&mut self, event: Event) {
+        self.staged_events.push(event);
+    }
+
+    /// Keeps the running job's writes in the group.
+    pub fn keep(&mut self) {
+        self.group.append(&mut self.staged);
+        self.group_events.append(&mut self.staged_events);
+    }
+
+    /// Drops the running job's writes: a refused or failed job leaves nothing behind.
+    pub fn discard(&mut self) {
+        self.staged.clear();
+        self.staged_events.clear();
+    }
+
+    /// Writes the group in one sled transaction (atomic across trees, so a crash leaves all of
+    /// it or none) and flushes.
+    fn commit(&self) -> Result<(), StoreError> {
+        hold_while_marked();
+        if self.group.is_empty() {
+            return Ok(());
+        }
+        let mut touched: Vec<Table> = self.group.keys().map(|(table, _)| *table).collect();
+        touched.dedup();
+        let trees: Vec<&sled::Tree> = touched.iter().map(|t| self.trees.get(*t)).collect();
+        trees
+            .as_slice()
+            .transaction(|views| {
+                for ((table, key), value) in &self.group {
+                    // `touched` is sorted (the map's key order), so the position is found.
+                    let index = touched.binary_search(table).unwrap_or_default();
+                    let view = &views[index];
+                    match value {
+                        Some(value) => view.insert(key.as_slice(), value.as_slice())?,
+                        None => view.remove(key.as_slice())?,
+                    };
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|error| match error {
+                sled::transaction::TransactionError::Storage(error) => StoreError::Sled(error),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::Commit("the group's transaction aborted".into())
+                }
+            })?;
+        self.trees.db.flush()?;
+        Ok(())
+    }
+}
+
+/// Test hook (`--features failpoints`): with `FAILPOINTS=store.stall=return(<file>)`, every group
+/// commit waits while `<file>` exists (at most a minute): a test stalls the writer on demand.
+fn hold_while_marked() {
+    #[cfg(feature = "failpoints")]
+    fail::eval("store.stall", |marker| {
+        let Some(marker) = marker else { return };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::path::Path::new(&marker).exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    });
+}
+
+/// Runs the writer until every sender is gone. Runs on its own OS thread: every call here may
+/// block, which is the point.
+pub fn run(
+    trees: Arc<Trees>,
+    mut jobs: mpsc::Receiver<Job>,
+    health: Arc<WriterHealth>,
+    publish: impl Fn(Vec<Event>),
+) {
+    /// Marks the writer stopped however the loop ends, a panic included: `/readyz` then says so.
+    struct Stopped(Arc<WriterHealth>);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            self.0.stopped.store(true, Ordering::Release);
+        }
+    }
+    let _stopped = Stopped(health.clone());
+    while let Some(first) = jobs.blocking_recv() {
+        health.group_started_ms.store(now_ms(), Ordering::Release);
+        let mut group = vec![first];
+        while group.len() < GROUP_JOBS_MAX {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let group_jobs = group.len();
+        let count = group_jobs as u64;
+        let mut batch = Batch::new(&trees);
+        let answers: Vec<Answer> = group
+            .into_iter()
+            .filter_map(|job| run_job(&mut batch, job))
+            .collect();
+        let outcome = batch.commit().map_err(|error| error.to_string());
+        if let Err(error) = &outcome {
+            tracing::error!(%error, jobs = count, "store: a group commit failed; nothing of it was acknowledged");
+        }
+        let durable = outcome.is_ok();
+        let events = std::mem::take(&mut batch.group_events);
+        drop(batch);
+        for answer in answers {
+            let committed = outcome.as_ref().map(|_| ()).map_err(String::as_str);
+            // An answer only hands a result on; should one panic, the others are still given.
+            if std::panic::catch_unwind(AssertUnwindSafe(|| answer(committed))).is_err() {
+                tracing::error!("store: answering a write panicked");
+            }
+        }
+        if durable {
+            publish(events);
+        }
+        crate::platform::metrics::store_group(group_jobs);
+        health.groups.fetch_add(1, Ordering::Relaxed);
+        health.group_started_ms.store(0, Ordering::Release);
+    }
+}
+
+/// Runs one job; a panicking job is dropped with its writes (its caller hears that the writer
+/// dropped the request) and the writer goes on.
+fn run_job(batch: &mut Batch<'_>, job: Job) -> Option<Answer> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| job(batch))) {
+        Ok(answer) => {
+            // A job that neither kept nor discarded its writes keeps nothing.
+            batch.discard();
+            Some(answer)
+        }
+        Err(_) => {
+            tracing::error!("store: a write job panicked; its writes were dropped");
+            batch.discard();
+            None
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! Engines: how a persona thinks or acts. `builtin` is deterministic and offline; `shell` runs a
+//! command in the worktree. Every run, of either, is persisted as an [`EngineRun`] before the
+//! persona acts on its result.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use crate::model::task::{
+    CapturedOutput, EngineRun, Plan, PlanStep, RunStatus, Stage, Task, TaskId,
+};
+use crate::platform::executor;
+use crate::platform::openai;
+use crate::platform::process::{self, CommandSpec};
+use crate::platform::sandbox;
+use crate::runtime::jobs::StageError;
+use crate::runtime::Services;
+use crate::storage::store::StoreError;
+use crate::work::metering;
+
+/// Who runs an engine, for what: becomes the run record's identity.
+#[derive(Debug, Clone)]
+pub struct RunIdentity {
+    /// The task.
+    pub task_id: TaskId,
+    /// `planner`, `patch`, `circuit`, ...
+    pub persona: &'static str,
+    /// The stage.
+    pub stage: Stage,
+    /// The attempt (0 for plan).
+    pub attempt: u32,
+}
+
+/// A `shell` run: `sh -c <command>` in `cwd`.
+#[derive(Debug, Clone)]
+pub struct ShellRun {
+    /// The command line.
+    pub command: String,
+    /// The worktree.
+    pub cwd: PathBuf,
+    /// `GLITCHLAB_*` variables.
+    pub env: Vec<(String, String)>,
+    /// Killed with its process group after this long.
+    pub timeout: Duration,
+    /// Bytes kept per stream.
+    pub output_bytes_max: usize,
+    /// The service instance (its data dir), exported as `GLITCHLAB_INSTANCE` so a restarted
+    /// service can find and kill what a killed one left running.
+    pub instance: String,
+    /// [`prompt_digest`] of the prompt file the engine reads; none for verify.
+    pub prompt_digest: Option<String>,
+}
+
+/// `sha256:<hex>` of a prompt: recorded on the run so runs that saw the same input can be told
+/// apart from runs that did not, without storing the text again.
+pub fn prompt_digest(prompt: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(prompt.as_bytes())))
+}
+
+impl RunIdentity {
+    /// The record of a run that starts now: `running`, nothing known yet.
+    fn running(&self, engine: &str, command: Option<String>) -> EngineRun {
+        EngineRun {
+            id: Uuid::now_v7(),
+            task_id: self.task_id,
+            persona: self.persona.to_owned(),
+            engine: engine.to_owned(),
+            stage: self.stage,
+            attempt: self.attempt,
+            command,
+            exit_code: None,
+            signal: None,
+            timed_out: false,
+            stdout: CapturedOutput::default(),
+            stderr: CapturedOutput::default(),
+            duration_ms: 0,
+            tokens: None,
+            prompt_digest: None,
+            cost: None,
+            started_at: Utc::now(),
+            status: RunStatus::Running,
+        }
+    }
+}
+
+/// A run written `running` whose end is not recorded yet. Dropped before [`OpenRun::finish`] (a
+/// cancel, a persona crash, shutdown aborting the job), it charges the time the run took and
+/// records it `interrupted` from a spawned task, since a drop cannot wait; a crash leaves it to
+/// [`crate::storage::store::Store::interrupt_open_runs`] (uncharged: when it ended is unknown).
+///
+/// The charge goes first and the record closes the run: a task's settlement waits for its open
+/// runs to close ([`crate::storage::store::Store::has_open_runs`]), so the charge is on the books before it settles.
+struct OpenRun {
+    services: Services,
+    run: EngineRun,
+    started: Instant,
+    finished: bool,
+}
+
+impl OpenRun {
+    async fn start(services: &Services, run: EngineRun) -> Result<Self, StoreError> {
+        services.store.start_run(&run).await?;
+        Ok(Self {
+            services: services.clone(),
+            run,
+            started: Instant::now(),
+            finished: false,
+        })
+    }
+
+    /// The final record: the running one with what the run produced.
+    fn finish(mut self, fill: impl FnOnce(&mut EngineRun)) -> EngineRun {
+        self.finished = true;
+        let mut run = self.run.clone();
+        fill(&mut run);
+        run.duration_ms = millis(self.started.elapsed());
+        run.status = RunStatus::Finished;
+        run
+    }
+}
+
+impl Drop for OpenRun {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut run = self.run.clone();
+        run.status = RunStatus::Interrupted;
+        run.duration_ms = millis(self.started.elapsed());
+        metering::price(&self.services, &mut run);
+        let services = self.services.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                metering::charge_run(&services, &run).await;
+                match services.store.record_run(&run).await {
+                    Ok(()) => crate::platform::metrics::engine_run(&run),
+                    Err(error) => {
+                        tracing::warn!(%error, run = %run.id, "could not record an interrupted run");
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// The end of every run that finished (or failed to start): priced, persisted with its event,
+/// counted, then charged — so the `cost` on the record is always what the books charged.
+/// (A run cut off mid-way is closed by [`OpenRun`]'s drop instead, charge first.)
+async fn close_run(services: &Services, mut run: EngineRun) -> Result<EngineRun, StoreError> {
+    metering::price(services, &mut run);
+    services.store.record_run(&run).await?;
+    crate::platform::metrics::engine_run(&run);
+    metering::charge_run(services, &run).await;
+    Ok(run)
+}
+
+/// Runs a shell engine and persists the run. A timeout is a recorded run, not an error; failing to
+/// start `sh` at all is an error.
+pub async fn run_shell(
+    services: &Services,
+    who: &RunIdentity,
+    run: ShellRun,
+) -> Result<EngineRun, StageError> {
+    let rules = services.definitions.tool_rules(who.persona);
+    executor::check(&run.command, who.persona, &rules)
+        .map_err(|denied| StageError::ToolDenied(denied.to_string()))?;
+    let temp_dir = services.temp_dir(who.task_id);
+    tokio::fs::create_dir_all(&temp_dir).await?;
+    let mut spec = CommandSpec::shell(
+        &run.command,
+        run.cwd.clone(),
+        run.timeout,
+        run.output_bytes_max,
+    );
+    if let Some(exe) = &services.sandbox_exe {
+        let writable = writable_dirs(services, &run.cwd, &temp_dir).await;
+        (spec.program, spec.args) = sandbox::wrap(exe, &writable, &spec.program, &spec.args);
+    }
+    spec.env_clear = true;
+    spec.env = governed_env(services, who.persona);
+    spec.env
+        .push(("TMPDIR".into(), temp_dir.display().to_string()));
+    spec.env.extend(run.env);
+    spec.env
+        .push((process::INSTANCE_VARIABLE.into(), run.instance));
+    let command = Some(services.redactor.redact(&run.command));
+    let mut running = who.running("shell", command);
+    running.prompt_digest = run.prompt_digest;
+    let open = OpenRun::start(services, running).await?;
+    let output = match process::run(&spec).await {
+        Ok(output) => output,
+        Err(error) => {
+            let message = error.to_string();
+            let failed = open.finish(|record| record.stderr.text = message.clone());
+            close_run(services, failed).await?;
+            return Err(StageError::EngineFailed(message));
+        }
+    };
+    let redact = |mut captured: CapturedOutput| {
+        captured.text = services.redactor.redact(&captured.text);
+        captured
+    };
+    let mut record = open.finish(|record| {
+        record.exit_code = output.exit_code;
+        record.signal = output.signal;
+        record.timed_out = output.timed_out;
+        record.stdout = redact(output.stdout);
+        record.stderr = redact(output.stderr);
+    });
+    record.duration_ms = millis(output.duration);
+    Ok(close_run(services, record).await?)
+}
+
+/// Where a confined process may write: its worktree (and the worktree's git dir, so `git status`
+/// can refresh its index), its private temp dir, `/dev`, and the configured extras.
+async fn writable_dirs(services: &Services, cwd: &Path, temp_dir: &Path) -> Vec<PathBuf> {
+    let mut writable = vec![
+        cwd.to_path_buf(),
+        temp_dir.to_path_buf(),
+        PathBuf::from("/dev"),
+    ];
+    if let Ok(dot_git) = tokio::fs::read_to_string(cwd.join(".git")).await {
+        if let Some(git_dir) = dot_git.trim().strip_prefix("gitdir: ") {
+            writable.push(PathBuf::from(git_dir));
+        }
+    }
+    writable.extend(services.config.governance.sandbox_writable.iter().cloned());
+    writable
+}
+
+/// The environment a governed command starts from: the basics ([`executor::ENV_PASSED`]) and
+/// the variables its persona's `env` allows — nothing else of the service's environment.
+pub(crate) fn governed_env(services: &Services, persona: &str) -> Vec<(String, String)> {
+    let allowed = services
+        .definitions
+        .env_allowed(persona)
+        .iter()
+        .filter_map(|name| std::env::var(name).ok().map(|value| (name.clone(), value)));
+    executor::passed_env().into_iter().chain(allowed).collect()
+}
+
+/// What is left of a task's `max_wall_secs` (`None`: no cap). A task past its cap is refused
+/// with `BUDGET_EXCEEDED` — checked when each persona job starts, and every engine's timeout is
+/// cut to what is left, so no run outlives the budget.
+pub fn wall_budget_left(task: &Task) -> Result<Option<Duration>, StageError> {
+    let (Some(cap_secs), Some(started)) = (task.budget.max_wall_secs, task.started_at) else {
+        return Ok(None);
+    };
+    let used_secs = u64::try_from((Utc::now() - started).num_seconds()).unwrap_or(0);
+    if used_secs >= cap_secs {
+        return Err(StageError::BudgetExceeded(format!(
+            "max_wall_secs: the task has run {used_secs}s of its {cap_secs}s"
+        )));
+    }
+    Ok(Some(Duration::from_secs(cap_secs - used_secs)))
+}
+
+/// `timeout`, cut to what is left of the task's wall-clock budget.
+pub fn capped_timeout(task: &Task, timeout: Duration) -> Result<Duration, StageError> {
+    Ok(wall_budget_left(task)?.map_or(timeout, |left| left.min(timeout)))
+}
+
+/// One call of an `openai` engine: the completion is persisted as an engine run (its text
+/// redacted, its token usage kept and metered) before it is returned. When the task's model
+/// tokens then exceed `max_tokens`, the answer is refused with `BUDGET_EXCEEDED`.
+pub async fn run_model(
+    services: &Services,
+    who: &RunIdentity,
+    provider_name: &str,
+    system: &str,
+    user: &str,
+    max_tokens: Option<u64>,
+) -> Result<String, StageError> {
+    let provider = services
+        .config
+        .providers
+        .get(provider_name)
+        .ok_or_else(|| {
+            StageError::EngineFailed(format!("no provider `{provider_name}` in [providers]"))
+        })?;
+    let command = Some(format!("openai:{provider_name}/{}", provider.model));
+    let mut running = who.running("openai", command);
+    running.prompt_digest = Some(prompt_digest(&format!("{system}\n\n{user}")));
+    let open = OpenRun::start(services, running).await?;
+    let completion = match openai::complete(provider, system, user).await {
+        Ok(completion) => completion,
+        Err(error) => {
+            // A failed call is a finished run without an answer, recorded like any other.
+            let message = services.redactor.redact(&error.to_string());
+            let failed = open.finish(|record| record.stderr.text = message.clone());
+            close_run(services, failed).await?;
+            return Err(if error.is_transient() {
+                StageError::ProviderUnavailable(message)
+            } else {
+                StageError::EngineFailed(message)
+            });
+        }
+    };
+    let record = open.finish(|record| {
+        record.exit_code = Some(0);
+        record.stdout = CapturedOutput {
+            text: services.redactor.redact(&completion.content),
+            truncated_bytes: 0,
+        };
+        record.tokens = Some(completion.usage);
+    });
+    close_run(services, record).await?;
+    if let Some(cap) = max_tokens {
+        let used: u64 = services
+            .store
+            .runs(who.task_id)
+            .await?
+            .iter()
+            .filter_map(|run| run.tokens)
+            .map(|tokens| tokens.total())
+            .sum();
+        if used > cap {
+            return Err(StageError::BudgetExceeded(format!(
+                "max_tokens: the task used {used} model tokens of its {cap}"
+            )));
+        }
+    }
+    Ok(completion.content)
+}
+
+/// Persists the run of a builtin engine that produced `stdout`.
+pub async fn record_builtin(
+    services: &Services,
+    who: &RunIdentity,
+    stdout: String,
+    started: Instant,
+) -> Result<EngineRun, StageError> {
+    let record = EngineRun {
+        id: Uuid::now_v7(),
+        task_id: who.task_id,
+        persona: who.persona.to_owned(),
+        engine: "builtin".into(),
+        stage: who.stage,
+        attempt: who.attempt,
+        command: None,
+        exit_code: Some(0),
+        signal: None,
+        timed_out: false,
+        stdout: CapturedOutput {
+            text: stdout,
+            truncated_bytes: 0,
+        },
+        stderr: CapturedOutput::default(),
+        duration_ms: millis(started.elapsed()),
+        tokens: None,
+        prompt_digest: None,
+        cost: None,
+        started_at: Utc::now(),
+        status: RunStatus::Finished,
+    };
+    Ok(close_run(services, record).await?)
+}
+
+/// How a run ended, for messages: "exited with code 2", "was killed by signal 9".
+pub fn ending(run: &EngineRun) -> String {
+    match (run.exit_code, run.signal) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => "ended without an exit status".to_owned(),
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Steps the builtin planner makes at most; the rest of a long description is folded into the last.
+const PLAN_STEPS_MAX: usize = 12;
+
+/// The builtin planner: a deterministic structured plan from the task's text.
+///
+/// Each non-empty line or sentence of the description becomes a step; words that look like paths
+/// (`src/lib.rs`, `README.md`) become the step's files; the risk grows with the plan's size and
+/// with words that signal risky work.
+///
+/// Earlier failures on the same repository (`history`) open the plan with a step to avoid them.
+pub fn builtin_plan(task: &Task, history: &[Task]) -> Plan {
+    let mut sentences: Vec<String> = task
+        .description
+        .lines()
+        .flat_map(|line| line.split(". "))
+        .map(|part| {
+            part.trim()
+                .trim_start_matches(['-', '*', ' '])
+                .trim_end_matches('.')
+                .trim()
+                .to_owned()
+        })
+        .filter(|part| !part.is_empty())
+        .collect();
+    if sentences.is_empty() {
+        sentences.push(task.title.clone());
+    }
+    if sentences.len() > PLAN_STEPS_MAX {
+        let rest = sentences.split_off(PLAN_STEPS_MAX - 1).join("; ");
+        sentences.push(rest);
+    }
+    let mut steps: Vec<PlanStep> = sentences
+        .iter()
+        .enumerate()
+        .map(|(index, sentence)| PlanStep {
+            title: sentence.clone(),
+            files: mentioned_files(sentence),
+            rationale: format!("step {} of the task as described", index + 1),
+        })
+        .collect();
+    if !history.is_empty() {
+        let codes: Vec<String> = history
+            .iter()
+            .filter_map(|t| t.error.as_ref().map(|e| format!("{} ({})", t.id, e.code)))
+            .collect();
+        steps.insert(
+            0,
+            PlanStep {
+                title: "review the earlier failures on this repository and avoid repeating them"
+                    .into(),
+                files: Vec::new(),
+                rationale: format!("recent failed tasks: {}", codes.join(", ")),
+            },
+        );
+    }
+    steps.push(PlanStep {
+        title: format!("make `{}` pass", task.verify),
+        files: Vec::new(),
+        rationale: "the verify gate must pass before delivery".into(),
+    });
+    Plan {
+        summary: task.title.clone(),
+        risk: risk_of(task, steps.len()).into(),
+        steps,
+    }
+}
+
+fn mentioned_files(text: &str) -> Vec<String> {
+    let mut files: Vec<String> = text
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '`' || c == '(' || c == ')')
+        .map(|word| word.trim_end_matches([':', ';', '.']))
+        .filter(|word| {
+            let has_extension = word.rsplit_once('.').is_some_and(|(stem, ext)| {
+                !stem.is_empty()
+                    && (1..=5).contains(&ext.len())
+                    && ext.chars().all(|c| c.is_ascii_alphanumeric())
+            });
+            (word.contains('/') || has_extension) && !word.starts_with("http")
+        })
+        .map(str::to_owned)
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+fn risk_of(task: &Task, step_count: usize) -> &'static str {
+    let text = format!("{} {}", task.title, task.description).to_lowercase();
+    let risky = [
+        "migration",
+        "delete",
+        "security",
+        "auth",
+        "database",
+        "schema",
+        "concurrency",
+    ];
+    if risky.iter().any(|word| text.contains(word)) || step_count > 8 {
+        "high"
+    } else if step_count > 3 {
+        "medium"
+    } else {
+        "low"
+    }
+}
+
+/// The builtin implementer's change: a note with the plan under `.glitchlab/notes/`, so an offline
+/// run still produces a real, reviewable commit.
+pub fn builtin_note(task: &Task, attempt: u32) -> (String, String) {
+    let path = format!(".glitchlab/notes/{}.md", task.id);
+    let mut text = format!(
+        "# {}\n\n{}\n\nAttempt {attempt}.\n",
+        task.title, task.description
+    );
+    if let Some(plan) = &task.plan {
+        text.push_str(&format!("\n## Plan ({} risk)\n\n", plan.risk));
+        for (index, step) in plan.steps.iter().enumerate() {
+            text.push_str(&format!("{}. {}\n", index + 1, step.title));
+        }
+    }
+    (path, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(description: &str) -> Task {
+        let mut task = Task::for_test("Add greeting", description);
+        task.verify = "test -f hello.txt".into();
+        task
+    }
+
+    #[test]
+    fn plan_has_a_step_per_sentence_and_names_files() {
+        let plan = builtin_plan(
+            &task("Create hello.txt with a greeting. Mention it in README.md"),
+            &[],
+        );
+        assert_eq!(plan.summary, "Add greeting");
+        assert_eq!(plan.steps.len(), 3);
+        assert_eq!(plan.steps[0].files, vec!["hello.txt"]);
+        assert_eq!(plan.steps[1].files, vec!["README.md"]);
+        assert_eq!(plan.risk, "low");
+    }
+
+    #[test]
+    fn plan_is_bounded_and_deterministic() {
+        let long: String = (0..40).map(|i| format!("step {i}\n")).collect();
+        let first = builtin_plan(&task(&long), &[]);
+        assert_eq!(first.steps.len(), PLAN_STEPS_MAX + 1);
+        assert_eq!(first, builtin_plan(&task(&long), &[]));
+        assert_eq!(first.risk, "high");
+    }
+}

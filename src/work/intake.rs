@@ -1,0 +1,597 @@
+//! Taking work in: a submission is validated (fields, the repository, the base branch, the kind,
+//! the dependencies), checked against its idempotency key and the queue bound, persisted and
+//! flushed, and only then handed to Compass — so an accepted task survives a crash. The HTTP
+//! ingress and in-process callers (an incident's bugfix task) both come through here.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::Utc;
+use ractor::ActorRef;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::actors::compass::CompassMsg;
+use crate::model::ledger::LedgerError;
+use crate::model::task::{
+    CausedBy, Delivery, EngineOverrides, EngineSpec, Priority, ReviewPolicy, Stage, Task,
+    TaskBudget, TaskId, TaskStatus,
+};
+use crate::platform::git::Git;
+use crate::runtime::Services;
+use crate::storage::store::{NewEvent, StoreError, Submission};
+use crate::work::metering;
+
+/// Field length limits: bounds on what a submission may store.
+const TITLE_BYTES_MAX: usize = 200;
+const DESCRIPTION_BYTES_MAX: usize = 64 * 1024;
+const VERIFY_BYTES_MAX: usize = 8 * 1024;
+const KEY_BYTES_MAX: usize = 200;
+/// Dependencies a task may name at most.
+const DEPS_MAX: usize = 64;
+
+/// Why a submission was refused. Each variant has a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// A field is missing, empty, too long or out of range.
+    #[error("{0}")]
+    InvalidField(String),
+    /// The request names something that does not exist (repo, branch, kind, dependency).
+    #[error("{message}")]
+    Unknown {
+        /// `NOT_A_GIT_REPOSITORY`, `UNKNOWN_BASE_BRANCH`, `UNKNOWN_KIND`, `UNKNOWN_DEPENDENCY`.
+        code: &'static str,
+        /// What was not found.
+        message: String,
+    },
+    /// The queue holds its limit.
+    #[error("the queue holds its limit of {0} tasks")]
+    QueueFull(usize),
+    /// The idempotency key was used before with another body.
+    #[error("idempotency_key was already used for task {0} with a different body")]
+    IdempotencyConflict(TaskId),
+    /// The paying account cannot cover the budget; no task was created.
+    #[error("{0}")]
+    InsufficientFunds(String),
+    /// The ledger refused or could not be reached.
+    #[error(transparent)]
+    Ledger(LedgerError),
+    /// Durable state could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<LedgerError> for IntakeError {
+    fn from(error: LedgerError) -> Self {
+        match error {
+            LedgerError::InsufficientFunds { .. } => Self::InsufficientFunds(error.to_string()),
+            LedgerError::AccountNotFound(account) => Self::Unknown {
+                code: "ACCOUNT_NOT_FOUND",
+                message: format!("no ledger account `{account}` to pay for the task"),
+            },
+            other => Self::Ledger(other),
+        }
+    }
+}
+
+impl IntakeError {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidField(_) => "INVALID_FIELD",
+            Self::Unknown { code, .. } => code,
+            Self::QueueFull(_) => "QUEUE_FULL",
+            Self::IdempotencyConflict(_) => "IDEMPOTENCY_CONFLICT",
+            Self::InsufficientFunds(_) => "INSUFFICIENT_FUNDS",
+            Self::Ledger(inner) => inner.code(),
+            Self::Store(inner) if inner.is_overload() => inner.code(),
+            Self::Store(_) => "STORE_FAILED",
+        }
+    }
+
+    fn unknown(code: &'static str, message: String) -> Self {
+        Self::Unknown { code, message }
+    }
+}
+
+/// A submission: the body of `POST /v1/tasks`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitTaskRequest {
+    /// Short name of the work.
+    pub title: String,
+    /// What to do.
+    pub description: String,
+    /// Absolute path of a git repository on this host.
+    pub repo: String,
+    /// Branch to deliver into (default `main`).
+    #[serde(default)]
+    pub base_branch: Option<String>,
+    /// Pipeline template (default `feature`).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Scheduling priority (default `medium`).
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Command that must pass in the worktree before delivery.
+    pub verify: String,
+    /// Implement/verify rounds (default from config).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Engine overrides per persona.
+    #[serde(default)]
+    pub engines: Option<EngineOverrides>,
+    /// Makes the submission idempotent.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Tasks that must be `done` first.
+    #[serde(default)]
+    pub deps: Option<Vec<String>>,
+    /// `manual` puts an approval gate before delivery (default `auto`).
+    #[serde(default)]
+    pub review_policy: Option<ReviewPolicy>,
+    /// `merge` into the base branch, or leave the `branch` for review (default
+    /// `tasks.delivery`).
+    #[serde(default)]
+    pub delivery: Option<Delivery>,
+    /// The incident (and deploy) this work answers, when an ops persona files it.
+    #[serde(default)]
+    pub caused_by: Option<CausedBy>,
+    /// The app (in `ops.yaml`) to deploy once the task is delivered.
+    #[serde(default)]
+    pub deploy: Option<String>,
+    /// The ledger account that pays (default: the parent task's, else `ledger.local_account`).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// What the task may spend (default `max_cost`: `ledger.default_task_budget`).
+    #[serde(default)]
+    pub budget: Option<BudgetRequest>,
+    /// The task that files this one.
+    #[serde(default)]
+    pub parent_task: Option<String>,
+    /// What "done" means, for a model-backed Circuit to judge.
+    #[serde(default)]
+    pub acceptance: Option<String>,
+}
+
+/// The `budget` of a submission.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetRequest {
+    /// Micro-tokens to reserve.
+    #[serde(default)]
+    pub max_cost: Option<u64>,
+    /// Model tokens the task may use.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// Seconds from start the task may run.
+    #[serde(default)]
+    pub max_wall_secs: Option<u64>,
+}
+
+/// An accepted submission.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The task as stored.
+    pub task: Task,
+    /// Whether this was an idempotent replay of an earlier submission.
+    pub replayed: bool,
+}
+
+/// Validates, persists (flushed) and queues a task.
+pub async fn submit(
+    services: &Services,
+    compass: &ActorRef<CompassMsg>,
+    request: SubmitTaskRequest,
+) -> Result<Accepted, IntakeError> {
+    let digest = digest_of(&request);
+    // A replay answers with the original task even if the repo, the config or the queue changed.
+    if let Some(key) = &request.idempotency_key {
+        if let Some((task_id, original_digest)) = services.store.idempotent_submission(key).await? {
+            if original_digest != digest {
+                return Err(IntakeError::IdempotencyConflict(task_id));
+            }
+            let task = services
+                .store
+                .task(task_id)
+                .await?
+                .ok_or(StoreError::TaskNotFound(task_id))?;
+            return Ok(Accepted {
+                task,
+                replayed: true,
+            });
+        }
+    }
+    let mut task = validate(services, request).await?;
+    let limit = services.config.compass.max_queued_tasks;
+    let Some(admission) = services.directory.admit(limit) else {
+        return Err(IntakeError::QueueFull(limit));
+    };
+    // The money first: a task that cannot be paid for is never created.
+    let reservation = metering::reserve(&services.directory, &task, 1).await?;
+    task.reservation = Some(reservation.clone());
+    task.budget_rounds = 1;
+    let event = NewEvent::new(
+        "ingress",
+        "task.submitted",
+        json!({"title": task.title, "kind": task.kind, "priority": task.priority, "caused_by": task.caused_by}),
+    );
+    let created = services.store.create_task(task, &digest, event).await;
+    if !matches!(created, Ok(Submission::Created(_))) {
+        // Not stored (a concurrent twin won the key, or the write failed): free the money.
+        metering::release(&services.directory, &reservation).await;
+    }
+    let (task, replayed) = match created? {
+        Submission::Created(task) => (task, false),
+        Submission::Replayed(task) => (task, true),
+        Submission::KeyConflict(original) => {
+            return Err(IntakeError::IdempotencyConflict(original))
+        }
+    };
+    if !replayed {
+        crate::platform::metrics::task_submitted(&task.kind);
+        // Durable already: if Compass is down, the next start picks the task up.
+        match compass.cast(CompassMsg::TaskSubmitted(task.id)) {
+            Ok(()) => admission.hand_over(),
+            Err(error) => {
+                tracing::error!(%error, task = %task.id, "could not notify compass of a new task")
+            }
+        }
+    }
+    Ok(Accepted { task, replayed })
+}
+
+async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Task, IntakeError> {
+    let config = &services.config;
+    check_length("title", &request.title, 1, TITLE_BYTES_MAX)?;
+    check_length(
+        "description",
+        &request.description,
+        0,
+        DESCRIPTION_BYTES_MAX,
+    )?;
+    check_length("verify", &request.verify, 1, VERIFY_BYTES_MAX)?;
+    if let Some(key) = &request.idempotency_key {
+        check_length("idempotency_key", key, 1, KEY_BYTES_MAX)?;
+    }
+    let patch_default = services
+        .definitions
+        .personas
+        .get("patch")
+        .and_then(|p| p.front.max_attempts);
+    let max_attempts = request
+        .max_attempts
+        .or(patch_default)
+        .unwrap_or(config.tasks.default_max_attempts);
+    if max_attempts == 0 || max_attempts > config.tasks.max_attempts_limit {
+        return Err(IntakeError::InvalidField(format!(
+            "max_attempts must be between 1 and {}",
+            config.tasks.max_attempts_limit
+        )));
+    }
+    let engines = request.engines.unwrap_or_default();
+    check_engines(services, &engines)?;
+    let kind = request.kind.unwrap_or_else(|| "feature".to_owned());
+    let Some(stages) = config.compass.templates.get(&kind) else {
+        let known: Vec<&str> = config
+            .compass
+            .templates
+            .keys()
+            .map(String::as_str)
+            .collect();
+        return Err(IntakeError::unknown(
+            "UNKNOWN_KIND",
+            format!("unknown kind `{kind}`; known kinds: {}", known.join(", ")),
+        ));
+    };
+    let base_branch = request.base_branch.unwrap_or_else(|| "main".to_owned());
+    check_length("base_branch", &base_branch, 1, TITLE_BYTES_MAX)?;
+    if !services
+        .repo_checks
+        .recently_found(&request.repo, &base_branch)
+    {
+        check_repository(config.git.timeout(), &request.repo, &base_branch).await?;
+        services.repo_checks.found(&request.repo, &base_branch);
+    }
+    let deps = check_deps(services, request.deps.unwrap_or_default()).await?;
+    if stages.contains(&Stage::Deploy) && request.deploy.is_none() {
+        return Err(IntakeError::InvalidField(format!(
+            "kind `{kind}` ends with a deploy stage: name the app (of ops.yaml) in `deploy`"
+        )));
+    }
+    let delivery = request.delivery.unwrap_or(config.tasks.delivery);
+    if delivery == Delivery::Branch && request.deploy.is_some() {
+        return Err(IntakeError::InvalidField(
+            "`deploy` needs `delivery: merge`: a deploy ships what landed on the base branch"
+                .into(),
+        ));
+    }
+    if let Some(app) = &request.deploy {
+        if !services.definitions.ops.apps.contains_key(app) {
+            return Err(IntakeError::unknown(
+                "UNKNOWN_APP",
+                format!("`deploy`: no app `{app}` in ops.yaml"),
+            ));
+        }
+    }
+    let review_policy = request.review_policy.unwrap_or_default();
+    let parent_task = match request.parent_task.as_deref() {
+        Some(text) => Some(check_deps(services, vec![text.to_owned()]).await?.remove(0)),
+        None => None,
+    };
+    let account = match (&request.account, parent_task) {
+        (Some(account), _) => account.clone(),
+        (None, Some(parent)) => services
+            .store
+            .task(parent)
+            .await?
+            .map(|p| p.account)
+            .unwrap_or_default(),
+        (None, None) => config.ledger.local_account.clone(),
+    };
+    crate::model::ledger::validate_id("account", &account)
+        .map_err(|e| IntakeError::InvalidField(e.to_string()))?;
+    let max_cost = request
+        .budget
+        .as_ref()
+        .and_then(|b| b.max_cost)
+        .unwrap_or(config.ledger.default_task_budget);
+    if max_cost == 0 {
+        return Err(IntakeError::InvalidField(
+            "budget.max_cost must be at least 1".into(),
+        ));
+    }
+    let stages = with_review(stages.clone(), review_policy);
+    let now = Utc::now();
+    Ok(Task {
+        id: TaskId::new(),
+        title: request.title,
+        description: request.description,
+        repo: request.repo,
+        base_branch,
+        kind,
+        priority: request.priority.unwrap_or_default(),
+        verify: request.verify,
+        max_attempts,
+        engines,
+        idempotency_key: request.idempotency_key,
+        status: if deps.is_empty() {
+            TaskStatus::Queued
+        } else {
+            TaskStatus::Blocked
+        },
+        blocked_by: deps.clone(),
+        deps,
+        review_policy,
+        delivery,
+        caused_by: request.caused_by,
+        deploy: request.deploy,
+        account,
+        budget: TaskBudget {
+            max_cost,
+            max_tokens: request.budget.as_ref().and_then(|b| b.max_tokens),
+            max_wall_secs: request.budget.as_ref().and_then(|b| b.max_wall_secs),
+        },
+        acceptance: request.acceptance,
+        parent_task,
+        reservation: None,
+        budget_rounds: 0,
+        settled: false,
+        stage: None,
+        stages,
+        attempts: 0,
+        stage_retries: 0,
+        reverifications: 0,
+        failures: Vec::new(),
+        branch: None,
+        commit: None,
+        plan: None,
+        feedback: None,
+        error: None,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+    })
+}
+
+/// Shell commands are bounded, providers must exist, and Circuit's engine is a judge (builtin or
+/// a model), never a second command: its command is the task's `verify`.
+fn check_engines(services: &Services, engines: &EngineOverrides) -> Result<(), IntakeError> {
+    let all = [
+        ("planner", &engines.planner),
+        ("patch", &engines.patch),
+        ("circuit", &engines.circuit),
+    ];
+    for (persona, spec) in all {
+        match spec {
+            Some(EngineSpec::Shell { .. }) if persona == "circuit" => {
+                return Err(IntakeError::InvalidField(
+                    "engines.circuit must be builtin or openai: its command is `verify`".into(),
+                ));
+            }
+            Some(EngineSpec::Shell { command }) => {
+                check_length(
+                    &format!("engines.{persona}.command"),
+                    command,
+                    1,
+                    VERIFY_BYTES_MAX,
+                )?;
+            }
+            Some(EngineSpec::Openai { provider })
+                if !services.config.providers.contains_key(provider) =>
+            {
+                let known: Vec<&str> = services
+                    .config
+                    .providers
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                return Err(IntakeError::unknown(
+                    "UNKNOWN_PROVIDER",
+                    format!(
+                        "engines.{persona}: no provider `{provider}`; known: [{}]",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Every dependency must name an existing task; Compass decides whether it still blocks.
+async fn check_deps(services: &Services, deps: Vec<String>) -> Result<Vec<TaskId>, IntakeError> {
+    if deps.len() > DEPS_MAX {
+        return Err(IntakeError::InvalidField(format!(
+            "deps lists more than {DEPS_MAX} tasks"
+        )));
+    }
+    let mut ids = Vec::with_capacity(deps.len());
+    for dep in deps {
+        let unknown = || {
+            IntakeError::unknown(
+                "UNKNOWN_DEPENDENCY",
+                format!("deps names unknown task `{dep}`"),
+            )
+        };
+        let id: TaskId = dep.parse().map_err(|_| unknown())?;
+        if services.store.task(id).await?.is_none() {
+            return Err(unknown());
+        }
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// A manual review puts the approval gate right before delivery (or last, if nothing delivers).
+fn with_review(mut stages: Vec<Stage>, policy: ReviewPolicy) -> Vec<Stage> {
+    if policy == ReviewPolicy::Manual && !stages.contains(&Stage::Approve) {
+        let at = stages
+            .iter()
+            .position(|s| *s == Stage::Deliver)
+            .unwrap_or(stages.len());
+        stages.insert(at, Stage::Approve);
+    }
+    stages
+}
+
+fn check_length(field: &str, value: &str, min: usize, max: usize) -> Result<(), IntakeError> {
+    if value.trim().len() < min {
+        return Err(IntakeError::InvalidField(format!(
+            "{field} must not be empty"
+        )));
+    }
+    if value.len() > max {
+        return Err(IntakeError::InvalidField(format!(
+            "{field} is longer than {max} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// How long a repository and base branch found at submit stay trusted without asking git again.
+/// A branch deleted within it is caught when the worktree is made, with git's own error.
+pub const REPO_CHECK_TTL: Duration = Duration::from_secs(5);
+/// Repository/branch pairs remembered at most; past it the expired ones are dropped (all of them
+/// when that is not enough).
+const REPO_CHECKS_MAX: usize = 1024;
+
+/// Repository and base-branch pairs confirmed a moment ago: a burst of submissions to one
+/// repository opens it once, not once each (issue #9's hot path). Only successes are remembered,
+/// never for longer than [`REPO_CHECK_TTL`].
+#[derive(Debug, Default)]
+pub struct RepoChecks {
+    /// (repo, branch) → when git found it; a std mutex, never held across an await.
+    found: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+}
+
+impl RepoChecks {
+    /// Whether git found `branch` in `repo` less than [`REPO_CHECK_TTL`] ago.
+    pub fn recently_found(&self, repo: &str, branch: &str) -> bool {
+        let Ok(found) = self.found.lock() else {
+            return false;
+        };
+        let key = (repo.to_owned(), branch.to_owned());
+        found
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < REPO_CHECK_TTL)
+    }
+
+    /// Remembers that git found `branch` in `repo` now.
+    pub fn found(&self, repo: &str, branch: &str) {
+        let Ok(mut found) = self.found.lock() else {
+            return;
+        };
+        if found.len() >= REPO_CHECKS_MAX {
+            found.retain(|_, at| at.elapsed() < REPO_CHECK_TTL);
+            if found.len() >= REPO_CHECKS_MAX {
+                found.clear();
+            }
+        }
+        found.insert(
+            (repo.to_owned(), branch.to_owned()),
+            std::time::Instant::now(),
+        );
+    }
+}
+
+async fn check_repository(
+    git_timeout: Duration,
+    repo: &str,
+    base_branch: &str,
+) -> Result<(), IntakeError> {
+    let path = Path::new(repo);
+    if !path.is_absolute() {
+        return Err(IntakeError::InvalidField(format!(
+            "repo must be an absolute path, got `{repo}`"
+        )));
+    }
+    // In-process (gix): no git process per submission.
+    match crate::platform::git::read::has_branch(path, base_branch).await {
+        Ok(Some(true)) => Ok(()),
+        Ok(Some(false)) => Err(IntakeError::unknown(
+            "UNKNOWN_BASE_BRANCH",
+            format!("{repo} has no branch `{base_branch}`"),
+        )),
+        // Not a repository's top (a subdirectory, say), or one gix cannot read: git decides, as
+        // it always did.
+        Ok(None) | Err(_) => check_with_git(git_timeout, path, repo, base_branch).await,
+    }
+}
+
+/// [`check_repository`] through the `git` binary.
+async fn check_with_git(
+    git_timeout: Duration,
+    path: &Path,
+    repo: &str,
+    base_branch: &str,
+) -> Result<(), IntakeError> {
+    let git = Git::new(path, git_timeout);
+    if git.branch_exists(base_branch).await {
+        return Ok(());
+    }
+    if !git.is_repository().await {
+        return Err(IntakeError::unknown(
+            "NOT_A_GIT_REPOSITORY",
+            format!("{repo} is not a git repository"),
+        ));
+    }
+    Err(IntakeError::unknown(
+        "UNKNOWN_BASE_BRANCH",
+        format!("{repo} has no branch `{base_branch}`"),
+    ))
+}
+
+/// What makes two submissions "the same body": the body as sent (after parsing, so key order and
+/// whitespace do not matter), independent of config defaults that may change between the two.
+fn digest_of(request: &SubmitTaskRequest) -> String {
+    // Serializing plain data to a Vec cannot fail; an empty digest would only weaken a replay check.
+    let canonical = serde_json::to_vec(request).unwrap_or_default();
+    hex::encode(Sha256::digest(&canonical))
+}

@@ -1,0 +1,254 @@
+//! Paying for work: a task's budget is reserved in the Ledger before the task exists, every engine
+//! run is charged as it happens, and the reservation is settled when the task ends.
+//!
+//! The money flows through one account per task, `task:<id>` (a project account allowed below
+//! zero, bounded by the reservation):
+//! - submit: a *pending* transfer `<payer>` → `task:<id>` of the budget (refused with
+//!   `INSUFFICIENT_FUNDS` when the payer cannot cover it: no task is created);
+//! - each engine run: a posted transfer `task:<id>` → `agent:<persona>`, priced by the rate card,
+//!   with the run's id as its idempotency root (so the books show which persona earned what); a run
+//!   cut off by a cancel is charged for the time it ran;
+//! - the end (once the task's cut-off runs are charged and closed): the reservation is posted for
+//!   what the runs cost (at most the reservation) and the rest is released; usage past the
+//!   reservation is charged to the payer directly.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::actors::ledger as ledger_actor;
+use crate::model::ledger::{
+    agent_account, AccountKind, Applied, LedgerError, NewAccount, NewTransfer, TransferStatus,
+};
+use crate::model::task::{EngineRun, Stage, Task, TaskId};
+use crate::runtime::directory::ActorDirectory;
+use crate::runtime::Services;
+use crate::storage::ledger::Book;
+use crate::storage::store::NewEvent;
+
+/// Transfer code of a task's budget reservation (and its settlement).
+pub const CODE_TASK_BUDGET: u16 = 10;
+/// Transfer code of an engine run's charge.
+pub const CODE_ENGINE_RUN: u16 = 11;
+/// Transfer code of usage past the reservation, charged to the payer at settlement.
+pub const CODE_BUDGET_OVERRUN: u16 = 12;
+/// How long a settlement waits for the task's cut-off runs to be charged and closed.
+const OPEN_RUNS_WAIT: Duration = Duration::from_secs(10);
+
+/// Prices, in micro-tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateCard {
+    /// Per 1,000 input tokens, by model (for model-backed engines).
+    pub input_per_1k_tokens: BTreeMap<String, u64>,
+    /// Per 1,000 output tokens, by model.
+    pub output_per_1k_tokens: BTreeMap<String, u64>,
+    /// Per second of a `shell` engine run (charged per started second).
+    pub shell_per_second: u64,
+    /// Per `builtin` engine run.
+    pub builtin_per_run: u64,
+    /// Per verify run, on top of its seconds.
+    pub verify_per_run: u64,
+    /// Per deploy.
+    pub deploy: u64,
+}
+
+impl Default for RateCard {
+    fn default() -> Self {
+        Self {
+            input_per_1k_tokens: BTreeMap::new(),
+            output_per_1k_tokens: BTreeMap::new(),
+            shell_per_second: 1_000,
+            builtin_per_run: 100,
+            verify_per_run: 500,
+            deploy: 10_000,
+        }
+    }
+}
+
+impl RateCard {
+    /// What one engine run costs.
+    pub fn run_cost(&self, run: &EngineRun) -> u64 {
+        let seconds_started = run.duration_ms.div_ceil(1000).max(1);
+        let engine = match run.engine.as_str() {
+            "builtin" => self.builtin_per_run,
+            "openai" => self.token_cost(run),
+            _ => self.shell_per_second.saturating_mul(seconds_started),
+        };
+        let verify = if run.stage == Stage::Verify {
+            self.verify_per_run
+        } else {
+            0
+        };
+        engine.saturating_add(verify)
+    }
+}
+
+impl RateCard {
+    /// Model tokens priced per 1,000 by the model named in the run's `command`
+    /// (`openai:<provider>/<model>`); a model without a price costs nothing.
+    fn token_cost(&self, run: &EngineRun) -> u64 {
+        let (Some(tokens), Some(command)) = (run.tokens, run.command.as_deref()) else {
+            return 0;
+        };
+        let model = command
+            .rsplit_once('/')
+            .map(|(_, model)| model)
+            .unwrap_or(command);
+        let price = |table: &BTreeMap<String, u64>, count: u64| {
+            table
+                .get(model)
+                .map_or(0, |per_1k| per_1k.saturating_mul(count).div_ceil(1000))
+        };
+        price(&self.input_per_1k_tokens, tokens.input)
+            .saturating_add(price(&self.output_per_1k_tokens, tokens.output))
+    }
+}
+
+/// The ledger account a task's money flows through.
+pub fn task_account(task_id: TaskId) -> String {
+    format!("task:{task_id}")
+}
+
+/// The id of a task's `round`-th budget reservation (a retried task reserves again).
+pub fn reservation_id(task_id: TaskId, round: u32) -> String {
+    format!("task:{task_id}:budget:{round}")
+}
+
+/// Opens the task's account and reserves its budget from the payer. Safe to repeat.
+pub async fn reserve(
+    directory: &ActorDirectory,
+    task: &Task,
+    round: u32,
+) -> Result<String, LedgerError> {
+    let account = NewAccount {
+        id: task_account(task.id),
+        kind: AccountKind::Project,
+        allow_negative: true,
+    };
+    ledger_actor::open_account(directory, account).await?;
+    let id = reservation_id(task.id, round);
+    let mut reservation = NewTransfer::reserve(
+        &id,
+        &task.account,
+        &task_account(task.id),
+        task.budget.max_cost,
+        CODE_TASK_BUDGET,
+        None,
+    );
+    reservation.parent_task = Some(task.id);
+    reservation.memo = Some(format!("budget of task {}", task.id));
+    ledger_actor::pending(directory, reservation).await?;
+    Ok(id)
+}
+
+/// Releases a reservation whose task was never created.
+pub async fn release(directory: &ActorDirectory, reservation: &str) {
+    if let Err(error) = ledger_actor::void(directory, reservation).await {
+        tracing::error!(%error, reservation, "could not release a reservation");
+    }
+}
+
+/// Puts what the rate card charges for an ended run on its record (`cost`), so the runs API shows
+/// the same figure the books do.
+pub fn price(services: &Services, run: &mut EngineRun) {
+    run.cost = Some(services.config.ledger.rates.run_cost(run));
+}
+
+/// Charges one engine run to its task (idempotent by the run's id). A failure is recorded as an
+/// event, never fails the work: the run already happened.
+pub async fn charge_run(services: &Services, run: &EngineRun) {
+    let amount = run
+        .cost
+        .unwrap_or_else(|| services.config.ledger.rates.run_cost(run));
+    if amount == 0 {
+        return;
+    }
+    let mut charge = NewTransfer::posted(
+        &format!("run:{}", run.id),
+        &task_account(run.task_id),
+        &agent_account(&run.persona),
+        amount,
+        CODE_ENGINE_RUN,
+    );
+    charge.parent_task = Some(run.task_id);
+    charge.memo = Some(format!(
+        "{} {} run, {} ms",
+        run.persona, run.engine, run.duration_ms
+    ));
+    match ledger_actor::transfer(&services.directory, charge).await {
+        Ok(Applied::Created(_)) => crate::platform::metrics::ledger_charged(&run.persona, amount),
+        Ok(Applied::Replayed(_)) => {}
+        Err(error) => charge_failed(services, run, amount, error).await,
+    }
+}
+
+/// Records a charge the Ledger refused or did not answer: an event on the task, never a failure.
+async fn charge_failed(services: &Services, run: &EngineRun, amount: u64, error: LedgerError) {
+    tracing::error!(%error, run = %run.id, "could not charge an engine run");
+    let data = json!({"run_id": run.id, "amount": amount, "error": error.to_string()});
+    let event = NewEvent::new("ledger", "ledger.charge_failed", data);
+    let _ = services.store.append_event(run.task_id, event).await;
+}
+
+/// Settles a finished task's reservation: posts what its runs cost (at most the reservation),
+/// releases the rest, and charges any overrun to the payer. Every step is idempotent, so a
+/// settlement cut off half-way is finished by running it again.
+pub async fn settle(services: &Services, task: &Task) -> Result<(), LedgerError> {
+    let Some(reservation) = &task.reservation else {
+        return Ok(());
+    };
+    wait_for_open_runs(services, task.id).await;
+    let owed = owed_by_task(services, task.id).await?;
+    let book = Book::new(&services.store);
+    if let Some(held) = book
+        .transfer(reservation)
+        .await?
+        .filter(|t| t.status == TransferStatus::Pending)
+    {
+        match owed.min(held.amount) {
+            0 => ledger_actor::void(&services.directory, reservation).await?,
+            used => ledger_actor::post(&services.directory, reservation, Some(used)).await?,
+        };
+    }
+    let overrun = owed_by_task(services, task.id).await?;
+    if overrun > 0 {
+        let mut charge = NewTransfer::posted(
+            &format!("{reservation}:overrun"),
+            &task.account,
+            &task_account(task.id),
+            overrun,
+            CODE_BUDGET_OVERRUN,
+        );
+        charge.parent_task = Some(task.id);
+        charge.memo = Some(format!("task {} used more than its budget", task.id));
+        ledger_actor::transfer(&services.directory, charge).await?;
+    }
+    Ok(())
+}
+
+/// Waits (at most [`OPEN_RUNS_WAIT`]) until the task's runs are closed: a run cut off by a cancel
+/// is charged and closed from a spawned task, and its charge belongs in the settlement.
+async fn wait_for_open_runs(services: &Services, task_id: TaskId) {
+    let deadline = tokio::time::Instant::now() + OPEN_RUNS_WAIT;
+    while services.store.has_open_runs(task_id).await.unwrap_or(false) {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(task = %task_id, "settling with a run still open");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the task's runs cost that no settlement has paid yet (the task account's deficit).
+async fn owed_by_task(services: &Services, task_id: TaskId) -> Result<u64, LedgerError> {
+    let book = Book::new(&services.store);
+    let balance = book
+        .account(&task_account(task_id))
+        .await?
+        .map(|a| a.balance())
+        .unwrap_or(0);
+    Ok(u64::try_from(-balance.min(0)).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,10 @@
+//! The work the actors do, written as plain async functions they run in jobs: engine runs
+//! ([`engine`]), budgets and charges ([`metering`]), how a task gets in ([`intake`]), what a client
+//! may do to a task ([`transitions`]), and the ops org's machinery ([`ops`]). It reaches actors only
+//! through the clients in [`crate::runtime`].
+
+pub mod engine;
+pub mod intake;
+pub mod metering;
+pub mod ops;
+pub mod transitions;

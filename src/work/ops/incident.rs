@@ -1,0 +1,695 @@
+//! Incidents: signals in (Watch, failed deploys, `POST /v1/alerts` in Alertmanager's or a plain
+//! shape), fingerprints for de-duplication, runbook matching, and the response job — diagnose,
+//! run the runbook's steps (each an event), resolve once health passes, write the postmortem.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::provider::{self, ProviderContext};
+use super::{probe, OpsError};
+use crate::model::ops::records::{Diagnosis, Incident, IncidentStatus, Signal};
+use crate::model::ops::spec::{Classification, Runbook, RunbookStep, StepAction};
+use crate::runtime::Services;
+use crate::storage::ops::OpsStore;
+
+/// Alerts one webhook may carry at most.
+pub const ALERTS_PER_REQUEST_MAX: usize = 100;
+/// Labels one signal may carry at most.
+pub const LABELS_MAX: usize = 32;
+/// Bytes of a label, name, app or signal at most.
+const FIELD_BYTES_MAX: usize = 256;
+/// Bytes of a summary at most.
+const SUMMARY_BYTES_MAX: usize = 2048;
+/// Deploys a diagnosis lists.
+const DIAGNOSIS_DEPLOYS_MAX: usize = 5;
+/// After its steps, how many health checks an incident waits for before a human takes over.
+const RESOLVE_ROUNDS_MAX: u32 = 5;
+/// Pause between those checks.
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long one call to Uplink-Deploy for a step may take.
+const ACTION_CALL_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long the response job waits for a restarting persona.
+const PERSONA_WAIT: Duration = Duration::from_secs(10);
+
+/// A plain alert: `{app, signal, severity?, summary?, labels?}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainAlert {
+    app: String,
+    signal: String,
+    #[serde(default)]
+    severity: Option<String>,
+    #[serde(default)]
+    summary: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// One alert of an Alertmanager webhook (the fields glitchlab reads; the rest is ignored).
+#[derive(Debug, Deserialize)]
+struct AlertmanagerAlert {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+/// Parses `POST /v1/alerts`: an Alertmanager webhook (it has `alerts`) or a plain alert.
+/// Resolved Alertmanager alerts are skipped. `Err` is the reason for a 422.
+pub fn parse_alerts(body: &Value) -> Result<Vec<Signal>, String> {
+    let Some(alerts) = body.get("alerts") else {
+        let plain: PlainAlert = serde_json::from_value(body.clone()).map_err(|e| e.to_string())?;
+        let signal = Signal {
+            app: plain.app,
+            signal: plain.signal,
+            severity: plain.severity.unwrap_or_else(|| "warning".into()),
+            summary: plain.summary.unwrap_or_default(),
+            labels: plain.labels,
+            source: "api".into(),
+            deploy: None,
+            at: Utc::now(),
+        };
+        check_signal(&signal)?;
+        return Ok(vec![signal]);
+    };
+    let alerts: Vec<AlertmanagerAlert> =
+        serde_json::from_value(alerts.clone()).map_err(|e| format!("alerts: {e}"))?;
+    if alerts.len() > ALERTS_PER_REQUEST_MAX {
+        return Err(format!(
+            "at most {ALERTS_PER_REQUEST_MAX} alerts per request"
+        ));
+    }
+    let mut signals = Vec::new();
+    for alert in alerts {
+        if alert.status.as_deref() == Some("resolved") {
+            continue;
+        }
+        let signal = from_alertmanager(alert)?;
+        check_signal(&signal)?;
+        signals.push(signal);
+    }
+    Ok(signals)
+}
+
+fn from_alertmanager(alert: AlertmanagerAlert) -> Result<Signal, String> {
+    let labels = alert.labels;
+    let name = labels
+        .get("alertname")
+        .cloned()
+        .ok_or("an Alertmanager alert needs the label `alertname`")?;
+    let app = ["app", "service", "job"]
+        .iter()
+        .find_map(|key| labels.get(*key).cloned())
+        .unwrap_or_else(|| "unknown".into());
+    let summary = ["summary", "description"]
+        .iter()
+        .find_map(|key| alert.annotations.get(*key).cloned())
+        .unwrap_or_default();
+    Ok(Signal {
+        app,
+        signal: name,
+        severity: labels
+            .get("severity")
+            .cloned()
+            .unwrap_or_else(|| "warning".into()),
+        summary,
+        labels,
+        source: "alertmanager".into(),
+        deploy: None,
+        at: Utc::now(),
+    })
+}
+
+fn check_signal(signal: &Signal) -> Result<(), String> {
+    let short = [&signal.app, &signal.signal, &signal.severity];
+    if signal.app.is_empty() || signal.signal.is_empty() {
+        return Err("app and signal must not be empty".into());
+    }
+    if short.iter().any(|f| f.len() > FIELD_BYTES_MAX) || signal.summary.len() > SUMMARY_BYTES_MAX {
+        return Err("a field is over its size limit".into());
+    }
+    let labels_too_long = signal
+        .labels
+        .iter()
+        .any(|(k, v)| k.len() > FIELD_BYTES_MAX || v.len() > FIELD_BYTES_MAX);
+    if signal.labels.len() > LABELS_MAX || labels_too_long {
+        return Err(format!(
+            "at most {LABELS_MAX} labels of {FIELD_BYTES_MAX} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// What makes two signals "the same problem": app, signal name and labels.
+pub fn fingerprint(signal: &Signal) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(signal.app.as_bytes());
+    hasher.update([0]);
+    hasher.update(signal.signal.as_bytes());
+    for (key, value) in &signal.labels {
+        hasher.update([0]);
+        hasher.update(key.as_bytes());
+        hasher.update([b'=']);
+        hasher.update(value.as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..8])
+}
+
+/// The first runbook whose `match` agrees with the signal.
+pub fn match_runbook<'a>(runbooks: &'a [Runbook], signal: &Signal) -> Option<&'a Runbook> {
+    runbooks.iter().find(|runbook| {
+        let matcher = &runbook.matcher;
+        matcher.signal == signal.signal
+            && matcher.app.as_ref().is_none_or(|app| *app == signal.app)
+            && matcher
+                .labels
+                .iter()
+                .all(|(key, value)| signal.labels.get(key) == Some(value))
+    })
+}
+
+/// A new incident for a first signal.
+pub fn open(signal: Signal, runbook: Option<&Runbook>) -> Incident {
+    let now = Utc::now();
+    let mut incident = Incident {
+        id: uuid::Uuid::now_v7().to_string(),
+        app: signal.app.clone(),
+        status: if runbook.is_some() {
+            IncidentStatus::Open
+        } else {
+            IncidentStatus::NeedsHuman
+        },
+        fingerprint: fingerprint(&signal),
+        classification: runbook.map(|r| r.classify),
+        runbook: runbook.map(|r| r.name.clone()),
+        signals: Vec::new(),
+        signal_count: 1,
+        events: Vec::new(),
+        diagnosis: None,
+        awaiting_step: None,
+        postmortem: None,
+        task_id: None,
+        deploy: signal.deploy.clone(),
+        created_at: now,
+        updated_at: now,
+        resolved_at: None,
+    };
+    incident.push_event(
+        "incident.opened",
+        json!({"signal": signal.signal, "source": signal.source, "summary": signal.summary}),
+    );
+    match runbook {
+        Some(runbook) => incident.push_event(
+            "classified",
+            json!({"runbook": runbook.name, "classification": runbook.classify}),
+        ),
+        None => incident.push_event(
+            "needs_human",
+            json!({"reason": "no runbook matches this signal; nothing was done automatically"}),
+        ),
+    }
+    incident.signals.push(signal);
+    incident
+}
+
+/// Where a response cut off by a crash picks up: after the last finished step (the one that was
+/// running runs again), with a step a human already approved still approved.
+pub fn resume_point(incident: &Incident) -> (usize, Option<usize>) {
+    let step_of = |detail: &Value| {
+        detail
+            .get("step")
+            .and_then(Value::as_u64)
+            .and_then(|step| usize::try_from(step).ok())
+    };
+    let from = incident
+        .events
+        .iter()
+        .filter(|e| e.kind == "step.finished")
+        .filter_map(|e| step_of(&e.detail))
+        .max()
+        .map_or(0, |last| last + 1);
+    let approved = incident
+        .events
+        .iter()
+        .any(|e| e.kind == "step.approved" && step_of(&e.detail) == Some(from))
+        .then_some(from);
+    (from, approved)
+}
+
+/// What the response job needs.
+#[derive(Clone)]
+pub struct RespondContext {
+    /// Store, directory, config, definitions.
+    pub services: Services,
+    /// Provider plumbing (logs, health).
+    pub provider: ProviderContext,
+    /// Where incidents go.
+    pub ops: OpsStore,
+}
+
+/// Runs incident `id`'s runbook from step `from` (`approved`: a gated step a human approved).
+pub async fn respond(
+    ctx: RespondContext,
+    id: String,
+    from: usize,
+    approved: Option<usize>,
+) -> Result<(), OpsError> {
+    let incident = ctx
+        .ops
+        .incident(&id)
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("no incident {id}")))?;
+    let runbook = incident
+        .runbook
+        .as_ref()
+        .and_then(|name| {
+            ctx.services
+                .definitions
+                .runbooks
+                .iter()
+                .find(|r| &r.name == name)
+        })
+        .cloned()
+        .ok_or_else(|| OpsError::NotFound(format!("incident {id} has no runbook")))?;
+    if from == 0 {
+        let diagnosis = diagnose(&ctx, &incident.app).await?;
+        ctx.ops
+            .update_incident(&id, move |i| {
+                i.diagnosis = Some(diagnosis.clone());
+                i.push_event(
+                    "diagnosed",
+                    json!({"log_lines": diagnosis.log_lines.len(), "deploys": diagnosis.deploys.len(), "checks": diagnosis.checks.len()}),
+                );
+            })
+            .await?;
+    }
+    for (index, step) in runbook.steps.iter().enumerate().skip(from) {
+        if step.needs_approval() && approved != Some(index) {
+            let data = json!({"step": index, "action": step.action});
+            ctx.ops
+                .update_incident(&id, move |i| {
+                    i.awaiting_step = Some(index);
+                    i.push_event("step.awaiting_approval", data);
+                })
+                .await?;
+            return Ok(());
+        }
+        run_step(&ctx, &id, index, step).await?;
+    }
+    resolve(&ctx, &id).await
+}
+
+async fn run_step(
+    ctx: &RespondContext,
+    id: &str,
+    index: usize,
+    step: &RunbookStep,
+) -> Result<(), OpsError> {
+    let data = json!({"step": index, "action": step.action});
+    ctx.ops
+        .update_incident(id, move |i| {
+            i.awaiting_step = None;
+            i.push_event("step.started", data);
+        })
+        .await?;
+    let incident = ctx
+        .ops
+        .incident(id)
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("no incident {id}")))?;
+    let result = step_action(ctx, &incident, step).await;
+    let (outcome, detail) = match &result {
+        Ok(detail) => ("ok", detail.clone()),
+        Err(error) => ("failed", format!("{}: {error}", error.code())),
+    };
+    tracing::info!(incident = %id, step = index, action = ?step.action, outcome, "runbook step");
+    let data = json!({"step": index, "action": step.action, "outcome": outcome, "detail": detail});
+    ctx.ops
+        .update_incident(id, move |i| i.push_event("step.finished", data))
+        .await?;
+    Ok(())
+}
+
+async fn step_action(
+    ctx: &RespondContext,
+    incident: &Incident,
+    step: &RunbookStep,
+) -> Result<String, OpsError> {
+    use crate::actors::uplink_deploy::{act, AppAction};
+    let directory = &ctx.services.directory;
+    match step.action {
+        StepAction::Restart => {
+            act(
+                directory,
+                &incident.app,
+                AppAction::Restart,
+                ACTION_CALL_TIMEOUT,
+            )
+            .await
+        }
+        StepAction::Rollback => {
+            act(
+                directory,
+                &incident.app,
+                AppAction::Rollback,
+                ACTION_CALL_TIMEOUT,
+            )
+            .await
+        }
+        StepAction::Scale => {
+            let count = step.count.unwrap_or(1);
+            act(
+                directory,
+                &incident.app,
+                AppAction::Scale(count),
+                ACTION_CALL_TIMEOUT,
+            )
+            .await
+        }
+        StepAction::Wait => {
+            let seconds = step
+                .seconds
+                .unwrap_or(0)
+                .min(crate::model::ops::spec::WAIT_STEP_SECS_MAX);
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            Ok(format!("waited {seconds}s"))
+        }
+        StepAction::Check => {
+            let health = app_health(ctx, &incident.app).await?;
+            let verdict = if health.healthy {
+                "healthy"
+            } else {
+                "unhealthy"
+            };
+            Ok(format!(
+                "{} is {verdict} ({} probes)",
+                health.target,
+                health.probes.len()
+            ))
+        }
+        StepAction::CreateTask => create_task(ctx, incident, step).await,
+        StepAction::Notify => {
+            let message = step.message.clone().unwrap_or_else(|| {
+                format!(
+                    "incident {} on `{}` needs attention",
+                    incident.id, incident.app
+                )
+            });
+            tracing::warn!(incident = %incident.id, app = %incident.app, %message, "notify");
+            Ok(message)
+        }
+    }
+}
+
+async fn app_health(
+    ctx: &RespondContext,
+    app: &str,
+) -> Result<crate::model::ops::records::HealthResult, OpsError> {
+    let spec = ctx
+        .services
+        .definitions
+        .ops
+        .apps
+        .get(app)
+        .ok_or_else(|| OpsError::UnknownApp(app.to_owned()))?;
+    Ok(probe::app_health(&ctx.provider, app, spec).await)
+}
+
+async fn diagnose(ctx: &RespondContext, app: &str) -> Result<Diagnosis, OpsError> {
+    let Some(spec) = ctx.services.definitions.ops.apps.get(app) else {
+        return Ok(Diagnosis::default());
+    };
+    let log_lines = provider::recent_logs(&ctx.provider, app, spec).await;
+    let mut deploys: Vec<Value> = ctx
+        .ops
+        .deploys_of(app)
+        .await?
+        .iter()
+        .rev()
+        .take(DIAGNOSIS_DEPLOYS_MAX)
+        .map(super::deploy::summary)
+        .collect();
+    deploys.truncate(DIAGNOSIS_DEPLOYS_MAX);
+    let mut checks = Vec::new();
+    for check in &spec.checks {
+        if let Some(latest) = ctx
+            .ops
+            .check_history(app, &check.name)
+            .await?
+            .into_iter()
+            .next()
+        {
+            checks.push(latest);
+        }
+    }
+    Ok(Diagnosis {
+        log_lines,
+        deploys,
+        checks,
+    })
+}
+
+async fn create_task(
+    ctx: &RespondContext,
+    incident: &Incident,
+    step: &RunbookStep,
+) -> Result<String, OpsError> {
+    use crate::actors::compass::CompassMsg;
+    use crate::model::task::{CausedBy, Priority, ReviewPolicy};
+    use crate::work::intake::SubmitTaskRequest;
+    let spec = ctx
+        .services
+        .definitions
+        .ops
+        .apps
+        .get(&incident.app)
+        .ok_or_else(|| OpsError::UnknownApp(incident.app.clone()))?;
+    let cell = ctx
+        .services
+        .directory
+        .wait_for("compass", PERSONA_WAIT, None)
+        .await
+        .map_err(|e| OpsError::Unavailable(e.to_string()))?;
+    let compass: ractor::ActorRef<CompassMsg> = cell.into();
+    let first = incident.signals.first();
+    let signal = first.map_or("signal", |s| s.signal.as_str());
+    let request = SubmitTaskRequest {
+        title: format!("Fix {signal} on {}", incident.app),
+        description: task_description(incident, step),
+        repo: spec.repo.display().to_string(),
+        base_branch: Some(spec.branch.clone()),
+        kind: Some("bugfix".into()),
+        priority: Some(match incident.classification {
+            Some(Classification::Outage) => Priority::High,
+            _ => Priority::Medium,
+        }),
+        verify: spec.verify.clone(),
+        max_attempts: None,
+        engines: None,
+        idempotency_key: Some(format!("incident-{}", incident.id)),
+        deps: None,
+        review_policy: Some(ReviewPolicy::Manual),
+        delivery: None,
+        caused_by: Some(CausedBy {
+            incident: incident.id.clone(),
+            deploy: incident.deploy.clone(),
+        }),
+        deploy: None,
+        account: None,
+        budget: None,
+        parent_task: None,
+        acceptance: None,
+    };
+    let accepted = crate::work::intake::submit(&ctx.services, &compass, request)
+        .await
+        .map_err(|e| OpsError::Provider(format!("{}: {e}", e.code())))?;
+    let task_id = accepted.task.id.to_string();
+    let recorded = task_id.clone();
+    ctx.ops
+        .update_incident(&incident.id, move |i| i.task_id = Some(recorded.clone()))
+        .await?;
+    Ok(format!("filed bugfix task {task_id}"))
+}
+
+fn task_description(incident: &Incident, step: &RunbookStep) -> String {
+    let mut text = format!(
+        "Incident {} on app `{}` ({}).\n",
+        incident.id,
+        incident.app,
+        crate::model::ops::wire_name(&incident.classification)
+    );
+    if let Some(message) = &step.message {
+        text.push_str(&format!("{message}\n"));
+    }
+    for signal in incident.signals.iter().take(5) {
+        text.push_str(&format!(
+            "- signal {} from {}: {}\n",
+            signal.signal, signal.source, signal.summary
+        ));
+    }
+    if let Some(deploy) = &incident.deploy {
+        text.push_str(&format!("Caused by deploy {deploy}.\n"));
+    }
+    if let Some(diagnosis) = &incident.diagnosis {
+        text.push_str("Recent log lines:\n");
+        for line in diagnosis.log_lines.iter().rev().take(20).rev() {
+            text.push_str(&format!("    {line}\n"));
+        }
+    }
+    text
+}
+
+/// After the steps: resolved once health passes (bounded rounds), else a human takes over.
+async fn resolve(ctx: &RespondContext, id: &str) -> Result<(), OpsError> {
+    let incident = ctx
+        .ops
+        .incident(id)
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("no incident {id}")))?;
+    let mut healthy = false;
+    let mut target = String::new();
+    for round in 0..RESOLVE_ROUNDS_MAX {
+        if round > 0 {
+            tokio::time::sleep(RESOLVE_INTERVAL).await;
+        }
+        match app_health(ctx, &incident.app).await {
+            Ok(health) => {
+                target = health.target.clone();
+                if health.healthy {
+                    healthy = true;
+                    break;
+                }
+            }
+            Err(error) => {
+                target = error.to_string();
+                break;
+            }
+        }
+    }
+    let (status, kind) = if healthy {
+        (IncidentStatus::Resolved, "resolved")
+    } else {
+        (IncidentStatus::NeedsHuman, "needs_human")
+    };
+    ctx.ops
+        .update_incident(id, move |i| {
+            i.push_event(kind, json!({"health": target, "healthy": healthy}));
+            i.status = status;
+            if healthy {
+                i.resolved_at = Some(Utc::now());
+            }
+            i.postmortem = Some(postmortem(i));
+        })
+        .await?;
+    tracing::info!(incident = %id, status = kind, "incident response finished");
+    Ok(())
+}
+
+/// The postmortem: timeline, cause signals, actions, outcome.
+pub fn postmortem(incident: &Incident) -> String {
+    let mut text = format!("# Incident {} — `{}`\n\n", incident.id, incident.app);
+    text.push_str(&format!(
+        "- Status: {}\n- Classification: {}\n- Runbook: {}\n- Opened: {}\n",
+        crate::model::ops::wire_name(&incident.status),
+        crate::model::ops::wire_name(&incident.classification),
+        incident.runbook.as_deref().unwrap_or("none"),
+        incident.created_at
+    ));
+    if let Some(deploy) = &incident.deploy {
+        text.push_str(&format!("- Deploy: {deploy}\n"));
+    }
+    text.push_str("\n## Timeline\n\n");
+    for event in &incident.events {
+        text.push_str(&format!(
+            "- {} `{}` {}\n",
+            event.at.format("%H:%M:%S%.3f"),
+            event.kind,
+            event.detail
+        ));
+    }
+    text.push_str(&format!(
+        "\n## Cause signals ({} received)\n\n",
+        incident.signal_count
+    ));
+    for signal in &incident.signals {
+        text.push_str(&format!(
+            "- {} `{}` ({}, from {}): {}\n",
+            signal.at.format("%H:%M:%S"),
+            signal.signal,
+            signal.severity,
+            signal.source,
+            signal.summary
+        ));
+    }
+    text.push_str("\n## Actions\n\n");
+    for event in incident.events.iter().filter(|e| e.kind == "step.finished") {
+        text.push_str(&format!(
+            "- {} → {}: {}\n",
+            event.detail["action"], event.detail["outcome"], event.detail["detail"]
+        ));
+    }
+    text.push_str("\n## Outcome\n\n");
+    text.push_str(&match incident.status {
+        IncidentStatus::Resolved => "Health passes again; the incident is resolved.\n".to_owned(),
+        _ => "Health did not pass after the runbook; a human takes over.\n".to_owned(),
+    });
+    if let Some(task) = &incident.task_id {
+        text.push_str(&format!("Follow-up bugfix task: {task}\n"));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_off_response_resumes_after_its_last_finished_step() {
+        let signal = parse_alerts(&json!({"app": "web", "signal": "x"}))
+            .unwrap()
+            .remove(0);
+        let mut incident = open(signal, None);
+        assert_eq!(resume_point(&incident), (0, None));
+        incident.push_event("step.started", json!({"step": 0}));
+        assert_eq!(resume_point(&incident), (0, None), "step 0 runs again");
+        incident.push_event("step.finished", json!({"step": 0}));
+        incident.push_event("step.finished", json!({"step": 1}));
+        incident.push_event("step.approved", json!({"step": 2}));
+        incident.push_event("step.started", json!({"step": 2}));
+        assert_eq!(resume_point(&incident), (2, Some(2)));
+    }
+
+    #[test]
+    fn alertmanager_and_plain_alerts_parse() {
+        let webhook = json!({"version": "4", "status": "firing", "alerts": [
+            {"status": "firing", "labels": {"alertname": "HighLatency", "app": "web", "severity": "critical"},
+             "annotations": {"summary": "p99 over 2s"}, "startsAt": "2024-01-01T00:00:00Z"},
+            {"status": "resolved", "labels": {"alertname": "Old"}}
+        ]});
+        let signals = parse_alerts(&webhook).unwrap();
+        assert_eq!(signals.len(), 1);
+        assert_eq!(signals[0].app, "web");
+        assert_eq!(signals[0].signal, "HighLatency");
+        assert_eq!(signals[0].severity, "critical");
+        let plain = parse_alerts(&json!({"app": "web", "signal": "x"})).unwrap();
+        assert_eq!(plain[0].source, "api");
+        assert!(parse_alerts(&json!({"app": "web"})).is_err());
+    }
+
+    #[test]
+    fn fingerprints_ignore_time_but_not_labels() {
+        let mut a =
+            parse_alerts(&json!({"app": "web", "signal": "x", "labels": {"k": "v"}})).unwrap();
+        let b = parse_alerts(&json!({"app": "web", "signal": "x", "labels": {"k": "v"}})).unwrap();
+        assert_eq!(fingerprint(&a[0]), fingerprint(&b[0]));
+        a[0].labels.insert("k".into(), "w".into());
+        assert_ne!(fingerprint(&a[0]), fingerprint(&b[0]));
+    }
+}

@@ -1,0 +1,759 @@
+//! Putting releases on a target: the `local` provider (releases as supervised processes on this
+//! host), `fly` (the fly CLI) and `command` (user-given shell commands). Every process goes
+//! through [`crate::platform::process::run`] — with a timeout, bounded output and its own process group —
+//! after [`super::check_allowed`] let it through.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio_util::task::AbortOnDropHandle;
+
+use super::{check_allowed, OpsError, DETAIL_BYTES_MAX, OUTPUT_BYTES_MAX};
+use crate::config::definitions::ToolRules;
+use crate::model::ops::spec::{AppSpec, CommandSpecs, FlySpec, LocalSpec, OpsFile, ProviderKind};
+use crate::platform::executor::Redactor;
+use crate::platform::process::{self, CommandOutput, CommandSpec, INSTANCE_VARIABLE};
+use crate::runtime::Services;
+
+/// How long a git call (rev-parse, archive) may take.
+const GIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// A local release runs until it is stopped; this is only the bound `process::run` requires.
+const APP_RUN_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// Bytes of the app's own stdout/stderr pipe kept (its output goes to the log file).
+const APP_PIPE_BYTES_MAX: usize = 4 * 1024;
+/// A log file over this size is rotated (to `app.log.1`) when the app starts.
+pub const APP_LOG_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// After SIGKILL, how long a stopped release's processes may take to disappear.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How often a stop looks whether the process group is gone.
+const STOP_POLL: Duration = Duration::from_millis(25);
+/// Log lines a diagnosis collects at most.
+pub const LOG_LINES_MAX: usize = 50;
+/// Bytes read from the end of a log file for a diagnosis.
+const LOG_TAIL_BYTES: u64 = 16 * 1024;
+/// Instances a scale step may ask for at most.
+pub const SCALE_COUNT_MAX: u32 = 100;
+
+/// What a provider needs besides the app's settings.
+#[derive(Clone)]
+pub struct ProviderContext {
+    /// `<data-dir>`: releases live under `<data-dir>/releases/<app>/<sha>`.
+    pub data_dir: PathBuf,
+    /// This service's identity, set on every child as `GLITCHLAB_INSTANCE` (orphans are killed at
+    /// the next start).
+    pub instance: String,
+    /// The whole ops file (for `fly_binary`).
+    pub ops: Arc<OpsFile>,
+    /// The Uplink persona whose rules govern every command run through this context.
+    pub persona: String,
+    /// That persona's `tools` (allow/deny); the global deny list and [`super::ALWAYS_DENIED`]
+    /// apply on top.
+    pub rules: ToolRules,
+    /// The environment every command starts from: the basics and the persona's `env` names.
+    pub env: Vec<(String, String)>,
+    /// Hides secret values in every output kept from a command.
+    pub redactor: Arc<Redactor>,
+    /// The running local releases.
+    pub runtime: Arc<LocalRuntime>,
+    /// When set, shell commands run under Landlock and may write only these directories
+    /// (Uplink-Watch: its checks are read-only by construction, not by promise).
+    pub confine: Option<Confinement>,
+    /// Started seconds of every command run through this context since [`Self::metered`]: what
+    /// the work is charged for at the shell rate.
+    clock: Arc<AtomicU64>,
+}
+
+/// How [`ProviderContext::shell`] confines a command: the `glitchlab` binary to re-exec through
+/// `sandbox-exec`, and the only directories it may write.
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    /// The service's own executable.
+    pub exe: PathBuf,
+    /// Writable directories; everything else is read-only.
+    pub writable: Vec<PathBuf>,
+}
+
+impl ProviderContext {
+    /// The context of `persona`'s commands.
+    pub fn for_persona(services: &Services, persona: &str, runtime: Arc<LocalRuntime>) -> Self {
+        Self {
+            data_dir: services.config.storage.data_dir.clone(),
+            instance: services.instance(),
+            ops: Arc::new(services.definitions.ops.clone()),
+            persona: persona.to_owned(),
+            rules: services.definitions.tool_rules(persona),
+            env: crate::work::engine::governed_env(services, persona),
+            redactor: services.redactor.clone(),
+            runtime,
+            confine: None,
+            clock: Arc::default(),
+        }
+    }
+
+    /// This context with a clock of its own, so one deploy's or action's command seconds are
+    /// counted apart from every other's.
+    pub fn metered(mut self) -> Self {
+        self.clock = Arc::default();
+        self
+    }
+
+    /// Started seconds of the commands run since [`Self::metered`].
+    pub fn command_seconds(&self) -> u64 {
+        self.clock.load(Ordering::Relaxed)
+    }
+
+    /// Confines this context's shell commands to writing `writable` only, when the service
+    /// runs with a sandbox (see [`crate::platform::sandbox`]); without one it stays as it is.
+    pub fn confined(mut self, services: &Services, writable: Vec<PathBuf>) -> Self {
+        for dir in &writable {
+            if let Err(error) = std::fs::create_dir_all(dir) {
+                tracing::warn!(dir = %dir.display(), %error, "cannot create a confined command's writable dir");
+            }
+        }
+        self.confine = services
+            .sandbox_exe
+            .clone()
+            .map(|exe| Confinement { exe, writable });
+        self
+    }
+
+    /// Refuses a command line the persona may not run: `fly secrets`/`fly ssh` and the
+    /// persona's deny words, then the executor's rules (global deny list, allowlist) on every
+    /// program of the line.
+    pub fn check(&self, line: &str) -> Result<(), OpsError> {
+        check_allowed(line, &self.rules.deny)?;
+        crate::platform::executor::check(line, &self.persona, &self.rules).map_err(|denied| {
+            OpsError::Denied {
+                rule: denied.rule.clone(),
+                command: denied.program,
+            }
+        })
+    }
+
+    /// The governed environment plus `extra` and the instance mark.
+    fn env_with(&self, extra: Vec<(String, String)>) -> Vec<(String, String)> {
+        let mut env = self.env.clone();
+        env.extend(extra);
+        env.push((INSTANCE_VARIABLE.into(), self.instance.clone()));
+        env
+    }
+
+    /// Runs a process under the executor's process rules: a cleared environment, a timeout,
+    /// bounded output (redacted), its own process group.
+    async fn run_governed(&self, mut spec: CommandSpec) -> Result<CommandOutput, OpsError> {
+        spec.env_clear = true;
+        let mut output = process::run(&spec)
+            .await
+            .map_err(|e| OpsError::Provider(e.to_string()))?;
+        let started_seconds = u64::try_from(output.duration.as_millis().div_ceil(1000))
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.clock.fetch_add(started_seconds, Ordering::Relaxed);
+        output.stdout.text = self.redactor.redact(&output.stdout.text);
+        output.stderr.text = self.redactor.redact(&output.stderr.text);
+        Ok(output)
+    }
+
+    /// Runs a shell command line (after [`Self::check`]) in the governed environment.
+    pub async fn shell(
+        &self,
+        line: &str,
+        cwd: &Path,
+        env: Vec<(String, String)>,
+        timeout: Duration,
+    ) -> Result<CommandOutput, OpsError> {
+        self.check(line)?;
+        let mut spec = CommandSpec::shell(line, cwd.to_path_buf(), timeout, OUTPUT_BYTES_MAX);
+        spec.env = self.env_with(env);
+        if let Some(confine) = &self.confine {
+            (spec.program, spec.args) = crate::platform::sandbox::wrap(
+                &confine.exe,
+                &confine.writable,
+                &spec.program,
+                &spec.args,
+            );
+            if let Some(temp) = confine.writable.first() {
+                spec.env.push(("TMPDIR".into(), temp.display().to_string()));
+            }
+        }
+        self.run_governed(spec).await
+    }
+
+    /// Runs a shell command line and turns anything but exit 0 into an error naming `what`.
+    pub async fn shell_ok(
+        &self,
+        what: &str,
+        line: &str,
+        cwd: &Path,
+        env: Vec<(String, String)>,
+        timeout: Duration,
+    ) -> Result<String, OpsError> {
+        let output = self.shell(line, cwd, env, timeout).await?;
+        ok_or_failed(what, &output)
+    }
+
+    /// Where an app's releases, log and pid file live.
+    pub fn app_dir(&self, app: &str) -> PathBuf {
+        app_dir(&self.data_dir, app)
+    }
+}
+
+/// A program with arguments (no shell), built from [`CommandSpec::shell`] so the executor's
+/// defaults for any other field apply.
+fn program_spec(
+    program: &str,
+    args: Vec<String>,
+    cwd: &Path,
+    env: Vec<(String, String)>,
+    timeout: Duration,
+    output_bytes_max: usize,
+) -> CommandSpec {
+    let mut spec = CommandSpec::shell("", cwd.to_path_buf(), timeout, output_bytes_max);
+    spec.program = program.to_owned();
+    spec.args = args;
+    spec.env = env;
+    spec
+}
+
+/// `<data-dir>/releases/<app>`.
+pub fn app_dir(data_dir: &Path, app: &str) -> PathBuf {
+    data_dir.join("releases").join(app)
+}
+
+/// The file a running local release's process group id is written to.
+pub fn pid_file(data_dir: &Path, app: &str) -> PathBuf {
+    app_dir(data_dir, app).join("app.pid")
+}
+
+/// The file a local release's output goes to.
+pub fn log_file(data_dir: &Path, app: &str) -> PathBuf {
+    app_dir(data_dir, app).join("app.log")
+}
+
+/// The process group of the app's running release, if its pid file names a live one.
+pub fn running_group(data_dir: &Path, app: &str) -> Option<i32> {
+    let text = std::fs::read_to_string(pid_file(data_dir, app)).ok()?;
+    let pgid: i32 = text.trim().parse().ok()?;
+    (pgid > 1 && group_alive(pgid)).then_some(pgid)
+}
+
+fn group_alive(pgid: i32) -> bool {
+    crate::platform::process::group_runs(pgid)
+}
+
+fn signal_group(pgid: i32, signal: i32) {
+    // SAFETY: kill(2) on a process group this service started; it touches no memory.
+    unsafe {
+        libc::kill(-pgid, signal);
+    }
+}
+
+/// Text of a successful command (bounded), or an error with its output's tail.
+pub fn ok_or_failed(what: &str, output: &CommandOutput) -> Result<String, OpsError> {
+    let text = format!("{}{}", output.stdout.text, output.stderr.text);
+    let tail = process::keep_tail(text.trim(), DETAIL_BYTES_MAX);
+    if output.success() {
+        Ok(tail)
+    } else if output.timed_out {
+        Err(OpsError::Provider(format!(
+            "{what} timed out after {:?} and was killed: {tail}",
+            output.duration
+        )))
+    } else {
+        let ended = match (output.exit_code, output.signal) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(signal)) => format!("was killed by signal {signal}"),
+            (None, None) => "ended without a status".to_owned(),
+        };
+        Err(OpsError::Provider(format!("{what} {ended}: {tail}")))
+    }
+}
+
+/// Resolves `reference` (a sha or a branch) to a full commit sha of `repo`.
+pub async fn resolve_commit(
+    ctx: &ProviderContext,
+    repo: &Path,
+    reference: &str,
+) -> Result<String, OpsError> {
+    if reference.starts_with('-') || reference.chars().any(char::is_whitespace) {
+        return Err(OpsError::UnknownCommit(format!(
+            "`{reference}` is not a commit"
+        )));
+    }
+    ctx.check("git rev-parse")?;
+    let spec = program_spec(
+        "git",
+        vec![
+            "rev-parse".into(),
+            "--verify".into(),
+            "--quiet".into(),
+            format!("{reference}^{{commit}}"),
+        ],
+        repo,
+        ctx.env_with(Vec::new()),
+        GIT_TIMEOUT,
+        OUTPUT_BYTES_MAX,
+    );
+    let output = ctx.run_governed(spec).await?;
+    let sha = output.stdout.text.trim().to_owned();
+    if !output.success() || sha.len() != 40 {
+        return Err(OpsError::UnknownCommit(format!(
+            "no commit `{reference}` in {}",
+            repo.display()
+        )));
+    }
+    Ok(sha)
+}
+
+/// Exports `sha` of `repo` into `dest` (via a temp dir and a rename: never half-written).
+pub async fn export_commit(
+    ctx: &ProviderContext,
+    repo: &Path,
+    sha: &str,
+    dest: &Path,
+) -> Result<(), OpsError> {
+    if tokio::fs::metadata(dest).await.is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    let parent = dest.parent().unwrap_or(dest);
+    tokio::fs::create_dir_all(parent).await?;
+    let temp = parent.join(format!(".export-{}", uuid::Uuid::now_v7()));
+    tokio::fs::create_dir_all(&temp).await?;
+    let line = format!(
+        "git archive --format=tar {sha} | tar -x -C '{}'",
+        temp.display()
+    );
+    let exported = ctx
+        .shell_ok("git archive", &line, repo, Vec::new(), GIT_TIMEOUT)
+        .await;
+    if let Err(error) = exported {
+        let _ = tokio::fs::remove_dir_all(&temp).await;
+        return Err(error);
+    }
+    if tokio::fs::rename(&temp, dest).await.is_err() {
+        // Someone exported it meanwhile.
+        let _ = tokio::fs::remove_dir_all(&temp).await;
+    }
+    Ok(())
+}
+
+/// The local releases that run now, each a supervised child: dropping its entry (on stop, or
+/// when Uplink-Deploy stops or crashes) kills its process group.
+#[derive(Default)]
+pub struct LocalRuntime {
+    /// App → its running release; a std mutex, never held across an await.
+    running: Mutex<HashMap<String, RunningApp>>,
+}
+
+struct RunningApp {
+    /// The release (commit) it runs.
+    release: String,
+    /// The task awaiting `process::run`; dropping it kills the group.
+    _child: AbortOnDropHandle<()>,
+}
+
+impl LocalRuntime {
+    /// The release the runtime runs for `app`, if any.
+    pub fn release_of(&self, app: &str) -> Option<String> {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.get(app).map(|r| r.release.clone())
+    }
+
+    fn forget(&self, app: &str) -> Option<RunningApp> {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.remove(app)
+    }
+
+    fn insert(&self, app: &str, child: RunningApp) {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.insert(app.to_owned(), child);
+    }
+}
+
+async fn wait_gone(pgid: i32, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    while group_alive(pgid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(STOP_POLL).await;
+    }
+    true
+}
+
+/// Stops the app's running release: SIGTERM to its group, SIGKILL after `grace`.
+pub async fn local_stop(ctx: &ProviderContext, app: &str, grace: Duration) {
+    let group = running_group(&ctx.data_dir, app);
+    if let Some(pgid) = group {
+        signal_group(pgid, libc::SIGTERM);
+        if !wait_gone(pgid, grace).await {
+            signal_group(pgid, libc::SIGKILL);
+            wait_gone(pgid, KILL_WAIT).await;
+        }
+    }
+    drop(ctx.runtime.forget(app));
+    let _ = std::fs::remove_file(pid_file(&ctx.data_dir, app));
+}
+
+/// Starts release `sha` of `app` (already exported and built) as a supervised child with `PORT`
+/// set, its output appended to the app's log file.
+pub fn local_start(
+    ctx: &ProviderContext,
+    app: &str,
+    local: &LocalSpec,
+    sha: &str,
+) -> Result<(), OpsError> {
+    let dir = ctx.app_dir(app).join(sha);
+    if !dir.is_dir() {
+        return Err(OpsError::NoRelease(format!(
+            "release {sha} of `{app}` is not on disk"
+        )));
+    }
+    ctx.check(&local.start)?;
+    let log = log_file(&ctx.data_dir, app);
+    rotate_log(&log);
+    let pid = pid_file(&ctx.data_dir, app);
+    let _ = std::fs::remove_file(&pid);
+    let script = "echo $$ > \"$GLITCHLAB_PID_FILE\"; echo \"[glitchlab] starting release $GLITCHLAB_RELEASE\" >> \"$GLITCHLAB_LOG_FILE\"; exec sh -c \"$GLITCHLAB_START\" >> \"$GLITCHLAB_LOG_FILE\" 2>&1";
+    let mut spec = program_spec(
+        "sh",
+        vec!["-c".into(), script.into()],
+        &dir,
+        Vec::new(),
+        APP_RUN_TIMEOUT,
+        APP_PIPE_BYTES_MAX,
+    );
+    spec.env_clear = true;
+    spec.env = ctx.env_with(vec![
+        ("PORT".into(), local.port.to_string()),
+        ("GLITCHLAB_START".into(), local.start.clone()),
+        ("GLITCHLAB_PID_FILE".into(), pid.display().to_string()),
+        ("GLITCHLAB_LOG_FILE".into(), log.display().to_string()),
+        ("GLITCHLAB_RELEASE".into(), sha.to_owned()),
+    ]);
+    let (app_name, release) = (app.to_owned(), sha.to_owned());
+    let child = tokio::spawn(async move {
+        match process::run(&spec).await {
+            Ok(output) => tracing::warn!(
+                app = %app_name, %release, exit_code = ?output.exit_code, signal = ?output.signal,
+                "app process exited"
+            ),
+            Err(error) => tracing::error!(app = %app_name, %release, %error, "app did not start"),
+        }
+    });
+    ctx.runtime.insert(
+        app,
+        RunningApp {
+            release: sha.to_owned(),
+            _child: AbortOnDropHandle::new(child),
+        },
+    );
+    Ok(())
+}
+
+fn rotate_log(log: &Path) {
+    if let Some(parent) = log.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let too_big = std::fs::metadata(log).is_ok_and(|m| m.len() > APP_LOG_BYTES_MAX);
+    if too_big {
+        let _ = std::fs::rename(log, log.with_extension("log.1"));
+    }
+}
+
+/// The last lines of the app's log file (at most [`LOG_LINES_MAX`]).
+pub fn local_log_tail(data_dir: &Path, app: &str) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(log_file(data_dir, app)) else {
+        return Vec::new();
+    };
+    let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(length.saturating_sub(LOG_TAIL_BYTES)));
+    let mut bytes = Vec::new();
+    let _ = file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes);
+    last_lines(&String::from_utf8_lossy(&bytes))
+}
+
+fn last_lines(text: &str) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(LOG_LINES_MAX);
+    lines[start..].iter().map(|l| (*l).to_owned()).collect()
+}
+
+fn local_of(app: &AppSpec) -> Result<&LocalSpec, OpsError> {
+    app.local
+        .as_ref()
+        .ok_or_else(|| OpsError::Unsupported("the app has no `local:` section".into()))
+}
+
+/// Puts release `sha` on the target: export, build, stop the old, start the new. Returns a short
+/// account of what ran.
+pub async fn deploy(
+    ctx: &ProviderContext,
+    name: &str,
+    app: &AppSpec,
+    sha: &str,
+) -> Result<String, OpsError> {
+    let release_dir = ctx.app_dir(name).join(sha);
+    export_commit(ctx, &app.repo, sha, &release_dir).await?;
+    match app.provider {
+        ProviderKind::Local => {
+            let local = local_of(app)?;
+            let build_timeout = Duration::from_secs(local.build_timeout_secs);
+            let built = ctx
+                .shell_ok(
+                    "build",
+                    &local.build,
+                    &release_dir,
+                    Vec::new(),
+                    build_timeout,
+                )
+                .await?;
+            local_stop(ctx, name, Duration::from_millis(local.stop_grace_ms)).await;
+            local_start(ctx, name, local, sha)?;
+            Ok(format!("built and started {sha}; build output: {built}"))
+        }
+        ProviderKind::Fly => fly_deploy(ctx, fly_of(app)?, &release_dir).await,
+        ProviderKind::Command => {
+            let commands = command_of(app)?;
+            let env = command_env(name, sha, &release_dir, None);
+            let timeout = Duration::from_secs(commands.timeout_secs);
+            ctx.shell_ok("deploy", &commands.deploy, &release_dir, env, timeout)
+                .await
+        }
+    }
+}
+
+/// Puts an earlier release (`sha`) back.
+pub async fn rollback(
+    ctx: &ProviderContext,
+    name: &str,
+    app: &AppSpec,
+    sha: &str,
+) -> Result<String, OpsError> {
+    match app.provider {
+        ProviderKind::Local | ProviderKind::Fly => deploy(ctx, name, app, sha).await,
+        ProviderKind::Command => {
+            let commands = command_of(app)?;
+            let release_dir = ctx.app_dir(name).join(sha);
+            export_commit(ctx, &app.repo, sha, &release_dir).await?;
+            let env = command_env(name, sha, &release_dir, None);
+            let timeout = Duration::from_secs(commands.timeout_secs);
+            ctx.shell_ok("rollback", &commands.rollback, &release_dir, env, timeout)
+                .await
+        }
+    }
+}
+
+/// Restarts the running release (`current`).
+pub async fn restart(
+    ctx: &ProviderContext,
+    name: &str,
+    app: &AppSpec,
+    current: &str,
+) -> Result<String, OpsError> {
+    match app.provider {
+        ProviderKind::Local => {
+            let local = local_of(app)?;
+            local_stop(ctx, name, Duration::from_millis(local.stop_grace_ms)).await;
+            local_start(ctx, name, local, current)?;
+            Ok(format!("restarted release {current}"))
+        }
+        ProviderKind::Fly => {
+            let fly = fly_of(app)?;
+            fly_run(ctx, fly, &["apps", "restart", &fly.app]).await
+        }
+        ProviderKind::Command => {
+            let commands = command_of(app)?;
+            let line = commands.restart.as_deref().ok_or_else(|| {
+                OpsError::Unsupported("the app's `command:` has no `restart`".into())
+            })?;
+            let env = command_env(name, current, &ctx.app_dir(name).join(current), None);
+            let timeout = Duration::from_secs(commands.timeout_secs);
+            ctx.shell_ok("restart", line, &app.repo, env, timeout).await
+        }
+    }
+}
+
+/// Scales the app to `count` instances (fly and command providers).
+pub async fn scale(
+    ctx: &ProviderContext,
+    name: &str,
+    app: &AppSpec,
+    count: u32,
+) -> Result<String, OpsError> {
+    if count == 0 || count > SCALE_COUNT_MAX {
+        return Err(OpsError::InvalidState(format!(
+            "scale count must be within 1..={SCALE_COUNT_MAX}"
+        )));
+    }
+    match app.provider {
+        ProviderKind::Local => Err(OpsError::Unsupported(
+            "the local provider runs one process per app; it does not scale".into(),
+        )),
+        ProviderKind::Fly => {
+            let fly = fly_of(app)?;
+            let count = count.to_string();
+            fly_run(
+                ctx,
+                fly,
+                &["scale", "count", &count, "--app", &fly.app, "--yes"],
+            )
+            .await
+        }
+        ProviderKind::Command => {
+            let commands = command_of(app)?;
+            let line = commands.scale.as_deref().ok_or_else(|| {
+                OpsError::Unsupported("the app's `command:` has no `scale`".into())
+            })?;
+            let env = command_env(name, "", &app.repo, Some(count));
+            let timeout = Duration::from_secs(commands.timeout_secs);
+            ctx.shell_ok("scale", line, &app.repo, env, timeout).await
+        }
+    }
+}
+
+/// Whether the app runs, by the provider's own account (used when no health URL is configured
+/// and by `process` checks). `Ok` holds what the provider said.
+pub async fn status(ctx: &ProviderContext, name: &str, app: &AppSpec) -> Result<String, OpsError> {
+    match app.provider {
+        ProviderKind::Local => match running_group(&ctx.data_dir, name) {
+            Some(pgid) => Ok(format!("process group {pgid} is running")),
+            None => Err(OpsError::Provider(format!(
+                "no process of `{name}` is running"
+            ))),
+        },
+        ProviderKind::Fly => {
+            let fly = fly_of(app)?;
+            fly_run(ctx, fly, &["status", "--app", &fly.app]).await
+        }
+        ProviderKind::Command => {
+            let commands = command_of(app)?;
+            let Some(line) = commands.status.as_deref() else {
+                return Ok("no status command; assumed running".into());
+            };
+            let env = command_env(name, "", &app.repo, None);
+            let timeout = Duration::from_secs(commands.timeout_secs);
+            ctx.shell_ok("status", line, &app.repo, env, timeout).await
+        }
+    }
+}
+
+/// The app's recent log lines (and, for fly, its releases), for a diagnosis.
+pub async fn recent_logs(ctx: &ProviderContext, name: &str, app: &AppSpec) -> Vec<String> {
+    let text = match app.provider {
+        ProviderKind::Local => {
+            // A file read: on the blocking pool, never on an async worker.
+            let (data_dir, name) = (ctx.data_dir.clone(), name.to_owned());
+            return tokio::task::spawn_blocking(move || local_log_tail(&data_dir, &name))
+                .await
+                .unwrap_or_default();
+        }
+        ProviderKind::Fly => match fly_of(app) {
+            Ok(fly) => {
+                let logs = fly_run(ctx, fly, &["logs", "--app", &fly.app, "--no-tail"]).await;
+                let releases = fly_run(ctx, fly, &["releases", "--app", &fly.app]).await;
+                format!("{}\n{}", flatten(logs), flatten(releases))
+            }
+            Err(error) => error.to_string(),
+        },
+        ProviderKind::Command => match command_of(app).map(|c| (c.logs.clone(), c.timeout_secs)) {
+            Ok((Some(line), secs)) => flatten(
+                ctx.shell_ok(
+                    "logs",
+                    &line,
+                    &app.repo,
+                    Vec::new(),
+                    Duration::from_secs(secs),
+                )
+                .await,
+            ),
+            Ok((None, _)) => String::new(),
+            Err(error) => error.to_string(),
+        },
+    };
+    last_lines(&text)
+}
+
+fn flatten(result: Result<String, OpsError>) -> String {
+    result.unwrap_or_else(|error| error.to_string())
+}
+
+fn fly_of(app: &AppSpec) -> Result<&FlySpec, OpsError> {
+    app.fly
+        .as_ref()
+        .ok_or_else(|| OpsError::Unsupported("the app has no `fly:` section".into()))
+}
+
+fn command_of(app: &AppSpec) -> Result<&CommandSpecs, OpsError> {
+    app.command
+        .as_ref()
+        .ok_or_else(|| OpsError::Unsupported("the app has no `command:` section".into()))
+}
+
+fn command_env(
+    name: &str,
+    sha: &str,
+    release_dir: &Path,
+    count: Option<u32>,
+) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("GLITCHLAB_APP".into(), name.to_owned()),
+        ("GLITCHLAB_COMMIT".into(), sha.to_owned()),
+        (
+            "GLITCHLAB_RELEASE_DIR".into(),
+            release_dir.display().to_string(),
+        ),
+    ];
+    if let Some(count) = count {
+        env.push(("GLITCHLAB_COUNT".into(), count.to_string()));
+    }
+    env
+}
+
+async fn fly_deploy(
+    ctx: &ProviderContext,
+    fly: &FlySpec,
+    release_dir: &Path,
+) -> Result<String, OpsError> {
+    let mut args = vec!["deploy", "--app", &fly.app, "--strategy", "rolling"];
+    if let Some(config) = &fly.config {
+        args.extend(["--config", config]);
+    }
+    fly_run_in(ctx, fly, &args, release_dir).await
+}
+
+async fn fly_run(ctx: &ProviderContext, fly: &FlySpec, args: &[&str]) -> Result<String, OpsError> {
+    fly_run_in(ctx, fly, args, &ctx.data_dir).await
+}
+
+/// Runs the fly CLI with `args` (refusing `secrets` and `ssh` whatever the binary is called).
+async fn fly_run_in(
+    ctx: &ProviderContext,
+    fly: &FlySpec,
+    args: &[&str],
+    cwd: &Path,
+) -> Result<String, OpsError> {
+    let line = format!("fly {}", args.join(" "));
+    let binary = fly
+        .binary
+        .clone()
+        .or_else(|| ctx.ops.fly_binary.clone())
+        .unwrap_or_else(|| "fly".into());
+    // Checked as `fly ...` (the rules name the CLI) and as the binary actually run.
+    ctx.check(&line)?;
+    ctx.check(&format!("'{binary}' {}", args.join(" ")))?;
+    let spec = program_spec(
+        &binary,
+        args.iter().map(|a| (*a).to_owned()).collect(),
+        cwd,
+        ctx.env_with(Vec::new()),
+        Duration::from_secs(fly.timeout_secs),
+        OUTPUT_BYTES_MAX,
+    );
+    let output = ctx.run_governed(spec).await?;
+    ok_or_failed(&line, &output)
+}

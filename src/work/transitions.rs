@@ -1,0 +1,360 @@
+//! Task transitions Compass makes outside a pipeline: dependencies resolving, the approval gate,
+//! cancel, retry, and giving up on a pipeline. Each is one flushed store update with its events;
+//! Compass owns the queue and calls these from its mailbox, so they never race each other.
+
+use chrono::Utc;
+use serde_json::json;
+
+use crate::model::task::branch_name;
+use crate::model::task::{ErrorInfo, Stage, Task, TaskId, TaskStatus};
+use crate::platform::git::Git;
+use crate::runtime::Services;
+use crate::storage::store::{NewEvent, StoreError};
+
+/// Why a client's action on a task was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskActionError {
+    /// No such task.
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    /// The task is not in a status the action applies to.
+    #[error("task {id} is {status:?}; this needs a task that is {expected}")]
+    WrongStatus {
+        /// The task.
+        id: TaskId,
+        /// Its status.
+        status: TaskStatus,
+        /// What the action needs.
+        expected: &'static str,
+    },
+    /// The task already ended.
+    #[error("task {0} has already finished")]
+    Finished(TaskId),
+    /// Durable state could not be read or written (or the store pushed back).
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl TaskActionError {
+    /// The stable code the ingress answers with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "TASK_NOT_FOUND",
+            Self::WrongStatus { .. } => "INVALID_TASK_STATUS",
+            Self::Finished(_) => "TASK_FINISHED",
+            Self::Store(inner) if inner.is_overload() => inner.code(),
+            Self::Store(_) => "STORE_FAILED",
+        }
+    }
+}
+
+impl From<StoreError> for TaskActionError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::TaskNotFound(id) => Self::NotFound(id),
+            other => Self::Store(other),
+        }
+    }
+}
+
+/// What a look at a blocked task found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Every dependency is done: the task is queued now.
+    Ready,
+    /// Some dependency is still unfinished.
+    StillBlocked,
+    /// A dependency failed: the task failed with `DEPENDENCY_FAILED` (its own dependents must
+    /// be looked at next).
+    Ended,
+}
+
+async fn load(
+    services: &Services,
+    id: TaskId,
+    expected: &'static str,
+    allowed: &[TaskStatus],
+) -> Result<Task, TaskActionError> {
+    let task = services
+        .store
+        .task(id)
+        .await?
+        .ok_or(TaskActionError::NotFound(id))?;
+    if !allowed.contains(&task.status) {
+        return Err(TaskActionError::WrongStatus {
+            id,
+            status: task.status,
+            expected,
+        });
+    }
+    Ok(task)
+}
+
+/// Looks at a blocked task's dependencies and moves it on when they allow.
+pub async fn evaluate_blocked(services: &Services, task: &Task) -> Result<Readiness, StoreError> {
+    if task.status != TaskStatus::Blocked {
+        return Ok(Readiness::StillBlocked);
+    }
+    let mut unfinished = Vec::new();
+    for dep in &task.deps {
+        let status = services.store.task(*dep).await?.map(|d| d.status);
+        match status {
+            Some(TaskStatus::Done) => {}
+            Some(ended @ (TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::DeadLetter)) => {
+                let reason = format!("dependency {dep} ended {}", status_name(ended));
+                fail_for_dependency(services, task.id, *dep, reason).await?;
+                return Ok(Readiness::Ended);
+            }
+            None => {
+                let reason = format!("dependency {dep} no longer exists");
+                fail_for_dependency(services, task.id, *dep, reason).await?;
+                return Ok(Readiness::Ended);
+            }
+            Some(_) => unfinished.push(*dep),
+        }
+    }
+    if unfinished.is_empty() {
+        let event = NewEvent::new("compass", "task.unblocked", json!({"deps": task.deps}));
+        services
+            .store
+            .update_task(task.id, &[event], |t| {
+                t.status = TaskStatus::Queued;
+                t.blocked_by.clear();
+            })
+            .await?;
+        return Ok(Readiness::Ready);
+    }
+    if unfinished != task.blocked_by {
+        services
+            .store
+            .update_task(task.id, &[], move |t| t.blocked_by = unfinished.clone())
+            .await?;
+    }
+    Ok(Readiness::StillBlocked)
+}
+
+fn status_name(status: TaskStatus) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+async fn fail_for_dependency(
+    services: &Services,
+    id: TaskId,
+    dep: TaskId,
+    reason: String,
+) -> Result<(), StoreError> {
+    let error = ErrorInfo::new("DEPENDENCY_FAILED", reason);
+    let event = NewEvent::new(
+        "compass",
+        "task.finished",
+        json!({"status": TaskStatus::Failed, "error": error, "dependency": dep}),
+    );
+    services
+        .store
+        .update_task(id, &[event], move |t| {
+            t.status = TaskStatus::Failed;
+            t.error = Some(error.clone());
+            t.finished_at = Some(Utc::now());
+        })
+        .await?;
+    Ok(())
+}
+
+/// Passes the approval gate: the task is queued at the stage after `approve` (or done, if the
+/// gate was its last stage).
+pub async fn approve(
+    services: &Services,
+    id: TaskId,
+    comment: Option<String>,
+) -> Result<Task, TaskActionError> {
+    let task = load(
+        services,
+        id,
+        "awaiting_approval",
+        &[TaskStatus::AwaitingApproval],
+    )
+    .await?;
+    let next = task.stage_after(Stage::Approve);
+    let mut events = vec![NewEvent::new(
+        "compass",
+        "task.approved",
+        json!({"comment": comment}),
+    )];
+    if next.is_none() {
+        events.push(NewEvent::new(
+            "compass",
+            "task.finished",
+            json!({"status": TaskStatus::Done}),
+        ));
+    }
+    let updated = services
+        .store
+        .update_task(id, &events, move |t| match next {
+            Some(stage) => {
+                t.status = TaskStatus::Queued;
+                t.stage = Some(stage);
+            }
+            None => {
+                t.status = TaskStatus::Done;
+                t.finished_at = Some(Utc::now());
+            }
+        })
+        .await?;
+    Ok(updated)
+}
+
+/// Refuses the work at the gate: the task ends `cancelled`; its branch stays, its worktree goes.
+pub async fn reject(
+    services: &Services,
+    id: TaskId,
+    comment: Option<String>,
+) -> Result<Task, TaskActionError> {
+    load(
+        services,
+        id,
+        "awaiting_approval",
+        &[TaskStatus::AwaitingApproval],
+    )
+    .await?;
+    let events = [
+        NewEvent::new("compass", "task.rejected", json!({"comment": comment})),
+        NewEvent::new(
+            "compass",
+            "task.finished",
+            json!({"status": TaskStatus::Cancelled}),
+        ),
+    ];
+    let updated = services
+        .store
+        .update_task(id, &events, |t| {
+            t.status = TaskStatus::Cancelled;
+            t.finished_at = Some(Utc::now());
+        })
+        .await?;
+    remove_worktree_later(services, &updated);
+    Ok(updated)
+}
+
+/// Ends a task that has not finished as `cancelled`.
+pub async fn cancel(services: &Services, id: TaskId) -> Result<Task, TaskActionError> {
+    let event = NewEvent::new(
+        "compass",
+        "task.finished",
+        json!({"status": TaskStatus::Cancelled}),
+    );
+    services
+        .store
+        .update_task(id, &[event], |t| {
+            t.status = TaskStatus::Cancelled;
+            t.finished_at = Some(Utc::now());
+        })
+        .await
+        .map_err(|error| match error {
+            StoreError::TaskFinished(id) => TaskActionError::Finished(id),
+            other => other.into(),
+        })
+}
+
+/// Re-queues a failed or dead-lettered task. Attempt-loop failures start a fresh round of
+/// attempts at implement (the last failure's output stays as feedback); other failures rerun
+/// the stage they happened in; a task failed by its dependencies waits for them again.
+pub async fn retry(
+    services: &Services,
+    id: TaskId,
+    reservation: Option<String>,
+) -> Result<Task, TaskActionError> {
+    let task = load(
+        services,
+        id,
+        "failed or dead_letter",
+        &[TaskStatus::Failed, TaskStatus::DeadLetter],
+    )
+    .await?;
+    let restart_attempts = matches!(task.stage, Some(Stage::Implement | Stage::Verify));
+    let blocked = task.stage.is_none() && !task.deps.is_empty();
+    let event = NewEvent::new(
+        "compass",
+        "task.retried",
+        json!({"previous_error": task.error}),
+    );
+    let updated = services
+        .store
+        .reopen_task(id, &[event], move |t| {
+            t.status = if blocked {
+                TaskStatus::Blocked
+            } else {
+                TaskStatus::Queued
+            };
+            t.blocked_by = if blocked { t.deps.clone() } else { Vec::new() };
+            t.error = None;
+            t.finished_at = None;
+            t.stage_retries = 0;
+            t.reverifications = 0;
+            if let Some(reservation) = &reservation {
+                t.reservation = Some(reservation.clone());
+                t.budget_rounds += 1;
+                t.settled = false;
+            }
+            if restart_attempts {
+                t.stage = Some(Stage::Implement);
+                t.attempts = 0;
+            }
+        })
+        .await?;
+    Ok(updated)
+}
+
+/// A pipeline crashed past its restart limit: its task is dead-lettered for a human.
+pub async fn give_up_pipeline(
+    services: &Services,
+    id: TaskId,
+    reason: &str,
+) -> Result<(), StoreError> {
+    let error = ErrorInfo::new(
+        "PIPELINE_FAILED",
+        format!("the task's pipeline crashed past its restart limit; last: {reason}"),
+    );
+    let events = [
+        NewEvent::new(
+            "compass",
+            "task.escalated",
+            json!({"to": "human", "code": error.code}),
+        ),
+        NewEvent::new(
+            "compass",
+            "task.finished",
+            json!({"status": TaskStatus::DeadLetter, "error": error}),
+        ),
+    ];
+    let result = services
+        .store
+        .update_task(id, &events, move |t| {
+            let stage = t.stage.unwrap_or(Stage::Plan);
+            t.record_failure(stage, error.clone());
+            t.status = TaskStatus::DeadLetter;
+            t.error = Some(error.clone());
+            t.finished_at = Some(Utc::now());
+        })
+        .await;
+    match result {
+        Ok(_) | Err(StoreError::TaskFinished(_)) => Ok(()),
+        Err(other) => Err(other),
+    }
+}
+
+/// Removes a task's worktree (its branch stays) off the caller's mailbox, bounded by git's timeout.
+pub fn remove_worktree_later(services: &Services, task: &Task) {
+    let path = services.worktree_path(task.id);
+    let repo = Git::new(&task.repo, services.config.git.timeout());
+    let task_id = task.id;
+    tokio::spawn(async move {
+        if tokio::fs::try_exists(&path).await.unwrap_or(true) {
+            if let Err(error) = repo.remove_worktree(&path).await {
+                tracing::warn!(task = %task_id, branch = %branch_name(task_id), %error, "could not remove a worktree");
+            }
+        }
+    });
+}
