@@ -12,12 +12,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glitchlab::actors::ledger::{self, Ledger, LedgerArguments};
+use glitchlab::actors::ledger::{Ledger, LedgerArguments};
 use glitchlab::app::startup::Application;
 use glitchlab::config::definitions::Definitions;
 use glitchlab::config::Config;
 use glitchlab::model::ledger::NewTransfer;
 use glitchlab::runtime::directory::{ActorDirectory, ActorEntry, ActorHealth};
+use glitchlab::runtime::ledger;
 use glitchlab::runtime::Services;
 use glitchlab::storage::store::Store;
 use ractor::Actor;

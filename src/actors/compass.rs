@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::json;
 
 use super::circuit::{Circuit, CircuitArguments, CircuitMsg};
@@ -21,14 +21,16 @@ use super::uplink_deploy::{UplinkDeploy, UplinkDeployArguments};
 use super::uplink_respond::{UplinkRespond, UplinkRespondArguments};
 use super::uplink_watch::{UplinkWatch, UplinkWatchArguments};
 use crate::config::definitions::PERSONAS;
+use crate::model::errors::TaskActionError;
 use crate::model::task::{Priority, Task, TaskId, TaskStatus};
 use crate::platform::metrics;
+use crate::runtime::compass::{CompassMsg, TaskAction};
 use crate::runtime::directory::{ActorEntry, ActorHealth};
 use crate::runtime::supervision::{RestartDecision, RestartHistory};
 use crate::runtime::Services;
 use crate::storage::store::{NewEvent, StoreError};
 use crate::work::metering;
-use crate::work::transitions::{self, Readiness, TaskActionError};
+use crate::work::transitions::{self, Readiness};
 
 /// How long Compass waits for its children to stop on shutdown.
 const SHUTDOWN_CHILDREN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -40,51 +42,6 @@ pub struct Compass;
 pub struct CompassArguments {
     /// Shared services.
     pub services: Services,
-}
-
-/// Compass's messages.
-pub enum CompassMsg {
-    /// A task was persisted by the ingress; queue it.
-    TaskSubmitted(TaskId),
-    /// A client acts on a task (cancel, approve, reject, retry); replies with the task after.
-    Act {
-        /// Which task.
-        task_id: TaskId,
-        /// What to do.
-        action: TaskAction,
-        /// The task after the action, or why it was refused.
-        reply: RpcReplyPort<Result<Task, TaskActionError>>,
-    },
-    /// A persona's restart backoff elapsed.
-    RestartPersona(&'static str),
-    /// A `failed` persona's cooldown (`supervision.revive_after_secs`) elapsed: try it again.
-    RevivePersona(&'static str),
-    /// A pipeline's restart backoff elapsed.
-    RestartPipeline(TaskId),
-    /// A pipeline could not start; handled like a crash.
-    PipelineStartFailed(TaskId, String),
-}
-
-/// What a client can do to a task through Compass.
-#[derive(Debug, Clone)]
-pub enum TaskAction {
-    /// End it `cancelled` (killing whatever runs for it).
-    Cancel,
-    /// Pass its approval gate.
-    Approve {
-        /// The reviewer's note.
-        comment: Option<String>,
-    },
-    /// Refuse its work at the gate (it ends `cancelled`).
-    Reject {
-        /// The reviewer's note.
-        comment: Option<String>,
-    },
-    /// Re-queue a failed or dead-lettered task, with the budget reserved for its new round.
-    Retry {
-        /// The new reservation's transfer id, if one was made.
-        reservation: Option<String>,
-    },
 }
 
 struct PersonaSlot {

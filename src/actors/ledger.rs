@@ -19,23 +19,18 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ractor::rpc::CallResult;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
 use crate::model::ledger::{
-    builtin_accounts, local_funding_transfer_id, Account, Applied, Audit, LedgerConfig,
-    LedgerError, NewAccount, NewTransfer, Transfer, CODE_MINT, MINT_ACCOUNT,
+    builtin_accounts, local_funding_transfer_id, Applied, LedgerConfig, LedgerError, NewTransfer,
+    Transfer, CODE_MINT, MINT_ACCOUNT,
 };
-use crate::runtime::directory::ActorDirectory;
+use crate::runtime::ledger::{LedgerMsg, LedgerReply};
 use crate::runtime::Services;
-use crate::storage::ledger::{self as book, Settle};
+use crate::storage::ledger as book;
 use crate::storage::store::{Batch, Store};
 
-/// How long a caller waits for a restarting Ledger to come back.
-pub const LEDGER_RESTART_WAIT: Duration = Duration::from_secs(5);
-/// How long a caller waits for the Ledger's answer (a write waits for its group commit).
-pub const LEDGER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most expired transfers released per job, so a backlog never holds the writer long.
 const EXPIRE_BATCH_MAX: usize = 256;
 /// Shortest expiry scan interval, whatever the config says.
@@ -50,46 +45,12 @@ pub struct LedgerArguments {
     pub services: Services,
 }
 
-/// Where a request's result goes.
-pub type LedgerReply<T> = RpcReplyPort<Result<T, LedgerError>>;
-
 /// Ledger's state.
 pub struct LedgerState {
     /// Where the books live; every write is a job on its writer.
     store: Store,
     /// The expiry tick; stopped with the actor.
     expiry_timer: JoinHandle<()>,
-}
-
-/// Ledger's messages.
-pub enum LedgerMsg {
-    /// Open an account (a replay of an identical request answers the stored one).
-    OpenAccount {
-        /// The account.
-        account: NewAccount,
-        /// The outcome, after it is durable.
-        reply: LedgerReply<Applied<Account>>,
-    },
-    /// Move or reserve tokens.
-    Transfer {
-        /// The transfer.
-        transfer: NewTransfer,
-        /// The outcome, after it is durable.
-        reply: LedgerReply<Applied<Transfer>>,
-    },
-    /// Post or void a pending transfer.
-    Settle {
-        /// The pending transfer's id.
-        id: String,
-        /// Post (how much) or void.
-        action: Settle,
-        /// The outcome, after it is durable.
-        reply: LedgerReply<Applied<Transfer>>,
-    },
-    /// Recompute every balance from the transfers.
-    Audit(LedgerReply<Audit>),
-    /// Release pending transfers past their timeout (the timer's tick).
-    ExpireDue,
 }
 
 impl Actor for Ledger {
@@ -261,84 +222,4 @@ async fn expire_due(myself: &ActorRef<LedgerMsg>, store: &Store, now: DateTime<U
     };
     // A full queue reaches `done` as an error; the next tick tries again.
     store.submit(op, done).await;
-}
-
-/// Asks the current Ledger incarnation and waits (bounded) for its answer.
-///
-/// A lost answer (the Ledger died, or the wait ran out) says nothing about whether the write was
-/// applied: retry with the same id, which is always safe.
-pub async fn ask<T: Send + 'static>(
-    directory: &ActorDirectory,
-    request: impl FnOnce(LedgerReply<T>) -> LedgerMsg,
-) -> Result<T, LedgerError> {
-    let cell = directory
-        .wait_for("ledger", LEDGER_RESTART_WAIT, None)
-        .await
-        .map_err(|error| LedgerError::Unavailable(format!("persona {error}")))?;
-    let ledger: ActorRef<LedgerMsg> = cell.into();
-    match ledger.call(request, Some(LEDGER_CALL_TIMEOUT)).await {
-        Ok(CallResult::Success(result)) => result,
-        Ok(CallResult::Timeout) => Err(LedgerError::Unavailable(format!(
-            "the ledger did not answer within {LEDGER_CALL_TIMEOUT:?}; retry with the same id"
-        ))),
-        Ok(CallResult::SenderError) | Err(_) => Err(LedgerError::Unavailable(
-            "the ledger stopped before answering; retry with the same id".into(),
-        )),
-    }
-}
-
-/// Opens an account through the Ledger.
-pub async fn open_account(
-    directory: &ActorDirectory,
-    account: NewAccount,
-) -> Result<Applied<Account>, LedgerError> {
-    ask(directory, |reply| LedgerMsg::OpenAccount { account, reply }).await
-}
-
-/// Moves (or, with `pending: true`, reserves) tokens through the Ledger; durable on `Ok`.
-pub async fn transfer(
-    directory: &ActorDirectory,
-    transfer: NewTransfer,
-) -> Result<Applied<Transfer>, LedgerError> {
-    ask(directory, |reply| LedgerMsg::Transfer { transfer, reply }).await
-}
-
-/// Reserves tokens (a two-phase transfer), whatever `transfer.pending` said.
-pub async fn pending(
-    directory: &ActorDirectory,
-    transfer: NewTransfer,
-) -> Result<Applied<Transfer>, LedgerError> {
-    let transfer = NewTransfer {
-        pending: true,
-        ..transfer
-    };
-    self::transfer(directory, transfer).await
-}
-
-/// Posts a pending transfer: moves `amount` (default: all reserved) and releases the rest.
-pub async fn post(
-    directory: &ActorDirectory,
-    id: &str,
-    amount: Option<u64>,
-) -> Result<Applied<Transfer>, LedgerError> {
-    settle(directory, id, Settle::Post(amount)).await
-}
-
-/// Voids a pending transfer: releases all of it.
-pub async fn void(directory: &ActorDirectory, id: &str) -> Result<Applied<Transfer>, LedgerError> {
-    settle(directory, id, Settle::Void).await
-}
-
-async fn settle(
-    directory: &ActorDirectory,
-    id: &str,
-    action: Settle,
-) -> Result<Applied<Transfer>, LedgerError> {
-    let id = id.to_owned();
-    ask(directory, |reply| LedgerMsg::Settle { id, action, reply }).await
-}
-
-/// Audits the books (consistent: it runs between two writes).
-pub async fn audit(directory: &ActorDirectory) -> Result<Audit, LedgerError> {
-    ask(directory, LedgerMsg::Audit).await
 }

@@ -301,7 +301,7 @@ async fn advance(
             .map(StageOutcome::Delivered),
             Stage::Deploy => {
                 let wait = Duration::from_secs(services.config.compass.deploy_wait_secs);
-                super::uplink_deploy::deploy_stage(&services, &task, wait)
+                crate::work::deploy_stage::deploy_stage(&services, &task, wait)
                     .await
                     .map(StageOutcome::Deployed)
             }
@@ -522,7 +522,7 @@ async fn finish_stage(
             .clone()
             .filter(|_| !task.stages.contains(&Stage::Deploy))
         {
-            super::uplink_deploy::deploy_after_task(
+            crate::work::deploy_stage::deploy_after_task(
                 &state.services,
                 app,
                 task.id,

@@ -6,30 +6,27 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::uplink_respond::send_signals;
+use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{DeployRecord, DeployStatus, Signal};
 use crate::model::ops::spec::{AppSpec, ProviderKind};
-use crate::model::task::TaskId;
-use crate::runtime::jobs::{spawn_job, StageError};
+use crate::runtime::jobs::spawn_job;
+use crate::runtime::uplink_deploy::{AppAction, UplinkDeployMsg};
+use crate::runtime::uplink_respond::send_signals;
 use crate::runtime::Services;
 use crate::storage::ops::OpsStore;
 use crate::work::ops::billing;
 use crate::work::ops::deploy::{self, DeployContext};
+use crate::work::ops::probe;
 use crate::work::ops::provider::{self, LocalRuntime, ProviderContext};
-use crate::work::ops::{probe, OpsError};
 
 /// Deploys of one app that may wait (queued or awaiting approval) at once.
 pub const DEPLOYS_WAITING_MAX: usize = 16;
 /// Recent tasks looked at on start for a delivered task's lost deploy request.
 const TASK_DEPLOY_SCAN_MAX: usize = 10_000;
-/// How long a caller looks for a restarting Uplink-Deploy.
-const PERSONA_WAIT: Duration = Duration::from_secs(10);
 
 /// The Uplink-Deploy persona.
 pub struct UplinkDeploy;
@@ -38,17 +35,6 @@ pub struct UplinkDeploy;
 pub struct UplinkDeployArguments {
     /// Shared services (its apps come from `definitions.ops`).
     pub services: Services,
-}
-
-/// What an incident runbook may ask of an app.
-#[derive(Debug, Clone, Copy)]
-pub enum AppAction {
-    /// Restart the running release.
-    Restart,
-    /// Put the last healthy release back.
-    Rollback,
-    /// Change the instance count.
-    Scale(u32),
 }
 
 /// Uplink-Deploy's state.
@@ -62,59 +48,6 @@ pub struct UplinkDeployState {
     ops: OpsStore,
     /// App → the deploy or action holding it (one at a time per app); dropping it aborts it.
     busy: HashMap<String, AbortOnDropHandle<()>>,
-}
-
-/// Uplink-Deploy's messages.
-pub enum UplinkDeployMsg {
-    /// The apps it knows how to deploy.
-    Apps(RpcReplyPort<Vec<String>>),
-    /// Deploy `commit` (default: the app's branch head) of `app`.
-    Request {
-        /// The app.
-        app: String,
-        /// A sha or ref; `None` for the branch head.
-        commit: Option<String>,
-        /// `api`, `cli`, `task:<id>`.
-        trigger: String,
-        /// The new record, or why it was refused; `None` when nobody waits for it.
-        reply: Option<RpcReplyPort<Result<DeployRecord, OpsError>>>,
-    },
-    /// A requested deploy whose price is reserved: store it (and run it when the app is free).
-    Admit {
-        /// The record, not stored yet.
-        record: Box<DeployRecord>,
-        /// Who waits for it.
-        reply: Option<RpcReplyPort<Result<DeployRecord, OpsError>>>,
-    },
-    /// A human passes (`approve: true`) or refuses a deploy at its gate.
-    Decide {
-        /// The deploy.
-        id: String,
-        /// Approve or reject.
-        approve: bool,
-        /// The reviewer's note.
-        comment: Option<String>,
-        /// The record after.
-        reply: RpcReplyPort<Result<DeployRecord, OpsError>>,
-    },
-    /// A runbook step acts on an app; replies when the action has finished.
-    Act {
-        /// The app.
-        app: String,
-        /// What to do.
-        action: AppAction,
-        /// What happened.
-        reply: RpcReplyPort<Result<String, OpsError>>,
-    },
-    /// A deploy job ended.
-    DeployDone {
-        /// The app it held.
-        app: String,
-        /// Its final record, or why the job itself failed.
-        outcome: Result<Box<DeployRecord>, String>,
-    },
-    /// An action job ended.
-    ActionDone(String),
 }
 
 impl Actor for UplinkDeploy {
@@ -692,136 +625,4 @@ async fn perform(ctx: &DeployContext, action: AppAction) -> Result<String, OpsEr
             health.target
         )))
     }
-}
-
-/// Asks the current Uplink-Deploy incarnation to act on an app and waits (bounded) for the end.
-pub async fn act(
-    directory: &crate::runtime::directory::ActorDirectory,
-    app: &str,
-    action: AppAction,
-    timeout: Duration,
-) -> Result<String, OpsError> {
-    let actor = current(directory).await?;
-    let app = app.to_owned();
-    let call = actor.call(
-        |reply| UplinkDeployMsg::Act {
-            app: app.clone(),
-            action,
-            reply,
-        },
-        Some(timeout),
-    );
-    unwrap_call(call.await)
-}
-
-/// The current Uplink-Deploy incarnation.
-pub async fn current(
-    directory: &crate::runtime::directory::ActorDirectory,
-) -> Result<ActorRef<UplinkDeployMsg>, OpsError> {
-    crate::work::ops::current_persona(directory, "uplink-deploy", PERSONA_WAIT).await
-}
-
-/// Flattens a call to Uplink-Deploy.
-pub fn unwrap_call<T>(
-    result: Result<CallResult<Result<T, OpsError>>, ractor::MessagingErr<UplinkDeployMsg>>,
-) -> Result<T, OpsError> {
-    crate::work::ops::flatten_call("uplink-deploy", result)
-}
-
-/// How often a task's `deploy` stage looks at its deploy record.
-const DEPLOY_POLL: Duration = Duration::from_millis(250);
-
-/// A task's `deploy` stage: asks for the deploy of its delivered commit (idempotent by the trigger
-/// `task:<id>`, so a stage run again after a crash finds the deploy it made) and waits, at most
-/// `wait`, for it to end. Healthy: the deploy's id. Anything else fails the stage
-/// `DEPLOY_FAILED`; a deploy still running when the wait ends goes on without the task.
-pub async fn deploy_stage(
-    services: &Services,
-    task: &crate::model::task::Task,
-    wait: Duration,
-) -> Result<String, StageError> {
-    let app = task.deploy.clone().ok_or_else(|| {
-        StageError::DeployFailed("the task names no `deploy` app for its deploy stage".into())
-    })?;
-    let actor = current(&services.directory).await.map_err(stage_error)?;
-    let trigger = format!("task:{}", task.id);
-    let call = actor.call(
-        |reply| UplinkDeployMsg::Request {
-            app: app.clone(),
-            commit: task.commit.clone(),
-            trigger: trigger.clone(),
-            reply: Some(reply),
-        },
-        Some(PERSONA_WAIT),
-    );
-    let record = unwrap_call(call.await).map_err(stage_error)?;
-    let ops = OpsStore::new(&services.store);
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let current = ops
-            .deploy(&record.id)
-            .await
-            .map_err(|e| StageError::Store(e.to_string()))?
-            .ok_or_else(|| StageError::DeployFailed(format!("deploy {} vanished", record.id)))?;
-        if current.status == DeployStatus::Healthy {
-            return Ok(current.id);
-        }
-        if current.status.is_terminal() && current.status != DeployStatus::Healthy {
-            let why = current
-                .error
-                .map(|e| format!(": {} {}", e.code, e.message))
-                .unwrap_or_default();
-            return Err(StageError::DeployFailed(format!(
-                "deploy {} of `{app}` ended {}{why}",
-                current.id,
-                crate::model::ops::wire_name(&current.status)
-            )));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(StageError::DeployFailed(format!(
-                "deploy {} of `{app}` is still {} after {}s (compass.deploy_wait_secs); it goes on \
-                 without the task",
-                current.id,
-                crate::model::ops::wire_name(&current.status),
-                wait.as_secs()
-            )));
-        }
-        tokio::time::sleep(DEPLOY_POLL).await;
-    }
-}
-
-/// An ops error as a stage's: a persona that is down is one, the rest are the deploy's verdict.
-fn stage_error(error: OpsError) -> StageError {
-    match error {
-        OpsError::Unavailable(message) => StageError::PersonaUnavailable(message),
-        OpsError::Store(message) => StageError::Store(message),
-        other => StageError::DeployFailed(format!("{}: {other}", other.code())),
-    }
-}
-
-/// A delivered task named `deploy: <app>`: request that deploy of the delivered commit. Never
-/// blocks the caller: the lookup and the cast run in a spawned task. A request lost to a crash is
-/// made at the next start (see `request_missed_task_deploys`); a repeated one is answered with
-/// the deploy it already made.
-pub fn deploy_after_task(services: &Services, app: String, task: TaskId, commit: Option<String>) {
-    // Tests drop the request here, as a crash right after the delivery would.
-    fail::fail_point!("uplink-deploy.task-request", |_| {});
-    let directory = services.directory.clone();
-    tokio::spawn(async move {
-        match current(&directory).await {
-            Ok(actor) => {
-                let trigger = format!("task:{task}");
-                let message = UplinkDeployMsg::Request {
-                    app,
-                    commit,
-                    trigger,
-                    reply: None,
-                };
-                if actor.cast(message).is_err() {
-                    tracing::error!(%task, "uplink-deploy stopped before it took the deploy");
-                }
-            }
-            Err(error) => tracing::error!(%task, %error, "cannot request the task's deploy"),
-        }
-    });
 }

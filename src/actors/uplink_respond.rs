@@ -9,18 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::json;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{Incident, IncidentStatus, Signal};
 use crate::runtime::jobs::spawn_job;
+use crate::runtime::uplink_respond::UplinkRespondMsg;
 use crate::runtime::Services;
 use crate::storage::ops::OpsStore;
 use crate::work::ops::billing;
 use crate::work::ops::incident::{self, RespondContext};
 use crate::work::ops::provider::{LocalRuntime, ProviderContext};
-use crate::work::ops::OpsError;
 
 /// A repeat of an unresolved incident's fingerprint within this window attaches to it.
 pub const DEDUP_WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -28,8 +29,6 @@ pub const DEDUP_WINDOW: Duration = Duration::from_secs(15 * 60);
 const DEDUP_SCAN_MAX: usize = 200;
 /// Incident responses running at once; past it a new incident goes to a human.
 pub const RESPONSES_MAX: usize = 32;
-/// How long a signal's sender waits for Uplink-Respond (lookup and answer).
-const SIGNAL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Uplink-Respond persona.
 pub struct UplinkRespond;
@@ -46,40 +45,6 @@ pub struct UplinkRespondState {
     ctx: RespondContext,
     /// Incident → its running response; dropping one aborts it.
     responses: HashMap<String, AbortOnDropHandle<()>>,
-}
-
-/// Uplink-Respond's messages.
-pub enum UplinkRespondMsg {
-    /// The name of the first runbook whose `match.signal` is this signal, if any.
-    MatchSignal {
-        /// The signal name (`health_check_failed`, ...).
-        signal: String,
-        /// The runbook's name.
-        reply: RpcReplyPort<Option<String>>,
-    },
-    /// Signals to open incidents for (or attach to open ones); replies with their incident ids.
-    Signals {
-        /// The signals.
-        signals: Vec<Signal>,
-        /// The incident of each signal, in order.
-        reply: Option<RpcReplyPort<Result<Vec<String>, OpsError>>>,
-    },
-    /// A human approves (or rejects) the gated step an incident waits at.
-    Decide {
-        /// The incident.
-        id: String,
-        /// Approve or reject.
-        approve: bool,
-        /// The incident after.
-        reply: RpcReplyPort<Result<Incident, OpsError>>,
-    },
-    /// A response job ended.
-    ResponseDone {
-        /// The incident.
-        id: String,
-        /// Why the job failed, if it did.
-        error: Option<String>,
-    },
 }
 
 impl Actor for UplinkRespond {
@@ -314,57 +279,4 @@ async fn decide(
         start_response(myself, state, id.to_owned(), step, Some(step));
     }
     Ok(updated)
-}
-
-/// Hands signals to the current Uplink-Respond and returns their incidents' ids (empty when it
-/// cannot be reached in time: the failure is logged, the sender goes on).
-pub async fn send_signals(services: &Services, signals: Vec<Signal>) -> Vec<String> {
-    match call_signals(services, signals).await {
-        Ok(ids) => ids,
-        Err(error) => {
-            tracing::error!(%error, "a signal did not reach uplink-respond");
-            Vec::new()
-        }
-    }
-}
-
-/// Hands signals to the current Uplink-Respond; `Err` says why they did not arrive.
-pub async fn call_signals(
-    services: &Services,
-    signals: Vec<Signal>,
-) -> Result<Vec<String>, OpsError> {
-    let actor = current(services).await?;
-    let call = actor.call(
-        |reply| UplinkRespondMsg::Signals {
-            signals: signals.clone(),
-            reply: Some(reply),
-        },
-        Some(SIGNAL_CALL_TIMEOUT),
-    );
-    crate::work::ops::flatten_call("uplink-respond", call.await)
-}
-
-/// Asks the current Uplink-Respond to approve or reject an incident's gated step.
-pub async fn call_decide(
-    services: &Services,
-    id: &str,
-    approve: bool,
-) -> Result<Incident, OpsError> {
-    let actor = current(services).await?;
-    let id = id.to_owned();
-    let call = actor.call(
-        |reply| UplinkRespondMsg::Decide {
-            id: id.clone(),
-            approve,
-            reply,
-        },
-        Some(SIGNAL_CALL_TIMEOUT),
-    );
-    crate::work::ops::flatten_call("uplink-respond", call.await)
-}
-
-/// The current Uplink-Respond incarnation.
-async fn current(services: &Services) -> Result<ActorRef<UplinkRespondMsg>, OpsError> {
-    crate::work::ops::current_persona(&services.directory, "uplink-respond", SIGNAL_CALL_TIMEOUT)
-        .await
 }

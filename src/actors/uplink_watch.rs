@@ -12,10 +12,10 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::uplink_respond::send_signals;
 use crate::model::ops::records::{CheckResult, Signal};
 use crate::model::ops::spec::{CheckKind, CheckSpec};
 use crate::runtime::jobs::spawn_job;
+use crate::runtime::uplink_respond::send_signals;
 use crate::runtime::Services;
 use crate::storage::ops::OpsStore;
 use crate::work::ops::provider::{LocalRuntime, ProviderContext};

@@ -12,12 +12,13 @@ use ractor::{Actor, ActorRef};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::actors::compass::{Compass, CompassArguments, CompassMsg};
+use crate::actors::compass::{Compass, CompassArguments};
 use crate::app::http::{self, AppState};
 use crate::config::definitions::{DefinitionError, Definitions};
 use crate::config::Config;
 use crate::platform::process;
 use crate::platform::sandbox::{self, SandboxMode};
+use crate::runtime::compass::CompassMsg;
 use crate::runtime::directory::ActorDirectory;
 use crate::runtime::Services;
 use crate::storage::store::{Store, StoreError};

@@ -106,7 +106,7 @@ pub struct GovernanceConfig {
     /// and passed only to the personas whose `env` lists them.
     pub secrets: Vec<String>,
     /// Landlock confinement of engine and verify processes: `off`, `auto`, `required`.
-    pub sandbox: crate::platform::sandbox::SandboxMode,
+    pub sandbox: SandboxMode,
     /// Directories confined processes may write besides their worktree and private temp dir.
     pub sandbox_writable: Vec<PathBuf>,
     /// Per-repository additions, keyed by the repository's absolute path.
@@ -140,7 +140,7 @@ impl Default for GovernanceConfig {
                 .map(str::to_owned)
                 .to_vec(),
             secrets: Vec::new(),
-            sandbox: crate::platform::sandbox::SandboxMode::Auto,
+            sandbox: SandboxMode::Auto,
             sandbox_writable: Vec::new(),
             repos: std::collections::BTreeMap::new(),
         }
@@ -188,7 +188,7 @@ impl Default for StorageConfig {
         Self {
             data_dir: PathBuf::from("glitchlab-data"),
             stall_secs: 10,
-            write_queue_max: crate::storage::store::WRITE_QUEUE_MAX,
+            write_queue_max: WRITE_QUEUE_MAX,
         }
     }
 }
@@ -551,6 +551,22 @@ fn check_template(kind: &str, stages: &[Stage]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// How the service treats the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxMode {
+    /// Never confine (for hosts that cannot, or an in-process embedding of the library).
+    Off,
+    /// Confine when the kernel supports Landlock; say so at start when it does not.
+    #[default]
+    Auto,
+    /// Refuse to start unless engines can be confined.
+    Required,
+}
+
+/// Most write jobs waiting for the store's writer by default (`storage.write_queue_max`).
+pub const WRITE_QUEUE_MAX: usize = 4096;
 
 #[cfg(test)]
 mod tests {

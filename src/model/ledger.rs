@@ -15,12 +15,14 @@
 //! [`book`] holds the sled-backed books; the Ledger actor (`actors::ledger`) is their only writer,
 //! and [`cli`] is `glitchlab ledger ...` against a running service.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::config::definitions::PERSONAS;
-use crate::model::task::TaskId;
+use crate::model::task::{EngineRun, Stage, TaskId};
 
 /// Longest account or transfer id, in bytes: ids are sled keys and URL path segments.
 pub const ID_BYTES_MAX: usize = 128;
@@ -82,7 +84,7 @@ pub struct LedgerConfig {
     /// What a task reserves when its submission names no `budget.max_cost`, in micro-tokens.
     pub default_task_budget: u64,
     /// Prices of engine runs, tokens and deploys.
-    pub rates: crate::work::metering::RateCard,
+    pub rates: RateCard,
     /// How often Uplink-Watch charges the command seconds its checks ran, per app, in one
     /// transfer (a transfer per check run would be one every few seconds).
     pub watch_billing_interval_secs: u64,
@@ -95,7 +97,7 @@ impl Default for LedgerConfig {
             local_funding: 1_000_000_000,
             expiry_scan_interval_ms: 1000,
             default_task_budget: 10_000_000,
-            rates: crate::work::metering::RateCard::default(),
+            rates: RateCard::default(),
             watch_billing_interval_secs: 60,
         }
     }
@@ -501,7 +503,7 @@ pub enum LedgerError {
     Codec(#[from] serde_json::Error),
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] crate::storage::store::StoreError),
+    Store(#[from] crate::model::errors::StoreError),
 }
 
 impl LedgerError {
@@ -544,6 +546,85 @@ pub fn validate_id(field: &str, id: &str) -> Result<(), LedgerError> {
         )));
     }
     Ok(())
+}
+
+/// Prices, in micro-tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateCard {
+    /// Per 1,000 input tokens, by model (for model-backed engines).
+    pub input_per_1k_tokens: BTreeMap<String, u64>,
+    /// Per 1,000 output tokens, by model.
+    pub output_per_1k_tokens: BTreeMap<String, u64>,
+    /// Per second of a `shell` engine run (charged per started second).
+    pub shell_per_second: u64,
+    /// Per `builtin` engine run.
+    pub builtin_per_run: u64,
+    /// Per verify run, on top of its seconds.
+    pub verify_per_run: u64,
+    /// Per deploy.
+    pub deploy: u64,
+}
+
+impl Default for RateCard {
+    fn default() -> Self {
+        Self {
+            input_per_1k_tokens: BTreeMap::new(),
+            output_per_1k_tokens: BTreeMap::new(),
+            shell_per_second: 1_000,
+            builtin_per_run: 100,
+            verify_per_run: 500,
+            deploy: 10_000,
+        }
+    }
+}
+
+impl RateCard {
+    /// What one engine run costs.
+    pub fn run_cost(&self, run: &EngineRun) -> u64 {
+        let seconds_started = run.duration_ms.div_ceil(1000).max(1);
+        let engine = match run.engine.as_str() {
+            "builtin" => self.builtin_per_run,
+            "openai" => self.token_cost(run),
+            _ => self.shell_per_second.saturating_mul(seconds_started),
+        };
+        let verify = if run.stage == Stage::Verify {
+            self.verify_per_run
+        } else {
+            0
+        };
+        engine.saturating_add(verify)
+    }
+}
+
+impl RateCard {
+    /// Model tokens priced per 1,000 by the model named in the run's `command`
+    /// (`openai:<provider>/<model>`); a model without a price costs nothing.
+    fn token_cost(&self, run: &EngineRun) -> u64 {
+        let (Some(tokens), Some(command)) = (run.tokens, run.command.as_deref()) else {
+            return 0;
+        };
+        let model = command
+            .rsplit_once('/')
+            .map(|(_, model)| model)
+            .unwrap_or(command);
+        let price = |table: &BTreeMap<String, u64>, count: u64| {
+            table
+                .get(model)
+                .map_or(0, |per_1k| per_1k.saturating_mul(count).div_ceil(1000))
+        };
+        price(&self.input_per_1k_tokens, tokens.input)
+            .saturating_add(price(&self.output_per_1k_tokens, tokens.output))
+    }
+}
+
+/// How a pending transfer is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Move this much (default: all of it) and release the rest.
+    Post(Option<u64>),
+    /// Release all of it.
+    Void,
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! The shared vocabulary, at the bottom of the layers: plain data and the rules on it, with no
 //! tokio, sled or ractor. Everything above may use it; it uses nothing above.
 //!
+//! - [`errors`]: the store's failures, shared by every layer that reports them.
 //! - [`task`]: tasks, events and engine runs, as stored and as served.
 //! - [`ledger`]: the token books' accounts, transfers, rate card and their validation.
 //! - [`ops`]: what `ops.yaml` and runbooks say, and what ops records.
 
+pub mod errors;
 pub mod ledger;
 pub mod ops;
 pub mod task;

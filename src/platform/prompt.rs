@@ -82,7 +82,7 @@ pub async fn write_files(
     let files = PromptFiles {
         prompt: dir.join(format!("{stage}-{attempt}.prompt.md")),
         feedback: dir.join(format!("{stage}-{attempt}.feedback.txt")),
-        digest: crate::work::engine::prompt_digest(prompt),
+        digest: prompt_digest(prompt),
     };
     tokio::fs::write(&files.prompt, prompt).await?;
     tokio::fs::write(&files.feedback, feedback.unwrap_or("")).await?;
@@ -103,4 +103,11 @@ pub fn engine_env(task: &Task, attempt: u32, files: &PromptFiles) -> Vec<(String
             files.feedback.display().to_string(),
         ),
     ]
+}
+
+/// `sha256:<hex>` of a prompt: recorded on the run so runs that saw the same input can be told
+/// apart from runs that did not, without storing the text again.
+pub fn prompt_digest(prompt: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(prompt.as_bytes())))
 }

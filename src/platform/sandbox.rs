@@ -14,7 +14,6 @@ use landlock::{
     path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
     ABI,
 };
-use serde::Deserialize;
 
 /// The hidden subcommand that applies the sandbox and execs the command.
 pub const SANDBOX_SUBCOMMAND: &str = "sandbox-exec";
@@ -25,18 +24,7 @@ const SANDBOX_FAILURE_EXIT: i32 = 126;
 /// The Landlock ABI this build asks for; older kernels get what they support (best effort).
 const LANDLOCK_ABI: ABI = ABI::V3;
 
-/// How the service treats the sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum SandboxMode {
-    /// Never confine (for hosts that cannot, or an in-process embedding of the library).
-    Off,
-    /// Confine when the kernel supports Landlock; say so at start when it does not.
-    #[default]
-    Auto,
-    /// Refuse to start unless engines can be confined.
-    Required,
-}
+pub use crate::config::SandboxMode;
 
 /// Whether this kernel enforces Landlock, found by confining a throwaway thread (Landlock
 /// restricts the calling thread only, so the rest of the service is untouched).

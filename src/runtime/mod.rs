@@ -2,15 +2,21 @@
 //! tree ([`directory`]), the restart policy ([`supervision`]), how work runs beside a mailbox
 //! ([`jobs`]).
 
+pub mod compass;
 pub mod directory;
 pub mod jobs;
+pub mod ledger;
+pub mod repo_checks;
 pub mod supervision;
+pub mod uplink_deploy;
+pub mod uplink_respond;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::definitions::Definitions;
 use crate::config::Config;
+use crate::model::ops::error::OpsError;
 use crate::model::task::TaskId;
 use crate::storage::store::Store;
 use directory::ActorDirectory;
@@ -32,7 +38,7 @@ pub struct Services {
     /// (`sandbox-exec`); `None` when they run unconfined.
     pub sandbox_exe: Option<PathBuf>,
     /// Repositories and base branches git confirmed a moment ago (intake's cache).
-    pub repo_checks: Arc<crate::work::intake::RepoChecks>,
+    pub repo_checks: Arc<repo_checks::RepoChecks>,
 }
 
 impl Services {
@@ -93,5 +99,35 @@ impl Services {
             .data_dir
             .join("prompts")
             .join(task_id.to_string())
+    }
+}
+
+/// The current incarnation of Uplink persona `name`, waiting (bounded) for one that restarts.
+pub async fn current_persona<M: ractor::Message>(
+    directory: &directory::ActorDirectory,
+    name: &str,
+    wait: std::time::Duration,
+) -> Result<ractor::ActorRef<M>, OpsError> {
+    let cell = directory
+        .wait_for(name, wait, None)
+        .await
+        .map_err(|e| OpsError::Unavailable(e.to_string()))?;
+    Ok(cell.into())
+}
+
+/// Flattens a call to persona `name`: its answer, or `Unavailable` saying why there was none.
+pub fn flatten_call<T, M>(
+    name: &str,
+    result: Result<ractor::rpc::CallResult<Result<T, OpsError>>, ractor::MessagingErr<M>>,
+) -> Result<T, OpsError> {
+    use ractor::rpc::CallResult;
+    match result {
+        Ok(CallResult::Success(outcome)) => outcome,
+        Ok(CallResult::Timeout) => Err(OpsError::Unavailable(format!(
+            "{name} did not answer in time"
+        ))),
+        Ok(CallResult::SenderError) | Err(_) => Err(OpsError::Unavailable(format!(
+            "{name} stopped before answering"
+        ))),
     }
 }

@@ -49,15 +49,8 @@ pub struct ShellRun {
     /// The service instance (its data dir), exported as `GLITCHLAB_INSTANCE` so a restarted
     /// service can find and kill what a killed one left running.
     pub instance: String,
-    /// [`prompt_digest`] of the prompt file the engine reads; none for verify.
+    /// [`crate::platform::prompt::prompt_digest`] of the prompt file the engine reads; none for verify.
     pub prompt_digest: Option<String>,
-}
-
-/// `sha256:<hex>` of a prompt: recorded on the run so runs that saw the same input can be told
-/// apart from runs that did not, without storing the text again.
-pub fn prompt_digest(prompt: &str) -> String {
-    use sha2::{Digest, Sha256};
-    format!("sha256:{}", hex::encode(Sha256::digest(prompt.as_bytes())))
 }
 
 impl RunIdentity {
@@ -283,7 +276,9 @@ pub async fn run_model(
         })?;
     let command = Some(format!("openai:{provider_name}/{}", provider.model));
     let mut running = who.running("openai", command);
-    running.prompt_digest = Some(prompt_digest(&format!("{system}\n\n{user}")));
+    running.prompt_digest = Some(crate::platform::prompt::prompt_digest(&format!(
+        "{system}\n\n{user}"
+    )));
     let open = OpenRun::start(services, running).await?;
     let completion = match openai::complete(provider, system, user).await {
         Ok(completion) => completion,

@@ -12,18 +12,16 @@
 //!   what the runs cost (at most the reservation) and the rest is released; usage past the
 //!   reservation is charged to the payer directly.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::json;
 
-use crate::actors::ledger as ledger_actor;
 use crate::model::ledger::{
     agent_account, AccountKind, Applied, LedgerError, NewAccount, NewTransfer, TransferStatus,
 };
-use crate::model::task::{EngineRun, Stage, Task, TaskId};
+use crate::model::task::{EngineRun, Task, TaskId};
 use crate::runtime::directory::ActorDirectory;
+use crate::runtime::ledger as ledger_actor;
 use crate::runtime::Services;
 use crate::storage::ledger::Book;
 use crate::storage::store::NewEvent;
@@ -36,76 +34,6 @@ pub const CODE_ENGINE_RUN: u16 = 11;
 pub const CODE_BUDGET_OVERRUN: u16 = 12;
 /// How long a settlement waits for the task's cut-off runs to be charged and closed.
 const OPEN_RUNS_WAIT: Duration = Duration::from_secs(10);
-
-/// Prices, in micro-tokens.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RateCard {
-    /// Per 1,000 input tokens, by model (for model-backed engines).
-    pub input_per_1k_tokens: BTreeMap<String, u64>,
-    /// Per 1,000 output tokens, by model.
-    pub output_per_1k_tokens: BTreeMap<String, u64>,
-    /// Per second of a `shell` engine run (charged per started second).
-    pub shell_per_second: u64,
-    /// Per `builtin` engine run.
-    pub builtin_per_run: u64,
-    /// Per verify run, on top of its seconds.
-    pub verify_per_run: u64,
-    /// Per deploy.
-    pub deploy: u64,
-}
-
-impl Default for RateCard {
-    fn default() -> Self {
-        Self {
-            input_per_1k_tokens: BTreeMap::new(),
-            output_per_1k_tokens: BTreeMap::new(),
-            shell_per_second: 1_000,
-            builtin_per_run: 100,
-            verify_per_run: 500,
-            deploy: 10_000,
-        }
-    }
-}
-
-impl RateCard {
-    /// What one engine run costs.
-    pub fn run_cost(&self, run: &EngineRun) -> u64 {
-        let seconds_started = run.duration_ms.div_ceil(1000).max(1);
-        let engine = match run.engine.as_str() {
-            "builtin" => self.builtin_per_run,
-            "openai" => self.token_cost(run),
-            _ => self.shell_per_second.saturating_mul(seconds_started),
-        };
-        let verify = if run.stage == Stage::Verify {
-            self.verify_per_run
-        } else {
-            0
-        };
-        engine.saturating_add(verify)
-    }
-}
-
-impl RateCard {
-    /// Model tokens priced per 1,000 by the model named in the run's `command`
-    /// (`openai:<provider>/<model>`); a model without a price costs nothing.
-    fn token_cost(&self, run: &EngineRun) -> u64 {
-        let (Some(tokens), Some(command)) = (run.tokens, run.command.as_deref()) else {
-            return 0;
-        };
-        let model = command
-            .rsplit_once('/')
-            .map(|(_, model)| model)
-            .unwrap_or(command);
-        let price = |table: &BTreeMap<String, u64>, count: u64| {
-            table
-                .get(model)
-                .map_or(0, |per_1k| per_1k.saturating_mul(count).div_ceil(1000))
-        };
-        price(&self.input_per_1k_tokens, tokens.input)
-            .saturating_add(price(&self.output_per_1k_tokens, tokens.output))
-    }
-}
 
 /// The ledger account a task's money flows through.
 pub fn task_account(task_id: TaskId) -> String {

@@ -3,6 +3,7 @@
 //! may do to a task ([`transitions`]), and the ops org's machinery ([`ops`]). It reaches actors only
 //! through the clients in [`crate::runtime`].
 
+pub mod deploy_stage;
 pub mod engine;
 pub mod intake;
 pub mod metering;

@@ -5,57 +5,12 @@
 use chrono::Utc;
 use serde_json::json;
 
+use crate::model::errors::TaskActionError;
 use crate::model::task::branch_name;
 use crate::model::task::{ErrorInfo, Stage, Task, TaskId, TaskStatus};
 use crate::platform::git::Git;
 use crate::runtime::Services;
 use crate::storage::store::{NewEvent, StoreError};
-
-/// Why a client's action on a task was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum TaskActionError {
-    /// No such task.
-    #[error("task {0} not found")]
-    NotFound(TaskId),
-    /// The task is not in a status the action applies to.
-    #[error("task {id} is {status:?}; this needs a task that is {expected}")]
-    WrongStatus {
-        /// The task.
-        id: TaskId,
-        /// Its status.
-        status: TaskStatus,
-        /// What the action needs.
-        expected: &'static str,
-    },
-    /// The task already ended.
-    #[error("task {0} has already finished")]
-    Finished(TaskId),
-    /// Durable state could not be read or written (or the store pushed back).
-    #[error(transparent)]
-    Store(StoreError),
-}
-
-impl TaskActionError {
-    /// The stable code the ingress answers with.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::NotFound(_) => "TASK_NOT_FOUND",
-            Self::WrongStatus { .. } => "INVALID_TASK_STATUS",
-            Self::Finished(_) => "TASK_FINISHED",
-            Self::Store(inner) if inner.is_overload() => inner.code(),
-            Self::Store(_) => "STORE_FAILED",
-        }
-    }
-}
-
-impl From<StoreError> for TaskActionError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::TaskNotFound(id) => Self::NotFound(id),
-            other => Self::Store(other),
-        }
-    }
-}
 
 /// What a look at a blocked task found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

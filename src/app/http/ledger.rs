@@ -18,11 +18,11 @@ use super::error::{ApiError, ErrorBody};
 use super::json::{JsonBody, QueryParams};
 use super::openapi::describe;
 use super::AppState;
-use crate::actors::ledger;
 use crate::model::ledger::{
     Account, AccountView, Applied, Audit, HistoryPage, LedgerError, NewAccount, NewTransfer,
     Transfer, CODE_MINT, MINT_ACCOUNT,
 };
+use crate::runtime::ledger;
 use crate::storage::ledger::{Book, HISTORY_LIMIT_MAX};
 
 /// History page size when `?limit=` is absent.

@@ -20,7 +20,7 @@ use axum::Router;
 use ractor::ActorRef;
 use tower_http::trace::TraceLayer;
 
-use crate::actors::compass::CompassMsg;
+use crate::runtime::compass::CompassMsg;
 use crate::runtime::Services;
 use error::ApiError;
 

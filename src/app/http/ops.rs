@@ -17,11 +17,12 @@ use super::error::{ApiError, ErrorBody};
 use super::json::{parse, JsonBody, QueryParams, RawBody};
 use super::openapi::describe;
 use super::AppState;
-use crate::actors::uplink_deploy::{self, UplinkDeployMsg};
-use crate::actors::uplink_respond;
+use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{DeployRecord, Incident, IncidentStatus, LIST_LIMIT_MAX};
+use crate::runtime::uplink_deploy::{self, UplinkDeployMsg};
+use crate::runtime::uplink_respond;
 use crate::storage::ops::OpsStore;
-use crate::work::ops::{incident, OpsError};
+use crate::work::ops::incident;
 
 /// How long a request waits for an Uplink persona.
 const PERSONA_CALL_TIMEOUT: Duration = Duration::from_secs(10);

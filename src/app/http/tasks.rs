@@ -17,12 +17,12 @@ use super::error::{ApiError, ErrorBody};
 use super::json::{JsonBody, QueryParams, RawBody};
 use super::openapi::describe;
 use super::AppState;
-use crate::actors::compass::{CompassMsg, TaskAction};
+use crate::model::errors::TaskActionError;
 use crate::model::ledger::LedgerError;
 use crate::model::task::{Task, TaskId, TaskStatus};
+use crate::runtime::compass::{CompassMsg, TaskAction};
 use crate::work::intake::{self, IntakeError, SubmitTaskRequest};
 use crate::work::metering;
-use crate::work::transitions::TaskActionError;
 
 /// How long a cancel may wait for Compass.
 const COMPASS_CALL_TIMEOUT: Duration = Duration::from_secs(10);

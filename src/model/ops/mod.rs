@@ -1,6 +1,7 @@
 //! What `ops.yaml` and runbooks say ([`spec`]) and what ops records ([`records`]): plain data
 //! the Uplink personas, the store and the ingress share.
 
+pub mod error;
 pub mod records;
 pub mod spec;
 

@@ -20,6 +20,7 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::model::ledger::Settle;
 use crate::model::ledger::{
     Account, Applied, Audit, HistoryPage, LedgerError, NewAccount, NewTransfer, Transfer,
     TransferStatus, Violation,
@@ -30,15 +31,6 @@ use crate::storage::store::{Batch, Snapshot, Store, Table};
 pub const HISTORY_LIMIT_MAX: usize = 500;
 /// Separates an account id from the seq in a history key; never part of an id.
 const HISTORY_SEPARATOR: u8 = 0;
-
-/// How a pending transfer is settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
-    /// Move this much (default: all of it) and release the rest.
-    Post(Option<u64>),
-    /// Release all of it.
-    Void,
-}
 
 /// What [`decide`] concludes for a settle request.
 #[derive(Debug)]

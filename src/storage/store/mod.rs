@@ -33,70 +33,19 @@ use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 
 pub use self::tasks::{NewEvent, Submission};
 pub use self::writer::{Batch, WriterHealth};
-use crate::model::task::{Event, TaskId};
+use crate::model::task::Event;
 
-/// A store operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// sled reported an I/O or corruption error.
-    #[error("storage error: {0}")]
-    Sled(#[from] sled::Error),
-    /// A stored record does not decode (or a record does not encode).
-    #[error("stored record is not valid: {0}")]
-    Codec(#[from] serde_json::Error),
-    /// The task does not exist.
-    #[error("task {0} not found")]
-    TaskNotFound(TaskId),
-    /// The task already ended; terminal records never change.
-    #[error("task {0} has already finished")]
-    TaskFinished(TaskId),
-    /// The database's lock stayed held for the whole wait: another live process uses it.
-    #[error(
-        "database {path} is in use by another process (its lock stayed held for {waited_ms} ms)"
-    )]
-    Locked {
-        /// The database directory.
-        path: String,
-        /// How long opening waited for the lock.
-        waited_ms: u128,
-    },
-    /// The writer's queue (or the readers' pool) stayed full for the whole wait: nothing was
-    /// done; try again shortly.
-    #[error("storage is busy; nothing was written, try again shortly")]
-    Busy,
-    /// The request was queued but its answer did not come in time: it may or may not have been
-    /// written (an idempotent retry finds out).
-    #[error("storage did not answer within {0:?}; the write may or may not have happened")]
-    AnswerTimeout(Duration),
-    /// The group the write belonged to could not be committed: nothing of it was written.
-    #[error("storage commit failed: {0}")]
-    Commit(String),
-    /// The writer or a reader went away (the service is stopping, or a job panicked).
-    #[error("storage is shut down or dropped the request")]
-    Closed,
-}
+pub use crate::model::errors::StoreError;
 
-impl StoreError {
-    /// Whether this is the store pushing back (busy or slow) rather than a fault: what the HTTP
-    /// edge answers with 503 and `Retry-After`.
-    pub fn is_overload(&self) -> bool {
-        matches!(self, Self::Busy | Self::AnswerTimeout(_))
-    }
-
-    /// The stable code the HTTP edge answers: `STORE_BUSY` (503, nothing written, retry),
-    /// `STORE_TIMEOUT` (503, outcome unknown: retry idempotently) or `INTERNAL`.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Busy => "STORE_BUSY",
-            Self::AnswerTimeout(_) => "STORE_TIMEOUT",
-            _ => "INTERNAL",
-        }
+impl From<sled::Error> for StoreError {
+    fn from(error: sled::Error) -> Self {
+        Self::Sled(error.to_string())
     }
 }
 
-/// Most write jobs waiting for the writer by default (`storage.write_queue_max`); a caller that
-/// cannot enqueue within [`ENQUEUE_WAIT`] gets [`StoreError::Busy`].
-pub const WRITE_QUEUE_MAX: usize = 4096;
+/// Most write jobs waiting for the writer by default; a caller that cannot enqueue within
+/// [`ENQUEUE_WAIT`] gets [`StoreError::Busy`].
+pub use crate::config::WRITE_QUEUE_MAX;
 /// How long a writer waits for room in the queue.
 pub const ENQUEUE_WAIT: Duration = Duration::from_secs(1);
 /// How long a caller waits for its write's answer (its group's commit and flush).

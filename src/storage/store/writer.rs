@@ -221,7 +221,7 @@ impl<'a> Batch<'a> {
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(|error| match error {
-                sled::transaction::TransactionError::Storage(error) => StoreError::Sled(error),
+                sled::transaction::TransactionError::Storage(error) => StoreError::from(error),
                 sled::transaction::TransactionError::Abort(()) => {
                     StoreError::Commit("the group's transaction aborted".into())
                 }

@@ -17,11 +17,11 @@
 //! derived from the deploy's or action's id and every memo is fixed, so settling again (after a
 //! crash) is a no-op.
 
-use super::OpsError;
-use crate::actors::ledger as ledger_actor;
 use crate::model::ledger::{agent_account, LedgerError, NewTransfer, TransferStatus};
+use crate::model::ops::error::OpsError;
 use crate::model::ops::records::DeployRecord;
 use crate::model::ops::spec::AppSpec;
+use crate::runtime::ledger as ledger_actor;
 use crate::runtime::Services;
 use crate::storage::ledger::Book;
 use crate::storage::ops::OpsStore;

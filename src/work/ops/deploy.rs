@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::probe;
 use super::provider::{self, ProviderContext};
-use super::OpsError;
+use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{DeployRecord, DeployStatus, RollbackRecord, StageRecord};
 use crate::model::ops::spec::{config_digest, AppSpec};
 use crate::storage::ops::OpsStore;

@@ -10,8 +10,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::probe;
 use super::provider::{self, ProviderContext};
-use super::{probe, OpsError};
+use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{Diagnosis, Incident, IncidentStatus, Signal};
 use crate::model::ops::spec::{Classification, Runbook, RunbookStep, StepAction};
 use crate::runtime::Services;
@@ -342,7 +343,7 @@ async fn step_action(
     incident: &Incident,
     step: &RunbookStep,
 ) -> Result<String, OpsError> {
-    use crate::actors::uplink_deploy::{act, AppAction};
+    use crate::runtime::uplink_deploy::{act, AppAction};
     let directory = &ctx.services.directory;
     match step.action {
         StepAction::Restart => {
@@ -461,8 +462,8 @@ async fn create_task(
     incident: &Incident,
     step: &RunbookStep,
 ) -> Result<String, OpsError> {
-    use crate::actors::compass::CompassMsg;
     use crate::model::task::{CausedBy, Priority, ReviewPolicy};
+    use crate::runtime::compass::CompassMsg;
     use crate::work::intake::SubmitTaskRequest;
     let spec = ctx
         .services

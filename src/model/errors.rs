@@ -1,0 +1,112 @@
+//! Failures the layers share by name: what the store answers when it cannot (busy, slow, shut
+//! down, a record that does not decode). Plain data, so the task model, the ledger's errors and
+//! the HTTP edge can all speak of it.
+
+use std::time::Duration;
+
+use crate::model::task::{TaskId, TaskStatus};
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled reported an I/O or corruption error.
+    #[error("storage error: {0}")]
+    Sled(String),
+    /// A stored record does not decode (or a record does not encode).
+    #[error("stored record is not valid: {0}")]
+    Codec(#[from] serde_json::Error),
+    /// The task does not exist.
+    #[error("task {0} not found")]
+    TaskNotFound(TaskId),
+    /// The task already ended; terminal records never change.
+    #[error("task {0} has already finished")]
+    TaskFinished(TaskId),
+    /// The database's lock stayed held for the whole wait: another live process uses it.
+    #[error(
+        "database {path} is in use by another process (its lock stayed held for {waited_ms} ms)"
+    )]
+    Locked {
+        /// The database directory.
+        path: String,
+        /// How long opening waited for the lock.
+        waited_ms: u128,
+    },
+    /// The writer's queue (or the readers' pool) stayed full for the whole wait: nothing was
+    /// done; try again shortly.
+    #[error("storage is busy; nothing was written, try again shortly")]
+    Busy,
+    /// The request was queued but its answer did not come in time: it may or may not have been
+    /// written (an idempotent retry finds out).
+    #[error("storage did not answer within {0:?}; the write may or may not have happened")]
+    AnswerTimeout(Duration),
+    /// The group the write belonged to could not be committed: nothing of it was written.
+    #[error("storage commit failed: {0}")]
+    Commit(String),
+    /// The writer or a reader went away (the service is stopping, or a job panicked).
+    #[error("storage is shut down or dropped the request")]
+    Closed,
+}
+
+impl StoreError {
+    /// Whether this is the store pushing back (busy or slow) rather than a fault: what the HTTP
+    /// edge answers with 503 and `Retry-After`.
+    pub fn is_overload(&self) -> bool {
+        matches!(self, Self::Busy | Self::AnswerTimeout(_))
+    }
+
+    /// The stable code the HTTP edge answers: `STORE_BUSY` (503, nothing written, retry),
+    /// `STORE_TIMEOUT` (503, outcome unknown: retry idempotently) or `INTERNAL`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Busy => "STORE_BUSY",
+            Self::AnswerTimeout(_) => "STORE_TIMEOUT",
+            _ => "INTERNAL",
+        }
+    }
+}
+
+/// Why a client's action on a task was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskActionError {
+    /// No such task.
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    /// The task is not in a status the action applies to.
+    #[error("task {id} is {status:?}; this needs a task that is {expected}")]
+    WrongStatus {
+        /// The task.
+        id: TaskId,
+        /// Its status.
+        status: TaskStatus,
+        /// What the action needs.
+        expected: &'static str,
+    },
+    /// The task already ended.
+    #[error("task {0} has already finished")]
+    Finished(TaskId),
+    /// Durable state could not be read or written (or the store pushed back).
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl TaskActionError {
+    /// The stable code the ingress answers with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "TASK_NOT_FOUND",
+            Self::WrongStatus { .. } => "INVALID_TASK_STATUS",
+            Self::Finished(_) => "TASK_FINISHED",
+            Self::Store(inner) if inner.is_overload() => inner.code(),
+            Self::Store(_) => "STORE_FAILED",
+        }
+    }
+}
+
+impl From<StoreError> for TaskActionError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::TaskNotFound(id) => Self::NotFound(id),
+            other => Self::Store(other),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Why an ops request failed, with the stable code the ingress answers.
+
+use crate::model::errors::StoreError;
+
+/// Why an ops operation failed. Each variant has a stable code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OpsError {
+    /// No such app in `ops.yaml`.
+    #[error("no app `{0}` in ops.yaml")]
+    UnknownApp(String),
+    /// The commit does not exist in the app's repository.
+    #[error("{0}")]
+    UnknownCommit(String),
+    /// The app's verify did not pass on the commit.
+    #[error("{0}")]
+    VerifyFailed(String),
+    /// A command is denied to the Uplink personas.
+    #[error("command denied by rule `{rule}`: {command}")]
+    Denied {
+        /// The deny rule that matched.
+        rule: String,
+        /// The command.
+        command: String,
+    },
+    /// A provider command failed or timed out.
+    #[error("{0}")]
+    Provider(String),
+    /// The app has no release to go back to.
+    #[error("{0}")]
+    NoRelease(String),
+    /// The operation does not apply to this provider.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Another deploy or action holds the app.
+    #[error("app `{0}` is busy with another deploy or action")]
+    Busy(String),
+    /// Too many deploys wait for the app.
+    #[error("app `{0}` has too many deploys waiting")]
+    QueueFull(String),
+    /// No such record.
+    #[error("{0}")]
+    NotFound(String),
+    /// The record is not in a state that allows this.
+    #[error("{0}")]
+    InvalidState(String),
+    /// An Uplink persona could not be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Durable state could not be read or written.
+    #[error("{0}")]
+    Store(String),
+    /// The file system refused.
+    #[error("{0}")]
+    Io(String),
+    /// The paying account cannot cover the price; nothing was created.
+    #[error("{0}")]
+    InsufficientFunds(String),
+    /// The paying account does not exist.
+    #[error("{0}")]
+    UnknownAccount(String),
+    /// The ledger refused for another reason.
+    #[error("{message}")]
+    Ledger {
+        /// The ledger's code.
+        code: &'static str,
+        /// Its message.
+        message: String,
+    },
+}
+
+impl OpsError {
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownApp(_) => "UNKNOWN_APP",
+            Self::UnknownCommit(_) => "UNKNOWN_COMMIT",
+            Self::VerifyFailed(_) => "VERIFY_FAILED",
+            Self::Denied { .. } => "COMMAND_DENIED",
+            Self::Provider(_) => "PROVIDER_FAILED",
+            Self::NoRelease(_) => "NO_RELEASE",
+            Self::Unsupported(_) => "UNSUPPORTED",
+            Self::Busy(_) => "APP_BUSY",
+            Self::QueueFull(_) => "DEPLOY_QUEUE_FULL",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::InvalidState(_) => "INVALID_STATE",
+            Self::Unavailable(_) => "PERSONA_UNAVAILABLE",
+            Self::Store(_) => "STORE_FAILED",
+            Self::Io(_) => "IO_FAILED",
+            Self::InsufficientFunds(_) => "INSUFFICIENT_FUNDS",
+            Self::UnknownAccount(_) => "ACCOUNT_NOT_FOUND",
+            Self::Ledger { code, .. } => code,
+        }
+    }
+
+    /// The error as recorded on a deploy.
+    pub fn to_info(&self) -> crate::model::task::ErrorInfo {
+        crate::model::task::ErrorInfo::new(self.code(), self.to_string())
+    }
+}
+
+impl From<StoreError> for OpsError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error.to_string())
+    }
+}
+
+impl From<std::io::Error> for OpsError {
+    fn from(error: std::io::Error) -> Self {
+        Self::Io(error.to_string())
+    }
+}

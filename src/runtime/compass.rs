@@ -1,0 +1,52 @@
+//! Compass's mailbox, as the rest of the service sees it: the ingress and intake hand it tasks
+//! and task actions; [`crate::actors::compass`] implements it.
+
+use ractor::RpcReplyPort;
+
+use crate::model::errors::TaskActionError;
+use crate::model::task::{Task, TaskId};
+
+/// Compass's messages.
+pub enum CompassMsg {
+    /// A task was persisted by the ingress; queue it.
+    TaskSubmitted(TaskId),
+    /// A client acts on a task (cancel, approve, reject, retry); replies with the task after.
+    Act {
+        /// Which task.
+        task_id: TaskId,
+        /// What to do.
+        action: TaskAction,
+        /// The task after the action, or why it was refused.
+        reply: RpcReplyPort<Result<Task, TaskActionError>>,
+    },
+    /// A persona's restart backoff elapsed.
+    RestartPersona(&'static str),
+    /// A `failed` persona's cooldown (`supervision.revive_after_secs`) elapsed: try it again.
+    RevivePersona(&'static str),
+    /// A pipeline's restart backoff elapsed.
+    RestartPipeline(TaskId),
+    /// A pipeline could not start; handled like a crash.
+    PipelineStartFailed(TaskId, String),
+}
+
+/// What a client can do to a task through Compass.
+#[derive(Debug, Clone)]
+pub enum TaskAction {
+    /// End it `cancelled` (killing whatever runs for it).
+    Cancel,
+    /// Pass its approval gate.
+    Approve {
+        /// The reviewer's note.
+        comment: Option<String>,
+    },
+    /// Refuse its work at the gate (it ends `cancelled`).
+    Reject {
+        /// The reviewer's note.
+        comment: Option<String>,
+    },
+    /// Re-queue a failed or dead-lettered task, with the budget reserved for its new round.
+    Retry {
+        /// The new reservation's transfer id, if one was made.
+        reservation: Option<String>,
+    },
+}

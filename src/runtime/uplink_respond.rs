@@ -1,0 +1,100 @@
+//! Uplink-Respond's mailbox and its typed clients: Uplink-Watch, Uplink-Deploy and the ingress hand
+//! it signals and decisions only through these; [`crate::actors::uplink_respond`] implements them.
+
+use std::time::Duration;
+
+use ractor::{ActorRef, RpcReplyPort};
+
+use crate::model::ops::error::OpsError;
+use crate::model::ops::records::{Incident, Signal};
+use crate::runtime::Services;
+
+/// How long a signal's sender waits for Uplink-Respond (lookup and answer).
+const SIGNAL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Uplink-Respond's messages.
+pub enum UplinkRespondMsg {
+    /// The name of the first runbook whose `match.signal` is this signal, if any.
+    MatchSignal {
+        /// The signal name (`health_check_failed`, ...).
+        signal: String,
+        /// The runbook's name.
+        reply: RpcReplyPort<Option<String>>,
+    },
+    /// Signals to open incidents for (or attach to open ones); replies with their incident ids.
+    Signals {
+        /// The signals.
+        signals: Vec<Signal>,
+        /// The incident of each signal, in order.
+        reply: Option<RpcReplyPort<Result<Vec<String>, OpsError>>>,
+    },
+    /// A human approves (or rejects) the gated step an incident waits at.
+    Decide {
+        /// The incident.
+        id: String,
+        /// Approve or reject.
+        approve: bool,
+        /// The incident after.
+        reply: RpcReplyPort<Result<Incident, OpsError>>,
+    },
+    /// A response job ended.
+    ResponseDone {
+        /// The incident.
+        id: String,
+        /// Why the job failed, if it did.
+        error: Option<String>,
+    },
+}
+
+/// Hands signals to the current Uplink-Respond and returns their incidents' ids (empty when it
+/// cannot be reached in time: the failure is logged, the sender goes on).
+pub async fn send_signals(services: &Services, signals: Vec<Signal>) -> Vec<String> {
+    match call_signals(services, signals).await {
+        Ok(ids) => ids,
+        Err(error) => {
+            tracing::error!(%error, "a signal did not reach uplink-respond");
+            Vec::new()
+        }
+    }
+}
+
+/// Hands signals to the current Uplink-Respond; `Err` says why they did not arrive.
+pub async fn call_signals(
+    services: &Services,
+    signals: Vec<Signal>,
+) -> Result<Vec<String>, OpsError> {
+    let actor = current(services).await?;
+    let call = actor.call(
+        |reply| UplinkRespondMsg::Signals {
+            signals: signals.clone(),
+            reply: Some(reply),
+        },
+        Some(SIGNAL_CALL_TIMEOUT),
+    );
+    crate::runtime::flatten_call("uplink-respond", call.await)
+}
+
+/// Asks the current Uplink-Respond to approve or reject an incident's gated step.
+pub async fn call_decide(
+    services: &Services,
+    id: &str,
+    approve: bool,
+) -> Result<Incident, OpsError> {
+    let actor = current(services).await?;
+    let id = id.to_owned();
+    let call = actor.call(
+        |reply| UplinkRespondMsg::Decide {
+            id: id.clone(),
+            approve,
+            reply,
+        },
+        Some(SIGNAL_CALL_TIMEOUT),
+    );
+    crate::runtime::flatten_call("uplink-respond", call.await)
+}
+
+/// The current Uplink-Respond incarnation.
+async fn current(services: &Services) -> Result<ActorRef<UplinkRespondMsg>, OpsError> {
+    crate::runtime::current_persona(&services.directory, "uplink-respond", SIGNAL_CALL_TIMEOUT)
+        .await
+}
