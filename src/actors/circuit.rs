@@ -4,9 +4,11 @@
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use uuid::Uuid;
 
+use crate::model::persona::Persona;
 use crate::model::task::branch_name;
 use crate::model::task::{EngineSpec, Stage, Task, TaskId};
 use crate::platform::git::Git;
+use crate::runtime::directory::PersonaMailbox;
 use crate::runtime::jobs::{InFlightJobs, JobKey, JobReply, StageError};
 use crate::runtime::Services;
 use crate::work::engine::{self, RunIdentity, ShellRun};
@@ -59,6 +61,10 @@ pub enum CircuitMsg {
     CancelTask(TaskId),
 }
 
+impl PersonaMailbox for CircuitMsg {
+    const PERSONA: Persona = Persona::Circuit;
+}
+
 impl Actor for Circuit {
     type Msg = CircuitMsg;
     type State = CircuitState;
@@ -109,7 +115,7 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
     let config = &services.config.engines;
     let who = RunIdentity {
         task_id: task.id,
-        persona: "circuit",
+        persona: Persona::Circuit,
         stage: Stage::Verify,
         attempt: task.attempts,
     };
@@ -125,7 +131,7 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
             ],
             timeout: engine::capped_timeout(
                 &task,
-                services.engine_timeout("circuit", config.verify_timeout_secs),
+                services.engine_timeout(Persona::Circuit, config.verify_timeout_secs),
             )?,
             output_bytes_max: config.output_bytes_max,
             instance: services.instance(),
@@ -146,9 +152,10 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
         ));
     }
     let feedback_max = config.feedback_bytes_max;
-    if let (true, EngineSpec::Openai { provider }) =
-        (run.succeeded(), services.engine_for(&task, "circuit"))
-    {
+    if let (true, EngineSpec::Openai { provider }) = (
+        run.succeeded(),
+        services.engine_for(&task, Persona::Circuit),
+    ) {
         if let Some(reasons) = judge(&services, &task, &provider, &output).await? {
             return Ok(VerifyOutcome {
                 passed: false,
@@ -193,11 +200,11 @@ async fn judge(
     );
     let who = RunIdentity {
         task_id: task.id,
-        persona: "circuit",
+        persona: Persona::Circuit,
         stage: Stage::Verify,
         attempt: task.attempts,
     };
-    let system = services.definitions.system_prompt("circuit");
+    let system = services.definitions.system_prompt(Persona::Circuit);
     let answer = engine::run_model(
         services,
         &who,

@@ -20,8 +20,8 @@ use super::planner::{Planner, PlannerArguments, PlannerMsg};
 use super::uplink_deploy::{UplinkDeploy, UplinkDeployArguments};
 use super::uplink_respond::{UplinkRespond, UplinkRespondArguments};
 use super::uplink_watch::{UplinkWatch, UplinkWatchArguments};
-use crate::config::definitions::PERSONAS;
 use crate::model::errors::TaskActionError;
+use crate::model::persona::Persona;
 use crate::model::task::{Priority, Task, TaskId, TaskStatus};
 use crate::platform::metrics;
 use crate::runtime::compass::{CompassMsg, TaskAction};
@@ -58,7 +58,7 @@ struct PipelineSlot {
 /// Compass's state.
 pub struct CompassState {
     services: Services,
-    personas: BTreeMap<&'static str, PersonaSlot>,
+    personas: BTreeMap<Persona, PersonaSlot>,
     pipelines: HashMap<TaskId, PipelineSlot>,
     /// Tasks waiting for a slot: ordered by priority, then by id (UUID v7: age).
     queue: BTreeSet<(Priority, TaskId)>,
@@ -83,7 +83,7 @@ impl Actor for Compass {
     ) -> Result<Self::State, ActorProcessingErr> {
         let services = args.services;
         services.directory.set(
-            entry("compass", None, ActorHealth::Running, 0),
+            entry(Persona::Compass.name(), None, ActorHealth::Running, 0),
             Some(myself.get_cell()),
         );
         let mut state = CompassState {
@@ -95,10 +95,10 @@ impl Actor for Compass {
             blocked: BTreeSet::new(),
             admission_pending: false,
         };
-        for name in PERSONAS.iter().copied().filter(|name| *name != "compass") {
+        for name in Persona::ALL.into_iter().filter(|p| *p != Persona::Compass) {
             let cell = spawn_persona(name, &myself, &state.services).await?;
             state.services.directory.set(
-                entry(name, Some("compass"), ActorHealth::Running, 0),
+                entry(name.name(), PARENT, ActorHealth::Running, 0),
                 Some(cell.clone()),
             );
             state.personas.insert(
@@ -243,6 +243,9 @@ impl Actor for Compass {
     }
 }
 
+/// Every persona and pipeline reports to Compass.
+const PARENT: Option<&str> = Some(Persona::Compass.name());
+
 fn entry(name: &str, parent: Option<&str>, status: ActorHealth, restarts: u32) -> ActorEntry {
     ActorEntry {
         name: name.to_owned(),
@@ -253,30 +256,36 @@ fn entry(name: &str, parent: Option<&str>, status: ActorHealth, restarts: u32) -
 }
 
 async fn spawn_persona(
-    name: &'static str,
+    name: Persona,
     compass: &ActorRef<CompassMsg>,
     services: &Services,
 ) -> Result<ActorCell, ractor::SpawnErr> {
     let supervisor = compass.get_cell();
     let services = services.clone();
     let cell = match name {
-        "ledger" => Actor::spawn_linked(None, Ledger, LedgerArguments { services }, supervisor)
+        Persona::Ledger => {
+            Actor::spawn_linked(None, Ledger, LedgerArguments { services }, supervisor)
+                .await?
+                .0
+                .get_cell()
+        }
+        Persona::Planner => {
+            Actor::spawn_linked(None, Planner, PlannerArguments { services }, supervisor)
+                .await?
+                .0
+                .get_cell()
+        }
+        Persona::Patch => Actor::spawn_linked(None, Patch, PatchArguments { services }, supervisor)
             .await?
             .0
             .get_cell(),
-        "planner" => Actor::spawn_linked(None, Planner, PlannerArguments { services }, supervisor)
-            .await?
-            .0
-            .get_cell(),
-        "patch" => Actor::spawn_linked(None, Patch, PatchArguments { services }, supervisor)
-            .await?
-            .0
-            .get_cell(),
-        "circuit" => Actor::spawn_linked(None, Circuit, CircuitArguments { services }, supervisor)
-            .await?
-            .0
-            .get_cell(),
-        "uplink-deploy" => Actor::spawn_linked(
+        Persona::Circuit => {
+            Actor::spawn_linked(None, Circuit, CircuitArguments { services }, supervisor)
+                .await?
+                .0
+                .get_cell()
+        }
+        Persona::UplinkDeploy => Actor::spawn_linked(
             None,
             UplinkDeploy,
             UplinkDeployArguments { services },
@@ -285,7 +294,7 @@ async fn spawn_persona(
         .await?
         .0
         .get_cell(),
-        "uplink-watch" => Actor::spawn_linked(
+        Persona::UplinkWatch => Actor::spawn_linked(
             None,
             UplinkWatch,
             UplinkWatchArguments { services },
@@ -294,7 +303,7 @@ async fn spawn_persona(
         .await?
         .0
         .get_cell(),
-        "uplink-respond" => Actor::spawn_linked(
+        Persona::UplinkRespond => Actor::spawn_linked(
             None,
             UplinkRespond,
             UplinkRespondArguments { services },
@@ -303,9 +312,9 @@ async fn spawn_persona(
         .await?
         .0
         .get_cell(),
-        other => {
+        Persona::Compass => {
             return Err(ractor::SpawnErr::StartupFailed(
-                format!("unknown persona {other}").into(),
+                "compass is the root; it does not spawn itself".into(),
             ))
         }
     };
@@ -313,7 +322,7 @@ async fn spawn_persona(
 }
 
 async fn record_service_event(state: &CompassState, kind: &'static str, data: serde_json::Value) {
-    let event = NewEvent::new("compass", kind, data);
+    let event = NewEvent::new(Persona::Compass, kind, data);
     if let Err(error) = state
         .services
         .store
@@ -327,11 +336,11 @@ async fn record_service_event(state: &CompassState, kind: &'static str, data: se
 async fn on_persona_exit(
     myself: &ActorRef<CompassMsg>,
     state: &mut CompassState,
-    name: &'static str,
+    name: Persona,
     reason: String,
 ) {
     let policy = state.services.config.supervision.clone();
-    let Some(slot) = state.personas.get_mut(name) else {
+    let Some(slot) = state.personas.get_mut(&name) else {
         return;
     };
     slot.cell = None;
@@ -339,9 +348,9 @@ async fn on_persona_exit(
     let restarts = slot.history.total();
     match decision {
         RestartDecision::RestartAfter(delay) => {
-            tracing::warn!(persona = name, %reason, ?delay, "persona exited; restarting");
+            tracing::warn!(persona = %name, %reason, ?delay, "persona exited; restarting");
             state.services.directory.set(
-                entry(name, Some("compass"), ActorHealth::Restarting, restarts),
+                entry(name.name(), PARENT, ActorHealth::Restarting, restarts),
                 None,
             );
             myself.send_after(delay, move || CompassMsg::RestartPersona(name));
@@ -349,10 +358,10 @@ async fn on_persona_exit(
             record_service_event(state, "actor.crashed", data).await;
         }
         RestartDecision::GiveUp => {
-            tracing::error!(persona = name, %reason, "persona crashed past its restart limit; marked failed");
-            metrics::actor_failed(name);
+            tracing::error!(persona = %name, %reason, "persona crashed past its restart limit; marked failed");
+            metrics::actor_failed(name.name());
             state.services.directory.set(
-                entry(name, Some("compass"), ActorHealth::Failed, restarts),
+                entry(name.name(), PARENT, ActorHealth::Failed, restarts),
                 None,
             );
             let revive_after = policy.revive_after_secs;
@@ -369,41 +378,33 @@ async fn on_persona_exit(
 
 /// Tries a `failed` persona again with a fresh restart budget (a dependency it needed may be
 /// back); if it fails again it is `failed` again, until the next cooldown.
-async fn revive_persona(
-    myself: &ActorRef<CompassMsg>,
-    state: &mut CompassState,
-    name: &'static str,
-) {
-    let Some(slot) = state.personas.get_mut(name) else {
+async fn revive_persona(myself: &ActorRef<CompassMsg>, state: &mut CompassState, name: Persona) {
+    let Some(slot) = state.personas.get_mut(&name) else {
         return;
     };
     if slot.cell.is_some() {
         return;
     }
     slot.history.forgive();
-    tracing::warn!(persona = name, "reviving a failed persona");
+    tracing::warn!(persona = %name, "reviving a failed persona");
     record_service_event(state, "actor.reviving", json!({"actor": name})).await;
     restart_persona(myself, state, name).await;
 }
 
-async fn restart_persona(
-    myself: &ActorRef<CompassMsg>,
-    state: &mut CompassState,
-    name: &'static str,
-) {
+async fn restart_persona(myself: &ActorRef<CompassMsg>, state: &mut CompassState, name: Persona) {
     match spawn_persona(name, myself, &state.services).await {
         Ok(cell) => {
-            let Some(slot) = state.personas.get_mut(name) else {
+            let Some(slot) = state.personas.get_mut(&name) else {
                 return;
             };
             slot.cell = Some(cell.clone());
             let restarts = slot.history.total();
             state.services.directory.set(
-                entry(name, Some("compass"), ActorHealth::Running, restarts),
+                entry(name.name(), PARENT, ActorHealth::Running, restarts),
                 Some(cell),
             );
-            tracing::info!(persona = name, restarts, "persona restarted");
-            metrics::actor_restarted(name);
+            tracing::info!(persona = %name, restarts, "persona restarted");
+            metrics::actor_restarted(name.name());
             record_service_event(
                 state,
                 "actor.restarted",
@@ -414,7 +415,7 @@ async fn restart_persona(
                 if let Some(cell) = &slot.cell {
                     let pipeline: ActorRef<PipelineMsg> = cell.clone().into();
                     let _ = pipeline.cast(PipelineMsg::PersonaRestarted {
-                        persona: name.to_owned(),
+                        persona: name,
                         restarts,
                     });
                 }
@@ -548,13 +549,13 @@ async fn start_pipeline(myself: &ActorRef<CompassMsg>, state: &mut CompassState,
         Ok((actor, _)) => {
             slot.cell = Some(actor.get_cell());
             state.services.directory.set(
-                entry(&name, Some("compass"), ActorHealth::Running, restarts),
+                entry(&name, PARENT, ActorHealth::Running, restarts),
                 Some(actor.get_cell()),
             );
             if restarts > 0 {
                 metrics::actor_restarted("pipeline");
                 let event = NewEvent::new(
-                    "compass",
+                    Persona::Compass,
                     "actor.restarted",
                     json!({"actor": name, "restarts": restarts}),
                 );
@@ -598,7 +599,7 @@ async fn on_pipeline_exit(
         RestartDecision::RestartAfter(delay) => {
             tracing::warn!(task = %task_id, %reason, ?delay, "pipeline exited; restarting from its persisted state");
             let restarts = slot.history.total();
-            let health = entry(&name, Some("compass"), ActorHealth::Restarting, restarts);
+            let health = entry(&name, PARENT, ActorHealth::Restarting, restarts);
             state.services.directory.set(health, None);
             myself.send_after(delay, move || CompassMsg::RestartPipeline(task_id));
         }
@@ -629,14 +630,14 @@ fn settle_later(services: &Services, task_id: TaskId) {
             Err(error) => {
                 tracing::warn!(task = %task_id, %error, "could not settle a task's budget");
                 let data = json!({"reservation": task.reservation, "error": error.to_string()});
-                let event = NewEvent::new("compass", "ledger.settle_failed", data);
+                let event = NewEvent::new(Persona::Compass, "ledger.settle_failed", data);
                 let _ = services.store.append_event(task_id, event).await;
                 return;
             }
         };
         if let Err(error) = services
             .store
-            .mark_settled(task_id, NewEvent::new("compass", kind, data))
+            .mark_settled(task_id, NewEvent::new(Persona::Compass, kind, data))
             .await
         {
             tracing::error!(task = %task_id, %error, "could not record a settlement");
@@ -710,19 +711,19 @@ async fn cancel(
         }
     }
     // After the pipeline has been told, so its call ends as cancelled work, not as a crash.
-    for persona in ["planner", "patch", "circuit"] {
+    for persona in [Persona::Planner, Persona::Patch, Persona::Circuit] {
         let Some(cell) = state
             .personas
-            .get(persona)
+            .get(&persona)
             .and_then(|slot| slot.cell.clone())
         else {
             continue;
         };
         let _ = match persona {
-            "planner" => ActorRef::<PlannerMsg>::from(cell)
+            Persona::Planner => ActorRef::<PlannerMsg>::from(cell)
                 .cast(PlannerMsg::CancelTask(task_id))
                 .map_err(drop),
-            "patch" => ActorRef::<PatchMsg>::from(cell)
+            Persona::Patch => ActorRef::<PatchMsg>::from(cell)
                 .cast(PatchMsg::CancelTask(task_id))
                 .map_err(drop),
             _ => ActorRef::<CircuitMsg>::from(cell)

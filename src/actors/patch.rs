@@ -8,9 +8,11 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use crate::model::persona::Persona;
 use crate::model::task::{branch_name, Delivery, EngineRun, EngineSpec, Stage, Task, TaskId};
 use crate::platform::git::{self, DeliverError, DeliverStep, Git};
 use crate::platform::prompt;
+use crate::runtime::directory::PersonaMailbox;
 use crate::runtime::jobs::{InFlightJobs, JobKey, JobReply, StageError};
 use crate::runtime::Services;
 use crate::work::engine::{self, RunIdentity, ShellRun};
@@ -81,6 +83,10 @@ pub enum PatchMsg {
     },
     /// Abort everything running for a task (its engine's process group is killed).
     CancelTask(TaskId),
+}
+
+impl PersonaMailbox for PatchMsg {
+    const PERSONA: Persona = Persona::Patch;
 }
 
 impl Actor for Patch {
@@ -168,11 +174,11 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
 
     let who = RunIdentity {
         task_id: task.id,
-        persona: "patch",
+        persona: Persona::Patch,
         stage: Stage::Implement,
         attempt: task.attempts,
     };
-    let failure = match services.engine_for(&task, "patch") {
+    let failure = match services.engine_for(&task, Persona::Patch) {
         EngineSpec::Openai { provider } => {
             edit_with_model(&services, &task, &who, &provider, &worktree_path).await?
         }
@@ -316,7 +322,7 @@ async fn edit_with_model(
     provider: &str,
     worktree: &Path,
 ) -> Result<Option<String>, StageError> {
-    let system = services.definitions.system_prompt("patch");
+    let system = services.definitions.system_prompt(Persona::Patch);
     let feedback = task.feedback.as_deref().filter(|_| task.attempts > 1);
     let prompt = prompt::build("", task, feedback) + EDITS_FORMAT;
     let answer = engine::run_model(
@@ -413,7 +419,7 @@ async fn run_engine(
             engine::record_builtin(services, who, format!("wrote {relative}\n"), started).await
         }
         EngineSpec::Shell { command } => {
-            let system_prompt = services.definitions.system_prompt("patch");
+            let system_prompt = services.definitions.system_prompt(Persona::Patch);
             let feedback = task.feedback.as_deref().filter(|_| task.attempts > 1);
             let files = prompt::write_files(
                 &services.prompt_dir(task.id),
@@ -433,7 +439,7 @@ async fn run_engine(
                     env: prompt::engine_env(task, task.attempts, &files),
                     timeout: engine::capped_timeout(
                         task,
-                        services.engine_timeout("patch", config.timeout_secs),
+                        services.engine_timeout(Persona::Patch, config.timeout_secs),
                     )?,
                     output_bytes_max: config.output_bytes_max,
                     instance: services.instance(),

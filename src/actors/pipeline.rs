@@ -16,6 +16,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::circuit::{CircuitMsg, VerifyOutcome};
 use super::patch::{ImplementOutcome, PatchMsg};
 use super::planner::PlannerMsg;
+use crate::model::persona::Persona;
 use crate::model::task::branch_name;
 use crate::model::task::{ErrorInfo, Plan, Stage, Task, TaskId, TaskStatus};
 use crate::platform::git::DeliverStep;
@@ -74,14 +75,14 @@ pub enum PipelineMsg {
     /// A persona was restarted; if it held this task's request, that is worth an event.
     PersonaRestarted {
         /// The persona.
-        persona: String,
+        persona: Persona,
         /// Its restart count.
         restarts: u32,
     },
 }
 
 struct InFlightStage {
-    persona: &'static str,
+    persona: Persona,
     /// Dropping it aborts the stage's persona call.
     _work: AbortOnDropHandle<()>,
 }
@@ -253,7 +254,6 @@ async fn advance(
         match stage {
             Stage::Plan => call_persona(
                 &directory,
-                persona,
                 limits,
                 |reply| PlannerMsg::Plan {
                     task: boxed(),
@@ -265,7 +265,6 @@ async fn advance(
             .map(StageOutcome::Planned),
             Stage::Implement => call_persona(
                 &directory,
-                persona,
                 limits,
                 |reply| PatchMsg::Implement {
                     task: boxed(),
@@ -277,7 +276,6 @@ async fn advance(
             .map(StageOutcome::Implemented),
             Stage::Verify => call_persona(
                 &directory,
-                persona,
                 limits,
                 |reply| CircuitMsg::Verify {
                     task: boxed(),
@@ -289,7 +287,6 @@ async fn advance(
             .map(StageOutcome::Verified),
             Stage::Deliver | Stage::Approve => call_persona(
                 &directory,
-                persona,
                 limits,
                 |reply| PatchMsg::Deliver {
                     task: boxed(),
@@ -325,12 +322,12 @@ async fn advance(
 }
 
 /// The persona that runs a stage; `None` for the human gate.
-pub fn persona_of(stage: Stage) -> Option<&'static str> {
+pub fn persona_of(stage: Stage) -> Option<Persona> {
     match stage {
-        Stage::Plan => Some("planner"),
-        Stage::Implement | Stage::Deliver => Some("patch"),
-        Stage::Verify => Some("circuit"),
-        Stage::Deploy => Some("uplink-deploy"),
+        Stage::Plan => Some(Persona::Planner),
+        Stage::Implement | Stage::Deliver => Some(Persona::Patch),
+        Stage::Verify => Some(Persona::Circuit),
+        Stage::Deploy => Some(Persona::UplinkDeploy),
         Stage::Approve => None,
     }
 }
@@ -696,7 +693,7 @@ async fn end_task(
 
 async fn note_restart(
     state: &PipelineState,
-    persona: String,
+    persona: Persona,
     restarts: u32,
 ) -> Result<(), StoreError> {
     let holds_request = state

@@ -4,10 +4,12 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use crate::model::persona::Persona;
 use crate::model::task::branch_name;
 use crate::model::task::{EngineSpec, Plan, Stage, Task, TaskId};
 use crate::platform::git::Git;
 use crate::platform::prompt;
+use crate::runtime::directory::PersonaMailbox;
 use crate::runtime::jobs::{InFlightJobs, JobKey, JobReply, StageError};
 use crate::runtime::Services;
 use crate::work::engine::{self, RunIdentity, ShellRun};
@@ -47,6 +49,10 @@ pub enum PlannerMsg {
     },
     /// Abort everything running for a task.
     CancelTask(TaskId),
+}
+
+impl PersonaMailbox for PlannerMsg {
+    const PERSONA: Persona = Persona::Planner;
 }
 
 impl Actor for Planner {
@@ -102,11 +108,11 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
         .await?;
     let who = RunIdentity {
         task_id: task.id,
-        persona: "planner",
+        persona: Persona::Planner,
         stage: Stage::Plan,
         attempt: 0,
     };
-    match services.engine_for(&task, "planner") {
+    match services.engine_for(&task, Persona::Planner) {
         EngineSpec::Openai { provider } => {
             plan_with_model(&services, &task, &who, &provider, &history).await
         }
@@ -119,7 +125,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
             Ok(plan)
         }
         EngineSpec::Shell { command } => {
-            let system_prompt = services.definitions.system_prompt("planner");
+            let system_prompt = services.definitions.system_prompt(Persona::Planner);
             let files = prompt::write_files(
                 &services.prompt_dir(task.id),
                 "plan",
@@ -143,7 +149,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
                     env: prompt::engine_env(&task, 0, &files),
                     timeout: engine::capped_timeout(
                         &task,
-                        services.engine_timeout("planner", config.timeout_secs),
+                        services.engine_timeout(Persona::Planner, config.timeout_secs),
                     )?,
                     output_bytes_max: config.output_bytes_max,
                     instance: services.instance(),
@@ -184,7 +190,7 @@ async fn plan_with_model(
     provider: &str,
     history: &[Task],
 ) -> Result<Plan, StageError> {
-    let system = services.definitions.system_prompt("planner");
+    let system = services.definitions.system_prompt(Persona::Planner);
     let prompt = prompt::build("", task, None) + &prompt::history_section(history) + PLAN_FORMAT;
     let max_tokens = task.budget.max_tokens;
     let answer = engine::run_model(services, who, provider, system, &prompt, max_tokens).await?;

@@ -13,6 +13,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{DeployRecord, DeployStatus, Signal};
 use crate::model::ops::spec::{AppSpec, ProviderKind};
+use crate::model::persona::Persona;
 use crate::runtime::jobs::spawn_job;
 use crate::runtime::uplink_deploy::{AppAction, UplinkDeployMsg};
 use crate::runtime::uplink_respond::send_signals;
@@ -65,7 +66,7 @@ impl Actor for UplinkDeploy {
         Ok(UplinkDeployState {
             provider: ProviderContext::for_persona(
                 &services,
-                "uplink-deploy",
+                Persona::UplinkDeploy,
                 Arc::new(LocalRuntime::default()),
             ),
             services,

@@ -15,6 +15,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{Incident, IncidentStatus, Signal};
+use crate::model::persona::Persona;
 use crate::runtime::jobs::spawn_job;
 use crate::runtime::uplink_respond::UplinkRespondMsg;
 use crate::runtime::Services;
@@ -61,7 +62,7 @@ impl Actor for UplinkRespond {
         let ops = OpsStore::new(&services.store);
         let provider = ProviderContext::for_persona(
             &services,
-            "uplink-respond",
+            Persona::UplinkRespond,
             Arc::new(LocalRuntime::default()),
         );
         Ok(UplinkRespondState {

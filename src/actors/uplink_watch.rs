@@ -14,6 +14,8 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::model::ops::records::{CheckResult, Signal};
 use crate::model::ops::spec::{CheckKind, CheckSpec};
+use crate::model::persona::Persona;
+use crate::runtime::directory::PersonaMailbox;
 use crate::runtime::jobs::spawn_job;
 use crate::runtime::uplink_respond::send_signals;
 use crate::runtime::Services;
@@ -80,6 +82,10 @@ pub enum UplinkWatchMsg {
     },
 }
 
+impl PersonaMailbox for UplinkWatchMsg {
+    const PERSONA: Persona = Persona::UplinkWatch;
+}
+
 impl Actor for UplinkWatch {
     type Msg = UplinkWatchMsg;
     type State = UplinkWatchState;
@@ -112,7 +118,7 @@ impl Actor for UplinkWatch {
         let scratch = services.config.storage.data_dir.join("tmp").join("watch");
         let provider = ProviderContext::for_persona(
             &services,
-            "uplink-watch",
+            Persona::UplinkWatch,
             Arc::new(LocalRuntime::default()),
         )
         .confined(&services, vec![scratch, PathBuf::from("/dev")]);

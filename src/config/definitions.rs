@@ -10,18 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::PathsConfig;
-
-/// Every persona of the tree, in the order they are started.
-pub const PERSONAS: [&str; 8] = [
-    "compass",
-    "ledger",
-    "planner",
-    "patch",
-    "circuit",
-    "uplink-deploy",
-    "uplink-watch",
-    "uplink-respond",
-];
+use crate::model::persona::Persona;
 
 const BUILTIN_PERSONAS: [(&str, &str); 8] = [
     ("compass.md", include_str!("../../actors/compass.md")),
@@ -127,8 +116,8 @@ pub use crate::model::ops::spec::{OpsFile, Runbook};
 /// Everything loaded from the data folders.
 #[derive(Debug, Clone)]
 pub struct Definitions {
-    /// Personas by name; always all of [`PERSONAS`].
-    pub personas: BTreeMap<String, PersonaDefinition>,
+    /// Personas; always all of [`Persona::ALL`].
+    pub personas: BTreeMap<Persona, PersonaDefinition>,
     /// Runbooks in file-name order.
     pub runbooks: Vec<Runbook>,
     /// Ops targets.
@@ -146,52 +135,63 @@ impl Definitions {
     }
 
     /// A persona's tool rules (an unknown persona may run nothing).
-    pub fn tool_rules(&self, persona: &str) -> ToolRules {
+    pub fn tool_rules(&self, persona: Persona) -> ToolRules {
         self.personas
-            .get(persona)
+            .get(&persona)
             .map(|p| p.front.tools.clone())
             .unwrap_or_default()
     }
 
     /// The environment variables a persona's commands may receive.
-    pub fn env_allowed(&self, persona: &str) -> &[String] {
+    pub fn env_allowed(&self, persona: Persona) -> &[String] {
         self.personas
-            .get(persona)
+            .get(&persona)
             .map(|p| p.front.env.as_slice())
             .unwrap_or(&[])
     }
 
     /// The system prompt of a persona (empty for an unknown name).
-    pub fn system_prompt(&self, persona: &str) -> &str {
+    pub fn system_prompt(&self, persona: Persona) -> &str {
         self.personas
-            .get(persona)
+            .get(&persona)
             .map(|p| p.system_prompt.as_str())
             .unwrap_or("")
     }
 }
 
-fn load_personas(dir: &Path) -> Result<BTreeMap<String, PersonaDefinition>, DefinitionError> {
+fn load_personas(dir: &Path) -> Result<BTreeMap<Persona, PersonaDefinition>, DefinitionError> {
     let mut personas = BTreeMap::new();
     for (file, text) in BUILTIN_PERSONAS {
-        let persona = parse_persona(&format!("builtin:actors/{file}"), text)?;
-        personas.insert(persona.front.name.clone(), persona);
+        let source = format!("builtin:actors/{file}");
+        let persona = parse_persona(&source, text)?;
+        let name = persona
+            .front
+            .name
+            .parse::<Persona>()
+            .map_err(|e| DefinitionError::Invalid {
+                path: source,
+                reason: e.to_string(),
+            })?;
+        personas.insert(name, persona);
     }
     for path in files_with_extension(dir, "md")? {
         let text = read(&path)?;
         let source = path.display().to_string();
         let persona = parse_persona(&source, &text)?;
         let expected = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-        if persona.front.name != expected || !PERSONAS.contains(&expected) {
+        let name = Persona::from_name(expected).filter(|_| persona.front.name == expected);
+        let Some(name) = name else {
+            let names: Vec<&str> = Persona::ALL.iter().map(|p| p.name()).collect();
             return Err(DefinitionError::Invalid {
                 path: source,
                 reason: format!(
                     "line 2: name `{}` must match the file name and be one of {}",
                     persona.front.name,
-                    PERSONAS.join(", ")
+                    names.join(", ")
                 ),
             });
-        }
-        personas.insert(persona.front.name.clone(), persona);
+        };
+        personas.insert(name, persona);
     }
     Ok(personas)
 }
@@ -297,8 +297,8 @@ mod tests {
     fn builtin_personas_all_parse() {
         let dir = tempfile::tempdir().unwrap();
         let personas = load_personas(dir.path()).unwrap();
-        assert_eq!(personas.len(), PERSONAS.len());
-        assert!(!personas["patch"].system_prompt.is_empty());
+        assert_eq!(personas.len(), Persona::ALL.len());
+        assert!(!personas[&Persona::Patch].system_prompt.is_empty());
     }
 
     #[test]
@@ -318,6 +318,6 @@ mod tests {
         })
         .unwrap();
         assert!(!definitions.runbooks.is_empty());
-        assert_eq!(definitions.personas.len(), PERSONAS.len());
+        assert_eq!(definitions.personas.len(), Persona::ALL.len());
     }
 }

@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::config::definitions::PERSONAS;
+use crate::model::persona::Persona;
 use crate::model::task::{EngineRun, Stage, TaskId};
 
 /// Longest account or transfer id, in bytes: ids are sled keys and URL path segments.
@@ -60,8 +60,12 @@ pub fn builtin_accounts(config: &LedgerConfig) -> Vec<NewAccount> {
         account(MINT_ACCOUNT.to_owned(), AccountKind::System, true),
         account(REVENUE_ACCOUNT.to_owned(), AccountKind::System, false),
     ];
-    for persona in PERSONAS {
-        accounts.push(account(agent_account(persona), AccountKind::Agent, false));
+    for persona in Persona::ALL {
+        accounts.push(account(
+            agent_account(persona.name()),
+            AccountKind::Agent,
+            false,
+        ));
     }
     accounts.push(account(
         config.local_account.clone(),

@@ -4,9 +4,11 @@
 //! - [`errors`]: the store's failures, shared by every layer that reports them.
 //! - [`task`]: tasks, events and engine runs, as stored and as served.
 //! - [`ledger`]: the token books' accounts, transfers, rate card and their validation.
+//! - [`persona`]: the personas of the tree, by name.
 //! - [`ops`]: what `ops.yaml` and runbooks say, and what ops records.
 
 pub mod errors;
 pub mod ledger;
 pub mod ops;
+pub mod persona;
 pub mod task;

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::model::persona::Persona;
+
 /// A task's identity: a UUID v7, so ids sort by creation time and double as "age" in the queue.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
@@ -476,11 +478,11 @@ impl Task {
 
     /// The engine `persona` uses for this task: the task's override, else the persona's default
     /// (`persona_default`, from its `actors/` front matter: `builtin` or `openai:<provider>`).
-    pub fn engine_for(&self, persona: &str, persona_default: &str) -> EngineSpec {
+    pub fn engine_for(&self, persona: Persona, persona_default: &str) -> EngineSpec {
         let chosen = match persona {
-            "planner" => self.engines.planner.clone(),
-            "patch" => self.engines.patch.clone(),
-            "circuit" => self.engines.circuit.clone(),
+            Persona::Planner => self.engines.planner.clone(),
+            Persona::Patch => self.engines.patch.clone(),
+            Persona::Circuit => self.engines.circuit.clone(),
             _ => None,
         };
         chosen.unwrap_or_else(|| match persona_default.strip_prefix("openai:") {

@@ -4,7 +4,9 @@
 use ractor::RpcReplyPort;
 
 use crate::model::errors::TaskActionError;
+use crate::model::persona::Persona;
 use crate::model::task::{Task, TaskId};
+use crate::runtime::directory::PersonaMailbox;
 
 /// Compass's messages.
 pub enum CompassMsg {
@@ -20,9 +22,9 @@ pub enum CompassMsg {
         reply: RpcReplyPort<Result<Task, TaskActionError>>,
     },
     /// A persona's restart backoff elapsed.
-    RestartPersona(&'static str),
+    RestartPersona(Persona),
     /// A `failed` persona's cooldown (`supervision.revive_after_secs`) elapsed: try it again.
-    RevivePersona(&'static str),
+    RevivePersona(Persona),
     /// A pipeline's restart backoff elapsed.
     RestartPipeline(TaskId),
     /// A pipeline could not start; handled like a crash.
@@ -49,4 +51,8 @@ pub enum TaskAction {
         /// The new reservation's transfer id, if one was made.
         reservation: Option<String>,
     },
+}
+
+impl PersonaMailbox for CompassMsg {
+    const PERSONA: Persona = Persona::Compass;
 }

@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use ractor::{ActorCell, ActorId, ActorStatus};
+use ractor::{ActorCell, ActorId, ActorRef, ActorStatus, Message};
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use crate::model::persona::Persona;
 
 /// How often a caller waiting for a restarting persona looks again.
 const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(25);
@@ -43,6 +45,13 @@ struct Slot {
     entry: ActorEntry,
     /// The current incarnation; replaced on every restart.
     cell: Option<ActorCell>,
+}
+
+/// A persona's mailbox: ties the message type to the persona that reads it, so a lookup by type
+/// cannot hand a caller the wrong actor (a mismatch does not compile).
+pub trait PersonaMailbox: Message {
+    /// The persona whose mailbox this is.
+    const PERSONA: Persona;
 }
 
 /// A persona could not be reached.
@@ -178,21 +187,22 @@ impl ActorDirectory {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The current incarnation of `name` if it is running; waits (bounded) while it restarts.
+    /// The current incarnation of the persona reading `M`, if it is running; waits (bounded)
+    /// while it restarts.
     ///
     /// `replacing` is an incarnation known to be dead (it dropped a request): the wait goes on
     /// until the supervisor has put a new one in its place.
-    pub async fn wait_for(
+    pub async fn persona<M: PersonaMailbox>(
         &self,
-        name: &str,
         wait_max: Duration,
         replacing: Option<ActorId>,
-    ) -> Result<ActorCell, LookupError> {
+    ) -> Result<ActorRef<M>, LookupError> {
+        let name = M::PERSONA.name();
         let deadline = Instant::now() + wait_max;
         loop {
             if let Some(cell) = self.running_cell(name)? {
                 if Some(cell.get_id()) != replacing {
-                    return Ok(cell);
+                    return Ok(cell.into());
                 }
             }
             if Instant::now() >= deadline {

@@ -15,7 +15,7 @@ use ractor::rpc::CallResult;
 use ractor::{ActorRef, Message, RpcReplyPort};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::directory::{ActorDirectory, LookupError};
+use super::directory::{ActorDirectory, LookupError, PersonaMailbox};
 use crate::model::task::{ErrorInfo, Stage, TaskId};
 use crate::platform::git::GitError;
 use crate::storage::store::StoreError;
@@ -298,37 +298,36 @@ pub struct CallLimits {
     pub tries_max: u32,
 }
 
-/// Asks `persona` for a job, retrying when the persona dies mid-request.
+/// Asks the persona reading `M` for a job, retrying when the persona dies mid-request.
 ///
 /// `on_retry` is told each time a request was lost to a crash, before it is sent again.
 pub async fn call_persona<M, T>(
     directory: &ActorDirectory,
-    persona: &str,
     limits: CallLimits,
     request: impl Fn(JobReply<T>) -> M,
     mut on_retry: impl FnMut(u32),
 ) -> Result<T, StageError>
 where
-    M: Message,
+    M: PersonaMailbox,
     T: Send + 'static,
 {
+    let persona = M::PERSONA;
     let mut lost_to = None;
     for try_number in 1..=limits.tries_max {
-        let cell = directory
-            .wait_for(persona, limits.restart_wait, lost_to)
+        let actor: ActorRef<M> = directory
+            .persona(limits.restart_wait, lost_to)
             .await
             .map_err(|error| match error {
                 LookupError::Failed(_) | LookupError::NotBack(..) => {
                     StageError::PersonaUnavailable(format!("persona {error}"))
                 }
             })?;
-        lost_to = Some(cell.get_id());
-        let actor: ActorRef<M> = cell.into();
+        lost_to = Some(actor.get_id());
         match actor.call(&request, Some(limits.timeout)).await {
             Ok(CallResult::Success(result)) => return result,
             Ok(CallResult::Timeout) => {
                 return Err(StageError::PersonaTimeout {
-                    persona: persona.to_owned(),
+                    persona: persona.name().to_owned(),
                     seconds: limits.timeout.as_secs(),
                 })
             }

@@ -9,7 +9,8 @@ use ractor::{ActorRef, RpcReplyPort};
 use crate::model::ledger::{
     Account, Applied, Audit, LedgerError, NewAccount, NewTransfer, Settle, Transfer,
 };
-use crate::runtime::directory::ActorDirectory;
+use crate::model::persona::Persona;
+use crate::runtime::directory::{ActorDirectory, PersonaMailbox};
 
 /// How long a caller waits for a restarting Ledger to come back.
 pub const LEDGER_RESTART_WAIT: Duration = Duration::from_secs(5);
@@ -58,11 +59,10 @@ pub async fn ask<T: Send + 'static>(
     directory: &ActorDirectory,
     request: impl FnOnce(LedgerReply<T>) -> LedgerMsg,
 ) -> Result<T, LedgerError> {
-    let cell = directory
-        .wait_for("ledger", LEDGER_RESTART_WAIT, None)
+    let ledger: ActorRef<LedgerMsg> = directory
+        .persona(LEDGER_RESTART_WAIT, None)
         .await
         .map_err(|error| LedgerError::Unavailable(format!("persona {error}")))?;
-    let ledger: ActorRef<LedgerMsg> = cell.into();
     match ledger.call(request, Some(LEDGER_CALL_TIMEOUT)).await {
         Ok(CallResult::Success(result)) => result,
         Ok(CallResult::Timeout) => Err(LedgerError::Unavailable(format!(
@@ -128,4 +128,8 @@ async fn settle(
 /// Audits the books (consistent: it runs between two writes).
 pub async fn audit(directory: &ActorDirectory) -> Result<Audit, LedgerError> {
     ask(directory, LedgerMsg::Audit).await
+}
+
+impl PersonaMailbox for LedgerMsg {
+    const PERSONA: Persona = Persona::Ledger;
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use crate::config::definitions::Definitions;
 use crate::config::Config;
 use crate::model::ops::error::OpsError;
+use crate::model::persona::Persona;
 use crate::model::task::TaskId;
 use crate::storage::store::Store;
 use directory::ActorDirectory;
@@ -55,23 +56,23 @@ impl Services {
     pub fn engine_for(
         &self,
         task: &crate::model::task::Task,
-        persona: &str,
+        persona: Persona,
     ) -> crate::model::task::EngineSpec {
         let default = self
             .definitions
             .personas
-            .get(persona)
+            .get(&persona)
             .map(|p| p.front.engine.as_str())
             .unwrap_or("builtin");
         task.engine_for(persona, default)
     }
 
     /// A persona's engine timeout: its `timeout_secs` from `actors/`, else the configured one.
-    pub fn engine_timeout(&self, persona: &str, configured_secs: u64) -> std::time::Duration {
+    pub fn engine_timeout(&self, persona: Persona, configured_secs: u64) -> std::time::Duration {
         let secs = self
             .definitions
             .personas
-            .get(persona)
+            .get(&persona)
             .and_then(|p| p.front.timeout_secs)
             .unwrap_or(configured_secs);
         std::time::Duration::from_secs(secs)
@@ -102,25 +103,25 @@ impl Services {
     }
 }
 
-/// The current incarnation of Uplink persona `name`, waiting (bounded) for one that restarts.
-pub async fn current_persona<M: ractor::Message>(
-    directory: &directory::ActorDirectory,
-    name: &str,
+/// The current incarnation of the Uplink persona reading `M`, waiting (bounded) for one that
+/// restarts.
+pub async fn current_persona<M: directory::PersonaMailbox>(
+    directory: &ActorDirectory,
     wait: std::time::Duration,
 ) -> Result<ractor::ActorRef<M>, OpsError> {
-    let cell = directory
-        .wait_for(name, wait, None)
+    directory
+        .persona(wait, None)
         .await
-        .map_err(|e| OpsError::Unavailable(e.to_string()))?;
-    Ok(cell.into())
+        .map_err(|e| OpsError::Unavailable(e.to_string()))
 }
 
-/// Flattens a call to persona `name`: its answer, or `Unavailable` saying why there was none.
-pub fn flatten_call<T, M>(
-    name: &str,
+/// Flattens a call to the persona reading `M`: its answer, or `Unavailable` saying why there was
+/// none.
+pub fn flatten_call<T, M: directory::PersonaMailbox>(
     result: Result<ractor::rpc::CallResult<Result<T, OpsError>>, ractor::MessagingErr<M>>,
 ) -> Result<T, OpsError> {
     use ractor::rpc::CallResult;
+    let name = M::PERSONA;
     match result {
         Ok(CallResult::Success(outcome)) => outcome,
         Ok(CallResult::Timeout) => Err(OpsError::Unavailable(format!(

@@ -9,6 +9,8 @@ use ractor::{ActorRef, RpcReplyPort};
 
 use crate::model::ops::error::OpsError;
 use crate::model::ops::records::DeployRecord;
+use crate::model::persona::Persona;
+use crate::runtime::directory::PersonaMailbox;
 
 /// How long a caller looks for a restarting Uplink-Deploy.
 pub const PERSONA_WAIT: Duration = Duration::from_secs(10);
@@ -101,12 +103,16 @@ pub async fn act(
 pub async fn current(
     directory: &crate::runtime::directory::ActorDirectory,
 ) -> Result<ActorRef<UplinkDeployMsg>, OpsError> {
-    crate::runtime::current_persona(directory, "uplink-deploy", PERSONA_WAIT).await
+    crate::runtime::current_persona(directory, PERSONA_WAIT).await
 }
 
 /// Flattens a call to Uplink-Deploy.
 pub fn unwrap_call<T>(
     result: Result<CallResult<Result<T, OpsError>>, ractor::MessagingErr<UplinkDeployMsg>>,
 ) -> Result<T, OpsError> {
-    crate::runtime::flatten_call("uplink-deploy", result)
+    crate::runtime::flatten_call(result)
+}
+
+impl PersonaMailbox for UplinkDeployMsg {
+    const PERSONA: Persona = Persona::UplinkDeploy;
 }

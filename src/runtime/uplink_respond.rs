@@ -7,6 +7,8 @@ use ractor::{ActorRef, RpcReplyPort};
 
 use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{Incident, Signal};
+use crate::model::persona::Persona;
+use crate::runtime::directory::PersonaMailbox;
 use crate::runtime::Services;
 
 /// How long a signal's sender waits for Uplink-Respond (lookup and answer).
@@ -71,7 +73,7 @@ pub async fn call_signals(
         },
         Some(SIGNAL_CALL_TIMEOUT),
     );
-    crate::runtime::flatten_call("uplink-respond", call.await)
+    crate::runtime::flatten_call(call.await)
 }
 
 /// Asks the current Uplink-Respond to approve or reject an incident's gated step.
@@ -90,11 +92,14 @@ pub async fn call_decide(
         },
         Some(SIGNAL_CALL_TIMEOUT),
     );
-    crate::runtime::flatten_call("uplink-respond", call.await)
+    crate::runtime::flatten_call(call.await)
 }
 
 /// The current Uplink-Respond incarnation.
 async fn current(services: &Services) -> Result<ActorRef<UplinkRespondMsg>, OpsError> {
-    crate::runtime::current_persona(&services.directory, "uplink-respond", SIGNAL_CALL_TIMEOUT)
-        .await
+    crate::runtime::current_persona(&services.directory, SIGNAL_CALL_TIMEOUT).await
+}
+
+impl PersonaMailbox for UplinkRespondMsg {
+    const PERSONA: Persona = Persona::UplinkRespond;
 }

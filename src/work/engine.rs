@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use uuid::Uuid;
 
+use crate::model::persona::Persona;
 use crate::model::task::{
     CapturedOutput, EngineRun, Plan, PlanStep, RunStatus, Stage, Task, TaskId,
 };
@@ -26,7 +27,7 @@ pub struct RunIdentity {
     /// The task.
     pub task_id: TaskId,
     /// `planner`, `patch`, `circuit`, ...
-    pub persona: &'static str,
+    pub persona: Persona,
     /// The stage.
     pub stage: Stage,
     /// The attempt (0 for plan).
@@ -59,7 +60,7 @@ impl RunIdentity {
         EngineRun {
             id: Uuid::now_v7(),
             task_id: self.task_id,
-            persona: self.persona.to_owned(),
+            persona: self.persona.name().to_owned(),
             engine: engine.to_owned(),
             stage: self.stage,
             attempt: self.attempt,
@@ -158,7 +159,7 @@ pub async fn run_shell(
     run: ShellRun,
 ) -> Result<EngineRun, StageError> {
     let rules = services.definitions.tool_rules(who.persona);
-    executor::check(&run.command, who.persona, &rules)
+    executor::check(&run.command, who.persona.name(), &rules)
         .map_err(|denied| StageError::ToolDenied(denied.to_string()))?;
     let temp_dir = services.temp_dir(who.task_id);
     tokio::fs::create_dir_all(&temp_dir).await?;
@@ -226,7 +227,7 @@ async fn writable_dirs(services: &Services, cwd: &Path, temp_dir: &Path) -> Vec<
 
 /// The environment a governed command starts from: the basics ([`executor::ENV_PASSED`]) and
 /// the variables its persona's `env` allows — nothing else of the service's environment.
-pub(crate) fn governed_env(services: &Services, persona: &str) -> Vec<(String, String)> {
+pub(crate) fn governed_env(services: &Services, persona: Persona) -> Vec<(String, String)> {
     let allowed = services
         .definitions
         .env_allowed(persona)
@@ -331,7 +332,7 @@ pub async fn record_builtin(
     let record = EngineRun {
         id: Uuid::now_v7(),
         task_id: who.task_id,
-        persona: who.persona.to_owned(),
+        persona: who.persona.name().to_owned(),
         engine: "builtin".into(),
         stage: who.stage,
         attempt: who.attempt,

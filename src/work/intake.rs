@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use crate::model::ledger::LedgerError;
+use crate::model::persona::Persona;
 use crate::model::task::{
     CausedBy, Delivery, EngineOverrides, EngineSpec, Priority, ReviewPolicy, Stage, Task,
     TaskBudget, TaskId, TaskStatus,
@@ -259,7 +260,7 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
     let patch_default = services
         .definitions
         .personas
-        .get("patch")
+        .get(&Persona::Patch)
         .and_then(|p| p.front.max_attempts);
     let max_attempts = request
         .max_attempts
@@ -401,13 +402,13 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
 /// a model), never a second command: its command is the task's `verify`.
 fn check_engines(services: &Services, engines: &EngineOverrides) -> Result<(), IntakeError> {
     let all = [
-        ("planner", &engines.planner),
-        ("patch", &engines.patch),
-        ("circuit", &engines.circuit),
+        (Persona::Planner, &engines.planner),
+        (Persona::Patch, &engines.patch),
+        (Persona::Circuit, &engines.circuit),
     ];
     for (persona, spec) in all {
         match spec {
-            Some(EngineSpec::Shell { .. }) if persona == "circuit" => {
+            Some(EngineSpec::Shell { .. }) if persona == Persona::Circuit => {
                 return Err(IntakeError::InvalidField(
                     "engines.circuit must be builtin or openai: its command is `verify`".into(),
                 ));

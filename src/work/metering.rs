@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::model::ledger::{
     agent_account, AccountKind, Applied, LedgerError, NewAccount, NewTransfer, TransferStatus,
 };
+use crate::model::persona::Persona;
 use crate::model::task::{EngineRun, Task, TaskId};
 use crate::runtime::directory::ActorDirectory;
 use crate::runtime::ledger as ledger_actor;
@@ -117,7 +118,7 @@ pub async fn charge_run(services: &Services, run: &EngineRun) {
 async fn charge_failed(services: &Services, run: &EngineRun, amount: u64, error: LedgerError) {
     tracing::error!(%error, run = %run.id, "could not charge an engine run");
     let data = json!({"run_id": run.id, "amount": amount, "error": error.to_string()});
-    let event = NewEvent::new("ledger", "ledger.charge_failed", data);
+    let event = NewEvent::new(Persona::Ledger, "ledger.charge_failed", data);
     let _ = services.store.append_event(run.task_id, event).await;
 }
 

@@ -6,6 +6,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::model::errors::TaskActionError;
+use crate::model::persona::Persona;
 use crate::model::task::branch_name;
 use crate::model::task::{ErrorInfo, Stage, Task, TaskId, TaskStatus};
 use crate::platform::git::Git;
@@ -69,7 +70,11 @@ pub async fn evaluate_blocked(services: &Services, task: &Task) -> Result<Readin
         }
     }
     if unfinished.is_empty() {
-        let event = NewEvent::new("compass", "task.unblocked", json!({"deps": task.deps}));
+        let event = NewEvent::new(
+            Persona::Compass,
+            "task.unblocked",
+            json!({"deps": task.deps}),
+        );
         services
             .store
             .update_task(task.id, &[event], |t| {
@@ -103,7 +108,7 @@ async fn fail_for_dependency(
 ) -> Result<(), StoreError> {
     let error = ErrorInfo::new("DEPENDENCY_FAILED", reason);
     let event = NewEvent::new(
-        "compass",
+        Persona::Compass,
         "task.finished",
         json!({"status": TaskStatus::Failed, "error": error, "dependency": dep}),
     );
@@ -134,13 +139,13 @@ pub async fn approve(
     .await?;
     let next = task.stage_after(Stage::Approve);
     let mut events = vec![NewEvent::new(
-        "compass",
+        Persona::Compass,
         "task.approved",
         json!({"comment": comment}),
     )];
     if next.is_none() {
         events.push(NewEvent::new(
-            "compass",
+            Persona::Compass,
             "task.finished",
             json!({"status": TaskStatus::Done}),
         ));
@@ -175,9 +180,13 @@ pub async fn reject(
     )
     .await?;
     let events = [
-        NewEvent::new("compass", "task.rejected", json!({"comment": comment})),
         NewEvent::new(
-            "compass",
+            Persona::Compass,
+            "task.rejected",
+            json!({"comment": comment}),
+        ),
+        NewEvent::new(
+            Persona::Compass,
             "task.finished",
             json!({"status": TaskStatus::Cancelled}),
         ),
@@ -196,7 +205,7 @@ pub async fn reject(
 /// Ends a task that has not finished as `cancelled`.
 pub async fn cancel(services: &Services, id: TaskId) -> Result<Task, TaskActionError> {
     let event = NewEvent::new(
-        "compass",
+        Persona::Compass,
         "task.finished",
         json!({"status": TaskStatus::Cancelled}),
     );
@@ -231,7 +240,7 @@ pub async fn retry(
     let restart_attempts = matches!(task.stage, Some(Stage::Implement | Stage::Verify));
     let blocked = task.stage.is_none() && !task.deps.is_empty();
     let event = NewEvent::new(
-        "compass",
+        Persona::Compass,
         "task.retried",
         json!({"previous_error": task.error}),
     );
@@ -274,12 +283,12 @@ pub async fn give_up_pipeline(
     );
     let events = [
         NewEvent::new(
-            "compass",
+            Persona::Compass,
             "task.escalated",
             json!({"to": "human", "code": error.code}),
         ),
         NewEvent::new(
-            "compass",
+            Persona::Compass,
             "task.finished",
             json!({"status": TaskStatus::DeadLetter, "error": error}),
         ),

@@ -21,6 +21,7 @@ use crate::model::ledger::{agent_account, LedgerError, NewTransfer, TransferStat
 use crate::model::ops::error::OpsError;
 use crate::model::ops::records::DeployRecord;
 use crate::model::ops::spec::AppSpec;
+use crate::model::persona::Persona;
 use crate::runtime::ledger as ledger_actor;
 use crate::runtime::Services;
 use crate::storage::ledger::Book;
@@ -37,7 +38,7 @@ pub const CODE_WATCH_COMMANDS: u16 = 22;
 pub const CODE_RESPONSE_COMMANDS: u16 = 23;
 
 /// The persona ops work is paid to.
-const PAYEE: &str = "uplink-deploy";
+const PAYEE: Persona = Persona::UplinkDeploy;
 
 /// The id of a deploy's price reservation.
 pub fn deploy_reservation(deploy: &str) -> String {
@@ -73,7 +74,7 @@ pub async fn reserve_deploy(services: &Services, record: &DeployRecord) -> Resul
     let mut reservation = NewTransfer::reserve(
         &deploy_reservation(&record.id),
         account,
-        &agent_account(PAYEE),
+        &agent_account(PAYEE.name()),
         price,
         CODE_DEPLOY,
         None,
@@ -168,7 +169,7 @@ struct CommandCharge<'a> {
     /// Who pays.
     account: &'a str,
     /// The persona paid (`agent:<payee>`).
-    payee: &'a str,
+    payee: Persona,
     /// The transfer code.
     code: u16,
     /// Started seconds of the commands.
@@ -184,7 +185,7 @@ impl CommandCharge<'_> {
         if amount == 0 {
             return Ok(());
         }
-        let payee = agent_account(self.payee);
+        let payee = agent_account(self.payee.name());
         let mut charge = NewTransfer::posted(self.id, self.account, &payee, amount, self.code);
         charge.memo = Some(self.memo);
         ledger_actor::transfer(&services.directory, charge)
@@ -215,7 +216,7 @@ pub async fn charge_watch(
     CommandCharge {
         id: &format!("watch:{app}:{}", uuid::Uuid::now_v7()),
         account: &account,
-        payee: "uplink-watch",
+        payee: Persona::UplinkWatch,
         code: CODE_WATCH_COMMANDS,
         seconds,
         memo: format!("checks of {app}: {seconds} command seconds"),
@@ -241,7 +242,7 @@ pub async fn charge_response(services: &Services, ops: &OpsStore, id: &str, seco
     let charged = CommandCharge {
         id: &format!("respond:{id}:{}", uuid::Uuid::now_v7()),
         account: &account,
-        payee: "uplink-respond",
+        payee: Persona::UplinkRespond,
         code: CODE_RESPONSE_COMMANDS,
         seconds,
         memo: format!(

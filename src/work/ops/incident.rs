@@ -472,13 +472,8 @@ async fn create_task(
         .apps
         .get(&incident.app)
         .ok_or_else(|| OpsError::UnknownApp(incident.app.clone()))?;
-    let cell = ctx
-        .services
-        .directory
-        .wait_for("compass", PERSONA_WAIT, None)
-        .await
-        .map_err(|e| OpsError::Unavailable(e.to_string()))?;
-    let compass: ractor::ActorRef<CompassMsg> = cell.into();
+    let compass: ractor::ActorRef<CompassMsg> =
+        crate::runtime::current_persona(&ctx.services.directory, PERSONA_WAIT).await?;
     let first = incident.signals.first();
     let signal = first.map_or("signal", |s| s.signal.as_str());
     let request = SubmitTaskRequest {

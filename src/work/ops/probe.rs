@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use super::provider::{self, ProviderContext};
-use crate::config::definitions::PERSONAS;
 use crate::model::ledger::{agent_account, REVENUE_ACCOUNT};
 use crate::model::ops::records::{CheckResult, HealthResult, Probe};
 use crate::model::ops::spec::{AppSpec, CheckKind, CheckSpec, HealthSpec};
+use crate::model::persona::Persona;
 use crate::storage::ledger::{Book, HISTORY_LIMIT_MAX};
 use crate::storage::store::Store;
 
@@ -288,9 +288,9 @@ async fn cost_check_at(
 /// The accounts spending lands in: every persona's `agent:<persona>` (engine runs are charged
 /// there) and `system:revenue`.
 fn spend_accounts() -> impl Iterator<Item = String> {
-    PERSONAS
-        .iter()
-        .map(|persona| agent_account(persona))
+    Persona::ALL
+        .into_iter()
+        .map(|persona| agent_account(persona.name()))
         .chain(std::iter::once(REVENUE_ACCOUNT.to_owned()))
 }
 
@@ -359,7 +359,13 @@ mod tests {
     /// Charges `amount` to Patch's agent account at `at`, as an engine run's charge would be.
     async fn charge(book: &Books, id: &str, amount: u64, at: DateTime<Utc>) {
         use crate::model::ledger::{NewTransfer, MINT_ACCOUNT};
-        let transfer = NewTransfer::posted(id, MINT_ACCOUNT, &agent_account("patch"), amount, 9);
+        let transfer = NewTransfer::posted(
+            id,
+            MINT_ACCOUNT,
+            &agent_account(Persona::Patch.name()),
+            amount,
+            9,
+        );
         book.apply_transfer(&transfer, at).await.unwrap();
     }
 

@@ -14,6 +14,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::{check_allowed, OpsError, DETAIL_BYTES_MAX, OUTPUT_BYTES_MAX};
 use crate::config::definitions::ToolRules;
 use crate::model::ops::spec::{AppSpec, CommandSpecs, FlySpec, LocalSpec, OpsFile, ProviderKind};
+use crate::model::persona::Persona;
 use crate::platform::executor::Redactor;
 use crate::platform::process::{self, CommandOutput, CommandSpec, INSTANCE_VARIABLE};
 use crate::runtime::Services;
@@ -78,12 +79,12 @@ pub struct Confinement {
 
 impl ProviderContext {
     /// The context of `persona`'s commands.
-    pub fn for_persona(services: &Services, persona: &str, runtime: Arc<LocalRuntime>) -> Self {
+    pub fn for_persona(services: &Services, persona: Persona, runtime: Arc<LocalRuntime>) -> Self {
         Self {
             data_dir: services.config.storage.data_dir.clone(),
             instance: services.instance(),
             ops: Arc::new(services.definitions.ops.clone()),
-            persona: persona.to_owned(),
+            persona: persona.name().to_owned(),
             rules: services.definitions.tool_rules(persona),
             env: crate::work::engine::governed_env(services, persona),
             redactor: services.redactor.clone(),
