@@ -126,3 +126,56 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// Response descriptions shared by many operations, so one error reads the same everywhere.
+/// Codes and wording follow `docs/api.md`.
+pub mod describe {
+    /// 400 of a handler that parses a JSON body.
+    pub const INVALID_JSON: &str = "`INVALID_JSON`: the body is not JSON, empty, or unreadable.";
+    /// 413 of a handler that reads its body through `JsonBody`.
+    pub const PAYLOAD_TOO_LARGE: &str =
+        "`PAYLOAD_TOO_LARGE`: the body is over `server.body_bytes_max` (1 MiB).";
+    /// 500 of any handler that reads or writes storage.
+    pub const INTERNAL: &str =
+        "`INTERNAL`: storage failure or bug; the cause is only in the service log.";
+    /// 404 of `/v1/tasks/{id}...`.
+    pub const TASK_NOT_FOUND: &str = "`TASK_NOT_FOUND`: unknown id, or not a UUID.";
+    /// 503 of the task actions, which are calls to Compass.
+    pub const COMPASS_UNAVAILABLE: &str =
+        "`COMPASS_UNAVAILABLE`: Compass did not answer within 10 s.";
+    /// 409 of task approve and reject.
+    pub const INVALID_TASK_STATUS_GATE: &str =
+        "`INVALID_TASK_STATUS`: the task is not `awaiting_approval`.";
+    /// 422 of the optional `{comment}` bodies.
+    pub const INVALID_COMMENT: &str =
+        "`INVALID_FIELD`: unknown field, wrong type, or a comment over 4096 bytes.";
+    /// 503 of the ledger writes, which are calls to the Ledger actor.
+    pub const LEDGER_UNAVAILABLE: &str = "`PERSONA_UNAVAILABLE`: the Ledger is down or did not \
+        answer within 10 s; retry with the same id.";
+    /// 404 of an unknown account.
+    pub const ACCOUNT_NOT_FOUND: &str = "`ACCOUNT_NOT_FOUND`: unknown account.";
+    /// 404 of an unknown transfer.
+    pub const TRANSFER_NOT_FOUND: &str = "`TRANSFER_NOT_FOUND`: unknown transfer.";
+    /// 409 of post and void.
+    pub const NOT_PENDING: &str = "`TRANSFER_NOT_PENDING` (already posted or voided), \
+        `TRANSFER_EXPIRED` (past its timeout; it has been released).";
+    /// 503 of the ops writes, which are calls to the Uplink personas.
+    pub const UPLINK_UNAVAILABLE: &str =
+        "`PERSONA_UNAVAILABLE`: the Uplink persona is down or did not answer within 10 s.";
+    /// 422 of the ops lists, whose query string is typed.
+    pub const BAD_QUERY: &str =
+        "`INVALID_FIELD`: a `limit` that is not a non-negative integer (or \
+        an unknown `status`).";
+    /// 503 of the event streams.
+    pub const TOO_MANY_STREAMS: &str = "`TOO_MANY_STREAMS`: 256 event streams are open, or the \
+        service is stopping.";
+    /// 404 of an unknown deploy.
+    pub const DEPLOY_NOT_FOUND: &str = "`DEPLOY_NOT_FOUND`: unknown deploy.";
+    /// 409 of deploy approve and reject.
+    pub const DEPLOY_NOT_AWAITING: &str = "`INVALID_STATE`: the deploy is not `awaiting_approval`.";
+    /// 404 of an unknown incident.
+    pub const INCIDENT_NOT_FOUND: &str = "`INCIDENT_NOT_FOUND`: unknown incident.";
+    /// 409 of incident approve and reject.
+    pub const INCIDENT_NOT_AWAITING: &str =
+        "`INVALID_STATE`: the incident does not wait at a gated step.";
+}

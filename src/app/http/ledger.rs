@@ -14,9 +14,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::json::{JsonBody, QueryParams};
-use super::openapi::describe;
 use super::AppState;
 use crate::model::ledger::{
     Account, AccountView, Applied, Audit, HistoryPage, LedgerError, NewAccount, NewTransfer,

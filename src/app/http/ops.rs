@@ -13,9 +13,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
+use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::json::{parse, JsonBody, QueryParams, RawBody};
-use super::openapi::describe;
 use super::AppState;
 use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{DeployRecord, Incident, IncidentStatus, LIST_LIMIT_MAX};

@@ -8,8 +8,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::error::describe;
 use super::error::{ApiError, ErrorBody};
-use super::openapi::describe;
 use super::AppState;
 use crate::model::task::{Stage, Task, TaskId, TaskStatus};
 

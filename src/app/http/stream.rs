@@ -27,9 +27,9 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::json::QueryParams;
-use super::openapi::describe;
 use super::AppState;
 use crate::model::task::{Event, Task, TaskId};
 use crate::storage::store::Store;

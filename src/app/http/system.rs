@@ -6,8 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use super::error::describe;
 use super::error::{ApiError, ErrorBody};
-use super::openapi::describe;
 use super::AppState;
 use crate::model::task::TaskId;
 

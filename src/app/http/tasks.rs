@@ -13,9 +13,9 @@ use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
+use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::json::{JsonBody, QueryParams, RawBody};
-use super::openapi::describe;
 use super::AppState;
 use crate::model::errors::TaskActionError;
 use crate::model::ledger::LedgerError;

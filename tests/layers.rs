@@ -1,0 +1,429 @@
+//! The layering rule, read from the source the way the OpenAPI test reads the router: every file
+//! under `src/` belongs to the layer named by its first folder, and may only import from its own
+//! layer or the ones below it; no modules import each other in a circle; the bottom layers use no
+//! runtime crates. Also: every file `docs/ARCHITECTURE.md` names exists, and every layer is named.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The layers, bottom first. A file in layer N may import layers 0..=N.
+const LAYERS: [&str; 8] = [
+    "model", "config", "platform", "storage", "runtime", "work", "actors", "app",
+];
+
+/// Crates a layer must not name: the vocabulary and the configuration stay plain data.
+const FORBIDDEN_CRATES: [(&str, &[&str]); 2] = [
+    ("model", &["tokio", "sled", "ractor", "axum", "reqwest"]),
+    ("config", &["tokio", "sled", "ractor", "axum", "reqwest"]),
+];
+
+/// One module's source, as the checks see it.
+struct Module {
+    /// `src/`-relative file, for messages.
+    file: String,
+    /// The code without comments and without its trailing `#[cfg(test)]` module.
+    code: String,
+}
+
+fn rank(module: &str) -> Option<usize> {
+    let top = module.split("::").next()?;
+    LAYERS.iter().position(|layer| *layer == top)
+}
+
+/// Code only: line comments (doc comments included) removed, and the `#[cfg(test)] mod tests`
+/// at the end cut off (tests may reach wherever they need).
+fn code_only(text: &str) -> String {
+    let mut code = String::with_capacity(text.len());
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("//") {
+            continue;
+        }
+        code.push_str(line);
+        code.push('\n');
+    }
+    if let Some(at) = code.find("#[cfg(test)]\nmod tests") {
+        code.truncate(at);
+    }
+    code
+}
+
+/// Every `src/**/*.rs` except the crate roots and test-only files, by module path.
+fn read_modules(src: &Path) -> BTreeMap<String, Module> {
+    fn walk(dir: &Path, files: &mut Vec<PathBuf>) {
+        let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, files);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(src, &mut files);
+    let mut modules = BTreeMap::new();
+    for path in files {
+        let relative = path
+            .strip_prefix(src)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        if relative == "lib.rs" || relative == "main.rs" || relative.ends_with("/tests.rs") {
+            continue;
+        }
+        let without_ext = relative.trim_end_matches(".rs");
+        let module = without_ext.trim_end_matches("/mod").replace('/', "::");
+        let text = std::fs::read_to_string(&path).unwrap();
+        modules.insert(
+            module,
+            Module {
+                file: format!("src/{relative}"),
+                code: code_only(&text),
+            },
+        );
+    }
+    modules
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// The paths a `crate::`/`super::` reference at the start of `rest` names, with `{a, b::{c}}`
+/// groups expanded.
+fn expand(prefix: &str, rest: &str, out: &mut Vec<String>) {
+    let mut path = prefix.to_owned();
+    let mut chars = rest.char_indices().peekable();
+    while let Some(&(i, c)) = chars.peek() {
+        if is_ident(c) || c == ':' {
+            path.push(c);
+            chars.next();
+        } else if c == '{' {
+            // A group: split its items at top-level commas.
+            let mut depth = 0;
+            let mut start = i + 1;
+            for (j, c) in rest[i..].char_indices() {
+                let j = i + j;
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            expand(&path, rest[start..j].trim(), out);
+                            return;
+                        }
+                    }
+                    ',' if depth == 1 => {
+                        expand(&path, rest[start..j].trim(), out);
+                        start = j + 1;
+                    }
+                    _ => {}
+                }
+            }
+            return;
+        } else {
+            break;
+        }
+    }
+    out.push(path.trim_end_matches("::").to_owned());
+}
+
+/// Every path module `name` names through `crate::` or `super::`, made absolute (no `crate::`).
+fn references(name: &str, module: &Module) -> Vec<String> {
+    let mut paths = Vec::new();
+    let code = &module.code;
+    for (at, _) in code.match_indices("crate::") {
+        if at > 0 && code[..at].ends_with(|c: char| is_ident(c) || c == ':') {
+            continue;
+        }
+        expand("", &code[at + "crate::".len()..], &mut paths);
+    }
+    let own: Vec<&str> = name.split("::").collect();
+    let mut at = 0;
+    while let Some(found) = code[at..].find("super::") {
+        let start = at + found;
+        at = start + 1;
+        if start > 0 && code[..start].ends_with(|c: char| is_ident(c) || c == ':') {
+            continue;
+        }
+        let mut rest = &code[start..];
+        let mut ups = 0;
+        while let Some(stripped) = rest.strip_prefix("super::") {
+            ups += 1;
+            rest = stripped;
+        }
+        at = start + (code[start..].len() - rest.len());
+        // `super` is the parent module, whether the file is `x.rs` or `x/mod.rs`.
+        let base = own[..own.len().saturating_sub(ups)].join("::");
+        let prefix = if base.is_empty() {
+            String::new()
+        } else {
+            format!("{base}::")
+        };
+        expand(&prefix, rest, &mut paths);
+    }
+    paths
+}
+
+/// The module a path lands in: its longest prefix that is a module.
+fn resolve<'a>(path: &str, modules: &'a BTreeMap<String, Module>) -> Option<&'a str> {
+    let parts: Vec<&str> = path.split("::").collect();
+    (1..=parts.len()).rev().find_map(|n| {
+        let candidate = parts[..n].join("::");
+        modules.get_key_value(&candidate).map(|(k, _)| k.as_str())
+    })
+}
+
+fn is_ancestor(ancestor: &str, of: &str) -> bool {
+    of.starts_with(ancestor) && of[ancestor.len()..].starts_with("::")
+}
+
+/// Module → the modules it imports (itself, its ancestors and descendants left out: a module
+/// and its children are one unit).
+fn edges(modules: &BTreeMap<String, Module>) -> BTreeMap<String, BTreeSet<String>> {
+    let mut edges = BTreeMap::new();
+    for (name, module) in modules {
+        let targets: BTreeSet<String> = references(name, module)
+            .iter()
+            .filter_map(|path| resolve(path, modules))
+            .filter(|t| *t != name && !is_ancestor(t, name) && !is_ancestor(name, t))
+            .map(str::to_owned)
+            .collect();
+        edges.insert(name.clone(), targets);
+    }
+    edges
+}
+
+/// Imports that run up the layers, and files outside any layer.
+fn upward_imports(modules: &BTreeMap<String, Module>) -> Vec<String> {
+    let mut violations = Vec::new();
+    for (from, targets) in edges(modules) {
+        let file = &modules[&from].file;
+        let Some(from_rank) = rank(&from) else {
+            violations.push(format!(
+                "{file}: not in a layer folder ({})",
+                LAYERS.join(", ")
+            ));
+            continue;
+        };
+        for to in targets {
+            match rank(&to) {
+                Some(to_rank) if to_rank <= from_rank => {}
+                _ => violations.push(format!(
+                    "{file}: `{from}` (layer {}) imports `{to}`, a layer above it",
+                    LAYERS[from_rank]
+                )),
+            }
+        }
+    }
+    for (layer, crates) in FORBIDDEN_CRATES {
+        for (name, module) in modules.iter().filter(|(n, _)| rank(n) == rank(layer)) {
+            for krate in crates {
+                if module.code.contains(&format!("{krate}::")) {
+                    violations.push(format!(
+                        "{}: `{name}` is in `{layer}`, which must not use `{krate}`",
+                        module.file
+                    ));
+                }
+            }
+        }
+    }
+    violations
+}
+
+/// Groups of modules that import each other in a circle (Tarjan's strongly connected components).
+fn cycles(modules: &BTreeMap<String, Module>) -> Vec<Vec<String>> {
+    struct Tarjan<'a> {
+        edges: &'a BTreeMap<String, BTreeSet<String>>,
+        index: BTreeMap<&'a str, usize>,
+        low: BTreeMap<&'a str, usize>,
+        stack: Vec<&'a str>,
+        on_stack: BTreeSet<&'a str>,
+        found: Vec<Vec<String>>,
+    }
+    impl<'a> Tarjan<'a> {
+        fn visit(&mut self, v: &'a str) {
+            let n = self.index.len();
+            self.index.insert(v, n);
+            self.low.insert(v, n);
+            self.stack.push(v);
+            self.on_stack.insert(v);
+            for w in self.edges.get(v).into_iter().flatten() {
+                let w = w.as_str();
+                if !self.index.contains_key(w) {
+                    self.visit(w);
+                    let low = self.low[v].min(self.low[w]);
+                    self.low.insert(v, low);
+                } else if self.on_stack.contains(w) {
+                    let low = self.low[v].min(self.index[w]);
+                    self.low.insert(v, low);
+                }
+            }
+            if self.low[v] == self.index[v] {
+                let mut component = Vec::new();
+                while let Some(w) = self.stack.pop() {
+                    self.on_stack.remove(w);
+                    component.push(w.to_owned());
+                    if w == v {
+                        break;
+                    }
+                }
+                if component.len() > 1 {
+                    component.sort();
+                    self.found.push(component);
+                }
+            }
+        }
+    }
+    let edges = edges(modules);
+    let mut tarjan = Tarjan {
+        edges: &edges,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        on_stack: BTreeSet::new(),
+        found: Vec::new(),
+    };
+    for name in edges.keys() {
+        if !tarjan.index.contains_key(name.as_str()) {
+            tarjan.visit(name);
+        }
+    }
+    tarjan.found
+}
+
+fn source_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+#[test]
+fn every_import_points_down_the_layers() {
+    let modules = read_modules(&source_dir());
+    assert!(modules.len() > 40, "found only {} modules", modules.len());
+    let violations = upward_imports(&modules);
+    assert!(
+        violations.is_empty(),
+        "imports against the layering (docs/ARCHITECTURE.md):\n{}",
+        violations.join("\n")
+    );
+}
+
+#[test]
+fn no_modules_import_each_other_in_a_circle() {
+    let found = cycles(&read_modules(&source_dir()));
+    assert!(found.is_empty(), "module cycles: {found:#?}");
+}
+
+fn fixture(files: &[(&str, &str)]) -> BTreeMap<String, Module> {
+    files
+        .iter()
+        .map(|(name, code)| {
+            let module = Module {
+                file: format!("src/{}.rs", name.replace("::", "/")),
+                code: code_only(code),
+            };
+            ((*name).to_owned(), module)
+        })
+        .collect()
+}
+
+#[test]
+fn the_checks_catch_an_upward_import_a_cycle_and_a_runtime_crate_in_the_model() {
+    let upward = fixture(&[
+        ("model::task", "use crate::storage::store::Store;\n"),
+        ("storage::store", "pub struct Store;\n"),
+    ]);
+    let violations = upward_imports(&upward);
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(violations[0].contains("`model::task` (layer model) imports `storage::store`"));
+
+    // Grouped, nested and `super` imports count too; comments and tests do not.
+    let grouped = fixture(&[
+        (
+            "work::intake",
+            "use crate::{model::task::Task, actors::{compass::X}};\n",
+        ),
+        (
+            "work::ops",
+            "// crate::app::http is only named in a comment\n",
+        ),
+        ("actors::compass", "pub struct X;\n"),
+        (
+            "model::task",
+            "pub struct Task;\n#[cfg(test)]\nmod tests {\n use crate::app::http;\n}\n",
+        ),
+        ("app::http", "\n"),
+    ]);
+    let violations = upward_imports(&grouped);
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    assert!(violations[0].contains("`work::intake` (layer work) imports `actors::compass`"));
+
+    let circle = fixture(&[
+        (
+            "work::engine",
+            "fn f() { crate::work::metering::charge(); }\n",
+        ),
+        ("work::metering", "use super::intake::submit;\n"),
+        ("work::intake", "use crate::work::engine::run;\n"),
+    ]);
+    assert_eq!(
+        cycles(&circle),
+        vec![vec![
+            "work::engine".to_owned(),
+            "work::intake".into(),
+            "work::metering".into()
+        ]]
+    );
+    assert!(upward_imports(&circle).is_empty());
+
+    let runtime_in_model = fixture(&[("model::task", "fn f() { tokio::spawn(async {}); }\n")]);
+    let violations = upward_imports(&runtime_in_model);
+    assert!(
+        violations[0].contains("must not use `tokio`"),
+        "{violations:?}"
+    );
+}
+
+#[test]
+fn the_architecture_document_names_only_files_that_exist_and_every_layer() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
+    let mut named = 0;
+    let mut missing = Vec::new();
+    for (i, span) in text.split('`').enumerate() {
+        // Odd pieces are inside backticks.
+        let looks_like_path = [
+            "src/",
+            "tests/",
+            "benches/",
+            "docs/",
+            "actors/",
+            "runbooks/",
+        ]
+        .iter()
+        .any(|p| span.starts_with(p))
+            && !span.contains(' ')
+            && !span.contains('<')
+            && !span.contains('*');
+        if i % 2 == 1 && looks_like_path {
+            named += 1;
+            if !root.join(span.trim_end_matches('/')).exists() {
+                missing.push(span.to_owned());
+            }
+        }
+    }
+    assert!(named > 20, "the code map names only {named} files");
+    assert!(
+        missing.is_empty(),
+        "docs/ARCHITECTURE.md names files that do not exist: {missing:?}"
+    );
+    for layer in LAYERS {
+        let folder = format!("`src/{layer}/`");
+        assert!(
+            text.contains(&folder),
+            "docs/ARCHITECTURE.md does not name the layer {folder}"
+        );
+    }
+}
