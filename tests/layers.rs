@@ -17,6 +17,10 @@ const FORBIDDEN_CRATES: [(&str, &[&str]); 2] = [
     ("config", &["tokio", "sled", "ractor", "axum", "reqwest"]),
 ];
 
+/// Modules a layer must not call although they sit below it: storage answers what changed and
+/// leaves the reporting to its callers.
+const FORBIDDEN_MODULES: [(&str, &str); 1] = [("storage", "platform::metrics")];
+
 /// One module's source, as the checks see it.
 struct Module {
     /// `src/`-relative file, for messages.
@@ -208,6 +212,13 @@ fn upward_imports(modules: &BTreeMap<String, Module>) -> Vec<String> {
             ));
             continue;
         };
+        for (layer, forbidden) in FORBIDDEN_MODULES {
+            if rank(&from) == rank(layer) && targets.contains(forbidden) {
+                violations.push(format!(
+                    "{file}: `{from}` is in `{layer}`, which must not call `{forbidden}`"
+                ));
+            }
+        }
         for to in targets {
             match rank(&to) {
                 Some(to_rank) if to_rank <= from_rank => {}
@@ -377,6 +388,19 @@ fn the_checks_catch_an_upward_import_a_cycle_and_a_runtime_crate_in_the_model() 
         ]]
     );
     assert!(upward_imports(&circle).is_empty());
+
+    let storage_reporting = fixture(&[
+        (
+            "storage::store",
+            "fn f() { crate::platform::metrics::store_group(1); }\n",
+        ),
+        ("platform::metrics", "\n"),
+    ]);
+    let violations = upward_imports(&storage_reporting);
+    assert!(
+        violations[0].contains("must not call `platform::metrics`"),
+        "{violations:?}"
+    );
 
     let runtime_in_model = fixture(&[("model::task", "fn f() { tokio::spawn(async {}); }\n")]);
     let violations = upward_imports(&runtime_in_model);

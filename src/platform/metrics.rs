@@ -195,17 +195,10 @@ pub fn status_label(status: TaskStatus) -> &'static str {
     }
 }
 
-/// The `status` label of [`TASKS_FINISHED_TOTAL`] if a move from `before` to `after` is the one
-/// into a terminal status; `None` for any other change (bookkeeping on an ended task included).
-pub fn finished_status(before: TaskStatus, after: TaskStatus) -> Option<&'static str> {
-    (!before.is_terminal() && after.is_terminal()).then(|| status_label(after))
-}
-
-/// Records a task's change from `before` to `after`: counted once, when it ends.
-pub fn task_transition(before: TaskStatus, after: TaskStatus) {
-    if let Some(status) = finished_status(before, after) {
-        ::metrics::counter!(TASKS_FINISHED_TOTAL, "status" => status).increment(1);
-    }
+/// Publishes how many tasks ended in `status` since start (the store counts them as it
+/// commits; `/metrics` copies the counts in before it renders).
+pub fn tasks_finished(status: TaskStatus, total: u64) {
+    ::metrics::counter!(TASKS_FINISHED_TOTAL, "status" => status_label(status)).absolute(total);
 }
 
 /// Sets the queue gauges to Compass's current counts.
@@ -214,16 +207,13 @@ pub fn task_gauges(queued: usize, running: usize) {
     ::metrics::gauge!(TASKS_RUNNING).set(gauge_value(running));
 }
 
-/// The watchdog's view of the store writer.
-pub fn store_writer(stalled: bool, queued: usize) {
+/// Publishes the store writer's state: stalled (the watchdog's verdict), jobs waiting, and groups
+/// and jobs committed since start.
+pub fn store_writer(stalled: bool, queued: usize, groups: u64, jobs: u64) {
     ::metrics::gauge!(STORE_WRITER_STALLED).set(if stalled { 1.0 } else { 0.0 });
     ::metrics::gauge!(STORE_WRITE_QUEUE).set(gauge_value(queued));
-}
-
-/// One group commit of `jobs` jobs.
-pub fn store_group(jobs: usize) {
-    ::metrics::counter!(STORE_GROUPS_TOTAL).increment(1);
-    ::metrics::counter!(STORE_JOBS_TOTAL).increment(u64::try_from(jobs).unwrap_or(u64::MAX));
+    ::metrics::counter!(STORE_GROUPS_TOTAL).absolute(groups);
+    ::metrics::counter!(STORE_JOBS_TOTAL).absolute(jobs);
 }
 
 /// A count as a gauge value (exact below 2^53, far above any queue bound).
@@ -344,19 +334,6 @@ mod tests {
         ] {
             assert_eq!(status_label(status), crate::model::ops::wire_name(&status));
         }
-    }
-
-    #[test]
-    fn only_the_move_into_a_terminal_status_is_a_finish() {
-        use TaskStatus::{AwaitingApproval, Cancelled, DeadLetter, Done, Failed, Queued, Running};
-        assert_eq!(finished_status(Running, Done), Some("done"));
-        assert_eq!(finished_status(Queued, Cancelled), Some("cancelled"));
-        assert_eq!(finished_status(AwaitingApproval, Done), Some("done"));
-        assert_eq!(finished_status(Running, DeadLetter), Some("dead_letter"));
-        assert_eq!(finished_status(Queued, Running), None);
-        // Settlement bookkeeping on an ended task, and a retry out of one, are no finish.
-        assert_eq!(finished_status(Failed, Failed), None);
-        assert_eq!(finished_status(DeadLetter, Queued), None);
     }
 
     #[test]

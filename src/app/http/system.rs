@@ -10,6 +10,7 @@ use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::model::task::TaskId;
+use crate::storage::store::Store;
 
 /// `GET /healthz`: the process is up and answering.
 #[utoipa::path(
@@ -40,7 +41,8 @@ const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
             recorder.", body = ErrorBody),
     )
 )]
-pub async fn metrics() -> Response {
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    publish_store_counts(&app.services.store);
     match crate::platform::metrics::render() {
         Some(text) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
         None => ApiError::new(
@@ -49,6 +51,23 @@ pub async fn metrics() -> Response {
             "no metrics recorder is installed in this process",
         )
         .into_response(),
+    }
+}
+
+/// Copies what the store counted (it reports to no one) into the metrics about to be rendered.
+fn publish_store_counts(store: &Store) {
+    let health = store.writer_health();
+    crate::platform::metrics::store_writer(
+        health.stalled(),
+        store.write_queue_depth(),
+        health.groups(),
+        health.jobs(),
+    );
+    // A status no task reached yet stays out of the exposition, as an untouched counter does.
+    for (status, total) in health.tasks_finished() {
+        if total > 0 {
+            crate::platform::metrics::tasks_finished(status, total);
+        }
     }
 }
 

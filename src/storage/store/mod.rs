@@ -569,7 +569,6 @@ pub async fn watch_writer(
                 tracing::warn!("store writer is moving again");
             }
         }
-        crate::platform::metrics::store_writer(stalled, store.write_queue_depth());
     }
 }
 

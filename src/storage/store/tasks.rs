@@ -252,7 +252,8 @@ impl Store {
             })
             .await?;
         // Every status change goes through here, after its commit: a task's end is counted once.
-        crate::platform::metrics::task_transition(before, updated.status);
+        self.writer_health()
+            .count_task_change(before, updated.status);
         Ok(updated)
     }
 

@@ -24,7 +24,7 @@ use sled::Transactional;
 use tokio::sync::mpsc;
 
 use super::{Snapshot, StoreError, Table, Trees};
-use crate::model::task::Event;
+use crate::model::task::{Event, TaskStatus};
 
 /// Most jobs one group commit takes: bounds the memory of a group and the wait of its first job.
 pub const GROUP_JOBS_MAX: usize = 512;
@@ -47,6 +47,10 @@ pub struct WriterHealth {
     group_started_ms: AtomicU64,
     /// Groups committed since start.
     groups: AtomicU64,
+    /// Jobs committed (or refused) in those groups.
+    jobs: AtomicU64,
+    /// Tasks that reached each terminal status since start, in [`TERMINAL`] order.
+    tasks_finished: [AtomicU64; 4],
     /// Set by the watchdog while the running group is older than the stall bound.
     stalled: AtomicBool,
     /// Whether the thread ended (every handle dropped, or it died).
@@ -76,7 +80,44 @@ impl WriterHealth {
     pub fn groups(&self) -> u64 {
         self.groups.load(Ordering::Relaxed)
     }
+
+    /// Jobs run in those groups since start.
+    pub fn jobs(&self) -> u64 {
+        self.jobs.load(Ordering::Relaxed)
+    }
+
+    /// How many tasks ended in each terminal status since start: what the store changed, for
+    /// `/metrics` to publish (the store itself reports to no one).
+    pub fn tasks_finished(&self) -> [(TaskStatus, u64); 4] {
+        TERMINAL.map(|status| {
+            (
+                status,
+                self.finished_counter(status).load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Counts a task's change from `before` to `after` if it is the one into a terminal status
+    /// (a change to an ended task is bookkeeping, not a second end).
+    pub(crate) fn count_task_change(&self, before: TaskStatus, after: TaskStatus) {
+        if !before.is_terminal() && after.is_terminal() {
+            self.finished_counter(after).fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn finished_counter(&self, status: TaskStatus) -> &AtomicU64 {
+        let index = TERMINAL.iter().position(|s| *s == status).unwrap_or(0);
+        &self.tasks_finished[index]
+    }
 }
+
+/// The terminal statuses, in the order [`WriterHealth::tasks_finished`] answers them.
+const TERMINAL: [TaskStatus; 4] = [
+    TaskStatus::Done,
+    TaskStatus::Failed,
+    TaskStatus::Cancelled,
+    TaskStatus::DeadLetter,
+];
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -293,8 +334,11 @@ pub fn run(
         if durable {
             publish(events);
         }
-        crate::platform::metrics::store_group(group_jobs);
         health.groups.fetch_add(1, Ordering::Relaxed);
+        health.jobs.fetch_add(
+            u64::try_from(group_jobs).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         health.group_started_ms.store(0, Ordering::Release);
     }
 }
@@ -313,5 +357,32 @@ fn run_job(batch: &mut Batch<'_>, job: Job) -> Option<Answer> {
             batch.discard();
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_move_into_a_terminal_status_is_a_finish() {
+        use TaskStatus::{AwaitingApproval, Cancelled, DeadLetter, Done, Failed, Queued, Running};
+        let health = WriterHealth::default();
+        for (before, after) in [
+            (Running, Done),
+            (Queued, Cancelled),
+            (AwaitingApproval, Done),
+            (Running, DeadLetter),
+            (Queued, Running),
+            // Settlement bookkeeping on an ended task, and a retry out of one, are no finish.
+            (Failed, Failed),
+            (DeadLetter, Queued),
+        ] {
+            health.count_task_change(before, after);
+        }
+        assert_eq!(
+            health.tasks_finished(),
+            [(Done, 2), (Failed, 0), (Cancelled, 1), (DeadLetter, 1)]
+        );
     }
 }
