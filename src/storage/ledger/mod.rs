@@ -124,7 +124,15 @@ pub fn apply_transfer(
     }
     let mut debit = read_account(batch, &request.debit_account)?;
     let mut credit = read_account(batch, &request.credit_account)?;
+    #[cfg(debug_assertions)]
+    let before = (debit.clone(), credit.clone());
     move_or_reserve(&mut debit, &mut credit, request.amount, request.pending)?;
+    #[cfg(debug_assertions)]
+    debug_assert!(
+        double_entry_holds(&before, (&debit, &credit)),
+        "transfer {} moved unequal amounts",
+        request.id
+    );
     let seq = batch.generate_id()?;
     let transfer = new_transfer(request, seq, now);
     put(batch, Table::LedgerAccounts, &debit.id, &debit)?;
@@ -313,6 +321,24 @@ fn move_or_reserve(
     Ok(())
 }
 
+/// Double entry, checked in debug builds after every change of two accounts' totals: what the
+/// debit side gained in debits equals what the credit side gained in credits, posted and pending
+/// alike, and an account that may not go negative did not.
+#[cfg(debug_assertions)]
+fn double_entry_holds(before: &(Account, Account), after: (&Account, &Account)) -> bool {
+    let delta = |a: u64, b: u64| i128::from(b) - i128::from(a);
+    let (debit_before, credit_before) = before;
+    let (debit, credit) = after;
+    let posted = delta(debit_before.debits_posted, debit.debits_posted)
+        == delta(credit_before.credits_posted, credit.credits_posted);
+    let pending = delta(debit_before.debits_pending, debit.debits_pending)
+        == delta(credit_before.credits_pending, credit.credits_pending);
+    let covered = debit.allow_negative
+        || debit.available() >= 0
+        || debit.available() >= debit_before.available();
+    posted && pending && covered
+}
+
 /// Releases a reservation of `reserved` and moves `posted` (≤ `reserved`) of it.
 fn settle_totals(
     debit: &mut Account,
@@ -385,7 +411,15 @@ fn release(
 ) -> Result<(), LedgerError> {
     let mut debit = read_account(batch, &transfer.debit_account)?;
     let mut credit = read_account(batch, &transfer.credit_account)?;
+    #[cfg(debug_assertions)]
+    let before = (debit.clone(), credit.clone());
     settle_totals(&mut debit, &mut credit, transfer.amount, posted)?;
+    #[cfg(debug_assertions)]
+    debug_assert!(
+        double_entry_holds(&before, (&debit, &credit)),
+        "settling {} moved unequal amounts",
+        transfer.id
+    );
     put(batch, Table::LedgerAccounts, &debit.id, &debit)?;
     put(batch, Table::LedgerAccounts, &credit.id, &credit)?;
     if let Some(expires_at) = transfer.expires_at {

@@ -243,6 +243,12 @@ impl Store {
                 }
                 let before = task.status;
                 change(&mut task);
+                // A terminal task never changes: the one way past the check above is a retry,
+                // and a retry leaves the end behind.
+                debug_assert!(
+                    !before.is_terminal() || !task.status.is_terminal(),
+                    "task {id} ended {before:?} and was changed without being reopened"
+                );
                 task.updated_at = Utc::now();
                 batch.insert(Table::Tasks, id.as_bytes(), serde_json::to_vec(&task)?);
                 for event in &events {
