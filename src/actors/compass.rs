@@ -5,6 +5,18 @@
 //! ractor does not have: a crashed child is restarted after an exponential backoff, at most
 //! `max_restarts` times in `window_secs`; past that a persona is marked `failed` (its work fails
 //! with `PERSONA_UNAVAILABLE`) and a pipeline's task fails with `PIPELINE_FAILED`.
+//!
+//! # Restart story
+//!
+//! - **State:** the persona and pipeline slots (current cell and restart history), the queue,
+//!   the blocked set and the tasks resuming. All of it is rebuilt from the store at start.
+//! - **On a crash:** Compass is the root: nobody restarts it. The service shuts down as on
+//!   SIGTERM and exits 1; the next start resumes every task from the store.
+//! - **Callers:** the ingress and intake answer `COMPASS_UNAVAILABLE`; a task already stored is
+//!   picked up at the next start even if its `TaskSubmitted` was lost.
+//! - **Policy for its children:** the backoff and limits of [`crate::runtime::supervision`]; a
+//!   persona past the limit is `failed`, a pipeline past the limit fails its task
+//!   `PIPELINE_FAILED`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};

@@ -8,13 +8,28 @@
 //! before it is on disk. The handler waits only for room in the writer's bounded queue; a full
 //! queue answers `STORE_BUSY`.
 //!
-//! Reads (an account, a transfer, a history page) go straight to the [`Book`] from HTTP; the
+//! Reads (an account, a transfer, a history page) go straight to the [`Book`](crate::storage::ledger::Book) from HTTP; the
 //! audit is a writer job on the last commit, so that it sees a consistent state. A timer voids
 //! pending transfers past their timeout (a bounded batch per tick), and every transfer and
 //! settlement first releases any that are due, so an expired reservation never blocks a payment.
 //!
-//! Other components call it through [`open_account`], [`transfer`], [`pending`], [`post`],
-//! [`void`] and [`audit`], which find the current incarnation in the [`ActorDirectory`].
+//! Other components call it through the clients in [`crate::runtime::ledger`] (`transfer`,
+//! `pending`, `post`, `void`, `open_account`, `audit`), which find the current incarnation in the
+//! directory.
+//!
+//! # Restart story
+//!
+//! - **State:** a store handle and the expiry timer. Balances live only in the store.
+//! - **On a crash:** writer jobs already queued still commit and answer their callers from the
+//!   writer thread; a request still in the mailbox is dropped unanswered.
+//! - **Callers:** the clients in [`crate::runtime::ledger`] wait up to `LEDGER_RESTART_WAIT` for
+//!   the next incarnation and answer `PERSONA_UNAVAILABLE` for a lost request ("retry with the
+//!   same id"): every write is idempotent by its id, so a retry never pays twice. The next
+//!   incarnation opens the built-in accounts again (a replay) and restarts the timer.
+//! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
+//!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
+//!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
+//!   ([`crate::runtime::supervision`]).
 
 use std::time::Duration;
 

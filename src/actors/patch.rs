@@ -1,5 +1,19 @@
 //! Patch: the implementer. Works in a git worktree on `glitchlab/<task-id>`, commits what its
 //! engine changed, and delivers the branch into the base branch.
+//!
+//! # Restart story
+//!
+//! - **State:** the implement and deliver jobs in flight ([`InFlightJobs`]) and one delivery lock
+//!   per repository and base branch.
+//! - **On a crash:** the jobs are dropped with the state (their process groups killed, their reply
+//!   ports closed); the locks go with them, so no delivery stays locked.
+//! - **Callers:** the pipeline asks the next incarnation again ([`call_persona`](crate::runtime::jobs::call_persona)). Implement is
+//!   safe to redo: it reuses the task's worktree and discards uncommitted edits first. Deliver
+//!   checks first whether the work already landed, and aborts a half-done merge it finds.
+//! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
+//!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
+//!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
+//!   ([`crate::runtime::supervision`]).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -5,6 +5,15 @@
 //! `kill -9` of the whole process — reloads the record and runs the current stage again.
 //! Stage work runs in a spawned job that calls the stage's persona; its outcome returns here as
 //! [`PipelineMsg::StageDone`], so the mailbox stays free for `Cancel`.
+//!
+//! # Restart story
+//!
+//! - **State:** the task id, the stage job in flight and the persona it waits on. The task record
+//!   is the real state.
+//! - **On a crash:** the stage job is dropped (the persona call abandoned). Compass restarts the
+//!   pipeline with backoff; it reloads the task and runs the current stage again (stage work is
+//!   safe to redo, see each persona's story). Past the limit the task fails `PIPELINE_FAILED`.
+//! - **Callers:** nobody calls a pipeline but Compass (`Cancel`, `PersonaRestarted`).
 
 use std::time::Duration;
 

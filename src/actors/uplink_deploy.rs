@@ -3,6 +3,22 @@
 //! deploy per app at a time in a job ([`crate::work::ops::deploy::run`]) while the others queue, owns
 //! the running local releases, and performs the app actions incident runbooks ask for (restart,
 //! rollback, scale). A deploy that ends unhealthy or failed becomes a signal for Uplink-Respond.
+//!
+//! # Restart story
+//!
+//! - **State:** the running local releases (in its [`ProviderContext`]), and per app the deploy or
+//!   action job holding it. Deploy records and release state live in the store.
+//! - **On a crash:** the releases it started and its jobs are dropped with the state (process
+//!   groups killed). The next incarnation (`recover`) marks deploys that were running `failed`
+//!   (`DEPLOY_INTERRUPTED`), starts every app's current release again, and asks again for the
+//!   deploys of delivered tasks whose request was lost.
+//! - **Callers:** the clients in [`crate::runtime::uplink_deploy`] wait up to `PERSONA_WAIT` for
+//!   the next incarnation; a request lost with the crash answers `PERSONA_UNAVAILABLE`. A task's
+//!   deploy request is idempotent by its trigger (`task:<id>`).
+//! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
+//!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
+//!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
+//!   ([`crate::runtime::supervision`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -3,6 +3,20 @@
 //! [`DEDUP_WINDOW`] attaches to it. A new incident is classified by the first matching runbook
 //! (none → `needs_human`, nothing done), then its response — diagnose, steps, resolve,
 //! postmortem — runs in a job ([`crate::work::ops::incident::respond`]).
+//!
+//! # Restart story
+//!
+//! - **State:** the response jobs in flight, per incident. Incidents live in the store.
+//! - **On a crash:** the response jobs are aborted. The next incarnation ([`Actor::post_start`])
+//!   resumes every open incident that is not waiting for an approval after its last finished
+//!   step.
+//! - **Callers:** the clients in [`crate::runtime::uplink_respond`] wait for the next incarnation;
+//!   a signal lost with the crash is logged by its sender (`send_signals`), and an alert is
+//!   answered `PERSONA_UNAVAILABLE` so the sender retries.
+//! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
+//!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
+//!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
+//!   ([`crate::runtime::supervision`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -12,8 +12,9 @@
 //!   posting moves at most the reserved amount and releases the rest; voiding, or the timeout,
 //!   releases all of it.
 //!
-//! [`book`] holds the sled-backed books; the Ledger actor (`actors::ledger`) is their only writer,
-//! and [`cli`] is `glitchlab ledger ...` against a running service.
+//! [`crate::storage::ledger`] holds the books in the store; the Ledger actor
+//! ([`crate::actors::ledger`]) is their only writer, and [`crate::app::cli::ledger`] is
+//! `glitchlab ledger ...` against a running service.
 
 use std::collections::BTreeMap;
 

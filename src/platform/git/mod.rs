@@ -111,7 +111,7 @@ impl Git {
     }
 
     /// Runs `git <args>` whose every output line matters (a list of paths): up to
-    /// [`GIT_PATH_LIST_BYTES_MAX`], and an error rather than a list with its middle cut out.
+    /// `GIT_PATH_LIST_BYTES_MAX`, and an error rather than a list with its middle cut out.
     pub async fn run_listing(&self, args: &[&str]) -> Result<String, GitError> {
         let (text, truncated_bytes) = self
             .run_bounded(&NO_AUTO_MAINTENANCE, args, GIT_PATH_LIST_BYTES_MAX)

@@ -288,7 +288,7 @@ pub const LIVE_EVENTS_BUFFER: usize = 1024;
 
 impl Store {
     /// Opens (or creates) the database under `dir` and starts its writer thread, waiting up to
-    /// [`LOCK_WAIT`] for a lock that a just-closed handle has not released yet.
+    /// `LOCK_WAIT` for a lock that a just-closed handle has not released yet.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Self::open_with(dir, WRITE_QUEUE_MAX)
     }

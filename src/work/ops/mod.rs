@@ -1,7 +1,7 @@
-//! The ops org's machinery, below the three Uplink actors: what `ops.yaml` and runbooks say
-//! ([`spec`]), what is persisted ([`records`]), how releases are put on a target ([`provider`]),
-//! how health and checks are probed ([`probe`]), how signals become incidents ([`incident`]) and
-//! how a deploy runs ([`deploy`]).
+//! The ops org's machinery, below the three Uplink actors: how releases are put on a target
+//! ([`provider`]), how health and checks are probed ([`probe`]), how signals become incidents
+//! ([`incident`]), how a deploy runs ([`deploy`]) and what ops work costs ([`billing`]). What
+//! `ops.yaml` says and what ops records are plain data in [`crate::model::ops`].
 //!
 //! Nothing here holds actor state: the actors own the decisions (queues, locks, dedup) and run
 //! the functions here in spawned jobs.
