@@ -15,6 +15,17 @@ pub enum StoreError {
     /// A stored record does not decode (or a record does not encode).
     #[error("stored record is not valid: {0}")]
     Codec(#[from] serde_json::Error),
+    /// A stored record carries a schema version newer than this build reads (a newer build
+    /// wrote it): refused rather than misread.
+    #[error("stored {record} record has schema version {version}; this build reads up to {known}")]
+    Schema {
+        /// Which kind of record (`task`).
+        record: &'static str,
+        /// The version the record carries.
+        version: u64,
+        /// The newest version this build reads.
+        known: u64,
+    },
     /// The task does not exist.
     #[error("task {0} not found")]
     TaskNotFound(TaskId),

@@ -1,7 +1,9 @@
 //! The task model: what a task is, where it stands, and what it produced.
 //!
-//! These types are the persisted shape (sled stores them as JSON) and the HTTP shape at once, so a
-//! field added here is visible to clients and survives restarts without a second mapping layer.
+//! [`Task`]'s serde shape is the HTTP shape (what clients read, and what OpenAPI documents). sled
+//! keeps a separate, versioned record of it (`storage::store::task_record`), so a field added to
+//! `Task` must also be given its stored place there (the conversions will not compile until it
+//! is), and a change of the stored layout is not an API change.
 
 use std::fmt;
 use std::str::FromStr;
@@ -298,7 +300,8 @@ pub struct PlanStep {
     pub rationale: String,
 }
 
-/// A task: the request, its progress and its outcome, persisted as one record.
+/// A task: the request, its progress and its outcome; served as this JSON, stored as one
+/// versioned record (`storage::store::task_record`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Task {
     /// UUID v7.

@@ -3,6 +3,7 @@
 //! flushed, and only then handed to Compass — so an accepted task survives a crash. The HTTP
 //! ingress and in-process callers (an incident's bugfix task) both come through here.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,8 +22,9 @@ use crate::model::task::{
 };
 use crate::platform::git::Git;
 use crate::runtime::compass::CompassMsg;
+use crate::runtime::repo_checks::RepoChecks;
 use crate::runtime::Services;
-use crate::storage::store::{NewEvent, StoreError, Submission};
+use crate::storage::store::{NewEvent, Store, StoreError, Submission};
 use crate::work::metering;
 
 /// Field length limits: bounds on what a submission may store.
@@ -244,120 +246,85 @@ pub async fn submit(
     Ok(Accepted { task, replayed })
 }
 
+/// Checks a submission field by field and builds the queued (or blocked) task.
+///
+/// One parser per field, called in the documented order (docs/api.md: field lengths,
+/// `max_attempts`, engine commands, `kind`, `base_branch`, `repo`, then the rest), so the first
+/// problem found is the one a client is told about.
 async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Task, IntakeError> {
     let config = &services.config;
-    check_length("title", &request.title, 1, TITLE_BYTES_MAX)?;
-    check_length(
-        "description",
-        &request.description,
-        0,
-        DESCRIPTION_BYTES_MAX,
+    let SubmitTaskRequest {
+        title,
+        description,
+        repo,
+        base_branch,
+        kind,
+        priority,
+        verify,
+        max_attempts,
+        engines,
+        idempotency_key,
+        deps,
+        review_policy,
+        delivery,
+        caused_by,
+        deploy,
+        account,
+        budget,
+        parent_task,
+        acceptance,
+    } = request;
+    let title = parse_title(title)?;
+    let description = parse_description(description)?;
+    let verify = parse_verify(verify)?;
+    let idempotency_key = parse_idempotency_key(idempotency_key)?;
+    let max_attempts = parse_max_attempts(
+        max_attempts,
+        default_max_attempts(services),
+        config.tasks.max_attempts_limit,
     )?;
-    check_length("verify", &request.verify, 1, VERIFY_BYTES_MAX)?;
-    if let Some(key) = &request.idempotency_key {
-        check_length("idempotency_key", key, 1, KEY_BYTES_MAX)?;
-    }
-    let patch_default = services
-        .definitions
-        .personas
-        .get(&Persona::Patch)
-        .and_then(|p| p.front.max_attempts);
-    let max_attempts = request
-        .max_attempts
-        .or(patch_default)
-        .unwrap_or(config.tasks.default_max_attempts);
-    if max_attempts == 0 || max_attempts > config.tasks.max_attempts_limit {
-        return Err(IntakeError::InvalidField(format!(
-            "max_attempts must be between 1 and {}",
-            config.tasks.max_attempts_limit
-        )));
-    }
-    let engines = request.engines.unwrap_or_default();
-    check_engines(services, &engines)?;
-    let kind = request.kind.unwrap_or_else(|| "feature".to_owned());
-    let Some(stages) = config.compass.templates.get(&kind) else {
-        let known: Vec<&str> = config
-            .compass
-            .templates
-            .keys()
-            .map(String::as_str)
-            .collect();
-        return Err(IntakeError::unknown(
-            "UNKNOWN_KIND",
-            format!("unknown kind `{kind}`; known kinds: {}", known.join(", ")),
-        ));
-    };
-    let base_branch = request.base_branch.unwrap_or_else(|| "main".to_owned());
-    check_length("base_branch", &base_branch, 1, TITLE_BYTES_MAX)?;
-    if !services
-        .repo_checks
-        .recently_found(&request.repo, &base_branch)
-    {
-        check_repository(config.git.timeout(), &request.repo, &base_branch).await?;
-        services.repo_checks.found(&request.repo, &base_branch);
-    }
-    let deps = check_deps(services, request.deps.unwrap_or_default()).await?;
-    if stages.contains(&Stage::Deploy) && request.deploy.is_none() {
-        return Err(IntakeError::InvalidField(format!(
-            "kind `{kind}` ends with a deploy stage: name the app (of ops.yaml) in `deploy`"
-        )));
-    }
-    let delivery = request.delivery.unwrap_or(config.tasks.delivery);
-    if delivery == Delivery::Branch && request.deploy.is_some() {
-        return Err(IntakeError::InvalidField(
-            "`deploy` needs `delivery: merge`: a deploy ships what landed on the base branch"
-                .into(),
-        ));
-    }
-    if let Some(app) = &request.deploy {
-        if !services.definitions.ops.apps.contains_key(app) {
-            return Err(IntakeError::unknown(
-                "UNKNOWN_APP",
-                format!("`deploy`: no app `{app}` in ops.yaml"),
-            ));
-        }
-    }
-    let review_policy = request.review_policy.unwrap_or_default();
-    let parent_task = match request.parent_task.as_deref() {
-        Some(text) => Some(check_deps(services, vec![text.to_owned()]).await?.remove(0)),
-        None => None,
-    };
-    let account = match (&request.account, parent_task) {
-        (Some(account), _) => account.clone(),
-        (None, Some(parent)) => services
-            .store
-            .task(parent)
-            .await?
-            .map(|p| p.account)
-            .unwrap_or_default(),
-        (None, None) => config.ledger.local_account.clone(),
-    };
-    crate::model::ledger::validate_id("account", &account)
-        .map_err(|e| IntakeError::InvalidField(e.to_string()))?;
-    let max_cost = request
-        .budget
-        .as_ref()
-        .and_then(|b| b.max_cost)
-        .unwrap_or(config.ledger.default_task_budget);
-    if max_cost == 0 {
-        return Err(IntakeError::InvalidField(
-            "budget.max_cost must be at least 1".into(),
-        ));
-    }
-    let stages = with_review(stages.clone(), review_policy);
+    let engines = parse_engines(engines, &config.providers)?;
+    let (kind, template) = parse_kind(kind, &config.compass.templates)?;
+    let base_branch = parse_base_branch(base_branch)?;
+    let repo = parse_repo(
+        repo,
+        &base_branch,
+        &services.repo_checks,
+        config.git.timeout(),
+    )
+    .await?;
+    let deps = parse_deps(&services.store, deps).await?;
+    let delivery = delivery.unwrap_or(config.tasks.delivery);
+    let deploy = parse_deploy(
+        deploy,
+        &kind,
+        &template,
+        delivery,
+        &services.definitions.ops.apps,
+    )?;
+    let review_policy = review_policy.unwrap_or_default();
+    let parent_task = parse_parent_task(&services.store, parent_task).await?;
+    let account = parse_account(
+        &services.store,
+        account,
+        parent_task,
+        &config.ledger.local_account,
+    )
+    .await?;
+    let budget = parse_budget(budget, config.ledger.default_task_budget)?;
     let now = Utc::now();
     Ok(Task {
         id: TaskId::new(),
-        title: request.title,
-        description: request.description,
-        repo: request.repo,
+        title,
+        description,
+        repo,
         base_branch,
         kind,
-        priority: request.priority.unwrap_or_default(),
-        verify: request.verify,
+        priority: priority.unwrap_or_default(),
+        verify,
         max_attempts,
         engines,
-        idempotency_key: request.idempotency_key,
+        idempotency_key,
         status: if deps.is_empty() {
             TaskStatus::Queued
         } else {
@@ -367,21 +334,17 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
         deps,
         review_policy,
         delivery,
-        caused_by: request.caused_by,
-        deploy: request.deploy,
+        caused_by,
+        deploy,
         account,
-        budget: TaskBudget {
-            max_cost,
-            max_tokens: request.budget.as_ref().and_then(|b| b.max_tokens),
-            max_wall_secs: request.budget.as_ref().and_then(|b| b.max_wall_secs),
-        },
-        acceptance: request.acceptance,
+        budget,
+        acceptance,
         parent_task,
         reservation: None,
         budget_rounds: 0,
         settled: false,
         stage: None,
-        stages,
+        stages: with_review(template, review_policy),
         attempts: 0,
         stage_retries: 0,
         reverifications: 0,
@@ -398,9 +361,67 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
     })
 }
 
-/// Shell commands are bounded, providers must exist, and Circuit's engine is a judge (builtin or
-/// a model), never a second command: its command is the task's `verify`.
-fn check_engines(services: &Services, engines: &EngineOverrides) -> Result<(), IntakeError> {
+/// `title`: 1 to [`TITLE_BYTES_MAX`] bytes, not blank: it names the work in every listing.
+fn parse_title(title: String) -> Result<String, IntakeError> {
+    check_length("title", &title, 1, TITLE_BYTES_MAX)?;
+    Ok(title)
+}
+
+/// `description`: may be empty, at most [`DESCRIPTION_BYTES_MAX`] bytes (it goes into prompts).
+fn parse_description(description: String) -> Result<String, IntakeError> {
+    check_length("description", &description, 0, DESCRIPTION_BYTES_MAX)?;
+    Ok(description)
+}
+
+/// `verify`: 1 to [`VERIFY_BYTES_MAX`] bytes, not blank: a command must decide "done".
+fn parse_verify(verify: String) -> Result<String, IntakeError> {
+    check_length("verify", &verify, 1, VERIFY_BYTES_MAX)?;
+    Ok(verify)
+}
+
+/// `idempotency_key`, when given: 1 to [`KEY_BYTES_MAX`] bytes, not blank (it is a sled key).
+fn parse_idempotency_key(key: Option<String>) -> Result<Option<String>, IntakeError> {
+    if let Some(key) = &key {
+        check_length("idempotency_key", key, 1, KEY_BYTES_MAX)?;
+    }
+    Ok(key)
+}
+
+/// The attempts a task gets when it names none: Patch's `max_attempts` (its `actors/` front
+/// matter), else `tasks.default_max_attempts`.
+fn default_max_attempts(services: &Services) -> u32 {
+    services
+        .definitions
+        .personas
+        .get(&Persona::Patch)
+        .and_then(|p| p.front.max_attempts)
+        .unwrap_or(services.config.tasks.default_max_attempts)
+}
+
+/// `max_attempts` (else `default`): 1 ..= `limit` (`tasks.max_attempts_limit`), so a task
+/// cannot loop without end.
+fn parse_max_attempts(
+    requested: Option<u32>,
+    default: u32,
+    limit: u32,
+) -> Result<u32, IntakeError> {
+    let max_attempts = requested.unwrap_or(default);
+    if max_attempts == 0 || max_attempts > limit {
+        return Err(IntakeError::InvalidField(format!(
+            "max_attempts must be between 1 and {limit}"
+        )));
+    }
+    Ok(max_attempts)
+}
+
+/// `engines` (default: none overridden): shell commands are bounded, providers must be among
+/// `providers` (config's, by name), and Circuit's engine is a judge (builtin or a model), never a
+/// second command: its command is the task's `verify`.
+fn parse_engines<P>(
+    engines: Option<EngineOverrides>,
+    providers: &BTreeMap<String, P>,
+) -> Result<EngineOverrides, IntakeError> {
+    let engines = engines.unwrap_or_default();
     let all = [
         (Persona::Planner, &engines.planner),
         (Persona::Patch, &engines.patch),
@@ -421,15 +442,8 @@ fn check_engines(services: &Services, engines: &EngineOverrides) -> Result<(), I
                     VERIFY_BYTES_MAX,
                 )?;
             }
-            Some(EngineSpec::Openai { provider })
-                if !services.config.providers.contains_key(provider) =>
-            {
-                let known: Vec<&str> = services
-                    .config
-                    .providers
-                    .keys()
-                    .map(String::as_str)
-                    .collect();
+            Some(EngineSpec::Openai { provider }) if !providers.contains_key(provider) => {
+                let known: Vec<&str> = providers.keys().map(String::as_str).collect();
                 return Err(IntakeError::unknown(
                     "UNKNOWN_PROVIDER",
                     format!(
@@ -441,11 +455,142 @@ fn check_engines(services: &Services, engines: &EngineOverrides) -> Result<(), I
             _ => {}
         }
     }
-    Ok(())
+    Ok(engines)
+}
+
+/// `kind` (default `feature`): must have a template in `templates` (`compass.templates`); answers
+/// the kind and its stages.
+fn parse_kind(
+    kind: Option<String>,
+    templates: &BTreeMap<String, Vec<Stage>>,
+) -> Result<(String, Vec<Stage>), IntakeError> {
+    let kind = kind.unwrap_or_else(|| "feature".to_owned());
+    let Some(stages) = templates.get(&kind) else {
+        let known: Vec<&str> = templates.keys().map(String::as_str).collect();
+        return Err(IntakeError::unknown(
+            "UNKNOWN_KIND",
+            format!("unknown kind `{kind}`; known kinds: {}", known.join(", ")),
+        ));
+    };
+    Ok((kind, stages.clone()))
+}
+
+/// `base_branch` (default `main`): 1 to [`TITLE_BYTES_MAX`] bytes, not blank. Whether it exists
+/// is [`parse_repo`]'s question.
+fn parse_base_branch(base_branch: Option<String>) -> Result<String, IntakeError> {
+    let base_branch = base_branch.unwrap_or_else(|| "main".to_owned());
+    check_length("base_branch", &base_branch, 1, TITLE_BYTES_MAX)?;
+    Ok(base_branch)
+}
+
+/// `repo`: an absolute path of a git repository that has `base_branch`. A pair found a moment
+/// ago (`checks`) is trusted without asking again; a pair found now is remembered.
+async fn parse_repo(
+    repo: String,
+    base_branch: &str,
+    checks: &RepoChecks,
+    git_timeout: Duration,
+) -> Result<String, IntakeError> {
+    if !checks.recently_found(&repo, base_branch) {
+        check_repository(git_timeout, &repo, base_branch).await?;
+        checks.found(&repo, base_branch);
+    }
+    Ok(repo)
+}
+
+/// `deps` (default none): at most [`DEPS_MAX`], each the id of a task in `store`; duplicates
+/// count once. Compass decides whether they still block.
+async fn parse_deps(store: &Store, deps: Option<Vec<String>>) -> Result<Vec<TaskId>, IntakeError> {
+    check_deps(store, deps.unwrap_or_default()).await
+}
+
+/// `deploy`, when given or needed: a kind whose template ends in `deploy` must name the app, a
+/// deploy ships what was merged (so not with `delivery: branch`), and the app must be one of
+/// `apps` (`ops.yaml`).
+fn parse_deploy<A>(
+    deploy: Option<String>,
+    kind: &str,
+    stages: &[Stage],
+    delivery: Delivery,
+    apps: &BTreeMap<String, A>,
+) -> Result<Option<String>, IntakeError> {
+    if stages.contains(&Stage::Deploy) && deploy.is_none() {
+        return Err(IntakeError::InvalidField(format!(
+            "kind `{kind}` ends with a deploy stage: name the app (of ops.yaml) in `deploy`"
+        )));
+    }
+    if delivery == Delivery::Branch && deploy.is_some() {
+        return Err(IntakeError::InvalidField(
+            "`deploy` needs `delivery: merge`: a deploy ships what landed on the base branch"
+                .into(),
+        ));
+    }
+    if let Some(app) = &deploy {
+        if !apps.contains_key(app) {
+            return Err(IntakeError::unknown(
+                "UNKNOWN_APP",
+                format!("`deploy`: no app `{app}` in ops.yaml"),
+            ));
+        }
+    }
+    Ok(deploy)
+}
+
+/// `parent_task`, when given: the id of a task in `store` (checked as a dependency is).
+async fn parse_parent_task(
+    store: &Store,
+    parent_task: Option<String>,
+) -> Result<Option<TaskId>, IntakeError> {
+    match parent_task {
+        Some(text) => Ok(check_deps(store, vec![text]).await?.into_iter().next()),
+        None => Ok(None),
+    }
+}
+
+/// `account` (default: the parent task's, else `local_account`): a valid ledger account id. The
+/// ledger says whether it exists when the budget is reserved.
+async fn parse_account(
+    store: &Store,
+    account: Option<String>,
+    parent_task: Option<TaskId>,
+    local_account: &str,
+) -> Result<String, IntakeError> {
+    let account = match (account, parent_task) {
+        (Some(account), _) => account,
+        (None, Some(parent)) => store
+            .task(parent)
+            .await?
+            .map(|p| p.account)
+            .unwrap_or_default(),
+        (None, None) => local_account.to_owned(),
+    };
+    crate::model::ledger::validate_id("account", &account)
+        .map_err(|e| IntakeError::InvalidField(e.to_string()))?;
+    Ok(account)
+}
+
+/// `budget` (default `max_cost`: `default_max_cost`, `ledger.default_task_budget`): `max_cost`
+/// at least 1, since a task reserves it before it may run; the limits pass as given.
+fn parse_budget(
+    budget: Option<BudgetRequest>,
+    default_max_cost: u64,
+) -> Result<TaskBudget, IntakeError> {
+    let budget = budget.unwrap_or_default();
+    let max_cost = budget.max_cost.unwrap_or(default_max_cost);
+    if max_cost == 0 {
+        return Err(IntakeError::InvalidField(
+            "budget.max_cost must be at least 1".into(),
+        ));
+    }
+    Ok(TaskBudget {
+        max_cost,
+        max_tokens: budget.max_tokens,
+        max_wall_secs: budget.max_wall_secs,
+    })
 }
 
 /// Every dependency must name an existing task; Compass decides whether it still blocks.
-async fn check_deps(services: &Services, deps: Vec<String>) -> Result<Vec<TaskId>, IntakeError> {
+async fn check_deps(store: &Store, deps: Vec<String>) -> Result<Vec<TaskId>, IntakeError> {
     if deps.len() > DEPS_MAX {
         return Err(IntakeError::InvalidField(format!(
             "deps lists more than {DEPS_MAX} tasks"
@@ -460,7 +605,7 @@ async fn check_deps(services: &Services, deps: Vec<String>) -> Result<Vec<TaskId
             )
         };
         let id: TaskId = dep.parse().map_err(|_| unknown())?;
-        if services.store.task(id).await?.is_none() {
+        if store.task(id).await?.is_none() {
             return Err(unknown());
         }
         if !ids.contains(&id) {
@@ -550,3 +695,6 @@ fn digest_of(request: &SubmitTaskRequest) -> String {
     let canonical = serde_json::to_vec(request).unwrap_or_default();
     hex::encode(Sha256::digest(&canonical))
 }
+
+#[cfg(test)]
+mod tests;

@@ -20,6 +20,7 @@
 //! Events reach live subscribers ([`Store::subscribe`]) only after their group's flush, so a
 //! streamed event is never one a crash undoes.
 
+mod task_record;
 mod tasks;
 pub mod writer;
 

@@ -1,7 +1,8 @@
 //! Tasks, their events, their engine runs and idempotency keys.
 //!
 //! Keys:
-//! - `Tasks`: task id → task JSON.
+//! - `Tasks`: task id → task record (JSON, versioned: [`task_record`](super::task_record) is the
+//!   one place that shape is defined and converted).
 //! - `Events`: task id (16 bytes) ++ seq (8 bytes, big-endian) → event JSON; prefix scans give a
 //!   task's log in order. Service-wide events use the nil task id.
 //! - `Runs`: task id ++ run id (UUID v7) → engine run JSON; `OpenRuns` holds the keys of runs
@@ -14,6 +15,7 @@
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use super::task_record;
 use super::{Batch, Snapshot, Store, StoreError, Table};
 use crate::model::task::{EngineRun, Event, RunStatus, Task, TaskId, TaskStatus};
 
@@ -96,7 +98,7 @@ impl Store {
 
     /// One task.
     pub async fn task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        self.read(move |snapshot| snapshot.record(Table::Tasks, id.as_bytes()))
+        self.read(move |snapshot| committed_task(snapshot, id))
             .await
     }
 
@@ -129,7 +131,7 @@ impl Store {
         self.read(move |snapshot| {
             let mut failures = Vec::new();
             for bytes in snapshot.iter(Table::Tasks).values().rev().take(scan_max) {
-                let task: Task = serde_json::from_slice(&bytes?)?;
+                let task = task_record::decode(&bytes?)?;
                 let failed = matches!(task.status, TaskStatus::Failed | TaskStatus::DeadLetter);
                 if failed && task.repo == repo && task.id != except {
                     failures.push(task);
@@ -164,7 +166,7 @@ impl Store {
         self.read(move |snapshot| {
             let mut kept = Vec::new();
             for bytes in snapshot.iter(Table::Tasks).values() {
-                let task: Task = serde_json::from_slice(&bytes?)?;
+                let task = task_record::decode(&bytes?)?;
                 if keep(&task) {
                     kept.push(task);
                 }
@@ -209,15 +211,13 @@ impl Store {
     /// `event` is not written again (two settlements racing after a cancel both land here).
     pub async fn mark_settled(&self, id: TaskId, event: NewEvent) -> Result<Task, StoreError> {
         self.write(move |batch| {
-            let mut task: Task = batch
-                .record(Table::Tasks, id.as_bytes())?
-                .ok_or(StoreError::TaskNotFound(id))?;
+            let mut task = staged_task(batch, id)?.ok_or(StoreError::TaskNotFound(id))?;
             if task.settled {
                 return Ok(task);
             }
             task.settled = true;
             task.updated_at = Utc::now();
-            batch.insert(Table::Tasks, id.as_bytes(), serde_json::to_vec(&task)?);
+            put_task(batch, id, &task)?;
             append(batch, id, &event)?;
             Ok(task)
         })
@@ -235,9 +235,7 @@ impl Store {
         let terminal_allowed = terminal_allowed.to_vec();
         let (before, updated) = self
             .write(move |batch| {
-                let mut task: Task = batch
-                    .record(Table::Tasks, id.as_bytes())?
-                    .ok_or(StoreError::TaskNotFound(id))?;
+                let mut task = staged_task(batch, id)?.ok_or(StoreError::TaskNotFound(id))?;
                 if task.status.is_terminal() && !terminal_allowed.contains(&task.status) {
                     return Err(StoreError::TaskFinished(id));
                 }
@@ -250,7 +248,7 @@ impl Store {
                     "task {id} ended {before:?} and was changed without being reopened"
                 );
                 task.updated_at = Utc::now();
-                batch.insert(Table::Tasks, id.as_bytes(), serde_json::to_vec(&task)?);
+                put_task(batch, id, &task)?;
                 for event in &events {
                     append(batch, id, event)?;
                 }
@@ -389,8 +387,7 @@ fn create_task(
             if record.digest != digest {
                 return Ok(Submission::KeyConflict(record.task_id));
             }
-            let stored = batch
-                .record(Table::Tasks, record.task_id.as_bytes())?
+            let stored = staged_task(batch, record.task_id)?
                 .ok_or(StoreError::TaskNotFound(record.task_id))?;
             return Ok(Submission::Replayed(stored));
         }
@@ -404,7 +401,7 @@ fn create_task(
             serde_json::to_vec(&record)?,
         );
     }
-    batch.insert(Table::Tasks, task.id.as_bytes(), serde_json::to_vec(&task)?);
+    put_task(batch, task.id, &task)?;
     append(batch, task.id, event)?;
     Ok(Submission::Created(task))
 }
@@ -425,7 +422,7 @@ fn tasks_page(
             more = true;
             break;
         }
-        tasks.push(serde_json::from_slice::<Task>(&bytes?)?);
+        tasks.push(task_record::decode(&bytes?)?);
     }
     let next = if more {
         tasks.last().map(|t| t.id)
@@ -433,6 +430,24 @@ fn tasks_page(
         None
     };
     Ok((tasks, next))
+}
+
+/// The task under `id` in the last commit, decoded from its stored record.
+fn committed_task(snapshot: &Snapshot<'_>, id: TaskId) -> Result<Option<Task>, StoreError> {
+    let bytes = snapshot.get(Table::Tasks, id.as_bytes())?;
+    bytes.map(|bytes| task_record::decode(&bytes)).transpose()
+}
+
+/// The task under `id` as this writer job sees it (last commit plus the group's staged writes).
+fn staged_task(batch: &Batch<'_>, id: TaskId) -> Result<Option<Task>, StoreError> {
+    let bytes = batch.get(Table::Tasks, id.as_bytes())?;
+    bytes.map(|bytes| task_record::decode(&bytes)).transpose()
+}
+
+/// Stages `task` under `id` as a stored record of the current schema version.
+fn put_task(batch: &mut Batch<'_>, id: TaskId, task: &Task) -> Result<(), StoreError> {
+    batch.insert(Table::Tasks, id.as_bytes(), task_record::encode(task)?);
+    Ok(())
 }
 
 /// Closes up to `max` open runs; answers how many were interrupted and whether more are open.
