@@ -9,6 +9,7 @@ use serde_json::json;
 use super::error::{ApiError, ErrorBody};
 use super::openapi::describe;
 use super::AppState;
+use crate::model::codes;
 use crate::model::task::TaskId;
 
 /// `GET /healthz`: the process is up and answering.
@@ -45,7 +46,7 @@ pub async fn metrics() -> Response {
         Some(text) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
         None => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "METRICS_UNAVAILABLE",
+            codes::METRICS_UNAVAILABLE,
             "no metrics recorder is installed in this process",
         )
         .into_response(),
@@ -89,7 +90,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         .collect();
     let body = json!({
         "status": "not_ready",
-        "error": {"code": "NOT_READY", "message": format!("not ready: {}", names.join(", "))},
+        "error": {"code": codes::NOT_READY, "message": format!("not ready: {}", names.join(", "))},
         "actors": not_ready,
     });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
