@@ -25,6 +25,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::circuit::{CircuitMsg, VerifyOutcome};
 use super::patch::{ImplementOutcome, PatchMsg};
 use super::planner::PlannerMsg;
+use crate::model::codes;
 use crate::model::persona::Persona;
 use crate::model::task::branch_name;
 use crate::model::task::{ErrorInfo, Plan, Stage, Task, TaskId, TaskStatus};
@@ -407,7 +408,9 @@ async fn on_stage_done(
             .await
         }
         StageOutcome::Implemented(done) => match done.engine_failure {
-            Some(output) => failed_attempt(myself, state, &task, output, "IMPLEMENT_FAILED").await,
+            Some(output) => {
+                failed_attempt(myself, state, &task, output, codes::IMPLEMENT_FAILED).await
+            }
             None => {
                 finish_stage(myself, state, &task, json!({"commit": done.commit}), |_| {}).await
             }
@@ -417,7 +420,7 @@ async fn on_stage_done(
             finish_stage(myself, state, &task, data, |_| {}).await
         }
         StageOutcome::Verified(verdict) => {
-            failed_attempt(myself, state, &task, verdict.output, "VERIFY_FAILED").await
+            failed_attempt(myself, state, &task, verdict.output, codes::VERIFY_FAILED).await
         }
         StageOutcome::Delivered(DeliverStep::Delivered(commit)) => {
             let data = json!({"commit": commit, "delivery": task.delivery, "branch": branch_name(task.id)});
@@ -453,7 +456,7 @@ async fn reverify(
             state,
             task,
             TaskStatus::DeadLetter,
-            ErrorInfo::new("DELIVER_FAILED", message),
+            ErrorInfo::new(codes::DELIVER_FAILED, message),
         )
         .await;
     }

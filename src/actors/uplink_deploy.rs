@@ -26,6 +26,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::model::codes;
 use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{DeployRecord, DeployStatus, Signal};
 use crate::model::ops::spec::{AppSpec, ProviderKind};
@@ -201,7 +202,7 @@ async fn recover(
                     .update_deploy(&record.id, |d| {
                         d.status = DeployStatus::Failed;
                         d.error = Some(crate::model::task::ErrorInfo::new(
-                            "DEPLOY_INTERRUPTED",
+                            codes::DEPLOY_INTERRUPTED,
                             "Uplink-Deploy stopped while this deploy ran",
                         ));
                         d.finished_at = Some(chrono::Utc::now());

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::model::codes;
 use crate::model::task::{TaskId, TaskStatus};
 
 /// A store operation failed.
@@ -69,9 +70,9 @@ impl StoreError {
     /// `STORE_TIMEOUT` (503, outcome unknown: retry idempotently) or `INTERNAL`.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Busy => "STORE_BUSY",
-            Self::AnswerTimeout(_) => "STORE_TIMEOUT",
-            _ => "INTERNAL",
+            Self::Busy => codes::STORE_BUSY,
+            Self::AnswerTimeout(_) => codes::STORE_TIMEOUT,
+            _ => codes::INTERNAL,
         }
     }
 }
@@ -104,11 +105,11 @@ impl TaskActionError {
     /// The stable code the ingress answers with.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::NotFound(_) => "TASK_NOT_FOUND",
-            Self::WrongStatus { .. } => "INVALID_TASK_STATUS",
-            Self::Finished(_) => "TASK_FINISHED",
+            Self::NotFound(_) => codes::TASK_NOT_FOUND,
+            Self::WrongStatus { .. } => codes::INVALID_TASK_STATUS,
+            Self::Finished(_) => codes::TASK_FINISHED,
             Self::Store(inner) if inner.is_overload() => inner.code(),
-            Self::Store(_) => "STORE_FAILED",
+            Self::Store(_) => codes::STORE_FAILED,
         }
     }
 }

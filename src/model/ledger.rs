@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::model::codes;
 use crate::model::persona::Persona;
 use crate::model::task::{EngineRun, Stage, TaskId};
 
@@ -515,19 +516,19 @@ impl LedgerError {
     /// The stable error code clients see.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::InvalidField(_) => "INVALID_FIELD",
-            Self::AccountNotFound(_) => "ACCOUNT_NOT_FOUND",
-            Self::AccountExists(_) => "ACCOUNT_EXISTS",
-            Self::TransferNotFound(_) => "TRANSFER_NOT_FOUND",
-            Self::TransferExists(_) => "TRANSFER_EXISTS",
-            Self::InsufficientFunds { .. } => "INSUFFICIENT_FUNDS",
-            Self::TransferNotPending { .. } => "TRANSFER_NOT_PENDING",
-            Self::TransferExpired(_) => "TRANSFER_EXPIRED",
-            Self::ExceedsPending { .. } => "EXCEEDS_PENDING_AMOUNT",
-            Self::Overflow(_) => "AMOUNT_OVERFLOW",
-            Self::Unavailable(_) => "PERSONA_UNAVAILABLE",
+            Self::InvalidField(_) => codes::INVALID_FIELD,
+            Self::AccountNotFound(_) => codes::ACCOUNT_NOT_FOUND,
+            Self::AccountExists(_) => codes::ACCOUNT_EXISTS,
+            Self::TransferNotFound(_) => codes::TRANSFER_NOT_FOUND,
+            Self::TransferExists(_) => codes::TRANSFER_EXISTS,
+            Self::InsufficientFunds { .. } => codes::INSUFFICIENT_FUNDS,
+            Self::TransferNotPending { .. } => codes::TRANSFER_NOT_PENDING,
+            Self::TransferExpired(_) => codes::TRANSFER_EXPIRED,
+            Self::ExceedsPending { .. } => codes::EXCEEDS_PENDING_AMOUNT,
+            Self::Overflow(_) => codes::AMOUNT_OVERFLOW,
+            Self::Unavailable(_) => codes::PERSONA_UNAVAILABLE,
             Self::Store(error) => error.code(),
-            Self::Codec(_) => "INTERNAL",
+            Self::Codec(_) => codes::INTERNAL,
         }
     }
 }

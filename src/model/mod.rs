@@ -1,12 +1,14 @@
 //! The shared vocabulary, at the bottom of the layers: plain data and the rules on it, with no
 //! tokio, sled or ractor. Everything above may use it; it uses nothing above.
 //!
+//! - [`codes`]: the one catalogue of error codes, each a constant, documented in `docs/api.md`.
 //! - [`errors`]: the store's failures, shared by every layer that reports them.
 //! - [`task`]: tasks, events and engine runs, as stored and as served.
 //! - [`ledger`]: the token books' accounts, transfers, rate card and their validation.
 //! - [`persona`]: the personas of the tree, by name.
 //! - [`ops`]: what `ops.yaml` and runbooks say, and what ops records.
 
+pub mod codes;
 pub mod errors;
 pub mod ledger;
 pub mod ops;

@@ -16,6 +16,7 @@ use ractor::{ActorRef, Message, RpcReplyPort};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::directory::{ActorDirectory, LookupError, PersonaMailbox};
+use crate::model::codes;
 use crate::model::task::{ErrorInfo, Stage, TaskId};
 use crate::platform::git::GitError;
 use crate::storage::store::StoreError;
@@ -98,25 +99,25 @@ impl StageError {
     /// The machine-readable code recorded on the task.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::PersonaUnavailable(_) => "PERSONA_UNAVAILABLE",
-            Self::PersonaTimeout { .. } => "PERSONA_TIMEOUT",
-            Self::EngineTimeout(_) => "ENGINE_TIMEOUT",
-            Self::EngineFailed(_) => "ENGINE_FAILED",
-            Self::EngineKilled(_) => "ENGINE_KILLED",
-            Self::GitLocked(_) => "GIT_LOCKED",
-            Self::PlanInvalid(_) => "PLAN_INVALID",
-            Self::ToolDenied(_) => "TOOL_DENIED",
-            Self::ProviderUnavailable(_) => "PROVIDER_UNAVAILABLE",
-            Self::BudgetExceeded(_) => "BUDGET_EXCEEDED",
-            Self::EditRefused(_) => "EDIT_REFUSED",
-            Self::ProtectedPath(_) => "PROTECTED_PATH",
-            Self::Git(_) => "GIT_FAILED",
-            Self::MergeConflict(_) => "MERGE_CONFLICT",
-            Self::DeliverFailed(_) => "DELIVER_FAILED",
-            Self::DeployFailed(_) => "DEPLOY_FAILED",
-            Self::Store(_) => "STORE_FAILED",
-            Self::Cancelled => "CANCELLED",
-            Self::Internal(_) => "INTERNAL",
+            Self::PersonaUnavailable(_) => codes::PERSONA_UNAVAILABLE,
+            Self::PersonaTimeout { .. } => codes::PERSONA_TIMEOUT,
+            Self::EngineTimeout(_) => codes::ENGINE_TIMEOUT,
+            Self::EngineFailed(_) => codes::ENGINE_FAILED,
+            Self::EngineKilled(_) => codes::ENGINE_KILLED,
+            Self::GitLocked(_) => codes::GIT_LOCKED,
+            Self::PlanInvalid(_) => codes::PLAN_INVALID,
+            Self::ToolDenied(_) => codes::TOOL_DENIED,
+            Self::ProviderUnavailable(_) => codes::PROVIDER_UNAVAILABLE,
+            Self::BudgetExceeded(_) => codes::BUDGET_EXCEEDED,
+            Self::EditRefused(_) => codes::EDIT_REFUSED,
+            Self::ProtectedPath(_) => codes::PROTECTED_PATH,
+            Self::Git(_) => codes::GIT_FAILED,
+            Self::MergeConflict(_) => codes::MERGE_CONFLICT,
+            Self::DeliverFailed(_) => codes::DELIVER_FAILED,
+            Self::DeployFailed(_) => codes::DEPLOY_FAILED,
+            Self::Store(_) => codes::STORE_FAILED,
+            Self::Cancelled => codes::CANCELLED,
+            Self::Internal(_) => codes::INTERNAL,
         }
     }
 

@@ -14,6 +14,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
+use crate::model::codes;
 use crate::model::ledger::LedgerError;
 use crate::model::persona::Persona;
 use crate::model::task::{
@@ -44,7 +45,8 @@ pub enum IntakeError {
     /// The request names something that does not exist (repo, branch, kind, dependency).
     #[error("{message}")]
     Unknown {
-        /// `NOT_A_GIT_REPOSITORY`, `UNKNOWN_BASE_BRANCH`, `UNKNOWN_KIND`, `UNKNOWN_DEPENDENCY`.
+        /// A [`codes`] constant: `NOT_A_GIT_REPOSITORY`, `UNKNOWN_BASE_BRANCH`, `UNKNOWN_KIND`,
+        /// `UNKNOWN_PROVIDER`, `UNKNOWN_DEPENDENCY`, `UNKNOWN_APP` or `ACCOUNT_NOT_FOUND`.
         code: &'static str,
         /// What was not found.
         message: String,
@@ -71,7 +73,7 @@ impl From<LedgerError> for IntakeError {
         match error {
             LedgerError::InsufficientFunds { .. } => Self::InsufficientFunds(error.to_string()),
             LedgerError::AccountNotFound(account) => Self::Unknown {
-                code: "ACCOUNT_NOT_FOUND",
+                code: codes::ACCOUNT_NOT_FOUND,
                 message: format!("no ledger account `{account}` to pay for the task"),
             },
             other => Self::Ledger(other),
@@ -83,14 +85,14 @@ impl IntakeError {
     /// The stable code.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::InvalidField(_) => "INVALID_FIELD",
+            Self::InvalidField(_) => codes::INVALID_FIELD,
             Self::Unknown { code, .. } => code,
-            Self::QueueFull(_) => "QUEUE_FULL",
-            Self::IdempotencyConflict(_) => "IDEMPOTENCY_CONFLICT",
-            Self::InsufficientFunds(_) => "INSUFFICIENT_FUNDS",
+            Self::QueueFull(_) => codes::QUEUE_FULL,
+            Self::IdempotencyConflict(_) => codes::IDEMPOTENCY_CONFLICT,
+            Self::InsufficientFunds(_) => codes::INSUFFICIENT_FUNDS,
             Self::Ledger(inner) => inner.code(),
             Self::Store(inner) if inner.is_overload() => inner.code(),
-            Self::Store(_) => "STORE_FAILED",
+            Self::Store(_) => codes::STORE_FAILED,
         }
     }
 
@@ -445,7 +447,7 @@ fn parse_engines<P>(
             Some(EngineSpec::Openai { provider }) if !providers.contains_key(provider) => {
                 let known: Vec<&str> = providers.keys().map(String::as_str).collect();
                 return Err(IntakeError::unknown(
-                    "UNKNOWN_PROVIDER",
+                    codes::UNKNOWN_PROVIDER,
                     format!(
                         "engines.{persona}: no provider `{provider}`; known: [{}]",
                         known.join(", ")
@@ -468,7 +470,7 @@ fn parse_kind(
     let Some(stages) = templates.get(&kind) else {
         let known: Vec<&str> = templates.keys().map(String::as_str).collect();
         return Err(IntakeError::unknown(
-            "UNKNOWN_KIND",
+            codes::UNKNOWN_KIND,
             format!("unknown kind `{kind}`; known kinds: {}", known.join(", ")),
         ));
     };
@@ -528,7 +530,7 @@ fn parse_deploy<A>(
     if let Some(app) = &deploy {
         if !apps.contains_key(app) {
             return Err(IntakeError::unknown(
-                "UNKNOWN_APP",
+                codes::UNKNOWN_APP,
                 format!("`deploy`: no app `{app}` in ops.yaml"),
             ));
         }
@@ -600,7 +602,7 @@ async fn check_deps(store: &Store, deps: Vec<String>) -> Result<Vec<TaskId>, Int
     for dep in deps {
         let unknown = || {
             IntakeError::unknown(
-                "UNKNOWN_DEPENDENCY",
+                codes::UNKNOWN_DEPENDENCY,
                 format!("deps names unknown task `{dep}`"),
             )
         };
@@ -656,7 +658,7 @@ async fn check_repository(
     match crate::platform::git::read::has_branch(path, base_branch).await {
         Ok(Some(true)) => Ok(()),
         Ok(Some(false)) => Err(IntakeError::unknown(
-            "UNKNOWN_BASE_BRANCH",
+            codes::UNKNOWN_BASE_BRANCH,
             format!("{repo} has no branch `{base_branch}`"),
         )),
         // Not a repository's top (a subdirectory, say), or one gix cannot read: git decides, as
@@ -678,12 +680,12 @@ async fn check_with_git(
     }
     if !git.is_repository().await {
         return Err(IntakeError::unknown(
-            "NOT_A_GIT_REPOSITORY",
+            codes::NOT_A_GIT_REPOSITORY,
             format!("{repo} is not a git repository"),
         ));
     }
     Err(IntakeError::unknown(
-        "UNKNOWN_BASE_BRANCH",
+        codes::UNKNOWN_BASE_BRANCH,
         format!("{repo} has no branch `{base_branch}`"),
     ))
 }

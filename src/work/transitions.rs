@@ -5,6 +5,7 @@
 use chrono::Utc;
 use serde_json::json;
 
+use crate::model::codes;
 use crate::model::errors::TaskActionError;
 use crate::model::persona::Persona;
 use crate::model::task::branch_name;
@@ -106,7 +107,7 @@ async fn fail_for_dependency(
     dep: TaskId,
     reason: String,
 ) -> Result<(), StoreError> {
-    let error = ErrorInfo::new("DEPENDENCY_FAILED", reason);
+    let error = ErrorInfo::new(codes::DEPENDENCY_FAILED, reason);
     let event = NewEvent::new(
         Persona::Compass,
         "task.finished",
@@ -278,7 +279,7 @@ pub async fn give_up_pipeline(
     reason: &str,
 ) -> Result<(), StoreError> {
     let error = ErrorInfo::new(
-        "PIPELINE_FAILED",
+        codes::PIPELINE_FAILED,
         format!("the task's pipeline crashed past its restart limit; last: {reason}"),
     );
     let events = [

@@ -7,6 +7,8 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::model::codes;
+
 /// An error answered to a client.
 #[derive(Debug)]
 pub struct ApiError {
@@ -46,12 +48,16 @@ impl ApiError {
 
     /// 400: the body is not JSON.
     pub fn invalid_json(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "INVALID_JSON", message)
+        Self::new(StatusCode::BAD_REQUEST, codes::INVALID_JSON, message)
     }
 
     /// 422: the JSON is well-formed but a field is wrong.
     pub fn invalid_field(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_FIELD", message)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            codes::INVALID_FIELD,
+            message,
+        )
     }
 
     /// 422 with a specific code.
@@ -82,7 +88,7 @@ impl ApiError {
         tracing::error!(%cause, "internal error answering a request");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL",
+            codes::INTERNAL,
             "internal error; see the service log",
         )
     }
@@ -178,4 +184,43 @@ pub mod describe {
     /// 409 of incident approve and reject.
     pub const INCIDENT_NOT_AWAITING: &str =
         "`INVALID_STATE`: the incident does not wait at a gated step.";
+}
+
+#[cfg(test)]
+impl ApiError {
+    /// Panics unless `model::codes` catalogues this answer's code with its status: what ties each
+    /// error mapping of the edge to the catalogue (and so to `docs/api.md`).
+    pub(crate) fn assert_catalogued(&self) {
+        let status = self.status.as_u16();
+        let code = codes::lookup(self.code)
+            .unwrap_or_else(|| panic!("{} ({status}) is not catalogued", self.code));
+        assert!(
+            code.answers_with(status),
+            "{} is answered {status}, but the catalogue says {:?}",
+            self.code,
+            code.statuses
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::ApiError;
+    use crate::storage::store::StoreError;
+
+    #[test]
+    fn the_edges_own_answers_are_catalogued() {
+        ApiError::invalid_json("x").assert_catalogued();
+        ApiError::invalid_field("x").assert_catalogued();
+        ApiError::internal("x").assert_catalogued();
+        for error in [
+            StoreError::Busy,
+            StoreError::AnswerTimeout(Duration::from_secs(5)),
+            StoreError::Closed,
+        ] {
+            ApiError::from(error).assert_catalogued();
+        }
+    }
 }

@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use crate::model::codes;
 
 /// A parsed JSON request body.
 pub struct JsonBody<T>(pub T);
@@ -44,7 +45,7 @@ where
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        "PAYLOAD_TOO_LARGE",
+                        codes::PAYLOAD_TOO_LARGE,
                         "request body is over the size limit",
                     )
                 } else {

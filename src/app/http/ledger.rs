@@ -369,3 +369,47 @@ pub async fn mint(
 pub async fn audit(State(app): State<AppState>) -> Result<Json<Audit>, ApiError> {
     Ok(Json(ledger::audit(&app.services.directory).await?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+    use crate::model::errors::StoreError;
+    use crate::model::ledger::{LedgerError, TransferStatus};
+
+    /// Every ledger refusal is answered with a status the catalogue gives its code.
+    #[test]
+    fn every_ledger_error_is_answered_as_catalogued() {
+        let id = || "t".to_owned();
+        let codec = serde_json::from_str::<u8>("x").unwrap_err();
+        let errors = [
+            LedgerError::InvalidField(id()),
+            LedgerError::AccountNotFound(id()),
+            LedgerError::AccountExists(id()),
+            LedgerError::TransferNotFound(id()),
+            LedgerError::TransferExists(id()),
+            LedgerError::InsufficientFunds {
+                account: id(),
+                available: 0,
+                amount: 1,
+            },
+            LedgerError::TransferNotPending {
+                id: id(),
+                status: TransferStatus::Posted,
+            },
+            LedgerError::TransferExpired(id()),
+            LedgerError::ExceedsPending {
+                id: id(),
+                reserved: 1,
+                amount: 2,
+            },
+            LedgerError::Overflow(id()),
+            LedgerError::Unavailable(id()),
+            LedgerError::Codec(codec),
+            LedgerError::Store(StoreError::Busy),
+            LedgerError::Store(StoreError::Closed),
+        ];
+        for error in errors {
+            ApiError::from(error).assert_catalogued();
+        }
+    }
+}

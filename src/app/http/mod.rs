@@ -20,6 +20,7 @@ use axum::Router;
 use ractor::ActorRef;
 use tower_http::trace::TraceLayer;
 
+use crate::model::codes;
 use crate::runtime::compass::CompassMsg;
 use crate::runtime::Services;
 use error::ApiError;
@@ -106,13 +107,13 @@ async fn record_request(request: Request, next: Next) -> Response {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::not_found("NOT_FOUND", "no such route")
+    ApiError::not_found(codes::NOT_FOUND, "no such route")
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,
-        "METHOD_NOT_ALLOWED",
+        codes::METHOD_NOT_ALLOWED,
         "method not allowed on this route",
     )
 }

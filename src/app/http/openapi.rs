@@ -158,6 +158,43 @@ mod tests {
         }
     }
 
+    /// Every code an error answer's description names is catalogued with that answer's status:
+    /// the OpenAPI document and `model::codes` (hence `docs/api.md`) tell the same story.
+    #[test]
+    fn error_descriptions_name_catalogued_codes_with_their_status() {
+        let document = document();
+        let paths = document["paths"].as_object().expect("paths");
+        let mut checked = 0;
+        for (path, item) in paths {
+            for (method, operation) in item.as_object().expect("path item") {
+                let responses = operation["responses"].as_object().expect("responses");
+                for (status, response) in responses {
+                    let Ok(status) = status.parse::<u16>() else {
+                        continue;
+                    };
+                    let description = response["description"].as_str().unwrap_or_default();
+                    let named = description.split('`').skip(1).step_by(2).filter(|word| {
+                        word.len() > 2
+                            && word.contains('_')
+                            && word.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+                    });
+                    for name in named {
+                        let code = crate::model::codes::lookup(name).unwrap_or_else(|| {
+                            panic!("{method} {path} {status}: {name} is not catalogued")
+                        });
+                        assert!(
+                            status < 400 || code.answers_with(status),
+                            "{method} {path} {status}: {name} is catalogued with {:?}",
+                            code.statuses
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 50, "only {checked} codes named in the document");
+    }
+
     /// The `Task` schema names exactly the keys a served task has, and requires the ones it
     /// always has.
     #[test]

@@ -17,6 +17,7 @@ use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::json::{parse, JsonBody, QueryParams, RawBody};
 use super::AppState;
+use crate::model::codes;
 use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{DeployRecord, Incident, IncidentStatus, LIST_LIMIT_MAX};
 use crate::runtime::uplink_deploy::{self, UplinkDeployMsg};
@@ -180,7 +181,7 @@ pub async fn get_deploy(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let record = ops_store(&app)?.deploy(&id).await?.ok_or_else(|| {
-        ApiError::not_found("DEPLOY_NOT_FOUND", format!("no deploy with id `{id}`"))
+        ApiError::not_found(codes::DEPLOY_NOT_FOUND, format!("no deploy with id `{id}`"))
     })?;
     Ok(Json(json!(record)))
 }
@@ -221,7 +222,7 @@ async fn decide_deploy(
         Some(PERSONA_CALL_TIMEOUT),
     );
     let record = uplink_deploy::unwrap_call(call.await).map_err(|error| match error {
-        OpsError::NotFound(message) => ApiError::not_found("DEPLOY_NOT_FOUND", message),
+        OpsError::NotFound(message) => ApiError::not_found(codes::DEPLOY_NOT_FOUND, message),
         other => ops_error(other),
     })?;
     Ok(Json(json!(record)))
@@ -410,7 +411,10 @@ pub async fn get_incident(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let incident = ops_store(&app)?.incident(&id).await?.ok_or_else(|| {
-        ApiError::not_found("INCIDENT_NOT_FOUND", format!("no incident with id `{id}`"))
+        ApiError::not_found(
+            codes::INCIDENT_NOT_FOUND,
+            format!("no incident with id `{id}`"),
+        )
     })?;
     Ok(Json(json!(incident)))
 }
@@ -419,7 +423,7 @@ async fn decide_incident(app: &AppState, id: &str, approve: bool) -> Result<Json
     let incident = uplink_respond::call_decide(&app.services, id, approve)
         .await
         .map_err(|error| match error {
-            OpsError::NotFound(message) => ApiError::not_found("INCIDENT_NOT_FOUND", message),
+            OpsError::NotFound(message) => ApiError::not_found(codes::INCIDENT_NOT_FOUND, message),
             other => ops_error(other),
         })?;
     Ok(Json(json!(incident)))
@@ -467,4 +471,44 @@ pub async fn reject_incident(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     decide_incident(&app, &id, false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ops_error;
+    use crate::model::ops::error::OpsError;
+
+    /// Every ops refusal is answered with a status the catalogue gives its code.
+    #[test]
+    fn every_ops_error_is_answered_as_catalogued() {
+        let text = || "x".to_owned();
+        let errors = [
+            OpsError::UnknownApp(text()),
+            OpsError::UnknownCommit(text()),
+            OpsError::VerifyFailed(text()),
+            OpsError::Denied {
+                rule: text(),
+                command: text(),
+            },
+            OpsError::Provider(text()),
+            OpsError::NoRelease(text()),
+            OpsError::Unsupported(text()),
+            OpsError::Busy(text()),
+            OpsError::QueueFull(text()),
+            OpsError::NotFound(text()),
+            OpsError::InvalidState(text()),
+            OpsError::Unavailable(text()),
+            OpsError::Store(text()),
+            OpsError::Io(text()),
+            OpsError::InsufficientFunds(text()),
+            OpsError::UnknownAccount(text()),
+            OpsError::Ledger {
+                code: crate::model::codes::TRANSFER_EXISTS,
+                message: text(),
+            },
+        ];
+        for error in errors {
+            ops_error(error).assert_catalogued();
+        }
+    }
 }

@@ -31,6 +31,7 @@ use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::json::QueryParams;
 use super::AppState;
+use crate::model::codes;
 use crate::model::task::{Event, Task, TaskId};
 use crate::storage::store::Store;
 
@@ -74,7 +75,7 @@ impl StreamSlots {
     fn take(&self) -> Result<OwnedSemaphorePermit, ApiError> {
         self.permits.clone().try_acquire_owned().map_err(|_| {
             ApiError::unavailable(
-                "TOO_MANY_STREAMS",
+                codes::TOO_MANY_STREAMS,
                 format!("{STREAMS_MAX} event streams are open; try again later"),
             )
         })
@@ -113,7 +114,8 @@ pub async fn task_events(
     QueryParams(query): QueryParams<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let not_found = || ApiError::not_found("TASK_NOT_FOUND", format!("no task with id `{id}`"));
+    let not_found =
+        || ApiError::not_found(codes::TASK_NOT_FOUND, format!("no task with id `{id}`"));
     let task_id: TaskId = id.parse().map_err(|_| not_found())?;
     app.services
         .store
@@ -305,7 +307,7 @@ fn event_message(event: &Event) -> SseEvent {
 }
 
 fn error_message(error: &impl std::fmt::Display) -> SseEvent {
-    let body = json!({"error": {"code": "STREAM_FAILED", "message": error.to_string()}});
+    let body = json!({"error": {"code": codes::STREAM_FAILED, "message": error.to_string()}});
     SseEvent::default().event("error").data(body.to_string())
 }
 

@@ -9,6 +9,7 @@ use serde_json::json;
 use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
+use crate::model::codes;
 use crate::model::task::TaskId;
 use crate::storage::store::Store;
 
@@ -47,7 +48,7 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         Some(text) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
         None => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "METRICS_UNAVAILABLE",
+            codes::METRICS_UNAVAILABLE,
             "no metrics recorder is installed in this process",
         )
         .into_response(),
@@ -108,7 +109,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         .collect();
     let body = json!({
         "status": "not_ready",
-        "error": {"code": "NOT_READY", "message": format!("not ready: {}", names.join(", "))},
+        "error": {"code": codes::NOT_READY, "message": format!("not ready: {}", names.join(", "))},
         "actors": not_ready,
     });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()

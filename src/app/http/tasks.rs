@@ -17,6 +17,7 @@ use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::json::{JsonBody, QueryParams, RawBody};
 use super::AppState;
+use crate::model::codes;
 use crate::model::errors::TaskActionError;
 use crate::model::ledger::LedgerError;
 use crate::model::task::{Task, TaskId, TaskStatus};
@@ -143,7 +144,8 @@ pub struct ListQuery {
 }
 
 async fn parse_id(app: &AppState, id: &str) -> Result<Task, ApiError> {
-    let not_found = || ApiError::not_found("TASK_NOT_FOUND", format!("no task with id `{id}`"));
+    let not_found =
+        || ApiError::not_found(codes::TASK_NOT_FOUND, format!("no task with id `{id}`"));
     let task_id: TaskId = id.parse().map_err(|_| not_found())?;
     app.services
         .store
@@ -387,6 +389,17 @@ fn ledger_error(error: LedgerError) -> ApiError {
     intake_error(IntakeError::from(error))
 }
 
+/// Maps Compass's refusal of a task action to its answer: unknown 404, wrong status 409.
+fn action_error(error: TaskActionError) -> ApiError {
+    match error {
+        TaskActionError::NotFound(_) => ApiError::not_found(error.code(), error.to_string()),
+        TaskActionError::WrongStatus { .. } | TaskActionError::Finished(_) => {
+            ApiError::conflict(error.code(), error.to_string())
+        }
+        TaskActionError::Store(inner) => inner.into(),
+    }
+}
+
 async fn act(app: &AppState, id: &str, action: TaskAction) -> Result<Json<Task>, ApiError> {
     let task_id = parse_id(app, id).await?.id;
     let answer = app
@@ -402,16 +415,75 @@ async fn act(app: &AppState, id: &str, action: TaskAction) -> Result<Json<Task>,
         .await;
     match answer {
         Ok(CallResult::Success(Ok(task))) => Ok(Json(task)),
-        Ok(CallResult::Success(Err(error))) => Err(match error {
-            TaskActionError::NotFound(_) => ApiError::not_found(error.code(), error.to_string()),
-            TaskActionError::WrongStatus { .. } | TaskActionError::Finished(_) => {
-                ApiError::conflict(error.code(), error.to_string())
-            }
-            TaskActionError::Store(inner) => inner.into(),
-        }),
+        Ok(CallResult::Success(Err(error))) => Err(action_error(error)),
         Ok(CallResult::Timeout | CallResult::SenderError) | Err(_) => Err(ApiError::unavailable(
-            "COMPASS_UNAVAILABLE",
+            codes::COMPASS_UNAVAILABLE,
             "compass did not answer; try again",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{action_error, intake_error};
+    use crate::model::codes;
+    use crate::model::errors::{StoreError, TaskActionError};
+    use crate::model::ledger::LedgerError;
+    use crate::model::task::{TaskId, TaskStatus};
+    use crate::work::intake::IntakeError;
+
+    /// Every refusal of a submission is answered with a status the catalogue gives its code.
+    #[test]
+    fn every_intake_error_is_answered_as_catalogued() {
+        let text = || "x".to_owned();
+        let unknown = |code| IntakeError::Unknown {
+            code,
+            message: text(),
+        };
+        let errors = [
+            IntakeError::InvalidField(text()),
+            unknown(codes::NOT_A_GIT_REPOSITORY),
+            unknown(codes::UNKNOWN_BASE_BRANCH),
+            unknown(codes::UNKNOWN_KIND),
+            unknown(codes::UNKNOWN_PROVIDER),
+            unknown(codes::UNKNOWN_DEPENDENCY),
+            unknown(codes::UNKNOWN_APP),
+            IntakeError::from(LedgerError::AccountNotFound(text())),
+            IntakeError::QueueFull(1),
+            IntakeError::IdempotencyConflict(TaskId::new()),
+            IntakeError::from(LedgerError::InsufficientFunds {
+                account: text(),
+                available: 0,
+                amount: 1,
+            }),
+            IntakeError::from(LedgerError::Unavailable(text())),
+            IntakeError::from(LedgerError::InvalidField(text())),
+            IntakeError::from(LedgerError::TransferExists(text())),
+            IntakeError::Store(StoreError::Busy),
+            IntakeError::Store(StoreError::AnswerTimeout(std::time::Duration::from_secs(5))),
+            IntakeError::Store(StoreError::Closed),
+        ];
+        for error in errors {
+            intake_error(error).assert_catalogued();
+        }
+    }
+
+    /// Every refusal of a task action is answered with a status the catalogue gives its code.
+    #[test]
+    fn every_task_action_error_is_answered_as_catalogued() {
+        let errors = [
+            TaskActionError::NotFound(TaskId::new()),
+            TaskActionError::WrongStatus {
+                id: TaskId::new(),
+                status: TaskStatus::Done,
+                expected: "failed",
+            },
+            TaskActionError::Finished(TaskId::new()),
+            TaskActionError::Store(StoreError::Busy),
+            TaskActionError::Store(StoreError::Closed),
+        ];
+        for error in errors {
+            action_error(error).assert_catalogued();
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Why an ops request failed, with the stable code the ingress answers.
 
+use crate::model::codes;
 use crate::model::errors::StoreError;
 
 /// Why an ops operation failed. Each variant has a stable code.
@@ -72,22 +73,22 @@ impl OpsError {
     /// The machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::UnknownApp(_) => "UNKNOWN_APP",
-            Self::UnknownCommit(_) => "UNKNOWN_COMMIT",
-            Self::VerifyFailed(_) => "VERIFY_FAILED",
-            Self::Denied { .. } => "COMMAND_DENIED",
-            Self::Provider(_) => "PROVIDER_FAILED",
-            Self::NoRelease(_) => "NO_RELEASE",
-            Self::Unsupported(_) => "UNSUPPORTED",
-            Self::Busy(_) => "APP_BUSY",
-            Self::QueueFull(_) => "DEPLOY_QUEUE_FULL",
-            Self::NotFound(_) => "NOT_FOUND",
-            Self::InvalidState(_) => "INVALID_STATE",
-            Self::Unavailable(_) => "PERSONA_UNAVAILABLE",
-            Self::Store(_) => "STORE_FAILED",
-            Self::Io(_) => "IO_FAILED",
-            Self::InsufficientFunds(_) => "INSUFFICIENT_FUNDS",
-            Self::UnknownAccount(_) => "ACCOUNT_NOT_FOUND",
+            Self::UnknownApp(_) => codes::UNKNOWN_APP,
+            Self::UnknownCommit(_) => codes::UNKNOWN_COMMIT,
+            Self::VerifyFailed(_) => codes::VERIFY_FAILED,
+            Self::Denied { .. } => codes::COMMAND_DENIED,
+            Self::Provider(_) => codes::PROVIDER_FAILED,
+            Self::NoRelease(_) => codes::NO_RELEASE,
+            Self::Unsupported(_) => codes::UNSUPPORTED,
+            Self::Busy(_) => codes::APP_BUSY,
+            Self::QueueFull(_) => codes::DEPLOY_QUEUE_FULL,
+            Self::NotFound(_) => codes::NOT_FOUND,
+            Self::InvalidState(_) => codes::INVALID_STATE,
+            Self::Unavailable(_) => codes::PERSONA_UNAVAILABLE,
+            Self::Store(_) => codes::STORE_FAILED,
+            Self::Io(_) => codes::IO_FAILED,
+            Self::InsufficientFunds(_) => codes::INSUFFICIENT_FUNDS,
+            Self::UnknownAccount(_) => codes::ACCOUNT_NOT_FOUND,
             Self::Ledger { code, .. } => code,
         }
     }

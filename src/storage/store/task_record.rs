@@ -361,7 +361,10 @@ mod tests {
         assert_eq!(task.budget.max_tokens, Some(20_000));
         assert_eq!(task.budget.max_wall_secs, None);
         assert_eq!(task.failures.len(), 1);
-        assert_eq!(task.failures[0].error.code, "VERIFY_FAILED");
+        assert_eq!(
+            task.failures[0].error.code,
+            crate::model::codes::VERIFY_FAILED
+        );
         assert_eq!(
             task.plan.as_ref().map(|p| p.steps.clone()),
             Some(vec![PlanStep {
@@ -401,7 +404,10 @@ mod tests {
     fn records_carry_their_version_and_round_trip() {
         let mut task = Task::for_test("t", "d");
         task.acceptance = Some("it works".into());
-        task.record_failure(Stage::Verify, ErrorInfo::new("VERIFY_FAILED", "no"));
+        task.record_failure(
+            Stage::Verify,
+            ErrorInfo::new(crate::model::codes::VERIFY_FAILED, "no"),
+        );
         let bytes = encode(&task).expect("encodes");
         assert_eq!(json(&bytes)["v"], serde_json::json!(TASK_RECORD_VERSION));
         assert_eq!(decode(&bytes).expect("decodes"), task);

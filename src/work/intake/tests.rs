@@ -2,6 +2,7 @@
 //! the code and message of each refusal (the ones clients see in `422`s).
 
 use super::*;
+use crate::model::codes;
 use crate::model::task::EngineSpec;
 
 /// The refusal's code and message, for comparing with what a client would read.
@@ -11,7 +12,7 @@ fn refusal<T: std::fmt::Debug>(result: Result<T, IntakeError>) -> (&'static str,
 }
 
 fn invalid(message: &str) -> (&'static str, String) {
-    ("INVALID_FIELD", message.to_owned())
+    (codes::INVALID_FIELD, message.to_owned())
 }
 
 fn bytes(n: usize) -> String {
@@ -171,7 +172,7 @@ fn engines_bound_commands_know_providers_and_keep_circuit_a_judge() {
     assert_eq!(
         refusal(parse_engines(Some(unknown), &providers)),
         (
-            "UNKNOWN_PROVIDER",
+            codes::UNKNOWN_PROVIDER,
             "engines.patch: no provider `elsewhere`; known: [local, remote]".to_owned()
         )
     );
@@ -183,7 +184,7 @@ fn engines_bound_commands_know_providers_and_keep_circuit_a_judge() {
     };
     assert_eq!(
         refusal(parse_engines(Some(both), &providers)).0,
-        "UNKNOWN_PROVIDER"
+        codes::UNKNOWN_PROVIDER
     );
 }
 
@@ -212,7 +213,7 @@ fn kind_defaults_to_feature_and_must_have_a_template() {
     assert_eq!(
         refusal(parse_kind(Some("magic".into()), &templates)),
         (
-            "UNKNOWN_KIND",
+            codes::UNKNOWN_KIND,
             "unknown kind `magic`; known kinds: docs, feature".to_owned()
         )
     );
@@ -254,13 +255,16 @@ async fn repo_is_an_absolute_git_repository_with_the_branch() {
     assert_eq!(
         refusal(parse_repo(plain.clone(), "main", &checks, timeout).await),
         (
-            "NOT_A_GIT_REPOSITORY",
+            codes::NOT_A_GIT_REPOSITORY,
             format!("{plain} is not a git repository")
         )
     );
     assert_eq!(
         refusal(parse_repo(repo.clone(), "dev", &checks, timeout).await),
-        ("UNKNOWN_BASE_BRANCH", format!("{repo} has no branch `dev`"))
+        (
+            codes::UNKNOWN_BASE_BRANCH,
+            format!("{repo} has no branch `dev`")
+        )
     );
     assert!(!checks.recently_found(&repo, "main"));
     assert_eq!(
@@ -302,7 +306,7 @@ async fn deps_name_stored_tasks_at_most_64_once_each() {
     assert_eq!(
         refusal(parse_deps(&store, Some(vec!["nope".into()])).await),
         (
-            "UNKNOWN_DEPENDENCY",
+            codes::UNKNOWN_DEPENDENCY,
             "deps names unknown task `nope`".to_owned()
         )
     );
@@ -311,7 +315,7 @@ async fn deps_name_stored_tasks_at_most_64_once_each() {
     assert_eq!(
         refusal(parse_deps(&store, Some(vec![missing.to_string(), "nope".into()])).await),
         (
-            "UNKNOWN_DEPENDENCY",
+            codes::UNKNOWN_DEPENDENCY,
             format!("deps names unknown task `{missing}`")
         )
     );
@@ -354,7 +358,7 @@ fn deploy_is_named_when_needed_merged_and_known() {
             &apps
         )),
         (
-            "UNKNOWN_APP",
+            codes::UNKNOWN_APP,
             "`deploy`: no app `elsewhere` in ops.yaml".to_owned()
         )
     );
@@ -375,7 +379,7 @@ async fn parent_task_names_a_stored_task() {
     assert_eq!(
         refusal(parse_parent_task(&store, Some(missing.to_string())).await),
         (
-            "UNKNOWN_DEPENDENCY",
+            codes::UNKNOWN_DEPENDENCY,
             format!("deps names unknown task `{missing}`")
         )
     );

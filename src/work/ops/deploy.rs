@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::probe;
 use super::provider::{self, ProviderContext};
+use crate::model::codes;
 use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{DeployRecord, DeployStatus, RollbackRecord, StageRecord};
 use crate::model::ops::spec::{config_digest, AppSpec};
@@ -294,7 +295,7 @@ async fn roll_back(ctx: &DeployContext, id: &str, bad: &str) -> Result<Ending, O
             DeployStatus::Failed
         },
         error: Some(crate::model::task::ErrorInfo::new(
-            "DEPLOY_UNHEALTHY",
+            codes::DEPLOY_UNHEALTHY,
             format!("release {bad} failed its health check"),
         )),
     })
