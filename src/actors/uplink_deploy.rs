@@ -158,7 +158,7 @@ impl Actor for UplinkDeploy {
             }
             UplinkDeployMsg::DeployDone { app, outcome } => {
                 state.busy.remove(&app);
-                on_deploy_done(state, &app, outcome);
+                on_deploy_done(state, &app, outcome).await;
                 dispatch(&myself, state, &app).await?;
             }
             UplinkDeployMsg::ActionDone(app) => {
@@ -351,16 +351,25 @@ fn check_room(history: &[DeployRecord], app: &str) -> Result<(), OpsError> {
     Ok(())
 }
 
-/// Reserves the new deploy's price from a spawned task (the handler never waits on the Ledger),
-/// then hands the record back as [`UplinkDeployMsg::Admit`]; a refusal goes to the requester.
+/// Reserves the new deploy's price from a background task (the handler never waits on the
+/// Ledger), then hands the record back as [`UplinkDeployMsg::Admit`]; a refusal goes to the
+/// requester. With no room for the task nothing is reserved and the request is refused
+/// (`Unavailable`), as when Uplink-Deploy is down.
 fn reserve_then_admit(
     myself: &ActorRef<UplinkDeployMsg>,
     services: &Services,
     record: DeployRecord,
     reply: Option<RpcReplyPort<Result<DeployRecord, OpsError>>>,
 ) {
+    let Some(slot) = services.background.slot() else {
+        let busy = OpsError::Unavailable(
+            "uplink-deploy has too much background work running; try again".into(),
+        );
+        answer(reply, &record.app, &record.trigger, Err(busy));
+        return;
+    };
     let (me, services) = (myself.clone(), services.clone());
-    tokio::spawn(async move {
+    slot.spawn("deploy.reserve", async move {
         if let Err(error) = billing::reserve_deploy(&services, &record).await {
             answer(reply, &record.app, &record.trigger, Err(error));
             return;
@@ -397,7 +406,13 @@ async fn admit(state: &UplinkDeployState, record: DeployRecord) -> Result<Deploy
         },
     };
     let (services, id) = (state.services.clone(), record.id);
-    tokio::spawn(async move { billing::release_deploy(&services, &id).await });
+    // A reservation left pending is never released later: without room, release it here.
+    let release = async move { billing::release_deploy(&services, &id).await };
+    state
+        .services
+        .background
+        .spawn_or_run("deploy.release", release)
+        .await;
     outcome
 }
 
@@ -495,19 +510,22 @@ async fn dispatch(
     Ok(())
 }
 
-/// Settles an ended deploy with the Ledger in a spawned task (the handler never waits on it). A
-/// settlement that fails is logged and done again at the next start.
+/// Settles an ended deploy with the Ledger in a background task (the handler never waits on it).
+/// A settlement that fails, or finds no room to run, is logged and done again at the next start.
 fn settle_later(services: &Services, record: DeployRecord) {
+    let background = services.background.clone();
     let services = services.clone();
-    tokio::spawn(async move {
+    background.spawn("deploy.settle", async move {
         if let Err(error) = billing::settle_deploy(&services, &record).await {
             tracing::error!(deploy = %record.id, %error, "could not settle a deploy with the ledger");
         }
     });
 }
 
-/// A deploy that did not end healthy becomes a signal; the incident's id goes on the record.
-fn on_deploy_done(
+/// A deploy that did not end healthy becomes a signal (sent from a background task, or here when
+/// there is no room: a lost signal would be a missed incident); the incident's id goes on the
+/// record.
+async fn on_deploy_done(
     state: &UplinkDeployState,
     app: &str,
     outcome: Result<Box<DeployRecord>, String>,
@@ -542,14 +560,19 @@ fn on_deploy_done(
         at: chrono::Utc::now(),
     };
     let (services, ops, id) = (state.services.clone(), state.ops.clone(), record.id);
-    tokio::spawn(async move {
+    let signal = async move {
         let incidents = send_signals(&services, vec![signal]).await;
         if let Some(incident) = incidents.into_iter().next() {
             let _ = ops
                 .update_deploy(&id, move |d| d.incident = Some(incident.clone()))
                 .await;
         }
-    });
+    };
+    state
+        .services
+        .background
+        .spawn_or_run("deploy.signal", signal)
+        .await;
 }
 
 fn act_on(

@@ -464,6 +464,8 @@ impl<T: Send + 'static, E: From<StoreError> + Send + 'static> Answer<T, E> {
     fn new(done: impl FnOnce(Result<T, E>) + Send + 'static) -> Self {
         let slot: Arc<Mutex<Option<Done<T, E>>>> = Arc::new(Mutex::new(Some(Box::new(done))));
         let timed_out = slot.clone();
+        // Owned by this answer (aborted when it is dropped); the store sits below the runtime's
+        // background tracker.
         let timer = tokio::spawn(async move {
             tokio::time::sleep(ANSWER_WAIT).await;
             if let Some(done) = take(&timed_out) {
