@@ -220,35 +220,44 @@ async fn recover(
 /// Delivered tasks that name `deploy: <app>` but whose deploy request was lost (the service
 /// stopped between the delivery and the request) get it now. Looks at the newest
 /// [`TASK_DEPLOY_SCAN_MAX`] tasks. The requests go to this actor's own mailbox, like any other.
+///
+/// The app's history keeps only its newest deploys, so a task whose deploy record was dropped
+/// must not look lost (asking again would deploy an old commit): skipped are tasks with a
+/// `deploy` stage (done only through a healthy deploy of their own) and tasks that finished
+/// before the newest dropped deploy was created (their request was made, or given up, long ago).
 async fn request_missed_task_deploys(
     myself: &ActorRef<UplinkDeployMsg>,
     state: &UplinkDeployState,
 ) -> Result<(), OpsError> {
+    /// An app's known triggers, and when its newest dropped deploy was created.
+    type Known = (
+        std::collections::HashSet<String>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    );
     let tasks = state.services.store.tasks(TASK_DEPLOY_SCAN_MAX).await?;
-    let mut requested: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+    let mut requested: HashMap<String, Known> = HashMap::new();
     for task in tasks {
         let Some(app) = task.deploy.as_deref() else {
             continue;
         };
         if task.status != crate::model::task::TaskStatus::Done
+            || task.stages.contains(&crate::model::task::Stage::Deploy)
             || !state.services.definitions.ops.apps.contains_key(app)
         {
             continue;
         }
         if !requested.contains_key(app) {
-            let triggers = state
-                .ops
-                .deploys_of(app)
-                .await?
-                .into_iter()
-                .map(|d| d.trigger);
-            requested.insert(app.to_owned(), triggers.collect());
+            let history = state.ops.deploy_history(app).await?;
+            let triggers = history.records.into_iter().map(|d| d.trigger).collect();
+            requested.insert(app.to_owned(), (triggers, history.pruned.newest_created_at));
         }
         let trigger = format!("task:{}", task.id);
-        if requested
-            .get(app)
-            .is_some_and(|known| known.contains(&trigger))
-        {
+        let Some((known, dropped_until)) = requested.get(app) else {
+            continue;
+        };
+        let dropped =
+            dropped_until.is_some_and(|until| task.finished_at.is_some_and(|at| at <= until));
+        if known.contains(&trigger) || dropped {
             continue;
         }
         tracing::warn!(app, task = %task.id, "requesting a delivered task's missed deploy");
@@ -290,11 +299,11 @@ async fn prepare(
         .apps
         .get(app)
         .ok_or_else(|| OpsError::UnknownApp(app.to_owned()))?;
-    let history = state.ops.deploys_of(app).await?;
-    if let Some(existing) = made_for(&history, trigger) {
+    let history = state.ops.deploy_history(app).await?;
+    if let Some(existing) = made_for(&history.records, trigger) {
         return Ok(Prepared::Existing(existing.clone()));
     }
-    check_room(&history, app)?;
+    check_room(&history.records, app)?;
     if let Some(reference) = &commit {
         refuse_unknown_commit(&spec.repo, reference).await?;
     }

@@ -132,6 +132,13 @@ impl Application {
         if interrupted > 0 {
             tracing::warn!(interrupted, "engine runs cut off by the previous run's end");
         }
+        // Deploy records stored before the per-app index existed get their index entries (once).
+        let indexed = crate::storage::ops::OpsStore::new(&store)
+            .index_deploys()
+            .await?;
+        if indexed > 0 {
+            tracing::info!(indexed, "indexed the deploy history by app");
+        }
         let watchdog = tokio_util::sync::CancellationToken::new();
         let watchdog_task = tokio::spawn(crate::storage::store::watch_writer(
             store.clone(),

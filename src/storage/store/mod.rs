@@ -91,11 +91,15 @@ pub enum Table {
     OpsReleases,
     /// Ops: app/sha → when its verify passed.
     OpsVerified,
+    /// Ops: each app's deploys, so one app's history is read without the others':
+    /// `<app>/<deploy id>` → empty for every kept deploy, `<app>` → what its dropped deploys count
+    /// for, and a marker saying every record of `OpsDeploys` is indexed (see `storage::ops`).
+    OpsDeploysByApp,
 }
 
 impl Table {
     /// All tables, in index order.
-    pub const ALL: [Table; 14] = [
+    pub const ALL: [Table; 15] = [
         Table::Tasks,
         Table::Events,
         Table::Runs,
@@ -110,6 +114,7 @@ impl Table {
         Table::OpsChecks,
         Table::OpsReleases,
         Table::OpsVerified,
+        Table::OpsDeploysByApp,
     ];
 
     /// The sled tree's name (unchanged from the layout before the writer, so data dirs carry
@@ -130,6 +135,7 @@ impl Table {
             Table::OpsChecks => "ops_checks",
             Table::OpsReleases => "ops_releases",
             Table::OpsVerified => "ops_verified",
+            Table::OpsDeploysByApp => "ops_deploys_by_app",
         }
     }
 }
