@@ -105,6 +105,7 @@ async fn in_process(root: &Path) -> (f64, f64) {
         redactor: Arc::default(),
         sandbox_exe: None,
         repo_checks: Arc::default(),
+        background: Default::default(),
         config: Arc::new(config),
     };
     let arguments = LedgerArguments {

@@ -627,10 +627,12 @@ async fn on_pipeline_exit(
 }
 
 /// Settles a finished task's reservation in the ledger, off the mailbox (a ledger call may wait
-/// for a flush or a restart). Idempotent: a settlement cut off by a crash is redone at start.
+/// for a flush or a restart), in a background task. Idempotent: a settlement cut off by a crash,
+/// or dropped for want of room, is redone at start.
 fn settle_later(services: &Services, task_id: TaskId) {
+    let background = services.background.clone();
     let services = services.clone();
-    tokio::spawn(async move {
+    background.spawn("task.settle", async move {
         let Ok(Some(task)) = services.store.task(task_id).await else {
             return;
         };

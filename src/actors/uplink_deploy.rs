@@ -176,7 +176,7 @@ impl Actor for UplinkDeploy {
             }
             UplinkDeployMsg::DeployDone { app, outcome } => {
                 state.busy.remove(&app);
-                on_deploy_done(state, &app, outcome);
+                on_deploy_done(state, &app, outcome).await;
                 dispatch(&myself, state, &app).await?;
             }
             UplinkDeployMsg::ActionDone(app) => {
@@ -238,35 +238,44 @@ async fn recover(
 /// Delivered tasks that name `deploy: <app>` but whose deploy request was lost (the service
 /// stopped between the delivery and the request) get it now. Looks at the newest
 /// [`TASK_DEPLOY_SCAN_MAX`] tasks. The requests go to this actor's own mailbox, like any other.
+///
+/// The app's history keeps only its newest deploys, so a task whose deploy record was dropped
+/// must not look lost (asking again would deploy an old commit): skipped are tasks with a
+/// `deploy` stage (done only through a healthy deploy of their own) and tasks that finished
+/// before the newest dropped deploy was created (their request was made, or given up, long ago).
 async fn request_missed_task_deploys(
     myself: &ActorRef<UplinkDeployMsg>,
     state: &UplinkDeployState,
 ) -> Result<(), OpsError> {
+    /// An app's known triggers, and when its newest dropped deploy was created.
+    type Known = (
+        std::collections::HashSet<String>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    );
     let tasks = state.services.store.tasks(TASK_DEPLOY_SCAN_MAX).await?;
-    let mut requested: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+    let mut requested: HashMap<String, Known> = HashMap::new();
     for task in tasks {
         let Some(app) = task.deploy.as_deref() else {
             continue;
         };
         if task.status != crate::model::task::TaskStatus::Done
+            || task.stages.contains(&crate::model::task::Stage::Deploy)
             || !state.services.definitions.ops.apps.contains_key(app)
         {
             continue;
         }
         if !requested.contains_key(app) {
-            let triggers = state
-                .ops
-                .deploys_of(app)
-                .await?
-                .into_iter()
-                .map(|d| d.trigger);
-            requested.insert(app.to_owned(), triggers.collect());
+            let history = state.ops.deploy_history(app).await?;
+            let triggers = history.records.into_iter().map(|d| d.trigger).collect();
+            requested.insert(app.to_owned(), (triggers, history.pruned.newest_created_at));
         }
         let trigger = format!("task:{}", task.id);
-        if requested
-            .get(app)
-            .is_some_and(|known| known.contains(&trigger))
-        {
+        let Some((known, dropped_until)) = requested.get(app) else {
+            continue;
+        };
+        let dropped =
+            dropped_until.is_some_and(|until| task.finished_at.is_some_and(|at| at <= until));
+        if known.contains(&trigger) || dropped {
             continue;
         }
         tracing::warn!(app, task = %task.id, "requesting a delivered task's missed deploy");
@@ -308,11 +317,11 @@ async fn prepare(
         .apps
         .get(app)
         .ok_or_else(|| OpsError::UnknownApp(app.to_owned()))?;
-    let history = state.ops.deploys_of(app).await?;
-    if let Some(existing) = made_for(&history, trigger) {
+    let history = state.ops.deploy_history(app).await?;
+    if let Some(existing) = made_for(&history.records, trigger) {
         return Ok(Prepared::Existing(existing.clone()));
     }
-    check_room(&history, app)?;
+    check_room(&history.records, app)?;
     if let Some(reference) = &commit {
         refuse_unknown_commit(&spec.repo, reference).await?;
     }
@@ -369,16 +378,25 @@ fn check_room(history: &[DeployRecord], app: &str) -> Result<(), OpsError> {
     Ok(())
 }
 
-/// Reserves the new deploy's price from a spawned task (the handler never waits on the Ledger),
-/// then hands the record back as [`UplinkDeployMsg::Admit`]; a refusal goes to the requester.
+/// Reserves the new deploy's price from a background task (the handler never waits on the
+/// Ledger), then hands the record back as [`UplinkDeployMsg::Admit`]; a refusal goes to the
+/// requester. With no room for the task nothing is reserved and the request is refused
+/// (`Unavailable`), as when Uplink-Deploy is down.
 fn reserve_then_admit(
     myself: &ActorRef<UplinkDeployMsg>,
     services: &Services,
     record: DeployRecord,
     reply: Option<RpcReplyPort<Result<DeployRecord, OpsError>>>,
 ) {
+    let Some(slot) = services.background.slot() else {
+        let busy = OpsError::Unavailable(
+            "uplink-deploy has too much background work running; try again".into(),
+        );
+        answer(reply, &record.app, &record.trigger, Err(busy));
+        return;
+    };
     let (me, services) = (myself.clone(), services.clone());
-    tokio::spawn(async move {
+    slot.spawn("deploy.reserve", async move {
         if let Err(error) = billing::reserve_deploy(&services, &record).await {
             answer(reply, &record.app, &record.trigger, Err(error));
             return;
@@ -415,7 +433,13 @@ async fn admit(state: &UplinkDeployState, record: DeployRecord) -> Result<Deploy
         },
     };
     let (services, id) = (state.services.clone(), record.id);
-    tokio::spawn(async move { billing::release_deploy(&services, &id).await });
+    // A reservation left pending is never released later: without room, release it here.
+    let release = async move { billing::release_deploy(&services, &id).await };
+    state
+        .services
+        .background
+        .spawn_or_run("deploy.release", release)
+        .await;
     outcome
 }
 
@@ -513,19 +537,22 @@ async fn dispatch(
     Ok(())
 }
 
-/// Settles an ended deploy with the Ledger in a spawned task (the handler never waits on it). A
-/// settlement that fails is logged and done again at the next start.
+/// Settles an ended deploy with the Ledger in a background task (the handler never waits on it).
+/// A settlement that fails, or finds no room to run, is logged and done again at the next start.
 fn settle_later(services: &Services, record: DeployRecord) {
+    let background = services.background.clone();
     let services = services.clone();
-    tokio::spawn(async move {
+    background.spawn("deploy.settle", async move {
         if let Err(error) = billing::settle_deploy(&services, &record).await {
             tracing::error!(deploy = %record.id, %error, "could not settle a deploy with the ledger");
         }
     });
 }
 
-/// A deploy that did not end healthy becomes a signal; the incident's id goes on the record.
-fn on_deploy_done(
+/// A deploy that did not end healthy becomes a signal (sent from a background task, or here when
+/// there is no room: a lost signal would be a missed incident); the incident's id goes on the
+/// record.
+async fn on_deploy_done(
     state: &UplinkDeployState,
     app: &str,
     outcome: Result<Box<DeployRecord>, String>,
@@ -560,14 +587,19 @@ fn on_deploy_done(
         at: chrono::Utc::now(),
     };
     let (services, ops, id) = (state.services.clone(), state.ops.clone(), record.id);
-    tokio::spawn(async move {
+    let signal = async move {
         let incidents = send_signals(&services, vec![signal]).await;
         if let Some(incident) = incidents.into_iter().next() {
             let _ = ops
                 .update_deploy(&id, move |d| d.incident = Some(incident.clone()))
                 .await;
         }
-    });
+    };
+    state
+        .services
+        .background
+        .spawn_or_run("deploy.signal", signal)
+        .await;
 }
 
 fn act_on(

@@ -181,6 +181,8 @@ impl Actor for UplinkWatch {
 }
 
 fn ticker(myself: ActorRef<UplinkWatchMsg>) -> AbortOnDropHandle<()> {
+    // Owned already (not a `Background` task): Watch's state holds the handle, and dropping it
+    // with the state stops the ticker.
     AbortOnDropHandle::new(tokio::spawn(async move {
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -282,7 +284,8 @@ fn bill_if_due(state: &mut UplinkWatchState) {
             continue;
         };
         let services = state.services.clone();
-        tokio::spawn(async move {
+        // No room: these seconds go uncharged, like a charge that fails.
+        state.services.background.spawn("watch.charge", async move {
             if let Err(error) = billing::charge_watch(&services, &app, &spec, seconds).await {
                 tracing::error!(%app, seconds, %error, "could not charge the checks' command seconds");
             }
@@ -326,8 +329,14 @@ async fn on_check_done(
         at: Utc::now(),
     };
     let services = state.services.clone();
-    tokio::spawn(async move {
+    // A lost signal would be a missed incident: without room, it is sent from here.
+    let signal = async move {
         send_signals(&services, vec![signal]).await;
-    });
+    };
+    state
+        .services
+        .background
+        .spawn_or_run("watch.signal", signal)
+        .await;
     Ok(())
 }

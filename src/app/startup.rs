@@ -25,6 +25,11 @@ use crate::storage::store::{Store, StoreError};
 
 /// How long the tree may take to stop on shutdown.
 const TREE_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits, once the tree has stopped, for background tasks (settlements,
+/// signals, worktree removals, interrupted runs being recorded) before it leaves them.
+const BACKGROUND_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the store watchdog to notice it was cancelled.
+const WATCHDOG_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The service could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +93,8 @@ pub struct Application {
     compass_done: JoinHandle<()>,
     /// Stops the store writer's watchdog with the service.
     watchdog: tokio_util::sync::CancellationToken,
+    /// The watchdog's task, awaited at shutdown once cancelled.
+    watchdog_task: JoinHandle<()>,
 }
 
 impl Application {
@@ -125,8 +132,15 @@ impl Application {
         if interrupted > 0 {
             tracing::warn!(interrupted, "engine runs cut off by the previous run's end");
         }
+        // Deploy records stored before the per-app index existed get their index entries (once).
+        let indexed = crate::storage::ops::OpsStore::new(&store)
+            .index_deploys()
+            .await?;
+        if indexed > 0 {
+            tracing::info!(indexed, "indexed the deploy history by app");
+        }
         let watchdog = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(crate::storage::store::watch_writer(
+        let watchdog_task = tokio::spawn(crate::storage::store::watch_writer(
             store.clone(),
             Duration::from_secs(config.storage.stall_secs),
             watchdog.clone(),
@@ -137,6 +151,7 @@ impl Application {
             redactor: Arc::new(redactor),
             sandbox_exe,
             repo_checks: Arc::default(),
+            background: Default::default(),
             store,
             directory: Arc::new(ActorDirectory::default()),
             config: Arc::new(config),
@@ -161,6 +176,7 @@ impl Application {
             },
             compass_done,
             watchdog,
+            watchdog_task,
         })
     }
 
@@ -179,6 +195,7 @@ impl Application {
             app,
             mut compass_done,
             watchdog,
+            watchdog_task,
         } = self;
         let compass: ActorRef<CompassMsg> = app.compass.clone();
         let services = app.services.clone();
@@ -187,6 +204,7 @@ impl Application {
         let server = axum::serve(listener, http::router(app)).with_graceful_shutdown(async move {
             let _ = stop_rx.await;
         });
+        // Owned here: awaited (or aborted) below, like the watchdog's task.
         let mut server = tokio::spawn(async move { server.await });
         let compass_died = tokio::select! {
             _ = shutdown => false,
@@ -215,7 +233,25 @@ impl Application {
                 tracing::warn!("the tree did not stop in time");
             }
         }
+        // What the stopped actors and handlers left running (settlements, signals, runs cut off
+        // by the stop being recorded) ends now, or is left to the runtime's end after a bound.
+        if !services.background.is_empty() {
+            tracing::info!(
+                running = services.background.len(),
+                "waiting for background tasks"
+            );
+        }
+        services
+            .background
+            .close_and_wait(BACKGROUND_STOP_TIMEOUT)
+            .await;
         watchdog.cancel();
+        if tokio::time::timeout(WATCHDOG_STOP_TIMEOUT, watchdog_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the store watchdog did not stop in time");
+        }
         tracing::info!("stopped");
         if compass_died {
             return Err(StartupError::CompassDied);

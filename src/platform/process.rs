@@ -139,6 +139,7 @@ pub async fn run(spec: &CommandSpec) -> Result<CommandOutput, SpawnError> {
     let mut guard = ProcessGroupGuard {
         pgid: child.id().and_then(|pid| i32::try_from(pid).ok()),
     };
+    // The pipe readers are owned by this run (dropped with it), not background tasks.
     let stdout_capture = child
         .stdout
         .take()

@@ -172,6 +172,8 @@ where
     F: Future<Output = T> + Send + 'static,
     C: FnOnce(Result<T, String>) + Send + 'static,
 {
+    // Owned already (not a `Background` task): the caller holds the handle in its state, and
+    // dropping it aborts both tasks.
     AbortOnDropHandle::new(tokio::spawn(async move {
         let inner = AbortOnDropHandle::new(tokio::spawn(work));
         let outcome = inner.await.map_err(|error| {

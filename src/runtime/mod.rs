@@ -1,7 +1,8 @@
 //! What the actors of the tree share at run time: the context handle ([`Services`]), the live
 //! tree ([`directory`]), the restart policy ([`supervision`]), how work runs beside a mailbox
-//! ([`jobs`]).
+//! ([`jobs`]), and the background tasks the service owns ([`background`]).
 
+pub mod background;
 pub mod compass;
 pub mod directory;
 pub mod jobs;
@@ -40,6 +41,9 @@ pub struct Services {
     pub sandbox_exe: Option<PathBuf>,
     /// Repositories and base branches git confirmed a moment ago (intake's cache).
     pub repo_checks: Arc<repo_checks::RepoChecks>,
+    /// Fire-and-forget work (settlements, signals, cleanups, event streams), owned and capped so
+    /// shutdown can wait for it.
+    pub background: background::Background,
 }
 
 impl Services {

@@ -1,9 +1,17 @@
 //! What ops persists, in its own tables of the store: deploy records, incidents, check results,
 //! each app's release state and the commits whose verify passed.
 //!
-//! Tables: `OpsDeploys` (deploy id → record), `OpsIncidents` (incident id → incident),
-//! `OpsChecks` (`<app>/<check>` ++ 0 ++ seq → result), `OpsReleases` (app → release state),
-//! `OpsVerified` (`<app>/<sha>` → time). Ids are UUID v7, so key order is creation order.
+//! Tables: `OpsDeploys` (deploy id → record), `OpsDeploysByApp` (`<app>/<deploy id>` → empty,
+//! `<app>` → [`PrunedDeploys`], and the [`DEPLOYS_INDEXED`] marker), `OpsIncidents` (incident id →
+//! incident), `OpsChecks` (`<app>/<check>` ++ 0 ++ seq → result), `OpsReleases` (app → release
+//! state), `OpsVerified` (`<app>/<sha>` → time). Ids are UUID v7, so key order is creation order.
+//!
+//! Deploy history is kept per app: a record and its index entry are written by one writer job,
+//! which also drops the app's oldest *ended* records past [`DEPLOY_HISTORY_MAX`] (never one still
+//! awaiting approval, queued or running) and adds them to the app's [`PrunedDeploys`]. So one
+//! app's dispatch reads that app's few records, not every deploy ever stored. A data dir from
+//! before the index is indexed once at start ([`OpsStore::index_deploys`]); until then reads fall
+//! back to scanning every record, as they used to.
 //! Read-modify-writes are writer jobs ([`Store::write`]): the store's one writer applies them one
 //! after another, so a deploy job, an incident job and an actor may change one record at once
 //! without losing a change. Every write is durable before it returns.
@@ -30,9 +38,70 @@ impl OpsStore {
         }
     }
 
-    /// Writes a deploy record (durable).
+    /// Writes a deploy record and its app's index entry (durable, one job), dropping the app's
+    /// oldest ended records past [`DEPLOY_HISTORY_MAX`].
     pub async fn put_deploy(&self, record: &DeployRecord) -> Result<(), StoreError> {
-        put(&self.store, Table::OpsDeploys, record.id.as_bytes(), record).await
+        let bytes = serde_json::to_vec(record)?;
+        let (app, id) = (record.app.clone(), record.id.clone());
+        self.store
+            .write(move |batch| {
+                batch.insert(Table::OpsDeploys, id.as_bytes(), bytes);
+                batch.insert(
+                    Table::OpsDeploysByApp,
+                    deploy_index_key(&app, &id),
+                    Vec::new(),
+                );
+                prune_deploys(batch, &app)
+            })
+            .await
+    }
+
+    /// Indexes, once, the deploy records a data dir holds from before the per-app index, and caps
+    /// each app's history. Run at start, before any actor. Answers how many records it indexed
+    /// (0 when the index was built already). A record that does not decode stays unindexed
+    /// (logged): it used to make every read of the history fail.
+    pub async fn index_deploys(&self) -> Result<usize, StoreError> {
+        self.store
+            .write(|batch| {
+                if batch
+                    .get(Table::OpsDeploysByApp, DEPLOYS_INDEXED)?
+                    .is_some()
+                {
+                    return Ok(0);
+                }
+                /// The one field indexing needs.
+                #[derive(serde::Deserialize)]
+                struct AppOf {
+                    app: String,
+                }
+                let mut found = Vec::new();
+                let mut unreadable = 0_usize;
+                for entry in batch.committed().iter(Table::OpsDeploys) {
+                    let (id, bytes) = entry?;
+                    match serde_json::from_slice::<AppOf>(&bytes) {
+                        Ok(AppOf { app }) => found.push((app, id)),
+                        Err(_) => unreadable += 1,
+                    }
+                }
+                if unreadable > 0 {
+                    tracing::warn!(
+                        unreadable,
+                        "deploy records that do not decode were not indexed"
+                    );
+                }
+                let mut apps = std::collections::BTreeSet::new();
+                for (app, id) in &found {
+                    let key = [app.as_bytes(), b"/", id.as_ref()].concat();
+                    batch.insert(Table::OpsDeploysByApp, key, Vec::new());
+                    apps.insert(app.clone());
+                }
+                for app in &apps {
+                    prune_deploys(batch, app)?;
+                }
+                batch.insert(Table::OpsDeploysByApp, DEPLOYS_INDEXED, Vec::new());
+                Ok(found.len())
+            })
+            .await
     }
 
     /// Changes a deploy record (durable); `None` when it does not exist.
@@ -73,19 +142,27 @@ impl OpsStore {
             .await
     }
 
-    /// Every deploy of an app, oldest first (what burn-in counts).
+    /// An app's kept deploys, oldest first (at most [`DEPLOY_HISTORY_MAX`] ended ones, and
+    /// every unfinished one).
     pub async fn deploys_of(&self, app: &str) -> Result<Vec<DeployRecord>, StoreError> {
+        Ok(self.deploy_history(app).await?.records)
+    }
+
+    /// An app's kept deploys, oldest first, with what its dropped ones count for (what burn-in
+    /// counts), read from one snapshot.
+    pub async fn deploy_history(&self, app: &str) -> Result<DeployHistory, StoreError> {
         let app = app.to_owned();
         self.store
             .read(move |snapshot| {
-                let mut records = Vec::new();
-                for bytes in snapshot.iter(Table::OpsDeploys).values() {
-                    let record: DeployRecord = serde_json::from_slice(&bytes?)?;
-                    if record.app == app {
-                        records.push(record);
-                    }
-                }
-                Ok(records)
+                let records = if snapshot.contains(Table::OpsDeploysByApp, DEPLOYS_INDEXED)? {
+                    indexed_deploys(snapshot, &app)?
+                } else {
+                    every_deploy_of(snapshot, &app)?
+                };
+                let pruned = snapshot
+                    .record(Table::OpsDeploysByApp, app.as_bytes())?
+                    .unwrap_or_default();
+                Ok(DeployHistory { records, pruned })
             })
             .await
     }
@@ -154,10 +231,7 @@ impl OpsStore {
                     bytes,
                 );
                 // Just past every key of this check: the separator plus one.
-                let mut end = prefix.clone();
-                if let Some(last) = end.last_mut() {
-                    *last += 1;
-                }
+                let end = prefix_end(&prefix);
                 let keys = batch.keys_in(Table::OpsChecks, &prefix, &end, usize::MAX)?;
                 let excess = keys.len().saturating_sub(CHECK_HISTORY_MAX);
                 for key in keys.into_iter().take(excess) {
@@ -239,6 +313,101 @@ impl OpsStore {
     }
 }
 
+/// The key in `OpsDeploysByApp` saying every record of `OpsDeploys` has its index entry. App
+/// names are letters, digits, `-` and `_`, so no app's keys start with NUL.
+pub const DEPLOYS_INDEXED: &[u8] = b"\0indexed";
+
+/// Where an app's index entries start: `<app>/` (an app name has no `/`).
+fn deploy_index_prefix(app: &str) -> Vec<u8> {
+    [app.as_bytes(), b"/"].concat()
+}
+
+/// The index entry of deploy `id` of `app`.
+fn deploy_index_key(app: &str, id: &str) -> Vec<u8> {
+    [app.as_bytes(), b"/", id.as_bytes()].concat()
+}
+
+/// Just past every key starting with `prefix` (whose last byte is not 255).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last = last.saturating_add(1);
+    }
+    end
+}
+
+/// An app's records through its index entries, oldest first.
+fn indexed_deploys(snapshot: &Snapshot<'_>, app: &str) -> Result<Vec<DeployRecord>, StoreError> {
+    let prefix = deploy_index_prefix(app);
+    let mut records = Vec::new();
+    for key in snapshot.scan_prefix(Table::OpsDeploysByApp, &prefix).keys() {
+        let key = key?;
+        let id = key.get(prefix.len()..).unwrap_or_default();
+        // An entry whose record is gone (dropped in a group this read straddles) is skipped.
+        if let Some(record) = snapshot.record::<DeployRecord>(Table::OpsDeploys, id)? {
+            if record.app == app {
+                records.push(record);
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// An app's records by scanning every deploy (a data dir not indexed yet), oldest first.
+fn every_deploy_of(snapshot: &Snapshot<'_>, app: &str) -> Result<Vec<DeployRecord>, StoreError> {
+    let mut records = Vec::new();
+    for bytes in snapshot.iter(Table::OpsDeploys).values() {
+        let record: DeployRecord = serde_json::from_slice(&bytes?)?;
+        if record.app == app {
+            records.push(record);
+        }
+    }
+    Ok(records)
+}
+
+/// Inside a writer job: drops `app`'s oldest ended records (and their index entries) until at
+/// most [`DEPLOY_HISTORY_MAX`] remain, never one that has not ended (those stay past the cap),
+/// and counts them in the app's [`PrunedDeploys`]. A record that does not decode is kept; an index
+/// entry without a record is removed.
+fn prune_deploys(batch: &mut Batch<'_>, app: &str) -> Result<(), StoreError> {
+    let prefix = deploy_index_prefix(app);
+    let keys = batch.keys_in(
+        Table::OpsDeploysByApp,
+        &prefix,
+        &prefix_end(&prefix),
+        usize::MAX,
+    )?;
+    let mut excess = keys.len().saturating_sub(DEPLOY_HISTORY_MAX);
+    if excess == 0 {
+        return Ok(());
+    }
+    let mut pruned: PrunedDeploys = batch
+        .record(Table::OpsDeploysByApp, app.as_bytes())?
+        .unwrap_or_default();
+    for key in keys {
+        if excess == 0 {
+            break;
+        }
+        let id = key.get(prefix.len()..).unwrap_or_default().to_vec();
+        match batch.record::<DeployRecord>(Table::OpsDeploys, &id) {
+            Ok(Some(record)) if record.status.is_terminal() => {
+                pruned.add(&record);
+                batch.remove(Table::OpsDeploys, id);
+            }
+            Ok(None) => {}
+            Ok(Some(_)) | Err(_) => continue,
+        }
+        batch.remove(Table::OpsDeploysByApp, key);
+        excess -= 1;
+    }
+    batch.insert(
+        Table::OpsDeploysByApp,
+        app.as_bytes(),
+        serde_json::to_vec(&pruned)?,
+    );
+    Ok(())
+}
+
 fn check_prefix(app: &str, check: &str) -> Vec<u8> {
     [app.as_bytes(), b"/", check.as_bytes(), &[0]].concat()
 }
@@ -306,3 +475,6 @@ fn upsert<T: Serialize + serde::de::DeserializeOwned>(
     batch.insert(table, key, serde_json::to_vec(&record)?);
     Ok(Some(record))
 }
+
+#[cfg(test)]
+mod tests;

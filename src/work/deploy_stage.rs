@@ -83,28 +83,30 @@ fn stage_error(error: OpsError) -> StageError {
 }
 
 /// A delivered task named `deploy: <app>`: request that deploy of the delivered commit. Never
-/// blocks the caller: the lookup and the cast run in a spawned task. A request lost to a crash is
-/// made at the next start (see `request_missed_task_deploys`); a repeated one is answered with
-/// the deploy it already made.
+/// blocks the caller: the lookup and the cast run in a background task. A request lost to a
+/// crash (or to a full tracker) is made at the next start (see `request_missed_task_deploys`); a
+/// repeated one is answered with the deploy it already made.
 pub fn deploy_after_task(services: &Services, app: String, task: TaskId, commit: Option<String>) {
     // Tests drop the request here, as a crash right after the delivery would.
     fail::fail_point!("uplink-deploy.task-request", |_| {});
     let directory = services.directory.clone();
-    tokio::spawn(async move {
-        match current(&directory).await {
-            Ok(actor) => {
-                let trigger = format!("task:{task}");
-                let message = UplinkDeployMsg::Request {
-                    app,
-                    commit,
-                    trigger,
-                    reply: None,
-                };
-                if actor.cast(message).is_err() {
-                    tracing::error!(%task, "uplink-deploy stopped before it took the deploy");
+    services
+        .background
+        .spawn("deploy.task-request", async move {
+            match current(&directory).await {
+                Ok(actor) => {
+                    let trigger = format!("task:{task}");
+                    let message = UplinkDeployMsg::Request {
+                        app,
+                        commit,
+                        trigger,
+                        reply: None,
+                    };
+                    if actor.cast(message).is_err() {
+                        tracing::error!(%task, "uplink-deploy stopped before it took the deploy");
+                    }
                 }
+                Err(error) => tracing::error!(%task, %error, "cannot request the task's deploy"),
             }
-            Err(error) => tracing::error!(%task, %error, "cannot request the task's deploy"),
-        }
-    });
+        });
 }

@@ -126,8 +126,10 @@ impl Drop for OpenRun {
         run.duration_ms = millis(self.started.elapsed());
         metering::price(&self.services, &mut run);
         let services = self.services.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
+        // Without a runtime (or without room: logged) the run stays open and the next start
+        // closes it `interrupted`, uncharged.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.services.background.spawn("run.interrupted", async move {
                 metering::charge_run(&services, &run).await;
                 match services.store.record_run(&run).await {
                     Ok(()) => crate::platform::metrics::engine_run(&run),

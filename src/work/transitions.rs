@@ -310,12 +310,13 @@ pub async fn give_up_pipeline(
     }
 }
 
-/// Removes a task's worktree (its branch stays) off the caller's mailbox, bounded by git's timeout.
+/// Removes a task's worktree (its branch stays) off the caller's mailbox, in a background task
+/// bounded by git's timeout. Without room the worktree stays (logged); only disk is lost.
 pub fn remove_worktree_later(services: &Services, task: &Task) {
     let path = services.worktree_path(task.id);
     let repo = Git::new(&task.repo, services.config.git.timeout());
     let task_id = task.id;
-    tokio::spawn(async move {
+    services.background.spawn("worktree.remove", async move {
         if tokio::fs::try_exists(&path).await.unwrap_or(true) {
             if let Err(error) = repo.remove_worktree(&path).await {
                 tracing::warn!(task = %task_id, branch = %branch_name(task_id), %error, "could not remove a worktree");

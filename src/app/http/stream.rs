@@ -9,8 +9,9 @@
 //!   them).
 //!
 //! Each SSE message has `id:` the event's `seq`, `event:` its kind and `data:` its JSON. At most
-//! [`STREAMS_MAX`] streams are open at once; each is a task feeding a bounded channel, and it stops
-//! when the client goes away or the service stops ([`StreamSlots::close`]).
+//! [`STREAMS_MAX`] streams are open at once; each is a task feeding a bounded channel (a
+//! background task of the service, so shutdown waits for it), and it stops when the client goes
+//! away or the service stops ([`StreamSlots::close`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
@@ -33,6 +34,7 @@ use super::json::QueryParams;
 use super::AppState;
 use crate::model::codes;
 use crate::model::task::{Event, Task, TaskId};
+use crate::runtime::background::Slot;
 use crate::storage::store::Store;
 
 /// Live streams open at once; the next is refused with 503 `TOO_MANY_STREAMS`.
@@ -82,6 +84,17 @@ impl StreamSlots {
     }
 }
 
+/// Room for a stream's feeder among the service's background tasks; none left is answered like a
+/// full stream budget (503 `TOO_MANY_STREAMS`), before anything is streamed.
+fn feeder_slot(app: &AppState) -> Result<Slot, ApiError> {
+    app.services.background.slot().ok_or_else(|| {
+        ApiError::unavailable(
+            codes::TOO_MANY_STREAMS,
+            "too much background work is running to open a stream; try again later",
+        )
+    })
+}
+
 type Message = Result<SseEvent, Infallible>;
 
 /// `GET /v1/tasks/{id}/events/stream`.
@@ -124,12 +137,13 @@ pub async fn task_events(
         .ok_or_else(not_found)?;
     let after = resume_point(&query, &headers)?;
     let permit = app.streams.take()?;
+    let slot = feeder_slot(&app)?;
     let store = app.services.store.clone();
     // Subscribed before the stored events are read: nothing written in between is missed.
     let live = store.subscribe();
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
     let closing = app.streams.closing.clone();
-    tokio::spawn(async move {
+    slot.spawn("stream.task", async move {
         let _permit = permit;
         let fed = tokio::select! {
             () = closing.cancelled() => Ok(()),
@@ -159,10 +173,11 @@ pub async fn task_events(
 )]
 pub async fn all_events(State(app): State<AppState>) -> Result<Response, ApiError> {
     let permit = app.streams.take()?;
+    let slot = feeder_slot(&app)?;
     let mut live = app.services.store.subscribe();
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
     let closing = app.streams.closing.clone();
-    tokio::spawn(async move {
+    slot.spawn("stream.all", async move {
         let _permit = permit;
         loop {
             let message = tokio::select! {

@@ -12,6 +12,12 @@ use crate::model::task::ErrorInfo;
 
 /// Results kept per check; older ones are dropped.
 pub const CHECK_HISTORY_MAX: usize = 50;
+/// Deploy records kept per app (what burn-in, dispatch and the app's deploy list read on every
+/// request, so it must stay small); older *ended* ones are dropped, never one still awaiting
+/// approval, queued or running. What the dropped ones count for is kept in [`PrunedDeploys`].
+/// 50, like [`CHECK_HISTORY_MAX`]: far more than the 5 an incident's diagnosis shows or the 17
+/// (16 waiting + 1 running) an app can have unfinished.
+pub const DEPLOY_HISTORY_MAX: usize = 50;
 /// Signals kept on one incident (a repeat past it only bumps `signal_count`).
 pub const INCIDENT_SIGNALS_MAX: usize = 50;
 /// Events kept on one incident.
@@ -135,6 +141,48 @@ pub struct DeployRecord {
     pub updated_at: DateTime<Utc>,
     /// When it reached a terminal status.
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// What an app's dropped deploy records (past [`DEPLOY_HISTORY_MAX`]) still count for, kept
+/// beside its history so burn-in and the start-up scan for lost task deploys answer as if none
+/// had been dropped. Stored only, never served.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunedDeploys {
+    /// How many were dropped.
+    #[serde(default)]
+    pub count: u64,
+    /// How many of them were healthy (burn-in counts them).
+    #[serde(default)]
+    pub healthy: u64,
+    /// The config digest of the newest healthy one dropped (burn-in compares the app's config
+    /// with the last healthy deploy's).
+    #[serde(default)]
+    pub last_healthy_digest: Option<String>,
+    /// When the newest one dropped was created: a task finished before it had its deploy
+    /// requested long ago.
+    #[serde(default)]
+    pub newest_created_at: Option<DateTime<Utc>>,
+}
+
+impl PrunedDeploys {
+    /// Counts `record` (ended) as dropped; records are dropped oldest first.
+    pub fn add(&mut self, record: &DeployRecord) {
+        self.count += 1;
+        if record.status == DeployStatus::Healthy {
+            self.healthy += 1;
+            self.last_healthy_digest = Some(record.config_digest.clone());
+        }
+        self.newest_created_at = self.newest_created_at.max(Some(record.created_at));
+    }
+}
+
+/// An app's deploys as the store keeps them: the records, and what the dropped ones count for.
+#[derive(Debug, Clone, Default)]
+pub struct DeployHistory {
+    /// The kept records, oldest first.
+    pub records: Vec<DeployRecord>,
+    /// What the dropped ones count for.
+    pub pruned: PrunedDeploys,
 }
 
 /// What a rollback did.

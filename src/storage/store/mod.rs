@@ -92,11 +92,15 @@ pub enum Table {
     OpsReleases,
     /// Ops: app/sha → when its verify passed.
     OpsVerified,
+    /// Ops: each app's deploys, so one app's history is read without the others':
+    /// `<app>/<deploy id>` → empty for every kept deploy, `<app>` → what its dropped deploys count
+    /// for, and a marker saying every record of `OpsDeploys` is indexed (see `storage::ops`).
+    OpsDeploysByApp,
 }
 
 impl Table {
     /// All tables, in index order.
-    pub const ALL: [Table; 14] = [
+    pub const ALL: [Table; 15] = [
         Table::Tasks,
         Table::Events,
         Table::Runs,
@@ -111,6 +115,7 @@ impl Table {
         Table::OpsChecks,
         Table::OpsReleases,
         Table::OpsVerified,
+        Table::OpsDeploysByApp,
     ];
 
     /// The sled tree's name (unchanged from the layout before the writer, so data dirs carry
@@ -131,6 +136,7 @@ impl Table {
             Table::OpsChecks => "ops_checks",
             Table::OpsReleases => "ops_releases",
             Table::OpsVerified => "ops_verified",
+            Table::OpsDeploysByApp => "ops_deploys_by_app",
         }
     }
 }
@@ -465,6 +471,8 @@ impl<T: Send + 'static, E: From<StoreError> + Send + 'static> Answer<T, E> {
     fn new(done: impl FnOnce(Result<T, E>) + Send + 'static) -> Self {
         let slot: Arc<Mutex<Option<Done<T, E>>>> = Arc::new(Mutex::new(Some(Box::new(done))));
         let timed_out = slot.clone();
+        // Owned by this answer (aborted when it is dropped); the store sits below the runtime's
+        // background tracker.
         let timer = tokio::spawn(async move {
             tokio::time::sleep(ANSWER_WAIT).await;
             if let Some(done) = take(&timed_out) {

@@ -12,7 +12,9 @@ use super::probe;
 use super::provider::{self, ProviderContext};
 use crate::model::codes;
 use crate::model::ops::error::OpsError;
-use crate::model::ops::records::{DeployRecord, DeployStatus, RollbackRecord, StageRecord};
+use crate::model::ops::records::{
+    DeployHistory, DeployRecord, DeployStatus, RollbackRecord, StageRecord,
+};
 use crate::model::ops::spec::{config_digest, AppSpec};
 use crate::storage::ops::OpsStore;
 
@@ -30,19 +32,22 @@ pub struct DeployContext {
 }
 
 /// Burn-in: whether a new deploy of `app` waits for approval, and why. Counted from the stored
-/// records (`history`: the app's deploys), never from what anyone reports:
+/// records (`history`: the app's kept deploys, and what its dropped ones count for), never from
+/// what anyone reports:
 /// - fewer than `approve_first` healthy deploys so far → approval;
 /// - at least `auto_after` healthy deploys → automatic;
 /// - otherwise automatic only while the app's ops config is unchanged since the last healthy
 ///   deploy (a changed config waits for approval).
 ///
 /// Every deploy, automatic or not, still passes precheck (verify on the commit) before it runs.
-pub fn gate_for(app: &AppSpec, history: &[DeployRecord]) -> (bool, String) {
+pub fn gate_for(app: &AppSpec, history: &DeployHistory) -> (bool, String) {
     let healthy: Vec<&DeployRecord> = history
+        .records
         .iter()
         .filter(|d| d.status == DeployStatus::Healthy)
         .collect();
-    let count = u32::try_from(healthy.len()).unwrap_or(u32::MAX);
+    let kept = u64::try_from(healthy.len()).unwrap_or(u64::MAX);
+    let count = u32::try_from(kept.saturating_add(history.pruned.healthy)).unwrap_or(u32::MAX);
     let gates = &app.gates;
     if count < gates.approve_first {
         return (
@@ -57,8 +62,12 @@ pub fn gate_for(app: &AppSpec, history: &[DeployRecord]) -> (bool, String) {
         return (false, format!("automatic: {count} healthy deploys"));
     }
     let digest = config_digest(app);
-    match healthy.last() {
-        Some(last) if last.config_digest != digest => (
+    let last_healthy = healthy
+        .last()
+        .map(|d| d.config_digest.as_str())
+        .or(history.pruned.last_healthy_digest.as_deref());
+    match last_healthy {
+        Some(last) if last != digest => (
             true,
             "approval: the app's ops config changed since the last healthy deploy".into(),
         ),
@@ -75,7 +84,7 @@ pub fn new_record(
     app: &AppSpec,
     requested: Option<String>,
     trigger: &str,
-    history: &[DeployRecord],
+    history: &DeployHistory,
 ) -> DeployRecord {
     let (needs_approval, gate) = gate_for(app, history);
     let now = Utc::now();
@@ -370,6 +379,7 @@ pub fn summary(record: &DeployRecord) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::ops::records::PrunedDeploys;
     use crate::model::ops::spec::{GatesSpec, ProviderKind};
 
     fn app(approve_first: u32, auto_after: Option<u32>) -> AppSpec {
@@ -394,23 +404,62 @@ mod tests {
     }
 
     fn healthy(app: &AppSpec) -> DeployRecord {
-        let mut record = new_record("x", app, None, "api", &[]);
+        let mut record = new_record("x", app, None, "api", &DeployHistory::default());
         record.status = DeployStatus::Healthy;
         record
+    }
+
+    fn kept(records: Vec<DeployRecord>) -> DeployHistory {
+        DeployHistory {
+            records,
+            pruned: PrunedDeploys::default(),
+        }
     }
 
     #[test]
     fn the_first_deploys_wait_then_unchanged_config_is_automatic() {
         let spec = app(2, None);
-        assert!(gate_for(&spec, &[]).0);
-        let one = vec![healthy(&spec)];
+        assert!(gate_for(&spec, &DeployHistory::default()).0);
+        let one = kept(vec![healthy(&spec)]);
         assert!(gate_for(&spec, &one).0);
-        let two = vec![healthy(&spec), healthy(&spec)];
+        let two = kept(vec![healthy(&spec), healthy(&spec)]);
         assert!(!gate_for(&spec, &two).0);
         let mut changed = spec.clone();
         changed.verify = "make test".into();
         assert!(gate_for(&changed, &two).0);
         changed.gates.auto_after = Some(2);
         assert!(!gate_for(&changed, &two).0);
+    }
+
+    /// Dropped records count as if they were kept: burn-in neither starts over nor forgets the
+    /// config of the last healthy deploy.
+    #[test]
+    fn dropped_deploys_still_count_for_burn_in() {
+        let spec = app(2, None);
+        let mut pruned = PrunedDeploys::default();
+        pruned.add(&healthy(&spec));
+        let mut failed = healthy(&spec);
+        failed.status = DeployStatus::Failed;
+        let history = DeployHistory {
+            records: vec![healthy(&spec), failed],
+            pruned: pruned.clone(),
+        };
+        let (approval, gate) = gate_for(&spec, &history);
+        assert!(!approval, "{gate}");
+        let mut changed = spec.clone();
+        changed.verify = "make test".into();
+        let only_dropped = DeployHistory {
+            records: Vec::new(),
+            pruned: PrunedDeploys {
+                healthy: 3,
+                ..pruned
+            },
+        };
+        let (approval, gate) = gate_for(&changed, &only_dropped);
+        assert!(
+            approval,
+            "the last healthy deploy's config is remembered: {gate}"
+        );
+        assert!(!gate_for(&spec, &only_dropped).0);
     }
 }

@@ -436,6 +436,8 @@ pub fn local_start(
         ("GLITCHLAB_RELEASE".into(), sha.to_owned()),
     ]);
     let (app_name, release) = (app.to_owned(), sha.to_owned());
+    // Owned by `LocalRuntime` (the entry's `AbortOnDropHandle`), not a background task: the
+    // release lives as long as Uplink-Deploy keeps it.
     let child = tokio::spawn(async move {
         match process::run(&spec).await {
             Ok(output) => tracing::warn!(
