@@ -1,4 +1,5 @@
-//! The ops org's machinery, below the three Uplink actors: how releases are put on a target
+//! The ops org's machinery, below the three Uplink actors: how a deploy request is admitted
+//! ([`admission`]), how releases are put on a target
 //! ([`provider`]), how health and checks are probed ([`probe`]), how signals become incidents
 //! ([`incident`]), how a deploy runs ([`deploy`]) and what ops work costs ([`billing`]). What
 //! `ops.yaml` says and what ops records are plain data in [`crate::model::ops`].
@@ -6,6 +7,7 @@
 //! Nothing here holds actor state: the actors own the decisions (queues, locks, dedup) and run
 //! the functions here in spawned jobs.
 
+pub mod admission;
 pub mod billing;
 pub mod deploy;
 pub mod incident;
