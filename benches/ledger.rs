@@ -8,8 +8,14 @@
 //! 3. the raw sled insert+flush rate on the same disk, for scale: one flush per write is the
 //!    ceiling for one transfer at a time.
 
-// A test or a bench states what it expects with unwrap/expect/panic; the service code may not.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// A test or a bench states what it expects with unwrap/expect/panic, and is nobody's API; the
+// service code may not (Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 use std::path::Path;
 use std::sync::Arc;

@@ -32,8 +32,14 @@
 //! share one temporary directory); `LOAD_BENCH_STACKS_DIR`, if set, receives a gdb dump of every
 //! thread of a service before it is killed for freezing or for not stopping.
 
-// A test or a bench states what it expects with unwrap/expect/panic; the service code may not.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// A test or a bench states what it expects with unwrap/expect/panic, and is nobody's API; the
+// service code may not (Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;

@@ -7,8 +7,14 @@
 //! 2. throughput with many tasks queued at once (`max_concurrent_tasks` = 4, one repo each);
 //! 3. the raw sled insert+flush rate on the same disk, for scale (every stage transition flushes).
 
-// A test or a bench states what it expects with unwrap/expect/panic; the service code may not.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// A test or a bench states what it expects with unwrap/expect/panic, and is nobody's API; the
+// service code may not (Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

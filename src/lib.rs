@@ -23,4 +23,4 @@ pub mod model;
 pub mod platform;
 pub mod runtime;
 pub mod storage;
-pub mod work;
+pub(crate) mod work;

@@ -3,8 +3,14 @@
 //! layer or the ones below it; no modules import each other in a circle; the bottom layers use no
 //! runtime crates. Also: every file `docs/ARCHITECTURE.md` names exists, and every layer is named.
 
-// A test or a bench states what it expects with unwrap/expect/panic; the service code may not.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// A test or a bench states what it expects with unwrap/expect/panic, and is nobody's API; the
+// service code may not (Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -26,17 +26,17 @@ use crate::runtime::Services;
 use crate::work::engine::{self, RunIdentity, ShellRun};
 
 /// The Circuit persona.
-pub struct Circuit;
+pub(crate) struct Circuit;
 
 /// Circuit's start-up arguments.
-pub struct CircuitArguments {
+pub(crate) struct CircuitArguments {
     /// Shared services.
     pub services: Services,
 }
 
 /// The verdict of one verify run.
 #[derive(Debug, Clone)]
-pub struct VerifyOutcome {
+pub(crate) struct VerifyOutcome {
     /// The verify command exited 0 in time.
     pub passed: bool,
     /// The tail of its output (bounded): Patch's feedback when it failed.
@@ -46,13 +46,13 @@ pub struct VerifyOutcome {
 }
 
 /// Circuit's state: rebuilt empty on restart.
-pub struct CircuitState {
+pub(crate) struct CircuitState {
     services: Services,
     jobs: InFlightJobs<VerifyOutcome>,
 }
 
 /// Circuit's messages.
-pub enum CircuitMsg {
+pub(crate) enum CircuitMsg {
     /// Verify attempt `task.attempts` of a task.
     Verify {
         /// The task as persisted.

@@ -48,10 +48,10 @@ use crate::work::transitions::{self, Readiness};
 const SHUTDOWN_CHILDREN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The Compass actor.
-pub struct Compass;
+pub(crate) struct Compass;
 
 /// Compass's start-up arguments.
-pub struct CompassArguments {
+pub(crate) struct CompassArguments {
     /// Shared services.
     pub services: Services,
 }
@@ -68,7 +68,7 @@ struct PipelineSlot {
 }
 
 /// Compass's state.
-pub struct CompassState {
+pub(crate) struct CompassState {
     services: Services,
     personas: BTreeMap<Persona, PersonaSlot>,
     pipelines: HashMap<TaskId, PipelineSlot>,

@@ -7,15 +7,15 @@
 //! └── Pipeline(task) × N
 //! ```
 
-pub mod circuit;
-pub mod compass;
+pub(crate) mod circuit;
+pub(crate) mod compass;
 pub mod ledger;
-pub mod patch;
-pub mod pipeline;
-pub mod planner;
-pub mod uplink_deploy;
-pub mod uplink_respond;
-pub mod uplink_watch;
+pub(crate) mod patch;
+pub(crate) mod pipeline;
+pub(crate) mod planner;
+pub(crate) mod uplink_deploy;
+pub(crate) mod uplink_respond;
+pub(crate) mod uplink_watch;
 
 /// Evaluates the `fail` crate's failpoint `name` where an actor starts handling a work message.
 /// Compiles to nothing without the `failpoints` feature.

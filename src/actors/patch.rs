@@ -32,17 +32,17 @@ use crate::runtime::Services;
 use crate::work::engine::{self, RunIdentity, ShellRun};
 
 /// The Patch persona.
-pub struct Patch;
+pub(crate) struct Patch;
 
 /// Patch's start-up arguments.
-pub struct PatchArguments {
+pub(crate) struct PatchArguments {
     /// Shared services.
     pub services: Services,
 }
 
 /// What an implement attempt produced.
 #[derive(Debug, Clone)]
-pub struct ImplementOutcome {
+pub(crate) struct ImplementOutcome {
     /// The commit made, or `None` when the engine changed nothing.
     pub commit: Option<String>,
     /// The engine's output when it exited non-zero: the attempt failed like a failing verify.
@@ -53,7 +53,7 @@ pub struct ImplementOutcome {
 type DeliveryLocks = Arc<Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>>;
 
 /// Patch's state: rebuilt empty on restart.
-pub struct PatchState {
+pub(crate) struct PatchState {
     services: Services,
     implementing: InFlightJobs<ImplementOutcome>,
     delivering: InFlightJobs<DeliverStep>,
@@ -61,7 +61,7 @@ pub struct PatchState {
 }
 
 /// Patch's messages.
-pub enum PatchMsg {
+pub(crate) enum PatchMsg {
     /// Run one implement attempt (the attempt number is `task.attempts`).
     Implement {
         /// The task as persisted.
@@ -262,7 +262,7 @@ async fn check_protected_paths(
 }
 
 /// Compiles the protected-path globs (checked at start-up, so this does not fail in practice).
-pub fn protected_globs(patterns: &[String]) -> Result<globset::GlobSet, StageError> {
+pub(crate) fn protected_globs(patterns: &[String]) -> Result<globset::GlobSet, StageError> {
     let mut builder = globset::GlobSetBuilder::new();
     for pattern in patterns {
         let glob = globset::Glob::new(pattern)

@@ -43,10 +43,10 @@ const REVERIFICATIONS_MAX: u32 = 5;
 const FAILURE_TAIL_BYTES: usize = 2048;
 
 /// The Pipeline actor.
-pub struct Pipeline;
+pub(crate) struct Pipeline;
 
 /// A pipeline's start-up arguments.
-pub struct PipelineArguments {
+pub(crate) struct PipelineArguments {
     /// The task it drives.
     pub task_id: TaskId,
     /// Shared services.
@@ -54,7 +54,7 @@ pub struct PipelineArguments {
 }
 
 /// What a stage's persona answered.
-pub enum StageOutcome {
+pub(crate) enum StageOutcome {
     /// Planner's plan.
     Planned(Plan),
     /// Patch's implement attempt.
@@ -68,7 +68,7 @@ pub enum StageOutcome {
 }
 
 /// A pipeline's messages.
-pub enum PipelineMsg {
+pub(crate) enum PipelineMsg {
     /// Run the task's current stage.
     Advance,
     /// The current stage's persona answered.
@@ -98,7 +98,7 @@ struct InFlightStage {
 }
 
 /// A pipeline's state.
-pub struct PipelineState {
+pub(crate) struct PipelineState {
     task_id: TaskId,
     services: Services,
     /// `pipeline-<task-id>`: the actor name in events and in `/v1/actors`.
@@ -332,7 +332,7 @@ async fn advance(
 }
 
 /// The persona that runs a stage; `None` for the human gate.
-pub fn persona_of(stage: Stage) -> Option<Persona> {
+pub(crate) fn persona_of(stage: Stage) -> Option<Persona> {
     match stage {
         Stage::Plan => Some(Persona::Planner),
         Stage::Implement | Stage::Deliver => Some(Persona::Patch),

@@ -29,22 +29,22 @@ use crate::runtime::Services;
 use crate::work::engine::{self, RunIdentity, ShellRun};
 
 /// The Planner persona.
-pub struct Planner;
+pub(crate) struct Planner;
 
 /// Planner's start-up arguments.
-pub struct PlannerArguments {
+pub(crate) struct PlannerArguments {
     /// Shared services.
     pub services: Services,
 }
 
 /// Planner's state: rebuilt empty on restart (in-flight requests are retried by their pipelines).
-pub struct PlannerState {
+pub(crate) struct PlannerState {
     services: Services,
     jobs: InFlightJobs<Plan>,
 }
 
 /// Planner's messages.
-pub enum PlannerMsg {
+pub(crate) enum PlannerMsg {
     /// Make a plan for a task.
     Plan {
         /// The task as persisted.
@@ -222,7 +222,7 @@ async fn plan_with_model(
 }
 
 /// Parses and checks a model's plan: a summary, at least one titled step, a known risk.
-pub fn parse_plan(answer: &str) -> Result<Plan, String> {
+pub(crate) fn parse_plan(answer: &str) -> Result<Plan, String> {
     let json = crate::platform::openai::json_in(answer).ok_or("the answer holds no JSON object")?;
     let plan: Plan = serde_json::from_str(json).map_err(|e| format!("not a plan: {e}"))?;
     if plan.summary.trim().is_empty() {

@@ -46,16 +46,16 @@ use crate::work::ops::provider::{self, LocalRuntime, ProviderContext};
 const TASK_DEPLOY_SCAN_MAX: usize = 10_000;
 
 /// The Uplink-Deploy persona.
-pub struct UplinkDeploy;
+pub(crate) struct UplinkDeploy;
 
 /// Uplink-Deploy's start-up arguments.
-pub struct UplinkDeployArguments {
+pub(crate) struct UplinkDeployArguments {
     /// Shared services (its apps come from `definitions.ops`).
     pub services: Services,
 }
 
 /// Uplink-Deploy's state.
-pub struct UplinkDeployState {
+pub(crate) struct UplinkDeployState {
     /// Shared services.
     services: Services,
     /// Provider plumbing, with the running local releases (dropped with this state: a crashed
@@ -118,19 +118,6 @@ impl Actor for UplinkDeploy {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            UplinkDeployMsg::Apps(reply) => {
-                crate::work_failpoint!("uplink-deploy.handle");
-                let _ = reply.send(
-                    state
-                        .services
-                        .definitions
-                        .ops
-                        .apps
-                        .keys()
-                        .cloned()
-                        .collect(),
-                );
-            }
             UplinkDeployMsg::Request {
                 app,
                 commit,

@@ -39,23 +39,23 @@ use crate::work::ops::incident::{self, RespondContext};
 use crate::work::ops::provider::{LocalRuntime, ProviderContext};
 
 /// A repeat of an unresolved incident's fingerprint within this window attaches to it.
-pub const DEDUP_WINDOW: Duration = Duration::from_secs(15 * 60);
+pub(crate) const DEDUP_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Incidents scanned (newest first) for a fingerprint match.
 const DEDUP_SCAN_MAX: usize = 200;
 /// Incident responses running at once; past it a new incident goes to a human.
-pub const RESPONSES_MAX: usize = 32;
+pub(crate) const RESPONSES_MAX: usize = 32;
 
 /// The Uplink-Respond persona.
-pub struct UplinkRespond;
+pub(crate) struct UplinkRespond;
 
 /// Uplink-Respond's start-up arguments.
-pub struct UplinkRespondArguments {
+pub(crate) struct UplinkRespondArguments {
     /// Shared services (its runbooks come from `definitions.runbooks`).
     pub services: Services,
 }
 
 /// Uplink-Respond's state.
-pub struct UplinkRespondState {
+pub(crate) struct UplinkRespondState {
     /// What response jobs need.
     ctx: RespondContext,
     /// Incident → its running response; dropping one aborts it.
@@ -118,18 +118,6 @@ impl Actor for UplinkRespond {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            UplinkRespondMsg::MatchSignal { signal, reply } => {
-                crate::work_failpoint!("uplink-respond.handle");
-                let matched = state
-                    .ctx
-                    .services
-                    .definitions
-                    .runbooks
-                    .iter()
-                    .find(|runbook| runbook.matcher.signal == signal)
-                    .map(|runbook| runbook.name.clone());
-                let _ = reply.send(matched);
-            }
             UplinkRespondMsg::Signals { signals, reply } => {
                 crate::work_failpoint!("uplink-respond.handle");
                 let mut ids = Vec::new();

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::model::ops::records::{CheckResult, Signal};
@@ -38,13 +38,13 @@ use crate::work::ops::{billing, probe};
 /// How often Watch looks for due checks: the resolution of its schedules.
 const TICK: Duration = Duration::from_millis(200);
 /// Checks Watch schedules at most (across apps).
-pub const CHECKS_MAX: usize = 1024;
+pub(crate) const CHECKS_MAX: usize = 1024;
 
 /// The Uplink-Watch persona.
-pub struct UplinkWatch;
+pub(crate) struct UplinkWatch;
 
 /// Uplink-Watch's start-up arguments.
-pub struct UplinkWatchArguments {
+pub(crate) struct UplinkWatchArguments {
     /// Shared services (its checks come from `definitions.ops`).
     pub services: Services,
 }
@@ -63,7 +63,7 @@ struct Scheduled {
 }
 
 /// Uplink-Watch's state.
-pub struct UplinkWatchState {
+pub(crate) struct UplinkWatchState {
     services: Services,
     provider: ProviderContext,
     ops: OpsStore,
@@ -78,9 +78,7 @@ pub struct UplinkWatchState {
 }
 
 /// Uplink-Watch's messages.
-pub enum UplinkWatchMsg {
-    /// The checks it watches (`<app>/<check>`).
-    Checks(RpcReplyPort<Vec<String>>),
+pub(crate) enum UplinkWatchMsg {
     /// Time to look for due checks.
     Tick,
     /// A check run ended.
@@ -152,15 +150,6 @@ impl Actor for UplinkWatch {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            UplinkWatchMsg::Checks(reply) => {
-                crate::work_failpoint!("uplink-watch.handle");
-                let names = state
-                    .checks
-                    .iter()
-                    .map(|c| format!("{}/{}", c.app, c.spec.name))
-                    .collect();
-                let _ = reply.send(names);
-            }
             UplinkWatchMsg::Tick => {
                 on_tick(&myself, state).await?;
                 bill_if_due(state);

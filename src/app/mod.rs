@@ -2,5 +2,5 @@
 //! ([`cli`]) and start-up and shutdown ([`startup`]).
 
 pub mod cli;
-pub mod http;
+pub(crate) mod http;
 pub mod startup;

@@ -9,7 +9,7 @@
 
 /// One catalogued code: what it is called, where a client meets it and what it means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Code {
+pub(crate) struct Code {
     /// The code itself, SCREAMING_SNAKE_CASE, exactly as on the wire.
     pub name: &'static str,
     /// The HTTP statuses it is answered with; empty when it is never an HTTP error answer.
@@ -23,7 +23,7 @@ pub struct Code {
 /// Where a code is met other than an HTTP error answer, so the catalogue says what clients may
 /// find stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Carrier {
+pub(crate) enum Carrier {
     /// A task: its `error`, its `failures[].error`, and the `code` of a failed `stage.finished`.
     Task,
     /// A deploy record's `error`.
@@ -37,11 +37,11 @@ macro_rules! catalogue {
     ($($name:ident [$($status:literal),*] [$($carrier:ident),*] $meaning:literal;)*) => {
         $(
             #[doc = $meaning]
-            pub const $name: &str = stringify!($name);
+            pub(crate) const $name: &str = stringify!($name);
         )*
 
         /// Every code the service emits, in the order of the `## Errors` table of `docs/api.md`.
-        pub const CATALOGUE: &[Code] = &[$(Code {
+        pub(crate) const CATALOGUE: &[Code] = &[$(Code {
             name: $name,
             statuses: &[$($status),*],
             carriers: &[$(Carrier::$carrier),*],
@@ -208,14 +208,14 @@ catalogue! {
 
 /// The catalogue entry of `name`, if it is a code the service emits: what tests and tools use to
 /// tell a code from any other upper-case string.
-pub fn lookup(name: &str) -> Option<&'static Code> {
+pub(crate) fn lookup(name: &str) -> Option<&'static Code> {
     CATALOGUE.iter().find(|code| code.name == name)
 }
 
 impl Code {
     /// Whether the HTTP edge may answer this code with `status`: what ties the catalogue to the
     /// statuses handlers actually use.
-    pub fn answers_with(&self, status: u16) -> bool {
+    pub(crate) fn answers_with(&self, status: u16) -> bool {
         self.statuses.contains(&status)
     }
 }

@@ -79,7 +79,7 @@ impl StoreError {
 
 /// Why a client's action on a task was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum TaskActionError {
+pub(crate) enum TaskActionError {
     /// No such task.
     #[error("task {0} not found")]
     NotFound(TaskId),
@@ -103,7 +103,7 @@ pub enum TaskActionError {
 
 impl TaskActionError {
     /// The stable code the ingress answers with.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::NotFound(_) => codes::TASK_NOT_FOUND,
             Self::WrongStatus { .. } => codes::INVALID_TASK_STATUS,

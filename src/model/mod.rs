@@ -8,9 +8,9 @@
 //! - [`persona`]: the personas of the tree, by name.
 //! - [`ops`]: what `ops.yaml` and runbooks say, and what ops records.
 
-pub mod codes;
-pub mod errors;
+pub(crate) mod codes;
+pub(crate) mod errors;
 pub mod ledger;
-pub mod ops;
-pub mod persona;
-pub mod task;
+pub(crate) mod ops;
+pub(crate) mod persona;
+pub(crate) mod task;

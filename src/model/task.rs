@@ -405,12 +405,12 @@ pub struct Task {
 }
 
 /// The branch a task's work lives on.
-pub fn branch_name(task_id: TaskId) -> String {
+pub(crate) fn branch_name(task_id: TaskId) -> String {
     format!("glitchlab/{task_id}")
 }
 
 /// Failure records kept per task; older ones are dropped first.
-pub const FAILURES_KEPT_MAX: usize = 32;
+pub(crate) const FAILURES_KEPT_MAX: usize = 32;
 
 impl Task {
     /// A queued feature task for unit tests: plan-only, paid by `user:local`.

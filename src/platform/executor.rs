@@ -15,7 +15,7 @@
 use crate::config::definitions::ToolRules;
 
 /// Programs no persona may run: they reach the network, change users, or run arbitrary text.
-pub const GLOBAL_DENY: [&str; 13] = [
+pub(crate) const GLOBAL_DENY: [&str; 13] = [
     "curl", "wget", "ssh", "scp", "sftp", "rsync", "nc", "ncat", "telnet", "sudo", "su", "doas",
     "eval",
 ];
@@ -29,13 +29,13 @@ const SHELL_WORDS_ALLOWED: [&str; 32] = [
 ];
 
 /// Environment variables every governed command gets (from the service's own environment).
-pub const ENV_PASSED: [&str; 8] = [
+pub(crate) const ENV_PASSED: [&str; 8] = [
     "PATH", "HOME", "LANG", "LC_ALL", "TERM", "TMPDIR", "USER", "SHELL",
 ];
 
 /// The values of [`ENV_PASSED`] in the service's own environment: what every governed command
 /// starts from.
-pub fn passed_env() -> Vec<(String, String)> {
+pub(crate) fn passed_env() -> Vec<(String, String)> {
     ENV_PASSED
         .iter()
         .filter_map(|name| {
@@ -49,7 +49,7 @@ pub fn passed_env() -> Vec<(String, String)> {
 /// Why a command may not run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{program}` is denied by {rule}")]
-pub struct ToolDenied {
+pub(crate) struct ToolDenied {
     /// The program (or command) refused.
     pub program: String,
     /// The rule that refused it: `global deny list`, `<persona> deny list`,
@@ -59,7 +59,11 @@ pub struct ToolDenied {
 
 /// Checks every simple command of `command_line` — including those inside `$(...)` and
 /// backquotes — against the global deny list and `persona`'s rules.
-pub fn check(command_line: &str, persona: &str, rules: &ToolRules) -> Result<(), ToolDenied> {
+pub(crate) fn check(
+    command_line: &str,
+    persona: &str,
+    rules: &ToolRules,
+) -> Result<(), ToolDenied> {
     check_nested(command_line, persona, rules, 0)
 }
 

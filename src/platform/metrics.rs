@@ -20,56 +20,57 @@ use crate::model::task::{EngineRun, RunStatus, TaskStatus};
 
 /// Counter `{method, route, status}`: HTTP requests answered. `route` is the matched route
 /// pattern (`/v1/tasks/{id}`), or `unmatched`.
-pub const HTTP_REQUESTS_TOTAL: &str = "glitchlab_http_requests_total";
+pub(crate) const HTTP_REQUESTS_TOTAL: &str = "glitchlab_http_requests_total";
 /// Histogram `{method, route}`: seconds from a request's arrival to its response.
-pub const HTTP_REQUEST_DURATION_SECONDS: &str = "glitchlab_http_request_duration_seconds";
+pub(crate) const HTTP_REQUEST_DURATION_SECONDS: &str = "glitchlab_http_request_duration_seconds";
 /// Counter `{kind}`: tasks created through intake (HTTP or ops); idempotent replays not counted.
-pub const TASKS_SUBMITTED_TOTAL: &str = "glitchlab_tasks_submitted_total";
+pub(crate) const TASKS_SUBMITTED_TOTAL: &str = "glitchlab_tasks_submitted_total";
 /// Counter `{status}`: tasks that reached a terminal status (`done`, `failed`, `cancelled`,
 /// `dead_letter`); a retried task that ends again counts again.
-pub const TASKS_FINISHED_TOTAL: &str = "glitchlab_tasks_finished_total";
+pub(crate) const TASKS_FINISHED_TOTAL: &str = "glitchlab_tasks_finished_total";
 /// Gauge: tasks waiting for a pipeline slot (queued, and running ones waiting to resume).
-pub const TASKS_QUEUED: &str = "glitchlab_tasks_queued";
+pub(crate) const TASKS_QUEUED: &str = "glitchlab_tasks_queued";
 /// Gauge: pipeline slots in use (a pipeline waiting to be restarted still holds its slot).
-pub const TASKS_RUNNING: &str = "glitchlab_tasks_running";
+pub(crate) const TASKS_RUNNING: &str = "glitchlab_tasks_running";
 /// Counter `{persona, engine, status}`: engine runs ended; `status` is [`run_outcome`].
-pub const ENGINE_RUNS_TOTAL: &str = "glitchlab_engine_runs_total";
+pub(crate) const ENGINE_RUNS_TOTAL: &str = "glitchlab_engine_runs_total";
 /// Histogram `{persona, engine}`: wall-clock seconds of an ended engine run.
-pub const ENGINE_RUN_DURATION_SECONDS: &str = "glitchlab_engine_run_duration_seconds";
+pub(crate) const ENGINE_RUN_DURATION_SECONDS: &str = "glitchlab_engine_run_duration_seconds";
 /// Counter `{persona, direction}`: model tokens used by model-backed engines; `direction` is
 /// `input` (prompt) or `output` (completion).
-pub const MODEL_TOKENS_TOTAL: &str = "glitchlab_model_tokens_total";
+pub(crate) const MODEL_TOKENS_TOTAL: &str = "glitchlab_model_tokens_total";
 /// Counter `{actor}`: restarts by Compass after a crash; `actor` is a persona name or `pipeline`.
-pub const ACTOR_RESTARTS_TOTAL: &str = "glitchlab_actor_restarts_total";
+pub(crate) const ACTOR_RESTARTS_TOTAL: &str = "glitchlab_actor_restarts_total";
 /// Counter `{actor}`: give-ups past the restart limit (a persona marked `failed`, a pipeline's
 /// task failed with `PIPELINE_FAILED`).
-pub const ACTOR_FAILURES_TOTAL: &str = "glitchlab_actor_failures_total";
+pub(crate) const ACTOR_FAILURES_TOTAL: &str = "glitchlab_actor_failures_total";
 /// Counter `{code}`: ledger transfers newly applied (posted or pending; replays not counted), by
 /// transfer code (`10` budget, `11` engine run, `12` overrun, ...).
-pub const LEDGER_TRANSFERS_TOTAL: &str = "glitchlab_ledger_transfers_total";
+pub(crate) const LEDGER_TRANSFERS_TOTAL: &str = "glitchlab_ledger_transfers_total";
 /// Counter `{persona}`: micro-tokens charged for engine runs to `agent:<persona>`.
-pub const LEDGER_CHARGED_MICRO_TOKENS_TOTAL: &str = "glitchlab_ledger_charged_micro_tokens_total";
+pub(crate) const LEDGER_CHARGED_MICRO_TOKENS_TOTAL: &str =
+    "glitchlab_ledger_charged_micro_tokens_total";
 /// Counter `{app, status}`: deploys that ended (`healthy`, `rolled_back`, `failed`, `rejected`).
-pub const DEPLOYS_FINISHED_TOTAL: &str = "glitchlab_deploys_finished_total";
+pub(crate) const DEPLOYS_FINISHED_TOTAL: &str = "glitchlab_deploys_finished_total";
 /// Counter `{app, classification}`: incidents opened (a signal attached to an open incident is
 /// not one); `classification` is the runbook's, or `none`; an app not in `ops.yaml` is `other`.
-pub const INCIDENTS_OPENED_TOTAL: &str = "glitchlab_incidents_opened_total";
+pub(crate) const INCIDENTS_OPENED_TOTAL: &str = "glitchlab_incidents_opened_total";
 /// Counter `{app, check, outcome}`: scheduled check runs by outcome (`pass`, `fail`, `skipped`).
-pub const CHECKS_TOTAL: &str = "glitchlab_checks_total";
+pub(crate) const CHECKS_TOTAL: &str = "glitchlab_checks_total";
 
 /// Gauge: 1 while the store writer has been stuck on one group for `storage.stall_secs` (the
 /// watchdog's verdict, also `/readyz`'s), else 0.
-pub const STORE_WRITER_STALLED: &str = "glitchlab_store_writer_stalled";
+pub(crate) const STORE_WRITER_STALLED: &str = "glitchlab_store_writer_stalled";
 /// Gauge: write jobs waiting in the store writer's queue.
-pub const STORE_WRITE_QUEUE: &str = "glitchlab_store_write_queue";
+pub(crate) const STORE_WRITE_QUEUE: &str = "glitchlab_store_write_queue";
 /// Counter: group commits (one transaction and one flush each).
-pub const STORE_GROUPS_TOTAL: &str = "glitchlab_store_groups_total";
+pub(crate) const STORE_GROUPS_TOTAL: &str = "glitchlab_store_groups_total";
 /// Counter: write jobs committed (jobs per group = the group commit's batching).
-pub const STORE_JOBS_TOTAL: &str = "glitchlab_store_jobs_total";
+pub(crate) const STORE_JOBS_TOTAL: &str = "glitchlab_store_jobs_total";
 
 /// Histogram buckets of every `*_duration_seconds` metric: 5 ms (a fast HTTP answer) up to
 /// 600 s (the default engine and verify timeout).
-pub const DURATION_BUCKETS_SECONDS: &[f64] = &[
+pub(crate) const DURATION_BUCKETS_SECONDS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
@@ -83,7 +84,7 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 /// Installs the Prometheus recorder as the process's global recorder, once; later calls return
 /// the same handle. `None` when it could not be installed (another recorder was there first):
 /// the service runs on without metrics and says so in the log.
-pub fn install() -> Option<&'static PrometheusHandle> {
+pub(crate) fn install() -> Option<&'static PrometheusHandle> {
     HANDLE.get_or_init(build_and_install).as_ref()
 }
 
@@ -147,13 +148,13 @@ fn describe() {
 }
 
 /// The Prometheus text exposition of everything recorded so far; `None` without a recorder.
-pub fn render() -> Option<String> {
+pub(crate) fn render() -> Option<String> {
     HANDLE.get()?.as_ref().map(PrometheusHandle::render)
 }
 
 /// The `method` label: the standard methods by name, anything else `other` (a client can send
 /// any token as a method).
-pub fn method_label(method: &str) -> &'static str {
+pub(crate) fn method_label(method: &str) -> &'static str {
     match method {
         "GET" => "GET",
         "HEAD" => "HEAD",
@@ -167,7 +168,7 @@ pub fn method_label(method: &str) -> &'static str {
 }
 
 /// Records one answered HTTP request; `route` is the matched pattern, never the raw path.
-pub fn http_request(method: &str, route: Option<&str>, status: u16, elapsed: Duration) {
+pub(crate) fn http_request(method: &str, route: Option<&str>, status: u16, elapsed: Duration) {
     let method = method_label(method);
     let route = route.unwrap_or("unmatched").to_owned();
     ::metrics::counter!(HTTP_REQUESTS_TOTAL, "method" => method, "route" => route.clone(), "status" => status.to_string())
@@ -177,12 +178,12 @@ pub fn http_request(method: &str, route: Option<&str>, status: u16, elapsed: Dur
 }
 
 /// Records a task created through intake, by kind (one of the config's templates).
-pub fn task_submitted(kind: &str) {
+pub(crate) fn task_submitted(kind: &str) {
     ::metrics::counter!(TASKS_SUBMITTED_TOTAL, "kind" => kind.to_owned()).increment(1);
 }
 
 /// The wire name of a task status, as a label.
-pub fn status_label(status: TaskStatus) -> &'static str {
+pub(crate) fn status_label(status: TaskStatus) -> &'static str {
     match status {
         TaskStatus::Queued => "queued",
         TaskStatus::Blocked => "blocked",
@@ -197,19 +198,19 @@ pub fn status_label(status: TaskStatus) -> &'static str {
 
 /// Publishes how many tasks ended in `status` since start (the store counts them as it
 /// commits; `/metrics` copies the counts in before it renders).
-pub fn tasks_finished(status: TaskStatus, total: u64) {
+pub(crate) fn tasks_finished(status: TaskStatus, total: u64) {
     ::metrics::counter!(TASKS_FINISHED_TOTAL, "status" => status_label(status)).absolute(total);
 }
 
 /// Sets the queue gauges to Compass's current counts.
-pub fn task_gauges(queued: usize, running: usize) {
+pub(crate) fn task_gauges(queued: usize, running: usize) {
     ::metrics::gauge!(TASKS_QUEUED).set(gauge_value(queued));
     ::metrics::gauge!(TASKS_RUNNING).set(gauge_value(running));
 }
 
 /// Publishes the store writer's state: stalled (the watchdog's verdict), jobs waiting, and groups
 /// and jobs committed since start.
-pub fn store_writer(stalled: bool, queued: usize, groups: u64, jobs: u64) {
+pub(crate) fn store_writer(stalled: bool, queued: usize, groups: u64, jobs: u64) {
     ::metrics::gauge!(STORE_WRITER_STALLED).set(if stalled { 1.0 } else { 0.0 });
     ::metrics::gauge!(STORE_WRITE_QUEUE).set(gauge_value(queued));
     ::metrics::counter!(STORE_GROUPS_TOTAL).absolute(groups);
@@ -223,7 +224,7 @@ fn gauge_value(count: usize) -> f64 {
 
 /// How an ended engine run went, as a label: `ok` (exit 0 in time), `failed` (exit ≠ 0, killed
 /// or no answer), `timed_out`, or `interrupted` (cut off by cancel, shutdown or a crash).
-pub fn run_outcome(run: &EngineRun) -> &'static str {
+pub(crate) fn run_outcome(run: &EngineRun) -> &'static str {
     match run.status {
         RunStatus::Interrupted => "interrupted",
         RunStatus::Running => "running",
@@ -234,7 +235,7 @@ pub fn run_outcome(run: &EngineRun) -> &'static str {
 }
 
 /// Records an ended engine run: its outcome, its duration and the model tokens it used.
-pub fn engine_run(run: &EngineRun) {
+pub(crate) fn engine_run(run: &EngineRun) {
     let (persona, engine) = (run.persona.clone(), run.engine.clone());
     ::metrics::counter!(ENGINE_RUNS_TOTAL, "persona" => persona.clone(), "engine" => engine.clone(), "status" => run_outcome(run))
         .increment(1);
@@ -249,28 +250,28 @@ pub fn engine_run(run: &EngineRun) {
 }
 
 /// Records a restart of `actor` (a persona's name, or `pipeline`).
-pub fn actor_restarted(actor: &'static str) {
+pub(crate) fn actor_restarted(actor: &'static str) {
     ::metrics::counter!(ACTOR_RESTARTS_TOTAL, "actor" => actor).increment(1);
 }
 
 /// Records a give-up on `actor` (a persona's name, or `pipeline`) past its restart limit.
-pub fn actor_failed(actor: &'static str) {
+pub(crate) fn actor_failed(actor: &'static str) {
     ::metrics::counter!(ACTOR_FAILURES_TOTAL, "actor" => actor).increment(1);
 }
 
 /// Records a transfer the Ledger applied, by its code.
-pub fn ledger_transfer(code: u16) {
+pub(crate) fn ledger_transfer(code: u16) {
     ::metrics::counter!(LEDGER_TRANSFERS_TOTAL, "code" => code.to_string()).increment(1);
 }
 
 /// Records an engine run's charge to `agent:<persona>`.
-pub fn ledger_charged(persona: &str, micro_tokens: u64) {
+pub(crate) fn ledger_charged(persona: &str, micro_tokens: u64) {
     ::metrics::counter!(LEDGER_CHARGED_MICRO_TOKENS_TOTAL, "persona" => persona.to_owned())
         .increment(micro_tokens);
 }
 
 /// Records a deploy that reached a terminal status (others are ignored).
-pub fn deploy_finished(record: &DeployRecord) {
+pub(crate) fn deploy_finished(record: &DeployRecord) {
     if record.status.is_terminal() {
         let status = crate::model::ops::wire_name(&record.status);
         ::metrics::counter!(DEPLOYS_FINISHED_TOTAL, "app" => record.app.clone(), "status" => status)
@@ -280,7 +281,7 @@ pub fn deploy_finished(record: &DeployRecord) {
 
 /// Records a newly opened incident. Its app comes from a webhook: one `ops.yaml` does not name
 /// is labelled `other`.
-pub fn incident_opened(ops: &OpsFile, incident: &Incident) {
+pub(crate) fn incident_opened(ops: &OpsFile, incident: &Incident) {
     let app = app_label(ops, &incident.app);
     let classification = crate::model::ops::wire_name(&incident.classification);
     ::metrics::counter!(INCIDENTS_OPENED_TOTAL, "app" => app, "classification" => classification)
@@ -288,7 +289,7 @@ pub fn incident_opened(ops: &OpsFile, incident: &Incident) {
 }
 
 /// An app name as a label: itself if `ops.yaml` names it, else `other`.
-pub fn app_label(ops: &OpsFile, app: &str) -> String {
+pub(crate) fn app_label(ops: &OpsFile, app: &str) -> String {
     if ops.apps.contains_key(app) {
         app.to_owned()
     } else {
@@ -297,7 +298,7 @@ pub fn app_label(ops: &OpsFile, app: &str) -> String {
 }
 
 /// Records one scheduled check run (app and check come from `ops.yaml`).
-pub fn check_finished(result: &CheckResult) {
+pub(crate) fn check_finished(result: &CheckResult) {
     let outcome = match result.outcome.as_str() {
         "pass" => "pass",
         "fail" => "fail",

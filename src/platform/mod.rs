@@ -3,11 +3,11 @@
 //! rules ([`executor`]), the model client ([`openai`]), prompts ([`prompt`]), logs
 //! ([`telemetry`]) and Prometheus metrics ([`metrics`]).
 
-pub mod executor;
-pub mod git;
-pub mod metrics;
-pub mod openai;
+pub(crate) mod executor;
+pub(crate) mod git;
+pub(crate) mod metrics;
+pub(crate) mod openai;
 pub mod process;
-pub mod prompt;
+pub(crate) mod prompt;
 pub mod sandbox;
 pub mod telemetry;

@@ -22,10 +22,7 @@ const ERROR_BODY_BYTES_MAX: usize = 512;
 
 /// A model call failed.
 #[derive(Debug, thiserror::Error)]
-pub enum OpenAiError {
-    /// The provider is not in the config.
-    #[error("no provider `{0}` in [providers]")]
-    UnknownProvider(String),
+pub(crate) enum OpenAiError {
     /// The key's variable is not set.
     #[error("the API key variable {0} is not set")]
     MissingKey(String),
@@ -44,14 +41,14 @@ pub enum OpenAiError {
 
 impl OpenAiError {
     /// Worth retrying the stage later (the provider was busy or unreachable).
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(self, Self::Unavailable { .. })
     }
 }
 
 /// A completion: the message text and the tokens it cost.
 #[derive(Debug, Clone)]
-pub struct Completion {
+pub(crate) struct Completion {
     /// `choices[0].message.content`.
     pub content: String,
     /// What the provider reported (zeros when it reported nothing).
@@ -85,7 +82,7 @@ struct Usage {
 }
 
 /// Asks the provider for one completion of `system` + `user`.
-pub async fn complete(
+pub(crate) async fn complete(
     provider: &ProviderConfig,
     system: &str,
     user: &str,
@@ -180,7 +177,7 @@ fn truncate(text: &str) -> String {
 
 /// The JSON object in a model's reply: the whole text, or the first `{...}` block of it (models
 /// like to wrap JSON in prose or code fences).
-pub fn json_in(text: &str) -> Option<&str> {
+pub(crate) fn json_in(text: &str) -> Option<&str> {
     let trimmed = text.trim();
     if trimmed.starts_with('{') {
         return Some(trimmed);

@@ -7,7 +7,7 @@ use crate::model::task::Task;
 
 /// The files a `shell` engine reads.
 #[derive(Debug, Clone)]
-pub struct PromptFiles {
+pub(crate) struct PromptFiles {
     /// `GLITCHLAB_PROMPT_FILE`.
     pub prompt: PathBuf,
     /// `GLITCHLAB_FEEDBACK_FILE`: the previous verify failure; empty on attempt 1.
@@ -17,7 +17,7 @@ pub struct PromptFiles {
 }
 
 /// The full prompt text.
-pub fn build(system_prompt: &str, task: &Task, feedback: Option<&str>) -> String {
+pub(crate) fn build(system_prompt: &str, task: &Task, feedback: Option<&str>) -> String {
     let mut text = String::new();
     text.push_str(system_prompt.trim());
     text.push_str("\n\n# Task\n\n");
@@ -51,7 +51,7 @@ const HISTORY_MESSAGE_BYTES_MAX: usize = 600;
 
 /// The planner's extra section: earlier failures on the same repository, so a model-backed
 /// planner can avoid repeating them.
-pub fn history_section(failures: &[Task]) -> String {
+pub(crate) fn history_section(failures: &[Task]) -> String {
     if failures.is_empty() {
         return String::new();
     }
@@ -71,7 +71,7 @@ pub fn history_section(failures: &[Task]) -> String {
 }
 
 /// Writes the prompt and feedback files for one engine run.
-pub async fn write_files(
+pub(crate) async fn write_files(
     dir: &Path,
     stage: &str,
     attempt: u32,
@@ -90,7 +90,7 @@ pub async fn write_files(
 }
 
 /// The `GLITCHLAB_*` environment of an engine run.
-pub fn engine_env(task: &Task, attempt: u32, files: &PromptFiles) -> Vec<(String, String)> {
+pub(crate) fn engine_env(task: &Task, attempt: u32, files: &PromptFiles) -> Vec<(String, String)> {
     vec![
         ("GLITCHLAB_TASK_ID".into(), task.id.to_string()),
         ("GLITCHLAB_ATTEMPT".into(), attempt.to_string()),
@@ -107,7 +107,7 @@ pub fn engine_env(task: &Task, attempt: u32, files: &PromptFiles) -> Vec<(String
 
 /// `sha256:<hex>` of a prompt: recorded on the run so runs that saw the same input can be told
 /// apart from runs that did not, without storing the text again.
-pub fn prompt_digest(prompt: &str) -> String {
+pub(crate) fn prompt_digest(prompt: &str) -> String {
     use sha2::{Digest, Sha256};
     format!("sha256:{}", hex::encode(Sha256::digest(prompt.as_bytes())))
 }

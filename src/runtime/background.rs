@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 /// Most background tasks running at once. Well above what a healthy service runs (a few
 /// settlements and signals, at most `STREAMS_MAX` = 256 event streams), so reaching it means
 /// something downstream is stuck: refusing more keeps memory bounded instead.
-pub const BACKGROUND_TASKS_MAX: usize = 1024;
+pub(crate) const BACKGROUND_TASKS_MAX: usize = 1024;
 
 /// The service's owned background tasks (see the module docs). Cheap to clone: clones share the
 /// tracker and the cap.

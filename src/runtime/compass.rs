@@ -9,7 +9,7 @@ use crate::model::task::{Task, TaskId};
 use crate::runtime::directory::PersonaMailbox;
 
 /// Compass's messages.
-pub enum CompassMsg {
+pub(crate) enum CompassMsg {
     /// A task was persisted by the ingress; queue it.
     TaskSubmitted(TaskId),
     /// A client acts on a task (cancel, approve, reject, retry); replies with the task after.
@@ -33,7 +33,7 @@ pub enum CompassMsg {
 
 /// What a client can do to a task through Compass.
 #[derive(Debug, Clone)]
-pub enum TaskAction {
+pub(crate) enum TaskAction {
     /// End it `cancelled` (killing whatever runs for it).
     Cancel,
     /// Pass its approval gate.

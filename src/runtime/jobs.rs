@@ -22,14 +22,14 @@ use crate::platform::git::GitError;
 use crate::storage::store::StoreError;
 
 /// A job is identified by its task and stage: a newer request for the same pair replaces the old.
-pub type JobKey = (TaskId, Stage);
+pub(crate) type JobKey = (TaskId, Stage);
 
 /// Where a persona sends a job's result.
-pub type JobReply<T> = RpcReplyPort<Result<T, StageError>>;
+pub(crate) type JobReply<T> = RpcReplyPort<Result<T, StageError>>;
 
 /// Why a stage could not produce its result. Each variant has a stable code.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum StageError {
+pub(crate) enum StageError {
     /// The persona crashed past its restart limit.
     #[error("{0}")]
     PersonaUnavailable(String),
@@ -97,7 +97,7 @@ pub enum StageError {
 
 impl StageError {
     /// The machine-readable code recorded on the task.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::PersonaUnavailable(_) => codes::PERSONA_UNAVAILABLE,
             Self::PersonaTimeout { .. } => codes::PERSONA_TIMEOUT,
@@ -122,7 +122,7 @@ impl StageError {
     }
 
     /// Infrastructure trouble worth retrying with backoff; everything else is a verdict.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(
             self,
             Self::EngineTimeout(_)
@@ -135,7 +135,7 @@ impl StageError {
     }
 
     /// The error as recorded on a failed task.
-    pub fn to_info(&self) -> ErrorInfo {
+    pub(crate) fn to_info(&self) -> ErrorInfo {
         ErrorInfo::new(self.code(), self.to_string())
     }
 }
@@ -166,7 +166,7 @@ impl From<std::io::Error> for StageError {
 ///
 /// Dropping the returned handle aborts the work (and, through [`crate::platform::process`], any process it
 /// started). The inner task is what may panic; the outer one always reports.
-pub fn spawn_job<T, F, C>(work: F, on_done: C) -> AbortOnDropHandle<()>
+pub(crate) fn spawn_job<T, F, C>(work: F, on_done: C) -> AbortOnDropHandle<()>
 where
     T: Send + 'static,
     F: Future<Output = T> + Send + 'static,
@@ -205,7 +205,7 @@ struct RunningJob<T> {
 }
 
 /// A persona's jobs in flight. Dropping it (the persona stopped or crashed) aborts them all.
-pub struct InFlightJobs<T> {
+pub(crate) struct InFlightJobs<T> {
     jobs: HashMap<JobKey, RunningJob<T>>,
     next_token: u64,
 }
@@ -224,7 +224,7 @@ impl<T: Send + 'static> InFlightJobs<T> {
     ///
     /// A job already running for `key` is aborted: the request it served is gone (its pipeline
     /// crashed and asked again), and two runs in one worktree would trample each other.
-    pub fn start<M, F>(
+    pub(crate) fn start<M, F>(
         &mut self,
         key: JobKey,
         reply: JobReply<T>,
@@ -253,7 +253,7 @@ impl<T: Send + 'static> InFlightJobs<T> {
     }
 
     /// Delivers a finished job's result to its caller (unless a newer job replaced it).
-    pub fn finish(&mut self, key: JobKey, token: u64, result: Result<T, StageError>) {
+    pub(crate) fn finish(&mut self, key: JobKey, token: u64, result: Result<T, StageError>) {
         if self.jobs.get(&key).map(|job| job.token) == Some(token) {
             if let Some(job) = self.jobs.remove(&key) {
                 // The caller may have given up (timeout, cancel); nothing to do then.
@@ -264,7 +264,7 @@ impl<T: Send + 'static> InFlightJobs<T> {
 
     /// Aborts every job of a task; their callers hear `Cancelled` rather than a dropped reply
     /// (which would read as a crash and be retried).
-    pub fn cancel_task(&mut self, task_id: TaskId) {
+    pub(crate) fn cancel_task(&mut self, task_id: TaskId) {
         let keys: Vec<JobKey> = self
             .jobs
             .keys()
@@ -278,21 +278,11 @@ impl<T: Send + 'static> InFlightJobs<T> {
             }
         }
     }
-
-    /// Jobs running now.
-    pub fn len(&self) -> usize {
-        self.jobs.len()
-    }
-
-    /// Whether no job runs.
-    pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty()
-    }
 }
 
 /// Limits of one persona call.
 #[derive(Debug, Clone, Copy)]
-pub struct CallLimits {
+pub(crate) struct CallLimits {
     /// How long one request may take before it is given up.
     pub timeout: Duration,
     /// How long to wait for a restarting persona to come back.
@@ -304,7 +294,7 @@ pub struct CallLimits {
 /// Asks the persona reading `M` for a job, retrying when the persona dies mid-request.
 ///
 /// `on_retry` is told each time a request was lost to a crash, before it is sent again.
-pub async fn call_persona<M, T>(
+pub(crate) async fn call_persona<M, T>(
     directory: &ActorDirectory,
     limits: CallLimits,
     request: impl Fn(JobReply<T>) -> M,

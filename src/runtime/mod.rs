@@ -2,15 +2,15 @@
 //! tree ([`directory`]), the restart policy ([`supervision`]), how work runs beside a mailbox
 //! ([`jobs`]), and the background tasks the service owns ([`background`]).
 
-pub mod background;
-pub mod compass;
+pub(crate) mod background;
+pub(crate) mod compass;
 pub mod directory;
-pub mod jobs;
+pub(crate) mod jobs;
 pub mod ledger;
-pub mod repo_checks;
-pub mod supervision;
-pub mod uplink_deploy;
-pub mod uplink_respond;
+pub(crate) mod repo_checks;
+pub(crate) mod supervision;
+pub(crate) mod uplink_deploy;
+pub(crate) mod uplink_respond;
 
 use std::path::PathBuf;
 use std::sync::Arc;

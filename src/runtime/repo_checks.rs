@@ -4,10 +4,10 @@ use std::time::Duration;
 
 /// How long a repository and base branch found at submit stay trusted without asking git again.
 /// A branch deleted within it is caught when the worktree is made, with git's own error.
-pub const REPO_CHECK_TTL: Duration = Duration::from_secs(5);
+pub(crate) const REPO_CHECK_TTL: Duration = Duration::from_secs(5);
 /// Repository/branch pairs remembered at most; past it the expired ones are dropped (all of them
 /// when that is not enough).
-pub const REPO_CHECKS_MAX: usize = 1024;
+pub(crate) const REPO_CHECKS_MAX: usize = 1024;
 
 /// Repository and base-branch pairs confirmed a moment ago: a burst of submissions to one
 /// repository opens it once, not once each (issue #9's hot path). Only successes are remembered,

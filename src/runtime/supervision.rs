@@ -8,7 +8,7 @@ use crate::config::SupervisionConfig;
 
 /// What a supervisor does about a child that just exited unexpectedly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartDecision {
+pub(crate) enum RestartDecision {
     /// Restart it after this delay.
     RestartAfter(Duration),
     /// It crashed too often: mark it failed and leave it down.
@@ -17,7 +17,7 @@ pub enum RestartDecision {
 
 /// One child's crash history.
 #[derive(Debug, Default, Clone)]
-pub struct RestartHistory {
+pub(crate) struct RestartHistory {
     /// Restarts inside the current window, oldest first; bounded by `max_restarts`.
     recent: VecDeque<Instant>,
     /// Every restart since the service started, for `GET /v1/actors`.
@@ -26,7 +26,11 @@ pub struct RestartHistory {
 
 impl RestartHistory {
     /// Records a crash at `now` and decides.
-    pub fn on_failure(&mut self, policy: &SupervisionConfig, now: Instant) -> RestartDecision {
+    pub(crate) fn on_failure(
+        &mut self,
+        policy: &SupervisionConfig,
+        now: Instant,
+    ) -> RestartDecision {
         let window = policy.window();
         while let Some(oldest) = self.recent.front() {
             if now.duration_since(*oldest) >= window {
@@ -49,12 +53,12 @@ impl RestartHistory {
     }
 
     /// Forgets the crashes in the window: a revived child gets its whole restart budget again.
-    pub fn forgive(&mut self) {
+    pub(crate) fn forgive(&mut self) {
         self.recent.clear();
     }
 
     /// Restarts since the service started.
-    pub fn total(&self) -> u32 {
+    pub(crate) fn total(&self) -> u32 {
         self.total
     }
 }

@@ -13,11 +13,11 @@ use crate::model::persona::Persona;
 use crate::runtime::directory::PersonaMailbox;
 
 /// How long a caller looks for a restarting Uplink-Deploy.
-pub const PERSONA_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const PERSONA_WAIT: Duration = Duration::from_secs(10);
 
 /// What an incident runbook may ask of an app.
 #[derive(Debug, Clone, Copy)]
-pub enum AppAction {
+pub(crate) enum AppAction {
     /// Restart the running release.
     Restart,
     /// Put the last healthy release back.
@@ -27,9 +27,7 @@ pub enum AppAction {
 }
 
 /// Uplink-Deploy's messages.
-pub enum UplinkDeployMsg {
-    /// The apps it knows how to deploy.
-    Apps(RpcReplyPort<Vec<String>>),
+pub(crate) enum UplinkDeployMsg {
     /// Deploy `commit` (default: the app's branch head) of `app`.
     Request {
         /// The app.
@@ -80,7 +78,7 @@ pub enum UplinkDeployMsg {
 }
 
 /// Asks the current Uplink-Deploy incarnation to act on an app and waits (bounded) for the end.
-pub async fn act(
+pub(crate) async fn act(
     directory: &crate::runtime::directory::ActorDirectory,
     app: &str,
     action: AppAction,
@@ -100,14 +98,14 @@ pub async fn act(
 }
 
 /// The current Uplink-Deploy incarnation.
-pub async fn current(
+pub(crate) async fn current(
     directory: &crate::runtime::directory::ActorDirectory,
 ) -> Result<ActorRef<UplinkDeployMsg>, OpsError> {
     crate::runtime::current_persona(directory, PERSONA_WAIT).await
 }
 
 /// Flattens a call to Uplink-Deploy.
-pub fn unwrap_call<T>(
+pub(crate) fn unwrap_call<T>(
     result: Result<CallResult<Result<T, OpsError>>, ractor::MessagingErr<UplinkDeployMsg>>,
 ) -> Result<T, OpsError> {
     crate::runtime::flatten_call(result)

@@ -15,14 +15,7 @@ use crate::runtime::Services;
 const SIGNAL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Uplink-Respond's messages.
-pub enum UplinkRespondMsg {
-    /// The name of the first runbook whose `match.signal` is this signal, if any.
-    MatchSignal {
-        /// The signal name (`health_check_failed`, ...).
-        signal: String,
-        /// The runbook's name.
-        reply: RpcReplyPort<Option<String>>,
-    },
+pub(crate) enum UplinkRespondMsg {
     /// Signals to open incidents for (or attach to open ones); replies with their incident ids.
     Signals {
         /// The signals.
@@ -50,7 +43,7 @@ pub enum UplinkRespondMsg {
 
 /// Hands signals to the current Uplink-Respond and returns their incidents' ids (empty when it
 /// cannot be reached in time: the failure is logged, the sender goes on).
-pub async fn send_signals(services: &Services, signals: Vec<Signal>) -> Vec<String> {
+pub(crate) async fn send_signals(services: &Services, signals: Vec<Signal>) -> Vec<String> {
     match call_signals(services, signals).await {
         Ok(ids) => ids,
         Err(error) => {
@@ -61,7 +54,7 @@ pub async fn send_signals(services: &Services, signals: Vec<Signal>) -> Vec<Stri
 }
 
 /// Hands signals to the current Uplink-Respond; `Err` says why they did not arrive.
-pub async fn call_signals(
+pub(crate) async fn call_signals(
     services: &Services,
     signals: Vec<Signal>,
 ) -> Result<Vec<String>, OpsError> {
@@ -77,7 +70,7 @@ pub async fn call_signals(
 }
 
 /// Asks the current Uplink-Respond to approve or reject an incident's gated step.
-pub async fn call_decide(
+pub(crate) async fn call_decide(
     services: &Services,
     id: &str,
     approve: bool,

@@ -1,6 +1,6 @@
 //! Durable state: the store and its one writer ([`store`]), the token books ([`ledger`]) and ops'
 //! records ([`ops`]). It answers what changed; it never calls an actor.
 
-pub mod ledger;
-pub mod ops;
+pub(crate) mod ledger;
+pub(crate) mod ops;
 pub mod store;

@@ -21,18 +21,16 @@ use serde::Serialize;
 
 use crate::model::ops::records::*;
 use crate::storage::store::{Batch, Snapshot, Store, StoreError, Table};
-/// A stored record does not decode, or sled failed.
-pub type OpsStoreError = StoreError;
 
 /// Ops' records. Cheap to clone.
 #[derive(Clone)]
-pub struct OpsStore {
+pub(crate) struct OpsStore {
     store: Store,
 }
 
 impl OpsStore {
     /// Ops' records in `store`'s database.
-    pub fn new(store: &Store) -> Self {
+    pub(crate) fn new(store: &Store) -> Self {
         Self {
             store: store.clone(),
         }
@@ -40,7 +38,7 @@ impl OpsStore {
 
     /// Writes a deploy record and its app's index entry (durable, one job), dropping the app's
     /// oldest ended records past [`DEPLOY_HISTORY_MAX`].
-    pub async fn put_deploy(&self, record: &DeployRecord) -> Result<(), StoreError> {
+    pub(crate) async fn put_deploy(&self, record: &DeployRecord) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record)?;
         let (app, id) = (record.app.clone(), record.id.clone());
         self.store
@@ -60,7 +58,7 @@ impl OpsStore {
     /// each app's history. Run at start, before any actor. Answers how many records it indexed
     /// (0 when the index was built already). A record that does not decode stays unindexed
     /// (logged): it used to make every read of the history fail.
-    pub async fn index_deploys(&self) -> Result<usize, StoreError> {
+    pub(crate) async fn index_deploys(&self) -> Result<usize, StoreError> {
         self.store
             .write(|batch| {
                 if batch
@@ -105,7 +103,7 @@ impl OpsStore {
     }
 
     /// Changes a deploy record (durable); `None` when it does not exist.
-    pub async fn update_deploy(
+    pub(crate) async fn update_deploy(
         &self,
         id: &str,
         change: impl FnOnce(&mut DeployRecord) + Send + 'static,
@@ -128,12 +126,12 @@ impl OpsStore {
     }
 
     /// One deploy.
-    pub async fn deploy(&self, id: &str) -> Result<Option<DeployRecord>, StoreError> {
+    pub(crate) async fn deploy(&self, id: &str) -> Result<Option<DeployRecord>, StoreError> {
         get(&self.store, Table::OpsDeploys, id).await
     }
 
     /// Deploys, newest first, at most `limit`.
-    pub async fn deploys(&self, limit: usize) -> Result<Vec<DeployRecord>, StoreError> {
+    pub(crate) async fn deploys(&self, limit: usize) -> Result<Vec<DeployRecord>, StoreError> {
         let limit = limit.min(LIST_LIMIT_MAX);
         self.store
             .read(move |snapshot| {
@@ -144,13 +142,13 @@ impl OpsStore {
 
     /// An app's kept deploys, oldest first (at most [`DEPLOY_HISTORY_MAX`] ended ones, and
     /// every unfinished one).
-    pub async fn deploys_of(&self, app: &str) -> Result<Vec<DeployRecord>, StoreError> {
+    pub(crate) async fn deploys_of(&self, app: &str) -> Result<Vec<DeployRecord>, StoreError> {
         Ok(self.deploy_history(app).await?.records)
     }
 
     /// An app's kept deploys, oldest first, with what its dropped ones count for (what burn-in
     /// counts), read from one snapshot.
-    pub async fn deploy_history(&self, app: &str) -> Result<DeployHistory, StoreError> {
+    pub(crate) async fn deploy_history(&self, app: &str) -> Result<DeployHistory, StoreError> {
         let app = app.to_owned();
         self.store
             .read(move |snapshot| {
@@ -168,7 +166,7 @@ impl OpsStore {
     }
 
     /// Writes an incident (durable).
-    pub async fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
+    pub(crate) async fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
         put(
             &self.store,
             Table::OpsIncidents,
@@ -179,7 +177,7 @@ impl OpsStore {
     }
 
     /// Changes an incident (durable).
-    pub async fn update_incident(
+    pub(crate) async fn update_incident(
         &self,
         id: &str,
         change: impl FnOnce(&mut Incident) + Send + 'static,
@@ -202,12 +200,12 @@ impl OpsStore {
     }
 
     /// One incident.
-    pub async fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
+    pub(crate) async fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
         get(&self.store, Table::OpsIncidents, id).await
     }
 
     /// Incidents, newest first, at most `limit`, those `keep` accepts.
-    pub async fn incidents_where(
+    pub(crate) async fn incidents_where(
         &self,
         limit: usize,
         keep: impl Fn(&Incident) -> bool + Send + 'static,
@@ -219,7 +217,7 @@ impl OpsStore {
     }
 
     /// Stores a check result, keeping the newest [`CHECK_HISTORY_MAX`] of that check (durable).
-    pub async fn record_check(&self, result: &CheckResult) -> Result<(), StoreError> {
+    pub(crate) async fn record_check(&self, result: &CheckResult) -> Result<(), StoreError> {
         let prefix = check_prefix(&result.app, &result.check);
         let bytes = serde_json::to_vec(result)?;
         self.store
@@ -243,7 +241,7 @@ impl OpsStore {
     }
 
     /// A check's results, newest first.
-    pub async fn check_history(
+    pub(crate) async fn check_history(
         &self,
         app: &str,
         check: &str,
@@ -265,14 +263,14 @@ impl OpsStore {
     }
 
     /// An app's release state.
-    pub async fn release(&self, app: &str) -> Result<ReleaseState, StoreError> {
+    pub(crate) async fn release(&self, app: &str) -> Result<ReleaseState, StoreError> {
         Ok(get(&self.store, Table::OpsReleases, app)
             .await?
             .unwrap_or_default())
     }
 
     /// Changes an app's release state (durable).
-    pub async fn update_release(
+    pub(crate) async fn update_release(
         &self,
         app: &str,
         change: impl FnOnce(&mut ReleaseState) + Send + 'static,
@@ -293,7 +291,7 @@ impl OpsStore {
     }
 
     /// Whether `sha`'s verify passed for `app` before.
-    pub async fn verified(&self, app: &str, sha: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn verified(&self, app: &str, sha: &str) -> Result<bool, StoreError> {
         let key = format!("{app}/{sha}");
         self.store
             .read(move |snapshot| snapshot.contains(Table::OpsVerified, key.as_bytes()))
@@ -301,7 +299,7 @@ impl OpsStore {
     }
 
     /// Records that `sha`'s verify passed for `app` (durable).
-    pub async fn mark_verified(&self, app: &str, sha: &str) -> Result<(), StoreError> {
+    pub(crate) async fn mark_verified(&self, app: &str, sha: &str) -> Result<(), StoreError> {
         let key = format!("{app}/{sha}");
         let at = Utc::now().to_rfc3339();
         self.store
@@ -315,7 +313,7 @@ impl OpsStore {
 
 /// The key in `OpsDeploysByApp` saying every record of `OpsDeploys` has its index entry. App
 /// names are letters, digits, `-` and `_`, so no app's keys start with NUL.
-pub const DEPLOYS_INDEXED: &[u8] = b"\0indexed";
+pub(crate) const DEPLOYS_INDEXED: &[u8] = b"\0indexed";
 
 /// Where an app's index entries start: `<app>/` (an app name has no `/`).
 fn deploy_index_prefix(app: &str) -> Vec<u8> {

@@ -18,7 +18,7 @@ const DEPLOY_POLL: Duration = Duration::from_millis(250);
 /// `task:<id>`, so a stage run again after a crash finds the deploy it made) and waits, at most
 /// `wait`, for it to end. Healthy: the deploy's id. Anything else fails the stage
 /// `DEPLOY_FAILED`; a deploy still running when the wait ends goes on without the task.
-pub async fn deploy_stage(
+pub(crate) async fn deploy_stage(
     services: &Services,
     task: &crate::model::task::Task,
     wait: Duration,
@@ -86,7 +86,12 @@ fn stage_error(error: OpsError) -> StageError {
 /// blocks the caller: the lookup and the cast run in a background task. A request lost to a
 /// crash (or to a full tracker) is made at the next start (see `request_missed_task_deploys`); a
 /// repeated one is answered with the deploy it already made.
-pub fn deploy_after_task(services: &Services, app: String, task: TaskId, commit: Option<String>) {
+pub(crate) fn deploy_after_task(
+    services: &Services,
+    app: String,
+    task: TaskId,
+    commit: Option<String>,
+) {
     // Tests drop the request here, as a crash right after the delivery would.
     fail::fail_point!("uplink-deploy.task-request", |_| {});
     let directory = services.directory.clone();

@@ -23,7 +23,7 @@ use crate::work::metering;
 
 /// Who runs an engine, for what: becomes the run record's identity.
 #[derive(Debug, Clone)]
-pub struct RunIdentity {
+pub(crate) struct RunIdentity {
     /// The task.
     pub task_id: TaskId,
     /// `planner`, `patch`, `circuit`, ...
@@ -36,7 +36,7 @@ pub struct RunIdentity {
 
 /// A `shell` run: `sh -c <command>` in `cwd`.
 #[derive(Debug, Clone)]
-pub struct ShellRun {
+pub(crate) struct ShellRun {
     /// The command line.
     pub command: String,
     /// The worktree.
@@ -155,7 +155,7 @@ async fn close_run(services: &Services, mut run: EngineRun) -> Result<EngineRun,
 
 /// Runs a shell engine and persists the run. A timeout is a recorded run, not an error; failing to
 /// start `sh` at all is an error.
-pub async fn run_shell(
+pub(crate) async fn run_shell(
     services: &Services,
     who: &RunIdentity,
     run: ShellRun,
@@ -241,7 +241,7 @@ pub(crate) fn governed_env(services: &Services, persona: Persona) -> Vec<(String
 /// What is left of a task's `max_wall_secs` (`None`: no cap). A task past its cap is refused
 /// with `BUDGET_EXCEEDED` — checked when each persona job starts, and every engine's timeout is
 /// cut to what is left, so no run outlives the budget.
-pub fn wall_budget_left(task: &Task) -> Result<Option<Duration>, StageError> {
+pub(crate) fn wall_budget_left(task: &Task) -> Result<Option<Duration>, StageError> {
     let (Some(cap_secs), Some(started)) = (task.budget.max_wall_secs, task.started_at) else {
         return Ok(None);
     };
@@ -255,14 +255,14 @@ pub fn wall_budget_left(task: &Task) -> Result<Option<Duration>, StageError> {
 }
 
 /// `timeout`, cut to what is left of the task's wall-clock budget.
-pub fn capped_timeout(task: &Task, timeout: Duration) -> Result<Duration, StageError> {
+pub(crate) fn capped_timeout(task: &Task, timeout: Duration) -> Result<Duration, StageError> {
     Ok(wall_budget_left(task)?.map_or(timeout, |left| left.min(timeout)))
 }
 
 /// One call of an `openai` engine: the completion is persisted as an engine run (its text
 /// redacted, its token usage kept and metered) before it is returned. When the task's model
 /// tokens then exceed `max_tokens`, the answer is refused with `BUDGET_EXCEEDED`.
-pub async fn run_model(
+pub(crate) async fn run_model(
     services: &Services,
     who: &RunIdentity,
     provider_name: &str,
@@ -325,7 +325,7 @@ pub async fn run_model(
 }
 
 /// Persists the run of a builtin engine that produced `stdout`.
-pub async fn record_builtin(
+pub(crate) async fn record_builtin(
     services: &Services,
     who: &RunIdentity,
     stdout: String,
@@ -358,7 +358,7 @@ pub async fn record_builtin(
 }
 
 /// How a run ended, for messages: "exited with code 2", "was killed by signal 9".
-pub fn ending(run: &EngineRun) -> String {
+pub(crate) fn ending(run: &EngineRun) -> String {
     match (run.exit_code, run.signal) {
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(signal)) => format!("was killed by signal {signal}"),
@@ -380,7 +380,7 @@ const PLAN_STEPS_MAX: usize = 12;
 /// with words that signal risky work.
 ///
 /// Earlier failures on the same repository (`history`) open the plan with a step to avoid them.
-pub fn builtin_plan(task: &Task, history: &[Task]) -> Plan {
+pub(crate) fn builtin_plan(task: &Task, history: &[Task]) -> Plan {
     let mut sentences: Vec<String> = task
         .description
         .lines()
@@ -478,7 +478,7 @@ fn risk_of(task: &Task, step_count: usize) -> &'static str {
 
 /// The builtin implementer's change: a note with the plan under `.glitchlab/notes/`, so an offline
 /// run still produces a real, reviewable commit.
-pub fn builtin_note(task: &Task, attempt: u32) -> (String, String) {
+pub(crate) fn builtin_note(task: &Task, attempt: u32) -> (String, String) {
     let path = format!(".glitchlab/notes/{}.md", task.id);
     let mut text = format!(
         "# {}\n\n{}\n\nAttempt {attempt}.\n",

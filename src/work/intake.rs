@@ -38,7 +38,7 @@ const DEPS_MAX: usize = 64;
 
 /// Why a submission was refused. Each variant has a stable code.
 #[derive(Debug, thiserror::Error)]
-pub enum IntakeError {
+pub(crate) enum IntakeError {
     /// A field is missing, empty, too long or out of range.
     #[error("{0}")]
     InvalidField(String),
@@ -83,7 +83,7 @@ impl From<LedgerError> for IntakeError {
 
 impl IntakeError {
     /// The stable code.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::InvalidField(_) => codes::INVALID_FIELD,
             Self::Unknown { code, .. } => code,
@@ -104,7 +104,7 @@ impl IntakeError {
 /// A submission: the body of `POST /v1/tasks`.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SubmitTaskRequest {
+pub(crate) struct SubmitTaskRequest {
     /// Short name of the work.
     pub title: String,
     /// What to do.
@@ -164,7 +164,7 @@ pub struct SubmitTaskRequest {
 /// The `budget` of a submission.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BudgetRequest {
+pub(crate) struct BudgetRequest {
     /// Micro-tokens to reserve.
     #[serde(default)]
     pub max_cost: Option<u64>,
@@ -178,7 +178,7 @@ pub struct BudgetRequest {
 
 /// An accepted submission.
 #[derive(Debug)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// The task as stored.
     pub task: Task,
     /// Whether this was an idempotent replay of an earlier submission.
@@ -186,7 +186,7 @@ pub struct Accepted {
 }
 
 /// Validates, persists (flushed) and queues a task.
-pub async fn submit(
+pub(crate) async fn submit(
     services: &Services,
     compass: &ActorRef<CompassMsg>,
     request: SubmitTaskRequest,

@@ -28,26 +28,26 @@ use crate::storage::ledger::Book;
 use crate::storage::store::NewEvent;
 
 /// Transfer code of a task's budget reservation (and its settlement).
-pub const CODE_TASK_BUDGET: u16 = 10;
+pub(crate) const CODE_TASK_BUDGET: u16 = 10;
 /// Transfer code of an engine run's charge.
-pub const CODE_ENGINE_RUN: u16 = 11;
+pub(crate) const CODE_ENGINE_RUN: u16 = 11;
 /// Transfer code of usage past the reservation, charged to the payer at settlement.
-pub const CODE_BUDGET_OVERRUN: u16 = 12;
+pub(crate) const CODE_BUDGET_OVERRUN: u16 = 12;
 /// How long a settlement waits for the task's cut-off runs to be charged and closed.
 const OPEN_RUNS_WAIT: Duration = Duration::from_secs(10);
 
 /// The ledger account a task's money flows through.
-pub fn task_account(task_id: TaskId) -> String {
+pub(crate) fn task_account(task_id: TaskId) -> String {
     format!("task:{task_id}")
 }
 
 /// The id of a task's `round`-th budget reservation (a retried task reserves again).
-pub fn reservation_id(task_id: TaskId, round: u32) -> String {
+pub(crate) fn reservation_id(task_id: TaskId, round: u32) -> String {
     format!("task:{task_id}:budget:{round}")
 }
 
 /// Opens the task's account and reserves its budget from the payer. Safe to repeat.
-pub async fn reserve(
+pub(crate) async fn reserve(
     directory: &ActorDirectory,
     task: &Task,
     round: u32,
@@ -74,7 +74,7 @@ pub async fn reserve(
 }
 
 /// Releases a reservation whose task was never created.
-pub async fn release(directory: &ActorDirectory, reservation: &str) {
+pub(crate) async fn release(directory: &ActorDirectory, reservation: &str) {
     if let Err(error) = ledger_actor::void(directory, reservation).await {
         tracing::error!(%error, reservation, "could not release a reservation");
     }
@@ -82,13 +82,13 @@ pub async fn release(directory: &ActorDirectory, reservation: &str) {
 
 /// Puts what the rate card charges for an ended run on its record (`cost`), so the runs API shows
 /// the same figure the books do.
-pub fn price(services: &Services, run: &mut EngineRun) {
+pub(crate) fn price(services: &Services, run: &mut EngineRun) {
     run.cost = Some(services.config.ledger.rates.run_cost(run));
 }
 
 /// Charges one engine run to its task (idempotent by the run's id). A failure is recorded as an
 /// event, never fails the work: the run already happened.
-pub async fn charge_run(services: &Services, run: &EngineRun) {
+pub(crate) async fn charge_run(services: &Services, run: &EngineRun) {
     let amount = run
         .cost
         .unwrap_or_else(|| services.config.ledger.rates.run_cost(run));
@@ -125,7 +125,7 @@ async fn charge_failed(services: &Services, run: &EngineRun, amount: u64, error:
 /// Settles a finished task's reservation: posts what its runs cost (at most the reservation),
 /// releases the rest, and charges any overrun to the payer. Every step is idempotent, so a
 /// settlement cut off half-way is finished by running it again.
-pub async fn settle(services: &Services, task: &Task) -> Result<(), LedgerError> {
+pub(crate) async fn settle(services: &Services, task: &Task) -> Result<(), LedgerError> {
     let Some(reservation) = &task.reservation else {
         return Ok(());
     };

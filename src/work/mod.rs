@@ -3,9 +3,9 @@
 //! may do to a task ([`transitions`]), and the ops org's machinery ([`ops`]). It reaches actors only
 //! through the clients in [`crate::runtime`].
 
-pub mod deploy_stage;
-pub mod engine;
-pub mod intake;
-pub mod metering;
-pub mod ops;
-pub mod transitions;
+pub(crate) mod deploy_stage;
+pub(crate) mod engine;
+pub(crate) mod intake;
+pub(crate) mod metering;
+pub(crate) mod ops;
+pub(crate) mod transitions;

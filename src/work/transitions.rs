@@ -16,7 +16,7 @@ use crate::storage::store::{NewEvent, StoreError};
 
 /// What a look at a blocked task found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Readiness {
+pub(crate) enum Readiness {
     /// Every dependency is done: the task is queued now.
     Ready,
     /// Some dependency is still unfinished.
@@ -48,7 +48,10 @@ async fn load(
 }
 
 /// Looks at a blocked task's dependencies and moves it on when they allow.
-pub async fn evaluate_blocked(services: &Services, task: &Task) -> Result<Readiness, StoreError> {
+pub(crate) async fn evaluate_blocked(
+    services: &Services,
+    task: &Task,
+) -> Result<Readiness, StoreError> {
     if task.status != TaskStatus::Blocked {
         return Ok(Readiness::StillBlocked);
     }
@@ -126,7 +129,7 @@ async fn fail_for_dependency(
 
 /// Passes the approval gate: the task is queued at the stage after `approve` (or done, if the
 /// gate was its last stage).
-pub async fn approve(
+pub(crate) async fn approve(
     services: &Services,
     id: TaskId,
     comment: Option<String>,
@@ -168,7 +171,7 @@ pub async fn approve(
 }
 
 /// Refuses the work at the gate: the task ends `cancelled`; its branch stays, its worktree goes.
-pub async fn reject(
+pub(crate) async fn reject(
     services: &Services,
     id: TaskId,
     comment: Option<String>,
@@ -204,7 +207,7 @@ pub async fn reject(
 }
 
 /// Ends a task that has not finished as `cancelled`.
-pub async fn cancel(services: &Services, id: TaskId) -> Result<Task, TaskActionError> {
+pub(crate) async fn cancel(services: &Services, id: TaskId) -> Result<Task, TaskActionError> {
     let event = NewEvent::new(
         Persona::Compass,
         "task.finished",
@@ -226,7 +229,7 @@ pub async fn cancel(services: &Services, id: TaskId) -> Result<Task, TaskActionE
 /// Re-queues a failed or dead-lettered task. Attempt-loop failures start a fresh round of
 /// attempts at implement (the last failure's output stays as feedback); other failures rerun
 /// the stage they happened in; a task failed by its dependencies waits for them again.
-pub async fn retry(
+pub(crate) async fn retry(
     services: &Services,
     id: TaskId,
     reservation: Option<String>,
@@ -273,7 +276,7 @@ pub async fn retry(
 }
 
 /// A pipeline crashed past its restart limit: its task is dead-lettered for a human.
-pub async fn give_up_pipeline(
+pub(crate) async fn give_up_pipeline(
     services: &Services,
     id: TaskId,
     reason: &str,
@@ -312,7 +315,7 @@ pub async fn give_up_pipeline(
 
 /// Removes a task's worktree (its branch stays) off the caller's mailbox, in a background task
 /// bounded by git's timeout. Without room the worktree stays (logged); only disk is lost.
-pub fn remove_worktree_later(services: &Services, task: &Task) {
+pub(crate) fn remove_worktree_later(services: &Services, task: &Task) {
     let path = services.worktree_path(task.id);
     let repo = Git::new(&task.repo, services.config.git.timeout());
     let task_id = task.id;

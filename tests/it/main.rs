@@ -1,8 +1,14 @@
 //! Integration tests: each test starts the real service binary on `127.0.0.1:0` with its own temp
 //! data dir and real git repositories, and talks to it over HTTP.
 
-// A test or a bench states what it expects with unwrap/expect/panic; the service code may not.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// A test or a bench states what it expects with unwrap/expect/panic, and is nobody's API; the
+// service code may not (Cargo.toml).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub
+)]
 
 mod billing;
 mod compass;

@@ -11,7 +11,7 @@ use crate::model::codes;
 
 /// An error answered to a client.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -21,14 +21,14 @@ pub struct ApiError {
 /// The body of every error answer: `{"error":{"code","message"}}`. `ApiError` serializes this
 /// very type, so the OpenAPI document (which references it) and the wire agree.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// The one error.
     pub error: ErrorDetail,
 }
 
 /// The `error` of an [`ErrorBody`].
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     /// Stable SCREAMING_SNAKE_CASE code clients branch on (`TASK_NOT_FOUND`, `INVALID_FIELD`, ...).
     pub code: String,
     /// What happened, for a human; never an internal cause (those are only logged).
@@ -36,8 +36,13 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
-    /// Any status and code.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// Any status and code. Debug builds check the pair against the catalogue
+    /// ([`codes::CATALOGUE`], hence `docs/api.md`): an answer nobody documented is a bug.
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        debug_assert!(
+            codes::lookup(code).is_some_and(|c| c.answers_with(status.as_u16())),
+            "{code} ({status}) is not in the catalogue with that status"
+        );
         Self {
             status,
             code,
@@ -47,12 +52,12 @@ impl ApiError {
     }
 
     /// 400: the body is not JSON.
-    pub fn invalid_json(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid_json(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, codes::INVALID_JSON, message)
     }
 
     /// 422: the JSON is well-formed but a field is wrong.
-    pub fn invalid_field(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid_field(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             codes::INVALID_FIELD,
@@ -61,22 +66,26 @@ impl ApiError {
     }
 
     /// 422 with a specific code.
-    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
     /// 404 with a specific code.
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
     /// 409 with a specific code.
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
 
     /// 429 with a `Retry-After` header.
-    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after_secs: u64) -> Self {
+    pub(crate) fn too_many(
+        code: &'static str,
+        message: impl Into<String>,
+        retry_after_secs: u64,
+    ) -> Self {
         Self {
             retry_after_secs: Some(retry_after_secs),
             ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
@@ -84,7 +93,7 @@ impl ApiError {
     }
 
     /// 500: logs the cause, tells the client only that it happened.
-    pub fn internal(cause: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error answering a request");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -94,7 +103,7 @@ impl ApiError {
     }
 
     /// 503: a part of the service is down.
-    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
     }
 }
@@ -135,54 +144,58 @@ impl IntoResponse for ApiError {
 
 /// Response descriptions shared by many operations, so one error reads the same everywhere.
 /// Codes and wording follow `docs/api.md`.
-pub mod describe {
+pub(crate) mod describe {
     /// 400 of a handler that parses a JSON body.
-    pub const INVALID_JSON: &str = "`INVALID_JSON`: the body is not JSON, empty, or unreadable.";
+    pub(crate) const INVALID_JSON: &str =
+        "`INVALID_JSON`: the body is not JSON, empty, or unreadable.";
     /// 413 of a handler that reads its body through `JsonBody`.
-    pub const PAYLOAD_TOO_LARGE: &str =
+    pub(crate) const PAYLOAD_TOO_LARGE: &str =
         "`PAYLOAD_TOO_LARGE`: the body is over `server.body_bytes_max` (1 MiB).";
     /// 500 of any handler that reads or writes storage.
-    pub const INTERNAL: &str =
+    pub(crate) const INTERNAL: &str =
         "`INTERNAL`: storage failure or bug; the cause is only in the service log.";
     /// 404 of `/v1/tasks/{id}...`.
-    pub const TASK_NOT_FOUND: &str = "`TASK_NOT_FOUND`: unknown id, or not a UUID.";
+    pub(crate) const TASK_NOT_FOUND: &str = "`TASK_NOT_FOUND`: unknown id, or not a UUID.";
     /// 503 of the task actions, which are calls to Compass.
-    pub const COMPASS_UNAVAILABLE: &str =
+    pub(crate) const COMPASS_UNAVAILABLE: &str =
         "`COMPASS_UNAVAILABLE`: Compass did not answer within 10 s.";
     /// 409 of task approve and reject.
-    pub const INVALID_TASK_STATUS_GATE: &str =
+    pub(crate) const INVALID_TASK_STATUS_GATE: &str =
         "`INVALID_TASK_STATUS`: the task is not `awaiting_approval`.";
     /// 422 of the optional `{comment}` bodies.
-    pub const INVALID_COMMENT: &str =
+    pub(crate) const INVALID_COMMENT: &str =
         "`INVALID_FIELD`: unknown field, wrong type, or a comment over 4096 bytes.";
     /// 503 of the ledger writes, which are calls to the Ledger actor.
-    pub const LEDGER_UNAVAILABLE: &str = "`PERSONA_UNAVAILABLE`: the Ledger is down or did not \
+    pub(crate) const LEDGER_UNAVAILABLE: &str =
+        "`PERSONA_UNAVAILABLE`: the Ledger is down or did not \
         answer within 10 s; retry with the same id.";
     /// 404 of an unknown account.
-    pub const ACCOUNT_NOT_FOUND: &str = "`ACCOUNT_NOT_FOUND`: unknown account.";
+    pub(crate) const ACCOUNT_NOT_FOUND: &str = "`ACCOUNT_NOT_FOUND`: unknown account.";
     /// 404 of an unknown transfer.
-    pub const TRANSFER_NOT_FOUND: &str = "`TRANSFER_NOT_FOUND`: unknown transfer.";
+    pub(crate) const TRANSFER_NOT_FOUND: &str = "`TRANSFER_NOT_FOUND`: unknown transfer.";
     /// 409 of post and void.
-    pub const NOT_PENDING: &str = "`TRANSFER_NOT_PENDING` (already posted or voided), \
+    pub(crate) const NOT_PENDING: &str = "`TRANSFER_NOT_PENDING` (already posted or voided), \
         `TRANSFER_EXPIRED` (past its timeout; it has been released).";
     /// 503 of the ops writes, which are calls to the Uplink personas.
-    pub const UPLINK_UNAVAILABLE: &str =
+    pub(crate) const UPLINK_UNAVAILABLE: &str =
         "`PERSONA_UNAVAILABLE`: the Uplink persona is down or did not answer within 10 s.";
     /// 422 of the ops lists, whose query string is typed.
-    pub const BAD_QUERY: &str =
+    pub(crate) const BAD_QUERY: &str =
         "`INVALID_FIELD`: a `limit` that is not a non-negative integer (or \
         an unknown `status`).";
     /// 503 of the event streams.
-    pub const TOO_MANY_STREAMS: &str = "`TOO_MANY_STREAMS`: 256 event streams are open, or the \
+    pub(crate) const TOO_MANY_STREAMS: &str =
+        "`TOO_MANY_STREAMS`: 256 event streams are open, or the \
         service is stopping.";
     /// 404 of an unknown deploy.
-    pub const DEPLOY_NOT_FOUND: &str = "`DEPLOY_NOT_FOUND`: unknown deploy.";
+    pub(crate) const DEPLOY_NOT_FOUND: &str = "`DEPLOY_NOT_FOUND`: unknown deploy.";
     /// 409 of deploy approve and reject.
-    pub const DEPLOY_NOT_AWAITING: &str = "`INVALID_STATE`: the deploy is not `awaiting_approval`.";
+    pub(crate) const DEPLOY_NOT_AWAITING: &str =
+        "`INVALID_STATE`: the deploy is not `awaiting_approval`.";
     /// 404 of an unknown incident.
-    pub const INCIDENT_NOT_FOUND: &str = "`INCIDENT_NOT_FOUND`: unknown incident.";
+    pub(crate) const INCIDENT_NOT_FOUND: &str = "`INCIDENT_NOT_FOUND`: unknown incident.";
     /// 409 of incident approve and reject.
-    pub const INCIDENT_NOT_AWAITING: &str =
+    pub(crate) const INCIDENT_NOT_AWAITING: &str =
         "`INVALID_STATE`: the incident does not wait at a gated step.";
 }
 

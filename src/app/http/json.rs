@@ -13,7 +13,7 @@ use super::error::ApiError;
 use crate::model::codes;
 
 /// A parsed JSON request body.
-pub struct JsonBody<T>(pub T);
+pub(crate) struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
 where
@@ -29,7 +29,7 @@ where
 }
 
 /// The request body as bytes, for handlers whose body is optional (empty or JSON).
-pub struct RawBody(pub Bytes);
+pub(crate) struct RawBody(pub Bytes);
 
 impl<S> FromRequest<S> for RawBody
 where
@@ -56,7 +56,7 @@ where
 }
 
 /// The query string parsed into `T`; one that does not parse is 422 `INVALID_FIELD`.
-pub struct QueryParams<T>(pub T);
+pub(crate) struct QueryParams<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for QueryParams<T>
 where
@@ -74,7 +74,7 @@ where
 }
 
 /// Parses a JSON body: 400 when it is not JSON, 422 when it is JSON of the wrong shape.
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|error| match error.classify() {
         serde_json::error::Category::Data => ApiError::invalid_field(error.to_string()),
         _ => ApiError::invalid_json(format!("body is not valid JSON: {error}")),

@@ -60,7 +60,7 @@ impl From<LedgerError> for ApiError {
 /// The body of `POST /v1/ledger/mint`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct MintRequest {
+pub(crate) struct MintRequest {
     /// The account receiving the new tokens.
     pub account: String,
     /// Micro-tokens.
@@ -76,7 +76,7 @@ pub struct MintRequest {
 /// The body of `POST /v1/ledger/transfers/{id}/post`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PostRequest {
+pub(crate) struct PostRequest {
     /// How much of the reservation to move (default: all of it).
     #[serde(default)]
     pub amount: Option<u64>,
@@ -117,7 +117,7 @@ fn book(app: &AppState) -> Result<Book, ApiError> {
         (status = 503, description = describe::LEDGER_UNAVAILABLE, body = ErrorBody),
     )
 )]
-pub async fn open_account(
+pub(crate) async fn open_account(
     State(app): State<AppState>,
     JsonBody(request): JsonBody<NewAccount>,
 ) -> Result<Response, ApiError> {
@@ -144,7 +144,7 @@ pub async fn open_account(
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
-pub async fn account(
+pub(crate) async fn account(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -174,7 +174,7 @@ pub async fn account(
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
-pub async fn history(
+pub(crate) async fn history(
     State(app): State<AppState>,
     Path(id): Path<String>,
     QueryParams(query): QueryParams<HashMap<String, String>>,
@@ -219,7 +219,7 @@ pub async fn history(
         (status = 503, description = describe::LEDGER_UNAVAILABLE, body = ErrorBody),
     )
 )]
-pub async fn create_transfer(
+pub(crate) async fn create_transfer(
     State(app): State<AppState>,
     JsonBody(request): JsonBody<NewTransfer>,
 ) -> Result<Response, ApiError> {
@@ -241,7 +241,7 @@ pub async fn create_transfer(
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
-pub async fn transfer(
+pub(crate) async fn transfer(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Transfer>, ApiError> {
@@ -274,7 +274,7 @@ pub async fn transfer(
         (status = 503, description = describe::LEDGER_UNAVAILABLE, body = ErrorBody),
     )
 )]
-pub async fn post(
+pub(crate) async fn post(
     State(app): State<AppState>,
     Path(id): Path<String>,
     JsonBody(request): JsonBody<PostRequest>,
@@ -301,7 +301,7 @@ pub async fn post(
         (status = 503, description = describe::LEDGER_UNAVAILABLE, body = ErrorBody),
     )
 )]
-pub async fn void(
+pub(crate) async fn void(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -331,7 +331,7 @@ pub async fn void(
         (status = 503, description = describe::LEDGER_UNAVAILABLE, body = ErrorBody),
     )
 )]
-pub async fn mint(
+pub(crate) async fn mint(
     State(app): State<AppState>,
     JsonBody(request): JsonBody<MintRequest>,
 ) -> Result<Response, ApiError> {
@@ -366,7 +366,7 @@ pub async fn mint(
         (status = 503, description = describe::LEDGER_UNAVAILABLE, body = ErrorBody),
     )
 )]
-pub async fn audit(State(app): State<AppState>) -> Result<Json<Audit>, ApiError> {
+pub(crate) async fn audit(State(app): State<AppState>) -> Result<Json<Audit>, ApiError> {
     Ok(Json(ledger::audit(&app.services.directory).await?))
 }
 

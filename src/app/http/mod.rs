@@ -1,14 +1,14 @@
 //! The HTTP ingress (axum). Only this module knows HTTP and the JSON error shape.
 
-pub mod error;
-pub mod json;
-pub mod ledger;
-pub mod openapi;
-pub mod ops;
-pub mod report;
-pub mod stream;
-pub mod system;
-pub mod tasks;
+pub(crate) mod error;
+pub(crate) mod json;
+pub(crate) mod ledger;
+pub(crate) mod openapi;
+pub(crate) mod ops;
+pub(crate) mod report;
+pub(crate) mod stream;
+pub(crate) mod system;
+pub(crate) mod tasks;
 
 use std::time::Instant;
 
@@ -27,7 +27,7 @@ use error::ApiError;
 
 /// What every handler can reach.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// Store, directory, config.
     pub services: Services,
     /// The root of the tree: where new tasks and cancels go.
@@ -37,7 +37,7 @@ pub struct AppState {
 }
 
 /// The whole router.
-pub fn router(app: AppState) -> Router {
+pub(crate) fn router(app: AppState) -> Router {
     let body_bytes_max = app.services.config.server.body_bytes_max;
     let v1 = Router::new()
         .route("/tasks", post(tasks::submit).get(tasks::list))

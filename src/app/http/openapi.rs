@@ -90,7 +90,7 @@ use crate::runtime::directory::ActorEntry;
             and this document."),
     )
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// The serialized document, made on first request: it is fixed at compile time, so every request
 /// answers the same bytes (a cheap clone of [`Bytes`]).
@@ -107,7 +107,7 @@ static DOCUMENT: OnceLock<Result<Bytes, String>> = OnceLock::new();
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
-pub async fn document() -> Result<Response, ApiError> {
+pub(crate) async fn document() -> Result<Response, ApiError> {
     let document = DOCUMENT.get_or_init(|| {
         serde_json::to_vec(&ApiDoc::openapi())
             .map(Bytes::from)

@@ -55,7 +55,7 @@ fn ops_store(app: &AppState) -> Result<OpsStore, ApiError> {
 
 /// `?limit=&app=&status=` of the lists.
 #[derive(Debug, Deserialize)]
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     /// Records at most (1..=200).
     limit: Option<usize>,
     /// Only this app's.
@@ -73,7 +73,7 @@ impl ListQuery {
 /// The body of `POST /v1/deploys`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DeployRequest {
+pub(crate) struct DeployRequest {
     /// The app of `ops.yaml`.
     app: String,
     /// A sha or ref (default: the app's branch head).
@@ -105,7 +105,7 @@ pub struct DeployRequest {
         (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
     )
 )]
-pub async fn create_deploy(
+pub(crate) async fn create_deploy(
     State(app): State<AppState>,
     JsonBody(request): JsonBody<DeployRequest>,
 ) -> Result<Response, ApiError> {
@@ -146,7 +146,7 @@ pub async fn create_deploy(
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
-pub async fn list_deploys(
+pub(crate) async fn list_deploys(
     State(app): State<AppState>,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -176,7 +176,7 @@ pub async fn list_deploys(
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
-pub async fn get_deploy(
+pub(crate) async fn get_deploy(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -189,7 +189,7 @@ pub async fn get_deploy(
 /// An optional `{comment}` body.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DecisionBody {
+pub(crate) struct DecisionBody {
     /// The reviewer's note.
     #[serde(default)]
     comment: Option<String>,
@@ -247,7 +247,7 @@ async fn decide_deploy(
         (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
     )
 )]
-pub async fn approve_deploy(
+pub(crate) async fn approve_deploy(
     State(app): State<AppState>,
     Path(id): Path<String>,
     RawBody(body): RawBody,
@@ -274,7 +274,7 @@ pub async fn approve_deploy(
         (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
     )
 )]
-pub async fn reject_deploy(
+pub(crate) async fn reject_deploy(
     State(app): State<AppState>,
     Path(id): Path<String>,
     RawBody(body): RawBody,
@@ -296,7 +296,7 @@ pub async fn reject_deploy(
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
-pub async fn list_checks(
+pub(crate) async fn list_checks(
     State(app): State<AppState>,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -337,7 +337,7 @@ pub async fn list_checks(
         (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
     )
 )]
-pub async fn alerts(
+pub(crate) async fn alerts(
     State(app): State<AppState>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
@@ -350,7 +350,7 @@ pub async fn alerts(
 
 /// `?status=` of the incident list, besides `limit` and `app`.
 #[derive(Debug, Deserialize)]
-pub struct IncidentQuery {
+pub(crate) struct IncidentQuery {
     /// Records at most.
     limit: Option<usize>,
     /// Only this app's.
@@ -377,7 +377,7 @@ pub struct IncidentQuery {
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
-pub async fn list_incidents(
+pub(crate) async fn list_incidents(
     State(app): State<AppState>,
     QueryParams(query): QueryParams<IncidentQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -406,7 +406,7 @@ pub async fn list_incidents(
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
-pub async fn get_incident(
+pub(crate) async fn get_incident(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -444,7 +444,7 @@ async fn decide_incident(app: &AppState, id: &str, approve: bool) -> Result<Json
         (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
     )
 )]
-pub async fn approve_incident(
+pub(crate) async fn approve_incident(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -466,7 +466,7 @@ pub async fn approve_incident(
         (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
     )
 )]
-pub async fn reject_incident(
+pub(crate) async fn reject_incident(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {

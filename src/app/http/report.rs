@@ -18,7 +18,7 @@ const REPORT_TASKS_MAX: usize = 100_000;
 
 /// The report.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Report {
+pub(crate) struct Report {
     /// When it was made.
     pub generated_at: DateTime<Utc>,
     /// Tasks per status.
@@ -37,7 +37,7 @@ pub struct Report {
 
 /// One running task.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct RunningTask {
+pub(crate) struct RunningTask {
     /// The task.
     pub id: TaskId,
     /// Its title.
@@ -52,7 +52,7 @@ pub struct RunningTask {
 
 /// One blocked task.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct BlockedTask {
+pub(crate) struct BlockedTask {
     /// The task.
     pub id: TaskId,
     /// Its title.
@@ -63,7 +63,7 @@ pub struct BlockedTask {
 
 /// One stalled task.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct StalledTask {
+pub(crate) struct StalledTask {
     /// The task.
     pub id: TaskId,
     /// The stage it sits in.
@@ -76,7 +76,7 @@ pub struct StalledTask {
 
 /// What ended in the last hour.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct FinishedSummary {
+pub(crate) struct FinishedSummary {
     /// Tasks per terminal status.
     pub counts: BTreeMap<String, usize>,
     /// Median seconds from submission to `done`, over the done ones.
@@ -100,7 +100,7 @@ fn status_key(status: TaskStatus) -> String {
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
-pub async fn report(State(app): State<AppState>) -> Result<Json<Report>, ApiError> {
+pub(crate) async fn report(State(app): State<AppState>) -> Result<Json<Report>, ApiError> {
     let now = Utc::now();
     let tasks = app.services.store.tasks(REPORT_TASKS_MAX).await?;
     let stall_after = Duration::seconds(

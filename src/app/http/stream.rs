@@ -38,7 +38,7 @@ use crate::runtime::background::Slot;
 use crate::storage::store::Store;
 
 /// Live streams open at once; the next is refused with 503 `TOO_MANY_STREAMS`.
-pub const STREAMS_MAX: usize = 256;
+pub(crate) const STREAMS_MAX: usize = 256;
 /// Messages buffered between a stream's feeder and its client.
 const STREAM_BUFFER: usize = 64;
 /// How often an idle stream sends a comment, so proxies and clients know it is alive.
@@ -53,7 +53,7 @@ const TASK_POLL: Duration = Duration::from_secs(1);
 /// stream at shutdown (a stream never ends by itself, and a graceful shutdown waits for open
 /// responses).
 #[derive(Clone)]
-pub struct StreamSlots {
+pub(crate) struct StreamSlots {
     permits: Arc<Semaphore>,
     closing: CancellationToken,
 }
@@ -69,7 +69,7 @@ impl Default for StreamSlots {
 
 impl StreamSlots {
     /// Ends every open stream and refuses new ones: the service is stopping.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.closing.cancel();
         self.permits.close();
     }
@@ -121,7 +121,7 @@ type Message = Result<SseEvent, Infallible>;
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
-pub async fn task_events(
+pub(crate) async fn task_events(
     State(app): State<AppState>,
     Path(id): Path<String>,
     QueryParams(query): QueryParams<HashMap<String, String>>,
@@ -171,7 +171,7 @@ pub async fn task_events(
         (status = 503, description = describe::TOO_MANY_STREAMS, body = ErrorBody),
     )
 )]
-pub async fn all_events(State(app): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn all_events(State(app): State<AppState>) -> Result<Response, ApiError> {
     let permit = app.streams.take()?;
     let slot = feeder_slot(&app)?;
     let mut live = app.services.store.subscribe();

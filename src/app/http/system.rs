@@ -21,7 +21,7 @@ use crate::storage::store::Store;
     responses((status = 200, description = "`{\"status\": \"ok\"}` while the process answers.",
         body = Object)),
 )]
-pub async fn healthz() -> Json<serde_json::Value> {
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
@@ -42,7 +42,7 @@ const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
             recorder.", body = ErrorBody),
     )
 )]
-pub async fn metrics(State(app): State<AppState>) -> Response {
+pub(crate) async fn metrics(State(app): State<AppState>) -> Response {
     publish_store_counts(&app.services.store);
     match crate::platform::metrics::render() {
         Some(text) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
@@ -86,7 +86,7 @@ fn publish_store_counts(store: &Store) {
             not running, and `storage` when the store writer is stalled.", body = Object),
     )
 )]
-pub async fn readyz(State(app): State<AppState>) -> Response {
+pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     let not_ready = app.services.directory.not_ready();
     let storage_stalled = app.services.store.writer_health().stalled();
     if not_ready.is_empty() && !storage_stalled {
@@ -124,7 +124,7 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
     responses((status = 200, description = "`{\"actors\": [ActorEntry, …]}`: the live tree, \
         sorted by name.", body = Object)),
 )]
-pub async fn actors(State(app): State<AppState>) -> Json<serde_json::Value> {
+pub(crate) async fn actors(State(app): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({"actors": app.services.directory.snapshot()}))
 }
 
@@ -142,7 +142,7 @@ const SERVICE_EVENTS_MAX: usize = 1000;
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
-pub async fn service_events(
+pub(crate) async fn service_events(
     State(app): State<AppState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let events = app
@@ -164,7 +164,7 @@ pub async fn service_events(
         timeout_secs, max_attempts, tools, env, budget, source}, …]}`: every persona's definition \
         as loaded (env names only, never values).", body = Object)),
 )]
-pub async fn personas(State(app): State<AppState>) -> Json<serde_json::Value> {
+pub(crate) async fn personas(State(app): State<AppState>) -> Json<serde_json::Value> {
     let personas: Vec<serde_json::Value> = app
         .services
         .definitions

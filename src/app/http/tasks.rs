@@ -59,7 +59,7 @@ const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 5;
             budget reservation.", body = ErrorBody),
     )
 )]
-pub async fn submit(
+pub(crate) async fn submit(
     State(app): State<AppState>,
     JsonBody(request): JsonBody<SubmitTaskRequest>,
 ) -> Result<Response, ApiError> {
@@ -111,7 +111,7 @@ fn intake_error(error: IntakeError) -> ApiError {
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
-pub async fn list(
+pub(crate) async fn list(
     State(app): State<AppState>,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -136,7 +136,7 @@ pub async fn list(
 
 /// `?limit=&cursor=` of `GET /v1/tasks`, read as text so a bad value gets the JSON error shape.
 #[derive(Debug, Deserialize)]
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     /// Tasks per page (default and at most `tasks.list_limit`).
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
@@ -167,7 +167,7 @@ async fn parse_id(app: &AppState, id: &str) -> Result<Task, ApiError> {
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
-pub async fn get(
+pub(crate) async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
@@ -188,7 +188,7 @@ pub async fn get(
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
-pub async fn events(
+pub(crate) async fn events(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -210,7 +210,7 @@ pub async fn events(
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
-pub async fn runs(
+pub(crate) async fn runs(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -222,7 +222,7 @@ pub async fn runs(
 /// The optional body of approve and reject.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ReviewRequest {
+pub(crate) struct ReviewRequest {
     /// The reviewer's note, kept in the event.
     #[serde(default)]
     pub comment: Option<String>,
@@ -261,7 +261,7 @@ fn review_comment(body: &Bytes) -> Result<Option<String>, ApiError> {
         (status = 503, description = describe::COMPASS_UNAVAILABLE, body = ErrorBody),
     )
 )]
-pub async fn cancel(
+pub(crate) async fn cancel(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
@@ -288,7 +288,7 @@ pub async fn cancel(
         (status = 503, description = describe::COMPASS_UNAVAILABLE, body = ErrorBody),
     )
 )]
-pub async fn approve(
+pub(crate) async fn approve(
     State(app): State<AppState>,
     Path(id): Path<String>,
     RawBody(body): RawBody,
@@ -316,7 +316,7 @@ pub async fn approve(
         (status = 503, description = describe::COMPASS_UNAVAILABLE, body = ErrorBody),
     )
 )]
-pub async fn reject(
+pub(crate) async fn reject(
     State(app): State<AppState>,
     Path(id): Path<String>,
     RawBody(body): RawBody,
@@ -345,7 +345,7 @@ pub async fn reject(
             did not answer the reservation).", body = ErrorBody),
     )
 )]
-pub async fn retry(
+pub(crate) async fn retry(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {

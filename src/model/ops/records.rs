@@ -11,24 +11,24 @@ use super::spec::Classification;
 use crate::model::task::ErrorInfo;
 
 /// Results kept per check; older ones are dropped.
-pub const CHECK_HISTORY_MAX: usize = 50;
+pub(crate) const CHECK_HISTORY_MAX: usize = 50;
 /// Deploy records kept per app (what burn-in, dispatch and the app's deploy list read on every
 /// request, so it must stay small); older *ended* ones are dropped, never one still awaiting
 /// approval, queued or running. What the dropped ones count for is kept in [`PrunedDeploys`].
 /// 50, like [`CHECK_HISTORY_MAX`]: far more than the 5 an incident's diagnosis shows or the 17
 /// (16 waiting + 1 running) an app can have unfinished.
-pub const DEPLOY_HISTORY_MAX: usize = 50;
+pub(crate) const DEPLOY_HISTORY_MAX: usize = 50;
 /// Signals kept on one incident (a repeat past it only bumps `signal_count`).
-pub const INCIDENT_SIGNALS_MAX: usize = 50;
+pub(crate) const INCIDENT_SIGNALS_MAX: usize = 50;
 /// Events kept on one incident.
-pub const INCIDENT_EVENTS_MAX: usize = 200;
+pub(crate) const INCIDENT_EVENTS_MAX: usize = 200;
 /// Records a list answers at most.
-pub const LIST_LIMIT_MAX: usize = 200;
+pub(crate) const LIST_LIMIT_MAX: usize = 200;
 
 /// Where a deploy stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum DeployStatus {
+pub(crate) enum DeployStatus {
     /// Waits for `POST /v1/deploys/{id}/approve` (burn-in gate).
     AwaitingApproval,
     /// Waits for the app's previous deploy to end.
@@ -47,7 +47,7 @@ pub enum DeployStatus {
 
 impl DeployStatus {
     /// Whether the record will not change again.
-    pub fn is_terminal(self) -> bool {
+    pub(crate) fn is_terminal(self) -> bool {
         matches!(
             self,
             Self::Healthy | Self::RolledBack | Self::Failed | Self::Rejected
@@ -57,7 +57,7 @@ impl DeployStatus {
 
 /// One stage of a deploy: when it ran and how it ended.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct StageRecord {
+pub(crate) struct StageRecord {
     /// `precheck`, `drain`, `deploy`, `health`, `rollback`, `rollback_health`.
     pub stage: String,
     /// Start.
@@ -72,7 +72,7 @@ pub struct StageRecord {
 
 /// One health probe.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Probe {
+pub(crate) struct Probe {
     /// When.
     pub at: DateTime<Utc>,
     /// HTTP status, if any came back.
@@ -85,7 +85,7 @@ pub struct Probe {
 
 /// A health check: its probes and the verdict.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct HealthResult {
+pub(crate) struct HealthResult {
     /// Whether a probe passed.
     pub healthy: bool,
     /// The probes, in order (at most the configured retries).
@@ -96,7 +96,7 @@ pub struct HealthResult {
 
 /// A deploy record (`GET /v1/deploys/{id}`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct DeployRecord {
+pub(crate) struct DeployRecord {
     /// UUID v7.
     pub id: String,
     /// The app of `ops.yaml`.
@@ -147,7 +147,7 @@ pub struct DeployRecord {
 /// beside its history so burn-in and the start-up scan for lost task deploys answer as if none
 /// had been dropped. Stored only, never served.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PrunedDeploys {
+pub(crate) struct PrunedDeploys {
     /// How many were dropped.
     #[serde(default)]
     pub count: u64,
@@ -166,7 +166,7 @@ pub struct PrunedDeploys {
 
 impl PrunedDeploys {
     /// Counts `record` (ended) as dropped; records are dropped oldest first.
-    pub fn add(&mut self, record: &DeployRecord) {
+    pub(crate) fn add(&mut self, record: &DeployRecord) {
         self.count += 1;
         if record.status == DeployStatus::Healthy {
             self.healthy += 1;
@@ -178,7 +178,7 @@ impl PrunedDeploys {
 
 /// An app's deploys as the store keeps them: the records, and what the dropped ones count for.
 #[derive(Debug, Clone, Default)]
-pub struct DeployHistory {
+pub(crate) struct DeployHistory {
     /// The kept records, oldest first.
     pub records: Vec<DeployRecord>,
     /// What the dropped ones count for.
@@ -187,7 +187,7 @@ pub struct DeployHistory {
 
 /// What a rollback did.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct RollbackRecord {
+pub(crate) struct RollbackRecord {
     /// The release put back.
     pub to: String,
     /// Whether it is healthy again.
@@ -198,7 +198,7 @@ pub struct RollbackRecord {
 
 /// An app's releases as Uplink-Deploy left them.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ReleaseState {
+pub(crate) struct ReleaseState {
     /// The release that should be running now.
     pub current: Option<String>,
     /// The newest release that passed its health check: where a rollback goes.
@@ -209,7 +209,7 @@ pub struct ReleaseState {
 
 /// One signal: a failing check, a failed deploy, an alert.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Signal {
+pub(crate) struct Signal {
     /// The app it concerns (may be unknown to `ops.yaml`).
     pub app: String,
     /// Its name: `health_check_failed`, `process_exited`, an alertname, ...
@@ -231,7 +231,7 @@ pub struct Signal {
 /// Where an incident stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum IncidentStatus {
+pub(crate) enum IncidentStatus {
     /// Being handled (or waiting for a gated step's approval).
     Open,
     /// Health passed again.
@@ -242,7 +242,7 @@ pub enum IncidentStatus {
 
 /// One entry of an incident's timeline.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct IncidentEvent {
+pub(crate) struct IncidentEvent {
     /// When.
     pub at: DateTime<Utc>,
     /// `incident.opened`, `signal.attached`, `classified`, `diagnosed`, `step.started`, ...
@@ -253,7 +253,7 @@ pub struct IncidentEvent {
 
 /// What diagnose collected.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-pub struct Diagnosis {
+pub(crate) struct Diagnosis {
     /// The app's recent log lines (bounded).
     pub log_lines: Vec<String>,
     /// Its recent deploys: id, commit, status.
@@ -264,7 +264,7 @@ pub struct Diagnosis {
 
 /// An incident (`GET /v1/incidents/{id}`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Incident {
+pub(crate) struct Incident {
     /// UUID v7.
     pub id: String,
     /// The app.
@@ -303,7 +303,7 @@ pub struct Incident {
 
 impl Incident {
     /// Appends a timeline event, dropping the oldest past [`INCIDENT_EVENTS_MAX`].
-    pub fn push_event(&mut self, kind: &str, detail: serde_json::Value) {
+    pub(crate) fn push_event(&mut self, kind: &str, detail: serde_json::Value) {
         if self.events.len() >= INCIDENT_EVENTS_MAX {
             self.events.remove(0);
         }
@@ -316,7 +316,7 @@ impl Incident {
     }
 
     /// Attaches a repeat signal (kept while under [`INCIDENT_SIGNALS_MAX`], always counted).
-    pub fn attach(&mut self, signal: Signal) {
+    pub(crate) fn attach(&mut self, signal: Signal) {
         self.signal_count += 1;
         self.push_event(
             "signal.attached",
@@ -330,7 +330,7 @@ impl Incident {
 
 /// One run of a check.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct CheckResult {
+pub(crate) struct CheckResult {
     /// The app.
     pub app: String,
     /// The check's name.
@@ -349,7 +349,7 @@ pub struct CheckResult {
 
 impl CheckResult {
     /// Whether it failed.
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         self.outcome == "fail"
     }
 }

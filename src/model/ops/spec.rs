@@ -12,15 +12,15 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 /// Upper bound on any configured wait (drain, build, deploy, check): one day.
-pub const CONFIGURED_TIMEOUT_SECS_MAX: u64 = 24 * 60 * 60;
+pub(crate) const CONFIGURED_TIMEOUT_SECS_MAX: u64 = 24 * 60 * 60;
 /// Health check retries allowed at most.
-pub const HEALTH_RETRIES_MAX: u32 = 100;
+pub(crate) const HEALTH_RETRIES_MAX: u32 = 100;
 /// Checks one app may declare at most.
-pub const CHECKS_PER_APP_MAX: usize = 64;
+pub(crate) const CHECKS_PER_APP_MAX: usize = 64;
 /// Steps one runbook may declare at most.
-pub const RUNBOOK_STEPS_MAX: usize = 32;
+pub(crate) const RUNBOOK_STEPS_MAX: usize = 32;
 /// The longest `wait` step a runbook may ask for.
-pub const WAIT_STEP_SECS_MAX: u64 = 600;
+pub(crate) const WAIT_STEP_SECS_MAX: u64 = 600;
 
 /// `ops.yaml`: the apps glitchlab deploys and watches.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -410,13 +410,13 @@ impl RunbookStep {
 }
 
 /// The digest of an app's settings: "the ops config is unchanged since the last healthy deploy".
-pub fn config_digest(app: &AppSpec) -> String {
+pub(crate) fn config_digest(app: &AppSpec) -> String {
     let bytes = serde_json::to_vec(app).unwrap_or_default();
     hex::encode(Sha256::digest(bytes))
 }
 
 /// The 1-based line of the first line of `text` that contains `needle` (1 when none does).
-pub fn line_of(text: &str, needle: &str) -> usize {
+pub(crate) fn line_of(text: &str, needle: &str) -> usize {
     text.lines()
         .position(|line| line.contains(needle))
         .map_or(1, |index| index + 1)
@@ -424,7 +424,7 @@ pub fn line_of(text: &str, needle: &str) -> usize {
 
 /// Checks what serde cannot: provider sections, schedules, check fields, limits. The error is
 /// `line N: reason`, N found by searching the text for the offending key.
-pub fn validate_ops(ops: &OpsFile, text: &str) -> Result<(), String> {
+pub(crate) fn validate_ops(ops: &OpsFile, text: &str) -> Result<(), String> {
     for (name, app) in &ops.apps {
         validate_app(name, app).map_err(|(needle, reason)| {
             let line = line_of(text, &needle);
@@ -546,7 +546,7 @@ fn validate_check(app: &AppSpec, check: &CheckSpec) -> Result<(), String> {
 
 /// Checks a runbook beyond its shape: at least one step, at most [`RUNBOOK_STEPS_MAX`], waits and
 /// scales with their parameters.
-pub fn validate_runbook(runbook: &Runbook, text: &str) -> Result<(), String> {
+pub(crate) fn validate_runbook(runbook: &Runbook, text: &str) -> Result<(), String> {
     let fail = |needle: &str, reason: String| format!("line {}: {reason}", line_of(text, needle));
     if runbook.steps.is_empty() || runbook.steps.len() > RUNBOOK_STEPS_MAX {
         return Err(fail(

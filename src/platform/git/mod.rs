@@ -2,7 +2,7 @@
 //! base branch. Changes go through the `git` binary (every call with a timeout and bounded
 //! output); read-only questions are answered in-process by [`read`] (gix), a process saved each.
 
-pub mod read;
+pub(crate) mod read;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,13 +31,13 @@ const COMMITTER: [&str; 4] = [
 const NO_AUTO_MAINTENANCE: [&str; 4] = ["-c", "maintenance.auto=false", "-c", "gc.auto=0"];
 
 /// Deliveries into one repository between two `git maintenance run --auto`.
-pub const MAINTENANCE_EVERY_DELIVERIES: u32 = 16;
+pub(crate) const MAINTENANCE_EVERY_DELIVERIES: u32 = 16;
 /// Repositories whose delivery count is kept; past it the counts start over.
 const MAINTENANCE_REPOS_MAX: usize = 1024;
 
 /// A git command failed.
 #[derive(Debug, thiserror::Error)]
-pub enum GitError {
+pub(crate) enum GitError {
     /// `git` could not be started.
     #[error(transparent)]
     Spawn(#[from] process::SpawnError),
@@ -77,14 +77,14 @@ fn worktree_lock(repo: &Path) -> Arc<tokio::sync::Mutex<()>> {
 
 /// Git in one directory, with one timeout.
 #[derive(Debug, Clone)]
-pub struct Git {
+pub(crate) struct Git {
     dir: PathBuf,
     timeout: Duration,
 }
 
 impl Git {
     /// Git commands run with `dir` as their working directory.
-    pub fn new(dir: impl Into<PathBuf>, timeout: Duration) -> Self {
+    pub(crate) fn new(dir: impl Into<PathBuf>, timeout: Duration) -> Self {
         Self {
             dir: dir.into(),
             timeout,
@@ -92,7 +92,7 @@ impl Git {
     }
 
     /// Runs `git <args>` and returns trimmed stdout.
-    pub async fn run(&self, args: &[&str]) -> Result<String, GitError> {
+    pub(crate) async fn run(&self, args: &[&str]) -> Result<String, GitError> {
         self.run_configured(&NO_AUTO_MAINTENANCE, args).await
     }
 
@@ -100,7 +100,7 @@ impl Git {
     /// [`MAINTENANCE_EVERY_DELIVERIES`]th call for this repository: what the commits and merges
     /// glitchlab makes with auto-maintenance off would each have started. Failures are only
     /// logged: maintenance is housekeeping, never a reason to fail a task.
-    pub async fn maintain_now_and_then(&self) {
+    pub(crate) async fn maintain_now_and_then(&self) {
         if !maintenance_due(&self.dir) {
             return;
         }
@@ -112,7 +112,7 @@ impl Git {
 
     /// Runs `git <args>` whose every output line matters (a list of paths): up to
     /// `GIT_PATH_LIST_BYTES_MAX`, and an error rather than a list with its middle cut out.
-    pub async fn run_listing(&self, args: &[&str]) -> Result<String, GitError> {
+    pub(crate) async fn run_listing(&self, args: &[&str]) -> Result<String, GitError> {
         let (text, truncated_bytes) = self
             .run_bounded(&NO_AUTO_MAINTENANCE, args, GIT_PATH_LIST_BYTES_MAX)
             .await?;
@@ -129,14 +129,14 @@ impl Git {
     }
 
     /// Stages everything that changed in the worktree.
-    pub async fn stage_all(&self) -> Result<(), GitError> {
+    pub(crate) async fn stage_all(&self) -> Result<(), GitError> {
         self.run(&["add", "-A"]).await.map(|_| ())
     }
 
     /// Every path the staged tree changes since it left `base` (the merge base of `base` and
     /// `HEAD`): staged edits and whatever was committed on the branch, both sides of a rename.
     /// Read NUL-separated, so no path name can hide from a check.
-    pub async fn changed_since(&self, base: &str) -> Result<Vec<String>, GitError> {
+    pub(crate) async fn changed_since(&self, base: &str) -> Result<Vec<String>, GitError> {
         let args = [
             "diff",
             "--cached",
@@ -210,7 +210,7 @@ impl Git {
     }
 
     /// Whether the directory is inside a git repository.
-    pub async fn is_repository(&self) -> bool {
+    pub(crate) async fn is_repository(&self) -> bool {
         tokio::fs::metadata(&self.dir)
             .await
             .is_ok_and(|m| m.is_dir())
@@ -218,7 +218,7 @@ impl Git {
     }
 
     /// Whether a local branch exists.
-    pub async fn branch_exists(&self, branch: &str) -> bool {
+    pub(crate) async fn branch_exists(&self, branch: &str) -> bool {
         let reference = format!("refs/heads/{branch}");
         self.run(&["rev-parse", "--verify", "--quiet", &reference])
             .await
@@ -226,7 +226,7 @@ impl Git {
     }
 
     /// The commit a revision names.
-    pub async fn rev_parse(&self, revision: &str) -> Result<String, GitError> {
+    pub(crate) async fn rev_parse(&self, revision: &str) -> Result<String, GitError> {
         let spec = format!("{revision}^{{commit}}");
         self.run(&["rev-parse", "--verify", &spec]).await
     }
@@ -237,7 +237,7 @@ impl Git {
     /// from its files (`.git` → its git dir → `HEAD`), and a new task's worktree and branch are
     /// made by one `worktree add -b`; only when that fails (the branch exists, a stale entry of a
     /// crashed run) does it prune and try the slower way.
-    pub async fn ensure_worktree(
+    pub(crate) async fn ensure_worktree(
         &self,
         path: &Path,
         branch: &str,
@@ -270,7 +270,7 @@ impl Git {
     }
 
     /// Drops uncommitted changes: a cut-off attempt runs again from its last commit.
-    pub async fn discard_uncommitted(&self) -> Result<(), GitError> {
+    pub(crate) async fn discard_uncommitted(&self) -> Result<(), GitError> {
         self.run(&["reset", "--hard", "--quiet", "HEAD"]).await?;
         self.run(&["clean", "-fdq"]).await?;
         Ok(())
@@ -278,7 +278,7 @@ impl Git {
 
     /// Commits what is staged ([`Git::stage_all`]); `None` when nothing is. The new commit's id
     /// is read in-process.
-    pub async fn commit_staged(&self, message: &str) -> Result<Option<String>, GitError> {
+    pub(crate) async fn commit_staged(&self, message: &str) -> Result<Option<String>, GitError> {
         // Commit first and ask why only when it fails: the common case is one process less.
         let committed = self
             .run(&["commit", "--quiet", "--no-verify", "-m", message])
@@ -294,7 +294,7 @@ impl Git {
     }
 
     /// Removes a worktree; the branch stays.
-    pub async fn remove_worktree(&self, path: &Path) -> Result<(), GitError> {
+    pub(crate) async fn remove_worktree(&self, path: &Path) -> Result<(), GitError> {
         let path_text = path.display().to_string();
         let lock = worktree_lock(&self.dir);
         let _serialized = lock.lock().await;
@@ -319,7 +319,7 @@ fn maintenance_due(repo: &Path) -> bool {
 
 /// How [`Git::ensure_worktree`] found the worktree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Worktree {
+pub(crate) enum Worktree {
     /// Made just now from its branch: clean, nothing to discard.
     Created,
     /// It was there already (a resumed or repeated stage): may hold a cut-off run's edits.
@@ -345,7 +345,7 @@ async fn worktree_branch(path: &Path) -> Option<String> {
 
 /// Why a delivery did not happen.
 #[derive(Debug, thiserror::Error)]
-pub enum DeliverError {
+pub(crate) enum DeliverError {
     /// The branch and the base changed the same lines.
     #[error("merging {base} into {branch} conflicts: {detail}")]
     Conflict {
@@ -363,7 +363,7 @@ pub enum DeliverError {
 
 /// What one delivery step did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeliverStep {
+pub(crate) enum DeliverStep {
     /// The base branch now points at this commit.
     Delivered(String),
     /// The base had moved: it was merged into the branch (this commit), which must be verified
@@ -377,7 +377,7 @@ pub enum DeliverStep {
 /// fast-forwarded to the branch. Otherwise the base is merged into the branch — in the worktree,
 /// so the user's checkout is never left mid-merge — and the caller must verify again before the
 /// next step fast-forwards it.
-pub async fn deliver(
+pub(crate) async fn deliver(
     repo: &Git,
     worktree: &Git,
     branch: &str,
@@ -425,7 +425,7 @@ pub async fn deliver(
 }
 
 /// Whether a git failure is another git process holding a lock: worth retrying, not a verdict.
-pub fn is_lock_contention(error: &GitError) -> bool {
+pub(crate) fn is_lock_contention(error: &GitError) -> bool {
     match error {
         GitError::Failed { stderr, .. } => {
             stderr.contains(".lock")

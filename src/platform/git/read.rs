@@ -14,7 +14,7 @@ use super::GitError;
 
 /// What a delivery needs to know before it moves the base, read in one go.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryFacts {
+pub(crate) struct DeliveryFacts {
     /// The commit the base branch points at.
     pub base_commit: String,
     /// The commit the worktree's `HEAD` points at.
@@ -31,7 +31,7 @@ pub struct DeliveryFacts {
 }
 
 /// The commit `HEAD` of the repository or worktree at `dir` points at.
-pub async fn head_commit(dir: &Path) -> Result<String, GitError> {
+pub(crate) async fn head_commit(dir: &Path) -> Result<String, GitError> {
     let dir = dir.to_path_buf();
     blocking("rev-parse HEAD", move || {
         let repo = open(&dir)?;
@@ -43,7 +43,7 @@ pub async fn head_commit(dir: &Path) -> Result<String, GitError> {
 
 /// The facts [`super::deliver`] decides on: the base's commit, the worktree's `HEAD`, whether the
 /// base is an ancestor of it, and the repository's checkout.
-pub async fn delivery_facts(
+pub(crate) async fn delivery_facts(
     repo: &Path,
     worktree: &Path,
     base: &str,
@@ -85,7 +85,10 @@ pub async fn delivery_facts(
 
 /// The commit `reference` (a sha, a branch, a tag, `main~1`) names in the repository at `dir`;
 /// `Ok(None)` when it names none there.
-pub async fn resolve_commit(dir: &Path, reference: &str) -> Result<Option<String>, GitError> {
+pub(crate) async fn resolve_commit(
+    dir: &Path,
+    reference: &str,
+) -> Result<Option<String>, GitError> {
     let dir = dir.to_path_buf();
     let spec = format!("{reference}^{{commit}}");
     blocking("rev-parse --verify", move || {
@@ -100,7 +103,7 @@ pub async fn resolve_commit(dir: &Path, reference: &str) -> Result<Option<String
 
 /// Whether `dir` is in a repository that has the local branch `branch`: `Ok(None)` when `dir` is
 /// not a repository at all.
-pub async fn has_branch(dir: &Path, branch: &str) -> Result<Option<bool>, GitError> {
+pub(crate) async fn has_branch(dir: &Path, branch: &str) -> Result<Option<bool>, GitError> {
     let dir = dir.to_path_buf();
     let name = format!("refs/heads/{branch}");
     blocking("rev-parse --verify", move || {

@@ -28,7 +28,7 @@ use crate::model::ledger::{
 use crate::storage::store::{Batch, Snapshot, Store, Table};
 
 /// Most transfers one history page may hold.
-pub const HISTORY_LIMIT_MAX: usize = 500;
+pub(crate) const HISTORY_LIMIT_MAX: usize = 500;
 /// Separates an account id from the seq in a history key; never part of an id.
 const HISTORY_SEPARATOR: u8 = 0;
 
@@ -46,20 +46,20 @@ enum Decision {
 /// Reads of the books; cheap to clone. Writes are the free functions below, run as writer jobs
 /// (by the Ledger actor, their one caller).
 #[derive(Clone)]
-pub struct Book {
+pub(crate) struct Book {
     store: Store,
 }
 
 impl Book {
     /// The books of `store`'s database.
-    pub fn new(store: &Store) -> Self {
+    pub(crate) fn new(store: &Store) -> Self {
         Self {
             store: store.clone(),
         }
     }
 
     /// One account.
-    pub async fn account(&self, id: &str) -> Result<Option<Account>, LedgerError> {
+    pub(crate) async fn account(&self, id: &str) -> Result<Option<Account>, LedgerError> {
         let id = id.to_owned();
         self.store
             .read(move |snapshot| Ok(snapshot.record(Table::LedgerAccounts, id.as_bytes())?))
@@ -67,7 +67,7 @@ impl Book {
     }
 
     /// One transfer.
-    pub async fn transfer(&self, id: &str) -> Result<Option<Transfer>, LedgerError> {
+    pub(crate) async fn transfer(&self, id: &str) -> Result<Option<Transfer>, LedgerError> {
         let id = id.to_owned();
         self.store
             .read(move |snapshot| Ok(snapshot.record(Table::LedgerTransfers, id.as_bytes())?))
@@ -75,7 +75,7 @@ impl Book {
     }
 
     /// Up to `limit` of an account's transfers, newest first, older than `cursor`.
-    pub async fn history(
+    pub(crate) async fn history(
         &self,
         account: &str,
         limit: usize,
@@ -90,7 +90,7 @@ impl Book {
 }
 
 /// Opens an account; an identical request again is a replay, another body a conflict.
-pub fn create_account(
+pub(crate) fn create_account(
     batch: &mut Batch<'_>,
     new: &NewAccount,
 ) -> Result<Applied<Account>, LedgerError> {
@@ -109,7 +109,7 @@ pub fn create_account(
 
 /// Applies a new transfer (or answers a replay) with its balances and index entries. Refusals
 /// stage nothing.
-pub fn apply_transfer(
+pub(crate) fn apply_transfer(
     batch: &mut Batch<'_>,
     request: &NewTransfer,
     now: DateTime<Utc>,
@@ -158,7 +158,7 @@ pub fn apply_transfer(
 /// Posts or voids a pending transfer. One whose timeout passed is released now (the outer `Ok`:
 /// that release is written), and the request is refused with [`LedgerError::TransferExpired`]
 /// (the inner `Err`). An outer `Err` stages nothing.
-pub fn settle(
+pub(crate) fn settle(
     batch: &mut Batch<'_>,
     id: &str,
     action: Settle,
@@ -192,7 +192,7 @@ pub fn settle(
 }
 
 /// Releases up to `max` pending transfers whose timeout passed; answers how many.
-pub fn expire_due(
+pub(crate) fn expire_due(
     batch: &mut Batch<'_>,
     now: DateTime<Utc>,
     max: usize,
@@ -252,7 +252,7 @@ fn history(
 /// Recomputes every account's totals from the transfers and compares them with the stored ones.
 /// Reads everything: O(accounts + transfers). Exact only on a state nobody writes meanwhile,
 /// which is why it runs as a writer job on [`Batch::committed`].
-pub fn audit(snapshot: &Snapshot<'_>) -> Result<Audit, LedgerError> {
+pub(crate) fn audit(snapshot: &Snapshot<'_>) -> Result<Audit, LedgerError> {
     let mut recomputed: HashMap<String, [u128; 4]> = HashMap::new();
     let mut transfers_checked = 0;
     for bytes in snapshot.iter(Table::LedgerTransfers).values() {
@@ -572,20 +572,20 @@ pub(crate) mod test_support {
     use super::*;
 
     /// A [`Book`] plus its writes.
-    pub struct Books {
+    pub(crate) struct Books {
         store: Store,
         book: Book,
     }
 
     impl Books {
-        pub fn new(store: &Store) -> Self {
+        pub(crate) fn new(store: &Store) -> Self {
             Self {
                 store: store.clone(),
                 book: Book::new(store),
             }
         }
 
-        pub async fn create_account(
+        pub(crate) async fn create_account(
             &self,
             new: &NewAccount,
         ) -> Result<Applied<Account>, LedgerError> {
@@ -593,7 +593,7 @@ pub(crate) mod test_support {
             self.store.write(move |b| create_account(b, &new)).await
         }
 
-        pub async fn apply_transfer(
+        pub(crate) async fn apply_transfer(
             &self,
             request: &NewTransfer,
             now: DateTime<Utc>,
@@ -604,7 +604,7 @@ pub(crate) mod test_support {
                 .await
         }
 
-        pub async fn settle(
+        pub(crate) async fn settle(
             &self,
             id: &str,
             action: Settle,
@@ -617,7 +617,7 @@ pub(crate) mod test_support {
                 .and_then(|inner| inner)
         }
 
-        pub async fn expire_due(
+        pub(crate) async fn expire_due(
             &self,
             now: DateTime<Utc>,
             max: usize,
@@ -625,27 +625,27 @@ pub(crate) mod test_support {
             self.store.write(move |b| expire_due(b, now, max)).await
         }
 
-        pub async fn audit(&self) -> Result<Audit, LedgerError> {
+        pub(crate) async fn audit(&self) -> Result<Audit, LedgerError> {
             self.store.write(|b| audit(&b.committed())).await
         }
 
         /// Overwrites a stored account, rules bypassed: how a test tampers with the books.
-        pub async fn overwrite_account(&self, account: &Account) -> Result<(), LedgerError> {
+        pub(crate) async fn overwrite_account(&self, account: &Account) -> Result<(), LedgerError> {
             let account = account.clone();
             self.store
                 .write(move |b| put(b, Table::LedgerAccounts, &account.id, &account))
                 .await
         }
 
-        pub async fn account(&self, id: &str) -> Result<Option<Account>, LedgerError> {
+        pub(crate) async fn account(&self, id: &str) -> Result<Option<Account>, LedgerError> {
             self.book.account(id).await
         }
 
-        pub async fn transfer(&self, id: &str) -> Result<Option<Transfer>, LedgerError> {
+        pub(crate) async fn transfer(&self, id: &str) -> Result<Option<Transfer>, LedgerError> {
             self.book.transfer(id).await
         }
 
-        pub async fn history(
+        pub(crate) async fn history(
             &self,
             account: &str,
             limit: usize,

@@ -22,7 +22,7 @@
 
 mod task_record;
 mod tasks;
-pub mod writer;
+pub(crate) mod writer;
 
 use std::cell::Cell;
 use std::ops::RangeBounds;

@@ -28,7 +28,7 @@ use crate::model::task::{
 };
 
 /// The schema version this build writes (and the newest it reads).
-pub const TASK_RECORD_VERSION: u64 = 1;
+pub(super) const TASK_RECORD_VERSION: u64 = 1;
 
 /// What [`Store`](super::Store) keeps in the `Tasks` tree for one task: schema version 1.
 ///
@@ -288,12 +288,12 @@ impl TryFrom<StoredTask> for Task {
 }
 
 /// The bytes to store for `task`: its record at [`TASK_RECORD_VERSION`].
-pub fn encode(task: &Task) -> Result<Vec<u8>, StoreError> {
+pub(super) fn encode(task: &Task) -> Result<Vec<u8>, StoreError> {
     Ok(serde_json::to_vec(&StoredTask::from(task.clone()))?)
 }
 
 /// The task a stored record holds, whichever version wrote it (one this build knows).
-pub fn decode(bytes: &[u8]) -> Result<Task, StoreError> {
+pub(super) fn decode(bytes: &[u8]) -> Result<Task, StoreError> {
     match serde_json::from_slice::<StoredTask>(bytes) {
         Ok(record) => Task::try_from(record),
         // A newer build's layout may not parse as ours: say so, rather than name a field.

@@ -27,14 +27,14 @@ use super::{Snapshot, StoreError, Table, Trees};
 use crate::model::task::{Event, TaskStatus};
 
 /// Most jobs one group commit takes: bounds the memory of a group and the wait of its first job.
-pub const GROUP_JOBS_MAX: usize = 512;
+pub(crate) const GROUP_JOBS_MAX: usize = 512;
 
 /// A write request: runs on the writer thread against the group's [`Batch`] and returns what to
 /// do once the group's outcome is known (answer the caller).
-pub type Job = Box<dyn FnOnce(&mut Batch<'_>) -> Answer + Send>;
+pub(crate) type Job = Box<dyn FnOnce(&mut Batch<'_>) -> Answer + Send>;
 
 /// Called after the group commit with its outcome (`Err` carries sled's message).
-pub type Answer = Box<dyn FnOnce(Result<(), &str>) + Send>;
+pub(crate) type Answer = Box<dyn FnOnce(Result<(), &str>) + Send>;
 
 /// Staged writes: `None` removes the key.
 type Writes = BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>;
@@ -287,7 +287,7 @@ fn hold_while_marked() {
 
 /// Runs the writer until every sender is gone. Runs on its own OS thread: every call here may
 /// block, which is the point.
-pub fn run(
+pub(crate) fn run(
     trees: Arc<Trees>,
     mut jobs: mpsc::Receiver<Job>,
     health: Arc<WriterHealth>,

@@ -15,7 +15,7 @@ use crate::storage::ops::OpsStore;
 use crate::work::ops::{billing, deploy};
 
 /// Deploys of one app that may wait (queued or awaiting approval) at once.
-pub const DEPLOYS_WAITING_MAX: usize = 16;
+pub(crate) const DEPLOYS_WAITING_MAX: usize = 16;
 
 /// What a deploy request comes to before any money moves.
 pub(crate) enum Prepared {

@@ -28,31 +28,31 @@ use crate::storage::ledger::Book;
 use crate::storage::ops::OpsStore;
 
 /// Transfer code of a deploy's price (reserved at request, posted when it ran).
-pub const CODE_DEPLOY: u16 = 20;
+pub(crate) const CODE_DEPLOY: u16 = 20;
 /// Transfer code of the command seconds of a deploy or an app action.
-pub const CODE_OPS_COMMANDS: u16 = 21;
+pub(crate) const CODE_OPS_COMMANDS: u16 = 21;
 /// Transfer code of the command seconds Watch's checks of an app ran in one billing interval.
-pub const CODE_WATCH_COMMANDS: u16 = 22;
+pub(crate) const CODE_WATCH_COMMANDS: u16 = 22;
 /// Transfer code of the command seconds of one run of an incident response (diagnose, checks,
 /// the wait for health).
-pub const CODE_RESPONSE_COMMANDS: u16 = 23;
+pub(crate) const CODE_RESPONSE_COMMANDS: u16 = 23;
 
 /// The persona ops work is paid to.
 const PAYEE: Persona = Persona::UplinkDeploy;
 
 /// The id of a deploy's price reservation.
-pub fn deploy_reservation(deploy: &str) -> String {
+pub(crate) fn deploy_reservation(deploy: &str) -> String {
     format!("deploy:{deploy}")
 }
 
 /// The id of a deploy's command-seconds charge.
-pub fn deploy_commands_charge(deploy: &str) -> String {
+pub(crate) fn deploy_commands_charge(deploy: &str) -> String {
     format!("deploy:{deploy}:commands")
 }
 
 /// Who pays for a deploy of `app` asked for by `trigger`: the app's `account`, else the account of
 /// the task that delivered it (`task:<id>`), else the install's local account.
-pub async fn payer(services: &Services, app: &AppSpec, trigger: &str) -> String {
+pub(crate) async fn payer(services: &Services, app: &AppSpec, trigger: &str) -> String {
     if let Some(account) = &app.account {
         return account.clone();
     }
@@ -66,7 +66,10 @@ pub async fn payer(services: &Services, app: &AppSpec, trigger: &str) -> String 
 }
 
 /// Reserves the price of the deploy `record` (whose `account` is set) from its payer.
-pub async fn reserve_deploy(services: &Services, record: &DeployRecord) -> Result<(), OpsError> {
+pub(crate) async fn reserve_deploy(
+    services: &Services,
+    record: &DeployRecord,
+) -> Result<(), OpsError> {
     let price = services.config.ledger.rates.deploy;
     let Some(account) = record.account.as_deref().filter(|_| price > 0) else {
         return Ok(());
@@ -87,7 +90,7 @@ pub async fn reserve_deploy(services: &Services, record: &DeployRecord) -> Resul
 }
 
 /// Releases the reservation of a deploy that was never stored.
-pub async fn release_deploy(services: &Services, deploy: &str) {
+pub(crate) async fn release_deploy(services: &Services, deploy: &str) {
     let id = deploy_reservation(deploy);
     match ledger_actor::void(&services.directory, &id).await {
         Ok(_) | Err(LedgerError::TransferNotFound(_)) => {}
@@ -99,7 +102,7 @@ pub async fn release_deploy(services: &Services, deploy: &str) {
 
 /// Whether the ended deploy `record` still owes the books something: its reservation is pending,
 /// or its command seconds are not charged yet. Reads only, so a start-up scan stays cheap.
-pub async fn needs_settling(
+pub(crate) async fn needs_settling(
     services: &Services,
     record: &DeployRecord,
 ) -> Result<bool, LedgerError> {
@@ -121,7 +124,10 @@ pub async fn needs_settling(
 
 /// Settles an ended deploy: posts its price if its `deploy` stage began (else releases it) and
 /// charges its command seconds. Idempotent.
-pub async fn settle_deploy(services: &Services, record: &DeployRecord) -> Result<(), LedgerError> {
+pub(crate) async fn settle_deploy(
+    services: &Services,
+    record: &DeployRecord,
+) -> Result<(), LedgerError> {
     if !needs_settling(services, record).await? {
         return Ok(());
     }
@@ -206,7 +212,7 @@ fn seconds_cost(services: &Services, seconds: u64) -> u64 {
 
 /// Charges the command seconds Watch's checks of `app` ran since the last charge, from the app's
 /// payer to `agent:uplink-watch`, as one transfer with a fresh id.
-pub async fn charge_watch(
+pub(crate) async fn charge_watch(
     services: &Services,
     app: &str,
     spec: &AppSpec,
@@ -228,7 +234,7 @@ pub async fn charge_watch(
 /// Charges the command seconds one run of incident `id`'s response took (its restart, rollback and
 /// scale steps are Uplink-Deploy's actions, charged there), from the app's payer to
 /// `agent:uplink-respond`. A failure is logged: the response already happened.
-pub async fn charge_response(services: &Services, ops: &OpsStore, id: &str, seconds: u64) {
+pub(crate) async fn charge_response(services: &Services, ops: &OpsStore, id: &str, seconds: u64) {
     if seconds_cost(services, seconds) == 0 {
         return;
     }
@@ -258,7 +264,7 @@ pub async fn charge_response(services: &Services, ops: &OpsStore, id: &str, seco
 }
 
 /// Charges an app action's command seconds (`id`: the action's own id).
-pub async fn charge_action(
+pub(crate) async fn charge_action(
     services: &Services,
     id: &str,
     account: &str,

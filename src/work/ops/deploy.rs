@@ -20,7 +20,7 @@ use crate::storage::ops::OpsStore;
 
 /// Everything a deploy job needs.
 #[derive(Clone)]
-pub struct DeployContext {
+pub(crate) struct DeployContext {
     /// Provider plumbing.
     pub provider: ProviderContext,
     /// Where records go.
@@ -40,7 +40,7 @@ pub struct DeployContext {
 ///   deploy (a changed config waits for approval).
 ///
 /// Every deploy, automatic or not, still passes precheck (verify on the commit) before it runs.
-pub fn gate_for(app: &AppSpec, history: &DeployHistory) -> (bool, String) {
+pub(crate) fn gate_for(app: &AppSpec, history: &DeployHistory) -> (bool, String) {
     let healthy: Vec<&DeployRecord> = history
         .records
         .iter()
@@ -79,7 +79,7 @@ pub fn gate_for(app: &AppSpec, history: &DeployHistory) -> (bool, String) {
 }
 
 /// A new record for a deploy request, at the gate its history decides.
-pub fn new_record(
+pub(crate) fn new_record(
     name: &str,
     app: &AppSpec,
     requested: Option<String>,
@@ -118,7 +118,7 @@ pub fn new_record(
 }
 
 /// Runs deploy `id` to its end and returns the final record.
-pub async fn run(ctx: DeployContext, id: String) -> Result<DeployRecord, OpsError> {
+pub(crate) async fn run(ctx: DeployContext, id: String) -> Result<DeployRecord, OpsError> {
     let release = ctx.ops.release(&ctx.name).await?;
     let previous = release.current.clone();
     let deploy_id = id.clone();
@@ -369,7 +369,7 @@ async fn end(
 }
 
 /// The summary of a deploy for an incident's diagnosis.
-pub fn summary(record: &DeployRecord) -> serde_json::Value {
+pub(crate) fn summary(record: &DeployRecord) -> serde_json::Value {
     json!({
         "id": record.id, "commit": record.commit, "status": record.status,
         "created_at": record.created_at, "previous_release": record.previous_release,

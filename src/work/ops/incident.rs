@@ -19,9 +19,9 @@ use crate::runtime::Services;
 use crate::storage::ops::OpsStore;
 
 /// Alerts one webhook may carry at most.
-pub const ALERTS_PER_REQUEST_MAX: usize = 100;
+pub(crate) const ALERTS_PER_REQUEST_MAX: usize = 100;
 /// Labels one signal may carry at most.
-pub const LABELS_MAX: usize = 32;
+pub(crate) const LABELS_MAX: usize = 32;
 /// Bytes of a label, name, app or signal at most.
 const FIELD_BYTES_MAX: usize = 256;
 /// Bytes of a summary at most.
@@ -64,7 +64,7 @@ struct AlertmanagerAlert {
 
 /// Parses `POST /v1/alerts`: an Alertmanager webhook (it has `alerts`) or a plain alert.
 /// Resolved Alertmanager alerts are skipped. `Err` is the reason for a 422.
-pub fn parse_alerts(body: &Value) -> Result<Vec<Signal>, String> {
+pub(crate) fn parse_alerts(body: &Value) -> Result<Vec<Signal>, String> {
     let Some(alerts) = body.get("alerts") else {
         let plain: PlainAlert = serde_json::from_value(body.clone()).map_err(|e| e.to_string())?;
         let signal = Signal {
@@ -149,7 +149,7 @@ fn check_signal(signal: &Signal) -> Result<(), String> {
 }
 
 /// What makes two signals "the same problem": app, signal name and labels.
-pub fn fingerprint(signal: &Signal) -> String {
+pub(crate) fn fingerprint(signal: &Signal) -> String {
     let mut hasher = Sha256::new();
     hasher.update(signal.app.as_bytes());
     hasher.update([0]);
@@ -164,7 +164,7 @@ pub fn fingerprint(signal: &Signal) -> String {
 }
 
 /// The first runbook whose `match` agrees with the signal.
-pub fn match_runbook<'a>(runbooks: &'a [Runbook], signal: &Signal) -> Option<&'a Runbook> {
+pub(crate) fn match_runbook<'a>(runbooks: &'a [Runbook], signal: &Signal) -> Option<&'a Runbook> {
     runbooks.iter().find(|runbook| {
         let matcher = &runbook.matcher;
         matcher.signal == signal.signal
@@ -177,7 +177,7 @@ pub fn match_runbook<'a>(runbooks: &'a [Runbook], signal: &Signal) -> Option<&'a
 }
 
 /// A new incident for a first signal.
-pub fn open(signal: Signal, runbook: Option<&Runbook>) -> Incident {
+pub(crate) fn open(signal: Signal, runbook: Option<&Runbook>) -> Incident {
     let now = Utc::now();
     let mut incident = Incident {
         id: uuid::Uuid::now_v7().to_string(),
@@ -222,7 +222,7 @@ pub fn open(signal: Signal, runbook: Option<&Runbook>) -> Incident {
 
 /// Where a response cut off by a crash picks up: after the last finished step (the one that was
 /// running runs again), with a step a human already approved still approved.
-pub fn resume_point(incident: &Incident) -> (usize, Option<usize>) {
+pub(crate) fn resume_point(incident: &Incident) -> (usize, Option<usize>) {
     let step_of = |detail: &Value| {
         detail
             .get("step")
@@ -246,7 +246,7 @@ pub fn resume_point(incident: &Incident) -> (usize, Option<usize>) {
 
 /// What the response job needs.
 #[derive(Clone)]
-pub struct RespondContext {
+pub(crate) struct RespondContext {
     /// Store, directory, config, definitions.
     pub services: Services,
     /// Provider plumbing (logs, health).
@@ -256,7 +256,7 @@ pub struct RespondContext {
 }
 
 /// Runs incident `id`'s runbook from step `from` (`approved`: a gated step a human approved).
-pub async fn respond(
+pub(crate) async fn respond(
     ctx: RespondContext,
     id: String,
     from: usize,
@@ -589,7 +589,7 @@ async fn resolve(ctx: &RespondContext, id: &str) -> Result<(), OpsError> {
 }
 
 /// The postmortem: timeline, cause signals, actions, outcome.
-pub fn postmortem(incident: &Incident) -> String {
+pub(crate) fn postmortem(incident: &Incident) -> String {
     let mut text = format!("# Incident {} — `{}`\n\n", incident.id, incident.app);
     text.push_str(&format!(
         "- Status: {}\n- Classification: {}\n- Runbook: {}\n- Opened: {}\n",

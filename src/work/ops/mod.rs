@@ -7,26 +7,27 @@
 //! Nothing here holds actor state: the actors own the decisions (queues, locks, dedup) and run
 //! the functions here in spawned jobs.
 
-pub mod admission;
-pub mod billing;
-pub mod deploy;
-pub mod incident;
-pub mod probe;
-pub mod provider;
+pub(crate) mod admission;
+pub(crate) mod billing;
+pub(crate) mod deploy;
+pub(crate) mod incident;
+pub(crate) mod probe;
+pub(crate) mod provider;
 
 use crate::model::ops::error::OpsError;
 
 /// Bytes of a command's stdout and of its stderr kept from an ops command.
-pub const OUTPUT_BYTES_MAX: usize = 16 * 1024;
+pub(crate) const OUTPUT_BYTES_MAX: usize = 16 * 1024;
 /// Bytes of command output copied into a record's detail.
-pub const DETAIL_BYTES_MAX: usize = 2 * 1024;
+pub(crate) const DETAIL_BYTES_MAX: usize = 2 * 1024;
 
 /// Commands the Uplink personas never run, whatever their persona file says: they would read or
 /// change secrets, or open a shell on a production machine.
-pub const ALWAYS_DENIED: [&str; 4] = ["fly secrets", "fly ssh", "flyctl secrets", "flyctl ssh"];
+pub(crate) const ALWAYS_DENIED: [&str; 4] =
+    ["fly secrets", "fly ssh", "flyctl secrets", "flyctl ssh"];
 
 /// Refuses a command line that contains a denied command (as whole words, in order).
-pub fn check_allowed(command_line: &str, deny: &[String]) -> Result<(), OpsError> {
+pub(crate) fn check_allowed(command_line: &str, deny: &[String]) -> Result<(), OpsError> {
     let words: Vec<&str> = command_line
         .split(|c: char| c.is_whitespace() || matches!(c, ';' | '&' | '|' | '(' | ')' | '`'))
         .filter(|w| !w.is_empty())

@@ -44,7 +44,7 @@ fn probe_client() -> Result<&'static reqwest::Client, String> {
 }
 
 /// One HTTP(S) GET with a timeout.
-pub async fn http_probe(url: &str, timeout: Duration, expect_status: u16) -> (Probe, bool) {
+pub(crate) async fn http_probe(url: &str, timeout: Duration, expect_status: u16) -> (Probe, bool) {
     let started = Instant::now();
     let at = Utc::now();
     let outcome = match probe_client() {
@@ -81,7 +81,7 @@ pub async fn http_probe(url: &str, timeout: Duration, expect_status: u16) -> (Pr
 }
 
 /// The health check of a spec: up to `retries` probes, `interval_ms` apart, until one passes.
-pub async fn health(spec: &HealthSpec) -> HealthResult {
+pub(crate) async fn health(spec: &HealthSpec) -> HealthResult {
     let mut probes = Vec::new();
     let timeout = Duration::from_millis(spec.timeout_ms);
     for attempt in 0..spec.retries {
@@ -106,7 +106,7 @@ pub async fn health(spec: &HealthSpec) -> HealthResult {
 }
 
 /// An app's health: its `health:` probe, else the provider's status.
-pub async fn app_health(ctx: &ProviderContext, name: &str, app: &AppSpec) -> HealthResult {
+pub(crate) async fn app_health(ctx: &ProviderContext, name: &str, app: &AppSpec) -> HealthResult {
     if let Some(spec) = &app.health {
         return health(spec).await;
     }
@@ -125,7 +125,7 @@ pub async fn app_health(ctx: &ProviderContext, name: &str, app: &AppSpec) -> Hea
 }
 
 /// Runs one check and returns its result (never an error: a check that cannot run fails).
-pub async fn run_check(
+pub(crate) async fn run_check(
     ctx: &ProviderContext,
     store: &Store,
     name: &str,
@@ -246,7 +246,7 @@ async fn tls_check(
 }
 
 /// Parses `notAfter=Jun  1 12:00:00 2030 GMT` as openssl prints it.
-pub fn parse_enddate(text: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_enddate(text: &str) -> Option<DateTime<Utc>> {
     let value = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("notAfter="))?;

@@ -26,21 +26,21 @@ const APP_RUN_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// Bytes of the app's own stdout/stderr pipe kept (its output goes to the log file).
 const APP_PIPE_BYTES_MAX: usize = 4 * 1024;
 /// A log file over this size is rotated (to `app.log.1`) when the app starts.
-pub const APP_LOG_BYTES_MAX: u64 = 4 * 1024 * 1024;
+pub(crate) const APP_LOG_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// After SIGKILL, how long a stopped release's processes may take to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How often a stop looks whether the process group is gone.
 const STOP_POLL: Duration = Duration::from_millis(25);
 /// Log lines a diagnosis collects at most.
-pub const LOG_LINES_MAX: usize = 50;
+pub(crate) const LOG_LINES_MAX: usize = 50;
 /// Bytes read from the end of a log file for a diagnosis.
 const LOG_TAIL_BYTES: u64 = 16 * 1024;
 /// Instances a scale step may ask for at most.
-pub const SCALE_COUNT_MAX: u32 = 100;
+pub(crate) const SCALE_COUNT_MAX: u32 = 100;
 
 /// What a provider needs besides the app's settings.
 #[derive(Clone)]
-pub struct ProviderContext {
+pub(crate) struct ProviderContext {
     /// `<data-dir>`: releases live under `<data-dir>/releases/<app>/<sha>`.
     pub data_dir: PathBuf,
     /// This service's identity, set on every child as `GLITCHLAB_INSTANCE` (orphans are killed at
@@ -70,7 +70,7 @@ pub struct ProviderContext {
 /// How [`ProviderContext::shell`] confines a command: the `glitchlab` binary to re-exec through
 /// `sandbox-exec`, and the only directories it may write.
 #[derive(Debug, Clone)]
-pub struct Confinement {
+pub(crate) struct Confinement {
     /// The service's own executable.
     pub exe: PathBuf,
     /// Writable directories; everything else is read-only.
@@ -79,7 +79,11 @@ pub struct Confinement {
 
 impl ProviderContext {
     /// The context of `persona`'s commands.
-    pub fn for_persona(services: &Services, persona: Persona, runtime: Arc<LocalRuntime>) -> Self {
+    pub(crate) fn for_persona(
+        services: &Services,
+        persona: Persona,
+        runtime: Arc<LocalRuntime>,
+    ) -> Self {
         Self {
             data_dir: services.config.storage.data_dir.clone(),
             instance: services.instance(),
@@ -96,19 +100,19 @@ impl ProviderContext {
 
     /// This context with a clock of its own, so one deploy's or action's command seconds are
     /// counted apart from every other's.
-    pub fn metered(mut self) -> Self {
+    pub(crate) fn metered(mut self) -> Self {
         self.clock = Arc::default();
         self
     }
 
     /// Started seconds of the commands run since [`Self::metered`].
-    pub fn command_seconds(&self) -> u64 {
+    pub(crate) fn command_seconds(&self) -> u64 {
         self.clock.load(Ordering::Relaxed)
     }
 
     /// Confines this context's shell commands to writing `writable` only, when the service
     /// runs with a sandbox (see [`crate::platform::sandbox`]); without one it stays as it is.
-    pub fn confined(mut self, services: &Services, writable: Vec<PathBuf>) -> Self {
+    pub(crate) fn confined(mut self, services: &Services, writable: Vec<PathBuf>) -> Self {
         for dir in &writable {
             if let Err(error) = std::fs::create_dir_all(dir) {
                 tracing::warn!(dir = %dir.display(), %error, "cannot create a confined command's writable dir");
@@ -124,7 +128,7 @@ impl ProviderContext {
     /// Refuses a command line the persona may not run: `fly secrets`/`fly ssh` and the
     /// persona's deny words, then the executor's rules (global deny list, allowlist) on every
     /// program of the line.
-    pub fn check(&self, line: &str) -> Result<(), OpsError> {
+    pub(crate) fn check(&self, line: &str) -> Result<(), OpsError> {
         check_allowed(line, &self.rules.deny)?;
         crate::platform::executor::check(line, &self.persona, &self.rules).map_err(|denied| {
             OpsError::Denied {
@@ -159,7 +163,7 @@ impl ProviderContext {
     }
 
     /// Runs a shell command line (after [`Self::check`]) in the governed environment.
-    pub async fn shell(
+    pub(crate) async fn shell(
         &self,
         line: &str,
         cwd: &Path,
@@ -184,7 +188,7 @@ impl ProviderContext {
     }
 
     /// Runs a shell command line and turns anything but exit 0 into an error naming `what`.
-    pub async fn shell_ok(
+    pub(crate) async fn shell_ok(
         &self,
         what: &str,
         line: &str,
@@ -197,7 +201,7 @@ impl ProviderContext {
     }
 
     /// Where an app's releases, log and pid file live.
-    pub fn app_dir(&self, app: &str) -> PathBuf {
+    pub(crate) fn app_dir(&self, app: &str) -> PathBuf {
         app_dir(&self.data_dir, app)
     }
 }
@@ -220,22 +224,22 @@ fn program_spec(
 }
 
 /// `<data-dir>/releases/<app>`.
-pub fn app_dir(data_dir: &Path, app: &str) -> PathBuf {
+pub(crate) fn app_dir(data_dir: &Path, app: &str) -> PathBuf {
     data_dir.join("releases").join(app)
 }
 
 /// The file a running local release's process group id is written to.
-pub fn pid_file(data_dir: &Path, app: &str) -> PathBuf {
+pub(crate) fn pid_file(data_dir: &Path, app: &str) -> PathBuf {
     app_dir(data_dir, app).join("app.pid")
 }
 
 /// The file a local release's output goes to.
-pub fn log_file(data_dir: &Path, app: &str) -> PathBuf {
+pub(crate) fn log_file(data_dir: &Path, app: &str) -> PathBuf {
     app_dir(data_dir, app).join("app.log")
 }
 
 /// The process group of the app's running release, if its pid file names a live one.
-pub fn running_group(data_dir: &Path, app: &str) -> Option<i32> {
+pub(crate) fn running_group(data_dir: &Path, app: &str) -> Option<i32> {
     let text = std::fs::read_to_string(pid_file(data_dir, app)).ok()?;
     let pgid: i32 = text.trim().parse().ok()?;
     (pgid > 1 && group_alive(pgid)).then_some(pgid)
@@ -253,7 +257,7 @@ fn signal_group(pgid: i32, signal: i32) {
 }
 
 /// Text of a successful command (bounded), or an error with its output's tail.
-pub fn ok_or_failed(what: &str, output: &CommandOutput) -> Result<String, OpsError> {
+pub(crate) fn ok_or_failed(what: &str, output: &CommandOutput) -> Result<String, OpsError> {
     let text = format!("{}{}", output.stdout.text, output.stderr.text);
     let tail = process::keep_tail(text.trim(), DETAIL_BYTES_MAX);
     if output.success() {
@@ -274,7 +278,7 @@ pub fn ok_or_failed(what: &str, output: &CommandOutput) -> Result<String, OpsErr
 }
 
 /// Resolves `reference` (a sha or a branch) to a full commit sha of `repo`.
-pub async fn resolve_commit(
+pub(crate) async fn resolve_commit(
     ctx: &ProviderContext,
     repo: &Path,
     reference: &str,
@@ -310,7 +314,7 @@ pub async fn resolve_commit(
 }
 
 /// Exports `sha` of `repo` into `dest` (via a temp dir and a rename: never half-written).
-pub async fn export_commit(
+pub(crate) async fn export_commit(
     ctx: &ProviderContext,
     repo: &Path,
     sha: &str,
@@ -344,25 +348,17 @@ pub async fn export_commit(
 /// The local releases that run now, each a supervised child: dropping its entry (on stop, or
 /// when Uplink-Deploy stops or crashes) kills its process group.
 #[derive(Default)]
-pub struct LocalRuntime {
+pub(crate) struct LocalRuntime {
     /// App → its running release; a std mutex, never held across an await.
     running: Mutex<HashMap<String, RunningApp>>,
 }
 
 struct RunningApp {
-    /// The release (commit) it runs.
-    release: String,
     /// The task awaiting `process::run`; dropping it kills the group.
     _child: AbortOnDropHandle<()>,
 }
 
 impl LocalRuntime {
-    /// The release the runtime runs for `app`, if any.
-    pub fn release_of(&self, app: &str) -> Option<String> {
-        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        running.get(app).map(|r| r.release.clone())
-    }
-
     fn forget(&self, app: &str) -> Option<RunningApp> {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         running.remove(app)
@@ -386,7 +382,7 @@ async fn wait_gone(pgid: i32, wait: Duration) -> bool {
 }
 
 /// Stops the app's running release: SIGTERM to its group, SIGKILL after `grace`.
-pub async fn local_stop(ctx: &ProviderContext, app: &str, grace: Duration) {
+pub(crate) async fn local_stop(ctx: &ProviderContext, app: &str, grace: Duration) {
     let group = running_group(&ctx.data_dir, app);
     if let Some(pgid) = group {
         signal_group(pgid, libc::SIGTERM);
@@ -401,7 +397,7 @@ pub async fn local_stop(ctx: &ProviderContext, app: &str, grace: Duration) {
 
 /// Starts release `sha` of `app` (already exported and built) as a supervised child with `PORT`
 /// set, its output appended to the app's log file.
-pub fn local_start(
+pub(crate) fn local_start(
     ctx: &ProviderContext,
     app: &str,
     local: &LocalSpec,
@@ -450,7 +446,6 @@ pub fn local_start(
     ctx.runtime.insert(
         app,
         RunningApp {
-            release: sha.to_owned(),
             _child: AbortOnDropHandle::new(child),
         },
     );
@@ -468,7 +463,7 @@ fn rotate_log(log: &Path) {
 }
 
 /// The last lines of the app's log file (at most [`LOG_LINES_MAX`]).
-pub fn local_log_tail(data_dir: &Path, app: &str) -> Vec<String> {
+pub(crate) fn local_log_tail(data_dir: &Path, app: &str) -> Vec<String> {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut file) = std::fs::File::open(log_file(data_dir, app)) else {
         return Vec::new();
@@ -494,7 +489,7 @@ fn local_of(app: &AppSpec) -> Result<&LocalSpec, OpsError> {
 
 /// Puts release `sha` on the target: export, build, stop the old, start the new. Returns a short
 /// account of what ran.
-pub async fn deploy(
+pub(crate) async fn deploy(
     ctx: &ProviderContext,
     name: &str,
     app: &AppSpec,
@@ -531,7 +526,7 @@ pub async fn deploy(
 }
 
 /// Puts an earlier release (`sha`) back.
-pub async fn rollback(
+pub(crate) async fn rollback(
     ctx: &ProviderContext,
     name: &str,
     app: &AppSpec,
@@ -552,7 +547,7 @@ pub async fn rollback(
 }
 
 /// Restarts the running release (`current`).
-pub async fn restart(
+pub(crate) async fn restart(
     ctx: &ProviderContext,
     name: &str,
     app: &AppSpec,
@@ -582,7 +577,7 @@ pub async fn restart(
 }
 
 /// Scales the app to `count` instances (fly and command providers).
-pub async fn scale(
+pub(crate) async fn scale(
     ctx: &ProviderContext,
     name: &str,
     app: &AppSpec,
@@ -621,7 +616,11 @@ pub async fn scale(
 
 /// Whether the app runs, by the provider's own account (used when no health URL is configured
 /// and by `process` checks). `Ok` holds what the provider said.
-pub async fn status(ctx: &ProviderContext, name: &str, app: &AppSpec) -> Result<String, OpsError> {
+pub(crate) async fn status(
+    ctx: &ProviderContext,
+    name: &str,
+    app: &AppSpec,
+) -> Result<String, OpsError> {
     match app.provider {
         ProviderKind::Local => match running_group(&ctx.data_dir, name) {
             Some(pgid) => Ok(format!("process group {pgid} is running")),
@@ -646,7 +645,7 @@ pub async fn status(ctx: &ProviderContext, name: &str, app: &AppSpec) -> Result<
 }
 
 /// The app's recent log lines (and, for fly, its releases), for a diagnosis.
-pub async fn recent_logs(ctx: &ProviderContext, name: &str, app: &AppSpec) -> Vec<String> {
+pub(crate) async fn recent_logs(ctx: &ProviderContext, name: &str, app: &AppSpec) -> Vec<String> {
     let text = match app.provider {
         ProviderKind::Local => {
             // A file read: on the blocking pool, never on an async worker.
