@@ -152,7 +152,7 @@ impl Actor for UplinkDeploy {
             } => {
                 let outcome = decide(state, &id, approve, comment).await;
                 if let Ok(record) = &outcome {
-                    crate::platform::metrics::deploy_finished(record);
+                    count_if_ended(record);
                     if record.status.is_terminal() {
                         settle_later(&state.services, record.clone());
                     }
@@ -198,7 +198,7 @@ async fn recover(
                     })
                     .await?;
                 record = updated.unwrap_or(record);
-                crate::platform::metrics::deploy_finished(&record);
+                count_if_ended(&record);
             }
             // Ended before the last incarnation could settle it (reads only when nothing is owed).
             if billing::needs_settling(&state.services, &record)
@@ -386,7 +386,7 @@ async fn on_deploy_done(
         }
     };
     tracing::info!(app, deploy = %record.id, status = ?record.status, "deploy finished");
-    crate::platform::metrics::deploy_finished(&record);
+    count_if_ended(&record);
     settle_later(&state.services, (*record).clone());
     let signal_name = match record.status {
         DeployStatus::RolledBack => "deploy_unhealthy",
@@ -421,6 +421,14 @@ async fn on_deploy_done(
         .background
         .spawn_or_run("deploy.signal", signal)
         .await;
+}
+
+/// Counts a deploy that reached a terminal status in the metrics (others are not counted).
+fn count_if_ended(record: &DeployRecord) {
+    if record.status.is_terminal() {
+        let status = crate::model::ops::wire_name(&record.status);
+        crate::platform::metrics::deploy_finished(&record.app, &status);
+    }
 }
 
 fn act_on(

@@ -187,7 +187,9 @@ async fn on_signal(
         );
     }
     state.ctx.ops.put_incident(&opened).await?;
-    crate::platform::metrics::incident_opened(&state.ctx.services.definitions.ops, &opened);
+    let app = state.ctx.services.definitions.ops.app_label(&opened.app);
+    let classification = crate::model::ops::wire_name(&opened.classification);
+    crate::platform::metrics::incident_opened(app, &classification);
     tracing::warn!(incident = %opened.id, app = %opened.app, status = ?opened.status, runbook = ?opened.runbook, "incident opened");
     if opened.status == IncidentStatus::Open {
         start_response(myself, state, opened.id.clone(), 0, None);

@@ -291,7 +291,7 @@ async fn on_check_done(
         check.running = None;
     }
     state.ops.record_check(&result).await?;
-    crate::platform::metrics::check_finished(&result);
+    crate::platform::metrics::check_finished(&result.app, &result.check, &result.outcome);
     if !result.failed() {
         return Ok(());
     }

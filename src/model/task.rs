@@ -611,6 +611,18 @@ pub struct EngineRun {
 }
 
 impl EngineRun {
+    /// How it went, as a metrics label: `ok` (exit 0 in time), `failed` (exit ≠ 0, killed or no
+    /// answer), `timed_out`, `interrupted` (cut off by cancel, shutdown or a crash), or `running`.
+    pub(crate) fn outcome(&self) -> &'static str {
+        match self.status {
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Running => "running",
+            RunStatus::Finished if self.timed_out => "timed_out",
+            RunStatus::Finished if self.succeeded() => "ok",
+            RunStatus::Finished => "failed",
+        }
+    }
+
     /// A run counts as a success when it exited 0 in time.
     pub fn succeeded(&self) -> bool {
         self.exit_code == Some(0) && !self.timed_out

@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::model::ops::records::{CheckResult, DeployRecord, Incident};
-use crate::model::ops::spec::OpsFile;
-use crate::model::task::{EngineRun, RunStatus, TaskStatus};
+use crate::model::task::TaskStatus;
 
 /// Counter `{method, route, status}`: HTTP requests answered. `route` is the matched route
 /// pattern (`/v1/tasks/{id}`), or `unmatched`.
@@ -32,7 +30,7 @@ pub(crate) const TASKS_FINISHED_TOTAL: &str = "glitchlab_tasks_finished_total";
 pub(crate) const TASKS_QUEUED: &str = "glitchlab_tasks_queued";
 /// Gauge: pipeline slots in use (a pipeline waiting to be restarted still holds its slot).
 pub(crate) const TASKS_RUNNING: &str = "glitchlab_tasks_running";
-/// Counter `{persona, engine, status}`: engine runs ended; `status` is [`run_outcome`].
+/// Counter `{persona, engine, status}`: engine runs ended; `status` is [`EngineRun::outcome`](crate::model::task::EngineRun::outcome).
 pub(crate) const ENGINE_RUNS_TOTAL: &str = "glitchlab_engine_runs_total";
 /// Histogram `{persona, engine}`: wall-clock seconds of an ended engine run.
 pub(crate) const ENGINE_RUN_DURATION_SECONDS: &str = "glitchlab_engine_run_duration_seconds";
@@ -222,30 +220,25 @@ fn gauge_value(count: usize) -> f64 {
     u32::try_from(count).map_or(f64::from(u32::MAX), f64::from)
 }
 
-/// How an ended engine run went, as a label: `ok` (exit 0 in time), `failed` (exit ≠ 0, killed
-/// or no answer), `timed_out`, or `interrupted` (cut off by cancel, shutdown or a crash).
-pub(crate) fn run_outcome(run: &EngineRun) -> &'static str {
-    match run.status {
-        RunStatus::Interrupted => "interrupted",
-        RunStatus::Running => "running",
-        RunStatus::Finished if run.timed_out => "timed_out",
-        RunStatus::Finished if run.succeeded() => "ok",
-        RunStatus::Finished => "failed",
-    }
-}
-
-/// Records an ended engine run: its outcome, its duration and the model tokens it used.
-pub(crate) fn engine_run(run: &EngineRun) {
-    let (persona, engine) = (run.persona.clone(), run.engine.clone());
-    ::metrics::counter!(ENGINE_RUNS_TOTAL, "persona" => persona.clone(), "engine" => engine.clone(), "status" => run_outcome(run))
+/// Records an ended engine run: its outcome (a label such as `ok` or `timed_out`), its duration
+/// and the model tokens it used (`(input, output)`).
+pub(crate) fn engine_run(
+    persona: &str,
+    engine: &str,
+    outcome: &'static str,
+    duration: Duration,
+    tokens: Option<(u64, u64)>,
+) {
+    let (persona, engine) = (persona.to_owned(), engine.to_owned());
+    ::metrics::counter!(ENGINE_RUNS_TOTAL, "persona" => persona.clone(), "engine" => engine.clone(), "status" => outcome)
         .increment(1);
     ::metrics::histogram!(ENGINE_RUN_DURATION_SECONDS, "persona" => persona.clone(), "engine" => engine)
-        .record(Duration::from_millis(run.duration_ms).as_secs_f64());
-    if let Some(tokens) = run.tokens {
+        .record(duration.as_secs_f64());
+    if let Some((input, output)) = tokens {
         ::metrics::counter!(MODEL_TOKENS_TOTAL, "persona" => persona.clone(), "direction" => "input")
-            .increment(tokens.input);
+            .increment(input);
         ::metrics::counter!(MODEL_TOKENS_TOTAL, "persona" => persona, "direction" => "output")
-            .increment(tokens.output);
+            .increment(output);
     }
 }
 
@@ -270,42 +263,29 @@ pub(crate) fn ledger_charged(persona: &str, micro_tokens: u64) {
         .increment(micro_tokens);
 }
 
-/// Records a deploy that reached a terminal status (others are ignored).
-pub(crate) fn deploy_finished(record: &DeployRecord) {
-    if record.status.is_terminal() {
-        let status = crate::model::ops::wire_name(&record.status);
-        ::metrics::counter!(DEPLOYS_FINISHED_TOTAL, "app" => record.app.clone(), "status" => status)
-            .increment(1);
-    }
-}
-
-/// Records a newly opened incident. Its app comes from a webhook: one `ops.yaml` does not name
-/// is labelled `other`.
-pub(crate) fn incident_opened(ops: &OpsFile, incident: &Incident) {
-    let app = app_label(ops, &incident.app);
-    let classification = crate::model::ops::wire_name(&incident.classification);
-    ::metrics::counter!(INCIDENTS_OPENED_TOTAL, "app" => app, "classification" => classification)
+/// Records a deploy that ended in `status` (its wire name).
+pub(crate) fn deploy_finished(app: &str, status: &str) {
+    ::metrics::counter!(DEPLOYS_FINISHED_TOTAL, "app" => app.to_owned(), "status" => status.to_owned())
         .increment(1);
 }
 
-/// An app name as a label: itself if `ops.yaml` names it, else `other`.
-pub(crate) fn app_label(ops: &OpsFile, app: &str) -> String {
-    if ops.apps.contains_key(app) {
-        app.to_owned()
-    } else {
-        "other".to_owned()
-    }
+/// Records a newly opened incident. `app` is a bounded label: an app `ops.yaml` names, else
+/// `other` ([`crate::model::ops::spec::OpsFile::app_label`]).
+pub(crate) fn incident_opened(app: &str, classification: &str) {
+    ::metrics::counter!(INCIDENTS_OPENED_TOTAL, "app" => app.to_owned(), "classification" => classification.to_owned())
+        .increment(1);
 }
 
-/// Records one scheduled check run (app and check come from `ops.yaml`).
-pub(crate) fn check_finished(result: &CheckResult) {
-    let outcome = match result.outcome.as_str() {
+/// Records one scheduled check run (app and check come from `ops.yaml`; `outcome` is `pass`,
+/// `fail` or `skipped`, anything else counted as `other`).
+pub(crate) fn check_finished(app: &str, check: &str, outcome: &str) {
+    let outcome = match outcome {
         "pass" => "pass",
         "fail" => "fail",
         "skipped" => "skipped",
         _ => "other",
     };
-    ::metrics::counter!(CHECKS_TOTAL, "app" => result.app.clone(), "check" => result.check.clone(), "outcome" => outcome)
+    ::metrics::counter!(CHECKS_TOTAL, "app" => app.to_owned(), "check" => check.to_owned(), "outcome" => outcome)
         .increment(1);
 }
 

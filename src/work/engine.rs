@@ -132,7 +132,7 @@ impl Drop for OpenRun {
             self.services.background.spawn("run.interrupted", async move {
                 metering::charge_run(&services, &run).await;
                 match services.store.record_run(&run).await {
-                    Ok(()) => crate::platform::metrics::engine_run(&run),
+                    Ok(()) => count_run(&run),
                     Err(error) => {
                         tracing::warn!(%error, run = %run.id, "could not record an interrupted run");
                     }
@@ -142,13 +142,24 @@ impl Drop for OpenRun {
     }
 }
 
+/// Counts an ended run in the metrics: persona, engine, outcome, duration, tokens.
+fn count_run(run: &EngineRun) {
+    crate::platform::metrics::engine_run(
+        &run.persona,
+        &run.engine,
+        run.outcome(),
+        Duration::from_millis(run.duration_ms),
+        run.tokens.map(|t| (t.input, t.output)),
+    );
+}
+
 /// The end of every run that finished (or failed to start): priced, persisted with its event,
 /// counted, then charged — so the `cost` on the record is always what the books charged.
 /// (A run cut off mid-way is closed by [`OpenRun`]'s drop instead, charge first.)
 async fn close_run(services: &Services, mut run: EngineRun) -> Result<EngineRun, StoreError> {
     metering::price(services, &mut run);
     services.store.record_run(&run).await?;
-    crate::platform::metrics::engine_run(&run);
+    count_run(&run);
     metering::charge_run(services, &run).await;
     Ok(run)
 }

@@ -34,6 +34,18 @@ pub struct OpsFile {
     pub fly_binary: Option<String>,
 }
 
+impl OpsFile {
+    /// An app name as a metrics label: itself if this file names it, else `other` (webhooks name
+    /// any app they like; labels stay bounded).
+    pub(crate) fn app_label<'a>(&self, app: &'a str) -> &'a str {
+        if self.apps.contains_key(app) {
+            app
+        } else {
+            "other"
+        }
+    }
+}
+
 /// How an app is deployed and operated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
