@@ -157,6 +157,18 @@ pub struct ServerConfig {
     pub body_bytes_max: usize,
     /// On shutdown, how long open requests may take before the server stops anyway.
     pub shutdown_timeout_secs: u64,
+    /// `on` (every route but `/healthz` and `/readyz` needs a bearer token) or `off` (loopback
+    /// only, for local experiments; logged as a warning).
+    pub auth: AuthMode,
+    /// Whether `GET /metrics` answers without a token (a scraper on a private network).
+    pub metrics_public: bool,
+    /// Requests per second one token may make on average ...
+    pub requests_per_sec: u32,
+    /// ... and in a burst; past them `429 RATE_LIMITED` with `Retry-After`.
+    pub burst: u32,
+    /// Globs of the repositories tasks may name at all (default: any); a token's own `repos`
+    /// narrow this further, never widen it.
+    pub repos: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -165,8 +177,24 @@ impl Default for ServerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 7700)),
             body_bytes_max: 1024 * 1024,
             shutdown_timeout_secs: 10,
+            auth: AuthMode::On,
+            metrics_public: false,
+            requests_per_sec: 50,
+            burst: 200,
+            repos: Vec::new(),
         }
     }
+}
+
+/// Whether the ingress asks for tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Every route but `/healthz` and `/readyz` needs `Authorization: Bearer <secret>`.
+    #[default]
+    On,
+    /// Nobody is asked (loopback binds only).
+    Off,
 }
 
 /// Storage settings.
