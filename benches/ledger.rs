@@ -44,6 +44,8 @@ const CREDIT_ACCOUNT: &str = "system:revenue";
 fn config(root: &Path) -> Config {
     let mut config = Config::default();
     config.server.bind = "127.0.0.1:0".parse().unwrap();
+    // One token makes all the load: no per-token rate limit.
+    config.server.requests_per_sec = 0;
     config.storage.data_dir = root.join("data");
     config.paths.actors_dir = root.join("no-actors");
     config
@@ -71,7 +73,15 @@ async fn over_http(root: &Path) -> (f64, f64) {
     let server = tokio::spawn(application.run_until_stopped(async move {
         let _ = stop_rx.await;
     }));
-    let client = reqwest::Client::new();
+    // A fresh data dir's first admin token: its secret is in `<data_dir>/admin.token`.
+    let secret = std::fs::read_to_string(root.join("data").join("admin.token")).unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {}", secret.trim());
+    headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().unwrap());
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
     let started = Instant::now();
     for n in 0..SEQUENTIAL_TRANSFERS {
         http_transfer(&client, &base, format!("http-seq-{n}")).await;

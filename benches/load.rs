@@ -93,6 +93,19 @@ const CLIENT_WORKERS: usize = 2;
 /// What the load generator's runtime may take to shut down at the end (its tasks are done).
 const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// `glitchlab serve`'s one stdout line starts with this, followed by its base URL.
+/// The admin secret every bench service starts with (`GLITCHLAB_ADMIN_TOKEN`); one token makes
+/// all the load, so its rate limit is off (`requests_per_sec = 0`).
+const BENCH_TOKEN: &str = "glt_bench-admin-secret-0123456789abcdef0123456789abcdef01";
+
+/// An HTTP client builder that sends the bench's token.
+fn client_builder() -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {BENCH_TOKEN}"))
+        .expect("header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().default_headers(headers)
+}
+
 const LISTENING_PREFIX: &str = "glitchlab listening on ";
 /// A fresh service must be listening within this.
 const SERVICE_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -250,7 +263,7 @@ impl Service {
         let data_dir = std::fs::canonicalize(&data_dir).expect("canonical data dir");
         let quoted = |path: PathBuf| toml::Value::String(path.display().to_string()).to_string();
         let mut config = format!(
-            "[server]\nbind = \"127.0.0.1:0\"\n\
+            "[server]\nbind = \"127.0.0.1:0\"\nrequests_per_sec = 0\n\
              [storage]\ndata_dir = {}\n\
              [paths]\nactors_dir = {}\nrunbooks_dir = {}\nops_file = {}\n\
              [ledger]\nlocal_funding = {LOCAL_FUNDING}\n\
@@ -273,6 +286,7 @@ impl Service {
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
+            .env("GLITCHLAB_ADMIN_TOKEN", BENCH_TOKEN)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -401,7 +415,7 @@ async fn answers(request: reqwest::RequestBuilder) -> bool {
 
 /// After a level: does the idle service still answer `/healthz`, and the level's own request?
 async fn liveness(base: &str, load: &Load, who: usize) -> Liveness {
-    let client = reqwest::Client::new();
+    let client = client_builder().build().expect("HTTP client");
     let health = answers(client.get(format!("{base}/healthz"))).await;
     let work = answers(load.request(&client, base, who, 0)).await;
     match (health, work) {
@@ -548,7 +562,7 @@ struct Probes {
 /// Asks `/healthz` every [`PROBE_INTERVAL`] until the window closes, on its own connection.
 async fn probe_health(base: Arc<str>, deadline: Instant) -> Probes {
     let mut probes = Probes::default();
-    let Ok(client) = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build() else {
+    let Ok(client) = client_builder().timeout(REQUEST_TIMEOUT).build() else {
         return probes;
     };
     let mut ticks = tokio::time::interval(PROBE_INTERVAL);
@@ -608,7 +622,7 @@ async fn run_level(
     window: Duration,
     probe: bool,
 ) -> Level {
-    let client = reqwest::Client::builder()
+    let client = client_builder()
         .timeout(REQUEST_TIMEOUT)
         .pool_max_idle_per_host(clients)
         .build()
@@ -698,7 +712,7 @@ async fn submit(client: &reqwest::Client, base: &str, body: &Value) -> Result<St
 /// Submits the task that holds the only pipeline slot of a submit level, and waits until its
 /// engine (a long `sleep`) runs, so no submitted task can start.
 async fn start_blocker(base: &str, repo: &Path) -> Result<(), String> {
-    let client = reqwest::Client::builder()
+    let client = client_builder()
         .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(|e| e.to_string())?;
@@ -795,7 +809,7 @@ fn noop_latency(clients_runtime: &Runtime, root: &Path) -> Noop {
     let service = Service::start(&dir, label, &Settings::default());
     let base = service.base.clone();
     let (noop, froze) = clients_runtime.block_on(async {
-        let client = reqwest::Client::builder()
+        let client = client_builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
             .expect("http client");

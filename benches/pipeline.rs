@@ -111,6 +111,8 @@ async fn main() {
     let root = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.server.bind = "127.0.0.1:0".parse().unwrap();
+    // One token makes all the load: no per-token rate limit.
+    config.server.requests_per_sec = 0;
     config.storage.data_dir = root.path().join("data");
     config.paths.actors_dir = root.path().join("no-actors");
     // In-process, this binary is the bench, not `glitchlab`: it cannot be the sandbox helper.
@@ -121,7 +123,15 @@ async fn main() {
     let server = tokio::spawn(application.run_until_stopped(async move {
         let _ = stop_rx.await;
     }));
-    let client = reqwest::Client::new();
+    // A fresh data dir's first admin token: its secret is in `<data_dir>/admin.token`.
+    let secret = std::fs::read_to_string(root.path().join("data").join("admin.token")).unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {}", secret.trim());
+    headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().unwrap());
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
     let repos: Vec<PathBuf> = (0..REPOS)
         .map(|i| repo(root.path(), &format!("repo-{i}")))
         .collect();

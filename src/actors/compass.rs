@@ -197,9 +197,10 @@ impl Actor for Compass {
             CompassMsg::Act {
                 task_id,
                 action,
+                by,
                 reply,
             } => {
-                let outcome = act(&myself, state, task_id, action).await;
+                let outcome = act(&myself, state, task_id, action, by.as_deref()).await;
                 let _ = reply.send(outcome);
             }
             CompassMsg::RestartPersona(name) => restart_persona(&myself, state, name).await,
@@ -673,17 +674,19 @@ async fn act(
     state: &mut CompassState,
     task_id: TaskId,
     action: TaskAction,
+    by: Option<&str>,
 ) -> Result<Task, TaskActionError> {
+    let services = &state.services;
     let task = match action {
-        TaskAction::Cancel => return cancel(myself, state, task_id).await,
+        TaskAction::Cancel => return cancel(myself, state, task_id, by).await,
         TaskAction::Approve { comment } => {
-            transitions::approve(&state.services, task_id, comment).await?
+            transitions::approve(services, task_id, comment, by).await?
         }
         TaskAction::Reject { comment } => {
-            transitions::reject(&state.services, task_id, comment).await?
+            transitions::reject(services, task_id, comment, by).await?
         }
         TaskAction::Retry { reservation } => {
-            transitions::retry(&state.services, task_id, reservation).await?
+            transitions::retry(services, task_id, reservation, by).await?
         }
     };
     match task.status {
@@ -705,8 +708,9 @@ async fn cancel(
     myself: &ActorRef<CompassMsg>,
     state: &mut CompassState,
     task_id: TaskId,
+    by: Option<&str>,
 ) -> Result<Task, TaskActionError> {
-    let cancelled = transitions::cancel(&state.services, task_id).await?;
+    let cancelled = transitions::cancel(&state.services, task_id, by).await?;
     state.queue.remove(&(cancelled.priority, task_id));
     state.resuming.retain(|waiting| *waiting != task_id);
     state.blocked.remove(&task_id);

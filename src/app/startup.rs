@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::actors::compass::{Compass, CompassArguments};
+use crate::app::http::auth::Auth;
 use crate::app::http::{self, AppState};
 use crate::config::definitions::{DefinitionError, Definitions};
 use crate::config::Config;
@@ -157,6 +158,9 @@ impl Application {
             config: Arc::new(config),
             definitions: Arc::new(definitions),
         };
+        // Before the tree: the first admin token exists (and its file is written) before anyone
+        // can be told the service listens.
+        let auth = Auth::start(&services.config, &services.store).await?;
         let (compass, compass_done) = Actor::spawn(
             None,
             Compass,
@@ -173,6 +177,7 @@ impl Application {
                 services,
                 compass,
                 streams: Default::default(),
+                auth,
             },
             compass_done,
             watchdog,

@@ -179,8 +179,8 @@ impl Default for ServerConfig {
             shutdown_timeout_secs: 10,
             auth: AuthMode::On,
             metrics_public: false,
-            requests_per_sec: 50,
-            burst: 200,
+            requests_per_sec: 1000,
+            burst: 5000,
             repos: Vec::new(),
         }
     }

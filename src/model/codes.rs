@@ -72,6 +72,28 @@ catalogue! {
     INTERNAL [500] [Task]
         "A storage failure or a bug; the cause is only in the service log (on a task: a job \
          panicked or the file system refused).";
+    // Who may.
+    UNAUTHENTICATED [401] []
+        "No `Authorization: Bearer` token, or one that is unknown, revoked or expired.";
+    FORBIDDEN [403] []
+        "The token is known but its role does not grant the permission the route needs (the \
+         message names it).";
+    RATE_LIMITED [429] []
+        "The token made more requests than `server.requests_per_sec` and `burst` allow; retry \
+         after `Retry-After`.";
+    TOKEN_EXISTS [409] []
+        "A token of that name exists; revoke it first or pick another name.";
+    TOKEN_NOT_FOUND [404] []
+        "No token of that name.";
+    REPO_NOT_ALLOWED [403] []
+        "A submission's `repo` matches neither the token's `repos` globs nor `server.repos`.";
+    ACCOUNT_NOT_ALLOWED [403] []
+        "A submission's `account` is not one the token may charge.";
+    ENGINES_NOT_ALLOWED [403] []
+        "A submission overrides persona engines, which the token may not (`engines: false`).";
+    NOT_OWN_TASK [403] []
+        "A cancel or retry of a task another token submitted, by a token that may only act on \
+         its own.";
     // Tasks.
     NOT_A_GIT_REPOSITORY [422] []
         "A submission's `repo` is not a directory inside a git repository.";

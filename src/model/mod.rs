@@ -3,11 +3,13 @@
 //!
 //! - [`codes`]: the one catalogue of error codes, each a constant, documented in `docs/api.md`.
 //! - [`errors`]: the store's failures, shared by every layer that reports them.
+//! - [`auth`]: roles, permissions, token records, the audit log's entries.
 //! - [`task`]: tasks, events and engine runs, as stored and as served.
 //! - [`ledger`]: the token books' accounts, transfers, rate card and their validation.
 //! - [`persona`]: the personas of the tree, by name.
 //! - [`ops`]: what `ops.yaml` and runbooks say, and what ops records.
 
+pub(crate) mod auth;
 pub(crate) mod codes;
 pub(crate) mod errors;
 pub mod ledger;

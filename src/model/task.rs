@@ -354,6 +354,10 @@ pub struct Task {
     /// The task that filed this one (it pays, unless this one names an account).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_task: Option<TaskId>,
+    /// The token that submitted it (absent for tasks the service filed itself, and for tasks
+    /// from before tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
     /// The ledger transfer holding the budget while the task runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reservation: Option<String>,
@@ -439,6 +443,7 @@ impl Task {
             account: "user:local".into(),
             budget: TaskBudget::default(),
             parent_task: None,
+            submitted_by: None,
             reservation: None,
             budget_rounds: 0,
             settled: false,

@@ -18,6 +18,8 @@ pub(crate) enum CompassMsg {
         task_id: TaskId,
         /// What to do.
         action: TaskAction,
+        /// The token that asked (for the task's events).
+        by: Option<String>,
         /// The task after the action, or why it was refused.
         reply: RpcReplyPort<Result<Task, TaskActionError>>,
     },

@@ -14,8 +14,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
+use crate::model::auth::Principal;
 use crate::model::codes;
-use crate::model::ledger::LedgerError;
+use crate::model::ledger::{AccountKind, LedgerError, NewAccount};
 use crate::model::persona::Persona;
 use crate::model::task::{
     CausedBy, Delivery, EngineOverrides, EngineSpec, Priority, ReviewPolicy, Stage, Task,
@@ -66,6 +67,15 @@ pub(crate) enum IntakeError {
     /// Durable state could not be read or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The caller's token may not: a repository outside its globs, an account it may not charge,
+    /// engines it may not choose.
+    #[error("{message}")]
+    Forbidden {
+        /// `REPO_NOT_ALLOWED`, `ACCOUNT_NOT_ALLOWED` or `ENGINES_NOT_ALLOWED`.
+        code: &'static str,
+        /// What was refused, and why.
+        message: String,
+    },
 }
 
 impl From<LedgerError> for IntakeError {
@@ -93,6 +103,7 @@ impl IntakeError {
             Self::Ledger(inner) => inner.code(),
             Self::Store(inner) if inner.is_overload() => inner.code(),
             Self::Store(_) => codes::STORE_FAILED,
+            Self::Forbidden { code, .. } => code,
         }
     }
 
@@ -190,6 +201,7 @@ pub(crate) async fn submit(
     services: &Services,
     compass: &ActorRef<CompassMsg>,
     request: SubmitTaskRequest,
+    caller: Option<&Principal>,
 ) -> Result<Accepted, IntakeError> {
     let digest = digest_of(&request);
     // A replay answers with the original task even if the repo, the config or the queue changed.
@@ -209,7 +221,10 @@ pub(crate) async fn submit(
             });
         }
     }
-    let mut task = validate(services, request).await?;
+    let mut task = validate(services, request, caller).await?;
+    if let Some(caller) = caller {
+        open_own_account(services, caller, &task.account).await;
+    }
     let limit = services.config.compass.max_queued_tasks;
     let Some(admission) = services.directory.admit(limit) else {
         return Err(IntakeError::QueueFull(limit));
@@ -221,7 +236,7 @@ pub(crate) async fn submit(
     let event = NewEvent::new(
         "ingress",
         "task.submitted",
-        json!({"title": task.title, "kind": task.kind, "priority": task.priority, "caused_by": task.caused_by}),
+        json!({"title": task.title, "kind": task.kind, "priority": task.priority, "caused_by": task.caused_by, "principal": task.submitted_by}),
     );
     let created = services.store.create_task(task, &digest, event).await;
     if !matches!(created, Ok(Submission::Created(_))) {
@@ -253,7 +268,11 @@ pub(crate) async fn submit(
 /// One parser per field, called in the documented order (docs/api.md: field lengths,
 /// `max_attempts`, engine commands, `kind`, `base_branch`, `repo`, then the rest), so the first
 /// problem found is the one a client is told about.
-async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Task, IntakeError> {
+async fn validate(
+    services: &Services,
+    request: SubmitTaskRequest,
+    caller: Option<&Principal>,
+) -> Result<Task, IntakeError> {
     let config = &services.config;
     let SubmitTaskRequest {
         title,
@@ -306,14 +325,12 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
     )?;
     let review_policy = review_policy.unwrap_or_default();
     let parent_task = parse_parent_task(&services.store, parent_task).await?;
-    let account = parse_account(
-        &services.store,
-        account,
-        parent_task,
-        &config.ledger.local_account,
-    )
-    .await?;
+    let default_account = caller
+        .and_then(Principal::default_account)
+        .unwrap_or(&config.ledger.local_account);
+    let account = parse_account(&services.store, account, parent_task, default_account).await?;
     let budget = parse_budget(budget, config.ledger.default_task_budget)?;
+    check_scope(&config.server.repos, caller, &repo, &account, &engines)?;
     let now = Utc::now();
     Ok(Task {
         id: TaskId::new(),
@@ -342,6 +359,7 @@ async fn validate(services: &Services, request: SubmitTaskRequest) -> Result<Tas
         budget,
         acceptance,
         parent_task,
+        submitted_by: caller.map(|c| c.name.clone()),
         reservation: None,
         budget_rounds: 0,
         settled: false,
@@ -498,6 +516,85 @@ async fn parse_repo(
         checks.found(&repo, base_branch);
     }
     Ok(repo)
+}
+
+/// What the caller's token (and `server.repos`, for everyone) allows: the repository must match
+/// a glob of `server.repos` and one of the token's `repos` (an empty list allows any); a token's
+/// task charges only an account it may charge; engines other than the persona files' need a token
+/// with `engines`.
+fn check_scope(
+    allowed_repos: &[String],
+    caller: Option<&Principal>,
+    repo: &str,
+    account: &str,
+    engines: &EngineOverrides,
+) -> Result<(), IntakeError> {
+    let forbidden = |code, message: String| Err(IntakeError::Forbidden { code, message });
+    if !matches_any(allowed_repos, repo) {
+        return forbidden(
+            codes::REPO_NOT_ALLOWED,
+            format!("repo `{repo}` is outside `server.repos`"),
+        );
+    }
+    let Some(caller) = caller else {
+        return Ok(());
+    };
+    if !matches_any(&caller.repos, repo) {
+        return forbidden(
+            codes::REPO_NOT_ALLOWED,
+            format!("token `{}` may not use repo `{repo}`", caller.name),
+        );
+    }
+    if !caller.may_charge(account) {
+        return forbidden(
+            codes::ACCOUNT_NOT_ALLOWED,
+            format!(
+                "token `{}` may charge {}, not `{account}`",
+                caller.name,
+                caller.accounts.join(", ")
+            ),
+        );
+    }
+    let overrides =
+        engines.planner.is_some() || engines.patch.is_some() || engines.circuit.is_some();
+    if overrides && !caller.may_choose_engines() {
+        return forbidden(
+            codes::ENGINES_NOT_ALLOWED,
+            format!(
+                "token `{}` may not choose engines (`engines: false`); leave `engines` out",
+                caller.name
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Whether `path` matches one of `globs` (an empty list matches everything).
+fn matches_any(globs: &[String], path: &str) -> bool {
+    globs.is_empty()
+        || globs
+            .iter()
+            .any(|glob| globset::Glob::new(glob).is_ok_and(|g| g.compile_matcher().is_match(path)))
+}
+
+/// A token's own `user:<name>` account is opened on its first task (with nothing in it: an admin
+/// funds it). Any other account must exist already. Failures are left to the reservation, which
+/// names them.
+async fn open_own_account(services: &Services, caller: &Principal, account: &str) {
+    let own = format!("user:{}", caller.name);
+    if account != own {
+        return;
+    }
+    let new = NewAccount {
+        id: own,
+        kind: AccountKind::User,
+        allow_negative: false,
+    };
+    if let Err(error) = crate::runtime::ledger::open_account(&services.directory, new).await {
+        if !matches!(error, LedgerError::AccountExists(_)) {
+            tracing::warn!(%error, account, "could not open the token's own account");
+        }
+    }
 }
 
 /// `deps` (default none): at most [`DEPS_MAX`], each the id of a task in `store`; duplicates

@@ -133,6 +133,7 @@ pub(crate) async fn approve(
     services: &Services,
     id: TaskId,
     comment: Option<String>,
+    by: Option<&str>,
 ) -> Result<Task, TaskActionError> {
     let task = load(
         services,
@@ -145,7 +146,7 @@ pub(crate) async fn approve(
     let mut events = vec![NewEvent::new(
         Persona::Compass,
         "task.approved",
-        json!({"comment": comment}),
+        json!({"comment": comment, "principal": by}),
     )];
     if next.is_none() {
         events.push(NewEvent::new(
@@ -175,6 +176,7 @@ pub(crate) async fn reject(
     services: &Services,
     id: TaskId,
     comment: Option<String>,
+    by: Option<&str>,
 ) -> Result<Task, TaskActionError> {
     load(
         services,
@@ -187,7 +189,7 @@ pub(crate) async fn reject(
         NewEvent::new(
             Persona::Compass,
             "task.rejected",
-            json!({"comment": comment}),
+            json!({"comment": comment, "principal": by}),
         ),
         NewEvent::new(
             Persona::Compass,
@@ -207,11 +209,15 @@ pub(crate) async fn reject(
 }
 
 /// Ends a task that has not finished as `cancelled`.
-pub(crate) async fn cancel(services: &Services, id: TaskId) -> Result<Task, TaskActionError> {
+pub(crate) async fn cancel(
+    services: &Services,
+    id: TaskId,
+    by: Option<&str>,
+) -> Result<Task, TaskActionError> {
     let event = NewEvent::new(
         Persona::Compass,
         "task.finished",
-        json!({"status": TaskStatus::Cancelled}),
+        json!({"status": TaskStatus::Cancelled, "principal": by}),
     );
     services
         .store
@@ -233,6 +239,7 @@ pub(crate) async fn retry(
     services: &Services,
     id: TaskId,
     reservation: Option<String>,
+    by: Option<&str>,
 ) -> Result<Task, TaskActionError> {
     let task = load(
         services,
@@ -246,7 +253,7 @@ pub(crate) async fn retry(
     let event = NewEvent::new(
         Persona::Compass,
         "task.retried",
-        json!({"previous_error": task.error}),
+        json!({"previous_error": task.error, "principal": by}),
     );
     let updated = services
         .store

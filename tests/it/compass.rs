@@ -206,7 +206,7 @@ async fn concurrent_submits_never_overshoot_the_queue_bound() {
             t["status"] == "running"
         })
         .await;
-    let client = reqwest::Client::new();
+    let client = crate::helpers::client();
     let mut submits = tokio::task::JoinSet::new();
     for n in 0..SUBMITTERS {
         let (client, url) = (client.clone(), format!("{}/v1/tasks", service.base));

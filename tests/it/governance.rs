@@ -142,6 +142,7 @@ async fn secrets_reach_only_allowed_personas_and_never_the_records() {
             ("GLITCHLAB_TEST_SECRET".into(), secret.into()),
             ("GLITCHLAB_NOT_FOR_ENGINES".into(), "leaked".into()),
         ],
+        ..Default::default()
     };
     let service = Service::start_with(root.path(), options).await;
     let patch = "echo \"the key is $GLITCHLAB_TEST_SECRET\"; echo \"$GLITCHLAB_TEST_SECRET\" >&2; echo ok > ok.txt";
@@ -254,6 +255,7 @@ async fn git_runs_with_a_cleared_environment() {
     let options = Options {
         config: None,
         env: vec![("SERVICE_ONLY_SECRET".into(), secret.into())],
+        ..Default::default()
     };
     let service = Service::start_with(root.path(), options).await;
     let task = service

@@ -12,6 +12,28 @@ use serde_json::Value;
 /// How long a service may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The admin secret every test service starts with (`GLITCHLAB_ADMIN_TOKEN`: the token
+/// `bootstrap`), unless its options say otherwise.
+pub const ADMIN_TOKEN: &str = "glt_test-admin-secret-0123456789abcdef0123456789abcdef0123";
+
+/// A client that sends the test admin token.
+pub fn client() -> reqwest::Client {
+    client_builder().build().unwrap()
+}
+
+/// A client builder that sends the test admin token.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    client_builder_with(ADMIN_TOKEN)
+}
+
+/// A client builder that sends `secret` as its bearer token.
+pub fn client_builder_with(secret: &str) -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {secret}")).unwrap();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().default_headers(headers)
+}
+
 /// A running service process.
 pub struct Service {
     child: Option<Child>,
@@ -29,6 +51,8 @@ pub struct Options {
     pub config: Option<String>,
     /// Extra environment, e.g. `FAILPOINTS`.
     pub env: Vec<(String, String)>,
+    /// Start without `GLITCHLAB_ADMIN_TOKEN` (the service then makes `<data>/admin.token`).
+    pub no_admin_env: bool,
 }
 
 impl Service {
@@ -48,6 +72,7 @@ impl Service {
             .arg(root.join("data"))
             .current_dir(root)
             .env("RUST_LOG", "info,tower_http=warn")
+            .env_remove("GLITCHLAB_ADMIN_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         // Tests keep their markers and pid files in the temp root: let confined engines write there.
@@ -58,6 +83,9 @@ impl Service {
         )
         .unwrap();
         command.arg("--config").arg(path);
+        if !options.no_admin_env {
+            command.env("GLITCHLAB_ADMIN_TOKEN", ADMIN_TOKEN);
+        }
         for (key, value) in &options.env {
             command.env(key, value);
         }
@@ -89,7 +117,7 @@ impl Service {
             child: Some(child),
             base,
             root: root.to_path_buf(),
-            client: reqwest::Client::builder()
+            client: client_builder()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
@@ -101,6 +129,18 @@ impl Service {
         let response = self
             .client
             .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `DELETE path` → (status, JSON body).
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .delete(format!("{}{path}", self.base))
             .send()
             .await
             .unwrap();
@@ -316,6 +356,7 @@ pub fn with_config(config: &str) -> Options {
     Options {
         config: Some(config.to_owned()),
         env: Vec::new(),
+        ..Default::default()
     }
 }
 

@@ -338,7 +338,7 @@ async fn storm_client(
     acknowledged_count: Arc<AtomicUsize>,
     tolerate_loss: bool,
 ) -> ClientOutcome {
-    let client = reqwest::Client::builder()
+    let client = crate::helpers::client_builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
@@ -492,6 +492,7 @@ fn cli(args: &[&str]) -> std::process::Output {
         .arg("ledger")
         .args(args)
         .env("RUST_LOG", "warn")
+        .env("GLITCHLAB_TOKEN", crate::helpers::ADMIN_TOKEN)
         .output()
         .unwrap()
 }
@@ -538,6 +539,7 @@ async fn a_ledger_crash_loses_the_answer_not_the_books() {
     let options = super::helpers::Options {
         config: None,
         env: vec![("FAILPOINTS".into(), "ledger.handle=1*off->1*panic".into())],
+        ..Default::default()
     };
     let service = Service::start_with(root.path(), options).await;
     open_account(&service, "user:a").await;

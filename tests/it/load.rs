@@ -56,8 +56,11 @@ const SAMPLES_PER_CLIENT: usize = 3;
 const SAMPLES_SHOWN: usize = 20;
 /// A queue that never fills from this load, and a default account that pays every budget
 /// (`ledger.default_task_budget` is 10^7 per task; the default funding covers only 100).
+/// The load comes from one token (the test admin), so its per-token rate limit is off here; the
+/// limit itself is tested in `auth.rs`.
 const CONFIG: &str = "[compass]\nmax_queued_tasks = 100000\n\n\
-                      [ledger]\nlocal_funding = 1000000000000000\n";
+                      [ledger]\nlocal_funding = 1000000000000000\n\n\
+                      [server]\nrequests_per_sec = 0\n";
 
 /// `t=…` since the load started, or `never`.
 fn moment(at: Option<Duration>) -> String {
@@ -283,7 +286,7 @@ async fn client(
     repos: Arc<Vec<PathBuf>>,
     started: Instant,
 ) -> ClientLog {
-    let http = reqwest::Client::builder()
+    let http = crate::helpers::client_builder()
         .timeout(REQUEST_TIMEOUT)
         .build()
         .unwrap();
@@ -403,7 +406,7 @@ fn start_prober(
             .build()
             .unwrap();
         runtime.block_on(async move {
-            let http = reqwest::Client::builder()
+            let http = crate::helpers::client_builder()
                 .timeout(REQUEST_TIMEOUT)
                 .build()
                 .unwrap();

@@ -90,7 +90,9 @@ fn value_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f
 
 /// `GET /metrics` → (status, content type, body).
 async fn scrape(service: &Service) -> (u16, String, String) {
-    let response = reqwest::get(format!("{}/metrics", service.base))
+    let response = crate::helpers::client()
+        .get(format!("{}/metrics", service.base))
+        .send()
         .await
         .unwrap();
     let status = response.status().as_u16();
@@ -258,6 +260,7 @@ async fn metrics_count_persona_restarts_and_give_ups() {
     let options = crate::helpers::Options {
         config: Some(config.to_owned()),
         env: vec![("FAILPOINTS".into(), "circuit.handle=panic".into())],
+        ..Default::default()
     };
     let service = Service::start_with(root.path(), options).await;
     let task = service

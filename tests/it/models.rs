@@ -86,6 +86,7 @@ fn options(base: &str) -> Options {
             "[providers.fake]\nbase_url = \"{base}\"\nmodel = \"fake-model\"\napi_key_env = \"GLITCHLAB_FAKE_KEY\"\nretries_max = 3\n\n[governance]\nsecrets = [\"GLITCHLAB_FAKE_KEY\"]\n"
         )),
         env: vec![("GLITCHLAB_FAKE_KEY".into(), "sk-test-0123456789".into())],
+        ..Default::default()
     }
 }
 

@@ -86,7 +86,7 @@ fn with_dummy_ids(path: &str) -> String {
 /// `GET url` of an event stream: its status, and its error body if it is not a stream; the
 /// response is dropped without reading a stream's (endless) body.
 async fn stream_head(service: &Service, url: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
+    let response = crate::helpers::client()
         .get(format!("{}{url}", service.base))
         .send()
         .await
@@ -168,6 +168,8 @@ async fn the_document_lists_every_route_and_every_operation_answers() {
             // An empty object: every POST refuses it (422) or finds no record (404); nothing is
             // created.
             "POST" => service.post(&url, &json!({})).await,
+            // A dummy name: nothing of that name exists to delete.
+            "DELETE" => service.delete(&url).await,
             other => panic!("no client call for {other}"),
         };
         let code = body["error"]["code"].as_str().unwrap_or_default();

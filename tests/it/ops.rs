@@ -123,7 +123,7 @@ async fn wait_until(service: &Service, path: &str, done: impl Fn(&Value) -> bool
 
 /// `GET http://127.0.0.1:port/` of the sample app, if it answers.
 async fn app_root(port: u16) -> Option<Value> {
-    let client = reqwest::Client::builder()
+    let client = crate::helpers::client_builder()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
@@ -211,6 +211,7 @@ async fn first_deploy_waits_for_approval_then_a_bad_release_is_rolled_back() {
             "--url",
             &service.base,
         ])
+        .env("GLITCHLAB_TOKEN", crate::helpers::ADMIN_TOKEN)
         .output()
         .unwrap();
     assert!(

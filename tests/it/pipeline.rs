@@ -338,6 +338,7 @@ async fn engine_output_is_bounded_and_the_cut_is_marked() {
     let options = crate::helpers::Options {
         config: Some("[engines]\noutput_bytes_max = 4096\n".into()),
         env: Vec::new(),
+        ..Default::default()
     };
     let service = Service::start_with(root.path(), options).await;
     let patch =

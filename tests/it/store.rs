@@ -26,6 +26,7 @@ fn options(marker: &std::path::Path) -> Options {
             "FAILPOINTS".into(),
             format!("store.stall=return({})", marker.display()),
         )],
+        ..Default::default()
     }
 }
 
@@ -59,7 +60,9 @@ async fn wait_for_metric(service: &Service, line: &str) {
 }
 
 async fn metrics_text(service: &Service) -> String {
-    reqwest::get(format!("{}/metrics", service.base))
+    crate::helpers::client()
+        .get(format!("{}/metrics", service.base))
+        .send()
         .await
         .unwrap()
         .text()
@@ -77,7 +80,7 @@ async fn a_stalled_writer_is_reported_pushes_back_and_recovers() {
 
     std::fs::write(&marker, "").unwrap();
     // Writes sent while the writer holds its group: each must be answered, with back-pressure.
-    let client = reqwest::Client::builder()
+    let client = crate::helpers::client_builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();

@@ -24,7 +24,7 @@ struct Stream {
 
 impl Stream {
     async fn open(service: &Service, path: &str, last_event_id: Option<u64>) -> Stream {
-        let mut request = reqwest::Client::new().get(format!("{}{path}", service.base));
+        let mut request = crate::helpers::client().get(format!("{}{path}", service.base));
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
         }

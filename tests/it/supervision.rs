@@ -7,6 +7,7 @@ fn failpoints(spec: &str, config: Option<&str>) -> Options {
     Options {
         config: config.map(str::to_owned),
         env: vec![("FAILPOINTS".into(), spec.into())],
+        ..Default::default()
     }
 }
 

@@ -110,13 +110,24 @@ pub enum LedgerCommand {
 }
 
 /// The HTTP client of a CLI command talking to a running service: every request bounded by
-/// `timeout`, connecting included.
+/// `timeout`, connecting included, and carrying [`TOKEN_VAR`]'s token when it is set.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(secret) = std::env::var(TOKEN_VAR) {
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", secret.trim()))
+            .map_err(|_| format!("{TOKEN_VAR} holds characters a header cannot"))?;
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::Client::builder()
         .timeout(timeout)
+        .default_headers(headers)
         .build()
         .map_err(|error| format!("cannot build an HTTP client: {error}"))
 }
+
+/// The variable the CLIs read their bearer token from (`export GLITCHLAB_TOKEN=$(cat
+/// glitchlab-data/admin.token)`).
+pub const TOKEN_VAR: &str = "GLITCHLAB_TOKEN";
 
 /// Sends a CLI command's request to `url` and reads the JSON answer. An unreachable service, an
 /// answer that is not JSON and an error answer (`STATUS: CODE: message`) are messages for the

@@ -1,5 +1,6 @@
 //! The HTTP ingress (axum). Only this module knows HTTP and the JSON error shape.
 
+pub(crate) mod auth;
 pub(crate) mod error;
 pub(crate) mod json;
 pub(crate) mod ledger;
@@ -15,7 +16,7 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use ractor::ActorRef;
 use tower_http::trace::TraceLayer;
@@ -34,6 +35,8 @@ pub(crate) struct AppState {
     pub compass: ActorRef<CompassMsg>,
     /// The budget of open event streams.
     pub streams: stream::StreamSlots,
+    /// Tokens, permissions, rate limits.
+    pub auth: auth::Auth,
 }
 
 /// The whole router.
@@ -73,12 +76,16 @@ pub(crate) fn router(app: AppState) -> Router {
         .route("/incidents/{id}", get(ops::get_incident))
         .route("/incidents/{id}/approve", post(ops::approve_incident))
         .route("/incidents/{id}/reject", post(ops::reject_incident))
-        .route("/openapi.json", get(openapi::document));
+        .route("/openapi.json", get(openapi::document))
+        .route("/tokens", post(auth::create_token).get(auth::list_tokens))
+        .route("/tokens/{name}", delete(auth::revoke_token))
+        .route("/audit", get(auth::audit));
     Router::new()
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
         .nest("/v1", v1)
+        .route_layer(middleware::from_fn_with_state(app.clone(), auth::authorize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_bytes_max))

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
 use super::error::{describe, ApiError, ErrorBody};
-use super::{ledger, ops, report, stream, system, tasks};
+use super::{auth, ledger, ops, report, stream, system, tasks};
 use crate::model::ops::records::{CheckResult, DeployRecord, Incident};
 use crate::model::task::{EngineRun, Event, Task};
 use crate::runtime::directory::ActorEntry;
@@ -67,8 +67,14 @@ use crate::runtime::directory::ActorEntry;
         system::metrics,
         stream::task_events,
         stream::all_events,
+        auth::create_token,
+        auth::list_tokens,
+        auth::revoke_token,
+        auth::audit,
         document,
     ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
     // Schemas that untyped (`Object`) answers name in their descriptions; the rest are collected
     // from the paths.
     components(schemas(
@@ -88,9 +94,31 @@ use crate::runtime::directory::ActorEntry;
         (name = "ops", description = "Deploys, health checks, alerts and incidents."),
         (name = "system", description = "Probes, the supervision tree, personas, service events \
             and this document."),
+        (name = "tokens", description = "Bearer tokens and roles (admin), and the audit log of \
+            every change made through the ingress. Every route but `/healthz` and `/readyz` needs \
+            `Authorization: Bearer <secret>`: `401 UNAUTHENTICATED` without a valid one, \
+            `403 FORBIDDEN` when the token's role lacks the route's permission."),
     )
 )]
 pub(crate) struct ApiDoc;
+
+/// Declares the bearer scheme every operation names (the probes are open anyway).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "A token's secret (`POST /v1/tokens`; a fresh data dir writes the first admin \
+                 secret to `<data_dir>/admin.token`).",
+            ))
+            .build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
 
 /// The serialized document, made on first request: it is fixed at compile time, so every request
 /// answers the same bytes (a cheap clone of [`Bytes`]).

@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use ractor::rpc::CallResult;
 use serde::Deserialize;
 use serde_json::json;
@@ -17,6 +17,7 @@ use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::json::{JsonBody, QueryParams, RawBody};
 use super::AppState;
+use crate::model::auth::{Permission, Principal};
 use crate::model::codes;
 use crate::model::errors::TaskActionError;
 use crate::model::ledger::LedgerError;
@@ -61,9 +62,10 @@ const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 5;
 )]
 pub(crate) async fn submit(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     JsonBody(request): JsonBody<SubmitTaskRequest>,
 ) -> Result<Response, ApiError> {
-    let accepted = intake::submit(&app.services, &app.compass, request)
+    let accepted = intake::submit(&app.services, &app.compass, request, Some(&caller))
         .await
         .map_err(intake_error)?;
     let mut headers = HeaderMap::new();
@@ -89,6 +91,7 @@ fn intake_error(error: IntakeError) -> ApiError {
         // A busy or slow store is 503 with `Retry-After`; anything else is internal.
         IntakeError::Ledger(inner) => inner.into(),
         IntakeError::Store(inner) => inner.into(),
+        IntakeError::Forbidden { code, .. } => ApiError::new(StatusCode::FORBIDDEN, code, message),
     }
 }
 
@@ -263,9 +266,10 @@ fn review_comment(body: &Bytes) -> Result<Option<String>, ApiError> {
 )]
 pub(crate) async fn cancel(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    act(&app, &id, TaskAction::Cancel).await
+    act(&app, &caller, &id, TaskAction::Cancel).await
 }
 
 /// `POST /v1/tasks/{id}/approve` with an optional `{comment}`.
@@ -290,11 +294,12 @@ pub(crate) async fn cancel(
 )]
 pub(crate) async fn approve(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Json<Task>, ApiError> {
     let comment = review_comment(&body)?;
-    act(&app, &id, TaskAction::Approve { comment }).await
+    act(&app, &caller, &id, TaskAction::Approve { comment }).await
 }
 
 /// `POST /v1/tasks/{id}/reject` with an optional `{comment}`.
@@ -318,11 +323,12 @@ pub(crate) async fn approve(
 )]
 pub(crate) async fn reject(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Json<Task>, ApiError> {
     let comment = review_comment(&body)?;
-    act(&app, &id, TaskAction::Reject { comment }).await
+    act(&app, &caller, &id, TaskAction::Reject { comment }).await
 }
 
 /// `POST /v1/tasks/{id}/retry`: re-queue a failed or dead-lettered task. Its budget is reserved
@@ -347,9 +353,11 @@ pub(crate) async fn reject(
 )]
 pub(crate) async fn retry(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
     let task = parse_id(&app, &id).await?;
+    check_own(&caller, &task)?;
     let retryable = matches!(task.status, TaskStatus::Failed | TaskStatus::DeadLetter);
     let reservation = if retryable {
         Some(reserve_again(&app, &task).await?)
@@ -358,6 +366,7 @@ pub(crate) async fn retry(
     };
     let outcome = act(
         &app,
+        &caller,
         &id,
         TaskAction::Retry {
             reservation: reservation.clone(),
@@ -400,14 +409,40 @@ fn action_error(error: TaskActionError) -> ApiError {
     }
 }
 
-async fn act(app: &AppState, id: &str, action: TaskAction) -> Result<Json<Task>, ApiError> {
-    let task_id = parse_id(app, id).await?.id;
+/// Cancel and retry: a submitter acts on its own tasks only; an operator (or above) on any.
+fn check_own(caller: &Principal, task: &Task) -> Result<(), ApiError> {
+    if caller.may(Permission::ActOnAnyTask) || task.submitted_by.as_deref() == Some(&caller.name) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        codes::NOT_OWN_TASK,
+        format!(
+            "token `{}` may cancel and retry only the tasks it submitted",
+            caller.name
+        ),
+    ))
+}
+
+async fn act(
+    app: &AppState,
+    caller: &Principal,
+    id: &str,
+    action: TaskAction,
+) -> Result<Json<Task>, ApiError> {
+    let task = parse_id(app, id).await?;
+    if matches!(action, TaskAction::Cancel | TaskAction::Retry { .. }) {
+        check_own(caller, &task)?;
+    }
+    let task_id = task.id;
+    let by = Some(caller.name.clone());
     let answer = app
         .compass
         .call(
             |reply| CompassMsg::Act {
                 task_id,
                 action,
+                by,
                 reply,
             },
             Some(COMPASS_CALL_TIMEOUT),

@@ -96,11 +96,15 @@ pub enum Table {
     /// `<app>/<deploy id>` → empty for every kept deploy, `<app>` → what its dropped deploys count
     /// for, and a marker saying every record of `OpsDeploys` is indexed (see `storage::ops`).
     OpsDeploysByApp,
+    /// Auth: token name → token record (the secret's hash, never the secret).
+    AuthTokens,
+    /// Auth: seq (big-endian) → audit entry (who did what through the ingress).
+    AuditLog,
 }
 
 impl Table {
     /// All tables, in index order.
-    pub const ALL: [Table; 15] = [
+    pub const ALL: [Table; 17] = [
         Table::Tasks,
         Table::Events,
         Table::Runs,
@@ -116,6 +120,8 @@ impl Table {
         Table::OpsReleases,
         Table::OpsVerified,
         Table::OpsDeploysByApp,
+        Table::AuthTokens,
+        Table::AuditLog,
     ];
 
     /// The sled tree's name (unchanged from the layout before the writer, so data dirs carry
@@ -137,6 +143,8 @@ impl Table {
             Table::OpsReleases => "ops_releases",
             Table::OpsVerified => "ops_verified",
             Table::OpsDeploysByApp => "ops_deploys_by_app",
+            Table::AuthTokens => "auth_tokens",
+            Table::AuditLog => "audit_log",
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct StoredTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     parent_task: Option<TaskId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    submitted_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     reservation: Option<String>,
     #[serde(default)]
     budget_rounds: u32,
@@ -123,6 +125,7 @@ impl From<Task> for StoredTask {
             account,
             budget,
             parent_task,
+            submitted_by,
             reservation,
             budget_rounds,
             settled,
@@ -166,6 +169,7 @@ impl From<Task> for StoredTask {
             account,
             budget,
             parent_task,
+            submitted_by,
             reservation,
             budget_rounds,
             settled,
@@ -217,6 +221,7 @@ impl TryFrom<StoredTask> for Task {
             account,
             budget,
             parent_task,
+            submitted_by,
             reservation,
             budget_rounds,
             settled,
@@ -263,6 +268,7 @@ impl TryFrom<StoredTask> for Task {
             account,
             budget,
             parent_task,
+            submitted_by,
             reservation,
             budget_rounds,
             settled,

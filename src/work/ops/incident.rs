@@ -503,7 +503,7 @@ async fn create_task(
         parent_task: None,
         acceptance: None,
     };
-    let accepted = crate::work::intake::submit(&ctx.services, &compass, request)
+    let accepted = crate::work::intake::submit(&ctx.services, &compass, request, None)
         .await
         .map_err(|e| OpsError::Provider(format!("{}: {e}", e.code())))?;
     let task_id = accepted.task.id.to_string();

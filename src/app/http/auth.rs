@@ -1,0 +1,607 @@
+//! Who is asking, and may they: bearer tokens, the permission each route needs, per-token rate
+//! limits and the audit log of every change made through the ingress.
+//!
+//! A token's secret is 256 random bits, shown once when the token is made and stored only as its
+//! SHA-256; a presented secret is hashed and compared with every stored hash in constant time. The
+//! tokens live in the store and, for the hot path, in memory ([`Tokens`]); creating or revoking
+//! one changes both before it answers, so a revoked token is refused at once.
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use axum::extract::{MatchedPath, Path as UrlPath, Query, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, ErrorBody};
+use super::json::JsonBody;
+use super::AppState;
+use crate::config::{AuthMode, Config};
+use crate::model::auth::{
+    validate_token_name, AuditEntry, Permission, Principal, Role, TokenRecord,
+};
+use crate::model::codes;
+use crate::storage::auth::{self as store_auth, AuditQuery, AUDIT_PAGE_MAX};
+use crate::storage::store::{Store, StoreError};
+
+/// Prefix of every secret, so a leaked one is recognizable (and greppable) as ours.
+const SECRET_PREFIX: &str = "glt_";
+/// Random bytes in a secret.
+const SECRET_BYTES: usize = 32;
+/// The file a fresh data dir's first admin secret is written to.
+pub(crate) const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The variable whose value, when set at start, is an admin token named `bootstrap`.
+pub(crate) const ADMIN_TOKEN_VAR: &str = "GLITCHLAB_ADMIN_TOKEN";
+/// Longest a token may live, when it is given a lifetime.
+const EXPIRES_IN_SECS_MAX: u64 = 10 * 365 * 24 * 60 * 60;
+/// Accounts or repository globs one token may list.
+const SCOPE_ITEMS_MAX: usize = 64;
+
+/// The known tokens, in memory for the hot path; the store is the truth.
+#[derive(Default)]
+pub(crate) struct Tokens {
+    records: RwLock<Vec<TokenRecord>>,
+}
+
+impl Tokens {
+    /// The token whose secret is `secret`, if it is known and not expired. Compares the secret's
+    /// hash with every stored hash, without stopping early, in constant time each.
+    fn authenticate(&self, secret: &str) -> Option<TokenRecord> {
+        let presented = Sha256::digest(secret.as_bytes());
+        let records = self.records.read().unwrap_or_else(PoisonError::into_inner);
+        let mut found = None;
+        for record in records.iter() {
+            let stored = hex::decode(&record.secret_sha256).unwrap_or_default();
+            if bool::from(stored.as_slice().ct_eq(presented.as_slice())) {
+                found = Some(record.clone());
+            }
+        }
+        found.filter(|record| !record.expired(Utc::now()))
+    }
+
+    fn replace_all(&self, records: Vec<TokenRecord>) {
+        *self.records.write().unwrap_or_else(PoisonError::into_inner) = records;
+    }
+
+    fn upsert(&self, record: TokenRecord) {
+        let mut records = self.records.write().unwrap_or_else(PoisonError::into_inner);
+        records.retain(|r| r.name != record.name);
+        records.push(record);
+    }
+
+    fn remove(&self, name: &str) {
+        let mut records = self.records.write().unwrap_or_else(PoisonError::into_inner);
+        records.retain(|r| r.name != name);
+    }
+}
+
+/// What the ingress needs to authenticate, authorize and limit.
+#[derive(Clone)]
+pub(crate) struct Auth {
+    mode: AuthMode,
+    metrics_public: bool,
+    tokens: Arc<Tokens>,
+    /// One bucket per token name.
+    limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+}
+
+impl Auth {
+    /// Loads the tokens from the store and makes sure someone can get in: the bootstrap token from
+    /// [`ADMIN_TOKEN_VAR`], else — in a data dir with no tokens — a new admin token whose secret
+    /// is written to `<data_dir>/admin.token` (mode 0600). The log names the file, never a secret.
+    pub(crate) async fn start(config: &Config, store: &Store) -> Result<Auth, StoreError> {
+        let tokens = Arc::new(Tokens::default());
+        if let Ok(secret) = std::env::var(ADMIN_TOKEN_VAR) {
+            if !secret.is_empty() {
+                let record = new_record("bootstrap", Role::Admin, &secret);
+                store_auth::put_token(store, record).await?;
+                tracing::info!(
+                    "the admin token `bootstrap` follows {ADMIN_TOKEN_VAR} (its value is not logged)"
+                );
+            }
+        }
+        let mut records = store_auth::tokens(store).await?;
+        if records.is_empty() && config.server.auth == AuthMode::On {
+            let secret = new_secret();
+            let record = new_record("admin", Role::Admin, &secret);
+            let file = config.storage.data_dir.join(ADMIN_TOKEN_FILE);
+            write_secret_file(&file, &secret).map_err(|error| {
+                StoreError::Commit(format!("could not write {}: {error}", file.display()))
+            })?;
+            store_auth::put_token(store, record.clone()).await?;
+            tracing::warn!(
+                file = %file.display(),
+                "no tokens yet: made the admin token `admin`; its secret is in the file (mode \
+                 0600), shown nowhere else"
+            );
+            records.push(record);
+        }
+        if config.server.auth == AuthMode::Off {
+            tracing::warn!(
+                "server.auth = \"off\": every request is an anonymous admin (loopback only)"
+            );
+        }
+        tokens.replace_all(records);
+        let limiter = NonZeroU32::new(config.server.requests_per_sec).map(|rate| {
+            let burst = NonZeroU32::new(config.server.burst).unwrap_or(rate);
+            Arc::new(governor::RateLimiter::keyed(
+                Quota::per_second(rate).allow_burst(burst),
+            ))
+        });
+        Ok(Auth {
+            mode: config.server.auth,
+            metrics_public: config.server.metrics_public,
+            tokens,
+            limiter,
+        })
+    }
+}
+
+/// A new secret: [`SECRET_PREFIX`] and 256 random bits in hex.
+fn new_secret() -> String {
+    let mut bytes = [0_u8; SECRET_BYTES];
+    // The OS's generator; should it ever fail, a secret must not be weak: no token is made.
+    if let Err(error) = getrandom::fill(&mut bytes) {
+        tracing::error!(%error, "the OS random generator failed");
+        return String::new();
+    }
+    format!("{SECRET_PREFIX}{}", hex::encode(bytes))
+}
+
+fn new_record(name: &str, role: Role, secret: &str) -> TokenRecord {
+    TokenRecord {
+        name: name.to_owned(),
+        role,
+        secret_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
+        accounts: Vec::new(),
+        repos: Vec::new(),
+        engines: role == Role::Admin,
+        created_at: Utc::now(),
+        expires_at: None,
+    }
+}
+
+/// Writes `secret` to `file`, readable by the service's user only.
+fn write_secret_file(file: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(file)?;
+    out.write_all(secret.as_bytes())?;
+    out.write_all(b"\n")?;
+    out.sync_all()
+}
+
+/// The permission a route needs; `None` for the open ones (`/healthz`, `/readyz`, and
+/// `/metrics` with `server.metrics_public`).
+fn permission_for(method: &Method, route: &str, metrics_public: bool) -> Option<Permission> {
+    match route {
+        "/healthz" | "/readyz" => return None,
+        "/metrics" if metrics_public => return None,
+        _ => {}
+    }
+    if method == Method::GET || method == Method::HEAD {
+        return Some(if route == "/v1/tokens" {
+            Permission::ManageTokens
+        } else {
+            Permission::Read
+        });
+    }
+    Some(match route {
+        "/v1/tasks" => Permission::Submit,
+        "/v1/tasks/{id}/cancel" | "/v1/tasks/{id}/retry" => Permission::ActOnOwnTasks,
+        "/v1/tasks/{id}/approve"
+        | "/v1/tasks/{id}/reject"
+        | "/v1/deploys/{id}/approve"
+        | "/v1/deploys/{id}/reject"
+        | "/v1/incidents/{id}/approve"
+        | "/v1/incidents/{id}/reject" => Permission::Approve,
+        "/v1/deploys" => Permission::Deploy,
+        "/v1/alerts" => Permission::Alert,
+        "/v1/ledger/mint" => Permission::Mint,
+        "/v1/ledger/accounts" => Permission::ManageAccounts,
+        "/v1/tokens" | "/v1/tokens/{name}" => Permission::ManageTokens,
+        // Transfers, post, void — and any write route added later: the strictest.
+        _ => Permission::MoveMoney,
+    })
+}
+
+/// The bearer secret of a request, if it carries one.
+fn bearer(request: &Request) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, secret) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| secret.trim())
+        .filter(|secret| !secret.is_empty())
+}
+
+fn unauthenticated(message: &str) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, codes::UNAUTHENTICATED, message).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Every matched route passes here (a route layer): authenticate, authorize, limit, then — for a
+/// change that succeeded — write who did it to the audit log before the answer leaves.
+pub(crate) async fn authorize(
+    State(app): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let auth = &app.auth;
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_default();
+    let method = request.method().clone();
+    let Some(permission) = permission_for(&method, &route, auth.metrics_public) else {
+        return next.run(request).await;
+    };
+    let principal = match auth.mode {
+        AuthMode::Off => Principal::anonymous(),
+        AuthMode::On => {
+            let Some(secret) = bearer(&request) else {
+                return unauthenticated("send `Authorization: Bearer <token secret>`");
+            };
+            match auth.tokens.authenticate(secret) {
+                Some(record) => record.principal(),
+                None => return unauthenticated("unknown, revoked or expired token"),
+            }
+        }
+    };
+    if !principal.may(permission) {
+        let message = format!(
+            "token `{}` (role {}) lacks the permission `{permission}` (granted from role {})",
+            principal.name,
+            principal.role.name(),
+            permission.least_role().name()
+        );
+        return ApiError::new(StatusCode::FORBIDDEN, codes::FORBIDDEN, message).into_response();
+    }
+    if let Some(limiter) = &auth.limiter {
+        if let Err(not_until) = limiter.check_key(&principal.name) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let seconds = wait.as_secs().max(1);
+            let message = format!("token `{}` is over its rate limit", principal.name);
+            return ApiError::too_many(codes::RATE_LIMITED, message, seconds).into_response();
+        }
+    }
+    let path = request.uri().path().to_owned();
+    let name = principal.name.clone();
+    request.extensions_mut().insert(principal);
+    let response = next.run(request).await;
+    let changed = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if changed && response.status().is_success() {
+        let entry = AuditEntry {
+            seq: 0,
+            at: Utc::now(),
+            principal: name,
+            method: method.to_string(),
+            route,
+            path,
+            status: response.status().as_u16(),
+        };
+        if let Err(error) = store_auth::append_audit(&app.services.store, entry).await {
+            tracing::error!(%error, "could not write an audit entry");
+        }
+    }
+    response
+}
+
+/// The body of `POST /v1/tokens`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewTokenRequest {
+    /// Unique; 1..=64 bytes of `a-z`, `0-9`, `.`, `_`, `-`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[a-z0-9][a-z0-9._-]*$")]
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Accounts its tasks may charge (default: `user:<name>`); ignored for admins.
+    #[serde(default)]
+    pub accounts: Option<Vec<String>>,
+    /// Globs a task's repository must match (default: any), within `server.repos`.
+    #[serde(default)]
+    pub repos: Option<Vec<String>>,
+    /// Whether its tasks may override persona engines (default: false; admins always may).
+    #[serde(default)]
+    pub engines: Option<bool>,
+    /// Lifetime in seconds (default: no expiry).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// A token as listed: everything but its secret.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TokenView {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Accounts its tasks may charge.
+    pub accounts: Vec<String>,
+    /// Repository globs (empty: any).
+    pub repos: Vec<String>,
+    /// Whether its tasks may override persona engines.
+    pub engines: bool,
+    /// When it was made.
+    pub created_at: chrono::DateTime<Utc>,
+    /// When it stops working.
+    pub expires_at: Option<chrono::DateTime<Utc>>,
+}
+
+impl From<&TokenRecord> for TokenView {
+    fn from(record: &TokenRecord) -> Self {
+        let principal = record.principal();
+        TokenView {
+            name: record.name.clone(),
+            role: record.role,
+            accounts: principal.accounts,
+            repos: record.repos.clone(),
+            engines: principal.engines || record.role == Role::Admin,
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+        }
+    }
+}
+
+/// The answer of `POST /v1/tokens`: the token and its secret, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct NewToken {
+    /// The token.
+    #[serde(flatten)]
+    pub token: TokenView,
+    /// Send it as `Authorization: Bearer <secret>`. Not stored; not shown again.
+    pub secret: String,
+}
+
+fn check_scope(field: &str, items: &[String]) -> Result<(), ApiError> {
+    if items.len() > SCOPE_ITEMS_MAX {
+        return Err(ApiError::invalid_field(format!(
+            "{field} lists at most {SCOPE_ITEMS_MAX} items"
+        )));
+    }
+    for item in items {
+        if item.is_empty() || item.len() > 512 || item.chars().any(char::is_control) {
+            return Err(ApiError::invalid_field(format!(
+                "{field}: `{item}` is empty, over 512 bytes or has control characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /v1/tokens` (admin): makes a token and answers its secret, once.
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    tag = "tokens",
+    request_body = NewTokenRequest,
+    responses(
+        (status = 201, description = "Made; the `secret` is shown only here.", body = NewToken),
+        (status = 409, description = "`TOKEN_EXISTS`: a token of that name exists.", body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`: a bad name, accounts, repos or lifetime.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create_token(
+    State(app): State<AppState>,
+    JsonBody(request): JsonBody<NewTokenRequest>,
+) -> Result<(StatusCode, Json<NewToken>), ApiError> {
+    validate_token_name(&request.name).map_err(ApiError::invalid_field)?;
+    let accounts = request.accounts.unwrap_or_default();
+    let repos = request.repos.unwrap_or_default();
+    check_scope("accounts", &accounts)?;
+    check_scope("repos", &repos)?;
+    for account in &accounts {
+        crate::model::ledger::validate_id("accounts", account)
+            .map_err(|e| ApiError::invalid_field(e.to_string()))?;
+        if account.starts_with("system:") || account.starts_with("agent:") {
+            return Err(ApiError::invalid_field(format!(
+                "accounts: `{account}` is the service's own; a token may charge user and team \
+                 accounts only"
+            )));
+        }
+    }
+    for glob in &repos {
+        globset::Glob::new(glob)
+            .map_err(|e| ApiError::invalid_field(format!("repos: `{glob}`: {e}")))?;
+    }
+    let expires_at = match request.expires_in_secs {
+        None => None,
+        Some(secs) if (1..=EXPIRES_IN_SECS_MAX).contains(&secs) => {
+            let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+            Some(Utc::now() + chrono::Duration::seconds(secs))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_field(format!(
+                "expires_in_secs must be within 1..={EXPIRES_IN_SECS_MAX}"
+            )))
+        }
+    };
+    let secret = new_secret();
+    if secret.is_empty() {
+        return Err(ApiError::internal("no randomness for a token secret"));
+    }
+    let mut record = new_record(&request.name, request.role, &secret);
+    record.accounts = accounts;
+    record.repos = repos;
+    record.engines = request.engines.unwrap_or(false) || request.role == Role::Admin;
+    record.expires_at = expires_at;
+    if !store_auth::create_token(&app.services.store, record.clone()).await? {
+        return Err(ApiError::conflict(
+            codes::TOKEN_EXISTS,
+            format!("a token named `{}` exists", record.name),
+        ));
+    }
+    app.auth.tokens.upsert(record.clone());
+    tracing::info!(token = %record.name, role = record.role.name(), "token made");
+    let token = TokenView::from(&record);
+    Ok((StatusCode::CREATED, Json(NewToken { token, secret })))
+}
+
+/// `GET /v1/tokens` (admin): every token, without secrets.
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "tokens",
+    responses((status = 200, description = "Every token, in name order; never a secret.", body = [TokenView]))
+)]
+pub(crate) async fn list_tokens(
+    State(app): State<AppState>,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    let records = store_auth::tokens(&app.services.store).await?;
+    Ok(Json(records.iter().map(TokenView::from).collect()))
+}
+
+/// `DELETE /v1/tokens/{name}` (admin): revokes at once.
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{name}",
+    tag = "tokens",
+    params(("name" = String, Path, description = "The token's name.")),
+    responses(
+        (status = 204, description = "Revoked: the next request with it is 401."),
+        (status = 404, description = "`TOKEN_NOT_FOUND`: no token of that name.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn revoke_token(
+    State(app): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
+    // Out of memory first: from here on the token opens nothing, even before the write lands.
+    app.auth.tokens.remove(&name);
+    if !store_auth::revoke_token(&app.services.store, &name).await? {
+        return Err(ApiError::not_found(
+            codes::TOKEN_NOT_FOUND,
+            format!("no token named `{name}`"),
+        ));
+    }
+    if let Some(limiter) = &app.auth.limiter {
+        limiter.retain_recent();
+    }
+    tracing::info!(token = %name, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The query of `GET /v1/audit`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditParams {
+    /// Only this token's changes.
+    pub principal: Option<String>,
+    /// Only changes at or after this time (RFC 3339).
+    pub since: Option<chrono::DateTime<Utc>>,
+    /// The previous page's `next`.
+    pub after: Option<u64>,
+    /// At most this many (default and maximum 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+}
+
+/// A page of the audit log.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct AuditPage {
+    /// Oldest first.
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `after` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
+/// `GET /v1/audit`: every change made through the ingress — who, which route, when, the answer.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "tokens",
+    params(AuditParams),
+    responses(
+        (status = 200, description = "A page of the audit log, oldest first.", body = AuditPage),
+        (status = 422, description = "`INVALID_FIELD`: a bad query parameter.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn audit(
+    State(app): State<AppState>,
+    query: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError::invalid_field(e.body_text()))?;
+    let query = AuditQuery {
+        principal: params.principal,
+        since: params.since,
+        after: params.after,
+        limit: params.limit.unwrap_or(AUDIT_PAGE_MAX),
+    };
+    let (entries, next) = store_auth::audit(&app.services.store, query).await?;
+    Ok(Json(AuditPage { entries, next }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_authenticates_only_its_own_token_and_not_once_expired() {
+        let tokens = Tokens::default();
+        let (a, b) = (new_secret(), new_secret());
+        assert!(a.starts_with(SECRET_PREFIX) && a.len() == SECRET_PREFIX.len() + 64);
+        assert_ne!(a, b);
+        tokens.upsert(new_record("a", Role::Viewer, &a));
+        let mut expired = new_record("b", Role::Admin, &b);
+        expired.expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
+        tokens.upsert(expired);
+        assert_eq!(tokens.authenticate(&a).map(|r| r.name), Some("a".into()));
+        assert_eq!(tokens.authenticate(&b), None);
+        assert_eq!(tokens.authenticate("glt_nope"), None);
+        tokens.remove("a");
+        assert_eq!(tokens.authenticate(&a), None);
+    }
+
+    #[test]
+    fn every_write_route_needs_more_than_read_and_probes_need_nothing() {
+        assert_eq!(permission_for(&Method::GET, "/healthz", false), None);
+        assert_eq!(permission_for(&Method::GET, "/metrics", true), None);
+        assert_eq!(
+            permission_for(&Method::GET, "/metrics", false),
+            Some(Permission::Read)
+        );
+        assert_eq!(
+            permission_for(&Method::POST, "/v1/tasks", false),
+            Some(Permission::Submit)
+        );
+        assert_eq!(
+            permission_for(&Method::POST, "/v1/ledger/transfers", false),
+            Some(Permission::MoveMoney)
+        );
+        assert_eq!(
+            permission_for(&Method::GET, "/v1/tokens", false),
+            Some(Permission::ManageTokens)
+        );
+        assert_eq!(
+            permission_for(&Method::POST, "/v1/some/new/route", false),
+            Some(Permission::MoveMoney)
+        );
+    }
+}
