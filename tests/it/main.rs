@@ -10,6 +10,7 @@
     unreachable_pub
 )]
 
+mod auth;
 mod billing;
 mod compass;
 mod governance;

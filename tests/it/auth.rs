@@ -1,0 +1,400 @@
+//! Tokens and roles against the real service: who gets in, what each role may do, scopes at
+//! submit, revocation, rate limits, the audit log, and that no secret lands on disk or in a log.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{
+    client_builder_with, git_repo, shell_task, with_config, Options, Service, ADMIN_TOKEN,
+};
+
+/// A client that sends `secret` (or nothing).
+fn as_token(secret: Option<&str>) -> reqwest::Client {
+    match secret {
+        Some(secret) => client_builder_with(secret).build().unwrap(),
+        None => reqwest::Client::new(),
+    }
+}
+
+async fn call(
+    client: &reqwest::Client,
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = match method {
+        "GET" => client.get(url),
+        "POST" => client.post(url),
+        "DELETE" => client.delete(url),
+        other => panic!("no {other}"),
+    };
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (
+        status,
+        headers,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// Makes a token through the API; answers its secret.
+async fn make_token(service: &Service, body: Value) -> String {
+    let (status, token) = service.post("/v1/tokens", &body).await;
+    assert_eq!(status, 201, "{token}");
+    assert!(token.get("secret_sha256").is_none(), "{token}");
+    token["secret"].as_str().unwrap().to_owned()
+}
+
+/// Mints `amount` into `account` (opened first if needed) as the admin.
+async fn fund(service: &Service, account: &str, amount: u64) {
+    let (status, body) = service
+        .post(
+            "/v1/ledger/accounts",
+            &json!({"id": account, "kind": "user"}),
+        )
+        .await;
+    assert!(status == 201 || status == 200, "{status} {body}");
+    let (status, body) = service
+        .post(
+            "/v1/ledger/mint",
+            &json!({"account": account, "amount": amount}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
+async fn no_token_is_401_and_every_role_gets_exactly_its_routes() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let base = service.base.clone();
+
+    // Probes are open; everything else needs a token.
+    let anonymous = as_token(None);
+    let (status, _, _) = call(&anonymous, "GET", &format!("{base}/healthz"), None).await;
+    assert_eq!(status, 200);
+    for (method, path) in [
+        ("GET", "/v1/tasks"),
+        ("GET", "/metrics"),
+        ("POST", "/v1/tasks"),
+        ("GET", "/v1/events/stream"),
+    ] {
+        let (status, headers, body) =
+            call(&anonymous, method, &format!("{base}{path}"), None).await;
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "UNAUTHENTICATED");
+        assert_eq!(headers["www-authenticate"], "Bearer");
+    }
+    let wrong = as_token(Some("glt_not-a-token"));
+    let (status, _, _) = call(&wrong, "GET", &format!("{base}/v1/tasks"), None).await;
+    assert_eq!(status, 401);
+
+    let mut secrets = Vec::new();
+    for role in ["viewer", "submitter", "approver", "operator", "admin"] {
+        let secret = make_token(&service, json!({"name": role, "role": role})).await;
+        secrets.push((role, secret));
+    }
+    // (method, path, body, least role allowed); a task is paid from the caller's own account.
+    let task = json!({"title": "t", "description": "d", "repo": repo, "verify": "true"});
+    let routes: Vec<(&str, String, Value, &str)> = vec![
+        ("GET", "/v1/tasks".into(), Value::Null, "viewer"),
+        ("GET", "/v1/ledger/audit".into(), Value::Null, "viewer"),
+        ("POST", "/v1/tasks".into(), task.clone(), "submitter"),
+        (
+            "POST",
+            format!("/v1/tasks/{}/approve", uuid_like()),
+            json!({}),
+            "approver",
+        ),
+        (
+            "POST",
+            "/v1/deploys".into(),
+            json!({"app": "none"}),
+            "operator",
+        ),
+        (
+            "POST",
+            "/v1/alerts".into(),
+            json!({"app": "none", "signal": "x"}),
+            "operator",
+        ),
+        (
+            "POST",
+            "/v1/ledger/mint".into(),
+            json!({"account": "user:submitter", "amount": 1}),
+            "admin",
+        ),
+        ("GET", "/v1/tokens".into(), Value::Null, "admin"),
+    ];
+    let rank = |role: &str| {
+        ["viewer", "submitter", "approver", "operator", "admin"]
+            .iter()
+            .position(|r| *r == role)
+            .unwrap()
+    };
+    for (role, _) in &secrets {
+        if *role != "admin" {
+            fund(&service, &format!("user:{role}"), 100_000_000).await;
+        }
+    }
+    for (role, secret) in &secrets {
+        let client = as_token(Some(secret));
+        for (method, path, body, least) in &routes {
+            let body = (!body.is_null()).then_some(body);
+            let (status, _, answer) = call(&client, method, &format!("{base}{path}"), body).await;
+            if rank(role) >= rank(least) {
+                assert_ne!(status, 403, "{role} {method} {path}: {answer}");
+                assert_ne!(status, 401, "{role} {method} {path}: {answer}");
+            } else {
+                assert_eq!(status, 403, "{role} {method} {path}: {answer}");
+                assert_eq!(answer["error"]["code"], "FORBIDDEN");
+                assert!(
+                    answer["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("permission"),
+                    "{answer}"
+                );
+            }
+        }
+    }
+}
+
+fn uuid_like() -> &'static str {
+    "01900000-0000-7000-8000-000000000000"
+}
+
+#[tokio::test]
+async fn a_submitter_is_held_to_its_scopes_and_its_tasks_name_it() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let other_repo = git_repo(&root.path().join("elsewhere"));
+    let service = Service::start(root.path()).await;
+    let glob = format!("{}*", repo.display());
+    let secret = make_token(
+        &service,
+        json!({"name": "ci", "role": "submitter", "repos": [glob]}),
+    )
+    .await;
+    fund(&service, "user:ci", 100_000_000).await;
+    let ci = as_token(Some(&secret));
+    let url = format!("{}/v1/tasks", service.base);
+
+    // Its own account, its repository, the persona files' engines: accepted, and it says who.
+    let body = json!({"title": "ok", "description": "d", "repo": repo, "verify": "true"});
+    let (status, _, task) = call(&ci, "POST", &url, Some(&body)).await;
+    assert_eq!(status, 201, "{task}");
+    assert_eq!(task["account"], "user:ci");
+    assert_eq!(task["submitted_by"], "ci");
+    let id = task["id"].as_str().unwrap().to_owned();
+    let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    let submitted = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "task.submitted")
+        .unwrap();
+    assert_eq!(submitted["data"]["principal"], "ci", "{submitted}");
+
+    for (body, code) in [
+        (
+            json!({"title": "t", "description": "d", "repo": other_repo, "verify": "true"}),
+            "REPO_NOT_ALLOWED",
+        ),
+        (
+            json!({"title": "t", "description": "d", "repo": repo, "verify": "true",
+                   "account": "user:local"}),
+            "ACCOUNT_NOT_ALLOWED",
+        ),
+        (
+            json!({"title": "t", "description": "d", "repo": repo, "verify": "true",
+                   "engines": {"patch": {"kind": "shell", "command": "true"}}}),
+            "ENGINES_NOT_ALLOWED",
+        ),
+    ] {
+        let (status, _, answer) = call(&ci, "POST", &url, Some(&body)).await;
+        assert_eq!(status, 403, "{answer}");
+        assert_eq!(answer["error"]["code"], code, "{answer}");
+    }
+
+    // It may cancel its own task, not the admin's.
+    let (_, admin_task) = service
+        .post(
+            "/v1/tasks",
+            &json!({"title": "admin's", "description": "d", "repo": repo, "verify": "true",
+                    "review_policy": "manual"}),
+        )
+        .await;
+    let admin_id = admin_task["id"].as_str().unwrap();
+    let cancel = |id: &str| format!("{}/v1/tasks/{id}/cancel", service.base);
+    let (status, _, answer) = call(&ci, "POST", &cancel(admin_id), None).await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["error"]["code"], "NOT_OWN_TASK");
+    let (status, _, answer) = call(&ci, "POST", &cancel(&id), None).await;
+    assert!(status == 200 || status == 409, "{status} {answer}");
+
+    // The audit log names who did what.
+    let (status, page) = service.get("/v1/audit?principal=ci").await;
+    assert_eq!(status, 200, "{page}");
+    let routes: Vec<&str> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["route"].as_str().unwrap())
+        .collect();
+    assert!(routes.contains(&"/v1/tasks"), "{page}");
+    assert!(page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["principal"] == "ci" && e["status"].as_u64().unwrap() < 300));
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_at_once_and_no_secret_reaches_the_disk_or_the_log() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let options = Options {
+        no_admin_env: true,
+        ..Options::default()
+    };
+    let service = Service::start_with(root.path(), options).await;
+    // No bootstrap variable: the first admin secret is in a file only its owner may read.
+    let file = root.path().join("data").join("admin.token");
+    let admin = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(admin.starts_with("glt_") && admin.len() == 68, "{admin}");
+    let admin_client = as_token(Some(&admin));
+    let base = service.base.clone();
+    let (status, _, _) = call(&admin_client, "GET", &format!("{base}/v1/tasks"), None).await;
+    assert_eq!(status, 200);
+    // The helper's own token is not known here.
+    let (status, _) = service.get("/v1/tasks").await;
+    assert_eq!(status, 401);
+
+    let body = json!({"name": "temp", "role": "viewer"});
+    let (status, _, made) = call(
+        &admin_client,
+        "POST",
+        &format!("{base}/v1/tokens"),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    let secret = made["secret"].as_str().unwrap().to_owned();
+    let temp = as_token(Some(&secret));
+    let (status, _, _) = call(&temp, "GET", &format!("{base}/v1/tasks"), None).await;
+    assert_eq!(status, 200);
+    let (status, _, listed) = call(&admin_client, "GET", &format!("{base}/v1/tokens"), None).await;
+    assert_eq!(status, 200);
+    assert!(!listed.to_string().contains(&secret), "{listed}");
+    let (status, _, _) = call(
+        &admin_client,
+        "DELETE",
+        &format!("{base}/v1/tokens/temp"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _, answer) = call(&temp, "GET", &format!("{base}/v1/tasks"), None).await;
+    assert_eq!(status, 401, "{answer}");
+
+    // A task runs, so the data dir holds records, events, runs and prompt files to search.
+    let task = shell_task(&repo, "echo x > x.txt", "test -f x.txt");
+    let (status, _, task) = call(
+        &admin_client,
+        "POST",
+        &format!("{base}/v1/tasks"),
+        Some(&task),
+    )
+    .await;
+    assert_eq!(status, 201, "{task}");
+    let id = task["id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let url = format!("{base}/v1/tasks/{id}");
+        let (_, _, now) = call(&admin_client, "GET", &url, None).await;
+        if now["status"] == "done" || std::time::Instant::now() > deadline {
+            assert_eq!(now["status"], "done", "{now}");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Neither token secret appears in the data dir or the log.
+    let mut found = Vec::new();
+    for entry in walk(&root.path().join("data"))
+        .into_iter()
+        .chain([root.path().join("service.log")])
+    {
+        if entry.ends_with("admin.token") {
+            continue;
+        }
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        for needle in [&admin, &secret] {
+            if contains(&bytes, needle.as_bytes()) {
+                found.push(format!("{} holds a token secret", entry.display()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{found:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn a_token_past_its_rate_limit_gets_429_with_retry_after() {
+    let root = tempfile::tempdir().unwrap();
+    let service = Service::start_with(
+        root.path(),
+        with_config("[server]\nrequests_per_sec = 1\nburst = 3\nmetrics_public = true\n"),
+    )
+    .await;
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    let client = as_token(Some(ADMIN_TOKEN));
+    for _ in 0..10 {
+        let (status, headers, _) =
+            call(&client, "GET", &format!("{}/v1/tasks", service.base), None).await;
+        statuses.push(status);
+        if status == 429 {
+            retry_after = headers.get("retry-after").cloned();
+        }
+    }
+    assert!(statuses[..3].iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(retry_after.is_some());
+    // `metrics_public`: a scraper needs no token (and is not limited).
+    let (status, _, _) = call(
+        &reqwest::Client::new(),
+        "GET",
+        &format!("{}/metrics", service.base),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
