@@ -122,11 +122,12 @@ impl Actor for UplinkDeploy {
                 app,
                 commit,
                 trigger,
+                requested_by,
                 reply,
             } => {
                 crate::work_failpoint!("uplink-deploy.handle");
-                match admission::prepare(&state.services, &state.ops, &app, commit, &trigger).await
-                {
+                let asked = (commit, trigger.as_str(), requested_by);
+                match admission::prepare(&state.services, &state.ops, &app, asked).await {
                     Ok(Prepared::Existing(record)) => {
                         admission::answer(reply, &app, &trigger, Ok(record))
                     }
@@ -148,9 +149,10 @@ impl Actor for UplinkDeploy {
                 id,
                 approve,
                 comment,
+                by,
                 reply,
             } => {
-                let outcome = decide(state, &id, approve, comment).await;
+                let outcome = decide(state, &id, approve, comment, by).await;
                 if let Ok(record) = &outcome {
                     count_if_ended(record);
                     if record.status.is_terminal() {
@@ -273,6 +275,7 @@ async fn request_missed_task_deploys(
             app: app.to_owned(),
             commit: task.commit.clone(),
             trigger,
+            requested_by: None,
             reply: None,
         };
         if myself.cast(message).is_err() {
@@ -287,6 +290,7 @@ async fn decide(
     id: &str,
     approve: bool,
     comment: Option<String>,
+    by: Option<String>,
 ) -> Result<DeployRecord, OpsError> {
     let record = state
         .ops
@@ -303,6 +307,7 @@ async fn decide(
         .ops
         .update_deploy(id, move |d| {
             d.comment = comment.clone();
+            d.decided_by = by.clone();
             if approve {
                 d.status = DeployStatus::Queued;
             } else {

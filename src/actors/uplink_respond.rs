@@ -135,8 +135,13 @@ impl Actor for UplinkRespond {
                     let _ = reply.send(outcome.map(|()| ids));
                 }
             }
-            UplinkRespondMsg::Decide { id, approve, reply } => {
-                let outcome = decide(&myself, state, &id, approve).await;
+            UplinkRespondMsg::Decide {
+                id,
+                approve,
+                by,
+                reply,
+            } => {
+                let outcome = decide(&myself, state, &id, approve, by).await;
                 let _ = reply.send(outcome);
             }
             UplinkRespondMsg::ResponseDone { id, error } => {
@@ -251,6 +256,7 @@ async fn decide(
     state: &mut UplinkRespondState,
     id: &str,
     approve: bool,
+    by: Option<String>,
 ) -> Result<Incident, OpsError> {
     let incident = state
         .ctx
@@ -271,7 +277,7 @@ async fn decide(
         .ctx
         .ops
         .update_incident(id, move |i| {
-            i.push_event(kind, json!({"step": step}));
+            i.push_event(kind, json!({"step": step, "principal": by}));
             if !approve {
                 i.awaiting_step = None;
                 i.status = IncidentStatus::NeedsHuman;

@@ -36,6 +36,8 @@ pub(crate) enum UplinkDeployMsg {
         commit: Option<String>,
         /// `api`, `cli`, `task:<id>`.
         trigger: String,
+        /// The token that asked (`api`/`cli` requests).
+        requested_by: Option<String>,
         /// The new record, or why it was refused; `None` when nobody waits for it.
         reply: Option<RpcReplyPort<Result<DeployRecord, OpsError>>>,
     },
@@ -54,6 +56,8 @@ pub(crate) enum UplinkDeployMsg {
         approve: bool,
         /// The reviewer's note.
         comment: Option<String>,
+        /// The token that decided.
+        by: Option<String>,
         /// The record after.
         reply: RpcReplyPort<Result<DeployRecord, OpsError>>,
     },

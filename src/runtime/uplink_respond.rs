@@ -29,6 +29,8 @@ pub(crate) enum UplinkRespondMsg {
         id: String,
         /// Approve or reject.
         approve: bool,
+        /// The token that decided.
+        by: Option<String>,
         /// The incident after.
         reply: RpcReplyPort<Result<Incident, OpsError>>,
     },
@@ -74,6 +76,7 @@ pub(crate) async fn call_decide(
     services: &Services,
     id: &str,
     approve: bool,
+    by: Option<String>,
 ) -> Result<Incident, OpsError> {
     let actor = current(services).await?;
     let id = id.to_owned();
@@ -81,6 +84,7 @@ pub(crate) async fn call_decide(
         |reply| UplinkRespondMsg::Decide {
             id: id.clone(),
             approve,
+            by: by.clone(),
             reply,
         },
         Some(SIGNAL_CALL_TIMEOUT),

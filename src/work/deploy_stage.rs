@@ -33,6 +33,7 @@ pub(crate) async fn deploy_stage(
             app: app.clone(),
             commit: task.commit.clone(),
             trigger: trigger.clone(),
+            requested_by: None,
             reply: Some(reply),
         },
         Some(PERSONA_WAIT),
@@ -105,6 +106,7 @@ pub(crate) fn deploy_after_task(
                         app,
                         commit,
                         trigger,
+                        requested_by: None,
                         reply: None,
                     };
                     if actor.cast(message).is_err() {

@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -17,6 +17,7 @@ use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::json::{parse, JsonBody, QueryParams, RawBody};
 use super::AppState;
+use crate::model::auth::Principal;
 use crate::model::codes;
 use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{DeployRecord, Incident, IncidentStatus, LIST_LIMIT_MAX};
@@ -107,6 +108,7 @@ pub(crate) struct DeployRequest {
 )]
 pub(crate) async fn create_deploy(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     JsonBody(request): JsonBody<DeployRequest>,
 ) -> Result<Response, ApiError> {
     let trigger = match request.trigger.as_deref() {
@@ -121,6 +123,7 @@ pub(crate) async fn create_deploy(
             app: request.app.clone(),
             commit: request.commit.clone(),
             trigger: trigger.to_owned(),
+            requested_by: Some(caller.name.clone()),
             reply: Some(reply),
         },
         Some(PERSONA_CALL_TIMEOUT),
@@ -204,6 +207,7 @@ fn decision(body: &Bytes) -> Result<DecisionBody, ApiError> {
 
 async fn decide_deploy(
     app: &AppState,
+    caller: &Principal,
     id: String,
     approve: bool,
     body: &Bytes,
@@ -217,6 +221,7 @@ async fn decide_deploy(
             id: id.clone(),
             approve,
             comment: comment.clone(),
+            by: Some(caller.name.clone()),
             reply,
         },
         Some(PERSONA_CALL_TIMEOUT),
@@ -249,10 +254,11 @@ async fn decide_deploy(
 )]
 pub(crate) async fn approve_deploy(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
-    decide_deploy(&app, id, true, &body).await
+    decide_deploy(&app, &caller, id, true, &body).await
 }
 
 /// `POST /v1/deploys/{id}/reject`: the deploy ends `rejected`.
@@ -276,10 +282,11 @@ pub(crate) async fn approve_deploy(
 )]
 pub(crate) async fn reject_deploy(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
-    decide_deploy(&app, id, false, &body).await
+    decide_deploy(&app, &caller, id, false, &body).await
 }
 
 /// `GET /v1/checks`: every check of `ops.yaml` with its last result and its history.
@@ -419,8 +426,14 @@ pub(crate) async fn get_incident(
     Ok(Json(json!(incident)))
 }
 
-async fn decide_incident(app: &AppState, id: &str, approve: bool) -> Result<Json<Value>, ApiError> {
-    let incident = uplink_respond::call_decide(&app.services, id, approve)
+async fn decide_incident(
+    app: &AppState,
+    caller: &Principal,
+    id: &str,
+    approve: bool,
+) -> Result<Json<Value>, ApiError> {
+    let by = Some(caller.name.clone());
+    let incident = uplink_respond::call_decide(&app.services, id, approve, by)
         .await
         .map_err(|error| match error {
             OpsError::NotFound(message) => ApiError::not_found(codes::INCIDENT_NOT_FOUND, message),
@@ -446,9 +459,10 @@ async fn decide_incident(app: &AppState, id: &str, approve: bool) -> Result<Json
 )]
 pub(crate) async fn approve_incident(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    decide_incident(&app, &id, true).await
+    decide_incident(&app, &caller, &id, true).await
 }
 
 /// `POST /v1/incidents/{id}/reject`: refuse the gated step; the incident goes to a human.
@@ -468,9 +482,10 @@ pub(crate) async fn approve_incident(
 )]
 pub(crate) async fn reject_incident(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    decide_incident(&app, &id, false).await
+    decide_incident(&app, &caller, &id, false).await
 }
 
 #[cfg(test)]

@@ -129,6 +129,12 @@ pub(crate) struct DeployRecord {
     pub incident: Option<String>,
     /// A reviewer's note at the gate.
     pub comment: Option<String>,
+    /// The token that requested it (`api`/`cli` requests; none for a task's or the service's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// The token that approved or rejected it at its gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
     /// The ledger account that pays for it (its price is reserved when it is requested).
     #[serde(default)]
     pub account: Option<String>,

@@ -27,6 +27,8 @@ fn deploy(app: &str, status: DeployStatus) -> DeployRecord {
         error: None,
         incident: None,
         comment: None,
+        requested_by: None,
+        decided_by: None,
         account: None,
         command_seconds: 0,
         created_at: now,

@@ -32,8 +32,7 @@ pub(crate) async fn prepare(
     services: &Services,
     ops: &OpsStore,
     app: &str,
-    commit: Option<String>,
-    trigger: &str,
+    (commit, trigger, requested_by): (Option<String>, &str, Option<String>),
 ) -> Result<Prepared, OpsError> {
     let spec = services
         .definitions
@@ -51,6 +50,7 @@ pub(crate) async fn prepare(
     }
     let mut record = deploy::new_record(app, spec, commit, trigger, &history);
     record.account = Some(billing::payer(services, spec, trigger).await);
+    record.requested_by = requested_by;
     Ok(Prepared::New(record))
 }
 

@@ -109,6 +109,8 @@ pub(crate) fn new_record(
         error: None,
         incident: None,
         comment: None,
+        requested_by: None,
+        decided_by: None,
         account: None,
         command_seconds: 0,
         created_at: now,
