@@ -108,6 +108,8 @@ impl Application {
         };
         std::fs::create_dir_all(data_dir).map_err(data_dir_error)?;
         config.storage.data_dir = std::fs::canonicalize(data_dir).map_err(data_dir_error)?;
+        // Tasks store their repository's real path: per-repository governance is keyed alike.
+        config.governance.resolve_repo_paths();
         let definitions = Definitions::load(&config.paths)?;
         // Process-wide and idempotent: a second service in this process shares the recorder.
         crate::platform::metrics::install();
