@@ -429,7 +429,8 @@ async fn run_engine(
             if let Some(parent) = path.parent() {
                 tokio::fs::create_dir_all(parent).await?;
             }
-            tokio::fs::write(&path, text).await?;
+            // The note is committed: like every text the service writes, it holds no secret.
+            tokio::fs::write(&path, services.redactor.redact(&text)).await?;
             engine::record_builtin(services, who, format!("wrote {relative}\n"), started).await
         }
         EngineSpec::Shell { command } => {
@@ -441,6 +442,7 @@ async fn run_engine(
                 task.attempts,
                 &prompt::build(system_prompt, task, feedback),
                 feedback,
+                &services.redactor,
             )
             .await?;
             let config = &services.config.engines;

@@ -126,7 +126,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
         stage: Stage::Plan,
         attempt: 0,
     };
-    match services.engine_for(&task, Persona::Planner) {
+    let plan = match services.engine_for(&task, Persona::Planner) {
         EngineSpec::Openai { provider } => {
             plan_with_model(&services, &task, &who, &provider, &history).await
         }
@@ -146,6 +146,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
                 0,
                 &(prompt::build(system_prompt, &task, None) + &prompt::history_section(&history)),
                 None,
+                &services.redactor,
             )
             .await?;
             // The planner may read the repository, but in its own worktree, never the user's checkout.
@@ -187,7 +188,10 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
                     ))
                 })
         }
-    }
+    }?;
+    // The task and every prompt carry the plan from here on: no secret value in it, whichever
+    // engine wrote it (the builtin one copies the task's text; a model may echo anything).
+    Ok(engine::redact_plan(&services.redactor, plan))
 }
 
 /// What the model is told about the shape of its answer.

@@ -109,6 +109,8 @@ impl Application {
         };
         std::fs::create_dir_all(data_dir).map_err(data_dir_error)?;
         config.storage.data_dir = std::fs::canonicalize(data_dir).map_err(data_dir_error)?;
+        // Tasks store their repository's real path: per-repository governance is keyed alike.
+        config.governance.resolve_repo_paths();
         let definitions = Definitions::load(&config.paths)?;
         // Process-wide and idempotent: a second service in this process shares the recorder.
         crate::platform::metrics::install();
@@ -118,7 +120,16 @@ impl Application {
             apps = definitions.ops.apps.len(),
             "loaded data folders"
         );
-        let store = Store::open_with(&config.storage.data_dir, config.storage.write_queue_max)?;
+        // One redactor for everything: the store scrubs each record it writes with it, the engines
+        // their outputs, intake a submission's text.
+        let redactor = Arc::new(crate::platform::redact::Redactor::from_env(
+            &config.governance.secrets,
+        ));
+        let store = Store::open_redacting(
+            &config.storage.data_dir,
+            config.storage.write_queue_max,
+            redactor.clone(),
+        )?;
         // Opening sled took its lock: no other live service uses this data dir, so anything still
         // running with its mark was orphaned by a killed predecessor.
         let orphans = process::kill_orphans(&config.storage.data_dir.display().to_string());
@@ -146,10 +157,9 @@ impl Application {
             Duration::from_secs(config.storage.stall_secs),
             watchdog.clone(),
         ));
-        let redactor = crate::platform::executor::Redactor::from_env(&config.governance.secrets);
         let sandbox_exe = sandbox_exe(config.governance.sandbox)?;
         let services = Services {
-            redactor: Arc::new(redactor),
+            redactor,
             sandbox_exe,
             repo_checks: Arc::default(),
             background: Default::default(),

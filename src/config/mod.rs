@@ -122,6 +122,25 @@ pub struct RepoGovernance {
 }
 
 impl GovernanceConfig {
+    /// Names each `[governance.repos]` entry by its repository's real path (symlinks, `..` and a
+    /// trailing `/` resolved), as tasks store theirs: the entry applies however the file spelled
+    /// the path. A path that does not resolve (not there yet) is kept as written. Called at
+    /// start, like the data dir's resolution.
+    pub fn resolve_repo_paths(&mut self) {
+        let repos = std::mem::take(&mut self.repos);
+        for (path, rules) in repos {
+            let real = std::fs::canonicalize(&path)
+                .ok()
+                .and_then(|real| real.into_os_string().into_string().ok())
+                .unwrap_or(path);
+            self.repos
+                .entry(real)
+                .or_default()
+                .protected_paths
+                .extend(rules.protected_paths);
+        }
+    }
+
     /// Every protected-path glob that applies to `repo`.
     pub fn protected_paths_for(&self, repo: &str) -> Vec<String> {
         let extra = self

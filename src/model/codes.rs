@@ -57,8 +57,9 @@ catalogue! {
     PAYLOAD_TOO_LARGE [413] []
         "The request body is over `server.body_bytes_max`.";
     INVALID_FIELD [422] []
-        "The JSON is well-formed but a field (or a query parameter) is missing, unknown, of the \
-         wrong type, empty, too long or out of range.";
+        "The JSON is well-formed but is not an object, or a field (or a query parameter) is \
+         missing, unknown, of the wrong type, empty, too long, out of range, or holds a control \
+         character.";
     NOT_FOUND [404] []
         "No such route (or an ops record a request needed does not exist).";
     METHOD_NOT_ALLOWED [405] []
@@ -97,6 +98,9 @@ catalogue! {
     // Tasks.
     NOT_A_GIT_REPOSITORY [422] []
         "A submission's `repo` is not a directory inside a git repository.";
+    NOT_A_WORK_TREE [422] []
+        "A submission's `repo` is a bare repository or a path inside a git directory (`.git`): \
+         there is no work tree to deliver into.";
     UNKNOWN_BASE_BRANCH [422] []
         "A submission's `repo` has no local branch `base_branch`.";
     UNKNOWN_KIND [422] []
@@ -107,6 +111,9 @@ catalogue! {
         "A submission's `deps` names a task that does not exist.";
     UNKNOWN_APP [422] []
         "A deploy (or a task's `deploy`) names an app that is not in `ops.yaml`.";
+    RESERVED_ACCOUNT [422] []
+        "A submission's `account` is one of the service's own books (`system:`, `agent:`, \
+         `task:`).";
     ACCOUNT_NOT_FOUND [404, 422] []
         "No such ledger account: 404 on the ledger's routes, 422 as the payer of a task or deploy.";
     INSUFFICIENT_FUNDS [402, 422] []

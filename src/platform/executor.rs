@@ -254,52 +254,6 @@ fn split_here(segments: &mut Vec<String>, current: &mut String) {
     }
 }
 
-/// Secret values shorter than this are not redacted (they would match ordinary text).
-const SECRET_BYTES_MIN: usize = 4;
-
-/// Replaces secret values with `[REDACTED:<NAME>]` in text that is about to be persisted.
-#[derive(Debug, Default, Clone)]
-pub struct Redactor {
-    /// `(name, value)`, longest value first so a secret containing another is replaced whole.
-    secrets: Vec<(String, String)>,
-}
-
-impl Redactor {
-    /// Reads the named variables from the service's environment (unset or short ones are skipped).
-    pub fn from_env(names: &[String]) -> Self {
-        let pairs = names
-            .iter()
-            .filter_map(|name| std::env::var(name).ok().map(|value| (name.clone(), value)));
-        Self::new(pairs)
-    }
-
-    /// A redactor for the given `(name, value)` pairs.
-    pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
-        let mut secrets: Vec<(String, String)> = pairs
-            .into_iter()
-            .filter(|(_, value)| value.len() >= SECRET_BYTES_MIN)
-            .collect();
-        secrets.sort_by_key(|(_, value)| std::cmp::Reverse(value.len()));
-        Self { secrets }
-    }
-
-    /// The text with every secret value replaced.
-    pub fn redact(&self, text: &str) -> String {
-        let mut redacted = text.to_owned();
-        for (name, value) in &self.secrets {
-            if redacted.contains(value.as_str()) {
-                redacted = redacted.replace(value.as_str(), &format!("[REDACTED:{name}]"));
-            }
-        }
-        redacted
-    }
-
-    /// Whether `name` is one of the secrets.
-    pub fn is_secret(&self, name: &str) -> bool {
-        self.secrets.iter().any(|(secret, _)| secret == name)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,17 +313,6 @@ mod tests {
                 .program,
             "sudo"
         );
-    }
-
-    #[test]
-    fn secrets_are_redacted_longest_first() {
-        let redactor = Redactor::new([
-            ("SHORT".to_owned(), "abc".to_owned()),
-            ("TOKEN".to_owned(), "s3cr3t-token".to_owned()),
-            ("INNER".to_owned(), "s3cr3t".to_owned()),
-        ]);
-        let text = redactor.redact("token=s3cr3t-token inner=s3cr3t abc");
-        assert_eq!(text, "token=[REDACTED:TOKEN] inner=[REDACTED:INNER] abc");
     }
 
     #[test]

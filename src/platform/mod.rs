@@ -1,6 +1,6 @@
 //! Helpers that talk to the machine and the outside, knowing nothing of actors or the store:
 //! subprocesses ([`process`]), confinement ([`sandbox`]), git ([`git`]), the governed executor's
-//! rules ([`executor`]), the model client ([`openai`]), prompts ([`prompt`]), logs
+//! rules ([`executor`]), secret redaction ([`redact`]), the model client ([`openai`]), prompts ([`prompt`]), logs
 //! ([`telemetry`]) and Prometheus metrics ([`metrics`]).
 
 pub(crate) mod executor;
@@ -9,5 +9,6 @@ pub(crate) mod metrics;
 pub(crate) mod openai;
 pub mod process;
 pub(crate) mod prompt;
+pub mod redact;
 pub mod sandbox;
 pub mod telemetry;

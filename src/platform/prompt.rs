@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::model::task::Task;
+use crate::platform::redact::Redactor;
 
 /// The files a `shell` engine reads.
 #[derive(Debug, Clone)]
@@ -70,22 +71,26 @@ pub(crate) fn history_section(failures: &[Task]) -> String {
     text
 }
 
-/// Writes the prompt and feedback files for one engine run.
+/// Writes the prompt and feedback files for one engine run. They sit in the data dir, so they
+/// hold no secret value: both are redacted first (the digest is the digest of what was written).
 pub(crate) async fn write_files(
     dir: &Path,
     stage: &str,
     attempt: u32,
     prompt: &str,
     feedback: Option<&str>,
+    redactor: &Redactor,
 ) -> std::io::Result<PromptFiles> {
     tokio::fs::create_dir_all(dir).await?;
+    let prompt = redactor.redact(prompt);
+    let feedback = redactor.redact(feedback.unwrap_or(""));
     let files = PromptFiles {
         prompt: dir.join(format!("{stage}-{attempt}.prompt.md")),
         feedback: dir.join(format!("{stage}-{attempt}.feedback.txt")),
-        digest: prompt_digest(prompt),
+        digest: prompt_digest(&prompt),
     };
     tokio::fs::write(&files.prompt, prompt).await?;
-    tokio::fs::write(&files.feedback, feedback.unwrap_or("")).await?;
+    tokio::fs::write(&files.feedback, feedback).await?;
     Ok(files)
 }
 

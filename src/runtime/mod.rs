@@ -35,7 +35,7 @@ pub struct Services {
     /// Personas, runbooks and ops targets.
     pub definitions: Arc<Definitions>,
     /// Secret values to scrub from everything persisted.
-    pub redactor: Arc<crate::platform::executor::Redactor>,
+    pub redactor: Arc<crate::platform::redact::Redactor>,
     /// This binary, when engine and verify processes are confined with Landlock through it
     /// (`sandbox-exec`); `None` when they run unconfined.
     pub sandbox_exe: Option<PathBuf>,

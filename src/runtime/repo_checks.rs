@@ -1,6 +1,7 @@
 //! Intake's memory of repositories git confirmed a moment ago, shared through [`super::Services`].
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 /// How long a repository and base branch found at submit stay trusted without asking git again.
 /// A branch deleted within it is caught when the worktree is made, with git's own error.
@@ -10,40 +11,44 @@ pub(crate) const REPO_CHECK_TTL: Duration = Duration::from_secs(5);
 pub(crate) const REPO_CHECKS_MAX: usize = 1024;
 
 /// Repository and base-branch pairs confirmed a moment ago: a burst of submissions to one
-/// repository opens it once, not once each (issue #9's hot path). Only successes are remembered,
-/// never for longer than [`REPO_CHECK_TTL`].
+/// repository opens it once, not once each (issue #9's hot path). Keyed by the canonical path a
+/// submission named (symlinks and `..` resolved), so every spelling of one directory shares an
+/// entry; the answer is the work tree's top level, the name the task is stored under. Only
+/// successes are remembered, never for longer than [`REPO_CHECK_TTL`].
 #[derive(Debug, Default)]
 pub struct RepoChecks {
-    /// (repo, branch) → when git found it; a std mutex, never held across an await.
-    found: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+    /// (canonical path, branch) → (top level, when git found it); a std mutex, never held across
+    /// an await.
+    found: std::sync::Mutex<HashMap<(String, String), (String, Instant)>>,
 }
 
 impl RepoChecks {
-    /// Whether git found `branch` in `repo` less than [`REPO_CHECK_TTL`] ago.
-    pub fn recently_found(&self, repo: &str, branch: &str) -> bool {
-        let Ok(found) = self.found.lock() else {
-            return false;
-        };
-        let key = (repo.to_owned(), branch.to_owned());
+    /// The top level of the work tree at the canonical `path`, if git found `branch` there less
+    /// than [`REPO_CHECK_TTL`] ago.
+    pub(crate) fn recently_found(&self, path: &str, branch: &str) -> Option<String> {
+        let found = self.found.lock().ok()?;
+        let key = (path.to_owned(), branch.to_owned());
         found
             .get(&key)
-            .is_some_and(|at| at.elapsed() < REPO_CHECK_TTL)
+            .filter(|(_, at)| at.elapsed() < REPO_CHECK_TTL)
+            .map(|(top, _)| top.clone())
     }
 
-    /// Remembers that git found `branch` in `repo` now.
-    pub fn found(&self, repo: &str, branch: &str) {
+    /// Remembers that git found `branch` now in the work tree at the canonical `path`, whose top
+    /// level is `top`.
+    pub(crate) fn found(&self, path: &str, branch: &str, top: &str) {
         let Ok(mut found) = self.found.lock() else {
             return;
         };
         if found.len() >= REPO_CHECKS_MAX {
-            found.retain(|_, at| at.elapsed() < REPO_CHECK_TTL);
+            found.retain(|_, (_, at)| at.elapsed() < REPO_CHECK_TTL);
             if found.len() >= REPO_CHECKS_MAX {
                 found.clear();
             }
         }
         found.insert(
-            (repo.to_owned(), branch.to_owned()),
-            std::time::Instant::now(),
+            (path.to_owned(), branch.to_owned()),
+            (top.to_owned(), Instant::now()),
         );
     }
 }

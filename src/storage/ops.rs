@@ -39,7 +39,7 @@ impl OpsStore {
     /// Writes a deploy record and its app's index entry (durable, one job), dropping the app's
     /// oldest ended records past [`DEPLOY_HISTORY_MAX`].
     pub(crate) async fn put_deploy(&self, record: &DeployRecord) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(record)?;
+        let bytes = self.store.encode(record)?;
         let (app, id) = (record.app.clone(), record.id.clone());
         self.store
             .write(move |batch| {
@@ -219,7 +219,7 @@ impl OpsStore {
     /// Stores a check result, keeping the newest [`CHECK_HISTORY_MAX`] of that check (durable).
     pub(crate) async fn record_check(&self, result: &CheckResult) -> Result<(), StoreError> {
         let prefix = check_prefix(&result.app, &result.check);
-        let bytes = serde_json::to_vec(result)?;
+        let bytes = self.store.encode(result)?;
         self.store
             .write(move |batch| {
                 let seq = batch.generate_id()?;
@@ -428,7 +428,7 @@ async fn put<T: Serialize>(
     record: &T,
 ) -> Result<(), StoreError> {
     let key = key.to_vec();
-    let bytes = serde_json::to_vec(record)?;
+    let bytes = store.encode(record)?;
     store
         .write(move |batch| {
             batch.insert(table, key, bytes);
@@ -470,7 +470,8 @@ fn upsert<T: Serialize + serde::de::DeserializeOwned>(
         return Ok(None);
     };
     change(&mut record);
-    batch.insert(table, key, serde_json::to_vec(&record)?);
+    let bytes = batch.encode(&record)?;
+    batch.insert(table, key, bytes);
     Ok(Some(record))
 }
 

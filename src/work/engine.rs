@@ -15,6 +15,7 @@ use crate::model::task::{
 use crate::platform::executor;
 use crate::platform::openai;
 use crate::platform::process::{self, CommandSpec};
+use crate::platform::redact::Redactor;
 use crate::platform::sandbox;
 use crate::runtime::jobs::StageError;
 use crate::runtime::Services;
@@ -335,13 +336,14 @@ pub(crate) async fn run_model(
     Ok(completion.content)
 }
 
-/// Persists the run of a builtin engine that produced `stdout`.
+/// Persists the run of a builtin engine that produced `stdout` (redacted, like every output).
 pub(crate) async fn record_builtin(
     services: &Services,
     who: &RunIdentity,
     stdout: String,
     started: Instant,
 ) -> Result<EngineRun, StageError> {
+    let stdout = services.redactor.redact(&stdout);
     let record = EngineRun {
         id: Uuid::now_v7(),
         task_id: who.task_id,
@@ -448,6 +450,28 @@ pub(crate) fn builtin_plan(task: &Task, history: &[Task]) -> Plan {
     }
 }
 
+/// `plan` with every secret value in its text replaced: what is kept on the task and handed to
+/// the next personas' prompts.
+pub(crate) fn redact_plan(redactor: &Redactor, plan: Plan) -> Plan {
+    let Plan {
+        summary,
+        steps,
+        risk,
+    } = plan;
+    Plan {
+        summary: redactor.redact(&summary),
+        steps: steps
+            .into_iter()
+            .map(|step| PlanStep {
+                title: redactor.redact(&step.title),
+                files: step.files.iter().map(|f| redactor.redact(f)).collect(),
+                rationale: redactor.redact(&step.rationale),
+            })
+            .collect(),
+        risk: redactor.redact(&risk),
+    }
+}
+
 fn mentioned_files(text: &str) -> Vec<String> {
     let mut files: Vec<String> = text
         .split(|c: char| c.is_whitespace() || c == ',' || c == '`' || c == '(' || c == ')')
@@ -525,6 +549,30 @@ mod tests {
         assert_eq!(plan.steps[0].files, vec!["hello.txt"]);
         assert_eq!(plan.steps[1].files, vec!["README.md"]);
         assert_eq!(plan.risk, "low");
+    }
+
+    /// The builtin planner copies the task's text (its verify command into the last step): what
+    /// is kept of the plan holds no secret value, in any encoding the redactor knows.
+    #[test]
+    fn a_plan_is_redacted_before_it_is_kept() {
+        let secret = "hunter2-7f3a9c-very-secret";
+        let redactor = Redactor::new([("TOKEN".to_owned(), secret.to_owned())]);
+        let mut task = task(&format!(
+            "Use {secret} in src/{secret}.rs. Then hex {}",
+            hex::encode(secret)
+        ));
+        task.verify = format!("test \"$KEY\" = {secret}");
+        task.title = format!("Rotate {secret}");
+        let plan = redact_plan(&redactor, builtin_plan(&task, &[]));
+        let text = serde_json::to_string(&plan).unwrap();
+        assert!(!text.contains(secret), "{text}");
+        assert!(!text.contains(&hex::encode(secret)), "{text}");
+        assert_eq!(
+            plan.steps.last().unwrap().title,
+            "make `test \"$KEY\" = [REDACTED:TOKEN]` pass"
+        );
+        assert_eq!(plan.summary, "Rotate [REDACTED:TOKEN]");
+        assert_eq!(plan.steps[0].files, vec!["src/[REDACTED:TOKEN].rs"]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! ingress and in-process callers (an incident's bugfix task) both come through here.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -22,7 +22,9 @@ use crate::model::task::{
     CausedBy, Delivery, EngineOverrides, EngineSpec, Priority, ReviewPolicy, Stage, Task,
     TaskBudget, TaskId, TaskStatus,
 };
+use crate::platform::git::read::Location;
 use crate::platform::git::Git;
+use crate::platform::redact::Redactor;
 use crate::runtime::compass::CompassMsg;
 use crate::runtime::repo_checks::RepoChecks;
 use crate::runtime::Services;
@@ -36,18 +38,26 @@ const VERIFY_BYTES_MAX: usize = 8 * 1024;
 const KEY_BYTES_MAX: usize = 200;
 /// Dependencies a task may name at most.
 const DEPS_MAX: usize = 64;
+/// Account prefixes that are the service's own books: `system:` (mint, revenue), `agent:` (what
+/// personas earn) and `task:` (a task's money in flight, allowed below zero). A task paid from
+/// one of them would spend money no client holds.
+const RESERVED_ACCOUNT_PREFIXES: [&str; 3] = ["system:", "agent:", "task:"];
 
 /// Why a submission was refused. Each variant has a stable code.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum IntakeError {
-    /// A field is missing, empty, too long or out of range.
+    /// A field is missing, empty, too long, out of range, holds a control character, or (a
+    /// base branch) is not a branch name.
     #[error("{0}")]
     InvalidField(String),
-    /// The request names something that does not exist (repo, branch, kind, dependency).
+    /// The request names something that does not exist (repo, branch, kind, dependency), or
+    /// something that is not what the field needs (a repository without a work tree, one of the
+    /// service's own accounts).
     #[error("{message}")]
     Unknown {
-        /// A [`codes`] constant: `NOT_A_GIT_REPOSITORY`, `UNKNOWN_BASE_BRANCH`, `UNKNOWN_KIND`,
-        /// `UNKNOWN_PROVIDER`, `UNKNOWN_DEPENDENCY`, `UNKNOWN_APP` or `ACCOUNT_NOT_FOUND`.
+        /// A [`codes`] constant: `NOT_A_GIT_REPOSITORY`, `NOT_A_WORK_TREE`,
+        /// `UNKNOWN_BASE_BRANCH`, `UNKNOWN_KIND`, `UNKNOWN_PROVIDER`, `UNKNOWN_DEPENDENCY`,
+        /// `UNKNOWN_APP`, `ACCOUNT_NOT_FOUND` or `RESERVED_ACCOUNT`.
         code: &'static str,
         /// What was not found.
         message: String,
@@ -120,7 +130,7 @@ pub(crate) struct SubmitTaskRequest {
     pub title: String,
     /// What to do.
     pub description: String,
-    /// Absolute path of a git repository on this host.
+    /// Absolute path of a git work tree on this host (stored as its top level, canonical).
     pub repo: String,
     /// Branch to deliver into (default `main`).
     #[serde(default)]
@@ -203,6 +213,8 @@ pub(crate) async fn submit(
     request: SubmitTaskRequest,
     caller: Option<&Principal>,
 ) -> Result<Accepted, IntakeError> {
+    // Secret values out first: what is checked, digested, stored and answered is the redacted text.
+    let request = redact_submission(&services.redactor, request);
     let digest = digest_of(&request);
     // A replay answers with the original task even if the repo, the config or the queue changed.
     if let Some(key) = &request.idempotency_key {
@@ -265,9 +277,9 @@ pub(crate) async fn submit(
 
 /// Checks a submission field by field and builds the queued (or blocked) task.
 ///
-/// One parser per field, called in the documented order (docs/api.md: field lengths,
-/// `max_attempts`, engine commands, `kind`, `base_branch`, `repo`, then the rest), so the first
-/// problem found is the one a client is told about.
+/// One parser per field, called in the documented order (docs/api.md: the text fields' lengths
+/// and characters, `max_attempts`, engine commands, `kind`, `base_branch`, `repo`, then the
+/// rest), so the first problem found is the one a client is told about.
 async fn validate(
     services: &Services,
     request: SubmitTaskRequest,
@@ -298,7 +310,9 @@ async fn validate(
     let title = parse_title(title)?;
     let description = parse_description(description)?;
     let verify = parse_verify(verify)?;
+    let acceptance = parse_acceptance(acceptance)?;
     let idempotency_key = parse_idempotency_key(idempotency_key)?;
+    let caused_by = parse_caused_by(caused_by)?;
     let max_attempts = parse_max_attempts(
         max_attempts,
         default_max_attempts(services),
@@ -381,30 +395,173 @@ async fn validate(
     })
 }
 
-/// `title`: 1 to [`TITLE_BYTES_MAX`] bytes, not blank: it names the work in every listing.
+/// The submission with every secret value (`[governance] secrets`, plain or encoded) in its free
+/// text replaced by its marker: title, description, verify, acceptance, shell engine commands,
+/// the idempotency key and `caused_by`. Nothing of a secret is then stored, digested or
+/// answered; a command that needs one reads it from its environment (a persona's `env`). The
+/// names (repo, branch, kind, app, account, ids) are checked against what exists instead.
+fn redact_submission(redactor: &Redactor, request: SubmitTaskRequest) -> SubmitTaskRequest {
+    if redactor.is_empty() {
+        return request;
+    }
+    let text = |value: String| redactor.redact(&value);
+    let engine = |spec: Option<EngineSpec>| match spec {
+        Some(EngineSpec::Shell { command }) => Some(EngineSpec::Shell {
+            command: text(command),
+        }),
+        other => other,
+    };
+    // Every field named, so a new one is a compile error here until someone decides.
+    let SubmitTaskRequest {
+        title,
+        description,
+        repo,
+        base_branch,
+        kind,
+        priority,
+        verify,
+        max_attempts,
+        engines,
+        idempotency_key,
+        deps,
+        review_policy,
+        delivery,
+        caused_by,
+        deploy,
+        account,
+        budget,
+        parent_task,
+        acceptance,
+    } = request;
+    SubmitTaskRequest {
+        title: text(title),
+        description: text(description),
+        repo,
+        base_branch,
+        kind,
+        priority,
+        verify: text(verify),
+        max_attempts,
+        engines: engines.map(|e| EngineOverrides {
+            planner: engine(e.planner),
+            patch: engine(e.patch),
+            circuit: engine(e.circuit),
+        }),
+        idempotency_key: idempotency_key.map(text),
+        deps,
+        review_policy,
+        delivery,
+        caused_by: caused_by.map(|c| CausedBy {
+            incident: text(c.incident),
+            deploy: c.deploy.map(text),
+        }),
+        deploy,
+        account,
+        budget,
+        parent_task,
+        acceptance: acceptance.map(text),
+    }
+}
+
+/// Which control characters a text field may hold. `char::is_control` (C0, DEL, C1) is refused
+/// everywhere else: a NUL cuts the C strings of git, the shell and file names short, escape
+/// sequences rewrite the terminal of whoever reads the task, and `\r` hides text on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Text {
+    /// A name, key, path or title: one line, no control character at all.
+    Line,
+    /// Prose or a shell script (description, acceptance, verify, engine commands): `\n` and
+    /// `\t` may break lines and indent; nothing else.
+    Lines,
+}
+
+/// `value` with each control character a field of `text` would refuse replaced by U+FFFD: for
+/// the service's own submissions (an incident's bugfix task quotes alerts and log lines), which
+/// should file the task rather than be refused over a stray escape sequence.
+pub(crate) fn printable(value: &str, text: Text) -> String {
+    value
+        .chars()
+        .map(|c| {
+            let allowed = text == Text::Lines && matches!(c, '\n' | '\t');
+            if c.is_control() && !allowed {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// `value` holds no control character that `text` does not allow; the refusal names `field`
+/// and the character.
+fn check_text(field: &str, value: &str, text: Text) -> Result<(), IntakeError> {
+    let allowed = |c: char| text == Text::Lines && matches!(c, '\n' | '\t');
+    let Some(found) = value.chars().find(|c| c.is_control() && !allowed(*c)) else {
+        return Ok(());
+    };
+    let rule = match text {
+        Text::Line => "must not hold control characters",
+        Text::Lines => "must not hold control characters other than newline and tab",
+    };
+    Err(IntakeError::InvalidField(format!(
+        "{field} {rule} (found U+{:04X})",
+        u32::from(found)
+    )))
+}
+
+/// `title`: 1 to [`TITLE_BYTES_MAX`] bytes, not blank, one line: it names the work in every
+/// listing.
 fn parse_title(title: String) -> Result<String, IntakeError> {
     check_length("title", &title, 1, TITLE_BYTES_MAX)?;
+    check_text("title", &title, Text::Line)?;
     Ok(title)
 }
 
-/// `description`: may be empty, at most [`DESCRIPTION_BYTES_MAX`] bytes (it goes into prompts).
+/// `description`: may be empty, at most [`DESCRIPTION_BYTES_MAX`] bytes of lines (it goes into
+/// prompts).
 fn parse_description(description: String) -> Result<String, IntakeError> {
     check_length("description", &description, 0, DESCRIPTION_BYTES_MAX)?;
+    check_text("description", &description, Text::Lines)?;
     Ok(description)
 }
 
-/// `verify`: 1 to [`VERIFY_BYTES_MAX`] bytes, not blank: a command must decide "done".
+/// `verify`: 1 to [`VERIFY_BYTES_MAX`] bytes, not blank: a command must decide "done". A script
+/// may span lines.
 fn parse_verify(verify: String) -> Result<String, IntakeError> {
     check_length("verify", &verify, 1, VERIFY_BYTES_MAX)?;
+    check_text("verify", &verify, Text::Lines)?;
     Ok(verify)
 }
 
-/// `idempotency_key`, when given: 1 to [`KEY_BYTES_MAX`] bytes, not blank (it is a sled key).
+/// `acceptance`, when given: lines of prose, like the description (a model-backed Circuit reads
+/// them).
+fn parse_acceptance(acceptance: Option<String>) -> Result<Option<String>, IntakeError> {
+    if let Some(acceptance) = &acceptance {
+        check_text("acceptance", acceptance, Text::Lines)?;
+    }
+    Ok(acceptance)
+}
+
+/// `idempotency_key`, when given: 1 to [`KEY_BYTES_MAX`] bytes, not blank, one line (it is a
+/// sled key).
 fn parse_idempotency_key(key: Option<String>) -> Result<Option<String>, IntakeError> {
     if let Some(key) = &key {
         check_length("idempotency_key", key, 1, KEY_BYTES_MAX)?;
+        check_text("idempotency_key", key, Text::Line)?;
     }
     Ok(key)
+}
+
+/// `caused_by`, when given: ids, one line each (an ops persona files it; the HTTP edge passes it
+/// as sent).
+fn parse_caused_by(caused_by: Option<CausedBy>) -> Result<Option<CausedBy>, IntakeError> {
+    if let Some(caused_by) = &caused_by {
+        check_text("caused_by.incident", &caused_by.incident, Text::Line)?;
+        if let Some(deploy) = &caused_by.deploy {
+            check_text("caused_by.deploy", deploy, Text::Line)?;
+        }
+    }
+    Ok(caused_by)
 }
 
 /// The attempts a task gets when it names none: Patch's `max_attempts` (its `actors/` front
@@ -455,27 +612,37 @@ fn parse_engines<P>(
                 ));
             }
             Some(EngineSpec::Shell { command }) => {
-                check_length(
-                    &format!("engines.{persona}.command"),
-                    command,
-                    1,
-                    VERIFY_BYTES_MAX,
-                )?;
+                let field = format!("engines.{persona}.command");
+                check_length(&field, command, 1, VERIFY_BYTES_MAX)?;
+                check_text(&field, command, Text::Lines)?;
             }
-            Some(EngineSpec::Openai { provider }) if !providers.contains_key(provider) => {
-                let known: Vec<&str> = providers.keys().map(String::as_str).collect();
-                return Err(IntakeError::unknown(
-                    codes::UNKNOWN_PROVIDER,
-                    format!(
-                        "engines.{persona}: no provider `{provider}`; known: [{}]",
-                        known.join(", ")
-                    ),
-                ));
+            Some(EngineSpec::Openai { provider }) => {
+                check_text(&format!("engines.{persona}.provider"), provider, Text::Line)?;
+                check_provider(persona, provider, providers)?;
             }
-            _ => {}
+            Some(EngineSpec::Builtin) | None => {}
         }
     }
     Ok(engines)
+}
+
+/// An `openai` engine's provider must be configured (`[providers]`).
+fn check_provider<P>(
+    persona: Persona,
+    provider: &str,
+    providers: &BTreeMap<String, P>,
+) -> Result<(), IntakeError> {
+    if providers.contains_key(provider) {
+        return Ok(());
+    }
+    let known: Vec<&str> = providers.keys().map(String::as_str).collect();
+    Err(IntakeError::unknown(
+        codes::UNKNOWN_PROVIDER,
+        format!(
+            "engines.{persona}: no provider `{provider}`; known: [{}]",
+            known.join(", ")
+        ),
+    ))
 }
 
 /// `kind` (default `feature`): must have a template in `templates` (`compass.templates`); answers
@@ -485,6 +652,7 @@ fn parse_kind(
     templates: &BTreeMap<String, Vec<Stage>>,
 ) -> Result<(String, Vec<Stage>), IntakeError> {
     let kind = kind.unwrap_or_else(|| "feature".to_owned());
+    check_text("kind", &kind, Text::Line)?;
     let Some(stages) = templates.get(&kind) else {
         let known: Vec<&str> = templates.keys().map(String::as_str).collect();
         return Err(IntakeError::unknown(
@@ -495,27 +663,135 @@ fn parse_kind(
     Ok((kind, stages.clone()))
 }
 
-/// `base_branch` (default `main`): 1 to [`TITLE_BYTES_MAX`] bytes, not blank. Whether it exists
-/// is [`parse_repo`]'s question.
+/// `base_branch` (default `main`): 1 to [`TITLE_BYTES_MAX`] bytes, and a branch name (see
+/// [`check_branch_name`]). Whether it exists is [`parse_repo`]'s question.
 fn parse_base_branch(base_branch: Option<String>) -> Result<String, IntakeError> {
     let base_branch = base_branch.unwrap_or_else(|| "main".to_owned());
     check_length("base_branch", &base_branch, 1, TITLE_BYTES_MAX)?;
+    check_text("base_branch", &base_branch, Text::Line)?;
+    check_branch_name(&base_branch)?;
     Ok(base_branch)
 }
 
-/// `repo`: an absolute path of a git repository that has `base_branch`. A pair found a moment
-/// ago (`checks`) is trusted without asking again; a pair found now is remembered.
+/// A base branch names a branch and nothing else: what `git check-ref-format --branch` accepts,
+/// so no revision syntax (`main~1`, `main^`, `@{-1}`, `a..b`, `main:path`) that would make git
+/// (or gix) resolve something other than the branch the task is delivered into, and no leading
+/// `-` that a git command line would read as an option.
+fn check_branch_name(name: &str) -> Result<(), IntakeError> {
+    let refuse = |why: String| {
+        Err(IntakeError::InvalidField(format!(
+            "base_branch `{name}` is not a branch name: {why}"
+        )))
+    };
+    if name.starts_with('-') {
+        return refuse("it must not start with `-`".into());
+    }
+    if name == "@" || name == "HEAD" {
+        return refuse("`@` and `HEAD` name no branch".into());
+    }
+    for sequence in ["..", "@{", "//"] {
+        if name.contains(sequence) {
+            return refuse(format!("it must not contain `{sequence}`"));
+        }
+    }
+    let forbidden = |c: char| {
+        matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\') || c.is_ascii_control()
+    };
+    if let Some(c) = name.chars().find(|c| forbidden(*c)) {
+        return refuse(format!("it must not contain `{c}`"));
+    }
+    if name.starts_with('/') || name.ends_with('/') || name.ends_with('.') {
+        return refuse("it must not start with `/` or end with `/` or `.`".into());
+    }
+    for part in name.split('/') {
+        if part.starts_with('.') || part.ends_with(".lock") {
+            return refuse(format!(
+                "no part of it may start with `.` or end with `.lock` (`{part}`)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `repo`: an absolute path in the work tree of a git repository that has `base_branch`,
+/// answered as the work tree's top level with symlinks and `..` resolved: however a client
+/// names a repository, it is stored (and its deliveries locked, its governance looked up, its
+/// failures remembered) under one name. A bare repository, or a path inside a git directory
+/// (`repo/.git`), has no work tree to merge into: `NOT_A_WORK_TREE`. A pair found a moment ago
+/// (`checks`, keyed by the canonical path) is trusted without asking again; a pair found now is
+/// remembered.
 async fn parse_repo(
     repo: String,
     base_branch: &str,
     checks: &RepoChecks,
     git_timeout: Duration,
 ) -> Result<String, IntakeError> {
-    if !checks.recently_found(&repo, base_branch) {
-        check_repository(git_timeout, &repo, base_branch).await?;
-        checks.found(&repo, base_branch);
+    check_text("repo", &repo, Text::Line)?;
+    let given = Path::new(&repo);
+    if !given.is_absolute() {
+        return Err(IntakeError::InvalidField(format!(
+            "repo must be an absolute path, got `{repo}`"
+        )));
     }
-    Ok(repo)
+    let not_a_repository = || {
+        IntakeError::unknown(
+            codes::NOT_A_GIT_REPOSITORY,
+            format!("{repo} is not a git repository"),
+        )
+    };
+    // The real path: symlinks, `..` and a trailing `/` resolved. A path that does not exist is
+    // no repository.
+    let real = tokio::fs::canonicalize(given)
+        .await
+        .map_err(|_| not_a_repository())?;
+    let real = utf8(real, &repo)?;
+    if let Some(top) = checks.recently_found(&real, base_branch) {
+        return Ok(top);
+    }
+    let top = match locate(git_timeout, Path::new(&real)).await {
+        Location::WorkTree(top) => utf8(top, &repo)?,
+        Location::Outside => return Err(not_a_repository()),
+        Location::Bare => {
+            return Err(IntakeError::unknown(
+                codes::NOT_A_WORK_TREE,
+                format!(
+                    "{repo} is a bare repository: a task needs a work tree to deliver into; \
+                     name a clone with a checkout"
+                ),
+            ))
+        }
+        Location::GitDir { work_tree } => {
+            let hint = match work_tree {
+                Some(top) => format!("name its work tree, {}", top.display()),
+                None => "name the repository's work tree".to_owned(),
+            };
+            return Err(IntakeError::unknown(
+                codes::NOT_A_WORK_TREE,
+                format!("{repo} is inside a git directory, not a work tree: {hint}"),
+            ));
+        }
+    };
+    check_branch(git_timeout, Path::new(&top), &repo, base_branch).await?;
+    checks.found(&real, base_branch, &top);
+    Ok(top)
+}
+
+/// Where the canonical `dir` sits in a repository: gix in-process (no git process per
+/// submission), the `git` binary when gix cannot tell.
+async fn locate(git_timeout: Duration, dir: &Path) -> Location {
+    match crate::platform::git::read::locate(dir).await {
+        Ok(location) => location,
+        Err(_) => Git::new(dir, git_timeout).location().await,
+    }
+}
+
+/// A resolved path as the text a task stores; one that is not UTF-8 cannot be stored faithfully.
+fn utf8(path: PathBuf, repo: &str) -> Result<String, IntakeError> {
+    path.into_os_string().into_string().map_err(|_| {
+        IntakeError::InvalidField(format!(
+            "repo `{repo}` resolves to a path that is not UTF-8"
+        ))
+    })
 }
 
 /// What the caller's token (and `server.repos`, for everyone) allows: the repository must match
@@ -600,7 +876,11 @@ async fn open_own_account(services: &Services, caller: &Principal, account: &str
 /// `deps` (default none): at most [`DEPS_MAX`], each the id of a task in `store`; duplicates
 /// count once. Compass decides whether they still block.
 async fn parse_deps(store: &Store, deps: Option<Vec<String>>) -> Result<Vec<TaskId>, IntakeError> {
-    check_deps(store, deps.unwrap_or_default()).await
+    let deps = deps.unwrap_or_default();
+    for dep in &deps {
+        check_text("deps", dep, Text::Line)?;
+    }
+    check_deps(store, deps).await
 }
 
 /// `deploy`, when given or needed: a kind whose template ends in `deploy` must name the app, a
@@ -613,6 +893,9 @@ fn parse_deploy<A>(
     delivery: Delivery,
     apps: &BTreeMap<String, A>,
 ) -> Result<Option<String>, IntakeError> {
+    if let Some(app) = &deploy {
+        check_text("deploy", app, Text::Line)?;
+    }
     if stages.contains(&Stage::Deploy) && deploy.is_none() {
         return Err(IntakeError::InvalidField(format!(
             "kind `{kind}` ends with a deploy stage: name the app (of ops.yaml) in `deploy`"
@@ -641,13 +924,18 @@ async fn parse_parent_task(
     parent_task: Option<String>,
 ) -> Result<Option<TaskId>, IntakeError> {
     match parent_task {
-        Some(text) => Ok(check_deps(store, vec![text]).await?.into_iter().next()),
+        Some(text) => {
+            check_text("parent_task", &text, Text::Line)?;
+            Ok(check_deps(store, vec![text]).await?.into_iter().next())
+        }
         None => Ok(None),
     }
 }
 
-/// `account` (default: the parent task's, else `local_account`): a valid ledger account id. The
-/// ledger says whether it exists when the budget is reserved.
+/// `account` (default: the parent task's, else `local_account`): a valid ledger account id, and
+/// not one of the service's own books ([`RESERVED_ACCOUNT_PREFIXES`]: `system:`, `agent:`,
+/// `task:`, in any case), whoever named it. The ledger says whether it exists when the budget
+/// is reserved.
 async fn parse_account(
     store: &Store,
     account: Option<String>,
@@ -665,6 +953,19 @@ async fn parse_account(
     };
     crate::model::ledger::validate_id("account", &account)
         .map_err(|e| IntakeError::InvalidField(e.to_string()))?;
+    let lower = account.to_ascii_lowercase();
+    if let Some(prefix) = RESERVED_ACCOUNT_PREFIXES
+        .iter()
+        .find(|prefix| lower.starts_with(**prefix))
+    {
+        return Err(IntakeError::unknown(
+            codes::RESERVED_ACCOUNT,
+            format!(
+                "account `{account}` is one of the service's own (`{prefix}...`); a task is paid \
+                 from a user or project account"
+            ),
+        ));
+    }
     Ok(account)
 }
 
@@ -740,46 +1041,21 @@ fn check_length(field: &str, value: &str, min: usize, max: usize) -> Result<(), 
     Ok(())
 }
 
-async fn check_repository(
+/// Whether the work tree at `top` has the local branch `base_branch` (`repo` as the client named
+/// it, for the message).
+async fn check_branch(
     git_timeout: Duration,
+    top: &Path,
     repo: &str,
     base_branch: &str,
 ) -> Result<(), IntakeError> {
-    let path = Path::new(repo);
-    if !path.is_absolute() {
-        return Err(IntakeError::InvalidField(format!(
-            "repo must be an absolute path, got `{repo}`"
-        )));
-    }
-    // In-process (gix): no git process per submission.
-    match crate::platform::git::read::has_branch(path, base_branch).await {
-        Ok(Some(true)) => Ok(()),
-        Ok(Some(false)) => Err(IntakeError::unknown(
-            codes::UNKNOWN_BASE_BRANCH,
-            format!("{repo} has no branch `{base_branch}`"),
-        )),
-        // Not a repository's top (a subdirectory, say), or one gix cannot read: git decides, as
-        // it always did.
-        Ok(None) | Err(_) => check_with_git(git_timeout, path, repo, base_branch).await,
-    }
-}
-
-/// [`check_repository`] through the `git` binary.
-async fn check_with_git(
-    git_timeout: Duration,
-    path: &Path,
-    repo: &str,
-    base_branch: &str,
-) -> Result<(), IntakeError> {
-    let git = Git::new(path, git_timeout);
-    if git.branch_exists(base_branch).await {
+    // In-process (gix): no git process per submission; git decides what gix cannot read.
+    let found = match crate::platform::git::read::has_branch(top, base_branch).await {
+        Ok(Some(found)) => found,
+        Ok(None) | Err(_) => Git::new(top, git_timeout).branch_exists(base_branch).await,
+    };
+    if found {
         return Ok(());
-    }
-    if !git.is_repository().await {
-        return Err(IntakeError::unknown(
-            codes::NOT_A_GIT_REPOSITORY,
-            format!("{repo} is not a git repository"),
-        ));
     }
     Err(IntakeError::unknown(
         codes::UNKNOWN_BASE_BRANCH,

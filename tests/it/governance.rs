@@ -177,6 +177,154 @@ async fn secrets_reach_only_allowed_personas_and_never_the_records() {
     assert_eq!(json!(patch_run["exit_code"]), json!(0));
 }
 
+/// The forms a command may print a secret in: plain, base64 (standard and URL-safe, padded and
+/// not), hex (lower and upper case), URL-encoded — as the tools print them.
+fn encodings_of(secret: &str) -> Vec<String> {
+    let run = |script: &str| {
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("S", secret)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{script}");
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let base64 = run("printf %s \"$S\" | base64 -w0");
+    let url_safe = base64.replace('+', "-").replace('/', "_");
+    let hex = run("printf %s \"$S\" | od -An -v -tx1 | tr -d ' \\n'");
+    assert_eq!(hex.len(), secret.len() * 2, "{hex}");
+    let mut forms = vec![
+        secret.to_owned(),
+        base64.trim_end_matches('=').to_owned(),
+        base64.clone(),
+        url_safe.trim_end_matches('=').to_owned(),
+        url_safe,
+        hex.to_ascii_uppercase(),
+        hex,
+    ];
+    forms.dedup();
+    forms
+}
+
+/// Every file under `dir`, as bytes.
+fn all_bytes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                files.push((
+                    entry.path(),
+                    std::fs::read(entry.path()).unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    files
+}
+
+/// Issue #11, item 11: a secret reaches no record, whoever writes it — an engine printing it plain,
+/// base64 and hex, a client putting it in the verify command (and the builtin planner copying
+/// that into its plan), the task's text — not the runs, the events, the task, and not one byte of
+/// the data dir.
+#[tokio::test]
+async fn a_secret_in_any_encoding_is_nowhere_in_the_records_or_the_data_dir() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    // `>>>` and `???` make base64's `+` and `/`, so both alphabets are put to the test.
+    let secret = "hunter2>>>7f3a9c???very-secret";
+    let forms = encodings_of(secret);
+    std::fs::create_dir_all(root.path().join("actors")).unwrap();
+    std::fs::write(
+        root.path().join("actors/patch.md"),
+        "---\nname: patch\nrole: implementer\nenv: [GLITCHLAB_TEST_SECRET]\ntools:\n  allow: [sh, echo, test, base64, od, tr]\n---\nYou are Patch.\n",
+    )
+    .unwrap();
+    let options = Options {
+        config: Some("[governance]\nsecrets = [\"GLITCHLAB_TEST_SECRET\"]\n".into()),
+        env: vec![("GLITCHLAB_TEST_SECRET".into(), secret.into())],
+        ..Default::default()
+    };
+    let service = Service::start_with(root.path(), options).await;
+    let patch = "printf 'plain %s\\n' \"$GLITCHLAB_TEST_SECRET\"; \
+        printf %s \"$GLITCHLAB_TEST_SECRET\" | base64; \
+        printf %s \"$GLITCHLAB_TEST_SECRET\" | base64 | tr '+/' '-_' >&2; \
+        printf %s \"$GLITCHLAB_TEST_SECRET\" | od -An -v -tx1 | tr -d ' \\n'; echo; \
+        echo ok > ok.txt";
+    // The client writes the value itself into the verify command (and an encoding of it into the
+    // description): stored redacted, and the verify runs as stored.
+    let verify = format!("test -f ok.txt || echo '{secret}'");
+    let mut body = shell_task(&repo, patch, &verify);
+    body["description"] = json!(format!("The key is {}. Keep it safe.", forms[1]));
+    let task = service.submit(&body).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        task["verify"],
+        json!("test -f ok.txt || echo '[REDACTED:GLITCHLAB_TEST_SECRET]'"),
+        "{task:#}"
+    );
+    let task = service.wait_until_finished(&id).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    let (_, service_events) = service.get("/v1/events").await;
+    let (_, stored) = service.get(&format!("/v1/tasks/{id}")).await;
+    let records = format!("{runs}\n{events}\n{service_events}\n{stored}");
+    for form in &forms {
+        assert!(!records.contains(form.as_str()), "{form} leaked: {records}");
+    }
+    let patch_run = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["persona"] == "patch")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        patch_run["stdout"]["text"],
+        "plain [REDACTED:GLITCHLAB_TEST_SECRET]\n[REDACTED:GLITCHLAB_TEST_SECRET]\n\
+         [REDACTED:GLITCHLAB_TEST_SECRET]\n",
+        "{patch_run:#}"
+    );
+    assert_eq!(
+        patch_run["stderr"]["text"], "[REDACTED:GLITCHLAB_TEST_SECRET]\n",
+        "{patch_run:#}"
+    );
+    // The builtin planner copied the verify command into its last step: redacted there too.
+    let steps = stored["plan"]["steps"].as_array().unwrap();
+    assert_eq!(
+        steps.last().unwrap()["title"],
+        "make `test -f ok.txt || echo '[REDACTED:GLITCHLAB_TEST_SECRET]'` pass",
+        "{stored:#}"
+    );
+    assert!(stored["description"]
+        .as_str()
+        .unwrap()
+        .contains("[REDACTED:GLITCHLAB_TEST_SECRET]"));
+
+    let files = all_bytes(&root.path().join("data"));
+    assert!(files
+        .iter()
+        .any(|(path, _)| path.to_string_lossy().contains("prompts")));
+    for (path, bytes) in &files {
+        for form in &forms {
+            assert!(
+                !bytes
+                    .windows(form.len())
+                    .any(|window| window == form.as_bytes()),
+                "{form} is in {}",
+                path.display()
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_confined_engine_cannot_write_outside_its_worktree() {
     let root = tempfile::tempdir().unwrap();

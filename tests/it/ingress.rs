@@ -313,3 +313,178 @@ async fn the_task_list_pages_with_a_cursor() {
         );
     }
 }
+
+/// A submission's status, error code and answer.
+async fn refused(service: &Service, body: Value) -> (u16, String, Value) {
+    let (status, answer) = service.post("/v1/tasks", &body).await;
+    let code = answer["error"]["code"].as_str().unwrap_or("").to_owned();
+    (status, code, answer)
+}
+
+/// Issue #11, item 9: the door says no to what it cannot store or act on faithfully — a control
+/// character, a git directory, a revision for a branch, the service's own books — with a code,
+/// and nothing is created.
+#[tokio::test]
+async fn intake_refuses_controls_git_dirs_revisions_and_reserved_accounts() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let valid = shell_task(&repo, "true", "true");
+    let with = |key: &str, value: Value| {
+        let mut body = valid.clone();
+        body[key] = value;
+        body
+    };
+
+    let (status, code, answer) = refused(&service, with("title", json!("Fix\u{0}it"))).await;
+    assert_eq!((status, code.as_str()), (422, "INVALID_FIELD"), "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("title "), "names the field: {message}");
+    for (key, value) in [
+        ("description", json!("one\r\ntwo")),
+        ("verify", json!("true\u{1b}[2J")),
+        ("kind", json!("feature\n")),
+        ("idempotency_key", json!("k\u{7f}")),
+    ] {
+        let (status, code, answer) = refused(&service, with(key, value)).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (422, "INVALID_FIELD"),
+            "{key}: {answer}"
+        );
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(key),
+            "{key}: {answer}"
+        );
+    }
+
+    let git_dir = format!("{}/.git", repo.display());
+    let (status, code, answer) = refused(&service, with("repo", json!(git_dir))).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (422, "NOT_A_WORK_TREE"),
+        "{answer}"
+    );
+    let top = std::fs::canonicalize(&repo).unwrap().display().to_string();
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains(&top),
+        "the hint names the work tree: {answer}"
+    );
+
+    for revision in ["main~1", "main^", "main@{1}", "main:README.md", "-main"] {
+        let (status, code, answer) = refused(&service, with("base_branch", json!(revision))).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (422, "INVALID_FIELD"),
+            "{revision}: {answer}"
+        );
+    }
+
+    for account in ["system:mint", "agent:patch"] {
+        let (status, code, answer) = refused(&service, with("account", json!(account))).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (422, "RESERVED_ACCOUNT"),
+            "{account}: {answer}"
+        );
+    }
+
+    let (_, tasks) = service.get("/v1/tasks").await;
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 0, "{tasks}");
+    assert!(!service.log().contains("panicked"), "{}", service.log());
+}
+
+/// One repository is one repository whatever path names it: a symlink to it and a subdirectory
+/// of it are stored as its real top level.
+#[tokio::test]
+async fn a_symlinked_repo_path_and_the_real_path_are_one_repository() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let link = root.path().join("link-to-repo");
+    std::os::unix::fs::symlink(&repo, &link).unwrap();
+    std::fs::create_dir_all(repo.join("docs")).unwrap();
+    let service = Service::start(root.path()).await;
+    let top = std::fs::canonicalize(&repo).unwrap().display().to_string();
+    let mut ids = Vec::new();
+    for (n, path) in [
+        repo.clone(),
+        link.clone(),
+        link.join("docs"),
+        repo.join("docs/.."),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut body = shell_task(path, &format!("echo {n} > n{n}.txt"), "true");
+        body["repo"] = json!(format!("{}/", path.display()));
+        let task = service.submit(&body).await;
+        assert_eq!(task["repo"], json!(top), "{}: {task}", path.display());
+        ids.push(task["id"].as_str().unwrap().to_owned());
+    }
+    for id in ids {
+        let task = service.wait_until_finished(&id).await;
+        assert_eq!(task["status"], "done", "{task:#}");
+        assert_eq!(task["repo"], json!(top));
+    }
+}
+
+/// serde reads a struct from a JSON array too, field by field: an array must never be taken for
+/// an object — not as a task, not as a ledger transfer.
+#[tokio::test]
+async fn a_json_array_body_is_refused_and_creates_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let repo = repo.display().to_string();
+    let task_array = json!([
+        "Add",
+        "Create a file.",
+        repo,
+        "main",
+        "feature",
+        "high",
+        "true"
+    ]);
+    let (status, answer) = service.post("/v1/tasks", &task_array).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (422, Some("INVALID_FIELD")),
+        "{answer}"
+    );
+    let (_, tasks) = service.get("/v1/tasks").await;
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 0, "{tasks}");
+
+    let (_, before) = service.get("/v1/ledger/accounts/user:local").await;
+    let transfer_array = json!(["arr-1", "user:local", "system:revenue", 5, 10]);
+    let (status, answer) = service.post("/v1/ledger/transfers", &transfer_array).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (422, Some("INVALID_FIELD")),
+        "{answer}"
+    );
+    let (status, _) = service.get("/v1/ledger/transfers/arr-1").await;
+    assert_eq!(status, 404, "no transfer was made");
+    let (_, after) = service.get("/v1/ledger/accounts/user:local").await;
+    assert_eq!(before, after);
+
+    // Every other body is an object too; the optional ones may still be empty.
+    for path in [
+        "/v1/ledger/accounts",
+        "/v1/ledger/mint",
+        "/v1/ledger/transfers/arr-1/post",
+        "/v1/deploys",
+        "/v1/alerts",
+        "/v1/tasks/00000000-0000-7000-8000-000000000000/approve",
+        "/v1/deploys/nope/reject",
+    ] {
+        let (status, answer) = service.post_raw(path, "[\"x\"]").await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (422, Some("INVALID_FIELD")),
+            "{path}: {answer}"
+        );
+    }
+}

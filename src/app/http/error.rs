@@ -201,6 +201,11 @@ pub(crate) mod describe {
 
 #[cfg(test)]
 impl ApiError {
+    /// The status and code a client would read.
+    pub(crate) fn status_and_code(&self) -> (u16, &'static str) {
+        (self.status.as_u16(), self.code)
+    }
+
     /// Panics unless `model::codes` catalogues this answer's code with its status: what ties each
     /// error mapping of the edge to the catalogue (and so to `docs/api.md`).
     pub(crate) fn assert_catalogued(&self) {

@@ -49,10 +49,13 @@ const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 5;
         (status = 409, description = "`IDEMPOTENCY_CONFLICT`: the key was used with a different \
             body.", body = ErrorBody),
         (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
-        (status = 422, description = "`INVALID_FIELD` (missing/unknown field, wrong type, bad \
-            length, relative `repo`, `max_attempts` out of range), `NOT_A_GIT_REPOSITORY`, \
+        (status = 422, description = "`INVALID_FIELD` (a body that is not an object, \
+            missing/unknown field, wrong type, bad length, a control character, relative `repo`, \
+            a `base_branch` that is not a branch name, `max_attempts` out of range), \
+            `NOT_A_GIT_REPOSITORY`, `NOT_A_WORK_TREE` (bare, or inside `.git`), \
             `UNKNOWN_BASE_BRANCH`, `UNKNOWN_KIND`, `UNKNOWN_DEPENDENCY`, `UNKNOWN_APP`, \
-            `UNKNOWN_PROVIDER`, `ACCOUNT_NOT_FOUND`.", body = ErrorBody),
+            `UNKNOWN_PROVIDER`, `ACCOUNT_NOT_FOUND`, `RESERVED_ACCOUNT` (`system:`, `agent:`, \
+            `task:`).", body = ErrorBody),
         (status = 429, description = "`QUEUE_FULL`: `compass.max_queued_tasks` tasks wait.",
             body = ErrorBody, headers(("retry-after" = u64, description = "Seconds (5)."))),
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
@@ -478,6 +481,8 @@ mod tests {
         let errors = [
             IntakeError::InvalidField(text()),
             unknown(codes::NOT_A_GIT_REPOSITORY),
+            unknown(codes::NOT_A_WORK_TREE),
+            unknown(codes::RESERVED_ACCOUNT),
             unknown(codes::UNKNOWN_BASE_BRANCH),
             unknown(codes::UNKNOWN_KIND),
             unknown(codes::UNKNOWN_PROVIDER),

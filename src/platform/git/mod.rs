@@ -209,12 +209,30 @@ impl Git {
         ))
     }
 
-    /// Whether the directory is inside a git repository.
-    pub(crate) async fn is_repository(&self) -> bool {
-        tokio::fs::metadata(&self.dir)
+    /// Where the directory sits in a repository, asked of the `git` binary: intake's answer when
+    /// gix cannot tell ([`read::locate`]). Any failure of git's counts as no repository.
+    pub(crate) async fn location(&self) -> read::Location {
+        if !tokio::fs::metadata(&self.dir)
             .await
             .is_ok_and(|m| m.is_dir())
-            && self.run(&["rev-parse", "--git-dir"]).await.is_ok()
+        {
+            return read::Location::Outside;
+        }
+        let Ok(answer) = self
+            .run(&["rev-parse", "--is-bare-repository", "--is-inside-git-dir"])
+            .await
+        else {
+            return read::Location::Outside;
+        };
+        let mut answers = answer.lines().map(|line| line.trim() == "true");
+        match (answers.next(), answers.next()) {
+            (Some(true), _) => read::Location::Bare,
+            (_, Some(true)) => read::Location::GitDir { work_tree: None },
+            _ => match self.run(&["rev-parse", "--show-toplevel"]).await {
+                Ok(top) => read::Location::WorkTree(PathBuf::from(top)),
+                Err(_) => read::Location::Outside,
+            },
+        }
     }
 
     /// Whether a local branch exists.

@@ -118,6 +118,52 @@ pub(crate) async fn has_branch(dir: &Path, branch: &str) -> Result<Option<bool>,
     .await
 }
 
+/// Where a directory sits in a repository: what intake needs to name the repository one way,
+/// whatever path a client used for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Location {
+    /// In the work tree whose top level is this path (canonical).
+    WorkTree(PathBuf),
+    /// In a bare repository: there is no work tree.
+    Bare,
+    /// In the git directory (`.git`, or a linked worktree's admin dir) of a repository whose work
+    /// tree is `work_tree` (when known).
+    GitDir {
+        /// The work tree's top level, canonical.
+        work_tree: Option<PathBuf>,
+    },
+    /// In no repository.
+    Outside,
+}
+
+/// Where the canonical directory `dir` sits: found from `dir` upwards, like git does. An error
+/// means gix could not tell (no repository, or one it cannot read): ask [`super::Git::location`].
+pub(crate) async fn locate(dir: &Path) -> Result<Location, GitError> {
+    let dir = dir.to_path_buf();
+    blocking("rev-parse --show-toplevel", move || {
+        let repo = gix::discover_opts(
+            &dir,
+            gix::discover::upwards::Options::default(),
+            gix::open::Options::isolated(),
+        )
+        .map_err(failed("discover the repository"))?;
+        let real = |path: &Path| std::fs::canonicalize(path).map_err(failed("canonicalize"));
+        let Some(work_tree) = repo.workdir() else {
+            return Ok(Location::Bare);
+        };
+        let work_tree = real(work_tree)?;
+        for git_dir in [repo.git_dir(), repo.common_dir()] {
+            if dir.starts_with(real(git_dir)?) {
+                return Ok(Location::GitDir {
+                    work_tree: Some(work_tree),
+                });
+            }
+        }
+        Ok(Location::WorkTree(work_tree))
+    })
+    .await
+}
+
 fn open(dir: &PathBuf) -> Result<gix::Repository, GitError> {
     gix::open_opts(dir, gix::open::Options::isolated()).map_err(failed("open the repository"))
 }

@@ -35,6 +35,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 pub use self::tasks::{NewEvent, Submission};
 pub use self::writer::{Batch, WriterHealth};
 use crate::model::task::Event;
+use crate::platform::redact::Redactor;
 
 pub use crate::model::errors::StoreError;
 
@@ -153,6 +154,8 @@ impl Table {
 pub struct Trees {
     db: sled::Db,
     trees: Vec<sled::Tree>,
+    /// Applied to every record [`encode`]d: no secret value reaches sled, whoever wrote the text.
+    redactor: Arc<Redactor>,
 }
 
 impl Trees {
@@ -160,6 +163,17 @@ impl Trees {
         // `trees` holds one tree per `Table::ALL` entry, in that order.
         &self.trees[table as usize]
     }
+}
+
+/// `record` as stored: JSON with every secret value (plain or encoded) in its strings replaced by
+/// its marker. Only strings change, so the record decodes as it would have.
+fn encode<T: serde::Serialize>(redactor: &Redactor, record: &T) -> Result<Vec<u8>, StoreError> {
+    if redactor.is_empty() {
+        return Ok(serde_json::to_vec(record)?);
+    }
+    let mut value = serde_json::to_value(record)?;
+    redactor.redact_json(&mut value);
+    Ok(serde_json::to_vec(&value)?)
 }
 
 thread_local! {
@@ -310,20 +324,35 @@ impl Store {
 
     /// [`Store::open`] with a write queue of `write_queue_max` jobs (at least 1).
     pub fn open_with(dir: &Path, write_queue_max: usize) -> Result<Self, StoreError> {
-        Self::open_waiting(dir, LOCK_WAIT, write_queue_max)
+        Self::open_redacting(dir, write_queue_max, Arc::default())
+    }
+
+    /// [`Store::open_with`], scrubbing the secret values `redactor` knows from every task, event,
+    /// engine run and ops record written (`[governance] secrets`).
+    pub fn open_redacting(
+        dir: &Path,
+        write_queue_max: usize,
+        redactor: Arc<Redactor>,
+    ) -> Result<Self, StoreError> {
+        Self::open_waiting(dir, LOCK_WAIT, write_queue_max, redactor)
     }
 
     fn open_waiting(
         dir: &Path,
         wait: Duration,
         write_queue_max: usize,
+        redactor: Arc<Redactor>,
     ) -> Result<Self, StoreError> {
         let db = open_db(&dir.join("db"), wait)?;
         let trees = Table::ALL
             .iter()
             .map(|table| db.open_tree(table.tree_name()))
             .collect::<Result<Vec<_>, _>>()?;
-        let trees = Arc::new(Trees { db, trees });
+        let trees = Arc::new(Trees {
+            db,
+            trees,
+            redactor,
+        });
         let (jobs, receiver) = mpsc::channel(write_queue_max.max(1));
         let health = Arc::new(WriterHealth::default());
         let live = broadcast::channel(LIVE_EVENTS_BUFFER).0;
@@ -442,6 +471,12 @@ impl Store {
             Ok(Err(_)) => Err(StoreError::Closed.into()),
             Err(_) => Err(StoreError::AnswerTimeout(ANSWER_WAIT).into()),
         }
+    }
+
+    /// `record` as this store writes it: JSON with the secret values redacted (for a record
+    /// encoded before its writer job, such as a run started or an ops record).
+    pub(crate) fn encode<T: serde::Serialize>(&self, record: &T) -> Result<Vec<u8>, StoreError> {
+        encode(&self.shared.trees.redactor, record)
     }
 
     /// Every event written from now on, as soon as it is durable. A receiver that falls more than

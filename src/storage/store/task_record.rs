@@ -26,6 +26,7 @@ use crate::model::task::{
     CausedBy, Delivery, EngineOverrides, ErrorInfo, FailureRecord, Plan, Priority, ReviewPolicy,
     Stage, Task, TaskBudget, TaskId, TaskStatus,
 };
+use crate::platform::redact::Redactor;
 
 /// The schema version this build writes (and the newest it reads).
 pub(super) const TASK_RECORD_VERSION: u64 = 1;
@@ -293,9 +294,9 @@ impl TryFrom<StoredTask> for Task {
     }
 }
 
-/// The bytes to store for `task`: its record at [`TASK_RECORD_VERSION`].
-pub(super) fn encode(task: &Task) -> Result<Vec<u8>, StoreError> {
-    Ok(serde_json::to_vec(&StoredTask::from(task.clone()))?)
+/// The bytes to store for `task`: its record at [`TASK_RECORD_VERSION`], secret values redacted.
+pub(super) fn encode(task: &Task, redactor: &Redactor) -> Result<Vec<u8>, StoreError> {
+    super::encode(redactor, &StoredTask::from(task.clone()))
 }
 
 /// The task a stored record holds, whichever version wrote it (one this build knows).
@@ -403,7 +404,10 @@ mod tests {
         let task = decode(LEGACY_RECORD.as_bytes()).expect("legacy record decodes");
         let mut expected = json(LEGACY_RECORD.as_bytes());
         expected["v"] = serde_json::json!(1);
-        assert_eq!(json(&encode(&task).expect("encodes")), expected);
+        assert_eq!(
+            json(&encode(&task, &Redactor::default()).expect("encodes")),
+            expected
+        );
     }
 
     #[test]
@@ -414,7 +418,7 @@ mod tests {
             Stage::Verify,
             ErrorInfo::new(crate::model::codes::VERIFY_FAILED, "no"),
         );
-        let bytes = encode(&task).expect("encodes");
+        let bytes = encode(&task, &Redactor::default()).expect("encodes");
         assert_eq!(json(&bytes)["v"], serde_json::json!(TASK_RECORD_VERSION));
         assert_eq!(decode(&bytes).expect("decodes"), task);
     }
@@ -424,7 +428,7 @@ mod tests {
     #[test]
     fn version_1_is_the_served_shape_plus_its_version() {
         let task = decode(LEGACY_RECORD.as_bytes()).expect("legacy record decodes");
-        let mut stored = json(&encode(&task).expect("encodes"));
+        let mut stored = json(&encode(&task, &Redactor::default()).expect("encodes"));
         if let Some(object) = stored.as_object_mut() {
             object.remove("v");
         }

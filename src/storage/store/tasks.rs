@@ -318,7 +318,7 @@ impl Store {
     /// cancel, a shutdown or a crash is still on record.
     pub async fn start_run(&self, run: &EngineRun) -> Result<(), StoreError> {
         let key = run_key(run);
-        let bytes = serde_json::to_vec(run)?;
+        let bytes = self.encode(run)?;
         self.write(move |batch| {
             batch.insert(Table::Runs, key.clone(), bytes);
             batch.insert(Table::OpenRuns, key, Vec::new());
@@ -446,7 +446,8 @@ fn staged_task(batch: &Batch<'_>, id: TaskId) -> Result<Option<Task>, StoreError
 
 /// Stages `task` under `id` as a stored record of the current schema version.
 fn put_task(batch: &mut Batch<'_>, id: TaskId, task: &Task) -> Result<(), StoreError> {
-    batch.insert(Table::Tasks, id.as_bytes(), task_record::encode(task)?);
+    let bytes = task_record::encode(task, batch.redactor())?;
+    batch.insert(Table::Tasks, id.as_bytes(), bytes);
     Ok(())
 }
 
@@ -494,7 +495,8 @@ fn record_run(batch: &mut Batch<'_>, run: &EngineRun) -> Result<(), StoreError> 
         }),
     );
     let key = run_key(run);
-    batch.insert(Table::Runs, key.clone(), serde_json::to_vec(run)?);
+    let bytes = batch.encode(run)?;
+    batch.insert(Table::Runs, key.clone(), bytes);
     batch.remove(Table::OpenRuns, key);
     append(batch, run.task_id, &event)
 }
@@ -502,12 +504,11 @@ fn record_run(batch: &mut Batch<'_>, run: &EngineRun) -> Result<(), StoreError> 
 /// Stages one event (its seq from sled's counter) and its publication once durable.
 fn append(batch: &mut Batch<'_>, task_id: TaskId, event: &NewEvent) -> Result<(), StoreError> {
     let seq = batch.generate_id()?;
-    let event = stamp(seq, task_id, event);
-    batch.insert(
-        Table::Events,
-        event_key(task_id, seq),
-        serde_json::to_vec(&event)?,
-    );
+    let mut event = stamp(seq, task_id, event);
+    // Live subscribers get what is stored: redacted.
+    batch.redact_json(&mut event.data);
+    let bytes = batch.encode(&event)?;
+    batch.insert(Table::Events, event_key(task_id, seq), bytes);
     batch.publish(event);
     Ok(())
 }

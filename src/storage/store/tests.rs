@@ -133,7 +133,12 @@ async fn live_subscribers_get_durable_events_and_events_after_resumes() {
 fn a_held_lock_is_waited_for_and_then_reported() {
     let dir = tempfile::tempdir().unwrap();
     let owner = Store::open(dir.path()).unwrap();
-    let refused = Store::open_waiting(dir.path(), Duration::from_millis(150), WRITE_QUEUE_MAX);
+    let refused = Store::open_waiting(
+        dir.path(),
+        Duration::from_millis(150),
+        WRITE_QUEUE_MAX,
+        Arc::default(),
+    );
     assert!(
         matches!(refused, Err(StoreError::Locked { waited_ms, .. }) if waited_ms >= 150),
         "{:?}",
@@ -144,7 +149,12 @@ fn a_held_lock_is_waited_for_and_then_reported() {
         std::thread::sleep(Duration::from_millis(200));
         drop(owner);
     });
-    let reopened = Store::open_waiting(dir.path(), Duration::from_secs(10), WRITE_QUEUE_MAX);
+    let reopened = Store::open_waiting(
+        dir.path(),
+        Duration::from_secs(10),
+        WRITE_QUEUE_MAX,
+        Arc::default(),
+    );
     releaser.join().unwrap();
     assert!(reopened.is_ok(), "{:?}", reopened.err());
 }
@@ -251,4 +261,95 @@ async fn sled_on_an_async_worker_is_caught() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let _ = Snapshot::new(&store.shared.trees);
+}
+
+/// Whatever a writer hands the store — a task's text, an event's payload, an engine run's output
+/// — no secret value reaches sled, nor a live subscriber; numbers and the records' shape stay.
+#[tokio::test]
+async fn secret_values_never_reach_sled_or_subscribers() {
+    use crate::model::task::{CapturedOutput, EngineRun, RunStatus, Stage};
+    use crate::platform::redact::Redactor;
+
+    let secret = "hunter2-7f3a9c-very-secret";
+    let dir = tempfile::tempdir().unwrap();
+    let redactor = Redactor::new([("TOKEN".to_owned(), secret.to_owned())]);
+    let store = Store::open_redacting(dir.path(), WRITE_QUEUE_MAX, Arc::new(redactor)).unwrap();
+    let mut live = store.subscribe();
+    let mut task = Task::for_test(&format!("rotate {secret}"), &format!("it is {secret}"));
+    task.verify = format!("test -n {secret}");
+    task.max_attempts = 7;
+    let event = NewEvent::new(
+        "test",
+        "task.submitted",
+        serde_json::json!({"title": task.title, "n": 7}),
+    );
+    let Submission::Created(created) = store.create_task(task, "d", event).await.unwrap() else {
+        panic!("expected a new task");
+    };
+    let run = EngineRun {
+        id: uuid::Uuid::now_v7(),
+        task_id: created.id,
+        persona: "patch".into(),
+        engine: "shell".into(),
+        stage: Stage::Implement,
+        attempt: 1,
+        command: Some(format!("echo {secret}")),
+        exit_code: Some(0),
+        signal: None,
+        timed_out: false,
+        stdout: CapturedOutput {
+            text: format!("{secret}\n{}\n", hex::encode(secret)),
+            truncated_bytes: 0,
+        },
+        stderr: CapturedOutput::default(),
+        duration_ms: 12,
+        tokens: None,
+        prompt_digest: None,
+        cost: None,
+        started_at: chrono::Utc::now(),
+        status: RunStatus::Running,
+    };
+    store.start_run(&run).await.unwrap();
+    let finished = EngineRun {
+        status: RunStatus::Finished,
+        ..run
+    };
+    store.record_run(&finished).await.unwrap();
+    let changed = store
+        .update_task(created.id, &[], move |t| {
+            t.feedback = Some(format!("verify said {secret}"));
+        })
+        .await
+        .unwrap();
+    assert!(changed.feedback.is_some());
+
+    let raw: Vec<u8> = store
+        .read(|snapshot| {
+            let mut raw = Vec::new();
+            for table in Table::ALL {
+                for value in snapshot.iter(table).values() {
+                    raw.extend_from_slice(&value?);
+                }
+            }
+            Ok::<_, StoreError>(raw)
+        })
+        .await
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.contains("[REDACTED:TOKEN]"));
+    for form in [secret.to_owned(), hex::encode(secret)] {
+        assert!(!raw.contains(&form), "{form} is in sled: {raw}");
+    }
+    let stored = store.task(created.id).await.unwrap().unwrap();
+    assert_eq!(stored.title, "rotate [REDACTED:TOKEN]");
+    assert_eq!(stored.verify, "test -n [REDACTED:TOKEN]");
+    assert_eq!(stored.max_attempts, 7);
+    let runs = store.runs(created.id).await.unwrap();
+    assert_eq!(runs[0].command.as_deref(), Some("echo [REDACTED:TOKEN]"));
+    assert_eq!(runs[0].duration_ms, 12);
+    let published = live.recv().await.unwrap();
+    assert_eq!(
+        published.data,
+        serde_json::json!({"title": "rotate [REDACTED:TOKEN]", "n": 7})
+    );
 }

@@ -169,6 +169,22 @@ impl<'a> Batch<'a> {
         super::decode(self.get(table, key)?.as_deref())
     }
 
+    /// `record` as the store writes it: JSON with the secret values redacted
+    /// (`[governance] secrets`).
+    pub(crate) fn encode<T: serde::Serialize>(&self, record: &T) -> Result<Vec<u8>, StoreError> {
+        super::encode(&self.trees.redactor, record)
+    }
+
+    /// Redacts the secret values in a JSON document about to be stored or published.
+    pub(crate) fn redact_json(&self, value: &mut serde_json::Value) {
+        self.trees.redactor.redact_json(value);
+    }
+
+    /// What this store redacts.
+    pub(crate) fn redactor(&self) -> &crate::platform::redact::Redactor {
+        &self.trees.redactor
+    }
+
     /// Stages `key` → `value`.
     pub fn insert(&mut self, table: Table, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
         self.staged.insert((table, key.into()), Some(value.into()));

@@ -3,7 +3,6 @@
 
 use super::*;
 use crate::model::codes;
-use crate::model::task::EngineSpec;
 
 /// The refusal's code and message, for comparing with what a client would read.
 fn refusal<T: std::fmt::Debug>(result: Result<T, IntakeError>) -> (&'static str, String) {
@@ -219,6 +218,201 @@ fn kind_defaults_to_feature_and_must_have_a_template() {
     );
 }
 
+/// Control characters: a line holds none (C0, DEL, C1); lines may hold `\n` and `\t` only.
+#[test]
+fn text_fields_refuse_control_characters_naming_the_field() {
+    for bad in ['\0', '\n', '\t', '\r', '\u{1b}', '\u{7f}', '\u{85}'] {
+        let title = format!("Fix{bad}it");
+        let (code, message) = refusal(parse_title(title));
+        assert_eq!(code, codes::INVALID_FIELD);
+        assert_eq!(
+            message,
+            format!(
+                "title must not hold control characters (found U+{:04X})",
+                u32::from(bad)
+            )
+        );
+    }
+    let lines = "Line one.\n\tIndented line two.\n";
+    assert_eq!(parse_description(lines.into()).expect("ok"), lines);
+    assert_eq!(parse_verify(lines.into()).expect("ok"), lines);
+    assert_eq!(
+        parse_acceptance(Some(lines.into())).expect("ok"),
+        Some(lines.into())
+    );
+    assert_eq!(parse_acceptance(None).expect("ok"), None);
+    for (bad, code) in [('\0', "0000"), ('\r', "000D"), ('\u{1b}', "001B")] {
+        let rule = "must not hold control characters other than newline and tab";
+        let text = format!("a{bad}b");
+        assert_eq!(
+            refusal(parse_description(text.clone())),
+            invalid(&format!("description {rule} (found U+{code})"))
+        );
+        assert_eq!(
+            refusal(parse_verify(text.clone())),
+            invalid(&format!("verify {rule} (found U+{code})"))
+        );
+        assert_eq!(
+            refusal(parse_acceptance(Some(text))),
+            invalid(&format!("acceptance {rule} (found U+{code})"))
+        );
+    }
+    assert_eq!(
+        refusal(parse_idempotency_key(Some("k\n1".into()))),
+        invalid("idempotency_key must not hold control characters (found U+000A)")
+    );
+    let caused_by = |incident: &str, deploy: Option<&str>| CausedBy {
+        incident: incident.to_owned(),
+        deploy: deploy.map(str::to_owned),
+    };
+    assert!(parse_caused_by(Some(caused_by("inc-1", Some("dep-1")))).is_ok());
+    assert_eq!(
+        refusal(parse_caused_by(Some(caused_by("inc\0", None)))),
+        invalid("caused_by.incident must not hold control characters (found U+0000)")
+    );
+    assert_eq!(
+        refusal(parse_caused_by(Some(caused_by("inc", Some("d\u{7f}"))))),
+        invalid("caused_by.deploy must not hold control characters (found U+007F)")
+    );
+}
+
+#[test]
+fn names_refuse_control_characters_before_they_are_looked_up() {
+    let providers: BTreeMap<String, ()> = [("local".to_owned(), ())].into_iter().collect();
+    let templates: BTreeMap<String, Vec<Stage>> = [("feature".to_owned(), vec![Stage::Implement])]
+        .into_iter()
+        .collect();
+    let apps: BTreeMap<String, ()> = [("web".to_owned(), ())].into_iter().collect();
+    let engines = |spec: EngineSpec| EngineOverrides {
+        patch: Some(spec),
+        ..EngineOverrides::default()
+    };
+    let script = engines(EngineSpec::Shell {
+        command: "set -e\n\tmake\n".into(),
+    });
+    assert!(parse_engines(Some(script), &providers).is_ok());
+    assert_eq!(
+        refusal(parse_engines(
+            Some(engines(EngineSpec::Shell {
+                command: "make\0".into()
+            })),
+            &providers
+        )),
+        invalid(
+            "engines.patch.command must not hold control characters other than newline and tab \
+             (found U+0000)"
+        )
+    );
+    assert_eq!(
+        refusal(parse_engines(
+            Some(engines(EngineSpec::Openai {
+                provider: "lo\ncal".into()
+            })),
+            &providers
+        )),
+        invalid("engines.patch.provider must not hold control characters (found U+000A)")
+    );
+    assert_eq!(
+        refusal(parse_kind(Some("feature\0".into()), &templates)),
+        invalid("kind must not hold control characters (found U+0000)")
+    );
+    let plain = [Stage::Implement];
+    assert_eq!(
+        refusal(parse_deploy(
+            Some("web\u{1b}".into()),
+            "feature",
+            &plain,
+            Delivery::Merge,
+            &apps
+        )),
+        invalid("deploy must not hold control characters (found U+001B)")
+    );
+}
+
+#[tokio::test]
+async fn ids_refuse_control_characters() {
+    let (_dir, store) = store().await;
+    let id = stored_task(&store, "user:local").await;
+    assert_eq!(
+        refusal(parse_deps(&store, Some(vec![format!("{id}\0")])).await),
+        invalid("deps must not hold control characters (found U+0000)")
+    );
+    assert_eq!(
+        refusal(parse_parent_task(&store, Some(format!("{id}\n"))).await),
+        invalid("parent_task must not hold control characters (found U+000A)")
+    );
+}
+
+#[test]
+fn printable_replaces_what_a_field_would_refuse() {
+    assert_eq!(
+        printable("a\u{1b}[31mb\tc", Text::Line),
+        "a\u{fffd}[31mb\u{fffd}c"
+    );
+    assert_eq!(
+        printable("a\u{1b}[31mb\tc\n\r", Text::Lines),
+        "a\u{fffd}[31mb\tc\n\u{fffd}"
+    );
+}
+
+/// What `git check-ref-format --branch` accepts, and no revision syntax.
+#[test]
+fn base_branch_is_a_branch_name_not_a_revision() {
+    for good in [
+        "main",
+        "feature/login-form",
+        "release-1.2",
+        "user@example",
+        "a.b/c_d",
+        "Upper/Case",
+    ] {
+        assert_eq!(
+            parse_base_branch(Some(good.into())).expect("ok"),
+            good,
+            "{good}"
+        );
+    }
+    for (bad, why) in [
+        ("main~1", "it must not contain `~`"),
+        ("main^", "it must not contain `^`"),
+        ("main^{commit}", "it must not contain `^`"),
+        ("@{-1}", "it must not contain `@{`"),
+        ("main@{yesterday}", "it must not contain `@{`"),
+        ("main..dev", "it must not contain `..`"),
+        ("main:README.md", "it must not contain `:`"),
+        ("-main", "it must not start with `-`"),
+        ("@", "`@` and `HEAD` name no branch"),
+        ("HEAD", "`@` and `HEAD` name no branch"),
+        ("a b", "it must not contain ` `"),
+        ("a*", "it must not contain `*`"),
+        ("a?", "it must not contain `?`"),
+        ("a[1]", "it must not contain `[`"),
+        ("a\\b", "it must not contain `\\`"),
+        ("a//b", "it must not contain `//`"),
+        ("/main", "it must not start with `/` or end with `/` or `.`"),
+        ("main/", "it must not start with `/` or end with `/` or `.`"),
+        ("main.", "it must not start with `/` or end with `/` or `.`"),
+        (
+            "feature/.hidden",
+            "no part of it may start with `.` or end with `.lock` (`.hidden`)",
+        ),
+        (
+            "main.lock",
+            "no part of it may start with `.` or end with `.lock` (`main.lock`)",
+        ),
+    ] {
+        assert_eq!(
+            refusal(parse_base_branch(Some(bad.into()))),
+            invalid(&format!("base_branch `{bad}` is not a branch name: {why}")),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        refusal(parse_base_branch(Some("ma\0in".into()))),
+        invalid("base_branch must not hold control characters (found U+0000)")
+    );
+}
+
 #[test]
 fn base_branch_defaults_to_main_one_to_200_bytes() {
     assert_eq!(parse_base_branch(None).expect("ok"), "main");
@@ -233,19 +427,32 @@ fn base_branch_defaults_to_main_one_to_200_bytes() {
     );
 }
 
+/// A repository at `<root>/<name>` on `main` with one commit; its path as text.
+async fn repository(root: &Path, name: &str, timeout: Duration) -> String {
+    let path = root.join(name);
+    std::fs::create_dir_all(&path).expect("mkdir");
+    let git = Git::new(&path, timeout);
+    git.run(&["init", "-q", "-b", "main"]).await.expect("init");
+    git.run(&["commit", "-q", "--allow-empty", "-m", "initial"])
+        .await
+        .expect("commit");
+    path.display().to_string()
+}
+
+/// `path`'s real path, as intake stores it.
+fn real(path: &str) -> String {
+    std::fs::canonicalize(path)
+        .expect("exists")
+        .display()
+        .to_string()
+}
+
 #[tokio::test]
 async fn repo_is_an_absolute_git_repository_with_the_branch() {
     let timeout = Duration::from_secs(30);
     let checks = RepoChecks::default();
     let root = tempfile::tempdir().expect("temp dir");
-    let repo_path = root.path().join("repo");
-    std::fs::create_dir_all(&repo_path).expect("mkdir");
-    let git = Git::new(&repo_path, timeout);
-    git.run(&["init", "-q", "-b", "main"]).await.expect("init");
-    git.run(&["commit", "-q", "--allow-empty", "-m", "initial"])
-        .await
-        .expect("commit");
-    let repo = repo_path.display().to_string();
+    let repo = repository(root.path(), "repo", timeout).await;
     let plain = root.path().display().to_string();
 
     assert_eq!(
@@ -260,24 +467,140 @@ async fn repo_is_an_absolute_git_repository_with_the_branch() {
         )
     );
     assert_eq!(
+        refusal(parse_repo("/definitely/not/here".into(), "main", &checks, timeout).await),
+        (
+            codes::NOT_A_GIT_REPOSITORY,
+            "/definitely/not/here is not a git repository".to_owned()
+        )
+    );
+    assert_eq!(
         refusal(parse_repo(repo.clone(), "dev", &checks, timeout).await),
         (
             codes::UNKNOWN_BASE_BRANCH,
             format!("{repo} has no branch `dev`")
         )
     );
-    assert!(!checks.recently_found(&repo, "main"));
+    let top = real(&repo);
+    assert_eq!(checks.recently_found(&top, "main"), None);
     assert_eq!(
         parse_repo(repo.clone(), "main", &checks, timeout)
             .await
             .expect("ok"),
-        repo
+        top
     );
-    assert!(
-        checks.recently_found(&repo, "main"),
+    assert_eq!(
+        checks.recently_found(&top, "main"),
+        Some(top.clone()),
         "a pair found is remembered"
     );
-    assert!(!checks.recently_found(&repo, "dev"), "refusals are not");
+    assert_eq!(checks.recently_found(&top, "dev"), None, "refusals are not");
+}
+
+/// One repository is one repository whatever path names it: a symlink to it, a subdirectory,
+/// `..` and a trailing `/` all answer the work tree's real top level, and the cache entry is the
+/// real path's.
+#[tokio::test]
+async fn repo_is_stored_as_the_real_top_level_of_its_work_tree() {
+    let timeout = Duration::from_secs(30);
+    let checks = RepoChecks::default();
+    let root = tempfile::tempdir().expect("temp dir");
+    let repo = repository(root.path(), "repo", timeout).await;
+    let top = real(&repo);
+    std::fs::create_dir_all(format!("{repo}/src/deep")).expect("mkdir");
+    let link = root.path().join("link");
+    std::os::unix::fs::symlink(&repo, &link).expect("symlink");
+    let link = link.display().to_string();
+    for name in [
+        repo.clone(),
+        format!("{repo}/"),
+        format!("{repo}/src/deep"),
+        format!("{repo}/src/../src/deep/.."),
+        link.clone(),
+        format!("{link}/src"),
+    ] {
+        assert_eq!(
+            parse_repo(name.clone(), "main", &checks, timeout)
+                .await
+                .expect("ok"),
+            top,
+            "{name}"
+        );
+    }
+    assert_eq!(checks.recently_found(&top, "main"), Some(top.clone()));
+    assert_eq!(
+        checks.recently_found(&real(&format!("{repo}/src")), "main"),
+        Some(top.clone()),
+        "the subdirectory's real path is remembered with its top level"
+    );
+    assert_eq!(
+        checks.recently_found(&link, "main"),
+        None,
+        "never a symlink's"
+    );
+}
+
+/// A bare repository and a git directory have no work tree to deliver into: refused with a hint
+/// rather than opened as if they were the repository.
+#[tokio::test]
+async fn repo_must_be_a_work_tree_not_a_git_dir_or_a_bare_repository() {
+    let timeout = Duration::from_secs(30);
+    let checks = RepoChecks::default();
+    let root = tempfile::tempdir().expect("temp dir");
+    let repo = repository(root.path(), "repo", timeout).await;
+    let top = real(&repo);
+    for inside in [format!("{repo}/.git"), format!("{repo}/.git/refs/heads")] {
+        assert_eq!(
+            refusal(parse_repo(inside.clone(), "main", &checks, timeout).await),
+            (
+                codes::NOT_A_WORK_TREE,
+                format!(
+                    "{inside} is inside a git directory, not a work tree: name its work tree, \
+                     {top}"
+                )
+            )
+        );
+    }
+    let bare = root.path().join("bare.git").display().to_string();
+    Git::new(root.path(), timeout)
+        .run(&["clone", "-q", "--bare", &repo, &bare])
+        .await
+        .expect("bare clone");
+    assert_eq!(
+        refusal(parse_repo(bare.clone(), "main", &checks, timeout).await),
+        (
+            codes::NOT_A_WORK_TREE,
+            format!(
+                "{bare} is a bare repository: a task needs a work tree to deliver into; name a \
+                 clone with a checkout"
+            )
+        )
+    );
+    // git's answer is the same where gix cannot tell.
+    assert_eq!(
+        Git::new(format!("{repo}/.git"), timeout).location().await,
+        Location::GitDir { work_tree: None }
+    );
+    assert_eq!(Git::new(&bare, timeout).location().await, Location::Bare);
+    assert_eq!(
+        Git::new(format!("{repo}/.git/.."), timeout)
+            .location()
+            .await,
+        Location::WorkTree(PathBuf::from(&top))
+    );
+    assert_eq!(
+        Git::new(root.path(), timeout).location().await,
+        Location::Outside
+    );
+}
+
+#[tokio::test]
+async fn repo_is_one_line() {
+    let checks = RepoChecks::default();
+    let refused = parse_repo("/tmp/x\0y".into(), "main", &checks, Duration::from_secs(1)).await;
+    assert_eq!(
+        refusal(refused),
+        invalid("repo must not hold control characters (found U+0000)")
+    );
 }
 
 #[tokio::test]
@@ -415,6 +738,114 @@ async fn account_is_given_else_the_parents_else_local_and_valid() {
         refusal(parse_account(&store, None, Some(legacy_parent), local).await),
         invalid("account must be 1 to 128 bytes")
     );
+}
+
+/// The service's own books never pay for a task, whoever names them: the submission or the
+/// parent task it inherits from.
+#[tokio::test]
+async fn account_is_never_one_of_the_services_own() {
+    let (_dir, store) = store().await;
+    let local = "user:local";
+    for account in [
+        "system:mint",
+        "system:revenue",
+        "agent:patch",
+        "task:0190e4b2-0000-7000-8000-000000000000",
+        "SYSTEM:mint",
+        "Agent:planner",
+    ] {
+        let (code, message) =
+            refusal(parse_account(&store, Some(account.into()), None, local).await);
+        assert_eq!(code, codes::RESERVED_ACCOUNT, "{account}");
+        assert!(message.starts_with(&format!("account `{account}` is one of the service's own")));
+    }
+    // A legacy parent paid by one (intake never stored such a task) does not hand it down.
+    let parent = stored_task(&store, "agent:patch").await;
+    assert_eq!(
+        refusal(parse_account(&store, None, Some(parent), local).await).0,
+        codes::RESERVED_ACCOUNT
+    );
+    for fine in ["user:alice", "team:agents", "project:system"] {
+        assert_eq!(
+            parse_account(&store, Some(fine.into()), None, local)
+                .await
+                .expect("ok"),
+            fine
+        );
+    }
+}
+
+/// A submission's free text is redacted before anything looks at it; names are not (they are
+/// checked against what exists).
+#[test]
+fn a_submission_is_redacted_field_by_field() {
+    let secret = "s3cr3t-value-42";
+    let redactor = Redactor::new([("TOKEN".to_owned(), secret.to_owned())]);
+    let with_secret = |prefix: &str| format!("{prefix} {secret}");
+    let request = SubmitTaskRequest {
+        title: with_secret("title"),
+        description: with_secret("description"),
+        repo: with_secret("/repo"),
+        base_branch: Some("main".into()),
+        kind: None,
+        priority: None,
+        verify: with_secret("test -n"),
+        max_attempts: None,
+        engines: Some(EngineOverrides {
+            planner: Some(EngineSpec::Openai {
+                provider: "local".into(),
+            }),
+            patch: Some(EngineSpec::Shell {
+                command: with_secret("echo"),
+            }),
+            circuit: None,
+        }),
+        idempotency_key: Some(with_secret("key")),
+        deps: None,
+        review_policy: None,
+        delivery: None,
+        caused_by: Some(CausedBy {
+            incident: with_secret("incident"),
+            deploy: Some(with_secret("deploy")),
+        }),
+        deploy: None,
+        account: None,
+        budget: None,
+        parent_task: None,
+        acceptance: Some(with_secret("acceptance")),
+    };
+    let redacted = redact_submission(&redactor, request.clone());
+    let marker = "[REDACTED:TOKEN]";
+    assert_eq!(redacted.title, format!("title {marker}"));
+    assert_eq!(redacted.description, format!("description {marker}"));
+    assert_eq!(redacted.verify, format!("test -n {marker}"));
+    assert_eq!(redacted.acceptance, Some(format!("acceptance {marker}")));
+    assert_eq!(redacted.idempotency_key, Some(format!("key {marker}")));
+    assert_eq!(
+        redacted.caused_by,
+        Some(CausedBy {
+            incident: format!("incident {marker}"),
+            deploy: Some(format!("deploy {marker}")),
+        })
+    );
+    assert_eq!(
+        redacted.engines.as_ref().and_then(|e| e.patch.clone()),
+        Some(EngineSpec::Shell {
+            command: format!("echo {marker}")
+        })
+    );
+    assert_eq!(
+        redacted.engines.as_ref().and_then(|e| e.planner.clone()),
+        Some(EngineSpec::Openai {
+            provider: "local".into()
+        })
+    );
+    assert_eq!(
+        redacted.repo, request.repo,
+        "a name is checked, not redacted"
+    );
+    // The digest is of the redacted body: nothing of the secret is kept with the key.
+    assert_ne!(digest_of(&redacted), digest_of(&request));
 }
 
 #[test]

@@ -464,7 +464,7 @@ async fn create_task(
 ) -> Result<String, OpsError> {
     use crate::model::task::{CausedBy, Priority, ReviewPolicy};
     use crate::runtime::compass::CompassMsg;
-    use crate::work::intake::SubmitTaskRequest;
+    use crate::work::intake::{printable, SubmitTaskRequest, Text};
     let spec = ctx
         .services
         .definitions
@@ -476,9 +476,10 @@ async fn create_task(
         crate::runtime::current_persona(&ctx.services.directory, PERSONA_WAIT).await?;
     let first = incident.signals.first();
     let signal = first.map_or("signal", |s| s.signal.as_str());
+    // Alerts and log lines are anybody's text: what intake would refuse is replaced, not refused.
     let request = SubmitTaskRequest {
-        title: format!("Fix {signal} on {}", incident.app),
-        description: task_description(incident, step),
+        title: printable(&format!("Fix {signal} on {}", incident.app), Text::Line),
+        description: printable(&task_description(incident, step), Text::Lines),
         repo: spec.repo.display().to_string(),
         base_branch: Some(spec.branch.clone()),
         kind: Some("bugfix".into()),

@@ -15,8 +15,8 @@ use super::{check_allowed, OpsError, DETAIL_BYTES_MAX, OUTPUT_BYTES_MAX};
 use crate::config::definitions::ToolRules;
 use crate::model::ops::spec::{AppSpec, CommandSpecs, FlySpec, LocalSpec, OpsFile, ProviderKind};
 use crate::model::persona::Persona;
-use crate::platform::executor::Redactor;
 use crate::platform::process::{self, CommandOutput, CommandSpec, INSTANCE_VARIABLE};
+use crate::platform::redact::Redactor;
 use crate::runtime::Services;
 
 /// How long a git call (rev-parse, archive) may take.
