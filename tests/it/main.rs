@@ -26,3 +26,4 @@ mod recovery;
 mod store;
 mod stream;
 mod supervision;
+mod transport;
