@@ -184,7 +184,8 @@ pub struct ServerConfig {
     /// answered `408 BODY_TIMEOUT` and the connection closed.
     pub body_read_timeout_secs: u64,
     /// Seconds a connection may sit with no request in flight and nothing received before it is
-    /// closed (an open event stream is a request in flight: never cut).
+    /// closed (an open event stream is a request in flight: never cut), and that a client may
+    /// leave its answer unread (a write blocked) before it is closed.
     pub idle_timeout_secs: u64,
     /// Connections served at once; past it new connections wait in the listen backlog until
     /// one closes (the timeouts above bound how long one can be held without work).

@@ -24,7 +24,7 @@ pub(crate) const HTTP_REQUEST_DURATION_SECONDS: &str = "glitchlab_http_request_d
 /// Gauge: HTTP connections open (at most `server.max_connections`).
 pub(crate) const HTTP_CONNECTIONS: &str = "glitchlab_http_connections";
 /// Counter `{reason}`: connections the service closed itself: `header_timeout`,
-/// `idle_timeout`, `tls_handshake_timeout`.
+/// `idle_timeout`, `write_timeout`, `tls_handshake_timeout`.
 pub(crate) const HTTP_CONNECTIONS_CLOSED_TOTAL: &str = "glitchlab_http_connections_closed_total";
 /// Counter `{kind}`: tasks created through intake (HTTP or ops); idempotent replays not counted.
 pub(crate) const TASKS_SUBMITTED_TOTAL: &str = "glitchlab_tasks_submitted_total";

@@ -5,9 +5,11 @@
 //! can: the socket reports bytes read ([`Watched`]), each request holds an [`InFlight`] until its
 //! response body is done or dropped, and the connection's task closes the connection when
 //!
-//! - a request head has been arriving for `header_read_timeout` (slowloris), or
+//! - a request head has been arriving for `header_read_timeout` (slowloris),
 //! - nothing is in flight and nothing arrived for `idle_timeout` (a request in flight, an event
-//!   stream included, is never cut by either);
+//!   stream included, is never cut by either), or
+//! - a write has been blocked for `idle_timeout`: the client stopped reading its answer (a slow
+//!   read would otherwise hold its slot forever, in flight);
 //!
 //! while each request's body must arrive within `body_read_timeout` of its head
 //! ([`DeadlineBody`]; the answer is then `408 BODY_TIMEOUT` with `Connection: close`).
@@ -42,7 +44,7 @@ pub(crate) struct Timeouts {
     pub header_read: Duration,
     /// From a head's end to its body's end.
     pub body_read: Duration,
-    /// With nothing in flight and nothing arriving.
+    /// With nothing in flight and nothing arriving, or with a write blocked.
     pub idle: Duration,
 }
 
@@ -50,17 +52,20 @@ pub(crate) struct Timeouts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Expiry {
     /// A request head took longer than `header_read_timeout`.
-    HeaderTimeout,
+    Header,
     /// Nothing happened for `idle_timeout`.
-    IdleTimeout,
+    Idle,
+    /// The client read nothing of its answer for `idle_timeout`.
+    Write,
 }
 
 impl Expiry {
     /// The label of `glitchlab_http_connections_closed_total`.
     pub(crate) fn label(self) -> &'static str {
         match self {
-            Self::HeaderTimeout => "header_timeout",
-            Self::IdleTimeout => "idle_timeout",
+            Self::Header => "header_timeout",
+            Self::Idle => "idle_timeout",
+            Self::Write => "write_timeout",
         }
     }
 }
@@ -74,6 +79,8 @@ struct ClockState {
     head_since: Option<Instant>,
     /// When the connection last became free of requests (or was accepted).
     idle_since: Instant,
+    /// Since when a write has found the socket full, if the last one did.
+    write_blocked_since: Option<Instant>,
 }
 
 /// A connection's clock, shared by its socket, its requests and its task. A std mutex: it is
@@ -94,6 +101,7 @@ impl Clock {
                 in_flight: 0,
                 head_since: None,
                 idle_since: Instant::now(),
+                write_blocked_since: None,
             }),
             changed: Notify::new(),
         }
@@ -104,16 +112,36 @@ impl Clock {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The next deadline and what it means; none while a request is in flight.
+    /// The next deadline and what it means: while a write is blocked, only its own; else, with
+    /// nothing in flight, the head's or the idle one; none while a request is in flight.
     fn deadline(&self, timeouts: Timeouts) -> Option<(Instant, Expiry)> {
         let state = self.state();
+        if let Some(since) = state.write_blocked_since {
+            return Some((since + timeouts.idle, Expiry::Write));
+        }
         if state.in_flight > 0 {
             return None;
         }
         Some(match state.head_since {
-            Some(since) => (since + timeouts.header_read, Expiry::HeaderTimeout),
-            None => (state.idle_since + timeouts.idle, Expiry::IdleTimeout),
+            Some(since) => (since + timeouts.header_read, Expiry::Header),
+            None => (state.idle_since + timeouts.idle, Expiry::Idle),
         })
+    }
+
+    /// A write found the socket full (`blocked`) or got through; getting through again counts
+    /// as activity (the end of an answer may still be going out after its request ended).
+    fn on_write(&self, blocked: bool) {
+        let mut state = self.state();
+        match (blocked, state.write_blocked_since) {
+            (true, None) => state.write_blocked_since = Some(Instant::now()),
+            (false, Some(_)) => {
+                state.write_blocked_since = None;
+                state.idle_since = Instant::now();
+            }
+            _ => return,
+        }
+        drop(state);
+        self.changed.notify_one();
     }
 
     /// Bytes arrived: with nothing in flight they begin a request head.
@@ -177,13 +205,22 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     }
 }
 
+impl<I> Watched<I> {
+    /// Tells the clock whether a write was blocked, and passes its result on.
+    fn noting<T>(&self, polled: Poll<T>) -> Poll<T> {
+        self.clock.on_write(polled.is_pending());
+        polled
+    }
+}
+
 impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.noting(polled)
     }
 
     fn poll_write_vectored(
@@ -191,7 +228,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.noting(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -199,7 +237,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        // Under TLS the records wait in rustls until a flush gets them onto the socket.
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.noting(polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

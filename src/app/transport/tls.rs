@@ -59,3 +59,38 @@ pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError>
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        (cert, key)
+    }
+
+    fn refusal(cert: &Path, key: &Path) -> TlsError {
+        acceptor(cert, key).err().expect("refused")
+    }
+
+    #[test]
+    fn a_pair_loads_and_bad_files_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pair(dir.path(), "a");
+        let (_, other_key) = pair(dir.path(), "b");
+        assert!(acceptor(&cert, &key).is_ok());
+
+        let error = refusal(&dir.path().join("missing.crt"), &key);
+        assert!(error.to_string().starts_with("server.tls_cert"), "{error}");
+        let error = refusal(&key, &key);
+        assert!(error.to_string().contains("no CERTIFICATE"), "{error}");
+        let error = refusal(&cert, &cert);
+        assert!(error.to_string().starts_with("server.tls_key"), "{error}");
+        let error = refusal(&cert, &other_key);
+        assert!(matches!(error, TlsError::Config(_)), "{error}");
+    }
+}
