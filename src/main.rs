@@ -63,7 +63,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let addr = application.addr().map_err(|e| e.to_string())?;
     // The one line on stdout: scripts and tests read the address from it.
-    println!("glitchlab listening on http://{addr}");
+    println!("glitchlab listening on {}://{addr}", application.scheme());
     application
         .run_until_stopped(shutdown_signal())
         .await

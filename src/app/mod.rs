@@ -1,6 +1,8 @@
 //! The service's surfaces, on top of everything: the HTTP ingress ([`http`]), the command line
-//! ([`cli`]) and start-up and shutdown ([`startup`]).
+//! ([`cli`]), start-up and shutdown ([`startup`]), and the server under the router (`transport`:
+//! TLS, timeouts, the connection cap).
 
 pub mod cli;
 pub(crate) mod http;
 pub mod startup;
+pub(crate) mod transport;

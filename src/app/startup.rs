@@ -9,14 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::actors::compass::{Compass, CompassArguments};
 use crate::app::http::auth::Auth;
 use crate::app::http::{self, AppState};
+use crate::app::transport::{tls, Transport};
 use crate::config::definitions::{DefinitionError, Definitions};
-use crate::config::Config;
+use crate::config::{AuthMode, Config, ServerConfig};
 use crate::platform::process;
 use crate::platform::sandbox::{self, SandboxMode};
 use crate::runtime::compass::CompassMsg;
@@ -56,6 +57,12 @@ pub enum StartupError {
     /// The listener could not be bound or served.
     #[error("http: {0}")]
     Http(#[from] std::io::Error),
+    /// The bind guard refused the configuration (it names the option to change).
+    #[error("refusing to serve: {0}")]
+    Exposure(String),
+    /// The TLS certificate or key could not be used.
+    #[error("tls: {0}")]
+    Tls(String),
     /// `sandbox = "required"` but engines cannot be confined here.
     #[error("sandbox required but unavailable: {0}")]
     Sandbox(String),
@@ -87,9 +94,30 @@ fn sandbox_exe(mode: SandboxMode) -> Result<Option<PathBuf>, StartupError> {
     }
 }
 
+/// The bind guard on the final configuration, and the TLS acceptor when TLS is on: checked
+/// before anything is opened, so a refused start touches no data.
+fn transport_setup(
+    server: &ServerConfig,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, StartupError> {
+    crate::config::transport::check_exposure(server).map_err(StartupError::Exposure)?;
+    if server.auth == AuthMode::Off {
+        tracing::warn!(
+            bind = %server.bind,
+            "server.auth = off: anyone on this host can use the service without a token"
+        );
+    }
+    match (&server.tls_cert, &server.tls_key) {
+        (Some(cert), Some(key)) => tls::acceptor(cert, key)
+            .map(Some)
+            .map_err(|error| StartupError::Tls(error.to_string())),
+        _ => Ok(None),
+    }
+}
+
 /// A built service, bound and with its tree running.
 pub struct Application {
-    listener: TcpListener,
+    /// The bound listener, TLS and the connection limits.
+    transport: Transport,
     app: AppState,
     compass_done: JoinHandle<()>,
     /// Stops the store writer's watchdog with the service.
@@ -102,6 +130,7 @@ impl Application {
     /// Opens the store, loads the data folders, starts Compass (which starts the personas and
     /// resumes unfinished tasks) and binds `config.server.bind`.
     pub async fn build(mut config: Config) -> Result<Self, StartupError> {
+        let tls = transport_setup(&config.server)?;
         let data_dir = &config.storage.data_dir;
         let data_dir_error = |source| StartupError::DataDir {
             path: data_dir.display().to_string(),
@@ -180,9 +209,9 @@ impl Application {
         )
         .await
         .map_err(|error| StartupError::Tree(error.to_string()))?;
-        let listener = TcpListener::bind(services.config.server.bind).await?;
+        let transport = Transport::bind(&services.config.server, tls).await?;
         Ok(Self {
-            listener,
+            transport,
             app: AppState {
                 services,
                 compass,
@@ -197,7 +226,12 @@ impl Application {
 
     /// The address actually bound (the port is real even when 0 was asked for).
     pub fn addr(&self) -> Result<SocketAddr, StartupError> {
-        Ok(self.listener.local_addr()?)
+        Ok(self.transport.local_addr()?)
+    }
+
+    /// `https` when `server.tls_cert` is set, else `http`: the scheme of the service's URL.
+    pub fn scheme(&self) -> &'static str {
+        self.transport.scheme()
     }
 
     /// Serves until `shutdown` completes, then stops intake, the tree and sled, in that order.
@@ -206,7 +240,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
         let Self {
-            listener,
+            transport,
             app,
             mut compass_done,
             watchdog,
@@ -215,22 +249,19 @@ impl Application {
         let compass: ActorRef<CompassMsg> = app.compass.clone();
         let services = app.services.clone();
         let streams = app.streams.clone();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, http::router(app)).with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        });
-        // Owned here: awaited (or aborted) below, like the watchdog's task.
-        let mut server = tokio::spawn(async move { server.await });
+        let stop = CancellationToken::new();
+        // Owned here: awaited (or aborted, with every connection) below, like the watchdog's task.
+        let mut server = tokio::spawn(transport.serve(http::router(app), stop.clone()));
         let compass_died = tokio::select! {
             _ = shutdown => false,
             _ = &mut compass_done => true,
             result = &mut server => {
-                result.map_err(|e| std::io::Error::other(e.to_string()))??;
+                result.map_err(|e| std::io::Error::other(e.to_string()))?;
                 false
             }
         };
         tracing::info!("shutting down: stopping intake");
-        let _ = stop_tx.send(());
+        stop.cancel();
         // Event streams never end by themselves; the graceful shutdown would wait for them.
         streams.close();
         let drain = Duration::from_secs(services.config.server.shutdown_timeout_secs);

@@ -4,6 +4,7 @@
 //! reason (toml's error names the line and the key path).
 
 pub mod definitions;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -188,6 +189,33 @@ pub struct ServerConfig {
     /// Globs of the repositories tasks may name at all (default: any); a token's own `repos`
     /// narrow this further, never widen it.
     pub repos: Vec<String>,
+    /// PEM certificate chain: with `tls_key`, the service speaks HTTPS only (both or neither).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Lets a non-loopback `bind` serve plain HTTP (behind a TLS-terminating proxy); without it
+    /// `serve` refuses, so tokens never cross a network in clear by accident.
+    pub allow_plain_http: bool,
+    /// Seconds a client has to send a request's whole head once its first byte arrived (and to
+    /// finish the TLS handshake): a slowloris connection is closed past it.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a request's whole body may take to arrive after its head; past it the request is
+    /// answered `408 BODY_TIMEOUT` and the connection closed.
+    pub body_read_timeout_secs: u64,
+    /// Seconds a connection may sit with no request in flight and nothing received before it is
+    /// closed (an open event stream is a request in flight: never cut), and that a client may
+    /// leave its answer unread (a write blocked) before it is closed.
+    pub idle_timeout_secs: u64,
+    /// Connections served at once; past it new connections wait in the listen backlog until
+    /// one closes (the timeouts above bound how long one can be held without work).
+    pub max_connections: usize,
+    /// Origins (`scheme://host[:port]`) besides the service's own whose browser requests are
+    /// served; any other `Origin` is refused `403 FORBIDDEN_ORIGIN`.
+    pub allowed_origins: Vec<String>,
+    /// Host names (no port) clients may reach the service by besides its address (and
+    /// `localhost` on a loopback bind); any other `Host` is refused `421 MISDIRECTED_REQUEST`,
+    /// which stops DNS rebinding.
+    pub hostnames: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -201,6 +229,15 @@ impl Default for ServerConfig {
             requests_per_sec: 1000,
             burst: 5000,
             repos: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            allow_plain_http: false,
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            max_connections: transport::MAX_CONNECTIONS,
+            allowed_origins: Vec::new(),
+            hostnames: Vec::new(),
         }
     }
 }
@@ -555,6 +592,7 @@ impl Config {
         if let Some((_, reason)) = checks.iter().find(|(failed, _)| *failed) {
             return Err((*reason).to_owned());
         }
+        transport::validate(&self.server)?;
         let per_repo = self
             .governance
             .repos

@@ -64,6 +64,17 @@ catalogue! {
         "No such route (or an ops record a request needed does not exist).";
     METHOD_NOT_ALLOWED [405] []
         "The route exists but not with this method.";
+    UNSUPPORTED_MEDIA_TYPE [415] []
+        "A request with a body whose `Content-Type` is not `application/json`; nothing ran.";
+    FORBIDDEN_ORIGIN [403] []
+        "A browser request whose `Origin` is neither the service's own nor in \
+         `server.allowed_origins`; nothing ran.";
+    MISDIRECTED_REQUEST [421] []
+        "The `Host` header is neither the address the service is served on nor one of \
+         `server.hostnames` (DNS rebinding); nothing ran.";
+    BODY_TIMEOUT [408] []
+        "The request body did not arrive within `server.body_read_timeout_secs`; the connection \
+         is closed.";
     STORE_BUSY [503] []
         "The store's write queue (or its readers' pool) stayed full for the whole wait: nothing \
          was written; retry shortly.";

@@ -21,6 +21,11 @@ use crate::model::task::TaskStatus;
 pub(crate) const HTTP_REQUESTS_TOTAL: &str = "glitchlab_http_requests_total";
 /// Histogram `{method, route}`: seconds from a request's arrival to its response.
 pub(crate) const HTTP_REQUEST_DURATION_SECONDS: &str = "glitchlab_http_request_duration_seconds";
+/// Gauge: HTTP connections open (at most `server.max_connections`).
+pub(crate) const HTTP_CONNECTIONS: &str = "glitchlab_http_connections";
+/// Counter `{reason}`: connections the service closed itself: `header_timeout`,
+/// `idle_timeout`, `write_timeout`, `tls_handshake_timeout`.
+pub(crate) const HTTP_CONNECTIONS_CLOSED_TOTAL: &str = "glitchlab_http_connections_closed_total";
 /// Counter `{kind}`: tasks created through intake (HTTP or ops); idempotent replays not counted.
 pub(crate) const TASKS_SUBMITTED_TOTAL: &str = "glitchlab_tasks_submitted_total";
 /// Counter `{status}`: tasks that reached a terminal status (`done`, `failed`, `cancelled`,
@@ -119,6 +124,11 @@ fn describe() {
     use ::metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered");
     describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, "HTTP request latency");
+    describe_gauge!(HTTP_CONNECTIONS, "HTTP connections open");
+    describe_counter!(
+        HTTP_CONNECTIONS_CLOSED_TOTAL,
+        "HTTP connections closed by a timeout"
+    );
     describe_counter!(TASKS_SUBMITTED_TOTAL, "Tasks created through intake");
     describe_counter!(TASKS_FINISHED_TOTAL, "Tasks that reached a terminal status");
     describe_gauge!(TASKS_QUEUED, "Tasks waiting for a pipeline slot");
@@ -173,6 +183,29 @@ pub(crate) fn http_request(method: &str, route: Option<&str>, status: u16, elaps
         .increment(1);
     ::metrics::histogram!(HTTP_REQUEST_DURATION_SECONDS, "method" => method, "route" => route)
         .record(elapsed.as_secs_f64());
+}
+
+/// One open HTTP connection, counted in `glitchlab_http_connections` until dropped (however its
+/// task ends, aborts included).
+pub(crate) struct HttpConnection;
+
+impl HttpConnection {
+    /// Counts a connection that was just accepted.
+    pub(crate) fn opened() -> Self {
+        ::metrics::gauge!(HTTP_CONNECTIONS).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for HttpConnection {
+    fn drop(&mut self) {
+        ::metrics::gauge!(HTTP_CONNECTIONS).decrement(1.0);
+    }
+}
+
+/// Records a connection the service closed itself, by `reason` (a fixed set).
+pub(crate) fn http_connection_closed(reason: &'static str) {
+    ::metrics::counter!(HTTP_CONNECTIONS_CLOSED_TOTAL, "reason" => reason).increment(1);
 }
 
 /// Records a task created through intake, by kind (one of the config's templates).

@@ -37,7 +37,7 @@ pub fn client_builder_with(secret: &str) -> reqwest::ClientBuilder {
 /// A running service process.
 pub struct Service {
     child: Option<Child>,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` when the config sets `server.tls_cert`).
     pub base: String,
     /// The temp dir holding the data dir, the log and the config.
     pub root: PathBuf,
@@ -115,13 +115,22 @@ impl Service {
             .to_owned();
         Service {
             child: Some(child),
-            base,
             root: root.to_path_buf(),
             client: client_builder()
                 .timeout(Duration::from_secs(30))
+                // A service started with `server.tls_cert` serves a certificate the test made
+                // itself; `transport.rs` checks the chain with a strict client of its own.
+                .tls_danger_accept_invalid_certs(base.starts_with("https://"))
                 .build()
                 .unwrap(),
+            base,
         }
+    }
+
+    /// A request to `path` through the service's client (its settings, and whatever it sends
+    /// with every request), to be completed by the caller: headers, body, send.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.base))
     }
 
     /// `GET path` → (status, JSON body).

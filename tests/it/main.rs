@@ -27,3 +27,4 @@ mod recovery;
 mod store;
 mod stream;
 mod supervision;
+mod transport;

@@ -126,11 +126,6 @@ impl Auth {
             );
             records.push(record);
         }
-        if config.server.auth == AuthMode::Off {
-            tracing::warn!(
-                "server.auth = \"off\": every request is an anonymous admin (loopback only)"
-            );
-        }
         tokens.replace_all(records);
         let limiter = NonZeroU32::new(config.server.requests_per_sec).map(|rate| {
             let burst = NonZeroU32::new(config.server.burst).unwrap_or(rate);

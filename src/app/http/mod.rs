@@ -2,6 +2,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod error;
+pub(crate) mod guard;
 pub(crate) mod json;
 pub(crate) mod ledger;
 pub(crate) mod openapi;
@@ -89,6 +90,7 @@ pub(crate) fn router(app: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(middleware::from_fn(guard::check))
         .layer(middleware::from_fn(record_request))
         .layer(TraceLayer::new_for_http())
         .with_state(app)
