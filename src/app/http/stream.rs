@@ -22,6 +22,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures_util::stream::{self, Stream};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
@@ -32,6 +33,7 @@ use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::json::QueryParams;
 use super::AppState;
+use crate::model::auth::Principal;
 use crate::model::codes;
 use crate::model::task::{Event, Task, TaskId};
 use crate::runtime::background::Slot;
@@ -39,6 +41,8 @@ use crate::storage::store::Store;
 
 /// Live streams open at once; the next is refused with 503 `TOO_MANY_STREAMS`.
 pub(crate) const STREAMS_MAX: usize = 256;
+/// Streams one token may hold open at once: one client cannot take the whole budget.
+pub(crate) const STREAMS_PER_TOKEN_MAX: usize = 32;
 /// Messages buffered between a stream's feeder and its client.
 const STREAM_BUFFER: usize = 64;
 /// How often an idle stream sends a comment, so proxies and clients know it is alive.
@@ -56,6 +60,8 @@ const TASK_POLL: Duration = Duration::from_secs(1);
 pub(crate) struct StreamSlots {
     permits: Arc<Semaphore>,
     closing: CancellationToken,
+    /// Open streams per token name.
+    per_token: Arc<std::sync::Mutex<HashMap<String, usize>>>,
 }
 
 impl Default for StreamSlots {
@@ -63,6 +69,29 @@ impl Default for StreamSlots {
         Self {
             permits: Arc::new(Semaphore::new(STREAMS_MAX)),
             closing: CancellationToken::new(),
+            per_token: Arc::default(),
+        }
+    }
+}
+
+/// One open stream's place: in the service's budget and in its token's; dropping it frees both.
+pub(crate) struct StreamPermit {
+    _global: OwnedSemaphorePermit,
+    per_token: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    token: String,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut counts = self
+            .per_token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.token) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.token);
+            }
         }
     }
 }
@@ -74,12 +103,31 @@ impl StreamSlots {
         self.permits.close();
     }
 
-    fn take(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
+    fn take(&self, token: &str) -> Result<StreamPermit, ApiError> {
+        let global = self.permits.clone().try_acquire_owned().map_err(|_| {
             ApiError::unavailable(
                 codes::TOO_MANY_STREAMS,
                 format!("{STREAMS_MAX} event streams are open; try again later"),
             )
+        })?;
+        let mut counts = self
+            .per_token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(token.to_owned()).or_insert(0);
+        if *count >= STREAMS_PER_TOKEN_MAX {
+            return Err(ApiError::unavailable(
+                codes::TOO_MANY_STREAMS,
+                format!(
+                    "token `{token}` holds {STREAMS_PER_TOKEN_MAX} event streams open; close one"
+                ),
+            ));
+        }
+        *count += 1;
+        Ok(StreamPermit {
+            _global: global,
+            per_token: self.per_token.clone(),
+            token: token.to_owned(),
         })
     }
 }
@@ -123,6 +171,7 @@ type Message = Result<SseEvent, Infallible>;
 )]
 pub(crate) async fn task_events(
     State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
     QueryParams(query): QueryParams<HashMap<String, String>>,
     headers: HeaderMap,
@@ -136,7 +185,7 @@ pub(crate) async fn task_events(
         .await?
         .ok_or_else(not_found)?;
     let after = resume_point(&query, &headers)?;
-    let permit = app.streams.take()?;
+    let permit = app.streams.take(&caller.name)?;
     let slot = feeder_slot(&app)?;
     let store = app.services.store.clone();
     // Subscribed before the stored events are read: nothing written in between is missed.
@@ -171,8 +220,11 @@ pub(crate) async fn task_events(
         (status = 503, description = describe::TOO_MANY_STREAMS, body = ErrorBody),
     )
 )]
-pub(crate) async fn all_events(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let permit = app.streams.take()?;
+pub(crate) async fn all_events(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    let permit = app.streams.take(&caller.name)?;
     let slot = feeder_slot(&app)?;
     let mut live = app.services.store.subscribe();
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
@@ -337,4 +389,24 @@ fn receiver_stream(receiver: mpsc::Receiver<Message>) -> impl Stream<Item = Mess
     stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|message| (message, receiver))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_token_holds_at_most_its_share_of_the_streams() {
+        let slots = StreamSlots::default();
+        let mut held: Vec<StreamPermit> = (0..STREAMS_PER_TOKEN_MAX)
+            .map(|_| slots.take("a").unwrap())
+            .collect();
+        assert!(slots.take("a").is_err());
+        let other = slots.take("b").unwrap();
+        held.pop();
+        let again = slots.take("a").unwrap();
+        drop((held, other, again));
+        assert!(slots.per_token.lock().unwrap().is_empty());
+        assert_eq!(slots.permits.available_permits(), STREAMS_MAX);
+    }
 }
