@@ -126,14 +126,24 @@ impl IntakeError {
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubmitTaskRequest {
-    /// Short name of the work.
+    /// Short name of the work: one line, not blank.
+    #[schema(min_length = 1, max_length = 200)]
     pub title: String,
-    /// What to do.
+    /// What to do (lines and tabs allowed, no other control characters).
+    #[schema(max_length = 65536)]
     pub description: String,
-    /// Absolute path of a git work tree on this host (stored as its top level, canonical).
+    /// Absolute path of a git work tree on this host (stored as its top level, canonical); must
+    /// match `server.repos` and the token's `repos` globs.
+    #[schema(min_length = 2, pattern = "^/")]
     pub repo: String,
-    /// Branch to deliver into (default `main`).
+    /// Branch to deliver into (default `main`): a branch name, never a revision (`main~1`).
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^~^:?*\\[\\\\ ]+$",
+        nullable
+    )]
     pub base_branch: Option<String>,
     /// Pipeline template (default `feature`).
     #[serde(default)]
@@ -141,19 +151,23 @@ pub(crate) struct SubmitTaskRequest {
     /// Scheduling priority (default `medium`).
     #[serde(default)]
     pub priority: Option<Priority>,
-    /// Command that must pass in the worktree before delivery.
+    /// Command that must pass in the worktree before delivery: not blank.
+    #[schema(min_length = 1, max_length = 8192)]
     pub verify: String,
-    /// Implement/verify rounds (default from config).
+    /// Implement/verify rounds (default from config), 1 ..= `tasks.max_attempts_limit` (10).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10, nullable)]
     pub max_attempts: Option<u32>,
-    /// Engine overrides per persona.
+    /// Engine overrides per persona (a token with `engines: true` only).
     #[serde(default)]
     pub engines: Option<EngineOverrides>,
-    /// Makes the submission idempotent.
+    /// Makes the submission idempotent: one line, not blank.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200, nullable)]
     pub idempotency_key: Option<String>,
-    /// Tasks that must be `done` first.
+    /// Tasks (ids) that must be `done` first.
     #[serde(default)]
+    #[schema(max_items = 64, nullable)]
     pub deps: Option<Vec<String>>,
     /// `manual` puts an approval gate before delivery (default `auto`).
     #[serde(default)]
@@ -168,8 +182,11 @@ pub(crate) struct SubmitTaskRequest {
     /// The app (in `ops.yaml`) to deploy once the task is delivered.
     #[serde(default)]
     pub deploy: Option<String>,
-    /// The ledger account that pays (default: the parent task's, else `ledger.local_account`).
+    /// The ledger account that pays (default: the parent task's, else the token's own
+    /// `user:<name>`, else `ledger.local_account`); never `system:`, `agent:` or `task:`, and one
+    /// the token may charge.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128, nullable)]
     pub account: Option<String>,
     /// What the task may spend (default `max_cost`: `ledger.default_task_budget`).
     #[serde(default)]
