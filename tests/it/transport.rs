@@ -142,6 +142,7 @@ async fn a_public_bind_needs_tls_or_allow_plain_http() {
     std::fs::write(root.path().join("glitchlab.toml"), config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_glitchlab"))
         .args(["serve", "--bind", "0.0.0.0:0", "--config", "glitchlab.toml"])
+        .env("GLITCHLAB_ADMIN_TOKEN", crate::helpers::ADMIN_TOKEN)
         .arg("--data-dir")
         .arg(root.path().join("data"))
         .current_dir(root.path())
@@ -154,7 +155,9 @@ async fn a_public_bind_needs_tls_or_allow_plain_http() {
     let stdout = child.stdout.take().unwrap();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
     let port = line.trim().rsplit(':').next().unwrap().to_owned();
-    let answer = reqwest::get(format!("http://127.0.0.1:{port}/v1/tasks"))
+    let answer = crate::helpers::client()
+        .get(format!("http://127.0.0.1:{port}/v1/tasks"))
+        .send()
         .await
         .unwrap();
     let status = answer.status();
@@ -325,7 +328,8 @@ async fn a_body_that_does_not_arrive_in_time_is_answered_408_and_closed() {
     let address = address(&service);
     let mut stream = TcpStream::connect(&address).await.unwrap();
     let head = format!(
-        "POST /v1/ledger/accounts HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+        "POST /v1/ledger/accounts HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        crate::helpers::ADMIN_TOKEN
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     let started = Instant::now();
@@ -583,7 +587,10 @@ async fn a_client_that_stops_reading_is_closed_after_the_idle_timeout() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(address.parse().unwrap()).await.unwrap();
-    let request = format!("GET /v1/openapi.json HTTP/1.1\r\nHost: {address}\r\n\r\n");
+    let request = format!(
+        "GET /v1/openapi.json HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\r\n",
+        crate::helpers::ADMIN_TOKEN
+    );
     stream
         .write_all(request.repeat(200).as_bytes())
         .await
