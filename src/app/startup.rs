@@ -154,6 +154,7 @@ impl Application {
         let redactor = Arc::new(crate::platform::redact::Redactor::from_env(
             &config.governance.secrets,
         ));
+        crate::platform::telemetry::redact_logs_with(redactor.clone());
         let store = Store::open_redacting(
             &config.storage.data_dir,
             config.storage.write_queue_max,

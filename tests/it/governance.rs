@@ -308,10 +308,13 @@ async fn a_secret_in_any_encoding_is_nowhere_in_the_records_or_the_data_dir() {
         .unwrap()
         .contains("[REDACTED:GLITCHLAB_TEST_SECRET]"));
 
-    let files = all_bytes(&root.path().join("data"));
+    let mut files = all_bytes(&root.path().join("data"));
     assert!(files
         .iter()
         .any(|(path, _)| path.to_string_lossy().contains("prompts")));
+    // The service's log too: a log line passes the same redactor.
+    let log = root.path().join("service.log");
+    files.push((log.clone(), std::fs::read(&log).unwrap()));
     for (path, bytes) in &files {
         for form in &forms {
             assert!(
