@@ -239,7 +239,7 @@ fn unauthenticated(message: &str) -> Response {
 }
 
 /// Every matched route passes here (a route layer): authenticate, authorize, limit, then — for a
-/// change that succeeded — write who did it to the audit log before the answer leaves.
+/// change that succeeded — queue who did it for the audit log before the answer leaves.
 pub(crate) async fn authorize(
     State(app): State<AppState>,
     mut request: Request,
@@ -299,9 +299,7 @@ pub(crate) async fn authorize(
             path,
             status: response.status().as_u16(),
         };
-        if let Err(error) = store_auth::append_audit(&app.services.store, entry).await {
-            tracing::error!(%error, "could not write an audit entry");
-        }
+        store_auth::queue_audit(&app.services.store, entry).await;
     }
     response
 }
@@ -549,6 +547,8 @@ pub(crate) async fn audit(
         after: params.after,
         limit: params.limit.unwrap_or(AUDIT_PAGE_MAX),
     };
+    // Entries are queued, not awaited, by the requests they record: let those land first.
+    store_auth::settled(&app.services.store).await?;
     let (entries, next) = store_auth::audit(&app.services.store, query).await?;
     Ok(Json(AuditPage { entries, next }))
 }
