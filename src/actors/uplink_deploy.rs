@@ -411,6 +411,7 @@ async fn on_deploy_done(
         source: "deploy".into(),
         deploy: Some(record.id.clone()),
         at: chrono::Utc::now(),
+        group: None,
     };
     let (services, ops, id) = (state.services.clone(), state.ops.clone(), record.id);
     let signal = async move {

@@ -29,6 +29,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{Incident, IncidentStatus, Signal};
+use crate::model::ops::spec::IncidentPolicy;
 use crate::model::persona::Persona;
 use crate::runtime::jobs::spawn_job;
 use crate::runtime::uplink_respond::UplinkRespondMsg;
@@ -160,20 +161,8 @@ async fn on_signal(
     state: &mut UplinkRespondState,
     signal: Signal,
 ) -> Result<String, OpsError> {
-    let fingerprint = incident::fingerprint(&signal);
-    let window = chrono::Duration::from_std(DEDUP_WINDOW).unwrap_or(chrono::Duration::MAX);
-    let since = Utc::now() - window;
-    let repeat = state
-        .ctx
-        .ops
-        .incidents_where(DEDUP_SCAN_MAX, move |i| {
-            i.status != IncidentStatus::Resolved
-                && i.fingerprint == fingerprint
-                && i.updated_at >= since
-        })
-        .await?;
-    if let Some(open) = repeat.first() {
-        let id = open.id.clone();
+    let policy = state.ctx.services.definitions.ops.incidents.clone();
+    if let Some(id) = joins(state, &signal, &policy).await? {
         state
             .ctx
             .ops
@@ -181,8 +170,21 @@ async fn on_signal(
             .await?;
         return Ok(id);
     }
+    let flapping = flap_count(state, &signal, &policy).await?;
     let runbook = incident::match_runbook(&state.ctx.services.definitions.runbooks, &signal);
-    let mut opened = incident::open(signal, runbook);
+    let mut opened = incident::open(signal, runbook, &policy.group_by);
+    if let Some(count) = flapping {
+        opened.status = IncidentStatus::NeedsHuman;
+        let reason = format!(
+            "flapping: {count} incidents of `{}` for `{}` within {} s (incidents.flap_max is {}); \
+             automatic responses stop until a human looks",
+            opened.signals.first().map_or("", |s| s.signal.as_str()),
+            opened.app,
+            policy.flap_window_secs,
+            policy.flap_max
+        );
+        opened.push_event("needs_human", json!({"reason": reason, "flapping": true}));
+    }
     let respond = opened.status == IncidentStatus::Open;
     if respond && state.responses.len() >= RESPONSES_MAX {
         opened.status = IncidentStatus::NeedsHuman;
@@ -200,6 +202,65 @@ async fn on_signal(
         start_response(myself, state, opened.id.clone(), 0, None);
     }
     Ok(opened.id)
+}
+
+/// The unresolved incident a signal joins instead of opening one: the newest of its group (same
+/// fingerprint, seen within [`DEDUP_WINDOW`]), else — one outage, one incident — an incident of the
+/// same app whose response is acting now and that was updated within `correlate_secs` (two
+/// responses restarting one app would fight).
+async fn joins(
+    state: &UplinkRespondState,
+    signal: &Signal,
+    policy: &IncidentPolicy,
+) -> Result<Option<String>, OpsError> {
+    let fingerprint = incident::fingerprint(signal, &policy.group_by);
+    let now = Utc::now();
+    let window = chrono::Duration::from_std(DEDUP_WINDOW).unwrap_or(chrono::Duration::MAX);
+    let (since, app) = (now - window, signal.app.clone());
+    let correlate = chrono::Duration::seconds(i64::try_from(policy.correlate_secs).unwrap_or(0));
+    let correlated_since = now - correlate;
+    let check_correlation = policy.correlate_secs > 0;
+    let candidates = state
+        .ctx
+        .ops
+        .incidents_where(DEDUP_SCAN_MAX, move |i| {
+            let grouped = i.fingerprint == fingerprint && i.updated_at >= since;
+            let correlated = check_correlation
+                && i.app == app
+                && i.status == IncidentStatus::Open
+                && i.updated_at >= correlated_since;
+            i.status != IncidentStatus::Resolved && (grouped || correlated)
+        })
+        .await?;
+    let fingerprint = incident::fingerprint(signal, &policy.group_by);
+    let grouped = candidates.iter().find(|i| i.fingerprint == fingerprint);
+    Ok(grouped.or(candidates.first()).map(|i| i.id.clone()))
+}
+
+/// How many incidents of this app and signal opened within `flap_window_secs`, when that is
+/// already `flap_max` or more (`None`: not flapping).
+async fn flap_count(
+    state: &UplinkRespondState,
+    signal: &Signal,
+    policy: &IncidentPolicy,
+) -> Result<Option<usize>, OpsError> {
+    if policy.flap_max == 0 {
+        return Ok(None);
+    }
+    let window = chrono::Duration::seconds(i64::try_from(policy.flap_window_secs).unwrap_or(0));
+    let since = Utc::now() - window;
+    let (app, name) = (signal.app.clone(), signal.signal.clone());
+    let recent = state
+        .ctx
+        .ops
+        .incidents_where(DEDUP_SCAN_MAX, move |i| {
+            i.app == app
+                && i.created_at >= since
+                && i.signals.first().is_some_and(|s| s.signal == name)
+        })
+        .await?;
+    let limit = usize::try_from(policy.flap_max).unwrap_or(usize::MAX);
+    Ok((recent.len() >= limit).then_some(recent.len()))
 }
 
 fn start_response(

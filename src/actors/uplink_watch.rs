@@ -316,6 +316,7 @@ async fn on_check_done(
         source: "watch".into(),
         deploy: None,
         at: Utc::now(),
+        group: None,
     };
     let services = state.services.clone();
     // A lost signal would be a missed incident: without room, it is sent from here.

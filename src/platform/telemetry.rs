@@ -77,11 +77,12 @@ mod tests {
 
     #[test]
     fn a_log_line_holding_a_secret_is_written_with_its_marker() {
-        let redactor = Redactor::new([("API_KEY".to_owned(), "sk-live-123456".to_owned())]);
+        let redactor =
+            Redactor::new([("GLITCHLAB_TEST_KEY".to_owned(), "sk-live-123456".to_owned())]);
         let line = b"ERROR engine failed: curl -H 'key: sk-live-123456' ...\n";
         let written = redacted(Some(&redactor), line);
         assert!(!written.contains("sk-live-123456"), "{written}");
-        assert!(written.contains("REDACTED"), "{written}");
+        assert!(written.contains("[REDACTED:"), "{written}");
         assert_eq!(redacted(None, b"plain\n"), "plain\n");
     }
 }

@@ -216,6 +216,40 @@ impl OpsStore {
             .await
     }
 
+    /// A page of incidents, newest first, older than `before` (an incident id) when given, that
+    /// `keep` accepts; and the cursor of the next page (`None` on the last). Looks at
+    /// [`INCIDENT_PAGE_SCAN_MAX`] records at most per page.
+    pub(crate) async fn incidents_page(
+        &self,
+        limit: usize,
+        before: Option<String>,
+        keep: impl Fn(&Incident) -> bool + Send + 'static,
+    ) -> Result<(Vec<Incident>, Option<String>), StoreError> {
+        let limit = limit.clamp(1, LIST_LIMIT_MAX);
+        self.store
+            .read(move |snapshot| {
+                let entries = match &before {
+                    Some(id) => snapshot.range(Table::OpsIncidents, ..id.as_bytes().to_vec()),
+                    None => snapshot.iter(Table::OpsIncidents),
+                };
+                let mut page = Vec::new();
+                // The next page starts just below the last record looked at.
+                let mut last_seen: Option<String> = None;
+                for (scanned, value) in entries.values().rev().enumerate() {
+                    if page.len() >= limit || scanned >= INCIDENT_PAGE_SCAN_MAX {
+                        return Ok((page, last_seen));
+                    }
+                    let incident: Incident = serde_json::from_slice(&value?)?;
+                    last_seen = Some(incident.id.clone());
+                    if keep(&incident) {
+                        page.push(incident);
+                    }
+                }
+                Ok((page, None))
+            })
+            .await
+    }
+
     /// Stores a check result, keeping the newest [`CHECK_HISTORY_MAX`] of that check (durable).
     pub(crate) async fn record_check(&self, result: &CheckResult) -> Result<(), StoreError> {
         let prefix = check_prefix(&result.app, &result.check);
@@ -405,6 +439,10 @@ fn prune_deploys(batch: &mut Batch<'_>, app: &str) -> Result<(), StoreError> {
     );
     Ok(())
 }
+
+/// Incidents one page looks at at most (a filter that matches little stops here; the cursor says
+/// where to go on).
+pub(crate) const INCIDENT_PAGE_SCAN_MAX: usize = 10_000;
 
 fn check_prefix(app: &str, check: &str) -> Vec<u8> {
     [app.as_bytes(), b"/", check.as_bytes(), &[0]].concat()

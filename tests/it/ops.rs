@@ -957,7 +957,13 @@ async fn an_alert_storm_leaves_the_service_responsive() {
     let _reaper = AppReaper(root.path().to_path_buf());
     let repo = sample_repo(root.path());
     let port = free_port();
-    let mut service = start(root.path(), &local_ops(&repo, port, 0, ""), Vec::new()).await;
+    // One incident per alert, as before incidents grouped: each instance its own group, no
+    // correlation, no flap guard — the storm exercises 20 responses at once.
+    let ops = format!(
+        "{}incidents: {{group_by: [app, signal, instance], correlate_secs: 0, flap_max: 0}}\n",
+        local_ops(&repo, port, 0, "")
+    );
+    let mut service = start(root.path(), &ops, Vec::new()).await;
     deploy_healthy(&service, "web").await;
 
     let alerts: Vec<Value> = (0..ALERTS)
@@ -1072,4 +1078,158 @@ async fn a_mistyped_commit_is_refused_at_the_door() {
         .post("/v1/deploys", &json!({"app": "web", "commit": "main"}))
         .await;
     assert_eq!(status, 201, "{record}");
+}
+
+/// A service whose `ops.yaml` has one app, `svc`, run by shell commands that always succeed (its
+/// status passes, so a response resolves at once), `extra` appended, and `runbooks` of its own.
+async fn svc_service(root: &Path, runbooks: &[(&str, &str)], extra: &str) -> Service {
+    let repo = sample_repo(root);
+    let dir = root.join("runbooks");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in runbooks {
+        std::fs::write(dir.join(format!("{name}.yaml")), text).unwrap();
+    }
+    let ops_file = root.join("ops.yaml");
+    std::fs::write(
+        &ops_file,
+        format!(
+            "apps:\n  svc:\n    repo: {}\n    provider: command\n    command: {{deploy: \"true\", rollback: \"true\", status: \"true\"}}\n{extra}",
+            repo.display()
+        ),
+    )
+    .unwrap();
+    let options = with_config(&format!(
+        "[paths]\nops_file = \"{}\"\nrunbooks_dir = \"{}\"\n",
+        ops_file.display(),
+        dir.display()
+    ));
+    Service::start_with(root, options).await
+}
+
+/// Issue #16: 500 alerts for one app and signal, with 500 different label sets, are one incident
+/// counting 500 signals, and `/healthz` stays fast while they arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_alerts_for_one_app_and_signal_are_one_incident() {
+    let root = tempfile::tempdir().unwrap();
+    let service = svc_service(root.path(), &[], "").await;
+    let base = service.base.clone();
+    let probing = tokio::spawn(async move {
+        let client = crate::helpers::client();
+        let mut slowest = Duration::ZERO;
+        for _ in 0..40 {
+            let asked = Instant::now();
+            let answer = client.get(format!("{base}/healthz")).send().await.unwrap();
+            assert_eq!(answer.status(), 200);
+            slowest = slowest.max(asked.elapsed());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        slowest
+    });
+    let mut ids = std::collections::BTreeSet::new();
+    for batch in 0..5 {
+        let alerts: Vec<Value> = (0..100)
+            .map(|n| {
+                json!({"status": "firing",
+                       "labels": {"alertname": "DiskFull", "app": "svc",
+                                  "instance": format!("svc-{batch}-{n}")},
+                       "annotations": {"summary": "disk full"}})
+            })
+            .collect();
+        let (status, body) = service
+            .post("/v1/alerts", &json!({"version": "4", "alerts": alerts}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        for id in body["incidents"].as_array().unwrap() {
+            ids.insert(id.as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let (_, list) = service.get("/v1/incidents?app=svc").await;
+    let incidents = list["incidents"].as_array().unwrap();
+    assert_eq!(incidents.len(), 1, "{list:#}");
+    assert_eq!(incidents[0]["signal_count"], 500);
+    let slowest = probing.await.unwrap();
+    assert!(
+        slowest < Duration::from_millis(500),
+        "/healthz took {slowest:?}"
+    );
+}
+
+/// Issue #16: a second signal for an app whose incident is being answered joins that incident
+/// (one outage, one incident, one response acting on the app).
+#[tokio::test]
+async fn a_second_signal_during_a_response_joins_the_incident() {
+    let root = tempfile::tempdir().unwrap();
+    let slow = "name: slow\nmatch: {signal: process_exited}\nclassify: outage\nsteps:\n  - {action: wait, seconds: 3}\n";
+    let service = svc_service(root.path(), &[("slow", slow)], "").await;
+    let (_, first) = service
+        .post(
+            "/v1/alerts",
+            &json!({"app": "svc", "signal": "process_exited"}),
+        )
+        .await;
+    let (_, second) = service
+        .post(
+            "/v1/alerts",
+            &json!({"app": "svc", "signal": "health_check_failed"}),
+        )
+        .await;
+    assert_eq!(first["incidents"], second["incidents"], "{first} {second}");
+    let (_, list) = service.get("/v1/incidents?app=svc").await;
+    assert_eq!(list["incidents"].as_array().unwrap().len(), 1, "{list:#}");
+    // Another app is another outage.
+    let (_, other) = service
+        .post(
+            "/v1/alerts",
+            &json!({"app": "elsewhere", "signal": "process_exited"}),
+        )
+        .await;
+    assert_ne!(other["incidents"], first["incidents"]);
+}
+
+/// Issue #16: an app whose incidents keep coming back stops being answered automatically: past
+/// `flap_max` incidents of one signal within the window, the next goes to a human, says why and
+/// files no task.
+#[tokio::test]
+async fn a_flapping_app_goes_to_a_human_after_flap_max_incidents() {
+    let root = tempfile::tempdir().unwrap();
+    let quick = "name: quick\nmatch: {signal: flaky}\nclassify: degradation\nsteps:\n  - {action: notify, message: seen}\n";
+    let extra = "incidents: {flap_max: 2, flap_window_secs: 600}\n";
+    let service = svc_service(root.path(), &[("quick", quick)], extra).await;
+    for _ in 0..2 {
+        let (status, posted) = service
+            .post("/v1/alerts", &json!({"app": "svc", "signal": "flaky"}))
+            .await;
+        assert_eq!(status, 202, "{posted}");
+        let id = posted["incidents"][0].as_str().unwrap();
+        wait_until(&service, &format!("/v1/incidents/{id}"), |i| {
+            i["status"] == "resolved"
+        })
+        .await;
+    }
+    let (_, posted) = service
+        .post("/v1/alerts", &json!({"app": "svc", "signal": "flaky"}))
+        .await;
+    let id = posted["incidents"][0].as_str().unwrap();
+    let (_, incident) = service.get(&format!("/v1/incidents/{id}")).await;
+    assert_eq!(incident["status"], "needs_human", "{incident:#}");
+    assert!(incident["task_id"].is_null());
+    let flapping = incident["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["detail"]["flapping"] == true);
+    assert!(flapping, "{incident:#}");
+    let (_, page) = service
+        .get("/v1/incidents?app=svc&signal=flaky&limit=2")
+        .await;
+    assert_eq!(page["incidents"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, rest) = service
+        .get(&format!(
+            "/v1/incidents?app=svc&signal=flaky&limit=2&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(rest["incidents"].as_array().unwrap().len(), 1, "{rest:#}");
+    assert!(rest["next_cursor"].is_null());
 }

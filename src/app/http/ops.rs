@@ -364,6 +364,10 @@ pub(crate) struct IncidentQuery {
     app: Option<String>,
     /// `open`, `resolved` or `needs_human`.
     status: Option<IncidentStatus>,
+    /// Only incidents opened by this signal.
+    signal: Option<String>,
+    /// The previous page's `next_cursor`.
+    cursor: Option<String>,
 }
 
 /// `GET /v1/incidents`: `{"incidents":[...]}`, newest first.
@@ -376,10 +380,12 @@ pub(crate) struct IncidentQuery {
             (default 50)."),
         ("app" = Option<String>, Query, description = "Only this app's."),
         ("status" = Option<IncidentStatus>, Query, description = "Only incidents in this status."),
+        ("signal" = Option<String>, Query, description = "Only incidents opened by this signal."),
+        ("cursor" = Option<String>, Query, description = "The previous page's `next_cursor`."),
     ),
     responses(
-        (status = 200, description = "`{\"incidents\": [Incident, …]}`, newest first.",
-            body = Object),
+        (status = 200, description = "`{\"incidents\": [Incident, …], \"next_cursor\": id | null}`, \
+            newest first; `next_cursor` is `null` on the last page.", body = Object),
         (status = 422, description = describe::BAD_QUERY, body = ErrorBody),
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
@@ -392,13 +398,17 @@ pub(crate) async fn list_incidents(
         .limit
         .unwrap_or(LIST_LIMIT_DEFAULT)
         .clamp(1, LIST_LIMIT_MAX);
-    let incidents = ops_store(&app)?
-        .incidents_where(limit, move |i| {
-            query.app.as_ref().is_none_or(|a| *a == i.app)
-                && query.status.is_none_or(|s| s == i.status)
+    let (app_filter, status, signal) = (query.app, query.status, query.signal);
+    let (incidents, next) = ops_store(&app)?
+        .incidents_page(limit, query.cursor, move |i| {
+            app_filter.as_ref().is_none_or(|a| *a == i.app)
+                && status.is_none_or(|s| s == i.status)
+                && signal
+                    .as_ref()
+                    .is_none_or(|s| i.signals.first().is_some_and(|first| first.signal == *s))
         })
         .await?;
-    Ok(Json(json!({ "incidents": incidents })))
+    Ok(Json(json!({ "incidents": incidents, "next_cursor": next })))
 }
 
 /// `GET /v1/incidents/{id}`.

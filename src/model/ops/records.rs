@@ -232,6 +232,10 @@ pub(crate) struct Signal {
     pub deploy: Option<String>,
     /// When it was received.
     pub at: DateTime<Utc>,
+    /// Alertmanager's `groupKey` of the webhook that carried it: alerts Alertmanager grouped are
+    /// one incident.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// Where an incident stands.

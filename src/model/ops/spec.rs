@@ -32,6 +32,38 @@ pub struct OpsFile {
     /// Where the `fly` CLI is (default: `fly` on `PATH`); an app's own `fly.binary` wins.
     #[serde(default)]
     pub fly_binary: Option<String>,
+    /// How signals become incidents: grouping, correlation, flapping.
+    #[serde(default)]
+    pub incidents: IncidentPolicy,
+}
+
+/// `incidents:` in `ops.yaml` — when a signal joins an open incident instead of opening one, and
+/// when an app's incidents stop being answered automatically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IncidentPolicy {
+    /// What makes two signals one incident: `app`, `signal` and label names. An Alertmanager
+    /// alert's own `groupKey` wins when present.
+    pub group_by: Vec<String>,
+    /// A signal for an app with an unresolved incident updated this recently joins that incident,
+    /// whatever its signal (one outage, one incident).
+    pub correlate_secs: u64,
+    /// More incidents than this for one app and signal within `flap_window_secs` and the next one
+    /// goes to a human: no automatic response, no task.
+    pub flap_max: u32,
+    /// The flapping window.
+    pub flap_window_secs: u64,
+}
+
+impl Default for IncidentPolicy {
+    fn default() -> Self {
+        Self {
+            group_by: vec!["app".into(), "signal".into()],
+            correlate_secs: 30,
+            flap_max: 3,
+            flap_window_secs: 600,
+        }
+    }
 }
 
 impl OpsFile {

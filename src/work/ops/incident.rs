@@ -30,6 +30,8 @@ const SUMMARY_BYTES_MAX: usize = 2048;
 const DIAGNOSIS_DEPLOYS_MAX: usize = 5;
 /// After its steps, how many health checks an incident waits for before a human takes over.
 const RESOLVE_ROUNDS_MAX: u32 = 5;
+/// Longest Alertmanager `groupKey` kept (a longer one is ignored: the labels group instead).
+const GROUP_KEY_BYTES_MAX: usize = 1024;
 /// Pause between those checks.
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one call to Uplink-Deploy for a step may take.
@@ -76,6 +78,7 @@ pub(crate) fn parse_alerts(body: &Value) -> Result<Vec<Signal>, String> {
             source: "api".into(),
             deploy: None,
             at: Utc::now(),
+            group: None,
         };
         check_signal(&signal)?;
         return Ok(vec![signal]);
@@ -87,12 +90,18 @@ pub(crate) fn parse_alerts(body: &Value) -> Result<Vec<Signal>, String> {
             "at most {ALERTS_PER_REQUEST_MAX} alerts per request"
         ));
     }
+    let group = body
+        .get("groupKey")
+        .and_then(Value::as_str)
+        .filter(|key| !key.is_empty() && key.len() <= GROUP_KEY_BYTES_MAX)
+        .map(str::to_owned);
     let mut signals = Vec::new();
     for alert in alerts {
         if alert.status.as_deref() == Some("resolved") {
             continue;
         }
-        let signal = from_alertmanager(alert)?;
+        let mut signal = from_alertmanager(alert)?;
+        signal.group = group.clone();
         check_signal(&signal)?;
         signals.push(signal);
     }
@@ -125,6 +134,7 @@ fn from_alertmanager(alert: AlertmanagerAlert) -> Result<Signal, String> {
         source: "alertmanager".into(),
         deploy: None,
         at: Utc::now(),
+        group: None,
     })
 }
 
@@ -149,16 +159,24 @@ fn check_signal(signal: &Signal) -> Result<(), String> {
 }
 
 /// What makes two signals "the same problem": app, signal name and labels.
-pub(crate) fn fingerprint(signal: &Signal) -> String {
+pub(crate) fn fingerprint(signal: &Signal, group_by: &[String]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(signal.app.as_bytes());
-    hasher.update([0]);
-    hasher.update(signal.signal.as_bytes());
-    for (key, value) in &signal.labels {
+    if let Some(group) = &signal.group {
+        hasher.update(b"\0group\0");
+        hasher.update(group.as_bytes());
+        return hex::encode(&hasher.finalize()[..8]);
+    }
+    for key in group_by {
+        let value = match key.as_str() {
+            "app" => continue,
+            "signal" => Some(&signal.signal),
+            label => signal.labels.get(label),
+        };
         hasher.update([0]);
         hasher.update(key.as_bytes());
         hasher.update([b'=']);
-        hasher.update(value.as_bytes());
+        hasher.update(value.map_or(&b""[..], |v| v.as_bytes()));
     }
     hex::encode(&hasher.finalize()[..8])
 }
@@ -177,7 +195,7 @@ pub(crate) fn match_runbook<'a>(runbooks: &'a [Runbook], signal: &Signal) -> Opt
 }
 
 /// A new incident for a first signal.
-pub(crate) fn open(signal: Signal, runbook: Option<&Runbook>) -> Incident {
+pub(crate) fn open(signal: Signal, runbook: Option<&Runbook>, group_by: &[String]) -> Incident {
     let now = Utc::now();
     let mut incident = Incident {
         id: uuid::Uuid::now_v7().to_string(),
@@ -187,7 +205,7 @@ pub(crate) fn open(signal: Signal, runbook: Option<&Runbook>) -> Incident {
         } else {
             IncidentStatus::NeedsHuman
         },
-        fingerprint: fingerprint(&signal),
+        fingerprint: fingerprint(&signal, group_by),
         classification: runbook.map(|r| r.classify),
         runbook: runbook.map(|r| r.name.clone()),
         signals: Vec::new(),
@@ -652,7 +670,7 @@ mod tests {
         let signal = parse_alerts(&json!({"app": "web", "signal": "x"}))
             .unwrap()
             .remove(0);
-        let mut incident = open(signal, None);
+        let mut incident = open(signal, None, &[]);
         assert_eq!(resume_point(&incident), (0, None));
         incident.push_event("step.started", json!({"step": 0}));
         assert_eq!(resume_point(&incident), (0, None), "step 0 runs again");
@@ -681,12 +699,23 @@ mod tests {
     }
 
     #[test]
-    fn fingerprints_ignore_time_but_not_labels() {
+    fn incidents_group_by_app_and_signal_or_the_labels_named_or_alertmanagers_group() {
         let mut a =
             parse_alerts(&json!({"app": "web", "signal": "x", "labels": {"k": "v"}})).unwrap();
-        let b = parse_alerts(&json!({"app": "web", "signal": "x", "labels": {"k": "v"}})).unwrap();
-        assert_eq!(fingerprint(&a[0]), fingerprint(&b[0]));
+        let mut b =
+            parse_alerts(&json!({"app": "web", "signal": "x", "labels": {"k": "v"}})).unwrap();
+        let by_label: Vec<String> = ["app", "signal", "k"].map(String::from).to_vec();
+        assert_eq!(fingerprint(&a[0], &by_label), fingerprint(&b[0], &by_label));
         a[0].labels.insert("k".into(), "w".into());
-        assert_ne!(fingerprint(&a[0]), fingerprint(&b[0]));
+        assert_ne!(fingerprint(&a[0], &by_label), fingerprint(&b[0], &by_label));
+        // The default groups by app and signal: labels alone make no new incident.
+        let default = crate::model::ops::spec::IncidentPolicy::default().group_by;
+        assert_eq!(fingerprint(&a[0], &default), fingerprint(&b[0], &default));
+        b[0].signal = "y".into();
+        assert_ne!(fingerprint(&a[0], &default), fingerprint(&b[0], &default));
+        // Alertmanager's groupKey wins over labels.
+        a[0].group = Some("{}:{alertname=\"x\"}".into());
+        b[0].group = a[0].group.clone();
+        assert_eq!(fingerprint(&a[0], &default), fingerprint(&b[0], &default));
     }
 }
