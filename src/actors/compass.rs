@@ -34,7 +34,7 @@ use super::uplink_respond::{UplinkRespond, UplinkRespondArguments};
 use super::uplink_watch::{UplinkWatch, UplinkWatchArguments};
 use crate::model::errors::TaskActionError;
 use crate::model::persona::Persona;
-use crate::model::task::{Priority, Task, TaskId, TaskStatus};
+use crate::model::task::{Priority, Stage, Task, TaskId, TaskStatus};
 use crate::platform::metrics;
 use crate::runtime::compass::{CompassMsg, TaskAction};
 use crate::runtime::directory::{ActorEntry, ActorHealth};
@@ -81,6 +81,9 @@ pub(crate) struct CompassState {
     /// While a `TaskSubmitted` is handled: its queue place (reserved by the ingress) is still to
     /// be freed, in the same step as the first queue update that counts the task.
     admission_pending: bool,
+    /// When this Compass started: a budget reservation older than that whose task does not
+    /// exist was orphaned by a crash (one made since may still be getting its task).
+    started_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Actor for Compass {
@@ -93,6 +96,7 @@ impl Actor for Compass {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let started_at = chrono::Utc::now();
         let services = args.services;
         services.directory.set(
             entry(Persona::Compass.name(), None, ActorHealth::Running, 0),
@@ -106,6 +110,7 @@ impl Actor for Compass {
             resuming: VecDeque::new(),
             blocked: BTreeSet::new(),
             admission_pending: false,
+            started_at,
         };
         for name in Persona::ALL.into_iter().filter(|p| *p != Persona::Compass) {
             let cell = spawn_persona(name, &myself, &state.services).await?;
@@ -132,7 +137,10 @@ impl Actor for Compass {
         for task in state.services.store.unsettled_tasks().await? {
             settle_later(&state.services, task.id);
         }
-        let unfinished = state.services.store.unfinished_tasks().await?;
+        metering::void_orphan_reservations_later(&state.services, state.started_at);
+        let mut unfinished = state.services.store.unfinished_tasks().await?;
+        let poisoned = poison_after_unclean_stop(&state.services, &unfinished).await?;
+        unfinished.retain(|task| !poisoned.contains(&task.id));
         let resumed = unfinished
             .iter()
             .filter(|t| t.status == TaskStatus::Running)
@@ -140,6 +148,7 @@ impl Actor for Compass {
         tracing::info!(
             unfinished = unfinished.len(),
             resumed,
+            poisoned = poisoned.len(),
             "compass reloaded unfinished tasks"
         );
         for task in unfinished {
@@ -155,6 +164,10 @@ impl Actor for Compass {
                 // Waits for a human; terminal ones are not reloaded.
                 _ => {}
             }
+        }
+        // Their budgets settle, and tasks waiting on them fail `DEPENDENCY_FAILED`.
+        for task_id in poisoned {
+            on_finished(&myself, state, task_id).await?;
         }
         let blocked: Vec<TaskId> = state.blocked.iter().copied().collect();
         for task_id in blocked {
@@ -438,6 +451,41 @@ async fn restart_persona(myself: &ActorRef<CompassMsg>, state: &mut CompassState
             on_persona_exit(myself, state, name, format!("failed to start: {error}")).await
         }
     }
+}
+
+/// After an unclean stop (no clean-stop mark), counts it against every task that was running;
+/// those whose stage was in flight across `compass.poison_after` consecutive ones are ended
+/// `POISONED` instead of resumed, so one task cannot crash the service at every start. Answers
+/// them.
+async fn poison_after_unclean_stop(
+    services: &Services,
+    unfinished: &[Task],
+) -> Result<Vec<TaskId>, StoreError> {
+    if services.store.take_clean_stop().await? {
+        return Ok(Vec::new());
+    }
+    let running: Vec<_> = unfinished
+        .iter()
+        .filter(|t| t.status == TaskStatus::Running)
+        .map(|t| (t.id, t.stage.unwrap_or(Stage::Plan), t.attempts))
+        .collect();
+    let counts = services.store.count_unclean_stops(running).await?;
+    let limit = services.config.compass.poison_after;
+    let mut poisoned = Vec::new();
+    for (task_id, stops) in counts {
+        if limit == 0 || stops < limit {
+            if stops > 1 {
+                tracing::warn!(task = %task_id, stops, limit, "task was running at consecutive unclean stops");
+            }
+            continue;
+        }
+        let why = transitions::Poison::UncleanStops { stops, limit };
+        if transitions::poison(services, task_id, why).await?.is_some() {
+            metrics::task_poisoned("unclean_stops");
+            poisoned.push(task_id);
+        }
+    }
+    Ok(poisoned)
 }
 
 async fn on_submitted(
