@@ -60,6 +60,9 @@ struct PersonaSlot {
     /// The current incarnation; `None` while it waits to be restarted or after it failed.
     cell: Option<ActorCell>,
     history: RestartHistory,
+    /// Crashes each unfinished task's requests caused: past `max_restarts` the task is
+    /// poisoned, not the persona.
+    blame: HashMap<TaskId, u32>,
 }
 
 struct PipelineSlot {
@@ -123,6 +126,7 @@ impl Actor for Compass {
                 PersonaSlot {
                     cell: Some(cell),
                     history: RestartHistory::default(),
+                    blame: HashMap::new(),
                 },
             );
         }
@@ -366,12 +370,28 @@ async fn on_persona_exit(
     reason: String,
 ) {
     let policy = state.services.config.supervision.clone();
+    let blamed = state.services.directory.take_handling(name);
     let Some(slot) = state.personas.get_mut(&name) else {
         return;
     };
     slot.cell = None;
-    let decision = slot.history.on_failure(&policy, Instant::now());
+    let mut decision = slot.history.on_failure(&policy, Instant::now());
+    let poisoned = blamed.and_then(|task| {
+        let crashes = slot.blame.entry(task).or_default();
+        *crashes += 1;
+        (*crashes > policy.max_restarts).then_some((task, *crashes))
+    });
+    if let Some((task, _)) = poisoned {
+        // The task is the trouble, not the persona: it ends, and the persona starts over with
+        // its whole restart budget (revived at once even if this crash was past the limit).
+        slot.blame.remove(&task);
+        slot.history.forgive();
+        decision = slot.history.on_failure(&policy, Instant::now());
+    }
     let restarts = slot.history.total();
+    if let Some((task, crashes)) = poisoned {
+        poison_for_crashes(state, name, task, crashes).await;
+    }
     match decision {
         RestartDecision::RestartAfter(delay) => {
             tracing::warn!(persona = %name, %reason, ?delay, "persona exited; restarting");
@@ -380,7 +400,7 @@ async fn on_persona_exit(
                 None,
             );
             myself.send_after(delay, move || CompassMsg::RestartPersona(name));
-            let data = json!({"actor": name, "reason": reason, "restart_in_ms": delay.as_millis()});
+            let data = json!({"actor": name, "reason": reason, "restart_in_ms": delay.as_millis(), "task": blamed, "poisoned": poisoned.is_some()});
             record_service_event(state, "actor.crashed", data).await;
         }
         RestartDecision::GiveUp => {
@@ -396,10 +416,40 @@ async fn on_persona_exit(
                     CompassMsg::RevivePersona(name)
                 });
             }
-            let data = json!({"actor": name, "reason": reason, "restarts": restarts, "revive_after_secs": revive_after});
+            let data = json!({"actor": name, "reason": reason, "restarts": restarts, "revive_after_secs": revive_after, "task": blamed});
             record_service_event(state, "actor.failed", data).await;
         }
     }
+}
+
+/// Ends a task whose requests crashed `persona` past its restart limit (`POISONED`), stops its
+/// pipeline and drops its jobs, so the other tasks get the persona back.
+async fn poison_for_crashes(
+    state: &mut CompassState,
+    persona: Persona,
+    task_id: TaskId,
+    crashes: u32,
+) {
+    let why = transitions::Poison::PersonaCrashes { persona, crashes };
+    match transitions::poison(&state.services, task_id, why).await {
+        Ok(Some(_)) => metrics::task_poisoned("persona_crashes"),
+        Ok(None) => return,
+        Err(error) => {
+            tracing::error!(%error, task = %task_id, "could not record a poison task; it goes on");
+            return;
+        }
+    }
+    state.queue.retain(|(_, queued)| *queued != task_id);
+    state.resuming.retain(|waiting| *waiting != task_id);
+    // Its pipeline's exit frees the slot and settles the task (`on_pipeline_exit`).
+    if let Some(cell) = state
+        .pipelines
+        .get(&task_id)
+        .and_then(|slot| slot.cell.clone())
+    {
+        cell.stop(Some("poisoned".into()));
+    }
+    cancel_persona_jobs(state, task_id);
 }
 
 /// Tries a `failed` persona again with a fresh restart budget (a dependency it needed may be
@@ -549,6 +599,9 @@ async fn on_finished(
     finished: TaskId,
 ) -> Result<(), StoreError> {
     settle_later(&state.services, finished);
+    for slot in state.personas.values_mut() {
+        slot.blame.remove(&finished);
+    }
     let waiting: Vec<TaskId> = state.blocked.iter().copied().collect();
     for task_id in waiting {
         let depends = state
@@ -777,6 +830,14 @@ async fn cancel(
         }
     }
     // After the pipeline has been told, so its call ends as cancelled work, not as a crash.
+    cancel_persona_jobs(state, task_id);
+    on_finished(myself, state, task_id).await?;
+    dispatch(myself, state).await;
+    Ok(cancelled)
+}
+
+/// Tells Planner, Patch and Circuit to drop the task's jobs (killing their process groups).
+fn cancel_persona_jobs(state: &CompassState, task_id: TaskId) {
     for persona in [Persona::Planner, Persona::Patch, Persona::Circuit] {
         let Some(cell) = state
             .personas
@@ -797,7 +858,4 @@ async fn cancel(
                 .map_err(drop),
         };
     }
-    on_finished(myself, state, task_id).await?;
-    dispatch(myself, state).await;
-    Ok(cancelled)
 }
