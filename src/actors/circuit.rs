@@ -87,6 +87,8 @@ impl Actor for Circuit {
         _myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        // Test hook: a persona that cannot start is broken whatever the task (`failed`).
+        crate::work_failpoint!("circuit.start");
         Ok(CircuitState {
             services: args.services,
             jobs: InFlightJobs::default(),
