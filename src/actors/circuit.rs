@@ -87,6 +87,8 @@ impl Actor for Circuit {
         _myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        // Test hook: a persona that cannot start is broken whatever the task (`failed`).
+        crate::work_failpoint!("circuit.start");
         Ok(CircuitState {
             services: args.services,
             jobs: InFlightJobs::default(),
@@ -101,6 +103,7 @@ impl Actor for Circuit {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             CircuitMsg::Verify { task, reply } => {
+                crate::handling!(state.services, Persona::Circuit, task, "circuit.poison");
                 crate::work_failpoint!("circuit.handle");
                 let key = (task.id, Stage::Verify);
                 let work = verify(state.services.clone(), *task);
@@ -109,6 +112,7 @@ impl Actor for Circuit {
                     .start(key, reply, myself, work, |key, token, result| {
                         CircuitMsg::JobDone { key, token, result }
                     });
+                crate::handled!(state.services, Persona::Circuit);
             }
             CircuitMsg::JobDone { key, token, result } => state.jobs.finish(key, token, result),
             CircuitMsg::CancelTask(task_id) => state.jobs.cancel_task(task_id),

@@ -16,7 +16,10 @@
 //!   picked up at the next start even if its `TaskSubmitted` was lost.
 //! - **Policy for its children:** the backoff and limits of [`crate::runtime::supervision`]; a
 //!   persona past the limit is `failed`, a pipeline past the limit fails its task
-//!   `PIPELINE_FAILED`.
+//!   `PIPELINE_FAILED`. A task whose own requests crashed a persona past the limit is the
+//!   trouble instead: it fails `POISONED` and the persona starts over. After an unclean stop, a
+//!   task whose stage was in flight across `compass.poison_after` of them is dead-lettered
+//!   `POISONED`, not resumed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -34,7 +37,7 @@ use super::uplink_respond::{UplinkRespond, UplinkRespondArguments};
 use super::uplink_watch::{UplinkWatch, UplinkWatchArguments};
 use crate::model::errors::TaskActionError;
 use crate::model::persona::Persona;
-use crate::model::task::{Priority, Task, TaskId, TaskStatus};
+use crate::model::task::{Priority, Stage, Task, TaskId, TaskStatus};
 use crate::platform::metrics;
 use crate::runtime::compass::{CompassMsg, TaskAction};
 use crate::runtime::directory::{ActorEntry, ActorHealth};
@@ -60,6 +63,9 @@ struct PersonaSlot {
     /// The current incarnation; `None` while it waits to be restarted or after it failed.
     cell: Option<ActorCell>,
     history: RestartHistory,
+    /// Crashes each unfinished task's requests caused: past `max_restarts` the task is
+    /// poisoned, not the persona.
+    blame: HashMap<TaskId, u32>,
 }
 
 struct PipelineSlot {
@@ -81,6 +87,9 @@ pub(crate) struct CompassState {
     /// While a `TaskSubmitted` is handled: its queue place (reserved by the ingress) is still to
     /// be freed, in the same step as the first queue update that counts the task.
     admission_pending: bool,
+    /// When this Compass started: a budget reservation older than that whose task does not
+    /// exist was orphaned by a crash (one made since may still be getting its task).
+    started_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Actor for Compass {
@@ -93,6 +102,7 @@ impl Actor for Compass {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let started_at = chrono::Utc::now();
         let services = args.services;
         services.directory.set(
             entry(Persona::Compass.name(), None, ActorHealth::Running, 0),
@@ -106,6 +116,7 @@ impl Actor for Compass {
             resuming: VecDeque::new(),
             blocked: BTreeSet::new(),
             admission_pending: false,
+            started_at,
         };
         for name in Persona::ALL.into_iter().filter(|p| *p != Persona::Compass) {
             let cell = spawn_persona(name, &myself, &state.services).await?;
@@ -118,6 +129,7 @@ impl Actor for Compass {
                 PersonaSlot {
                     cell: Some(cell),
                     history: RestartHistory::default(),
+                    blame: HashMap::new(),
                 },
             );
         }
@@ -132,7 +144,10 @@ impl Actor for Compass {
         for task in state.services.store.unsettled_tasks().await? {
             settle_later(&state.services, task.id);
         }
-        let unfinished = state.services.store.unfinished_tasks().await?;
+        metering::void_orphan_reservations_later(&state.services, state.started_at);
+        let mut unfinished = state.services.store.unfinished_tasks().await?;
+        let poisoned = poison_after_unclean_stop(&state.services, &unfinished).await?;
+        unfinished.retain(|task| !poisoned.contains(&task.id));
         let resumed = unfinished
             .iter()
             .filter(|t| t.status == TaskStatus::Running)
@@ -140,6 +155,7 @@ impl Actor for Compass {
         tracing::info!(
             unfinished = unfinished.len(),
             resumed,
+            poisoned = poisoned.len(),
             "compass reloaded unfinished tasks"
         );
         for task in unfinished {
@@ -155,6 +171,10 @@ impl Actor for Compass {
                 // Waits for a human; terminal ones are not reloaded.
                 _ => {}
             }
+        }
+        // Their budgets settle, and tasks waiting on them fail `DEPENDENCY_FAILED`.
+        for task_id in poisoned {
+            on_finished(&myself, state, task_id).await?;
         }
         let blocked: Vec<TaskId> = state.blocked.iter().copied().collect();
         for task_id in blocked {
@@ -353,12 +373,28 @@ async fn on_persona_exit(
     reason: String,
 ) {
     let policy = state.services.config.supervision.clone();
+    let blamed = state.services.directory.take_handling(name);
     let Some(slot) = state.personas.get_mut(&name) else {
         return;
     };
     slot.cell = None;
-    let decision = slot.history.on_failure(&policy, Instant::now());
+    let mut decision = slot.history.on_failure(&policy, Instant::now());
+    let poisoned = blamed.and_then(|task| {
+        let crashes = slot.blame.entry(task).or_default();
+        *crashes += 1;
+        (*crashes > policy.max_restarts).then_some((task, *crashes))
+    });
+    if let Some((task, _)) = poisoned {
+        // The task is the trouble, not the persona: it ends, and the persona starts over with
+        // its whole restart budget (revived at once even if this crash was past the limit).
+        slot.blame.remove(&task);
+        slot.history.forgive();
+        decision = slot.history.on_failure(&policy, Instant::now());
+    }
     let restarts = slot.history.total();
+    if let Some((task, crashes)) = poisoned {
+        poison_for_crashes(state, name, task, crashes).await;
+    }
     match decision {
         RestartDecision::RestartAfter(delay) => {
             tracing::warn!(persona = %name, %reason, ?delay, "persona exited; restarting");
@@ -367,7 +403,7 @@ async fn on_persona_exit(
                 None,
             );
             myself.send_after(delay, move || CompassMsg::RestartPersona(name));
-            let data = json!({"actor": name, "reason": reason, "restart_in_ms": delay.as_millis()});
+            let data = json!({"actor": name, "reason": reason, "restart_in_ms": delay.as_millis(), "task": blamed, "poisoned": poisoned.is_some()});
             record_service_event(state, "actor.crashed", data).await;
         }
         RestartDecision::GiveUp => {
@@ -383,10 +419,40 @@ async fn on_persona_exit(
                     CompassMsg::RevivePersona(name)
                 });
             }
-            let data = json!({"actor": name, "reason": reason, "restarts": restarts, "revive_after_secs": revive_after});
+            let data = json!({"actor": name, "reason": reason, "restarts": restarts, "revive_after_secs": revive_after, "task": blamed});
             record_service_event(state, "actor.failed", data).await;
         }
     }
+}
+
+/// Ends a task whose requests crashed `persona` past its restart limit (`POISONED`), stops its
+/// pipeline and drops its jobs, so the other tasks get the persona back.
+async fn poison_for_crashes(
+    state: &mut CompassState,
+    persona: Persona,
+    task_id: TaskId,
+    crashes: u32,
+) {
+    let why = transitions::Poison::PersonaCrashes { persona, crashes };
+    match transitions::poison(&state.services, task_id, why).await {
+        Ok(Some(_)) => metrics::task_poisoned("persona_crashes"),
+        Ok(None) => return,
+        Err(error) => {
+            tracing::error!(%error, task = %task_id, "could not record a poison task; it goes on");
+            return;
+        }
+    }
+    state.queue.retain(|(_, queued)| *queued != task_id);
+    state.resuming.retain(|waiting| *waiting != task_id);
+    // Its pipeline's exit frees the slot and settles the task (`on_pipeline_exit`).
+    if let Some(cell) = state
+        .pipelines
+        .get(&task_id)
+        .and_then(|slot| slot.cell.clone())
+    {
+        cell.stop(Some("poisoned".into()));
+    }
+    cancel_persona_jobs(state, task_id);
 }
 
 /// Tries a `failed` persona again with a fresh restart budget (a dependency it needed may be
@@ -438,6 +504,41 @@ async fn restart_persona(myself: &ActorRef<CompassMsg>, state: &mut CompassState
             on_persona_exit(myself, state, name, format!("failed to start: {error}")).await
         }
     }
+}
+
+/// After an unclean stop (no clean-stop mark), counts it against every task that was running;
+/// those whose stage was in flight across `compass.poison_after` consecutive ones are ended
+/// `POISONED` instead of resumed, so one task cannot crash the service at every start. Answers
+/// them.
+async fn poison_after_unclean_stop(
+    services: &Services,
+    unfinished: &[Task],
+) -> Result<Vec<TaskId>, StoreError> {
+    if services.store.take_clean_stop().await? {
+        return Ok(Vec::new());
+    }
+    let running: Vec<_> = unfinished
+        .iter()
+        .filter(|t| t.status == TaskStatus::Running)
+        .map(|t| (t.id, t.stage.unwrap_or(Stage::Plan), t.attempts))
+        .collect();
+    let counts = services.store.count_unclean_stops(running).await?;
+    let limit = services.config.compass.poison_after;
+    let mut poisoned = Vec::new();
+    for (task_id, stops) in counts {
+        if limit == 0 || stops < limit {
+            if stops > 1 {
+                tracing::warn!(task = %task_id, stops, limit, "task was running at consecutive unclean stops");
+            }
+            continue;
+        }
+        let why = transitions::Poison::UncleanStops { stops, limit };
+        if transitions::poison(services, task_id, why).await?.is_some() {
+            metrics::task_poisoned("unclean_stops");
+            poisoned.push(task_id);
+        }
+    }
+    Ok(poisoned)
 }
 
 async fn on_submitted(
@@ -501,6 +602,9 @@ async fn on_finished(
     finished: TaskId,
 ) -> Result<(), StoreError> {
     settle_later(&state.services, finished);
+    for slot in state.personas.values_mut() {
+        slot.blame.remove(&finished);
+    }
     let waiting: Vec<TaskId> = state.blocked.iter().copied().collect();
     for task_id in waiting {
         let depends = state
@@ -729,6 +833,14 @@ async fn cancel(
         }
     }
     // After the pipeline has been told, so its call ends as cancelled work, not as a crash.
+    cancel_persona_jobs(state, task_id);
+    on_finished(myself, state, task_id).await?;
+    dispatch(myself, state).await;
+    Ok(cancelled)
+}
+
+/// Tells Planner, Patch and Circuit to drop the task's jobs (killing their process groups).
+fn cancel_persona_jobs(state: &CompassState, task_id: TaskId) {
     for persona in [Persona::Planner, Persona::Patch, Persona::Circuit] {
         let Some(cell) = state
             .personas
@@ -749,7 +861,4 @@ async fn cancel(
                 .map_err(drop),
         };
     }
-    on_finished(myself, state, task_id).await?;
-    dispatch(myself, state).await;
-    Ok(cancelled)
 }

@@ -131,6 +131,24 @@ impl Actor for Ledger {
                 };
                 state.store.submit(op, answer).await;
             }
+            LedgerMsg::OpenAndTransfer {
+                account,
+                transfer,
+                reply,
+            } => {
+                crate::work_failpoint!("ledger.handle");
+                let op = move |batch: &mut Batch<'_>| {
+                    release_due(batch, now);
+                    book::open_and_transfer(batch, &account, &transfer, now)
+                };
+                let answer = move |applied: Result<Applied<Transfer>, LedgerError>| {
+                    if let Ok(Applied::Created(created)) = &applied {
+                        crate::platform::metrics::ledger_transfer(created.code);
+                    }
+                    let _ = reply.send(applied);
+                };
+                state.store.submit(op, answer).await;
+            }
             LedgerMsg::Settle { id, action, reply } => {
                 crate::work_failpoint!("ledger.handle");
                 let op = move |batch: &mut Batch<'_>| {

@@ -25,3 +25,25 @@ macro_rules! work_failpoint {
         fail::fail_point!($name);
     };
 }
+
+/// Marks the persona as taking in `task`'s request, then evaluates the failpoint `name` for tasks
+/// whose title contains `poison` (a poison task for tests: `FAILPOINTS=patch.poison=panic`). A
+/// panic leaves the mark, which blames the task for the crash; [`handled!`] clears it.
+#[macro_export]
+macro_rules! handling {
+    ($services:expr, $persona:expr, $task:expr, $name:literal) => {
+        $services.directory.handling($persona, Some($task.id));
+        #[cfg(feature = "failpoints")]
+        if $task.title.contains("poison") {
+            fail::fail_point!($name);
+        }
+    };
+}
+
+/// Clears the mark [`handling!`] set: the request was taken in without a crash.
+#[macro_export]
+macro_rules! handled {
+    ($services:expr, $persona:expr) => {
+        $services.directory.handling($persona, None);
+    };
+}

@@ -129,6 +129,7 @@ impl Actor for Patch {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             PatchMsg::Implement { task, reply } => {
+                crate::handling!(state.services, Persona::Patch, task, "patch.poison");
                 crate::work_failpoint!("patch.handle");
                 let key = (task.id, Stage::Implement);
                 let work = implement(state.services.clone(), *task);
@@ -137,8 +138,10 @@ impl Actor for Patch {
                     .start(key, reply, myself, work, |key, token, result| {
                         PatchMsg::ImplementDone { key, token, result }
                     });
+                crate::handled!(state.services, Persona::Patch);
             }
             PatchMsg::Deliver { task, reply } => {
+                crate::handling!(state.services, Persona::Patch, task, "patch.poison");
                 crate::work_failpoint!("patch.handle");
                 let key = (task.id, Stage::Deliver);
                 let lock = delivery_lock(&state.delivery_locks, &task);
@@ -148,6 +151,7 @@ impl Actor for Patch {
                     .start(key, reply, myself, work, |key, token, result| {
                         PatchMsg::DeliverDone { key, token, result }
                     });
+                crate::handled!(state.services, Persona::Patch);
             }
             PatchMsg::ImplementDone { key, token, result } => {
                 state.implementing.finish(key, token, result);

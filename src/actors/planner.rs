@@ -93,6 +93,7 @@ impl Actor for Planner {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             PlannerMsg::Plan { task, reply } => {
+                crate::handling!(state.services, Persona::Planner, task, "planner.poison");
                 crate::work_failpoint!("planner.handle");
                 let key = (task.id, Stage::Plan);
                 let work = make_plan(state.services.clone(), *task);
@@ -101,6 +102,7 @@ impl Actor for Planner {
                     .start(key, reply, myself, work, |key, token, result| {
                         PlannerMsg::JobDone { key, token, result }
                     });
+                crate::handled!(state.services, Persona::Planner);
             }
             PlannerMsg::JobDone { key, token, result } => state.jobs.finish(key, token, result),
             PlannerMsg::CancelTask(task_id) => state.jobs.cancel_task(task_id),

@@ -292,6 +292,13 @@ impl Application {
             .background
             .close_and_wait(BACKGROUND_STOP_TIMEOUT)
             .await;
+        // The running stages were stopped by us, not by what they did: the next start does not
+        // count this stop against them (`compass.poison_after`).
+        if !compass_died {
+            if let Err(error) = services.store.mark_clean_stop().await {
+                tracing::error!(%error, "could not record the clean stop");
+            }
+        }
         watchdog.cancel();
         if tokio::time::timeout(WATCHDOG_STOP_TIMEOUT, watchdog_task)
             .await

@@ -314,6 +314,10 @@ pub struct CompassConfig {
     /// How long a `deploy` stage waits for its deploy to end (an approval gate included) before
     /// the task fails `DEPLOY_FAILED`; the deploy itself goes on.
     pub deploy_wait_secs: u64,
+    /// A task whose stage was in flight across this many consecutive unclean stops (`kill -9`,
+    /// a crash) is not resumed but dead-lettered `POISONED`, so it cannot take the service down
+    /// for ever; 0 resumes it whatever happened.
+    pub poison_after: u32,
 }
 
 impl Default for CompassConfig {
@@ -334,6 +338,7 @@ impl Default for CompassConfig {
             stall_after_secs: 900,
             templates,
             deploy_wait_secs: 3600,
+            poison_after: 2,
         }
     }
 }

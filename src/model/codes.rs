@@ -209,6 +209,10 @@ catalogue! {
         "The task's pipeline actor crashed past its restart limit.";
     DEPENDENCY_FAILED [] [Task]
         "A dependency of the task failed, was cancelled or was dead-lettered.";
+    POISONED [] [Task]
+        "The task's work took the service (or a persona) down too often: its stage was in flight \
+         across `compass.poison_after` unclean stops, or its requests crashed a persona past its \
+         restart limit.";
     ENGINE_TIMEOUT [] [Task]
         "An engine ran past its timeout and was killed.";
     ENGINE_FAILED [] [Task]

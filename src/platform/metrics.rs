@@ -53,6 +53,11 @@ pub(crate) const LEDGER_TRANSFERS_TOTAL: &str = "glitchlab_ledger_transfers_tota
 /// Counter `{persona}`: micro-tokens charged for engine runs to `agent:<persona>`.
 pub(crate) const LEDGER_CHARGED_MICRO_TOKENS_TOTAL: &str =
     "glitchlab_ledger_charged_micro_tokens_total";
+/// Counter `{persona, code}`: engine-run charges the Ledger refused or did not answer (the run
+/// stays unpaid; `code` is the error's, e.g. `AMOUNT_OVERFLOW`). Never a silent skip.
+pub(crate) const LEDGER_CHARGE_FAILURES_TOTAL: &str = "glitchlab_ledger_charge_failures_total";
+/// Counter `{reason}`: tasks ended `POISONED` (`unclean_stops`, `persona_crashes`).
+pub(crate) const TASKS_POISONED_TOTAL: &str = "glitchlab_tasks_poisoned_total";
 /// Counter `{app, status}`: deploys that ended (`healthy`, `rolled_back`, `failed`, `rejected`).
 pub(crate) const DEPLOYS_FINISHED_TOTAL: &str = "glitchlab_deploys_finished_total";
 /// Counter `{app, classification}`: incidents opened (a signal attached to an open incident is
@@ -146,6 +151,11 @@ fn describe() {
         LEDGER_CHARGED_MICRO_TOKENS_TOTAL,
         "Micro-tokens charged for engine runs"
     );
+    describe_counter!(
+        LEDGER_CHARGE_FAILURES_TOTAL,
+        "Engine-run charges refused or unanswered (runs left unpaid)"
+    );
+    describe_counter!(TASKS_POISONED_TOTAL, "Tasks ended POISONED");
     describe_counter!(DEPLOYS_FINISHED_TOTAL, "Deploys ended");
     describe_counter!(INCIDENTS_OPENED_TOTAL, "Incidents opened");
     describe_counter!(CHECKS_TOTAL, "Scheduled check runs");
@@ -294,6 +304,17 @@ pub(crate) fn ledger_transfer(code: u16) {
 pub(crate) fn ledger_charged(persona: &str, micro_tokens: u64) {
     ::metrics::counter!(LEDGER_CHARGED_MICRO_TOKENS_TOTAL, "persona" => persona.to_owned())
         .increment(micro_tokens);
+}
+
+/// Records an engine-run charge that failed: the run is unpaid. `code` is the error's code.
+pub(crate) fn ledger_charge_failed(persona: &str, code: &'static str) {
+    ::metrics::counter!(LEDGER_CHARGE_FAILURES_TOTAL, "persona" => persona.to_owned(), "code" => code)
+        .increment(1);
+}
+
+/// Records a task ended `POISONED`; `reason` is `unclean_stops` or `persona_crashes`.
+pub(crate) fn task_poisoned(reason: &'static str) {
+    ::metrics::counter!(TASKS_POISONED_TOTAL, "reason" => reason).increment(1);
 }
 
 /// Records a deploy that ended in `status` (its wire name).

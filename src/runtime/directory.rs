@@ -10,6 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::model::persona::Persona;
+use crate::model::task::TaskId;
 
 /// How often a caller waiting for a restarting persona looks again.
 const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(25);
@@ -72,6 +73,10 @@ pub struct ActorDirectory {
     /// Compass's queue and the submissions admitted into it, under one lock: the ingress's bound
     /// check and Compass's hand-over never see half of a change.
     queue: Mutex<QueueCount>,
+    /// The task whose request each persona is taking in right now: left in place when the
+    /// persona panics there, so Compass can tell which task crashed it. The one entry written by
+    /// the personas themselves, not by Compass.
+    handling: Mutex<BTreeMap<Persona, TaskId>>,
 }
 
 /// What counts against `compass.max_queued_tasks`.
@@ -181,6 +186,22 @@ impl ActorDirectory {
         let mut count = self.queue_count();
         count.queued = depth;
         count.admitted = count.admitted.saturating_sub(1);
+    }
+
+    /// A persona starts (`Some`) or has finished (`None`) taking in `task`'s request. A panic in
+    /// between leaves the mark, which blames the task for the crash.
+    pub fn handling(&self, persona: Persona, task: Option<TaskId>) {
+        let mut handling = self.handling.lock().unwrap_or_else(PoisonError::into_inner);
+        match task {
+            Some(task) => handling.insert(persona, task),
+            None => handling.remove(&persona),
+        };
+    }
+
+    /// The task whose request `persona` was taking in when it crashed, if any; clears the mark.
+    pub fn take_handling(&self, persona: Persona) -> Option<TaskId> {
+        let mut handling = self.handling.lock().unwrap_or_else(PoisonError::into_inner);
+        handling.remove(&persona)
     }
 
     fn queue_count(&self) -> std::sync::MutexGuard<'_, QueueCount> {

@@ -36,6 +36,16 @@ pub enum LedgerMsg {
         /// The outcome, after it is durable.
         reply: LedgerReply<Applied<Transfer>>,
     },
+    /// Open an account and move or reserve tokens in one write: a refused transfer leaves no
+    /// account behind (a task's account is opened with its budget reservation).
+    OpenAndTransfer {
+        /// The account (a replay if it exists alike).
+        account: NewAccount,
+        /// The transfer.
+        transfer: NewTransfer,
+        /// The outcome, after it is durable.
+        reply: LedgerReply<Applied<Transfer>>,
+    },
     /// Post or void a pending transfer.
     Settle {
         /// The pending transfer's id.
@@ -100,6 +110,25 @@ pub async fn pending(
         ..transfer
     };
     self::transfer(directory, transfer).await
+}
+
+/// Opens `account` and reserves `transfer` (made pending) in one durable write; a refusal
+/// opens nothing.
+pub async fn open_and_reserve(
+    directory: &ActorDirectory,
+    account: NewAccount,
+    transfer: NewTransfer,
+) -> Result<Applied<Transfer>, LedgerError> {
+    let transfer = NewTransfer {
+        pending: true,
+        ..transfer
+    };
+    ask(directory, |reply| LedgerMsg::OpenAndTransfer {
+        account,
+        transfer,
+        reply,
+    })
+    .await
 }
 
 /// Posts a pending transfer: moves `amount` (default: all reserved) and releases the rest.

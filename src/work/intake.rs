@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use crate::model::auth::Principal;
 use crate::model::codes;
-use crate::model::ledger::{AccountKind, LedgerError, NewAccount};
+use crate::model::ledger::LedgerError;
 use crate::model::persona::Persona;
 use crate::model::task::{
     CausedBy, Delivery, EngineOverrides, EngineSpec, Priority, ReviewPolicy, Stage, Task,
@@ -251,15 +251,16 @@ pub(crate) async fn submit(
         }
     }
     let mut task = validate(services, request, caller).await?;
-    if let Some(caller) = caller {
-        open_own_account(services, caller, &task.account).await;
-    }
     let limit = services.config.compass.max_queued_tasks;
     let Some(admission) = services.directory.admit(limit) else {
         return Err(IntakeError::QueueFull(limit));
     };
     // The money first: a task that cannot be paid for is never created.
-    let reservation = metering::reserve(&services.directory, &task, 1).await?;
+    let reservation = metering::reserve(&services.directory, &task, 1)
+        .await
+        .map_err(|error| reservation_refused(caller, error))?;
+    // Test hook: a crash here leaves a reservation without its task (voided at the next start).
+    crate::work_failpoint!("intake.reserved");
     task.reservation = Some(reservation.clone());
     task.budget_rounds = 1;
     let event = NewEvent::new(
@@ -870,23 +871,21 @@ fn matches_any(globs: &[String], path: &str) -> bool {
             .any(|glob| globset::Glob::new(glob).is_ok_and(|g| g.compile_matcher().is_match(path)))
 }
 
-/// A token's own `user:<name>` account is opened on its first task (with nothing in it: an admin
-/// funds it). Any other account must exist already. Failures are left to the reservation, which
-/// names them.
-async fn open_own_account(services: &Services, caller: &Principal, account: &str) {
-    let own = format!("user:{}", caller.name);
-    if account != own {
-        return;
-    }
-    let new = NewAccount {
-        id: own,
-        kind: AccountKind::User,
-        allow_negative: false,
-    };
-    if let Err(error) = crate::runtime::ledger::open_account(&services.directory, new).await {
-        if !matches!(error, LedgerError::AccountExists(_)) {
-            tracing::warn!(%error, account, "could not open the token's own account");
+/// Why a reservation was refused, for the client. A token's own `user:<name>` account is not
+/// opened by a submission: it would be empty, so the reservation would be refused anyway, and a
+/// refused submission must leave nothing behind. Until an admin opens and funds it, its tasks
+/// are refused `402 INSUFFICIENT_FUNDS`, as an empty account's are.
+fn reservation_refused(caller: Option<&Principal>, error: LedgerError) -> IntakeError {
+    match &error {
+        LedgerError::AccountNotFound(account)
+            if caller.is_some_and(|c| *account == format!("user:{}", c.name)) =>
+        {
+            IntakeError::InsufficientFunds(format!(
+                "account `{account}` has not been opened and funded yet: an admin opens it \
+                 (POST /v1/ledger/accounts) and mints into it"
+            ))
         }
+        _ => error.into(),
     }
 }
 

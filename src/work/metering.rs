@@ -14,6 +14,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use serde_json::json;
 
 use crate::model::ledger::{
@@ -46,7 +48,9 @@ pub(crate) fn reservation_id(task_id: TaskId, round: u32) -> String {
     format!("task:{task_id}:budget:{round}")
 }
 
-/// Opens the task's account and reserves its budget from the payer. Safe to repeat.
+/// Opens the task's account and reserves its budget from the payer, in one Ledger write: a
+/// refused reservation (`INSUFFICIENT_FUNDS`, an unknown payer) leaves no account behind. Safe
+/// to repeat.
 pub(crate) async fn reserve(
     directory: &ActorDirectory,
     task: &Task,
@@ -57,7 +61,6 @@ pub(crate) async fn reserve(
         kind: AccountKind::Project,
         allow_negative: true,
     };
-    ledger_actor::open_account(directory, account).await?;
     let id = reservation_id(task.id, round);
     let mut reservation = NewTransfer::reserve(
         &id,
@@ -69,7 +72,7 @@ pub(crate) async fn reserve(
     );
     reservation.parent_task = Some(task.id);
     reservation.memo = Some(format!("budget of task {}", task.id));
-    ledger_actor::pending(directory, reservation).await?;
+    ledger_actor::open_and_reserve(directory, account, reservation).await?;
     Ok(id)
 }
 
@@ -78,6 +81,52 @@ pub(crate) async fn release(directory: &ActorDirectory, reservation: &str) {
     if let Err(error) = ledger_actor::void(directory, reservation).await {
         tracing::error!(%error, reservation, "could not release a reservation");
     }
+}
+
+/// At start, off Compass's mailbox: voids the orphans of [`void_orphan_reservations`]. Failures
+/// are logged; the next start tries again.
+pub(crate) fn void_orphan_reservations_later(services: &Services, before: DateTime<Utc>) {
+    let background = services.background.clone();
+    let services = services.clone();
+    background.spawn("ledger.orphans", async move {
+        match void_orphan_reservations(&services, before).await {
+            Ok(0) => {}
+            Ok(voided) => tracing::warn!(
+                voided,
+                "voided budget reservations of tasks that were never created"
+            ),
+            Err(error) => tracing::error!(%error, "could not void orphaned budget reservations"),
+        }
+    });
+}
+
+/// Voids every pending budget reservation (`task:<id>:budget:<n>`) made before `before` whose
+/// task does not exist. Intake reserves before it creates the task (a task that cannot be paid
+/// for is never created); a crash between the two left a reservation without a timeout holding
+/// the payer's money for a task that will never settle it. One made since `before` may still be
+/// getting its task, so it is left alone. Each void is a service event `ledger.orphan_voided`.
+pub(crate) async fn void_orphan_reservations(
+    services: &Services,
+    before: DateTime<Utc>,
+) -> Result<usize, LedgerError> {
+    let book = Book::new(&services.store);
+    let mut voided = 0;
+    for transfer in book.pending_with_prefix("task:", CODE_TASK_BUDGET).await? {
+        let Some(task_id) = transfer.parent_task else {
+            continue;
+        };
+        if transfer.created_at >= before || services.store.task(task_id).await?.is_some() {
+            continue;
+        }
+        ledger_actor::void(&services.directory, &transfer.id).await?;
+        voided += 1;
+        let data = json!({"reservation": transfer.id, "task": task_id, "account": transfer.debit_account, "amount": transfer.amount});
+        let event = NewEvent::new(Persona::Ledger, "ledger.orphan_voided", data);
+        if let Err(error) = services.store.append_event(TaskId::service(), event).await {
+            tracing::error!(%error, reservation = %transfer.id, "could not record a voided orphan");
+        }
+    }
+    Ok(voided)
 }
 
 /// Puts what the rate card charges for an ended run on its record (`cost`), so the runs API shows
@@ -114,12 +163,18 @@ pub(crate) async fn charge_run(services: &Services, run: &EngineRun) {
     }
 }
 
-/// Records a charge the Ledger refused or did not answer: an event on the task, never a failure.
+/// Records a charge the Ledger refused or did not answer, loudly: an error log, an event on the
+/// task saying the run is unpaid (with the error's code, e.g. `AMOUNT_OVERFLOW` for an account
+/// whose totals would overflow) and a metric. It never fails the work: the run already happened.
 async fn charge_failed(services: &Services, run: &EngineRun, amount: u64, error: LedgerError) {
-    tracing::error!(%error, run = %run.id, "could not charge an engine run");
-    let data = json!({"run_id": run.id, "amount": amount, "error": error.to_string()});
+    let code = error.code();
+    tracing::error!(%error, code, run = %run.id, task = %run.task_id, amount, "could not charge an engine run; it stays unpaid");
+    crate::platform::metrics::ledger_charge_failed(&run.persona, code);
+    let data = json!({"run_id": run.id, "amount": amount, "unpaid": true, "code": code, "error": error.to_string()});
     let event = NewEvent::new(Persona::Ledger, "ledger.charge_failed", data);
-    let _ = services.store.append_event(run.task_id, event).await;
+    if let Err(error) = services.store.append_event(run.task_id, event).await {
+        tracing::error!(%error, run = %run.id, "could not record an unpaid run");
+    }
 }
 
 /// Settles a finished task's reservation: posts what its runs cost (at most the reservation),

@@ -334,3 +334,78 @@ pub(crate) fn remove_worktree_later(services: &Services, task: &Task) {
         }
     });
 }
+
+/// Why a task is poisoned: what its work took down, and how often.
+#[derive(Debug, Clone)]
+pub(crate) enum Poison {
+    /// Its stage was in flight across `stops` consecutive unclean stops of the service.
+    UncleanStops {
+        /// How many.
+        stops: u32,
+        /// `compass.poison_after`.
+        limit: u32,
+    },
+    /// Its requests crashed `persona` `crashes` times, past its restart limit.
+    PersonaCrashes {
+        /// The persona.
+        persona: Persona,
+        /// How many of its crashes the task's requests caused.
+        crashes: u32,
+    },
+}
+
+/// Ends a task whose work keeps taking the service or a persona down, instead of running it
+/// again: `dead_letter` after unclean stops (it was never resumed), `failed` after persona
+/// crashes; code `POISONED`, with a `task.poisoned` event saying why. A task that ended
+/// meanwhile is left alone.
+pub(crate) async fn poison(
+    services: &Services,
+    id: TaskId,
+    why: Poison,
+) -> Result<Option<Task>, StoreError> {
+    let (status, message, data) = match &why {
+        Poison::UncleanStops { stops, limit } => (
+            TaskStatus::DeadLetter,
+            format!(
+                "its stage was in flight across {stops} consecutive unclean stops of the service \
+                 (compass.poison_after = {limit}); not resumed"
+            ),
+            json!({"reason": "unclean_stops", "stops": stops, "poison_after": limit}),
+        ),
+        Poison::PersonaCrashes { persona, crashes } => (
+            TaskStatus::Failed,
+            format!("its requests crashed {persona} {crashes} times, past its restart limit"),
+            json!({"reason": "persona_crashes", "actor": persona, "crashes": crashes}),
+        ),
+    };
+    let error = ErrorInfo::new(codes::POISONED, message);
+    let mut events = vec![NewEvent::new(Persona::Compass, "task.poisoned", data)];
+    if status == TaskStatus::DeadLetter {
+        events.push(NewEvent::new(
+            Persona::Compass,
+            "task.escalated",
+            json!({"to": "human", "reason": "poisoned", "code": error.code}),
+        ));
+    }
+    events.push(NewEvent::new(
+        Persona::Compass,
+        "task.finished",
+        json!({"status": status, "error": error}),
+    ));
+    tracing::error!(task = %id, ?why, "poison task: ended instead of run again");
+    let result = services
+        .store
+        .update_task(id, &events, move |t| {
+            let stage = t.stage.unwrap_or(Stage::Plan);
+            t.record_failure(stage, error.clone());
+            t.status = status;
+            t.error = Some(error.clone());
+            t.finished_at = Some(Utc::now());
+        })
+        .await;
+    match result {
+        Ok(task) => Ok(Some(task)),
+        Err(StoreError::TaskFinished(_)) => Ok(None),
+        Err(other) => Err(other),
+    }
+}

@@ -23,6 +23,7 @@ mod models;
 mod openapi;
 mod ops;
 mod pipeline;
+mod poison;
 mod recovery;
 mod store;
 mod stream;

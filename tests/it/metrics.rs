@@ -250,16 +250,20 @@ async fn metrics_count_a_task_its_engine_runs_and_its_requests() {
             && s.name != "glitchlab_actor_failures_total"));
 }
 
-/// A persona that always crashes: restarted up to the limit, then given up on; its task fails.
+/// A persona that always crashes: restarted twice, then it cannot start any more (a broken
+/// persona, not a poison task): given up on; its task fails.
 #[cfg(feature = "failpoints")]
 #[tokio::test]
 async fn metrics_count_persona_restarts_and_give_ups() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let config = "[supervision]\nmax_restarts = 2\nwindow_secs = 60\nbackoff_base_ms = 10\nbackoff_max_ms = 40\n";
+    let config = "[supervision]\nmax_restarts = 3\nwindow_secs = 60\nbackoff_base_ms = 10\nbackoff_max_ms = 40\n";
     let options = crate::helpers::Options {
         config: Some(config.to_owned()),
-        env: vec![("FAILPOINTS".into(), "circuit.handle=panic".into())],
+        env: vec![(
+            "FAILPOINTS".into(),
+            "circuit.handle=panic;circuit.start=3*off->panic".into(),
+        )],
         ..Default::default()
     };
     let service = Service::start_with(root.path(), options).await;

@@ -76,9 +76,14 @@ async fn a_persona_that_always_panics_is_given_up_on() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let config = "[supervision]\nmax_restarts = 3\nwindow_secs = 60\nbackoff_base_ms = 10\nbackoff_max_ms = 40\n";
+    // One crash on a request, then it cannot even start: the persona is broken, not the task
+    // (a task whose requests alone crash it is poisoned instead: `poison.rs`).
     let service = Service::start_with(
         root.path(),
-        failpoints("circuit.handle=panic", Some(config)),
+        failpoints(
+            "circuit.handle=1*panic;circuit.start=1*off->panic",
+            Some(config),
+        ),
     )
     .await;
     let task = service
@@ -124,10 +129,13 @@ async fn a_failed_persona_is_revived_after_its_cooldown() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let config = "[supervision]\nmax_restarts = 3\nwindow_secs = 60\nbackoff_base_ms = 10\nbackoff_max_ms = 40\nrevive_after_secs = 1\n";
-    // Four crashes (the limit is three restarts), then the trouble is gone.
+    // A crash, then four failed starts (the limit is three restarts), then the trouble is gone.
     let service = Service::start_with(
         root.path(),
-        failpoints("circuit.handle=4*panic->off", Some(config)),
+        failpoints(
+            "circuit.handle=1*panic->off;circuit.start=1*off->4*panic->off",
+            Some(config),
+        ),
     )
     .await;
     let first = service

@@ -74,6 +74,31 @@ impl Book {
             .await
     }
 
+    /// The pending transfers of code `code` whose id starts with `prefix` (a scan of that
+    /// prefix: for start-up, not for requests).
+    pub(crate) async fn pending_with_prefix(
+        &self,
+        prefix: &str,
+        code: u16,
+    ) -> Result<Vec<Transfer>, LedgerError> {
+        let prefix = prefix.to_owned();
+        self.store
+            .read(move |snapshot| {
+                let mut found = Vec::new();
+                for bytes in snapshot
+                    .scan_prefix(Table::LedgerTransfers, prefix.as_bytes())
+                    .values()
+                {
+                    let transfer: Transfer = decode(&bytes?)?;
+                    if transfer.status == TransferStatus::Pending && transfer.code == code {
+                        found.push(transfer);
+                    }
+                }
+                Ok(found)
+            })
+            .await
+    }
+
     /// Up to `limit` of an account's transfers, newest first, older than `cursor`.
     pub(crate) async fn history(
         &self,
@@ -153,6 +178,18 @@ pub(crate) fn apply_transfer(
         );
     }
     Ok(Applied::Created(transfer))
+}
+
+/// Opens `account` (a replay if it exists alike) and applies `request` in one job: a refused
+/// transfer leaves no account behind, since the job's `Err` stages nothing.
+pub(crate) fn open_and_transfer(
+    batch: &mut Batch<'_>,
+    account: &NewAccount,
+    request: &NewTransfer,
+    now: DateTime<Utc>,
+) -> Result<Applied<Transfer>, LedgerError> {
+    create_account(batch, account)?;
+    apply_transfer(batch, request, now)
 }
 
 /// Posts or voids a pending transfer. One whose timeout passed is released now (the outer `Ok`:

@@ -20,6 +20,7 @@
 //! Events reach live subscribers ([`Store::subscribe`]) only after their group's flush, so a
 //! streamed event is never one a crash undoes.
 
+mod recovery;
 mod task_record;
 mod tasks;
 pub(crate) mod writer;
@@ -101,11 +102,14 @@ pub enum Table {
     AuthTokens,
     /// Auth: seq (big-endian) → audit entry (who did what through the ingress).
     AuditLog,
+    /// Recovery: `clean_stop` → empty once a shutdown finished cleanly; task id (16 bytes) → the
+    /// unclean stops its stage was in flight across (see `store::recovery`).
+    Recovery,
 }
 
 impl Table {
     /// All tables, in index order.
-    pub const ALL: [Table; 17] = [
+    pub const ALL: [Table; 18] = [
         Table::Tasks,
         Table::Events,
         Table::Runs,
@@ -123,6 +127,7 @@ impl Table {
         Table::OpsDeploysByApp,
         Table::AuthTokens,
         Table::AuditLog,
+        Table::Recovery,
     ];
 
     /// The sled tree's name (unchanged from the layout before the writer, so data dirs carry
@@ -146,6 +151,7 @@ impl Table {
             Table::OpsDeploysByApp => "ops_deploys_by_app",
             Table::AuthTokens => "auth_tokens",
             Table::AuditLog => "audit_log",
+            Table::Recovery => "recovery",
         }
     }
 }

@@ -1,0 +1,374 @@
+//! Poison tasks and ledger edges (#14): a task that takes the service down at every start is
+//! dead-lettered, one that keeps crashing a persona is failed, a crash between a reservation and
+//! its task leaves no reservation behind, a refused submission no account, and an overflowing
+//! charge is loud.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{client_builder_with, git_repo, shell_task, with_config, Options, Service};
+
+/// Waits (bounded) until `path` exists.
+async fn wait_for_file(service: &Service, path: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear in {timeout:?}; log:\n{}",
+            path.display(),
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of the metric line that starts with `prefix` (summed over its label sets).
+async fn metric(service: &Service, prefix: &str) -> f64 {
+    let text = crate::helpers::client()
+        .get(format!("{}/metrics", service.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_task_in_flight_across_two_unclean_stops_is_poisoned_and_the_others_run() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let marker = root.path().join("in-stage");
+    // One slot: the second task waits in the queue through both crashes.
+    let options = with_config("[compass]\nmax_concurrent_tasks = 1\n");
+    let mut service = Service::start_with(root.path(), options.clone()).await;
+    let poison = service
+        .submit(&shell_task(
+            &repo,
+            &format!("touch {}; sleep 30", marker.display()),
+            "true",
+        ))
+        .await;
+    let poison = poison["id"].as_str().unwrap().to_owned();
+    let other = service
+        .submit(&shell_task(
+            &repo,
+            "echo hello > hello.txt",
+            "test -f hello.txt",
+        ))
+        .await;
+    let other = other["id"].as_str().unwrap().to_owned();
+
+    // Twice: the stage runs, and the test takes the whole service down under it.
+    for stop in 1..=2 {
+        wait_for_file(&service, &marker, Duration::from_secs(30)).await;
+        service.kill_9();
+        std::fs::remove_file(&marker).unwrap();
+        service = Service::start_with(root.path(), options.clone()).await;
+        if stop == 1 {
+            let task = service
+                .wait_for_task(&poison, Duration::from_secs(10), |t| {
+                    t["status"] == "running"
+                })
+                .await;
+            assert!(
+                task["error"].is_null(),
+                "one unclean stop is not poison: {task:#}"
+            );
+        }
+    }
+
+    let task = service.wait_until_finished(&poison).await;
+    assert_eq!(task["status"], "dead_letter", "{task:#}");
+    assert_eq!(task["error"]["code"], "POISONED");
+    assert!(
+        task["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unclean stops"),
+        "{task:#}"
+    );
+    let (_, events) = service.get(&format!("/v1/tasks/{poison}/events")).await;
+    let poisoned = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "task.poisoned")
+        .unwrap_or_else(|| panic!("no task.poisoned event: {events:#}"));
+    assert_eq!(poisoned["data"]["stops"], 2);
+    assert_eq!(poisoned["data"]["poison_after"], 2);
+    assert!(!marker.exists(), "the poison task's stage ran a third time");
+
+    let other = service.wait_until_finished(&other).await;
+    assert_eq!(other["status"], "done", "{other:#}");
+    let (status, _) = service.get("/healthz").await;
+    assert_eq!(status, 200);
+    assert!(metric(&service, "glitchlab_tasks_poisoned_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn a_clean_stop_does_not_count_against_a_running_task() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let marker = root.path().join("in-stage");
+    let release = root.path().join("release");
+    let command = format!(
+        "touch {m}; while [ ! -f {r} ]; do sleep 0.1; done; echo hello > hello.txt",
+        m = marker.display(),
+        r = release.display()
+    );
+    let mut service = Service::start(root.path()).await;
+    let task = service.submit(&shell_task(&repo, &command, "true")).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+
+    // One unclean stop, then a clean one, then another start: still one unclean stop.
+    wait_for_file(&service, &marker, Duration::from_secs(30)).await;
+    service.kill_9();
+    std::fs::remove_file(&marker).unwrap();
+    service = Service::start(root.path()).await;
+    wait_for_file(&service, &marker, Duration::from_secs(30)).await;
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    std::fs::remove_file(&marker).unwrap();
+    std::fs::write(&release, "").unwrap();
+    let service = Service::start(root.path()).await;
+    let task = service.wait_until_finished(&id).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_task_whose_requests_crash_a_persona_is_poisoned_and_the_persona_revived() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let config = "[supervision]\nmax_restarts = 3\nwindow_secs = 60\nbackoff_base_ms = 10\nbackoff_max_ms = 40\n";
+    let options = Options {
+        config: Some(config.into()),
+        env: vec![("FAILPOINTS".into(), "patch.poison=panic".into())],
+        ..Default::default()
+    };
+    let service = Service::start_with(root.path(), options).await;
+    let mut body = shell_task(&repo, "echo poison > poison.txt", "true");
+    body["title"] = json!("A poison task");
+    let poison = service.submit(&body).await;
+    let poison = poison["id"].as_str().unwrap().to_owned();
+    let other = service
+        .submit(&shell_task(
+            &repo,
+            "echo hello > hello.txt",
+            "test -f hello.txt",
+        ))
+        .await;
+    let other = other["id"].as_str().unwrap().to_owned();
+
+    let task = service.wait_until_finished(&poison).await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["error"]["code"], "POISONED");
+    assert!(
+        task["error"]["message"].as_str().unwrap().contains("patch"),
+        "{task:#}"
+    );
+    let kinds = service.event_kinds(&poison).await;
+    assert!(kinds.contains(&"task.poisoned".to_owned()), "{kinds:?}");
+
+    let other = service.wait_until_finished(&other).await;
+    assert_eq!(other["status"], "done", "{other:#}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while service.actor("patch").await["status"] != "running" {
+        assert!(Instant::now() < deadline, "patch was not revived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, ready) = service.get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    // New work gets the persona.
+    let again = service
+        .submit(&shell_task(&repo, "echo again > again.txt", "true"))
+        .await;
+    let again = service
+        .wait_until_finished(again["id"].as_str().unwrap())
+        .await;
+    assert_eq!(again["status"], "done", "{again:#}");
+}
+
+/// The pending transfers of `account`'s history.
+async fn pending_reservations(service: &Service, account: &str) -> Vec<Value> {
+    let (status, page) = service
+        .get(&format!(
+            "/v1/ledger/accounts/{account}/transfers?limit=100"
+        ))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    page["transfers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["code"] == 10 && t["status"] == "pending")
+        .cloned()
+        .collect()
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_reservation_orphaned_by_a_crash_is_voided_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let options = Options {
+        env: vec![("FAILPOINTS".into(), "intake.reserved=sleep(30000)".into())],
+        ..Default::default()
+    };
+    let mut service = Service::start_with(root.path(), options).await;
+    let before = service.get("/v1/ledger/accounts/user:local").await.1;
+    // The submission reserves its budget and hangs before its task exists.
+    let url = format!("{}/v1/tasks", service.base);
+    let body = shell_task(&repo, "echo hello > hello.txt", "true");
+    let submit = tokio::spawn(async move {
+        let client = client_builder_with(crate::helpers::ADMIN_TOKEN)
+            .timeout(Duration::from_secs(40))
+            .build()
+            .unwrap();
+        client.post(url).json(&body).send().await
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let orphan = loop {
+        if let Some(found) = pending_reservations(&service, "user:local").await.pop() {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no reservation was made");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    service.kill_9();
+    let _ = submit.await;
+
+    let service = Service::start(root.path()).await;
+    let id = orphan["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, transfer) = service.get(&format!("/v1/ledger/transfers/{id}")).await;
+        if transfer["status"] == "voided" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the orphaned reservation was not voided: {transfer:#}\nlog:\n{}",
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, tasks) = service.get("/v1/tasks").await;
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 0, "{tasks:#}");
+    let after = service.get("/v1/ledger/accounts/user:local").await.1;
+    assert_eq!(
+        after["debits_pending"], before["debits_pending"],
+        "{after:#}"
+    );
+    assert_eq!(after["debits_posted"], before["debits_posted"]);
+    let (_, events) = service.get("/v1/events").await;
+    assert!(
+        events.to_string().contains("ledger.orphan_voided"),
+        "{events:#}"
+    );
+    // A task submitted now keeps its reservation.
+    let task = service
+        .submit(&shell_task(&repo, "echo hello > hello.txt", "true"))
+        .await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["status"], "done", "{task:#}");
+}
+
+#[tokio::test]
+async fn a_submission_refused_with_402_leaves_no_account_behind() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let (status, _) = service
+        .post(
+            "/v1/ledger/accounts",
+            &json!({"id": "user:poor", "kind": "user"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let accounts = || async {
+        let (status, audit) = service.get("/v1/ledger/audit").await;
+        assert_eq!(status, 200, "{audit}");
+        assert_eq!(audit["balanced"], true, "{audit:#}");
+        audit["accounts_checked"].as_u64().unwrap()
+    };
+    let before = accounts().await;
+
+    // An empty payer.
+    let mut body = shell_task(&repo, "true", "true");
+    body["account"] = json!("user:poor");
+    let (status, answer) = service.post("/v1/tasks", &body).await;
+    assert_eq!(status, 402, "{answer}");
+    assert_eq!(answer["error"]["code"], "INSUFFICIENT_FUNDS");
+
+    // A token whose own account nobody opened yet.
+    let (status, token) = service
+        .post("/v1/tokens", &json!({"name": "fresh", "role": "submitter"}))
+        .await;
+    assert_eq!(status, 201, "{token}");
+    let fresh = client_builder_with(token["secret"].as_str().unwrap())
+        .build()
+        .unwrap();
+    let response = fresh
+        .post(format!("{}/v1/tasks", service.base))
+        .json(&json!({"title": "t", "description": "d", "repo": repo, "verify": "true"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 402);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "INSUFFICIENT_FUNDS", "{answer}");
+
+    assert_eq!(
+        accounts().await,
+        before,
+        "a refused submission opened an account"
+    );
+    let (status, _) = service.get("/v1/ledger/accounts/user:fresh").await;
+    assert_eq!(status, 404);
+    let (_, tasks) = service.get("/v1/tasks").await;
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 0, "{tasks:#}");
+}
+
+#[tokio::test]
+async fn a_charge_that_would_overflow_an_account_is_loud() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    // Two runs at i64::MAX each fill the task account's debits; the next charge overflows it.
+    let config = "[ledger.rates]\nbuiltin_per_run = 9223372036854775807\nshell_per_second = 9223372036854775807\nverify_per_run = 9223372036854775807\n";
+    let service = Service::start_with(root.path(), with_config(config)).await;
+    let task = service
+        .submit(&shell_task(
+            &repo,
+            "echo hello > hello.txt",
+            "test -f hello.txt",
+        ))
+        .await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let task = service.wait_until_finished(&id).await;
+    assert_eq!(task["status"], "done", "the work itself goes on: {task:#}");
+
+    let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    let failed: Vec<&Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "ledger.charge_failed")
+        .collect();
+    assert!(!failed.is_empty(), "no charge failed loudly: {events:#}");
+    assert_eq!(failed[0]["data"]["code"], "AMOUNT_OVERFLOW", "{failed:#?}");
+    assert_eq!(failed[0]["data"]["unpaid"], true);
+    assert!(
+        metric(&service, "glitchlab_ledger_charge_failures_total{").await >= 1.0,
+        "no metric"
+    );
+    assert!(service.log().contains("could not charge an engine run"));
+}
