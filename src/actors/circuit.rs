@@ -13,7 +13,7 @@
 //!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
 //!   ([`crate::runtime::supervision`]).
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use uuid::Uuid;
 
 use crate::model::persona::Persona;
@@ -53,6 +53,8 @@ pub(crate) struct CircuitState {
 
 /// Circuit's messages.
 pub(crate) enum CircuitMsg {
+    /// Answers at once: proof the mailbox is read (`/readyz`).
+    Ping(RpcReplyPort<()>),
     /// Verify attempt `task.attempts` of a task.
     Verify {
         /// The task as persisted.
@@ -75,6 +77,10 @@ pub(crate) enum CircuitMsg {
 
 impl PersonaMailbox for CircuitMsg {
     const PERSONA: Persona = Persona::Circuit;
+
+    fn ping(reply: RpcReplyPort<()>) -> Self {
+        CircuitMsg::Ping(reply)
+    }
 }
 
 impl Actor for Circuit {
@@ -102,6 +108,9 @@ impl Actor for Circuit {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            CircuitMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
             CircuitMsg::Verify { task, reply } => {
                 crate::handling!(state.services, Persona::Circuit, task, "circuit.poison");
                 crate::work_failpoint!("circuit.handle");

@@ -204,6 +204,9 @@ impl Actor for Compass {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            CompassMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
             CompassMsg::TaskSubmitted(task_id) => {
                 state.admission_pending = true;
                 let queued = on_submitted(&myself, state, task_id).await;

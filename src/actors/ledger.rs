@@ -111,6 +111,9 @@ impl Actor for Ledger {
     ) -> Result<(), ActorProcessingErr> {
         let now = Utc::now();
         match message {
+            LedgerMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
             LedgerMsg::OpenAccount { account, reply } => {
                 crate::work_failpoint!("ledger.handle");
                 let op = move |batch: &mut Batch<'_>| book::create_account(batch, &account);

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::model::persona::Persona;
 use crate::model::task::{branch_name, Delivery, EngineRun, EngineSpec, Stage, Task, TaskId};
@@ -62,6 +62,8 @@ pub(crate) struct PatchState {
 
 /// Patch's messages.
 pub(crate) enum PatchMsg {
+    /// Answers at once: proof the mailbox is read (`/readyz`).
+    Ping(RpcReplyPort<()>),
     /// Run one implement attempt (the attempt number is `task.attempts`).
     Implement {
         /// The task as persisted.
@@ -101,6 +103,10 @@ pub(crate) enum PatchMsg {
 
 impl PersonaMailbox for PatchMsg {
     const PERSONA: Persona = Persona::Patch;
+
+    fn ping(reply: RpcReplyPort<()>) -> Self {
+        PatchMsg::Ping(reply)
+    }
 }
 
 impl Actor for Patch {
@@ -128,6 +134,9 @@ impl Actor for Patch {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            PatchMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
             PatchMsg::Implement { task, reply } => {
                 crate::handling!(state.services, Persona::Patch, task, "patch.poison");
                 crate::work_failpoint!("patch.handle");

@@ -16,7 +16,7 @@
 
 use std::time::Instant;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::model::persona::Persona;
 use crate::model::task::branch_name;
@@ -45,6 +45,8 @@ pub(crate) struct PlannerState {
 
 /// Planner's messages.
 pub(crate) enum PlannerMsg {
+    /// Answers at once: proof the mailbox is read (`/readyz`).
+    Ping(RpcReplyPort<()>),
     /// Make a plan for a task.
     Plan {
         /// The task as persisted.
@@ -67,6 +69,10 @@ pub(crate) enum PlannerMsg {
 
 impl PersonaMailbox for PlannerMsg {
     const PERSONA: Persona = Persona::Planner;
+
+    fn ping(reply: RpcReplyPort<()>) -> Self {
+        PlannerMsg::Ping(reply)
+    }
 }
 
 impl Actor for Planner {
@@ -92,6 +98,9 @@ impl Actor for Planner {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            PlannerMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
             PlannerMsg::Plan { task, reply } => {
                 crate::handling!(state.services, Persona::Planner, task, "planner.poison");
                 crate::work_failpoint!("planner.handle");

@@ -118,6 +118,9 @@ impl Actor for UplinkDeploy {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            UplinkDeployMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
             UplinkDeployMsg::Request {
                 app,
                 commit,

@@ -119,6 +119,9 @@ impl Actor for UplinkRespond {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            UplinkRespondMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
             UplinkRespondMsg::Signals { signals, reply } => {
                 crate::work_failpoint!("uplink-respond.handle");
                 let mut ids = Vec::new();

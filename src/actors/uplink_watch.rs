@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::model::ops::records::{CheckResult, Signal};
@@ -79,6 +79,8 @@ pub(crate) struct UplinkWatchState {
 
 /// Uplink-Watch's messages.
 pub(crate) enum UplinkWatchMsg {
+    /// Answers at once: proof the mailbox is read (`/readyz`).
+    Ping(RpcReplyPort<()>),
     /// Time to look for due checks.
     Tick,
     /// A check run ended.
@@ -94,6 +96,10 @@ pub(crate) enum UplinkWatchMsg {
 
 impl PersonaMailbox for UplinkWatchMsg {
     const PERSONA: Persona = Persona::UplinkWatch;
+
+    fn ping(reply: RpcReplyPort<()>) -> Self {
+        UplinkWatchMsg::Ping(reply)
+    }
 }
 
 impl Actor for UplinkWatch {
@@ -150,6 +156,9 @@ impl Actor for UplinkWatch {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            UplinkWatchMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
             UplinkWatchMsg::Tick => {
                 on_tick(&myself, state).await?;
                 bill_if_due(state);

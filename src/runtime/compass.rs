@@ -10,6 +10,8 @@ use crate::runtime::directory::PersonaMailbox;
 
 /// Compass's messages.
 pub(crate) enum CompassMsg {
+    /// Answers at once: proof the mailbox is read (`/readyz`).
+    Ping(RpcReplyPort<()>),
     /// A task was persisted by the ingress; queue it.
     TaskSubmitted(TaskId),
     /// A client acts on a task (cancel, approve, reject, retry); replies with the task after.
@@ -57,4 +59,8 @@ pub(crate) enum TaskAction {
 
 impl PersonaMailbox for CompassMsg {
     const PERSONA: Persona = Persona::Compass;
+
+    fn ping(reply: RpcReplyPort<()>) -> Self {
+        CompassMsg::Ping(reply)
+    }
 }

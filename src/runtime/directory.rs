@@ -53,6 +53,10 @@ struct Slot {
 pub trait PersonaMailbox: Message {
     /// The persona whose mailbox this is.
     const PERSONA: Persona;
+
+    /// The message that only asks for an answer: `/readyz` sends it through the mailbox, so a
+    /// wedged actor (running, but not reading its mailbox) shows.
+    fn ping(reply: ractor::RpcReplyPort<()>) -> Self;
 }
 
 /// A persona could not be reached.

@@ -22,6 +22,8 @@ pub type LedgerReply<T> = RpcReplyPort<Result<T, LedgerError>>;
 
 /// Ledger's messages.
 pub enum LedgerMsg {
+    /// Answers at once: proof the mailbox is read (`/readyz`).
+    Ping(RpcReplyPort<()>),
     /// Open an account (a replay of an identical request answers the stored one).
     OpenAccount {
         /// The account.
@@ -161,4 +163,8 @@ pub async fn audit(directory: &ActorDirectory) -> Result<Audit, LedgerError> {
 
 impl PersonaMailbox for LedgerMsg {
     const PERSONA: Persona = Persona::Ledger;
+
+    fn ping(reply: RpcReplyPort<()>) -> Self {
+        LedgerMsg::Ping(reply)
+    }
 }

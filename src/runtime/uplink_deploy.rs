@@ -28,6 +28,8 @@ pub(crate) enum AppAction {
 
 /// Uplink-Deploy's messages.
 pub(crate) enum UplinkDeployMsg {
+    /// Answers at once: proof the mailbox is read (`/readyz`).
+    Ping(RpcReplyPort<()>),
     /// Deploy `commit` (default: the app's branch head) of `app`.
     Request {
         /// The app.
@@ -117,4 +119,8 @@ pub(crate) fn unwrap_call<T>(
 
 impl PersonaMailbox for UplinkDeployMsg {
     const PERSONA: Persona = Persona::UplinkDeploy;
+
+    fn ping(reply: RpcReplyPort<()>) -> Self {
+        UplinkDeployMsg::Ping(reply)
+    }
 }

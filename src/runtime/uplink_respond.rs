@@ -16,6 +16,8 @@ const SIGNAL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Uplink-Respond's messages.
 pub(crate) enum UplinkRespondMsg {
+    /// Answers at once: proof the mailbox is read (`/readyz`).
+    Ping(RpcReplyPort<()>),
     /// Signals to open incidents for (or attach to open ones); replies with their incident ids.
     Signals {
         /// The signals.
@@ -99,4 +101,8 @@ async fn current(services: &Services) -> Result<ActorRef<UplinkRespondMsg>, OpsE
 
 impl PersonaMailbox for UplinkRespondMsg {
     const PERSONA: Persona = Persona::UplinkRespond;
+
+    fn ping(reply: RpcReplyPort<()>) -> Self {
+        UplinkRespondMsg::Ping(reply)
+    }
 }

@@ -178,3 +178,41 @@ async fn a_failed_persona_is_revived_after_its_cooldown() {
         "{kinds:?}"
     );
 }
+
+/// Issue #16: `/readyz` asks every persona through its mailbox. Uplink-Deploy stuck in a handler
+/// (the failpoint sleeps in it) still reads `running` to its supervisor, yet `/readyz` says 503
+/// naming it, and 200 again once it reads its mailbox.
+#[tokio::test]
+async fn readyz_names_a_persona_that_runs_but_does_not_answer() {
+    let root = tempfile::tempdir().unwrap();
+    let service = Service::start_with(
+        root.path(),
+        Options {
+            env: vec![(
+                "FAILPOINTS".into(),
+                "uplink-deploy.handle=1*sleep(6000)".into(),
+            )],
+            ..Default::default()
+        },
+    )
+    .await;
+    let (status, _) = service.get("/readyz").await;
+    assert_eq!(status, 200);
+    let base = service.base.clone();
+    let stuck = tokio::spawn(async move {
+        crate::helpers::client()
+            .post(format!("{base}/v1/deploys"))
+            .json(&serde_json::json!({"app": "none"}))
+            .send()
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (status, body) = service.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("uplink-deploy"), "{message}");
+    assert!(!message.contains("patch"), "{message}");
+    let _ = stuck.await;
+    let (status, body) = service.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+}

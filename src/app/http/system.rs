@@ -1,16 +1,29 @@
 //! Liveness, readiness and the live supervision tree.
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ractor::rpc::CallResult;
 use serde_json::json;
 
 use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
+use crate::actors::circuit::CircuitMsg;
+use crate::actors::patch::PatchMsg;
+use crate::actors::planner::PlannerMsg;
+use crate::actors::uplink_watch::UplinkWatchMsg;
 use crate::model::codes;
+use crate::model::persona::Persona;
 use crate::model::task::TaskId;
+use crate::runtime::compass::CompassMsg;
+use crate::runtime::directory::{ActorDirectory, PersonaMailbox};
+use crate::runtime::ledger::LedgerMsg;
+use crate::runtime::uplink_deploy::UplinkDeployMsg;
+use crate::runtime::uplink_respond::UplinkRespondMsg;
 use crate::storage::store::Store;
 
 /// `GET /healthz`: the process is up and answering.
@@ -89,10 +102,14 @@ fn publish_store_counts(store: &Store) {
 pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     let not_ready = app.services.directory.not_ready();
     let storage_stalled = app.services.store.writer_health().stalled();
-    if not_ready.is_empty() && !storage_stalled {
+    let silent = unanswered(&app.services.directory).await;
+    if not_ready.is_empty() && !storage_stalled && silent.is_empty() {
         return Json(json!({"status": "ready"})).into_response();
     }
     let storage = storage_stalled.then(|| "storage (writer stalled)".to_owned());
+    let silent = silent.into_iter().map(|persona| {
+        format!("{persona} (running, but did not answer a ping within {READY_PING_TIMEOUT:?})")
+    });
     let names: Vec<String> = not_ready
         .iter()
         .map(|entry| {
@@ -106,6 +123,7 @@ pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
             )
         })
         .chain(storage)
+        .chain(silent)
         .collect();
     let body = json!({
         "status": "not_ready",
@@ -113,6 +131,42 @@ pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
         "actors": not_ready,
     });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// How long a running persona has to answer `/readyz`'s ping through its mailbox.
+const READY_PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The running personas that did not answer a ping through their mailbox in time: running by
+/// their supervisor's account, yet wedged (a handler stuck on something). Asked all at once.
+async fn unanswered(directory: &ActorDirectory) -> Vec<Persona> {
+    let answers = tokio::join!(
+        answers::<CompassMsg>(directory),
+        answers::<LedgerMsg>(directory),
+        answers::<PlannerMsg>(directory),
+        answers::<PatchMsg>(directory),
+        answers::<CircuitMsg>(directory),
+        answers::<UplinkDeployMsg>(directory),
+        answers::<UplinkWatchMsg>(directory),
+        answers::<UplinkRespondMsg>(directory),
+    );
+    [
+        answers.0, answers.1, answers.2, answers.3, answers.4, answers.5, answers.6, answers.7,
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// `Some(persona)` when the persona reading `M` runs but does not answer a ping in time; `None`
+/// when it answers, or is not running (its supervisor's status says so already).
+async fn answers<M: PersonaMailbox>(directory: &ActorDirectory) -> Option<Persona> {
+    let actor = directory.persona::<M>(Duration::ZERO, None).await.ok()?;
+    match actor.call(M::ping, Some(READY_PING_TIMEOUT)).await {
+        Ok(CallResult::Success(())) => None,
+        // Stopped between the lookup and the ping: the directory reports it on the next look.
+        Ok(CallResult::SenderError) | Err(_) => None,
+        Ok(CallResult::Timeout) => Some(M::PERSONA),
+    }
 }
 
 /// `GET /v1/actors`: every actor of the tree with its parent, health and restart count.
