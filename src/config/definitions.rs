@@ -93,6 +93,10 @@ pub struct PersonaFrontMatter {
     /// Environment variables (secrets among them) this persona's commands may receive.
     #[serde(default)]
     pub env: Vec<String>,
+    /// Whether this persona's sandboxed commands get the host network; without it they run in
+    /// an empty network namespace (loopback only, their own).
+    #[serde(default)]
+    pub network: bool,
 }
 
 fn builtin_engine() -> String {
@@ -148,6 +152,11 @@ impl Definitions {
             .get(&persona)
             .map(|p| p.front.env.as_slice())
             .unwrap_or(&[])
+    }
+
+    /// Whether a persona's commands may use the network (`network: true` in its file).
+    pub fn network_allowed(&self, persona: Persona) -> bool {
+        self.personas.get(&persona).is_some_and(|p| p.front.network)
     }
 
     /// The system prompt of a persona (empty for an unknown name).

@@ -613,6 +613,10 @@ pub struct EngineRun {
     /// Running, finished or interrupted (records from before this field are finished).
     #[serde(default)]
     pub status: RunStatus,
+    /// The sandbox the process ran in (`bwrap+landlock`, `bwrap`, `landlock`, `limits`); none
+    /// for an unconfined run, a model call, a builtin engine, and records from before this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 impl EngineRun {
