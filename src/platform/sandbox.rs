@@ -468,10 +468,15 @@ fn binds(jail: &Jail, exe: &Path) -> Vec<(PathBuf, bool)> {
     for dir in &jail.writable {
         add(&mut binds, dir, true);
     }
-    for dir in &jail.readable {
-        add(&mut binds, dir, false);
+    // A readable path inside a writable one is already there, writable by that choice.
+    let inside_writable = |binds: &[(PathBuf, bool)], path: &Path| {
+        binds.iter().any(|(p, w)| *w && path.starts_with(p))
+    };
+    for dir in jail.readable.iter().map(PathBuf::as_path).chain([exe]) {
+        if !inside_writable(&binds, dir) {
+            add(&mut binds, dir, false);
+        }
     }
-    add(&mut binds, exe, false);
     let held = binds.iter().any(|(path, _)| jail.cwd.starts_with(path))
         || SYSTEM_DIRS.iter().any(|dir| jail.cwd.starts_with(dir));
     if !held {

@@ -374,3 +374,36 @@ pub async fn wait_group_gone(pgid: i32, timeout: std::time::Duration) -> bool {
     }
     !process_group_alive(pgid)
 }
+
+/// The process group, as this (host) side sees it, of the running `sh` whose command line
+/// mentions `marker`: what a test signals or waits for. A command in a PID namespace cannot tell
+/// it (its `$$` is its namespace's pid), so the test looks it up in `/proc`; panics if none runs.
+pub fn group_of_shell(marker: &Path) -> i32 {
+    let marker = marker.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .find_map(|pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if comm.trim() != "sh" || !cmdline.contains(&marker) {
+                    return None;
+                }
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                stat[stat.rfind(')')? + 1..]
+                    .split_whitespace()
+                    .nth(2)?
+                    .parse()
+                    .ok()
+            });
+        if let Some(pgid) = found {
+            return pgid;
+        }
+        assert!(Instant::now() < deadline, "no running sh mentions {marker}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
