@@ -553,7 +553,10 @@ fn pids_cgroup() -> Result<PathBuf, String> {
             .and_then(|()| std::fs::write(probe.join("pids.max"), "1024"));
         let _ = std::fs::remove_dir(&probe);
         match made {
-            Ok(()) => return Ok(parent),
+            Ok(()) => {
+                sweep_cgroups(&parent);
+                return Ok(parent);
+            }
             Err(error) => reasons.push(format!("{}: {error}", parent.display())),
         }
     }
@@ -562,6 +565,32 @@ fn pids_cgroup() -> Result<PathBuf, String> {
     }
     Err(reasons.join("; "))
 }
+
+/// Runs' cgroups older than a minute that a killed service left behind: removed if empty (a
+/// cgroup still in use cannot be removed, and a young one may be about to be joined).
+fn sweep_cgroups(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    for entry in entries.filter_map(Result::ok) {
+        let made_secs = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| uuid::Uuid::parse_str(name).ok())
+            .and_then(|id| id.get_timestamp())
+            .map(|stamp| stamp.to_unix().0);
+        if made_secs.is_some_and(|secs| now.saturating_sub(secs) > CGROUP_SWEEP_AGE_SECS) {
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+}
+
+/// Age past which an empty run cgroup is left over, not about to be joined.
+const CGROUP_SWEEP_AGE_SECS: u64 = 60;
 
 /// (mount point, this process's path in it) of the v1 `pids` hierarchy and of the v2 one.
 fn cgroup_candidates(own: &str, mountinfo: &str) -> Vec<(PathBuf, String)> {

@@ -53,6 +53,9 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Start without `GLITCHLAB_ADMIN_TOKEN` (the service then makes `<data>/admin.token`).
     pub no_admin_env: bool,
+    /// Leave the temp root out of `governance.sandbox_writable`, so sandboxed commands see no
+    /// more of it than their own directories (containment tests).
+    pub no_root_writable: bool,
 }
 
 impl Service {
@@ -77,11 +80,13 @@ impl Service {
             .stdout(Stdio::piped());
         // Tests keep their markers and pid files in the temp root: let confined engines write there.
         let path = root.join("glitchlab.toml");
-        std::fs::write(
-            &path,
-            with_root_writable(options.config.as_deref().unwrap_or(""), root),
-        )
-        .unwrap();
+        let config = options.config.as_deref().unwrap_or("");
+        let config = if options.no_root_writable {
+            config.to_owned()
+        } else {
+            with_root_writable(config, root)
+        };
+        std::fs::write(&path, config).unwrap();
         command.arg("--config").arg(path);
         if !options.no_admin_env {
             command.env("GLITCHLAB_ADMIN_TOKEN", ADMIN_TOKEN);
@@ -252,6 +257,11 @@ impl Service {
             .find(|a| a["name"] == name)
             .cloned()
             .unwrap_or(Value::Null)
+    }
+
+    /// The service's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("service is running").id()
     }
 
     /// The service's stderr so far.
