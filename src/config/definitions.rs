@@ -310,6 +310,27 @@ mod tests {
         assert!(!personas[&Persona::Patch].system_prompt.is_empty());
     }
 
+    /// The network is off unless a persona file says `network: true`; the Uplink personas say it.
+    #[test]
+    fn network_is_opt_in_per_persona() {
+        let dir = tempfile::tempdir().unwrap();
+        let definitions = Definitions {
+            personas: load_personas(dir.path()).unwrap(),
+            runbooks: Vec::new(),
+            ops: OpsFile::default(),
+        };
+        for persona in [Persona::Planner, Persona::Patch, Persona::Circuit] {
+            assert!(!definitions.network_allowed(persona), "{persona:?}");
+        }
+        assert!(definitions.network_allowed(Persona::UplinkWatch));
+        let parsed = parse_persona(
+            "actors/patch.md",
+            "---\nname: patch\nrole: r\nnetwork: true\n---\nbody",
+        )
+        .unwrap();
+        assert!(parsed.front.network);
+    }
+
     #[test]
     fn bad_front_matter_names_file_and_line() {
         let error = parse_persona("actors/x.md", "---\nname: x\nrole: [\n---\nbody").unwrap_err();
