@@ -378,15 +378,16 @@ pub struct EnginesConfig {
     pub limits: LimitsConfig,
 }
 
-/// Per-run resource limits, set as rlimits (and a `pids` cgroup where one is writable) by
-/// `sandbox-exec` before it starts the command. A hit fails the run with `RESOURCE_LIMIT`.
+/// Per-run resource limits, set as rlimits (and `pids` and `memory` cgroups where they are
+/// writable) by `sandbox-exec` before it starts the command. A hit fails the run with `RESOURCE_LIMIT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Processes (and threads) of the run at once (`RLIMIT_NPROC`, and `pids.max` of its cgroup:
     /// root ignores `RLIMIT_NPROC`).
     pub processes: u64,
-    /// Address space of each process, in bytes (`RLIMIT_AS`).
+    /// Memory of the run, in bytes: its `memory` cgroup's limit where one is writable (the run
+    /// is OOM-killed past it), else the address space of each process (`RLIMIT_AS`).
     pub memory_bytes: u64,
     /// CPU seconds of each process (`RLIMIT_CPU`; SIGXCPU past it).
     pub cpu_secs: u64,

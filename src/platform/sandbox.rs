@@ -8,11 +8,13 @@
 //!    data dir, other worktrees and the home dir are not there to read or signal.
 //! 2. **Landlock**: inside that, the process may write only its worktree, its git dirs and its
 //!    temp dir (a restriction every child inherits and none can lift).
-//! 3. **Limits**: rlimits (processes, address space, CPU time, file size, open files) and, where
-//!    one is writable, a `pids` cgroup (root ignores `RLIMIT_NPROC`).
+//! 3. **Limits**: rlimits (processes, CPU time, file size, open files) and, where they are
+//!    writable, a `pids` cgroup (root ignores `RLIMIT_NPROC`) and a `memory` cgroup per run (else
+//!    memory falls back to `RLIMIT_AS`, which runtimes that reserve much address space, such as
+//!    the JVM, may not start under).
 //!
 //! Like Codex CLI's Linux sandbox, it works by re-executing this binary: the service runs
-//! `glitchlab sandbox-exec [--cgroup DIR] [--rlimit NAME=N]... --no-landlock -- bwrap ... --
+//! `glitchlab sandbox-exec [--cgroup DIR]... [--rlimit NAME=N]... --no-landlock -- bwrap ... --
 //! glitchlab sandbox-exec --write DIR ... -- sh -c <command>`. The outer `sandbox-exec` joins the
 //! cgroup and sets the limits, then execs `bwrap`; the inner one confines itself with Landlock and
 //! execs the command. Nothing runs between `fork` and `exec` in the service itself.
@@ -117,24 +119,92 @@ pub struct Sandbox {
     bwrap: Option<PathBuf>,
     /// Whether the kernel enforces Landlock.
     landlock: bool,
-    /// The parent of the per-run `pids` cgroups, when one is writable.
-    pids_cgroup: Option<PathBuf>,
+    /// The parents of the per-run cgroups that are writable here (`pids`, `memory`).
+    cgroups: Vec<CgroupParent>,
     /// The limits every run gets.
     limits: LimitsConfig,
 }
 
-/// One sandboxed run in flight: its cgroup, removed when the run is settled or dropped.
+/// A cgroup controller a run's limits use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Controller {
+    Pids,
+    Memory,
+}
+
+impl Controller {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Pids => "pids",
+            Self::Memory => "memory",
+        }
+    }
+
+    /// The file that holds the limit (v1, v2).
+    fn limit_file(self, v2: bool) -> &'static str {
+        match (self, v2) {
+            (Self::Pids, _) => "pids.max",
+            (Self::Memory, false) => "memory.limit_in_bytes",
+            (Self::Memory, true) => "memory.max",
+        }
+    }
+
+    /// The swap limit written after the limit, so swap cannot stretch it (absent without swap
+    /// accounting; then nothing to stretch).
+    fn swap_file(self, v2: bool) -> Option<(&'static str, bool)> {
+        match (self, v2) {
+            (Self::Pids, _) => None,
+            (Self::Memory, false) => Some(("memory.memsw.limit_in_bytes", false)),
+            (Self::Memory, true) => Some(("memory.swap.max", true)),
+        }
+    }
+
+    /// The file that counts the limit's hits, and the key of the count.
+    fn events(self, v2: bool) -> (&'static str, &'static str) {
+        match (self, v2) {
+            (Self::Pids, _) => ("pids.events", "max"),
+            (Self::Memory, false) => ("memory.oom_control", "oom_kill"),
+            (Self::Memory, true) => ("memory.events", "oom_kill"),
+        }
+    }
+}
+
+/// Where a controller's per-run cgroups are made.
+#[derive(Debug, Clone)]
+struct CgroupParent {
+    controller: Controller,
+    parent: PathBuf,
+    v2: bool,
+}
+
+/// One run's cgroup of one controller.
+#[derive(Debug, Clone)]
+struct RunCgroup {
+    controller: Controller,
+    dir: PathBuf,
+    v2: bool,
+}
+
+/// One sandboxed run in flight: its cgroups, removed when the run is settled or dropped.
 #[derive(Debug)]
 pub struct Confined {
-    cgroup: Option<PathBuf>,
+    cgroups: Vec<RunCgroup>,
     bwrap: bool,
+}
+
+impl Confined {
+    fn remove_cgroups(&mut self) {
+        let mut dirs: Vec<PathBuf> = self.cgroups.drain(..).map(|c| c.dir).collect();
+        dirs.dedup();
+        for dir in dirs {
+            remove_cgroup(dir);
+        }
+    }
 }
 
 impl Drop for Confined {
     fn drop(&mut self) {
-        if let Some(dir) = self.cgroup.take() {
-            remove_cgroup(dir);
-        }
+        self.remove_cgroups();
     }
 }
 
@@ -165,26 +235,37 @@ impl Sandbox {
         if let Err(reason) = &landlock {
             tracing::warn!(%reason, "Landlock unavailable: engine and verify processes may write wherever their uid may");
         }
-        let pids_cgroup = match pids_cgroup() {
-            Ok(dir) => Some(dir),
+        let mut cgroups = Vec::new();
+        match cgroup_parent(Controller::Pids) {
+            Ok(parent) => cgroups.push(parent),
             Err(reason) => {
                 // SAFETY: geteuid reads the caller's credentials; it cannot fail.
                 if unsafe { libc::geteuid() } == 0 {
                     tracing::warn!(%reason, "no writable pids cgroup: the process limit is not enforced (root ignores RLIMIT_NPROC)");
                 }
-                None
             }
-        };
+        }
+        match cgroup_parent(Controller::Memory) {
+            Ok(parent) => cgroups.push(parent),
+            Err(reason) => {
+                tracing::warn!(%reason, "no writable memory cgroup: the memory limit is an address-space limit (RLIMIT_AS), which the JVM and the like may not start under");
+            }
+        }
         let sandbox = Self {
             exe,
             bwrap: bwrap.ok(),
             landlock: landlock.is_ok(),
-            pids_cgroup,
+            cgroups,
             limits,
         };
+        let cgroups: Vec<String> = sandbox
+            .cgroups
+            .iter()
+            .map(|c| c.parent.display().to_string())
+            .collect();
         tracing::info!(
             sandbox = sandbox.name(),
-            pids_cgroup = ?sandbox.pids_cgroup,
+            ?cgroups,
             "engine and verify processes are sandboxed"
         );
         Ok(Some(sandbox))
@@ -204,23 +285,31 @@ impl Sandbox {
     /// Rewrites `spec` to run its program inside the sandbox. The answer holds the run's
     /// cgroup; give it back to [`Self::settle`] with the output.
     pub fn wrap(&self, jail: &Jail, spec: &mut CommandSpec) -> Confined {
-        let cgroup = self.pids_cgroup.as_ref().and_then(|parent| {
-            let dir = parent.join(uuid::Uuid::now_v7().to_string());
-            let made = std::fs::create_dir(&dir).and_then(|()| {
-                std::fs::write(dir.join("pids.max"), self.limits.processes.to_string())
-            });
-            match made {
-                Ok(()) => Some(dir),
+        let run = uuid::Uuid::now_v7().to_string();
+        let mut confined = Confined {
+            cgroups: Vec::new(),
+            bwrap: self.bwrap.is_some(),
+        };
+        for parent in &self.cgroups {
+            let dir = parent.parent.join(&run);
+            match self.make_cgroup(parent, &dir) {
+                Ok(()) => confined.cgroups.push(RunCgroup {
+                    controller: parent.controller,
+                    dir,
+                    v2: parent.v2,
+                }),
                 Err(error) => {
-                    tracing::warn!(dir = %dir.display(), %error, "cannot make a run's pids cgroup");
-                    remove_cgroup(dir);
-                    None
+                    tracing::warn!(dir = %dir.display(), %error, "cannot make a run's cgroup");
                 }
             }
-        });
+        }
         let mut outer = vec![SANDBOX_SUBCOMMAND.to_owned()];
-        if let Some(dir) = &cgroup {
-            outer.extend(["--cgroup".to_owned(), dir.display().to_string()]);
+        let mut joined: Vec<&PathBuf> = Vec::new();
+        for cgroup in &confined.cgroups {
+            if !joined.contains(&&cgroup.dir) {
+                joined.push(&cgroup.dir);
+                outer.extend(["--cgroup".to_owned(), cgroup.dir.display().to_string()]);
+            }
         }
         for (name, value) in self.rlimits() {
             outer.extend(["--rlimit".to_owned(), format!("{name}={value}")]);
@@ -257,10 +346,31 @@ impl Sandbox {
         outer.append(&mut command);
         spec.program = self.exe.display().to_string();
         spec.args = outer;
-        Confined {
-            cgroup,
-            bwrap: self.bwrap.is_some(),
+        confined
+    }
+
+    /// Makes (or, on v2 where one dir serves every controller, reuses) a run's cgroup and
+    /// writes its limit.
+    fn make_cgroup(&self, parent: &CgroupParent, dir: &Path) -> std::io::Result<()> {
+        if let Err(error) = std::fs::create_dir(dir) {
+            if error.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(error);
+            }
         }
+        let limit = match parent.controller {
+            Controller::Pids => self.limits.processes,
+            Controller::Memory => self.limits.memory_bytes,
+        };
+        std::fs::write(
+            dir.join(parent.controller.limit_file(parent.v2)),
+            limit.to_string(),
+        )?;
+        if let Some((file, zero)) = parent.controller.swap_file(parent.v2) {
+            let value = if zero { 0 } else { limit };
+            // Absent without swap accounting: nothing to stretch the limit then.
+            let _ = std::fs::write(dir.join(file), value.to_string());
+        }
+        Ok(())
     }
 
     /// Ends a run: turns `bwrap`'s `128 + signal` back into the signal, and names the limit the
@@ -272,19 +382,27 @@ impl Sandbox {
                 output.signal = Some(code - 128);
             }
         }
-        let processes_hit = confined
-            .cgroup
-            .as_ref()
-            .and_then(|dir| std::fs::read_to_string(dir.join("pids.events")).ok())
-            .is_some_and(|events| pids_max_hit(&events));
-        if let Some(dir) = confined.cgroup.take() {
-            remove_cgroup(dir);
-        }
+        let hit = |controller: Controller| {
+            confined.cgroups.iter().any(|cgroup| {
+                let (file, key) = cgroup.controller.events(cgroup.v2);
+                cgroup.controller == controller
+                    && std::fs::read_to_string(cgroup.dir.join(file))
+                        .is_ok_and(|events| counted(&events, key))
+            })
+        };
+        let cgroup_hit = if hit(Controller::Pids) {
+            Some(Limit::Processes)
+        } else if hit(Controller::Memory) {
+            Some(Limit::Memory)
+        } else {
+            None
+        };
+        confined.remove_cgroups();
         if output.success() {
             return None;
         }
         let text = format!("{}\n{}", output.stdout.text, output.stderr.text);
-        limit_hit(processes_hit, output.signal, &text).map(|limit| self.describe(limit))
+        limit_hit(cgroup_hit, output.signal, &text).map(|limit| self.describe(limit))
     }
 
     /// `processes (1024)`: the limit and its configured value.
@@ -299,15 +417,23 @@ impl Sandbox {
         }
     }
 
-    fn rlimits(&self) -> [(&'static str, u64); 5] {
+    /// The rlimits of every run: address space only where no memory cgroup holds the memory.
+    fn rlimits(&self) -> Vec<(&'static str, u64)> {
         let limits = &self.limits;
-        [
+        let mut rlimits = vec![
             ("nproc", limits.processes),
-            ("as", limits.memory_bytes),
             ("cpu", limits.cpu_secs),
             ("fsize", limits.file_bytes),
             ("nofile", limits.open_files),
-        ]
+        ];
+        if !self
+            .cgroups
+            .iter()
+            .any(|c| c.controller == Controller::Memory)
+        {
+            rlimits.push(("as", limits.memory_bytes));
+        }
+        rlimits
     }
 }
 
@@ -321,12 +447,12 @@ enum Limit {
     OpenFiles,
 }
 
-/// Reads a failed run's end for the marks each limit leaves: the cgroup's count of refused
-/// forks, SIGXCPU and SIGXFSZ, and what shells and runtimes print when `fork`, `malloc` or
-/// `open` is refused.
-fn limit_hit(processes_hit: bool, signal: Option<i32>, output: &str) -> Option<Limit> {
-    if processes_hit {
-        return Some(Limit::Processes);
+/// Reads a failed run's end for the marks each limit leaves: the cgroups' counts of refused
+/// forks and OOM kills, SIGXCPU and SIGXFSZ, and what shells and runtimes print when `fork`,
+/// `malloc` or `open` is refused.
+fn limit_hit(cgroup_hit: Option<Limit>, signal: Option<i32>, output: &str) -> Option<Limit> {
+    if cgroup_hit.is_some() {
+        return cgroup_hit;
     }
     match signal {
         Some(libc::SIGXCPU) => return Some(Limit::Cpu),
@@ -351,10 +477,12 @@ fn limit_hit(processes_hit: bool, signal: Option<i32>, output: &str) -> Option<L
         .map(|(_, limit)| *limit)
 }
 
-/// Whether a `pids.events` file counts a refused fork (`max N`, N > 0).
-fn pids_max_hit(events: &str) -> bool {
+/// Whether a cgroup events file counts a hit: a `KEY N` line with N > 0 (`max` of
+/// `pids.events`, `oom_kill` of `memory.events` or `memory.oom_control`).
+fn counted(events: &str, key: &str) -> bool {
     events.lines().any(|line| {
-        line.strip_prefix("max ")
+        line.strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix(' '))
             .and_then(|n| n.trim().parse::<u64>().ok())
             .is_some_and(|n| n > 0)
     })
@@ -540,28 +668,36 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// A writable parent for per-run `pids` cgroups: `glitchlab` under this process's own cgroup of
-/// a v1 `pids` hierarchy or of the v2 hierarchy, if it can be made and its `pids.max` written.
-fn pids_cgroup() -> Result<PathBuf, String> {
+/// A writable parent for a controller's per-run cgroups: `glitchlab` under this process's own
+/// cgroup of the controller's v1 hierarchy or of the v2 one, if it can be made and a limit
+/// written in a child of it.
+fn cgroup_parent(controller: Controller) -> Result<CgroupParent, String> {
     let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
     let mut reasons = Vec::new();
-    for (mount, path) in cgroup_candidates(&own, &mounts) {
+    for (mount, path, v2) in cgroup_candidates(&own, &mounts, controller.name()) {
         let parent = mount.join(path.trim_start_matches('/')).join("glitchlab");
         let probe = parent.join(format!("probe-{}", uuid::Uuid::now_v7()));
         let made = std::fs::create_dir_all(&probe)
-            .and_then(|()| std::fs::write(probe.join("pids.max"), "1024"));
+            .and_then(|()| std::fs::write(probe.join(controller.limit_file(v2)), "1073741824"));
         let _ = std::fs::remove_dir(&probe);
         match made {
             Ok(()) => {
                 sweep_cgroups(&parent);
-                return Ok(parent);
+                return Ok(CgroupParent {
+                    controller,
+                    parent,
+                    v2,
+                });
             }
             Err(error) => reasons.push(format!("{}: {error}", parent.display())),
         }
     }
     if reasons.is_empty() {
-        return Err("no pids cgroup controller is mounted".into());
+        return Err(format!(
+            "no {} cgroup controller is mounted",
+            controller.name()
+        ));
     }
     Err(reasons.join("; "))
 }
@@ -592,8 +728,9 @@ fn sweep_cgroups(parent: &Path) {
 /// Age past which an empty run cgroup is left over, not about to be joined.
 const CGROUP_SWEEP_AGE_SECS: u64 = 60;
 
-/// (mount point, this process's path in it) of the v1 `pids` hierarchy and of the v2 one.
-fn cgroup_candidates(own: &str, mountinfo: &str) -> Vec<(PathBuf, String)> {
+/// (mount point, this process's path in it, v2) of the v1 hierarchy of `controller` and of the
+/// v2 one.
+fn cgroup_candidates(own: &str, mountinfo: &str, controller: &str) -> Vec<(PathBuf, String, bool)> {
     let mut candidates = Vec::new();
     for line in mountinfo.lines() {
         let Some((before, after)) = line.split_once(" - ") else {
@@ -603,7 +740,7 @@ fn cgroup_candidates(own: &str, mountinfo: &str) -> Vec<(PathBuf, String)> {
         let mut fields = after.split_whitespace();
         let fs_type = fields.next().unwrap_or("");
         let options = fields.nth(1).unwrap_or("");
-        let v1_pids = fs_type == "cgroup" && options.split(',').any(|o| o == "pids");
+        let v1 = fs_type == "cgroup" && options.split(',').any(|o| o == controller);
         let v2 = fs_type == "cgroup2";
         for entry in own.lines() {
             let mut parts = entry.splitn(3, ':');
@@ -612,10 +749,10 @@ fn cgroup_candidates(own: &str, mountinfo: &str) -> Vec<(PathBuf, String)> {
             else {
                 continue;
             };
-            let matches = (v1_pids && controllers.split(',').any(|c| c == "pids"))
+            let matches = (v1 && controllers.split(',').any(|c| c == controller))
                 || (v2 && controllers.is_empty());
             if matches {
-                candidates.push((PathBuf::from(mount_point), path.to_owned()));
+                candidates.push((PathBuf::from(mount_point), path.to_owned(), v2));
             }
         }
     }
@@ -637,7 +774,7 @@ fn remove_cgroup(dir: PathBuf) {
                     return;
                 }
             }
-            tracing::warn!(dir = %dir.display(), "a run's pids cgroup could not be removed");
+            tracing::warn!(dir = %dir.display(), "a run's cgroup could not be removed");
         });
     if let Err(error) = spawned {
         tracing::warn!(%error, "cannot start the cgroup cleanup");
@@ -649,7 +786,7 @@ fn remove_cgroup(dir: PathBuf) {
 struct ExecArgs {
     writable: Vec<PathBuf>,
     landlock: bool,
-    cgroup: Option<PathBuf>,
+    cgroups: Vec<PathBuf>,
     rlimits: Vec<(String, u64)>,
     command: Vec<OsString>,
 }
@@ -663,7 +800,7 @@ pub fn exec_main(args: Vec<OsString>) -> ! {
         Ok(parsed) => parsed,
         Err(reason) => fail(&reason),
     };
-    if let Some(dir) = &parsed.cgroup {
+    for dir in &parsed.cgroups {
         if let Err(error) = std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
         {
             fail(&format!(
@@ -747,11 +884,9 @@ fn parse(args: Vec<OsString>) -> Result<ExecArgs, String> {
             Some("--write") => parsed.writable.push(PathBuf::from(
                 iter.next().ok_or("--write needs a directory")?,
             )),
-            Some("--cgroup") => {
-                parsed.cgroup = Some(PathBuf::from(
-                    iter.next().ok_or("--cgroup needs a directory")?,
-                ));
-            }
+            Some("--cgroup") => parsed.cgroups.push(PathBuf::from(
+                iter.next().ok_or("--cgroup needs a directory")?,
+            )),
             Some("--rlimit") => {
                 let spec = iter.next().ok_or("--rlimit needs NAME=N")?;
                 let spec = spec.to_string_lossy();
@@ -785,23 +920,34 @@ mod tests {
 
     #[test]
     fn limits_are_named_from_their_marks() {
-        assert_eq!(limit_hit(true, None, ""), Some(Limit::Processes));
-        assert_eq!(limit_hit(false, Some(libc::SIGXCPU), ""), Some(Limit::Cpu));
         assert_eq!(
-            limit_hit(false, None, "sh: 1: Cannot fork\n"),
+            limit_hit(Some(Limit::Processes), None, ""),
+            Some(Limit::Processes)
+        );
+        assert_eq!(limit_hit(None, Some(libc::SIGXCPU), ""), Some(Limit::Cpu));
+        assert_eq!(
+            limit_hit(None, None, "sh: 1: Cannot fork\n"),
             Some(Limit::Processes)
         );
         assert_eq!(
-            limit_hit(false, None, "tail: memory exhausted"),
+            limit_hit(None, None, "tail: memory exhausted"),
             Some(Limit::Memory)
         );
-        assert_eq!(limit_hit(false, Some(9), "test failed"), None);
+        assert_eq!(limit_hit(None, Some(9), "test failed"), None);
     }
 
     #[test]
-    fn pids_events_count_refused_forks() {
-        assert!(pids_max_hit("max 3\n"));
-        assert!(!pids_max_hit("max 0\n"));
+    fn events_count_refused_forks_and_oom_kills() {
+        assert!(counted("max 3\n", "max"));
+        assert!(!counted("max 0\n", "max"));
+        assert!(counted(
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+            "oom_kill"
+        ));
+        assert!(!counted(
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+            "oom_kill"
+        ));
     }
 
     #[test]
@@ -828,13 +974,18 @@ mod tests {
         let own = "8:pids:/a\n0::/b\n";
         let mounts = "30 25 0:26 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n\
                       31 25 0:27 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        let found = cgroup_candidates(own, mounts);
+        let found = cgroup_candidates(own, mounts, "pids");
         assert_eq!(
             found,
             vec![
-                (PathBuf::from("/sys/fs/cgroup/pids"), "/a".to_owned()),
-                (PathBuf::from("/sys/fs/cgroup/unified"), "/b".to_owned()),
+                (PathBuf::from("/sys/fs/cgroup/pids"), "/a".to_owned(), false),
+                (
+                    PathBuf::from("/sys/fs/cgroup/unified"),
+                    "/b".to_owned(),
+                    true
+                ),
             ]
         );
+        assert_eq!(cgroup_candidates(own, mounts, "memory").len(), 1);
     }
 }
