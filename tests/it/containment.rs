@@ -336,3 +336,59 @@ async fn a_memory_hog_fails_its_attempt_with_resource_limit() {
         "{verify_run:#}"
     );
 }
+
+/// Where `bwrap` cannot be found (here: an empty `PATH`), `required` refuses to start naming it,
+/// and `auto` starts and says at once what is missing.
+#[tokio::test]
+async fn without_bwrap_required_refuses_to_start_and_auto_says_what_is_missing() {
+    let root = tempfile::tempdir().unwrap();
+    let config = root.path().join("required.toml");
+    std::fs::write(&config, "[governance]\nsandbox = \"required\"\n").unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_glitchlab"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(root.path().join("data"))
+        .env("PATH", "/nonexistent")
+        .env_remove("GLITCHLAB_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sandbox = \"required\" without bwrap did not stop start-up");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("sandbox required but unavailable") && stderr.contains("bwrap"),
+        "{stderr}"
+    );
+
+    let root = tempfile::tempdir().unwrap();
+    let options = Options {
+        env: vec![("PATH".into(), "/nonexistent".into())],
+        ..Default::default()
+    };
+    let service = Service::start_with(root.path(), options).await;
+    healthy(&service).await;
+    let log = service.log();
+    assert!(
+        log.contains("namespaces unavailable") && log.contains("bwrap"),
+        "{log}"
+    );
+}
