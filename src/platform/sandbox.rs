@@ -402,7 +402,14 @@ impl Sandbox {
             return None;
         }
         let text = format!("{}\n{}", output.stdout.text, output.stderr.text);
-        limit_hit(cgroup_hit, output.signal, &text).map(|limit| self.describe(limit))
+        // A shell reports a child ended by a signal as 128 + the signal.
+        let signal = output.signal.or_else(|| {
+            output
+                .exit_code
+                .filter(|code| *code > 128)
+                .map(|code| code - 128)
+        });
+        limit_hit(cgroup_hit, signal, &text).map(|limit| self.describe(limit))
     }
 
     /// `processes (1024)`: the limit and its configured value.
@@ -459,7 +466,7 @@ fn limit_hit(cgroup_hit: Option<Limit>, signal: Option<i32>, output: &str) -> Op
         Some(libc::SIGXFSZ) => return Some(Limit::FileSize),
         _ => {}
     }
-    const MARKS: [(&str, Limit); 10] = [
+    const MARKS: [(&str, Limit); 12] = [
         ("Cannot fork", Limit::Processes),
         ("fork: Resource temporarily unavailable", Limit::Processes),
         ("fork: retry", Limit::Processes),
@@ -470,6 +477,8 @@ fn limit_hit(cgroup_hit: Option<Limit>, signal: Option<i32>, output: &str) -> Op
         ("memory allocation of", Limit::Memory),
         ("Too many open files", Limit::OpenFiles),
         ("File too large", Limit::FileSize),
+        ("File size limit exceeded", Limit::FileSize),
+        ("CPU time limit exceeded", Limit::Cpu),
     ];
     MARKS
         .iter()

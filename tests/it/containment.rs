@@ -337,6 +337,32 @@ async fn a_memory_hog_fails_its_attempt_with_resource_limit() {
     );
 }
 
+#[tokio::test]
+async fn a_file_past_the_size_limit_fails_its_attempt_with_resource_limit() {
+    if skip() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let config = "[engines]\ntimeout_secs = 60\n\n[engines.limits]\nfile_bytes = 1048576\n";
+    let service = Service::start_with(root.path(), no_root_writable(config)).await;
+    let task = service
+        .submit(&shell_task(
+            &repo,
+            "head -c 2000000 /dev/zero > big.bin && echo hi > hi.txt",
+            "test -f hi.txt",
+        ))
+        .await;
+    let task = finish(&service, &task).await;
+    healthy(&service).await;
+    assert_eq!(task["error"]["code"], "RESOURCE_LIMIT", "{task:#}");
+    let message = task["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("file size limit (1048576 bytes)"),
+        "{message}"
+    );
+}
+
 /// Where `bwrap` cannot be found (here: an empty `PATH`), `required` refuses to start naming it,
 /// and `auto` starts and says at once what is missing.
 #[tokio::test]
