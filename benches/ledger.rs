@@ -119,7 +119,7 @@ async fn in_process(root: &Path) -> (f64, f64) {
         directory: Arc::new(ActorDirectory::default()),
         definitions: Arc::new(Definitions::load(&config.paths).unwrap()),
         redactor: Arc::default(),
-        sandbox_exe: None,
+        sandbox: None,
         repo_checks: Arc::default(),
         background: Default::default(),
         config: Arc::new(config),

@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use crate::app::transport::{tls, Transport};
 use crate::config::definitions::{DefinitionError, Definitions};
 use crate::config::{AuthMode, Config, ServerConfig};
 use crate::platform::process;
-use crate::platform::sandbox::{self, SandboxMode};
+use crate::platform::sandbox::Sandbox;
 use crate::runtime::compass::CompassMsg;
 use crate::runtime::directory::ActorDirectory;
 use crate::runtime::Services;
@@ -63,35 +62,12 @@ pub enum StartupError {
     /// The TLS certificate or key could not be used.
     #[error("tls: {0}")]
     Tls(String),
-    /// `sandbox = "required"` but engines cannot be confined here.
+    /// `sandbox = "required"` but namespaces or Landlock do not work here.
     #[error("sandbox required but unavailable: {0}")]
     Sandbox(String),
     /// Compass died while the service ran.
     #[error("compass stopped unexpectedly")]
     CompassDied,
-}
-
-/// Decides whether engine processes are confined: the binary to re-exec as `sandbox-exec`, or
-/// `None` (said at start, so nobody believes in a sandbox that is not there).
-fn sandbox_exe(mode: SandboxMode) -> Result<Option<PathBuf>, StartupError> {
-    if mode == SandboxMode::Off {
-        tracing::warn!("sandbox = off: engine and verify processes run unconfined");
-        return Ok(None);
-    }
-    let available = sandbox::landlock_enforced().and_then(|()| {
-        std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))
-    });
-    match (available, mode) {
-        (Ok(exe), _) => {
-            tracing::info!("engine and verify processes are confined with Landlock");
-            Ok(Some(exe))
-        }
-        (Err(reason), SandboxMode::Required) => Err(StartupError::Sandbox(reason)),
-        (Err(reason), _) => {
-            tracing::warn!(%reason, "Landlock is unavailable: engine and verify processes run unconfined");
-            Ok(None)
-        }
-    }
 }
 
 /// The bind guard on the final configuration, and the TLS acceptor when TLS is on: checked
@@ -187,10 +163,12 @@ impl Application {
             Duration::from_secs(config.storage.stall_secs),
             watchdog.clone(),
         ));
-        let sandbox_exe = sandbox_exe(config.governance.sandbox)?;
+        let sandbox = Sandbox::detect(config.governance.sandbox, config.engines.limits)
+            .await
+            .map_err(StartupError::Sandbox)?;
         let services = Services {
             redactor,
-            sandbox_exe,
+            sandbox: sandbox.map(Arc::new),
             repo_checks: Arc::default(),
             background: Default::default(),
             store,

@@ -93,6 +93,10 @@ pub struct PersonaFrontMatter {
     /// Environment variables (secrets among them) this persona's commands may receive.
     #[serde(default)]
     pub env: Vec<String>,
+    /// Whether this persona's sandboxed commands get the host network; without it they run in
+    /// an empty network namespace (loopback only, their own).
+    #[serde(default)]
+    pub network: bool,
 }
 
 fn builtin_engine() -> String {
@@ -148,6 +152,11 @@ impl Definitions {
             .get(&persona)
             .map(|p| p.front.env.as_slice())
             .unwrap_or(&[])
+    }
+
+    /// Whether a persona's commands may use the network (`network: true` in its file).
+    pub fn network_allowed(&self, persona: Persona) -> bool {
+        self.personas.get(&persona).is_some_and(|p| p.front.network)
     }
 
     /// The system prompt of a persona (empty for an unknown name).
@@ -299,6 +308,27 @@ mod tests {
         let personas = load_personas(dir.path()).unwrap();
         assert_eq!(personas.len(), Persona::ALL.len());
         assert!(!personas[&Persona::Patch].system_prompt.is_empty());
+    }
+
+    /// The network is off unless a persona file says `network: true`; the Uplink personas say it.
+    #[test]
+    fn network_is_opt_in_per_persona() {
+        let dir = tempfile::tempdir().unwrap();
+        let definitions = Definitions {
+            personas: load_personas(dir.path()).unwrap(),
+            runbooks: Vec::new(),
+            ops: OpsFile::default(),
+        };
+        for persona in [Persona::Planner, Persona::Patch, Persona::Circuit] {
+            assert!(!definitions.network_allowed(persona), "{persona:?}");
+        }
+        assert!(definitions.network_allowed(Persona::UplinkWatch));
+        let parsed = parse_persona(
+            "actors/patch.md",
+            "---\nname: patch\nrole: r\nnetwork: true\n---\nbody",
+        )
+        .unwrap();
+        assert!(parsed.front.network);
     }
 
     #[test]

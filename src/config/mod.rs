@@ -106,7 +106,8 @@ pub struct GovernanceConfig {
     /// Environment variable names whose values are secrets: redacted from everything persisted
     /// and passed only to the personas whose `env` lists them.
     pub secrets: Vec<String>,
-    /// Landlock confinement of engine and verify processes: `off`, `auto`, `required`.
+    /// Sandbox of engine, verify and confined ops processes (bubblewrap namespaces around
+    /// Landlock): `off`, `auto`, `required`.
     pub sandbox: SandboxMode,
     /// Directories confined processes may write besides their worktree and private temp dir.
     pub sandbox_writable: Vec<PathBuf>,
@@ -432,6 +433,41 @@ pub struct EnginesConfig {
     pub output_bytes_max: usize,
     /// Bytes of the last verify failure handed to the next attempt.
     pub feedback_bytes_max: usize,
+    /// Resource limits of every sandboxed process tree (engines, verify and confined ops
+    /// commands): high enough that a normal test suite never meets them, low enough that a
+    /// runaway always does.
+    pub limits: LimitsConfig,
+}
+
+/// Per-run resource limits, set as rlimits (and `pids` and `memory` cgroups where they are
+/// writable) by `sandbox-exec` before it starts the command. A hit fails the run with `RESOURCE_LIMIT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Processes (and threads) of the run at once (`RLIMIT_NPROC`, and `pids.max` of its cgroup:
+    /// root ignores `RLIMIT_NPROC`).
+    pub processes: u64,
+    /// Memory of the run, in bytes: its `memory` cgroup's limit where one is writable (the run
+    /// is OOM-killed past it), else the address space of each process (`RLIMIT_AS`).
+    pub memory_bytes: u64,
+    /// CPU seconds of each process (`RLIMIT_CPU`; SIGXCPU past it).
+    pub cpu_secs: u64,
+    /// Largest file a process may write, in bytes (`RLIMIT_FSIZE`; SIGXFSZ past it).
+    pub file_bytes: u64,
+    /// Open files of each process (`RLIMIT_NOFILE`).
+    pub open_files: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            processes: 1024,
+            memory_bytes: 2 * 1024 * 1024 * 1024,
+            cpu_secs: 3600,
+            file_bytes: 1024 * 1024 * 1024,
+            open_files: 4096,
+        }
+    }
 }
 
 impl Default for EnginesConfig {
@@ -441,6 +477,7 @@ impl Default for EnginesConfig {
             verify_timeout_secs: 600,
             output_bytes_max: 64 * 1024,
             feedback_bytes_max: 16 * 1024,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -648,10 +685,11 @@ fn check_template(kind: &str, stages: &[Stage]) -> Result<(), String> {
 pub enum SandboxMode {
     /// Never confine (for hosts that cannot, or an in-process embedding of the library).
     Off,
-    /// Confine when the kernel supports Landlock; say so at start when it does not.
+    /// Use every layer that works here (namespaces through `bwrap`, Landlock); name at start
+    /// what is missing.
     #[default]
     Auto,
-    /// Refuse to start unless engines can be confined.
+    /// Refuse to start unless both layers (namespaces and Landlock) work.
     Required,
 }
 

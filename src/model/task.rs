@@ -613,6 +613,10 @@ pub struct EngineRun {
     /// Running, finished or interrupted (records from before this field are finished).
     #[serde(default)]
     pub status: RunStatus,
+    /// The sandbox the process ran in (`bwrap+landlock`, `bwrap`, `landlock`, `limits`); none
+    /// for an unconfined run, a model call, a builtin engine, and records from before this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 impl EngineRun {
@@ -691,5 +695,22 @@ mod tests {
                 command: "true".into()
             }
         );
+    }
+
+    /// A run stored before the `sandbox` field reads as unconfined, and an unconfined run is
+    /// stored without the field: old and new records stay readable both ways.
+    #[test]
+    fn engine_runs_stored_before_the_sandbox_field_still_read() {
+        let old = r#"{"id":"01a215c3-ac7a-743c-a12c-5fb62e988219",
+            "task_id":"01a215c3-ac51-74c8-bae4-5b1fa1f6b0bf","persona":"patch","engine":"shell",
+            "stage":"implement","attempt":1,"exit_code":0,"timed_out":false,
+            "stdout":{"text":"","truncated_bytes":0},"stderr":{"text":"","truncated_bytes":0},
+            "duration_ms":5,"started_at":"2026-11-26T02:51:14.938574892Z"}"#;
+        let mut run: EngineRun = serde_json::from_str(old).unwrap();
+        assert_eq!(run.sandbox, None);
+        assert!(!serde_json::to_string(&run).unwrap().contains("sandbox"));
+        run.sandbox = Some("bwrap+landlock".into());
+        let again: EngineRun = serde_json::from_str(&serde_json::to_string(&run).unwrap()).unwrap();
+        assert_eq!(again.sandbox.as_deref(), Some("bwrap+landlock"));
     }
 }

@@ -1,19 +1,35 @@
-//! The sandbox of engine and verify processes: on Linux, Landlock confines them to writing only
-//! their worktree, its git directory, a private temp dir and `/dev`; everything else is
-//! read-only.
+//! The sandbox of engine, verify and confined ops processes, in three layers (see
+//! `docs/engines.md`, "Sandbox"):
 //!
-//! Like Codex CLI's Linux sandbox, it works by re-executing this binary: the governed executor
-//! runs `glitchlab sandbox-exec --write DIR ... -- sh -c <command>`, which restricts itself with
-//! Landlock (a restriction every child inherits and none can lift) and then `exec`s the command.
-//! Nothing runs between `fork` and `exec` in the service itself.
+//! 1. **Namespaces** (bubblewrap, `bwrap`): a new user, PID, IPC and UTS namespace, and a network
+//!    namespace of its own unless the persona has `network: true`; a root of read-only system
+//!    dirs, `/etc` without its secrets, a fresh `/proc`, a private `/tmp`, and only the run's own
+//!    directories bound in; an unprivileged uid (65534) without capabilities. The service, its
+//!    data dir, other worktrees and the home dir are not there to read or signal.
+//! 2. **Landlock**: inside that, the process may write only its worktree, its git dirs and its
+//!    temp dir (a restriction every child inherits and none can lift).
+//! 3. **Limits**: rlimits (processes, CPU time, file size, open files) and, where they are
+//!    writable, a `pids` cgroup (root ignores `RLIMIT_NPROC`) and a `memory` cgroup per run (else
+//!    memory falls back to `RLIMIT_AS`, which runtimes that reserve much address space, such as
+//!    the JVM, may not start under).
+//!
+//! Like Codex CLI's Linux sandbox, it works by re-executing this binary: the service runs
+//! `glitchlab sandbox-exec [--cgroup DIR]... [--rlimit NAME=N]... --no-landlock -- bwrap ... --
+//! glitchlab sandbox-exec --write DIR ... -- sh -c <command>`. The outer `sandbox-exec` joins the
+//! cgroup and sets the limits, then execs `bwrap`; the inner one confines itself with Landlock and
+//! execs the command. Nothing runs between `fork` and `exec` in the service itself.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use landlock::{
     path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
     ABI,
 };
+
+use crate::config::LimitsConfig;
+use crate::platform::process::{self, CommandOutput, CommandSpec};
 
 /// The hidden subcommand that applies the sandbox and execs the command.
 pub const SANDBOX_SUBCOMMAND: &str = "sandbox-exec";
@@ -23,6 +39,33 @@ const SANDBOX_FAILURE_EXIT: i32 = 126;
 
 /// The Landlock ABI this build asks for; older kernels get what they support (best effort).
 const LANDLOCK_ABI: ABI = ABI::V3;
+
+/// The uid and gid a sandboxed command runs as inside its user namespace (`nobody`).
+const SANDBOX_ID: &str = "65534";
+
+/// How long the start-up probe of `bwrap` may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// System directories bound read-only (or recreated as the symlinks they are on merged-/usr
+/// systems).
+const SYSTEM_DIRS: [&str; 7] = [
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
+
+/// Files of `/etc` a command must not read: masked by `/dev/null`, which bubblewrap mounts
+/// `nodev`, so opening them fails.
+const ETC_SECRET_FILES: [&str; 7] = [
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/sudoers",
+    "/etc/security/opasswd",
+    "/etc/machine-id",
+];
+
+/// Directories of `/etc` hidden behind an empty tmpfs.
+const ETC_SECRET_DIRS: [&str; 3] = ["/etc/ssl/private", "/etc/sudoers.d", "/etc/ssh"];
 
 pub use crate::config::SandboxMode;
 
@@ -54,38 +97,740 @@ fn ruleset(writable: &[PathBuf]) -> Result<RulesetStatus, String> {
     Ok(status.ruleset)
 }
 
-/// The command line that runs `program args` confined to `writable`.
-pub fn wrap(
-    exe: &Path,
-    writable: &[PathBuf],
-    program: &str,
-    args: &[String],
-) -> (String, Vec<String>) {
-    let mut wrapped = vec![SANDBOX_SUBCOMMAND.to_owned()];
-    for dir in writable {
-        wrapped.push("--write".into());
-        wrapped.push(dir.display().to_string());
-    }
-    wrapped.push("--".into());
-    wrapped.push(program.to_owned());
-    wrapped.extend(args.iter().cloned());
-    (exe.display().to_string(), wrapped)
+/// What one sandboxed command may see and do.
+#[derive(Debug, Clone, Default)]
+pub struct Jail {
+    /// Its working directory (bound read-only when no writable dir holds it).
+    pub cwd: PathBuf,
+    /// Directories it may write (its worktree, git dirs, temp dir, configured extras).
+    pub writable: Vec<PathBuf>,
+    /// Directories it may read besides the system (the repository's git dir, its prompt files).
+    pub readable: Vec<PathBuf>,
+    /// The host network (`network: true` of its persona); otherwise an empty namespace.
+    pub network: bool,
 }
 
-/// `glitchlab sandbox-exec --write DIR ... -- PROGRAM ARGS...`: confine, then exec. Never
-/// returns; on failure it exits 126 with the reason on stderr.
+/// The layers that work on this host, found once at start.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    /// This binary, re-executed as `sandbox-exec`.
+    exe: PathBuf,
+    /// `bwrap`, when it can create the namespaces here.
+    bwrap: Option<PathBuf>,
+    /// Whether the kernel enforces Landlock.
+    landlock: bool,
+    /// The parents of the per-run cgroups that are writable here (`pids`, `memory`).
+    cgroups: Vec<CgroupParent>,
+    /// The limits every run gets.
+    limits: LimitsConfig,
+}
+
+/// A cgroup controller a run's limits use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Controller {
+    Pids,
+    Memory,
+}
+
+impl Controller {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Pids => "pids",
+            Self::Memory => "memory",
+        }
+    }
+
+    /// The file that holds the limit (v1, v2).
+    fn limit_file(self, v2: bool) -> &'static str {
+        match (self, v2) {
+            (Self::Pids, _) => "pids.max",
+            (Self::Memory, false) => "memory.limit_in_bytes",
+            (Self::Memory, true) => "memory.max",
+        }
+    }
+
+    /// The swap limit written after the limit, so swap cannot stretch it (absent without swap
+    /// accounting; then nothing to stretch).
+    fn swap_file(self, v2: bool) -> Option<(&'static str, bool)> {
+        match (self, v2) {
+            (Self::Pids, _) => None,
+            (Self::Memory, false) => Some(("memory.memsw.limit_in_bytes", false)),
+            (Self::Memory, true) => Some(("memory.swap.max", true)),
+        }
+    }
+
+    /// The file that counts the limit's hits, and the key of the count.
+    fn events(self, v2: bool) -> (&'static str, &'static str) {
+        match (self, v2) {
+            (Self::Pids, _) => ("pids.events", "max"),
+            (Self::Memory, false) => ("memory.oom_control", "oom_kill"),
+            (Self::Memory, true) => ("memory.events", "oom_kill"),
+        }
+    }
+}
+
+/// Where a controller's per-run cgroups are made.
+#[derive(Debug, Clone)]
+struct CgroupParent {
+    controller: Controller,
+    parent: PathBuf,
+    v2: bool,
+}
+
+/// One run's cgroup of one controller.
+#[derive(Debug, Clone)]
+struct RunCgroup {
+    controller: Controller,
+    dir: PathBuf,
+    v2: bool,
+}
+
+/// One sandboxed run in flight: its cgroups, removed when the run is settled or dropped.
+#[derive(Debug)]
+pub struct Confined {
+    cgroups: Vec<RunCgroup>,
+    bwrap: bool,
+}
+
+impl Confined {
+    fn remove_cgroups(&mut self) {
+        let mut dirs: Vec<PathBuf> = self.cgroups.drain(..).map(|c| c.dir).collect();
+        dirs.dedup();
+        for dir in dirs {
+            remove_cgroup(dir);
+        }
+    }
+}
+
+impl Drop for Confined {
+    fn drop(&mut self) {
+        self.remove_cgroups();
+    }
+}
+
+impl Sandbox {
+    /// Finds what works here, logs what is missing, and applies `mode`: `off` gives `None`;
+    /// `required` fails unless namespaces and Landlock both work; `auto` takes what there is.
+    pub async fn detect(mode: SandboxMode, limits: LimitsConfig) -> Result<Option<Self>, String> {
+        if mode == SandboxMode::Off {
+            tracing::warn!(
+                "sandbox = off: engine and verify processes run unconfined and unlimited"
+            );
+            return Ok(None);
+        }
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let landlock = landlock_enforced();
+        let bwrap = probe_bwrap().await;
+        if mode == SandboxMode::Required {
+            if let Err(reason) = &bwrap {
+                return Err(format!("namespaces: {reason}"));
+            }
+            if let Err(reason) = &landlock {
+                return Err(reason.clone());
+            }
+        }
+        if let Err(reason) = &bwrap {
+            tracing::warn!(%reason, "namespaces unavailable (bubblewrap): engine and verify processes see the host's processes, files and network");
+        }
+        if let Err(reason) = &landlock {
+            tracing::warn!(%reason, "Landlock unavailable: engine and verify processes may write wherever their uid may");
+        }
+        let mut cgroups = Vec::new();
+        match cgroup_parent(Controller::Pids) {
+            Ok(parent) => cgroups.push(parent),
+            Err(reason) => {
+                // SAFETY: geteuid reads the caller's credentials; it cannot fail.
+                if unsafe { libc::geteuid() } == 0 {
+                    tracing::warn!(%reason, "no writable pids cgroup: the process limit is not enforced (root ignores RLIMIT_NPROC)");
+                }
+            }
+        }
+        match cgroup_parent(Controller::Memory) {
+            Ok(parent) => cgroups.push(parent),
+            Err(reason) => {
+                tracing::warn!(%reason, "no writable memory cgroup: the memory limit is an address-space limit (RLIMIT_AS), which the JVM and the like may not start under");
+            }
+        }
+        let sandbox = Self {
+            exe,
+            bwrap: bwrap.ok(),
+            landlock: landlock.is_ok(),
+            cgroups,
+            limits,
+        };
+        let cgroups: Vec<String> = sandbox
+            .cgroups
+            .iter()
+            .map(|c| c.parent.display().to_string())
+            .collect();
+        tracing::info!(
+            sandbox = sandbox.name(),
+            ?cgroups,
+            "engine and verify processes are sandboxed"
+        );
+        Ok(Some(sandbox))
+    }
+
+    /// The layers in force, as recorded on each run: `bwrap+landlock`, `bwrap`, `landlock` or
+    /// `limits`.
+    pub fn name(&self) -> &'static str {
+        match (self.bwrap.is_some(), self.landlock) {
+            (true, true) => "bwrap+landlock",
+            (true, false) => "bwrap",
+            (false, true) => "landlock",
+            (false, false) => "limits",
+        }
+    }
+
+    /// Rewrites `spec` to run its program inside the sandbox. The answer holds the run's
+    /// cgroup; give it back to [`Self::settle`] with the output.
+    pub fn wrap(&self, jail: &Jail, spec: &mut CommandSpec) -> Confined {
+        let run = uuid::Uuid::now_v7().to_string();
+        let mut confined = Confined {
+            cgroups: Vec::new(),
+            bwrap: self.bwrap.is_some(),
+        };
+        for parent in &self.cgroups {
+            let dir = parent.parent.join(&run);
+            match self.make_cgroup(parent, &dir) {
+                Ok(()) => confined.cgroups.push(RunCgroup {
+                    controller: parent.controller,
+                    dir,
+                    v2: parent.v2,
+                }),
+                Err(error) => {
+                    tracing::warn!(dir = %dir.display(), %error, "cannot make a run's cgroup");
+                }
+            }
+        }
+        let mut outer = vec![SANDBOX_SUBCOMMAND.to_owned()];
+        let mut joined: Vec<&PathBuf> = Vec::new();
+        for cgroup in &confined.cgroups {
+            if !joined.contains(&&cgroup.dir) {
+                joined.push(&cgroup.dir);
+                outer.extend(["--cgroup".to_owned(), cgroup.dir.display().to_string()]);
+            }
+        }
+        for (name, value) in self.rlimits() {
+            outer.extend(["--rlimit".to_owned(), format!("{name}={value}")]);
+        }
+        let landlock_args = |args: &mut Vec<String>| {
+            if self.landlock {
+                for dir in &jail.writable {
+                    args.extend(["--write".to_owned(), dir.display().to_string()]);
+                }
+            } else {
+                args.push("--no-landlock".to_owned());
+            }
+        };
+        let mut command = vec![spec.program.clone()];
+        command.append(&mut spec.args);
+        match &self.bwrap {
+            Some(bwrap) => {
+                outer.extend(["--no-landlock".to_owned(), "--".to_owned()]);
+                outer.push(bwrap.display().to_string());
+                outer.extend(bwrap_args(jail, &self.exe));
+                outer.push("--".to_owned());
+                if self.landlock {
+                    outer.push(self.exe.display().to_string());
+                    outer.push(SANDBOX_SUBCOMMAND.to_owned());
+                    landlock_args(&mut outer);
+                    outer.push("--".to_owned());
+                }
+            }
+            None => {
+                landlock_args(&mut outer);
+                outer.push("--".to_owned());
+            }
+        }
+        outer.append(&mut command);
+        spec.program = self.exe.display().to_string();
+        spec.args = outer;
+        confined
+    }
+
+    /// Makes (or, on v2 where one dir serves every controller, reuses) a run's cgroup and
+    /// writes its limit.
+    fn make_cgroup(&self, parent: &CgroupParent, dir: &Path) -> std::io::Result<()> {
+        if let Err(error) = std::fs::create_dir(dir) {
+            if error.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(error);
+            }
+        }
+        let limit = match parent.controller {
+            Controller::Pids => self.limits.processes,
+            Controller::Memory => self.limits.memory_bytes,
+        };
+        std::fs::write(
+            dir.join(parent.controller.limit_file(parent.v2)),
+            limit.to_string(),
+        )?;
+        if let Some((file, zero)) = parent.controller.swap_file(parent.v2) {
+            let value = if zero { 0 } else { limit };
+            // Absent without swap accounting: nothing to stretch the limit then.
+            let _ = std::fs::write(dir.join(file), value.to_string());
+        }
+        Ok(())
+    }
+
+    /// Ends a run: turns `bwrap`'s `128 + signal` back into the signal, and names the limit the
+    /// run hit, if it failed because of one.
+    pub fn settle(&self, mut confined: Confined, output: &mut CommandOutput) -> Option<String> {
+        if confined.bwrap && output.signal.is_none() {
+            if let Some(code @ 129..=192) = output.exit_code {
+                output.exit_code = None;
+                output.signal = Some(code - 128);
+            }
+        }
+        let hit = |controller: Controller| {
+            confined.cgroups.iter().any(|cgroup| {
+                let (file, key) = cgroup.controller.events(cgroup.v2);
+                cgroup.controller == controller
+                    && std::fs::read_to_string(cgroup.dir.join(file))
+                        .is_ok_and(|events| counted(&events, key))
+            })
+        };
+        let cgroup_hit = if hit(Controller::Pids) {
+            Some(Limit::Processes)
+        } else if hit(Controller::Memory) {
+            Some(Limit::Memory)
+        } else {
+            None
+        };
+        confined.remove_cgroups();
+        if output.success() {
+            return None;
+        }
+        let text = format!("{}\n{}", output.stdout.text, output.stderr.text);
+        // A shell reports a child ended by a signal as 128 + the signal.
+        let signal = output.signal.or_else(|| {
+            output
+                .exit_code
+                .filter(|code| *code > 128)
+                .map(|code| code - 128)
+        });
+        limit_hit(cgroup_hit, signal, &text).map(|limit| self.describe(limit))
+    }
+
+    /// `processes (1024)`: the limit and its configured value.
+    fn describe(&self, limit: Limit) -> String {
+        let limits = &self.limits;
+        match limit {
+            Limit::Processes => format!("processes limit ({})", limits.processes),
+            Limit::Memory => format!("memory limit ({} bytes)", limits.memory_bytes),
+            Limit::Cpu => format!("CPU time limit ({} s)", limits.cpu_secs),
+            Limit::FileSize => format!("file size limit ({} bytes)", limits.file_bytes),
+            Limit::OpenFiles => format!("open files limit ({})", limits.open_files),
+        }
+    }
+
+    /// The rlimits of every run: address space only where no memory cgroup holds the memory.
+    fn rlimits(&self) -> Vec<(&'static str, u64)> {
+        let limits = &self.limits;
+        let mut rlimits = vec![
+            ("nproc", limits.processes),
+            ("cpu", limits.cpu_secs),
+            ("fsize", limits.file_bytes),
+            ("nofile", limits.open_files),
+        ];
+        if !self
+            .cgroups
+            .iter()
+            .any(|c| c.controller == Controller::Memory)
+        {
+            rlimits.push(("as", limits.memory_bytes));
+        }
+        rlimits
+    }
+}
+
+/// Which limit a failed run hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    Processes,
+    Memory,
+    Cpu,
+    FileSize,
+    OpenFiles,
+}
+
+/// Reads a failed run's end for the marks each limit leaves: the cgroups' counts of refused
+/// forks and OOM kills, SIGXCPU and SIGXFSZ, and what shells and runtimes print when `fork`,
+/// `malloc` or `open` is refused.
+fn limit_hit(cgroup_hit: Option<Limit>, signal: Option<i32>, output: &str) -> Option<Limit> {
+    if cgroup_hit.is_some() {
+        return cgroup_hit;
+    }
+    match signal {
+        Some(libc::SIGXCPU) => return Some(Limit::Cpu),
+        Some(libc::SIGXFSZ) => return Some(Limit::FileSize),
+        _ => {}
+    }
+    const MARKS: [(&str, Limit); 12] = [
+        ("Cannot fork", Limit::Processes),
+        ("fork: Resource temporarily unavailable", Limit::Processes),
+        ("fork: retry", Limit::Processes),
+        ("memory exhausted", Limit::Memory),
+        ("Cannot allocate memory", Limit::Memory),
+        ("out of memory", Limit::Memory),
+        ("MemoryError", Limit::Memory),
+        ("memory allocation of", Limit::Memory),
+        ("Too many open files", Limit::OpenFiles),
+        ("File too large", Limit::FileSize),
+        ("File size limit exceeded", Limit::FileSize),
+        ("CPU time limit exceeded", Limit::Cpu),
+    ];
+    MARKS
+        .iter()
+        .find(|(mark, _)| output.contains(mark))
+        .map(|(_, limit)| *limit)
+}
+
+/// Whether a cgroup events file counts a hit: a `KEY N` line with N > 0 (`max` of
+/// `pids.events`, `oom_kill` of `memory.events` or `memory.oom_control`).
+fn counted(events: &str, key: &str) -> bool {
+    events.lines().any(|line| {
+        line.strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    })
+}
+
+/// The `bwrap` arguments (before `--`) of a jail.
+fn bwrap_args(jail: &Jail, exe: &Path) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--uid",
+        SANDBOX_ID,
+        "--gid",
+        SANDBOX_ID,
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if !jail.network {
+        args.push("--unshare-net".into());
+    }
+    let mut push = |parts: &[&str]| args.extend(parts.iter().map(|p| (*p).to_owned()));
+    for dir in SYSTEM_DIRS {
+        let path = Path::new(dir);
+        if let Ok(target) = std::fs::read_link(path) {
+            push(&["--symlink", &target.display().to_string(), dir]);
+        } else if path.is_dir() {
+            push(&["--ro-bind", dir, dir]);
+        }
+    }
+    push(&["--ro-bind", "/etc", "/etc"]);
+    for file in ETC_SECRET_FILES {
+        if Path::new(file).is_file() {
+            push(&["--ro-bind", "/dev/null", file]);
+        }
+    }
+    for file in ssh_host_keys() {
+        push(&["--ro-bind", "/dev/null", &file]);
+    }
+    for dir in ETC_SECRET_DIRS {
+        if Path::new(dir).is_dir() {
+            push(&["--tmpfs", dir]);
+        }
+    }
+    push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+    for (path, writable) in binds(jail, exe) {
+        let path = path.display().to_string();
+        push(&[if writable { "--bind" } else { "--ro-bind" }, &path, &path]);
+    }
+    push(&[
+        "--setenv",
+        "HOME",
+        "/tmp",
+        // The bound worktree belongs to a uid the namespace maps to `nobody`, or to no uid:
+        // git must not refuse it as "dubious ownership".
+        "--setenv",
+        "GIT_CONFIG_COUNT",
+        "1",
+        "--setenv",
+        "GIT_CONFIG_KEY_0",
+        "safe.directory",
+        "--setenv",
+        "GIT_CONFIG_VALUE_0",
+        "*",
+        "--chdir",
+        &jail.cwd.display().to_string(),
+    ]);
+    args
+}
+
+/// Host keys under `/etc/ssh` (hidden with the whole dir too; named so a host whose `/etc/ssh`
+/// cannot be covered still masks them).
+fn ssh_host_keys() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/etc/ssh") else {
+        return Vec::new();
+    };
+    let mut keys: Vec<String> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("ssh_host_") && !n.ends_with(".pub"))
+        })
+        .map(|path| path.display().to_string())
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// The jail's own paths, parents before children (so a writable dir inside a read-only one is
+/// mounted over it), each once (writable wins): what exists of the writable and readable dirs,
+/// the working directory when nothing holds it, and this binary.
+fn binds(jail: &Jail, exe: &Path) -> Vec<(PathBuf, bool)> {
+    fn add(binds: &mut Vec<(PathBuf, bool)>, path: &Path, writable: bool) {
+        if path == Path::new("/") || path.starts_with("/dev") || !path.exists() {
+            return;
+        }
+        match binds.iter_mut().find(|(p, _)| p == path) {
+            Some(existing) => existing.1 |= writable,
+            None => binds.push((path.to_path_buf(), writable)),
+        }
+    }
+    let mut binds: Vec<(PathBuf, bool)> = Vec::new();
+    for dir in &jail.writable {
+        add(&mut binds, dir, true);
+    }
+    // A readable path inside a writable one is already there, writable by that choice.
+    let inside_writable = |binds: &[(PathBuf, bool)], path: &Path| {
+        binds.iter().any(|(p, w)| *w && path.starts_with(p))
+    };
+    for dir in jail.readable.iter().map(PathBuf::as_path).chain([exe]) {
+        if !inside_writable(&binds, dir) {
+            add(&mut binds, dir, false);
+        }
+    }
+    let held = binds.iter().any(|(path, _)| jail.cwd.starts_with(path))
+        || SYSTEM_DIRS.iter().any(|dir| jail.cwd.starts_with(dir));
+    if !held {
+        add(&mut binds, &jail.cwd, false);
+    }
+    binds.sort_by_key(|(path, writable)| (path.components().count(), *writable));
+    binds
+}
+
+/// Runs `bwrap` with the namespaces and uid of a real run around `true`.
+async fn probe_bwrap() -> Result<PathBuf, String> {
+    let bwrap =
+        find_program("bwrap").ok_or("`bwrap` is not installed (apt-get install bubblewrap)")?;
+    let mut spec = CommandSpec::shell("", std::env::temp_dir(), PROBE_TIMEOUT, 4096);
+    spec.program = bwrap.display().to_string();
+    spec.args = [
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-net",
+        "--uid",
+        SANDBOX_ID,
+        "--gid",
+        SANDBOX_ID,
+        "--cap-drop",
+        "ALL",
+        "--die-with-parent",
+        "--new-session",
+        "--ro-bind",
+        "/",
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "true",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let output = process::run(&spec)
+        .await
+        .map_err(|error| error.to_string())?;
+    if output.success() {
+        Ok(bwrap)
+    } else {
+        Err(format!(
+            "`bwrap` cannot create namespaces here: {}",
+            output.stderr.text.trim()
+        ))
+    }
+}
+
+/// `name` on `PATH`.
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A writable parent for a controller's per-run cgroups: `glitchlab` under this process's own
+/// cgroup of the controller's v1 hierarchy or of the v2 one, if it can be made and a limit
+/// written in a child of it.
+fn cgroup_parent(controller: Controller) -> Result<CgroupParent, String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    let mut reasons = Vec::new();
+    for (mount, path, v2) in cgroup_candidates(&own, &mounts, controller.name()) {
+        let parent = mount.join(path.trim_start_matches('/')).join("glitchlab");
+        let probe = parent.join(format!("probe-{}", uuid::Uuid::now_v7()));
+        let made = std::fs::create_dir_all(&probe)
+            .and_then(|()| std::fs::write(probe.join(controller.limit_file(v2)), "1073741824"));
+        let _ = std::fs::remove_dir(&probe);
+        match made {
+            Ok(()) => {
+                sweep_cgroups(&parent);
+                return Ok(CgroupParent {
+                    controller,
+                    parent,
+                    v2,
+                });
+            }
+            Err(error) => reasons.push(format!("{}: {error}", parent.display())),
+        }
+    }
+    if reasons.is_empty() {
+        return Err(format!(
+            "no {} cgroup controller is mounted",
+            controller.name()
+        ));
+    }
+    Err(reasons.join("; "))
+}
+
+/// Runs' cgroups older than a minute that a killed service left behind: removed if empty (a
+/// cgroup still in use cannot be removed, and a young one may be about to be joined).
+fn sweep_cgroups(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    for entry in entries.filter_map(Result::ok) {
+        let made_secs = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| uuid::Uuid::parse_str(name).ok())
+            .and_then(|id| id.get_timestamp())
+            .map(|stamp| stamp.to_unix().0);
+        if made_secs.is_some_and(|secs| now.saturating_sub(secs) > CGROUP_SWEEP_AGE_SECS) {
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+}
+
+/// Age past which an empty run cgroup is left over, not about to be joined.
+const CGROUP_SWEEP_AGE_SECS: u64 = 60;
+
+/// (mount point, this process's path in it, v2) of the v1 hierarchy of `controller` and of the
+/// v2 one.
+fn cgroup_candidates(own: &str, mountinfo: &str, controller: &str) -> Vec<(PathBuf, String, bool)> {
+    let mut candidates = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((before, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mount_point = before.split_whitespace().nth(4).unwrap_or("");
+        let mut fields = after.split_whitespace();
+        let fs_type = fields.next().unwrap_or("");
+        let options = fields.nth(1).unwrap_or("");
+        let v1 = fs_type == "cgroup" && options.split(',').any(|o| o == controller);
+        let v2 = fs_type == "cgroup2";
+        for entry in own.lines() {
+            let mut parts = entry.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let matches = (v1 && controllers.split(',').any(|c| c == controller))
+                || (v2 && controllers.is_empty());
+            if matches {
+                candidates.push((PathBuf::from(mount_point), path.to_owned(), v2));
+            }
+        }
+    }
+    candidates
+}
+
+/// Removes a run's cgroup once its last process is gone (from a thread: the dying processes of
+/// a killed namespace may take a moment).
+fn remove_cgroup(dir: PathBuf) {
+    if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("cgroup-cleanup".into())
+        .spawn(move || {
+            for _ in 0..100 {
+                std::thread::sleep(Duration::from_millis(100));
+                if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                    return;
+                }
+            }
+            tracing::warn!(dir = %dir.display(), "a run's cgroup could not be removed");
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start the cgroup cleanup");
+    }
+}
+
+/// What `sandbox-exec` was asked to do.
+#[derive(Debug, Default)]
+struct ExecArgs {
+    writable: Vec<PathBuf>,
+    landlock: bool,
+    cgroups: Vec<PathBuf>,
+    rlimits: Vec<(String, u64)>,
+    command: Vec<OsString>,
+}
+
+/// `glitchlab sandbox-exec [--cgroup DIR] [--rlimit NAME=N]... [--no-landlock | --write DIR...]
+/// -- PROGRAM ARGS...`: join the cgroup, set the limits, confine, then exec. Never returns; on
+/// failure it exits 126 with the reason on stderr.
 pub fn exec_main(args: Vec<OsString>) -> ! {
     use std::os::unix::process::CommandExt;
-    let (writable, command) = match parse(args) {
+    let parsed = match parse(args) {
         Ok(parsed) => parsed,
         Err(reason) => fail(&reason),
     };
-    match ruleset(&writable) {
-        Ok(RulesetStatus::NotEnforced) => fail("the kernel does not enforce Landlock"),
-        Ok(_) => {}
-        Err(reason) => fail(&reason),
+    for dir in &parsed.cgroups {
+        if let Err(error) = std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+        {
+            fail(&format!(
+                "cannot join the cgroup {}: {error}",
+                dir.display()
+            ));
+        }
     }
-    let Some((program, rest)) = command.split_first() else {
+    for (name, value) in &parsed.rlimits {
+        if let Err(reason) = set_rlimit(name, *value) {
+            fail(&reason);
+        }
+    }
+    if parsed.landlock {
+        match ruleset(&parsed.writable) {
+            Ok(RulesetStatus::NotEnforced) => fail("the kernel does not enforce Landlock"),
+            Ok(_) => {}
+            Err(reason) => fail(&reason),
+        }
+    }
+    let Some((program, rest)) = parsed.command.split_first() else {
         fail("no command after --");
     };
     let error = std::process::Command::new(program).args(rest).exec();
@@ -95,15 +840,78 @@ pub fn exec_main(args: Vec<OsString>) -> ! {
     ))
 }
 
-fn parse(args: Vec<OsString>) -> Result<(Vec<PathBuf>, Vec<OsString>), String> {
-    let mut writable = Vec::new();
+/// Lowers one limit (soft and hard) to `value`, never above the current hard limit. CPU time
+/// keeps a few seconds of hard limit above the soft one, so SIGXCPU comes first and says why.
+fn set_rlimit(name: &str, value: u64) -> Result<(), String> {
+    let resource = match name {
+        "nproc" => libc::RLIMIT_NPROC,
+        "as" => libc::RLIMIT_AS,
+        "cpu" => libc::RLIMIT_CPU,
+        "fsize" => libc::RLIMIT_FSIZE,
+        "nofile" => libc::RLIMIT_NOFILE,
+        _ => return Err(format!("unknown limit `{name}`")),
+    };
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(resource, &mut current) } != 0 {
+        return Err(format!(
+            "getrlimit {name}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let soft = value.min(current.rlim_max);
+    let hard = if name == "cpu" {
+        value.saturating_add(5).min(current.rlim_max)
+    } else {
+        soft
+    };
+    let wanted = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads the struct we own.
+    if unsafe { libc::setrlimit(resource, &wanted) } != 0 {
+        return Err(format!(
+            "setrlimit {name}={value}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+fn parse(args: Vec<OsString>) -> Result<ExecArgs, String> {
+    let mut parsed = ExecArgs {
+        landlock: true,
+        ..ExecArgs::default()
+    };
     let mut iter = args.into_iter();
     while let Some(arg) = iter.next() {
         match arg.to_str() {
-            Some("--write") => writable.push(PathBuf::from(
+            Some("--write") => parsed.writable.push(PathBuf::from(
                 iter.next().ok_or("--write needs a directory")?,
             )),
-            Some("--") => return Ok((writable, iter.collect())),
+            Some("--cgroup") => parsed.cgroups.push(PathBuf::from(
+                iter.next().ok_or("--cgroup needs a directory")?,
+            )),
+            Some("--rlimit") => {
+                let spec = iter.next().ok_or("--rlimit needs NAME=N")?;
+                let spec = spec.to_string_lossy();
+                let (name, value) = spec
+                    .split_once('=')
+                    .ok_or_else(|| format!("--rlimit {spec}: expected NAME=N"))?;
+                let value = value
+                    .parse::<u64>()
+                    .map_err(|e| format!("--rlimit {spec}: {e}"))?;
+                parsed.rlimits.push((name.to_owned(), value));
+            }
+            Some("--no-landlock") => parsed.landlock = false,
+            Some("--") => {
+                parsed.command = iter.collect();
+                return Ok(parsed);
+            }
             _ => return Err(format!("unexpected argument {}", arg.to_string_lossy())),
         }
     }
@@ -113,4 +921,80 @@ fn parse(args: Vec<OsString>) -> Result<(Vec<PathBuf>, Vec<OsString>), String> {
 fn fail(reason: &str) -> ! {
     eprintln!("glitchlab sandbox: {reason}");
     std::process::exit(SANDBOX_FAILURE_EXIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_named_from_their_marks() {
+        assert_eq!(
+            limit_hit(Some(Limit::Processes), None, ""),
+            Some(Limit::Processes)
+        );
+        assert_eq!(limit_hit(None, Some(libc::SIGXCPU), ""), Some(Limit::Cpu));
+        assert_eq!(
+            limit_hit(None, None, "sh: 1: Cannot fork\n"),
+            Some(Limit::Processes)
+        );
+        assert_eq!(
+            limit_hit(None, None, "tail: memory exhausted"),
+            Some(Limit::Memory)
+        );
+        assert_eq!(limit_hit(None, Some(9), "test failed"), None);
+    }
+
+    #[test]
+    fn events_count_refused_forks_and_oom_kills() {
+        assert!(counted("max 3\n", "max"));
+        assert!(!counted("max 0\n", "max"));
+        assert!(counted(
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+            "oom_kill"
+        ));
+        assert!(!counted(
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+            "oom_kill"
+        ));
+    }
+
+    #[test]
+    fn binds_put_parents_first_and_writable_wins() {
+        let root = tempfile::tempdir().unwrap();
+        let repo_git = root.path().join("repo/.git");
+        let gitdir = repo_git.join("worktrees/t");
+        std::fs::create_dir_all(&gitdir).unwrap();
+        let jail = Jail {
+            cwd: root.path().to_path_buf(),
+            writable: vec![gitdir.clone(), repo_git.clone()],
+            readable: vec![repo_git.clone(), root.path().join("missing")],
+            network: false,
+        };
+        let binds = binds(&jail, Path::new("/nonexistent/glitchlab"));
+        assert_eq!(binds[0], (root.path().to_path_buf(), false));
+        assert_eq!(binds[1], (repo_git, true));
+        assert_eq!(binds[2], (gitdir, true));
+        assert_eq!(binds.len(), 3);
+    }
+
+    #[test]
+    fn cgroup_candidates_find_v1_pids_and_v2() {
+        let own = "8:pids:/a\n0::/b\n";
+        let mounts = "30 25 0:26 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n\
+                      31 25 0:27 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        let found = cgroup_candidates(own, mounts, "pids");
+        assert_eq!(
+            found,
+            vec![
+                (PathBuf::from("/sys/fs/cgroup/pids"), "/a".to_owned(), false),
+                (
+                    PathBuf::from("/sys/fs/cgroup/unified"),
+                    "/b".to_owned(),
+                    true
+                ),
+            ]
+        );
+        assert_eq!(cgroup_candidates(own, mounts, "memory").len(), 1);
+    }
 }

@@ -50,6 +50,9 @@ pub(crate) enum StageError {
     /// An engine's process was killed by a signal it did not ask for (OOM killer, an operator).
     #[error("{0}")]
     EngineKilled(String),
+    /// A sandboxed process tree hit one of `engines.limits` (named in the message).
+    #[error("{0}")]
+    ResourceLimit(String),
     /// Another git process held a lock.
     #[error("{0}")]
     GitLocked(String),
@@ -104,6 +107,7 @@ impl StageError {
             Self::EngineTimeout(_) => codes::ENGINE_TIMEOUT,
             Self::EngineFailed(_) => codes::ENGINE_FAILED,
             Self::EngineKilled(_) => codes::ENGINE_KILLED,
+            Self::ResourceLimit(_) => codes::RESOURCE_LIMIT,
             Self::GitLocked(_) => codes::GIT_LOCKED,
             Self::PlanInvalid(_) => codes::PLAN_INVALID,
             Self::ToolDenied(_) => codes::TOOL_DENIED,

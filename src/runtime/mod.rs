@@ -36,9 +36,9 @@ pub struct Services {
     pub definitions: Arc<Definitions>,
     /// Secret values to scrub from everything persisted.
     pub redactor: Arc<crate::platform::redact::Redactor>,
-    /// This binary, when engine and verify processes are confined with Landlock through it
-    /// (`sandbox-exec`); `None` when they run unconfined.
-    pub sandbox_exe: Option<PathBuf>,
+    /// The sandbox of engine, verify and confined ops processes (namespaces, Landlock, limits;
+    /// see [`crate::platform::sandbox`]); `None` when they run unconfined (`sandbox = "off"`).
+    pub sandbox: Option<Arc<crate::platform::sandbox::Sandbox>>,
     /// Repositories and base branches git confirmed a moment ago (intake's cache).
     pub repo_checks: Arc<repo_checks::RepoChecks>,
     /// Fire-and-forget work (settlements, signals, cleanups, event streams), owned and capped so

@@ -77,6 +77,7 @@ impl RunIdentity {
             cost: None,
             started_at: Utc::now(),
             status: RunStatus::Running,
+            sandbox: None,
         }
     }
 }
@@ -183,10 +184,13 @@ pub(crate) async fn run_shell(
         run.timeout,
         run.output_bytes_max,
     );
-    if let Some(exe) = &services.sandbox_exe {
-        let writable = writable_dirs(services, &run.cwd, &temp_dir).await;
-        (spec.program, spec.args) = sandbox::wrap(exe, &writable, &spec.program, &spec.args);
-    }
+    let confined = match &services.sandbox {
+        Some(sandbox) => {
+            let jail = jail(services, who.persona, who.task_id, &run.cwd, &temp_dir).await;
+            Some((sandbox, sandbox.wrap(&jail, &mut spec)))
+        }
+        None => None,
+    };
     spec.env_clear = true;
     spec.env = governed_env(services, who.persona);
     spec.env
@@ -197,8 +201,9 @@ pub(crate) async fn run_shell(
     let command = Some(services.redactor.redact(&run.command));
     let mut running = who.running("shell", command);
     running.prompt_digest = run.prompt_digest;
+    running.sandbox = services.sandbox.as_ref().map(|s| s.name().to_owned());
     let open = OpenRun::start(services, running).await?;
-    let output = match process::run(&spec).await {
+    let mut output = match process::run(&spec).await {
         Ok(output) => output,
         Err(error) => {
             let message = error.to_string();
@@ -207,6 +212,7 @@ pub(crate) async fn run_shell(
             return Err(StageError::EngineFailed(message));
         }
     };
+    let limit = confined.and_then(|(sandbox, confined)| sandbox.settle(confined, &mut output));
     let redact = |mut captured: CapturedOutput| {
         captured.text = services.redactor.redact(&captured.text);
         captured
@@ -219,24 +225,58 @@ pub(crate) async fn run_shell(
         record.stderr = redact(output.stderr);
     });
     record.duration_ms = millis(output.duration);
-    Ok(close_run(services, record).await?)
+    let record = close_run(services, record).await?;
+    match limit {
+        Some(limit) => Err(StageError::ResourceLimit(format!(
+            "the {} command hit its {limit} ({}); its output is kept in run {}",
+            who.persona.name(),
+            ending(&record),
+            record.id
+        ))),
+        None => Ok(record),
+    }
 }
 
-/// Where a confined process may write: its worktree (and the worktree's git dir, so `git status`
-/// can refresh its index), its private temp dir, `/dev`, and the configured extras.
-async fn writable_dirs(services: &Services, cwd: &Path, temp_dir: &Path) -> Vec<PathBuf> {
+/// What a sandboxed engine or verify command may touch. Write: its worktree, the worktree's own
+/// git dir (`<repo>/.git/worktrees/<name>`: index, HEAD), the repository's `objects`, `refs` and
+/// `logs` (so an engine can commit), its private temp dir, `/dev`, and the configured extras.
+/// Read: the rest of the repository's git dir — its `config` and `hooks` stay read-only, since
+/// the service itself runs git there later — and the task's prompt files. Network: its
+/// persona's `network: true`.
+async fn jail(
+    services: &Services,
+    persona: Persona,
+    task_id: TaskId,
+    cwd: &Path,
+    temp_dir: &Path,
+) -> sandbox::Jail {
     let mut writable = vec![
         cwd.to_path_buf(),
         temp_dir.to_path_buf(),
         PathBuf::from("/dev"),
     ];
+    let mut readable = vec![services.prompt_dir(task_id)];
     if let Ok(dot_git) = tokio::fs::read_to_string(cwd.join(".git")).await {
         if let Some(git_dir) = dot_git.trim().strip_prefix("gitdir: ") {
-            writable.push(PathBuf::from(git_dir));
+            let git_dir = PathBuf::from(git_dir);
+            if let Ok(common) = tokio::fs::read_to_string(git_dir.join("commondir")).await {
+                let common = git_dir.join(common.trim());
+                let common = tokio::fs::canonicalize(&common).await.unwrap_or(common);
+                for shared in ["objects", "refs", "logs"] {
+                    writable.push(common.join(shared));
+                }
+                readable.push(common);
+            }
+            writable.push(git_dir);
         }
     }
     writable.extend(services.config.governance.sandbox_writable.iter().cloned());
-    writable
+    sandbox::Jail {
+        cwd: cwd.to_path_buf(),
+        writable,
+        readable,
+        network: services.definitions.network_allowed(persona),
+    }
 }
 
 /// The environment a governed command starts from: the basics ([`executor::ENV_PASSED`]) and
@@ -366,6 +406,7 @@ pub(crate) async fn record_builtin(
         cost: None,
         started_at: Utc::now(),
         status: RunStatus::Finished,
+        sandbox: None,
     };
     Ok(close_run(services, record).await?)
 }

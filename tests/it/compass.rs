@@ -247,11 +247,7 @@ async fn cancel_kills_a_running_verify_removes_the_worktree_and_keeps_the_branch
             std::fs::read_to_string(&pid_file).is_ok_and(|text| text.ends_with('\n'))
         })
         .await;
-    let pgid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pgid = crate::helpers::group_of_shell(&pid_file);
 
     let cancelled_at = Instant::now();
     let (status, cancelled) = service

@@ -53,6 +53,9 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Start without `GLITCHLAB_ADMIN_TOKEN` (the service then makes `<data>/admin.token`).
     pub no_admin_env: bool,
+    /// Leave the temp root out of `governance.sandbox_writable`, so sandboxed commands see no
+    /// more of it than their own directories (containment tests).
+    pub no_root_writable: bool,
 }
 
 impl Service {
@@ -77,11 +80,13 @@ impl Service {
             .stdout(Stdio::piped());
         // Tests keep their markers and pid files in the temp root: let confined engines write there.
         let path = root.join("glitchlab.toml");
-        std::fs::write(
-            &path,
-            with_root_writable(options.config.as_deref().unwrap_or(""), root),
-        )
-        .unwrap();
+        let config = options.config.as_deref().unwrap_or("");
+        let config = if options.no_root_writable {
+            config.to_owned()
+        } else {
+            with_root_writable(config, root)
+        };
+        std::fs::write(&path, config).unwrap();
         command.arg("--config").arg(path);
         if !options.no_admin_env {
             command.env("GLITCHLAB_ADMIN_TOKEN", ADMIN_TOKEN);
@@ -263,6 +268,11 @@ impl Service {
             .unwrap_or(Value::Null)
     }
 
+    /// The service's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("service is running").id()
+    }
+
     /// The service's stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.root.join("service.log")).unwrap_or_default()
@@ -382,4 +392,37 @@ pub async fn wait_group_gone(pgid: i32, timeout: std::time::Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     !process_group_alive(pgid)
+}
+
+/// The process group, as this (host) side sees it, of the running `sh` whose command line
+/// mentions `marker`: what a test signals or waits for. A command in a PID namespace cannot tell
+/// it (its `$$` is its namespace's pid), so the test looks it up in `/proc`; panics if none runs.
+pub fn group_of_shell(marker: &Path) -> i32 {
+    let marker = marker.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .find_map(|pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if comm.trim() != "sh" || !cmdline.contains(&marker) {
+                    return None;
+                }
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                stat[stat.rfind(')')? + 1..]
+                    .split_whitespace()
+                    .nth(2)?
+                    .parse()
+                    .ok()
+            });
+        if let Some(pgid) = found {
+            return pgid;
+        }
+        assert!(Instant::now() < deadline, "no running sh mentions {marker}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -204,11 +204,7 @@ async fn cancel_kills_the_running_engine_and_ends_the_task() {
             std::fs::read_to_string(&pid_file).is_ok_and(|text| text.ends_with('\n'))
         })
         .await;
-    let pgid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pgid = crate::helpers::group_of_shell(&pid_file);
     assert!(process_group_alive(pgid));
     // While it runs, the run is visible as `running`.
     let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;

@@ -21,11 +21,7 @@ async fn wait_for_marker(service: &Service, id: &str, marker: &std::path::Path) 
         })
         .await;
     assert_eq!(task["status"], "running");
-    std::fs::read_to_string(marker)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    crate::helpers::group_of_shell(marker)
 }
 
 #[tokio::test]
@@ -45,10 +41,9 @@ async fn kill_9_during_verify_then_restart_finishes_the_task() {
     let orphan = wait_for_marker(&service, &id, &marker).await;
 
     service.kill_9();
-    assert!(
-        process_group_alive(orphan),
-        "kill -9 gives the service no chance to stop its verify"
-    );
+    // kill -9 gives the service no chance to stop its verify. Unconfined, the verify outlives it;
+    // in namespaces (`bwrap --die-with-parent`) it dies with it.
+    let _outlived = process_group_alive(orphan);
 
     // The restarted service finds the orphan by its instance mark and kills it.
     let service = Service::start(root.path()).await;

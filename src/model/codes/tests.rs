@@ -18,6 +18,11 @@ const NOT_CODES: &[&str] = &[
     "DELETE",
     "HEAD",
     "OPTIONS",
+    // bubblewrap's `--cap-drop ALL`, and the git settings a sandboxed command gets.
+    "ALL",
+    "GIT_CONFIG_COUNT",
+    "GIT_CONFIG_KEY_0",
+    "GIT_CONFIG_VALUE_0",
     // Environment variables a child process gets, or the build sets.
     "PATH",
     "HOME",

@@ -305,6 +305,7 @@ async fn secret_values_never_reach_sled_or_subscribers() {
         duration_ms: 12,
         tokens: None,
         prompt_digest: None,
+        sandbox: None,
         cost: None,
         started_at: chrono::Utc::now(),
         status: RunStatus::Running,

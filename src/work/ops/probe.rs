@@ -2,6 +2,7 @@
 //! checks Uplink-Watch runs (`http`, `tls_expiry`, `process`, `command`, `cost`). All read-only,
 //! each with a timeout.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -230,7 +231,7 @@ async fn tls_check(
         "openssl s_client -connect {host}:{port} -servername {host} </dev/null 2>/dev/null | openssl x509 -noout -enddate"
     );
     let text = ctx
-        .shell_ok("openssl", &line, &ctx.data_dir, Vec::new(), timeout)
+        .shell_ok("openssl", &line, Path::new("/"), Vec::new(), timeout)
         .await
         .map_err(|e| e.to_string())?;
     let not_after =

@@ -67,14 +67,16 @@ pub(crate) struct ProviderContext {
     clock: Arc<AtomicU64>,
 }
 
-/// How [`ProviderContext::shell`] confines a command: the `glitchlab` binary to re-exec through
-/// `sandbox-exec`, and the only directories it may write.
+/// How [`ProviderContext::shell`] confines a command: the service's sandbox, the only
+/// directories it may write, and whether its persona has the network.
 #[derive(Debug, Clone)]
 pub(crate) struct Confinement {
-    /// The service's own executable.
-    pub exe: PathBuf,
-    /// Writable directories; everything else is read-only.
+    /// The layers in force.
+    pub sandbox: Arc<crate::platform::sandbox::Sandbox>,
+    /// Writable directories; everything else is read-only (or, under namespaces, absent).
     pub writable: Vec<PathBuf>,
+    /// The persona's `network: true`.
+    pub network: bool,
 }
 
 impl ProviderContext {
@@ -118,10 +120,13 @@ impl ProviderContext {
                 tracing::warn!(dir = %dir.display(), %error, "cannot create a confined command's writable dir");
             }
         }
-        self.confine = services
-            .sandbox_exe
-            .clone()
-            .map(|exe| Confinement { exe, writable });
+        let network = Persona::from_name(&self.persona)
+            .is_some_and(|persona| services.definitions.network_allowed(persona));
+        self.confine = services.sandbox.clone().map(|sandbox| Confinement {
+            sandbox,
+            writable,
+            network,
+        });
         self
     }
 
@@ -173,18 +178,22 @@ impl ProviderContext {
         self.check(line)?;
         let mut spec = CommandSpec::shell(line, cwd.to_path_buf(), timeout, OUTPUT_BYTES_MAX);
         spec.env = self.env_with(env);
-        if let Some(confine) = &self.confine {
-            (spec.program, spec.args) = crate::platform::sandbox::wrap(
-                &confine.exe,
-                &confine.writable,
-                &spec.program,
-                &spec.args,
-            );
-            if let Some(temp) = confine.writable.first() {
-                spec.env.push(("TMPDIR".into(), temp.display().to_string()));
-            }
+        let Some(confine) = &self.confine else {
+            return self.run_governed(spec).await;
+        };
+        let jail = crate::platform::sandbox::Jail {
+            cwd: cwd.to_path_buf(),
+            writable: confine.writable.clone(),
+            readable: Vec::new(),
+            network: confine.network,
+        };
+        let confined = confine.sandbox.wrap(&jail, &mut spec);
+        if let Some(temp) = confine.writable.first() {
+            spec.env.push(("TMPDIR".into(), temp.display().to_string()));
         }
-        self.run_governed(spec).await
+        let mut output = self.run_governed(spec).await?;
+        confine.sandbox.settle(confined, &mut output);
+        Ok(output)
     }
 
     /// Runs a shell command line and turns anything but exit 0 into an error naming `what`.
