@@ -26,7 +26,6 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::model::codes;
 use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{DeployRecord, DeployStatus, Signal};
 use crate::model::ops::spec::{AppSpec, ProviderKind};
@@ -194,12 +193,7 @@ async fn recover(
                 let updated = state
                     .ops
                     .update_deploy(&record.id, |d| {
-                        d.status = DeployStatus::Failed;
-                        d.error = Some(crate::model::task::ErrorInfo::new(
-                            codes::DEPLOY_INTERRUPTED,
-                            "Uplink-Deploy stopped while this deploy ran",
-                        ));
-                        d.finished_at = Some(chrono::Utc::now());
+                        deploy::close_interrupted(d, chrono::Utc::now())
                     })
                     .await?;
                 record = updated.unwrap_or(record);

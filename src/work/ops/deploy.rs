@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::probe;
@@ -16,6 +16,7 @@ use crate::model::ops::records::{
     DeployHistory, DeployRecord, DeployStatus, RollbackRecord, StageRecord,
 };
 use crate::model::ops::spec::{config_digest, AppSpec};
+use crate::model::task::ErrorInfo;
 use crate::storage::ops::OpsStore;
 
 /// Everything a deploy job needs.
@@ -378,6 +379,35 @@ pub(crate) fn summary(record: &DeployRecord) -> serde_json::Value {
     })
 }
 
+/// Stages that run commands, whose time an interrupted deploy is charged for.
+const COMMAND_STAGES: [&str; 4] = ["precheck", "drain", "deploy", "rollback"];
+
+/// Ends a deploy its Uplink-Deploy died under (a crash, `kill -9` of the service): `failed`,
+/// `DEPLOY_INTERRUPTED`, every stage still open closed `interrupted` at `now`, and — since the
+/// metered clock died with the job — its command seconds counted from the recorded stages, so the
+/// settlement still charges for them.
+pub(crate) fn close_interrupted(record: &mut DeployRecord, now: DateTime<Utc>) {
+    record.status = DeployStatus::Failed;
+    record.error = Some(ErrorInfo::new(
+        codes::DEPLOY_INTERRUPTED,
+        "Uplink-Deploy stopped while this deploy ran; its open stages were closed",
+    ));
+    record.finished_at = Some(now);
+    let mut seconds = 0_u64;
+    for stage in &mut record.stages {
+        if stage.finished_at.is_none() {
+            stage.finished_at = Some(now);
+            stage.outcome = Some("interrupted".into());
+        }
+        if COMMAND_STAGES.contains(&stage.stage.as_str()) {
+            let ran = stage.finished_at.unwrap_or(now) - stage.started_at;
+            let millis = u64::try_from(ran.num_milliseconds()).unwrap_or(0);
+            seconds = seconds.saturating_add(millis.div_ceil(1000));
+        }
+    }
+    record.command_seconds = record.command_seconds.max(seconds);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,6 +446,36 @@ mod tests {
             records,
             pruned: PrunedDeploys::default(),
         }
+    }
+
+    #[test]
+    fn an_interrupted_deploy_closes_its_stages_and_counts_their_seconds() {
+        let spec = app(0, None);
+        let mut record = new_record("x", &spec, None, "api", &DeployHistory::default());
+        let now = Utc::now();
+        let stage = |name: &str, ago: i64, took: Option<i64>| StageRecord {
+            stage: name.into(),
+            started_at: now - chrono::Duration::seconds(ago),
+            finished_at: took.map(|t| now - chrono::Duration::seconds(ago - t)),
+            outcome: took.map(|_| "ok".into()),
+            detail: None,
+        };
+        record.status = DeployStatus::Running;
+        record.stages = vec![
+            stage("precheck", 20, Some(3)),
+            stage("drain", 17, Some(2)),
+            stage("deploy", 15, None),
+        ];
+        close_interrupted(&mut record, now);
+        assert_eq!(record.status, DeployStatus::Failed);
+        assert_eq!(
+            record.error.as_ref().map(|e| e.code.as_str()),
+            Some(codes::DEPLOY_INTERRUPTED)
+        );
+        assert!(record.stages.iter().all(|s| s.finished_at.is_some()));
+        assert_eq!(record.stages[2].outcome.as_deref(), Some("interrupted"));
+        // 3 s precheck + 2 s drain + 15 s of a deploy cut off at `now`.
+        assert_eq!(record.command_seconds, 20);
     }
 
     #[test]
