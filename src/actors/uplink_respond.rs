@@ -208,9 +208,9 @@ async fn on_signal(
 }
 
 /// The unresolved incident a signal joins instead of opening one: the newest of its group (same
-/// fingerprint, seen within [`DEDUP_WINDOW`]), else — one outage, one incident — an incident of the
-/// same app whose response is acting now and that was updated within `correlate_secs` (two
-/// responses restarting one app would fight).
+/// fingerprint, seen within [`DEDUP_WINDOW`]), else — one outage, one incident — an open incident
+/// of the same app updated within `correlate_secs`, or one whose response is running right now,
+/// however long it has run (two responses restarting one app would fight).
 async fn joins(
     state: &UplinkRespondState,
     signal: &Signal,
@@ -223,6 +223,7 @@ async fn joins(
     let correlate = chrono::Duration::seconds(i64::try_from(policy.correlate_secs).unwrap_or(0));
     let correlated_since = now - correlate;
     let check_correlation = policy.correlate_secs > 0;
+    let responding: std::collections::HashSet<String> = state.responses.keys().cloned().collect();
     let candidates = state
         .ctx
         .ops
@@ -231,7 +232,7 @@ async fn joins(
             let correlated = check_correlation
                 && i.app == app
                 && i.status == IncidentStatus::Open
-                && i.updated_at >= correlated_since;
+                && (i.updated_at >= correlated_since || responding.contains(&i.id));
             i.status != IncidentStatus::Resolved && (grouped || correlated)
         })
         .await?;
