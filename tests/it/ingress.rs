@@ -488,3 +488,51 @@ async fn a_json_array_body_is_refused_and_creates_nothing() {
         );
     }
 }
+
+/// Issue #12: the task list filters by status, repository and kind, and refuses a parameter it
+/// does not know instead of ignoring it (a typo would otherwise list everything).
+#[tokio::test]
+async fn the_task_list_filters_by_status_repo_and_kind() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let other = git_repo(&root.path().join("other"));
+    let service = Service::start(root.path()).await;
+    let done = service
+        .submit(&shell_task(&repo, "echo a > a.txt", "true"))
+        .await;
+    let done_id = done["id"].as_str().unwrap().to_owned();
+    service.wait_until_finished(&done_id).await;
+    let mut gated = shell_task(&other, "echo b > b.txt", "true");
+    gated["review_policy"] = json!("manual");
+    let gated = service.submit(&gated).await;
+    let gated_id = gated["id"].as_str().unwrap().to_owned();
+    let stored_repo = done["repo"].as_str().unwrap().to_owned();
+
+    let ids = |page: &Value| -> Vec<String> {
+        page["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, page) = service.get("/v1/tasks?status=done").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(ids(&page), [done_id.clone()]);
+    let (_, page) = service
+        .get(&format!("/v1/tasks?repo={stored_repo}&kind=feature"))
+        .await;
+    assert_eq!(ids(&page), [done_id.clone()]);
+    let (_, page) = service.get("/v1/tasks?kind=docs").await;
+    assert!(ids(&page).is_empty(), "{page}");
+    let (_, page) = service.get("/v1/tasks").await;
+    assert_eq!(ids(&page), [gated_id, done_id]);
+    for bad in ["/v1/tasks?stauts=done", "/v1/tasks?status=finished"] {
+        let (status, body) = service.get(bad).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (422, &json!("INVALID_FIELD")),
+            "{bad}: {body}"
+        );
+    }
+}

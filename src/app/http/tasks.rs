@@ -98,7 +98,7 @@ fn intake_error(error: IntakeError) -> ApiError {
     }
 }
 
-/// `GET /v1/tasks?limit=&cursor=`: newest first, a page at a time.
+/// `GET /v1/tasks?limit=&cursor=&status=&repo=&kind=`: newest first, a page at a time.
 #[utoipa::path(
     get,
     path = "/v1/tasks",
@@ -109,11 +109,16 @@ fn intake_error(error: IntakeError) -> ApiError {
             description = "Tasks per page, 1..=`tasks.list_limit` (default and at most 1000)."),
         ("cursor" = Option<String>, Query,
             description = "The `next_cursor` of the previous page."),
+        ("status" = Option<TaskStatus>, Query, description = "Only tasks in this status."),
+        ("repo" = Option<String>, Query, description = "Only tasks on this repository (its \
+            canonical path, as stored)."),
+        ("kind" = Option<String>, Query, description = "Only tasks of this kind."),
     ),
     responses(
         (status = 200, description = "`{\"tasks\": [Task, …], \"next_cursor\": task id | null}`, \
             newest first; `next_cursor` is `null` on the last page.", body = Object),
-        (status = 422, description = "`INVALID_FIELD`: bad `limit` or `cursor`.", body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`: bad `limit`, `cursor` or `status`, or an \
+            unknown query parameter.", body = ErrorBody),
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
 )]
@@ -136,17 +141,38 @@ pub(crate) async fn list(
             ApiError::invalid_field("cursor must be a `next_cursor` of an earlier page")
         })?),
     };
-    let (tasks, next) = app.services.store.tasks_page(limit, before).await?;
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(
+            serde_json::from_value::<TaskStatus>(json!(text))
+                .map_err(|_| ApiError::invalid_field(format!("status: unknown status `{text}`")))?,
+        ),
+    };
+    let (repo, kind) = (query.repo, query.kind);
+    let keep = move |task: &Task| {
+        status.is_none_or(|s| s == task.status)
+            && repo.as_ref().is_none_or(|r| *r == task.repo)
+            && kind.as_ref().is_none_or(|k| *k == task.kind)
+    };
+    let (tasks, next) = app.services.store.tasks_page(limit, before, keep).await?;
     Ok(Json(json!({"tasks": tasks, "next_cursor": next})))
 }
 
-/// `?limit=&cursor=` of `GET /v1/tasks`, read as text so a bad value gets the JSON error shape.
+/// The query of `GET /v1/tasks`, read as text so a bad value gets the JSON error shape; an
+/// unknown parameter is refused, not ignored (a typo would otherwise list everything).
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
     /// Tasks per page (default and at most `tasks.list_limit`).
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only tasks in this status.
+    status: Option<String>,
+    /// Only tasks on this repository.
+    repo: Option<String>,
+    /// Only tasks of this kind.
+    kind: Option<String>,
 }
 
 async fn parse_id(app: &AppState, id: &str) -> Result<Task, ApiError> {

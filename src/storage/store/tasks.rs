@@ -104,7 +104,7 @@ impl Store {
 
     /// Up to `limit` tasks, newest first (ids are UUID v7, so key order is age order).
     pub async fn tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
-        Ok(self.tasks_page(limit, None).await?.0)
+        Ok(self.tasks_page(limit, None, |_| true).await?.0)
     }
 
     /// One page of tasks, newest first: up to `limit` tasks older than `before` (all when
@@ -113,8 +113,9 @@ impl Store {
         &self,
         limit: usize,
         before: Option<TaskId>,
+        keep: impl Fn(&Task) -> bool + Send + 'static,
     ) -> Result<(Vec<Task>, Option<TaskId>), StoreError> {
-        self.read(move |snapshot| tasks_page(snapshot, limit, before))
+        self.read(move |snapshot| tasks_page(snapshot, limit, before, keep))
             .await
     }
 
@@ -406,30 +407,34 @@ fn create_task(
     Ok(Submission::Created(task))
 }
 
+/// Tasks one page looks at at most: a filter that matches little stops here, and the cursor says
+/// where to go on.
+const TASK_PAGE_SCAN_MAX: usize = 10_000;
+
 fn tasks_page(
     snapshot: &Snapshot<'_>,
     limit: usize,
     before: Option<TaskId>,
+    keep: impl Fn(&Task) -> bool,
 ) -> Result<(Vec<Task>, Option<TaskId>), StoreError> {
     let range = match before {
         Some(id) => snapshot.range(Table::Tasks, ..id.as_bytes().to_vec()),
         None => snapshot.range::<Vec<u8>, _>(Table::Tasks, ..),
     };
     let mut tasks = Vec::with_capacity(limit.min(1024));
-    let mut more = false;
-    for bytes in range.values().rev() {
-        if tasks.len() == limit {
-            more = true;
-            break;
+    // The next page starts just below the last task looked at.
+    let mut last_seen = None;
+    for (scanned, bytes) in range.values().rev().enumerate() {
+        if tasks.len() == limit || scanned >= TASK_PAGE_SCAN_MAX.max(limit) {
+            return Ok((tasks, last_seen));
         }
-        tasks.push(task_record::decode(&bytes?)?);
+        let task = task_record::decode(&bytes?)?;
+        last_seen = Some(task.id);
+        if keep(&task) {
+            tasks.push(task);
+        }
     }
-    let next = if more {
-        tasks.last().map(|t| t.id)
-    } else {
-        None
-    };
-    Ok((tasks, next))
+    Ok((tasks, None))
 }
 
 /// The task under `id` in the last commit, decoded from its stored record.
