@@ -518,11 +518,11 @@ async fn the_task_list_filters_by_status_repo_and_kind() {
     };
     let (status, page) = service.get("/v1/tasks?status=done").await;
     assert_eq!(status, 200, "{page}");
-    assert_eq!(ids(&page), [done_id.clone()]);
+    assert_eq!(ids(&page), std::slice::from_ref(&done_id));
     let (_, page) = service
         .get(&format!("/v1/tasks?repo={stored_repo}&kind=feature"))
         .await;
-    assert_eq!(ids(&page), [done_id.clone()]);
+    assert_eq!(ids(&page), std::slice::from_ref(&done_id));
     let (_, page) = service.get("/v1/tasks?kind=docs").await;
     assert!(ids(&page).is_empty(), "{page}");
     let (_, page) = service.get("/v1/tasks").await;
