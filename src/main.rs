@@ -37,9 +37,24 @@ async fn run() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Ledger(args) => glitchlab::app::cli::ledger::run(args).await,
         Command::Ops(args) => glitchlab::app::cli::ops::run(args).await,
+        Command::Task(args) => return exit_with(glitchlab::app::cli::task::run(args).await),
+        Command::Tree { url, json } => {
+            return exit_with(glitchlab::app::cli::task::tree(&url, json).await)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("glitchlab: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A command's own exit code, or 1 with its message.
+fn exit_with(result: Result<u8, String>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
         Err(message) => {
             eprintln!("glitchlab: {message}");
             ExitCode::FAILURE

@@ -12,6 +12,7 @@
 
 mod auth;
 mod billing;
+mod cli;
 mod compass;
 mod containment;
 mod governance;

@@ -1,9 +1,10 @@
 //! The command line: `glitchlab serve [--bind ADDR] [--data-dir DIR] [--config FILE]`, and
-//! `glitchlab ledger [--url URL] balance|history|audit` and `glitchlab ops deploy <app>
-//! [--commit SHA] [--url URL]` against a running service.
+//! against a running service `glitchlab ledger [--url URL] balance|history|audit`,
+//! `glitchlab ops deploy <app> [--commit SHA]`, `glitchlab task ...` and `glitchlab tree`.
 
 pub mod ledger;
 pub mod ops;
+pub mod task;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +30,17 @@ pub enum Command {
     Ledger(LedgerArgs),
     /// Ops actions against a running service (deploys).
     Ops(OpsArgs),
+    /// Tasks of a running service: submit (and follow), list, show, logs, act.
+    Task(task::TaskArgs),
+    /// The supervision tree of a running service.
+    Tree {
+        /// Base URL of the running service.
+        #[arg(long, env = "GLITCHLAB_URL", default_value = "http://127.0.0.1:7700")]
+        url: String,
+        /// Print the service's JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Flags of `serve`; each overrides the config file.

@@ -1,0 +1,372 @@
+//! `glitchlab task submit|list|show|logs|cancel|retry|approve|reject` and `glitchlab tree`:
+//! the operator's commands against a running service, over HTTP with `GLITCHLAB_TOKEN`. Every
+//! request has a timeout; `--json` prints what the service answered.
+//!
+//! Exit codes: 0 success (for `submit --wait`: the task is `done`); 1 a usage, connection or
+//! error answer; 2 the task ended `failed`; 3 `dead_letter`; 4 `cancelled`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::app::cli::{call, http_client, print_json};
+
+/// How long one request may take, connecting included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often `--wait` looks at the task.
+const WAIT_POLL: Duration = Duration::from_millis(500);
+/// Exit code of a task that ended `failed`.
+pub const EXIT_FAILED: u8 = 2;
+/// Exit code of a task that ended `dead_letter`.
+pub const EXIT_DEAD_LETTER: u8 = 3;
+/// Exit code of a task that ended `cancelled`.
+pub const EXIT_CANCELLED: u8 = 4;
+
+/// Flags of `task`.
+#[derive(Debug, clap::Args)]
+pub struct TaskArgs {
+    /// Base URL of the running service.
+    #[arg(
+        long,
+        global = true,
+        env = "GLITCHLAB_URL",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    pub url: String,
+    /// Print the service's JSON instead of a table or lines.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: TaskCommand,
+}
+
+/// Subcommands of `task`.
+#[derive(Debug, clap::Subcommand)]
+pub enum TaskCommand {
+    /// Submit a task; prints its id (with `--wait`, follows it to its end).
+    Submit(SubmitArgs),
+    /// Tasks, newest first, as a table.
+    List {
+        /// Only tasks in this status (`queued`, `running`, `done`, `failed`, ...).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only tasks on this repository (its canonical path).
+        #[arg(long)]
+        repo: Option<String>,
+        /// Only tasks of this kind.
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// One task.
+    Show {
+        /// Task id.
+        id: String,
+    },
+    /// A task's events, oldest first, one per line.
+    Logs {
+        /// Task id.
+        id: String,
+    },
+    /// Cancel a task.
+    Cancel {
+        /// Task id.
+        id: String,
+    },
+    /// Re-queue a failed or dead-lettered task.
+    Retry {
+        /// Task id.
+        id: String,
+    },
+    /// Pass a task's approval gate.
+    Approve {
+        /// Task id.
+        id: String,
+        /// A note for the record.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Refuse a task at its approval gate.
+    Reject {
+        /// Task id.
+        id: String,
+        /// A note for the record.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+}
+
+/// Flags of `task submit`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// Absolute path of the git repository.
+    #[arg(long)]
+    pub repo: String,
+    /// Short name of the work.
+    #[arg(long)]
+    pub title: String,
+    /// Command that must pass before delivery.
+    #[arg(long)]
+    pub verify: String,
+    /// What to do.
+    #[arg(long, conflicts_with = "description_file")]
+    pub description: Option<String>,
+    /// What to do, read from a file.
+    #[arg(long)]
+    pub description_file: Option<std::path::PathBuf>,
+    /// Pipeline template (default `feature`).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// `critical`, `high`, `medium` (default) or `low`.
+    #[arg(long)]
+    pub priority: Option<String>,
+    /// A task that must be `done` first (repeatable).
+    #[arg(long = "dep")]
+    pub deps: Vec<String>,
+    /// Patch's engine: this shell command.
+    #[arg(long)]
+    pub patch_cmd: Option<String>,
+    /// Planner's engine: this shell command.
+    #[arg(long)]
+    pub plan_cmd: Option<String>,
+    /// `merge` (default) or `branch`.
+    #[arg(long)]
+    pub delivery: Option<String>,
+    /// Follow the task until it ends; the exit code says how it ended.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// Runs one `task` subcommand; `Ok` is the exit code, `Err` the message to print before exit 1.
+pub async fn run(args: TaskArgs) -> Result<u8, String> {
+    let client = http_client(REQUEST_TIMEOUT)?;
+    let base = args.url.trim_end_matches('/').to_owned();
+    let tasks = format!("{base}/v1/tasks");
+    match args.command {
+        TaskCommand::Submit(submit) => {
+            let wait = submit.wait;
+            let body = submission(submit)?;
+            let task = call(client.post(&tasks).json(&body), &tasks).await?;
+            let id = task["id"].as_str().unwrap_or_default().to_owned();
+            if args.json && !wait {
+                print_json(&task)?;
+            } else {
+                println!("{id}");
+            }
+            if !wait {
+                return Ok(0);
+            }
+            follow(&client, &base, &id, args.json).await
+        }
+        TaskCommand::List { status, repo, kind } => {
+            let mut url =
+                reqwest::Url::parse(&tasks).map_err(|e| format!("bad --url `{base}`: {e}"))?;
+            for (key, value) in [("status", status), ("repo", repo), ("kind", kind)] {
+                if let Some(value) = value {
+                    url.query_pairs_mut().append_pair(key, &value);
+                }
+            }
+            let page = call(client.get(url.clone()), url.as_str()).await?;
+            if args.json {
+                print_json(&page)?;
+            } else {
+                print_table(&page);
+            }
+            Ok(0)
+        }
+        TaskCommand::Show { id } => {
+            let url = format!("{tasks}/{id}");
+            print_json(&call(client.get(&url), &url).await?)?;
+            Ok(0)
+        }
+        TaskCommand::Logs { id } => {
+            let url = format!("{tasks}/{id}/events");
+            let page = call(client.get(&url), &url).await?;
+            if args.json {
+                print_json(&page)?;
+            } else {
+                for event in page["events"].as_array().into_iter().flatten() {
+                    println!("{}", event_line(event));
+                }
+            }
+            Ok(0)
+        }
+        TaskCommand::Cancel { id } => act(&client, &tasks, &id, "cancel", None, args.json).await,
+        TaskCommand::Retry { id } => act(&client, &tasks, &id, "retry", None, args.json).await,
+        TaskCommand::Approve { id, comment } => {
+            act(&client, &tasks, &id, "approve", comment, args.json).await
+        }
+        TaskCommand::Reject { id, comment } => {
+            act(&client, &tasks, &id, "reject", comment, args.json).await
+        }
+    }
+}
+
+/// `glitchlab tree`: the supervision tree, one actor per line.
+pub async fn tree(url: &str, json_out: bool) -> Result<u8, String> {
+    let client = http_client(REQUEST_TIMEOUT)?;
+    let url = format!("{}/v1/actors", url.trim_end_matches('/'));
+    let actors = call(client.get(&url), &url).await?;
+    if json_out {
+        print_json(&actors)?;
+        return Ok(0);
+    }
+    let list = actors["actors"].as_array().cloned().unwrap_or_default();
+    let line = |a: &Value| {
+        format!(
+            "{} [{}, {} restarts]",
+            a["name"].as_str().unwrap_or("?"),
+            a["status"].as_str().unwrap_or("?"),
+            a["restarts"]
+        )
+    };
+    for root in list.iter().filter(|a| a["parent"].is_null()) {
+        println!("{}", line(root));
+        let name = &root["name"];
+        for child in list.iter().filter(|a| a["parent"] == *name) {
+            println!("  {}", line(child));
+        }
+    }
+    Ok(0)
+}
+
+fn submission(args: SubmitArgs) -> Result<Value, String> {
+    let description = match (args.description, args.description_file) {
+        (Some(text), _) => text,
+        (None, Some(file)) => std::fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?,
+        (None, None) => String::new(),
+    };
+    let mut body = json!({
+        "title": args.title,
+        "description": description,
+        "repo": args.repo,
+        "verify": args.verify,
+    });
+    let optional = [
+        ("kind", args.kind),
+        ("priority", args.priority),
+        ("delivery", args.delivery),
+    ];
+    for (key, value) in optional {
+        if let Some(value) = value {
+            body[key] = json!(value);
+        }
+    }
+    if !args.deps.is_empty() {
+        body["deps"] = json!(args.deps);
+    }
+    let mut engines = serde_json::Map::new();
+    if let Some(command) = args.patch_cmd {
+        engines.insert("patch".into(), json!({"kind": "shell", "command": command}));
+    }
+    if let Some(command) = args.plan_cmd {
+        engines.insert(
+            "planner".into(),
+            json!({"kind": "shell", "command": command}),
+        );
+    }
+    if !engines.is_empty() {
+        body["engines"] = Value::Object(engines);
+    }
+    Ok(body)
+}
+
+/// Follows a task until it ends, printing a line each time its status, stage or attempt moves;
+/// the exit code says how it ended.
+async fn follow(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    json_out: bool,
+) -> Result<u8, String> {
+    let url = format!("{base}/v1/tasks/{id}");
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let task = call(client.get(&url), &url).await?;
+        let status = task["status"].as_str().unwrap_or("?").to_owned();
+        let now = format!(
+            "{status} stage={} attempt={}",
+            task["stage"].as_str().unwrap_or("-"),
+            task["attempts"]
+        );
+        if now != last && !json_out {
+            println!("[{:>5.1}s] {now}", started.elapsed().as_secs_f64());
+            last = now;
+        }
+        let code = match status.as_str() {
+            "done" => Some(0),
+            "failed" => Some(EXIT_FAILED),
+            "dead_letter" => Some(EXIT_DEAD_LETTER),
+            "cancelled" => Some(EXIT_CANCELLED),
+            _ => None,
+        };
+        if let Some(code) = code {
+            if json_out {
+                print_json(&task)?;
+            } else if code != 0 {
+                let error = &task["error"];
+                eprintln!(
+                    "task {id} ended {status}: {}: {}",
+                    error["code"].as_str().unwrap_or("-"),
+                    error["message"].as_str().unwrap_or("")
+                );
+            }
+            return Ok(code);
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+async fn act(
+    client: &reqwest::Client,
+    tasks: &str,
+    id: &str,
+    action: &str,
+    comment: Option<String>,
+    json_out: bool,
+) -> Result<u8, String> {
+    let url = format!("{tasks}/{id}/{action}");
+    let mut request = client.post(&url);
+    if let Some(comment) = comment {
+        request = request.json(&json!({"comment": comment}));
+    }
+    let task = call(request, &url).await?;
+    if json_out {
+        print_json(&task)?;
+    } else {
+        println!("{id} {}", task["status"].as_str().unwrap_or("?"));
+    }
+    Ok(0)
+}
+
+fn print_table(page: &Value) {
+    println!(
+        "{:<36}  {:<12}  {:<10}  {:<8}  TITLE",
+        "ID", "STATUS", "STAGE", "KIND"
+    );
+    for task in page["tasks"].as_array().into_iter().flatten() {
+        println!(
+            "{:<36}  {:<12}  {:<10}  {:<8}  {}",
+            task["id"].as_str().unwrap_or("?"),
+            task["status"].as_str().unwrap_or("?"),
+            task["stage"].as_str().unwrap_or("-"),
+            task["kind"].as_str().unwrap_or("?"),
+            task["title"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(next) = page["next_cursor"].as_str() {
+        println!("(more: the service's next_cursor is {next})");
+    }
+}
+
+fn event_line(event: &Value) -> String {
+    format!(
+        "{}  {:<10}  {:<20}  {}",
+        event["at"].as_str().unwrap_or("?"),
+        event["actor"].as_str().unwrap_or("?"),
+        event["kind"].as_str().unwrap_or("?"),
+        event["data"]
+    )
+}
