@@ -411,6 +411,10 @@ async fn on_stage_done(
             Some(output) => {
                 failed_attempt(myself, state, &task, output, codes::IMPLEMENT_FAILED).await
             }
+            None if done.no_changes => {
+                let output = "no changes: the patch engine left the branch identical to the base";
+                failed_attempt(myself, state, &task, output.into(), codes::NO_CHANGES).await
+            }
             None => {
                 finish_stage(myself, state, &task, json!({"commit": done.commit}), |_| {}).await
             }
@@ -580,14 +584,13 @@ async fn failed_attempt(
             "attempt {} of {} failed at {stage}; last output:\n{tail}",
             task.attempts, task.max_attempts
         );
-        return end_task(
-            myself,
-            state,
-            task,
-            TaskStatus::DeadLetter,
-            ErrorInfo::new(code, message),
-        )
-        .await;
+        // Nothing to look at in a no-op: it fails; a real attempt that fell short goes to a human.
+        let status = if code == codes::NO_CHANGES {
+            TaskStatus::Failed
+        } else {
+            TaskStatus::DeadLetter
+        };
+        return end_task(myself, state, task, status, ErrorInfo::new(code, message)).await;
     }
     let next_attempt = task.attempts + 1;
     let events = [
