@@ -528,6 +528,7 @@ async fn finish_stage(
             })
             .await?;
         tracing::info!(task = %task.id, commit = ?task.commit, "task done");
+        crate::work::cleanup::landed_later(&state.services, &task);
         // A task that names `deploy: <app>` without a `deploy` stage asks Uplink-Deploy for it
         // now (a cast; never waits).
         if let Some(app) = task

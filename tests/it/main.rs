@@ -14,6 +14,7 @@ mod auth;
 mod billing;
 mod compass;
 mod containment;
+mod delivery;
 mod governance;
 mod helpers;
 mod ingress;
