@@ -10,7 +10,7 @@
 //! - Worktrees and prompt folders of every finished task are removed by that sweep (a retry makes
 //!   them again from the branch).
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use crate::model::task::{branch_name, Delivery, Task, TaskId, TaskStatus};
 use crate::platform::git::Git;
@@ -51,10 +51,23 @@ pub(crate) fn sweep_later(services: &Services) {
 
 /// Whether the branch of a task that ended without landing has outlived its retention.
 fn retention_over(services: &Services, task: &Task) -> bool {
-    let days = services.config.git.keep_failed_branches_days;
-    let keep = chrono::Duration::days(i64::try_from(days).unwrap_or(i64::MAX / 86_400_000));
-    task.finished_at
-        .is_some_and(|finished| Utc::now().signed_duration_since(finished) > keep)
+    past_retention(
+        task.finished_at,
+        services.config.git.keep_failed_branches_days,
+        Utc::now(),
+    )
+}
+
+/// Whether `days` have passed between `finished` and `now` (never for a task with no end, nor
+/// for a retention longer than time can say).
+fn past_retention(finished: Option<DateTime<Utc>>, days: u64, now: DateTime<Utc>) -> bool {
+    let Some(keep) = i64::try_from(days)
+        .ok()
+        .and_then(chrono::TimeDelta::try_days)
+    else {
+        return false;
+    };
+    finished.is_some_and(|finished| now.signed_duration_since(finished) > keep)
 }
 
 async fn clean(services: &Services, task: &Task) {
@@ -109,5 +122,25 @@ async fn remove_dir(path: &std::path::Path, task_id: TaskId) {
         Err(error) => {
             tracing::warn!(task = %task_id, path = %path.display(), %error, "could not remove a finished task's folder");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_branch_is_kept_for_its_retention_and_forever_without_an_end() {
+        let now = Utc::now();
+        let days = |n: i64| now - chrono::TimeDelta::days(n);
+        assert!(!past_retention(Some(days(13)), 14, now));
+        assert!(past_retention(Some(days(15)), 14, now));
+        assert!(past_retention(
+            Some(days(0) - chrono::TimeDelta::seconds(1)),
+            0,
+            now
+        ));
+        assert!(!past_retention(None, 0, now));
+        assert!(!past_retention(Some(days(100_000)), u64::MAX, now));
     }
 }
