@@ -145,6 +145,7 @@ impl Actor for Compass {
             settle_later(&state.services, task.id);
         }
         metering::void_orphan_reservations_later(&state.services, state.started_at);
+        crate::work::cleanup::sweep_later(&state.services);
         let mut unfinished = state.services.store.unfinished_tasks().await?;
         let poisoned = poison_after_unclean_stop(&state.services, &unfinished).await?;
         unfinished.retain(|task| !poisoned.contains(&task.id));

@@ -47,6 +47,19 @@ pub(crate) struct ImplementOutcome {
     pub commit: Option<String>,
     /// The engine's output when it exited non-zero: the attempt failed like a failing verify.
     pub engine_failure: Option<String>,
+    /// The engine ran fine but the branch's diff against the base is empty: a failed attempt
+    /// (`NO_CHANGES`), unless the builtin demo engine wrote its note outside the repository.
+    pub no_changes: bool,
+}
+
+/// What the engine run of an attempt came to.
+enum EngineResult {
+    /// It ran through; its changes are in the worktree.
+    Ran,
+    /// The builtin demo engine wrote its note outside the worktree: nothing to commit, by design.
+    Demo,
+    /// A failed attempt, with the feedback.
+    Failed(String),
 }
 
 /// One async mutex per `(repo, base branch)`: deliveries into one branch never interleave.
@@ -205,29 +218,85 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
         stage: Stage::Implement,
         attempt: task.attempts,
     };
-    let failure = match services.engine_for(&task, Persona::Patch) {
+    let result = match services.engine_for(&task, Persona::Patch) {
         EngineSpec::Openai { provider } => {
-            edit_with_model(&services, &task, &who, &provider, &worktree_path).await?
+            match edit_with_model(&services, &task, &who, &provider, &worktree_path).await? {
+                Some(feedback) => EngineResult::Failed(feedback),
+                None => EngineResult::Ran,
+            }
         }
+        EngineSpec::Builtin => builtin_note(&services, &task, &who, &worktree_path).await?,
         spec => {
             let run = run_engine(&services, &task, &who, &worktree_path, spec).await?;
-            shell_failure(&services, &run)?
+            match shell_failure(&services, &run)? {
+                Some(feedback) => EngineResult::Failed(feedback),
+                None => EngineResult::Ran,
+            }
         }
     };
-    if let Some(feedback) = failure {
-        worktree.discard_uncommitted().await?;
+    let demo = match result {
+        EngineResult::Failed(feedback) => {
+            worktree.discard_uncommitted().await?;
+            return Ok(ImplementOutcome {
+                commit: None,
+                engine_failure: Some(feedback),
+                no_changes: false,
+            });
+        }
+        EngineResult::Demo => true,
+        EngineResult::Ran => false,
+    };
+    let changed = check_protected_paths(&services, &worktree, &task).await?;
+    if changed.is_empty() {
+        // Nothing differs from the base: no commit, and (but for the demo) a failed attempt.
         return Ok(ImplementOutcome {
             commit: None,
-            engine_failure: Some(feedback),
+            engine_failure: None,
+            no_changes: !demo,
         });
     }
-    check_protected_paths(&services, &worktree, &task).await?;
     let message = format!("glitchlab: {} (attempt {})", task.title, task.attempts);
     let commit = worktree.commit_staged(&message).await?;
     Ok(ImplementOutcome {
         commit,
         engine_failure: None,
+        no_changes: false,
     })
+}
+
+/// The builtin demo engine: writes the plan note. A repository with a `.glitchlab/` directory
+/// opted in and gets it committed as `.glitchlab/notes/<id>.md`; any other gets no commit: the
+/// note goes to the data dir ([`Services::note_path`]) and the attempt is a demo that changed
+/// nothing on purpose (exempt from `NO_CHANGES`).
+async fn builtin_note(
+    services: &Services,
+    task: &Task,
+    who: &RunIdentity,
+    worktree_path: &Path,
+) -> Result<EngineResult, StageError> {
+    let started = Instant::now();
+    let (relative, text) = engine::builtin_note(task, task.attempts);
+    let opted_in = tokio::fs::metadata(worktree_path.join(".glitchlab"))
+        .await
+        .is_ok_and(|m| m.is_dir());
+    let (path, result, output) = if opted_in {
+        let output = format!("wrote {relative}\n");
+        (worktree_path.join(&relative), EngineResult::Ran, output)
+    } else {
+        let output = format!(
+            "wrote notes/{}.md in the data dir: the repository has no .glitchlab/ directory, \
+             so the demo commits nothing\n",
+            task.id
+        );
+        (services.note_path(task.id), EngineResult::Demo, output)
+    };
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await?;
+    }
+    // Like every text the service writes, the note holds no secret.
+    tokio::fs::write(&path, services.redactor.redact(&text)).await?;
+    engine::record_builtin(services, who, output, started).await?;
+    Ok(result)
 }
 
 /// `delivery: branch`: the work stays on its branch for a human to review and merge; the base is
@@ -251,11 +320,13 @@ async fn leave_branch(
 /// change since it left the base would touch a protected path: staged edits and what was already
 /// committed on the branch (an engine that commits by itself, an earlier attempt), both sides of a
 /// rename.
+///
+/// Answers every path the branch changes against the base (empty: the attempt changed nothing).
 async fn check_protected_paths(
     services: &Services,
     worktree: &Git,
     task: &Task,
-) -> Result<(), StageError> {
+) -> Result<Vec<String>, StageError> {
     let patterns = services.config.governance.protected_paths_for(&task.repo);
     let protected = protected_globs(&patterns)?;
     worktree.stage_all().await?;
@@ -266,7 +337,7 @@ async fn check_protected_paths(
         .filter(|path| protected.is_match(path))
         .collect();
     if touched.is_empty() {
-        return Ok(());
+        return Ok(changed);
     }
     Err(StageError::ProtectedPath(format!(
         "the change touches protected paths: {}",
@@ -435,17 +506,9 @@ async fn run_engine(
         EngineSpec::Openai { .. } => Err(StageError::Internal(
             "a model engine has no run of its own".into(),
         )),
-        EngineSpec::Builtin => {
-            let started = Instant::now();
-            let (relative, text) = engine::builtin_note(task, task.attempts);
-            let path = worktree_path.join(&relative);
-            if let Some(parent) = path.parent() {
-                tokio::fs::create_dir_all(parent).await?;
-            }
-            // The note is committed: like every text the service writes, it holds no secret.
-            tokio::fs::write(&path, services.redactor.redact(&text)).await?;
-            engine::record_builtin(services, who, format!("wrote {relative}\n"), started).await
-        }
+        EngineSpec::Builtin => Err(StageError::Internal(
+            "the builtin engine has no command to run".into(),
+        )),
         EngineSpec::Shell { command } => {
             let system_prompt = services.definitions.system_prompt(Persona::Patch);
             let feedback = task.feedback.as_deref().filter(|_| task.attempts > 1);

@@ -411,6 +411,10 @@ async fn on_stage_done(
             Some(output) => {
                 failed_attempt(myself, state, &task, output, codes::IMPLEMENT_FAILED).await
             }
+            None if done.no_changes => {
+                let output = "no changes: the patch engine left the branch identical to the base";
+                failed_attempt(myself, state, &task, output.into(), codes::NO_CHANGES).await
+            }
             None => {
                 finish_stage(myself, state, &task, json!({"commit": done.commit}), |_| {}).await
             }
@@ -524,6 +528,7 @@ async fn finish_stage(
             })
             .await?;
         tracing::info!(task = %task.id, commit = ?task.commit, "task done");
+        crate::work::cleanup::landed_later(&state.services, &task);
         // A task that names `deploy: <app>` without a `deploy` stage asks Uplink-Deploy for it
         // now (a cast; never waits).
         if let Some(app) = task
@@ -580,14 +585,13 @@ async fn failed_attempt(
             "attempt {} of {} failed at {stage}; last output:\n{tail}",
             task.attempts, task.max_attempts
         );
-        return end_task(
-            myself,
-            state,
-            task,
-            TaskStatus::DeadLetter,
-            ErrorInfo::new(code, message),
-        )
-        .await;
+        // Nothing to look at in a no-op: it fails; a real attempt that fell short goes to a human.
+        let status = if code == codes::NO_CHANGES {
+            TaskStatus::Failed
+        } else {
+            TaskStatus::DeadLetter
+        };
+        return end_task(myself, state, task, status, ErrorInfo::new(code, message)).await;
     }
     let next_attempt = task.attempts + 1;
     let events = [

@@ -488,11 +488,17 @@ impl Default for EnginesConfig {
 pub struct GitConfig {
     /// Any git call is killed after this long.
     pub timeout_secs: u64,
+    /// Days the branch of a failed, cancelled or dead-lettered task is kept (it can be retried
+    /// meanwhile); past that, the sweep at start deletes it.
+    pub keep_failed_branches_days: u64,
 }
 
 impl Default for GitConfig {
     fn default() -> Self {
-        Self { timeout_secs: 120 }
+        Self {
+            timeout_secs: 120,
+            keep_failed_branches_days: 14,
+        }
     }
 }
 

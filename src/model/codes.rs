@@ -203,6 +203,8 @@ catalogue! {
     // Recorded on tasks.
     IMPLEMENT_FAILED [] [Task]
         "The patch engine exited non-zero on the last allowed attempt.";
+    NO_CHANGES [] [Task]
+        "The patch engine changed nothing (an empty diff against the base) on the last allowed attempt.";
     PERSONA_TIMEOUT [] [Task]
         "The stage's persona did not answer within the stage's call timeout.";
     PIPELINE_FAILED [] [Task]

@@ -96,6 +96,16 @@ impl Services {
             .join(task_id.to_string())
     }
 
+    /// Where the builtin demo engine writes a task's note when the repository did not opt in to
+    /// notes (it has no `.glitchlab/` directory): outside the worktree, so it is never committed.
+    pub fn note_path(&self, task_id: TaskId) -> PathBuf {
+        self.config
+            .storage
+            .data_dir
+            .join("notes")
+            .join(format!("{task_id}.md"))
+    }
+
     /// Where the prompt and feedback files of a task are written (outside the worktree, so they
     /// are never committed).
     pub fn prompt_dir(&self, task_id: TaskId) -> PathBuf {

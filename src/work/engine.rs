@@ -552,8 +552,10 @@ fn risk_of(task: &Task, step_count: usize) -> &'static str {
     }
 }
 
-/// The builtin implementer's change: a note with the plan under `.glitchlab/notes/`, so an offline
-/// run still produces a real, reviewable commit.
+/// The builtin implementer's note: the plan, as `.glitchlab/notes/<id>.md`. It is committed only
+/// into a repository that opted in (it has a `.glitchlab/` directory); elsewhere Patch writes it to
+/// the data dir ([`Services::note_path`](crate::runtime::Services::note_path)) and the demo attempt
+/// changes nothing, so the base never gets a commit nobody asked for.
 pub(crate) fn builtin_note(task: &Task, attempt: u32) -> (String, String) {
     let path = format!(".glitchlab/notes/{}.md", task.id);
     let mut text = format!(

@@ -3,6 +3,7 @@
 //! may do to a task ([`transitions`]), and the ops org's machinery ([`ops`]). It reaches actors only
 //! through the clients in [`crate::runtime`].
 
+pub(crate) mod cleanup;
 pub(crate) mod deploy_stage;
 pub(crate) mod engine;
 pub(crate) mod intake;

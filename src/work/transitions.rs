@@ -168,6 +168,9 @@ pub(crate) async fn approve(
             }
         })
         .await?;
+    if updated.status == TaskStatus::Done {
+        crate::work::cleanup::landed_later(services, &updated);
+    }
     Ok(updated)
 }
 

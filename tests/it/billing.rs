@@ -70,7 +70,13 @@ async fn a_finished_tasks_charges_appear_per_persona_and_its_reservation_is_sett
     let repo = git_repo(root.path());
     let service = Service::start(root.path()).await;
     let before = account(&service, "user:local").await;
-    let mut body = shell_task(&repo, "echo hi > hi.txt", "test -f hi.txt");
+    // The prompt folder goes once the task lands: the engine keeps a copy of what it was given.
+    let prompt_file = root.path().join("prompt-seen.md");
+    let patch = format!(
+        "echo hi > hi.txt; cp \"$GLITCHLAB_PROMPT_FILE\" {}",
+        prompt_file.display()
+    );
+    let mut body = shell_task(&repo, &patch, "test -f hi.txt");
     body["budget"] = json!({"max_cost": 5_000_000});
     let task = service.submit(&body).await;
     let id = task["id"].as_str().unwrap().to_owned();
@@ -117,11 +123,6 @@ async fn a_finished_tasks_charges_appear_per_persona_and_its_reservation_is_sett
     let priced: u64 = runs.iter().map(|r| r["cost"].as_u64().unwrap()).sum();
     assert_eq!(priced, cost, "{runs:#?}");
     let patch = runs.iter().find(|r| r["persona"] == "patch").unwrap();
-    let prompt_file = root
-        .path()
-        .join("data/prompts")
-        .join(&id)
-        .join("implement-1.prompt.md");
     let prompt = std::fs::read(&prompt_file).unwrap();
     use sha2::Digest;
     let expected = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&prompt)));

@@ -325,6 +325,9 @@ async fn manual_review_waits_for_approval_and_reject_cancels() {
             && kinds.contains(&"task.approved".to_owned())
     );
 
+    // Work of its own: the same change again would be a no-op on the new main (`NO_CHANGES`).
+    let mut body = shell_task(&repo, "echo rejected > rejected.txt", "true");
+    body["review_policy"] = json!("manual");
     let rejected = service.submit(&body).await;
     let rejected_id = id_of(&rejected);
     service
@@ -511,7 +514,11 @@ async fn the_planner_prompt_carries_earlier_failures_on_the_repo() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let service = Service::start(root.path()).await;
-    let mut failing = shell_task(&repo, "true", "echo BOOM-4711 broke the build; exit 1");
+    let mut failing = shell_task(
+        &repo,
+        "echo x > x.txt",
+        "echo BOOM-4711 broke the build; exit 1",
+    );
     failing["max_attempts"] = json!(1);
     let failing = service.submit(&failing).await;
     service.wait_until_finished(&id_of(&failing)).await;

@@ -242,7 +242,7 @@ async fn a_secret_in_any_encoding_is_nowhere_in_the_records_or_the_data_dir() {
     std::fs::create_dir_all(root.path().join("actors")).unwrap();
     std::fs::write(
         root.path().join("actors/patch.md"),
-        "---\nname: patch\nrole: implementer\nenv: [GLITCHLAB_TEST_SECRET]\ntools:\n  allow: [sh, echo, test, base64, od, tr]\n---\nYou are Patch.\n",
+        "---\nname: patch\nrole: implementer\nenv: [GLITCHLAB_TEST_SECRET]\ntools:\n  allow: [sh, echo, test, base64, od, tr, cp]\n---\nYou are Patch.\n",
     )
     .unwrap();
     let options = Options {
@@ -256,6 +256,13 @@ async fn a_secret_in_any_encoding_is_nowhere_in_the_records_or_the_data_dir() {
         printf %s \"$GLITCHLAB_TEST_SECRET\" | base64 | tr '+/' '-_' >&2; \
         printf %s \"$GLITCHLAB_TEST_SECRET\" | od -An -v -tx1 | tr -d ' \\n'; echo; \
         echo ok > ok.txt";
+    // The prompt folder goes once the task lands: the engine keeps a copy of what it was given.
+    let prompt_copy = root.path().join("prompt-seen.md");
+    let patch = format!(
+        "{patch}; cp \"$GLITCHLAB_PROMPT_FILE\" {}",
+        prompt_copy.display()
+    );
+    let patch = patch.as_str();
     // The client writes the value itself into the verify command (and an encoding of it into the
     // description): stored redacted, and the verify runs as stored.
     let verify = format!("test -f ok.txt || echo '{secret}'");
@@ -309,9 +316,9 @@ async fn a_secret_in_any_encoding_is_nowhere_in_the_records_or_the_data_dir() {
         .contains("[REDACTED:GLITCHLAB_TEST_SECRET]"));
 
     let mut files = all_bytes(&root.path().join("data"));
-    assert!(files
-        .iter()
-        .any(|(path, _)| path.to_string_lossy().contains("prompts")));
+    let prompt = std::fs::read(&prompt_copy).unwrap();
+    assert!(String::from_utf8_lossy(&prompt).contains("[REDACTED:GLITCHLAB_TEST_SECRET]"));
+    files.push((prompt_copy, prompt));
     // The service's log too: a log line passes the same redactor.
     let log = root.path().join("service.log");
     files.push((log.clone(), std::fs::read(&log).unwrap()));

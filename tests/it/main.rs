@@ -15,6 +15,7 @@ mod billing;
 mod cli;
 mod compass;
 mod containment;
+mod delivery;
 mod governance;
 mod helpers;
 mod ingress;

@@ -86,6 +86,12 @@ async fn task_goes_through_all_stages_and_lands_on_main() {
 async fn builtin_engines_deliver_a_plan_note_offline() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
+    // The repository opts in to the demo's notes with a `.glitchlab/` directory; without one, the
+    // note stays out of it (`delivery.rs`).
+    std::fs::create_dir_all(repo.join(".glitchlab")).unwrap();
+    std::fs::write(repo.join(".glitchlab/README.md"), "glitchlab notes\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "opt in to glitchlab notes"]);
     let service = Service::start(root.path()).await;
     let task = service
         .submit(&json!({

@@ -311,6 +311,35 @@ impl Git {
         read::head_commit(&self.dir).await.map(Some)
     }
 
+    /// Deletes the local `branch`, first pruning registrations of worktrees whose directory is
+    /// gone (git refuses to delete a branch a worktree still has checked out). With `only_if_on`,
+    /// it is deleted only when its tip is on that branch (nothing would be lost); answers whether
+    /// it was deleted. A branch that does not exist is not an error.
+    pub(crate) async fn delete_branch(
+        &self,
+        branch: &str,
+        only_if_on: Option<&str>,
+    ) -> Result<bool, GitError> {
+        if !self.branch_exists(branch).await {
+            return Ok(false);
+        }
+        if let Some(base) = only_if_on {
+            let reference = format!("refs/heads/{branch}");
+            let merged = self
+                .run(&["merge-base", "--is-ancestor", &reference, base])
+                .await
+                .is_ok();
+            if !merged {
+                return Ok(false);
+            }
+        }
+        let lock = worktree_lock(&self.dir);
+        let _serialized = lock.lock().await;
+        self.run(&["worktree", "prune"]).await?;
+        self.run(&["branch", "-D", "--quiet", branch]).await?;
+        Ok(true)
+    }
+
     /// Removes a worktree; the branch stays.
     pub(crate) async fn remove_worktree(&self, path: &Path) -> Result<(), GitError> {
         let path_text = path.display().to_string();

@@ -159,6 +159,11 @@ impl Store {
         self.tasks_where(|task| !task.status.is_terminal()).await
     }
 
+    /// Every task that has reached a terminal status: what the clean-up sweep at start looks at.
+    pub async fn finished_tasks(&self) -> Result<Vec<Task>, StoreError> {
+        self.tasks_where(|task| task.status.is_terminal()).await
+    }
+
     /// Every task `keep` accepts (a full scan: for start-up, not for requests).
     async fn tasks_where(
         &self,

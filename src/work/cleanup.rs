@@ -1,0 +1,146 @@
+//! Cleaning up after finished tasks, never destructively.
+//!
+//! - A task that **landed** (`done`, delivered by merge) loses its branch `glitchlab/<id>` (its
+//!   commit is on the task record and on the base), its worktree and its prompt folder, as soon
+//!   as it is recorded `done` ([`landed_later`]). The branch is deleted only when its tip is on
+//!   the base.
+//! - A task that ended otherwise keeps its branch: a `failed` or `dead_letter` one can be retried.
+//!   The branch of a `failed`, `cancelled` or `dead_letter` task that finished more than
+//!   `git.keep_failed_branches_days` ago is deleted by the sweep at start ([`sweep_later`]).
+//! - Worktrees and prompt folders of every finished task are removed by that sweep (a retry makes
+//!   them again from the branch).
+
+use chrono::{DateTime, Utc};
+
+use crate::model::task::{branch_name, Delivery, Task, TaskId, TaskStatus};
+use crate::platform::git::Git;
+use crate::runtime::Services;
+
+/// After a task is recorded `done`: off the caller's mailbox, removes its worktree and prompt
+/// folder and, when it was merged into its base, its branch. Failures are logged (the sweep at
+/// the next start tries again).
+pub(crate) fn landed_later(services: &Services, task: &Task) {
+    let services_now = services.clone();
+    let task = task.clone();
+    services.background.spawn("task.cleanup", async move {
+        clean(&services_now, &task).await;
+    });
+}
+
+/// At start, off the caller's mailbox: cleans up after every finished task (see the module).
+pub(crate) fn sweep_later(services: &Services) {
+    let services_now = services.clone();
+    services.background.spawn("task.sweep", async move {
+        match services_now.store.finished_tasks().await {
+            Ok(tasks) => {
+                for task in tasks {
+                    // A retry may have reopened it since the scan.
+                    match services_now.store.task(task.id).await {
+                        Ok(Some(now)) if now.status.is_terminal() => clean(&services_now, &now).await,
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(task = %task.id, %error, "clean-up sweep: could not reload a task");
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::error!(%error, "clean-up sweep: could not list finished tasks"),
+        }
+    });
+}
+
+/// Whether the branch of a task that ended without landing has outlived its retention.
+fn retention_over(services: &Services, task: &Task) -> bool {
+    past_retention(
+        task.finished_at,
+        services.config.git.keep_failed_branches_days,
+        Utc::now(),
+    )
+}
+
+/// Whether `days` have passed between `finished` and `now` (never for a task with no end, nor
+/// for a retention longer than time can say).
+fn past_retention(finished: Option<DateTime<Utc>>, days: u64, now: DateTime<Utc>) -> bool {
+    let Some(keep) = i64::try_from(days)
+        .ok()
+        .and_then(chrono::TimeDelta::try_days)
+    else {
+        return false;
+    };
+    finished.is_some_and(|finished| now.signed_duration_since(finished) > keep)
+}
+
+async fn clean(services: &Services, task: &Task) {
+    if !task.status.is_terminal() {
+        return;
+    }
+    let repo = Git::new(&task.repo, services.config.git.timeout());
+    remove_worktree(services, &repo, task).await;
+    remove_dir(&services.prompt_dir(task.id), task.id).await;
+    let branch = branch_name(task.id);
+    let deleted = match task.status {
+        TaskStatus::Done if task.delivery == Delivery::Merge && task.commit.is_some() => {
+            repo.delete_branch(&branch, Some(&task.base_branch)).await
+        }
+        TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::DeadLetter
+            if retention_over(services, task) =>
+        {
+            repo.delete_branch(&branch, None).await
+        }
+        _ => Ok(false),
+    };
+    match deleted {
+        Ok(true) => {
+            tracing::info!(task = %task.id, %branch, status = ?task.status, "deleted a finished task's branch")
+        }
+        Ok(false) => {}
+        Err(error) => {
+            tracing::warn!(task = %task.id, %branch, %error, "could not delete a finished task's branch")
+        }
+    }
+}
+
+async fn remove_worktree(services: &Services, repo: &Git, task: &Task) {
+    let task_id = task.id;
+    let path = services.worktree_path(task_id);
+    if !tokio::fs::try_exists(&path).await.unwrap_or(true) {
+        return;
+    }
+    if let Err(error) = repo.remove_worktree(&path).await {
+        tracing::warn!(task = %task_id, %error, "could not remove a finished task's worktree");
+        // A worktree of a repository that is gone (or broken) is only files: remove them.
+        if !tokio::fs::try_exists(&task.repo).await.unwrap_or(true) {
+            remove_dir(&path, task_id).await;
+        }
+    }
+}
+
+async fn remove_dir(path: &std::path::Path, task_id: TaskId) {
+    match tokio::fs::remove_dir_all(path).await {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            tracing::warn!(task = %task_id, path = %path.display(), %error, "could not remove a finished task's folder");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_branch_is_kept_for_its_retention_and_forever_without_an_end() {
+        let now = Utc::now();
+        let days = |n: i64| now - chrono::TimeDelta::days(n);
+        assert!(!past_retention(Some(days(13)), 14, now));
+        assert!(past_retention(Some(days(15)), 14, now));
+        assert!(past_retention(
+            Some(days(0) - chrono::TimeDelta::seconds(1)),
+            0,
+            now
+        ));
+        assert!(!past_retention(None, 0, now));
+        assert!(!past_retention(Some(days(100_000)), u64::MAX, now));
+    }
+}
