@@ -13,6 +13,7 @@
 mod auth;
 mod billing;
 mod compass;
+mod config;
 mod containment;
 mod governance;
 mod helpers;
