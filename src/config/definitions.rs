@@ -525,6 +525,17 @@ mod tests {
         assert!(error.contains("app `web` is declared twice"), "{error}");
     }
 
+    /// An empty or comment-only `ops.yaml` still means no apps (the whole-text read accepts it).
+    #[test]
+    fn an_empty_ops_file_means_no_apps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ops.yaml");
+        for text in ["", "# nothing yet\n", "apps: {}\n"] {
+            std::fs::write(&path, text).unwrap();
+            assert!(load_ops(&path).unwrap().apps.is_empty(), "{text:?}");
+        }
+    }
+
     #[test]
     fn repository_data_files_load() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -562,8 +562,12 @@ pub(crate) fn line_of_path(text: &str, path: &[&str]) -> usize {
     found.map_or(1, |index| index + 1)
 }
 
-/// Whether `line` holds `needle` not as the end of a longer name (`web:` is not in `myweb:`).
+/// Whether `line` holds `needle` not as the end of a longer name (`web:` is not in `myweb:`) and
+/// is not a comment.
 fn contains_key(line: &str, needle: &str) -> bool {
+    if line.trim_start().starts_with('#') {
+        return false;
+    }
     line.match_indices(needle).any(|(index, _)| {
         !line[..index]
             .chars()
@@ -1006,6 +1010,14 @@ mod tests {
         );
         let error = error_of(&text);
         assert!(error.starts_with("line 8: "), "{error}");
+    }
+
+    /// The walk skips comments and longer names that end like the app's.
+    #[test]
+    fn line_of_path_skips_comments_and_longer_names() {
+        let text = "# apps: web: here\napps:\n  myweb:\n    repo: /a\n  web:\n    repo: /b\n";
+        assert_eq!(line_of_path(text, &["apps:", "web:", "repo:"]), 6);
+        assert_eq!(line_of_path(text, &["apps:", "nope:", "repo:"]), 2);
     }
 
     #[test]
