@@ -239,7 +239,7 @@ fn load_runbooks(dir: &Path) -> Result<Vec<Runbook>, DefinitionError> {
     for path in files_with_extension(dir, "yaml")? {
         let text = read(&path)?;
         let runbook: Runbook =
-            crate::model::ops::spec::from_yaml(&text).map_err(|e| yaml_error(&path, &e))?;
+            crate::model::ops::spec::from_yaml(&text).map_err(|e| yaml_error(&path, &text, &e))?;
         crate::model::ops::spec::validate_runbook(&runbook, &text).map_err(|reason| {
             DefinitionError::Invalid {
                 path: path.display().to_string(),
@@ -310,7 +310,7 @@ pub fn load_ops(path: &Path) -> Result<OpsFile, DefinitionError> {
     let text = read(path)?;
     let ops = crate::model::ops::spec::from_yaml::<Option<OpsFile>>(&text)
         .map(Option::unwrap_or_default)
-        .map_err(|e| yaml_error(path, &e))?;
+        .map_err(|e| yaml_error(path, &text, &e))?;
     let invalid = |reason| DefinitionError::Invalid {
         path: path.display().to_string(),
         reason,
@@ -354,11 +354,28 @@ fn is_git_repository(dir: &Path) -> bool {
     dir.join("HEAD").is_file() && dir.join("objects").is_dir() && dir.join("refs").is_dir()
 }
 
-fn yaml_error(path: &Path, error: &serde_yaml_ng::Error) -> DefinitionError {
-    let line = error.location().map(|l| l.line()).unwrap_or(1);
+/// The file, line and serde_yaml_ng's message. serde marks a field given twice at its section's
+/// first line; the line reported is the second occurrence's, where the operator looks.
+fn yaml_error(path: &Path, text: &str, error: &serde_yaml_ng::Error) -> DefinitionError {
+    let mut line = error.location().map(|l| l.line()).unwrap_or(1);
+    let message = error.to_string();
+    if let Some(field) = message
+        .split_once("duplicate field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(field, _)| field)
+    {
+        let section: String = text
+            .lines()
+            .skip(line.saturating_sub(1))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let key = format!("{field}:");
+        let second = crate::model::ops::spec::line_of_path(&section, &[&key, &key]);
+        line += second - 1;
+    }
     DefinitionError::Invalid {
         path: path.display().to_string(),
-        reason: format!("line {line}: {error}"),
+        reason: format!("line {line}: {message}"),
     }
 }
 
@@ -508,6 +525,21 @@ mod tests {
         std::fs::write(bare.join("HEAD"), "ref: refs/heads/main\n").unwrap();
         let path = ops_with_repo(dir.path(), &bare);
         assert_eq!(load_ops(&path).unwrap().apps.len(), 2);
+    }
+
+    /// A field given twice is reported at its second line, not at its section's first.
+    #[test]
+    fn a_duplicate_field_names_its_second_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ops.yaml");
+        let text = format!(
+            "apps:\n  web:\n    repo: {}\n    branch: a\n    provider: command\n    branch: b\n    command: {{deploy: a, rollback: b}}\n",
+            dir.path().display()
+        );
+        std::fs::write(&path, text).unwrap();
+        let error = load_ops(&path).unwrap_err().to_string();
+        assert!(error.contains("ops.yaml: line 6: "), "{error}");
+        assert!(error.contains("duplicate field `branch`"), "{error}");
     }
 
     /// A duplicate app key reaches the operator as file, line and app.

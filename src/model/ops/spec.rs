@@ -85,35 +85,62 @@ fn unique_apps<'de, D>(deserializer: D) -> Result<BTreeMap<String, AppSpec>, D::
 where
     D: serde::Deserializer<'de>,
 {
-    deserializer.deserialize_map(UniqueApps)
+    deserializer.deserialize_map(UniqueKeys::new("app"))
 }
 
-struct UniqueApps;
+/// Deserializes a runbook's `labels:` refusing a label given twice (a map keeps the last).
+fn unique_labels<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    deserializer.deserialize_map(UniqueKeys::new("label"))
+}
 
-impl<'de> serde::de::Visitor<'de> for UniqueApps {
-    type Value = BTreeMap<String, AppSpec>;
+/// A mapping whose keys are each read once; `noun` names a key in the error.
+struct UniqueKeys<V> {
+    noun: &'static str,
+    values: std::marker::PhantomData<V>,
+}
+
+impl<V> UniqueKeys<V> {
+    fn new(noun: &'static str) -> Self {
+        Self {
+            noun,
+            values: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for UniqueKeys<V> {
+    type Value = BTreeMap<String, V>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a mapping of app names to apps")
+        write!(f, "a mapping of {} names", self.noun)
     }
 
     fn visit_map<A>(self, mut map: A) -> Result<Self::Value, A::Error>
     where
         A: serde::de::MapAccess<'de>,
     {
-        let mut apps = BTreeMap::new();
-        while let Some(name) = map.next_key_seed(NewName(&apps))? {
-            let app = map.next_value::<AppSpec>()?;
-            apps.insert(name, app);
+        let mut values = BTreeMap::new();
+        while let Some(key) = map.next_key_seed(NewKey {
+            seen: &values,
+            noun: self.noun,
+        })? {
+            let value = map.next_value::<V>()?;
+            values.insert(key, value);
         }
-        Ok(apps)
+        Ok(values)
     }
 }
 
-/// An app name not seen yet in the mapping being read.
-struct NewName<'a>(&'a BTreeMap<String, AppSpec>);
+/// A key not seen yet in the mapping being read.
+struct NewKey<'a, V> {
+    seen: &'a BTreeMap<String, V>,
+    noun: &'static str,
+}
 
-impl<'de> serde::de::DeserializeSeed<'de> for NewName<'_> {
+impl<'de, V> serde::de::DeserializeSeed<'de> for NewKey<'_, V> {
     type Value = String;
 
     fn deserialize<D>(self, deserializer: D) -> Result<String, D::Error>
@@ -124,20 +151,21 @@ impl<'de> serde::de::DeserializeSeed<'de> for NewName<'_> {
     }
 }
 
-impl serde::de::Visitor<'_> for NewName<'_> {
+impl<V> serde::de::Visitor<'_> for NewKey<'_, V> {
     type Value = String;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("an app name")
+        write!(f, "a {} name", self.noun)
     }
 
-    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<String, E> {
-        if self.0.contains_key(name) {
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<String, E> {
+        if self.seen.contains_key(key) {
             return Err(E::custom(format_args!(
-                "app `{name}` is declared twice (a second declaration would replace the first)"
+                "{} `{key}` is declared twice (a second declaration would replace the first)",
+                self.noun
             )));
         }
-        Ok(name.to_owned())
+        Ok(key.to_owned())
     }
 }
 
@@ -452,8 +480,8 @@ pub struct RunbookMatch {
     /// Only this app.
     #[serde(default)]
     pub app: Option<String>,
-    /// Labels the signal must carry with these values.
-    #[serde(default)]
+    /// Labels the signal must carry with these values; each once.
+    #[serde(default, deserialize_with = "unique_labels")]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -1010,6 +1038,28 @@ mod tests {
         );
         let error = error_of(&text);
         assert!(error.starts_with("line 8: "), "{error}");
+    }
+
+    /// A runbook label given twice is refused at its second line.
+    #[test]
+    fn a_duplicate_runbook_label_names_its_line() {
+        let text = "name: x\nmatch:\n  signal: down\n  labels:\n    tier: db\n    tier: web\nclassify: noise\nsteps:\n  - {action: notify}\n";
+        let error = from_yaml::<Runbook>(text).unwrap_err();
+        assert_eq!(error.location().map(|l| l.line()), Some(6), "{error}");
+        assert!(
+            error.to_string().contains("label `tier` is declared twice"),
+            "{error}"
+        );
+        let text = text.replace("    tier: web\n", "    zone: a\n");
+        assert_eq!(from_yaml::<Runbook>(&text).unwrap().matcher.labels.len(), 2);
+    }
+
+    /// A field given twice in one section is refused (serde marks the section's first line).
+    #[test]
+    fn a_duplicate_field_is_refused() {
+        let text = format!("{GOOD}    branch: a\n    branch: b\n");
+        let error = error_of(&text);
+        assert!(error.contains("duplicate field `branch`"), "{error}");
     }
 
     /// The walk skips comments and longer names that end like the app's.
