@@ -217,10 +217,11 @@ pub fn parse_persona(source: &str, text: &str) -> Result<PersonaDefinition, Defi
     let end = rest
         .find("\n---")
         .ok_or_else(|| invalid("front matter is not closed by a `---` line".into()))?;
-    let front: PersonaFrontMatter = serde_yaml_ng::from_str(&rest[..end]).map_err(|e| {
-        let line = e.location().map(|l| l.line() + 1).unwrap_or(1);
-        invalid(format!("line {line}: {e}"))
-    })?;
+    let front: PersonaFrontMatter =
+        crate::model::ops::spec::from_yaml(&rest[..end]).map_err(|e| {
+            let line = e.location().map(|l| l.line() + 1).unwrap_or(1);
+            invalid(format!("line {line}: {e}"))
+        })?;
     let body = rest[end + 4..]
         .trim_start_matches(['-', '\n'])
         .trim()
@@ -234,18 +235,71 @@ pub fn parse_persona(source: &str, text: &str) -> Result<PersonaDefinition, Defi
 
 fn load_runbooks(dir: &Path) -> Result<Vec<Runbook>, DefinitionError> {
     let mut runbooks = Vec::new();
+    let mut files = Vec::new();
     for path in files_with_extension(dir, "yaml")? {
         let text = read(&path)?;
-        let runbook: Runbook = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(&path, &e))?;
+        let runbook: Runbook =
+            crate::model::ops::spec::from_yaml(&text).map_err(|e| yaml_error(&path, &text, &e))?;
         crate::model::ops::spec::validate_runbook(&runbook, &text).map_err(|reason| {
             DefinitionError::Invalid {
                 path: path.display().to_string(),
                 reason,
             }
         })?;
+        files.push((path, text));
         runbooks.push(runbook);
     }
+    refuse_twins(&runbooks, &files)?;
     Ok(runbooks)
+}
+
+/// Refuses two runbooks with one name (incidents and logs name runbooks) or one `match` (the
+/// first in file-name order answers every signal it matches: the second would never run). The
+/// error names the second file, its line and the first file.
+fn refuse_twins(runbooks: &[Runbook], files: &[(PathBuf, String)]) -> Result<(), DefinitionError> {
+    use crate::model::ops::spec::line_of_path;
+    let mut names: BTreeMap<&str, &Path> = BTreeMap::new();
+    let mut matchers: BTreeMap<String, &Path> = BTreeMap::new();
+    for (runbook, (path, text)) in runbooks.iter().zip(files) {
+        let invalid = |field: &str, reason: String| DefinitionError::Invalid {
+            path: path.display().to_string(),
+            reason: format!("line {}: {reason}", line_of_path(text, &[field])),
+        };
+        if let Some(first) = names.insert(&runbook.name, path) {
+            return Err(invalid(
+                "name:",
+                format!(
+                    "name `{}` is also the name of the runbook in {}",
+                    runbook.name,
+                    first.display()
+                ),
+            ));
+        }
+        let matcher = &runbook.matcher;
+        let key = serde_json::to_string(&(&matcher.signal, &matcher.app, &matcher.labels))
+            .unwrap_or_default();
+        if let Some(first) = matchers.insert(key, path) {
+            return Err(invalid(
+                "match:",
+                format!(
+                    "match (signal `{}`{}{}) is the match of the runbook in {} too, which answers \
+                     first: this one would never run",
+                    matcher.signal,
+                    matcher
+                        .app
+                        .as_ref()
+                        .map_or(String::new(), |app| format!(", app `{app}`")),
+                    if matcher.labels.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", labels {:?}", matcher.labels)
+                    },
+                    first.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Loads and validates `ops.yaml`; a missing file means no apps.
@@ -254,23 +308,74 @@ pub fn load_ops(path: &Path) -> Result<OpsFile, DefinitionError> {
         return Ok(OpsFile::default());
     }
     let text = read(path)?;
-    let ops = serde_yaml_ng::from_str::<Option<OpsFile>>(&text)
+    let ops = crate::model::ops::spec::from_yaml::<Option<OpsFile>>(&text)
         .map(Option::unwrap_or_default)
-        .map_err(|e| yaml_error(path, &e))?;
-    crate::model::ops::spec::validate_ops(&ops, &text).map_err(|reason| {
-        DefinitionError::Invalid {
-            path: path.display().to_string(),
-            reason,
-        }
-    })?;
+        .map_err(|e| yaml_error(path, &text, &e))?;
+    let invalid = |reason| DefinitionError::Invalid {
+        path: path.display().to_string(),
+        reason,
+    };
+    crate::model::ops::spec::validate_ops(&ops, &text).map_err(invalid)?;
+    refuse_non_repositories(&ops, &text).map_err(invalid)?;
     Ok(ops)
 }
 
-fn yaml_error(path: &Path, error: &serde_yaml_ng::Error) -> DefinitionError {
-    let line = error.location().map(|l| l.line()).unwrap_or(1);
+/// Refuses an app whose `repo` is not a git repository on this host: every deploy would fail at
+/// its precheck, long after start. Looks at the disk only (no git process, no network).
+fn refuse_non_repositories(ops: &OpsFile, text: &str) -> Result<(), String> {
+    for (name, app) in &ops.apps {
+        let why = if !app.repo.is_dir() {
+            "does not exist or is not a directory"
+        } else if !is_git_repository(&app.repo) {
+            "is not a git repository (no `.git`, and not a bare repository)"
+        } else {
+            continue;
+        };
+        let app_key = format!("{name}:");
+        let line = crate::model::ops::spec::line_of_path(text, &["apps:", &app_key, "repo:"]);
+        return Err(format!(
+            "line {line}: app `{name}`: repo `{}` {why}",
+            app.repo.display()
+        ));
+    }
+    Ok(())
+}
+
+/// A work tree (a `.git` directory, or the `.git` file of a linked worktree) or a bare
+/// repository (`HEAD`, `objects/` and `refs/` at its top).
+fn is_git_repository(dir: &Path) -> bool {
+    let dot_git = dir.join(".git");
+    if dot_git.is_dir() {
+        return dot_git.join("HEAD").is_file();
+    }
+    if dot_git.is_file() {
+        return true;
+    }
+    dir.join("HEAD").is_file() && dir.join("objects").is_dir() && dir.join("refs").is_dir()
+}
+
+/// The file, line and serde_yaml_ng's message. serde marks a field given twice at its section's
+/// first line; the line reported is the second occurrence's, where the operator looks.
+fn yaml_error(path: &Path, text: &str, error: &serde_yaml_ng::Error) -> DefinitionError {
+    let mut line = error.location().map(|l| l.line()).unwrap_or(1);
+    let message = error.to_string();
+    if let Some(field) = message
+        .split_once("duplicate field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(field, _)| field)
+    {
+        let section: String = text
+            .lines()
+            .skip(line.saturating_sub(1))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let key = format!("{field}:");
+        let second = crate::model::ops::spec::line_of_path(&section, &[&key, &key]);
+        line += second - 1;
+    }
     DefinitionError::Invalid {
         path: path.display().to_string(),
-        reason: format!("line {line}: {error}"),
+        reason: format!("line {line}: {message}"),
     }
 }
 
@@ -336,6 +441,131 @@ mod tests {
         let error = parse_persona("actors/x.md", "---\nname: x\nrole: [\n---\nbody").unwrap_err();
         let text = error.to_string();
         assert!(text.starts_with("actors/x.md: line"), "{text}");
+    }
+
+    fn write_runbook(dir: &Path, file: &str, name: &str, matcher: &str) {
+        let text = format!(
+            "# a runbook\nname: {name}\nmatch: {matcher}\nclassify: noise\nsteps:\n  - {{action: notify}}\n"
+        );
+        std::fs::write(dir.join(file), text).unwrap();
+    }
+
+    /// Issue #16: two runbooks with one name are refused, naming the second file and its line.
+    #[test]
+    fn a_duplicate_runbook_name_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        write_runbook(dir.path(), "a.yaml", "restart", "{signal: one}");
+        write_runbook(dir.path(), "b.yaml", "restart", "{signal: two}");
+        let error = load_runbooks(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("b.yaml: line 2: name `restart`"), "{error}");
+        assert!(error.contains("a.yaml"), "{error}");
+    }
+
+    /// Two runbooks with one match (signal, app and labels): the second would never run.
+    #[test]
+    fn a_duplicate_runbook_match_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let matcher = "{signal: down, app: web, labels: {tier: db}}";
+        write_runbook(dir.path(), "a.yaml", "first", matcher);
+        write_runbook(dir.path(), "b.yaml", "second", matcher);
+        let error = load_runbooks(dir.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("b.yaml: line 3: match (signal `down`, app `web`"),
+            "{error}"
+        );
+        assert!(error.contains("never run"), "{error}");
+        // Another label value or another app is another match.
+        write_runbook(
+            dir.path(),
+            "b.yaml",
+            "second",
+            "{signal: down, app: web, labels: {tier: web}}",
+        );
+        write_runbook(dir.path(), "c.yaml", "third", "{signal: down}");
+        assert_eq!(load_runbooks(dir.path()).unwrap().len(), 3);
+    }
+
+    fn ops_with_repo(dir: &Path, repo: &Path) -> PathBuf {
+        let path = dir.join("ops.yaml");
+        let text = format!(
+            "apps:\n  web:\n    repo: {}\n    provider: command\n    command: {{deploy: a, rollback: b}}\n  api:\n    repo: {}\n    provider: command\n    command: {{deploy: a, rollback: b}}\n",
+            dir.display(),
+            repo.display()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Issue #16: an app's repo that is not a git repository stops start-up at its line; a work
+    /// tree and a bare repository are both repositories.
+    #[test]
+    fn a_repo_that_is_not_git_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(".git")).unwrap();
+        std::fs::write(dir.path().join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::create_dir_all(&plain).unwrap();
+        let path = ops_with_repo(dir.path(), &plain);
+        let error = load_ops(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("ops.yaml: line 7: app `api`: repo")
+                && error.contains("not a git repository"),
+            "{error}"
+        );
+        let path = ops_with_repo(dir.path(), &dir.path().join("missing"));
+        let error = load_ops(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("line 7: app `api`") && error.contains("does not exist"),
+            "{error}"
+        );
+
+        let bare = dir.path().join("bare.git");
+        std::fs::create_dir_all(bare.join("objects")).unwrap();
+        std::fs::create_dir_all(bare.join("refs")).unwrap();
+        std::fs::write(bare.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        let path = ops_with_repo(dir.path(), &bare);
+        assert_eq!(load_ops(&path).unwrap().apps.len(), 2);
+    }
+
+    /// A field given twice is reported at its second line, not at its section's first.
+    #[test]
+    fn a_duplicate_field_names_its_second_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ops.yaml");
+        let text = format!(
+            "apps:\n  web:\n    repo: {}\n    branch: a\n    provider: command\n    branch: b\n    command: {{deploy: a, rollback: b}}\n",
+            dir.path().display()
+        );
+        std::fs::write(&path, text).unwrap();
+        let error = load_ops(&path).unwrap_err().to_string();
+        assert!(error.contains("ops.yaml: line 6: "), "{error}");
+        assert!(error.contains("duplicate field `branch`"), "{error}");
+    }
+
+    /// A duplicate app key reaches the operator as file, line and app.
+    #[test]
+    fn a_duplicate_app_key_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ops.yaml");
+        let app = format!(
+            "    repo: {}\n    provider: command\n    command: {{deploy: a, rollback: b}}\n",
+            dir.path().display()
+        );
+        std::fs::write(&path, format!("apps:\n  web:\n{app}  web:\n{app}")).unwrap();
+        let error = load_ops(&path).unwrap_err().to_string();
+        assert!(error.contains("ops.yaml: line 6: "), "{error}");
+        assert!(error.contains("app `web` is declared twice"), "{error}");
+    }
+
+    /// An empty or comment-only `ops.yaml` still means no apps (the whole-text read accepts it).
+    #[test]
+    fn an_empty_ops_file_means_no_apps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ops.yaml");
+        for text in ["", "# nothing yet\n", "apps: {}\n"] {
+            std::fs::write(&path, text).unwrap();
+            assert!(load_ops(&path).unwrap().apps.is_empty(), "{text:?}");
+        }
     }
 
     #[test]

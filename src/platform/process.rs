@@ -221,7 +221,8 @@ impl BoundedCapture {
         }
     }
 
-    /// Appends bytes, dropping from the middle once full.
+    /// Appends bytes, dropping from the middle once full. Dropped bytes are counted, never kept,
+    /// so a command printing gigabytes costs `bytes_max` of memory and its marker tells the truth.
     pub fn push(&mut self, mut bytes: &[u8]) {
         let head_room = self.head_bytes_max - self.head.len();
         if head_room > 0 {
@@ -229,16 +230,19 @@ impl BoundedCapture {
             self.head.extend_from_slice(&bytes[..taken]);
             bytes = &bytes[taken..];
         }
-        for byte in bytes {
-            if self.tail.len() == self.tail_bytes_max {
-                if self.tail.pop_front().is_none() {
-                    self.dropped_bytes += 1;
-                    continue;
-                }
-                self.dropped_bytes += 1;
-            }
-            self.tail.push_back(*byte);
+        if bytes.len() >= self.tail_bytes_max {
+            // The new bytes alone fill the tail: all it held and their own front are dropped.
+            let dropped = self.tail.len() + bytes.len() - self.tail_bytes_max;
+            self.dropped_bytes += dropped as u64;
+            self.tail.clear();
+            self.tail
+                .extend(&bytes[bytes.len() - self.tail_bytes_max..]);
+            return;
         }
+        let overflow = (self.tail.len() + bytes.len()).saturating_sub(self.tail_bytes_max);
+        self.tail.drain(..overflow);
+        self.dropped_bytes += overflow as u64;
+        self.tail.extend(bytes);
     }
 
     /// The kept text with a marker where the middle was dropped.
@@ -246,7 +250,7 @@ impl BoundedCapture {
         let mut text = String::from_utf8_lossy(&self.head).into_owned();
         if self.dropped_bytes > 0 {
             text.push_str(&format!(
-                "\n[... glitchlab truncated {} bytes ...]\n",
+                "\n{TRUNCATION_MARKER_OPEN}{}{TRUNCATION_MARKER_CLOSE}\n",
                 self.dropped_bytes
             ));
         }
@@ -351,7 +355,14 @@ fn own_process_group() -> Option<i32> {
     live_process_group(i32::try_from(std::process::id()).ok()?)
 }
 
+/// The marker [`BoundedCapture`] and [`keep_tail`] put where bytes were dropped.
+const TRUNCATION_MARKER_OPEN: &str = "[... glitchlab truncated ";
+const TRUNCATION_MARKER_CLOSE: &str = " bytes ...]";
+
 /// Cuts text to at most `bytes_max` bytes, keeping the tail (where test failures print), marked.
+/// The marker counts bytes of the original output: a marker of an earlier cut (a bounded capture
+/// that dropped 200 MB) that falls in the cut part adds its own count, so the new marker does not
+/// claim that only the few kept bytes before it were lost.
 pub fn keep_tail(text: &str, bytes_max: usize) -> String {
     if text.len() <= bytes_max {
         return text.to_owned();
@@ -360,8 +371,44 @@ pub fn keep_tail(text: &str, bytes_max: usize) -> String {
     while !text.is_char_boundary(start) {
         start += 1;
     }
+    let mut dropped = start as u64;
+    let mut from = 0;
+    while let Some(found) = text[from..].find(TRUNCATION_MARKER_OPEN) {
+        let at = from + found;
+        if at >= start {
+            break;
+        }
+        let digits_at = at + TRUNCATION_MARKER_OPEN.len();
+        let Some(close) = text[digits_at..].find(TRUNCATION_MARKER_CLOSE) else {
+            break;
+        };
+        let mut end = digits_at + close + TRUNCATION_MARKER_CLOSE.len();
+        // The line breaks a capture puts around its marker were not output either.
+        if text[end..].starts_with('\n') {
+            end += 1;
+        }
+        let at = if at > 0 && text[..at].ends_with('\n') {
+            at - 1
+        } else {
+            at
+        };
+        let Ok(count) = text[digits_at..digits_at + close].parse::<u64>() else {
+            from = digits_at;
+            continue;
+        };
+        // The earlier marker was not output: count what it stood for, not its own text.
+        dropped = dropped.saturating_add(count);
+        if end > start {
+            // The cut falls inside the marker: drop all of it.
+            dropped = dropped.saturating_sub((start - at) as u64);
+            start = end;
+        } else {
+            dropped = dropped.saturating_sub((end - at) as u64);
+        }
+        from = end;
+    }
     format!(
-        "[... glitchlab truncated {start} bytes ...]\n{}",
+        "{TRUNCATION_MARKER_OPEN}{dropped}{TRUNCATION_MARKER_CLOSE}\n{}",
         &text[start..]
     )
 }
@@ -429,6 +476,62 @@ mod tests {
         let kept = keep_tail(text, 3);
         assert!(kept.ends_with('é'));
         assert!(kept.starts_with("[... glitchlab truncated"));
+    }
+
+    /// Issue #16: 200 MB through a 1 KiB capture is reported as 200 MB (less the kept bytes),
+    /// and memory stays at the bound.
+    #[test]
+    fn a_huge_stream_is_counted_not_kept() {
+        let mut capture = BoundedCapture::new(1024);
+        let chunk = vec![b'x'; 8192];
+        let total: u64 = 200 * 1024 * 1024;
+        for _ in 0..total / 8192 {
+            capture.push(&chunk);
+            assert!(capture.tail.len() <= 512 && capture.head.len() <= 512);
+        }
+        let output = capture.finish();
+        assert_eq!(output.truncated_bytes, total - 1024);
+        assert!(output.text.contains(&format!(
+            "[... glitchlab truncated {} bytes ...]",
+            total - 1024
+        )));
+    }
+
+    /// Small pushes past the bound drop the oldest tail bytes, one count per byte.
+    #[test]
+    fn small_pushes_count_every_dropped_byte() {
+        let mut capture = BoundedCapture::new(4);
+        for byte in b"abcdefgh" {
+            capture.push(&[*byte]);
+        }
+        let output = capture.finish();
+        assert_eq!(output.truncated_bytes, 4);
+        assert!(output.text.starts_with("ab\n["), "{}", output.text);
+        assert!(output.text.ends_with("gh"), "{}", output.text);
+    }
+
+    /// Cutting a captured output again (verify feedback, a failure's tail) keeps the true count:
+    /// the earlier marker's bytes are added, not replaced by the few bytes cut now.
+    #[test]
+    fn keep_tail_adds_the_count_of_a_marker_it_cuts() {
+        let mut capture = BoundedCapture::new(200);
+        capture.push(&[b'a'; 100]);
+        let chunk = vec![b'b'; 1024 * 1024];
+        for _ in 0..200 {
+            capture.push(&chunk);
+        }
+        let captured = capture.finish();
+        let kept = keep_tail(&captured.text, 50);
+        let real = captured.truncated_bytes + 100 + 50;
+        assert!(
+            kept.starts_with(&format!("[... glitchlab truncated {real} bytes ...]\n")),
+            "{kept}"
+        );
+        assert!(kept.ends_with(&"b".repeat(50)), "{kept}");
+        // A cut through the middle of the marker drops the whole marker and counts it.
+        let text = "ab\n[... glitchlab truncated 1000 bytes ...]\ncd";
+        let kept = keep_tail(text, text.len() - 5);
+        assert_eq!(kept, "[... glitchlab truncated 1002 bytes ...]\ncd");
     }
 
     #[tokio::test]

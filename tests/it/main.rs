@@ -14,6 +14,7 @@ mod auth;
 mod billing;
 mod cli;
 mod compass;
+mod config;
 mod containment;
 mod delivery;
 mod governance;

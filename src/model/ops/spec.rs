@@ -26,8 +26,9 @@ pub(crate) const WAIT_STEP_SECS_MAX: u64 = 600;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpsFile {
-    /// Apps by name.
-    #[serde(default)]
+    /// Apps by name. A name declared twice is refused at its second line: a plain map would keep
+    /// the last one silently.
+    #[serde(default, deserialize_with = "unique_apps")]
     pub apps: BTreeMap<String, AppSpec>,
     /// Where the `fly` CLI is (default: `fly` on `PATH`); an app's own `fly.binary` wins.
     #[serde(default)]
@@ -75,6 +76,96 @@ impl OpsFile {
         } else {
             "other"
         }
+    }
+}
+
+/// Deserializes `apps:` refusing a name declared twice. The check runs as the key is read, so
+/// serde_yaml_ng marks the error with the line of the second key itself.
+fn unique_apps<'de, D>(deserializer: D) -> Result<BTreeMap<String, AppSpec>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    deserializer.deserialize_map(UniqueKeys::new("app"))
+}
+
+/// Deserializes a runbook's `labels:` refusing a label given twice (a map keeps the last).
+fn unique_labels<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    deserializer.deserialize_map(UniqueKeys::new("label"))
+}
+
+/// A mapping whose keys are each read once; `noun` names a key in the error.
+struct UniqueKeys<V> {
+    noun: &'static str,
+    values: std::marker::PhantomData<V>,
+}
+
+impl<V> UniqueKeys<V> {
+    fn new(noun: &'static str) -> Self {
+        Self {
+            noun,
+            values: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for UniqueKeys<V> {
+    type Value = BTreeMap<String, V>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a mapping of {} names", self.noun)
+    }
+
+    fn visit_map<A>(self, mut map: A) -> Result<Self::Value, A::Error>
+    where
+        A: serde::de::MapAccess<'de>,
+    {
+        let mut values = BTreeMap::new();
+        while let Some(key) = map.next_key_seed(NewKey {
+            seen: &values,
+            noun: self.noun,
+        })? {
+            let value = map.next_value::<V>()?;
+            values.insert(key, value);
+        }
+        Ok(values)
+    }
+}
+
+/// A key not seen yet in the mapping being read.
+struct NewKey<'a, V> {
+    seen: &'a BTreeMap<String, V>,
+    noun: &'static str,
+}
+
+impl<'de, V> serde::de::DeserializeSeed<'de> for NewKey<'_, V> {
+    type Value = String;
+
+    fn deserialize<D>(self, deserializer: D) -> Result<String, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+    {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<V> serde::de::Visitor<'_> for NewKey<'_, V> {
+    type Value = String;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a {} name", self.noun)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<String, E> {
+        if self.seen.contains_key(key) {
+            return Err(E::custom(format_args!(
+                "{} `{key}` is declared twice (a second declaration would replace the first)",
+                self.noun
+            )));
+        }
+        Ok(key.to_owned())
     }
 }
 
@@ -389,8 +480,8 @@ pub struct RunbookMatch {
     /// Only this app.
     #[serde(default)]
     pub app: Option<String>,
-    /// Labels the signal must carry with these values.
-    #[serde(default)]
+    /// Labels the signal must carry with these values; each once.
+    #[serde(default, deserialize_with = "unique_labels")]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -459,6 +550,16 @@ pub(crate) fn config_digest(app: &AppSpec) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Parses YAML into `T`, reading the whole text as plain YAML first. serde_yaml_ng reads events
+/// lazily: a mis-indented line that is not YAML would otherwise surface as the section before it
+/// missing a field, at that section's line; read whole first, it is refused at its own line.
+pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<T, serde_yaml_ng::Error> {
+    serde_yaml_ng::from_str::<serde::de::IgnoredAny>(text)?;
+    serde_yaml_ng::from_str(text)
+}
+
 /// The 1-based line of the first line of `text` that contains `needle` (1 when none does).
 pub(crate) fn line_of(text: &str, needle: &str) -> usize {
     text.lines()
@@ -466,20 +567,155 @@ pub(crate) fn line_of(text: &str, needle: &str) -> usize {
         .map_or(1, |index| index + 1)
 }
 
-/// Checks what serde cannot: provider sections, schedules, check fields, limits. The error is
-/// `line N: reason`, N found by searching the text for the offending key.
+/// The 1-based line of the last of `path` found by looking for each needle at or after the line
+/// of the one before: `["apps:", "web:", "health:", "url:"]` finds web's health URL, not the first
+/// `url:` of the file. A needle repeated looks past the line of the one before (the second of two
+/// declarations). A needle not found ends the walk at the last line found (1 when none).
+pub(crate) fn line_of_path(text: &str, path: &[&str]) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut at = 0;
+    let mut found = None;
+    let mut previous = None;
+    for needle in path {
+        let from = if previous == Some(needle) { at + 1 } else { at };
+        previous = Some(needle);
+        match (from..lines.len()).find(|index| contains_key(lines[*index], needle)) {
+            Some(index) => {
+                at = index;
+                found = Some(index);
+            }
+            None => break,
+        }
+    }
+    found.map_or(1, |index| index + 1)
+}
+
+/// Whether `line` holds `needle` not as the end of a longer name (`web:` is not in `myweb:`) and
+/// is not a comment.
+fn contains_key(line: &str, needle: &str) -> bool {
+    if line.trim_start().starts_with('#') {
+        return false;
+    }
+    line.match_indices(needle).any(|(index, _)| {
+        !line[..index]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    })
+}
+
+/// Where a field of an app is, under the app: `health.url` → `health:` then `url:`.
+fn field_path(field: &str) -> Vec<String> {
+    field.split('.').map(|part| format!("{part}:")).collect()
+}
+
+/// Checks what serde cannot: provider sections, schedules, check fields, limits, ports shared by
+/// two apps. The error is `line N: app `name`: reason`, N found by walking the text from the app's
+/// key down to the offending field.
 pub(crate) fn validate_ops(ops: &OpsFile, text: &str) -> Result<(), String> {
+    let at = |name: &str, field: &[String], reason: String| {
+        let app_key = format!("{name}:");
+        let mut path = vec!["apps:", app_key.as_str()];
+        path.extend(field.iter().map(String::as_str));
+        format!("line {}: app `{name}`: {reason}", line_of_path(text, &path))
+    };
     for (name, app) in &ops.apps {
-        validate_app(name, app).map_err(|(needle, reason)| {
-            let line = line_of(text, &needle);
-            format!("line {line}: app `{name}`: {reason}")
-        })?;
+        validate_app(name, app).map_err(|(field, reason)| at(name, &field, reason))?;
+    }
+    // In file order, so the app refused is the later one, where the operator added it.
+    let mut in_file_order: Vec<(usize, &String, &AppSpec)> = ops
+        .apps
+        .iter()
+        .map(|(name, app)| {
+            (
+                line_of_path(text, &["apps:", &format!("{name}:")]),
+                name,
+                app,
+            )
+        })
+        .collect();
+    in_file_order.sort_by_key(|(line, name, _)| (*line, *name));
+    let mut claimed: BTreeMap<(String, u16), (&str, &str)> = BTreeMap::new();
+    for (_, name, app) in in_file_order {
+        for (field, host, port) in port_claims(app) {
+            match claimed.get(&(host.clone(), port)) {
+                Some((other, other_field)) if *other != name.as_str() => {
+                    return Err(at(
+                        name,
+                        &field_path(field),
+                        format!(
+                            "{field} uses port {port}{}, which app `{other}` uses too \
+                             ({other_field}): one of them would answer for the other",
+                            if host == THIS_HOST {
+                                String::new()
+                            } else {
+                                format!(" of {host}")
+                            }
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    claimed.insert((host, port), (name.as_str(), field));
+                }
+            }
+        }
     }
     Ok(())
 }
 
-fn validate_app(name: &str, app: &AppSpec) -> Result<(), (String, String)> {
-    let at_app = |reason: String| (format!("{name}:"), reason);
+/// The host of a `local.port` and of loopback health URLs.
+const THIS_HOST: &str = "this host";
+
+/// The ports an app answers on: its `local.port` on this host, and its health URL's host and
+/// port (a loopback host is this host). Two apps sharing one would deploy over each other or be
+/// judged by the other's health.
+fn port_claims(app: &AppSpec) -> Vec<(&'static str, String, u16)> {
+    let mut claims = Vec::new();
+    if let (ProviderKind::Local, Some(local)) = (app.provider, &app.local) {
+        claims.push(("local.port", THIS_HOST.to_owned(), local.port));
+    }
+    if let Some((host, port)) = app.health.as_ref().and_then(|h| url_host_port(&h.url)) {
+        claims.push(("health.url", host, port));
+    }
+    claims
+}
+
+/// Host and port of an `http(s)://` URL (the scheme's port when none is written); loopback hosts
+/// are [`THIS_HOST`].
+fn url_host_port(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, after) = bracketed.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        Some(port) => port.parse().ok()?,
+        None => default_port,
+    };
+    let host = host.to_ascii_lowercase();
+    let loopback = host == "localhost" || host == "::1" || host == "0.0.0.0" || host == "::";
+    if loopback || host.starts_with("127.") {
+        return Some((THIS_HOST.to_owned(), port));
+    }
+    Some((host, port))
+}
+
+fn validate_app(name: &str, app: &AppSpec) -> Result<(), (Vec<String>, String)> {
+    let at_app = |reason: String| (Vec::new(), reason);
     if name.is_empty()
         || !name
             .chars()
@@ -488,45 +724,61 @@ fn validate_app(name: &str, app: &AppSpec) -> Result<(), (String, String)> {
         return Err(at_app("app names use letters, digits, `-` and `_`".into()));
     }
     if !app.repo.is_absolute() {
-        return Err(("repo:".into(), "repo must be an absolute path".into()));
+        return Err((field_path("repo"), "repo must be an absolute path".into()));
     }
     match app.provider {
         ProviderKind::Local if app.local.is_none() => {
-            return Err(at_app("provider `local` needs a `local:` section".into()))
+            return Err((
+                field_path("provider"),
+                "provider `local` needs a `local:` section".into(),
+            ))
         }
         ProviderKind::Fly if app.fly.is_none() => {
-            return Err(at_app("provider `fly` needs a `fly:` section".into()))
+            return Err((
+                field_path("provider"),
+                "provider `fly` needs a `fly:` section".into(),
+            ))
         }
         ProviderKind::Command if app.command.is_none() => {
-            return Err(at_app(
+            return Err((
+                field_path("provider"),
                 "provider `command` needs a `command:` section".into(),
             ))
         }
         _ => {}
     }
-    validate_limits(app).map_err(at_app)?;
+    validate_limits(app).map_err(|(field, reason)| (field_path(field), reason))?;
     if let Some(account) = &app.account {
         crate::model::ledger::validate_id("account", account)
-            .map_err(|e| ("account:".to_owned(), e.to_string()))?;
+            .map_err(|e| (field_path("account"), e.to_string()))?;
     }
     if app.checks.len() > CHECKS_PER_APP_MAX {
-        return Err(at_app(format!("at most {CHECKS_PER_APP_MAX} checks")));
+        return Err((
+            field_path("checks"),
+            format!("at most {CHECKS_PER_APP_MAX} checks"),
+        ));
     }
     let mut seen = std::collections::BTreeSet::new();
     for check in &app.checks {
-        let at_check = |reason: String| (format!("name: {}", check.name), reason);
+        let at_check = |reason: String| {
+            let mut path = field_path("checks");
+            path.push(format!("name: {}", check.name));
+            (path, reason)
+        };
         if !seen.insert(check.name.as_str()) {
-            return Err(at_check(format!(
-                "check `{}` is declared twice",
-                check.name
-            )));
+            // The second declaration: past the first one's line.
+            let mut path = field_path("checks");
+            path.push(format!("name: {}", check.name));
+            path.push(format!("name: {}", check.name));
+            return Err((path, format!("check `{}` is declared twice", check.name)));
         }
         validate_check(app, check).map_err(at_check)?;
     }
     Ok(())
 }
 
-fn validate_limits(app: &AppSpec) -> Result<(), String> {
+/// Timeouts and retries within bounds; the error names the field it is about.
+fn validate_limits(app: &AppSpec) -> Result<(), (&'static str, String)> {
     let timeouts = [
         ("verify_timeout_secs", app.verify_timeout_secs),
         (
@@ -548,22 +800,33 @@ fn validate_limits(app: &AppSpec) -> Result<(), String> {
     ];
     for (key, value) in timeouts {
         if value == 0 || value > CONFIGURED_TIMEOUT_SECS_MAX {
-            return Err(format!(
-                "{key} must be within 1..={CONFIGURED_TIMEOUT_SECS_MAX}"
+            return Err((
+                key,
+                format!("{key} must be within 1..={CONFIGURED_TIMEOUT_SECS_MAX}"),
             ));
         }
     }
     if let Some(health) = &app.health {
         if health.retries == 0 || health.retries > HEALTH_RETRIES_MAX {
-            return Err(format!(
-                "health.retries must be within 1..={HEALTH_RETRIES_MAX}"
+            return Err((
+                "health.retries",
+                format!("health.retries must be within 1..={HEALTH_RETRIES_MAX}"),
             ));
         }
         if health.timeout_ms == 0 || health.timeout_ms > CONFIGURED_TIMEOUT_SECS_MAX * 1000 {
-            return Err("health.timeout_ms is out of range".into());
+            return Err((
+                "health.timeout_ms",
+                "health.timeout_ms is out of range".into(),
+            ));
         }
         if !health.url.starts_with("http://") && !health.url.starts_with("https://") {
-            return Err("health.url must be an http:// or https:// URL".into());
+            return Err((
+                "health.url",
+                format!(
+                    "health.url `{}` must be an http:// or https:// URL",
+                    health.url
+                ),
+            ));
         }
     }
     Ok(())
@@ -669,6 +932,156 @@ mod tests {
             .replace("branch", "x")
             .replace("provider: local", "provider: local\n    colour: red");
         assert!(serde_yaml_ng::from_str::<OpsFile>(&text).is_err());
+    }
+
+    /// `text`'s parse error, or its validation error.
+    fn error_of(text: &str) -> String {
+        match from_yaml::<OpsFile>(text) {
+            Err(error) => {
+                let line = error.location().map_or(0, |l| l.line());
+                format!("line {line}: {error}")
+            }
+            Ok(ops) => validate_ops(&ops, text).unwrap_err(),
+        }
+    }
+
+    const TWO_APPS: &str = "apps:\n  web:\n    repo: /srv/web\n    provider: local\n    local: {start: \"x\", port: 8081}\n  api:\n    repo: /srv/api\n    provider: local\n    local: {start: \"x\", port: 8082}\n";
+
+    /// Issue #16: an app declared twice is refused at the second key's line (a map would keep the
+    /// last silently).
+    #[test]
+    fn a_duplicate_app_key_names_its_line() {
+        let text = format!("{TWO_APPS}  web:\n    repo: /srv/other\n    provider: command\n    command: {{deploy: a, rollback: b}}\n");
+        let error = error_of(&text);
+        assert!(error.starts_with("line 10: "), "{error}");
+        assert!(error.contains("app `web` is declared twice"), "{error}");
+        assert!(serde_yaml_ng::from_str::<OpsFile>(TWO_APPS).is_ok());
+    }
+
+    /// A value of the wrong type is reported at its own line, naming the field.
+    #[test]
+    fn a_wrong_type_names_its_line_and_field() {
+        let text = TWO_APPS.replace("port: 8082", "port: eighty");
+        let error = error_of(&text);
+        assert!(error.starts_with("line 9: "), "{error}");
+        assert!(error.contains("apps.api.local.port"), "{error}");
+        // YAML reads `42` as text for a text field: the URL check names the line and the field.
+        let text = format!("{TWO_APPS}    health:\n      timeout_ms: 100\n      url: 42\n");
+        let error = error_of(&text);
+        assert!(
+            error.starts_with("line 12: app `api`: health.url `42`"),
+            "{error}"
+        );
+    }
+
+    /// A mis-indented line is reported where it is, not at the section it fell into.
+    #[test]
+    fn a_misindented_line_names_its_own_line() {
+        // `health` indented under `local`: an unknown field of `local`, at health's line.
+        let text = "apps:\n  web:\n    repo: /srv/web\n    provider: local\n    local:\n      start: x\n      port: 8081\n      health:\n        url: http://127.0.0.1:8081/\n";
+        let error = error_of(text);
+        assert!(error.starts_with("line 8: "), "{error}");
+        assert!(error.contains("unknown field `health`"), "{error}");
+        // `provider` one space short of its siblings: not YAML.
+        let text = "apps:\n  web:\n    repo: /srv/web\n   provider: local\n    local: {start: x, port: 1}\n";
+        let error = error_of(text);
+        assert!(error.starts_with("line 4: "), "{error}");
+    }
+
+    /// Two apps on one port: by `local.port`, by a health URL on a loopback host, or by one
+    /// host and port in both health URLs.
+    #[test]
+    fn two_apps_on_one_port_are_refused() {
+        let text = TWO_APPS.replace("port: 8082", "port: 8081");
+        let error = error_of(&text);
+        assert!(
+            error.starts_with("line 9: app `api`: local.port uses port 8081"),
+            "{error}"
+        );
+        assert!(error.contains("`web`"), "{error}");
+
+        let text = format!("{TWO_APPS}    health: {{url: \"http://localhost:8081/health\"}}\n");
+        let error = error_of(&text);
+        assert!(
+            error.starts_with("line 10: app `api`: health.url uses port 8081"),
+            "{error}"
+        );
+
+        let text = "apps:\n  a:\n    repo: /srv/a\n    provider: fly\n    fly: {app: a}\n    health: {url: \"https://x.example/health\"}\n  b:\n    repo: /srv/b\n    provider: fly\n    fly: {app: b}\n    health: {url: \"https://X.example:443/up\"}\n";
+        let error = error_of(text);
+        assert!(
+            error.starts_with("line 11: app `b`: health.url uses port 443 of x.example"),
+            "{error}"
+        );
+
+        // One app's own port and health URL agree; other hosts on one port are fine.
+        let text = format!("{TWO_APPS}    health: {{url: \"http://127.0.0.1:8082/health\"}}\n");
+        let ops: OpsFile = serde_yaml_ng::from_str(&text).unwrap();
+        validate_ops(&ops, &text).unwrap();
+        let text = "apps:\n  a:\n    repo: /srv/a\n    provider: fly\n    fly: {app: a}\n    health: {url: \"https://a.example/\"}\n  b:\n    repo: /srv/b\n    provider: fly\n    fly: {app: b}\n    health: {url: \"https://b.example/\"}\n";
+        let ops: OpsFile = serde_yaml_ng::from_str(text).unwrap();
+        validate_ops(&ops, text).unwrap();
+    }
+
+    /// A field's line is found under its own app, not at the first app that has the field.
+    #[test]
+    fn a_bad_field_of_the_second_app_names_the_second_apps_line() {
+        let text = TWO_APPS.replace("/srv/api", "srv/api");
+        let error = error_of(&text);
+        assert!(error.starts_with("line 7: app `api`: repo"), "{error}");
+    }
+
+    #[test]
+    fn a_check_declared_twice_names_the_second_line() {
+        let text = format!(
+            "{GOOD}      - {{name: web-health, schedule: \"* * * * * *\", kind: process}}\n"
+        );
+        let error = error_of(&text);
+        assert!(error.starts_with("line 8: "), "{error}");
+    }
+
+    /// A runbook label given twice is refused at its second line.
+    #[test]
+    fn a_duplicate_runbook_label_names_its_line() {
+        let text = "name: x\nmatch:\n  signal: down\n  labels:\n    tier: db\n    tier: web\nclassify: noise\nsteps:\n  - {action: notify}\n";
+        let error = from_yaml::<Runbook>(text).unwrap_err();
+        assert_eq!(error.location().map(|l| l.line()), Some(6), "{error}");
+        assert!(
+            error.to_string().contains("label `tier` is declared twice"),
+            "{error}"
+        );
+        let text = text.replace("    tier: web\n", "    zone: a\n");
+        assert_eq!(from_yaml::<Runbook>(&text).unwrap().matcher.labels.len(), 2);
+    }
+
+    /// A field given twice in one section is refused (serde marks the section's first line).
+    #[test]
+    fn a_duplicate_field_is_refused() {
+        let text = format!("{GOOD}    branch: a\n    branch: b\n");
+        let error = error_of(&text);
+        assert!(error.contains("duplicate field `branch`"), "{error}");
+    }
+
+    /// The walk skips comments and longer names that end like the app's.
+    #[test]
+    fn line_of_path_skips_comments_and_longer_names() {
+        let text = "# apps: web: here\napps:\n  myweb:\n    repo: /a\n  web:\n    repo: /b\n";
+        assert_eq!(line_of_path(text, &["apps:", "web:", "repo:"]), 6);
+        assert_eq!(line_of_path(text, &["apps:", "nope:", "repo:"]), 2);
+    }
+
+    #[test]
+    fn url_host_port_reads_defaults_and_brackets() {
+        assert_eq!(url_host_port("http://a.b/x"), Some(("a.b".into(), 80)));
+        assert_eq!(
+            url_host_port("https://u@a.b:8443"),
+            Some(("a.b".into(), 8443))
+        );
+        assert_eq!(
+            url_host_port("http://[::1]:9/"),
+            Some((THIS_HOST.into(), 9))
+        );
+        assert_eq!(url_host_port("ftp://a"), None);
     }
 
     #[test]
