@@ -342,10 +342,11 @@ async fn act(
 }
 
 fn print_table(page: &Value) {
-    println!(
-        "{:<36}  {:<12}  {:<10}  {:<8}  TITLE",
-        "ID", "STATUS", "STAGE", "KIND"
+    let header = format!(
+        "{:<36}  {:<12}  {:<10}  {:<8}  title",
+        "id", "status", "stage", "kind"
     );
+    println!("{}", header.to_uppercase());
     for task in page["tasks"].as_array().into_iter().flatten() {
         println!(
             "{:<36}  {:<12}  {:<10}  {:<8}  {}",
