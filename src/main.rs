@@ -37,6 +37,14 @@ async fn run() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Ledger(args) => glitchlab::app::cli::ledger::run(args).await,
         Command::Ops(args) => glitchlab::app::cli::ops::run(args).await,
+        Command::Deploy(args) => {
+            glitchlab::app::cli::records::run(glitchlab::app::cli::records::Records::Deploys, args)
+                .await
+        }
+        Command::Incident(args) => {
+            let incidents = glitchlab::app::cli::records::Records::Incidents;
+            glitchlab::app::cli::records::run(incidents, args).await
+        }
         Command::Task(args) => return exit_with(glitchlab::app::cli::task::run(args).await),
         Command::Tree { url, json } => {
             return exit_with(glitchlab::app::cli::task::tree(&url, json).await)

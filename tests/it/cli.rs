@@ -111,3 +111,41 @@ async fn submit_wait_follows_a_task_and_the_exit_code_says_how_it_ended() {
     assert!(tree.starts_with("compass [running"), "{tree}");
     assert!(tree.contains("  patch [running"), "{tree}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incident_and_deploy_commands_read_and_refuse_as_the_service_does() {
+    let root = tempfile::tempdir().unwrap();
+    let service = Service::start(root.path()).await;
+    let (status, posted) = service
+        .post(
+            "/v1/alerts",
+            &serde_json::json!({"app": "web", "signal": "disk_full"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{posted}");
+    let id = posted["incidents"][0].as_str().unwrap().to_owned();
+    let base = service.base.clone();
+    let (listed, shown, deploys, refused) = tokio::task::spawn_blocking(move || {
+        (
+            glitchlab(&base, &["incident", "list", "--app", "web"]),
+            glitchlab(&base, &["incident", "show", &id]),
+            glitchlab(&base, &["deploy", "list"]),
+            glitchlab(&base, &["deploy", "approve", "no-such-deploy"]),
+        )
+    })
+    .await
+    .unwrap();
+    let table = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(listed.status.success(), "{table}");
+    let id = posted["incidents"][0].as_str().unwrap();
+    assert!(
+        table.contains(id) && table.contains("needs_human"),
+        "{table}"
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["id"], id);
+    assert!(deploys.status.success());
+    assert!(String::from_utf8_lossy(&deploys.stdout).trim().is_empty());
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("DEPLOY_NOT_FOUND"));
+}

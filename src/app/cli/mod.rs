@@ -4,6 +4,7 @@
 
 pub mod ledger;
 pub mod ops;
+pub mod records;
 pub mod task;
 
 use std::net::SocketAddr;
@@ -32,6 +33,10 @@ pub enum Command {
     Ops(OpsArgs),
     /// Tasks of a running service: submit (and follow), list, show, logs, act.
     Task(task::TaskArgs),
+    /// Deploys of a running service: list, show, approve, reject.
+    Deploy(records::RecordArgs),
+    /// Incidents of a running service: list, show, approve or reject a gated step.
+    Incident(records::RecordArgs),
     /// The supervision tree of a running service.
     Tree {
         /// Base URL of the running service.
