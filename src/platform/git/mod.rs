@@ -274,17 +274,38 @@ impl Git {
                 .await;
             let _ = tokio::fs::remove_dir_all(path).await;
         }
+        self.remove_half_made_admin_dir(path).await;
         let new_branch = ["worktree", "add", "-b", branch, &path_text, base];
         if self.run(&new_branch).await.is_ok() {
             return Ok(Worktree::Created);
         }
         self.run(&["worktree", "prune"]).await?;
+        self.remove_half_made_admin_dir(path).await;
         if self.branch_exists(branch).await {
             self.run(&["worktree", "add", &path_text, branch]).await?;
         } else {
             self.run(&new_branch).await?;
         }
         Ok(Worktree::Created)
+    }
+
+    /// A `git worktree add` killed half-way (its job aborted by a cancel or a persona crash) can
+    /// leave `.git/worktrees/<name>` with an empty or missing `commondir`; every later
+    /// `worktree add` in the repository then dies reading it ("failed to read .../commondir"),
+    /// and `worktree prune` does not take it. With no worktree at `path`, the registration named
+    /// after it is nobody's: remove it.
+    async fn remove_half_made_admin_dir(&self, path: &Path) {
+        let Some(name) = path.file_name() else {
+            return;
+        };
+        if tokio::fs::try_exists(path).await.unwrap_or(true) {
+            return;
+        }
+        let admin = self.dir.join(".git").join("worktrees").join(name);
+        if tokio::fs::try_exists(&admin).await.unwrap_or(false) {
+            tracing::warn!(admin = %admin.display(), "removing a half-made worktree registration");
+            let _ = tokio::fs::remove_dir_all(&admin).await;
+        }
     }
 
     /// Drops uncommitted changes: a cut-off attempt runs again from its last commit.
@@ -534,6 +555,32 @@ mod tests {
                 job.await.unwrap().unwrap();
             }
         }
+    }
+
+    /// A `worktree add` killed half-way leaves its registration with an empty `commondir` (seen
+    /// when a persona crash aborted a task's implement): the next `ensure_worktree` of that task
+    /// still makes its worktree, on the branch the first try made.
+    #[tokio::test]
+    async fn a_half_made_worktree_registration_does_not_block_the_next_try() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo_path, repo) = repository(dir.path()).await;
+        let path = dir.path().join("task-wt");
+        repo.run(&["branch", "glitchlab/t", "main"]).await.unwrap();
+        let admin = repo_path.join(".git").join("worktrees").join("task-wt");
+        std::fs::create_dir_all(&admin).unwrap();
+        // What git writes first (`locked`, so `worktree prune` leaves the entry alone, then
+        // `gitdir`), and an empty `commondir`: where a killed `worktree add` stops.
+        std::fs::write(admin.join("locked"), "initializing").unwrap();
+        let gitdir = format!("{}\n", path.join(".git").display());
+        std::fs::write(admin.join("gitdir"), gitdir).unwrap();
+        std::fs::write(admin.join("commondir"), "").unwrap();
+        assert_eq!(
+            repo.ensure_worktree(&path, "glitchlab/t", "main")
+                .await
+                .unwrap(),
+            Worktree::Created
+        );
+        assert_eq!(worktree_branch(&path).await.as_deref(), Some("glitchlab/t"));
     }
 
     /// A delivery killed mid-merge leaves `MERGE_HEAD` in the worktree; the next delivery aborts
