@@ -217,6 +217,7 @@ async fn joins(
     policy: &IncidentPolicy,
 ) -> Result<Option<String>, OpsError> {
     let fingerprint = incident::fingerprint(signal, &policy.group_by);
+    let wanted = fingerprint.clone();
     let now = Utc::now();
     let window = chrono::Duration::from_std(DEDUP_WINDOW).unwrap_or(chrono::Duration::MAX);
     let (since, app) = (now - window, signal.app.clone());
@@ -228,7 +229,7 @@ async fn joins(
         .ctx
         .ops
         .incidents_where(DEDUP_SCAN_MAX, move |i| {
-            let grouped = i.fingerprint == fingerprint && i.updated_at >= since;
+            let grouped = i.fingerprint == wanted && i.updated_at >= since;
             let correlated = check_correlation
                 && i.app == app
                 && i.status == IncidentStatus::Open
@@ -236,7 +237,6 @@ async fn joins(
             i.status != IncidentStatus::Resolved && (grouped || correlated)
         })
         .await?;
-    let fingerprint = incident::fingerprint(signal, &policy.group_by);
     let grouped = candidates.iter().find(|i| i.fingerprint == fingerprint);
     Ok(grouped.or(candidates.first()).map(|i| i.id.clone()))
 }

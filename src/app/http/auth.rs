@@ -50,7 +50,8 @@ const SCOPE_ITEMS_MAX: usize = 64;
 /// The known tokens, in memory for the hot path; the store is the truth.
 #[derive(Default)]
 pub(crate) struct Tokens {
-    records: RwLock<Vec<TokenRecord>>,
+    /// Each token with its secret's hash decoded once, not on every request.
+    records: RwLock<Vec<(Vec<u8>, TokenRecord)>>,
 }
 
 impl Tokens {
@@ -60,8 +61,7 @@ impl Tokens {
         let presented = Sha256::digest(secret.as_bytes());
         let records = self.records.read().unwrap_or_else(PoisonError::into_inner);
         let mut found = None;
-        for record in records.iter() {
-            let stored = hex::decode(&record.secret_sha256).unwrap_or_default();
+        for (stored, record) in records.iter() {
             if bool::from(stored.as_slice().ct_eq(presented.as_slice())) {
                 found = Some(record.clone());
             }
@@ -69,19 +69,28 @@ impl Tokens {
         found.filter(|record| !record.expired(Utc::now()))
     }
 
+    /// A record with its hash decoded (a hash that does not decode matches nothing).
+    fn entry(record: TokenRecord) -> (Vec<u8>, TokenRecord) {
+        (
+            hex::decode(&record.secret_sha256).unwrap_or_default(),
+            record,
+        )
+    }
+
     fn replace_all(&self, records: Vec<TokenRecord>) {
-        *self.records.write().unwrap_or_else(PoisonError::into_inner) = records;
+        let entries = records.into_iter().map(Self::entry).collect();
+        *self.records.write().unwrap_or_else(PoisonError::into_inner) = entries;
     }
 
     fn upsert(&self, record: TokenRecord) {
         let mut records = self.records.write().unwrap_or_else(PoisonError::into_inner);
-        records.retain(|r| r.name != record.name);
-        records.push(record);
+        records.retain(|(_, r)| r.name != record.name);
+        records.push(Self::entry(record));
     }
 
     fn remove(&self, name: &str) {
         let mut records = self.records.write().unwrap_or_else(PoisonError::into_inner);
-        records.retain(|r| r.name != name);
+        records.retain(|(_, r)| r.name != name);
     }
 }
 
