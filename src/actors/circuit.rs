@@ -23,7 +23,8 @@ use crate::platform::git::Git;
 use crate::runtime::directory::PersonaMailbox;
 use crate::runtime::jobs::{InFlightJobs, JobKey, JobReply, StageError};
 use crate::runtime::Services;
-use crate::work::engine::{self, RunIdentity, ShellRun};
+use crate::work::engine::{self, RunIdentity};
+use crate::work::verify::run_verify;
 
 /// The Circuit persona.
 pub(crate) struct Circuit;
@@ -43,6 +44,9 @@ pub(crate) struct VerifyOutcome {
     pub output: String,
     /// The engine run that holds the whole (bounded) output.
     pub run_id: Uuid,
+    /// The tree that passed (the branch's `HEAD` tree): a merge-queue candidate with exactly
+    /// this tree needs no second run.
+    pub tree: Option<String>,
 }
 
 /// Circuit's state: rebuilt empty on restart.
@@ -137,62 +141,29 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
     Git::new(&task.repo, services.config.git.timeout())
         .ensure_worktree(&worktree_path, &branch_name(task.id), &task.base_branch)
         .await?;
-    let config = &services.config.engines;
-    let who = RunIdentity {
-        task_id: task.id,
-        persona: Persona::Circuit,
-        stage: Stage::Verify,
-        attempt: task.attempts,
-    };
-    let run = engine::run_shell(
-        &services,
-        &who,
-        ShellRun {
-            command: task.verify.clone(),
-            cwd: worktree_path,
-            env: vec![
-                ("GLITCHLAB_TASK_ID".into(), task.id.to_string()),
-                ("GLITCHLAB_ATTEMPT".into(), task.attempts.to_string()),
-            ],
-            timeout: engine::capped_timeout(
-                &task,
-                services.engine_timeout(Persona::Circuit, config.verify_timeout_secs),
-            )?,
-            output_bytes_max: config.output_bytes_max,
-            instance: services.instance(),
-            prompt_digest: None,
-        },
-    )
-    .await?;
-    if let (None, Some(signal), false) = (run.exit_code, run.signal, run.timed_out) {
-        return Err(StageError::EngineKilled(format!(
-            "the verify command was killed by signal {signal}"
-        )));
-    }
-    let mut output = run.combined_output();
-    if run.timed_out {
-        output.push_str(&format!(
-            "\n[glitchlab: verify timed out after {}s and was killed]\n",
-            config.verify_timeout_secs
-        ));
-    }
-    let feedback_max = config.feedback_bytes_max;
-    if let (true, EngineSpec::Openai { provider }) = (
-        run.succeeded(),
-        services.engine_for(&task, Persona::Circuit),
-    ) {
+    let tree = Git::new(&worktree_path, services.config.git.timeout())
+        .run(&["rev-parse", "HEAD^{tree}"])
+        .await?;
+    let run = run_verify(&services, &task, worktree_path, Stage::Verify).await?;
+    let output = run.output;
+    let feedback_max = services.config.engines.feedback_bytes_max;
+    if let (true, EngineSpec::Openai { provider }) =
+        (run.passed, services.engine_for(&task, Persona::Circuit))
+    {
         if let Some(reasons) = judge(&services, &task, &provider, &output).await? {
             return Ok(VerifyOutcome {
                 passed: false,
                 output: crate::platform::process::keep_tail(&reasons, feedback_max),
-                run_id: run.id,
+                run_id: run.run_id,
+                tree: None,
             });
         }
     }
     Ok(VerifyOutcome {
-        passed: run.succeeded(),
+        passed: run.passed,
         output: crate::platform::process::keep_tail(&output, feedback_max),
-        run_id: run.id,
+        run_id: run.run_id,
+        tree: run.passed.then_some(tree),
     })
 }
 

@@ -793,8 +793,8 @@ async fn act(
         TaskAction::Reject { comment } => {
             transitions::reject(services, task_id, comment, by).await?
         }
-        TaskAction::Retry { reservation } => {
-            transitions::retry(services, task_id, reservation, by).await?
+        TaskAction::Retry { reservation, from } => {
+            transitions::retry(services, task_id, reservation, from, by).await?
         }
     };
     match task.status {

@@ -1,35 +1,43 @@
 //! Patch: the implementer. Works in a git worktree on `glitchlab/<task-id>`, commits what its
-//! engine changed, and delivers the branch into the base branch.
+//! engine changed, and owns the merge queues that land verified work on the base branches
+//! (one per repository and base; the protocol is in [`crate::work::merge_queue`]).
 //!
 //! # Restart story
 //!
-//! - **State:** the implement and deliver jobs in flight ([`InFlightJobs`]) and one delivery lock
-//!   per repository and base branch.
-//! - **On a crash:** the jobs are dropped with the state (their process groups killed, their reply
-//!   ports closed); the locks go with them, so no delivery stays locked.
+//! - **State:** the implement jobs in flight ([`InFlightJobs`]), the merge queues (who waits, in
+//!   which order) and each queue's running turn.
+//! - **On a crash:** the jobs and turns are dropped with the state (their process groups killed,
+//!   their reply ports closed); the queues are forgotten.
 //! - **Callers:** the pipeline asks the next incarnation again ([`call_persona`](crate::runtime::jobs::call_persona)). Implement is
-//!   safe to redo: it reuses the task's worktree and discards uncommitted edits first. Deliver
-//!   checks first whether the work already landed, and aborts a half-done merge it finds.
+//!   safe to redo: it reuses the task's worktree and discards uncommitted edits first. A delivery
+//!   lines up again at the place its task's record gives it (priority, then when it passed
+//!   verify); its candidate is rebuilt from scratch, and a turn cut off after landing is
+//!   recognised by the commit's `Glitchlab-Task` trailer on the base.
 //! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
 //!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
 //!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
 //!   ([`crate::runtime::supervision`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::pin::Pin;
 use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::model::persona::Persona;
 use crate::model::task::{branch_name, Delivery, EngineRun, EngineSpec, Stage, Task, TaskId};
-use crate::platform::git::{self, DeliverError, DeliverStep, Git};
+use crate::platform::git::{self, Git};
 use crate::platform::prompt;
 use crate::runtime::directory::PersonaMailbox;
-use crate::runtime::jobs::{InFlightJobs, JobKey, JobReply, StageError};
+use crate::runtime::jobs::{spawn_job, InFlightJobs, JobKey, JobReply, StageError};
 use crate::runtime::Services;
 use crate::work::engine::{self, RunIdentity, ShellRun};
+use crate::work::merge_queue::{self, queue_key, DeliverStep, Line, Place, QueueKey};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The Patch persona.
 pub(crate) struct Patch;
@@ -62,15 +70,36 @@ enum EngineResult {
     Failed(String),
 }
 
-/// One async mutex per `(repo, base branch)`: deliveries into one branch never interleave.
-type DeliveryLocks = Arc<Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>>;
+/// A delivery waiting in its merge queue: the request and where its answer goes.
+struct QueuedDelivery {
+    task: Box<Task>,
+    reply: JobReply<DeliverStep>,
+}
 
-/// Patch's state: rebuilt empty on restart.
+/// A queue's running turn: a task's candidate, or the removal of an idle queue's scratch
+/// worktree (no task, no reply).
+struct Turn {
+    task_id: Option<TaskId>,
+    token: u64,
+    reply: Option<JobReply<DeliverStep>>,
+    /// Dropping it aborts the turn (its verify's process group is killed).
+    _work: AbortOnDropHandle<()>,
+}
+
+/// Patch's state: rebuilt empty on restart (the pipelines ask again, and line up again in the
+/// order they passed verify).
 pub(crate) struct PatchState {
     services: Services,
     implementing: InFlightJobs<ImplementOutcome>,
-    delivering: InFlightJobs<DeliverStep>,
-    delivery_locks: DeliveryLocks,
+    /// `delivery: branch` tasks: no queue, the branch is left for a human.
+    leaving: InFlightJobs<DeliverStep>,
+    /// One merge queue per repository and base branch.
+    queues: HashMap<QueueKey, Line<QueuedDelivery>>,
+    /// Each queue's running turn.
+    turns: HashMap<QueueKey, Turn>,
+    /// Queues whose scratch worktree may exist (removed when the queue goes idle).
+    scratch_used: HashSet<QueueKey>,
+    next_token: u64,
 }
 
 /// Patch's messages.
@@ -84,8 +113,8 @@ pub(crate) enum PatchMsg {
         /// Where the outcome goes.
         reply: JobReply<ImplementOutcome>,
     },
-    /// Merge the task's branch into its base branch (or, when the base moved, the base into the
-    /// branch, to be verified again).
+    /// Land the task's change on its base through the merge queue (or, for `delivery: branch`,
+    /// leave the branch). The answer comes when the task's turn is over.
     Deliver {
         /// The task as persisted.
         task: Box<Task>,
@@ -101,14 +130,23 @@ pub(crate) enum PatchMsg {
         /// Its result.
         result: Result<ImplementOutcome, StageError>,
     },
-    /// A deliver job finished.
-    DeliverDone {
+    /// A `delivery: branch` job finished.
+    LeaveDone {
         /// Which job.
         key: JobKey,
         /// Which run of it.
         token: u64,
         /// Its result.
         result: Result<DeliverStep, StageError>,
+    },
+    /// A merge queue's turn ended (a candidate's outcome, or its idle clean-up: no result).
+    TurnDone {
+        /// Which queue.
+        queue: QueueKey,
+        /// Which turn.
+        token: u64,
+        /// The candidate's outcome.
+        result: Option<Result<DeliverStep, StageError>>,
     },
     /// Abort everything running for a task (its engine's process group is killed).
     CancelTask(TaskId),
@@ -135,8 +173,11 @@ impl Actor for Patch {
         Ok(PatchState {
             services: args.services,
             implementing: InFlightJobs::default(),
-            delivering: InFlightJobs::default(),
-            delivery_locks: DeliveryLocks::default(),
+            leaving: InFlightJobs::default(),
+            queues: HashMap::new(),
+            turns: HashMap::new(),
+            scratch_used: HashSet::new(),
+            next_token: 0,
         })
     }
 
@@ -165,37 +206,158 @@ impl Actor for Patch {
             PatchMsg::Deliver { task, reply } => {
                 crate::handling!(state.services, Persona::Patch, task, "patch.poison");
                 crate::work_failpoint!("patch.handle");
-                let key = (task.id, Stage::Deliver);
-                let lock = delivery_lock(&state.delivery_locks, &task);
-                let work = deliver(state.services.clone(), *task, lock);
-                state
-                    .delivering
-                    .start(key, reply, myself, work, |key, token, result| {
-                        PatchMsg::DeliverDone { key, token, result }
-                    });
+                if task.delivery == Delivery::Branch {
+                    let key = (task.id, Stage::Deliver);
+                    let work = leave_branch(state.services.clone(), *task);
+                    state
+                        .leaving
+                        .start(key, reply, myself, work, |key, token, result| {
+                            PatchMsg::LeaveDone { key, token, result }
+                        });
+                } else {
+                    join_queue(&myself, state, task, reply);
+                }
                 crate::handled!(state.services, Persona::Patch);
             }
             PatchMsg::ImplementDone { key, token, result } => {
                 state.implementing.finish(key, token, result);
             }
-            PatchMsg::DeliverDone { key, token, result } => {
-                state.delivering.finish(key, token, result);
+            PatchMsg::LeaveDone { key, token, result } => {
+                state.leaving.finish(key, token, result);
             }
+            PatchMsg::TurnDone {
+                queue,
+                token,
+                result,
+            } => turn_done(&myself, state, queue, token, result),
             PatchMsg::CancelTask(task_id) => {
                 state.implementing.cancel_task(task_id);
-                state.delivering.cancel_task(task_id);
+                state.leaving.cancel_task(task_id);
+                cancel_delivery(&myself, state, task_id);
             }
         }
         Ok(())
     }
 }
 
-fn delivery_lock(locks: &DeliveryLocks, task: &Task) -> Arc<tokio::sync::Mutex<()>> {
-    let mut locks = locks.lock().unwrap_or_else(PoisonError::into_inner);
-    locks
-        .entry((task.repo.clone(), task.base_branch.clone()))
-        .or_default()
-        .clone()
+/// Puts a delivery in its queue (a task asking again keeps its place, and a turn already running
+/// for it answers the new request), then starts the queue's next turn if it is free.
+fn join_queue(
+    myself: &ActorRef<PatchMsg>,
+    state: &mut PatchState,
+    task: Box<Task>,
+    reply: JobReply<DeliverStep>,
+) {
+    let key = queue_key(&task);
+    if let Some(turn) = state.turns.get_mut(&key) {
+        if turn.task_id == Some(task.id) {
+            turn.reply = Some(reply);
+            return;
+        }
+    }
+    let line = state.queues.entry(key.clone()).or_default();
+    line.join(Place::of(&task), QueuedDelivery { task, reply });
+    next_turn(myself, state, key);
+}
+
+/// Starts the queue's next turn when none runs: the first task in line, or — with nobody left —
+/// the removal of the scratch worktree; a queue with nothing to do is forgotten.
+fn next_turn(myself: &ActorRef<PatchMsg>, state: &mut PatchState, key: QueueKey) {
+    let Some(line) = state.queues.get_mut(&key) else {
+        return;
+    };
+    let services = state.services.clone();
+    let (task_id, reply, work): (_, _, BoxFuture<Option<Result<DeliverStep, StageError>>>) =
+        if let Some((place, entry)) = line.next() {
+            state.scratch_used.insert(key.clone());
+            let task = entry.task;
+            let work = async move { Some(merge_queue::run_candidate(&services, &task).await) };
+            (Some(place.task_id()), Some(entry.reply), Box::pin(work))
+        } else if line.is_idle() && state.scratch_used.remove(&key) {
+            line.hold();
+            let queue = key.clone();
+            let work = async move {
+                merge_queue::remove_scratch(&services, &queue).await;
+                None
+            };
+            (None, None, Box::pin(work))
+        } else {
+            if line.is_idle() {
+                state.queues.remove(&key);
+            }
+            return;
+        };
+    state.next_token += 1;
+    let token = state.next_token;
+    let patch = myself.clone();
+    let queue = key.clone();
+    let handle = spawn_job(work, move |outcome| {
+        let result = outcome.unwrap_or_else(|panic| Some(Err(StageError::Internal(panic))));
+        // Patch may be gone (crashed): its next incarnation hears the pipelines ask again.
+        let _ = patch.cast(PatchMsg::TurnDone {
+            queue,
+            token,
+            result,
+        });
+    });
+    state.turns.insert(
+        key,
+        Turn {
+            task_id,
+            token,
+            reply,
+            _work: handle,
+        },
+    );
+}
+
+fn turn_done(
+    myself: &ActorRef<PatchMsg>,
+    state: &mut PatchState,
+    key: QueueKey,
+    token: u64,
+    result: Option<Result<DeliverStep, StageError>>,
+) {
+    if state.turns.get(&key).map(|turn| turn.token) != Some(token) {
+        return; // a turn that was cancelled meanwhile
+    }
+    if let Some(turn) = state.turns.remove(&key) {
+        if let (Some(reply), Some(result)) = (turn.reply, result) {
+            // The caller may have given up (timeout, cancel); it asks again if it still cares.
+            let _ = reply.send(result);
+        }
+    }
+    if let Some(line) = state.queues.get_mut(&key) {
+        line.done();
+    }
+    next_turn(myself, state, key);
+}
+
+/// A cancelled task leaves its queue; a running turn of it is aborted. Its caller hears
+/// `Cancelled` (a dropped reply would read as a crash and be retried).
+fn cancel_delivery(myself: &ActorRef<PatchMsg>, state: &mut PatchState, task_id: TaskId) {
+    for line in state.queues.values_mut() {
+        if let Some(entry) = line.leave(task_id) {
+            let _ = entry.reply.send(Err(StageError::Cancelled));
+        }
+    }
+    let running: Vec<QueueKey> = state
+        .turns
+        .iter()
+        .filter(|(_, turn)| turn.task_id == Some(task_id))
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in running {
+        if let Some(turn) = state.turns.remove(&key) {
+            if let Some(reply) = turn.reply {
+                let _ = reply.send(Err(StageError::Cancelled));
+            }
+        }
+        if let Some(line) = state.queues.get_mut(&key) {
+            line.done();
+        }
+        next_turn(myself, state, key);
+    }
 }
 
 async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, StageError> {
@@ -210,6 +372,13 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
     if made == git::Worktree::Existing {
         // A cut-off earlier run of this attempt may have left half-made edits.
         worktree.discard_uncommitted().await?;
+    }
+    if task.merge.restart_from_base {
+        // The last attempt no longer applied to (or passed on) the base: this one starts from
+        // the base as it is now, with the conflict or the failure as feedback.
+        let base = format!("refs/heads/{}", task.base_branch);
+        worktree.run(&["reset", "--hard", "--quiet", &base]).await?;
+        worktree.run(&["clean", "-fdq"]).await?;
     }
 
     let who = RunIdentity {
@@ -301,19 +470,16 @@ async fn builtin_note(
 
 /// `delivery: branch`: the work stays on its branch for a human to review and merge; the base is
 /// not touched and the worktree goes. Safe to repeat (a cut-off run finds the branch as it was).
-async fn leave_branch(
-    repo: &Git,
-    branch: &str,
-    worktree_path: &std::path::Path,
-    task_id: TaskId,
-) -> Result<DeliverStep, StageError> {
-    let head = repo.rev_parse(branch).await?;
-    if tokio::fs::try_exists(worktree_path).await.unwrap_or(true) {
-        if let Err(error) = repo.remove_worktree(worktree_path).await {
-            tracing::warn!(task = %task_id, %error, "could not remove a delivered worktree");
+async fn leave_branch(services: Services, task: Task) -> Result<DeliverStep, StageError> {
+    let repo = Git::new(&task.repo, services.config.git.timeout());
+    let head = repo.rev_parse(&branch_name(task.id)).await?;
+    let worktree_path = services.worktree_path(task.id);
+    if tokio::fs::try_exists(&worktree_path).await.unwrap_or(true) {
+        if let Err(error) = repo.remove_worktree(&worktree_path).await {
+            tracing::warn!(task = %task.id, %error, "could not remove a delivered worktree");
         }
     }
-    Ok(DeliverStep::Delivered(head))
+    Ok(DeliverStep::Landed(head))
 }
 
 /// Stages the attempt's changes and refuses them, before anything is committed, when the branch's
@@ -541,53 +707,4 @@ async fn run_engine(
             .await
         }
     }
-}
-
-async fn deliver(
-    services: Services,
-    task: Task,
-    lock: Arc<tokio::sync::Mutex<()>>,
-) -> Result<DeliverStep, StageError> {
-    let _one_delivery_at_a_time = lock.lock().await;
-    let git_timeout = services.config.git.timeout();
-    let branch = branch_name(task.id);
-    let repo = Git::new(&task.repo, git_timeout);
-    let worktree_path = services.worktree_path(task.id);
-    if task.delivery == Delivery::Branch {
-        return leave_branch(&repo, &branch, &worktree_path, task.id).await;
-    }
-    if !tokio::fs::try_exists(&worktree_path).await.unwrap_or(true) {
-        // Cut off after the merge and the clean-up but before the result was recorded?
-        if let Ok(head) = repo.rev_parse(&branch).await {
-            let merged = repo
-                .run(&["merge-base", "--is-ancestor", &head, &task.base_branch])
-                .await
-                .is_ok();
-            if merged {
-                return Ok(DeliverStep::Delivered(head));
-            }
-        }
-        repo.ensure_worktree(&worktree_path, &branch, &task.base_branch)
-            .await?;
-    }
-    let worktree = Git::new(&worktree_path, git_timeout);
-    let step = git::deliver(&repo, &worktree, &branch, &task.base_branch)
-        .await
-        .map_err(|error| match error {
-            DeliverError::Conflict { .. } => {
-                StageError::MergeConflict(format!("{error}; branch {branch} is kept for a human"))
-            }
-            DeliverError::Git(inner) if git::is_lock_contention(&inner) => StageError::from(inner),
-            DeliverError::Git(inner) => {
-                StageError::DeliverFailed(format!("{inner}; branch {branch} is kept for a human"))
-            }
-        })?;
-    if matches!(step, DeliverStep::Delivered(_)) {
-        // The branch stays; the worktree is only scratch space.
-        if let Err(error) = repo.remove_worktree(&worktree_path).await {
-            tracing::warn!(task = %task.id, %error, "could not remove a delivered worktree");
-        }
-        repo.maintain_now_and_then().await;
-    }
-    Ok(step)
 }

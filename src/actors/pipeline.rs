@@ -29,16 +29,14 @@ use crate::model::codes;
 use crate::model::persona::Persona;
 use crate::model::task::branch_name;
 use crate::model::task::{ErrorInfo, Plan, Stage, Task, TaskId, TaskStatus};
-use crate::platform::git::DeliverStep;
 use crate::runtime::jobs::{call_persona, spawn_job, CallLimits, StageError};
 use crate::runtime::Services;
 use crate::storage::store::{NewEvent, StoreError};
+use crate::work::merge_queue::DeliverStep;
 use crate::work::transitions;
 
 /// Added to a stage's own timeouts before its persona call is given up.
 const CALL_TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
-/// How often delivery may find the base moved (merge, verify again) before it gives up.
-const REVERIFICATIONS_MAX: u32 = 5;
 /// Bytes of a failed attempt's output kept in its failure record and error message.
 const FAILURE_TAIL_BYTES: usize = 2048;
 
@@ -61,7 +59,7 @@ pub(crate) enum StageOutcome {
     Implemented(ImplementOutcome),
     /// Circuit's verdict.
     Verified(VerifyOutcome),
-    /// Patch's delivery step.
+    /// The task's turn in its merge queue.
     Delivered(DeliverStep),
     /// Uplink-Deploy's deploy of the delivered commit went healthy: its id.
     Deployed(String),
@@ -349,7 +347,9 @@ fn call_limits(services: &Services, stage: Stage) -> CallLimits {
         Stage::Plan => Duration::from_secs(config.engines.timeout_secs) + git * 3,
         Stage::Implement => Duration::from_secs(config.engines.timeout_secs) + git * 6,
         Stage::Verify => Duration::from_secs(config.engines.verify_timeout_secs) + git * 3,
-        Stage::Deliver | Stage::Approve => git * 8,
+        // The wait in the merge queue and the candidate's verify; past it the task asks again
+        // and keeps its place.
+        Stage::Deliver | Stage::Approve => Duration::from_secs(config.merge_queue.wait_secs),
         Stage::Deploy => Duration::from_secs(config.compass.deploy_wait_secs),
     };
     let supervision = &config.supervision;
@@ -409,93 +409,63 @@ async fn on_stage_done(
         }
         StageOutcome::Implemented(done) => match done.engine_failure {
             Some(output) => {
-                failed_attempt(myself, state, &task, output, codes::IMPLEMENT_FAILED).await
+                failed_attempt(myself, state, &task, output, codes::IMPLEMENT_FAILED, false).await
             }
             None if done.no_changes => {
                 let output = "no changes: the patch engine left the branch identical to the base";
-                failed_attempt(myself, state, &task, output.into(), codes::NO_CHANGES).await
+                failed_attempt(
+                    myself,
+                    state,
+                    &task,
+                    output.into(),
+                    codes::NO_CHANGES,
+                    false,
+                )
+                .await
             }
             None => {
-                finish_stage(myself, state, &task, json!({"commit": done.commit}), |_| {}).await
+                finish_stage(myself, state, &task, json!({"commit": done.commit}), |t| {
+                    t.merge.restart_from_base = false
+                })
+                .await
             }
         },
         StageOutcome::Verified(verdict) if verdict.passed => {
             let data = json!({"passed": true, "run_id": verdict.run_id});
-            finish_stage(myself, state, &task, data, |_| {}).await
+            finish_stage(myself, state, &task, data, move |t| {
+                t.merge.verified_tree = verdict.tree.clone();
+                t.merge.queued_at = Some(Utc::now());
+            })
+            .await
         }
         StageOutcome::Verified(verdict) => {
-            failed_attempt(myself, state, &task, verdict.output, codes::VERIFY_FAILED).await
+            failed_attempt(
+                myself,
+                state,
+                &task,
+                verdict.output,
+                codes::VERIFY_FAILED,
+                false,
+            )
+            .await
         }
-        StageOutcome::Delivered(DeliverStep::Delivered(commit)) => {
+        StageOutcome::Delivered(DeliverStep::Landed(commit)) => {
             let data = json!({"commit": commit, "delivery": task.delivery, "branch": branch_name(task.id)});
             finish_stage(myself, state, &task, data, move |t| {
                 t.commit = Some(commit.clone())
             })
             .await
         }
-        StageOutcome::Delivered(DeliverStep::BaseMerged(head)) => {
-            reverify(myself, state, &task, head).await
+        StageOutcome::Delivered(DeliverStep::Conflict(feedback)) => {
+            failed_attempt(myself, state, &task, feedback, codes::MERGE_CONFLICT, true).await
+        }
+        StageOutcome::Delivered(DeliverStep::Rejected(output)) => {
+            failed_attempt(myself, state, &task, output, codes::VERIFY_FAILED, true).await
         }
         StageOutcome::Deployed(deploy) => {
             finish_stage(myself, state, &task, json!({"deploy": deploy}), |_| {}).await
         }
     }
-}
-
-/// The base moved while the task worked: its branch now merges the new base, and what is
-/// delivered must pass verify again.
-async fn reverify(
-    myself: &ActorRef<PipelineMsg>,
-    state: &PipelineState,
-    task: &Task,
-    head: String,
-) -> Result<(), StoreError> {
-    if task.reverifications >= REVERIFICATIONS_MAX {
-        let message = format!(
-            "the base branch moved {REVERIFICATIONS_MAX} times during delivery; branch {} is kept",
-            branch_name(task.id)
-        );
-        return end_task(
-            myself,
-            state,
-            task,
-            TaskStatus::DeadLetter,
-            ErrorInfo::new(codes::DELIVER_FAILED, message),
-        )
-        .await;
-    }
-    let events = [
-        NewEvent::new(
-            &state.name,
-            "stage.finished",
-            json!({"stage": Stage::Deliver, "outcome": "base_merged", "head": head}),
-        ),
-        NewEvent::new(
-            &state.name,
-            "stage.started",
-            json!({"stage": Stage::Verify, "attempt": task.attempts, "reason": "the base branch moved"}),
-        ),
-    ];
-    state
-        .services
-        .store
-        .update_task(task.id, &events, |t| {
-            t.stage = Some(Stage::Verify);
-            t.reverifications += 1;
-            t.stage_retries = 0;
-        })
-        .await?;
-    myself.cast(PipelineMsg::Advance).ok();
-    Ok(())
-}
-
-/// The stage after `stage` for this task: its template's next, except that a verify run after
-/// the base moved goes straight back to delivery (the work was approved already).
-fn next_stage(task: &Task, stage: Stage) -> Option<Stage> {
-    if stage == Stage::Verify && task.reverifications > 0 {
-        return Some(Stage::Deliver);
-    }
-    task.stage_after(stage)
 }
 
 /// Records the stage as done and moves to the next one (or finishes the task).
@@ -512,7 +482,7 @@ async fn finish_stage(
         "stage.finished",
         json!({"stage": stage, "attempt": task.attempts, "outcome": "ok", "result": result}),
     );
-    let Some(next) = next_stage(task, stage) else {
+    let Some(next) = task.stage_after(stage) else {
         let done = NewEvent::new(
             &state.name,
             "task.finished",
@@ -569,13 +539,16 @@ async fn finish_stage(
     Ok(())
 }
 
-/// An implement or verify attempt failed: hand the output to the next attempt, or give up.
+/// An attempt fell short (implement, verify, or its candidate in the merge queue): hand the
+/// output to the next attempt, or give up. `from_base`: the change no longer applies to (or
+/// passes on) the base, so the next attempt starts from the base as it is then.
 async fn failed_attempt(
     myself: &ActorRef<PipelineMsg>,
     state: &PipelineState,
     task: &Task,
     output: String,
     code: &str,
+    from_base: bool,
 ) -> Result<(), StoreError> {
     let stage = task.stage.unwrap_or(Stage::Verify);
     let tail = crate::platform::process::keep_tail(&output, FAILURE_TAIL_BYTES);
@@ -617,6 +590,7 @@ async fn failed_attempt(
             t.stage = Some(Stage::Implement);
             t.stage_retries = 0;
             t.reverifications = 0;
+            t.merge.restart_from_base |= from_base;
         })
         .await?;
     myself.cast(PipelineMsg::Advance).ok();

@@ -59,6 +59,10 @@ pub struct Config {
     pub retry: RetryConfig,
     /// Git calls.
     pub git: GitConfig,
+    /// How landed work is written onto a base branch.
+    pub delivery: DeliveryConfig,
+    /// The merge queue of each repository and base branch.
+    pub merge_queue: MergeQueueConfig,
     /// Task defaults and limits.
     pub tasks: TasksConfig,
     /// The token ledger: the local account, the rate card, task budgets.
@@ -509,6 +513,36 @@ impl GitConfig {
     }
 }
 
+/// How landed work is written onto a base branch.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// `squash` (one verified commit per task), `merge` or `rebase`.
+    pub history: crate::model::task::History,
+}
+
+/// The merge queue of each repository and base branch: one candidate at a time, in the order
+/// tasks passed verify.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MergeQueueConfig {
+    /// Times a candidate is rebuilt because the base moved outside glitchlab while it was
+    /// verified, before the delivery fails `DELIVER_FAILED` (no attempt is used up meanwhile).
+    pub base_moved_max: u32,
+    /// How long a task may wait in the queue and have its candidate verified, in all, before
+    /// its delivery is asked for again (it keeps its place).
+    pub wait_secs: u64,
+}
+
+impl Default for MergeQueueConfig {
+    fn default() -> Self {
+        Self {
+            base_moved_max: 100,
+            wait_secs: 86_400,
+        }
+    }
+}
+
 /// Task defaults and limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -598,6 +632,10 @@ impl Config {
             (
                 self.git.timeout_secs == 0,
                 "git.timeout_secs must be at least 1",
+            ),
+            (
+                self.merge_queue.wait_secs == 0,
+                "merge_queue.wait_secs must be at least 1",
             ),
             (
                 self.storage.stall_secs == 0,

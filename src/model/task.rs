@@ -199,12 +199,62 @@ pub enum ReviewPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Delivery {
-    /// Merged into the base branch (fast-forward, or a merge of the new base that is verified
-    /// again).
+    /// Landed on the base branch through its merge queue: the base plus the change, verified
+    /// as one tree, moved onto the base by compare-and-swap.
     #[default]
     Merge,
     /// Left on `glitchlab/<task-id>` for a human to review and merge; the base is not touched.
     Branch,
+}
+
+/// How a landed task is written onto its base branch (`[delivery] history`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum History {
+    /// One commit per task on the base: its title, a summary and `Glitchlab-*` trailers. Failed
+    /// attempts never reach the base, so every commit glitchlab puts there passed verify.
+    #[default]
+    Squash,
+    /// A merge commit per task (its branch, attempts included, as the second parent); the
+    /// first-parent chain stays one verified commit per task.
+    Merge,
+    /// The branch's commits replayed onto the base; only the last of them (the tree that was
+    /// verified) is known to pass.
+    Rebase,
+}
+
+/// Where `POST /v1/tasks/{id}/retry` starts a task again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RetryFrom {
+    /// A fresh round of attempts at implement.
+    Implement,
+    /// The merge queue, with the branch as it is now (a human's commits included): verified on
+    /// the current base before it may land.
+    Deliver,
+}
+
+/// What the merge queue keeps on a task between stages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MergeState {
+    /// The tree Circuit last passed on the task's branch: a candidate with exactly this tree
+    /// needs no second verify run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_tree: Option<String>,
+    /// When the task joined the merge queue: its place in line (after priority).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<DateTime<Utc>>,
+    /// The change no longer applied to (or passed on) the base: the next implement attempt
+    /// starts from the base as it is then, with the conflict as feedback.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restart_from_base: bool,
+}
+
+impl MergeState {
+    /// Nothing recorded (left out of the JSON).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// What made a task necessary: the incident (and the deploy) an ops persona filed it for.
@@ -381,9 +431,13 @@ pub struct Task {
     /// Retries of the current stage after transient failures (reset when the stage changes).
     #[serde(default)]
     pub stage_retries: u32,
-    /// Times delivery found the base moved and sent the merged branch back to verify.
+    /// Times the merge queue rebuilt this task's candidate because the base moved outside
+    /// glitchlab while it ran (bounded by `merge_queue.base_moved_max`; no attempt is used up).
     #[serde(default)]
     pub reverifications: u32,
+    /// The merge queue's notes on the task.
+    #[serde(default, skip_serializing_if = "MergeState::is_empty")]
+    pub merge: MergeState,
     /// Every failed try so far, oldest first (bounded by [`FAILURES_KEPT_MAX`]).
     #[serde(default)]
     pub failures: Vec<FailureRecord>,
@@ -453,6 +507,7 @@ impl Task {
             attempts: 0,
             stage_retries: 0,
             reverifications: 0,
+            merge: MergeState::default(),
             failures: Vec::new(),
             branch: None,
             commit: None,

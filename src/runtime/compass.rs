@@ -54,6 +54,8 @@ pub(crate) enum TaskAction {
     Retry {
         /// The new reservation's transfer id, if one was made.
         reservation: Option<String>,
+        /// Where to start again; `None`: where the failure says (see `transitions::retry`).
+        from: Option<crate::model::task::RetryFrom>,
     },
 }
 

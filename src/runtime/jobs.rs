@@ -77,9 +77,6 @@ pub(crate) enum StageError {
     /// A git operation failed.
     #[error("{0}")]
     Git(String),
-    /// The branch conflicts with the base; it stays for a human.
-    #[error("{0}")]
-    MergeConflict(String),
     /// Delivery failed for another reason; the branch stays for a human.
     #[error("{0}")]
     DeliverFailed(String),
@@ -116,7 +113,6 @@ impl StageError {
             Self::EditRefused(_) => codes::EDIT_REFUSED,
             Self::ProtectedPath(_) => codes::PROTECTED_PATH,
             Self::Git(_) => codes::GIT_FAILED,
-            Self::MergeConflict(_) => codes::MERGE_CONFLICT,
             Self::DeliverFailed(_) => codes::DELIVER_FAILED,
             Self::DeployFailed(_) => codes::DEPLOY_FAILED,
             Self::Store(_) => codes::STORE_FAILED,

@@ -2,8 +2,8 @@
 //!
 //! - A task that **landed** (`done`, delivered by merge) loses its branch `glitchlab/<id>` (its
 //!   commit is on the task record and on the base), its worktree and its prompt folder, as soon
-//!   as it is recorded `done` ([`landed_later`]). The branch is deleted only when its tip is on
-//!   the base.
+//!   as it is recorded `done` ([`landed_later`]). The branch is deleted only when the task's
+//!   landed commit is on the base.
 //! - A task that ended otherwise keeps its branch: a `failed` or `dead_letter` one can be retried.
 //!   The branch of a `failed`, `cancelled` or `dead_letter` task that finished more than
 //!   `git.keep_failed_branches_days` ago is deleted by the sweep at start ([`sweep_later`]).
@@ -79,9 +79,13 @@ async fn clean(services: &Services, task: &Task) {
     remove_dir(&services.prompt_dir(task.id), task.id).await;
     let branch = branch_name(task.id);
     let deleted = match task.status {
-        TaskStatus::Done if task.delivery == Delivery::Merge && task.commit.is_some() => {
-            repo.delete_branch(&branch, Some(&task.base_branch)).await
-        }
+        // Squashed, the branch's own commits are not on the base: its landed commit is.
+        TaskStatus::Done if task.delivery == Delivery::Merge => match &task.commit {
+            Some(commit) if landed(&repo, commit, &task.base_branch).await => {
+                repo.delete_branch(&branch, None).await
+            }
+            _ => Ok(false),
+        },
         TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::DeadLetter
             if retention_over(services, task) =>
         {
@@ -98,6 +102,14 @@ async fn clean(services: &Services, task: &Task) {
             tracing::warn!(task = %task.id, %branch, %error, "could not delete a finished task's branch")
         }
     }
+}
+
+/// Whether `commit` is on `base` (the task's landing is there: its branch may go).
+async fn landed(repo: &Git, commit: &str, base: &str) -> bool {
+    let base = format!("refs/heads/{base}");
+    repo.run(&["merge-base", "--is-ancestor", commit, &base])
+        .await
+        .is_ok()
 }
 
 async fn remove_worktree(services: &Services, repo: &Git, task: &Task) {

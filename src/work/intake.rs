@@ -19,8 +19,8 @@ use crate::model::codes;
 use crate::model::ledger::LedgerError;
 use crate::model::persona::Persona;
 use crate::model::task::{
-    CausedBy, Delivery, EngineOverrides, EngineSpec, Priority, ReviewPolicy, Stage, Task,
-    TaskBudget, TaskId, TaskStatus,
+    CausedBy, Delivery, EngineOverrides, EngineSpec, MergeState, Priority, ReviewPolicy, Stage,
+    Task, TaskBudget, TaskId, TaskStatus,
 };
 use crate::platform::git::read::Location;
 use crate::platform::git::Git;
@@ -400,6 +400,7 @@ async fn validate(
         attempts: 0,
         stage_retries: 0,
         reverifications: 0,
+        merge: MergeState::default(),
         failures: Vec::new(),
         branch: None,
         commit: None,

@@ -7,6 +7,8 @@ pub(crate) mod cleanup;
 pub(crate) mod deploy_stage;
 pub(crate) mod engine;
 pub(crate) mod intake;
+pub(crate) mod merge_queue;
 pub(crate) mod metering;
 pub(crate) mod ops;
 pub(crate) mod transitions;
+pub(crate) mod verify;

@@ -9,7 +9,7 @@ use crate::model::codes;
 use crate::model::errors::TaskActionError;
 use crate::model::persona::Persona;
 use crate::model::task::branch_name;
-use crate::model::task::{ErrorInfo, Stage, Task, TaskId, TaskStatus};
+use crate::model::task::{ErrorInfo, RetryFrom, Stage, Task, TaskId, TaskStatus};
 use crate::platform::git::Git;
 use crate::runtime::Services;
 use crate::storage::store::{NewEvent, StoreError};
@@ -235,13 +235,17 @@ pub(crate) async fn cancel(
         })
 }
 
-/// Re-queues a failed or dead-lettered task. Attempt-loop failures start a fresh round of
-/// attempts at implement (the last failure's output stays as feedback); other failures rerun
-/// the stage they happened in; a task failed by its dependencies waits for them again.
+/// Re-queues a failed or dead-lettered task. Without `from`: attempt-loop failures start a
+/// fresh round of attempts at implement (the last failure's output stays as feedback); other
+/// failures rerun the stage they happened in; a task failed by its dependencies waits for them
+/// again. `from: implement` starts a fresh round of attempts; `from: deliver` puts the branch as
+/// it is now (a human's commits included) in the merge queue, where it is verified on the
+/// current base before it may land — with the attempts it has left, none added.
 pub(crate) async fn retry(
     services: &Services,
     id: TaskId,
     reservation: Option<String>,
+    from: Option<RetryFrom>,
     by: Option<&str>,
 ) -> Result<Task, TaskActionError> {
     let task = load(
@@ -251,12 +255,22 @@ pub(crate) async fn retry(
         &[TaskStatus::Failed, TaskStatus::DeadLetter],
     )
     .await?;
-    let restart_attempts = matches!(task.stage, Some(Stage::Implement | Stage::Verify));
-    let blocked = task.stage.is_none() && !task.deps.is_empty();
+    let restart_attempts = match from {
+        Some(RetryFrom::Implement) => true,
+        Some(RetryFrom::Deliver) => false,
+        None => matches!(task.stage, Some(Stage::Implement | Stage::Verify)),
+    };
+    let to_delivery = from == Some(RetryFrom::Deliver);
+    // A change that no longer applied is made again on the base as it is now.
+    let from_base = task
+        .error
+        .as_ref()
+        .is_some_and(|error| error.code == codes::MERGE_CONFLICT);
+    let blocked = task.stage.is_none() && !task.deps.is_empty() && from.is_none();
     let event = NewEvent::new(
         Persona::Compass,
         "task.retried",
-        json!({"previous_error": task.error, "principal": by}),
+        json!({"previous_error": task.error, "principal": by, "from": from}),
     );
     let updated = services
         .store
@@ -279,6 +293,13 @@ pub(crate) async fn retry(
             if restart_attempts {
                 t.stage = Some(Stage::Implement);
                 t.attempts = 0;
+                t.merge.restart_from_base = from_base;
+            }
+            if to_delivery {
+                t.stage = Some(Stage::Deliver);
+                t.attempts = t.attempts.max(1);
+                t.branch = Some(branch_name(t.id));
+                t.merge.queued_at = Some(Utc::now());
             }
         })
         .await?;

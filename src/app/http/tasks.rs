@@ -21,7 +21,8 @@ use crate::model::auth::{Permission, Principal};
 use crate::model::codes;
 use crate::model::errors::TaskActionError;
 use crate::model::ledger::LedgerError;
-use crate::model::task::{Task, TaskId, TaskStatus};
+use crate::model::task::{branch_name, Delivery, RetryFrom, Stage, Task, TaskId, TaskStatus};
+use crate::platform::git::Git;
 use crate::runtime::compass::{CompassMsg, TaskAction};
 use crate::work::intake::{self, IntakeError, SubmitTaskRequest};
 use crate::work::metering;
@@ -260,6 +261,17 @@ pub(crate) struct ReviewRequest {
     pub comment: Option<String>,
 }
 
+/// The optional body of retry.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetryRequest {
+    /// `implement`: a fresh round of attempts; `deliver`: the branch as it is now goes to the
+    /// merge queue (verified on the current base before it may land). Absent: where the failure
+    /// says.
+    #[serde(default)]
+    pub from: Option<RetryFrom>,
+}
+
 /// Bytes of a review comment kept at most.
 const COMMENT_BYTES_MAX: usize = 4096;
 
@@ -368,6 +380,7 @@ pub(crate) async fn reject(
     operation_id = "retry_task",
     tag = "tasks",
     params(("id" = String, Path, description = "Task id (a UUID).")),
+    request_body(content = Option<RetryRequest>, description = "Optional: where to start again."),
     responses(
         (status = 200, description = "The task, queued again.", body = Task),
         (status = 402, description = "`INSUFFICIENT_FUNDS`: the account cannot cover another \
@@ -375,6 +388,9 @@ pub(crate) async fn reject(
         (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
         (status = 409, description = "`INVALID_TASK_STATUS`: the task is not `failed` or \
             `dead_letter`.", body = ErrorBody),
+        (status = 422, description = "`INVALID_JSON`, or `INVALID_FIELD`: `from` is not \
+            `implement` or `deliver`, or `deliver` for a task with no branch or no deliver \
+            stage.", body = ErrorBody),
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
         (status = 503, description = "`COMPASS_UNAVAILABLE`, or `PERSONA_UNAVAILABLE` (the Ledger \
             did not answer the reservation).", body = ErrorBody),
@@ -384,9 +400,18 @@ pub(crate) async fn retry(
     State(app): State<AppState>,
     Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
+    RawBody(body): RawBody,
 ) -> Result<Json<Task>, ApiError> {
+    let from = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        super::json::parse::<RetryRequest>(&body)?.from
+    };
     let task = parse_id(&app, &id).await?;
     check_own(&caller, &task)?;
+    if from == Some(RetryFrom::Deliver) {
+        check_deliverable(&app, &task).await?;
+    }
     let retryable = matches!(task.status, TaskStatus::Failed | TaskStatus::DeadLetter);
     let reservation = if retryable {
         Some(reserve_again(&app, &task).await?)
@@ -399,6 +424,7 @@ pub(crate) async fn retry(
         &id,
         TaskAction::Retry {
             reservation: reservation.clone(),
+            from,
         },
     )
     .await;
@@ -406,6 +432,24 @@ pub(crate) async fn retry(
         metering::release(&app.services.directory, reservation).await;
     }
     outcome
+}
+
+/// A retry `from: deliver` needs a deliver stage and a branch to deliver.
+async fn check_deliverable(app: &AppState, task: &Task) -> Result<(), ApiError> {
+    if !task.stages.contains(&Stage::Deliver) || task.delivery != Delivery::Merge {
+        return Err(ApiError::invalid_field(
+            "from: deliver needs a task whose template has a deliver stage and whose delivery is \
+             merge",
+        ));
+    }
+    let repo = Git::new(&task.repo, app.services.config.git.timeout());
+    if !repo.branch_exists(&branch_name(task.id)).await {
+        return Err(ApiError::invalid_field(format!(
+            "from: deliver needs the task's branch {}, which does not exist",
+            branch_name(task.id)
+        )));
+    }
+    Ok(())
 }
 
 /// Settles the last round (if its settlement has not run yet) and reserves the next one.

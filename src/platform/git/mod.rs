@@ -2,6 +2,7 @@
 //! base branch. Changes go through the `git` binary (every call with a timeout and bounded
 //! output); read-only questions are answered in-process by [`read`] (gix), a process saved each.
 
+pub(crate) mod candidate;
 pub(crate) mod read;
 
 use std::collections::HashMap;
@@ -411,87 +412,6 @@ async fn worktree_branch(path: &Path) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Why a delivery did not happen.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum DeliverError {
-    /// The branch and the base changed the same lines.
-    #[error("merging {base} into {branch} conflicts: {detail}")]
-    Conflict {
-        /// The base branch.
-        base: String,
-        /// The task branch.
-        branch: String,
-        /// What git said.
-        detail: String,
-    },
-    /// Any other git failure.
-    #[error(transparent)]
-    Git(#[from] GitError),
-}
-
-/// What one delivery step did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum DeliverStep {
-    /// The base branch now points at this commit.
-    Delivered(String),
-    /// The base had moved: it was merged into the branch (this commit), which must be verified
-    /// again before it may be delivered.
-    BaseMerged(String),
-}
-
-/// Delivers `branch` (checked out in `worktree`) into `base` of `repo`.
-///
-/// When the base has not moved since the branch was made (or last merged it), the base is
-/// fast-forwarded to the branch. Otherwise the base is merged into the branch — in the worktree,
-/// so the user's checkout is never left mid-merge — and the caller must verify again before the
-/// next step fast-forwards it.
-pub(crate) async fn deliver(
-    repo: &Git,
-    worktree: &Git,
-    branch: &str,
-    base: &str,
-) -> Result<DeliverStep, DeliverError> {
-    let mut facts = read::delivery_facts(&repo.dir, &worktree.dir, base).await?;
-    if facts.merge_in_progress {
-        // A delivery killed mid-merge left `MERGE_HEAD`: undo that merge and decide again.
-        worktree.run(&["merge", "--abort"]).await?;
-        facts = read::delivery_facts(&repo.dir, &worktree.dir, base).await?;
-    }
-    let base_commit = facts.base_commit;
-    let head = facts.head;
-    if !facts.base_is_ancestor {
-        let message = format!("glitchlab: merge {base} into {branch}");
-        let merge = [
-            "merge",
-            "--no-ff",
-            "--no-edit",
-            "-m",
-            &message,
-            &base_commit,
-        ];
-        if let Err(error) = worktree.run(&merge).await {
-            let _ = worktree.run(&["merge", "--abort"]).await;
-            return Err(DeliverError::Conflict {
-                base: base.to_owned(),
-                branch: branch.to_owned(),
-                detail: error.to_string(),
-            });
-        }
-        return Ok(DeliverStep::BaseMerged(
-            read::head_commit(&worktree.dir).await?,
-        ));
-    }
-    if facts.repo_on_base && !facts.repo_is_bare {
-        // The user's checkout is on the base branch: move it with the files, never over local edits.
-        repo.run(&["merge", "--ff-only", "--quiet", &head]).await?;
-    } else {
-        let reference = format!("refs/heads/{base}");
-        repo.run(&["update-ref", &reference, &head, &base_commit])
-            .await?;
-    }
-    Ok(DeliverStep::Delivered(head))
-}
-
 /// Whether a git failure is another git process holding a lock: worth retrying, not a verdict.
 pub(crate) fn is_lock_contention(error: &GitError) -> bool {
     match error {
@@ -581,31 +501,5 @@ mod tests {
             Worktree::Created
         );
         assert_eq!(worktree_branch(&path).await.as_deref(), Some("glitchlab/t"));
-    }
-
-    /// A delivery killed mid-merge leaves `MERGE_HEAD` in the worktree; the next delivery aborts
-    /// that merge and goes on (issue #10 saw such resumes fail `MERGE_CONFLICT`).
-    #[tokio::test]
-    async fn a_merge_left_half_done_is_aborted_before_delivering() {
-        let dir = tempfile::tempdir().unwrap();
-        let (repo_path, repo) = repository(dir.path()).await;
-        let wt_path = dir.path().join("wt");
-        repo.ensure_worktree(&wt_path, "task", "main")
-            .await
-            .unwrap();
-        let worktree = Git::new(&wt_path, Duration::from_secs(30));
-        std::fs::write(wt_path.join("task.txt"), "task\n").unwrap();
-        worktree.stage_all().await.unwrap();
-        worktree.commit_staged("task").await.unwrap();
-        // The base moves on, and a merge of it into the branch is cut off before its commit.
-        std::fs::write(repo_path.join("other.txt"), "other\n").unwrap();
-        repo.run(&["add", "-A"]).await.unwrap();
-        repo.run(&["commit", "-qm", "teammate"]).await.unwrap();
-        worktree
-            .run(&["merge", "--no-ff", "--no-commit", "main"])
-            .await
-            .unwrap();
-        let step = deliver(&repo, &worktree, "task", "main").await;
-        assert!(matches!(step, Ok(DeliverStep::BaseMerged(_))), "{step:?}");
     }
 }

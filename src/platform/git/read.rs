@@ -12,22 +12,15 @@ use std::path::{Path, PathBuf};
 
 use super::GitError;
 
-/// What a delivery needs to know before it moves the base, read in one go.
+/// What a landing needs to know before it moves the base, read in one go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DeliveryFacts {
     /// The commit the base branch points at.
     pub base_commit: String,
-    /// The commit the worktree's `HEAD` points at.
-    pub head: String,
-    /// Whether the base commit is `head` or one of its ancestors (a fast-forward is possible).
-    pub base_is_ancestor: bool,
     /// Whether the repository is bare (no checkout to move along).
     pub repo_is_bare: bool,
     /// Whether the repository's own checkout is on the base branch.
     pub repo_on_base: bool,
-    /// Whether the worktree is in the middle of a merge (`MERGE_HEAD`): one a killed process
-    /// left behind, to be aborted before anything else.
-    pub merge_in_progress: bool,
 }
 
 /// The commit `HEAD` of the repository or worktree at `dir` points at.
@@ -41,8 +34,8 @@ pub(crate) async fn head_commit(dir: &Path) -> Result<String, GitError> {
     .await
 }
 
-/// The facts [`super::deliver`] decides on: the base's commit, the worktree's `HEAD`, whether the
-/// base is an ancestor of it, and the repository's checkout.
+/// The facts a landing ([`super::candidate::land`]) decides on: where the base points (read
+/// through `worktree`, which shares the repository's refs) and the repository's checkout.
 pub(crate) async fn delivery_facts(
     repo: &Path,
     worktree: &Path,
@@ -58,13 +51,6 @@ pub(crate) async fn delivery_facts(
             .peel_to_id()
             .map_err(failed("peel the base branch"))?
             .detach();
-        let head = here.head_id().map_err(failed("rev-parse HEAD"))?.detach();
-        let base_is_ancestor = base_commit == head
-            || here
-                .merge_base(base_commit, head)
-                .map_err(failed("merge-base"))?
-                .is_some_and(|common| common.detach() == base_commit);
-        let merge_in_progress = matches!(here.state(), Some(gix::state::InProgress::Merge));
         let checkout = open(&repo)?;
         let repo_is_bare = checkout.is_bare();
         let repo_on_base = checkout
@@ -73,11 +59,8 @@ pub(crate) async fn delivery_facts(
             .is_some_and(|name| name.as_bstr() == base_ref.as_bytes());
         Ok(DeliveryFacts {
             base_commit: base_commit.to_string(),
-            head: head.to_string(),
-            base_is_ancestor,
             repo_is_bare,
             repo_on_base,
-            merge_in_progress,
         })
     })
     .await

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::model::task::{
-    CausedBy, Delivery, EngineOverrides, ErrorInfo, FailureRecord, Plan, Priority, ReviewPolicy,
-    Stage, Task, TaskBudget, TaskId, TaskStatus,
+    CausedBy, Delivery, EngineOverrides, ErrorInfo, FailureRecord, MergeState, Plan, Priority,
+    ReviewPolicy, Stage, Task, TaskBudget, TaskId, TaskStatus,
 };
 use crate::platform::redact::Redactor;
 
@@ -89,6 +89,8 @@ pub struct StoredTask {
     stage_retries: u32,
     #[serde(default)]
     reverifications: u32,
+    #[serde(default, skip_serializing_if = "MergeState::is_empty")]
+    merge: MergeState,
     #[serde(default)]
     failures: Vec<FailureRecord>,
     branch: Option<String>,
@@ -137,6 +139,7 @@ impl From<Task> for StoredTask {
             attempts,
             stage_retries,
             reverifications,
+            merge,
             failures,
             branch,
             commit,
@@ -181,6 +184,7 @@ impl From<Task> for StoredTask {
             attempts,
             stage_retries,
             reverifications,
+            merge,
             failures,
             branch,
             commit,
@@ -233,6 +237,7 @@ impl TryFrom<StoredTask> for Task {
             attempts,
             stage_retries,
             reverifications,
+            merge,
             failures,
             branch,
             commit,
@@ -280,6 +285,7 @@ impl TryFrom<StoredTask> for Task {
             attempts,
             stage_retries,
             reverifications,
+            merge,
             failures,
             branch,
             commit,

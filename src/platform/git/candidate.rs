@@ -1,0 +1,333 @@
+//! The merge queue's git side: a *candidate* — the base branch as it is now plus one task's
+//! change — built in a scratch worktree that is reset from scratch every time, and *landed* on
+//! the base by compare-and-swap: the base moves to exactly the candidate's commit, and only if it
+//! still points where the candidate was built from.
+//!
+//! Nothing here decides whether a candidate may land (that is the queue's verify run); this
+//! module only builds trees and moves refs, each step safe to repeat after a crash.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+
+use super::{read, worktree_lock, Git, GitError};
+use crate::model::task::History;
+
+/// Bytes of conflicting hunks kept as the next attempt's feedback.
+const CONFLICT_DETAIL_BYTES_MAX: usize = 8 * 1024;
+/// Conflicting paths named at most.
+const CONFLICT_FILES_MAX: usize = 100;
+
+/// What to build: the task's branch applied onto the base.
+#[derive(Debug, Clone)]
+pub(crate) struct CandidateRequest<'a> {
+    /// The base branch's name (`main`).
+    pub base: &'a str,
+    /// The task's branch (`glitchlab/<id>`).
+    pub branch: &'a str,
+    /// How the change is written onto the base.
+    pub history: History,
+    /// The commit message (squash and merge); its trailers mark the commit as the task's.
+    pub message: &'a str,
+    /// `Key: value` trailers added to the last replayed commit (rebase).
+    pub trailers: &'a [String],
+}
+
+/// A candidate ready to verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BuiltCandidate {
+    /// The base commit it was built on: the value the landing compares against.
+    pub base: String,
+    /// The candidate commit (a child of `base` on the first-parent chain).
+    pub commit: String,
+    /// Its tree: what verify runs on.
+    pub tree: String,
+}
+
+/// The change no longer applies to the base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Conflict {
+    /// The base commit it failed on.
+    pub base: String,
+    /// Paths with conflicts (bounded).
+    pub files: Vec<String>,
+    /// The conflicting hunks with their markers (bounded), or what git said.
+    pub detail: String,
+}
+
+/// What building a candidate came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Candidate {
+    /// Built: verify it, then land it.
+    Built(BuiltCandidate),
+    /// Applying the change conflicts.
+    Conflict(Conflict),
+    /// The base already holds the change (nothing to land): the base commit.
+    AlreadyOnBase(String),
+}
+
+/// How a landing went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Landing {
+    /// The base points at the candidate now.
+    Landed,
+    /// Someone outside the queue moved the base after the candidate was built: build again.
+    BaseMoved {
+        /// Where the base points now.
+        now: String,
+    },
+}
+
+/// Builds the candidate for `request` in the scratch worktree at `scratch_dir`, which is reset
+/// to the base first (whatever a cut-off run left there: a half-done merge, a cherry-pick,
+/// untracked files).
+pub(crate) async fn build(
+    repo: &Git,
+    scratch_dir: &Path,
+    request: &CandidateRequest<'_>,
+) -> Result<Candidate, GitError> {
+    let base = repo
+        .rev_parse(&format!("refs/heads/{}", request.base))
+        .await?;
+    let branch = repo
+        .rev_parse(&format!("refs/heads/{}", request.branch))
+        .await?;
+    if is_ancestor(repo, &branch, &base).await {
+        return Ok(Candidate::AlreadyOnBase(base));
+    }
+    let scratch = reset_scratch(repo, scratch_dir, &base).await?;
+    let applied = match request.history {
+        History::Squash => {
+            scratch
+                .run(&["merge", "--squash", "--no-commit", "--quiet", &branch])
+                .await
+        }
+        History::Merge => {
+            scratch
+                .run(&[
+                    "merge",
+                    "--no-ff",
+                    "--no-edit",
+                    "--quiet",
+                    "-m",
+                    request.message,
+                    &branch,
+                ])
+                .await
+        }
+        History::Rebase => {
+            let range = format!("{base}..{branch}");
+            scratch
+                .run(&[
+                    "cherry-pick",
+                    "--allow-empty",
+                    "--keep-redundant-commits",
+                    &range,
+                ])
+                .await
+        }
+    };
+    if let Err(error) = applied {
+        return conflict(&scratch, base, error)
+            .await
+            .map(Candidate::Conflict);
+    }
+    // The change may already be on the base in another form (a teammate made the same edit).
+    if scratch.run(&["diff", "--quiet", &base, "--"]).await.is_ok()
+        && scratch.run(&["diff", "--cached", "--quiet"]).await.is_ok()
+    {
+        scratch.run(&["reset", "--hard", "--quiet", &base]).await?;
+        return Ok(Candidate::AlreadyOnBase(base));
+    }
+    match request.history {
+        History::Squash => {
+            scratch
+                .run(&["commit", "--quiet", "--no-verify", "-m", request.message])
+                .await?;
+        }
+        History::Merge => {}
+        History::Rebase => {
+            let mut amend = vec!["commit", "--amend", "--no-edit", "--no-verify", "--quiet"];
+            for trailer in request.trailers {
+                amend.extend(["--trailer", trailer.as_str()]);
+            }
+            scratch.run(&amend).await?;
+        }
+    }
+    let commit = read::head_commit(&scratch.dir).await?;
+    let tree = scratch.run(&["rev-parse", "HEAD^{tree}"]).await?;
+    Ok(Candidate::Built(BuiltCandidate { base, commit, tree }))
+}
+
+/// Moves `base` to `candidate.commit` if it still points at `candidate.base`. A repository whose
+/// checkout is on the base has its files moved along (never over local edits).
+pub(crate) async fn land(
+    repo: &Git,
+    scratch_dir: &Path,
+    base: &str,
+    candidate: &BuiltCandidate,
+) -> Result<Landing, GitError> {
+    let facts = read::delivery_facts(&repo.dir, scratch_dir, base).await?;
+    if facts.base_commit != candidate.base {
+        return Ok(Landing::BaseMoved {
+            now: facts.base_commit,
+        });
+    }
+    let moved = if facts.repo_on_base && !facts.repo_is_bare {
+        repo.run(&["merge", "--ff-only", "--quiet", &candidate.commit])
+            .await
+    } else {
+        let reference = format!("refs/heads/{base}");
+        repo.run(&["update-ref", &reference, &candidate.commit, &candidate.base])
+            .await
+    };
+    match moved {
+        Ok(_) => Ok(Landing::Landed),
+        Err(error) => {
+            // Lost the race to someone else's move: build again. Anything else is a failure.
+            let now = repo.rev_parse(&format!("refs/heads/{base}")).await?;
+            if now == candidate.commit {
+                Ok(Landing::Landed)
+            } else if now != candidate.base {
+                Ok(Landing::BaseMoved { now })
+            } else {
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The commit on `base`'s first-parent chain (since `since`) whose message carries the trailer
+/// `trailer` (`Glitchlab-Task: <id>`): the task's landing, when a crash cut the queue off between
+/// moving the base and recording it.
+pub(crate) async fn find_landed(
+    repo: &Git,
+    base: &str,
+    trailer: &str,
+    since: DateTime<Utc>,
+) -> Result<Option<String>, GitError> {
+    let grep = format!("--grep={trailer}");
+    let since = format!("--since={}", since.to_rfc3339());
+    let reference = format!("refs/heads/{base}");
+    let found = repo
+        .run(&[
+            "log",
+            "--first-parent",
+            "--fixed-strings",
+            &grep,
+            &since,
+            "-n",
+            "1",
+            "--format=%H",
+            &reference,
+            "--",
+        ])
+        .await?;
+    Ok(Some(found).filter(|commit| !commit.is_empty()))
+}
+
+/// Removes the queue's scratch worktree (the queue is idle). Missing is fine.
+pub(crate) async fn remove_scratch(repo: &Git, scratch_dir: &Path) -> Result<(), GitError> {
+    if tokio::fs::try_exists(scratch_dir).await.unwrap_or(true) {
+        repo.remove_worktree(scratch_dir).await?;
+    }
+    Ok(())
+}
+
+async fn is_ancestor(repo: &Git, commit: &str, of: &str) -> bool {
+    repo.run(&["merge-base", "--is-ancestor", commit, of])
+        .await
+        .is_ok()
+}
+
+/// The scratch worktree at `dir`, detached at `base` with nothing else in it: reused when it is
+/// sound, made again when anything about it is not.
+async fn reset_scratch(repo: &Git, dir: &Path, base: &str) -> Result<Git, GitError> {
+    let scratch = Git::new(dir, repo.timeout);
+    if tokio::fs::try_exists(dir.join(".git"))
+        .await
+        .unwrap_or(false)
+    {
+        // `reset --hard` also drops a half-done merge's state; `cherry-pick --quit` a sequence's.
+        let _ = scratch.run(&["cherry-pick", "--quit"]).await;
+        let reused = async {
+            scratch.run(&["reset", "--hard", "--quiet"]).await?;
+            scratch
+                .run(&["checkout", "--detach", "--force", "--quiet", base])
+                .await?;
+            scratch.run(&["clean", "-ffdxq"]).await
+        }
+        .await;
+        match reused {
+            Ok(_) => return Ok(scratch),
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "rebuilding the merge queue's scratch worktree");
+                let _ = repo.remove_worktree(dir).await;
+            }
+        }
+    }
+    let lock = worktree_lock(&repo.dir);
+    let _serialized = lock.lock().await;
+    let _ = tokio::fs::remove_dir_all(dir).await;
+    repo.remove_half_made_admin_dir(dir).await;
+    let path = dir.display().to_string();
+    if repo
+        .run(&["worktree", "add", "--detach", "--quiet", &path, base])
+        .await
+        .is_err()
+    {
+        repo.run(&["worktree", "prune"]).await?;
+        repo.remove_half_made_admin_dir(dir).await;
+        repo.run(&["worktree", "add", "--detach", "--quiet", &path, base])
+            .await?;
+    }
+    Ok(scratch)
+}
+
+/// Reads what conflicts (paths and hunks, bounded), then leaves the scratch worktree clean.
+async fn conflict(scratch: &Git, base: String, error: GitError) -> Result<Conflict, GitError> {
+    let listing = scratch
+        .run(&["diff", "--name-only", "--diff-filter=U"])
+        .await
+        .unwrap_or_default();
+    let files: Vec<String> = listing
+        .lines()
+        .filter(|line| !line.is_empty())
+        .take(CONFLICT_FILES_MAX)
+        .map(str::to_owned)
+        .collect();
+    let hunks = if files.is_empty() {
+        String::new()
+    } else {
+        scratch.run(&["diff"]).await.unwrap_or_default()
+    };
+    let detail = if hunks.is_empty() {
+        error.to_string()
+    } else {
+        keep_head(&hunks, CONFLICT_DETAIL_BYTES_MAX)
+    };
+    let _ = scratch.run(&["cherry-pick", "--abort"]).await;
+    let _ = scratch.run(&["merge", "--abort"]).await;
+    scratch.run(&["reset", "--hard", "--quiet", &base]).await?;
+    Ok(Conflict {
+        base,
+        files,
+        detail,
+    })
+}
+
+/// The first `bytes_max` bytes of `text` (at a character boundary), saying how much was cut.
+fn keep_head(text: &str, bytes_max: usize) -> String {
+    if text.len() <= bytes_max {
+        return text.to_owned();
+    }
+    let mut end = bytes_max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}\n[... {} more bytes of conflicts ...]\n",
+        &text[..end],
+        text.len() - end
+    )
+}
