@@ -388,9 +388,9 @@ pub(crate) async fn reject(
         (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
         (status = 409, description = "`INVALID_TASK_STATUS`: the task is not `failed` or \
             `dead_letter`.", body = ErrorBody),
-        (status = 422, description = "`INVALID_JSON`, or `INVALID_FIELD`: `from` is not \
-            `implement` or `deliver`, or `deliver` for a task with no branch or no deliver \
-            stage.", body = ErrorBody),
+        (status = 400, description = "`INVALID_JSON`: the body is not JSON.", body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`: `from` is not `implement` or `deliver`, \
+            or `deliver` for a task with no branch or no deliver stage.", body = ErrorBody),
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
         (status = 503, description = "`COMPASS_UNAVAILABLE`, or `PERSONA_UNAVAILABLE` (the Ledger \
             did not answer the reservation).", body = ErrorBody),
