@@ -22,6 +22,7 @@ mod helpers;
 mod ingress;
 mod ledger;
 mod load;
+mod merge_queue;
 mod metrics;
 mod models;
 mod openapi;

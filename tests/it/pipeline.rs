@@ -57,6 +57,10 @@ async fn task_goes_through_all_stages_and_lands_on_main() {
         "engine.run",
         "stage.finished",
         "stage.started",
+        // The merge queue's turn: the candidate's tree is the one Circuit passed (the base had
+        // not moved), so it lands without a second verify run.
+        "merge.candidate",
+        "merge.landed",
         "stage.finished",
         "task.finished",
     ];
@@ -148,11 +152,11 @@ fi"#;
         })
         .collect();
     assert_eq!(verify_exits, [(1, 1), (2, 0)]);
+    // One squashed commit: the failed first attempt never reaches the base.
     let log = git(&repo, &["log", "--format=%s", "main"]);
-    assert!(
-        log.contains("(attempt 1)") && log.contains("(attempt 2)"),
-        "{log}"
-    );
+    assert_eq!(log, "Add a greeting\ninitial");
+    let message = git(&repo, &["log", "-1", "--format=%B", "main"]);
+    assert!(message.contains("Glitchlab-Attempts: 2"), "{message}");
 }
 
 #[tokio::test]
@@ -268,17 +272,27 @@ async fn cancel_kills_the_running_engine_and_ends_the_task() {
 }
 
 /// A patch engine that also moves `main` in the user's repository while the task runs.
+/// A patch command that, on its first attempt only, commits `base_content` on the base (as a
+/// teammate would, after the task's branch left it), then makes the task's edit.
 fn moves_base_then(repo: &std::path::Path, base_content: &str, task_edit: &str) -> String {
     format!(
-        "printf '{base_content}\\n' > {r}/{file} && git -C {r} -c user.name=t -c user.email=t@t add -A && \
-         git -C {r} -c user.name=t -c user.email=t@t commit -qm base-moved && {task_edit}",
+        "if [ \"$GLITCHLAB_ATTEMPT\" = 1 ]; then printf '{base_content}\\n' > {r}/{file} && \
+         git -C {r} -c user.name=t -c user.email=t@t add -A && \
+         git -C {r} -c user.name=t -c user.email=t@t commit -qm base-moved; fi && {task_edit}",
         r = repo.display(),
-        file = if base_content == "other" { "OTHER.md" } else { "README.md" },
+        file = if base_content == "other" {
+            "OTHER.md"
+        } else {
+            "README.md"
+        },
     )
 }
 
+/// The base moved while the task worked, without conflict: the candidate (the new base plus the
+/// change) is verified as one tree — a second verify run, on the candidate — and lands as one
+/// commit on top of the moved base.
 #[tokio::test]
-async fn a_moved_base_is_merged_when_it_does_not_conflict() {
+async fn a_moved_base_gets_the_change_on_top_verified_again() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let service = Service::start(root.path()).await;
@@ -286,9 +300,8 @@ async fn a_moved_base_is_merged_when_it_does_not_conflict() {
     let task = service
         .submit(&shell_task(&repo, &patch, "test -f hello.txt"))
         .await;
-    let task = service
-        .wait_until_finished(task["id"].as_str().unwrap())
-        .await;
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
 
     assert_eq!(task["status"], "done", "{task:#}");
     assert_eq!(
@@ -297,11 +310,30 @@ async fn a_moved_base_is_merged_when_it_does_not_conflict() {
     );
     assert!(repo.join("hello.txt").exists() && repo.join("OTHER.md").exists());
     let parents = git(&repo, &["rev-list", "--parents", "-n", "1", "main"]);
-    assert_eq!(parents.split(' ').count(), 3, "a merge commit: {parents}");
+    assert_eq!(
+        parents.split(' ').count(),
+        2,
+        "one squashed commit: {parents}"
+    );
+    assert_eq!(
+        git(&repo, &["log", "-1", "--format=%s", "main~1"]),
+        "base-moved"
+    );
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    let verify_stages: Vec<&str> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["persona"] == "circuit")
+        .map(|r| r["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(verify_stages, ["verify", "deliver"]);
 }
 
+/// The base changed the line the task changes: the change goes back to Patch with the conflict
+/// as feedback, is made again on the new base, and lands; the user's checkout stays clean.
 #[tokio::test]
-async fn a_conflicting_base_fails_with_merge_conflict_and_keeps_the_branch() {
+async fn a_conflicting_base_sends_the_change_back_to_work_on_the_new_base() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let service = Service::start(root.path()).await;
@@ -314,7 +346,45 @@ async fn a_conflicting_base_fails_with_merge_conflict_and_keeps_the_branch() {
     let id = task["id"].as_str().unwrap();
     let task = service.wait_until_finished(id).await;
 
-    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["status"], "done", "{task:#}");
+    assert_eq!(task["attempts"], 2, "{task:#}");
+    assert_eq!(task["failures"][0]["error"]["code"], "MERGE_CONFLICT");
+    let feedback = task["failures"][0]["error"]["message"].as_str().unwrap();
+    assert!(feedback.contains("README.md"), "{feedback}");
+    assert_eq!(
+        std::fs::read_to_string(repo.join("README.md")).unwrap(),
+        "changed by the task\n"
+    );
+    assert_eq!(
+        git(&repo, &["log", "-1", "--format=%s", "main~1"]),
+        "base-moved"
+    );
+    assert_eq!(
+        git(&repo, &["status", "--porcelain"]),
+        "",
+        "the user's checkout was left dirty"
+    );
+}
+
+/// Out of attempts, a change that still conflicts fails `MERGE_CONFLICT`; the base is untouched
+/// and the branch is kept for a human.
+#[tokio::test]
+async fn a_conflict_with_no_attempt_left_fails_merge_conflict_and_keeps_the_branch() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let patch = moves_base_then(
+        &repo,
+        "changed on main",
+        "echo 'changed by the task' > README.md",
+    );
+    let mut body = shell_task(&repo, &patch, "true");
+    body["max_attempts"] = json!(1);
+    let task = service.submit(&body).await;
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
+
+    assert_eq!(task["status"], "dead_letter", "{task:#}");
     assert_eq!(task["error"]["code"], "MERGE_CONFLICT");
     assert_eq!(
         git(&repo, &["log", "-1", "--format=%s", "main"]),

@@ -1,0 +1,412 @@
+//! The merge queue against a real repository whose verify is a test script (`test.sh`): only
+//! verified trees land, one squashed commit per task, nobody starves, conflicts go back to work,
+//! a human's commits on a kept branch are verified before they land, and `kill -9` mid-stream
+//! loses nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{git, git_repo, with_config, Service};
+
+/// A repository whose test script fails when any `f*.txt` holds anything but `ok`.
+fn repo_with_test_script(root: &Path) -> PathBuf {
+    let repo = git_repo(root);
+    std::fs::write(
+        repo.join("test.sh"),
+        "#!/bin/sh\nfor f in f*.txt; do [ -e \"$f\" ] || continue; \
+         [ \"$(cat \"$f\")\" = ok ] || { echo \"$f is broken\"; exit 1; }; done\necho all good\n",
+    )
+    .unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "a test script"]);
+    repo
+}
+
+fn task(repo: &Path, title: &str, patch: &str, verify: &str) -> Value {
+    json!({
+        "title": title,
+        "description": format!("{title}: one small change."),
+        "repo": repo.display().to_string(),
+        "verify": verify,
+        "engines": {"patch": {"kind": "shell", "command": patch}},
+    })
+}
+
+/// The base's first-parent chain, newest first.
+fn first_parent_chain(repo: &Path) -> Vec<String> {
+    git(repo, &["rev-list", "--first-parent", "main"])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether `test.sh` passes on `commit` (checked out in a throwaway worktree).
+fn passes_test_script(repo: &Path, commit: &str, scratch: &Path) -> bool {
+    let dir = scratch.join(&commit[..12]);
+    git(
+        repo,
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "--detach",
+            dir.to_str().unwrap(),
+            commit,
+        ],
+    );
+    let passed = Command::new("sh")
+        .arg("test.sh")
+        .current_dir(&dir)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    git(
+        repo,
+        &["worktree", "remove", "--force", dir.to_str().unwrap()],
+    );
+    passed
+}
+
+/// Commits on the base whose message carries the task's trailer.
+fn landings_of(repo: &Path, id: &str) -> usize {
+    let grep = format!("--grep=Glitchlab-Task: {id}");
+    git(
+        repo,
+        &["log", "--format=%H", "--fixed-strings", &grep, "main"],
+    )
+    .lines()
+    .count()
+}
+
+async fn verify_runs(service: &Service, id: &str) -> usize {
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|run| run["persona"] == "circuit")
+        .count()
+}
+
+async fn wait_done(service: &Service, id: &str, timeout: Duration) -> Value {
+    service
+        .wait_for_task(id, timeout, |task| {
+            matches!(
+                task["status"].as_str(),
+                Some("done" | "failed" | "cancelled" | "dead_letter")
+            )
+        })
+        .await
+}
+
+/// 12 tasks in one repository with 4 slots: one with a 3 s verify while the others land around
+/// it, one whose first attempt breaks the test script. All end `done`; the base's first-parent
+/// chain grows by exactly 12 commits, each passing the test script; the broken attempt is
+/// reachable from nowhere on the base; verify runs stay within 2 per task.
+#[tokio::test]
+async fn twelve_tasks_land_verified_one_commit_each_and_nobody_starves() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    let service = Service::start(root.path()).await;
+    let chain_before = first_parent_chain(&repo).len();
+
+    let mut ids = Vec::new();
+    let slow = task(
+        &repo,
+        "Slow change",
+        "echo ok > f-slow.txt",
+        "sleep 3 && sh test.sh",
+    );
+    ids.push(
+        service.submit(&slow).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    // Attempt 1 writes a broken file (verify fails), attempt 2 the right one.
+    let flaky_patch = "if [ \"$GLITCHLAB_ATTEMPT\" = 1 ]; then echo broken > f-flaky.txt; \
+                       else echo ok > f-flaky.txt; fi";
+    let flaky = task(&repo, "Flaky change", flaky_patch, "sh test.sh");
+    let flaky_id = service.submit(&flaky).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ids.push(flaky_id.clone());
+    for n in 0..10 {
+        let body = task(
+            &repo,
+            &format!("Change {n}"),
+            &format!("echo ok > f{n}.txt"),
+            "sh test.sh",
+        );
+        ids.push(
+            service.submit(&body).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+
+    let mut runs = 0;
+    for id in &ids {
+        let task = wait_done(&service, id, Duration::from_secs(180)).await;
+        assert_eq!(task["status"], "done", "{task:#}");
+        assert_eq!(landings_of(&repo, id), 1, "task {id} landed once");
+        if *id != flaky_id {
+            runs += verify_runs(&service, id).await;
+        }
+    }
+    assert!(
+        runs <= 2 * (ids.len() - 1),
+        "{runs} verify runs for {} independent tasks",
+        ids.len() - 1
+    );
+
+    let chain = first_parent_chain(&repo);
+    assert_eq!(chain.len(), chain_before + ids.len(), "one commit per task");
+    let scratch = root.path().join("check");
+    std::fs::create_dir_all(&scratch).unwrap();
+    for commit in &chain[..ids.len()] {
+        assert!(
+            passes_test_script(&repo, commit, &scratch),
+            "{commit} on the base fails the test script"
+        );
+        let parents = git(&repo, &["rev-list", "--parents", "-n", "1", commit]);
+        assert_eq!(parents.split(' ').count(), 2, "{commit} is not a squash");
+    }
+    // The broken first attempt is on no branch the base can reach.
+    let broken = git(
+        &repo,
+        &[
+            "log",
+            "--format=%H",
+            "--all",
+            "-S",
+            "broken",
+            "--",
+            "f-flaky.txt",
+        ],
+    );
+    for commit in broken.lines() {
+        let reachable = Command::new("git")
+            .args(["merge-base", "--is-ancestor", commit, "main"])
+            .current_dir(&repo)
+            .status()
+            .unwrap()
+            .success();
+        assert!(
+            !reachable,
+            "the failing attempt {commit} is reachable from the base"
+        );
+    }
+    let flaky_task = service.get(&format!("/v1/tasks/{flaky_id}")).await.1;
+    let message = git(
+        &repo,
+        &[
+            "log",
+            "-1",
+            "--format=%B",
+            flaky_task["commit"].as_str().unwrap(),
+        ],
+    );
+    assert!(message.starts_with("Flaky change\n"), "{message}");
+    assert!(
+        message.contains(&format!("Glitchlab-Task: {flaky_id}")),
+        "{message}"
+    );
+    assert!(message.contains("Glitchlab-Attempts: 2"), "{message}");
+}
+
+/// Two tasks that rewrite the same line: the second no longer applies once the first lands, goes
+/// back to Patch with the conflict, is made again on the new base, and lands too.
+#[tokio::test]
+async fn two_tasks_rewriting_the_same_line_both_land() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    std::fs::write(repo.join("shared.txt"), "original\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "a shared line"]);
+    let service = Service::start(root.path()).await;
+    let marker = root.path().join("first-implemented");
+
+    // The second waits (inside its engine, so after its branch left the base) until the first
+    // has made its change: both branches leave the same base, and the second must conflict.
+    let first = task(
+        &repo,
+        "First rewrite",
+        &format!("echo first > shared.txt && touch {}", marker.display()),
+        "grep -q first shared.txt",
+    );
+    let second = task(
+        &repo,
+        "Second rewrite",
+        &format!(
+            "while [ ! -e {} ]; do sleep 0.05; done; echo second > shared.txt",
+            marker.display()
+        ),
+        "sleep 1 && grep -q second shared.txt",
+    );
+    let first_id = service.submit(&first).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second_id = service.submit(&second).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = wait_done(&service, &first_id, Duration::from_secs(60)).await;
+    let second = wait_done(&service, &second_id, Duration::from_secs(60)).await;
+    assert_eq!(first["status"], "done", "{first:#}");
+    assert_eq!(second["status"], "done", "{second:#}");
+    assert_eq!(second["attempts"], 2, "{second:#}");
+    let codes: Vec<&str> = second["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["error"]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["MERGE_CONFLICT"], "{second:#}");
+    assert!(
+        second["failures"][0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shared.txt"),
+        "the feedback names the conflicting file: {second:#}"
+    );
+    assert_eq!(git(&repo, &["show", "main:shared.txt"]), "second");
+    assert_eq!(first_parent_chain(&repo).len(), 5);
+}
+
+/// A task that ran out of attempts keeps its branch. A human's commit that still breaks it, then
+/// `retry` from deliver: verified on the base, not landed (`VERIFY_FAILED`), base unchanged. A
+/// fixing commit, then `retry` from deliver: landed.
+#[tokio::test]
+async fn a_retry_from_deliver_lands_a_human_fix_only_once_it_passes() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    let service = Service::start(root.path()).await;
+    let mut body = task(&repo, "Needs a human", "echo broken > f1.txt", "sh test.sh");
+    body["max_attempts"] = json!(1);
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let failed = wait_done(&service, &id, Duration::from_secs(60)).await;
+    assert_eq!(failed["status"], "dead_letter", "{failed:#}");
+    let base_before = git(&repo, &["rev-parse", "main"]);
+
+    let human = root.path().join("human");
+    let branch = format!("glitchlab/{id}");
+    let human_commit = |content: &str| {
+        git(
+            &repo,
+            &[
+                "worktree",
+                "add",
+                "-q",
+                "--force",
+                human.to_str().unwrap(),
+                &branch,
+            ],
+        );
+        std::fs::write(human.join("f1.txt"), content).unwrap();
+        git(&human, &["commit", "-q", "-am", "a human's fix"]);
+        git(
+            &repo,
+            &["worktree", "remove", "--force", human.to_str().unwrap()],
+        );
+    };
+    human_commit("still broken\n");
+    let (status, retried) = service
+        .post(
+            &format!("/v1/tasks/{id}/retry"),
+            &json!({"from": "deliver"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{retried:#}");
+    let again = wait_done(&service, &id, Duration::from_secs(60)).await;
+    assert_eq!(again["status"], "dead_letter", "{again:#}");
+    assert_eq!(again["error"]["code"], "VERIFY_FAILED", "{again:#}");
+    assert_eq!(
+        git(&repo, &["rev-parse", "main"]),
+        base_before,
+        "the base moved"
+    );
+
+    human_commit("ok\n");
+    let (status, _) = service
+        .post(
+            &format!("/v1/tasks/{id}/retry"),
+            &json!({"from": "deliver"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let landed = wait_done(&service, &id, Duration::from_secs(60)).await;
+    assert_eq!(landed["status"], "done", "{landed:#}");
+    assert_eq!(git(&repo, &["show", "main:f1.txt"]), "ok");
+    assert_eq!(
+        landed["commit"].as_str().unwrap(),
+        git(&repo, &["rev-parse", "main"])
+    );
+
+    let (status, refused) = service
+        .post(
+            &format!("/v1/tasks/{id}/retry"),
+            &json!({"from": "somewhere"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused:#}");
+}
+
+/// `kill -9` of the service three times while a stream of tasks delivers: every task still ends
+/// `done` with exactly one commit on the base, and every commit there passes the test script.
+#[tokio::test]
+async fn kill_9_during_a_stream_of_deliveries_loses_and_repeats_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    let config = "[compass]\nmax_concurrent_tasks = 4\npoison_after = 0\n";
+    let mut service = Service::start_with(root.path(), with_config(config)).await;
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let body = task(
+            &repo,
+            &format!("Stream change {n}"),
+            &format!("echo ok > f{n}.txt"),
+            "sleep 0.3 && sh test.sh",
+        );
+        ids.push(
+            service.submit(&body).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for pause_ms in [700, 1300, 900] {
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        service.kill_9();
+        service = Service::start_with(root.path(), with_config(config)).await;
+    }
+    for id in &ids {
+        let task = wait_done(&service, id, Duration::from_secs(180)).await;
+        assert_eq!(task["status"], "done", "{task:#}");
+        assert_eq!(
+            landings_of(&repo, id),
+            1,
+            "task {id}: one commit on the base"
+        );
+    }
+    let chain = first_parent_chain(&repo);
+    assert_eq!(chain.len(), 2 + ids.len());
+    let scratch = root.path().join("check");
+    std::fs::create_dir_all(&scratch).unwrap();
+    for commit in &chain[..ids.len()] {
+        assert!(
+            passes_test_script(&repo, commit, &scratch),
+            "{commit} fails"
+        );
+    }
+}
