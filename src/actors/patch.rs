@@ -35,7 +35,7 @@ use crate::runtime::directory::PersonaMailbox;
 use crate::runtime::jobs::{spawn_job, InFlightJobs, JobKey, JobReply, StageError};
 use crate::runtime::Services;
 use crate::work::engine::{self, RunIdentity, ShellRun};
-use crate::work::merge_queue::{self, queue_key, DeliverStep, Line, Place, QueueKey};
+use crate::work::merge_queue::{self, queue_key, DeliverStep, Line, Place, QueueKey, TurnOutcome};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -76,14 +76,22 @@ struct QueuedDelivery {
     reply: JobReply<DeliverStep>,
 }
 
-/// A queue's running turn: a task's candidate, or the removal of an idle queue's scratch
-/// worktree (no task, no reply).
+/// A queue's running turn: a batch of deliveries, or the removal of an idle queue's scratch
+/// worktree (no tasks).
 struct Turn {
-    task_id: Option<TaskId>,
+    /// The batch, in line order: put back in line when the turn is aborted for a cancel.
+    tasks: Vec<Task>,
+    /// Where each task's outcome goes (a task that asks again replaces its port).
+    replies: HashMap<TaskId, JobReply<DeliverStep>>,
     token: u64,
-    reply: Option<JobReply<DeliverStep>>,
     /// Dropping it aborts the turn (its verify's process group is killed).
     _work: AbortOnDropHandle<()>,
+}
+
+impl Turn {
+    fn holds(&self, task_id: TaskId) -> bool {
+        self.tasks.iter().any(|task| task.id == task_id)
+    }
 }
 
 /// Patch's state: rebuilt empty on restart (the pipelines ask again, and line up again in the
@@ -139,14 +147,14 @@ pub(crate) enum PatchMsg {
         /// Its result.
         result: Result<DeliverStep, StageError>,
     },
-    /// A merge queue's turn ended (a candidate's outcome, or its idle clean-up: no result).
+    /// A merge queue's turn ended (its tasks' outcomes; none for an idle clean-up).
     TurnDone {
         /// Which queue.
         queue: QueueKey,
         /// Which turn.
         token: u64,
-        /// The candidate's outcome.
-        result: Option<Result<DeliverStep, StageError>>,
+        /// Each task's outcome; a task missing from it hears a failure.
+        outcomes: Vec<TurnOutcome>,
     },
     /// Abort everything running for a task (its engine's process group is killed).
     CancelTask(TaskId),
@@ -228,8 +236,8 @@ impl Actor for Patch {
             PatchMsg::TurnDone {
                 queue,
                 token,
-                result,
-            } => turn_done(&myself, state, queue, token, result),
+                outcomes,
+            } => turn_done(&myself, state, queue, token, outcomes),
             PatchMsg::CancelTask(task_id) => {
                 state.implementing.cancel_task(task_id);
                 state.leaving.cancel_task(task_id);
@@ -250,8 +258,8 @@ fn join_queue(
 ) {
     let key = queue_key(&task);
     if let Some(turn) = state.turns.get_mut(&key) {
-        if turn.task_id == Some(task.id) {
-            turn.reply = Some(reply);
+        if turn.holds(task.id) {
+            turn.replies.insert(task.id, reply);
             return;
         }
     }
@@ -260,52 +268,63 @@ fn join_queue(
     next_turn(myself, state, key);
 }
 
-/// Starts the queue's next turn when none runs: the first task in line, or — with nobody left —
-/// the removal of the scratch worktree; a queue with nothing to do is forgotten.
+/// Starts the queue's next turn when none runs: the first tasks in line (up to
+/// `merge_queue.batch_max`), or — with nobody left — the removal of the scratch worktree; a queue
+/// with nothing to do is forgotten.
 fn next_turn(myself: &ActorRef<PatchMsg>, state: &mut PatchState, key: QueueKey) {
     let Some(line) = state.queues.get_mut(&key) else {
         return;
     };
     let services = state.services.clone();
-    let (task_id, reply, work): (_, _, BoxFuture<Option<Result<DeliverStep, StageError>>>) =
-        if let Some((place, entry)) = line.next() {
-            state.scratch_used.insert(key.clone());
-            let task = entry.task;
-            let work = async move { Some(merge_queue::run_candidate(&services, &task).await) };
-            (Some(place.task_id()), Some(entry.reply), Box::pin(work))
-        } else if line.is_idle() && state.scratch_used.remove(&key) {
-            line.hold();
-            let queue = key.clone();
-            let work = async move {
-                merge_queue::remove_scratch(&services, &queue).await;
-                None
-            };
-            (None, None, Box::pin(work))
-        } else {
-            if line.is_idle() {
-                state.queues.remove(&key);
-            }
-            return;
+    let batch = line.next_batch(services.config.merge_queue.batch_max);
+    let (tasks, replies, work): (_, _, BoxFuture<Vec<TurnOutcome>>) = if !batch.is_empty() {
+        state.scratch_used.insert(key.clone());
+        let mut tasks = Vec::with_capacity(batch.len());
+        let mut replies = HashMap::with_capacity(batch.len());
+        for (_, entry) in batch {
+            replies.insert(entry.task.id, entry.reply);
+            tasks.push(*entry.task);
+        }
+        let owned = tasks.clone();
+        let work = async move { merge_queue::run_turn(&services, owned).await };
+        (tasks, replies, Box::pin(work))
+    } else if line.is_idle() && state.scratch_used.remove(&key) {
+        line.hold();
+        let queue = key.clone();
+        let work = async move {
+            merge_queue::remove_scratch(&services, &queue).await;
+            Vec::new()
         };
+        (Vec::new(), HashMap::new(), Box::pin(work))
+    } else {
+        if line.is_idle() {
+            state.queues.remove(&key);
+        }
+        return;
+    };
     state.next_token += 1;
     let token = state.next_token;
     let patch = myself.clone();
     let queue = key.clone();
     let handle = spawn_job(work, move |outcome| {
-        let result = outcome.unwrap_or_else(|panic| Some(Err(StageError::Internal(panic))));
+        // A panicked turn answers nobody: its tasks hear a failure in `turn_done`.
+        let outcomes = outcome.unwrap_or_else(|panic| {
+            tracing::error!(%panic, "a merge queue turn panicked");
+            Vec::new()
+        });
         // Patch may be gone (crashed): its next incarnation hears the pipelines ask again.
         let _ = patch.cast(PatchMsg::TurnDone {
             queue,
             token,
-            result,
+            outcomes,
         });
     });
     state.turns.insert(
         key,
         Turn {
-            task_id,
+            tasks,
+            replies,
             token,
-            reply,
             _work: handle,
         },
     );
@@ -316,15 +335,22 @@ fn turn_done(
     state: &mut PatchState,
     key: QueueKey,
     token: u64,
-    result: Option<Result<DeliverStep, StageError>>,
+    outcomes: Vec<TurnOutcome>,
 ) {
     if state.turns.get(&key).map(|turn| turn.token) != Some(token) {
         return; // a turn that was cancelled meanwhile
     }
-    if let Some(turn) = state.turns.remove(&key) {
-        if let (Some(reply), Some(result)) = (turn.reply, result) {
-            // The caller may have given up (timeout, cancel); it asks again if it still cares.
-            let _ = reply.send(result);
+    if let Some(mut turn) = state.turns.remove(&key) {
+        for (task_id, outcome) in outcomes {
+            if let Some(reply) = turn.replies.remove(&task_id) {
+                // The caller may have given up (timeout, cancel); it asks again if it cares.
+                let _ = reply.send(outcome);
+            }
+        }
+        for (_, reply) in turn.replies {
+            let error =
+                StageError::Internal("the merge queue's turn ended without an outcome".into());
+            let _ = reply.send(Err(error));
         }
     }
     if let Some(line) = state.queues.get_mut(&key) {
@@ -333,8 +359,9 @@ fn turn_done(
     next_turn(myself, state, key);
 }
 
-/// A cancelled task leaves its queue; a running turn of it is aborted. Its caller hears
-/// `Cancelled` (a dropped reply would read as a crash and be retried).
+/// A cancelled task leaves its queue. A running turn that holds it is aborted: the task hears
+/// `Cancelled` (a dropped reply would read as a crash and be retried), the rest of its batch goes
+/// back in line at the places they had.
 fn cancel_delivery(myself: &ActorRef<PatchMsg>, state: &mut PatchState, task_id: TaskId) {
     for line in state.queues.values_mut() {
         if let Some(entry) = line.leave(task_id) {
@@ -344,18 +371,26 @@ fn cancel_delivery(myself: &ActorRef<PatchMsg>, state: &mut PatchState, task_id:
     let running: Vec<QueueKey> = state
         .turns
         .iter()
-        .filter(|(_, turn)| turn.task_id == Some(task_id))
+        .filter(|(_, turn)| turn.holds(task_id))
         .map(|(key, _)| key.clone())
         .collect();
     for key in running {
-        if let Some(turn) = state.turns.remove(&key) {
-            if let Some(reply) = turn.reply {
+        let Some(mut turn) = state.turns.remove(&key) else {
+            continue;
+        };
+        let line = state.queues.entry(key.clone()).or_default();
+        for task in turn.tasks {
+            let Some(reply) = turn.replies.remove(&task.id) else {
+                continue;
+            };
+            if task.id == task_id {
                 let _ = reply.send(Err(StageError::Cancelled));
+            } else {
+                let task = Box::new(task);
+                line.join(Place::of(&task), QueuedDelivery { task, reply });
             }
         }
-        if let Some(line) = state.queues.get_mut(&key) {
-            line.done();
-        }
+        line.done();
         next_turn(myself, state, key);
     }
 }

@@ -532,6 +532,9 @@ pub struct MergeQueueConfig {
     /// How long a task may wait in the queue and have its candidate verified, in all, before
     /// its delivery is asked for again (it keeps its place).
     pub wait_secs: u64,
+    /// Tasks tested together as one candidate (1: one at a time). Green lands them all, one
+    /// commit each; red is bisected.
+    pub batch_max: usize,
 }
 
 impl Default for MergeQueueConfig {
@@ -539,6 +542,7 @@ impl Default for MergeQueueConfig {
         Self {
             base_moved_max: 100,
             wait_secs: 86_400,
+            batch_max: 4,
         }
     }
 }
@@ -636,6 +640,10 @@ impl Config {
             (
                 self.merge_queue.wait_secs == 0,
                 "merge_queue.wait_secs must be at least 1",
+            ),
+            (
+                !(1..=64).contains(&self.merge_queue.batch_max),
+                "merge_queue.batch_max must be between 1 and 64",
             ),
             (
                 self.storage.stall_secs == 0,

@@ -2,26 +2,31 @@
 //!
 //! There is one queue per repository and base branch, owned by Patch. Tasks join it when they
 //! reach `deliver`; they leave it in order of priority, then of the time they passed verify
-//! ([`Place`]). One candidate runs at a time per queue ([`run_candidate`]):
+//! ([`Place`]). One turn runs at a time per queue ([`run_turn`]); it takes the first
+//! `merge_queue.batch_max` tasks in line (a Bors-style roll-up):
 //!
 //! 1. **Build** the candidate from scratch in the queue's scratch worktree: the base as it is now
-//!    plus the task's change (one squashed commit by default, see [`History`]).
-//! 2. **Verify** exactly that tree with the task's verify command — unless Circuit already passed
-//!    that very tree on the task's branch (the base had not moved), or the task's template has
-//!    no verify stage.
-//! 3. **Land** it by compare-and-swap: the base moves to the candidate's commit only if it still
-//!    points where the candidate was built from. Landings of one queue never interleave, so only
-//!    someone outside glitchlab can move the base in between; then the candidate is built again
-//!    (bounded by `merge_queue.base_moved_max`), and no attempt of the task is used up.
+//!    plus each task's change stacked in line order, one commit each (squashed by default, see
+//!    [`History`]). A change that no longer applies is left out and goes back to work.
+//! 2. **Verify** exactly that tree with the tasks' verify commands (each distinct command once)
+//!    — unless it is one task's change whose tree Circuit already passed on the branch (the base
+//!    had not moved), or no task's template has a verify stage.
+//! 3. **Land** it by compare-and-swap: the base moves to the candidate's top commit only if it
+//!    still points where the candidate was built from; every task of the batch lands, one commit
+//!    each. Turns of one queue never interleave, so only someone outside glitchlab can move the
+//!    base in between; then the candidate is built again (bounded by
+//!    `merge_queue.base_moved_max`), and no attempt is used up.
+//! 4. **Bisect** a red batch: its first half is tried alone, then its second half (on whatever
+//!    landed), down to single tasks; a single task whose candidate fails goes back to work.
 //!
-//! A change that no longer applies, or whose candidate fails verify, goes back to Patch for
-//! another attempt on the new base. Every way into the queue — the first delivery, a retry, a
-//! human's commits on a kept branch — takes the same path, so nothing lands unverified.
+//! A change that no longer applies, or whose candidate fails verify on its own, goes back to
+//! Patch for another attempt on the new base. Every way into the queue — the first delivery, a
+//! retry, a human's commits on a kept branch — takes the same path, so nothing lands unverified.
 //!
 //! Crash safety: a cut-off candidate is rebuilt from scratch on the next run; one cut off after
 //! its landing is recognised by its `Glitchlab-Task` trailer on the base's first-parent chain.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -30,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 use crate::model::persona::Persona;
 use crate::model::task::{branch_name, History, Priority, Stage, Task, TaskId};
-use crate::platform::git::candidate::{self, BuiltCandidate, Candidate, CandidateRequest, Landing};
+use crate::platform::git::candidate::{self, Applied, BuiltCandidate, CandidateRequest, Landing};
 use crate::platform::git::Git;
 use crate::runtime::jobs::StageError;
 use crate::runtime::Services;
@@ -81,11 +86,6 @@ impl Place {
             task_id: task.id,
         }
     }
-
-    /// The task it belongs to.
-    pub(crate) fn task_id(&self) -> TaskId {
-        self.task_id
-    }
 }
 
 /// One queue's line: who waits, in order, and whether a turn is running. Generic over what an
@@ -124,15 +124,22 @@ impl<E> Line<E> {
         self.waiting.remove(&place)
     }
 
-    /// The first in line, when no turn is running; the line is busy until [`Line::done`].
-    pub(crate) fn next(&mut self) -> Option<(Place, E)> {
+    /// The first `max` in line (at least one), when no turn is running; the line is busy until
+    /// [`Line::done`]. Empty when busy or nobody waits.
+    pub(crate) fn next_batch(&mut self, max: usize) -> Vec<(Place, E)> {
         if self.busy {
-            return None;
+            return Vec::new();
         }
-        let (place, entry) = self.waiting.pop_first()?;
-        self.places.remove(&place.task_id);
-        self.busy = true;
-        Some((place, entry))
+        let mut batch = Vec::new();
+        while batch.len() < max.max(1) {
+            let Some((place, entry)) = self.waiting.pop_first() else {
+                break;
+            };
+            self.places.remove(&place.task_id);
+            batch.push((place, entry));
+        }
+        self.busy = !batch.is_empty();
+        batch
     }
 
     /// Marks the line busy with work of its own (removing the idle scratch worktree).
@@ -175,18 +182,75 @@ pub(crate) async fn remove_scratch(services: &Services, key: &QueueKey) {
     }
 }
 
-/// The task's turn: build its candidate, verify it, land it (see the module).
-pub(crate) async fn run_candidate(
-    services: &Services,
-    task: &Task,
-) -> Result<DeliverStep, StageError> {
-    let git_timeout = services.config.git.timeout();
-    let repo = Git::new(&task.repo, git_timeout);
-    let trailers = trailers(task);
+/// What a turn came to for one task.
+pub(crate) type TurnOutcome = (TaskId, Result<DeliverStep, StageError>);
+
+/// A turn of the queue: the first `merge_queue.batch_max` tasks in line, landed together when
+/// their combined candidate passes (one commit each), bisected when it does not (see the module).
+pub(crate) async fn run_turn(services: &Services, tasks: Vec<Task>) -> Vec<TurnOutcome> {
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    let mut pending = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        match landed_already(services, &task).await {
+            Ok(Some(commit)) => outcomes.push((task.id, Ok(DeliverStep::Landed(commit)))),
+            Ok(None) => pending.push(task),
+            Err(error) => outcomes.push((task.id, Err(error))),
+        }
+    }
+    // Batches still to try, in line order; a red batch is replaced by its two halves.
+    let mut batches = VecDeque::from([pending]);
+    while let Some(batch) = batches.pop_front() {
+        if batch.is_empty() {
+            continue;
+        }
+        match try_batch(services, &batch).await {
+            Ok(BatchResult::Decided(decided)) => outcomes.extend(decided),
+            Ok(BatchResult::Red { output, decided }) => {
+                outcomes.extend(decided);
+                let left: Vec<Task> = batch
+                    .into_iter()
+                    .filter(|task| !outcomes.iter().any(|(id, _)| *id == task.id))
+                    .collect();
+                if let [only] = left.as_slice() {
+                    outcomes.push((
+                        only.id,
+                        Ok(DeliverStep::Rejected(rejected(services, only, &output))),
+                    ));
+                } else {
+                    let mut left = left;
+                    let half = left.len() / 2;
+                    let data = json!({"first_half": half, "second_half": left.len() - half});
+                    note_all(services, &left, "merge.bisect", data).await;
+                    let second = left.split_off(half);
+                    batches.push_front(second);
+                    batches.push_front(left);
+                }
+            }
+            Err(error) => outcomes.extend(batch.iter().map(|task| (task.id, Err(error.clone())))),
+        }
+    }
+    outcomes
+}
+
+/// How one batch went.
+enum BatchResult {
+    /// Every task of the batch has its outcome.
+    Decided(Vec<TurnOutcome>),
+    /// The combined candidate failed verify: the tasks without an outcome yet are to be bisected.
+    Red {
+        /// The failing verify's output.
+        output: String,
+        /// Outcomes already known (conflicts, changes the base already held).
+        decided: Vec<TurnOutcome>,
+    },
+}
+
+/// The task's landing, if a turn cut off by a crash already moved the base.
+async fn landed_already(services: &Services, task: &Task) -> Result<Option<String>, StageError> {
+    let repo = Git::new(&task.repo, services.config.git.timeout());
     let since = task.created_at - TimeDelta::hours(LANDED_SEARCH_SLACK_HOURS);
-    if let Some(commit) =
-        candidate::find_landed(&repo, &task.base_branch, &trailers[0], since).await?
-    {
+    let found = candidate::find_landed(&repo, &task.base_branch, &trailers(task)[0], since).await?;
+    if let Some(commit) = &found {
         note(
             services,
             task,
@@ -194,100 +258,164 @@ pub(crate) async fn run_candidate(
             json!({"commit": commit, "found": "on the base already"}),
         )
         .await;
-        return Ok(DeliverStep::Landed(commit));
     }
-    let key = queue_key(task);
-    let scratch = scratch_path(services, &key);
-    let branch = branch_name(task.id);
-    let history = services.config.delivery.history;
-    let message = commit_message(task, history, &trailers);
-    let request = CandidateRequest {
-        base: &task.base_branch,
-        branch: &branch,
-        history,
-        message: &message,
-        trailers: &trailers,
+    Ok(found)
+}
+
+/// Builds the batch's candidate, verifies it, lands it; builds again when the base moved
+/// outside glitchlab meanwhile.
+async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, StageError> {
+    let Some(first) = batch.first() else {
+        return Ok(BatchResult::Decided(Vec::new()));
     };
+    let repo = Git::new(&first.repo, services.config.git.timeout());
+    let scratch = scratch_path(services, &queue_key(first));
+    let history = services.config.delivery.history;
+    let branches: Vec<String> = batch.iter().map(|task| branch_name(task.id)).collect();
+    let trailers: Vec<Vec<String>> = batch.iter().map(trailers).collect();
+    let messages: Vec<String> = batch
+        .iter()
+        .zip(&trailers)
+        .map(|(task, trailers)| commit_message(task, history, trailers))
+        .collect();
+    let requests: Vec<CandidateRequest<'_>> = (0..batch.len())
+        .map(|n| CandidateRequest {
+            branch: &branches[n],
+            history,
+            message: &messages[n],
+            trailers: &trailers[n],
+        })
+        .collect();
     let moves_max = services.config.merge_queue.base_moved_max;
     for round in 0..=moves_max {
-        let built = match candidate::build(&repo, &scratch, &request).await? {
-            Candidate::Built(built) => built,
-            Candidate::Conflict(conflict) => {
-                let data = json!({"base": conflict.base, "files": conflict.files});
-                note(services, task, "merge.conflict", data).await;
-                return Ok(DeliverStep::Conflict(conflict_feedback(task, &conflict)));
-            }
-            Candidate::AlreadyOnBase(base) => {
-                let data = json!({"commit": base, "found": "the base holds the change"});
-                note(services, task, "merge.landed", data).await;
-                return Ok(DeliverStep::Landed(base));
-            }
-        };
-        let needs_verify = task.stages.contains(&Stage::Verify)
-            && task.merge.verified_tree.as_deref() != Some(built.tree.as_str());
-        let data = json!({"base": built.base, "commit": built.commit, "round": round, "verify": needs_verify});
-        note(services, task, "merge.candidate", data).await;
-        if needs_verify {
-            if let Some(step) = verify_candidate(services, task, &scratch, &built).await? {
-                return Ok(step);
+        let built = candidate::build(&repo, &scratch, &first.base_branch, &requests).await?;
+        let mut decided = Vec::new();
+        let mut stacked: Vec<(&Task, String)> = Vec::new();
+        for (task, applied) in batch.iter().zip(&built.changes) {
+            match applied {
+                Applied::Commit(commit) => stacked.push((task, commit.clone())),
+                Applied::Conflict(conflict) => {
+                    let data = json!({"base": conflict.base, "files": conflict.files});
+                    note(services, task, "merge.conflict", data).await;
+                    let feedback = conflict_feedback(task, conflict);
+                    decided.push((task.id, Ok(DeliverStep::Conflict(feedback))));
+                }
+                Applied::AlreadyOnBase => {
+                    let data = json!({"commit": built.base, "found": "the base holds the change"});
+                    note(services, task, "merge.landed", data).await;
+                    decided.push((task.id, Ok(DeliverStep::Landed(built.base.clone()))));
+                }
             }
         }
-        match candidate::land(&repo, &scratch, &task.base_branch, &built).await? {
+        if stacked.is_empty() {
+            return Ok(BatchResult::Decided(decided));
+        }
+        let verify_needed = needs_verify(&stacked, &built);
+        for (task, commit) in &stacked {
+            let data = json!({
+                "base": built.base, "commit": commit, "candidate": built.commit,
+                "batch": stacked.len(), "round": round, "verify": verify_needed,
+            });
+            note(services, task, "merge.candidate", data).await;
+        }
+        if verify_needed {
+            if let Some(output) = verify_candidate(services, &stacked, &scratch, &built).await? {
+                return Ok(BatchResult::Red { output, decided });
+            }
+        }
+        match candidate::land(&repo, &scratch, &first.base_branch, &built).await? {
             Landing::Landed => {
-                note(
-                    services,
-                    task,
-                    "merge.landed",
-                    json!({"commit": built.commit, "base": built.base}),
-                )
-                .await;
+                for (task, commit) in stacked {
+                    let data =
+                        json!({"commit": commit, "base": built.base, "batch": built.changes.len()});
+                    note(services, task, "merge.landed", data).await;
+                    decided.push((task.id, Ok(DeliverStep::Landed(commit))));
+                }
                 repo.maintain_now_and_then().await;
-                return Ok(DeliverStep::Landed(built.commit));
+                return Ok(BatchResult::Decided(decided));
             }
             Landing::BaseMoved { now } => {
-                let event = NewEvent::new(
-                    Persona::Patch,
-                    "merge.base_moved",
-                    json!({"expected": built.base, "now": now, "round": round + 1, "max": moves_max}),
-                );
-                services
-                    .store
-                    .update_task(task.id, &[event], |t| t.reverifications += 1)
-                    .await?;
+                for (task, _) in &stacked {
+                    let event = NewEvent::new(
+                        Persona::Patch,
+                        "merge.base_moved",
+                        json!({"expected": built.base, "now": now, "round": round + 1, "max": moves_max}),
+                    );
+                    services
+                        .store
+                        .update_task(task.id, &[event], |t| t.reverifications += 1)
+                        .await?;
+                }
             }
         }
     }
     Err(StageError::DeliverFailed(format!(
-        "the base branch {} moved outside glitchlab {} times while this task's candidate was \
-         verified (merge_queue.base_moved_max); branch {branch} is kept",
-        task.base_branch,
+        "the base branch {} moved outside glitchlab {} times while the candidate was verified \
+         (merge_queue.base_moved_max); the task's branch is kept",
+        first.base_branch,
         moves_max + 1
     )))
 }
 
-/// Runs the task's verify on the candidate; `Some(Rejected)` when it fails.
+/// Whether the candidate must be verified: not when it is one task's change whose tree Circuit
+/// already passed on the branch (the base had not moved), nor when no task's template verifies.
+fn needs_verify(stacked: &[(&Task, String)], built: &BuiltCandidate) -> bool {
+    let verifying = stacked
+        .iter()
+        .any(|(task, _)| task.stages.contains(&Stage::Verify));
+    let already = match stacked {
+        [(task, _)] => task.merge.verified_tree.as_deref() == Some(built.tree.as_str()),
+        _ => false,
+    };
+    verifying && !already
+}
+
+/// Runs each distinct verify command of the stacked tasks on the candidate (a run is recorded on
+/// the first task that has the command); the first failure's output, if any.
 async fn verify_candidate(
     services: &Services,
-    task: &Task,
+    stacked: &[(&Task, String)],
     scratch: &std::path::Path,
     built: &BuiltCandidate,
-) -> Result<Option<DeliverStep>, StageError> {
-    let run = run_verify(services, task, scratch.to_path_buf(), Stage::Deliver).await?;
-    let data = json!({"commit": built.commit, "passed": run.passed, "run_id": run.run_id});
-    note(services, task, "merge.verified", data).await;
-    if run.passed {
-        return Ok(None);
+) -> Result<Option<String>, StageError> {
+    let mut commands_run: Vec<&str> = Vec::new();
+    for (task, _) in stacked {
+        if !task.stages.contains(&Stage::Verify) || commands_run.contains(&task.verify.as_str()) {
+            continue;
+        }
+        commands_run.push(&task.verify);
+        let run = run_verify(services, task, scratch.to_path_buf(), Stage::Deliver).await?;
+        for (each, _) in stacked {
+            let data = json!({"candidate": built.commit, "command_of": task.id, "passed": run.passed, "run_id": run.run_id});
+            note(services, each, "merge.verified", data).await;
+        }
+        if !run.passed {
+            return Ok(Some(run.output));
+        }
     }
-    let tail = crate::platform::process::keep_tail(
-        &run.output,
-        services.config.engines.feedback_bytes_max,
-    );
-    Ok(Some(DeliverStep::Rejected(format!(
-        "the change passed verify on its branch but fails on the current {base} ({short}) with \
-         the work that landed since; the next attempt starts from that base.\n{tail}",
+    Ok(None)
+}
+
+/// The feedback of a change whose candidate (alone on the base) failed verify.
+fn rejected(services: &Services, task: &Task, output: &str) -> String {
+    let tail =
+        crate::platform::process::keep_tail(output, services.config.engines.feedback_bytes_max);
+    format!(
+        "the change passed verify on its branch but fails on the current {base} with the work \
+         that landed since; the next attempt starts from that base.\n{tail}",
         base = task.base_branch,
-        short = short(&built.base),
-    ))))
+    )
+}
+
+async fn note_all(
+    services: &Services,
+    tasks: &[Task],
+    kind: &'static str,
+    data: serde_json::Value,
+) {
+    for task in tasks {
+        note(services, task, kind, data.clone()).await;
+    }
 }
 
 /// The trailers that mark a landed commit as the task's; the first is what a resumed turn looks
@@ -373,13 +501,13 @@ mod tests {
         line.join(late, "late");
         line.join(early, "early");
         line.join(urgent, "urgent");
-        let (_, first) = line.next().unwrap();
-        assert_eq!(first, "urgent");
-        assert!(line.next().is_none(), "one turn at a time");
+        let entries = |batch: Vec<(Place, &'static str)>| -> Vec<&'static str> {
+            batch.into_iter().map(|(_, entry)| entry).collect()
+        };
+        assert_eq!(entries(line.next_batch(1)), ["urgent"]);
+        assert!(line.next_batch(1).is_empty(), "one turn at a time");
         line.done();
-        assert_eq!(line.next().unwrap().1, "early");
-        line.done();
-        assert_eq!(line.next().unwrap().1, "late");
+        assert_eq!(entries(line.next_batch(4)), ["early", "late"]);
         line.done();
         assert!(line.is_idle());
     }
@@ -393,7 +521,7 @@ mod tests {
         line.join(first, "first");
         assert_eq!(line.join(first, "first again"), Some("first"));
         assert_eq!(line.waiting.len(), 2);
-        assert_eq!(line.next().unwrap().1, "first again");
+        assert_eq!(line.next_batch(1)[0].1, "first again");
         line.done();
         assert_eq!(line.leave(second.task_id), Some("second"));
         assert!(line.is_idle());

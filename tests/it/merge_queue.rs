@@ -43,20 +43,25 @@ fn first_parent_chain(repo: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Whether `test.sh` passes on `commit` (checked out in a throwaway worktree).
+/// Whether `test.sh` passes on `commit` (its tree exported to a scratch dir: no worktree, so
+/// nothing races the service's own worktree administration).
 fn passes_test_script(repo: &Path, commit: &str, scratch: &Path) -> bool {
     let dir = scratch.join(&commit[..12]);
-    git(
-        repo,
-        &[
-            "worktree",
-            "add",
-            "-q",
-            "--detach",
-            dir.to_str().unwrap(),
-            commit,
-        ],
-    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let archive = Command::new("git")
+        .args(["archive", "--format=tar", commit])
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    assert!(archive.status.success(), "git archive {commit} failed");
+    let mut tar = Command::new("tar")
+        .args(["-x", "-C"])
+        .arg(&dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut tar.stdin.take().unwrap(), &archive.stdout).unwrap();
+    assert!(tar.wait().unwrap().success());
     let passed = Command::new("sh")
         .arg("test.sh")
         .current_dir(&dir)
@@ -64,10 +69,7 @@ fn passes_test_script(repo: &Path, commit: &str, scratch: &Path) -> bool {
         .unwrap()
         .status
         .success();
-    git(
-        repo,
-        &["worktree", "remove", "--force", dir.to_str().unwrap()],
-    );
+    std::fs::remove_dir_all(&dir).unwrap();
     passed
 }
 
@@ -404,6 +406,104 @@ async fn kill_9_during_a_stream_of_deliveries_loses_and_repeats_nothing() {
     let scratch = root.path().join("check");
     std::fs::create_dir_all(&scratch).unwrap();
     for commit in &chain[..ids.len()] {
+        assert!(
+            passes_test_script(&repo, commit, &scratch),
+            "{commit} fails"
+        );
+    }
+}
+
+/// Four changes that queue up behind a slow candidate are tested as one batch
+/// (`merge_queue.batch_max = 4`). One of them passes on its branch but breaks the others' files
+/// (its test script forbids a file another task adds): the batch is red, bisection lands the
+/// three good changes, one commit each, and sends only the culprit back (out of attempts here:
+/// `VERIFY_FAILED`). Nothing failing reaches the base.
+#[tokio::test]
+async fn a_red_batch_is_bisected_and_only_the_culprit_is_sent_back() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    // Slots for the blocker and all four, so all four can line up behind it.
+    let config = "[merge_queue]\nbatch_max = 4\n[compass]\nmax_concurrent_tasks = 6\n";
+    let service = Service::start_with(root.path(), with_config(config)).await;
+
+    // The blocker moves the base on its first attempt (so its own candidate must be verified)
+    // and its verify sleeps only in the merge queue's scratch worktree: the queue is busy for
+    // ~4 s while the others pass verify and line up.
+    let blocker_patch = format!(
+        "echo hi > {r}/teammate.txt && git -C {r} add teammate.txt && \
+         git -C {r} -c user.name=t -c user.email=t@t commit -q -m teammate && \
+         echo ok > f-blocker.txt",
+        r = repo.display()
+    );
+    let blocker_verify = "case \"$PWD\" in */merge-queue/*) sleep 4;; esac; sh test.sh";
+    let blocker = task(&repo, "Blocker", &blocker_patch, blocker_verify);
+    let blocker_id = service.submit(&blocker).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    service
+        .wait_for_task(&blocker_id, Duration::from_secs(60), |t| {
+            t["stage"] == "deliver"
+        })
+        .await;
+
+    let mut good = Vec::new();
+    for name in ["a", "b", "c"] {
+        let body = task(
+            &repo,
+            &format!("Add {name}"),
+            &format!("echo ok > f-{name}.txt"),
+            "sh test.sh",
+        );
+        good.push(
+            service.submit(&body).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // Last in line (it passes verify a second after the others): the queue lands in line order,
+    // so the change that breaks what others landed is this one.
+    let culprit_patch = "sleep 1 && printf '#!/bin/sh\\n[ ! -e f-a.txt ] || { echo f-a.txt is forbidden; exit 1; }\\n' > test.sh";
+    let mut culprit = task(&repo, "Forbid a", culprit_patch, "sh test.sh");
+    culprit["max_attempts"] = json!(1);
+    let culprit_id = service.submit(&culprit).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let blocker = wait_done(&service, &blocker_id, Duration::from_secs(60)).await;
+    assert_eq!(blocker["status"], "done", "{blocker:#}");
+    for id in &good {
+        let task = wait_done(&service, id, Duration::from_secs(120)).await;
+        assert_eq!(task["status"], "done", "{task:#}");
+        assert_eq!(landings_of(&repo, id), 1);
+    }
+    let culprit = wait_done(&service, &culprit_id, Duration::from_secs(120)).await;
+    assert_eq!(culprit["status"], "dead_letter", "{culprit:#}");
+    assert_eq!(culprit["error"]["code"], "VERIFY_FAILED", "{culprit:#}");
+    assert_eq!(landings_of(&repo, &culprit_id), 0);
+
+    // They were tested together first, then bisected.
+    let (_, events) = service.get(&format!("/v1/tasks/{culprit_id}/events")).await;
+    let events = events["events"].as_array().unwrap();
+    let batch_sizes: Vec<u64> = events
+        .iter()
+        .filter(|e| e["kind"] == "merge.candidate")
+        .map(|e| e["data"]["batch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(batch_sizes.first(), Some(&4), "{events:#?}");
+    assert!(
+        events.iter().any(|e| e["kind"] == "merge.bisect"),
+        "{events:#?}"
+    );
+
+    let chain = first_parent_chain(&repo);
+    let scratch = root.path().join("check");
+    std::fs::create_dir_all(&scratch).unwrap();
+    // initial, test script, teammate, blocker, a, b, c.
+    assert_eq!(chain.len(), 7);
+    for commit in &chain[..4] {
         assert!(
             passes_test_script(&repo, commit, &scratch),
             "{commit} fails"

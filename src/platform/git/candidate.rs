@@ -18,11 +18,9 @@ const CONFLICT_DETAIL_BYTES_MAX: usize = 8 * 1024;
 /// Conflicting paths named at most.
 const CONFLICT_FILES_MAX: usize = 100;
 
-/// What to build: the task's branch applied onto the base.
+/// One change to apply: a task's branch.
 #[derive(Debug, Clone)]
 pub(crate) struct CandidateRequest<'a> {
-    /// The base branch's name (`main`).
-    pub base: &'a str,
     /// The task's branch (`glitchlab/<id>`).
     pub branch: &'a str,
     /// How the change is written onto the base.
@@ -33,15 +31,29 @@ pub(crate) struct CandidateRequest<'a> {
     pub trailers: &'a [String],
 }
 
-/// A candidate ready to verify.
+/// A candidate ready to verify: the base plus one or more changes, stacked one commit (or one
+/// merge, or one replay) each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BuiltCandidate {
     /// The base commit it was built on: the value the landing compares against.
     pub base: String,
-    /// The candidate commit (a child of `base` on the first-parent chain).
+    /// The top commit (the base itself when no change applied).
     pub commit: String,
     /// Its tree: what verify runs on.
     pub tree: String,
+    /// Per request, in order: what became of it.
+    pub changes: Vec<Applied>,
+}
+
+/// What became of one change in a candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// Stacked as this commit.
+    Commit(String),
+    /// It no longer applies (left out of the candidate).
+    Conflict(Conflict),
+    /// The base already holds it (nothing to stack).
+    AlreadyOnBase,
 }
 
 /// The change no longer applies to the base.
@@ -53,17 +65,6 @@ pub(crate) struct Conflict {
     pub files: Vec<String>,
     /// The conflicting hunks with their markers (bounded), or what git said.
     pub detail: String,
-}
-
-/// What building a candidate came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Candidate {
-    /// Built: verify it, then land it.
-    Built(BuiltCandidate),
-    /// Applying the change conflicts.
-    Conflict(Conflict),
-    /// The base already holds the change (nothing to land): the base commit.
-    AlreadyOnBase(String),
 }
 
 /// How a landing went.
@@ -78,24 +79,50 @@ pub(crate) enum Landing {
     },
 }
 
-/// Builds the candidate for `request` in the scratch worktree at `scratch_dir`, which is reset
-/// to the base first (whatever a cut-off run left there: a half-done merge, a cherry-pick,
-/// untracked files).
+/// Builds the candidate for `requests` on `base` in the scratch worktree at `scratch_dir`, which
+/// is reset to the base first (whatever a cut-off run left there: a half-done merge, a
+/// cherry-pick, untracked files). Changes are stacked in order; one that conflicts is left out
+/// (and said so) and the next is stacked on what came before it.
 pub(crate) async fn build(
     repo: &Git,
     scratch_dir: &Path,
+    base: &str,
+    requests: &[CandidateRequest<'_>],
+) -> Result<BuiltCandidate, GitError> {
+    let base = repo.rev_parse(&format!("refs/heads/{base}")).await?;
+    let scratch = reset_scratch(repo, scratch_dir, &base).await?;
+    let mut changes = Vec::with_capacity(requests.len());
+    let mut top = base.clone();
+    for request in requests {
+        let applied = apply(repo, &scratch, &base, &top, request).await?;
+        if let Applied::Commit(commit) = &applied {
+            top = commit.clone();
+        }
+        changes.push(applied);
+    }
+    let tree = scratch.run(&["rev-parse", "HEAD^{tree}"]).await?;
+    Ok(BuiltCandidate {
+        base,
+        commit: top,
+        tree,
+        changes,
+    })
+}
+
+/// Applies one change on top of `top` (the scratch worktree's `HEAD`).
+async fn apply(
+    repo: &Git,
+    scratch: &Git,
+    base: &str,
+    top: &str,
     request: &CandidateRequest<'_>,
-) -> Result<Candidate, GitError> {
-    let base = repo
-        .rev_parse(&format!("refs/heads/{}", request.base))
-        .await?;
+) -> Result<Applied, GitError> {
     let branch = repo
         .rev_parse(&format!("refs/heads/{}", request.branch))
         .await?;
-    if is_ancestor(repo, &branch, &base).await {
-        return Ok(Candidate::AlreadyOnBase(base));
+    if is_ancestor(repo, &branch, top).await {
+        return Ok(Applied::AlreadyOnBase);
     }
-    let scratch = reset_scratch(repo, scratch_dir, &base).await?;
     let applied = match request.history {
         History::Squash => {
             scratch
@@ -104,18 +131,11 @@ pub(crate) async fn build(
         }
         History::Merge => {
             scratch
-                .run(&[
-                    "merge",
-                    "--no-ff",
-                    "--no-edit",
-                    "--quiet",
-                    "-m",
-                    request.message,
-                    &branch,
-                ])
+                .run(&["merge", "--no-ff", "--no-commit", "--quiet", &branch])
                 .await
         }
         History::Rebase => {
+            // The branch's own commits: those not on the base it is landing on.
             let range = format!("{base}..{branch}");
             scratch
                 .run(&[
@@ -128,24 +148,23 @@ pub(crate) async fn build(
         }
     };
     if let Err(error) = applied {
-        return conflict(&scratch, base, error)
-            .await
-            .map(Candidate::Conflict);
+        let conflict = conflict(scratch, base, top, error).await?;
+        return Ok(Applied::Conflict(conflict));
     }
     // The change may already be on the base in another form (a teammate made the same edit).
-    if scratch.run(&["diff", "--quiet", &base, "--"]).await.is_ok()
+    if scratch.run(&["diff", "--quiet", top, "--"]).await.is_ok()
         && scratch.run(&["diff", "--cached", "--quiet"]).await.is_ok()
     {
-        scratch.run(&["reset", "--hard", "--quiet", &base]).await?;
-        return Ok(Candidate::AlreadyOnBase(base));
+        let _ = scratch.run(&["merge", "--abort"]).await;
+        scratch.run(&["reset", "--hard", "--quiet", top]).await?;
+        return Ok(Applied::AlreadyOnBase);
     }
     match request.history {
-        History::Squash => {
+        History::Squash | History::Merge => {
             scratch
                 .run(&["commit", "--quiet", "--no-verify", "-m", request.message])
                 .await?;
         }
-        History::Merge => {}
         History::Rebase => {
             let mut amend = vec!["commit", "--amend", "--no-edit", "--no-verify", "--quiet"];
             for trailer in request.trailers {
@@ -154,9 +173,7 @@ pub(crate) async fn build(
             scratch.run(&amend).await?;
         }
     }
-    let commit = read::head_commit(&scratch.dir).await?;
-    let tree = scratch.run(&["rev-parse", "HEAD^{tree}"]).await?;
-    Ok(Candidate::Built(BuiltCandidate { base, commit, tree }))
+    Ok(Applied::Commit(read::head_commit(&scratch.dir).await?))
 }
 
 /// Moves `base` to `candidate.commit` if it still points at `candidate.base`. A repository whose
@@ -284,8 +301,13 @@ async fn reset_scratch(repo: &Git, dir: &Path, base: &str) -> Result<Git, GitErr
     Ok(scratch)
 }
 
-/// Reads what conflicts (paths and hunks, bounded), then leaves the scratch worktree clean.
-async fn conflict(scratch: &Git, base: String, error: GitError) -> Result<Conflict, GitError> {
+/// Reads what conflicts (paths and hunks, bounded), then puts the scratch worktree back at `top`.
+async fn conflict(
+    scratch: &Git,
+    base: &str,
+    top: &str,
+    error: GitError,
+) -> Result<Conflict, GitError> {
     let listing = scratch
         .run(&["diff", "--name-only", "--diff-filter=U"])
         .await
@@ -308,9 +330,10 @@ async fn conflict(scratch: &Git, base: String, error: GitError) -> Result<Confli
     };
     let _ = scratch.run(&["cherry-pick", "--abort"]).await;
     let _ = scratch.run(&["merge", "--abort"]).await;
-    scratch.run(&["reset", "--hard", "--quiet", &base]).await?;
+    scratch.run(&["reset", "--hard", "--quiet", top]).await?;
+    scratch.run(&["clean", "-ffdxq"]).await?;
     Ok(Conflict {
-        base,
+        base: base.to_owned(),
         files,
         detail,
     })
