@@ -671,6 +671,50 @@ mod tests {
         assert_eq!(kill_orphans(&instance), 0);
     }
 
+    /// A detached process has its own session, writes to its file, carries only the environment
+    /// it was given, survives the drop of its handle, and its start time tells it apart.
+    #[tokio::test]
+    async fn a_detached_process_runs_in_its_own_session_and_outlives_its_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("out.log");
+        let instance = format!("test-{}", uuid::Uuid::now_v7());
+        let spec = DetachedSpec {
+            program: "sh".into(),
+            args: vec!["-c".into(), "echo \"hi $MARK ${HOME:-nohome}\"; exec sleep 30".into()],
+            cwd: dir.path().to_path_buf(),
+            env: vec![
+                ("MARK".into(), "marked".into()),
+                (RELEASE_VARIABLE.into(), instance.clone()),
+            ],
+            output: output.clone(),
+        };
+        let detached = spawn_detached(&spec).unwrap();
+        let pid = detached.pid;
+        // SAFETY: getsid(2) reads the session of the process this test started.
+        assert_eq!(unsafe { libc::getsid(pid) }, pid, "its own session");
+        let started = detached.start_time.unwrap();
+        assert_eq!(start_time(pid), Some(started));
+        drop(detached);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&output).is_ok_and(|t| t.contains('\n')) {
+            assert!(Instant::now() < deadline, "no output");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), "hi marked nohome\n");
+        assert!(group_runs(pid), "dropping the handle stops nothing");
+        assert_eq!(groups_carrying(RELEASE_VARIABLE, &instance), vec![pid]);
+        assert_eq!(kill_orphans(&instance), 0, "a release is no orphan");
+        // SAFETY: killing the group this test started.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        while group_runs(pid) {
+            assert!(Instant::now() < deadline, "still running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(groups_carrying(RELEASE_VARIABLE, &instance).is_empty());
+    }
+
     #[tokio::test]
     async fn captures_exit_code_and_streams() {
         let spec = CommandSpec::shell(

@@ -933,3 +933,38 @@ async fn fly_run_in(
     let output = ctx.run_governed(spec).await?;
     ok_or_failed(&line, &output)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    /// A record names one process: the same pid with another start time (a reused pid) is not
+    /// the release, and a group that is gone does not run.
+    #[test]
+    fn a_record_matches_only_the_process_it_was_written_for() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let started = process::start_time(pid).unwrap();
+        let record = LocalProcess {
+            pid,
+            start_time: Some(started),
+            port: 1,
+            release: "abc".into(),
+            started_at: chrono::Utc::now(),
+        };
+        assert!(record.runs());
+        let reused = LocalProcess {
+            start_time: Some(started + 1),
+            ..record.clone()
+        };
+        assert!(!reused.runs(), "another process with the recorded pid");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!record.runs());
+    }
+}
