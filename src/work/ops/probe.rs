@@ -26,7 +26,7 @@ const COST_FACTOR_DEFAULT: f64 = 2.0;
 /// Ledger history pages a cost check reads at most.
 const COST_PAGES_MAX: usize = 20;
 /// A `process` check that finds no process looks once more after this (a release may be
-/// between writing its pid file and starting).
+/// between its start and its record being written).
 const PROCESS_RECHECK_DELAY: Duration = Duration::from_millis(500);
 
 /// The one HTTP client of every probe: building one loads the system's TLS roots, which a probe
