@@ -1219,6 +1219,57 @@ async fn a_start_starts_the_current_release_when_the_recorded_one_is_not_running
     assert_eq!(incidents["incidents"], json!([]), "{incidents:#}");
 }
 
+/// Issue #16: a deploy cut off by `kill -9` after it started its new release but before that
+/// release passed its health check leaves a process that is not the current release. The next
+/// start does not adopt it: it stops it, starts the current release (`app.started`, naming the
+/// mismatch), and ends the deploy `DEPLOY_INTERRUPTED` without an incident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_of_an_interrupted_deploy_is_replaced_by_the_current_one() {
+    let root = tempfile::tempdir().unwrap();
+    let _reaper = AppReaper(root.path().to_path_buf());
+    let repo = sample_repo(root.path());
+    let good = git(&repo, &["rev-parse", "HEAD"]);
+    let port = free_port();
+    let ops = local_ops(&repo, port, 0, "");
+    let mut service = start(root.path(), &ops, Vec::new()).await;
+    deploy_healthy(&service, "web").await;
+    // A release whose health check fails for the whole retry window (30 × 200 ms).
+    std::fs::write(repo.join("VERSION"), "2\n").unwrap();
+    std::fs::write(repo.join("BROKEN"), "yes\n").unwrap();
+    let bad = commit_all(&repo, "v2, broken");
+    let (status, record) = service
+        .post("/v1/deploys", &json!({"app": "web", "commit": bad}))
+        .await;
+    assert_eq!(status, 201, "{record}");
+    let id = record["id"].as_str().unwrap().to_owned();
+    wait_for_app(port, |body| body["version"] == "2").await;
+    let (_, running) = service.get(&format!("/v1/deploys/{id}")).await;
+    assert_eq!(running["status"], "running", "{running}");
+    let bad_group = recorded_pid(root.path(), "web").unwrap();
+    service.kill_9();
+
+    service = start(root.path(), &ops, Vec::new()).await;
+    assert!(
+        group_gone(bad_group, WAIT).await,
+        "the interrupted deploy's release still runs"
+    );
+    let back = wait_for_app(port, |body| body["version"] == "1").await;
+    assert_eq!(back["version"], "1");
+    let started = service_events(&service, "app.started").await;
+    assert_eq!(started.len(), 1, "{started:#?}");
+    assert_eq!(started[0]["data"]["release"], good.as_str());
+    let reason = started[0]["data"]["reason"].as_str().unwrap();
+    assert!(reason.contains(&bad), "{reason}");
+    assert!(service_events(&service, "app.adopted").await.is_empty());
+    let ended = wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
+        d["status"] == "failed"
+    })
+    .await;
+    assert_eq!(ended["error"]["code"], "DEPLOY_INTERRUPTED", "{ended}");
+    let (_, incidents) = service.get("/v1/incidents?app=web").await;
+    assert_eq!(incidents["incidents"], json!([]), "{incidents:#}");
+}
+
 /// Issue #16: a deploy of a commit that does not exist is refused at the door — `422
 /// UNKNOWN_COMMIT`, no deploy record, no incident — instead of a record that fails, an outage
 /// incident and a bugfix task.
