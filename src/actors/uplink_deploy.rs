@@ -13,7 +13,7 @@
 //!   [`provider::local_start`]). The next incarnation (`recover`) — after a crash of the actor, a
 //!   `kill -9` of the service or a graceful restart alike — marks deploys that were running
 //!   `failed` (`DEPLOY_INTERRUPTED`), adopts each app's running release when it is the current
-//!   one and answers ([`provider::adoptable`]), stops the releases nothing accounts for, starts the
+//!   one and answers ([`probe::adoptable`]), stops the releases nothing accounts for, starts the
 //!   current release of the apps that were not adopted, and asks again for the deploys of
 //!   delivered tasks whose request was lost.
 //! - **Callers:** the clients in [`crate::runtime::uplink_deploy`] wait up to `PERSONA_WAIT` for
@@ -234,7 +234,7 @@ async fn recover_releases(state: &UplinkDeployState) -> Result<(), OpsError> {
         };
         let current = state.ops.release(name).await?.current;
         let verdict = match &current {
-            Some(sha) => provider::adoptable(&state.provider, name, app, sha).await,
+            Some(sha) => probe::adoptable(&state.provider, name, app, sha).await,
             None => Err("the app has no current release".to_owned()),
         };
         match verdict {

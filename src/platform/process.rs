@@ -680,10 +680,13 @@ mod tests {
         let instance = format!("test-{}", uuid::Uuid::now_v7());
         let spec = DetachedSpec {
             program: "sh".into(),
-            args: vec!["-c".into(), "echo \"hi $MARK ${HOME:-nohome}\"; exec sleep 30".into()],
+            args: vec![
+                "-c".into(),
+                "echo \"hi $mark ${HOME:-nohome}\"; exec sleep 30".into(),
+            ],
             cwd: dir.path().to_path_buf(),
             env: vec![
-                ("MARK".into(), "marked".into()),
+                ("mark".into(), "marked".into()),
                 (RELEASE_VARIABLE.into(), instance.clone()),
             ],
             output: output.clone(),
@@ -700,7 +703,10 @@ mod tests {
             assert!(Instant::now() < deadline, "no output");
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(std::fs::read_to_string(&output).unwrap(), "hi marked nohome\n");
+        assert_eq!(
+            std::fs::read_to_string(&output).unwrap(),
+            "hi marked nohome\n"
+        );
         assert!(group_runs(pid), "dropping the handle stops nothing");
         assert_eq!(groups_carrying(RELEASE_VARIABLE, &instance), vec![pid]);
         assert_eq!(kill_orphans(&instance), 0, "a release is no orphan");

@@ -25,12 +25,6 @@ use crate::runtime::Services;
 
 /// How long a git call (rev-parse, archive) may take.
 const GIT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Probes of an app's health URL before a running release is adopted (its `timeout_ms` each,
-/// `interval_ms` apart): enough for a busy app, short enough not to hold up the start.
-const ADOPT_PROBES_MAX: u32 = 3;
-/// Without a health URL, how long a running release has to accept a connection on its port to
-/// be adopted.
-const ADOPT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a release no record accounts for gets between SIGTERM and SIGKILL.
 const UNRECORDED_STOP_GRACE: Duration = Duration::from_secs(2);
 /// A log file over this size is rotated (to `app.log.1`) when the app starts.
@@ -416,7 +410,7 @@ pub(crate) async fn export_commit(
 /// The local releases this incarnation of Uplink-Deploy started, each with a task that waits
 /// for its exit (to log it and reap it). Dropping an entry stops the waiting, never the release:
 /// releases outlive Uplink-Deploy and the service, and the next start adopts them
-/// ([`adoptable`]).
+/// ([`super::probe::adoptable`]).
 #[derive(Default)]
 pub(crate) struct LocalRuntime {
     /// App → its running release; a std mutex, never held across an await.
@@ -542,68 +536,6 @@ pub(crate) fn local_start(
     Ok(())
 }
 
-/// Whether the app's running release may be adopted as the release `current`: its record names
-/// a process that still runs with the recorded start time, on the port `ops.yaml` gives now, of
-/// release `current`, and the app itself answers — its `health` URL passes (up to
-/// [`ADOPT_PROBES_MAX`] probes), or without one it accepts a connection on its port. Returns the
-/// adopted process group, or why not.
-pub(crate) async fn adoptable(
-    ctx: &ProviderContext,
-    name: &str,
-    app: &AppSpec,
-    current: &str,
-) -> Result<LocalProcess, String> {
-    let local = local_of(app).map_err(|e| e.to_string())?;
-    let record = read_process(&ctx.data_dir, name).ok_or("no record of a running release")?;
-    if !record.runs() {
-        return Err(format!(
-            "the recorded process {} no longer runs",
-            record.pid
-        ));
-    }
-    if record.release != current {
-        return Err(format!(
-            "release {} runs, but the current release is {current}",
-            record.release
-        ));
-    }
-    if record.port != local.port {
-        return Err(format!(
-            "it was started on port {}, ops.yaml now says {}",
-            record.port, local.port
-        ));
-    }
-    let answered = match &app.health {
-        Some(health) => {
-            let mut spec = health.clone();
-            spec.retries = spec.retries.clamp(1, ADOPT_PROBES_MAX);
-            let result = super::probe::health(&spec).await;
-            result.healthy.then_some(()).ok_or_else(|| {
-                let last = result.probes.last().and_then(|p| p.error.clone());
-                format!(
-                    "{} did not pass: {}",
-                    result.target,
-                    last.unwrap_or_default()
-                )
-            })
-        }
-        None => {
-            let address = ("127.0.0.1", local.port);
-            match tokio::time::timeout(
-                ADOPT_CONNECT_TIMEOUT,
-                tokio::net::TcpStream::connect(address),
-            )
-            .await
-            {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(error)) => Err(format!("port {} refused: {error}", local.port)),
-                Err(_) => Err(format!("port {} did not answer", local.port)),
-            }
-        }
-    };
-    answered.map(|()| record)
-}
-
 /// Stops every running local release of this service (found by its `GLITCHLAB_RELEASE_OF` mark)
 /// whose process group is not in `keep`: releases no record accounts for (the record was lost,
 /// overwritten or never written before a crash, the app left `ops.yaml`). Returns their groups.
@@ -655,7 +587,8 @@ fn last_lines(text: &str) -> Vec<String> {
     lines[start..].iter().map(|l| (*l).to_owned()).collect()
 }
 
-fn local_of(app: &AppSpec) -> Result<&LocalSpec, OpsError> {
+/// The app's `local:` section, or why the app cannot run locally.
+pub(crate) fn local_of(app: &AppSpec) -> Result<&LocalSpec, OpsError> {
     app.local
         .as_ref()
         .ok_or_else(|| OpsError::Unsupported("the app has no `local:` section".into()))
