@@ -135,7 +135,7 @@ pub(crate) async fn app_health(ctx: &ProviderContext, name: &str, app: &AppSpec)
 /// a process that still runs with the recorded start time, on the port `ops.yaml` gives now, of
 /// release `current`, and the app itself answers — its `health` URL passes (up to
 /// [`ADOPT_PROBES_MAX`] probes), or without one it accepts a connection on its port. Returns the
-/// adopted process group, or why not.
+/// record of the adopted release, or why it may not be adopted.
 pub(crate) async fn adoptable(
     ctx: &ProviderContext,
     name: &str,
