@@ -8,10 +8,14 @@
 //!
 //! - **State:** the running local releases (in its [`ProviderContext`]), and per app the deploy or
 //!   action job holding it. Deploy records and release state live in the store.
-//! - **On a crash:** the releases it started and its jobs are dropped with the state (process
-//!   groups killed). The next incarnation (`recover`) marks deploys that were running `failed`
-//!   (`DEPLOY_INTERRUPTED`), starts every app's current release again, and asks again for the
-//!   deploys of delivered tasks whose request was lost.
+//! - **On a crash:** its jobs are dropped with the state (their commands' process groups
+//!   killed); the local releases keep running (they are detached, see
+//!   [`provider::local_start`]). The next incarnation (`recover`) — after a crash of the actor, a
+//!   `kill -9` of the service or a graceful restart alike — marks deploys that were running
+//!   `failed` (`DEPLOY_INTERRUPTED`), adopts each app's running release when it is the current
+//!   one and answers ([`probe::adoptable`]), stops the releases nothing accounts for, starts the
+//!   current release of the apps that were not adopted, and asks again for the deploys of
+//!   delivered tasks whose request was lost.
 //! - **Callers:** the clients in [`crate::runtime::uplink_deploy`] wait up to `PERSONA_WAIT` for
 //!   the next incarnation; a request lost with the crash answers `PERSONA_UNAVAILABLE`. A task's
 //!   deploy request is idempotent by its trigger (`task:<id>`).
@@ -57,8 +61,8 @@ pub(crate) struct UplinkDeployArguments {
 pub(crate) struct UplinkDeployState {
     /// Shared services.
     services: Services,
-    /// Provider plumbing, with the running local releases (dropped with this state: a crashed
-    /// Uplink-Deploy takes its releases down and its next incarnation starts them again).
+    /// Provider plumbing, with the local releases it started (dropping them leaves them running:
+    /// the next incarnation adopts them).
     provider: ProviderContext,
     /// Deploy records and release state.
     ops: OpsStore,
@@ -182,12 +186,12 @@ impl Actor for UplinkDeploy {
 }
 
 /// After a start or a crash: deploys that were running died with the last incarnation (failed,
-/// `DEPLOY_INTERRUPTED`); local releases that should run are started again.
+/// `DEPLOY_INTERRUPTED`); local releases are adopted or started again ([`recover_releases`]).
 async fn recover(
     myself: &ActorRef<UplinkDeployMsg>,
     state: &mut UplinkDeployState,
 ) -> Result<(), OpsError> {
-    for (name, app) in &state.services.definitions.ops.apps {
+    for name in state.services.definitions.ops.apps.keys() {
         for mut record in state.ops.deploys_of(name).await? {
             if record.status == DeployStatus::Running {
                 let updated = state
@@ -211,16 +215,78 @@ async fn recover(
             .ops
             .update_release(name, |r| r.deploying = None)
             .await?;
+    }
+    recover_releases(state).await?;
+    request_missed_task_deploys(myself, state).await
+}
+
+/// The local releases after a start (of the service or of this actor): each app whose recorded
+/// release still runs, is its current release and answers is adopted (service event
+/// `app.adopted`: no restart, no signal); a release that does not qualify is stopped; releases of
+/// this service that no record accounts for are stopped (`app.unaccounted_stopped`), so none runs
+/// unmanaged; then the current release of every app not adopted is started (`app.started`).
+async fn recover_releases(state: &UplinkDeployState) -> Result<(), OpsError> {
+    let mut adopted = Vec::new();
+    let mut to_start = Vec::new();
+    for (name, app) in &state.services.definitions.ops.apps {
+        let (ProviderKind::Local, Some(local)) = (app.provider, &app.local) else {
+            continue;
+        };
         let current = state.ops.release(name).await?.current;
-        if let (ProviderKind::Local, Some(local), Some(sha)) = (app.provider, &app.local, current) {
-            if provider::running_group(&state.provider.data_dir, name).is_none() {
-                if let Err(error) = provider::local_start(&state.provider, name, local, &sha) {
-                    tracing::error!(app = %name, %error, "could not start the current release again");
+        let verdict = match &current {
+            Some(sha) => probe::adoptable(&state.provider, name, app, sha).await,
+            None => Err("the app has no current release".to_owned()),
+        };
+        match verdict {
+            Ok(process) => {
+                tracing::info!(app = %name, pid = process.pid, release = %process.release, "adopted the running release");
+                let data = serde_json::json!({"app": name, "pid": process.pid,
+                    "release": process.release, "port": process.port,
+                    "started_at": process.started_at});
+                service_event(state, "app.adopted", data).await;
+                adopted.push(process.pid);
+            }
+            Err(reason) => {
+                let grace = std::time::Duration::from_millis(local.stop_grace_ms);
+                let running = provider::running_group(&state.provider.data_dir, name);
+                if let Some(pgid) = running {
+                    tracing::warn!(app = %name, pgid, %reason, "stopping a running release that is not adopted");
+                }
+                provider::local_stop(&state.provider, name, grace).await;
+                if let Some(sha) = current {
+                    to_start.push((name.clone(), local.clone(), sha, reason));
                 }
             }
         }
     }
-    request_missed_task_deploys(myself, state).await
+    let stray = provider::stop_unaccounted(&state.provider, &adopted).await;
+    if !stray.is_empty() {
+        tracing::warn!(groups = ?stray, "stopped local releases that no record accounts for");
+        let data = serde_json::json!({"process_groups": stray});
+        service_event(state, "app.unaccounted_stopped", data).await;
+    }
+    for (name, local, sha, reason) in to_start {
+        match provider::local_start(&state.provider, &name, &local, &sha) {
+            Ok(()) => {
+                tracing::info!(app = %name, release = %sha, %reason, "started the current release");
+                let data = serde_json::json!({"app": name, "release": sha, "reason": reason});
+                service_event(state, "app.started", data).await;
+            }
+            Err(error) => {
+                tracing::error!(app = %name, %error, "could not start the current release again");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Records a service-wide event of Uplink-Deploy (`GET /v1/events`); a failure is logged.
+async fn service_event(state: &UplinkDeployState, kind: &'static str, data: serde_json::Value) {
+    let event = crate::storage::store::NewEvent::new(Persona::UplinkDeploy, kind, data);
+    let service = crate::model::task::TaskId::service();
+    if let Err(error) = state.services.store.append_event(service, event).await {
+        tracing::error!(%error, kind, "could not record a service event");
+    }
 }
 
 /// Delivered tasks that name `deploy: <app>` but whose deploy request was lost (the service

@@ -291,6 +291,106 @@ pub fn kill_orphans(instance: &str) -> usize {
     killed
 }
 
+/// The variable every local release (an app the `local` provider started) carries instead of
+/// [`INSTANCE_VARIABLE`], naming the service instance that started it. Releases outlive the
+/// service on purpose, so [`kill_orphans`] leaves them alone; Uplink-Deploy finds them by this
+/// mark at its start ([`groups_carrying`]) and adopts them or stops them.
+pub const RELEASE_VARIABLE: &str = "GLITCHLAB_RELEASE_OF";
+
+/// The live process groups with a member whose environment holds `variable=value`.
+pub fn groups_carrying(variable: &str, value: &str) -> Vec<i32> {
+    marked_groups(&format!("{variable}={value}"))
+}
+
+/// What [`spawn_detached`] starts: a program in its own session, its output appended to a file.
+#[derive(Debug, Clone)]
+pub struct DetachedSpec {
+    /// Program name or path.
+    pub program: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// The whole environment (nothing is inherited from the service).
+    pub env: Vec<(String, String)>,
+    /// The file stdout and stderr are appended to (made when missing).
+    pub output: PathBuf,
+}
+
+/// A process [`spawn_detached`] started.
+#[derive(Debug)]
+pub struct Detached {
+    /// Its pid, which is also its session and process group id.
+    pub pid: i32,
+    /// Its start time (see [`start_time`]): with the pid, what tells it from a later process
+    /// that got the same pid.
+    pub start_time: Option<u64>,
+    /// The handle to wait for it with; dropping it neither kills nor stops the process.
+    pub child: tokio::process::Child,
+}
+
+/// Starts a process that outlives this service: its own session (so its process group is its
+/// own, and a terminal's hang-up or the service's death does not reach it), no pipe to the
+/// service (its output goes to a file, so nothing breaks when the service is gone), and no kill
+/// on drop. The one exception to "every subprocess runs through [`run`]": local releases, which
+/// must keep serving while the service restarts.
+pub fn spawn_detached(spec: &DetachedSpec) -> Result<Detached, SpawnError> {
+    let spawn_error = |source| SpawnError {
+        program: spec.program.clone(),
+        cwd: spec.cwd.display().to_string(),
+        source,
+    };
+    let output = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.output)
+        .map_err(spawn_error)?;
+    let errors = output.try_clone().map_err(spawn_error)?;
+    let mut command = Command::new(&spec.program);
+    command
+        .env_clear()
+        .args(&spec.args)
+        .current_dir(&spec.cwd)
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(output))
+        .stderr(Stdio::from(errors))
+        .kill_on_drop(false);
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent; it runs in the
+    // forked child before exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(spawn_error)?;
+    let pid = child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .ok_or_else(|| spawn_error(std::io::Error::other("the process has no pid")))?;
+    Ok(Detached {
+        pid,
+        start_time: start_time(pid),
+        child,
+    })
+}
+
+/// When process `pid` started, in clock ticks since boot (`/proc/<pid>/stat`, field 22); `None`
+/// when it does not exist or `/proc` is unreadable. A pid is reused once its process is gone; a
+/// pid and its start time name one process for as long as the host runs.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command start after the last ')' with field 3 (state); 22 is starttime.
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(22 - 3)?
+        .parse()
+        .ok()
+}
+
 /// Rounds of scanning and killing before [`kill_orphans`] gives up on stragglers.
 const ORPHAN_KILL_ROUNDS_MAX: usize = 10;
 
@@ -569,6 +669,56 @@ mod tests {
         let status = child.wait().unwrap();
         assert!(!status.success());
         assert_eq!(kill_orphans(&instance), 0);
+    }
+
+    /// A detached process has its own session, writes to its file, carries only the environment
+    /// it was given, survives the drop of its handle, and its start time tells it apart.
+    #[tokio::test]
+    async fn a_detached_process_runs_in_its_own_session_and_outlives_its_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("out.log");
+        let instance = format!("test-{}", uuid::Uuid::now_v7());
+        let spec = DetachedSpec {
+            program: "sh".into(),
+            args: vec![
+                "-c".into(),
+                "echo \"hi $mark ${HOME:-nohome}\"; exec sleep 30".into(),
+            ],
+            cwd: dir.path().to_path_buf(),
+            env: vec![
+                ("mark".into(), "marked".into()),
+                (RELEASE_VARIABLE.into(), instance.clone()),
+            ],
+            output: output.clone(),
+        };
+        let detached = spawn_detached(&spec).unwrap();
+        let pid = detached.pid;
+        // SAFETY: getsid(2) reads the session of the process this test started.
+        assert_eq!(unsafe { libc::getsid(pid) }, pid, "its own session");
+        let started = detached.start_time.unwrap();
+        assert_eq!(start_time(pid), Some(started));
+        drop(detached);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&output).is_ok_and(|t| t.contains('\n')) {
+            assert!(Instant::now() < deadline, "no output");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            std::fs::read_to_string(&output).unwrap(),
+            "hi marked nohome\n"
+        );
+        assert!(group_runs(pid), "dropping the handle stops nothing");
+        assert_eq!(groups_carrying(RELEASE_VARIABLE, &instance), vec![pid]);
+        assert_eq!(kill_orphans(&instance), 0, "a release is no orphan");
+        // SAFETY: killing the group this test started.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        while group_runs(pid) {
+            assert!(Instant::now() < deadline, "still running");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(groups_carrying(RELEASE_VARIABLE, &instance).is_empty());
     }
 
     #[tokio::test]

@@ -17,15 +17,26 @@ const WAIT: Duration = Duration::from_secs(40);
 const SAMPLE_APP: &str = include_str!("../../examples/sample-app/app.py");
 
 /// Kills whatever the local provider left running under `root` when the test ends (also on a
-/// panic), so no sample app outlives its test.
+/// panic), so no sample app outlives its test: releases are detached and outlive the service.
 struct AppReaper(PathBuf);
+
+/// The pid (and process group) of `app`'s running release, as the local provider recorded it.
+fn recorded_pid(root: &Path, app: &str) -> Option<i32> {
+    let path = root
+        .join("data")
+        .join("releases")
+        .join(app)
+        .join("app.json");
+    let record: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    i32::try_from(record["pid"].as_i64()?).ok()
+}
 
 impl Drop for AppReaper {
     fn drop(&mut self) {
         let releases = self.0.join("data").join("releases");
         for entry in std::fs::read_dir(releases).into_iter().flatten().flatten() {
-            let pid = std::fs::read_to_string(entry.path().join("app.pid")).unwrap_or_default();
-            if let Ok(pgid) = pid.trim().parse::<i32>() {
+            let app = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pgid) = recorded_pid(&self.0, &app) {
                 if pgid > 1 {
                     // SAFETY: signalling a process group this test's service started.
                     unsafe {
@@ -1028,12 +1039,137 @@ async fn an_alert_storm_leaves_the_service_responsive() {
     );
 }
 
-/// Issue #16: after a `kill -9` of the service, the next start kills the processes the dead one
-/// left behind — the app it started included — and must then start the app's current release
-/// again, as a graceful restart does. (Its killed processes may linger as zombies where nothing
-/// reaps orphans; they are not a running release.)
+/// Polls the app until it answers (its `/` body), at most `within` — the outage a restart of
+/// the service may cost it.
+async fn answers_within(port: u16, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(body) = app_root(port).await {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the app did not answer within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (up to `within`) until no process of group `pgid` runs. A killed app whose service is
+/// gone may linger as a zombie where nothing reaps orphans; a zombie does not run.
+async fn group_gone(pgid: i32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while glitchlab::platform::process::group_runs(pgid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// The process group of process `pid` (`/proc/<pid>/stat`, field 5).
+fn group_of(pid: i64) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
+}
+
+/// The service's events of `kind` (`GET /v1/events`).
+async fn service_events(service: &Service, kind: &str) -> Vec<Value> {
+    let (status, body) = service.get("/v1/events").await;
+    assert_eq!(status, 200, "{body}");
+    body["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no events in {body}"))
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .cloned()
+        .collect()
+}
+
+/// Issue #16: apps outlive the control plane. After a `kill -9` of the service, and again after a
+/// graceful stop, the app the `local` provider started keeps serving — the same process (its own
+/// answer says its pid), not a restart — the next start adopts it (`app.adopted`), and no
+/// incident is opened. A `process` check runs throughout, so an app that went down would have
+/// opened one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_healthy_app_comes_back_after_the_service_is_killed() {
+async fn a_running_app_is_adopted_after_kill_9_and_after_a_graceful_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let _reaper = AppReaper(root.path().to_path_buf());
+    let repo = sample_repo(root.path());
+    let port = free_port();
+    let checks =
+        "    checks:\n      - {name: web-process, schedule: \"*/1 * * * * *\", kind: process}\n";
+    let ops = local_ops(&repo, port, 0, checks);
+    let mut service = start(root.path(), &ops, Vec::new()).await;
+    deploy_healthy(&service, "web").await;
+    let first = wait_for_app(port, |_| true).await;
+    let pid = first["pid"].as_i64().unwrap();
+    let group = recorded_pid(root.path(), "web").unwrap();
+    assert_eq!(
+        group_of(pid),
+        Some(group),
+        "the app runs in the recorded group"
+    );
+
+    for (round, graceful) in [(1, false), (2, true)] {
+        if graceful {
+            assert!(service.terminate(Duration::from_secs(30)).success());
+        } else {
+            service.kill_9();
+        }
+        // The service is gone; the app is not.
+        let meanwhile = answers_within(port, Duration::from_secs(2)).await;
+        assert_eq!(meanwhile["pid"], pid, "round {round}: {meanwhile}");
+        service = start(root.path(), &ops, Vec::new()).await;
+        let again = answers_within(port, Duration::from_secs(10)).await;
+        assert_eq!(
+            again["pid"], pid,
+            "round {round}: a new process serves: {again}"
+        );
+        assert_eq!(again["version"], "1", "{again}");
+        let adopted = service_events(&service, "app.adopted").await;
+        assert_eq!(adopted.len(), round, "round {round}: {adopted:#?}");
+        assert_eq!(adopted[round - 1]["data"]["pid"], group, "{adopted:#?}");
+        assert!(service_events(&service, "app.started").await.is_empty());
+        // The check keeps passing against the adopted process (a few rounds of it).
+        let (_, before) = service.get("/v1/checks").await;
+        let seen = before["checks"][0]["history"]
+            .as_array()
+            .map_or(0, Vec::len);
+        wait_until(&service, "/v1/checks", |c| {
+            c["checks"][0]["history"].as_array().map_or(0, Vec::len) >= seen + 2
+                && c["checks"][0]["last"]["outcome"] == "pass"
+        })
+        .await;
+        let (_, incidents) = service.get("/v1/incidents?app=web").await;
+        assert_eq!(
+            incidents["incidents"],
+            json!([]),
+            "round {round}: {incidents:#}"
+        );
+        let (_, checks) = service.get("/v1/checks").await;
+        let history = checks["checks"][0]["history"].as_array().unwrap();
+        assert!(
+            history.iter().all(|r| r["outcome"] == "pass"),
+            "round {round}: {checks:#}"
+        );
+    }
+    let (status, _) = service.get("/readyz").await;
+    assert_eq!(status, 200);
+    assert_eq!(app_root(port).await.unwrap()["pid"], pid);
+}
+
+/// Issue #16: a start adopts only what its records vouch for and the app confirms. The app is
+/// stopped while the service is down: the next start starts the current release (`app.started`)
+/// and the new process serves. A release that runs but is not the one recorded (its record was
+/// lost) is not left running unmanaged: the start stops it and starts the current release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_starts_the_current_release_when_the_recorded_one_is_not_running() {
     let root = tempfile::tempdir().unwrap();
     let _reaper = AppReaper(root.path().to_path_buf());
     let repo = sample_repo(root.path());
@@ -1042,12 +1178,96 @@ async fn a_healthy_app_comes_back_after_the_service_is_killed() {
     let mut service = start(root.path(), &ops, Vec::new()).await;
     deploy_healthy(&service, "web").await;
     let first = wait_for_app(port, |_| true).await;
+    let first_group = recorded_pid(root.path(), "web").unwrap();
+
+    // Down while the service is down: started again, as a new process.
     service.kill_9();
-    let service = start(root.path(), &ops, Vec::new()).await;
-    let again = wait_for_app(port, |body| body["pid"] != first["pid"]).await;
-    assert_eq!(again["version"], "1", "{again}");
-    let (status, _) = service.get("/readyz").await;
-    assert_eq!(status, 200);
+    // SAFETY: killing the sample app's process group this test's service started.
+    unsafe {
+        libc::kill(-first_group, libc::SIGKILL);
+    }
+    assert!(group_gone(first_group, Duration::from_secs(10)).await);
+    service = start(root.path(), &ops, Vec::new()).await;
+    let second = answers_within(port, Duration::from_secs(10)).await;
+    assert_ne!(second["pid"], first["pid"], "{second}");
+    assert_eq!(second["version"], "1");
+    let started = service_events(&service, "app.started").await;
+    assert_eq!(started.len(), 1, "{started:#?}");
+    assert!(service_events(&service, "app.adopted").await.is_empty());
+    let second_group = recorded_pid(root.path(), "web").unwrap();
+    assert_eq!(
+        group_of(second["pid"].as_i64().unwrap()),
+        Some(second_group)
+    );
+
+    // Running, but its record is gone: it is stopped (no release runs unaccounted for) and the
+    // current release started in its place.
+    service.kill_9();
+    let record = root.path().join("data/releases/web/app.json");
+    std::fs::remove_file(&record).unwrap();
+    service = start(root.path(), &ops, Vec::new()).await;
+    assert!(
+        group_gone(second_group, WAIT).await,
+        "the unrecorded release still runs"
+    );
+    let third = wait_for_app(port, |body| body["pid"] != second["pid"]).await;
+    assert_ne!(third["pid"], first["pid"]);
+    let stray = service_events(&service, "app.unaccounted_stopped").await;
+    assert_eq!(stray.len(), 1, "{stray:#?}");
+    assert_eq!(stray[0]["data"]["process_groups"], json!([second_group]));
+    let (_, incidents) = service.get("/v1/incidents?app=web").await;
+    assert_eq!(incidents["incidents"], json!([]), "{incidents:#}");
+}
+
+/// Issue #16: a deploy cut off by `kill -9` after it started its new release but before that
+/// release passed its health check leaves a process that is not the current release. The next
+/// start does not adopt it: it stops it, starts the current release (`app.started`, naming the
+/// mismatch), and ends the deploy `DEPLOY_INTERRUPTED` without an incident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_of_an_interrupted_deploy_is_replaced_by_the_current_one() {
+    let root = tempfile::tempdir().unwrap();
+    let _reaper = AppReaper(root.path().to_path_buf());
+    let repo = sample_repo(root.path());
+    let good = git(&repo, &["rev-parse", "HEAD"]);
+    let port = free_port();
+    let ops = local_ops(&repo, port, 0, "");
+    let mut service = start(root.path(), &ops, Vec::new()).await;
+    deploy_healthy(&service, "web").await;
+    // A release whose health check fails for the whole retry window (30 × 200 ms).
+    std::fs::write(repo.join("VERSION"), "2\n").unwrap();
+    std::fs::write(repo.join("BROKEN"), "yes\n").unwrap();
+    let bad = commit_all(&repo, "v2, broken");
+    let (status, record) = service
+        .post("/v1/deploys", &json!({"app": "web", "commit": bad}))
+        .await;
+    assert_eq!(status, 201, "{record}");
+    let id = record["id"].as_str().unwrap().to_owned();
+    wait_for_app(port, |body| body["version"] == "2").await;
+    let (_, running) = service.get(&format!("/v1/deploys/{id}")).await;
+    assert_eq!(running["status"], "running", "{running}");
+    let bad_group = recorded_pid(root.path(), "web").unwrap();
+    service.kill_9();
+
+    service = start(root.path(), &ops, Vec::new()).await;
+    assert!(
+        group_gone(bad_group, WAIT).await,
+        "the interrupted deploy's release still runs"
+    );
+    let back = wait_for_app(port, |body| body["version"] == "1").await;
+    assert_eq!(back["version"], "1");
+    let started = service_events(&service, "app.started").await;
+    assert_eq!(started.len(), 1, "{started:#?}");
+    assert_eq!(started[0]["data"]["release"], good.as_str());
+    let reason = started[0]["data"]["reason"].as_str().unwrap();
+    assert!(reason.contains(&bad), "{reason}");
+    assert!(service_events(&service, "app.adopted").await.is_empty());
+    let ended = wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
+        d["status"] == "failed"
+    })
+    .await;
+    assert_eq!(ended["error"]["code"], "DEPLOY_INTERRUPTED", "{ended}");
+    let (_, incidents) = service.get("/v1/incidents?app=web").await;
+    assert_eq!(incidents["incidents"], json!([]), "{incidents:#}");
 }
 
 /// Issue #16: a deploy of a commit that does not exist is refused at the door — `422

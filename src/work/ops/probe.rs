@@ -25,8 +25,14 @@ const COST_DAYS_DEFAULT: u32 = 7;
 const COST_FACTOR_DEFAULT: f64 = 2.0;
 /// Ledger history pages a cost check reads at most.
 const COST_PAGES_MAX: usize = 20;
+/// Probes of an app's health URL before a running release is adopted (its `timeout_ms` each,
+/// `interval_ms` apart): enough for a busy app, short enough not to hold up the start.
+const ADOPT_PROBES_MAX: u32 = 3;
+/// Without a health URL, how long a running release has to accept a connection on its port to
+/// be adopted.
+const ADOPT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A `process` check that finds no process looks once more after this (a release may be
-/// between writing its pid file and starting).
+/// between its start and its record being written).
 const PROCESS_RECHECK_DELAY: Duration = Duration::from_millis(500);
 
 /// The one HTTP client of every probe: building one loads the system's TLS roots, which a probe
@@ -123,6 +129,69 @@ pub(crate) async fn app_health(ctx: &ProviderContext, name: &str, app: &AppSpec)
         }],
         target: "provider status".into(),
     }
+}
+
+/// Whether the app's running release may be adopted as the release `current`: its record names
+/// a process that still runs with the recorded start time, on the port `ops.yaml` gives now, of
+/// release `current`, and the app itself answers — its `health` URL passes (up to
+/// [`ADOPT_PROBES_MAX`] probes), or without one it accepts a connection on its port. Returns the
+/// record of the adopted release, or why it may not be adopted.
+pub(crate) async fn adoptable(
+    ctx: &ProviderContext,
+    name: &str,
+    app: &AppSpec,
+    current: &str,
+) -> Result<provider::LocalProcess, String> {
+    let local = provider::local_of(app).map_err(|e| e.to_string())?;
+    let record =
+        provider::read_process(&ctx.data_dir, name).ok_or("no record of a running release")?;
+    if !record.runs() {
+        return Err(format!(
+            "the recorded process {} no longer runs",
+            record.pid
+        ));
+    }
+    if record.release != current {
+        return Err(format!(
+            "release {} runs, but the current release is {current}",
+            record.release
+        ));
+    }
+    if record.port != local.port {
+        return Err(format!(
+            "it was started on port {}, ops.yaml now says {}",
+            record.port, local.port
+        ));
+    }
+    let answered = match &app.health {
+        Some(spec) => {
+            let mut spec = spec.clone();
+            spec.retries = spec.retries.clamp(1, ADOPT_PROBES_MAX);
+            let result = health(&spec).await;
+            result.healthy.then_some(()).ok_or_else(|| {
+                let last = result.probes.last().and_then(|p| p.error.clone());
+                format!(
+                    "{} did not pass: {}",
+                    result.target,
+                    last.unwrap_or_default()
+                )
+            })
+        }
+        None => {
+            let address = ("127.0.0.1", local.port);
+            match tokio::time::timeout(
+                ADOPT_CONNECT_TIMEOUT,
+                tokio::net::TcpStream::connect(address),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => Err(format!("port {} refused: {error}", local.port)),
+                Err(_) => Err(format!("port {} did not answer", local.port)),
+            }
+        }
+    };
+    answered.map(|()| record)
 }
 
 /// Runs one check and returns its result (never an error: a check that cannot run fails).

@@ -1,7 +1,9 @@
-//! Putting releases on a target: the `local` provider (releases as supervised processes on this
-//! host), `fly` (the fly CLI) and `command` (user-given shell commands). Every process goes
-//! through [`crate::platform::process::run`] — with a timeout, bounded output and its own process group —
-//! after [`super::check_allowed`] let it through.
+//! Putting releases on a target: the `local` provider (releases as detached processes on this
+//! host, which outlive the service and are adopted by its next start), `fly` (the fly CLI) and
+//! `command` (user-given shell commands). Every command goes through
+//! [`crate::platform::process::run`] — with a timeout, bounded output and its own process group —
+//! after [`super::check_allowed`] let it through; a local release is started by
+//! [`crate::platform::process::spawn_detached`] after the same check.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,16 +17,16 @@ use super::{check_allowed, OpsError, DETAIL_BYTES_MAX, OUTPUT_BYTES_MAX};
 use crate::config::definitions::ToolRules;
 use crate::model::ops::spec::{AppSpec, CommandSpecs, FlySpec, LocalSpec, OpsFile, ProviderKind};
 use crate::model::persona::Persona;
-use crate::platform::process::{self, CommandOutput, CommandSpec, INSTANCE_VARIABLE};
+use crate::platform::process::{
+    self, CommandOutput, CommandSpec, DetachedSpec, INSTANCE_VARIABLE, RELEASE_VARIABLE,
+};
 use crate::platform::redact::Redactor;
 use crate::runtime::Services;
 
 /// How long a git call (rev-parse, archive) may take.
 const GIT_TIMEOUT: Duration = Duration::from_secs(60);
-/// A local release runs until it is stopped; this is only the bound `process::run` requires.
-const APP_RUN_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
-/// Bytes of the app's own stdout/stderr pipe kept (its output goes to the log file).
-const APP_PIPE_BYTES_MAX: usize = 4 * 1024;
+/// How long a release no record accounts for gets between SIGTERM and SIGKILL.
+const UNRECORDED_STOP_GRACE: Duration = Duration::from_secs(2);
 /// A log file over this size is rotated (to `app.log.1`) when the app starts.
 pub(crate) const APP_LOG_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// After SIGKILL, how long a stopped release's processes may take to disappear.
@@ -43,8 +45,9 @@ pub(crate) const SCALE_COUNT_MAX: u32 = 100;
 pub(crate) struct ProviderContext {
     /// `<data-dir>`: releases live under `<data-dir>/releases/<app>/<sha>`.
     pub data_dir: PathBuf,
-    /// This service's identity, set on every child as `GLITCHLAB_INSTANCE` (orphans are killed at
-    /// the next start).
+    /// This service's identity, set on every command as `GLITCHLAB_INSTANCE` (orphans are killed
+    /// at the next start) and on every local release as `GLITCHLAB_RELEASE_OF` (adopted or
+    /// stopped at the next start, never killed as an orphan).
     pub instance: String,
     /// The whole ops file (for `fly_binary`).
     pub ops: Arc<OpsFile>,
@@ -57,7 +60,7 @@ pub(crate) struct ProviderContext {
     pub env: Vec<(String, String)>,
     /// Hides secret values in every output kept from a command.
     pub redactor: Arc<Redactor>,
-    /// The running local releases.
+    /// The local releases this incarnation started (their exit is logged).
     pub runtime: Arc<LocalRuntime>,
     /// When set, shell commands run under Landlock and may write only these directories
     /// (Uplink-Watch: its checks are read-only by construction, not by promise).
@@ -209,7 +212,7 @@ impl ProviderContext {
         ok_or_failed(what, &output)
     }
 
-    /// Where an app's releases, log and pid file live.
+    /// Where an app's releases, log and process record live.
     pub(crate) fn app_dir(&self, app: &str) -> PathBuf {
         app_dir(&self.data_dir, app)
     }
@@ -237,9 +240,9 @@ pub(crate) fn app_dir(data_dir: &Path, app: &str) -> PathBuf {
     data_dir.join("releases").join(app)
 }
 
-/// The file a running local release's process group id is written to.
-pub(crate) fn pid_file(data_dir: &Path, app: &str) -> PathBuf {
-    app_dir(data_dir, app).join("app.pid")
+/// The file the record of an app's running release is written to ([`LocalProcess`]).
+pub(crate) fn process_file(data_dir: &Path, app: &str) -> PathBuf {
+    app_dir(data_dir, app).join("app.json")
 }
 
 /// The file a local release's output goes to.
@@ -247,11 +250,61 @@ pub(crate) fn log_file(data_dir: &Path, app: &str) -> PathBuf {
     app_dir(data_dir, app).join("app.log")
 }
 
-/// The process group of the app's running release, if its pid file names a live one.
+/// What the local provider recorded when it started a release: enough for a later start of the
+/// service to tell whether the process still running is that release (the pid alone could have
+/// been reused by anything since).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct LocalProcess {
+    /// The release's pid: also its session and process group id.
+    pub pid: i32,
+    /// The process's start time (clock ticks since boot, `/proc/<pid>/stat`); `None` where
+    /// `/proc` could not tell.
+    pub start_time: Option<u64>,
+    /// The port it was given (`PORT`).
+    pub port: u16,
+    /// The commit it runs.
+    pub release: String,
+    /// When it was started.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl LocalProcess {
+    /// Whether the recorded process group still runs and is the one recorded: a leader that is
+    /// alive must have the recorded start time (a reused pid is another process). A leader that
+    /// is gone while its group still runs is the release's children: the kernel does not hand
+    /// out a pid that is a live group's id, so the group is still the release's.
+    pub(crate) fn runs(&self) -> bool {
+        if self.pid <= 1 || !process::group_runs(self.pid) {
+            return false;
+        }
+        match (process::start_time(self.pid), self.start_time) {
+            (Some(now), Some(recorded)) => now == recorded,
+            _ => true,
+        }
+    }
+}
+
+/// The record of the app's running release, if one was written and reads.
+pub(crate) fn read_process(data_dir: &Path, app: &str) -> Option<LocalProcess> {
+    let text = std::fs::read(process_file(data_dir, app)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+fn write_process(data_dir: &Path, app: &str, record: &LocalProcess) -> std::io::Result<()> {
+    let path = process_file(data_dir, app);
+    let temp = path.with_extension("json.tmp");
+    std::fs::write(
+        &temp,
+        serde_json::to_vec(record).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&temp, &path)
+}
+
+/// The process group of the app's running release, if its record names one that still runs.
 pub(crate) fn running_group(data_dir: &Path, app: &str) -> Option<i32> {
-    let text = std::fs::read_to_string(pid_file(data_dir, app)).ok()?;
-    let pgid: i32 = text.trim().parse().ok()?;
-    (pgid > 1 && group_alive(pgid)).then_some(pgid)
+    read_process(data_dir, app)
+        .filter(LocalProcess::runs)
+        .map(|record| record.pid)
 }
 
 fn group_alive(pgid: i32) -> bool {
@@ -354,8 +407,10 @@ pub(crate) async fn export_commit(
     Ok(())
 }
 
-/// The local releases that run now, each a supervised child: dropping its entry (on stop, or
-/// when Uplink-Deploy stops or crashes) kills its process group.
+/// The local releases this incarnation of Uplink-Deploy started, each with a task that waits
+/// for its exit (to log it and reap it). Dropping an entry stops the waiting, never the release:
+/// releases outlive Uplink-Deploy and the service, and the next start adopts them
+/// ([`super::probe::adoptable`]).
 #[derive(Default)]
 pub(crate) struct LocalRuntime {
     /// App → its running release; a std mutex, never held across an await.
@@ -363,8 +418,8 @@ pub(crate) struct LocalRuntime {
 }
 
 struct RunningApp {
-    /// The task awaiting `process::run`; dropping it kills the group.
-    _child: AbortOnDropHandle<()>,
+    /// The task awaiting the release's exit; dropping it leaves the release running.
+    _waiter: AbortOnDropHandle<()>,
 }
 
 impl LocalRuntime {
@@ -390,22 +445,28 @@ async fn wait_gone(pgid: i32, wait: Duration) -> bool {
     true
 }
 
-/// Stops the app's running release: SIGTERM to its group, SIGKILL after `grace`.
-pub(crate) async fn local_stop(ctx: &ProviderContext, app: &str, grace: Duration) {
-    let group = running_group(&ctx.data_dir, app);
-    if let Some(pgid) = group {
-        signal_group(pgid, libc::SIGTERM);
-        if !wait_gone(pgid, grace).await {
-            signal_group(pgid, libc::SIGKILL);
-            wait_gone(pgid, KILL_WAIT).await;
-        }
+/// SIGTERM to a process group, SIGKILL after `grace`; waits (bounded) until it is gone.
+async fn stop_group(pgid: i32, grace: Duration) {
+    signal_group(pgid, libc::SIGTERM);
+    if !wait_gone(pgid, grace).await {
+        signal_group(pgid, libc::SIGKILL);
+        wait_gone(pgid, KILL_WAIT).await;
     }
-    drop(ctx.runtime.forget(app));
-    let _ = std::fs::remove_file(pid_file(&ctx.data_dir, app));
 }
 
-/// Starts release `sha` of `app` (already exported and built) as a supervised child with `PORT`
-/// set, its output appended to the app's log file.
+/// Stops the app's running release (the one its record names, if it still runs): SIGTERM to its
+/// group, SIGKILL after `grace`.
+pub(crate) async fn local_stop(ctx: &ProviderContext, app: &str, grace: Duration) {
+    if let Some(pgid) = running_group(&ctx.data_dir, app) {
+        stop_group(pgid, grace).await;
+    }
+    drop(ctx.runtime.forget(app));
+    let _ = std::fs::remove_file(process_file(&ctx.data_dir, app));
+}
+
+/// Starts release `sha` of `app` (already exported and built) detached from the service (its own
+/// session, `PORT` set, output appended to the app's log file) and records it
+/// ([`LocalProcess`]).
 pub(crate) fn local_start(
     ctx: &ProviderContext,
     app: &str,
@@ -421,44 +482,80 @@ pub(crate) fn local_start(
     ctx.check(&local.start)?;
     let log = log_file(&ctx.data_dir, app);
     rotate_log(&log);
-    let pid = pid_file(&ctx.data_dir, app);
-    let _ = std::fs::remove_file(&pid);
-    let script = "echo $$ > \"$GLITCHLAB_PID_FILE\"; echo \"[glitchlab] starting release $GLITCHLAB_RELEASE\" >> \"$GLITCHLAB_LOG_FILE\"; exec sh -c \"$GLITCHLAB_START\" >> \"$GLITCHLAB_LOG_FILE\" 2>&1";
-    let mut spec = program_spec(
-        "sh",
-        vec!["-c".into(), script.into()],
-        &dir,
-        Vec::new(),
-        APP_RUN_TIMEOUT,
-        APP_PIPE_BYTES_MAX,
-    );
-    spec.env_clear = true;
-    spec.env = ctx.env_with(vec![
+    let _ = std::fs::remove_file(process_file(&ctx.data_dir, app));
+    let script =
+        "echo \"[glitchlab] starting release $GLITCHLAB_RELEASE\"; exec sh -c \"$GLITCHLAB_START\"";
+    let mut env = ctx.env.clone();
+    env.extend([
         ("PORT".into(), local.port.to_string()),
         ("GLITCHLAB_START".into(), local.start.clone()),
-        ("GLITCHLAB_PID_FILE".into(), pid.display().to_string()),
-        ("GLITCHLAB_LOG_FILE".into(), log.display().to_string()),
         ("GLITCHLAB_RELEASE".into(), sha.to_owned()),
+        (RELEASE_VARIABLE.into(), ctx.instance.clone()),
     ]);
-    let (app_name, release) = (app.to_owned(), sha.to_owned());
-    // Owned by `LocalRuntime` (the entry's `AbortOnDropHandle`), not a background task: the
-    // release lives as long as Uplink-Deploy keeps it.
-    let child = tokio::spawn(async move {
-        match process::run(&spec).await {
-            Ok(output) => tracing::warn!(
-                app = %app_name, %release, exit_code = ?output.exit_code, signal = ?output.signal,
+    let spec = DetachedSpec {
+        program: "sh".into(),
+        args: vec!["-c".into(), script.into()],
+        cwd: dir,
+        env,
+        output: log,
+    };
+    let detached = process::spawn_detached(&spec).map_err(|e| OpsError::Provider(e.to_string()))?;
+    let record = LocalProcess {
+        pid: detached.pid,
+        start_time: detached.start_time,
+        port: local.port,
+        release: sha.to_owned(),
+        started_at: chrono::Utc::now(),
+    };
+    if let Err(error) = write_process(&ctx.data_dir, app, &record) {
+        // Unrecorded, it would be stopped as unaccounted for at the next start; stop it now.
+        signal_group(detached.pid, libc::SIGKILL);
+        return Err(OpsError::Provider(format!(
+            "could not record the release of `{app}`: {error}"
+        )));
+    }
+    let (app_name, release, mut child) = (app.to_owned(), sha.to_owned(), detached.child);
+    // Owned by `LocalRuntime` (the entry's `AbortOnDropHandle`), not a background task; it only
+    // waits, so dropping it leaves the release running.
+    let waiter = tokio::spawn(async move {
+        use std::os::unix::process::ExitStatusExt;
+        match child.wait().await {
+            Ok(status) => tracing::warn!(
+                app = %app_name, %release, exit_code = ?status.code(), signal = ?status.signal(),
                 "app process exited"
             ),
-            Err(error) => tracing::error!(app = %app_name, %release, %error, "app did not start"),
+            Err(error) => tracing::error!(app = %app_name, %release, %error, "app process lost"),
         }
     });
     ctx.runtime.insert(
         app,
         RunningApp {
-            _child: AbortOnDropHandle::new(child),
+            _waiter: AbortOnDropHandle::new(waiter),
         },
     );
     Ok(())
+}
+
+/// Stops every running local release of this service (found by its `GLITCHLAB_RELEASE_OF` mark)
+/// whose process group is not in `keep`: releases no record accounts for (the record was lost,
+/// overwritten or never written before a crash, the app left `ops.yaml`). Returns their groups.
+pub(crate) async fn stop_unaccounted(ctx: &ProviderContext, keep: &[i32]) -> Vec<i32> {
+    let instance = ctx.instance.clone();
+    let groups =
+        tokio::task::spawn_blocking(move || process::groups_carrying(RELEASE_VARIABLE, &instance))
+            .await
+            .unwrap_or_default();
+    let stray: Vec<i32> = groups.into_iter().filter(|g| !keep.contains(g)).collect();
+    for pgid in &stray {
+        signal_group(*pgid, libc::SIGTERM);
+    }
+    for pgid in &stray {
+        if !wait_gone(*pgid, UNRECORDED_STOP_GRACE).await {
+            signal_group(*pgid, libc::SIGKILL);
+            wait_gone(*pgid, KILL_WAIT).await;
+        }
+    }
+    stray
 }
 
 fn rotate_log(log: &Path) {
@@ -490,7 +587,8 @@ fn last_lines(text: &str) -> Vec<String> {
     lines[start..].iter().map(|l| (*l).to_owned()).collect()
 }
 
-fn local_of(app: &AppSpec) -> Result<&LocalSpec, OpsError> {
+/// The app's `local:` section, or why the app cannot run locally.
+pub(crate) fn local_of(app: &AppSpec) -> Result<&LocalSpec, OpsError> {
     app.local
         .as_ref()
         .ok_or_else(|| OpsError::Unsupported("the app has no `local:` section".into()))
@@ -767,4 +865,39 @@ async fn fly_run_in(
     );
     let output = ctx.run_governed(spec).await?;
     ok_or_failed(&line, &output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    /// A record names one process: the same pid with another start time (a reused pid) is not
+    /// the release, and a group that is gone does not run.
+    #[test]
+    fn a_record_matches_only_the_process_it_was_written_for() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let started = process::start_time(pid).unwrap();
+        let record = LocalProcess {
+            pid,
+            start_time: Some(started),
+            port: 1,
+            release: "abc".into(),
+            started_at: chrono::Utc::now(),
+        };
+        assert!(record.runs());
+        let reused = LocalProcess {
+            start_time: Some(started + 1),
+            ..record.clone()
+        };
+        assert!(!reused.runs(), "another process with the recorded pid");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!record.runs());
+    }
 }
