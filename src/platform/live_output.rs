@@ -111,7 +111,7 @@ impl<'a> Coalescer<'a> {
             let keep = CHUNK_BYTES_MAX + hold;
             let cut = ceil_boundary(&text, text.len().saturating_sub(keep));
             pending.dropped_bytes += cut as u64;
-            let mut kept = text[cut..].as_bytes().to_vec();
+            let mut kept = text.as_bytes()[cut..].to_vec();
             kept.extend_from_slice(incomplete);
             pending.bytes = kept;
         }
@@ -156,7 +156,7 @@ impl<'a> Coalescer<'a> {
             let incomplete = incomplete.to_vec();
             let text = redactor.redact(&String::from_utf8_lossy(complete));
             let cut = floor_boundary(&text, text.len().saturating_sub(hold));
-            let mut rest = text[cut..].as_bytes().to_vec();
+            let mut rest = text.as_bytes()[cut..].to_vec();
             rest.extend_from_slice(&incomplete);
             pending.bytes = rest;
             let mut text = text;
@@ -200,7 +200,9 @@ pub(crate) async fn forward(
     loop {
         tokio::select! {
             received = taps.recv() => match received {
-                Some(chunk) => coalescer.push(chunk, Instant::now()),
+                Some(chunk) if listening() => coalescer.push(chunk, Instant::now()),
+                // Dropped whole, not kept: what comes after a gap must not join what came before.
+                Some(_) => coalescer.clear(),
                 None => break,
             },
             _ = tick.tick() => {
