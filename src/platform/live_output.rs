@@ -321,7 +321,7 @@ mod tests {
     /// appears in a chunk, not even its first bytes.
     #[test]
     fn a_secret_split_across_reads_and_cuts_is_redacted() {
-        let redactor = Redactor::new([("KEY".to_owned(), SECRET.to_owned())]);
+        let redactor = Redactor::new([("key".to_owned(), SECRET.to_owned())]);
         let mut coalescer = Coalescer::new(&redactor);
         let now = Instant::now();
         let (front, back) = SECRET.split_at(7);
@@ -332,7 +332,7 @@ mod tests {
         coalescer.push(out(&format!("{back} ok\n")), late);
         let rest = texts(&coalescer.take(late, false));
         let all = format!("{early}{rest}");
-        assert_eq!(all, "the key is [REDACTED:KEY] ok\n");
+        assert_eq!(all, "the key is [REDACTED:key] ok\n");
 
         // A line longer than a chunk, secrets everywhere, read in odd pieces.
         let line = format!("{SECRET}x").repeat(1000);
@@ -354,14 +354,14 @@ mod tests {
             !sent.contains(&SECRET[SECRET.len() - 7..]),
             "a secret's end leaked"
         );
-        assert!(sent.contains("[REDACTED:KEY]x"));
+        assert!(sent.contains("[REDACTED:key]x"));
     }
 
     /// Bytes the tap missed: the text before the gap loses its possibly secret end, and the
     /// next chunk says how much was left out.
     #[test]
     fn a_gap_drops_the_end_before_it_and_is_counted() {
-        let redactor = Redactor::new([("KEY".to_owned(), SECRET.to_owned())]);
+        let redactor = Redactor::new([("key".to_owned(), SECRET.to_owned())]);
         let mut coalescer = Coalescer::new(&redactor);
         let now = Instant::now();
         coalescer.push(out(&format!("start {}", &SECRET[..10])), now);
@@ -384,7 +384,7 @@ mod tests {
     /// latest lines, counts the rest, and the pending bytes stay bounded.
     #[test]
     fn a_flood_is_bounded_and_counted() {
-        let redactor = Redactor::new([("KEY".to_owned(), SECRET.to_owned())]);
+        let redactor = Redactor::new([("key".to_owned(), SECRET.to_owned())]);
         let mut coalescer = Coalescer::new(&redactor);
         let now = Instant::now();
         let mut printed = 0u64;
