@@ -131,7 +131,9 @@ pub struct TapChunk {
 }
 
 /// The sending side of a bounded tap on a command's output. A full tap never blocks the pipe
-/// reader (the child would stall) nor grows: what does not fit is counted and skipped.
+/// reader (the child would stall) nor grows: what does not fit is counted and skipped — except
+/// the last read, which waits a moment for room once the pipe has closed, so a live view ends
+/// with the command's last output.
 #[derive(Debug, Clone)]
 pub struct OutputTap {
     sender: mpsc::Sender<TapChunk>,
@@ -240,12 +242,17 @@ async fn capture(
     let mut captured = BoundedCapture::new(bytes_max);
     let mut buffer = vec![0u8; READ_BYTES_MAX];
     let mut missed_bytes = 0u64;
+    // The latest read a full tap did not take: offered again once the pipe has closed.
+    let mut unsent: Option<Vec<u8>> = None;
     loop {
         match pipe.read(&mut buffer).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 captured.push(&buffer[..n]);
                 if let Some((tap, stream)) = &tap {
+                    if let Some(skipped) = unsent.take() {
+                        missed_bytes += skipped.len() as u64;
+                    }
                     let chunk = TapChunk {
                         stream: *stream,
                         bytes: buffer[..n].to_vec(),
@@ -253,25 +260,28 @@ async fn capture(
                     };
                     match tap.sender.try_send(chunk) {
                         Ok(()) => missed_bytes = 0,
-                        Err(mpsc::error::TrySendError::Full(_)) => missed_bytes += n as u64,
+                        Err(mpsc::error::TrySendError::Full(chunk)) => unsent = Some(chunk.bytes),
                         Err(mpsc::error::TrySendError::Closed(_)) => {}
                     }
                 }
             }
         }
     }
-    if let Some((tap, stream)) = &tap {
-        if missed_bytes > 0 {
-            // Best effort: the count of a gap at the very end is lost when the tap is still full.
-            let _ = tap.sender.try_send(TapChunk {
-                stream: *stream,
-                bytes: Vec::new(),
-                missed_bytes,
-            });
-        }
+    if let (Some((tap, stream)), Some(bytes)) = (&tap, unsent) {
+        // The command's last output matters most to a live view, and nothing waits on this pipe
+        // any more: the last read waits a moment for room.
+        let last = TapChunk {
+            stream: *stream,
+            bytes,
+            missed_bytes,
+        };
+        let _ = tokio::time::timeout(TAP_LAST_READ_WAIT, tap.sender.send(last)).await;
     }
     captured
 }
+
+/// How long the last read of a pipe waits for room in a full tap once the pipe has closed.
+const TAP_LAST_READ_WAIT: Duration = Duration::from_millis(250);
 
 /// Keeps the first half and the last half of a stream within `bytes_max`, counting what it drops.
 #[derive(Debug)]
