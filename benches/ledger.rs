@@ -122,6 +122,7 @@ async fn in_process(root: &Path) -> (f64, f64) {
         sandbox: None,
         repo_checks: Arc::default(),
         background: Default::default(),
+        live_output: Default::default(),
         config: Arc::new(config),
     };
     let arguments = LedgerArguments {

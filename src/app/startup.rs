@@ -171,6 +171,7 @@ impl Application {
             sandbox: sandbox.map(Arc::new),
             repo_checks: Arc::default(),
             background: Default::default(),
+            live_output: Default::default(),
             store,
             directory: Arc::new(ActorDirectory::default()),
             config: Arc::new(config),

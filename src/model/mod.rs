@@ -5,6 +5,7 @@
 //! - [`errors`]: the store's failures, shared by every layer that reports them.
 //! - [`auth`]: roles, permissions, token records, the audit log's entries.
 //! - [`task`]: tasks, events and engine runs, as stored and as served.
+//! - [`live`]: a running command's output as it reaches event streams (never stored).
 //! - [`ledger`]: the token books' accounts, transfers, rate card and their validation.
 //! - [`persona`]: the personas of the tree, by name.
 //! - [`ops`]: what `ops.yaml` and runbooks say, and what ops records.
@@ -13,6 +14,7 @@ pub(crate) mod auth;
 pub(crate) mod codes;
 pub(crate) mod errors;
 pub mod ledger;
+pub(crate) mod live;
 pub(crate) mod ops;
 pub(crate) mod persona;
 pub(crate) mod task;

@@ -1,10 +1,11 @@
 //! Helpers that talk to the machine and the outside, knowing nothing of actors or the store:
-//! subprocesses ([`process`]), confinement ([`sandbox`]), git ([`git`]), the governed executor's
+//! subprocesses ([`process`]) and their live output ([`live_output`]), confinement ([`sandbox`]), git ([`git`]), the governed executor's
 //! rules ([`executor`]), secret redaction ([`redact`]), the model client ([`openai`]), prompts ([`prompt`]), logs
 //! ([`telemetry`]) and Prometheus metrics ([`metrics`]).
 
 pub(crate) mod executor;
 pub(crate) mod git;
+pub(crate) mod live_output;
 pub(crate) mod metrics;
 pub(crate) mod openai;
 pub mod process;

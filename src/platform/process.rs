@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
+use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::model::live::OutputStream;
 use crate::model::task::CapturedOutput;
 
 /// After the main process exits, how long its pipes may stay open before capture gives up.
@@ -115,8 +117,51 @@ impl Drop for ProcessGroupGuard {
     }
 }
 
+/// What a running command printed, as it reads from one pipe: for live output
+/// ([`crate::platform::live_output`]).
+#[derive(Debug)]
+pub struct TapChunk {
+    /// The pipe.
+    pub stream: OutputStream,
+    /// The bytes of one read (at most [`READ_BYTES_MAX`]).
+    pub bytes: Vec<u8>,
+    /// Bytes of this pipe read before these and not delivered (the tap was full): the reader of
+    /// the tap must not join the pieces on both sides of the gap as if they were one text.
+    pub missed_bytes: u64,
+}
+
+/// The sending side of a bounded tap on a command's output. A full tap never blocks the pipe
+/// reader (the child would stall) nor grows: what does not fit is counted and skipped — except
+/// the last read, which waits a moment for room once the pipe has closed, so a live view ends
+/// with the command's last output.
+#[derive(Debug, Clone)]
+pub struct OutputTap {
+    sender: mpsc::Sender<TapChunk>,
+}
+
+impl OutputTap {
+    /// A tap holding at most `capacity` reads (each at most [`READ_BYTES_MAX`] bytes), and its
+    /// receiver, which ends once the command's pipes are closed.
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<TapChunk>) {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        (Self { sender }, receiver)
+    }
+}
+
+/// Bytes read from a pipe at once.
+pub const READ_BYTES_MAX: usize = 8192;
+
 /// Runs a command to completion (or timeout) and captures its bounded output.
 pub async fn run(spec: &CommandSpec) -> Result<CommandOutput, SpawnError> {
+    run_tapped(spec, None).await
+}
+
+/// [`run`], also handing every read of its output to `tap` while it runs. The tap's receiver
+/// ends when the run returns (its readers are owned by the run).
+pub async fn run_tapped(
+    spec: &CommandSpec,
+    tap: Option<OutputTap>,
+) -> Result<CommandOutput, SpawnError> {
     let started = Instant::now();
     let mut command = Command::new(&spec.program);
     if spec.env_clear {
@@ -140,14 +185,17 @@ pub async fn run(spec: &CommandSpec) -> Result<CommandOutput, SpawnError> {
         pgid: child.id().and_then(|pid| i32::try_from(pid).ok()),
     };
     // The pipe readers are owned by this run (dropped with it), not background tasks.
+    let bytes_max = spec.output_bytes_max;
+    let stdout_tap = tap.clone().map(|tap| (tap, OutputStream::Stdout));
     let stdout_capture = child
         .stdout
         .take()
-        .map(|pipe| AbortOnDropHandle::new(tokio::spawn(capture(pipe, spec.output_bytes_max))));
+        .map(|pipe| AbortOnDropHandle::new(tokio::spawn(capture(pipe, bytes_max, stdout_tap))));
+    let stderr_tap = tap.map(|tap| (tap, OutputStream::Stderr));
     let stderr_capture = child
         .stderr
         .take()
-        .map(|pipe| AbortOnDropHandle::new(tokio::spawn(capture(pipe, spec.output_bytes_max))));
+        .map(|pipe| AbortOnDropHandle::new(tokio::spawn(capture(pipe, bytes_max, stderr_tap))));
 
     let (status, timed_out) = match tokio::time::timeout(spec.timeout, child.wait()).await {
         Ok(status) => (status.ok(), false),
@@ -186,17 +234,54 @@ async fn collect(capture: Option<AbortOnDropHandle<BoundedCapture>>) -> Captured
     }
 }
 
-async fn capture(mut pipe: impl AsyncRead + Unpin, bytes_max: usize) -> BoundedCapture {
+async fn capture(
+    mut pipe: impl AsyncRead + Unpin,
+    bytes_max: usize,
+    tap: Option<(OutputTap, OutputStream)>,
+) -> BoundedCapture {
     let mut captured = BoundedCapture::new(bytes_max);
-    let mut buffer = vec![0u8; 8192];
+    let mut buffer = vec![0u8; READ_BYTES_MAX];
+    let mut missed_bytes = 0u64;
+    // The latest read a full tap did not take: offered again once the pipe has closed.
+    let mut unsent: Option<Vec<u8>> = None;
     loop {
         match pipe.read(&mut buffer).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => captured.push(&buffer[..n]),
+            Ok(n) => {
+                captured.push(&buffer[..n]);
+                if let Some((tap, stream)) = &tap {
+                    if let Some(skipped) = unsent.take() {
+                        missed_bytes += skipped.len() as u64;
+                    }
+                    let chunk = TapChunk {
+                        stream: *stream,
+                        bytes: buffer[..n].to_vec(),
+                        missed_bytes,
+                    };
+                    match tap.sender.try_send(chunk) {
+                        Ok(()) => missed_bytes = 0,
+                        Err(mpsc::error::TrySendError::Full(chunk)) => unsent = Some(chunk.bytes),
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
+                }
+            }
         }
+    }
+    if let (Some((tap, stream)), Some(bytes)) = (&tap, unsent) {
+        // The command's last output matters most to a live view, and nothing waits on this pipe
+        // any more: the last read waits a moment for room.
+        let last = TapChunk {
+            stream: *stream,
+            bytes,
+            missed_bytes,
+        };
+        let _ = tokio::time::timeout(TAP_LAST_READ_WAIT, tap.sender.send(last)).await;
     }
     captured
 }
+
+/// How long the last read of a pipe waits for room in a full tap once the pipe has closed.
+const TAP_LAST_READ_WAIT: Duration = Duration::from_millis(250);
 
 /// Keeps the first half and the last half of a stream within `bytes_max`, counting what it drops.
 #[derive(Debug)]
@@ -719,6 +804,54 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(groups_carrying(RELEASE_VARIABLE, &instance).is_empty());
+    }
+
+    /// A tapped run hands its reads over while it runs; a tap nobody drains neither blocks the
+    /// command nor grows: the reads that do not fit are counted.
+    #[tokio::test]
+    async fn a_tap_sees_output_while_the_command_runs_and_never_blocks_it() {
+        let spec = CommandSpec::shell(
+            "echo early; sleep 1; echo late >&2",
+            std::env::temp_dir(),
+            Duration::from_secs(10),
+            1024,
+        );
+        let (tap, mut taps) = OutputTap::channel(4);
+        let run = tokio::spawn(async move { run_tapped(&spec, Some(tap)).await });
+        let first = tokio::time::timeout(Duration::from_millis(900), taps.recv())
+            .await
+            .expect("the early line arrives before the command ends")
+            .unwrap();
+        assert_eq!(
+            (first.stream, first.bytes.as_slice()),
+            (OutputStream::Stdout, &b"early\n"[..])
+        );
+        let second = taps.recv().await.unwrap();
+        assert_eq!(second.stream, OutputStream::Stderr);
+        assert!(taps.recv().await.is_none(), "the tap ends with the run");
+        assert!(run.await.unwrap().unwrap().success());
+
+        let spec = CommandSpec::shell(
+            "for i in $(seq 1 2000); do echo line $i; done",
+            std::env::temp_dir(),
+            Duration::from_secs(10),
+            1024,
+        );
+        let (tap, mut taps) = OutputTap::channel(1);
+        let output = run_tapped(&spec, Some(tap)).await.unwrap();
+        assert!(output.success());
+        let mut delivered = 0u64;
+        let mut missed = 0u64;
+        while let Ok(chunk) = taps.try_recv() {
+            delivered += chunk.bytes.len() as u64;
+            missed += chunk.missed_bytes;
+        }
+        let total: u64 = (1..=2000).map(|i| format!("line {i}\n").len() as u64).sum();
+        assert!(delivered <= READ_BYTES_MAX as u64, "{delivered}");
+        assert!(
+            delivered + missed <= total,
+            "{delivered} + {missed} > {total}"
+        );
     }
 
     #[tokio::test]

@@ -69,6 +69,15 @@ impl Redactor {
         self.patterns.is_empty()
     }
 
+    /// The length in bytes of the longest form of any secret (0 without secrets): text cut into
+    /// pieces keeps this many bytes back from a cut that is not a line's end, so no piece ends
+    /// in a secret's first bytes ([`crate::platform::live_output`]).
+    pub(crate) fn longest_form_bytes(&self) -> usize {
+        self.patterns
+            .first()
+            .map_or(0, |(pattern, _)| pattern.len())
+    }
+
     /// The text with every secret value, plain or encoded, replaced.
     pub fn redact(&self, text: &str) -> String {
         let mut redacted = text.to_owned();

@@ -1,12 +1,14 @@
 //! What the actors of the tree share at run time: the context handle ([`Services`]), the live
 //! tree ([`directory`]), the restart policy ([`supervision`]), how work runs beside a mailbox
-//! ([`jobs`]), and the background tasks the service owns ([`background`]).
+//! ([`jobs`]), the background tasks the service owns ([`background`]), and running commands'
+//! live output on its way to the event streams ([`live_output`]).
 
 pub(crate) mod background;
 pub(crate) mod compass;
 pub mod directory;
 pub(crate) mod jobs;
 pub mod ledger;
+pub mod live_output;
 pub(crate) mod repo_checks;
 pub(crate) mod supervision;
 pub(crate) mod uplink_deploy;
@@ -41,6 +43,8 @@ pub struct Services {
     pub sandbox: Option<Arc<crate::platform::sandbox::Sandbox>>,
     /// Repositories and base branches git confirmed a moment ago (intake's cache).
     pub repo_checks: Arc<repo_checks::RepoChecks>,
+    /// Running commands' output on its way to the task streams (in memory, bounded).
+    pub live_output: live_output::LiveOutput,
     /// Fire-and-forget work (settlements, signals, cleanups, event streams), owned and capped so
     /// shutdown can wait for it.
     pub background: background::Background,

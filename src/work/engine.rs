@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use uuid::Uuid;
 
+use crate::model::live::RunOutput;
 use crate::model::persona::Persona;
 use crate::model::task::{
     CapturedOutput, EngineRun, Plan, PlanStep, RunStatus, Stage, Task, TaskId,
 };
 use crate::platform::executor;
+use crate::platform::live_output;
 use crate::platform::openai;
 use crate::platform::process::{self, CommandSpec};
 use crate::platform::redact::Redactor;
@@ -203,7 +205,7 @@ pub(crate) async fn run_shell(
     running.prompt_digest = run.prompt_digest;
     running.sandbox = services.sandbox.as_ref().map(|s| s.name().to_owned());
     let open = OpenRun::start(services, running).await?;
-    let mut output = match process::run(&spec).await {
+    let mut output = match run_live(services, who, open.run.id, &spec).await {
         Ok(output) => output,
         Err(error) => {
             let message = error.to_string();
@@ -235,6 +237,39 @@ pub(crate) async fn run_shell(
         ))),
         None => Ok(record),
     }
+}
+
+/// Runs `spec` while its output goes live to the task's event streams as `run.output` chunks
+/// (coalesced, rate-limited, redacted: [`crate::platform::live_output`]); the last chunks are
+/// out before this returns, so before the run's record and its events.
+async fn run_live(
+    services: &Services,
+    who: &RunIdentity,
+    run_id: Uuid,
+    spec: &CommandSpec,
+) -> Result<process::CommandOutput, process::SpawnError> {
+    let (tap, taps) = process::OutputTap::channel(live_output::TAP_CAPACITY);
+    let live = &services.live_output;
+    let persona = who.persona.name();
+    let forward = live_output::forward(
+        taps,
+        &services.redactor,
+        || live.watched(who.task_id),
+        |chunk| {
+            live.publish(RunOutput {
+                task_id: who.task_id,
+                run_id,
+                persona: persona.to_owned(),
+                stage: who.stage,
+                attempt: who.attempt,
+                stream: chunk.stream,
+                text: chunk.text,
+                dropped_bytes: chunk.dropped_bytes,
+            });
+        },
+    );
+    let (output, ()) = tokio::join!(process::run_tapped(spec, Some(tap)), forward);
+    output
 }
 
 /// What a sandboxed engine or verify command may touch. Write: its worktree, the worktree's own

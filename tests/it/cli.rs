@@ -112,6 +112,54 @@ async fn submit_wait_follows_a_task_and_the_exit_code_says_how_it_ended() {
     assert!(tree.contains("  patch [running"), "{tree}");
 }
 
+/// `task watch` (like `submit --wait`) prints the running commands' live output, line by line
+/// and prefixed with the persona, and ends with the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_the_live_output_of_the_running_commands() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let repo_arg = repo.display().to_string();
+    let base = service.base.clone();
+    let submitted = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || {
+            glitchlab(
+                &base,
+                &[
+                    "task",
+                    "submit",
+                    "--repo",
+                    &repo_arg,
+                    "--title",
+                    "watched",
+                    "--verify",
+                    "for i in 1 2 3 4 5; do echo checking $i; sleep 0.2; done; test -f hello.txt",
+                    "--patch-cmd",
+                    "sleep 1; echo patching; echo hi > hello.txt",
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(submitted.status.code(), Some(0));
+    let id = String::from_utf8_lossy(&submitted.stdout).trim().to_owned();
+    let watched = tokio::task::spawn_blocking(move || glitchlab(&base, &["task", "watch", &id]))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&watched.stdout).to_string();
+    assert_eq!(watched.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("  patch| patching\n"), "{stdout}");
+    for i in 1..=5 {
+        assert!(
+            stdout.contains(&format!("  circuit| checking {i}\n")),
+            "{stdout}"
+        );
+    }
+    assert!(stdout.contains("done"), "{stdout}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incident_and_deploy_commands_read_and_refuse_as_the_service_does() {
     let root = tempfile::tempdir().unwrap();

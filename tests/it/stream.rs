@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{git_repo, shell_task, Service};
+use crate::helpers::{git_repo, shell_task, Options, Service};
 
 /// One SSE message.
 #[derive(Debug)]
@@ -202,4 +202,164 @@ async fn open_streams_end_when_the_service_stops() {
     assert!(status.success(), "{status:?}");
     assert!(stopped_at.elapsed() < Duration::from_secs(5));
     assert!(everything.next(Duration::from_secs(5)).await.is_none());
+}
+
+/// Issue #12, live output: while Patch's engine and the verify command run, what they print
+/// reaches the task's stream as `run.output` chunks — the verify's early lines before the verify
+/// stage ends, a secret printed in two pieces redacted whole, a flood of output in few bounded
+/// chunks that count what they leave out — and none of it is stored as an event.
+#[tokio::test]
+async fn a_running_commands_output_reaches_the_tasks_stream_live_bounded_and_redacted() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let secret = "hunter2-7f3a9c-very-secret";
+    std::fs::create_dir_all(root.path().join("actors")).unwrap();
+    std::fs::write(
+        root.path().join("actors/patch.md"),
+        "---\nname: patch\nrole: implementer\nenv: [GLITCHLAB_TEST_SECRET]\ntools:\n  allow: [sh, echo, test, sleep, head, tail, awk, printf]\n---\nYou are Patch.\n",
+    )
+    .unwrap();
+    let options = Options {
+        config: Some("[governance]\nsecrets = [\"GLITCHLAB_TEST_SECRET\"]\n".into()),
+        env: vec![("GLITCHLAB_TEST_SECRET".into(), secret.into())],
+        ..Default::default()
+    };
+    let service = Service::start_with(root.path(), options).await;
+    // Patch waits for the stream to open, prints the secret in two writes far apart, then
+    // floods; verify prints a line every 200 ms for 3 s.
+    let patch = "sleep 1; \
+        printf 'key: %s' \"$(printf %s \"$GLITCHLAB_TEST_SECRET\" | head -c 9)\"; sleep 0.3; \
+        printf '%s end\\n' \"$(printf %s \"$GLITCHLAB_TEST_SECRET\" | tail -c +10)\"; \
+        echo \"plain $GLITCHLAB_TEST_SECRET\" >&2; sleep 0.5; \
+        awk 'BEGIN { for (i = 0; i < 200000; i++) print \"flood line \" i }'; \
+        echo ok > ok.txt";
+    let verify = "for i in 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14; do echo \"verify line $i\"; \
+        sleep 0.2; done; test -f ok.txt";
+    let task = service.submit(&shell_task(&repo, patch, verify)).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let mut stream = Stream::open(&service, &format!("/v1/tasks/{id}/events/stream"), None).await;
+    let mut received = Vec::new();
+    loop {
+        let message = stream
+            .next(Duration::from_secs(60))
+            .await
+            .expect("the stream ended without an `end` event");
+        if message.event == "end" {
+            assert_eq!(message.data["status"], "done", "{received:#?}");
+            break;
+        }
+        let raw = message.data.to_string();
+        assert!(!raw.contains(secret), "the secret leaked: {raw}");
+        assert!(
+            !raw.contains(&secret[..9]),
+            "the secret's start leaked: {raw}"
+        );
+        assert!(
+            !raw.contains(&secret[9..]),
+            "the secret's end leaked: {raw}"
+        );
+        received.push(message);
+    }
+    let output: Vec<&Message> = received
+        .iter()
+        .filter(|m| m.event == "run.output")
+        .collect();
+    for chunk in &output {
+        assert_eq!(chunk.id, None, "live output is not a stored event");
+        assert_eq!(chunk.data["task_id"], id.as_str());
+        assert!(chunk.data["run_id"].is_string());
+        assert!(chunk.data["attempt"].is_u64());
+        assert!(chunk.data["dropped_bytes"].is_u64());
+        assert!(
+            chunk.data["text"].as_str().unwrap().len() <= 4096,
+            "{chunk:?}"
+        );
+    }
+    let text_of = |persona: &str, stream: &str| -> String {
+        output
+            .iter()
+            .filter(|m| m.data["persona"] == persona && m.data["stream"] == stream)
+            .map(|m| m.data["text"].as_str().unwrap())
+            .collect()
+    };
+
+    // Verify: its first line arrived before its stage ended, in more than one chunk.
+    let verify_end = received
+        .iter()
+        .position(|m| m.event == "stage.finished" && m.data["data"]["stage"] == "verify")
+        .expect("verify finished");
+    let first_line = received
+        .iter()
+        .position(|m| {
+            m.event == "run.output"
+                && m.data["persona"] == "circuit"
+                && m.data["stage"] == "verify"
+                && m.data["text"].as_str().unwrap().contains("verify line 0\n")
+        })
+        .expect("the verify's first line was streamed");
+    assert!(first_line < verify_end, "{received:#?}");
+    let verify_chunks = output
+        .iter()
+        .filter(|m| m.data["persona"] == "circuit")
+        .count();
+    assert!(verify_chunks >= 3, "{verify_chunks} verify chunks");
+    let verify_text = text_of("circuit", "stdout");
+    assert!(verify_text.contains("verify line 14\n"), "{verify_text}");
+
+    // Patch: the secret, printed in two pieces, redacted whole; stderr on its own.
+    let patch_out = text_of("patch", "stdout");
+    assert!(
+        patch_out.contains("key: [REDACTED:GLITCHLAB_TEST_SECRET] end\n"),
+        "{patch_out:.2000}"
+    );
+    assert!(text_of("patch", "stderr").contains("plain [REDACTED:GLITCHLAB_TEST_SECRET]\n"));
+    // The flood: few chunks, the latest lines, the rest counted.
+    assert!(
+        patch_out.ends_with("flood line 199999\n"),
+        "{}",
+        &patch_out[patch_out.len().saturating_sub(200)..]
+    );
+    let patch_chunks: Vec<&&Message> = output
+        .iter()
+        .filter(|m| m.data["persona"] == "patch")
+        .collect();
+    let dropped: u64 = patch_chunks
+        .iter()
+        .map(|m| m.data["dropped_bytes"].as_u64().unwrap())
+        .sum();
+    let flood_bytes: u64 = (0..200_000u64)
+        .map(|i| format!("flood line {i}\n").len() as u64)
+        .sum();
+    assert!(
+        dropped > flood_bytes / 2,
+        "{dropped} of {flood_bytes} dropped"
+    );
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    let patch_run = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|run| run["persona"] == "patch")
+        .expect("a patch run");
+    assert_eq!(patch_chunks[0].data["run_id"], patch_run["id"]);
+    let run_secs = patch_run["duration_ms"].as_u64().unwrap() / 1000 + 1;
+    assert!(
+        patch_chunks.len() as u64 <= 10 * run_secs + 2,
+        "{} chunks in {run_secs}s",
+        patch_chunks.len()
+    );
+    // The run record keeps its bounded tail as before, redacted too.
+    assert!(patch_run["stdout"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("flood line 199999"));
+    assert!(!patch_run.to_string().contains(secret));
+
+    // Nothing of it was stored.
+    let (_, stored) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    assert!(stored["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["kind"] != "run.output"));
 }

@@ -1,6 +1,8 @@
-//! `glitchlab task submit|list|show|logs|cancel|retry|approve|reject` and `glitchlab tree`:
+//! `glitchlab task submit|list|show|watch|logs|cancel|retry|approve|reject` and `glitchlab tree`:
 //! the operator's commands against a running service, over HTTP with `GLITCHLAB_TOKEN`. Every
-//! request has a timeout; `--json` prints what the service answered.
+//! request has a timeout; `--json` prints what the service answered. `submit --wait` and `watch`
+//! also print the running commands' live output (the task stream's `run.output` messages), each
+//! line as `  <persona>| <line>`.
 //!
 //! Exit codes: 0 success (for `submit --wait`: the task is `done`); 1 a usage, connection or
 //! error answer; 2 the task ended `failed`; 3 `dead_letter`; 4 `cancelled`.
@@ -9,12 +11,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use tokio_util::task::AbortOnDropHandle;
+
 use crate::app::cli::{call, http_client, print_json};
 
 /// How long one request may take, connecting included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often `--wait` looks at the task.
 const WAIT_POLL: Duration = Duration::from_millis(500);
+/// How long the live output stream of `--wait` and `watch` may stay open.
+const OUTPUT_STREAM_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long the end of the live output may lag behind the task's end before it is given up.
+const OUTPUT_LINGER: Duration = Duration::from_secs(2);
+/// Bytes of one unfinished SSE message kept at most (the service's are a few KiB).
+const SSE_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 /// Exit code of a task that ended `failed`.
 pub const EXIT_FAILED: u8 = 2;
 /// Exit code of a task that ended `dead_letter`.
@@ -60,6 +70,12 @@ pub enum TaskCommand {
     },
     /// One task.
     Show {
+        /// Task id.
+        id: String,
+    },
+    /// Follow a task to its end: its progress and its commands' live output; the exit code
+    /// says how it ended (as `submit --wait`).
+    Watch {
         /// Task id.
         id: String,
     },
@@ -179,6 +195,7 @@ pub async fn run(args: TaskArgs) -> Result<u8, String> {
             print_json(&call(client.get(&url), &url).await?)?;
             Ok(0)
         }
+        TaskCommand::Watch { id } => follow(&client, &base, &id, args.json).await,
         TaskCommand::Logs { id } => {
             let url = format!("{tasks}/{id}/events");
             let page = call(client.get(&url), &url).await?;
@@ -283,6 +300,10 @@ async fn follow(
     let url = format!("{base}/v1/tasks/{id}");
     let started = Instant::now();
     let mut last = String::new();
+    let printer = (!json_out).then(|| {
+        let stream = format!("{url}/events/stream");
+        AbortOnDropHandle::new(tokio::spawn(print_output(client.clone(), stream)))
+    });
     loop {
         let task = call(client.get(&url), &url).await?;
         let status = task["status"].as_str().unwrap_or("?").to_owned();
@@ -303,6 +324,10 @@ async fn follow(
             _ => None,
         };
         if let Some(code) = code {
+            if let Some(printer) = printer {
+                // The stream ends after the task: the last lines come first.
+                let _ = tokio::time::timeout(OUTPUT_LINGER, printer).await;
+            }
             if json_out {
                 print_json(&task)?;
             } else if code != 0 {
@@ -316,6 +341,72 @@ async fn follow(
             return Ok(code);
         }
         tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+/// Prints the live output of a task's running commands from its event stream until the stream
+/// ends (or the caller drops it). The stream is best effort: without it, progress still shows.
+async fn print_output(client: reqwest::Client, url: String) {
+    let Ok(mut response) = client.get(&url).timeout(OUTPUT_STREAM_TIMEOUT).send().await else {
+        return;
+    };
+    if !response.status().is_success() {
+        return;
+    }
+    let mut buffer: Vec<u8> = Vec::new();
+    while let Ok(Some(bytes)) = response.chunk().await {
+        buffer.extend_from_slice(&bytes);
+        while let Some(end) = buffer.windows(2).position(|pair| pair == b"\n\n") {
+            let message: Vec<u8> = buffer.drain(..end + 2).collect();
+            for line in output_lines(&String::from_utf8_lossy(&message)) {
+                println!("{line}");
+            }
+        }
+        if buffer.len() > SSE_MESSAGE_BYTES_MAX {
+            buffer.clear();
+        }
+    }
+}
+
+/// The lines to print for one SSE message: those of a `run.output` chunk, prefixed with the
+/// persona, control characters (a command's terminal escapes) shown as `?`; a note for
+/// skipped output; nothing for other messages.
+fn output_lines(message: &str) -> Vec<String> {
+    let mut event = "";
+    let mut data = String::new();
+    for line in message.lines() {
+        if let Some(name) = line.strip_prefix("event:") {
+            event = name.trim();
+        } else if let Some(part) = line.strip_prefix("data:") {
+            data.push_str(part.strip_prefix(' ').unwrap_or(part));
+        }
+    }
+    let Ok(data) = serde_json::from_str::<Value>(&data) else {
+        return Vec::new();
+    };
+    match event {
+        "run.output" => {
+            let persona = data["persona"].as_str().unwrap_or("?");
+            let mut lines = Vec::new();
+            let dropped = data["dropped_bytes"].as_u64().unwrap_or(0);
+            if dropped > 0 {
+                lines.push(format!("  {persona}| [... {dropped} bytes not shown ...]"));
+            }
+            let text = data["text"].as_str().unwrap_or_default();
+            for line in text.split(['\n', '\r']).filter(|line| !line.is_empty()) {
+                let shown: String = line
+                    .chars()
+                    .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+                    .collect();
+                lines.push(format!("  {persona}| {shown}"));
+            }
+            lines
+        }
+        "run.output.lagged" => vec![format!(
+            "  [... {} chunks of live output not shown ...]",
+            data["skipped"]
+        )],
+        _ => Vec::new(),
     }
 }
 
@@ -370,4 +461,27 @@ fn event_line(event: &Value) -> String {
         event["kind"].as_str().unwrap_or("?"),
         event["data"]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_output_becomes_prefixed_lines_and_other_messages_nothing() {
+        let chunk =
+            json!({"persona": "circuit", "text": "ok 1\nok\u{1b}[2J 2\r\n", "dropped_bytes": 10});
+        let message = format!("event: run.output\ndata: {chunk}\n\n");
+        assert_eq!(
+            output_lines(&message),
+            vec![
+                "  circuit| [... 10 bytes not shown ...]",
+                "  circuit| ok 1",
+                "  circuit| ok?[2J 2"
+            ]
+        );
+        let event = "id: 4\nevent: stage.started\ndata: {\"seq\":4}\n\n";
+        assert!(output_lines(event).is_empty());
+        assert!(output_lines(": keep-alive\n\n").is_empty());
+    }
 }

@@ -12,6 +12,7 @@ use utoipa::OpenApi;
 
 use super::error::{describe, ApiError, ErrorBody};
 use super::{auth, ledger, ops, report, stream, system, tasks};
+use crate::model::live::RunOutput;
 use crate::model::ops::records::{CheckResult, DeployRecord, Incident};
 use crate::model::task::{EngineRun, Event, Task};
 use crate::runtime::directory::ActorEntry;
@@ -82,6 +83,7 @@ use crate::runtime::directory::ActorEntry;
         Task,
         Event,
         EngineRun,
+        RunOutput,
         ActorEntry,
         CheckResult,
         DeployRecord,

@@ -3,7 +3,9 @@
 //! - `GET /v1/tasks/{id}/events/stream` sends the task's stored events (those after
 //!   `Last-Event-ID`, or `?after=SEQ`), then its new ones as they become durable, and ends with an
 //!   `end` event once the task is terminal and its budget settled. It loses nothing: a stream that
-//!   falls behind the live buffer catches up from sled.
+//!   falls behind the live buffer catches up from sled. Between them go `run.output` messages:
+//!   the live output of the task's running engine and verify commands (never stored, no `id:`;
+//!   a stream that falls behind on them gets `run.output.lagged` and misses those chunks).
 //! - `GET /v1/events/stream` sends every new event of the service (all tasks and service-wide);
 //!   one that falls behind gets a `lagged` event saying how many it missed (the REST lists have
 //!   them).
@@ -35,8 +37,10 @@ use super::json::QueryParams;
 use super::AppState;
 use crate::model::auth::Principal;
 use crate::model::codes;
+use crate::model::live::RunOutput;
 use crate::model::task::{Event, Task, TaskId};
 use crate::runtime::background::Slot;
+use crate::runtime::live_output::LiveWatch;
 use crate::storage::store::Store;
 
 /// Live streams open at once; the next is refused with 503 `TOO_MANY_STREAMS`.
@@ -159,8 +163,12 @@ type Message = Result<SseEvent, Infallible>;
     ),
     responses(
         (status = 200, description = "Server-Sent Events: `id:` seq, `event:` kind, `data:` the \
-            Event JSON; the stored events, then live ones; `event: end` with `{task_id, status}` \
-            once the task is terminal and settled, then the stream closes.",
+            Event JSON; the stored events, then live ones; between them `event: run.output` \
+            (no `id:`) with a RunOutput: the live output of a running engine or verify command, \
+            redacted, at most 4 KiB and 10 chunks a second per run, never stored; \
+            `event: run.output.lagged` with `{task_id, skipped}` when the stream fell behind on \
+            those; `event: end` with `{task_id, status}` once the task is terminal and settled, \
+            then the stream closes.",
             body = String, content_type = "text/event-stream"),
         (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
         (status = 422, description = "`INVALID_FIELD`: `after` or `Last-Event-ID` is not an \
@@ -190,13 +198,14 @@ pub(crate) async fn task_events(
     let store = app.services.store.clone();
     // Subscribed before the stored events are read: nothing written in between is missed.
     let live = store.subscribe();
+    let output = app.services.live_output.watch(task_id);
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
     let closing = app.streams.closing.clone();
     slot.spawn("stream.task", async move {
         let _permit = permit;
         let fed = tokio::select! {
             () = closing.cancelled() => Ok(()),
-            fed = feed_task(&store, task_id, after, live, &sender) => fed,
+            fed = feed_task(&store, task_id, after, (live, output), &sender) => fed,
         };
         if let Err(error) = fed {
             tracing::warn!(task = %task_id, %error, "a task's event stream stopped");
@@ -271,9 +280,10 @@ async fn feed_task(
     store: &Store,
     task_id: TaskId,
     after: u64,
-    mut live: tokio::sync::broadcast::Receiver<Arc<Event>>,
+    (mut live, output): (tokio::sync::broadcast::Receiver<Arc<Event>>, LiveWatch),
     sender: &mpsc::Sender<Message>,
 ) -> Result<(), crate::storage::store::StoreError> {
+    let mut output = Some(output);
     // Seqs already sent. Concurrent writers may commit a task's events slightly out of seq order,
     // so a set (not a high-water mark) decides what is new.
     let mut sent = BTreeSet::new();
@@ -331,8 +341,50 @@ async fn feed_task(
                 }
                 Err(RecvError::Closed) => return Ok(()),
             },
+            received = next_output(&mut output) => {
+                let message = match received {
+                    Ok(chunk) if chunk.task_id == task_id => Some(output_message(&chunk)),
+                    Ok(_) => None,
+                    // Live output is not stored: what the stream fell behind on is gone.
+                    Err(RecvError::Lagged(skipped)) => Some(SseEvent::default()
+                        .event(OUTPUT_LAGGED)
+                        .data(json!({"task_id": task_id, "skipped": skipped}).to_string())),
+                    Err(RecvError::Closed) => {
+                        output = None;
+                        None
+                    }
+                };
+                if let Some(message) = message {
+                    if sender.send(Ok(message)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
         }
     }
+}
+
+/// The SSE event of a chunk of live output.
+const OUTPUT_EVENT: &str = "run.output";
+/// The SSE event telling a task's stream it missed chunks of live output (of any task).
+const OUTPUT_LAGGED: &str = "run.output.lagged";
+
+/// The next chunk of live output; never, once there is none to come.
+async fn next_output(watch: &mut Option<LiveWatch>) -> Result<Arc<RunOutput>, RecvError> {
+    match watch {
+        Some(watch) => watch.receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A chunk of live output as an SSE message: no `id:` (it is not a stored event, and a
+/// reconnecting client resumes from the last stored one).
+fn output_message(chunk: &RunOutput) -> SseEvent {
+    let data = serde_json::to_string(chunk).unwrap_or_else(|error| {
+        json!({"run_id": chunk.run_id, "error": format!("output does not encode: {error}")})
+            .to_string()
+    });
+    SseEvent::default().event(OUTPUT_EVENT).data(data)
 }
 
 /// Sends the stored events after `after` not sent yet; false once the client has gone.
