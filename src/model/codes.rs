@@ -187,7 +187,8 @@ catalogue! {
     UNKNOWN_COMMIT [422] [Deploy]
         "The commit or ref to deploy does not resolve in the app's repository.";
     VERIFY_FAILED [] [Task, Deploy]
-        "The verify command failed: on a task's last allowed attempt, or on a deploy's commit.";
+        "The verify command failed — on the task's branch or on its merge-queue candidate (the \
+         base plus the change) — on its last allowed attempt, or on a deploy's commit.";
     PROVIDER_FAILED [] [Deploy]
         "An ops provider command failed or timed out.";
     NO_RELEASE [] [Deploy]
@@ -240,10 +241,11 @@ catalogue! {
     GIT_FAILED [] [Task]
         "A git operation (worktree, commit) failed.";
     MERGE_CONFLICT [] [Task]
-        "The branch conflicts with the base branch; the branch is kept.";
+        "The change no longer applies to the base branch and no attempt is left to make it again \
+         on the new base; the branch is kept.";
     DELIVER_FAILED [] [Task]
-        "Delivery failed for another reason (e.g. local edits in the checkout); the branch is \
-         kept.";
+        "Delivery failed for another reason (local edits in the checkout, the base moved outside \
+         glitchlab past `merge_queue.base_moved_max`); the branch is kept.";
     DEPLOY_FAILED [] [Task]
         "The task's deploy did not end healthy (rolled back, failed, rejected, or still waiting \
          after `compass.deploy_wait_secs`).";
