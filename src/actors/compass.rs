@@ -90,6 +90,10 @@ pub(crate) struct CompassState {
     /// When this Compass started: a budget reservation older than that whose task does not
     /// exist was orphaned by a crash (one made since may still be getting its task).
     started_at: chrono::DateTime<chrono::Utc>,
+    /// The periodic clean-up sweep's timer (aborted when Compass stops).
+    sweep_timer: Option<tokio::task::JoinHandle<()>>,
+    /// Whether a clean-up sweep is running: a slow one is not overlapped by the next.
+    sweeping: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Actor for Compass {
@@ -117,6 +121,8 @@ impl Actor for Compass {
             blocked: BTreeSet::new(),
             admission_pending: false,
             started_at,
+            sweep_timer: None,
+            sweeping: Default::default(),
         };
         for name in Persona::ALL.into_iter().filter(|p| *p != Persona::Compass) {
             let cell = spawn_persona(name, &myself, &state.services).await?;
@@ -145,7 +151,12 @@ impl Actor for Compass {
             settle_later(&state.services, task.id);
         }
         metering::void_orphan_reservations_later(&state.services, state.started_at);
-        crate::work::cleanup::sweep_later(&state.services);
+        crate::work::cleanup::sweep_later(&state.services, &state.sweeping);
+        let every = state.services.config.git.sweep_interval_secs;
+        if every > 0 {
+            let timer = myself.send_interval(Duration::from_secs(every), || CompassMsg::Sweep);
+            state.sweep_timer = Some(timer);
+        }
         let mut unfinished = state.services.store.unfinished_tasks().await?;
         let poisoned = poison_after_unclean_stop(&state.services, &unfinished).await?;
         unfinished.retain(|task| !poisoned.contains(&task.id));
@@ -190,6 +201,9 @@ impl Actor for Compass {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.sweep_timer.take() {
+            timer.abort();
+        }
         // Running tasks stay `running` at their stage in sled: the next start resumes them.
         myself
             .stop_children_and_wait(Some("shutdown".into()), Some(SHUTDOWN_CHILDREN_TIMEOUT))
@@ -205,6 +219,9 @@ impl Actor for Compass {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            CompassMsg::Sweep => {
+                crate::work::cleanup::sweep_later(&state.services, &state.sweeping);
+            }
             CompassMsg::Ping(reply) => {
                 let _ = reply.send(());
             }

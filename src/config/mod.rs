@@ -495,6 +495,9 @@ pub struct GitConfig {
     /// Days the branch of a failed, cancelled or dead-lettered task is kept (it can be retried
     /// meanwhile); past that, the sweep at start deletes it.
     pub keep_failed_branches_days: u64,
+    /// Seconds between two clean-up sweeps of finished tasks while the service runs (one also
+    /// runs at start); 0: at start only.
+    pub sweep_interval_secs: u64,
 }
 
 impl Default for GitConfig {
@@ -502,6 +505,7 @@ impl Default for GitConfig {
         Self {
             timeout_secs: 120,
             keep_failed_branches_days: 14,
+            sweep_interval_secs: 3600,
         }
     }
 }

@@ -10,6 +10,8 @@ use crate::runtime::directory::PersonaMailbox;
 
 /// Compass's messages.
 pub(crate) enum CompassMsg {
+    /// Time for the periodic clean-up sweep of finished tasks (`git.sweep_interval_secs`).
+    Sweep,
     /// Answers at once: proof the mailbox is read (`/readyz`).
     Ping(RpcReplyPort<()>),
     /// A task was persisted by the ingress; queue it.

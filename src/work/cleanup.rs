@@ -6,14 +6,19 @@
 //!   landed commit is on the base.
 //! - A task that ended otherwise keeps its branch: a `failed` or `dead_letter` one can be retried.
 //!   The branch of a `failed`, `cancelled` or `dead_letter` task that finished more than
-//!   `git.keep_failed_branches_days` ago is deleted by the sweep at start ([`sweep_later`]).
+//!   `git.keep_failed_branches_days` ago is deleted by the sweep (at start and every
+//!   `git.sweep_interval_secs`, [`sweep_later`]).
 //! - Worktrees and prompt folders of every finished task are removed by that sweep (a retry makes
 //!   them again from the branch).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use crate::model::task::{branch_name, Delivery, Task, TaskId, TaskStatus};
-use crate::platform::git::Git;
+use crate::platform::git::{read, Git};
 use crate::runtime::Services;
 
 /// After a task is recorded `done`: off the caller's mailbox, removes its worktree and prompt
@@ -27,10 +32,17 @@ pub(crate) fn landed_later(services: &Services, task: &Task) {
     });
 }
 
-/// At start, off the caller's mailbox: cleans up after every finished task (see the module).
-pub(crate) fn sweep_later(services: &Services) {
+/// At start and every `git.sweep_interval_secs`, off the caller's mailbox: cleans up after every
+/// finished task (see the module). Skipped while the previous sweep still runs (`sweeping`).
+pub(crate) fn sweep_later(services: &Services, sweeping: &Arc<AtomicBool>) {
+    if sweeping.swap(true, Ordering::AcqRel) {
+        tracing::info!("clean-up sweep: the previous one still runs; skipped");
+        return;
+    }
     let services_now = services.clone();
+    let sweeping = Arc::clone(sweeping);
     services.background.spawn("task.sweep", async move {
+        let _done = SweepDone(sweeping);
         match services_now.store.finished_tasks().await {
             Ok(tasks) => {
                 for task in tasks {
@@ -47,6 +59,15 @@ pub(crate) fn sweep_later(services: &Services) {
             Err(error) => tracing::error!(%error, "clean-up sweep: could not list finished tasks"),
         }
     });
+}
+
+/// Clears the "sweep running" flag when the sweep ends, however it ends.
+struct SweepDone(Arc<AtomicBool>);
+
+impl Drop for SweepDone {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// Whether the branch of a task that ended without landing has outlived its retention.
@@ -78,6 +99,10 @@ async fn clean(services: &Services, task: &Task) {
     remove_worktree(services, &repo, task).await;
     remove_dir(&services.prompt_dir(task.id), task.id).await;
     let branch = branch_name(task.id);
+    // Asked in-process: most finished tasks have no branch left, and a sweep asks for all.
+    if let Ok(Some(false)) = read::has_branch(Path::new(&task.repo), &branch).await {
+        return;
+    }
     let deleted = match task.status {
         // Squashed, the branch's own commits are not on the base: its landed commit is.
         TaskStatus::Done if task.delivery == Delivery::Merge => match &task.commit {

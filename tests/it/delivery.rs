@@ -165,3 +165,26 @@ async fn a_failed_task_keeps_its_branch_until_the_retention_passes() {
     })
     .await;
 }
+
+/// The sweep also runs while the service runs (`git.sweep_interval_secs`): a failed task's
+/// worktree and prompt folder go, and past the retention its branch, without a restart.
+#[tokio::test]
+async fn the_periodic_sweep_cleans_up_without_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let config = "[git]\nkeep_failed_branches_days = 0\nsweep_interval_secs = 1\n";
+    let service = Service::start_with(root.path(), with_config(config)).await;
+    let mut body = shell_task(&repo, "echo hello > hello.txt", "false");
+    body["max_attempts"] = json!(1);
+    let task = service.submit(&body).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let task = service.wait_until_finished(&id).await;
+    assert_eq!(task["error"]["code"], "VERIFY_FAILED", "{task:#}");
+    let branch = format!("glitchlab/{id}");
+    let worktree = root.path().join("data/worktrees").join(&id);
+    let prompts = root.path().join("data/prompts").join(&id);
+    eventually("a periodic sweep cleans up after the failed task", || {
+        !branch_exists(&repo, &branch) && !worktree.exists() && !prompts.exists()
+    })
+    .await;
+}
