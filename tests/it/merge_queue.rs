@@ -510,3 +510,84 @@ async fn a_red_batch_is_bisected_and_only_the_culprit_is_sent_back() {
         );
     }
 }
+
+/// Someone outside glitchlab moves the base while the candidate is verified: the landing's
+/// compare-and-swap fails, the candidate is built again on the new base and verified again, and
+/// the task lands on top of the outside commit without using up an attempt.
+#[tokio::test]
+async fn a_base_moved_outside_during_the_candidates_verify_rebuilds_it() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    let service = Service::start(root.path()).await;
+    let r = repo.display();
+    let commit = "git -c user.name=t -c user.email=t@t";
+    // The engine moves the base first (so the candidate differs from the branch and is
+    // verified); the candidate's first verify moves it again, as a teammate pushing would.
+    let patch = format!(
+        "echo a > {r}/teammate.txt && git -C {r} add teammate.txt && {commit} -C {r} commit -qm teammate && \
+         echo ok > f1.txt"
+    );
+    let marker = root.path().join("moved-outside");
+    let verify = format!(
+        "case \"$PWD\" in */merge-queue/*) if [ ! -e {m} ]; then touch {m}; echo b > {r}/outside.txt && \
+         git -C {r} add outside.txt && {commit} -C {r} commit -qm outside; fi;; esac; sh test.sh",
+        m = marker.display()
+    );
+    let id = service
+        .submit(&task(&repo, "Lands after all", &patch, &verify))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = wait_done(&service, &id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    assert_eq!(done["attempts"], 1, "no attempt used up: {done:#}");
+    assert_eq!(done["reverifications"], 1, "{done:#}");
+    let kinds = service.event_kinds(&id).await;
+    assert!(kinds.contains(&"merge.base_moved".to_owned()), "{kinds:?}");
+    assert_eq!(
+        git(&repo, &["log", "-1", "--format=%s", "main~1"]),
+        "outside"
+    );
+    assert_eq!(git(&repo, &["show", "main:f1.txt"]), "ok");
+    assert_eq!(landings_of(&repo, &id), 1);
+}
+
+/// `delivery.history = "merge"`: a merge commit per task whose first parent is the old base;
+/// `"rebase"`: the branch's commit replayed, with the trailers on it.
+#[tokio::test]
+async fn merge_and_rebase_histories_keep_one_first_parent_commit_per_task() {
+    for history in ["merge", "rebase"] {
+        let root = tempfile::tempdir().unwrap();
+        let repo = repo_with_test_script(root.path());
+        let base_before = git(&repo, &["rev-parse", "main"]);
+        let config = format!("[delivery]\nhistory = \"{history}\"\n");
+        let service = Service::start_with(root.path(), with_config(&config)).await;
+        let body = task(&repo, "Add one", "echo ok > f1.txt", "sh test.sh");
+        let id = service.submit(&body).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let done = wait_done(&service, &id, Duration::from_secs(60)).await;
+        assert_eq!(done["status"], "done", "{history}: {done:#}");
+        let tip = git(&repo, &["rev-parse", "main"]);
+        assert_eq!(done["commit"].as_str().unwrap(), tip);
+        let parents: Vec<String> = git(&repo, &["rev-list", "--parents", "-n", "1", "main"])
+            .split(' ')
+            .skip(1)
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            parents[0], base_before,
+            "{history}: first parent is the old base"
+        );
+        let expected_parents = if history == "merge" { 2 } else { 1 };
+        assert_eq!(parents.len(), expected_parents, "{history}");
+        let message = git(&repo, &["log", "-1", "--format=%B", "main"]);
+        assert!(
+            message.contains(&format!("Glitchlab-Task: {id}")),
+            "{history}: {message}"
+        );
+        assert_eq!(git(&repo, &["show", "main:f1.txt"]), "ok");
+    }
+}
