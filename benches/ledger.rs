@@ -115,6 +115,7 @@ async fn in_process(root: &Path) -> (f64, f64) {
     let config = config(&root.join("actor"));
     std::fs::create_dir_all(&config.storage.data_dir).unwrap();
     let services = Services {
+        fleet: None,
         store: Store::open(&config.storage.data_dir).unwrap(),
         directory: Arc::new(ActorDirectory::default()),
         definitions: Arc::new(Definitions::load(&config.paths).unwrap()),

@@ -62,6 +62,9 @@ pub enum StartupError {
     /// The TLS certificate or key could not be used.
     #[error("tls: {0}")]
     Tls(String),
+    /// `[fleet] nats_url` is set but NATS could not be reached or set up.
+    #[error("fleet: {0}")]
+    Fleet(String),
     /// `sandbox = "required"` but namespaces or Landlock do not work here.
     #[error("sandbox required but unavailable: {0}")]
     Sandbox(String),
@@ -166,7 +169,16 @@ impl Application {
         let sandbox = Sandbox::detect(config.governance.sandbox, config.engines.limits)
             .await
             .map_err(StartupError::Sandbox)?;
+        let fleet = match &config.fleet.nats_url {
+            Some(url) => Some(
+                crate::runtime::fleet::Fleet::start(&config.fleet, url)
+                    .await
+                    .map_err(|error| StartupError::Fleet(error.to_string()))?,
+            ),
+            None => None,
+        };
         let services = Services {
+            fleet,
             redactor,
             sandbox: sandbox.map(Arc::new),
             repo_checks: Arc::default(),

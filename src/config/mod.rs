@@ -63,6 +63,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// The merge queue of each repository and base branch.
     pub merge_queue: MergeQueueConfig,
+    /// Factories on other machines (NATS JetStream); none: everything runs in-process.
+    pub fleet: FleetConfig,
     /// Task defaults and limits.
     pub tasks: TasksConfig,
     /// The token ledger: the local account, the rate card, task budgets.
@@ -551,6 +553,37 @@ impl Default for MergeQueueConfig {
     }
 }
 
+/// Where stage work runs: with `nats_url`, engine and verify runs go to factories through NATS
+/// JetStream (see docs/fleet.md); without it, in-process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// `nats://host:4222` (or `tls://`); none: no fleet.
+    pub nats_url: Option<String>,
+    /// The environment variable holding the NATS token, if the server wants one.
+    pub token_env: Option<String>,
+    /// A NATS credentials file (JWT + nkey seed), if the server wants one.
+    pub creds_file: Option<std::path::PathBuf>,
+    /// A job's lease: a factory that does not report progress for this long loses it, and the
+    /// job goes to another factory.
+    pub lease_secs: u64,
+    /// Deliveries of one job at most (the first plus redeliveries after lost leases); past it,
+    /// the stage fails with a transient error (retried, then dead-lettered, as today).
+    pub max_deliver: u32,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: None,
+            token_env: None,
+            creds_file: None,
+            lease_secs: 30,
+            max_deliver: 3,
+        }
+    }
+}
+
 /// Task defaults and limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -648,6 +681,14 @@ impl Config {
             (
                 !(1..=64).contains(&self.merge_queue.batch_max),
                 "merge_queue.batch_max must be between 1 and 64",
+            ),
+            (
+                !(2..=3600).contains(&self.fleet.lease_secs),
+                "fleet.lease_secs must be between 2 and 3600",
+            ),
+            (
+                !(1..=100).contains(&self.fleet.max_deliver),
+                "fleet.max_deliver must be between 1 and 100",
             ),
             (
                 self.storage.stall_secs == 0,

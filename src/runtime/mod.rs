@@ -6,6 +6,7 @@
 pub(crate) mod background;
 pub(crate) mod compass;
 pub mod directory;
+pub mod fleet;
 pub(crate) mod jobs;
 pub mod ledger;
 pub mod live_output;
@@ -41,6 +42,9 @@ pub struct Services {
     /// The sandbox of engine, verify and confined ops processes (namespaces, Landlock, limits;
     /// see [`crate::platform::sandbox`]); `None` when they run unconfined (`sandbox = "off"`).
     pub sandbox: Option<Arc<crate::platform::sandbox::Sandbox>>,
+    /// The fleet of factories that runs engine and verify commands (`[fleet] nats_url`); `None`:
+    /// they run in-process.
+    pub fleet: Option<Arc<fleet::Fleet>>,
     /// Repositories and base branches git confirmed a moment ago (intake's cache).
     pub repo_checks: Arc<repo_checks::RepoChecks>,
     /// Running commands' output on its way to the task streams (in memory, bounded).

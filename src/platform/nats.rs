@@ -1,0 +1,200 @@
+//! NATS JetStream for the fleet: the connection (with its credentials and timeouts) and the
+//! streams, consumers and key-value buckets both the control plane and the factories use. Each
+//! setup call is idempotent (`get_or_create`), so whichever side starts first makes them.
+//!
+//! The names and the wire types are in [`crate::model::fleet`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+
+use crate::model::fleet::{
+    CLAIMS_SUBJECT_PREFIX, CLASSES_BUCKET, CONTROL_BUCKET, FACTORIES_BUCKET, JOBS_STREAM,
+    JOBS_SUBJECT_PREFIX, RESULTS_STREAM, RESULTS_SUBJECT_PREFIX,
+};
+
+/// Connecting takes at most this long (then the caller decides: the service fails to start).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request to the server (a JetStream API call, a publish's acknowledgement) at most.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Results and claims are kept this long: far longer than any job, short enough to stay small.
+const RESULTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Bound on the results stream's size.
+const RESULTS_MAX_BYTES: i64 = 512 * 1024 * 1024;
+/// Bound on the jobs stream's size (jobs wait there until a factory takes them).
+const JOBS_MAX_BYTES: i64 = 256 * 1024 * 1024;
+
+/// Why the fleet's NATS side failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    /// Could not connect (or the credentials were refused).
+    #[error("NATS connect to {url}: {detail}")]
+    Connect {
+        /// Where.
+        url: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A JetStream call failed.
+    #[error("NATS JetStream: {0}")]
+    JetStream(String),
+}
+
+impl NatsError {
+    /// Any JetStream failure, with its text.
+    pub fn js(error: impl std::fmt::Display) -> Self {
+        Self::JetStream(error.to_string())
+    }
+}
+
+/// How to reach the NATS server.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// `nats://host:port` or `tls://host:port`.
+    pub url: String,
+    /// A token, if the server wants one.
+    pub token: Option<String>,
+    /// A credentials file (JWT + seed), if the server wants one.
+    pub creds_file: Option<PathBuf>,
+    /// The connection's name in the server's monitoring.
+    pub name: String,
+}
+
+/// A connection and its JetStream context.
+#[derive(Clone)]
+pub struct Nats {
+    /// The plain client (core NATS).
+    pub client: async_nats::Client,
+    /// JetStream on it.
+    pub js: jetstream::Context,
+}
+
+/// Connects (reconnecting on its own afterwards, forever, with backoff).
+pub async fn connect(options: &NatsOptions) -> Result<Nats, NatsError> {
+    let connect_error = |detail: String| NatsError::Connect {
+        url: options.url.clone(),
+        detail,
+    };
+    let mut connect = async_nats::ConnectOptions::new()
+        .name(&options.name)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .request_timeout(Some(REQUEST_TIMEOUT));
+    if let Some(token) = &options.token {
+        connect = connect.token(token.clone());
+    }
+    if let Some(file) = &options.creds_file {
+        connect = connect
+            .credentials_file(file)
+            .await
+            .map_err(|e| connect_error(format!("credentials file {}: {e}", file.display())))?;
+    }
+    let client = tokio::time::timeout(CONNECT_TIMEOUT, connect.connect(options.url.as_str()))
+        .await
+        .map_err(|_| connect_error("timed out".into()))?
+        .map_err(|e| connect_error(e.to_string()))?;
+    let js = jetstream::new(client.clone());
+    Ok(Nats { client, js })
+}
+
+impl Nats {
+    /// The work-queue stream of jobs: a message leaves it when a factory acknowledges it.
+    pub async fn jobs_stream(&self) -> Result<stream::Stream, NatsError> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: JOBS_STREAM.to_owned(),
+                subjects: vec![format!("{JOBS_SUBJECT_PREFIX}>")],
+                retention: stream::RetentionPolicy::WorkQueue,
+                max_bytes: JOBS_MAX_BYTES,
+                ..Default::default()
+            })
+            .await
+            .map_err(NatsError::js)
+    }
+
+    /// The stream of claims and results, read by the control plane.
+    pub async fn results_stream(&self) -> Result<stream::Stream, NatsError> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: RESULTS_STREAM.to_owned(),
+                subjects: vec![
+                    format!("{CLAIMS_SUBJECT_PREFIX}>"),
+                    format!("{RESULTS_SUBJECT_PREFIX}>"),
+                ],
+                max_age: RESULTS_MAX_AGE,
+                max_bytes: RESULTS_MAX_BYTES,
+                ..Default::default()
+            })
+            .await
+            .map_err(NatsError::js)
+    }
+
+    /// The shared pull consumer of one job class: every factory that can serve the class pulls
+    /// from it. `lease` is the ack wait (kept alive by progress acknowledgements); past
+    /// `max_deliver` deliveries a job is not offered again.
+    pub async fn class_consumer(
+        &self,
+        class: &str,
+        lease: Duration,
+        max_deliver: u32,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>, NatsError> {
+        let stream = self.jobs_stream().await?;
+        let name = format!("jobs-{class}");
+        stream
+            .get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: format!("{JOBS_SUBJECT_PREFIX}{class}"),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: lease,
+                    max_deliver: i64::from(max_deliver),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(NatsError::js)
+    }
+
+    /// A key-value bucket; `max_age` makes its entries expire (the factories' heartbeats).
+    pub async fn bucket(&self, name: &str, max_age: Duration) -> Result<kv::Store, NatsError> {
+        if let Ok(store) = self.js.get_key_value(name).await {
+            return Ok(store);
+        }
+        self.js
+            .create_key_value(kv::Config {
+                bucket: name.to_owned(),
+                history: 1,
+                max_age,
+                ..Default::default()
+            })
+            .await
+            .map_err(NatsError::js)
+    }
+
+    /// The factories' registry (entries live `ttl` past their last heartbeat).
+    pub async fn factories(&self, ttl: Duration) -> Result<kv::Store, NatsError> {
+        self.bucket(FACTORIES_BUCKET, ttl).await
+    }
+
+    /// The job classes in use (never expire).
+    pub async fn classes(&self) -> Result<kv::Store, NatsError> {
+        self.bucket(CLASSES_BUCKET, Duration::ZERO).await
+    }
+
+    /// Fleet-wide switches (never expire).
+    pub async fn control(&self) -> Result<kv::Store, NatsError> {
+        self.bucket(CONTROL_BUCKET, Duration::ZERO).await
+    }
+
+    /// Publishes to a stream and waits for the server's acknowledgement (the message is stored).
+    pub async fn publish_stored(&self, subject: String, payload: Vec<u8>) -> Result<(), NatsError> {
+        self.js
+            .publish(subject, payload.into())
+            .await
+            .map_err(NatsError::js)?
+            .await
+            .map_err(NatsError::js)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,447 @@
+//! The control plane's side of the fleet: it publishes jobs, hears claims and results, and
+//! accepts only the result of the delivery claimed last (a late answer of a factory whose lease
+//! ran out is fenced off, so nothing is applied, landed or charged twice). The factories' side is
+//! `app::factory`; the wire types are in [`crate::model::fleet`].
+//!
+//! One reader task (owned: it stops with the `Fleet`) consumes the results stream through a
+//! durable consumer and hands each result to the job waiting for it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
+use tokio_util::task::AbortOnDropHandle;
+use uuid::Uuid;
+
+use crate::config::FleetConfig;
+use crate::model::fleet::{
+    class_of, FactoryRecord, FleetJob, JobClaim, JobResult, CLAIMS_SUBJECT_PREFIX,
+    JOBS_SUBJECT_PREFIX, PAUSED_KEY, RESULTS_SUBJECT_PREFIX,
+};
+use crate::model::task::TaskId;
+use crate::platform::nats::{self, Nats, NatsError, NatsOptions};
+
+/// The control plane's durable consumer of claims and results.
+const CONTROL_CONSUMER: &str = "control";
+/// A factory's registry entry lives this long past its last heartbeat.
+pub(crate) const FACTORY_TTL: Duration = Duration::from_secs(15);
+/// Jobs waiting for a result at most (more are refused: the stage retries later).
+const WAITING_MAX: usize = 10_000;
+/// Added to a job's own bounds before the control plane stops waiting for it.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
+
+/// Why a job did not come back.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FleetError {
+    /// NATS failed (publishing, the registry).
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    /// No result within the job's bounds (no factory took it, or every delivery was lost).
+    #[error("no factory answered job {job} within {seconds}s{reason}")]
+    NoResult {
+        /// The job.
+        job: Uuid,
+        /// How long it waited.
+        seconds: u64,
+        /// Why, when the registry tells (`: no factory with has:gpu`).
+        reason: String,
+    },
+    /// The factory could not run it (fetch failed, ...).
+    #[error("factory {factory} could not run job {job}: {detail}")]
+    Factory {
+        /// Which factory.
+        factory: String,
+        /// The job.
+        job: Uuid,
+        /// What it said.
+        detail: String,
+    },
+    /// Too many jobs wait already.
+    #[error("{0} fleet jobs are waiting already")]
+    Busy(usize),
+}
+
+/// A job waiting for its result.
+struct Waiter {
+    task_id: TaskId,
+    capabilities: Vec<String>,
+    published_at: DateTime<Utc>,
+    /// The delivery claimed last, and by whom.
+    claimed: Option<(u64, String)>,
+    answer: Option<oneshot::Sender<JobResult>>,
+}
+
+/// A job that no factory has claimed yet (for `/v1/report` and `/v1/fleet`).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct WaitingJob {
+    /// The job.
+    pub(crate) job_id: Uuid,
+    /// Its task.
+    pub(crate) task_id: TaskId,
+    /// What it needs.
+    pub(crate) capabilities: Vec<String>,
+    /// Since when it waits.
+    pub(crate) since: DateTime<Utc>,
+    /// Why it waits, when no live factory could take it (`no factory with has:gpu`).
+    pub(crate) reason: Option<String>,
+}
+
+type Waiting = Arc<Mutex<HashMap<Uuid, Waiter>>>;
+
+/// The control plane's connection to its fleet.
+pub struct Fleet {
+    nats: Nats,
+    lease: Duration,
+    max_deliver: u32,
+    waiting: Waiting,
+    classes: Mutex<HashSet<String>>,
+    _reader: AbortOnDropHandle<()>,
+}
+
+impl Fleet {
+    /// Connects, makes the streams and buckets, and starts reading results.
+    pub(crate) async fn start(config: &FleetConfig, url: &str) -> Result<Arc<Self>, NatsError> {
+        let token = config
+            .token_env
+            .as_ref()
+            .and_then(|name| std::env::var(name).ok());
+        let nats = nats::connect(&NatsOptions {
+            url: url.to_owned(),
+            token,
+            creds_file: config.creds_file.clone(),
+            name: "glitchlab-control".into(),
+        })
+        .await?;
+        nats.jobs_stream().await?;
+        let results = nats.results_stream().await?;
+        nats.factories(FACTORY_TTL).await?;
+        nats.classes().await?;
+        nats.control().await?;
+        let reader_consumer = results
+            .get_or_create_consumer(
+                CONTROL_CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(CONTROL_CONSUMER.into()),
+                    deliver_policy: consumer::DeliverPolicy::New,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(NatsError::js)?;
+        let waiting = Waiting::default();
+        let reader = tokio::spawn(read_results(reader_consumer, Arc::clone(&waiting)));
+        Ok(Arc::new(Self {
+            nats,
+            lease: Duration::from_secs(config.lease_secs),
+            max_deliver: config.max_deliver,
+            waiting,
+            classes: Mutex::default(),
+            _reader: AbortOnDropHandle::new(reader),
+        }))
+    }
+
+    /// Publishes `job` and waits for the result of the delivery claimed last. The wait is bounded
+    /// by the job's timeout and its leases (`max_deliver` of them) plus a margin; past it the job
+    /// is withdrawn from the stream (if nobody took it) and the caller hears [`FleetError::NoResult`].
+    pub(crate) async fn run(&self, job: &FleetJob) -> Result<JobResult, FleetError> {
+        let class = class_of(&job.capabilities);
+        self.ensure_class(&class, &job.capabilities).await?;
+        let (answer, result) = oneshot::channel();
+        {
+            let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            if waiting.len() >= WAITING_MAX {
+                return Err(FleetError::Busy(waiting.len()));
+            }
+            waiting.insert(
+                job.job_id,
+                Waiter {
+                    task_id: job.task_id,
+                    capabilities: job.capabilities.clone(),
+                    published_at: Utc::now(),
+                    claimed: None,
+                    answer: Some(answer),
+                },
+            );
+        }
+        let _forget = Forget {
+            waiting: &self.waiting,
+            job: job.job_id,
+        };
+        let payload = serde_json::to_vec(job).map_err(NatsError::js)?;
+        self.nats
+            .publish_stored(format!("{JOBS_SUBJECT_PREFIX}{class}"), payload)
+            .await?;
+        let deadline = Duration::from_millis(job.timeout_ms)
+            + self.lease * (self.max_deliver + 1)
+            + DEADLINE_MARGIN;
+        match tokio::time::timeout(deadline, result).await {
+            Ok(Ok(result)) => match &result.failure {
+                Some(detail) => Err(FleetError::Factory {
+                    factory: result.factory.clone(),
+                    job: job.job_id,
+                    detail: detail.clone(),
+                }),
+                None => Ok(result),
+            },
+            _ => {
+                let reason = self
+                    .why_waiting(&job.capabilities)
+                    .await
+                    .map(|reason| format!(": {reason}"))
+                    .unwrap_or_default();
+                Err(FleetError::NoResult {
+                    job: job.job_id,
+                    seconds: deadline.as_secs(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Registers the class (for factories to find) and its consumer, once per class per run.
+    async fn ensure_class(&self, class: &str, capabilities: &[String]) -> Result<(), NatsError> {
+        let known = self
+            .classes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(class);
+        if known {
+            return Ok(());
+        }
+        self.nats
+            .class_consumer(class, self.lease, self.max_deliver)
+            .await?;
+        let listed = serde_json::to_vec(capabilities).map_err(NatsError::js)?;
+        self.nats
+            .classes()
+            .await?
+            .put(class, listed.into())
+            .await
+            .map_err(NatsError::js)?;
+        self.classes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(class.to_owned());
+        Ok(())
+    }
+
+    /// The factories registered now (their heartbeats not expired).
+    pub(crate) async fn factories(&self) -> Result<Vec<FactoryRecord>, NatsError> {
+        let bucket = self.nats.factories(FACTORY_TTL).await?;
+        let mut names = bucket.keys().await.map_err(NatsError::js)?;
+        let mut factories = Vec::new();
+        while let Some(name) = names.next().await {
+            let Ok(name) = name else { continue };
+            if let Ok(Some(bytes)) = bucket.get(&name).await {
+                if let Ok(record) = serde_json::from_slice::<FactoryRecord>(&bytes) {
+                    factories.push(record);
+                }
+            }
+        }
+        factories.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(factories)
+    }
+
+    /// Why a job needing `capabilities` waits, when no live factory offers them all.
+    pub(crate) async fn why_waiting(&self, capabilities: &[String]) -> Option<String> {
+        let factories = self.factories().await.ok()?;
+        if factories.iter().any(|f| f.serves(capabilities)) {
+            return None;
+        }
+        if factories.is_empty() {
+            return Some("no factory is registered".into());
+        }
+        let missing: Vec<&str> = capabilities
+            .iter()
+            .filter(|need| !factories.iter().any(|f| f.capabilities.contains(need)))
+            .map(String::as_str)
+            .collect();
+        Some(if missing.is_empty() {
+            format!("no factory with all of {}", capabilities.join(", "))
+        } else {
+            format!("no factory with {}", missing.join(", "))
+        })
+    }
+
+    /// Jobs no factory has claimed yet, with the reason when the registry tells one.
+    pub(crate) async fn unclaimed(&self) -> Vec<WaitingJob> {
+        let jobs: Vec<WaitingJob> = {
+            let waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            waiting
+                .iter()
+                .filter(|(_, w)| w.claimed.is_none())
+                .map(|(id, w)| WaitingJob {
+                    job_id: *id,
+                    task_id: w.task_id,
+                    capabilities: w.capabilities.clone(),
+                    since: w.published_at,
+                    reason: None,
+                })
+                .collect()
+        };
+        let mut described = Vec::with_capacity(jobs.len());
+        for mut job in jobs {
+            job.reason = self.why_waiting(&job.capabilities).await;
+            described.push(job);
+        }
+        described.sort_by_key(|job| job.since);
+        described
+    }
+
+    /// Stops (`true`) or restarts all claiming, fleet-wide: the kill switch.
+    pub(crate) async fn set_paused(&self, paused: bool) -> Result<(), NatsError> {
+        let value = if paused { "true" } else { "false" };
+        self.nats
+            .control()
+            .await?
+            .put(PAUSED_KEY, value.as_bytes().to_vec().into())
+            .await
+            .map_err(NatsError::js)?;
+        Ok(())
+    }
+
+    /// Whether claiming is paused.
+    pub(crate) async fn paused(&self) -> Result<bool, NatsError> {
+        let value = self
+            .nats
+            .control()
+            .await?
+            .get(PAUSED_KEY)
+            .await
+            .map_err(NatsError::js)?;
+        Ok(value.is_some_and(|v| v.as_ref() == b"true"))
+    }
+}
+
+/// Takes a job out of the waiting map however its wait ends.
+struct Forget<'a> {
+    waiting: &'a Waiting,
+    job: Uuid,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.job);
+    }
+}
+
+/// Reads claims and results for as long as the fleet lives, reconnecting its message stream
+/// after errors (the client reconnects to the server by itself).
+async fn read_results(consumer: consumer::Consumer<consumer::pull::Config>, waiting: Waiting) {
+    loop {
+        let mut messages = match consumer.messages().await {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(%error, "fleet: cannot read results; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, "fleet: results stream error");
+                    break;
+                }
+            };
+            let subject = message.subject.as_str();
+            if subject.starts_with(CLAIMS_SUBJECT_PREFIX) {
+                if let Ok(claim) = serde_json::from_slice::<JobClaim>(&message.payload) {
+                    on_claim(&waiting, claim);
+                }
+            } else if subject.starts_with(RESULTS_SUBJECT_PREFIX) {
+                if let Ok(result) = serde_json::from_slice::<JobResult>(&message.payload) {
+                    on_result(&waiting, result);
+                }
+            }
+            if let Err(error) = message.ack().await {
+                tracing::warn!(%error, "fleet: could not acknowledge a result");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn on_claim(waiting: &Waiting, claim: JobClaim) {
+    let mut waiting = waiting.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(waiter) = waiting.get_mut(&claim.job_id) {
+        let newer = waiter
+            .claimed
+            .as_ref()
+            .is_none_or(|(delivery, _)| claim.delivery >= *delivery);
+        if newer {
+            tracing::info!(job = %claim.job_id, factory = %claim.factory, delivery = claim.delivery, "fleet: job claimed");
+            waiter.claimed = Some((claim.delivery, claim.factory));
+        }
+    }
+}
+
+fn on_result(waiting: &Waiting, result: JobResult) {
+    let mut waiting = waiting.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(waiter) = waiting.get_mut(&result.job_id) else {
+        return; // a job nobody waits for any more (answered, given up, or before a restart)
+    };
+    let current = waiter.claimed.as_ref().map(|(delivery, _)| *delivery);
+    if current != Some(result.delivery) {
+        tracing::warn!(job = %result.job_id, factory = %result.factory, delivery = result.delivery, ?current, "fleet: fenced off the result of a lost delivery");
+        return;
+    }
+    if let Some(answer) = waiter.answer.take() {
+        let _ = answer.send(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::task::CapturedOutput;
+
+    fn result(job: Uuid, delivery: u64, factory: &str) -> JobResult {
+        JobResult {
+            job_id: job,
+            delivery,
+            factory: factory.into(),
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            stdout: CapturedOutput::default(),
+            stderr: CapturedOutput::default(),
+            duration_ms: 1,
+            diff: None,
+            failure: None,
+        }
+    }
+
+    #[test]
+    fn only_the_delivery_claimed_last_is_accepted() {
+        let waiting = Waiting::default();
+        let job = Uuid::now_v7();
+        let (answer, mut answered) = oneshot::channel();
+        waiting.lock().unwrap().insert(
+            job,
+            Waiter {
+                task_id: TaskId::new(),
+                capabilities: Vec::new(),
+                published_at: Utc::now(),
+                claimed: None,
+                answer: Some(answer),
+            },
+        );
+        on_claim(&waiting, JobClaim { job_id: job, delivery: 1, factory: "a".into() });
+        on_claim(&waiting, JobClaim { job_id: job, delivery: 2, factory: "b".into() });
+        // The first holder's lease ran out: its late result is fenced off.
+        on_result(&waiting, result(job, 1, "a"));
+        assert!(answered.try_recv().is_err());
+        on_result(&waiting, result(job, 2, "b"));
+        assert_eq!(answered.try_recv().unwrap().factory, "b");
+    }
+}
