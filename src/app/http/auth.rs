@@ -170,20 +170,6 @@ impl Auth {
     }
 }
 
-/// The answer to a cookie-authenticated change without its session's CSRF token.
-pub(crate) fn csrf_refused() -> Response {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        codes::CSRF_REJECTED,
-        format!(
-            "a request authenticated by the session cookie must send the session's CSRF token in \
-             `{}`",
-            session::CSRF_HEADER
-        ),
-    )
-    .into_response()
-}
-
 impl Auth {
     /// Loads the tokens from the store and makes sure someone can get in: the bootstrap token from
     /// [`ADMIN_TOKEN_VAR`], else — in a data dir with no tokens — a new admin token whose secret
@@ -359,7 +345,7 @@ pub(crate) async fn authorize(
                 Err(SessionRefusal::Unknown) => {
                     return unauthenticated("the session is over (logged out or expired)")
                 }
-                Err(SessionRefusal::Csrf) => return csrf_refused(),
+                Err(SessionRefusal::Csrf) => return session::csrf_refused(),
             },
             (None, None) => return unauthenticated("send `Authorization: Bearer <token secret>`"),
         },

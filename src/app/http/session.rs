@@ -17,9 +17,13 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use crate::model::codes;
 
 /// The cookie that carries a session id.
 pub(crate) const COOKIE_NAME: &str = "glitchlab_session";
@@ -165,6 +169,20 @@ pub(crate) fn csrf_matches(request: &Request, csrf: &str) -> bool {
         .get(CSRF_HEADER)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|sent| bool::from(sent.as_bytes().ct_eq(csrf.as_bytes())))
+}
+
+/// The answer to a cookie-authenticated change without its session's CSRF token:
+/// `403 CSRF_REJECTED`, nothing run.
+pub(crate) fn csrf_refused() -> Response {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        codes::CSRF_REJECTED,
+        format!(
+            "a request authenticated by the session cookie must send the session's CSRF token in \
+             `{CSRF_HEADER}`"
+        ),
+    )
+    .into_response()
 }
 
 /// The `Set-Cookie` value that stores session `id` (`Secure` when the service serves TLS, so

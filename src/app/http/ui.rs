@@ -247,7 +247,7 @@ pub(crate) async fn logout(
     if let Some(id) = session::cookie(request.headers()) {
         if let Some((principal, csrf)) = app.auth.session(id) {
             if !session::csrf_matches(&request, &csrf) {
-                return super::auth::csrf_refused();
+                return session::csrf_refused();
             }
             tracing::info!(token = %principal.name, "web logout");
         }
