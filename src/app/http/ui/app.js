@@ -29,7 +29,12 @@ function h(tag, attrs, ...children) {
 }
 
 const $ = (id) => document.getElementById(id);
-const short = (id) => (id || '').slice(0, 8);
+// Replaces an element's children, leaving out the null / undefined / false of conditional parts.
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false)
+    .map((c) => (c instanceof Node ? c : document.createTextNode(String(c)))));
+}
+const short = (id) => (id || '').slice(-8); // a UUID v7 starts with its time: the end tells tasks apart
 const tokens = (micro) => (micro === undefined || micro === null) ? '–' : (Number(micro) / 1e6).toFixed(micro % 1e6 === 0 ? 0 : 4);
 const when = (ts) => ts ? new Date(ts).toLocaleString() : '–';
 const time = (ts) => ts ? new Date(ts).toLocaleTimeString() : '';
@@ -211,7 +216,7 @@ function route() {
     link.classList.toggle('active', link.dataset.view === view || (view === 'task' && link.dataset.view === 'board'));
   }
   const root = $('view');
-  root.replaceChildren();
+  fill(root);
   state.view = view;
   state.refresh = null;
   const views = { board: boardView, task: taskView, tree: treeView, ledger: ledgerView, ops: opsView };
@@ -239,7 +244,7 @@ async function boardView(root) {
     const page = await api('GET', '/v1/tasks?' + query);
     const tasks = page.tasks || [];
     $('board-count') && ($('board-count').textContent = `${tasks.length} shown (newest 500)`);
-    board.replaceChildren(...STATUSES.map((status) => {
+    fill(board, ...STATUSES.map((status) => {
       const mine = tasks.filter((task) => task.status === status);
       return h('section', { class: 'column', 'data-status': status },
         h('h2', {}, h('span', {}, status.replace(/_/g, ' ')), h('span', {}, mine.length)),
@@ -292,7 +297,7 @@ async function taskView(root, id) {
   };
   const refreshTask = async () => {
     task = await api('GET', '/v1/tasks/' + id);
-    head.replaceChildren(
+    fill(head, 
       h('h1', {}, task.title),
       h('div', { class: 'row' },
         h('span', {}, 'status ', h('span', { id: 'task-status', class: 'badge ' + task.status }, task.status)),
@@ -303,7 +308,7 @@ async function taskView(root, id) {
       task.error ? h('p', { class: 'error' }, `${task.error.code}: ${task.error.message}`) : null,
       h('details', {}, h('summary', {}, 'Description'), h('pre', {}, task.description || '')));
     const s = task.status;
-    actions.replaceChildren(
+    fill(actions, 
       s === 'awaiting_approval' ? h('button', { id: 'btn-approve', class: 'primary', onclick: act('approve', {}) }, 'Approve') : null,
       s === 'awaiting_approval' ? h('button', { id: 'btn-reject', class: 'danger', onclick: act('reject', {}) }, 'Reject') : null,
       !TERMINAL.includes(s) ? h('button', { id: 'btn-cancel', class: 'danger', onclick: act('cancel') }, 'Cancel') : null,
@@ -312,7 +317,7 @@ async function taskView(root, id) {
   const refreshRuns = async () => {
     const data = await api('GET', `/v1/tasks/${id}/runs`);
     const list = data.runs || [];
-    runs.replaceChildren(list.length ? h('table', {},
+    fill(runs, list.length ? h('table', {},
       h('tr', {}, ['persona', 'stage', 'attempt', 'engine', 'status', 'exit', 'duration', 'cost', 'output'].map((c) => h('th', {}, c))),
       list.map((run) => h('tr', {},
         h('td', {}, run.persona), h('td', {}, run.stage), h('td', { class: 'num' }, run.attempt),
@@ -327,7 +332,7 @@ async function taskView(root, id) {
     const byPersona = {};
     for (const run of list) byPersona[run.persona] = (byPersona[run.persona] || 0) + (run.cost || 0);
     const max = Math.max(1, ...Object.values(byPersona));
-    costs.replaceChildren(Object.keys(byPersona).length ? h('table', {},
+    fill(costs, Object.keys(byPersona).length ? h('table', {},
       Object.entries(byPersona).map(([persona, cost]) => h('tr', {},
         h('td', {}, persona),
         h('td', { class: 'num' }, tokens(cost)),
@@ -336,13 +341,13 @@ async function taskView(root, id) {
   };
   const refreshDiff = async () => {
     const data = await api('GET', `/v1/tasks/${id}/diff`);
-    if (data.source === 'none') { diff.replaceChildren(h('p', { class: 'muted' }, 'No branch yet.')); return; }
+    if (data.source === 'none') { fill(diff, h('p', { class: 'muted' }, 'No branch yet.')); return; }
     const pre = h('pre', { id: 'diff-text' }, data.diff.split('\n').map((line) => {
       const cls = line.startsWith('+++') || line.startsWith('---') || line.startsWith('diff ') ? 'file'
         : line.startsWith('+') ? 'add' : line.startsWith('-') ? 'del' : line.startsWith('@@') ? 'hunk' : null;
       return h('span', { class: cls }, line + '\n');
     }));
-    diff.replaceChildren(
+    fill(diff, 
       h('p', { class: 'muted' }, data.source === 'delivered' ? 'The delivered commit' : `${data.branch} against ${data.base}`,
         data.truncated ? ' (cut to 48 KiB)' : '', data.diff ? '' : ' — no changes'), pre);
   };
@@ -385,7 +390,7 @@ async function taskView(root, id) {
   (async () => {
     while (!controller.signal.aborted) {
       try {
-        timeline.replaceChildren();
+        fill(timeline);
         await stream(`/v1/tasks/${id}/events/stream`, onEvent, controller.signal);
         return; // the stream ends once the task is over
       } catch (_) {
@@ -412,7 +417,7 @@ async function treeView(root) {
       h('strong', {}, actor.name), ' ', badge(actor.status), ' ',
       h('span', { class: actor.restarts ? 'error' : 'muted' }, `${actor.restarts} restart${actor.restarts === 1 ? '' : 's'}`),
       children[actor.name] ? branch(children[actor.name]) : null)));
-    holder.replaceChildren(actors.length ? branch(roots) : h('p', { class: 'muted' }, 'No actors.'));
+    fill(holder, actors.length ? branch(roots) : h('p', { class: 'muted' }, 'No actors.'));
   };
   state.refresh = refresh;
   await refresh();
@@ -433,10 +438,10 @@ async function ledgerView(root) {
 
   const refresh = async () => {
     const personas = ((await api('GET', '/v1/personas')).personas || []).map((p) => p.name).sort();
-    const ids = ['system:revenue', ...(state.session.accounts || []), ...personas.map((p) => 'agent:' + p)];
+    const ids = ['system:revenue', 'user:local', ...(state.session.accounts || []), ...personas.map((p) => 'agent:' + p)];
     const accounts = await Promise.all([...new Set(ids)].map((id) =>
       api('GET', '/v1/ledger/accounts/' + encodeURIComponent(id)).catch(() => null)));
-    balances.replaceChildren(h('h2', {}, 'Balances (tokens)'), h('table', {},
+    fill(balances, h('h2', {}, 'Balances (tokens)'), h('table', {},
       h('tr', {}, ['account', 'balance', 'available', 'pending in', 'pending out'].map((c, i) => h('th', { class: i ? 'num' : null }, c))),
       accounts.filter(Boolean).map((a) => h('tr', { 'data-account': a.id },
         h('td', { class: 'mono' }, a.id), h('td', { class: 'num' }, tokens(a.balance)), h('td', { class: 'num' }, tokens(a.available)),
@@ -456,7 +461,7 @@ async function ledgerView(root) {
         spend[persona][day] = (spend[persona][day] || 0) + (t.posted_amount || t.amount || 0);
       }
     }));
-    chart.replaceChildren(h('h2', {}, 'Spend per persona per day (last 14 days, tokens)'), spendChart(days, personas, spend));
+    fill(chart, h('h2', {}, 'Spend per persona per day (last 14 days, tokens)'), spendChart(days, personas, spend));
   };
   state.refresh = refresh;
   await refresh();
@@ -494,7 +499,7 @@ async function showTaskCost(id, out) {
   const byPersona = {};
   for (const run of data.runs || []) byPersona[run.persona] = (byPersona[run.persona] || 0) + (run.cost || 0);
   const total = Object.values(byPersona).reduce((a, b) => a + b, 0);
-  out.replaceChildren(h('table', {},
+  fill(out, h('table', {},
     h('tr', {}, h('th', {}, 'persona'), h('th', { class: 'num' }, 'cost (tokens)')),
     Object.entries(byPersona).map(([p, c]) => h('tr', {}, h('td', {}, p), h('td', { class: 'num' }, tokens(c)))),
     h('tr', {}, h('th', {}, 'total'), h('th', { class: 'num' }, tokens(total)))),
@@ -519,7 +524,7 @@ async function opsView(root) {
       api('GET', '/v1/incidents').catch((e) => ({ error: e })),
       api('GET', '/v1/checks').catch((e) => ({ error: e })),
     ]);
-    deploys.replaceChildren(h('h2', {}, 'Deploys'), d.error ? h('p', { class: 'error' }, d.error.message) :
+    fill(deploys, h('h2', {}, 'Deploys'), d.error ? h('p', { class: 'error' }, d.error.message) :
       (d.deploys || []).length ? h('table', {},
         h('tr', {}, ['deploy', 'app', 'release', 'status', 'stages', 'created', ''].map((x) => h('th', {}, x))),
         d.deploys.map((r) => h('tr', { 'data-deploy': r.id },
@@ -531,7 +536,7 @@ async function opsView(root) {
             h('button', { class: 'primary', onclick: decide(`/v1/deploys/${r.id}/approve`) }, 'Approve'), ' ',
             h('button', { class: 'danger', onclick: decide(`/v1/deploys/${r.id}/reject`) }, 'Reject')] : null)))) :
         h('p', { class: 'muted' }, 'No deploys.'));
-    incidents.replaceChildren(h('h2', {}, 'Incidents'), i.error ? h('p', { class: 'error' }, i.error.message) :
+    fill(incidents, h('h2', {}, 'Incidents'), i.error ? h('p', { class: 'error' }, i.error.message) :
       (i.incidents || []).length ? (i.incidents || []).map((x) => h('div', { class: 'panel', 'data-incident': x.id },
         h('div', { class: 'row' }, h('strong', {}, x.app), badge(x.status), h('span', { class: 'mono' }, short(x.id)),
           x.runbook ? h('span', {}, 'runbook ', h('code', {}, x.runbook)) : null,
@@ -545,7 +550,7 @@ async function opsView(root) {
             h('span', { class: 'muted' }, JSON.stringify(e.detail).slice(0, 300)))))),
         x.postmortem ? h('details', {}, h('summary', {}, 'Postmortem'), h('pre', {}, x.postmortem)) : null)) :
         h('p', { class: 'muted' }, 'No incidents.'));
-    checks.replaceChildren(h('h2', {}, 'Checks'), c.error ? h('p', { class: 'error' }, c.error.message) :
+    fill(checks, h('h2', {}, 'Checks'), c.error ? h('p', { class: 'error' }, c.error.message) :
       (c.checks || []).length ? h('table', {},
         h('tr', {}, ['app', 'check', 'kind', 'schedule', 'last outcome', 'detail', 'at'].map((x) => h('th', {}, x))),
         c.checks.map((k) => h('tr', {}, h('td', {}, k.app), h('td', {}, k.name), h('td', {}, k.kind), h('td', { class: 'mono' }, k.schedule),
