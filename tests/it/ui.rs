@@ -377,6 +377,22 @@ async fn drive(client: &Client, service: &Service, repo: &Path) -> Step<()> {
         text.contains("reviewed.txt")
     })
     .await?;
+
+    // The other views draw from the API: the tree with Compass, the ledger with its chart and the
+    // delivered task's charges, ops with its three panels.
+    let views = [
+        ("tree", "#tree li[data-actor=compass]"),
+        ("ledger", "#spend-chart rect"),
+        ("ledger", "#balances tr[data-account='agent:patch']"),
+        ("ops", "#checks"),
+    ];
+    for (view, css) in views {
+        step(
+            "navigate",
+            client.goto(&format!("{}/#/{view}", service.base)).await,
+        )?;
+        wait_for(client, css, long).await?;
+    }
     Ok(())
 }
 

@@ -681,5 +681,12 @@ mod tests {
             permission_for(&Method::POST, "/v1/some/new/route", false),
             Some(Permission::MoveMoney)
         );
+        // The web page and its assets are public; its session routes check the caller themselves.
+        assert_eq!(permission_for(&Method::GET, "/", false), None);
+        assert_eq!(permission_for(&Method::POST, "/ui/login", false), None);
+        assert_eq!(
+            permission_for(&Method::GET, "/ui/other", false),
+            Some(Permission::Read)
+        );
     }
 }
