@@ -90,6 +90,9 @@ catalogue! {
     FORBIDDEN [403] []
         "The token is known but its role does not grant the permission the route needs (the \
          message names it).";
+    CSRF_REJECTED [403] []
+        "A change authenticated by the web session cookie without the session's CSRF token in \
+         `x-csrf-token` (or with another one); nothing ran.";
     RATE_LIMITED [429] []
         "The token made more requests than `server.requests_per_sec` and `burst` allow; retry \
          after `Retry-After`.";

@@ -34,3 +34,4 @@ mod store;
 mod stream;
 mod supervision;
 mod transport;
+mod ui;

@@ -25,6 +25,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
 use super::json::JsonBody;
+use super::session::{self, Sessions};
 use super::AppState;
 use crate::config::{AuthMode, Config};
 use crate::model::auth::{
@@ -69,6 +70,17 @@ impl Tokens {
         found.filter(|record| !record.expired(Utc::now()))
     }
 
+    /// The token whose secret hashes to `sha256` (hex), if it is known and not expired: what a
+    /// web session stands for, so a revoked or expired token ends its sessions too.
+    fn by_hash(&self, sha256: &str) -> Option<TokenRecord> {
+        let records = self.records.read().unwrap_or_else(PoisonError::into_inner);
+        records
+            .iter()
+            .find(|(_, record)| record.secret_sha256 == sha256)
+            .map(|(_, record)| record.clone())
+            .filter(|record| !record.expired(Utc::now()))
+    }
+
     /// A record with its hash decoded (a hash that does not decode matches nothing).
     fn entry(record: TokenRecord) -> (Vec<u8>, TokenRecord) {
         (
@@ -102,6 +114,60 @@ pub(crate) struct Auth {
     tokens: Arc<Tokens>,
     /// One bucket per token name.
     limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    /// The web control plane's sessions (cookies standing for a token).
+    sessions: Arc<Sessions>,
+}
+
+/// Why a request's session cookie does not authenticate it.
+pub(crate) enum SessionRefusal {
+    /// No such session (never opened, logged out, expired, or its token is gone).
+    Unknown,
+    /// A change without the session's CSRF token.
+    Csrf,
+}
+
+impl Auth {
+    /// Whether requests must authenticate (`server.auth`): the web page asks for a login only
+    /// then.
+    pub(crate) fn required(&self) -> bool {
+        self.mode == AuthMode::On
+    }
+
+    /// Exchanges a token secret for a new web session: the token's principal and the session's
+    /// id and CSRF token; `None` for an unknown, revoked or expired secret (or no randomness).
+    pub(crate) fn log_in(&self, secret: &str) -> Option<(Principal, session::Opened)> {
+        let record = self.tokens.authenticate(secret)?;
+        let opened = self.sessions.open(&record.secret_sha256)?;
+        Some((record.principal(), opened))
+    }
+
+    /// The principal and CSRF token of the open session `id`, while its token is valid.
+    pub(crate) fn session(&self, id: &str) -> Option<(Principal, String)> {
+        let facts = self.sessions.find(id)?;
+        match self.tokens.by_hash(&facts.token_sha256) {
+            Some(record) => Some((record.principal(), facts.csrf)),
+            None => {
+                self.sessions.close(id);
+                None
+            }
+        }
+    }
+
+    /// Ends the session `id` (logout).
+    pub(crate) fn log_out(&self, id: &str) {
+        self.sessions.close(id);
+    }
+
+    /// The principal of a request authenticated by its session cookie `id`: a request that
+    /// changes something must also carry the session's CSRF token.
+    fn by_session(&self, request: &Request, id: &str) -> Result<Principal, SessionRefusal> {
+        let (principal, csrf) = self.session(id).ok_or(SessionRefusal::Unknown)?;
+        let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+        if !safe && !session::csrf_matches(request, &csrf) {
+            return Err(SessionRefusal::Csrf);
+        }
+        Ok(principal)
+    }
 }
 
 impl Auth {
@@ -147,6 +213,7 @@ impl Auth {
             metrics_public: config.server.metrics_public,
             tokens,
             limiter,
+            sessions: Arc::new(Sessions::default()),
         })
     }
 }
@@ -195,6 +262,8 @@ fn write_secret_file(file: &Path, secret: &str) -> std::io::Result<()> {
 fn permission_for(method: &Method, route: &str, metrics_public: bool) -> Option<Permission> {
     match route {
         "/healthz" | "/readyz" => return None,
+        // The web page and its assets hold no data; its session routes authenticate themselves.
+        route if super::ui::is_ui_route(route) => return None,
         "/metrics" if metrics_public => return None,
         _ => {}
     }
@@ -266,15 +335,20 @@ pub(crate) async fn authorize(
     };
     let principal = match auth.mode {
         AuthMode::Off => Principal::anonymous(),
-        AuthMode::On => {
-            let Some(secret) = bearer(&request) else {
-                return unauthenticated("send `Authorization: Bearer <token secret>`");
-            };
-            match auth.tokens.authenticate(secret) {
+        AuthMode::On => match (bearer(&request), session::cookie(request.headers())) {
+            (Some(secret), _) => match auth.tokens.authenticate(secret) {
                 Some(record) => record.principal(),
                 None => return unauthenticated("unknown, revoked or expired token"),
-            }
-        }
+            },
+            (None, Some(id)) => match auth.by_session(&request, id) {
+                Ok(principal) => principal,
+                Err(SessionRefusal::Unknown) => {
+                    return unauthenticated("the session is over (logged out or expired)")
+                }
+                Err(SessionRefusal::Csrf) => return session::csrf_refused(),
+            },
+            (None, None) => return unauthenticated("send `Authorization: Bearer <token secret>`"),
+        },
     };
     if !principal.may(permission) {
         let message = format!(
@@ -606,6 +680,13 @@ mod tests {
         assert_eq!(
             permission_for(&Method::POST, "/v1/some/new/route", false),
             Some(Permission::MoveMoney)
+        );
+        // The web page and its assets are public; its session routes check the caller themselves.
+        assert_eq!(permission_for(&Method::GET, "/", false), None);
+        assert_eq!(permission_for(&Method::POST, "/ui/login", false), None);
+        assert_eq!(
+            permission_for(&Method::GET, "/ui/other", false),
+            Some(Permission::Read)
         );
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP ingress (axum). Only this module knows HTTP and the JSON error shape.
 
 pub(crate) mod auth;
+pub(crate) mod diff;
 pub(crate) mod error;
 pub(crate) mod guard;
 pub(crate) mod json;
@@ -8,9 +9,11 @@ pub(crate) mod ledger;
 pub(crate) mod openapi;
 pub(crate) mod ops;
 pub(crate) mod report;
+pub(crate) mod session;
 pub(crate) mod stream;
 pub(crate) mod system;
 pub(crate) mod tasks;
+pub(crate) mod ui;
 
 use std::time::Instant;
 
@@ -49,6 +52,7 @@ pub(crate) fn router(app: AppState) -> Router {
         .route("/tasks/{id}/events", get(tasks::events))
         .route("/tasks/{id}/events/stream", get(stream::task_events))
         .route("/tasks/{id}/runs", get(tasks::runs))
+        .route("/tasks/{id}/diff", get(diff::diff))
         .route("/tasks/{id}/cancel", post(tasks::cancel))
         .route("/tasks/{id}/approve", post(tasks::approve))
         .route("/tasks/{id}/reject", post(tasks::reject))
@@ -85,6 +89,12 @@ pub(crate) fn router(app: AppState) -> Router {
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
+        .route("/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
+        .route("/ui/login", post(ui::login))
+        .route("/ui/logout", post(ui::logout))
+        .route("/ui/session", get(ui::current))
         .nest("/v1", v1)
         .route_layer(middleware::from_fn_with_state(app.clone(), auth::authorize))
         .fallback(not_found)

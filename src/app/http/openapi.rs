@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
 use super::error::{describe, ApiError, ErrorBody};
-use super::{auth, ledger, ops, report, stream, system, tasks};
+use super::{auth, diff, ledger, ops, report, stream, system, tasks, ui};
 use crate::model::live::RunOutput;
 use crate::model::ops::records::{CheckResult, DeployRecord, Incident};
 use crate::model::task::{EngineRun, Event, Task};
@@ -35,6 +35,7 @@ use crate::runtime::directory::ActorEntry;
         tasks::get,
         tasks::events,
         tasks::runs,
+        diff::diff,
         tasks::cancel,
         tasks::approve,
         tasks::reject,
@@ -73,6 +74,12 @@ use crate::runtime::directory::ActorEntry;
         auth::revoke_token,
         auth::audit,
         document,
+        ui::index,
+        ui::script,
+        ui::style,
+        ui::login,
+        ui::current,
+        ui::logout,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -100,6 +107,10 @@ use crate::runtime::directory::ActorEntry;
             every change made through the ingress. Every route but `/healthz` and `/readyz` needs \
             `Authorization: Bearer <secret>`: `401 UNAUTHENTICATED` without a valid one, \
             `403 FORBIDDEN` when the token's role lacks the route's permission."),
+        (name = "ui", description = "The web control plane: its page and assets (public, no \
+            data), and its session routes. A session cookie authenticates the API like a bearer \
+            token; a change made with it needs the session's CSRF token in `x-csrf-token` \
+            (`403 CSRF_REJECTED` without it)."),
     )
 )]
 pub(crate) struct ApiDoc;

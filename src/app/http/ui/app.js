@@ -1,0 +1,576 @@
+// The glitchlab web control plane: a single page with hash routes (#/board, #/task/ID, #/tree,
+// #/ledger, #/ops) over the JSON API and its Server-Sent Events streams. Plain JavaScript, no
+// build step, no third-party code. Every element is built with the DOM (never innerHTML), so a
+// task title or command output cannot inject markup.
+'use strict';
+
+const STATUSES = ['queued', 'blocked', 'running', 'awaiting_approval', 'failed', 'dead_letter', 'done', 'cancelled'];
+const TERMINAL = ['done', 'failed', 'cancelled', 'dead_letter'];
+const SERVICE_TASK = '00000000-0000-0000-0000-000000000000';
+
+const state = { session: null, csrf: null, view: null, refresh: null, taskAbort: null };
+
+// ---- small helpers ---------------------------------------------------------------------------
+
+function h(tag, attrs, ...children) {
+  const svg = ['svg', 'rect', 'text', 'line', 'g', 'title'].includes(tag);
+  const el = svg ? document.createElementNS('http://www.w3.org/2000/svg', tag) : document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith('on')) el.addEventListener(key.slice(2), value);
+    else if (key === 'class') el.setAttribute('class', value);
+    else el.setAttribute(key, value === true ? '' : String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+const $ = (id) => document.getElementById(id);
+// Replaces an element's children, leaving out the null / undefined / false of conditional parts.
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false)
+    .map((c) => (c instanceof Node ? c : document.createTextNode(String(c)))));
+}
+const short = (id) => (id || '').slice(-8); // a UUID v7 starts with its time: the end tells tasks apart
+const tokens = (micro) => (micro === undefined || micro === null) ? '–' : (Number(micro) / 1e6).toFixed(micro % 1e6 === 0 ? 0 : 4);
+const when = (ts) => ts ? new Date(ts).toLocaleString() : '–';
+const time = (ts) => ts ? new Date(ts).toLocaleTimeString() : '';
+const badge = (text) => h('span', { class: 'badge ' + String(text || '') }, String(text || '–').replace(/_/g, ' '));
+
+function flash(message, info) {
+  const el = $('flash');
+  el.textContent = message;
+  el.className = info ? 'flash info' : 'flash';
+  el.hidden = false;
+  clearTimeout(flash.timer);
+  flash.timer = setTimeout(() => { el.hidden = true; }, 6000);
+}
+
+class ApiError extends Error {
+  constructor(status, code, message) { super(`${status} ${code || ''}: ${message || ''}`); this.status = status; this.code = code; }
+}
+
+// Every API call: same-origin cookie, the CSRF token on changes, JSON in and out.
+async function api(method, path, body) {
+  const headers = { accept: 'application/json' };
+  if (method !== 'GET' && state.csrf) headers['x-csrf-token'] = state.csrf;
+  const options = { method, headers, credentials: 'same-origin' };
+  if (body !== undefined) {
+    headers['content-type'] = 'application/json';
+    options.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, options);
+  const text = await response.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
+  if (!response.ok) {
+    const error = (data && data.error) || {};
+    if (response.status === 401 && path !== '/ui/login' && path !== '/ui/session') showLogin();
+    throw new ApiError(response.status, error.code, error.message || text);
+  }
+  return data;
+}
+
+// A Server-Sent Events stream read with fetch (every event name arrives, and the session cookie
+// goes along); calls onEvent(kind, data, id) for each message, resolves when the stream ends.
+async function stream(path, onEvent, signal) {
+  const response = await fetch(path, { headers: { accept: 'text/event-stream' }, credentials: 'same-origin', signal });
+  if (!response.ok || !response.body) throw new ApiError(response.status, null, 'stream refused');
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let at;
+    while ((at = buffer.search(/\r?\n\r?\n/)) >= 0) {
+      const block = buffer.slice(0, at);
+      buffer = buffer.slice(at).replace(/^\r?\n\r?\n/, '');
+      let kind = 'message', data = '', id = null;
+      for (const line of block.split(/\r?\n/)) {
+        if (line.startsWith(':')) continue;
+        const colon = line.indexOf(':');
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const text = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+        if (field === 'event') kind = text;
+        else if (field === 'data') data += (data ? '\n' : '') + text;
+        else if (field === 'id') id = text;
+      }
+      if (!data && kind === 'message') continue;
+      let parsed = data;
+      try { parsed = JSON.parse(data); } catch (_) { /* plain text */ }
+      onEvent(kind, parsed, id);
+    }
+  }
+}
+
+// ---- session -----------------------------------------------------------------------------------
+
+function showLogin() {
+  state.session = null;
+  state.csrf = null;
+  $('login').hidden = false;
+  $('view').hidden = true;
+  $('nav').hidden = true;
+  $('logout').hidden = true;
+  $('who').textContent = '';
+  setTimeout(() => $('token').focus(), 0);
+}
+
+function loggedIn(session) {
+  state.session = session;
+  state.csrf = session.csrf || null;
+  $('login').hidden = true;
+  $('view').hidden = false;
+  $('nav').hidden = false;
+  $('logout').hidden = !session.auth_required;
+  $('who').textContent = session.auth_required ? `${session.name} (${session.role})` : 'no tokens (auth off)';
+  startLive();
+  route();
+}
+
+async function logIn(event) {
+  event.preventDefault();
+  const input = $('token');
+  $('login-error').hidden = true;
+  try {
+    const session = await api('POST', '/ui/login', { token: input.value });
+    input.value = '';
+    if (!location.hash || location.hash === '#/login') location.hash = '#/board';
+    loggedIn(session);
+  } catch (error) {
+    $('login-error').textContent = error.status === 401 ? 'Unknown, revoked or expired token.' : error.message;
+    $('login-error').hidden = false;
+  }
+}
+
+async function logOut() {
+  try { await api('POST', '/ui/logout'); } catch (_) { /* the cookie is cleared either way */ }
+  stopLive();
+  showLogin();
+}
+
+// ---- the live service stream: refreshes whatever view is open ------------------------------------
+
+let liveAbort = null;
+function stopLive() {
+  if (liveAbort) liveAbort.abort();
+  liveAbort = null;
+  setLive(false);
+}
+function setLive(on) {
+  $('live').className = on ? 'live on' : 'live off';
+  $('live').textContent = on ? 'live' : 'offline';
+}
+function startLive() {
+  if (liveAbort) return;
+  const controller = new AbortController();
+  liveAbort = controller;
+  const run = async () => {
+    while (liveAbort === controller) {
+      try {
+        setLive(true);
+        await stream('/v1/events/stream', (kind, event) => onServiceEvent(kind, event), controller.signal);
+      } catch (_) { /* reconnect below */ }
+      setLive(false);
+      if (liveAbort !== controller) return;
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+      refreshSoon();
+    }
+  };
+  run();
+}
+
+function onServiceEvent(kind, event) {
+  if (!state.refresh) return;
+  if (state.view === 'task') return; // the task page has its own stream
+  refreshSoon();
+}
+
+let refreshTimer = null;
+function refreshSoon() {
+  if (refreshTimer) return; // at most one refresh per 300 ms, however many events arrive
+  refreshTimer = setTimeout(() => {
+    refreshTimer = null;
+    if (state.refresh) state.refresh().catch(showError);
+  }, 300);
+}
+
+function showError(error) {
+  if (error && error.status === 401) return;
+  flash(String(error && error.message || error));
+}
+
+// ---- routing ---------------------------------------------------------------------------------------
+
+function route() {
+  if (!state.session) return;
+  if (state.taskAbort) { state.taskAbort.abort(); state.taskAbort = null; }
+  const hash = location.hash || '#/board';
+  const [, view, arg] = hash.match(/^#\/([a-z]+)\/?(.*)$/) || [null, 'board', ''];
+  for (const link of document.querySelectorAll('#nav a')) {
+    link.classList.toggle('active', link.dataset.view === view || (view === 'task' && link.dataset.view === 'board'));
+  }
+  const root = $('view');
+  fill(root);
+  state.view = view;
+  state.refresh = null;
+  const views = { board: boardView, task: taskView, tree: treeView, ledger: ledgerView, ops: opsView };
+  (views[view] || boardView)(root, decodeURIComponent(arg || '')).catch(showError);
+}
+
+// ---- the board ------------------------------------------------------------------------------------
+
+const filters = { repo: '', kind: '' };
+
+async function boardView(root) {
+  const repo = h('input', { id: 'filter-repo', placeholder: 'repository path', value: filters.repo, size: 30 });
+  const kind = h('input', { id: 'filter-kind', placeholder: 'kind', value: filters.kind, size: 12 });
+  const apply = () => { filters.repo = repo.value.trim(); filters.kind = kind.value.trim(); refresh().catch(showError); };
+  repo.addEventListener('change', apply);
+  kind.addEventListener('change', apply);
+  const board = h('div', { class: 'board', id: 'board' });
+  root.append(h('div', { class: 'filters' }, h('strong', {}, 'Tasks'), repo, kind,
+    h('button', { type: 'button', onclick: apply }, 'Filter'),
+    h('span', { class: 'muted', id: 'board-count' })), board);
+  const refresh = async () => {
+    const query = new URLSearchParams({ limit: '500' });
+    if (filters.repo) query.set('repo', filters.repo);
+    if (filters.kind) query.set('kind', filters.kind);
+    const page = await api('GET', '/v1/tasks?' + query);
+    const tasks = page.tasks || [];
+    $('board-count') && ($('board-count').textContent = `${tasks.length} shown (newest 500)`);
+    fill(board, ...STATUSES.map((status) => {
+      const mine = tasks.filter((task) => task.status === status);
+      return h('section', { class: 'column', 'data-status': status },
+        h('h2', {}, h('span', {}, status.replace(/_/g, ' ')), h('span', {}, mine.length)),
+        mine.map(card));
+    }));
+  };
+  state.refresh = refresh;
+  await refresh();
+}
+
+function card(task) {
+  const meta = [];
+  if (task.status === 'running') meta.push(`${task.stage || 'starting'} · attempt ${task.attempts || 0}`);
+  else if (task.stage) meta.push(task.stage);
+  if (task.kind) meta.push(task.kind);
+  meta.push(short(task.id));
+  return h('a', { class: 'card s-' + task.status, href: '#/task/' + task.id, 'data-id': task.id, 'data-status': task.status },
+    h('div', { class: 'title' }, task.title),
+    h('div', { class: 'meta' }, meta.join(' · ')),
+    task.error ? h('div', { class: 'meta error' }, task.error.code) : null);
+}
+
+// ---- a task --------------------------------------------------------------------------------------
+
+async function taskView(root, id) {
+  const head = h('div', { class: 'panel', id: 'task-head' }, 'Loading…');
+  const actions = h('div', { class: 'actions' });
+  const timeline = h('ul', { class: 'timeline', id: 'timeline' });
+  const output = h('pre', { id: 'live-output', class: 'mono' });
+  const runs = h('div', { id: 'runs' });
+  const costs = h('div', { id: 'costs' });
+  const diff = h('div', { id: 'diff' });
+  root.append(
+    h('p', {}, h('a', { href: '#/board' }, '← board')),
+    head, actions,
+    h('div', { class: 'grid2' },
+      h('div', { class: 'panel' }, h('h2', {}, 'Timeline'), timeline),
+      h('div', { class: 'panel' }, h('h2', {}, 'Live output'), output, h('h2', {}, 'Cost by persona'), costs)),
+    h('div', { class: 'panel' }, h('h2', {}, 'Runs'), runs),
+    h('div', { class: 'panel' }, h('h2', {}, 'Diff against the base'), diff));
+
+  let task = null;
+  const act = (name, body) => async (event) => {
+    event.target.disabled = true;
+    try {
+      await api('POST', `/v1/tasks/${id}/${name}`, body);
+      flash(`${name}: done`, true);
+    } catch (error) { showError(error); }
+    await refreshTask().catch(showError);
+  };
+  const refreshTask = async () => {
+    task = await api('GET', '/v1/tasks/' + id);
+    fill(head, 
+      h('h1', {}, task.title),
+      h('div', { class: 'row' },
+        h('span', {}, 'status ', h('span', { id: 'task-status', class: 'badge ' + task.status }, task.status)),
+        h('span', {}, 'stage ', h('strong', { id: 'task-stage' }, task.stage || '–')),
+        h('span', {}, 'attempt ', task.attempts || 0, ' of ', task.max_attempts || '–'),
+        h('span', { class: 'mono' }, task.id),
+        h('span', { class: 'muted' }, task.repo, ' → ', task.base_branch)),
+      task.error ? h('p', { class: 'error' }, `${task.error.code}: ${task.error.message}`) : null,
+      h('details', {}, h('summary', {}, 'Description'), h('pre', {}, task.description || '')));
+    const s = task.status;
+    fill(actions, 
+      s === 'awaiting_approval' ? h('button', { id: 'btn-approve', class: 'primary', onclick: act('approve', {}) }, 'Approve') : null,
+      s === 'awaiting_approval' ? h('button', { id: 'btn-reject', class: 'danger', onclick: act('reject', {}) }, 'Reject') : null,
+      !TERMINAL.includes(s) ? h('button', { id: 'btn-cancel', class: 'danger', onclick: act('cancel') }, 'Cancel') : null,
+      ['failed', 'dead_letter', 'cancelled'].includes(s) ? h('button', { id: 'btn-retry', onclick: act('retry', {}) }, 'Retry') : null);
+  };
+  const refreshRuns = async () => {
+    const data = await api('GET', `/v1/tasks/${id}/runs`);
+    const list = data.runs || [];
+    fill(runs, list.length ? h('table', {},
+      h('tr', {}, ['persona', 'stage', 'attempt', 'engine', 'status', 'exit', 'duration', 'cost', 'output'].map((c) => h('th', {}, c))),
+      list.map((run) => h('tr', {},
+        h('td', {}, run.persona), h('td', {}, run.stage), h('td', { class: 'num' }, run.attempt),
+        h('td', {}, run.engine, run.sandbox ? ` (${run.sandbox})` : ''),
+        h('td', {}, badge(run.status || 'finished'), run.timed_out ? ' timed out' : ''),
+        h('td', { class: 'num' }, run.exit_code ?? (run.signal ? 'sig ' + run.signal : '–')),
+        h('td', { class: 'num' }, (run.duration_ms / 1000).toFixed(1) + ' s'),
+        h('td', { class: 'num' }, tokens(run.cost)),
+        h('td', {}, h('details', {}, h('summary', {}, run.command || 'output'),
+          run.stdout && run.stdout.text ? h('pre', {}, run.stdout.text) : null,
+          run.stderr && run.stderr.text ? h('pre', { class: 'stderr' }, run.stderr.text) : null))))) : h('p', { class: 'muted' }, 'No runs yet.'));
+    const byPersona = {};
+    for (const run of list) byPersona[run.persona] = (byPersona[run.persona] || 0) + (run.cost || 0);
+    const max = Math.max(1, ...Object.values(byPersona));
+    fill(costs, Object.keys(byPersona).length ? h('table', {},
+      Object.entries(byPersona).map(([persona, cost]) => h('tr', {},
+        h('td', {}, persona),
+        h('td', { class: 'num' }, tokens(cost)),
+        h('td', {}, h('svg', { width: 120, height: 10 }, h('rect', { x: 0, y: 0, height: 10, width: Math.round(120 * cost / max), fill: '#3056d3' })))))) :
+      h('p', { class: 'muted' }, 'Nothing charged yet.'));
+  };
+  const refreshDiff = async () => {
+    const data = await api('GET', `/v1/tasks/${id}/diff`);
+    if (data.source === 'none') { fill(diff, h('p', { class: 'muted' }, 'No branch yet.')); return; }
+    const pre = h('pre', { id: 'diff-text' }, data.diff.split('\n').map((line) => {
+      const cls = line.startsWith('+++') || line.startsWith('---') || line.startsWith('diff ') ? 'file'
+        : line.startsWith('+') ? 'add' : line.startsWith('-') ? 'del' : line.startsWith('@@') ? 'hunk' : null;
+      return h('span', { class: cls }, line + '\n');
+    }));
+    fill(diff, 
+      h('p', { class: 'muted' }, data.source === 'delivered' ? 'The delivered commit' : `${data.branch} against ${data.base}`,
+        data.truncated ? ' (cut to 48 KiB)' : '', data.diff ? '' : ' — no changes'), pre);
+  };
+
+  let pending = null;
+  const refreshAll = () => {
+    clearTimeout(pending);
+    pending = setTimeout(() => {
+      refreshTask().catch(showError);
+      refreshRuns().catch(showError);
+      refreshDiff().catch(showError);
+    }, 200);
+  };
+  state.refresh = async () => refreshAll();
+  await refreshTask();
+  refreshRuns().catch(showError);
+  refreshDiff().catch(showError);
+
+  const controller = new AbortController();
+  state.taskAbort = controller;
+  const onEvent = (kind, event) => {
+    if (kind === 'run.output') {
+      const data = (event && event.data) || {};
+      output.append(h('span', { class: data.stream === 'stderr' ? 'stderr' : null }, data.text || ''));
+      const excess = output.childNodes.length - 2000;
+      for (let i = 0; i < excess; i++) output.firstChild.remove();
+      output.scrollTop = output.scrollHeight;
+      return;
+    }
+    if (kind === 'end' || kind === 'error' || kind === 'lagged') { refreshAll(); return; }
+    if (!event || typeof event !== 'object') return;
+    const detail = event.data && typeof event.data === 'object'
+      ? Object.entries(event.data).filter(([, v]) => v !== null && typeof v !== 'object').map(([k, v]) => `${k}=${v}`).join(' ')
+      : '';
+    timeline.append(h('li', { 'data-kind': kind }, h('span', { class: 'ts' }, time(event.ts)),
+      h('span', { class: 'kind' }, kind), ' ', h('span', { class: 'muted' }, event.actor || ''), ' ', detail.slice(0, 300)));
+    timeline.scrollTop = timeline.scrollHeight;
+    refreshAll();
+  };
+  (async () => {
+    while (!controller.signal.aborted) {
+      try {
+        fill(timeline);
+        await stream(`/v1/tasks/${id}/events/stream`, onEvent, controller.signal);
+        return; // the stream ends once the task is over
+      } catch (_) {
+        if (controller.signal.aborted) return;
+        await new Promise((resolve) => setTimeout(resolve, 2000));
+      }
+    }
+  })();
+}
+
+// ---- the supervision tree ----------------------------------------------------------------------------
+
+async function treeView(root) {
+  const holder = h('div', { class: 'panel tree', id: 'tree' });
+  root.append(h('h1', {}, 'Supervision tree'), holder);
+  const refresh = async () => {
+    const data = await api('GET', '/v1/actors');
+    const actors = data.actors || [];
+    const children = {};
+    for (const actor of actors) (children[actor.parent || ''] = children[actor.parent || ''] || []).push(actor);
+    const names = new Set(actors.map((a) => a.name));
+    const roots = actors.filter((a) => !a.parent || !names.has(a.parent));
+    const branch = (list) => h('ul', {}, list.map((actor) => h('li', { 'data-actor': actor.name },
+      h('strong', {}, actor.name), ' ', badge(actor.status), ' ',
+      h('span', { class: actor.restarts ? 'error' : 'muted' }, `${actor.restarts} restart${actor.restarts === 1 ? '' : 's'}`),
+      children[actor.name] ? branch(children[actor.name]) : null)));
+    fill(holder, actors.length ? branch(roots) : h('p', { class: 'muted' }, 'No actors.'));
+  };
+  state.refresh = refresh;
+  await refresh();
+}
+
+// ---- the ledger --------------------------------------------------------------------------------------
+
+async function ledgerView(root) {
+  const balances = h('div', { class: 'panel', id: 'balances' });
+  const chart = h('div', { class: 'panel', id: 'spend' });
+  const taskCost = h('div', { class: 'panel' });
+  root.append(h('h1', {}, 'Ledger'), balances, chart, taskCost);
+
+  const costOut = h('div');
+  const costInput = h('input', { placeholder: 'task id', size: 40 });
+  taskCost.append(h('h2', {}, "A task's cost by persona"), h('div', { class: 'filters' }, costInput,
+    h('button', { type: 'button', onclick: () => showTaskCost(costInput.value.trim(), costOut).catch(showError) }, 'Show')), costOut);
+
+  const refresh = async () => {
+    const personas = ((await api('GET', '/v1/personas')).personas || []).map((p) => p.name).sort();
+    const ids = ['system:revenue', 'user:local', ...(state.session.accounts || []), ...personas.map((p) => 'agent:' + p)];
+    const accounts = await Promise.all([...new Set(ids)].map((id) =>
+      api('GET', '/v1/ledger/accounts/' + encodeURIComponent(id)).catch(() => null)));
+    fill(balances, h('h2', {}, 'Balances (tokens)'), h('table', {},
+      h('tr', {}, ['account', 'balance', 'available', 'pending in', 'pending out'].map((c, i) => h('th', { class: i ? 'num' : null }, c))),
+      accounts.filter(Boolean).map((a) => h('tr', { 'data-account': a.id },
+        h('td', { class: 'mono' }, a.id), h('td', { class: 'num' }, tokens(a.balance)), h('td', { class: 'num' }, tokens(a.available)),
+        h('td', { class: 'num' }, tokens(a.credits_pending)), h('td', { class: 'num' }, tokens(a.debits_pending))))));
+
+    // Spend per persona per day: what each agent account earned, from its transfer history.
+    const days = [];
+    for (let i = 13; i >= 0; i--) days.push(new Date(Date.now() - i * 86400000).toISOString().slice(0, 10));
+    const spend = {};
+    await Promise.all(personas.map(async (persona) => {
+      const account = 'agent:' + persona;
+      const page = await api('GET', `/v1/ledger/accounts/${encodeURIComponent(account)}/transfers?limit=500`).catch(() => null);
+      for (const t of (page && page.transfers) || []) {
+        if (t.credit_account !== account || t.status !== 'posted') continue;
+        const day = String(t.created_at).slice(0, 10);
+        spend[persona] = spend[persona] || {};
+        spend[persona][day] = (spend[persona][day] || 0) + (t.posted_amount || t.amount || 0);
+      }
+    }));
+    fill(chart, h('h2', {}, 'Spend per persona per day (last 14 days, tokens)'), spendChart(days, personas, spend));
+  };
+  state.refresh = refresh;
+  await refresh();
+}
+
+const COLOURS = ['#3056d3', '#1f8a4c', '#c0392b', '#b7791f', '#8e44ad', '#16a085', '#d35400', '#7f8c8d'];
+
+function spendChart(days, personas, spend) {
+  const totals = days.map((day) => personas.reduce((sum, p) => sum + ((spend[p] || {})[day] || 0), 0));
+  const max = Math.max(1, ...totals);
+  const width = 760, height = 220, left = 60, bottom = 30, barWidth = (width - left) / days.length;
+  const svg = h('svg', { width, height, viewBox: `0 0 ${width} ${height}`, id: 'spend-chart', role: 'img' });
+  svg.append(h('line', { x1: left, y1: height - bottom, x2: width, y2: height - bottom, stroke: '#999' }));
+  svg.append(h('text', { x: 4, y: 12, 'font-size': 11, fill: '#666' }, tokens(max)));
+  svg.append(h('text', { x: 4, y: height - bottom, 'font-size': 11, fill: '#666' }, '0'));
+  days.forEach((day, i) => {
+    let y = height - bottom;
+    personas.forEach((persona, p) => {
+      const amount = (spend[persona] || {})[day] || 0;
+      if (!amount) return;
+      const barHeight = (height - bottom - 16) * amount / max;
+      y -= barHeight;
+      svg.append(h('rect', { x: left + i * barWidth + 3, y, width: barWidth - 6, height: barHeight, fill: COLOURS[p % COLOURS.length] },
+        h('title', {}, `${persona} ${day}: ${tokens(amount)}`)));
+    });
+    svg.append(h('text', { x: left + i * barWidth + barWidth / 2, y: height - 12, 'font-size': 10, 'text-anchor': 'middle', fill: '#666' }, day.slice(5)));
+  });
+  const legend = h('div', { class: 'legend' }, personas.map((p, i) => h('span', {}, h('i', { class: 'sw' + (i % COLOURS.length) }), p)));
+  return h('div', {}, svg, legend);
+}
+
+async function showTaskCost(id, out) {
+  if (!id) return;
+  const data = await api('GET', `/v1/tasks/${encodeURIComponent(id)}/runs`);
+  const byPersona = {};
+  for (const run of data.runs || []) byPersona[run.persona] = (byPersona[run.persona] || 0) + (run.cost || 0);
+  const total = Object.values(byPersona).reduce((a, b) => a + b, 0);
+  fill(out, h('table', {},
+    h('tr', {}, h('th', {}, 'persona'), h('th', { class: 'num' }, 'cost (tokens)')),
+    Object.entries(byPersona).map(([p, c]) => h('tr', {}, h('td', {}, p), h('td', { class: 'num' }, tokens(c)))),
+    h('tr', {}, h('th', {}, 'total'), h('th', { class: 'num' }, tokens(total)))),
+  h('p', {}, h('a', { href: '#/task/' + id }, 'open the task')));
+}
+
+// ---- ops -------------------------------------------------------------------------------------------------
+
+async function opsView(root) {
+  const deploys = h('div', { class: 'panel', id: 'deploys' });
+  const incidents = h('div', { class: 'panel', id: 'incidents' });
+  const checks = h('div', { class: 'panel', id: 'checks' });
+  root.append(h('h1', {}, 'Ops'), deploys, incidents, checks);
+  const decide = (path) => async (event) => {
+    event.target.disabled = true;
+    try { await api('POST', path, {}); flash('done', true); } catch (error) { showError(error); }
+    refresh().catch(showError);
+  };
+  const refresh = async () => {
+    const [d, i, c] = await Promise.all([
+      api('GET', '/v1/deploys').catch((e) => ({ error: e })),
+      api('GET', '/v1/incidents').catch((e) => ({ error: e })),
+      api('GET', '/v1/checks').catch((e) => ({ error: e })),
+    ]);
+    fill(deploys, h('h2', {}, 'Deploys'), d.error ? h('p', { class: 'error' }, d.error.message) :
+      (d.deploys || []).length ? h('table', {},
+        h('tr', {}, ['deploy', 'app', 'release', 'status', 'stages', 'created', ''].map((x) => h('th', {}, x))),
+        d.deploys.map((r) => h('tr', { 'data-deploy': r.id },
+          h('td', { class: 'mono' }, short(r.id)), h('td', {}, r.app), h('td', { class: 'mono' }, r.requested),
+          h('td', {}, badge(r.status), r.error ? h('div', { class: 'error' }, r.error.code) : null),
+          h('td', {}, h('div', { class: 'chips' }, (r.stages || []).map((s) => h('span', { class: 'badge ' + (s.outcome || 'running'), title: s.detail || '' }, `${s.stage}: ${s.outcome || '…'}`)))),
+          h('td', {}, when(r.created_at)),
+          h('td', {}, r.status === 'awaiting_approval' ? [
+            h('button', { class: 'primary', onclick: decide(`/v1/deploys/${r.id}/approve`) }, 'Approve'), ' ',
+            h('button', { class: 'danger', onclick: decide(`/v1/deploys/${r.id}/reject`) }, 'Reject')] : null)))) :
+        h('p', { class: 'muted' }, 'No deploys.'));
+    fill(incidents, h('h2', {}, 'Incidents'), i.error ? h('p', { class: 'error' }, i.error.message) :
+      (i.incidents || []).length ? (i.incidents || []).map((x) => h('div', { class: 'panel', 'data-incident': x.id },
+        h('div', { class: 'row' }, h('strong', {}, x.app), badge(x.status), h('span', { class: 'mono' }, short(x.id)),
+          x.runbook ? h('span', {}, 'runbook ', h('code', {}, x.runbook)) : null,
+          x.awaiting_step !== null && x.awaiting_step !== undefined ? h('span', {}, `awaiting approval of step ${x.awaiting_step + 1}`) : null,
+          h('span', { class: 'muted' }, when(x.created_at))),
+        x.awaiting_step !== null && x.awaiting_step !== undefined ? h('div', { class: 'actions' },
+          h('button', { class: 'primary', onclick: decide(`/v1/incidents/${x.id}/approve`) }, 'Approve step'),
+          h('button', { class: 'danger', onclick: decide(`/v1/incidents/${x.id}/reject`) }, 'Reject step')) : null,
+        h('details', {}, h('summary', {}, `${(x.events || []).length} steps and events`),
+          h('ul', { class: 'timeline' }, (x.events || []).map((e) => h('li', {}, h('span', { class: 'ts' }, when(e.at)), h('span', { class: 'kind' }, e.kind), ' ',
+            h('span', { class: 'muted' }, JSON.stringify(e.detail).slice(0, 300)))))),
+        x.postmortem ? h('details', {}, h('summary', {}, 'Postmortem'), h('pre', {}, x.postmortem)) : null)) :
+        h('p', { class: 'muted' }, 'No incidents.'));
+    fill(checks, h('h2', {}, 'Checks'), c.error ? h('p', { class: 'error' }, c.error.message) :
+      (c.checks || []).length ? h('table', {},
+        h('tr', {}, ['app', 'check', 'kind', 'schedule', 'last outcome', 'detail', 'at'].map((x) => h('th', {}, x))),
+        c.checks.map((k) => h('tr', {}, h('td', {}, k.app), h('td', {}, k.name), h('td', {}, k.kind), h('td', { class: 'mono' }, k.schedule),
+          h('td', {}, k.last ? badge(k.last.outcome) : '–'), h('td', {}, k.last ? String(k.last.detail || '').slice(0, 200) : ''),
+          h('td', {}, k.last ? when(k.last.at) : '')))) :
+        h('p', { class: 'muted' }, 'No checks.'));
+  };
+  state.refresh = refresh;
+  await refresh();
+}
+
+// ---- start -------------------------------------------------------------------------------------------------
+
+window.addEventListener('hashchange', route);
+document.addEventListener('DOMContentLoaded', async () => {
+  $('login-form').addEventListener('submit', logIn);
+  $('logout').addEventListener('click', logOut);
+  try {
+    loggedIn(await api('GET', '/ui/session'));
+  } catch (_) {
+    showLogin();
+  }
+});

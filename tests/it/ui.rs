@@ -1,0 +1,478 @@
+//! The web control plane: its session security over plain HTTP, and the page itself driven in a
+//! real headless Chromium through WebDriver (`chromedriver`, the `fantoccini` client): log in,
+//! watch a task submitted through the API appear on the board without a reload, approve it on its
+//! page and see it end `done`. Without `chromium` and `chromedriver` (Debian's `chromium` and
+//! `chromium-driver`, which `scripts/test` installs as root) the browser test says so and skips.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+use crate::helpers::{git_repo, shell_task, Service, ADMIN_TOKEN};
+
+const DUMMY_ID: &str = "00000000-0000-0000-0000-000000000001";
+
+/// A client that sends no bearer token: only what a browser would.
+fn plain() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Logs in with `token`: (status, the `Set-Cookie` header, body).
+async fn login(service: &Service, token: &str) -> (u16, String, Value) {
+    let response = plain()
+        .post(format!("{}/ui/login", service.base))
+        .json(&json!({"token": token}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, cookie, response.json().await.unwrap_or(Value::Null))
+}
+
+/// `name=value` of a `Set-Cookie` header, to send back as `Cookie`.
+fn pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
+/// A request with the session cookie (and headers) and nothing else.
+async fn with_cookie(
+    service: &Service,
+    method: reqwest::Method,
+    path: &str,
+    cookie: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = plain()
+        .request(method, format!("{}{path}", service.base))
+        .header("cookie", cookie);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (
+        status,
+        headers,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn the_page_is_public_and_a_session_is_http_only_csrf_checked_and_ends_at_logout() {
+    let root = tempfile::tempdir().unwrap();
+    let service = Service::start(root.path()).await;
+
+    // The page and its assets need no token (they hold no data); the API still does.
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let response = plain()
+            .get(format!("{}{path}", service.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(content_type.starts_with(kind), "{path}: {content_type}");
+        assert!(response.headers().contains_key("content-security-policy"));
+    }
+    let (status, _, _) = with_cookie(&service, reqwest::Method::GET, "/v1/tasks", "", &[]).await;
+    assert_eq!(status, 401);
+
+    // A wrong token opens nothing.
+    let (status, cookie, body) = login(&service, "glt_wrong").await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "UNAUTHENTICATED");
+    assert!(cookie.is_empty(), "{cookie}");
+
+    // The right one: an HttpOnly, SameSite=Strict cookie (not Secure over plain HTTP), a CSRF token.
+    let (status, set_cookie, session) = login(&service, ADMIN_TOKEN).await;
+    assert_eq!(status, 200, "{session}");
+    assert!(set_cookie.starts_with("glitchlab_session="), "{set_cookie}");
+    assert!(set_cookie.contains("; HttpOnly"), "{set_cookie}");
+    assert!(set_cookie.contains("; SameSite=Strict"), "{set_cookie}");
+    assert!(!set_cookie.contains("Secure"), "{set_cookie}");
+    assert_eq!(session["name"], "bootstrap");
+    assert_eq!(session["role"], "admin");
+    let csrf = session["csrf"].as_str().unwrap().to_owned();
+    let cookie = pair(&set_cookie);
+
+    // The cookie reads the API like the bearer token, and the page can recover its CSRF token.
+    let (status, _, tasks) =
+        with_cookie(&service, reqwest::Method::GET, "/v1/tasks", &cookie, &[]).await;
+    assert_eq!(status, 200, "{tasks}");
+    let (status, _, again) =
+        with_cookie(&service, reqwest::Method::GET, "/ui/session", &cookie, &[]).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["csrf"], csrf.as_str());
+
+    // A change with the cookie but without the CSRF token, or with another one, is refused.
+    let cancel = format!("/v1/tasks/{DUMMY_ID}/cancel");
+    let post = reqwest::Method::POST;
+    let (status, _, body) = with_cookie(&service, post.clone(), &cancel, &cookie, &[]).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (403, &json!("CSRF_REJECTED")),
+        "{body}"
+    );
+    let wrong = [("x-csrf-token", "0".repeat(64))];
+    let wrong: Vec<(&str, &str)> = wrong.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, _, body) = with_cookie(&service, post.clone(), &cancel, &cookie, &wrong).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (403, &json!("CSRF_REJECTED")),
+        "{body}"
+    );
+    // With it, the request gets through to the handler (no such task).
+    let right = [("x-csrf-token", csrf.as_str())];
+    let (status, _, body) = with_cookie(&service, post.clone(), &cancel, &cookie, &right).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("TASK_NOT_FOUND")),
+        "{body}"
+    );
+    // A cross-origin page is refused even with the cookie and the token.
+    let cross = [
+        ("x-csrf-token", csrf.as_str()),
+        ("origin", "http://evil.example"),
+    ];
+    let (status, _, body) = with_cookie(&service, post.clone(), &cancel, &cookie, &cross).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (403, &json!("FORBIDDEN_ORIGIN")),
+        "{body}"
+    );
+    // Logout without the CSRF token is refused too (a page elsewhere cannot log one out).
+    let (status, _, _) = with_cookie(&service, post.clone(), "/ui/logout", &cookie, &[]).await;
+    assert_eq!(status, 403);
+
+    // Logout ends the session: the cookie is cleared and opens nothing any more.
+    let (status, headers, _) =
+        with_cookie(&service, post.clone(), "/ui/logout", &cookie, &right).await;
+    assert_eq!(status, 204);
+    let cleared = headers["set-cookie"].to_str().unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    let (status, _, _) =
+        with_cookie(&service, reqwest::Method::GET, "/v1/tasks", &cookie, &[]).await;
+    assert_eq!(status, 401);
+
+    // A session stands for its token: revoking the token ends it.
+    let (status, token) = service
+        .post("/v1/tokens", &json!({"name": "viewer1", "role": "viewer"}))
+        .await;
+    assert_eq!(status, 201, "{token}");
+    let (status, set_cookie, _) = login(&service, token["secret"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    let viewer = pair(&set_cookie);
+    let (status, _, _) =
+        with_cookie(&service, reqwest::Method::GET, "/v1/actors", &viewer, &[]).await;
+    assert_eq!(status, 200);
+    let (status, _) = service.delete("/v1/tokens/viewer1").await;
+    assert_eq!(status, 204);
+    let (status, _, _) =
+        with_cookie(&service, reqwest::Method::GET, "/v1/actors", &viewer, &[]).await;
+    assert_eq!(status, 401);
+}
+
+/// `program` on the `PATH`, if it is there.
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|path| path.is_file())
+    })
+}
+
+/// A `chromedriver` child, killed when dropped.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `chromedriver` on a free port and waits until it answers: (child, its URL).
+async fn start_driver(chromedriver: &Path, root: &Path) -> (Driver, String) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::fs::File::create(root.join("chromedriver.log")).unwrap();
+    let child = Command::new(chromedriver)
+        .arg(format!("--port={port}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start chromedriver");
+    let driver = Driver(child);
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = plain().get(format!("{url}/status")).send().await {
+            if response.status().is_success() {
+                return (driver, url);
+            }
+        }
+        assert!(Instant::now() < deadline, "chromedriver did not answer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A headless Chromium session.
+async fn browser(driver: &str, chromium: &Path) -> Client {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".to_owned(),
+        json!({
+            "binary": chromium.display().to_string(),
+            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", "--window-size=1600,1000"],
+        }),
+    );
+    ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(capabilities)
+        .connect(driver)
+        .await
+        .expect("a WebDriver session")
+}
+
+/// Where a failed browser test leaves its screenshot: `target/ui-failure.png`.
+fn failure_screenshot() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("ui-failure.png")
+}
+
+type Step<T> = Result<T, String>;
+
+fn step<T, E: std::fmt::Debug>(what: &str, result: Result<T, E>) -> Step<T> {
+    result.map_err(|error| format!("{what}: {error:?}"))
+}
+
+/// Waits up to `timeout` for the element `css`.
+async fn wait_for(
+    client: &Client,
+    css: &str,
+    timeout: Duration,
+) -> Step<fantoccini::elements::Element> {
+    step(
+        &format!("waiting for `{css}`"),
+        client
+            .wait()
+            .at_most(timeout)
+            .every(Duration::from_millis(100))
+            .for_element(Locator::Css(css))
+            .await,
+    )
+}
+
+#[tokio::test]
+async fn the_board_shows_a_task_live_and_approving_it_on_its_page_ends_it_done() {
+    let (Some(chromium), Some(chromedriver)) = (which("chromium"), which("chromedriver")) else {
+        eprintln!(
+            "SKIPPED: the browser test needs `chromium` and `chromedriver` on the PATH (Debian \
+             packages chromium and chromium-driver; scripts/test installs them as root)"
+        );
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let (_driver, url) = start_driver(&chromedriver, root.path()).await;
+    let client = browser(&url, &chromium).await;
+
+    let outcome = drive(&client, &service, &repo).await;
+    if let Err(error) = &outcome {
+        let path = failure_screenshot();
+        match client.screenshot().await {
+            Ok(png) => {
+                std::fs::write(&path, png).unwrap();
+                eprintln!("screenshot of the failure: {}", path.display());
+            }
+            Err(error) => eprintln!("no screenshot: {error:?}"),
+        }
+        let _ = client.close().await;
+        panic!("{error}\nservice log:\n{}", service.log());
+    }
+    client.close().await.unwrap();
+}
+
+async fn drive(client: &Client, service: &Service, repo: &Path) -> Step<()> {
+    let long = Duration::from_secs(60);
+    step(
+        "open the page",
+        client.goto(&format!("{}/", service.base)).await,
+    )?;
+
+    // Log in through the form.
+    let token = wait_for(client, "input[name=token]", long).await?;
+    step("type the token", token.send_keys(ADMIN_TOKEN).await)?;
+    step(
+        "submit",
+        wait_for(client, "#login-submit", long).await?.click().await,
+    )?;
+    wait_for(client, "#board section.column[data-status=queued]", long).await?;
+
+    // The session cookie is there but the page's scripts cannot read it.
+    let cookies = step("cookies", client.get_all_cookies().await)?;
+    let session = cookies
+        .iter()
+        .find(|cookie| cookie.name() == "glitchlab_session")
+        .ok_or("no session cookie")?;
+    if session.http_only() != Some(true) {
+        return Err(format!("the session cookie is not HttpOnly: {session:?}"));
+    }
+    let visible = step(
+        "document.cookie",
+        client.execute("return document.cookie", vec![]).await,
+    )?;
+    if visible
+        .as_str()
+        .unwrap_or_default()
+        .contains("glitchlab_session")
+    {
+        return Err(format!("scripts see the session cookie: {visible}"));
+    }
+
+    // A task submitted through the API appears on the board without a reload, and moves to
+    // awaiting approval.
+    let mut body = shell_task(repo, "echo reviewed > reviewed.txt", "true");
+    body["title"] = json!("Reviewed in the browser");
+    body["review_policy"] = json!("manual");
+    let task = service.submit(&body).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    wait_for(client, &format!("#board a.card[data-id='{id}']"), long).await?;
+    let waiting = format!("#board section[data-status=awaiting_approval] a.card[data-id='{id}']");
+    wait_for(client, &waiting, long).await?;
+    maybe_board_screenshot(client, service, repo).await?;
+
+    // Its page: approve, then see it end done.
+    click(client, &waiting, long).await?;
+    wait_for(client, "#timeline li[data-kind]", long).await?;
+    click(client, "#btn-approve", long).await?;
+    wait_for_text(client, "#task-status", long, |text| text == "done").await?;
+    // The delivered change is on the page's diff.
+    wait_for_text(client, "#diff-text", long, |text| {
+        text.contains("reviewed.txt")
+    })
+    .await?;
+
+    // The other views draw from the API: the tree with Compass, the ledger with its chart and the
+    // delivered task's charges, ops with its three panels.
+    let views = [
+        ("tree", "#tree li[data-actor=compass]"),
+        ("ledger", "#spend-chart rect"),
+        ("ledger", "#balances tr[data-account='agent:patch']"),
+        ("ops", "#checks"),
+    ];
+    for (view, css) in views {
+        step(
+            "navigate",
+            client.goto(&format!("{}/#/{view}", service.base)).await,
+        )?;
+        wait_for(client, css, long).await?;
+    }
+    Ok(())
+}
+
+/// Clicks the element `css` once it is there, finding it again when the page rebuilt it between
+/// the find and the click.
+async fn click(client: &Client, css: &str, timeout: Duration) -> Step<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let element = wait_for(client, css, timeout).await?;
+        match element.click().await {
+            Ok(()) => return Ok(()),
+            Err(error) if Instant::now() < deadline && format!("{error:?}").contains("Stale") => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => return Err(format!("clicking `{css}`: {error:?}")),
+        }
+    }
+}
+
+/// Waits up to `timeout` until the text of the element `css` satisfies `wanted`. Reads it with a
+/// script each time: the page rebuilds its elements as events arrive, so a found element may be
+/// gone by the time it is read.
+async fn wait_for_text(
+    client: &Client,
+    css: &str,
+    timeout: Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> Step<()> {
+    let deadline = Instant::now() + timeout;
+    let script = "const e = document.querySelector(arguments[0]); return e ? e.textContent : null";
+    loop {
+        let text = step("read text", client.execute(script, vec![json!(css)]).await)?;
+        let text = text.as_str().unwrap_or_default().to_owned();
+        if wanted(&text) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("`{css}` still says `{text}` after {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// With `GLITCHLAB_UI_SCREENSHOT=<path>`, fills the board a little and saves its screenshot there
+/// (how `docs/board.png` is made).
+async fn maybe_board_screenshot(client: &Client, service: &Service, repo: &Path) -> Step<()> {
+    let Some(path) = std::env::var_os("GLITCHLAB_UI_SCREENSHOT") else {
+        return Ok(());
+    };
+    let mut done = shell_task(repo, "echo hello > hello.txt", "true");
+    done["title"] = json!("Add a greeting");
+    let done = service.submit(&done).await;
+    let mut failing = shell_task(repo, "echo broken > broken.txt", "false");
+    failing["title"] = json!("Fix the flaky parser");
+    failing["max_attempts"] = json!(1);
+    let failing = service.submit(&failing).await;
+    let mut slow = shell_task(repo, "sleep 30", "true");
+    slow["title"] = json!("Refactor the billing module");
+    let slow = service.submit(&slow).await;
+    let mut blocked = shell_task(repo, "echo later > later.txt", "true");
+    blocked["title"] = json!("Document the new API");
+    blocked["deps"] = json!([slow["id"]]);
+    service.submit(&blocked).await;
+    for task in [&done, &failing] {
+        service
+            .wait_until_finished(task["id"].as_str().unwrap())
+            .await;
+    }
+    let id = slow["id"].as_str().unwrap();
+    wait_for(
+        client,
+        &format!("#board section[data-status=running] a.card[data-id='{id}']"),
+        Duration::from_secs(60),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let png = step("board screenshot", client.screenshot().await)?;
+    std::fs::write(&path, png).map_err(|e| e.to_string())?;
+    service
+        .post(&format!("/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    Ok(())
+}
