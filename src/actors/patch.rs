@@ -737,6 +737,7 @@ async fn run_engine(
                     output_bytes_max: config.output_bytes_max,
                     instance: services.instance(),
                     prompt_digest: Some(files.digest.clone()),
+                    capabilities: task.capabilities.clone(),
                 },
             )
             .await

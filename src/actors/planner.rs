@@ -180,6 +180,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
                     output_bytes_max: config.output_bytes_max,
                     instance: services.instance(),
                     prompt_digest: Some(files.digest.clone()),
+                    capabilities: task.capabilities.clone(),
                 },
             )
             .await?;

@@ -3,6 +3,7 @@
 //! TLS, timeouts, the connection cap).
 
 pub mod cli;
+pub mod factory;
 pub(crate) mod http;
 pub mod startup;
 pub(crate) mod transport;

@@ -243,6 +243,12 @@ catalogue! {
         "The task's changes touch `[governance] protected_paths`.";
     GIT_FAILED [] [Task]
         "A git operation (worktree, commit) failed.";
+    FLEET_NOT_CONFIGURED [409] []
+        "A fleet action on a service without `[fleet] nats_url`: everything runs in-process.";
+    FLEET_UNAVAILABLE [503] [Task]
+        "On a task: no fleet factory ran its engine or verify command in time (none could \
+         serve its capabilities, or every delivery's lease was lost), or one could not run it; \
+         transient: the stage is retried. At the ingress: NATS did not answer a fleet request.";
     MERGE_CONFLICT [] [Task]
         "The change no longer applies to the base branch and no attempt is left to make it again \
          on the new base; the branch is kept.";

@@ -13,7 +13,7 @@
 pub(crate) mod auth;
 pub(crate) mod codes;
 pub(crate) mod errors;
-pub(crate) mod fleet;
+pub mod fleet;
 pub mod ledger;
 pub(crate) mod live;
 pub(crate) mod ops;

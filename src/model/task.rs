@@ -395,6 +395,10 @@ pub struct Task {
     /// The app to deploy once the task is delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<String>,
+    /// What a fleet factory must offer to run this task's engine and verify commands
+    /// (`has:gpu`, `os:linux`); empty: any factory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
     /// The ledger account that pays for the task.
     #[serde(default)]
     pub account: String,
@@ -494,6 +498,7 @@ impl Task {
             delivery: Delivery::Merge,
             caused_by: None,
             deploy: None,
+            capabilities: Vec::new(),
             account: "user:local".into(),
             budget: TaskBudget::default(),
             parent_task: None,

@@ -7,7 +7,7 @@ pub(crate) mod executor;
 pub(crate) mod git;
 pub(crate) mod live_output;
 pub(crate) mod metrics;
-pub(crate) mod nats;
+pub mod nats;
 pub(crate) mod openai;
 pub mod process;
 pub(crate) mod prompt;

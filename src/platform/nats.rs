@@ -64,8 +64,6 @@ pub struct NatsOptions {
 /// A connection and its JetStream context.
 #[derive(Clone)]
 pub struct Nats {
-    /// The plain client (core NATS).
-    pub client: async_nats::Client,
     /// JetStream on it.
     pub js: jetstream::Context,
 }
@@ -93,8 +91,9 @@ pub async fn connect(options: &NatsOptions) -> Result<Nats, NatsError> {
         .await
         .map_err(|_| connect_error("timed out".into()))?
         .map_err(|e| connect_error(e.to_string()))?;
-    let js = jetstream::new(client.clone());
-    Ok(Nats { client, js })
+    Ok(Nats {
+        js: jetstream::new(client),
+    })
 }
 
 impl Nats {

@@ -436,8 +436,22 @@ mod tests {
                 answer: Some(answer),
             },
         );
-        on_claim(&waiting, JobClaim { job_id: job, delivery: 1, factory: "a".into() });
-        on_claim(&waiting, JobClaim { job_id: job, delivery: 2, factory: "b".into() });
+        on_claim(
+            &waiting,
+            JobClaim {
+                job_id: job,
+                delivery: 1,
+                factory: "a".into(),
+            },
+        );
+        on_claim(
+            &waiting,
+            JobClaim {
+                job_id: job,
+                delivery: 2,
+                factory: "b".into(),
+            },
+        );
         // The first holder's lease ran out: its late result is fenced off.
         on_result(&waiting, result(job, 1, "a"));
         assert!(answered.try_recv().is_err());

@@ -84,6 +84,9 @@ pub(crate) enum StageError {
     /// past `compass.deploy_wait_secs`).
     #[error("{0}")]
     DeployFailed(String),
+    /// The fleet did not run a job (no factory answered in time, or one could not run it).
+    #[error("{0}")]
+    FleetUnavailable(String),
     /// Durable state could not be written.
     #[error("{0}")]
     Store(String),
@@ -116,6 +119,7 @@ impl StageError {
             Self::DeliverFailed(_) => codes::DELIVER_FAILED,
             Self::DeployFailed(_) => codes::DEPLOY_FAILED,
             Self::Store(_) => codes::STORE_FAILED,
+            Self::FleetUnavailable(_) => codes::FLEET_UNAVAILABLE,
             Self::Cancelled => codes::CANCELLED,
             Self::Internal(_) => codes::INTERNAL,
         }
@@ -131,6 +135,7 @@ impl StageError {
                 | Self::GitLocked(_)
                 | Self::PersonaTimeout { .. }
                 | Self::Store(_)
+                | Self::FleetUnavailable(_)
         )
     }
 

@@ -55,6 +55,8 @@ pub(crate) struct ShellRun {
     pub instance: String,
     /// [`crate::platform::prompt::prompt_digest`] of the prompt file the engine reads; none for verify.
     pub prompt_digest: Option<String>,
+    /// What a fleet factory must offer to run it (the task's `capabilities`).
+    pub capabilities: Vec<String>,
 }
 
 impl RunIdentity {
@@ -205,16 +207,40 @@ pub(crate) async fn run_shell(
     running.prompt_digest = run.prompt_digest;
     running.sandbox = services.sandbox.as_ref().map(|s| s.name().to_owned());
     let open = OpenRun::start(services, running).await?;
-    let mut output = match run_live(services, who, open.run.id, &spec).await {
+    let remote = services
+        .fleet
+        .as_ref()
+        .filter(|_| matches!(who.persona, Persona::Patch | Persona::Circuit));
+    let ran = match remote {
+        Some(fleet) => {
+            let remote_run = crate::work::fleet_run::RemoteRun {
+                command: &run.command,
+                cwd: &run.cwd,
+                env: &spec.env,
+                timeout: run.timeout,
+                output_bytes_max: run.output_bytes_max,
+                capabilities: &run.capabilities,
+                want_diff: who.persona == Persona::Patch,
+            };
+            crate::work::fleet_run::run_remote(services, fleet, who, remote_run).await
+        }
+        None => run_live(services, who, open.run.id, &spec)
+            .await
+            .map_err(|error| StageError::EngineFailed(error.to_string())),
+    };
+    let mut output = match ran {
         Ok(output) => output,
         Err(error) => {
             let message = error.to_string();
             let failed = open.finish(|record| record.stderr.text = message.clone());
             close_run(services, failed).await?;
-            return Err(StageError::EngineFailed(message));
+            return Err(error);
         }
     };
-    let limit = confined.and_then(|(sandbox, confined)| sandbox.settle(confined, &mut output));
+    // A factory's run was not confined by this host's sandbox: nothing of it to settle.
+    let limit = confined
+        .filter(|_| remote.is_none())
+        .and_then(|(sandbox, confined)| sandbox.settle(confined, &mut output));
     let redact = |mut captured: CapturedOutput| {
         captured.text = services.redactor.redact(&captured.text);
         captured

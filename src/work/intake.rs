@@ -182,6 +182,11 @@ pub(crate) struct SubmitTaskRequest {
     /// The app (in `ops.yaml`) to deploy once the task is delivered.
     #[serde(default)]
     pub deploy: Option<String>,
+    /// What a fleet factory must offer to run the task's commands (`has:gpu`): at most 16, each
+    /// 1 ..= 64 characters of `a-z 0-9 : . _ -`.
+    #[serde(default)]
+    #[schema(max_items = 16, nullable)]
+    pub capabilities: Option<Vec<String>>,
     /// The ledger account that pays (default: the parent task's, else the token's own
     /// `user:<name>`, else `ledger.local_account`); never `system:`, `agent:` or `task:`, and one
     /// the token may charge.
@@ -320,11 +325,13 @@ async fn validate(
         delivery,
         caused_by,
         deploy,
+        capabilities,
         account,
         budget,
         parent_task,
         acceptance,
     } = request;
+    let capabilities = parse_capabilities(capabilities)?;
     let title = parse_title(title)?;
     let description = parse_description(description)?;
     let verify = parse_verify(verify)?;
@@ -387,6 +394,7 @@ async fn validate(
         delivery,
         caused_by,
         deploy,
+        capabilities,
         account,
         budget,
         acceptance,
@@ -447,6 +455,7 @@ fn redact_submission(redactor: &Redactor, request: SubmitTaskRequest) -> SubmitT
         delivery,
         caused_by,
         deploy,
+        capabilities,
         account,
         budget,
         parent_task,
@@ -475,6 +484,7 @@ fn redact_submission(redactor: &Redactor, request: SubmitTaskRequest) -> SubmitT
             deploy: c.deploy.map(text),
         }),
         deploy,
+        capabilities,
         account,
         budget,
         parent_task,
@@ -933,6 +943,38 @@ fn parse_deploy<A>(
         }
     }
     Ok(deploy)
+}
+
+/// Capabilities asked of a fleet factory at most.
+const CAPABILITIES_MAX: usize = 16;
+/// Characters of one capability at most.
+const CAPABILITY_CHARS_MAX: usize = 64;
+
+/// `capabilities` (default none): at most [`CAPABILITIES_MAX`] names of `a-z 0-9 : . _ -`, each
+/// at most [`CAPABILITY_CHARS_MAX`] long; duplicates count once, order does not matter.
+fn parse_capabilities(capabilities: Option<Vec<String>>) -> Result<Vec<String>, IntakeError> {
+    let mut capabilities = capabilities.unwrap_or_default();
+    if capabilities.len() > CAPABILITIES_MAX {
+        return Err(IntakeError::InvalidField(format!(
+            "`capabilities`: at most {CAPABILITIES_MAX}"
+        )));
+    }
+    for capability in &capabilities {
+        let valid = (1..=CAPABILITY_CHARS_MAX).contains(&capability.len())
+            && capability.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, ':' | '.' | '_' | '-')
+            });
+        if !valid {
+            return Err(IntakeError::InvalidField(format!(
+                "`capabilities`: `{}` is not 1 to {CAPABILITY_CHARS_MAX} characters of a-z, 0-9, \
+                 `:`, `.`, `_`, `-`",
+                printable(capability, Text::Line)
+            )));
+        }
+    }
+    capabilities.sort_unstable();
+    capabilities.dedup();
+    Ok(capabilities)
 }
 
 /// `parent_task`, when given: the id of a task in `store` (checked as a dependency is).

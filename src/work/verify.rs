@@ -55,6 +55,7 @@ pub(crate) async fn run_verify(
             output_bytes_max: config.output_bytes_max,
             instance: services.instance(),
             prompt_digest: None,
+            capabilities: task.capabilities.clone(),
         },
     )
     .await?;

@@ -37,6 +37,8 @@ pub enum Command {
     Deploy(records::RecordArgs),
     /// Incidents of a running service: list, show, approve or reject a gated step.
     Incident(records::RecordArgs),
+    /// Run a fleet factory: take engine and verify jobs from NATS JetStream (docs/fleet.md).
+    Factory(crate::app::factory::FactoryArgs),
     /// The supervision tree of a running service.
     Tree {
         /// Base URL of the running service.

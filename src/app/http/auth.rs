@@ -284,6 +284,7 @@ fn permission_for(method: &Method, route: &str, metrics_public: bool) -> Option<
         | "/v1/incidents/{id}/approve"
         | "/v1/incidents/{id}/reject" => Permission::Approve,
         "/v1/deploys" => Permission::Deploy,
+        "/v1/fleet/pause" | "/v1/fleet/resume" => Permission::ActOnAnyTask,
         "/v1/alerts" => Permission::Alert,
         "/v1/ledger/mint" => Permission::Mint,
         "/v1/ledger/accounts" => Permission::ManageAccounts,

@@ -3,6 +3,7 @@
 pub(crate) mod auth;
 pub(crate) mod diff;
 pub(crate) mod error;
+pub(crate) mod fleet;
 pub(crate) mod guard;
 pub(crate) mod json;
 pub(crate) mod ledger;
@@ -76,6 +77,9 @@ pub(crate) fn router(app: AppState) -> Router {
         .route("/deploys/{id}/approve", post(ops::approve_deploy))
         .route("/deploys/{id}/reject", post(ops::reject_deploy))
         .route("/checks", get(ops::list_checks))
+        .route("/fleet", get(fleet::fleet))
+        .route("/fleet/pause", post(fleet::pause))
+        .route("/fleet/resume", post(fleet::resume))
         .route("/alerts", post(ops::alerts))
         .route("/incidents", get(ops::list_incidents))
         .route("/incidents/{id}", get(ops::get_incident))

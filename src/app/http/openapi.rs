@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
 use super::error::{describe, ApiError, ErrorBody};
-use super::{auth, diff, ledger, ops, report, stream, system, tasks, ui};
+use super::{auth, diff, fleet, ledger, ops, report, stream, system, tasks, ui};
 use crate::model::live::RunOutput;
 use crate::model::ops::records::{CheckResult, DeployRecord, Incident};
 use crate::model::task::{EngineRun, Event, Task};
@@ -56,6 +56,9 @@ use crate::runtime::directory::ActorEntry;
         ops::approve_deploy,
         ops::reject_deploy,
         ops::list_checks,
+        fleet::fleet,
+        fleet::pause,
+        fleet::resume,
         ops::alerts,
         ops::list_incidents,
         ops::get_incident,
@@ -101,6 +104,8 @@ use crate::runtime::directory::ActorEntry;
         (name = "ledger", description = "The double-entry token ledger: accounts, transfers \
             (plain and two-phase), history, mint, audit. Amounts are micro-tokens."),
         (name = "ops", description = "Deploys, health checks, alerts and incidents."),
+        (name = "fleet", description = "Factories on other machines that run engine and verify \
+            jobs from NATS JetStream (docs/fleet.md), and the fleet-wide kill switch."),
         (name = "system", description = "Probes, the supervision tree, personas, service events \
             and this document."),
         (name = "tokens", description = "Bearer tokens and roles (admin), and the audit log of \

@@ -65,6 +65,8 @@ pub struct StoredTask {
     caused_by: Option<CausedBy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     deploy: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    capabilities: Vec<String>,
     #[serde(default)]
     account: String,
     #[serde(default)]
@@ -125,6 +127,7 @@ impl From<Task> for StoredTask {
             delivery,
             caused_by,
             deploy,
+            capabilities,
             account,
             budget,
             parent_task,
@@ -170,6 +173,7 @@ impl From<Task> for StoredTask {
             delivery,
             caused_by,
             deploy,
+            capabilities,
             account,
             budget,
             parent_task,
@@ -223,6 +227,7 @@ impl TryFrom<StoredTask> for Task {
             delivery,
             caused_by,
             deploy,
+            capabilities,
             account,
             budget,
             parent_task,
@@ -271,6 +276,7 @@ impl TryFrom<StoredTask> for Task {
             delivery,
             caused_by,
             deploy,
+            capabilities,
             account,
             budget,
             parent_task,

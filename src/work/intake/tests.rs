@@ -809,6 +809,7 @@ fn a_submission_is_redacted_field_by_field() {
             deploy: Some(with_secret("deploy")),
         }),
         deploy: None,
+        capabilities: None,
         account: None,
         budget: None,
         parent_task: None,

@@ -517,6 +517,7 @@ async fn create_task(
             deploy: incident.deploy.clone(),
         }),
         deploy: None,
+        capabilities: None,
         account: None,
         budget: None,
         parent_task: None,

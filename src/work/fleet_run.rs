@@ -1,0 +1,164 @@
+//! An engine or verify command run on a fleet factory instead of in-process: the control
+//! plane's half of a job. The command runs on exactly the commit the worktree is at (published
+//! as a ref for the factory to fetch), with the same environment; an engine's changes come back
+//! as a binary diff and are applied to the worktree, so what Patch does next (protected paths,
+//! the commit) is the same either way. Run records, metering and the stage's outcome are
+//! [`super::engine::run_shell`]'s, once per job: the fleet accepts one result per job.
+
+use std::path::Path;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::model::fleet::{job_ref, FleetJob, JobFile};
+use crate::platform::git::Git;
+use crate::platform::process::{self, CommandOutput};
+use crate::runtime::fleet::{Fleet, FleetError};
+use crate::runtime::jobs::StageError;
+use crate::runtime::Services;
+use crate::work::engine::RunIdentity;
+
+/// Bytes of one file shipped with a job (a prompt, a feedback file) at most.
+const JOB_FILE_BYTES_MAX: u64 = 256 * 1024;
+
+/// What to run remotely: [`super::engine::ShellRun`]'s parts, the environment as governed.
+pub(crate) struct RemoteRun<'a> {
+    /// The command line.
+    pub command: &'a str,
+    /// The worktree whose commit it runs on (and where an engine's diff is applied).
+    pub cwd: &'a Path,
+    /// The governed environment, as the local run would get it.
+    pub env: &'a [(String, String)],
+    /// The command's own timeout.
+    pub timeout: Duration,
+    /// Bytes kept per stream.
+    pub output_bytes_max: usize,
+    /// What the factory must offer.
+    pub capabilities: &'a [String],
+    /// Bring back the change the command made (an engine).
+    pub want_diff: bool,
+}
+
+/// Runs `run` on a factory and answers its output as a local run would.
+pub(crate) async fn run_remote(
+    services: &Services,
+    fleet: &Fleet,
+    who: &RunIdentity,
+    run: RemoteRun<'_>,
+) -> Result<CommandOutput, StageError> {
+    let git = Git::new(run.cwd, services.config.git.timeout());
+    let commit = git.run(&["rev-parse", "HEAD"]).await?;
+    let repo = git
+        .run(&["rev-parse", "--path-format=absolute", "--git-common-dir"])
+        .await?;
+    let job_id = Uuid::now_v7();
+    let reference = job_ref(job_id);
+    git.run(&["update-ref", &reference, &commit]).await?;
+    let outcome = async {
+        let (env, files) = ship(services, run.env).await?;
+        let job = FleetJob {
+            job_id,
+            task_id: who.task_id,
+            persona: who.persona.name().to_owned(),
+            stage: who.stage,
+            attempt: who.attempt,
+            repo,
+            commit: commit.clone(),
+            command: run.command.to_owned(),
+            env,
+            files,
+            timeout_ms: u64::try_from(run.timeout.as_millis()).unwrap_or(u64::MAX),
+            output_bytes_max: run.output_bytes_max,
+            want_diff: run.want_diff,
+            capabilities: run.capabilities.to_vec(),
+        };
+        let result = fleet.run(&job).await.map_err(fleet_error)?;
+        if let Some(diff) = &result.diff {
+            apply(services, &git, who, diff).await?;
+        }
+        tracing::info!(task = %who.task_id, job = %job_id, factory = %result.factory, delivery = result.delivery, "fleet job done");
+        Ok(CommandOutput {
+            exit_code: result.exit_code,
+            signal: result.signal,
+            timed_out: result.timed_out,
+            stdout: result.stdout,
+            stderr: result.stderr,
+            duration: Duration::from_millis(result.duration_ms),
+        })
+    }
+    .await;
+    if let Err(error) = git.run(&["update-ref", "-d", &reference]).await {
+        tracing::warn!(%error, %reference, "could not delete a fleet job's ref");
+    }
+    outcome
+}
+
+fn fleet_error(error: FleetError) -> StageError {
+    StageError::FleetUnavailable(error.to_string())
+}
+
+/// Splits the environment into what travels as variables and what as files: a `*_FILE`
+/// variable naming a file under the data dir (a prompt, a feedback file) ships the file. The
+/// variables only this host means something by (`TMPDIR`, the instance mark) stay behind.
+async fn ship(
+    services: &Services,
+    env: &[(String, String)],
+) -> Result<(Vec<(String, String)>, Vec<JobFile>), StageError> {
+    let data_dir = &services.config.storage.data_dir;
+    let mut vars = Vec::with_capacity(env.len());
+    let mut files = Vec::new();
+    for (name, value) in env {
+        if name == "TMPDIR" || name == process::INSTANCE_VARIABLE {
+            continue;
+        }
+        let path = Path::new(value);
+        if name.ends_with("_FILE") && path.starts_with(data_dir) {
+            if let Ok(meta) = tokio::fs::metadata(path).await {
+                if meta.len() > JOB_FILE_BYTES_MAX {
+                    return Err(StageError::FleetUnavailable(format!(
+                        "{name} is larger than {JOB_FILE_BYTES_MAX} bytes: too big for a fleet job"
+                    )));
+                }
+                let content = tokio::fs::read_to_string(path).await?;
+                let file_name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| name.to_lowercase());
+                files.push(JobFile {
+                    variable: name.clone(),
+                    name: file_name,
+                    content,
+                });
+            }
+            continue;
+        }
+        vars.push((name.clone(), value.clone()));
+    }
+    Ok((vars, files))
+}
+
+/// Applies an engine's diff (hex of `git diff --binary`) to the worktree, staged nowhere: as if
+/// the engine had edited the files here.
+async fn apply(
+    services: &Services,
+    git: &Git,
+    who: &RunIdentity,
+    diff_hex: &str,
+) -> Result<(), StageError> {
+    let diff = hex::decode(diff_hex)
+        .map_err(|e| StageError::FleetUnavailable(format!("the factory's diff is not hex: {e}")))?;
+    if diff.is_empty() {
+        return Ok(());
+    }
+    let dir = services.temp_dir(who.task_id);
+    tokio::fs::create_dir_all(&dir).await?;
+    let file = dir.join(format!("fleet-{}.diff", Uuid::now_v7()));
+    tokio::fs::write(&file, &diff).await?;
+    let path = file.display().to_string();
+    let applied = git
+        .run(&["apply", "--binary", "--whitespace=nowarn", &path])
+        .await;
+    let _ = tokio::fs::remove_file(&file).await;
+    applied?;
+    Ok(())
+}
