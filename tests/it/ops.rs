@@ -1591,3 +1591,135 @@ async fn a_spent_action_cost_budget_stops_the_running_response_and_the_next_inci
         "{said}"
     );
 }
+
+/// Pids of the processes running exactly `sh -c <line>` (not the shells or bwraps whose own
+/// command line merely contains it).
+fn shells_running(line: &str) -> Vec<i32> {
+    let wanted = ["sh", "-c", line];
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(bytes) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let argv: Vec<String> = bytes
+                .split(|b| *b == 0)
+                .filter(|part| !part.is_empty())
+                .map(|part| String::from_utf8_lossy(part).into_owned())
+                .collect();
+            argv == wanted
+        })
+        .collect()
+}
+
+/// Kills, when the test ends (also on a panic), the process groups of the shells running one of
+/// these lines: what escaped a failing run does not outlive the test.
+struct ShellReaper(Vec<String>);
+
+impl Drop for ShellReaper {
+    fn drop(&mut self) {
+        for line in &self.0 {
+            for pid in shells_running(line) {
+                // SAFETY: signalling a process group this test's build started (a `setsid`
+                // shell leads its own group).
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// Waits until `sh -c <line>` runs (its pids) or, with `gone`, until none does; `None` on
+/// timeout.
+async fn wait_for_shells(line: &str, gone: bool, within: Duration) -> Option<Vec<i32>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let pids = shells_running(line);
+        if pids.is_empty() == gone {
+            return Some(pids);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue #16: nothing escapes. A build command that starts a `setsid` child (its own session
+/// and process group, out of reach of a process-group kill) runs in a PID namespace of its
+/// own: at the build's timeout the child dies with it, and a build cut off by `kill -9` of the
+/// service takes its child along too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setsid_child_of_a_build_dies_at_the_timeout_and_with_the_service() {
+    if crate::containment::skip() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let _reaper = AppReaper(root.path().to_path_buf());
+    let repo = sample_repo(root.path());
+    let port = free_port();
+    let token = root
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    // The build is a script of the repo (its line, `sh build-*.sh`, is what the allowlist
+    // sees), as a real build's `setsid` would be deep inside its tools.
+    let child_of = |phase: &str| format!("sleep 300; echo {token}-{phase}");
+    for phase in ["timeout", "kill"] {
+        let script = format!("setsid sh -c '{}' &\nsleep 120\n", child_of(phase));
+        std::fs::write(repo.join(format!("build-{phase}.sh")), script).unwrap();
+    }
+    commit_all(&repo, "build scripts that leave a setsid child");
+    let _shells = ShellReaper(vec![child_of("timeout"), child_of("kill")]);
+    let ops_with = |phase: &str, timeout_secs: u32| {
+        local_ops(&repo, port, 0, "").replace(
+            "build: \"true\"",
+            &format!("build: \"sh build-{phase}.sh\", build_timeout_secs: {timeout_secs}"),
+        )
+    };
+
+    let child = child_of("timeout");
+    let mut service = start(root.path(), &ops_with("timeout", 3), Vec::new()).await;
+    let (status, record) = service.post("/v1/deploys", &json!({"app": "web"})).await;
+    assert_eq!(status, 201, "{record}");
+    let id = record["id"].as_str().unwrap().to_owned();
+    let running = wait_for_shells(&child, false, WAIT).await;
+    let (_, deploy) = service.get(&format!("/v1/deploys/{id}")).await;
+    assert!(
+        running.is_some(),
+        "the build's setsid child never ran: {deploy:#}\n{}",
+        service.log()
+    );
+    let ended = wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
+        d["status"] == "failed"
+    })
+    .await;
+    assert!(ended.to_string().contains("timed out"), "{ended:#}");
+    assert!(
+        wait_for_shells(&child, true, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the setsid child {running:?} outlived the build's timeout"
+    );
+    assert!(service.terminate(Duration::from_secs(30)).success());
+
+    let child = child_of("kill");
+    let mut service = start(root.path(), &ops_with("kill", 600), Vec::new()).await;
+    let (status, record) = service.post("/v1/deploys", &json!({"app": "web"})).await;
+    assert_eq!(status, 201, "{record}");
+    let running = wait_for_shells(&child, false, WAIT).await;
+    assert!(running.is_some(), "the build's setsid child never ran");
+    service.kill_9();
+    assert!(
+        wait_for_shells(&child, true, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the setsid child {running:?} outlived the service"
+    );
+}
