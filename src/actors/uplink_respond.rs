@@ -261,8 +261,7 @@ async fn flap_count(
     if policy.flap_max == 0 {
         return Ok(None);
     }
-    let window = chrono::Duration::seconds(i64::try_from(policy.flap_window_secs).unwrap_or(0));
-    let since = Utc::now() - window;
+    let since = incident::window_start(Utc::now(), policy.flap_window_secs);
     let (app, name) = (signal.app.clone(), signal.signal.clone());
     let recent = state
         .ctx

@@ -968,6 +968,39 @@ fn fail(reason: &str) -> ! {
 mod tests {
     use super::*;
 
+    fn sandbox_with(bwrap: Option<&str>) -> Sandbox {
+        Sandbox {
+            exe: PathBuf::from("/usr/bin/glitchlab"),
+            bwrap: bwrap.map(PathBuf::from),
+            landlock: false,
+            cgroups: Vec::new(),
+            limits: LimitsConfig::default(),
+        }
+    }
+
+    #[test]
+    fn contain_puts_the_command_in_a_pid_namespace_that_dies_with_it() {
+        let mut spec = CommandSpec::shell(
+            "make build",
+            PathBuf::from("/srv/release"),
+            Duration::from_secs(5),
+            64,
+        );
+        let confined = sandbox_with(Some("/usr/bin/bwrap")).contain(&mut spec);
+        assert!(confined.is_some_and(|c| c.bwrap && c.cgroups.is_empty()));
+        assert_eq!(spec.program, "/usr/bin/bwrap");
+        let args = spec.args.join(" ");
+        assert_eq!(
+            args,
+            "--unshare-pid --die-with-parent --dev-bind / / --proc /proc --chdir /srv/release \
+             -- sh -c make build"
+        );
+        // Without bubblewrap the spec stays as it was: its process group holds it.
+        let mut plain = CommandSpec::shell("true", PathBuf::from("/"), Duration::from_secs(5), 64);
+        assert!(sandbox_with(None).contain(&mut plain).is_none());
+        assert_eq!((plain.program.as_str(), plain.args.len()), ("sh", 2));
+    }
+
     #[test]
     fn limits_are_named_from_their_marks() {
         assert_eq!(

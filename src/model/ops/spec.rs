@@ -648,6 +648,15 @@ pub(crate) fn validate_ops(ops: &OpsFile, text: &str) -> Result<(), String> {
     for (name, app) in &ops.apps {
         validate_app(name, app).map_err(|(field, reason)| at(name, &field, reason))?;
     }
+    let policy = &ops.incidents;
+    let budget_on = policy.actions_max > 0 || policy.actions_cost_max > 0;
+    if budget_on && policy.actions_window_secs == 0 {
+        return Err(format!(
+            "line {}: incidents.actions_window_secs must be at least 1 while actions_max or \
+             actions_cost_max is on (0 turns those off)",
+            line_of_path(text, &["incidents:"])
+        ));
+    }
     // In file order, so the app refused is the later one, where the operator added it.
     let mut in_file_order: Vec<(usize, &String, &AppSpec)> = ops
         .apps
@@ -1086,6 +1095,21 @@ mod tests {
         let text = format!("{GOOD}    branch: a\n    branch: b\n");
         let error = error_of(&text);
         assert!(error.contains("duplicate field `branch`"), "{error}");
+    }
+
+    /// An action budget needs a window to count in.
+    #[test]
+    fn an_action_budget_without_a_window_is_refused() {
+        let text = format!("{GOOD}incidents: {{actions_window_secs: 0}}\n");
+        let ops: OpsFile = from_yaml(&text).unwrap();
+        let error = validate_ops(&ops, &text).unwrap_err();
+        assert!(error.contains("incidents.actions_window_secs"), "{error}");
+        assert!(error.starts_with("line 8:"), "{error}");
+        let off = format!(
+            "{GOOD}incidents: {{actions_window_secs: 0, actions_max: 0, actions_cost_max: 0}}\n"
+        );
+        let ops: OpsFile = from_yaml(&off).unwrap();
+        validate_ops(&ops, &off).unwrap();
     }
 
     /// The walk skips comments and longer names that end like the app's.

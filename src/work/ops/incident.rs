@@ -318,6 +318,16 @@ pub(crate) fn budget_spent(
     None
 }
 
+/// Where a window of `secs` seconds ending `now` starts (the beginning of time for a window too
+/// long to compute).
+pub(crate) fn window_start(now: DateTime<Utc>, secs: u64) -> DateTime<Utc> {
+    i64::try_from(secs)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|window| now.checked_sub_signed(window))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
 /// Whether `app`'s automatic-action budget is spent, counted from the stored incidents (so the
 /// count survives a restart): `Some((setting, reason))` when it is.
 pub(crate) async fn action_budget_spent(
@@ -328,10 +338,7 @@ pub(crate) async fn action_budget_spent(
     if policy.actions_max == 0 && policy.actions_cost_max == 0 {
         return Ok(None);
     }
-    let window = chrono::Duration::seconds(
-        i64::try_from(policy.actions_window_secs).unwrap_or(i64::MAX / 1000),
-    );
-    let since = Utc::now() - window;
+    let since = window_start(Utc::now(), policy.actions_window_secs);
     let app = app.to_owned();
     let acted = ops
         .incidents_where(crate::model::ops::records::LIST_LIMIT_MAX, move |i| {
@@ -879,6 +886,21 @@ mod tests {
             cost: u64::MAX,
         };
         assert_eq!(budget_spent(huge, &off), None);
+    }
+
+    #[test]
+    fn a_window_too_long_to_compute_starts_at_the_beginning_of_time() {
+        let now = Utc::now();
+        assert_eq!(
+            window_start(now, 3600),
+            now - chrono::Duration::seconds(3600)
+        );
+        assert_eq!(window_start(now, 0), now);
+        assert_eq!(window_start(now, u64::MAX), DateTime::<Utc>::MIN_UTC);
+        assert_eq!(
+            window_start(now, u64::try_from(i64::MAX).unwrap()),
+            DateTime::<Utc>::MIN_UTC
+        );
     }
 
     #[test]
