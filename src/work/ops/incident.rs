@@ -491,6 +491,7 @@ async fn step_action(
         .map(|detail| (detail, 0))
 }
 
+/// What a step did ([`step_action`] takes create_task itself, for its cost).
 async fn step_effect(
     ctx: &RespondContext,
     incident: &Incident,
