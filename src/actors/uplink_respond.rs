@@ -1,8 +1,11 @@
 //! Uplink-Respond: incidents. Signals come from Uplink-Watch, from failed deploys and from
 //! `POST /v1/alerts`; a repeat of an unresolved incident's fingerprint within
 //! [`DEDUP_WINDOW`] attaches to it. A new incident is classified by the first matching runbook
-//! (none → `needs_human`, nothing done), then its response — diagnose, steps, resolve,
-//! postmortem — runs in a job ([`crate::work::ops::incident::respond`]).
+//! (none → `needs_human`, nothing done); an app that is flapping, or whose automatic-action
+//! budget (`incidents.actions_max`, `actions_cost_max` per `actions_window_secs`, counted from
+//! the stored incidents) is spent, goes to a human too. Otherwise its response — diagnose,
+//! steps (each acting step checks the budget again), resolve, postmortem — runs in a job
+//! ([`crate::work::ops::incident::respond`]).
 //!
 //! # Restart story
 //!
@@ -188,6 +191,13 @@ async fn on_signal(
         );
         opened.push_event("needs_human", json!({"reason": reason, "flapping": true}));
     }
+    if opened.status == IncidentStatus::Open {
+        let spent = incident::action_budget_spent(&state.ctx.ops, &opened.app, &policy).await?;
+        if let Some((setting, reason)) = spent {
+            tracing::warn!(app = %opened.app, setting, "action budget spent: the incident goes to a human");
+            incident::hand_over_for_budget(&mut opened, setting, &reason);
+        }
+    }
     let respond = opened.status == IncidentStatus::Open;
     if respond && state.responses.len() >= RESPONSES_MAX {
         opened.status = IncidentStatus::NeedsHuman;
@@ -251,8 +261,7 @@ async fn flap_count(
     if policy.flap_max == 0 {
         return Ok(None);
     }
-    let window = chrono::Duration::seconds(i64::try_from(policy.flap_window_secs).unwrap_or(0));
-    let since = Utc::now() - window;
+    let since = incident::window_start(Utc::now(), policy.flap_window_secs);
     let (app, name) = (signal.app.clone(), signal.signal.clone());
     let recent = state
         .ctx

@@ -1,5 +1,6 @@
 //! The sandbox of engine, verify and confined ops processes, in three layers (see
-//! `docs/engines.md`, "Sandbox"):
+//! `docs/engines.md`, "Sandbox"); and, for the other ops commands, a PID namespace alone
+//! ([`Sandbox::contain`]) so nothing they start outlives them.
 //!
 //! 1. **Namespaces** (bubblewrap, `bwrap`): a new user, PID, IPC and UTS namespace, and a network
 //!    namespace of its own unless the persona has `network: true`; a root of read-only system
@@ -214,7 +215,7 @@ impl Sandbox {
     pub async fn detect(mode: SandboxMode, limits: LimitsConfig) -> Result<Option<Self>, String> {
         if mode == SandboxMode::Off {
             tracing::warn!(
-                "sandbox = off: engine and verify processes run unconfined and unlimited"
+                "sandbox = off: engine and verify processes run unconfined and unlimited; ops commands (build, drain, provider queries) are held by their process group only, which a `setsid` child escapes"
             );
             return Ok(None);
         }
@@ -230,7 +231,7 @@ impl Sandbox {
             }
         }
         if let Err(reason) = &bwrap {
-            tracing::warn!(%reason, "namespaces unavailable (bubblewrap): engine and verify processes see the host's processes, files and network");
+            tracing::warn!(%reason, "namespaces unavailable (bubblewrap): engine and verify processes see the host's processes, files and network; ops commands (build, drain, provider queries) are held by their process group only, which a `setsid` child escapes");
         }
         if let Err(reason) = &landlock {
             tracing::warn!(%reason, "Landlock unavailable: engine and verify processes may write wherever their uid may");
@@ -347,6 +348,46 @@ impl Sandbox {
         spec.program = self.exe.display().to_string();
         spec.args = outer;
         confined
+    }
+
+    /// Whether [`Self::contain`] works here: bubblewrap can make namespaces.
+    pub fn can_contain(&self) -> bool {
+        self.bwrap.is_some()
+    }
+
+    /// Rewrites `spec` to run in a PID namespace of its own, and nothing more: the host's
+    /// filesystem (`/` bound as it is, with a fresh `/proc`), network and uid stay as they were.
+    /// For ops commands (build, drain, provider queries) that need the host as it is but must
+    /// not leave anything behind: when the command's `bwrap` ends — the command exited, its
+    /// timeout or a cancel killed its process group, or the service died (`--die-with-parent`)
+    /// — the namespace's init dies and the kernel kills every process in it, a `setsid` or
+    /// double-forked child included. Give the answer back to [`Self::settle`] with the output.
+    /// `None` (the spec unchanged) when bubblewrap does not work here: its process group is then
+    /// all that holds the command, which a `setsid` child leaves.
+    pub fn contain(&self, spec: &mut CommandSpec) -> Option<Confined> {
+        let bwrap = self.bwrap.as_ref()?;
+        let mut args: Vec<String> = [
+            "--unshare-pid",
+            "--die-with-parent",
+            "--dev-bind",
+            "/",
+            "/",
+            "--proc",
+            "/proc",
+            "--chdir",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        args.push(spec.cwd.display().to_string());
+        args.push("--".to_owned());
+        args.push(std::mem::take(&mut spec.program));
+        args.append(&mut spec.args);
+        spec.program = bwrap.display().to_string();
+        spec.args = args;
+        Some(Confined {
+            cgroups: Vec::new(),
+            bwrap: true,
+        })
     }
 
     /// Makes (or, on v2 where one dir serves every controller, reuses) a run's cgroup and
@@ -926,6 +967,39 @@ fn fail(reason: &str) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sandbox_with(bwrap: Option<&str>) -> Sandbox {
+        Sandbox {
+            exe: PathBuf::from("/usr/bin/glitchlab"),
+            bwrap: bwrap.map(PathBuf::from),
+            landlock: false,
+            cgroups: Vec::new(),
+            limits: LimitsConfig::default(),
+        }
+    }
+
+    #[test]
+    fn contain_puts_the_command_in_a_pid_namespace_that_dies_with_it() {
+        let mut spec = CommandSpec::shell(
+            "make build",
+            PathBuf::from("/srv/release"),
+            Duration::from_secs(5),
+            64,
+        );
+        let confined = sandbox_with(Some("/usr/bin/bwrap")).contain(&mut spec);
+        assert!(confined.is_some_and(|c| c.bwrap && c.cgroups.is_empty()));
+        assert_eq!(spec.program, "/usr/bin/bwrap");
+        let args = spec.args.join(" ");
+        assert_eq!(
+            args,
+            "--unshare-pid --die-with-parent --dev-bind / / --proc /proc --chdir /srv/release \
+             -- sh -c make build"
+        );
+        // Without bubblewrap the spec stays as it was: its process group holds it.
+        let mut plain = CommandSpec::shell("true", PathBuf::from("/"), Duration::from_secs(5), 64);
+        assert!(sandbox_with(None).contain(&mut plain).is_none());
+        assert_eq!((plain.program.as_str(), plain.args.len()), ("sh", 2));
+    }
 
     #[test]
     fn limits_are_named_from_their_marks() {

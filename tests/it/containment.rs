@@ -56,7 +56,7 @@ fn namespaces_unavailable() -> Option<String> {
 }
 
 /// Skips (returns true, saying why) when namespaces are unavailable.
-fn skip() -> bool {
+pub(crate) fn skip() -> bool {
     match namespaces_unavailable() {
         Some(reason) => {
             eprintln!("skipping: {reason}");

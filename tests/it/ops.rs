@@ -969,9 +969,9 @@ async fn an_alert_storm_leaves_the_service_responsive() {
     let repo = sample_repo(root.path());
     let port = free_port();
     // One incident per alert, as before incidents grouped: each instance its own group, no
-    // correlation, no flap guard — the storm exercises 20 responses at once.
+    // correlation, no flap guard, no action budget — the storm exercises 20 responses at once.
     let ops = format!(
-        "{}incidents: {{group_by: [app, signal, instance], correlate_secs: 0, flap_max: 0}}\n",
+        "{}incidents: {{group_by: [app, signal, instance], correlate_secs: 0, flap_max: 0, actions_max: 0, actions_cost_max: 0}}\n",
         local_ops(&repo, port, 0, "")
     );
     let mut service = start(root.path(), &ops, Vec::new()).await;
@@ -1313,17 +1313,100 @@ async fn svc_service(root: &Path, runbooks: &[(&str, &str)], extra: &str) -> Ser
     std::fs::write(
         &ops_file,
         format!(
-            "apps:\n  svc:\n    repo: {}\n    provider: command\n    command: {{deploy: \"true\", rollback: \"true\", status: \"true\"}}\n{extra}",
+            "apps:\n  svc:\n    repo: {}\n    provider: command\n    command: {{deploy: \"true\", rollback: \"true\", restart: \"true\", status: \"true\"}}\n{extra}",
             repo.display()
         ),
     )
     .unwrap();
-    let options = with_config(&format!(
+    Service::start_with(root, svc_options(root)).await
+}
+
+/// The options of [`svc_service`]'s service (again, for a restart on the same root).
+fn svc_options(root: &Path) -> Options {
+    with_config(&format!(
         "[paths]\nops_file = \"{}\"\nrunbooks_dir = \"{}\"\n",
-        ops_file.display(),
-        dir.display()
-    ));
-    Service::start_with(root, options).await
+        root.join("ops.yaml").display(),
+        root.join("runbooks").display()
+    ))
+}
+
+/// Posts a plain alert for `svc` and answers the id of the incident it opened or joined.
+async fn alert_svc(service: &Service, signal: &str) -> String {
+    let (status, posted) = service
+        .post("/v1/alerts", &json!({"app": "svc", "signal": signal}))
+        .await;
+    assert_eq!(status, 202, "{posted}");
+    posted["incidents"][0].as_str().unwrap().to_owned()
+}
+
+/// The `budget` an incident's needs_human event names, if any.
+fn budget_named(incident: &Value) -> Option<String> {
+    incident["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "needs_human")
+        .find_map(|e| e["detail"]["budget"].as_str().map(str::to_owned))
+}
+
+/// Issue #16: automatic actions per app have a budget per window. Incidents of ever new signals
+/// (so flapping, which is per signal, never triggers) each restart the app; past
+/// `incidents.actions_max` the next incident goes to a human naming the budget, starts no step,
+/// and the count — read from the stored incidents — survives a restart of the service.
+#[tokio::test]
+async fn past_the_action_budget_the_next_incident_goes_to_a_human_also_after_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let runbooks: Vec<(String, String)> = (0..4)
+        .map(|n| {
+            (
+                format!("r{n}"),
+                format!("name: r{n}\nmatch: {{signal: s{n}}}\nclassify: degradation\nsteps:\n  - {{action: restart}}\n  - {{action: notify}}\n"),
+            )
+        })
+        .collect();
+    let runbooks: Vec<(&str, &str)> = runbooks
+        .iter()
+        .map(|(name, text)| (name.as_str(), text.as_str()))
+        .collect();
+    let extra = "incidents: {correlate_secs: 0, actions_max: 2, actions_window_secs: 3600}\n";
+    let mut service = svc_service(root.path(), &runbooks, extra).await;
+    deploy_healthy(&service, "svc").await;
+    for n in 0..2 {
+        let id = alert_svc(&service, &format!("s{n}")).await;
+        let incident = wait_until(&service, &format!("/v1/incidents/{id}"), |i| {
+            i["status"] != "open"
+        })
+        .await;
+        assert_eq!(incident["status"], "resolved", "{incident:#}");
+        assert_eq!(
+            incident["actions"].as_array().unwrap().len(),
+            1,
+            "{incident:#}"
+        );
+        assert_eq!(incident["actions"][0]["action"], "restart");
+    }
+    let id = alert_svc(&service, "s2").await;
+    let (_, incident) = service.get(&format!("/v1/incidents/{id}")).await;
+    assert_eq!(incident["status"], "needs_human", "{incident:#}");
+    assert_eq!(
+        budget_named(&incident).as_deref(),
+        Some("actions_max"),
+        "{incident:#}"
+    );
+    let said = incident["events"].to_string();
+    assert!(said.contains("incidents.actions_max is 2"), "{said}");
+    assert!(!said.contains("step.started"), "nothing was done: {said}");
+
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    let service = Service::start_with(root.path(), svc_options(root.path())).await;
+    let id = alert_svc(&service, "s3").await;
+    let (_, incident) = service.get(&format!("/v1/incidents/{id}")).await;
+    assert_eq!(incident["status"], "needs_human", "{incident:#}");
+    assert_eq!(
+        budget_named(&incident).as_deref(),
+        Some("actions_max"),
+        "{incident:#}"
+    );
 }
 
 /// Issue #16: 500 alerts for one app and signal, with 500 different label sets, are one incident
@@ -1452,4 +1535,191 @@ async fn a_flapping_app_goes_to_a_human_after_flap_max_incidents() {
         .await;
     assert_eq!(rest["incidents"].as_array().unwrap().len(), 1, "{rest:#}");
     assert!(rest["next_cursor"].is_null());
+}
+
+/// Issue #16: the cost budget. A bugfix task reserves `ledger.default_task_budget`
+/// (10,000,000); with `actions_cost_max` at that, the response that filed it stops before its
+/// next acting step (checked before each one) and the next incident goes to a human at once,
+/// both naming the cost budget; one task exists.
+#[tokio::test]
+async fn a_spent_action_cost_budget_stops_the_running_response_and_the_next_incident() {
+    let root = tempfile::tempdir().unwrap();
+    let runbooks: Vec<(String, String)> = (0..2)
+        .map(|n| {
+            (
+                format!("c{n}"),
+                format!("name: c{n}\nmatch: {{signal: c{n}}}\nclassify: degradation\nsteps:\n  - {{action: create_task}}\n  - {{action: restart}}\n"),
+            )
+        })
+        .collect();
+    let runbooks: Vec<(&str, &str)> = runbooks
+        .iter()
+        .map(|(name, text)| (name.as_str(), text.as_str()))
+        .collect();
+    let extra = "incidents: {correlate_secs: 0, actions_cost_max: 10000000}\n";
+    let service = svc_service(root.path(), &runbooks, extra).await;
+    deploy_healthy(&service, "svc").await;
+    let id = alert_svc(&service, "c0").await;
+    let first = wait_until(&service, &format!("/v1/incidents/{id}"), |i| {
+        i["status"] != "open"
+    })
+    .await;
+    assert_eq!(first["status"], "needs_human", "{first:#}");
+    assert_eq!(
+        budget_named(&first).as_deref(),
+        Some("actions_cost_max"),
+        "{first:#}"
+    );
+    assert!(first["task_id"].is_string(), "{first:#}");
+    let actions = first["actions"].as_array().unwrap();
+    assert_eq!(actions.len(), 1, "the restart never started: {first:#}");
+    assert_eq!(actions[0]["action"], "create_task");
+    assert_eq!(actions[0]["cost"], 10_000_000);
+
+    let id = alert_svc(&service, "c1").await;
+    let (_, second) = service.get(&format!("/v1/incidents/{id}")).await;
+    assert_eq!(second["status"], "needs_human", "{second:#}");
+    assert_eq!(
+        budget_named(&second).as_deref(),
+        Some("actions_cost_max"),
+        "{second:#}"
+    );
+    assert!(second["task_id"].is_null(), "{second:#}");
+    let said = second["events"].to_string();
+    assert!(
+        said.contains("incidents.actions_cost_max is 10000000"),
+        "{said}"
+    );
+}
+
+/// Pids of the processes running exactly `sh -c <line>` (not the shells or bwraps whose own
+/// command line merely contains it).
+fn shells_running(line: &str) -> Vec<i32> {
+    let wanted = ["sh", "-c", line];
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(bytes) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let argv: Vec<String> = bytes
+                .split(|b| *b == 0)
+                .filter(|part| !part.is_empty())
+                .map(|part| String::from_utf8_lossy(part).into_owned())
+                .collect();
+            argv == wanted
+        })
+        .collect()
+}
+
+/// Kills, when the test ends (also on a panic), the process groups of the shells running one of
+/// these lines: what escaped a failing run does not outlive the test.
+struct ShellReaper(Vec<String>);
+
+impl Drop for ShellReaper {
+    fn drop(&mut self) {
+        for line in &self.0 {
+            for pid in shells_running(line) {
+                // SAFETY: signalling a process group this test's build started (a `setsid`
+                // shell leads its own group).
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// Waits until `sh -c <line>` runs (its pids) or, with `gone`, until none does; `None` on
+/// timeout.
+async fn wait_for_shells(line: &str, gone: bool, within: Duration) -> Option<Vec<i32>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let pids = shells_running(line);
+        if pids.is_empty() == gone {
+            return Some(pids);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue #16: nothing escapes. A build command that starts a `setsid` child (its own session
+/// and process group, out of reach of a process-group kill) runs in a PID namespace of its
+/// own: at the build's timeout the child dies with it, and a build cut off by `kill -9` of the
+/// service takes its child along too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setsid_child_of_a_build_dies_at_the_timeout_and_with_the_service() {
+    if crate::containment::skip() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let _reaper = AppReaper(root.path().to_path_buf());
+    let repo = sample_repo(root.path());
+    let port = free_port();
+    let token = root
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    // The build is a script of the repo (its line, `sh build-*.sh`, is what the allowlist
+    // sees), as a real build's `setsid` would be deep inside its tools.
+    let child_of = |phase: &str| format!("sleep 300; echo {token}-{phase}");
+    for phase in ["timeout", "kill"] {
+        let script = format!("setsid sh -c '{}' &\nsleep 120\n", child_of(phase));
+        std::fs::write(repo.join(format!("build-{phase}.sh")), script).unwrap();
+    }
+    commit_all(&repo, "build scripts that leave a setsid child");
+    let _shells = ShellReaper(vec![child_of("timeout"), child_of("kill")]);
+    let ops_with = |phase: &str, timeout_secs: u32| {
+        local_ops(&repo, port, 0, "").replace(
+            "build: \"true\"",
+            &format!("build: \"sh build-{phase}.sh\", build_timeout_secs: {timeout_secs}"),
+        )
+    };
+
+    let child = child_of("timeout");
+    let mut service = start(root.path(), &ops_with("timeout", 3), Vec::new()).await;
+    let (status, record) = service.post("/v1/deploys", &json!({"app": "web"})).await;
+    assert_eq!(status, 201, "{record}");
+    let id = record["id"].as_str().unwrap().to_owned();
+    let running = wait_for_shells(&child, false, WAIT).await;
+    let (_, deploy) = service.get(&format!("/v1/deploys/{id}")).await;
+    assert!(
+        running.is_some(),
+        "the build's setsid child never ran: {deploy:#}\n{}",
+        service.log()
+    );
+    let ended = wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
+        d["status"] == "failed"
+    })
+    .await;
+    assert!(ended.to_string().contains("timed out"), "{ended:#}");
+    assert!(
+        wait_for_shells(&child, true, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the setsid child {running:?} outlived the build's timeout"
+    );
+    assert!(service.terminate(Duration::from_secs(30)).success());
+
+    let child = child_of("kill");
+    let mut service = start(root.path(), &ops_with("kill", 600), Vec::new()).await;
+    let (status, record) = service.post("/v1/deploys", &json!({"app": "web"})).await;
+    assert_eq!(status, 201, "{record}");
+    let running = wait_for_shells(&child, false, WAIT).await;
+    assert!(running.is_some(), "the build's setsid child never ran");
+    service.kill_9();
+    assert!(
+        wait_for_shells(&child, true, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the setsid child {running:?} outlived the service"
+    );
 }

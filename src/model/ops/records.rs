@@ -22,6 +22,9 @@ pub(crate) const DEPLOY_HISTORY_MAX: usize = 50;
 pub(crate) const INCIDENT_SIGNALS_MAX: usize = 50;
 /// Events kept on one incident.
 pub(crate) const INCIDENT_EVENTS_MAX: usize = 200;
+/// Automatic actions kept on one incident (the oldest dropped past it; a runbook has far fewer
+/// steps, so only a response resumed or approved many times gets there).
+pub(crate) const INCIDENT_ACTIONS_MAX: usize = 50;
 /// Records a list answers at most.
 pub(crate) const LIST_LIMIT_MAX: usize = 200;
 
@@ -261,6 +264,20 @@ pub(crate) struct IncidentEvent {
     pub detail: serde_json::Value,
 }
 
+/// One automatic action a response started: a restart, rollback, scale or create_task step.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct AutomaticAction {
+    /// When it started.
+    pub at: DateTime<Utc>,
+    /// The runbook step's index.
+    pub step: usize,
+    /// The step's action.
+    pub action: super::spec::StepAction,
+    /// Micro-tokens of ledger cost it ran up that the response knows of (the reservation of a
+    /// bugfix task it filed); 0 until it finished.
+    pub cost: u64,
+}
+
 /// What diagnose collected.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub(crate) struct Diagnosis {
@@ -301,6 +318,12 @@ pub(crate) struct Incident {
     pub postmortem: Option<String>,
     /// The bugfix task filed for it.
     pub task_id: Option<String>,
+    /// The automatic actions its response started (bounded by [`INCIDENT_ACTIONS_MAX`]), kept
+    /// apart from the timeline (which attached signals can push them out of): what the app's
+    /// action budget (`incidents.actions_max`, `actions_cost_max`) is counted from, so the count
+    /// survives a restart of the service.
+    #[serde(default)]
+    pub actions: Vec<AutomaticAction>,
     /// The deploy that caused it.
     pub deploy: Option<String>,
     /// Opened.
@@ -323,6 +346,27 @@ impl Incident {
             detail,
         });
         self.updated_at = Utc::now();
+    }
+
+    /// Records that the response starts acting step `step` (the oldest record dropped past
+    /// [`INCIDENT_ACTIONS_MAX`]).
+    pub(crate) fn action_started(&mut self, step: usize, action: super::spec::StepAction) {
+        if self.actions.len() >= INCIDENT_ACTIONS_MAX {
+            self.actions.remove(0);
+        }
+        self.actions.push(AutomaticAction {
+            at: Utc::now(),
+            step,
+            action,
+            cost: 0,
+        });
+    }
+
+    /// Records what the latest run of acting step `step` cost.
+    pub(crate) fn action_cost(&mut self, step: usize, cost: u64) {
+        if let Some(action) = self.actions.iter_mut().rev().find(|a| a.step == step) {
+            action.cost = cost;
+        }
     }
 
     /// Attaches a repeat signal (kept while under [`INCIDENT_SIGNALS_MAX`], always counted).

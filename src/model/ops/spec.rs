@@ -54,6 +54,17 @@ pub struct IncidentPolicy {
     pub flap_max: u32,
     /// The flapping window.
     pub flap_window_secs: u64,
+    /// Automatic actions (restart, rollback, scale, create_task steps) one app's responses may
+    /// start within `actions_window_secs`; past it the next incident, and the next step of a
+    /// running response, goes to a human. `0` turns the count budget off.
+    pub actions_max: u32,
+    /// Micro-tokens of ledger cost (the reservations of the bugfix tasks the responses filed) one
+    /// app's automatic actions may run up within `actions_window_secs`; at or past it, no
+    /// further automatic action. `0` turns the cost budget off.
+    pub actions_cost_max: u64,
+    /// The window both action budgets count over (a sliding window: actions older than this no
+    /// longer count).
+    pub actions_window_secs: u64,
 }
 
 impl Default for IncidentPolicy {
@@ -63,6 +74,9 @@ impl Default for IncidentPolicy {
             correlate_secs: 30,
             flap_max: 3,
             flap_window_secs: 600,
+            actions_max: 10,
+            actions_cost_max: 50_000_000,
+            actions_window_secs: 3600,
         }
     }
 }
@@ -498,7 +512,7 @@ pub enum Classification {
 }
 
 /// What a runbook step does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepAction {
     /// Restart the running release.
@@ -515,6 +529,18 @@ pub enum StepAction {
     CreateTask,
     /// Record and log a notice for humans.
     Notify,
+}
+
+impl StepAction {
+    /// Whether the step acts on the app or the books (restart, rollback, scale, create_task),
+    /// so counts against the app's automatic-action budget; wait, check and notify only look or
+    /// tell.
+    pub fn acts(self) -> bool {
+        matches!(
+            self,
+            Self::Restart | Self::Rollback | Self::Scale | Self::CreateTask
+        )
+    }
 }
 
 /// One runbook step.
@@ -621,6 +647,15 @@ pub(crate) fn validate_ops(ops: &OpsFile, text: &str) -> Result<(), String> {
     };
     for (name, app) in &ops.apps {
         validate_app(name, app).map_err(|(field, reason)| at(name, &field, reason))?;
+    }
+    let policy = &ops.incidents;
+    let budget_on = policy.actions_max > 0 || policy.actions_cost_max > 0;
+    if budget_on && policy.actions_window_secs == 0 {
+        return Err(format!(
+            "line {}: incidents.actions_window_secs must be at least 1 while actions_max or \
+             actions_cost_max is on (0 turns those off)",
+            line_of_path(text, &["incidents:"])
+        ));
     }
     // In file order, so the app refused is the later one, where the operator added it.
     let mut in_file_order: Vec<(usize, &String, &AppSpec)> = ops
@@ -1060,6 +1095,21 @@ mod tests {
         let text = format!("{GOOD}    branch: a\n    branch: b\n");
         let error = error_of(&text);
         assert!(error.contains("duplicate field `branch`"), "{error}");
+    }
+
+    /// An action budget needs a window to count in.
+    #[test]
+    fn an_action_budget_without_a_window_is_refused() {
+        let text = format!("{GOOD}incidents: {{actions_window_secs: 0}}\n");
+        let ops: OpsFile = from_yaml(&text).unwrap();
+        let error = validate_ops(&ops, &text).unwrap_err();
+        assert!(error.contains("incidents.actions_window_secs"), "{error}");
+        assert!(error.starts_with("line 8:"), "{error}");
+        let off = format!(
+            "{GOOD}incidents: {{actions_window_secs: 0, actions_max: 0, actions_cost_max: 0}}\n"
+        );
+        let ops: OpsFile = from_yaml(&off).unwrap();
+        validate_ops(&ops, &off).unwrap();
     }
 
     /// The walk skips comments and longer names that end like the app's.

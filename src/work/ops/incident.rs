@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -14,7 +14,7 @@ use super::probe;
 use super::provider::{self, ProviderContext};
 use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{Diagnosis, Incident, IncidentStatus, Signal};
-use crate::model::ops::spec::{Classification, Runbook, RunbookStep, StepAction};
+use crate::model::ops::spec::{Classification, IncidentPolicy, Runbook, RunbookStep, StepAction};
 use crate::runtime::Services;
 use crate::storage::ops::OpsStore;
 
@@ -215,6 +215,7 @@ pub(crate) fn open(signal: Signal, runbook: Option<&Runbook>, group_by: &[String
         awaiting_step: None,
         postmortem: None,
         task_id: None,
+        actions: Vec::new(),
         deploy: signal.deploy.clone(),
         created_at: now,
         updated_at: now,
@@ -260,6 +261,97 @@ pub(crate) fn resume_point(incident: &Incident) -> (usize, Option<usize>) {
         .any(|e| e.kind == "step.approved" && step_of(&e.detail) == Some(from))
         .then_some(from);
     (from, approved)
+}
+
+/// What one app's automatic actions used within the budget window.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ActionUse {
+    /// Acting steps started.
+    pub count: u64,
+    /// Their ledger cost, micro-tokens.
+    pub cost: u64,
+}
+
+/// Sums the automatic actions `incidents` record as started at or after `since` (the window is
+/// sliding: an action leaves the count once it is older than the window).
+pub(crate) fn actions_used(incidents: &[Incident], since: DateTime<Utc>) -> ActionUse {
+    incidents
+        .iter()
+        .flat_map(|incident| &incident.actions)
+        .filter(|action| action.at >= since)
+        .fold(ActionUse::default(), |used, action| ActionUse {
+            count: used.count.saturating_add(1),
+            cost: used.cost.saturating_add(action.cost),
+        })
+}
+
+/// The budget that ran out, if one did: its setting's name and a reason a human reads. A budget
+/// is spent once what the window used reaches it (the next action could not be told apart from
+/// one that fits); `0` turns one off.
+pub(crate) fn budget_spent(
+    used: ActionUse,
+    policy: &IncidentPolicy,
+) -> Option<(&'static str, String)> {
+    let window = policy.actions_window_secs;
+    if policy.actions_max > 0 && used.count >= u64::from(policy.actions_max) {
+        return Some((
+            "actions_max",
+            format!(
+                "action budget spent: {} automatic actions within {window} s (incidents.actions_max \
+                 is {}); nothing more is done automatically for this app until older actions \
+                 leave the window or a human acts",
+                used.count, policy.actions_max
+            ),
+        ));
+    }
+    if policy.actions_cost_max > 0 && used.cost >= policy.actions_cost_max {
+        return Some((
+            "actions_cost_max",
+            format!(
+                "action cost budget spent: automatic actions cost {} micro-tokens within {window} \
+                 s (incidents.actions_cost_max is {}); nothing more is done automatically for \
+                 this app until older actions leave the window or a human acts",
+                used.cost, policy.actions_cost_max
+            ),
+        ));
+    }
+    None
+}
+
+/// Where a window of `secs` seconds ending `now` starts (the beginning of time for a window too
+/// long to compute).
+pub(crate) fn window_start(now: DateTime<Utc>, secs: u64) -> DateTime<Utc> {
+    i64::try_from(secs)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|window| now.checked_sub_signed(window))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// Whether `app`'s automatic-action budget is spent, counted from the stored incidents (so the
+/// count survives a restart): `Some((setting, reason))` when it is.
+pub(crate) async fn action_budget_spent(
+    ops: &OpsStore,
+    app: &str,
+    policy: &IncidentPolicy,
+) -> Result<Option<(&'static str, String)>, OpsError> {
+    if policy.actions_max == 0 && policy.actions_cost_max == 0 {
+        return Ok(None);
+    }
+    let since = window_start(Utc::now(), policy.actions_window_secs);
+    let app = app.to_owned();
+    let acted = ops
+        .incidents_where(crate::model::ops::records::LIST_LIMIT_MAX, move |i| {
+            i.app == app && i.updated_at >= since && i.actions.iter().any(|a| a.at >= since)
+        })
+        .await?;
+    Ok(budget_spent(actions_used(&acted, since), policy))
+}
+
+/// Marks an incident `needs_human` because `setting`'s budget is spent (an event naming it).
+pub(crate) fn hand_over_for_budget(incident: &mut Incident, setting: &str, reason: &str) {
+    incident.status = IncidentStatus::NeedsHuman;
+    incident.push_event("needs_human", json!({"reason": reason, "budget": setting}));
 }
 
 /// What the response job needs.
@@ -320,6 +412,21 @@ pub(crate) async fn respond(
                 .await?;
             return Ok(());
         }
+        if step.action.acts() {
+            let policy = &ctx.services.definitions.ops.incidents;
+            if let Some((setting, reason)) =
+                action_budget_spent(&ctx.ops, &incident.app, policy).await?
+            {
+                tracing::warn!(incident = %id, app = %incident.app, setting, "action budget spent");
+                ctx.ops
+                    .update_incident(&id, move |i| {
+                        hand_over_for_budget(i, setting, &reason);
+                        i.postmortem = Some(postmortem(i));
+                    })
+                    .await?;
+                return Ok(());
+            }
+        }
         run_step(&ctx, &id, index, step).await?;
     }
     resolve(&ctx, &id).await
@@ -332,10 +439,14 @@ async fn run_step(
     step: &RunbookStep,
 ) -> Result<(), OpsError> {
     let data = json!({"step": index, "action": step.action});
+    let action = step.action;
     ctx.ops
         .update_incident(id, move |i| {
             i.awaiting_step = None;
             i.push_event("step.started", data);
+            if action.acts() {
+                i.action_started(index, action);
+            }
         })
         .await?;
     let incident = ctx
@@ -344,19 +455,44 @@ async fn run_step(
         .await?
         .ok_or_else(|| OpsError::NotFound(format!("no incident {id}")))?;
     let result = step_action(ctx, &incident, step).await;
-    let (outcome, detail) = match &result {
-        Ok(detail) => ("ok", detail.clone()),
-        Err(error) => ("failed", format!("{}: {error}", error.code())),
+    let (outcome, detail, cost) = match &result {
+        Ok((detail, cost)) => ("ok", detail.clone(), *cost),
+        Err(error) => ("failed", format!("{}: {error}", error.code()), 0),
     };
     tracing::info!(incident = %id, step = index, action = ?step.action, outcome, "runbook step");
-    let data = json!({"step": index, "action": step.action, "outcome": outcome, "detail": detail});
+    let mut data =
+        json!({"step": index, "action": step.action, "outcome": outcome, "detail": detail});
+    if cost > 0 {
+        data["cost"] = json!(cost);
+    }
     ctx.ops
-        .update_incident(id, move |i| i.push_event("step.finished", data))
+        .update_incident(id, move |i| {
+            i.push_event("step.finished", data);
+            if cost > 0 {
+                i.action_cost(index, cost);
+            }
+        })
         .await?;
     Ok(())
 }
 
+/// Runs one step: what it did, and the ledger cost it ran up that counts against the app's
+/// action budget.
 async fn step_action(
+    ctx: &RespondContext,
+    incident: &Incident,
+    step: &RunbookStep,
+) -> Result<(String, u64), OpsError> {
+    if step.action == StepAction::CreateTask {
+        return create_task(ctx, incident, step).await;
+    }
+    step_effect(ctx, incident, step)
+        .await
+        .map(|detail| (detail, 0))
+}
+
+/// What a step did ([`step_action`] takes create_task itself, for its cost).
+async fn step_effect(
     ctx: &RespondContext,
     incident: &Incident,
     step: &RunbookStep,
@@ -413,7 +549,7 @@ async fn step_action(
                 health.probes.len()
             ))
         }
-        StepAction::CreateTask => create_task(ctx, incident, step).await,
+        StepAction::CreateTask => create_task(ctx, incident, step).await.map(|(d, _)| d),
         StepAction::Notify => {
             let message = step.message.clone().unwrap_or_else(|| {
                 format!(
@@ -475,11 +611,14 @@ async fn diagnose(ctx: &RespondContext, app: &str) -> Result<Diagnosis, OpsError
     })
 }
 
+/// Files the bugfix task: what was filed, and what it reserved (0 for a replay whose
+/// reservation this incident already counted; a replay after a crash cut the first filing off
+/// before its cost was recorded counts it now).
 async fn create_task(
     ctx: &RespondContext,
     incident: &Incident,
     step: &RunbookStep,
-) -> Result<String, OpsError> {
+) -> Result<(String, u64), OpsError> {
     use crate::model::task::{CausedBy, Priority, ReviewPolicy};
     use crate::runtime::compass::CompassMsg;
     use crate::work::intake::{printable, SubmitTaskRequest, Text};
@@ -527,11 +666,20 @@ async fn create_task(
         .await
         .map_err(|e| OpsError::Provider(format!("{}: {e}", e.code())))?;
     let task_id = accepted.task.id.to_string();
+    let counted = incident
+        .actions
+        .iter()
+        .any(|a| a.action == StepAction::CreateTask && a.cost > 0);
+    let reserved = if accepted.replayed && counted {
+        0
+    } else {
+        accepted.task.budget.max_cost
+    };
     let recorded = task_id.clone();
     ctx.ops
         .update_incident(&incident.id, move |i| i.task_id = Some(recorded.clone()))
         .await?;
-    Ok(format!("filed bugfix task {task_id}"))
+    Ok((format!("filed bugfix task {task_id}"), reserved))
 }
 
 fn task_description(incident: &Incident, step: &RunbookStep) -> String {
@@ -680,6 +828,108 @@ mod tests {
         incident.push_event("step.approved", json!({"step": 2}));
         incident.push_event("step.started", json!({"step": 2}));
         assert_eq!(resume_point(&incident), (2, Some(2)));
+    }
+
+    fn incident_with_actions(actions: &[(i64, StepAction, u64)]) -> Incident {
+        let signal = parse_alerts(&json!({"app": "web", "signal": "x"}))
+            .unwrap()
+            .remove(0);
+        let mut incident = open(signal, None, &[]);
+        let now = Utc::now();
+        for (step, (ago, action, cost)) in actions.iter().enumerate() {
+            incident.action_started(step, *action);
+            incident.action_cost(step, *cost);
+            incident.actions[step].at = now - chrono::Duration::seconds(*ago);
+        }
+        incident
+    }
+
+    #[test]
+    fn the_action_budget_counts_only_acting_steps_inside_the_window() {
+        let policy = IncidentPolicy {
+            actions_max: 3,
+            actions_cost_max: 25,
+            actions_window_secs: 600,
+            ..IncidentPolicy::default()
+        };
+        let since = Utc::now() - chrono::Duration::seconds(600);
+        let a = incident_with_actions(&[
+            (10, StepAction::Restart, 0),
+            (700, StepAction::CreateTask, 100),
+        ]);
+        let b = incident_with_actions(&[(599, StepAction::CreateTask, 10)]);
+        let used = actions_used(&[a.clone(), b.clone()], since);
+        assert_eq!(
+            used,
+            ActionUse { count: 2, cost: 10 },
+            "the 700 s old task is out"
+        );
+        assert_eq!(budget_spent(used, &policy), None);
+        // The third action in the window spends the count budget.
+        let c = incident_with_actions(&[(1, StepAction::Rollback, 0)]);
+        let used = actions_used(&[a.clone(), b.clone(), c], since);
+        assert_eq!(used.count, 3);
+        let (setting, reason) = budget_spent(used, &policy).unwrap();
+        assert_eq!(setting, "actions_max");
+        assert!(reason.contains("incidents.actions_max is 3"), "{reason}");
+        // Cost reaching its budget spends it, with the count still under its own.
+        let d = incident_with_actions(&[(5, StepAction::CreateTask, 15)]);
+        let used = actions_used(&[b.clone(), d], since);
+        assert_eq!(used, ActionUse { count: 2, cost: 25 });
+        assert_eq!(budget_spent(used, &policy).unwrap().0, "actions_cost_max");
+        // 0 turns a budget off.
+        let off = IncidentPolicy {
+            actions_max: 0,
+            actions_cost_max: 0,
+            ..policy
+        };
+        let huge = ActionUse {
+            count: u64::MAX,
+            cost: u64::MAX,
+        };
+        assert_eq!(budget_spent(huge, &off), None);
+    }
+
+    #[test]
+    fn a_window_too_long_to_compute_starts_at_the_beginning_of_time() {
+        let now = Utc::now();
+        assert_eq!(
+            window_start(now, 3600),
+            now - chrono::Duration::seconds(3600)
+        );
+        assert_eq!(window_start(now, 0), now);
+        assert_eq!(window_start(now, u64::MAX), DateTime::<Utc>::MIN_UTC);
+        assert_eq!(
+            window_start(now, u64::try_from(i64::MAX).unwrap()),
+            DateTime::<Utc>::MIN_UTC
+        );
+    }
+
+    #[test]
+    fn only_restart_rollback_scale_and_create_task_act() {
+        use StepAction::*;
+        let acting: Vec<StepAction> = [Restart, Rollback, Scale, Wait, Check, CreateTask, Notify]
+            .into_iter()
+            .filter(|a| a.acts())
+            .collect();
+        assert_eq!(acting, vec![Restart, Rollback, Scale, CreateTask]);
+    }
+
+    #[test]
+    fn a_rerun_steps_cost_lands_on_its_latest_run() {
+        let mut incident = incident_with_actions(&[]);
+        incident.action_started(0, StepAction::CreateTask);
+        incident.action_started(0, StepAction::CreateTask);
+        incident.action_cost(0, 7);
+        assert_eq!(incident.actions[0].cost, 0);
+        assert_eq!(incident.actions[1].cost, 7);
+        for _ in 0..crate::model::ops::records::INCIDENT_ACTIONS_MAX + 5 {
+            incident.action_started(1, StepAction::Restart);
+        }
+        assert_eq!(
+            incident.actions.len(),
+            crate::model::ops::records::INCIDENT_ACTIONS_MAX
+        );
     }
 
     #[test]

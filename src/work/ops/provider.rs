@@ -4,6 +4,13 @@
 //! [`crate::platform::process::run`] — with a timeout, bounded output and its own process group —
 //! after [`super::check_allowed`] let it through; a local release is started by
 //! [`crate::platform::process::spawn_detached`] after the same check.
+//!
+//! Nothing a command starts outlives it: where bubblewrap works, every command runs in a PID
+//! namespace of its own ([`crate::platform::sandbox::Sandbox::contain`]), so a `setsid` child of
+//! a build, drain or status command dies with the command at its end, its timeout and the
+//! service's shutdown. The exceptions put the app on its target, where a process they start may
+//! be the app: the `command` provider's deploy, rollback, restart and scale
+//! ([`Lifetime::MayOutlive`]), and the local release itself (started detached).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -68,6 +75,21 @@ pub(crate) struct ProviderContext {
     /// Started seconds of every command run through this context since [`Self::metered`]: what
     /// the work is charged for at the shell rate.
     clock: Arc<AtomicU64>,
+    /// The sandbox whose bubblewrap puts each command in a PID namespace of its own
+    /// ([`Lifetime::Contained`]); `None` where bubblewrap does not work (or `sandbox = "off"`):
+    /// a command's process group is then all that holds it.
+    contain: Option<Arc<crate::platform::sandbox::Sandbox>>,
+}
+
+/// Whether what a command starts may outlive it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lifetime {
+    /// Everything it started dies with it (a PID namespace where bubblewrap works): builds,
+    /// drains, git, queries.
+    Contained,
+    /// A process it starts may stay: it puts the app on its target (the `command` provider's
+    /// deploy, rollback, restart and scale), so that process may be the app.
+    MayOutlive,
 }
 
 /// How [`ProviderContext::shell`] confines a command: the service's sandbox, the only
@@ -100,6 +122,7 @@ impl ProviderContext {
             runtime,
             confine: None,
             clock: Arc::default(),
+            contain: services.sandbox.clone().filter(|s| s.can_contain()),
         }
     }
 
@@ -155,12 +178,24 @@ impl ProviderContext {
     }
 
     /// Runs a process under the executor's process rules: a cleared environment, a timeout,
-    /// bounded output (redacted), its own process group.
-    async fn run_governed(&self, mut spec: CommandSpec) -> Result<CommandOutput, OpsError> {
+    /// bounded output (redacted), its own process group — and, when `lifetime` is
+    /// [`Lifetime::Contained`] and bubblewrap works, its own PID namespace.
+    async fn run_governed(
+        &self,
+        mut spec: CommandSpec,
+        lifetime: Lifetime,
+    ) -> Result<CommandOutput, OpsError> {
         spec.env_clear = true;
+        let contained = match (&self.contain, lifetime) {
+            (Some(sandbox), Lifetime::Contained) => sandbox.contain(&mut spec),
+            _ => None,
+        };
         let mut output = process::run(&spec)
             .await
             .map_err(|e| OpsError::Provider(e.to_string()))?;
+        if let (Some(sandbox), Some(contained)) = (&self.contain, contained) {
+            sandbox.settle(contained, &mut output);
+        }
         let started_seconds = u64::try_from(output.duration.as_millis().div_ceil(1000))
             .unwrap_or(u64::MAX)
             .max(1);
@@ -170,7 +205,8 @@ impl ProviderContext {
         Ok(output)
     }
 
-    /// Runs a shell command line (after [`Self::check`]) in the governed environment.
+    /// Runs a shell command line (after [`Self::check`]) in the governed environment; nothing
+    /// it starts outlives it ([`Lifetime::Contained`]).
     pub(crate) async fn shell(
         &self,
         line: &str,
@@ -178,11 +214,24 @@ impl ProviderContext {
         env: Vec<(String, String)>,
         timeout: Duration,
     ) -> Result<CommandOutput, OpsError> {
+        self.shell_living(line, cwd, env, timeout, Lifetime::Contained)
+            .await
+    }
+
+    /// [`Self::shell`] with the `lifetime` of what the command starts.
+    async fn shell_living(
+        &self,
+        line: &str,
+        cwd: &Path,
+        env: Vec<(String, String)>,
+        timeout: Duration,
+        lifetime: Lifetime,
+    ) -> Result<CommandOutput, OpsError> {
         self.check(line)?;
         let mut spec = CommandSpec::shell(line, cwd.to_path_buf(), timeout, OUTPUT_BYTES_MAX);
         spec.env = self.env_with(env);
         let Some(confine) = &self.confine else {
-            return self.run_governed(spec).await;
+            return self.run_governed(spec, lifetime).await;
         };
         let jail = crate::platform::sandbox::Jail {
             cwd: cwd.to_path_buf(),
@@ -194,7 +243,8 @@ impl ProviderContext {
         if let Some(temp) = confine.writable.first() {
             spec.env.push(("TMPDIR".into(), temp.display().to_string()));
         }
-        let mut output = self.run_governed(spec).await?;
+        // The jail has a PID namespace of its own already (where bubblewrap works).
+        let mut output = self.run_governed(spec, Lifetime::MayOutlive).await?;
         confine.sandbox.settle(confined, &mut output);
         Ok(output)
     }
@@ -209,6 +259,22 @@ impl ProviderContext {
         timeout: Duration,
     ) -> Result<String, OpsError> {
         let output = self.shell(line, cwd, env, timeout).await?;
+        ok_or_failed(what, &output)
+    }
+
+    /// [`Self::shell_ok`] for a command that puts the app on its target: a process it starts
+    /// may outlive it ([`Lifetime::MayOutlive`]).
+    pub(crate) async fn shell_ok_outliving(
+        &self,
+        what: &str,
+        line: &str,
+        cwd: &Path,
+        env: Vec<(String, String)>,
+        timeout: Duration,
+    ) -> Result<String, OpsError> {
+        let output = self
+            .shell_living(line, cwd, env, timeout, Lifetime::MayOutlive)
+            .await?;
         ok_or_failed(what, &output)
     }
 
@@ -364,7 +430,7 @@ pub(crate) async fn resolve_commit(
         GIT_TIMEOUT,
         OUTPUT_BYTES_MAX,
     );
-    let output = ctx.run_governed(spec).await?;
+    let output = ctx.run_governed(spec, Lifetime::Contained).await?;
     let sha = output.stdout.text.trim().to_owned();
     if !output.success() || sha.len() != 40 {
         return Err(OpsError::UnknownCommit(format!(
@@ -626,7 +692,7 @@ pub(crate) async fn deploy(
             let commands = command_of(app)?;
             let env = command_env(name, sha, &release_dir, None);
             let timeout = Duration::from_secs(commands.timeout_secs);
-            ctx.shell_ok("deploy", &commands.deploy, &release_dir, env, timeout)
+            ctx.shell_ok_outliving("deploy", &commands.deploy, &release_dir, env, timeout)
                 .await
         }
     }
@@ -647,7 +713,7 @@ pub(crate) async fn rollback(
             export_commit(ctx, &app.repo, sha, &release_dir).await?;
             let env = command_env(name, sha, &release_dir, None);
             let timeout = Duration::from_secs(commands.timeout_secs);
-            ctx.shell_ok("rollback", &commands.rollback, &release_dir, env, timeout)
+            ctx.shell_ok_outliving("rollback", &commands.rollback, &release_dir, env, timeout)
                 .await
         }
     }
@@ -678,7 +744,8 @@ pub(crate) async fn restart(
             })?;
             let env = command_env(name, current, &ctx.app_dir(name).join(current), None);
             let timeout = Duration::from_secs(commands.timeout_secs);
-            ctx.shell_ok("restart", line, &app.repo, env, timeout).await
+            ctx.shell_ok_outliving("restart", line, &app.repo, env, timeout)
+                .await
         }
     }
 }
@@ -716,7 +783,8 @@ pub(crate) async fn scale(
             })?;
             let env = command_env(name, "", &app.repo, Some(count));
             let timeout = Duration::from_secs(commands.timeout_secs);
-            ctx.shell_ok("scale", line, &app.repo, env, timeout).await
+            ctx.shell_ok_outliving("scale", line, &app.repo, env, timeout)
+                .await
         }
     }
 }
@@ -863,7 +931,7 @@ async fn fly_run_in(
         Duration::from_secs(fly.timeout_secs),
         OUTPUT_BYTES_MAX,
     );
-    let output = ctx.run_governed(spec).await?;
+    let output = ctx.run_governed(spec, Lifetime::Contained).await?;
     ok_or_failed(&line, &output)
 }
 
