@@ -156,19 +156,30 @@ impl Nats {
     }
 
     /// A key-value bucket; `max_age` makes its entries expire (the factories' heartbeats).
+    ///
+    /// The bucket's stream is made here, with the layout the client's own `create_key_value`
+    /// uses, because that call first asks for the account's info, whose answer from a 2.9
+    /// server (Debian's) the client cannot read.
     pub async fn bucket(&self, name: &str, max_age: Duration) -> Result<kv::Store, NatsError> {
         if let Ok(store) = self.js.get_key_value(name).await {
             return Ok(store);
         }
         self.js
-            .create_key_value(kv::Config {
-                bucket: name.to_owned(),
-                history: 1,
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{name}"),
+                subjects: vec![format!("$KV.{name}.>")],
+                max_messages_per_subject: 1,
                 max_age,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                num_replicas: 1,
                 ..Default::default()
             })
             .await
-            .map_err(NatsError::js)
+            .map_err(NatsError::js)?;
+        self.js.get_key_value(name).await.map_err(NatsError::js)
     }
 
     /// The factories' registry (entries live `ttl` past their last heartbeat).

@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::model::fleet::{job_ref, FleetJob, JobFile};
@@ -16,6 +17,7 @@ use crate::platform::process::{self, CommandOutput};
 use crate::runtime::fleet::{Fleet, FleetError};
 use crate::runtime::jobs::StageError;
 use crate::runtime::Services;
+use crate::storage::store::NewEvent;
 use crate::work::engine::RunIdentity;
 
 /// Bytes of one file shipped with a job (a prompt, a feedback file) at most.
@@ -77,6 +79,17 @@ pub(crate) async fn run_remote(
             apply(services, &git, who, diff).await?;
         }
         tracing::info!(task = %who.task_id, job = %job_id, factory = %result.factory, delivery = result.delivery, "fleet job done");
+        let placed = NewEvent::new(
+            who.persona,
+            "fleet.ran",
+            json!({
+                "job_id": job_id, "factory": result.factory, "delivery": result.delivery,
+                "stage": who.stage, "attempt": who.attempt, "capabilities": run.capabilities,
+            }),
+        );
+        if let Err(error) = services.store.append_event(who.task_id, placed).await {
+            tracing::warn!(task = %who.task_id, %error, "could not record a fleet job's placement");
+        }
         Ok(CommandOutput {
             exit_code: result.exit_code,
             signal: result.signal,

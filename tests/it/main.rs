@@ -17,6 +17,7 @@ mod compass;
 mod config;
 mod containment;
 mod delivery;
+mod fleet;
 mod governance;
 mod helpers;
 mod ingress;

@@ -1,0 +1,380 @@
+//! The fleet with real parts: a real `nats-server -js` on a loopback port, the service with
+//! `[fleet]`, and factory processes (`glitchlab factory`), each with its own data dir. Skipped,
+//! saying why, when `nats-server` is missing (`scripts/test` installs it).
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{git, git_repo, with_config, Service};
+
+/// Lease of the tests' fleet: short, so a killed factory's job moves on quickly.
+const LEASE_SECS: u64 = 3;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn nats_server_available() -> bool {
+    Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A JetStream-enabled NATS server on a free loopback port, storing under `dir`.
+struct Nats {
+    url: String,
+    port: u16,
+    dir: PathBuf,
+    process: Option<Running>,
+}
+
+impl Nats {
+    fn start(dir: &Path) -> Nats {
+        let port = free_port();
+        let mut nats = Nats {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            dir: dir.to_path_buf(),
+            process: None,
+        };
+        nats.launch();
+        nats
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.process = Some(Running(child));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn restart(&mut self) {
+        self.process = None;
+        self.launch();
+    }
+}
+
+/// A `glitchlab factory` process.
+struct Factory {
+    name: String,
+    process: Option<Running>,
+}
+
+impl Factory {
+    fn start(root: &Path, nats: &Nats, name: &str, extra: &[&str]) -> Factory {
+        let log = std::fs::File::create(root.join(format!("{name}.log"))).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_glitchlab"))
+            .args(["factory", "--nats", &nats.url, "--name", name, "--slots", "2"])
+            .args(["--lease-secs", &LEASE_SECS.to_string(), "--data-dir"])
+            .arg(root.join(name))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start a factory");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert!(line.contains("ready"), "factory {name} did not start: {line}");
+        Factory {
+            name: name.to_owned(),
+            process: Some(Running(child)),
+        }
+    }
+
+    fn kill_9(&mut self) {
+        if let Some(mut running) = self.process.take() {
+            let _ = running.0.kill();
+            let _ = running.0.wait();
+        }
+    }
+}
+
+fn fleet_config(nats: &Nats) -> String {
+    format!(
+        "[fleet]\nnats_url = \"{}\"\nlease_secs = {LEASE_SECS}\n[compass]\nmax_concurrent_tasks = 6\n",
+        nats.url
+    )
+}
+
+fn task(repo: &Path, title: &str, patch: &str, verify: &str) -> Value {
+    json!({
+        "title": title,
+        "description": format!("{title}."),
+        "repo": repo.display().to_string(),
+        "verify": verify,
+        "engines": {"patch": {"kind": "shell", "command": patch}},
+    })
+}
+
+async fn wait_done(service: &Service, id: &str, timeout: Duration) -> Value {
+    service
+        .wait_for_task(id, timeout, |task| {
+            matches!(
+                task["status"].as_str(),
+                Some("done" | "failed" | "cancelled" | "dead_letter")
+            )
+        })
+        .await
+}
+
+/// The factories that ran a task's jobs, from its `fleet.ran` events: (factory, delivery, stage).
+async fn placements(service: &Service, id: &str) -> Vec<(String, u64, String)> {
+    let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "fleet.ran")
+        .map(|e| {
+            (
+                e["data"]["factory"].as_str().unwrap().to_owned(),
+                e["data"]["delivery"].as_u64().unwrap(),
+                e["data"]["stage"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+macro_rules! require_nats {
+    () => {
+        if !nats_server_available() {
+            eprintln!("SKIPPED: nats-server is not installed (scripts/test installs it)");
+            return;
+        }
+    };
+}
+
+/// Six tasks on two factories: every engine and verify run happens on a factory, both
+/// factories take work, every task lands its change (the engine's diff came back and was
+/// committed here) with one commit on the base.
+#[tokio::test]
+async fn jobs_spread_over_the_factories_and_their_work_lands() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
+    let _one = Factory::start(root.path(), &nats, "one", &[]);
+    let _two = Factory::start(root.path(), &nats, "two", &[]);
+
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let body = task(
+            &repo,
+            &format!("Fleet change {n}"),
+            &format!("test -s \"$GLITCHLAB_PROMPT_FILE\" && echo {n} > f{n}.txt"),
+            &format!("sleep 0.5 && test -f f{n}.txt"),
+        );
+        ids.push(service.submit(&body).await["id"].as_str().unwrap().to_owned());
+    }
+    let mut factories = std::collections::BTreeSet::new();
+    for (n, id) in ids.iter().enumerate() {
+        let task = wait_done(&service, id, Duration::from_secs(120)).await;
+        assert_eq!(task["status"], "done", "{task:#}");
+        let placed = placements(&service, id).await;
+        let stages: Vec<&str> = placed.iter().map(|(_, _, s)| s.as_str()).collect();
+        assert!(stages.contains(&"implement") && stages.contains(&"verify"), "{placed:?}");
+        factories.extend(placed.into_iter().map(|(f, _, _)| f));
+        assert_eq!(git(&repo, &["show", &format!("main:f{n}.txt")]), n.to_string());
+    }
+    assert_eq!(
+        factories.into_iter().collect::<Vec<_>>(),
+        ["one", "two"],
+        "both factories took work"
+    );
+    let (status, fleet) = service.get("/v1/fleet").await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = fleet["factories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["one", "two"], "{fleet:#}");
+    assert!(fleet["factories"][0]["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c == "os:linux"));
+}
+
+/// `kill -9` of the factory running a verify: after its lease the job is delivered to the other
+/// factory and finishes there; the task lands once, and its verify run is recorded (and charged)
+/// once.
+#[tokio::test]
+async fn a_killed_factorys_job_finishes_on_another_within_the_lease() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
+    let mut factories = vec![
+        Factory::start(root.path(), &nats, "one", &[]),
+        Factory::start(root.path(), &nats, "two", &[]),
+    ];
+    let body = task(&repo, "Survives a lost factory", "echo ok > f.txt", "sleep 4 && test -f f.txt");
+    let id = service.submit(&body).await["id"].as_str().unwrap().to_owned();
+
+    // Find the factory running the verify, and kill it.
+    let mut holder = String::new();
+    wait_until("a factory runs the verify", Duration::from_secs(60), async || {
+        let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+        if task["stage"] != "verify" {
+            return false;
+        }
+        let (_, fleet) = service.get("/v1/fleet").await;
+        for factory in fleet["factories"].as_array().unwrap() {
+            let runs_it = factory["running"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|job| job["task_id"] == id.as_str());
+            if runs_it {
+                holder = factory["name"].as_str().unwrap().to_owned();
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let killed_at = Instant::now();
+    factories
+        .iter_mut()
+        .find(|f| f.name == holder)
+        .unwrap()
+        .kill_9();
+
+    let task = wait_done(&service, &id, Duration::from_secs(60)).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    let elapsed = killed_at.elapsed();
+    // The lease, a second delivery's own 4 s verify, and a margin.
+    assert!(
+        elapsed < Duration::from_secs(LEASE_SECS + 4 + 10),
+        "took {elapsed:?} after the kill"
+    );
+    let placed = placements(&service, &id).await;
+    let verify: Vec<&(String, u64, String)> = placed.iter().filter(|p| p.2 == "verify").collect();
+    assert_eq!(verify.len(), 1, "one verify result accepted: {placed:?}");
+    assert_ne!(verify[0].0, holder, "finished elsewhere: {placed:?}");
+    assert!(verify[0].1 >= 2, "a redelivery: {placed:?}");
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    let verify_runs = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["persona"] == "circuit" && r["stage"] == "verify")
+        .count();
+    assert_eq!(verify_runs, 1, "recorded and charged once");
+    let landed = git(&repo, &["log", "--format=%H", "--fixed-strings", &format!("--grep=Glitchlab-Task: {id}"), "main"]);
+    assert_eq!(landed.lines().count(), 1);
+}
+
+/// A job needing a capability no factory has waits, and says why; the pause switch stops all
+/// claiming until resume.
+#[tokio::test]
+async fn a_job_nobody_can_serve_waits_with_the_reason_and_pause_stops_claims() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
+    let _one = Factory::start(root.path(), &nats, "one", &["--capabilities", "has:fpga"]);
+
+    let mut gpu = task(&repo, "Needs a GPU", "echo ok > gpu.txt", "true");
+    gpu["capabilities"] = json!(["has:gpu"]);
+    let gpu_id = service.submit(&gpu).await["id"].as_str().unwrap().to_owned();
+    wait_until("the job waits with its reason", Duration::from_secs(30), async || {
+        let (_, fleet) = service.get("/v1/fleet").await;
+        fleet["waiting"].as_array().unwrap().iter().any(|job| {
+            job["task_id"] == gpu_id.as_str() && job["reason"] == "no factory with has:gpu"
+        })
+    })
+    .await;
+    let (status, _) = service.post(&format!("/v1/tasks/{gpu_id}/cancel"), &json!({})).await;
+    assert_eq!(status, 200);
+
+    let (status, paused) = service.post("/v1/fleet/pause", &json!({})).await;
+    assert_eq!((status, &paused["paused"]), (200, &json!(true)), "{paused}");
+    let mut fpga = task(&repo, "Needs an FPGA", "echo ok > fpga.txt", "true");
+    fpga["capabilities"] = json!(["has:fpga"]);
+    let id = service.submit(&fpga).await["id"].as_str().unwrap().to_owned();
+    wait_until("the job is published", Duration::from_secs(30), async || {
+        let (_, fleet) = service.get("/v1/fleet").await;
+        fleet["waiting"].as_array().unwrap().iter().any(|job| job["task_id"] == id.as_str())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, fleet) = service.get("/v1/fleet").await;
+    assert_eq!(fleet["paused"], true);
+    assert!(
+        fleet["waiting"].as_array().unwrap().iter().any(|job| job["task_id"] == id.as_str()),
+        "claimed while paused: {fleet:#}"
+    );
+    let (status, _) = service.post("/v1/fleet/resume", &json!({})).await;
+    assert_eq!(status, 200);
+    let task = wait_done(&service, &id, Duration::from_secs(60)).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+}
+
+/// The NATS server restarts while a verify runs: the factory and the service reconnect, the
+/// job's result is stored once the server is back, and the task lands.
+#[tokio::test]
+async fn a_nats_restart_mid_run_loses_nothing() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
+    let _one = Factory::start(root.path(), &nats, "one", &[]);
+    let body = task(&repo, "Through a NATS restart", "echo ok > f.txt", "sleep 3 && test -f f.txt");
+    let id = service.submit(&body).await["id"].as_str().unwrap().to_owned();
+    wait_until("the verify runs", Duration::from_secs(60), async || {
+        let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+        task["stage"] == "verify"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.restart();
+    let task = wait_done(&service, &id, Duration::from_secs(90)).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    assert_eq!(git(&repo, &["show", "main:f.txt"]), "ok");
+}
