@@ -63,7 +63,14 @@ impl Nats {
 
     fn launch(&mut self) {
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
             .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -93,7 +100,9 @@ impl Factory {
     fn start(root: &Path, nats: &Nats, name: &str, extra: &[&str]) -> Factory {
         let log = std::fs::File::create(root.join(format!("{name}.log"))).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_glitchlab"))
-            .args(["factory", "--nats", &nats.url, "--name", name, "--slots", "2"])
+            .args([
+                "factory", "--nats", &nats.url, "--name", name, "--slots", "2",
+            ])
             .args(["--lease-secs", &LEASE_SECS.to_string(), "--data-dir"])
             .arg(root.join(name))
             .args(extra)
@@ -105,7 +114,10 @@ impl Factory {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
-        assert!(line.contains("ready"), "factory {name} did not start: {line}");
+        assert!(
+            line.contains("ready"),
+            "factory {name} did not start: {line}"
+        );
         Factory {
             name: name.to_owned(),
             process: Some(Running(child)),
@@ -204,7 +216,12 @@ async fn jobs_spread_over_the_factories_and_their_work_lands() {
             &format!("test -s \"$GLITCHLAB_PROMPT_FILE\" && echo {n} > f{n}.txt"),
             &format!("sleep 0.5 && test -f f{n}.txt"),
         );
-        ids.push(service.submit(&body).await["id"].as_str().unwrap().to_owned());
+        ids.push(
+            service.submit(&body).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     let mut factories = std::collections::BTreeSet::new();
     for (n, id) in ids.iter().enumerate() {
@@ -212,9 +229,15 @@ async fn jobs_spread_over_the_factories_and_their_work_lands() {
         assert_eq!(task["status"], "done", "{task:#}");
         let placed = placements(&service, id).await;
         let stages: Vec<&str> = placed.iter().map(|(_, _, s)| s.as_str()).collect();
-        assert!(stages.contains(&"implement") && stages.contains(&"verify"), "{placed:?}");
+        assert!(
+            stages.contains(&"implement") && stages.contains(&"verify"),
+            "{placed:?}"
+        );
         factories.extend(placed.into_iter().map(|(f, _, _)| f));
-        assert_eq!(git(&repo, &["show", &format!("main:f{n}.txt")]), n.to_string());
+        assert_eq!(
+            git(&repo, &["show", &format!("main:f{n}.txt")]),
+            n.to_string()
+        );
     }
     assert_eq!(
         factories.into_iter().collect::<Vec<_>>(),
@@ -247,34 +270,46 @@ async fn a_killed_factorys_job_finishes_on_another_within_the_lease() {
     let nats = Nats::start(&root.path().join("nats"));
     let repo = git_repo(root.path());
     let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
-    let mut factories = vec![
+    let mut factories = [
         Factory::start(root.path(), &nats, "one", &[]),
         Factory::start(root.path(), &nats, "two", &[]),
     ];
-    let body = task(&repo, "Survives a lost factory", "echo ok > f.txt", "sleep 4 && test -f f.txt");
-    let id = service.submit(&body).await["id"].as_str().unwrap().to_owned();
+    let body = task(
+        &repo,
+        "Survives a lost factory",
+        "echo ok > f.txt",
+        "sleep 4 && test -f f.txt",
+    );
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // Find the factory running the verify, and kill it.
     let mut holder = String::new();
-    wait_until("a factory runs the verify", Duration::from_secs(60), async || {
-        let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
-        if task["stage"] != "verify" {
-            return false;
-        }
-        let (_, fleet) = service.get("/v1/fleet").await;
-        for factory in fleet["factories"].as_array().unwrap() {
-            let runs_it = factory["running"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|job| job["task_id"] == id.as_str());
-            if runs_it {
-                holder = factory["name"].as_str().unwrap().to_owned();
-                return true;
+    wait_until(
+        "a factory runs the verify",
+        Duration::from_secs(60),
+        async || {
+            let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+            if task["stage"] != "verify" {
+                return false;
             }
-        }
-        false
-    })
+            let (_, fleet) = service.get("/v1/fleet").await;
+            for factory in fleet["factories"].as_array().unwrap() {
+                let runs_it = factory["running"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|job| job["task_id"] == id.as_str());
+                if runs_it {
+                    holder = factory["name"].as_str().unwrap().to_owned();
+                    return true;
+                }
+            }
+            false
+        },
+    )
     .await;
     let killed_at = Instant::now();
     factories
@@ -304,7 +339,16 @@ async fn a_killed_factorys_job_finishes_on_another_within_the_lease() {
         .filter(|r| r["persona"] == "circuit" && r["stage"] == "verify")
         .count();
     assert_eq!(verify_runs, 1, "recorded and charged once");
-    let landed = git(&repo, &["log", "--format=%H", "--fixed-strings", &format!("--grep=Glitchlab-Task: {id}"), "main"]);
+    let landed = git(
+        &repo,
+        &[
+            "log",
+            "--format=%H",
+            "--fixed-strings",
+            &format!("--grep=Glitchlab-Task: {id}"),
+            "main",
+        ],
+    );
     assert_eq!(landed.lines().count(), 1);
 }
 
@@ -321,32 +365,56 @@ async fn a_job_nobody_can_serve_waits_with_the_reason_and_pause_stops_claims() {
 
     let mut gpu = task(&repo, "Needs a GPU", "echo ok > gpu.txt", "true");
     gpu["capabilities"] = json!(["has:gpu"]);
-    let gpu_id = service.submit(&gpu).await["id"].as_str().unwrap().to_owned();
-    wait_until("the job waits with its reason", Duration::from_secs(30), async || {
-        let (_, fleet) = service.get("/v1/fleet").await;
-        fleet["waiting"].as_array().unwrap().iter().any(|job| {
-            job["task_id"] == gpu_id.as_str() && job["reason"] == "no factory with has:gpu"
-        })
-    })
+    let gpu_id = service.submit(&gpu).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_until(
+        "the job waits with its reason",
+        Duration::from_secs(30),
+        async || {
+            let (_, fleet) = service.get("/v1/fleet").await;
+            fleet["waiting"].as_array().unwrap().iter().any(|job| {
+                job["task_id"] == gpu_id.as_str() && job["reason"] == "no factory with has:gpu"
+            })
+        },
+    )
     .await;
-    let (status, _) = service.post(&format!("/v1/tasks/{gpu_id}/cancel"), &json!({})).await;
+    let (status, _) = service
+        .post(&format!("/v1/tasks/{gpu_id}/cancel"), &json!({}))
+        .await;
     assert_eq!(status, 200);
 
     let (status, paused) = service.post("/v1/fleet/pause", &json!({})).await;
     assert_eq!((status, &paused["paused"]), (200, &json!(true)), "{paused}");
     let mut fpga = task(&repo, "Needs an FPGA", "echo ok > fpga.txt", "true");
     fpga["capabilities"] = json!(["has:fpga"]);
-    let id = service.submit(&fpga).await["id"].as_str().unwrap().to_owned();
-    wait_until("the job is published", Duration::from_secs(30), async || {
-        let (_, fleet) = service.get("/v1/fleet").await;
-        fleet["waiting"].as_array().unwrap().iter().any(|job| job["task_id"] == id.as_str())
-    })
+    let id = service.submit(&fpga).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_until(
+        "the job is published",
+        Duration::from_secs(30),
+        async || {
+            let (_, fleet) = service.get("/v1/fleet").await;
+            fleet["waiting"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|job| job["task_id"] == id.as_str())
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, fleet) = service.get("/v1/fleet").await;
     assert_eq!(fleet["paused"], true);
     assert!(
-        fleet["waiting"].as_array().unwrap().iter().any(|job| job["task_id"] == id.as_str()),
+        fleet["waiting"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|job| job["task_id"] == id.as_str()),
         "claimed while paused: {fleet:#}"
     );
     let (status, _) = service.post("/v1/fleet/resume", &json!({})).await;
@@ -365,8 +433,16 @@ async fn a_nats_restart_mid_run_loses_nothing() {
     let repo = git_repo(root.path());
     let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
     let _one = Factory::start(root.path(), &nats, "one", &[]);
-    let body = task(&repo, "Through a NATS restart", "echo ok > f.txt", "sleep 3 && test -f f.txt");
-    let id = service.submit(&body).await["id"].as_str().unwrap().to_owned();
+    let body = task(
+        &repo,
+        "Through a NATS restart",
+        "echo ok > f.txt",
+        "sleep 3 && test -f f.txt",
+    );
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     wait_until("the verify runs", Duration::from_secs(60), async || {
         let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
         task["stage"] == "verify"
