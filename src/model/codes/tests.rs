@@ -18,6 +18,13 @@ const NOT_CODES: &[&str] = &[
     "DELETE",
     "HEAD",
     "OPTIONS",
+    // Credential variables a fleet factory advertises by name (never by value).
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "GITHUB_TOKEN",
+    "GH_TOKEN",
+    "FLY_API_TOKEN",
+    "HF_TOKEN",
     // bubblewrap's `--cap-drop ALL`, and the git settings a sandboxed command gets.
     "ALL",
     "GIT_CONFIG_COUNT",
