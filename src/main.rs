@@ -33,6 +33,15 @@ async fn run() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_) | Command::Factory(_)) {
+        // A client command piped into `head` should end quietly when the pipe closes, as other
+        // Unix tools do, instead of panicking on the write's EPIPE. (The service and the factory
+        // keep SIGPIPE ignored: a peer's closed socket must not kill them.)
+        // SAFETY: restoring a signal's default disposition before any thread writes to stdout.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Ledger(args) => glitchlab::app::cli::ledger::run(args).await,

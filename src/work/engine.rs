@@ -222,7 +222,13 @@ pub(crate) async fn run_shell(
                 capabilities: &run.capabilities,
                 want_diff: who.persona == Persona::Patch,
             };
-            crate::work::fleet_run::run_remote(services, fleet, who, remote_run).await
+            let whose = crate::work::fleet_run::Whose {
+                task_id: who.task_id,
+                persona: who.persona,
+                stage: who.stage,
+                attempt: who.attempt,
+            };
+            crate::work::fleet_run::run_remote(services, fleet, &whose, remote_run).await
         }
         None => run_live(services, who, open.run.id, &spec)
             .await

@@ -12,16 +12,30 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::model::fleet::{job_ref, FleetJob, JobFile};
+use crate::model::persona::Persona;
+use crate::model::task::{Stage, TaskId};
 use crate::platform::git::Git;
 use crate::platform::process::{self, CommandOutput};
 use crate::runtime::fleet::{Fleet, FleetError};
 use crate::runtime::jobs::StageError;
 use crate::runtime::Services;
 use crate::storage::store::NewEvent;
-use crate::work::engine::RunIdentity;
 
 /// Bytes of one file shipped with a job (a prompt, a feedback file) at most.
 const JOB_FILE_BYTES_MAX: u64 = 256 * 1024;
+
+/// Whose run it is (the engine's `RunIdentity`, restated so this module does not depend on the
+/// engine that calls it).
+pub(crate) struct Whose {
+    /// The task.
+    pub task_id: TaskId,
+    /// The persona whose command it is.
+    pub persona: Persona,
+    /// The stage it runs for.
+    pub stage: Stage,
+    /// The attempt it runs for.
+    pub attempt: u32,
+}
 
 /// What to run remotely: [`super::engine::ShellRun`]'s parts, the environment as governed.
 pub(crate) struct RemoteRun<'a> {
@@ -45,7 +59,7 @@ pub(crate) struct RemoteRun<'a> {
 pub(crate) async fn run_remote(
     services: &Services,
     fleet: &Fleet,
-    who: &RunIdentity,
+    who: &Whose,
     run: RemoteRun<'_>,
 ) -> Result<CommandOutput, StageError> {
     let git = Git::new(run.cwd, services.config.git.timeout());
@@ -155,7 +169,7 @@ async fn ship(
 async fn apply(
     services: &Services,
     git: &Git,
-    who: &RunIdentity,
+    who: &Whose,
     diff_hex: &str,
 ) -> Result<(), StageError> {
     let diff = hex::decode(diff_hex)

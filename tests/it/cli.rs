@@ -197,3 +197,31 @@ async fn incident_and_deploy_commands_read_and_refuse_as_the_service_does() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("DEPLOY_NOT_FOUND"));
 }
+
+/// A client command whose reader goes away (`glitchlab task list --json | head -c0`) ends quietly
+/// by SIGPIPE, as other Unix tools do, instead of panicking on the write.
+#[tokio::test]
+async fn a_closed_pipe_ends_a_client_command_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let root = tempfile::tempdir().unwrap();
+    let service = Service::start(root.path()).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glitchlab"))
+        .args(["task", "list", "--json"])
+        .env("GLITCHLAB_URL", &service.base)
+        .env("GLITCHLAB_TOKEN", ADMIN_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before the command has its answer to write.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {stderr}",
+        output.status
+    );
+}
