@@ -138,7 +138,7 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
     engine::wall_budget_left(&task)?;
     let worktree_path = services.worktree_path(task.id);
     // Normally Patch's worktree is there; if it was removed, the branch holds the work.
-    Git::new(&task.repo, services.config.git.timeout())
+    Git::new(services.repo_dir(&task.repo), services.config.git.timeout())
         .ensure_worktree(&worktree_path, &branch_name(task.id), &task.base_branch)
         .await?;
     let tree = Git::new(&worktree_path, services.config.git.timeout())

@@ -399,7 +399,8 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
     engine::wall_budget_left(&task)?;
     let git_timeout = services.config.git.timeout();
     let worktree_path = services.worktree_path(task.id);
-    let repo = Git::new(&task.repo, git_timeout);
+    crate::work::remote::sync(&services, &task).await?;
+    let repo = Git::new(services.repo_dir(&task.repo), git_timeout);
     let made = repo
         .ensure_worktree(&worktree_path, &branch_name(task.id), &task.base_branch)
         .await?;
@@ -461,6 +462,8 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
     }
     let message = format!("glitchlab: {} (attempt {})", task.title, task.attempts);
     let commit = worktree.commit_staged(&message).await?;
+    // A remote's copy of the branch follows each attempt (a human can look at it there).
+    crate::work::remote::push_branch(&services, &task).await?;
     Ok(ImplementOutcome {
         commit,
         engine_failure: None,
@@ -506,7 +509,7 @@ async fn builtin_note(
 /// `delivery: branch`: the work stays on its branch for a human to review and merge; the base is
 /// not touched and the worktree goes. Safe to repeat (a cut-off run finds the branch as it was).
 async fn leave_branch(services: Services, task: Task) -> Result<DeliverStep, StageError> {
-    let repo = Git::new(&task.repo, services.config.git.timeout());
+    let repo = Git::new(services.repo_dir(&task.repo), services.config.git.timeout());
     let head = repo.rev_parse(&branch_name(task.id)).await?;
     let worktree_path = services.worktree_path(task.id);
     if tokio::fs::try_exists(&worktree_path).await.unwrap_or(true) {

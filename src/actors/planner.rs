@@ -162,7 +162,8 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
             .await?;
             // The planner may read the repository, but in its own worktree, never the user's checkout.
             let worktree = services.worktree_path(task.id);
-            Git::new(&task.repo, services.config.git.timeout())
+            crate::work::remote::sync(&services, &task).await?;
+            Git::new(services.repo_dir(&task.repo), services.config.git.timeout())
                 .ensure_worktree(&worktree, &branch_name(task.id), &task.base_branch)
                 .await?;
             let config = &services.config.engines;

@@ -466,6 +466,17 @@ pub struct Task {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// URL schemes a task's `repo` may use besides a local path.
+pub(crate) const REMOTE_REPO_SCHEMES: [&str; 4] = ["file://", "ssh://", "https://", "http://"];
+
+/// Whether a task's `repo` is a git URL (a remote the service keeps a clone of) rather than a
+/// local path.
+pub(crate) fn is_remote_repo(repo: &str) -> bool {
+    REMOTE_REPO_SCHEMES
+        .iter()
+        .any(|scheme| repo.starts_with(scheme))
+}
+
 /// The branch a task's work lives on.
 pub(crate) fn branch_name(task_id: TaskId) -> String {
     format!("glitchlab/{task_id}")

@@ -55,6 +55,22 @@ pub struct Services {
 }
 
 impl Services {
+    /// The local repository a task's `repo` names: the path itself, or — for a git URL — the
+    /// service's bare clone of it under `<data_dir>/remotes/` (made and refreshed by
+    /// `work::remote::sync`).
+    pub fn repo_dir(&self, repo: &str) -> PathBuf {
+        if !crate::model::task::is_remote_repo(repo) {
+            return PathBuf::from(repo);
+        }
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(repo.as_bytes());
+        self.config
+            .storage
+            .data_dir
+            .join("remotes")
+            .join(hex::encode(&digest[..8]))
+    }
+
     /// Where a task's git worktree lives.
     pub fn worktree_path(&self, task_id: TaskId) -> PathBuf {
         self.config

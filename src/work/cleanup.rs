@@ -11,7 +11,6 @@
 //! - Worktrees and prompt folders of every finished task are removed by that sweep (a retry makes
 //!   them again from the branch).
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -95,12 +94,13 @@ async fn clean(services: &Services, task: &Task) {
     if !task.status.is_terminal() {
         return;
     }
-    let repo = Git::new(&task.repo, services.config.git.timeout());
+    let repo_dir = services.repo_dir(&task.repo);
+    let repo = Git::new(&repo_dir, services.config.git.timeout());
     remove_worktree(services, &repo, task).await;
     remove_dir(&services.prompt_dir(task.id), task.id).await;
     let branch = branch_name(task.id);
     // Asked in-process: most finished tasks have no branch left, and a sweep asks for all.
-    if let Ok(Some(false)) = read::has_branch(Path::new(&task.repo), &branch).await {
+    if let Ok(Some(false)) = read::has_branch(&repo_dir, &branch).await {
         return;
     }
     let deleted = match task.status {
@@ -120,6 +120,8 @@ async fn clean(services: &Services, task: &Task) {
     };
     match deleted {
         Ok(true) => {
+            crate::work::remote::delete_remote_ref(services, task, &format!("refs/heads/{branch}"))
+                .await;
             tracing::info!(task = %task.id, %branch, status = ?task.status, "deleted a finished task's branch")
         }
         Ok(false) => {}
@@ -146,7 +148,10 @@ async fn remove_worktree(services: &Services, repo: &Git, task: &Task) {
     if let Err(error) = repo.remove_worktree(&path).await {
         tracing::warn!(task = %task_id, %error, "could not remove a finished task's worktree");
         // A worktree of a repository that is gone (or broken) is only files: remove them.
-        if !tokio::fs::try_exists(&task.repo).await.unwrap_or(true) {
+        if !tokio::fs::try_exists(services.repo_dir(&task.repo))
+            .await
+            .unwrap_or(true)
+        {
             remove_dir(&path, task_id).await;
         }
     }

@@ -70,6 +70,18 @@ pub(crate) async fn run_remote(
     let job_id = Uuid::now_v7();
     let reference = job_ref(job_id);
     git.run(&["update-ref", &reference, &commit]).await?;
+    // A clone of a remote (`<data_dir>/remotes/`): the job's commit goes to the remote, where a
+    // factory on another host can fetch it.
+    let remotes = services.config.storage.data_dir.join("remotes");
+    let origin = if Path::new(&repo).starts_with(&remotes) {
+        let url = git.run(&["config", "--get", "remote.origin.url"]).await?;
+        let refspec = format!("+{commit}:{reference}");
+        git.run(&["push", "--quiet", "origin", &refspec]).await?;
+        Some(url)
+    } else {
+        None
+    };
+    let fetch_from = origin.clone().unwrap_or_else(|| repo.clone());
     let outcome = async {
         let (env, files) = ship(services, run.env).await?;
         let job = FleetJob {
@@ -78,7 +90,7 @@ pub(crate) async fn run_remote(
             persona: who.persona.name().to_owned(),
             stage: who.stage,
             attempt: who.attempt,
-            repo,
+            repo: fetch_from,
             commit: commit.clone(),
             command: run.command.to_owned(),
             env,
@@ -116,6 +128,14 @@ pub(crate) async fn run_remote(
     .await;
     if let Err(error) = git.run(&["update-ref", "-d", &reference]).await {
         tracing::warn!(%error, %reference, "could not delete a fleet job's ref");
+    }
+    if origin.is_some() {
+        if let Err(error) = git
+            .run(&["push", "--quiet", "origin", "--delete", &reference])
+            .await
+        {
+            tracing::warn!(%error, %reference, "could not delete a fleet job's ref on the remote");
+        }
     }
     outcome
 }

@@ -756,10 +756,13 @@ async fn parse_repo(
     git_timeout: Duration,
 ) -> Result<String, IntakeError> {
     check_text("repo", &repo, Text::Line)?;
+    if crate::model::task::is_remote_repo(&repo) {
+        return parse_remote_repo(repo, base_branch, checks, git_timeout).await;
+    }
     let given = Path::new(&repo);
     if !given.is_absolute() {
         return Err(IntakeError::InvalidField(format!(
-            "repo must be an absolute path, got `{repo}`"
+            "repo must be an absolute path or a git URL (file://, ssh://, https://), got `{repo}`"
         )));
     }
     let not_a_repository = || {
@@ -803,6 +806,43 @@ async fn parse_repo(
     check_branch(git_timeout, Path::new(&top), &repo, base_branch).await?;
     checks.found(&real, base_branch, &top);
     Ok(top)
+}
+
+/// A `repo` given as a git URL: the remote must answer (`git ls-remote`, bounded by git's
+/// timeout) and have the base branch. The URL is kept as given; the service clones it when work
+/// starts (`work::remote`).
+async fn parse_remote_repo(
+    repo: String,
+    base_branch: &str,
+    checks: &RepoChecks,
+    git_timeout: Duration,
+) -> Result<String, IntakeError> {
+    if repo.chars().any(char::is_whitespace) {
+        return Err(IntakeError::InvalidField(format!(
+            "repo `{repo}` is not a URL: it holds whitespace"
+        )));
+    }
+    if checks.recently_found(&repo, base_branch).is_some() {
+        return Ok(repo);
+    }
+    let reference = format!("refs/heads/{base_branch}");
+    let listed = Git::new("/", git_timeout)
+        .run(&["ls-remote", "--heads", &repo, &reference])
+        .await
+        .map_err(|error| {
+            IntakeError::unknown(
+                codes::NOT_A_GIT_REPOSITORY,
+                format!("{repo} did not answer as a git repository: {error}"),
+            )
+        })?;
+    if listed.trim().is_empty() {
+        return Err(IntakeError::unknown(
+            codes::UNKNOWN_BASE_BRANCH,
+            format!("{repo} has no branch `{base_branch}`"),
+        ));
+    }
+    checks.found(&repo, base_branch, &repo);
+    Ok(repo)
 }
 
 /// Where the canonical `dir` sits in a repository: gix in-process (no git process per

@@ -34,7 +34,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::model::persona::Persona;
-use crate::model::task::{branch_name, History, Priority, Stage, Task, TaskId};
+use crate::model::task::{branch_name, is_remote_repo, History, Priority, Stage, Task, TaskId};
 use crate::platform::git::candidate::{self, Applied, BuiltCandidate, CandidateRequest, Landing};
 use crate::platform::git::Git;
 use crate::runtime::jobs::StageError;
@@ -247,7 +247,7 @@ enum BatchResult {
 
 /// The task's landing, if a turn cut off by a crash already moved the base.
 async fn landed_already(services: &Services, task: &Task) -> Result<Option<String>, StageError> {
-    let repo = Git::new(&task.repo, services.config.git.timeout());
+    let repo = Git::new(services.repo_dir(&task.repo), services.config.git.timeout());
     let since = task.created_at - TimeDelta::hours(LANDED_SEARCH_SLACK_HOURS);
     let found = candidate::find_landed(&repo, &task.base_branch, &trailers(task)[0], since).await?;
     if let Some(commit) = &found {
@@ -268,7 +268,11 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
     let Some(first) = batch.first() else {
         return Ok(BatchResult::Decided(Vec::new()));
     };
-    let repo = Git::new(&first.repo, services.config.git.timeout());
+    let repo = Git::new(
+        services.repo_dir(&first.repo),
+        services.config.git.timeout(),
+    );
+    let remote = is_remote_repo(&first.repo).then_some(first.repo.as_str());
     let scratch = scratch_path(services, &queue_key(first));
     let history = services.config.delivery.history;
     let branches: Vec<String> = batch.iter().map(|task| branch_name(task.id)).collect();
@@ -288,6 +292,9 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
         .collect();
     let moves_max = services.config.merge_queue.base_moved_max;
     for round in 0..=moves_max {
+        // A remote's base as it is there now (again after a refused landing): the candidate
+        // builds on it, the landing pushes onto it.
+        crate::work::remote::sync(services, first).await?;
         let built = candidate::build(&repo, &scratch, &first.base_branch, &requests).await?;
         let mut decided = Vec::new();
         let mut stacked: Vec<(&Task, String)> = Vec::new();
@@ -323,7 +330,7 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
                 return Ok(BatchResult::Red { output, decided });
             }
         }
-        match candidate::land(&repo, &scratch, &first.base_branch, &built).await? {
+        match candidate::land(&repo, &scratch, &first.base_branch, &built, remote).await? {
             Landing::Landed => {
                 for (task, commit) in stacked {
                     let data =

@@ -11,5 +11,6 @@ pub(crate) mod intake;
 pub(crate) mod merge_queue;
 pub(crate) mod metering;
 pub(crate) mod ops;
+pub(crate) mod remote;
 pub(crate) mod transitions;
 pub(crate) mod verify;

@@ -348,7 +348,7 @@ pub(crate) async fn give_up_pipeline(
 /// bounded by git's timeout. Without room the worktree stays (logged); only disk is lost.
 pub(crate) fn remove_worktree_later(services: &Services, task: &Task) {
     let path = services.worktree_path(task.id);
-    let repo = Git::new(&task.repo, services.config.git.timeout());
+    let repo = Git::new(services.repo_dir(&task.repo), services.config.git.timeout());
     let task_id = task.id;
     services.background.spawn("worktree.remove", async move {
         if tokio::fs::try_exists(&path).await.unwrap_or(true) {

@@ -454,3 +454,51 @@ async fn a_nats_restart_mid_run_loses_nothing() {
     assert_eq!(task["status"], "done", "{task:#}");
     assert_eq!(git(&repo, &["show", "main:f.txt"]), "ok");
 }
+
+/// A task on a remote (a `file://` URL): the job's commit is pushed to the remote as the job's
+/// ref, the factory fetches it from there (not from the control plane's clone), and the change
+/// lands on the remote's base; no job ref is left on the remote.
+#[tokio::test]
+async fn a_factory_fetches_a_remote_tasks_commit_from_the_remote() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let seed = git_repo(&root.path().join("seed"));
+    let bare = root.path().join("remote.git");
+    git(
+        root.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            seed.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    let url = format!("file://{}", bare.display());
+    let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
+    let _one = Factory::start(root.path(), &nats, "one", &[]);
+    let body = json!({
+        "title": "Remote fleet change",
+        "description": "Write f.txt.",
+        "repo": url,
+        "verify": "test -f f.txt",
+        "engines": {"patch": {"kind": "shell", "command": "echo ok > f.txt"}},
+    });
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let task = wait_done(&service, &id, Duration::from_secs(60)).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    assert!(!placements(&service, &id).await.is_empty());
+    let git_dir = format!("--git-dir={}", bare.display());
+    assert_eq!(git(root.path(), &[&git_dir, "show", "main:f.txt"]), "ok");
+    assert_eq!(
+        git(root.path(), &[&git_dir, "for-each-ref", "refs/glitchlab/"]),
+        "",
+        "job refs left on the remote"
+    );
+    let factory_log = std::fs::read_to_string(root.path().join("one.log")).unwrap();
+    assert!(!factory_log.contains("could not run"), "{factory_log}");
+}

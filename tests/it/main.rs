@@ -31,6 +31,7 @@ mod ops;
 mod pipeline;
 mod poison;
 mod recovery;
+mod remote;
 mod store;
 mod stream;
 mod supervision;

@@ -63,7 +63,10 @@ pub(crate) async fn diff(
         .await?
         .ok_or_else(not_found)?;
     let branch = task.branch.clone().unwrap_or_else(|| branch_name(task.id));
-    let repo = Git::new(&task.repo, app.services.config.git.timeout());
+    let repo = Git::new(
+        app.services.repo_dir(&task.repo),
+        app.services.config.git.timeout(),
+    );
     let (source, text) = if repo.branch_exists(&branch).await {
         let range = format!("refs/heads/{}...refs/heads/{branch}", task.base_branch);
         let args = [

@@ -442,7 +442,10 @@ async fn check_deliverable(app: &AppState, task: &Task) -> Result<(), ApiError> 
              merge",
         ));
     }
-    let repo = Git::new(&task.repo, app.services.config.git.timeout());
+    let repo = Git::new(
+        app.services.repo_dir(&task.repo),
+        app.services.config.git.timeout(),
+    );
     if !repo.branch_exists(&branch_name(task.id)).await {
         return Err(ApiError::invalid_field(format!(
             "from: deliver needs the task's branch {}, which does not exist",

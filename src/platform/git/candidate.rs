@@ -177,13 +177,43 @@ async fn apply(
 }
 
 /// Moves `base` to `candidate.commit` if it still points at `candidate.base`. A repository whose
-/// checkout is on the base has its files moved along (never over local edits).
+/// checkout is on the base has its files moved along (never over local edits). With `remote`
+/// (the repository is a clone of that URL), the compare-and-swap is a push to the remote with the
+/// expected old value (`--force-with-lease`), then the clone's own ref follows.
 pub(crate) async fn land(
     repo: &Git,
     scratch_dir: &Path,
     base: &str,
     candidate: &BuiltCandidate,
+    remote: Option<&str>,
 ) -> Result<Landing, GitError> {
+    let reference = format!("refs/heads/{base}");
+    if remote.is_some() {
+        let lease = format!("--force-with-lease={reference}:{}", candidate.base);
+        let refspec = format!("{}:{reference}", candidate.commit);
+        let pushed = repo
+            .run(&["push", "--quiet", "--porcelain", &lease, "origin", &refspec])
+            .await;
+        if let Err(error) = pushed {
+            // Where the remote's base is now: moved by someone else, or the push failed.
+            let listed = repo.run(&["ls-remote", "origin", &reference]).await?;
+            let now = listed
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if now == candidate.commit {
+                // Landed by an earlier try whose answer was lost.
+            } else if !now.is_empty() && now != candidate.base {
+                return Ok(Landing::BaseMoved { now });
+            } else {
+                return Err(error);
+            }
+        }
+        repo.run(&["update-ref", &reference, &candidate.commit])
+            .await?;
+        return Ok(Landing::Landed);
+    }
     let facts = read::delivery_facts(&repo.dir, scratch_dir, base).await?;
     if facts.base_commit != candidate.base {
         return Ok(Landing::BaseMoved {
@@ -194,7 +224,6 @@ pub(crate) async fn land(
         repo.run(&["merge", "--ff-only", "--quiet", &candidate.commit])
             .await
     } else {
-        let reference = format!("refs/heads/{base}");
         repo.run(&["update-ref", &reference, &candidate.commit, &candidate.base])
             .await
     };
@@ -202,7 +231,7 @@ pub(crate) async fn land(
         Ok(_) => Ok(Landing::Landed),
         Err(error) => {
             // Lost the race to someone else's move: build again. Anything else is a failure.
-            let now = repo.rev_parse(&format!("refs/heads/{base}")).await?;
+            let now = repo.rev_parse(&reference).await?;
             if now == candidate.commit {
                 Ok(Landing::Landed)
             } else if now != candidate.base {

@@ -457,7 +457,7 @@ async fn repo_is_an_absolute_git_repository_with_the_branch() {
 
     assert_eq!(
         refusal(parse_repo("relative/path".into(), "main", &checks, timeout).await),
-        invalid("repo must be an absolute path, got `relative/path`")
+        invalid("repo must be an absolute path or a git URL (file://, ssh://, https://), got `relative/path`")
     );
     assert_eq!(
         refusal(parse_repo(plain.clone(), "main", &checks, timeout).await),
