@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actors::compass::{Compass, CompassArguments};
 use crate::app::http::auth::Auth;
-use crate::app::http::{self, AppState};
+use crate::app::http::{self, AppParts, AppState};
 use crate::app::transport::{tls, Transport};
 use crate::config::definitions::{DefinitionError, Definitions};
 use crate::config::{AuthMode, Config, ServerConfig};
@@ -204,12 +204,12 @@ impl Application {
         let transport = Transport::bind(&services.config.server, tls).await?;
         Ok(Self {
             transport,
-            app: AppState {
+            app: AppState::new(AppParts {
                 services,
                 compass,
                 streams: Default::default(),
                 auth,
-            },
+            }),
             compass_done,
             watchdog,
             watchdog_task,

@@ -31,9 +31,14 @@ use crate::runtime::compass::CompassMsg;
 use crate::runtime::Services;
 use error::ApiError;
 
-/// What every handler can reach.
+/// What every handler can reach. One `Arc`: axum clones the state for every middleware and
+/// handler of every request, and a clone of the parts themselves is some twenty reference
+/// counts, each an atomic the cores then contend on.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(std::sync::Arc<AppParts>);
+
+/// The parts of [`AppState`].
+pub(crate) struct AppParts {
     /// Store, directory, config.
     pub services: Services,
     /// The root of the tree: where new tasks and cancels go.
@@ -42,6 +47,21 @@ pub(crate) struct AppState {
     pub streams: stream::StreamSlots,
     /// Tokens, permissions, rate limits.
     pub auth: auth::Auth,
+}
+
+impl AppState {
+    /// The state of one service's ingress.
+    pub(crate) fn new(parts: AppParts) -> Self {
+        Self(std::sync::Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
 }
 
 /// The whole router.
