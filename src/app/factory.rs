@@ -426,8 +426,9 @@ async fn pull_loop(factory: Arc<Factory>, class: String) {
 /// Hands a job's first delivery back (a delayed nak) when this factory has not cached its
 /// repository and another live factory that can serve it, with a free slot, has; whether it did.
 async fn hand_back(factory: &Factory, message: &jetstream::Message) -> bool {
+    // Only a first delivery, and only when a redelivery is left (`max_deliver` counts this one).
     let first = message.info().is_ok_and(|info| info.delivered <= 1);
-    if !first {
+    if !first || factory.max_deliver < 2 {
         return false;
     }
     let Ok(job) = serde_json::from_slice::<FleetJob>(&message.payload) else {

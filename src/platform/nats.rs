@@ -215,10 +215,13 @@ impl Nats {
     /// a message nobody listens for is gone. Bounded by the request timeout (the client's
     /// outgoing buffer may be full while it reconnects).
     pub async fn publish_core(&self, subject: String, payload: Vec<u8>) -> Result<(), NatsError> {
-        tokio::time::timeout(REQUEST_TIMEOUT, self.client.publish(subject, payload.into()))
-            .await
-            .map_err(|_| NatsError::JetStream("publish timed out".into()))?
-            .map_err(NatsError::js)
+        tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.client.publish(subject, payload.into()),
+        )
+        .await
+        .map_err(|_| NatsError::JetStream("publish timed out".into()))?
+        .map_err(NatsError::js)
     }
 
     /// Subscribes to a core subject (unsubscribed when the subscriber is dropped).

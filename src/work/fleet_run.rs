@@ -193,7 +193,8 @@ async fn run_watched(
         let _ = done.send(());
         result
     };
-    let (result, (), ()) = tokio::join!(run, receive_output(subscriber, taps_in, finished), forward);
+    let (result, (), ()) =
+        tokio::join!(run, receive_output(subscriber, taps_in, finished), forward);
     result.map_err(fleet_error)
 }
 
@@ -236,8 +237,7 @@ async fn receive_output(
             _ = &mut finished => break,
         }
     }
-    while let Ok(Some(message)) = tokio::time::timeout(OUTPUT_TAIL_WAIT, subscriber.next()).await
-    {
+    while let Ok(Some(message)) = tokio::time::timeout(OUTPUT_TAIL_WAIT, subscriber.next()).await {
         if let Ok(chunk) = serde_json::from_slice::<OutputChunk>(&message.payload) {
             offer(chunk);
         }

@@ -756,7 +756,12 @@ async fn a_personas_default_capabilities_route_its_jobs() {
     let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
     let _plain = Factory::start(root.path(), &nats, "plain", &[]);
 
-    let body = task(&repo, "Needs Patch's GPU", "echo ok > g.txt", "test -f g.txt");
+    let body = task(
+        &repo,
+        "Needs Patch's GPU",
+        "echo ok > g.txt",
+        "test -f g.txt",
+    );
     let id = service.submit(&body).await["id"]
         .as_str()
         .unwrap()
@@ -785,4 +790,3 @@ async fn a_personas_default_capabilities_route_its_jobs() {
     assert_eq!(implement[0]["factory"], "gpu", "{ran:#?}");
     assert_eq!(implement[0]["capabilities"], json!(["has:gpu"]), "{ran:#?}");
 }
-
