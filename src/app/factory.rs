@@ -9,7 +9,15 @@
 //! job to another factory, and the control plane fences off this one's late answer.
 //!
 //! Each job runs in a fresh worktree of a cached bare clone of its repository, on exactly the
-//! commit the control plane published; an engine's changes go back as a binary diff.
+//! commit the control plane published; an engine's changes go back as a binary diff. What the
+//! command prints goes back live too, best effort: raw chunks on a core-NATS subject, at most
+//! [`OUTPUT_CHUNK_BYTES`] each and one per [`OUTPUT_TICK`] (the control plane redacts them).
+//!
+//! **Warm clones.** The factory advertises the repositories it has cached (`warm` in its
+//! registry entry). A job's first delivery to a factory without the job's repository cached is
+//! handed back (a delayed nak) when another live factory with free slots has it warm, and this
+//! factory pauses pulling that class a moment so the warm one gets the redelivery; a later
+//! delivery is always taken. Each result says why it ran where it did (`placement`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -20,17 +28,19 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
 use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use uuid::Uuid;
 
 use crate::model::fleet::{
-    FactoryRecord, FleetJob, JobClaim, JobResult, RunningJob, CLAIMS_SUBJECT_PREFIX, PAUSED_KEY,
-    RESULTS_SUBJECT_PREFIX,
+    repo_digest, FactoryRecord, FleetJob, JobClaim, JobResult, OutputChunk, RunningJob,
+    CLAIMS_SUBJECT_PREFIX, OUTPUT_SUBJECT_PREFIX, PAUSED_KEY, PLACED_FIRST_FREE, PLACED_WARM,
+    RESULTS_SUBJECT_PREFIX, WARM_MAX,
 };
+use crate::model::live::OutputStream;
 use crate::model::task::CapturedOutput;
 use crate::platform::git::Git;
 use crate::platform::nats::{self, Nats, NatsOptions};
-use crate::platform::process::{self, CommandSpec};
+use crate::platform::process::{self, CommandSpec, OutputTap, TapChunk};
 use crate::runtime::fleet::FACTORY_TTL;
 
 /// How often the registry entry is renewed (well inside [`FACTORY_TTL`]).
@@ -45,6 +55,20 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(120);
 const DIFF_BYTES_MAX: u64 = 256 * 1024;
 /// Tries to store a result before the job is left to its lease.
 const RESULT_TRIES: u32 = 10;
+/// How often a running job's output goes out: at most one message per tick (10 a second).
+const OUTPUT_TICK: Duration = Duration::from_millis(100);
+/// Bytes of output one message carries at most (and one pipe keeps pending at most: the
+/// oldest go first, counted).
+const OUTPUT_CHUNK_BYTES: usize = 4096;
+/// Reads of the command's pipes waiting to be sent at most (then they are counted as missed).
+const OUTPUT_TAP_CAPACITY: usize = 32;
+/// One output message may wait this long for the connection (it is best effort).
+const OUTPUT_SEND_WAIT: Duration = Duration::from_secs(1);
+/// A first delivery handed back to a warm factory comes back this late.
+const HAND_BACK_DELAY: Duration = Duration::from_millis(500);
+/// After handing a job back, the class is not pulled from for this long, so the redelivery goes
+/// to the warm factory (whose pull is waiting), not back here.
+const HAND_BACK_PAUSE: Duration = Duration::from_millis(1500);
 /// Tools whose presence on `PATH` is a capability (`has:<tool>`).
 const TOOLS: [&str; 14] = [
     "python3", "node", "npm", "cargo", "go", "java", "make", "gcc", "docker", "git", "claude",
@@ -89,7 +113,7 @@ pub struct FactoryArgs {
     #[arg(long, default_value_t = 30)]
     pub lease_secs: u64,
     /// Deliveries of one job at most (the control plane's `fleet.max_deliver`).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 4)]
     pub max_deliver: u32,
 }
 
@@ -107,6 +131,37 @@ struct Factory {
     draining: AtomicBool,
     /// One lock per repository cache: fetches and worktree changes of one cache never race.
     caches: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    /// The repositories cached here ([`repo_digest`]s), the most recently used first, at most
+    /// [`WARM_MAX`].
+    warm: Mutex<Vec<String>>,
+    /// Wakes the heartbeat early: what the registry should say changed (a job started or
+    /// ended, a cache got warm).
+    changed: Notify,
+}
+
+impl Factory {
+    /// Whether the repository `repo` is cached here.
+    fn is_warm(&self, repo: &str) -> bool {
+        let digest = repo_digest(repo);
+        self.warm
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&digest)
+    }
+
+    /// Marks `repo`'s cache as the most recently used.
+    fn mark_warm(&self, repo: &str) {
+        let digest = repo_digest(repo);
+        let mut warm = self.warm.lock().unwrap_or_else(PoisonError::into_inner);
+        let known = warm.first() == Some(&digest);
+        if !known {
+            warm.retain(|d| *d != digest);
+            warm.insert(0, digest);
+            warm.truncate(WARM_MAX);
+            drop(warm);
+            self.changed.notify_one();
+        }
+    }
 }
 
 /// Runs a factory until SIGTERM or SIGINT, then drains: claims nothing more, finishes what it
@@ -144,6 +199,7 @@ pub async fn run(args: FactoryArgs) -> Result<(), String> {
     capabilities.extend(args.capabilities.iter().cloned());
     capabilities.sort_unstable();
     capabilities.dedup();
+    let warm = cached_repos(&data_dir).await;
     let factory = Arc::new(Factory {
         nats,
         name: args.name.clone(),
@@ -156,6 +212,8 @@ pub async fn run(args: FactoryArgs) -> Result<(), String> {
         running: Mutex::default(),
         draining: AtomicBool::new(false),
         caches: Mutex::default(),
+        warm: Mutex::new(warm),
+        changed: Notify::new(),
     });
     tracing::info!(name = %factory.name, capabilities = ?factory.capabilities, slots = args.slots, "factory started");
     println!("glitchlab factory {} ready", factory.name);
@@ -217,7 +275,29 @@ fn detect_capabilities() -> Vec<String> {
     found
 }
 
-/// Renews the registry entry (capabilities, load, running jobs) until the factory stops.
+/// The repository caches a previous run of this factory left (digest names with a bare
+/// repository in them), at most [`WARM_MAX`].
+async fn cached_repos(data_dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(mut entries) = tokio::fs::read_dir(data_dir.join("repos")).await else {
+        return found;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        if found.len() >= WARM_MAX {
+            break;
+        }
+        let has_head = tokio::fs::try_exists(entry.path().join("HEAD"))
+            .await
+            .unwrap_or(false);
+        if has_head {
+            found.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found
+}
+
+/// Renews the registry entry (capabilities, load, running jobs, warm caches) until the factory
+/// stops: every [`HEARTBEAT_EVERY`], and at once when something in it changed.
 async fn heartbeat(factory: Arc<Factory>) {
     loop {
         let record = FactoryRecord {
@@ -231,6 +311,11 @@ async fn heartbeat(factory: Arc<Factory>) {
                 .clone(),
             heartbeat_at: Utc::now(),
             draining: factory.draining.load(Ordering::SeqCst),
+            warm: factory
+                .warm
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         };
         match (
             factory.nats.factories(FACTORY_TTL).await,
@@ -244,7 +329,7 @@ async fn heartbeat(factory: Arc<Factory>) {
             (Err(error), _) => tracing::warn!(%error, "registry unreachable"),
             (_, Err(error)) => tracing::warn!(%error, "heartbeat not encoded"),
         }
-        tokio::time::sleep(HEARTBEAT_EVERY).await;
+        let _ = tokio::time::timeout(HEARTBEAT_EVERY, factory.changed.notified()).await;
     }
 }
 
@@ -324,6 +409,11 @@ async fn pull_loop(factory: Arc<Factory>, class: String) {
             }
         };
         if let Some(Ok(message)) = messages.next().await {
+            if hand_back(&factory, &message).await {
+                drop(permit);
+                tokio::time::sleep(HAND_BACK_PAUSE).await;
+                continue;
+            }
             let factory = Arc::clone(&factory);
             tokio::spawn(async move {
                 handle(&factory, message).await;
@@ -331,6 +421,64 @@ async fn pull_loop(factory: Arc<Factory>, class: String) {
             });
         }
     }
+}
+
+/// Hands a job's first delivery back (a delayed nak) when this factory has not cached its
+/// repository and another live factory that can serve it, with a free slot, has; whether it did.
+async fn hand_back(factory: &Factory, message: &jetstream::Message) -> bool {
+    // Only a first delivery, and only when a redelivery is left (`max_deliver` counts this one).
+    let first = message.info().is_ok_and(|info| info.delivered <= 1);
+    if !first || factory.max_deliver < 2 {
+        return false;
+    }
+    let Ok(job) = serde_json::from_slice::<FleetJob>(&message.payload) else {
+        return false; // `handle` drops it
+    };
+    if factory.is_warm(&job.repo) {
+        return false;
+    }
+    let digest = repo_digest(&job.repo);
+    let Some(warm) = warm_elsewhere(factory, &job, &digest).await else {
+        return false;
+    };
+    match message.ack_with(AckKind::Nak(Some(HAND_BACK_DELAY))).await {
+        Ok(()) => {
+            tracing::info!(job = %job.job_id, %warm, "handed a job back to a factory with a warm clone");
+            true
+        }
+        Err(error) => {
+            tracing::warn!(job = %job.job_id, %error, "could not hand a job back; running it");
+            false
+        }
+    }
+}
+
+/// Another live factory (fresh heartbeat, not draining, a free slot, serving the job's
+/// capabilities) with the repository `digest` cached: its name.
+async fn warm_elsewhere(factory: &Factory, job: &FleetJob, digest: &str) -> Option<String> {
+    let bucket = factory.nats.factories(FACTORY_TTL).await.ok()?;
+    let mut names = bucket.keys().await.ok()?;
+    let fresh_after = Utc::now() - chrono::Duration::from_std(FACTORY_TTL).ok()?;
+    while let Some(Ok(name)) = names.next().await {
+        if name == factory.name {
+            continue;
+        }
+        let Ok(Some(bytes)) = bucket.get(&name).await else {
+            continue;
+        };
+        let Ok(record) = serde_json::from_slice::<FactoryRecord>(&bytes) else {
+            continue;
+        };
+        let takes_it = !record.draining
+            && record.heartbeat_at > fresh_after
+            && record.running.len() < record.slots
+            && record.serves(&job.capabilities)
+            && record.warm.iter().any(|d| d == digest);
+        if takes_it {
+            return Some(record.name);
+        }
+    }
+    None
 }
 
 async fn is_paused(nats: &Nats) -> bool {
@@ -359,10 +507,16 @@ async fn handle(factory: &Factory, message: jetstream::Message) {
             return;
         }
     };
+    let placement = if factory.is_warm(&job.repo) {
+        PLACED_WARM
+    } else {
+        PLACED_FIRST_FREE
+    };
     let claim = JobClaim {
         job_id: job.job_id,
         delivery,
         factory: factory.name.clone(),
+        placement: Some(placement.to_owned()),
     };
     let stored = match serde_json::to_vec(&claim) {
         Ok(bytes) => {
@@ -389,6 +543,7 @@ async fn handle(factory: &Factory, message: jetstream::Message) {
             delivery,
             started_at: Utc::now(),
         });
+    factory.changed.notify_one();
     let message = Arc::new(message);
     let keeper = {
         let message = Arc::clone(&message);
@@ -402,7 +557,8 @@ async fn handle(factory: &Factory, message: jetstream::Message) {
             }
         }))
     };
-    let result = run_job(factory, &job, delivery).await;
+    let mut result = run_job(factory, &job, delivery).await;
+    result.placement = Some(placement.to_owned());
     let answered = answer(factory, &result).await;
     drop(keeper);
     if answered {
@@ -415,6 +571,7 @@ async fn handle(factory: &Factory, message: jetstream::Message) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .retain(|running| running.job_id != job.job_id);
+    factory.changed.notify_one();
 }
 
 /// Stores the result, trying a few times (the server may be restarting); whether it is stored.
@@ -450,6 +607,7 @@ async fn run_job(factory: &Factory, job: &FleetJob, delivery: u64) -> JobResult 
         duration_ms: 0,
         diff: None,
         failure: None,
+        placement: None,
     };
     let cache = cache_dir(&factory.data_dir, &job.repo);
     let work = factory.data_dir.join("jobs").join(job.job_id.to_string());
@@ -467,8 +625,7 @@ async fn run_job(factory: &Factory, job: &FleetJob, delivery: u64) -> JobResult 
 }
 
 fn cache_dir(data_dir: &Path, repo: &str) -> PathBuf {
-    let digest = Sha256::digest(repo.as_bytes());
-    data_dir.join("repos").join(hex::encode(&digest[..8]))
+    data_dir.join("repos").join(repo_digest(repo))
 }
 
 fn cache_lock(factory: &Factory, cache: &Path) -> Arc<tokio::sync::Mutex<()>> {
@@ -507,6 +664,7 @@ async fn prepare(
     git.run(&["fetch", "--quiet", "--no-tags", &job.repo, &refspec])
         .await
         .map_err(|e| format!("fetching the job's commit from {}: {e}", job.repo))?;
+    factory.mark_warm(&job.repo);
     let tree = work.join("tree");
     let _ = tokio::fs::remove_dir_all(work).await;
     tokio::fs::create_dir_all(work)
@@ -568,7 +726,12 @@ async fn run_command(
     );
     spec.env_clear = true;
     spec.env = env;
-    let output = process::run(&spec).await.map_err(|e| e.to_string())?;
+    let (tap, taps) = OutputTap::channel(OUTPUT_TAP_CAPACITY);
+    let (output, ()) = tokio::join!(
+        process::run_tapped(&spec, Some(tap)),
+        send_output(&factory.nats, job.job_id, taps)
+    );
+    let output = output.map_err(|e| e.to_string())?;
     result.exit_code = output.exit_code;
     result.signal = output.signal;
     result.timed_out = output.timed_out;
@@ -579,6 +742,99 @@ async fn run_command(
         result.diff = Some(diff(tree, work, &job.commit).await?);
     }
     Ok(())
+}
+
+/// Sends what the command prints to the control plane as it prints it, until its pipes close:
+/// at most one [`OutputChunk`] per [`OUTPUT_TICK`], then what is left (one per pipe).
+async fn send_output(nats: &Nats, job: Uuid, mut taps: mpsc::Receiver<TapChunk>) {
+    let subject = format!("{OUTPUT_SUBJECT_PREFIX}{job}");
+    let send = |chunk: OutputChunk| {
+        let subject = subject.clone();
+        async move {
+            let Ok(payload) = serde_json::to_vec(&chunk) else {
+                return;
+            };
+            match tokio::time::timeout(OUTPUT_SEND_WAIT, nats.publish_core(subject, payload)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "live output not sent"),
+                Err(_) => tracing::debug!("live output not sent in time"),
+            }
+        }
+    };
+    let mut pending = PendingOutput::default();
+    let mut tick = tokio::time::interval(OUTPUT_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            received = taps.recv() => match received {
+                Some(chunk) => pending.push(chunk),
+                None => break,
+            },
+            _ = tick.tick() => {
+                if let Some(chunk) = pending.take() {
+                    send(chunk).await;
+                }
+            }
+        }
+    }
+    while let Some(chunk) = pending.take() {
+        send(chunk).await;
+    }
+}
+
+/// A running command's output not sent yet: raw bytes per pipe, each at most
+/// [`OUTPUT_CHUNK_BYTES`] (the oldest go first, from a line's start where one is near), and
+/// what was left out.
+#[derive(Debug, Default)]
+struct PendingOutput {
+    bytes: [Vec<u8>; 2],
+    missed: [u64; 2],
+    /// The pipe whose turn is next (they alternate, so neither starves the other).
+    next: usize,
+}
+
+impl PendingOutput {
+    const STREAMS: [OutputStream; 2] = [OutputStream::Stdout, OutputStream::Stderr];
+
+    fn push(&mut self, chunk: TapChunk) {
+        let pipe = usize::from(chunk.stream == OutputStream::Stderr);
+        let (bytes, missed) = (&mut self.bytes[pipe], &mut self.missed[pipe]);
+        if chunk.missed_bytes > 0 {
+            // What came before the gap must not be sent as if it joined what comes after.
+            *missed += chunk.missed_bytes + bytes.len() as u64;
+            bytes.clear();
+        }
+        bytes.extend_from_slice(&chunk.bytes);
+        if bytes.len() > OUTPUT_CHUNK_BYTES {
+            let mut cut = bytes.len() - OUTPUT_CHUNK_BYTES;
+            if let Some(end) = bytes[cut..].iter().position(|b| *b == b'\n') {
+                if cut + end + 1 < bytes.len() {
+                    cut += end + 1;
+                }
+            }
+            *missed += cut as u64;
+            bytes.drain(..cut);
+        }
+    }
+
+    /// The next chunk to send (the pipes take turns), if anything is pending.
+    fn take(&mut self) -> Option<OutputChunk> {
+        for turn in 0..2 {
+            let pipe = (self.next + turn) % 2;
+            if self.bytes[pipe].is_empty() {
+                continue;
+            }
+            self.next = (pipe + 1) % 2;
+            let bytes = std::mem::take(&mut self.bytes[pipe]);
+            return Some(OutputChunk {
+                stream: Self::STREAMS[pipe],
+                bytes: hex::encode(bytes),
+                missed_bytes: std::mem::take(&mut self.missed[pipe]),
+            });
+        }
+        None
+    }
 }
 
 /// Hex of the binary diff from `commit` to everything in the worktree now (new files too).
@@ -612,4 +868,52 @@ async fn clean_up(factory: &Factory, cache: &Path, work: &Path, job: &FleetJob) 
     let _ = git.run(&["worktree", "remove", "--force", &tree]).await;
     let _ = tokio::fs::remove_dir_all(work).await;
     let _ = git.run(&["update-ref", "-d", &job.job_ref()]).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(stream: OutputStream, text: &str, missed_bytes: u64) -> TapChunk {
+        TapChunk {
+            stream,
+            bytes: text.as_bytes().to_vec(),
+            missed_bytes,
+        }
+    }
+
+    #[test]
+    fn pending_output_takes_turns_and_stays_bounded() {
+        let mut pending = PendingOutput::default();
+        assert!(pending.take().is_none());
+        pending.push(read(OutputStream::Stdout, "one\n", 0));
+        pending.push(read(OutputStream::Stderr, "err\n", 0));
+        pending.push(read(OutputStream::Stdout, "two\n", 0));
+        let first = pending.take().unwrap();
+        assert_eq!(first.stream, OutputStream::Stdout);
+        assert_eq!(hex::decode(first.bytes).unwrap(), b"one\ntwo\n");
+        assert_eq!(pending.take().unwrap().stream, OutputStream::Stderr);
+        assert!(pending.take().is_none());
+
+        // A flood keeps the latest bytes, from a line's start, and counts the rest.
+        let line = "flood line\n";
+        for _ in 0..1000 {
+            pending.push(read(OutputStream::Stdout, line, 0));
+        }
+        let chunk = pending.take().unwrap();
+        let bytes = hex::decode(chunk.bytes).unwrap();
+        assert!(bytes.len() <= OUTPUT_CHUNK_BYTES);
+        assert!(bytes.starts_with(b"flood line\n"));
+        assert_eq!(
+            bytes.len() as u64 + chunk.missed_bytes,
+            (line.len() * 1000) as u64
+        );
+
+        // A gap: what came before it is not joined to what comes after.
+        pending.push(read(OutputStream::Stderr, "before", 0));
+        pending.push(read(OutputStream::Stderr, "after", 7));
+        let chunk = pending.take().unwrap();
+        assert_eq!(hex::decode(chunk.bytes).unwrap(), b"after");
+        assert_eq!(chunk.missed_bytes, 7 + 6);
+    }
 }

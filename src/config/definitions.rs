@@ -97,6 +97,10 @@ pub struct PersonaFrontMatter {
     /// an empty network namespace (loopback only, their own).
     #[serde(default)]
     pub network: bool,
+    /// Capabilities a fleet factory must offer to run this persona's commands, added to each
+    /// task's own (`[has:gpu]`): a persona that always needs a tool says so once.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
 }
 
 fn builtin_engine() -> String {
@@ -157,6 +161,14 @@ impl Definitions {
     /// Whether a persona's commands may use the network (`network: true` in its file).
     pub fn network_allowed(&self, persona: Persona) -> bool {
         self.personas.get(&persona).is_some_and(|p| p.front.network)
+    }
+
+    /// The capabilities a persona's commands need on a fleet factory by default.
+    pub fn capabilities(&self, persona: Persona) -> &[String] {
+        self.personas
+            .get(&persona)
+            .map(|p| p.front.capabilities.as_slice())
+            .unwrap_or(&[])
     }
 
     /// The system prompt of a persona (empty for an unknown name).
@@ -222,6 +234,13 @@ pub fn parse_persona(source: &str, text: &str) -> Result<PersonaDefinition, Defi
             let line = e.location().map(|l| l.line() + 1).unwrap_or(1);
             invalid(format!("line {line}: {e}"))
         })?;
+    if let Err(reason) = crate::model::fleet::check_capabilities(&front.capabilities) {
+        let line = rest[..end]
+            .lines()
+            .position(|l| l.starts_with("capabilities:"))
+            .map_or(1, |n| n + 2);
+        return Err(invalid(format!("line {line}: `capabilities`: {reason}")));
+    }
     let body = rest[end + 4..]
         .trim_start_matches(['-', '\n'])
         .trim()
@@ -413,6 +432,34 @@ mod tests {
         let personas = load_personas(dir.path()).unwrap();
         assert_eq!(personas.len(), Persona::ALL.len());
         assert!(!personas[&Persona::Patch].system_prompt.is_empty());
+    }
+
+    /// A persona's default capabilities are read and checked as a task's are.
+    #[test]
+    fn persona_capabilities_are_optional_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let definitions = Definitions {
+            personas: load_personas(dir.path()).unwrap(),
+            runbooks: Vec::new(),
+            ops: OpsFile::default(),
+        };
+        assert!(definitions.capabilities(Persona::Patch).is_empty());
+        let parsed = parse_persona(
+            "actors/patch.md",
+            "---\nname: patch\nrole: r\ncapabilities: [has:gpu, zone:eu]\n---\nbody",
+        )
+        .unwrap();
+        assert_eq!(parsed.front.capabilities, ["has:gpu", "zone:eu"]);
+        let refused = parse_persona(
+            "actors/patch.md",
+            "---\nname: patch\nrole: r\ncapabilities: [Has GPU]\n---\nbody",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            refused.contains("line 4") && refused.contains("Has GPU"),
+            "{refused}"
+        );
     }
 
     /// The network is off unless a persona file says `network: true`; the Uplink personas say it.

@@ -568,7 +568,9 @@ pub struct FleetConfig {
     /// job goes to another factory.
     pub lease_secs: u64,
     /// Deliveries of one job at most (the first plus redeliveries after lost leases); past it,
-    /// the stage fails with a transient error (retried, then dead-lettered, as today).
+    /// the stage fails with a transient error (retried, then dead-lettered, as today). A cold
+    /// factory handing a first delivery back to a warm one spends a delivery too, hence 4 by
+    /// default: three lost leases still fit.
     pub max_deliver: u32,
 }
 
@@ -579,7 +581,7 @@ impl Default for FleetConfig {
             token_env: None,
             creds_file: None,
             lease_secs: 30,
-            max_deliver: 3,
+            max_deliver: 4,
         }
     }
 }

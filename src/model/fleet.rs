@@ -13,12 +13,16 @@
 //! - Factories register in the key-value bucket [`FACTORIES_BUCKET`] (entries expire unless the
 //!   heartbeat renews them); job classes are listed in [`CLASSES_BUCKET`]; the kill switch is the
 //!   key [`PAUSED_KEY`] of [`CONTROL_BUCKET`].
+//! - While a job runs, its factory publishes what the command prints as [`OutputChunk`]s on the
+//!   core-NATS subject `glitchlab.output.<job id>` ([`OUTPUT_SUBJECT_PREFIX`]): best effort, not
+//!   stored, bounded in rate and size, so a chatty command never fills a stream.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::live::OutputStream;
 use super::task::{CapturedOutput, Stage, TaskId};
 
 /// The work-queue stream of jobs.
@@ -41,6 +45,21 @@ pub const CONTROL_BUCKET: &str = "glitchlab_control";
 pub const PAUSED_KEY: &str = "paused";
 /// The class of jobs that need no capability.
 pub const ANY_CLASS: &str = "any";
+/// Subject prefix of a running job's live output (core NATS, not stored):
+/// `glitchlab.output.<job id>`.
+pub const OUTPUT_SUBJECT_PREFIX: &str = "glitchlab.output.";
+/// Repository caches a factory advertises as warm at most (the most recently used).
+pub const WARM_MAX: usize = 32;
+/// Capabilities one task or persona asks for at most.
+pub const CAPABILITIES_MAX: usize = 16;
+/// Characters of one capability name at most.
+pub const CAPABILITY_CHARS_MAX: usize = 64;
+/// Placement: the factory had the job's repository cached already.
+pub const PLACED_WARM: &str = "warm clone";
+/// Placement: no free factory had the repository cached; the first free one took the job.
+pub const PLACED_FIRST_FREE: &str = "first free factory";
+/// Placement: the factory holding an earlier delivery lost its lease; this one took it over.
+pub const PLACED_LOST_LEASE: &str = "redelivery after a lost lease";
 
 /// One engine or verify run for a factory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +126,9 @@ pub struct JobClaim {
     pub delivery: u64,
     /// The factory's name.
     pub factory: String,
+    /// Why this factory took it ([`PLACED_WARM`], [`PLACED_FIRST_FREE`]).
+    #[serde(default)]
+    pub placement: Option<String>,
 }
 
 /// How a delivery of a job ended on a factory.
@@ -134,6 +156,23 @@ pub struct JobResult {
     pub diff: Option<String>,
     /// The factory could not run the job at all (fetch failed, no `sh`): why.
     pub failure: Option<String>,
+    /// Why it ran there: [`PLACED_WARM`], [`PLACED_FIRST_FREE`] (said by the factory), or
+    /// [`PLACED_LOST_LEASE`] (set by the control plane when it heard an earlier delivery claimed).
+    #[serde(default)]
+    pub placement: Option<String>,
+}
+
+/// Bytes of a running job's output, as its factory read them from the command's pipes (raw:
+/// the control plane redacts and coalesces them as it does local output).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    /// The pipe.
+    pub stream: OutputStream,
+    /// Hex of the bytes (at most a few KiB).
+    pub bytes: String,
+    /// Bytes of this pipe printed before these and not sent (the factory's rate and size
+    /// bounds): the reader must not join the pieces on both sides of the gap.
+    pub missed_bytes: u64,
 }
 
 /// A job a factory is running.
@@ -165,6 +204,10 @@ pub struct FactoryRecord {
     pub heartbeat_at: DateTime<Utc>,
     /// Whether it is draining (stopping: it claims nothing more).
     pub draining: bool,
+    /// The repositories it has cached ([`repo_digest`]s, the most recently used first, at most
+    /// [`WARM_MAX`]): a job on one of them starts without a full fetch there.
+    #[serde(default)]
+    pub warm: Vec<String>,
 }
 
 impl FactoryRecord {
@@ -172,6 +215,37 @@ impl FactoryRecord {
     pub fn serves(&self, needed: &[String]) -> bool {
         needed.iter().all(|need| self.capabilities.contains(need))
     }
+}
+
+/// The short digest naming a repository's cache on a factory (and in [`FactoryRecord::warm`]):
+/// the same for every job fetching from the same `repo`.
+pub fn repo_digest(repo: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(repo.as_bytes());
+    hex::encode(&digest[..8])
+}
+
+/// Checks capability names as a task or a persona gives them: at most [`CAPABILITIES_MAX`],
+/// each 1 to [`CAPABILITY_CHARS_MAX`] characters of `a-z 0-9 : . _ -` (they name job classes and
+/// appear in reasons). The error says which name is wrong.
+pub fn check_capabilities(capabilities: &[String]) -> Result<(), String> {
+    if capabilities.len() > CAPABILITIES_MAX {
+        return Err(format!("at most {CAPABILITIES_MAX} capabilities"));
+    }
+    for capability in capabilities {
+        let valid = (1..=CAPABILITY_CHARS_MAX).contains(&capability.len())
+            && capability.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, ':' | '.' | '_' | '-')
+            });
+        if !valid {
+            return Err(format!(
+                "capability `{}` is not 1 to {CAPABILITY_CHARS_MAX} characters of a-z, 0-9, `:`, \
+                 `.`, `_`, `-`",
+                capability.escape_debug()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The class of jobs needing `capabilities`: [`ANY_CLASS`] for none, else a short digest of the
@@ -200,5 +274,22 @@ mod tests {
         assert_eq!(class_of(&[]), ANY_CLASS);
         assert!(!one.contains('.') && !one.contains('*') && !one.contains('>'));
         assert_ne!(one, class_of(&["has:gpu".into()]));
+    }
+
+    #[test]
+    fn capability_names_are_checked() {
+        assert!(check_capabilities(&["has:gpu".into(), "zone:eu-1_a.b".into()]).is_ok());
+        assert!(check_capabilities(&["Has:GPU".into()]).is_err());
+        assert!(check_capabilities(&[String::new()]).is_err());
+        assert!(check_capabilities(&["x".repeat(65)]).is_err());
+        let many: Vec<String> = (0..17).map(|n| format!("c{n}")).collect();
+        assert!(check_capabilities(&many).is_err());
+    }
+
+    #[test]
+    fn a_repository_has_one_digest() {
+        assert_eq!(repo_digest("/srv/a/.git"), repo_digest("/srv/a/.git"));
+        assert_ne!(repo_digest("/srv/a/.git"), repo_digest("/srv/b/.git"));
+        assert_eq!(repo_digest("/srv/a/.git").len(), 16);
     }
 }

@@ -64,6 +64,8 @@ pub struct NatsOptions {
 /// A connection and its JetStream context.
 #[derive(Clone)]
 pub struct Nats {
+    /// The core connection: live output goes over plain subjects, not stored.
+    pub client: async_nats::Client,
     /// JetStream on it.
     pub js: jetstream::Context,
 }
@@ -92,7 +94,8 @@ pub async fn connect(options: &NatsOptions) -> Result<Nats, NatsError> {
         .map_err(|_| connect_error("timed out".into()))?
         .map_err(|e| connect_error(e.to_string()))?;
     Ok(Nats {
-        js: jetstream::new(client),
+        js: jetstream::new(client.clone()),
+        client,
     })
 }
 
@@ -206,5 +209,26 @@ impl Nats {
             .await
             .map_err(NatsError::js)?;
         Ok(())
+    }
+
+    /// Publishes on a core subject, best effort: nothing is stored and nobody acknowledges, so
+    /// a message nobody listens for is gone. Bounded by the request timeout (the client's
+    /// outgoing buffer may be full while it reconnects).
+    pub async fn publish_core(&self, subject: String, payload: Vec<u8>) -> Result<(), NatsError> {
+        tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.client.publish(subject, payload.into()),
+        )
+        .await
+        .map_err(|_| NatsError::JetStream("publish timed out".into()))?
+        .map_err(NatsError::js)
+    }
+
+    /// Subscribes to a core subject (unsubscribed when the subscriber is dropped).
+    pub async fn subscribe(&self, subject: String) -> Result<async_nats::Subscriber, NatsError> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.client.subscribe(subject))
+            .await
+            .map_err(|_| NatsError::JetStream("subscribe timed out".into()))?
+            .map_err(NatsError::js)
     }
 }

@@ -20,7 +20,8 @@ use uuid::Uuid;
 use crate::config::FleetConfig;
 use crate::model::fleet::{
     class_of, FactoryRecord, FleetJob, JobClaim, JobResult, CLAIMS_SUBJECT_PREFIX,
-    JOBS_SUBJECT_PREFIX, PAUSED_KEY, RESULTS_SUBJECT_PREFIX,
+    JOBS_SUBJECT_PREFIX, OUTPUT_SUBJECT_PREFIX, PAUSED_KEY, PLACED_LOST_LEASE,
+    RESULTS_SUBJECT_PREFIX,
 };
 use crate::model::task::TaskId;
 use crate::platform::nats::{self, Nats, NatsError, NatsOptions};
@@ -72,6 +73,8 @@ struct Waiter {
     published_at: DateTime<Utc>,
     /// The delivery claimed last, and by whom.
     claimed: Option<(u64, String)>,
+    /// A later delivery was claimed after an earlier one: a holder lost its lease.
+    superseded: bool,
     answer: Option<oneshot::Sender<JobResult>>,
 }
 
@@ -164,6 +167,7 @@ impl Fleet {
                     capabilities: job.capabilities.clone(),
                     published_at: Utc::now(),
                     claimed: None,
+                    superseded: false,
                     answer: Some(answer),
                 },
             );
@@ -201,6 +205,14 @@ impl Fleet {
                 })
             }
         }
+    }
+
+    /// Listens to a job's live output (see [`crate::model::fleet::OutputChunk`]); subscribe
+    /// before [`Fleet::run`] publishes the job, or the first chunks are missed.
+    pub(crate) async fn output(&self, job: Uuid) -> Result<async_nats::Subscriber, NatsError> {
+        self.nats
+            .subscribe(format!("{OUTPUT_SUBJECT_PREFIX}{job}"))
+            .await
     }
 
     /// Registers the class (for factories to find) and its consumer, once per class per run.
@@ -380,12 +392,19 @@ fn on_claim(waiting: &Waiting, claim: JobClaim) {
             .is_none_or(|(delivery, _)| claim.delivery >= *delivery);
         if newer {
             tracing::info!(job = %claim.job_id, factory = %claim.factory, delivery = claim.delivery, "fleet: job claimed");
+            if waiter
+                .claimed
+                .as_ref()
+                .is_some_and(|(delivery, _)| claim.delivery > *delivery)
+            {
+                waiter.superseded = true;
+            }
             waiter.claimed = Some((claim.delivery, claim.factory));
         }
     }
 }
 
-fn on_result(waiting: &Waiting, result: JobResult) {
+fn on_result(waiting: &Waiting, mut result: JobResult) {
     let mut waiting = waiting.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(waiter) = waiting.get_mut(&result.job_id) else {
         return; // a job nobody waits for any more (answered, given up, or before a restart)
@@ -394,6 +413,9 @@ fn on_result(waiting: &Waiting, result: JobResult) {
     if current != Some(result.delivery) {
         tracing::warn!(job = %result.job_id, factory = %result.factory, delivery = result.delivery, ?current, "fleet: fenced off the result of a lost delivery");
         return;
+    }
+    if waiter.superseded {
+        result.placement = Some(PLACED_LOST_LEASE.to_owned());
     }
     if let Some(answer) = waiter.answer.take() {
         let _ = answer.send(result);
@@ -418,6 +440,7 @@ mod tests {
             duration_ms: 1,
             diff: None,
             failure: None,
+            placement: Some("first free factory".into()),
         }
     }
 
@@ -433,6 +456,7 @@ mod tests {
                 capabilities: Vec::new(),
                 published_at: Utc::now(),
                 claimed: None,
+                superseded: false,
                 answer: Some(answer),
             },
         );
@@ -442,6 +466,7 @@ mod tests {
                 job_id: job,
                 delivery: 1,
                 factory: "a".into(),
+                placement: None,
             },
         );
         on_claim(
@@ -450,12 +475,19 @@ mod tests {
                 job_id: job,
                 delivery: 2,
                 factory: "b".into(),
+                placement: None,
             },
         );
         // The first holder's lease ran out: its late result is fenced off.
         on_result(&waiting, result(job, 1, "a"));
         assert!(answered.try_recv().is_err());
         on_result(&waiting, result(job, 2, "b"));
-        assert_eq!(answered.try_recv().unwrap().factory, "b");
+        let accepted = answered.try_recv().unwrap();
+        assert_eq!(accepted.factory, "b");
+        assert_eq!(
+            accepted.placement.as_deref(),
+            Some(PLACED_LOST_LEASE),
+            "the placement says why it moved"
+        );
     }
 }

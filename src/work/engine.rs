@@ -213,13 +213,18 @@ pub(crate) async fn run_shell(
         .filter(|_| matches!(who.persona, Persona::Patch | Persona::Circuit));
     let ran = match remote {
         Some(fleet) => {
+            // The task's capabilities and its persona's defaults (`capabilities:` in its file).
+            let mut capabilities = run.capabilities.clone();
+            capabilities.extend_from_slice(services.definitions.capabilities(who.persona));
+            capabilities.sort_unstable();
+            capabilities.dedup();
             let remote_run = crate::work::fleet_run::RemoteRun {
                 command: &run.command,
                 cwd: &run.cwd,
                 env: &spec.env,
                 timeout: run.timeout,
                 output_bytes_max: run.output_bytes_max,
-                capabilities: &run.capabilities,
+                capabilities: &capabilities,
                 want_diff: who.persona == Persona::Patch,
             };
             let whose = crate::work::fleet_run::Whose {
@@ -227,6 +232,7 @@ pub(crate) async fn run_shell(
                 persona: who.persona,
                 stage: who.stage,
                 attempt: who.attempt,
+                run_id: open.run.id,
             };
             crate::work::fleet_run::run_remote(services, fleet, &whose, remote_run).await
         }

@@ -4,18 +4,26 @@
 //! as a binary diff and are applied to the worktree, so what Patch does next (protected paths,
 //! the commit) is the same either way. Run records, metering and the stage's outcome are
 //! [`super::engine::run_shell`]'s, once per job: the fleet accepts one result per job.
+//!
+//! While the job runs, what its command prints comes back live (core NATS, best effort) and
+//! goes through the same [`live_output::forward`] as a local run's output — coalesced,
+//! rate-limited, redacted — to the task's stream as `run.output` chunks of the run's record.
 
 use std::path::Path;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::model::fleet::{job_ref, FleetJob, JobFile};
+use crate::model::fleet::{job_ref, FleetJob, JobFile, OutputChunk};
+use crate::model::live::{OutputStream, RunOutput};
 use crate::model::persona::Persona;
 use crate::model::task::{Stage, TaskId};
 use crate::platform::git::Git;
-use crate::platform::process::{self, CommandOutput};
+use crate::platform::live_output;
+use crate::platform::process::{self, CommandOutput, TapChunk};
 use crate::runtime::fleet::{Fleet, FleetError};
 use crate::runtime::jobs::StageError;
 use crate::runtime::Services;
@@ -23,6 +31,9 @@ use crate::storage::store::NewEvent;
 
 /// Bytes of one file shipped with a job (a prompt, a feedback file) at most.
 const JOB_FILE_BYTES_MAX: u64 = 256 * 1024;
+/// After the result, output still in flight is read this much longer (it was published before
+/// the result, but travels another way).
+const OUTPUT_TAIL_WAIT: Duration = Duration::from_millis(150);
 
 /// Whose run it is (the engine's `RunIdentity`, restated so this module does not depend on the
 /// engine that calls it).
@@ -35,6 +46,8 @@ pub(crate) struct Whose {
     pub stage: Stage,
     /// The attempt it runs for.
     pub attempt: u32,
+    /// The run record the job's live output belongs to.
+    pub run_id: Uuid,
 }
 
 /// What to run remotely: [`super::engine::ShellRun`]'s parts, the environment as governed.
@@ -100,7 +113,7 @@ pub(crate) async fn run_remote(
             want_diff: run.want_diff,
             capabilities: run.capabilities.to_vec(),
         };
-        let result = fleet.run(&job).await.map_err(fleet_error)?;
+        let result = run_watched(services, fleet, who, &job).await?;
         if let Some(diff) = &result.diff {
             apply(services, &git, who, diff).await?;
         }
@@ -111,6 +124,7 @@ pub(crate) async fn run_remote(
             json!({
                 "job_id": job_id, "factory": result.factory, "delivery": result.delivery,
                 "stage": who.stage, "attempt": who.attempt, "capabilities": run.capabilities,
+                "placement": result.placement,
             }),
         );
         if let Err(error) = services.store.append_event(who.task_id, placed).await {
@@ -138,6 +152,96 @@ pub(crate) async fn run_remote(
         }
     }
     outcome
+}
+
+/// Runs `job` on the fleet while its live output goes to the task's stream, as a local run's
+/// does; the last chunks are out before this returns.
+async fn run_watched(
+    services: &Services,
+    fleet: &Fleet,
+    who: &Whose,
+    job: &FleetJob,
+) -> Result<crate::model::fleet::JobResult, StageError> {
+    // Subscribed before the job is published: no chunk comes before.
+    let subscriber = fleet
+        .output(job.job_id)
+        .await
+        .map_err(|e| fleet_error(FleetError::Nats(e)))?;
+    let (taps_in, taps) = mpsc::channel(live_output::TAP_CAPACITY);
+    let (done, finished) = oneshot::channel();
+    let live = &services.live_output;
+    let persona = who.persona.name();
+    let forward = live_output::forward(
+        taps,
+        &services.redactor,
+        || live.watched(who.task_id),
+        |chunk| {
+            live.publish(RunOutput {
+                task_id: who.task_id,
+                run_id: who.run_id,
+                persona: persona.to_owned(),
+                stage: who.stage,
+                attempt: who.attempt,
+                stream: chunk.stream,
+                text: chunk.text,
+                dropped_bytes: chunk.dropped_bytes,
+            });
+        },
+    );
+    let run = async {
+        let result = fleet.run(job).await;
+        let _ = done.send(());
+        result
+    };
+    let (result, (), ()) =
+        tokio::join!(run, receive_output(subscriber, taps_in, finished), forward);
+    result.map_err(fleet_error)
+}
+
+/// Hands the factory's output chunks to the live-output pipeline until the job has ended (and
+/// [`OUTPUT_TAIL_WAIT`] after), counting what a full pipeline could not take; dropping the
+/// sender ends the pipeline, which then sends its last chunks.
+async fn receive_output(
+    mut subscriber: async_nats::Subscriber,
+    taps: mpsc::Sender<TapChunk>,
+    mut finished: oneshot::Receiver<()>,
+) {
+    let mut missed = [0u64; 2];
+    let mut offer = |chunk: OutputChunk| {
+        let Ok(bytes) = hex::decode(&chunk.bytes) else {
+            return;
+        };
+        let slot = &mut missed[usize::from(chunk.stream == OutputStream::Stderr)];
+        let gap = chunk.missed_bytes + *slot;
+        let length = bytes.len() as u64;
+        let tap = TapChunk {
+            stream: chunk.stream,
+            missed_bytes: gap,
+            bytes,
+        };
+        *slot = match taps.try_send(tap) {
+            Ok(()) => 0,
+            Err(_) => gap + length,
+        };
+    };
+    loop {
+        tokio::select! {
+            message = subscriber.next() => match message {
+                Some(message) => {
+                    if let Ok(chunk) = serde_json::from_slice::<OutputChunk>(&message.payload) {
+                        offer(chunk);
+                    }
+                }
+                None => return,
+            },
+            _ = &mut finished => break,
+        }
+    }
+    while let Ok(Some(message)) = tokio::time::timeout(OUTPUT_TAIL_WAIT, subscriber.next()).await {
+        if let Ok(chunk) = serde_json::from_slice::<OutputChunk>(&message.payload) {
+            offer(chunk);
+        }
+    }
 }
 
 fn fleet_error(error: FleetError) -> StageError {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{git, git_repo, with_config, Service};
+use crate::helpers::{git, git_repo, with_config, Options, Service};
 
 /// Lease of the tests' fleet: short, so a killed factory's job moves on quickly.
 const LEASE_SECS: u64 = 3;
@@ -331,6 +331,12 @@ async fn a_killed_factorys_job_finishes_on_another_within_the_lease() {
     assert_eq!(verify.len(), 1, "one verify result accepted: {placed:?}");
     assert_ne!(verify[0].0, holder, "finished elsewhere: {placed:?}");
     assert!(verify[0].1 >= 2, "a redelivery: {placed:?}");
+    let ran = fleet_ran(&service, &id).await;
+    let moved = ran.iter().find(|r| r["stage"] == "verify").unwrap();
+    assert_eq!(
+        moved["placement"], "redelivery after a lost lease",
+        "{ran:#?}"
+    );
     let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
     let verify_runs = runs["runs"]
         .as_array()
@@ -501,4 +507,286 @@ async fn a_factory_fetches_a_remote_tasks_commit_from_the_remote() {
     );
     let factory_log = std::fs::read_to_string(root.path().join("one.log")).unwrap();
     assert!(!factory_log.contains("could not run"), "{factory_log}");
+}
+
+/// A task's `fleet.ran` events (their `data`).
+async fn fleet_ran(service: &Service, id: &str) -> Vec<Value> {
+    let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "fleet.ran")
+        .map(|e| e["data"].clone())
+        .collect()
+}
+
+/// One SSE message: its event name and data.
+struct SseMessage {
+    event: String,
+    data: Value,
+}
+
+/// An open SSE response, read message by message (as in `stream.rs`).
+struct Sse {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Sse {
+    async fn open(service: &Service, path: &str) -> Sse {
+        let response = crate::helpers::client()
+            .get(format!("{}{path}", service.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        Sse {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next message (keep-alives skipped); `None` when the stream ended.
+    async fn next(&mut self, within: Duration) -> Option<SseMessage> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = "message".to_owned();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(name) = line.strip_prefix("event: ") {
+                        event = name.to_owned();
+                    } else if let Some(chunk) = line.strip_prefix("data: ") {
+                        data.push_str(chunk);
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                let data = serde_json::from_str(&data).unwrap();
+                return Some(SseMessage { event, data });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(left, self.response.chunk())
+                .await
+                .expect("no SSE message in time")
+                .unwrap()?;
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+/// A verify running on a factory prints a line every 200 ms for 2 s, and a secret: its output
+/// reaches the task's stream as `run.output` chunks of the verify's run record before the
+/// verify ends, with the secret redacted (the factory sends raw bytes; the control plane
+/// redacts and bounds them as it does local output).
+#[tokio::test]
+async fn a_remote_runs_output_reaches_the_tasks_stream_live_and_redacted() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let secret = "hunter2-5e1b7d-fleet-secret";
+    std::fs::create_dir_all(root.path().join("actors")).unwrap();
+    std::fs::write(
+        root.path().join("actors/circuit.md"),
+        "---\nname: circuit\nrole: verify gate\nenv: [GLITCHLAB_TEST_SECRET]\ntools:\n  allow: [sh, echo, test, sleep, printf]\n---\nYou are Circuit.\n",
+    )
+    .unwrap();
+    let options = Options {
+        config: Some(format!(
+            "{}[governance]\nsecrets = [\"GLITCHLAB_TEST_SECRET\"]\n",
+            fleet_config(&nats)
+        )),
+        env: vec![("GLITCHLAB_TEST_SECRET".into(), secret.into())],
+        ..Default::default()
+    };
+    let service = Service::start_with(root.path(), options).await;
+    let _one = Factory::start(root.path(), &nats, "one", &[]);
+    let verify = "sleep 1; echo \"key $GLITCHLAB_TEST_SECRET\"; \
+        for i in 0 1 2 3 4 5 6 7 8 9; do echo \"verify line $i\"; sleep 0.2; done; \
+        test -f f.txt";
+    let body = task(&repo, "Streams from afar", "echo ok > f.txt", verify);
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut stream = Sse::open(&service, &format!("/v1/tasks/{id}/events/stream")).await;
+    let mut received = Vec::new();
+    loop {
+        let message = stream
+            .next(Duration::from_secs(90))
+            .await
+            .expect("the stream ended without an `end` event");
+        if message.event == "end" {
+            assert_eq!(message.data["status"], "done", "{:#?}", received.len());
+            break;
+        }
+        received.push(message);
+    }
+    let is_verify_output = |m: &SseMessage| {
+        m.event == "run.output" && m.data["persona"] == "circuit" && m.data["stage"] == "verify"
+    };
+    let output: Vec<&SseMessage> = received.iter().filter(|m| is_verify_output(m)).collect();
+    assert!(
+        output.len() >= 2,
+        "the verify's output came in chunks: {}",
+        output.len()
+    );
+    for chunk in &output {
+        let raw = chunk.data.to_string();
+        assert!(!raw.contains(secret), "the secret leaked: {raw}");
+        assert!(chunk.data["text"].as_str().unwrap().len() <= 4096);
+    }
+    let text: String = output
+        .iter()
+        .filter(|m| m.data["stream"] == "stdout")
+        .map(|m| m.data["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        text.contains("key [REDACTED:GLITCHLAB_TEST_SECRET]\n"),
+        "{text}"
+    );
+    assert!(text.contains("verify line 9\n"), "{text}");
+    let verify_end = received
+        .iter()
+        .position(|m| m.event == "stage.finished" && m.data["data"]["stage"] == "verify")
+        .expect("verify finished");
+    let first_line = received
+        .iter()
+        .position(|m| {
+            is_verify_output(m) && m.data["text"].as_str().unwrap().contains("verify line 0\n")
+        })
+        .expect("the verify's first line was streamed");
+    assert!(first_line < verify_end, "streamed before the verify ended");
+    // The chunks belong to the verify's run record.
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    let run_ids: Vec<&str> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["persona"] == "circuit" && r["stage"] == "verify")
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        run_ids.contains(&output[0].data["run_id"].as_str().unwrap()),
+        "{run_ids:?}"
+    );
+    let placed = placements(&service, &id).await;
+    assert!(placed.iter().any(|p| p.2 == "verify"), "{placed:?}");
+}
+
+/// Two factories: the first task on a repository warms the cache of the factory that ran it;
+/// the next tasks on that repository all run there (it has free slots), and their `fleet.ran`
+/// events say `warm clone`.
+#[tokio::test]
+async fn same_repository_jobs_prefer_the_factory_with_a_warm_clone() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
+    let _one = Factory::start(root.path(), &nats, "one", &[]);
+    let _two = Factory::start(root.path(), &nats, "two", &[]);
+
+    let first = task(&repo, "Warm up", "echo 0 > w0.txt", "test -f w0.txt");
+    let id = service.submit(&first).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = wait_done(&service, &id, Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let ran = fleet_ran(&service, &id).await;
+    assert!(!ran.is_empty());
+    assert_eq!(
+        ran[0]["placement"], "first free factory",
+        "nobody was warm: {ran:#?}"
+    );
+    let warm: std::collections::BTreeSet<String> = ran
+        .iter()
+        .map(|r| r["factory"].as_str().unwrap().to_owned())
+        .collect();
+    // Every later job of the first task found the cache warm too.
+    for later in &ran[1..] {
+        assert_eq!(later["placement"], "warm clone", "{ran:#?}");
+    }
+
+    for n in 1..4 {
+        let body = task(
+            &repo,
+            &format!("Warm {n}"),
+            &format!("echo {n} > w{n}.txt"),
+            &format!("test -f w{n}.txt"),
+        );
+        let id = service.submit(&body).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let done = wait_done(&service, &id, Duration::from_secs(120)).await;
+        assert_eq!(done["status"], "done", "{done:#}");
+        let ran = fleet_ran(&service, &id).await;
+        assert!(ran.len() >= 2, "{ran:#?}");
+        for job in &ran {
+            assert!(
+                warm.contains(job["factory"].as_str().unwrap()),
+                "ran on a cold factory (warm: {warm:?}): {ran:#?}"
+            );
+            assert_eq!(job["placement"], "warm clone", "{ran:#?}");
+        }
+    }
+}
+
+/// `capabilities: [has:gpu]` in `actors/patch.md`: a task that asks for nothing still needs a
+/// GPU factory for Patch's engine; it waits with the reason until one starts, then runs there.
+#[tokio::test]
+async fn a_personas_default_capabilities_route_its_jobs() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let builtin =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("actors/patch.md"))
+            .unwrap();
+    let with_gpu = builtin.replacen("\nengine:", "\ncapabilities: [has:gpu]\nengine:", 1);
+    assert_ne!(with_gpu, builtin);
+    std::fs::create_dir_all(root.path().join("actors")).unwrap();
+    std::fs::write(root.path().join("actors/patch.md"), with_gpu).unwrap();
+    let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
+    let _plain = Factory::start(root.path(), &nats, "plain", &[]);
+
+    let body = task(
+        &repo,
+        "Needs Patch's GPU",
+        "echo ok > g.txt",
+        "test -f g.txt",
+    );
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_until(
+        "the job waits with its reason",
+        Duration::from_secs(30),
+        async || {
+            let (_, fleet) = service.get("/v1/fleet").await;
+            fleet["waiting"].as_array().unwrap().iter().any(|job| {
+                job["task_id"] == id.as_str() && job["reason"] == "no factory with has:gpu"
+            })
+        },
+    )
+    .await;
+    let (_, task_now) = service.get(&format!("/v1/tasks/{id}")).await;
+    assert_ne!(task_now["status"], "done");
+
+    let _gpu = Factory::start(root.path(), &nats, "gpu", &["--capabilities", "has:gpu"]);
+    let done = wait_done(&service, &id, Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    assert_eq!(git(&repo, &["show", "main:g.txt"]), "ok");
+    let ran = fleet_ran(&service, &id).await;
+    let implement: Vec<&Value> = ran.iter().filter(|r| r["stage"] == "implement").collect();
+    assert_eq!(implement.len(), 1, "{ran:#?}");
+    assert_eq!(implement[0]["factory"], "gpu", "{ran:#?}");
+    assert_eq!(implement[0]["capabilities"], json!(["has:gpu"]), "{ran:#?}");
 }
