@@ -985,33 +985,13 @@ fn parse_deploy<A>(
     Ok(deploy)
 }
 
-/// Capabilities asked of a fleet factory at most.
-const CAPABILITIES_MAX: usize = 16;
-/// Characters of one capability at most.
-const CAPABILITY_CHARS_MAX: usize = 64;
-
-/// `capabilities` (default none): at most [`CAPABILITIES_MAX`] names of `a-z 0-9 : . _ -`, each
-/// at most [`CAPABILITY_CHARS_MAX`] long; duplicates count once, order does not matter.
+/// `capabilities` (default none): the names a fleet factory must offer, checked as persona
+/// defaults are ([`crate::model::fleet::check_capabilities`]); duplicates count once, order
+/// does not matter.
 fn parse_capabilities(capabilities: Option<Vec<String>>) -> Result<Vec<String>, IntakeError> {
     let mut capabilities = capabilities.unwrap_or_default();
-    if capabilities.len() > CAPABILITIES_MAX {
-        return Err(IntakeError::InvalidField(format!(
-            "`capabilities`: at most {CAPABILITIES_MAX}"
-        )));
-    }
-    for capability in &capabilities {
-        let valid = (1..=CAPABILITY_CHARS_MAX).contains(&capability.len())
-            && capability.chars().all(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, ':' | '.' | '_' | '-')
-            });
-        if !valid {
-            return Err(IntakeError::InvalidField(format!(
-                "`capabilities`: `{}` is not 1 to {CAPABILITY_CHARS_MAX} characters of a-z, 0-9, \
-                 `:`, `.`, `_`, `-`",
-                printable(capability, Text::Line)
-            )));
-        }
-    }
+    crate::model::fleet::check_capabilities(&capabilities)
+        .map_err(|reason| IntakeError::InvalidField(format!("`capabilities`: {reason}")))?;
     capabilities.sort_unstable();
     capabilities.dedup();
     Ok(capabilities)
