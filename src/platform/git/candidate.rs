@@ -90,17 +90,36 @@ pub(crate) async fn build(
     requests: &[CandidateRequest<'_>],
 ) -> Result<BuiltCandidate, GitError> {
     let base = repo.rev_parse(&format!("refs/heads/{base}")).await?;
-    let scratch = reset_scratch(repo, scratch_dir, &base).await?;
+    // Made (reset) only once a change needs applying: a batch the base already holds (the demo
+    // engine's empty branches) costs no worktree.
+    let mut scratch = None;
     let mut changes = Vec::with_capacity(requests.len());
     let mut top = base.clone();
     for request in requests {
-        let applied = apply(repo, &scratch, &base, &top, request).await?;
+        let branch = repo
+            .rev_parse(&format!("refs/heads/{}", request.branch))
+            .await?;
+        if is_ancestor(repo, &branch, &top).await {
+            changes.push(Applied::AlreadyOnBase);
+            continue;
+        }
+        let worktree = match &scratch {
+            Some(worktree) => worktree,
+            None => scratch.insert(reset_scratch(repo, scratch_dir, &base).await?),
+        };
+        let applied = apply(worktree, &base, &top, &branch, request).await?;
         if let Applied::Commit(commit) = &applied {
             top = commit.clone();
         }
         changes.push(applied);
     }
-    let tree = scratch.run(&["rev-parse", "HEAD^{tree}"]).await?;
+    let tree = match &scratch {
+        Some(worktree) => worktree.run(&["rev-parse", "HEAD^{tree}"]).await?,
+        None => {
+            repo.run(&["rev-parse", &format!("{base}^{{tree}}")])
+                .await?
+        }
+    };
     Ok(BuiltCandidate {
         base,
         commit: top,
@@ -109,29 +128,24 @@ pub(crate) async fn build(
     })
 }
 
-/// Applies one change on top of `top` (the scratch worktree's `HEAD`).
+/// Applies one change (the branch at commit `branch`) on top of `top` (the scratch worktree's
+/// `HEAD`).
 async fn apply(
-    repo: &Git,
     scratch: &Git,
     base: &str,
     top: &str,
+    branch: &str,
     request: &CandidateRequest<'_>,
 ) -> Result<Applied, GitError> {
-    let branch = repo
-        .rev_parse(&format!("refs/heads/{}", request.branch))
-        .await?;
-    if is_ancestor(repo, &branch, top).await {
-        return Ok(Applied::AlreadyOnBase);
-    }
     let applied = match request.history {
         History::Squash => {
             scratch
-                .run(&["merge", "--squash", "--no-commit", "--quiet", &branch])
+                .run(&["merge", "--squash", "--no-commit", "--quiet", branch])
                 .await
         }
         History::Merge => {
             scratch
-                .run(&["merge", "--no-ff", "--no-commit", "--quiet", &branch])
+                .run(&["merge", "--no-ff", "--no-commit", "--quiet", branch])
                 .await
         }
         History::Rebase => {
