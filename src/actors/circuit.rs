@@ -141,9 +141,7 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
     Git::new(services.repo_dir(&task.repo), services.config.git.timeout())
         .ensure_worktree(&worktree_path, &branch_name(task.id), &task.base_branch)
         .await?;
-    let tree = Git::new(&worktree_path, services.config.git.timeout())
-        .run(&["rev-parse", "HEAD^{tree}"])
-        .await?;
+    let tree = crate::platform::git::read::tree_of(&worktree_path, "HEAD").await?;
     let run = run_verify(&services, &task, worktree_path, Stage::Verify).await?;
     let output = run.output;
     let feedback_max = services.config.engines.feedback_bytes_max;

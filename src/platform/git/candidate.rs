@@ -89,17 +89,16 @@ pub(crate) async fn build(
     base: &str,
     requests: &[CandidateRequest<'_>],
 ) -> Result<BuiltCandidate, GitError> {
-    let base = repo.rev_parse(&format!("refs/heads/{base}")).await?;
+    // In-process: the base, each branch's tip, and whether the base holds it already.
+    let names = requests.iter().map(|r| r.branch.to_owned()).collect();
+    let (base, tips) = read::candidate_tips(&repo.dir, base, names).await?;
     // Made (reset) only once a change needs applying: a batch the base already holds (the demo
     // engine's empty branches) costs no worktree.
     let mut scratch = None;
     let mut changes = Vec::with_capacity(requests.len());
     let mut top = base.clone();
-    for request in requests {
-        let branch = repo
-            .rev_parse(&format!("refs/heads/{}", request.branch))
-            .await?;
-        if is_ancestor(repo, &branch, &top).await {
+    for (request, (branch, on_base)) in requests.iter().zip(tips) {
+        if on_base {
             changes.push(Applied::AlreadyOnBase);
             continue;
         }
@@ -114,11 +113,8 @@ pub(crate) async fn build(
         changes.push(applied);
     }
     let tree = match &scratch {
-        Some(worktree) => worktree.run(&["rev-parse", "HEAD^{tree}"]).await?,
-        None => {
-            repo.run(&["rev-parse", &format!("{base}^{{tree}}")])
-                .await?
-        }
+        Some(worktree) => read::tree_of(&worktree.dir, "HEAD").await?,
+        None => read::tree_of(&repo.dir, &base).await?,
     };
     Ok(BuiltCandidate {
         base,
@@ -292,12 +288,6 @@ pub(crate) async fn remove_scratch(repo: &Git, scratch_dir: &Path) -> Result<(),
         repo.remove_worktree(scratch_dir).await?;
     }
     Ok(())
-}
-
-async fn is_ancestor(repo: &Git, commit: &str, of: &str) -> bool {
-    repo.run(&["merge-base", "--is-ancestor", commit, of])
-        .await
-        .is_ok()
 }
 
 /// The scratch worktree at `dir`, detached at `base` with nothing else in it: reused when it is

@@ -101,6 +101,55 @@ pub(crate) async fn has_branch(dir: &Path, branch: &str) -> Result<Option<bool>,
     .await
 }
 
+/// The tree `revision` (a commit, `HEAD`) has, in the repository or worktree at `dir`.
+pub(crate) async fn tree_of(dir: &Path, revision: &str) -> Result<String, GitError> {
+    let dir = dir.to_path_buf();
+    let spec = format!("{revision}^{{tree}}");
+    blocking("rev-parse ^{tree}", move || {
+        let repo = open(&dir)?;
+        let id = repo
+            .rev_parse_single(spec.as_str())
+            .map_err(failed("rev-parse ^{tree}"))?;
+        Ok(id.detach().to_string())
+    })
+    .await
+}
+
+/// What a merge-queue candidate starts from, read in one go: the commit `base` (a branch name)
+/// points at, and for each of `branches` (names) its commit and whether that commit is the base
+/// or one of its ancestors (the base holds the change already).
+pub(crate) async fn candidate_tips(
+    dir: &Path,
+    base: &str,
+    branches: Vec<String>,
+) -> Result<(String, Vec<(String, bool)>), GitError> {
+    let dir = dir.to_path_buf();
+    let base_ref = format!("refs/heads/{base}");
+    blocking("candidate tips", move || {
+        let repo = open(&dir)?;
+        let peel = |name: &str| {
+            repo.find_reference(name)
+                .map_err(failed("find a branch"))?
+                .peel_to_id()
+                .map_err(failed("peel a branch"))
+                .map(|id| id.detach())
+        };
+        let base_id = peel(&base_ref)?;
+        let mut tips = Vec::with_capacity(branches.len());
+        for branch in branches {
+            let tip = peel(&format!("refs/heads/{branch}"))?;
+            let on_base = tip == base_id
+                || repo
+                    .merge_base(tip, base_id)
+                    .map_err(failed("merge-base"))?
+                    .is_some_and(|common| common.detach() == tip);
+            tips.push((tip.to_string(), on_base));
+        }
+        Ok((base_id.to_string(), tips))
+    })
+    .await
+}
+
 /// Where a directory sits in a repository: what intake needs to name the repository one way,
 /// whatever path a client used for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
