@@ -149,17 +149,6 @@ fn task(repo: &Path, title: &str, patch: &str, verify: &str) -> Value {
     })
 }
 
-async fn wait_done(service: &Service, id: &str, timeout: Duration) -> Value {
-    service
-        .wait_for_task(id, timeout, |task| {
-            matches!(
-                task["status"].as_str(),
-                Some("done" | "failed" | "cancelled" | "dead_letter")
-            )
-        })
-        .await
-}
-
 /// The factories that ran a task's jobs, from its `fleet.ran` events: (factory, delivery, stage).
 async fn placements(service: &Service, id: &str) -> Vec<(String, u64, String)> {
     let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
@@ -225,7 +214,9 @@ async fn jobs_spread_over_the_factories_and_their_work_lands() {
     }
     let mut factories = std::collections::BTreeSet::new();
     for (n, id) in ids.iter().enumerate() {
-        let task = wait_done(&service, id, Duration::from_secs(120)).await;
+        let task = service
+            .wait_finished_within(id, Duration::from_secs(120))
+            .await;
         assert_eq!(task["status"], "done", "{task:#}");
         let placed = placements(&service, id).await;
         let stages: Vec<&str> = placed.iter().map(|(_, _, s)| s.as_str()).collect();
@@ -318,7 +309,9 @@ async fn a_killed_factorys_job_finishes_on_another_within_the_lease() {
         .unwrap()
         .kill_9();
 
-    let task = wait_done(&service, &id, Duration::from_secs(60)).await;
+    let task = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
     assert_eq!(task["status"], "done", "{task:#}");
     let elapsed = killed_at.elapsed();
     // The lease, a second delivery's own 4 s verify, and a margin.
@@ -425,7 +418,9 @@ async fn a_job_nobody_can_serve_waits_with_the_reason_and_pause_stops_claims() {
     );
     let (status, _) = service.post("/v1/fleet/resume", &json!({})).await;
     assert_eq!(status, 200);
-    let task = wait_done(&service, &id, Duration::from_secs(60)).await;
+    let task = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
     assert_eq!(task["status"], "done", "{task:#}");
 }
 
@@ -456,7 +451,9 @@ async fn a_nats_restart_mid_run_loses_nothing() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     nats.restart();
-    let task = wait_done(&service, &id, Duration::from_secs(90)).await;
+    let task = service
+        .wait_finished_within(&id, Duration::from_secs(90))
+        .await;
     assert_eq!(task["status"], "done", "{task:#}");
     assert_eq!(git(&repo, &["show", "main:f.txt"]), "ok");
 }
@@ -495,7 +492,9 @@ async fn a_factory_fetches_a_remote_tasks_commit_from_the_remote() {
         .as_str()
         .unwrap()
         .to_owned();
-    let task = wait_done(&service, &id, Duration::from_secs(60)).await;
+    let task = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
     assert_eq!(task["status"], "done", "{task:#}");
     assert!(!placements(&service, &id).await.is_empty());
     let git_dir = format!("--git-dir={}", bare.display());
@@ -696,7 +695,9 @@ async fn same_repository_jobs_prefer_the_factory_with_a_warm_clone() {
         .as_str()
         .unwrap()
         .to_owned();
-    let done = wait_done(&service, &id, Duration::from_secs(120)).await;
+    let done = service
+        .wait_finished_within(&id, Duration::from_secs(120))
+        .await;
     assert_eq!(done["status"], "done", "{done:#}");
     let ran = fleet_ran(&service, &id).await;
     assert!(!ran.is_empty());
@@ -724,7 +725,9 @@ async fn same_repository_jobs_prefer_the_factory_with_a_warm_clone() {
             .as_str()
             .unwrap()
             .to_owned();
-        let done = wait_done(&service, &id, Duration::from_secs(120)).await;
+        let done = service
+            .wait_finished_within(&id, Duration::from_secs(120))
+            .await;
         assert_eq!(done["status"], "done", "{done:#}");
         let ran = fleet_ran(&service, &id).await;
         assert!(ran.len() >= 2, "{ran:#?}");
@@ -781,7 +784,9 @@ async fn a_personas_default_capabilities_route_its_jobs() {
     assert_ne!(task_now["status"], "done");
 
     let _gpu = Factory::start(root.path(), &nats, "gpu", &["--capabilities", "has:gpu"]);
-    let done = wait_done(&service, &id, Duration::from_secs(120)).await;
+    let done = service
+        .wait_finished_within(&id, Duration::from_secs(120))
+        .await;
     assert_eq!(done["status"], "done", "{done:#}");
     assert_eq!(git(&repo, &["show", "main:g.txt"]), "ok");
     let ran = fleet_ran(&service, &id).await;

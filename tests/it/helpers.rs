@@ -236,7 +236,12 @@ impl Service {
 
     /// Waits until the task reaches a terminal status.
     pub async fn wait_until_finished(&self, id: &str) -> Value {
-        self.wait_for_task(id, Duration::from_secs(60), |task| {
+        self.wait_finished_within(id, Duration::from_secs(60)).await
+    }
+
+    /// Waits (up to `timeout`) until the task reaches a terminal status.
+    pub async fn wait_finished_within(&self, id: &str, timeout: Duration) -> Value {
+        self.wait_for_task(id, timeout, |task| {
             matches!(
                 task["status"].as_str(),
                 Some("done" | "failed" | "cancelled" | "dead_letter")

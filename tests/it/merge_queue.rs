@@ -94,17 +94,6 @@ async fn verify_runs(service: &Service, id: &str) -> usize {
         .count()
 }
 
-async fn wait_done(service: &Service, id: &str, timeout: Duration) -> Value {
-    service
-        .wait_for_task(id, timeout, |task| {
-            matches!(
-                task["status"].as_str(),
-                Some("done" | "failed" | "cancelled" | "dead_letter")
-            )
-        })
-        .await
-}
-
 /// 12 tasks in one repository with 4 slots: one with a 3 s verify while the others land around
 /// it, one whose first attempt breaks the test script. All end `done`; the base's first-parent
 /// chain grows by exactly 12 commits, each passing the test script; the broken attempt is
@@ -155,7 +144,9 @@ async fn twelve_tasks_land_verified_one_commit_each_and_nobody_starves() {
 
     let mut runs = 0;
     for id in &ids {
-        let task = wait_done(&service, id, Duration::from_secs(180)).await;
+        let task = service
+            .wait_finished_within(id, Duration::from_secs(180))
+            .await;
         assert_eq!(task["status"], "done", "{task:#}");
         assert_eq!(landings_of(&repo, id), 1, "task {id} landed once");
         if *id != flaky_id {
@@ -260,8 +251,12 @@ async fn two_tasks_rewriting_the_same_line_both_land() {
         .as_str()
         .unwrap()
         .to_owned();
-    let first = wait_done(&service, &first_id, Duration::from_secs(60)).await;
-    let second = wait_done(&service, &second_id, Duration::from_secs(60)).await;
+    let first = service
+        .wait_finished_within(&first_id, Duration::from_secs(60))
+        .await;
+    let second = service
+        .wait_finished_within(&second_id, Duration::from_secs(60))
+        .await;
     assert_eq!(first["status"], "done", "{first:#}");
     assert_eq!(second["status"], "done", "{second:#}");
     assert_eq!(second["attempts"], 2, "{second:#}");
@@ -297,7 +292,9 @@ async fn a_retry_from_deliver_lands_a_human_fix_only_once_it_passes() {
         .as_str()
         .unwrap()
         .to_owned();
-    let failed = wait_done(&service, &id, Duration::from_secs(60)).await;
+    let failed = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
     assert_eq!(failed["status"], "dead_letter", "{failed:#}");
     let base_before = git(&repo, &["rev-parse", "main"]);
 
@@ -330,7 +327,9 @@ async fn a_retry_from_deliver_lands_a_human_fix_only_once_it_passes() {
         )
         .await;
     assert_eq!(status, 200, "{retried:#}");
-    let again = wait_done(&service, &id, Duration::from_secs(60)).await;
+    let again = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
     assert_eq!(again["status"], "dead_letter", "{again:#}");
     assert_eq!(again["error"]["code"], "VERIFY_FAILED", "{again:#}");
     assert_eq!(
@@ -347,7 +346,9 @@ async fn a_retry_from_deliver_lands_a_human_fix_only_once_it_passes() {
         )
         .await;
     assert_eq!(status, 200);
-    let landed = wait_done(&service, &id, Duration::from_secs(60)).await;
+    let landed = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
     assert_eq!(landed["status"], "done", "{landed:#}");
     assert_eq!(git(&repo, &["show", "main:f1.txt"]), "ok");
     assert_eq!(
@@ -393,7 +394,9 @@ async fn kill_9_during_a_stream_of_deliveries_loses_and_repeats_nothing() {
         service = Service::start_with(root.path(), with_config(config)).await;
     }
     for id in &ids {
-        let task = wait_done(&service, id, Duration::from_secs(180)).await;
+        let task = service
+            .wait_finished_within(id, Duration::from_secs(180))
+            .await;
         assert_eq!(task["status"], "done", "{task:#}");
         assert_eq!(
             landings_of(&repo, id),
@@ -472,14 +475,20 @@ async fn a_red_batch_is_bisected_and_only_the_culprit_is_sent_back() {
         .unwrap()
         .to_owned();
 
-    let blocker = wait_done(&service, &blocker_id, Duration::from_secs(60)).await;
+    let blocker = service
+        .wait_finished_within(&blocker_id, Duration::from_secs(60))
+        .await;
     assert_eq!(blocker["status"], "done", "{blocker:#}");
     for id in &good {
-        let task = wait_done(&service, id, Duration::from_secs(120)).await;
+        let task = service
+            .wait_finished_within(id, Duration::from_secs(120))
+            .await;
         assert_eq!(task["status"], "done", "{task:#}");
         assert_eq!(landings_of(&repo, id), 1);
     }
-    let culprit = wait_done(&service, &culprit_id, Duration::from_secs(120)).await;
+    let culprit = service
+        .wait_finished_within(&culprit_id, Duration::from_secs(120))
+        .await;
     assert_eq!(culprit["status"], "dead_letter", "{culprit:#}");
     assert_eq!(culprit["error"]["code"], "VERIFY_FAILED", "{culprit:#}");
     assert_eq!(landings_of(&repo, &culprit_id), 0);
@@ -539,7 +548,9 @@ async fn a_base_moved_outside_during_the_candidates_verify_rebuilds_it() {
         .as_str()
         .unwrap()
         .to_owned();
-    let done = wait_done(&service, &id, Duration::from_secs(60)).await;
+    let done = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
     assert_eq!(done["status"], "done", "{done:#}");
     assert_eq!(done["attempts"], 1, "no attempt used up: {done:#}");
     assert_eq!(done["reverifications"], 1, "{done:#}");
@@ -568,7 +579,9 @@ async fn merge_and_rebase_histories_keep_one_first_parent_commit_per_task() {
             .as_str()
             .unwrap()
             .to_owned();
-        let done = wait_done(&service, &id, Duration::from_secs(60)).await;
+        let done = service
+            .wait_finished_within(&id, Duration::from_secs(60))
+            .await;
         assert_eq!(done["status"], "done", "{history}: {done:#}");
         let tip = git(&repo, &["rev-parse", "main"]);
         assert_eq!(done["commit"].as_str().unwrap(), tip);

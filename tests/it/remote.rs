@@ -43,17 +43,6 @@ fn task(url: &str, title: &str, patch: &str, verify: &str) -> Value {
     })
 }
 
-async fn wait_done(service: &Service, id: &str) -> Value {
-    service
-        .wait_for_task(id, Duration::from_secs(60), |task| {
-            matches!(
-                task["status"].as_str(),
-                Some("done" | "failed" | "cancelled" | "dead_letter")
-            )
-        })
-        .await
-}
-
 /// A task on a `file://` remote lands on the remote's `main` as one commit; its branch is
 /// pushed while it works and deleted from the remote once it landed.
 #[tokio::test]
@@ -66,7 +55,7 @@ async fn a_task_on_a_remote_lands_on_the_remotes_base() {
         .as_str()
         .unwrap()
         .to_owned();
-    let done = wait_done(&service, &id).await;
+    let done = service.wait_until_finished(&id).await;
     assert_eq!(done["status"], "done", "{done:#}");
     assert_eq!(done["repo"], url.as_str(), "the task keeps the URL");
     assert_eq!(remote_git(&bare, &["show", "main:f.txt"]), "ok");
@@ -126,7 +115,7 @@ async fn a_push_to_the_remote_during_the_candidates_verify_is_not_overwritten() 
         .as_str()
         .unwrap()
         .to_owned();
-    let done = wait_done(&service, &id).await;
+    let done = service.wait_until_finished(&id).await;
     assert_eq!(done["status"], "done", "{done:#}");
     assert!(done["reverifications"].as_u64().unwrap() >= 1, "{done:#}");
     assert_eq!(
