@@ -175,12 +175,15 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -
     }
 }
 
+/// Skips the test (saying why) without `nats-server`; else holds the machine as a heavy test
+/// (a NATS server and factory processes) for the rest of it.
 macro_rules! require_nats {
     () => {
         if !nats_server_available() {
             eprintln!("SKIPPED: nats-server is not installed (scripts/test installs it)");
             return;
         }
+        let _machine = crate::helpers::heavy().await;
     };
 }
 

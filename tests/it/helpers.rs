@@ -325,6 +325,24 @@ impl Drop for Service {
     }
 }
 
+/// The machine, shared between tests. Tests that load it hard (a browser, a NATS server with
+/// factories, 64 clients) run beside each other, but never beside a test that asserts a latency
+/// bound: the harness runs tests on every core at once, and a browser starting can stall a
+/// 2-core machine for a second. (The lock is fair: a waiting latency test holds back new heavy
+/// ones.)
+static MACHINE: std::sync::LazyLock<tokio::sync::RwLock<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::RwLock::new(()));
+
+/// Held by a test that loads the machine hard.
+pub async fn heavy() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().await
+}
+
+/// Held by a test that asserts a latency bound: no heavy test runs meanwhile.
+pub async fn latency_bound() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.write().await
+}
+
 /// Runs git in `dir`; panics on failure.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let output = Command::new("git")

@@ -609,6 +609,7 @@ async fn check_after_restart(service: &Service, logs: &[ClientLog]) -> (Vec<Stri
 /// seconds; the request timeouts then fail it in about [`LOAD_PHASE_LIMIT`].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_clients_get_answers_and_a_kill_9_loses_nothing_acknowledged() {
+    let _machine = crate::helpers::heavy().await;
     load_then_kill_9(with_config(CONFIG)).await;
 }
 
@@ -618,6 +619,7 @@ async fn sixty_four_clients_get_answers_and_a_kill_9_loses_nothing_acknowledged(
 /// blocks the runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_async_worker_is_never_blocked_under_the_same_load() {
+    let _machine = crate::helpers::heavy().await;
     let mut options = with_config(CONFIG);
     options
         .env

@@ -461,6 +461,7 @@ async fn probe_healthz(base: &str, done: &tokio::sync::watch::Receiver<bool>) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_slowloris_connections_are_closed_while_healthz_answers() {
+    let _machine = crate::helpers::latency_bound().await;
     let root = tempfile::tempdir().unwrap();
     let config =
         "[server]\nheader_read_timeout_secs = 1\nidle_timeout_secs = 5\nmax_connections = 1200\n";

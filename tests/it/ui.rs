@@ -289,6 +289,7 @@ async fn wait_for(
 
 #[tokio::test]
 async fn the_board_shows_a_task_live_and_approving_it_on_its_page_ends_it_done() {
+    let _machine = crate::helpers::heavy().await;
     let (Some(chromium), Some(chromedriver)) = (which("chromium"), which("chromedriver")) else {
         eprintln!(
             "SKIPPED: the browser test needs `chromium` and `chromedriver` on the PATH (Debian \
