@@ -582,7 +582,7 @@ async fn answer(factory: &Factory, result: &JobResult) -> bool {
     for attempt in 1..=RESULT_TRIES {
         let subject = format!("{RESULTS_SUBJECT_PREFIX}{}", result.job_id);
         match factory.nats.publish_stored(subject, bytes.clone()).await {
-            Ok(()) => return true,
+            Ok(_) => return true,
             Err(error) => {
                 tracing::warn!(job = %result.job_id, attempt, %error, "result not stored yet");
                 tokio::time::sleep(Duration::from_secs(1)).await;

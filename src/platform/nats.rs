@@ -200,15 +200,31 @@ impl Nats {
         self.bucket(CONTROL_BUCKET, Duration::ZERO).await
     }
 
-    /// Publishes to a stream and waits for the server's acknowledgement (the message is stored).
-    pub async fn publish_stored(&self, subject: String, payload: Vec<u8>) -> Result<(), NatsError> {
-        self.js
+    /// Publishes to a stream and waits for the server's acknowledgement (the message is stored);
+    /// answers its sequence in the stream.
+    pub async fn publish_stored(
+        &self,
+        subject: String,
+        payload: Vec<u8>,
+    ) -> Result<u64, NatsError> {
+        let ack = self
+            .js
             .publish(subject, payload.into())
             .await
             .map_err(NatsError::js)?
             .await
             .map_err(NatsError::js)?;
-        Ok(())
+        Ok(ack.sequence)
+    }
+
+    /// Takes a job out of the jobs stream (whether or not a factory holds it: its later
+    /// acknowledgement finds nothing). Answers whether it was still there.
+    pub async fn withdraw_job(&self, sequence: u64) -> Result<bool, NatsError> {
+        self.jobs_stream()
+            .await?
+            .delete_message(sequence)
+            .await
+            .map_err(NatsError::js)
     }
 
     /// Publishes on a core subject, best effort: nothing is stored and nobody acknowledges, so

@@ -150,7 +150,7 @@ impl Fleet {
 
     /// Publishes `job` and waits for the result of the delivery claimed last. The wait is bounded
     /// by the job's timeout and its leases (`max_deliver` of them) plus a margin; past it the job
-    /// is withdrawn from the stream (if nobody took it) and the caller hears [`FleetError::NoResult`].
+    /// is withdrawn from the stream (no factory is offered it again) and the caller hears [`FleetError::NoResult`].
     pub(crate) async fn run(&self, job: &FleetJob) -> Result<JobResult, FleetError> {
         let class = class_of(&job.capabilities);
         self.ensure_class(&class, &job.capabilities).await?;
@@ -177,7 +177,8 @@ impl Fleet {
             job: job.job_id,
         };
         let payload = serde_json::to_vec(job).map_err(NatsError::js)?;
-        self.nats
+        let sequence = self
+            .nats
             .publish_stored(format!("{JOBS_SUBJECT_PREFIX}{class}"), payload)
             .await?;
         let deadline = Duration::from_millis(job.timeout_ms)
@@ -193,6 +194,11 @@ impl Fleet {
                 None => Ok(result),
             },
             _ => {
+                // No factory will be asked for it again (it may still be acknowledged by one
+                // that holds it: its answer is ignored, nobody waits for it).
+                if let Err(error) = self.nats.withdraw_job(sequence).await {
+                    tracing::warn!(job = %job.job_id, %error, "could not withdraw a job");
+                }
                 let reason = self
                     .why_waiting(&job.capabilities)
                     .await
