@@ -53,6 +53,10 @@ const PULL_WAIT: Duration = Duration::from_secs(1);
 const GIT_TIMEOUT: Duration = Duration::from_secs(120);
 /// An engine's diff at most (it travels in one NATS message).
 const DIFF_BYTES_MAX: u64 = 256 * 1024;
+/// Output kept per stream at most, whatever the job asks: a result travels in one NATS message
+/// (1 MiB by default), with the diff (hex, up to twice [`DIFF_BYTES_MAX`]) beside it. The head
+/// and tail are kept and the cut marked, as for any capture.
+const RESULT_OUTPUT_BYTES_MAX: usize = 96 * 1024;
 /// Tries to store a result before the job is left to its lease.
 const RESULT_TRIES: u32 = 10;
 /// How often a running job's output goes out: at most one message per tick (10 a second).
@@ -169,6 +173,18 @@ impl Factory {
 pub async fn run(args: FactoryArgs) -> Result<(), String> {
     if args.slots == 0 {
         return Err("--slots must be at least 1".into());
+    }
+    // It is the factory's key in the registry bucket, whose keys allow no more than this.
+    let name_ok = (1..=64).contains(&args.name.len())
+        && args
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+    if !name_ok {
+        return Err(format!(
+            "--name `{}` must be 1 to 64 characters of A-Z, a-z, 0-9, `-`, `_`",
+            args.name.escape_debug()
+        ));
     }
     tokio::fs::create_dir_all(&args.data_dir)
         .await
@@ -722,7 +738,7 @@ async fn run_command(
         &job.command,
         tree.to_path_buf(),
         Duration::from_millis(job.timeout_ms),
-        job.output_bytes_max,
+        job.output_bytes_max.min(RESULT_OUTPUT_BYTES_MAX),
     );
     spec.env_clear = true;
     spec.env = env;

@@ -68,6 +68,9 @@ pub struct Nats {
     pub client: async_nats::Client,
     /// JetStream on it.
     pub js: jetstream::Context,
+    /// The buckets opened so far, by name: opening one asks the server for its stream's info,
+    /// and the registry, classes and switches are read every few hundred milliseconds.
+    buckets: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, kv::Store>>>,
 }
 
 /// Connects (reconnecting on its own afterwards, forever, with backoff).
@@ -96,6 +99,7 @@ pub async fn connect(options: &NatsOptions) -> Result<Nats, NatsError> {
     Ok(Nats {
         js: jetstream::new(client.clone()),
         client,
+        buckets: Default::default(),
     })
 }
 
@@ -164,6 +168,24 @@ impl Nats {
     /// uses, because that call first asks for the account's info, whose answer from a 2.9
     /// server (Debian's) the client cannot read.
     pub async fn bucket(&self, name: &str, max_age: Duration) -> Result<kv::Store, NatsError> {
+        let opened = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned();
+        if let Some(store) = opened {
+            return Ok(store);
+        }
+        let store = self.open_bucket(name, max_age).await?;
+        self.buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_owned(), store.clone());
+        Ok(store)
+    }
+
+    async fn open_bucket(&self, name: &str, max_age: Duration) -> Result<kv::Store, NatsError> {
         if let Ok(store) = self.js.get_key_value(name).await {
             return Ok(store);
         }

@@ -268,47 +268,26 @@ impl Fleet {
     /// Why a job needing `capabilities` waits, when no live factory offers them all.
     pub(crate) async fn why_waiting(&self, capabilities: &[String]) -> Option<String> {
         let factories = self.factories().await.ok()?;
-        if factories.iter().any(|f| f.serves(capabilities)) {
-            return None;
-        }
-        if factories.is_empty() {
-            return Some("no factory is registered".into());
-        }
-        let missing: Vec<&str> = capabilities
-            .iter()
-            .filter(|need| !factories.iter().any(|f| f.capabilities.contains(need)))
-            .map(String::as_str)
-            .collect();
-        Some(if missing.is_empty() {
-            format!("no factory with all of {}", capabilities.join(", "))
-        } else {
-            format!("no factory with {}", missing.join(", "))
-        })
+        reason_among(&factories, capabilities)
     }
 
-    /// Jobs no factory has claimed yet, with the reason when the registry tells one.
-    pub(crate) async fn unclaimed(&self) -> Vec<WaitingJob> {
-        let jobs: Vec<WaitingJob> = {
-            let waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-            waiting
-                .iter()
-                .filter(|(_, w)| w.claimed.is_none())
-                .map(|(id, w)| WaitingJob {
-                    job_id: *id,
-                    task_id: w.task_id,
-                    capabilities: w.capabilities.clone(),
-                    since: w.published_at,
-                    reason: None,
-                })
-                .collect()
-        };
-        let mut described = Vec::with_capacity(jobs.len());
-        for mut job in jobs {
-            job.reason = self.why_waiting(&job.capabilities).await;
-            described.push(job);
-        }
-        described.sort_by_key(|job| job.since);
-        described
+    /// Jobs no factory has claimed yet, with the reason when `factories` (the registry, read once
+    /// by the caller) tells one.
+    pub(crate) fn unclaimed(&self, factories: &[FactoryRecord]) -> Vec<WaitingJob> {
+        let waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut jobs: Vec<WaitingJob> = waiting
+            .iter()
+            .filter(|(_, w)| w.claimed.is_none())
+            .map(|(id, w)| WaitingJob {
+                job_id: *id,
+                task_id: w.task_id,
+                capabilities: w.capabilities.clone(),
+                since: w.published_at,
+                reason: reason_among(factories, &w.capabilities),
+            })
+            .collect();
+        jobs.sort_by_key(|job| job.since);
+        jobs
     }
 
     /// Stops (`true`) or restarts all claiming, fleet-wide: the kill switch.
@@ -334,6 +313,26 @@ impl Fleet {
             .map_err(NatsError::js)?;
         Ok(value.is_some_and(|v| v.as_ref() == b"true"))
     }
+}
+
+/// Why a job needing `capabilities` cannot be served by any of `factories`; `None` when one can.
+fn reason_among(factories: &[FactoryRecord], capabilities: &[String]) -> Option<String> {
+    if factories.iter().any(|f| f.serves(capabilities)) {
+        return None;
+    }
+    if factories.is_empty() {
+        return Some("no factory is registered".into());
+    }
+    let missing: Vec<&str> = capabilities
+        .iter()
+        .filter(|need| !factories.iter().any(|f| f.capabilities.contains(need)))
+        .map(String::as_str)
+        .collect();
+    Some(if missing.is_empty() {
+        format!("no factory with all of {}", capabilities.join(", "))
+    } else {
+        format!("no factory with {}", missing.join(", "))
+    })
 }
 
 /// Takes a job out of the waiting map however its wait ends.

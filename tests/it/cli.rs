@@ -225,3 +225,24 @@ async fn a_closed_pipe_ends_a_client_command_without_a_panic() {
         output.status
     );
 }
+
+/// A factory name the registry cannot hold as a key is refused before anything connects.
+#[test]
+fn a_factory_with_an_unusable_name_is_refused_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_glitchlab"))
+        .args([
+            "factory",
+            "--nats",
+            "nats://127.0.0.1:1",
+            "--name",
+            "bad name",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--name `bad name`"), "{stderr}");
+}

@@ -33,7 +33,7 @@ pub(crate) async fn fleet(State(app): State<AppState>) -> Result<Json<Value>, Ap
     };
     let factories = fleet.factories().await.map_err(unavailable)?;
     let paused = fleet.paused().await.map_err(unavailable)?;
-    let waiting = fleet.unclaimed().await;
+    let waiting = fleet.unclaimed(&factories);
     Ok(Json(json!({
         "configured": true,
         "paused": paused,
