@@ -73,6 +73,15 @@ fn passes_test_script(repo: &Path, commit: &str, scratch: &Path) -> bool {
     passed
 }
 
+/// Every one of `commits` passes the test script.
+fn assert_newest_pass(repo: &Path, root: &Path, commits: &[String]) {
+    let scratch = root.join("check");
+    std::fs::create_dir_all(&scratch).unwrap();
+    for commit in commits {
+        assert!(passes_test_script(repo, commit, &scratch), "{commit} fails");
+    }
+}
+
 /// Commits on the base whose message carries the task's trailer.
 fn landings_of(repo: &Path, id: &str) -> usize {
     let grep = format!("--grep=Glitchlab-Task: {id}");
@@ -161,13 +170,8 @@ async fn twelve_tasks_land_verified_one_commit_each_and_nobody_starves() {
 
     let chain = first_parent_chain(&repo);
     assert_eq!(chain.len(), chain_before + ids.len(), "one commit per task");
-    let scratch = root.path().join("check");
-    std::fs::create_dir_all(&scratch).unwrap();
+    assert_newest_pass(&repo, root.path(), &chain[..ids.len()]);
     for commit in &chain[..ids.len()] {
-        assert!(
-            passes_test_script(&repo, commit, &scratch),
-            "{commit} on the base fails the test script"
-        );
         let parents = git(&repo, &["rev-list", "--parents", "-n", "1", commit]);
         assert_eq!(parents.split(' ').count(), 2, "{commit} is not a squash");
     }
@@ -406,14 +410,7 @@ async fn kill_9_during_a_stream_of_deliveries_loses_and_repeats_nothing() {
     }
     let chain = first_parent_chain(&repo);
     assert_eq!(chain.len(), 2 + ids.len());
-    let scratch = root.path().join("check");
-    std::fs::create_dir_all(&scratch).unwrap();
-    for commit in &chain[..ids.len()] {
-        assert!(
-            passes_test_script(&repo, commit, &scratch),
-            "{commit} fails"
-        );
-    }
+    assert_newest_pass(&repo, root.path(), &chain[..ids.len()]);
 }
 
 /// Four changes that queue up behind a slow candidate are tested as one batch
@@ -508,16 +505,9 @@ async fn a_red_batch_is_bisected_and_only_the_culprit_is_sent_back() {
     );
 
     let chain = first_parent_chain(&repo);
-    let scratch = root.path().join("check");
-    std::fs::create_dir_all(&scratch).unwrap();
     // initial, test script, teammate, blocker, a, b, c.
     assert_eq!(chain.len(), 7);
-    for commit in &chain[..4] {
-        assert!(
-            passes_test_script(&repo, commit, &scratch),
-            "{commit} fails"
-        );
-    }
+    assert_newest_pass(&repo, root.path(), &chain[..4]);
 }
 
 /// Someone outside glitchlab moves the base while the candidate is verified: the landing's
