@@ -138,11 +138,11 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
     engine::wall_budget_left(&task)?;
     let worktree_path = services.worktree_path(task.id);
     // Normally Patch's worktree is there; if it was removed, the branch holds the work.
-    Git::new(services.repo_dir(&task.repo), services.config.git.timeout())
+    let (_, worktree) = Git::new(services.repo_dir(&task.repo), services.config.git.timeout())
         .ensure_worktree(&worktree_path, &branch_name(task.id), &task.base_branch)
         .await?;
-    let tree = crate::platform::git::read::tree_of(&worktree_path, "HEAD").await?;
-    let run = run_verify(&services, &task, worktree_path, Stage::Verify).await?;
+    let tree = worktree.head_tree().await?;
+    let run = run_verify(&services, &task, worktree, Stage::Verify).await?;
     let output = run.output;
     let feedback_max = services.config.engines.feedback_bytes_max;
     if let (true, EngineSpec::Openai { provider }) =
@@ -177,10 +177,9 @@ async fn judge(
     provider: &str,
     test_output: &str,
 ) -> Result<Option<String>, StageError> {
-    let worktree = Git::new(
-        services.worktree_path(task.id),
-        services.config.git.timeout(),
-    );
+    let worktree = Git::new(services.repo_dir(&task.repo), services.config.git.timeout())
+        .worktree_of(&services.worktree_path(task.id))
+        .await?;
     let range = format!("{}...HEAD", task.base_branch);
     let diff = worktree.run(&["diff", &range]).await?;
     let criteria = task.acceptance.as_deref().unwrap_or(&task.description);

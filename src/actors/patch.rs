@@ -401,10 +401,9 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
     let worktree_path = services.worktree_path(task.id);
     crate::work::remote::sync(&services, &task).await?;
     let repo = Git::new(services.repo_dir(&task.repo), git_timeout);
-    let made = repo
+    let (made, worktree) = repo
         .ensure_worktree(&worktree_path, &branch_name(task.id), &task.base_branch)
         .await?;
-    let worktree = Git::new(&worktree_path, git_timeout);
     if made == git::Worktree::Existing {
         // A cut-off earlier run of this attempt may have left half-made edits.
         worktree.discard_uncommitted().await?;
@@ -432,7 +431,7 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
         }
         EngineSpec::Builtin => builtin_note(&services, &task, &who, &worktree_path).await?,
         spec => {
-            let run = run_engine(&services, &task, &who, &worktree_path, spec).await?;
+            let run = run_engine(&services, &task, &who, &worktree, spec).await?;
             match shell_failure(&services, &run)? {
                 Some(feedback) => EngineResult::Failed(feedback),
                 None => EngineResult::Ran,
@@ -703,7 +702,7 @@ async fn run_engine(
     services: &Services,
     task: &Task,
     who: &RunIdentity,
-    worktree_path: &Path,
+    worktree: &Git,
     spec: EngineSpec,
 ) -> Result<EngineRun, StageError> {
     match spec {
@@ -731,7 +730,8 @@ async fn run_engine(
                 who,
                 ShellRun {
                     command,
-                    cwd: worktree_path.to_path_buf(),
+                    worktree: worktree.clone(),
+                    sandbox_refs: vec![format!("refs/heads/{}", task.base_branch)],
                     env: prompt::engine_env(task, task.attempts, &files),
                     timeout: engine::capped_timeout(
                         task,

@@ -163,16 +163,18 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
             // The planner may read the repository, but in its own worktree, never the user's checkout.
             let worktree = services.worktree_path(task.id);
             crate::work::remote::sync(&services, &task).await?;
-            Git::new(services.repo_dir(&task.repo), services.config.git.timeout())
-                .ensure_worktree(&worktree, &branch_name(task.id), &task.base_branch)
-                .await?;
+            let (_, worktree) =
+                Git::new(services.repo_dir(&task.repo), services.config.git.timeout())
+                    .ensure_worktree(&worktree, &branch_name(task.id), &task.base_branch)
+                    .await?;
             let config = &services.config.engines;
             let run = engine::run_shell(
                 &services,
                 &who,
                 ShellRun {
                     command,
-                    cwd: worktree,
+                    worktree,
+                    sandbox_refs: vec![format!("refs/heads/{}", task.base_branch)],
                     env: prompt::engine_env(&task, 0, &files),
                     timeout: engine::capped_timeout(
                         &task,

@@ -14,6 +14,7 @@ use crate::model::task::{
     CapturedOutput, EngineRun, Plan, PlanStep, RunStatus, Stage, Task, TaskId,
 };
 use crate::platform::executor;
+use crate::platform::git::{sandbox_dir, Git};
 use crate::platform::live_output;
 use crate::platform::openai;
 use crate::platform::process::{self, CommandSpec};
@@ -42,8 +43,12 @@ pub(crate) struct RunIdentity {
 pub(crate) struct ShellRun {
     /// The command line.
     pub command: String,
-    /// The worktree.
-    pub cwd: PathBuf,
+    /// The worktree it runs in (a linked worktree's git: see
+    /// [`crate::platform::git::Git::worktree_of`]); its files get a disposable `.git` of their
+    /// own before the run.
+    pub worktree: Git,
+    /// Refs (full names) the disposable `.git` gets besides `HEAD`: the base branch.
+    pub sandbox_refs: Vec<String>,
     /// `GLITCHLAB_*` variables.
     pub env: Vec<(String, String)>,
     /// Killed with its process group after this long.
@@ -182,15 +187,19 @@ pub(crate) async fn run_shell(
         .map_err(|denied| StageError::ToolDenied(denied.to_string()))?;
     let temp_dir = services.temp_dir(who.task_id);
     tokio::fs::create_dir_all(&temp_dir).await?;
-    let mut spec = CommandSpec::shell(
-        &run.command,
-        run.cwd.clone(),
-        run.timeout,
-        run.output_bytes_max,
-    );
+    let cwd = run.worktree.dir().to_path_buf();
+    let mut spec = CommandSpec::shell(&run.command, cwd, run.timeout, run.output_bytes_max);
+    let remote = services
+        .fleet
+        .as_ref()
+        .filter(|_| matches!(who.persona, Persona::Patch | Persona::Circuit));
+    if remote.is_none() {
+        // Whatever the last run left in `.git` goes: this one starts from a fresh copy.
+        sandbox_dir::give_sandbox_git_dir(&run.worktree, &run.sandbox_refs).await?;
+    }
     let confined = match &services.sandbox {
         Some(sandbox) => {
-            let jail = jail(services, who.persona, who.task_id, &run.cwd, &temp_dir).await;
+            let jail = jail(services, who.persona, who.task_id, &run.worktree, &temp_dir);
             Some((sandbox, sandbox.wrap(&jail, &mut spec)))
         }
         None => None,
@@ -207,10 +216,6 @@ pub(crate) async fn run_shell(
     running.prompt_digest = run.prompt_digest;
     running.sandbox = services.sandbox.as_ref().map(|s| s.name().to_owned());
     let open = OpenRun::start(services, running).await?;
-    let remote = services
-        .fleet
-        .as_ref()
-        .filter(|_| matches!(who.persona, Persona::Patch | Persona::Circuit));
     let ran = match remote {
         Some(fleet) => {
             // The task's capabilities and its persona's defaults (`capabilities:` in its file).
@@ -220,7 +225,7 @@ pub(crate) async fn run_shell(
             capabilities.dedup();
             let remote_run = crate::work::fleet_run::RemoteRun {
                 command: &run.command,
-                cwd: &run.cwd,
+                worktree: &run.worktree,
                 env: &spec.env,
                 timeout: run.timeout,
                 output_bytes_max: run.output_bytes_max,
@@ -310,42 +315,27 @@ async fn run_live(
     output
 }
 
-/// What a sandboxed engine or verify command may touch. Write: its worktree, the worktree's own
-/// git dir (`<repo>/.git/worktrees/<name>`: index, HEAD), the repository's `objects`, `refs` and
-/// `logs` (so an engine can commit), its private temp dir, `/dev`, and the configured extras.
-/// Read: the rest of the repository's git dir — its `config` and `hooks` stay read-only, since
-/// the service itself runs git there later — and the task's prompt files. Network: its
-/// persona's `network: true`.
-async fn jail(
+/// What a sandboxed engine or verify command may touch. Write: its worktree's files (with the
+/// disposable `.git` made for the run: [`sandbox_dir`]), its private temp dir, `/dev`, and the
+/// configured extras. Read: the repository's `objects` (what that `.git` borrows) and the task's
+/// prompt files — nothing else of the repository: not its refs, config, hooks or the worktree's
+/// admin dir, which the service alone writes and reads. Network: its persona's `network: true`.
+fn jail(
     services: &Services,
     persona: Persona,
     task_id: TaskId,
-    cwd: &Path,
+    worktree: &Git,
     temp_dir: &Path,
 ) -> sandbox::Jail {
-    let mut writable = vec![
-        cwd.to_path_buf(),
-        temp_dir.to_path_buf(),
-        PathBuf::from("/dev"),
-    ];
-    let mut readable = vec![services.prompt_dir(task_id)];
-    if let Ok(dot_git) = tokio::fs::read_to_string(cwd.join(".git")).await {
-        if let Some(git_dir) = dot_git.trim().strip_prefix("gitdir: ") {
-            let git_dir = PathBuf::from(git_dir);
-            if let Ok(common) = tokio::fs::read_to_string(git_dir.join("commondir")).await {
-                let common = git_dir.join(common.trim());
-                let common = tokio::fs::canonicalize(&common).await.unwrap_or(common);
-                for shared in ["objects", "refs", "logs"] {
-                    writable.push(common.join(shared));
-                }
-                readable.push(common);
-            }
-            writable.push(git_dir);
-        }
-    }
+    let cwd = worktree.dir().to_path_buf();
+    let mut writable = vec![cwd.clone(), temp_dir.to_path_buf(), PathBuf::from("/dev")];
     writable.extend(services.config.governance.sandbox_writable.iter().cloned());
+    let mut readable = vec![services.prompt_dir(task_id)];
+    if let Some(linked) = worktree.linked() {
+        readable.push(linked.common.join("objects"));
+    }
     sandbox::Jail {
-        cwd: cwd.to_path_buf(),
+        cwd,
         writable,
         readable,
         network: services.definitions.network_allowed(persona),

@@ -54,8 +54,9 @@ pub(crate) struct Whose {
 pub(crate) struct RemoteRun<'a> {
     /// The command line.
     pub command: &'a str,
-    /// The worktree whose commit it runs on (and where an engine's diff is applied).
-    pub cwd: &'a Path,
+    /// The worktree whose commit it runs on (and where an engine's diff is applied), driven
+    /// through its admin dir.
+    pub worktree: &'a Git,
     /// The governed environment, as the local run would get it.
     pub env: &'a [(String, String)],
     /// The command's own timeout.
@@ -75,7 +76,7 @@ pub(crate) async fn run_remote(
     who: &Whose,
     run: RemoteRun<'_>,
 ) -> Result<CommandOutput, StageError> {
-    let git = Git::new(run.cwd, services.config.git.timeout());
+    let git = run.worktree.clone();
     let commit = git.run(&["rev-parse", "HEAD"]).await?;
     let repo = git
         .run(&["rev-parse", "--path-format=absolute", "--git-common-dir"])

@@ -326,11 +326,12 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
             note(services, task, "merge.candidate", data).await;
         }
         if verify_needed {
-            if let Some(output) = verify_candidate(services, &stacked, &scratch, &built).await? {
+            let worktree = repo.worktree_of(&scratch).await?;
+            if let Some(output) = verify_candidate(services, &stacked, &worktree, &built).await? {
                 return Ok(BatchResult::Red { output, decided });
             }
         }
-        match candidate::land(&repo, &scratch, &first.base_branch, &built, remote).await? {
+        match candidate::land(&repo, &first.base_branch, &built, remote).await? {
             Landing::Landed => {
                 for (task, commit) in stacked {
                     let data =
@@ -382,7 +383,7 @@ fn needs_verify(stacked: &[(&Task, String)], built: &BuiltCandidate) -> bool {
 async fn verify_candidate(
     services: &Services,
     stacked: &[(&Task, String)],
-    scratch: &std::path::Path,
+    scratch: &Git,
     built: &BuiltCandidate,
 ) -> Result<Option<String>, StageError> {
     let mut commands_run: Vec<&str> = Vec::new();
@@ -391,7 +392,7 @@ async fn verify_candidate(
             continue;
         }
         commands_run.push(&task.verify);
-        let run = run_verify(services, task, scratch.to_path_buf(), Stage::Deliver).await?;
+        let run = run_verify(services, task, scratch.clone(), Stage::Deliver).await?;
         for (each, _) in stacked {
             let data = json!({"candidate": built.commit, "command_of": task.id, "passed": run.passed, "run_id": run.run_id});
             note(services, each, "merge.verified", data).await;

@@ -2,12 +2,11 @@
 //! queue's gate on a candidate (the base plus the change). Both run the same command the same
 //! way (sandboxed, bounded, metered as Circuit's), so "verified" means one thing.
 
-use std::path::PathBuf;
-
 use uuid::Uuid;
 
 use crate::model::persona::Persona;
 use crate::model::task::{Stage, Task};
+use crate::platform::git::Git;
 use crate::runtime::jobs::StageError;
 use crate::runtime::Services;
 use crate::work::engine::{self, RunIdentity, ShellRun};
@@ -23,12 +22,12 @@ pub(crate) struct VerifyRun {
     pub run_id: Uuid,
 }
 
-/// Runs `task.verify` in `cwd` as Circuit at `stage` (verify for the branch, deliver for a
+/// Runs `task.verify` in `worktree` as Circuit at `stage` (verify for the branch, deliver for a
 /// candidate). A kill by a signal the command did not ask for is trouble to retry, not a verdict.
 pub(crate) async fn run_verify(
     services: &Services,
     task: &Task,
-    cwd: PathBuf,
+    worktree: Git,
     stage: Stage,
 ) -> Result<VerifyRun, StageError> {
     let config = &services.config.engines;
@@ -43,7 +42,8 @@ pub(crate) async fn run_verify(
         &who,
         ShellRun {
             command: task.verify.clone(),
-            cwd,
+            worktree,
+            sandbox_refs: vec![format!("refs/heads/{}", task.base_branch)],
             env: vec![
                 ("GLITCHLAB_TASK_ID".into(), task.id.to_string()),
                 ("GLITCHLAB_ATTEMPT".into(), task.attempts.to_string()),

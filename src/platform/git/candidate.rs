@@ -113,7 +113,7 @@ pub(crate) async fn build(
         changes.push(applied);
     }
     let tree = match &scratch {
-        Some(worktree) => read::tree_of(&worktree.dir, "HEAD").await?,
+        Some(worktree) => worktree.head_tree().await?,
         None => read::tree_of(&repo.dir, &base).await?,
     };
     Ok(BuiltCandidate {
@@ -183,7 +183,7 @@ async fn apply(
             scratch.run(&amend).await?;
         }
     }
-    Ok(Applied::Commit(read::head_commit(&scratch.dir).await?))
+    Ok(Applied::Commit(scratch.head().await?))
 }
 
 /// Moves `base` to `candidate.commit` if it still points at `candidate.base`. A repository whose
@@ -192,7 +192,6 @@ async fn apply(
 /// expected old value (`--force-with-lease`), then the clone's own ref follows.
 pub(crate) async fn land(
     repo: &Git,
-    scratch_dir: &Path,
     base: &str,
     candidate: &BuiltCandidate,
     remote: Option<&str>,
@@ -224,7 +223,7 @@ pub(crate) async fn land(
             .await?;
         return Ok(Landing::Landed);
     }
-    let facts = read::delivery_facts(&repo.dir, scratch_dir, base).await?;
+    let facts = read::delivery_facts(&repo.dir, base).await?;
     if facts.base_commit != candidate.base {
         return Ok(Landing::BaseMoved {
             now: facts.base_commit,
@@ -291,13 +290,15 @@ pub(crate) async fn remove_scratch(repo: &Git, scratch_dir: &Path) -> Result<(),
 }
 
 /// The scratch worktree at `dir`, detached at `base` with nothing else in it: reused when it is
-/// sound, made again when anything about it is not.
+/// sound (registered at `dir`, driven through its admin dir: a verify run wrote its files and
+/// their `.git`), made again when anything about it is not.
 async fn reset_scratch(repo: &Git, dir: &Path, base: &str) -> Result<Git, GitError> {
-    let scratch = Git::new(dir, repo.timeout);
-    if tokio::fs::try_exists(dir.join(".git"))
-        .await
-        .unwrap_or(false)
-    {
+    let scratch = repo.worktree_of(dir).await?;
+    let linked = scratch.linked.clone().ok_or_else(|| GitError::Failed {
+        args: "worktree".into(),
+        stderr: "no admin dir".into(),
+    })?;
+    if super::registered_at(&linked, dir).await {
         // `reset --hard` also drops a half-done merge's state; `cherry-pick --quit` a sequence's.
         let _ = scratch.run(&["cherry-pick", "--quit"]).await;
         let reused = async {
@@ -318,8 +319,8 @@ async fn reset_scratch(repo: &Git, dir: &Path, base: &str) -> Result<Git, GitErr
     }
     let lock = worktree_lock(&repo.dir);
     let _serialized = lock.lock().await;
-    let _ = tokio::fs::remove_dir_all(dir).await;
-    repo.remove_half_made_admin_dir(dir).await;
+    super::remove_files(dir).await;
+    repo.remove_half_made_admin_dir(&linked, dir).await;
     let path = dir.display().to_string();
     if repo
         .run(&["worktree", "add", "--detach", "--quiet", &path, base])
@@ -327,9 +328,18 @@ async fn reset_scratch(repo: &Git, dir: &Path, base: &str) -> Result<Git, GitErr
         .is_err()
     {
         repo.run(&["worktree", "prune"]).await?;
-        repo.remove_half_made_admin_dir(dir).await;
+        repo.remove_half_made_admin_dir(&linked, dir).await;
         repo.run(&["worktree", "add", "--detach", "--quiet", &path, base])
             .await?;
+    }
+    if !super::registered_at(&linked, dir).await {
+        return Err(GitError::Failed {
+            args: format!("worktree add {path}"),
+            stderr: format!(
+                "the worktree was not registered as `{}`",
+                linked.admin.display()
+            ),
+        });
     }
     Ok(scratch)
 }

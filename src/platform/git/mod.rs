@@ -4,6 +4,7 @@
 
 pub(crate) mod candidate;
 pub(crate) mod read;
+pub(crate) mod sandbox_dir;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,40 @@ const COMMITTER: [&str; 4] = [
 /// on a task's critical path twice); glitchlab runs it itself every
 /// [`MAINTENANCE_EVERY_DELIVERIES`] deliveries of a repository instead ([`Git::maintain_now_and_then`]).
 const NO_AUTO_MAINTENANCE: [&str; 4] = ["-c", "maintenance.auto=false", "-c", "gc.auto=0"];
+
+/// Configuration every git the service runs is pinned to, over anything a repository's config
+/// says: no filesystem monitor, no hooks, no pager, and only the transports remotes use. With no
+/// system or global config ([`pinned_env`]) and the linked worktrees' admin dirs passed
+/// explicitly ([`Git::worktree_of`]), no configuration a task could have written is ever read.
+const PINNED_CONFIG: [&str; 14] = [
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.pager=cat",
+    "-c",
+    "protocol.allow=never",
+    "-c",
+    "protocol.file.allow=always",
+    "-c",
+    "protocol.ssh.allow=always",
+    "-c",
+    "protocol.https.allow=always",
+];
+
+/// The environment that keeps git off every config file but the repository's own: no
+/// `/etc/gitconfig`, no `~/.gitconfig`, no system attributes, no prompts or editors.
+fn pinned_env() -> [(String, String); 5] {
+    [
+        ("GIT_CONFIG_NOSYSTEM", "1"),
+        ("GIT_CONFIG_GLOBAL", "/dev/null"),
+        ("GIT_ATTR_NOSYSTEM", "1"),
+        ("GIT_TERMINAL_PROMPT", "0"),
+        ("GIT_EDITOR", "true"),
+    ]
+    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+}
 
 /// Deliveries into one repository between two `git maintenance run --auto`.
 pub(crate) const MAINTENANCE_EVERY_DELIVERIES: u32 = 16;
@@ -81,15 +116,76 @@ fn worktree_lock(repo: &Path) -> Arc<tokio::sync::Mutex<()>> {
 pub(crate) struct Git {
     dir: PathBuf,
     timeout: Duration,
+    /// Set for a linked worktree: git is told where its git dir is instead of finding it from
+    /// `dir/.git`, which is the sandbox's to write.
+    linked: Option<Linked>,
+}
+
+/// The service-owned half of a linked worktree: what git reads instead of the files' `.git`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Linked {
+    /// `<common>/worktrees/<name>`: the worktree's `HEAD`, index and `commondir`, passed as
+    /// `GIT_DIR`. The sandbox never sees it.
+    pub admin: PathBuf,
+    /// The repository's common git dir (refs, objects, config). The sandbox may read only its
+    /// `objects`.
+    pub common: PathBuf,
 }
 
 impl Git {
-    /// Git commands run with `dir` as their working directory.
+    /// Git commands run with `dir` as their working directory, finding the repository from it:
+    /// only for a repository's own directory, never a worktree's files ([`Self::worktree_of`]).
     pub(crate) fn new(dir: impl Into<PathBuf>, timeout: Duration) -> Self {
         Self {
             dir: dir.into(),
             timeout,
+            linked: None,
         }
+    }
+
+    /// The directory git runs in (a worktree's files, or the repository).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The worktree's admin and common dirs; `None` for a repository.
+    pub(crate) fn linked(&self) -> Option<&Linked> {
+        self.linked.as_ref()
+    }
+
+    /// The linked worktree of this repository whose files are at `files`: git runs with its admin
+    /// dir (`<common>/worktrees/<name of files>`) as `GIT_DIR` and `files` as `GIT_WORK_TREE`, so
+    /// nothing a task wrote under `files` (a `.git` file or dir, its config, hooks or
+    /// `commondir`) is read. It need not exist yet.
+    pub(crate) async fn worktree_of(&self, files: &Path) -> Result<Git, GitError> {
+        let common = read::common_dir(&self.dir).await?;
+        let name = files.file_name().ok_or_else(|| GitError::Failed {
+            args: "worktree".into(),
+            stderr: format!("`{}` names no directory", files.display()),
+        })?;
+        Ok(Git {
+            dir: files.to_path_buf(),
+            timeout: self.timeout,
+            linked: Some(Linked {
+                admin: common.join("worktrees").join(name),
+                common,
+            }),
+        })
+    }
+
+    /// The commit `HEAD` names: the worktree's (from its admin dir) or the repository's.
+    pub(crate) async fn head(&self) -> Result<String, GitError> {
+        match &self.linked {
+            Some(linked) => read::worktree_head(&linked.admin, &linked.common).await,
+            None => read::head_commit(&self.dir).await,
+        }
+    }
+
+    /// The tree `HEAD`'s commit has.
+    pub(crate) async fn head_tree(&self) -> Result<String, GitError> {
+        let head = self.head().await?;
+        let repository = self.linked.as_ref().map_or(&self.dir, |l| &l.common);
+        read::tree_of(repository, &head).await
     }
 
     /// Runs `git <args>` and returns trimmed stdout.
@@ -169,22 +265,28 @@ impl Git {
         args: &[&str],
         output_bytes_max: usize,
     ) -> Result<(String, u64), GitError> {
-        let mut all_args: Vec<String> = COMMITTER.iter().map(|s| (*s).to_owned()).collect();
-        all_args.extend(config.iter().map(|s| (*s).to_owned()));
-        all_args.extend(args.iter().map(|s| (*s).to_owned()));
+        let all_args: Vec<String> = COMMITTER
+            .iter()
+            .chain(&PINNED_CONFIG)
+            .chain(config)
+            .chain(args)
+            .map(|s| (*s).to_owned())
+            .collect();
+        // The basics only: no secret of the service's environment, and no stray `GIT_DIR` or
+        // `GIT_INDEX_FILE`, reaches git; a linked worktree's own dirs are named explicitly.
+        let mut env: Vec<(String, String)> = crate::platform::executor::passed_env()
+            .into_iter()
+            .chain(pinned_env())
+            .collect();
+        if let Some(linked) = &self.linked {
+            env.push(("GIT_DIR".into(), linked.admin.display().to_string()));
+            env.push(("GIT_WORK_TREE".into(), self.dir.display().to_string()));
+        }
         let spec = CommandSpec {
             program: "git".into(),
             args: all_args,
             cwd: self.dir.clone(),
-            // The basics only: no secret of the service's environment, and no stray `GIT_DIR`
-            // or `GIT_INDEX_FILE`, reaches git.
-            env: crate::platform::executor::passed_env()
-                .into_iter()
-                .chain([
-                    ("GIT_TERMINAL_PROMPT".into(), "0".into()),
-                    ("GIT_EDITOR".into(), "true".into()),
-                ])
-                .collect(),
+            env,
             env_clear: true,
             timeout: self.timeout,
             output_bytes_max,
@@ -250,62 +352,69 @@ impl Git {
         self.run(&["rev-parse", "--verify", &spec]).await
     }
 
-    /// Makes (or reuses) the worktree at `path` on `branch`, starting from `base` when new.
+    /// Makes (or reuses) the worktree at `path` on `branch`, starting from `base` when new, and
+    /// answers it as a [`Self::worktree_of`] git.
     ///
     /// The hot path spawns at most one git process: a worktree already on `branch` is recognised
-    /// from its files (`.git` → its git dir → `HEAD`), and a new task's worktree and branch are
-    /// made by one `worktree add -b`; only when that fails (the branch exists, a stale entry of a
-    /// crashed run) does it prune and try the slower way.
+    /// from its service-owned admin dir (`gitdir` names `path`, `HEAD` the branch), and a new
+    /// task's worktree and branch are made by one `worktree add -b`; only when that fails (the
+    /// branch exists, a stale entry of a crashed run) does it prune and try the slower way.
     pub(crate) async fn ensure_worktree(
         &self,
         path: &Path,
         branch: &str,
         base: &str,
-    ) -> Result<Worktree, GitError> {
-        if worktree_branch(path).await.as_deref() == Some(branch) {
-            return Ok(Worktree::Existing);
+    ) -> Result<(Worktree, Git), GitError> {
+        let worktree = self.worktree_of(path).await?;
+        let linked = worktree.linked.clone().ok_or_else(|| GitError::Failed {
+            args: "worktree".into(),
+            stderr: "no admin dir".into(),
+        })?;
+        if registered_branch(&linked, path).await.as_deref() == Some(branch) {
+            return Ok((Worktree::Existing, worktree));
         }
         let path_text = path.display().to_string();
         let lock = worktree_lock(&self.dir);
         let _serialized = lock.lock().await;
-        if tokio::fs::try_exists(path).await.unwrap_or(true) {
-            // A half-made worktree from a crash: start it again.
-            let _ = self
-                .run(&["worktree", "remove", "--force", &path_text])
-                .await;
-            let _ = tokio::fs::remove_dir_all(path).await;
-        }
-        self.remove_half_made_admin_dir(path).await;
+        // A half-made worktree from a crash, or one whose registration is not what it should
+        // be: start it again. Its files go first, so the registration is stale for `prune`.
+        remove_files(path).await;
+        self.remove_half_made_admin_dir(&linked, path).await;
         let new_branch = ["worktree", "add", "-b", branch, &path_text, base];
-        if self.run(&new_branch).await.is_ok() {
-            return Ok(Worktree::Created);
+        if self.run(&new_branch).await.is_err() {
+            self.run(&["worktree", "prune"]).await?;
+            self.remove_half_made_admin_dir(&linked, path).await;
+            if self.branch_exists(branch).await {
+                self.run(&["worktree", "add", &path_text, branch]).await?;
+            } else {
+                self.run(&new_branch).await?;
+            }
         }
-        self.run(&["worktree", "prune"]).await?;
-        self.remove_half_made_admin_dir(path).await;
-        if self.branch_exists(branch).await {
-            self.run(&["worktree", "add", &path_text, branch]).await?;
-        } else {
-            self.run(&new_branch).await?;
+        if registered_branch(&linked, path).await.as_deref() != Some(branch) {
+            return Err(GitError::Failed {
+                args: format!("worktree add {path_text}"),
+                stderr: format!(
+                    "the worktree was not registered as `{}`",
+                    linked.admin.display()
+                ),
+            });
         }
-        Ok(Worktree::Created)
+        Ok((Worktree::Created, worktree))
     }
 
     /// A `git worktree add` killed half-way (its job aborted by a cancel or a persona crash) can
-    /// leave `.git/worktrees/<name>` with an empty or missing `commondir`; every later
+    /// leave `<common>/worktrees/<name>` with an empty or missing `commondir`; every later
     /// `worktree add` in the repository then dies reading it ("failed to read .../commondir"),
     /// and `worktree prune` does not take it. With no worktree at `path`, the registration named
     /// after it is nobody's: remove it.
-    async fn remove_half_made_admin_dir(&self, path: &Path) {
-        let Some(name) = path.file_name() else {
-            return;
-        };
+    async fn remove_half_made_admin_dir(&self, linked: &Linked, path: &Path) {
         if tokio::fs::try_exists(path).await.unwrap_or(true) {
             return;
         }
-        let admin = self.dir.join(".git").join("worktrees").join(name);
-        if tokio::fs::try_exists(&admin).await.unwrap_or(false) {
+        let admin = &linked.admin;
+        if tokio::fs::try_exists(admin).await.unwrap_or(false) {
             tracing::warn!(admin = %admin.display(), "removing a half-made worktree registration");
-            let _ = tokio::fs::remove_dir_all(&admin).await;
+            let _ = tokio::fs::remove_dir_all(admin).await;
         }
     }
 
@@ -330,7 +439,7 @@ impl Git {
             }
             return Err(error);
         }
-        read::head_commit(&self.dir).await.map(Some)
+        self.head().await.map(Some)
     }
 
     /// Deletes the local `branch`, first pruning registrations of worktrees whose directory is
@@ -362,14 +471,33 @@ impl Git {
         Ok(true)
     }
 
-    /// Removes a worktree; the branch stays.
+    /// Removes a worktree; the branch stays. Its files go first (never followed through a link:
+    /// whatever a task left there), then git forgets the registration.
     pub(crate) async fn remove_worktree(&self, path: &Path) -> Result<(), GitError> {
-        let path_text = path.display().to_string();
         let lock = worktree_lock(&self.dir);
         let _serialized = lock.lock().await;
-        self.run(&["worktree", "remove", "--force", &path_text])
-            .await?;
+        remove_files(path).await;
+        if tokio::fs::try_exists(path).await.unwrap_or(true) {
+            return Err(GitError::Failed {
+                args: "worktree remove".into(),
+                stderr: format!("could not remove `{}`", path.display()),
+            });
+        }
+        self.run(&["worktree", "prune"]).await?;
         Ok(())
+    }
+}
+
+/// Removes what is at `path` (a directory tree, a file or a link, not what a link points to).
+pub(crate) async fn remove_files(path: &Path) {
+    match tokio::fs::symlink_metadata(path).await {
+        Ok(meta) if meta.is_dir() => {
+            let _ = tokio::fs::remove_dir_all(path).await;
+        }
+        Ok(_) => {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        Err(_) => {}
     }
 }
 
@@ -395,21 +523,38 @@ pub(crate) enum Worktree {
     Existing,
 }
 
-/// The branch a linked worktree at `path` has checked out, read from its files (no process):
-/// `path/.git` names the worktree's git dir, whose `HEAD` names the branch. `None` when there is
-/// no such worktree or its `HEAD` is detached.
-async fn worktree_branch(path: &Path) -> Option<String> {
-    let dot_git = tokio::fs::read_to_string(path.join(".git")).await.ok()?;
-    let git_dir = PathBuf::from(dot_git.trim().strip_prefix("gitdir: ")?);
-    let git_dir = if git_dir.is_absolute() {
-        git_dir
-    } else {
-        path.join(git_dir)
-    };
-    let head = tokio::fs::read_to_string(git_dir.join("HEAD")).await.ok()?;
+/// The branch the linked worktree at `path` has checked out, read from its admin dir (no
+/// process, and nothing under `path`, which the sandbox writes): its `gitdir` must name
+/// `path/.git` and `path` must exist. `None` when there is no such worktree or its `HEAD` is
+/// detached.
+async fn registered_branch(linked: &Linked, path: &Path) -> Option<String> {
+    if !registered_at(linked, path).await {
+        return None;
+    }
+    let head = tokio::fs::read_to_string(linked.admin.join("HEAD"))
+        .await
+        .ok()?;
     head.trim()
         .strip_prefix("ref: refs/heads/")
         .map(str::to_owned)
+}
+
+/// Whether the admin dir of `linked` is the registration of a worktree at `path` (its `gitdir`
+/// names `path/.git`, and `path` exists), read from the admin dir alone.
+async fn registered_at(linked: &Linked, path: &Path) -> bool {
+    let Ok(gitdir) = tokio::fs::read_to_string(linked.admin.join("gitdir")).await else {
+        return false;
+    };
+    let Some(registered) = Path::new(gitdir.trim()).parent() else {
+        return false;
+    };
+    match (
+        tokio::fs::canonicalize(registered).await,
+        tokio::fs::canonicalize(path).await,
+    ) {
+        (Ok(registered), Ok(files)) => registered == files,
+        _ => false,
+    }
 }
 
 /// Whether a git failure is another git process holding a lock: worth retrying, not a verdict.
@@ -494,12 +639,58 @@ mod tests {
         let gitdir = format!("{}\n", path.join(".git").display());
         std::fs::write(admin.join("gitdir"), gitdir).unwrap();
         std::fs::write(admin.join("commondir"), "").unwrap();
+        let (made, worktree) = repo
+            .ensure_worktree(&path, "glitchlab/t", "main")
+            .await
+            .unwrap();
+        assert_eq!(made, Worktree::Created);
+        let linked = worktree.linked().unwrap();
         assert_eq!(
-            repo.ensure_worktree(&path, "glitchlab/t", "main")
-                .await
-                .unwrap(),
-            Worktree::Created
+            registered_branch(linked, &path).await.as_deref(),
+            Some("glitchlab/t")
         );
-        assert_eq!(worktree_branch(&path).await.as_deref(), Some("glitchlab/t"));
+    }
+
+    /// What a task may write in its worktree's files — a `.git` of its own with an fsmonitor,
+    /// hooks and a `commondir` pointing at planted config — is never read by the service's git:
+    /// staging and committing go through the admin dir, and the branch moves only by that commit.
+    #[tokio::test]
+    async fn a_planted_dot_git_in_the_files_is_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, repo) = repository(dir.path()).await;
+        let path = dir.path().join("task-wt");
+        let (_, worktree) = repo
+            .ensure_worktree(&path, "glitchlab/t", "main")
+            .await
+            .unwrap();
+        sandbox_dir::give_sandbox_git_dir(&worktree, &["refs/heads/main".to_owned()])
+            .await
+            .unwrap();
+        let marker = dir.path().join("pwned");
+        let evil = format!(
+            "[core]\n\tfsmonitor = touch {m}\n\thooksPath = hooks\n\tpager = touch {m}\n",
+            m = marker.display()
+        );
+        let dot_git = path.join(".git");
+        std::fs::write(dot_git.join("config"), &evil).unwrap();
+        std::fs::write(dot_git.join("commondir"), dir.path().display().to_string()).unwrap();
+        std::fs::write(dir.path().join("config"), &evil).unwrap();
+        std::fs::create_dir_all(dot_git.join("hooks")).unwrap();
+        std::fs::write(path.join("new.txt"), "work\n").unwrap();
+        worktree.stage_all().await.unwrap();
+        assert_eq!(
+            worktree.changed_since("main").await.unwrap(),
+            vec!["new.txt".to_owned()]
+        );
+        let commit = worktree.commit_staged("work").await.unwrap().unwrap();
+        assert_eq!(repo.rev_parse("glitchlab/t").await.unwrap(), commit);
+        worktree.discard_uncommitted().await.unwrap();
+        assert!(!marker.exists(), "a planted command ran");
+        // The sandbox's `.git` is no part of the tree.
+        let files = repo
+            .run(&["ls-tree", "-r", "--name-only", "glitchlab/t"])
+            .await
+            .unwrap();
+        assert_eq!(files, "README.md\nnew.txt");
     }
 }

@@ -34,24 +34,56 @@ pub(crate) async fn head_commit(dir: &Path) -> Result<String, GitError> {
     .await
 }
 
-/// The facts a landing ([`super::candidate::land`]) decides on: where the base points (read
-/// through `worktree`, which shares the repository's refs) and the repository's checkout.
-pub(crate) async fn delivery_facts(
-    repo: &Path,
-    worktree: &Path,
-    base: &str,
-) -> Result<DeliveryFacts, GitError> {
-    let (repo, worktree) = (repo.to_path_buf(), worktree.to_path_buf());
+/// The common git dir of the repository at `dir`: where its refs, objects and linked worktrees'
+/// admin dirs live (`<repo>/.git` for a checkout, the repository itself when bare). Canonical.
+pub(crate) async fn common_dir(dir: &Path) -> Result<PathBuf, GitError> {
+    let dir = dir.to_path_buf();
+    blocking("rev-parse --git-common-dir", move || {
+        let repo = open(&dir)?;
+        std::fs::canonicalize(repo.common_dir()).map_err(failed("canonicalize the git dir"))
+    })
+    .await
+}
+
+/// The commit a linked worktree's `HEAD` names, read from its admin dir — never from the `.git`
+/// in its files, which the sandbox writes — and resolved among the common dir's refs.
+pub(crate) async fn worktree_head(admin: &Path, common: &Path) -> Result<String, GitError> {
+    let head = tokio::fs::read_to_string(admin.join("HEAD"))
+        .await
+        .map_err(failed("read the worktree's HEAD"))?;
+    let head = head.trim().to_owned();
+    let Some(reference) = head.strip_prefix("ref: ").map(str::to_owned) else {
+        return gix::ObjectId::from_hex(head.as_bytes())
+            .map(|id| id.to_string())
+            .map_err(failed("read the worktree's detached HEAD"));
+    };
+    let common = common.to_path_buf();
+    blocking("rev-parse HEAD", move || {
+        let repo = open(&common)?;
+        let id = repo
+            .find_reference(reference.as_str())
+            .map_err(failed("find the worktree's branch"))?
+            .peel_to_id()
+            .map_err(failed("peel the worktree's branch"))?;
+        Ok(id.detach().to_string())
+    })
+    .await
+}
+
+/// The facts a landing ([`super::candidate::land`]) decides on: where the base points and the
+/// repository's checkout, both read from the repository itself (never through a worktree, whose
+/// files a task wrote).
+pub(crate) async fn delivery_facts(repo: &Path, base: &str) -> Result<DeliveryFacts, GitError> {
+    let repo = repo.to_path_buf();
     let base_ref = format!("refs/heads/{base}");
     blocking("delivery facts", move || {
-        let here = open(&worktree)?;
-        let base_commit = here
+        let checkout = open(&repo)?;
+        let base_commit = checkout
             .find_reference(base_ref.as_str())
             .map_err(failed("find the base branch"))?
             .peel_to_id()
             .map_err(failed("peel the base branch"))?
             .detach();
-        let checkout = open(&repo)?;
         let repo_is_bare = checkout.is_bare();
         let repo_on_base = checkout
             .head_name()
