@@ -20,6 +20,7 @@ mod delivery;
 mod fleet;
 mod governance;
 mod helpers;
+mod hostile;
 mod ingress;
 mod ledger;
 mod load;
