@@ -629,7 +629,7 @@ async fn run_job(factory: &Factory, job: &FleetJob, delivery: u64) -> JobResult 
     let work = factory.data_dir.join("jobs").join(job.job_id.to_string());
     let outcome = async {
         let tree = prepare(factory, &cache, &work, job).await?;
-        run_command(factory, &tree, &work, job, &mut result).await
+        run_command(factory, &cache, &tree, &work, job, &mut result).await
     }
     .await;
     if let Err(failure) = outcome {
@@ -698,6 +698,11 @@ async fn prepare(
     ])
     .await
     .map_err(|e| format!("worktree at {}: {e}", job.commit))?;
+    // The command gets a `.git` of its own; the diff is read through the admin dir.
+    let worktree = git.worktree_of(&tree).await.map_err(|e| e.to_string())?;
+    crate::platform::git::sandbox_dir::give_sandbox_git_dir(&worktree, &[])
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(tree)
 }
 
@@ -705,6 +710,7 @@ async fn prepare(
 /// back what it changed.
 async fn run_command(
     factory: &Factory,
+    cache: &Path,
     tree: &Path,
     work: &Path,
     job: &FleetJob,
@@ -755,7 +761,7 @@ async fn run_command(
     result.stderr = output.stderr;
     result.duration_ms = u64::try_from(output.duration.as_millis()).unwrap_or(u64::MAX);
     if job.want_diff {
-        result.diff = Some(diff(tree, work, &job.commit).await?);
+        result.diff = Some(diff(cache, tree, work, &job.commit).await?);
     }
     Ok(())
 }
@@ -853,9 +859,13 @@ impl PendingOutput {
     }
 }
 
-/// Hex of the binary diff from `commit` to everything in the worktree now (new files too).
-async fn diff(tree: &Path, work: &Path, commit: &str) -> Result<String, String> {
-    let git = Git::new(tree, GIT_TIMEOUT);
+/// Hex of the binary diff from `commit` to everything in the worktree now (new files too), read
+/// through the worktree's admin dir in `cache`, never the `.git` the command could rewrite.
+async fn diff(cache: &Path, tree: &Path, work: &Path, commit: &str) -> Result<String, String> {
+    let git = Git::new(cache, GIT_TIMEOUT)
+        .worktree_of(tree)
+        .await
+        .map_err(|e| e.to_string())?;
     git.run(&["add", "-A"]).await.map_err(|e| e.to_string())?;
     let file = work.join("change.diff");
     let output = format!("--output={}", file.display());
@@ -880,8 +890,7 @@ async fn clean_up(factory: &Factory, cache: &Path, work: &Path, job: &FleetJob) 
     let lock = cache_lock(factory, cache);
     let _one_at_a_time = lock.lock().await;
     let git = Git::new(cache, GIT_TIMEOUT);
-    let tree = work.join("tree").display().to_string();
-    let _ = git.run(&["worktree", "remove", "--force", &tree]).await;
+    let _ = git.remove_worktree(&work.join("tree")).await;
     let _ = tokio::fs::remove_dir_all(work).await;
     let _ = git.run(&["update-ref", "-d", &job.job_ref()]).await;
 }

@@ -134,7 +134,13 @@ async fn planted_git_metadata_never_runs_and_never_moves_the_base() {
     files.sort_unstable();
     assert_eq!(
         files,
-        vec![".gitattributes", "README.md", "attack.sh", "legit.txt", "second.txt"],
+        vec![
+            ".gitattributes",
+            "README.md",
+            "attack.sh",
+            "legit.txt",
+            "second.txt"
+        ],
         "only the task's own files landed (no .github, no .git)"
     );
     assert_eq!(repo_metadata(&repo), metadata_before);
