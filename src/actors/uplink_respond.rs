@@ -31,11 +31,11 @@ use serde_json::json;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::model::ops::error::OpsError;
-use crate::model::ops::records::{Incident, IncidentStatus, Signal};
+use crate::model::ops::records::{AwaitingStep, HumanMark, Incident, IncidentStatus, Signal};
 use crate::model::ops::spec::IncidentPolicy;
 use crate::model::persona::Persona;
 use crate::runtime::jobs::spawn_job;
-use crate::runtime::uplink_respond::UplinkRespondMsg;
+use crate::runtime::uplink_respond::{HumanAct, UplinkRespondMsg};
 use crate::runtime::Services;
 use crate::storage::ops::OpsStore;
 use crate::work::ops::billing;
@@ -145,10 +145,15 @@ impl Actor for UplinkRespond {
             UplinkRespondMsg::Decide {
                 id,
                 approve,
+                shown,
                 by,
                 reply,
             } => {
-                let outcome = decide(&myself, state, &id, approve, by).await;
+                let outcome = decide(&myself, state, &id, approve, shown, by).await;
+                let _ = reply.send(outcome);
+            }
+            UplinkRespondMsg::Human { id, act, by, reply } => {
+                let outcome = human(state, &id, act, by).await;
                 let _ = reply.send(outcome);
             }
             UplinkRespondMsg::ResponseDone { id, error } => {
@@ -240,9 +245,12 @@ async fn joins(
         .ops
         .incidents_where(DEDUP_SCAN_MAX, move |i| {
             let grouped = i.fingerprint == wanted && i.updated_at >= since;
+            // One waiting for a human's approval takes only its own fingerprint's signals: a new
+            // failure of another kind gets a response of its own, not a wait behind the gate.
             let correlated = check_correlation
                 && i.app == app
                 && i.status == IncidentStatus::Open
+                && i.awaiting_step.is_none()
                 && (i.updated_at >= correlated_since || responding.contains(&i.id));
             i.status != IncidentStatus::Resolved && (grouped || correlated)
         })
@@ -262,18 +270,25 @@ async fn flap_count(
         return Ok(None);
     }
     let since = incident::window_start(Utc::now(), policy.flap_window_secs);
-    let (app, name) = (signal.app.clone(), signal.signal.clone());
+    let app = signal.app.clone();
     let recent = state
         .ctx
         .ops
         .incidents_where(DEDUP_SCAN_MAX, move |i| {
-            i.app == app
-                && i.created_at >= since
-                && i.signals.first().is_some_and(|s| s.signal == name)
+            i.app == app && i.created_at >= since
         })
         .await?;
+    // A person who resolved one of them has looked: the count starts again after that.
+    let looked_at = recent
+        .iter()
+        .filter_map(|i| i.resolved_by.as_ref().map(|mark| mark.at))
+        .max();
+    let counted = recent
+        .iter()
+        .filter(|i| looked_at.is_none_or(|at| i.created_at > at))
+        .count();
     let limit = usize::try_from(policy.flap_max).unwrap_or(usize::MAX);
-    Ok((recent.len() >= limit).then_some(recent.len()))
+    Ok((counted >= limit).then_some(counted))
 }
 
 fn start_response(
@@ -325,11 +340,120 @@ async fn on_response_failed(
     Ok(())
 }
 
+/// Refuses (`STEP_CHANGED`) an approval of anything but the step the runbook has at `step` now,
+/// and shows that step on the incident for a fresh decision.
+async fn approval_matches(
+    state: &UplinkRespondState,
+    incident: &Incident,
+    step: usize,
+    shown: Option<AwaitingStep>,
+) -> Result<(), OpsError> {
+    let now = incident::current_step(&state.ctx.services, incident, step);
+    if now.is_some() && shown == now {
+        return Ok(());
+    }
+    let message = match (&shown, &now) {
+        (_, None) => format!(
+            "incident {}: its runbook no longer has step {step}; nothing is approved",
+            incident.id
+        ),
+        (None, Some(now)) => format!(
+            "an approval names the step as shown: {{\"step\": {}, \"action\": \"{}\", \"digest\": \"{}\"}}",
+            now.step,
+            crate::model::ops::wire_name(&now.action),
+            now.digest
+        ),
+        (Some(_), Some(now)) => format!(
+            "step {step} of the runbook changed since it was shown (now `{}`, digest {}); look \
+             again and approve the step as it is now",
+            crate::model::ops::wire_name(&now.action),
+            now.digest
+        ),
+    };
+    let data = json!({"step": step, "shown": shown, "now": now});
+    state
+        .ctx
+        .ops
+        .update_incident(&incident.id, move |i| {
+            i.awaiting = now.clone();
+            i.push_event("step.changed", data);
+        })
+        .await?;
+    Err(OpsError::StepChanged(message))
+}
+
+/// A person's act on an incident, with their name on it. Resolving stops any response running
+/// for it; a resolved incident can only be resolved again (a no-op).
+async fn human(
+    state: &mut UplinkRespondState,
+    id: &str,
+    act: HumanAct,
+    by: String,
+) -> Result<Incident, OpsError> {
+    let incident = state
+        .ctx
+        .ops
+        .incident(id)
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("no incident with id `{id}`")))?;
+    if incident.status == IncidentStatus::Resolved {
+        return match act {
+            HumanAct::Resolve => Ok(incident),
+            _ => Err(OpsError::InvalidState(format!(
+                "incident {id} is resolved; a new failure opens a new incident"
+            ))),
+        };
+    }
+    let now = Utc::now();
+    let mark = HumanMark { by, at: now };
+    let change: Box<dyn FnOnce(&mut Incident) + Send> = match act {
+        HumanAct::Acknowledge => Box::new(move |i: &mut Incident| {
+            i.push_event("acknowledged", json!({"principal": mark.by}));
+            if i.status == IncidentStatus::NeedsHuman {
+                i.status = IncidentStatus::Acknowledged;
+            }
+            i.acknowledged = Some(mark);
+        }),
+        HumanAct::Resolve => {
+            // Its response (if one runs) stops here: a person has decided it is over.
+            state.responses.remove(id);
+            Box::new(move |i: &mut Incident| {
+                i.push_event("resolved", json!({"principal": mark.by, "by_hand": true}));
+                i.status = IncidentStatus::Resolved;
+                i.resolved_at = Some(mark.at);
+                i.awaiting_step = None;
+                i.awaiting = None;
+                i.resolved_by = Some(mark);
+                i.postmortem = Some(incident::postmortem(i));
+            })
+        }
+        HumanAct::Snooze { until } => {
+            if until <= now {
+                return Err(OpsError::InvalidState(
+                    "a snooze ends in the future".to_owned(),
+                ));
+            }
+            Box::new(move |i: &mut Incident| {
+                i.push_event("snoozed", json!({"principal": mark.by, "until": until}));
+                i.snoozed_until = Some(until);
+            })
+        }
+    };
+    tracing::info!(incident = %id, "incident changed by a person");
+    state
+        .ctx
+        .ops
+        .update_incident(id, change)
+        .await?
+        .ok_or_else(|| OpsError::NotFound(format!("no incident with id `{id}`")))
+}
+
 async fn decide(
     myself: &ActorRef<UplinkRespondMsg>,
     state: &mut UplinkRespondState,
     id: &str,
     approve: bool,
+    shown: Option<AwaitingStep>,
     by: Option<String>,
 ) -> Result<Incident, OpsError> {
     let incident = state
@@ -342,6 +466,9 @@ async fn decide(
         .awaiting_step
         .filter(|_| incident.status == IncidentStatus::Open)
         .ok_or_else(|| OpsError::InvalidState(format!("incident {id} waits for no approval")))?;
+    if approve {
+        approval_matches(state, &incident, step, shown).await?;
+    }
     let kind = if approve {
         "step.approved"
     } else {

@@ -177,6 +177,10 @@ catalogue! {
         "No deploy with that id.";
     INCIDENT_NOT_FOUND [404] []
         "No incident with that id.";
+    STEP_CHANGED [409] []
+        "An approval names a gated step (index, action, digest) that is not the step the \
+         incident's runbook has there now (the runbook was edited since it was shown): the \
+         incident shows the new step for a fresh decision.";
     INVALID_STATE [409] []
         "An ops record (deploy, incident) is not in a state that allows the action (or an ops \
          action's argument, such as a scale count, is out of range).";

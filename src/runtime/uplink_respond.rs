@@ -6,7 +6,7 @@ use std::time::Duration;
 use ractor::{ActorRef, RpcReplyPort};
 
 use crate::model::ops::error::OpsError;
-use crate::model::ops::records::{Incident, Signal};
+use crate::model::ops::records::{AwaitingStep, Incident, Signal};
 use crate::model::persona::Persona;
 use crate::runtime::directory::PersonaMailbox;
 use crate::runtime::Services;
@@ -31,8 +31,22 @@ pub(crate) enum UplinkRespondMsg {
         id: String,
         /// Approve or reject.
         approve: bool,
+        /// The step as it was shown to the approver (required to approve): refused with
+        /// `STEP_CHANGED` unless it is the step the runbook has there now.
+        shown: Option<AwaitingStep>,
         /// The token that decided.
         by: Option<String>,
+        /// The incident after.
+        reply: RpcReplyPort<Result<Incident, OpsError>>,
+    },
+    /// A person acknowledges, resolves or snoozes an incident.
+    Human {
+        /// The incident.
+        id: String,
+        /// What they do.
+        act: HumanAct,
+        /// The token's name.
+        by: String,
         /// The incident after.
         reply: RpcReplyPort<Result<Incident, OpsError>>,
     },
@@ -42,6 +56,21 @@ pub(crate) enum UplinkRespondMsg {
         id: String,
         /// Why the job failed, if it did.
         error: Option<String>,
+    },
+}
+
+/// What a person does to an incident (PagerDuty's and Alertmanager's verbs).
+#[derive(Debug, Clone)]
+pub(crate) enum HumanAct {
+    /// "I have it": `needs_human` becomes `acknowledged`; an open response goes on.
+    Acknowledge,
+    /// "It is over": resolved, any response running for it stopped; the next failure opens a
+    /// new incident, which gets the automatic response again.
+    Resolve,
+    /// Quiet until then: repeats are counted without a timeline entry each.
+    Snooze {
+        /// Until when.
+        until: chrono::DateTime<chrono::Utc>,
     },
 }
 
@@ -78,6 +107,7 @@ pub(crate) async fn call_decide(
     services: &Services,
     id: &str,
     approve: bool,
+    shown: Option<AwaitingStep>,
     by: Option<String>,
 ) -> Result<Incident, OpsError> {
     let actor = current(services).await?;
@@ -86,6 +116,28 @@ pub(crate) async fn call_decide(
         |reply| UplinkRespondMsg::Decide {
             id: id.clone(),
             approve,
+            shown: shown.clone(),
+            by: by.clone(),
+            reply,
+        },
+        Some(SIGNAL_CALL_TIMEOUT),
+    );
+    crate::runtime::flatten_call(call.await)
+}
+
+/// Asks the current Uplink-Respond to record a person's act on an incident.
+pub(crate) async fn call_human(
+    services: &Services,
+    id: &str,
+    act: HumanAct,
+    by: String,
+) -> Result<Incident, OpsError> {
+    let actor = current(services).await?;
+    let id = id.to_owned();
+    let call = actor.call(
+        |reply| UplinkRespondMsg::Human {
+            id: id.clone(),
+            act: act.clone(),
             by: by.clone(),
             reply,
         },

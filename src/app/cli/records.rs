@@ -1,4 +1,5 @@
-//! `glitchlab deploy list|show|approve|reject` and `glitchlab incident list|show|approve|reject`:
+//! `glitchlab deploy list|show|approve|reject` and `glitchlab incident
+//! list|show|approve|reject|ack|resolve|snooze`:
 //! the ops records of a running service, over HTTP with `GLITCHLAB_TOKEN`. Exit 1 with the
 //! service's error code and message when it refuses.
 
@@ -47,13 +48,35 @@ pub enum RecordCommand {
         /// Its id.
         id: String,
     },
-    /// Pass its gate (a deploy awaiting approval, an incident's gated step).
+    /// Pass its gate (a deploy awaiting approval, an incident's gated step: the step it shows
+    /// now is printed and approved, or refused if it is not the one `--digest` names).
     Approve {
         /// Its id.
         id: String,
         /// A note for the record (deploys).
         #[arg(long)]
         comment: Option<String>,
+        /// Incidents: the digest of the step you looked at (its `awaiting.digest`).
+        #[arg(long)]
+        digest: Option<String>,
+    },
+    /// Incidents: you have it (`needs_human` becomes `acknowledged`).
+    Ack {
+        /// Its id.
+        id: String,
+    },
+    /// Incidents: it is over; the next failure opens a new incident.
+    Resolve {
+        /// Its id.
+        id: String,
+    },
+    /// Incidents: count repeats quietly for a while.
+    Snooze {
+        /// Its id.
+        id: String,
+        /// For how many minutes (at most 7 days).
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
     },
     /// Refuse it at its gate.
     Reject {
@@ -108,8 +131,32 @@ pub async fn run(records: Records, args: RecordArgs) -> Result<(), String> {
             let url = format!("{base}/{id}");
             print_json(&call(client.get(&url), &url).await?)
         }
-        RecordCommand::Approve { id, comment } => {
-            decide(&client, &base, &id, "approve", comment, args.json).await
+        RecordCommand::Approve {
+            id,
+            comment,
+            digest,
+        } => match records {
+            Records::Deploys => decide(&client, &base, &id, "approve", comment, args.json).await,
+            Records::Incidents => approve_step(&client, &base, &id, digest, args.json).await,
+        },
+        RecordCommand::Ack { id } => {
+            incident_act(records, &client, &base, &id, "ack", None, args.json).await
+        }
+        RecordCommand::Resolve { id } => {
+            incident_act(records, &client, &base, &id, "resolve", None, args.json).await
+        }
+        RecordCommand::Snooze { id, minutes } => {
+            let body = json!({ "minutes": minutes });
+            incident_act(
+                records,
+                &client,
+                &base,
+                &id,
+                "snooze",
+                Some(body),
+                args.json,
+            )
+            .await
         }
         RecordCommand::Reject { id, comment } => {
             decide(&client, &base, &id, "reject", comment, args.json).await
@@ -131,6 +178,61 @@ async fn decide(
         request = request.json(&json!({"comment": comment}));
     }
     let record = call(request, &url).await?;
+    if json_out {
+        return print_json(&record);
+    }
+    println!("{}", line(&record));
+    Ok(())
+}
+
+/// Approves the gated step incident `id` shows now (printed first), or the one `digest` names.
+async fn approve_step(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    digest: Option<String>,
+    json_out: bool,
+) -> Result<(), String> {
+    let url = format!("{base}/{id}");
+    let incident = call(client.get(&url), &url).await?;
+    let mut shown = incident["awaiting"].clone();
+    if shown.is_null() {
+        return Err(format!("incident {id} waits for no approval"));
+    }
+    eprintln!(
+        "approving step {} `{}` of runbook {} (digest {})",
+        shown["step"],
+        shown["action"].as_str().unwrap_or("?"),
+        incident["runbook"].as_str().unwrap_or("?"),
+        shown["digest"].as_str().unwrap_or("?")
+    );
+    if let Some(digest) = digest {
+        shown["digest"] = json!(digest);
+    }
+    let url = format!("{base}/{id}/approve");
+    let record = call(client.post(&url).json(&shown), &url).await?;
+    if json_out {
+        return print_json(&record);
+    }
+    println!("{}", line(&record));
+    Ok(())
+}
+
+/// `ack`, `resolve` or `snooze` of an incident.
+async fn incident_act(
+    records: Records,
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    act: &str,
+    body: Option<Value>,
+    json_out: bool,
+) -> Result<(), String> {
+    if !matches!(records, Records::Incidents) {
+        return Err(format!("`{act}` is for incidents"));
+    }
+    let url = format!("{base}/{id}/{act}");
+    let record = call(client.post(&url).json(&body.unwrap_or(json!({}))), &url).await?;
     if json_out {
         return print_json(&record);
     }

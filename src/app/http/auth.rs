@@ -282,7 +282,10 @@ fn permission_for(method: &Method, route: &str, metrics_public: bool) -> Option<
         | "/v1/deploys/{id}/approve"
         | "/v1/deploys/{id}/reject"
         | "/v1/incidents/{id}/approve"
-        | "/v1/incidents/{id}/reject" => Permission::Approve,
+        | "/v1/incidents/{id}/reject"
+        | "/v1/incidents/{id}/ack"
+        | "/v1/incidents/{id}/resolve"
+        | "/v1/incidents/{id}/snooze" => Permission::Approve,
         "/v1/deploys" => Permission::Deploy,
         "/v1/fleet/pause" | "/v1/fleet/resume" => Permission::ActOnAnyTask,
         "/v1/alerts" => Permission::Alert,

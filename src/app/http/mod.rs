@@ -5,6 +5,7 @@ pub(crate) mod diff;
 pub(crate) mod error;
 pub(crate) mod fleet;
 pub(crate) mod guard;
+pub(crate) mod incidents;
 pub(crate) mod json;
 pub(crate) mod ledger;
 pub(crate) mod openapi;
@@ -105,6 +106,9 @@ pub(crate) fn router(app: AppState) -> Router {
         .route("/incidents/{id}", get(ops::get_incident))
         .route("/incidents/{id}/approve", post(ops::approve_incident))
         .route("/incidents/{id}/reject", post(ops::reject_incident))
+        .route("/incidents/{id}/ack", post(incidents::ack_incident))
+        .route("/incidents/{id}/resolve", post(incidents::resolve_incident))
+        .route("/incidents/{id}/snooze", post(incidents::snooze_incident))
         .route("/openapi.json", get(openapi::document))
         .route("/tokens", post(auth::create_token).get(auth::list_tokens))
         .route("/tokens/{name}", delete(auth::revoke_token))

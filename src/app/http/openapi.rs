@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
 use super::error::{describe, ApiError, ErrorBody};
-use super::{auth, diff, fleet, ledger, ops, report, stream, system, tasks, ui};
+use super::{auth, diff, fleet, incidents, ledger, ops, report, stream, system, tasks, ui};
 use crate::model::live::RunOutput;
 use crate::model::ops::records::{CheckResult, DeployRecord, Incident};
 use crate::model::task::{EngineRun, Event, Task};
@@ -64,6 +64,9 @@ use crate::runtime::directory::ActorEntry;
         ops::get_incident,
         ops::approve_incident,
         ops::reject_incident,
+        incidents::ack_incident,
+        incidents::resolve_incident,
+        incidents::snooze_incident,
         system::healthz,
         system::readyz,
         system::actors,

@@ -20,7 +20,9 @@ use super::AppState;
 use crate::model::auth::Principal;
 use crate::model::codes;
 use crate::model::ops::error::OpsError;
-use crate::model::ops::records::{DeployRecord, Incident, IncidentStatus, LIST_LIMIT_MAX};
+use crate::model::ops::records::{
+    AwaitingStep, DeployRecord, Incident, IncidentStatus, LIST_LIMIT_MAX,
+};
 use crate::runtime::uplink_deploy::{self, UplinkDeployMsg};
 use crate::runtime::uplink_respond;
 use crate::storage::ops::OpsStore;
@@ -32,7 +34,7 @@ const PERSONA_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const LIST_LIMIT_DEFAULT: usize = 50;
 
 /// Maps an ops error to its status: unknown things 404/422, state conflicts 409, busy 429.
-fn ops_error(error: OpsError) -> ApiError {
+pub(super) fn ops_error(error: OpsError) -> ApiError {
     let (code, message) = (error.code(), error.to_string());
     match error {
         OpsError::NotFound(_) => ApiError::not_found(code, message),
@@ -42,7 +44,9 @@ fn ops_error(error: OpsError) -> ApiError {
         OpsError::UnknownApp(_) | OpsError::UnknownCommit(_) | OpsError::UnknownAccount(_) => {
             ApiError::unprocessable(code, message)
         }
-        OpsError::InvalidState(_) | OpsError::Busy(_) => ApiError::conflict(code, message),
+        OpsError::InvalidState(_) | OpsError::Busy(_) | OpsError::StepChanged(_) => {
+            ApiError::conflict(code, message)
+        }
         OpsError::QueueFull(_) => ApiError::too_many(code, message, 5),
         OpsError::Unavailable(_) => ApiError::unavailable(code, message),
         OpsError::Denied { .. } => ApiError::new(StatusCode::FORBIDDEN, code, message),
@@ -441,9 +445,10 @@ async fn decide_incident(
     caller: &Principal,
     id: &str,
     approve: bool,
+    shown: Option<AwaitingStep>,
 ) -> Result<Json<Value>, ApiError> {
     let by = Some(caller.name.clone());
-    let incident = uplink_respond::call_decide(&app.services, id, approve, by)
+    let incident = uplink_respond::call_decide(&app.services, id, approve, shown, by)
         .await
         .map_err(|error| match error {
             OpsError::NotFound(message) => ApiError::not_found(codes::INCIDENT_NOT_FOUND, message),
@@ -452,17 +457,24 @@ async fn decide_incident(
     Ok(Json(json!(incident)))
 }
 
-/// `POST /v1/incidents/{id}/approve`: run the gated step the incident waits at, and go on.
+/// `POST /v1/incidents/{id}/approve` with the step as shown (the incident's `awaiting`): run
+/// that gated step, and go on. A step that is not the one the runbook has there now is refused
+/// `409 STEP_CHANGED`, and the incident shows the new one.
 #[utoipa::path(
     post,
     path = "/v1/incidents/{id}/approve",
     tag = "ops",
     params(("id" = String, Path, description = "Incident id.")),
+    request_body(content = AwaitingStep,
+        description = "The step as shown: `{\"step\", \"action\", \"digest\"}` (the incident's `awaiting`)."),
     responses(
         (status = 200, description = "The incident; the gated step and the rest of the runbook \
             run.", body = Incident),
+        (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
         (status = 404, description = describe::INCIDENT_NOT_FOUND, body = ErrorBody),
         (status = 409, description = describe::INCIDENT_NOT_AWAITING, body = ErrorBody),
+        (status = 422, description = "`INVALID_FIELD`: no step as shown, or a wrong type.",
+            body = ErrorBody),
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
         (status = 503, description = describe::UPLINK_UNAVAILABLE, body = ErrorBody),
     )
@@ -471,8 +483,16 @@ pub(crate) async fn approve_incident(
     State(app): State<AppState>,
     Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
+    RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
-    decide_incident(&app, &caller, &id, true).await
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid_field(
+            "an approval names the step as shown: {\"step\", \"action\", \"digest\"} from the \
+             incident's `awaiting`",
+        ));
+    }
+    let shown: AwaitingStep = parse(&body)?;
+    decide_incident(&app, &caller, &id, true, Some(shown)).await
 }
 
 /// `POST /v1/incidents/{id}/reject`: refuse the gated step; the incident goes to a human.
@@ -495,7 +515,7 @@ pub(crate) async fn reject_incident(
     Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    decide_incident(&app, &caller, &id, false).await
+    decide_incident(&app, &caller, &id, false, None).await
 }
 
 #[cfg(test)]
@@ -522,6 +542,7 @@ mod tests {
             OpsError::QueueFull(text()),
             OpsError::NotFound(text()),
             OpsError::InvalidState(text()),
+            OpsError::StepChanged(text()),
             OpsError::Unavailable(text()),
             OpsError::Store(text()),
             OpsError::Io(text()),

@@ -44,6 +44,9 @@ pub enum OpsError {
     /// The record is not in a state that allows this.
     #[error("{0}")]
     InvalidState(String),
+    /// An approval named a gated step other than the one the runbook has now.
+    #[error("{0}")]
+    StepChanged(String),
     /// An Uplink persona could not be reached.
     #[error("{0}")]
     Unavailable(String),
@@ -84,6 +87,7 @@ impl OpsError {
             Self::QueueFull(_) => codes::DEPLOY_QUEUE_FULL,
             Self::NotFound(_) => codes::NOT_FOUND,
             Self::InvalidState(_) => codes::INVALID_STATE,
+            Self::StepChanged(_) => codes::STEP_CHANGED,
             Self::Unavailable(_) => codes::PERSONA_UNAVAILABLE,
             Self::Store(_) => codes::STORE_FAILED,
             Self::Io(_) => codes::IO_FAILED,

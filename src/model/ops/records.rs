@@ -251,6 +251,32 @@ pub(crate) enum IncidentStatus {
     Resolved,
     /// No runbook matched, or the runbook could not fix it: a human decides.
     NeedsHuman,
+    /// A human took it over from `needs_human` (`POST /v1/incidents/{id}/ack`): nothing automatic
+    /// runs for it; it takes its fingerprint's signals until someone resolves it.
+    Acknowledged,
+}
+
+/// A person's act on an incident: who, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct HumanMark {
+    /// The token's name.
+    pub by: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// The gated step an incident waits at, as shown to the people who may approve it: an approval
+/// must name the same step, action and digest, so a runbook edited in between is never approved
+/// blind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AwaitingStep {
+    /// The runbook step's index.
+    pub step: usize,
+    /// Its action.
+    pub action: super::spec::StepAction,
+    /// Hex SHA-256 (first 16 bytes) of the runbook's name, the index and the step as configured.
+    pub digest: String,
 }
 
 /// One entry of an incident's timeline.
@@ -314,6 +340,18 @@ pub(crate) struct Incident {
     pub diagnosis: Option<Diagnosis>,
     /// The next runbook step, when a gated one waits for approval.
     pub awaiting_step: Option<usize>,
+    /// That step as shown: what an approval must name ([`AwaitingStep`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting: Option<AwaitingStep>,
+    /// Who acknowledged it (a person owns it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<HumanMark>,
+    /// Until when it is snoozed: repeats of its signal are counted but add no timeline entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snoozed_until: Option<DateTime<Utc>>,
+    /// Who resolved it by hand (none when health resolved it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<HumanMark>,
     /// Markdown, once it ended.
     pub postmortem: Option<String>,
     /// The bugfix task filed for it.
@@ -369,9 +407,18 @@ impl Incident {
         }
     }
 
-    /// Attaches a repeat signal (kept while under [`INCIDENT_SIGNALS_MAX`], always counted).
+    /// Whether it is snoozed at `now`.
+    pub(crate) fn snoozed(&self, now: DateTime<Utc>) -> bool {
+        self.snoozed_until.is_some_and(|until| until > now)
+    }
+
+    /// Attaches a repeat signal (kept while under [`INCIDENT_SIGNALS_MAX`], always counted; a
+    /// snoozed incident only counts it).
     pub(crate) fn attach(&mut self, signal: Signal) {
         self.signal_count += 1;
+        if self.snoozed(Utc::now()) {
+            return;
+        }
         self.push_event(
             "signal.attached",
             serde_json::json!({"signal": signal.signal, "source": signal.source, "summary": signal.summary}),

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::probe;
 use super::provider::{self, ProviderContext};
 use crate::model::ops::error::OpsError;
-use crate::model::ops::records::{Diagnosis, Incident, IncidentStatus, Signal};
+use crate::model::ops::records::{AwaitingStep, Diagnosis, Incident, IncidentStatus, Signal};
 use crate::model::ops::spec::{Classification, IncidentPolicy, Runbook, RunbookStep, StepAction};
 use crate::runtime::Services;
 use crate::storage::ops::OpsStore;
@@ -213,6 +213,10 @@ pub(crate) fn open(signal: Signal, runbook: Option<&Runbook>, group_by: &[String
         events: Vec::new(),
         diagnosis: None,
         awaiting_step: None,
+        awaiting: None,
+        acknowledged: None,
+        snoozed_until: None,
+        resolved_by: None,
         postmortem: None,
         task_id: None,
         actions: Vec::new(),
@@ -403,10 +407,12 @@ pub(crate) async fn respond(
     }
     for (index, step) in runbook.steps.iter().enumerate().skip(from) {
         if step.needs_approval() && approved != Some(index) {
-            let data = json!({"step": index, "action": step.action});
+            let awaiting = awaiting_step(&runbook.name, index, step);
+            let data = json!({"step": index, "action": step.action, "digest": awaiting.digest});
             ctx.ops
                 .update_incident(&id, move |i| {
                     i.awaiting_step = Some(index);
+                    i.awaiting = Some(awaiting);
                     i.push_event("step.awaiting_approval", data);
                 })
                 .await?;
@@ -427,22 +433,61 @@ pub(crate) async fn respond(
                 return Ok(());
             }
         }
-        run_step(&ctx, &id, index, step).await?;
+        if let Some(target) = run_step(&ctx, &id, index, step).await? {
+            // A `check` that finds the app healthy ends the runbook: nothing left to fix.
+            return finish(&ctx, &id, true, target).await;
+        }
     }
     resolve(&ctx, &id).await
 }
 
+/// The gated step `index` of runbook `runbook` as shown for approval, with its digest: the
+/// runbook's name, the index and the step as configured, hashed (first 16 bytes, hex).
+pub(crate) fn awaiting_step(runbook: &str, index: usize, step: &RunbookStep) -> AwaitingStep {
+    let mut digest = Sha256::new();
+    digest.update(runbook.as_bytes());
+    digest.update([0]);
+    digest.update(index.to_string().as_bytes());
+    digest.update([0]);
+    digest.update(serde_json::to_vec(step).unwrap_or_default());
+    AwaitingStep {
+        step: index,
+        action: step.action,
+        digest: hex::encode(&digest.finalize()[..16]),
+    }
+}
+
+/// The step `index` of incident's runbook as configured now, as it would be shown: what an
+/// approval is checked against. `None` when the runbook or the step is gone.
+pub(crate) fn current_step(
+    services: &Services,
+    incident: &Incident,
+    index: usize,
+) -> Option<AwaitingStep> {
+    let name = incident.runbook.as_ref()?;
+    let runbook = services
+        .definitions
+        .runbooks
+        .iter()
+        .find(|r| &r.name == name)?;
+    let step = runbook.steps.get(index)?;
+    Some(awaiting_step(name, index, step))
+}
+
+/// Runs one step and records it; `Some(target)` when it was a `check` that found the app
+/// healthy there.
 async fn run_step(
     ctx: &RespondContext,
     id: &str,
     index: usize,
     step: &RunbookStep,
-) -> Result<(), OpsError> {
+) -> Result<Option<String>, OpsError> {
     let data = json!({"step": index, "action": step.action});
     let action = step.action;
     ctx.ops
         .update_incident(id, move |i| {
             i.awaiting_step = None;
+            i.awaiting = None;
             i.push_event("step.started", data);
             if action.acts() {
                 i.action_started(index, action);
@@ -455,9 +500,14 @@ async fn run_step(
         .await?
         .ok_or_else(|| OpsError::NotFound(format!("no incident {id}")))?;
     let result = step_action(ctx, &incident, step).await;
-    let (outcome, detail, cost) = match &result {
-        Ok((detail, cost)) => ("ok", detail.clone(), *cost),
-        Err(error) => ("failed", format!("{}: {error}", error.code()), 0),
+    let (outcome, detail, cost, healthy_at) = match &result {
+        Ok(effect) => (
+            "ok",
+            effect.detail.clone(),
+            effect.cost,
+            effect.healthy_at.clone(),
+        ),
+        Err(error) => ("failed", format!("{}: {error}", error.code()), 0, None),
     };
     tracing::info!(incident = %id, step = index, action = ?step.action, outcome, "runbook step");
     let mut data =
@@ -473,7 +523,17 @@ async fn run_step(
             }
         })
         .await?;
-    Ok(())
+    Ok(healthy_at)
+}
+
+/// What a step did.
+struct StepEffect {
+    /// For the timeline.
+    detail: String,
+    /// The ledger cost it ran up that counts against the app's action budget.
+    cost: u64,
+    /// A `check` that found the app healthy: where.
+    healthy_at: Option<String>,
 }
 
 /// Runs one step: what it did, and the ledger cost it ran up that counts against the app's
@@ -482,13 +542,39 @@ async fn step_action(
     ctx: &RespondContext,
     incident: &Incident,
     step: &RunbookStep,
-) -> Result<(String, u64), OpsError> {
+) -> Result<StepEffect, OpsError> {
     if step.action == StepAction::CreateTask {
-        return create_task(ctx, incident, step).await;
+        let (detail, cost) = create_task(ctx, incident, step).await?;
+        return Ok(StepEffect {
+            detail,
+            cost,
+            healthy_at: None,
+        });
+    }
+    if step.action == StepAction::Check {
+        let health = app_health(ctx, &incident.app).await?;
+        let verdict = if health.healthy {
+            "healthy"
+        } else {
+            "unhealthy"
+        };
+        return Ok(StepEffect {
+            detail: format!(
+                "{} is {verdict} ({} probes)",
+                health.target,
+                health.probes.len()
+            ),
+            cost: 0,
+            healthy_at: health.healthy.then_some(health.target),
+        });
     }
     step_effect(ctx, incident, step)
         .await
-        .map(|detail| (detail, 0))
+        .map(|detail| StepEffect {
+            detail,
+            cost: 0,
+            healthy_at: None,
+        })
 }
 
 /// What a step did ([`step_action`] takes create_task itself, for its cost).
@@ -536,19 +622,7 @@ async fn step_effect(
             tokio::time::sleep(Duration::from_secs(seconds)).await;
             Ok(format!("waited {seconds}s"))
         }
-        StepAction::Check => {
-            let health = app_health(ctx, &incident.app).await?;
-            let verdict = if health.healthy {
-                "healthy"
-            } else {
-                "unhealthy"
-            };
-            Ok(format!(
-                "{} is {verdict} ({} probes)",
-                health.target,
-                health.probes.len()
-            ))
-        }
+        StepAction::Check => Ok("checked by step_action".to_owned()),
         StepAction::CreateTask => create_task(ctx, incident, step).await.map(|(d, _)| d),
         StepAction::Notify => {
             let message = step.message.clone().unwrap_or_else(|| {
@@ -737,6 +811,16 @@ async fn resolve(ctx: &RespondContext, id: &str) -> Result<(), OpsError> {
             }
         }
     }
+    finish(ctx, id, healthy, target).await
+}
+
+/// Ends the response: resolved when healthy, else a human takes over; the postmortem written.
+async fn finish(
+    ctx: &RespondContext,
+    id: &str,
+    healthy: bool,
+    target: String,
+) -> Result<(), OpsError> {
     let (status, kind) = if healthy {
         (IncidentStatus::Resolved, "resolved")
     } else {

@@ -513,9 +513,9 @@ async function opsView(root) {
   const incidents = h('div', { class: 'panel', id: 'incidents' });
   const checks = h('div', { class: 'panel', id: 'checks' });
   root.append(h('h1', {}, 'Ops'), deploys, incidents, checks);
-  const decide = (path) => async (event) => {
+  const decide = (path, body) => async (event) => {
     event.target.disabled = true;
-    try { await api('POST', path, {}); flash('done', true); } catch (error) { showError(error); }
+    try { await api('POST', path, body || {}); flash('done', true); } catch (error) { showError(error); }
     refresh().catch(showError);
   };
   const refresh = async () => {
@@ -540,11 +540,18 @@ async function opsView(root) {
       (i.incidents || []).length ? (i.incidents || []).map((x) => h('div', { class: 'panel', 'data-incident': x.id },
         h('div', { class: 'row' }, h('strong', {}, x.app), badge(x.status), h('span', { class: 'mono' }, short(x.id)),
           x.runbook ? h('span', {}, 'runbook ', h('code', {}, x.runbook)) : null,
-          x.awaiting_step !== null && x.awaiting_step !== undefined ? h('span', {}, `awaiting approval of step ${x.awaiting_step + 1}`) : null,
+          x.awaiting ? h('span', {}, `awaiting approval of step ${x.awaiting.step + 1}: `, h('code', {}, x.awaiting.action), ' ',
+            h('span', { class: 'mono muted', title: 'digest of the step as shown' }, x.awaiting.digest.slice(0, 8))) : null,
+          x.acknowledged ? h('span', { class: 'muted' }, `acknowledged by ${x.acknowledged.by}`) : null,
+          x.snoozed_until ? h('span', { class: 'muted' }, `snoozed until ${when(x.snoozed_until)}`) : null,
           h('span', { class: 'muted' }, when(x.created_at))),
-        x.awaiting_step !== null && x.awaiting_step !== undefined ? h('div', { class: 'actions' },
-          h('button', { class: 'primary', onclick: decide(`/v1/incidents/${x.id}/approve`) }, 'Approve step'),
-          h('button', { class: 'danger', onclick: decide(`/v1/incidents/${x.id}/reject`) }, 'Reject step')) : null,
+        x.status !== 'resolved' ? h('div', { class: 'actions' },
+          x.awaiting ? [
+            h('button', { class: 'primary', onclick: decide(`/v1/incidents/${x.id}/approve`, x.awaiting) }, `Approve ${x.awaiting.action}`),
+            h('button', { class: 'danger', onclick: decide(`/v1/incidents/${x.id}/reject`) }, 'Reject step')] : null,
+          x.status === 'needs_human' ? h('button', { onclick: decide(`/v1/incidents/${x.id}/ack`) }, 'Acknowledge') : null,
+          h('button', { onclick: decide(`/v1/incidents/${x.id}/snooze`, { minutes: 60 }) }, 'Snooze 1 h'),
+          h('button', { onclick: decide(`/v1/incidents/${x.id}/resolve`) }, 'Resolve')) : null,
         h('details', {}, h('summary', {}, `${(x.events || []).length} steps and events`),
           h('ul', { class: 'timeline' }, (x.events || []).map((e) => h('li', {}, h('span', { class: 'ts' }, when(e.at)), h('span', { class: 'kind' }, e.kind), ' ',
             h('span', { class: 'muted' }, JSON.stringify(e.detail).slice(0, 300)))))),
