@@ -18,7 +18,7 @@ const SAMPLE_APP: &str = include_str!("../../examples/sample-app/app.py");
 
 /// Kills whatever the local provider left running under `root` when the test ends (also on a
 /// panic), so no sample app outlives its test: releases are detached and outlive the service.
-struct AppReaper(PathBuf);
+pub(crate) struct AppReaper(pub(crate) PathBuf);
 
 /// The pid (and process group) of `app`'s running release, as the local provider recorded it.
 fn recorded_pid(root: &Path, app: &str) -> Option<i32> {
@@ -48,13 +48,13 @@ impl Drop for AppReaper {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
 
 /// A git repository holding the sample app at VERSION `1`.
-fn sample_repo(root: &Path) -> PathBuf {
+pub(crate) fn sample_repo(root: &Path) -> PathBuf {
     let repo = root.join("web");
     std::fs::create_dir_all(&repo).unwrap();
     git(&repo, &["init", "-q", "-b", "main"]);
@@ -72,7 +72,7 @@ fn commit_all(repo: &Path, message: &str) -> String {
 }
 
 /// `ops.yaml` for the sample app on `port`, with `extra` appended to the app's settings.
-fn local_ops(repo: &Path, port: u16, approve_first: u32, checks: &str) -> String {
+pub(crate) fn local_ops(repo: &Path, port: u16, approve_first: u32, checks: &str) -> String {
     format!(
         r#"apps:
   web:
@@ -89,7 +89,7 @@ fn local_ops(repo: &Path, port: u16, approve_first: u32, checks: &str) -> String
     )
 }
 
-async fn start(root: &Path, ops_yaml: &str, env: Vec<(String, String)>) -> Service {
+pub(crate) async fn start(root: &Path, ops_yaml: &str, env: Vec<(String, String)>) -> Service {
     let ops_file = root.join("ops.yaml");
     std::fs::write(&ops_file, ops_yaml).unwrap();
     let runbooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("runbooks");
@@ -116,7 +116,11 @@ async fn deploy_healthy(service: &Service, app: &str) -> Value {
 
 /// Polls `GET path` until it answers 200 and `done(body)` holds; panics with the body and the log
 /// on timeout.
-async fn wait_until(service: &Service, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_until(
+    service: &Service,
+    path: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         let (status, body) = service.get(path).await;
@@ -146,7 +150,19 @@ async fn app_root(port: u16) -> Option<Value> {
     response.json().await.ok()
 }
 
-async fn wait_for_app(port: u16, done: impl Fn(&Value) -> bool) -> Value {
+/// Whether nothing answers on `port` for all of `within`.
+pub(crate) async fn app_down_for(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if app_root(port).await.is_some() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
+}
+
+pub(crate) async fn wait_for_app(port: u16, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         if let Some(body) = app_root(port).await {
