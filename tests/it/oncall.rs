@@ -259,3 +259,34 @@ async fn after_the_flap_guard_a_resolve_by_hand_lets_the_next_crash_be_restarted
         "resolved by its runbook: {newest:#}"
     );
 }
+
+/// The shipped `health-check-failing` runbook checks first: on an app that is healthy it ends
+/// there, resolved, and restarts nothing.
+#[tokio::test]
+async fn the_health_check_failing_runbook_leaves_a_healthy_app_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = sample_repo(root.path());
+    let restarted = root.path().join("restarted");
+    let ops = format!(
+        "apps:\n  svc:\n    repo: {repo}\n    provider: command\n    command: {{deploy: \"true\", rollback: \"true\", status: \"true\", restart: \"touch {restarted}\"}}\n    gates: {{approve_first: 0}}\n",
+        repo = repo.display(),
+        restarted = restarted.display(),
+    );
+    let service = start(root.path(), &ops, Vec::new()).await;
+    let (status, record) = service.post("/v1/deploys", &json!({"app": "svc"})).await;
+    assert_eq!(status, 201, "{record}");
+    let deploy = format!("/v1/deploys/{}", record["id"].as_str().unwrap());
+    wait_until(&service, &deploy, |d| d["status"] == "healthy").await;
+    let (status, body) = service
+        .post(
+            "/v1/alerts",
+            &json!({"app": "svc", "signal": "health_check_failed", "summary": "flaky probe"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let path = format!("/v1/incidents/{}", body["incidents"][0].as_str().unwrap());
+    let incident = wait_until(&service, &path, |i| i["status"] != "open").await;
+    assert_eq!(incident["status"], "resolved", "{incident:#}");
+    assert_eq!(incident["actions"], json!([]), "{incident:#}");
+    assert!(!restarted.exists(), "a healthy app was restarted");
+}

@@ -771,15 +771,19 @@ async fn deploys_are_paid_for_from_the_apps_account() {
 async fn a_runbook_action_is_charged_for_its_command_seconds() {
     let root = tempfile::tempdir().unwrap();
     let repo = sample_repo(root.path());
+    // The app is up while `<root>/up` exists: the deploy makes it, a restart makes it again.
+    let up = root.path().join("up");
     let ops = format!(
-        "apps:\n  svc:\n    repo: {repo}\n    provider: command\n    command: {{deploy: \"true\", rollback: \"true\", status: \"true\", restart: \"sleep 1\"}}\n    gates: {{approve_first: 0}}\n",
-        repo = repo.display()
+        "apps:\n  svc:\n    repo: {repo}\n    provider: command\n    command: {{deploy: \"touch {up}\", rollback: \"true\", status: \"test -e {up}\", restart: \"sleep 1 && touch {up}\"}}\n    gates: {{approve_first: 0}}\n",
+        repo = repo.display(),
+        up = up.display(),
     );
     let service = start(root.path(), &ops, Vec::new()).await;
     deploy_healthy(&service, "svc").await;
+    std::fs::remove_file(&up).unwrap();
 
-    // The starter runbook for a failing health check restarts the app; the restart's commands
-    // are paid by the install's account to Uplink-Deploy.
+    // The starter runbook for a failing health check restarts the app (found down); the
+    // restart's commands are paid by the install's account to Uplink-Deploy.
     let alert = json!({"app": "svc", "signal": "health_check_failed", "summary": "down"});
     let (status, _) = service.post("/v1/alerts", &alert).await;
     assert_eq!(status, 202);
@@ -1366,7 +1370,7 @@ fn budget_named(incident: &Value) -> Option<String> {
 }
 
 /// Issue #16: automatic actions per app have a budget per window. Incidents of ever new signals
-/// (so flapping, which is per signal, never triggers) each restart the app; past
+/// (with the flap guard, which counts per app, off) each restart the app; past
 /// `incidents.actions_max` the next incident goes to a human naming the budget, starts no step,
 /// and the count — read from the stored incidents — survives a restart of the service.
 #[tokio::test]
@@ -1384,7 +1388,8 @@ async fn past_the_action_budget_the_next_incident_goes_to_a_human_also_after_a_r
         .iter()
         .map(|(name, text)| (name.as_str(), text.as_str()))
         .collect();
-    let extra = "incidents: {correlate_secs: 0, actions_max: 2, actions_window_secs: 3600}\n";
+    let extra =
+        "incidents: {correlate_secs: 0, flap_max: 0, actions_max: 2, actions_window_secs: 3600}\n";
     let mut service = svc_service(root.path(), &runbooks, extra).await;
     deploy_healthy(&service, "svc").await;
     for n in 0..2 {
