@@ -42,6 +42,13 @@ const NOT_CODES: &[&str] = &[
     "PORT",
     "GIT_TERMINAL_PROMPT",
     "GIT_EDITOR",
+    // The environment that pins the service's own git (no system or global config) and names a
+    // worktree's admin dir.
+    "GIT_CONFIG_NOSYSTEM",
+    "GIT_CONFIG_GLOBAL",
+    "GIT_ATTR_NOSYSTEM",
+    "GIT_DIR",
+    "GIT_WORK_TREE",
     "CARGO_MANIFEST_DIR",
     "CARGO_PKG_VERSION",
     // Text, not codes: a date's zone suffix; the CLI's stand-in for an answer without a code.
