@@ -398,20 +398,53 @@ async fn a_wall_clock_cap_stops_a_task_with_budget_exceeded() {
     );
 }
 
+/// Every git the service runs starts from a cleared environment with its configuration pinned
+/// (no system or global config), and runs no hook — not even the repository's own.
 #[tokio::test]
 async fn git_runs_with_a_cleared_environment() {
+    use std::os::unix::fs::PermissionsExt;
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    // A post-commit hook records the environment git gives it when Patch commits.
+    // A `git` first on the service's PATH records the environment of every git it runs.
     let seen = root.path().join("git-env.txt");
+    let bin = root.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let real_git = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let wrapper = bin.join("git");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nenv >> '{}'\nexec {} \"$@\"\n",
+            seen.display(),
+            real_git.trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A post-commit hook of the repository's own: the service's git never runs it.
+    let hooked = root.path().join("hook-ran.txt");
     let hook = repo.join(".git/hooks/post-commit");
-    std::fs::write(&hook, format!("#!/bin/sh\nenv > '{}'\n", seen.display())).unwrap();
-    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(&hook, format!("#!/bin/sh\nenv > '{}'\n", hooked.display())).unwrap();
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
     let secret = "do-not-leak-4d1c8e2b";
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let options = Options {
         config: None,
-        env: vec![("SERVICE_ONLY_SECRET".into(), secret.into())],
+        env: vec![
+            ("SERVICE_ONLY_SECRET".into(), secret.into()),
+            ("PATH".into(), path),
+        ],
         ..Default::default()
     };
     let service = Service::start_with(root.path(), options).await;
@@ -422,8 +455,11 @@ async fn git_runs_with_a_cleared_environment() {
         .wait_until_finished(task["id"].as_str().unwrap())
         .await;
     assert_eq!(task["status"], "done", "{task:#}");
-    let env = std::fs::read_to_string(&seen).expect("the hook ran");
+    let env = std::fs::read_to_string(&seen).expect("the service ran git");
     assert!(env.contains("PATH="), "{env}");
+    assert!(env.contains("GIT_CONFIG_NOSYSTEM=1"), "{env}");
+    assert!(env.contains("GIT_CONFIG_GLOBAL=/dev/null"), "{env}");
     assert!(!env.contains(secret), "{env}");
     assert!(!env.contains("RUST_LOG"), "{env}");
+    assert!(!hooked.exists(), "the service's git ran the repository's hook");
 }
