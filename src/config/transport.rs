@@ -105,9 +105,7 @@ fn validate_fairness(server: &ServerConfig) -> Result<(), String> {
 /// The connection slots kept for authenticated connections: `server.reserved_connections`, at
 /// most an eighth of `max_connections` (a small cap keeps its plain first-come order).
 pub(crate) fn reserved_connections(server: &ServerConfig) -> usize {
-    server
-        .reserved_connections
-        .min(server.max_connections / 8)
+    server.reserved_connections.min(server.max_connections / 8)
 }
 
 /// The bind guard, on the final configuration (`--bind` applied): a non-loopback `bind` needs

@@ -431,30 +431,32 @@ fn peer_of(request: &Request) -> IpAddr {
 /// else the answer — `401`, `403 CSRF_REJECTED`, or `429` for a bearer secret from an address
 /// past its wrong secrets (a wrong bearer secret is counted; a stale session cookie is not: a
 /// session id is not guessable, and a browser left open across a restart sends one).
-fn authenticate(auth: &Auth, request: &Request) -> Result<Principal, Response> {
+fn authenticate(auth: &Auth, request: &Request) -> Result<Principal, Box<Response>> {
     let (bearer, cookie) = (bearer(request), session::cookie(request.headers()));
     if bearer.is_none() && cookie.is_none() {
-        return Err(unauthenticated(
+        return Err(Box::new(unauthenticated(
             "send `Authorization: Bearer <token secret>`",
-        ));
+        )));
     }
     if let Some(secret) = bearer {
         let peer = peer_of(request);
         auth.refuse_if_throttled(peer)
-            .map_err(IntoResponse::into_response)?;
+            .map_err(|error| Box::new(error.into_response()))?;
         if let Some(record) = auth.tokens.authenticate(secret) {
             return Ok(record.principal());
         }
         auth.refuse_if_throttled_now(peer)
-            .map_err(IntoResponse::into_response)?;
-        return Err(unauthenticated("unknown, revoked or expired token"));
+            .map_err(|error| Box::new(error.into_response()))?;
+        return Err(Box::new(unauthenticated(
+            "unknown, revoked or expired token",
+        )));
     }
     match cookie.map(|id| auth.by_session(request, id)) {
         Some(Ok(principal)) => Ok(principal),
-        Some(Err(SessionRefusal::Csrf)) => Err(session::csrf_refused()),
-        Some(Err(SessionRefusal::Unknown)) | None => Err(unauthenticated(
+        Some(Err(SessionRefusal::Csrf)) => Err(Box::new(session::csrf_refused())),
+        Some(Err(SessionRefusal::Unknown)) | None => Err(Box::new(unauthenticated(
             "the session is over (logged out or expired)",
-        )),
+        ))),
     }
 }
 
@@ -488,7 +490,7 @@ pub(crate) async fn authorize(
         AuthMode::Off => Principal::anonymous(),
         AuthMode::On => match authenticate(auth, &request) {
             Ok(principal) => principal,
-            Err(answer) => return answer,
+            Err(answer) => return *answer,
         },
     };
     // The connection authenticated: it keeps its slot when slots run short.

@@ -76,7 +76,6 @@ impl Standing {
     }
 }
 
-
 /// The service-wide rules of the guard, from `[server]` and whether TLS is on.
 #[derive(Debug)]
 pub(crate) struct Policy {

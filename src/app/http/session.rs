@@ -265,8 +265,14 @@ mod tests {
         for _ in 0..SESSIONS_MAX + 100 {
             sessions.open("viewer").unwrap();
         }
-        assert!(sessions.find(&admin.id).is_some(), "another principal's session stays");
-        assert!(sessions.find(&first.id).is_none(), "the viewer's oldest went first");
+        assert!(
+            sessions.find(&admin.id).is_some(),
+            "another principal's session stays"
+        );
+        assert!(
+            sessions.find(&first.id).is_none(),
+            "the viewer's oldest went first"
+        );
         assert_eq!(sessions.len(), SESSIONS_PER_PRINCIPAL_MAX + 1);
     }
 

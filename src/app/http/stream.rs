@@ -185,7 +185,10 @@ impl StreamSlots {
                  admins; try again later"
             )
         } else if budget.per_token.get(&caller.name).copied().unwrap_or(0) >= per_token {
-            format!("token `{}` holds {per_token} event streams open; close one", caller.name)
+            format!(
+                "token `{}` holds {per_token} event streams open; close one",
+                caller.name
+            )
         } else if budget.per_role.get(&caller.role).copied().unwrap_or(0) >= per_role {
             format!("the {role} tokens hold {per_role} event streams open; try again later")
         } else {

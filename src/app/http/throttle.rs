@@ -105,7 +105,10 @@ mod tests {
             assert!(throttle.failed(a).is_none());
         }
         let wait = throttle.failed(a).unwrap();
-        assert!(wait > Duration::from_secs(15) && wait <= Duration::from_secs(20), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(15) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
         assert!(throttle.blocked_for(a).is_some());
         assert!(throttle.blocked_for(b).is_none());
         assert!(throttle.failed(b).is_none());

@@ -166,7 +166,10 @@ mod tests {
         // The fourth arrives with only the reserve free: the oldest unproven one goes.
         let fourth = admission.admit(ip(2)).unwrap();
         assert!(fourth.under_pressure);
-        assert!(!first.standing.shed().is_cancelled(), "a proven one is kept");
+        assert!(
+            !first.standing.shed().is_cancelled(),
+            "a proven one is kept"
+        );
         assert!(second.standing.shed().is_cancelled());
         assert!(!third.standing.shed().is_cancelled());
         assert!(!fourth.standing.shed().is_cancelled());

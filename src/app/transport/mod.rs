@@ -32,9 +32,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::http::guard::{Arrival, Policy};
-use admission::{Admission, Admitted};
 use crate::config::ServerConfig;
 use crate::platform::metrics;
+use admission::{Admission, Admitted};
 use connection::Timeouts;
 
 /// How long the accept loop pauses after an error that is not one connection's (e.g. out of
