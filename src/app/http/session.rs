@@ -12,7 +12,8 @@
 //! Sessions live in memory only (a restart logs everyone out), at most [`SESSIONS_MAX`] at once,
 //! each for [`SESSION_TTL`]. One principal (token) holds at most [`SESSIONS_PER_PRINCIPAL_MAX`]:
 //! its next login ends *its own* oldest session, never another principal's. A full table drops
-//! its expired sessions; if it is still full, the login is refused (`503 TOO_MANY_SESSIONS`).
+//! its expired sessions; if it is still full, the principal's own oldest session makes room, and a
+//! principal with none is refused (`503 TOO_MANY_SESSIONS`).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -94,22 +95,19 @@ impl Sessions {
         let csrf = random_hex().ok_or(OpenRefusal::NoRandomness)?;
         let now = Instant::now();
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let own = |session: &Session| session.token_sha256 == token_sha256;
-        let mut held = open.values().filter(|session| own(session)).count();
-        while held >= SESSIONS_PER_PRINCIPAL_MAX {
-            let oldest = open
-                .iter()
-                .filter(|(_, session)| own(session))
-                .min_by_key(|(_, session)| session.opened)
-                .map(|(key, _)| *key);
-            let Some(key) = oldest else { break };
-            open.remove(&key);
+        let mut held = open
+            .values()
+            .filter(|session| session.token_sha256 == token_sha256)
+            .count();
+        // Bounded: each turn removes one of the principal's sessions.
+        while held >= SESSIONS_PER_PRINCIPAL_MAX && remove_oldest_of(&mut open, token_sha256) {
             held -= 1;
         }
         if open.len() >= SESSIONS_MAX {
             open.retain(|_, session| now.duration_since(session.opened) < SESSION_TTL);
         }
-        if open.len() >= SESSIONS_MAX {
+        // Still full: only the principal's own oldest may make room.
+        if open.len() >= SESSIONS_MAX && !remove_oldest_of(&mut open, token_sha256) {
             return Err(OpenRefusal::Full);
         }
         open.insert(
@@ -152,6 +150,16 @@ impl Sessions {
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
+}
+
+/// Ends the oldest session of the token whose secret hashes to `token_sha256`; whether it had one.
+fn remove_oldest_of(open: &mut HashMap<[u8; 32], Session>, token_sha256: &str) -> bool {
+    let oldest = open
+        .iter()
+        .filter(|(_, session)| session.token_sha256 == token_sha256)
+        .min_by_key(|(_, session)| session.opened)
+        .map(|(key, _)| *key);
+    oldest.is_some_and(|key| open.remove(&key).is_some())
 }
 
 fn key(id: &str) -> [u8; 32] {
@@ -255,6 +263,7 @@ mod tests {
         // A principal already in the table may still log in: its own oldest goes.
         sessions.open("h0").unwrap();
         assert_eq!(sessions.len(), SESSIONS_MAX);
+        assert!(sessions.find(&first.id).is_none());
     }
 
     #[test]
