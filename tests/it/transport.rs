@@ -661,9 +661,30 @@ async fn counter_from(service: &Service, last: u8, sample: &str) -> f64 {
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
+/// Raises this test process's soft open-file limit to its hard limit: the flood holds 1 200
+/// sockets, past a soft limit of 1024.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; setrlimit reads it.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    assert!(
+        limit.rlim_cur >= 2 * FLOOD_SOCKETS as u64,
+        "the hard open-file limit {} is too low for the flood",
+        limit.rlim_cur
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_idle_sockets_past_the_cap_keeps_out_neither_healthz_nor_a_token() {
     let _machine = crate::helpers::latency_bound().await;
+    raise_open_files_limit();
     let root = tempfile::tempdir().unwrap();
     // Defaults: max_connections 1024, reserved_connections 64, idle timeout 60 s.
     let service = Service::start(root.path()).await;
