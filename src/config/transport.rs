@@ -268,6 +268,26 @@ mod tests {
     }
 
     #[test]
+    fn the_fairness_keys_are_bounded_and_the_reserve_is_at_most_an_eighth() {
+        for (text, key) in [
+            ("max_connections_per_ip = 0", "max_connections_per_ip"),
+            ("auth_failure_window_secs = 0", "auth_failure_window_secs"),
+            ("streams_max = 0", "streams_max"),
+            ("streams_max = 513", "streams_max"),
+            ("streams_per_role_max = 0", "streams_per_role_max"),
+            ("streams_reserved = 256", "streams_reserved"),
+        ] {
+            let error = Config::parse(&format!("[server]\n{text}\n")).unwrap_err();
+            assert!(error.contains(key), "{text}: {error}");
+        }
+        let config = Config::parse("").unwrap();
+        assert_eq!(reserved_connections(&config.server), RESERVED_CONNECTIONS);
+        let small = Config::parse("[server]\nmax_connections = 4\n").unwrap();
+        assert_eq!(reserved_connections(&small.server), 0);
+        assert!(Config::parse("[server]\nauth_failures_max = 0\n").is_ok());
+    }
+
+    #[test]
     fn the_bind_guard_names_the_option() {
         let mut server = Config::default().server;
         assert_eq!(check_exposure(&server), Ok(()));

@@ -424,7 +424,9 @@ fn peer_of(request: &Request) -> IpAddr {
     request
         .extensions()
         .get::<Arrival>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |arrival| arrival.peer.ip())
+        .map_or(IpAddr::from([0, 0, 0, 0]), |arrival| {
+            arrival.peer.ip().to_canonical()
+        })
 }
 
 /// Who sends `request` (`server.auth = "on"`): its bearer token's or its session's principal;

@@ -185,7 +185,8 @@ pub(crate) async fn login(
     if !app.auth.required() {
         return Ok(Json(SessionView::new(false, Principal::anonymous(), None)).into_response());
     }
-    let (principal, opened) = app.auth.log_in(request.token.trim(), arrival.peer.ip())?;
+    let peer = arrival.peer.ip().to_canonical();
+    let (principal, opened) = app.auth.log_in(request.token.trim(), peer)?;
     tracing::info!(token = %principal.name, "web login");
     let cookie = HeaderValue::from_str(&session::set_cookie(&opened.id, secure(&app)))
         .map_err(|error| ApiError::internal(format!("session cookie: {error}")))?;

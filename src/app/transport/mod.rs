@@ -143,7 +143,7 @@ impl Transport {
             // Reap the connections that ended, so the set holds at most the open ones.
             while connections.try_join_next().is_some() {}
             match accepted {
-                Ok((stream, peer)) => match shared.admission.admit(peer.ip()) {
+                Ok((stream, peer)) => match shared.admission.admit(peer.ip().to_canonical()) {
                     Some(admitted) => {
                         let shared = shared.clone();
                         connections.spawn(serve_connection(stream, shared, slot, admitted, peer));
