@@ -65,6 +65,9 @@ pub enum StartupError {
     /// `[fleet] nats_url` is set but NATS could not be reached or set up.
     #[error("fleet: {0}")]
     Fleet(String),
+    /// `GLITCHLAB_ADMIN_TOKEN` is set but too short (or not UTF-8) to be an admin secret.
+    #[error("refusing to start: {0}")]
+    AdminToken(String),
     /// `sandbox = "required"` but namespaces or Landlock do not work here.
     #[error("sandbox required but unavailable: {0}")]
     Sandbox(String),
@@ -110,6 +113,8 @@ impl Application {
     /// resumes unfinished tasks) and binds `config.server.bind`.
     pub async fn build(mut config: Config) -> Result<Self, StartupError> {
         let tls = transport_setup(&config.server)?;
+        crate::app::http::auth::admin_token_var().map_err(StartupError::AdminToken)?;
+        crate::app::transport::raise_open_files_limit();
         let data_dir = &config.storage.data_dir;
         let data_dir_error = |source| StartupError::DataDir {
             path: data_dir.display().to_string(),
@@ -202,12 +207,13 @@ impl Application {
         .await
         .map_err(|error| StartupError::Tree(error.to_string()))?;
         let transport = Transport::bind(&services.config.server, tls).await?;
+        let streams = http::stream::StreamSlots::new(&services.config.server);
         Ok(Self {
             transport,
             app: AppState::new(AppParts {
                 services,
                 compass,
-                streams: Default::default(),
+                streams,
                 auth,
             }),
             compass_done,

@@ -216,6 +216,29 @@ pub struct ServerConfig {
     /// Connections served at once; past it new connections wait in the listen backlog until
     /// one closes (the timeouts above bound how long one can be held without work).
     pub max_connections: usize,
+    /// Connections one client address may hold open at once; past it its new connections are
+    /// closed at once (`glitchlab_http_connections_closed_total{reason="per_ip_limit"}`).
+    pub max_connections_per_ip: usize,
+    /// Connection slots kept for connections that authenticate (at most an eighth of
+    /// `max_connections`): once fewer are free, each new connection closes the oldest one that
+    /// has not authenticated and has nothing in flight, and a new connection must start its
+    /// first request within `header_read_timeout_secs`.
+    pub reserved_connections: usize,
+    /// Wrong secrets (bearer, session cookie or web login) one client address may send in
+    /// `auth_failure_window_secs`; past it `429 RATE_LIMITED` with `Retry-After`, secrets not
+    /// even checked. `0` turns the throttle off.
+    pub auth_failures_max: u32,
+    /// The window of `auth_failures_max`, in seconds.
+    pub auth_failure_window_secs: u64,
+    /// Event streams open at once (`503 TOO_MANY_STREAMS` past it).
+    pub streams_max: usize,
+    /// Event streams one token may hold open at once.
+    pub streams_per_token_max: usize,
+    /// Event streams all the tokens of one role may hold open at once.
+    pub streams_per_role_max: usize,
+    /// The last event-stream slots, kept for operator and admin tokens: viewers, submitters and
+    /// approvers together hold at most `streams_max - streams_reserved`.
+    pub streams_reserved: usize,
     /// Origins (`scheme://host[:port]`) besides the service's own whose browser requests are
     /// served; any other `Origin` is refused `403 FORBIDDEN_ORIGIN`.
     pub allowed_origins: Vec<String>,
@@ -243,6 +266,14 @@ impl Default for ServerConfig {
             body_read_timeout_secs: 30,
             idle_timeout_secs: 60,
             max_connections: transport::MAX_CONNECTIONS,
+            max_connections_per_ip: transport::MAX_CONNECTIONS_PER_IP,
+            reserved_connections: transport::RESERVED_CONNECTIONS,
+            auth_failures_max: transport::AUTH_FAILURES_MAX,
+            auth_failure_window_secs: transport::AUTH_FAILURE_WINDOW_SECS,
+            streams_max: transport::STREAMS_MAX,
+            streams_per_token_max: transport::STREAMS_PER_TOKEN_MAX,
+            streams_per_role_max: transport::STREAMS_PER_ROLE_MAX,
+            streams_reserved: transport::STREAMS_RESERVED,
             allowed_origins: Vec::new(),
             hostnames: Vec::new(),
         }

@@ -8,6 +8,25 @@ use super::{AuthMode, ServerConfig};
 
 /// Connections served at once by default (`server.max_connections`).
 pub(crate) const MAX_CONNECTIONS: usize = 1024;
+/// Connections one client address may hold by default (`server.max_connections_per_ip`).
+pub(crate) const MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Connection slots kept for authenticated connections by default (`server.reserved_connections`).
+pub(crate) const RESERVED_CONNECTIONS: usize = 64;
+/// Wrong secrets one address may send per window by default (`server.auth_failures_max`).
+pub(crate) const AUTH_FAILURES_MAX: u32 = 20;
+/// The window of `auth_failures_max` by default, in seconds.
+pub(crate) const AUTH_FAILURE_WINDOW_SECS: u64 = 60;
+/// Event streams open at once by default (`server.streams_max`).
+pub(crate) const STREAMS_MAX: usize = 256;
+/// Event streams per token by default: one client cannot take the whole budget.
+pub(crate) const STREAMS_PER_TOKEN_MAX: usize = 32;
+/// Event streams per role by default: the viewers together cannot take the whole budget.
+pub(crate) const STREAMS_PER_ROLE_MAX: usize = 128;
+/// Event-stream slots only operators and admins may use, by default.
+pub(crate) const STREAMS_RESERVED: usize = 32;
+/// The most `server.streams_max` may be: each stream's feeder is one of the service's 1024
+/// background tasks, which settlements and signals need too.
+const STREAMS_MAX_LIMIT: usize = 512;
 /// The most `server.max_connections` may be: each connection is a file descriptor and a task.
 const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 /// The longest any `server.*_timeout_secs` may be (a day): a timeout is there to end things.
@@ -34,6 +53,7 @@ pub(crate) fn validate(server: &ServerConfig) -> Result<(), String> {
             "server.max_connections must be 1 ..= {MAX_CONNECTIONS_LIMIT}"
         ));
     }
+    validate_fairness(server)?;
     for origin in &server.allowed_origins {
         if canonical_origin(origin).is_none() {
             return Err(format!(
@@ -53,6 +73,39 @@ pub(crate) fn validate(server: &ServerConfig) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The per-address, reserve, throttle and event-stream keys of `[server]`.
+fn validate_fairness(server: &ServerConfig) -> Result<(), String> {
+    if server.max_connections_per_ip == 0 {
+        return Err("server.max_connections_per_ip must be at least 1".into());
+    }
+    if !(1..=TIMEOUT_SECS_LIMIT).contains(&server.auth_failure_window_secs) {
+        return Err(format!(
+            "server.auth_failure_window_secs must be 1 ..= {TIMEOUT_SECS_LIMIT}"
+        ));
+    }
+    if !(1..=STREAMS_MAX_LIMIT).contains(&server.streams_max) {
+        return Err(format!(
+            "server.streams_max must be 1 ..= {STREAMS_MAX_LIMIT}"
+        ));
+    }
+    if server.streams_per_token_max == 0 || server.streams_per_role_max == 0 {
+        return Err(
+            "server.streams_per_token_max and server.streams_per_role_max must be at least 1"
+                .into(),
+        );
+    }
+    if server.streams_reserved >= server.streams_max {
+        return Err("server.streams_reserved must be less than server.streams_max".into());
+    }
+    Ok(())
+}
+
+/// The connection slots kept for authenticated connections: `server.reserved_connections`, at
+/// most an eighth of `max_connections` (a small cap keeps its plain first-come order).
+pub(crate) fn reserved_connections(server: &ServerConfig) -> usize {
+    server.reserved_connections.min(server.max_connections / 8)
 }
 
 /// The bind guard, on the final configuration (`--bind` applied): a non-loopback `bind` needs
@@ -212,6 +265,26 @@ mod tests {
         let config = Config::parse("").unwrap();
         assert_eq!(config.server.max_connections, MAX_CONNECTIONS);
         assert_eq!(config.server.header_read_timeout_secs, 10);
+    }
+
+    #[test]
+    fn the_fairness_keys_are_bounded_and_the_reserve_is_at_most_an_eighth() {
+        for (text, key) in [
+            ("max_connections_per_ip = 0", "max_connections_per_ip"),
+            ("auth_failure_window_secs = 0", "auth_failure_window_secs"),
+            ("streams_max = 0", "streams_max"),
+            ("streams_max = 513", "streams_max"),
+            ("streams_per_role_max = 0", "streams_per_role_max"),
+            ("streams_reserved = 256", "streams_reserved"),
+        ] {
+            let error = Config::parse(&format!("[server]\n{text}\n")).unwrap_err();
+            assert!(error.contains(key), "{text}: {error}");
+        }
+        let config = Config::parse("").unwrap();
+        assert_eq!(reserved_connections(&config.server), RESERVED_CONNECTIONS);
+        let small = Config::parse("[server]\nmax_connections = 4\n").unwrap();
+        assert_eq!(reserved_connections(&small.server), 0);
+        assert!(Config::parse("[server]\nauth_failures_max = 0\n").is_ok());
     }
 
     #[test]

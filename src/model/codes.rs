@@ -94,7 +94,8 @@ catalogue! {
         "A change authenticated by the web session cookie without the session's CSRF token in \
          `x-csrf-token` (or with another one); nothing ran.";
     RATE_LIMITED [429] []
-        "The token made more requests than `server.requests_per_sec` and `burst` allow; retry \
+        "The token made more requests than `server.requests_per_sec` and `burst` allow, or the \
+         client's address sent more wrong secrets than `server.auth_failures_max` allow; retry \
          after `Retry-After`.";
     TOKEN_EXISTS [409] []
         "A token of that name exists; revoke it first or pick another name.";
@@ -151,6 +152,8 @@ catalogue! {
     // Streams and probes.
     TOO_MANY_STREAMS [503] []
         "The limit of open event streams is reached, or the service is stopping.";
+    TOO_MANY_SESSIONS [503] []
+        "A web login found the session table full of other principals' unexpired sessions.";
     STREAM_FAILED [] [Stream]
         "An event stream could not read the stored log; the stream ends with this error event.";
     METRICS_UNAVAILABLE [503] []

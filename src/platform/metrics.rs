@@ -24,8 +24,12 @@ pub(crate) const HTTP_REQUEST_DURATION_SECONDS: &str = "glitchlab_http_request_d
 /// Gauge: HTTP connections open (at most `server.max_connections`).
 pub(crate) const HTTP_CONNECTIONS: &str = "glitchlab_http_connections";
 /// Counter `{reason}`: connections the service closed itself: `header_timeout`,
-/// `idle_timeout`, `write_timeout`, `tls_handshake_timeout`.
+/// `idle_timeout`, `write_timeout`, `tls_handshake_timeout`, `shed` (an unauthenticated one
+/// closed to make room under pressure), `per_ip_limit` (refused: its address held its share).
 pub(crate) const HTTP_CONNECTIONS_CLOSED_TOTAL: &str = "glitchlab_http_connections_closed_total";
+/// Counter `{outcome}`: wrong secrets (bearer or web login) by outcome: `rejected` (answered
+/// 401) or `throttled` (answered 429: the address is past `server.auth_failures_max`).
+pub(crate) const HTTP_AUTH_FAILURES_TOTAL: &str = "glitchlab_http_auth_failures_total";
 /// Counter `{kind}`: tasks created through intake (HTTP or ops); idempotent replays not counted.
 pub(crate) const TASKS_SUBMITTED_TOTAL: &str = "glitchlab_tasks_submitted_total";
 /// Counter `{status}`: tasks that reached a terminal status (`done`, `failed`, `cancelled`,
@@ -134,6 +138,10 @@ fn describe() {
         HTTP_CONNECTIONS_CLOSED_TOTAL,
         "HTTP connections closed by a timeout"
     );
+    describe_counter!(
+        HTTP_AUTH_FAILURES_TOTAL,
+        "Wrong secrets, answered 401 (rejected) or 429 (throttled)"
+    );
     describe_counter!(TASKS_SUBMITTED_TOTAL, "Tasks created through intake");
     describe_counter!(TASKS_FINISHED_TOTAL, "Tasks that reached a terminal status");
     describe_gauge!(TASKS_QUEUED, "Tasks waiting for a pipeline slot");
@@ -216,6 +224,11 @@ impl Drop for HttpConnection {
 /// Records a connection the service closed itself, by `reason` (a fixed set).
 pub(crate) fn http_connection_closed(reason: &'static str) {
     ::metrics::counter!(HTTP_CONNECTIONS_CLOSED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Records a wrong secret's outcome (`rejected` or `throttled`).
+pub(crate) fn auth_failure(outcome: &'static str) {
+    ::metrics::counter!(HTTP_AUTH_FAILURES_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// Records a task created through intake, by kind (one of the config's templates).

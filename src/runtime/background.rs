@@ -27,7 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 /// Most background tasks running at once. Well above what a healthy service runs (a few
-/// settlements and signals, at most `STREAMS_MAX` = 256 event streams), so reaching it means
+/// settlements and signals, at most `server.streams_max` ≤ 512 event streams), so reaching it means
 /// something downstream is stuck: refusing more keeps memory bounded instead.
 pub(crate) const BACKGROUND_TASKS_MAX: usize = 1024;
 

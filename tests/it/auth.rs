@@ -398,3 +398,172 @@ async fn a_token_past_its_rate_limit_gets_429_with_retry_after() {
     .await;
     assert_eq!(status, 200);
 }
+
+/// A client from the loopback source `127.0.0.<last>` that sends `secret` (or nothing).
+fn from_address(last: u8, secret: Option<&str>) -> reqwest::Client {
+    let builder = match secret {
+        Some(secret) => client_builder_with(secret),
+        None => reqwest::Client::builder(),
+    };
+    builder
+        .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+        .build()
+        .unwrap()
+}
+
+/// A labelled counter's value in `/metrics` (0 when absent), asked from `127.0.0.<last>`.
+async fn counter_from(service: &Service, last: u8, sample: &str) -> f64 {
+    let text = from_address(last, Some(ADMIN_TOKEN))
+        .get(format!("{}/metrics", service.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+/// Wrong secrets this test sends from one address.
+const GUESSES: usize = 1000;
+/// Concurrent guessers (one address, several connections).
+const GUESSERS: usize = 8;
+
+#[tokio::test]
+async fn wrong_secrets_from_one_address_are_throttled_429_with_retry_after_and_counted() {
+    let root = tempfile::tempdir().unwrap();
+    // Defaults: 20 wrong secrets per 60 s per address.
+    let service = Service::start(root.path()).await;
+    let url = format!("{}/v1/tasks", service.base);
+    let guesser = from_address(
+        2,
+        Some("glt_guess-0000000000000000000000000000000000000000"),
+    );
+    let started = std::time::Instant::now();
+    let mut rounds = tokio::task::JoinSet::new();
+    for _ in 0..GUESSERS {
+        let (guesser, url) = (guesser.clone(), url.clone());
+        rounds.spawn(async move {
+            let (mut unauthorized, mut throttled, mut retry_after) = (0, 0, u64::MAX);
+            for _ in 0..GUESSES / GUESSERS {
+                let answer = guesser.get(&url).send().await.unwrap();
+                match answer.status().as_u16() {
+                    401 => unauthorized += 1,
+                    429 => {
+                        throttled += 1;
+                        let secs = answer.headers()["retry-after"].to_str().unwrap();
+                        retry_after = retry_after.min(secs.parse::<u64>().unwrap());
+                        let body: Value = answer.json().await.unwrap();
+                        assert_eq!(body["error"]["code"], "RATE_LIMITED", "{body}");
+                    }
+                    other => panic!("a wrong secret was answered {other}"),
+                }
+            }
+            (unauthorized, throttled, retry_after)
+        });
+    }
+    let (mut unauthorized, mut throttled, mut retry_after) = (0, 0, u64::MAX);
+    for (u, t, r) in rounds.join_all().await {
+        (unauthorized, throttled, retry_after) =
+            (unauthorized + u, throttled + t, retry_after.min(r));
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "auth: {GUESSES} wrong secrets in {took:?}: {unauthorized} answered 401, {throttled} \
+         429 (Retry-After at least {retry_after} s)"
+    );
+    // 20 tries, plus one more every 3 s of the run.
+    let replenished = usize::try_from(took.as_secs() / 3).unwrap() + 1;
+    assert!(
+        (20..=20 + replenished).contains(&unauthorized),
+        "{unauthorized} secrets were checked"
+    );
+    assert_eq!(unauthorized + throttled, GUESSES);
+    assert!((1..=3).contains(&retry_after), "{retry_after}");
+    // While blocked, even the right secret from that address is not checked ...
+    let blocked = from_address(2, Some(ADMIN_TOKEN))
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blocked.status(), 429);
+    // ... and other addresses are not affected.
+    let other = from_address(3, Some(ADMIN_TOKEN))
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    let sample = "glitchlab_http_auth_failures_total{outcome=\"throttled\"} ";
+    assert!(counter_from(&service, 3, sample).await >= throttled as f64);
+    let sample = "glitchlab_http_auth_failures_total{outcome=\"rejected\"} ";
+    assert_eq!(counter_from(&service, 3, sample).await, unauthorized as f64);
+}
+
+#[test]
+fn an_admin_token_variable_under_32_characters_refuses_to_start() {
+    let root = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_glitchlab"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(root.path().join("data"))
+        .current_dir(root.path())
+        .env("GLITCHLAB_ADMIN_TOKEN", "0123456789")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("GLITCHLAB_ADMIN_TOKEN is 10 characters long")
+            && stderr.contains("at least 32"),
+        "{stderr}"
+    );
+    assert!(
+        !root.path().join("data").exists(),
+        "a refused start made its data dir"
+    );
+}
+
+#[tokio::test]
+async fn the_bootstrap_token_ends_when_its_variable_is_gone_and_its_name_is_reserved() {
+    let root = tempfile::tempdir().unwrap();
+    let mut service = Service::start(root.path()).await;
+    let (status, _) = service.get("/v1/tasks").await;
+    assert_eq!(status, 200);
+    let (status, body) = service
+        .post(
+            "/v1/tokens",
+            &json!({"name": "bootstrap", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let viewer = make_token(&service, json!({"name": "dash", "role": "viewer"})).await;
+    service.terminate(std::time::Duration::from_secs(30));
+
+    // Started again without the variable: the secret it carried opens nothing any more.
+    let options = Options {
+        no_admin_env: true,
+        ..Options::default()
+    };
+    let service = Service::start_with(root.path(), options).await;
+    let (status, body) = service.get("/v1/tasks").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        service
+            .log()
+            .contains("removed the admin token `bootstrap`"),
+        "{}",
+        service.log()
+    );
+    // The other tokens are untouched.
+    let (status, _, _) = call(
+        &as_token(Some(&viewer)),
+        "GET",
+        &format!("{}/v1/tasks", service.base),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+}

@@ -363,3 +363,61 @@ async fn a_running_commands_output_reaches_the_tasks_stream_live_bounded_and_red
         .iter()
         .all(|e| e["kind"] != "run.output"));
 }
+
+/// Streams the viewers try to open: more than the whole budget (256).
+const VIEWER_STREAMS: usize = 300;
+/// Viewer tokens they use: together they could hold 320 at 32 each, past the role's 128.
+const VIEWER_TOKENS: usize = 10;
+
+#[tokio::test]
+async fn viewers_holding_every_stream_they_can_leave_room_for_an_admin() {
+    let _machine = crate::helpers::heavy().await;
+    let root = tempfile::tempdir().unwrap();
+    // Every stream is a connection from 127.0.0.1: the per-address share is raised past them.
+    let config = "[server]\nmax_connections_per_ip = 1000\n";
+    let service = Service::start_with(root.path(), crate::helpers::with_config(config)).await;
+    let mut viewers = Vec::new();
+    for n in 0..VIEWER_TOKENS {
+        let (status, body) = service
+            .post(
+                "/v1/tokens",
+                &json!({"name": format!("wall-{n}"), "role": "viewer"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let secret = body["secret"].as_str().unwrap();
+        viewers.push(crate::helpers::client_builder_with(secret).build().unwrap());
+    }
+    let url = format!("{}/v1/events/stream", service.base);
+    let (mut held, mut refused) = (Vec::new(), 0);
+    for n in 0..VIEWER_STREAMS {
+        let response = viewers[n % VIEWER_TOKENS].get(&url).send().await.unwrap();
+        match response.status().as_u16() {
+            200 => held.push(response),
+            503 => {
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "TOO_MANY_STREAMS", "{body}");
+                refused += 1;
+            }
+            other => panic!("a viewer's stream was answered {other}"),
+        }
+    }
+    eprintln!(
+        "stream: {VIEWER_STREAMS} viewer streams asked: {} open, {refused} refused",
+        held.len()
+    );
+    // The viewers' role holds its share (128 by default) and no more.
+    assert_eq!(held.len(), 128);
+    // An admin still gets a stream, and sees events on it.
+    let mut admin = Stream::open(&service, "/v1/events/stream", None).await;
+    let repo = git_repo(root.path());
+    service
+        .submit(&shell_task(&repo, "echo hi > a.txt", "true"))
+        .await;
+    let message = admin
+        .next(Duration::from_secs(30))
+        .await
+        .expect("the admin's stream ended");
+    assert!(message.id.is_some(), "{message:?}");
+    drop(held);
+}

@@ -463,8 +463,10 @@ async fn probe_healthz(base: &str, done: &tokio::sync::watch::Receiver<bool>) ->
 async fn idle_and_slowloris_connections_are_closed_while_healthz_answers() {
     let _machine = crate::helpers::latency_bound().await;
     let root = tempfile::tempdir().unwrap();
-    let config =
-        "[server]\nheader_read_timeout_secs = 1\nidle_timeout_secs = 5\nmax_connections = 1200\n";
+    // All from 127.0.0.1: the per-address share is raised past the attack (its own test is
+    // `one_address_holds_at_most_its_share_of_connections`).
+    let config = "[server]\nheader_read_timeout_secs = 1\nidle_timeout_secs = 5\n\
+                  max_connections = 1200\nmax_connections_per_ip = 2000\n";
     let service = Service::start_with(root.path(), with_config(config)).await;
     let address = address(&service);
     let (done_tx, done) = tokio::sync::watch::channel(false);
@@ -611,4 +613,164 @@ async fn a_client_that_stops_reading_is_closed_after_the_idle_timeout() {
     let mut sink = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink)).await;
     assert!(read.is_ok(), "the connection did not end");
+}
+
+/// Idle sockets the flood opens: more than the default `max_connections` (1024).
+const FLOOD_SOCKETS: usize = 1200;
+/// Loopback source addresses the flood comes from (127.0.0.2 ..), so no one address passes the
+/// default `max_connections_per_ip` (256): this is the reserve and shedding at work, not the
+/// per-address cap.
+const FLOOD_SOURCES: u8 = 8;
+
+/// A socket to `address` from the loopback source `127.0.0.<last>`, sending nothing.
+async fn connect_from(last: u8, address: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, last], 0)))
+        .unwrap();
+    socket.connect(address.parse().unwrap()).await.unwrap()
+}
+
+/// A client on new connections only, from the loopback source `127.0.0.<last>`, sending
+/// `secret` as its bearer token when given.
+fn fresh_client(last: u8, secret: Option<&str>) -> reqwest::Client {
+    let builder = match secret {
+        Some(secret) => crate::helpers::client_builder_with(secret),
+        None => reqwest::Client::builder(),
+    };
+    builder
+        .pool_max_idle_per_host(0)
+        .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A counter's value in `/metrics`, asked from the loopback source `127.0.0.<last>`.
+async fn counter_from(service: &Service, last: u8, sample: &str) -> f64 {
+    let text = fresh_client(last, Some(crate::helpers::ADMIN_TOKEN))
+        .get(format!("{}/metrics", service.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+/// Raises this test process's soft open-file limit to its hard limit: the flood holds 1 200
+/// sockets, past a soft limit of 1024.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; setrlimit reads it.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    assert!(
+        limit.rlim_cur >= 2 * FLOOD_SOCKETS as u64,
+        "the hard open-file limit {} is too low for the flood",
+        limit.rlim_cur
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_sockets_past_the_cap_keeps_out_neither_healthz_nor_a_token() {
+    let _machine = crate::helpers::latency_bound().await;
+    raise_open_files_limit();
+    let root = tempfile::tempdir().unwrap();
+    // Defaults: max_connections 1024, reserved_connections 64, idle timeout 60 s.
+    let service = Service::start(root.path()).await;
+    let address = address(&service);
+    let started = Instant::now();
+    let mut flood = Vec::with_capacity(FLOOD_SOCKETS);
+    for n in 0..FLOOD_SOCKETS {
+        let source = 2 + u8::try_from(n % usize::from(FLOOD_SOURCES)).unwrap();
+        flood.push(connect_from(source, &address).await);
+    }
+    let opened_in = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // With all 1 200 sockets open on this side: a probe and an authenticated request, each on a
+    // new connection, from an address of their own.
+    let started = Instant::now();
+    let healthz = fresh_client(20, None)
+        .get(format!("{}/healthz", service.base))
+        .send()
+        .await
+        .unwrap();
+    let healthz_in = started.elapsed();
+    assert_eq!(healthz.status(), 200);
+    let started = Instant::now();
+    let tasks = fresh_client(21, Some(crate::helpers::ADMIN_TOKEN))
+        .get(format!("{}/v1/tasks", service.base))
+        .send()
+        .await
+        .unwrap();
+    let tasks_in = started.elapsed();
+    assert_eq!(tasks.status(), 200);
+
+    let shed = counter_from(
+        &service,
+        22,
+        "glitchlab_http_connections_closed_total{reason=\"shed\"} ",
+    )
+    .await;
+    let held = counter_from(&service, 22, "glitchlab_http_connections ").await;
+    eprintln!(
+        "transport: {FLOOD_SOCKETS} idle sockets from {FLOOD_SOURCES} addresses opened in \
+         {opened_in:?}; shed {shed}; open (gauge) {held}; /healthz {healthz_in:?}; \
+         GET /v1/tasks with a token {tasks_in:?}"
+    );
+    assert!(healthz_in < HEALTHZ_WITHIN, "/healthz took {healthz_in:?}");
+    assert!(tasks_in < HEALTHZ_WITHIN, "GET /v1/tasks took {tasks_in:?}");
+    // Past 1024 - 64 open, each new socket closed the oldest silent one.
+    assert!(shed >= (FLOOD_SOCKETS - 1024) as f64, "only {shed} shed");
+    assert!(held <= 1024.0, "{held} connections open");
+    drop(flood);
+}
+
+#[tokio::test]
+async fn one_address_holds_at_most_its_share_of_connections() {
+    let root = tempfile::tempdir().unwrap();
+    let config = "[server]\nmax_connections_per_ip = 8\n";
+    let service = Service::start_with(root.path(), with_config(config)).await;
+    let address = address(&service);
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        held.push(connect_from(2, &address).await);
+    }
+    // The first 8 are held open; the 4 past the share are closed at once.
+    let mut closed = 0;
+    for stream in &mut held {
+        let mut buffer = [0u8; 16];
+        match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buffer)).await {
+            Ok(Ok(0) | Err(_)) => closed += 1,
+            Ok(Ok(_)) => panic!("the service sent something unasked"),
+            Err(_elapsed) => {}
+        }
+    }
+    assert_eq!(closed, 4);
+    // Another address is served meanwhile.
+    let answer = fresh_client(3, None)
+        .get(format!("{}/healthz", service.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let refused = counter_from(
+        &service,
+        4,
+        "glitchlab_http_connections_closed_total{reason=\"per_ip_limit\"} ",
+    )
+    .await;
+    assert_eq!(refused, 4.0);
+    drop(held);
 }

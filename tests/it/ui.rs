@@ -477,3 +477,54 @@ async fn maybe_board_screenshot(client: &Client, service: &Service, repo: &Path)
         .await;
     Ok(())
 }
+
+/// Logins one viewer makes in a loop: more than the whole session table (1024).
+const VIEWER_LOGINS: usize = 1100;
+
+#[tokio::test]
+async fn a_viewer_logging_in_again_and_again_never_ends_the_admins_session() {
+    let root = tempfile::tempdir().unwrap();
+    let service = Service::start(root.path()).await;
+    let (status, body) = service
+        .post("/v1/tokens", &json!({"name": "looper", "role": "viewer"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let viewer = body["secret"].as_str().unwrap().to_owned();
+    let (status, admin_cookie, _) = login(&service, ADMIN_TOKEN).await;
+    assert_eq!(status, 200);
+    let admin_cookie = pair(&admin_cookie);
+    let (status, first_viewer_cookie, _) = login(&service, &viewer).await;
+    assert_eq!(status, 200);
+    let first_viewer_cookie = pair(&first_viewer_cookie);
+    // One client (a new one per login costs a TLS setup each in a debug build).
+    let looper = plain();
+    for _ in 0..VIEWER_LOGINS {
+        let response = looper
+            .post(format!("{}/ui/login", service.base))
+            .json(&json!({"token": viewer}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // The admin's session is untouched; the viewer's own oldest one made room.
+    let (status, _, session) = with_cookie(
+        &service,
+        reqwest::Method::GET,
+        "/ui/session",
+        &admin_cookie,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(session["name"], "bootstrap");
+    let (status, _, _) = with_cookie(
+        &service,
+        reqwest::Method::GET,
+        "/v1/tasks",
+        &first_viewer_cookie,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 401);
+}

@@ -6,6 +6,7 @@
 //! tokens live in the store and, for the hot path, in memory ([`Tokens`]); creating or revoking
 //! one changes both before it answers, so a revoked token is refused at once.
 
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -24,8 +25,10 @@ use subtle::ConstantTimeEq;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
+use super::guard::Arrival;
 use super::json::JsonBody;
 use super::session::{self, Sessions};
+use super::throttle::{retry_after_secs, FailureThrottle};
 use super::AppState;
 use crate::config::{AuthMode, Config};
 use crate::model::auth::{
@@ -43,6 +46,12 @@ const SECRET_BYTES: usize = 32;
 pub(crate) const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// The variable whose value, when set at start, is an admin token named `bootstrap`.
 pub(crate) const ADMIN_TOKEN_VAR: &str = "GLITCHLAB_ADMIN_TOKEN";
+/// The token [`ADMIN_TOKEN_VAR`] makes: it exists only while the variable is set at start, so
+/// the name is reserved (`POST /v1/tokens` refuses it).
+pub(crate) const BOOTSTRAP_TOKEN: &str = "bootstrap";
+/// Shortest [`ADMIN_TOKEN_VAR`] value accepted: an admin secret must not be guessable (the
+/// service's own secrets are 68 characters).
+pub(crate) const ADMIN_TOKEN_CHARS_MIN: usize = 32;
 /// Longest a token may live, when it is given a lifetime.
 const EXPIRES_IN_SECS_MAX: u64 = 10 * 365 * 24 * 60 * 60;
 /// Accounts or repository globs one token may list.
@@ -116,6 +125,8 @@ pub(crate) struct Auth {
     limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
     /// The web control plane's sessions (cookies standing for a token).
     sessions: Arc<Sessions>,
+    /// Wrong secrets per client address (`None` with `server.auth_failures_max = 0`).
+    throttle: Option<Arc<FailureThrottle>>,
 }
 
 /// Why a request's session cookie does not authenticate it.
@@ -133,12 +144,57 @@ impl Auth {
         self.mode == AuthMode::On
     }
 
-    /// Exchanges a token secret for a new web session: the token's principal and the session's
-    /// id and CSRF token; `None` for an unknown, revoked or expired secret (or no randomness).
-    pub(crate) fn log_in(&self, secret: &str) -> Option<(Principal, session::Opened)> {
-        let record = self.tokens.authenticate(secret)?;
-        let opened = self.sessions.open(&record.secret_sha256)?;
-        Some((record.principal(), opened))
+    /// Exchanges a token secret sent from `peer` for a new web session: the token's principal
+    /// and the session's id and CSRF token. Refused `401` for an unknown, revoked or expired
+    /// secret (counted by the throttle; `429` past it), `503 TOO_MANY_SESSIONS` when the table
+    /// is full of other principals' sessions.
+    pub(crate) fn log_in(
+        &self,
+        secret: &str,
+        peer: IpAddr,
+    ) -> Result<(Principal, session::Opened), ApiError> {
+        self.refuse_if_throttled(peer)?;
+        let Some(record) = self.tokens.authenticate(secret) else {
+            tracing::info!("a web login with an unknown, revoked or expired token was refused");
+            self.refuse_if_throttled_now(peer)?;
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                codes::UNAUTHENTICATED,
+                "unknown, revoked or expired token",
+            ));
+        };
+        let opened = match self.sessions.open(&record.secret_sha256) {
+            Ok(opened) => opened,
+            Err(session::OpenRefusal::Full) => {
+                return Err(ApiError::unavailable(
+                    codes::TOO_MANY_SESSIONS,
+                    format!(
+                        "{} web sessions are open; try again when one ends",
+                        session::SESSIONS_MAX
+                    ),
+                ))
+            }
+            Err(session::OpenRefusal::NoRandomness) => {
+                return Err(ApiError::internal("no randomness for a session id"))
+            }
+        };
+        Ok((record.principal(), opened))
+    }
+
+    /// `429 RATE_LIMITED` when `peer` is blocked for its wrong secrets (nothing is checked).
+    fn refuse_if_throttled(&self, peer: IpAddr) -> Result<(), ApiError> {
+        match self.throttle.as_ref().and_then(|t| t.blocked_for(peer)) {
+            Some(wait) => Err(throttled(wait)),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a wrong secret from `peer`: `429 RATE_LIMITED` when it went past the limit.
+    fn refuse_if_throttled_now(&self, peer: IpAddr) -> Result<(), ApiError> {
+        match self.throttle.as_ref().and_then(|t| t.failed(peer)) {
+            Some(wait) => Err(throttled(wait)),
+            None => Ok(()),
+        }
     }
 
     /// The principal and CSRF token of the open session `id`, while its token is valid.
@@ -170,21 +226,71 @@ impl Auth {
     }
 }
 
-impl Auth {
-    /// Loads the tokens from the store and makes sure someone can get in: the bootstrap token from
-    /// [`ADMIN_TOKEN_VAR`], else — in a data dir with no tokens — a new admin token whose secret
-    /// is written to `<data_dir>/admin.token` (mode 0600). The log names the file, never a secret.
-    pub(crate) async fn start(config: &Config, store: &Store) -> Result<Auth, StoreError> {
-        let tokens = Arc::new(Tokens::default());
-        if let Ok(secret) = std::env::var(ADMIN_TOKEN_VAR) {
-            if !secret.is_empty() {
-                let record = new_record("bootstrap", Role::Admin, &secret);
-                store_auth::put_token(store, record).await?;
-                tracing::info!(
-                    "the admin token `bootstrap` follows {ADMIN_TOKEN_VAR} (its value is not logged)"
+/// The answer to a client address blocked for its wrong secrets.
+fn throttled(wait: std::time::Duration) -> ApiError {
+    ApiError::too_many(
+        codes::RATE_LIMITED,
+        "too many wrong secrets from this address; wait before trying again",
+        retry_after_secs(wait),
+    )
+}
+
+/// The value of [`ADMIN_TOKEN_VAR`] when it is set (an empty value counts as unset); an error
+/// naming the variable when it is shorter than [`ADMIN_TOKEN_CHARS_MIN`]. Checked before the
+/// service opens anything, so a refused start touches no data.
+pub(crate) fn admin_token_var() -> Result<Option<String>, String> {
+    let Some(value) = std::env::var_os(ADMIN_TOKEN_VAR) else {
+        return Ok(None);
+    };
+    let Some(secret) = value.to_str() else {
+        return Err(format!("{ADMIN_TOKEN_VAR} is not valid UTF-8"));
+    };
+    let chars = secret.chars().count();
+    match chars {
+        0 => Ok(None),
+        chars if chars < ADMIN_TOKEN_CHARS_MIN => Err(format!(
+            "{ADMIN_TOKEN_VAR} is {chars} characters long; an admin secret needs at least \
+             {ADMIN_TOKEN_CHARS_MIN} (e.g. `openssl rand -hex 32`), or unset it and use the \
+             token in <data_dir>/{ADMIN_TOKEN_FILE}"
+        )),
+        _ => Ok(Some(secret.to_owned())),
+    }
+}
+
+/// The `bootstrap` token follows [`ADMIN_TOKEN_VAR`]: made or replaced from its value when set,
+/// removed when not (a secret taken out of the environment stops working).
+async fn follow_admin_token_var(store: &Store) -> Result<(), StoreError> {
+    match admin_token_var() {
+        Ok(Some(secret)) => {
+            let record = new_record(BOOTSTRAP_TOKEN, Role::Admin, &secret);
+            store_auth::put_token(store, record).await?;
+            tracing::info!(
+                "the admin token `{BOOTSTRAP_TOKEN}` follows {ADMIN_TOKEN_VAR} (its value is not \
+                 logged)"
+            );
+        }
+        // Refused before start-up reaches here (`app::startup`); nothing to follow.
+        Err(_) => {}
+        Ok(None) => {
+            if store_auth::revoke_token(store, BOOTSTRAP_TOKEN).await? {
+                tracing::warn!(
+                    "{ADMIN_TOKEN_VAR} is not set: removed the admin token `{BOOTSTRAP_TOKEN}` \
+                     it made"
                 );
             }
         }
+    }
+    Ok(())
+}
+
+impl Auth {
+    /// Loads the tokens from the store and makes sure someone can get in: the bootstrap token from
+    /// [`ADMIN_TOKEN_VAR`] (removed when the variable is not set), else — in a data dir with no
+    /// tokens — a new admin token whose secret is written to `<data_dir>/admin.token` (mode
+    /// 0600). The log names the file, never a secret.
+    pub(crate) async fn start(config: &Config, store: &Store) -> Result<Auth, StoreError> {
+        let tokens = Arc::new(Tokens::default());
+        follow_admin_token_var(store).await?;
         let mut records = store_auth::tokens(store).await?;
         if records.is_empty() && config.server.auth == AuthMode::On {
             let secret = new_secret();
@@ -208,12 +314,17 @@ impl Auth {
                 Quota::per_second(rate).allow_burst(burst),
             ))
         });
+        let throttle = FailureThrottle::new(
+            config.server.auth_failures_max,
+            config.server.auth_failure_window_secs,
+        );
         Ok(Auth {
             mode: config.server.auth,
             metrics_public: config.server.metrics_public,
             tokens,
             limiter,
             sessions: Arc::new(Sessions::default()),
+            throttle: throttle.map(Arc::new),
         })
     }
 }
@@ -311,6 +422,49 @@ fn bearer(request: &Request) -> Option<&str> {
         .filter(|secret| !secret.is_empty())
 }
 
+/// The address a request came from (unspecified if it came some way without one).
+fn peer_of(request: &Request) -> IpAddr {
+    request
+        .extensions()
+        .get::<Arrival>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |arrival| {
+            arrival.peer.ip().to_canonical()
+        })
+}
+
+/// Who sends `request` (`server.auth = "on"`): its bearer token's or its session's principal;
+/// else the answer — `401`, `403 CSRF_REJECTED`, or `429` for a bearer secret from an address
+/// past its wrong secrets (a wrong bearer secret is counted; a stale session cookie is not: a
+/// session id is not guessable, and a browser left open across a restart sends one).
+fn authenticate(auth: &Auth, request: &Request) -> Result<Principal, Box<Response>> {
+    let (bearer, cookie) = (bearer(request), session::cookie(request.headers()));
+    if bearer.is_none() && cookie.is_none() {
+        return Err(Box::new(unauthenticated(
+            "send `Authorization: Bearer <token secret>`",
+        )));
+    }
+    if let Some(secret) = bearer {
+        let peer = peer_of(request);
+        auth.refuse_if_throttled(peer)
+            .map_err(|error| Box::new(error.into_response()))?;
+        if let Some(record) = auth.tokens.authenticate(secret) {
+            return Ok(record.principal());
+        }
+        auth.refuse_if_throttled_now(peer)
+            .map_err(|error| Box::new(error.into_response()))?;
+        return Err(Box::new(unauthenticated(
+            "unknown, revoked or expired token",
+        )));
+    }
+    match cookie.map(|id| auth.by_session(request, id)) {
+        Some(Ok(principal)) => Ok(principal),
+        Some(Err(SessionRefusal::Csrf)) => Err(Box::new(session::csrf_refused())),
+        Some(Err(SessionRefusal::Unknown)) | None => Err(Box::new(unauthenticated(
+            "the session is over (logged out or expired)",
+        ))),
+    }
+}
+
 fn unauthenticated(message: &str) -> Response {
     let mut response =
         ApiError::new(StatusCode::UNAUTHORIZED, codes::UNAUTHENTICATED, message).into_response();
@@ -339,21 +493,15 @@ pub(crate) async fn authorize(
     };
     let principal = match auth.mode {
         AuthMode::Off => Principal::anonymous(),
-        AuthMode::On => match (bearer(&request), session::cookie(request.headers())) {
-            (Some(secret), _) => match auth.tokens.authenticate(secret) {
-                Some(record) => record.principal(),
-                None => return unauthenticated("unknown, revoked or expired token"),
-            },
-            (None, Some(id)) => match auth.by_session(&request, id) {
-                Ok(principal) => principal,
-                Err(SessionRefusal::Unknown) => {
-                    return unauthenticated("the session is over (logged out or expired)")
-                }
-                Err(SessionRefusal::Csrf) => return session::csrf_refused(),
-            },
-            (None, None) => return unauthenticated("send `Authorization: Bearer <token secret>`"),
+        AuthMode::On => match authenticate(auth, &request) {
+            Ok(principal) => principal,
+            Err(answer) => return *answer,
         },
     };
+    // The connection authenticated: it keeps its slot when slots run short.
+    if let Some(arrival) = request.extensions().get::<Arrival>() {
+        arrival.standing.prove();
+    }
     if !principal.may(permission) {
         let message = format!(
             "token `{}` (role {}) lacks the permission `{permission}` (granted from role {})",
@@ -492,6 +640,11 @@ pub(crate) async fn create_token(
     JsonBody(request): JsonBody<NewTokenRequest>,
 ) -> Result<(StatusCode, Json<NewToken>), ApiError> {
     validate_token_name(&request.name).map_err(ApiError::invalid_field)?;
+    if request.name == BOOTSTRAP_TOKEN {
+        return Err(ApiError::invalid_field(format!(
+            "`{BOOTSTRAP_TOKEN}` is reserved for the token {ADMIN_TOKEN_VAR} makes"
+        )));
+    }
     let accounts = request.accounts.unwrap_or_default();
     let repos = request.repos.unwrap_or_default();
     check_scope("accounts", &accounts)?;

@@ -185,8 +185,9 @@ pub(crate) mod describe {
         an unknown `status`).";
     /// 503 of the event streams.
     pub(crate) const TOO_MANY_STREAMS: &str =
-        "`TOO_MANY_STREAMS`: 256 event streams are open, or the \
-        service is stopping.";
+        "`TOO_MANY_STREAMS`: the stream budget is spent (`server.streams_max` in all, \
+        `streams_per_token_max` per token, `streams_per_role_max` per role, the last \
+        `streams_reserved` for operators and admins), or the service is stopping.";
     /// 404 of an unknown deploy.
     pub(crate) const DEPLOY_NOT_FOUND: &str = "`DEPLOY_NOT_FOUND`: unknown deploy.";
     /// 409 of deploy approve and reject.

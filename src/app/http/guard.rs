@@ -16,12 +16,14 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use crate::config::transport::{canonical_origin, default_port, split_host_port};
@@ -32,13 +34,46 @@ use crate::model::codes;
 const QUOTED_BYTES_MAX: usize = 100;
 
 /// Where a request arrived: put on every request by `app::transport`, so the guard knows the
-/// address the client reached (the bind address, or the interface's on a wildcard bind).
+/// address the client reached (the bind address, or the interface's on a wildcard bind), the
+/// authentication throttle the client's address, and a request that authenticates can vouch for
+/// its connection.
 #[derive(Clone)]
 pub(crate) struct Arrival {
     /// The service-wide rules, built once at start.
     pub policy: Arc<Policy>,
     /// The local address of the request's connection.
     pub local: SocketAddr,
+    /// The client's address (the peer of the connection).
+    pub peer: SocketAddr,
+    /// The connection's standing with `app::transport::admission`.
+    pub standing: Arc<Standing>,
+}
+
+/// One connection's standing, shared by its task (which watches `shed`), its requests (which
+/// mark it proven) and the admission table.
+#[derive(Debug, Default)]
+pub(crate) struct Standing {
+    /// Set once a request of the connection authenticated.
+    proven: AtomicBool,
+    /// Cancelled when the connection is shed to make room.
+    shed: CancellationToken,
+}
+
+impl Standing {
+    /// A request of this connection authenticated: it is not shed from now on.
+    pub(crate) fn prove(&self) {
+        self.proven.store(true, Ordering::Release);
+    }
+
+    /// Whether a request of this connection authenticated.
+    pub(crate) fn is_proven(&self) -> bool {
+        self.proven.load(Ordering::Acquire)
+    }
+
+    /// Cancelled when the connection must close to make room.
+    pub(crate) fn shed(&self) -> &CancellationToken {
+        &self.shed
+    }
 }
 
 /// The service-wide rules of the guard, from `[server]` and whether TLS is on.

@@ -15,6 +15,7 @@ pub(crate) mod session;
 pub(crate) mod stream;
 pub(crate) mod system;
 pub(crate) mod tasks;
+pub(crate) mod throttle;
 pub(crate) mod ui;
 
 use std::time::Instant;

@@ -13,8 +13,40 @@ use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::model::task::{Stage, Task, TaskId, TaskStatus};
 
-/// Tasks the report looks at at most (newest first); older ones only count if they fit.
+/// Tasks the report looks at at most (newest first): one store read must end within its 5 s
+/// bound. When there are more, the report's `coverage` says so and where it stopped.
 const REPORT_TASKS_MAX: usize = 100_000;
+
+/// What the report counted: every task, or — past [`REPORT_TASKS_MAX`] — the newest ones,
+/// said explicitly so a client never reads a partial count as the whole.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Coverage {
+    /// Tasks counted in `counts`, `running`, `blocked`, `stalled` and `finished_last_hour`.
+    pub tasks_counted: usize,
+    /// Whether that is every task; `false` when older tasks exist that were not counted.
+    pub complete: bool,
+    /// When not complete: the creation time of the oldest task counted (older ones are not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counted_since: Option<DateTime<Utc>>,
+}
+
+impl Coverage {
+    /// Cuts `tasks` (newest first, at most `max + 1` fetched) to `max` and says what is left;
+    /// `created` is a task's creation time.
+    fn cut<T>(tasks: &mut Vec<T>, max: usize, created: impl Fn(&T) -> DateTime<Utc>) -> Coverage {
+        let complete = tasks.len() <= max;
+        tasks.truncate(max);
+        Coverage {
+            tasks_counted: tasks.len(),
+            complete,
+            counted_since: if complete {
+                None
+            } else {
+                tasks.last().map(created)
+            },
+        }
+    }
+}
 
 /// The report.
 #[derive(Debug, Serialize, ToSchema)]
@@ -33,6 +65,8 @@ pub(crate) struct Report {
     pub stalled: Vec<StalledTask>,
     /// Tasks that ended in the last hour.
     pub finished_last_hour: FinishedSummary,
+    /// What was counted: every task, or where counting stopped.
+    pub coverage: Coverage,
 }
 
 /// One running task.
@@ -102,7 +136,14 @@ fn status_key(status: TaskStatus) -> String {
 )]
 pub(crate) async fn report(State(app): State<AppState>) -> Result<Json<Report>, ApiError> {
     let now = Utc::now();
-    let tasks = app.services.store.tasks(REPORT_TASKS_MAX).await?;
+    let mut tasks = app.services.store.tasks(REPORT_TASKS_MAX + 1).await?;
+    let coverage = Coverage::cut(&mut tasks, REPORT_TASKS_MAX, |task| task.created_at);
+    if !coverage.complete {
+        tracing::warn!(
+            counted = coverage.tasks_counted,
+            "GET /v1/report counted only the newest tasks (its coverage says so)"
+        );
+    }
     let stall_after = Duration::seconds(
         i64::try_from(app.services.config.compass.stall_after_secs).unwrap_or(i64::MAX),
     );
@@ -154,6 +195,7 @@ pub(crate) async fn report(State(app): State<AppState>) -> Result<Json<Report>, 
         blocked,
         stalled,
         finished_last_hour: finished_since(&tasks, now - Duration::hours(1)),
+        coverage,
     }))
 }
 
@@ -192,7 +234,21 @@ fn median(sorted: &[f64]) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{median, Coverage};
+    use chrono::{Duration, Utc};
+
+    #[test]
+    fn past_the_cap_the_coverage_says_where_counting_stopped() {
+        let now = Utc::now();
+        let mut times: Vec<_> = (0..5).map(|n| now - Duration::seconds(n)).collect();
+        let all = Coverage::cut(&mut times.clone(), 5, |t| *t);
+        assert!(all.complete && all.tasks_counted == 5 && all.counted_since.is_none());
+        let cut = Coverage::cut(&mut times, 3, |t| *t);
+        assert!(!cut.complete);
+        assert_eq!(cut.tasks_counted, 3);
+        assert_eq!(cut.counted_since, Some(now - Duration::seconds(2)));
+        assert_eq!(times.len(), 3);
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

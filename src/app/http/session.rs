@@ -10,7 +10,10 @@
 //! that, `SameSite=Strict` and the guard's `Origin` check each stop a cross-site request.
 //!
 //! Sessions live in memory only (a restart logs everyone out), at most [`SESSIONS_MAX`] at once,
-//! each for [`SESSION_TTL`]; a full table drops its expired sessions, then its oldest one.
+//! each for [`SESSION_TTL`]. One principal (token) holds at most [`SESSIONS_PER_PRINCIPAL_MAX`]:
+//! its next login ends *its own* oldest session, never another principal's. A full table drops
+//! its expired sessions; if it is still full, the principal's own oldest session makes room, and a
+//! principal with none is refused (`503 TOO_MANY_SESSIONS`).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -31,6 +34,9 @@ pub(crate) const COOKIE_NAME: &str = "glitchlab_session";
 pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 /// Sessions open at once: a bound on memory whatever a client does.
 pub(crate) const SESSIONS_MAX: usize = 1024;
+/// Sessions one principal holds at once (browsers and tabs of one person; a script logging in
+/// in a loop only pushes out its own).
+pub(crate) const SESSIONS_PER_PRINCIPAL_MAX: usize = 16;
 /// How long a session lasts after login (a working day; log in again after).
 pub(crate) const SESSION_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 /// Random bytes in a session id and in a CSRF token.
@@ -72,25 +78,37 @@ pub(crate) struct Sessions {
     open: Mutex<HashMap<[u8; 32], Session>>,
 }
 
+/// Why no session was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpenRefusal {
+    /// [`SESSIONS_MAX`] unexpired sessions are open, none of them the principal's.
+    Full,
+    /// The OS has no randomness to give (no session is better than a guessable one).
+    NoRandomness,
+}
+
 impl Sessions {
-    /// Opens a session for the token whose secret hashes to `token_sha256`; `None` when the OS
-    /// has no randomness to give (no session is better than a guessable one).
-    pub(crate) fn open(&self, token_sha256: &str) -> Option<Opened> {
-        let id = random_hex()?;
-        let csrf = random_hex()?;
+    /// Opens a session for the token whose secret hashes to `token_sha256`, ending that token's
+    /// oldest session when it holds [`SESSIONS_PER_PRINCIPAL_MAX`] already.
+    pub(crate) fn open(&self, token_sha256: &str) -> Result<Opened, OpenRefusal> {
+        let id = random_hex().ok_or(OpenRefusal::NoRandomness)?;
+        let csrf = random_hex().ok_or(OpenRefusal::NoRandomness)?;
         let now = Instant::now();
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut held = open
+            .values()
+            .filter(|session| session.token_sha256 == token_sha256)
+            .count();
+        // Bounded: each turn removes one of the principal's sessions.
+        while held >= SESSIONS_PER_PRINCIPAL_MAX && remove_oldest_of(&mut open, token_sha256) {
+            held -= 1;
+        }
         if open.len() >= SESSIONS_MAX {
             open.retain(|_, session| now.duration_since(session.opened) < SESSION_TTL);
         }
-        if open.len() >= SESSIONS_MAX {
-            let oldest = open
-                .iter()
-                .min_by_key(|(_, session)| session.opened)
-                .map(|(key, _)| *key);
-            if let Some(key) = oldest {
-                open.remove(&key);
-            }
+        // Still full: only the principal's own oldest may make room.
+        if open.len() >= SESSIONS_MAX && !remove_oldest_of(&mut open, token_sha256) {
+            return Err(OpenRefusal::Full);
         }
         open.insert(
             key(&id),
@@ -100,7 +118,7 @@ impl Sessions {
                 opened: now,
             },
         );
-        Some(Opened { id, csrf })
+        Ok(Opened { id, csrf })
     }
 
     /// The session `id` names, if it is open and not expired.
@@ -132,6 +150,16 @@ impl Sessions {
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
+}
+
+/// Ends the oldest session of the token whose secret hashes to `token_sha256`; whether it had one.
+fn remove_oldest_of(open: &mut HashMap<[u8; 32], Session>, token_sha256: &str) -> bool {
+    let oldest = open
+        .iter()
+        .filter(|(_, session)| session.token_sha256 == token_sha256)
+        .min_by_key(|(_, session)| session.opened)
+        .map(|(key, _)| *key);
+    oldest.is_some_and(|key| open.remove(&key).is_some())
 }
 
 fn key(id: &str) -> [u8; 32] {
@@ -223,12 +251,38 @@ mod tests {
     #[test]
     fn the_table_is_bounded() {
         let sessions = Sessions::default();
-        let first = sessions.open("h").unwrap();
-        for _ in 0..SESSIONS_MAX {
-            sessions.open("h").unwrap();
+        let first = sessions.open("h0").unwrap();
+        for n in 1..SESSIONS_MAX {
+            sessions.open(&format!("h{n}")).unwrap();
         }
         assert_eq!(sessions.len(), SESSIONS_MAX);
-        assert!(sessions.find(&first.id).is_none(), "the oldest went first");
+        // Full of other principals' sessions: refused, nobody's pushed out.
+        assert_eq!(sessions.open("new").unwrap_err(), OpenRefusal::Full);
+        assert_eq!(sessions.len(), SESSIONS_MAX);
+        assert!(sessions.find(&first.id).is_some());
+        // A principal already in the table may still log in: its own oldest goes.
+        sessions.open("h0").unwrap();
+        assert_eq!(sessions.len(), SESSIONS_MAX);
+        assert!(sessions.find(&first.id).is_none());
+    }
+
+    #[test]
+    fn a_principal_logging_in_again_and_again_pushes_out_only_its_own_sessions() {
+        let sessions = Sessions::default();
+        let admin = sessions.open("admin").unwrap();
+        let first = sessions.open("viewer").unwrap();
+        for _ in 0..SESSIONS_MAX + 100 {
+            sessions.open("viewer").unwrap();
+        }
+        assert!(
+            sessions.find(&admin.id).is_some(),
+            "another principal's session stays"
+        );
+        assert!(
+            sessions.find(&first.id).is_none(),
+            "the viewer's oldest went first"
+        );
+        assert_eq!(sessions.len(), SESSIONS_PER_PRINCIPAL_MAX + 1);
     }
 
     #[test]

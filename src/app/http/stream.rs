@@ -11,13 +11,15 @@
 //!   them).
 //!
 //! Each SSE message has `id:` the event's `seq`, `event:` its kind and `data:` its JSON. At most
-//! [`STREAMS_MAX`] streams are open at once; each is a task feeding a bounded channel (a
+//! `server.streams_max` streams are open at once, `streams_per_token_max` per token and
+//! `streams_per_role_max` per role, and the last `streams_reserved` are for operator and admin
+//! tokens only ([`StreamSlots`]); each is a task feeding a bounded channel (a
 //! background task of the service, so shutdown waits for it), and it stops when the client goes
 //! away or the service stops ([`StreamSlots::close`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -28,14 +30,15 @@ use axum::Extension;
 use futures_util::stream::{self, Stream};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::json::QueryParams;
 use super::AppState;
-use crate::model::auth::Principal;
+use crate::config::ServerConfig;
+use crate::model::auth::{Principal, Role};
 use crate::model::codes;
 use crate::model::live::RunOutput;
 use crate::model::task::{Event, Task, TaskId};
@@ -43,10 +46,6 @@ use crate::runtime::background::Slot;
 use crate::runtime::live_output::LiveWatch;
 use crate::storage::store::Store;
 
-/// Live streams open at once; the next is refused with 503 `TOO_MANY_STREAMS`.
-pub(crate) const STREAMS_MAX: usize = 256;
-/// Streams one token may hold open at once: one client cannot take the whole budget.
-pub(crate) const STREAMS_PER_TOKEN_MAX: usize = 32;
 /// Messages buffered between a stream's feeder and its client.
 const STREAM_BUFFER: usize = 64;
 /// How often an idle stream sends a comment, so proxies and clients know it is alive.
@@ -57,81 +56,143 @@ const SETTLE_LINGER: Duration = Duration::from_secs(5);
 /// writes no task change, and a stream must still end).
 const TASK_POLL: Duration = Duration::from_secs(1);
 
+/// The stream limits of `[server]`.
+#[derive(Debug, Clone, Copy)]
+struct StreamLimits {
+    /// `streams_max`: streams open at once.
+    all: usize,
+    /// `streams_per_token_max`.
+    per_token: usize,
+    /// `streams_per_role_max`.
+    per_role: usize,
+    /// `streams_reserved`: the last slots, for operators and admins only.
+    reserved: usize,
+}
+
+/// The streams open now, in all, per token and per role.
+#[derive(Debug, Default)]
+struct Budget {
+    /// Set at shutdown: no new stream.
+    closed: bool,
+    /// Open streams.
+    open: usize,
+    /// Open streams per token name (names with none are removed).
+    per_token: HashMap<String, usize>,
+    /// Open streams per role (roles with none are removed).
+    per_role: HashMap<Role, usize>,
+}
+
 /// The open-stream budget, shared by the router's handlers, and the signal that ends every
 /// stream at shutdown (a stream never ends by itself, and a graceful shutdown waits for open
-/// responses).
+/// responses). No caller can starve the others: a token and a role each hold a share, and the
+/// last slots are kept for operators and admins.
 #[derive(Clone)]
 pub(crate) struct StreamSlots {
-    permits: Arc<Semaphore>,
+    budget: Arc<Mutex<Budget>>,
+    limits: StreamLimits,
     closing: CancellationToken,
-    /// Open streams per token name.
-    per_token: Arc<std::sync::Mutex<HashMap<String, usize>>>,
 }
 
 impl Default for StreamSlots {
     fn default() -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(STREAMS_MAX)),
-            closing: CancellationToken::new(),
-            per_token: Arc::default(),
-        }
+        Self::new(&ServerConfig::default())
     }
 }
 
-/// One open stream's place: in the service's budget and in its token's; dropping it frees both.
+/// One open stream's place in the budget; dropping it frees the place.
 pub(crate) struct StreamPermit {
-    _global: OwnedSemaphorePermit,
-    per_token: Arc<std::sync::Mutex<HashMap<String, usize>>>,
+    budget: Arc<Mutex<Budget>>,
     token: String,
+    role: Role,
+}
+
+/// Takes one from `key`'s count, removing the key at zero.
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(count) = counts.get_mut(key) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
-        let mut counts = self
-            .per_token
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.token) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                counts.remove(&self.token);
-            }
-        }
+        let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
+        budget.open = budget.open.saturating_sub(1);
+        release(&mut budget.per_token, &self.token);
+        release(&mut budget.per_role, &self.role);
     }
 }
 
 impl StreamSlots {
+    /// The budget of `server.streams_*`.
+    pub(crate) fn new(server: &ServerConfig) -> Self {
+        Self {
+            budget: Arc::default(),
+            limits: StreamLimits {
+                all: server.streams_max,
+                per_token: server.streams_per_token_max,
+                per_role: server.streams_per_role_max,
+                reserved: server.streams_reserved.min(server.streams_max),
+            },
+            closing: CancellationToken::new(),
+        }
+    }
+
     /// Ends every open stream and refuses new ones: the service is stopping.
     pub(crate) fn close(&self) {
         self.closing.cancel();
-        self.permits.close();
+        self.budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
     }
 
-    fn take(&self, token: &str) -> Result<StreamPermit, ApiError> {
-        let global = self.permits.clone().try_acquire_owned().map_err(|_| {
-            ApiError::unavailable(
-                codes::TOO_MANY_STREAMS,
-                format!("{STREAMS_MAX} event streams are open; try again later"),
-            )
-        })?;
-        let mut counts = self
-            .per_token
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = counts.entry(token.to_owned()).or_insert(0);
-        if *count >= STREAMS_PER_TOKEN_MAX {
-            return Err(ApiError::unavailable(
-                codes::TOO_MANY_STREAMS,
-                format!(
-                    "token `{token}` holds {STREAMS_PER_TOKEN_MAX} event streams open; close one"
-                ),
-            ));
+    /// A place for one more stream of `caller`, or why not (503 `TOO_MANY_STREAMS`).
+    fn take(&self, caller: &Principal) -> Result<StreamPermit, ApiError> {
+        let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(message) = self.refusal(&budget, caller) {
+            return Err(ApiError::unavailable(codes::TOO_MANY_STREAMS, message));
         }
-        *count += 1;
+        budget.open += 1;
+        *budget.per_token.entry(caller.name.clone()).or_insert(0) += 1;
+        *budget.per_role.entry(caller.role).or_insert(0) += 1;
         Ok(StreamPermit {
-            _global: global,
-            per_token: self.per_token.clone(),
-            token: token.to_owned(),
+            budget: Arc::clone(&self.budget),
+            token: caller.name.clone(),
+            role: caller.role,
+        })
+    }
+
+    /// Why `caller` may not open one more stream now, if it may not.
+    fn refusal(&self, budget: &Budget, caller: &Principal) -> Option<String> {
+        let StreamLimits {
+            all,
+            per_token,
+            per_role,
+            reserved,
+        } = self.limits;
+        let role = caller.role.name();
+        let operator = caller.role >= Role::Operator;
+        Some(if budget.closed {
+            "the service is stopping".to_owned()
+        } else if budget.open >= all {
+            format!("{all} event streams are open; try again later")
+        } else if !operator && budget.open >= all - reserved {
+            format!(
+                "the last {reserved} of {all} event-stream slots are kept for operators and \
+                 admins; try again later"
+            )
+        } else if budget.per_token.get(&caller.name).copied().unwrap_or(0) >= per_token {
+            format!(
+                "token `{}` holds {per_token} event streams open; close one",
+                caller.name
+            )
+        } else if budget.per_role.get(&caller.role).copied().unwrap_or(0) >= per_role {
+            format!("the {role} tokens hold {per_role} event streams open; try again later")
+        } else {
+            return None;
         })
     }
 }
@@ -193,7 +254,7 @@ pub(crate) async fn task_events(
         .await?
         .ok_or_else(not_found)?;
     let after = resume_point(&query, &headers)?;
-    let permit = app.streams.take(&caller.name)?;
+    let permit = app.streams.take(&caller)?;
     let slot = feeder_slot(&app)?;
     let store = app.services.store.clone();
     // Subscribed before the stored events are read: nothing written in between is missed.
@@ -233,7 +294,7 @@ pub(crate) async fn all_events(
     State(app): State<AppState>,
     Extension(caller): Extension<Principal>,
 ) -> Result<Response, ApiError> {
-    let permit = app.streams.take(&caller.name)?;
+    let permit = app.streams.take(&caller)?;
     let slot = feeder_slot(&app)?;
     let mut live = app.services.store.subscribe();
     let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
@@ -446,19 +507,64 @@ fn receiver_stream(receiver: mpsc::Receiver<Message>) -> impl Stream<Item = Mess
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::transport::{
+        STREAMS_MAX, STREAMS_PER_ROLE_MAX, STREAMS_PER_TOKEN_MAX, STREAMS_RESERVED,
+    };
+
+    fn caller(name: &str, role: Role) -> Principal {
+        Principal {
+            name: name.to_owned(),
+            role,
+            accounts: Vec::new(),
+            repos: Vec::new(),
+            engines: false,
+        }
+    }
 
     #[test]
     fn one_token_holds_at_most_its_share_of_the_streams() {
         let slots = StreamSlots::default();
+        let (a, b) = (caller("a", Role::Viewer), caller("b", Role::Viewer));
         let mut held: Vec<StreamPermit> = (0..STREAMS_PER_TOKEN_MAX)
-            .map(|_| slots.take("a").unwrap())
+            .map(|_| slots.take(&a).unwrap())
             .collect();
-        assert!(slots.take("a").is_err());
-        let other = slots.take("b").unwrap();
+        assert!(slots.take(&a).is_err());
+        let other = slots.take(&b).unwrap();
         held.pop();
-        let again = slots.take("a").unwrap();
+        let again = slots.take(&a).unwrap();
         drop((held, other, again));
-        assert!(slots.per_token.lock().unwrap().is_empty());
-        assert_eq!(slots.permits.available_permits(), STREAMS_MAX);
+        let budget = slots.budget.lock().unwrap();
+        assert!(budget.per_token.is_empty() && budget.per_role.is_empty());
+        assert_eq!(budget.open, 0);
+    }
+
+    #[test]
+    fn viewers_hold_their_role_share_and_the_reserve_is_for_operators_and_admins() {
+        let slots = StreamSlots::default();
+        let viewers: Vec<Principal> = (0..10)
+            .map(|n| caller(&format!("v{n}"), Role::Viewer))
+            .collect();
+        let mut held = Vec::new();
+        for viewer in viewers.iter().cycle().take(STREAMS_MAX) {
+            match slots.take(viewer) {
+                Ok(permit) => held.push(permit),
+                Err(error) => assert_eq!(error.status_and_code(), (503, codes::TOO_MANY_STREAMS)),
+            }
+        }
+        assert_eq!(held.len(), STREAMS_PER_ROLE_MAX);
+        // Submitters fill the rest up to the reserve, never into it.
+        let submitters: Vec<Principal> = (0..10)
+            .map(|n| caller(&format!("s{n}"), Role::Submitter))
+            .collect();
+        for submitter in submitters.iter().cycle().take(STREAMS_MAX) {
+            if let Ok(permit) = slots.take(submitter) {
+                held.push(permit);
+            }
+        }
+        assert_eq!(held.len(), STREAMS_MAX - STREAMS_RESERVED);
+        let admin = slots.take(&caller("root", Role::Admin)).unwrap();
+        let operator = slots.take(&caller("ops", Role::Operator)).unwrap();
+        drop((held, admin, operator));
+        assert_eq!(slots.budget.lock().unwrap().open, 0);
     }
 }

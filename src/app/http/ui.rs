@@ -12,12 +12,13 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::describe;
 use super::error::{ApiError, ErrorBody};
+use super::guard::Arrival;
 use super::json::JsonBody;
 use super::session;
 use super::AppState;
@@ -169,24 +170,23 @@ fn secure(app: &AppState) -> bool {
         (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
         (status = 422, description = "`INVALID_FIELD`: no `token`, or another field.",
             body = ErrorBody),
+        (status = 429, description = "`RATE_LIMITED`: too many wrong secrets from this address \
+            (`server.auth_failures_max`); header `Retry-After`.", body = ErrorBody),
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
+        (status = 503, description = "`TOO_MANY_SESSIONS`: 1024 web sessions of other \
+            principals are open.", body = ErrorBody),
     )
 )]
 pub(crate) async fn login(
     State(app): State<AppState>,
+    Extension(arrival): Extension<Arrival>,
     JsonBody(request): JsonBody<LoginRequest>,
 ) -> Result<Response, ApiError> {
     if !app.auth.required() {
         return Ok(Json(SessionView::new(false, Principal::anonymous(), None)).into_response());
     }
-    let Some((principal, opened)) = app.auth.log_in(request.token.trim()) else {
-        tracing::info!("a web login with an unknown, revoked or expired token was refused");
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            codes::UNAUTHENTICATED,
-            "unknown, revoked or expired token",
-        ));
-    };
+    let peer = arrival.peer.ip().to_canonical();
+    let (principal, opened) = app.auth.log_in(request.token.trim(), peer)?;
     tracing::info!(token = %principal.name, "web login");
     let cookie = HeaderValue::from_str(&session::set_cookie(&opened.id, secure(&app)))
         .map_err(|error| ApiError::internal(format!("session cookie: {error}")))?;

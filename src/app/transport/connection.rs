@@ -7,7 +7,10 @@
 //!
 //! - a request head has been arriving for `header_read_timeout` (slowloris),
 //! - nothing is in flight and nothing arrived for `idle_timeout` (a request in flight, an event
-//!   stream included, is never cut by either), or
+//!   stream included, is never cut by either) — before the first request, for `first_request`
+//!   (the head timeout when the connection arrived with slots short),
+//! - the connection is shed to make room (`super::admission`; one with a request in flight
+//!   finishes it first), or
 //! - a write has been blocked for `idle_timeout`: the client stopped reading its answer (a slow
 //!   read would otherwise hold its slot forever, in flight);
 //!
@@ -46,6 +49,8 @@ pub(crate) struct Timeouts {
     pub body_read: Duration,
     /// With nothing in flight and nothing arriving, or with a write blocked.
     pub idle: Duration,
+    /// Like `idle`, before the connection's first request.
+    pub first_request: Duration,
 }
 
 /// Why the service closed a connection itself (a metrics label).
@@ -81,6 +86,8 @@ struct ClockState {
     idle_since: Instant,
     /// Since when a write has found the socket full, if the last one did.
     write_blocked_since: Option<Instant>,
+    /// Whether a request has started on the connection.
+    served: bool,
 }
 
 /// A connection's clock, shared by its socket, its requests and its task. A std mutex: it is
@@ -102,6 +109,7 @@ impl Clock {
                 head_since: None,
                 idle_since: Instant::now(),
                 write_blocked_since: None,
+                served: false,
             }),
             changed: Notify::new(),
         }
@@ -122,9 +130,14 @@ impl Clock {
         if state.in_flight > 0 {
             return None;
         }
+        let idle = if state.served {
+            timeouts.idle
+        } else {
+            timeouts.first_request
+        };
         Some(match state.head_since {
             Some(since) => (since + timeouts.header_read, Expiry::Header),
-            None => (state.idle_since + timeouts.idle, Expiry::Idle),
+            None => (state.idle_since + idle, Expiry::Idle),
         })
     }
 
@@ -159,6 +172,7 @@ impl Clock {
         let mut state = self.state();
         state.in_flight += 1;
         state.head_since = None;
+        state.served = true;
         drop(state);
         self.changed.notify_one();
         InFlight(Arc::clone(self))
@@ -374,6 +388,7 @@ pub(crate) async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let clock = Arc::new(Clock::new());
+    let standing = Arc::clone(&arrival.standing);
     let requests = Requests {
         router,
         clock: Arc::clone(&clock),
@@ -411,6 +426,14 @@ pub(crate) async fn serve<I>(
             }
             () = changed => {}
             () = stop.cancelled(), if !stopping => {
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = standing.shed().cancelled(), if !stopping => {
+                crate::platform::metrics::http_connection_closed("shed");
+                if clock.state().in_flight == 0 {
+                    return;
+                }
                 stopping = true;
                 connection.as_mut().graceful_shutdown();
             }

@@ -7,10 +7,15 @@
 //!   slow one can hold its slot.
 //! - Each connection is a task of one `JoinSet` owned by [`Transport::serve`]: when shutdown
 //!   aborts the serving task after `server.shutdown_timeout_secs`, every connection goes with it.
+//! - Fairness (`admission`): one client address holds at most `server.max_connections_per_ip`
+//!   connections, and once the free slots are down to `server.reserved_connections`, each new
+//!   connection sheds the oldest one no request of which authenticated, so idle or
+//!   unauthenticated sockets cannot keep the clients that authenticate (or `/healthz`) out.
 //! - Under TLS the handshake must end within `header_read_timeout_secs`.
 //! - `stop` ends accepting (the listener is closed at once) and asks every connection to finish
 //!   its open requests and close; [`Transport::serve`] returns when the last one has.
 
+pub(crate) mod admission;
 pub(crate) mod connection;
 pub(crate) mod tls;
 
@@ -29,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::http::guard::{Arrival, Policy};
 use crate::config::ServerConfig;
 use crate::platform::metrics;
+use admission::{Admission, Admitted};
 use connection::Timeouts;
 
 /// How long the accept loop pauses after an error that is not one connection's (e.g. out of
@@ -47,6 +53,8 @@ pub(crate) struct Transport {
     timeouts: Timeouts,
     /// `server.max_connections`.
     max_connections: usize,
+    /// Who keeps a slot when they run short.
+    admission: Arc<Admission>,
 }
 
 /// What each connection task gets (cheap clones of shared handles).
@@ -57,6 +65,7 @@ struct Shared {
     policy: Arc<Policy>,
     timeouts: Timeouts,
     stop: CancellationToken,
+    admission: Arc<Admission>,
 }
 
 impl Transport {
@@ -72,8 +81,14 @@ impl Transport {
                 header_read: Duration::from_secs(server.header_read_timeout_secs),
                 body_read: Duration::from_secs(server.body_read_timeout_secs),
                 idle: Duration::from_secs(server.idle_timeout_secs),
+                first_request: Duration::from_secs(server.idle_timeout_secs),
             },
             max_connections: server.max_connections,
+            admission: Admission::new(
+                server.max_connections,
+                crate::config::transport::reserved_connections(server),
+                server.max_connections_per_ip,
+            ),
         })
     }
 
@@ -99,6 +114,7 @@ impl Transport {
             policy,
             timeouts,
             max_connections,
+            admission,
         } = self;
         let shared = Shared {
             router,
@@ -106,6 +122,7 @@ impl Transport {
             policy,
             timeouts,
             stop: stop.clone(),
+            admission,
         };
         let slots = Arc::new(Semaphore::new(max_connections));
         let mut connections = JoinSet::new();
@@ -126,9 +143,14 @@ impl Transport {
             // Reap the connections that ended, so the set holds at most the open ones.
             while connections.try_join_next().is_some() {}
             match accepted {
-                Ok((stream, _peer)) => {
-                    connections.spawn(serve_connection(stream, shared.clone(), slot));
-                }
+                Ok((stream, peer)) => match shared.admission.admit(peer.ip().to_canonical()) {
+                    Some(admitted) => {
+                        let shared = shared.clone();
+                        connections.spawn(serve_connection(stream, shared, slot, admitted, peer));
+                    }
+                    // Dropped unserved: the address holds its share already.
+                    None => metrics::http_connection_closed("per_ip_limit"),
+                },
                 Err(error) => accept_failed(&error, &stop).await,
             }
         }
@@ -138,25 +160,43 @@ impl Transport {
     }
 }
 
-/// One connection's task: TLS (bounded by the head timeout), then HTTP; holds its slot.
-async fn serve_connection(stream: TcpStream, shared: Shared, _slot: OwnedSemaphorePermit) {
+/// One connection's task: TLS (bounded by the head timeout), then HTTP; holds its slot and its
+/// place in the admission table.
+async fn serve_connection(
+    stream: TcpStream,
+    shared: Shared,
+    _slot: OwnedSemaphorePermit,
+    admitted: Admitted,
+    peer: SocketAddr,
+) {
     let _open = metrics::HttpConnection::opened();
     let Ok(local) = stream.local_addr() else {
         return;
     };
     // Small writes (event streams) go out at once.
     let _ = stream.set_nodelay(true);
+    let mut timeouts = shared.timeouts;
+    if admitted.under_pressure {
+        // Slots are short: a socket that sends nothing goes at the head timeout, not the idle one.
+        timeouts.first_request = timeouts.header_read.min(timeouts.idle);
+    }
     let arrival = Arrival {
         policy: shared.policy,
         local,
+        peer,
+        standing: Arc::clone(&admitted.standing),
     };
     let Some(acceptor) = shared.tls else {
-        connection::serve(stream, shared.router, arrival, shared.timeouts, shared.stop).await;
+        connection::serve(stream, shared.router, arrival, timeouts, shared.stop).await;
         return;
     };
     let handshake = tokio::time::timeout(shared.timeouts.header_read, acceptor.accept(stream));
     let stream = tokio::select! {
         () = shared.stop.cancelled() => return,
+        () = admitted.standing.shed().cancelled() => {
+            metrics::http_connection_closed("shed");
+            return;
+        }
         handshake = handshake => match handshake {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
@@ -169,7 +209,42 @@ async fn serve_connection(stream: TcpStream, shared: Shared, _slot: OwnedSemapho
             }
         },
     };
-    connection::serve(stream, shared.router, arrival, shared.timeouts, shared.stop).await;
+    connection::serve(stream, shared.router, arrival, timeouts, shared.stop).await;
+}
+
+/// Raises this process's soft open-file limit to its hard limit, once at start: each connection
+/// is a descriptor, and a soft limit of 1024 (a common default) would run out before
+/// `server.max_connections` does. Logs what it did; a failure is logged and the service goes on.
+pub(crate) fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let error = io::Error::last_os_error();
+        tracing::warn!(%error, "could not read the open-files limit");
+        return;
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        tracing::info!(open_files = limit.rlim_cur, "open-files limit");
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        let error = io::Error::last_os_error();
+        tracing::warn!(%error, soft = limit.rlim_cur, "could not raise the open-files limit");
+        return;
+    }
+    tracing::info!(
+        from = limit.rlim_cur,
+        to = limit.rlim_max,
+        "raised the open-files limit to its hard limit"
+    );
 }
 
 /// An accept error: one connection's (it is gone; go on) or the listener's (e.g. no file
