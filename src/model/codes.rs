@@ -238,7 +238,9 @@ catalogue! {
     BUDGET_EXCEEDED [] [Task]
         "The task crossed one of its budget caps (`max_tokens`, `max_wall_secs`).";
     EDIT_REFUSED [] [Task]
-        "A model asked to edit a path outside the worktree (absolute, `..` or `.git/`).";
+        "A model asked to edit a path outside the worktree (absolute, `..` or `.git/`), or a \
+         path the service would write in the worktree (a model's edit, the builtin note) passes \
+         through a symbolic link; nothing was written.";
     PROTECTED_PATH [] [Task]
         "The task's changes touch `[governance] protected_paths`.";
     GIT_FAILED [] [Task]

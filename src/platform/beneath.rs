@@ -495,7 +495,7 @@ fn openat2(
     // SAFETY: `open_how` is three integers (libc marks it non-exhaustive, so it cannot be
     // built field by field); all zeroes is a valid value, and the fields are then set.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = u64::from((flags | libc::O_CLOEXEC).cast_unsigned());
+    how.flags = u64::try_from(flags | libc::O_CLOEXEC).map_err(io::Error::other)?;
     how.mode = if creates { u64::from(mode) } else { 0 };
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
     for _ in 0..RACE_TRIES {
