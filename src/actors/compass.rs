@@ -18,8 +18,8 @@
 //!   persona past the limit is `failed`, a pipeline past the limit fails its task
 //!   `PIPELINE_FAILED`. A task whose own requests crashed a persona past the limit is the
 //!   trouble instead: it fails `POISONED` and the persona starts over. After an unclean stop, a
-//!   task whose stage was in flight across `compass.poison_after` of them is dead-lettered
-//!   `POISONED`, not resumed.
+//!   task whose own engine or verify run was in flight at `compass.poison_after` consecutive ones
+//!   is dead-lettered `POISONED`, not resumed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};

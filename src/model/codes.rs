@@ -216,8 +216,8 @@ catalogue! {
     DEPENDENCY_FAILED [] [Task]
         "A dependency of the task failed, was cancelled or was dead-lettered.";
     POISONED [] [Task]
-        "The task's work took the service (or a persona) down too often: its stage was in flight \
-         across `compass.poison_after` unclean stops, or its requests crashed a persona past its \
+        "The task's work took the service (or a persona) down too often: its own engine or verify \
+         run was in flight at `compass.poison_after` consecutive unclean stops, or its requests crashed a persona past its \
          restart limit.";
     ENGINE_TIMEOUT [] [Task]
         "An engine ran past its timeout and was killed.";
