@@ -339,7 +339,8 @@ impl<'a> Target<'a> {
         }
         match code {
             libc::ENOENT => BeneathError::NotFound { path },
-            libc::ENOTDIR | libc::EISDIR => BeneathError::NotAFile { path },
+            // ENXIO: a FIFO without a reader or a socket, opened without blocking.
+            libc::ENOTDIR | libc::EISDIR | libc::ENXIO => BeneathError::NotAFile { path },
             _ => BeneathError::Io {
                 path,
                 source: error,
@@ -787,10 +788,12 @@ mod tests {
                     Err(BeneathError::NotAFile { .. })
                 ));
             }
-            assert!(matches!(
-                write_sync(&root, "dir", b"x", via),
-                Err(BeneathError::NotAFile { .. })
-            ));
+            for path in ["dir", "fifo"] {
+                assert!(matches!(
+                    write_sync(&root, path, b"x", via),
+                    Err(BeneathError::NotAFile { .. })
+                ));
+            }
             assert_eq!(kind_sync(&root, "fifo", via).unwrap(), Some(Kind::Other));
         }
     }
