@@ -329,9 +329,7 @@ async fn jail(
         PathBuf::from("/dev"),
     ];
     let mut readable = vec![services.prompt_dir(task_id)];
-    // The worktree is the task's: its `.git` is read without following a link (a link there
-    // grants nothing). What the file says is still the worktree's word (see docs/engines.md).
-    if let Ok(dot_git) = crate::platform::beneath::read_to_string(cwd, ".git").await {
+    if let Ok(dot_git) = tokio::fs::read_to_string(cwd.join(".git")).await {
         if let Some(git_dir) = dot_git.trim().strip_prefix("gitdir: ") {
             let git_dir = PathBuf::from(git_dir);
             if let Ok(common) = tokio::fs::read_to_string(git_dir.join("commondir")).await {
