@@ -18,8 +18,8 @@
 //!   persona past the limit is `failed`, a pipeline past the limit fails its task
 //!   `PIPELINE_FAILED`. A task whose own requests crashed a persona past the limit is the
 //!   trouble instead: it fails `POISONED` and the persona starts over. After an unclean stop, a
-//!   task whose stage was in flight across `compass.poison_after` of them is dead-lettered
-//!   `POISONED`, not resumed.
+//!   task whose own engine or verify run was in flight at `compass.poison_after` consecutive ones
+//!   is dead-lettered `POISONED`, not resumed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -527,10 +527,11 @@ async fn restart_persona(myself: &ActorRef<CompassMsg>, state: &mut CompassState
     }
 }
 
-/// After an unclean stop (no clean-stop mark), counts it against every task that was running;
-/// those whose stage was in flight across `compass.poison_after` consecutive ones are ended
-/// `POISONED` instead of resumed, so one task cannot crash the service at every start. Answers
-/// them.
+/// After an unclean stop (no clean-stop mark), counts it against every task that was running
+/// *with one of its own engine or verify runs in flight* (recorded `running`, never finished):
+/// those with such a run at `compass.poison_after` consecutive ones are ended `POISONED` instead
+/// of resumed, so one task cannot crash the service at every start, while a task that merely was
+/// running (its run had finished) is resumed. Answers them.
 async fn poison_after_unclean_stop(
     services: &Services,
     unfinished: &[Task],
@@ -546,14 +547,19 @@ async fn poison_after_unclean_stop(
     let counts = services.store.count_unclean_stops(running).await?;
     let limit = services.config.compass.poison_after;
     let mut poisoned = Vec::new();
-    for (task_id, stops) in counts {
-        if limit == 0 || stops < limit {
-            if stops > 1 {
-                tracing::warn!(task = %task_id, stops, limit, "task was running at consecutive unclean stops");
+    for stops in counts {
+        let task_id = stops.task_id;
+        if limit == 0 || stops.count < limit {
+            if stops.count > 1 {
+                tracing::warn!(task = %task_id, stops = stops.count, limit, runs = ?stops.runs, "a task's run was in flight at consecutive unclean stops");
             }
             continue;
         }
-        let why = transitions::Poison::UncleanStops { stops, limit };
+        let why = transitions::Poison::UncleanStops {
+            stops: stops.count,
+            limit,
+            runs: stops.runs,
+        };
         if transitions::poison(services, task_id, why).await?.is_some() {
             metrics::task_poisoned("unclean_stops");
             poisoned.push(task_id);

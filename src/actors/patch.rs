@@ -29,6 +29,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::model::persona::Persona;
 use crate::model::task::{branch_name, Delivery, EngineRun, EngineSpec, Stage, Task, TaskId};
+use crate::platform::beneath;
 use crate::platform::git::{self, Git};
 use crate::platform::prompt;
 use crate::runtime::directory::PersonaMailbox;
@@ -474,6 +475,11 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
 /// opted in and gets it committed as `.glitchlab/notes/<id>.md`; any other gets no commit: the
 /// note goes to the data dir ([`Services::note_path`]) and the attempt is a demo that changed
 /// nothing on purpose (exempt from `NO_CHANGES`).
+///
+/// The worktree is hostile content: `.glitchlab` is looked at without following a link, and a
+/// link there is not opting in (the note goes to the data dir, the run's output says why); the
+/// note is written [`beneath`] the worktree, so a link further down (`.glitchlab/notes`) fails
+/// the attempt `EDIT_REFUSED` and nothing is written outside.
 async fn builtin_note(
     services: &Services,
     task: &Task,
@@ -482,27 +488,48 @@ async fn builtin_note(
 ) -> Result<EngineResult, StageError> {
     let started = Instant::now();
     let (relative, text) = engine::builtin_note(task, task.attempts);
-    let opted_in = tokio::fs::metadata(worktree_path.join(".glitchlab"))
+    // Like every text the service writes, the note holds no secret.
+    let text = services.redactor.redact(&text);
+    let dot = beneath::kind(worktree_path, NOTES_DIR)
         .await
-        .is_ok_and(|m| m.is_dir());
-    let (path, result, output) = if opted_in {
-        let output = format!("wrote {relative}\n");
-        (worktree_path.join(&relative), EngineResult::Ran, output)
+        .map_err(|e| worktree_file_error("the builtin note's folder", e))?;
+    let (result, output) = if dot == Some(beneath::Kind::Dir) {
+        beneath::write(worktree_path, &relative, text.into_bytes())
+            .await
+            .map_err(|e| worktree_file_error("the builtin note", e))?;
+        (EngineResult::Ran, format!("wrote {relative}\n"))
     } else {
+        let path = services.note_path(task.id);
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        tokio::fs::write(&path, text).await?;
+        let why = if dot == Some(beneath::Kind::Link) {
+            "the repository's .glitchlab is a symbolic link, not a directory (never followed)"
+        } else {
+            "the repository has no .glitchlab/ directory"
+        };
         let output = format!(
-            "wrote notes/{}.md in the data dir: the repository has no .glitchlab/ directory, \
-             so the demo commits nothing\n",
+            "wrote notes/{}.md in the data dir: {why}, so the demo commits nothing\n",
             task.id
         );
-        (services.note_path(task.id), EngineResult::Demo, output)
+        (EngineResult::Demo, output)
     };
-    if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent).await?;
-    }
-    // Like every text the service writes, the note holds no secret.
-    tokio::fs::write(&path, services.redactor.redact(&text)).await?;
     engine::record_builtin(services, who, output, started).await?;
     Ok(result)
+}
+
+/// The folder whose presence opts a repository in to the builtin engine's committed notes.
+const NOTES_DIR: &str = ".glitchlab";
+
+/// A file the service could not reach in a worktree: a refused path (through a link, outside)
+/// is `EDIT_REFUSED`; anything else is the file system's trouble.
+fn worktree_file_error(what: &str, error: beneath::BeneathError) -> StageError {
+    if error.is_refusal() {
+        StageError::EditRefused(format!("{what}: {error}"))
+    } else {
+        StageError::Internal(format!("{what}: {error}"))
+    }
 }
 
 /// `delivery: branch`: the work stays on its branch for a human to review and merge; the base is
@@ -591,8 +618,10 @@ fn shell_failure(services: &Services, run: &EngineRun) -> Result<Option<String>,
 /// What the model is told about the shape of its answer.
 const EDITS_FORMAT: &str = "\n# Answer\n\nAnswer with one JSON object and nothing else: \
 {\"edits\": [{\"path\": string, \"search\": string, \"replace\": string} | \
-{\"path\": string, \"content\": string}]}. Paths are relative to the repository root. \
-`search` must appear in the file exactly as given; `content` replaces (or creates) the whole file.\n";
+{\"path\": string, \"content\": string} | {\"path\": string, \"delete\": true}]}. \
+Paths are relative to the repository root. \
+`search` must appear in the file exactly as given; `content` replaces (or creates) the whole file; \
+`delete` removes the file.\n";
 
 /// One edit a model asked for.
 #[derive(Debug, serde::Deserialize)]
@@ -606,6 +635,16 @@ enum Edit {
     },
     /// Write the whole file.
     Write { path: String, content: String },
+    /// Remove the file (when `delete` is true).
+    Delete { path: String, delete: bool },
+}
+
+impl Edit {
+    fn path(&self) -> &str {
+        let (Self::Replace { path, .. } | Self::Write { path, .. } | Self::Delete { path, .. }) =
+            self;
+        path
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -613,9 +652,9 @@ struct Edits {
     edits: Vec<Edit>,
 }
 
-/// Asks the model for edits and applies them inside the worktree. A path outside it is refused
-/// (`EDIT_REFUSED`); an answer that cannot be applied is a failed attempt with the reason as
-/// feedback.
+/// Asks the model for edits and applies them inside the worktree, [`beneath`] it: a path outside
+/// it or through a symbolic link is refused (`EDIT_REFUSED`, nothing written); an answer that
+/// cannot be applied is a failed attempt with the reason as feedback.
 async fn edit_with_model(
     services: &Services,
     task: &Task,
@@ -650,52 +689,62 @@ async fn edit_with_model(
 
 /// Applies one edit; `Ok(Err(reason))` when it does not apply, `Err` when it is refused.
 async fn apply_edit(worktree: &Path, edit: &Edit) -> Result<Result<(), String>, StageError> {
-    let (Edit::Replace { path, .. } | Edit::Write { path, .. }) = edit;
-    let target = inside_worktree(worktree, path)?;
-    match edit {
+    let path = edit.path();
+    check_edit_path(path)?;
+    let done = match edit {
         Edit::Write { content, .. } => {
-            if let Some(parent) = target.parent() {
-                tokio::fs::create_dir_all(parent).await?;
-            }
-            tokio::fs::write(&target, content).await?;
+            beneath::write(worktree, path, content.clone().into_bytes()).await
         }
+        Edit::Delete { delete: false, .. } => {
+            return Ok(Err(format!("{path}: `delete` must be true")));
+        }
+        Edit::Delete { .. } => beneath::remove_file(worktree, path).await,
         Edit::Replace {
             search, replace, ..
         } => {
-            let Ok(text) = tokio::fs::read_to_string(&target).await else {
-                return Ok(Err(format!("{path}: no such file to edit")));
+            let text = match beneath::read_to_string(worktree, path).await {
+                Ok(text) => text,
+                Err(beneath::BeneathError::NotFound { .. }) => {
+                    return Ok(Err(format!("{path}: no such file to edit")));
+                }
+                Err(error) => return edit_failed(error),
             };
             if !text.contains(search.as_str()) {
                 return Ok(Err(format!("{path}: the search text was not found")));
             }
-            tokio::fs::write(&target, text.replacen(search.as_str(), replace, 1)).await?;
+            let text = text.replacen(search.as_str(), replace, 1);
+            beneath::write(worktree, path, text.into_bytes()).await
         }
+    };
+    match done {
+        Ok(()) => Ok(Ok(())),
+        Err(error) => edit_failed(error),
     }
-    Ok(Ok(()))
 }
 
-/// The worktree path an edit names, refusing absolute paths, `..`, and the git directory.
-fn inside_worktree(worktree: &Path, relative: &str) -> Result<std::path::PathBuf, StageError> {
-    use std::path::Component;
-    let path = Path::new(relative);
-    let escapes = path.is_absolute()
-        || path.components().any(|c| {
-            matches!(
-                c,
-                Component::ParentDir | Component::Prefix(_) | Component::RootDir
-            )
-        })
-        || path
-            .components()
-            .next()
-            .is_some_and(|c| c.as_os_str() == ".git")
-        || relative.is_empty();
-    if escapes {
+/// An edit the file system did not take: a refused path fails the attempt `EDIT_REFUSED`; a
+/// missing, oversized or odd file is the model's mistake, fed back; other trouble is internal.
+fn edit_failed(error: beneath::BeneathError) -> Result<Result<(), String>, StageError> {
+    use beneath::BeneathError as E;
+    match error {
+        E::NotFound { .. } | E::NotAFile { .. } | E::TooLarge { .. } => Ok(Err(error.to_string())),
+        error => Err(worktree_file_error("the edit path", error)),
+    }
+}
+
+/// Refuses, before any file is touched, an edit of the git directory or of nothing; the rest
+/// (absolute, `..`, links) is [`beneath`]'s refusal.
+fn check_edit_path(relative: &str) -> Result<(), StageError> {
+    let git_dir = Path::new(relative)
+        .components()
+        .find(|c| !matches!(c, std::path::Component::CurDir))
+        .is_some_and(|c| c.as_os_str() == ".git");
+    if git_dir || relative.is_empty() {
         return Err(StageError::EditRefused(format!(
             "the edit path `{relative}` is outside the worktree"
         )));
     }
-    Ok(worktree.join(path))
+    Ok(())
 }
 
 async fn run_engine(

@@ -352,8 +352,8 @@ pub struct CompassConfig {
     /// How long a `deploy` stage waits for its deploy to end (an approval gate included) before
     /// the task fails `DEPLOY_FAILED`; the deploy itself goes on.
     pub deploy_wait_secs: u64,
-    /// A task whose stage was in flight across this many consecutive unclean stops (`kill -9`,
-    /// a crash) is not resumed but dead-lettered `POISONED`, so it cannot take the service down
+    /// A task whose own engine or verify run was in flight at this many consecutive unclean
+    /// stops (`kill -9`, a crash) is not resumed but dead-lettered `POISONED`, so it cannot take the service down
     /// for ever; 0 resumes it whatever happened.
     pub poison_after: u32,
 }

@@ -223,8 +223,8 @@ catalogue! {
     DEPENDENCY_FAILED [] [Task]
         "A dependency of the task failed, was cancelled or was dead-lettered.";
     POISONED [] [Task]
-        "The task's work took the service (or a persona) down too often: its stage was in flight \
-         across `compass.poison_after` unclean stops, or its requests crashed a persona past its \
+        "The task's work took the service (or a persona) down too often: its own engine or verify \
+         run was in flight at `compass.poison_after` consecutive unclean stops, or its requests crashed a persona past its \
          restart limit.";
     ENGINE_TIMEOUT [] [Task]
         "An engine ran past its timeout and was killed.";
@@ -245,7 +245,9 @@ catalogue! {
     BUDGET_EXCEEDED [] [Task]
         "The task crossed one of its budget caps (`max_tokens`, `max_wall_secs`).";
     EDIT_REFUSED [] [Task]
-        "A model asked to edit a path outside the worktree (absolute, `..` or `.git/`).";
+        "A model asked to edit a path outside the worktree (absolute, `..` or `.git/`), or a \
+         path the service would write in the worktree (a model's edit, the builtin note) passes \
+         through a symbolic link; nothing was written.";
     PROTECTED_PATH [] [Task]
         "The task's changes touch `[governance] protected_paths`.";
     GIT_FAILED [] [Task]

@@ -3,6 +3,7 @@
 //! rules ([`executor`]), secret redaction ([`redact`]), the model client ([`openai`]), prompts ([`prompt`]), logs
 //! ([`telemetry`]) and Prometheus metrics ([`metrics`]).
 
+pub(crate) mod beneath;
 pub(crate) mod executor;
 pub(crate) mod git;
 pub(crate) mod live_output;

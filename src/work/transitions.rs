@@ -362,12 +362,14 @@ pub(crate) fn remove_worktree_later(services: &Services, task: &Task) {
 /// Why a task is poisoned: what its work took down, and how often.
 #[derive(Debug, Clone)]
 pub(crate) enum Poison {
-    /// Its stage was in flight across `stops` consecutive unclean stops of the service.
+    /// Its own runs were in flight across `stops` consecutive unclean stops of the service.
     UncleanStops {
         /// How many.
         stops: u32,
         /// `compass.poison_after`.
         limit: u32,
+        /// The ids of the runs in flight at those stops (the evidence).
+        runs: Vec<String>,
     },
     /// Its requests crashed `persona` `crashes` times, past its restart limit.
     PersonaCrashes {
@@ -388,13 +390,14 @@ pub(crate) async fn poison(
     why: Poison,
 ) -> Result<Option<Task>, StoreError> {
     let (status, message, data) = match &why {
-        Poison::UncleanStops { stops, limit } => (
+        Poison::UncleanStops { stops, limit, runs } => (
             TaskStatus::DeadLetter,
             format!(
-                "its stage was in flight across {stops} consecutive unclean stops of the service \
-                 (compass.poison_after = {limit}); not resumed"
+                "its runs were in flight across {stops} consecutive unclean stops of the service \
+                 (compass.poison_after = {limit}; runs {}); not resumed",
+                runs.join(", ")
             ),
-            json!({"reason": "unclean_stops", "stops": stops, "poison_after": limit}),
+            json!({"reason": "unclean_stops", "stops": stops, "poison_after": limit, "runs": runs}),
         ),
         Poison::PersonaCrashes { persona, crashes } => (
             TaskStatus::Failed,

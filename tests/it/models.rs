@@ -221,6 +221,84 @@ async fn an_edit_path_escaping_the_worktree_is_refused() {
 }
 
 #[tokio::test]
+async fn edits_through_a_committed_link_out_are_refused_and_nothing_outside_is_touched() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let outside = root.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret.txt"), "original\n").unwrap();
+    std::os::unix::fs::symlink(&outside, repo.join("docs")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), repo.join("notes.md")).unwrap();
+    crate::helpers::git(&repo, &["add", "-A"]);
+    crate::helpers::git(&repo, &["commit", "-q", "-m", "links out"]);
+    // One task writes `docs/x` (through the directory link), the next edits `notes.md` (a link
+    // to a file outside): both refused, outside as it was.
+    let write = r#"{"edits":[{"path":"docs/x","content":"written outside"}]}"#;
+    let replace = r#"{"edits":[{"path":"notes.md","search":"original","replace":"changed"}]}"#;
+    let (fake, base) = FakeModel::start(vec![reply(write, 10, 10), reply(replace, 10, 10)]).await;
+    let service = Service::start_with(root.path(), options(&base)).await;
+    let mut body = shell_task(&repo, "unused", "true");
+    body["engines"] = json!({"patch": {"kind": "openai", "provider": "fake"}});
+    for (expected_link, path) in [("docs", "docs/x"), ("notes.md", "notes.md")] {
+        let task = service.submit(&body).await;
+        let id = task["id"].as_str().unwrap();
+        let task = service.wait_until_finished(id).await;
+        assert_eq!(task["status"], "failed", "{task:#}");
+        assert_eq!(task["error"]["code"], "EDIT_REFUSED");
+        let why = format!("`{path}` passes through a symbolic link (`{expected_link}`)");
+        let message = task["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&why), "{message}");
+        let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+        assert!(
+            events.to_string().contains(&why),
+            "the events say why: {events:#}"
+        );
+    }
+    assert_eq!(fake.requests().len(), 2);
+    let mut names: Vec<String> = std::fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["secret.txt"], "nothing was written outside");
+    assert_eq!(
+        std::fs::read_to_string(outside.join("secret.txt")).unwrap(),
+        "original\n"
+    );
+}
+
+#[tokio::test]
+async fn a_model_can_delete_a_file_but_not_a_link() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    std::fs::write(repo.join("old.txt"), "old\n").unwrap();
+    std::os::unix::fs::symlink("README.md", repo.join("alias.md")).unwrap();
+    crate::helpers::git(&repo, &["add", "-A"]);
+    crate::helpers::git(&repo, &["commit", "-q", "-m", "a file and a link"]);
+    let delete = r#"{"edits":[{"path":"old.txt","delete":true}]}"#;
+    let delete_link = r#"{"edits":[{"path":"alias.md","delete":true}]}"#;
+    let (_fake, base) =
+        FakeModel::start(vec![reply(delete, 10, 10), reply(delete_link, 10, 10)]).await;
+    let service = Service::start_with(root.path(), options(&base)).await;
+    let mut body = shell_task(&repo, "unused", "test ! -e old.txt");
+    body["engines"] = json!({"patch": {"kind": "openai", "provider": "fake"}});
+    let task = service.submit(&body).await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    assert!(!repo.join("old.txt").exists());
+
+    let task = service.submit(&body).await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["error"]["code"], "EDIT_REFUSED");
+    assert!(repo.join("alias.md").symlink_metadata().is_ok());
+}
+
+#[tokio::test]
 async fn a_token_cap_stops_the_task_with_budget_exceeded() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());

@@ -113,6 +113,80 @@ async fn builtin_engines_deliver_a_plan_note_offline() {
     assert!(note.contains("docs/plan.md"));
 }
 
+/// A repository whose committed `link` points at `<root>/outside` (made empty, returned).
+fn commit_link_out(
+    root: &std::path::Path,
+    repo: &std::path::Path,
+    link: &str,
+) -> std::path::PathBuf {
+    let outside = root.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let at = repo.join(link);
+    std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&outside, &at).unwrap();
+    git(repo, &["add", "-A"]);
+    git(
+        repo,
+        &["commit", "-q", "-m", "a link out of the repository"],
+    );
+    outside
+}
+
+fn builtin_task(repo: &std::path::Path) -> serde_json::Value {
+    json!({
+        "title": "Document the plan",
+        "description": "Describe the change in docs/plan.md. Keep it short.",
+        "repo": repo.display().to_string(),
+        "verify": "true",
+    })
+}
+
+#[tokio::test]
+async fn a_committed_glitchlab_link_is_not_opted_in_and_the_note_is_not_written_through_it() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let outside = commit_link_out(root.path(), &repo, ".glitchlab");
+    let service = Service::start(root.path()).await;
+    let task = service.submit(&builtin_task(&repo)).await;
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
+
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "the service wrote through the link"
+    );
+    assert_eq!(task["status"], "done", "{task:#}");
+    let note = std::fs::read_to_string(root.path().join(format!("data/notes/{id}.md"))).unwrap();
+    assert!(note.contains("Document the plan"), "{note}");
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    assert!(
+        runs.to_string()
+            .contains("the repository's .glitchlab is a symbolic link"),
+        "the implement run says why: {runs:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_link_under_glitchlab_fails_the_attempt_edit_refused_and_writes_nothing_outside() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let outside = commit_link_out(root.path(), &repo, ".glitchlab/notes");
+    let service = Service::start(root.path()).await;
+    let task = service.submit(&builtin_task(&repo)).await;
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
+
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["error"]["code"], "EDIT_REFUSED");
+    let message = task["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("passes through a symbolic link (`.glitchlab/notes`)"),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 async fn failed_verify_is_fixed_on_the_second_attempt_using_the_feedback_file() {
     let root = tempfile::tempdir().unwrap();

@@ -103,6 +103,17 @@ async fn a_task_in_flight_across_two_unclean_stops_is_poisoned_and_the_others_ru
         .unwrap_or_else(|| panic!("no task.poisoned event: {events:#}"));
     assert_eq!(poisoned["data"]["stops"], 2);
     assert_eq!(poisoned["data"]["poison_after"], 2);
+    // The evidence: the engine run in flight at each stop, each one closed `interrupted`.
+    let runs = poisoned["data"]["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{poisoned:#}");
+    let interrupted: Vec<&Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "engine.interrupted")
+        .map(|e| &e["data"]["run_id"])
+        .collect();
+    assert_eq!(interrupted, runs.iter().collect::<Vec<_>>(), "{events:#}");
     assert!(!marker.exists(), "the poison task's stage ran a third time");
 
     let other = service.wait_until_finished(&other).await;
@@ -139,6 +150,61 @@ async fn a_clean_stop_does_not_count_against_a_running_task() {
     let service = Service::start(root.path()).await;
     let task = service.wait_until_finished(&id).await;
     assert_eq!(task["status"], "done", "{task:#}");
+}
+
+/// Two `kill -9`s 0.5 s apart with a task running across both: at the first its verify run is
+/// in flight, at the second Circuit holds the request before any run starts (a failpoint), so
+/// the run had ended (interrupted) and no run of the task is in flight. Only one stop has
+/// evidence: the task is resumed and finishes, never `POISONED`.
+#[cfg(feature = "failpoints")]
+#[tokio::test]
+async fn a_task_without_a_run_in_flight_at_the_second_unclean_stop_is_resumed_not_poisoned() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let marker = root.path().join("in-verify");
+    let once = root.path().join("verified-once");
+    // The first verify run hangs (in flight at stop 1); every later one passes at once.
+    let verify = format!(
+        "if [ ! -f {o} ]; then touch {o} {m}; sleep 30; fi; test -f hello.txt",
+        o = once.display(),
+        m = marker.display()
+    );
+    let mut body = shell_task(&repo, "echo hello > hello.txt", &verify);
+    // `circuit.poison` hooks only tasks whose title says poison.
+    body["title"] = json!("A poison-looking task that is not one");
+    let mut service = Service::start(root.path()).await;
+    let task = service.submit(&body).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    wait_for_file(&service, &marker, Duration::from_secs(30)).await;
+    service.kill_9();
+
+    let hold = Options {
+        env: vec![("FAILPOINTS".into(), "circuit.poison=sleep(60000)".into())],
+        ..Default::default()
+    };
+    service = Service::start_with(root.path(), hold).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !service
+        .event_kinds(&id)
+        .await
+        .contains(&"task.resumed".to_owned())
+    {
+        assert!(Instant::now() < deadline, "the task was not resumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    service.kill_9();
+
+    let service = Service::start(root.path()).await;
+    let task = service.wait_until_finished(&id).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    let kinds = service.event_kinds(&id).await;
+    assert!(!kinds.contains(&"task.poisoned".to_owned()), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "engine.interrupted").count(),
+        1,
+        "one run was cut off, at the first stop: {kinds:?}"
+    );
 }
 
 #[cfg(feature = "failpoints")]

@@ -346,7 +346,8 @@ impl Store {
     }
 
     /// Marks every run still `running` from an earlier process as `interrupted`, with an
-    /// `engine.interrupted` event: called at start, after the orphaned processes were killed.
+    /// `engine.interrupted` event, and notes it as in flight at the last stop (what
+    /// `compass.poison_after` counts): called at start, after the orphaned processes were killed.
     pub async fn interrupt_open_runs(&self) -> Result<usize, StoreError> {
         let mut count = 0;
         loop {
@@ -477,6 +478,9 @@ fn interrupt_open_runs(batch: &mut Batch<'_>, max: usize) -> Result<(usize, bool
             Some(mut run) if run.status == RunStatus::Running => {
                 run.status = RunStatus::Interrupted;
                 record_run(batch, &run)?;
+                // In flight when the last run of the service ended: the evidence an unclean
+                // stop holds against its task.
+                super::recovery::note_in_flight(batch, run.task_id, run.id.to_string())?;
                 count += 1;
             }
             _ => batch.remove(Table::OpenRuns, key),

@@ -354,3 +354,74 @@ async fn secret_values_never_reach_sled_or_subscribers() {
         serde_json::json!({"title": "rotate [REDACTED:TOKEN]", "n": 7})
     );
 }
+
+/// A run of `task_id` written `running` (the process started and never ended).
+fn running_run(task_id: crate::model::task::TaskId) -> crate::model::task::EngineRun {
+    use crate::model::task::{CapturedOutput, EngineRun, RunStatus, Stage};
+    EngineRun {
+        id: uuid::Uuid::now_v7(),
+        task_id,
+        persona: "patch".into(),
+        engine: "shell".into(),
+        stage: Stage::Implement,
+        attempt: 1,
+        command: Some("sleep 30".into()),
+        exit_code: None,
+        signal: None,
+        timed_out: false,
+        stdout: CapturedOutput::default(),
+        stderr: CapturedOutput::default(),
+        duration_ms: 0,
+        tokens: None,
+        prompt_digest: None,
+        sandbox: None,
+        cost: None,
+        started_at: chrono::Utc::now(),
+        status: RunStatus::Running,
+    }
+}
+
+#[tokio::test]
+async fn an_unclean_stop_counts_only_against_a_task_whose_run_was_in_flight() {
+    use crate::model::task::Stage;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (a, b) = (
+        crate::model::task::TaskId::new(),
+        crate::model::task::TaskId::new(),
+    );
+    let running = vec![(a, Stage::Implement, 1), (b, Stage::Implement, 1)];
+    let count = |stops: &[StopsInFlight], id| {
+        let found = stops.iter().find(|s| s.task_id == id).unwrap();
+        (found.count, found.runs.len())
+    };
+
+    // Stop 1: both tasks running, only a's run in flight.
+    let first = running_run(a);
+    store.start_run(&first).await.unwrap();
+    assert_eq!(store.interrupt_open_runs().await.unwrap(), 1);
+    assert!(!store.take_clean_stop().await.unwrap());
+    let stops = store.count_unclean_stops(running.clone()).await.unwrap();
+    assert_eq!(count(&stops, a), (1, 1));
+    assert_eq!(count(&stops, b), (0, 0), "b merely was running");
+
+    // Stop 2: a's run had finished (no run open): it does not count, and the chain is broken.
+    let stops = store.count_unclean_stops(running.clone()).await.unwrap();
+    assert_eq!(count(&stops, a), (0, 0));
+
+    // Stops 3 and 4 with a run in flight each: two in a row, naming both runs.
+    for expected in 1..=2 {
+        store.start_run(&running_run(a)).await.unwrap();
+        store.interrupt_open_runs().await.unwrap();
+        let stops = store.count_unclean_stops(running.clone()).await.unwrap();
+        assert_eq!(count(&stops, a), (expected, expected as usize));
+    }
+
+    // A clean stop drops the runs it left open: they are no evidence at the next unclean one.
+    store.start_run(&running_run(b)).await.unwrap();
+    store.interrupt_open_runs().await.unwrap();
+    store.mark_clean_stop().await.unwrap();
+    assert!(store.take_clean_stop().await.unwrap());
+    let stops = store.count_unclean_stops(running).await.unwrap();
+    assert_eq!(count(&stops, b), (0, 0));
+}
