@@ -1,0 +1,233 @@
+//! No secret leaves in a change: before Patch commits an attempt, every path the change touches
+//! is read from the worktree and looked at by the service's [`Redactor`] — the same values and
+//! encodings it scrubs from every output. A change that holds any of them fails the task
+//! `SECRET_IN_CHANGE`, naming the files and never the value, and nothing is committed.
+//!
+//! What is read, and how:
+//! - a regular file: its bytes, at most [`FILE_BYTES_MAX`] of each and [`CHANGE_BYTES_MAX`] in
+//!   all; a change with more than that cannot be vouched for and is refused too (only when
+//!   secrets are configured: without any there is nothing to look for);
+//! - a symlink: its link text (what git commits), never the file it points to;
+//! - a path that is gone (a deletion), a directory (a submodule) or anything else git does not
+//!   commit as bytes: skipped; so is a path under a directory that is now a symlink (git cannot
+//!   commit it there, and reading through it would read outside the worktree);
+//! - the path's own name, which a commit carries as well.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::platform::git::Git;
+use crate::platform::redact::Redactor;
+use crate::runtime::jobs::StageError;
+use crate::runtime::Services;
+
+/// The most bytes read of one changed file; a larger one is refused rather than half-read.
+pub(crate) const FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// The most bytes read for one change, all files together.
+pub(crate) const CHANGE_BYTES_MAX: u64 = 32 * 1024 * 1024;
+/// The most path components walked (to refuse a symlinked parent) per changed path.
+const PATH_COMPONENTS_MAX: usize = 256;
+/// The most file names a refusal lists (the rest are counted).
+const NAMED_FILES_MAX: usize = 10;
+/// How long the scan of one change may take (local reads; bounded in bytes too).
+const SCAN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the scan found wrong with a change.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Findings {
+    /// Changed paths (redacted) that hold a secret value, plain or encoded, or are named by one.
+    pub with_secrets: Vec<String>,
+    /// Changed paths (redacted) too large to be read whole within the bounds.
+    pub too_large: Vec<String>,
+}
+
+impl Findings {
+    /// Whether the change may be committed.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.with_secrets.is_empty() && self.too_large.is_empty()
+    }
+}
+
+/// Refuses the attempt — `SECRET_IN_CHANGE`, before anything is committed — when a file of
+/// `changed` (paths relative to `worktree`, as git lists them) holds a configured secret value;
+/// the staged edits are then discarded, so the value does not stay in the worktree or its index.
+pub(crate) async fn refuse_secrets_in_change(
+    services: &Services,
+    worktree: &Path,
+    changed: &[String],
+) -> Result<(), StageError> {
+    if services.redactor.is_empty() || changed.is_empty() {
+        return Ok(());
+    }
+    let redactor = Arc::clone(&services.redactor);
+    let root = worktree.to_path_buf();
+    let paths = changed.to_vec();
+    let scan = tokio::task::spawn_blocking(move || scan_change(&redactor, &root, &paths));
+    let findings = match tokio::time::timeout(SCAN_TIMEOUT, scan).await {
+        Ok(Ok(findings)) => findings,
+        Ok(Err(join)) => return Err(StageError::Internal(format!("secret scan: {join}"))),
+        Err(_) => {
+            return Err(StageError::Internal(format!(
+                "the secret scan of the change took over {}s",
+                SCAN_TIMEOUT.as_secs()
+            )))
+        }
+    };
+    if findings.is_clean() {
+        return Ok(());
+    }
+    Git::new(worktree, services.config.git.timeout())
+        .discard_uncommitted()
+        .await?;
+    Err(StageError::SecretInChange(refusal(&findings)))
+}
+
+/// The refusal's message: the files, never the value.
+fn refusal(findings: &Findings) -> String {
+    let mut parts = Vec::new();
+    if !findings.with_secrets.is_empty() {
+        parts.push(format!(
+            "the change writes a configured secret value into {}",
+            listed(&findings.with_secrets)
+        ));
+    }
+    if !findings.too_large.is_empty() {
+        parts.push(format!(
+            "the change could not be scanned for secrets whole (over {FILE_BYTES_MAX} bytes a \
+             file or {CHANGE_BYTES_MAX} in all): {}",
+            listed(&findings.too_large)
+        ));
+    }
+    format!("{}; nothing was committed", parts.join("; "))
+}
+
+/// At most [`NAMED_FILES_MAX`] names, then how many more.
+fn listed(paths: &[String]) -> String {
+    let shown: Vec<&str> = paths
+        .iter()
+        .take(NAMED_FILES_MAX)
+        .map(String::as_str)
+        .collect();
+    let more = paths.len().saturating_sub(NAMED_FILES_MAX);
+    if more == 0 {
+        shown.join(", ")
+    } else {
+        format!("{} and {more} more", shown.join(", "))
+    }
+}
+
+/// Reads each changed path under `root` (blocking; bounded) and reports which hold a secret.
+pub(crate) fn scan_change(redactor: &Redactor, root: &Path, changed: &[String]) -> Findings {
+    let mut findings = Findings::default();
+    let mut budget = CHANGE_BYTES_MAX;
+    for path in changed {
+        let shown = redactor.redact(path);
+        if shown != *path {
+            findings.with_secrets.push(shown);
+            continue;
+        }
+        match read_changed(root, path, budget) {
+            Contents::Bytes(bytes) => {
+                budget = budget.saturating_sub(bytes.len() as u64);
+                if holds_secret(redactor, &bytes) {
+                    findings.with_secrets.push(shown);
+                }
+            }
+            Contents::TooLarge => findings.too_large.push(shown),
+            Contents::Skipped => {}
+        }
+    }
+    findings
+}
+
+/// Whether `bytes` hold a secret value in any form the redactor knows.
+fn holds_secret(redactor: &Redactor, bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    redactor.redact(&text) != text
+}
+
+/// What a changed path holds, as git would commit it.
+#[derive(Debug)]
+enum Contents {
+    /// A file's bytes, or a symlink's target text.
+    Bytes(Vec<u8>),
+    /// More than the bounds allow.
+    TooLarge,
+    /// Nothing git commits as bytes: gone, a directory, a FIFO, under a symlinked directory.
+    Skipped,
+}
+
+/// The contents of `relative` under `root`, reading at most `budget` bytes (and
+/// [`FILE_BYTES_MAX`]); symlinks are never followed.
+fn read_changed(root: &Path, relative: &str, budget: u64) -> Contents {
+    let Some(path) = inside(root, relative) else {
+        return Contents::Skipped;
+    };
+    let Ok(metadata) = std::fs::symlink_metadata(&path) else {
+        return Contents::Skipped;
+    };
+    let file_type = metadata.file_type();
+    if file_type.is_symlink() {
+        return match std::fs::read_link(&path) {
+            Ok(target) => Contents::Bytes(target.into_os_string().into_encoded_bytes()),
+            Err(_) => Contents::Skipped,
+        };
+    }
+    if !file_type.is_file() {
+        return Contents::Skipped;
+    }
+    let limit = FILE_BYTES_MAX.min(budget);
+    if metadata.len() > limit {
+        return Contents::TooLarge;
+    }
+    read_regular(&path, limit)
+}
+
+/// A regular file's bytes, opened without following a symlink put there since it was looked at,
+/// and never more than `limit` bytes (a file that grew past it is too large).
+fn read_regular(path: &Path, limit: u64) -> Contents {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let Ok(file) = opened else {
+        return Contents::Skipped;
+    };
+    let mut bytes = Vec::new();
+    match file.take(limit.saturating_add(1)).read_to_end(&mut bytes) {
+        Ok(_) if bytes.len() as u64 > limit => Contents::TooLarge,
+        Ok(_) => Contents::Bytes(bytes),
+        Err(_) => Contents::Skipped,
+    }
+}
+
+/// `root/relative` when every directory on the way is a real directory (not a symlink) and the
+/// path has no `..`, root or prefix component; `None` otherwise.
+fn inside(root: &Path, relative: &str) -> Option<PathBuf> {
+    let relative = Path::new(relative);
+    let components: Vec<Component<'_>> = relative.components().collect();
+    if components.is_empty() || components.len() > PATH_COMPONENTS_MAX {
+        return None;
+    }
+    let mut path = root.to_path_buf();
+    let last = components.len() - 1;
+    for (index, component) in components.into_iter().enumerate() {
+        let Component::Normal(name) = component else {
+            return None;
+        };
+        path.push(name);
+        if index < last {
+            let parent = std::fs::symlink_metadata(&path).ok()?;
+            if !parent.file_type().is_dir() {
+                return None;
+            }
+        }
+    }
+    Some(path)
+}
+
+#[cfg(test)]
+mod tests;
