@@ -10,7 +10,7 @@ use super::*;
 const VALUE: &str = "hunter2-very-secret-value";
 
 fn redactor() -> Redactor {
-    Redactor::new([("API_TOKEN".to_owned(), VALUE.to_owned())])
+    Redactor::new([("TOKEN".to_owned(), VALUE.to_owned())])
 }
 
 fn paths(names: &[&str]) -> Vec<String> {
@@ -82,7 +82,7 @@ fn a_name_that_holds_the_value_is_refused_redacted() {
 
     assert_eq!(
         findings.with_secrets,
-        paths(&["notes-[REDACTED:API_TOKEN].md"])
+        paths(&["notes-[REDACTED:TOKEN].md"])
     );
 }
 
