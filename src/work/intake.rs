@@ -701,7 +701,7 @@ fn parse_kind(
 }
 
 /// `base_branch` (default `main`): 1 to [`TITLE_BYTES_MAX`] bytes, and a branch name (see
-/// [`check_branch_name`]). Whether it exists is [`parse_repo`]'s question.
+/// [`check_branch_name`]). Whether it exists is [`parse_repo_in`]'s question.
 fn parse_base_branch(base_branch: Option<String>) -> Result<String, IntakeError> {
     let base_branch = base_branch.unwrap_or_else(|| "main".to_owned());
     check_length("base_branch", &base_branch, 1, TITLE_BYTES_MAX)?;

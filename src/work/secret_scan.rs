@@ -78,9 +78,13 @@ pub(crate) async fn refuse_secrets_in_change(
     if findings.is_clean() {
         return Ok(());
     }
-    Git::new(worktree, services.config.git.timeout())
+    // The verdict stands whether or not the cleanup works: nothing is committed either way.
+    let discarded = Git::new(worktree, services.config.git.timeout())
         .discard_uncommitted()
-        .await?;
+        .await;
+    if let Err(error) = discarded {
+        tracing::warn!(%error, worktree = %worktree.display(), "could not discard a refused change");
+    }
     Err(StageError::SecretInChange(refusal(&findings)))
 }
 

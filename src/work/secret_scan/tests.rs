@@ -80,10 +80,7 @@ fn a_name_that_holds_the_value_is_refused_redacted() {
 
     let findings = scan_change(&redactor(), dir.path(), &[name]);
 
-    assert_eq!(
-        findings.with_secrets,
-        paths(&["notes-[REDACTED:TOKEN].md"])
-    );
+    assert_eq!(findings.with_secrets, paths(&["notes-[REDACTED:TOKEN].md"]));
 }
 
 #[test]
