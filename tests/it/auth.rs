@@ -510,6 +510,36 @@ async fn the_data_dir_is_0700_and_nothing_in_it_is_open_to_others() {
     assert!(checked.iter().any(|p| p.ends_with("db")), "{checked:?}");
 }
 
+/// The `Umask:` line of `/proc/<pid>/status` (`self` for this test process).
+fn umask_of(pid: &str) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
+}
+
+/// Issue 21, item 6: the service runs with umask 077, but the commands it runs (git, engines)
+/// get the umask it was started with: what they write in the user's repository is the user's.
+#[tokio::test]
+async fn the_service_is_private_but_its_commands_keep_the_inherited_umask() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    assert_eq!(umask_of(&service.pid().to_string()), 0o077);
+    let inherited = umask_of("self");
+    let patch = "touch made.txt && stat -c %a made.txt > mode.txt";
+    let task = service.submit(&shell_task(&repo, patch, "true")).await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    let mode = crate::helpers::git(&repo, &["show", "main:mode.txt"]);
+    assert_eq!(
+        mode,
+        format!("{:o}", 0o666 & !inherited),
+        "inherited umask {inherited:o}"
+    );
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
