@@ -3,7 +3,9 @@
 //! encodings it scrubs from every output. A change that holds any of them fails the task
 //! `SECRET_IN_CHANGE`, naming the files and never the value, and nothing is committed.
 //!
-//! What is read, and how:
+//! What is read, and how — both the worktree's file and the blob the index stages for the path
+//! (what the commit will hold, after any conversion git makes on staging, such as
+//! `working-tree-encoding`):
 //! - a regular file: its bytes, at most [`FILE_BYTES_MAX`] of each and [`CHANGE_BYTES_MAX`] in
 //!   all; a change with more than that cannot be vouched for and is refused too (only when
 //!   secrets are configured: without any there is nothing to look for);
@@ -18,6 +20,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::platform::git::read::{self, Staged};
 use crate::platform::git::Git;
 use crate::platform::redact::Redactor;
 use crate::runtime::jobs::StageError;
@@ -122,25 +125,43 @@ fn listed(paths: &[String]) -> String {
     }
 }
 
-/// Reads each changed path under `root` (blocking; bounded) and reports which hold a secret.
+/// Reads each changed path under `root` (blocking; bounded) — the worktree's file and the blob
+/// the index stages for it — and reports which hold a secret.
 pub(crate) fn scan_change(redactor: &Redactor, root: &Path, changed: &[String]) -> Findings {
+    let staged = match read::staged_contents_blocking(
+        root,
+        changed,
+        FILE_BYTES_MAX,
+        CHANGE_BYTES_MAX,
+    ) {
+        Ok(staged) => staged,
+        Err(error) => {
+            // The worktree's files are still read: only a conversion on staging goes unseen.
+            tracing::warn!(%error, root = %root.display(), "secret scan: could not read the index");
+            Vec::new()
+        }
+    };
     let mut findings = Findings::default();
     let mut budget = CHANGE_BYTES_MAX;
-    for path in changed {
+    for (index, path) in changed.iter().enumerate() {
         let shown = redactor.redact(path);
         if shown != *path {
             findings.with_secrets.push(shown);
             continue;
         }
-        match read_changed(root, path, budget) {
-            Contents::Bytes(bytes) => {
-                budget = budget.saturating_sub(bytes.len() as u64);
-                if holds_secret(redactor, &bytes) {
-                    findings.with_secrets.push(shown);
-                }
-            }
-            Contents::TooLarge => findings.too_large.push(shown),
-            Contents::Skipped => {}
+        let in_worktree = read_changed(root, path, budget);
+        if let Contents::Bytes(bytes) = &in_worktree {
+            budget = budget.saturating_sub(bytes.len() as u64);
+        }
+        let in_index = staged.get(index);
+        let holds = matches!(&in_worktree, Contents::Bytes(bytes) if holds_secret(redactor, bytes))
+            || matches!(in_index, Some(Staged::Bytes(bytes)) if holds_secret(redactor, bytes));
+        let too_large =
+            matches!(in_worktree, Contents::TooLarge) || matches!(in_index, Some(Staged::TooLarge));
+        if holds {
+            findings.with_secrets.push(shown);
+        } else if too_large {
+            findings.too_large.push(shown);
         }
     }
     findings

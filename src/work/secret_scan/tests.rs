@@ -131,3 +131,45 @@ fn long_lists_are_cut() {
     let many: Vec<String> = (0..NAMED_FILES_MAX + 3).map(|i| format!("f{i}")).collect();
     assert!(listed(&many).ends_with("and 3 more"));
 }
+
+/// Runs git in `dir` (a test fixture; panics on failure).
+fn git(dir: &Path, args: &[&str]) {
+    let status = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@localhost"])
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "git {args:?}");
+}
+
+#[test]
+fn what_the_index_stages_is_read_too_after_gits_conversions() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    git(root, &["init", "-q", "-b", "main"]);
+    // In the worktree the file is UTF-16 (the value's bytes are interleaved with NULs and match
+    // nothing); git stores it as UTF-8, where the value is plain.
+    std::fs::write(
+        root.join(".gitattributes"),
+        "*.txt working-tree-encoding=UTF-16LE\n",
+    )
+    .unwrap();
+    let utf16: Vec<u8> = format!("key={VALUE}\n")
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    std::fs::write(root.join("wide.txt"), &utf16).unwrap();
+    std::fs::write(root.join("plain.md"), "nothing\n").unwrap();
+    git(root, &["add", "-A"]);
+    let changed = paths(&[".gitattributes", "wide.txt", "plain.md"]);
+    assert!(
+        !holds_secret(&redactor(), &std::fs::read(root.join("wide.txt")).unwrap()),
+        "the worktree's bytes alone hide it"
+    );
+
+    let findings = scan_change(&redactor(), root, &changed);
+
+    assert_eq!(findings.with_secrets, paths(&["wide.txt"]));
+    assert!(findings.too_large.is_empty());
+}
