@@ -521,6 +521,7 @@ fn umask_of(pid: &str) -> u32 {
 /// get the umask it was started with: what they write in the user's repository is the user's.
 #[tokio::test]
 async fn the_service_is_private_but_its_commands_keep_the_inherited_umask() {
+    use std::os::unix::fs::PermissionsExt;
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let service = Service::start(root.path()).await;
@@ -538,6 +539,15 @@ async fn the_service_is_private_but_its_commands_keep_the_inherited_umask() {
         format!("{:o}", 0o666 & !inherited),
         "inherited umask {inherited:o}"
     );
+    // What the service writes itself during a task is private: the builtin engine's note.
+    let body = json!({"title": "t", "description": "d", "repo": repo, "verify": "true"});
+    let task = service.submit(&body).await;
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    let note = root.path().join(format!("data/notes/{id}.md"));
+    let mode = std::fs::metadata(&note).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", note.display());
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
