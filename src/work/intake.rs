@@ -252,6 +252,13 @@ pub(crate) async fn submit(
                 .task(task_id)
                 .await?
                 .ok_or(StoreError::TaskNotFound(task_id))?;
+            // Not to a token whose scope does not hold the task's repository: the replay would
+            // tell it what exists there.
+            let scope = RepoScope {
+                server: &[],
+                caller,
+            };
+            scope.check(&request.repo, &scope::stored_forms(&task.repo))?;
             return Ok(Accepted {
                 task,
                 replayed: true,

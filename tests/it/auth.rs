@@ -358,6 +358,19 @@ async fn token_scopes_are_judged_on_canonical_paths_and_tell_nothing_outside() {
         assert_eq!(status, 201, "{repo}: {task}");
         assert_eq!(task["repo"], json!(stored), "{repo}");
     }
+    // A replay of another client's submission (same key, same body) on a repository outside
+    // the scope is refused like any other submission there, not answered with the task.
+    let victim = format!("{base}/victim/repo");
+    let body = json!({"title": "t", "description": "d", "repo": victim, "verify": "true",
+                      "idempotency_key": "shared-key"});
+    let (status, original) = service.post("/v1/tasks", &body).await;
+    assert_eq!(status, 201, "{original}");
+    let (status, _, answer) = call(&ci, "POST", &url, Some(&body)).await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(
+        answer["error"]["message"],
+        json!(format!("token `ci` may not use repo `{victim}`"))
+    );
     // Inside the scope, what does not exist is said as before.
     let (status, _, answer) = submit(format!("{base}/allowed/nothing"), "main").await;
     assert_eq!(status, 422, "{answer}");

@@ -80,6 +80,16 @@ pub(crate) fn path_forms(path: &str) -> Vec<String> {
     vec![path.to_owned(), format!("{FILE_SCHEME}{path}")]
 }
 
+/// The forms a stored task's `repo` (a canonical path, the `file://` URL of one, or another URL
+/// as given) is matched by.
+pub(crate) fn stored_forms(repo: &str) -> Vec<String> {
+    match file_url_path(repo) {
+        Some(path) => path_forms(&path),
+        None if repo.starts_with('/') => path_forms(repo),
+        None => vec![repo.to_owned()],
+    }
+}
+
 /// A local path resolved for its scope check.
 #[derive(Debug)]
 pub(crate) struct Resolved {
