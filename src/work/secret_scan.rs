@@ -3,9 +3,9 @@
 //! encodings it scrubs from every output. A change that holds any of them fails the task
 //! `SECRET_IN_CHANGE`, naming the files and never the value, and nothing is committed.
 //!
-//! What is read, and how — both the worktree's file and the blob the index stages for the path
-//! (what the commit will hold, after any conversion git makes on staging, such as
-//! `working-tree-encoding`):
+//! What is read, and how — the worktree's file, and for a path git converts on staging
+//! (`working-tree-encoding`: a file kept as UTF-16 in the worktree is committed as UTF-8) the
+//! blob the index stages too, through the worktree's own git handle:
 //! - a regular file: its bytes, at most [`FILE_BYTES_MAX`] of each and [`CHANGE_BYTES_MAX`] in
 //!   all; a change with more than that cannot be vouched for and is refused too (only when
 //!   secrets are configured: without any there is nothing to look for);
@@ -20,7 +20,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::platform::git::read::{self, Staged};
+use std::collections::HashMap;
+
 use crate::platform::git::Git;
 use crate::platform::redact::Redactor;
 use crate::runtime::jobs::StageError;
@@ -36,6 +37,11 @@ const PATH_COMPONENTS_MAX: usize = 256;
 const NAMED_FILES_MAX: usize = 10;
 /// How long the scan of one change may take (local reads; bounded in bytes too).
 const SCAN_TIMEOUT: Duration = Duration::from_secs(60);
+/// The attribute whose conversion on staging makes the committed blob differ from the
+/// worktree's bytes in a way that could hide a value.
+const CONVERTING_ATTRIBUTE: &str = "working-tree-encoding";
+/// Paths named to one `git check-attr`.
+const PATHS_PER_CALL: usize = 256;
 
 /// What the scan found wrong with a change.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -54,20 +60,24 @@ impl Findings {
 }
 
 /// Refuses the attempt — `SECRET_IN_CHANGE`, before anything is committed — when a file of
-/// `changed` (paths relative to `worktree`, as git lists them) holds a configured secret value;
-/// the staged edits are then discarded, so the value does not stay in the worktree or its index.
+/// `changed` (paths relative to the worktree's top, as git lists them) holds a configured secret
+/// value; the staged edits are then discarded, so the value does not stay in the worktree or its
+/// index. `worktree` is the worktree's git handle (git runs only through it), `files` the
+/// directory of its files.
 pub(crate) async fn refuse_secrets_in_change(
     services: &Services,
-    worktree: &Path,
+    worktree: &Git,
+    files: &Path,
     changed: &[String],
 ) -> Result<(), StageError> {
     if services.redactor.is_empty() || changed.is_empty() {
         return Ok(());
     }
+    let staged = converted_blobs(worktree, files, changed).await;
     let redactor = Arc::clone(&services.redactor);
-    let root = worktree.to_path_buf();
+    let root = files.to_path_buf();
     let paths = changed.to_vec();
-    let scan = tokio::task::spawn_blocking(move || scan_change(&redactor, &root, &paths));
+    let scan = tokio::task::spawn_blocking(move || scan_change(&redactor, &root, &paths, &staged));
     let findings = match tokio::time::timeout(SCAN_TIMEOUT, scan).await {
         Ok(Ok(findings)) => findings,
         Ok(Err(join)) => return Err(StageError::Internal(format!("secret scan: {join}"))),
@@ -82,13 +92,72 @@ pub(crate) async fn refuse_secrets_in_change(
         return Ok(());
     }
     // The verdict stands whether or not the cleanup works: nothing is committed either way.
-    let discarded = Git::new(worktree, services.config.git.timeout())
-        .discard_uncommitted()
-        .await;
-    if let Err(error) = discarded {
-        tracing::warn!(%error, worktree = %worktree.display(), "could not discard a refused change");
+    if let Err(error) = worktree.discard_uncommitted().await {
+        tracing::warn!(%error, worktree = %files.display(), "could not discard a refused change");
     }
     Err(StageError::SecretInChange(refusal(&findings)))
+}
+
+/// What the index stages for a path git converts on staging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Staged {
+    /// The blob, in the repository's form.
+    Bytes(Vec<u8>),
+    /// Over the bounds, or unreadable: not vouched for.
+    Unreadable,
+}
+
+/// The staged blobs (by index into `changed`) of the changed paths that still exist and that
+/// git converts on staging (`working-tree-encoding` set): usually none, so usually one
+/// `git check-attr` per [`PATHS_PER_CALL`] paths and nothing more. When git cannot say, the
+/// worktree's bytes are all there is (logged).
+async fn converted_blobs(worktree: &Git, files: &Path, changed: &[String]) -> Vec<(usize, Staged)> {
+    let position: HashMap<&str, usize> = changed
+        .iter()
+        .enumerate()
+        .map(|(index, path)| (path.as_str(), index))
+        .collect();
+    let mut converted = Vec::new();
+    for chunk in changed.chunks(PATHS_PER_CALL) {
+        let mut args = vec!["check-attr", "-z", CONVERTING_ATTRIBUTE, "--"];
+        args.extend(chunk.iter().map(String::as_str));
+        match worktree.run_listing(&args).await {
+            Ok(listing) => converted.extend(converted_paths(&listing)),
+            Err(error) => {
+                tracing::warn!(%error, "secret scan: could not ask git which paths it converts");
+                return Vec::new();
+            }
+        }
+    }
+    let mut staged = Vec::new();
+    for path in converted {
+        let Some(&index) = position.get(path.as_str()) else {
+            continue;
+        };
+        if std::fs::symlink_metadata(files.join(&path)).is_err() {
+            continue; // deleted: nothing staged to commit
+        }
+        let blob = worktree
+            .run_listing(&["cat-file", "blob", &format!(":{path}")])
+            .await;
+        let read = match blob {
+            Ok(text) if (text.len() as u64) <= FILE_BYTES_MAX => Staged::Bytes(text.into_bytes()),
+            Ok(_) | Err(_) => Staged::Unreadable,
+        };
+        staged.push((index, read));
+    }
+    staged
+}
+
+/// The paths of a `git check-attr -z` listing (`path NUL attribute NUL value NUL`, repeated)
+/// whose value is set: neither `unspecified` nor `unset`.
+fn converted_paths(listing: &str) -> Vec<String> {
+    let fields: Vec<&str> = listing.split('\0').collect();
+    fields
+        .chunks(3)
+        .filter(|triple| triple.len() == 3 && !matches!(triple[2], "unspecified" | "unset" | ""))
+        .map(|triple| triple[0].to_owned())
+        .collect()
 }
 
 /// The refusal's message: the files, never the value.
@@ -125,22 +194,15 @@ fn listed(paths: &[String]) -> String {
     }
 }
 
-/// Reads each changed path under `root` (blocking; bounded) — the worktree's file and the blob
-/// the index stages for it — and reports which hold a secret.
-pub(crate) fn scan_change(redactor: &Redactor, root: &Path, changed: &[String]) -> Findings {
-    let staged = match read::staged_contents_blocking(
-        root,
-        changed,
-        FILE_BYTES_MAX,
-        CHANGE_BYTES_MAX,
-    ) {
-        Ok(staged) => staged,
-        Err(error) => {
-            // The worktree's files are still read: only a conversion on staging goes unseen.
-            tracing::warn!(%error, root = %root.display(), "secret scan: could not read the index");
-            Vec::new()
-        }
-    };
+/// Reads each changed path under `root` (blocking; bounded) and looks at it, and at what the
+/// index stages for it where git converts it (`staged`, by index into `changed`): which hold a
+/// secret, which could not be read whole.
+pub(crate) fn scan_change(
+    redactor: &Redactor,
+    root: &Path,
+    changed: &[String],
+    staged: &[(usize, Staged)],
+) -> Findings {
     let mut findings = Findings::default();
     let mut budget = CHANGE_BYTES_MAX;
     for (index, path) in changed.iter().enumerate() {
@@ -153,14 +215,17 @@ pub(crate) fn scan_change(redactor: &Redactor, root: &Path, changed: &[String]) 
         if let Contents::Bytes(bytes) = &in_worktree {
             budget = budget.saturating_sub(bytes.len() as u64);
         }
-        let in_index = staged.get(index);
+        let in_index = staged
+            .iter()
+            .find(|(at, _)| *at == index)
+            .map(|(_, blob)| blob);
         let holds = matches!(&in_worktree, Contents::Bytes(bytes) if holds_secret(redactor, bytes))
             || matches!(in_index, Some(Staged::Bytes(bytes)) if holds_secret(redactor, bytes));
-        let too_large =
-            matches!(in_worktree, Contents::TooLarge) || matches!(in_index, Some(Staged::TooLarge));
+        let unreadable = matches!(in_worktree, Contents::TooLarge)
+            || matches!(in_index, Some(Staged::Unreadable));
         if holds {
             findings.with_secrets.push(shown);
-        } else if too_large {
+        } else if unreadable {
             findings.too_large.push(shown);
         }
     }

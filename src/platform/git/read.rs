@@ -196,58 +196,6 @@ pub(crate) async fn locate(dir: &Path) -> Result<Location, GitError> {
     .await
 }
 
-/// What the index of a worktree stages for one path: what its next commit will hold.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Staged {
-    /// The blob's bytes (a symlink's: its link text), in the repository's form (after git's
-    /// clean conversions, such as `working-tree-encoding`).
-    Bytes(Vec<u8>),
-    /// A blob over the bound it was read under: not read.
-    TooLarge,
-    /// Nothing staged as bytes there: a deletion, or a submodule.
-    Absent,
-}
-
-/// The staged contents of each of `paths` in the worktree at `dir`, in order: at most
-/// `file_bytes_max` of one blob and `total_bytes_max` for all (a blob past either is
-/// [`Staged::TooLarge`], left unread). Blocking: for a caller already on the blocking pool.
-pub(crate) fn staged_contents_blocking(
-    dir: &Path,
-    paths: &[String],
-    file_bytes_max: u64,
-    total_bytes_max: u64,
-) -> Result<Vec<Staged>, GitError> {
-    use gix::bstr::ByteSlice;
-    let repo = open(&dir.to_path_buf())?;
-    let index = repo.open_index().map_err(failed("read the index"))?;
-    let mut left = total_bytes_max;
-    let mut staged = Vec::with_capacity(paths.len());
-    for path in paths {
-        let Some(entry) = index.entry_by_path(path.as_bytes().as_bstr()) else {
-            staged.push(Staged::Absent);
-            continue;
-        };
-        if entry.mode.is_submodule() {
-            staged.push(Staged::Absent);
-            continue;
-        }
-        let header = repo
-            .find_header(entry.id)
-            .map_err(failed("read a staged object"))?;
-        if header.size() > file_bytes_max.min(left) {
-            staged.push(Staged::TooLarge);
-            continue;
-        }
-        let mut blob = repo
-            .find_blob(entry.id)
-            .map_err(failed("read a staged blob"))?;
-        let bytes = blob.take_data();
-        left = left.saturating_sub(bytes.len() as u64);
-        staged.push(Staged::Bytes(bytes));
-    }
-    Ok(staged)
-}
-
 fn open(dir: &PathBuf) -> Result<gix::Repository, GitError> {
     gix::open_opts(dir, gix::open::Options::isolated()).map_err(failed("open the repository"))
 }

@@ -36,7 +36,7 @@ fn secret_values_plain_and_encoded_are_found_and_named_never_shown() {
         "gone.txt",
     ]);
 
-    let findings = scan_change(&redactor(), root, &changed);
+    let findings = scan_change(&redactor(), root, &changed, &[]);
 
     assert_eq!(
         findings.with_secrets,
@@ -66,7 +66,7 @@ fn a_symlink_is_read_as_its_link_text_never_followed() {
     symlink(outside.path(), root.join("dir-link")).unwrap();
     let changed = paths(&["link-out", "link-named", "dir-link/holds-it.txt"]);
 
-    let findings = scan_change(&redactor(), root, &changed);
+    let findings = scan_change(&redactor(), root, &changed, &[]);
 
     assert_eq!(findings.with_secrets, paths(&["link-named"]));
     assert!(findings.too_large.is_empty());
@@ -78,7 +78,7 @@ fn a_name_that_holds_the_value_is_refused_redacted() {
     let name = format!("notes-{VALUE}.md");
     std::fs::write(dir.path().join(&name), "clean").unwrap();
 
-    let findings = scan_change(&redactor(), dir.path(), &[name]);
+    let findings = scan_change(&redactor(), dir.path(), &[name], &[]);
 
     assert_eq!(findings.with_secrets, paths(&["notes-[REDACTED:TOKEN].md"]));
 }
@@ -90,7 +90,7 @@ fn a_clean_change_passes_and_odd_paths_are_skipped() {
     std::fs::create_dir(dir.path().join("submodule")).unwrap();
     let changed = paths(&["a.txt", "submodule", "../escape", "/etc/passwd", "deleted"]);
 
-    let findings = scan_change(&redactor(), dir.path(), &changed);
+    let findings = scan_change(&redactor(), dir.path(), &changed, &[]);
 
     assert!(findings.is_clean(), "{findings:?}");
 }
@@ -102,7 +102,12 @@ fn a_file_over_the_bound_is_refused_not_half_read() {
     big.set_len(FILE_BYTES_MAX + 1).unwrap();
     std::fs::write(dir.path().join("small.txt"), "fine").unwrap();
 
-    let findings = scan_change(&redactor(), dir.path(), &paths(&["big.bin", "small.txt"]));
+    let findings = scan_change(
+        &redactor(),
+        dir.path(),
+        &paths(&["big.bin", "small.txt"]),
+        &[],
+    );
 
     assert_eq!(findings.too_large, paths(&["big.bin"]));
     assert!(findings.with_secrets.is_empty());
@@ -121,7 +126,7 @@ fn the_total_bound_counts_every_file() {
         changed.push(name);
     }
 
-    let findings = scan_change(&redactor(), dir.path(), &changed);
+    let findings = scan_change(&redactor(), dir.path(), &changed, &[]);
 
     assert_eq!(findings.too_large, paths(&[&format!("f{}.bin", files - 1)]));
 }
@@ -143,8 +148,8 @@ fn git(dir: &Path, args: &[&str]) {
     assert!(status.success(), "git {args:?}");
 }
 
-#[test]
-fn what_the_index_stages_is_read_too_after_gits_conversions() {
+#[tokio::test]
+async fn what_the_index_stages_is_read_too_where_git_converts_it() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     git(root, &["init", "-q", "-b", "main"]);
@@ -162,14 +167,31 @@ fn what_the_index_stages_is_read_too_after_gits_conversions() {
     std::fs::write(root.join("wide.txt"), &utf16).unwrap();
     std::fs::write(root.join("plain.md"), "nothing\n").unwrap();
     git(root, &["add", "-A"]);
-    let changed = paths(&[".gitattributes", "wide.txt", "plain.md"]);
+    let changed = paths(&[".gitattributes", "wide.txt", "plain.md", "gone.txt"]);
     assert!(
-        !holds_secret(&redactor(), &std::fs::read(root.join("wide.txt")).unwrap()),
+        scan_change(&redactor(), root, &changed, &[]).is_clean(),
         "the worktree's bytes alone hide it"
     );
 
-    let findings = scan_change(&redactor(), root, &changed);
+    let repo = Git::new(root, Duration::from_secs(10));
+    let staged = converted_blobs(&repo, root, &changed).await;
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    assert_eq!(staged[0].0, 1);
+    let findings = scan_change(&redactor(), root, &changed, &staged);
 
     assert_eq!(findings.with_secrets, paths(&["wide.txt"]));
     assert!(findings.too_large.is_empty());
+}
+
+#[test]
+fn check_attr_listings_name_the_converted_paths_and_unreadable_blobs_are_refused() {
+    let listing =
+        "a.txt\0working-tree-encoding\0UTF-16\0b.md\0working-tree-encoding\0unspecified\0\
+                   c\0working-tree-encoding\0unset\0";
+    assert_eq!(converted_paths(listing), paths(&["a.txt"]));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "fine").unwrap();
+    let staged = [(0, Staged::Unreadable)];
+    let findings = scan_change(&redactor(), dir.path(), &paths(&["a.txt"]), &staged);
+    assert_eq!(findings.too_large, paths(&["a.txt"]));
 }
