@@ -81,6 +81,9 @@ fn exit_with(result: Result<u8, String>) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    // Everything the service creates (its data dir, sled's files, tokens, prompts) is private to
+    // its user from the first file on; the commands it runs get the inherited umask back.
+    glitchlab::platform::private::restrict_umask();
     let mut config = Config::load(args.config.as_deref()).map_err(|e| e.to_string())?;
     if let Some(bind) = args.bind {
         config.server.bind = bind;

@@ -452,6 +452,8 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
         EngineResult::Ran => false,
     };
     let changed = check_protected_paths(&services, &worktree, &task).await?;
+    let refuse_secrets = crate::work::secret_scan::refuse_secrets_in_change;
+    refuse_secrets(&services, &worktree, &worktree_path, &changed).await?;
     if changed.is_empty() {
         // Nothing differs from the base: no commit, and (but for the demo) a failed attempt.
         return Ok(ImplementOutcome {

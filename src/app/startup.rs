@@ -96,6 +96,26 @@ fn transport_setup(
     }
 }
 
+/// Tightens the data dir to `0700` when its mode gives group or others anything (logged: an
+/// operator may have loosened it on purpose); what the service creates in it is private by the
+/// process umask ([`crate::platform::private`]).
+fn private_data_dir(data_dir: &std::path::Path) -> Result<(), StartupError> {
+    let tightened = crate::platform::private::tighten_dir(data_dir).map_err(|source| {
+        StartupError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        }
+    })?;
+    if let Some(mode) = tightened {
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            was = format!("{mode:04o}"),
+            "the data dir was readable by others: made it 0700"
+        );
+    }
+    Ok(())
+}
+
 /// A built service, bound and with its tree running.
 pub struct Application {
     /// The bound listener, TLS and the connection limits.
@@ -122,6 +142,8 @@ impl Application {
         };
         std::fs::create_dir_all(data_dir).map_err(data_dir_error)?;
         config.storage.data_dir = std::fs::canonicalize(data_dir).map_err(data_dir_error)?;
+        // Private before anything is opened in it: tokens, prompts, task records.
+        private_data_dir(&config.storage.data_dir)?;
         // Tasks store their repository's real path: per-repository governance is keyed alike.
         config.governance.resolve_repo_paths();
         let definitions = Definitions::load(&config.paths)?;

@@ -250,6 +250,10 @@ catalogue! {
          through a symbolic link; nothing was written.";
     PROTECTED_PATH [] [Task]
         "The task's changes touch `[governance] protected_paths`.";
+    SECRET_IN_CHANGE [] [Task]
+        "The task's change writes a configured secret value (`[governance] secrets`, plain or \
+         in an encoding the redactor knows) into a file or a path name, or is too large to be \
+         scanned whole; the message names the files, never the value; nothing was committed.";
     GIT_FAILED [] [Task]
         "A git operation (worktree, commit) failed.";
     FLEET_NOT_CONFIGURED [409] []

@@ -1,6 +1,6 @@
 //! Helpers that talk to the machine and the outside, knowing nothing of actors or the store:
 //! subprocesses ([`process`]) and their live output ([`live_output`]), confinement ([`sandbox`]), git ([`git`]), the governed executor's
-//! rules ([`executor`]), secret redaction ([`redact`]), the model client ([`openai`]), prompts ([`prompt`]), logs
+//! rules ([`executor`]), secret redaction ([`redact`]), the data dir's privacy ([`private`]), the model client ([`openai`]), prompts ([`prompt`]), logs
 //! ([`telemetry`]) and Prometheus metrics ([`metrics`]).
 
 pub(crate) mod beneath;
@@ -10,6 +10,7 @@ pub(crate) mod live_output;
 pub(crate) mod metrics;
 pub mod nats;
 pub(crate) mod openai;
+pub mod private;
 pub mod process;
 pub(crate) mod prompt;
 pub mod redact;

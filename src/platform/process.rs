@@ -176,6 +176,7 @@ pub async fn run_tapped(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    restore_umask(&mut command);
     let mut child = command.spawn().map_err(|source| SpawnError {
         program: spec.program.clone(),
         cwd: spec.cwd.display().to_string(),
@@ -451,6 +452,7 @@ pub fn spawn_detached(spec: &DetachedSpec) -> Result<Detached, SpawnError> {
             Ok(())
         });
     }
+    restore_umask(&mut command);
     let child = command.spawn().map_err(spawn_error)?;
     let pid = child
         .id()
@@ -596,6 +598,21 @@ pub fn keep_tail(text: &str, bytes_max: usize) -> String {
         "{TRUNCATION_MARKER_OPEN}{dropped}{TRUNCATION_MARKER_CLOSE}\n{}",
         &text[start..]
     )
+}
+
+/// A child gets back the umask the service was started with (the service's own is private:
+/// [`crate::platform::private`]); nothing is added while the umask was never changed.
+fn restore_umask(command: &mut Command) {
+    if let Some(mask) = crate::platform::private::inherited_umask() {
+        // SAFETY: umask(2) is async-signal-safe, cannot fail and touches no memory of the
+        // parent; it runs in the forked child before exec.
+        unsafe {
+            command.pre_exec(move || {
+                libc::umask(mask);
+                Ok(())
+            });
+        }
+    }
 }
 
 #[cfg(test)]

@@ -71,6 +71,10 @@ pub(crate) enum StageError {
     /// The task's changes touch protected paths.
     #[error("{0}")]
     ProtectedPath(String),
+    /// The task's change holds a configured secret value (the message names the files, never
+    /// the value): nothing was committed.
+    #[error("{0}")]
+    SecretInChange(String),
     /// The planner's engine did not produce a valid plan.
     #[error("{0}")]
     PlanInvalid(String),
@@ -115,6 +119,7 @@ impl StageError {
             Self::BudgetExceeded(_) => codes::BUDGET_EXCEEDED,
             Self::EditRefused(_) => codes::EDIT_REFUSED,
             Self::ProtectedPath(_) => codes::PROTECTED_PATH,
+            Self::SecretInChange(_) => codes::SECRET_IN_CHANGE,
             Self::Git(_) => codes::GIT_FAILED,
             Self::DeliverFailed(_) => codes::DELIVER_FAILED,
             Self::DeployFailed(_) => codes::DEPLOY_FAILED,

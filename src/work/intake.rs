@@ -31,6 +31,9 @@ use crate::runtime::Services;
 use crate::storage::store::{NewEvent, Store, StoreError, Submission};
 use crate::work::metering;
 
+mod scope;
+pub(crate) use scope::RepoScope;
+
 /// Field length limits: bounds on what a submission may store.
 const TITLE_BYTES_MAX: usize = 200;
 const DESCRIPTION_BYTES_MAX: usize = 64 * 1024;
@@ -249,6 +252,13 @@ pub(crate) async fn submit(
                 .task(task_id)
                 .await?
                 .ok_or(StoreError::TaskNotFound(task_id))?;
+            // Not to a token whose scope does not hold the task's repository: the replay would
+            // tell it what exists there.
+            let scope = RepoScope {
+                server: &[],
+                caller,
+            };
+            scope.check(&request.repo, &scope::stored_forms(&task.repo))?;
             return Ok(Accepted {
                 task,
                 replayed: true,
@@ -346,11 +356,16 @@ async fn validate(
     let engines = parse_engines(engines, &config.providers)?;
     let (kind, template) = parse_kind(kind, &config.compass.templates)?;
     let base_branch = parse_base_branch(base_branch)?;
-    let repo = parse_repo(
+    let scope = RepoScope {
+        server: &config.server.repos,
+        caller,
+    };
+    let repo = parse_repo_in(
         repo,
         &base_branch,
         &services.repo_checks,
         config.git.timeout(),
+        scope,
     )
     .await?;
     let deps = parse_deps(&services.store, deps).await?;
@@ -369,7 +384,7 @@ async fn validate(
         .unwrap_or(&config.ledger.local_account);
     let account = parse_account(&services.store, account, parent_task, default_account).await?;
     let budget = parse_budget(budget, config.ledger.default_task_budget)?;
-    check_scope(&config.server.repos, caller, &repo, &account, &engines)?;
+    check_scope(caller, &account, &engines)?;
     let now = Utc::now();
     Ok(Task {
         id: TaskId::new(),
@@ -693,7 +708,7 @@ fn parse_kind(
 }
 
 /// `base_branch` (default `main`): 1 to [`TITLE_BYTES_MAX`] bytes, and a branch name (see
-/// [`check_branch_name`]). Whether it exists is [`parse_repo`]'s question.
+/// [`check_branch_name`]). Whether it exists is [`parse_repo_in`]'s question.
 fn parse_base_branch(base_branch: Option<String>) -> Result<String, IntakeError> {
     let base_branch = base_branch.unwrap_or_else(|| "main".to_owned());
     check_length("base_branch", &base_branch, 1, TITLE_BYTES_MAX)?;
@@ -742,6 +757,17 @@ fn check_branch_name(name: &str) -> Result<(), IntakeError> {
     Ok(())
 }
 
+/// [`parse_repo_in`] for any repository (the repository checks' unit tests).
+#[cfg(test)]
+async fn parse_repo(
+    repo: String,
+    base_branch: &str,
+    checks: &RepoChecks,
+    git_timeout: Duration,
+) -> Result<String, IntakeError> {
+    parse_repo_in(repo, base_branch, checks, git_timeout, RepoScope::ANY).await
+}
+
 /// `repo`: an absolute path in the work tree of a git repository that has `base_branch`,
 /// answered as the work tree's top level with symlinks and `..` resolved: however a client
 /// names a repository, it is stored (and its deliveries locked, its governance looked up, its
@@ -749,15 +775,20 @@ fn check_branch_name(name: &str) -> Result<(), IntakeError> {
 /// (`repo/.git`), has no work tree to merge into: `NOT_A_WORK_TREE`. A pair found a moment ago
 /// (`checks`, keyed by the canonical path) is trusted without asking again; a pair found now is
 /// remembered.
-async fn parse_repo(
+///
+/// `scope` is checked on the real path before anything looks for a repository there, and on the
+/// work tree's top level before its branch is looked for: a refusal is the same whether or not
+/// something exists outside the scope ([`scope`]).
+async fn parse_repo_in(
     repo: String,
     base_branch: &str,
     checks: &RepoChecks,
     git_timeout: Duration,
+    scope: RepoScope<'_>,
 ) -> Result<String, IntakeError> {
     check_text("repo", &repo, Text::Line)?;
     if crate::model::task::is_remote_repo(&repo) {
-        return parse_remote_repo(repo, base_branch, checks, git_timeout).await;
+        return parse_remote_repo(repo, base_branch, checks, git_timeout, scope).await;
     }
     let given = Path::new(&repo);
     if !given.is_absolute() {
@@ -765,69 +796,97 @@ async fn parse_repo(
             "repo must be an absolute path or a git URL (file://, ssh://, https://), got `{repo}`"
         )));
     }
-    let not_a_repository = || {
-        IntakeError::unknown(
-            codes::NOT_A_GIT_REPOSITORY,
-            format!("{repo} is not a git repository"),
-        )
-    };
-    // The real path: symlinks, `..` and a trailing `/` resolved. A path that does not exist is
-    // no repository.
-    let real = tokio::fs::canonicalize(given)
-        .await
-        .map_err(|_| not_a_repository())?;
-    let real = utf8(real, &repo)?;
+    // The real path: symlinks, `..`, `//` and a trailing `/` resolved, as far as it exists.
+    let resolved = scope::resolve_local(&repo, given).await?;
+    scope.check(&repo, &scope::path_forms(&resolved.path))?;
+    if !resolved.exists {
+        return Err(not_a_repository(&repo));
+    }
+    let real = utf8(resolved.real, &repo)?;
     if let Some(top) = checks.recently_found(&real, base_branch) {
+        scope.check(&repo, &scope::path_forms(&top))?;
         return Ok(top);
     }
-    let top = match locate(git_timeout, Path::new(&real)).await {
-        Location::WorkTree(top) => utf8(top, &repo)?,
-        Location::Outside => return Err(not_a_repository()),
-        Location::Bare => {
-            return Err(IntakeError::unknown(
-                codes::NOT_A_WORK_TREE,
-                format!(
-                    "{repo} is a bare repository: a task needs a work tree to deliver into; \
-                     name a clone with a checkout"
-                ),
-            ))
-        }
-        Location::GitDir { work_tree } => {
-            let hint = match work_tree {
-                Some(top) => format!("name its work tree, {}", top.display()),
-                None => "name the repository's work tree".to_owned(),
-            };
-            return Err(IntakeError::unknown(
-                codes::NOT_A_WORK_TREE,
-                format!("{repo} is inside a git directory, not a work tree: {hint}"),
-            ));
-        }
-    };
+    let top = work_tree_top(git_timeout, &real, &repo).await?;
+    scope.check(&repo, &scope::path_forms(&top))?;
     check_branch(git_timeout, Path::new(&top), &repo, base_branch).await?;
     checks.found(&real, base_branch, &top);
     Ok(top)
 }
 
+/// `NOT_A_GIT_REPOSITORY` for `repo` as the client named it.
+fn not_a_repository(repo: &str) -> IntakeError {
+    IntakeError::unknown(
+        codes::NOT_A_GIT_REPOSITORY,
+        format!("{repo} is not a git repository"),
+    )
+}
+
+/// The top level of the work tree the real path `real` is in; a bare repository or a git
+/// directory is `NOT_A_WORK_TREE`, anything else `NOT_A_GIT_REPOSITORY`.
+async fn work_tree_top(
+    git_timeout: Duration,
+    real: &str,
+    repo: &str,
+) -> Result<String, IntakeError> {
+    match locate(git_timeout, Path::new(real)).await {
+        Location::WorkTree(top) => utf8(top, repo),
+        Location::Outside => Err(not_a_repository(repo)),
+        Location::Bare => Err(IntakeError::unknown(
+            codes::NOT_A_WORK_TREE,
+            format!(
+                "{repo} is a bare repository: a task needs a work tree to deliver into; \
+                 name a clone with a checkout"
+            ),
+        )),
+        Location::GitDir { work_tree } => {
+            let hint = match work_tree {
+                Some(top) => format!("name its work tree, {}", top.display()),
+                None => "name the repository's work tree".to_owned(),
+            };
+            Err(IntakeError::unknown(
+                codes::NOT_A_WORK_TREE,
+                format!("{repo} is inside a git directory, not a work tree: {hint}"),
+            ))
+        }
+    }
+}
+
 /// A `repo` given as a git URL: the remote must answer (`git ls-remote`, bounded by git's
-/// timeout) and have the base branch. The URL is kept as given; the service clones it when work
-/// starts (`work::remote`).
+/// timeout) and have the base branch. The service clones it when work starts (`work::remote`).
+/// A `file://` URL is kept as the URL of its real path (what its scope was judged on, so what
+/// git reads is what was allowed); any other is kept as given, and refused with a `.` or `..`
+/// segment. The scope is checked before the remote is asked anything.
 async fn parse_remote_repo(
     repo: String,
     base_branch: &str,
     checks: &RepoChecks,
     git_timeout: Duration,
+    scope: RepoScope<'_>,
 ) -> Result<String, IntakeError> {
     if repo.chars().any(char::is_whitespace) {
         return Err(IntakeError::InvalidField(format!(
             "repo `{repo}` is not a URL: it holds whitespace"
         )));
     }
-    if checks.recently_found(&repo, base_branch).is_some() {
-        return Ok(repo);
+    let url = match scope::file_url_path(&repo) {
+        Some(path) => {
+            let resolved = scope::resolve_local(&repo, Path::new(&path)).await?;
+            scope.check(&repo, &scope::path_forms(&resolved.path))?;
+            scope::file_url_of(&resolved.path)
+        }
+        None => {
+            scope::check_url_segments(&repo)?;
+            scope.check(&repo, std::slice::from_ref(&repo))?;
+            repo.clone()
+        }
+    };
+    if checks.recently_found(&url, base_branch).is_some() {
+        return Ok(url);
     }
     let reference = format!("refs/heads/{base_branch}");
     let listed = Git::new("/", git_timeout)
-        .run(&["ls-remote", "--heads", &repo, &reference])
+        .run(&["ls-remote", "--heads", &url, &reference])
         .await
         .map_err(|error| {
             IntakeError::unknown(
@@ -841,8 +900,8 @@ async fn parse_remote_repo(
             format!("{repo} has no branch `{base_branch}`"),
         ));
     }
-    checks.found(&repo, base_branch, &repo);
-    Ok(repo)
+    checks.found(&url, base_branch, &url);
+    Ok(url)
 }
 
 /// Where the canonical `dir` sits in a repository: gix in-process (no git process per
@@ -863,33 +922,18 @@ fn utf8(path: PathBuf, repo: &str) -> Result<String, IntakeError> {
     })
 }
 
-/// What the caller's token (and `server.repos`, for everyone) allows: the repository must match
-/// a glob of `server.repos` and one of the token's `repos` (an empty list allows any); a token's
-/// task charges only an account it may charge; engines other than the persona files' need a token
-/// with `engines`.
+/// What the caller's token allows besides its repositories (checked by [`parse_repo_in`]): a
+/// token's task charges only an account it may charge; engines other than the persona files'
+/// need a token with `engines`.
 fn check_scope(
-    allowed_repos: &[String],
     caller: Option<&Principal>,
-    repo: &str,
     account: &str,
     engines: &EngineOverrides,
 ) -> Result<(), IntakeError> {
     let forbidden = |code, message: String| Err(IntakeError::Forbidden { code, message });
-    if !matches_any(allowed_repos, repo) {
-        return forbidden(
-            codes::REPO_NOT_ALLOWED,
-            format!("repo `{repo}` is outside `server.repos`"),
-        );
-    }
     let Some(caller) = caller else {
         return Ok(());
     };
-    if !matches_any(&caller.repos, repo) {
-        return forbidden(
-            codes::REPO_NOT_ALLOWED,
-            format!("token `{}` may not use repo `{repo}`", caller.name),
-        );
-    }
     if !caller.may_charge(account) {
         return forbidden(
             codes::ACCOUNT_NOT_ALLOWED,
@@ -912,14 +956,6 @@ fn check_scope(
         );
     }
     Ok(())
-}
-
-/// Whether `path` matches one of `globs` (an empty list matches everything).
-fn matches_any(globs: &[String], path: &str) -> bool {
-    globs.is_empty()
-        || globs
-            .iter()
-            .any(|glob| globset::Glob::new(glob).is_ok_and(|g| g.compile_matcher().is_match(path)))
 }
 
 /// Why a reservation was refused, for the client. A token's own `user:<name>` account is not

@@ -12,5 +12,6 @@ pub(crate) mod merge_queue;
 pub(crate) mod metering;
 pub(crate) mod ops;
 pub(crate) mod remote;
+pub(crate) mod secret_scan;
 pub(crate) mod transitions;
 pub(crate) mod verify;

@@ -254,6 +254,132 @@ async fn a_submitter_is_held_to_its_scopes_and_its_tasks_name_it() {
         .all(|e| e["principal"] == "ci" && e["status"].as_u64().unwrap() < 300));
 }
 
+/// Issue 21, item 6: a token's repository globs are matched on the canonical path. Every odd
+/// name of a repository outside the scope — `..`, a symlink inside an allowed dir, `//`, a
+/// trailing `/`, `file://` URLs (plain, percent-encoded, with a host) — is refused exactly as
+/// the same name of a repository that does not exist is (so a refusal tells nothing of what
+/// exists, nor of a branch there); odd names that resolve inside the scope are accepted and
+/// stored under the canonical path.
+#[tokio::test]
+async fn token_scopes_are_judged_on_canonical_paths_and_tell_nothing_outside() {
+    let root = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(root.path()).unwrap();
+    let base = base.display().to_string();
+    let allowed = git_repo(&root.path().join("allowed"));
+    git_repo(&root.path().join("victim"));
+    let link = |name: &str, target: &str| {
+        std::os::unix::fs::symlink(format!("{base}/{target}"), format!("{base}/allowed/{name}"))
+            .unwrap();
+    };
+    link("to-victim", "victim/repo");
+    link("to-ghost", "ghost/repo");
+    link("alias", "allowed/repo");
+    let service = Service::start(root.path()).await;
+    // Both globs as a client would write them: the path, and its file:// URL (which, matched as
+    // text, let `file://.../allowed/../victim` through).
+    let globs = [
+        format!("{base}/allowed/*"),
+        format!("file://{base}/allowed/*"),
+    ];
+    let secret = make_token(
+        &service,
+        json!({"name": "ci", "role": "submitter", "repos": globs}),
+    )
+    .await;
+    fund(&service, "user:ci", 100_000_000).await;
+    let ci = as_token(Some(&secret));
+    let url = format!("{}/v1/tasks", service.base);
+    let submit = |repo: String, branch: &'static str| {
+        let body = json!({"title": "t", "description": "d", "repo": repo, "verify": "true",
+                          "base_branch": branch});
+        let ci = ci.clone();
+        let url = url.clone();
+        async move { call(&ci, "POST", &url, Some(&body)).await }
+    };
+
+    // `{other}` is `victim` (exists, with `main`) or `ghost` (does not exist).
+    let outside = [
+        "{base}/allowed/../{other}/repo",
+        "{base}/allowed/repo/../../{other}/repo",
+        "{base}/allowed/to-{other}",
+        "{base}/allowed/to-{other}/",
+        "{base}//allowed//..//{other}/repo/",
+        "file://{base}/allowed/../{other}/repo",
+        "file://{base}/allowed%2F..%2F{other}/repo",
+        "file://{base}/allowed/to-{other}",
+        "file://localhost{base}/allowed/../{other}/repo",
+    ];
+    for form in outside {
+        let mut answers = Vec::new();
+        for (other, branch) in [("victim", "main"), ("victim", "nope"), ("ghost", "main")] {
+            let repo = form.replace("{base}", &base).replace("{other}", other);
+            let (status, _, answer) = submit(repo.clone(), branch).await;
+            assert_eq!(status, 403, "{repo} on {branch}: {answer}");
+            assert_eq!(
+                answer["error"]["code"], "REPO_NOT_ALLOWED",
+                "{repo}: {answer}"
+            );
+            let message = answer["error"]["message"].as_str().unwrap().to_owned();
+            assert_eq!(message, format!("token `ci` may not use repo `{repo}`"));
+            answers.push(message.replace(&repo, "<repo>"));
+        }
+        answers.dedup();
+        assert_eq!(answers.len(), 1, "{form}: {answers:?}");
+    }
+
+    // Odd names that resolve inside the scope are one repository, stored by its real path.
+    let real = format!("{base}/allowed/repo");
+    assert_eq!(
+        std::fs::canonicalize(&allowed)
+            .unwrap()
+            .display()
+            .to_string(),
+        real
+    );
+    for (repo, stored) in [
+        (format!("{base}/allowed/repo/"), real.clone()),
+        (format!("{base}//allowed/./repo"), real.clone()),
+        (format!("{base}/allowed/repo/../repo"), real.clone()),
+        (format!("{base}/allowed/alias"), real.clone()),
+        (
+            format!("file://{base}/allowed/repo"),
+            format!("file://{real}"),
+        ),
+        (
+            format!("file://{base}/allowed/alias/"),
+            format!("file://{real}"),
+        ),
+        (
+            format!("file://{base}/allowed%2Frepo"),
+            format!("file://{real}"),
+        ),
+    ] {
+        let (status, _, task) = submit(repo.clone(), "main").await;
+        assert_eq!(status, 201, "{repo}: {task}");
+        assert_eq!(task["repo"], json!(stored), "{repo}");
+    }
+    // A replay of another client's submission (same key, same body) on a repository outside
+    // the scope is refused like any other submission there, not answered with the task.
+    let victim = format!("{base}/victim/repo");
+    let body = json!({"title": "t", "description": "d", "repo": victim, "verify": "true",
+                      "idempotency_key": "shared-key"});
+    let (status, original) = service.post("/v1/tasks", &body).await;
+    assert_eq!(status, 201, "{original}");
+    let (status, _, answer) = call(&ci, "POST", &url, Some(&body)).await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(
+        answer["error"]["message"],
+        json!(format!("token `ci` may not use repo `{victim}`"))
+    );
+    // Inside the scope, what does not exist is said as before.
+    let (status, _, answer) = submit(format!("{base}/allowed/nothing"), "main").await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["error"]["code"], "NOT_A_GIT_REPOSITORY", "{answer}");
+    let (status, _, answer) = submit(real, "nope").await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["error"]["code"], "UNKNOWN_BASE_BRANCH", "{answer}");
+}
+
 #[tokio::test]
 async fn a_revoked_token_is_refused_at_once_and_no_secret_reaches_the_disk_or_the_log() {
     let root = tempfile::tempdir().unwrap();
@@ -344,6 +470,97 @@ async fn a_revoked_token_is_refused_at_once_and_no_secret_reaches_the_disk_or_th
         }
     }
     assert!(found.is_empty(), "{found:?}");
+}
+
+/// Issue 21, item 6: the data dir is private. A loose data dir is tightened to 0700 at start;
+/// nothing the service created in it (sled's files, `admin.token`, directories) is readable or
+/// writable by group or others.
+#[tokio::test]
+async fn the_data_dir_is_0700_and_nothing_in_it_is_open_to_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let options = Options {
+        no_admin_env: true,
+        ..Default::default()
+    };
+    let mut service = Service::start_with(root.path(), options).await;
+    let mode = |path: &std::path::Path| {
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&data), 0o700);
+    assert!(service.log().contains("made it 0700"), "{}", service.log());
+    // A clean stop: sled flushes and writes everything it has.
+    service.terminate(std::time::Duration::from_secs(20));
+    let mut checked = Vec::new();
+    let mut pending = vec![data.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(path.clone());
+            }
+            assert_eq!(
+                mode(&path) & 0o077,
+                0,
+                "{} is {:o}",
+                path.display(),
+                mode(&path)
+            );
+            checked.push(path);
+        }
+    }
+    assert!(
+        checked.iter().any(|p| p.ends_with("admin.token")),
+        "{checked:?}"
+    );
+    assert!(checked.iter().any(|p| p.ends_with("db")), "{checked:?}");
+}
+
+/// The `Umask:` line of `/proc/<pid>/status` (`self` for this test process).
+fn umask_of(pid: &str) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
+}
+
+/// Issue 21, item 6: the service runs with umask 077, but the commands it runs (git, engines)
+/// get the umask it was started with: what they write in the user's repository is the user's.
+#[tokio::test]
+async fn the_service_is_private_but_its_commands_keep_the_inherited_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    assert_eq!(umask_of(&service.pid().to_string()), 0o077);
+    let inherited = umask_of("self");
+    let patch = "touch made.txt && stat -c %a made.txt > mode.txt";
+    let task = service.submit(&shell_task(&repo, patch, "true")).await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    let mode = crate::helpers::git(&repo, &["show", "main:mode.txt"]);
+    assert_eq!(
+        mode,
+        format!("{:o}", 0o666 & !inherited),
+        "inherited umask {inherited:o}"
+    );
+    // What the service writes itself during a task is private: the builtin engine's note.
+    let body = json!({"title": "t", "description": "d", "repo": repo, "verify": "true"});
+    let task = service.submit(&body).await;
+    let id = task["id"].as_str().unwrap();
+    let task = service.wait_until_finished(id).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    let note = root.path().join(format!("data/notes/{id}.md"));
+    let mode = std::fs::metadata(&note).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", note.display());
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

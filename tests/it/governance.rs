@@ -335,6 +335,93 @@ async fn a_secret_in_any_encoding_is_nowhere_in_the_records_or_the_data_dir() {
     }
 }
 
+/// Issue 21, item 5: an engine that writes a secret value into the change (plain in one file,
+/// base64 in another) fails the task `SECRET_IN_CHANGE` naming the files and not the value;
+/// nothing is committed and the staged edits are gone from the data dir. A branch that gets such
+/// a value from elsewhere is served by the diff route redacted.
+#[tokio::test]
+async fn a_secret_written_into_the_change_is_never_committed_or_served() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let secret = "hunter2>>>7f3a9c???very-secret";
+    let forms = encodings_of(secret);
+    std::fs::create_dir_all(root.path().join("actors")).unwrap();
+    std::fs::write(
+        root.path().join("actors/patch.md"),
+        "---\nname: patch\nrole: implementer\nenv: [GLITCHLAB_TEST_SECRET]\ntools:\n  allow: [sh, echo, printf, base64]\n---\nYou are Patch.\n",
+    )
+    .unwrap();
+    let options = Options {
+        config: Some("[governance]\nsecrets = [\"GLITCHLAB_TEST_SECRET\"]\n".into()),
+        env: vec![("GLITCHLAB_TEST_SECRET".into(), secret.into())],
+        ..Default::default()
+    };
+    let service = Service::start_with(root.path(), options).await;
+    let patch = "printf 'key=%s\\n' \"$GLITCHLAB_TEST_SECRET\" > config.env; \
+        printf %s \"$GLITCHLAB_TEST_SECRET\" | base64 > encoded.txt; echo ok > ok.txt";
+    let mut body = shell_task(&repo, patch, "true");
+    body["max_attempts"] = json!(1);
+    let task = service.submit(&body).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let task = service.wait_until_finished(&id).await;
+
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["error"]["code"], "SECRET_IN_CHANGE", "{task:#}");
+    let message = task["error"]["message"].as_str().unwrap();
+    assert!(message.contains("config.env"), "{message}");
+    assert!(message.contains("encoded.txt"), "{message}");
+    assert!(!message.contains("ok.txt"), "{message}");
+    // Nothing reached a commit: the branch is where the base is, and no commit of any ref holds
+    // any form of the value.
+    let branch = format!("refs/heads/glitchlab/{id}");
+    assert_eq!(
+        git(&repo, &["rev-parse", &branch]),
+        git(&repo, &["rev-parse", "main"])
+    );
+    let history = git(&repo, &["log", "--all", "-p", "--format=%H %s"]);
+    // The staged edits were discarded: no file of the data dir holds the value.
+    let files = all_bytes(&root.path().join("data"));
+    for form in &forms {
+        assert!(!message.contains(form.as_str()), "{form} in {message}");
+        assert!(
+            !history.contains(form.as_str()),
+            "{form} committed: {history}"
+        );
+        for (path, bytes) in &files {
+            let found = bytes.windows(form.len()).any(|w| w == form.as_bytes());
+            assert!(!found, "{form} is in {}", path.display());
+        }
+    }
+
+    // A commit made outside the service (a human, an engine's own commit) puts the value on the
+    // branch, plain and base64: the diff route serves it redacted.
+    git(&repo, &["checkout", "-q", "-b", "planted"]);
+    std::fs::write(
+        repo.join("leak.txt"),
+        format!("plain {secret}\nbase64 {}\n", forms[2]),
+    )
+    .unwrap();
+    git(&repo, &["add", "leak.txt"]);
+    git(&repo, &["commit", "-q", "-m", "planted"]);
+    git(&repo, &["checkout", "-q", "main"]);
+    git(&repo, &["update-ref", &branch, "planted"]);
+    let response = service
+        .request(reqwest::Method::GET, &format!("/v1/tasks/{id}/diff"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("leak.txt"), "{text}");
+    assert!(
+        text.contains("+plain [REDACTED:GLITCHLAB_TEST_SECRET]"),
+        "{text}"
+    );
+    for form in &forms {
+        assert!(!text.contains(form.as_str()), "{form} served: {text}");
+    }
+}
+
 #[tokio::test]
 async fn a_confined_engine_cannot_write_outside_its_worktree() {
     let root = tempfile::tempdir().unwrap();

@@ -1,7 +1,9 @@
 //! `GET /v1/tasks/{id}/diff`: what a task's branch changes against its base, so a reviewer can
 //! look at the work before approving it (the web control plane's task page shows it). Computed by
 //! the `git` binary through [`Git`] (with `git.timeout_secs`), and bounded: at most
-//! [`DIFF_BYTES_MAX`] bytes are answered, with `truncated` saying when there was more.
+//! [`DIFF_BYTES_MAX`] bytes are answered, with `truncated` saying when there was more. The text
+//! goes through the service's redactor first, as every other output does: a secret value in a
+//! change (plain or encoded) is served as `[REDACTED:<NAME>]`.
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -93,7 +95,9 @@ pub(crate) async fn diff(
     } else {
         ("none", String::new())
     };
-    let (diff, truncated) = bounded(text);
+    // Like every other output: a secret value a change holds (plain or encoded) is never served.
+    // Redacted before the cut, so no cut can leave part of a value standing.
+    let (diff, truncated) = bounded(app.services.redactor.redact(&text));
     Ok(Json(TaskDiff {
         branch,
         base: task.base_branch,
