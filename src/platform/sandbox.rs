@@ -22,6 +22,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use landlock::{
@@ -31,6 +32,12 @@ use landlock::{
 
 use crate::config::LimitsConfig;
 use crate::platform::process::{self, CommandOutput, CommandSpec};
+
+mod owner;
+mod supervise;
+mod tree;
+
+use owner::{RunAs, UidLease, UidPool};
 
 /// The hidden subcommand that applies the sandbox and execs the command.
 pub const SANDBOX_SUBCOMMAND: &str = "sandbox-exec";
@@ -109,6 +116,9 @@ pub struct Jail {
     pub readable: Vec<PathBuf>,
     /// The host network (`network: true` of its persona); otherwise an empty namespace.
     pub network: bool,
+    /// The run's own dirs (its worktree and temp dir) whose total size `disk_bytes` bounds;
+    /// empty: not measured.
+    pub disk: Vec<PathBuf>,
 }
 
 /// The layers that work on this host, found once at start.
@@ -124,6 +134,8 @@ pub struct Sandbox {
     cgroups: Vec<CgroupParent>,
     /// The limits every run gets.
     limits: LimitsConfig,
+    /// The uids runs drop to, when the service is root and an unprivileged `bwrap` works.
+    uids: Option<Arc<UidPool>>,
 }
 
 /// A cgroup controller a run's limits use.
@@ -191,6 +203,8 @@ struct RunCgroup {
 pub struct Confined {
     cgroups: Vec<RunCgroup>,
     bwrap: bool,
+    /// The run's uid, given back to the pool when the run is settled or dropped.
+    _uid: Option<UidLease>,
 }
 
 impl Confined {
@@ -210,8 +224,9 @@ impl Drop for Confined {
 }
 
 impl Sandbox {
-    /// Finds what works here, logs what is missing, and applies `mode`: `off` gives `None`;
-    /// `required` fails unless namespaces and Landlock both work; `auto` takes what there is.
+    /// Finds what works here, logs what is missing and which limit is enforced how, and
+    /// applies `mode`: `off` gives `None`; `required` fails unless namespaces and Landlock both
+    /// work and every limit is enforced; `auto` takes what there is.
     pub async fn detect(mode: SandboxMode, limits: LimitsConfig) -> Result<Option<Self>, String> {
         if mode == SandboxMode::Off {
             tracing::warn!(
@@ -221,7 +236,9 @@ impl Sandbox {
         }
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
         let landlock = landlock_enforced();
-        let bwrap = probe_bwrap().await;
+        let pool = (is_root() && limits.sandbox_uid_count > 0)
+            .then(|| UidPool::new(limits.sandbox_uid_base, limits.sandbox_uid_count));
+        let (bwrap, uids) = probe_namespaces(&exe, pool, &limits).await;
         if mode == SandboxMode::Required {
             if let Err(reason) = &bwrap {
                 return Err(format!("namespaces: {reason}"));
@@ -237,19 +254,12 @@ impl Sandbox {
             tracing::warn!(%reason, "Landlock unavailable: engine and verify processes may write wherever their uid may");
         }
         let mut cgroups = Vec::new();
-        match cgroup_parent(Controller::Pids) {
-            Ok(parent) => cgroups.push(parent),
-            Err(reason) => {
-                // SAFETY: geteuid reads the caller's credentials; it cannot fail.
-                if unsafe { libc::geteuid() } == 0 {
-                    tracing::warn!(%reason, "no writable pids cgroup: the process limit is not enforced (root ignores RLIMIT_NPROC)");
+        for controller in [Controller::Pids, Controller::Memory] {
+            match cgroup_parent(controller) {
+                Ok(parent) => cgroups.push(parent),
+                Err(reason) => {
+                    tracing::info!(controller = controller.name(), %reason, "no writable cgroup");
                 }
-            }
-        }
-        match cgroup_parent(Controller::Memory) {
-            Ok(parent) => cgroups.push(parent),
-            Err(reason) => {
-                tracing::warn!(%reason, "no writable memory cgroup: the memory limit is an address-space limit (RLIMIT_AS), which the JVM and the like may not start under");
             }
         }
         let sandbox = Self {
@@ -258,7 +268,9 @@ impl Sandbox {
             landlock: landlock.is_ok(),
             cgroups,
             limits,
+            uids,
         };
+        sandbox.log_enforcement(mode)?;
         let cgroups: Vec<String> = sandbox
             .cgroups
             .iter()
@@ -270,6 +282,56 @@ impl Sandbox {
             "engine and verify processes are sandboxed"
         );
         Ok(Some(sandbox))
+    }
+
+    /// Logs each limit and what enforces it; with `required`, a limit nothing enforces stops
+    /// the start.
+    fn log_enforcement(&self, mode: SandboxMode) -> Result<(), String> {
+        for (limit, enforced_by) in self.enforcement(is_root()) {
+            match enforced_by {
+                Some(by) => tracing::info!(limit, enforced_by = %by, "sandbox limit enforced"),
+                None if limit == "processes" => {
+                    let reason = "the service is root, runs cannot drop to an unprivileged uid (`bwrap` unavailable, refused or `sandbox_uid_count = 0`) and no pids cgroup is writable; root ignores RLIMIT_NPROC";
+                    if mode == SandboxMode::Required {
+                        return Err(format!("the process limit cannot be enforced: {reason}"));
+                    }
+                    tracing::warn!(limit, reason, "the process limit is not enforced");
+                }
+                None => tracing::warn!(limit, "sandbox limit not enforced"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Each limit and what enforces it here (`None`: nothing).
+    fn enforcement(&self, root: bool) -> Vec<(&'static str, Option<String>)> {
+        let has = |controller| self.cgroups.iter().any(|c| c.controller == controller);
+        let limits = &self.limits;
+        let processes = match (&self.uids, has(Controller::Pids)) {
+            (Some(_), true) => Some("uid drop (RLIMIT_NPROC) + pids cgroup".to_owned()),
+            (Some(_), false) => Some("uid drop (RLIMIT_NPROC)".to_owned()),
+            (None, true) => Some("pids cgroup".to_owned()),
+            (None, false) if !root => Some("RLIMIT_NPROC of the service's uid".to_owned()),
+            (None, false) => None,
+        };
+        let memory = if has(Controller::Memory) {
+            "memory cgroup"
+        } else {
+            "RLIMIT_AS"
+        };
+        let tmp = self
+            .bwrap
+            .as_ref()
+            .map(|_| format!("tmpfs size {}", limits.tmp_bytes));
+        vec![
+            ("processes", processes),
+            ("memory", Some(memory.to_owned())),
+            ("disk", Some(format!("watcher, disk_bytes {}", limits.disk_bytes))),
+            ("tmp", tmp),
+            ("cpu", Some("RLIMIT_CPU".to_owned())),
+            ("file_size", Some("RLIMIT_FSIZE".to_owned())),
+            ("open_files", Some("RLIMIT_NOFILE".to_owned())),
+        ]
     }
 
     /// The layers in force, as recorded on each run: `bwrap+landlock`, `bwrap`, `landlock` or
@@ -287,9 +349,14 @@ impl Sandbox {
     /// cgroup; give it back to [`Self::settle`] with the output.
     pub fn wrap(&self, jail: &Jail, spec: &mut CommandSpec) -> Confined {
         let run = uuid::Uuid::now_v7().to_string();
+        let lease = match (&self.bwrap, &self.uids) {
+            (Some(_), Some(pool)) => Some(pool.lease(&jail.cwd)),
+            _ => None,
+        };
         let mut confined = Confined {
             cgroups: Vec::new(),
             bwrap: self.bwrap.is_some(),
+            _uid: None,
         };
         for parent in &self.cgroups {
             let dir = parent.parent.join(&run);
@@ -315,6 +382,22 @@ impl Sandbox {
         for (name, value) in self.rlimits() {
             outer.extend(["--rlimit".to_owned(), format!("{name}={value}")]);
         }
+        if let Some(lease) = &lease {
+            outer.extend(["--user".to_owned(), lease.run_as.arg()]);
+            for dir in owned_dirs(jail) {
+                outer.extend(["--own".to_owned(), dir.display().to_string()]);
+            }
+        }
+        for dir in &jail.disk {
+            outer.extend(["--watch".to_owned(), dir.display().to_string()]);
+        }
+        if !jail.disk.is_empty() {
+            outer.extend([
+                "--disk-bytes".to_owned(),
+                self.limits.disk_bytes.to_string(),
+            ]);
+        }
+        confined._uid = lease;
         let landlock_args = |args: &mut Vec<String>| {
             if self.landlock {
                 for dir in &jail.writable {
@@ -330,7 +413,7 @@ impl Sandbox {
             Some(bwrap) => {
                 outer.extend(["--no-landlock".to_owned(), "--".to_owned()]);
                 outer.push(bwrap.display().to_string());
-                outer.extend(bwrap_args(jail, &self.exe));
+                outer.extend(bwrap_args(jail, &self.exe, self.limits.tmp_bytes));
                 outer.push("--".to_owned());
                 if self.landlock {
                     outer.push(self.exe.display().to_string());
@@ -387,6 +470,7 @@ impl Sandbox {
         Some(Confined {
             cgroups: Vec::new(),
             bwrap: true,
+            _uid: None,
         })
     }
 
@@ -462,6 +546,7 @@ impl Sandbox {
             Limit::Cpu => format!("CPU time limit ({} s)", limits.cpu_secs),
             Limit::FileSize => format!("file size limit ({} bytes)", limits.file_bytes),
             Limit::OpenFiles => format!("open files limit ({})", limits.open_files),
+            Limit::Disk => format!("disk limit (disk_bytes {})", limits.disk_bytes),
         }
     }
 
@@ -493,6 +578,7 @@ enum Limit {
     Cpu,
     FileSize,
     OpenFiles,
+    Disk,
 }
 
 /// Reads a failed run's end for the marks each limit leaves: the cgroups' counts of refused
@@ -507,7 +593,8 @@ fn limit_hit(cgroup_hit: Option<Limit>, signal: Option<i32>, output: &str) -> Op
         Some(libc::SIGXFSZ) => return Some(Limit::FileSize),
         _ => {}
     }
-    const MARKS: [(&str, Limit); 12] = [
+    const MARKS: [(&str, Limit); 13] = [
+        (supervise::DISK_MARK, Limit::Disk),
         ("Cannot fork", Limit::Processes),
         ("fork: Resource temporarily unavailable", Limit::Processes),
         ("fork: retry", Limit::Processes),
@@ -539,7 +626,7 @@ fn counted(events: &str, key: &str) -> bool {
 }
 
 /// The `bwrap` arguments (before `--`) of a jail.
-fn bwrap_args(jail: &Jail, exe: &Path) -> Vec<String> {
+fn bwrap_args(jail: &Jail, exe: &Path, tmp_bytes: u64) -> Vec<String> {
     let mut args: Vec<String> = [
         "--unshare-user",
         "--unshare-pid",
@@ -583,7 +670,9 @@ fn bwrap_args(jail: &Jail, exe: &Path) -> Vec<String> {
             push(&["--tmpfs", dir]);
         }
     }
-    push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+    let tmp_bytes = tmp_bytes.to_string();
+    push(&["--proc", "/proc", "--dev", "/dev"]);
+    push(&["--size", &tmp_bytes, "--tmpfs", "/tmp"]);
     for (path, writable) in binds(jail, exe) {
         let path = path.display().to_string();
         push(&[if writable { "--bind" } else { "--ro-bind" }, &path, &path]);
@@ -664,50 +753,96 @@ fn binds(jail: &Jail, exe: &Path) -> Vec<(PathBuf, bool)> {
     binds
 }
 
-/// Runs `bwrap` with the namespaces and uid of a real run around `true`.
-async fn probe_bwrap() -> Result<PathBuf, String> {
-    let bwrap =
-        find_program("bwrap").ok_or("`bwrap` is not installed (apt-get install bubblewrap)")?;
+/// Finds `bwrap` and probes it the way runs will use it: as the pool's probe uid through
+/// `sandbox-exec --user` when the service is root (then runs drop to the pool's uids), else (or
+/// when that fails) as the service's own uid.
+async fn probe_namespaces(
+    exe: &Path,
+    pool: Option<Arc<UidPool>>,
+    limits: &LimitsConfig,
+) -> (Result<PathBuf, String>, Option<Arc<UidPool>>) {
+    let Some(bwrap) = find_program("bwrap") else {
+        let reason = "`bwrap` is not installed (apt-get install bubblewrap)".to_owned();
+        return (Err(reason), None);
+    };
+    if let Some(pool) = pool {
+        match probe_bwrap(&bwrap, exe, Some(pool.probe_identity()), limits).await {
+            Ok(()) => return (Ok(bwrap), Some(pool)),
+            Err(reason) => {
+                tracing::warn!(%reason, "`bwrap` cannot run as an unprivileged uid: runs stay host root in their user namespace");
+            }
+        }
+    }
+    let plain = probe_bwrap(&bwrap, exe, None, limits).await;
+    (plain.map(|()| bwrap), None)
+}
+
+/// Runs `true` in the namespaces, binds and `/tmp` of a real run, as `run_as` when given.
+async fn probe_bwrap(
+    bwrap: &Path,
+    exe: &Path,
+    run_as: Option<RunAs>,
+    limits: &LimitsConfig,
+) -> Result<(), String> {
+    let jail = Jail {
+        cwd: PathBuf::from("/"),
+        ..Jail::default()
+    };
     let mut spec = CommandSpec::shell("", std::env::temp_dir(), PROBE_TIMEOUT, 4096);
     spec.program = bwrap.display().to_string();
-    spec.args = [
-        "--unshare-user",
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--unshare-net",
-        "--uid",
-        SANDBOX_ID,
-        "--gid",
-        SANDBOX_ID,
-        "--cap-drop",
-        "ALL",
-        "--die-with-parent",
-        "--new-session",
-        "--ro-bind",
-        "/",
-        "/",
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--tmpfs",
-        "/tmp",
-        "true",
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    spec.args = bwrap_args(&jail, exe, limits.tmp_bytes);
+    spec.args.extend(["--".to_owned(), "true".to_owned()]);
+    if let Some(run_as) = run_as {
+        let mut args = vec![
+            SANDBOX_SUBCOMMAND.to_owned(),
+            "--user".to_owned(),
+            run_as.arg(),
+            "--no-landlock".to_owned(),
+            "--".to_owned(),
+            std::mem::take(&mut spec.program),
+        ];
+        args.append(&mut spec.args);
+        spec.program = exe.display().to_string();
+        spec.args = args;
+    }
     let output = process::run(&spec)
         .await
         .map_err(|error| error.to_string())?;
     if output.success() {
-        Ok(bwrap)
+        Ok(())
     } else {
         Err(format!(
             "`bwrap` cannot create namespaces here: {}",
             output.stderr.text.trim()
         ))
     }
+}
+
+/// Whether the service runs as root (whose runs `RLIMIT_NPROC` does not bind).
+fn is_root() -> bool {
+    // SAFETY: geteuid reads the caller's credentials; it cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The writable dirs handed to the run's uid: the jail's, less `/dev`, the system's and any
+/// inside another one listed (walked with it).
+fn owned_dirs(jail: &Jail) -> Vec<PathBuf> {
+    const NEVER: [&str; 8] = ["/dev", "/proc", "/sys", "/etc", "/boot", "/run", "/var/run", "/usr"];
+    let system = |dir: &Path| {
+        dir == Path::new("/")
+            || NEVER.iter().chain(SYSTEM_DIRS.iter()).any(|s| dir.starts_with(s))
+    };
+    let candidates: Vec<&PathBuf> = jail.writable.iter().filter(|d| !system(d)).collect();
+    let mut owned: Vec<PathBuf> = Vec::new();
+    for dir in &candidates {
+        let inside_other = candidates
+            .iter()
+            .any(|other| other != dir && dir.starts_with(other));
+        if !inside_other && !owned.contains(dir) {
+            owned.push((*dir).clone());
+        }
+    }
+    owned
 }
 
 /// `name` on `PATH`.
@@ -838,36 +973,39 @@ struct ExecArgs {
     landlock: bool,
     cgroups: Vec<PathBuf>,
     rlimits: Vec<(String, u64)>,
+    /// The uid to drop to (then the command is `bwrap`, whose binds are staged).
+    run_as: Option<RunAs>,
+    /// Dirs handed to `run_as` first.
+    own: Vec<PathBuf>,
+    /// Dirs whose total size is watched.
+    watch: Vec<PathBuf>,
+    disk_bytes: u64,
     command: Vec<OsString>,
 }
 
-/// `glitchlab sandbox-exec [--cgroup DIR] [--rlimit NAME=N]... [--no-landlock | --write DIR...]
-/// -- PROGRAM ARGS...`: join the cgroup, set the limits, confine, then exec. Never returns; on
-/// failure it exits 126 with the reason on stderr.
+/// `glitchlab sandbox-exec [--cgroup DIR] [--rlimit NAME=N]... [--user UID:GID [--own DIR]...]
+/// [--watch DIR... --disk-bytes N] [--no-landlock | --write DIR...] -- PROGRAM ARGS...`: hand
+/// the dirs over, join the cgroup, set the limits, confine, then exec — or, to drop to a uid or
+/// watch the disk, start the command and stay until it ends. Never returns; on failure it
+/// exits 126 with the reason on stderr.
 pub fn exec_main(args: Vec<OsString>) -> ! {
     use std::os::unix::process::CommandExt;
-    let parsed = match parse(args) {
+    let mut parsed = match parse(args) {
         Ok(parsed) => parsed,
         Err(reason) => fail(&reason),
     };
-    for dir in &parsed.cgroups {
-        if let Err(error) = std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
-        {
-            fail(&format!(
-                "cannot join the cgroup {}: {error}",
-                dir.display()
-            ));
-        }
+    if let Err(reason) = apply(&parsed) {
+        fail(&reason);
     }
-    for (name, value) in &parsed.rlimits {
-        if let Err(reason) = set_rlimit(name, *value) {
-            fail(&reason);
-        }
-    }
-    if parsed.landlock {
-        match ruleset(&parsed.writable) {
-            Ok(RulesetStatus::NotEnforced) => fail("the kernel does not enforce Landlock"),
-            Ok(_) => {}
+    if parsed.run_as.is_some() || !parsed.watch.is_empty() {
+        let supervised = supervise::Supervised {
+            command: std::mem::take(&mut parsed.command),
+            run_as: parsed.run_as,
+            watch: std::mem::take(&mut parsed.watch),
+            disk_bytes: parsed.disk_bytes,
+        };
+        match supervise::run(supervised) {
+            Ok(code) => std::process::exit(code),
             Err(reason) => fail(&reason),
         }
     }
@@ -879,6 +1017,30 @@ pub fn exec_main(args: Vec<OsString>) -> ! {
         "could not start {}: {error}",
         program.to_string_lossy()
     ))
+}
+
+/// Everything `sandbox-exec` does to itself before it starts the command.
+fn apply(parsed: &ExecArgs) -> Result<(), String> {
+    if let Some(run_as) = parsed.run_as {
+        owner::hand_over(&parsed.own, run_as)
+            .map_err(|error| format!("cannot hand the run's dirs to uid {}: {error}", run_as.uid))?;
+    }
+    for dir in &parsed.cgroups {
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+            .map_err(|error| format!("cannot join the cgroup {}: {error}", dir.display()))?;
+    }
+    for (name, value) in &parsed.rlimits {
+        set_rlimit(name, *value)?;
+    }
+    if parsed.landlock {
+        match ruleset(&parsed.writable)? {
+            RulesetStatus::NotEnforced => {
+                return Err("the kernel does not enforce Landlock".into());
+            }
+            RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced => {}
+        }
+    }
+    Ok(())
 }
 
 /// Lowers one limit (soft and hard) to `value`, never above the current hard limit. CPU time
@@ -930,33 +1092,55 @@ fn parse(args: Vec<OsString>) -> Result<ExecArgs, String> {
     };
     let mut iter = args.into_iter();
     while let Some(arg) = iter.next() {
-        match arg.to_str() {
-            Some("--write") => parsed.writable.push(PathBuf::from(
-                iter.next().ok_or("--write needs a directory")?,
-            )),
-            Some("--cgroup") => parsed.cgroups.push(PathBuf::from(
-                iter.next().ok_or("--cgroup needs a directory")?,
-            )),
-            Some("--rlimit") => {
-                let spec = iter.next().ok_or("--rlimit needs NAME=N")?;
-                let spec = spec.to_string_lossy();
-                let (name, value) = spec
-                    .split_once('=')
-                    .ok_or_else(|| format!("--rlimit {spec}: expected NAME=N"))?;
-                let value = value
-                    .parse::<u64>()
-                    .map_err(|e| format!("--rlimit {spec}: {e}"))?;
-                parsed.rlimits.push((name.to_owned(), value));
+        let Some(flag) = arg.to_str() else {
+            return Err(format!("unexpected argument {}", arg.to_string_lossy()));
+        };
+        if flag == "--" {
+            parsed.command = iter.collect();
+            if parsed.run_as.is_none() && !parsed.own.is_empty() {
+                return Err("--own needs --user".into());
             }
-            Some("--no-landlock") => parsed.landlock = false,
-            Some("--") => {
-                parsed.command = iter.collect();
-                return Ok(parsed);
-            }
-            _ => return Err(format!("unexpected argument {}", arg.to_string_lossy())),
+            return Ok(parsed);
         }
+        if flag == "--no-landlock" {
+            parsed.landlock = false;
+            continue;
+        }
+        let value = iter
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value"))?;
+        parse_valued(&mut parsed, flag, value)?;
     }
     Err("missing -- before the command".into())
+}
+
+/// One option that takes a value.
+fn parse_valued(parsed: &mut ExecArgs, flag: &str, path: OsString) -> Result<(), String> {
+    let value = path.to_string_lossy().into_owned();
+    let value = value.as_str();
+    match flag {
+        "--write" => parsed.writable.push(PathBuf::from(path)),
+        "--cgroup" => parsed.cgroups.push(PathBuf::from(path)),
+        "--own" => parsed.own.push(PathBuf::from(path)),
+        "--watch" => parsed.watch.push(PathBuf::from(path)),
+        "--user" => parsed.run_as = Some(RunAs::parse(value)?),
+        "--disk-bytes" => {
+            parsed.disk_bytes = value
+                .parse::<u64>()
+                .map_err(|e| format!("--disk-bytes {value}: {e}"))?;
+        }
+        "--rlimit" => {
+            let (name, number) = value
+                .split_once('=')
+                .ok_or_else(|| format!("--rlimit {value}: expected NAME=N"))?;
+            let number = number
+                .parse::<u64>()
+                .map_err(|e| format!("--rlimit {value}: {e}"))?;
+            parsed.rlimits.push((name.to_owned(), number));
+        }
+        _ => return Err(format!("unexpected argument {flag}")),
+    }
+    Ok(())
 }
 
 fn fail(reason: &str) -> ! {
@@ -975,6 +1159,7 @@ mod tests {
             landlock: false,
             cgroups: Vec::new(),
             limits: LimitsConfig::default(),
+            uids: None,
         }
     }
 
@@ -1044,6 +1229,7 @@ mod tests {
             writable: vec![gitdir.clone(), repo_git.clone()],
             readable: vec![repo_git.clone(), root.path().join("missing")],
             network: false,
+            disk: Vec::new(),
         };
         let binds = binds(&jail, Path::new("/nonexistent/glitchlab"));
         assert_eq!(binds[0], (root.path().to_path_buf(), false));

@@ -349,6 +349,7 @@ async fn jail(
         writable,
         readable,
         network: services.definitions.network_allowed(persona),
+        disk: vec![cwd.to_path_buf(), temp_dir.to_path_buf()],
     }
 }
 
