@@ -37,7 +37,7 @@ mod owner;
 mod supervise;
 mod tree;
 
-use owner::{RunAs, UidLease, UidPool};
+use owner::{RunAs, Share, UidLease, UidPool};
 
 /// The hidden subcommand that applies the sandbox and execs the command.
 pub const SANDBOX_SUBCOMMAND: &str = "sandbox-exec";
@@ -384,8 +384,12 @@ impl Sandbox {
         }
         if let Some(lease) = &lease {
             outer.extend(["--user".to_owned(), lease.run_as.arg()]);
-            for dir in owned_dirs(jail) {
+            let (own, share) = handed_dirs(jail);
+            for dir in own {
                 outer.extend(["--own".to_owned(), dir.display().to_string()]);
+            }
+            for dir in share {
+                outer.extend(["--share".to_owned(), dir.display().to_string()]);
             }
         }
         for dir in &jail.disk {
@@ -824,25 +828,28 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The writable dirs handed to the run's uid: the jail's, less `/dev`, the system's and any
-/// inside another one listed (walked with it).
-fn owned_dirs(jail: &Jail) -> Vec<PathBuf> {
-    const NEVER: [&str; 8] = ["/dev", "/proc", "/sys", "/etc", "/boot", "/run", "/var/run", "/usr"];
+/// The writable dirs handed to the run's uid, less `/dev` and the system's: the run's own
+/// (`Jail::disk`, owned) and the others (shared through the group), each once.
+fn handed_dirs(jail: &Jail) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    const NEVER: [&str; 8] = [
+        "/dev", "/proc", "/sys", "/etc", "/boot", "/run", "/var/run", "/usr",
+    ];
     let system = |dir: &Path| {
-        dir == Path::new("/")
-            || NEVER.iter().chain(SYSTEM_DIRS.iter()).any(|s| dir.starts_with(s))
+        dir == Path::new("/") || NEVER.iter().chain(SYSTEM_DIRS.iter()).any(|s| dir.starts_with(s))
     };
-    let candidates: Vec<&PathBuf> = jail.writable.iter().filter(|d| !system(d)).collect();
-    let mut owned: Vec<PathBuf> = Vec::new();
-    for dir in &candidates {
-        let inside_other = candidates
-            .iter()
-            .any(|other| other != dir && dir.starts_with(other));
-        if !inside_other && !owned.contains(dir) {
-            owned.push((*dir).clone());
+    let mut own: Vec<PathBuf> = Vec::new();
+    for dir in jail.disk.iter().filter(|d| !system(d)) {
+        if !own.contains(dir) {
+            own.push(dir.clone());
         }
     }
-    owned
+    let mut share: Vec<PathBuf> = Vec::new();
+    for dir in jail.writable.iter().filter(|d| !system(d)) {
+        if !own.iter().any(|o| dir.starts_with(o)) && !share.contains(dir) {
+            share.push(dir.clone());
+        }
+    }
+    (own, share)
 }
 
 /// `name` on `PATH`.
@@ -975,15 +982,17 @@ struct ExecArgs {
     rlimits: Vec<(String, u64)>,
     /// The uid to drop to (then the command is `bwrap`, whose binds are staged).
     run_as: Option<RunAs>,
-    /// Dirs handed to `run_as` first.
+    /// Dirs handed to `run_as` first: owned, and shared through its group.
     own: Vec<PathBuf>,
+    share: Vec<PathBuf>,
     /// Dirs whose total size is watched.
     watch: Vec<PathBuf>,
     disk_bytes: u64,
     command: Vec<OsString>,
 }
 
-/// `glitchlab sandbox-exec [--cgroup DIR] [--rlimit NAME=N]... [--user UID:GID [--own DIR]...]
+/// `glitchlab sandbox-exec [--cgroup DIR] [--rlimit NAME=N]... [--user UID:GID [--own DIR]...
+/// [--share DIR]...]
 /// [--watch DIR... --disk-bytes N] [--no-landlock | --write DIR...] -- PROGRAM ARGS...`: hand
 /// the dirs over, join the cgroup, set the limits, confine, then exec — or, to drop to a uid or
 /// watch the disk, start the command and stay until it ends. Never returns; on failure it
@@ -1022,8 +1031,14 @@ pub fn exec_main(args: Vec<OsString>) -> ! {
 /// Everything `sandbox-exec` does to itself before it starts the command.
 fn apply(parsed: &ExecArgs) -> Result<(), String> {
     if let Some(run_as) = parsed.run_as {
-        owner::hand_over(&parsed.own, run_as)
-            .map_err(|error| format!("cannot hand the run's dirs to uid {}: {error}", run_as.uid))?;
+        let handed = |dirs: &[PathBuf], share| {
+            owner::hand_over(dirs, share, run_as).map_err(|error| {
+                format!("cannot hand the run's dirs to uid {}: {error}", run_as.uid)
+            })
+        };
+        // Shared first: an owned dir inside a shared one ends the run's own.
+        handed(&parsed.share, Share::Group)?;
+        handed(&parsed.own, Share::Own)?;
     }
     for dir in &parsed.cgroups {
         std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
@@ -1097,8 +1112,8 @@ fn parse(args: Vec<OsString>) -> Result<ExecArgs, String> {
         };
         if flag == "--" {
             parsed.command = iter.collect();
-            if parsed.run_as.is_none() && !parsed.own.is_empty() {
-                return Err("--own needs --user".into());
+            if parsed.run_as.is_none() && !(parsed.own.is_empty() && parsed.share.is_empty()) {
+                return Err("--own and --share need --user".into());
             }
             return Ok(parsed);
         }
@@ -1122,6 +1137,7 @@ fn parse_valued(parsed: &mut ExecArgs, flag: &str, path: OsString) -> Result<(),
         "--write" => parsed.writable.push(PathBuf::from(path)),
         "--cgroup" => parsed.cgroups.push(PathBuf::from(path)),
         "--own" => parsed.own.push(PathBuf::from(path)),
+        "--share" => parsed.share.push(PathBuf::from(path)),
         "--watch" => parsed.watch.push(PathBuf::from(path)),
         "--user" => parsed.run_as = Some(RunAs::parse(value)?),
         "--disk-bytes" => {

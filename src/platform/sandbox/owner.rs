@@ -146,20 +146,32 @@ fn slot(key: &Path, count: u32) -> u32 {
 pub(crate) struct HandOver {
     /// Entries looked at.
     pub(crate) entries: u64,
-    /// Entries whose owner or mode changed.
+    /// Entries whose owner, group or mode changed.
     pub(crate) changed: u64,
 }
 
-/// Makes every entry under `dirs` the run's: owner `run_as`, and group `rwx` on directories.
-/// Entries already so are skipped (a task's second run changes only what the service wrote
-/// since). Symlinks are changed themselves, never followed; a file with several hard links is
-/// left as it is (its other names may be outside the run's dirs).
-pub(crate) fn hand_over(dirs: &[PathBuf], run_as: RunAs) -> Result<HandOver, WalkError> {
+/// How a dir is handed to a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Share {
+    /// The run's own (its worktree, its temp dir): owner and group become the run's, so it may
+    /// do what an owner may (`chmod +x`, set times).
+    Own,
+    /// Shared with the service or other runs (the repository's `objects`, a configured extra):
+    /// the owner stays (git's ownership checks and the host's users see what they saw), the
+    /// group becomes the runs' and may read and write.
+    Group,
+}
+
+/// Hands every entry under `dirs` to `run_as` the `share` way. Entries already so are skipped
+/// (a task's second run changes only what the service wrote since). Symlinks are never
+/// followed; a file with several hard links (its other names may be outside the run's dirs) or
+/// with a set-id bit is left as it is.
+pub(crate) fn hand_over(dirs: &[PathBuf], share: Share, run_as: RunAs) -> Result<HandOver, WalkError> {
     let mut done = HandOver::default();
     for dir in dirs {
         let mut changed = 0;
         done.entries += tree::walk(dir, &mut |node| {
-            if own(node, run_as)? {
+            if hand(node, share, run_as)? {
                 changed += 1;
             }
             Ok(())
@@ -169,17 +181,29 @@ pub(crate) fn hand_over(dirs: &[PathBuf], run_as: RunAs) -> Result<HandOver, Wal
     Ok(done)
 }
 
-/// Gives one entry to `run_as`; answers whether anything changed.
-fn own(node: &Node<'_>, run_as: RunAs) -> std::io::Result<bool> {
+/// Group bits a shared file gets: the runs' group may read and write it.
+const GROUP_RW: libc::mode_t = 0o060;
+
+/// Hands one entry over; answers whether anything changed.
+fn hand(node: &Node<'_>, share: Share, run_as: RunAs) -> std::io::Result<bool> {
     let stat = node.stat;
-    let owned = stat.st_uid == run_as.uid && stat.st_gid == run_as.gid;
     let mode = stat.st_mode & 0o7777;
-    let wanted_mode = if node.is_dir() {
-        mode | GROUP_RWX
-    } else {
-        mode
+    let set_id = libc::S_ISUID | libc::S_ISGID;
+    if !node.is_dir() && (stat.st_nlink > 1 || mode & set_id != 0) {
+        return Ok(false);
+    }
+    let uid = match share {
+        Share::Own => run_as.uid,
+        Share::Group => stat.st_uid,
     };
-    if owned && mode == wanted_mode {
+    let wanted_mode = match (node.is_dir(), share) {
+        (true, _) => mode | GROUP_RWX,
+        (false, Share::Own) => mode,
+        (false, Share::Group) => mode | GROUP_RW,
+    };
+    let is_link = stat.st_mode & libc::S_IFMT == libc::S_IFLNK;
+    let mode_right = mode == wanted_mode || is_link;
+    if stat.st_uid == uid && stat.st_gid == run_as.gid && mode_right {
         return Ok(false);
     }
     let check = |done: libc::c_int| {
@@ -189,26 +213,22 @@ fn own(node: &Node<'_>, run_as: RunAs) -> std::io::Result<bool> {
             Err(std::io::Error::last_os_error())
         }
     };
-    match node.dir {
-        Some(fd) => {
-            // SAFETY: fchown and fchmod act on a directory descriptor the walk holds.
-            check(unsafe { libc::fchown(fd, run_as.uid, run_as.gid) })?;
-            // SAFETY: as above.
-            check(unsafe { libc::fchmod(fd, wanted_mode) })?;
-        }
-        None if stat.st_nlink > 1 => return Ok(false),
-        None => {
-            // SAFETY: fchownat reads a NUL-terminated name relative to a descriptor the walk
-            // holds, and does not follow a symlink.
-            check(unsafe {
-                libc::fchownat(
-                    node.parent,
-                    node.name.as_ptr(),
-                    run_as.uid,
-                    run_as.gid,
-                    libc::AT_SYMLINK_NOFOLLOW,
-                )
-            })?;
+    // SAFETY: fchownat and fchmodat read a NUL-terminated name relative to a directory
+    // descriptor the walk holds (a directory is changed through its own descriptor); neither
+    // follows a symlink.
+    unsafe {
+        match node.dir {
+            Some(fd) => {
+                check(libc::fchown(fd, uid, run_as.gid))?;
+                check(libc::fchmod(fd, wanted_mode))?;
+            }
+            None => {
+                let name = node.name.as_ptr();
+                check(libc::fchownat(node.parent, name, uid, run_as.gid, libc::AT_SYMLINK_NOFOLLOW))?;
+                if !is_link && mode != wanted_mode {
+                    check(libc::fchmodat(node.parent, name, wanted_mode, 0))?;
+                }
+            }
         }
     }
     Ok(true)
@@ -259,7 +279,7 @@ mod tests {
             eprintln!("skipping: only root may give files away");
             return;
         }
-        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let root = tempfile::tempdir().unwrap();
         let top = root.path().join("work");
         std::fs::create_dir_all(top.join("src")).unwrap();
@@ -272,14 +292,30 @@ mod tests {
             uid: 1_900_000_001,
             gid: 1_900_000_000,
         };
-        let done = hand_over(&[top.clone()], run_as).unwrap();
+        let done = hand_over(&[top.clone()], Share::Own, run_as).unwrap();
         assert_eq!(done.entries, 5);
         assert_eq!(done.changed, 4, "top, src, lib.rs, the link itself");
         let meta = std::fs::metadata(top.join("src/lib.rs")).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (run_as.uid, run_as.gid));
+        assert_eq!(meta.mode() & 0o777, 0o644, "an owned file keeps its mode");
         assert_eq!(std::fs::metadata(&top).unwrap().mode() & 0o070, 0o070);
         assert_eq!(std::fs::metadata(&outside).unwrap().uid(), 0, "not followed");
-        let again = hand_over(&[top], run_as).unwrap();
+        let again = hand_over(&[top.clone()], Share::Own, run_as).unwrap();
         assert_eq!(again.changed, 0, "nothing left to change");
+
+        // A shared dir keeps its owner; the runs' group may write it.
+        let shared = root.path().join("cache");
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::write(shared.join("entry"), "cached\n").unwrap();
+        let setuid = shared.join("setuid");
+        std::fs::write(&setuid, "").unwrap();
+        std::fs::set_permissions(&setuid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let done = hand_over(&[shared.clone()], Share::Group, run_as).unwrap();
+        assert_eq!((done.entries, done.changed), (3, 2));
+        let meta = std::fs::metadata(shared.join("entry")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, run_as.gid));
+        assert_eq!(meta.mode() & 0o060, 0o060);
+        let meta = std::fs::metadata(&setuid).unwrap();
+        assert_eq!((meta.gid(), meta.mode() & 0o7777), (0, 0o4755), "set-id left alone");
     }
 }

@@ -80,15 +80,6 @@ pub(crate) struct Supervised {
     pub(crate) disk_bytes: u64,
 }
 
-/// One bind source, staged at `target` from the descriptor `source` (opened as root).
-struct Stage {
-    /// Held open until the exec, so `source_path` names it.
-    _source: std::fs::File,
-    source_path: CString,
-    target: CString,
-    dir: bool,
-}
-
 /// Rewrites the `--bind` and `--ro-bind` sources of a `bwrap` command line (up to its `--`) to
 /// `STAGE_DIR/N`, answering the new line and each source in order.
 pub(crate) fn staged_args(command: &[OsString]) -> Result<(Vec<OsString>, Vec<PathBuf>), String> {
@@ -117,30 +108,53 @@ pub(crate) fn staged_args(command: &[OsString]) -> Result<(Vec<OsString>, Vec<Pa
     Err("no -- after the bwrap options".into())
 }
 
-/// Opens each source as root (`O_PATH`: no read needed, and no search of its parents later).
-fn open_stages(sources: &[PathBuf]) -> Result<Vec<Stage>, String> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let cstring = |text: String| CString::new(text).map_err(|e| e.to_string());
+/// One bind source, staged at `target`.
+struct Stage {
+    source: CString,
+    target: CString,
+    dir: bool,
+}
+
+/// The stages of `sources`, in order (prepared before the fork: the child only makes calls).
+fn stages(sources: &[PathBuf]) -> Result<Vec<Stage>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let cstring = |bytes: &[u8]| CString::new(bytes).map_err(|e| e.to_string());
     sources
         .iter()
         .enumerate()
         .map(|(index, path)| {
-            let source = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH)
-                .open(path)
-                .map_err(|e| format!("cannot open {} to bind it: {e}", path.display()))?;
-            let dir = source.metadata().map(|m| m.is_dir()).unwrap_or(false);
-            let source_path = cstring(format!("/proc/self/fd/{}", source.as_raw_fd()))?;
+            let dir = std::fs::metadata(path)
+                .map_err(|e| format!("cannot bind {}: {e}", path.display()))?
+                .is_dir();
             Ok(Stage {
-                _source: source,
-                source_path,
-                target: cstring(format!("{STAGE_DIR}/{index}"))?,
+                source: cstring(path.as_os_str().as_bytes())?,
+                target: cstring(format!("{STAGE_DIR}/{index}").as_bytes())?,
                 dir,
             })
         })
         .collect()
+}
+
+/// `/proc/self/fd/<fd>` into `buffer`, NUL-terminated, without allocating (after `fork`).
+fn fd_path(buffer: &mut [u8; 32], fd: libc::c_int) -> *const libc::c_char {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buffer[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 12];
+    let mut count = 0;
+    let mut rest = u32::try_from(fd).unwrap_or(0);
+    loop {
+        digits[count] = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+        count += 1;
+        rest /= 10;
+        if rest == 0 || count == digits.len() {
+            break;
+        }
+    }
+    for (at, digit) in digits[..count].iter().rev().enumerate() {
+        buffer[PREFIX.len() + at] = *digit;
+    }
+    buffer[PREFIX.len() + count] = 0;
+    buffer.as_ptr().cast()
 }
 
 /// `-1` is failure, with the reason in `errno`.
@@ -153,8 +167,9 @@ fn check(done: libc::c_int) -> std::io::Result<()> {
 }
 
 /// In the child, as root: a private mount namespace with every source bound under the staging
-/// tmpfs. System calls only (after `fork`).
-fn stage(stages: &[Stage]) -> std::io::Result<()> {
+/// tmpfs, reached through a descriptor opened in that namespace before the tmpfs hides it.
+/// System calls only (after `fork`; `fds` has room for every stage).
+fn stage(stages: &[Stage], fds: &mut Vec<libc::c_int>) -> std::io::Result<()> {
     let none = std::ptr::null::<libc::c_char>();
     // SAFETY: each call reads NUL-terminated strings that outlive it, or null pointers where
     // the call takes none.
@@ -167,6 +182,12 @@ fn stage(stages: &[Stage]) -> std::io::Result<()> {
             libc::MS_REC | libc::MS_PRIVATE,
             std::ptr::null(),
         ))?;
+        fds.clear();
+        for stage in stages {
+            let fd = libc::open(stage.source.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+            check(fd)?;
+            fds.push(fd);
+        }
         check(libc::mount(
             c"tmpfs".as_ptr(),
             STAGE_DIR_C.as_ptr(),
@@ -174,17 +195,18 @@ fn stage(stages: &[Stage]) -> std::io::Result<()> {
             libc::MS_NOSUID | libc::MS_NODEV,
             c"mode=0755,size=65536".as_ptr().cast(),
         ))?;
-        for stage in stages {
+        for (stage, fd) in stages.iter().zip(fds.iter()) {
             if stage.dir {
                 check(libc::mkdir(stage.target.as_ptr(), 0o755))?;
             } else {
                 let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC;
-                let fd = libc::open(stage.target.as_ptr(), flags, 0o644);
-                check(fd)?;
-                libc::close(fd);
+                let made = libc::open(stage.target.as_ptr(), flags, 0o644);
+                check(made)?;
+                libc::close(made);
             }
+            let mut buffer = [0u8; 32];
             check(libc::mount(
-                stage.source_path.as_ptr(),
+                fd_path(&mut buffer, *fd),
                 stage.target.as_ptr(),
                 none,
                 libc::MS_BIND | libc::MS_REC,
@@ -224,7 +246,7 @@ pub(crate) fn run(supervised: Supervised) -> Result<i32, String> {
     let (command, stages) = match supervised.run_as {
         Some(_) => {
             let (command, sources) = staged_args(&supervised.command)?;
-            (command, open_stages(&sources)?)
+            (command, stages(&sources)?)
         }
         None => (supervised.command.clone(), Vec::new()),
     };
@@ -234,10 +256,11 @@ pub(crate) fn run(supervised: Supervised) -> Result<i32, String> {
     let mut start = Command::new(program);
     start.args(rest);
     if let Some(run_as) = supervised.run_as {
+        let mut fds = Vec::with_capacity(stages.len());
         // SAFETY: the closure makes system calls only, on memory prepared before the fork.
         unsafe {
             start.pre_exec(move || {
-                stage(&stages)?;
+                stage(&stages, &mut fds)?;
                 drop_to(run_as)
             });
         }
@@ -420,5 +443,16 @@ mod tests {
         assert!(staged_args(&line(&["bwrap", "--bind-fd", "3", "/x", "--"])).is_err());
         assert!(staged_args(&line(&["bwrap", "--bind", "/x"])).is_err());
         assert!(staged_args(&line(&["bwrap", "--unshare-pid"])).is_err());
+    }
+
+    #[test]
+    fn fd_paths_are_written_without_allocating() {
+        let mut buffer = [0u8; 32];
+        for (fd, text) in [(0, "/proc/self/fd/0"), (7, "/proc/self/fd/7"), (1024, "/proc/self/fd/1024")] {
+            let path = fd_path(&mut buffer, fd);
+            // SAFETY: fd_path wrote a NUL-terminated string into the buffer.
+            let written = unsafe { std::ffi::CStr::from_ptr(path) };
+            assert_eq!(written.to_str().unwrap(), text);
+        }
     }
 }
