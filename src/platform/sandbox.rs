@@ -1203,6 +1203,90 @@ mod tests {
     }
 
     #[test]
+    fn a_root_run_drops_to_its_uid_hands_its_dirs_over_and_is_watched() {
+        let mut sandbox = sandbox_with(Some("/usr/bin/bwrap"));
+        sandbox.landlock = true;
+        sandbox.uids = Some(UidPool::new(1_900_000_000, 16));
+        let jail = Jail {
+            cwd: PathBuf::from("/data/worktrees/t"),
+            writable: vec![
+                PathBuf::from("/data/worktrees/t"),
+                PathBuf::from("/data/tmp/t"),
+                PathBuf::from("/dev"),
+                PathBuf::from("/repo/.git/objects"),
+                PathBuf::from("/data/worktrees/t/sub"),
+            ],
+            readable: Vec::new(),
+            network: false,
+            disk: vec![PathBuf::from("/data/worktrees/t"), PathBuf::from("/data/tmp/t")],
+        };
+        let mut spec = CommandSpec::shell("make test", jail.cwd.clone(), Duration::from_secs(5), 64);
+        let confined = sandbox.wrap(&jail, &mut spec);
+        let uid = confined._uid.as_ref().map(|lease| lease.run_as).unwrap();
+        assert!((1_900_000_000..1_900_000_016).contains(&uid.uid));
+        assert_eq!(uid.gid, 1_900_000_000);
+        let args = spec.args.join(" ");
+        let outer = args.split(" -- ").next().unwrap();
+        assert!(outer.contains(&format!("--user {}:1900000000", uid.uid)), "{outer}");
+        assert!(
+            outer.contains("--own /data/worktrees/t --own /data/tmp/t --share /repo/.git/objects"),
+            "the run's own dirs owned, the others shared, /dev and dirs inside owned ones not: {outer}"
+        );
+        assert!(!outer.contains("/dev") && !outer.contains("/sub"), "{outer}");
+        assert!(
+            outer.contains("--watch /data/worktrees/t --watch /data/tmp/t --disk-bytes 4294967296"),
+            "{outer}"
+        );
+        assert!(args.contains("--size 536870912 --tmpfs /tmp"), "{args}");
+        // The same worktree's next run, once this one is settled, gets the same uid.
+        drop(confined);
+        let mut again = CommandSpec::shell("true", jail.cwd.clone(), Duration::from_secs(5), 64);
+        let next = sandbox.wrap(&jail, &mut again);
+        assert_eq!(next._uid.as_ref().map(|lease| lease.run_as), Some(uid));
+        // The parsed outer command line gives back what was asked.
+        let outer_args: Vec<OsString> = again.args[1..].iter().map(OsString::from).collect();
+        let parsed = parse(outer_args).unwrap();
+        assert_eq!(parsed.run_as, Some(uid));
+        assert_eq!(parsed.own.len(), 2);
+        assert_eq!(parsed.share, vec![PathBuf::from("/repo/.git/objects")]);
+        assert_eq!(parsed.disk_bytes, 4_294_967_296);
+        assert!(!parsed.landlock, "the outer one leaves Landlock to the inner one");
+        assert_eq!(parsed.command[0], OsString::from("/usr/bin/bwrap"));
+        assert!(parse(["--own", "/x", "--", "true"].map(OsString::from).to_vec()).is_err());
+        assert!(parse(["--user", "0:0", "--", "true"].map(OsString::from).to_vec()).is_err());
+    }
+
+    #[test]
+    fn without_a_uid_drop_or_a_pids_cgroup_a_root_service_enforces_no_process_limit() {
+        let plain = sandbox_with(Some("/usr/bin/bwrap"));
+        let processes = |sandbox: &Sandbox, root| sandbox.enforcement(root)[0].1.clone();
+        assert_eq!(processes(&plain, true), None);
+        assert_eq!(
+            processes(&plain, false).as_deref(),
+            Some("RLIMIT_NPROC of the service's uid")
+        );
+        let mut dropping = plain.clone();
+        dropping.uids = Some(UidPool::new(1_900_000_000, 4));
+        assert_eq!(
+            processes(&dropping, true).as_deref(),
+            Some("uid drop (RLIMIT_NPROC)")
+        );
+        let enforcement = dropping.enforcement(true);
+        assert!(enforcement
+            .iter()
+            .all(|(limit, by)| by.is_some() || *limit == "processes"));
+        assert_eq!(
+            enforcement[2],
+            ("disk", Some("watcher, disk_bytes 4294967296".to_owned()))
+        );
+        // Required refuses to start where nothing bounds a root service's processes.
+        if is_root() {
+            assert!(plain.log_enforcement(SandboxMode::Required).is_err());
+            assert!(dropping.log_enforcement(SandboxMode::Required).is_ok());
+        }
+    }
+
+    #[test]
     fn limits_are_named_from_their_marks() {
         assert_eq!(
             limit_hit(Some(Limit::Processes), None, ""),
@@ -1218,6 +1302,12 @@ mod tests {
             Some(Limit::Memory)
         );
         assert_eq!(limit_hit(None, Some(9), "test failed"), None);
+        let watcher = format!("glitchlab sandbox: {} (70000000 bytes ...)", supervise::DISK_MARK);
+        assert_eq!(limit_hit(None, Some(9), &watcher), Some(Limit::Disk));
+        assert_eq!(
+            sandbox_with(None).describe(Limit::Disk),
+            "disk limit (disk_bytes 4294967296)"
+        );
     }
 
     #[test]
