@@ -1115,6 +1115,10 @@ fn parse(args: Vec<OsString>) -> Result<ExecArgs, String> {
             if parsed.run_as.is_none() && !(parsed.own.is_empty() && parsed.share.is_empty()) {
                 return Err("--own and --share need --user".into());
             }
+            // Landlock forbids the mounts that stage the binds; the inner one confines.
+            if parsed.run_as.is_some() && parsed.landlock {
+                return Err("--user needs --no-landlock".into());
+            }
             return Ok(parsed);
         }
         if flag == "--no-landlock" {
@@ -1254,6 +1258,7 @@ mod tests {
         assert_eq!(parsed.command[0], OsString::from("/usr/bin/bwrap"));
         assert!(parse(["--own", "/x", "--", "true"].map(OsString::from).to_vec()).is_err());
         assert!(parse(["--user", "0:0", "--", "true"].map(OsString::from).to_vec()).is_err());
+        assert!(parse(["--user", "5:5", "--", "true"].map(OsString::from).to_vec()).is_err());
     }
 
     #[test]
