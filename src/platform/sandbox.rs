@@ -4,21 +4,26 @@
 //!
 //! 1. **Namespaces** (bubblewrap, `bwrap`): a new user, PID, IPC and UTS namespace, and a network
 //!    namespace of its own unless the persona has `network: true`; a root of read-only system
-//!    dirs, `/etc` without its secrets, a fresh `/proc`, a private `/tmp`, and only the run's own
-//!    directories bound in; an unprivileged uid (65534) without capabilities. The service, its
-//!    data dir, other worktrees and the home dir are not there to read or signal.
+//!    dirs, `/etc` without its secrets, a fresh `/proc`, a private sized `/tmp`, and only the
+//!    run's own directories bound in; an unprivileged uid (65534) without capabilities. The
+//!    service, its data dir, other worktrees and the home dir are not there to read or signal.
 //! 2. **Landlock**: inside that, the process may write only its worktree, its git dirs and its
 //!    temp dir (a restriction every child inherits and none can lift).
-//! 3. **Limits**: rlimits (processes, CPU time, file size, open files) and, where they are
-//!    writable, a `pids` cgroup (root ignores `RLIMIT_NPROC`) and a `memory` cgroup per run (else
-//!    memory falls back to `RLIMIT_AS`, which runtimes that reserve much address space, such as
-//!    the JVM, may not start under).
+//! 3. **Limits**: rlimits (processes, CPU time, file size, open files); when the service is
+//!    root, `bwrap` runs as an unprivileged host uid of the run's own ([`owner`]), since root
+//!    ignores `RLIMIT_NPROC`; where they are writable, a `pids` and a `memory` cgroup per run
+//!    (else memory falls back to `RLIMIT_AS`, which runtimes that reserve much address space,
+//!    such as the JVM, may not start under); the run's dirs measured against `disk_bytes`
+//!    ([`supervise`]).
 //!
 //! Like Codex CLI's Linux sandbox, it works by re-executing this binary: the service runs
-//! `glitchlab sandbox-exec [--cgroup DIR]... [--rlimit NAME=N]... --no-landlock -- bwrap ... --
-//! glitchlab sandbox-exec --write DIR ... -- sh -c <command>`. The outer `sandbox-exec` joins the
-//! cgroup and sets the limits, then execs `bwrap`; the inner one confines itself with Landlock and
-//! execs the command. Nothing runs between `fork` and `exec` in the service itself.
+//! `glitchlab sandbox-exec [--cgroup DIR]... [--rlimit NAME=N]... [--user UID:GID --own DIR...
+//! --share DIR...] [--watch DIR... --disk-bytes N] --no-landlock -- bwrap ... -- glitchlab
+//! sandbox-exec --write DIR ... -- sh -c <command>`. The outer `sandbox-exec` hands the dirs to
+//! the run's uid, joins the cgroup and sets the limits, then execs `bwrap` — or, to drop to the
+//! uid or watch the disk, starts it (staged, as that uid) and stays as its parent; the inner one
+//! confines itself with Landlock and execs the command. Nothing runs between `fork` and `exec`
+//! in the service itself.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -326,7 +331,10 @@ impl Sandbox {
         vec![
             ("processes", processes),
             ("memory", Some(memory.to_owned())),
-            ("disk", Some(format!("watcher, disk_bytes {}", limits.disk_bytes))),
+            (
+                "disk",
+                Some(format!("watcher, disk_bytes {}", limits.disk_bytes)),
+            ),
             ("tmp", tmp),
             ("cpu", Some("RLIMIT_CPU".to_owned())),
             ("file_size", Some("RLIMIT_FSIZE".to_owned())),
@@ -835,7 +843,11 @@ fn handed_dirs(jail: &Jail) -> (Vec<PathBuf>, Vec<PathBuf>) {
         "/dev", "/proc", "/sys", "/etc", "/boot", "/run", "/var/run", "/usr",
     ];
     let system = |dir: &Path| {
-        dir == Path::new("/") || NEVER.iter().chain(SYSTEM_DIRS.iter()).any(|s| dir.starts_with(s))
+        dir == Path::new("/")
+            || NEVER
+                .iter()
+                .chain(SYSTEM_DIRS.iter())
+                .any(|s| dir.starts_with(s))
     };
     let mut own: Vec<PathBuf> = Vec::new();
     for dir in jail.disk.iter().filter(|d| !system(d)) {
@@ -1125,9 +1137,7 @@ fn parse(args: Vec<OsString>) -> Result<ExecArgs, String> {
             parsed.landlock = false;
             continue;
         }
-        let value = iter
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))?;
+        let value = iter.next().ok_or_else(|| format!("{flag} needs a value"))?;
         parse_valued(&mut parsed, flag, value)?;
     }
     Err("missing -- before the command".into())
@@ -1222,21 +1232,31 @@ mod tests {
             ],
             readable: Vec::new(),
             network: false,
-            disk: vec![PathBuf::from("/data/worktrees/t"), PathBuf::from("/data/tmp/t")],
+            disk: vec![
+                PathBuf::from("/data/worktrees/t"),
+                PathBuf::from("/data/tmp/t"),
+            ],
         };
-        let mut spec = CommandSpec::shell("make test", jail.cwd.clone(), Duration::from_secs(5), 64);
+        let mut spec =
+            CommandSpec::shell("make test", jail.cwd.clone(), Duration::from_secs(5), 64);
         let confined = sandbox.wrap(&jail, &mut spec);
         let uid = confined._uid.as_ref().map(|lease| lease.run_as).unwrap();
         assert!((1_900_000_000..1_900_000_016).contains(&uid.uid));
         assert_eq!(uid.gid, 1_900_000_000);
         let args = spec.args.join(" ");
         let outer = args.split(" -- ").next().unwrap();
-        assert!(outer.contains(&format!("--user {}:1900000000", uid.uid)), "{outer}");
+        assert!(
+            outer.contains(&format!("--user {}:1900000000", uid.uid)),
+            "{outer}"
+        );
         assert!(
             outer.contains("--own /data/worktrees/t --own /data/tmp/t --share /repo/.git/objects"),
             "the run's own dirs owned, the others shared, /dev and dirs inside owned ones not: {outer}"
         );
-        assert!(!outer.contains("/dev") && !outer.contains("/sub"), "{outer}");
+        assert!(
+            !outer.contains("/dev") && !outer.contains("/sub"),
+            "{outer}"
+        );
         assert!(
             outer.contains("--watch /data/worktrees/t --watch /data/tmp/t --disk-bytes 4294967296"),
             "{outer}"
@@ -1254,7 +1274,10 @@ mod tests {
         assert_eq!(parsed.own.len(), 2);
         assert_eq!(parsed.share, vec![PathBuf::from("/repo/.git/objects")]);
         assert_eq!(parsed.disk_bytes, 4_294_967_296);
-        assert!(!parsed.landlock, "the outer one leaves Landlock to the inner one");
+        assert!(
+            !parsed.landlock,
+            "the outer one leaves Landlock to the inner one"
+        );
         assert_eq!(parsed.command[0], OsString::from("/usr/bin/bwrap"));
         assert!(parse(["--own", "/x", "--", "true"].map(OsString::from).to_vec()).is_err());
         assert!(parse(["--user", "0:0", "--", "true"].map(OsString::from).to_vec()).is_err());
@@ -1307,7 +1330,10 @@ mod tests {
             Some(Limit::Memory)
         );
         assert_eq!(limit_hit(None, Some(9), "test failed"), None);
-        let watcher = format!("glitchlab sandbox: {} (70000000 bytes ...)", supervise::DISK_MARK);
+        let watcher = format!(
+            "glitchlab sandbox: {} (70000000 bytes ...)",
+            supervise::DISK_MARK
+        );
         assert_eq!(limit_hit(None, Some(9), &watcher), Some(Limit::Disk));
         assert_eq!(
             sandbox_with(None).describe(Limit::Disk),

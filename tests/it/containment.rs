@@ -440,7 +440,12 @@ fn process_uids() -> Vec<u32> {
     };
     entries
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
         .filter_map(|status| {
             let line = status.lines().find(|l| l.starts_with("Uid:"))?;
@@ -517,7 +522,10 @@ async fn a_root_service_runs_a_fork_loop_as_an_unprivileged_uid_that_the_process
     let task = loop {
         healthy(&service).await;
         let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
-        if matches!(task["status"].as_str(), Some("done" | "failed" | "cancelled")) {
+        if matches!(
+            task["status"].as_str(),
+            Some("done" | "failed" | "cancelled")
+        ) {
             break task;
         }
         assert!(std::time::Instant::now() < deadline, "{task:#}");
@@ -550,8 +558,22 @@ async fn the_uid_drop_alone_makes_the_process_limit_bind() {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_glitchlab"))
         .args(["sandbox-exec", "--user", &format!("{uid}:{UID_BASE}")])
         .args(["--rlimit", "nproc=64", "--no-landlock", "--", "bwrap"])
-        .args(["--unshare-user", "--unshare-pid", "--uid", "65534", "--gid", "65534"])
-        .args(["--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc"])
+        .args([
+            "--unshare-user",
+            "--unshare-pid",
+            "--uid",
+            "65534",
+            "--gid",
+            "65534",
+        ])
+        .args([
+            "--die-with-parent",
+            "--ro-bind",
+            "/",
+            "/",
+            "--proc",
+            "/proc",
+        ])
         .args(["--dev", "/dev", "--", "sh", "-c"])
         .arg("(for i in $(seq 300); do sleep 20 & done); id -u; sleep 2")
         .output()

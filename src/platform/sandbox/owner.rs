@@ -114,7 +114,10 @@ impl UidPool {
         };
         drop(in_use);
         if !owned {
-            tracing::warn!(uid, "every sandbox uid is in use: two runs share one process count");
+            tracing::warn!(
+                uid,
+                "every sandbox uid is in use: two runs share one process count"
+            );
         }
         UidLease {
             pool: Arc::clone(self),
@@ -166,7 +169,11 @@ pub(crate) enum Share {
 /// (a task's second run changes only what the service wrote since). Symlinks are never
 /// followed; a file with several hard links (its other names may be outside the run's dirs) or
 /// with a set-id bit is left as it is.
-pub(crate) fn hand_over(dirs: &[PathBuf], share: Share, run_as: RunAs) -> Result<HandOver, WalkError> {
+pub(crate) fn hand_over(
+    dirs: &[PathBuf],
+    share: Share,
+    run_as: RunAs,
+) -> Result<HandOver, WalkError> {
     let mut done = HandOver::default();
     for dir in dirs {
         let mut changed = 0;
@@ -224,7 +231,13 @@ fn hand(node: &Node<'_>, share: Share, run_as: RunAs) -> std::io::Result<bool> {
             }
             None => {
                 let name = node.name.as_ptr();
-                check(libc::fchownat(node.parent, name, uid, run_as.gid, libc::AT_SYMLINK_NOFOLLOW))?;
+                check(libc::fchownat(
+                    node.parent,
+                    name,
+                    uid,
+                    run_as.gid,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                ))?;
                 if !is_link && mode != wanted_mode {
                     check(libc::fchmodat(node.parent, name, wanted_mode, 0))?;
                 }
@@ -299,7 +312,11 @@ mod tests {
         assert_eq!((meta.uid(), meta.gid()), (run_as.uid, run_as.gid));
         assert_eq!(meta.mode() & 0o777, 0o644, "an owned file keeps its mode");
         assert_eq!(std::fs::metadata(&top).unwrap().mode() & 0o070, 0o070);
-        assert_eq!(std::fs::metadata(&outside).unwrap().uid(), 0, "not followed");
+        assert_eq!(
+            std::fs::metadata(&outside).unwrap().uid(),
+            0,
+            "not followed"
+        );
         let again = hand_over(&[top.clone()], Share::Own, run_as).unwrap();
         assert_eq!(again.changed, 0, "nothing left to change");
 
@@ -316,6 +333,10 @@ mod tests {
         assert_eq!((meta.uid(), meta.gid()), (0, run_as.gid));
         assert_eq!(meta.mode() & 0o060, 0o060);
         let meta = std::fs::metadata(&setuid).unwrap();
-        assert_eq!((meta.gid(), meta.mode() & 0o7777), (0, 0o4755), "set-id left alone");
+        assert_eq!(
+            (meta.gid(), meta.mode() & 0o7777),
+            (0, 0o4755),
+            "set-id left alone"
+        );
     }
 }

@@ -367,7 +367,11 @@ fn close_pidfd(pidfd: Option<libc::c_int>) {
 }
 
 /// Whether the child exited within `wait` (it is not reaped here).
-fn exited_within(child: &mut Child, pidfd: Option<libc::c_int>, wait: Duration) -> Result<bool, String> {
+fn exited_within(
+    child: &mut Child,
+    pidfd: Option<libc::c_int>,
+    wait: Duration,
+) -> Result<bool, String> {
     if let Some(fd) = pidfd {
         let mut poll = libc::pollfd {
             fd,
@@ -448,7 +452,11 @@ mod tests {
     #[test]
     fn fd_paths_are_written_without_allocating() {
         let mut buffer = [0u8; 32];
-        for (fd, text) in [(0, "/proc/self/fd/0"), (7, "/proc/self/fd/7"), (1024, "/proc/self/fd/1024")] {
+        for (fd, text) in [
+            (0, "/proc/self/fd/0"),
+            (7, "/proc/self/fd/7"),
+            (1024, "/proc/self/fd/1024"),
+        ] {
             let path = fd_path(&mut buffer, fd);
             // SAFETY: fd_path wrote a NUL-terminated string into the buffer.
             let written = unsafe { std::ffi::CStr::from_ptr(path) };
