@@ -305,7 +305,7 @@ mod tests {
             uid: 1_900_000_001,
             gid: 1_900_000_000,
         };
-        let done = hand_over(&[top.clone()], Share::Own, run_as).unwrap();
+        let done = hand_over(std::slice::from_ref(&top), Share::Own, run_as).unwrap();
         assert_eq!(done.entries, 5);
         assert_eq!(done.changed, 4, "top, src, lib.rs, the link itself");
         let meta = std::fs::metadata(top.join("src/lib.rs")).unwrap();
@@ -317,7 +317,7 @@ mod tests {
             0,
             "not followed"
         );
-        let again = hand_over(&[top.clone()], Share::Own, run_as).unwrap();
+        let again = hand_over(std::slice::from_ref(&top), Share::Own, run_as).unwrap();
         assert_eq!(again.changed, 0, "nothing left to change");
 
         // A shared dir keeps its owner; the runs' group may write it.
@@ -327,7 +327,7 @@ mod tests {
         let setuid = shared.join("setuid");
         std::fs::write(&setuid, "").unwrap();
         std::fs::set_permissions(&setuid, std::fs::Permissions::from_mode(0o4755)).unwrap();
-        let done = hand_over(&[shared.clone()], Share::Group, run_as).unwrap();
+        let done = hand_over(std::slice::from_ref(&shared), Share::Group, run_as).unwrap();
         assert_eq!((done.entries, done.changed), (3, 2));
         let meta = std::fs::metadata(shared.join("entry")).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (0, run_as.gid));
