@@ -532,6 +532,7 @@ async fn a_root_service_runs_a_fork_loop_as_an_unprivileged_uid_that_the_process
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let most = sampler.most();
+    eprintln!("most processes of one run uid at once: {most} (limit 200)");
     healthy(&service).await;
     assert_eq!(task["status"], "failed", "{task:#}");
     assert_eq!(task["error"]["code"], "RESOURCE_LIMIT", "{task:#}");
@@ -580,6 +581,7 @@ async fn the_uid_drop_alone_makes_the_process_limit_bind() {
         .await
         .unwrap();
     let most = sampler.most();
+    eprintln!("most processes of uid {uid} at once: {most} (limit 64)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stdout.trim(), "65534", "{stderr}");

@@ -26,12 +26,6 @@ const COMMITTER: [&str; 4] = [
     "user.email=glitchlab@localhost",
 ];
 
-/// A root service's sandboxed runs own their worktrees (`platform::sandbox`, the uid drop), so
-/// git would refuse them as of "dubious ownership". Their git dirs' `config` and `hooks` stay
-/// read-only to the runs (and the service wrote every other git file a run can write before):
-/// trusting them is what git did when everything was root's.
-const TRUST_RUN_OWNED: [&str; 2] = ["-c", "safe.directory=*"];
-
 /// Every commit and merge would otherwise start `git maintenance run --auto` (a process, ≈ 3 ms,
 /// on a task's critical path twice); glitchlab runs it itself every
 /// [`MAINTENANCE_EVERY_DELIVERIES`] deliveries of a repository instead ([`Git::maintain_now_and_then`]).
@@ -175,11 +169,7 @@ impl Git {
         args: &[&str],
         output_bytes_max: usize,
     ) -> Result<(String, u64), GitError> {
-        let mut all_args: Vec<String> = COMMITTER
-            .iter()
-            .chain(TRUST_RUN_OWNED.iter())
-            .map(|s| (*s).to_owned())
-            .collect();
+        let mut all_args: Vec<String> = COMMITTER.iter().map(|s| (*s).to_owned()).collect();
         all_args.extend(config.iter().map(|s| (*s).to_owned()));
         all_args.extend(args.iter().map(|s| (*s).to_owned()));
         let spec = CommandSpec {

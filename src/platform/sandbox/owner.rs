@@ -165,7 +165,8 @@ pub(crate) enum Share {
     Group,
 }
 
-/// Hands every entry under `dirs` to `run_as` the `share` way. Entries already so are skipped
+/// Hands every entry under `dirs` to `run_as` the `share` way (the top of an owned dir and its
+/// `.git` only through the group, see [`hand`]). Entries already so are skipped
 /// (a task's second run changes only what the service wrote since). Symlinks are never
 /// followed; a file with several hard links (its other names may be outside the run's dirs) or
 /// with a set-id bit is left as it is.
@@ -199,6 +200,13 @@ fn hand(node: &Node<'_>, share: Share, run_as: RunAs) -> std::io::Result<bool> {
     if !node.is_dir() && (stat.st_nlink > 1 || mode & set_id != 0) {
         return Ok(false);
     }
+    // The top of a run's own dir and its `.git` keep their owner: git, run by the service as
+    // root, trusts a worktree only when those are root's — and a `.git` the run replaced is
+    // then the run's, refused, instead of trusted.
+    let share = match share {
+        Share::Own if node.depth == 0 || (node.depth == 1 && node.name == c".git") => Share::Group,
+        other => other,
+    };
     let uid = match share {
         Share::Own => run_as.uid,
         Share::Group => stat.st_uid,
@@ -296,6 +304,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let top = root.path().join("work");
         std::fs::create_dir_all(top.join("src")).unwrap();
+        std::fs::write(top.join(".git"), "gitdir: /repo/.git/worktrees/work\n").unwrap();
         std::fs::write(top.join("src/lib.rs"), "fn main() {}\n").unwrap();
         let outside = root.path().join("outside.txt");
         std::fs::write(&outside, "not the run's\n").unwrap();
@@ -306,12 +315,24 @@ mod tests {
             gid: 1_900_000_000,
         };
         let done = hand_over(std::slice::from_ref(&top), Share::Own, run_as).unwrap();
-        assert_eq!(done.entries, 5);
-        assert_eq!(done.changed, 4, "top, src, lib.rs, the link itself");
+        assert_eq!(done.entries, 6);
+        assert_eq!(done.changed, 5, "top, .git, src, lib.rs, the link itself");
         let meta = std::fs::metadata(top.join("src/lib.rs")).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (run_as.uid, run_as.gid));
         assert_eq!(meta.mode() & 0o777, 0o644, "an owned file keeps its mode");
-        assert_eq!(std::fs::metadata(&top).unwrap().mode() & 0o070, 0o070);
+        let meta = std::fs::metadata(&top).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (0, run_as.gid),
+            "the top stays root's"
+        );
+        assert_eq!(meta.mode() & 0o070, 0o070);
+        let meta = std::fs::metadata(top.join(".git")).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.mode() & 0o060),
+            (0, 0o060),
+            ".git stays root's"
+        );
         assert_eq!(
             std::fs::metadata(&outside).unwrap().uid(),
             0,

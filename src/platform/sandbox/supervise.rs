@@ -218,8 +218,9 @@ fn stage(stages: &[Stage], fds: &mut Vec<libc::c_int>) -> std::io::Result<()> {
 }
 
 /// In the child: drops root for `run_as` — no supplementary groups, then the gid, then the uid,
-/// each checked, and root cannot be had back. System calls only (after `fork`).
-fn drop_to(run_as: RunAs) -> std::io::Result<()> {
+/// each checked, and root cannot be had back; it dies with `watcher`, its parent. System calls
+/// only (after `fork`).
+fn drop_to(run_as: RunAs, watcher: libc::pid_t) -> std::io::Result<()> {
     let refused = || std::io::Error::from_raw_os_error(libc::EPERM);
     // SAFETY: credential calls on the calling (only) thread; setgroups reads no list (0).
     unsafe {
@@ -236,6 +237,12 @@ fn drop_to(run_as: RunAs) -> std::io::Result<()> {
         }
         // New dirs stay writable by the runs' shared group (see `owner`).
         libc::umask(0o002);
+        // Dies with its watcher (set after the uid change, which clears it; `bwrap` is no
+        // set-id binary, so the exec keeps it).
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+        if libc::getppid() != watcher {
+            return Err(refused());
+        }
     }
     Ok(())
 }
@@ -257,11 +264,12 @@ pub(crate) fn run(supervised: Supervised) -> Result<i32, String> {
     start.args(rest);
     if let Some(run_as) = supervised.run_as {
         let mut fds = Vec::with_capacity(stages.len());
+        let watcher = libc::pid_t::try_from(std::process::id()).map_err(|e| e.to_string())?;
         // SAFETY: the closure makes system calls only, on memory prepared before the fork.
         unsafe {
             start.pre_exec(move || {
                 stage(&stages, &mut fds)?;
-                drop_to(run_as)
+                drop_to(run_as, watcher)
             });
         }
     }

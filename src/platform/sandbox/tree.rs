@@ -32,10 +32,13 @@ pub(crate) enum WalkError {
 
 /// One entry met by a walk.
 pub(crate) struct Node<'a> {
-    /// The descriptor of the directory holding the entry (the entry itself for the top).
+    /// The descriptor of the directory holding the entry (a directory's own: it is changed
+    /// through that).
     pub(crate) parent: libc::c_int,
-    /// Its name in `parent` (`.` for the top).
+    /// Its name in `parent` (`.` for the top; a directory's own name otherwise).
     pub(crate) name: &'a CStr,
+    /// Levels below the top (0: the top itself).
+    pub(crate) depth: usize,
     /// Its own descriptor when it is a directory.
     pub(crate) dir: Option<libc::c_int>,
     /// What `fstatat` said of it (not following a symlink).
@@ -135,7 +138,8 @@ impl Walker<'_, '_> {
         let stat = fstatat(fd, c".").map_err(|e| self.error("stat", name, e))?;
         let node = Node {
             parent: fd,
-            name: c".",
+            name,
+            depth,
             dir: Some(fd),
             stat: &stat,
         };
@@ -169,6 +173,7 @@ impl Walker<'_, '_> {
             let node = Node {
                 parent,
                 name,
+                depth: depth + 1,
                 dir: None,
                 stat: &stat,
             };
