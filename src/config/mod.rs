@@ -824,7 +824,8 @@ pub enum SandboxMode {
     /// what is missing.
     #[default]
     Auto,
-    /// Refuse to start unless both layers (namespaces and Landlock) work.
+    /// Refuse to start unless both layers (namespaces and Landlock) work and every limit is
+    /// enforced (a root service: its runs drop to a uid, or a `pids` cgroup is writable).
     Required,
 }
 
@@ -833,6 +834,30 @@ pub const WRITE_QUEUE_MAX: usize = 4096;
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_sandbox_uid_range_leaves_out_root_nobody_and_the_top() {
+        let parse = |range: &str| Config::parse(&format!("[engines.limits]\n{range}\n"));
+        let limits = Config::parse("").unwrap().engines.limits;
+        assert_eq!(
+            (limits.sandbox_uid_base, limits.sandbox_uid_count),
+            (1_900_000_000, 10_000)
+        );
+        assert!(parse("sandbox_uid_base = 200000\nsandbox_uid_count = 10000").is_ok());
+        assert!(
+            parse("sandbox_uid_base = 0\nsandbox_uid_count = 0").is_ok(),
+            "off"
+        );
+        for bad in [
+            "sandbox_uid_base = 0",
+            "sandbox_uid_base = 60000",
+            "sandbox_uid_base = 4294967000",
+            "disk_bytes = 0",
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert!(error.contains("engines.limits"), "{bad}: {error}");
+        }
+    }
     use super::*;
 
     #[test]

@@ -322,7 +322,7 @@ impl Sandbox {
         let memory = if has(Controller::Memory) {
             "memory cgroup"
         } else {
-            "RLIMIT_AS"
+            "RLIMIT_AS per process"
         };
         let tmp = self
             .bwrap
@@ -336,9 +336,9 @@ impl Sandbox {
                 Some(format!("watcher, disk_bytes {}", limits.disk_bytes)),
             ),
             ("tmp", tmp),
-            ("cpu", Some("RLIMIT_CPU".to_owned())),
-            ("file_size", Some("RLIMIT_FSIZE".to_owned())),
-            ("open_files", Some("RLIMIT_NOFILE".to_owned())),
+            ("cpu", Some("RLIMIT_CPU per process".to_owned())),
+            ("file_size", Some("RLIMIT_FSIZE per process".to_owned())),
+            ("open_files", Some("RLIMIT_NOFILE per process".to_owned())),
         ]
     }
 
