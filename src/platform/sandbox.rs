@@ -158,6 +158,15 @@ impl Controller {
         }
     }
 
+    /// A limit the start-up probe writes: valid for the controller (`pids.max` refuses more
+    /// than the kernel's pid limit, 2^22).
+    fn probe_limit(self) -> &'static str {
+        match self {
+            Self::Pids => "1024",
+            Self::Memory => "1073741824",
+        }
+    }
+
     /// The file that holds the limit (v1, v2).
     fn limit_file(self, v2: bool) -> &'static str {
         match (self, v2) {
@@ -882,8 +891,12 @@ fn cgroup_parent(controller: Controller) -> Result<CgroupParent, String> {
     for (mount, path, v2) in cgroup_candidates(&own, &mounts, controller.name()) {
         let parent = mount.join(path.trim_start_matches('/')).join("glitchlab");
         let probe = parent.join(format!("probe-{}", uuid::Uuid::now_v7()));
-        let made = std::fs::create_dir_all(&probe)
-            .and_then(|()| std::fs::write(probe.join(controller.limit_file(v2)), "1073741824"));
+        let made = std::fs::create_dir_all(&probe).and_then(|()| {
+            std::fs::write(
+                probe.join(controller.limit_file(v2)),
+                controller.probe_limit(),
+            )
+        });
         let _ = std::fs::remove_dir(&probe);
         match made {
             Ok(()) => {
