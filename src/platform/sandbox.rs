@@ -303,6 +303,9 @@ impl Sandbox {
     fn log_enforcement(&self, mode: SandboxMode) -> Result<(), String> {
         for (limit, enforced_by) in self.enforcement(is_root()) {
             match enforced_by {
+                Some(by) if by.starts_with("RLIMIT_AS") => {
+                    tracing::warn!(limit, enforced_by = %by, "no writable memory cgroup: the memory limit is an address-space limit, which the JVM and the like may not start under");
+                }
                 Some(by) => tracing::info!(limit, enforced_by = %by, "sandbox limit enforced"),
                 None if limit == "processes" => {
                     let reason = "the service is root, runs cannot drop to an unprivileged uid (`bwrap` unavailable, refused or `sandbox_uid_count = 0`) and no pids cgroup is writable; root ignores RLIMIT_NPROC";

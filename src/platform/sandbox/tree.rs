@@ -1,6 +1,6 @@
-//! A walk of a directory tree that never follows a symlink: each directory is opened relative
-//! to its parent's descriptor with `O_NOFOLLOW`, and each entry is looked at with
-//! `AT_SYMLINK_NOFOLLOW`. The sandbox's root helper walks trees a sandboxed command may be
+//! A walk of a directory tree that never follows a symlink below its top: each directory is
+//! opened relative to its parent's descriptor with `O_NOFOLLOW`, and each entry is looked at
+//! with `AT_SYMLINK_NOFOLLOW`. The sandbox's root helper walks trees a sandboxed command may be
 //! changing at the same time (to hand them to the run's uid, to measure them), so a path
 //! swapped for a symlink to `/etc` must lead nowhere.
 
@@ -53,7 +53,9 @@ impl Node<'_> {
 }
 
 /// Walks the tree under `top` (a missing `top` is an empty walk), calling `visit` for `top` and
-/// every entry beneath it, parents before children. Answers the entries visited.
+/// every entry beneath it, parents before children. Answers the entries visited. `top` is
+/// followed if it is a symlink: the service names it (a configured dir may be a link), and
+/// inside the sandbox it is a mount point, which a run cannot swap.
 pub(crate) fn walk(
     top: &Path,
     visit: &mut dyn FnMut(&Node<'_>) -> std::io::Result<()>,
@@ -65,7 +67,7 @@ pub(crate) fn walk(
     };
     let path = CString::new(top.as_os_str().as_bytes())
         .map_err(|_| io("path", std::io::ErrorKind::InvalidInput.into()))?;
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
     // SAFETY: open reads a NUL-terminated path we own.
     let fd = unsafe { libc::open(path.as_ptr(), flags) };
     if fd < 0 {
@@ -240,7 +242,7 @@ mod tests {
         assert_eq!(entries, 5);
         assert!((64 * 1024..1024 * 1024).contains(&bytes), "{bytes}");
         assert_eq!(disk_usage(&root.path().join("missing")).unwrap(), (0, 0));
-        // The top itself being a symlink is refused, not followed.
-        assert!(disk_usage(&top.join("link")).is_err());
+        // A top that is a symlink (a configured dir may be) is followed.
+        assert_eq!(disk_usage(&top.join("link")).unwrap().1, 2);
     }
 }
