@@ -56,6 +56,9 @@ const LANDLOCK_ABI: ABI = ABI::V3;
 /// The uid and gid a sandboxed command runs as inside its user namespace (`nobody`).
 const SANDBOX_ID: &str = "65534";
 
+/// What enforces the memory limit without a memory cgroup (said as a warning at start).
+const ADDRESS_SPACE_LIMIT: &str = "RLIMIT_AS per process";
+
 /// How long the start-up probe of `bwrap` may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -303,7 +306,7 @@ impl Sandbox {
     fn log_enforcement(&self, mode: SandboxMode) -> Result<(), String> {
         for (limit, enforced_by) in self.enforcement(is_root()) {
             match enforced_by {
-                Some(by) if by.starts_with("RLIMIT_AS") => {
+                Some(by) if by == ADDRESS_SPACE_LIMIT => {
                     tracing::warn!(limit, enforced_by = %by, "no writable memory cgroup: the memory limit is an address-space limit, which the JVM and the like may not start under");
                 }
                 Some(by) => tracing::info!(limit, enforced_by = %by, "sandbox limit enforced"),
@@ -334,7 +337,7 @@ impl Sandbox {
         let memory = if has(Controller::Memory) {
             "memory cgroup"
         } else {
-            "RLIMIT_AS per process"
+            ADDRESS_SPACE_LIMIT
         };
         let tmp = self
             .bwrap
