@@ -493,6 +493,30 @@ pub struct LimitsConfig {
     pub file_bytes: u64,
     /// Open files of each process (`RLIMIT_NOFILE`).
     pub open_files: u64,
+    /// Bytes the run's own dirs (its worktree and temp dir) may hold in all, measured while it
+    /// runs and after: past it the run is killed (`RLIMIT_FSIZE` caps single files only).
+    pub disk_bytes: u64,
+    /// Size of the run's private `/tmp` (a tmpfs, so memory): a full one answers ENOSPC.
+    pub tmp_bytes: u64,
+    /// First host uid of the range runs get when the service is root: each run drops to a uid
+    /// of its own (stable per worktree), so `RLIMIT_NPROC` binds and concurrent runs do not
+    /// share one count. Its gid is this value, the group every run shares.
+    pub sandbox_uid_base: u32,
+    /// Uids in the range; 0 keeps runs as root (then only a `pids` cgroup bounds processes).
+    pub sandbox_uid_count: u32,
+}
+
+impl LimitsConfig {
+    /// Whether the sandbox uid range is usable: above the system and login uids, below
+    /// `(uid_t)-1`, and without `nobody` (65534), whose processes are not the run's own.
+    fn sandbox_uids_valid(&self) -> bool {
+        if self.sandbox_uid_count == 0 {
+            return true;
+        }
+        let first = u64::from(self.sandbox_uid_base);
+        let end = first + u64::from(self.sandbox_uid_count);
+        first >= 1000 && end <= u64::from(u32::MAX) && !(first..end).contains(&65534)
+    }
 }
 
 impl Default for LimitsConfig {
@@ -503,6 +527,10 @@ impl Default for LimitsConfig {
             cpu_secs: 3600,
             file_bytes: 1024 * 1024 * 1024,
             open_files: 4096,
+            disk_bytes: 4 * 1024 * 1024 * 1024,
+            tmp_bytes: 512 * 1024 * 1024,
+            sandbox_uid_base: 1_900_000_000,
+            sandbox_uid_count: 10_000,
         }
     }
 }
@@ -704,6 +732,14 @@ impl Config {
                 "engines.output_bytes_max must be at least 1024",
             ),
             (
+                !self.engines.limits.sandbox_uids_valid(),
+                "engines.limits.sandbox_uid_base .. + sandbox_uid_count must lie within 1000 .. 4294967294 and leave out 65534",
+            ),
+            (
+                self.engines.limits.disk_bytes == 0 || self.engines.limits.tmp_bytes == 0,
+                "engines.limits.disk_bytes and tmp_bytes must be at least 1",
+            ),
+            (
                 self.git.timeout_secs == 0,
                 "git.timeout_secs must be at least 1",
             ),
@@ -819,7 +855,8 @@ pub enum SandboxMode {
     /// what is missing.
     #[default]
     Auto,
-    /// Refuse to start unless both layers (namespaces and Landlock) work.
+    /// Refuse to start unless both layers (namespaces and Landlock) work and every limit is
+    /// enforced (a root service: its runs drop to a uid, or a `pids` cgroup is writable).
     Required,
 }
 
@@ -828,6 +865,30 @@ pub const WRITE_QUEUE_MAX: usize = 4096;
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_sandbox_uid_range_leaves_out_root_nobody_and_the_top() {
+        let parse = |range: &str| Config::parse(&format!("[engines.limits]\n{range}\n"));
+        let limits = Config::parse("").unwrap().engines.limits;
+        assert_eq!(
+            (limits.sandbox_uid_base, limits.sandbox_uid_count),
+            (1_900_000_000, 10_000)
+        );
+        assert!(parse("sandbox_uid_base = 200000\nsandbox_uid_count = 10000").is_ok());
+        assert!(
+            parse("sandbox_uid_base = 0\nsandbox_uid_count = 0").is_ok(),
+            "off"
+        );
+        for bad in [
+            "sandbox_uid_base = 0",
+            "sandbox_uid_base = 60000",
+            "sandbox_uid_base = 4294967000",
+            "disk_bytes = 0",
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert!(error.contains("engines.limits"), "{bad}: {error}");
+        }
+    }
     use super::*;
 
     #[test]

@@ -233,7 +233,7 @@ catalogue! {
     ENGINE_KILLED [] [Task]
         "An engine's process was killed by a signal it did not ask for (OOM killer, an operator).";
     RESOURCE_LIMIT [] [Task]
-        "A sandboxed engine or verify command hit one of `engines.limits` (processes, memory, CPU time, file size, open files); the message names it and the run keeps the output.";
+        "A sandboxed engine or verify command hit one of `engines.limits` (processes, memory, CPU time, file size, open files, disk); the message names it and the run keeps the output.";
     GIT_LOCKED [] [Task]
         "Another git process held a lock through every retry.";
     PLAN_INVALID [] [Task]

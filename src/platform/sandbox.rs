@@ -4,24 +4,30 @@
 //!
 //! 1. **Namespaces** (bubblewrap, `bwrap`): a new user, PID, IPC and UTS namespace, and a network
 //!    namespace of its own unless the persona has `network: true`; a root of read-only system
-//!    dirs, `/etc` without its secrets, a fresh `/proc`, a private `/tmp`, and only the run's own
-//!    directories bound in; an unprivileged uid (65534) without capabilities. The service, its
-//!    data dir, other worktrees and the home dir are not there to read or signal.
+//!    dirs, `/etc` without its secrets, a fresh `/proc`, a private sized `/tmp`, and only the
+//!    run's own directories bound in; an unprivileged uid (65534) without capabilities. The
+//!    service, its data dir, other worktrees and the home dir are not there to read or signal.
 //! 2. **Landlock**: inside that, the process may write only its worktree, its git dirs and its
 //!    temp dir (a restriction every child inherits and none can lift).
-//! 3. **Limits**: rlimits (processes, CPU time, file size, open files) and, where they are
-//!    writable, a `pids` cgroup (root ignores `RLIMIT_NPROC`) and a `memory` cgroup per run (else
-//!    memory falls back to `RLIMIT_AS`, which runtimes that reserve much address space, such as
-//!    the JVM, may not start under).
+//! 3. **Limits**: rlimits (processes, CPU time, file size, open files); when the service is
+//!    root, `bwrap` runs as an unprivileged host uid of the run's own ([`owner`]), since root
+//!    ignores `RLIMIT_NPROC`; where they are writable, a `pids` and a `memory` cgroup per run
+//!    (else memory falls back to `RLIMIT_AS`, which runtimes that reserve much address space,
+//!    such as the JVM, may not start under); the run's dirs measured against `disk_bytes`
+//!    ([`supervise`]).
 //!
 //! Like Codex CLI's Linux sandbox, it works by re-executing this binary: the service runs
-//! `glitchlab sandbox-exec [--cgroup DIR]... [--rlimit NAME=N]... --no-landlock -- bwrap ... --
-//! glitchlab sandbox-exec --write DIR ... -- sh -c <command>`. The outer `sandbox-exec` joins the
-//! cgroup and sets the limits, then execs `bwrap`; the inner one confines itself with Landlock and
-//! execs the command. Nothing runs between `fork` and `exec` in the service itself.
+//! `glitchlab sandbox-exec [--cgroup DIR]... [--rlimit NAME=N]... [--user UID:GID --own DIR...
+//! --share DIR...] [--watch DIR... --disk-bytes N] --no-landlock -- bwrap ... -- glitchlab
+//! sandbox-exec --write DIR ... -- sh -c <command>`. The outer `sandbox-exec` hands the dirs to
+//! the run's uid, joins the cgroup and sets the limits, then execs `bwrap` — or, to drop to the
+//! uid or watch the disk, starts it (staged, as that uid) and stays as its parent; the inner one
+//! confines itself with Landlock and execs the command. Nothing runs between `fork` and `exec`
+//! in the service itself.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use landlock::{
@@ -31,6 +37,12 @@ use landlock::{
 
 use crate::config::LimitsConfig;
 use crate::platform::process::{self, CommandOutput, CommandSpec};
+
+mod owner;
+mod supervise;
+mod tree;
+
+use owner::{RunAs, Share, UidLease, UidPool};
 
 /// The hidden subcommand that applies the sandbox and execs the command.
 pub const SANDBOX_SUBCOMMAND: &str = "sandbox-exec";
@@ -43,6 +55,9 @@ const LANDLOCK_ABI: ABI = ABI::V3;
 
 /// The uid and gid a sandboxed command runs as inside its user namespace (`nobody`).
 const SANDBOX_ID: &str = "65534";
+
+/// What enforces the memory limit without a memory cgroup (said as a warning at start).
+const ADDRESS_SPACE_LIMIT: &str = "RLIMIT_AS per process";
 
 /// How long the start-up probe of `bwrap` may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,6 +124,9 @@ pub struct Jail {
     pub readable: Vec<PathBuf>,
     /// The host network (`network: true` of its persona); otherwise an empty namespace.
     pub network: bool,
+    /// The run's own dirs (its worktree and temp dir) whose total size `disk_bytes` bounds;
+    /// empty: not measured.
+    pub disk: Vec<PathBuf>,
 }
 
 /// The layers that work on this host, found once at start.
@@ -124,6 +142,8 @@ pub struct Sandbox {
     cgroups: Vec<CgroupParent>,
     /// The limits every run gets.
     limits: LimitsConfig,
+    /// The uids runs drop to, when the service is root and an unprivileged `bwrap` works.
+    uids: Option<Arc<UidPool>>,
 }
 
 /// A cgroup controller a run's limits use.
@@ -138,6 +158,15 @@ impl Controller {
         match self {
             Self::Pids => "pids",
             Self::Memory => "memory",
+        }
+    }
+
+    /// A limit the start-up probe writes: valid for the controller (`pids.max` refuses more
+    /// than the kernel's pid limit, 2^22).
+    fn probe_limit(self) -> &'static str {
+        match self {
+            Self::Pids => "1024",
+            Self::Memory => "1073741824",
         }
     }
 
@@ -191,6 +220,8 @@ struct RunCgroup {
 pub struct Confined {
     cgroups: Vec<RunCgroup>,
     bwrap: bool,
+    /// The run's uid, given back to the pool when the run is settled or dropped.
+    _uid: Option<UidLease>,
 }
 
 impl Confined {
@@ -210,8 +241,9 @@ impl Drop for Confined {
 }
 
 impl Sandbox {
-    /// Finds what works here, logs what is missing, and applies `mode`: `off` gives `None`;
-    /// `required` fails unless namespaces and Landlock both work; `auto` takes what there is.
+    /// Finds what works here, logs what is missing and which limit is enforced how, and
+    /// applies `mode`: `off` gives `None`; `required` fails unless namespaces and Landlock both
+    /// work and every limit is enforced; `auto` takes what there is.
     pub async fn detect(mode: SandboxMode, limits: LimitsConfig) -> Result<Option<Self>, String> {
         if mode == SandboxMode::Off {
             tracing::warn!(
@@ -221,7 +253,9 @@ impl Sandbox {
         }
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
         let landlock = landlock_enforced();
-        let bwrap = probe_bwrap().await;
+        let pool = (is_root() && limits.sandbox_uid_count > 0)
+            .then(|| UidPool::new(limits.sandbox_uid_base, limits.sandbox_uid_count));
+        let (bwrap, uids) = probe_namespaces(&exe, pool, &limits).await;
         if mode == SandboxMode::Required {
             if let Err(reason) = &bwrap {
                 return Err(format!("namespaces: {reason}"));
@@ -237,19 +271,12 @@ impl Sandbox {
             tracing::warn!(%reason, "Landlock unavailable: engine and verify processes may write wherever their uid may");
         }
         let mut cgroups = Vec::new();
-        match cgroup_parent(Controller::Pids) {
-            Ok(parent) => cgroups.push(parent),
-            Err(reason) => {
-                // SAFETY: geteuid reads the caller's credentials; it cannot fail.
-                if unsafe { libc::geteuid() } == 0 {
-                    tracing::warn!(%reason, "no writable pids cgroup: the process limit is not enforced (root ignores RLIMIT_NPROC)");
+        for controller in [Controller::Pids, Controller::Memory] {
+            match cgroup_parent(controller) {
+                Ok(parent) => cgroups.push(parent),
+                Err(reason) => {
+                    tracing::info!(controller = controller.name(), %reason, "no writable cgroup");
                 }
-            }
-        }
-        match cgroup_parent(Controller::Memory) {
-            Ok(parent) => cgroups.push(parent),
-            Err(reason) => {
-                tracing::warn!(%reason, "no writable memory cgroup: the memory limit is an address-space limit (RLIMIT_AS), which the JVM and the like may not start under");
             }
         }
         let sandbox = Self {
@@ -258,7 +285,9 @@ impl Sandbox {
             landlock: landlock.is_ok(),
             cgroups,
             limits,
+            uids,
         };
+        sandbox.log_enforcement(mode)?;
         let cgroups: Vec<String> = sandbox
             .cgroups
             .iter()
@@ -270,6 +299,62 @@ impl Sandbox {
             "engine and verify processes are sandboxed"
         );
         Ok(Some(sandbox))
+    }
+
+    /// Logs each limit and what enforces it; with `required`, a limit nothing enforces stops
+    /// the start.
+    fn log_enforcement(&self, mode: SandboxMode) -> Result<(), String> {
+        for (limit, enforced_by) in self.enforcement(is_root()) {
+            match enforced_by {
+                Some(by) if by == ADDRESS_SPACE_LIMIT => {
+                    tracing::warn!(limit, enforced_by = %by, "no writable memory cgroup: the memory limit is an address-space limit, which the JVM and the like may not start under");
+                }
+                Some(by) => tracing::info!(limit, enforced_by = %by, "sandbox limit enforced"),
+                None if limit == "processes" => {
+                    let reason = "the service is root, runs cannot drop to an unprivileged uid (`bwrap` unavailable, refused or `sandbox_uid_count = 0`) and no pids cgroup is writable; root ignores RLIMIT_NPROC";
+                    if mode == SandboxMode::Required {
+                        return Err(format!("the process limit cannot be enforced: {reason}"));
+                    }
+                    tracing::warn!(limit, reason, "the process limit is not enforced");
+                }
+                None => tracing::warn!(limit, "sandbox limit not enforced"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Each limit and what enforces it here (`None`: nothing).
+    fn enforcement(&self, root: bool) -> Vec<(&'static str, Option<String>)> {
+        let has = |controller| self.cgroups.iter().any(|c| c.controller == controller);
+        let limits = &self.limits;
+        let processes = match (&self.uids, has(Controller::Pids)) {
+            (Some(_), true) => Some("uid drop (RLIMIT_NPROC) + pids cgroup".to_owned()),
+            (Some(_), false) => Some("uid drop (RLIMIT_NPROC)".to_owned()),
+            (None, true) => Some("pids cgroup".to_owned()),
+            (None, false) if !root => Some("RLIMIT_NPROC of the service's uid".to_owned()),
+            (None, false) => None,
+        };
+        let memory = if has(Controller::Memory) {
+            "memory cgroup"
+        } else {
+            ADDRESS_SPACE_LIMIT
+        };
+        let tmp = self
+            .bwrap
+            .as_ref()
+            .map(|_| format!("tmpfs size {}", limits.tmp_bytes));
+        vec![
+            ("processes", processes),
+            ("memory", Some(memory.to_owned())),
+            (
+                "disk",
+                Some(format!("watcher, disk_bytes {}", limits.disk_bytes)),
+            ),
+            ("tmp", tmp),
+            ("cpu", Some("RLIMIT_CPU per process".to_owned())),
+            ("file_size", Some("RLIMIT_FSIZE per process".to_owned())),
+            ("open_files", Some("RLIMIT_NOFILE per process".to_owned())),
+        ]
     }
 
     /// The layers in force, as recorded on each run: `bwrap+landlock`, `bwrap`, `landlock` or
@@ -287,9 +372,14 @@ impl Sandbox {
     /// cgroup; give it back to [`Self::settle`] with the output.
     pub fn wrap(&self, jail: &Jail, spec: &mut CommandSpec) -> Confined {
         let run = uuid::Uuid::now_v7().to_string();
+        let lease = match (&self.bwrap, &self.uids) {
+            (Some(_), Some(pool)) => Some(pool.lease(&jail.cwd)),
+            _ => None,
+        };
         let mut confined = Confined {
             cgroups: Vec::new(),
             bwrap: self.bwrap.is_some(),
+            _uid: None,
         };
         for parent in &self.cgroups {
             let dir = parent.parent.join(&run);
@@ -315,6 +405,26 @@ impl Sandbox {
         for (name, value) in self.rlimits() {
             outer.extend(["--rlimit".to_owned(), format!("{name}={value}")]);
         }
+        if let Some(lease) = &lease {
+            outer.extend(["--user".to_owned(), lease.run_as.arg()]);
+            let (own, share) = handed_dirs(jail);
+            for dir in own {
+                outer.extend(["--own".to_owned(), dir.display().to_string()]);
+            }
+            for dir in share {
+                outer.extend(["--share".to_owned(), dir.display().to_string()]);
+            }
+        }
+        for dir in &jail.disk {
+            outer.extend(["--watch".to_owned(), dir.display().to_string()]);
+        }
+        if !jail.disk.is_empty() {
+            outer.extend([
+                "--disk-bytes".to_owned(),
+                self.limits.disk_bytes.to_string(),
+            ]);
+        }
+        confined._uid = lease;
         let landlock_args = |args: &mut Vec<String>| {
             if self.landlock {
                 for dir in &jail.writable {
@@ -330,7 +440,7 @@ impl Sandbox {
             Some(bwrap) => {
                 outer.extend(["--no-landlock".to_owned(), "--".to_owned()]);
                 outer.push(bwrap.display().to_string());
-                outer.extend(bwrap_args(jail, &self.exe));
+                outer.extend(bwrap_args(jail, &self.exe, self.limits.tmp_bytes));
                 outer.push("--".to_owned());
                 if self.landlock {
                     outer.push(self.exe.display().to_string());
@@ -387,6 +497,7 @@ impl Sandbox {
         Some(Confined {
             cgroups: Vec::new(),
             bwrap: true,
+            _uid: None,
         })
     }
 
@@ -462,6 +573,7 @@ impl Sandbox {
             Limit::Cpu => format!("CPU time limit ({} s)", limits.cpu_secs),
             Limit::FileSize => format!("file size limit ({} bytes)", limits.file_bytes),
             Limit::OpenFiles => format!("open files limit ({})", limits.open_files),
+            Limit::Disk => format!("disk limit (disk_bytes {})", limits.disk_bytes),
         }
     }
 
@@ -493,6 +605,7 @@ enum Limit {
     Cpu,
     FileSize,
     OpenFiles,
+    Disk,
 }
 
 /// Reads a failed run's end for the marks each limit leaves: the cgroups' counts of refused
@@ -507,7 +620,8 @@ fn limit_hit(cgroup_hit: Option<Limit>, signal: Option<i32>, output: &str) -> Op
         Some(libc::SIGXFSZ) => return Some(Limit::FileSize),
         _ => {}
     }
-    const MARKS: [(&str, Limit); 12] = [
+    const MARKS: [(&str, Limit); 13] = [
+        (supervise::DISK_MARK, Limit::Disk),
         ("Cannot fork", Limit::Processes),
         ("fork: Resource temporarily unavailable", Limit::Processes),
         ("fork: retry", Limit::Processes),
@@ -539,7 +653,7 @@ fn counted(events: &str, key: &str) -> bool {
 }
 
 /// The `bwrap` arguments (before `--`) of a jail.
-fn bwrap_args(jail: &Jail, exe: &Path) -> Vec<String> {
+fn bwrap_args(jail: &Jail, exe: &Path, tmp_bytes: u64) -> Vec<String> {
     let mut args: Vec<String> = [
         "--unshare-user",
         "--unshare-pid",
@@ -583,7 +697,9 @@ fn bwrap_args(jail: &Jail, exe: &Path) -> Vec<String> {
             push(&["--tmpfs", dir]);
         }
     }
-    push(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+    let tmp_bytes = tmp_bytes.to_string();
+    push(&["--proc", "/proc", "--dev", "/dev"]);
+    push(&["--size", &tmp_bytes, "--tmpfs", "/tmp"]);
     for (path, writable) in binds(jail, exe) {
         let path = path.display().to_string();
         push(&[if writable { "--bind" } else { "--ro-bind" }, &path, &path]);
@@ -664,50 +780,103 @@ fn binds(jail: &Jail, exe: &Path) -> Vec<(PathBuf, bool)> {
     binds
 }
 
-/// Runs `bwrap` with the namespaces and uid of a real run around `true`.
-async fn probe_bwrap() -> Result<PathBuf, String> {
-    let bwrap =
-        find_program("bwrap").ok_or("`bwrap` is not installed (apt-get install bubblewrap)")?;
+/// Finds `bwrap` and probes it the way runs will use it: as the pool's probe uid through
+/// `sandbox-exec --user` when the service is root (then runs drop to the pool's uids), else (or
+/// when that fails) as the service's own uid.
+async fn probe_namespaces(
+    exe: &Path,
+    pool: Option<Arc<UidPool>>,
+    limits: &LimitsConfig,
+) -> (Result<PathBuf, String>, Option<Arc<UidPool>>) {
+    let Some(bwrap) = find_program("bwrap") else {
+        let reason = "`bwrap` is not installed (apt-get install bubblewrap)".to_owned();
+        return (Err(reason), None);
+    };
+    if let Some(pool) = pool {
+        match probe_bwrap(&bwrap, exe, Some(pool.probe_identity()), limits).await {
+            Ok(()) => return (Ok(bwrap), Some(pool)),
+            Err(reason) => {
+                tracing::warn!(%reason, "`bwrap` cannot run as an unprivileged uid: runs stay host root in their user namespace");
+            }
+        }
+    }
+    let plain = probe_bwrap(&bwrap, exe, None, limits).await;
+    (plain.map(|()| bwrap), None)
+}
+
+/// Runs `true` in the namespaces, binds and `/tmp` of a real run, as `run_as` when given.
+async fn probe_bwrap(
+    bwrap: &Path,
+    exe: &Path,
+    run_as: Option<RunAs>,
+    limits: &LimitsConfig,
+) -> Result<(), String> {
+    let jail = Jail {
+        cwd: PathBuf::from("/"),
+        ..Jail::default()
+    };
     let mut spec = CommandSpec::shell("", std::env::temp_dir(), PROBE_TIMEOUT, 4096);
     spec.program = bwrap.display().to_string();
-    spec.args = [
-        "--unshare-user",
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--unshare-net",
-        "--uid",
-        SANDBOX_ID,
-        "--gid",
-        SANDBOX_ID,
-        "--cap-drop",
-        "ALL",
-        "--die-with-parent",
-        "--new-session",
-        "--ro-bind",
-        "/",
-        "/",
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--tmpfs",
-        "/tmp",
-        "true",
-    ]
-    .map(str::to_owned)
-    .to_vec();
+    spec.args = bwrap_args(&jail, exe, limits.tmp_bytes);
+    spec.args.extend(["--".to_owned(), "true".to_owned()]);
+    if let Some(run_as) = run_as {
+        let mut args = vec![
+            SANDBOX_SUBCOMMAND.to_owned(),
+            "--user".to_owned(),
+            run_as.arg(),
+            "--no-landlock".to_owned(),
+            "--".to_owned(),
+            std::mem::take(&mut spec.program),
+        ];
+        args.append(&mut spec.args);
+        spec.program = exe.display().to_string();
+        spec.args = args;
+    }
     let output = process::run(&spec)
         .await
         .map_err(|error| error.to_string())?;
     if output.success() {
-        Ok(bwrap)
+        Ok(())
     } else {
         Err(format!(
             "`bwrap` cannot create namespaces here: {}",
             output.stderr.text.trim()
         ))
     }
+}
+
+/// Whether the service runs as root (whose runs `RLIMIT_NPROC` does not bind).
+fn is_root() -> bool {
+    // SAFETY: geteuid reads the caller's credentials; it cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The writable dirs handed to the run's uid, less `/dev` and the system's: the run's own
+/// (`Jail::disk`, owned) and the others (shared through the group), each once.
+fn handed_dirs(jail: &Jail) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    const NEVER: [&str; 8] = [
+        "/dev", "/proc", "/sys", "/etc", "/boot", "/run", "/var/run", "/usr",
+    ];
+    let system = |dir: &Path| {
+        dir == Path::new("/")
+            || NEVER
+                .iter()
+                .chain(SYSTEM_DIRS.iter())
+                .any(|s| dir.starts_with(s))
+    };
+    let mut own: Vec<PathBuf> = Vec::new();
+    for dir in jail.disk.iter().filter(|d| !system(d)) {
+        if !own.contains(dir) {
+            own.push(dir.clone());
+        }
+    }
+    let mut share: Vec<PathBuf> = Vec::new();
+    for dir in jail.writable.iter().filter(|d| !system(d)) {
+        if !own.iter().any(|o| dir.starts_with(o)) && !share.contains(dir) {
+            share.push(dir.clone());
+        }
+    }
+    (own, share)
 }
 
 /// `name` on `PATH`.
@@ -728,8 +897,12 @@ fn cgroup_parent(controller: Controller) -> Result<CgroupParent, String> {
     for (mount, path, v2) in cgroup_candidates(&own, &mounts, controller.name()) {
         let parent = mount.join(path.trim_start_matches('/')).join("glitchlab");
         let probe = parent.join(format!("probe-{}", uuid::Uuid::now_v7()));
-        let made = std::fs::create_dir_all(&probe)
-            .and_then(|()| std::fs::write(probe.join(controller.limit_file(v2)), "1073741824"));
+        let made = std::fs::create_dir_all(&probe).and_then(|()| {
+            std::fs::write(
+                probe.join(controller.limit_file(v2)),
+                controller.probe_limit(),
+            )
+        });
         let _ = std::fs::remove_dir(&probe);
         match made {
             Ok(()) => {
@@ -838,36 +1011,41 @@ struct ExecArgs {
     landlock: bool,
     cgroups: Vec<PathBuf>,
     rlimits: Vec<(String, u64)>,
+    /// The uid to drop to (then the command is `bwrap`, whose binds are staged).
+    run_as: Option<RunAs>,
+    /// Dirs handed to `run_as` first: owned, and shared through its group.
+    own: Vec<PathBuf>,
+    share: Vec<PathBuf>,
+    /// Dirs whose total size is watched.
+    watch: Vec<PathBuf>,
+    disk_bytes: u64,
     command: Vec<OsString>,
 }
 
-/// `glitchlab sandbox-exec [--cgroup DIR] [--rlimit NAME=N]... [--no-landlock | --write DIR...]
-/// -- PROGRAM ARGS...`: join the cgroup, set the limits, confine, then exec. Never returns; on
-/// failure it exits 126 with the reason on stderr.
+/// `glitchlab sandbox-exec [--cgroup DIR] [--rlimit NAME=N]... [--user UID:GID [--own DIR]...
+/// [--share DIR]...]
+/// [--watch DIR... --disk-bytes N] [--no-landlock | --write DIR...] -- PROGRAM ARGS...`: hand
+/// the dirs over, join the cgroup, set the limits, confine, then exec — or, to drop to a uid or
+/// watch the disk, start the command and stay until it ends. Never returns; on failure it
+/// exits 126 with the reason on stderr.
 pub fn exec_main(args: Vec<OsString>) -> ! {
     use std::os::unix::process::CommandExt;
-    let parsed = match parse(args) {
+    let mut parsed = match parse(args) {
         Ok(parsed) => parsed,
         Err(reason) => fail(&reason),
     };
-    for dir in &parsed.cgroups {
-        if let Err(error) = std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
-        {
-            fail(&format!(
-                "cannot join the cgroup {}: {error}",
-                dir.display()
-            ));
-        }
+    if let Err(reason) = apply(&parsed) {
+        fail(&reason);
     }
-    for (name, value) in &parsed.rlimits {
-        if let Err(reason) = set_rlimit(name, *value) {
-            fail(&reason);
-        }
-    }
-    if parsed.landlock {
-        match ruleset(&parsed.writable) {
-            Ok(RulesetStatus::NotEnforced) => fail("the kernel does not enforce Landlock"),
-            Ok(_) => {}
+    if parsed.run_as.is_some() || !parsed.watch.is_empty() {
+        let supervised = supervise::Supervised {
+            command: std::mem::take(&mut parsed.command),
+            run_as: parsed.run_as,
+            watch: std::mem::take(&mut parsed.watch),
+            disk_bytes: parsed.disk_bytes,
+        };
+        match supervise::run(supervised) {
+            Ok(code) => std::process::exit(code),
             Err(reason) => fail(&reason),
         }
     }
@@ -879,6 +1057,36 @@ pub fn exec_main(args: Vec<OsString>) -> ! {
         "could not start {}: {error}",
         program.to_string_lossy()
     ))
+}
+
+/// Everything `sandbox-exec` does to itself before it starts the command.
+fn apply(parsed: &ExecArgs) -> Result<(), String> {
+    if let Some(run_as) = parsed.run_as {
+        let handed = |dirs: &[PathBuf], share| {
+            owner::hand_over(dirs, share, run_as).map_err(|error| {
+                format!("cannot hand the run's dirs to uid {}: {error}", run_as.uid)
+            })
+        };
+        // Shared first: an owned dir inside a shared one ends the run's own.
+        handed(&parsed.share, Share::Group)?;
+        handed(&parsed.own, Share::Own)?;
+    }
+    for dir in &parsed.cgroups {
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+            .map_err(|error| format!("cannot join the cgroup {}: {error}", dir.display()))?;
+    }
+    for (name, value) in &parsed.rlimits {
+        set_rlimit(name, *value)?;
+    }
+    if parsed.landlock {
+        match ruleset(&parsed.writable)? {
+            RulesetStatus::NotEnforced => {
+                return Err("the kernel does not enforce Landlock".into());
+            }
+            RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced => {}
+        }
+    }
+    Ok(())
 }
 
 /// Lowers one limit (soft and hard) to `value`, never above the current hard limit. CPU time
@@ -930,33 +1138,58 @@ fn parse(args: Vec<OsString>) -> Result<ExecArgs, String> {
     };
     let mut iter = args.into_iter();
     while let Some(arg) = iter.next() {
-        match arg.to_str() {
-            Some("--write") => parsed.writable.push(PathBuf::from(
-                iter.next().ok_or("--write needs a directory")?,
-            )),
-            Some("--cgroup") => parsed.cgroups.push(PathBuf::from(
-                iter.next().ok_or("--cgroup needs a directory")?,
-            )),
-            Some("--rlimit") => {
-                let spec = iter.next().ok_or("--rlimit needs NAME=N")?;
-                let spec = spec.to_string_lossy();
-                let (name, value) = spec
-                    .split_once('=')
-                    .ok_or_else(|| format!("--rlimit {spec}: expected NAME=N"))?;
-                let value = value
-                    .parse::<u64>()
-                    .map_err(|e| format!("--rlimit {spec}: {e}"))?;
-                parsed.rlimits.push((name.to_owned(), value));
+        let Some(flag) = arg.to_str() else {
+            return Err(format!("unexpected argument {}", arg.to_string_lossy()));
+        };
+        if flag == "--" {
+            parsed.command = iter.collect();
+            if parsed.run_as.is_none() && !(parsed.own.is_empty() && parsed.share.is_empty()) {
+                return Err("--own and --share need --user".into());
             }
-            Some("--no-landlock") => parsed.landlock = false,
-            Some("--") => {
-                parsed.command = iter.collect();
-                return Ok(parsed);
+            // Landlock forbids the mounts that stage the binds; the inner one confines.
+            if parsed.run_as.is_some() && parsed.landlock {
+                return Err("--user needs --no-landlock".into());
             }
-            _ => return Err(format!("unexpected argument {}", arg.to_string_lossy())),
+            return Ok(parsed);
         }
+        if flag == "--no-landlock" {
+            parsed.landlock = false;
+            continue;
+        }
+        let value = iter.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        parse_valued(&mut parsed, flag, value)?;
     }
     Err("missing -- before the command".into())
+}
+
+/// One option that takes a value.
+fn parse_valued(parsed: &mut ExecArgs, flag: &str, path: OsString) -> Result<(), String> {
+    let value = path.to_string_lossy().into_owned();
+    let value = value.as_str();
+    match flag {
+        "--write" => parsed.writable.push(PathBuf::from(path)),
+        "--cgroup" => parsed.cgroups.push(PathBuf::from(path)),
+        "--own" => parsed.own.push(PathBuf::from(path)),
+        "--share" => parsed.share.push(PathBuf::from(path)),
+        "--watch" => parsed.watch.push(PathBuf::from(path)),
+        "--user" => parsed.run_as = Some(RunAs::parse(value)?),
+        "--disk-bytes" => {
+            parsed.disk_bytes = value
+                .parse::<u64>()
+                .map_err(|e| format!("--disk-bytes {value}: {e}"))?;
+        }
+        "--rlimit" => {
+            let (name, number) = value
+                .split_once('=')
+                .ok_or_else(|| format!("--rlimit {value}: expected NAME=N"))?;
+            let number = number
+                .parse::<u64>()
+                .map_err(|e| format!("--rlimit {value}: {e}"))?;
+            parsed.rlimits.push((name.to_owned(), number));
+        }
+        _ => return Err(format!("unexpected argument {flag}")),
+    }
+    Ok(())
 }
 
 fn fail(reason: &str) -> ! {
@@ -975,6 +1208,7 @@ mod tests {
             landlock: false,
             cgroups: Vec::new(),
             limits: LimitsConfig::default(),
+            uids: None,
         }
     }
 
@@ -1002,6 +1236,104 @@ mod tests {
     }
 
     #[test]
+    fn a_root_run_drops_to_its_uid_hands_its_dirs_over_and_is_watched() {
+        let mut sandbox = sandbox_with(Some("/usr/bin/bwrap"));
+        sandbox.landlock = true;
+        sandbox.uids = Some(UidPool::new(1_900_000_000, 16));
+        let jail = Jail {
+            cwd: PathBuf::from("/data/worktrees/t"),
+            writable: vec![
+                PathBuf::from("/data/worktrees/t"),
+                PathBuf::from("/data/tmp/t"),
+                PathBuf::from("/dev"),
+                PathBuf::from("/repo/.git/objects"),
+                PathBuf::from("/data/worktrees/t/sub"),
+            ],
+            readable: Vec::new(),
+            network: false,
+            disk: vec![
+                PathBuf::from("/data/worktrees/t"),
+                PathBuf::from("/data/tmp/t"),
+            ],
+        };
+        let mut spec =
+            CommandSpec::shell("make test", jail.cwd.clone(), Duration::from_secs(5), 64);
+        let confined = sandbox.wrap(&jail, &mut spec);
+        let uid = confined._uid.as_ref().map(|lease| lease.run_as).unwrap();
+        assert!((1_900_000_000..1_900_000_016).contains(&uid.uid));
+        assert_eq!(uid.gid, 1_900_000_000);
+        let args = spec.args.join(" ");
+        let outer = args.split(" -- ").next().unwrap();
+        assert!(
+            outer.contains(&format!("--user {}:1900000000", uid.uid)),
+            "{outer}"
+        );
+        assert!(
+            outer.contains("--own /data/worktrees/t --own /data/tmp/t --share /repo/.git/objects"),
+            "the run's own dirs owned, the others shared, /dev and dirs inside owned ones not: {outer}"
+        );
+        assert!(
+            !outer.contains("/dev") && !outer.contains("/sub"),
+            "{outer}"
+        );
+        assert!(
+            outer.contains("--watch /data/worktrees/t --watch /data/tmp/t --disk-bytes 4294967296"),
+            "{outer}"
+        );
+        assert!(args.contains("--size 536870912 --tmpfs /tmp"), "{args}");
+        // The same worktree's next run, once this one is settled, gets the same uid.
+        drop(confined);
+        let mut again = CommandSpec::shell("true", jail.cwd.clone(), Duration::from_secs(5), 64);
+        let next = sandbox.wrap(&jail, &mut again);
+        assert_eq!(next._uid.as_ref().map(|lease| lease.run_as), Some(uid));
+        // The parsed outer command line gives back what was asked.
+        let outer_args: Vec<OsString> = again.args[1..].iter().map(OsString::from).collect();
+        let parsed = parse(outer_args).unwrap();
+        assert_eq!(parsed.run_as, Some(uid));
+        assert_eq!(parsed.own.len(), 2);
+        assert_eq!(parsed.share, vec![PathBuf::from("/repo/.git/objects")]);
+        assert_eq!(parsed.disk_bytes, 4_294_967_296);
+        assert!(
+            !parsed.landlock,
+            "the outer one leaves Landlock to the inner one"
+        );
+        assert_eq!(parsed.command[0], OsString::from("/usr/bin/bwrap"));
+        assert!(parse(["--own", "/x", "--", "true"].map(OsString::from).to_vec()).is_err());
+        assert!(parse(["--user", "0:0", "--", "true"].map(OsString::from).to_vec()).is_err());
+        assert!(parse(["--user", "5:5", "--", "true"].map(OsString::from).to_vec()).is_err());
+    }
+
+    #[test]
+    fn without_a_uid_drop_or_a_pids_cgroup_a_root_service_enforces_no_process_limit() {
+        let plain = sandbox_with(Some("/usr/bin/bwrap"));
+        let processes = |sandbox: &Sandbox, root| sandbox.enforcement(root)[0].1.clone();
+        assert_eq!(processes(&plain, true), None);
+        assert_eq!(
+            processes(&plain, false).as_deref(),
+            Some("RLIMIT_NPROC of the service's uid")
+        );
+        let mut dropping = plain.clone();
+        dropping.uids = Some(UidPool::new(1_900_000_000, 4));
+        assert_eq!(
+            processes(&dropping, true).as_deref(),
+            Some("uid drop (RLIMIT_NPROC)")
+        );
+        let enforcement = dropping.enforcement(true);
+        assert!(enforcement
+            .iter()
+            .all(|(limit, by)| by.is_some() || *limit == "processes"));
+        assert_eq!(
+            enforcement[2],
+            ("disk", Some("watcher, disk_bytes 4294967296".to_owned()))
+        );
+        // Required refuses to start where nothing bounds a root service's processes.
+        if is_root() {
+            assert!(plain.log_enforcement(SandboxMode::Required).is_err());
+            assert!(dropping.log_enforcement(SandboxMode::Required).is_ok());
+        }
+    }
+
+    #[test]
     fn limits_are_named_from_their_marks() {
         assert_eq!(
             limit_hit(Some(Limit::Processes), None, ""),
@@ -1017,6 +1349,15 @@ mod tests {
             Some(Limit::Memory)
         );
         assert_eq!(limit_hit(None, Some(9), "test failed"), None);
+        let watcher = format!(
+            "glitchlab sandbox: {} (70000000 bytes ...)",
+            supervise::DISK_MARK
+        );
+        assert_eq!(limit_hit(None, Some(9), &watcher), Some(Limit::Disk));
+        assert_eq!(
+            sandbox_with(None).describe(Limit::Disk),
+            "disk limit (disk_bytes 4294967296)"
+        );
     }
 
     #[test]
@@ -1044,6 +1385,7 @@ mod tests {
             writable: vec![gitdir.clone(), repo_git.clone()],
             readable: vec![repo_git.clone(), root.path().join("missing")],
             network: false,
+            disk: Vec::new(),
         };
         let binds = binds(&jail, Path::new("/nonexistent/glitchlab"));
         assert_eq!(binds[0], (root.path().to_path_buf(), false));

@@ -335,6 +335,7 @@ fn jail(
         readable.push(linked.common.join("objects"));
     }
     sandbox::Jail {
+        disk: vec![cwd.clone(), temp_dir.to_path_buf()],
         cwd,
         writable,
         readable,

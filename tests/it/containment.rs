@@ -418,3 +418,244 @@ async fn without_bwrap_required_refuses_to_start_and_auto_says_what_is_missing()
         "{log}"
     );
 }
+
+/// The sandbox uids of the tests that count processes by uid: a range no other test uses.
+const UID_BASE: u32 = 1_900_500_000;
+const UID_COUNT: u32 = 64;
+
+/// Skips (true, saying why) unless this is root: only a root service drops runs to a uid.
+fn not_root() -> bool {
+    // SAFETY: geteuid only reads the caller's credentials.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: only a root service drops its runs to an unprivileged uid");
+        return true;
+    }
+    false
+}
+
+/// The real uid of every process, read from `/proc`.
+fn process_uids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter_map(|status| {
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .collect()
+}
+
+/// Counts, until stopped, the processes of each uid in `uids`; answers the most any one uid
+/// had at once.
+struct UidSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl UidSampler {
+    fn start(uids: std::ops::Range<u32>) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut most = 0;
+            while !stopped.load(Ordering::SeqCst) {
+                let mut counts = std::collections::HashMap::<u32, usize>::new();
+                for uid in process_uids() {
+                    if uids.contains(&uid) {
+                        *counts.entry(uid).or_default() += 1;
+                    }
+                }
+                most = most.max(counts.values().copied().max().unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            most
+        });
+        Self { stop, thread }
+    }
+
+    fn most(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+/// 1,500 background `sleep`s against a process limit of 200, from a service running as root:
+/// the run is an unprivileged uid of the configured range, so `RLIMIT_NPROC` binds (with or
+/// without a pids cgroup), the attempt fails `RESOURCE_LIMIT` naming it, no uid ever has more
+/// than the limit, and the service answers throughout.
+#[tokio::test]
+async fn a_root_service_runs_a_fork_loop_as_an_unprivileged_uid_that_the_process_limit_binds() {
+    if skip() || not_root() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let config = format!(
+        "[engines]\ntimeout_secs = 60\nverify_timeout_secs = 60\n\n[engines.limits]\n\
+         processes = 200\nsandbox_uid_base = {UID_BASE}\nsandbox_uid_count = {UID_COUNT}\n"
+    );
+    let service = Service::start_with(root.path(), no_root_writable(&config)).await;
+    let log = service.log();
+    assert!(
+        log.contains("sandbox limit enforced") && log.contains("uid drop (RLIMIT_NPROC)"),
+        "{log}"
+    );
+    let sampler = UidSampler::start(UID_BASE..UID_BASE + UID_COUNT);
+    // The loop forks until refused; its sleeps outlive it for two seconds, its status stays.
+    // (From a script: the allowlist sees only the command line, it is policy, not a boundary.)
+    let verify = "printf '%s\\n' '(i=0; while [ $i -lt 1500 ]; do sleep 20 & i=$((i+1)); done); \
+                  s=$?; sleep 2; exit $s' > \"$TMPDIR/forks.sh\"; sh \"$TMPDIR/forks.sh\"";
+    let task = service
+        .submit(&shell_task(&repo, "echo hi > hi.txt", verify))
+        .await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + TASK_TIMEOUT;
+    let task = loop {
+        healthy(&service).await;
+        let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+        if matches!(
+            task["status"].as_str(),
+            Some("done" | "failed" | "cancelled")
+        ) {
+            break task;
+        }
+        assert!(std::time::Instant::now() < deadline, "{task:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let most = sampler.most();
+    eprintln!("most processes of one run uid at once: {most} (limit 200)");
+    healthy(&service).await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["error"]["code"], "RESOURCE_LIMIT", "{task:#}");
+    let message = task["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("processes limit (200)") && message.contains("circuit"),
+        "{message}"
+    );
+    assert!(
+        (100..=200 + 2).contains(&most),
+        "the run's uid had at most {most} processes at once (limit 200)"
+    );
+}
+
+/// The outer `sandbox-exec` alone, no cgroup: dropped to a uid, 300 background `sleep`s meet
+/// an `RLIMIT_NPROC` of 64 and are refused past it — the limit binds by the uid drop itself.
+#[tokio::test]
+async fn the_uid_drop_alone_makes_the_process_limit_bind() {
+    if skip() || not_root() {
+        return;
+    }
+    // Past the service tests' range, so their runs are not counted here.
+    let uid = UID_BASE + UID_COUNT;
+    let sampler = UidSampler::start(uid..uid + 1);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_glitchlab"))
+        .args(["sandbox-exec", "--user", &format!("{uid}:{UID_BASE}")])
+        .args(["--rlimit", "nproc=64", "--no-landlock", "--", "bwrap"])
+        .args([
+            "--unshare-user",
+            "--unshare-pid",
+            "--uid",
+            "65534",
+            "--gid",
+            "65534",
+        ])
+        .args([
+            "--die-with-parent",
+            "--ro-bind",
+            "/",
+            "/",
+            "--proc",
+            "/proc",
+        ])
+        .args(["--dev", "/dev", "--", "sh", "-c"])
+        .arg("(for i in $(seq 300); do sleep 20 & done); id -u; sleep 2")
+        .output()
+        .await
+        .unwrap();
+    let most = sampler.most();
+    eprintln!("most processes of uid {uid} at once: {most} (limit 64)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stdout.trim(), "65534", "{stderr}");
+    assert!(stderr.contains("Cannot fork"), "{stderr}");
+    assert!(
+        (32..=64 + 2).contains(&most),
+        "uid {uid} had at most {most} processes at once (limit 64)"
+    );
+}
+
+/// Three 30 MiB files against a `disk_bytes` of 64 MiB: the run is killed while it runs (not
+/// 30 s later), the attempt fails `RESOURCE_LIMIT` naming `disk_bytes`, nothing keeps writing
+/// after, and the clean-up sweep removes what it wrote.
+#[tokio::test]
+async fn a_disk_filler_fails_its_attempt_with_resource_limit_and_leaves_nothing() {
+    if skip() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    // A sweep every 2 s removes a finished task's worktree (root removing what the run owns).
+    let config = "[engines]\ntimeout_secs = 60\n\n[engines.limits]\ndisk_bytes = 67108864\n\n\
+                  [git]\nsweep_interval_secs = 2\n";
+    let service = Service::start_with(root.path(), no_root_writable(config)).await;
+    let fill = "for f in a b c; do head -c 31457280 /dev/zero > $f.bin || exit 1; done; \
+                sleep 30; echo hi > hi.txt";
+    let task = service
+        .submit(&shell_task(&repo, fill, "test -f hi.txt"))
+        .await;
+    healthy(&service).await;
+    let task = finish(&service, &task).await;
+    healthy(&service).await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["error"]["code"], "RESOURCE_LIMIT", "{task:#}");
+    let message = task["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("disk limit (disk_bytes 67108864)") && message.contains("patch"),
+        "{message}"
+    );
+    let runs = runs(&service, &task).await;
+    let patch_run = runs.iter().find(|r| r["persona"] == "patch").unwrap();
+    assert!(
+        patch_run["duration_ms"].as_u64().unwrap() < 25_000,
+        "killed while it ran: {patch_run:#}"
+    );
+    // The worktrees and temp dirs: where the run could write.
+    let data = root.path().join("data");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let used = disk_usage(&data.join("worktrees")) + disk_usage(&data.join("tmp"));
+        if used < 1024 * 1024 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{used} bytes still used under {}",
+            data.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Bytes allocated under `dir` (symlinks not followed).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return 0;
+    };
+    let mut bytes = meta.blocks() * 512;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            bytes += disk_usage(&entry.path());
+        }
+    }
+    bytes
+}

@@ -238,6 +238,8 @@ impl ProviderContext {
             writable: confine.writable.clone(),
             readable: Vec::new(),
             network: confine.network,
+            // Ops commands write where their app needs to: no disk budget of their own.
+            disk: Vec::new(),
         };
         let confined = confine.sandbox.wrap(&jail, &mut spec);
         if let Some(temp) = confine.writable.first() {
