@@ -691,6 +691,7 @@ async fn prepare(
     git.run(&[
         "worktree",
         "add",
+        "--lock",
         "--detach",
         "--quiet",
         &tree_text,

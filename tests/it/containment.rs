@@ -55,6 +55,11 @@ fn namespaces_unavailable() -> Option<String> {
     }
 }
 
+/// Whether namespaces are unavailable here (without saying why).
+pub(crate) fn namespaces_missing() -> bool {
+    namespaces_unavailable().is_some()
+}
+
 /// Skips (returns true, saying why) when namespaces are unavailable.
 pub(crate) fn skip() -> bool {
     match namespaces_unavailable() {

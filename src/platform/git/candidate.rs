@@ -323,14 +323,18 @@ async fn reset_scratch(repo: &Git, dir: &Path, base: &str) -> Result<Git, GitErr
     repo.remove_half_made_admin_dir(&linked, dir).await;
     let path = dir.display().to_string();
     if repo
-        .run(&["worktree", "add", "--detach", "--quiet", &path, base])
+        .run(&[
+            "worktree", "add", "--lock", "--detach", "--quiet", &path, base,
+        ])
         .await
         .is_err()
     {
         repo.run(&["worktree", "prune"]).await?;
         repo.remove_half_made_admin_dir(&linked, dir).await;
-        repo.run(&["worktree", "add", "--detach", "--quiet", &path, base])
-            .await?;
+        repo.run(&[
+            "worktree", "add", "--lock", "--detach", "--quiet", &path, base,
+        ])
+        .await?;
     }
     if !super::registered_at(&linked, dir).await {
         return Err(GitError::Failed {

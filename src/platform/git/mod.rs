@@ -380,12 +380,15 @@ impl Git {
         // be: start it again. Its files go first, so the registration is stale for `prune`.
         remove_files(path).await;
         self.remove_half_made_admin_dir(&linked, path).await;
-        let new_branch = ["worktree", "add", "-b", branch, &path_text, base];
+        // Locked: `git worktree prune` (of any worktree's removal) must never take this one's
+        // registration while its files' `.git` is briefly gone or replaced.
+        let new_branch = ["worktree", "add", "--lock", "-b", branch, &path_text, base];
         if self.run(&new_branch).await.is_err() {
             self.run(&["worktree", "prune"]).await?;
             self.remove_half_made_admin_dir(&linked, path).await;
             if self.branch_exists(branch).await {
-                self.run(&["worktree", "add", &path_text, branch]).await?;
+                self.run(&["worktree", "add", "--lock", &path_text, branch])
+                    .await?;
             } else {
                 self.run(&new_branch).await?;
             }
@@ -472,8 +475,10 @@ impl Git {
     }
 
     /// Removes a worktree; the branch stays. Its files go first (never followed through a link:
-    /// whatever a task left there), then git forgets the registration.
+    /// whatever a task left there), then its registration (locked, so `prune` would keep it),
+    /// then git forgets whatever else is stale.
     pub(crate) async fn remove_worktree(&self, path: &Path) -> Result<(), GitError> {
+        let worktree = self.worktree_of(path).await?;
         let lock = worktree_lock(&self.dir);
         let _serialized = lock.lock().await;
         remove_files(path).await;
@@ -483,9 +488,24 @@ impl Git {
                 stderr: format!("could not remove `{}`", path.display()),
             });
         }
+        if let Some(linked) = worktree.linked() {
+            let gitdir = tokio::fs::read_to_string(linked.admin.join("gitdir"))
+                .await
+                .unwrap_or_default();
+            let registered = Path::new(gitdir.trim()).parent().and_then(real_location);
+            if registered.is_some() && registered == real_location(path) {
+                let _ = tokio::fs::remove_dir_all(&linked.admin).await;
+            }
+        }
         self.run(&["worktree", "prune"]).await?;
         Ok(())
     }
+}
+
+/// Where `path` is with its parent's links resolved (the path itself need not exist).
+fn real_location(path: &Path) -> Option<PathBuf> {
+    let parent = std::fs::canonicalize(path.parent()?).ok()?;
+    Some(parent.join(path.file_name()?))
 }
 
 /// Removes what is at `path` (a directory tree, a file or a link, not what a link points to).
@@ -620,6 +640,32 @@ mod tests {
                 job.await.unwrap().unwrap();
             }
         }
+        let left = std::fs::read_dir(dir.path().join("repo/.git/worktrees"))
+            .map(|entries| entries.count())
+            .unwrap_or(0);
+        assert_eq!(
+            left, 0,
+            "every (locked) registration went with its worktree"
+        );
+    }
+
+    /// A worktree whose files' `.git` is gone for a moment (made anew for a sandboxed run) keeps
+    /// its registration through another worktree's `prune`.
+    #[tokio::test]
+    async fn a_prune_never_takes_a_live_worktree_whose_dot_git_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, repo) = repository(dir.path()).await;
+        let path = dir.path().join("task-wt");
+        let (_, worktree) = repo
+            .ensure_worktree(&path, "glitchlab/t", "main")
+            .await
+            .unwrap();
+        std::fs::remove_file(path.join(".git")).unwrap();
+        repo.run(&["worktree", "prune"]).await.unwrap();
+        assert_eq!(
+            worktree.head().await.unwrap(),
+            repo.rev_parse("main").await.unwrap()
+        );
     }
 
     /// A `worktree add` killed half-way leaves its registration with an empty `commondir` (seen
