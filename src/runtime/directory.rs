@@ -77,6 +77,9 @@ pub struct ActorDirectory {
     /// Compass's queue and the submissions admitted into it, under one lock: the ingress's bound
     /// check and Compass's hand-over never see half of a change.
     queue: Mutex<QueueCount>,
+    /// Set once Compass has loaded the queue of a start (`queued` is then true): until then the
+    /// ingress refuses submissions, since a bound checked against an empty count is no bound.
+    queue_loaded: std::sync::atomic::AtomicBool,
     /// The task whose request each persona is taking in right now: left in place when the
     /// persona panics there, so Compass can tell which task crashed it. The one entry written by
     /// the personas themselves, not by Compass.
@@ -177,6 +180,20 @@ impl ActorDirectory {
     pub fn admission_queued(&self) {
         let mut count = self.queue_count();
         count.admitted = count.admitted.saturating_sub(1);
+    }
+
+    /// Whether Compass has loaded this start's queue, so [`ActorDirectory::admit`]'s count is
+    /// true (the ingress answers `503 NOT_READY` and `/readyz` 503 until then).
+    pub fn queue_loaded(&self) -> bool {
+        self.queue_loaded
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Compass loaded its queue of `depth` tasks: the count is true from now on.
+    pub fn set_queue_loaded(&self, depth: usize) {
+        self.set_queue_depth(depth);
+        self.queue_loaded
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Updated by Compass whenever its queue changes.

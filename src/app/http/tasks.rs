@@ -61,7 +61,10 @@ const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 5;
             body = ErrorBody, headers(("retry-after" = u64, description = "Seconds (5)."))),
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
         (status = 503, description = "`PERSONA_UNAVAILABLE`: the Ledger did not answer the \
-            budget reservation.", body = ErrorBody),
+            budget reservation. `NOT_READY`: the queue is not loaded yet after a start. \
+            `STORAGE_FAILED`: the disk refused the write.", body = ErrorBody),
+        (status = 507, description = "`STORAGE_FULL`: the disk is full, or the storage reserve \
+            is in use; nothing was written.", body = ErrorBody),
     )
 )]
 pub(crate) async fn submit(
@@ -86,6 +89,7 @@ fn intake_error(error: IntakeError) -> ApiError {
             ApiError::unprocessable(code, message)
         }
         IntakeError::QueueFull(_) => ApiError::too_many(code, message, QUEUE_FULL_RETRY_AFTER_SECS),
+        IntakeError::NotReady => ApiError::unavailable(code, message).retry_after(1),
         IntakeError::IdempotencyConflict(_) => ApiError::conflict(code, message),
         IntakeError::InsufficientFunds(_) => {
             ApiError::new(StatusCode::PAYMENT_REQUIRED, code, message)

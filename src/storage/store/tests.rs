@@ -260,7 +260,7 @@ async fn a_refused_or_panicking_job_leaves_nothing_behind() {
 async fn sled_on_an_async_worker_is_caught() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let _ = Snapshot::new(&store.shared.trees);
+    let _ = Snapshot::new(&store.shared.slot.current().unwrap());
 }
 
 /// Whatever a writer hands the store — a task's text, an event's payload, an engine run's output
