@@ -33,6 +33,7 @@ mod poison;
 mod recovery;
 mod remote;
 mod store;
+mod storage_full;
 mod stream;
 mod supervision;
 mod transport;

@@ -138,6 +138,7 @@ fn a_held_lock_is_waited_for_and_then_reported() {
         Duration::from_millis(150),
         WRITE_QUEUE_MAX,
         Arc::default(),
+        super::space::Reserve::new(dir.path(), 0),
     );
     assert!(
         matches!(refused, Err(StoreError::Locked { waited_ms, .. }) if waited_ms >= 150),
@@ -154,6 +155,7 @@ fn a_held_lock_is_waited_for_and_then_reported() {
         Duration::from_secs(10),
         WRITE_QUEUE_MAX,
         Arc::default(),
+        super::space::Reserve::new(dir.path(), 0),
     );
     releaser.join().unwrap();
     assert!(reopened.is_ok(), "{:?}", reopened.err());
