@@ -283,3 +283,24 @@ async fn a_restart_with_a_full_queue_refuses_from_the_first_request() {
     assert!(metrics.contains("glitchlab_queue_reload_seconds"), "{metrics}");
     assert!(service.log().contains("compass loaded the queue"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_snapshot_left_by_a_cut_off_start_is_moved_aside() {
+    let root = tempfile::tempdir().unwrap();
+    let mut service = Service::start(root.path()).await;
+    let (status, _) = service.get("/v1/tasks").await;
+    assert_eq!(status, 200);
+    service.terminate(Duration::from_secs(30));
+    // What a start on a full disk left before this fix: a 0-byte snapshot sled never finished,
+    // newer than every other, which sled then read as corrupt at every start.
+    let db = root.path().join("data").join("db");
+    std::fs::write(db.join("snap.FFFFFFFFFFFFFFF0.generating"), b"").unwrap();
+    std::fs::write(db.join("snap.FFFFFFFFFFFFFFF1.generating"), b"half a snap").unwrap();
+
+    let service = Service::start(root.path()).await;
+    let (status, body) = service.get("/v1/tasks").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(service.log().contains("moved aside a partial file sled left behind"));
+    let aside = root.path().join("data").join("db.aside");
+    assert_eq!(std::fs::read_dir(aside).unwrap().count(), 2, "both kept, not deleted");
+}

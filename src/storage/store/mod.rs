@@ -723,7 +723,7 @@ fn open_on_full_disk(
     reserve: &space::Reserve,
 ) -> Result<Trees, StoreError> {
     let opened = match Trees::open(db, wait, redactor.clone()) {
-        Err(StoreError::Full(message)) if reserve.release() => {
+        Err(StoreError::Full(message)) if reserve.release_for_start() => {
             tracing::warn!(%message, "the disk is full; opening the store with the reserve's space");
             Trees::open(db, wait, redactor.clone())
         }

@@ -67,12 +67,18 @@ pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
     Ok(u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize)))
 }
 
-/// The ballast file that keeps `bytes` of the data dir's disk for the store's own recovery.
+/// The ballast that keeps `bytes` of the data dir's disk for the store's own recovery, in two
+/// files of half each: `storage.reserve`, released when the disk fills while the service runs,
+/// and `storage.reserve.start`, released only by a start that finds the disk too full for sled to
+/// open (sled writes a snapshot as it opens) — so a `kill -9` on a full disk never leaves a data
+/// dir that cannot start.
 #[derive(Debug, Clone)]
 pub(crate) struct Reserve {
     /// `<data_dir>/storage.reserve`.
-    path: PathBuf,
-    /// Its size; 0 turns the reserve off.
+    running: PathBuf,
+    /// `<data_dir>/storage.reserve.start`.
+    start: PathBuf,
+    /// Both files together; 0 turns the reserve off.
     bytes: u64,
 }
 
@@ -80,24 +86,45 @@ impl Reserve {
     /// The reserve of `bytes` in `data_dir` (not written yet: see [`Reserve::restore`]).
     pub(crate) fn new(data_dir: &Path, bytes: u64) -> Self {
         Self {
-            path: data_dir.join(RESERVE_FILE),
+            running: data_dir.join(RESERVE_FILE),
+            start: data_dir.join(format!("{RESERVE_FILE}.start")),
             bytes,
         }
     }
 
-    /// Whether the ballast is in place (or the reserve is off): intake may write.
-    pub(crate) fn held(&self) -> bool {
-        self.bytes == 0
-            || fs::metadata(&self.path).is_ok_and(|meta| meta.len() >= self.bytes)
+    /// Each file's size.
+    fn half(&self) -> u64 {
+        self.bytes / 2
     }
 
-    /// Deletes the ballast, giving its space to the store; answers whether it freed anything.
+    fn file_held(&self, path: &Path) -> bool {
+        fs::metadata(path).is_ok_and(|meta| meta.len() >= self.half())
+    }
+
+    /// Whether the ballast is in place (or the reserve is off): intake may write.
+    pub(crate) fn held(&self) -> bool {
+        self.bytes == 0 || (self.file_held(&self.running) && self.file_held(&self.start))
+    }
+
+    /// Deletes the running half, giving its space to the store; answers whether it freed
+    /// anything.
     pub(crate) fn release(&self) -> bool {
-        match fs::remove_file(&self.path) {
+        self.release_file(&self.running)
+    }
+
+    /// Deletes the start half (at a start that cannot open the store otherwise), and the
+    /// running half if it is still there; answers whether it freed anything.
+    pub(crate) fn release_for_start(&self) -> bool {
+        let running = self.release_file(&self.running);
+        self.release_file(&self.start) || running
+    }
+
+    fn release_file(&self, path: &Path) -> bool {
+        match fs::remove_file(path) {
             Ok(()) => {
                 tracing::warn!(
-                    path = %self.path.display(),
-                    bytes = self.bytes,
+                    path = %path.display(),
+                    bytes = self.half(),
                     "storage reserve released: the disk is full; intake is refused until space returns"
                 );
                 true
@@ -106,22 +133,31 @@ impl Reserve {
         }
     }
 
-    /// Writes the ballast back when the disk has room for it and as much again; answers whether
-    /// it is in place now. A write that fails half-way is removed (it would hold space for
-    /// nothing).
+    /// Writes the missing halves back when the disk has room for them and as much again;
+    /// answers whether the whole ballast is in place now. A write that fails half-way is
+    /// removed (it would hold space for nothing).
     pub(crate) fn restore(&self) -> bool {
         if self.held() {
             return true;
         }
-        let Some(dir) = self.path.parent() else {
+        let missing: Vec<&PathBuf> = [&self.start, &self.running]
+            .into_iter()
+            .filter(|path| !self.file_held(path))
+            .collect();
+        let Some(dir) = self.running.parent() else {
             return false;
         };
-        let free = free_bytes(dir).unwrap_or(0);
-        if free < self.bytes.saturating_mul(2) {
+        let needed = self.half().saturating_mul(missing.len() as u64);
+        if free_bytes(dir).unwrap_or(0) < needed.saturating_mul(2) {
             return false;
         }
-        let partial = self.path.with_extension("reserve.partial");
-        let written = write_zeros(&partial, self.bytes).and_then(|()| fs::rename(&partial, &self.path));
+        missing.into_iter().all(|path| self.write_file(path))
+    }
+
+    fn write_file(&self, path: &Path) -> bool {
+        let partial = path.with_extension("partial");
+        let written =
+            write_zeros(&partial, self.half()).and_then(|()| fs::rename(&partial, path));
         match written {
             Ok(()) => true,
             Err(error) => {
@@ -231,9 +267,14 @@ mod tests {
         let reserve = Reserve::new(&dir, 100_000);
         assert!(!reserve.held());
         assert!(reserve.restore());
-        assert_eq!(fs::metadata(dir.join(RESERVE_FILE)).unwrap().len(), 100_000);
+        assert_eq!(fs::metadata(dir.join(RESERVE_FILE)).unwrap().len(), 50_000);
+        assert_eq!(fs::metadata(dir.join("storage.reserve.start")).unwrap().len(), 50_000);
         assert!(reserve.release());
         assert!(!reserve.held());
+        assert!(dir.join("storage.reserve.start").exists(), "a running fault keeps the start half");
+        assert!(reserve.restore());
+        assert!(reserve.release_for_start());
+        assert!(!dir.join("storage.reserve.start").exists());
         assert!(reserve.restore());
         assert!(Reserve::new(&dir, 0).held(), "a reserve of 0 is off");
         fs::remove_dir_all(&dir).unwrap();
