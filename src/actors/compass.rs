@@ -212,7 +212,10 @@ impl Actor for Compass {
         );
         // Their budgets settle, and tasks waiting on them fail `DEPENDENCY_FAILED`.
         for task_id in poisoned {
-            survive("a poisoned task's end", on_finished(&myself, state, task_id).await);
+            survive(
+                "a poisoned task's end",
+                on_finished(&myself, state, task_id).await,
+            );
         }
         let blocked: Vec<TaskId> = state.blocked.iter().copied().collect();
         for task_id in blocked {
@@ -260,9 +263,12 @@ impl Actor for Compass {
                 if std::mem::take(&mut state.admission_pending) {
                     state.services.directory.admission_queued();
                 }
-                if !survive("a submitted task", queued) && state.retrying.len() < STORE_RETRIES_MAX {
+                if !survive("a submitted task", queued) && state.retrying.len() < STORE_RETRIES_MAX
+                {
                     state.retrying.insert(task_id);
-                    myself.send_after(STORE_RETRY_DELAY, move || CompassMsg::TaskSubmitted(task_id));
+                    myself.send_after(STORE_RETRY_DELAY, move || {
+                        CompassMsg::TaskSubmitted(task_id)
+                    });
                 }
             }
             CompassMsg::Act {

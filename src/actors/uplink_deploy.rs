@@ -147,7 +147,11 @@ impl Actor for UplinkDeploy {
                 let (app, trigger) = (record.app.clone(), record.trigger.clone());
                 let outcome = admission::admit(&state.services, &state.ops, *record).await;
                 if outcome.is_ok() {
-                    dispatch(&myself, state, &app).await?;
+                    // The deploy is stored; a storage error starting it leaves it waiting for the
+                    // next dispatch rather than stopping Uplink-Deploy.
+                    if let Err(error) = dispatch(&myself, state, &app).await {
+                        tracing::error!(%app, %error, "uplink-deploy: could not start the deploy (storage); it waits");
+                    }
                 }
                 admission::answer(reply, &app, &trigger, outcome);
             }

@@ -168,7 +168,10 @@ fn describe() {
     describe_counter!(INCIDENTS_OPENED_TOTAL, "Incidents opened");
     describe_counter!(CHECKS_TOTAL, "Scheduled check runs");
     describe_gauge!(STORE_WRITER_STALLED, "1 while the store writer is stalled");
-    describe_gauge!(STORE_FULL, "1 while the disk is full or the storage reserve is in use");
+    describe_gauge!(
+        STORE_FULL,
+        "1 while the disk is full or the storage reserve is in use"
+    );
     describe_gauge!(STORE_FAILED, "1 while the disk refuses the store's writes");
     describe_gauge!(
         QUEUE_RELOAD_SECONDS,

@@ -38,6 +38,9 @@ const VERIFY_BYTES_MAX: usize = 8 * 1024;
 const KEY_BYTES_MAX: usize = 200;
 /// Dependencies a task may name at most.
 const DEPS_MAX: usize = 64;
+/// How long a submission that arrives while Compass is still loading the queue after a start
+/// waits for it before answering `503 NOT_READY` (the queue bound cannot be checked before).
+const QUEUE_LOAD_WAIT: Duration = Duration::from_secs(5);
 /// Account prefixes that are the service's own books: `system:` (mint, revenue), `agent:` (what
 /// personas earn) and `task:` (a task's money in flight, allowed below zero). A task paid from
 /// one of them would spend money no client holds.
@@ -263,7 +266,7 @@ pub(crate) async fn submit(
     // Before any money moves: a full disk (or the reserve in use) refuses new work outright.
     services.store.check_intake()?;
     let limit = services.config.compass.max_queued_tasks;
-    if !services.directory.queue_loaded() {
+    if !services.directory.wait_queue_loaded(QUEUE_LOAD_WAIT).await {
         return Err(IntakeError::NotReady);
     }
     let Some(admission) = services.directory.admit(limit) else {

@@ -102,7 +102,10 @@ async fn submit_until_full(
             other => panic!("unexpected answer {other}: {body}\n{}", service.log()),
         }
     }
-    panic!("the disk never answered full after {FILL_SUBMITS_MAX} submits\n{}", service.log());
+    panic!(
+        "the disk never answered full after {FILL_SUBMITS_MAX} submits\n{}",
+        service.log()
+    );
 }
 
 /// Every actor's restart count, which must stay 0 through a full disk.
@@ -113,7 +116,12 @@ async fn restarts(service: &Service) -> Vec<(String, u64)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| (a["name"].as_str().unwrap().to_owned(), a["restarts"].as_u64().unwrap_or(0)))
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap().to_owned(),
+                a["restarts"].as_u64().unwrap_or(0),
+            )
+        })
         .filter(|(_, restarts)| *restarts > 0)
         .collect()
 }
@@ -178,7 +186,10 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_without_a_restart(
 
     let (mut acknowledged, headers, body) = submit_until_full(&service, &repo).await;
     assert_eq!(body["error"]["code"], "STORAGE_FULL", "{body}");
-    assert!(headers.contains_key("retry-after"), "507 carries Retry-After");
+    assert!(
+        headers.contains_key("retry-after"),
+        "507 carries Retry-After"
+    );
     let (status, ready) = service.get("/readyz").await;
     assert_eq!(status, 503, "{ready}");
     let message = ready["error"]["message"].as_str().unwrap_or_default();
@@ -186,7 +197,11 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_without_a_restart(
     assert_all_present(&service, &acknowledged).await;
     assert_eq!(service.pid(), pid);
     assert_eq!(service.get("/healthz").await.0, 200, "the process is alive");
-    assert_eq!(restarts(&service).await, Vec::<(String, u64)>::new(), "no actor restarted");
+    assert_eq!(
+        restarts(&service).await,
+        Vec::<(String, u64)>::new(),
+        "no actor restarted"
+    );
 
     std::fs::remove_file(&filler).unwrap();
     let recovery = submit_until_accepted(&service, &repo).await;
@@ -195,13 +210,24 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_without_a_restart(
     assert_eq!(status, 201, "{body}");
     acknowledged.push(body["id"].as_str().unwrap().to_owned());
     assert_all_present(&service, &acknowledged).await;
-    assert_eq!(restarts(&service).await, Vec::<(String, u64)>::new(), "no actor restarted");
+    assert_eq!(
+        restarts(&service).await,
+        Vec::<(String, u64)>::new(),
+        "no actor restarted"
+    );
     let started = Instant::now();
     while service.get("/readyz").await.0 != 200 {
-        assert!(started.elapsed() < RECOVERY_LIMIT, "/readyz stayed 503\n{}", service.log());
+        assert!(
+            started.elapsed() < RECOVERY_LIMIT,
+            "/readyz stayed 503\n{}",
+            service.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(service.log().contains("reopened after a disk fault"), "sled was reopened");
+    assert!(
+        service.log().contains("reopened after a disk fault"),
+        "sled was reopened"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,6 +261,11 @@ async fn a_start_on_a_full_disk_serves_reads_and_recovers_by_itself() {
     std::fs::remove_file(root.path().join("data").join("filler-2")).unwrap();
     let recovery = submit_until_accepted(&service, &repo).await;
     eprintln!("intake came back {recovery:?} after space returned (no restart)");
+    let log = service.log();
+    eprintln!(
+        "the start needed its reserve: {}",
+        log.contains("opening the store with the reserve")
+    );
     assert_all_present(&service, &acknowledged).await;
 }
 
@@ -280,7 +311,10 @@ async fn a_restart_with_a_full_queue_refuses_from_the_first_request() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("glitchlab_queue_reload_seconds"), "{metrics}");
+    assert!(
+        metrics.contains("glitchlab_queue_reload_seconds"),
+        "{metrics}"
+    );
     assert!(service.log().contains("compass loaded the queue"));
 }
 
@@ -300,7 +334,13 @@ async fn a_partial_snapshot_left_by_a_cut_off_start_is_moved_aside() {
     let service = Service::start(root.path()).await;
     let (status, body) = service.get("/v1/tasks").await;
     assert_eq!(status, 200, "{body}");
-    assert!(service.log().contains("moved aside a partial file sled left behind"));
+    assert!(service
+        .log()
+        .contains("moved aside a partial file sled left behind"));
     let aside = root.path().join("data").join("db.aside");
-    assert_eq!(std::fs::read_dir(aside).unwrap().count(), 2, "both kept, not deleted");
+    assert_eq!(
+        std::fs::read_dir(aside).unwrap().count(),
+        2,
+        "both kept, not deleted"
+    );
 }

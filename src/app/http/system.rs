@@ -110,7 +110,12 @@ pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     let not_ready = app.services.directory.not_ready();
     let health = app.services.store.writer_health();
     let storage = storage_problem(health);
-    let queue = (!app.services.directory.queue_loaded()).then(|| "queue (loading)".to_owned());
+    let loaded = app
+        .services
+        .directory
+        .wait_queue_loaded(READY_PING_TIMEOUT)
+        .await;
+    let queue = (!loaded).then(|| "queue (loading)".to_owned());
     let silent = unanswered(&app.services.directory).await;
     if not_ready.is_empty() && storage.is_none() && queue.is_none() && silent.is_empty() {
         return Json(json!({"status": "ready"})).into_response();

@@ -186,7 +186,9 @@ impl Trees {
     fn open(db: &Path, wait: Duration, redactor: Arc<Redactor>) -> Result<Self, StoreError> {
         match space::move_aside_partial_files(db) {
             Ok(_) => {}
-            Err(error) => tracing::warn!(%error, db = %db.display(), "could not move aside partial sled files"),
+            Err(error) => {
+                tracing::warn!(%error, db = %db.display(), "could not move aside partial sled files")
+            }
         }
         let db = open_db(db, wait)?;
         let trees = Table::ALL
@@ -219,7 +221,9 @@ impl TreesSlot {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-            .ok_or_else(|| StoreError::Failed("the store is being reopened after a disk fault".into()))
+            .ok_or_else(|| {
+                StoreError::Failed("the store is being reopened after a disk fault".into())
+            })
     }
 
     /// Closes the database and opens it again (on the writer thread, which holds no handle of

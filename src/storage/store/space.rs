@@ -64,7 +64,10 @@ pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
     if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize)))
+    // Both are u64 on 64-bit Linux but narrower elsewhere: the conversion is for those.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, block_bytes) = (u64::from(stats.f_bavail), u64::from(stats.f_frsize));
+    Ok(blocks.saturating_mul(block_bytes))
 }
 
 /// The ballast that keeps `bytes` of the data dir's disk for the store's own recovery, in two
@@ -156,8 +159,7 @@ impl Reserve {
 
     fn write_file(&self, path: &Path) -> bool {
         let partial = path.with_extension("partial");
-        let written =
-            write_zeros(&partial, self.half()).and_then(|()| fs::rename(&partial, path));
+        let written = write_zeros(&partial, self.half()).and_then(|()| fs::rename(&partial, path));
         match written {
             Ok(()) => true,
             Err(error) => {
@@ -180,7 +182,8 @@ fn write_zeros(path: &Path, bytes: u64) -> io::Result<()> {
     let chunk = vec![0_u8; RESERVE_CHUNK_BYTES];
     let mut left = bytes;
     while left > 0 {
-        let piece = usize::try_from(left).map_or(RESERVE_CHUNK_BYTES, |l| l.min(RESERVE_CHUNK_BYTES));
+        let piece =
+            usize::try_from(left).map_or(RESERVE_CHUNK_BYTES, |l| l.min(RESERVE_CHUNK_BYTES));
         file.write_all(&chunk[..piece])?;
         left -= piece as u64;
     }
@@ -235,7 +238,10 @@ mod tests {
         let failed = io::Error::from_raw_os_error(EIO);
         let copied = io::Error::new(failed.kind(), format!("{failed:?}"));
         assert_eq!(classify(&copied), Some(FaultKind::Failed));
-        assert_eq!(classify(&io::Error::from_raw_os_error(EROFS)), Some(FaultKind::Failed));
+        assert_eq!(
+            classify(&io::Error::from_raw_os_error(EROFS)),
+            Some(FaultKind::Failed)
+        );
         assert_eq!(classify(&io::Error::other("could not acquire lock")), None);
         assert_eq!(classify(&io::Error::from_raw_os_error(2)), None);
     }
@@ -268,10 +274,18 @@ mod tests {
         assert!(!reserve.held());
         assert!(reserve.restore());
         assert_eq!(fs::metadata(dir.join(RESERVE_FILE)).unwrap().len(), 50_000);
-        assert_eq!(fs::metadata(dir.join("storage.reserve.start")).unwrap().len(), 50_000);
+        assert_eq!(
+            fs::metadata(dir.join("storage.reserve.start"))
+                .unwrap()
+                .len(),
+            50_000
+        );
         assert!(reserve.release());
         assert!(!reserve.held());
-        assert!(dir.join("storage.reserve.start").exists(), "a running fault keeps the start half");
+        assert!(
+            dir.join("storage.reserve.start").exists(),
+            "a running fault keeps the start half"
+        );
         assert!(reserve.restore());
         assert!(reserve.release_for_start());
         assert!(!dir.join("storage.reserve.start").exists());
