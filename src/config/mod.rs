@@ -279,9 +279,9 @@ pub struct StorageConfig {
     pub reserve_bytes: u64,
 }
 
-/// Default `[storage] reserve_bytes`: 16 MiB, many times what sled needs to reopen and commit
-/// the records of the tasks in flight.
-pub const RESERVE_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
+/// Default `[storage] reserve_bytes`: 8 MiB, many times what sled needs to reopen (a snapshot)
+/// and commit the records of the tasks in flight.
+pub const RESERVE_BYTES_DEFAULT: u64 = 8 * 1024 * 1024;
 
 impl Default for StorageConfig {
     fn default() -> Self {

@@ -344,3 +344,51 @@ async fn a_partial_snapshot_left_by_a_cut_off_start_is_moved_aside() {
         "both kept, not deleted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_answers_503_and_the_store_reopens_when_it_heals() {
+    let root = tempfile::tempdir().unwrap();
+    let marker = root.path().join("disk-fails");
+    let options = crate::helpers::Options {
+        env: vec![(
+            "FAILPOINTS".into(),
+            format!("store.eio=return({})", marker.display()),
+        )],
+        ..with_config(CONFIG)
+    };
+    let repo = git_repo(root.path());
+    let service = Service::start_with(root.path(), options).await;
+    let first = service.submit(&queued_task(&repo, 0)).await;
+    std::fs::write(&marker, b"").unwrap();
+
+    let (status, headers, body) = service.post_full("/v1/tasks", &queued_task(&repo, 1)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("STORAGE_FAILED")),
+        "{body}"
+    );
+    assert!(headers.contains_key("retry-after"));
+    let (status, ready) = service.get("/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(
+        ready["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("storage (failed"),
+        "{ready}"
+    );
+    let (status, _) = service
+        .get(&format!("/v1/tasks/{}", first["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, 200, "reads go on");
+
+    std::fs::remove_file(&marker).unwrap();
+    let recovery = submit_until_accepted(&service, &repo).await;
+    eprintln!("writes came back {recovery:?} after the disk healed");
+    assert_eq!(
+        restarts(&service).await,
+        Vec::<(String, u64)>::new(),
+        "no actor restarted"
+    );
+    assert!(service.log().contains("reopened after a disk fault"));
+}

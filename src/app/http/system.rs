@@ -157,7 +157,10 @@ fn storage_problem(health: &crate::storage::store::WriterHealth) -> Option<Strin
         Some(crate::storage::store::StoreError::Failed(message)) => {
             Some(format!("storage (failed: {message})"))
         }
-        Some(error) => Some(format!("storage (full: {error})")),
+        Some(crate::storage::store::StoreError::Full(message)) => {
+            Some(format!("storage (full: {message})"))
+        }
+        Some(error) => Some(format!("storage ({error})")),
         None => None,
     }
 }

@@ -95,6 +95,14 @@ impl Reserve {
         }
     }
 
+    /// Bytes free on the reserve's (the data dir's) disk; 0 when that cannot be told.
+    pub(crate) fn free_bytes(&self) -> u64 {
+        self.running
+            .parent()
+            .and_then(|dir| free_bytes(dir).ok())
+            .unwrap_or(0)
+    }
+
     /// Each file's size.
     fn half(&self) -> u64 {
         self.bytes / 2

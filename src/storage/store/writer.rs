@@ -35,6 +35,10 @@ pub(crate) const GROUP_JOBS_MAX: usize = 512;
 pub(crate) const PROBE_INTERVAL_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between two recovery probes.
 pub(crate) const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(10);
+/// Free bytes a full disk needs before the writer closes the faulted database to reopen it:
+/// below that the reopen (sled writes a snapshot) would fail and leave no database to read
+/// from, so the old one keeps serving reads until there is room.
+pub(crate) const REOPEN_FREE_MIN_BYTES: u64 = 256 * 1024;
 
 /// A write request: `run` stages it on the group's [`Batch`] and returns what to do once the
 /// group's outcome is known (answer the caller); `refuse` answers it without running it (the
@@ -346,6 +350,7 @@ impl<'a> Batch<'a> {
         if self.group.is_empty() {
             return Ok(());
         }
+        fail_while_marked()?;
         let mut touched: Vec<Table> = self.group.keys().map(|(table, _)| *table).collect();
         touched.dedup();
         let trees: Vec<&sled::Tree> = touched.iter().map(|t| self.trees.get(*t)).collect();
@@ -430,6 +435,24 @@ pub(crate) struct WriterParts {
     pub(crate) reserve: Reserve,
     /// Shared with probes and the watchdog.
     pub(crate) health: Arc<WriterHealth>,
+}
+
+/// Test hook (`--features failpoints`): with `FAILPOINTS=store.eio=return(<file>)`, every group
+/// commit fails as an `EIO` from the disk would while `<file>` exists: a test makes the disk
+/// "fail" and "heal" on demand.
+fn fail_while_marked() -> Result<(), StoreError> {
+    #[cfg(feature = "failpoints")]
+    {
+        let mut failed = false;
+        fail::eval("store.eio", |marker| {
+            failed = marker.is_some_and(|marker| std::path::Path::new(&marker).exists());
+        });
+        if failed {
+            let eio = std::io::Error::from_raw_os_error(5);
+            return Err(StoreError::from(sled::Error::Io(eio)));
+        }
+    }
+    Ok(())
 }
 
 /// Runs the writer until every sender is gone. Runs on its own OS thread: every call here may
@@ -542,7 +565,11 @@ fn enter_fault(parts: &WriterParts, error: &StoreError, probe: &mut Probe) {
 /// failure waits longer before the next step.
 fn recover(parts: &WriterParts, probe: &mut Probe) {
     let health = &parts.health;
-    if health.fault().is_some() {
+    if let Some((kind, _)) = health.fault() {
+        if kind == FaultKind::Full && parts.reserve.free_bytes() < REOPEN_FREE_MIN_BYTES {
+            probe.failed();
+            return;
+        }
         match parts.slot.reopen() {
             Ok(()) => {
                 health.clear_fault();
