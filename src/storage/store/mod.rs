@@ -230,37 +230,42 @@ impl TreesSlot {
     /// its own while this runs). Reads in flight keep the old one for at most
     /// [`REOPEN_READERS_WAIT`]; a reopen that cannot close it leaves it in place.
     pub(crate) fn reopen(&self) -> Result<(), StoreError> {
-        let mut taken = self
+        self.close()?;
+        let trees = Trees::open(&self.db_path, LOCK_WAIT, self.redactor.clone())?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(trees));
+        Ok(())
+    }
+
+    /// Takes the database out and drops it once the reads still using it are done (sled lets
+    /// go of its files with the last handle); puts it back if they take too long.
+    fn close(&self) -> Result<(), StoreError> {
+        let taken = self
             .current
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(old) = taken.take() {
-            let deadline = Instant::now() + REOPEN_READERS_WAIT;
-            let mut old = old;
-            loop {
-                match Arc::try_unwrap(old) {
-                    Ok(trees) => {
-                        drop(trees);
-                        break;
-                    }
-                    Err(shared) if Instant::now() < deadline => {
-                        old = shared;
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err(shared) => {
-                        *self.current.write().unwrap_or_else(PoisonError::into_inner) =
-                            Some(shared);
-                        return Err(StoreError::Failed(
-                            "reads still use the store; reopen postponed".into(),
-                        ));
-                    }
+        let Some(mut old) = taken else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + REOPEN_READERS_WAIT;
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(trees) => {
+                    drop(trees);
+                    return Ok(());
+                }
+                Err(shared) if Instant::now() < deadline => {
+                    old = shared;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(shared) => {
+                    *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(shared);
+                    return Err(StoreError::Failed(
+                        "reads still use the store; reopen postponed".into(),
+                    ));
                 }
             }
         }
-        let trees = Trees::open(&self.db_path, LOCK_WAIT, self.redactor.clone())?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(trees));
-        Ok(())
     }
 }
 
