@@ -203,6 +203,10 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_without_a_restart(
         "no actor restarted"
     );
 
+    assert!(metrics_text(&service)
+        .await
+        .contains("glitchlab_store_full 1"));
+
     std::fs::remove_file(&filler).unwrap();
     let recovery = submit_until_accepted(&service, &repo).await;
     eprintln!("intake came back {recovery:?} after the filler was deleted");
@@ -228,6 +232,9 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers_without_a_restart(
         service.log().contains("reopened after a disk fault"),
         "sled was reopened"
     );
+    assert!(metrics_text(&service)
+        .await
+        .contains("glitchlab_store_full 0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +254,7 @@ async fn a_start_on_a_full_disk_serves_reads_and_recovers_by_itself() {
     fill(&root.path().join("data").join("filler-2"), 0);
     service.kill_9();
 
-    let service = Service::start_with(root.path(), with_config(CONFIG)).await;
+    let mut service = Service::start_with(root.path(), with_config(CONFIG)).await;
     assert_all_present(&service, &acknowledged).await;
     let (status, body) = service.post("/v1/tasks", &queued_task(&repo, 0)).await;
     assert!(
@@ -267,6 +274,12 @@ async fn a_start_on_a_full_disk_serves_reads_and_recovers_by_itself() {
         log.contains("opening the store with the reserve")
     );
     assert_all_present(&service, &acknowledged).await;
+    // And the next start is an ordinary one: nothing to delete by hand.
+    service.terminate(Duration::from_secs(30));
+    let service = Service::start_with(root.path(), with_config(CONFIG)).await;
+    assert_all_present(&service, &acknowledged).await;
+    let (status, body) = service.post("/v1/tasks", &queued_task(&repo, 2)).await;
+    assert_eq!(status, 201, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,4 +404,15 @@ async fn a_failing_disk_answers_503_and_the_store_reopens_when_it_heals() {
         "no actor restarted"
     );
     assert!(service.log().contains("reopened after a disk fault"));
+}
+
+async fn metrics_text(service: &Service) -> String {
+    crate::helpers::client()
+        .get(format!("{}/metrics", service.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
