@@ -157,6 +157,8 @@ impl Actor for Compass {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let loading = Instant::now();
+        // Test hook: `compass.reload=sleep(3000)` makes the queue load slow, as a large one is.
+        crate::work_failpoint!("compass.reload");
         for task in state.services.store.unsettled_tasks().await? {
             settle_later(&state.services, task.id);
         }

@@ -305,15 +305,40 @@ async fn a_restart_with_a_full_queue_refuses_from_the_first_request() {
     assert_eq!(status, 429, "the queue is full");
     service.terminate(Duration::from_secs(30));
 
-    let service = Service::start_with(root.path(), with_config(config)).await;
-    // The very first requests, racing Compass's reload: refused, never accepted.
-    for n in 0..5 {
-        let (status, body) = service.post("/v1/tasks", &queued_task(&repo, 10 + n)).await;
+    // The queue load made slower than a submission waits for it (5 s), as 100,000 tasks make it.
+    let slow_reload = crate::helpers::Options {
+        env: vec![("FAILPOINTS".into(), "compass.reload=sleep(7000)".into())],
+        ..with_config(config)
+    };
+    let service = Service::start_with(root.path(), slow_reload).await;
+    let (status, ready) = service.get("/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(
+        ready["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("queue (loading)"),
+        "{ready}"
+    );
+    let (status, headers, body) = service
+        .post_full("/v1/tasks", &queued_task(&repo, 10))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("NOT_READY")),
+        "the first submit after the restart: {body}"
+    );
+    assert!(headers.contains_key("retry-after"));
+    // Once loaded: the bound holds; never a 201.
+    let started = Instant::now();
+    loop {
+        let (status, body) = service.post("/v1/tasks", &queued_task(&repo, 11)).await;
         let code = body["error"]["code"].as_str().unwrap_or_default();
-        assert!(
-            matches!((status, code), (503, "NOT_READY") | (429, "QUEUE_FULL")),
-            "submit {n} after the restart: {status} {body}"
-        );
+        match (status, code) {
+            (429, "QUEUE_FULL") => break,
+            (503, "NOT_READY") if started.elapsed() < Duration::from_secs(30) => {}
+            _ => panic!("submit after the restart: {status} {body}"),
+        }
     }
     let metrics = crate::helpers::client()
         .get(format!("{}/metrics", service.base))
