@@ -214,14 +214,14 @@ impl Actor for Compass {
         );
         // Their budgets settle, and tasks waiting on them fail `DEPENDENCY_FAILED`.
         for task_id in poisoned {
-            survive(
+            worth_retrying(
                 "a poisoned task's end",
                 on_finished(&myself, state, task_id).await,
             );
         }
         let blocked: Vec<TaskId> = state.blocked.iter().copied().collect();
         for task_id in blocked {
-            survive("a blocked task", on_blocked(&myself, state, task_id).await);
+            worth_retrying("a blocked task", on_blocked(&myself, state, task_id).await);
         }
         dispatch(&myself, state).await;
         Ok(())
@@ -265,7 +265,8 @@ impl Actor for Compass {
                 if std::mem::take(&mut state.admission_pending) {
                     state.services.directory.admission_queued();
                 }
-                if !survive("a submitted task", queued) && state.retrying.len() < STORE_RETRIES_MAX
+                if worth_retrying("a submitted task", queued)
+                    && state.retrying.len() < STORE_RETRIES_MAX
                 {
                     state.retrying.insert(task_id);
                     myself.send_after(STORE_RETRY_DELAY, move || {
@@ -333,13 +334,18 @@ impl Actor for Compass {
     }
 }
 
-/// Logs a storage error that cut a handler short; answers whether the handler got through. Compass
-/// never stops for one: the store answers every write again once the disk recovers.
-fn survive(what: &str, result: Result<(), StoreError>) -> bool {
+/// Logs a storage error that cut a handler short; answers whether it is worth handling the
+/// message again: a full, failing or busy store recovers by itself, anything else would fail the
+/// same way. Compass never stops for one.
+fn worth_retrying(what: &str, result: Result<(), StoreError>) -> bool {
     match result {
-        Ok(()) => true,
-        Err(error) => {
+        Ok(()) => false,
+        Err(error) if error.is_fault() || error.is_overload() => {
             tracing::error!(%error, "compass: storage error while handling {what}; will retry");
+            true
+        }
+        Err(error) => {
+            tracing::error!(%error, "compass: storage error while handling {what}; not retried");
             false
         }
     }
@@ -353,7 +359,7 @@ fn retry_pipeline_exit(
     reason: String,
     exit: Result<(), StoreError>,
 ) {
-    if !survive("a pipeline's exit", exit) {
+    if worth_retrying("a pipeline's exit", exit) {
         myself.send_after(STORE_RETRY_DELAY, move || {
             CompassMsg::PipelineStartFailed(task_id, reason)
         });
