@@ -157,8 +157,7 @@ impl Actor for Compass {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let loading = Instant::now();
-        // Test hook: `compass.reload=sleep(3000)` makes the queue load slow, as a large one is.
-        crate::work_failpoint!("compass.reload");
+        slow_reload_for_tests().await;
         for task in state.services.store.unsettled_tasks().await? {
             settle_later(&state.services, task.id);
         }
@@ -331,6 +330,22 @@ impl Actor for Compass {
             retry_pipeline_exit(&myself, task_id, reason, exit);
         }
         Ok(())
+    }
+}
+
+/// Test hook (`--features failpoints`): `FAILPOINTS=compass.reload=return(<ms>)` makes the queue
+/// load at start take that much longer, as a queue of 100,000 tasks does (an async wait: the
+/// runtime's workers stay free).
+async fn slow_reload_for_tests() {
+    #[cfg(feature = "failpoints")]
+    {
+        let delay_ms = fail::eval("compass.reload", |value| {
+            value.and_then(|ms| ms.parse::<u64>().ok())
+        })
+        .flatten();
+        if let Some(ms) = delay_ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
     }
 }
 

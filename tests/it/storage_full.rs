@@ -305,9 +305,10 @@ async fn a_restart_with_a_full_queue_refuses_from_the_first_request() {
     assert_eq!(status, 429, "the queue is full");
     service.terminate(Duration::from_secs(30));
 
-    // The queue load made slower than a submission waits for it (5 s), as 100,000 tasks make it.
+    // The queue load made much slower than a submission waits for it (5 s), as 100,000 tasks
+    // make it.
     let slow_reload = crate::helpers::Options {
-        env: vec![("FAILPOINTS".into(), "compass.reload=sleep(7000)".into())],
+        env: vec![("FAILPOINTS".into(), "compass.reload=return(15000)".into())],
         ..with_config(config)
     };
     let service = Service::start_with(root.path(), slow_reload).await;
