@@ -71,6 +71,8 @@ pub const READERS_MAX: usize = 32;
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 /// How long dropping the last handle waits for the writer to finish its group.
 const WRITER_EXIT_WAIT: Duration = Duration::from_secs(5);
+/// How long a read waits for a database being reopened before it answers `STORAGE_FAILED`.
+const REOPEN_READ_WAIT: Duration = Duration::from_secs(2);
 /// How long a reopen waits for the reads still using the old database to end.
 const REOPEN_READERS_WAIT: Duration = Duration::from_secs(5);
 
@@ -619,7 +621,7 @@ impl Store {
             Ok(Err(_)) => return Err(StoreError::Closed.into()),
             Err(_) => return Err(StoreError::Busy.into()),
         };
-        let trees = self.shared.slot.current()?;
+        let trees = self.current_trees().await?;
         let read = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             STORAGE_THREAD.with(|flag| flag.set(true));
@@ -632,6 +634,19 @@ impl Store {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(StoreError::Closed.into()),
             Err(_) => Err(StoreError::AnswerTimeout(ANSWER_WAIT).into()),
+        }
+    }
+
+    /// The open database; while the writer reopens it after a disk fault (well under a second),
+    /// waits up to [`REOPEN_READ_WAIT`] for it rather than fail the read.
+    async fn current_trees(&self) -> Result<Arc<Trees>, StoreError> {
+        let deadline = Instant::now() + REOPEN_READ_WAIT;
+        loop {
+            match self.shared.slot.current() {
+                Ok(trees) => return Ok(trees),
+                Err(error) if Instant::now() >= deadline => return Err(error),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
         }
     }
 

@@ -11,8 +11,14 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use super::StoreError;
+
 /// The ballast's file name in the data dir.
 pub(crate) const RESERVE_FILE: &str = "storage.reserve";
+/// The file a recovery probe writes, syncs and removes in the data dir.
+const PROBE_FILE: &str = "storage.probe";
+/// Its size: one page, enough to learn whether the disk takes a write.
+const PROBE_FILE_BYTES: u64 = 4096;
 /// The ballast is written in pieces of this size (a bound on the buffer it needs).
 const RESERVE_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -51,6 +57,15 @@ pub(crate) fn classify(error: &io::Error) -> Option<FaultKind> {
         Some(FaultKind::Failed)
     } else {
         None
+    }
+}
+
+/// `error` as the store answers it: `Full` or `Failed` when it is a disk fault, else `Sled`.
+pub(crate) fn store_error(error: &io::Error) -> StoreError {
+    match classify(error) {
+        Some(FaultKind::Full) => StoreError::Full(error.to_string()),
+        Some(FaultKind::Failed) => StoreError::Failed(error.to_string()),
+        None => StoreError::Sled(error.to_string()),
     }
 }
 
@@ -101,6 +116,15 @@ impl Reserve {
             .parent()
             .and_then(|dir| free_bytes(dir).ok())
             .unwrap_or(0)
+    }
+
+    /// Writes and syncs a small file beside the reserve (then removes it): whether the disk
+    /// takes writes again, asked without touching the database.
+    pub(crate) fn probe_file(&self) -> io::Result<()> {
+        let path = self.running.with_file_name(PROBE_FILE);
+        let written = write_zeros(&path, PROBE_FILE_BYTES);
+        let _ = fs::remove_file(&path);
+        written
     }
 
     /// Each file's size.

@@ -547,10 +547,8 @@ fn commit_group(
 /// full disk releases the reserve, so that probe can reopen the store at once); anything else
 /// only failed that group.
 fn enter_fault(parts: &WriterParts, error: &StoreError, probe: &mut Probe) {
-    let kind = match error {
-        StoreError::Full(_) => FaultKind::Full,
-        StoreError::Failed(_) => FaultKind::Failed,
-        _ => return,
+    let Some(kind) = fault_kind(error) else {
+        return;
     };
     tracing::error!(%error, "store: the disk refused a commit; writes are refused until it recovers");
     parts.health.set_fault(kind, error.to_string());
@@ -566,21 +564,16 @@ fn enter_fault(parts: &WriterParts, error: &StoreError, probe: &mut Probe) {
 fn recover(parts: &WriterParts, probe: &mut Probe) {
     let health = &parts.health;
     if let Some((kind, _)) = health.fault() {
-        if kind == FaultKind::Full && parts.reserve.free_bytes() < REOPEN_FREE_MIN_BYTES {
+        if let Err(error) = reopen_if_healthy(parts, kind) {
+            tracing::warn!(%error, "store: the disk still refuses writes; will probe again");
+            if let Some(kind) = fault_kind(&error) {
+                health.set_fault(kind, error.to_string());
+            }
             probe.failed();
             return;
         }
-        match parts.slot.reopen() {
-            Ok(()) => {
-                health.clear_fault();
-                tracing::warn!("store: reopened after a disk fault; writes go through again");
-            }
-            Err(error) => {
-                tracing::warn!(%error, "store: still cannot reopen; will probe again");
-                probe.failed();
-                return;
-            }
-        }
+        health.clear_fault();
+        tracing::warn!("store: reopened after a disk fault; writes go through again");
     }
     if health.reserve_in_use.load(Ordering::Acquire) {
         if parts.reserve.restore() {
@@ -592,6 +585,39 @@ fn recover(parts: &WriterParts, probe: &mut Probe) {
         }
     }
     probe.reset();
+}
+
+/// Reopens a faulted store once the disk looks healthy, and proves it with a committed write.
+/// The disk is asked first (free space, a small file written and synced) so that a disk still
+/// failing does not cost a reopen, during which reads wait: the faulted database still serves
+/// them.
+fn reopen_if_healthy(parts: &WriterParts, kind: FaultKind) -> Result<(), StoreError> {
+    if kind == FaultKind::Full && parts.reserve.free_bytes() < REOPEN_FREE_MIN_BYTES {
+        return Err(StoreError::Full("no room yet to reopen the store".into()));
+    }
+    parts
+        .reserve
+        .probe_file()
+        .map_err(|error| super::space::store_error(&error))?;
+    fail_while_marked()?;
+    parts.slot.reopen()?;
+    let trees = parts.slot.current()?;
+    let mut batch = Batch::new(&trees);
+    batch.insert(Table::Recovery, PROBE_KEY, now_ms().to_be_bytes().to_vec());
+    batch.keep();
+    batch.commit()
+}
+
+/// The key the recovery probe writes in `Recovery` (never 16 bytes long, so never a task id).
+const PROBE_KEY: &[u8] = b"disk_probe";
+
+/// The fault an error is, if it is one.
+fn fault_kind(error: &StoreError) -> Option<FaultKind> {
+    match error {
+        StoreError::Full(_) => Some(FaultKind::Full),
+        StoreError::Failed(_) => Some(FaultKind::Failed),
+        _ => None,
+    }
 }
 
 /// Runs one job; a panicking job is dropped with its writes (its caller hears that the writer
