@@ -66,7 +66,7 @@ pub(crate) enum StageOutcome {
 }
 
 /// How long a pipeline waits before taking its stage up again after a storage fault (the store
-/// probes the disk every 1 to 10 s).
+/// probes the disk every 1 to 8 s).
 const STORE_FAULT_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// A pipeline's messages.
