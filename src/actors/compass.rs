@@ -49,6 +49,11 @@ use crate::work::transitions::{self, Readiness};
 
 /// How long Compass waits for its children to stop on shutdown.
 const SHUTDOWN_CHILDREN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long Compass waits before handling again a message a storage error cut short (a full or
+/// failing disk is a state the store recovers from, never a reason for Compass to stop).
+const STORE_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Most tasks whose submission Compass retries at once (bounded like the queue it feeds).
+const STORE_RETRIES_MAX: usize = 10_000;
 
 /// The Compass actor.
 pub(crate) struct Compass;
@@ -94,6 +99,9 @@ pub(crate) struct CompassState {
     sweep_timer: Option<tokio::task::JoinHandle<()>>,
     /// Whether a clean-up sweep is running: a slow one is not overlapped by the next.
     sweeping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Submissions a storage error cut short, sent again after [`STORE_RETRY_DELAY`]: their
+    /// queue place was freed already, so the retry frees none.
+    retrying: BTreeSet<TaskId>,
 }
 
 impl Actor for Compass {
@@ -123,6 +131,7 @@ impl Actor for Compass {
             started_at,
             sweep_timer: None,
             sweeping: Default::default(),
+            retrying: BTreeSet::new(),
         };
         for name in Persona::ALL.into_iter().filter(|p| *p != Persona::Compass) {
             let cell = spawn_persona(name, &myself, &state.services).await?;
@@ -147,6 +156,8 @@ impl Actor for Compass {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let loading = Instant::now();
+        slow_reload_for_tests().await;
         for task in state.services.store.unsettled_tasks().await? {
             settle_later(&state.services, task.id);
         }
@@ -158,7 +169,13 @@ impl Actor for Compass {
             state.sweep_timer = Some(timer);
         }
         let mut unfinished = state.services.store.unfinished_tasks().await?;
-        let poisoned = poison_after_unclean_stop(&state.services, &unfinished).await?;
+        // Counting unclean stops writes; a full disk skips it this start rather than stop Compass.
+        let poisoned = poison_after_unclean_stop(&state.services, &unfinished)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, "could not count unclean stops (storage); no task poisoned this start");
+                Vec::new()
+            });
         unfinished.retain(|task| !poisoned.contains(&task.id));
         let resumed = unfinished
             .iter()
@@ -184,13 +201,26 @@ impl Actor for Compass {
                 _ => {}
             }
         }
+        // The queue is counted now: the ingress admits against a true count from here on.
+        let depth = state.queue.len() + state.resuming.len();
+        state.services.directory.set_queue_loaded(depth);
+        let elapsed = loading.elapsed();
+        metrics::queue_reloaded(elapsed);
+        tracing::info!(
+            queued = depth,
+            reload_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            "compass loaded the queue; intake is open"
+        );
         // Their budgets settle, and tasks waiting on them fail `DEPENDENCY_FAILED`.
         for task_id in poisoned {
-            on_finished(&myself, state, task_id).await?;
+            worth_retrying(
+                "a poisoned task's end",
+                on_finished(&myself, state, task_id).await,
+            );
         }
         let blocked: Vec<TaskId> = state.blocked.iter().copied().collect();
         for task_id in blocked {
-            on_blocked(&myself, state, task_id).await?;
+            worth_retrying("a blocked task", on_blocked(&myself, state, task_id).await);
         }
         dispatch(&myself, state).await;
         Ok(())
@@ -226,14 +256,22 @@ impl Actor for Compass {
                 let _ = reply.send(());
             }
             CompassMsg::TaskSubmitted(task_id) => {
-                state.admission_pending = true;
+                // A retry's place was freed the first time.
+                state.admission_pending = !state.retrying.remove(&task_id);
                 let queued = on_submitted(&myself, state, task_id).await;
                 // The ingress reserved a queue place for it: freed with the first queue update
                 // (`set_queue_depth`), or here if there was none.
                 if std::mem::take(&mut state.admission_pending) {
                     state.services.directory.admission_queued();
                 }
-                queued?
+                if worth_retrying("a submitted task", queued)
+                    && state.retrying.len() < STORE_RETRIES_MAX
+                {
+                    state.retrying.insert(task_id);
+                    myself.send_after(STORE_RETRY_DELAY, move || {
+                        CompassMsg::TaskSubmitted(task_id)
+                    });
+                }
             }
             CompassMsg::Act {
                 task_id,
@@ -247,13 +285,9 @@ impl Actor for Compass {
             CompassMsg::RestartPersona(name) => restart_persona(&myself, state, name).await,
             CompassMsg::RevivePersona(name) => revive_persona(&myself, state, name).await,
             CompassMsg::PipelineStartFailed(task_id, reason) => {
-                on_pipeline_exit(
-                    &myself,
-                    state,
-                    task_id,
-                    format!("failed to start: {reason}"),
-                )
-                .await?;
+                let failure = format!("failed to start: {reason}");
+                let exit = on_pipeline_exit(&myself, state, task_id, failure).await;
+                retry_pipeline_exit(&myself, task_id, reason, exit);
             }
             CompassMsg::RestartPipeline(task_id) => {
                 if state.pipelines.contains_key(&task_id) {
@@ -291,9 +325,59 @@ impl Actor for Compass {
             .find(|(_, s)| is_current(&s.cell))
             .map(|(t, _)| *t)
         {
-            on_pipeline_exit(&myself, state, task_id, failure.unwrap_or_default()).await?;
+            let reason = failure.unwrap_or_default();
+            let exit = on_pipeline_exit(&myself, state, task_id, reason.clone()).await;
+            retry_pipeline_exit(&myself, task_id, reason, exit);
         }
         Ok(())
+    }
+}
+
+/// Test hook (`--features failpoints`): `FAILPOINTS=compass.reload=return(<ms>)` makes the queue
+/// load at start take that much longer, as a queue of 100,000 tasks does (an async wait: the
+/// runtime's workers stay free).
+async fn slow_reload_for_tests() {
+    #[cfg(feature = "failpoints")]
+    {
+        let delay_ms = fail::eval("compass.reload", |value| {
+            value.and_then(|ms| ms.parse::<u64>().ok())
+        })
+        .flatten();
+        if let Some(ms) = delay_ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+}
+
+/// Logs a storage error that cut a handler short; answers whether it is worth handling the
+/// message again: a full, failing or busy store recovers by itself, anything else would fail the
+/// same way. Compass never stops for one.
+fn worth_retrying(what: &str, result: Result<(), StoreError>) -> bool {
+    match result {
+        Ok(()) => false,
+        Err(error) if error.is_fault() || error.is_overload() => {
+            tracing::error!(%error, "compass: storage error while handling {what}; will retry");
+            true
+        }
+        Err(error) => {
+            tracing::error!(%error, "compass: storage error while handling {what}; not retried");
+            false
+        }
+    }
+}
+
+/// A pipeline's exit that a storage error cut short is handled again after
+/// [`STORE_RETRY_DELAY`] (as a start failure: the pipeline is gone either way).
+fn retry_pipeline_exit(
+    myself: &ActorRef<CompassMsg>,
+    task_id: TaskId,
+    reason: String,
+    exit: Result<(), StoreError>,
+) {
+    if worth_retrying("a pipeline's exit", exit) {
+        myself.send_after(STORE_RETRY_DELAY, move || {
+            CompassMsg::PipelineStartFailed(task_id, reason)
+        });
     }
 }
 

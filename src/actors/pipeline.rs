@@ -65,6 +65,10 @@ pub(crate) enum StageOutcome {
     Deployed(String),
 }
 
+/// How long a pipeline waits before taking its stage up again after a storage fault (the store
+/// probes the disk every 1 to 8 s).
+const STORE_FAULT_RETRY_DELAY: Duration = Duration::from_secs(5);
+
 /// A pipeline's messages.
 pub(crate) enum PipelineMsg {
     /// Run the task's current stage.
@@ -183,6 +187,15 @@ impl Actor for Pipeline {
             // Ended or parked under our feet: nothing left to drive.
             Err(StoreError::TaskFinished(_)) => {
                 myself.stop(Some("finished".into()));
+                Ok(())
+            }
+            // A full or failing disk is a state the store recovers from: the stage is taken up
+            // again from the stored task (as a restart would), without failing this actor.
+            Err(error) if error.is_fault() => {
+                tracing::warn!(task = %state.task_id, %error, "pipeline: storage fault; taking the stage up again once the store recovers");
+                if state.in_flight.is_none() {
+                    myself.send_after(STORE_FAULT_RETRY_DELAY, || PipelineMsg::Advance);
+                }
                 Ok(())
             }
             other => other.map_err(Into::into),

@@ -147,7 +147,7 @@ impl Actor for UplinkDeploy {
                 let (app, trigger) = (record.app.clone(), record.trigger.clone());
                 let outcome = admission::admit(&state.services, &state.ops, *record).await;
                 if outcome.is_ok() {
-                    dispatch(&myself, state, &app).await?;
+                    dispatch_or_wait(&myself, state, &app).await;
                 }
                 admission::answer(reply, &app, &trigger, outcome);
             }
@@ -164,7 +164,7 @@ impl Actor for UplinkDeploy {
                     if record.status.is_terminal() {
                         settle_later(&state.services, record.clone());
                     }
-                    dispatch(&myself, state, &record.app).await?;
+                    dispatch_or_wait(&myself, state, &record.app).await;
                 }
                 let _ = reply.send(outcome);
             }
@@ -174,11 +174,11 @@ impl Actor for UplinkDeploy {
             UplinkDeployMsg::DeployDone { app, outcome } => {
                 state.busy.remove(&app);
                 on_deploy_done(state, &app, outcome).await;
-                dispatch(&myself, state, &app).await?;
+                dispatch_or_wait(&myself, state, &app).await;
             }
             UplinkDeployMsg::ActionDone(app) => {
                 state.busy.remove(&app);
-                dispatch(&myself, state, &app).await?;
+                dispatch_or_wait(&myself, state, &app).await;
             }
         }
         Ok(())
@@ -392,6 +392,18 @@ fn deploy_context(state: &UplinkDeployState, app: &str, spec: AppSpec) -> Deploy
 }
 
 /// Starts the app's oldest queued deploy unless something holds the app.
+/// [`dispatch`] from a handler: a storage error (a full disk) leaves the app's deploys waiting
+/// for its next event instead of stopping Uplink-Deploy.
+async fn dispatch_or_wait(
+    myself: &ActorRef<UplinkDeployMsg>,
+    state: &mut UplinkDeployState,
+    app: &str,
+) {
+    if let Err(error) = dispatch(myself, state, app).await {
+        tracing::error!(%app, %error, "uplink-deploy: could not start the next deploy (storage); it waits");
+    }
+}
+
 async fn dispatch(
     myself: &ActorRef<UplinkDeployMsg>,
     state: &mut UplinkDeployState,

@@ -159,7 +159,9 @@ impl Actor for UplinkRespond {
             UplinkRespondMsg::ResponseDone { id, error } => {
                 state.responses.remove(&id);
                 if let Some(error) = error {
-                    on_response_failed(state, &id, error).await?;
+                    if let Err(error) = on_response_failed(state, &id, error).await {
+                        tracing::error!(incident = %id, %error, "uplink-respond: could not record the failed response (storage)");
+                    }
                 }
             }
         }

@@ -160,7 +160,10 @@ impl Actor for UplinkWatch {
                 let _ = reply.send(());
             }
             UplinkWatchMsg::Tick => {
-                on_tick(&myself, state).await?;
+                // A storage error (a full disk) skips this tick; the next one tries again.
+                if let Err(error) = on_tick(&myself, state).await {
+                    tracing::error!(%error, "uplink-watch: storage error on a tick; trying again next tick");
+                }
                 bill_if_due(state);
             }
             UplinkWatchMsg::CheckDone {
@@ -171,7 +174,9 @@ impl Actor for UplinkWatch {
                 if command_seconds > 0 {
                     *state.unbilled.entry(result.app.clone()).or_default() += command_seconds;
                 }
-                on_check_done(state, index, result).await?;
+                if let Err(error) = on_check_done(state, index, result).await {
+                    tracing::error!(%error, "uplink-watch: a check result could not be recorded (storage); the check runs again on schedule");
+                }
             }
         }
         Ok(())

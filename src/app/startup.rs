@@ -161,10 +161,11 @@ impl Application {
             &config.governance.secrets,
         ));
         crate::platform::telemetry::redact_logs_with(redactor.clone());
-        let store = Store::open_redacting(
+        let store = Store::open_reserving(
             &config.storage.data_dir,
             config.storage.write_queue_max,
             redactor.clone(),
+            config.storage.reserve_bytes,
         )?;
         // Opening sled took its lock: no other live service uses this data dir, so anything still
         // running with its mark was orphaned by a killed predecessor.

@@ -303,7 +303,16 @@ pub struct StorageConfig {
     /// Write jobs that may wait for the store writer; past it a write waits 1 s for room, then
     /// answers `503 STORE_BUSY`.
     pub write_queue_max: usize,
+    /// Bytes of the data dir's disk kept back as a ballast file (`storage.reserve`): released
+    /// when the disk fills, so the store can still reopen and commit task finishes and ledger
+    /// settlements while new tasks answer `507 STORAGE_FULL`; written back once there is room
+    /// for it twice. 0 keeps no reserve.
+    pub reserve_bytes: u64,
 }
+
+/// Default `[storage] reserve_bytes`: 8 MiB, many times what sled needs to reopen (a snapshot)
+/// and commit the records of the tasks in flight.
+pub const RESERVE_BYTES_DEFAULT: u64 = 8 * 1024 * 1024;
 
 impl Default for StorageConfig {
     fn default() -> Self {
@@ -311,6 +320,7 @@ impl Default for StorageConfig {
             data_dir: PathBuf::from("glitchlab-data"),
             stall_secs: 10,
             write_queue_max: WRITE_QUEUE_MAX,
+            reserve_bytes: RESERVE_BYTES_DEFAULT,
         }
     }
 }

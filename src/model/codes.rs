@@ -78,6 +78,13 @@ catalogue! {
     STORE_BUSY [503] []
         "The store's write queue (or its readers' pool) stayed full for the whole wait: nothing \
          was written; retry shortly.";
+    STORAGE_FULL [507] []
+        "The disk holding the store is full (`ENOSPC`, `EDQUOT`), or intake is refused while the \
+         `[storage] reserve_bytes` reserve is in use: nothing was written; retry after \
+         `Retry-After` (the service recovers by itself once space returns).";
+    STORAGE_FAILED [503] []
+        "The disk refused a write (`EIO`, `EROFS`): nothing was written; the service reopens the \
+         store by itself; retry after `Retry-After`.";
     STORE_TIMEOUT [503] []
         "A write was queued but not answered in time: it may or may not have happened; retry \
          idempotently.";
@@ -159,7 +166,10 @@ catalogue! {
     METRICS_UNAVAILABLE [503] []
         "This process has no metrics recorder installed.";
     NOT_READY [503] []
-        "`/readyz`: an actor is not running or the store writer is stalled.";
+        "`/readyz`: an actor is not running, the store writer is stalled or faulted (disk full or \
+         failing), or Compass has not loaded its queue yet; any intake route (`POST /v1/tasks`) \
+         until that queue is loaded after a start, so the queue bound holds from the first \
+         request.";
     // The ledger.
     EXCEEDS_PENDING_AMOUNT [422] []
         "A post of a pending transfer for more than it reserved.";

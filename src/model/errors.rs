@@ -57,6 +57,15 @@ pub enum StoreError {
     /// The writer or a reader went away (the service is stopping, or a job panicked).
     #[error("storage is shut down or dropped the request")]
     Closed,
+    /// The disk holding the store is full (`ENOSPC`, `EDQUOT`), or intake is refused to keep the
+    /// reserve for critical records: nothing of the write was kept; the writer recovers by itself
+    /// once space returns.
+    #[error("storage is full: {0}")]
+    Full(String),
+    /// The disk refused the write (`EIO`, `EROFS`): nothing of the write was kept; the writer
+    /// probes and reopens the store by itself.
+    #[error("storage failed: {0}")]
+    Failed(String),
 }
 
 impl StoreError {
@@ -66,12 +75,34 @@ impl StoreError {
         matches!(self, Self::Busy | Self::AnswerTimeout(_))
     }
 
+    /// Whether this is a disk fault the writer recovers from by itself (full or failing disk):
+    /// a state, answered `507`/`503` with `Retry-After`, never a reason to stop an actor.
+    pub fn is_fault(&self) -> bool {
+        matches!(self, Self::Full(_) | Self::Failed(_))
+    }
+
+    /// The same failure again, for a second caller (a group's commit failure is answered to
+    /// every job of the group): faults keep their kind, anything else becomes `Commit`.
+    pub fn replicate(&self) -> Self {
+        match self {
+            Self::Full(message) => Self::Full(message.clone()),
+            Self::Failed(message) => Self::Failed(message.clone()),
+            Self::Busy => Self::Busy,
+            Self::Closed => Self::Closed,
+            Self::AnswerTimeout(wait) => Self::AnswerTimeout(*wait),
+            other => Self::Commit(other.to_string()),
+        }
+    }
+
     /// The stable code the HTTP edge answers: `STORE_BUSY` (503, nothing written, retry),
-    /// `STORE_TIMEOUT` (503, outcome unknown: retry idempotently) or `INTERNAL`.
+    /// `STORE_TIMEOUT` (503, outcome unknown: retry idempotently), `STORAGE_FULL` (507),
+    /// `STORAGE_FAILED` (503) or `INTERNAL`.
     pub fn code(&self) -> &'static str {
         match self {
             Self::Busy => codes::STORE_BUSY,
             Self::AnswerTimeout(_) => codes::STORE_TIMEOUT,
+            Self::Full(_) => codes::STORAGE_FULL,
+            Self::Failed(_) => codes::STORAGE_FAILED,
             _ => codes::INTERNAL,
         }
     }
@@ -108,7 +139,7 @@ impl TaskActionError {
             Self::NotFound(_) => codes::TASK_NOT_FOUND,
             Self::WrongStatus { .. } => codes::INVALID_TASK_STATUS,
             Self::Finished(_) => codes::TASK_FINISHED,
-            Self::Store(inner) if inner.is_overload() => inner.code(),
+            Self::Store(inner) if inner.is_overload() || inner.is_fault() => inner.code(),
             Self::Store(_) => codes::STORE_FAILED,
         }
     }

@@ -79,6 +79,14 @@ pub(crate) const STORE_WRITE_QUEUE: &str = "glitchlab_store_write_queue";
 pub(crate) const STORE_GROUPS_TOTAL: &str = "glitchlab_store_groups_total";
 /// Counter: write jobs committed (jobs per group = the group commit's batching).
 pub(crate) const STORE_JOBS_TOTAL: &str = "glitchlab_store_jobs_total";
+/// Gauge: 1 while the disk is full or the storage reserve is in use (intake answers
+/// `507 STORAGE_FULL`), else 0.
+pub(crate) const STORE_FULL: &str = "glitchlab_store_full";
+/// Gauge: 1 while the disk refuses writes (`EIO`, `EROFS`; writes answer `503 STORAGE_FAILED`).
+pub(crate) const STORE_FAILED: &str = "glitchlab_store_failed";
+/// Gauge: seconds Compass took at start to load the queue (intake answers `503 NOT_READY` until
+/// then); 0 before it has.
+pub(crate) const QUEUE_RELOAD_SECONDS: &str = "glitchlab_queue_reload_seconds";
 
 /// Histogram buckets of every `*_duration_seconds` metric: 5 ms (a fast HTTP answer) up to
 /// 600 s (the default engine and verify timeout).
@@ -168,6 +176,15 @@ fn describe() {
     describe_counter!(INCIDENTS_OPENED_TOTAL, "Incidents opened");
     describe_counter!(CHECKS_TOTAL, "Scheduled check runs");
     describe_gauge!(STORE_WRITER_STALLED, "1 while the store writer is stalled");
+    describe_gauge!(
+        STORE_FULL,
+        "1 while the disk is full or the storage reserve is in use"
+    );
+    describe_gauge!(STORE_FAILED, "1 while the disk refuses the store's writes");
+    describe_gauge!(
+        QUEUE_RELOAD_SECONDS,
+        "Seconds Compass took at start to load the task queue"
+    );
     describe_gauge!(STORE_WRITE_QUEUE, "Write jobs waiting for the store writer");
     describe_counter!(STORE_GROUPS_TOTAL, "Store group commits");
     describe_counter!(STORE_JOBS_TOTAL, "Store write jobs committed");
@@ -260,6 +277,17 @@ pub(crate) fn tasks_finished(status: TaskStatus, total: u64) {
 pub(crate) fn task_gauges(queued: usize, running: usize) {
     ::metrics::gauge!(TASKS_QUEUED).set(gauge_value(queued));
     ::metrics::gauge!(TASKS_RUNNING).set(gauge_value(running));
+}
+
+/// Publishes the store's disk state: full (or reserve in use) and failed, each 1 or 0.
+pub(crate) fn store_fault(full: bool, failed: bool) {
+    ::metrics::gauge!(STORE_FULL).set(if full { 1.0 } else { 0.0 });
+    ::metrics::gauge!(STORE_FAILED).set(if failed { 1.0 } else { 0.0 });
+}
+
+/// Publishes how long Compass took to load the queue at start.
+pub(crate) fn queue_reloaded(elapsed: Duration) {
+    ::metrics::gauge!(QUEUE_RELOAD_SECONDS).set(elapsed.as_secs_f64());
 }
 
 /// Publishes the store writer's state: stalled (the watchdog's verdict), jobs waiting, and groups

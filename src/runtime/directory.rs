@@ -77,6 +77,11 @@ pub struct ActorDirectory {
     /// Compass's queue and the submissions admitted into it, under one lock: the ingress's bound
     /// check and Compass's hand-over never see half of a change.
     queue: Mutex<QueueCount>,
+    /// Set once Compass has loaded the queue of a start (`queued` is then true): until then the
+    /// ingress refuses submissions, since a bound checked against an empty count is no bound.
+    queue_loaded: std::sync::atomic::AtomicBool,
+    /// Wakes those waiting for `queue_loaded` ([`ActorDirectory::wait_queue_loaded`]).
+    queue_loaded_now: tokio::sync::Notify,
     /// The task whose request each persona is taking in right now: left in place when the
     /// persona panics there, so Compass can tell which task crashed it. The one entry written by
     /// the personas themselves, not by Compass.
@@ -177,6 +182,36 @@ impl ActorDirectory {
     pub fn admission_queued(&self) {
         let mut count = self.queue_count();
         count.admitted = count.admitted.saturating_sub(1);
+    }
+
+    /// Whether Compass has loaded this start's queue, so [`ActorDirectory::admit`]'s count is
+    /// true (the ingress answers `503 NOT_READY` and `/readyz` 503 until then).
+    pub fn queue_loaded(&self) -> bool {
+        self.queue_loaded.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Compass loaded its queue of `depth` tasks: the count is true from now on.
+    pub fn set_queue_loaded(&self, depth: usize) {
+        self.set_queue_depth(depth);
+        self.queue_loaded
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.queue_loaded_now.notify_waiters();
+    }
+
+    /// Waits at most `wait` for Compass to load its queue; answers whether it has. A request
+    /// that arrives in the first moments after a start waits this long instead of being refused.
+    pub async fn wait_queue_loaded(&self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Made before the check: a `notify_waiters` in between still wakes it.
+            let loaded = self.queue_loaded_now.notified();
+            if self.queue_loaded() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, loaded).await.is_err() {
+                return self.queue_loaded();
+            }
+        }
     }
 
     /// Updated by Compass whenever its queue changes.

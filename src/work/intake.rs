@@ -41,6 +41,9 @@ const VERIFY_BYTES_MAX: usize = 8 * 1024;
 const KEY_BYTES_MAX: usize = 200;
 /// Dependencies a task may name at most.
 const DEPS_MAX: usize = 64;
+/// How long a submission that arrives while Compass is still loading the queue after a start
+/// waits for it before answering `503 NOT_READY` (the queue bound cannot be checked before).
+const QUEUE_LOAD_WAIT: Duration = Duration::from_secs(5);
 /// Account prefixes that are the service's own books: `system:` (mint, revenue), `agent:` (what
 /// personas earn) and `task:` (a task's money in flight, allowed below zero). A task paid from
 /// one of them would spend money no client holds.
@@ -68,6 +71,9 @@ pub(crate) enum IntakeError {
     /// The queue holds its limit.
     #[error("the queue holds its limit of {0} tasks")]
     QueueFull(usize),
+    /// Compass has not loaded its queue since the start: the queue bound cannot be checked yet.
+    #[error("the service is starting: the task queue is not loaded yet; retry shortly")]
+    NotReady,
     /// The idempotency key was used before with another body.
     #[error("idempotency_key was already used for task {0} with a different body")]
     IdempotencyConflict(TaskId),
@@ -111,10 +117,11 @@ impl IntakeError {
             Self::InvalidField(_) => codes::INVALID_FIELD,
             Self::Unknown { code, .. } => code,
             Self::QueueFull(_) => codes::QUEUE_FULL,
+            Self::NotReady => codes::NOT_READY,
             Self::IdempotencyConflict(_) => codes::IDEMPOTENCY_CONFLICT,
             Self::InsufficientFunds(_) => codes::INSUFFICIENT_FUNDS,
             Self::Ledger(inner) => inner.code(),
-            Self::Store(inner) if inner.is_overload() => inner.code(),
+            Self::Store(inner) if inner.is_overload() || inner.is_fault() => inner.code(),
             Self::Store(_) => codes::STORE_FAILED,
             Self::Forbidden { code, .. } => code,
         }
@@ -266,7 +273,12 @@ pub(crate) async fn submit(
         }
     }
     let mut task = validate(services, request, caller).await?;
+    // Before any money moves: a full disk (or the reserve in use) refuses new work outright.
+    services.store.check_intake()?;
     let limit = services.config.compass.max_queued_tasks;
+    if !services.directory.wait_queue_loaded(QUEUE_LOAD_WAIT).await {
+        return Err(IntakeError::NotReady);
+    }
     let Some(admission) = services.directory.admit(limit) else {
         return Err(IntakeError::QueueFull(limit));
     };

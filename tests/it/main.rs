@@ -34,6 +34,7 @@ mod pipeline;
 mod poison;
 mod recovery;
 mod remote;
+mod storage_full;
 mod store;
 mod stream;
 mod supervision;

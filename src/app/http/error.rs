@@ -102,6 +102,14 @@ impl ApiError {
         )
     }
 
+    /// The same answer with a `Retry-After` header of `seconds`.
+    pub(crate) fn retry_after(self, seconds: u64) -> Self {
+        Self {
+            retry_after_secs: Some(seconds),
+            ..self
+        }
+    }
+
     /// 503: a part of the service is down.
     pub(crate) fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
@@ -111,8 +119,22 @@ impl ApiError {
 /// Seconds a client is told to wait after the store pushed back.
 const STORE_RETRY_AFTER_SECS: u64 = 1;
 
+/// Seconds a client is told to wait after a disk fault: the writer probes at least this often.
+const STORAGE_FAULT_RETRY_AFTER_SECS: u64 = 5;
+
 impl From<crate::storage::store::StoreError> for ApiError {
     fn from(error: crate::storage::store::StoreError) -> Self {
+        if error.is_fault() {
+            tracing::warn!(%error, "storage fault answered to a client");
+            let status = match error {
+                crate::storage::store::StoreError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            return Self {
+                retry_after_secs: Some(STORAGE_FAULT_RETRY_AFTER_SECS),
+                ..Self::new(status, error.code(), error.to_string())
+            };
+        }
         if error.is_overload() {
             tracing::warn!(%error, "storage pushed back");
             return Self {
@@ -238,6 +260,8 @@ mod tests {
             StoreError::Busy,
             StoreError::AnswerTimeout(Duration::from_secs(5)),
             StoreError::Closed,
+            StoreError::Full("no space left on device".into()),
+            StoreError::Failed("input/output error".into()),
         ] {
             ApiError::from(error).assert_catalogued();
         }

@@ -77,6 +77,11 @@ fn publish_store_counts(store: &Store) {
         health.groups(),
         health.jobs(),
     );
+    let fault = health.intake_error();
+    crate::platform::metrics::store_fault(
+        matches!(fault, Some(crate::storage::store::StoreError::Full(_))),
+        matches!(fault, Some(crate::storage::store::StoreError::Failed(_))),
+    );
     // A status no task reached yet stays out of the exposition, as an untouched counter does.
     for (status, total) in health.tasks_finished() {
         if total > 0 {
@@ -96,17 +101,25 @@ fn publish_store_counts(store: &Store) {
             `running`.", body = Object),
         (status = 503, description = "`{\"status\": \"not_ready\", \"error\": {\"code\": \
             \"NOT_READY\", \"message\"}, \"actors\": [ActorEntry, …]}` naming the actors that are \
-            not running, and `storage` when the store writer is stalled.", body = Object),
+            not running, `storage (…)` when the store writer is stalled or the disk is full or \
+            failing (with the cause), and `queue (loading)` until Compass has loaded the queue \
+            after a start.", body = Object),
     )
 )]
 pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     let not_ready = app.services.directory.not_ready();
-    let storage_stalled = app.services.store.writer_health().stalled();
+    let health = app.services.store.writer_health();
+    let storage = storage_problem(health);
+    let loaded = app
+        .services
+        .directory
+        .wait_queue_loaded(READY_PING_TIMEOUT)
+        .await;
+    let queue = (!loaded).then(|| "queue (loading)".to_owned());
     let silent = unanswered(&app.services.directory).await;
-    if not_ready.is_empty() && !storage_stalled && silent.is_empty() {
+    if not_ready.is_empty() && storage.is_none() && queue.is_none() && silent.is_empty() {
         return Json(json!({"status": "ready"})).into_response();
     }
-    let storage = storage_stalled.then(|| "storage (writer stalled)".to_owned());
     let silent = silent.into_iter().map(|persona| {
         format!("{persona} (running, but did not answer a ping within {READY_PING_TIMEOUT:?})")
     });
@@ -123,6 +136,7 @@ pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
             )
         })
         .chain(storage)
+        .chain(queue)
         .chain(silent)
         .collect();
     let body = json!({
@@ -131,6 +145,24 @@ pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
         "actors": not_ready,
     });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// What `/readyz` says of the store when it is not fit for work: a stalled writer, a disk fault
+/// (with what the disk said), or the reserve in use (intake refused).
+fn storage_problem(health: &crate::storage::store::WriterHealth) -> Option<String> {
+    if health.stalled() {
+        return Some("storage (writer stalled)".to_owned());
+    }
+    match health.intake_error() {
+        Some(crate::storage::store::StoreError::Failed(message)) => {
+            Some(format!("storage (failed: {message})"))
+        }
+        Some(crate::storage::store::StoreError::Full(message)) => {
+            Some(format!("storage (full: {message})"))
+        }
+        Some(error) => Some(format!("storage ({error})")),
+        None => None,
+    }
 }
 
 /// How long a running persona has to answer `/readyz`'s ping through its mailbox.

@@ -31,6 +31,8 @@ use crate::work::metering;
 const COMPASS_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// What `Retry-After` says when the queue is full.
 const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 5;
+/// Seconds a submission refused while the queue loads after a start is told to wait.
+const NOT_READY_RETRY_AFTER_SECS: u64 = 1;
 
 /// `POST /v1/tasks`: 201 with the task (also for an idempotent replay, marked by the header
 /// `Idempotent-Replayed: true`).
@@ -61,7 +63,10 @@ const QUEUE_FULL_RETRY_AFTER_SECS: u64 = 5;
             body = ErrorBody, headers(("retry-after" = u64, description = "Seconds (5)."))),
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
         (status = 503, description = "`PERSONA_UNAVAILABLE`: the Ledger did not answer the \
-            budget reservation.", body = ErrorBody),
+            budget reservation. `NOT_READY`: the queue is not loaded yet after a start. \
+            `STORAGE_FAILED`: the disk refused the write.", body = ErrorBody),
+        (status = 507, description = "`STORAGE_FULL`: the disk is full, or the storage reserve \
+            is in use; nothing was written.", body = ErrorBody),
     )
 )]
 pub(crate) async fn submit(
@@ -86,6 +91,9 @@ fn intake_error(error: IntakeError) -> ApiError {
             ApiError::unprocessable(code, message)
         }
         IntakeError::QueueFull(_) => ApiError::too_many(code, message, QUEUE_FULL_RETRY_AFTER_SECS),
+        IntakeError::NotReady => {
+            ApiError::unavailable(code, message).retry_after(NOT_READY_RETRY_AFTER_SECS)
+        }
         IntakeError::IdempotencyConflict(_) => ApiError::conflict(code, message),
         IntakeError::InsufficientFunds(_) => {
             ApiError::new(StatusCode::PAYMENT_REQUIRED, code, message)
@@ -575,6 +583,9 @@ mod tests {
             IntakeError::Store(StoreError::Busy),
             IntakeError::Store(StoreError::AnswerTimeout(std::time::Duration::from_secs(5))),
             IntakeError::Store(StoreError::Closed),
+            IntakeError::Store(StoreError::Full(text())),
+            IntakeError::Store(StoreError::Failed(text())),
+            IntakeError::NotReady,
         ];
         for error in errors {
             intake_error(error).assert_catalogued();
@@ -594,6 +605,7 @@ mod tests {
             TaskActionError::Finished(TaskId::new()),
             TaskActionError::Store(StoreError::Busy),
             TaskActionError::Store(StoreError::Closed),
+            TaskActionError::Store(StoreError::Full("no space left on device".into())),
         ];
         for error in errors {
             action_error(error).assert_catalogued();

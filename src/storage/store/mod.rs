@@ -21,14 +21,15 @@
 //! streamed event is never one a crash undoes.
 
 mod recovery;
+pub(crate) mod space;
 mod task_record;
 mod tasks;
 pub(crate) mod writer;
 
 use std::cell::Cell;
 use std::ops::RangeBounds;
-use std::path::Path;
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
@@ -43,7 +44,15 @@ pub use crate::model::errors::StoreError;
 
 impl From<sled::Error> for StoreError {
     fn from(error: sled::Error) -> Self {
-        Self::Sled(error.to_string())
+        let fault = match &error {
+            sled::Error::Io(io) => space::classify(io),
+            _ => None,
+        };
+        match fault {
+            Some(space::FaultKind::Full) => Self::Full(error.to_string()),
+            Some(space::FaultKind::Failed) => Self::Failed(error.to_string()),
+            None => Self::Sled(error.to_string()),
+        }
     }
 }
 
@@ -63,6 +72,10 @@ pub const READERS_MAX: usize = 32;
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 /// How long dropping the last handle waits for the writer to finish its group.
 const WRITER_EXIT_WAIT: Duration = Duration::from_secs(5);
+/// How long a read waits for a database being reopened before it answers `STORAGE_FAILED`.
+const REOPEN_READ_WAIT: Duration = Duration::from_secs(2);
+/// How long a reopen waits for the reads still using the old database to end.
+const REOPEN_READERS_WAIT: Duration = Duration::from_secs(5);
 
 /// Every tree of the database. Fixed at compile time so a group commit can span any of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -169,6 +182,93 @@ impl Trees {
     fn get(&self, table: Table) -> &sled::Tree {
         // `trees` holds one tree per `Table::ALL` entry, in that order.
         &self.trees[table as usize]
+    }
+
+    /// Opens the database at `db` (moving aside the partial files a cut-off write left there
+    /// first) and every tree of it.
+    fn open(db: &Path, wait: Duration, redactor: Arc<Redactor>) -> Result<Self, StoreError> {
+        match space::move_aside_partial_files(db) {
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, db = %db.display(), "could not move aside partial sled files")
+            }
+        }
+        let db = open_db(db, wait)?;
+        let trees = Table::ALL
+            .iter()
+            .map(|table| db.open_tree(table.tree_name()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            db,
+            trees,
+            redactor,
+        })
+    }
+}
+
+/// The open database, replaced when the writer reopens it: sled refuses every write after an
+/// I/O error (its "global error") until the database is opened again.
+pub(crate) struct TreesSlot {
+    /// `None` only while a reopen is under way (or failed: the next probe tries again).
+    current: RwLock<Option<Arc<Trees>>>,
+    /// Where the database lives.
+    db_path: PathBuf,
+    /// What every record is scrubbed with.
+    redactor: Arc<Redactor>,
+}
+
+impl TreesSlot {
+    /// The open database, or `Failed` while it is being reopened.
+    pub(crate) fn current(&self) -> Result<Arc<Trees>, StoreError> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| {
+                StoreError::Failed("the store is being reopened after a disk fault".into())
+            })
+    }
+
+    /// Closes the database and opens it again (on the writer thread, which holds no handle of
+    /// its own while this runs). Reads in flight keep the old one for at most
+    /// [`REOPEN_READERS_WAIT`]; a reopen that cannot close it leaves it in place.
+    pub(crate) fn reopen(&self) -> Result<(), StoreError> {
+        self.close()?;
+        let trees = Trees::open(&self.db_path, LOCK_WAIT, self.redactor.clone())?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(trees));
+        Ok(())
+    }
+
+    /// Takes the database out and drops it once the reads still using it are done (sled lets
+    /// go of its files with the last handle); puts it back if they take too long.
+    fn close(&self) -> Result<(), StoreError> {
+        let taken = self
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(mut old) = taken else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + REOPEN_READERS_WAIT;
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(trees) => {
+                    drop(trees);
+                    return Ok(());
+                }
+                Err(shared) if Instant::now() < deadline => {
+                    old = shared;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(shared) => {
+                    *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(shared);
+                    return Err(StoreError::Failed(
+                        "reads still use the store; reopen postponed".into(),
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -291,7 +391,9 @@ impl DoubleEndedIterator for Entries {
 
 /// What every handle shares.
 struct Shared {
-    trees: Arc<Trees>,
+    slot: Arc<TreesSlot>,
+    /// What every record is scrubbed with (also inside `slot`, which may be reopening).
+    redactor: Arc<Redactor>,
     /// The writer's queue; `None` once dropping (so the writer sees its end).
     jobs: Option<mpsc::Sender<writer::Job>>,
     health: Arc<WriterHealth>,
@@ -341,7 +443,26 @@ impl Store {
         write_queue_max: usize,
         redactor: Arc<Redactor>,
     ) -> Result<Self, StoreError> {
-        Self::open_waiting(dir, LOCK_WAIT, write_queue_max, redactor)
+        Self::open_waiting(
+            dir,
+            LOCK_WAIT,
+            write_queue_max,
+            redactor,
+            space::Reserve::new(dir, 0),
+        )
+    }
+
+    /// [`Store::open_redacting`] keeping a reserve of `reserve_bytes` on the data dir's disk
+    /// (`[storage] reserve_bytes`; 0 keeps none): a ballast file released when the disk fills,
+    /// so the store can still reopen and commit critical records while intake is refused.
+    pub fn open_reserving(
+        dir: &Path,
+        write_queue_max: usize,
+        redactor: Arc<Redactor>,
+        reserve_bytes: u64,
+    ) -> Result<Self, StoreError> {
+        let reserve = space::Reserve::new(dir, reserve_bytes);
+        Self::open_waiting(dir, LOCK_WAIT, write_queue_max, redactor, reserve)
     }
 
     fn open_waiting(
@@ -349,37 +470,46 @@ impl Store {
         wait: Duration,
         write_queue_max: usize,
         redactor: Arc<Redactor>,
+        reserve: space::Reserve,
     ) -> Result<Self, StoreError> {
-        let db = open_db(&dir.join("db"), wait)?;
-        let trees = Table::ALL
-            .iter()
-            .map(|table| db.open_tree(table.tree_name()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let trees = Arc::new(Trees {
-            db,
-            trees,
-            redactor,
+        let db_path = dir.join("db");
+        let trees = open_on_full_disk(&db_path, wait, &redactor, &reserve)?;
+        let health = Arc::new(WriterHealth::default());
+        // Without its reserve (a start on a full disk) the store serves reads and critical
+        // writes; intake waits until the writer can write the reserve back.
+        if !reserve.restore() {
+            tracing::warn!(
+                data_dir = %dir.display(),
+                "the storage reserve could not be written: the disk is nearly full; new work is refused until space returns"
+            );
+            health.set_reserve_in_use(true);
+        }
+        let slot = Arc::new(TreesSlot {
+            current: RwLock::new(Some(Arc::new(trees))),
+            db_path,
+            redactor: redactor.clone(),
         });
         let (jobs, receiver) = mpsc::channel(write_queue_max.max(1));
-        let health = Arc::new(WriterHealth::default());
         let live = broadcast::channel(LIVE_EVENTS_BUFFER).0;
         let (exited_tx, exited_rx) = std_mpsc::channel();
-        let thread_trees = trees.clone();
-        let thread_health = health.clone();
+        let parts = writer::WriterParts {
+            slot: slot.clone(),
+            reserve,
+            health: health.clone(),
+        };
         let thread_live = live.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
                 STORAGE_THREAD.with(|flag| flag.set(true));
-                writer::run(thread_trees, receiver, thread_health, |events| {
-                    publish(&thread_live, events)
-                });
+                writer::run(parts, receiver, |events| publish(&thread_live, events));
                 let _ = exited_tx.send(());
             })
             .map_err(|error| StoreError::Commit(format!("cannot start the writer: {error}")))?;
         Ok(Self {
             shared: Arc::new(Shared {
-                trees,
+                slot,
+                redactor,
                 jobs: Some(jobs),
                 health,
                 readers: Arc::new(Semaphore::new(READERS_MAX)),
@@ -387,6 +517,27 @@ impl Store {
                 writer_exited: Mutex::new(exited_rx),
             }),
         })
+    }
+
+    /// Refuses new work while the disk is faulted or the reserve is in use (`STORAGE_FULL`,
+    /// `STORAGE_FAILED`): checked by intake before anything is reserved or written.
+    pub fn check_intake(&self) -> Result<(), StoreError> {
+        match self.shared.health.intake_error() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Wakes the writer for a recovery probe (a fault, or a reserve to write back) when nothing
+    /// else would: an empty job, dropped when the queue is full (then the writer is awake).
+    pub fn nudge(&self) {
+        let Some(jobs) = self.shared.jobs.as_ref() else {
+            return;
+        };
+        let _ = jobs.try_send(writer::Job {
+            run: Box::new(|_| Box::new(|_| ())),
+            refuse: Box::new(|_| ()),
+        });
     }
 
     /// Runs `op` on the writer thread and answers once its group is durable. `op` stages its
@@ -431,19 +582,26 @@ impl Store {
             Err(_) => return done(Err(StoreError::Busy.into())),
         };
         let answer = Answer::new(done);
-        permit.send(Box::new(move |batch| {
+        let refused = answer.slot.clone();
+        let run = Box::new(move |batch: &mut Batch<'_>| {
             let result = op(batch);
             match &result {
                 Ok(_) => batch.keep(),
                 Err(_) => batch.discard(),
             }
-            Box::new(move |committed: Result<(), &str>| {
+            Box::new(move |committed: Result<(), &StoreError>| {
                 answer.give(match (committed, result) {
-                    (Err(message), Ok(_)) => Err(StoreError::Commit(message.to_owned()).into()),
+                    (Err(error), Ok(_)) => Err(error.replicate().into()),
                     (_, result) => result,
                 })
-            })
-        }));
+            }) as writer::Answer
+        });
+        let refuse = Box::new(move |error: &StoreError| {
+            if let Some(done) = take(&refused) {
+                done(Err(error.replicate().into()));
+            }
+        });
+        permit.send(writer::Job { run, refuse });
     }
 
     /// Runs `op` on a snapshot of the last commit, on the blocking pool (never on an async
@@ -464,7 +622,7 @@ impl Store {
             Ok(Err(_)) => return Err(StoreError::Closed.into()),
             Err(_) => return Err(StoreError::Busy.into()),
         };
-        let trees = self.shared.trees.clone();
+        let trees = self.current_trees().await?;
         let read = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             STORAGE_THREAD.with(|flag| flag.set(true));
@@ -480,10 +638,23 @@ impl Store {
         }
     }
 
+    /// The open database; while the writer reopens it after a disk fault (well under a second),
+    /// waits up to [`REOPEN_READ_WAIT`] for it rather than fail the read.
+    async fn current_trees(&self) -> Result<Arc<Trees>, StoreError> {
+        let deadline = Instant::now() + REOPEN_READ_WAIT;
+        loop {
+            match self.shared.slot.current() {
+                Ok(trees) => return Ok(trees),
+                Err(error) if Instant::now() >= deadline => return Err(error),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
     /// `record` as this store writes it: JSON with the secret values redacted (for a record
     /// encoded before its writer job, such as a run started or an ops record).
     pub(crate) fn encode<T: serde::Serialize>(&self, record: &T) -> Result<Vec<u8>, StoreError> {
-        encode(&self.shared.trees.redactor, record)
+        encode(&self.shared.redactor, record)
     }
 
     /// Every event written from now on, as soon as it is durable. A receiver that falls more than
@@ -567,6 +738,32 @@ fn publish(live: &broadcast::Sender<Arc<Event>>, events: Vec<Event>) {
     }
 }
 
+/// Opens the database at `db`; when the disk is too full for sled's own start-up writes (it
+/// writes a snapshot as it opens), releases the reserve and tries once more. A start that still
+/// cannot open says which data dir is full.
+fn open_on_full_disk(
+    db: &Path,
+    wait: Duration,
+    redactor: &Arc<Redactor>,
+    reserve: &space::Reserve,
+) -> Result<Trees, StoreError> {
+    let opened = match Trees::open(db, wait, redactor.clone()) {
+        Err(StoreError::Full(message)) if reserve.release_for_start() => {
+            tracing::warn!(%message, "the disk is full; opening the store with the reserve's space");
+            Trees::open(db, wait, redactor.clone())
+        }
+        other => other,
+    };
+    opened.map_err(|error| match error {
+        StoreError::Full(message) => StoreError::Full(format!(
+            "cannot open the store in {}: {message}; free space on that disk and start again \
+             (nothing needs deleting by hand)",
+            db.display()
+        )),
+        other => other,
+    })
+}
+
 /// Whether sled refused to open because its file lock is held. sled reports this only as an
 /// `Other` I/O error with this message, so the message is what there is to match.
 fn is_lock_contention(error: &sled::Error) -> bool {
@@ -615,6 +812,9 @@ pub async fn watch_writer(
             _ = interval.tick() => {}
         }
         let health = store.writer_health();
+        if health.needs_probe() {
+            store.nudge();
+        }
         let busy_ms = health.busy_for_ms();
         let stalled = busy_ms.is_some_and(|ms| ms >= stall_ms);
         if health.set_stalled(stalled) {

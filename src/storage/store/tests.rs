@@ -138,6 +138,7 @@ fn a_held_lock_is_waited_for_and_then_reported() {
         Duration::from_millis(150),
         WRITE_QUEUE_MAX,
         Arc::default(),
+        super::space::Reserve::new(dir.path(), 0),
     );
     assert!(
         matches!(refused, Err(StoreError::Locked { waited_ms, .. }) if waited_ms >= 150),
@@ -154,6 +155,7 @@ fn a_held_lock_is_waited_for_and_then_reported() {
         Duration::from_secs(10),
         WRITE_QUEUE_MAX,
         Arc::default(),
+        super::space::Reserve::new(dir.path(), 0),
     );
     releaser.join().unwrap();
     assert!(reopened.is_ok(), "{:?}", reopened.err());
@@ -260,7 +262,7 @@ async fn a_refused_or_panicking_job_leaves_nothing_behind() {
 async fn sled_on_an_async_worker_is_caught() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let _ = Snapshot::new(&store.shared.trees);
+    let _ = Snapshot::new(&store.shared.slot.current().unwrap());
 }
 
 /// Whatever a writer hands the store — a task's text, an event's payload, an engine run's output

@@ -15,26 +15,43 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 use tokio::sync::mpsc;
 
-use super::{Snapshot, StoreError, Table, Trees};
+use super::space::{FaultKind, Reserve};
+use super::{Snapshot, StoreError, Table, Trees, TreesSlot};
 use crate::model::task::{Event, TaskStatus};
 
 /// Most jobs one group commit takes: bounds the memory of a group and the wait of its first job.
 pub(crate) const GROUP_JOBS_MAX: usize = 512;
 
-/// A write request: runs on the writer thread against the group's [`Batch`] and returns what to
-/// do once the group's outcome is known (answer the caller).
-pub(crate) type Job = Box<dyn FnOnce(&mut Batch<'_>) -> Answer + Send>;
+/// The first wait between two recovery probes of a faulted store; doubled up to
+/// [`PROBE_INTERVAL_MAX`].
+pub(crate) const PROBE_INTERVAL_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two recovery probes.
+pub(crate) const PROBE_INTERVAL_MAX: Duration = Duration::from_secs(8);
+/// Free bytes a full disk needs before the writer closes the faulted database to reopen it:
+/// below that the reopen (sled writes a snapshot) would fail and leave no database to read
+/// from, so the old one keeps serving reads until there is room.
+pub(crate) const REOPEN_FREE_MIN_BYTES: u64 = 256 * 1024;
 
-/// Called after the group commit with its outcome (`Err` carries sled's message).
-pub(crate) type Answer = Box<dyn FnOnce(Result<(), &str>) + Send>;
+/// A write request: `run` stages it on the group's [`Batch`] and returns what to do once the
+/// group's outcome is known (answer the caller); `refuse` answers it without running it (the
+/// store is faulted: nothing of it is staged).
+pub(crate) struct Job {
+    /// Runs the request on the writer thread.
+    pub(crate) run: Box<dyn FnOnce(&mut Batch<'_>) -> Answer + Send>,
+    /// Answers the caller with this error instead.
+    pub(crate) refuse: Box<dyn FnOnce(&StoreError) + Send>,
+}
+
+/// Called after the group commit with its outcome.
+pub(crate) type Answer = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 
 /// Staged writes: `None` removes the key.
 type Writes = BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>;
@@ -55,7 +72,17 @@ pub struct WriterHealth {
     stalled: AtomicBool,
     /// Whether the thread ended (every handle dropped, or it died).
     stopped: AtomicBool,
+    /// The disk fault refusing every write: [`NO_FAULT`], or a [`FaultKind`] as a number.
+    fault: AtomicU8,
+    /// What the disk said, for `/readyz` and the answers.
+    fault_message: Mutex<String>,
+    /// Set while the reserve is released (or could not be written at start): intake is refused
+    /// so the space left goes to the store's own recovery and critical records.
+    reserve_in_use: AtomicBool,
 }
+
+/// [`WriterHealth::fault`] when the disk is fine.
+const NO_FAULT: u8 = 0;
 
 impl WriterHealth {
     /// How long the running group has been running, in ms (`None` while idle).
@@ -74,6 +101,69 @@ impl WriterHealth {
     /// Marks (or clears) the stall; answers whether this changed it.
     pub fn set_stalled(&self, stalled: bool) -> bool {
         self.stalled.swap(stalled, Ordering::AcqRel) != stalled
+    }
+
+    /// The disk fault refusing writes, with what the disk said; `None` when writes go through.
+    pub fn fault(&self) -> Option<(FaultKind, String)> {
+        let kind = match self.fault.load(Ordering::Acquire) {
+            NO_FAULT => return None,
+            1 => FaultKind::Full,
+            _ => FaultKind::Failed,
+        };
+        let message = self
+            .fault_message
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Some((kind, message))
+    }
+
+    /// The error a write refused by the fault answers, if there is a fault.
+    pub fn fault_error(&self) -> Option<StoreError> {
+        self.fault().map(|(kind, message)| match kind {
+            FaultKind::Full => StoreError::Full(message),
+            FaultKind::Failed => StoreError::Failed(message),
+        })
+    }
+
+    /// Whether new work (intake) is refused: a fault, or the reserve in use.
+    pub fn intake_error(&self) -> Option<StoreError> {
+        self.fault_error().or_else(|| {
+            self.reserve_in_use.load(Ordering::Acquire).then(|| {
+                StoreError::Full(
+                    "the disk is nearly full: the storage reserve is in use, new work is refused"
+                        .into(),
+                )
+            })
+        })
+    }
+
+    fn set_fault(&self, kind: FaultKind, message: String) {
+        *self
+            .fault_message
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = message;
+        let number = match kind {
+            FaultKind::Full => 1,
+            FaultKind::Failed => 2,
+        };
+        self.fault.store(number, Ordering::Release);
+    }
+
+    fn clear_fault(&self) {
+        self.fault.store(NO_FAULT, Ordering::Release);
+    }
+
+    /// Marks whether the reserve is in use (intake refused while it is).
+    pub(crate) fn set_reserve_in_use(&self, in_use: bool) {
+        self.reserve_in_use.store(in_use, Ordering::Release);
+    }
+
+    /// Whether the writer has recovery work to do (a fault to probe, a reserve to write back):
+    /// the watchdog then wakes it every tick.
+    pub fn needs_probe(&self) -> bool {
+        self.fault.load(Ordering::Acquire) != NO_FAULT
+            || self.reserve_in_use.load(Ordering::Acquire)
     }
 
     /// Groups committed since start.
@@ -260,6 +350,7 @@ impl<'a> Batch<'a> {
         if self.group.is_empty() {
             return Ok(());
         }
+        fail_while_marked()?;
         let mut touched: Vec<Table> = self.group.keys().map(|(table, _)| *table).collect();
         touched.dedup();
         let trees: Vec<&sled::Tree> = touched.iter().map(|t| self.trees.get(*t)).collect();
@@ -301,14 +392,73 @@ fn hold_while_marked() {
     });
 }
 
+/// When the writer next probes a faulted store (or tries to write the reserve back), and how long
+/// it waits after that one fails.
+struct Probe {
+    /// Not before this instant.
+    next: Instant,
+    /// The wait after the next failure (1 s, doubling to 8 s: recovery comes within ~9 s of the
+    /// disk healing).
+    interval: Duration,
+}
+
+impl Probe {
+    fn new() -> Self {
+        Self {
+            next: Instant::now(),
+            interval: PROBE_INTERVAL_FIRST,
+        }
+    }
+
+    fn due(&self) -> bool {
+        Instant::now() >= self.next
+    }
+
+    /// The probe failed: wait longer before the next.
+    fn failed(&mut self) {
+        self.next = Instant::now() + self.interval;
+        self.interval = (self.interval * 2).min(PROBE_INTERVAL_MAX);
+    }
+
+    /// The probe succeeded (or a fault just began): the next one may run at once, and waits
+    /// start over.
+    fn reset(&mut self) {
+        self.next = Instant::now();
+        self.interval = PROBE_INTERVAL_FIRST;
+    }
+}
+
+/// What the writer thread works with.
+pub(crate) struct WriterParts {
+    /// The open database (replaced when the writer reopens it after a fault).
+    pub(crate) slot: Arc<TreesSlot>,
+    /// The ballast released when the disk fills.
+    pub(crate) reserve: Reserve,
+    /// Shared with probes and the watchdog.
+    pub(crate) health: Arc<WriterHealth>,
+}
+
+/// Test hook (`--features failpoints`): with `FAILPOINTS=store.eio=return(<file>)`, every group
+/// commit fails as an `EIO` from the disk would while `<file>` exists: a test makes the disk
+/// "fail" and "heal" on demand.
+fn fail_while_marked() -> Result<(), StoreError> {
+    #[cfg(feature = "failpoints")]
+    {
+        let mut failed = false;
+        fail::eval("store.eio", |marker| {
+            failed = marker.is_some_and(|marker| std::path::Path::new(&marker).exists());
+        });
+        if failed {
+            let eio = std::io::Error::from_raw_os_error(5);
+            return Err(StoreError::from(sled::Error::Io(eio)));
+        }
+    }
+    Ok(())
+}
+
 /// Runs the writer until every sender is gone. Runs on its own OS thread: every call here may
 /// block, which is the point.
-pub(crate) fn run(
-    trees: Arc<Trees>,
-    mut jobs: mpsc::Receiver<Job>,
-    health: Arc<WriterHealth>,
-    publish: impl Fn(Vec<Event>),
-) {
+pub(crate) fn run(parts: WriterParts, mut jobs: mpsc::Receiver<Job>, publish: impl Fn(Vec<Event>)) {
     /// Marks the writer stopped however the loop ends, a panic included: `/readyz` then says so.
     struct Stopped(Arc<WriterHealth>);
     impl Drop for Stopped {
@@ -316,7 +466,9 @@ pub(crate) fn run(
             self.0.stopped.store(true, Ordering::Release);
         }
     }
+    let health = parts.health.clone();
     let _stopped = Stopped(health.clone());
+    let mut probe = Probe::new();
     while let Some(first) = jobs.blocking_recv() {
         health.group_started_ms.store(now_ms(), Ordering::Release);
         let mut group = vec![first];
@@ -327,28 +479,17 @@ pub(crate) fn run(
             }
         }
         let group_jobs = group.len();
-        let count = group_jobs as u64;
-        let mut batch = Batch::new(&trees);
-        let answers: Vec<Answer> = group
-            .into_iter()
-            .filter_map(|job| run_job(&mut batch, job))
-            .collect();
-        let outcome = batch.commit().map_err(|error| error.to_string());
-        if let Err(error) = &outcome {
-            tracing::error!(%error, jobs = count, "store: a group commit failed; nothing of it was acknowledged");
+        if health.needs_probe() && probe.due() {
+            recover(&parts, &mut probe);
         }
-        let durable = outcome.is_ok();
-        let events = std::mem::take(&mut batch.group_events);
-        drop(batch);
-        for answer in answers {
-            let committed = outcome.as_ref().map(|_| ()).map_err(String::as_str);
-            // An answer only hands a result on; should one panic, the others are still given.
-            if std::panic::catch_unwind(AssertUnwindSafe(|| answer(committed))).is_err() {
-                tracing::error!("store: answering a write panicked");
+        match (health.fault_error(), parts.slot.current()) {
+            (None, Ok(trees)) => {
+                if let Err(error) = commit_group(&trees, group, &publish) {
+                    drop(trees);
+                    enter_fault(&parts, &error, &mut probe);
+                }
             }
-        }
-        if durable {
-            publish(events);
+            (Some(error), _) | (None, Err(error)) => refuse_all(group, &error),
         }
         health.groups.fetch_add(1, Ordering::Relaxed);
         health.jobs.fetch_add(
@@ -359,10 +500,131 @@ pub(crate) fn run(
     }
 }
 
+/// Answers every job of `group` with `error`, running none: a faulted store stages nothing.
+fn refuse_all(group: Vec<Job>, error: &StoreError) {
+    for job in group {
+        if std::panic::catch_unwind(AssertUnwindSafe(|| (job.refuse)(error))).is_err() {
+            tracing::error!("store: answering a refused write panicked");
+        }
+    }
+}
+
+/// Runs the group's jobs, commits them in one transaction and one flush, answers each caller and
+/// publishes the events once durable. Answers the commit's error (already given to the callers).
+fn commit_group(
+    trees: &Trees,
+    group: Vec<Job>,
+    publish: &impl Fn(Vec<Event>),
+) -> Result<(), StoreError> {
+    let count = group.len();
+    let mut batch = Batch::new(trees);
+    let answers: Vec<Answer> = group
+        .into_iter()
+        .filter_map(|job| run_job(&mut batch, job))
+        .collect();
+    let outcome = batch.commit();
+    if let Err(error) = &outcome {
+        tracing::error!(%error, jobs = count, "store: a group commit failed; nothing of it was acknowledged");
+    }
+    let events = std::mem::take(&mut batch.group_events);
+    drop(batch);
+    for answer in answers {
+        let committed = outcome.as_ref().map(|_| ());
+        // An answer only hands a result on; should one panic, the others are still given.
+        if std::panic::catch_unwind(AssertUnwindSafe(|| answer(committed))).is_err() {
+            tracing::error!("store: answering a write panicked");
+        }
+    }
+    match outcome {
+        Ok(()) => {
+            publish(events);
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// A commit failed. A disk fault makes the store refuse writes until a probe clears it (and a
+/// full disk releases the reserve, so that probe can reopen the store at once); anything else
+/// only failed that group.
+fn enter_fault(parts: &WriterParts, error: &StoreError, probe: &mut Probe) {
+    let Some(kind) = fault_kind(error) else {
+        return;
+    };
+    tracing::error!(%error, "store: the disk refused a commit; writes are refused until it recovers");
+    parts.health.set_fault(kind, error.to_string());
+    if kind == FaultKind::Full && parts.reserve.release() {
+        parts.health.set_reserve_in_use(true);
+    }
+    probe.reset();
+}
+
+/// One recovery step: a faulted store is reopened (sled refuses every write after an I/O error
+/// until reopened); a store whose reserve is in use writes it back once the disk has room. A
+/// failure waits longer before the next step.
+fn recover(parts: &WriterParts, probe: &mut Probe) {
+    let health = &parts.health;
+    if let Some((kind, _)) = health.fault() {
+        if let Err(error) = reopen_if_healthy(parts, kind) {
+            tracing::warn!(%error, "store: the disk still refuses writes; will probe again");
+            if let Some(kind) = fault_kind(&error) {
+                health.set_fault(kind, error.to_string());
+            }
+            probe.failed();
+            return;
+        }
+        health.clear_fault();
+        tracing::warn!("store: reopened after a disk fault; writes go through again");
+    }
+    if health.reserve_in_use.load(Ordering::Acquire) {
+        if parts.reserve.restore() {
+            health.set_reserve_in_use(false);
+            tracing::warn!("store: the disk has room again; reserve written back, intake reopened");
+        } else {
+            probe.failed();
+            return;
+        }
+    }
+    probe.reset();
+}
+
+/// Reopens a faulted store once the disk looks healthy, and proves it with a committed write.
+/// The disk is asked first (free space, a small file written and synced) so that a disk still
+/// failing does not cost a reopen, during which reads wait: the faulted database still serves
+/// them.
+fn reopen_if_healthy(parts: &WriterParts, kind: FaultKind) -> Result<(), StoreError> {
+    if kind == FaultKind::Full && parts.reserve.free_bytes() < REOPEN_FREE_MIN_BYTES {
+        return Err(StoreError::Full("no room yet to reopen the store".into()));
+    }
+    parts
+        .reserve
+        .probe_file()
+        .map_err(|error| super::space::store_error(&error))?;
+    fail_while_marked()?;
+    parts.slot.reopen()?;
+    let trees = parts.slot.current()?;
+    let mut batch = Batch::new(&trees);
+    batch.insert(Table::Recovery, PROBE_KEY, now_ms().to_be_bytes().to_vec());
+    batch.keep();
+    batch.commit()
+}
+
+/// The key the recovery probe writes in `Recovery` (never 16 bytes long, so never a task id).
+const PROBE_KEY: &[u8] = b"disk_probe";
+
+/// The fault an error is, if it is one.
+fn fault_kind(error: &StoreError) -> Option<FaultKind> {
+    match error {
+        StoreError::Full(_) => Some(FaultKind::Full),
+        StoreError::Failed(_) => Some(FaultKind::Failed),
+        _ => None,
+    }
+}
+
 /// Runs one job; a panicking job is dropped with its writes (its caller hears that the writer
 /// dropped the request) and the writer goes on.
 fn run_job(batch: &mut Batch<'_>, job: Job) -> Option<Answer> {
-    match std::panic::catch_unwind(AssertUnwindSafe(|| job(batch))) {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| (job.run)(batch))) {
         Ok(answer) => {
             // A job that neither kept nor discarded its writes keeps nothing.
             batch.discard();

@@ -145,10 +145,13 @@ pub(crate) async fn admit(
     ops: &OpsStore,
     record: DeployRecord,
 ) -> Result<DeployRecord, OpsError> {
-    let history = ops.deploys_of(&record.app).await?;
-    let refused = match made_for(&history, &record.trigger) {
-        Some(existing) => Some(Ok(existing.clone())),
-        None => check_room(&history, &record.app).err().map(Err),
+    // A history that cannot be read (a failing disk) refuses too, and releases like any refusal.
+    let refused = match ops.deploys_of(&record.app).await {
+        Ok(history) => match made_for(&history, &record.trigger) {
+            Some(existing) => Some(Ok(existing.clone())),
+            None => check_room(&history, &record.app).err().map(Err),
+        },
+        Err(error) => Some(Err(error.into())),
     };
     let outcome = match refused {
         Some(outcome) => outcome,
