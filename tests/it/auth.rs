@@ -537,7 +537,13 @@ async fn the_service_is_private_but_its_commands_keep_the_inherited_umask() {
     use std::os::unix::fs::PermissionsExt;
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    // The temp root (and the data dir in it) is no sandbox-writable extra here: runs share such
+    // dirs through their group, which would open the service's own files to it.
+    let options = crate::helpers::Options {
+        no_root_writable: true,
+        ..Default::default()
+    };
+    let service = Service::start_with(root.path(), options).await;
     assert_eq!(umask_of(&service.pid().to_string()), 0o077);
     let inherited = umask_of("self");
     let patch = "touch made.txt && stat -c %a made.txt > mode.txt";
