@@ -49,6 +49,10 @@ pub(super) fn ops_error(error: OpsError) -> ApiError {
         }
         OpsError::QueueFull(_) => ApiError::too_many(code, message, 5),
         OpsError::Unavailable(_) => ApiError::unavailable(code, message),
+        OpsError::StorageFull(_) => {
+            ApiError::new(StatusCode::INSUFFICIENT_STORAGE, code, message).retry_after(5)
+        }
+        OpsError::StorageFailed(_) => ApiError::unavailable(code, message).retry_after(5),
         OpsError::Denied { .. } => ApiError::new(StatusCode::FORBIDDEN, code, message),
         other => ApiError::internal(other),
     }
@@ -545,6 +549,8 @@ mod tests {
             OpsError::StepChanged(text()),
             OpsError::Unavailable(text()),
             OpsError::Store(text()),
+            OpsError::StorageFull(text()),
+            OpsError::StorageFailed(text()),
             OpsError::Io(text()),
             OpsError::InsufficientFunds(text()),
             OpsError::UnknownAccount(text()),

@@ -53,6 +53,12 @@ pub enum OpsError {
     /// Durable state could not be read or written.
     #[error("{0}")]
     Store(String),
+    /// The store's disk is full: writes are refused until space returns.
+    #[error("{0}")]
+    StorageFull(String),
+    /// The store's disk failed (I/O error, read-only): writes are refused until it heals.
+    #[error("{0}")]
+    StorageFailed(String),
     /// The file system refused.
     #[error("{0}")]
     Io(String),
@@ -90,6 +96,8 @@ impl OpsError {
             Self::StepChanged(_) => codes::STEP_CHANGED,
             Self::Unavailable(_) => codes::PERSONA_UNAVAILABLE,
             Self::Store(_) => codes::STORE_FAILED,
+            Self::StorageFull(_) => codes::STORAGE_FULL,
+            Self::StorageFailed(_) => codes::STORAGE_FAILED,
             Self::Io(_) => codes::IO_FAILED,
             Self::InsufficientFunds(_) => codes::INSUFFICIENT_FUNDS,
             Self::UnknownAccount(_) => codes::ACCOUNT_NOT_FOUND,
@@ -105,7 +113,11 @@ impl OpsError {
 
 impl From<StoreError> for OpsError {
     fn from(error: StoreError) -> Self {
-        Self::Store(error.to_string())
+        match error {
+            StoreError::Full(message) => Self::StorageFull(message),
+            StoreError::Failed(message) => Self::StorageFailed(message),
+            other => Self::Store(other.to_string()),
+        }
     }
 }
 
