@@ -396,7 +396,9 @@ fn permission_for(method: &Method, route: &str, metrics_public: bool) -> Option<
         | "/v1/incidents/{id}/reject"
         | "/v1/incidents/{id}/ack"
         | "/v1/incidents/{id}/resolve"
-        | "/v1/incidents/{id}/snooze" => Permission::Approve,
+        | "/v1/incidents/{id}/snooze"
+        | "/v1/silences"
+        | "/v1/silences/{id}" => Permission::Approve,
         "/v1/deploys" => Permission::Deploy,
         "/v1/fleet/pause" | "/v1/fleet/resume" => Permission::ActOnAnyTask,
         "/v1/alerts" => Permission::Alert,
