@@ -817,6 +817,24 @@ mod tests {
     }
 
     #[test]
+    fn silences_are_made_and_expired_by_approvers_and_read_by_viewers() {
+        let silences = "/v1/silences";
+        let one = "/v1/silences/{id}";
+        assert_eq!(
+            permission_for(&Method::POST, silences, false),
+            Some(Permission::Approve)
+        );
+        assert_eq!(
+            permission_for(&Method::DELETE, one, false),
+            Some(Permission::Approve)
+        );
+        assert_eq!(
+            permission_for(&Method::GET, silences, false),
+            Some(Permission::Read)
+        );
+    }
+
+    #[test]
     fn every_write_route_needs_more_than_read_and_probes_need_nothing() {
         assert_eq!(permission_for(&Method::GET, "/healthz", false), None);
         assert_eq!(permission_for(&Method::GET, "/metrics", true), None);

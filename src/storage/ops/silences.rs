@@ -92,3 +92,83 @@ fn expired_if_room(
     }
     Ok((active < ACTIVE_SILENCES_MAX).then_some(expired))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ops::silence::SilenceMatchers;
+    use crate::storage::store::Store;
+
+    /// A silence of app `web` from `starts_at` to `ends_at`.
+    fn silence(starts_at: DateTime<Utc>, ends_at: DateTime<Utc>) -> Silence {
+        Silence {
+            id: uuid::Uuid::now_v7().to_string(),
+            matchers: SilenceMatchers {
+                app: Some("web".into()),
+                ..SilenceMatchers::default()
+            },
+            starts_at,
+            ends_at,
+            comment: String::new(),
+            created_by: "test".into(),
+            expired_by: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silence_past_the_active_limit_is_refused_and_old_expired_ones_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ops = OpsStore::new(&store);
+        let now = Utc::now();
+        let (hour, day) = (chrono::TimeDelta::hours(1), chrono::TimeDelta::days(1));
+        let expired: Vec<Silence> = (0..=EXPIRED_SILENCES_KEPT)
+            .map(|_| silence(now - day, now - hour))
+            .collect();
+        let active: Vec<Silence> = (1..ACTIVE_SILENCES_MAX)
+            .map(|_| silence(now, now + hour))
+            .collect();
+        let seeded: Vec<(String, Vec<u8>)> = expired
+            .iter()
+            .chain(&active)
+            .map(|s| (s.id.clone(), serde_json::to_vec(s).unwrap()))
+            .collect();
+        store
+            .write(move |batch| {
+                for (id, bytes) in seeded {
+                    batch.insert(Table::OpsSilences, id.into_bytes(), bytes);
+                }
+                Ok::<(), StoreError>(())
+            })
+            .await
+            .unwrap();
+
+        assert!(ops.add_silence(&silence(now, now + hour)).await.unwrap());
+        let refused = silence(now, now + hour);
+        assert!(!ops.add_silence(&refused).await.unwrap(), "past the limit");
+        let listed = ops.silences(usize::MAX, false, now).await.unwrap();
+        assert_eq!(listed.len(), ACTIVE_SILENCES_MAX);
+        assert!(listed.iter().all(|s| s.id != refused.id));
+        let every = ops.silences(usize::MAX, true, now).await.unwrap();
+        assert_eq!(every.len(), ACTIVE_SILENCES_MAX + EXPIRED_SILENCES_KEPT);
+        assert!(
+            every.iter().all(|s| s.id != expired[0].id),
+            "the oldest expired went"
+        );
+
+        // Expiring one ends it now, with the name on it, and makes room again.
+        let ended = ops
+            .expire_silence(&active[0].id, "me".into(), Utc::now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ended.expired_by.as_deref(), Some("me"));
+        assert!(!ended.is_active(Utc::now()));
+        assert!(ops
+            .add_silence(&silence(Utc::now(), now + hour))
+            .await
+            .unwrap());
+        let unknown = ops.expire_silence("nope", "me".into(), now).await.unwrap();
+        assert!(unknown.is_none());
+    }
+}
