@@ -1,7 +1,8 @@
 //! The web control plane: its session security over plain HTTP, and the page itself driven in a
 //! real headless Chromium through WebDriver (`chromedriver`, the `fantoccini` client): log in,
 //! watch a task submitted through the API appear on the board without a reload, approve it on its
-//! page and see it end `done`. Without `chromium` and `chromedriver` (Debian's `chromium` and
+//! page and see it end `done`; silence an incident's app and signal from the Ops view and expire the
+//! silence there. Without `chromium` and `chromedriver` (Debian's `chromium` and
 //! `chromium-driver`, which `scripts/test` installs as root) the browser test says so and skips.
 
 use std::net::TcpListener;
