@@ -54,6 +54,7 @@ async fn run() -> ExitCode {
             let incidents = glitchlab::app::cli::records::Records::Incidents;
             glitchlab::app::cli::records::run(incidents, args).await
         }
+        Command::Silence(args) => glitchlab::app::cli::silence::run(args).await,
         Command::Factory(args) => glitchlab::app::factory::run(args).await,
         Command::Task(args) => return exit_with(glitchlab::app::cli::task::run(args).await),
         Command::Tree { url, json } => {

@@ -9,7 +9,9 @@
 //!
 //! # Restart story
 //!
-//! - **State:** the response jobs in flight, per incident. Incidents live in the store.
+//! - **State:** the response jobs in flight, per incident, and the active silences (a copy of the
+//!   store's, loaded in [`Actor::pre_start`] and changed only through [`UplinkRespondMsg::Silence`],
+//!   so a signal costs no store read to check them). Incidents and silences live in the store.
 //! - **On a crash:** the response jobs are aborted. The next incarnation ([`Actor::post_start`])
 //!   resumes every open incident that is not waiting for an approval after its last finished
 //!   step.
@@ -32,6 +34,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{AwaitingStep, HumanMark, Incident, IncidentStatus, Signal};
+use crate::model::ops::silence::{SignalOutcome, Silence};
 use crate::model::ops::spec::IncidentPolicy;
 use crate::model::persona::Persona;
 use crate::runtime::jobs::spawn_job;
@@ -41,6 +44,8 @@ use crate::storage::ops::OpsStore;
 use crate::work::ops::billing;
 use crate::work::ops::incident::{self, RespondContext};
 use crate::work::ops::provider::{LocalRuntime, ProviderContext};
+
+mod silences;
 
 /// A repeat of an unresolved incident's fingerprint within this window attaches to it.
 pub(crate) const DEDUP_WINDOW: Duration = Duration::from_secs(15 * 60);
@@ -64,6 +69,9 @@ pub(crate) struct UplinkRespondState {
     ctx: RespondContext,
     /// Incident → its running response; dropping one aborts it.
     responses: HashMap<String, AbortOnDropHandle<()>>,
+    /// The silences active when last looked (at most `ACTIVE_SILENCES_MAX`); ended ones are
+    /// dropped as signals arrive.
+    silences: Vec<Silence>,
 }
 
 impl Actor for UplinkRespond {
@@ -78,6 +86,7 @@ impl Actor for UplinkRespond {
     ) -> Result<Self::State, ActorProcessingErr> {
         let services = args.services;
         let ops = OpsStore::new(&services.store);
+        let silences = silences::load(&ops).await?;
         let provider = ProviderContext::for_persona(
             &services,
             Persona::UplinkRespond,
@@ -90,6 +99,7 @@ impl Actor for UplinkRespond {
                 ops,
             },
             responses: HashMap::new(),
+            silences,
         })
     }
 
@@ -127,11 +137,11 @@ impl Actor for UplinkRespond {
             }
             UplinkRespondMsg::Signals { signals, reply } => {
                 crate::work_failpoint!("uplink-respond.handle");
-                let mut ids = Vec::new();
+                let mut outcomes = Vec::new();
                 let mut outcome = Ok(());
                 for signal in signals {
                     match on_signal(&myself, state, signal).await {
-                        Ok(id) => ids.push(id),
+                        Ok(outcome) => outcomes.push(outcome),
                         Err(error) => {
                             outcome = Err(error);
                             break;
@@ -139,8 +149,11 @@ impl Actor for UplinkRespond {
                     }
                 }
                 if let Some(reply) = reply {
-                    let _ = reply.send(outcome.map(|()| ids));
+                    let _ = reply.send(outcome.map(|()| outcomes));
                 }
+            }
+            UplinkRespondMsg::Silence { act, reply } => {
+                let _ = reply.send(silences::act(state, act).await);
             }
             UplinkRespondMsg::Decide {
                 id,
@@ -169,7 +182,22 @@ impl Actor for UplinkRespond {
     }
 }
 
+/// A signal an active silence matches is counted and goes no further; any other opens or joins
+/// an incident.
 async fn on_signal(
+    myself: &ActorRef<UplinkRespondMsg>,
+    state: &mut UplinkRespondState,
+    signal: Signal,
+) -> Result<SignalOutcome, OpsError> {
+    if let Some(silence) = silences::silencing(state, &signal) {
+        return Ok(SignalOutcome::Silenced(silence));
+    }
+    open_or_join(myself, state, signal)
+        .await
+        .map(SignalOutcome::Incident)
+}
+
+async fn open_or_join(
     myself: &ActorRef<UplinkRespondMsg>,
     state: &mut UplinkRespondState,
     signal: Signal,

@@ -200,6 +200,10 @@ catalogue! {
     APP_BUSY [409] []
         "An action on an app (restart, rollback, scale) while a deploy or another action holds \
          it.";
+    SILENCE_NOT_FOUND [404] []
+        "No silence with that id.";
+    TOO_MANY_SILENCES [409] []
+        "A new silence while 1,000 are active already: expire one first.";
     DEPLOY_QUEUE_FULL [429] []
         "Too many deploys of the app already wait.";
     COMMAND_DENIED [403] [Deploy]

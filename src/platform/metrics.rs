@@ -67,6 +67,9 @@ pub(crate) const DEPLOYS_FINISHED_TOTAL: &str = "glitchlab_deploys_finished_tota
 /// Counter `{app, classification}`: incidents opened (a signal attached to an open incident is
 /// not one); `classification` is the runbook's, or `none`; an app not in `ops.yaml` is `other`.
 pub(crate) const INCIDENTS_OPENED_TOTAL: &str = "glitchlab_incidents_opened_total";
+/// Counter `{app}`: signals an active silence quieted (no incident opened or joined); an app
+/// not in `ops.yaml` is `other`.
+pub(crate) const SIGNALS_SILENCED_TOTAL: &str = "glitchlab_signals_silenced_total";
 /// Counter `{app, check, outcome}`: scheduled check runs by outcome (`pass`, `fail`, `skipped`).
 pub(crate) const CHECKS_TOTAL: &str = "glitchlab_checks_total";
 
@@ -174,6 +177,7 @@ fn describe() {
     describe_counter!(TASKS_POISONED_TOTAL, "Tasks ended POISONED");
     describe_counter!(DEPLOYS_FINISHED_TOTAL, "Deploys ended");
     describe_counter!(INCIDENTS_OPENED_TOTAL, "Incidents opened");
+    describe_counter!(SIGNALS_SILENCED_TOTAL, "Signals quieted by a silence");
     describe_counter!(CHECKS_TOTAL, "Scheduled check runs");
     describe_gauge!(STORE_WRITER_STALLED, "1 while the store writer is stalled");
     describe_gauge!(
@@ -369,6 +373,11 @@ pub(crate) fn deploy_finished(app: &str, status: &str) {
 pub(crate) fn incident_opened(app: &str, classification: &str) {
     ::metrics::counter!(INCIDENTS_OPENED_TOTAL, "app" => app.to_owned(), "classification" => classification.to_owned())
         .increment(1);
+}
+
+/// Records a signal a silence quieted. `app` is a bounded label, as in [`incident_opened`].
+pub(crate) fn signal_silenced(app: &str) {
+    ::metrics::counter!(SIGNALS_SILENCED_TOTAL, "app" => app.to_owned()).increment(1);
 }
 
 /// Records one scheduled check run (app and check come from `ops.yaml`; `outcome` is `pass`,

@@ -7,6 +7,7 @@ use ractor::{ActorRef, RpcReplyPort};
 
 use crate::model::ops::error::OpsError;
 use crate::model::ops::records::{AwaitingStep, Incident, Signal};
+use crate::model::ops::silence::{SignalOutcome, Silence};
 use crate::model::persona::Persona;
 use crate::runtime::directory::PersonaMailbox;
 use crate::runtime::Services;
@@ -18,12 +19,20 @@ const SIGNAL_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) enum UplinkRespondMsg {
     /// Answers at once: proof the mailbox is read (`/readyz`).
     Ping(RpcReplyPort<()>),
-    /// Signals to open incidents for (or attach to open ones); replies with their incident ids.
+    /// Signals to open incidents for (or attach to open ones); replies with what became of each:
+    /// its incident, or the active silence that quieted it.
     Signals {
         /// The signals.
         signals: Vec<Signal>,
-        /// The incident of each signal, in order.
-        reply: Option<RpcReplyPort<Result<Vec<String>, OpsError>>>,
+        /// The outcome of each signal, in order.
+        reply: Option<RpcReplyPort<Result<Vec<SignalOutcome>, OpsError>>>,
+    },
+    /// A person makes or ends a silence: stored (durable), then in force for the next signal.
+    Silence {
+        /// Make or end.
+        act: SilenceAct,
+        /// The silence after.
+        reply: RpcReplyPort<Result<Silence, OpsError>>,
     },
     /// A human approves (or rejects) the gated step an incident waits at.
     Decide {
@@ -74,11 +83,29 @@ pub(crate) enum HumanAct {
     },
 }
 
-/// Hands signals to the current Uplink-Respond and returns their incidents' ids (empty when it
-/// cannot be reached in time: the failure is logged, the sender goes on).
+/// What a person does with silences.
+#[derive(Debug, Clone)]
+pub(crate) enum SilenceAct {
+    /// Make this one (checked already: matchers, times, the creator's name).
+    Add(Silence),
+    /// End this one now.
+    Expire {
+        /// The silence.
+        id: String,
+        /// The token's name.
+        by: String,
+    },
+}
+
+/// Hands signals to the current Uplink-Respond and returns the ids of the incidents they opened
+/// or joined, silenced ones left out (empty when it cannot be reached in time: the failure is
+/// logged, the sender goes on).
 pub(crate) async fn send_signals(services: &Services, signals: Vec<Signal>) -> Vec<String> {
     match call_signals(services, signals).await {
-        Ok(ids) => ids,
+        Ok(outcomes) => outcomes
+            .iter()
+            .filter_map(|outcome| outcome.incident().map(str::to_owned))
+            .collect(),
         Err(error) => {
             tracing::error!(%error, "a signal did not reach uplink-respond");
             Vec::new()
@@ -90,7 +117,7 @@ pub(crate) async fn send_signals(services: &Services, signals: Vec<Signal>) -> V
 pub(crate) async fn call_signals(
     services: &Services,
     signals: Vec<Signal>,
-) -> Result<Vec<String>, OpsError> {
+) -> Result<Vec<SignalOutcome>, OpsError> {
     let actor = current(services).await?;
     let call = actor.call(
         |reply| UplinkRespondMsg::Signals {
@@ -139,6 +166,22 @@ pub(crate) async fn call_human(
             id: id.clone(),
             act: act.clone(),
             by: by.clone(),
+            reply,
+        },
+        Some(SIGNAL_CALL_TIMEOUT),
+    );
+    crate::runtime::flatten_call(call.await)
+}
+
+/// Asks the current Uplink-Respond to make or end a silence.
+pub(crate) async fn call_silence(
+    services: &Services,
+    act: SilenceAct,
+) -> Result<Silence, OpsError> {
+    let actor = current(services).await?;
+    let call = actor.call(
+        |reply| UplinkRespondMsg::Silence {
+            act: act.clone(),
             reply,
         },
         Some(SIGNAL_CALL_TIMEOUT),

@@ -4,7 +4,8 @@
 //! Tables: `OpsDeploys` (deploy id → record), `OpsDeploysByApp` (`<app>/<deploy id>` → empty,
 //! `<app>` → [`PrunedDeploys`], and the [`DEPLOYS_INDEXED`] marker), `OpsIncidents` (incident id →
 //! incident), `OpsChecks` (`<app>/<check>` ++ 0 ++ seq → result), `OpsReleases` (app → release
-//! state), `OpsVerified` (`<app>/<sha>` → time). Ids are UUID v7, so key order is creation order.
+//! state), `OpsVerified` (`<app>/<sha>` → time), `OpsSilences` (silence id → silence, see
+//! [`silences`]). Ids are UUID v7, so key order is creation order.
 //!
 //! Deploy history is kept per app: a record and its index entry are written by one writer job,
 //! which also drops the app's oldest *ended* records past [`DEPLOY_HISTORY_MAX`] (never one still
@@ -513,5 +514,6 @@ fn upsert<T: Serialize + serde::de::DeserializeOwned>(
     Ok(Some(record))
 }
 
+mod silences;
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,8 @@ use std::process::Command;
 
 use crate::helpers::{git_repo, Service, ADMIN_TOKEN};
 
-fn glitchlab(base: &str, args: &[&str]) -> std::process::Output {
+/// Runs the CLI binary against `base` with the admin token; its output.
+pub(crate) fn glitchlab(base: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_glitchlab"))
         .args(args)
         .env("GLITCHLAB_URL", base)

@@ -1,7 +1,9 @@
 //! Incidents a person can own, tried as an on-call engineer would: acknowledge, snooze and
 //! resolve (each with their name on it), a resolved incident that takes no new signals, an
 //! approval bound to the step as it was shown (a runbook edited in between is refused), and a
-//! flapping app whose next crash is restarted again once a person has resolved its incident.
+//! flapping app whose next crash is restarted again once a person has resolved its incident; and
+//! silences (matchers and an end): a matching alert opens no incident, across a restart, until the
+//! silence is expired, from the API and from the CLI.
 
 use std::path::Path;
 
@@ -289,4 +291,202 @@ async fn the_health_check_failing_runbook_leaves_a_healthy_app_alone() {
     assert_eq!(incident["status"], "resolved", "{incident:#}");
     assert_eq!(incident["actions"], json!([]), "{incident:#}");
     assert!(!restarted.exists(), "a healthy app was restarted");
+}
+
+/// Posts one alert of app `web` and answers (incident ids, silence per alert).
+async fn alert_outcome(service: &Service, signal: &str) -> (Vec<Value>, Vec<Value>) {
+    let (status, body) = service
+        .post(
+            "/v1/alerts",
+            &json!({"app": "web", "signal": signal, "summary": "?"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let list = |key: &str| body[key].as_array().unwrap().clone();
+    (list("incidents"), list("silenced"))
+}
+
+/// Makes a silence of `matchers` for an hour; answers it.
+async fn silence(service: &Service, matchers: Value) -> Value {
+    let body = json!({"matchers": matchers, "minutes": 60, "comment": "db migration"});
+    let (status, made) = service.post("/v1/silences", &body).await;
+    assert_eq!(status, 201, "{made}");
+    made
+}
+
+/// Ids of the silences `GET path` lists.
+async fn listed(service: &Service, path: &str) -> Vec<String> {
+    let (status, page) = service.get(path).await;
+    assert_eq!(status, 200, "{page}");
+    page["silences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `glitchlab_signals_silenced_total{app="other"}` (the app is not in `ops.yaml`).
+async fn silenced_count(service: &Service) -> u64 {
+    let text = service
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|line| line.starts_with("glitchlab_signals_silenced_total{app=\"other\"}"))
+        .and_then(|line| line.rsplit(' ').next())
+        .map_or(0, |value| value.parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_silence_quiets_its_signal_across_a_restart_until_it_is_expired() {
+    let root = tempfile::tempdir().unwrap();
+    let runbooks = gated_runbooks(root.path(), "unused");
+    let options = with_config(&config(root.path(), &runbooks));
+    let mut service = Service::start_with(root.path(), options.clone()).await;
+    let made = silence(&service, json!({"app": "web", "signal": "disk_full"})).await;
+    let id = made["id"].as_str().unwrap().to_owned();
+    assert_eq!(made["created_by"], "bootstrap");
+    assert_eq!(made["comment"], "db migration");
+
+    let (incidents, silenced) = alert_outcome(&service, "disk_full").await;
+    assert!(incidents.is_empty(), "a silenced alert opens no incident");
+    assert_eq!(silenced, vec![json!(id)]);
+    let (incidents, silenced) = alert_outcome(&service, "oom").await;
+    assert_eq!((incidents.len(), silenced), (1, vec![Value::Null]));
+    let (_, page) = service.get("/v1/incidents?signal=disk_full").await;
+    assert_eq!(page["incidents"], json!([]), "{page}");
+    assert_eq!(silenced_count(&service).await, 1);
+
+    let (_, page) = service.get("/v1/silences").await;
+    assert_eq!(page["silences"][0]["id"], json!(id));
+    assert_eq!(page["silences"][0]["created_by"], "bootstrap");
+    assert_eq!(page["silences"][0]["matchers"]["signal"], "disk_full");
+
+    // Durable: a kill -9 and a fresh start keep it in force.
+    service.kill_9();
+    let service = Service::start_with(root.path(), options).await;
+    let (incidents, silenced) = alert_outcome(&service, "disk_full").await;
+    assert!(incidents.is_empty());
+    assert_eq!(silenced, vec![json!(id)]);
+
+    let (status, expired) = service.delete(&format!("/v1/silences/{id}")).await;
+    assert_eq!(status, 200, "{expired}");
+    assert_eq!(expired["expired_by"], "bootstrap");
+    assert!(listed(&service, "/v1/silences").await.is_empty());
+    assert_eq!(listed(&service, "/v1/silences?all=true").await, vec![id]);
+    let (incidents, silenced) = alert_outcome(&service, "disk_full").await;
+    assert_eq!((incidents.len(), silenced), (1, vec![Value::Null]));
+
+    let (status, missing) = service.delete("/v1/silences/no-such-silence").await;
+    assert_eq!(
+        (status, &missing["error"]["code"]),
+        (404, &json!("SILENCE_NOT_FOUND"))
+    );
+    let (_, audit) = service.get("/v1/audit?principal=bootstrap").await;
+    let routes: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["route"].as_str().unwrap())
+        .collect();
+    assert!(routes.contains(&"/v1/silences/{id}"), "{audit}");
+}
+
+#[tokio::test]
+async fn a_silence_without_a_matcher_or_a_sensible_end_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let service = start(root.path(), "apps: {}\n", Vec::new()).await;
+    let past = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let far = (chrono::Utc::now() + chrono::Duration::days(31)).to_rfc3339();
+    let web = json!({"app": "web"});
+    for body in [
+        json!({"matchers": {}, "minutes": 60}),
+        json!({"minutes": 60}),
+        json!({"matchers": {"app": ""}, "minutes": 60}),
+        json!({"matchers": web, "ends_at": past}),
+        json!({"matchers": web, "ends_at": far}),
+        json!({"matchers": web, "minutes": 31 * 24 * 60}),
+        json!({"matchers": web}),
+        json!({"matchers": web, "minutes": 5, "surprise": true}),
+    ] {
+        let (status, refused) = service.post("/v1/silences", &body).await;
+        assert_eq!(
+            (status, &refused["error"]["code"]),
+            (422, &json!("INVALID_FIELD")),
+            "{body}: {refused}"
+        );
+    }
+    assert!(listed(&service, "/v1/silences?all=true").await.is_empty());
+    // Labels alone are a matcher: only a signal carrying them is quieted.
+    silence(&service, json!({"labels": {"zone": "a"}})).await;
+    let labelled = json!({"app": "web", "signal": "x", "labels": {"zone": "a"}});
+    let (_, answer) = service.post("/v1/alerts", &labelled).await;
+    assert_eq!(answer["incidents"], json!([]), "{answer}");
+    let (incidents, _) = alert_outcome(&service, "x").await;
+    assert_eq!(incidents.len(), 1);
+}
+
+#[tokio::test]
+async fn the_cli_adds_lists_and_expires_a_silence() {
+    let root = tempfile::tempdir().unwrap();
+    let service = start(root.path(), "apps: {}\n", Vec::new()).await;
+    let base = service.base.clone();
+    let added = tokio::task::spawn_blocking(move || {
+        let args = [
+            "silence",
+            "add",
+            "--app",
+            "web",
+            "--signal",
+            "disk_full",
+            "--label",
+            "zone=a",
+            "--minutes",
+            "30",
+            "--comment",
+            "migration",
+            "--json",
+        ];
+        crate::cli::glitchlab(&base, &args)
+    })
+    .await
+    .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let made: Value = serde_json::from_slice(&added.stdout).unwrap();
+    let id = made["id"].as_str().unwrap().to_owned();
+    assert_eq!(made["matchers"]["labels"]["zone"], "a");
+    assert_eq!(listed(&service, "/v1/silences").await, vec![id.clone()]);
+
+    let (base, wanted) = (service.base.clone(), id.clone());
+    let (table, expired, again, bad) = tokio::task::spawn_blocking(move || {
+        (
+            crate::cli::glitchlab(&base, &["silence", "list"]),
+            crate::cli::glitchlab(&base, &["silence", "expire", &wanted]),
+            crate::cli::glitchlab(&base, &["silence", "list", "--all", "--json"]),
+            crate::cli::glitchlab(&base, &["silence", "expire", "nope"]),
+        )
+    })
+    .await
+    .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(
+        table.contains(&id) && table.contains("bootstrap"),
+        "{table}"
+    );
+    assert!(table.contains("signal=disk_full"), "{table}");
+    assert!(expired.status.success());
+    assert!(listed(&service, "/v1/silences").await.is_empty());
+    let all: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(all["silences"][0]["expired_by"], "bootstrap");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("SILENCE_NOT_FOUND"));
 }

@@ -1,7 +1,8 @@
 //! The web control plane: its session security over plain HTTP, and the page itself driven in a
 //! real headless Chromium through WebDriver (`chromedriver`, the `fantoccini` client): log in,
 //! watch a task submitted through the API appear on the board without a reload, approve it on its
-//! page and see it end `done`. Without `chromium` and `chromedriver` (Debian's `chromium` and
+//! page and see it end `done`; silence an incident's app and signal from the Ops view and expire the
+//! silence there. Without `chromium` and `chromedriver` (Debian's `chromium` and
 //! `chromium-driver`, which `scripts/test` installs as root) the browser test says so and skips.
 
 use std::net::TcpListener;
@@ -527,4 +528,73 @@ async fn a_viewer_logging_in_again_and_again_never_ends_the_admins_session() {
     )
     .await;
     assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn the_ops_view_silences_an_incidents_signal_and_expires_the_silence() {
+    let _machine = crate::helpers::heavy().await;
+    let (Some(chromium), Some(chromedriver)) = (which("chromium"), which("chromedriver")) else {
+        eprintln!(
+            "SKIPPED: the browser test needs `chromium` and `chromedriver` on the PATH (Debian \
+             packages chromium and chromium-driver; scripts/test installs them as root)"
+        );
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let service = Service::start(root.path()).await;
+    let alert = json!({"app": "web", "signal": "disk_full"});
+    let (status, posted) = service.post("/v1/alerts", &alert).await;
+    assert_eq!(status, 202, "{posted}");
+    let (_driver, url) = start_driver(&chromedriver, root.path()).await;
+    let client = browser(&url, &chromium).await;
+
+    let outcome = silence_in_the_ops_view(&client, &service).await;
+    if let Err(error) = &outcome {
+        if let Ok(png) = client.screenshot().await {
+            std::fs::write(failure_screenshot(), png).unwrap();
+        }
+        let _ = client.close().await;
+        panic!("{error}\nservice log:\n{}", service.log());
+    }
+    client.close().await.unwrap();
+}
+
+/// Logs in, silences the incident's app and signal from its card, checks the API has the
+/// silence, then expires it from the silences panel.
+async fn silence_in_the_ops_view(client: &Client, service: &Service) -> Step<()> {
+    let long = Duration::from_secs(60);
+    step(
+        "open the page",
+        client.goto(&format!("{}/", service.base)).await,
+    )?;
+    let token = wait_for(client, "input[name=token]", long).await?;
+    step("type the token", token.send_keys(ADMIN_TOKEN).await)?;
+    click(client, "#login-submit", long).await?;
+    wait_for(client, "#board", long).await?;
+    step(
+        "open ops",
+        client.goto(&format!("{}/#/ops", service.base)).await,
+    )?;
+    click(
+        client,
+        "[data-incident] button[title^='no new incident']",
+        long,
+    )
+    .await?;
+    wait_for(client, "#silences [data-silence]", long).await?;
+    let (_, page) = service.get("/v1/silences").await;
+    let matchers = &page["silences"][0]["matchers"];
+    if matchers != &json!({"app": "web", "signal": "disk_full"}) {
+        return Err(format!("the button made {page}"));
+    }
+    click(client, "#silences [data-silence] button.danger", long).await?;
+    wait_for_text(client, "#silences", long, |text| {
+        text.contains("No active silences")
+    })
+    .await?;
+    let (_, page) = service.get("/v1/silences").await;
+    if page["silences"] != json!([]) {
+        return Err(format!("still active after Expire: {page}"));
+    }
+    Ok(())
 }

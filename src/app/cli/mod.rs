@@ -5,6 +5,7 @@
 pub mod ledger;
 pub mod ops;
 pub mod records;
+pub mod silence;
 pub mod task;
 
 use std::net::SocketAddr;
@@ -37,6 +38,8 @@ pub enum Command {
     Deploy(records::RecordArgs),
     /// Incidents of a running service: list, show, approve or reject a gated step.
     Incident(records::RecordArgs),
+    /// Silences of a running service: add, list, expire (quiet matching signals for a while).
+    Silence(silence::SilenceArgs),
     /// Run a fleet factory: take engine and verify jobs from NATS JetStream (docs/fleet.md).
     Factory(crate::app::factory::FactoryArgs),
     /// The supervision tree of a running service.

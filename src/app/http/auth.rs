@@ -396,7 +396,9 @@ fn permission_for(method: &Method, route: &str, metrics_public: bool) -> Option<
         | "/v1/incidents/{id}/reject"
         | "/v1/incidents/{id}/ack"
         | "/v1/incidents/{id}/resolve"
-        | "/v1/incidents/{id}/snooze" => Permission::Approve,
+        | "/v1/incidents/{id}/snooze"
+        | "/v1/silences"
+        | "/v1/silences/{id}" => Permission::Approve,
         "/v1/deploys" => Permission::Deploy,
         "/v1/fleet/pause" | "/v1/fleet/resume" => Permission::ActOnAnyTask,
         "/v1/alerts" => Permission::Alert,
@@ -812,6 +814,24 @@ mod tests {
         assert_eq!(tokens.authenticate("glt_nope"), None);
         tokens.remove("a");
         assert_eq!(tokens.authenticate(&a), None);
+    }
+
+    #[test]
+    fn silences_are_made_and_expired_by_approvers_and_read_by_viewers() {
+        let silences = "/v1/silences";
+        let one = "/v1/silences/{id}";
+        assert_eq!(
+            permission_for(&Method::POST, silences, false),
+            Some(Permission::Approve)
+        );
+        assert_eq!(
+            permission_for(&Method::DELETE, one, false),
+            Some(Permission::Approve)
+        );
+        assert_eq!(
+            permission_for(&Method::GET, silences, false),
+            Some(Permission::Read)
+        );
     }
 
     #[test]

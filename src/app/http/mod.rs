@@ -12,6 +12,7 @@ pub(crate) mod openapi;
 pub(crate) mod ops;
 pub(crate) mod report;
 pub(crate) mod session;
+pub(crate) mod silences;
 pub(crate) mod stream;
 pub(crate) mod system;
 pub(crate) mod tasks;
@@ -110,6 +111,11 @@ pub(crate) fn router(app: AppState) -> Router {
         .route("/incidents/{id}/ack", post(incidents::ack_incident))
         .route("/incidents/{id}/resolve", post(incidents::resolve_incident))
         .route("/incidents/{id}/snooze", post(incidents::snooze_incident))
+        .route(
+            "/silences",
+            post(silences::create_silence).get(silences::list_silences),
+        )
+        .route("/silences/{id}", delete(silences::expire_silence))
         .route("/openapi.json", get(openapi::document))
         .route("/tokens", post(auth::create_token).get(auth::list_tokens))
         .route("/tokens/{name}", delete(auth::revoke_token))

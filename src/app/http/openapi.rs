@@ -11,9 +11,12 @@ use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
 use super::error::{describe, ApiError, ErrorBody};
-use super::{auth, diff, fleet, incidents, ledger, ops, report, stream, system, tasks, ui};
+use super::{
+    auth, diff, fleet, incidents, ledger, ops, report, silences, stream, system, tasks, ui,
+};
 use crate::model::live::RunOutput;
 use crate::model::ops::records::{CheckResult, DeployRecord, Incident};
+use crate::model::ops::silence::Silence;
 use crate::model::task::{EngineRun, Event, Task};
 use crate::runtime::directory::ActorEntry;
 
@@ -67,6 +70,9 @@ use crate::runtime::directory::ActorEntry;
         incidents::ack_incident,
         incidents::resolve_incident,
         incidents::snooze_incident,
+        silences::create_silence,
+        silences::list_silences,
+        silences::expire_silence,
         system::healthz,
         system::readyz,
         system::actors,
@@ -100,7 +106,8 @@ use crate::runtime::directory::ActorEntry;
         ActorEntry,
         CheckResult,
         DeployRecord,
-        Incident
+        Incident,
+        Silence
     )),
     tags(
         (name = "tasks", description = "Submit, list, inspect and act on tasks; the report."),

@@ -44,9 +44,10 @@ pub(super) fn ops_error(error: OpsError) -> ApiError {
         OpsError::UnknownApp(_) | OpsError::UnknownCommit(_) | OpsError::UnknownAccount(_) => {
             ApiError::unprocessable(code, message)
         }
-        OpsError::InvalidState(_) | OpsError::Busy(_) | OpsError::StepChanged(_) => {
-            ApiError::conflict(code, message)
-        }
+        OpsError::InvalidState(_)
+        | OpsError::Busy(_)
+        | OpsError::StepChanged(_)
+        | OpsError::SilencesFull(_) => ApiError::conflict(code, message),
         OpsError::QueueFull(_) => ApiError::too_many(code, message, 5),
         OpsError::Unavailable(_) => ApiError::unavailable(code, message),
         OpsError::StorageFull(_) => {
@@ -342,8 +343,10 @@ pub(crate) async fn list_checks(
         `labels.alertname` is the signal, `labels.app`/`service`/`job` the app) or a plain \
         `{app, signal, severity?, summary?, labels?}`."),
     responses(
-        (status = 202, description = "`{\"incidents\": [incident id, …]}`: the incident each \
-            alert opened or attached to.", body = Object),
+        (status = 202, description = "`{\"incidents\": [incident id, …], \"silenced\": \
+            [silence id | null, …]}`: the incident each alert an active silence did not quiet \
+            opened or attached to, and per alert (in order) the silence that quieted it.",
+            body = Object),
         (status = 400, description = describe::INVALID_JSON, body = ErrorBody),
         (status = 413, description = describe::PAYLOAD_TOO_LARGE, body = ErrorBody),
         (status = 422, description = "`INVALID_FIELD`: not an alert of either shape.",
@@ -357,10 +360,14 @@ pub(crate) async fn alerts(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let signals = incident::parse_alerts(&body).map_err(ApiError::invalid_field)?;
-    let ids = uplink_respond::call_signals(&app.services, signals)
+    let outcomes = uplink_respond::call_signals(&app.services, signals)
         .await
         .map_err(ops_error)?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "incidents": ids }))).into_response())
+    // `incidents` as before (the alerts no silence quieted); `silenced` one entry per alert.
+    let ids: Vec<&str> = outcomes.iter().filter_map(|o| o.incident()).collect();
+    let silenced: Vec<Option<&str>> = outcomes.iter().map(|o| o.silence()).collect();
+    let body = json!({ "incidents": ids, "silenced": silenced });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// `?status=` of the incident list, besides `limit` and `app`.

@@ -47,6 +47,9 @@ pub enum OpsError {
     /// An approval named a gated step other than the one the runbook has now.
     #[error("{0}")]
     StepChanged(String),
+    /// As many silences as may be are active already.
+    #[error("{0}")]
+    SilencesFull(String),
     /// An Uplink persona could not be reached.
     #[error("{0}")]
     Unavailable(String),
@@ -94,6 +97,7 @@ impl OpsError {
             Self::NotFound(_) => codes::NOT_FOUND,
             Self::InvalidState(_) => codes::INVALID_STATE,
             Self::StepChanged(_) => codes::STEP_CHANGED,
+            Self::SilencesFull(_) => codes::TOO_MANY_SILENCES,
             Self::Unavailable(_) => codes::PERSONA_UNAVAILABLE,
             Self::Store(_) => codes::STORE_FAILED,
             Self::StorageFull(_) => codes::STORAGE_FULL,

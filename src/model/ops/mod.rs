@@ -3,6 +3,7 @@
 
 pub(crate) mod error;
 pub(crate) mod records;
+pub(crate) mod silence;
 pub(crate) mod spec;
 
 /// A value as the API spells it (`needs_human`, `outage`; `none` for a missing one), for text

@@ -119,11 +119,13 @@ pub enum Table {
     /// Recovery: `clean_stop` → empty once a shutdown finished cleanly; task id (16 bytes) → the
     /// unclean stops its stage was in flight across (see `store::recovery`).
     Recovery,
+    /// Ops: silence id (UUID v7) → silence (see `storage::ops::silences`).
+    OpsSilences,
 }
 
 impl Table {
     /// All tables, in index order.
-    pub const ALL: [Table; 18] = [
+    pub const ALL: [Table; 19] = [
         Table::Tasks,
         Table::Events,
         Table::Runs,
@@ -142,6 +144,7 @@ impl Table {
         Table::AuthTokens,
         Table::AuditLog,
         Table::Recovery,
+        Table::OpsSilences,
     ];
 
     /// The sled tree's name (unchanged from the layout before the writer, so data dirs carry
@@ -166,6 +169,7 @@ impl Table {
             Table::AuthTokens => "auth_tokens",
             Table::AuditLog => "audit_log",
             Table::Recovery => "recovery",
+            Table::OpsSilences => "ops_silences",
         }
     }
 }

@@ -512,11 +512,19 @@ async function opsView(root) {
   const deploys = h('div', { class: 'panel', id: 'deploys' });
   const incidents = h('div', { class: 'panel', id: 'incidents' });
   const checks = h('div', { class: 'panel', id: 'checks' });
-  root.append(h('h1', {}, 'Ops'), deploys, incidents, checks);
-  const decide = (path, body) => async (event) => {
+  const silences = h('div', { class: 'panel', id: 'silences' });
+  root.append(h('h1', {}, 'Ops'), deploys, incidents, silences, checks);
+  const send = (method, path, body) => async (event) => {
     event.target.disabled = true;
-    try { await api('POST', path, body || {}); flash('done', true); } catch (error) { showError(error); }
+    try { await api(method, path, body); flash('done', true); } catch (error) { showError(error); }
     refresh().catch(showError);
+  };
+  const decide = (path, body) => send('POST', path, body || {});
+  // An incident's app and first signal, quiet for an hour (POST /v1/silences).
+  const silenceOf = (x) => {
+    const signal = ((x.signals || [])[0] || {}).signal;
+    const matchers = signal ? { app: x.app, signal } : { app: x.app };
+    return decide('/v1/silences', { matchers, minutes: 60, comment: `from incident ${x.id}` });
   };
   const refresh = async () => {
     const [d, i, c] = await Promise.all([
@@ -524,6 +532,17 @@ async function opsView(root) {
       api('GET', '/v1/incidents').catch((e) => ({ error: e })),
       api('GET', '/v1/checks').catch((e) => ({ error: e })),
     ]);
+    const s = await api('GET', '/v1/silences').catch((e) => ({ error: e }));
+    const matched = (m) => [m.app && `app=${m.app}`, m.signal && `signal=${m.signal}`,
+      ...Object.entries(m.labels || {}).map(([k, v]) => `${k}=${v}`)].filter(Boolean).join(', ');
+    fill(silences, h('h2', {}, 'Silences'), s.error ? h('p', { class: 'error' }, s.error.message) :
+      (s.silences || []).length ? h('table', {},
+        h('tr', {}, ['silence', 'matches', 'until', 'by', 'comment', ''].map((x) => h('th', {}, x))),
+        s.silences.map((x) => h('tr', { 'data-silence': x.id },
+          h('td', { class: 'mono' }, short(x.id)), h('td', { class: 'mono' }, matched(x.matchers || {})),
+          h('td', {}, when(x.ends_at)), h('td', {}, x.created_by), h('td', {}, x.comment || ''),
+          h('td', {}, h('button', { class: 'danger', onclick: send('DELETE', `/v1/silences/${x.id}`) }, 'Expire'))))) :
+        h('p', { class: 'muted' }, 'No active silences.'));
     fill(deploys, h('h2', {}, 'Deploys'), d.error ? h('p', { class: 'error' }, d.error.message) :
       (d.deploys || []).length ? h('table', {},
         h('tr', {}, ['deploy', 'app', 'release', 'status', 'stages', 'created', ''].map((x) => h('th', {}, x))),
@@ -551,6 +570,7 @@ async function opsView(root) {
             h('button', { class: 'danger', onclick: decide(`/v1/incidents/${x.id}/reject`) }, 'Reject step')] : null,
           x.status === 'needs_human' ? h('button', { onclick: decide(`/v1/incidents/${x.id}/ack`) }, 'Acknowledge') : null,
           h('button', { onclick: decide(`/v1/incidents/${x.id}/snooze`, { minutes: 60 }) }, 'Snooze 1 h'),
+          h('button', { onclick: silenceOf(x), title: 'no new incident of this app and signal for an hour' }, 'Silence 1 h'),
           h('button', { onclick: decide(`/v1/incidents/${x.id}/resolve`) }, 'Resolve')) : null,
         h('details', {}, h('summary', {}, `${(x.events || []).length} steps and events`),
           h('ul', { class: 'timeline' }, (x.events || []).map((e) => h('li', {}, h('span', { class: 'ts' }, when(e.at)), h('span', { class: 'kind' }, e.kind), ' ',
