@@ -1082,7 +1082,11 @@ mod tests {
             "    local: {start: \"x\", port: 8081}\n    previous_names: [old]\n",
         );
         let text = format!("{text}    previous_names: [old]\n");
-        assert!(error_of(&text).contains("previous name of app `web` too"), "{}", error_of(&text));
+        let error = error_of(&text);
+        assert!(
+            error.starts_with("line 6: app `web`: previous name `old` is a previous name of app `api` too"),
+            "{error}"
+        );
     }
 
     /// A mis-indented line is reported where it is, not at the section it fell into.
