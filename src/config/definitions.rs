@@ -138,8 +138,16 @@ impl Definitions {
     /// exist, so a typo does not start the service silently with nothing to run.
     pub fn load(paths: &PathsConfig) -> Result<Self, DefinitionError> {
         let defaults = PathsConfig::default();
-        refuse_missing(&paths.ops_file, &defaults.ops_file, "paths.ops_file (or --ops)")?;
-        refuse_missing(&paths.runbooks_dir, &defaults.runbooks_dir, "paths.runbooks_dir")?;
+        refuse_missing(
+            &paths.ops_file,
+            &defaults.ops_file,
+            "paths.ops_file (or --ops)",
+        )?;
+        refuse_missing(
+            &paths.runbooks_dir,
+            &defaults.runbooks_dir,
+            "paths.runbooks_dir",
+        )?;
         Ok(Self {
             personas: load_personas(&paths.actors_dir)?,
             runbooks: load_runbooks(&paths.runbooks_dir)?,
@@ -368,8 +376,7 @@ fn refuse_non_repositories(ops: &OpsFile, text: &str) -> Result<(), String> {
             "is not a git repository (no `.git`, and not a bare repository)"
         } else if !has_branch(&app.repo, &app.branch) {
             let app_key = format!("{name}:");
-            let line =
-                crate::model::ops::spec::line_of_path(text, &["apps:", &app_key, "branch:"]);
+            let line = crate::model::ops::spec::line_of_path(text, &["apps:", &app_key, "branch:"]);
             return Err(format!(
                 "line {line}: app `{name}`: branch `{}` does not exist in repo `{}`",
                 app.branch,
@@ -395,7 +402,11 @@ fn refs_dir(repo: &Path) -> PathBuf {
     let git_dir = if dot_git.is_file() {
         std::fs::read_to_string(&dot_git)
             .ok()
-            .and_then(|text| text.trim().strip_prefix("gitdir:").map(|d| repo.join(d.trim())))
+            .and_then(|text| {
+                text.trim()
+                    .strip_prefix("gitdir:")
+                    .map(|d| repo.join(d.trim()))
+            })
             .unwrap_or(dot_git)
     } else if dot_git.is_dir() {
         dot_git
@@ -653,7 +664,11 @@ mod tests {
         std::fs::create_dir_all(repo.join("refs/heads/feature")).unwrap();
         std::fs::write(repo.join("HEAD"), "ref: refs/heads/main\n").unwrap();
         std::fs::write(repo.join("refs/heads/feature/x"), "0\n").unwrap();
-        std::fs::write(repo.join("packed-refs"), "# pack-refs\n0123 refs/heads/main\n").unwrap();
+        std::fs::write(
+            repo.join("packed-refs"),
+            "# pack-refs\n0123 refs/heads/main\n",
+        )
+        .unwrap();
         let path = dir.path().join("ops.yaml");
         let app = |branch: &str| {
             format!(
@@ -669,7 +684,9 @@ mod tests {
             std::fs::write(&path, app(bad)).unwrap();
             let error = load_ops(&path).unwrap_err().to_string();
             assert!(
-                error.contains(&format!("ops.yaml: line 4: app `web`: branch `{bad}` does not exist")),
+                error.contains(&format!(
+                    "ops.yaml: line 4: app `web`: branch `{bad}` does not exist"
+                )),
                 "{error}"
             );
         }

@@ -548,5 +548,8 @@ async fn git_runs_with_a_cleared_environment() {
     assert!(env.contains("GIT_CONFIG_GLOBAL=/dev/null"), "{env}");
     assert!(!env.contains(secret), "{env}");
     assert!(!env.contains("RUST_LOG"), "{env}");
-    assert!(!hooked.exists(), "the service's git ran the repository's hook");
+    assert!(
+        !hooked.exists(),
+        "the service's git ran the repository's hook"
+    );
 }

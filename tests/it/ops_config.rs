@@ -102,7 +102,8 @@ async fn a_deploy_onto_a_port_another_process_holds_fails_port_in_use() {
 fn a_check_url_that_is_not_a_url_stops_start_up_naming_its_line() {
     let root = tempfile::tempdir().unwrap();
     let repo = sample_repo(root.path());
-    let checks = "    checks:\n      - {name: web-http, schedule: \"*/5 * * * * *\", kind: http, url: 42}\n";
+    let checks =
+        "    checks:\n      - {name: web-http, schedule: \"*/5 * * * * *\", kind: http, url: 42}\n";
     let (status, stderr) = serve_with_ops(root.path(), &local_ops(&repo, free_port(), 0, checks));
     assert!(!status.success(), "{stderr}");
     assert!(
@@ -189,10 +190,15 @@ async fn previous_names_keep_the_release_across_a_rename_and_restart() {
     // Renamed again, without `previous_names`: the release of `site` is stopped on purpose.
     let forgotten = ops.replace("  web:\n", "  shop:\n");
     service = start(root.path(), &forgotten, Vec::new()).await;
-    assert!(group_gone(group, Duration::from_secs(20)).await, "the release of `site` still runs");
+    assert!(
+        group_gone(group, Duration::from_secs(20)).await,
+        "the release of `site` still runs"
+    );
     let stopped = service_events(&service, "app.removed_stopped").await;
     assert_eq!(stopped.len(), 1, "{stopped:#?}");
     assert_eq!(stopped[0]["data"]["app"], "site", "{stopped:#?}");
     assert_eq!(stopped[0]["data"]["process_group"], group, "{stopped:#?}");
-    assert!(service_events(&service, "app.unaccounted_stopped").await.is_empty());
+    assert!(service_events(&service, "app.unaccounted_stopped")
+        .await
+        .is_empty());
 }

@@ -815,7 +815,9 @@ fn validate_app(name: &str, app: &AppSpec) -> Result<(), (Vec<String>, String)> 
         if old == name || !is_app_name(old) {
             return Err((
                 field_path("previous_names"),
-                format!("previous name `{old}` must be another app name (letters, digits, `-`, `_`)"),
+                format!(
+                    "previous name `{old}` must be another app name (letters, digits, `-`, `_`)"
+                ),
             ));
         }
     }
@@ -1074,7 +1076,10 @@ mod tests {
     fn previous_names_are_checked() {
         let text = format!("{TWO_APPS}    previous_names: [web]\n");
         let error = error_of(&text);
-        assert!(error.starts_with("line 10: app `api`: previous name `web`"), "{error}");
+        assert!(
+            error.starts_with("line 10: app `api`: previous name `web`"),
+            "{error}"
+        );
         let text = format!("{TWO_APPS}    previous_names: [old]\n");
         assert!(validate_ops(&from_yaml(&text).unwrap(), &text).is_ok());
         let text = TWO_APPS.replace(
@@ -1084,7 +1089,9 @@ mod tests {
         let text = format!("{text}    previous_names: [old]\n");
         let error = error_of(&text);
         assert!(
-            error.starts_with("line 6: app `web`: previous name `old` is a previous name of app `api` too"),
+            error.starts_with(
+                "line 6: app `web`: previous name `old` is a previous name of app `api` too"
+            ),
             "{error}"
         );
     }
