@@ -65,7 +65,7 @@ pub(crate) fn sample_repo(root: &Path) -> PathBuf {
     repo
 }
 
-fn commit_all(repo: &Path, message: &str) -> String {
+pub(crate) fn commit_all(repo: &Path, message: &str) -> String {
     git(repo, &["add", "-A"]);
     git(repo, &["commit", "-q", "-m", message]);
     git(repo, &["rev-parse", "HEAD"])

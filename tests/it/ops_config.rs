@@ -13,8 +13,8 @@ use serde_json::json;
 
 use crate::config::{serve_with_config, serve_with_ops};
 use crate::ops::{
-    answers_within, deploy_healthy, free_port, group_gone, local_ops, recorded_pid, sample_repo,
-    service_events, start, wait_until, AppReaper,
+    answers_within, commit_all, deploy_healthy, free_port, group_gone, local_ops, recorded_pid,
+    sample_repo, service_events, start, wait_until, AppReaper,
 };
 
 /// A stranger on the app's port: answers `200 ok` to every request until dropped.
@@ -25,7 +25,10 @@ struct Stranger {
 
 impl Stranger {
     fn listen(port: u16) -> Stranger {
-        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        Stranger::serve(TcpListener::bind(("127.0.0.1", port)).unwrap())
+    }
+
+    fn serve(listener: TcpListener) -> Stranger {
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
@@ -93,6 +96,42 @@ async fn a_deploy_onto_a_port_another_process_holds_fails_port_in_use() {
         !root.path().join("data/releases/web/app.json").exists(),
         "a release was started on a held port"
     );
+}
+
+/// A deploy while a stranger listens on the app's port on another loopback address (`[::1]`, next
+/// to the running release on `127.0.0.1`) fails `PORT_IN_USE` before the swap: the running
+/// release is not stopped and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_deploy_leaves_the_running_release_serving() {
+    let root = tempfile::tempdir().unwrap();
+    let _reaper = AppReaper(root.path().to_path_buf());
+    let repo = sample_repo(root.path());
+    let port = free_port();
+    let service = start(root.path(), &local_ops(&repo, port, 0, ""), Vec::new()).await;
+    deploy_healthy(&service, "web").await;
+    let first = answers_within(port, Duration::from_secs(10)).await;
+    let Ok(listener) = TcpListener::bind(("::1", port)) else {
+        eprintln!("skipped: this host has no IPv6 loopback to hold the port on beside the app");
+        return;
+    };
+    let _stranger = Stranger::serve(listener);
+    std::fs::write(repo.join("VERSION"), "2\n").unwrap();
+    commit_all(&repo, "v2");
+    let (status, record) = service.post("/v1/deploys", &json!({"app": "web"})).await;
+    assert_eq!(status, 201, "{record}");
+    let id = record["id"].as_str().unwrap();
+    let done = wait_until(&service, &format!("/v1/deploys/{id}"), |d| {
+        d["finished_at"].is_string()
+    })
+    .await;
+    assert_eq!(done["error"]["code"], "PORT_IN_USE", "{done:#}");
+    assert_eq!(done["status"], "failed", "{done:#}");
+    let still = answers_within(port, Duration::from_secs(5)).await;
+    assert_eq!(
+        still["pid"], first["pid"],
+        "the running release was replaced: {still}"
+    );
+    assert_eq!(still["version"], "1", "{still}");
 }
 
 /// A check's `url: 42` (YAML reads it as the text `42`) stops start-up naming the file, the
@@ -177,6 +216,8 @@ async fn previous_names_keep_the_release_across_a_rename_and_restart() {
     service = start(root.path(), &renamed, Vec::new()).await;
     let again = answers_within(port, Duration::from_secs(10)).await;
     assert_eq!(again["pid"], first["pid"], "a new process serves: {again}");
+    // Recovery runs as the service starts: wait for its account.
+    wait_for_event(&service, "app.adopted").await;
     let moved = service_events(&service, "app.renamed").await;
     assert_eq!(moved.len(), 1, "{moved:#?}");
     assert_eq!(moved[0]["data"], json!({"from": "web", "to": "site"}));
@@ -194,6 +235,8 @@ async fn previous_names_keep_the_release_across_a_rename_and_restart() {
         group_gone(group, Duration::from_secs(20)).await,
         "the release of `site` still runs"
     );
+    // The event is written once the group is gone: wait for it.
+    wait_for_event(&service, "app.removed_stopped").await;
     let stopped = service_events(&service, "app.removed_stopped").await;
     assert_eq!(stopped.len(), 1, "{stopped:#?}");
     assert_eq!(stopped[0]["data"]["app"], "site", "{stopped:#?}");
@@ -201,4 +244,14 @@ async fn previous_names_keep_the_release_across_a_rename_and_restart() {
     assert!(service_events(&service, "app.unaccounted_stopped")
         .await
         .is_empty());
+}
+
+/// Waits until the service's events hold one of `kind`.
+async fn wait_for_event(service: &crate::helpers::Service, kind: &str) {
+    wait_until(service, "/v1/events", |body| {
+        body["events"]
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["kind"] == kind))
+    })
+    .await;
 }
