@@ -44,6 +44,7 @@ use crate::work::ops::billing;
 use crate::work::ops::deploy::{self, DeployContext};
 use crate::work::ops::probe;
 use crate::work::ops::provider::{self, LocalRuntime, ProviderContext};
+use crate::work::ops::renamed;
 
 /// Recent tasks looked at on start for a delivered task's lost deploy request.
 const TASK_DEPLOY_SCAN_MAX: usize = 10_000;
@@ -226,6 +227,7 @@ async fn recover(
 /// this service that no record accounts for are stopped (`app.unaccounted_stopped`), so none runs
 /// unmanaged; then the current release of every app not adopted is started (`app.started`).
 async fn recover_releases(state: &UplinkDeployState) -> Result<(), OpsError> {
+    renames(state).await?;
     let mut adopted = Vec::new();
     let mut to_start = Vec::new();
     for (name, app) in &state.services.definitions.ops.apps {
@@ -276,6 +278,23 @@ async fn recover_releases(state: &UplinkDeployState) -> Result<(), OpsError> {
                 tracing::error!(app = %name, %error, "could not start the current release again");
             }
         }
+    }
+    Ok(())
+}
+
+/// Before adoption: releases recorded under an app's `previous_names` become the app's
+/// (`app.renamed`), and releases of names that left `ops.yaml` are stopped (`app.removed_stopped`).
+async fn renames(state: &UplinkDeployState) -> Result<(), OpsError> {
+    let apps = &state.services.definitions.ops.apps;
+    for carried in renamed::carry_over(&state.ops, &state.provider, apps).await? {
+        tracing::info!(from = %carried.from, to = %carried.to, "carried the release of a renamed app over");
+        let data = serde_json::json!({"from": carried.from, "to": carried.to});
+        service_event(state, "app.renamed", data).await;
+    }
+    for (app, pgid) in renamed::stop_removed(&state.provider, apps).await {
+        let data = serde_json::json!({"app": app, "process_group": pgid,
+            "reason": "the app left ops.yaml and no app lists it in previous_names"});
+        service_event(state, "app.removed_stopped", data).await;
     }
     Ok(())
 }

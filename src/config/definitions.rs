@@ -133,8 +133,21 @@ pub struct Definitions {
 }
 
 impl Definitions {
-    /// Loads the data folders named in `paths`; missing folders fall back to built-in defaults.
+    /// Loads the data folders named in `paths`. A missing default folder or file falls back to
+    /// built-in defaults (no runbooks, no apps); a path configured away from its default must
+    /// exist, so a typo does not start the service silently with nothing to run.
     pub fn load(paths: &PathsConfig) -> Result<Self, DefinitionError> {
+        let defaults = PathsConfig::default();
+        refuse_missing(
+            &paths.ops_file,
+            &defaults.ops_file,
+            "paths.ops_file (or --ops)",
+        )?;
+        refuse_missing(
+            &paths.runbooks_dir,
+            &defaults.runbooks_dir,
+            "paths.runbooks_dir",
+        )?;
         Ok(Self {
             personas: load_personas(&paths.actors_dir)?,
             runbooks: load_runbooks(&paths.runbooks_dir)?,
@@ -178,6 +191,20 @@ impl Definitions {
             .map(|p| p.system_prompt.as_str())
             .unwrap_or("")
     }
+}
+
+/// Refuses a configured path that does not exist; the built-in default path may be absent.
+fn refuse_missing(path: &Path, default: &Path, setting: &str) -> Result<(), DefinitionError> {
+    if path == default || path.exists() {
+        return Ok(());
+    }
+    Err(DefinitionError::Invalid {
+        path: path.display().to_string(),
+        reason: format!(
+            "does not exist, but {setting} names it (only the default `{}` may be absent)",
+            default.display()
+        ),
+    })
 }
 
 fn load_personas(dir: &Path) -> Result<BTreeMap<Persona, PersonaDefinition>, DefinitionError> {
@@ -347,6 +374,14 @@ fn refuse_non_repositories(ops: &OpsFile, text: &str) -> Result<(), String> {
             "does not exist or is not a directory"
         } else if !is_git_repository(&app.repo) {
             "is not a git repository (no `.git`, and not a bare repository)"
+        } else if !has_branch(&app.repo, &app.branch) {
+            let app_key = format!("{name}:");
+            let line = crate::model::ops::spec::line_of_path(text, &["apps:", &app_key, "branch:"]);
+            return Err(format!(
+                "line {line}: app `{name}`: branch `{}` does not exist in repo `{}`",
+                app.branch,
+                app.repo.display()
+            ));
         } else {
             continue;
         };
@@ -358,6 +393,48 @@ fn refuse_non_repositories(ops: &OpsFile, text: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The directory holding a repository's refs: `.git`, a linked worktree's common dir, or the
+/// bare repository itself.
+fn refs_dir(repo: &Path) -> PathBuf {
+    let dot_git = repo.join(".git");
+    let git_dir = if dot_git.is_file() {
+        std::fs::read_to_string(&dot_git)
+            .ok()
+            .and_then(|text| {
+                text.trim()
+                    .strip_prefix("gitdir:")
+                    .map(|d| repo.join(d.trim()))
+            })
+            .unwrap_or(dot_git)
+    } else if dot_git.is_dir() {
+        dot_git
+    } else {
+        repo.to_path_buf()
+    };
+    match std::fs::read_to_string(git_dir.join("commondir")) {
+        Ok(common) => git_dir.join(common.trim()),
+        Err(_) => git_dir,
+    }
+}
+
+/// Whether `branch` is a branch of `repo`: a loose ref or a line of `packed-refs`. Reads the
+/// disk only; a branch that does not resolve would fail every deploy at its precheck.
+fn has_branch(repo: &Path, branch: &str) -> bool {
+    if branch.is_empty() || branch.contains("..") || branch.starts_with('/') {
+        return false;
+    }
+    let dir = refs_dir(repo);
+    if dir.join("refs/heads").join(branch).is_file() {
+        return true;
+    }
+    let wanted = format!("refs/heads/{branch}");
+    std::fs::read_to_string(dir.join("packed-refs")).is_ok_and(|packed| {
+        packed
+            .lines()
+            .any(|line| line.split_once(' ').is_some_and(|(_, name)| name == wanted))
+    })
 }
 
 /// A work tree (a `.git` directory, or the `.git` file of a linked worktree) or a bare
@@ -550,6 +627,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join(".git")).unwrap();
         std::fs::write(dir.path().join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+        std::fs::create_dir_all(dir.path().join(".git/refs/heads")).unwrap();
+        std::fs::write(dir.path().join(".git/refs/heads/main"), "0\n").unwrap();
         let plain = dir.path().join("plain");
         std::fs::create_dir_all(&plain).unwrap();
         let path = ops_with_repo(dir.path(), &plain);
@@ -570,8 +649,69 @@ mod tests {
         std::fs::create_dir_all(bare.join("objects")).unwrap();
         std::fs::create_dir_all(bare.join("refs")).unwrap();
         std::fs::write(bare.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        std::fs::write(bare.join("packed-refs"), "0123 refs/heads/main\n").unwrap();
         let path = ops_with_repo(dir.path(), &bare);
         assert_eq!(load_ops(&path).unwrap().apps.len(), 2);
+    }
+
+    /// Issue 24: an app's branch must exist in its repository (a typo used to be accepted, and
+    /// every deploy of it failed with an outage incident); loose and packed refs both count.
+    #[test]
+    fn an_unknown_branch_names_the_app_and_the_branch() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("bare.git");
+        std::fs::create_dir_all(repo.join("objects")).unwrap();
+        std::fs::create_dir_all(repo.join("refs/heads/feature")).unwrap();
+        std::fs::write(repo.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+        std::fs::write(repo.join("refs/heads/feature/x"), "0\n").unwrap();
+        std::fs::write(
+            repo.join("packed-refs"),
+            "# pack-refs\n0123 refs/heads/main\n",
+        )
+        .unwrap();
+        let path = dir.path().join("ops.yaml");
+        let app = |branch: &str| {
+            format!(
+                "apps:\n  web:\n    repo: {}\n    branch: {branch}\n    provider: command\n    command: {{deploy: a, rollback: b}}\n",
+                repo.display()
+            )
+        };
+        for good in ["main", "feature/x"] {
+            std::fs::write(&path, app(good)).unwrap();
+            assert_eq!(load_ops(&path).unwrap().apps.len(), 1, "{good}");
+        }
+        for bad in ["mian", "feature", "../HEAD"] {
+            std::fs::write(&path, app(bad)).unwrap();
+            let error = load_ops(&path).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!(
+                    "ops.yaml: line 4: app `web`: branch `{bad}` does not exist"
+                )),
+                "{error}"
+            );
+        }
+    }
+
+    /// Issue 24: a configured ops file or runbooks dir that does not exist stops start-up; the
+    /// default paths may be absent.
+    #[test]
+    fn a_configured_path_that_does_not_exist_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = PathsConfig {
+            actors_dir: dir.path().join("actors"),
+            runbooks_dir: dir.path().to_path_buf(),
+            ops_file: dir.path().join("opz.yaml"),
+        };
+        let error = Definitions::load(&paths).unwrap_err().to_string();
+        assert!(error.contains("opz.yaml: does not exist"), "{error}");
+        assert!(error.contains("paths.ops_file"), "{error}");
+        let paths = PathsConfig {
+            runbooks_dir: dir.path().join("runbookz"),
+            ops_file: PathsConfig::default().ops_file,
+            ..paths
+        };
+        let error = Definitions::load(&paths).unwrap_err().to_string();
+        assert!(error.contains("runbookz: does not exist"), "{error}");
     }
 
     /// A field given twice is reported at its second line, not at its section's first.

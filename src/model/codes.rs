@@ -225,6 +225,9 @@ catalogue! {
         "The release failed its health check (and was rolled back when possible).";
     DEPLOY_INTERRUPTED [] [Deploy]
         "Uplink-Deploy stopped while the deploy ran.";
+    PORT_IN_USE [] [Deploy]
+        "A `local` deploy found the app's port held by a process that is not the app's running \
+         release; the running release was left serving.";
     // Recorded on tasks.
     IMPLEMENT_FAILED [] [Task]
         "The patch engine exited non-zero on the last allowed attempt.";

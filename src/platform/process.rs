@@ -542,6 +542,83 @@ fn own_process_group() -> Option<i32> {
     live_process_group(i32::try_from(std::process::id()).ok()?)
 }
 
+/// The kernel's tables of TCP sockets (IPv4, IPv6) in this network namespace.
+const TCP_TABLES: [&str; 2] = ["/proc/net/tcp", "/proc/net/tcp6"];
+/// The `st` column of a listening socket in those tables.
+const TCP_LISTEN_STATE: &str = "0A";
+
+/// Who listens on a TCP port of this host, read from `/proc`: a deploy must know that the
+/// answer on the port comes from the release it started, not from whatever held the port.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortListeners {
+    /// Whether any socket listens on the port (on any address).
+    pub listening: bool,
+    /// The process groups of the processes holding those sockets (empty when `/proc` does not
+    /// tell, e.g. a socket of another user's process without the right to read its fds).
+    pub groups: Vec<i32>,
+}
+
+/// The listeners of TCP `port` on this host and the process groups that hold them.
+pub fn port_listeners(port: u16) -> PortListeners {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return PortListeners::default();
+    }
+    let mut groups: Vec<i32> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| holds_any_socket(*pid, &inodes))
+                .filter_map(live_process_group)
+                .collect()
+        })
+        .unwrap_or_default();
+    groups.sort_unstable();
+    groups.dedup();
+    PortListeners {
+        listening: true,
+        groups,
+    }
+}
+
+/// The socket inodes listening on `port` in [`TCP_TABLES`].
+fn listening_inodes(port: u16) -> Vec<String> {
+    let port_hex = format!("{port:04X}");
+    let mut inodes = Vec::new();
+    for table in TCP_TABLES {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let on_port = local.rsplit_once(':').is_some_and(|(_, p)| p == port_hex);
+            if on_port && *state == TCP_LISTEN_STATE && *inode != "0" {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    inodes
+}
+
+/// Whether process `pid` has one of `sockets` (`socket:[inode]`) among its open files.
+fn holds_any_socket(pid: i32, sockets: &[String]) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok).any(|fd| {
+        std::fs::read_link(fd.path())
+            .ok()
+            .and_then(|target| target.to_str().map(|t| sockets.iter().any(|s| s == t)))
+            .unwrap_or(false)
+    })
+}
+
 /// The marker [`BoundedCapture`] and [`keep_tail`] put where bytes were dropped.
 const TRUNCATION_MARKER_OPEN: &str = "[... glitchlab truncated ";
 const TRUNCATION_MARKER_CLOSE: &str = " bytes ...]";
@@ -617,6 +694,18 @@ fn restore_umask(command: &mut Command) {
 
 #[cfg(test)]
 mod tests {
+
+    /// A listener this test holds is found on its port, in this test's own process group.
+    #[test]
+    fn port_listeners_names_the_group_that_holds_the_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let found = super::port_listeners(port);
+        assert!(found.listening, "{found:?}");
+        assert_eq!(found.groups, vec![super::own_process_group().unwrap()]);
+        drop(listener);
+        assert!(!super::port_listeners(port).listening);
+    }
     use super::*;
 
     /// A group whose only member exited but was not reaped yet (a zombie) does not run, though

@@ -7,15 +7,23 @@ use std::time::{Duration, Instant};
 use crate::helpers::git_repo;
 
 /// Runs `glitchlab serve` with `ops_yaml` as its ops file; its exit status and stderr.
-fn serve_with_ops(root: &Path, ops_yaml: &str) -> (std::process::ExitStatus, String) {
+pub(crate) fn serve_with_ops(root: &Path, ops_yaml: &str) -> (std::process::ExitStatus, String) {
     let ops_file = root.join("ops.yaml");
     std::fs::write(&ops_file, ops_yaml).unwrap();
-    let config = root.join("glitchlab.toml");
-    std::fs::write(
-        &config,
-        format!("[paths]\nops_file = \"{}\"\n", ops_file.display()),
+    serve_with_config(
+        root,
+        &format!("[paths]\nops_file = \"{}\"\n", ops_file.display()),
     )
-    .unwrap();
+}
+
+/// Runs `glitchlab serve` with `config_toml` as its config file; its exit status and stderr
+/// (ended after 60 s if it accepted the config and runs).
+pub(crate) fn serve_with_config(
+    root: &Path,
+    config_toml: &str,
+) -> (std::process::ExitStatus, String) {
+    let config = root.join("glitchlab.toml");
+    std::fs::write(&config, config_toml).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_glitchlab"))
         .args(["serve", "--bind", "127.0.0.1:0", "--config"])
         .arg(&config)

@@ -30,6 +30,7 @@ mod models;
 mod oncall;
 mod openapi;
 mod ops;
+mod ops_config;
 mod pipeline;
 mod poison;
 mod recovery;

@@ -21,7 +21,7 @@ const SAMPLE_APP: &str = include_str!("../../examples/sample-app/app.py");
 pub(crate) struct AppReaper(pub(crate) PathBuf);
 
 /// The pid (and process group) of `app`'s running release, as the local provider recorded it.
-fn recorded_pid(root: &Path, app: &str) -> Option<i32> {
+pub(crate) fn recorded_pid(root: &Path, app: &str) -> Option<i32> {
     let path = root
         .join("data")
         .join("releases")
@@ -65,7 +65,7 @@ pub(crate) fn sample_repo(root: &Path) -> PathBuf {
     repo
 }
 
-fn commit_all(repo: &Path, message: &str) -> String {
+pub(crate) fn commit_all(repo: &Path, message: &str) -> String {
     git(repo, &["add", "-A"]);
     git(repo, &["commit", "-q", "-m", message]);
     git(repo, &["rev-parse", "HEAD"])
@@ -104,7 +104,7 @@ pub(crate) async fn start(root: &Path, ops_yaml: &str, env: Vec<(String, String)
 }
 
 /// Asks for a deploy of `app` and waits until it is healthy; the record.
-async fn deploy_healthy(service: &Service, app: &str) -> Value {
+pub(crate) async fn deploy_healthy(service: &Service, app: &str) -> Value {
     let (status, record) = service.post("/v1/deploys", &json!({"app": app})).await;
     assert_eq!(status, 201, "{record}");
     let id = record["id"].as_str().unwrap();
@@ -1061,7 +1061,7 @@ async fn an_alert_storm_leaves_the_service_responsive() {
 
 /// Polls the app until it answers (its `/` body), at most `within` — the outage a restart of
 /// the service may cost it.
-async fn answers_within(port: u16, within: Duration) -> Value {
+pub(crate) async fn answers_within(port: u16, within: Duration) -> Value {
     let deadline = Instant::now() + within;
     loop {
         if let Some(body) = app_root(port).await {
@@ -1077,7 +1077,7 @@ async fn answers_within(port: u16, within: Duration) -> Value {
 
 /// Waits (up to `within`) until no process of group `pgid` runs. A killed app whose service is
 /// gone may linger as a zombie where nothing reaps orphans; a zombie does not run.
-async fn group_gone(pgid: i32, within: Duration) -> bool {
+pub(crate) async fn group_gone(pgid: i32, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while glitchlab::platform::process::group_runs(pgid) {
         if Instant::now() >= deadline {
@@ -1099,7 +1099,7 @@ fn group_of(pid: i64) -> Option<i32> {
 }
 
 /// The service's events of `kind` (`GET /v1/events`).
-async fn service_events(service: &Service, kind: &str) -> Vec<Value> {
+pub(crate) async fn service_events(service: &Service, kind: &str) -> Vec<Value> {
     let (status, body) = service.get("/v1/events").await;
     assert_eq!(status, 200, "{body}");
     body["events"]

@@ -26,6 +26,9 @@ pub enum OpsError {
     /// A provider command failed or timed out.
     #[error("{0}")]
     Provider(String),
+    /// The app's port is held by a process other than its running release.
+    #[error("{0}")]
+    PortInUse(String),
     /// The app has no release to go back to.
     #[error("{0}")]
     NoRelease(String),
@@ -90,6 +93,7 @@ impl OpsError {
             Self::VerifyFailed(_) => codes::VERIFY_FAILED,
             Self::Denied { .. } => codes::COMMAND_DENIED,
             Self::Provider(_) => codes::PROVIDER_FAILED,
+            Self::PortInUse(_) => codes::PORT_IN_USE,
             Self::NoRelease(_) => codes::NO_RELEASE,
             Self::Unsupported(_) => codes::UNSUPPORTED,
             Self::Busy(_) => codes::APP_BUSY,

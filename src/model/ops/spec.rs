@@ -237,6 +237,11 @@ pub struct AppSpec {
     /// task's account, else `ledger.local_account`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// Names the app had before: at start, a running release recorded under one of them is
+    /// carried over to this name (adopted, not restarted). Without it, a release of a name that
+    /// left `ops.yaml` is stopped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_names: Vec<String>,
 }
 
 fn default_branch() -> String {
@@ -648,6 +653,21 @@ pub(crate) fn validate_ops(ops: &OpsFile, text: &str) -> Result<(), String> {
     for (name, app) in &ops.apps {
         validate_app(name, app).map_err(|(field, reason)| at(name, &field, reason))?;
     }
+    let mut claimed_names: BTreeMap<&str, &str> = BTreeMap::new();
+    for (name, app) in &ops.apps {
+        for old in &app.previous_names {
+            let clash = if ops.apps.contains_key(old) {
+                Some(format!("previous name `{old}` is an app of this file"))
+            } else {
+                claimed_names.insert(old, name).map(|other| {
+                    format!("previous name `{old}` is a previous name of app `{other}` too")
+                })
+            };
+            if let Some(reason) = clash {
+                return Err(at(name, &field_path("previous_names"), reason));
+            }
+        }
+    }
     let policy = &ops.incidents;
     let budget_on = policy.actions_max > 0 || policy.actions_cost_max > 0;
     if budget_on && policy.actions_window_secs == 0 {
@@ -749,13 +769,17 @@ fn url_host_port(url: &str) -> Option<(String, u16)> {
     Some((host, port))
 }
 
-fn validate_app(name: &str, app: &AppSpec) -> Result<(), (Vec<String>, String)> {
-    let at_app = |reason: String| (Vec::new(), reason);
-    if name.is_empty()
-        || !name
+/// Whether `name` may name an app (it names a directory under `releases/`).
+fn is_app_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+}
+
+fn validate_app(name: &str, app: &AppSpec) -> Result<(), (Vec<String>, String)> {
+    let at_app = |reason: String| (Vec::new(), reason);
+    if !is_app_name(name) {
         return Err(at_app("app names use letters, digits, `-` and `_`".into()));
     }
     if !app.repo.is_absolute() {
@@ -786,6 +810,16 @@ fn validate_app(name: &str, app: &AppSpec) -> Result<(), (Vec<String>, String)> 
     if let Some(account) = &app.account {
         crate::model::ledger::validate_id("account", account)
             .map_err(|e| (field_path("account"), e.to_string()))?;
+    }
+    for old in &app.previous_names {
+        if old == name || !is_app_name(old) {
+            return Err((
+                field_path("previous_names"),
+                format!(
+                    "previous name `{old}` must be another app name (letters, digits, `-`, `_`)"
+                ),
+            ));
+        }
     }
     if app.checks.len() > CHECKS_PER_APP_MAX {
         return Err((
@@ -854,7 +888,7 @@ fn validate_limits(app: &AppSpec) -> Result<(), (&'static str, String)> {
                 "health.timeout_ms is out of range".into(),
             ));
         }
-        if !health.url.starts_with("http://") && !health.url.starts_with("https://") {
+        if !is_http_url(&health.url) {
             return Err((
                 "health.url",
                 format!(
@@ -865,6 +899,11 @@ fn validate_limits(app: &AppSpec) -> Result<(), (&'static str, String)> {
         }
     }
     Ok(())
+}
+
+/// Whether `url` is an `http://` or `https://` URL (YAML reads `url: 42` as the text `42`).
+fn is_http_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
 }
 
 fn validate_check(app: &AppSpec, check: &CheckSpec) -> Result<(), String> {
@@ -880,6 +919,13 @@ fn validate_check(app: &AppSpec, check: &CheckSpec) -> Result<(), String> {
     };
     match check.kind {
         CheckKind::Http if check.url.is_none() && app.health.is_none() => Err(missing("url")),
+        CheckKind::Http => match &check.url {
+            Some(url) if !is_http_url(url) => Err(format!(
+                "check `{}`: url `{url}` must be an http:// or https:// URL",
+                check.name
+            )),
+            _ => Ok(()),
+        },
         CheckKind::TlsExpiry if check.host.is_none() => Err(missing("host")),
         CheckKind::Command if check.command.is_none() => Err(missing("command")),
         _ => Ok(()),
@@ -1005,6 +1051,47 @@ mod tests {
         let error = error_of(&text);
         assert!(
             error.starts_with("line 12: app `api`: health.url `42`"),
+            "{error}"
+        );
+    }
+
+    /// Issue 24: a check's `url: 42` is refused at its line (it used to pass start-up and then
+    /// fail every run, restarting a healthy app).
+    #[test]
+    fn a_check_url_that_is_not_a_url_names_its_line() {
+        let text = format!(
+            "{GOOD}      - {{name: web-http, schedule: \"* * * * * *\", kind: http, url: 42}}\n"
+        );
+        let error = error_of(&text);
+        assert!(
+            error.starts_with("line 8: app `web`: check `web-http`: url `42`"),
+            "{error}"
+        );
+        let good = text.replace("url: 42", "url: \"http://127.0.0.1:8081/\"");
+        assert!(validate_ops(&from_yaml(&good).unwrap(), &good).is_ok());
+    }
+
+    /// Previous names are other names, each claimed once, none still an app.
+    #[test]
+    fn previous_names_are_checked() {
+        let text = format!("{TWO_APPS}    previous_names: [web]\n");
+        let error = error_of(&text);
+        assert!(
+            error.starts_with("line 10: app `api`: previous name `web`"),
+            "{error}"
+        );
+        let text = format!("{TWO_APPS}    previous_names: [old]\n");
+        assert!(validate_ops(&from_yaml(&text).unwrap(), &text).is_ok());
+        let text = TWO_APPS.replace(
+            "    local: {start: \"x\", port: 8081}\n",
+            "    local: {start: \"x\", port: 8081}\n    previous_names: [old]\n",
+        );
+        let text = format!("{text}    previous_names: [old]\n");
+        let error = error_of(&text);
+        assert!(
+            error.starts_with(
+                "line 6: app `web`: previous name `old` is a previous name of app `api` too"
+            ),
             "{error}"
         );
     }

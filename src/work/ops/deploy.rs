@@ -384,8 +384,10 @@ const COMMAND_STAGES: [&str; 4] = ["precheck", "drain", "deploy", "rollback"];
 
 /// Ends a deploy its Uplink-Deploy died under (a crash, `kill -9` of the service): `failed`,
 /// `DEPLOY_INTERRUPTED`, every stage still open closed `interrupted` at `now`, and — since the
-/// metered clock died with the job — its command seconds counted from the recorded stages, so the
-/// settlement still charges for them.
+/// metered clock died with the job — its command seconds counted from the stages that finished,
+/// so the settlement still charges for them. A stage still open when the service died is not
+/// charged: the record cannot tell when the service died, and the time until `now` (the next
+/// start) is mostly time the service was down, which is not the customer's to pay.
 pub(crate) fn close_interrupted(record: &mut DeployRecord, now: DateTime<Utc>) {
     record.status = DeployStatus::Failed;
     record.error = Some(ErrorInfo::new(
@@ -395,12 +397,13 @@ pub(crate) fn close_interrupted(record: &mut DeployRecord, now: DateTime<Utc>) {
     record.finished_at = Some(now);
     let mut seconds = 0_u64;
     for stage in &mut record.stages {
-        if stage.finished_at.is_none() {
+        let Some(finished_at) = stage.finished_at else {
             stage.finished_at = Some(now);
             stage.outcome = Some("interrupted".into());
-        }
+            continue;
+        };
         if COMMAND_STAGES.contains(&stage.stage.as_str()) {
-            let ran = stage.finished_at.unwrap_or(now) - stage.started_at;
+            let ran = finished_at - stage.started_at;
             let millis = u64::try_from(ran.num_milliseconds()).unwrap_or(0);
             seconds = seconds.saturating_add(millis.div_ceil(1000));
         }
@@ -432,6 +435,7 @@ mod tests {
             },
             checks: Vec::new(),
             account: None,
+            previous_names: Vec::new(),
         }
     }
 
@@ -466,6 +470,7 @@ mod tests {
             stage("drain", 17, Some(2)),
             stage("deploy", 15, None),
         ];
+        let mut later = record.clone();
         close_interrupted(&mut record, now);
         assert_eq!(record.status, DeployStatus::Failed);
         assert_eq!(
@@ -474,8 +479,12 @@ mod tests {
         );
         assert!(record.stages.iter().all(|s| s.finished_at.is_some()));
         assert_eq!(record.stages[2].outcome.as_deref(), Some("interrupted"));
-        // 3 s precheck + 2 s drain + 15 s of a deploy cut off at `now`.
-        assert_eq!(record.command_seconds, 20);
+        // 3 s precheck + 2 s drain; the deploy cut off by the crash is not charged for the
+        // 15 s until `now`, which is downtime (issue 24).
+        assert_eq!(record.command_seconds, 5);
+        // The bill does not grow with the time the service stayed down.
+        close_interrupted(&mut later, now + chrono::Duration::hours(1));
+        assert_eq!(later.command_seconds, 5);
     }
 
     #[test]

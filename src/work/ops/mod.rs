@@ -13,6 +13,7 @@ pub(crate) mod deploy;
 pub(crate) mod incident;
 pub(crate) mod probe;
 pub(crate) mod provider;
+pub(crate) mod renamed;
 
 use crate::model::ops::error::OpsError;
 

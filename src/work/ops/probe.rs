@@ -10,7 +10,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use super::provider::{self, ProviderContext};
 use crate::model::ledger::{agent_account, REVENUE_ACCOUNT};
 use crate::model::ops::records::{CheckResult, HealthResult, Probe};
-use crate::model::ops::spec::{AppSpec, CheckKind, CheckSpec, HealthSpec};
+use crate::model::ops::spec::{AppSpec, CheckKind, CheckSpec, HealthSpec, ProviderKind};
 use crate::model::persona::Persona;
 use crate::storage::ledger::{Book, HISTORY_LIMIT_MAX};
 use crate::storage::store::Store;
@@ -115,7 +115,11 @@ pub(crate) async fn health(spec: &HealthSpec) -> HealthResult {
 /// An app's health: its `health:` probe, else the provider's status.
 pub(crate) async fn app_health(ctx: &ProviderContext, name: &str, app: &AppSpec) -> HealthResult {
     if let Some(spec) = &app.health {
-        return health(spec).await;
+        let mut result = health(spec).await;
+        if result.healthy {
+            owned_by_release(ctx, name, app, &mut result).await;
+        }
+        return result;
     }
     let started = Instant::now();
     let status = provider::status(ctx, name, app).await;
@@ -128,6 +132,30 @@ pub(crate) async fn app_health(ctx: &ProviderContext, name: &str, app: &AppSpec)
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         }],
         target: "provider status".into(),
+    }
+}
+
+/// A `local` app's passing health result stays passing only when the app's running release is
+/// the process listening on its port ([`provider::release_serves`]); otherwise a last probe
+/// saying who serves instead turns it unhealthy. Other providers' results are left as they are.
+async fn owned_by_release(
+    ctx: &ProviderContext,
+    name: &str,
+    app: &AppSpec,
+    result: &mut HealthResult,
+) {
+    let (ProviderKind::Local, Some(local)) = (app.provider, &app.local) else {
+        return;
+    };
+    let started = Instant::now();
+    if let Err(error) = provider::release_serves(ctx, name, local.port).await {
+        result.healthy = false;
+        result.probes.push(Probe {
+            at: Utc::now(),
+            status: None,
+            error: Some(format!("answered, but not by this release: {error}")),
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
     }
 }
 

@@ -655,6 +655,64 @@ fn last_lines(text: &str) -> Vec<String> {
     lines[start..].iter().map(|l| (*l).to_owned()).collect()
 }
 
+/// Refuses to replace the running release while `port` is held by anything else: stopping ours
+/// and starting the new one would leave the new one dead ("Address already in use") and the
+/// health check answered by the stranger. Called before the swap, so the running release keeps
+/// serving.
+async fn refuse_foreign_listener(
+    ctx: &ProviderContext,
+    name: &str,
+    port: u16,
+) -> Result<(), OpsError> {
+    let ours = running_group(&ctx.data_dir, name);
+    let listeners = tokio::task::spawn_blocking(move || process::port_listeners(port))
+        .await
+        .map_err(|e| OpsError::Provider(format!("could not read the port's listeners: {e}")))?;
+    let foreign: Vec<i32> = listeners
+        .groups
+        .iter()
+        .copied()
+        .filter(|group| Some(*group) != ours)
+        .collect();
+    // Ours alone may listen; a listener /proc cannot name is not known to be ours.
+    if !listeners.listening || (foreign.is_empty() && !listeners.groups.is_empty()) {
+        return Ok(());
+    }
+    Err(OpsError::PortInUse(format!(
+        "port {port} of `{name}` is held by {} (not the app's running release{}); the running \
+         release was left serving",
+        if foreign.is_empty() {
+            "a process /proc does not name".to_owned()
+        } else {
+            format!("process group(s) {foreign:?}")
+        },
+        ours.map_or(String::new(), |group| format!(", group {group}"))
+    )))
+}
+
+/// Whether the app's running release (the process group its record names) is what listens on
+/// `port`: an HTTP answer on the port proves nothing when another process holds it, or when the
+/// release died at start. `Err` says who serves instead.
+pub(crate) async fn release_serves(
+    ctx: &ProviderContext,
+    name: &str,
+    port: u16,
+) -> Result<(), String> {
+    let Some(ours) = running_group(&ctx.data_dir, name) else {
+        return Err(format!("the release of `{name}` does not run"));
+    };
+    let listeners = tokio::task::spawn_blocking(move || process::port_listeners(port))
+        .await
+        .map_err(|e| format!("could not read the port's listeners: {e}"))?;
+    if listeners.groups.contains(&ours) {
+        return Ok(());
+    }
+    Err(format!(
+        "port {port} is not held by the release's process group {ours} (held by {:?})",
+        listeners.groups
+    ))
+}
+
 /// The app's `local:` section, or why the app cannot run locally.
 pub(crate) fn local_of(app: &AppSpec) -> Result<&LocalSpec, OpsError> {
     app.local
@@ -685,6 +743,7 @@ pub(crate) async fn deploy(
                     build_timeout,
                 )
                 .await?;
+            refuse_foreign_listener(ctx, name, local.port).await?;
             local_stop(ctx, name, Duration::from_millis(local.stop_grace_ms)).await;
             local_start(ctx, name, local, sha)?;
             Ok(format!("built and started {sha}; build output: {built}"))
