@@ -490,3 +490,69 @@ async fn the_cli_adds_lists_and_expires_a_silence() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("SILENCE_NOT_FOUND"));
 }
+
+/// An incident waiting for a person's approval blocks only its own gated step: a crash of the
+/// same app meanwhile is a new incident whose (ungated) runbook restarts the app at once.
+#[tokio::test]
+async fn a_crash_while_a_gated_step_waits_is_restarted_without_the_approval() {
+    let root = tempfile::tempdir().unwrap();
+    let _reaper = AppReaper(root.path().to_path_buf());
+    let repo = sample_repo(root.path());
+    let port = free_port();
+    // The shipped runbooks, and one whose only step waits for a person.
+    let runbooks = root.path().join("runbooks");
+    std::fs::create_dir_all(&runbooks).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("runbooks");
+    for entry in std::fs::read_dir(shipped).unwrap().flatten() {
+        std::fs::copy(entry.path(), runbooks.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        runbooks.join("slow.yaml"),
+        "name: slow\nmatch: {signal: slow}\nclassify: degradation\nsteps:\n  - {action: scale, count: 2}\n",
+    )
+    .unwrap();
+    let checks =
+        "    checks:\n      - {name: web-process, schedule: \"*/1 * * * * *\", kind: process}\n";
+    let ops_file = root.path().join("ops.yaml");
+    std::fs::write(&ops_file, local_ops(&repo, port, 0, checks)).unwrap();
+    let config = format!(
+        "[paths]\nops_file = \"{}\"\nrunbooks_dir = \"{}\"\n",
+        ops_file.display(),
+        runbooks.display()
+    );
+    let service = Service::start_with(root.path(), with_config(&config)).await;
+    let (status, record) = service.post("/v1/deploys", &json!({"app": "web"})).await;
+    assert_eq!(status, 201, "{record}");
+    let deploy = format!("/v1/deploys/{}", record["id"].as_str().unwrap());
+    wait_until(&service, &deploy, |d| d["status"] == "healthy").await;
+    let first = wait_for_app(port, |_| true).await;
+    wait_until(&service, "/v1/checks", |c| {
+        c["checks"][0]["last"]["outcome"] == "pass"
+    })
+    .await;
+
+    let gated = alert_for(&service, "web", "slow").await;
+    let gated_path = format!("/v1/incidents/{gated}");
+    wait_until(&service, &gated_path, |i| i["awaiting"].is_object()).await;
+    kill(pid_of(&first));
+    let restarted = wait_for_app(port, |b| b["pid"] != first["pid"]).await;
+    assert_eq!(restarted["version"], "1");
+    let (_, still) = service.get(&gated_path).await;
+    assert_eq!(still["status"], "open", "{still:#}");
+    assert!(still["awaiting"].is_object(), "still waits for its person");
+    let kinds: Vec<&str> = still["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(!kinds.contains(&"signal.attached"), "{kinds:?}");
+}
+
+async fn alert_for(service: &Service, app: &str, signal: &str) -> String {
+    let (status, body) = service
+        .post("/v1/alerts", &json!({"app": app, "signal": signal}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    body["incidents"][0].as_str().unwrap().to_owned()
+}

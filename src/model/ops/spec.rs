@@ -49,7 +49,7 @@ pub struct IncidentPolicy {
     /// A signal for an app with an unresolved incident updated this recently joins that incident,
     /// whatever its signal (one outage, one incident).
     pub correlate_secs: u64,
-    /// More incidents than this for one app and signal within `flap_window_secs` and the next one
+    /// More incidents than this for one app (any signal) within `flap_window_secs` and the next one
     /// goes to a human: no automatic response, no task.
     pub flap_max: u32,
     /// The flapping window.

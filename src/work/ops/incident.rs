@@ -158,15 +158,13 @@ fn check_signal(signal: &Signal) -> Result<(), String> {
     Ok(())
 }
 
-/// What makes two signals "the same problem": app, signal name and labels.
+/// What makes two signals "the same problem": the app and what `incidents.group_by` names
+/// (signal name, labels) — always the configured grouping. Alertmanager's `groupKey` is kept on
+/// the signal but decides nothing: a key per instance would split one problem into hundreds of
+/// incidents, and a constant key would merge unrelated ones.
 pub(crate) fn fingerprint(signal: &Signal, group_by: &[String]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(signal.app.as_bytes());
-    if let Some(group) = &signal.group {
-        hasher.update(b"\0group\0");
-        hasher.update(group.as_bytes());
-        return hex::encode(&hasher.finalize()[..8]);
-    }
     for key in group_by {
         let value = match key.as_str() {
             "app" => continue,
@@ -1034,7 +1032,7 @@ mod tests {
     }
 
     #[test]
-    fn incidents_group_by_app_and_signal_or_the_labels_named_or_alertmanagers_group() {
+    fn incidents_group_by_app_and_signal_or_the_labels_named_never_alertmanagers_group() {
         let mut a =
             parse_alerts(&json!({"app": "web", "signal": "x", "labels": {"k": "v"}})).unwrap();
         let mut b =
@@ -1048,9 +1046,13 @@ mod tests {
         assert_eq!(fingerprint(&a[0], &default), fingerprint(&b[0], &default));
         b[0].signal = "y".into();
         assert_ne!(fingerprint(&a[0], &default), fingerprint(&b[0], &default));
-        // Alertmanager's groupKey wins over labels.
-        a[0].group = Some("{}:{alertname=\"x\"}".into());
+        // Alertmanager's groupKey decides nothing: one key per instance is still one problem,
+        // one key for everything still two.
+        a[0].group = Some("{}:{instance=\"a\"}".into());
+        let mut c = a[0].clone();
+        c.group = Some("{}:{instance=\"b\"}".into());
+        assert_eq!(fingerprint(&a[0], &default), fingerprint(&c, &default));
         b[0].group = a[0].group.clone();
-        assert_eq!(fingerprint(&a[0], &default), fingerprint(&b[0], &default));
+        assert_ne!(fingerprint(&a[0], &default), fingerprint(&b[0], &default));
     }
 }
