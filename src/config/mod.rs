@@ -919,6 +919,9 @@ mod tests {
         let config = Config::load(Some(&path)).unwrap();
         let defaults = Config::default();
         assert_eq!(config.compass.templates, defaults.compass.templates);
+        assert!(
+            config.notifications.receivers.is_empty() && config.notifications.routes.is_empty()
+        );
         assert_eq!(config.retry.max, defaults.retry.max);
         assert_eq!(config.tasks.delivery, defaults.tasks.delivery);
         assert_eq!(

@@ -60,20 +60,75 @@ impl OpsStore {
     }
 }
 
-/// Inside a writer job: drops the oldest finished notifications past [`NOTIFICATIONS_KEPT`].
+/// Inside a writer job: drops the oldest finished notifications past [`NOTIFICATIONS_KEPT`], then,
+/// if that is not enough (no receiver configured, or one down for long), the oldest of the rest:
+/// the outbox stays bounded whatever the receivers do.
 fn prune(batch: &mut Batch<'_>) -> Result<(), StoreError> {
     let keys = batch.keys_in(Table::Notifications, &[], KEYS_END, usize::MAX)?;
     let mut excess = keys.len().saturating_sub(NOTIFICATIONS_KEPT);
+    if excess == 0 {
+        return Ok(());
+    }
+    let mut unfinished = Vec::new();
     for key in keys {
         if excess == 0 {
             break;
         }
-        if let Ok(Some(n)) = batch.record::<Notification>(Table::Notifications, &key) {
-            if n.done() {
+        match batch.record::<Notification>(Table::Notifications, &key) {
+            Ok(Some(n)) if !n.done() => unfinished.push(key),
+            _ => {
                 batch.remove(Table::Notifications, key);
                 excess -= 1;
             }
         }
     }
+    if excess > 0 {
+        tracing::warn!(
+            dropped = excess,
+            "notifications outbox full: dropping the oldest unsent"
+        );
+    }
+    for key in unfinished.into_iter().take(excess) {
+        batch.remove(Table::Notifications, key);
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ops::notification::NotificationKind;
+    use crate::storage::store::Store;
+
+    #[tokio::test]
+    async fn the_outbox_stays_bounded_and_drops_finished_ones_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ops = OpsStore::new(&store);
+        let note = || {
+            Notification::new(
+                NotificationKind::IncidentOpened,
+                None,
+                None,
+                "i".into(),
+                "s".into(),
+            )
+        };
+        let mut finished = note();
+        finished.routed = true;
+        ops.enqueue_notification(&finished).await.unwrap();
+        for _ in 0..NOTIFICATIONS_KEPT + 5 {
+            ops.enqueue_notification(&note()).await.unwrap();
+        }
+        let kept = ops.notifications(usize::MAX, false).await.unwrap();
+        assert_eq!(kept.len(), NOTIFICATIONS_KEPT);
+        assert!(
+            kept.iter().all(|n| n.id != finished.id),
+            "the finished one went first"
+        );
+        assert_eq!(
+            ops.notifications(usize::MAX, true).await.unwrap().len(),
+            NOTIFICATIONS_KEPT
+        );
+    }
 }
