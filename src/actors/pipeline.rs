@@ -680,6 +680,7 @@ async fn end_task(
         json!({"status": status, "error": error}),
     ));
     tracing::warn!(task = %task.id, code = %error.code, ?status, "task ended without delivery");
+    let noted = error.clone();
     state
         .services
         .store
@@ -690,6 +691,9 @@ async fn end_task(
             t.finished_at = Some(Utc::now());
         })
         .await?;
+    if status == TaskStatus::DeadLetter {
+        crate::runtime::notifier::dead_lettered(&state.services.store, task.id, &noted).await;
+    }
     myself.stop(Some("finished".into()));
     Ok(())
 }

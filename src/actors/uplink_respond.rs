@@ -242,6 +242,11 @@ async fn open_or_join(
         );
     }
     state.ctx.ops.put_incident(&opened).await?;
+    crate::runtime::notifier::enqueue(
+        &state.ctx.ops,
+        crate::runtime::notifier::of_incident(&opened),
+    )
+    .await;
     let app = state.ctx.services.definitions.ops.app_label(&opened.app);
     let classification = crate::model::ops::wire_name(&opened.classification);
     crate::platform::metrics::incident_opened(app, &classification);
@@ -358,7 +363,7 @@ async fn on_response_failed(
     error: String,
 ) -> Result<(), OpsError> {
     tracing::error!(incident = %id, %error, "incident response failed");
-    state
+    let updated = state
         .ctx
         .ops
         .update_incident(id, move |i| {
@@ -367,6 +372,10 @@ async fn on_response_failed(
             i.postmortem = Some(incident::postmortem(i));
         })
         .await?;
+    if let Some(incident) = updated {
+        let note = crate::runtime::notifier::of_incident(&incident);
+        crate::runtime::notifier::enqueue(&state.ctx.ops, note).await;
+    }
     Ok(())
 }
 

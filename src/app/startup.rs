@@ -26,6 +26,9 @@ use crate::storage::store::{Store, StoreError};
 
 /// How long the tree may take to stop on shutdown.
 const TREE_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for the notifications sender's current message (its call is bounded
+/// by `runtime::notifier::SEND_TIMEOUT`; past this it is cut off and sent again next start).
+const NOTIFIER_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long shutdown waits, once the tree has stopped, for background tasks (settlements,
 /// signals, worktree removals, interrupted runs being recorded) before it leaves them.
 const BACKGROUND_STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -273,6 +276,12 @@ impl Application {
         let stop = CancellationToken::new();
         // Owned here: awaited (or aborted, with every connection) below, like the watchdog's task.
         let mut server = tokio::spawn(transport.serve(http::router(app), stop.clone()));
+        // Delivers the notifications outbox until intake stops (what is left is sent next start).
+        let mut notifier = tokio::spawn(crate::runtime::notifier::run(
+            crate::storage::ops::OpsStore::new(&services.store),
+            services.config.notifications.clone(),
+            stop.clone(),
+        ));
         let compass_died = tokio::select! {
             _ = shutdown => false,
             _ = &mut compass_done => true,
@@ -285,6 +294,12 @@ impl Application {
         stop.cancel();
         // Event streams never end by themselves; the graceful shutdown would wait for them.
         streams.close();
+        if tokio::time::timeout(NOTIFIER_STOP_TIMEOUT, &mut notifier)
+            .await
+            .is_err()
+        {
+            notifier.abort();
+        }
         let drain = Duration::from_secs(services.config.server.shutdown_timeout_secs);
         if tokio::time::timeout(drain, &mut server).await.is_err() {
             tracing::warn!("open requests did not finish in time; closing them");

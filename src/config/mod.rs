@@ -4,6 +4,7 @@
 //! reason (toml's error names the line and the key path).
 
 pub mod definitions;
+pub mod notifications;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -73,6 +74,8 @@ pub struct Config {
     pub governance: GovernanceConfig,
     /// OpenAI-compatible model providers, by name (`openai` engines name one).
     pub providers: std::collections::BTreeMap<String, ProviderConfig>,
+    /// Where notifications of incidents, failed deploys and dead letters are sent.
+    pub notifications: notifications::NotificationsConfig,
 }
 
 /// One OpenAI-compatible chat-completions endpoint. The key is read from `api_key_env` at call
@@ -712,6 +715,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.notifications.validate()?;
         let checks = [
             (
                 self.compass.max_concurrent_tasks == 0,
@@ -915,6 +919,9 @@ mod tests {
         let config = Config::load(Some(&path)).unwrap();
         let defaults = Config::default();
         assert_eq!(config.compass.templates, defaults.compass.templates);
+        assert!(
+            config.notifications.receivers.is_empty() && config.notifications.routes.is_empty()
+        );
         assert_eq!(config.retry.max, defaults.retry.max);
         assert_eq!(config.tasks.delivery, defaults.tasks.delivery);
         assert_eq!(

@@ -10,6 +10,7 @@ pub mod fleet;
 pub(crate) mod jobs;
 pub mod ledger;
 pub mod live_output;
+pub(crate) mod notifier;
 pub(crate) mod repo_checks;
 pub(crate) mod supervision;
 pub(crate) mod uplink_deploy;

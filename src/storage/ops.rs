@@ -514,6 +514,7 @@ fn upsert<T: Serialize + serde::de::DeserializeOwned>(
     Ok(Some(record))
 }
 
+mod notifications;
 mod silences;
 #[cfg(test)]
 mod tests;

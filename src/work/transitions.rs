@@ -328,6 +328,7 @@ pub(crate) async fn give_up_pipeline(
             json!({"status": TaskStatus::DeadLetter, "error": error}),
         ),
     ];
+    let noted = error.clone();
     let result = services
         .store
         .update_task(id, &events, move |t| {
@@ -339,7 +340,11 @@ pub(crate) async fn give_up_pipeline(
         })
         .await;
     match result {
-        Ok(_) | Err(StoreError::TaskFinished(_)) => Ok(()),
+        Ok(_) => {
+            crate::runtime::notifier::dead_lettered(&services.store, id, &noted).await;
+            Ok(())
+        }
+        Err(StoreError::TaskFinished(_)) => Ok(()),
         Err(other) => Err(other),
     }
 }
@@ -431,7 +436,14 @@ pub(crate) async fn poison(
         })
         .await;
     match result {
-        Ok(task) => Ok(Some(task)),
+        Ok(task) => {
+            if task.status == TaskStatus::DeadLetter {
+                if let Some(error) = &task.error {
+                    crate::runtime::notifier::dead_lettered(&services.store, id, error).await;
+                }
+            }
+            Ok(Some(task))
+        }
         Err(StoreError::TaskFinished(_)) => Ok(None),
         Err(other) => Err(other),
     }

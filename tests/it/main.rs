@@ -27,6 +27,7 @@ mod load;
 mod merge_queue;
 mod metrics;
 mod models;
+mod notifications;
 mod oncall;
 mod openapi;
 mod ops;

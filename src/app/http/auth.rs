@@ -817,6 +817,14 @@ mod tests {
     }
 
     #[test]
+    fn notifications_are_read_by_viewers() {
+        assert_eq!(
+            permission_for(&Method::GET, "/v1/notifications", false),
+            Some(Permission::Read)
+        );
+    }
+
+    #[test]
     fn silences_are_made_and_expired_by_approvers_and_read_by_viewers() {
         let silences = "/v1/silences";
         let one = "/v1/silences/{id}";

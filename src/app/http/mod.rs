@@ -8,6 +8,7 @@ pub(crate) mod guard;
 pub(crate) mod incidents;
 pub(crate) mod json;
 pub(crate) mod ledger;
+pub(crate) mod notifications;
 pub(crate) mod openapi;
 pub(crate) mod ops;
 pub(crate) mod report;
@@ -116,6 +117,7 @@ pub(crate) fn router(app: AppState) -> Router {
             post(silences::create_silence).get(silences::list_silences),
         )
         .route("/silences/{id}", delete(silences::expire_silence))
+        .route("/notifications", get(notifications::list_notifications))
         .route("/openapi.json", get(openapi::document))
         .route("/tokens", post(auth::create_token).get(auth::list_tokens))
         .route("/tokens/{name}", delete(auth::revoke_token))

@@ -12,7 +12,8 @@ use utoipa::OpenApi;
 
 use super::error::{describe, ApiError, ErrorBody};
 use super::{
-    auth, diff, fleet, incidents, ledger, ops, report, silences, stream, system, tasks, ui,
+    auth, diff, fleet, incidents, ledger, notifications, ops, report, silences, stream, system,
+    tasks, ui,
 };
 use crate::model::live::RunOutput;
 use crate::model::ops::records::{CheckResult, DeployRecord, Incident};
@@ -73,6 +74,7 @@ use crate::runtime::directory::ActorEntry;
         silences::create_silence,
         silences::list_silences,
         silences::expire_silence,
+        notifications::list_notifications,
         system::healthz,
         system::readyz,
         system::actors,

@@ -2,6 +2,7 @@
 //! the Uplink personas, the store and the ingress share.
 
 pub(crate) mod error;
+pub(crate) mod notification;
 pub(crate) mod records;
 pub(crate) mod silence;
 pub(crate) mod spec;

@@ -121,11 +121,14 @@ pub enum Table {
     Recovery,
     /// Ops: silence id (UUID v7) → silence (see `storage::ops::silences`).
     OpsSilences,
+    /// Notifications outbox: notification id (UUID v7) → notification and its deliveries (see
+    /// `storage::ops::notifications`).
+    Notifications,
 }
 
 impl Table {
     /// All tables, in index order.
-    pub const ALL: [Table; 19] = [
+    pub const ALL: [Table; 20] = [
         Table::Tasks,
         Table::Events,
         Table::Runs,
@@ -145,6 +148,7 @@ impl Table {
         Table::AuditLog,
         Table::Recovery,
         Table::OpsSilences,
+        Table::Notifications,
     ];
 
     /// The sled tree's name (unchanged from the layout before the writer, so data dirs carry
@@ -170,6 +174,7 @@ impl Table {
             Table::AuditLog => "audit_log",
             Table::Recovery => "recovery",
             Table::OpsSilences => "ops_silences",
+            Table::Notifications => "notifications",
         }
     }
 }

@@ -150,6 +150,12 @@ pub(crate) async fn run(ctx: DeployContext, id: String) -> Result<DeployRecord, 
             d.finished_at = Some(Utc::now());
         })
         .await?;
+    if let Some(note) = record
+        .as_ref()
+        .and_then(crate::runtime::notifier::of_deploy)
+    {
+        crate::runtime::notifier::enqueue(&ctx.ops, note).await;
+    }
     record.ok_or_else(|| OpsError::NotFound(format!("deploy {id} vanished")))
 }
 
