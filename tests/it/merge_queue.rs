@@ -594,3 +594,90 @@ async fn merge_and_rebase_histories_keep_one_first_parent_commit_per_task() {
         assert_eq!(git(&repo, &["show", "main:f1.txt"]), "ok");
     }
 }
+
+/// The repository's own checkout is on `main` with two uncommitted local edits: one in a file a
+/// candidate changes, one in a file nobody touches. Every task lands (the base moved by
+/// compare-and-swap, never `merge --ff-only` in the checkout), both local edits are intact, the
+/// checkout follows the landings that are safe to follow, and the candidate whose file has a
+/// local edit records `merge.checkout_not_updated` naming that file.
+#[tokio::test]
+async fn local_edits_in_the_checkout_never_fail_a_batch_and_stay_intact() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    std::fs::write(repo.join("edited.txt"), "committed\n").unwrap();
+    std::fs::write(repo.join("notes.txt"), "committed\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(
+        &repo,
+        &["commit", "-q", "-m", "two files a developer edits"],
+    );
+    std::fs::write(repo.join("edited.txt"), "local work in progress\n").unwrap();
+    std::fs::write(repo.join("notes.txt"), "local notes\n").unwrap();
+    let before = first_parent_chain(&repo).len();
+    let service = Service::start(root.path()).await;
+
+    let touching = task(
+        &repo,
+        "Touch edited",
+        "echo landed > edited.txt",
+        "sh test.sh",
+    );
+    let touching_id = service.submit(&touching).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ids = vec![touching_id.clone()];
+    for n in 1..=3 {
+        let body = task(
+            &repo,
+            &format!("Add f{n}"),
+            &format!("echo ok > f{n}.txt"),
+            "sh test.sh",
+        );
+        ids.push(
+            service.submit(&body).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for id in &ids {
+        let finished = service
+            .wait_finished_within(id, Duration::from_secs(90))
+            .await;
+        assert_eq!(finished["status"], "done", "{finished:#}");
+        assert_eq!(finished["attempts"], 1, "{finished:#}");
+        assert_eq!(landings_of(&repo, id), 1, "{id} lands once");
+    }
+    assert_eq!(first_parent_chain(&repo).len(), before + 4);
+    assert_eq!(git(&repo, &["show", "main:edited.txt"]), "landed");
+    // The developer's edits are untouched.
+    let read = |name: &str| std::fs::read_to_string(repo.join(name)).unwrap();
+    assert_eq!(read("edited.txt"), "local work in progress\n");
+    assert_eq!(read("notes.txt"), "local notes\n");
+    // Landings that touch no edited file were followed by the checkout.
+    for n in 1..=3 {
+        assert_eq!(
+            read(&format!("f{n}.txt")),
+            "ok\n",
+            "f{n}.txt follows the base"
+        );
+    }
+    let (_, events) = service
+        .get(&format!("/v1/tasks/{touching_id}/events"))
+        .await;
+    let warning = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "merge.checkout_not_updated")
+        .unwrap_or_else(|| panic!("no merge.checkout_not_updated: {events:#}"));
+    let files: Vec<&str> = warning["data"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(files.contains(&"edited.txt"), "{warning:#}");
+    assert!(!files.contains(&"notes.txt"), "{warning:#}");
+}
