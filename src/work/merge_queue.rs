@@ -332,16 +332,7 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
             }
         }
         match candidate::land(&repo, &first.base_branch, &built, remote).await? {
-            Landing::Landed {
-                checkout_not_updated,
-            } => {
-                if !checkout_not_updated.is_empty() {
-                    let data = json!({"base": first.base_branch, "commit": built.commit,
-                        "files": checkout_not_updated});
-                    for (task, _) in &stacked {
-                        note(services, task, "merge.checkout_not_updated", data.clone()).await;
-                    }
-                }
+            Landing::Landed => {
                 for (task, commit) in stacked {
                     let data =
                         json!({"commit": commit, "base": built.base, "batch": built.changes.len()});

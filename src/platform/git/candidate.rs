@@ -17,8 +17,6 @@ use crate::model::task::History;
 const CONFLICT_DETAIL_BYTES_MAX: usize = 8 * 1024;
 /// Conflicting paths named at most.
 const CONFLICT_FILES_MAX: usize = 100;
-/// Paths named at most when the developer's checkout is left alone after a landing.
-const CHECKOUT_FILES_MAX: usize = 100;
 
 /// One change to apply: a task's branch.
 #[derive(Debug, Clone)]
@@ -73,12 +71,7 @@ pub(crate) struct Conflict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Landing {
     /// The base points at the candidate now.
-    Landed {
-        /// The repository's checkout is on the base but its files were left alone because the
-        /// developer has local edits to these paths (bounded), which the candidate also changes:
-        /// the landing never fails, nor overwrites them, for the developer's checkout.
-        checkout_not_updated: Vec<String>,
-    },
+    Landed,
     /// Someone outside the queue moved the base after the candidate was built: build again.
     BaseMoved {
         /// Where the base points now.
@@ -193,10 +186,8 @@ async fn apply(
     Ok(Applied::Commit(scratch.head().await?))
 }
 
-/// Moves `base` to `candidate.commit` if it still points at `candidate.base`, always by
-/// compare-and-swap of the ref (`update-ref <new> <old>`), so the developer's checkout can never
-/// fail a landing. A repository whose checkout is on the base then has its files moved along when
-/// no local edit is in the way, and left alone (the paths returned) when one is. With `remote`
+/// Moves `base` to `candidate.commit` if it still points at `candidate.base`. A repository whose
+/// checkout is on the base has its files moved along (never over local edits). With `remote`
 /// (the repository is a clone of that URL), the compare-and-swap is a push to the remote with the
 /// expected old value (`--force-with-lease`), then the clone's own ref follows.
 pub(crate) async fn land(
@@ -230,9 +221,7 @@ pub(crate) async fn land(
         }
         repo.run(&["update-ref", &reference, &candidate.commit])
             .await?;
-        return Ok(Landing::Landed {
-            checkout_not_updated: Vec::new(),
-        });
+        return Ok(Landing::Landed);
     }
     let facts = read::delivery_facts(&repo.dir, base).await?;
     if facts.base_commit != candidate.base {
@@ -240,26 +229,20 @@ pub(crate) async fn land(
             now: facts.base_commit,
         });
     }
-    let moved = repo
-        .run(&["update-ref", &reference, &candidate.commit, &candidate.base])
-        .await;
+    let moved = if facts.repo_on_base && !facts.repo_is_bare {
+        repo.run(&["merge", "--ff-only", "--quiet", &candidate.commit])
+            .await
+    } else {
+        repo.run(&["update-ref", &reference, &candidate.commit, &candidate.base])
+            .await
+    };
     match moved {
-        Ok(_) if facts.repo_on_base && !facts.repo_is_bare => {
-            let checkout_not_updated = follow_checkout(repo, candidate).await?;
-            Ok(Landing::Landed {
-                checkout_not_updated,
-            })
-        }
-        Ok(_) => Ok(Landing::Landed {
-            checkout_not_updated: Vec::new(),
-        }),
+        Ok(_) => Ok(Landing::Landed),
         Err(error) => {
             // Lost the race to someone else's move: build again. Anything else is a failure.
             let now = repo.rev_parse(&reference).await?;
             if now == candidate.commit {
-                Ok(Landing::Landed {
-                    checkout_not_updated: Vec::new(),
-                })
+                Ok(Landing::Landed)
             } else if now != candidate.base {
                 Ok(Landing::BaseMoved { now })
             } else {
@@ -267,54 +250,6 @@ pub(crate) async fn land(
             }
         }
     }
-}
-
-/// Brings the checkout's files (on the base, whose ref the landing just moved) from the
-/// candidate's base to its commit, only when that cannot touch a local edit: the paths the
-/// candidate changes must be clean (tracked and untracked) in the checkout. A two-tree
-/// `read-tree -m -u` moves exactly those paths and keeps every unrelated local edit, staged or
-/// not. Returns the paths that kept the checkout from following (empty when it followed).
-async fn follow_checkout(repo: &Git, candidate: &BuiltCandidate) -> Result<Vec<String>, GitError> {
-    let changed = repo
-        .run(&[
-            "diff",
-            "--name-only",
-            "--no-renames",
-            &candidate.base,
-            &candidate.commit,
-        ])
-        .await?;
-    let changed: std::collections::BTreeSet<&str> = changed.lines().collect();
-    // Local edits against what the checkout holds (the old base), staged or not, and untracked
-    // files the candidate would create.
-    let edited = repo
-        .run(&["diff", "--name-only", "--no-renames", &candidate.base])
-        .await?;
-    let untracked = repo
-        .run(&["ls-files", "--others", "--exclude-standard"])
-        .await?;
-    let mut overlap: Vec<String> = edited
-        .lines()
-        .chain(untracked.lines())
-        .filter(|path| changed.contains(path))
-        .map(str::to_owned)
-        .collect();
-    overlap.sort();
-    overlap.dedup();
-    overlap.truncate(CHECKOUT_FILES_MAX);
-    if !overlap.is_empty() {
-        return Ok(overlap);
-    }
-    let moved = repo
-        .run(&["read-tree", "-m", "-u", &candidate.base, &candidate.commit])
-        .await;
-    if moved.is_err() {
-        // A local edit raced the check: the base has landed regardless; name what it touches.
-        let mut paths: Vec<String> = changed.iter().map(|p| (*p).to_owned()).collect();
-        paths.truncate(CHECKOUT_FILES_MAX);
-        return Ok(paths);
-    }
-    Ok(Vec::new())
 }
 
 /// The commit on `base`'s first-parent chain (since `since`) whose message carries the trailer
