@@ -103,13 +103,9 @@ impl Service {
         let quoted = |path: PathBuf| toml::Value::String(path.display().to_string()).to_string();
         let config = format!(
             "[server]\nbind = \"127.0.0.1:0\"\nrequests_per_sec = 0\n\
-             [paths]\nactors_dir = {}\nrunbooks_dir = {}\nops_file = {}\n\
              [ledger]\nlocal_funding = {LOCAL_FUNDING}\n\
              [compass]\nmax_concurrent_tasks = 1\nmax_queued_tasks = {MAX_QUEUED_TASKS}\n\
              [storage]\ndata_dir = {}\n{extra}",
-            quoted(dir.join("no-actors")),
-            quoted(dir.join("no-runbooks")),
-            quoted(dir.join("no-ops.yaml")),
             quoted(data_dir.clone()),
         );
         let config_path = dir.join("glitchlab.toml");
@@ -141,7 +137,13 @@ impl Service {
         });
         let line = line_rx
             .recv_timeout(SERVICE_START_TIMEOUT)
-            .unwrap_or_else(|_| panic!("no address within the start timeout; see {log:?}"));
+            .unwrap_or_else(|_| {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: String = text.lines().rev().take(20).collect::<Vec<_>>().join("\n");
+                panic!(
+                    "no address within {SERVICE_START_TIMEOUT:?}; log, last lines first:\n{tail}"
+                )
+            });
         let base = line
             .strip_prefix(LISTENING_PREFIX)
             .unwrap_or_else(|| panic!("printed `{line}`, not its address"))
@@ -163,8 +165,8 @@ impl Service {
 
     /// Resident and peak resident memory, from `/proc/<pid>/status`.
     fn rss(&self) -> String {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()
@@ -216,7 +218,12 @@ fn task(repo: &str, n: usize, padding: usize) -> Value {
 
 /// One submit: its status and body (status 0 for a transport error).
 async fn submit(client: &reqwest::Client, base: &str, body: &Value) -> (u16, Value) {
-    match client.post(format!("{base}/v1/tasks")).json(body).send().await {
+    match client
+        .post(format!("{base}/v1/tasks"))
+        .json(body)
+        .send()
+        .await
+    {
         Ok(response) => {
             let status = response.status().as_u16();
             (status, response.json().await.unwrap_or(Value::Null))
@@ -309,7 +316,10 @@ fn number_after(text: &str, key: &str) -> Option<f64> {
 }
 
 fn ms(d: Option<Duration>) -> String {
-    d.map_or_else(|| "never".into(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+    d.map_or_else(
+        || "never".into(),
+        |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0),
+    )
 }
 
 /// Part 1: fill, `kill -9`, restart, time the reload.
@@ -350,7 +360,10 @@ fn reload_bench(rt: &tokio::runtime::Runtime, root: &Path, total: usize) {
     });
     let rss = service.rss();
     let metrics = rt.block_on(async {
-        let r = client().get(format!("{}/metrics", service.base)).send().await;
+        let r = client()
+            .get(format!("{}/metrics", service.base))
+            .send()
+            .await;
         match r {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
@@ -358,12 +371,23 @@ fn reload_bench(rt: &tokio::runtime::Runtime, root: &Path, total: usize) {
     });
     let log = std::fs::read_to_string(&service.log).unwrap_or_default();
     println!("## queue reload after kill -9, {filled} tasks queued (+1 running blocker)");
-    println!("data dir on disk before the restart: {:.1} MiB", data_bytes as f64 / 1048576.0);
-    println!("restart → listening (address printed): {}", ms(Some(listening)));
+    println!(
+        "data dir on disk before the restart: {:.1} MiB",
+        data_bytes as f64 / 1048576.0
+    );
+    println!(
+        "restart → listening (address printed): {}",
+        ms(Some(listening))
+    );
     println!("restart → /readyz 200: {}", ms(ready));
     println!("restart → first submit not 503: {}", ms(intake));
-    match number_after(&log, "reload_ms") {
-        Some(v) => println!("reload_ms (log): {v} ms, queued={:?}", number_after(&log, "queued")),
+    // Compass's one line at the end of its reload: `queued=… reload_ms=…`.
+    match log.lines().rev().find(|line| line.contains("reload_ms")) {
+        Some(line) => println!(
+            "reload_ms (log): {:?} ms, queued={:?}",
+            number_after(line, "reload_ms"),
+            number_after(line, "queued=")
+        ),
         None => println!("reload_ms (log): not found"),
     }
     let gauge = metrics
@@ -456,7 +480,9 @@ async fn disk_round(service: &Service, repo: &str, filler: &Path) -> Result<Dura
         }
         tokio::time::sleep(RECOVERY_PROBE_INTERVAL).await;
     }
-    Err(format!("no 201 within {RECOVERY_DEADLINE:?} of freeing space"))
+    Err(format!(
+        "no 201 within {RECOVERY_DEADLINE:?} of freeing space"
+    ))
 }
 
 /// Part 2: full disk → space back → intake, [`DISK_ROUNDS`] times.
