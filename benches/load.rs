@@ -262,6 +262,10 @@ impl Service {
         std::fs::create_dir_all(&data_dir).expect("data dir");
         let data_dir = std::fs::canonicalize(&data_dir).expect("canonical data dir");
         let quoted = |path: PathBuf| toml::Value::String(path.display().to_string()).to_string();
+        // Configured paths must exist (the service refuses a configured one that does not):
+        // an empty runbooks dir and an ops file with no apps.
+        std::fs::create_dir_all(dir.join("no-runbooks")).expect("runbooks dir");
+        std::fs::write(dir.join("no-ops.yaml"), "apps: {}\n").expect("ops file");
         let mut config = format!(
             "[server]\nbind = \"127.0.0.1:0\"\nrequests_per_sec = 0\n\
              [storage]\ndata_dir = {}\n\
