@@ -62,6 +62,8 @@ pub(crate) enum DeliverStep {
     /// The base holds the change: the commit it landed as (or, when the base already had it, the
     /// base's commit). `delivery: branch` tasks report their branch's tip.
     Landed(String),
+    /// The base already held the change (nothing of this task was added): the base's commit.
+    AlreadyOnBase(String),
     /// The change no longer applies to the base: feedback for another attempt on the new base.
     Conflict(String),
     /// The candidate (the new base plus the change) failed verify: its output as feedback.
@@ -310,7 +312,7 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
                 Applied::AlreadyOnBase => {
                     let data = json!({"commit": built.base, "found": "the base holds the change"});
                     note(services, task, "merge.landed", data).await;
-                    decided.push((task.id, Ok(DeliverStep::Landed(built.base.clone()))));
+                    decided.push((task.id, Ok(DeliverStep::AlreadyOnBase(built.base.clone()))));
                 }
             }
         }

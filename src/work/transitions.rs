@@ -300,6 +300,7 @@ pub(crate) async fn retry(
                 t.attempts = t.attempts.max(1);
                 t.branch = Some(branch_name(t.id));
                 t.merge.queued_at = Some(Utc::now());
+                t.merge.retried_delivery = true;
             }
         })
         .await?;
