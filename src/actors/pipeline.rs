@@ -716,7 +716,8 @@ async fn end_task(
             t.error = Some(error.clone());
             t.finished_at = Some(Utc::now());
         })
-        .await?;
+        .await
+        .map(|ended| crate::work::cleanup::ended_later(&state.services, &ended))?;
     myself.stop(Some("finished".into()));
     Ok(())
 }

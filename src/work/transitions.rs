@@ -340,14 +340,24 @@ pub(crate) async fn give_up_pipeline(
         })
         .await;
     match result {
-        Ok(_) | Err(StoreError::TaskFinished(_)) => Ok(()),
+        Ok(ended) => {
+            crate::work::cleanup::ended_later(services, &ended);
+            Ok(())
+        }
+        Err(StoreError::TaskFinished(_)) => Ok(()),
         Err(other) => Err(other),
     }
 }
 
-/// Removes a task's worktree (its branch stays) off the caller's mailbox, in a background task
+/// Removes a task's worktree (its branch stays; an ended task's prompt folder goes too, see
+/// `cleanup::ended_later`) off the caller's mailbox, in a background task
 /// bounded by git's timeout. Without room the worktree stays (logged); only disk is lost.
 pub(crate) fn remove_worktree_later(services: &Services, task: &Task) {
+    if task.status.is_terminal() {
+        // Ended (cancelled, rejected): its prompt folder goes too, as any end's clean-up.
+        crate::work::cleanup::ended_later(services, task);
+        return;
+    }
     let path = services.worktree_path(task.id);
     let repo = Git::new(services.repo_dir(&task.repo), services.config.git.timeout());
     let task_id = task.id;
