@@ -28,7 +28,7 @@ use super::planner::PlannerMsg;
 use crate::model::codes;
 use crate::model::persona::Persona;
 use crate::model::task::branch_name;
-use crate::model::task::{ErrorInfo, Plan, Stage, Task, TaskId, TaskStatus};
+use crate::model::task::{Delivered, ErrorInfo, Plan, Stage, Task, TaskId, TaskStatus};
 use crate::runtime::jobs::{call_persona, spawn_job, CallLimits, StageError};
 use crate::runtime::Services;
 use crate::storage::store::{NewEvent, StoreError};
@@ -465,9 +465,13 @@ async fn on_stage_done(
         StageOutcome::Delivered(DeliverStep::Landed(commit)) => {
             let data = json!({"commit": commit, "delivery": task.delivery, "branch": branch_name(task.id)});
             finish_stage(myself, state, &task, data, move |t| {
-                t.commit = Some(commit.clone())
+                t.commit = Some(commit.clone());
+                t.delivered = Some(Delivered::Landed);
             })
             .await
+        }
+        StageOutcome::Delivered(DeliverStep::AlreadyOnBase(base)) => {
+            already_on_base(myself, state, &task, base).await
         }
         StageOutcome::Delivered(DeliverStep::Conflict(feedback)) => {
             failed_attempt(myself, state, &task, feedback, codes::MERGE_CONFLICT, true).await
@@ -479,6 +483,29 @@ async fn on_stage_done(
             finish_stage(myself, state, &task, json!({"deploy": deploy}), |_| {}).await
         }
     }
+}
+
+/// The base already held the task's change. A first delivery is `done` with `delivered:
+/// already_on_base` and the base's commit; a `retry from: deliver` whose branch adds nothing to
+/// the base fails `NO_CHANGES`, since nothing was delivered.
+async fn already_on_base(
+    myself: &ActorRef<PipelineMsg>,
+    state: &PipelineState,
+    task: &Task,
+    base: String,
+) -> Result<(), StoreError> {
+    if task.merge.retried_delivery {
+        let message = format!("the branch adds nothing to the base (at {base})");
+        let error = ErrorInfo::new(codes::NO_CHANGES, message);
+        return end_task(myself, state, task, TaskStatus::Failed, error).await;
+    }
+    let data =
+        json!({"commit": base, "delivery": task.delivery, "delivered": Delivered::AlreadyOnBase});
+    finish_stage(myself, state, task, data, move |t| {
+        t.commit = Some(base.clone());
+        t.delivered = Some(Delivered::AlreadyOnBase);
+    })
+    .await
 }
 
 /// Records the stage as done and moves to the next one (or finishes the task).
@@ -690,7 +717,8 @@ async fn end_task(
             t.error = Some(error.clone());
             t.finished_at = Some(Utc::now());
         })
-        .await?;
+        .await
+        .map(|ended| crate::work::cleanup::ended_later(&state.services, &ended))?;
     if status == TaskStatus::DeadLetter {
         crate::runtime::notifier::dead_lettered(&state.services.store, task.id, &noted).await;
     }

@@ -248,6 +248,21 @@ pub struct MergeState {
     /// starts from the base as it is then, with the conflict as feedback.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub restart_from_base: bool,
+    /// The task came back to the queue through `retry from: deliver`: a branch with no net
+    /// change against the base then ends `NO_CHANGES` rather than `done` with nothing landed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retried_delivery: bool,
+}
+
+/// How deliver ended for a `done` task, so `done` never hides that nothing of it landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivered {
+    /// The task's own commit is on the base (or, for `delivery: branch`, its branch's tip).
+    Landed,
+    /// The base already held the change: `commit` is the base commit that holds it, not a
+    /// commit of this task.
+    AlreadyOnBase,
 }
 
 impl MergeState {
@@ -449,6 +464,9 @@ pub struct Task {
     pub branch: Option<String>,
     /// Delivered commit on the base branch.
     pub commit: Option<String>,
+    /// How deliver ended (absent before it did, and on records from before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<Delivered>,
     /// The plan, once Planner has made it.
     pub plan: Option<Plan>,
     /// The last verify failure's output (bounded), handed to Patch on the next attempt.
@@ -527,6 +545,7 @@ impl Task {
             failures: Vec::new(),
             branch: None,
             commit: None,
+            delivered: None,
             plan: None,
             feedback: None,
             error: None,

@@ -8,8 +8,9 @@
 //!   The branch of a `failed`, `cancelled` or `dead_letter` task that finished more than
 //!   `git.keep_failed_branches_days` ago is deleted by the sweep (at start and every
 //!   `git.sweep_interval_secs`, [`sweep_later`]).
-//! - Worktrees and prompt folders of every finished task are removed by that sweep (a retry makes
-//!   them again from the branch).
+//! - Worktrees and prompt folders of a `failed`, `dead_letter` or `cancelled` task are removed
+//!   when it ends ([`ended_later`]), and a `NO_CHANGES` branch identical to the base with them;
+//!   the sweep removes whatever that missed (a retry makes them again from the branch).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,6 +30,13 @@ pub(crate) fn landed_later(services: &Services, task: &Task) {
     services.background.spawn("task.cleanup", async move {
         clean(&services_now, &task).await;
     });
+}
+
+/// When a task ends without landing (`failed`, `dead_letter`, `cancelled`): the same clean-up
+/// at once rather than at the next sweep (worktree, prompt folder, and a `NO_CHANGES` branch
+/// identical to the base); a branch with work on it stays for a human.
+pub(crate) fn ended_later(services: &Services, task: &Task) {
+    landed_later(services, task);
 }
 
 /// At start and every `git.sweep_interval_secs`, off the caller's mailbox: cleans up after every
@@ -111,6 +119,12 @@ async fn clean(services: &Services, task: &Task) {
             }
             _ => Ok(false),
         },
+        // Nothing on it a human could want: the branch says what the base says.
+        TaskStatus::Failed
+            if no_changes(task) && identical_to_base(&repo, &branch, &task.base_branch).await =>
+        {
+            repo.delete_branch(&branch, None).await
+        }
         TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::DeadLetter
             if retention_over(services, task) =>
         {
@@ -129,6 +143,22 @@ async fn clean(services: &Services, task: &Task) {
             tracing::warn!(task = %task.id, %branch, %error, "could not delete a finished task's branch")
         }
     }
+}
+
+/// Whether the task ended `NO_CHANGES`.
+fn no_changes(task: &Task) -> bool {
+    task.error
+        .as_ref()
+        .is_some_and(|error| error.code == crate::model::codes::NO_CHANGES)
+}
+
+/// Whether `branch`'s tree is the same as `base`'s (its deletion loses nothing).
+async fn identical_to_base(repo: &Git, branch: &str, base: &str) -> bool {
+    let base = format!("refs/heads/{base}");
+    let branch = format!("refs/heads/{branch}");
+    repo.run(&["diff", "--quiet", &base, &branch, "--"])
+        .await
+        .is_ok()
 }
 
 /// Whether `commit` is on `base` (the task's landing is there: its branch may go).

@@ -439,6 +439,7 @@ async fn validate(
         failures: Vec::new(),
         branch: None,
         commit: None,
+        delivered: None,
         plan: None,
         feedback: None,
         error: None,

@@ -34,7 +34,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::model::persona::Persona;
-use crate::model::task::{branch_name, is_remote_repo, History, Priority, Stage, Task, TaskId};
+use crate::model::task::{
+    branch_name, is_remote_repo, History, Priority, Stage, Task, TaskId, TaskStatus,
+};
 use crate::platform::git::candidate::{self, Applied, BuiltCandidate, CandidateRequest, Landing};
 use crate::platform::git::Git;
 use crate::runtime::jobs::StageError;
@@ -62,6 +64,8 @@ pub(crate) enum DeliverStep {
     /// The base holds the change: the commit it landed as (or, when the base already had it, the
     /// base's commit). `delivery: branch` tasks report their branch's tip.
     Landed(String),
+    /// The base already held the change (nothing of this task was added): the base's commit.
+    AlreadyOnBase(String),
     /// The change no longer applies to the base: feedback for another attempt on the new base.
     Conflict(String),
     /// The candidate (the new base plus the change) failed verify: its output as feedback.
@@ -310,7 +314,7 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
                 Applied::AlreadyOnBase => {
                     let data = json!({"commit": built.base, "found": "the base holds the change"});
                     note(services, task, "merge.landed", data).await;
-                    decided.push((task.id, Ok(DeliverStep::Landed(built.base.clone()))));
+                    decided.push((task.id, Ok(DeliverStep::AlreadyOnBase(built.base.clone()))));
                 }
             }
         }
@@ -330,6 +334,11 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
             if let Some(output) = verify_candidate(services, &stacked, &worktree, &built).await? {
                 return Ok(BatchResult::Red { output, decided });
             }
+        }
+        // A cancel answered 2xx wins: nothing of a cancelled task moves the base.
+        let cancelled = cancelled_of(services, &stacked).await?;
+        if !cancelled.is_empty() {
+            return rebuild_without(services, batch, &cancelled, decided).await;
         }
         match candidate::land(&repo, &first.base_branch, &built, remote).await? {
             Landing::Landed => {
@@ -363,6 +372,50 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
         first.base_branch,
         moves_max + 1
     )))
+}
+
+/// The stacked tasks whose cancel is durable now (read just before the base would move).
+async fn cancelled_of(
+    services: &Services,
+    stacked: &[(&Task, String)],
+) -> Result<Vec<TaskId>, StageError> {
+    let mut cancelled = Vec::new();
+    for (task, _) in stacked {
+        let now = services.store.task(task.id).await?;
+        if now.is_some_and(|t| t.status == TaskStatus::Cancelled) {
+            cancelled.push(task.id);
+        }
+    }
+    Ok(cancelled)
+}
+
+/// Tries the batch again without its cancelled tasks (answered [`StageError::Cancelled`]) and
+/// without those already decided; bounded: each call leaves at least one task out.
+async fn rebuild_without(
+    services: &Services,
+    batch: &[Task],
+    cancelled: &[TaskId],
+    mut decided: Vec<TurnOutcome>,
+) -> Result<BatchResult, StageError> {
+    decided.extend(cancelled.iter().map(|id| (*id, Err(StageError::Cancelled))));
+    let rest: Vec<Task> = batch
+        .iter()
+        .filter(|task| !decided.iter().any(|(id, _)| *id == task.id))
+        .cloned()
+        .collect();
+    match Box::pin(try_batch(services, &rest)).await? {
+        BatchResult::Decided(more) => {
+            decided.extend(more);
+            Ok(BatchResult::Decided(decided))
+        }
+        BatchResult::Red {
+            output,
+            decided: more,
+        } => {
+            decided.extend(more);
+            Ok(BatchResult::Red { output, decided })
+        }
+    }
 }
 
 /// Whether the candidate must be verified: not when it is one task's change whose tree Circuit

@@ -300,6 +300,7 @@ pub(crate) async fn retry(
                 t.attempts = t.attempts.max(1);
                 t.branch = Some(branch_name(t.id));
                 t.merge.queued_at = Some(Utc::now());
+                t.merge.retried_delivery = true;
             }
         })
         .await?;
@@ -340,7 +341,8 @@ pub(crate) async fn give_up_pipeline(
         })
         .await;
     match result {
-        Ok(_) => {
+        Ok(ended) => {
+            crate::work::cleanup::ended_later(services, &ended);
             crate::runtime::notifier::dead_lettered(&services.store, id, &noted).await;
             Ok(())
         }
@@ -349,9 +351,15 @@ pub(crate) async fn give_up_pipeline(
     }
 }
 
-/// Removes a task's worktree (its branch stays) off the caller's mailbox, in a background task
+/// Removes a task's worktree (its branch stays; an ended task's prompt folder goes too, see
+/// `cleanup::ended_later`) off the caller's mailbox, in a background task
 /// bounded by git's timeout. Without room the worktree stays (logged); only disk is lost.
 pub(crate) fn remove_worktree_later(services: &Services, task: &Task) {
+    if task.status.is_terminal() {
+        // Ended (cancelled, rejected): its prompt folder goes too, as any end's clean-up.
+        crate::work::cleanup::ended_later(services, task);
+        return;
+    }
     let path = services.worktree_path(task.id);
     let repo = Git::new(services.repo_dir(&task.repo), services.config.git.timeout());
     let task_id = task.id;

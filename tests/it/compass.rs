@@ -563,3 +563,51 @@ async fn a_docs_task_runs_only_its_templates_stages() {
         .collect();
     assert_eq!(personas, ["patch"], "no plan, no verify for docs");
 }
+
+/// Rounds of a cancel racing a task's delivery (loopback only).
+const CANCEL_RACE_ROUNDS: usize = 50;
+
+/// A cancel racing a task's end, repeated: every cancel answered 2xx ends `cancelled` with
+/// nothing of the task on the base; a `409 TASK_FINISHED` is only said of a task that ended.
+#[tokio::test]
+async fn a_cancel_racing_delivery_wins_when_answered_2xx() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let (mut won, mut lost) = (0, 0);
+    for round in 0..CANCEL_RACE_ROUNDS {
+        let patch = format!("echo {round} > race{round}.txt");
+        let id = id_of(&service.submit(&shell_task(&repo, &patch, "true")).await);
+        service
+            .wait_for_task(&id, Duration::from_secs(60), |t| {
+                t["stage"] == "deliver" || t["status"] == "done"
+            })
+            .await;
+        // Spread the cancel over the delivery window.
+        tokio::time::sleep(Duration::from_millis((round as u64 % 10) * 5)).await;
+        let (status, answer) = service
+            .post(&format!("/v1/tasks/{id}/cancel"), &json!({}))
+            .await;
+        let ended = service.wait_until_finished(&id).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let grep = format!("--grep=Glitchlab-Task: {id}");
+        let landed = git(
+            &repo,
+            &["log", "--format=%H", "--fixed-strings", &grep, "main"],
+        );
+        if (200..300).contains(&status) {
+            won += 1;
+            assert_eq!(ended["status"], "cancelled", "round {round}: {ended:#}");
+            assert!(
+                landed.is_empty(),
+                "round {round}: a cancelled task landed {landed}"
+            );
+        } else {
+            lost += 1;
+            assert_eq!(status, 409, "round {round}: {answer:#}");
+            assert_eq!(answer["error"]["code"], "TASK_FINISHED", "{answer:#}");
+            assert_eq!(ended["status"], "done", "round {round}: {ended:#}");
+        }
+    }
+    eprintln!("cancel race: {won} cancels won, {lost} answered TASK_FINISHED");
+}

@@ -594,3 +594,100 @@ async fn merge_and_rebase_histories_keep_one_first_parent_commit_per_task() {
         assert_eq!(git(&repo, &["show", "main:f1.txt"]), "ok");
     }
 }
+
+/// A change a human already committed to the base ends `done` with `delivered: already_on_base`
+/// and the base's commit (not another commit passed off as the task's); the base does not move.
+#[tokio::test]
+async fn a_change_the_base_already_holds_is_delivered_already_on_base() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    let service = Service::start(root.path()).await;
+    let mut body = task(&repo, "Same as a human", "echo ok > f1.txt", "sh test.sh");
+    body["review_policy"] = json!("manual");
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    service
+        .wait_for_task(&id, Duration::from_secs(60), |t| {
+            t["status"] == "awaiting_approval"
+        })
+        .await;
+    std::fs::write(repo.join("f1.txt"), "ok\n").unwrap();
+    git(&repo, &["add", "f1.txt"]);
+    git(
+        &repo,
+        &["commit", "-q", "-m", "a human made the same change"],
+    );
+    let human = git(&repo, &["rev-parse", "main"]);
+
+    let (status, approved) = service
+        .post(&format!("/v1/tasks/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{approved:#}");
+    let done = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    assert_eq!(done["delivered"], "already_on_base", "{done:#}");
+    assert_eq!(done["commit"].as_str().unwrap(), human, "{done:#}");
+    assert_eq!(git(&repo, &["rev-parse", "main"]), human, "the base moved");
+    assert_eq!(landings_of(&repo, &id), 0, "a commit of the task landed");
+}
+
+/// A retry from deliver whose branch, after a human's commits, adds nothing to the base ends
+/// `failed NO_CHANGES`, not `done` with nothing delivered.
+#[tokio::test]
+async fn a_retry_from_deliver_with_no_net_change_fails_no_changes() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    let service = Service::start(root.path()).await;
+    let mut body = task(
+        &repo,
+        "Undone by a human",
+        "echo broken > f1.txt",
+        "sh test.sh",
+    );
+    body["max_attempts"] = json!(1);
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let failed = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
+    assert_eq!(failed["status"], "dead_letter", "{failed:#}");
+    let base_before = git(&repo, &["rev-parse", "main"]);
+    let human = root.path().join("human");
+    let branch = format!("glitchlab/{id}");
+    let human_dir = human.to_str().unwrap();
+    git(
+        &repo,
+        &["worktree", "add", "-q", "--force", human_dir, &branch],
+    );
+    git(&human, &["rm", "-q", "f1.txt"]);
+    git(
+        &human,
+        &["commit", "-q", "-m", "a human dropped the change"],
+    );
+    git(&repo, &["worktree", "remove", "--force", human_dir]);
+
+    let (status, retried) = service
+        .post(
+            &format!("/v1/tasks/{id}/retry"),
+            &json!({"from": "deliver"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{retried:#}");
+    let ended = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
+    assert_eq!(ended["status"], "failed", "{ended:#}");
+    assert_eq!(ended["error"]["code"], "NO_CHANGES", "{ended:#}");
+    assert!(ended.get("delivered").is_none(), "{ended:#}");
+    assert_eq!(
+        git(&repo, &["rev-parse", "main"]),
+        base_before,
+        "the base moved"
+    );
+}

@@ -568,3 +568,73 @@ async fn branch_delivery_leaves_the_work_for_review_and_the_base_untouched() {
         "{refused}"
     );
 }
+
+/// How long clean-up after a task's end may take (a background job bounded by git's timeout).
+const CLEANUP_WAIT: Duration = Duration::from_secs(10);
+
+/// Polls `gone` until it holds or [`CLEANUP_WAIT`] passes; answers whether it held.
+async fn gone_soon(gone: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + CLEANUP_WAIT;
+    while std::time::Instant::now() < deadline {
+        if gone() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gone()
+}
+
+/// A task that ends without landing loses its worktree and prompt folder right away (not at
+/// the next hourly sweep); its branch, with its work on it, stays for a human.
+#[tokio::test]
+async fn a_failed_tasks_worktree_and_prompt_folder_are_gone_when_it_ends() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let mut body = shell_task(&repo, "echo hello > hello.txt", "false");
+    body["max_attempts"] = json!(1);
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let worktree = root.path().join("data/worktrees").join(&id);
+    let prompts = root.path().join("data/prompts").join(&id);
+    service
+        .wait_for_task(&id, Duration::from_secs(60), |t| t["stage"] == "verify")
+        .await;
+    assert!(worktree.exists(), "no worktree while the task ran");
+    let ended = service.wait_until_finished(&id).await;
+    assert_eq!(ended["status"], "dead_letter", "{ended:#}");
+    assert!(
+        gone_soon(|| !worktree.exists() && !prompts.exists()).await,
+        "the worktree or prompt folder of an ended task is still there"
+    );
+    let branches = git(&repo, &["branch", "--list", &format!("glitchlab/{id}")]);
+    assert!(
+        !branches.is_empty(),
+        "the branch with work on it was deleted"
+    );
+}
+
+/// A `NO_CHANGES` task's branch (identical to the base) is deleted when the task ends.
+#[tokio::test]
+async fn a_no_changes_tasks_branch_is_gone_when_it_ends() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start(root.path()).await;
+    let mut body = shell_task(&repo, "true", "true");
+    body["max_attempts"] = json!(1);
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ended = service.wait_until_finished(&id).await;
+    assert_eq!(ended["status"], "failed", "{ended:#}");
+    assert_eq!(ended["error"]["code"], "NO_CHANGES", "{ended:#}");
+    let branch = format!("glitchlab/{id}");
+    assert!(
+        gone_soon(|| git(&repo, &["branch", "--list", &branch]).is_empty()).await,
+        "the NO_CHANGES branch is still there"
+    );
+    assert!(!root.path().join("data/worktrees").join(&id).exists());
+}

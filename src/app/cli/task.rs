@@ -330,6 +330,10 @@ async fn follow(
             }
             if json_out {
                 print_json(&task)?;
+            } else if let Some(delivered) = task["delivered"].as_str() {
+                // `already_on_base`: the commit is the base's, not one of this task's.
+                let commit = task["commit"].as_str().unwrap_or("-");
+                println!("task {id} ended {status}: delivered {delivered} at {commit}");
             } else if code != 0 {
                 let error = &task["error"];
                 eprintln!(

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::model::task::{
-    CausedBy, Delivery, EngineOverrides, ErrorInfo, FailureRecord, MergeState, Plan, Priority,
-    ReviewPolicy, Stage, Task, TaskBudget, TaskId, TaskStatus,
+    CausedBy, Delivered, Delivery, EngineOverrides, ErrorInfo, FailureRecord, MergeState, Plan,
+    Priority, ReviewPolicy, Stage, Task, TaskBudget, TaskId, TaskStatus,
 };
 use crate::platform::redact::Redactor;
 
@@ -97,6 +97,8 @@ pub struct StoredTask {
     failures: Vec<FailureRecord>,
     branch: Option<String>,
     commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    delivered: Option<Delivered>,
     plan: Option<Plan>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     feedback: Option<String>,
@@ -146,6 +148,7 @@ impl From<Task> for StoredTask {
             failures,
             branch,
             commit,
+            delivered,
             plan,
             feedback,
             error,
@@ -192,6 +195,7 @@ impl From<Task> for StoredTask {
             failures,
             branch,
             commit,
+            delivered,
             plan,
             feedback,
             error,
@@ -246,6 +250,7 @@ impl TryFrom<StoredTask> for Task {
             failures,
             branch,
             commit,
+            delivered,
             plan,
             feedback,
             error,
@@ -295,6 +300,7 @@ impl TryFrom<StoredTask> for Task {
             failures,
             branch,
             commit,
+            delivered,
             plan,
             feedback,
             error,

@@ -239,11 +239,14 @@ impl Store {
     ) -> Result<Task, StoreError> {
         let events = events.to_vec();
         let terminal_allowed = terminal_allowed.to_vec();
-        let (before, updated) = self
-            .write(move |batch| {
+        let changed = self
+            .write(move |batch| -> Result<_, StoreError> {
                 let mut task = staged_task(batch, id)?.ok_or(StoreError::TaskNotFound(id))?;
                 if task.status.is_terminal() && !terminal_allowed.contains(&task.status) {
-                    return Err(StoreError::TaskFinished(id));
+                    // The end may be staged in this very group: refuse only once the group is
+                    // durable (answered after its commit), so `TASK_FINISHED` is never said of
+                    // an end that a failed commit then drops.
+                    return Ok(None);
                 }
                 let before = task.status;
                 change(&mut task);
@@ -258,9 +261,10 @@ impl Store {
                 for event in &events {
                     append(batch, id, event)?;
                 }
-                Ok((before, task))
+                Ok(Some((before, task)))
             })
             .await?;
+        let (before, updated) = changed.ok_or(StoreError::TaskFinished(id))?;
         // Every status change goes through here, after its commit: a task's end is counted once.
         self.writer_health()
             .count_task_change(before, updated.status);
