@@ -9,21 +9,7 @@ use serde::{Deserialize, Serialize};
 /// The longest duration a route may name: a longer wait is a typo, not a policy.
 const DURATION_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum NotificationKind {
-    /// An incident was opened (a runbook is responding).
-    IncidentOpened,
-    /// An incident needs a human.
-    IncidentNeedsHuman,
-    /// A deploy failed.
-    DeployFailed,
-    /// A deploy was rolled back.
-    DeployRolledBack,
-    /// A task was dead-lettered.
-    TaskDeadLettered,
-}
+pub use crate::model::ops::notification::NotificationKind;
 
 /// Receivers and routes; none of either: nothing is sent.
 #[derive(Debug, Clone, Default, Deserialize)]

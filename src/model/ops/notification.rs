@@ -7,7 +7,21 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-pub(crate) use crate::config::notifications::NotificationKind;
+/// What happened (kept here, in the model: config names it in its routes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    /// An incident was opened (a runbook is responding).
+    IncidentOpened,
+    /// An incident needs a human.
+    IncidentNeedsHuman,
+    /// A deploy failed.
+    DeployFailed,
+    /// A deploy was rolled back.
+    DeployRolledBack,
+    /// A task was dead-lettered.
+    TaskDeadLettered,
+}
 
 /// Most notifications kept in the outbox; past it the oldest finished ones are dropped.
 pub(crate) const NOTIFICATIONS_KEPT: usize = 1000;
