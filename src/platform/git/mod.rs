@@ -475,12 +475,13 @@ impl Git {
     }
 
     /// Removes a worktree; the branch stays. Its files go first (never followed through a link:
-    /// whatever a task left there), then its registration (locked, so `prune` would keep it),
-    /// then git forgets whatever else is stale.
+    /// whatever a task left there) — even when the repository can no longer be read — then its
+    /// registration (locked, so `prune` would keep it), then git forgets whatever else is stale.
     pub(crate) async fn remove_worktree(&self, path: &Path) -> Result<(), GitError> {
-        let worktree = self.worktree_of(path).await?;
         let lock = worktree_lock(&self.dir);
         let _serialized = lock.lock().await;
+        // Where the files are, before they go (their parent's links resolved).
+        let files_at = real_location(path).await;
         remove_files(path).await;
         if tokio::fs::try_exists(path).await.unwrap_or(true) {
             return Err(GitError::Failed {
@@ -488,12 +489,16 @@ impl Git {
                 stderr: format!("could not remove `{}`", path.display()),
             });
         }
+        let worktree = self.worktree_of(path).await?;
         if let Some(linked) = worktree.linked() {
             let gitdir = tokio::fs::read_to_string(linked.admin.join("gitdir"))
                 .await
                 .unwrap_or_default();
-            let registered = Path::new(gitdir.trim()).parent().and_then(real_location);
-            if registered.is_some() && registered == real_location(path) {
+            let registered = match Path::new(gitdir.trim()).parent() {
+                Some(parent) => real_location(parent).await,
+                None => None,
+            };
+            if registered.is_some() && registered == files_at {
                 let _ = tokio::fs::remove_dir_all(&linked.admin).await;
             }
         }
@@ -503,8 +508,8 @@ impl Git {
 }
 
 /// Where `path` is with its parent's links resolved (the path itself need not exist).
-fn real_location(path: &Path) -> Option<PathBuf> {
-    let parent = std::fs::canonicalize(path.parent()?).ok()?;
+async fn real_location(path: &Path) -> Option<PathBuf> {
+    let parent = tokio::fs::canonicalize(path.parent()?).await.ok()?;
     Some(parent.join(path.file_name()?))
 }
 
@@ -647,6 +652,21 @@ mod tests {
             left, 0,
             "every (locked) registration went with its worktree"
         );
+    }
+
+    /// A worktree whose repository was deleted meanwhile still has its files removed (the
+    /// error then is about the repository, not left-over files).
+    #[tokio::test]
+    async fn a_worktree_outliving_its_repository_is_still_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo_path, repo) = repository(dir.path()).await;
+        let path = dir.path().join("task-wt");
+        repo.ensure_worktree(&path, "glitchlab/t", "main")
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(&repo_path).unwrap();
+        assert!(repo.remove_worktree(&path).await.is_err());
+        assert!(!path.exists(), "the task's files stay behind");
     }
 
     /// A worktree whose files' `.git` is gone for a moment (made anew for a sandboxed run) keeps
