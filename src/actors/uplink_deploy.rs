@@ -203,6 +203,9 @@ async fn recover(
                     .await?;
                 record = updated.unwrap_or(record);
                 count_if_ended(&record);
+                if let Some(note) = crate::runtime::notifier::of_deploy(&record) {
+                    crate::runtime::notifier::enqueue(&state.ops, note).await;
+                }
             }
             // Ended before the last incarnation could settle it (reads only when nothing is owed).
             if billing::needs_settling(&state.services, &record)

@@ -528,6 +528,9 @@ async fn decide(
         .ok_or_else(|| OpsError::NotFound(format!("no incident with id `{id}`")))?;
     if approve {
         start_response(myself, state, id.to_owned(), step, Some(step));
+    } else {
+        let note = crate::runtime::notifier::of_incident(&updated);
+        crate::runtime::notifier::enqueue(&state.ctx.ops, note).await;
     }
     Ok(updated)
 }

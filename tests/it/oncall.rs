@@ -556,3 +556,47 @@ async fn alert_for(service: &Service, app: &str, signal: &str) -> String {
     assert_eq!(status, 202, "{body}");
     body["incidents"][0].as_str().unwrap().to_owned()
 }
+
+/// Alertmanager grouping by instance gives every webhook its own `groupKey`: 40 of them for one
+/// app and one alert, sent 8 at a time, are one incident (the configured grouping decides), and a
+/// different alert of the same app is another.
+#[tokio::test]
+async fn per_instance_group_keys_of_one_app_and_alert_are_one_incident() {
+    let root = tempfile::tempdir().unwrap();
+    let service = std::sync::Arc::new(start(root.path(), "apps: {}\n", Vec::new()).await);
+    let webhook = |alertname: &str, instance: usize| {
+        json!({
+            "version": "4", "status": "firing", "receiver": "glitchlab",
+            "groupKey": format!("{{}}/{{}}:{{alertname=\"{alertname}\", instance=\"i-{instance}\"}}"),
+            "alerts": [{
+                "status": "firing",
+                "labels": {"alertname": alertname, "app": "web", "instance": format!("i-{instance}")},
+                "annotations": {"summary": "p99 over 2s"},
+                "startsAt": "2026-01-01T00:00:00Z",
+            }]
+        })
+    };
+    let mut incidents = std::collections::BTreeSet::new();
+    for wave in 0..5 {
+        let mut sends = Vec::new();
+        for i in 0..8 {
+            let (service, body) = (service.clone(), webhook("HighLatency", wave * 8 + i));
+            sends.push(tokio::spawn(async move {
+                service.post("/v1/alerts", &body).await
+            }));
+        }
+        for send in sends {
+            let (status, body) = send.await.unwrap();
+            assert_eq!(status, 202, "{body}");
+            incidents.insert(body["incidents"][0].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(incidents.len(), 1, "one app, one alert: {incidents:?}");
+    let id = incidents.iter().next().unwrap().clone();
+    let (_, incident) = service.get(&format!("/v1/incidents/{id}")).await;
+    assert_eq!(incident["signal_count"], 40, "{incident}");
+
+    let (status, other) = service.post("/v1/alerts", &webhook("DiskFull", 0)).await;
+    assert_eq!(status, 202, "{other}");
+    assert_ne!(other["incidents"][0].as_str().unwrap(), id);
+}
