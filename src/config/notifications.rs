@@ -257,4 +257,29 @@ mod tests {
             parse("[[notifications.routes]]\nreceiver = \"ops\"\nkinds = [\"nope\"]\n").is_err()
         );
     }
+
+    #[test]
+    fn an_email_receiver_needs_an_smtp_url_a_sender_and_recipients() {
+        let parse = |receiver: &str| {
+            crate::config::Config::parse(&format!(
+                "[[notifications.receivers]]\nname = \"m\"\n{receiver}"
+            ))
+        };
+        let good = "kind = \"email\"\nurl = \"smtp://127.0.0.1:25\"\nfrom = \"Ops <ops@example.com>\"\nto = [\"a@example.com\"]\n";
+        assert!(parse(good).is_ok(), "{:?}", parse(good).err());
+        for (bad, why) in [
+            ("kind = \"email\"\nurl = \"http://x/\"\nfrom = \"a@example.com\"\nto = [\"a@example.com\"]\n", "smtp"),
+            ("kind = \"email\"\nurl = \"smtp://x:25\"\nto = [\"a@example.com\"]\n", "from"),
+            ("kind = \"email\"\nurl = \"smtp://x:25\"\nfrom = \"a@example.com\"\n", "to"),
+            ("kind = \"email\"\nurl = \"smtp://x:25\"\nfrom = \"nobody\"\nto = [\"a@example.com\"]\n", "not an email address"),
+            ("kind = \"webhook\"\nurl = \"http://x/\"\nto = [\"a@example.com\"]\n", "for email receivers"),
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+        let flood = parse(&format!(
+            "{good}[[notifications.routes]]\nreceiver = \"m\"\nrepeat_interval = \"0s\"\n"
+        ));
+        assert!(flood.unwrap_err().contains("repeat_interval"));
+    }
 }
