@@ -213,6 +213,7 @@ impl Application {
             redactor,
             sandbox: sandbox.map(Arc::new),
             repo_checks: Arc::default(),
+            base_health: Arc::default(),
             background: Default::default(),
             live_output: Default::default(),
             store,

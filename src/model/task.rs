@@ -252,6 +252,10 @@ pub struct MergeState {
     /// change against the base then ends `NO_CHANGES` rather than `done` with nothing landed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retried_delivery: bool,
+    /// Why the task's queue holds it now, spending no attempt (its base is red: the base commit
+    /// alone fails verify); cleared when the hold ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 /// How deliver ended for a `done` task, so `done` never hides that nothing of it landed.

@@ -44,6 +44,8 @@ use crate::runtime::Services;
 use crate::storage::store::NewEvent;
 use crate::work::verify::run_verify;
 
+mod red_base;
+
 /// Characters of the task's description kept as the landed commit's summary.
 const SUMMARY_CHARS_MAX: usize = 600;
 /// How far back (before the task was created) the search for its landed commit looks, for
@@ -209,12 +211,27 @@ pub(crate) async fn run_turn(services: &Services, tasks: Vec<Task>) -> Vec<TurnO
         }
         match try_batch(services, &batch).await {
             Ok(BatchResult::Decided(decided)) => outcomes.extend(decided),
-            Ok(BatchResult::Red { output, decided }) => {
+            Ok(BatchResult::Red {
+                output,
+                decided,
+                base,
+                failed,
+            }) => {
                 outcomes.extend(decided);
                 let left: Vec<Task> = batch
                     .into_iter()
                     .filter(|task| !outcomes.iter().any(|(id, _)| *id == task.id))
                     .collect();
+                let mut left = left;
+                if let Some(red) = red_base::check(services, &left, failed, &base).await {
+                    let held = red_base::hold(services, left, red).await;
+                    outcomes.extend(held.cancelled);
+                    if held.moved {
+                        batches.push_front(held.still);
+                        continue;
+                    }
+                    left = held.still;
+                }
                 if let [only] = left.as_slice() {
                     outcomes.push((
                         only.id,
@@ -246,6 +263,10 @@ enum BatchResult {
         output: String,
         /// Outcomes already known (conflicts, changes the base already held).
         decided: Vec<TurnOutcome>,
+        /// The base commit the candidate was built on.
+        base: String,
+        /// The task whose verify command failed.
+        failed: TaskId,
     },
 }
 
@@ -331,8 +352,16 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
         }
         if verify_needed {
             let worktree = repo.worktree_of(&scratch).await?;
-            if let Some(output) = verify_candidate(services, &stacked, &worktree, &built).await? {
-                return Ok(BatchResult::Red { output, decided });
+            if let Some((failed, output)) =
+                verify_candidate(services, &stacked, &worktree, &built).await?
+            {
+                let base = built.base.clone();
+                return Ok(BatchResult::Red {
+                    output,
+                    decided,
+                    base,
+                    failed,
+                });
             }
         }
         // A cancel answered 2xx wins: nothing of a cancelled task moves the base.
@@ -411,9 +440,16 @@ async fn rebuild_without(
         BatchResult::Red {
             output,
             decided: more,
+            base,
+            failed,
         } => {
             decided.extend(more);
-            Ok(BatchResult::Red { output, decided })
+            Ok(BatchResult::Red {
+                output,
+                decided,
+                base,
+                failed,
+            })
         }
     }
 }
@@ -432,13 +468,14 @@ fn needs_verify(stacked: &[(&Task, String)], built: &BuiltCandidate) -> bool {
 }
 
 /// Runs each distinct verify command of the stacked tasks on the candidate (a run is recorded on
-/// the first task that has the command); the first failure's output, if any.
+/// the first task that has the command); the first failure (the task whose command it was, and
+/// the output), if any.
 async fn verify_candidate(
     services: &Services,
     stacked: &[(&Task, String)],
     scratch: &Git,
     built: &BuiltCandidate,
-) -> Result<Option<String>, StageError> {
+) -> Result<Option<(TaskId, String)>, StageError> {
     let mut commands_run: Vec<&str> = Vec::new();
     for (task, _) in stacked {
         if !task.stages.contains(&Stage::Verify) || commands_run.contains(&task.verify.as_str()) {
@@ -451,7 +488,7 @@ async fn verify_candidate(
             note(services, each, "merge.verified", data).await;
         }
         if !run.passed {
-            return Ok(Some(run.output));
+            return Ok(Some((task.id, run.output)));
         }
     }
     Ok(None)

@@ -691,3 +691,112 @@ async fn a_retry_from_deliver_with_no_net_change_fails_no_changes() {
         "the base moved"
     );
 }
+
+/// A human's red commit on `main` while 4 approved tasks head for delivery: the queue verifies
+/// the bare base once, finds it red and holds — no attempt spent, each held task says why,
+/// `/v1/report` lists the red base and `/readyz` warns — and once a fixing commit moves the base,
+/// all 4 land, each once, on a base that passes.
+#[tokio::test]
+async fn a_red_base_holds_the_queue_without_spending_attempts_and_a_fix_releases_it() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    let config = "[merge_queue]\nbatch_max = 4\n[compass]\nmax_concurrent_tasks = 6\n";
+    let service = Service::start_with(root.path(), with_config(config)).await;
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        let mut body = task(
+            &repo,
+            &format!("Add {name}"),
+            &format!("echo ok > f-{name}.txt"),
+            "sh test.sh",
+        );
+        body["review_policy"] = json!("manual");
+        body["max_attempts"] = json!(1);
+        ids.push(
+            service.submit(&body).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for id in &ids {
+        service
+            .wait_for_task(id, Duration::from_secs(120), |t| {
+                t["status"] == "awaiting_approval"
+            })
+            .await;
+    }
+    // A human breaks main (the checkout is on main and clean).
+    std::fs::write(repo.join("f-human.txt"), "broken\n").unwrap();
+    git(&repo, &["add", "f-human.txt"]);
+    git(&repo, &["commit", "-q", "-m", "a human's red commit"]);
+    let red = git(&repo, &["rev-parse", "HEAD"]).trim().to_owned();
+    for id in &ids {
+        let (status, body) = service
+            .post(&format!("/v1/tasks/{id}/approve"), &json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let held = service
+        .wait_for_task(&ids[0], Duration::from_secs(120), |t| {
+            t["merge"]["held"].is_string()
+        })
+        .await;
+    assert!(
+        held["merge"]["held"].as_str().unwrap().contains("is red"),
+        "{held:#}"
+    );
+    let (_, report) = service.get("/v1/report").await;
+    let listed = &report["base_red"][0];
+    assert_eq!(listed["commit"], red.as_str(), "{report:#}");
+    assert_eq!(listed["branch"], "main");
+    assert!(
+        listed["output"]
+            .as_str()
+            .unwrap()
+            .contains("f-human.txt is broken"),
+        "{report:#}"
+    );
+    let (status, ready) = service.get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert!(
+        ready["warnings"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("base_red"),
+        "{ready}"
+    );
+    // Held, not failed: a few seconds later nobody has ended or spent anything.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in &ids {
+        let (_, t) = service.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!(t["status"], "running", "{t:#}");
+        assert_eq!(t["attempts"], 1, "{t:#}");
+    }
+
+    // The fix moves the base: the queue resumes by itself.
+    std::fs::write(repo.join("f-human.txt"), "ok\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "a human's fix"]);
+    for id in &ids {
+        let t = service
+            .wait_finished_within(id, Duration::from_secs(120))
+            .await;
+        assert_eq!(t["status"], "done", "{t:#}");
+        assert_eq!(t["attempts"], 1, "no attempt spent: {t:#}");
+        assert!(t["merge"]["held"].is_null(), "{t:#}");
+        assert_eq!(landings_of(&repo, id), 1);
+    }
+    let (_, events) = service.get(&format!("/v1/tasks/{}/events", ids[0])).await;
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"merge.base_red"), "{kinds:?}");
+    assert!(kinds.contains(&"merge.base_unheld"), "{kinds:?}");
+    let (_, report) = service.get("/v1/report").await;
+    assert_eq!(report["base_red"], json!([]), "{report:#}");
+    let chain = first_parent_chain(&repo);
+    assert_newest_pass(&repo, root.path(), &chain[..4]);
+}

@@ -307,8 +307,12 @@ async fn follow(
     loop {
         let task = call(client.get(&url), &url).await?;
         let status = task["status"].as_str().unwrap_or("?").to_owned();
+        let held = task["merge"]["held"]
+            .as_str()
+            .map(|why| format!(" held: {why}"))
+            .unwrap_or_default();
         let now = format!(
-            "{status} stage={} attempt={}",
+            "{status} stage={} attempt={}{held}",
             task["stage"].as_str().unwrap_or("-"),
             task["attempts"]
         );

@@ -67,6 +67,9 @@ pub(crate) struct Report {
     pub finished_last_hour: FinishedSummary,
     /// What was counted: every task, or where counting stopped.
     pub coverage: Coverage,
+    /// Base branches whose own commit fails a task's verify: their merge queues hold (no
+    /// attempt spent) until the branch moves.
+    pub base_red: Vec<crate::runtime::base_health::RedBase>,
 }
 
 /// One running task.
@@ -196,6 +199,7 @@ pub(crate) async fn report(State(app): State<AppState>) -> Result<Json<Report>, 
         stalled,
         finished_last_hour: finished_since(&tasks, now - Duration::hours(1)),
         coverage,
+        base_red: app.services.base_health.red(),
     }))
 }
 

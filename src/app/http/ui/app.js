@@ -306,6 +306,7 @@ async function taskView(root, id) {
         h('span', { class: 'mono' }, task.id),
         h('span', { class: 'muted' }, task.repo, ' → ', task.base_branch)),
       task.error ? h('p', { class: 'error' }, `${task.error.code}: ${task.error.message}`) : null,
+      task.merge && task.merge.held ? h('p', { id: 'task-held', class: 'warning' }, `Held: ${task.merge.held}`) : null,
       h('details', {}, h('summary', {}, 'Description'), h('pre', {}, task.description || '')));
     const s = task.status;
     fill(actions, 
