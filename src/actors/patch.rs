@@ -349,8 +349,7 @@ fn turn_done(
             }
         }
         for (_, reply) in turn.replies {
-            let error =
-                StageError::Internal("the merge queue's turn ended without an outcome".into());
+            let error = StageError::internal("the merge queue's turn ended without an outcome");
             let _ = reply.send(Err(error));
         }
     }
@@ -528,9 +527,12 @@ const NOTES_DIR: &str = ".glitchlab";
 /// is `EDIT_REFUSED`; anything else is the file system's trouble.
 fn worktree_file_error(what: &str, error: beneath::BeneathError) -> StageError {
     if error.is_refusal() {
-        StageError::EditRefused(format!("{what}: {error}"))
+        StageError::EditRefused {
+            message: format!("{what}: {error}"),
+            source: Some(std::sync::Arc::new(error)),
+        }
     } else {
-        StageError::Internal(format!("{what}: {error}"))
+        StageError::internal_from(format!("{what}: {error}"), error)
     }
 }
 
@@ -581,13 +583,14 @@ async fn check_protected_paths(
 pub(crate) fn protected_globs(patterns: &[String]) -> Result<globset::GlobSet, StageError> {
     let mut builder = globset::GlobSetBuilder::new();
     for pattern in patterns {
-        let glob = globset::Glob::new(pattern)
-            .map_err(|e| StageError::Internal(format!("protected path `{pattern}`: {e}")))?;
+        let glob = globset::Glob::new(pattern).map_err(|e| {
+            StageError::internal_from(format!("protected path `{pattern}`: {e}"), e)
+        })?;
         builder.add(glob);
     }
     builder
         .build()
-        .map_err(|e| StageError::Internal(format!("protected paths: {e}")))
+        .map_err(|e| StageError::internal_from(format!("protected paths: {e}"), e))
 }
 
 /// How a command engine's run ended: `Ok(None)` done, `Ok(Some(feedback))` a failed attempt,
@@ -742,7 +745,7 @@ fn check_edit_path(relative: &str) -> Result<(), StageError> {
         .find(|c| !matches!(c, std::path::Component::CurDir))
         .is_some_and(|c| c.as_os_str() == ".git");
     if git_dir || relative.is_empty() {
-        return Err(StageError::EditRefused(format!(
+        return Err(StageError::edit_refused(format!(
             "the edit path `{relative}` is outside the worktree"
         )));
     }
@@ -757,11 +760,11 @@ async fn run_engine(
     spec: EngineSpec,
 ) -> Result<EngineRun, StageError> {
     match spec {
-        EngineSpec::Openai { .. } => Err(StageError::Internal(
-            "a model engine has no run of its own".into(),
-        )),
-        EngineSpec::Builtin => Err(StageError::Internal(
-            "the builtin engine has no command to run".into(),
+        EngineSpec::Openai { .. } => {
+            Err(StageError::internal("a model engine has no run of its own"))
+        }
+        EngineSpec::Builtin => Err(StageError::internal(
+            "the builtin engine has no command to run",
         )),
         EngineSpec::Shell { command } => {
             let system_prompt = services.definitions.system_prompt(Persona::Patch);

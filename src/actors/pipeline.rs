@@ -327,7 +327,7 @@ async fn advance(
     };
     let pipeline = myself.clone();
     let handle = spawn_job(work, move |outcome| {
-        let outcome = outcome.unwrap_or_else(|panic| Err(StageError::Internal(panic)));
+        let outcome = outcome.unwrap_or_else(|panic| Err(StageError::internal(panic)));
         // The pipeline may be gone (cancelled or crashed); its successor asks again.
         let _ = pipeline.cast(PipelineMsg::StageDone {
             stage,
@@ -648,6 +648,8 @@ async fn on_stage_error(
     if matches!(error, StageError::Cancelled) {
         return Err(StoreError::TaskFinished(task.id));
     }
+    // The whole chain for the operator; the task records (and clients see) code and message only.
+    tracing::warn!(task = %task.id, stage = ?task.stage, code = error.code(), error = %error.chain(), "stage failed");
     let retry = &state.services.config.retry;
     if !error.is_transient() {
         return end_task(myself, state, task, TaskStatus::Failed, error.to_info()).await;

@@ -145,7 +145,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
             let started = Instant::now();
             let plan = engine::builtin_plan(&task, &history);
             let text = serde_json::to_string_pretty(&plan)
-                .map_err(|e| StageError::Internal(e.to_string()))?;
+                .map_err(|e| StageError::internal_from(e.to_string(), e))?;
             engine::record_builtin(&services, &who, text, started).await?;
             Ok(plan)
         }
