@@ -1,25 +1,18 @@
 //! Compass: the project manager at the root of the tree.
 //!
 //! It starts and supervises the personas, owns the queue of tasks waiting for a pipeline slot
-//! (priority, then age), spawns one [`Pipeline`] per running task, and applies the restart policy
-//! ractor does not have: a crashed child is restarted after an exponential backoff, at most
-//! `max_restarts` times in `window_secs`; past that a persona is marked `failed` (its work fails
-//! with `PERSONA_UNAVAILABLE`) and a pipeline's task fails with `PIPELINE_FAILED`.
+//! (priority, then age), spawns one [`Pipeline`] per running task, and restarts its children as
+//! [`crate::runtime::supervision`] states (ractor restarts nothing by itself).
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** the persona and pipeline slots (current cell and restart history), the queue,
-//!   the blocked set and the tasks resuming. All of it is rebuilt from the store at start.
-//! - **On a crash:** Compass is the root: nobody restarts it. The service shuts down as on
-//!   SIGTERM and exits 1; the next start resumes every task from the store.
-//! - **Callers:** the ingress and intake answer `COMPASS_UNAVAILABLE`; a task already stored is
-//!   picked up at the next start even if its `TaskSubmitted` was lost.
-//! - **Policy for its children:** the backoff and limits of [`crate::runtime::supervision`]; a
-//!   persona past the limit is `failed`, a pipeline past the limit fails its task
-//!   `PIPELINE_FAILED`. A task whose own requests crashed a persona past the limit is the
-//!   trouble instead: it fails `POISONED` and the persona starts over. After an unclean stop, a
-//!   task whose own engine or verify run was in flight at `compass.poison_after` consecutive ones
-//!   is dead-lettered `POISONED`, not resumed.
+//! Compass applies the policy of [`crate::runtime::supervision`] to its children (the typed refs it
+//! keeps are in `children`). Deviation: it is the root, so nobody restarts it; a crash shuts the
+//! service down as on SIGTERM (exit 1) and the next start rebuilds its state (slots, queue, blocked
+//! set, tasks resuming) from the store. The ingress and intake answer `COMPASS_UNAVAILABLE`
+//! meanwhile; a stored task whose `TaskSubmitted` was lost is picked up at the next start. After an
+//! unclean stop, a task whose own engine or verify run was in flight at `compass.poison_after`
+//! consecutive ones is dead-lettered `POISONED`, not resumed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};

@@ -2,21 +2,13 @@
 //! engine changed, and owns the merge queues that land verified work on the base branches
 //! (one per repository and base; the protocol is in [`crate::work::merge_queue`]).
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** the implement jobs in flight ([`InFlightJobs`]), the merge queues (who waits, in
-//!   which order) and each queue's running turn.
-//! - **On a crash:** the jobs and turns are dropped with the state (their process groups killed,
-//!   their reply ports closed); the queues are forgotten.
-//! - **Callers:** the pipeline asks the next incarnation again ([`call_persona`](crate::runtime::jobs::call_persona)). Implement is
-//!   safe to redo: it reuses the task's worktree and discards uncommitted edits first. A delivery
-//!   lines up again at the place its task's record gives it (priority, then when it passed
-//!   verify); its candidate is rebuilt from scratch, and a turn cut off after landing is
-//!   recognised by the commit's `Glitchlab-Task` trailer on the base.
-//! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
-//!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
-//!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
-//!   ([`crate::runtime::supervision`]).
+//! The policy of [`crate::runtime::supervision`]. Implement is safe to redo: it reuses the task's
+//! worktree and discards uncommitted edits first. Deviation: the merge queues are forgotten with
+//! the state; a delivery asked again lines up at the place its task's record gives it (priority,
+//! then when it passed verify), its candidate is rebuilt from scratch, and a turn cut off after
+//! landing is recognised by the commit's `Glitchlab-Task` trailer on the base.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
