@@ -1,17 +1,10 @@
 //! Circuit: the verify gate. Runs the task's verify command in its worktree and reports the
 //! outcome; a failure's output goes back (through the pipeline) to Patch's next attempt.
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** the verify jobs in flight ([`InFlightJobs`]).
-//! - **On a crash:** the jobs are dropped (the verify command's process group killed, the reply
-//!   port closed).
-//! - **Callers:** the pipeline asks the next incarnation again ([`call_persona`](crate::runtime::jobs::call_persona)); a verify run is
-//!   read-only on the worktree, so running it again is safe.
-//! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
-//!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
-//!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
-//!   ([`crate::runtime::supervision`]).
+//! The policy of [`crate::runtime::supervision`], with no deviation: a verify run is read-only on
+//! the worktree, so running it again is safe.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use uuid::Uuid;

@@ -1,40 +1,27 @@
 //! Compass: the project manager at the root of the tree.
 //!
 //! It starts and supervises the personas, owns the queue of tasks waiting for a pipeline slot
-//! (priority, then age), spawns one [`Pipeline`] per running task, and applies the restart policy
-//! ractor does not have: a crashed child is restarted after an exponential backoff, at most
-//! `max_restarts` times in `window_secs`; past that a persona is marked `failed` (its work fails
-//! with `PERSONA_UNAVAILABLE`) and a pipeline's task fails with `PIPELINE_FAILED`.
+//! (priority, then age), spawns one [`Pipeline`] per running task, and restarts its children as
+//! [`crate::runtime::supervision`] states (ractor restarts nothing by itself).
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** the persona and pipeline slots (current cell and restart history), the queue,
-//!   the blocked set and the tasks resuming. All of it is rebuilt from the store at start.
-//! - **On a crash:** Compass is the root: nobody restarts it. The service shuts down as on
-//!   SIGTERM and exits 1; the next start resumes every task from the store.
-//! - **Callers:** the ingress and intake answer `COMPASS_UNAVAILABLE`; a task already stored is
-//!   picked up at the next start even if its `TaskSubmitted` was lost.
-//! - **Policy for its children:** the backoff and limits of [`crate::runtime::supervision`]; a
-//!   persona past the limit is `failed`, a pipeline past the limit fails its task
-//!   `PIPELINE_FAILED`. A task whose own requests crashed a persona past the limit is the
-//!   trouble instead: it fails `POISONED` and the persona starts over. After an unclean stop, a
-//!   task whose own engine or verify run was in flight at `compass.poison_after` consecutive ones
-//!   is dead-lettered `POISONED`, not resumed.
+//! Compass applies the policy of [`crate::runtime::supervision`] to its children (the typed refs it
+//! keeps are in `children`). Deviation: it is the root, so nobody restarts it; a crash shuts the
+//! service down as on SIGTERM (exit 1) and the next start rebuilds its state (slots, queue, blocked
+//! set, tasks resuming) from the store. The ingress and intake answer `COMPASS_UNAVAILABLE`
+//! meanwhile; a stored task whose `TaskSubmitted` was lost is picked up at the next start. After an
+//! unclean stop, a task whose own engine or verify run was in flight at `compass.poison_after`
+//! consecutive ones is dead-lettered `POISONED`, not resumed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::json;
 
-use super::circuit::{Circuit, CircuitArguments, CircuitMsg};
-use super::ledger::{Ledger, LedgerArguments};
-use super::patch::{Patch, PatchArguments, PatchMsg};
+use self::children::{spawn_persona, PersonaRef};
 use super::pipeline::{Pipeline, PipelineArguments, PipelineMsg};
-use super::planner::{Planner, PlannerArguments, PlannerMsg};
-use super::uplink_deploy::{UplinkDeploy, UplinkDeployArguments};
-use super::uplink_respond::{UplinkRespond, UplinkRespondArguments};
-use super::uplink_watch::{UplinkWatch, UplinkWatchArguments};
 use crate::model::errors::TaskActionError;
 use crate::model::persona::Persona;
 use crate::model::task::{Priority, Stage, Task, TaskId, TaskStatus};
@@ -64,9 +51,11 @@ pub(crate) struct CompassArguments {
     pub services: Services,
 }
 
+mod children;
+
 struct PersonaSlot {
     /// The current incarnation; `None` while it waits to be restarted or after it failed.
-    cell: Option<ActorCell>,
+    actor: Option<PersonaRef>,
     history: RestartHistory,
     /// Crashes each unfinished task's requests caused: past `max_restarts` the task is
     /// poisoned, not the persona.
@@ -74,7 +63,8 @@ struct PersonaSlot {
 }
 
 struct PipelineSlot {
-    cell: Option<ActorCell>,
+    /// The current incarnation; `None` while it waits to be restarted.
+    actor: Option<ActorRef<PipelineMsg>>,
     history: RestartHistory,
 }
 
@@ -134,15 +124,15 @@ impl Actor for Compass {
             retrying: BTreeSet::new(),
         };
         for name in Persona::ALL.into_iter().filter(|p| *p != Persona::Compass) {
-            let cell = spawn_persona(name, &myself, &state.services).await?;
+            let actor = spawn_persona(name, &myself, &state.services).await?;
             state.services.directory.set(
                 entry(name.name(), PARENT, ActorHealth::Running, 0),
-                Some(cell.clone()),
+                Some(actor.cell()),
             );
             state.personas.insert(
                 name,
                 PersonaSlot {
-                    cell: Some(cell),
+                    actor: Some(actor),
                     history: RestartHistory::default(),
                     blame: HashMap::new(),
                 },
@@ -310,19 +300,17 @@ impl Actor for Compass {
             _ => return Ok(()),
         };
         let id = cell.get_id();
-        let is_current =
-            |slot: &Option<ActorCell>| slot.as_ref().map(ActorCell::get_id) == Some(id);
         if let Some(name) = state
             .personas
             .iter()
-            .find(|(_, s)| is_current(&s.cell))
+            .find(|(_, s)| s.actor.as_ref().map(PersonaRef::id) == Some(id))
             .map(|(n, _)| *n)
         {
             on_persona_exit(&myself, state, name, failure.unwrap_or_default()).await;
         } else if let Some(task_id) = state
             .pipelines
             .iter()
-            .find(|(_, s)| is_current(&s.cell))
+            .find(|(_, s)| s.actor.as_ref().map(|pipeline| pipeline.get_id()) == Some(id))
             .map(|(t, _)| *t)
         {
             let reason = failure.unwrap_or_default();
@@ -393,72 +381,6 @@ fn entry(name: &str, parent: Option<&str>, status: ActorHealth, restarts: u32) -
     }
 }
 
-async fn spawn_persona(
-    name: Persona,
-    compass: &ActorRef<CompassMsg>,
-    services: &Services,
-) -> Result<ActorCell, ractor::SpawnErr> {
-    let supervisor = compass.get_cell();
-    let services = services.clone();
-    let cell = match name {
-        Persona::Ledger => {
-            Actor::spawn_linked(None, Ledger, LedgerArguments { services }, supervisor)
-                .await?
-                .0
-                .get_cell()
-        }
-        Persona::Planner => {
-            Actor::spawn_linked(None, Planner, PlannerArguments { services }, supervisor)
-                .await?
-                .0
-                .get_cell()
-        }
-        Persona::Patch => Actor::spawn_linked(None, Patch, PatchArguments { services }, supervisor)
-            .await?
-            .0
-            .get_cell(),
-        Persona::Circuit => {
-            Actor::spawn_linked(None, Circuit, CircuitArguments { services }, supervisor)
-                .await?
-                .0
-                .get_cell()
-        }
-        Persona::UplinkDeploy => Actor::spawn_linked(
-            None,
-            UplinkDeploy,
-            UplinkDeployArguments { services },
-            supervisor,
-        )
-        .await?
-        .0
-        .get_cell(),
-        Persona::UplinkWatch => Actor::spawn_linked(
-            None,
-            UplinkWatch,
-            UplinkWatchArguments { services },
-            supervisor,
-        )
-        .await?
-        .0
-        .get_cell(),
-        Persona::UplinkRespond => Actor::spawn_linked(
-            None,
-            UplinkRespond,
-            UplinkRespondArguments { services },
-            supervisor,
-        )
-        .await?
-        .0
-        .get_cell(),
-        Persona::Compass => {
-            return Err(ractor::SpawnErr::StartupFailed(
-                "compass is the root; it does not spawn itself".into(),
-            ))
-        }
-    };
-    Ok(cell)
-}
-
 async fn record_service_event(state: &CompassState, kind: &'static str, data: serde_json::Value) {
     let event = NewEvent::new(Persona::Compass, kind, data);
     if let Err(error) = state
@@ -482,7 +404,7 @@ async fn on_persona_exit(
     let Some(slot) = state.personas.get_mut(&name) else {
         return;
     };
-    slot.cell = None;
+    slot.actor = None;
     let mut decision = slot.history.on_failure(&policy, Instant::now());
     let poisoned = blamed.and_then(|task| {
         let crashes = slot.blame.entry(task).or_default();
@@ -550,12 +472,12 @@ async fn poison_for_crashes(
     state.queue.retain(|(_, queued)| *queued != task_id);
     state.resuming.retain(|waiting| *waiting != task_id);
     // Its pipeline's exit frees the slot and settles the task (`on_pipeline_exit`).
-    if let Some(cell) = state
+    if let Some(pipeline) = state
         .pipelines
         .get(&task_id)
-        .and_then(|slot| slot.cell.clone())
+        .and_then(|slot| slot.actor.as_ref())
     {
-        cell.stop(Some("poisoned".into()));
+        pipeline.stop(Some("poisoned".into()));
     }
     cancel_persona_jobs(state, task_id);
 }
@@ -566,7 +488,7 @@ async fn revive_persona(myself: &ActorRef<CompassMsg>, state: &mut CompassState,
     let Some(slot) = state.personas.get_mut(&name) else {
         return;
     };
-    if slot.cell.is_some() {
+    if slot.actor.is_some() {
         return;
     }
     slot.history.forgive();
@@ -577,11 +499,12 @@ async fn revive_persona(myself: &ActorRef<CompassMsg>, state: &mut CompassState,
 
 async fn restart_persona(myself: &ActorRef<CompassMsg>, state: &mut CompassState, name: Persona) {
     match spawn_persona(name, myself, &state.services).await {
-        Ok(cell) => {
+        Ok(actor) => {
             let Some(slot) = state.personas.get_mut(&name) else {
                 return;
             };
-            slot.cell = Some(cell.clone());
+            let cell = actor.cell();
+            slot.actor = Some(actor);
             let restarts = slot.history.total();
             state.services.directory.set(
                 entry(name.name(), PARENT, ActorHealth::Running, restarts),
@@ -596,8 +519,7 @@ async fn restart_persona(myself: &ActorRef<CompassMsg>, state: &mut CompassState
             )
             .await;
             for slot in state.pipelines.values() {
-                if let Some(cell) = &slot.cell {
-                    let pipeline: ActorRef<PipelineMsg> = cell.clone().into();
+                if let Some(pipeline) = &slot.actor {
                     let _ = pipeline.cast(PipelineMsg::PersonaRestarted {
                         persona: name,
                         restarts,
@@ -769,17 +691,17 @@ async fn start_pipeline(myself: &ActorRef<CompassMsg>, state: &mut CompassState,
         .pipelines
         .entry(task_id)
         .or_insert_with(|| PipelineSlot {
-            cell: None,
+            actor: None,
             history: RestartHistory::default(),
         });
     let restarts = slot.history.total();
     match spawned {
         Ok((actor, _)) => {
-            slot.cell = Some(actor.get_cell());
             state.services.directory.set(
                 entry(&name, PARENT, ActorHealth::Running, restarts),
                 Some(actor.get_cell()),
             );
+            slot.actor = Some(actor);
             if restarts > 0 {
                 metrics::actor_restarted("pipeline");
                 let event = NewEvent::new(
@@ -821,7 +743,7 @@ async fn on_pipeline_exit(
     let Some(slot) = state.pipelines.get_mut(&task_id) else {
         return Ok(());
     };
-    slot.cell = None;
+    slot.actor = None;
     let name = format!("pipeline-{task_id}");
     match slot.history.on_failure(&policy, Instant::now()) {
         RestartDecision::RestartAfter(delay) => {
@@ -932,10 +854,10 @@ async fn cancel(
     match state
         .pipelines
         .get(&task_id)
-        .and_then(|slot| slot.cell.clone())
+        .and_then(|slot| slot.actor.as_ref())
     {
-        Some(cell) => {
-            let _ = ActorRef::<PipelineMsg>::from(cell).cast(PipelineMsg::Cancel);
+        Some(pipeline) => {
+            let _ = pipeline.cast(PipelineMsg::Cancel);
         }
         None => {
             // Queued, blocked, parked or waiting for a restart: nothing runs; free the slot now.
@@ -953,23 +875,12 @@ async fn cancel(
 /// Tells Planner, Patch and Circuit to drop the task's jobs (killing their process groups).
 fn cancel_persona_jobs(state: &CompassState, task_id: TaskId) {
     for persona in [Persona::Planner, Persona::Patch, Persona::Circuit] {
-        let Some(cell) = state
+        if let Some(actor) = state
             .personas
             .get(&persona)
-            .and_then(|slot| slot.cell.clone())
-        else {
-            continue;
-        };
-        let _ = match persona {
-            Persona::Planner => ActorRef::<PlannerMsg>::from(cell)
-                .cast(PlannerMsg::CancelTask(task_id))
-                .map_err(drop),
-            Persona::Patch => ActorRef::<PatchMsg>::from(cell)
-                .cast(PatchMsg::CancelTask(task_id))
-                .map_err(drop),
-            _ => ActorRef::<CircuitMsg>::from(cell)
-                .cast(CircuitMsg::CancelTask(task_id))
-                .map_err(drop),
-        };
+            .and_then(|slot| slot.actor.as_ref())
+        {
+            actor.cancel_task(task_id);
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The supervision tree's actors, one per file; each file holds the actor's arguments, state and
-//! restart story beside it (the messages of the actors others call live in [`crate::runtime`]).
+//! where its restarts deviate from [`crate::runtime::supervision`]'s policy (the messages of the
+//! actors others call live in [`crate::runtime`]).
 //!
 //! ```text
 //! Compass (root)

@@ -2,21 +2,13 @@
 //! engine changed, and owns the merge queues that land verified work on the base branches
 //! (one per repository and base; the protocol is in [`crate::work::merge_queue`]).
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** the implement jobs in flight ([`InFlightJobs`]), the merge queues (who waits, in
-//!   which order) and each queue's running turn.
-//! - **On a crash:** the jobs and turns are dropped with the state (their process groups killed,
-//!   their reply ports closed); the queues are forgotten.
-//! - **Callers:** the pipeline asks the next incarnation again ([`call_persona`](crate::runtime::jobs::call_persona)). Implement is
-//!   safe to redo: it reuses the task's worktree and discards uncommitted edits first. A delivery
-//!   lines up again at the place its task's record gives it (priority, then when it passed
-//!   verify); its candidate is rebuilt from scratch, and a turn cut off after landing is
-//!   recognised by the commit's `Glitchlab-Task` trailer on the base.
-//! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
-//!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
-//!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
-//!   ([`crate::runtime::supervision`]).
+//! The policy of [`crate::runtime::supervision`]. Implement is safe to redo: it reuses the task's
+//! worktree and discards uncommitted edits first. Deviation: the merge queues are forgotten with
+//! the state; a delivery asked again lines up at the place its task's record gives it (priority,
+//! then when it passed verify), its candidate is rebuilt from scratch, and a turn cut off after
+//! landing is recognised by the commit's `Glitchlab-Task` trailer on the base.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -349,8 +341,7 @@ fn turn_done(
             }
         }
         for (_, reply) in turn.replies {
-            let error =
-                StageError::Internal("the merge queue's turn ended without an outcome".into());
+            let error = StageError::internal("the merge queue's turn ended without an outcome");
             let _ = reply.send(Err(error));
         }
     }
@@ -528,9 +519,12 @@ const NOTES_DIR: &str = ".glitchlab";
 /// is `EDIT_REFUSED`; anything else is the file system's trouble.
 fn worktree_file_error(what: &str, error: beneath::BeneathError) -> StageError {
     if error.is_refusal() {
-        StageError::EditRefused(format!("{what}: {error}"))
+        StageError::EditRefused {
+            message: format!("{what}: {error}"),
+            source: Some(std::sync::Arc::new(error)),
+        }
     } else {
-        StageError::Internal(format!("{what}: {error}"))
+        StageError::internal_from(format!("{what}: {error}"), error)
     }
 }
 
@@ -581,13 +575,14 @@ async fn check_protected_paths(
 pub(crate) fn protected_globs(patterns: &[String]) -> Result<globset::GlobSet, StageError> {
     let mut builder = globset::GlobSetBuilder::new();
     for pattern in patterns {
-        let glob = globset::Glob::new(pattern)
-            .map_err(|e| StageError::Internal(format!("protected path `{pattern}`: {e}")))?;
+        let glob = globset::Glob::new(pattern).map_err(|e| {
+            StageError::internal_from(format!("protected path `{pattern}`: {e}"), e)
+        })?;
         builder.add(glob);
     }
     builder
         .build()
-        .map_err(|e| StageError::Internal(format!("protected paths: {e}")))
+        .map_err(|e| StageError::internal_from(format!("protected paths: {e}"), e))
 }
 
 /// How a command engine's run ended: `Ok(None)` done, `Ok(Some(feedback))` a failed attempt,
@@ -742,7 +737,7 @@ fn check_edit_path(relative: &str) -> Result<(), StageError> {
         .find(|c| !matches!(c, std::path::Component::CurDir))
         .is_some_and(|c| c.as_os_str() == ".git");
     if git_dir || relative.is_empty() {
-        return Err(StageError::EditRefused(format!(
+        return Err(StageError::edit_refused(format!(
             "the edit path `{relative}` is outside the worktree"
         )));
     }
@@ -757,11 +752,11 @@ async fn run_engine(
     spec: EngineSpec,
 ) -> Result<EngineRun, StageError> {
     match spec {
-        EngineSpec::Openai { .. } => Err(StageError::Internal(
-            "a model engine has no run of its own".into(),
-        )),
-        EngineSpec::Builtin => Err(StageError::Internal(
-            "the builtin engine has no command to run".into(),
+        EngineSpec::Openai { .. } => {
+            Err(StageError::internal("a model engine has no run of its own"))
+        }
+        EngineSpec::Builtin => Err(StageError::internal(
+            "the builtin engine has no command to run",
         )),
         EngineSpec::Shell { command } => {
             let system_prompt = services.definitions.system_prompt(Persona::Patch);

@@ -6,14 +6,11 @@
 //! Stage work runs in a spawned job that calls the stage's persona; its outcome returns here as
 //! [`PipelineMsg::StageDone`], so the mailbox stays free for `Cancel`.
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** the task id, the stage job in flight and the persona it waits on. The task record
-//!   is the real state.
-//! - **On a crash:** the stage job is dropped (the persona call abandoned). Compass restarts the
-//!   pipeline with backoff; it reloads the task and runs the current stage again (stage work is
-//!   safe to redo, see each persona's story). Past the limit the task fails `PIPELINE_FAILED`.
-//! - **Callers:** nobody calls a pipeline but Compass (`Cancel`, `PersonaRestarted`).
+//! The policy of [`crate::runtime::supervision`]; past its limit the task fails `PIPELINE_FAILED`.
+//! Nothing of its state (the task id, the stage job in flight) outlives it but the task record.
+//! Only Compass calls it (`Cancel`, `PersonaRestarted`).
 
 use std::time::Duration;
 
@@ -327,7 +324,7 @@ async fn advance(
     };
     let pipeline = myself.clone();
     let handle = spawn_job(work, move |outcome| {
-        let outcome = outcome.unwrap_or_else(|panic| Err(StageError::Internal(panic)));
+        let outcome = outcome.unwrap_or_else(|panic| Err(StageError::internal(panic)));
         // The pipeline may be gone (cancelled or crashed); its successor asks again.
         let _ = pipeline.cast(PipelineMsg::StageDone {
             stage,
@@ -648,6 +645,8 @@ async fn on_stage_error(
     if matches!(error, StageError::Cancelled) {
         return Err(StoreError::TaskFinished(task.id));
     }
+    // The whole chain for the operator; the task records (and clients see) code and message only.
+    tracing::warn!(task = %task.id, stage = ?task.stage, code = error.code(), error = %error.chain(), "stage failed");
     let retry = &state.services.config.retry;
     if !error.is_transient() {
         return end_task(myself, state, task, TaskStatus::Failed, error.to_info()).await;

@@ -1,18 +1,9 @@
 //! Planner: turns a task's text into a structured [`Plan`].
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** the plan jobs in flight ([`InFlightJobs`], keyed by task and stage). Nothing else:
-//!   the task record and the repository are the truth.
-//! - **On a crash:** the jobs are dropped with the state, which kills their process groups; their
-//!   reply ports close unanswered.
-//! - **Callers:** the pipeline's [`call_persona`](crate::runtime::jobs::call_persona) sees the closed port, waits for the next
-//!   incarnation and asks again (at most `max_restarts + 2` tries), recording `actor.restarted` on
-//!   the task. Planning again from the start is safe: it writes nothing but its run record.
-//! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
-//!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
-//!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
-//!   ([`crate::runtime::supervision`]).
+//! The policy of [`crate::runtime::supervision`], with no deviation: planning again from the start
+//! is safe, as it writes nothing but its run record.
 
 use std::time::Instant;
 
@@ -145,7 +136,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
             let started = Instant::now();
             let plan = engine::builtin_plan(&task, &history);
             let text = serde_json::to_string_pretty(&plan)
-                .map_err(|e| StageError::Internal(e.to_string()))?;
+                .map_err(|e| StageError::internal_from(e.to_string(), e))?;
             engine::record_builtin(&services, &who, text, started).await?;
             Ok(plan)
         }

@@ -4,25 +4,17 @@
 //! the running local releases, and performs the app actions incident runbooks ask for (restart,
 //! rollback, scale). A deploy that ends unhealthy or failed becomes a signal for Uplink-Respond.
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** the running local releases (in its [`ProviderContext`]), and per app the deploy or
-//!   action job holding it. Deploy records and release state live in the store.
-//! - **On a crash:** its jobs are dropped with the state (their commands' process groups
-//!   killed); the local releases keep running (they are detached, see
-//!   [`provider::local_start`]). The next incarnation (`recover`) — after a crash of the actor, a
-//!   `kill -9` of the service or a graceful restart alike — marks deploys that were running
-//!   `failed` (`DEPLOY_INTERRUPTED`), adopts each app's running release when it is the current
-//!   one and answers ([`probe::adoptable`]), stops the releases nothing accounts for, starts the
-//!   current release of the apps that were not adopted, and asks again for the deploys of
-//!   delivered tasks whose request was lost.
-//! - **Callers:** the clients in [`crate::runtime::uplink_deploy`] wait up to `PERSONA_WAIT` for
-//!   the next incarnation; a request lost with the crash answers `PERSONA_UNAVAILABLE`. A task's
-//!   deploy request is idempotent by its trigger (`task:<id>`).
-//! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
-//!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
-//!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
-//!   ([`crate::runtime::supervision`]).
+//! The policy of [`crate::runtime::supervision`]. Deviations: the local releases outlive a crash
+//! (they are detached, see [`provider::local_start`]). The next incarnation (`recover`) — after a
+//! crash of the actor, a `kill -9` of the service or a graceful restart alike — marks deploys that
+//! were running `failed` (`DEPLOY_INTERRUPTED`), adopts each app's running release when it is the
+//! current one and answers ([`probe::adoptable`]), stops the releases nothing accounts for, starts
+//! the current release of the apps that were not adopted, and asks again for the deploys of
+//! delivered tasks whose request was lost. The clients in [`crate::runtime::uplink_deploy`] wait up
+//! to `PERSONA_WAIT` for the next incarnation; a request lost with the crash answers
+//! `PERSONA_UNAVAILABLE` (a task's deploy request is idempotent by its trigger, `task:<id>`).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -243,7 +243,7 @@ pub(crate) async fn run_shell(
         }
         None => run_live(services, who, open.run.id, &spec)
             .await
-            .map_err(|error| StageError::EngineFailed(error.to_string())),
+            .map_err(StageError::from),
     };
     let mut output = match ran {
         Ok(output) => output,
@@ -390,8 +390,9 @@ pub(crate) async fn run_model(
         .config
         .providers
         .get(provider_name)
-        .ok_or_else(|| {
-            StageError::EngineFailed(format!("no provider `{provider_name}` in [providers]"))
+        .ok_or_else(|| StageError::EngineFailed {
+            message: format!("no provider `{provider_name}` in [providers]"),
+            source: None,
         })?;
     let command = Some(format!("openai:{provider_name}/{}", provider.model));
     let mut running = who.running("openai", command);
@@ -409,7 +410,11 @@ pub(crate) async fn run_model(
             return Err(if error.is_transient() {
                 StageError::ProviderUnavailable(message)
             } else {
-                StageError::EngineFailed(message)
+                // The redacted text only: the provider's error may quote a secret.
+                StageError::EngineFailed {
+                    message,
+                    source: None,
+                }
             });
         }
     };

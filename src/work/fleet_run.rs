@@ -246,7 +246,7 @@ async fn receive_output(
 }
 
 fn fleet_error(error: FleetError) -> StageError {
-    StageError::FleetUnavailable(error.to_string())
+    StageError::from(error)
 }
 
 /// Splits the environment into what travels as variables and what as files: a `*_FILE`
@@ -267,7 +267,7 @@ async fn ship(
         if name.ends_with("_FILE") && path.starts_with(data_dir) {
             if let Ok(meta) = tokio::fs::metadata(path).await {
                 if meta.len() > JOB_FILE_BYTES_MAX {
-                    return Err(StageError::FleetUnavailable(format!(
+                    return Err(StageError::fleet_unavailable(format!(
                         "{name} is larger than {JOB_FILE_BYTES_MAX} bytes: too big for a fleet job"
                     )));
                 }
@@ -297,8 +297,9 @@ async fn apply(
     who: &Whose,
     diff_hex: &str,
 ) -> Result<(), StageError> {
-    let diff = hex::decode(diff_hex)
-        .map_err(|e| StageError::FleetUnavailable(format!("the factory's diff is not hex: {e}")))?;
+    let diff = hex::decode(diff_hex).map_err(|e| {
+        StageError::fleet_unavailable(format!("the factory's diff is not hex: {e}"))
+    })?;
     if diff.is_empty() {
         return Ok(());
     }
