@@ -258,14 +258,21 @@ pub(crate) async fn retry(
     let restart_attempts = match from {
         Some(RetryFrom::Implement) => true,
         Some(RetryFrom::Deliver) => false,
-        None => matches!(task.stage, Some(Stage::Implement | Stage::Verify)),
+        None => {
+            matches!(task.stage, Some(Stage::Implement | Stage::Verify))
+                || needs_a_new_change(&task)
+        }
     };
     let to_delivery = from == Some(RetryFrom::Deliver);
-    // A change that no longer applied is made again on the base as it is now.
-    let from_base = task
-        .error
-        .as_ref()
-        .is_some_and(|error| error.code == codes::MERGE_CONFLICT);
+    // A change that no longer applied (or failed on the base) is made again on the base as it is
+    // now, and so is one whose branch the base has moved past: a branch built on a base since
+    // reverted could never pass.
+    let from_base = restart_attempts
+        && (needs_a_new_change(&task) || {
+            let repo = Git::new(services.repo_dir(&task.repo), services.config.git.timeout());
+            repo.is_behind(&branch_name(task.id), &task.base_branch)
+                .await
+        });
     let blocked = task.stage.is_none() && !task.deps.is_empty() && from.is_none();
     let event = NewEvent::new(
         Persona::Compass,
@@ -305,6 +312,15 @@ pub(crate) async fn retry(
         })
         .await?;
     Ok(updated)
+}
+
+/// Whether the task failed at deliver because its change conflicts with, or fails verify on, the
+/// current base: retrying delivery would only fail again, so a plain retry re-implements.
+fn needs_a_new_change(task: &Task) -> bool {
+    task.stage == Some(Stage::Deliver)
+        && task.error.as_ref().is_some_and(|error| {
+            error.code == codes::MERGE_CONFLICT || error.code == codes::VERIFY_FAILED
+        })
 }
 
 /// A pipeline crashed past its restart limit: its task is dead-lettered for a human.

@@ -800,3 +800,76 @@ async fn a_red_base_holds_the_queue_without_spending_attempts_and_a_fix_releases
     let chain = first_parent_chain(&repo);
     assert_newest_pass(&repo, root.path(), &chain[..4]);
 }
+
+/// A change that conflicts and has no attempt left ends `MERGE_CONFLICT`; a plain
+/// `glitchlab task retry` (no `--from`) re-implements it on the current base — it does not rerun
+/// deliver into the same conflict — and it lands. `--from` is checked by the CLI.
+#[tokio::test]
+async fn a_plain_cli_retry_after_a_merge_conflict_re_implements_on_the_base_and_lands() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    std::fs::write(repo.join("shared.txt"), "original\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "a shared line"]);
+    let service = Service::start(root.path()).await;
+    let marker = root.path().join("first-implemented");
+    let first = task(
+        &repo,
+        "First rewrite",
+        &format!("echo first > shared.txt && touch {}", marker.display()),
+        "grep -q first shared.txt",
+    );
+    let mut second = task(
+        &repo,
+        "Second rewrite",
+        &format!(
+            "while [ ! -e {} ]; do sleep 0.05; done; echo second > shared.txt",
+            marker.display()
+        ),
+        "sleep 1 && grep -q second shared.txt",
+    );
+    second["max_attempts"] = json!(1);
+    let first_id = service.submit(&first).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second_id = service.submit(&second).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = service
+        .wait_finished_within(&first_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(first["status"], "done", "{first:#}");
+    let conflicted = service
+        .wait_finished_within(&second_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        conflicted["error"]["code"], "MERGE_CONFLICT",
+        "{conflicted:#}"
+    );
+
+    let (base, id) = (service.base.clone(), second_id.clone());
+    let (bad, retried) = tokio::task::spawn_blocking(move || {
+        (
+            crate::cli::glitchlab(&base, &["task", "retry", &id, "--from", "nowhere"]),
+            crate::cli::glitchlab(&base, &["task", "retry", &id, "--json"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "a usage error");
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
+    let reopened: Value = serde_json::from_slice(&retried.stdout).unwrap();
+    assert_eq!(reopened["stage"], "implement", "{reopened:#}");
+    let landed = service
+        .wait_finished_within(&second_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(landed["status"], "done", "{landed:#}");
+    assert_eq!(landings_of(&repo, &second_id), 1);
+    assert_eq!(git(&repo, &["show", "main:shared.txt"]), "second");
+}
