@@ -464,6 +464,7 @@ async fn on_stage_done(
             finish_stage(myself, state, &task, data, move |t| {
                 t.commit = Some(commit.clone());
                 t.delivered = Some(Delivered::Landed);
+                t.merge.landing = None;
             })
             .await
         }

@@ -149,6 +149,9 @@ catalogue! {
         "No task with that id (also for an id that is not a UUID).";
     TASK_FINISHED [409] []
         "A cancel of a task that already ended.";
+    TASK_LANDING [409] []
+        "A cancel of a task whose change the merge queue is putting on the base now: too late; \
+         the task ends `done` (or, if the landing fails, goes on and can be cancelled again).";
     INVALID_TASK_STATUS [409] []
         "A task action (approve, reject, retry) on a task not in a status it applies to.";
     COMPASS_UNAVAILABLE [503] []

@@ -256,6 +256,11 @@ pub struct MergeState {
     /// alone fails verify); cleared when the hold ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
+    /// The candidate commit the merge queue is moving the base to now: claimed (durably) before
+    /// the base moves, so a cancel from then on is refused `TASK_LANDING` instead of answered 2xx
+    /// for a task that lands anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landing: Option<String>,
 }
 
 /// How deliver ended for a `done` task, so `done` never hides that nothing of it landed.

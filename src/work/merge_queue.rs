@@ -34,14 +34,12 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::model::persona::Persona;
-use crate::model::task::{
-    branch_name, is_remote_repo, History, Priority, Stage, Task, TaskId, TaskStatus,
-};
+use crate::model::task::{branch_name, is_remote_repo, History, Priority, Stage, Task, TaskId};
 use crate::platform::git::candidate::{self, Applied, BuiltCandidate, CandidateRequest, Landing};
 use crate::platform::git::Git;
 use crate::runtime::jobs::StageError;
 use crate::runtime::Services;
-use crate::storage::store::NewEvent;
+use crate::storage::store::{NewEvent, StoreError};
 use crate::work::verify::run_verify;
 
 mod red_base;
@@ -199,7 +197,13 @@ pub(crate) async fn run_turn(services: &Services, tasks: Vec<Task>) -> Vec<TurnO
     for task in tasks {
         match landed_already(services, &task).await {
             Ok(Some(commit)) => outcomes.push((task.id, Ok(DeliverStep::Landed(commit)))),
-            Ok(None) => pending.push(task),
+            Ok(None) => {
+                // A claim left by a turn cut off before the base moved (a crash) is stale.
+                if task.merge.landing.is_some() {
+                    release_landing(services, &[(&task, String::new())]).await;
+                }
+                pending.push(task)
+            }
             Err(error) => outcomes.push((task.id, Err(error))),
         }
     }
@@ -364,12 +368,18 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
                 });
             }
         }
-        // A cancel answered 2xx wins: nothing of a cancelled task moves the base.
-        let cancelled = cancelled_of(services, &stacked).await?;
+        // A cancel answered 2xx wins: nothing of a cancelled task moves the base. The landing is
+        // claimed on every task first (durably), so a cancel from here on is refused.
+        let cancelled = claim_landing(services, &stacked, &built.commit).await?;
         if !cancelled.is_empty() {
+            release_landing(services, &stacked).await;
             return rebuild_without(services, batch, &cancelled, decided).await;
         }
-        match candidate::land(&repo, &first.base_branch, &built, remote).await? {
+        let landing = candidate::land(&repo, &first.base_branch, &built, remote).await;
+        if !matches!(landing, Ok(Landing::Landed)) {
+            release_landing(services, &stacked).await;
+        }
+        match landing? {
             Landing::Landed => {
                 for (task, commit) in stacked {
                     let data =
@@ -403,19 +413,44 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
     )))
 }
 
-/// The stacked tasks whose cancel is durable now (read just before the base would move).
-async fn cancelled_of(
+/// Claims the landing of every stacked task (`merge.landing`, durable) just before the base
+/// moves: from then on a cancel is refused `TASK_LANDING`. Answers the tasks that ended
+/// (cancelled) before their claim: they must not land.
+async fn claim_landing(
     services: &Services,
     stacked: &[(&Task, String)],
+    candidate: &str,
 ) -> Result<Vec<TaskId>, StageError> {
-    let mut cancelled = Vec::new();
+    let mut ended = Vec::new();
     for (task, _) in stacked {
-        let now = services.store.task(task.id).await?;
-        if now.is_some_and(|t| t.status == TaskStatus::Cancelled) {
-            cancelled.push(task.id);
+        let commit = candidate.to_owned();
+        let claimed = services
+            .store
+            .update_task(task.id, &[], move |t| t.merge.landing = Some(commit))
+            .await;
+        match claimed {
+            Ok(_) => {}
+            Err(StoreError::TaskFinished(id)) => ended.push(id),
+            Err(error) => return Err(error.into()),
         }
     }
-    Ok(cancelled)
+    Ok(ended)
+}
+
+/// Drops the landing claims of `stacked` (the base did not move to them): cancels work again.
+async fn release_landing(services: &Services, stacked: &[(&Task, String)]) {
+    for (task, _) in stacked {
+        let released = services
+            .store
+            .update_task(task.id, &[], |t| t.merge.landing = None)
+            .await;
+        match released {
+            Ok(_) | Err(StoreError::TaskFinished(_)) => {}
+            Err(error) => {
+                tracing::warn!(task = %task.id, %error, "could not drop a landing claim; a cancel answers TASK_LANDING until the task's next turn");
+            }
+        }
+    }
 }
 
 /// Tries the batch again without its cancelled tasks (answered [`StageError::Cancelled`]) and

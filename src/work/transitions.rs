@@ -222,17 +222,12 @@ pub(crate) async fn cancel(
         "task.finished",
         json!({"status": TaskStatus::Cancelled, "principal": by}),
     );
-    services
-        .store
-        .update_task(id, &[event], |t| {
-            t.status = TaskStatus::Cancelled;
-            t.finished_at = Some(Utc::now());
-        })
-        .await
-        .map_err(|error| match error {
-            StoreError::TaskFinished(id) => TaskActionError::Finished(id),
-            other => other.into(),
-        })
+    match services.store.cancel_task(id, &[event]).await {
+        Ok(Some(cancelled)) => Ok(cancelled),
+        Ok(None) => Err(TaskActionError::Landing(id)),
+        Err(StoreError::TaskFinished(id)) => Err(TaskActionError::Finished(id)),
+        Err(other) => Err(other.into()),
+    }
 }
 
 /// Re-queues a failed or dead-lettered task. Without `from`: attempt-loop failures start a

@@ -308,7 +308,8 @@ fn review_comment(body: &Bytes) -> Result<Option<String>, ApiError> {
     responses(
         (status = 200, description = "The task, `cancelled`.", body = Task),
         (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
-        (status = 409, description = "`TASK_FINISHED`: the task already ended.", body = ErrorBody),
+        (status = 409, description = "`TASK_FINISHED`: the task already ended; `TASK_LANDING`: \
+            the merge queue is putting its change on the base now (too late to cancel).", body = ErrorBody),
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
         (status = 503, description = describe::COMPASS_UNAVAILABLE, body = ErrorBody),
     )
@@ -486,9 +487,9 @@ fn ledger_error(error: LedgerError) -> ApiError {
 fn action_error(error: TaskActionError) -> ApiError {
     match error {
         TaskActionError::NotFound(_) => ApiError::not_found(error.code(), error.to_string()),
-        TaskActionError::WrongStatus { .. } | TaskActionError::Finished(_) => {
-            ApiError::conflict(error.code(), error.to_string())
-        }
+        TaskActionError::WrongStatus { .. }
+        | TaskActionError::Finished(_)
+        | TaskActionError::Landing(_) => ApiError::conflict(error.code(), error.to_string()),
         TaskActionError::Store(inner) => inner.into(),
     }
 }

@@ -195,6 +195,43 @@ impl Store {
         self.change_task(id, events, &[], change).await
     }
 
+    /// Ends a task `cancelled` with `events`, unless it has ended (`Err(TaskFinished)`, answered
+    /// only once that end is durable) or the merge queue has claimed its landing
+    /// (`Ok(None)`: the base is moving to the task's change; the cancel lost).
+    pub async fn cancel_task(
+        &self,
+        id: TaskId,
+        events: &[NewEvent],
+    ) -> Result<Option<Task>, StoreError> {
+        let events = events.to_vec();
+        let changed = self
+            .write(move |batch| -> Result<_, StoreError> {
+                let mut task = staged_task(batch, id)?.ok_or(StoreError::TaskNotFound(id))?;
+                if task.status.is_terminal() {
+                    return Ok(None);
+                }
+                if task.merge.landing.is_some() {
+                    return Ok(Some(None));
+                }
+                let before = task.status;
+                task.status = TaskStatus::Cancelled;
+                task.finished_at = Some(Utc::now());
+                task.updated_at = Utc::now();
+                put_task(batch, id, &task)?;
+                for event in &events {
+                    append(batch, id, event)?;
+                }
+                Ok(Some(Some((before, task))))
+            })
+            .await?;
+        let Some((before, cancelled)) = changed.ok_or(StoreError::TaskFinished(id))? else {
+            return Ok(None);
+        };
+        self.writer_health()
+            .count_task_change(before, cancelled.status);
+        Ok(Some(cancelled))
+    }
+
     /// Like [`Store::update_task`], but for the one transition out of a terminal status: a
     /// client's retry of a failed or dead-lettered task.
     pub async fn reopen_task(
