@@ -66,6 +66,8 @@ struct PipelineSlot {
     /// The current incarnation; `None` while it waits to be restarted.
     actor: Option<ActorRef<PipelineMsg>>,
     history: RestartHistory,
+    /// Its task waits in a merge queue: the slot does not count against the limit.
+    parked: bool,
 }
 
 /// Compass's state.
@@ -282,6 +284,14 @@ impl Actor for Compass {
             CompassMsg::RestartPipeline(task_id) => {
                 if state.pipelines.contains_key(&task_id) {
                     start_pipeline(&myself, state, task_id).await;
+                }
+            }
+            CompassMsg::Parked(task_id, parked) => {
+                if let Some(slot) = state.pipelines.get_mut(&task_id) {
+                    slot.parked = parked;
+                    if parked {
+                        dispatch(&myself, state).await;
+                    }
                 }
             }
         }
@@ -657,7 +667,7 @@ async fn on_finished(
 /// Starts queued tasks while slots are free.
 async fn dispatch(myself: &ActorRef<CompassMsg>, state: &mut CompassState) {
     let slots = state.services.config.compass.max_concurrent_tasks;
-    while state.pipelines.len() < slots {
+    while busy_slots(state) < slots {
         let next = state
             .resuming
             .pop_front()
@@ -668,6 +678,11 @@ async fn dispatch(myself: &ActorRef<CompassMsg>, state: &mut CompassState) {
         start_pipeline(myself, state, task_id).await;
     }
     set_queue_depth(state);
+}
+
+/// Pipelines that hold a slot: every one but those waiting in a merge queue.
+fn busy_slots(state: &CompassState) -> usize {
+    state.pipelines.values().filter(|slot| !slot.parked).count()
 }
 
 fn set_queue_depth(state: &mut CompassState) {
@@ -693,7 +708,10 @@ async fn start_pipeline(myself: &ActorRef<CompassMsg>, state: &mut CompassState,
         .or_insert_with(|| PipelineSlot {
             actor: None,
             history: RestartHistory::default(),
+            parked: false,
         });
+    // A new incarnation starts its stage again; it parks again if that is a delivery.
+    slot.parked = false;
     let restarts = slot.history.total();
     match spawned {
         Ok((actor, _)) => {

@@ -237,6 +237,37 @@ async fn start_task(state: &PipelineState, task: &Task) -> Result<Task, StoreErr
         .await
 }
 
+/// While a delivery waits in its merge queue the task holds no Compass slot: told on entering,
+/// and again (on drop) when the wait ends however it ends — answered, failed or aborted.
+struct ParkedInQueue {
+    compass: Option<ActorRef<crate::runtime::compass::CompassMsg>>,
+    task_id: TaskId,
+}
+
+impl ParkedInQueue {
+    async fn enter(services: &Services, task_id: TaskId) -> Self {
+        use crate::runtime::compass::CompassMsg;
+        let compass = services
+            .directory
+            .persona::<CompassMsg>(Duration::ZERO, None)
+            .await
+            .ok();
+        if let Some(compass) = &compass {
+            let _ = compass.cast(CompassMsg::Parked(task_id, true));
+        }
+        Self { compass, task_id }
+    }
+}
+
+impl Drop for ParkedInQueue {
+    fn drop(&mut self) {
+        if let Some(compass) = &self.compass {
+            let message = crate::runtime::compass::CompassMsg::Parked(self.task_id, false);
+            let _ = compass.cast(message);
+        }
+    }
+}
+
 async fn load_active(state: &PipelineState) -> Result<Task, StoreError> {
     let task = state
         .services
@@ -303,17 +334,20 @@ async fn advance(
             )
             .await
             .map(StageOutcome::Verified),
-            Stage::Deliver | Stage::Approve => call_persona(
-                &directory,
-                limits,
-                |reply| PatchMsg::Deliver {
-                    task: boxed(),
-                    reply,
-                },
-                on_retry,
-            )
-            .await
-            .map(StageOutcome::Delivered),
+            Stage::Deliver | Stage::Approve => {
+                let _parked = ParkedInQueue::enter(&services, task_id).await;
+                call_persona(
+                    &directory,
+                    limits,
+                    |reply| PatchMsg::Deliver {
+                        task: boxed(),
+                        reply,
+                    },
+                    on_retry,
+                )
+                .await
+                .map(StageOutcome::Delivered)
+            }
             Stage::Deploy => {
                 let wait = Duration::from_secs(services.config.compass.deploy_wait_secs);
                 crate::work::deploy_stage::deploy_stage(&services, &task, wait)

@@ -873,3 +873,71 @@ async fn a_plain_cli_retry_after_a_merge_conflict_re_implements_on_the_base_and_
     assert_eq!(landings_of(&repo, &second_id), 1);
     assert_eq!(git(&repo, &["show", "main:shared.txt"]), "second");
 }
+
+/// Waiting in a merge queue costs no slot: with `max_concurrent_tasks = 2`, three tasks lined up
+/// behind a 10 s candidate verify on repository A leave room for a quick task on repository B,
+/// which finishes while that candidate is still being verified.
+#[tokio::test]
+async fn tasks_waiting_in_a_merge_queue_hold_no_slot() {
+    let root = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let repo_a = repo_with_test_script(root.path());
+    let repo_b = git_repo(other.path());
+    let config = "[merge_queue]\nbatch_max = 1\n[compass]\nmax_concurrent_tasks = 2\n";
+    let service = Service::start_with(root.path(), with_config(config)).await;
+    // The blocker moves A's base on its first attempt, so its candidate must be verified; that
+    // verify sleeps 10 s, and only in the merge queue's scratch worktree.
+    let blocker_patch = format!(
+        "echo hi > {r}/teammate.txt && git -C {r} add teammate.txt && \
+         git -C {r} -c user.name=t -c user.email=t@t commit -q -m teammate && \
+         echo ok > f-blocker.txt",
+        r = repo_a.display()
+    );
+    let blocker_verify = "case \"$PWD\" in */merge-queue/*) sleep 10;; esac; sh test.sh";
+    let blocker = task(&repo_a, "Blocker", &blocker_patch, blocker_verify);
+    let blocker_id = service.submit(&blocker).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut waiting = Vec::new();
+    for name in ["a", "b"] {
+        let body = task(
+            &repo_a,
+            &format!("Add {name}"),
+            &format!("echo ok > f-{name}.txt"),
+            "sh test.sh",
+        );
+        waiting.push(
+            service.submit(&body).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for id in std::iter::once(&blocker_id).chain(&waiting) {
+        service
+            .wait_for_task(id, Duration::from_secs(60), |t| t["stage"] == "deliver")
+            .await;
+    }
+    let quick = service
+        .submit(&task(&repo_b, "Quick", "echo quick > quick.txt", "true"))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let quick = service
+        .wait_finished_within(&quick, Duration::from_secs(60))
+        .await;
+    assert_eq!(quick["status"], "done", "{quick:#}");
+    let (_, blocker) = service.get(&format!("/v1/tasks/{blocker_id}")).await;
+    assert_eq!(
+        blocker["status"], "running",
+        "the quick task finished while the candidate was still verified: {blocker:#}"
+    );
+    for id in std::iter::once(&blocker_id).chain(&waiting) {
+        let t = service
+            .wait_finished_within(id, Duration::from_secs(120))
+            .await;
+        assert_eq!(t["status"], "done", "{t:#}");
+    }
+}
