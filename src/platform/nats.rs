@@ -18,6 +18,11 @@ use crate::model::fleet::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request to the server (a JetStream API call, a publish's acknowledgement) at most.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Any other call to the server (a key-value read or write, an acknowledgement, a listing) at
+/// most: no fleet loop ever waits on NATS unbounded (issue 30).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request to the control plane (a hello, a claim) at most.
+pub const CONTROL_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Results and claims are kept this long: far longer than any job, short enough to stay small.
 const RESULTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Bound on the results stream's size.
@@ -103,7 +108,79 @@ pub async fn connect(options: &NatsOptions) -> Result<Nats, NatsError> {
     })
 }
 
+/// Runs one NATS call bounded by [`CALL_TIMEOUT`]; `what` names it in the error.
+pub async fn bounded<T, E: std::fmt::Display>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, NatsError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(NatsError::JetStream(format!("{what}: {error}"))),
+        Err(_) => Err(NatsError::JetStream(format!(
+            "{what}: no answer within {}s",
+            CALL_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Reads every key of a bucket, bounded by [`CALL_TIMEOUT`] in all (the listing is a stream
+/// the server could stop feeding) and by `max` keys.
+pub async fn bucket_keys(bucket: &kv::Store, max: usize) -> Result<Vec<String>, NatsError> {
+    use futures_util::StreamExt;
+    let listing = async {
+        let mut keys = bucket.keys().await.map_err(NatsError::js)?;
+        let mut found = Vec::new();
+        while let Some(key) = keys.next().await {
+            if let Ok(key) = key {
+                found.push(key);
+            }
+            if found.len() >= max {
+                break;
+            }
+        }
+        Ok::<_, NatsError>(found)
+    };
+    bounded("listing a bucket", listing).await
+}
+
 impl Nats {
+    /// A request to the control plane on a core subject, answered within
+    /// [`CONTROL_REQUEST_TIMEOUT`].
+    pub async fn request(&self, subject: String, payload: Vec<u8>) -> Result<Vec<u8>, NatsError> {
+        match tokio::time::timeout(
+            CONTROL_REQUEST_TIMEOUT,
+            self.client.request(subject, payload.into()),
+        )
+        .await
+        {
+            Ok(Ok(message)) => Ok(message.payload.to_vec()),
+            Ok(Err(error)) => Err(NatsError::js(error)),
+            Err(_) => Err(NatsError::JetStream(
+                "the control plane did not answer".into(),
+            )),
+        }
+    }
+
+    /// The consumer of a job class as the control plane made it, without making it (a factory
+    /// may not: its consumers' lease and `max_deliver` are the control plane's).
+    pub async fn existing_class_consumer(
+        &self,
+        class: &str,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>, NatsError> {
+        let stream = bounded("the jobs stream", self.js.get_stream(JOBS_STREAM)).await?;
+        bounded(
+            "a class's consumer",
+            stream.get_consumer(&format!("jobs-{class}")),
+        )
+        .await
+    }
+
+    /// What the server says of a consumer of the jobs stream now (its delivery count).
+    pub async fn jobs_consumer_info(&self, name: &str) -> Result<consumer::Info, NatsError> {
+        let stream = bounded("the jobs stream", self.js.get_stream(JOBS_STREAM)).await?;
+        bounded("a consumer's info", stream.consumer_info(name)).await
+    }
+
     /// The work-queue stream of jobs: a message leaves it when a factory acknowledges it.
     pub async fn jobs_stream(&self) -> Result<stream::Stream, NatsError> {
         self.js
