@@ -223,7 +223,7 @@ pub async fn run(args: FactoryArgs) -> Result<(), String> {
         return Err("--slots must be at least 1".into());
     }
     // It is the factory's key in the registry bucket, whose keys allow no more than this.
-    check_factory_name(&args.name).map_err(|e| format!("--name: {e}"))?;
+    check_factory_name(&args.name).map_err(|e| format!("--name {e}"))?;
     let key = gate::key_from_env(args.key_env.as_deref())?;
     tokio::fs::create_dir_all(&args.data_dir)
         .await
@@ -245,6 +245,7 @@ pub async fn run(args: FactoryArgs) -> Result<(), String> {
         token,
         creds_file: args.creds.clone(),
         name: format!("glitchlab-factory-{}", args.name),
+        inbox_prefix: Some(format!("_INBOX_{}", args.name)),
     })
     .await
     .map_err(|e| e.to_string())?;

@@ -64,6 +64,9 @@ pub struct NatsOptions {
     pub creds_file: Option<PathBuf>,
     /// The connection's name in the server's monitoring.
     pub name: String,
+    /// The prefix of its reply subjects (`_INBOX` by default): a factory's own
+    /// (`_INBOX_<name>`), so its NATS user may subscribe to its replies only.
+    pub inbox_prefix: Option<String>,
 }
 
 /// A connection and its JetStream context.
@@ -88,6 +91,9 @@ pub async fn connect(options: &NatsOptions) -> Result<Nats, NatsError> {
         .name(&options.name)
         .connection_timeout(CONNECT_TIMEOUT)
         .request_timeout(Some(REQUEST_TIMEOUT));
+    if let Some(prefix) = &options.inbox_prefix {
+        connect = connect.custom_inbox_prefix(prefix.clone());
+    }
     if let Some(token) = &options.token {
         connect = connect.token(token.clone());
     }

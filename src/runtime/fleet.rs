@@ -145,6 +145,7 @@ impl Fleet {
             token,
             creds_file: config.creds_file.clone(),
             name: "glitchlab-control".into(),
+            inbox_prefix: None,
         })
         .await?;
         nats.jobs_stream().await?;

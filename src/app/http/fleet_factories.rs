@@ -48,7 +48,7 @@ pub(crate) async fn create_factory(
     Extension(caller): Extension<Principal>,
     JsonBody(request): JsonBody<NewFactoryRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    check_factory_name(&request.name).map_err(ApiError::invalid_field)?;
+    check_factory_name(&request.name).map_err(|e| ApiError::invalid_field(format!("name: {e}")))?;
     let key = new_factory_key().ok_or_else(|| ApiError::internal("no randomness for a key"))?;
     let registration = FactoryRegistration {
         name: request.name.clone(),

@@ -70,8 +70,7 @@ pub fn check_factory_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "factory name `{}` must be 1 to {FACTORY_NAME_CHARS_MAX} characters of A-Z, a-z, \
-             0-9, `-`, `_`",
+            "`{}` must be 1 to {FACTORY_NAME_CHARS_MAX} characters of A-Z, a-z, 0-9, `-`, `_`",
             name.escape_debug()
         ))
     }
