@@ -81,10 +81,27 @@ pub struct Nats {
     buckets: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, kv::Store>>>,
 }
 
+/// Splits `nats://user:password@host:port` into the address without the credentials and the
+/// credentials (the client does not read them from the address; and the address is logged,
+/// the password must not be).
+fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (url.to_owned(), None);
+    };
+    let (user, password) = rest[..at].split_once(':').unwrap_or((&rest[..at], ""));
+    let address = format!("{scheme}://{}", &rest[at + 1..]);
+    (address, Some((user.to_owned(), password.to_owned())))
+}
+
 /// Connects (reconnecting on its own afterwards, forever, with backoff).
 pub async fn connect(options: &NatsOptions) -> Result<Nats, NatsError> {
+    let (address, user_password) = split_credentials(&options.url);
     let connect_error = |detail: String| NatsError::Connect {
-        url: options.url.clone(),
+        url: address.clone(),
         detail,
     };
     let mut connect = async_nats::ConnectOptions::new()
@@ -93,6 +110,9 @@ pub async fn connect(options: &NatsOptions) -> Result<Nats, NatsError> {
         .request_timeout(Some(REQUEST_TIMEOUT));
     if let Some(prefix) = &options.inbox_prefix {
         connect = connect.custom_inbox_prefix(prefix.clone());
+    }
+    if let Some((user, password)) = user_password {
+        connect = connect.user_and_password(user, password);
     }
     if let Some(token) = &options.token {
         connect = connect.token(token.clone());
@@ -103,7 +123,7 @@ pub async fn connect(options: &NatsOptions) -> Result<Nats, NatsError> {
             .await
             .map_err(|e| connect_error(format!("credentials file {}: {e}", file.display())))?;
     }
-    let client = tokio::time::timeout(CONNECT_TIMEOUT, connect.connect(options.url.as_str()))
+    let client = tokio::time::timeout(CONNECT_TIMEOUT, connect.connect(address.as_str()))
         .await
         .map_err(|_| connect_error("timed out".into()))?
         .map_err(|e| connect_error(e.to_string()))?;
@@ -351,5 +371,25 @@ impl Nats {
             .await
             .map_err(|_| NatsError::JetStream("subscribe timed out".into()))?
             .map_err(NatsError::js)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_credentials;
+
+    #[test]
+    fn credentials_in_the_address_are_split_off() {
+        assert_eq!(
+            split_credentials("nats://one:pw@127.0.0.1:4222"),
+            (
+                "nats://127.0.0.1:4222".to_owned(),
+                Some(("one".to_owned(), "pw".to_owned()))
+            )
+        );
+        assert_eq!(
+            split_credentials("nats://127.0.0.1:4222"),
+            ("nats://127.0.0.1:4222".to_owned(), None)
+        );
     }
 }
