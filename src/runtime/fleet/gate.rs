@@ -207,7 +207,7 @@ impl Gate {
                 ))
             });
         let Some((claim, signed)) = parsed else {
-            self.forgery("claim", Uuid::nil(), "", "not a signed claim")
+            self.forgery("claim", job_named(payload), "", "not a signed claim")
                 .await;
             return refused("not a signed claim".into());
         };
@@ -391,7 +391,7 @@ impl Gate {
                 ))
             });
         let Some((result, signed)) = parsed else {
-            self.forgery("result", Uuid::nil(), "", "not a signed result")
+            self.forgery("result", job_named(payload), "", "not a signed result")
                 .await;
             return;
         };
@@ -432,4 +432,13 @@ impl Gate {
         let record: FactoryRecord = serde_json::from_str(&signed.body).ok()?;
         (record.name == name).then_some(record)
     }
+}
+
+/// The job an unsigned message names (`job_id`), to report its forgery on the job's task;
+/// the nil id when it names none.
+fn job_named(payload: &[u8]) -> Uuid {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|value| value.get("job_id")?.as_str()?.parse().ok())
+        .unwrap_or_else(Uuid::nil)
 }
