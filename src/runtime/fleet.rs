@@ -467,7 +467,9 @@ fn on_claim(waiting: &Waiting, claim: JobClaim) -> bool {
 fn on_result(waiting: &Waiting, mut result: JobResult) -> Option<u64> {
     let mut waiting = waiting.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(waiter) = waiting.get_mut(&result.job_id) else {
-        return None; // a job nobody waits for any more (answered, given up, or before a restart)
+        // A job nobody waits for any more (answered, given up, or before a restart).
+        tracing::info!(job = %result.job_id, factory = %result.factory, delivery = result.delivery, "fleet: fenced off the result of a job nobody waits for");
+        return None;
     };
     let current = waiter.claimed.as_ref();
     let owner = current.is_some_and(|(delivery, factory)| {

@@ -454,11 +454,15 @@ async fn a_factory_stopped_past_its_lease_changes_nothing_when_it_wakes() {
         start_factory(root.path(), &nats, &service, "one").await,
         start_factory(root.path(), &nats, &service, "two").await,
     ];
+    // The marker says the verify's command runs (the factory is stopped mid-command, not while
+    // it fetches): its late result then comes while the successor still runs.
+    let marker = root.path().join("verify-started");
+    let verify = format!("touch {}; sleep 5 && test -f f.txt", marker.display());
     let body = task(
         &repo,
         "Survives a stalled factory",
         "echo ok > f.txt",
-        "sleep 5 && test -f f.txt",
+        &verify,
     );
     let id = service.submit(&body).await["id"]
         .as_str()
@@ -469,8 +473,7 @@ async fn a_factory_stopped_past_its_lease_changes_nothing_when_it_wakes() {
         "a factory runs the verify",
         Duration::from_secs(60),
         async || {
-            let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
-            if task["stage"] != "verify" {
+            if !marker.exists() {
                 return false;
             }
             match running_job(&service, &id).await {
@@ -490,12 +493,16 @@ async fn a_factory_stopped_past_its_lease_changes_nothing_when_it_wakes() {
         Duration::from_secs(LEASE_SECS * 4),
         async || {
             let (_, fleet) = service.get("/v1/fleet").await;
-            fleet["factories"].as_array().unwrap().iter().any(|factory| {
-                factory["name"] != holder.as_str()
-                    && factory["running"].as_array().unwrap().iter().any(|job| {
-                        job["task_id"] == id.as_str() && job["delivery"].as_u64() >= Some(2)
-                    })
-            })
+            fleet["factories"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|factory| {
+                    factory["name"] != holder.as_str()
+                        && factory["running"].as_array().unwrap().iter().any(|job| {
+                            job["task_id"] == id.as_str() && job["delivery"].as_u64() >= Some(2)
+                        })
+                })
         },
     )
     .await;
@@ -514,17 +521,23 @@ async fn a_factory_stopped_past_its_lease_changes_nothing_when_it_wakes() {
     assert!(verify[0].1 >= 2, "{placed:?}");
     assert_eq!(commits_of(&repo, &id), 1);
     // The woken factory did answer, late: fenced off, not applied.
-    wait_until(
-        "the late result is fenced off",
-        Duration::from_secs(20),
-        async || {
-            service.log().contains("fenced off")
-                || std::fs::read_to_string(root.path().join(format!("{holder}.log")))
-                    .unwrap_or_default()
-                    .contains("refused the claim")
-        },
-    )
-    .await;
+    let holder_log = root.path().join(format!("{holder}.log"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !service.log().contains("fenced off") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let factory_log = std::fs::read_to_string(&holder_log).unwrap_or_default();
+    assert!(
+        service.log().contains("fenced off"),
+        "no late result was fenced off; the stalled factory's log:\n{factory_log}\nthe service's \
+         fleet lines:\n{}",
+        service
+            .log()
+            .lines()
+            .filter(|l| l.contains("fleet"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
     let verify_runs = runs["runs"]
         .as_array()
