@@ -454,59 +454,7 @@ async fn a_factory_stopped_past_its_lease_changes_nothing_when_it_wakes() {
         start_factory(root.path(), &nats, &service, "one").await,
         start_factory(root.path(), &nats, &service, "two").await,
     ];
-    // The marker says the verify's command runs (the factory is stopped mid-command, not while
-    // it fetches): its late result then comes while the successor still runs.
-    let marker = root.path().join("verify-started");
-    let verify = format!("touch {}; sleep 5 && test -f f.txt", marker.display());
-    let body = task(
-        &repo,
-        "Survives a stalled factory",
-        "echo ok > f.txt",
-        &verify,
-    );
-    let id = service.submit(&body).await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut holder = String::new();
-    wait_until(
-        "a factory runs the verify",
-        Duration::from_secs(60),
-        async || {
-            if !marker.exists() {
-                return false;
-            }
-            match running_job(&service, &id).await {
-                Some((factory, _, _)) => {
-                    holder = factory;
-                    true
-                }
-                None => false,
-            }
-        },
-    )
-    .await;
-    let stalled = factories.iter().find(|f| f.name == holder).unwrap();
-    signal(stalled, libc::SIGSTOP);
-    wait_until(
-        "the other factory runs a redelivery",
-        Duration::from_secs(LEASE_SECS * 4),
-        async || {
-            let (_, fleet) = service.get("/v1/fleet").await;
-            fleet["factories"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|factory| {
-                    factory["name"] != holder.as_str()
-                        && factory["running"].as_array().unwrap().iter().any(|job| {
-                            job["task_id"] == id.as_str() && job["delivery"].as_u64() >= Some(2)
-                        })
-                })
-        },
-    )
-    .await;
-    signal(stalled, libc::SIGCONT);
+    let (holder, id) = stall_the_verify_holder(root.path(), &service, &repo, &factories).await;
     let done = service
         .wait_finished_within(&id, Duration::from_secs(60))
         .await;
@@ -546,6 +494,121 @@ async fn a_factory_stopped_past_its_lease_changes_nothing_when_it_wakes() {
         .filter(|r| r["persona"] == "circuit" && r["stage"] == "verify")
         .count();
     assert_eq!(verify_runs, 1);
+}
+
+/// Runs a task whose verify the first factory to take it runs while a marker file says so; stops
+/// that factory (SIGSTOP) until the other runs a redelivery, then wakes it (SIGCONT): the
+/// stalled factory's name, and the task's id.
+async fn stall_the_verify_holder(
+    root: &Path,
+    service: &Service,
+    repo: &Path,
+    factories: &[Factory],
+) -> (String, String) {
+    let marker = root.join("verify-started");
+    let verify = format!("touch {}; sleep 5 && test -f f.txt", marker.display());
+    let body = task(
+        repo,
+        "Survives a stalled factory",
+        "echo ok > f.txt",
+        &verify,
+    );
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut holder = String::new();
+    wait_until(
+        "a factory runs the verify",
+        Duration::from_secs(60),
+        async || {
+            if !marker.exists() {
+                return false;
+            }
+            match running_job(service, &id).await {
+                Some((factory, _, _)) => {
+                    holder = factory;
+                    true
+                }
+                None => false,
+            }
+        },
+    )
+    .await;
+    let stalled = factories.iter().find(|f| f.name == holder).unwrap();
+    signal(stalled, libc::SIGSTOP);
+    wait_until(
+        "the other factory runs a redelivery",
+        Duration::from_secs(LEASE_SECS * 4),
+        async || {
+            let (_, fleet) = service.get("/v1/fleet").await;
+            fleet["factories"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|factory| {
+                    factory["name"] != holder.as_str()
+                        && factory["running"].as_array().unwrap().iter().any(|job| {
+                            job["task_id"] == id.as_str() && job["delivery"].as_u64() >= Some(2)
+                        })
+                })
+        },
+    )
+    .await;
+    signal(stalled, libc::SIGCONT);
+    (holder, id)
+}
+
+/// As above, and once the woken factory's late answer is fenced off, the successor is killed:
+/// the job is still in the stream (the late answer acknowledged nothing), so a third delivery
+/// finishes it well before the stage's deadline; one commit.
+#[tokio::test]
+async fn a_late_answer_does_not_remove_the_job_its_successor_runs() {
+    require_nats_here!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = start_authed(root.path(), &["one", "two"]);
+    let repo = git_repo(root.path());
+    let service = Service::start_with(
+        root.path(),
+        crate::helpers::with_config(&fleet_config(&nats)),
+    )
+    .await;
+    let mut factories = vec![
+        start_factory(root.path(), &nats, &service, "one").await,
+        start_factory(root.path(), &nats, &service, "two").await,
+    ];
+    let (holder, id) = stall_the_verify_holder(root.path(), &service, &repo, &factories).await;
+    wait_until(
+        "the late result is fenced off",
+        Duration::from_secs(20),
+        async || {
+            service
+                .log()
+                .contains("fenced off the result of a lost delivery")
+        },
+    )
+    .await;
+    let killed_at = Instant::now();
+    factories
+        .iter_mut()
+        .find(|f| f.name != holder)
+        .unwrap()
+        .kill_9();
+    let done = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    // A lease, a third delivery's 5 s verify, and a margin: not the stage's deadline.
+    assert!(killed_at.elapsed() < Duration::from_secs(LEASE_SECS + 5 + 15));
+    let placed = placements(&service, &id).await;
+    let verify: Vec<_> = placed.iter().filter(|p| p.2 == "verify").collect();
+    assert_eq!(verify.len(), 1, "{placed:?}");
+    assert_eq!(
+        verify[0].0, holder,
+        "the woken factory took the third delivery"
+    );
+    assert!(verify[0].1 >= 3, "{placed:?}");
+    assert_eq!(commits_of(&repo, &id), 1);
 }
 
 /// A factory whose `--lease-secs` (or `--max-deliver`) differs from the control plane's consumers
