@@ -1072,6 +1072,19 @@ mod tests {
     }
 
     #[test]
+    fn with_secrets_a_tick_sends_whole_lines_only() {
+        let mut pending = PendingOutput::default();
+        pending.push(read(OutputStream::Stdout, "key hunt", 0));
+        assert!(pending.take_lines().is_none(), "half a line waits");
+        pending.push(read(OutputStream::Stdout, "er2\nnext", 0));
+        let chunk = pending.take_lines().unwrap();
+        assert_eq!(hex::decode(chunk.bytes).unwrap(), b"key hunter2\n");
+        assert!(pending.take_lines().is_none());
+        let rest = pending.take().unwrap();
+        assert_eq!(hex::decode(rest.bytes).unwrap(), b"next");
+    }
+
+    #[test]
     fn pending_output_takes_turns_and_stays_bounded() {
         let mut pending = PendingOutput::default();
         assert!(pending.take().is_none());

@@ -234,3 +234,76 @@ pub(super) fn read_record(bytes: &[u8]) -> Option<FactoryRecord> {
     let signed: Signed = serde_json::from_slice(bytes).ok()?;
     serde_json::from_str(&signed.body).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::task::CapturedOutput;
+
+    fn result_with(stdout: &str, diff: Option<&str>) -> JobResult {
+        JobResult {
+            job_id: Uuid::now_v7(),
+            delivery: 1,
+            factory: "one".into(),
+            exit_code: Some(0),
+            signal: None,
+            timed_out: false,
+            stdout: CapturedOutput {
+                text: stdout.into(),
+                truncated_bytes: 0,
+            },
+            stderr: CapturedOutput::default(),
+            duration_ms: 1,
+            diff: diff.map(|d| hex::encode(d.as_bytes())),
+            failure: None,
+            placement: None,
+        }
+    }
+
+    #[test]
+    fn a_result_is_redacted_and_a_diff_with_a_secret_is_not_sent() {
+        let redactor = Redactor::new([("TOKEN".to_owned(), "hunter2-xyz".to_owned())]);
+        let mut result = result_with("key hunter2-xyz\n", Some("+a line\n"));
+        redact_result(&redactor, &mut result);
+        assert_eq!(result.stdout.text, "key [REDACTED:TOKEN]\n");
+        assert!(result.diff.is_some() && result.failure.is_none());
+        let mut leaking = result_with("", Some("+TOKEN=hunter2-xyz\n"));
+        redact_result(&redactor, &mut leaking);
+        assert!(leaking.diff.is_none());
+        assert!(leaking.failure.unwrap().contains("secret"));
+    }
+
+    #[test]
+    fn settings_that_differ_from_the_control_planes_refuse_the_start() {
+        let welcome = Welcome {
+            accepted: true,
+            reason: None,
+            lease_secs: 3,
+            max_deliver: 4,
+        };
+        assert!(check_settings(&welcome, None, None).is_ok());
+        assert!(check_settings(&welcome, Some(3), Some(4)).is_ok());
+        let lease = check_settings(&welcome, Some(7), None).unwrap_err();
+        assert!(lease.contains("lease mismatch"), "{lease}");
+        let deliveries = check_settings(&welcome, None, Some(9)).unwrap_err();
+        assert!(deliveries.contains("max_deliver mismatch"), "{deliveries}");
+    }
+
+    #[test]
+    fn a_signed_record_reads_back() {
+        let key = FactoryKey::derive("glf_one");
+        let record = FactoryRecord {
+            name: "one".into(),
+            capabilities: vec!["os:linux".into()],
+            slots: 2,
+            running: Vec::new(),
+            heartbeat_at: chrono::Utc::now(),
+            draining: false,
+            warm: Vec::new(),
+        };
+        let bytes = signed_record(&key, &record).unwrap();
+        assert_eq!(read_record(&bytes).unwrap(), record);
+        let signed: Signed = serde_json::from_slice(&bytes).unwrap();
+        assert!(key.verify(Kind::Record, Uuid::nil(), 0, "one", &signed));
+    }
+}
