@@ -36,7 +36,7 @@ pub(crate) struct NewFactoryRequest {
     responses(
         (status = 201, description = "`{\"name\", \"key\", \"key_env\"}`: the factory's key, shown \
             only here (the service keeps a derivation of it). Start the factory with the key in \
-            `GLITCHLAB_FACTORY_KEY`.", body = Object),
+            the variable `key_env` names (docs/fleet.md).", body = Object),
         (status = 409, description = "`FACTORY_EXISTS`: a factory of that name was issued a key.",
             body = ErrorBody),
         (status = 422, description = "`INVALID_FIELD`: a bad name.", body = ErrorBody),

@@ -25,6 +25,8 @@ pub const HELLO_SUBJECT: &str = "glitchlab.control.hello";
 pub const CLAIM_REQUEST_PREFIX: &str = "glitchlab.control.claim.";
 /// Subject prefix of lease renewals: `glitchlab.control.lease.<job id>` (core, best effort).
 pub const LEASE_SUBJECT_PREFIX: &str = "glitchlab.control.lease.";
+/// What every JetStream acknowledgement subject starts with.
+const ACK_PREFIX: &str = "$JS.ACK.";
 /// Random bytes of a factory key.
 const KEY_BYTES: usize = 32;
 /// The prefix of a factory key (tells it apart from an API token in a config file).
@@ -317,10 +319,11 @@ pub struct AckSubject {
 impl AckSubject {
     /// Parses one; `None` if it is not an acknowledgement subject.
     pub fn parse(subject: &str) -> Option<Self> {
-        let tokens: Vec<&str> = subject.split('.').collect();
-        let rest = match tokens.as_slice() {
-            ["$JS", "ACK", rest @ ..] if rest.len() == 7 => rest,
-            ["$JS", "ACK", _domain, _hash, rest @ ..] if rest.len() >= 7 => &rest[..7],
+        let tokens: Vec<&str> = subject.strip_prefix(ACK_PREFIX)?.split('.').collect();
+        let rest = match tokens.len() {
+            7 => &tokens[..],
+            // `<domain>.<account hash>.` first, and a random token last.
+            9.. => &tokens[2..9],
             _ => return None,
         };
         Some(Self {
