@@ -91,7 +91,7 @@ pub(crate) const STORE_FAILED: &str = "glitchlab_store_failed";
 /// then); 0 before it has.
 pub(crate) const QUEUE_RELOAD_SECONDS: &str = "glitchlab_queue_reload_seconds";
 
-/// Counter: fleet messages dropped as forged — a claim, lease renewal, result or registry record
+/// Counter: fleet messages dropped as forged — a hello, claim, lease renewal or result
 /// without a valid MAC of a registered factory, or about a delivery JetStream did not make for
 /// it (label `kind`).
 pub(crate) const FLEET_FORGERIES_TOTAL: &str = "glitchlab_fleet_forgeries_total";
