@@ -86,6 +86,9 @@ const HAND_BACK_DELAY: Duration = Duration::from_millis(500);
 /// After handing a job back, the class is not pulled from for this long, so the redelivery goes
 /// to the warm factory (whose pull is waiting), not back here.
 const HAND_BACK_PAUSE: Duration = Duration::from_millis(1500);
+/// How often a class's consumer is looked at again while it cannot be opened or has settings
+/// other than the fleet's.
+const CONSUMER_RETRY: Duration = Duration::from_secs(1);
 /// Job classes looked at at most.
 const CLASSES_MAX: usize = 1000;
 /// Registry entries read at most when looking for a warm factory.
@@ -426,20 +429,27 @@ async fn serve_classes(factory: Arc<Factory>) {
 /// Takes jobs of one class while a slot is free and claiming is not paused. The class's consumer
 /// is the control plane's; one whose lease or `max_deliver` differ from the fleet's is not served.
 async fn pull_loop(factory: Arc<Factory>, class: String) {
+    let mut said = false;
     let consumer = loop {
         match factory.nats.existing_class_consumer(&class).await {
-            Ok(consumer) => break consumer,
+            Ok(consumer) => {
+                let config = &consumer.cached_info().config;
+                match gate::consumer_matches(config, factory.lease, factory.max_deliver) {
+                    Ok(()) => break consumer,
+                    // The control plane updates it at the class's next job.
+                    Err(error) if !said => {
+                        tracing::error!(%class, %error, "not serving the class until its consumer has the fleet's settings");
+                        said = true;
+                    }
+                    Err(_) => {}
+                }
+            }
             Err(error) => {
                 tracing::warn!(%class, %error, "cannot open the class's consumer; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+        tokio::time::sleep(CONSUMER_RETRY).await;
     };
-    let config = &consumer.cached_info().config;
-    if let Err(error) = gate::consumer_matches(config, factory.lease, factory.max_deliver) {
-        tracing::error!(%class, %error, "not serving the class");
-        return;
-    }
     let mut paused_until_checked = Instant::now();
     let mut paused = false;
     loop {

@@ -240,7 +240,9 @@ impl Nats {
 
     /// The shared pull consumer of one job class: every factory that can serve the class pulls
     /// from it. `lease` is the ack wait (kept alive by progress acknowledgements); past
-    /// `max_deliver` deliveries a job is not offered again.
+    /// `max_deliver` deliveries a job is not offered again. A consumer an earlier run made with
+    /// another lease or `max_deliver` is updated to these (factories serve only a consumer whose
+    /// settings are the control plane's).
     pub async fn class_consumer(
         &self,
         class: &str,
@@ -249,20 +251,28 @@ impl Nats {
     ) -> Result<consumer::Consumer<consumer::pull::Config>, NatsError> {
         let stream = self.jobs_stream().await?;
         let name = format!("jobs-{class}");
-        stream
-            .get_or_create_consumer(
-                &name,
-                consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: format!("{JOBS_SUBJECT_PREFIX}{class}"),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: lease,
-                    max_deliver: i64::from(max_deliver),
-                    ..Default::default()
-                },
-            )
+        let config = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: format!("{JOBS_SUBJECT_PREFIX}{class}"),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: lease,
+            max_deliver: i64::from(max_deliver),
+            ..Default::default()
+        };
+        let consumer = stream
+            .get_or_create_consumer(&name, config.clone())
             .await
-            .map_err(NatsError::js)
+            .map_err(NatsError::js)?;
+        let existing = &consumer.cached_info().config;
+        if existing.ack_wait == lease && existing.max_deliver == i64::from(max_deliver) {
+            return Ok(consumer);
+        }
+        tracing::warn!(consumer = %name, ?lease, max_deliver, "a job consumer had other settings; updating it");
+        bounded(
+            "updating a class's consumer",
+            stream.create_consumer(config),
+        )
+        .await
     }
 
     /// A key-value bucket; `max_age` makes its entries expire (the factories' heartbeats).

@@ -650,3 +650,105 @@ async fn a_lease_mismatch_refuses_to_start_the_factory() {
         assert!(stderr.contains(said), "{stderr}");
     }
 }
+
+/// A class consumer an earlier run of the service made with another lease is updated to the
+/// lease configured now at the class's next job; a factory (which learns the lease at start)
+/// serves it, and the task lands.
+#[tokio::test]
+async fn a_consumer_made_with_another_lease_is_updated_and_served() {
+    require_nats_here!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = start_authed(root.path(), &["one"]);
+    let repo = git_repo(root.path());
+    let config = fleet_config(&nats);
+    let mut service = Service::start_with(root.path(), crate::helpers::with_config(&config)).await;
+    let key = enrol(&service, "one").await;
+    let first = task(&repo, "Makes the consumer", "echo 1 > a.txt", "true");
+    let id = service.submit(&first).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_until(
+        "the job is published",
+        Duration::from_secs(30),
+        async || {
+            let (_, fleet) = service.get("/v1/fleet").await;
+            fleet["waiting"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|job| job["task_id"] == id.as_str())
+        },
+    )
+    .await;
+    let (status, _) = service
+        .post(&format!("/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    service.terminate(Duration::from_secs(30));
+
+    let longer = config.replace(
+        &format!("lease_secs = {LEASE_SECS}"),
+        &format!("lease_secs = {}", LEASE_SECS + 4),
+    );
+    assert_ne!(longer, config);
+    let service = Service::start_with(root.path(), crate::helpers::with_config(&longer)).await;
+    let log = std::fs::File::create(root.path().join("one.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glitchlab"))
+        .args([
+            "factory",
+            "--nats",
+            &user_url(nats.port, "one"),
+            "--name",
+            "one",
+        ])
+        .arg("--data-dir")
+        .arg(root.path().join("one"))
+        .env("GLITCHLAB_FACTORY_KEY", &key)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _one = Running(child);
+    assert!(line.contains("ready"), "{line}");
+    let second = task(
+        &repo,
+        "Runs on the updated consumer",
+        "echo 2 > b.txt",
+        "test -f b.txt",
+    );
+    let id = service.submit(&second).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+        if task["status"] == "done" || Instant::now() > deadline {
+            break task;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let factory_log = std::fs::read_to_string(root.path().join("one.log")).unwrap();
+    let fleet_lines: Vec<String> = service
+        .log()
+        .lines()
+        .filter(|l| l.contains("fleet") || l.contains("consumer"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        done["status"],
+        "done",
+        "{}\n{factory_log}\n{}",
+        done["stage"],
+        fleet_lines.join("\n")
+    );
+    assert_eq!(git(&repo, &["show", "main:b.txt"]), "2");
+}
