@@ -278,6 +278,8 @@ catalogue! {
         "A git operation (worktree, commit) failed.";
     FLEET_NOT_CONFIGURED [409] []
         "A fleet action on a service without `[fleet] nats_url`: everything runs in-process.";
+    FACTORY_EXISTS [409] []
+        "`POST /v1/fleet/factories` for a name already issued a key: factory names are unique.";
     FLEET_UNAVAILABLE [503] [Task]
         "On a task: no fleet factory ran its engine or verify command in time (none could \
          serve its capabilities, or every delivery's lease was lost), or one could not run it; \

@@ -97,7 +97,7 @@ pub(crate) async fn run_remote(
     };
     let fetch_from = origin.clone().unwrap_or_else(|| repo.clone());
     let outcome = async {
-        let (env, files) = ship(services, run.env).await?;
+        let (env, files, secrets) = ship(services, run.env).await?;
         let job = FleetJob {
             job_id,
             task_id: who.task_id,
@@ -114,7 +114,7 @@ pub(crate) async fn run_remote(
             want_diff: run.want_diff,
             capabilities: run.capabilities.to_vec(),
         };
-        let result = run_watched(services, fleet, who, &job).await?;
+        let result = run_watched(services, fleet, who, &job, secrets).await?;
         if let Some(diff) = &result.diff {
             apply(services, &git, who, diff).await?;
         }
@@ -162,6 +162,7 @@ async fn run_watched(
     fleet: &Fleet,
     who: &Whose,
     job: &FleetJob,
+    secrets: Vec<(String, String)>,
 ) -> Result<crate::model::fleet::JobResult, StageError> {
     // Subscribed before the job is published: no chunk comes before.
     let subscriber = fleet
@@ -190,7 +191,7 @@ async fn run_watched(
         },
     );
     let run = async {
-        let result = fleet.run(job).await;
+        let result = fleet.run(job, secrets).await;
         let _ = done.send(());
         result
     };
@@ -251,16 +252,20 @@ fn fleet_error(error: FleetError) -> StageError {
 
 /// Splits the environment into what travels as variables and what as files: a `*_FILE`
 /// variable naming a file under the data dir (a prompt, a feedback file) ships the file. The
-/// variables only this host means something by (`TMPDIR`, the instance mark) stay behind.
-async fn ship(
-    services: &Services,
-    env: &[(String, String)],
-) -> Result<(Vec<(String, String)>, Vec<JobFile>), StageError> {
+/// variables only this host means something by (`TMPDIR`, the instance mark) stay behind. The
+/// secret variables (`[governance] secrets`) come back apart: they never go into the job, the
+/// claiming factory gets them sealed (issue 30).
+async fn ship(services: &Services, env: &[(String, String)]) -> Result<Shipped, StageError> {
     let data_dir = &services.config.storage.data_dir;
     let mut vars = Vec::with_capacity(env.len());
     let mut files = Vec::new();
+    let mut secrets = Vec::new();
     for (name, value) in env {
         if name == "TMPDIR" || name == process::INSTANCE_VARIABLE {
+            continue;
+        }
+        if services.redactor.is_secret(name) {
+            secrets.push((name.clone(), value.clone()));
             continue;
         }
         let path = Path::new(value);
@@ -286,8 +291,11 @@ async fn ship(
         }
         vars.push((name.clone(), value.clone()));
     }
-    Ok((vars, files))
+    Ok((vars, files, secrets))
 }
+
+/// A job's environment as it travels: variables, files, and the secrets kept back.
+type Shipped = (Vec<(String, String)>, Vec<JobFile>, Vec<(String, String)>);
 
 /// Applies an engine's diff (hex of `git diff --binary`) to the worktree, staged nowhere: as if
 /// the engine had edited the files here.

@@ -404,7 +404,7 @@ fn permission_for(method: &Method, route: &str, metrics_public: bool) -> Option<
         "/v1/alerts" => Permission::Alert,
         "/v1/ledger/mint" => Permission::Mint,
         "/v1/ledger/accounts" => Permission::ManageAccounts,
-        "/v1/tokens" | "/v1/tokens/{name}" => Permission::ManageTokens,
+        "/v1/tokens" | "/v1/tokens/{name}" | "/v1/fleet/factories" => Permission::ManageTokens,
         // Transfers, post, void — and any write route added later: the strictest.
         _ => Permission::MoveMoney,
     })

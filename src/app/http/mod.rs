@@ -4,6 +4,7 @@ pub(crate) mod auth;
 pub(crate) mod diff;
 pub(crate) mod error;
 pub(crate) mod fleet;
+pub(crate) mod fleet_factories;
 pub(crate) mod guard;
 pub(crate) mod incidents;
 pub(crate) mod json;
@@ -104,6 +105,7 @@ pub(crate) fn router(app: AppState) -> Router {
         .route("/fleet", get(fleet::fleet))
         .route("/fleet/pause", post(fleet::pause))
         .route("/fleet/resume", post(fleet::resume))
+        .route("/fleet/factories", post(fleet_factories::create_factory))
         .route("/alerts", post(ops::alerts))
         .route("/incidents", get(ops::list_incidents))
         .route("/incidents/{id}", get(ops::get_incident))

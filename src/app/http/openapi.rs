@@ -12,8 +12,8 @@ use utoipa::OpenApi;
 
 use super::error::{describe, ApiError, ErrorBody};
 use super::{
-    auth, diff, fleet, incidents, ledger, notifications, ops, report, silences, stream, system,
-    tasks, ui,
+    auth, diff, fleet, fleet_factories, incidents, ledger, notifications, ops, report, silences,
+    stream, system, tasks, ui,
 };
 use crate::model::live::RunOutput;
 use crate::model::ops::records::{CheckResult, DeployRecord, Incident};
@@ -63,6 +63,7 @@ use crate::runtime::directory::ActorEntry;
         fleet::fleet,
         fleet::pause,
         fleet::resume,
+        fleet_factories::create_factory,
         ops::alerts,
         ops::list_incidents,
         ops::get_incident,
