@@ -368,46 +368,16 @@ fn write_secret_file(file: &Path, secret: &str) -> std::io::Result<()> {
     out.sync_all()
 }
 
-/// The permission a route needs; `None` for the open ones (`/healthz`, `/readyz`, and
-/// `/metrics` with `server.metrics_public`).
+/// The permission a route needs, as `routes::table` declares it; `None` for the open ones
+/// (`/healthz`, `/readyz`, the page's own routes, and `/metrics` with `server.metrics_public`).
+/// A pair the table lacks (none is routed) needs the strictest: `Read` to read, `MoveMoney` to
+/// change.
 fn permission_for(method: &Method, route: &str, metrics_public: bool) -> Option<Permission> {
-    match route {
-        "/healthz" | "/readyz" => return None,
-        // The web page and its assets hold no data; its session routes authenticate themselves.
-        route if super::ui::is_ui_route(route) => return None,
-        "/metrics" if metrics_public => return None,
-        _ => {}
+    match super::routes::access(method, route) {
+        Some(access) => access.permission(metrics_public),
+        None if method == Method::GET || method == Method::HEAD => Some(Permission::Read),
+        None => Some(Permission::MoveMoney),
     }
-    if method == Method::GET || method == Method::HEAD {
-        return Some(if route == "/v1/tokens" {
-            Permission::ManageTokens
-        } else {
-            Permission::Read
-        });
-    }
-    Some(match route {
-        "/v1/tasks" => Permission::Submit,
-        "/v1/tasks/{id}/cancel" | "/v1/tasks/{id}/retry" => Permission::ActOnOwnTasks,
-        "/v1/tasks/{id}/approve"
-        | "/v1/tasks/{id}/reject"
-        | "/v1/deploys/{id}/approve"
-        | "/v1/deploys/{id}/reject"
-        | "/v1/incidents/{id}/approve"
-        | "/v1/incidents/{id}/reject"
-        | "/v1/incidents/{id}/ack"
-        | "/v1/incidents/{id}/resolve"
-        | "/v1/incidents/{id}/snooze"
-        | "/v1/silences"
-        | "/v1/silences/{id}" => Permission::Approve,
-        "/v1/deploys" => Permission::Deploy,
-        "/v1/fleet/pause" | "/v1/fleet/resume" => Permission::ActOnAnyTask,
-        "/v1/alerts" => Permission::Alert,
-        "/v1/ledger/mint" => Permission::Mint,
-        "/v1/ledger/accounts" => Permission::ManageAccounts,
-        "/v1/tokens" | "/v1/tokens/{name}" => Permission::ManageTokens,
-        // Transfers, post, void — and any write route added later: the strictest.
-        _ => Permission::MoveMoney,
-    })
 }
 
 /// The bearer secret of a request, if it carries one.
