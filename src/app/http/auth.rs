@@ -714,6 +714,7 @@ pub(crate) async fn revoke_token(
 
 /// The query of `GET /v1/audit`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuditParams {
     /// Only this token's changes.

@@ -11,6 +11,7 @@ use utoipa::openapi::{
     Content, ObjectBuilder, Ref, RefOr, Response, ResponseBuilder, Type,
 };
 
+use crate::app::http::error::describe;
 use crate::app::http::routes::{Access, Route};
 
 /// 401 of every protected route.
@@ -50,6 +51,9 @@ pub(super) fn operation(route: Route) -> Operation {
     if route.path != "/healthz" {
         add(&mut operation, "403", FORBIDDEN_ORIGIN, None);
         add(&mut operation, "421", MISDIRECTED, None);
+    }
+    if operation.request_body.is_some() {
+        add(&mut operation, "400", describe::INVALID_JSON, None);
     }
     if operation.request_body.is_some() || route.method == HttpMethod::Post {
         add(&mut operation, "413", PAYLOAD_TOO_LARGE, None);
