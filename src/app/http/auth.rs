@@ -723,8 +723,7 @@ pub(crate) struct AuditParams {
     pub since: Option<chrono::DateTime<Utc>>,
     /// The previous page's `next`.
     pub after: Option<u64>,
-    /// At most this many (default and maximum 1000).
-    #[param(minimum = 1, maximum = 1000)]
+    /// At most this many: clamped to 1..=1000 (`AUDIT_PAGE_MAX`, also the default).
     pub limit: Option<usize>,
 }
 

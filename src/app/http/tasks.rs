@@ -114,7 +114,7 @@ fn intake_error(error: IntakeError) -> ApiError {
     operation_id = "list_tasks",
     tag = "tasks",
     params(
-        ("limit" = Option<usize>, Query,
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000,
             description = "Tasks per page, 1..=`tasks.list_limit` (default and at most 1000)."),
         ("cursor" = Option<String>, Query,
             description = "The `next_cursor` of the previous page."),

@@ -6,6 +6,7 @@
 use utoipa::openapi::extensions::ExtensionsBuilder;
 use utoipa::openapi::header::Header;
 use utoipa::openapi::path::{HttpMethod, Operation};
+use utoipa::openapi::schema::Schema;
 use utoipa::openapi::security::SecurityRequirement;
 use utoipa::openapi::{
     Content, ObjectBuilder, Ref, RefOr, Response, ResponseBuilder, Type,
@@ -59,6 +60,7 @@ pub(super) fn operation(route: Route) -> Operation {
         add(&mut operation, "413", PAYLOAD_TOO_LARGE, None);
         add(&mut operation, "415", UNSUPPORTED_MEDIA_TYPE, None);
     }
+    refuse_null_bodies(&mut operation);
     let extensions = ExtensionsBuilder::new()
         .add("x-permission", route.access.name())
         .build();
@@ -110,4 +112,26 @@ fn error_body() -> Content {
 /// A header whose value is a string.
 fn string_header() -> Header {
     Header::new(ObjectBuilder::new().schema_type(Type::String))
+}
+
+/// An optional body (`Option<T>` in a handler's annotation) is documented as `T` or `null`, but
+/// `json::parse` takes only a JSON object (or, where optional, no body at all): drop the `null`.
+fn refuse_null_bodies(operation: &mut Operation) {
+    let Some(body) = &mut operation.request_body else {
+        return;
+    };
+    for content in body.content.values_mut() {
+        let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema else {
+            continue;
+        };
+        let mut not_null = one_of.items.iter().filter(|item| !is_null(item));
+        if let (Some(only), None) = (not_null.next(), not_null.next()) {
+            content.schema = Some(only.clone());
+        }
+    }
+}
+
+/// Whether `schema` is the `{"type": "null"}` that utoipa writes for an `Option`.
+fn is_null(schema: &RefOr<Schema>) -> bool {
+    serde_json::to_value(schema).ok() == Some(serde_json::json!({"type": "null"}))
 }
