@@ -17,15 +17,15 @@ const DUMMY_ID: &str = "00000000-0000-0000-0000-000000000000";
 /// The methods an operation of the document may have.
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
 
-/// The `module::handler` of every `route!(access, module::handler)` entry of `source` (the
-/// macro's own definition, whose arguments are `$`-patterns, is not one).
+/// The `module::handler` of every `route!(access, module::handler)` entry of `source`: a line
+/// that starts with it (not a comment naming it, nor the macro's own `$`-pattern definition).
 fn handlers_in_table(source: &str) -> Vec<String> {
     let mut handlers = Vec::new();
-    for (start, _) in source.match_indices("route!(") {
-        let call = balanced_call(&source[start + "route!".len()..]);
-        if call.contains('$') {
+    for line in source.lines().map(str::trim) {
+        if !line.starts_with("route!(") || line.contains('$') {
             continue;
         }
+        let call = balanced_call(&line["route!".len()..]);
         let handler = call
             .trim_matches(|c| c == '(' || c == ')')
             .rsplit(',')
@@ -106,6 +106,7 @@ async fn stream_head(service: &Service, url: &str) -> (u16, Value) {
 #[test]
 fn the_table_parser_finds_every_entry() {
     let source = r#"
+        /// `route!(access, module::handler)`: one entry.
         macro_rules! route { ($access:expr, $module:ident :: $handler:ident) => {{}} }
         [
             route!(Needs(Submit), tasks::submit),
