@@ -32,7 +32,10 @@ fn handlers_in_table(source: &str) -> Vec<String> {
             .next()
             .unwrap_or_default()
             .trim();
-        assert!(handler.contains("::"), "a table entry without a handler: {call}");
+        assert!(
+            handler.contains("::"),
+            "a table entry without a handler: {call}"
+        );
         handlers.push(handler.to_owned());
     }
     handlers
@@ -201,7 +204,10 @@ async fn operations_answer_an_anonymous_caller_as_documented() {
     for (method, path) in operations(&document) {
         let operation = &document["paths"][&path][method.to_lowercase()];
         let permission = operation["x-permission"].as_str().unwrap_or_default();
-        assert!(!permission.is_empty(), "{method} {path} states no x-permission");
+        assert!(
+            !permission.is_empty(),
+            "{method} {path} states no x-permission"
+        );
         let url = format!("{}{}", service.base, with_dummy_ids(&path));
         let request = match method.as_str() {
             "GET" => anonymous.get(&url),
@@ -225,7 +231,10 @@ async fn operations_answer_an_anonymous_caller_as_documented() {
             response.json().await.unwrap_or(Value::Null)
         };
         let documented = operation["responses"].get(status.to_string()).is_some();
-        assert!(documented, "{method} {path} answered {status} {body}, not documented");
+        assert!(
+            documented,
+            "{method} {path} answered {status} {body}, not documented"
+        );
         if permission == "open" {
             if !path.starts_with("/ui/") {
                 assert_ne!(status, 401, "{method} {path} is open: {body}");
@@ -233,7 +242,10 @@ async fn operations_answer_an_anonymous_caller_as_documented() {
             continue;
         }
         protected += 1;
-        assert_eq!(status, 401, "{method} {path} ({permission}) without a token: {body}");
+        assert_eq!(
+            status, 401,
+            "{method} {path} ({permission}) without a token: {body}"
+        );
         assert_eq!(body["error"]["code"], "UNAUTHENTICATED", "{method} {path}");
         assert_eq!(
             challenge.as_ref().and_then(|v| v.to_str().ok()),
@@ -241,7 +253,10 @@ async fn operations_answer_an_anonymous_caller_as_documented() {
             "{method} {path}"
         );
         let header = &operation["responses"]["401"]["headers"]["WWW-Authenticate"];
-        assert!(header.is_object(), "{method} {path}: 401 without its header");
+        assert!(
+            header.is_object(),
+            "{method} {path}: 401 without its header"
+        );
     }
     assert!(protected > 45, "only {protected} protected operations");
 }

@@ -71,11 +71,10 @@ impl std::ops::Deref for AppState {
 /// The whole router: every route of [`routes::table`], then the layers every request passes.
 pub(crate) fn router(app: AppState) -> Router {
     let body_bytes_max = app.services.config.server.body_bytes_max;
-    routes::mount(
-        routes::table()
-            .into_iter()
-            .map(|route| (route.path, route.handler)),
-    )
+    let routes = routes::table()
+        .into_iter()
+        .map(|route| (route.path, route.handler));
+    routes::mount(routes)
         .route_layer(middleware::from_fn_with_state(app.clone(), auth::authorize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

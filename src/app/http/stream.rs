@@ -214,7 +214,10 @@ type Message = Result<SseEvent, Infallible>;
 /// is `text/event-stream` text, one `field: value` line per field and a blank line after each
 /// event; `data` is one line of JSON. Never built: axum's `Sse` writes the frames.
 #[derive(utoipa::ToSchema)]
-#[expect(dead_code, reason = "the document's description of a frame axum writes")]
+#[expect(
+    dead_code,
+    reason = "the document's description of a frame axum writes"
+)]
 pub(crate) struct StreamFrame {
     /// `id:` the event's `seq`; absent on `run.output`, `run.output.lagged`, `lagged` and `end`.
     id: Option<u64>,

@@ -8,9 +8,7 @@ use utoipa::openapi::header::Header;
 use utoipa::openapi::path::{HttpMethod, Operation};
 use utoipa::openapi::schema::Schema;
 use utoipa::openapi::security::SecurityRequirement;
-use utoipa::openapi::{
-    Content, ObjectBuilder, Ref, RefOr, Response, ResponseBuilder, Type,
-};
+use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Response, ResponseBuilder, Type};
 
 use crate::app::http::error::describe;
 use crate::app::http::routes::{Access, Route};
@@ -43,7 +41,12 @@ pub(super) fn operation(route: Route) -> Operation {
     let mut operation = route.operation;
     let protected = route.access != Access::Open;
     if protected {
-        add(&mut operation, "401", UNAUTHENTICATED, Some("WWW-Authenticate"));
+        add(
+            &mut operation,
+            "401",
+            UNAUTHENTICATED,
+            Some("WWW-Authenticate"),
+        );
         add(&mut operation, "403", FORBIDDEN, None);
         add(&mut operation, "429", RATE_LIMITED, Some("Retry-After"));
     } else {
@@ -81,7 +84,10 @@ fn add(operation: &mut Operation, status: &str, description: &str, header: Optio
         }
         ensure_error_body(existing);
         if let Some(name) = header {
-            existing.headers.entry(name.to_owned()).or_insert_with(string_header);
+            existing
+                .headers
+                .entry(name.to_owned())
+                .or_insert_with(string_header);
         }
         return;
     }

@@ -112,7 +112,10 @@ fn every_operation_states_its_access_and_auth_answers() {
 fn the_table_keeps_the_permissions_of_the_writes() {
     use crate::model::auth::Permission::*;
     let needs = |method: Method, path: &str| access(&method, path);
-    assert_eq!(needs(Method::POST, "/v1/tasks"), Some(Access::Needs(Submit)));
+    assert_eq!(
+        needs(Method::POST, "/v1/tasks"),
+        Some(Access::Needs(Submit))
+    );
     assert_eq!(
         needs(Method::POST, "/v1/tasks/{id}/cancel"),
         Some(Access::Needs(ActOnOwnTasks))
