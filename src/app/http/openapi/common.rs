@@ -75,11 +75,12 @@ pub(super) fn operation(route: Route) -> Operation {
 }
 
 /// Adds the answer `status` with the error envelope, or appends `description` to the one the
-/// handler declared (unless it already says it).
+/// handler declared (unless that already names the code `description` starts with).
 fn add(operation: &mut Operation, status: &str, description: &str, header: Option<&str>) {
     let responses = &mut operation.responses.responses;
     if let Some(RefOr::T(existing)) = responses.get_mut(status) {
-        if !existing.description.contains(description) {
+        let code = description.split('`').nth(1).unwrap_or(description);
+        if !existing.description.contains(&format!("`{code}`")) {
             existing.description = format!("{} {description}", existing.description);
         }
         ensure_error_body(existing);
