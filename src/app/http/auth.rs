@@ -520,11 +520,15 @@ pub(crate) struct NewTokenRequest {
     pub name: String,
     /// What it may do.
     pub role: Role,
-    /// Accounts its tasks may charge (default: `user:<name>`); ignored for admins.
+    /// Accounts its tasks may charge (default: `user:<name>`); ignored for admins. At most 64
+    /// (`SCOPE_ITEMS_MAX`), each 1..=512 bytes without control characters.
     #[serde(default)]
+    #[schema(max_items = 64)]
     pub accounts: Option<Vec<String>>,
-    /// Globs a task's repository must match (default: any), within `server.repos`.
+    /// Globs a task's repository must match (default: any), within `server.repos`. At most 64,
+    /// each 1..=512 bytes without control characters.
     #[serde(default)]
+    #[schema(max_items = 64)]
     pub repos: Option<Vec<String>>,
     /// Whether its tasks may override persona engines (default: false; admins always may).
     #[serde(default)]
@@ -843,5 +847,17 @@ mod tests {
             permission_for(&Method::GET, "/ui/other", false),
             Some(Permission::Read)
         );
+    }
+
+    /// The document states the scope limit the code checks.
+    #[test]
+    fn the_document_states_the_scope_limit() {
+        use utoipa::OpenApi;
+        let document = serde_json::to_value(super::super::openapi::ApiDoc::openapi())
+            .expect("the document serializes");
+        let properties = &document["components"]["schemas"]["NewTokenRequest"]["properties"];
+        for field in ["accounts", "repos"] {
+            assert_eq!(properties[field]["maxItems"], SCOPE_ITEMS_MAX, "{field}");
+        }
     }
 }

@@ -229,4 +229,35 @@ mod tests {
             assert!(task.contains_key(key), "{key} is required but not served");
         }
     }
+
+    /// The limits the document states are the constants the code checks (a schema attribute
+    /// takes only a literal).
+    #[test]
+    fn the_ledger_limits_are_the_codes() {
+        use crate::model::ledger::ID_BYTES_MAX;
+        use crate::storage::ledger::HISTORY_LIMIT_MAX;
+        let document = document();
+        let schemas = &document["components"]["schemas"];
+        for (schema, field) in [
+            ("NewAccount", "id"),
+            ("NewTransfer", "id"),
+            ("NewTransfer", "debit_account"),
+            ("NewTransfer", "credit_account"),
+            ("MintRequest", "account"),
+        ] {
+            let property = &schemas[schema]["properties"][field];
+            assert_eq!(property["maxLength"], ID_BYTES_MAX, "{schema}.{field}");
+            assert_eq!(property["minLength"], 1, "{schema}.{field}");
+        }
+        let parameters =
+            &document["paths"]["/v1/ledger/accounts/{id}/transfers"]["get"]["parameters"];
+        let limit = parameters
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .find(|parameter| parameter["name"] == "limit")
+            .expect("a limit parameter");
+        assert_eq!(limit["in"], "query");
+        assert_eq!(limit["schema"]["maximum"], HISTORY_LIMIT_MAX);
+    }
 }

@@ -264,8 +264,9 @@ pub(crate) async fn runs(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReviewRequest {
-    /// The reviewer's note, kept in the event.
+    /// The reviewer's note, kept in the event; at most 4096 bytes (`COMMENT_BYTES_MAX`).
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub comment: Option<String>,
 }
 
@@ -610,5 +611,15 @@ mod tests {
         for error in errors {
             action_error(error).assert_catalogued();
         }
+    }
+
+    /// The document states the comment limit the code checks.
+    #[test]
+    fn the_document_states_the_comment_limit() {
+        use utoipa::OpenApi;
+        let document = serde_json::to_value(crate::app::http::openapi::ApiDoc::openapi())
+            .expect("the document serializes");
+        let comment = &document["components"]["schemas"]["ReviewRequest"]["properties"]["comment"];
+        assert_eq!(comment["maxLength"], super::COMMENT_BYTES_MAX);
     }
 }
