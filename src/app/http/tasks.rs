@@ -114,7 +114,7 @@ fn intake_error(error: IntakeError) -> ApiError {
     operation_id = "list_tasks",
     tag = "tasks",
     params(
-        ("limit" = Option<usize>, Query,
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000,
             description = "Tasks per page, 1..=`tasks.list_limit` (default and at most 1000)."),
         ("cursor" = Option<String>, Query,
             description = "The `next_cursor` of the previous page."),
@@ -264,8 +264,9 @@ pub(crate) async fn runs(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReviewRequest {
-    /// The reviewer's note, kept in the event.
+    /// The reviewer's note, kept in the event; at most 4096 bytes (`COMMENT_BYTES_MAX`).
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub comment: Option<String>,
 }
 
@@ -611,5 +612,15 @@ mod tests {
         for error in errors {
             action_error(error).assert_catalogued();
         }
+    }
+
+    /// The document states the comment limit the code checks.
+    #[test]
+    fn the_document_states_the_comment_limit() {
+        use utoipa::OpenApi;
+        let document = serde_json::to_value(crate::app::http::openapi::ApiDoc::openapi())
+            .expect("the document serializes");
+        let comment = &document["components"]["schemas"]["ReviewRequest"]["properties"]["comment"];
+        assert_eq!(comment["maxLength"], super::COMMENT_BYTES_MAX);
     }
 }
