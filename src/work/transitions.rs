@@ -37,10 +37,10 @@ async fn load(
         .task(id)
         .await?
         .ok_or(TaskActionError::NotFound(id))?;
-    if !allowed.contains(&task.status) {
+    if !allowed.contains(&task.progress.status) {
         return Err(TaskActionError::WrongStatus {
             id,
-            status: task.status,
+            status: task.progress.status,
             expected,
         });
     }
@@ -52,12 +52,12 @@ pub(crate) async fn evaluate_blocked(
     services: &Services,
     task: &Task,
 ) -> Result<Readiness, StoreError> {
-    if task.status != TaskStatus::Blocked {
+    if task.progress.status != TaskStatus::Blocked {
         return Ok(Readiness::StillBlocked);
     }
     let mut unfinished = Vec::new();
-    for dep in &task.deps {
-        let status = services.store.task(*dep).await?.map(|d| d.status);
+    for dep in &task.spec.deps {
+        let status = services.store.task(*dep).await?.map(|d| d.progress.status);
         match status {
             Some(TaskStatus::Done) => {}
             Some(ended @ (TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::DeadLetter)) => {
@@ -77,21 +77,23 @@ pub(crate) async fn evaluate_blocked(
         let event = NewEvent::new(
             Persona::Compass,
             "task.unblocked",
-            json!({"deps": task.deps}),
+            json!({"deps": task.spec.deps}),
         );
         services
             .store
             .update_task(task.id, &[event], |t| {
-                t.status = TaskStatus::Queued;
-                t.blocked_by.clear();
+                t.progress.status = TaskStatus::Queued;
+                t.progress.blocked_by.clear();
             })
             .await?;
         return Ok(Readiness::Ready);
     }
-    if unfinished != task.blocked_by {
+    if unfinished != task.progress.blocked_by {
         services
             .store
-            .update_task(task.id, &[], move |t| t.blocked_by = unfinished.clone())
+            .update_task(task.id, &[], move |t| {
+                t.progress.blocked_by = unfinished.clone()
+            })
             .await?;
     }
     Ok(Readiness::StillBlocked)
@@ -119,9 +121,9 @@ async fn fail_for_dependency(
     services
         .store
         .update_task(id, &[event], move |t| {
-            t.status = TaskStatus::Failed;
-            t.error = Some(error.clone());
-            t.finished_at = Some(Utc::now());
+            t.progress.status = TaskStatus::Failed;
+            t.outcome.error = Some(error.clone());
+            t.outcome.finished_at = Some(Utc::now());
         })
         .await?;
     Ok(())
@@ -159,16 +161,16 @@ pub(crate) async fn approve(
         .store
         .update_task(id, &events, move |t| match next {
             Some(stage) => {
-                t.status = TaskStatus::Queued;
-                t.stage = Some(stage);
+                t.progress.status = TaskStatus::Queued;
+                t.progress.stage = Some(stage);
             }
             None => {
-                t.status = TaskStatus::Done;
-                t.finished_at = Some(Utc::now());
+                t.progress.status = TaskStatus::Done;
+                t.outcome.finished_at = Some(Utc::now());
             }
         })
         .await?;
-    if updated.status == TaskStatus::Done {
+    if updated.progress.status == TaskStatus::Done {
         crate::work::cleanup::landed_later(services, &updated);
     }
     Ok(updated)
@@ -203,8 +205,8 @@ pub(crate) async fn reject(
     let updated = services
         .store
         .update_task(id, &events, |t| {
-            t.status = TaskStatus::Cancelled;
-            t.finished_at = Some(Utc::now());
+            t.progress.status = TaskStatus::Cancelled;
+            t.outcome.finished_at = Some(Utc::now());
         })
         .await?;
     remove_worktree_later(services, &updated);
@@ -225,8 +227,8 @@ pub(crate) async fn cancel(
     services
         .store
         .update_task(id, &[event], |t| {
-            t.status = TaskStatus::Cancelled;
-            t.finished_at = Some(Utc::now());
+            t.progress.status = TaskStatus::Cancelled;
+            t.outcome.finished_at = Some(Utc::now());
         })
         .await
         .map_err(|error| match error {
@@ -258,49 +260,54 @@ pub(crate) async fn retry(
     let restart_attempts = match from {
         Some(RetryFrom::Implement) => true,
         Some(RetryFrom::Deliver) => false,
-        None => matches!(task.stage, Some(Stage::Implement | Stage::Verify)),
+        None => matches!(task.progress.stage, Some(Stage::Implement | Stage::Verify)),
     };
     let to_delivery = from == Some(RetryFrom::Deliver);
     // A change that no longer applied is made again on the base as it is now.
     let from_base = task
+        .outcome
         .error
         .as_ref()
         .is_some_and(|error| error.code == codes::MERGE_CONFLICT);
-    let blocked = task.stage.is_none() && !task.deps.is_empty() && from.is_none();
+    let blocked = task.progress.stage.is_none() && !task.spec.deps.is_empty() && from.is_none();
     let event = NewEvent::new(
         Persona::Compass,
         "task.retried",
-        json!({"previous_error": task.error, "principal": by, "from": from}),
+        json!({"previous_error": task.outcome.error, "principal": by, "from": from}),
     );
     let updated = services
         .store
         .reopen_task(id, &[event], move |t| {
-            t.status = if blocked {
+            t.progress.status = if blocked {
                 TaskStatus::Blocked
             } else {
                 TaskStatus::Queued
             };
-            t.blocked_by = if blocked { t.deps.clone() } else { Vec::new() };
-            t.error = None;
-            t.finished_at = None;
-            t.stage_retries = 0;
-            t.reverifications = 0;
+            t.progress.blocked_by = if blocked {
+                t.spec.deps.clone()
+            } else {
+                Vec::new()
+            };
+            t.outcome.error = None;
+            t.outcome.finished_at = None;
+            t.progress.stage_retries = 0;
+            t.progress.reverifications = 0;
             if let Some(reservation) = &reservation {
-                t.reservation = Some(reservation.clone());
-                t.budget_rounds += 1;
-                t.settled = false;
+                t.billing.reservation = Some(reservation.clone());
+                t.billing.budget_rounds += 1;
+                t.billing.settled = false;
             }
             if restart_attempts {
-                t.stage = Some(Stage::Implement);
-                t.attempts = 0;
-                t.merge.restart_from_base = from_base;
+                t.progress.stage = Some(Stage::Implement);
+                t.progress.attempts = 0;
+                t.progress.merge.restart_from_base = from_base;
             }
             if to_delivery {
-                t.stage = Some(Stage::Deliver);
-                t.attempts = t.attempts.max(1);
-                t.branch = Some(branch_name(t.id));
-                t.merge.queued_at = Some(Utc::now());
-                t.merge.retried_delivery = true;
+                t.progress.stage = Some(Stage::Deliver);
+                t.progress.attempts = t.progress.attempts.max(1);
+                t.progress.branch = Some(branch_name(t.id));
+                t.progress.merge.queued_at = Some(Utc::now());
+                t.progress.merge.retried_delivery = true;
             }
         })
         .await?;
@@ -333,11 +340,11 @@ pub(crate) async fn give_up_pipeline(
     let result = services
         .store
         .update_task(id, &events, move |t| {
-            let stage = t.stage.unwrap_or(Stage::Plan);
+            let stage = t.progress.stage.unwrap_or(Stage::Plan);
             t.record_failure(stage, error.clone());
-            t.status = TaskStatus::DeadLetter;
-            t.error = Some(error.clone());
-            t.finished_at = Some(Utc::now());
+            t.progress.status = TaskStatus::DeadLetter;
+            t.outcome.error = Some(error.clone());
+            t.outcome.finished_at = Some(Utc::now());
         })
         .await;
     match result {
@@ -355,13 +362,16 @@ pub(crate) async fn give_up_pipeline(
 /// `cleanup::ended_later`) off the caller's mailbox, in a background task
 /// bounded by git's timeout. Without room the worktree stays (logged); only disk is lost.
 pub(crate) fn remove_worktree_later(services: &Services, task: &Task) {
-    if task.status.is_terminal() {
+    if task.progress.status.is_terminal() {
         // Ended (cancelled, rejected): its prompt folder goes too, as any end's clean-up.
         crate::work::cleanup::ended_later(services, task);
         return;
     }
     let path = services.worktree_path(task.id);
-    let repo = Git::new(services.repo_dir(&task.repo), services.config.git.timeout());
+    let repo = Git::new(
+        services.repo_dir(&task.spec.repo),
+        services.config.git.timeout(),
+    );
     let task_id = task.id;
     services.background.spawn("worktree.remove", async move {
         if tokio::fs::try_exists(&path).await.unwrap_or(true) {
@@ -436,17 +446,17 @@ pub(crate) async fn poison(
     let result = services
         .store
         .update_task(id, &events, move |t| {
-            let stage = t.stage.unwrap_or(Stage::Plan);
+            let stage = t.progress.stage.unwrap_or(Stage::Plan);
             t.record_failure(stage, error.clone());
-            t.status = status;
-            t.error = Some(error.clone());
-            t.finished_at = Some(Utc::now());
+            t.progress.status = status;
+            t.outcome.error = Some(error.clone());
+            t.outcome.finished_at = Some(Utc::now());
         })
         .await;
     match result {
         Ok(task) => {
-            if task.status == TaskStatus::DeadLetter {
-                if let Some(error) = &task.error {
+            if task.progress.status == TaskStatus::DeadLetter {
+                if let Some(error) = &task.outcome.error {
                     crate::runtime::notifier::dead_lettered(&services.store, id, error).await;
                 }
             }
