@@ -26,6 +26,7 @@ use super::circuit::{CircuitMsg, VerifyOutcome};
 use super::patch::{ImplementOutcome, PatchMsg};
 use super::planner::PlannerMsg;
 use crate::model::codes;
+use crate::model::lifecycle::LifecycleEvent;
 use crate::model::persona::Persona;
 use crate::model::task::branch_name;
 use crate::model::task::{Delivered, ErrorInfo, Plan, Stage, Task, TaskId, TaskStatus};
@@ -229,10 +230,8 @@ async fn start_task(state: &PipelineState, task: &Task) -> Result<Task, StoreErr
         .services
         .store
         .update_task(task.id, &events, move |t| {
-            t.progress.status = TaskStatus::Running;
-            t.progress.stage = Some(stage);
-            t.progress.attempts = attempts;
-            t.progress.started_at.get_or_insert_with(Utc::now);
+            let attempt = attempts;
+            transitions::apply(t, LifecycleEvent::Start { stage, attempt });
             if stage == Stage::Implement {
                 t.progress.branch = Some(branch_name(t.id));
             }
@@ -390,7 +389,7 @@ async fn park_for_approval(
         .services
         .store
         .update_task(task.id, &[event], |t| {
-            t.progress.status = TaskStatus::AwaitingApproval
+            transitions::apply(t, LifecycleEvent::AwaitApproval);
         })
         .await?;
     myself.stop(Some("awaiting approval".into()));
@@ -532,8 +531,7 @@ async fn finish_stage(
             .store
             .update_task(task.id, &[finished, done], move |t| {
                 change(t);
-                t.progress.status = TaskStatus::Done;
-                t.outcome.finished_at = Some(Utc::now());
+                transitions::apply(t, LifecycleEvent::Deliver);
             })
             .await?;
         tracing::info!(task = %task.id, commit = ?task.outcome.commit, "task done");
@@ -567,9 +565,8 @@ async fn finish_stage(
         .store
         .update_task(task.id, &[finished, started], move |t| {
             change(t);
-            t.progress.stage = Some(next);
-            t.progress.attempts = attempts;
-            t.progress.stage_retries = 0;
+            let (stage, attempt) = (next, attempts);
+            transitions::apply(t, LifecycleEvent::EnterStage { stage, attempt });
             if next == Stage::Implement {
                 t.progress.branch = Some(branch_name(t.id));
             }
@@ -627,9 +624,8 @@ async fn failed_attempt(
         .update_task(task.id, &events, move |t| {
             t.record_failure(stage, failure.clone());
             t.progress.feedback = Some(output.clone());
-            t.progress.attempts = next_attempt;
-            t.progress.stage = Some(Stage::Implement);
-            t.progress.stage_retries = 0;
+            let (stage, attempt) = (Stage::Implement, next_attempt);
+            transitions::apply(t, LifecycleEvent::EnterStage { stage, attempt });
             t.progress.reverifications = 0;
             t.progress.merge.restart_from_base |= from_base;
         })
@@ -675,7 +671,7 @@ async fn on_stage_error(
         .services
         .store
         .update_task(task.id, &[event], move |t| {
-            t.progress.stage_retries = retry_number;
+            transitions::apply(t, LifecycleEvent::RetryStage);
             t.record_failure(stage, failure_info);
         })
         .await?;
@@ -717,9 +713,7 @@ async fn end_task(
         .store
         .update_task(task.id, &events, move |t| {
             t.record_failure(stage, error.clone());
-            t.progress.status = status;
-            t.outcome.error = Some(error.clone());
-            t.outcome.finished_at = Some(Utc::now());
+            transitions::apply(t, transitions::ending(status, error));
         })
         .await
         .map(|ended| crate::work::cleanup::ended_later(&state.services, &ended))?;

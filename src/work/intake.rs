@@ -20,7 +20,7 @@ use crate::model::ledger::LedgerError;
 use crate::model::persona::Persona;
 use crate::model::task::{
     CausedBy, Delivery, EngineOverrides, EngineSpec, Priority, ReviewPolicy, Stage, Task,
-    TaskBilling, TaskBudget, TaskId, TaskOutcome, TaskProgress, TaskSpec, TaskStatus,
+    TaskBilling, TaskBudget, TaskId, TaskOutcome, TaskProgress, TaskSpec,
 };
 use crate::platform::git::read::Location;
 use crate::platform::git::Git;
@@ -398,11 +398,7 @@ async fn validate(
     let budget = parse_budget(budget, config.ledger.default_task_budget)?;
     check_scope(caller, &account, &engines)?;
     let now = Utc::now();
-    let status = if deps.is_empty() {
-        TaskStatus::Queued
-    } else {
-        TaskStatus::Blocked
-    };
+    let status = crate::model::lifecycle::submitted(!deps.is_empty());
     Ok(Task {
         id: TaskId::new(),
         spec: TaskSpec {

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::model::codes;
 use crate::model::errors::TaskActionError;
+use crate::model::lifecycle::{self, LifecycleEvent, LifecycleRefusal, Transition};
 use crate::model::persona::Persona;
 use crate::model::task::branch_name;
 use crate::model::task::{ErrorInfo, RetryFrom, Stage, Task, TaskId, TaskStatus};
@@ -26,25 +27,45 @@ pub(crate) enum Readiness {
     Ended,
 }
 
+/// The task, if the lifecycle allows `event` in its status now (what the client is answered;
+/// the store update applies it again, against the record as it is then).
 async fn load(
     services: &Services,
     id: TaskId,
-    expected: &'static str,
-    allowed: &[TaskStatus],
+    event: &LifecycleEvent,
 ) -> Result<Task, TaskActionError> {
     let task = services
         .store
         .task(id)
         .await?
         .ok_or(TaskActionError::NotFound(id))?;
-    if !allowed.contains(&task.progress.status) {
-        return Err(TaskActionError::WrongStatus {
-            id,
-            status: task.progress.status,
-            expected,
-        });
-    }
+    lifecycle::step(task.progress.status, event).map_err(|refusal| refused(id, refusal))?;
     Ok(task)
+}
+
+/// The client's answer for a move the lifecycle refused, by its code.
+fn refused(id: TaskId, refusal: LifecycleRefusal) -> TaskActionError {
+    if refusal.code == codes::TASK_FINISHED {
+        return TaskActionError::Finished(id);
+    }
+    TaskActionError::WrongStatus {
+        id,
+        status: refusal.status,
+        expected: refusal.expected,
+    }
+}
+
+/// Applies `event` inside a store update. The caller checked the move against the record it
+/// read, and the store refuses to change an ended task, so a refusal here is a status changed
+/// underneath by a path the table does not foresee: logged, and the record left as it is.
+pub(crate) fn apply(task: &mut Task, event: LifecycleEvent) -> Option<Transition> {
+    match task.apply(event, Utc::now()) {
+        Ok(transition) => Some(transition),
+        Err(refusal) => {
+            tracing::error!(task = %task.id, %refusal, "lifecycle refused a move; record unchanged");
+            None
+        }
+    }
 }
 
 /// Looks at a blocked task's dependencies and moves it on when they allow.
@@ -82,8 +103,7 @@ pub(crate) async fn evaluate_blocked(
         services
             .store
             .update_task(task.id, &[event], |t| {
-                t.progress.status = TaskStatus::Queued;
-                t.progress.blocked_by.clear();
+                apply(t, LifecycleEvent::Unblock);
             })
             .await?;
         return Ok(Readiness::Ready);
@@ -121,9 +141,7 @@ async fn fail_for_dependency(
     services
         .store
         .update_task(id, &[event], move |t| {
-            t.progress.status = TaskStatus::Failed;
-            t.outcome.error = Some(error.clone());
-            t.outcome.finished_at = Some(Utc::now());
+            apply(t, LifecycleEvent::DependencyFailed(error));
         })
         .await?;
     Ok(())
@@ -137,13 +155,7 @@ pub(crate) async fn approve(
     comment: Option<String>,
     by: Option<&str>,
 ) -> Result<Task, TaskActionError> {
-    let task = load(
-        services,
-        id,
-        "awaiting_approval",
-        &[TaskStatus::AwaitingApproval],
-    )
-    .await?;
+    let task = load(services, id, &LifecycleEvent::Approve { next: None }).await?;
     let next = task.stage_after(Stage::Approve);
     let mut events = vec![NewEvent::new(
         Persona::Compass,
@@ -159,15 +171,8 @@ pub(crate) async fn approve(
     }
     let updated = services
         .store
-        .update_task(id, &events, move |t| match next {
-            Some(stage) => {
-                t.progress.status = TaskStatus::Queued;
-                t.progress.stage = Some(stage);
-            }
-            None => {
-                t.progress.status = TaskStatus::Done;
-                t.outcome.finished_at = Some(Utc::now());
-            }
+        .update_task(id, &events, move |t| {
+            apply(t, LifecycleEvent::Approve { next });
         })
         .await?;
     if updated.progress.status == TaskStatus::Done {
@@ -183,13 +188,7 @@ pub(crate) async fn reject(
     comment: Option<String>,
     by: Option<&str>,
 ) -> Result<Task, TaskActionError> {
-    load(
-        services,
-        id,
-        "awaiting_approval",
-        &[TaskStatus::AwaitingApproval],
-    )
-    .await?;
+    load(services, id, &LifecycleEvent::Reject).await?;
     let events = [
         NewEvent::new(
             Persona::Compass,
@@ -205,8 +204,7 @@ pub(crate) async fn reject(
     let updated = services
         .store
         .update_task(id, &events, |t| {
-            t.progress.status = TaskStatus::Cancelled;
-            t.outcome.finished_at = Some(Utc::now());
+            apply(t, LifecycleEvent::Reject);
         })
         .await?;
     remove_worktree_later(services, &updated);
@@ -227,8 +225,7 @@ pub(crate) async fn cancel(
     services
         .store
         .update_task(id, &[event], |t| {
-            t.progress.status = TaskStatus::Cancelled;
-            t.outcome.finished_at = Some(Utc::now());
+            apply(t, LifecycleEvent::Cancel);
         })
         .await
         .map_err(|error| match error {
@@ -250,13 +247,7 @@ pub(crate) async fn retry(
     from: Option<RetryFrom>,
     by: Option<&str>,
 ) -> Result<Task, TaskActionError> {
-    let task = load(
-        services,
-        id,
-        "failed or dead_letter",
-        &[TaskStatus::Failed, TaskStatus::DeadLetter],
-    )
-    .await?;
+    let task = load(services, id, &LifecycleEvent::Retry { blocked: false }).await?;
     let restart_attempts = match from {
         Some(RetryFrom::Implement) => true,
         Some(RetryFrom::Deliver) => false,
@@ -278,20 +269,7 @@ pub(crate) async fn retry(
     let updated = services
         .store
         .reopen_task(id, &[event], move |t| {
-            t.progress.status = if blocked {
-                TaskStatus::Blocked
-            } else {
-                TaskStatus::Queued
-            };
-            t.progress.blocked_by = if blocked {
-                t.spec.deps.clone()
-            } else {
-                Vec::new()
-            };
-            t.outcome.error = None;
-            t.outcome.finished_at = None;
-            t.progress.stage_retries = 0;
-            t.progress.reverifications = 0;
+            apply(t, LifecycleEvent::Retry { blocked });
             if let Some(reservation) = &reservation {
                 t.billing.reservation = Some(reservation.clone());
                 t.billing.budget_rounds += 1;
@@ -342,9 +320,7 @@ pub(crate) async fn give_up_pipeline(
         .update_task(id, &events, move |t| {
             let stage = t.progress.stage.unwrap_or(Stage::Plan);
             t.record_failure(stage, error.clone());
-            t.progress.status = TaskStatus::DeadLetter;
-            t.outcome.error = Some(error.clone());
-            t.outcome.finished_at = Some(Utc::now());
+            apply(t, LifecycleEvent::DeadLetter(error));
         })
         .await;
     match result {
@@ -380,6 +356,15 @@ pub(crate) fn remove_worktree_later(services: &Services, task: &Task) {
             }
         }
     });
+}
+
+/// The event that ends a task in `status` (failed or dead-lettered) with `error`.
+pub(crate) fn ending(status: TaskStatus, error: ErrorInfo) -> LifecycleEvent {
+    if status == TaskStatus::DeadLetter {
+        LifecycleEvent::DeadLetter(error)
+    } else {
+        LifecycleEvent::Fail(error)
+    }
 }
 
 /// Why a task is poisoned: what its work took down, and how often.
@@ -448,9 +433,7 @@ pub(crate) async fn poison(
         .update_task(id, &events, move |t| {
             let stage = t.progress.stage.unwrap_or(Stage::Plan);
             t.record_failure(stage, error.clone());
-            t.progress.status = status;
-            t.outcome.error = Some(error.clone());
-            t.outcome.finished_at = Some(Utc::now());
+            apply(t, ending(status, error));
         })
         .await;
     match result {
