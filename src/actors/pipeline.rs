@@ -34,7 +34,7 @@ use crate::runtime::jobs::{call_persona, spawn_job, CallLimits, StageError};
 use crate::runtime::Services;
 use crate::storage::store::{NewEvent, StoreError};
 use crate::work::merge_queue::DeliverStep;
-use crate::work::transitions;
+use crate::work::transitions::{self, Moved};
 
 /// Added to a stage's own timeouts before its persona call is given up.
 const CALL_TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
@@ -392,6 +392,7 @@ async fn park_for_approval(
             transitions::apply(t, LifecycleEvent::AwaitApproval);
         })
         .await?;
+    // `StopPipeline`; also when the move was refused: the task no longer runs either way.
     myself.stop(Some("awaiting approval".into()));
     Ok(())
 }
@@ -526,16 +527,18 @@ async fn finish_stage(
             "task.finished",
             json!({"status": TaskStatus::Done}),
         );
+        let moved = Moved::default();
+        let slot = moved.clone();
         let task = state
             .services
             .store
             .update_task(task.id, &[finished, done], move |t| {
                 change(t);
-                transitions::apply(t, LifecycleEvent::Deliver);
+                slot.apply(t, LifecycleEvent::Deliver);
             })
             .await?;
         tracing::info!(task = %task.id, commit = ?task.outcome.commit, "task done");
-        crate::work::cleanup::landed_later(&state.services, &task);
+        transitions::after_end(&state.services, &task, &moved).await;
         // A task that names `deploy: <app>` without a `deploy` stage asks Uplink-Deploy for it
         // now (a cast; never waits).
         if let Some(app) = task
@@ -707,19 +710,17 @@ async fn end_task(
         json!({"status": status, "error": error}),
     ));
     tracing::warn!(task = %task.id, code = %error.code, ?status, "task ended without delivery");
-    let noted = error.clone();
-    state
+    let moved = Moved::default();
+    let slot = moved.clone();
+    let ended = state
         .services
         .store
         .update_task(task.id, &events, move |t| {
             t.record_failure(stage, error.clone());
-            transitions::apply(t, transitions::ending(status, error));
+            slot.apply(t, transitions::ending(status, error));
         })
-        .await
-        .map(|ended| crate::work::cleanup::ended_later(&state.services, &ended))?;
-    if status == TaskStatus::DeadLetter {
-        crate::runtime::notifier::dead_lettered(&state.services.store, task.id, &noted).await;
-    }
+        .await?;
+    transitions::after_end(&state.services, &ended, &moved).await;
     myself.stop(Some("finished".into()));
     Ok(())
 }

@@ -2,12 +2,14 @@
 //! cancel, retry, and giving up on a pipeline. Each is one flushed store update with its events;
 //! Compass owns the queue and calls these from its mailbox, so they never race each other.
 
+use std::sync::{Arc, OnceLock};
+
 use chrono::Utc;
 use serde_json::json;
 
 use crate::model::codes;
 use crate::model::errors::TaskActionError;
-use crate::model::lifecycle::{self, LifecycleEvent, LifecycleRefusal, Transition};
+use crate::model::lifecycle::{self, Effect, LifecycleEvent, LifecycleRefusal, Transition};
 use crate::model::persona::Persona;
 use crate::model::task::branch_name;
 use crate::model::task::{ErrorInfo, RetryFrom, Stage, Task, TaskId, TaskStatus};
@@ -169,15 +171,15 @@ pub(crate) async fn approve(
             json!({"status": TaskStatus::Done}),
         ));
     }
+    let moved = Moved::default();
+    let slot = moved.clone();
     let updated = services
         .store
         .update_task(id, &events, move |t| {
-            apply(t, LifecycleEvent::Approve { next });
+            slot.apply(t, LifecycleEvent::Approve { next });
         })
         .await?;
-    if updated.progress.status == TaskStatus::Done {
-        crate::work::cleanup::landed_later(services, &updated);
-    }
+    after_end(services, &updated, &moved).await;
     Ok(updated)
 }
 
@@ -201,13 +203,15 @@ pub(crate) async fn reject(
             json!({"status": TaskStatus::Cancelled}),
         ),
     ];
+    let moved = Moved::default();
+    let slot = moved.clone();
     let updated = services
         .store
-        .update_task(id, &events, |t| {
-            apply(t, LifecycleEvent::Reject);
+        .update_task(id, &events, move |t| {
+            slot.apply(t, LifecycleEvent::Reject);
         })
         .await?;
-    remove_worktree_later(services, &updated);
+    after_end(services, &updated, &moved).await;
     Ok(updated)
 }
 
@@ -314,19 +318,19 @@ pub(crate) async fn give_up_pipeline(
             json!({"status": TaskStatus::DeadLetter, "error": error}),
         ),
     ];
-    let noted = error.clone();
+    let moved = Moved::default();
+    let slot = moved.clone();
     let result = services
         .store
         .update_task(id, &events, move |t| {
             let stage = t.progress.stage.unwrap_or(Stage::Plan);
             t.record_failure(stage, error.clone());
-            apply(t, LifecycleEvent::DeadLetter(error));
+            slot.apply(t, LifecycleEvent::DeadLetter(error));
         })
         .await;
     match result {
         Ok(ended) => {
-            crate::work::cleanup::ended_later(services, &ended);
-            crate::runtime::notifier::dead_lettered(&services.store, id, &noted).await;
+            after_end(services, &ended, &moved).await;
             Ok(())
         }
         Err(StoreError::TaskFinished(_)) => Ok(()),
@@ -356,6 +360,46 @@ pub(crate) fn remove_worktree_later(services: &Services, task: &Task) {
             }
         }
     });
+}
+
+/// Where a store update's closure leaves the move the lifecycle made, so that the caller
+/// executes its effects once the change is durable (a closure may not do IO).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Moved(Arc<OnceLock<Transition>>);
+
+impl Moved {
+    /// Applies `event` to `task` (see [`apply`]) and keeps the transition.
+    pub(crate) fn apply(&self, task: &mut Task, event: LifecycleEvent) {
+        if let Some(transition) = apply(task, event) {
+            // A closure the writer runs again makes the same move: the first is kept.
+            let _ = self.0.set(transition);
+        }
+    }
+
+    /// Whether the move asked for `effect` (never, when nothing moved).
+    pub(crate) fn asks(&self, effect: Effect) -> bool {
+        self.0
+            .get()
+            .is_some_and(|transition| transition.effects.contains(&effect))
+    }
+}
+
+/// Executes the work layer's effects of an end, for `task` as the move left it: its clean-up
+/// (landed or ended) and the dead-letter notification. Compass's (queue, dependents, budget,
+/// killing the stage) and the pipeline's (advance, stop) are theirs.
+pub(crate) async fn after_end(services: &Services, task: &Task, moved: &Moved) {
+    if moved.asks(Effect::CleanUpWorktree) {
+        if task.progress.status == TaskStatus::Done {
+            crate::work::cleanup::landed_later(services, task);
+        } else {
+            crate::work::cleanup::ended_later(services, task);
+        }
+    }
+    if moved.asks(Effect::EscalateToHuman) {
+        if let Some(error) = &task.outcome.error {
+            crate::runtime::notifier::dead_lettered(&services.store, task.id, error).await;
+        }
+    }
 }
 
 /// The event that ends a task in `status` (failed or dead-lettered) with `error`.
@@ -428,17 +472,21 @@ pub(crate) async fn poison(
         json!({"status": status, "error": error}),
     ));
     tracing::error!(task = %id, ?why, "poison task: ended instead of run again");
+    let moved = Moved::default();
+    let slot = moved.clone();
     let result = services
         .store
         .update_task(id, &events, move |t| {
             let stage = t.progress.stage.unwrap_or(Stage::Plan);
             t.record_failure(stage, error.clone());
-            apply(t, ending(status, error));
+            slot.apply(t, ending(status, error));
         })
         .await;
     match result {
         Ok(task) => {
-            if task.progress.status == TaskStatus::DeadLetter {
+            // Only the escalation: its clean-up waits for its pipeline to stop (Compass stops
+            // it next), and is the start sweep's, as for any task left by a crash.
+            if moved.asks(Effect::EscalateToHuman) {
                 if let Some(error) = &task.outcome.error {
                     crate::runtime::notifier::dead_lettered(&services.store, id, error).await;
                 }
