@@ -53,24 +53,17 @@ struct StoredTask {
 
 impl From<Task> for StoredTask {
     fn from(task: Task) -> Self {
-        let Task {
-            id,
-            spec,
-            progress,
-            billing,
-            outcome,
-        } = task;
         let [spec_v, progress_v, billing_v, outcome_v] = PART_VERSIONS.map(|(_, v)| v);
         Self {
             v: TASK_RECORD_VERSION,
-            id,
-            spec,
+            id: task.id,
+            spec: task.spec,
             spec_v,
-            progress,
+            progress: task.progress,
             progress_v,
-            billing,
+            billing: task.billing,
             billing_v,
-            outcome,
+            outcome: task.outcome,
             outcome_v,
         }
     }
@@ -80,29 +73,17 @@ impl TryFrom<StoredTask> for Task {
     type Error = StoreError;
 
     /// Refuses a record, or a part, of a version this build does not know.
-    fn try_from(record: StoredTask) -> Result<Self, Self::Error> {
-        let StoredTask {
-            v,
-            id,
-            spec,
-            spec_v,
-            progress,
-            progress_v,
-            billing,
-            billing_v,
-            outcome,
-            outcome_v,
-        } = record;
-        if v > TASK_RECORD_VERSION {
-            return Err(newer_schema("task", v, TASK_RECORD_VERSION));
+    fn try_from(r: StoredTask) -> Result<Self, Self::Error> {
+        if r.v > TASK_RECORD_VERSION {
+            return Err(newer_schema("task", r.v, TASK_RECORD_VERSION));
         }
-        check_parts([spec_v, progress_v, billing_v, outcome_v])?;
+        check_parts([r.spec_v, r.progress_v, r.billing_v, r.outcome_v])?;
         Ok(Task {
-            id,
-            spec,
-            progress,
-            billing,
-            outcome,
+            id: r.id,
+            spec: r.spec,
+            progress: r.progress,
+            billing: r.billing,
+            outcome: r.outcome,
         })
     }
 }
