@@ -131,9 +131,16 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
     engine::wall_budget_left(&task)?;
     let worktree_path = services.worktree_path(task.id);
     // Normally Patch's worktree is there; if it was removed, the branch holds the work.
-    let (_, worktree) = Git::new(services.repo_dir(&task.repo), services.config.git.timeout())
-        .ensure_worktree(&worktree_path, &branch_name(task.id), &task.base_branch)
-        .await?;
+    let (_, worktree) = Git::new(
+        services.repo_dir(&task.spec.repo),
+        services.config.git.timeout(),
+    )
+    .ensure_worktree(
+        &worktree_path,
+        &branch_name(task.id),
+        &task.spec.base_branch,
+    )
+    .await?;
     let tree = worktree.head_tree().await?;
     let run = run_verify(&services, &task, worktree, Stage::Verify).await?;
     let output = run.output;
@@ -170,17 +177,24 @@ async fn judge(
     provider: &str,
     test_output: &str,
 ) -> Result<Option<String>, StageError> {
-    let worktree = Git::new(services.repo_dir(&task.repo), services.config.git.timeout())
-        .worktree_of(&services.worktree_path(task.id))
-        .await?;
-    let range = format!("{}...HEAD", task.base_branch);
+    let worktree = Git::new(
+        services.repo_dir(&task.spec.repo),
+        services.config.git.timeout(),
+    )
+    .worktree_of(&services.worktree_path(task.id))
+    .await?;
+    let range = format!("{}...HEAD", task.spec.base_branch);
     let diff = worktree.run(&["diff", &range]).await?;
-    let criteria = task.acceptance.as_deref().unwrap_or(&task.description);
+    let criteria = task
+        .spec
+        .acceptance
+        .as_deref()
+        .unwrap_or(&task.spec.description);
     let prompt = format!(
         "# Task\n\n{}\n\n# Acceptance criteria\n\n{criteria}\n\n# Diff\n\n```diff\n{}\n```\n\n# Test output\n\n```\n{}\n```\n\n\
          # Answer\n\nAnswer with one JSON object and nothing else: \
          {{\"verdict\": \"pass\" | \"fail\", \"reasons\": [string]}}.\n",
-        task.title,
+        task.spec.title,
         crate::platform::process::keep_tail(&diff, JUDGE_DIFF_BYTES_MAX),
         crate::platform::process::keep_tail(test_output, JUDGE_DIFF_BYTES_MAX),
     );
@@ -188,7 +202,7 @@ async fn judge(
         task_id: task.id,
         persona: Persona::Circuit,
         stage: Stage::Verify,
-        attempt: task.attempts,
+        attempt: task.progress.attempts,
     };
     let system = services.definitions.system_prompt(Persona::Circuit);
     let answer = engine::run_model(
@@ -197,7 +211,7 @@ async fn judge(
         provider,
         system,
         &prompt,
-        task.budget.max_tokens,
+        task.billing.budget.max_tokens,
     )
     .await?;
     let verdict = crate::platform::openai::json_in(&answer)

@@ -171,7 +171,7 @@ impl Actor for Compass {
         unfinished.retain(|task| !poisoned.contains(&task.id));
         let resumed = unfinished
             .iter()
-            .filter(|t| t.status == TaskStatus::Running)
+            .filter(|t| t.progress.status == TaskStatus::Running)
             .count();
         tracing::info!(
             unfinished = unfinished.len(),
@@ -180,11 +180,11 @@ impl Actor for Compass {
             "compass reloaded unfinished tasks"
         );
         for task in unfinished {
-            match task.status {
+            match task.progress.status {
                 // It held a slot when the process stopped: it resumes at its stage, first.
                 TaskStatus::Running => state.resuming.push_back(task.id),
                 TaskStatus::Queued => {
-                    state.queue.insert((task.priority, task.id));
+                    state.queue.insert((task.spec.priority, task.id));
                 }
                 TaskStatus::Blocked => {
                     state.blocked.insert(task.id);
@@ -557,8 +557,14 @@ async fn poison_after_unclean_stop(
     }
     let running: Vec<_> = unfinished
         .iter()
-        .filter(|t| t.status == TaskStatus::Running)
-        .map(|t| (t.id, t.stage.unwrap_or(Stage::Plan), t.attempts))
+        .filter(|t| t.progress.status == TaskStatus::Running)
+        .map(|t| {
+            (
+                t.id,
+                t.progress.stage.unwrap_or(Stage::Plan),
+                t.progress.attempts,
+            )
+        })
         .collect();
     let counts = services.store.count_unclean_stops(running).await?;
     let limit = services.config.compass.poison_after;
@@ -595,9 +601,9 @@ async fn on_submitted(
     if state.pipelines.contains_key(&task_id) {
         return Ok(());
     }
-    match task.status {
+    match task.progress.status {
         TaskStatus::Queued => {
-            state.queue.insert((task.priority, task.id));
+            state.queue.insert((task.spec.priority, task.id));
             dispatch(myself, state).await;
         }
         TaskStatus::Blocked => {
@@ -623,14 +629,14 @@ async fn on_blocked(
     match transitions::evaluate_blocked(&state.services, &task).await? {
         Readiness::Ready => {
             state.blocked.remove(&task_id);
-            state.queue.insert((task.priority, task_id));
+            state.queue.insert((task.spec.priority, task_id));
         }
         Readiness::Ended => {
             state.blocked.remove(&task_id);
             Box::pin(on_finished(myself, state, task_id)).await?;
         }
         Readiness::StillBlocked => {
-            if task.status != TaskStatus::Blocked {
+            if task.progress.status != TaskStatus::Blocked {
                 state.blocked.remove(&task_id);
             }
         }
@@ -655,7 +661,7 @@ async fn on_finished(
             .store
             .task(task_id)
             .await?
-            .is_some_and(|task| task.deps.contains(&finished));
+            .is_some_and(|task| task.spec.deps.contains(&finished));
         if depends {
             on_blocked(myself, state, task_id).await?;
         }
@@ -747,7 +753,7 @@ async fn on_pipeline_exit(
     reason: String,
 ) -> Result<(), StoreError> {
     let task = state.services.store.task(task_id).await?;
-    let status = task.as_ref().map(|t| t.status);
+    let status = task.as_ref().map(|t| t.progress.status);
     if status != Some(TaskStatus::Running) {
         // Finished, parked at the approval gate, or gone: the slot is free; nothing restarts.
         free_slot(state, task_id);
@@ -792,14 +798,21 @@ fn settle_later(services: &Services, task_id: TaskId) {
         let Ok(Some(task)) = services.store.task(task_id).await else {
             return;
         };
-        if task.settled || !task.status.is_terminal() || task.reservation.is_none() {
+        if task.billing.settled
+            || !task.progress.status.is_terminal()
+            || task.billing.reservation.is_none()
+        {
             return;
         }
         let (kind, data) = match metering::settle(&services, &task).await {
-            Ok(()) => ("ledger.settled", json!({"reservation": task.reservation})),
+            Ok(()) => (
+                "ledger.settled",
+                json!({"reservation": task.billing.reservation}),
+            ),
             Err(error) => {
                 tracing::warn!(task = %task_id, %error, "could not settle a task's budget");
-                let data = json!({"reservation": task.reservation, "error": error.to_string()});
+                let data =
+                    json!({"reservation": task.billing.reservation, "error": error.to_string()});
                 let event = NewEvent::new(Persona::Compass, "ledger.settle_failed", data);
                 let _ = services.store.append_event(task_id, event).await;
                 return;
@@ -844,9 +857,9 @@ async fn act(
             transitions::retry(services, task_id, reservation, from, by).await?
         }
     };
-    match task.status {
+    match task.progress.status {
         TaskStatus::Queued => {
-            state.queue.insert((task.priority, task_id));
+            state.queue.insert((task.spec.priority, task_id));
         }
         TaskStatus::Blocked => {
             state.blocked.insert(task_id);
@@ -866,7 +879,7 @@ async fn cancel(
     by: Option<&str>,
 ) -> Result<Task, TaskActionError> {
     let cancelled = transitions::cancel(&state.services, task_id, by).await?;
-    state.queue.remove(&(cancelled.priority, task_id));
+    state.queue.remove(&(cancelled.spec.priority, task_id));
     state.resuming.retain(|waiting| *waiting != task_id);
     state.blocked.remove(&task_id);
     match state

@@ -35,7 +35,7 @@ macro_rules! handling {
     ($services:expr, $persona:expr, $task:expr, $name:literal) => {
         $services.directory.handling($persona, Some($task.id));
         #[cfg(feature = "failpoints")]
-        if $task.title.contains("poison") {
+        if $task.spec.title.contains("poison") {
             fail::fail_point!($name);
         }
     };

@@ -207,7 +207,7 @@ impl Actor for Patch {
             PatchMsg::Deliver { task, reply } => {
                 crate::handling!(state.services, Persona::Patch, task, "patch.poison");
                 crate::work_failpoint!("patch.handle");
-                if task.delivery == Delivery::Branch {
+                if task.spec.delivery == Delivery::Branch {
                     let key = (task.id, Stage::Deliver);
                     let work = leave_branch(state.services.clone(), *task);
                     state
@@ -392,18 +392,22 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
     let git_timeout = services.config.git.timeout();
     let worktree_path = services.worktree_path(task.id);
     crate::work::remote::sync(&services, &task).await?;
-    let repo = Git::new(services.repo_dir(&task.repo), git_timeout);
+    let repo = Git::new(services.repo_dir(&task.spec.repo), git_timeout);
     let (made, worktree) = repo
-        .ensure_worktree(&worktree_path, &branch_name(task.id), &task.base_branch)
+        .ensure_worktree(
+            &worktree_path,
+            &branch_name(task.id),
+            &task.spec.base_branch,
+        )
         .await?;
     if made == git::Worktree::Existing {
         // A cut-off earlier run of this attempt may have left half-made edits.
         worktree.discard_uncommitted().await?;
     }
-    if task.merge.restart_from_base {
+    if task.progress.merge.restart_from_base {
         // The last attempt no longer applied to (or passed on) the base: this one starts from
         // the base as it is now, with the conflict or the failure as feedback.
-        let base = format!("refs/heads/{}", task.base_branch);
+        let base = format!("refs/heads/{}", task.spec.base_branch);
         worktree.run(&["reset", "--hard", "--quiet", &base]).await?;
         worktree.run(&["clean", "-fdq"]).await?;
     }
@@ -412,7 +416,7 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
         task_id: task.id,
         persona: Persona::Patch,
         stage: Stage::Implement,
-        attempt: task.attempts,
+        attempt: task.progress.attempts,
     };
     let result = match services.engine_for(&task, Persona::Patch) {
         EngineSpec::Openai { provider } => {
@@ -453,7 +457,10 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
             no_changes: !demo,
         });
     }
-    let message = format!("glitchlab: {} (attempt {})", task.title, task.attempts);
+    let message = format!(
+        "glitchlab: {} (attempt {})",
+        task.spec.title, task.progress.attempts
+    );
     let commit = worktree.commit_staged(&message).await?;
     // A remote's copy of the branch follows each attempt (a human can look at it there).
     crate::work::remote::push_branch(&services, &task).await?;
@@ -480,7 +487,7 @@ async fn builtin_note(
     worktree_path: &Path,
 ) -> Result<EngineResult, StageError> {
     let started = Instant::now();
-    let (relative, text) = engine::builtin_note(task, task.attempts);
+    let (relative, text) = engine::builtin_note(task, task.progress.attempts);
     // Like every text the service writes, the note holds no secret.
     let text = services.redactor.redact(&text);
     let dot = beneath::kind(worktree_path, NOTES_DIR)
@@ -531,7 +538,10 @@ fn worktree_file_error(what: &str, error: beneath::BeneathError) -> StageError {
 /// `delivery: branch`: the work stays on its branch for a human to review and merge; the base is
 /// not touched and the worktree goes. Safe to repeat (a cut-off run finds the branch as it was).
 async fn leave_branch(services: Services, task: Task) -> Result<DeliverStep, StageError> {
-    let repo = Git::new(services.repo_dir(&task.repo), services.config.git.timeout());
+    let repo = Git::new(
+        services.repo_dir(&task.spec.repo),
+        services.config.git.timeout(),
+    );
     let head = repo.rev_parse(&branch_name(task.id)).await?;
     let worktree_path = services.worktree_path(task.id);
     if tokio::fs::try_exists(&worktree_path).await.unwrap_or(true) {
@@ -553,10 +563,13 @@ async fn check_protected_paths(
     worktree: &Git,
     task: &Task,
 ) -> Result<Vec<String>, StageError> {
-    let patterns = services.config.governance.protected_paths_for(&task.repo);
+    let patterns = services
+        .config
+        .governance
+        .protected_paths_for(&task.spec.repo);
     let protected = protected_globs(&patterns)?;
     worktree.stage_all().await?;
-    let changed = worktree.changed_since(&task.base_branch).await?;
+    let changed = worktree.changed_since(&task.spec.base_branch).await?;
     let touched: Vec<&str> = changed
         .iter()
         .map(String::as_str)
@@ -660,7 +673,11 @@ async fn edit_with_model(
     worktree: &Path,
 ) -> Result<Option<String>, StageError> {
     let system = services.definitions.system_prompt(Persona::Patch);
-    let feedback = task.feedback.as_deref().filter(|_| task.attempts > 1);
+    let feedback = task
+        .progress
+        .feedback
+        .as_deref()
+        .filter(|_| task.progress.attempts > 1);
     let prompt = prompt::build("", task, feedback) + EDITS_FORMAT;
     let answer = engine::run_model(
         services,
@@ -668,7 +685,7 @@ async fn edit_with_model(
         provider,
         system,
         &prompt,
-        task.budget.max_tokens,
+        task.billing.budget.max_tokens,
     )
     .await?;
     let edits = match crate::platform::openai::json_in(&answer).map(serde_json::from_str::<Edits>) {
@@ -760,11 +777,15 @@ async fn run_engine(
         )),
         EngineSpec::Shell { command } => {
             let system_prompt = services.definitions.system_prompt(Persona::Patch);
-            let feedback = task.feedback.as_deref().filter(|_| task.attempts > 1);
+            let feedback = task
+                .progress
+                .feedback
+                .as_deref()
+                .filter(|_| task.progress.attempts > 1);
             let files = prompt::write_files(
                 &services.prompt_dir(task.id),
                 "implement",
-                task.attempts,
+                task.progress.attempts,
                 &prompt::build(system_prompt, task, feedback),
                 feedback,
                 &services.redactor,
@@ -777,8 +798,8 @@ async fn run_engine(
                 ShellRun {
                     command,
                     worktree: worktree.clone(),
-                    sandbox_refs: vec![format!("refs/heads/{}", task.base_branch)],
-                    env: prompt::engine_env(task, task.attempts, &files),
+                    sandbox_refs: vec![format!("refs/heads/{}", task.spec.base_branch)],
+                    env: prompt::engine_env(task, task.progress.attempts, &files),
                     timeout: engine::capped_timeout(
                         task,
                         services.engine_timeout(Persona::Patch, config.timeout_secs),
@@ -786,7 +807,7 @@ async fn run_engine(
                     output_bytes_max: config.output_bytes_max,
                     instance: services.instance(),
                     prompt_digest: Some(files.digest.clone()),
-                    capabilities: task.capabilities.clone(),
+                    capabilities: task.spec.capabilities.clone(),
                 },
             )
             .await

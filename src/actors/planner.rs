@@ -120,7 +120,12 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
     engine::wall_budget_left(&task)?;
     let history = services
         .store
-        .recent_failures(&task.repo, task.id, HISTORY_TASKS_MAX, HISTORY_SCAN_MAX)
+        .recent_failures(
+            &task.spec.repo,
+            task.id,
+            HISTORY_TASKS_MAX,
+            HISTORY_SCAN_MAX,
+        )
         .await?;
     let who = RunIdentity {
         task_id: task.id,
@@ -154,10 +159,12 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
             // The planner may read the repository, but in its own worktree, never the user's checkout.
             let worktree = services.worktree_path(task.id);
             crate::work::remote::sync(&services, &task).await?;
-            let (_, worktree) =
-                Git::new(services.repo_dir(&task.repo), services.config.git.timeout())
-                    .ensure_worktree(&worktree, &branch_name(task.id), &task.base_branch)
-                    .await?;
+            let (_, worktree) = Git::new(
+                services.repo_dir(&task.spec.repo),
+                services.config.git.timeout(),
+            )
+            .ensure_worktree(&worktree, &branch_name(task.id), &task.spec.base_branch)
+            .await?;
             let config = &services.config.engines;
             let run = engine::run_shell(
                 &services,
@@ -165,7 +172,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
                 ShellRun {
                     command,
                     worktree,
-                    sandbox_refs: vec![format!("refs/heads/{}", task.base_branch)],
+                    sandbox_refs: vec![format!("refs/heads/{}", task.spec.base_branch)],
                     env: prompt::engine_env(&task, 0, &files),
                     timeout: engine::capped_timeout(
                         &task,
@@ -174,7 +181,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
                     output_bytes_max: config.output_bytes_max,
                     instance: services.instance(),
                     prompt_digest: Some(files.digest.clone()),
-                    capabilities: task.capabilities.clone(),
+                    capabilities: task.spec.capabilities.clone(),
                 },
             )
             .await?;
@@ -216,7 +223,7 @@ async fn plan_with_model(
 ) -> Result<Plan, StageError> {
     let system = services.definitions.system_prompt(Persona::Planner);
     let prompt = prompt::build("", task, None) + &prompt::history_section(history) + PLAN_FORMAT;
-    let max_tokens = task.budget.max_tokens;
+    let max_tokens = task.billing.budget.max_tokens;
     let answer = engine::run_model(services, who, provider, system, &prompt, max_tokens).await?;
     let reason = match parse_plan(&answer) {
         Ok(plan) => return Ok(plan),

@@ -323,11 +323,14 @@ async fn request_missed_task_deploys(
     let tasks = state.services.store.tasks(TASK_DEPLOY_SCAN_MAX).await?;
     let mut requested: HashMap<String, Known> = HashMap::new();
     for task in tasks {
-        let Some(app) = task.deploy.as_deref() else {
+        let Some(app) = task.spec.deploy.as_deref() else {
             continue;
         };
-        if task.status != crate::model::task::TaskStatus::Done
-            || task.stages.contains(&crate::model::task::Stage::Deploy)
+        if task.progress.status != crate::model::task::TaskStatus::Done
+            || task
+                .spec
+                .stages
+                .contains(&crate::model::task::Stage::Deploy)
             || !state.services.definitions.ops.apps.contains_key(app)
         {
             continue;
@@ -341,8 +344,8 @@ async fn request_missed_task_deploys(
         let Some((known, dropped_until)) = requested.get(app) else {
             continue;
         };
-        let dropped =
-            dropped_until.is_some_and(|until| task.finished_at.is_some_and(|at| at <= until));
+        let dropped = dropped_until
+            .is_some_and(|until| task.outcome.finished_at.is_some_and(|at| at <= until));
         if known.contains(&trigger) || dropped {
             continue;
         }
@@ -350,7 +353,7 @@ async fn request_missed_task_deploys(
         // A refusal (say, a full queue) is logged when it comes, never a reason to stop.
         let message = UplinkDeployMsg::Request {
             app: app.to_owned(),
-            commit: task.commit.clone(),
+            commit: task.outcome.commit.clone(),
             trigger,
             requested_by: None,
             reply: None,

@@ -23,7 +23,7 @@ pub(crate) async fn deploy_stage(
     task: &crate::model::task::Task,
     wait: Duration,
 ) -> Result<String, StageError> {
-    let app = task.deploy.clone().ok_or_else(|| {
+    let app = task.spec.deploy.clone().ok_or_else(|| {
         StageError::deploy_failed("the task names no `deploy` app for its deploy stage")
     })?;
     let actor = current(&services.directory).await.map_err(stage_error)?;
@@ -31,7 +31,7 @@ pub(crate) async fn deploy_stage(
     let call = actor.call(
         |reply| UplinkDeployMsg::Request {
             app: app.clone(),
-            commit: task.commit.clone(),
+            commit: task.outcome.commit.clone(),
             trigger: trigger.clone(),
             requested_by: None,
             reply: Some(reply),

@@ -55,7 +55,7 @@ pub(crate) type QueueKey = (String, String);
 
 /// The queue a task joins.
 pub(crate) fn queue_key(task: &Task) -> QueueKey {
-    (task.repo.clone(), task.base_branch.clone())
+    (task.spec.repo.clone(), task.spec.base_branch.clone())
 }
 
 /// What a task's turn in the queue came to.
@@ -85,8 +85,12 @@ impl Place {
     /// reached delivery some other way) lines up as of its last update.
     pub(crate) fn of(task: &Task) -> Self {
         Self {
-            priority: task.priority,
-            queued_at: task.merge.queued_at.unwrap_or(task.updated_at),
+            priority: task.spec.priority,
+            queued_at: task
+                .progress
+                .merge
+                .queued_at
+                .unwrap_or(task.progress.updated_at),
             task_id: task.id,
         }
     }
@@ -276,9 +280,13 @@ enum BatchResult {
 
 /// The task's landing, if a turn cut off by a crash already moved the base.
 async fn landed_already(services: &Services, task: &Task) -> Result<Option<String>, StageError> {
-    let repo = Git::new(services.repo_dir(&task.repo), services.config.git.timeout());
-    let since = task.created_at - TimeDelta::hours(LANDED_SEARCH_SLACK_HOURS);
-    let found = candidate::find_landed(&repo, &task.base_branch, &trailers(task)[0], since).await?;
+    let repo = Git::new(
+        services.repo_dir(&task.spec.repo),
+        services.config.git.timeout(),
+    );
+    let since = task.spec.created_at - TimeDelta::hours(LANDED_SEARCH_SLACK_HOURS);
+    let found =
+        candidate::find_landed(&repo, &task.spec.base_branch, &trailers(task)[0], since).await?;
     if let Some(commit) = &found {
         note(
             services,
@@ -298,10 +306,10 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
         return Ok(BatchResult::Decided(Vec::new()));
     };
     let repo = Git::new(
-        services.repo_dir(&first.repo),
+        services.repo_dir(&first.spec.repo),
         services.config.git.timeout(),
     );
-    let remote = is_remote_repo(&first.repo).then_some(first.repo.as_str());
+    let remote = is_remote_repo(&first.spec.repo).then_some(first.spec.repo.as_str());
     let scratch = scratch_path(services, &queue_key(first));
     let history = services.config.delivery.history;
     let branches: Vec<String> = batch.iter().map(|task| branch_name(task.id)).collect();
@@ -324,7 +332,7 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
         // A remote's base as it is there now (again after a refused landing): the candidate
         // builds on it, the landing pushes onto it.
         crate::work::remote::sync(services, first).await?;
-        let built = candidate::build(&repo, &scratch, &first.base_branch, &requests).await?;
+        let built = candidate::build(&repo, &scratch, &first.spec.base_branch, &requests).await?;
         let mut decided = Vec::new();
         let mut stacked: Vec<(&Task, String)> = Vec::new();
         for (task, applied) in batch.iter().zip(&built.changes) {
@@ -375,7 +383,7 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
             release_landing(services, &stacked).await;
             return rebuild_without(services, batch, &cancelled, decided).await;
         }
-        let landing = candidate::land(&repo, &first.base_branch, &built, remote).await;
+        let landing = candidate::land(&repo, &first.spec.base_branch, &built, remote).await;
         if !matches!(landing, Ok(Landing::Landed)) {
             release_landing(services, &stacked).await;
         }
@@ -399,7 +407,7 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
                     );
                     services
                         .store
-                        .update_task(task.id, &[event], |t| t.reverifications += 1)
+                        .update_task(task.id, &[event], |t| t.progress.reverifications += 1)
                         .await?;
                 }
             }
@@ -408,7 +416,7 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
     Err(StageError::DeliverFailed(format!(
         "the base branch {} moved outside glitchlab {} times while the candidate was verified \
          (merge_queue.base_moved_max); the task's branch is kept",
-        first.base_branch,
+        first.spec.base_branch,
         moves_max + 1
     )))
 }
@@ -426,7 +434,7 @@ async fn claim_landing(
         let commit = candidate.to_owned();
         let claimed = services
             .store
-            .update_task(task.id, &[], move |t| t.merge.landing = Some(commit))
+            .update_task(task.id, &[], move |t| t.progress.merge.landing = Some(commit))
             .await;
         match claimed {
             Ok(_) => {}
@@ -442,7 +450,7 @@ async fn release_landing(services: &Services, stacked: &[(&Task, String)]) {
     for (task, _) in stacked {
         let released = services
             .store
-            .update_task(task.id, &[], |t| t.merge.landing = None)
+            .update_task(task.id, &[], |t| t.progress.merge.landing = None)
             .await;
         match released {
             Ok(_) | Err(StoreError::TaskFinished(_)) => {}
@@ -494,9 +502,9 @@ async fn rebuild_without(
 fn needs_verify(stacked: &[(&Task, String)], built: &BuiltCandidate) -> bool {
     let verifying = stacked
         .iter()
-        .any(|(task, _)| task.stages.contains(&Stage::Verify));
+        .any(|(task, _)| task.spec.stages.contains(&Stage::Verify));
     let already = match stacked {
-        [(task, _)] => task.merge.verified_tree.as_deref() == Some(built.tree.as_str()),
+        [(task, _)] => task.progress.merge.verified_tree.as_deref() == Some(built.tree.as_str()),
         _ => false,
     };
     verifying && !already
@@ -513,10 +521,12 @@ async fn verify_candidate(
 ) -> Result<Option<(TaskId, String)>, StageError> {
     let mut commands_run: Vec<&str> = Vec::new();
     for (task, _) in stacked {
-        if !task.stages.contains(&Stage::Verify) || commands_run.contains(&task.verify.as_str()) {
+        if !task.spec.stages.contains(&Stage::Verify)
+            || commands_run.contains(&task.spec.verify.as_str())
+        {
             continue;
         }
-        commands_run.push(&task.verify);
+        commands_run.push(&task.spec.verify);
         let run = run_verify(services, task, scratch.clone(), Stage::Deliver).await?;
         for (each, _) in stacked {
             let data = json!({"candidate": built.commit, "command_of": task.id, "passed": run.passed, "run_id": run.run_id});
@@ -536,7 +546,7 @@ fn rejected(services: &Services, task: &Task, output: &str) -> String {
     format!(
         "the change passed verify on its branch but fails on the current {base} with the work \
          that landed since; the next attempt starts from that base.\n{tail}",
-        base = task.base_branch,
+        base = task.spec.base_branch,
     )
 }
 
@@ -556,25 +566,33 @@ async fn note_all(
 fn trailers(task: &Task) -> Vec<String> {
     vec![
         format!("Glitchlab-Task: {}", task.id),
-        format!("Glitchlab-Attempts: {}", task.attempts.max(1)),
+        format!("Glitchlab-Attempts: {}", task.progress.attempts.max(1)),
     ]
 }
 
 /// The landed commit's message: the title, a short summary, the trailers.
 fn commit_message(task: &Task, history: History, trailers: &[String]) -> String {
     let summary = task
+        .progress
         .plan
         .as_ref()
         .map(|plan| plan.summary.trim())
         .filter(|summary| !summary.is_empty())
-        .unwrap_or_else(|| task.description.split("\n\n").next().unwrap_or("").trim());
+        .unwrap_or_else(|| {
+            task.spec
+                .description
+                .split("\n\n")
+                .next()
+                .unwrap_or("")
+                .trim()
+        });
     let summary: String = summary.chars().take(SUMMARY_CHARS_MAX).collect();
     let title = match history {
-        History::Merge => format!("Merge {}", task.title),
-        History::Squash | History::Rebase => task.title.clone(),
+        History::Merge => format!("Merge {}", task.spec.title),
+        History::Squash | History::Rebase => task.spec.title.clone(),
     };
     let mut message = title;
-    if !summary.is_empty() && summary != task.title {
+    if !summary.is_empty() && summary != task.spec.title {
         message.push_str("\n\n");
         message.push_str(&summary);
     }
@@ -594,7 +612,7 @@ fn conflict_feedback(task: &Task, conflict: &candidate::Conflict) -> String {
         "the change no longer applies to the current {base} ({short}): it conflicts with work \
          that landed since{files}. The next attempt starts from that base; make the change \
          again there.\n{detail}",
-        base = task.base_branch,
+        base = task.spec.base_branch,
         short = short(&conflict.base),
         detail = conflict.detail,
     )
@@ -663,7 +681,7 @@ mod tests {
     #[test]
     fn the_commit_message_is_the_title_a_summary_and_the_trailers() {
         let mut task = Task::for_test("Add a greeting", "Print hello.\n\nMore detail here.");
-        task.attempts = 2;
+        task.progress.attempts = 2;
         let message = commit_message(&task, History::Squash, &trailers(&task));
         assert_eq!(
             message,

@@ -382,12 +382,12 @@ async fn feed_task(
             None
         };
         match task {
-            Some(task) if task.status.is_terminal() => {
+            Some(task) if task.progress.status.is_terminal() => {
                 let since = *terminal_since.get_or_insert_with(tokio::time::Instant::now);
                 if books_closed(&task) || since.elapsed() >= SETTLE_LINGER {
                     // Whatever was written up to the end goes out before `end`.
                     send_stored(store, task_id, after, &mut sent, sender).await;
-                    let end = json!({"task_id": task_id, "status": task.status});
+                    let end = json!({"task_id": task_id, "status": task.progress.status});
                     let _ = sender
                         .send(Ok(SseEvent::default().event("end").data(end.to_string())))
                         .await;
@@ -491,7 +491,7 @@ async fn send_stored(
 
 /// A task has nothing more to say once it is terminal and its reservation is settled.
 fn books_closed(task: &Task) -> bool {
-    task.settled || task.reservation.is_none()
+    task.billing.settled || task.billing.reservation.is_none()
 }
 
 fn event_message(event: &Event) -> SseEvent {

@@ -159,9 +159,9 @@ pub(crate) async fn list(
     };
     let (repo, kind) = (query.repo, query.kind);
     let keep = move |task: &Task| {
-        status.is_none_or(|s| s == task.status)
-            && repo.as_ref().is_none_or(|r| *r == task.repo)
-            && kind.as_ref().is_none_or(|k| *k == task.kind)
+        status.is_none_or(|s| s == task.progress.status)
+            && repo.as_ref().is_none_or(|r| *r == task.spec.repo)
+            && kind.as_ref().is_none_or(|k| *k == task.spec.kind)
     };
     let (tasks, next) = app.services.store.tasks_page(limit, before, keep).await?;
     Ok(Json(json!({"tasks": tasks, "next_cursor": next})))
@@ -422,7 +422,10 @@ pub(crate) async fn retry(
     if from == Some(RetryFrom::Deliver) {
         check_deliverable(&app, &task).await?;
     }
-    let retryable = matches!(task.status, TaskStatus::Failed | TaskStatus::DeadLetter);
+    let retryable = matches!(
+        task.progress.status,
+        TaskStatus::Failed | TaskStatus::DeadLetter
+    );
     let reservation = if retryable {
         Some(reserve_again(&app, &task).await?)
     } else {
@@ -446,14 +449,14 @@ pub(crate) async fn retry(
 
 /// A retry `from: deliver` needs a deliver stage and a branch to deliver.
 async fn check_deliverable(app: &AppState, task: &Task) -> Result<(), ApiError> {
-    if !task.stages.contains(&Stage::Deliver) || task.delivery != Delivery::Merge {
+    if !task.spec.stages.contains(&Stage::Deliver) || task.spec.delivery != Delivery::Merge {
         return Err(ApiError::invalid_field(
             "from: deliver needs a task whose template has a deliver stage and whose delivery is \
              merge",
         ));
     }
     let repo = Git::new(
-        app.services.repo_dir(&task.repo),
+        app.services.repo_dir(&task.spec.repo),
         app.services.config.git.timeout(),
     );
     if !repo.branch_exists(&branch_name(task.id)).await {
@@ -468,14 +471,14 @@ async fn check_deliverable(app: &AppState, task: &Task) -> Result<(), ApiError> 
 /// Settles the last round (if its settlement has not run yet) and reserves the next one.
 async fn reserve_again(app: &AppState, task: &Task) -> Result<String, ApiError> {
     let directory = &app.services.directory;
-    if !task.settled {
+    if !task.billing.settled {
         match metering::settle(&app.services, task).await {
             // Settled concurrently by Compass: fine.
             Ok(()) | Err(LedgerError::TransferNotPending { .. }) => {}
             Err(error) => return Err(ledger_error(error)),
         }
     }
-    metering::reserve(directory, task, task.budget_rounds + 1)
+    metering::reserve(directory, task, task.billing.budget_rounds + 1)
         .await
         .map_err(ledger_error)
 }
@@ -497,7 +500,9 @@ fn action_error(error: TaskActionError) -> ApiError {
 
 /// Cancel and retry: a submitter acts on its own tasks only; an operator (or above) on any.
 fn check_own(caller: &Principal, task: &Task) -> Result<(), ApiError> {
-    if caller.may(Permission::ActOnAnyTask) || task.submitted_by.as_deref() == Some(&caller.name) {
+    if caller.may(Permission::ActOnAnyTask)
+        || task.spec.submitted_by.as_deref() == Some(&caller.name)
+    {
         return Ok(());
     }
     Err(ApiError::new(

@@ -133,8 +133,11 @@ impl Store {
             let mut failures = Vec::new();
             for bytes in snapshot.iter(Table::Tasks).values().rev().take(scan_max) {
                 let task = task_record::decode(&bytes?)?;
-                let failed = matches!(task.status, TaskStatus::Failed | TaskStatus::DeadLetter);
-                if failed && task.repo == repo && task.id != except {
+                let failed = matches!(
+                    task.progress.status,
+                    TaskStatus::Failed | TaskStatus::DeadLetter
+                );
+                if failed && task.spec.repo == repo && task.id != except {
                     failures.push(task);
                     if failures.len() == limit {
                         break;
@@ -149,19 +152,23 @@ impl Store {
     /// Finished tasks whose budget reservation was not settled yet (the service stopped first).
     pub async fn unsettled_tasks(&self) -> Result<Vec<Task>, StoreError> {
         self.tasks_where(|task| {
-            task.status.is_terminal() && !task.settled && task.reservation.is_some()
+            task.progress.status.is_terminal()
+                && !task.billing.settled
+                && task.billing.reservation.is_some()
         })
         .await
     }
 
     /// Every task that has not reached a terminal status: what Compass reloads on start.
     pub async fn unfinished_tasks(&self) -> Result<Vec<Task>, StoreError> {
-        self.tasks_where(|task| !task.status.is_terminal()).await
+        self.tasks_where(|task| !task.progress.status.is_terminal())
+            .await
     }
 
     /// Every task that has reached a terminal status: what the clean-up sweep at start looks at.
     pub async fn finished_tasks(&self) -> Result<Vec<Task>, StoreError> {
-        self.tasks_where(|task| task.status.is_terminal()).await
+        self.tasks_where(|task| task.progress.status.is_terminal())
+            .await
     }
 
     /// Every task `keep` accepts (a full scan: for start-up, not for requests).
@@ -195,28 +202,28 @@ impl Store {
         self.change_task(id, events, &[], change).await
     }
 
-    /// Ends a task `cancelled` with `events`, unless it has ended (`Err(TaskFinished)`, answered
+    /// Ends a task `cancelled` (`cancel`, the lifecycle's move) with `events`, unless it has ended (`Err(TaskFinished)`, answered
     /// only once that end is durable) or the merge queue has claimed its landing
     /// (`Ok(None)`: the base is moving to the task's change; the cancel lost).
     pub async fn cancel_task(
         &self,
         id: TaskId,
         events: &[NewEvent],
+        cancel: impl FnOnce(&mut Task) + Send + 'static,
     ) -> Result<Option<Task>, StoreError> {
         let events = events.to_vec();
         let changed = self
             .write(move |batch| -> Result<_, StoreError> {
                 let mut task = staged_task(batch, id)?.ok_or(StoreError::TaskNotFound(id))?;
-                if task.status.is_terminal() {
+                if task.progress.status.is_terminal() {
                     return Ok(None);
                 }
-                if task.merge.landing.is_some() {
+                if task.progress.merge.landing.is_some() {
                     return Ok(Some(None));
                 }
-                let before = task.status;
-                task.status = TaskStatus::Cancelled;
-                task.finished_at = Some(Utc::now());
-                task.updated_at = Utc::now();
+                let before = task.progress.status;
+                cancel(&mut task);
+                task.progress.updated_at = Utc::now();
                 put_task(batch, id, &task)?;
                 for event in &events {
                     append(batch, id, event)?;
@@ -228,7 +235,7 @@ impl Store {
             return Ok(None);
         };
         self.writer_health()
-            .count_task_change(before, cancelled.status);
+            .count_task_change(before, cancelled.progress.status);
         Ok(Some(cancelled))
     }
 
@@ -255,11 +262,11 @@ impl Store {
     pub async fn mark_settled(&self, id: TaskId, event: NewEvent) -> Result<Task, StoreError> {
         self.write(move |batch| {
             let mut task = staged_task(batch, id)?.ok_or(StoreError::TaskNotFound(id))?;
-            if task.settled {
+            if task.billing.settled {
                 return Ok(task);
             }
-            task.settled = true;
-            task.updated_at = Utc::now();
+            task.billing.settled = true;
+            task.progress.updated_at = Utc::now();
             put_task(batch, id, &task)?;
             append(batch, id, &event)?;
             Ok(task)
@@ -279,21 +286,23 @@ impl Store {
         let changed = self
             .write(move |batch| -> Result<_, StoreError> {
                 let mut task = staged_task(batch, id)?.ok_or(StoreError::TaskNotFound(id))?;
-                if task.status.is_terminal() && !terminal_allowed.contains(&task.status) {
+                if task.progress.status.is_terminal()
+                    && !terminal_allowed.contains(&task.progress.status)
+                {
                     // The end may be staged in this very group: refuse only once the group is
                     // durable (answered after its commit), so `TASK_FINISHED` is never said of
                     // an end that a failed commit then drops.
                     return Ok(None);
                 }
-                let before = task.status;
+                let before = task.progress.status;
                 change(&mut task);
                 // A terminal task never changes: the one way past the check above is a retry,
                 // and a retry leaves the end behind.
                 debug_assert!(
-                    !before.is_terminal() || !task.status.is_terminal(),
+                    !before.is_terminal() || !task.progress.status.is_terminal(),
                     "task {id} ended {before:?} and was changed without being reopened"
                 );
-                task.updated_at = Utc::now();
+                task.progress.updated_at = Utc::now();
                 put_task(batch, id, &task)?;
                 for event in &events {
                     append(batch, id, event)?;
@@ -304,7 +313,7 @@ impl Store {
         let (before, updated) = changed.ok_or(StoreError::TaskFinished(id))?;
         // Every status change goes through here, after its commit: a task's end is counted once.
         self.writer_health()
-            .count_task_change(before, updated.status);
+            .count_task_change(before, updated.progress.status);
         Ok(updated)
     }
 
@@ -428,7 +437,7 @@ fn create_task(
     digest: String,
     event: &NewEvent,
 ) -> Result<Submission, StoreError> {
-    if let Some(key) = &task.idempotency_key {
+    if let Some(key) = &task.spec.idempotency_key {
         let existing: Option<IdempotencyRecord> =
             batch.record(Table::Idempotency, key.as_bytes())?;
         if let Some(record) = existing {
