@@ -236,8 +236,9 @@ async fn start_task(state: &PipelineState, task: &Task) -> Result<Task, StoreErr
         .await
 }
 
-/// While a delivery waits in its merge queue the task holds no Compass slot: told on entering,
-/// and again (on drop) when the wait ends however it ends — answered, failed or aborted.
+/// While a delivery waits in its merge queue the task holds no Compass slot (the lifecycle's
+/// `JoinQueue` row: effect `FreeSlot`): told on entering, and again (`LeaveQueue`, on drop) when
+/// the wait ends however it ends — answered, failed or aborted.
 struct ParkedInQueue {
     compass: Option<ActorRef<crate::runtime::compass::CompassMsg>>,
     task_id: TaskId,
@@ -251,6 +252,12 @@ impl ParkedInQueue {
             .persona::<CompassMsg>(Duration::ZERO, None)
             .await
             .ok();
+        let frees = crate::model::lifecycle::step(TaskStatus::Running, &LifecycleEvent::JoinQueue)
+            .is_ok_and(|t| {
+                t.effects
+                    .contains(&crate::model::lifecycle::Effect::FreeSlot)
+            });
+        let compass = compass.filter(|_| frees);
         if let Some(compass) = &compass {
             let _ = compass.cast(CompassMsg::Parked(task_id, true));
         }
@@ -498,7 +505,7 @@ async fn on_stage_done(
             finish_stage(myself, state, &task, data, move |t| {
                 t.outcome.commit = Some(commit.clone());
                 t.outcome.delivered = Some(Delivered::Landed);
-                t.progress.merge.landing = None;
+                transitions::apply(t, LifecycleEvent::ReleaseLanding);
             })
             .await
         }
@@ -681,7 +688,7 @@ async fn on_stage_error(
         return Err(StoreError::TaskFinished(task.id));
     }
     // The whole chain for the operator; the task records (and clients see) code and message only.
-    tracing::warn!(task = %task.id, stage = ?task.stage, code = error.code(), error = %error.chain(), "stage failed");
+    tracing::warn!(task = %task.id, stage = ?task.progress.stage, code = error.code(), error = %error.chain(), "stage failed");
     let retry = &state.services.config.retry;
     if !error.is_transient() {
         return end_task(myself, state, task, TaskStatus::Failed, error.to_info()).await;

@@ -13,6 +13,11 @@
 //! pull-request states) are added here first, as rows of the table and of its test, before any
 //! code elsewhere uses them.
 //!
+//! The merge queue's sub-states of a running task are rows too: in line without a slot
+//! (`JoinQueue`/`LeaveQueue`: effects `FreeSlot`/`TakeSlot`), held for a red base
+//! (`HoldForRedBase`/`ReleaseHold`: `merge.held`), landing (`ClaimLanding`/`ReleaseLanding`:
+//! `merge.landing`, during which a cancel is refused `TASK_LANDING`).
+//!
 //! Refusal codes: the client's gate actions (approve, reject, retry) answer
 //! `INVALID_TASK_STATUS` in any status they do not apply to, as they always have; any other event
 //! on an ended task answers `TASK_FINISHED` (terminal records never change), and on an unfinished
@@ -70,6 +75,20 @@ pub enum LifecycleEvent {
     Fail(ErrorInfo),
     /// The service gives up on the task and keeps it for a human.
     DeadLetter(ErrorInfo),
+    /// The task enters its merge queue's line: it waits there without a pipeline slot.
+    JoinQueue,
+    /// The task's wait in its merge queue ended (landed, sent back, or asked again).
+    LeaveQueue,
+    /// Its base is red (the base alone fails verify): the queue holds it, no attempt spent;
+    /// the reason is shown on the task (`merge.held`).
+    HoldForRedBase(String),
+    /// The hold ended (the base moved, or the wait ran out).
+    ReleaseHold,
+    /// The merge queue is about to move the base to this candidate commit: from now on a cancel
+    /// is refused `TASK_LANDING` (a cancel answered 2xx must never see its task land).
+    ClaimLanding(String),
+    /// The base did not move to the candidate: cancels work again.
+    ReleaseLanding,
 }
 
 impl LifecycleEvent {
@@ -90,6 +109,12 @@ impl LifecycleEvent {
             Self::Deliver => "deliver",
             Self::Fail(_) => "fail",
             Self::DeadLetter(_) => "dead_letter",
+            Self::JoinQueue => "join_queue",
+            Self::LeaveQueue => "leave_queue",
+            Self::HoldForRedBase(_) => "hold_for_red_base",
+            Self::ReleaseHold => "release_hold",
+            Self::ClaimLanding(_) => "claim_landing",
+            Self::ReleaseLanding => "release_landing",
         }
     }
 
@@ -99,6 +124,10 @@ impl LifecycleEvent {
             Self::Unblock | Self::DependencyFailed(_) => "blocked",
             Self::Start { .. } => "queued",
             Self::Resume | Self::EnterStage { .. } | Self::RetryStage => "running",
+            Self::JoinQueue | Self::LeaveQueue | Self::HoldForRedBase(_) | Self::ReleaseHold => {
+                "running"
+            }
+            Self::ClaimLanding(_) | Self::ReleaseLanding => "running",
             Self::AwaitApproval | Self::Deliver => "running",
             Self::Approve { .. } | Self::Reject => "awaiting_approval",
             Self::Retry { .. } => "failed or dead_letter",
@@ -138,6 +167,10 @@ pub enum Effect {
     NotifyDependents,
     /// A human is told (the dead-letter notification).
     EscalateToHuman,
+    /// Compass stops counting the task's pipeline against `compass.max_concurrent_tasks`.
+    FreeSlot,
+    /// Compass counts it again.
+    TakeSlot,
 }
 
 /// Effects of every end: the task's resources go, its budget settles, its dependents move.
@@ -212,6 +245,25 @@ pub(crate) fn step(
             TaskStatus::DeadLetter,
             &[Effect::EscalateToHuman],
         ),
+        E::JoinQueue => while_running(status, event, &[Effect::FreeSlot]),
+        E::LeaveQueue => while_running(status, event, &[Effect::TakeSlot]),
+        E::HoldForRedBase(_) | E::ReleaseHold => while_running(status, event, &[]),
+        E::ClaimLanding(_) | E::ReleaseLanding => while_running(status, event, &[]),
+    }
+}
+
+/// The merge queue's sub-states of a running task (in line, held, landing): running stays
+/// running, with `effects`; nothing else takes them.
+fn while_running(
+    status: TaskStatus,
+    event: &LifecycleEvent,
+    effects: &[Effect],
+) -> Result<Transition, LifecycleRefusal> {
+    use TaskStatus as S;
+    match status {
+        S::Running => to(status, S::Running, effects),
+        S::Queued | S::Blocked | S::AwaitingApproval => refuse(status, event),
+        S::Done | S::Failed | S::Cancelled | S::DeadLetter => refuse(status, event),
     }
 }
 
@@ -427,6 +479,15 @@ impl Task {
         event: LifecycleEvent,
         now: DateTime<Utc>,
     ) -> Result<Transition, LifecycleRefusal> {
+        if event == LifecycleEvent::Cancel && self.progress.merge.landing.is_some() {
+            // The one guard beyond the status: a claimed landing (see `ClaimLanding`).
+            return Err(LifecycleRefusal {
+                status: self.progress.status,
+                event: event.name(),
+                expected: "not landing",
+                code: codes::TASK_LANDING,
+            });
+        }
         let transition = step(self.progress.status, &event)?;
         let progress = &mut self.progress;
         progress.status = transition.to;
@@ -449,7 +510,13 @@ impl Task {
             LifecycleEvent::DependencyFailed(error)
             | LifecycleEvent::Fail(error)
             | LifecycleEvent::DeadLetter(error) => self.outcome.error = Some(error),
+            LifecycleEvent::HoldForRedBase(reason) => progress.merge.held = Some(reason),
+            LifecycleEvent::ReleaseHold => progress.merge.held = None,
+            LifecycleEvent::ClaimLanding(commit) => progress.merge.landing = Some(commit),
+            LifecycleEvent::ReleaseLanding => progress.merge.landing = None,
             LifecycleEvent::Resume
+            | LifecycleEvent::JoinQueue
+            | LifecycleEvent::LeaveQueue
             | LifecycleEvent::AwaitApproval
             | LifecycleEvent::Approve { .. }
             | LifecycleEvent::Reject

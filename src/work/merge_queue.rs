@@ -33,6 +33,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::model::lifecycle::LifecycleEvent;
 use crate::model::persona::Persona;
 use crate::model::task::{branch_name, is_remote_repo, History, Priority, Stage, Task, TaskId};
 use crate::platform::git::candidate::{self, Applied, BuiltCandidate, CandidateRequest, Landing};
@@ -203,7 +204,7 @@ pub(crate) async fn run_turn(services: &Services, tasks: Vec<Task>) -> Vec<TurnO
             Ok(Some(commit)) => outcomes.push((task.id, Ok(DeliverStep::Landed(commit)))),
             Ok(None) => {
                 // A claim left by a turn cut off before the base moved (a crash) is stale.
-                if task.merge.landing.is_some() {
+                if task.progress.merge.landing.is_some() {
                     release_landing(services, &[(&task, String::new())]).await;
                 }
                 pending.push(task)
@@ -434,7 +435,9 @@ async fn claim_landing(
         let commit = candidate.to_owned();
         let claimed = services
             .store
-            .update_task(task.id, &[], move |t| t.progress.merge.landing = Some(commit))
+            .update_task(task.id, &[], move |t| {
+                crate::work::transitions::apply(t, LifecycleEvent::ClaimLanding(commit));
+            })
             .await;
         match claimed {
             Ok(_) => {}
@@ -450,7 +453,9 @@ async fn release_landing(services: &Services, stacked: &[(&Task, String)]) {
     for (task, _) in stacked {
         let released = services
             .store
-            .update_task(task.id, &[], |t| t.progress.merge.landing = None)
+            .update_task(task.id, &[], |t| {
+                crate::work::transitions::apply(t, LifecycleEvent::ReleaseLanding);
+            })
             .await;
         match released {
             Ok(_) | Err(StoreError::TaskFinished(_)) => {}

@@ -226,14 +226,11 @@ pub(crate) async fn cancel(
         "task.finished",
         json!({"status": TaskStatus::Cancelled, "principal": by}),
     );
-    match services
-        .store
-        .cancel_task(id, &[event], |t| {
-            apply(t, LifecycleEvent::Cancel);
-        })
-        .await {
-        Ok(Some(cancelled)) => Ok(cancelled),
-        Ok(None) => Err(TaskActionError::Landing(id)),
+    let cancel = |t: &mut Task| t.apply(LifecycleEvent::Cancel, Utc::now()).map(|_| ());
+    match services.store.try_update_task(id, &[event], cancel).await {
+        Ok(Ok(cancelled)) => Ok(cancelled),
+        // The only refusal of a cancel on an unfinished task: its landing is claimed.
+        Ok(Err(_landing)) => Err(TaskActionError::Landing(id)),
         Err(StoreError::TaskFinished(id)) => Err(TaskActionError::Finished(id)),
         Err(other) => Err(other.into()),
     }
@@ -267,7 +264,10 @@ pub(crate) async fn retry(
     // reverted could never pass.
     let from_base = restart_attempts
         && (needs_a_new_change(&task) || {
-            let repo = Git::new(services.repo_dir(&task.spec.repo), services.config.git.timeout());
+            let repo = Git::new(
+                services.repo_dir(&task.spec.repo),
+                services.config.git.timeout(),
+            );
             repo.is_behind(&branch_name(task.id), &task.spec.base_branch)
                 .await
         });

@@ -77,6 +77,12 @@ fn table() -> Vec<(LifecycleEvent, [Cell; 8])> {
         (E::Deliver,                      [BAD,      BAD,      To(Don),  BAD,      FIN,     FIN,     FIN,     FIN]),
         (E::Fail(error()),                [To(Fai),  To(Fai),  To(Fai),  To(Fai),  FIN,     FIN,     FIN,     FIN]),
         (E::DeadLetter(error()),          [To(Dlq),  To(Dlq),  To(Dlq),  To(Dlq),  FIN,     FIN,     FIN,     FIN]),
+        (E::JoinQueue,                    [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
+        (E::LeaveQueue,                   [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
+        (E::HoldForRedBase("red".into()), [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
+        (E::ReleaseHold,                  [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
+        (E::ClaimLanding("c0ffee".into()),[BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
+        (E::ReleaseLanding,               [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
     ];
     rows
 }
@@ -99,6 +105,12 @@ fn every_event_name() -> Vec<&'static str> {
         "deliver",
         "fail",
         "dead_letter",
+        "join_queue",
+        "leave_queue",
+        "hold_for_red_base",
+        "release_hold",
+        "claim_landing",
+        "release_landing",
     ];
     // Ties the list to the enum: every variant's name is in it.
     let named = |event: &LifecycleEvent| match event {
@@ -115,7 +127,13 @@ fn every_event_name() -> Vec<&'static str> {
         | LifecycleEvent::Cancel
         | LifecycleEvent::Deliver
         | LifecycleEvent::Fail(_)
-        | LifecycleEvent::DeadLetter(_) => event.name(),
+        | LifecycleEvent::DeadLetter(_)
+        | LifecycleEvent::JoinQueue
+        | LifecycleEvent::LeaveQueue
+        | LifecycleEvent::HoldForRedBase(_)
+        | LifecycleEvent::ReleaseHold
+        | LifecycleEvent::ClaimLanding(_)
+        | LifecycleEvent::ReleaseLanding => event.name(),
     };
     for (event, _) in table() {
         assert!(all.contains(&named(&event)), "{} has no name", event.name());
@@ -301,4 +319,28 @@ fn apply_writes_the_move_and_what_it_implies() {
     );
     task.apply(LifecycleEvent::Unblock, now).unwrap();
     assert!(task.progress.blocked_by.is_empty());
+}
+
+#[test]
+fn a_claimed_landing_refuses_a_cancel_with_task_landing_until_released() {
+    let mut task = Task::for_test("t", "d");
+    task.apply(
+        LifecycleEvent::Start {
+            stage: Stage::Deliver,
+            attempt: 1,
+        },
+        Utc::now(),
+    )
+    .unwrap();
+    task.apply(LifecycleEvent::ClaimLanding("c0ffee".into()), Utc::now())
+        .unwrap();
+    let refused = task.apply(LifecycleEvent::Cancel, Utc::now()).unwrap_err();
+    assert_eq!(refused.code, codes::TASK_LANDING);
+    assert_eq!(task.progress.status, Run);
+    task.apply(LifecycleEvent::ReleaseLanding, Utc::now())
+        .unwrap();
+    assert_eq!(
+        task.apply(LifecycleEvent::Cancel, Utc::now()).unwrap().to,
+        Can
+    );
 }

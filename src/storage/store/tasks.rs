@@ -202,15 +202,16 @@ impl Store {
         self.change_task(id, events, &[], change).await
     }
 
-    /// Ends a task `cancelled` (`cancel`, the lifecycle's move) with `events`, unless it has ended (`Err(TaskFinished)`, answered
-    /// only once that end is durable) or the merge queue has claimed its landing
-    /// (`Ok(None)`: the base is moving to the task's change; the cancel lost).
-    pub async fn cancel_task(
+    /// Like [`Store::update_task`], for a move the task's state may refuse: `change` (a
+    /// lifecycle move) answers `Err` and nothing is written (`Ok(Err(refusal))`). An ended task
+    /// is `Err(TaskFinished)`, answered only once that end is durable. A cancel goes through here:
+    /// the lifecycle refuses it while the merge queue has claimed the task's landing.
+    pub async fn try_update_task<R: Send + 'static>(
         &self,
         id: TaskId,
         events: &[NewEvent],
-        cancel: impl FnOnce(&mut Task) + Send + 'static,
-    ) -> Result<Option<Task>, StoreError> {
+        change: impl FnOnce(&mut Task) -> Result<(), R> + Send + 'static,
+    ) -> Result<Result<Task, R>, StoreError> {
         let events = events.to_vec();
         let changed = self
             .write(move |batch| -> Result<_, StoreError> {
@@ -218,25 +219,25 @@ impl Store {
                 if task.progress.status.is_terminal() {
                     return Ok(None);
                 }
-                if task.progress.merge.landing.is_some() {
-                    return Ok(Some(None));
-                }
                 let before = task.progress.status;
-                cancel(&mut task);
+                if let Err(refusal) = change(&mut task) {
+                    return Ok(Some(Err(refusal)));
+                }
                 task.progress.updated_at = Utc::now();
                 put_task(batch, id, &task)?;
                 for event in &events {
                     append(batch, id, event)?;
                 }
-                Ok(Some(Some((before, task))))
+                Ok(Some(Ok((before, task))))
             })
             .await?;
-        let Some((before, cancelled)) = changed.ok_or(StoreError::TaskFinished(id))? else {
-            return Ok(None);
+        let (before, changed) = match changed.ok_or(StoreError::TaskFinished(id))? {
+            Ok(done) => done,
+            Err(refusal) => return Ok(Err(refusal)),
         };
         self.writer_health()
-            .count_task_change(before, cancelled.progress.status);
-        Ok(Some(cancelled))
+            .count_task_change(before, changed.progress.status);
+        Ok(Ok(changed))
     }
 
     /// Like [`Store::update_task`], but for the one transition out of a terminal status: a

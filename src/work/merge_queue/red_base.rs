@@ -13,6 +13,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::{note, queue_key, scratch_path, short, TurnOutcome};
+use crate::model::lifecycle::LifecycleEvent;
 use crate::model::persona::Persona;
 use crate::model::task::{is_remote_repo, Stage, Task, TaskId, TaskStatus};
 use crate::platform::git::{candidate, Git};
@@ -47,15 +48,18 @@ pub(super) async fn check(
     base: &str,
 ) -> Option<RedBase> {
     let task = left.iter().find(|t| t.id == failed)?;
-    let repo = Git::new(services.repo_dir(&task.repo), services.config.git.timeout());
+    let repo = Git::new(
+        services.repo_dir(&task.spec.repo),
+        services.config.git.timeout(),
+    );
     let dir = repo.dir().display().to_string();
-    let verdict = match services.base_health.verdict(&dir, base, &task.verify) {
+    let verdict = match services.base_health.verdict(&dir, base, &task.spec.verify) {
         Some(verdict) => verdict,
         None => match verify_base(services, &repo, task, base).await {
             Ok(verdict) => {
                 services
                     .base_health
-                    .remember(&dir, base, &task.verify, verdict.clone());
+                    .remember(&dir, base, &task.spec.verify, verdict.clone());
                 verdict
             }
             Err(error) => {
@@ -65,10 +69,10 @@ pub(super) async fn check(
         },
     };
     (!verdict.passed).then(|| RedBase {
-        repo: task.repo.clone(),
-        branch: task.base_branch.clone(),
+        repo: task.spec.repo.clone(),
+        branch: task.spec.base_branch.clone(),
         commit: base.to_owned(),
-        command: task.verify.clone(),
+        command: task.spec.verify.clone(),
         output: verdict.output,
         since: Utc::now(),
     })
@@ -103,7 +107,8 @@ pub(super) async fn hold(services: &Services, tasks: Vec<Task>, red: RedBase) ->
     );
     let output = crate::platform::process::keep_tail(&red.output, EVENT_OUTPUT_BYTES_MAX);
     let data = json!({"repo": red.repo, "branch": red.branch, "commit": red.commit, "command": red.command, "output": output});
-    mark(services, &tasks, "merge.base_red", data, Some(reason)).await;
+    let hold = LifecycleEvent::HoldForRedBase(reason);
+    mark(services, &tasks, "merge.base_red", data, hold).await;
     let deadline = Instant::now() + Duration::from_secs(services.config.merge_queue.wait_secs);
     let mut held = Held {
         still: tasks,
@@ -122,7 +127,14 @@ pub(super) async fn hold(services: &Services, tasks: Vec<Task>, red: RedBase) ->
     }
     services.base_health.clear(&red.repo, &red.branch);
     let data = json!({"commit": red.commit, "moved": held.moved});
-    mark(services, &held.still, "merge.base_unheld", data, None).await;
+    mark(
+        services,
+        &held.still,
+        "merge.base_unheld",
+        data,
+        LifecycleEvent::ReleaseHold,
+    )
+    .await;
     held
 }
 
@@ -136,7 +148,7 @@ async fn drop_cancelled(services: &Services, held: &mut Held) {
             .await
             .ok()
             .flatten()
-            .map(|t| t.status);
+            .map(|t| t.progress.status);
         if status == Some(TaskStatus::Cancelled) {
             held.cancelled.push((task.id, Err(StageError::Cancelled)));
         } else {
@@ -148,15 +160,18 @@ async fn drop_cancelled(services: &Services, held: &mut Held) {
 
 /// Whether `task`'s base branch points elsewhere than `red` now (a remote's as it is there).
 async fn moved(services: &Services, task: &Task, red: &str) -> bool {
-    if is_remote_repo(&task.repo) {
+    if is_remote_repo(&task.spec.repo) {
         if let Err(error) = crate::work::remote::sync(services, task).await {
             tracing::debug!(%error, "could not look at the remote base; still held");
             return false;
         }
     }
-    let repo = Git::new(services.repo_dir(&task.repo), services.config.git.timeout());
+    let repo = Git::new(
+        services.repo_dir(&task.spec.repo),
+        services.config.git.timeout(),
+    );
     match repo
-        .rev_parse(&format!("refs/heads/{}", task.base_branch))
+        .rev_parse(&format!("refs/heads/{}", task.spec.base_branch))
         .await
     {
         Ok(now) => now != red,
@@ -164,20 +179,22 @@ async fn moved(services: &Services, task: &Task, red: &str) -> bool {
     }
 }
 
-/// Writes `event` on every task with `merge.held` set to `held` (one durable update each).
+/// Writes `kind` on every task and moves it by `hold` (one durable update each).
 async fn mark(
     services: &Services,
     tasks: &[Task],
     kind: &'static str,
     data: serde_json::Value,
-    held: Option<String>,
+    hold: LifecycleEvent,
 ) {
     for task in tasks {
         let event = NewEvent::new(Persona::Patch, kind, data.clone());
-        let held = held.clone();
+        let hold = hold.clone();
         let written = services
             .store
-            .update_task(task.id, &[event], move |t| t.merge.held = held)
+            .update_task(task.id, &[event], move |t| {
+                crate::work::transitions::apply(t, hold);
+            })
             .await;
         if let Err(error) = written {
             tracing::warn!(task = %task.id, %error, "could not record the base's hold on the task");
