@@ -686,9 +686,12 @@ async fn dispatch(myself: &ActorRef<CompassMsg>, state: &mut CompassState) {
     set_queue_depth(state);
 }
 
-/// Pipelines that hold a slot: every one but those waiting in a merge queue.
+/// Pipelines that hold a slot: every one but those waiting in a merge queue, up to
+/// `compass.max_parked_tasks` of them (past it, waiting holds a slot again).
 fn busy_slots(state: &CompassState) -> usize {
-    state.pipelines.values().filter(|slot| !slot.parked).count()
+    let parked = state.pipelines.values().filter(|slot| slot.parked).count();
+    let free_parked = parked.min(state.services.config.compass.max_parked_tasks);
+    state.pipelines.len() - free_parked
 }
 
 fn set_queue_depth(state: &mut CompassState) {

@@ -356,6 +356,10 @@ impl Default for PathsConfig {
 pub struct CompassConfig {
     /// Pipelines running at once; the rest wait as `queued`.
     pub max_concurrent_tasks: usize,
+    /// Tasks that may wait in merge queues without holding a slot; past it a waiting task holds
+    /// its slot again. Bounds the pipelines alive at once (to `max_concurrent_tasks` plus this),
+    /// e.g. after a restart with hundreds of tasks at `deliver`.
+    pub max_parked_tasks: usize,
     /// Tasks allowed to wait in the queue; past it, submissions get 429 `QUEUE_FULL`.
     pub max_queued_tasks: usize,
     /// A running task with no event for this long is reported as stalled.
@@ -385,6 +389,7 @@ impl Default for CompassConfig {
         templates.insert("infra".to_owned(), deployed);
         Self {
             max_concurrent_tasks: 4,
+            max_parked_tasks: 16,
             max_queued_tasks: 10_000,
             stall_after_secs: 900,
             templates,

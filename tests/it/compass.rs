@@ -15,13 +15,16 @@ fn started_at(task: &Value) -> String {
     task["started_at"].as_str().unwrap().to_owned()
 }
 
+/// At most `max_concurrent_tasks` tasks work at once. A task waiting in its merge queue (stage
+/// `deliver`) holds no slot (issue #23: waiting costs no slot), up to `max_parked_tasks` of them,
+/// so those are counted apart and bounded by that limit.
 #[tokio::test]
 async fn never_more_than_max_concurrent_tasks_run_and_all_finish() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let service = Service::start_with(
         root.path(),
-        with_config("[compass]\nmax_concurrent_tasks = 2\n"),
+        with_config("[compass]\nmax_concurrent_tasks = 2\nmax_parked_tasks = 1\n"),
     )
     .await;
     let mut ids = Vec::new();
@@ -36,9 +39,15 @@ async fn never_more_than_max_concurrent_tasks_run_and_all_finish() {
     loop {
         let (_, list) = service.get("/v1/tasks").await;
         let tasks = list["tasks"].as_array().unwrap();
-        let running = tasks.iter().filter(|t| t["status"] == "running").count();
-        most_running = most_running.max(running);
-        assert!(running <= 2, "{running} tasks running at once");
+        let running = tasks.iter().filter(|t| t["status"] == "running");
+        let working = running.clone().filter(|t| t["stage"] != "deliver").count();
+        let waiting = running.filter(|t| t["stage"] == "deliver").count();
+        most_running = most_running.max(working);
+        assert!(working <= 2, "{working} tasks working at once");
+        assert!(
+            working + waiting <= 3,
+            "{working} working and {waiting} waiting in the merge queue: more than 2 slots + 1 parked"
+        );
         if tasks.iter().all(|t| t["status"] == "done") {
             break;
         }
