@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::Service;
+use crate::helpers::{Options, Service};
 
 /// The router's source: every route registered there must be in the document, and nothing else.
 const ROUTER_SOURCE: &str = include_str!("../../src/app/http/mod.rs");
@@ -124,7 +124,7 @@ fn the_source_parser_finds_every_method_of_a_route() {
 #[tokio::test]
 async fn the_document_lists_every_route_and_every_operation_answers() {
     let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
 
     let (status, document) = service.get("/v1/openapi.json").await;
     assert_eq!(status, 200, "{document}");
