@@ -26,3 +26,31 @@ impl std::fmt::Debug for Embedding {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_says_a_secret_is_set_but_never_shows_it() {
+        let embedding = Embedding {
+            admin_secret: Some("glt_embedded-secret-0123456789abcdef".to_owned()),
+            sandbox_exe: Some(PathBuf::from("/usr/bin/glitchlab")),
+        };
+        let shown = format!("{embedding:?}");
+        assert!(!shown.contains("embedded-secret"), "{shown}");
+        assert!(
+            shown.contains("[set]") && shown.contains("/usr/bin/glitchlab"),
+            "{shown}"
+        );
+        assert!(format!("{:?}", Embedding::default()).contains("admin_secret: None"));
+    }
+
+    #[test]
+    fn a_config_file_cannot_set_the_embedding() {
+        let refused = crate::config::Config::parse("[embedding]\nadmin_secret = \"x\"\n");
+        assert!(refused.is_err(), "{refused:?}");
+        let config = crate::config::Config::parse("").unwrap();
+        assert!(config.embedding.admin_secret.is_none());
+    }
+}
