@@ -213,3 +213,59 @@ fn serve(
 fn read_log(root: &Path) -> String {
     std::fs::read_to_string(root.join("service.log")).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::helpers::{git_repo, shell_task, Options, Service};
+
+    /// Stopping frees what the binary's exit frees: the port, and sled's lock on the data dir (a
+    /// second in-process service and then the binary reopen it and find the task).
+    #[tokio::test]
+    async fn a_stopped_service_frees_its_port_and_data_dir_for_a_restart() {
+        let root = tempfile::tempdir().unwrap();
+        let repo = git_repo(root.path());
+        let service = Service::start_in_process(root.path(), Options::default()).await;
+        let task = service
+            .submit(&shell_task(&repo, "echo a > a.txt", "true"))
+            .await;
+        let id = task["id"].as_str().unwrap().to_owned();
+        assert_eq!(service.wait_until_finished(&id).await["status"], "done");
+        assert!(
+            service.log().contains("loaded data folders"),
+            "the service's log is not in service.log:\n{}",
+            service.log()
+        );
+        let addr = service.base.trim_start_matches("http://").to_owned();
+        drop(service);
+        let connect = tokio::net::TcpStream::connect(&addr).await;
+        assert!(connect.is_err(), "{addr} still accepts connections");
+        let service = Service::start_in_process(root.path(), Options::default()).await;
+        let (status, again) = service.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!((status, again["status"].as_str()), (200, Some("done")));
+        drop(service);
+        let service = Service::start_with(root.path(), Options::default()).await;
+        let (status, again) = service.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!((status, again["status"].as_str()), (200, Some("done")));
+        let (status, _) = service.get("/healthz").await;
+        assert_eq!(status, 200);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "runs in-process")]
+    async fn kill_9_of_an_in_process_service_panics_saying_why() {
+        let root = tempfile::tempdir().unwrap();
+        let mut service = Service::start_in_process(root.path(), Options::default()).await;
+        service.kill_9();
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "cannot be given environment variables")]
+    async fn environment_for_an_in_process_service_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let options = Options {
+            env: vec![("GLITCHLAB_TEST_SECRET".into(), "x".into())],
+            ..Options::default()
+        };
+        Service::start_in_process(root.path(), options).await;
+    }
+}
