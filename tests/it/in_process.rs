@@ -8,7 +8,8 @@
 //!   through `Config::embedding`, and a test that needs other variables (`FAILPOINTS`, secrets)
 //!   must use the binary (`Options::env` is refused here);
 //! - the log: a tracing dispatcher set on each of the runtime's threads writes `service.log` in
-//!   the test's root, so `Service::log` works (unredacted: tests of log redaction use the binary);
+//!   the test's root, so `Service::log` works (unredacted: tests of log redaction use the binary;
+//!   the service's own std threads, such as the store writer, log nowhere);
 //! - the umask is left alone (the binary narrows it to `077`): tests of file modes use the binary;
 //! - the metrics recorder is one per process: tests that read `/metrics` values use the binary;
 //! - signals, pids and `kill -9` do not exist for an in-process service (they panic);
