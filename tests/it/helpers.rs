@@ -137,6 +137,12 @@ impl Service {
         if std::env::var_os(IN_PROCESS_VAR).is_some_and(|value| value == "0") {
             return Self::start_with(root, options).await;
         }
+        Self::always_in_process(root, options).await
+    }
+
+    /// [`Service::start_in_process`] whatever `GLITCHLAB_IT_IN_PROCESS` says: the harness's own
+    /// tests.
+    pub(crate) async fn always_in_process(root: &Path, options: Options) -> Service {
         let config = write_config(root, &options);
         let (root, task_root) = (root.to_path_buf(), root.to_path_buf());
         // Starting blocks (a thread waits for the address): off the test's runtime.

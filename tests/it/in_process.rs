@@ -225,7 +225,7 @@ mod tests {
     async fn a_stopped_service_frees_its_port_and_data_dir_for_a_restart() {
         let root = tempfile::tempdir().unwrap();
         let repo = git_repo(root.path());
-        let service = Service::start_in_process(root.path(), Options::default()).await;
+        let service = Service::always_in_process(root.path(), Options::default()).await;
         let task = service
             .submit(&shell_task(&repo, "echo a > a.txt", "true"))
             .await;
@@ -240,7 +240,7 @@ mod tests {
         drop(service);
         let connect = tokio::net::TcpStream::connect(&addr).await;
         assert!(connect.is_err(), "{addr} still accepts connections");
-        let service = Service::start_in_process(root.path(), Options::default()).await;
+        let service = Service::always_in_process(root.path(), Options::default()).await;
         let (status, again) = service.get(&format!("/v1/tasks/{id}")).await;
         assert_eq!((status, again["status"].as_str()), (200, Some("done")));
         drop(service);
@@ -255,7 +255,7 @@ mod tests {
     #[should_panic(expected = "runs in-process")]
     async fn kill_9_of_an_in_process_service_panics_saying_why() {
         let root = tempfile::tempdir().unwrap();
-        let mut service = Service::start_in_process(root.path(), Options::default()).await;
+        let mut service = Service::always_in_process(root.path(), Options::default()).await;
         service.kill_9();
     }
 
@@ -267,6 +267,6 @@ mod tests {
             env: vec![("GLITCHLAB_TEST_SECRET".into(), "x".into())],
             ..Options::default()
         };
-        Service::start_in_process(root.path(), options).await;
+        Service::always_in_process(root.path(), options).await;
     }
 }
