@@ -1,7 +1,8 @@
 //! The layering rule, read from the source the way the OpenAPI test reads the router: every file
 //! under `src/` belongs to the layer named by its first folder, and may only import from its own
 //! layer or the ones below it; no modules import each other in a circle; the bottom layers use no
-//! runtime crates. Also: every file `docs/ARCHITECTURE.md` names exists, and every layer is named.
+//! runtime crates. Also: every file and every module path `docs/ARCHITECTURE.md` names exists,
+//! every layer is named, and the document stays short enough to be read.
 
 // A test or a bench states what it expects with unwrap/expect/panic, and is nobody's API; the
 // service code may not (Cargo.toml).
@@ -314,6 +315,125 @@ fn cycles(modules: &BTreeMap<String, Module>) -> Vec<Vec<String>> {
     tarjan.found
 }
 
+/// The most characters `docs/ARCHITECTURE.md` may have: a map read in one sitting; details go
+/// next to the code or into the topical documents (issue 28).
+const ARCHITECTURE_CHARS_MAX: usize = 20_000;
+
+/// Path roots that name no module of ours: the standard library's crates (the dependencies are
+/// read from `Cargo.toml`).
+const STD_CRATES: [&str; 3] = ["std", "core", "alloc"];
+
+fn is_ident_text(text: &str) -> bool {
+    text.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && text.chars().all(is_ident)
+}
+
+/// Whether `name` occurs as a whole identifier in `code`.
+fn mentions(code: &str, name: &str) -> bool {
+    code.match_indices(name).any(|(at, _)| {
+        let before = code[..at].chars().next_back();
+        let after = code[at + name.len()..].chars().next();
+        !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+    })
+}
+
+/// The dependency names of `Cargo.toml` (`-` as `_`): paths rooted there are not ours.
+fn dependency_crates(manifest: &str) -> BTreeSet<String> {
+    let mut crates: BTreeSet<String> = STD_CRATES.iter().map(|c| (*c).to_owned()).collect();
+    let mut in_dependencies = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_dependencies = line.ends_with("dependencies]");
+        } else if in_dependencies {
+            if let Some((name, _)) = line.split_once('=') {
+                crates.insert(name.trim().replace('-', "_"));
+            }
+        }
+    }
+    crates
+}
+
+/// Every backticked Rust path in `text` (`crate::work::merge_queue`, `work::intake::submit`,
+/// `store::Store`, `process::run()`) that does not resolve: its first segment must be a layer, the
+/// last segment of one of our modules, or a dependency; then each lowercase segment that is a
+/// submodule is followed, and the first segment left must be an identifier the module's code (or
+/// its submodules') mentions.
+fn unresolved_paths(
+    text: &str,
+    modules: &BTreeMap<String, Module>,
+    crates: &BTreeSet<String>,
+) -> (usize, Vec<String>) {
+    let mut checked = 0;
+    let mut unresolved = Vec::new();
+    for (i, span) in text.split('`').enumerate() {
+        let path = span.trim_end_matches("()");
+        let path = path.strip_prefix("crate::").unwrap_or(path);
+        let segments: Vec<&str> = path.split("::").collect();
+        if i % 2 == 0 || segments.len() < 2 || !segments.iter().all(|s| is_ident_text(s)) {
+            continue;
+        }
+        let first = segments[0];
+        if crates.contains(first) {
+            continue;
+        }
+        checked += 1;
+        if first.starts_with(|c: char| c.is_ascii_uppercase()) {
+            // `Type::item`: a type of ours that has the item.
+            let defines = |code: &str| {
+                ["struct", "enum", "trait", "type"]
+                    .iter()
+                    .any(|kind| mentions(code, &format!("{kind} {first}")))
+            };
+            // The item may sit in an `impl` in a submodule of the type's module.
+            let known = modules
+                .iter()
+                .filter(|(_, m)| defines(&m.code))
+                .any(|(owner, _)| {
+                    modules
+                        .iter()
+                        .filter(|(name, _)| *name == owner || is_ancestor(owner, name))
+                        .any(|(_, m)| mentions(&m.code, segments[1]))
+                });
+            if !known {
+                unresolved.push(span.to_owned());
+            }
+            continue;
+        }
+        let suffix = format!("::{first}");
+        let resolved = modules
+            .keys()
+            .filter(|m| *m == first || m.ends_with(&suffix))
+            .any(|root| resolves(root, &segments[1..], modules));
+        if !resolved {
+            unresolved.push(span.to_owned());
+        }
+    }
+    (checked, unresolved)
+}
+
+/// Whether `rest` names submodules and then (optionally) an item of the module `root`.
+fn resolves(root: &str, rest: &[&str], modules: &BTreeMap<String, Module>) -> bool {
+    let mut module = root.to_owned();
+    let mut rest = rest;
+    while let Some((next, tail)) = rest.split_first() {
+        let child = format!("{module}::{next}");
+        if !modules.contains_key(&child) {
+            break;
+        }
+        module = child;
+        rest = tail;
+    }
+    match rest.first() {
+        None => true,
+        Some(item) => modules
+            .iter()
+            .filter(|(name, _)| name.as_str() == module || is_ancestor(&module, name))
+            .any(|(_, m)| mentions(&m.code, item)),
+    }
+}
+
 fn source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
@@ -419,10 +539,11 @@ fn the_checks_catch_an_upward_import_a_cycle_and_a_runtime_crate_in_the_model() 
     );
 }
 
-#[test]
-fn the_architecture_document_names_only_files_that_exist_and_every_layer() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
+/// The documents whose file and module paths must exist: the map, and the details it points to.
+const MAPPED_DOCS: [&str; 2] = ["docs/ARCHITECTURE.md", "docs/internals.md"];
+
+/// The backticked repository paths (`src/...`, `tests/...`) of `text`, and those that do not exist.
+fn missing_files(root: &Path, text: &str) -> (usize, Vec<String>) {
     let mut named = 0;
     let mut missing = Vec::new();
     for (i, span) in text.split('`').enumerate() {
@@ -447,11 +568,22 @@ fn the_architecture_document_names_only_files_that_exist_and_every_layer() {
             }
         }
     }
-    assert!(named > 20, "the code map names only {named} files");
-    assert!(
-        missing.is_empty(),
-        "docs/ARCHITECTURE.md names files that do not exist: {missing:?}"
-    );
+    (named, missing)
+}
+
+#[test]
+fn the_architecture_document_names_only_files_that_exist_and_every_layer() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for doc in MAPPED_DOCS {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        let (named, missing) = missing_files(root, &text);
+        assert!(named > 20, "{doc} names only {named} files");
+        assert!(
+            missing.is_empty(),
+            "{doc} names files that do not exist: {missing:?}"
+        );
+    }
+    let text = std::fs::read_to_string(root.join(MAPPED_DOCS[0])).unwrap();
     for layer in LAYERS {
         let folder = format!("`src/{layer}/`");
         assert!(
@@ -459,4 +591,72 @@ fn the_architecture_document_names_only_files_that_exist_and_every_layer() {
             "docs/ARCHITECTURE.md does not name the layer {folder}"
         );
     }
+}
+
+#[test]
+fn the_architecture_document_names_only_module_paths_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let crates = dependency_crates(&manifest);
+    let modules = read_modules(&source_dir());
+    for doc in MAPPED_DOCS {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        let (checked, unresolved) = unresolved_paths(&text, &modules, &crates);
+        assert!(checked >= 10, "{doc} names only {checked} module paths");
+        assert!(
+            unresolved.is_empty(),
+            "{doc} names module paths that do not resolve to a module of src/ (or an item one \
+             of them mentions): {unresolved:?}"
+        );
+    }
+}
+
+#[test]
+fn the_architecture_document_is_short_enough_to_be_read() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
+    let chars = text.chars().count();
+    assert!(
+        chars <= ARCHITECTURE_CHARS_MAX,
+        "docs/ARCHITECTURE.md has {chars} characters, more than {ARCHITECTURE_CHARS_MAX}: move \
+         details next to the code (`//!`) or into docs/internals.md"
+    );
+}
+
+#[test]
+fn the_module_path_check_catches_a_missing_module_or_item() {
+    let modules = fixture(&[
+        ("work", "pub(crate) mod intake;\n"),
+        (
+            "work::intake",
+            "pub(crate) async fn submit() {}\npub(crate) struct Submission;\n",
+        ),
+        ("app::http", "pub(crate) mod tasks;\n"),
+        ("app::http::tasks", "pub(crate) async fn list() {}\n"),
+        (
+            "storage::store",
+            "pub struct Store;\nimpl Store { pub fn write() {} }\n",
+        ),
+    ]);
+    let crates = dependency_crates(
+        "[dependencies]\ntokio = \"1\"\n[dev-dependencies]\nfantoccini = \"0\"\n",
+    );
+    let text = "Good: `crate::work::intake`, `work::intake::submit`, `intake::Submission`, \
+                `http::tasks::list()`, `store::Store`, `Store::write`, `tokio::spawn`, \
+                `std::fs`, `fantoccini::Client`, `not a path`, `a::b c`.\n\
+                Bad: `work::merge_queue`, `http::tasks::submit`, `crate::work::nope::x`, \
+                `htp::tasks`, `Store::read`, `Nope::new`.";
+    let (checked, unresolved) = unresolved_paths(text, &modules, &crates);
+    assert_eq!(checked, 12, "{unresolved:?}");
+    assert_eq!(
+        unresolved,
+        [
+            "work::merge_queue",
+            "http::tasks::submit",
+            "crate::work::nope::x",
+            "htp::tasks",
+            "Store::read",
+            "Nope::new"
+        ]
+    );
 }

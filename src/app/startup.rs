@@ -136,7 +136,7 @@ impl Application {
     /// resumes unfinished tasks) and binds `config.server.bind`.
     pub async fn build(mut config: Config) -> Result<Self, StartupError> {
         let tls = transport_setup(&config.server)?;
-        crate::app::http::auth::admin_token_var().map_err(StartupError::AdminToken)?;
+        crate::app::http::auth::admin_token_var(&config).map_err(StartupError::AdminToken)?;
         crate::app::transport::raise_open_files_limit();
         let data_dir = &config.storage.data_dir;
         let data_dir_error = |source| StartupError::DataDir {
@@ -197,7 +197,8 @@ impl Application {
             Duration::from_secs(config.storage.stall_secs),
             watchdog.clone(),
         ));
-        let sandbox = Sandbox::detect(config.governance.sandbox, config.engines.limits)
+        let exe = config.embedding.sandbox_exe.clone();
+        let sandbox = Sandbox::detect(config.governance.sandbox, config.engines.limits, exe)
             .await
             .map_err(StartupError::Sandbox)?;
         let fleet = match &config.fleet.nats_url {

@@ -4,6 +4,7 @@
 //! reason (toml's error names the line and the key path).
 
 pub mod definitions;
+pub mod embedding;
 pub mod notifications;
 pub mod transport;
 
@@ -76,6 +77,9 @@ pub struct Config {
     pub providers: std::collections::BTreeMap<String, ProviderConfig>,
     /// Where notifications of incidents, failed deploys and dead letters are sent.
     pub notifications: notifications::NotificationsConfig,
+    /// Set by a process that embeds the service (tests), never by the file.
+    #[serde(skip)]
+    pub embedding: embedding::Embedding,
 }
 
 /// One OpenAI-compatible chat-completions endpoint. The key is read from `api_key_env` at call

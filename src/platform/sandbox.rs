@@ -243,15 +243,23 @@ impl Drop for Confined {
 impl Sandbox {
     /// Finds what works here, logs what is missing and which limit is enforced how, and
     /// applies `mode`: `off` gives `None`; `required` fails unless namespaces and Landlock both
-    /// work and every limit is enforced; `auto` takes what there is.
-    pub async fn detect(mode: SandboxMode, limits: LimitsConfig) -> Result<Option<Self>, String> {
+    /// work and every limit is enforced; `auto` takes what there is. `exe` is the `glitchlab`
+    /// binary to re-execute, when it is not this process's (an embedding test process).
+    pub async fn detect(
+        mode: SandboxMode,
+        limits: LimitsConfig,
+        exe: Option<PathBuf>,
+    ) -> Result<Option<Self>, String> {
         if mode == SandboxMode::Off {
             tracing::warn!(
                 "sandbox = off: engine and verify processes run unconfined and unlimited; ops commands (build, drain, provider queries) are held by their process group only, which a `setsid` child escapes"
             );
             return Ok(None);
         }
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let exe = match exe {
+            Some(exe) => exe,
+            None => std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?,
+        };
         let landlock = landlock_enforced();
         let pool = (is_root() && limits.sandbox_uid_count > 0)
             .then(|| UidPool::new(limits.sandbox_uid_base, limits.sandbox_uid_count));

@@ -173,7 +173,7 @@ async fn a_submitter_is_held_to_its_scopes_and_its_tasks_name_it() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let other_repo = git_repo(&root.path().join("elsewhere"));
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let glob = format!("{}*", repo.display());
     let secret = make_token(
         &service,
@@ -274,7 +274,7 @@ async fn token_scopes_are_judged_on_canonical_paths_and_tell_nothing_outside() {
     link("to-victim", "victim/repo");
     link("to-ghost", "ghost/repo");
     link("alias", "allowed/repo");
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     // Both globs as a client would write them: the path, and its file:// URL (which, matched as
     // text, let `file://.../allowed/../victim` through).
     let globs = [

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{git_repo, shell_task, Service};
+use crate::helpers::{git_repo, shell_task, Options, Service};
 
 async fn account(service: &Service, id: &str) -> Value {
     let (status, account) = service.get(&format!("/v1/ledger/accounts/{id}")).await;
@@ -35,7 +35,7 @@ async fn assert_audit_balanced(service: &Service) {
 async fn a_task_whose_account_is_short_is_refused_with_402_and_not_created() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let (status, _) = service
         .post(
             "/v1/ledger/accounts",
@@ -68,7 +68,7 @@ async fn a_task_whose_account_is_short_is_refused_with_402_and_not_created() {
 async fn a_finished_tasks_charges_appear_per_persona_and_its_reservation_is_settled() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let before = account(&service, "user:local").await;
     // The prompt folder goes once the task lands: the engine keeps a copy of what it was given.
     let prompt_file = root.path().join("prompt-seen.md");
@@ -135,7 +135,7 @@ async fn a_finished_tasks_charges_appear_per_persona_and_its_reservation_is_sett
 async fn usage_past_the_budget_is_charged_to_the_payer_at_settlement() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let before = account(&service, "user:local").await;
     let mut body = shell_task(&repo, "echo hi > hi.txt", "true");
     body["budget"] = json!({"max_cost": 1});
@@ -158,7 +158,7 @@ async fn usage_past_the_budget_is_charged_to_the_payer_at_settlement() {
 async fn a_run_cut_off_by_a_cancel_is_charged_before_the_task_settles() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let before = account(&service, "user:local").await;
     let marker = root.path().join("verify.started");
     let verify = format!("touch {}; sleep 60", marker.display());

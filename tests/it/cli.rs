@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::helpers::{git_repo, Service, ADMIN_TOKEN};
+use crate::helpers::{git_repo, Options, Service, ADMIN_TOKEN};
 
 /// Runs the CLI binary against `base` with the admin token; its output.
 pub(crate) fn glitchlab(base: &str, args: &[&str]) -> std::process::Output {
@@ -19,7 +19,7 @@ pub(crate) fn glitchlab(base: &str, args: &[&str]) -> std::process::Output {
 async fn submit_wait_follows_a_task_and_the_exit_code_says_how_it_ended() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let repo_arg = repo.display().to_string();
     let base = service.base.clone();
 
@@ -119,7 +119,7 @@ async fn submit_wait_follows_a_task_and_the_exit_code_says_how_it_ended() {
 async fn watch_prints_the_live_output_of_the_running_commands() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let repo_arg = repo.display().to_string();
     let base = service.base.clone();
     let submitted = tokio::task::spawn_blocking({
@@ -164,7 +164,7 @@ async fn watch_prints_the_live_output_of_the_running_commands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incident_and_deploy_commands_read_and_refuse_as_the_service_does() {
     let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let (status, posted) = service
         .post(
             "/v1/alerts",

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{git, git_repo, shell_task, wait_group_gone, with_config, Service};
+use crate::helpers::{git, git_repo, shell_task, wait_group_gone, with_config, Options, Service};
 
 fn id_of(task: &Value) -> String {
     task["id"].as_str().unwrap().to_owned()
@@ -22,7 +22,7 @@ fn started_at(task: &Value) -> String {
 async fn never_more_than_max_concurrent_tasks_run_and_all_finish() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start_with(
+    let service = Service::start_in_process(
         root.path(),
         with_config("[compass]\nmax_concurrent_tasks = 2\nmax_parked_tasks = 1\n"),
     )
@@ -64,7 +64,7 @@ async fn never_more_than_max_concurrent_tasks_run_and_all_finish() {
 async fn a_critical_task_submitted_after_a_low_one_starts_first() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start_with(
+    let service = Service::start_in_process(
         root.path(),
         with_config("[compass]\nmax_concurrent_tasks = 1\n"),
     )
@@ -100,7 +100,7 @@ async fn a_critical_task_submitted_after_a_low_one_starts_first() {
 async fn a_dependent_task_waits_for_its_dependency_and_then_runs() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let first = service
         .submit(&shell_task(&repo, "sleep 1; echo one > one.txt", "true"))
         .await;
@@ -131,7 +131,7 @@ async fn a_dependent_task_waits_for_its_dependency_and_then_runs() {
 async fn a_dependent_task_fails_when_its_dependency_fails() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let mut failing = shell_task(&repo, "sleep 0.5; echo x > x.txt", "echo nope; exit 1");
     failing["max_attempts"] = json!(1);
     let failing = service.submit(&failing).await;
@@ -167,7 +167,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let config = "[compass]\nmax_concurrent_tasks = 1\nmax_queued_tasks = 2\n";
-    let service = Service::start_with(root.path(), with_config(config)).await;
+    let service = Service::start_in_process(root.path(), with_config(config)).await;
     let busy = service
         .submit(&shell_task(&repo, "sleep 2; echo a > a.txt", "true"))
         .await;
@@ -206,7 +206,7 @@ async fn concurrent_submits_never_overshoot_the_queue_bound() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let config = format!("[compass]\nmax_concurrent_tasks = 1\nmax_queued_tasks = {QUEUE_MAX}\n");
-    let service = Service::start_with(root.path(), with_config(&config)).await;
+    let service = Service::start_in_process(root.path(), with_config(&config)).await;
     let busy = service
         .submit(&shell_task(&repo, "sleep 30; echo a > a.txt", "true"))
         .await;
@@ -244,7 +244,7 @@ async fn concurrent_submits_never_overshoot_the_queue_bound() {
 async fn cancel_kills_a_running_verify_removes_the_worktree_and_keeps_the_branch() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let pid_file = root.path().join("verify.pid");
     let verify = format!("echo $$ > {}; sleep 60", pid_file.display());
     let task = service
@@ -294,7 +294,7 @@ async fn cancel_kills_a_running_verify_removes_the_worktree_and_keeps_the_branch
 async fn manual_review_waits_for_approval_and_reject_cancels() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let main_before = git(&repo, &["rev-parse", "main"]);
     let mut body = shell_task(&repo, "echo reviewed > reviewed.txt", "true");
     body["review_policy"] = json!("manual");
@@ -371,7 +371,7 @@ async fn two_tasks_editing_one_file_never_break_main() {
     std::fs::write(repo.join("shared.txt"), "base\n").unwrap();
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-qm", "shared file"]);
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let verify = "test \"$(wc -l < shared.txt)\" -eq 1";
     let first = service
         .submit(&shell_task(
@@ -423,7 +423,7 @@ async fn a_transient_engine_kill_is_retried_with_backoff() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let config = "[retry]\nmax = 2\nbase_backoff_ms = 20\nmax_backoff_ms = 100\n";
-    let service = Service::start_with(root.path(), with_config(config)).await;
+    let service = Service::start_in_process(root.path(), with_config(config)).await;
     let marker = root.path().join("killed-once");
     let patch = format!(
         "if [ ! -f {m} ]; then touch {m}; kill -KILL $$; fi; echo hello > hello.txt",
@@ -477,7 +477,7 @@ async fn a_transient_engine_kill_is_retried_with_backoff() {
 async fn retry_requeues_a_dead_lettered_task() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let allow = root.path().join("allow");
     let verify = format!(
         "test -f {} || {{ echo 'not allowed yet'; exit 1; }}",
@@ -522,7 +522,7 @@ async fn retry_requeues_a_dead_lettered_task() {
 async fn the_planner_prompt_carries_earlier_failures_on_the_repo() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let mut failing = shell_task(
         &repo,
         "echo x > x.txt",
@@ -553,7 +553,7 @@ async fn the_planner_prompt_carries_earlier_failures_on_the_repo() {
 async fn a_docs_task_runs_only_its_templates_stages() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let mut body = shell_task(&repo, "echo '# Guide' > GUIDE.md", "false");
     body["kind"] = json!("docs");
     let task = service.submit(&body).await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{git, git_repo, shell_task, with_config, Service};
+use crate::helpers::{git, git_repo, shell_task, with_config, Options, Service};
 
 fn branch_exists(repo: &Path, branch: &str) -> bool {
     !git(repo, &["branch", "--list", branch]).is_empty()
@@ -27,7 +27,7 @@ async fn eventually(what: &str, done: impl Fn() -> bool) {
 async fn a_patch_engine_that_changes_nothing_fails_no_changes_and_the_base_is_untouched() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let main_before = git(&repo, &["rev-parse", "main"]);
     let mut body = shell_task(&repo, "true", "true");
     body["max_attempts"] = json!(2);
@@ -55,7 +55,7 @@ async fn a_patch_engine_that_changes_nothing_fails_no_changes_and_the_base_is_un
 async fn the_builtin_engine_leaves_the_base_without_a_note_commit() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let main_before = git(&repo, &["rev-parse", "main"]);
     let task = service
         .submit(&json!({
@@ -84,7 +84,7 @@ async fn the_builtin_engine_leaves_the_base_without_a_note_commit() {
 async fn a_landed_task_leaves_no_branch_worktree_or_prompt_folder() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let task = service
         .submit(&shell_task(
             &repo,
@@ -173,7 +173,7 @@ async fn the_periodic_sweep_cleans_up_without_a_restart() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let config = "[git]\nkeep_failed_branches_days = 0\nsweep_interval_secs = 1\n";
-    let service = Service::start_with(root.path(), with_config(config)).await;
+    let service = Service::start_in_process(root.path(), with_config(config)).await;
     let mut body = shell_task(&repo, "echo hello > hello.txt", "false");
     body["max_attempts"] = json!(1);
     let task = service.submit(&body).await;

@@ -9,7 +9,7 @@ use crate::helpers::{git, git_repo, shell_task, with_config, Options, Service};
 async fn curl_in_a_verify_command_fails_tool_denied_naming_the_rule() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let task = service
         .submit(&shell_task(
             &repo,
@@ -46,7 +46,7 @@ async fn touching_a_protected_path_fails_before_anything_is_merged() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let main_before = git(&repo, &["rev-parse", "main"]);
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let patch = "mkdir -p .github/workflows && echo 'on: push' > .github/workflows/ci.yml && echo hi > hi.txt";
     let task = service.submit(&shell_task(&repo, patch, "true")).await;
     let task = service
@@ -72,7 +72,7 @@ async fn protected_paths_hold_for_engine_commits_and_renames() {
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "a workflow"]);
     let main_before = git(&repo, &["rev-parse", "main"]);
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let commits_itself =
         "mkdir -p .github/workflows && echo 'on: pull_request' > .github/workflows/ci.yml \
         && git add -A && git -c user.name=agent -c user.email=agent@localhost commit -q -m agent";
@@ -103,7 +103,7 @@ async fn a_repository_can_protect_more_paths() {
         "[governance.repos.{:?}]\nprotected_paths = [\"migrations/**\"]\n",
         guarded.display().to_string()
     );
-    let service = Service::start_with(root.path(), with_config(&config)).await;
+    let service = Service::start_in_process(root.path(), with_config(&config)).await;
     let patch = "mkdir -p migrations && echo 'create table t();' > migrations/001.sql";
 
     let task = service.submit(&shell_task(&guarded, patch, "true")).await;
@@ -427,7 +427,7 @@ async fn a_confined_engine_cannot_write_outside_its_worktree() {
     let root = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let target = outside.path().join("escaped.txt");
     let patch = format!(
         "echo escaped > {}; echo scratch > \"$TMPDIR/scratch.txt\" && cat \"$TMPDIR/scratch.txt\"; echo hi > hi.txt",
@@ -465,7 +465,7 @@ async fn a_confined_engine_cannot_write_outside_its_worktree() {
 async fn a_wall_clock_cap_stops_a_task_with_budget_exceeded() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let mut body = shell_task(&repo, "sleep 30", "true");
     body["budget"] = json!({"max_wall_secs": 2});
     let started = std::time::Instant::now();

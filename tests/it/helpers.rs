@@ -1,5 +1,7 @@
 //! Test harness: the real `glitchlab` binary on `127.0.0.1:0` with a temp data dir, real git
-//! repositories in temp dirs, and real HTTP.
+//! repositories in temp dirs, and real HTTP — or, for suites that never crash, kill or signal
+//! it, the same service inside the test process (`Service::start_in_process`,
+//! `crate::in_process`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -9,8 +11,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::in_process::InProcess;
+
 /// How long a service may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Set to `0`, [`Service::start_in_process`] starts the binary instead.
+const IN_PROCESS_VAR: &str = "GLITCHLAB_IT_IN_PROCESS";
 
 /// The admin secret every test service starts with (`GLITCHLAB_ADMIN_TOKEN`: the token
 /// `bootstrap`), unless its options say otherwise.
@@ -34,9 +41,11 @@ pub fn client_builder_with(secret: &str) -> reqwest::ClientBuilder {
     reqwest::Client::builder().default_headers(headers)
 }
 
-/// A running service process.
+/// A running service: a process of the binary, or a service inside the test process.
 pub struct Service {
     child: Option<Child>,
+    /// Set when the service runs inside the test process (then `child` is none).
+    in_process: Option<InProcess>,
     /// `http://127.0.0.1:PORT` (`https://` when the config sets `server.tls_cert`).
     pub base: String,
     /// The temp dir holding the data dir, the log and the config.
@@ -78,16 +87,7 @@ impl Service {
             .env_remove("GLITCHLAB_ADMIN_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
-        // Tests keep their markers and pid files in the temp root: let confined engines write there.
-        let path = root.join("glitchlab.toml");
-        let config = options.config.as_deref().unwrap_or("");
-        let config = if options.no_root_writable {
-            config.to_owned()
-        } else {
-            with_root_writable(config, root)
-        };
-        std::fs::write(&path, config).unwrap();
-        command.arg("--config").arg(path);
+        command.arg("--config").arg(write_config(root, &options));
         if !options.no_admin_env {
             command.env("GLITCHLAB_ADMIN_TOKEN", ADMIN_TOKEN);
         }
@@ -120,16 +120,51 @@ impl Service {
             .to_owned();
         Service {
             child: Some(child),
+            in_process: None,
             root: root.to_path_buf(),
-            client: client_builder()
-                .timeout(Duration::from_secs(30))
-                // A service started with `server.tls_cert` serves a certificate the test made
-                // itself; `transport.rs` checks the chain with a strict client of its own.
-                .tls_danger_accept_invalid_certs(base.starts_with("https://"))
-                .build()
-                .unwrap(),
+            client: service_client(&base),
             base,
         }
+    }
+
+    /// Starts the service inside the test process (same start-up, config, data dir, admin
+    /// secret and log file as [`Service::start_with`]), saving a process start. For tests that
+    /// never kill, signal or set the environment of the service (`crate::in_process` says why).
+    ///
+    /// `GLITCHLAB_IT_IN_PROCESS=0` starts the binary instead (to compare the two, or to rule the
+    /// harness out when a test fails).
+    pub async fn start_in_process(root: &Path, options: Options) -> Service {
+        if std::env::var_os(IN_PROCESS_VAR).is_some_and(|value| value == "0") {
+            return Self::start_with(root, options).await;
+        }
+        Self::always_in_process(root, options).await
+    }
+
+    /// [`Service::start_in_process`] whatever `GLITCHLAB_IT_IN_PROCESS` says: the harness's own
+    /// tests.
+    pub(crate) async fn always_in_process(root: &Path, options: Options) -> Service {
+        let config = write_config(root, &options);
+        let (root, task_root) = (root.to_path_buf(), root.to_path_buf());
+        // Starting blocks (a thread waits for the address): off the test's runtime.
+        let (service, base) =
+            tokio::task::spawn_blocking(move || InProcess::start(&task_root, &config, &options))
+                .await
+                .unwrap();
+        Service {
+            child: None,
+            in_process: Some(service),
+            root,
+            client: service_client(&base),
+            base,
+        }
+    }
+
+    fn assert_process(&self, what: &str) {
+        assert!(
+            self.in_process.is_none(),
+            "{what} needs a service process; this one runs in-process: start it with \
+             Service::start_with"
+        );
     }
 
     /// A request to `path` through the service's client (its settings, and whatever it sends
@@ -275,6 +310,7 @@ impl Service {
 
     /// The service's process id.
     pub fn pid(&self) -> u32 {
+        self.assert_process("pid()");
         self.child.as_ref().expect("service is running").id()
     }
 
@@ -285,6 +321,7 @@ impl Service {
 
     /// `kill -9`: no chance to flush or clean up.
     pub fn kill_9(&mut self) {
+        self.assert_process("kill_9()");
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
@@ -293,6 +330,7 @@ impl Service {
 
     /// SIGTERM, then wait for the exit status (bounded).
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.assert_process("terminate()");
         let mut child = self.child.take().expect("service is running");
         let pid = i32::try_from(child.id()).unwrap();
         // SAFETY: sending a signal to our own child process.
@@ -379,6 +417,31 @@ pub fn shell_task(repo: &Path, patch_command: &str, verify: &str) -> Value {
         "verify": verify,
         "engines": {"patch": {"kind": "shell", "command": patch_command}},
     })
+}
+
+/// The client a service's tests talk through.
+fn service_client(base: &str) -> reqwest::Client {
+    client_builder()
+        .timeout(Duration::from_secs(30))
+        // A service started with `server.tls_cert` serves a certificate the test made
+        // itself; `transport.rs` checks the chain with a strict client of its own.
+        .tls_danger_accept_invalid_certs(base.starts_with("https://"))
+        .build()
+        .unwrap()
+}
+
+/// Writes `<root>/glitchlab.toml` from the options; returns its path.
+fn write_config(root: &Path, options: &Options) -> PathBuf {
+    // Tests keep their markers and pid files in the temp root: let confined engines write there.
+    let path = root.join("glitchlab.toml");
+    let config = options.config.as_deref().unwrap_or("");
+    let config = if options.no_root_writable {
+        config.to_owned()
+    } else {
+        with_root_writable(config, root)
+    };
+    std::fs::write(&path, config).unwrap();
+    path
 }
 
 /// Adds `governance.sandbox_writable = [root]` to a test's config text.

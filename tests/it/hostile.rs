@@ -101,7 +101,7 @@ async fn planted_git_metadata_never_runs_and_never_moves_the_base() {
         no_root_writable: true,
         ..Options::default()
     };
-    let service = Service::start_with(root.path(), options).await;
+    let service = Service::start_in_process(root.path(), options).await;
 
     // The script is the repository's own (the executor checks command lines, not scripts).
     std::fs::write(repo.join("attack.sh"), attack(&markers, &repo)).unwrap();
@@ -161,7 +161,7 @@ async fn deleting_objects_and_refs_from_a_sandbox_deletes_none_of_the_repository
         no_root_writable: true,
         ..Options::default()
     };
-    let service = Service::start_with(root.path(), options).await;
+    let service = Service::start_in_process(root.path(), options).await;
     let wipe = format!(
         "R={repo}; for dir in .git \"$R/.git\" $(cat .git/objects/info/alternates | sed 's#/objects$##'); do \
          rm -rf \"$dir\"/objects/?? \"$dir\"/objects/pack/* \"$dir\"/refs/heads/* \"$dir\"/packed-refs; done 2>/dev/null; true",

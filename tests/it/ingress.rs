@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{git_repo, shell_task, Service};
+use crate::helpers::{git_repo, shell_task, Options, Service};
 
 async fn assert_error(service: &Service, body: impl Into<reqwest::Body>, status: u16, code: &str) {
     let (got_status, got) = service.post_raw("/v1/tasks", body).await;
@@ -25,6 +25,8 @@ async fn each_bad_input_gets_its_status_and_code() {
     let repo = git_repo(root.path());
     let not_a_repo = root.path().join("plain-dir");
     std::fs::create_dir_all(&not_a_repo).unwrap();
+    // The binary: this test reads its log for panics, which an in-process service's thread would
+    // print to the test's own stderr instead.
     let service = Service::start(root.path()).await;
     let valid = shell_task(&repo, "true", "true");
     let with = |key: &str, value: Value| {
@@ -174,7 +176,7 @@ async fn each_bad_input_gets_its_status_and_code() {
 async fn idempotency_key_replays_the_same_task_and_refuses_another_body() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let mut body = shell_task(&repo, "echo hello > hello.txt", "test -f hello.txt");
     body["idempotency_key"] = json!("deploy-greeting-1");
 
@@ -196,7 +198,7 @@ async fn idempotency_key_replays_the_same_task_and_refuses_another_body() {
 #[tokio::test]
 async fn the_tree_is_listed_with_every_persona() {
     let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let (status, _) = service.get("/healthz").await;
     assert_eq!(status, 200);
     let (status, ready) = service.get("/readyz").await;
@@ -270,7 +272,7 @@ fn a_bad_config_file_stops_start_up_naming_file_and_key() {
 async fn the_task_list_pages_with_a_cursor() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let mut submitted = Vec::new();
     for n in 0..3 {
         let task = service
@@ -328,6 +330,8 @@ async fn refused(service: &Service, body: Value) -> (u16, String, Value) {
 async fn intake_refuses_controls_git_dirs_revisions_and_reserved_accounts() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
+    // The binary: this test reads its log for panics, which an in-process service's thread would
+    // print to the test's own stderr instead.
     let service = Service::start(root.path()).await;
     let valid = shell_task(&repo, "true", "true");
     let with = |key: &str, value: Value| {
@@ -406,7 +410,7 @@ async fn a_symlinked_repo_path_and_the_real_path_are_one_repository() {
     let link = root.path().join("link-to-repo");
     std::os::unix::fs::symlink(&repo, &link).unwrap();
     std::fs::create_dir_all(repo.join("docs")).unwrap();
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let top = std::fs::canonicalize(&repo).unwrap().display().to_string();
     let mut ids = Vec::new();
     for (n, path) in [
@@ -437,7 +441,7 @@ async fn a_symlinked_repo_path_and_the_real_path_are_one_repository() {
 async fn a_json_array_body_is_refused_and_creates_nothing() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let repo = repo.display().to_string();
     let task_array = json!([
         "Add",
@@ -496,7 +500,7 @@ async fn the_task_list_filters_by_status_repo_and_kind() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let other = git_repo(&root.path().join("other"));
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let done = service
         .submit(&shell_task(&repo, "echo a > a.txt", "true"))
         .await;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use super::helpers::Service;
+use super::helpers::{Options, Service};
 
 /// Funded user accounts the storm moves tokens between.
 const STORM_USERS: usize = 10;
@@ -76,7 +76,7 @@ async fn two_users(service: &Service, funding: u64) {
 #[tokio::test]
 async fn builtin_accounts_exist_and_accounts_are_idempotent() {
     let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let local = account(&service, "user:local").await;
     assert_eq!(local["balance"], 1_000_000_000, "{local}");
     for id in [
@@ -119,7 +119,7 @@ async fn builtin_accounts_exist_and_accounts_are_idempotent() {
 #[tokio::test]
 async fn transfer_ids_are_idempotent() {
     let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     two_users(&service, 1_000).await;
     let body = transfer_body("t-1", "user:a", "user:b", 300);
     let (status, first) = service.post("/v1/ledger/transfers", &body).await;
@@ -144,7 +144,7 @@ async fn transfer_ids_are_idempotent() {
 #[tokio::test]
 async fn insufficient_funds_leave_balances_untouched() {
     let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     two_users(&service, 100).await;
     let before = (
         account(&service, "user:a").await,
@@ -175,7 +175,7 @@ async fn insufficient_funds_leave_balances_untouched() {
 #[tokio::test]
 async fn pending_then_post_for_less_releases_the_rest() {
     let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     two_users(&service, 1_000).await;
     let mut body = transfer_body("p-1", "user:a", "user:b", 600);
     body["pending"] = json!(true);
@@ -215,7 +215,7 @@ async fn pending_then_post_for_less_releases_the_rest() {
 #[tokio::test]
 async fn pending_then_void_or_timeout_releases_everything() {
     let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     two_users(&service, 1_000).await;
     let mut voided = transfer_body("p-void", "user:a", "user:b", 400);
     voided["pending"] = json!(true);
@@ -260,7 +260,7 @@ async fn pending_then_void_or_timeout_releases_everything() {
 #[tokio::test]
 async fn history_is_paginated_newest_first() {
     let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     two_users(&service, 1_000).await;
     for n in 0..5 {
         let body = transfer_body(&format!("h-{n}"), "user:a", "user:b", 1);
@@ -429,7 +429,7 @@ async fn check_books(service: &Service, acknowledged: &[Value]) {
 #[tokio::test]
 async fn a_storm_of_concurrent_transfers_keeps_the_books_balanced() {
     let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     fund_storm_users(&service).await;
     let count = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -500,7 +500,7 @@ fn cli(args: &[&str]) -> std::process::Output {
 #[tokio::test]
 async fn the_cli_reads_balance_history_and_audit() {
     let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let url = service.base.clone();
     let output = tokio::task::spawn_blocking(move || {
         [

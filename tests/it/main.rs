@@ -1,5 +1,6 @@
 //! Integration tests: each test starts the real service binary on `127.0.0.1:0` with its own temp
-//! data dir and real git repositories, and talks to it over HTTP.
+//! data dir and real git repositories, and talks to it over HTTP; suites that never crash, kill
+//! or signal it run the same service inside the test process instead (`in_process`).
 
 // A test or a bench states what it expects with unwrap/expect/panic, and is nobody's API; the
 // service code may not (Cargo.toml).
@@ -21,6 +22,7 @@ mod fleet;
 mod governance;
 mod helpers;
 mod hostile;
+mod in_process;
 mod ingress;
 mod ledger;
 mod load;

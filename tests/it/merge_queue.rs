@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{git, git_repo, with_config, Service};
+use crate::helpers::{git, git_repo, with_config, Options, Service};
 
 /// A repository whose test script fails when any `f*.txt` holds anything but `ok`.
 fn repo_with_test_script(root: &Path) -> PathBuf {
@@ -111,7 +111,7 @@ async fn verify_runs(service: &Service, id: &str) -> usize {
 async fn twelve_tasks_land_verified_one_commit_each_and_nobody_starves() {
     let root = tempfile::tempdir().unwrap();
     let repo = repo_with_test_script(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let chain_before = first_parent_chain(&repo).len();
 
     let mut ids = Vec::new();
@@ -227,7 +227,7 @@ async fn two_tasks_rewriting_the_same_line_both_land() {
     std::fs::write(repo.join("shared.txt"), "original\n").unwrap();
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "a shared line"]);
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let marker = root.path().join("first-implemented");
 
     // The second waits (inside its engine, so after its branch left the base) until the first
@@ -289,7 +289,7 @@ async fn two_tasks_rewriting_the_same_line_both_land() {
 async fn a_retry_from_deliver_lands_a_human_fix_only_once_it_passes() {
     let root = tempfile::tempdir().unwrap();
     let repo = repo_with_test_script(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let mut body = task(&repo, "Needs a human", "echo broken > f1.txt", "sh test.sh");
     body["max_attempts"] = json!(1);
     let id = service.submit(&body).await["id"]
@@ -424,7 +424,7 @@ async fn a_red_batch_is_bisected_and_only_the_culprit_is_sent_back() {
     let repo = repo_with_test_script(root.path());
     // Slots for the blocker and all four, so all four can line up behind it.
     let config = "[merge_queue]\nbatch_max = 4\n[compass]\nmax_concurrent_tasks = 6\n";
-    let service = Service::start_with(root.path(), with_config(config)).await;
+    let service = Service::start_in_process(root.path(), with_config(config)).await;
 
     // The blocker moves the base on its first attempt (so its own candidate must be verified)
     // and its verify sleeps only in the merge queue's scratch worktree: the queue is busy for
@@ -517,7 +517,7 @@ async fn a_red_batch_is_bisected_and_only_the_culprit_is_sent_back() {
 async fn a_base_moved_outside_during_the_candidates_verify_rebuilds_it() {
     let root = tempfile::tempdir().unwrap();
     let repo = repo_with_test_script(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let r = repo.display();
     let commit = "git -c user.name=t -c user.email=t@t";
     // The engine moves the base first (so the candidate differs from the branch and is
@@ -563,7 +563,7 @@ async fn merge_and_rebase_histories_keep_one_first_parent_commit_per_task() {
         let repo = repo_with_test_script(root.path());
         let base_before = git(&repo, &["rev-parse", "main"]);
         let config = format!("[delivery]\nhistory = \"{history}\"\n");
-        let service = Service::start_with(root.path(), with_config(&config)).await;
+        let service = Service::start_in_process(root.path(), with_config(&config)).await;
         let body = task(&repo, "Add one", "echo ok > f1.txt", "sh test.sh");
         let id = service.submit(&body).await["id"]
             .as_str()
@@ -601,7 +601,7 @@ async fn merge_and_rebase_histories_keep_one_first_parent_commit_per_task() {
 async fn a_change_the_base_already_holds_is_delivered_already_on_base() {
     let root = tempfile::tempdir().unwrap();
     let repo = repo_with_test_script(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let mut body = task(&repo, "Same as a human", "echo ok > f1.txt", "sh test.sh");
     body["review_policy"] = json!("manual");
     let id = service.submit(&body).await["id"]
@@ -641,7 +641,7 @@ async fn a_change_the_base_already_holds_is_delivered_already_on_base() {
 async fn a_retry_from_deliver_with_no_net_change_fails_no_changes() {
     let root = tempfile::tempdir().unwrap();
     let repo = repo_with_test_script(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let mut body = task(
         &repo,
         "Undone by a human",

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::Service;
+use crate::helpers::{Options, Service};
 
 /// The route table's source (`src/app/http/routes.rs`): the router, the permission lookup and
 /// the document are all built from its `route!(access, module::handler)` entries, one operation
@@ -126,7 +126,7 @@ fn the_table_parser_finds_every_entry() {
 #[tokio::test]
 async fn the_document_lists_every_route_and_every_operation_answers() {
     let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
 
     let (status, document) = service.get("/v1/openapi.json").await;
     assert_eq!(status, 200, "{document}");

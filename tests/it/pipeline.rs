@@ -4,13 +4,15 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{git, git_repo, process_group_alive, shell_task, wait_group_gone, Service};
+use crate::helpers::{
+    git, git_repo, process_group_alive, shell_task, wait_group_gone, Options, Service,
+};
 
 #[tokio::test]
 async fn task_goes_through_all_stages_and_lands_on_main() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
 
     let task = service
         .submit(&shell_task(
@@ -96,7 +98,7 @@ async fn builtin_engines_deliver_a_plan_note_offline() {
     std::fs::write(repo.join(".glitchlab/README.md"), "glitchlab notes\n").unwrap();
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "opt in to glitchlab notes"]);
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let task = service
         .submit(&json!({
             "title": "Document the plan",
@@ -146,7 +148,7 @@ async fn a_committed_glitchlab_link_is_not_opted_in_and_the_note_is_not_written_
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let outside = commit_link_out(root.path(), &repo, ".glitchlab");
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let task = service.submit(&builtin_task(&repo)).await;
     let id = task["id"].as_str().unwrap();
     let task = service.wait_until_finished(id).await;
@@ -172,7 +174,7 @@ async fn a_link_under_glitchlab_fails_the_attempt_edit_refused_and_writes_nothin
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let outside = commit_link_out(root.path(), &repo, ".glitchlab/notes");
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let task = service.submit(&builtin_task(&repo)).await;
     let id = task["id"].as_str().unwrap();
     let task = service.wait_until_finished(id).await;
@@ -191,7 +193,7 @@ async fn a_link_under_glitchlab_fails_the_attempt_edit_refused_and_writes_nothin
 async fn failed_verify_is_fixed_on_the_second_attempt_using_the_feedback_file() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     // Attempt 1 gets an empty feedback file and makes the wrong change; attempt 2 reads why
     // verify failed and fixes it. Both check that the prompt file carries the task.
     let patch = r#"grep -q "Add a greeting" "$GLITCHLAB_PROMPT_FILE" || exit 9
@@ -238,7 +240,7 @@ async fn exhausted_attempts_dead_letter_the_task_with_every_diagnostic_and_keep_
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let main_before = git(&repo, &["rev-parse", "main"]);
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let mut body = shell_task(
         &repo,
         "echo attempt $GLITCHLAB_ATTEMPT >> log.txt",
@@ -278,7 +280,7 @@ async fn exhausted_attempts_dead_letter_the_task_with_every_diagnostic_and_keep_
 async fn cancel_kills_the_running_engine_and_ends_the_task() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let pid_file = root.path().join("engine.pid");
     let patch = format!("echo $$ > {}; sleep 60", pid_file.display());
     let task = service.submit(&shell_task(&repo, &patch, "true")).await;
@@ -369,7 +371,7 @@ fn moves_base_then(repo: &std::path::Path, base_content: &str, task_edit: &str) 
 async fn a_moved_base_gets_the_change_on_top_verified_again() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let patch = moves_base_then(&repo, "other", "echo hello > hello.txt");
     let task = service
         .submit(&shell_task(&repo, &patch, "test -f hello.txt"))
@@ -410,7 +412,7 @@ async fn a_moved_base_gets_the_change_on_top_verified_again() {
 async fn a_conflicting_base_sends_the_change_back_to_work_on_the_new_base() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let patch = moves_base_then(
         &repo,
         "changed on main",
@@ -446,7 +448,7 @@ async fn a_conflicting_base_sends_the_change_back_to_work_on_the_new_base() {
 async fn a_conflict_with_no_attempt_left_fails_merge_conflict_and_keeps_the_branch() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let patch = moves_base_then(
         &repo,
         "changed on main",
@@ -486,7 +488,7 @@ async fn engine_output_is_bounded_and_the_cut_is_marked() {
         env: Vec::new(),
         ..Default::default()
     };
-    let service = Service::start_with(root.path(), options).await;
+    let service = Service::start_in_process(root.path(), options).await;
     let patch =
         "head -c 300000 /dev/zero | tr '\\0' 'a'; echo; echo THE-END; echo hello > hello.txt";
     let task = service
@@ -517,7 +519,7 @@ async fn engine_output_is_bounded_and_the_cut_is_marked() {
 async fn branch_delivery_leaves_the_work_for_review_and_the_base_untouched() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let main_before = git(&repo, &["rev-parse", "main"]);
     let mut body = shell_task(&repo, "echo hello > hello.txt", "test -f hello.txt");
     body["delivery"] = json!("branch");
@@ -590,7 +592,7 @@ async fn gone_soon(gone: impl Fn() -> bool) -> bool {
 async fn a_failed_tasks_worktree_and_prompt_folder_are_gone_when_it_ends() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let mut body = shell_task(&repo, "echo hello > hello.txt", "false");
     body["max_attempts"] = json!(1);
     let id = service.submit(&body).await["id"]
@@ -621,7 +623,7 @@ async fn a_failed_tasks_worktree_and_prompt_folder_are_gone_when_it_ends() {
 async fn a_no_changes_tasks_branch_is_gone_when_it_ends() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let mut body = shell_task(&repo, "true", "true");
     body["max_attempts"] = json!(1);
     let id = service.submit(&body).await["id"]

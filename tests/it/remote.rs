@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{git, git_repo, Service};
+use crate::helpers::{git, git_repo, Options, Service};
 
 /// A bare "remote" at `<root>/remote.git` with `main` holding one commit, and its `file://` URL.
 fn remote(root: &Path) -> (PathBuf, String) {
@@ -49,7 +49,7 @@ fn task(url: &str, title: &str, patch: &str, verify: &str) -> Value {
 async fn a_task_on_a_remote_lands_on_the_remotes_base() {
     let root = tempfile::tempdir().unwrap();
     let (bare, url) = remote(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let body = task(&url, "Remote change", "echo ok > f.txt", "test -f f.txt");
     let id = service.submit(&body).await["id"]
         .as_str()
@@ -91,7 +91,7 @@ async fn a_push_to_the_remote_during_the_candidates_verify_is_not_overwritten() 
         root.path(),
         &["clone", "-q", &url, outside.to_str().unwrap()],
     );
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let o = outside.display();
     let push = |file: &str| {
         format!(
@@ -131,7 +131,7 @@ async fn a_push_to_the_remote_during_the_candidates_verify_is_not_overwritten() 
 async fn a_remote_that_does_not_answer_or_lacks_the_base_is_refused() {
     let root = tempfile::tempdir().unwrap();
     let (_bare, url) = remote(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let missing = format!("file://{}/nothing.git", root.path().display());
     let (status, refused) = service
         .post("/v1/tasks", &task(&missing, "Nowhere", "true", "true"))

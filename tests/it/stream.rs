@@ -82,7 +82,7 @@ impl Stream {
 async fn a_tasks_stream_shows_progress_live_ends_after_it_and_resumes() {
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let mut everything = Stream::open(&service, "/v1/events/stream", None).await;
 
     // Verify takes a while, so the stream can be seen moving before the task ends.
@@ -375,7 +375,7 @@ async fn viewers_holding_every_stream_they_can_leave_room_for_an_admin() {
     let root = tempfile::tempdir().unwrap();
     // Every stream is a connection from 127.0.0.1: the per-address share is raised past them.
     let config = "[server]\nmax_connections_per_ip = 1000\n";
-    let service = Service::start_with(root.path(), crate::helpers::with_config(config)).await;
+    let service = Service::start_in_process(root.path(), crate::helpers::with_config(config)).await;
     let mut viewers = Vec::new();
     for n in 0..VIEWER_TOKENS {
         let (status, body) = service

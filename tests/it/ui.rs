@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
-use crate::helpers::{git_repo, shell_task, Service, ADMIN_TOKEN};
+use crate::helpers::{git_repo, shell_task, Options, Service, ADMIN_TOKEN};
 
 const DUMMY_ID: &str = "00000000-0000-0000-0000-000000000001";
 
@@ -74,7 +74,7 @@ async fn with_cookie(
 #[tokio::test]
 async fn the_page_is_public_and_a_session_is_http_only_csrf_checked_and_ends_at_logout() {
     let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
 
     // The page and its assets need no token (they hold no data); the API still does.
     for (path, kind) in [
@@ -300,7 +300,7 @@ async fn the_board_shows_a_task_live_and_approving_it_on_its_page_ends_it_done()
     };
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let (_driver, url) = start_driver(&chromedriver, root.path()).await;
     let client = browser(&url, &chromium).await;
 
@@ -485,7 +485,7 @@ const VIEWER_LOGINS: usize = 1100;
 #[tokio::test]
 async fn a_viewer_logging_in_again_and_again_never_ends_the_admins_session() {
     let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let (status, body) = service
         .post("/v1/tokens", &json!({"name": "looper", "role": "viewer"}))
         .await;
@@ -541,7 +541,7 @@ async fn the_ops_view_silences_an_incidents_signal_and_expires_the_silence() {
         return;
     };
     let root = tempfile::tempdir().unwrap();
-    let service = Service::start(root.path()).await;
+    let service = Service::start_in_process(root.path(), Options::default()).await;
     let alert = json!({"app": "web", "signal": "disk_full"});
     let (status, posted) = service.post("/v1/alerts", &alert).await;
     assert_eq!(status, 202, "{posted}");

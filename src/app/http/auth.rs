@@ -235,11 +235,13 @@ fn throttled(wait: std::time::Duration) -> ApiError {
     )
 }
 
-/// The value of [`ADMIN_TOKEN_VAR`] when it is set (an empty value counts as unset); an error
-/// naming the variable when it is shorter than [`ADMIN_TOKEN_CHARS_MIN`]. Checked before the
-/// service opens anything, so a refused start touches no data.
-pub(crate) fn admin_token_var() -> Result<Option<String>, String> {
-    let Some(value) = std::env::var_os(ADMIN_TOKEN_VAR) else {
+/// The value of [`ADMIN_TOKEN_VAR`] when it is set (an empty value counts as unset), or the
+/// secret an embedding process passed instead (`config.embedding`); an error naming the variable
+/// when it is shorter than [`ADMIN_TOKEN_CHARS_MIN`]. Checked before the service opens anything,
+/// so a refused start touches no data.
+pub(crate) fn admin_token_var(config: &Config) -> Result<Option<String>, String> {
+    let embedded = config.embedding.admin_secret.clone().map(Into::into);
+    let Some(value) = embedded.or_else(|| std::env::var_os(ADMIN_TOKEN_VAR)) else {
         return Ok(None);
     };
     let Some(secret) = value.to_str() else {
@@ -259,8 +261,8 @@ pub(crate) fn admin_token_var() -> Result<Option<String>, String> {
 
 /// The `bootstrap` token follows [`ADMIN_TOKEN_VAR`]: made or replaced from its value when set,
 /// removed when not (a secret taken out of the environment stops working).
-async fn follow_admin_token_var(store: &Store) -> Result<(), StoreError> {
-    match admin_token_var() {
+async fn follow_admin_token_var(config: &Config, store: &Store) -> Result<(), StoreError> {
+    match admin_token_var(config) {
         Ok(Some(secret)) => {
             let record = new_record(BOOTSTRAP_TOKEN, Role::Admin, &secret);
             store_auth::put_token(store, record).await?;
@@ -290,7 +292,7 @@ impl Auth {
     /// 0600). The log names the file, never a secret.
     pub(crate) async fn start(config: &Config, store: &Store) -> Result<Auth, StoreError> {
         let tokens = Arc::new(Tokens::default());
-        follow_admin_token_var(store).await?;
+        follow_admin_token_var(config, store).await?;
         let mut records = store_auth::tokens(store).await?;
         if records.is_empty() && config.server.auth == AuthMode::On {
             let secret = new_secret();

@@ -1,7 +1,7 @@
 //! The store writer: the one thread that writes to sled.
 //!
 //! sled 0.34 locks up when transactions, compare-and-swaps and flushes run at once from several
-//! threads (spacejam/sled#1412, #1301, #1308; see `docs/ARCHITECTURE.md`). So every write of the
+//! threads (spacejam/sled#1412, #1301, #1308; see `docs/internals.md`). So every write of the
 //! service is a [`Job`] sent to this thread through a bounded channel. The thread takes whatever
 //! jobs are waiting (at most [`GROUP_JOBS_MAX`]), runs each against a [`Batch`] — reads see the
 //! last commit plus what earlier jobs of the group wrote, writes are staged in memory — then
