@@ -44,8 +44,9 @@ const LOG_FILTER: &str = "info,tower_http=warn";
 pub(crate) struct InProcess {
     /// Completes the shutdown future; dropping it does too.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    /// Says the runtime is gone (its port and sled with it).
-    stopped: mpsc::Receiver<()>,
+    /// Says the runtime is gone (its port and sled with it); in a mutex so a `Service` can be
+    /// shared between tasks (`Arc<Service>`), as a binary one can.
+    stopped: std::sync::Mutex<mpsc::Receiver<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -85,7 +86,7 @@ impl InProcess {
         };
         let service = Self {
             stop: Some(stop_tx),
-            stopped: stopped_rx,
+            stopped: std::sync::Mutex::new(stopped_rx),
             thread: Some(thread),
         };
         (service, base)
@@ -97,7 +98,8 @@ impl InProcess {
             return;
         };
         let _ = stop.send(());
-        match self.stopped.recv_timeout(STOP_TIMEOUT) {
+        let stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        match stopped.recv_timeout(STOP_TIMEOUT) {
             Ok(()) => {
                 if let Some(thread) = self.thread.take() {
                     let _ = thread.join();

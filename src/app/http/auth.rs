@@ -375,7 +375,7 @@ fn write_secret_file(file: &Path, secret: &str) -> std::io::Result<()> {
 /// A pair the table lacks (none is routed) needs the strictest: `Read` to read, `MoveMoney` to
 /// change.
 fn permission_for(method: &Method, route: &str, metrics_public: bool) -> Option<Permission> {
-    match super::routes::access(method, route) {
+    match super::route_access(method, route) {
         Some(access) => access.permission(metrics_public),
         None if method == Method::GET || method == Method::HEAD => Some(Permission::Read),
         None => Some(Permission::MoveMoney),

@@ -13,6 +13,7 @@ pub(crate) mod notifications;
 pub(crate) mod openapi;
 pub(crate) mod ops;
 pub(crate) mod report;
+pub(crate) mod route;
 pub(crate) mod routes;
 pub(crate) mod session;
 pub(crate) mod silences;
@@ -115,4 +116,15 @@ async fn method_not_allowed() -> ApiError {
         codes::METHOD_NOT_ALLOWED,
         "method not allowed on this route",
     )
+}
+
+/// The permission check's view of [`routes::table`] (the root composes the table; `auth` below
+/// it must not import the list that imports its handlers).
+pub(crate) fn route_access(method: &axum::http::Method, path: &str) -> Option<route::Access> {
+    routes::access(method, path)
+}
+
+/// The OpenAPI document's view of [`routes::table`] (see [`route_access`]).
+pub(crate) fn route_table() -> Vec<route::Route> {
+    routes::table()
 }

@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
 use super::error::{describe, ApiError, ErrorBody};
-use super::routes;
 use crate::model::live::RunOutput;
 use crate::model::ops::records::{CheckResult, DeployRecord, Incident};
 use crate::model::ops::silence::Silence;
@@ -93,7 +92,7 @@ struct Routes;
 
 impl utoipa::Modify for Routes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for route in routes::table() {
+        for route in super::route_table() {
             let components = openapi.components.get_or_insert_with(Default::default);
             for (name, schema) in &route.schemas {
                 components

@@ -11,7 +11,7 @@ use utoipa::openapi::security::SecurityRequirement;
 use utoipa::openapi::{Content, ObjectBuilder, Ref, RefOr, Response, ResponseBuilder, Type};
 
 use crate::app::http::error::describe;
-use crate::app::http::routes::{Access, Route};
+use crate::app::http::route::{Access, Route};
 
 /// 401 of every protected route.
 const UNAUTHENTICATED: &str = "`UNAUTHENTICATED`: no bearer secret or session cookie, or one \

@@ -7,7 +7,8 @@ use serde_json::Value;
 use tower::ServiceExt;
 use utoipa::OpenApi;
 
-use super::{access, filter, mount, table, Access};
+use super::super::route::filter;
+use super::{access, mount, table, Access};
 use crate::app::http::openapi::ApiDoc;
 
 /// A value for every `{param}` of a pattern.
