@@ -19,11 +19,13 @@
 //! factory pauses pulling that class a moment so the warm one gets the redelivery; a later
 //! delivery is always taken. Each result says why it ran where it did (`placement`).
 
+mod control;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
@@ -33,7 +35,7 @@ use uuid::Uuid;
 
 use crate::model::fleet::{
     repo_digest, FactoryRecord, FleetJob, JobClaim, JobResult, OutputChunk, RunningJob,
-    CLAIMS_SUBJECT_PREFIX, OUTPUT_SUBJECT_PREFIX, PAUSED_KEY, PLACED_FIRST_FREE, PLACED_WARM,
+    CLAIMS_SUBJECT_PREFIX, OUTPUT_SUBJECT_PREFIX, PLACED_FIRST_FREE, PLACED_WARM,
     RESULTS_SUBJECT_PREFIX, WARM_MAX,
 };
 use crate::model::live::OutputStream;
@@ -47,6 +49,8 @@ use crate::runtime::fleet::FACTORY_TTL;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
 /// How often the job classes are looked up (a new class is served this soon).
 const CLASSES_EVERY: Duration = Duration::from_secs(1);
+/// One look-up of the job classes at most.
+const CLASSES_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one pull waits for a job before it looks at the switches again.
 const PULL_WAIT: Duration = Duration::from_secs(1);
 /// Git calls of a job at most.
@@ -119,6 +123,10 @@ pub struct FactoryArgs {
     /// Deliveries of one job at most (the control plane's `fleet.max_deliver`).
     #[arg(long, default_value_t = 4)]
     pub max_deliver: u32,
+    /// The environment variable holding the control key (the control plane's
+    /// `fleet.control_key_env`): pause, drain and stop are obeyed only when signed with it.
+    #[arg(long)]
+    pub control_key_env: Option<String>,
 }
 
 /// What every part of a running factory shares.
@@ -141,6 +149,8 @@ struct Factory {
     /// Wakes the heartbeat early: what the registry should say changed (a job started or
     /// ended, a cache got warm).
     changed: Notify,
+    /// What the control plane tells it (pause, drain), and when it last pulled.
+    control: control::FactoryControl,
 }
 
 impl Factory {
@@ -230,10 +240,16 @@ pub async fn run(args: FactoryArgs) -> Result<(), String> {
         caches: Mutex::default(),
         warm: Mutex::new(warm),
         changed: Notify::new(),
+        control: control::FactoryControl::new(
+            crate::runtime::fleet::control::ControlKey::from_env(args.control_key_env.as_deref()),
+        ),
     });
     tracing::info!(name = %factory.name, capabilities = ?factory.capabilities, slots = args.slots, "factory started");
     println!("glitchlab factory {} ready", factory.name);
     let heartbeat = tokio::spawn(heartbeat(Arc::clone(&factory)));
+    let _follow = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(control::follow(
+        Arc::clone(&factory),
+    )));
     let classes = tokio::spawn(serve_classes(Arc::clone(&factory)));
     wait_for_stop().await;
     tracing::info!("draining: no new jobs; finishing the running ones");
@@ -326,12 +342,15 @@ async fn heartbeat(factory: Arc<Factory>) {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
             heartbeat_at: Utc::now(),
-            draining: factory.draining.load(Ordering::SeqCst),
+            draining: factory.draining.load(Ordering::SeqCst)
+                || factory.control.mode() == crate::runtime::fleet::control::FactoryMode::Draining,
             warm: factory
                 .warm
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            last_pull_at: factory.control.last_pull(),
+            paused: factory.control.holds(),
         };
         match (
             factory.nats.factories(FACTORY_TTL).await,
@@ -354,28 +373,40 @@ async fn serve_classes(factory: Arc<Factory>) {
     let mut served = HashSet::new();
     let mut loops = Vec::new();
     loop {
-        if let Ok(bucket) = factory.nats.classes().await {
-            if let Ok(mut keys) = bucket.keys().await {
-                while let Some(Ok(class)) = keys.next().await {
-                    if served.contains(&class) {
-                        continue;
-                    }
-                    let Ok(Some(listed)) = bucket.get(&class).await else {
-                        continue;
-                    };
-                    let needed: Vec<String> = serde_json::from_slice(&listed).unwrap_or_default();
-                    if needed.iter().all(|n| factory.capabilities.contains(n)) {
-                        tracing::info!(%class, ?needed, "serving a job class");
-                        served.insert(class.clone());
-                        loops.push(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-                            pull_loop(Arc::clone(&factory), class),
-                        )));
-                    }
-                }
-            }
+        let read = tokio::time::timeout(CLASSES_READ_TIMEOUT, new_classes(&factory, &served));
+        for class in read.await.unwrap_or_default() {
+            served.insert(class.clone());
+            loops.push(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                pull_loop(Arc::clone(&factory), class),
+            )));
         }
         tokio::time::sleep(CLASSES_EVERY).await;
     }
+}
+
+/// The job classes this factory can serve and does not serve yet.
+async fn new_classes(factory: &Factory, served: &HashSet<String>) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(bucket) = factory.nats.classes().await else {
+        return found;
+    };
+    let Ok(mut keys) = bucket.keys().await else {
+        return found;
+    };
+    while let Some(Ok(class)) = keys.next().await {
+        if served.contains(&class) || found.contains(&class) {
+            continue;
+        }
+        let Ok(Some(listed)) = bucket.get(&class).await else {
+            continue;
+        };
+        let needed: Vec<String> = serde_json::from_slice(&listed).unwrap_or_default();
+        if needed.iter().all(|n| factory.capabilities.contains(n)) {
+            tracing::info!(%class, ?needed, "serving a job class");
+            found.push(class);
+        }
+    }
+    found
 }
 
 /// Takes jobs of one class while a slot is free and claiming is not paused.
@@ -393,23 +424,22 @@ async fn pull_loop(factory: Arc<Factory>, class: String) {
             }
         }
     };
-    let mut paused_until_checked = Instant::now();
-    let mut paused = false;
     loop {
         if factory.draining.load(Ordering::SeqCst) {
             return;
         }
-        if Instant::now() >= paused_until_checked {
-            paused = is_paused(&factory.nats).await;
-            paused_until_checked = Instant::now() + Duration::from_millis(500);
-        }
-        if paused {
+        if !factory.control.takes_jobs() {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
         let Ok(permit) = Arc::clone(&factory.slots).acquire_owned().await else {
             return;
         };
+        // Told to stop while waiting for the slot: no fetch (the kill switch leaks no job).
+        if !factory.control.takes_jobs() || factory.draining.load(Ordering::SeqCst) {
+            continue;
+        }
+        factory.control.pulled();
         let batch = consumer
             .fetch()
             .max_messages(1)
@@ -432,7 +462,9 @@ async fn pull_loop(factory: Arc<Factory>, class: String) {
             }
             let factory = Arc::clone(&factory);
             tokio::spawn(async move {
-                handle(&factory, message).await;
+                if control::hold(&factory, &message).await {
+                    handle(&factory, message).await;
+                }
                 drop(permit);
             });
         }
@@ -472,19 +504,13 @@ async fn hand_back(factory: &Factory, message: &jetstream::Message) -> bool {
 /// Another live factory (fresh heartbeat, not draining, a free slot, serving the job's
 /// capabilities) with the repository `digest` cached: its name.
 async fn warm_elsewhere(factory: &Factory, job: &FleetJob, digest: &str) -> Option<String> {
-    let bucket = factory.nats.factories(FACTORY_TTL).await.ok()?;
-    let mut names = bucket.keys().await.ok()?;
+    // The snapshot `control::follow` keeps: no NATS call between a fetch and a claim (a
+    // registry read here once stalled a factory for minutes).
     let fresh_after = Utc::now() - chrono::Duration::from_std(FACTORY_TTL).ok()?;
-    while let Some(Ok(name)) = names.next().await {
-        if name == factory.name {
+    for record in factory.control.registry() {
+        if record.name == factory.name {
             continue;
         }
-        let Ok(Some(bytes)) = bucket.get(&name).await else {
-            continue;
-        };
-        let Ok(record) = serde_json::from_slice::<FactoryRecord>(&bytes) else {
-            continue;
-        };
         let takes_it = !record.draining
             && record.heartbeat_at > fresh_after
             && record.running.len() < record.slots
@@ -495,18 +521,6 @@ async fn warm_elsewhere(factory: &Factory, job: &FleetJob, digest: &str) -> Opti
         }
     }
     None
-}
-
-async fn is_paused(nats: &Nats) -> bool {
-    match nats.control().await {
-        Ok(bucket) => bucket
-            .get(PAUSED_KEY)
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|v| v.as_ref() == b"true"),
-        Err(_) => false,
-    }
 }
 
 /// One delivery of a job: claim, keep the lease, run, answer, acknowledge.
@@ -528,6 +542,8 @@ async fn handle(factory: &Factory, message: jetstream::Message) {
     } else {
         PLACED_FIRST_FREE
     };
+    // Heard before the claim is stored: a stop sent once the control plane saw it is not missed.
+    let stop = control::watch_stop(factory, job.job_id).await;
     let claim = JobClaim {
         job_id: job.job_id,
         delivery,
@@ -573,11 +589,14 @@ async fn handle(factory: &Factory, message: jetstream::Message) {
             }
         }))
     };
-    let mut result = run_job(factory, &job, delivery).await;
+    let (mut result, stopped) = run_or_stop(factory, &job, delivery, stop).await;
     result.placement = Some(placement.to_owned());
     let answered = answer(factory, &result).await;
     drop(keeper);
-    if answered {
+    if stopped {
+        // Never offered again: the control plane gave it up.
+        let _ = message.ack_with(AckKind::Term).await;
+    } else if answered {
         if let Err(error) = message.double_ack().await {
             tracing::warn!(job = %job.job_id, %error, "result stored but the job not acknowledged");
         }
@@ -588,6 +607,45 @@ async fn handle(factory: &Factory, message: jetstream::Message) {
         .unwrap_or_else(PoisonError::into_inner)
         .retain(|running| running.job_id != job.job_id);
     factory.changed.notify_one();
+}
+
+/// Runs the job unless its stop comes first: then the command's whole process group is killed
+/// (dropping the run does it), its directory goes, and the result says so. Whether it stopped.
+async fn run_or_stop(
+    factory: &Factory,
+    job: &FleetJob,
+    delivery: u64,
+    mut stop: Option<async_nats::Subscriber>,
+) -> (JobResult, bool) {
+    let reason = tokio::select! {
+        result = run_job(factory, job, delivery) => return (result, false),
+        reason = control::stopped(stop.as_mut(), factory.control.key(), job.job_id) => reason,
+    };
+    tracing::warn!(job = %job.job_id, %reason, "stopped by the control plane: its processes are killed");
+    let cache = cache_dir(&factory.data_dir, &job.repo);
+    let work = factory.data_dir.join("jobs").join(job.job_id.to_string());
+    clean_up(factory, &cache, &work, job).await;
+    let mut result = empty_result(factory, job, delivery);
+    result.failure = Some(format!("stopped by the control plane: {reason}"));
+    (result, true)
+}
+
+/// A result with nothing run yet.
+fn empty_result(factory: &Factory, job: &FleetJob, delivery: u64) -> JobResult {
+    JobResult {
+        job_id: job.job_id,
+        delivery,
+        factory: factory.name.clone(),
+        exit_code: None,
+        signal: None,
+        timed_out: false,
+        stdout: CapturedOutput::default(),
+        stderr: CapturedOutput::default(),
+        duration_ms: 0,
+        diff: None,
+        failure: None,
+        placement: None,
+    }
 }
 
 /// Stores the result, trying a few times (the server may be restarting); whether it is stored.
@@ -611,20 +669,7 @@ async fn answer(factory: &Factory, result: &JobResult) -> bool {
 /// Runs the job in a fresh worktree; any trouble of the factory's own becomes the result's
 /// `failure`, never a panic.
 async fn run_job(factory: &Factory, job: &FleetJob, delivery: u64) -> JobResult {
-    let mut result = JobResult {
-        job_id: job.job_id,
-        delivery,
-        factory: factory.name.clone(),
-        exit_code: None,
-        signal: None,
-        timed_out: false,
-        stdout: CapturedOutput::default(),
-        stderr: CapturedOutput::default(),
-        duration_ms: 0,
-        diff: None,
-        failure: None,
-        placement: None,
-    };
+    let mut result = empty_result(factory, job, delivery);
     let cache = cache_dir(&factory.data_dir, &job.repo);
     let work = factory.data_dir.join("jobs").join(job.job_id.to_string());
     let outcome = async {

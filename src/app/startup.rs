@@ -202,7 +202,7 @@ impl Application {
             .map_err(StartupError::Sandbox)?;
         let fleet = match &config.fleet.nats_url {
             Some(url) => Some(
-                crate::runtime::fleet::Fleet::start(&config.fleet, url)
+                crate::runtime::fleet::Fleet::start(&config.fleet, url, &config.storage.data_dir)
                     .await
                     .map_err(|error| StartupError::Fleet(error.to_string()))?,
             ),

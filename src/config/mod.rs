@@ -644,6 +644,13 @@ pub struct FleetConfig {
     /// factory handing a first delivery back to a warm one spends a delivery too, hence 4 by
     /// default: three lost leases still fit.
     pub max_deliver: u32,
+    /// The environment variable holding the key that signs pause, drain and stop for the
+    /// factories (each factory is started with the same key): without it a NATS client could
+    /// forge them.
+    pub control_key_env: Option<String>,
+    /// Replicas of each stream and bucket the fleet makes (1 on a single NATS server; 3 on a
+    /// three-node cluster, so a node lost loses nothing).
+    pub replicas: usize,
 }
 
 impl Default for FleetConfig {
@@ -654,6 +661,8 @@ impl Default for FleetConfig {
             creds_file: None,
             lease_secs: 30,
             max_deliver: 4,
+            control_key_env: None,
+            replicas: 1,
         }
     }
 }

@@ -208,6 +208,13 @@ pub struct FactoryRecord {
     /// [`WARM_MAX`]): a job on one of them starts without a full fetch there.
     #[serde(default)]
     pub warm: Vec<String>,
+    /// When it last asked the jobs stream for work: a factory with a free slot that has not
+    /// pulled for a while is stalled (`GET /v1/fleet` says so).
+    #[serde(default)]
+    pub last_pull_at: Option<DateTime<Utc>>,
+    /// Whether it holds its claims now (the fleet-wide pause or its own).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl FactoryRecord {

@@ -71,6 +71,8 @@ pub struct Nats {
     /// The buckets opened so far, by name: opening one asks the server for its stream's info,
     /// and the registry, classes and switches are read every few hundred milliseconds.
     buckets: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, kv::Store>>>,
+    /// Replicas of the streams and buckets this connection makes (`[fleet] replicas`).
+    replicas: usize,
 }
 
 /// Connects (reconnecting on its own afterwards, forever, with backoff).
@@ -100,10 +102,18 @@ pub async fn connect(options: &NatsOptions) -> Result<Nats, NatsError> {
         js: jetstream::new(client.clone()),
         client,
         buckets: Default::default(),
+        replicas: 1,
     })
 }
 
 impl Nats {
+    /// Makes the streams and buckets with `replicas` copies (a NATS cluster of at least as many
+    /// nodes); existing ones keep theirs.
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
+    }
+
     /// The work-queue stream of jobs: a message leaves it when a factory acknowledges it.
     pub async fn jobs_stream(&self) -> Result<stream::Stream, NatsError> {
         self.js
@@ -112,6 +122,7 @@ impl Nats {
                 subjects: vec![format!("{JOBS_SUBJECT_PREFIX}>")],
                 retention: stream::RetentionPolicy::WorkQueue,
                 max_bytes: JOBS_MAX_BYTES,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await
@@ -129,6 +140,7 @@ impl Nats {
                 ],
                 max_age: RESULTS_MAX_AGE,
                 max_bytes: RESULTS_MAX_BYTES,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await
@@ -199,7 +211,7 @@ impl Nats {
                 deny_delete: true,
                 allow_direct: true,
                 discard: stream::DiscardPolicy::New,
-                num_replicas: 1,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await

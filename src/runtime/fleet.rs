@@ -6,7 +6,12 @@
 //! One reader task (owned: it stops with the `Fleet`) consumes the results stream through a
 //! durable consumer and hands each result to the job waiting for it.
 
+pub(crate) mod control;
+mod controller;
+mod watch;
+
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,11 +25,12 @@ use uuid::Uuid;
 use crate::config::FleetConfig;
 use crate::model::fleet::{
     class_of, FactoryRecord, FleetJob, JobClaim, JobResult, CLAIMS_SUBJECT_PREFIX,
-    JOBS_SUBJECT_PREFIX, OUTPUT_SUBJECT_PREFIX, PAUSED_KEY, PLACED_LOST_LEASE,
-    RESULTS_SUBJECT_PREFIX,
+    JOBS_SUBJECT_PREFIX, OUTPUT_SUBJECT_PREFIX, PLACED_LOST_LEASE, RESULTS_SUBJECT_PREFIX,
 };
 use crate::model::task::TaskId;
 use crate::platform::nats::{self, Nats, NatsError, NatsOptions};
+pub(crate) use controller::SwitchError;
+pub(crate) use watch::FactoryView;
 
 /// The control plane's durable consumer of claims and results.
 const CONTROL_CONSUMER: &str = "control";
@@ -34,6 +40,8 @@ pub(crate) const FACTORY_TTL: Duration = Duration::from_secs(15);
 const WAITING_MAX: usize = 10_000;
 /// Added to a job's own bounds before the control plane stops waiting for it.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
+/// Reading the whole factory registry takes at most this long.
+const REGISTRY_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a job did not come back.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +79,10 @@ struct Waiter {
     task_id: TaskId,
     capabilities: Vec<String>,
     published_at: DateTime<Utc>,
+    /// Its job class (for the per-class waiting gauge).
+    class: String,
+    /// Its message's sequence in the jobs stream, once published (JetStream's advisories name it).
+    sequence: Option<u64>,
     /// The delivery claimed last, and by whom.
     claimed: Option<(u64, String)>,
     /// A later delivery was claimed after an earlier one: a holder lost its lease.
@@ -102,12 +114,19 @@ pub struct Fleet {
     max_deliver: u32,
     waiting: Waiting,
     classes: Mutex<HashSet<String>>,
+    controller: Arc<controller::Controller>,
     _reader: AbortOnDropHandle<()>,
+    _watchers: Vec<AbortOnDropHandle<()>>,
 }
 
 impl Fleet {
     /// Connects, makes the streams and buckets, and starts reading results.
-    pub(crate) async fn start(config: &FleetConfig, url: &str) -> Result<Arc<Self>, NatsError> {
+    /// The switches (pause, drain) are kept in `data_dir`.
+    pub(crate) async fn start(
+        config: &FleetConfig,
+        url: &str,
+        data_dir: &Path,
+    ) -> Result<Arc<Self>, NatsError> {
         let token = config
             .token_env
             .as_ref()
@@ -118,7 +137,8 @@ impl Fleet {
             creds_file: config.creds_file.clone(),
             name: "glitchlab-control".into(),
         })
-        .await?;
+        .await?
+        .with_replicas(config.replicas);
         nats.jobs_stream().await?;
         let results = nats.results_stream().await?;
         nats.factories(FACTORY_TTL).await?;
@@ -138,13 +158,19 @@ impl Fleet {
             .map_err(NatsError::js)?;
         let waiting = Waiting::default();
         let reader = tokio::spawn(read_results(reader_consumer, Arc::clone(&waiting)));
+        let key = control::ControlKey::from_env(config.control_key_env.as_deref());
+        let controller =
+            controller::Controller::start(nats.clone(), key, data_dir.to_path_buf()).await;
+        let watchers = watch::start(&nats, &controller, &waiting).await?;
         Ok(Arc::new(Self {
             nats,
             lease: Duration::from_secs(config.lease_secs),
             max_deliver: config.max_deliver,
             waiting,
             classes: Mutex::default(),
+            controller,
             _reader: AbortOnDropHandle::new(reader),
+            _watchers: watchers,
         }))
     }
 
@@ -166,39 +192,43 @@ impl Fleet {
                     task_id: job.task_id,
                     capabilities: job.capabilities.clone(),
                     published_at: Utc::now(),
+                    class: class.clone(),
+                    sequence: None,
                     claimed: None,
                     superseded: false,
                     answer: Some(answer),
                 },
             );
         }
-        let _forget = Forget {
+        let mut forget = Forget {
             waiting: &self.waiting,
             job: job.job_id,
+            stop: Some((self.nats.clone(), self.controller.key().clone(), None)),
         };
         let payload = serde_json::to_vec(job).map_err(NatsError::js)?;
         let sequence = self
             .nats
             .publish_stored(format!("{JOBS_SUBJECT_PREFIX}{class}"), payload)
             .await?;
+        forget.published(sequence);
         let deadline = Duration::from_millis(job.timeout_ms)
             + self.lease * (self.max_deliver + 1)
             + DEADLINE_MARGIN;
-        match tokio::time::timeout(deadline, result).await {
-            Ok(Ok(result)) => match &result.failure {
+        match watch::wait_unpaused(&self.controller, deadline, result).await {
+            Ok(result) => match &result.failure {
                 Some(detail) => Err(FleetError::Factory {
                     factory: result.factory.clone(),
                     job: job.job_id,
                     detail: detail.clone(),
                 }),
-                None => Ok(result),
-            },
-            _ => {
-                // No factory will be asked for it again (it may still be acknowledged by one
-                // that holds it: its answer is ignored, nobody waits for it).
-                if let Err(error) = self.nats.withdraw_job(sequence).await {
-                    tracing::warn!(job = %job.job_id, %error, "could not withdraw a job");
+                None => {
+                    forget.stop = None;
+                    Ok(result)
                 }
+            },
+            Err(()) => {
+                // No factory will be asked for it again, and one that holds it is told to stop
+                // (`forget` does both as it drops): its answer is ignored, nobody waits for it.
                 let reason = self
                     .why_waiting(&job.capabilities)
                     .await
@@ -250,19 +280,13 @@ impl Fleet {
 
     /// The factories registered now (their heartbeats not expired).
     pub(crate) async fn factories(&self) -> Result<Vec<FactoryRecord>, NatsError> {
-        let bucket = self.nats.factories(FACTORY_TTL).await?;
-        let mut names = bucket.keys().await.map_err(NatsError::js)?;
-        let mut factories = Vec::new();
-        while let Some(name) = names.next().await {
-            let Ok(name) = name else { continue };
-            if let Ok(Some(bytes)) = bucket.get(&name).await {
-                if let Ok(record) = serde_json::from_slice::<FactoryRecord>(&bytes) {
-                    factories.push(record);
-                }
-            }
-        }
-        factories.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(factories)
+        tokio::time::timeout(REGISTRY_READ_TIMEOUT, self.read_factories())
+            .await
+            .map_err(|_| NatsError::JetStream("the factory registry did not answer".into()))?
+    }
+
+    async fn read_factories(&self) -> Result<Vec<FactoryRecord>, NatsError> {
+        watch::read_registry(&self.nats).await
     }
 
     /// Why a job needing `capabilities` waits, when no live factory offers them all.
@@ -290,28 +314,35 @@ impl Fleet {
         jobs
     }
 
-    /// Stops (`true`) or restarts all claiming, fleet-wide: the kill switch.
-    pub(crate) async fn set_paused(&self, paused: bool) -> Result<(), NatsError> {
-        let value = if paused { "true" } else { "false" };
-        self.nats
-            .control()
-            .await?
-            .put(PAUSED_KEY, value.as_bytes().to_vec().into())
-            .await
-            .map_err(NatsError::js)?;
+    /// Stops (`true`) or restarts all claiming, fleet-wide: the kill switch. The state is the
+    /// control plane's (kept in its data dir) and reaches the factories signed.
+    pub(crate) async fn set_paused(&self, paused: bool) -> Result<(), SwitchError> {
+        self.controller.change(|s| s.paused = paused).await?;
         Ok(())
     }
 
-    /// Whether claiming is paused.
-    pub(crate) async fn paused(&self) -> Result<bool, NatsError> {
-        let value = self
-            .nats
-            .control()
-            .await?
-            .get(PAUSED_KEY)
-            .await
-            .map_err(NatsError::js)?;
-        Ok(value.is_some_and(|v| v.as_ref() == b"true"))
+    /// Whether claiming is paused fleet-wide.
+    pub(crate) fn paused(&self) -> bool {
+        self.controller.paused()
+    }
+
+    /// Tells one factory to take jobs, hold its claims, or drain.
+    pub(crate) async fn set_factory_mode(
+        &self,
+        factory: &str,
+        mode: control::FactoryMode,
+    ) -> Result<(), SwitchError> {
+        self.controller
+            .change(|s| {
+                s.factories.insert(factory.to_owned(), mode);
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The registered factories with what they are told and whether they are healthy.
+    pub(crate) fn views(&self, factories: Vec<FactoryRecord>) -> Vec<FactoryView> {
+        watch::views(&self.controller.switches(), factories, Utc::now())
     }
 }
 
@@ -335,10 +366,30 @@ fn reason_among(factories: &[FactoryRecord], capabilities: &[String]) -> Option<
     })
 }
 
-/// Takes a job out of the waiting map however its wait ends.
+/// Takes a job out of the waiting map however its wait ends; unless it ended with a result
+/// (`stop` taken), also withdraws the job from the stream and tells whoever runs it to stop — a
+/// cancelled task drops the wait, and that reaches the factory.
 struct Forget<'a> {
     waiting: &'a Waiting,
     job: Uuid,
+    /// The connection, the control key and the job's sequence in the stream once published.
+    stop: Option<(Nats, control::ControlKey, Option<u64>)>,
+}
+
+impl Forget<'_> {
+    fn published(&mut self, sequence: u64) {
+        if let Some((_, _, known)) = &mut self.stop {
+            *known = Some(sequence);
+        }
+        if let Some(waiter) = self
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&self.job)
+        {
+            waiter.sequence = Some(sequence);
+        }
+    }
 }
 
 impl Drop for Forget<'_> {
@@ -347,6 +398,14 @@ impl Drop for Forget<'_> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.job);
+        let Some((nats, key, Some(sequence))) = self.stop.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let job = self.job;
+        runtime.spawn(watch::give_up(nats, key, job, sequence));
     }
 }
 
@@ -397,6 +456,15 @@ fn on_claim(waiting: &Waiting, claim: JobClaim) {
             .is_none_or(|(delivery, _)| claim.delivery >= *delivery);
         if newer {
             tracing::info!(job = %claim.job_id, factory = %claim.factory, delivery = claim.delivery, "fleet: job claimed");
+            if waiter.claimed.is_none() {
+                let waited = (Utc::now() - waiter.published_at)
+                    .to_std()
+                    .unwrap_or_default();
+                ::metrics::histogram!(
+                    crate::platform::metrics::FLEET_CLAIM_LATENCY_DURATION_SECONDS
+                )
+                .record(waited.as_secs_f64());
+            }
             if waiter
                 .claimed
                 .as_ref()
@@ -460,6 +528,8 @@ mod tests {
                 task_id: TaskId::new(),
                 capabilities: Vec::new(),
                 published_at: Utc::now(),
+                class: "any".into(),
+                sequence: None,
                 claimed: None,
                 superseded: false,
                 answer: Some(answer),

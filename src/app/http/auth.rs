@@ -400,7 +400,11 @@ fn permission_for(method: &Method, route: &str, metrics_public: bool) -> Option<
         | "/v1/silences"
         | "/v1/silences/{id}" => Permission::Approve,
         "/v1/deploys" => Permission::Deploy,
-        "/v1/fleet/pause" | "/v1/fleet/resume" => Permission::ActOnAnyTask,
+        "/v1/fleet/pause"
+        | "/v1/fleet/resume"
+        | "/v1/fleet/factories/{name}/drain"
+        | "/v1/fleet/factories/{name}/pause"
+        | "/v1/fleet/factories/{name}/resume" => Permission::ActOnAnyTask,
         "/v1/alerts" => Permission::Alert,
         "/v1/ledger/mint" => Permission::Mint,
         "/v1/ledger/accounts" => Permission::ManageAccounts,

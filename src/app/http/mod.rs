@@ -104,6 +104,12 @@ pub(crate) fn router(app: AppState) -> Router {
         .route("/fleet", get(fleet::fleet))
         .route("/fleet/pause", post(fleet::pause))
         .route("/fleet/resume", post(fleet::resume))
+        .route("/fleet/factories/{name}/drain", post(fleet::drain_factory))
+        .route("/fleet/factories/{name}/pause", post(fleet::pause_factory))
+        .route(
+            "/fleet/factories/{name}/resume",
+            post(fleet::resume_factory),
+        )
         .route("/alerts", post(ops::alerts))
         .route("/incidents", get(ops::list_incidents))
         .route("/incidents/{id}", get(ops::get_incident))
