@@ -223,6 +223,8 @@ impl Application {
         // Before the tree: the first admin token exists (and its file is written) before anyone
         // can be told the service listens.
         let auth = Auth::start(&services.config, &services.store).await?;
+        // Job refs a killed predecessor left in the users' repositories and remotes.
+        crate::work::fleet_refs::clean_after_restart(&services);
         let (compass, compass_done) = Actor::spawn(
             None,
             Compass,
