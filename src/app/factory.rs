@@ -373,6 +373,10 @@ async fn serve_classes(factory: Arc<Factory>) {
     let mut served = HashSet::new();
     let mut loops = Vec::new();
     loop {
+        if served.is_empty() {
+            // Nothing to pull from yet: idle by design, not stalled.
+            factory.control.pulled();
+        }
         let read = tokio::time::timeout(CLASSES_READ_TIMEOUT, new_classes(&factory, &served));
         for class in read.await.unwrap_or_default() {
             served.insert(class.clone());
@@ -429,6 +433,7 @@ async fn pull_loop(factory: Arc<Factory>, class: String) {
             return;
         }
         if !factory.control.takes_jobs() {
+            factory.control.pulled();
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
@@ -439,6 +444,7 @@ async fn pull_loop(factory: Arc<Factory>, class: String) {
         if !factory.control.takes_jobs() || factory.draining.load(Ordering::SeqCst) {
             continue;
         }
+        stall_for_tests().await;
         factory.control.pulled();
         let batch = consumer
             .fetch()
@@ -467,6 +473,21 @@ async fn pull_loop(factory: Arc<Factory>, class: String) {
                 }
                 drop(permit);
             });
+        }
+    }
+}
+
+/// Test hook (`--features failpoints`): `FAILPOINTS=factory.pull=return(<ms>)` makes a pull loop
+/// that holds a free slot wait that long before it pulls — the stall `GET /v1/fleet` reports.
+async fn stall_for_tests() {
+    #[cfg(feature = "failpoints")]
+    {
+        let delay_ms = fail::eval("factory.pull", |value| {
+            value.and_then(|ms| ms.parse::<u64>().ok())
+        })
+        .flatten();
+        if let Some(ms) = delay_ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
     }
 }

@@ -177,7 +177,7 @@ mod tests {
             format!("{JOB_REFS}{old}"),
             format!("{JOB_REFS}{new}"),
             format!("{JOB_REFS}not-a-uuid"),
-            format!("{JOB_REFS}{}", Uuid::new_v4()),
+            format!("{JOB_REFS}{}", Uuid::nil()),
         ];
         let found = stale(refs.iter().map(String::as_str), started);
         assert_eq!(found, vec![format!("{JOB_REFS}{old}")]);

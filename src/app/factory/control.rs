@@ -47,6 +47,8 @@ impl FactoryControl {
     pub(super) fn new(key: ControlKey) -> Self {
         Self {
             key,
+            // Counted from the start: a factory that never pulls is stalled too.
+            last_pull: Mutex::new(Some(Utc::now())),
             ..Self::default()
         }
     }

@@ -1,0 +1,565 @@
+//! Fleet control with real parts (a real `nats-server -js`, the service, `glitchlab factory`
+//! processes; see `fleet.rs` for the harness): a cancel kills the factory's process; a pause
+//! costs no delivery and no stage retry; switches put from outside NATS change nothing; per-factory
+//! drain; a factory that stops pulling is reported; an 8-slot factory does not idle under load;
+//! job refs a killed service left are deleted at its next start.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::fleet::{
+    fleet_config, nats_server_available, task, wait_until, Factory, Nats, LEASE_SECS,
+};
+use crate::helpers::{
+    git, git_repo, group_of_shell, wait_group_gone, with_config, Options, Service,
+};
+
+/// The variable holding the control key, for the service and the factories.
+const KEY_ENV: &str = "GLITCHLAB_TEST_CONTROL_KEY";
+/// The key itself.
+const KEY: &str = "test-control-key-4c1f";
+
+/// Skips (saying why) without `nats-server`; else holds the machine as a heavy test.
+macro_rules! require_nats {
+    () => {
+        if !nats_server_available() {
+            eprintln!("SKIPPED: nats-server is not installed (scripts/test installs it)");
+            return;
+        }
+        let _machine = crate::helpers::heavy().await;
+    };
+}
+
+/// The service's options: the fleet with a control key (and `extra` config after it).
+fn keyed(nats: &Nats, extra: &str) -> Options {
+    let config = format!(
+        "[fleet]\nnats_url = \"{}\"\nlease_secs = {LEASE_SECS}\ncontrol_key_env = \"{KEY_ENV}\"\n{extra}",
+        nats.url
+    );
+    Options {
+        config: Some(config),
+        env: vec![(KEY_ENV.into(), KEY.into())],
+        ..Default::default()
+    }
+}
+
+/// A factory following the keyed control plane.
+fn keyed_factory(
+    root: &Path,
+    nats: &Nats,
+    name: &str,
+    slots: usize,
+    env: &[(&str, &str)],
+) -> Factory {
+    let mut all = vec![(KEY_ENV, KEY)];
+    all.extend_from_slice(env);
+    Factory::start_slots(
+        root,
+        nats,
+        name,
+        slots,
+        &["--control-key-env", KEY_ENV],
+        &all,
+    )
+}
+
+async fn submit(service: &Service, body: &Value) -> String {
+    service.submit(body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn factory_view(service: &Service, name: &str) -> Option<Value> {
+    let (_, fleet) = service.get("/v1/fleet").await;
+    fleet["factories"]
+        .as_array()?
+        .iter()
+        .find(|f| f["name"] == name)
+        .cloned()
+}
+
+async fn runs_on(service: &Service, name: &str) -> usize {
+    factory_view(service, name)
+        .await
+        .and_then(|f| f["running"].as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+/// Whether a job of task `id` waits unclaimed.
+async fn waits(service: &Service, id: &str) -> bool {
+    let (_, fleet) = service.get("/v1/fleet").await;
+    fleet["waiting"]
+        .as_array()
+        .is_some_and(|w| w.iter().any(|job| job["task_id"] == id))
+}
+
+/// A bucket the service or a factory makes (waits for it a little).
+async fn bucket(js: &jetstream::Context, name: &str) -> jetstream::kv::Store {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match js.get_key_value(name).await {
+            Ok(store) => return store,
+            Err(error) => assert!(Instant::now() < deadline, "no bucket {name}: {error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn metrics_text(service: &Service) -> String {
+    service
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A cancelled task's verify, running on a factory, is killed (its whole process group) within
+/// 2 s, and the factory frees the slot.
+#[tokio::test]
+async fn a_cancel_kills_the_factorys_process_within_two_seconds() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let service = Service::start_with(root.path(), keyed(&nats, "")).await;
+    let _one = keyed_factory(root.path(), &nats, "one", 2, &[]);
+    let marker = root.path().join("cancel-marker-7d2e");
+    let verify = format!("echo {} >/dev/null; sleep 600", marker.display());
+    let id = submit(
+        &service,
+        &task(&repo, "Cancelled afar", "echo ok > f.txt", &verify),
+    )
+    .await;
+    wait_until(
+        "the verify runs on the factory",
+        Duration::from_secs(60),
+        async || {
+            runs_on(&service, "one").await == 1 && {
+                let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+                task["stage"] == "verify"
+            }
+        },
+    )
+    .await;
+    let group = group_of_shell(&marker);
+    let (status, _) = service
+        .post(&format!("/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let cancelled_at = Instant::now();
+    assert!(
+        wait_group_gone(group, Duration::from_secs(2)).await,
+        "the factory's process group {group} still runs 2 s after the cancel"
+    );
+    eprintln!(
+        "measured: process group gone {:?} after the cancel",
+        cancelled_at.elapsed()
+    );
+    wait_until(
+        "the factory frees the slot",
+        Duration::from_secs(10),
+        async || runs_on(&service, "one").await == 0,
+    )
+    .await;
+}
+
+/// The fleet is paused for longer than a job's whole deadline (its timeout, its leases and the
+/// margin: 5 + 3 × 2 + 30 = 41 s): the jobs wait, no stage retry and no delivery is spent, and
+/// after resume every task is done.
+#[tokio::test]
+async fn a_pause_longer_than_a_jobs_deadline_spends_no_retry() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let extra = "max_deliver = 1\n[engines]\ntimeout_secs = 5\nverify_timeout_secs = 5\n";
+    let service = Service::start_with(root.path(), keyed(&nats, extra)).await;
+    let _one = keyed_factory(root.path(), &nats, "one", 2, &[]);
+    let (status, _) = service.post("/v1/fleet/pause", &json!({})).await;
+    assert_eq!(status, 200);
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let body = task(
+            &repo,
+            &format!("Paused {n}"),
+            &format!("echo {n} > p{n}.txt"),
+            "true",
+        );
+        ids.push(submit(&service, &body).await);
+    }
+    for id in &ids {
+        wait_until(
+            "the job is published",
+            Duration::from_secs(30),
+            async || waits(&service, id).await,
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    for id in &ids {
+        let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!(task["status"], "running", "{task:#}");
+        assert_eq!(
+            task["stage_retries"], 0,
+            "a retry spent while paused: {task:#}"
+        );
+        assert!(waits(&service, id).await, "claimed while paused");
+    }
+    let (status, _) = service.post("/v1/fleet/resume", &json!({})).await;
+    assert_eq!(status, 200);
+    for id in &ids {
+        let task = service
+            .wait_finished_within(id, Duration::from_secs(90))
+            .await;
+        assert_eq!(task["status"], "done", "{task:#}");
+        assert_eq!(task["stage_retries"], 0, "{task:#}");
+        assert!(
+            task["failures"].as_array().is_none_or(Vec::is_empty),
+            "{task:#}"
+        );
+        let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+        for ran in events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "fleet.ran")
+        {
+            assert_eq!(ran["data"]["delivery"], 1, "a delivery spent: {ran:#}");
+        }
+    }
+}
+
+/// `kv put glitchlab_control paused true`, and a forged signed-looking value, put by a plain NATS
+/// client: no factory pauses (tasks finish), the control plane writes its own value back and
+/// counts it, and `GET /v1/fleet` says not paused. The API's pause (signed) still holds claims.
+#[tokio::test]
+async fn switches_put_from_outside_nats_do_not_pause() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let service = Service::start_with(root.path(), keyed(&nats, "")).await;
+    let _one = keyed_factory(root.path(), &nats, "one", 2, &[]);
+
+    let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let control = bucket(&jetstream::new(client), "glitchlab_control").await;
+    let forged = json!({
+        "body": json!({"version": 1_000_000, "paused": true, "factories": {"one": "draining"}}).to_string(),
+        "mac": "00".repeat(32),
+    });
+    control.put("paused", "true".into()).await.unwrap();
+    control
+        .put("switches", forged.to_string().into())
+        .await
+        .unwrap();
+    let id = submit(
+        &service,
+        &task(&repo, "Not paused", "echo ok > f.txt", "true"),
+    )
+    .await;
+    let done = service
+        .wait_finished_within(&id, Duration::from_secs(90))
+        .await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let (_, fleet) = service.get("/v1/fleet").await;
+    assert_eq!(fleet["paused"], false);
+    assert!(
+        metrics_text(&service)
+            .await
+            .contains("glitchlab_fleet_control_overwritten_total"),
+        "the overwrite is counted"
+    );
+
+    // The signed pause is obeyed: a job waits until resumed.
+    let (status, _) = service.post("/v1/fleet/pause", &json!({})).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let id = submit(
+        &service,
+        &task(&repo, "Paused by the API", "echo ok > g.txt", "true"),
+    )
+    .await;
+    wait_until(
+        "the job is published",
+        Duration::from_secs(30),
+        async || waits(&service, &id).await,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        waits(&service, &id).await,
+        "claimed while paused through the API"
+    );
+    let (status, _) = service.post("/v1/fleet/resume", &json!({})).await;
+    assert_eq!(status, 200);
+    let done = service
+        .wait_finished_within(&id, Duration::from_secs(90))
+        .await;
+    assert_eq!(done["status"], "done", "{done:#}");
+}
+
+/// A factory told to drain finishes the verify it runs and takes nothing new until resumed.
+#[tokio::test]
+async fn a_drained_factory_finishes_its_job_and_takes_no_new_one() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let service = Service::start_with(root.path(), keyed(&nats, "")).await;
+    let _one = keyed_factory(root.path(), &nats, "one", 2, &[]);
+    let first = submit(
+        &service,
+        &task(
+            &repo,
+            "Drained",
+            "echo ok > f.txt",
+            "sleep 3 && test -f f.txt",
+        ),
+    )
+    .await;
+    wait_until("the verify runs", Duration::from_secs(60), async || {
+        let (_, task) = service.get(&format!("/v1/tasks/{first}")).await;
+        task["stage"] == "verify" && runs_on(&service, "one").await == 1
+    })
+    .await;
+    let (status, told) = service
+        .post("/v1/fleet/factories/one/drain", &json!({}))
+        .await;
+    assert_eq!((status, &told["told"]), (200, &json!("draining")), "{told}");
+    let done = service
+        .wait_finished_within(&first, Duration::from_secs(60))
+        .await;
+    assert_eq!(done["status"], "done", "the running job finished: {done:#}");
+    wait_until(
+        "the factory says it drains",
+        Duration::from_secs(10),
+        async || {
+            factory_view(&service, "one").await.is_some_and(|f| {
+                f["draining"] == true && f["told"] == "draining" && f["healthy"] == true
+            })
+        },
+    )
+    .await;
+    let second = submit(
+        &service,
+        &task(&repo, "After the drain", "echo ok > g.txt", "true"),
+    )
+    .await;
+    wait_until(
+        "the job is published",
+        Duration::from_secs(30),
+        async || waits(&service, &second).await,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        waits(&service, &second).await,
+        "a draining factory took a job"
+    );
+    let (status, _) = service
+        .post("/v1/fleet/factories/one/resume", &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let done = service
+        .wait_finished_within(&second, Duration::from_secs(60))
+        .await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let (status, bad) = service
+        .post("/v1/fleet/factories/bad%20name/drain", &json!({}))
+        .await;
+    assert_eq!(
+        (status, &bad["error"]["code"]),
+        (422, &json!("INVALID_FIELD")),
+        "{bad}"
+    );
+}
+
+/// A factory whose pull loop stalls with a free slot (a failpoint holds it before the fetch) is
+/// reported unhealthy in `GET /v1/fleet` and `/metrics` within the 10 s bound; the fleet gauges
+/// are there.
+#[tokio::test]
+async fn a_factory_that_stops_pulling_is_reported_unhealthy() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let service = Service::start_with(root.path(), keyed(&nats, "")).await;
+    let _healthy = keyed_factory(root.path(), &nats, "other", 1, &[]);
+    let id = submit(&service, &task(&repo, "Stalls", "echo ok > f.txt", "true")).await;
+    let done = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
+    assert_eq!(done["status"], "done");
+    let _stalled = keyed_factory(
+        root.path(),
+        &nats,
+        "stalled",
+        2,
+        &[("FAILPOINTS", "factory.pull=return(60000)")],
+    );
+    let started = Instant::now();
+    wait_until(
+        "the stall is reported",
+        Duration::from_secs(20),
+        async || {
+            factory_view(&service, "stalled").await.is_some_and(|f| {
+                f["healthy"] == false
+                    && f["unhealthy"]
+                        .as_str()
+                        .is_some_and(|why| why.contains("no pull"))
+            })
+        },
+    )
+    .await;
+    eprintln!(
+        "measured: stall reported {:?} after the factory started",
+        started.elapsed()
+    );
+    let other = factory_view(&service, "other").await.unwrap();
+    assert_eq!(other["healthy"], true, "{other:#}");
+    wait_until("the gauges say it", Duration::from_secs(10), async || {
+        let text = metrics_text(&service).await;
+        text.contains("glitchlab_fleet_factory_healthy{factory=\"stalled\"} 0")
+            && text.contains("glitchlab_fleet_factory_healthy{factory=\"other\"} 1")
+            && text.contains("glitchlab_fleet_factory_slots{factory=\"stalled\",state=\"free\"} 2")
+            && text.contains("glitchlab_fleet_claim_latency_duration_seconds")
+    })
+    .await;
+}
+
+/// 40 one-second jobs on one 8-slot factory (published straight to JetStream, as the control
+/// plane does): while jobs are left unclaimed, the factory never has a free slot for 10 s, and
+/// all 40 are answered.
+#[tokio::test]
+async fn an_8_slot_factory_under_40_jobs_never_idles_with_free_slots() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let commit = git(&repo, &["rev-parse", "HEAD"]);
+    let _eight = Factory::start_slots(root.path(), &nats, "eight", 8, &[], &[]);
+    let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let mut results = client.subscribe("glitchlab.results.>").await.unwrap();
+    bucket(&js, "glitchlab_classes")
+        .await
+        .put("any", "[]".into())
+        .await
+        .unwrap();
+    let registry = bucket(&js, "glitchlab_factories").await;
+    for _ in 0..40 {
+        let job = uuid::Uuid::now_v7();
+        git(
+            &repo,
+            &["update-ref", &format!("refs/glitchlab/jobs/{job}"), &commit],
+        );
+        let body = json!({
+            "job_id": job, "task_id": uuid::Uuid::now_v7(), "persona": "circuit",
+            "stage": "verify", "attempt": 1, "repo": repo.display().to_string(),
+            "commit": commit, "command": "sleep 1", "env": [["PATH", std::env::var("PATH").unwrap()]],
+            "files": [], "timeout_ms": 30_000, "output_bytes_max": 4096, "want_diff": false,
+            "capabilities": [],
+        });
+        js.publish("glitchlab.jobs.any", body.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let (mut answered, mut idle_since, mut longest) = (0usize, None::<Instant>, Duration::ZERO);
+    while answered < 40 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{answered} of 40 answered"
+        );
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(1), results.next()).await
+        {
+            answered += 1;
+        }
+        let running = match registry.get("eight").await.ok().flatten() {
+            Some(bytes) => serde_json::from_slice::<Value>(&bytes).unwrap()["running"]
+                .as_array()
+                .map_or(0, Vec::len),
+            None => 0,
+        };
+        let unclaimed = 40usize.saturating_sub(answered + running);
+        if running < 8 && unclaimed > 0 {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            longest = longest.max(since.elapsed());
+        } else {
+            idle_since = None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "measured: 40 jobs in {:?}; longest stretch with a free slot and jobs left: {longest:?}",
+        started.elapsed()
+    );
+    assert!(
+        longest < Duration::from_secs(10),
+        "idled {longest:?} with free slots"
+    );
+}
+
+/// The service is killed (`kill -9`) while a verify runs on a factory: its job ref stays in the
+/// user's repository; at the next start it is deleted (the resumed task runs a new job, whose
+/// ref goes when it ends), and the task finishes.
+#[tokio::test]
+async fn job_refs_a_killed_service_left_are_deleted_at_its_next_start() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let mut service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
+    let _one = Factory::start(root.path(), &nats, "one", &[]);
+    let id = submit(
+        &service,
+        &task(
+            &repo,
+            "Killed",
+            "echo ok > f.txt",
+            "sleep 4 && test -f f.txt",
+        ),
+    )
+    .await;
+    let job_refs = || {
+        git(
+            &repo,
+            &[
+                "for-each-ref",
+                "--format=%(refname)",
+                "refs/glitchlab/jobs/",
+            ],
+        )
+    };
+    wait_until(
+        "the verify's job ref is there",
+        Duration::from_secs(60),
+        async || {
+            let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+            task["stage"] == "verify" && !job_refs().is_empty()
+        },
+    )
+    .await;
+    let left = job_refs();
+    service.kill_9();
+    assert_eq!(job_refs(), left, "the kill left the ref");
+    let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
+    let task = service
+        .wait_finished_within(&id, Duration::from_secs(120))
+        .await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    wait_until("no job ref is left", Duration::from_secs(20), async || {
+        job_refs().is_empty()
+    })
+    .await;
+}
