@@ -77,6 +77,12 @@ const HAND_BACK_DELAY: Duration = Duration::from_millis(500);
 /// After handing a job back, the class is not pulled from for this long, so the redelivery goes
 /// to the warm factory (whose pull is waiting), not back here.
 const HAND_BACK_PAUSE: Duration = Duration::from_millis(1500);
+/// Marks every process of a job (`<variable>=<job id>`): its stop finds and kills them.
+const JOB_VARIABLE: &str = "GLITCHLAB_FLEET_JOB";
+/// A stopped job's run has this long to end once its processes are killed.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+/// A stopped job's processes are looked for this often until its run ends.
+const STOP_TICK: Duration = Duration::from_millis(100);
 /// Tools whose presence on `PATH` is a capability (`has:<tool>`).
 const TOOLS: [&str; 14] = [
     "python3", "node", "npm", "cargo", "go", "java", "make", "gcc", "docker", "git", "claude",
@@ -638,15 +644,41 @@ async fn run_or_stop(
     delivery: u64,
     mut stop: Option<async_nats::Subscriber>,
 ) -> (JobResult, bool) {
+    let run = run_job(factory, job, delivery);
+    tokio::pin!(run);
     let reason = tokio::select! {
-        result = run_job(factory, job, delivery) => return (result, false),
+        result = &mut run => return (result, false),
         reason = control::stopped(stop.as_mut(), factory.control.key(), job.job_id) => reason,
     };
-    tracing::warn!(job = %job.job_id, %reason, "stopped by the control plane: its processes are killed");
-    let cache = cache_dir(&factory.data_dir, &job.repo);
-    let work = factory.data_dir.join("jobs").join(job.job_id.to_string());
-    clean_up(factory, &cache, &work, job).await;
-    let mut result = empty_result(factory, job, delivery);
+    tracing::warn!(job = %job.job_id, %reason, "stopped by the control plane: killing its processes");
+    // Killed here, and the run goes on to reap them and clean up (a dropped run would leave
+    // its zombies to the runtime); a run that does not end in time is dropped (its guard kills).
+    let job_mark = job.job_id.to_string();
+    let ended = tokio::time::timeout(STOP_WAIT, async {
+        loop {
+            for group in process::groups_carrying(JOB_VARIABLE, &job_mark) {
+                // SAFETY: kill(2) on a process group that carries this job's mark.
+                unsafe {
+                    libc::kill(-group, libc::SIGKILL);
+                }
+            }
+            tokio::select! {
+                result = &mut run => return result,
+                () = tokio::time::sleep(STOP_TICK) => {}
+            }
+        }
+    })
+    .await;
+    let mut result = match ended {
+        Ok(result) => result,
+        Err(_) => {
+            let cache = cache_dir(&factory.data_dir, &job.repo);
+            let work = factory.data_dir.join("jobs").join(job.job_id.to_string());
+            clean_up(factory, &cache, &work, job).await;
+            empty_result(factory, job, delivery)
+        }
+    };
+    result.diff = None;
     result.failure = Some(format!("stopped by the control plane: {reason}"));
     (result, true)
 }
@@ -803,6 +835,7 @@ async fn run_command(
         env.push((file.variable.clone(), path.display().to_string()));
     }
     env.push(("TMPDIR".into(), temp.display().to_string()));
+    env.push((JOB_VARIABLE.into(), job.job_id.to_string()));
     env.push((
         process::INSTANCE_VARIABLE.into(),
         factory.data_dir.display().to_string(),

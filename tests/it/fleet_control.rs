@@ -14,9 +14,7 @@ use serde_json::{json, Value};
 use crate::fleet::{
     fleet_config, nats_server_available, task, wait_until, Factory, Nats, LEASE_SECS,
 };
-use crate::helpers::{
-    git, git_repo, group_of_shell, wait_group_gone, with_config, Options, Service,
-};
+use crate::helpers::{git, git_repo, group_of_shell, with_config, Options, Service};
 
 /// The variable holding the control key, for the service and the factories.
 const KEY_ENV: &str = "GLITCHLAB_TEST_CONTROL_KEY";
@@ -155,10 +153,14 @@ async fn a_cancel_kills_the_factorys_process_within_two_seconds() {
         .await;
     assert_eq!(status, 200);
     let cancelled_at = Instant::now();
-    assert!(
-        wait_group_gone(group, Duration::from_secs(2)).await,
-        "the factory's process group {group} still runs 2 s after the cancel"
-    );
+    // Killed: no member runs (a zombie left to this container's PID 1 is dead already).
+    while glitchlab::platform::process::group_runs(group) {
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(2),
+            "the factory's process group {group} still runs 2 s after the cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     eprintln!(
         "measured: process group gone {:?} after the cancel",
         cancelled_at.elapsed()

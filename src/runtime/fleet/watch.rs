@@ -144,13 +144,15 @@ pub(super) async fn wait_unpaused(
 /// Withdraws a job nobody waits for any more from the stream, and tells the factory running it
 /// to stop.
 pub(super) async fn give_up(nats: Nats, key: ControlKey, job: Uuid, sequence: u64) {
-    match tokio::time::timeout(control::CONTROL_CALL_TIMEOUT, nats.withdraw_job(sequence)).await {
+    ::metrics::counter!(metrics::FLEET_STOPS_TOTAL).increment(1);
+    let stop = control::send_stop(&nats, &key, job, "the control plane no longer waits for it");
+    let withdraw = tokio::time::timeout(control::CONTROL_CALL_TIMEOUT, nats.withdraw_job(sequence));
+    let ((), withdrawn) = tokio::join!(stop, withdraw);
+    match withdrawn {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => tracing::debug!(%job, %error, "fleet: job not withdrawn"),
         Err(_) => tracing::warn!(%job, "fleet: job not withdrawn in time"),
     }
-    ::metrics::counter!(metrics::FLEET_STOPS_TOTAL).increment(1);
-    control::send_stop(&nats, &key, job, "the control plane no longer waits for it").await;
 }
 
 /// Every registered factory (heartbeat not expired), by name.
