@@ -110,14 +110,15 @@ impl Controller {
                     continue;
                 }
             };
-            if pushed.as_ref() == Some(&own) {
+            let ours = pushed
+                .as_ref()
+                .and_then(|bytes| self.key.open::<Switches>(bytes));
+            if ours.as_ref() == Some(&own) {
                 continue;
             }
-            if pushed.is_some() || own != Switches::default() {
+            if pushed.is_some() {
                 ::metrics::counter!(metrics::FLEET_CONTROL_OVERWRITTEN_TOTAL).increment(1);
-                tracing::warn!(
-                    "fleet: the pushed switches differ from the control plane's; writing them back"
-                );
+                tracing::warn!("fleet: the pushed switches differ from the control plane's (put from outside?); writing them back");
             }
             if let Err(error) = control::push_switches(&self.nats, &self.key, &own).await {
                 tracing::warn!(%error, "fleet: switches not pushed");
@@ -125,7 +126,20 @@ impl Controller {
         }
     }
 
-    async fn read_raw(&self) -> Result<Option<Switches>, NatsError> {
-        control::read_switches(&self.nats, &self.key).await
+    /// The value in the bucket as it is (`None`: there is none).
+    async fn read_raw(&self) -> Result<Option<Vec<u8>>, NatsError> {
+        let read = async {
+            let value = self
+                .nats
+                .control()
+                .await?
+                .get(control::SWITCHES_KEY)
+                .await
+                .map_err(NatsError::js)?;
+            Ok::<_, NatsError>(value.map(|bytes| bytes.to_vec()))
+        };
+        tokio::time::timeout(control::CONTROL_CALL_TIMEOUT, read)
+            .await
+            .map_err(|_| NatsError::JetStream("the control bucket did not answer in time".into()))?
     }
 }
