@@ -653,6 +653,9 @@ pub struct FleetConfig {
     pub replicas: usize,
 }
 
+/// JetStream replicas of a stream at most (NATS's own limit).
+const FLEET_REPLICAS_MAX: usize = 5;
+
 impl Default for FleetConfig {
     fn default() -> Self {
         Self {
@@ -781,6 +784,10 @@ impl Config {
             (
                 !(1..=100).contains(&self.fleet.max_deliver),
                 "fleet.max_deliver must be between 1 and 100",
+            ),
+            (
+                !(1..=FLEET_REPLICAS_MAX).contains(&self.fleet.replicas),
+                "fleet.replicas must be between 1 and 5",
             ),
             (
                 self.storage.stall_secs == 0,
