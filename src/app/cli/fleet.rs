@@ -101,21 +101,21 @@ fn table(fleet: &Value) -> String {
     let mut out = format!(
         "fleet {}\n{:<20} {:>5} {:>5} {:<9} {:<8} {}\n",
         if fleet["paused"] == true {
-            "PAUSED"
+            "paused"
         } else {
             "taking jobs"
         },
-        "FACTORY",
-        "USED",
-        "SLOTS",
-        "TOLD",
-        "HEALTH",
-        "WHY"
+        "factory",
+        "used",
+        "slots",
+        "told",
+        "health",
+        "why"
     );
     for factory in fleet["factories"].as_array().into_iter().flatten() {
         let used = factory["running"].as_array().map_or(0, Vec::len);
         let health = if factory["healthy"] == false {
-            "STALLED"
+            "stalled"
         } else {
             "ok"
         };
@@ -160,7 +160,7 @@ mod tests {
         let text = table(&fleet);
         assert!(text.contains("draining"), "{text}");
         assert!(
-            text.contains("STALLED") && text.contains("no pull for 12s"),
+            text.contains("stalled") && text.contains("no pull for 12s"),
             "{text}"
         );
         assert!(
