@@ -83,6 +83,8 @@ const JOB_VARIABLE: &str = "GLITCHLAB_FLEET_JOB";
 const STOP_WAIT: Duration = Duration::from_secs(5);
 /// A stopped job's processes are looked for this often until its run ends.
 const STOP_TICK: Duration = Duration::from_millis(100);
+/// The registry read deciding a hand-back waits this long at most (then the snapshot is used).
+const HAND_BACK_READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// Tools whose presence on `PATH` is a capability (`has:<tool>`).
 const TOOLS: [&str; 14] = [
     "python3", "node", "npm", "cargo", "go", "java", "make", "gcc", "docker", "git", "claude",
@@ -531,10 +533,11 @@ async fn hand_back(factory: &Factory, message: &jetstream::Message) -> bool {
 /// Another live factory (fresh heartbeat, not draining, a free slot, serving the job's
 /// capabilities) with the repository `digest` cached: its name.
 async fn warm_elsewhere(factory: &Factory, job: &FleetJob, digest: &str) -> Option<String> {
-    // The snapshot `control::follow` keeps: no NATS call between a fetch and a claim (a
-    // registry read here once stalled a factory for minutes).
+    // Read now, but bounded (a registry read here with no timeout once stalled a factory for
+    // minutes); past the bound, the snapshot `control::follow` keeps.
     let fresh_after = Utc::now() - chrono::Duration::from_std(FACTORY_TTL).ok()?;
-    for record in factory.control.registry() {
+    let records = control::registry_now(factory, HAND_BACK_READ_TIMEOUT).await;
+    for record in records {
         if record.name == factory.name {
             continue;
         }

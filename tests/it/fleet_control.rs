@@ -306,6 +306,83 @@ async fn switches_put_from_outside_nats_do_not_pause() {
         .wait_finished_within(&id, Duration::from_secs(90))
         .await;
     assert_eq!(done["status"], "done", "{done:#}");
+    // Who paused and resumed is in the audit log (the NATS puts are not: they changed nothing).
+    let (_, audit) = service.get("/v1/audit?principal=bootstrap").await;
+    let routes: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["route"].as_str().unwrap())
+        .collect();
+    assert!(
+        routes.contains(&"/v1/fleet/pause") && routes.contains(&"/v1/fleet/resume"),
+        "{audit}"
+    );
+}
+
+/// With `max_deliver = 1`, the factory running a verify is killed (`kill -9`): the job's only
+/// delivery is lost, and the stage hears it when JetStream's advisory says so (after the lease),
+/// not at its deadline (600 s of verify timeout + leases + margin); its retry runs on the other
+/// factory and the task is done well inside that.
+#[tokio::test]
+async fn running_out_of_deliveries_is_noticed_when_it_happens() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let service = Service::start_with(root.path(), keyed(&nats, "max_deliver = 1\n")).await;
+    let mut factories = [
+        keyed_factory(root.path(), &nats, "one", 1, &[]),
+        keyed_factory(root.path(), &nats, "two", 1, &[]),
+    ];
+    let id = submit(
+        &service,
+        &task(
+            &repo,
+            "Lost once",
+            "echo ok > f.txt",
+            "sleep 4 && test -f f.txt",
+        ),
+    )
+    .await;
+    let mut holder = String::new();
+    wait_until(
+        "a factory runs the verify",
+        Duration::from_secs(60),
+        async || {
+            let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+            if task["stage"] != "verify" {
+                return false;
+            }
+            for name in ["one", "two"] {
+                if runs_on(&service, name).await == 1 {
+                    holder = name.to_owned();
+                    return true;
+                }
+            }
+            false
+        },
+    )
+    .await;
+    let killed_at = Instant::now();
+    let index = usize::from(holder == "two");
+    factories[index].kill_9();
+    let task = service
+        .wait_finished_within(&id, Duration::from_secs(90))
+        .await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    eprintln!("measured: done {:?} after the kill", killed_at.elapsed());
+    assert!(
+        task["stage_retries"].as_u64().unwrap_or(0) >= 1
+            || task["failures"].as_array().is_some_and(|f| !f.is_empty()),
+        "the lost delivery failed the stage once: {task:#}"
+    );
+    assert!(
+        metrics_text(&service)
+            .await
+            .contains("glitchlab_fleet_deliveries_exhausted_total 1"),
+        "the exhausted job is counted"
+    );
 }
 
 /// A factory told to drain finishes the verify it runs and takes nothing new until resumed.

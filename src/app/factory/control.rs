@@ -149,6 +149,22 @@ fn apply(factory: &Factory, switches: &control::Switches) {
     }
 }
 
+/// The registry read now, within `bound`; the last snapshot when that read fails or is slow.
+pub(super) async fn registry_now(factory: &Factory, bound: Duration) -> Vec<FactoryRecord> {
+    match tokio::time::timeout(bound, read_registry(factory)).await {
+        Ok(Ok(records)) => {
+            factory
+                .control
+                .registry
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone_from(&records);
+            records
+        }
+        _ => factory.control.registry(),
+    }
+}
+
 async fn read_registry(factory: &Factory) -> Result<Vec<FactoryRecord>, String> {
     let bucket = factory
         .nats
