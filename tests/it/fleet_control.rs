@@ -331,10 +331,10 @@ async fn running_out_of_deliveries_is_noticed_when_it_happens() {
     let nats = Nats::start(&root.path().join("nats"));
     let repo = git_repo(root.path());
     let service = Service::start_with(root.path(), keyed(&nats, "max_deliver = 1\n")).await;
-    let mut factories = [
-        keyed_factory(root.path(), &nats, "one", 1, &[]),
-        keyed_factory(root.path(), &nats, "two", 1, &[]),
-    ];
+    // The factories know `max_deliver = 1` too (a cold one never hands a job back then).
+    let args = ["--control-key-env", KEY_ENV, "--max-deliver", "1"];
+    let mut factories = ["one", "two"]
+        .map(|name| Factory::start_slots(root.path(), &nats, name, 1, &args, &[(KEY_ENV, KEY)]));
     let id = submit(
         &service,
         &task(
