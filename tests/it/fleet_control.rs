@@ -642,3 +642,67 @@ async fn job_refs_a_killed_service_left_are_deleted_at_its_next_start() {
     })
     .await;
 }
+
+/// `glitchlab fleet list|drain|resume|pause` against the real service and a factory: the table
+/// shows the factory and its health, drain and resume reach it, a bad name exits 1 with the code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_cli_lists_drains_resumes_and_pauses() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let service = Service::start_with(root.path(), keyed(&nats, "")).await;
+    let _one = keyed_factory(root.path(), &nats, "one", 3, &[]);
+    wait_until(
+        "the factory registers",
+        Duration::from_secs(20),
+        async || factory_view(&service, "one").await.is_some(),
+    )
+    .await;
+    let base = service.base.clone();
+    let run = move |args: &'static [&'static str]| {
+        let base = base.clone();
+        async move {
+            tokio::task::spawn_blocking(move || crate::cli::glitchlab(&base, args))
+                .await
+                .unwrap()
+        }
+    };
+    let listed = run(&["fleet", "list"]).await;
+    let table = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(listed.status.success(), "{table}");
+    assert!(
+        table.contains("taking jobs")
+            && table
+                .lines()
+                .any(|l| l.starts_with("one") && l.contains(" 3 ") && l.contains("ok")),
+        "{table}"
+    );
+    let drained = run(&["fleet", "drain", "one"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&drained.stdout).trim(),
+        "one: draining"
+    );
+    let listed = run(&["fleet", "list", "--json"]).await;
+    let fleet: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(fleet["factories"][0]["told"], "draining", "{fleet:#}");
+    let resumed = run(&["fleet", "resume", "--factory", "one"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&resumed.stdout).trim(),
+        "one: active"
+    );
+    let paused = run(&["fleet", "pause"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&paused.stdout).trim(),
+        "fleet paused: true"
+    );
+    let (_, fleet) = service.get("/v1/fleet").await;
+    assert_eq!(fleet["paused"], true);
+    let resumed = run(&["fleet", "resume"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&resumed.stdout).trim(),
+        "fleet paused: false"
+    );
+    let refused = run(&["fleet", "drain", "bad.name"]).await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("INVALID_FIELD"));
+}
