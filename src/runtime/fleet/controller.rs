@@ -37,7 +37,14 @@ impl Controller {
     /// Loads the kept switches and pushes them (the bucket may have lost them, or hold a value
     /// put from outside).
     pub(crate) async fn start(nats: Nats, key: ControlKey, data_dir: PathBuf) -> Arc<Self> {
-        let switches = control::load_state(&data_dir).await;
+        let mut switches = control::load_state(&data_dir).await;
+        // Factories ignore versions older than the last they accepted: a data dir that lost
+        // its state (or is new) starts past whatever valid value is out there.
+        if let Ok(Some(pushed)) = control::read_switches(&nats, &key).await {
+            if pushed.version >= switches.version {
+                switches.version = pushed.version.saturating_add(1);
+            }
+        }
         if !key.is_set() {
             tracing::warn!(
                 "fleet: no control key (`[fleet] control_key_env`): pause, drain and stop reach \
@@ -77,8 +84,9 @@ impl Controller {
             .paused
     }
 
-    /// Changes the switches with `change`: saved here first, then pushed; the new value is the
-    /// control plane's only once both succeeded.
+    /// Changes the switches with `change`: pushed, then saved here; the new value is the
+    /// control plane's only once both succeeded (a value pushed but not saved is written back
+    /// to the old one by [`Controller::enforce`]).
     pub(crate) async fn change(
         &self,
         change: impl FnOnce(&mut Switches),
@@ -91,9 +99,9 @@ impl Controller {
         if next.factories.len() > FACTORY_MODES_MAX {
             return Err(SwitchError::TooMany);
         }
-        next.version += 1;
-        control::save_state(&self.data_dir, &next).await?;
+        next.version = next.version.saturating_add(1);
         control::push_switches(&self.nats, &self.key, &next).await?;
+        control::save_state(&self.data_dir, &next).await?;
         *self.switches.lock().unwrap_or_else(PoisonError::into_inner) = next.clone();
         Ok(next)
     }
