@@ -108,6 +108,20 @@ async fn bucket(js: &jetstream::Context, name: &str) -> jetstream::kv::Store {
     }
 }
 
+/// Waits until factory `name` says it holds its claims (it heard the pause).
+async fn wait_factory_paused(service: &Service, name: &str) {
+    wait_until(
+        "the factory hears the pause",
+        Duration::from_secs(15),
+        async || {
+            factory_view(service, name)
+                .await
+                .is_some_and(|f| f["paused"] == true)
+        },
+    )
+    .await;
+}
+
 async fn metrics_text(service: &Service) -> String {
     service
         .request(reqwest::Method::GET, "/metrics")
@@ -187,6 +201,7 @@ async fn a_pause_longer_than_a_jobs_deadline_spends_no_retry() {
     let _one = keyed_factory(root.path(), &nats, "one", 2, &[]);
     let (status, _) = service.post("/v1/fleet/pause", &json!({})).await;
     assert_eq!(status, 200);
+    wait_factory_paused(&service, "one").await;
     let mut ids = Vec::new();
     for n in 0..2 {
         let body = task(
@@ -283,7 +298,7 @@ async fn switches_put_from_outside_nats_do_not_pause() {
     // The signed pause is obeyed: a job waits until resumed.
     let (status, _) = service.post("/v1/fleet/pause", &json!({})).await;
     assert_eq!(status, 200);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_factory_paused(&service, "one").await;
     let id = submit(
         &service,
         &task(&repo, "Paused by the API", "echo ok > g.txt", "true"),
