@@ -74,9 +74,10 @@ fn nats_server(dir: &Path) -> (Killed, String) {
     (Killed(child), format!("nats://127.0.0.1:{port}"))
 }
 
-fn factory(root: &Path, url: &str, name: &str) -> Killed {
+fn factory(root: &Path, url: &str, name: &str, key: &str) -> Killed {
     let mut child = Command::new(env!("CARGO_BIN_EXE_glitchlab"))
         .args(["factory", "--nats", url, "--name", name, "--slots", "2"])
+        .env("GLITCHLAB_FACTORY_KEY", key)
         .args(["--lease-secs", &LEASE_SECS.to_string(), "--data-dir"])
         .arg(root.join(name))
         .env("RUST_LOG", "warn")
@@ -130,6 +131,21 @@ impl Bench {
             stop: Some(stop),
             server: Some(server),
         }
+    }
+
+    /// The key the service issues factory `name` (issue 30: a factory needs one).
+    async fn enrol(&self, name: &str) -> String {
+        let issued: Value = self
+            .client
+            .post(format!("{}/v1/fleet/factories", self.base))
+            .json(&json!({"name": name}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        issued["key"].as_str().unwrap().to_owned()
     }
 
     async fn submit(&self, repo: &Path, n: usize, verify: &str) -> String {
@@ -190,9 +206,12 @@ async fn throughput(factories: usize, verify: &str) -> f64 {
     let root = tempfile::tempdir().unwrap();
     let (_nats, url) = nats_server(&root.path().join("nats"));
     let bench = Bench::start(root.path(), &url).await;
-    let _factories: Vec<Killed> = (0..factories)
-        .map(|n| factory(root.path(), &url, &format!("f{n}")))
-        .collect();
+    let mut _factories: Vec<Killed> = Vec::new();
+    for n in 0..factories {
+        let name = format!("f{n}");
+        let key = bench.enrol(&name).await;
+        _factories.push(factory(root.path(), &url, &name, &key));
+    }
     let repos: Vec<PathBuf> = (0..REPOS)
         .map(|n| repo(root.path(), &format!("repo-{n}")))
         .collect();
@@ -214,13 +233,13 @@ async fn reclaim() -> f64 {
     let root = tempfile::tempdir().unwrap();
     let (_nats, url) = nats_server(&root.path().join("nats"));
     let bench = Bench::start(root.path(), &url).await;
-    let mut factories: Vec<(String, Killed)> = (0..2)
-        .map(|n| {
-            let name = format!("f{n}");
-            let process = factory(root.path(), &url, &name);
-            (name, process)
-        })
-        .collect();
+    let mut factories: Vec<(String, Killed)> = Vec::new();
+    for n in 0..2 {
+        let name = format!("f{n}");
+        let key = bench.enrol(&name).await;
+        let process = factory(root.path(), &url, &name, &key);
+        factories.push((name, process));
+    }
     let repo = repo(root.path(), "repo");
     let id = bench.submit(&repo, 0, "sleep 2").await;
     let holder = loop {

@@ -122,6 +122,7 @@ async fn in_process(root: &Path) -> (f64, f64) {
         redactor: Arc::default(),
         sandbox: None,
         repo_checks: Arc::default(),
+        base_health: Arc::default(),
         background: Default::default(),
         live_output: Default::default(),
         config: Arc::new(config),

@@ -1,17 +1,10 @@
 //! Circuit: the verify gate. Runs the task's verify command in its worktree and reports the
 //! outcome; a failure's output goes back (through the pipeline) to Patch's next attempt.
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** the verify jobs in flight ([`InFlightJobs`]).
-//! - **On a crash:** the jobs are dropped (the verify command's process group killed, the reply
-//!   port closed).
-//! - **Callers:** the pipeline asks the next incarnation again ([`call_persona`](crate::runtime::jobs::call_persona)); a verify run is
-//!   read-only on the worktree, so running it again is safe.
-//! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
-//!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
-//!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
-//!   ([`crate::runtime::supervision`]).
+//! The policy of [`crate::runtime::supervision`], with no deviation: a verify run is read-only on
+//! the worktree, so running it again is safe.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use uuid::Uuid;
@@ -138,9 +131,16 @@ async fn verify(services: Services, task: Task) -> Result<VerifyOutcome, StageEr
     engine::wall_budget_left(&task)?;
     let worktree_path = services.worktree_path(task.id);
     // Normally Patch's worktree is there; if it was removed, the branch holds the work.
-    let (_, worktree) = Git::new(services.repo_dir(&task.repo), services.config.git.timeout())
-        .ensure_worktree(&worktree_path, &branch_name(task.id), &task.base_branch)
-        .await?;
+    let (_, worktree) = Git::new(
+        services.repo_dir(&task.spec.repo),
+        services.config.git.timeout(),
+    )
+    .ensure_worktree(
+        &worktree_path,
+        &branch_name(task.id),
+        &task.spec.base_branch,
+    )
+    .await?;
     let tree = worktree.head_tree().await?;
     let run = run_verify(&services, &task, worktree, Stage::Verify).await?;
     let output = run.output;
@@ -177,17 +177,24 @@ async fn judge(
     provider: &str,
     test_output: &str,
 ) -> Result<Option<String>, StageError> {
-    let worktree = Git::new(services.repo_dir(&task.repo), services.config.git.timeout())
-        .worktree_of(&services.worktree_path(task.id))
-        .await?;
-    let range = format!("{}...HEAD", task.base_branch);
+    let worktree = Git::new(
+        services.repo_dir(&task.spec.repo),
+        services.config.git.timeout(),
+    )
+    .worktree_of(&services.worktree_path(task.id))
+    .await?;
+    let range = format!("{}...HEAD", task.spec.base_branch);
     let diff = worktree.run(&["diff", &range]).await?;
-    let criteria = task.acceptance.as_deref().unwrap_or(&task.description);
+    let criteria = task
+        .spec
+        .acceptance
+        .as_deref()
+        .unwrap_or(&task.spec.description);
     let prompt = format!(
         "# Task\n\n{}\n\n# Acceptance criteria\n\n{criteria}\n\n# Diff\n\n```diff\n{}\n```\n\n# Test output\n\n```\n{}\n```\n\n\
          # Answer\n\nAnswer with one JSON object and nothing else: \
          {{\"verdict\": \"pass\" | \"fail\", \"reasons\": [string]}}.\n",
-        task.title,
+        task.spec.title,
         crate::platform::process::keep_tail(&diff, JUDGE_DIFF_BYTES_MAX),
         crate::platform::process::keep_tail(test_output, JUDGE_DIFF_BYTES_MAX),
     );
@@ -195,7 +202,7 @@ async fn judge(
         task_id: task.id,
         persona: Persona::Circuit,
         stage: Stage::Verify,
-        attempt: task.attempts,
+        attempt: task.progress.attempts,
     };
     let system = services.definitions.system_prompt(Persona::Circuit);
     let answer = engine::run_model(
@@ -204,7 +211,7 @@ async fn judge(
         provider,
         system,
         &prompt,
-        task.budget.max_tokens,
+        task.billing.budget.max_tokens,
     )
     .await?;
     let verdict = crate::platform::openai::json_in(&answer)

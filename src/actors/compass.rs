@@ -1,40 +1,27 @@
 //! Compass: the project manager at the root of the tree.
 //!
 //! It starts and supervises the personas, owns the queue of tasks waiting for a pipeline slot
-//! (priority, then age), spawns one [`Pipeline`] per running task, and applies the restart policy
-//! ractor does not have: a crashed child is restarted after an exponential backoff, at most
-//! `max_restarts` times in `window_secs`; past that a persona is marked `failed` (its work fails
-//! with `PERSONA_UNAVAILABLE`) and a pipeline's task fails with `PIPELINE_FAILED`.
+//! (priority, then age), spawns one [`Pipeline`] per running task, and restarts its children as
+//! [`crate::runtime::supervision`] states (ractor restarts nothing by itself).
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** the persona and pipeline slots (current cell and restart history), the queue,
-//!   the blocked set and the tasks resuming. All of it is rebuilt from the store at start.
-//! - **On a crash:** Compass is the root: nobody restarts it. The service shuts down as on
-//!   SIGTERM and exits 1; the next start resumes every task from the store.
-//! - **Callers:** the ingress and intake answer `COMPASS_UNAVAILABLE`; a task already stored is
-//!   picked up at the next start even if its `TaskSubmitted` was lost.
-//! - **Policy for its children:** the backoff and limits of [`crate::runtime::supervision`]; a
-//!   persona past the limit is `failed`, a pipeline past the limit fails its task
-//!   `PIPELINE_FAILED`. A task whose own requests crashed a persona past the limit is the
-//!   trouble instead: it fails `POISONED` and the persona starts over. After an unclean stop, a
-//!   task whose own engine or verify run was in flight at `compass.poison_after` consecutive ones
-//!   is dead-lettered `POISONED`, not resumed.
+//! Compass applies the policy of [`crate::runtime::supervision`] to its children (the typed refs it
+//! keeps are in `children`). Deviation: it is the root, so nobody restarts it; a crash shuts the
+//! service down as on SIGTERM (exit 1) and the next start rebuilds its state (slots, queue, blocked
+//! set, tasks resuming) from the store. The ingress and intake answer `COMPASS_UNAVAILABLE`
+//! meanwhile; a stored task whose `TaskSubmitted` was lost is picked up at the next start. After an
+//! unclean stop, a task whose own engine or verify run was in flight at `compass.poison_after`
+//! consecutive ones is dead-lettered `POISONED`, not resumed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::json;
 
-use super::circuit::{Circuit, CircuitArguments, CircuitMsg};
-use super::ledger::{Ledger, LedgerArguments};
-use super::patch::{Patch, PatchArguments, PatchMsg};
+use self::children::{spawn_persona, PersonaRef};
 use super::pipeline::{Pipeline, PipelineArguments, PipelineMsg};
-use super::planner::{Planner, PlannerArguments, PlannerMsg};
-use super::uplink_deploy::{UplinkDeploy, UplinkDeployArguments};
-use super::uplink_respond::{UplinkRespond, UplinkRespondArguments};
-use super::uplink_watch::{UplinkWatch, UplinkWatchArguments};
 use crate::model::errors::TaskActionError;
 use crate::model::persona::Persona;
 use crate::model::task::{Priority, Stage, Task, TaskId, TaskStatus};
@@ -64,9 +51,11 @@ pub(crate) struct CompassArguments {
     pub services: Services,
 }
 
+mod children;
+
 struct PersonaSlot {
     /// The current incarnation; `None` while it waits to be restarted or after it failed.
-    cell: Option<ActorCell>,
+    actor: Option<PersonaRef>,
     history: RestartHistory,
     /// Crashes each unfinished task's requests caused: past `max_restarts` the task is
     /// poisoned, not the persona.
@@ -74,8 +63,11 @@ struct PersonaSlot {
 }
 
 struct PipelineSlot {
-    cell: Option<ActorCell>,
+    /// The current incarnation; `None` while it waits to be restarted.
+    actor: Option<ActorRef<PipelineMsg>>,
     history: RestartHistory,
+    /// Its task waits in a merge queue: the slot does not count against the limit.
+    parked: bool,
 }
 
 /// Compass's state.
@@ -134,15 +126,15 @@ impl Actor for Compass {
             retrying: BTreeSet::new(),
         };
         for name in Persona::ALL.into_iter().filter(|p| *p != Persona::Compass) {
-            let cell = spawn_persona(name, &myself, &state.services).await?;
+            let actor = spawn_persona(name, &myself, &state.services).await?;
             state.services.directory.set(
                 entry(name.name(), PARENT, ActorHealth::Running, 0),
-                Some(cell.clone()),
+                Some(actor.cell()),
             );
             state.personas.insert(
                 name,
                 PersonaSlot {
-                    cell: Some(cell),
+                    actor: Some(actor),
                     history: RestartHistory::default(),
                     blame: HashMap::new(),
                 },
@@ -179,7 +171,7 @@ impl Actor for Compass {
         unfinished.retain(|task| !poisoned.contains(&task.id));
         let resumed = unfinished
             .iter()
-            .filter(|t| t.status == TaskStatus::Running)
+            .filter(|t| t.progress.status == TaskStatus::Running)
             .count();
         tracing::info!(
             unfinished = unfinished.len(),
@@ -188,11 +180,11 @@ impl Actor for Compass {
             "compass reloaded unfinished tasks"
         );
         for task in unfinished {
-            match task.status {
+            match task.progress.status {
                 // It held a slot when the process stopped: it resumes at its stage, first.
                 TaskStatus::Running => state.resuming.push_back(task.id),
                 TaskStatus::Queued => {
-                    state.queue.insert((task.priority, task.id));
+                    state.queue.insert((task.spec.priority, task.id));
                 }
                 TaskStatus::Blocked => {
                     state.blocked.insert(task.id);
@@ -294,6 +286,14 @@ impl Actor for Compass {
                     start_pipeline(&myself, state, task_id).await;
                 }
             }
+            CompassMsg::Parked(task_id, parked) => {
+                if let Some(slot) = state.pipelines.get_mut(&task_id) {
+                    slot.parked = parked;
+                    if parked {
+                        dispatch(&myself, state).await;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -310,19 +310,17 @@ impl Actor for Compass {
             _ => return Ok(()),
         };
         let id = cell.get_id();
-        let is_current =
-            |slot: &Option<ActorCell>| slot.as_ref().map(ActorCell::get_id) == Some(id);
         if let Some(name) = state
             .personas
             .iter()
-            .find(|(_, s)| is_current(&s.cell))
+            .find(|(_, s)| s.actor.as_ref().map(PersonaRef::id) == Some(id))
             .map(|(n, _)| *n)
         {
             on_persona_exit(&myself, state, name, failure.unwrap_or_default()).await;
         } else if let Some(task_id) = state
             .pipelines
             .iter()
-            .find(|(_, s)| is_current(&s.cell))
+            .find(|(_, s)| s.actor.as_ref().map(|pipeline| pipeline.get_id()) == Some(id))
             .map(|(t, _)| *t)
         {
             let reason = failure.unwrap_or_default();
@@ -393,72 +391,6 @@ fn entry(name: &str, parent: Option<&str>, status: ActorHealth, restarts: u32) -
     }
 }
 
-async fn spawn_persona(
-    name: Persona,
-    compass: &ActorRef<CompassMsg>,
-    services: &Services,
-) -> Result<ActorCell, ractor::SpawnErr> {
-    let supervisor = compass.get_cell();
-    let services = services.clone();
-    let cell = match name {
-        Persona::Ledger => {
-            Actor::spawn_linked(None, Ledger, LedgerArguments { services }, supervisor)
-                .await?
-                .0
-                .get_cell()
-        }
-        Persona::Planner => {
-            Actor::spawn_linked(None, Planner, PlannerArguments { services }, supervisor)
-                .await?
-                .0
-                .get_cell()
-        }
-        Persona::Patch => Actor::spawn_linked(None, Patch, PatchArguments { services }, supervisor)
-            .await?
-            .0
-            .get_cell(),
-        Persona::Circuit => {
-            Actor::spawn_linked(None, Circuit, CircuitArguments { services }, supervisor)
-                .await?
-                .0
-                .get_cell()
-        }
-        Persona::UplinkDeploy => Actor::spawn_linked(
-            None,
-            UplinkDeploy,
-            UplinkDeployArguments { services },
-            supervisor,
-        )
-        .await?
-        .0
-        .get_cell(),
-        Persona::UplinkWatch => Actor::spawn_linked(
-            None,
-            UplinkWatch,
-            UplinkWatchArguments { services },
-            supervisor,
-        )
-        .await?
-        .0
-        .get_cell(),
-        Persona::UplinkRespond => Actor::spawn_linked(
-            None,
-            UplinkRespond,
-            UplinkRespondArguments { services },
-            supervisor,
-        )
-        .await?
-        .0
-        .get_cell(),
-        Persona::Compass => {
-            return Err(ractor::SpawnErr::StartupFailed(
-                "compass is the root; it does not spawn itself".into(),
-            ))
-        }
-    };
-    Ok(cell)
-}
-
 async fn record_service_event(state: &CompassState, kind: &'static str, data: serde_json::Value) {
     let event = NewEvent::new(Persona::Compass, kind, data);
     if let Err(error) = state
@@ -482,7 +414,7 @@ async fn on_persona_exit(
     let Some(slot) = state.personas.get_mut(&name) else {
         return;
     };
-    slot.cell = None;
+    slot.actor = None;
     let mut decision = slot.history.on_failure(&policy, Instant::now());
     let poisoned = blamed.and_then(|task| {
         let crashes = slot.blame.entry(task).or_default();
@@ -550,12 +482,12 @@ async fn poison_for_crashes(
     state.queue.retain(|(_, queued)| *queued != task_id);
     state.resuming.retain(|waiting| *waiting != task_id);
     // Its pipeline's exit frees the slot and settles the task (`on_pipeline_exit`).
-    if let Some(cell) = state
+    if let Some(pipeline) = state
         .pipelines
         .get(&task_id)
-        .and_then(|slot| slot.cell.clone())
+        .and_then(|slot| slot.actor.as_ref())
     {
-        cell.stop(Some("poisoned".into()));
+        pipeline.stop(Some("poisoned".into()));
     }
     cancel_persona_jobs(state, task_id);
 }
@@ -566,7 +498,7 @@ async fn revive_persona(myself: &ActorRef<CompassMsg>, state: &mut CompassState,
     let Some(slot) = state.personas.get_mut(&name) else {
         return;
     };
-    if slot.cell.is_some() {
+    if slot.actor.is_some() {
         return;
     }
     slot.history.forgive();
@@ -577,11 +509,12 @@ async fn revive_persona(myself: &ActorRef<CompassMsg>, state: &mut CompassState,
 
 async fn restart_persona(myself: &ActorRef<CompassMsg>, state: &mut CompassState, name: Persona) {
     match spawn_persona(name, myself, &state.services).await {
-        Ok(cell) => {
+        Ok(actor) => {
             let Some(slot) = state.personas.get_mut(&name) else {
                 return;
             };
-            slot.cell = Some(cell.clone());
+            let cell = actor.cell();
+            slot.actor = Some(actor);
             let restarts = slot.history.total();
             state.services.directory.set(
                 entry(name.name(), PARENT, ActorHealth::Running, restarts),
@@ -596,8 +529,7 @@ async fn restart_persona(myself: &ActorRef<CompassMsg>, state: &mut CompassState
             )
             .await;
             for slot in state.pipelines.values() {
-                if let Some(cell) = &slot.cell {
-                    let pipeline: ActorRef<PipelineMsg> = cell.clone().into();
+                if let Some(pipeline) = &slot.actor {
                     let _ = pipeline.cast(PipelineMsg::PersonaRestarted {
                         persona: name,
                         restarts,
@@ -625,8 +557,14 @@ async fn poison_after_unclean_stop(
     }
     let running: Vec<_> = unfinished
         .iter()
-        .filter(|t| t.status == TaskStatus::Running)
-        .map(|t| (t.id, t.stage.unwrap_or(Stage::Plan), t.attempts))
+        .filter(|t| t.progress.status == TaskStatus::Running)
+        .map(|t| {
+            (
+                t.id,
+                t.progress.stage.unwrap_or(Stage::Plan),
+                t.progress.attempts,
+            )
+        })
         .collect();
     let counts = services.store.count_unclean_stops(running).await?;
     let limit = services.config.compass.poison_after;
@@ -663,9 +601,9 @@ async fn on_submitted(
     if state.pipelines.contains_key(&task_id) {
         return Ok(());
     }
-    match task.status {
+    match task.progress.status {
         TaskStatus::Queued => {
-            state.queue.insert((task.priority, task.id));
+            state.queue.insert((task.spec.priority, task.id));
             dispatch(myself, state).await;
         }
         TaskStatus::Blocked => {
@@ -691,14 +629,14 @@ async fn on_blocked(
     match transitions::evaluate_blocked(&state.services, &task).await? {
         Readiness::Ready => {
             state.blocked.remove(&task_id);
-            state.queue.insert((task.priority, task_id));
+            state.queue.insert((task.spec.priority, task_id));
         }
         Readiness::Ended => {
             state.blocked.remove(&task_id);
             Box::pin(on_finished(myself, state, task_id)).await?;
         }
         Readiness::StillBlocked => {
-            if task.status != TaskStatus::Blocked {
+            if task.progress.status != TaskStatus::Blocked {
                 state.blocked.remove(&task_id);
             }
         }
@@ -723,7 +661,7 @@ async fn on_finished(
             .store
             .task(task_id)
             .await?
-            .is_some_and(|task| task.deps.contains(&finished));
+            .is_some_and(|task| task.spec.deps.contains(&finished));
         if depends {
             on_blocked(myself, state, task_id).await?;
         }
@@ -735,7 +673,7 @@ async fn on_finished(
 /// Starts queued tasks while slots are free.
 async fn dispatch(myself: &ActorRef<CompassMsg>, state: &mut CompassState) {
     let slots = state.services.config.compass.max_concurrent_tasks;
-    while state.pipelines.len() < slots {
+    while busy_slots(state) < slots {
         let next = state
             .resuming
             .pop_front()
@@ -746,6 +684,11 @@ async fn dispatch(myself: &ActorRef<CompassMsg>, state: &mut CompassState) {
         start_pipeline(myself, state, task_id).await;
     }
     set_queue_depth(state);
+}
+
+/// Pipelines that hold a slot: every one but those waiting in a merge queue.
+fn busy_slots(state: &CompassState) -> usize {
+    state.pipelines.values().filter(|slot| !slot.parked).count()
 }
 
 fn set_queue_depth(state: &mut CompassState) {
@@ -769,17 +712,20 @@ async fn start_pipeline(myself: &ActorRef<CompassMsg>, state: &mut CompassState,
         .pipelines
         .entry(task_id)
         .or_insert_with(|| PipelineSlot {
-            cell: None,
+            actor: None,
             history: RestartHistory::default(),
+            parked: false,
         });
+    // A new incarnation starts its stage again; it parks again if that is a delivery.
+    slot.parked = false;
     let restarts = slot.history.total();
     match spawned {
         Ok((actor, _)) => {
-            slot.cell = Some(actor.get_cell());
             state.services.directory.set(
                 entry(&name, PARENT, ActorHealth::Running, restarts),
                 Some(actor.get_cell()),
             );
+            slot.actor = Some(actor);
             if restarts > 0 {
                 metrics::actor_restarted("pipeline");
                 let event = NewEvent::new(
@@ -807,7 +753,7 @@ async fn on_pipeline_exit(
     reason: String,
 ) -> Result<(), StoreError> {
     let task = state.services.store.task(task_id).await?;
-    let status = task.as_ref().map(|t| t.status);
+    let status = task.as_ref().map(|t| t.progress.status);
     if status != Some(TaskStatus::Running) {
         // Finished, parked at the approval gate, or gone: the slot is free; nothing restarts.
         free_slot(state, task_id);
@@ -821,7 +767,7 @@ async fn on_pipeline_exit(
     let Some(slot) = state.pipelines.get_mut(&task_id) else {
         return Ok(());
     };
-    slot.cell = None;
+    slot.actor = None;
     let name = format!("pipeline-{task_id}");
     match slot.history.on_failure(&policy, Instant::now()) {
         RestartDecision::RestartAfter(delay) => {
@@ -852,14 +798,21 @@ fn settle_later(services: &Services, task_id: TaskId) {
         let Ok(Some(task)) = services.store.task(task_id).await else {
             return;
         };
-        if task.settled || !task.status.is_terminal() || task.reservation.is_none() {
+        if task.billing.settled
+            || !task.progress.status.is_terminal()
+            || task.billing.reservation.is_none()
+        {
             return;
         }
         let (kind, data) = match metering::settle(&services, &task).await {
-            Ok(()) => ("ledger.settled", json!({"reservation": task.reservation})),
+            Ok(()) => (
+                "ledger.settled",
+                json!({"reservation": task.billing.reservation}),
+            ),
             Err(error) => {
                 tracing::warn!(task = %task_id, %error, "could not settle a task's budget");
-                let data = json!({"reservation": task.reservation, "error": error.to_string()});
+                let data =
+                    json!({"reservation": task.billing.reservation, "error": error.to_string()});
                 let event = NewEvent::new(Persona::Compass, "ledger.settle_failed", data);
                 let _ = services.store.append_event(task_id, event).await;
                 return;
@@ -904,9 +857,9 @@ async fn act(
             transitions::retry(services, task_id, reservation, from, by).await?
         }
     };
-    match task.status {
+    match task.progress.status {
         TaskStatus::Queued => {
-            state.queue.insert((task.priority, task_id));
+            state.queue.insert((task.spec.priority, task_id));
         }
         TaskStatus::Blocked => {
             state.blocked.insert(task_id);
@@ -926,16 +879,16 @@ async fn cancel(
     by: Option<&str>,
 ) -> Result<Task, TaskActionError> {
     let cancelled = transitions::cancel(&state.services, task_id, by).await?;
-    state.queue.remove(&(cancelled.priority, task_id));
+    state.queue.remove(&(cancelled.spec.priority, task_id));
     state.resuming.retain(|waiting| *waiting != task_id);
     state.blocked.remove(&task_id);
     match state
         .pipelines
         .get(&task_id)
-        .and_then(|slot| slot.cell.clone())
+        .and_then(|slot| slot.actor.as_ref())
     {
-        Some(cell) => {
-            let _ = ActorRef::<PipelineMsg>::from(cell).cast(PipelineMsg::Cancel);
+        Some(pipeline) => {
+            let _ = pipeline.cast(PipelineMsg::Cancel);
         }
         None => {
             // Queued, blocked, parked or waiting for a restart: nothing runs; free the slot now.
@@ -953,23 +906,12 @@ async fn cancel(
 /// Tells Planner, Patch and Circuit to drop the task's jobs (killing their process groups).
 fn cancel_persona_jobs(state: &CompassState, task_id: TaskId) {
     for persona in [Persona::Planner, Persona::Patch, Persona::Circuit] {
-        let Some(cell) = state
+        if let Some(actor) = state
             .personas
             .get(&persona)
-            .and_then(|slot| slot.cell.clone())
-        else {
-            continue;
-        };
-        let _ = match persona {
-            Persona::Planner => ActorRef::<PlannerMsg>::from(cell)
-                .cast(PlannerMsg::CancelTask(task_id))
-                .map_err(drop),
-            Persona::Patch => ActorRef::<PatchMsg>::from(cell)
-                .cast(PatchMsg::CancelTask(task_id))
-                .map_err(drop),
-            _ => ActorRef::<CircuitMsg>::from(cell)
-                .cast(CircuitMsg::CancelTask(task_id))
-                .map_err(drop),
-        };
+            .and_then(|slot| slot.actor.as_ref())
+        {
+            actor.cancel_task(task_id);
+        }
     }
 }

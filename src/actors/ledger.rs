@@ -17,19 +17,14 @@
 //! `pending`, `post`, `void`, `open_account`, `audit`), which find the current incarnation in the
 //! directory.
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** a store handle and the expiry timer. Balances live only in the store.
-//! - **On a crash:** writer jobs already queued still commit and answer their callers from the
-//!   writer thread; a request still in the mailbox is dropped unanswered.
-//! - **Callers:** the clients in [`crate::runtime::ledger`] wait up to `LEDGER_RESTART_WAIT` for
-//!   the next incarnation and answer `PERSONA_UNAVAILABLE` for a lost request ("retry with the
-//!   same id"): every write is idempotent by its id, so a retry never pays twice. The next
-//!   incarnation opens the built-in accounts again (a replay) and restarts the timer.
-//! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
-//!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
-//!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
-//!   ([`crate::runtime::supervision`]).
+//! The policy of [`crate::runtime::supervision`]. Deviation: its callers are not pipelines and do
+//! not ask again by themselves: the clients in [`crate::runtime::ledger`] wait up to
+//! `LEDGER_RESTART_WAIT` for the next incarnation and answer `PERSONA_UNAVAILABLE` for a lost
+//! request ("retry with the same id"); every write is idempotent by its id, so a retry never pays
+//! twice. Writer jobs already queued still commit and answer from the writer thread. The next
+//! incarnation opens the built-in accounts again (a replay) and restarts the expiry timer.
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! The supervision tree's actors, one per file; each file holds the actor's arguments, state and
-//! restart story beside it (the messages of the actors others call live in [`crate::runtime`]).
+//! where its restarts deviate from [`crate::runtime::supervision`]'s policy (the messages of the
+//! actors others call live in [`crate::runtime`]).
 //!
 //! ```text
 //! Compass (root)
@@ -34,7 +35,7 @@ macro_rules! handling {
     ($services:expr, $persona:expr, $task:expr, $name:literal) => {
         $services.directory.handling($persona, Some($task.id));
         #[cfg(feature = "failpoints")]
-        if $task.title.contains("poison") {
+        if $task.spec.title.contains("poison") {
             fail::fail_point!($name);
         }
     };

@@ -2,21 +2,13 @@
 //! engine changed, and owns the merge queues that land verified work on the base branches
 //! (one per repository and base; the protocol is in [`crate::work::merge_queue`]).
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** the implement jobs in flight ([`InFlightJobs`]), the merge queues (who waits, in
-//!   which order) and each queue's running turn.
-//! - **On a crash:** the jobs and turns are dropped with the state (their process groups killed,
-//!   their reply ports closed); the queues are forgotten.
-//! - **Callers:** the pipeline asks the next incarnation again ([`call_persona`](crate::runtime::jobs::call_persona)). Implement is
-//!   safe to redo: it reuses the task's worktree and discards uncommitted edits first. A delivery
-//!   lines up again at the place its task's record gives it (priority, then when it passed
-//!   verify); its candidate is rebuilt from scratch, and a turn cut off after landing is
-//!   recognised by the commit's `Glitchlab-Task` trailer on the base.
-//! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
-//!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
-//!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
-//!   ([`crate::runtime::supervision`]).
+//! The policy of [`crate::runtime::supervision`]. Implement is safe to redo: it reuses the task's
+//! worktree and discards uncommitted edits first. Deviation: the merge queues are forgotten with
+//! the state; a delivery asked again lines up at the place its task's record gives it (priority,
+//! then when it passed verify), its candidate is rebuilt from scratch, and a turn cut off after
+//! landing is recognised by the commit's `Glitchlab-Task` trailer on the base.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -215,7 +207,7 @@ impl Actor for Patch {
             PatchMsg::Deliver { task, reply } => {
                 crate::handling!(state.services, Persona::Patch, task, "patch.poison");
                 crate::work_failpoint!("patch.handle");
-                if task.delivery == Delivery::Branch {
+                if task.spec.delivery == Delivery::Branch {
                     let key = (task.id, Stage::Deliver);
                     let work = leave_branch(state.services.clone(), *task);
                     state
@@ -349,8 +341,7 @@ fn turn_done(
             }
         }
         for (_, reply) in turn.replies {
-            let error =
-                StageError::Internal("the merge queue's turn ended without an outcome".into());
+            let error = StageError::internal("the merge queue's turn ended without an outcome");
             let _ = reply.send(Err(error));
         }
     }
@@ -401,18 +392,22 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
     let git_timeout = services.config.git.timeout();
     let worktree_path = services.worktree_path(task.id);
     crate::work::remote::sync(&services, &task).await?;
-    let repo = Git::new(services.repo_dir(&task.repo), git_timeout);
+    let repo = Git::new(services.repo_dir(&task.spec.repo), git_timeout);
     let (made, worktree) = repo
-        .ensure_worktree(&worktree_path, &branch_name(task.id), &task.base_branch)
+        .ensure_worktree(
+            &worktree_path,
+            &branch_name(task.id),
+            &task.spec.base_branch,
+        )
         .await?;
     if made == git::Worktree::Existing {
         // A cut-off earlier run of this attempt may have left half-made edits.
         worktree.discard_uncommitted().await?;
     }
-    if task.merge.restart_from_base {
+    if task.progress.merge.restart_from_base {
         // The last attempt no longer applied to (or passed on) the base: this one starts from
         // the base as it is now, with the conflict or the failure as feedback.
-        let base = format!("refs/heads/{}", task.base_branch);
+        let base = format!("refs/heads/{}", task.spec.base_branch);
         worktree.run(&["reset", "--hard", "--quiet", &base]).await?;
         worktree.run(&["clean", "-fdq"]).await?;
     }
@@ -421,7 +416,7 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
         task_id: task.id,
         persona: Persona::Patch,
         stage: Stage::Implement,
-        attempt: task.attempts,
+        attempt: task.progress.attempts,
     };
     let result = match services.engine_for(&task, Persona::Patch) {
         EngineSpec::Openai { provider } => {
@@ -462,7 +457,10 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
             no_changes: !demo,
         });
     }
-    let message = format!("glitchlab: {} (attempt {})", task.title, task.attempts);
+    let message = format!(
+        "glitchlab: {} (attempt {})",
+        task.spec.title, task.progress.attempts
+    );
     let commit = worktree.commit_staged(&message).await?;
     // A remote's copy of the branch follows each attempt (a human can look at it there).
     crate::work::remote::push_branch(&services, &task).await?;
@@ -489,7 +487,7 @@ async fn builtin_note(
     worktree_path: &Path,
 ) -> Result<EngineResult, StageError> {
     let started = Instant::now();
-    let (relative, text) = engine::builtin_note(task, task.attempts);
+    let (relative, text) = engine::builtin_note(task, task.progress.attempts);
     // Like every text the service writes, the note holds no secret.
     let text = services.redactor.redact(&text);
     let dot = beneath::kind(worktree_path, NOTES_DIR)
@@ -528,16 +526,22 @@ const NOTES_DIR: &str = ".glitchlab";
 /// is `EDIT_REFUSED`; anything else is the file system's trouble.
 fn worktree_file_error(what: &str, error: beneath::BeneathError) -> StageError {
     if error.is_refusal() {
-        StageError::EditRefused(format!("{what}: {error}"))
+        StageError::EditRefused {
+            message: format!("{what}: {error}"),
+            source: Some(std::sync::Arc::new(error)),
+        }
     } else {
-        StageError::Internal(format!("{what}: {error}"))
+        StageError::internal_from(format!("{what}: {error}"), error)
     }
 }
 
 /// `delivery: branch`: the work stays on its branch for a human to review and merge; the base is
 /// not touched and the worktree goes. Safe to repeat (a cut-off run finds the branch as it was).
 async fn leave_branch(services: Services, task: Task) -> Result<DeliverStep, StageError> {
-    let repo = Git::new(services.repo_dir(&task.repo), services.config.git.timeout());
+    let repo = Git::new(
+        services.repo_dir(&task.spec.repo),
+        services.config.git.timeout(),
+    );
     let head = repo.rev_parse(&branch_name(task.id)).await?;
     let worktree_path = services.worktree_path(task.id);
     if tokio::fs::try_exists(&worktree_path).await.unwrap_or(true) {
@@ -559,10 +563,13 @@ async fn check_protected_paths(
     worktree: &Git,
     task: &Task,
 ) -> Result<Vec<String>, StageError> {
-    let patterns = services.config.governance.protected_paths_for(&task.repo);
+    let patterns = services
+        .config
+        .governance
+        .protected_paths_for(&task.spec.repo);
     let protected = protected_globs(&patterns)?;
     worktree.stage_all().await?;
-    let changed = worktree.changed_since(&task.base_branch).await?;
+    let changed = worktree.changed_since(&task.spec.base_branch).await?;
     let touched: Vec<&str> = changed
         .iter()
         .map(String::as_str)
@@ -581,13 +588,14 @@ async fn check_protected_paths(
 pub(crate) fn protected_globs(patterns: &[String]) -> Result<globset::GlobSet, StageError> {
     let mut builder = globset::GlobSetBuilder::new();
     for pattern in patterns {
-        let glob = globset::Glob::new(pattern)
-            .map_err(|e| StageError::Internal(format!("protected path `{pattern}`: {e}")))?;
+        let glob = globset::Glob::new(pattern).map_err(|e| {
+            StageError::internal_from(format!("protected path `{pattern}`: {e}"), e)
+        })?;
         builder.add(glob);
     }
     builder
         .build()
-        .map_err(|e| StageError::Internal(format!("protected paths: {e}")))
+        .map_err(|e| StageError::internal_from(format!("protected paths: {e}"), e))
 }
 
 /// How a command engine's run ended: `Ok(None)` done, `Ok(Some(feedback))` a failed attempt,
@@ -665,7 +673,11 @@ async fn edit_with_model(
     worktree: &Path,
 ) -> Result<Option<String>, StageError> {
     let system = services.definitions.system_prompt(Persona::Patch);
-    let feedback = task.feedback.as_deref().filter(|_| task.attempts > 1);
+    let feedback = task
+        .progress
+        .feedback
+        .as_deref()
+        .filter(|_| task.progress.attempts > 1);
     let prompt = prompt::build("", task, feedback) + EDITS_FORMAT;
     let answer = engine::run_model(
         services,
@@ -673,7 +685,7 @@ async fn edit_with_model(
         provider,
         system,
         &prompt,
-        task.budget.max_tokens,
+        task.billing.budget.max_tokens,
     )
     .await?;
     let edits = match crate::platform::openai::json_in(&answer).map(serde_json::from_str::<Edits>) {
@@ -742,7 +754,7 @@ fn check_edit_path(relative: &str) -> Result<(), StageError> {
         .find(|c| !matches!(c, std::path::Component::CurDir))
         .is_some_and(|c| c.as_os_str() == ".git");
     if git_dir || relative.is_empty() {
-        return Err(StageError::EditRefused(format!(
+        return Err(StageError::edit_refused(format!(
             "the edit path `{relative}` is outside the worktree"
         )));
     }
@@ -757,19 +769,23 @@ async fn run_engine(
     spec: EngineSpec,
 ) -> Result<EngineRun, StageError> {
     match spec {
-        EngineSpec::Openai { .. } => Err(StageError::Internal(
-            "a model engine has no run of its own".into(),
-        )),
-        EngineSpec::Builtin => Err(StageError::Internal(
-            "the builtin engine has no command to run".into(),
+        EngineSpec::Openai { .. } => {
+            Err(StageError::internal("a model engine has no run of its own"))
+        }
+        EngineSpec::Builtin => Err(StageError::internal(
+            "the builtin engine has no command to run",
         )),
         EngineSpec::Shell { command } => {
             let system_prompt = services.definitions.system_prompt(Persona::Patch);
-            let feedback = task.feedback.as_deref().filter(|_| task.attempts > 1);
+            let feedback = task
+                .progress
+                .feedback
+                .as_deref()
+                .filter(|_| task.progress.attempts > 1);
             let files = prompt::write_files(
                 &services.prompt_dir(task.id),
                 "implement",
-                task.attempts,
+                task.progress.attempts,
                 &prompt::build(system_prompt, task, feedback),
                 feedback,
                 &services.redactor,
@@ -782,8 +798,8 @@ async fn run_engine(
                 ShellRun {
                     command,
                     worktree: worktree.clone(),
-                    sandbox_refs: vec![format!("refs/heads/{}", task.base_branch)],
-                    env: prompt::engine_env(task, task.attempts, &files),
+                    sandbox_refs: vec![format!("refs/heads/{}", task.spec.base_branch)],
+                    env: prompt::engine_env(task, task.progress.attempts, &files),
                     timeout: engine::capped_timeout(
                         task,
                         services.engine_timeout(Persona::Patch, config.timeout_secs),
@@ -791,7 +807,7 @@ async fn run_engine(
                     output_bytes_max: config.output_bytes_max,
                     instance: services.instance(),
                     prompt_digest: Some(files.digest.clone()),
-                    capabilities: task.capabilities.clone(),
+                    capabilities: task.spec.capabilities.clone(),
                 },
             )
             .await

@@ -6,14 +6,11 @@
 //! Stage work runs in a spawned job that calls the stage's persona; its outcome returns here as
 //! [`PipelineMsg::StageDone`], so the mailbox stays free for `Cancel`.
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** the task id, the stage job in flight and the persona it waits on. The task record
-//!   is the real state.
-//! - **On a crash:** the stage job is dropped (the persona call abandoned). Compass restarts the
-//!   pipeline with backoff; it reloads the task and runs the current stage again (stage work is
-//!   safe to redo, see each persona's story). Past the limit the task fails `PIPELINE_FAILED`.
-//! - **Callers:** nobody calls a pipeline but Compass (`Cancel`, `PersonaRestarted`).
+//! The policy of [`crate::runtime::supervision`]; past its limit the task fails `PIPELINE_FAILED`.
+//! Nothing of its state (the task id, the stage job in flight) outlives it but the task record.
+//! Only Compass calls it (`Cancel`, `PersonaRestarted`).
 
 use std::time::Duration;
 
@@ -26,6 +23,7 @@ use super::circuit::{CircuitMsg, VerifyOutcome};
 use super::patch::{ImplementOutcome, PatchMsg};
 use super::planner::PlannerMsg;
 use crate::model::codes;
+use crate::model::lifecycle::LifecycleEvent;
 use crate::model::persona::Persona;
 use crate::model::task::branch_name;
 use crate::model::task::{Delivered, ErrorInfo, Plan, Stage, Task, TaskId, TaskStatus};
@@ -33,7 +31,7 @@ use crate::runtime::jobs::{call_persona, spawn_job, CallLimits, StageError};
 use crate::runtime::Services;
 use crate::storage::store::{NewEvent, StoreError};
 use crate::work::merge_queue::DeliverStep;
-use crate::work::transitions;
+use crate::work::transitions::{self, Moved};
 
 /// Added to a stage's own timeouts before its persona call is given up.
 const CALL_TIMEOUT_MARGIN: Duration = Duration::from_secs(30);
@@ -135,9 +133,9 @@ impl Actor for Pipeline {
             myself.stop(Some("task is gone".into()));
             return Ok(());
         };
-        let result = match task.status {
+        let result = match task.progress.status {
             TaskStatus::Running => {
-                let data = json!({"stage": task.stage, "attempt": task.attempts});
+                let data = json!({"stage": task.progress.stage, "attempt": task.progress.attempts});
                 let event = NewEvent::new(&state.name, "task.resumed", data);
                 state.services.store.append_event(task.id, event).await
             }
@@ -206,18 +204,18 @@ impl Actor for Pipeline {
 /// Moves a queued task to `running` at its stage: the first of its template, or — after an
 /// approval or a retry — the stage it stopped at.
 async fn start_task(state: &PipelineState, task: &Task) -> Result<Task, StoreError> {
-    let first = task.stages.first().copied().unwrap_or(Stage::Plan);
-    let stage = task.stage.unwrap_or(first);
+    let first = task.spec.stages.first().copied().unwrap_or(Stage::Plan);
+    let stage = task.progress.stage.unwrap_or(first);
     let attempts = if stage == Stage::Implement {
-        task.attempts.max(1)
+        task.progress.attempts.max(1)
     } else {
-        task.attempts
+        task.progress.attempts
     };
     let events = [
         NewEvent::new(
             &state.name,
             "task.started",
-            json!({"stages": task.stages, "stage": stage, "continued": task.stage.is_some()}),
+            json!({"stages": task.spec.stages, "stage": stage, "continued": task.progress.stage.is_some()}),
         ),
         NewEvent::new(
             &state.name,
@@ -229,15 +227,51 @@ async fn start_task(state: &PipelineState, task: &Task) -> Result<Task, StoreErr
         .services
         .store
         .update_task(task.id, &events, move |t| {
-            t.status = TaskStatus::Running;
-            t.stage = Some(stage);
-            t.attempts = attempts;
-            t.started_at.get_or_insert_with(Utc::now);
+            let attempt = attempts;
+            transitions::apply(t, LifecycleEvent::Start { stage, attempt });
             if stage == Stage::Implement {
-                t.branch = Some(branch_name(t.id));
+                t.progress.branch = Some(branch_name(t.id));
             }
         })
         .await
+}
+
+/// While a delivery waits in its merge queue the task holds no Compass slot (the lifecycle's
+/// `JoinQueue` row: effect `FreeSlot`): told on entering, and again (`LeaveQueue`, on drop) when
+/// the wait ends however it ends — answered, failed or aborted.
+struct ParkedInQueue {
+    compass: Option<ActorRef<crate::runtime::compass::CompassMsg>>,
+    task_id: TaskId,
+}
+
+impl ParkedInQueue {
+    async fn enter(services: &Services, task_id: TaskId) -> Self {
+        use crate::runtime::compass::CompassMsg;
+        let compass = services
+            .directory
+            .persona::<CompassMsg>(Duration::ZERO, None)
+            .await
+            .ok();
+        let frees = crate::model::lifecycle::step(TaskStatus::Running, &LifecycleEvent::JoinQueue)
+            .is_ok_and(|t| {
+                t.effects
+                    .contains(&crate::model::lifecycle::Effect::FreeSlot)
+            });
+        let compass = compass.filter(|_| frees);
+        if let Some(compass) = &compass {
+            let _ = compass.cast(CompassMsg::Parked(task_id, true));
+        }
+        Self { compass, task_id }
+    }
+}
+
+impl Drop for ParkedInQueue {
+    fn drop(&mut self) {
+        if let Some(compass) = &self.compass {
+            let message = crate::runtime::compass::CompassMsg::Parked(self.task_id, false);
+            let _ = compass.cast(message);
+        }
+    }
 }
 
 async fn load_active(state: &PipelineState) -> Result<Task, StoreError> {
@@ -247,7 +281,7 @@ async fn load_active(state: &PipelineState) -> Result<Task, StoreError> {
         .task(state.task_id)
         .await?
         .ok_or(StoreError::TaskNotFound(state.task_id))?;
-    if task.status != TaskStatus::Running {
+    if task.progress.status != TaskStatus::Running {
         return Err(StoreError::TaskFinished(task.id));
     }
     Ok(task)
@@ -258,14 +292,14 @@ async fn advance(
     state: &mut PipelineState,
 ) -> Result<(), StoreError> {
     let task = load_active(state).await?;
-    let stage = task.stage.unwrap_or(Stage::Plan);
+    let stage = task.progress.stage.unwrap_or(Stage::Plan);
     let Some(persona) = persona_of(stage) else {
         return park_for_approval(myself, state, &task).await;
     };
     let limits = call_limits(&state.services, stage);
     let directory = state.services.directory.clone();
     let services = state.services.clone();
-    let attempt = task.attempts;
+    let attempt = task.progress.attempts;
     let task_id = task.id;
     let work = async move {
         let on_retry = |try_number: u32| {
@@ -306,17 +340,20 @@ async fn advance(
             )
             .await
             .map(StageOutcome::Verified),
-            Stage::Deliver | Stage::Approve => call_persona(
-                &directory,
-                limits,
-                |reply| PatchMsg::Deliver {
-                    task: boxed(),
-                    reply,
-                },
-                on_retry,
-            )
-            .await
-            .map(StageOutcome::Delivered),
+            Stage::Deliver | Stage::Approve => {
+                let _parked = ParkedInQueue::enter(&services, task_id).await;
+                call_persona(
+                    &directory,
+                    limits,
+                    |reply| PatchMsg::Deliver {
+                        task: boxed(),
+                        reply,
+                    },
+                    on_retry,
+                )
+                .await
+                .map(StageOutcome::Delivered)
+            }
             Stage::Deploy => {
                 let wait = Duration::from_secs(services.config.compass.deploy_wait_secs);
                 crate::work::deploy_stage::deploy_stage(&services, &task, wait)
@@ -327,7 +364,7 @@ async fn advance(
     };
     let pipeline = myself.clone();
     let handle = spawn_job(work, move |outcome| {
-        let outcome = outcome.unwrap_or_else(|panic| Err(StageError::Internal(panic)));
+        let outcome = outcome.unwrap_or_else(|panic| Err(StageError::internal(panic)));
         // The pipeline may be gone (cancelled or crashed); its successor asks again.
         let _ = pipeline.cast(PipelineMsg::StageDone {
             stage,
@@ -384,15 +421,16 @@ async fn park_for_approval(
     let event = NewEvent::new(
         &state.name,
         "approval.requested",
-        json!({"branch": task.branch}),
+        json!({"branch": task.progress.branch}),
     );
     state
         .services
         .store
         .update_task(task.id, &[event], |t| {
-            t.status = TaskStatus::AwaitingApproval
+            transitions::apply(t, LifecycleEvent::AwaitApproval);
         })
         .await?;
+    // `StopPipeline`; also when the move was refused: the task no longer runs either way.
     myself.stop(Some("awaiting approval".into()));
     Ok(())
 }
@@ -405,7 +443,7 @@ async fn on_stage_done(
     outcome: Result<StageOutcome, StageError>,
 ) -> Result<(), StoreError> {
     let task = load_active(state).await?;
-    if task.stage != Some(stage) || task.attempts != attempt {
+    if task.progress.stage != Some(stage) || task.progress.attempts != attempt {
         return Ok(()); // an answer for a stage this task has moved past
     }
     let outcome = match outcome {
@@ -416,7 +454,7 @@ async fn on_stage_done(
         StageOutcome::Planned(plan) => {
             let summary = json!({"steps": plan.steps.len(), "risk": plan.risk});
             finish_stage(myself, state, &task, summary, move |t| {
-                t.plan = Some(plan.clone())
+                t.progress.plan = Some(plan.clone())
             })
             .await
         }
@@ -438,7 +476,7 @@ async fn on_stage_done(
             }
             None => {
                 finish_stage(myself, state, &task, json!({"commit": done.commit}), |t| {
-                    t.merge.restart_from_base = false
+                    t.progress.merge.restart_from_base = false
                 })
                 .await
             }
@@ -446,8 +484,8 @@ async fn on_stage_done(
         StageOutcome::Verified(verdict) if verdict.passed => {
             let data = json!({"passed": true, "run_id": verdict.run_id});
             finish_stage(myself, state, &task, data, move |t| {
-                t.merge.verified_tree = verdict.tree.clone();
-                t.merge.queued_at = Some(Utc::now());
+                t.progress.merge.verified_tree = verdict.tree.clone();
+                t.progress.merge.queued_at = Some(Utc::now());
             })
             .await
         }
@@ -463,10 +501,11 @@ async fn on_stage_done(
             .await
         }
         StageOutcome::Delivered(DeliverStep::Landed(commit)) => {
-            let data = json!({"commit": commit, "delivery": task.delivery, "branch": branch_name(task.id)});
+            let data = json!({"commit": commit, "delivery": task.spec.delivery, "branch": branch_name(task.id)});
             finish_stage(myself, state, &task, data, move |t| {
-                t.commit = Some(commit.clone());
-                t.delivered = Some(Delivered::Landed);
+                t.outcome.commit = Some(commit.clone());
+                t.outcome.delivered = Some(Delivered::Landed);
+                transitions::apply(t, LifecycleEvent::ReleaseLanding);
             })
             .await
         }
@@ -494,16 +533,15 @@ async fn already_on_base(
     task: &Task,
     base: String,
 ) -> Result<(), StoreError> {
-    if task.merge.retried_delivery {
+    if task.progress.merge.retried_delivery {
         let message = format!("the branch adds nothing to the base (at {base})");
         let error = ErrorInfo::new(codes::NO_CHANGES, message);
         return end_task(myself, state, task, TaskStatus::Failed, error).await;
     }
-    let data =
-        json!({"commit": base, "delivery": task.delivery, "delivered": Delivered::AlreadyOnBase});
+    let data = json!({"commit": base, "delivery": task.spec.delivery, "delivered": Delivered::AlreadyOnBase});
     finish_stage(myself, state, task, data, move |t| {
-        t.commit = Some(base.clone());
-        t.delivered = Some(Delivered::AlreadyOnBase);
+        t.outcome.commit = Some(base.clone());
+        t.outcome.delivered = Some(Delivered::AlreadyOnBase);
     })
     .await
 }
@@ -516,11 +554,11 @@ async fn finish_stage(
     result: serde_json::Value,
     change: impl FnOnce(&mut Task) + Send + 'static,
 ) -> Result<(), StoreError> {
-    let stage = task.stage.unwrap_or(Stage::Plan);
+    let stage = task.progress.stage.unwrap_or(Stage::Plan);
     let finished = NewEvent::new(
         &state.name,
         "stage.finished",
-        json!({"stage": stage, "attempt": task.attempts, "outcome": "ok", "result": result}),
+        json!({"stage": stage, "attempt": task.progress.attempts, "outcome": "ok", "result": result}),
     );
     let Some(next) = task.stage_after(stage) else {
         let done = NewEvent::new(
@@ -528,35 +566,37 @@ async fn finish_stage(
             "task.finished",
             json!({"status": TaskStatus::Done}),
         );
+        let moved = Moved::default();
+        let slot = moved.clone();
         let task = state
             .services
             .store
             .update_task(task.id, &[finished, done], move |t| {
                 change(t);
-                t.status = TaskStatus::Done;
-                t.finished_at = Some(Utc::now());
+                slot.apply(t, LifecycleEvent::Deliver);
             })
             .await?;
-        tracing::info!(task = %task.id, commit = ?task.commit, "task done");
-        crate::work::cleanup::landed_later(&state.services, &task);
+        tracing::info!(task = %task.id, commit = ?task.outcome.commit, "task done");
+        transitions::after_end(&state.services, &task, &moved).await;
         // A task that names `deploy: <app>` without a `deploy` stage asks Uplink-Deploy for it
         // now (a cast; never waits).
         if let Some(app) = task
+            .spec
             .deploy
             .clone()
-            .filter(|_| !task.stages.contains(&Stage::Deploy))
+            .filter(|_| !task.spec.stages.contains(&Stage::Deploy))
         {
             crate::work::deploy_stage::deploy_after_task(
                 &state.services,
                 app,
                 task.id,
-                task.commit.clone(),
+                task.outcome.commit.clone(),
             );
         }
         myself.stop(Some("finished".into()));
         return Ok(());
     };
-    let attempts = task.attempts + u32::from(next == Stage::Implement);
+    let attempts = task.progress.attempts + u32::from(next == Stage::Implement);
     let started = NewEvent::new(
         &state.name,
         "stage.started",
@@ -567,11 +607,10 @@ async fn finish_stage(
         .store
         .update_task(task.id, &[finished, started], move |t| {
             change(t);
-            t.stage = Some(next);
-            t.attempts = attempts;
-            t.stage_retries = 0;
+            let (stage, attempt) = (next, attempts);
+            transitions::apply(t, LifecycleEvent::EnterStage { stage, attempt });
             if next == Stage::Implement {
-                t.branch = Some(branch_name(t.id));
+                t.progress.branch = Some(branch_name(t.id));
             }
         })
         .await?;
@@ -590,13 +629,14 @@ async fn failed_attempt(
     code: &str,
     from_base: bool,
 ) -> Result<(), StoreError> {
-    let stage = task.stage.unwrap_or(Stage::Verify);
+    let stage = task.progress.stage.unwrap_or(Stage::Verify);
     let tail = crate::platform::process::keep_tail(&output, FAILURE_TAIL_BYTES);
-    let can_retry = task.attempts < task.max_attempts && task.stages.contains(&Stage::Implement);
+    let can_retry = task.progress.attempts < task.spec.max_attempts
+        && task.spec.stages.contains(&Stage::Implement);
     if !can_retry {
         let message = format!(
             "attempt {} of {} failed at {stage}; last output:\n{tail}",
-            task.attempts, task.max_attempts
+            task.progress.attempts, task.spec.max_attempts
         );
         // Nothing to look at in a no-op: it fails; a real attempt that fell short goes to a human.
         let status = if code == codes::NO_CHANGES {
@@ -606,12 +646,12 @@ async fn failed_attempt(
         };
         return end_task(myself, state, task, status, ErrorInfo::new(code, message)).await;
     }
-    let next_attempt = task.attempts + 1;
+    let next_attempt = task.progress.attempts + 1;
     let events = [
         NewEvent::new(
             &state.name,
             "stage.finished",
-            json!({"stage": stage, "attempt": task.attempts, "outcome": "failed", "code": code}),
+            json!({"stage": stage, "attempt": task.progress.attempts, "outcome": "failed", "code": code}),
         ),
         NewEvent::new(
             &state.name,
@@ -625,12 +665,11 @@ async fn failed_attempt(
         .store
         .update_task(task.id, &events, move |t| {
             t.record_failure(stage, failure.clone());
-            t.feedback = Some(output.clone());
-            t.attempts = next_attempt;
-            t.stage = Some(Stage::Implement);
-            t.stage_retries = 0;
-            t.reverifications = 0;
-            t.merge.restart_from_base |= from_base;
+            t.progress.feedback = Some(output.clone());
+            let (stage, attempt) = (Stage::Implement, next_attempt);
+            transitions::apply(t, LifecycleEvent::EnterStage { stage, attempt });
+            t.progress.reverifications = 0;
+            t.progress.merge.restart_from_base |= from_base;
         })
         .await?;
     myself.cast(PipelineMsg::Advance).ok();
@@ -648,30 +687,35 @@ async fn on_stage_error(
     if matches!(error, StageError::Cancelled) {
         return Err(StoreError::TaskFinished(task.id));
     }
+    // The whole chain for the operator; the task records (and clients see) code and message only.
+    tracing::warn!(task = %task.id, stage = ?task.progress.stage, code = error.code(), error = %error.chain(), "stage failed");
     let retry = &state.services.config.retry;
     if !error.is_transient() {
         return end_task(myself, state, task, TaskStatus::Failed, error.to_info()).await;
     }
-    if task.stage_retries >= retry.max {
+    if task.progress.stage_retries >= retry.max {
         let mut info = error.to_info();
-        info.message = format!("{} (after {} retries)", info.message, task.stage_retries);
+        info.message = format!(
+            "{} (after {} retries)",
+            info.message, task.progress.stage_retries
+        );
         return end_task(myself, state, task, TaskStatus::DeadLetter, info).await;
     }
-    let stage = task.stage.unwrap_or(Stage::Plan);
-    let retry_number = task.stage_retries + 1;
+    let stage = task.progress.stage.unwrap_or(Stage::Plan);
+    let retry_number = task.progress.stage_retries + 1;
     let delay = retry.delay(retry_number);
     let info = error.to_info();
     let failure_info = info.clone();
     let event = NewEvent::new(
         &state.name,
         "stage.retry_scheduled",
-        json!({"stage": stage, "attempt": task.attempts, "retry": retry_number, "delay_ms": delay.as_millis(), "error": info}),
+        json!({"stage": stage, "attempt": task.progress.attempts, "retry": retry_number, "delay_ms": delay.as_millis(), "error": info}),
     );
     state
         .services
         .store
         .update_task(task.id, &[event], move |t| {
-            t.stage_retries = retry_number;
+            transitions::apply(t, LifecycleEvent::RetryStage);
             t.record_failure(stage, failure_info);
         })
         .await?;
@@ -688,17 +732,17 @@ async fn end_task(
     status: TaskStatus,
     error: ErrorInfo,
 ) -> Result<(), StoreError> {
-    let stage = task.stage.unwrap_or(Stage::Plan);
+    let stage = task.progress.stage.unwrap_or(Stage::Plan);
     let mut events = vec![NewEvent::new(
         &state.name,
         "stage.finished",
-        json!({"stage": stage, "attempt": task.attempts, "outcome": "failed", "code": error.code}),
+        json!({"stage": stage, "attempt": task.progress.attempts, "outcome": "failed", "code": error.code}),
     )];
     if status == TaskStatus::DeadLetter {
         events.push(NewEvent::new(
             &state.name,
             "task.escalated",
-            json!({"to": "human", "reason": "retries exhausted", "code": error.code, "failures": task.failures.len() + 1}),
+            json!({"to": "human", "reason": "retries exhausted", "code": error.code, "failures": task.progress.failures.len() + 1}),
         ));
     }
     events.push(NewEvent::new(
@@ -707,21 +751,17 @@ async fn end_task(
         json!({"status": status, "error": error}),
     ));
     tracing::warn!(task = %task.id, code = %error.code, ?status, "task ended without delivery");
-    let noted = error.clone();
-    state
+    let moved = Moved::default();
+    let slot = moved.clone();
+    let ended = state
         .services
         .store
         .update_task(task.id, &events, move |t| {
             t.record_failure(stage, error.clone());
-            t.status = status;
-            t.error = Some(error.clone());
-            t.finished_at = Some(Utc::now());
+            slot.apply(t, transitions::ending(status, error));
         })
-        .await
-        .map(|ended| crate::work::cleanup::ended_later(&state.services, &ended))?;
-    if status == TaskStatus::DeadLetter {
-        crate::runtime::notifier::dead_lettered(&state.services.store, task.id, &noted).await;
-    }
+        .await?;
+    transitions::after_end(&state.services, &ended, &moved).await;
     myself.stop(Some("finished".into()));
     Ok(())
 }

@@ -1,18 +1,9 @@
 //! Planner: turns a task's text into a structured [`Plan`].
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** the plan jobs in flight ([`InFlightJobs`], keyed by task and stage). Nothing else:
-//!   the task record and the repository are the truth.
-//! - **On a crash:** the jobs are dropped with the state, which kills their process groups; their
-//!   reply ports close unanswered.
-//! - **Callers:** the pipeline's [`call_persona`](crate::runtime::jobs::call_persona) sees the closed port, waits for the next
-//!   incarnation and asks again (at most `max_restarts + 2` tries), recording `actor.restarted` on
-//!   the task. Planning again from the start is safe: it writes nothing but its run record.
-//! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
-//!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
-//!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
-//!   ([`crate::runtime::supervision`]).
+//! The policy of [`crate::runtime::supervision`], with no deviation: planning again from the start
+//! is safe, as it writes nothing but its run record.
 
 use std::time::Instant;
 
@@ -129,7 +120,12 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
     engine::wall_budget_left(&task)?;
     let history = services
         .store
-        .recent_failures(&task.repo, task.id, HISTORY_TASKS_MAX, HISTORY_SCAN_MAX)
+        .recent_failures(
+            &task.spec.repo,
+            task.id,
+            HISTORY_TASKS_MAX,
+            HISTORY_SCAN_MAX,
+        )
         .await?;
     let who = RunIdentity {
         task_id: task.id,
@@ -145,7 +141,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
             let started = Instant::now();
             let plan = engine::builtin_plan(&task, &history);
             let text = serde_json::to_string_pretty(&plan)
-                .map_err(|e| StageError::Internal(e.to_string()))?;
+                .map_err(|e| StageError::internal_from(e.to_string(), e))?;
             engine::record_builtin(&services, &who, text, started).await?;
             Ok(plan)
         }
@@ -163,10 +159,12 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
             // The planner may read the repository, but in its own worktree, never the user's checkout.
             let worktree = services.worktree_path(task.id);
             crate::work::remote::sync(&services, &task).await?;
-            let (_, worktree) =
-                Git::new(services.repo_dir(&task.repo), services.config.git.timeout())
-                    .ensure_worktree(&worktree, &branch_name(task.id), &task.base_branch)
-                    .await?;
+            let (_, worktree) = Git::new(
+                services.repo_dir(&task.spec.repo),
+                services.config.git.timeout(),
+            )
+            .ensure_worktree(&worktree, &branch_name(task.id), &task.spec.base_branch)
+            .await?;
             let config = &services.config.engines;
             let run = engine::run_shell(
                 &services,
@@ -174,7 +172,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
                 ShellRun {
                     command,
                     worktree,
-                    sandbox_refs: vec![format!("refs/heads/{}", task.base_branch)],
+                    sandbox_refs: vec![format!("refs/heads/{}", task.spec.base_branch)],
                     env: prompt::engine_env(&task, 0, &files),
                     timeout: engine::capped_timeout(
                         &task,
@@ -183,7 +181,7 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
                     output_bytes_max: config.output_bytes_max,
                     instance: services.instance(),
                     prompt_digest: Some(files.digest.clone()),
-                    capabilities: task.capabilities.clone(),
+                    capabilities: task.spec.capabilities.clone(),
                 },
             )
             .await?;
@@ -225,7 +223,7 @@ async fn plan_with_model(
 ) -> Result<Plan, StageError> {
     let system = services.definitions.system_prompt(Persona::Planner);
     let prompt = prompt::build("", task, None) + &prompt::history_section(history) + PLAN_FORMAT;
-    let max_tokens = task.budget.max_tokens;
+    let max_tokens = task.billing.budget.max_tokens;
     let answer = engine::run_model(services, who, provider, system, &prompt, max_tokens).await?;
     let reason = match parse_plan(&answer) {
         Ok(plan) => return Ok(plan),

@@ -4,25 +4,17 @@
 //! the running local releases, and performs the app actions incident runbooks ask for (restart,
 //! rollback, scale). A deploy that ends unhealthy or failed becomes a signal for Uplink-Respond.
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** the running local releases (in its [`ProviderContext`]), and per app the deploy or
-//!   action job holding it. Deploy records and release state live in the store.
-//! - **On a crash:** its jobs are dropped with the state (their commands' process groups
-//!   killed); the local releases keep running (they are detached, see
-//!   [`provider::local_start`]). The next incarnation (`recover`) — after a crash of the actor, a
-//!   `kill -9` of the service or a graceful restart alike — marks deploys that were running
-//!   `failed` (`DEPLOY_INTERRUPTED`), adopts each app's running release when it is the current
-//!   one and answers ([`probe::adoptable`]), stops the releases nothing accounts for, starts the
-//!   current release of the apps that were not adopted, and asks again for the deploys of
-//!   delivered tasks whose request was lost.
-//! - **Callers:** the clients in [`crate::runtime::uplink_deploy`] wait up to `PERSONA_WAIT` for
-//!   the next incarnation; a request lost with the crash answers `PERSONA_UNAVAILABLE`. A task's
-//!   deploy request is idempotent by its trigger (`task:<id>`).
-//! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
-//!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
-//!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
-//!   ([`crate::runtime::supervision`]).
+//! The policy of [`crate::runtime::supervision`]. Deviations: the local releases outlive a crash
+//! (they are detached, see [`provider::local_start`]). The next incarnation (`recover`) — after a
+//! crash of the actor, a `kill -9` of the service or a graceful restart alike — marks deploys that
+//! were running `failed` (`DEPLOY_INTERRUPTED`), adopts each app's running release when it is the
+//! current one and answers ([`probe::adoptable`]), stops the releases nothing accounts for, starts
+//! the current release of the apps that were not adopted, and asks again for the deploys of
+//! delivered tasks whose request was lost. The clients in [`crate::runtime::uplink_deploy`] wait up
+//! to `PERSONA_WAIT` for the next incarnation; a request lost with the crash answers
+//! `PERSONA_UNAVAILABLE` (a task's deploy request is idempotent by its trigger, `task:<id>`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -203,6 +195,9 @@ async fn recover(
                     .await?;
                 record = updated.unwrap_or(record);
                 count_if_ended(&record);
+                if let Some(note) = crate::runtime::notifier::of_deploy(&record) {
+                    crate::runtime::notifier::enqueue(&state.ops, note).await;
+                }
             }
             // Ended before the last incarnation could settle it (reads only when nothing is owed).
             if billing::needs_settling(&state.services, &record)
@@ -328,11 +323,14 @@ async fn request_missed_task_deploys(
     let tasks = state.services.store.tasks(TASK_DEPLOY_SCAN_MAX).await?;
     let mut requested: HashMap<String, Known> = HashMap::new();
     for task in tasks {
-        let Some(app) = task.deploy.as_deref() else {
+        let Some(app) = task.spec.deploy.as_deref() else {
             continue;
         };
-        if task.status != crate::model::task::TaskStatus::Done
-            || task.stages.contains(&crate::model::task::Stage::Deploy)
+        if task.progress.status != crate::model::task::TaskStatus::Done
+            || task
+                .spec
+                .stages
+                .contains(&crate::model::task::Stage::Deploy)
             || !state.services.definitions.ops.apps.contains_key(app)
         {
             continue;
@@ -346,8 +344,8 @@ async fn request_missed_task_deploys(
         let Some((known, dropped_until)) = requested.get(app) else {
             continue;
         };
-        let dropped =
-            dropped_until.is_some_and(|until| task.finished_at.is_some_and(|at| at <= until));
+        let dropped = dropped_until
+            .is_some_and(|until| task.outcome.finished_at.is_some_and(|at| at <= until));
         if known.contains(&trigger) || dropped {
             continue;
         }
@@ -355,7 +353,7 @@ async fn request_missed_task_deploys(
         // A refusal (say, a full queue) is logged when it comes, never a reason to stop.
         let message = UplinkDeployMsg::Request {
             app: app.to_owned(),
-            commit: task.commit.clone(),
+            commit: task.outcome.commit.clone(),
             trigger,
             requested_by: None,
             reply: None,

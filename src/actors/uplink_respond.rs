@@ -7,21 +7,14 @@
 //! steps (each acting step checks the budget again), resolve, postmortem — runs in a job
 //! ([`crate::work::ops::incident::respond`]).
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** the response jobs in flight, per incident, and the active silences (a copy of the
-//!   store's, loaded in [`Actor::pre_start`] and changed only through [`UplinkRespondMsg::Silence`],
-//!   so a signal costs no store read to check them). Incidents and silences live in the store.
-//! - **On a crash:** the response jobs are aborted. The next incarnation ([`Actor::post_start`])
-//!   resumes every open incident that is not waiting for an approval after its last finished
-//!   step.
-//! - **Callers:** the clients in [`crate::runtime::uplink_respond`] wait for the next incarnation;
-//!   a signal lost with the crash is logged by its sender (`send_signals`), and an alert is
-//!   answered `PERSONA_UNAVAILABLE` so the sender retries.
-//! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
-//!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
-//!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
-//!   ([`crate::runtime::supervision`]).
+//! The policy of [`crate::runtime::supervision`]. Deviations: the next incarnation
+//! ([`Actor::post_start`]) resumes every open incident that is not waiting for an approval after
+//! its last finished step, and reloads the active silences (a copy of the store's, changed only
+//! through [`UplinkRespondMsg::Silence`], so a signal costs no store read to check them). A signal
+//! lost with the crash is logged by its sender (`send_signals`); an alert is answered
+//! `PERSONA_UNAVAILABLE` so its sender retries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -528,6 +521,9 @@ async fn decide(
         .ok_or_else(|| OpsError::NotFound(format!("no incident with id `{id}`")))?;
     if approve {
         start_response(myself, state, id.to_owned(), step, Some(step));
+    } else {
+        let note = crate::runtime::notifier::of_incident(&updated);
+        crate::runtime::notifier::enqueue(&state.ctx.ops, note).await;
     }
     Ok(updated)
 }

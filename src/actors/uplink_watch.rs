@@ -3,17 +3,12 @@
 //! stored, and a failure becomes a signal for Uplink-Respond. Watch never acts on an app itself.
 //! Checks of an app pause while it is being deployed and before its first release.
 //!
-//! # Restart story
+//! # Restarts
 //!
-//! - **State:** the schedules (rebuilt from `ops.yaml`), one running job per check, and the
-//!   command seconds not charged yet.
-//! - **On a crash:** running checks are aborted; results already stored stay; seconds counted but
-//!   not charged yet are lost (checks are cheap; a crash is not charged for).
-//! - **Callers:** nobody waits on it; the next incarnation runs every check at its next due time.
-//! - **Policy:** Compass restarts it after `supervision.backoff_base_ms × 2^n` (capped at
-//!   `backoff_max_ms`), at most `max_restarts` times in `window_secs`; past that it is `failed`
-//!   (`/readyz` 503, calls answer `PERSONA_UNAVAILABLE`) until `revive_after_secs` passes
-//!   ([`crate::runtime::supervision`]).
+//! The policy of [`crate::runtime::supervision`]. Deviation: nobody waits on it; the next
+//! incarnation rebuilds the schedules from `ops.yaml` and runs every check at its next due time.
+//! Results already stored stay; command seconds counted but not charged yet are lost (checks are
+//! cheap; a crash is not charged for).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -18,6 +18,17 @@
 //! handed back (a delayed nak) when another live factory with free slots has it warm, and this
 //! factory pauses pulling that class a moment so the warm one gets the redelivery; a later
 //! delivery is always taken. Each result says why it ran where it did (`placement`).
+//!
+//! **Trust** (issue 30, [`gate`]): the factory starts only with a key the service issued for its
+//! name (`GLITCHLAB_FACTORY_KEY`), which its hello proves; the lease and `max_deliver` are the
+//! control plane's (a flag that disagrees refuses the start). A claim is a signed request the
+//! control plane answers, with the job's secrets sealed to this factory; renewals, results and
+//! registry records are signed; output and results are redacted here before they are published.
+//! The factory never acknowledges a job itself (the control plane deletes an answered one), so a
+//! late answer of a superseded delivery touches nothing; each delivery has its own directory and
+//! a job this factory runs already is not taken again.
+
+mod gate;
 
 mod control;
 
@@ -33,16 +44,17 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use uuid::Uuid;
 
+use crate::model::fleet::trust::{check_factory_name, ClaimRequest, FactoryKey, LeaseRenewal};
 use crate::model::fleet::{
-    repo_digest, FactoryRecord, FleetJob, JobClaim, JobResult, OutputChunk, RunningJob,
-    CLAIMS_SUBJECT_PREFIX, OUTPUT_SUBJECT_PREFIX, PLACED_FIRST_FREE, PLACED_WARM,
-    RESULTS_SUBJECT_PREFIX, WARM_MAX,
+    repo_digest, FactoryRecord, FleetJob, JobResult, OutputChunk, RunningJob,
+    OUTPUT_SUBJECT_PREFIX, PLACED_FIRST_FREE, PLACED_WARM, RESULTS_SUBJECT_PREFIX, WARM_MAX,
 };
 use crate::model::live::OutputStream;
 use crate::model::task::CapturedOutput;
 use crate::platform::git::Git;
 use crate::platform::nats::{self, Nats, NatsOptions};
 use crate::platform::process::{self, CommandSpec, OutputTap, TapChunk};
+use crate::platform::redact::Redactor;
 use crate::runtime::fleet::FACTORY_TTL;
 
 /// How often the registry entry is renewed (well inside [`FACTORY_TTL`]).
@@ -85,6 +97,11 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 const STOP_TICK: Duration = Duration::from_millis(100);
 /// The registry read deciding a hand-back waits this long at most (then the snapshot is used).
 const HAND_BACK_READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a class's consumer is looked at again while it cannot be opened or has settings
+/// other than the fleet's.
+const CONSUMER_RETRY: Duration = Duration::from_secs(1);
+/// Job classes looked at at most.
+const CLASSES_MAX: usize = 1000;
 /// Tools whose presence on `PATH` is a capability (`has:<tool>`).
 const TOOLS: [&str; 14] = [
     "python3", "node", "npm", "cargo", "go", "java", "make", "gcc", "docker", "git", "claude",
@@ -124,13 +141,19 @@ pub struct FactoryArgs {
     /// A NATS credentials file.
     #[arg(long)]
     pub creds: Option<PathBuf>,
-    /// A job's lease (must match the control plane's `fleet.lease_secs`): progress is reported
-    /// three times per lease.
-    #[arg(long, default_value_t = 30)]
-    pub lease_secs: u64,
-    /// Deliveries of one job at most (the control plane's `fleet.max_deliver`).
-    #[arg(long, default_value_t = 4)]
-    pub max_deliver: u32,
+    /// A job's lease, checked against the control plane's `fleet.lease_secs` (a mismatch
+    /// refuses the start); by default the control plane's. Progress is reported three times per
+    /// lease.
+    #[arg(long)]
+    pub lease_secs: Option<u64>,
+    /// Deliveries of one job at most, checked against the control plane's `fleet.max_deliver`;
+    /// by default the control plane's.
+    #[arg(long)]
+    pub max_deliver: Option<u32>,
+    /// The environment variable holding this factory's key (`POST /v1/fleet/factories` issues
+    /// it); `GLITCHLAB_FACTORY_KEY` by default.
+    #[arg(long)]
+    pub key_env: Option<String>,
     /// The environment variable holding the control key (the control plane's
     /// `fleet.control_key_env`): pause, drain and stop are obeyed only when signed with it.
     #[arg(long)]
@@ -141,6 +164,8 @@ pub struct FactoryArgs {
 struct Factory {
     nats: Nats,
     name: String,
+    /// What its messages are signed with (derived from its key; never logged).
+    key: FactoryKey,
     capabilities: Vec<String>,
     slots: Arc<Semaphore>,
     slots_total: usize,
@@ -162,6 +187,29 @@ struct Factory {
 }
 
 impl Factory {
+    /// Whether a delivery of `job` runs here now.
+    fn runs(&self, job: Uuid) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|running| running.job_id == job)
+    }
+
+    /// Lists a delivery as running here (the registry says so at once).
+    fn started(&self, job: &FleetJob, delivery: u64) {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(RunningJob {
+                job_id: job.job_id,
+                task_id: job.task_id,
+                delivery,
+                started_at: Utc::now(),
+            });
+        self.changed.notify_one();
+    }
+
     /// Whether the repository `repo` is cached here.
     fn is_warm(&self, repo: &str) -> bool {
         let digest = repo_digest(repo);
@@ -193,17 +241,8 @@ pub async fn run(args: FactoryArgs) -> Result<(), String> {
         return Err("--slots must be at least 1".into());
     }
     // It is the factory's key in the registry bucket, whose keys allow no more than this.
-    let name_ok = (1..=64).contains(&args.name.len())
-        && args
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
-    if !name_ok {
-        return Err(format!(
-            "--name `{}` must be 1 to 64 characters of A-Z, a-z, 0-9, `-`, `_`",
-            args.name.escape_debug()
-        ));
-    }
+    check_factory_name(&args.name).map_err(|e| format!("--name {e}"))?;
+    let key = gate::key_from_env(args.key_env.as_deref())?;
     tokio::fs::create_dir_all(&args.data_dir)
         .await
         .map_err(|e| format!("data dir {}: {e}", args.data_dir.display()))?;
@@ -224,11 +263,14 @@ pub async fn run(args: FactoryArgs) -> Result<(), String> {
         token,
         creds_file: args.creds.clone(),
         name: format!("glitchlab-factory-{}", args.name),
+        inbox_prefix: Some(format!("_INBOX_{}", args.name)),
     })
     .await
     .map_err(|e| e.to_string())?;
-    nats.jobs_stream().await.map_err(|e| e.to_string())?;
-    nats.results_stream().await.map_err(|e| e.to_string())?;
+    // The streams and consumers are the control plane's: their lease and `max_deliver` are
+    // learned from it, and a flag that disagrees refuses the start.
+    let welcome = gate::hello(&nats, &key, &args.name).await?;
+    gate::check_settings(&welcome, args.lease_secs, args.max_deliver)?;
     let mut capabilities = detect_capabilities();
     capabilities.extend(args.capabilities.iter().cloned());
     capabilities.sort_unstable();
@@ -237,12 +279,13 @@ pub async fn run(args: FactoryArgs) -> Result<(), String> {
     let factory = Arc::new(Factory {
         nats,
         name: args.name.clone(),
+        key,
         capabilities,
         slots: Arc::new(Semaphore::new(args.slots)),
         slots_total: args.slots,
         data_dir,
-        lease: Duration::from_secs(args.lease_secs.max(2)),
-        max_deliver: args.max_deliver.max(1),
+        lease: Duration::from_secs(welcome.lease_secs.max(1)),
+        max_deliver: welcome.max_deliver.max(1),
         running: Mutex::default(),
         draining: AtomicBool::new(false),
         caches: Mutex::default(),
@@ -270,7 +313,7 @@ pub async fn run(args: FactoryArgs) -> Result<(), String> {
         .await;
     heartbeat.abort();
     if let Ok(bucket) = factory.nats.factories(FACTORY_TTL).await {
-        let _ = bucket.delete(&factory.name).await;
+        let _ = nats::bounded("leaving the registry", bucket.delete(&factory.name)).await;
     }
     tracing::info!("factory stopped");
     Ok(())
@@ -362,10 +405,11 @@ async fn heartbeat(factory: Arc<Factory>) {
         };
         match (
             factory.nats.factories(FACTORY_TTL).await,
-            serde_json::to_vec(&record),
+            gate::signed_record(&factory.key, &record),
         ) {
             (Ok(bucket), Ok(bytes)) => {
-                if let Err(error) = bucket.put(&factory.name, bytes.into()).await {
+                let put = bucket.put(&factory.name, bytes.into());
+                if let Err(error) = nats::bounded("the heartbeat", put).await {
                     tracing::warn!(%error, "heartbeat not stored");
                 }
             }
@@ -402,14 +446,14 @@ async fn new_classes(factory: &Factory, served: &HashSet<String>) -> Vec<String>
     let Ok(bucket) = factory.nats.classes().await else {
         return found;
     };
-    let Ok(mut keys) = bucket.keys().await else {
+    let Ok(keys) = nats::bucket_keys(&bucket, CLASSES_MAX).await else {
         return found;
     };
-    while let Some(Ok(class)) = keys.next().await {
+    for class in keys {
         if served.contains(&class) || found.contains(&class) {
             continue;
         }
-        let Ok(Some(listed)) = bucket.get(&class).await else {
+        let Ok(Some(listed)) = nats::bounded("a class", bucket.get(&class)).await else {
             continue;
         };
         let needed: Vec<String> = serde_json::from_slice(&listed).unwrap_or_default();
@@ -421,20 +465,29 @@ async fn new_classes(factory: &Factory, served: &HashSet<String>) -> Vec<String>
     found
 }
 
-/// Takes jobs of one class while a slot is free and claiming is not paused.
+/// Takes jobs of one class while a slot is free and claiming is not paused. The class's consumer
+/// is the control plane's; one whose lease or `max_deliver` differ from the fleet's is not served.
 async fn pull_loop(factory: Arc<Factory>, class: String) {
+    let mut said = false;
     let consumer = loop {
-        match factory
-            .nats
-            .class_consumer(&class, factory.lease, factory.max_deliver)
-            .await
-        {
-            Ok(consumer) => break consumer,
+        match factory.nats.existing_class_consumer(&class).await {
+            Ok(consumer) => {
+                let config = &consumer.cached_info().config;
+                match gate::consumer_matches(config, factory.lease, factory.max_deliver) {
+                    Ok(()) => break consumer,
+                    // The control plane updates it at the class's next job.
+                    Err(error) if !said => {
+                        tracing::error!(%class, %error, "not serving the class until its consumer has the fleet's settings");
+                        said = true;
+                    }
+                    Err(_) => {}
+                }
+            }
             Err(error) => {
                 tracing::warn!(%class, %error, "cannot open the class's consumer; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+        tokio::time::sleep(CONSUMER_RETRY).await;
     };
     loop {
         if factory.draining.load(Ordering::SeqCst) {
@@ -518,7 +571,12 @@ async fn hand_back(factory: &Factory, message: &jetstream::Message) -> bool {
     let Some(warm) = warm_elsewhere(factory, &job, &digest).await else {
         return false;
     };
-    match message.ack_with(AckKind::Nak(Some(HAND_BACK_DELAY))).await {
+    match nats::bounded(
+        "handing back",
+        message.ack_with(AckKind::Nak(Some(HAND_BACK_DELAY))),
+    )
+    .await
+    {
         Ok(()) => {
             tracing::info!(job = %job.job_id, %warm, "handed a job back to a factory with a warm clone");
             true
@@ -553,7 +611,10 @@ async fn warm_elsewhere(factory: &Factory, job: &FleetJob, digest: &str) -> Opti
     None
 }
 
-/// One delivery of a job: claim, keep the lease, run, answer, acknowledge.
+/// One delivery of a job: claim (the control plane answers), keep the lease, run (unless the
+/// control plane stops it), answer. The job's message is never acknowledged here: the control
+/// plane deletes it once it accepts the answer (or withdraws it when it gives the job up), so
+/// nothing this delivery does can touch a successor's.
 async fn handle(factory: &Factory, message: jetstream::Message) {
     let delivery = message
         .info()
@@ -563,73 +624,46 @@ async fn handle(factory: &Factory, message: jetstream::Message) {
         Ok(job) => job,
         Err(error) => {
             tracing::error!(%error, "a job that is not a job: dropped");
-            let _ = message.ack_with(AckKind::Term).await;
+            let _ = nats::bounded("dropping a bad job", message.ack_with(AckKind::Term)).await;
             return;
         }
     };
+    if factory.runs(job.job_id) {
+        // Its lease ran out while it ran here: another factory takes the redelivery.
+        tracing::warn!(job = %job.job_id, delivery, "refused a job this factory runs already");
+        let nak = message.ack_with(AckKind::Nak(Some(factory.lease)));
+        let _ = nats::bounded("handing back", nak).await;
+        return;
+    }
     let placement = if factory.is_warm(&job.repo) {
         PLACED_WARM
     } else {
         PLACED_FIRST_FREE
     };
-    // Heard before the claim is stored: a stop sent once the control plane saw it is not missed.
+    // Heard before the claim: a stop sent once the control plane accepted it is not missed.
     let stop = control::watch_stop(factory, job.job_id).await;
-    let claim = JobClaim {
-        job_id: job.job_id,
-        delivery,
-        factory: factory.name.clone(),
-        placement: Some(placement.to_owned()),
-    };
-    let stored = match serde_json::to_vec(&claim) {
-        Ok(bytes) => {
-            factory
-                .nats
-                .publish_stored(format!("{CLAIMS_SUBJECT_PREFIX}{}", job.job_id), bytes)
-                .await
-        }
-        Err(error) => Err(nats::NatsError::js(error)),
-    };
-    if let Err(error) = stored {
-        tracing::warn!(job = %job.job_id, %error, "could not claim; handing the job back");
-        let _ = message.ack_with(AckKind::Nak(None)).await;
+    let Some(secrets) = claim(factory, &message, &job, delivery, placement).await else {
         return;
-    }
-    tracing::info!(job = %job.job_id, task = %job.task_id, delivery, "claimed a job");
-    factory
-        .running
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(RunningJob {
-            job_id: job.job_id,
-            task_id: job.task_id,
-            delivery,
-            started_at: Utc::now(),
-        });
-    factory.changed.notify_one();
-    let message = Arc::new(message);
-    let keeper = {
-        let message = Arc::clone(&message);
-        let every = factory.lease / 3;
-        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(error) = message.ack_with(AckKind::Progress).await {
-                    tracing::warn!(%error, "lease not renewed");
-                }
-            }
-        }))
     };
-    let (mut result, stopped) = run_or_stop(factory, &job, delivery, stop).await;
+    factory.started(&job, delivery);
+    let message = Arc::new(message);
+    let keeper = keep_lease(factory, Arc::clone(&message), job.job_id, delivery);
+    let redactor = Redactor::new(secrets.iter().cloned());
+    let run = Run {
+        job: &job,
+        delivery,
+        secrets: &secrets,
+        redactor: &redactor,
+    };
+    let (mut result, stopped) = run_or_stop(factory, run, stop).await;
     result.placement = Some(placement.to_owned());
-    let answered = answer(factory, &result).await;
+    let answered = answer(factory, &redactor, result).await;
     drop(keeper);
     if stopped {
-        // Never offered again: the control plane gave it up.
-        let _ = message.ack_with(AckKind::Term).await;
-    } else if answered {
-        if let Err(error) = message.double_ack().await {
-            tracing::warn!(job = %job.job_id, %error, "result stored but the job not acknowledged");
-        }
+        // Not acknowledged either: the control plane withdrew the job when it gave it up.
+        tracing::info!(job = %job.job_id, "stopped job answered; the control plane withdrew it");
+    } else if !answered {
+        tracing::warn!(job = %job.job_id, "result not stored: the job is left to its lease");
     }
     factory
         .running
@@ -639,15 +673,23 @@ async fn handle(factory: &Factory, message: jetstream::Message) {
     factory.changed.notify_one();
 }
 
+/// One delivery to run: the job, which delivery, its secrets and what redacts them.
+struct Run<'a> {
+    job: &'a FleetJob,
+    delivery: u64,
+    secrets: &'a [(String, String)],
+    redactor: &'a Redactor,
+}
+
 /// Runs the job unless its stop comes first: then the command's whole process group is killed
 /// (dropping the run does it), its directory goes, and the result says so. Whether it stopped.
 async fn run_or_stop(
     factory: &Factory,
-    job: &FleetJob,
-    delivery: u64,
+    what: Run<'_>,
     mut stop: Option<async_nats::Subscriber>,
 ) -> (JobResult, bool) {
-    let run = run_job(factory, job, delivery);
+    let (job, delivery) = (what.job, what.delivery);
+    let run = run_job(factory, job, delivery, what.secrets, what.redactor);
     tokio::pin!(run);
     let reason = tokio::select! {
         result = &mut run => return (result, false),
@@ -676,7 +718,7 @@ async fn run_or_stop(
         Ok(result) => result,
         Err(_) => {
             let cache = cache_dir(&factory.data_dir, &job.repo);
-            let work = factory.data_dir.join("jobs").join(job.job_id.to_string());
+            let work = delivery_dir(&factory.data_dir, job, delivery);
             clean_up(factory, &cache, &work, job).await;
             empty_result(factory, job, delivery)
         }
@@ -704,17 +746,89 @@ fn empty_result(factory: &Factory, job: &FleetJob, delivery: u64) -> JobResult {
     }
 }
 
-/// Stores the result, trying a few times (the server may be restarting); whether it is stored.
-async fn answer(factory: &Factory, result: &JobResult) -> bool {
-    let Ok(bytes) = serde_json::to_vec(result) else {
-        return false;
+/// Claims the delivery with the control plane: the job's secrets when this factory owns it now;
+/// `None` when it must not run it (refused: left alone; the control plane unreachable: handed
+/// back).
+async fn claim(
+    factory: &Factory,
+    message: &jetstream::Message,
+    job: &FleetJob,
+    delivery: u64,
+    placement: &str,
+) -> Option<Vec<(String, String)>> {
+    let request = ClaimRequest {
+        job_id: job.job_id,
+        delivery,
+        factory: factory.name.clone(),
+        ack_subject: message
+            .reply
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        placement: Some(placement.to_owned()),
+    };
+    match gate::claim(&factory.nats, &factory.key, &request).await {
+        Ok(gate::Claimed::Owner(secrets)) => {
+            tracing::info!(job = %job.job_id, task = %job.task_id, delivery, "claimed a job");
+            Some(secrets)
+        }
+        Ok(gate::Claimed::Refused(reason)) => {
+            tracing::warn!(job = %job.job_id, delivery, %reason, "the control plane refused the claim");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(job = %job.job_id, %error, "could not claim; handing the job back");
+            let _ = nats::bounded("handing back", message.ack_with(AckKind::Nak(None))).await;
+            None
+        }
+    }
+}
+
+/// Keeps the delivery's lease: a progress acknowledgement to the server and a signed renewal to
+/// the control plane, three times per lease, until dropped.
+fn keep_lease(
+    factory: &Factory,
+    message: Arc<jetstream::Message>,
+    job: Uuid,
+    delivery: u64,
+) -> tokio_util::task::AbortOnDropHandle<()> {
+    let every = factory.lease / 3;
+    let nats = factory.nats.clone();
+    let key = factory.key.clone();
+    let renewal = LeaseRenewal {
+        job_id: job,
+        delivery,
+        factory: factory.name.clone(),
+    };
+    tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let progress = message.ack_with(AckKind::Progress);
+            if let Err(error) = nats::bounded("renewing the lease", progress).await {
+                tracing::warn!(%error, "lease not renewed");
+            }
+            gate::renew(&nats, &key, &renewal).await;
+        }
+    }))
+}
+
+/// Stores the result, redacted and signed, trying a few times (the server may be restarting);
+/// whether it is stored.
+async fn answer(factory: &Factory, redactor: &Redactor, result: JobResult) -> bool {
+    let job = result.job_id;
+    let bytes = match gate::sealed_result(&factory.key, redactor, result) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            tracing::error!(%job, %error, "result not encoded");
+            return false;
+        }
     };
     for attempt in 1..=RESULT_TRIES {
-        let subject = format!("{RESULTS_SUBJECT_PREFIX}{}", result.job_id);
+        let subject = format!("{RESULTS_SUBJECT_PREFIX}{job}");
         match factory.nats.publish_stored(subject, bytes.clone()).await {
             Ok(_) => return true,
             Err(error) => {
-                tracing::warn!(job = %result.job_id, attempt, %error, "result not stored yet");
+                tracing::warn!(%job, attempt, %error, "result not stored yet");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -724,13 +838,20 @@ async fn answer(factory: &Factory, result: &JobResult) -> bool {
 
 /// Runs the job in a fresh worktree; any trouble of the factory's own becomes the result's
 /// `failure`, never a panic.
-async fn run_job(factory: &Factory, job: &FleetJob, delivery: u64) -> JobResult {
+async fn run_job(
+    factory: &Factory,
+    job: &FleetJob,
+    delivery: u64,
+    secrets: &[(String, String)],
+    redactor: &Redactor,
+) -> JobResult {
     let mut result = empty_result(factory, job, delivery);
     let cache = cache_dir(&factory.data_dir, &job.repo);
-    let work = factory.data_dir.join("jobs").join(job.job_id.to_string());
+    let work = delivery_dir(&factory.data_dir, job, delivery);
     let outcome = async {
         let tree = prepare(factory, &cache, &work, job).await?;
-        run_command(factory, &cache, &tree, &work, job, &mut result).await
+        let secret = Secret { secrets, redactor };
+        run_command(factory, &cache, &tree, &work, job, secret, &mut result).await
     }
     .await;
     if let Err(failure) = outcome {
@@ -739,6 +860,14 @@ async fn run_job(factory: &Factory, job: &FleetJob, delivery: u64) -> JobResult 
     }
     clean_up(factory, &cache, &work, job).await;
     result
+}
+
+/// A delivery's own directory, keyed by job and delivery: two deliveries of one job never share
+/// one.
+fn delivery_dir(data_dir: &Path, job: &FleetJob, delivery: u64) -> PathBuf {
+    data_dir
+        .join("jobs")
+        .join(format!("{}-{delivery}", job.job_id))
 }
 
 fn cache_dir(data_dir: &Path, repo: &str) -> PathBuf {
@@ -816,6 +945,7 @@ async fn run_command(
     tree: &Path,
     work: &Path,
     job: &FleetJob,
+    secret: Secret<'_>,
     result: &mut JobResult,
 ) -> Result<(), String> {
     let files_dir = work.join("files");
@@ -826,6 +956,7 @@ async fn run_command(
             .map_err(|e| format!("job dir: {e}"))?;
     }
     let mut env = job.env.clone();
+    env.extend(secret.secrets.iter().cloned());
     for file in &job.files {
         let name = Path::new(&file.name)
             .file_name()
@@ -854,7 +985,7 @@ async fn run_command(
     let (tap, taps) = OutputTap::channel(OUTPUT_TAP_CAPACITY);
     let (output, ()) = tokio::join!(
         process::run_tapped(&spec, Some(tap)),
-        send_output(&factory.nats, job.job_id, taps)
+        send_output(&factory.nats, job.job_id, taps, secret.redactor)
     );
     let output = output.map_err(|e| e.to_string())?;
     result.exit_code = output.exit_code;
@@ -869,13 +1000,32 @@ async fn run_command(
     Ok(())
 }
 
+/// A job's secrets as its command gets them, and the redactor of everything it prints.
+#[derive(Clone, Copy)]
+struct Secret<'a> {
+    secrets: &'a [(String, String)],
+    redactor: &'a Redactor,
+}
+
 /// Sends what the command prints to the control plane as it prints it, until its pipes close:
-/// at most one [`OutputChunk`] per [`OUTPUT_TICK`], then what is left (one per pipe).
-async fn send_output(nats: &Nats, job: Uuid, mut taps: mpsc::Receiver<TapChunk>) {
+/// at most one [`OutputChunk`] per [`OUTPUT_TICK`], then what is left (one per pipe). With
+/// secrets, each chunk is redacted here and a tick sends only whole lines (a secret is never cut
+/// in two chunks, where neither would match).
+async fn send_output(
+    nats: &Nats,
+    job: Uuid,
+    mut taps: mpsc::Receiver<TapChunk>,
+    redactor: &Redactor,
+) {
     let subject = format!("{OUTPUT_SUBJECT_PREFIX}{job}");
-    let send = |chunk: OutputChunk| {
+    let send = |mut chunk: OutputChunk| {
         let subject = subject.clone();
         async move {
+            if !redactor.is_empty() {
+                let bytes = hex::decode(&chunk.bytes).unwrap_or_default();
+                let text = redactor.redact(&String::from_utf8_lossy(&bytes));
+                chunk.bytes = hex::encode(text.as_bytes());
+            }
             let Ok(payload) = serde_json::to_vec(&chunk) else {
                 return;
             };
@@ -897,7 +1047,12 @@ async fn send_output(nats: &Nats, job: Uuid, mut taps: mpsc::Receiver<TapChunk>)
                 None => break,
             },
             _ = tick.tick() => {
-                if let Some(chunk) = pending.take() {
+                let ready = if redactor.is_empty() {
+                    pending.take()
+                } else {
+                    pending.take_lines()
+                };
+                if let Some(chunk) = ready {
                     send(chunk).await;
                 }
             }
@@ -941,6 +1096,40 @@ impl PendingOutput {
             *missed += cut as u64;
             bytes.drain(..cut);
         }
+    }
+
+    /// Like [`PendingOutput::take`], but only whole lines (the rest waits for its line's end,
+    /// or for the buffer to fill): what redaction needs.
+    fn take_lines(&mut self) -> Option<OutputChunk> {
+        for turn in 0..2 {
+            let pipe = (self.next + turn) % 2;
+            let bytes = &mut self.bytes[pipe];
+            let full = bytes.len() >= OUTPUT_CHUNK_BYTES;
+            let Some(end) = bytes.iter().rposition(|b| *b == b'\n').map(|at| at + 1) else {
+                if full {
+                    return self.take_pipe(pipe);
+                }
+                continue;
+            };
+            let rest = bytes.split_off(end);
+            let chunk = self.take_pipe(pipe);
+            self.bytes[pipe] = rest;
+            return chunk;
+        }
+        None
+    }
+
+    fn take_pipe(&mut self, pipe: usize) -> Option<OutputChunk> {
+        if self.bytes[pipe].is_empty() {
+            return None;
+        }
+        self.next = (pipe + 1) % 2;
+        let bytes = std::mem::take(&mut self.bytes[pipe]);
+        Some(OutputChunk {
+            stream: Self::STREAMS[pipe],
+            bytes: hex::encode(bytes),
+            missed_bytes: std::mem::take(&mut self.missed[pipe]),
+        })
     }
 
     /// The next chunk to send (the pipes take turns), if anything is pending.
@@ -1008,6 +1197,19 @@ mod tests {
             bytes: text.as_bytes().to_vec(),
             missed_bytes,
         }
+    }
+
+    #[test]
+    fn with_secrets_a_tick_sends_whole_lines_only() {
+        let mut pending = PendingOutput::default();
+        pending.push(read(OutputStream::Stdout, "key hunt", 0));
+        assert!(pending.take_lines().is_none(), "half a line waits");
+        pending.push(read(OutputStream::Stdout, "er2\nnext", 0));
+        let chunk = pending.take_lines().unwrap();
+        assert_eq!(hex::decode(chunk.bytes).unwrap(), b"key hunter2\n");
+        assert!(pending.take_lines().is_none());
+        let rest = pending.take().unwrap();
+        assert_eq!(hex::decode(rest.bytes).unwrap(), b"next");
     }
 
     #[test]

@@ -202,9 +202,14 @@ impl Application {
             .map_err(StartupError::Sandbox)?;
         let fleet = match &config.fleet.nats_url {
             Some(url) => Some(
-                crate::runtime::fleet::Fleet::start(&config.fleet, url, &config.storage.data_dir)
-                    .await
-                    .map_err(|error| StartupError::Fleet(error.to_string()))?,
+                crate::runtime::fleet::Fleet::start(
+                    &config.fleet,
+                    url,
+                    store.clone(),
+                    &config.storage.data_dir,
+                )
+                .await
+                .map_err(|error| StartupError::Fleet(error.to_string()))?,
             ),
             None => None,
         };
@@ -213,6 +218,7 @@ impl Application {
             redactor,
             sandbox: sandbox.map(Arc::new),
             repo_checks: Arc::default(),
+            base_health: Arc::default(),
             background: Default::default(),
             live_output: Default::default(),
             store,

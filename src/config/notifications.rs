@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 /// The longest duration a route may name: a longer wait is a typo, not a policy.
 const DURATION_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The shortest `repeat_interval`: anything shorter is a flood, not a reminder.
+const REPEAT_INTERVAL_MIN: Duration = Duration::from_secs(1);
+/// Most recipients of one email receiver.
+const RECIPIENTS_MAX: usize = 50;
 
 pub use crate::model::ops::notification::NotificationKind;
 
@@ -29,6 +33,9 @@ pub enum ReceiverKind {
     Webhook,
     /// A Slack incoming webhook (`{"text": ...}`), at most one message a second.
     Slack,
+    /// Mail over SMTP (`smtp://host:port` plain, `smtp://host:port?tls=required` STARTTLS,
+    /// `smtps://host:port` TLS) from `from` to every address of `to`.
+    Email,
 }
 
 /// One receiver. Its secret is read from `secret_env` when a message is signed, never stored
@@ -40,11 +47,21 @@ pub struct ReceiverConfig {
     pub name: String,
     /// Webhook or Slack.
     pub kind: ReceiverKind,
-    /// Where messages are POSTed.
+    /// Where messages are POSTed (webhook, Slack) or the SMTP server (email).
     pub url: String,
-    /// The environment variable holding the HMAC secret (webhooks; unset: unsigned).
+    /// The environment variable holding the HMAC secret (webhooks; unset: unsigned) or the SMTP
+    /// password (email, with `username`).
     #[serde(default)]
     pub secret_env: Option<String>,
+    /// Email: the sender's address (`Glitchlab <glitchlab@example.com>` or a bare address).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Email: the recipients (at least one).
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// Email: the SMTP user, when the server wants a login (the password is in `secret_env`).
+    #[serde(default)]
+    pub username: Option<String>,
 }
 
 /// One route: the notifications it matches go to `receiver`, grouped by (kind, app).
@@ -68,7 +85,8 @@ pub struct RouteConfig {
     /// The least time between two messages of one group.
     #[serde(default = "default_group_interval")]
     pub group_interval: String,
-    /// Parsed and checked; repeats are not sent yet (see docs/operations.md).
+    /// How often a notification of an incident that still needs a human (not acknowledged,
+    /// resolved or snoozed) is sent again to this receiver.
     #[serde(default = "default_repeat_interval")]
     pub repeat_interval: String,
 }
@@ -93,6 +111,12 @@ impl RouteConfig {
     pub fn group_interval(&self) -> Duration {
         parse_duration(&self.group_interval).unwrap_or_default()
     }
+
+    /// `repeat_interval` as a duration (validated at start: never 0 by accident, and 0 is
+    /// refused, so repeats can never flood a receiver).
+    pub fn repeat_interval(&self) -> Duration {
+        parse_duration(&self.repeat_interval).unwrap_or(Duration::from_secs(4 * 3600))
+    }
 }
 
 impl NotificationsConfig {
@@ -107,12 +131,8 @@ impl NotificationsConfig {
                     r.name
                 ));
             }
-            if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
-                return Err(format!(
-                    "notifications.receivers `{}`: url must be http(s)",
-                    r.name
-                ));
-            }
+            r.validate()
+                .map_err(|e| format!("notifications.receivers `{}`: {e}", r.name))?;
         }
         for route in &self.routes {
             if !names.contains(route.receiver.as_str()) {
@@ -128,9 +148,56 @@ impl NotificationsConfig {
             ] {
                 parse_duration(text).map_err(|e| format!("notifications.routes.{key}: {e}"))?;
             }
+            if route.repeat_interval() < REPEAT_INTERVAL_MIN {
+                return Err(format!(
+                    "notifications.routes.repeat_interval: `{}` is shorter than 1s",
+                    route.repeat_interval
+                ));
+            }
         }
         Ok(())
     }
+}
+
+impl ReceiverConfig {
+    /// Checks the URL scheme against the kind, and an email receiver's addresses.
+    fn validate(&self) -> Result<(), String> {
+        let http = self.url.starts_with("http://") || self.url.starts_with("https://");
+        match self.kind {
+            ReceiverKind::Webhook | ReceiverKind::Slack => {
+                if !http {
+                    return Err("url must be http(s)".into());
+                }
+                if self.from.is_some() || !self.to.is_empty() || self.username.is_some() {
+                    return Err("`from`, `to` and `username` are for email receivers".into());
+                }
+            }
+            ReceiverKind::Email => {
+                if !(self.url.starts_with("smtp://") || self.url.starts_with("smtps://")) {
+                    return Err("an email receiver's url must be smtp:// or smtps://".into());
+                }
+                let from = self
+                    .from
+                    .as_deref()
+                    .ok_or("an email receiver needs `from`")?;
+                check_mailbox(from)?;
+                if self.to.is_empty() || self.to.len() > RECIPIENTS_MAX {
+                    return Err(format!("`to` must name 1 to {RECIPIENTS_MAX} addresses"));
+                }
+                for to in &self.to {
+                    check_mailbox(to)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a mailbox that is not `address` or `Name <address>` with one `@`.
+fn check_mailbox(text: &str) -> Result<(), String> {
+    text.parse::<lettre::message::Mailbox>()
+        .map(|_| ())
+        .map_err(|e| format!("`{text}` is not an email address: {e}"))
 }
 
 /// Parses `500ms`, `30s`, `5m`, `4h`, `1d` (one number, one unit), at most [`DURATION_MAX`].
@@ -189,5 +256,30 @@ mod tests {
         assert!(
             parse("[[notifications.routes]]\nreceiver = \"ops\"\nkinds = [\"nope\"]\n").is_err()
         );
+    }
+
+    #[test]
+    fn an_email_receiver_needs_an_smtp_url_a_sender_and_recipients() {
+        let parse = |receiver: &str| {
+            crate::config::Config::parse(&format!(
+                "[[notifications.receivers]]\nname = \"m\"\n{receiver}"
+            ))
+        };
+        let good = "kind = \"email\"\nurl = \"smtp://127.0.0.1:25\"\nfrom = \"Ops <ops@example.com>\"\nto = [\"a@example.com\"]\n";
+        assert!(parse(good).is_ok(), "{:?}", parse(good).err());
+        for (bad, why) in [
+            ("kind = \"email\"\nurl = \"http://x/\"\nfrom = \"a@example.com\"\nto = [\"a@example.com\"]\n", "smtp"),
+            ("kind = \"email\"\nurl = \"smtp://x:25\"\nto = [\"a@example.com\"]\n", "from"),
+            ("kind = \"email\"\nurl = \"smtp://x:25\"\nfrom = \"a@example.com\"\n", "to"),
+            ("kind = \"email\"\nurl = \"smtp://x:25\"\nfrom = \"nobody\"\nto = [\"a@example.com\"]\n", "not an email address"),
+            ("kind = \"webhook\"\nurl = \"http://x/\"\nto = [\"a@example.com\"]\n", "for email receivers"),
+        ] {
+            let error = parse(bad).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+        let flood = parse(&format!(
+            "{good}[[notifications.routes]]\nreceiver = \"m\"\nrepeat_interval = \"0s\"\n"
+        ));
+        assert!(flood.unwrap_err().contains("repeat_interval"));
     }
 }

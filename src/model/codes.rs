@@ -149,6 +149,9 @@ catalogue! {
         "No task with that id (also for an id that is not a UUID).";
     TASK_FINISHED [409] []
         "A cancel of a task that already ended.";
+    TASK_LANDING [409] []
+        "A cancel of a task whose change the merge queue is putting on the base now: too late; \
+         the task ends `done` (or, if the landing fails, goes on and can be cancelled again).";
     INVALID_TASK_STATUS [409] []
         "A task action (approve, reject, retry) on a task not in a status it applies to.";
     COMPASS_UNAVAILABLE [503] []
@@ -275,6 +278,8 @@ catalogue! {
         "A git operation (worktree, commit) failed.";
     FLEET_NOT_CONFIGURED [409] []
         "A fleet action on a service without `[fleet] nats_url`: everything runs in-process.";
+    FACTORY_EXISTS [409] []
+        "`POST /v1/fleet/factories` for a name already issued a key: factory names are unique.";
     FLEET_UNAVAILABLE [503] [Task]
         "On a task: no fleet factory ran its engine or verify command in time (none could \
          serve its capabilities, or every delivery's lease was lost), or one could not run it; \

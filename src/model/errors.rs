@@ -127,6 +127,9 @@ pub(crate) enum TaskActionError {
     /// The task already ended.
     #[error("task {0} has already finished")]
     Finished(TaskId),
+    /// The merge queue is moving the base to the task's change: too late to cancel.
+    #[error("task {0} is landing: its change is being put on the base; too late to cancel")]
+    Landing(TaskId),
     /// Durable state could not be read or written (or the store pushed back).
     #[error(transparent)]
     Store(StoreError),
@@ -139,6 +142,7 @@ impl TaskActionError {
             Self::NotFound(_) => codes::TASK_NOT_FOUND,
             Self::WrongStatus { .. } => codes::INVALID_TASK_STATUS,
             Self::Finished(_) => codes::TASK_FINISHED,
+            Self::Landing(_) => codes::TASK_LANDING,
             Self::Store(inner) if inner.is_overload() || inner.is_fault() => inner.code(),
             Self::Store(_) => codes::STORE_FAILED,
         }

@@ -25,6 +25,8 @@ use uuid::Uuid;
 use super::live::OutputStream;
 use super::task::{CapturedOutput, Stage, TaskId};
 
+pub mod trust;
+
 /// The work-queue stream of jobs.
 pub const JOBS_STREAM: &str = "glitchlab_jobs";
 /// Subjects of jobs: `glitchlab.jobs.<class>`.

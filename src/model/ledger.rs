@@ -215,7 +215,8 @@ pub struct AccountView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccount {
-    /// Caller-chosen id (`[A-Za-z0-9:_.@-]`, 1..=128 bytes).
+    /// Caller-chosen id (`[A-Za-z0-9:_.@-]`, 1..=128 bytes: `ID_BYTES_MAX`).
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9:_.@-]+$")]
     pub id: String,
     /// Whose it is.
     pub kind: AccountKind,
@@ -249,13 +250,17 @@ pub enum TransferStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTransfer {
-    /// Caller-chosen idempotency id (`[A-Za-z0-9:_.@-]`, 1..=128 bytes).
+    /// Caller-chosen idempotency id (`[A-Za-z0-9:_.@-]`, 1..=128 bytes: `ID_BYTES_MAX`).
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9:_.@-]+$")]
     pub id: String,
     /// The account that pays.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9:_.@-]+$")]
     pub debit_account: String,
     /// The account that receives.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9:_.@-]+$")]
     pub credit_account: String,
     /// Micro-tokens, at least 1.
+    #[schema(minimum = 1)]
     pub amount: u64,
     /// Why (an application-defined reason code, non-zero; [`CODE_MINT`] is reserved for mints).
     pub code: u16,

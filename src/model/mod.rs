@@ -15,6 +15,7 @@ pub(crate) mod codes;
 pub(crate) mod errors;
 pub mod fleet;
 pub mod ledger;
+pub(crate) mod lifecycle;
 pub(crate) mod live;
 pub(crate) mod ops;
 pub(crate) mod persona;

@@ -1,9 +1,11 @@
 //! The task model: what a task is, where it stands, and what it produced.
 //!
-//! [`Task`]'s serde shape is the HTTP shape (what clients read, and what OpenAPI documents). sled
-//! keeps a separate, versioned record of it (`storage::store::task_record`), so a field added to
-//! `Task` must also be given its stored place there (the conversions will not compile until it
-//! is), and a change of the stored layout is not an API change.
+//! [`Task`] is four parts ([`TaskSpec`], [`TaskProgress`], [`TaskBilling`], [`TaskOutcome`]; the
+//! rule for which field goes where is on [`Task`]). Its serde shape, the parts flattened, is the
+//! HTTP shape (what clients read, and what OpenAPI documents). sled keeps each part under its own
+//! key with its own version (`storage::store::task_record`), so a field added to a part is one
+//! edit to that part's struct (with a serde default, for the records already stored) and its
+//! test; a change of a part's stored layout is a new version of that part, not an API change.
 
 use std::fmt;
 use std::str::FromStr;
@@ -252,6 +254,15 @@ pub struct MergeState {
     /// change against the base then ends `NO_CHANGES` rather than `done` with nothing landed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retried_delivery: bool,
+    /// Why the task's queue holds it now, spending no attempt (its base is red: the base commit
+    /// alone fails verify); cleared when the hold ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+    /// The candidate commit the merge queue is moving the base to now: claimed (durably) before
+    /// the base moves, so a cancel from then on is refused `TASK_LANDING` instead of answered 2xx
+    /// for a task that lands anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landing: Option<String>,
 }
 
 /// How deliver ended for a `done` task, so `done` never hides that nothing of it landed.
@@ -365,12 +376,43 @@ pub struct PlanStep {
     pub rationale: String,
 }
 
-/// A task: the request, its progress and its outcome; served as this JSON, stored as one
-/// versioned record (`storage::store::task_record`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+/// A task: what was asked, where it stands, what it pays and what it produced; served as one
+/// flat JSON object (the parts are flattened, so clients see the fields they always saw), stored
+/// as one versioned record with a version per part (`storage::store::task_record`).
+///
+/// Which part a field belongs to is decided by who writes it and when:
+/// - [`TaskSpec`]: what the submitter asked for, fixed when the task is accepted (intake writes
+///   it, nothing changes it after);
+/// - [`TaskProgress`]: where the task stands, written by the lifecycle (`model::lifecycle`), the
+///   pipeline and the merge queue while it runs, and reset by a retry;
+/// - [`TaskBilling`]: who pays and what is held for it, written by the ledger's callers;
+/// - [`TaskOutcome`]: how it ended (or what the last end was), written when it ends and cleared
+///   by a retry.
+///
+/// A field that is both asked for and later changed goes where it changes (`blocked_by` starts
+/// as a copy of `deps` but is progress). A new field goes into exactly one part, with a
+/// `#[serde(default)]` so the records already stored still read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     /// UUID v7.
     pub id: TaskId,
+    /// What was asked.
+    #[serde(flatten)]
+    pub spec: TaskSpec,
+    /// Where it stands.
+    #[serde(flatten)]
+    pub progress: TaskProgress,
+    /// Who pays, and what is held.
+    #[serde(flatten)]
+    pub billing: TaskBilling,
+    /// How it ended.
+    #[serde(flatten)]
+    pub outcome: TaskOutcome,
+}
+
+/// What was asked: fixed at submission.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskSpec {
     /// Short name of the work.
     pub title: String,
     /// What to do, in prose; the planner's input.
@@ -395,9 +437,6 @@ pub struct Task {
     /// Tasks that must be `done` before this one may start.
     #[serde(default)]
     pub deps: Vec<TaskId>,
-    /// The unfinished dependencies while the task is `blocked`.
-    #[serde(default)]
-    pub blocked_by: Vec<TaskId>,
     /// Whether delivery waits for a human.
     #[serde(default)]
     pub review_policy: ReviewPolicy,
@@ -414,12 +453,6 @@ pub struct Task {
     /// (`has:gpu`, `os:linux`); empty: any factory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<String>,
-    /// The ledger account that pays for the task.
-    #[serde(default)]
-    pub account: String,
-    /// What the task may spend.
-    #[serde(default)]
-    pub budget: TaskBudget,
     /// The task that filed this one (it pays, unless this one names an account).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_task: Option<TaskId>,
@@ -427,24 +460,22 @@ pub struct Task {
     /// from before tokens).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_by: Option<String>,
-    /// The ledger transfer holding the budget while the task runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reservation: Option<String>,
-    /// Reservations made so far (a retry reserves again).
-    #[serde(default)]
-    pub budget_rounds: u32,
-    /// Whether the reservation was settled after the task ended.
-    #[serde(default)]
-    pub settled: bool,
     /// Client-chosen key that makes submission idempotent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
-    /// Where the task stands.
+    /// The ordered stages of this task, fixed at submission from the kind's template.
+    pub stages: Vec<Stage>,
+    /// Submission time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Where a task stands: what the lifecycle, the pipeline and the merge queue write as it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskProgress {
+    /// Where the task stands; changed only through `model::lifecycle`.
     pub status: TaskStatus,
     /// The stage being run (or last run); `None` before the pipeline starts.
     pub stage: Option<Stage>,
-    /// The ordered stages of this task, fixed at submission from the kind's template.
-    pub stages: Vec<Stage>,
     /// Implement attempts started so far (1-based once implement has begun).
     pub attempts: u32,
     /// Retries of the current stage after transient failures (reset when the stage changes).
@@ -454,6 +485,9 @@ pub struct Task {
     /// glitchlab while it ran (bounded by `merge_queue.base_moved_max`; no attempt is used up).
     #[serde(default)]
     pub reverifications: u32,
+    /// The unfinished dependencies while the task is `blocked`.
+    #[serde(default)]
+    pub blocked_by: Vec<TaskId>,
     /// The merge queue's notes on the task.
     #[serde(default, skip_serializing_if = "MergeState::is_empty")]
     pub merge: MergeState,
@@ -462,26 +496,119 @@ pub struct Task {
     pub failures: Vec<FailureRecord>,
     /// `glitchlab/<task-id>` once Patch has made the worktree.
     pub branch: Option<String>,
-    /// Delivered commit on the base branch.
-    pub commit: Option<String>,
-    /// How deliver ended (absent before it did, and on records from before this field).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delivered: Option<Delivered>,
     /// The plan, once Planner has made it.
     pub plan: Option<Plan>,
     /// The last verify failure's output (bounded), handed to Patch on the next attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feedback: Option<String>,
-    /// Why the task failed, when it did.
-    pub error: Option<ErrorInfo>,
-    /// Submission time.
-    pub created_at: DateTime<Utc>,
     /// Last change to this record.
     pub updated_at: DateTime<Utc>,
     /// When a pipeline first picked it up.
     pub started_at: Option<DateTime<Utc>>,
+}
+
+impl TaskProgress {
+    /// A task just accepted: `status` (queued or blocked, from `model::lifecycle::submitted`),
+    /// nothing run yet.
+    pub fn submitted(status: TaskStatus, blocked_by: Vec<TaskId>, now: DateTime<Utc>) -> Self {
+        Self {
+            status,
+            stage: None,
+            attempts: 0,
+            stage_retries: 0,
+            reverifications: 0,
+            blocked_by,
+            merge: MergeState::default(),
+            failures: Vec::new(),
+            branch: None,
+            plan: None,
+            feedback: None,
+            updated_at: now,
+            started_at: None,
+        }
+    }
+}
+
+/// Who pays for a task and what is held for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskBilling {
+    /// The ledger account that pays for the task.
+    #[serde(default)]
+    pub account: String,
+    /// What the task may spend.
+    #[serde(default)]
+    pub budget: TaskBudget,
+    /// The ledger transfer holding the budget while the task runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<String>,
+    /// Reservations made so far (a retry reserves again).
+    #[serde(default)]
+    pub budget_rounds: u32,
+    /// Whether the reservation was settled after the task ended.
+    #[serde(default)]
+    pub settled: bool,
+}
+
+/// How a task ended: empty while it has not, cleared by a retry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskOutcome {
+    /// Why the task failed, when it did.
+    pub error: Option<ErrorInfo>,
+    /// Delivered commit on the base branch.
+    pub commit: Option<String>,
+    /// How deliver ended (absent before it did, and on records from before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<Delivered>,
     /// When it reached a terminal status.
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The OpenAPI schema of [`Task`]: the parts' properties merged into one flat object, as served
+/// (utoipa's own `flatten` would answer an `allOf`, which clients and the schema test read as a
+/// different shape).
+impl utoipa::PartialSchema for Task {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Schema};
+        use utoipa::openapi::RefOr;
+        let mut task = ObjectBuilder::new()
+            .description(Some(
+                "A task: what was asked, where it stands, what it pays and how it ended.",
+            ))
+            .property("id", utoipa::openapi::Ref::from_schema_name("TaskId"))
+            .required("id")
+            .build();
+        let parts = [
+            TaskSpec::schema(),
+            TaskProgress::schema(),
+            TaskBilling::schema(),
+            TaskOutcome::schema(),
+        ];
+        for part in parts {
+            if let RefOr::T(Schema::Object(part)) = part {
+                task.properties.extend(part.properties);
+                task.required.extend(part.required);
+            }
+        }
+        RefOr::T(Schema::Object(task))
+    }
+}
+
+impl ToSchema for Task {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            TaskId::name().into_owned(),
+            <TaskId as utoipa::PartialSchema>::schema(),
+        ));
+        TaskSpec::schemas(schemas);
+        TaskProgress::schemas(schemas);
+        TaskBilling::schemas(schemas);
+        TaskOutcome::schemas(schemas);
+    }
 }
 
 /// URL schemes a task's `repo` may use besides a local path.
@@ -510,77 +637,65 @@ impl Task {
         let now = Utc::now();
         Self {
             id: TaskId::new(),
-            title: title.into(),
-            description: description.into(),
-            repo: "/tmp/repo".into(),
-            base_branch: "main".into(),
-            kind: "feature".into(),
-            priority: Priority::Medium,
-            verify: "true".into(),
-            acceptance: None,
-            max_attempts: 3,
-            engines: EngineOverrides::default(),
-            idempotency_key: None,
-            deps: Vec::new(),
-            blocked_by: Vec::new(),
-            review_policy: ReviewPolicy::Auto,
-            delivery: Delivery::Merge,
-            caused_by: None,
-            deploy: None,
-            capabilities: Vec::new(),
-            account: "user:local".into(),
-            budget: TaskBudget::default(),
-            parent_task: None,
-            submitted_by: None,
-            reservation: None,
-            budget_rounds: 0,
-            settled: false,
-            status: TaskStatus::Queued,
-            stage: None,
-            stages: vec![Stage::Plan],
-            attempts: 0,
-            stage_retries: 0,
-            reverifications: 0,
-            merge: MergeState::default(),
-            failures: Vec::new(),
-            branch: None,
-            commit: None,
-            delivered: None,
-            plan: None,
-            feedback: None,
-            error: None,
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            finished_at: None,
+            spec: TaskSpec {
+                title: title.into(),
+                description: description.into(),
+                repo: "/tmp/repo".into(),
+                base_branch: "main".into(),
+                kind: "feature".into(),
+                priority: Priority::Medium,
+                verify: "true".into(),
+                acceptance: None,
+                max_attempts: 3,
+                engines: EngineOverrides::default(),
+                deps: Vec::new(),
+                review_policy: ReviewPolicy::Auto,
+                delivery: Delivery::Merge,
+                caused_by: None,
+                deploy: None,
+                capabilities: Vec::new(),
+                parent_task: None,
+                submitted_by: None,
+                idempotency_key: None,
+                stages: vec![Stage::Plan],
+                created_at: now,
+            },
+            progress: TaskProgress::submitted(TaskStatus::Queued, Vec::new(), now),
+            billing: TaskBilling {
+                account: "user:local".into(),
+                ..TaskBilling::default()
+            },
+            outcome: TaskOutcome::default(),
         }
     }
+
     /// Records a failed try, keeping the newest [`FAILURES_KEPT_MAX`].
     pub fn record_failure(&mut self, stage: Stage, error: ErrorInfo) {
-        if self.failures.len() >= FAILURES_KEPT_MAX {
-            self.failures.remove(0);
+        let progress = &mut self.progress;
+        if progress.failures.len() >= FAILURES_KEPT_MAX {
+            progress.failures.remove(0);
         }
-        self.failures.push(FailureRecord {
+        progress.failures.push(FailureRecord {
             at: Utc::now(),
             stage,
-            attempt: self.attempts,
+            attempt: progress.attempts,
             error,
         });
     }
 
     /// The stage after `stage` in this task's template, or `None` when `stage` is the last.
     pub fn stage_after(&self, stage: Stage) -> Option<Stage> {
-        let position = self.stages.iter().position(|s| *s == stage)?;
-        self.stages.get(position + 1).copied()
+        let position = self.spec.stages.iter().position(|s| *s == stage)?;
+        self.spec.stages.get(position + 1).copied()
     }
 
     /// The engine `persona` uses for this task: the task's override, else the persona's default
     /// (`persona_default`, from its `actors/` front matter: `builtin` or `openai:<provider>`).
     pub fn engine_for(&self, persona: Persona, persona_default: &str) -> EngineSpec {
         let chosen = match persona {
-            Persona::Planner => self.engines.planner.clone(),
-            Persona::Patch => self.engines.patch.clone(),
-            Persona::Circuit => self.engines.circuit.clone(),
+            Persona::Planner => self.spec.engines.planner.clone(),
+            Persona::Patch => self.spec.engines.patch.clone(),
+            Persona::Circuit => self.spec.engines.circuit.clone(),
             _ => None,
         };
         chosen.unwrap_or_else(|| match persona_default.strip_prefix("openai:") {

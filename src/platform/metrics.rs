@@ -112,6 +112,10 @@ pub(crate) const FLEET_STOPS_TOTAL: &str = "glitchlab_fleet_stops_total";
 /// outside, or lost) and were written back.
 pub(crate) const FLEET_CONTROL_OVERWRITTEN_TOTAL: &str =
     "glitchlab_fleet_control_overwritten_total";
+/// Counter: fleet messages dropped as forged — a hello, claim, lease renewal or result
+/// without a valid MAC of a registered factory, or about a delivery JetStream did not make for
+/// it (label `kind`).
+pub(crate) const FLEET_FORGERIES_TOTAL: &str = "glitchlab_fleet_forgeries_total";
 
 /// Histogram buckets of every `*_duration_seconds` metric: 5 ms (a fast HTTP answer) up to
 /// 600 s (the default engine and verify timeout).
@@ -165,6 +169,7 @@ fn build_and_install() -> Option<PrometheusHandle> {
 fn describe() {
     use ::metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered");
+    describe_counter!(FLEET_FORGERIES_TOTAL, "Fleet messages dropped as forged");
     describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, "HTTP request latency");
     describe_gauge!(HTTP_CONNECTIONS, "HTTP connections open");
     describe_counter!(

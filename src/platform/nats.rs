@@ -18,6 +18,11 @@ use crate::model::fleet::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request to the server (a JetStream API call, a publish's acknowledgement) at most.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Any other call to the server (a key-value read or write, an acknowledgement, a listing) at
+/// most: no fleet loop ever waits on NATS unbounded (issue 30).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request to the control plane (a hello, a claim) at most.
+pub const CONTROL_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Results and claims are kept this long: far longer than any job, short enough to stay small.
 const RESULTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Bound on the results stream's size.
@@ -59,6 +64,9 @@ pub struct NatsOptions {
     pub creds_file: Option<PathBuf>,
     /// The connection's name in the server's monitoring.
     pub name: String,
+    /// The prefix of its reply subjects (`_INBOX` by default): a factory's own
+    /// (`_INBOX_<name>`), so its NATS user may subscribe to its replies only.
+    pub inbox_prefix: Option<String>,
 }
 
 /// A connection and its JetStream context.
@@ -75,16 +83,39 @@ pub struct Nats {
     replicas: usize,
 }
 
+/// Splits `nats://user:password@host:port` into the address without the credentials and the
+/// credentials (the client does not read them from the address; and the address is logged,
+/// the password must not be).
+fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (url.to_owned(), None);
+    };
+    let (user, password) = rest[..at].split_once(':').unwrap_or((&rest[..at], ""));
+    let address = format!("{scheme}://{}", &rest[at + 1..]);
+    (address, Some((user.to_owned(), password.to_owned())))
+}
+
 /// Connects (reconnecting on its own afterwards, forever, with backoff).
 pub async fn connect(options: &NatsOptions) -> Result<Nats, NatsError> {
+    let (address, user_password) = split_credentials(&options.url);
     let connect_error = |detail: String| NatsError::Connect {
-        url: options.url.clone(),
+        url: address.clone(),
         detail,
     };
     let mut connect = async_nats::ConnectOptions::new()
         .name(&options.name)
         .connection_timeout(CONNECT_TIMEOUT)
         .request_timeout(Some(REQUEST_TIMEOUT));
+    if let Some(prefix) = &options.inbox_prefix {
+        connect = connect.custom_inbox_prefix(prefix.clone());
+    }
+    if let Some((user, password)) = user_password {
+        connect = connect.user_and_password(user, password);
+    }
     if let Some(token) = &options.token {
         connect = connect.token(token.clone());
     }
@@ -94,7 +125,7 @@ pub async fn connect(options: &NatsOptions) -> Result<Nats, NatsError> {
             .await
             .map_err(|e| connect_error(format!("credentials file {}: {e}", file.display())))?;
     }
-    let client = tokio::time::timeout(CONNECT_TIMEOUT, connect.connect(options.url.as_str()))
+    let client = tokio::time::timeout(CONNECT_TIMEOUT, connect.connect(address.as_str()))
         .await
         .map_err(|_| connect_error("timed out".into()))?
         .map_err(|e| connect_error(e.to_string()))?;
@@ -106,12 +137,84 @@ pub async fn connect(options: &NatsOptions) -> Result<Nats, NatsError> {
     })
 }
 
+/// Runs one NATS call bounded by [`CALL_TIMEOUT`]; `what` names it in the error.
+pub async fn bounded<T, E: std::fmt::Display>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, NatsError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(NatsError::JetStream(format!("{what}: {error}"))),
+        Err(_) => Err(NatsError::JetStream(format!(
+            "{what}: no answer within {}s",
+            CALL_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Reads every key of a bucket, bounded by [`CALL_TIMEOUT`] in all (the listing is a stream
+/// the server could stop feeding) and by `max` keys.
+pub async fn bucket_keys(bucket: &kv::Store, max: usize) -> Result<Vec<String>, NatsError> {
+    use futures_util::StreamExt;
+    let listing = async {
+        let mut keys = bucket.keys().await.map_err(NatsError::js)?;
+        let mut found = Vec::new();
+        while let Some(key) = keys.next().await {
+            if let Ok(key) = key {
+                found.push(key);
+            }
+            if found.len() >= max {
+                break;
+            }
+        }
+        Ok::<_, NatsError>(found)
+    };
+    bounded("listing a bucket", listing).await
+}
+
 impl Nats {
     /// Makes the streams and buckets with `replicas` copies (a NATS cluster of at least as many
     /// nodes); existing ones keep theirs.
     pub fn with_replicas(mut self, replicas: usize) -> Self {
         self.replicas = replicas.max(1);
         self
+    }
+
+    /// A request to the control plane on a core subject, answered within
+    /// [`CONTROL_REQUEST_TIMEOUT`].
+    pub async fn request(&self, subject: String, payload: Vec<u8>) -> Result<Vec<u8>, NatsError> {
+        match tokio::time::timeout(
+            CONTROL_REQUEST_TIMEOUT,
+            self.client.request(subject, payload.into()),
+        )
+        .await
+        {
+            Ok(Ok(message)) => Ok(message.payload.to_vec()),
+            Ok(Err(error)) => Err(NatsError::js(error)),
+            Err(_) => Err(NatsError::JetStream(
+                "the control plane did not answer".into(),
+            )),
+        }
+    }
+
+    /// The consumer of a job class as the control plane made it, without making it (a factory
+    /// may not: its consumers' lease and `max_deliver` are the control plane's).
+    pub async fn existing_class_consumer(
+        &self,
+        class: &str,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>, NatsError> {
+        let stream = bounded("the jobs stream", self.js.get_stream(JOBS_STREAM)).await?;
+        bounded(
+            "a class's consumer",
+            stream.get_consumer(&format!("jobs-{class}")),
+        )
+        .await
+    }
+
+    /// What the server says of a consumer of the jobs stream now (its delivery count).
+    pub async fn jobs_consumer_info(&self, name: &str) -> Result<consumer::Info, NatsError> {
+        let stream = bounded("the jobs stream", self.js.get_stream(JOBS_STREAM)).await?;
+        bounded("a consumer's info", stream.consumer_info(name)).await
     }
 
     /// The work-queue stream of jobs: a message leaves it when a factory acknowledges it.
@@ -149,7 +252,9 @@ impl Nats {
 
     /// The shared pull consumer of one job class: every factory that can serve the class pulls
     /// from it. `lease` is the ack wait (kept alive by progress acknowledgements); past
-    /// `max_deliver` deliveries a job is not offered again.
+    /// `max_deliver` deliveries a job is not offered again. A consumer an earlier run made with
+    /// another lease or `max_deliver` is updated to these (factories serve only a consumer whose
+    /// settings are the control plane's).
     pub async fn class_consumer(
         &self,
         class: &str,
@@ -158,20 +263,28 @@ impl Nats {
     ) -> Result<consumer::Consumer<consumer::pull::Config>, NatsError> {
         let stream = self.jobs_stream().await?;
         let name = format!("jobs-{class}");
-        stream
-            .get_or_create_consumer(
-                &name,
-                consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: format!("{JOBS_SUBJECT_PREFIX}{class}"),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: lease,
-                    max_deliver: i64::from(max_deliver),
-                    ..Default::default()
-                },
-            )
+        let config = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: format!("{JOBS_SUBJECT_PREFIX}{class}"),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: lease,
+            max_deliver: i64::from(max_deliver),
+            ..Default::default()
+        };
+        let consumer = stream
+            .get_or_create_consumer(&name, config.clone())
             .await
-            .map_err(NatsError::js)
+            .map_err(NatsError::js)?;
+        let existing = &consumer.cached_info().config;
+        if existing.ack_wait == lease && existing.max_deliver == i64::from(max_deliver) {
+            return Ok(consumer);
+        }
+        tracing::warn!(consumer = %name, ?lease, max_deliver, "a job consumer had other settings; updating it");
+        bounded(
+            "updating a class's consumer",
+            stream.create_consumer(config),
+        )
+        .await
     }
 
     /// A key-value bucket; `max_age` makes its entries expire (the factories' heartbeats).
@@ -280,5 +393,25 @@ impl Nats {
             .await
             .map_err(|_| NatsError::JetStream("subscribe timed out".into()))?
             .map_err(NatsError::js)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_credentials;
+
+    #[test]
+    fn credentials_in_the_address_are_split_off() {
+        assert_eq!(
+            split_credentials("nats://one:pw@127.0.0.1:4222"),
+            (
+                "nats://127.0.0.1:4222".to_owned(),
+                Some(("one".to_owned(), "pw".to_owned()))
+            )
+        );
+        assert_eq!(
+            split_credentials("nats://127.0.0.1:4222"),
+            ("nats://127.0.0.1:4222".to_owned(), None)
+        );
     }
 }

@@ -22,11 +22,14 @@ pub(crate) fn build(system_prompt: &str, task: &Task, feedback: Option<&str>) ->
     let mut text = String::new();
     text.push_str(system_prompt.trim());
     text.push_str("\n\n# Task\n\n");
-    text.push_str(&format!("Title: {}\nKind: {}\n", task.title, task.kind));
-    text.push_str(&format!("Verify command: {}\n\n", task.verify));
-    text.push_str(task.description.trim());
+    text.push_str(&format!(
+        "Title: {}\nKind: {}\n",
+        task.spec.title, task.spec.kind
+    ));
+    text.push_str(&format!("Verify command: {}\n\n", task.spec.verify));
+    text.push_str(task.spec.description.trim());
     text.push('\n');
-    if let Some(plan) = &task.plan {
+    if let Some(plan) = &task.progress.plan {
         text.push_str(&format!(
             "\n# Plan ({} risk)\n\n{}\n\n",
             plan.risk, plan.summary
@@ -58,14 +61,14 @@ pub(crate) fn history_section(failures: &[Task]) -> String {
     }
     let mut text = String::from("\n# Earlier failures on this repository (most recent first)\n");
     for task in failures {
-        let Some(error) = &task.error else {
+        let Some(error) = &task.outcome.error else {
             continue;
         };
         let message =
             crate::platform::process::keep_tail(&error.message, HISTORY_MESSAGE_BYTES_MAX);
         text.push_str(&format!(
             "\n## Task {} \"{}\": {}\n\n```\n{}\n```\n",
-            task.id, task.title, error.code, message
+            task.id, task.spec.title, error.code, message
         ));
     }
     text

@@ -35,6 +35,10 @@ pub(crate) enum CompassMsg {
     RestartPipeline(TaskId),
     /// A pipeline could not start; handled like a crash.
     PipelineStartFailed(TaskId, String),
+    /// A pipeline's task entered (`true`) or left (`false`) its merge queue: while it waits in
+    /// line it holds no slot of `compass.max_concurrent_tasks` (the queue's own turns bound the
+    /// verify runs: one at a time per repository and base).
+    Parked(TaskId, bool),
 }
 
 /// What a client can do to a task through Compass.

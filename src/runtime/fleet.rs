@@ -5,15 +5,23 @@
 //!
 //! One reader task (owned: it stops with the `Fleet`) consumes the results stream through a
 //! durable consumer and hands each result to the job waiting for it.
+//!
+//! Trust (issue 30, [`gate`]): claims are requests the control plane answers, accepted only with
+//! a registered factory's MAC and for a delivery the jobs consumer really made; the owner,
+//! delivery and lease expiry of each job live here, renewed by the owner's signed renewals; a
+//! result counts only with its owner's MAC, for the current delivery, within the lease; the
+//! accepted result's job is deleted from the stream here (factories never acknowledge), so a
+//! late answer or acknowledgement of a superseded delivery touches nothing.
 
 pub(crate) mod control;
 mod controller;
+mod gate;
 mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer;
 use chrono::{DateTime, Utc};
@@ -29,6 +37,7 @@ use crate::model::fleet::{
 };
 use crate::model::task::TaskId;
 use crate::platform::nats::{self, Nats, NatsError, NatsOptions};
+use crate::storage::store::Store;
 pub(crate) use controller::SwitchError;
 pub(crate) use watch::FactoryView;
 
@@ -38,6 +47,8 @@ const CONTROL_CONSUMER: &str = "control";
 pub(crate) const FACTORY_TTL: Duration = Duration::from_secs(15);
 /// Jobs waiting for a result at most (more are refused: the stage retries later).
 const WAITING_MAX: usize = 10_000;
+/// Registry entries read at most (`GET /v1/fleet`, a waiting job's reason).
+const FACTORIES_LISTED_MAX: usize = 1000;
 /// Added to a job's own bounds before the control plane stops waiting for it.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
 /// Reading the whole factory registry takes at most this long.
@@ -79,15 +90,22 @@ struct Waiter {
     task_id: TaskId,
     capabilities: Vec<String>,
     published_at: DateTime<Utc>,
-    /// Its job class (for the per-class waiting gauge).
-    class: String,
-    /// Its message's sequence in the jobs stream, once published (JetStream's advisories name it).
-    sequence: Option<u64>,
     /// The delivery claimed last, and by whom.
     claimed: Option<(u64, String)>,
     /// A later delivery was claimed after an earlier one: a holder lost its lease.
     superseded: bool,
     answer: Option<oneshot::Sender<JobResult>>,
+    /// The job's lease (a claim holds it this long past its last renewal).
+    lease: Duration,
+    /// Until when the delivery claimed last holds its lease (the control plane's clock).
+    lease_until: Option<Instant>,
+    /// The job's sequence in the jobs stream, once the server stored it (JetStream's advisories
+    /// name it too).
+    sequence: Option<u64>,
+    /// The job's class (its consumer is `jobs-<class>`; the per-class waiting gauge).
+    class: String,
+    /// The secret variables, handed sealed to the factory whose claim is accepted only.
+    secrets: Vec<(String, String)>,
 }
 
 /// A job that no factory has claimed yet (for `/v1/report` and `/v1/fleet`).
@@ -117,14 +135,17 @@ pub struct Fleet {
     controller: Arc<controller::Controller>,
     _reader: AbortOnDropHandle<()>,
     _watchers: Vec<AbortOnDropHandle<()>>,
+    gate: Arc<gate::Gate>,
+    _gate: Vec<AbortOnDropHandle<()>>,
 }
 
 impl Fleet {
     /// Connects, makes the streams and buckets, and starts reading results.
-    /// The switches (pause, drain) are kept in `data_dir`.
+    /// Factory keys are read from `store`; the switches (pause, drain) are kept in `data_dir`.
     pub(crate) async fn start(
         config: &FleetConfig,
         url: &str,
+        store: Store,
         data_dir: &Path,
     ) -> Result<Arc<Self>, NatsError> {
         let token = config
@@ -136,6 +157,7 @@ impl Fleet {
             token,
             creds_file: config.creds_file.clone(),
             name: "glitchlab-control".into(),
+            inbox_prefix: None,
         })
         .await?
         .with_replicas(config.replicas);
@@ -157,11 +179,19 @@ impl Fleet {
             .await
             .map_err(NatsError::js)?;
         let waiting = Waiting::default();
-        let reader = tokio::spawn(read_results(reader_consumer, Arc::clone(&waiting)));
+        let gate = Arc::new(gate::Gate {
+            nats: nats.clone(),
+            store,
+            waiting: Arc::clone(&waiting),
+            lease: Duration::from_secs(config.lease_secs),
+            max_deliver: config.max_deliver,
+        });
+        let reader = tokio::spawn(read_results(reader_consumer, Arc::clone(&gate)));
+        let gate_tasks = gate::start(&gate).await?;
         let key = control::ControlKey::from_env(config.control_key_env.as_deref());
         let controller =
             controller::Controller::start(nats.clone(), key, data_dir.to_path_buf()).await;
-        let watchers = watch::start(&nats, &controller, &waiting).await?;
+        let watchers = watch::start(&nats, &controller, &gate).await?;
         Ok(Arc::new(Self {
             nats,
             lease: Duration::from_secs(config.lease_secs),
@@ -171,13 +201,21 @@ impl Fleet {
             controller,
             _reader: AbortOnDropHandle::new(reader),
             _watchers: watchers,
+            gate,
+            _gate: gate_tasks,
         }))
     }
 
     /// Publishes `job` and waits for the result of the delivery claimed last. The wait is bounded
     /// by the job's timeout and its leases (`max_deliver` of them) plus a margin; past it the job
     /// is withdrawn from the stream (no factory is offered it again) and the caller hears [`FleetError::NoResult`].
-    pub(crate) async fn run(&self, job: &FleetJob) -> Result<JobResult, FleetError> {
+    /// `secrets` never go into the published job: the factory whose claim is accepted gets them
+    /// sealed in the claim's answer.
+    pub(crate) async fn run(
+        &self,
+        job: &FleetJob,
+        secrets: Vec<(String, String)>,
+    ) -> Result<JobResult, FleetError> {
         let class = class_of(&job.capabilities);
         self.ensure_class(&class, &job.capabilities).await?;
         let (answer, result) = oneshot::channel();
@@ -192,11 +230,14 @@ impl Fleet {
                     task_id: job.task_id,
                     capabilities: job.capabilities.clone(),
                     published_at: Utc::now(),
-                    class: class.clone(),
-                    sequence: None,
                     claimed: None,
                     superseded: false,
                     answer: Some(answer),
+                    lease: self.lease,
+                    lease_until: None,
+                    sequence: None,
+                    class: class.clone(),
+                    secrets,
                 },
             );
         }
@@ -265,12 +306,8 @@ impl Fleet {
             .class_consumer(class, self.lease, self.max_deliver)
             .await?;
         let listed = serde_json::to_vec(capabilities).map_err(NatsError::js)?;
-        self.nats
-            .classes()
-            .await?
-            .put(class, listed.into())
-            .await
-            .map_err(NatsError::js)?;
+        let classes = self.nats.classes().await?;
+        nats::bounded("the class list", classes.put(class, listed.into())).await?;
         self.classes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -279,14 +316,12 @@ impl Fleet {
     }
 
     /// The factories registered now (their heartbeats not expired).
+    /// Only records signed by a factory issued a key are listed (issue 30): a made-up factory
+    /// is not one.
     pub(crate) async fn factories(&self) -> Result<Vec<FactoryRecord>, NatsError> {
-        tokio::time::timeout(REGISTRY_READ_TIMEOUT, self.read_factories())
+        tokio::time::timeout(REGISTRY_READ_TIMEOUT, registry(&self.gate))
             .await
             .map_err(|_| NatsError::JetStream("the factory registry did not answer".into()))?
-    }
-
-    async fn read_factories(&self) -> Result<Vec<FactoryRecord>, NatsError> {
-        watch::read_registry(&self.nats).await
     }
 
     /// Why a job needing `capabilities` waits, when no live factory offers them all.
@@ -344,6 +379,23 @@ impl Fleet {
     pub(crate) fn views(&self, factories: Vec<FactoryRecord>) -> Vec<FactoryView> {
         watch::views(&self.controller.switches(), factories, Utc::now())
     }
+}
+
+/// The registry entries signed by a factory issued a key, by name (heartbeats not expired):
+/// `GET /v1/fleet`, a waiting job's reason and the fleet gauges read it so.
+async fn registry(gate: &gate::Gate) -> Result<Vec<FactoryRecord>, NatsError> {
+    let bucket = gate.nats.factories(FACTORY_TTL).await?;
+    let names = nats::bucket_keys(&bucket, FACTORIES_LISTED_MAX).await?;
+    let mut factories = Vec::new();
+    for name in names {
+        if let Ok(Some(bytes)) = nats::bounded("a registry entry", bucket.get(&name)).await {
+            if let Some(record) = gate.verified_record(&name, &bytes).await {
+                factories.push(record);
+            }
+        }
+    }
+    factories.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(factories)
 }
 
 /// Why a job needing `capabilities` cannot be served by any of `factories`; `None` when one can.
@@ -409,9 +461,10 @@ impl Drop for Forget<'_> {
     }
 }
 
-/// Reads claims and results for as long as the fleet lives, reconnecting its message stream
-/// after errors (the client reconnects to the server by itself).
-async fn read_results(consumer: consumer::Consumer<consumer::pull::Config>, waiting: Waiting) {
+/// Reads results for as long as the fleet lives, reconnecting its message stream after errors
+/// (the client reconnects to the server by itself). Each result is checked by the [`gate`]
+/// first; claims are not read here any more (they are requests the gate answers).
+async fn read_results(consumer: consumer::Consumer<consumer::pull::Config>, gate: Arc<gate::Gate>) {
     loop {
         let mut messages = match consumer.messages().await {
             Ok(messages) => messages,
@@ -429,17 +482,12 @@ async fn read_results(consumer: consumer::Consumer<consumer::pull::Config>, wait
                     break;
                 }
             };
-            let subject = message.subject.as_str();
-            if subject.starts_with(CLAIMS_SUBJECT_PREFIX) {
-                if let Ok(claim) = serde_json::from_slice::<JobClaim>(&message.payload) {
-                    on_claim(&waiting, claim);
-                }
-            } else if subject.starts_with(RESULTS_SUBJECT_PREFIX) {
-                if let Ok(result) = serde_json::from_slice::<JobResult>(&message.payload) {
-                    on_result(&waiting, result);
-                }
+            if message.subject.as_str().starts_with(RESULTS_SUBJECT_PREFIX) {
+                gate.on_result_message(&message.payload).await;
+            } else if message.subject.as_str().starts_with(CLAIMS_SUBJECT_PREFIX) {
+                tracing::debug!(subject = %message.subject, "fleet: a stored claim is ignored (claims are requests)");
             }
-            if let Err(error) = message.ack().await {
+            if let Err(error) = nats::bounded("acknowledging a result", message.ack()).await {
                 tracing::warn!(%error, "fleet: could not acknowledge a result");
             }
         }
@@ -447,45 +495,67 @@ async fn read_results(consumer: consumer::Consumer<consumer::pull::Config>, wait
     }
 }
 
-fn on_claim(waiting: &Waiting, claim: JobClaim) {
+/// Takes a claim (already checked by the [`gate`]) as the job's owner now when it is a later
+/// delivery than the one claimed last (or the same one again, from the same factory); whether
+/// it did. The lease runs from now.
+fn on_claim(waiting: &Waiting, claim: JobClaim) -> bool {
     let mut waiting = waiting.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(waiter) = waiting.get_mut(&claim.job_id) {
-        let newer = waiter
-            .claimed
-            .as_ref()
-            .is_none_or(|(delivery, _)| claim.delivery >= *delivery);
-        if newer {
-            tracing::info!(job = %claim.job_id, factory = %claim.factory, delivery = claim.delivery, "fleet: job claimed");
-            if waiter.claimed.is_none() {
-                let waited = (Utc::now() - waiter.published_at)
-                    .to_std()
-                    .unwrap_or_default();
-                ::metrics::histogram!(
-                    crate::platform::metrics::FLEET_CLAIM_LATENCY_DURATION_SECONDS
-                )
-                .record(waited.as_secs_f64());
-            }
-            if waiter
-                .claimed
-                .as_ref()
-                .is_some_and(|(delivery, _)| claim.delivery > *delivery)
-            {
-                waiter.superseded = true;
-            }
-            waiter.claimed = Some((claim.delivery, claim.factory));
+    let Some(waiter) = waiting.get_mut(&claim.job_id) else {
+        return false;
+    };
+    let accept = match &waiter.claimed {
+        None => true,
+        Some((delivery, factory)) => {
+            claim.delivery > *delivery || (claim.delivery == *delivery && claim.factory == *factory)
         }
+    };
+    if !accept {
+        return false;
     }
+    tracing::info!(job = %claim.job_id, factory = %claim.factory, delivery = claim.delivery, "fleet: job claimed");
+    if waiter.claimed.is_none() {
+        let waited = (Utc::now() - waiter.published_at)
+            .to_std()
+            .unwrap_or_default();
+        ::metrics::histogram!(crate::platform::metrics::FLEET_CLAIM_LATENCY_DURATION_SECONDS)
+            .record(waited.as_secs_f64());
+    }
+    if waiter
+        .claimed
+        .as_ref()
+        .is_some_and(|(delivery, _)| claim.delivery > *delivery)
+    {
+        waiter.superseded = true;
+    }
+    waiter.claimed = Some((claim.delivery, claim.factory));
+    waiter.lease_until = Some(Instant::now() + waiter.lease);
+    true
 }
 
-fn on_result(waiting: &Waiting, mut result: JobResult) {
+/// Hands a result (its MAC already checked) to the job waiting for it when it is the result of
+/// the delivery claimed last, from its owner, within its lease; answers the job's sequence in
+/// the jobs stream then (the caller deletes it there), `None` when it was fenced off.
+fn on_result(waiting: &Waiting, mut result: JobResult) -> Option<u64> {
     let mut waiting = waiting.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(waiter) = waiting.get_mut(&result.job_id) else {
-        return; // a job nobody waits for any more (answered, given up, or before a restart)
+        // A job nobody waits for any more (answered, given up, or before a restart).
+        tracing::info!(job = %result.job_id, factory = %result.factory, delivery = result.delivery, "fleet: fenced off the result of a job nobody waits for");
+        return None;
     };
-    let current = waiter.claimed.as_ref().map(|(delivery, _)| *delivery);
-    if current != Some(result.delivery) {
+    let current = waiter.claimed.as_ref();
+    let owner = current.is_some_and(|(delivery, factory)| {
+        *delivery == result.delivery && *factory == result.factory
+    });
+    if !owner {
         tracing::warn!(job = %result.job_id, factory = %result.factory, delivery = result.delivery, ?current, "fleet: fenced off the result of a lost delivery");
-        return;
+        return None;
+    }
+    if waiter
+        .lease_until
+        .is_none_or(|until| Instant::now() > until)
+    {
+        tracing::warn!(job = %result.job_id, factory = %result.factory, delivery = result.delivery, "fleet: fenced off a result that came after its lease ran out");
+        return None;
     }
     if waiter.superseded {
         result.placement = Some(PLACED_LOST_LEASE.to_owned());
@@ -493,6 +563,7 @@ fn on_result(waiting: &Waiting, mut result: JobResult) {
     if let Some(answer) = waiter.answer.take() {
         let _ = answer.send(result);
     }
+    waiter.sequence
 }
 
 #[cfg(test)]
@@ -528,11 +599,14 @@ mod tests {
                 task_id: TaskId::new(),
                 capabilities: Vec::new(),
                 published_at: Utc::now(),
-                class: "any".into(),
-                sequence: None,
                 claimed: None,
                 superseded: false,
                 answer: Some(answer),
+                lease: Duration::from_secs(30),
+                lease_until: None,
+                sequence: Some(1),
+                class: "any".into(),
+                secrets: Vec::new(),
             },
         );
         on_claim(

@@ -4,6 +4,7 @@
 //! live output on its way to the event streams ([`live_output`]).
 
 pub(crate) mod background;
+pub mod base_health;
 pub(crate) mod compass;
 pub mod directory;
 pub mod fleet;
@@ -48,6 +49,8 @@ pub struct Services {
     pub fleet: Option<Arc<fleet::Fleet>>,
     /// Repositories and base branches git confirmed a moment ago (intake's cache).
     pub repo_checks: Arc<repo_checks::RepoChecks>,
+    /// Which base commits pass verify alone, and which bases are red now (the merge queues').
+    pub base_health: Arc<base_health::BaseHealth>,
     /// Running commands' output on its way to the task streams (in memory, bounded).
     pub live_output: live_output::LiveOutput,
     /// Fire-and-forget work (settlements, signals, cleanups, event streams), owned and capped so

@@ -9,15 +9,18 @@
 //!   backing off waits, so a receiver sees its notifications in order.
 //! - **Grouping** (kept simple, like Alertmanager's): a group's message waits until its oldest
 //!   notification is `group_wait` old, and until `group_interval` has passed since that group's
-//!   last message to the receiver (in memory: after a restart a group may send at once).
-//!   `repeat_interval` is validated but repeats are not sent.
+//!   last message to the receiver (rebuilt from the outbox's delivery times at start, so a restart
+//!   does not send a group early).
+//! - **Reminders** ([`repeat`]): an incident that still waits for a person is notified again every
+//!   `repeat_interval` (per receiver) until it is acknowledged, resolved or snoozed.
 //! - **Acknowledged** (2xx) deliveries are written delivered before the next pass, so a restart
 //!   never sends them again (dedupe key: receiver + notification id). A failure records its error
 //!   and backs off exponentially ([`BACKOFF_BASE`] .. [`BACKOFF_MAX`]); after
 //!   [`DELIVERY_ATTEMPTS_MAX`] attempts the delivery is given up.
 //! - **Rate limit** per receiver: Slack at most one message per [`SLACK_SPACING`].
 //!
-//! Every call has [`SEND_TIMEOUT`]. Webhooks carry `X-Glitchlab-Signature: sha256=<hex HMAC-SHA256
+//! Receivers are webhooks, Slack incoming webhooks and email ([`email`], SMTP). Every call has
+//! [`SEND_TIMEOUT`]. Webhooks carry `X-Glitchlab-Signature: sha256=<hex HMAC-SHA256
 //! of the body>` with the secret read from the receiver's `secret_env` at send time (never stored
 //! or logged).
 
@@ -33,8 +36,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::notifications::{
     NotificationsConfig, ReceiverConfig, ReceiverKind, RouteConfig,
 };
-use crate::model::ops::notification::{Delivery, Notification, DELIVERY_ATTEMPTS_MAX};
+use crate::model::ops::notification::{
+    Delivery, Notification, DELIVERY_ATTEMPTS_MAX, NOTIFICATIONS_KEPT,
+};
 use crate::storage::ops::OpsStore;
+
+mod email;
+mod repeat;
 
 /// How often the outbox is looked at.
 pub(crate) const TICK: Duration = Duration::from_millis(200);
@@ -106,6 +114,9 @@ async fn pass_loop(ops: OpsStore, config: NotificationsConfig, stop: Cancellatio
         next_send: HashMap::new(),
         group_sent: HashMap::new(),
     };
+    if let Err(error) = sender.restore_group_timers().await {
+        tracing::warn!(%error, "group timers not restored; a group may be sent early once");
+    }
     while !stop.is_cancelled() {
         if let Err(error) = sender.pass().await {
             tracing::warn!(%error, "notifications pass failed; trying again");
@@ -130,6 +141,26 @@ impl Sender {
         let receivers = self.config.receivers.clone();
         for receiver in &receivers {
             self.send_due(receiver, &mut pending).await?;
+        }
+        self.remind_due(&pending).await
+    }
+
+    /// Sets each group's last-message time from the outbox (the latest delivery to it), so
+    /// `group_interval` holds across a restart.
+    async fn restore_group_timers(&mut self) -> Result<(), crate::model::errors::StoreError> {
+        let all = self.ops.notifications(NOTIFICATIONS_KEPT, false).await?;
+        let now = Utc::now();
+        for n in &all {
+            for d in &n.deliveries {
+                let Some(at) = d.delivered_at else { continue };
+                let ago = (now - at).to_std().unwrap_or_default();
+                let Some(sent) = Instant::now().checked_sub(ago) else {
+                    continue;
+                };
+                let key = group_key(&d.receiver, n);
+                let latest = self.group_sent.entry(key).or_insert(sent);
+                *latest = (*latest).max(sent);
+            }
         }
         Ok(())
     }
@@ -157,10 +188,17 @@ impl Sender {
         if outcome.is_ok() {
             self.group_sent.insert(key, Instant::now());
         }
+        let repeat_after = route_of(&self.config, &receiver.name, items[0])
+            .map(RouteConfig::repeat_interval)
+            .and_then(|d| chrono::TimeDelta::from_std(d).ok());
         let mut changed = Vec::with_capacity(batch.len());
         for i in batch {
+            let repeats = repeat::repeats(pending[i].kind);
             if let Some(d) = delivery_mut(&mut pending[i], &receiver.name) {
                 record(d, &outcome);
+                if outcome.is_ok() && repeats {
+                    d.next_repeat_at = repeat_after.map(|after| Utc::now() + after);
+                }
             }
             changed.push(pending[i].clone());
         }
@@ -213,11 +251,13 @@ impl Sender {
         Some(batch)
     }
 
-    /// One POST of `items` to `receiver`: `Ok` on a 2xx answer.
+    /// One message of `items` to `receiver`: `Ok` once it took it (a 2xx answer, or the SMTP
+    /// server's acceptance).
     async fn send(&self, receiver: &ReceiverConfig, items: &[&Notification]) -> Result<(), String> {
         let body = match receiver.kind {
             ReceiverKind::Webhook => webhook_body(&receiver.name, items),
             ReceiverKind::Slack => slack_body(items),
+            ReceiverKind::Email => return email::send(receiver, items).await,
         };
         let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
         let mut request = self
@@ -351,6 +391,7 @@ fn route(config: &NotificationsConfig, n: &Notification) -> Vec<Delivery> {
             delivered_at: None,
             next_attempt_at: n.created_at,
             gave_up: false,
+            next_repeat_at: None,
         });
     }
     deliveries
@@ -382,6 +423,7 @@ fn kind_name(kind: ReceiverKind) -> &'static str {
     match kind {
         ReceiverKind::Webhook => "webhook",
         ReceiverKind::Slack => "slack",
+        ReceiverKind::Email => "email",
     }
 }
 
@@ -429,6 +471,7 @@ fn webhook_body(receiver: &str, items: &[&Notification]) -> Value {
             json!({
                 "id": n.id, "kind": n.kind, "app": n.app, "severity": n.severity,
                 "subject": n.subject, "summary": n.summary, "created_at": n.created_at,
+                "repeat": n.repeat,
             })
         })
         .collect();

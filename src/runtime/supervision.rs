@@ -1,5 +1,42 @@
-//! The restart policy ractor does not have: OTP-style intensity (at most R restarts in T seconds)
-//! with exponential backoff. Pure bookkeeping, so it is tested without actors.
+//! The restart policy of the supervision tree, stated once: each actor's file names only where it
+//! deviates, and links here. ractor restarts nothing by itself (its default is to stop the
+//! supervisor); this is OTP-style intensity (at most R restarts in T seconds) with exponential
+//! backoff. The bookkeeping ([`RestartHistory`]) is pure, so it is tested without actors.
+//!
+//! # Who restarts whom
+//!
+//! - **Compass** ([`crate::actors::compass`]) is the root and the only supervisor. It spawns the
+//!   personas in its `pre_start` and one pipeline per running task, all linked to itself, keeps
+//!   their current typed refs, and restarts them. A child whose `pre_start` fails comes back as a
+//!   spawn error, not a supervision event; Compass counts it as a crash all the same.
+//! - **Nobody restarts Compass**: its own crash shuts the service down (exit 1), and the next start
+//!   rebuilds everything from the store.
+//!
+//! # The bounds (`[supervision]`)
+//!
+//! - A child that exits unexpectedly is restarted after `backoff_base_ms × 2^n` (n: its restarts
+//!   still inside the window), capped at `backoff_max_ms`.
+//! - At most `max_restarts` restarts inside a sliding `window_secs`; the next crash gives up: a
+//!   persona is marked `failed` (`/readyz` answers 503, calls to it `PERSONA_UNAVAILABLE`) and is
+//!   tried again with a fresh budget after `revive_after_secs` (0: never); a pipeline's task fails
+//!   `PIPELINE_FAILED`.
+//! - Unless the crashes were one task's: a persona marks the task whose request it is taking in
+//!   (`ActorDirectory::handling`); a task whose requests crashed a persona more than
+//!   `max_restarts` times fails `POISONED`, and the persona starts over with a fresh budget.
+//! - Every crash, restart, give-up and revival is logged and recorded as a service event
+//!   (`actor.crashed`, `actor.restarted`, `actor.failed`, `actor.reviving`).
+//!
+//! # The operation in flight
+//!
+//! - A restarted actor is a new actor with empty state, rebuilt from the store. The jobs it ran
+//!   ([`crate::runtime::jobs::InFlightJobs`]) die with the old one: aborted, their process groups
+//!   killed, their reply ports closed unanswered.
+//! - A pipeline whose request's reply port closed asks the persona's next incarnation again
+//!   ([`crate::runtime::jobs::call_persona`]): it waits up to `2 × backoff_max_ms + 5 s` for a new
+//!   incarnation, at most `max_restarts + 2` tries, and records `actor.restarted` on the task. So
+//!   every persona operation is safe to redo; each persona's file says why its is, or how it
+//!   deviates (callers that are not pipelines, work that outlives the actor).
+//! - A restarted pipeline reloads its task and runs the task's current stage again.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -2,6 +2,7 @@
 //! records ([`ops`]). It answers what changed; it never calls an actor.
 
 pub(crate) mod auth;
+pub(crate) mod fleet_keys;
 pub(crate) mod ledger;
 pub(crate) mod ops;
 pub mod store;

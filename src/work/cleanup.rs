@@ -55,7 +55,7 @@ pub(crate) fn sweep_later(services: &Services, sweeping: &Arc<AtomicBool>) {
                 for task in tasks {
                     // A retry may have reopened it since the scan.
                     match services_now.store.task(task.id).await {
-                        Ok(Some(now)) if now.status.is_terminal() => clean(&services_now, &now).await,
+                        Ok(Some(now)) if now.progress.status.is_terminal() => clean(&services_now, &now).await,
                         Ok(_) => {}
                         Err(error) => {
                             tracing::warn!(task = %task.id, %error, "clean-up sweep: could not reload a task");
@@ -80,7 +80,7 @@ impl Drop for SweepDone {
 /// Whether the branch of a task that ended without landing has outlived its retention.
 fn retention_over(services: &Services, task: &Task) -> bool {
     past_retention(
-        task.finished_at,
+        task.outcome.finished_at,
         services.config.git.keep_failed_branches_days,
         Utc::now(),
     )
@@ -99,10 +99,10 @@ fn past_retention(finished: Option<DateTime<Utc>>, days: u64, now: DateTime<Utc>
 }
 
 async fn clean(services: &Services, task: &Task) {
-    if !task.status.is_terminal() {
+    if !task.progress.status.is_terminal() {
         return;
     }
-    let repo_dir = services.repo_dir(&task.repo);
+    let repo_dir = services.repo_dir(&task.spec.repo);
     let repo = Git::new(&repo_dir, services.config.git.timeout());
     remove_worktree(services, &repo, task).await;
     remove_dir(&services.prompt_dir(task.id), task.id).await;
@@ -111,17 +111,18 @@ async fn clean(services: &Services, task: &Task) {
     if let Ok(Some(false)) = read::has_branch(&repo_dir, &branch).await {
         return;
     }
-    let deleted = match task.status {
+    let deleted = match task.progress.status {
         // Squashed, the branch's own commits are not on the base: its landed commit is.
-        TaskStatus::Done if task.delivery == Delivery::Merge => match &task.commit {
-            Some(commit) if landed(&repo, commit, &task.base_branch).await => {
+        TaskStatus::Done if task.spec.delivery == Delivery::Merge => match &task.outcome.commit {
+            Some(commit) if landed(&repo, commit, &task.spec.base_branch).await => {
                 repo.delete_branch(&branch, None).await
             }
             _ => Ok(false),
         },
         // Nothing on it a human could want: the branch says what the base says.
         TaskStatus::Failed
-            if no_changes(task) && identical_to_base(&repo, &branch, &task.base_branch).await =>
+            if no_changes(task)
+                && identical_to_base(&repo, &branch, &task.spec.base_branch).await =>
         {
             repo.delete_branch(&branch, None).await
         }
@@ -136,7 +137,7 @@ async fn clean(services: &Services, task: &Task) {
         Ok(true) => {
             crate::work::remote::delete_remote_ref(services, task, &format!("refs/heads/{branch}"))
                 .await;
-            tracing::info!(task = %task.id, %branch, status = ?task.status, "deleted a finished task's branch")
+            tracing::info!(task = %task.id, %branch, status = ?task.progress.status, "deleted a finished task's branch")
         }
         Ok(false) => {}
         Err(error) => {
@@ -147,7 +148,8 @@ async fn clean(services: &Services, task: &Task) {
 
 /// Whether the task ended `NO_CHANGES`.
 fn no_changes(task: &Task) -> bool {
-    task.error
+    task.outcome
+        .error
         .as_ref()
         .is_some_and(|error| error.code == crate::model::codes::NO_CHANGES)
 }
@@ -178,7 +180,7 @@ async fn remove_worktree(services: &Services, repo: &Git, task: &Task) {
     if let Err(error) = repo.remove_worktree(&path).await {
         tracing::warn!(task = %task_id, %error, "could not remove a finished task's worktree");
         // A worktree of a repository that is gone (or broken) is only files: remove them.
-        if !tokio::fs::try_exists(services.repo_dir(&task.repo))
+        if !tokio::fs::try_exists(services.repo_dir(&task.spec.repo))
             .await
             .unwrap_or(true)
         {

@@ -23,15 +23,15 @@ pub(crate) async fn deploy_stage(
     task: &crate::model::task::Task,
     wait: Duration,
 ) -> Result<String, StageError> {
-    let app = task.deploy.clone().ok_or_else(|| {
-        StageError::DeployFailed("the task names no `deploy` app for its deploy stage".into())
+    let app = task.spec.deploy.clone().ok_or_else(|| {
+        StageError::deploy_failed("the task names no `deploy` app for its deploy stage")
     })?;
     let actor = current(&services.directory).await.map_err(stage_error)?;
     let trigger = format!("task:{}", task.id);
     let call = actor.call(
         |reply| UplinkDeployMsg::Request {
             app: app.clone(),
-            commit: task.commit.clone(),
+            commit: task.outcome.commit.clone(),
             trigger: trigger.clone(),
             requested_by: None,
             reply: Some(reply),
@@ -45,8 +45,8 @@ pub(crate) async fn deploy_stage(
         let current = ops
             .deploy(&record.id)
             .await
-            .map_err(|e| StageError::Store(e.to_string()))?
-            .ok_or_else(|| StageError::DeployFailed(format!("deploy {} vanished", record.id)))?;
+            .map_err(StageError::from)?
+            .ok_or_else(|| StageError::deploy_failed(format!("deploy {} vanished", record.id)))?;
         if current.status == DeployStatus::Healthy {
             return Ok(current.id);
         }
@@ -55,14 +55,14 @@ pub(crate) async fn deploy_stage(
                 .error
                 .map(|e| format!(": {} {}", e.code, e.message))
                 .unwrap_or_default();
-            return Err(StageError::DeployFailed(format!(
+            return Err(StageError::deploy_failed(format!(
                 "deploy {} of `{app}` ended {}{why}",
                 current.id,
                 crate::model::ops::wire_name(&current.status)
             )));
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(StageError::DeployFailed(format!(
+            return Err(StageError::deploy_failed(format!(
                 "deploy {} of `{app}` is still {} after {}s (compass.deploy_wait_secs); it goes on \
                  without the task",
                 current.id,
@@ -77,9 +77,12 @@ pub(crate) async fn deploy_stage(
 /// An ops error as a stage's: a persona that is down is one, the rest are the deploy's verdict.
 fn stage_error(error: OpsError) -> StageError {
     match error {
-        OpsError::Unavailable(message) => StageError::PersonaUnavailable(message),
-        OpsError::Store(message) => StageError::Store(message),
-        other => StageError::DeployFailed(format!("{}: {other}", other.code())),
+        OpsError::Unavailable(message) => StageError::persona_unavailable(message),
+        OpsError::Store(message) => StageError::store(message),
+        other => StageError::DeployFailed {
+            message: format!("{}: {other}", other.code()),
+            source: Some(other),
+        },
     }
 }
 

@@ -243,7 +243,7 @@ pub(crate) async fn run_shell(
         }
         None => run_live(services, who, open.run.id, &spec)
             .await
-            .map_err(|error| StageError::EngineFailed(error.to_string())),
+            .map_err(StageError::from),
     };
     let mut output = match ran {
         Ok(output) => output,
@@ -358,7 +358,9 @@ pub(crate) fn governed_env(services: &Services, persona: Persona) -> Vec<(String
 /// with `BUDGET_EXCEEDED` — checked when each persona job starts, and every engine's timeout is
 /// cut to what is left, so no run outlives the budget.
 pub(crate) fn wall_budget_left(task: &Task) -> Result<Option<Duration>, StageError> {
-    let (Some(cap_secs), Some(started)) = (task.budget.max_wall_secs, task.started_at) else {
+    let (Some(cap_secs), Some(started)) =
+        (task.billing.budget.max_wall_secs, task.progress.started_at)
+    else {
         return Ok(None);
     };
     let used_secs = u64::try_from((Utc::now() - started).num_seconds()).unwrap_or(0);
@@ -390,8 +392,9 @@ pub(crate) async fn run_model(
         .config
         .providers
         .get(provider_name)
-        .ok_or_else(|| {
-            StageError::EngineFailed(format!("no provider `{provider_name}` in [providers]"))
+        .ok_or_else(|| StageError::EngineFailed {
+            message: format!("no provider `{provider_name}` in [providers]"),
+            source: None,
         })?;
     let command = Some(format!("openai:{provider_name}/{}", provider.model));
     let mut running = who.running("openai", command);
@@ -409,7 +412,11 @@ pub(crate) async fn run_model(
             return Err(if error.is_transient() {
                 StageError::ProviderUnavailable(message)
             } else {
-                StageError::EngineFailed(message)
+                // The redacted text only: the provider's error may quote a secret.
+                StageError::EngineFailed {
+                    message,
+                    source: None,
+                }
             });
         }
     };
@@ -500,6 +507,7 @@ const PLAN_STEPS_MAX: usize = 12;
 /// Earlier failures on the same repository (`history`) open the plan with a step to avoid them.
 pub(crate) fn builtin_plan(task: &Task, history: &[Task]) -> Plan {
     let mut sentences: Vec<String> = task
+        .spec
         .description
         .lines()
         .flat_map(|line| line.split(". "))
@@ -513,7 +521,7 @@ pub(crate) fn builtin_plan(task: &Task, history: &[Task]) -> Plan {
         .filter(|part| !part.is_empty())
         .collect();
     if sentences.is_empty() {
-        sentences.push(task.title.clone());
+        sentences.push(task.spec.title.clone());
     }
     if sentences.len() > PLAN_STEPS_MAX {
         let rest = sentences.split_off(PLAN_STEPS_MAX - 1).join("; ");
@@ -531,7 +539,12 @@ pub(crate) fn builtin_plan(task: &Task, history: &[Task]) -> Plan {
     if !history.is_empty() {
         let codes: Vec<String> = history
             .iter()
-            .filter_map(|t| t.error.as_ref().map(|e| format!("{} ({})", t.id, e.code)))
+            .filter_map(|t| {
+                t.outcome
+                    .error
+                    .as_ref()
+                    .map(|e| format!("{} ({})", t.id, e.code))
+            })
             .collect();
         steps.insert(
             0,
@@ -544,12 +557,12 @@ pub(crate) fn builtin_plan(task: &Task, history: &[Task]) -> Plan {
         );
     }
     steps.push(PlanStep {
-        title: format!("make `{}` pass", task.verify),
+        title: format!("make `{}` pass", task.spec.verify),
         files: Vec::new(),
         rationale: "the verify gate must pass before delivery".into(),
     });
     Plan {
-        summary: task.title.clone(),
+        summary: task.spec.title.clone(),
         risk: risk_of(task, steps.len()).into(),
         steps,
     }
@@ -597,7 +610,7 @@ fn mentioned_files(text: &str) -> Vec<String> {
 }
 
 fn risk_of(task: &Task, step_count: usize) -> &'static str {
-    let text = format!("{} {}", task.title, task.description).to_lowercase();
+    let text = format!("{} {}", task.spec.title, task.spec.description).to_lowercase();
     let risky = [
         "migration",
         "delete",
@@ -624,9 +637,9 @@ pub(crate) fn builtin_note(task: &Task, attempt: u32) -> (String, String) {
     let path = format!(".glitchlab/notes/{}.md", task.id);
     let mut text = format!(
         "# {}\n\n{}\n\nAttempt {attempt}.\n",
-        task.title, task.description
+        task.spec.title, task.spec.description
     );
-    if let Some(plan) = &task.plan {
+    if let Some(plan) = &task.progress.plan {
         text.push_str(&format!("\n## Plan ({} risk)\n\n", plan.risk));
         for (index, step) in plan.steps.iter().enumerate() {
             text.push_str(&format!("{}. {}\n", index + 1, step.title));
@@ -641,7 +654,7 @@ mod tests {
 
     fn task(description: &str) -> Task {
         let mut task = Task::for_test("Add greeting", description);
-        task.verify = "test -f hello.txt".into();
+        task.spec.verify = "test -f hello.txt".into();
         task
     }
 
@@ -668,8 +681,8 @@ mod tests {
             "Use {secret} in src/{secret}.rs. Then hex {}",
             hex::encode(secret)
         ));
-        task.verify = format!("test \"$KEY\" = {secret}");
-        task.title = format!("Rotate {secret}");
+        task.spec.verify = format!("test \"$KEY\" = {secret}");
+        task.spec.title = format!("Rotate {secret}");
         let plan = redact_plan(&redactor, builtin_plan(&task, &[]));
         let text = serde_json::to_string(&plan).unwrap();
         assert!(!text.contains(secret), "{text}");

@@ -99,7 +99,10 @@ pub(crate) fn clean_after_restart(services: &Services) {
 async fn repos_of_tasks(services: &Services) -> Vec<PathBuf> {
     let mut tasks = services.store.unfinished_tasks().await.unwrap_or_default();
     tasks.extend(services.store.finished_tasks().await.unwrap_or_default());
-    let mut repos: Vec<PathBuf> = tasks.iter().map(|t| services.repo_dir(&t.repo)).collect();
+    let mut repos: Vec<PathBuf> = tasks
+        .iter()
+        .map(|t| services.repo_dir(&t.spec.repo))
+        .collect();
     repos.sort();
     repos.dedup();
     repos.truncate(REPOS_MAX);

@@ -99,7 +99,7 @@ pub(crate) async fn run_remote(
     };
     let fetch_from = origin.clone().unwrap_or_else(|| repo.clone());
     let outcome = async {
-        let (env, files) = ship(services, run.env).await?;
+        let (env, files, secrets) = ship(services, run.env).await?;
         let job = FleetJob {
             job_id,
             task_id: who.task_id,
@@ -116,7 +116,7 @@ pub(crate) async fn run_remote(
             want_diff: run.want_diff,
             capabilities: run.capabilities.to_vec(),
         };
-        let result = run_watched(services, fleet, who, &job).await?;
+        let result = run_watched(services, fleet, who, &job, secrets).await?;
         if let Some(diff) = &result.diff {
             apply(services, &git, who, diff).await?;
         }
@@ -154,6 +154,7 @@ async fn run_watched(
     fleet: &Fleet,
     who: &Whose,
     job: &FleetJob,
+    secrets: Vec<(String, String)>,
 ) -> Result<crate::model::fleet::JobResult, StageError> {
     // Subscribed before the job is published: no chunk comes before.
     let subscriber = fleet
@@ -182,7 +183,7 @@ async fn run_watched(
         },
     );
     let run = async {
-        let result = fleet.run(job).await;
+        let result = fleet.run(job, secrets).await;
         let _ = done.send(());
         result
     };
@@ -238,28 +239,32 @@ async fn receive_output(
 }
 
 fn fleet_error(error: FleetError) -> StageError {
-    StageError::FleetUnavailable(error.to_string())
+    StageError::from(error)
 }
 
 /// Splits the environment into what travels as variables and what as files: a `*_FILE`
 /// variable naming a file under the data dir (a prompt, a feedback file) ships the file. The
-/// variables only this host means something by (`TMPDIR`, the instance mark) stay behind.
-async fn ship(
-    services: &Services,
-    env: &[(String, String)],
-) -> Result<(Vec<(String, String)>, Vec<JobFile>), StageError> {
+/// variables only this host means something by (`TMPDIR`, the instance mark) stay behind. The
+/// secret variables (`[governance] secrets`) come back apart: they never go into the job, the
+/// claiming factory gets them sealed (issue 30).
+async fn ship(services: &Services, env: &[(String, String)]) -> Result<Shipped, StageError> {
     let data_dir = &services.config.storage.data_dir;
     let mut vars = Vec::with_capacity(env.len());
     let mut files = Vec::new();
+    let mut secrets = Vec::new();
     for (name, value) in env {
         if name == "TMPDIR" || name == process::INSTANCE_VARIABLE {
+            continue;
+        }
+        if services.redactor.is_secret(name) {
+            secrets.push((name.clone(), value.clone()));
             continue;
         }
         let path = Path::new(value);
         if name.ends_with("_FILE") && path.starts_with(data_dir) {
             if let Ok(meta) = tokio::fs::metadata(path).await {
                 if meta.len() > JOB_FILE_BYTES_MAX {
-                    return Err(StageError::FleetUnavailable(format!(
+                    return Err(StageError::fleet_unavailable(format!(
                         "{name} is larger than {JOB_FILE_BYTES_MAX} bytes: too big for a fleet job"
                     )));
                 }
@@ -278,8 +283,11 @@ async fn ship(
         }
         vars.push((name.clone(), value.clone()));
     }
-    Ok((vars, files))
+    Ok((vars, files, secrets))
 }
+
+/// A job's environment as it travels: variables, files, and the secrets kept back.
+type Shipped = (Vec<(String, String)>, Vec<JobFile>, Vec<(String, String)>);
 
 /// Applies an engine's diff (hex of `git diff --binary`) to the worktree, staged nowhere: as if
 /// the engine had edited the files here.
@@ -289,8 +297,9 @@ async fn apply(
     who: &Whose,
     diff_hex: &str,
 ) -> Result<(), StageError> {
-    let diff = hex::decode(diff_hex)
-        .map_err(|e| StageError::FleetUnavailable(format!("the factory's diff is not hex: {e}")))?;
+    let diff = hex::decode(diff_hex).map_err(|e| {
+        StageError::fleet_unavailable(format!("the factory's diff is not hex: {e}"))
+    })?;
     if diff.is_empty() {
         return Ok(());
     }

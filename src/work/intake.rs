@@ -19,8 +19,8 @@ use crate::model::codes;
 use crate::model::ledger::LedgerError;
 use crate::model::persona::Persona;
 use crate::model::task::{
-    CausedBy, Delivery, EngineOverrides, EngineSpec, MergeState, Priority, ReviewPolicy, Stage,
-    Task, TaskBudget, TaskId, TaskStatus,
+    CausedBy, Delivery, EngineOverrides, EngineSpec, Priority, ReviewPolicy, Stage, Task,
+    TaskBilling, TaskBudget, TaskId, TaskOutcome, TaskProgress, TaskSpec,
 };
 use crate::platform::git::read::Location;
 use crate::platform::git::Git;
@@ -265,7 +265,7 @@ pub(crate) async fn submit(
                 server: &[],
                 caller,
             };
-            scope.check(&request.repo, &scope::stored_forms(&task.repo))?;
+            scope.check(&request.repo, &scope::stored_forms(&task.spec.repo))?;
             return Ok(Accepted {
                 task,
                 replayed: true,
@@ -288,12 +288,12 @@ pub(crate) async fn submit(
         .map_err(|error| reservation_refused(caller, error))?;
     // Test hook: a crash here leaves a reservation without its task (voided at the next start).
     crate::work_failpoint!("intake.reserved");
-    task.reservation = Some(reservation.clone());
-    task.budget_rounds = 1;
+    task.billing.reservation = Some(reservation.clone());
+    task.billing.budget_rounds = 1;
     let event = NewEvent::new(
         "ingress",
         "task.submitted",
-        json!({"title": task.title, "kind": task.kind, "priority": task.priority, "caused_by": task.caused_by, "principal": task.submitted_by}),
+        json!({"title": task.spec.title, "kind": task.spec.kind, "priority": task.spec.priority, "caused_by": task.spec.caused_by, "principal": task.spec.submitted_by}),
     );
     let created = services.store.create_task(task, &digest, event).await;
     if !matches!(created, Ok(Submission::Created(_))) {
@@ -308,7 +308,7 @@ pub(crate) async fn submit(
         }
     };
     if !replayed {
-        crate::platform::metrics::task_submitted(&task.kind);
+        crate::platform::metrics::task_submitted(&task.spec.kind);
         // Durable already: if Compass is down, the next start picks the task up.
         match compass.cast(CompassMsg::TaskSubmitted(task.id)) {
             Ok(()) => admission.hand_over(),
@@ -398,55 +398,39 @@ async fn validate(
     let budget = parse_budget(budget, config.ledger.default_task_budget)?;
     check_scope(caller, &account, &engines)?;
     let now = Utc::now();
+    let status = crate::model::lifecycle::submitted(!deps.is_empty());
     Ok(Task {
         id: TaskId::new(),
-        title,
-        description,
-        repo,
-        base_branch,
-        kind,
-        priority: priority.unwrap_or_default(),
-        verify,
-        max_attempts,
-        engines,
-        idempotency_key,
-        status: if deps.is_empty() {
-            TaskStatus::Queued
-        } else {
-            TaskStatus::Blocked
+        spec: TaskSpec {
+            title,
+            description,
+            repo,
+            base_branch,
+            kind,
+            priority: priority.unwrap_or_default(),
+            verify,
+            acceptance,
+            max_attempts,
+            engines,
+            deps: deps.clone(),
+            review_policy,
+            delivery,
+            caused_by,
+            deploy,
+            capabilities,
+            parent_task,
+            submitted_by: caller.map(|c| c.name.clone()),
+            idempotency_key,
+            stages: with_review(template, review_policy),
+            created_at: now,
         },
-        blocked_by: deps.clone(),
-        deps,
-        review_policy,
-        delivery,
-        caused_by,
-        deploy,
-        capabilities,
-        account,
-        budget,
-        acceptance,
-        parent_task,
-        submitted_by: caller.map(|c| c.name.clone()),
-        reservation: None,
-        budget_rounds: 0,
-        settled: false,
-        stage: None,
-        stages: with_review(template, review_policy),
-        attempts: 0,
-        stage_retries: 0,
-        reverifications: 0,
-        merge: MergeState::default(),
-        failures: Vec::new(),
-        branch: None,
-        commit: None,
-        delivered: None,
-        plan: None,
-        feedback: None,
-        error: None,
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: None,
+        progress: TaskProgress::submitted(status, deps, now),
+        billing: TaskBilling {
+            account,
+            budget,
+            ..TaskBilling::default()
+        },
+        outcome: TaskOutcome::default(),
     })
 }
 
@@ -1075,7 +1059,7 @@ async fn parse_account(
         (None, Some(parent)) => store
             .task(parent)
             .await?
-            .map(|p| p.account)
+            .map(|p| p.billing.account)
             .unwrap_or_default(),
         (None, None) => local_account.to_owned(),
     };

@@ -33,16 +33,17 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::model::lifecycle::LifecycleEvent;
 use crate::model::persona::Persona;
-use crate::model::task::{
-    branch_name, is_remote_repo, History, Priority, Stage, Task, TaskId, TaskStatus,
-};
+use crate::model::task::{branch_name, is_remote_repo, History, Priority, Stage, Task, TaskId};
 use crate::platform::git::candidate::{self, Applied, BuiltCandidate, CandidateRequest, Landing};
 use crate::platform::git::Git;
 use crate::runtime::jobs::StageError;
 use crate::runtime::Services;
-use crate::storage::store::NewEvent;
+use crate::storage::store::{NewEvent, StoreError};
 use crate::work::verify::run_verify;
+
+mod red_base;
 
 /// Characters of the task's description kept as the landed commit's summary.
 const SUMMARY_CHARS_MAX: usize = 600;
@@ -55,7 +56,7 @@ pub(crate) type QueueKey = (String, String);
 
 /// The queue a task joins.
 pub(crate) fn queue_key(task: &Task) -> QueueKey {
-    (task.repo.clone(), task.base_branch.clone())
+    (task.spec.repo.clone(), task.spec.base_branch.clone())
 }
 
 /// What a task's turn in the queue came to.
@@ -85,8 +86,12 @@ impl Place {
     /// reached delivery some other way) lines up as of its last update.
     pub(crate) fn of(task: &Task) -> Self {
         Self {
-            priority: task.priority,
-            queued_at: task.merge.queued_at.unwrap_or(task.updated_at),
+            priority: task.spec.priority,
+            queued_at: task
+                .progress
+                .merge
+                .queued_at
+                .unwrap_or(task.progress.updated_at),
             task_id: task.id,
         }
     }
@@ -197,7 +202,13 @@ pub(crate) async fn run_turn(services: &Services, tasks: Vec<Task>) -> Vec<TurnO
     for task in tasks {
         match landed_already(services, &task).await {
             Ok(Some(commit)) => outcomes.push((task.id, Ok(DeliverStep::Landed(commit)))),
-            Ok(None) => pending.push(task),
+            Ok(None) => {
+                // A claim left by a turn cut off before the base moved (a crash) is stale.
+                if task.progress.merge.landing.is_some() {
+                    release_landing(services, &[(&task, String::new())]).await;
+                }
+                pending.push(task)
+            }
             Err(error) => outcomes.push((task.id, Err(error))),
         }
     }
@@ -209,12 +220,27 @@ pub(crate) async fn run_turn(services: &Services, tasks: Vec<Task>) -> Vec<TurnO
         }
         match try_batch(services, &batch).await {
             Ok(BatchResult::Decided(decided)) => outcomes.extend(decided),
-            Ok(BatchResult::Red { output, decided }) => {
+            Ok(BatchResult::Red {
+                output,
+                decided,
+                base,
+                failed,
+            }) => {
                 outcomes.extend(decided);
                 let left: Vec<Task> = batch
                     .into_iter()
                     .filter(|task| !outcomes.iter().any(|(id, _)| *id == task.id))
                     .collect();
+                let mut left = left;
+                if let Some(red) = red_base::check(services, &left, failed, &base).await {
+                    let held = red_base::hold(services, left, red).await;
+                    outcomes.extend(held.cancelled);
+                    if held.moved {
+                        batches.push_front(held.still);
+                        continue;
+                    }
+                    left = held.still;
+                }
                 if let [only] = left.as_slice() {
                     outcomes.push((
                         only.id,
@@ -246,14 +272,22 @@ enum BatchResult {
         output: String,
         /// Outcomes already known (conflicts, changes the base already held).
         decided: Vec<TurnOutcome>,
+        /// The base commit the candidate was built on.
+        base: String,
+        /// The task whose verify command failed.
+        failed: TaskId,
     },
 }
 
 /// The task's landing, if a turn cut off by a crash already moved the base.
 async fn landed_already(services: &Services, task: &Task) -> Result<Option<String>, StageError> {
-    let repo = Git::new(services.repo_dir(&task.repo), services.config.git.timeout());
-    let since = task.created_at - TimeDelta::hours(LANDED_SEARCH_SLACK_HOURS);
-    let found = candidate::find_landed(&repo, &task.base_branch, &trailers(task)[0], since).await?;
+    let repo = Git::new(
+        services.repo_dir(&task.spec.repo),
+        services.config.git.timeout(),
+    );
+    let since = task.spec.created_at - TimeDelta::hours(LANDED_SEARCH_SLACK_HOURS);
+    let found =
+        candidate::find_landed(&repo, &task.spec.base_branch, &trailers(task)[0], since).await?;
     if let Some(commit) = &found {
         note(
             services,
@@ -273,10 +307,10 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
         return Ok(BatchResult::Decided(Vec::new()));
     };
     let repo = Git::new(
-        services.repo_dir(&first.repo),
+        services.repo_dir(&first.spec.repo),
         services.config.git.timeout(),
     );
-    let remote = is_remote_repo(&first.repo).then_some(first.repo.as_str());
+    let remote = is_remote_repo(&first.spec.repo).then_some(first.spec.repo.as_str());
     let scratch = scratch_path(services, &queue_key(first));
     let history = services.config.delivery.history;
     let branches: Vec<String> = batch.iter().map(|task| branch_name(task.id)).collect();
@@ -299,7 +333,7 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
         // A remote's base as it is there now (again after a refused landing): the candidate
         // builds on it, the landing pushes onto it.
         crate::work::remote::sync(services, first).await?;
-        let built = candidate::build(&repo, &scratch, &first.base_branch, &requests).await?;
+        let built = candidate::build(&repo, &scratch, &first.spec.base_branch, &requests).await?;
         let mut decided = Vec::new();
         let mut stacked: Vec<(&Task, String)> = Vec::new();
         for (task, applied) in batch.iter().zip(&built.changes) {
@@ -331,16 +365,30 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
         }
         if verify_needed {
             let worktree = repo.worktree_of(&scratch).await?;
-            if let Some(output) = verify_candidate(services, &stacked, &worktree, &built).await? {
-                return Ok(BatchResult::Red { output, decided });
+            if let Some((failed, output)) =
+                verify_candidate(services, &stacked, &worktree, &built).await?
+            {
+                let base = built.base.clone();
+                return Ok(BatchResult::Red {
+                    output,
+                    decided,
+                    base,
+                    failed,
+                });
             }
         }
-        // A cancel answered 2xx wins: nothing of a cancelled task moves the base.
-        let cancelled = cancelled_of(services, &stacked).await?;
+        // A cancel answered 2xx wins: nothing of a cancelled task moves the base. The landing is
+        // claimed on every task first (durably), so a cancel from here on is refused.
+        let cancelled = claim_landing(services, &stacked, &built.commit).await?;
         if !cancelled.is_empty() {
+            release_landing(services, &stacked).await;
             return rebuild_without(services, batch, &cancelled, decided).await;
         }
-        match candidate::land(&repo, &first.base_branch, &built, remote).await? {
+        let landing = candidate::land(&repo, &first.spec.base_branch, &built, remote).await;
+        if !matches!(landing, Ok(Landing::Landed)) {
+            release_landing(services, &stacked).await;
+        }
+        match landing? {
             Landing::Landed => {
                 for (task, commit) in stacked {
                     let data =
@@ -360,7 +408,7 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
                     );
                     services
                         .store
-                        .update_task(task.id, &[event], |t| t.reverifications += 1)
+                        .update_task(task.id, &[event], |t| t.progress.reverifications += 1)
                         .await?;
                 }
             }
@@ -369,24 +417,53 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
     Err(StageError::DeliverFailed(format!(
         "the base branch {} moved outside glitchlab {} times while the candidate was verified \
          (merge_queue.base_moved_max); the task's branch is kept",
-        first.base_branch,
+        first.spec.base_branch,
         moves_max + 1
     )))
 }
 
-/// The stacked tasks whose cancel is durable now (read just before the base would move).
-async fn cancelled_of(
+/// Claims the landing of every stacked task (`merge.landing`, durable) just before the base
+/// moves: from then on a cancel is refused `TASK_LANDING`. Answers the tasks that ended
+/// (cancelled) before their claim: they must not land.
+async fn claim_landing(
     services: &Services,
     stacked: &[(&Task, String)],
+    candidate: &str,
 ) -> Result<Vec<TaskId>, StageError> {
-    let mut cancelled = Vec::new();
+    let mut ended = Vec::new();
     for (task, _) in stacked {
-        let now = services.store.task(task.id).await?;
-        if now.is_some_and(|t| t.status == TaskStatus::Cancelled) {
-            cancelled.push(task.id);
+        let commit = candidate.to_owned();
+        let claimed = services
+            .store
+            .update_task(task.id, &[], move |t| {
+                crate::work::transitions::apply(t, LifecycleEvent::ClaimLanding(commit));
+            })
+            .await;
+        match claimed {
+            Ok(_) => {}
+            Err(StoreError::TaskFinished(id)) => ended.push(id),
+            Err(error) => return Err(error.into()),
         }
     }
-    Ok(cancelled)
+    Ok(ended)
+}
+
+/// Drops the landing claims of `stacked` (the base did not move to them): cancels work again.
+async fn release_landing(services: &Services, stacked: &[(&Task, String)]) {
+    for (task, _) in stacked {
+        let released = services
+            .store
+            .update_task(task.id, &[], |t| {
+                crate::work::transitions::apply(t, LifecycleEvent::ReleaseLanding);
+            })
+            .await;
+        match released {
+            Ok(_) | Err(StoreError::TaskFinished(_)) => {}
+            Err(error) => {
+                tracing::warn!(task = %task.id, %error, "could not drop a landing claim; a cancel answers TASK_LANDING until the task's next turn");
+            }
+        }
+    }
 }
 
 /// Tries the batch again without its cancelled tasks (answered [`StageError::Cancelled`]) and
@@ -411,9 +488,16 @@ async fn rebuild_without(
         BatchResult::Red {
             output,
             decided: more,
+            base,
+            failed,
         } => {
             decided.extend(more);
-            Ok(BatchResult::Red { output, decided })
+            Ok(BatchResult::Red {
+                output,
+                decided,
+                base,
+                failed,
+            })
         }
     }
 }
@@ -423,35 +507,38 @@ async fn rebuild_without(
 fn needs_verify(stacked: &[(&Task, String)], built: &BuiltCandidate) -> bool {
     let verifying = stacked
         .iter()
-        .any(|(task, _)| task.stages.contains(&Stage::Verify));
+        .any(|(task, _)| task.spec.stages.contains(&Stage::Verify));
     let already = match stacked {
-        [(task, _)] => task.merge.verified_tree.as_deref() == Some(built.tree.as_str()),
+        [(task, _)] => task.progress.merge.verified_tree.as_deref() == Some(built.tree.as_str()),
         _ => false,
     };
     verifying && !already
 }
 
 /// Runs each distinct verify command of the stacked tasks on the candidate (a run is recorded on
-/// the first task that has the command); the first failure's output, if any.
+/// the first task that has the command); the first failure (the task whose command it was, and
+/// the output), if any.
 async fn verify_candidate(
     services: &Services,
     stacked: &[(&Task, String)],
     scratch: &Git,
     built: &BuiltCandidate,
-) -> Result<Option<String>, StageError> {
+) -> Result<Option<(TaskId, String)>, StageError> {
     let mut commands_run: Vec<&str> = Vec::new();
     for (task, _) in stacked {
-        if !task.stages.contains(&Stage::Verify) || commands_run.contains(&task.verify.as_str()) {
+        if !task.spec.stages.contains(&Stage::Verify)
+            || commands_run.contains(&task.spec.verify.as_str())
+        {
             continue;
         }
-        commands_run.push(&task.verify);
+        commands_run.push(&task.spec.verify);
         let run = run_verify(services, task, scratch.clone(), Stage::Deliver).await?;
         for (each, _) in stacked {
             let data = json!({"candidate": built.commit, "command_of": task.id, "passed": run.passed, "run_id": run.run_id});
             note(services, each, "merge.verified", data).await;
         }
         if !run.passed {
-            return Ok(Some(run.output));
+            return Ok(Some((task.id, run.output)));
         }
     }
     Ok(None)
@@ -464,7 +551,7 @@ fn rejected(services: &Services, task: &Task, output: &str) -> String {
     format!(
         "the change passed verify on its branch but fails on the current {base} with the work \
          that landed since; the next attempt starts from that base.\n{tail}",
-        base = task.base_branch,
+        base = task.spec.base_branch,
     )
 }
 
@@ -484,25 +571,33 @@ async fn note_all(
 fn trailers(task: &Task) -> Vec<String> {
     vec![
         format!("Glitchlab-Task: {}", task.id),
-        format!("Glitchlab-Attempts: {}", task.attempts.max(1)),
+        format!("Glitchlab-Attempts: {}", task.progress.attempts.max(1)),
     ]
 }
 
 /// The landed commit's message: the title, a short summary, the trailers.
 fn commit_message(task: &Task, history: History, trailers: &[String]) -> String {
     let summary = task
+        .progress
         .plan
         .as_ref()
         .map(|plan| plan.summary.trim())
         .filter(|summary| !summary.is_empty())
-        .unwrap_or_else(|| task.description.split("\n\n").next().unwrap_or("").trim());
+        .unwrap_or_else(|| {
+            task.spec
+                .description
+                .split("\n\n")
+                .next()
+                .unwrap_or("")
+                .trim()
+        });
     let summary: String = summary.chars().take(SUMMARY_CHARS_MAX).collect();
     let title = match history {
-        History::Merge => format!("Merge {}", task.title),
-        History::Squash | History::Rebase => task.title.clone(),
+        History::Merge => format!("Merge {}", task.spec.title),
+        History::Squash | History::Rebase => task.spec.title.clone(),
     };
     let mut message = title;
-    if !summary.is_empty() && summary != task.title {
+    if !summary.is_empty() && summary != task.spec.title {
         message.push_str("\n\n");
         message.push_str(&summary);
     }
@@ -522,7 +617,7 @@ fn conflict_feedback(task: &Task, conflict: &candidate::Conflict) -> String {
         "the change no longer applies to the current {base} ({short}): it conflicts with work \
          that landed since{files}. The next attempt starts from that base; make the change \
          again there.\n{detail}",
-        base = task.base_branch,
+        base = task.spec.base_branch,
         short = short(&conflict.base),
         detail = conflict.detail,
     )
@@ -591,7 +686,7 @@ mod tests {
     #[test]
     fn the_commit_message_is_the_title_a_summary_and_the_trailers() {
         let mut task = Task::for_test("Add a greeting", "Print hello.\n\nMore detail here.");
-        task.attempts = 2;
+        task.progress.attempts = 2;
         let message = commit_message(&task, History::Squash, &trailers(&task));
         assert_eq!(
             message,

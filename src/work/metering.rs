@@ -64,9 +64,9 @@ pub(crate) async fn reserve(
     let id = reservation_id(task.id, round);
     let mut reservation = NewTransfer::reserve(
         &id,
-        &task.account,
+        &task.billing.account,
         &task_account(task.id),
-        task.budget.max_cost,
+        task.billing.budget.max_cost,
         CODE_TASK_BUDGET,
         None,
     );
@@ -181,7 +181,7 @@ async fn charge_failed(services: &Services, run: &EngineRun, amount: u64, error:
 /// releases the rest, and charges any overrun to the payer. Every step is idempotent, so a
 /// settlement cut off half-way is finished by running it again.
 pub(crate) async fn settle(services: &Services, task: &Task) -> Result<(), LedgerError> {
-    let Some(reservation) = &task.reservation else {
+    let Some(reservation) = &task.billing.reservation else {
         return Ok(());
     };
     wait_for_open_runs(services, task.id).await;
@@ -201,7 +201,7 @@ pub(crate) async fn settle(services: &Services, task: &Task) -> Result<(), Ledge
     if overrun > 0 {
         let mut charge = NewTransfer::posted(
             &format!("{reservation}:overrun"),
-            &task.account,
+            &task.billing.account,
             &task_account(task.id),
             overrun,
             CODE_BUDGET_OVERRUN,

@@ -30,10 +30,10 @@ fn clone_lock(dir: &Path) -> Arc<tokio::sync::Mutex<()>> {
 /// For a task on a remote: makes the local clone if it is missing, and sets its base branch to
 /// the remote's. A no-op for a local repository.
 pub(crate) async fn sync(services: &Services, task: &Task) -> Result<(), StageError> {
-    if !is_remote_repo(&task.repo) {
+    if !is_remote_repo(&task.spec.repo) {
         return Ok(());
     }
-    let dir = services.repo_dir(&task.repo);
+    let dir = services.repo_dir(&task.spec.repo);
     let lock = clone_lock(&dir);
     let _one_at_a_time = lock.lock().await;
     let timeout = services.config.git.timeout();
@@ -46,10 +46,10 @@ pub(crate) async fn sync(services: &Services, task: &Task) -> Result<(), StageEr
         let _ = tokio::fs::remove_dir_all(&dir).await;
         let target = dir.display().to_string();
         Git::new(&parent, timeout)
-            .run(&["clone", "--bare", "--quiet", &task.repo, &target])
+            .run(&["clone", "--bare", "--quiet", &task.spec.repo, &target])
             .await?;
     }
-    let base = format!("+refs/heads/{0}:refs/heads/{0}", task.base_branch);
+    let base = format!("+refs/heads/{0}:refs/heads/{0}", task.spec.base_branch);
     Git::new(&dir, timeout)
         .run(&["fetch", "--quiet", "--no-tags", "origin", &base])
         .await?;
@@ -58,23 +58,29 @@ pub(crate) async fn sync(services: &Services, task: &Task) -> Result<(), StageEr
 
 /// Pushes the task's branch to the remote (forced: a new attempt may start from the base again).
 pub(crate) async fn push_branch(services: &Services, task: &Task) -> Result<(), StageError> {
-    if !is_remote_repo(&task.repo) {
+    if !is_remote_repo(&task.spec.repo) {
         return Ok(());
     }
     let branch = branch_name(task.id);
     let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
-    Git::new(services.repo_dir(&task.repo), services.config.git.timeout())
-        .run(&["push", "--quiet", "origin", &refspec])
-        .await?;
+    Git::new(
+        services.repo_dir(&task.spec.repo),
+        services.config.git.timeout(),
+    )
+    .run(&["push", "--quiet", "origin", &refspec])
+    .await?;
     Ok(())
 }
 
 /// Deletes a ref on the task's remote (best effort: logged).
 pub(crate) async fn delete_remote_ref(services: &Services, task: &Task, reference: &str) {
-    if !is_remote_repo(&task.repo) {
+    if !is_remote_repo(&task.spec.repo) {
         return;
     }
-    let git = Git::new(services.repo_dir(&task.repo), services.config.git.timeout());
+    let git = Git::new(
+        services.repo_dir(&task.spec.repo),
+        services.config.git.timeout(),
+    );
     if let Err(error) = git
         .run(&["push", "--quiet", "origin", "--delete", reference])
         .await

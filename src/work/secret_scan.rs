@@ -80,9 +80,14 @@ pub(crate) async fn refuse_secrets_in_change(
     let scan = tokio::task::spawn_blocking(move || scan_change(&redactor, &root, &paths, &staged));
     let findings = match tokio::time::timeout(SCAN_TIMEOUT, scan).await {
         Ok(Ok(findings)) => findings,
-        Ok(Err(join)) => return Err(StageError::Internal(format!("secret scan: {join}"))),
+        Ok(Err(join)) => {
+            return Err(StageError::internal_from(
+                format!("secret scan: {join}"),
+                join,
+            ))
+        }
         Err(_) => {
-            return Err(StageError::Internal(format!(
+            return Err(StageError::internal(format!(
                 "the secret scan of the change took over {}s",
                 SCAN_TIMEOUT.as_secs()
             )))

@@ -2,11 +2,14 @@
 //! cancel, retry, and giving up on a pipeline. Each is one flushed store update with its events;
 //! Compass owns the queue and calls these from its mailbox, so they never race each other.
 
+use std::sync::{Arc, OnceLock};
+
 use chrono::Utc;
 use serde_json::json;
 
 use crate::model::codes;
 use crate::model::errors::TaskActionError;
+use crate::model::lifecycle::{self, Effect, LifecycleEvent, LifecycleRefusal, Transition};
 use crate::model::persona::Persona;
 use crate::model::task::branch_name;
 use crate::model::task::{ErrorInfo, RetryFrom, Stage, Task, TaskId, TaskStatus};
@@ -26,25 +29,45 @@ pub(crate) enum Readiness {
     Ended,
 }
 
+/// The task, if the lifecycle allows `event` in its status now (what the client is answered;
+/// the store update applies it again, against the record as it is then).
 async fn load(
     services: &Services,
     id: TaskId,
-    expected: &'static str,
-    allowed: &[TaskStatus],
+    event: &LifecycleEvent,
 ) -> Result<Task, TaskActionError> {
     let task = services
         .store
         .task(id)
         .await?
         .ok_or(TaskActionError::NotFound(id))?;
-    if !allowed.contains(&task.status) {
-        return Err(TaskActionError::WrongStatus {
-            id,
-            status: task.status,
-            expected,
-        });
-    }
+    lifecycle::step(task.progress.status, event).map_err(|refusal| refused(id, refusal))?;
     Ok(task)
+}
+
+/// The client's answer for a move the lifecycle refused, by its code.
+fn refused(id: TaskId, refusal: LifecycleRefusal) -> TaskActionError {
+    if refusal.code == codes::TASK_FINISHED {
+        return TaskActionError::Finished(id);
+    }
+    TaskActionError::WrongStatus {
+        id,
+        status: refusal.status,
+        expected: refusal.expected,
+    }
+}
+
+/// Applies `event` inside a store update. The caller checked the move against the record it
+/// read, and the store refuses to change an ended task, so a refusal here is a status changed
+/// underneath by a path the table does not foresee: logged, and the record left as it is.
+pub(crate) fn apply(task: &mut Task, event: LifecycleEvent) -> Option<Transition> {
+    match task.apply(event, Utc::now()) {
+        Ok(transition) => Some(transition),
+        Err(refusal) => {
+            tracing::error!(task = %task.id, %refusal, "lifecycle refused a move; record unchanged");
+            None
+        }
+    }
 }
 
 /// Looks at a blocked task's dependencies and moves it on when they allow.
@@ -52,12 +75,12 @@ pub(crate) async fn evaluate_blocked(
     services: &Services,
     task: &Task,
 ) -> Result<Readiness, StoreError> {
-    if task.status != TaskStatus::Blocked {
+    if task.progress.status != TaskStatus::Blocked {
         return Ok(Readiness::StillBlocked);
     }
     let mut unfinished = Vec::new();
-    for dep in &task.deps {
-        let status = services.store.task(*dep).await?.map(|d| d.status);
+    for dep in &task.spec.deps {
+        let status = services.store.task(*dep).await?.map(|d| d.progress.status);
         match status {
             Some(TaskStatus::Done) => {}
             Some(ended @ (TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::DeadLetter)) => {
@@ -77,21 +100,22 @@ pub(crate) async fn evaluate_blocked(
         let event = NewEvent::new(
             Persona::Compass,
             "task.unblocked",
-            json!({"deps": task.deps}),
+            json!({"deps": task.spec.deps}),
         );
         services
             .store
             .update_task(task.id, &[event], |t| {
-                t.status = TaskStatus::Queued;
-                t.blocked_by.clear();
+                apply(t, LifecycleEvent::Unblock);
             })
             .await?;
         return Ok(Readiness::Ready);
     }
-    if unfinished != task.blocked_by {
+    if unfinished != task.progress.blocked_by {
         services
             .store
-            .update_task(task.id, &[], move |t| t.blocked_by = unfinished.clone())
+            .update_task(task.id, &[], move |t| {
+                t.progress.blocked_by = unfinished.clone()
+            })
             .await?;
     }
     Ok(Readiness::StillBlocked)
@@ -119,9 +143,7 @@ async fn fail_for_dependency(
     services
         .store
         .update_task(id, &[event], move |t| {
-            t.status = TaskStatus::Failed;
-            t.error = Some(error.clone());
-            t.finished_at = Some(Utc::now());
+            apply(t, LifecycleEvent::DependencyFailed(error));
         })
         .await?;
     Ok(())
@@ -135,13 +157,7 @@ pub(crate) async fn approve(
     comment: Option<String>,
     by: Option<&str>,
 ) -> Result<Task, TaskActionError> {
-    let task = load(
-        services,
-        id,
-        "awaiting_approval",
-        &[TaskStatus::AwaitingApproval],
-    )
-    .await?;
+    let task = load(services, id, &LifecycleEvent::Approve { next: None }).await?;
     let next = task.stage_after(Stage::Approve);
     let mut events = vec![NewEvent::new(
         Persona::Compass,
@@ -155,22 +171,15 @@ pub(crate) async fn approve(
             json!({"status": TaskStatus::Done}),
         ));
     }
+    let moved = Moved::default();
+    let slot = moved.clone();
     let updated = services
         .store
-        .update_task(id, &events, move |t| match next {
-            Some(stage) => {
-                t.status = TaskStatus::Queued;
-                t.stage = Some(stage);
-            }
-            None => {
-                t.status = TaskStatus::Done;
-                t.finished_at = Some(Utc::now());
-            }
+        .update_task(id, &events, move |t| {
+            slot.apply(t, LifecycleEvent::Approve { next });
         })
         .await?;
-    if updated.status == TaskStatus::Done {
-        crate::work::cleanup::landed_later(services, &updated);
-    }
+    after_end(services, &updated, &moved).await;
     Ok(updated)
 }
 
@@ -181,13 +190,7 @@ pub(crate) async fn reject(
     comment: Option<String>,
     by: Option<&str>,
 ) -> Result<Task, TaskActionError> {
-    load(
-        services,
-        id,
-        "awaiting_approval",
-        &[TaskStatus::AwaitingApproval],
-    )
-    .await?;
+    load(services, id, &LifecycleEvent::Reject).await?;
     let events = [
         NewEvent::new(
             Persona::Compass,
@@ -200,14 +203,15 @@ pub(crate) async fn reject(
             json!({"status": TaskStatus::Cancelled}),
         ),
     ];
+    let moved = Moved::default();
+    let slot = moved.clone();
     let updated = services
         .store
-        .update_task(id, &events, |t| {
-            t.status = TaskStatus::Cancelled;
-            t.finished_at = Some(Utc::now());
+        .update_task(id, &events, move |t| {
+            slot.apply(t, LifecycleEvent::Reject);
         })
         .await?;
-    remove_worktree_later(services, &updated);
+    after_end(services, &updated, &moved).await;
     Ok(updated)
 }
 
@@ -222,17 +226,14 @@ pub(crate) async fn cancel(
         "task.finished",
         json!({"status": TaskStatus::Cancelled, "principal": by}),
     );
-    services
-        .store
-        .update_task(id, &[event], |t| {
-            t.status = TaskStatus::Cancelled;
-            t.finished_at = Some(Utc::now());
-        })
-        .await
-        .map_err(|error| match error {
-            StoreError::TaskFinished(id) => TaskActionError::Finished(id),
-            other => other.into(),
-        })
+    let cancel = |t: &mut Task| t.apply(LifecycleEvent::Cancel, Utc::now()).map(|_| ());
+    match services.store.try_update_task(id, &[event], cancel).await {
+        Ok(Ok(cancelled)) => Ok(cancelled),
+        // The only refusal of a cancel on an unfinished task: its landing is claimed.
+        Ok(Err(_landing)) => Err(TaskActionError::Landing(id)),
+        Err(StoreError::TaskFinished(id)) => Err(TaskActionError::Finished(id)),
+        Err(other) => Err(other.into()),
+    }
 }
 
 /// Re-queues a failed or dead-lettered task. Without `from`: attempt-loop failures start a
@@ -248,63 +249,67 @@ pub(crate) async fn retry(
     from: Option<RetryFrom>,
     by: Option<&str>,
 ) -> Result<Task, TaskActionError> {
-    let task = load(
-        services,
-        id,
-        "failed or dead_letter",
-        &[TaskStatus::Failed, TaskStatus::DeadLetter],
-    )
-    .await?;
+    let task = load(services, id, &LifecycleEvent::Retry { blocked: false }).await?;
     let restart_attempts = match from {
         Some(RetryFrom::Implement) => true,
         Some(RetryFrom::Deliver) => false,
-        None => matches!(task.stage, Some(Stage::Implement | Stage::Verify)),
+        None => {
+            matches!(task.progress.stage, Some(Stage::Implement | Stage::Verify))
+                || needs_a_new_change(&task)
+        }
     };
     let to_delivery = from == Some(RetryFrom::Deliver);
-    // A change that no longer applied is made again on the base as it is now.
-    let from_base = task
-        .error
-        .as_ref()
-        .is_some_and(|error| error.code == codes::MERGE_CONFLICT);
-    let blocked = task.stage.is_none() && !task.deps.is_empty() && from.is_none();
+    // A change that no longer applied (or failed on the base) is made again on the base as it is
+    // now, and so is one whose branch the base has moved past: a branch built on a base since
+    // reverted could never pass.
+    let from_base = restart_attempts
+        && (needs_a_new_change(&task) || {
+            let repo = Git::new(
+                services.repo_dir(&task.spec.repo),
+                services.config.git.timeout(),
+            );
+            repo.is_behind(&branch_name(task.id), &task.spec.base_branch)
+                .await
+        });
+    let blocked = task.progress.stage.is_none() && !task.spec.deps.is_empty() && from.is_none();
     let event = NewEvent::new(
         Persona::Compass,
         "task.retried",
-        json!({"previous_error": task.error, "principal": by, "from": from}),
+        json!({"previous_error": task.outcome.error, "principal": by, "from": from}),
     );
     let updated = services
         .store
         .reopen_task(id, &[event], move |t| {
-            t.status = if blocked {
-                TaskStatus::Blocked
-            } else {
-                TaskStatus::Queued
-            };
-            t.blocked_by = if blocked { t.deps.clone() } else { Vec::new() };
-            t.error = None;
-            t.finished_at = None;
-            t.stage_retries = 0;
-            t.reverifications = 0;
+            apply(t, LifecycleEvent::Retry { blocked });
             if let Some(reservation) = &reservation {
-                t.reservation = Some(reservation.clone());
-                t.budget_rounds += 1;
-                t.settled = false;
+                t.billing.reservation = Some(reservation.clone());
+                t.billing.budget_rounds += 1;
+                t.billing.settled = false;
             }
             if restart_attempts {
-                t.stage = Some(Stage::Implement);
-                t.attempts = 0;
-                t.merge.restart_from_base = from_base;
+                t.progress.stage = Some(Stage::Implement);
+                t.progress.attempts = 0;
+                t.progress.merge.restart_from_base = from_base;
             }
             if to_delivery {
-                t.stage = Some(Stage::Deliver);
-                t.attempts = t.attempts.max(1);
-                t.branch = Some(branch_name(t.id));
-                t.merge.queued_at = Some(Utc::now());
-                t.merge.retried_delivery = true;
+                t.progress.stage = Some(Stage::Deliver);
+                t.progress.attempts = t.progress.attempts.max(1);
+                t.progress.branch = Some(branch_name(t.id));
+                t.progress.merge.queued_at = Some(Utc::now());
+                t.progress.merge.retried_delivery = true;
             }
         })
         .await?;
     Ok(updated)
+}
+
+/// Whether the task failed at deliver because its change conflicts with, or fails verify on, the
+/// current base: retrying delivery would only fail again, so a plain retry re-implements.
+fn needs_a_new_change(task: &Task) -> bool {
+    task.progress.stage == Some(Stage::Deliver)
+        && task.outcome.error.as_ref().is_some_and(|error| {
+            error.code == codes::MERGE_CONFLICT || error.code == codes::VERIFY_FAILED
+        })
 }
 
 /// A pipeline crashed past its restart limit: its task is dead-lettered for a human.
@@ -329,21 +334,19 @@ pub(crate) async fn give_up_pipeline(
             json!({"status": TaskStatus::DeadLetter, "error": error}),
         ),
     ];
-    let noted = error.clone();
+    let moved = Moved::default();
+    let slot = moved.clone();
     let result = services
         .store
         .update_task(id, &events, move |t| {
-            let stage = t.stage.unwrap_or(Stage::Plan);
+            let stage = t.progress.stage.unwrap_or(Stage::Plan);
             t.record_failure(stage, error.clone());
-            t.status = TaskStatus::DeadLetter;
-            t.error = Some(error.clone());
-            t.finished_at = Some(Utc::now());
+            slot.apply(t, LifecycleEvent::DeadLetter(error));
         })
         .await;
     match result {
         Ok(ended) => {
-            crate::work::cleanup::ended_later(services, &ended);
-            crate::runtime::notifier::dead_lettered(&services.store, id, &noted).await;
+            after_end(services, &ended, &moved).await;
             Ok(())
         }
         Err(StoreError::TaskFinished(_)) => Ok(()),
@@ -355,13 +358,16 @@ pub(crate) async fn give_up_pipeline(
 /// `cleanup::ended_later`) off the caller's mailbox, in a background task
 /// bounded by git's timeout. Without room the worktree stays (logged); only disk is lost.
 pub(crate) fn remove_worktree_later(services: &Services, task: &Task) {
-    if task.status.is_terminal() {
+    if task.progress.status.is_terminal() {
         // Ended (cancelled, rejected): its prompt folder goes too, as any end's clean-up.
         crate::work::cleanup::ended_later(services, task);
         return;
     }
     let path = services.worktree_path(task.id);
-    let repo = Git::new(services.repo_dir(&task.repo), services.config.git.timeout());
+    let repo = Git::new(
+        services.repo_dir(&task.spec.repo),
+        services.config.git.timeout(),
+    );
     let task_id = task.id;
     services.background.spawn("worktree.remove", async move {
         if tokio::fs::try_exists(&path).await.unwrap_or(true) {
@@ -370,6 +376,55 @@ pub(crate) fn remove_worktree_later(services: &Services, task: &Task) {
             }
         }
     });
+}
+
+/// Where a store update's closure leaves the move the lifecycle made, so that the caller
+/// executes its effects once the change is durable (a closure may not do IO).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Moved(Arc<OnceLock<Transition>>);
+
+impl Moved {
+    /// Applies `event` to `task` (see [`apply`]) and keeps the transition.
+    pub(crate) fn apply(&self, task: &mut Task, event: LifecycleEvent) {
+        if let Some(transition) = apply(task, event) {
+            // A closure the writer runs again makes the same move: the first is kept.
+            let _ = self.0.set(transition);
+        }
+    }
+
+    /// Whether the move asked for `effect` (never, when nothing moved).
+    pub(crate) fn asks(&self, effect: Effect) -> bool {
+        self.0
+            .get()
+            .is_some_and(|transition| transition.effects.contains(&effect))
+    }
+}
+
+/// Executes the work layer's effects of an end, for `task` as the move left it: its clean-up
+/// (landed or ended) and the dead-letter notification. Compass's (queue, dependents, budget,
+/// killing the stage) and the pipeline's (advance, stop) are theirs.
+pub(crate) async fn after_end(services: &Services, task: &Task, moved: &Moved) {
+    if moved.asks(Effect::CleanUpWorktree) {
+        if task.progress.status == TaskStatus::Done {
+            crate::work::cleanup::landed_later(services, task);
+        } else {
+            crate::work::cleanup::ended_later(services, task);
+        }
+    }
+    if moved.asks(Effect::EscalateToHuman) {
+        if let Some(error) = &task.outcome.error {
+            crate::runtime::notifier::dead_lettered(&services.store, task.id, error).await;
+        }
+    }
+}
+
+/// The event that ends a task in `status` (failed or dead-lettered) with `error`.
+pub(crate) fn ending(status: TaskStatus, error: ErrorInfo) -> LifecycleEvent {
+    if status == TaskStatus::DeadLetter {
+        LifecycleEvent::DeadLetter(error)
+    } else {
+        LifecycleEvent::Fail(error)
+    }
 }
 
 /// Why a task is poisoned: what its work took down, and how often.
@@ -433,20 +488,22 @@ pub(crate) async fn poison(
         json!({"status": status, "error": error}),
     ));
     tracing::error!(task = %id, ?why, "poison task: ended instead of run again");
+    let moved = Moved::default();
+    let slot = moved.clone();
     let result = services
         .store
         .update_task(id, &events, move |t| {
-            let stage = t.stage.unwrap_or(Stage::Plan);
+            let stage = t.progress.stage.unwrap_or(Stage::Plan);
             t.record_failure(stage, error.clone());
-            t.status = status;
-            t.error = Some(error.clone());
-            t.finished_at = Some(Utc::now());
+            slot.apply(t, ending(status, error));
         })
         .await;
     match result {
         Ok(task) => {
-            if task.status == TaskStatus::DeadLetter {
-                if let Some(error) = &task.error {
+            // Only the escalation: its clean-up waits for its pipeline to stop (Compass stops
+            // it next), and is the start sweep's, as for any task left by a crash.
+            if moved.asks(Effect::EscalateToHuman) {
+                if let Some(error) = &task.outcome.error {
                     crate::runtime::notifier::dead_lettered(&services.store, id, error).await;
                 }
             }

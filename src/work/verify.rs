@@ -35,18 +35,21 @@ pub(crate) async fn run_verify(
         task_id: task.id,
         persona: Persona::Circuit,
         stage,
-        attempt: task.attempts,
+        attempt: task.progress.attempts,
     };
     let run = engine::run_shell(
         services,
         &who,
         ShellRun {
-            command: task.verify.clone(),
+            command: task.spec.verify.clone(),
             worktree,
-            sandbox_refs: vec![format!("refs/heads/{}", task.base_branch)],
+            sandbox_refs: vec![format!("refs/heads/{}", task.spec.base_branch)],
             env: vec![
                 ("GLITCHLAB_TASK_ID".into(), task.id.to_string()),
-                ("GLITCHLAB_ATTEMPT".into(), task.attempts.to_string()),
+                (
+                    "GLITCHLAB_ATTEMPT".into(),
+                    task.progress.attempts.to_string(),
+                ),
             ],
             timeout: engine::capped_timeout(
                 task,
@@ -55,7 +58,7 @@ pub(crate) async fn run_verify(
             output_bytes_max: config.output_bytes_max,
             instance: services.instance(),
             prompt_digest: None,
-            capabilities: task.capabilities.clone(),
+            capabilities: task.spec.capabilities.clone(),
         },
     )
     .await?;

@@ -563,3 +563,89 @@ async fn a_docs_task_runs_only_its_templates_stages() {
         .collect();
     assert_eq!(personas, ["patch"], "no plan, no verify for docs");
 }
+
+/// Racers, and rounds each, of a cancel racing a task's delivery (loopback only): 60 in all.
+const CANCEL_RACERS: usize = 4;
+const CANCEL_RACE_ROUNDS: usize = 15;
+
+/// What one round of the race came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RaceEnd {
+    Won,
+    Finished,
+    Landing,
+}
+
+/// A cancel racing a task's end, repeated by 4 clients at once on one repository: every cancel
+/// answered 2xx ends `cancelled` with nothing of the task on the base; a `409 TASK_FINISHED` is
+/// only said of a task that ended, and a `409 TASK_LANDING` of one whose change the queue was
+/// putting on the base (it ends `done`, landed once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_racing_delivery_wins_when_answered_2xx() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = std::sync::Arc::new(Service::start(root.path()).await);
+    let mut racers = Vec::new();
+    for racer in 0..CANCEL_RACERS {
+        let (service, repo) = (service.clone(), repo.clone());
+        racers.push(tokio::spawn(async move {
+            let mut ends = Vec::new();
+            for round in 0..CANCEL_RACE_ROUNDS {
+                ends.push(race_once(&service, &repo, racer * 100 + round).await);
+            }
+            ends
+        }));
+    }
+    let mut ends = Vec::new();
+    for racer in racers {
+        ends.extend(racer.await.unwrap());
+    }
+    let count = |end| ends.iter().filter(|e| **e == end).count();
+    eprintln!(
+        "cancel race: {} cancels won, {} TASK_FINISHED, {} TASK_LANDING",
+        count(RaceEnd::Won),
+        count(RaceEnd::Finished),
+        count(RaceEnd::Landing)
+    );
+}
+
+/// Submits a task, cancels it somewhere in its delivery window, checks the contract.
+async fn race_once(service: &Service, repo: &std::path::Path, round: usize) -> RaceEnd {
+    let patch = format!("echo {round} > race{round}.txt");
+    let id = id_of(&service.submit(&shell_task(repo, &patch, "true")).await);
+    service
+        .wait_for_task(&id, Duration::from_secs(120), |t| {
+            t["stage"] == "deliver" || t["status"] == "done"
+        })
+        .await;
+    // Spread the cancel over the delivery window and past it: 0 to 280 ms after deliver began.
+    tokio::time::sleep(Duration::from_millis((round as u64 % 15) * 20)).await;
+    let (status, answer) = service
+        .post(&format!("/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    let ended = service
+        .wait_finished_within(&id, Duration::from_secs(120))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let grep = format!("--grep=Glitchlab-Task: {id}");
+    let landed = git(
+        repo,
+        &["log", "--format=%H", "--fixed-strings", &grep, "main"],
+    );
+    if (200..300).contains(&status) {
+        assert_eq!(ended["status"], "cancelled", "round {round}: {ended:#}");
+        assert!(
+            landed.is_empty(),
+            "round {round}: a cancelled task landed {landed}"
+        );
+        return RaceEnd::Won;
+    }
+    assert_eq!(status, 409, "round {round}: {answer:#}");
+    assert_eq!(ended["status"], "done", "round {round}: {ended:#}");
+    assert_eq!(landed.lines().count(), 1, "round {round}: {ended:#}");
+    match answer["error"]["code"].as_str() {
+        Some("TASK_FINISHED") => RaceEnd::Finished,
+        Some("TASK_LANDING") => RaceEnd::Landing,
+        _ => panic!("round {round}: {answer:#}"),
+    }
+}

@@ -97,28 +97,56 @@ pub(crate) struct Factory {
 }
 
 impl Factory {
-    pub(crate) fn start(root: &Path, nats: &Nats, name: &str, extra: &[&str]) -> Factory {
-        Self::start_slots(root, nats, name, 2, extra, &[])
-    }
-
-    /// A factory with `slots` slots and `env` added to its environment.
-    pub(crate) fn start_slots(
+    /// Issues `name` its key through the service (`POST /v1/fleet/factories`) and starts it.
+    pub(crate) async fn start(
         root: &Path,
         nats: &Nats,
+        service: &Service,
         name: &str,
+        extra: &[&str],
+    ) -> Factory {
+        Self::start_slots(root, nats, service, name, 2, extra, &[]).await
+    }
+
+    /// Like [`Factory::start`], with `slots` slots and `env` added to its environment.
+    pub(crate) async fn start_slots(
+        root: &Path,
+        nats: &Nats,
+        service: &Service,
+        name: &str,
+        slots: usize,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Factory {
+        let key = enrol(service, name).await;
+        Factory::launch_with(root, &nats.url, name, &key, slots, extra, env)
+    }
+
+    /// Starts a factory with `key` on the NATS server at `url` (credentials in it, if any).
+    fn launch(root: &Path, url: &str, name: &str, key: &str, extra: &[&str]) -> Factory {
+        Factory::launch_with(root, url, name, key, 2, extra, &[])
+    }
+
+    /// Starts a factory with `key`, `slots` slots and `env` added to its environment.
+    fn launch_with(
+        root: &Path,
+        url: &str,
+        name: &str,
+        key: &str,
         slots: usize,
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Factory {
         let log = std::fs::File::create(root.join(format!("{name}.log"))).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_glitchlab"))
-            .args(["factory", "--nats", &nats.url, "--name", name])
+            .args(["factory", "--nats", url, "--name", name])
             .args(["--slots", &slots.to_string()])
             .args(["--lease-secs", &LEASE_SECS.to_string(), "--data-dir"])
             .arg(root.join(name))
             .args(extra)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
+            .env("GLITCHLAB_FACTORY_KEY", key)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -126,9 +154,10 @@ impl Factory {
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
+        let log = std::fs::read_to_string(root.join(format!("{name}.log"))).unwrap_or_default();
         assert!(
             line.contains("ready"),
-            "factory {name} did not start: {line}"
+            "factory {name} did not start: {line}\n{log}"
         );
         Factory {
             name: name.to_owned(),
@@ -142,6 +171,15 @@ impl Factory {
             let _ = running.0.wait();
         }
     }
+}
+
+/// The key the service issues a factory named `name`.
+async fn enrol(service: &Service, name: &str) -> String {
+    let (status, issued) = service
+        .post("/v1/fleet/factories", &json!({"name": name}))
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    issued["key"].as_str().unwrap().to_owned()
 }
 
 pub(crate) fn fleet_config(nats: &Nats) -> String {
@@ -209,8 +247,8 @@ async fn jobs_spread_over_the_factories_and_their_work_lands() {
     let nats = Nats::start(&root.path().join("nats"));
     let repo = git_repo(root.path());
     let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
-    let _one = Factory::start(root.path(), &nats, "one", &[]);
-    let _two = Factory::start(root.path(), &nats, "two", &[]);
+    let _one = Factory::start(root.path(), &nats, &service, "one", &[]).await;
+    let _two = Factory::start(root.path(), &nats, &service, "two", &[]).await;
 
     let mut ids = Vec::new();
     for n in 0..6 {
@@ -277,8 +315,8 @@ async fn a_killed_factorys_job_finishes_on_another_within_the_lease() {
     let repo = git_repo(root.path());
     let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
     let mut factories = [
-        Factory::start(root.path(), &nats, "one", &[]),
-        Factory::start(root.path(), &nats, "two", &[]),
+        Factory::start(root.path(), &nats, &service, "one", &[]).await,
+        Factory::start(root.path(), &nats, &service, "two", &[]).await,
     ];
     let body = task(
         &repo,
@@ -375,7 +413,14 @@ async fn a_job_nobody_can_serve_waits_with_the_reason_and_pause_stops_claims() {
     let nats = Nats::start(&root.path().join("nats"));
     let repo = git_repo(root.path());
     let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
-    let _one = Factory::start(root.path(), &nats, "one", &["--capabilities", "has:fpga"]);
+    let _one = Factory::start(
+        root.path(),
+        &nats,
+        &service,
+        "one",
+        &["--capabilities", "has:fpga"],
+    )
+    .await;
 
     let mut gpu = task(&repo, "Needs a GPU", "echo ok > gpu.txt", "true");
     gpu["capabilities"] = json!(["has:gpu"]);
@@ -448,7 +493,7 @@ async fn a_nats_restart_mid_run_loses_nothing() {
     let mut nats = Nats::start(&root.path().join("nats"));
     let repo = git_repo(root.path());
     let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
-    let _one = Factory::start(root.path(), &nats, "one", &[]);
+    let _one = Factory::start(root.path(), &nats, &service, "one", &[]).await;
     let body = task(
         &repo,
         "Through a NATS restart",
@@ -495,7 +540,7 @@ async fn a_factory_fetches_a_remote_tasks_commit_from_the_remote() {
     );
     let url = format!("file://{}", bare.display());
     let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
-    let _one = Factory::start(root.path(), &nats, "one", &[]);
+    let _one = Factory::start(root.path(), &nats, &service, "one", &[]).await;
     let body = json!({
         "title": "Remote fleet change",
         "description": "Write f.txt.",
@@ -618,7 +663,7 @@ async fn a_remote_runs_output_reaches_the_tasks_stream_live_and_redacted() {
         ..Default::default()
     };
     let service = Service::start_with(root.path(), options).await;
-    let _one = Factory::start(root.path(), &nats, "one", &[]);
+    let _one = Factory::start(root.path(), &nats, &service, "one", &[]).await;
     let verify = "sleep 1; echo \"key $GLITCHLAB_TEST_SECRET\"; \
         for i in 0 1 2 3 4 5 6 7 8 9; do echo \"verify line $i\"; sleep 0.2; done; \
         test -f f.txt";
@@ -702,8 +747,8 @@ async fn same_repository_jobs_prefer_the_factory_with_a_warm_clone() {
     let nats = Nats::start(&root.path().join("nats"));
     let repo = git_repo(root.path());
     let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
-    let _one = Factory::start(root.path(), &nats, "one", &[]);
-    let _two = Factory::start(root.path(), &nats, "two", &[]);
+    let _one = Factory::start(root.path(), &nats, &service, "one", &[]).await;
+    let _two = Factory::start(root.path(), &nats, &service, "two", &[]).await;
 
     let first = task(&repo, "Warm up", "echo 0 > w0.txt", "test -f w0.txt");
     let id = service.submit(&first).await["id"]
@@ -772,7 +817,7 @@ async fn a_personas_default_capabilities_route_its_jobs() {
     std::fs::create_dir_all(root.path().join("actors")).unwrap();
     std::fs::write(root.path().join("actors/patch.md"), with_gpu).unwrap();
     let service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
-    let _plain = Factory::start(root.path(), &nats, "plain", &[]);
+    let _plain = Factory::start(root.path(), &nats, &service, "plain", &[]).await;
 
     let body = task(
         &repo,
@@ -798,7 +843,14 @@ async fn a_personas_default_capabilities_route_its_jobs() {
     let (_, task_now) = service.get(&format!("/v1/tasks/{id}")).await;
     assert_ne!(task_now["status"], "done");
 
-    let _gpu = Factory::start(root.path(), &nats, "gpu", &["--capabilities", "has:gpu"]);
+    let _gpu = Factory::start(
+        root.path(),
+        &nats,
+        &service,
+        "gpu",
+        &["--capabilities", "has:gpu"],
+    )
+    .await;
     let done = service
         .wait_finished_within(&id, Duration::from_secs(120))
         .await;
@@ -810,3 +862,7 @@ async fn a_personas_default_capabilities_route_its_jobs() {
     assert_eq!(implement[0]["factory"], "gpu", "{ran:#?}");
     assert_eq!(implement[0]["capabilities"], json!(["has:gpu"]), "{ran:#?}");
 }
+
+/// Issue 30: a fleet you can trust (auth, forgeries, sealed secrets, fencing).
+#[path = "fleet_trust.rs"]
+mod trust;

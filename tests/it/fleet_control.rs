@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::fleet::{
@@ -45,10 +44,11 @@ fn keyed(nats: &Nats, extra: &str) -> Options {
     }
 }
 
-/// A factory following the keyed control plane.
-fn keyed_factory(
+/// A factory following the keyed control plane (issued its factory key by `service`).
+async fn keyed_factory(
     root: &Path,
     nats: &Nats,
+    service: &Service,
     name: &str,
     slots: usize,
     env: &[(&str, &str)],
@@ -58,11 +58,13 @@ fn keyed_factory(
     Factory::start_slots(
         root,
         nats,
+        service,
         name,
         slots,
         &["--control-key-env", KEY_ENV],
         &all,
     )
+    .await
 }
 
 async fn submit(service: &Service, body: &Value) -> String {
@@ -142,7 +144,7 @@ async fn a_cancel_kills_the_factorys_process_within_two_seconds() {
     let nats = Nats::start(&root.path().join("nats"));
     let repo = git_repo(root.path());
     let service = Service::start_with(root.path(), keyed(&nats, "")).await;
-    let _one = keyed_factory(root.path(), &nats, "one", 2, &[]);
+    let _one = keyed_factory(root.path(), &nats, &service, "one", 2, &[]);
     let marker = root.path().join("cancel-marker-7d2e");
     let verify = format!("echo {} >/dev/null; sleep 600", marker.display());
     let id = submit(
@@ -198,7 +200,7 @@ async fn a_pause_longer_than_a_jobs_deadline_spends_no_retry() {
     let repo = git_repo(root.path());
     let extra = "max_deliver = 1\n[engines]\ntimeout_secs = 5\nverify_timeout_secs = 5\n";
     let service = Service::start_with(root.path(), keyed(&nats, extra)).await;
-    let _one = keyed_factory(root.path(), &nats, "one", 2, &[]);
+    let _one = keyed_factory(root.path(), &nats, &service, "one", 2, &[]);
     let (status, _) = service.post("/v1/fleet/pause", &json!({})).await;
     assert_eq!(status, 200);
     wait_factory_paused(&service, "one").await;
@@ -264,7 +266,7 @@ async fn switches_put_from_outside_nats_do_not_pause() {
     let nats = Nats::start(&root.path().join("nats"));
     let repo = git_repo(root.path());
     let service = Service::start_with(root.path(), keyed(&nats, "")).await;
-    let _one = keyed_factory(root.path(), &nats, "one", 2, &[]);
+    let _one = keyed_factory(root.path(), &nats, &service, "one", 2, &[]);
 
     let client = async_nats::connect(nats.url.as_str()).await.unwrap();
     let control = bucket(&jetstream::new(client), "glitchlab_control").await;
@@ -348,8 +350,12 @@ async fn running_out_of_deliveries_is_noticed_when_it_happens() {
     let service = Service::start_with(root.path(), keyed(&nats, "max_deliver = 1\n")).await;
     // The factories know `max_deliver = 1` too (a cold one never hands a job back then).
     let args = ["--control-key-env", KEY_ENV, "--max-deliver", "1"];
-    let mut factories = ["one", "two"]
-        .map(|name| Factory::start_slots(root.path(), &nats, name, 1, &args, &[(KEY_ENV, KEY)]));
+    let mut factories = Vec::new();
+    for name in ["one", "two"] {
+        let env = [(KEY_ENV, KEY)];
+        factories
+            .push(Factory::start_slots(root.path(), &nats, &service, name, 1, &args, &env).await);
+    }
     let id = submit(
         &service,
         &task(
@@ -408,7 +414,7 @@ async fn a_drained_factory_finishes_its_job_and_takes_no_new_one() {
     let nats = Nats::start(&root.path().join("nats"));
     let repo = git_repo(root.path());
     let service = Service::start_with(root.path(), keyed(&nats, "")).await;
-    let _one = keyed_factory(root.path(), &nats, "one", 2, &[]);
+    let _one = keyed_factory(root.path(), &nats, &service, "one", 2, &[]);
     let first = submit(
         &service,
         &task(
@@ -486,7 +492,7 @@ async fn a_factory_that_stops_pulling_is_reported_unhealthy() {
     let nats = Nats::start(&root.path().join("nats"));
     let repo = git_repo(root.path());
     let service = Service::start_with(root.path(), keyed(&nats, "")).await;
-    let _healthy = keyed_factory(root.path(), &nats, "other", 1, &[]);
+    let _healthy = keyed_factory(root.path(), &nats, &service, "other", 1, &[]);
     let id = submit(&service, &task(&repo, "Stalls", "echo ok > f.txt", "true")).await;
     let done = service
         .wait_finished_within(&id, Duration::from_secs(60))
@@ -495,10 +501,12 @@ async fn a_factory_that_stops_pulling_is_reported_unhealthy() {
     let _stalled = keyed_factory(
         root.path(),
         &nats,
+        &service,
         "stalled",
         2,
         &[("FAILPOINTS", "factory.pull=return(60000)")],
-    );
+    )
+    .await;
     let started = Instant::now();
     wait_until(
         "the stall is reported",
@@ -529,68 +537,67 @@ async fn a_factory_that_stops_pulling_is_reported_unhealthy() {
     .await;
 }
 
-/// 40 one-second jobs on one 8-slot factory (published straight to JetStream, as the control
-/// plane does): while jobs are left unclaimed, the factory never has a free slot for 10 s, and
-/// all 40 are answered.
+/// 40 jobs on one 8-slot factory — 20 tasks, each an engine job and a one-second verify job,
+/// all published by the control plane (since issue 30 a job only runs when the control plane that
+/// published it accepts the claim, so the jobs cannot be put on JetStream straight any more):
+/// while jobs are left unclaimed, the factory never has a free slot for 10 s, and all 40 are
+/// answered (every task is done).
 #[tokio::test]
 async fn an_8_slot_factory_under_40_jobs_never_idles_with_free_slots() {
     require_nats!();
     let root = tempfile::tempdir().unwrap();
     let nats = Nats::start(&root.path().join("nats"));
     let repo = git_repo(root.path());
-    let commit = git(&repo, &["rev-parse", "HEAD"]);
-    let _eight = Factory::start_slots(root.path(), &nats, "eight", 8, &[], &[]);
-    let client = async_nats::connect(nats.url.as_str()).await.unwrap();
-    let js = jetstream::new(client.clone());
-    let mut results = client.subscribe("glitchlab.results.>").await.unwrap();
-    bucket(&js, "glitchlab_classes")
-        .await
-        .put("any", "[]".into())
-        .await
-        .unwrap();
-    let registry = bucket(&js, "glitchlab_factories").await;
-    for _ in 0..40 {
-        let job = uuid::Uuid::now_v7();
-        git(
+    let config = format!(
+        "[fleet]\nnats_url = \"{}\"\nlease_secs = {LEASE_SECS}\n[compass]\nmax_concurrent_tasks = 20\n",
+        nats.url
+    );
+    let service = Service::start_with(root.path(), with_config(&config)).await;
+    let _eight = Factory::start_slots(root.path(), &nats, &service, "eight", 8, &[], &[]).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let body = task(
             &repo,
-            &["update-ref", &format!("refs/glitchlab/jobs/{job}"), &commit],
+            &format!("Load {i}"),
+            &format!("echo ok > load-{i}.txt"),
+            "sleep 1",
         );
-        let body = json!({
-            "job_id": job, "task_id": uuid::Uuid::now_v7(), "persona": "circuit",
-            "stage": "verify", "attempt": 1, "repo": repo.display().to_string(),
-            "commit": commit, "command": "sleep 1", "env": [["PATH", std::env::var("PATH").unwrap()]],
-            "files": [], "timeout_ms": 30_000, "output_bytes_max": 4096, "want_diff": false,
-            "capabilities": [],
-        });
-        js.publish("glitchlab.jobs.any", body.to_string().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        ids.push(submit(&service, &body).await);
     }
     let started = Instant::now();
-    let (mut answered, mut idle_since, mut longest) = (0usize, None::<Instant>, Duration::ZERO);
-    while answered < 40 {
+    let (mut idle_since, mut longest) = (None::<Instant>, Duration::ZERO);
+    loop {
         assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "{answered} of 40 answered"
+            started.elapsed() < Duration::from_secs(240),
+            "not all 20 tasks finished"
         );
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(1), results.next()).await
-        {
-            answered += 1;
-        }
-        let running = match registry.get("eight").await.ok().flatten() {
-            Some(bytes) => serde_json::from_slice::<Value>(&bytes).unwrap()["running"]
-                .as_array()
-                .map_or(0, Vec::len),
-            None => 0,
-        };
-        let unclaimed = 40usize.saturating_sub(answered + running);
+        let (_, fleet) = service.get("/v1/fleet").await;
+        let running = fleet["factories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "eight")
+            .and_then(|f| f["running"].as_array())
+            .map_or(0, Vec::len);
+        let unclaimed = fleet["waiting"].as_array().map_or(0, Vec::len);
         if running < 8 && unclaimed > 0 {
             let since = *idle_since.get_or_insert_with(Instant::now);
             longest = longest.max(since.elapsed());
         } else {
             idle_since = None;
+        }
+        let mut finished = 0;
+        for id in &ids {
+            let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+            if ["done", "failed", "cancelled", "dead_letter"]
+                .contains(&task["status"].as_str().unwrap_or(""))
+            {
+                assert_eq!(task["status"], "done", "{task:#}");
+                finished += 1;
+            }
+        }
+        if finished == ids.len() {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -614,7 +621,7 @@ async fn job_refs_a_killed_service_left_are_deleted_at_its_next_start() {
     let nats = Nats::start(&root.path().join("nats"));
     let repo = git_repo(root.path());
     let mut service = Service::start_with(root.path(), with_config(&fleet_config(&nats))).await;
-    let _one = Factory::start(root.path(), &nats, "one", &[]);
+    let _one = Factory::start(root.path(), &nats, &service, "one", &[]).await;
     let id = submit(
         &service,
         &task(
@@ -666,7 +673,7 @@ async fn the_fleet_cli_lists_drains_resumes_and_pauses() {
     let root = tempfile::tempdir().unwrap();
     let nats = Nats::start(&root.path().join("nats"));
     let service = Service::start_with(root.path(), keyed(&nats, "")).await;
-    let _one = keyed_factory(root.path(), &nats, "one", 3, &[]);
+    let _one = keyed_factory(root.path(), &nats, &service, "one", 3, &[]);
     wait_until(
         "the factory registers",
         Duration::from_secs(20),

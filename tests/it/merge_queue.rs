@@ -691,3 +691,253 @@ async fn a_retry_from_deliver_with_no_net_change_fails_no_changes() {
         "the base moved"
     );
 }
+
+/// A human's red commit on `main` while 4 approved tasks head for delivery: the queue verifies
+/// the bare base once, finds it red and holds — no attempt spent, each held task says why,
+/// `/v1/report` lists the red base and `/readyz` warns — and once a fixing commit moves the base,
+/// all 4 land, each once, on a base that passes.
+#[tokio::test]
+async fn a_red_base_holds_the_queue_without_spending_attempts_and_a_fix_releases_it() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    let config = "[merge_queue]\nbatch_max = 4\n[compass]\nmax_concurrent_tasks = 6\n";
+    let service = Service::start_with(root.path(), with_config(config)).await;
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        let mut body = task(
+            &repo,
+            &format!("Add {name}"),
+            &format!("echo ok > f-{name}.txt"),
+            "sh test.sh",
+        );
+        body["review_policy"] = json!("manual");
+        body["max_attempts"] = json!(1);
+        ids.push(
+            service.submit(&body).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for id in &ids {
+        service
+            .wait_for_task(id, Duration::from_secs(120), |t| {
+                t["status"] == "awaiting_approval"
+            })
+            .await;
+    }
+    // A human breaks main (the checkout is on main and clean).
+    std::fs::write(repo.join("f-human.txt"), "broken\n").unwrap();
+    git(&repo, &["add", "f-human.txt"]);
+    git(&repo, &["commit", "-q", "-m", "a human's red commit"]);
+    let red = git(&repo, &["rev-parse", "HEAD"]).trim().to_owned();
+    for id in &ids {
+        let (status, body) = service
+            .post(&format!("/v1/tasks/{id}/approve"), &json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let held = service
+        .wait_for_task(&ids[0], Duration::from_secs(120), |t| {
+            t["merge"]["held"].is_string()
+        })
+        .await;
+    assert!(
+        held["merge"]["held"].as_str().unwrap().contains("is red"),
+        "{held:#}"
+    );
+    let (_, report) = service.get("/v1/report").await;
+    let listed = &report["base_red"][0];
+    assert_eq!(listed["commit"], red.as_str(), "{report:#}");
+    assert_eq!(listed["branch"], "main");
+    assert!(
+        listed["output"]
+            .as_str()
+            .unwrap()
+            .contains("f-human.txt is broken"),
+        "{report:#}"
+    );
+    let (status, ready) = service.get("/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert!(
+        ready["warnings"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("base_red"),
+        "{ready}"
+    );
+    // Held, not failed: a few seconds later nobody has ended or spent anything.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in &ids {
+        let (_, t) = service.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!(t["status"], "running", "{t:#}");
+        assert_eq!(t["attempts"], 1, "{t:#}");
+    }
+
+    // The fix moves the base: the queue resumes by itself.
+    std::fs::write(repo.join("f-human.txt"), "ok\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "a human's fix"]);
+    for id in &ids {
+        let t = service
+            .wait_finished_within(id, Duration::from_secs(120))
+            .await;
+        assert_eq!(t["status"], "done", "{t:#}");
+        assert_eq!(t["attempts"], 1, "no attempt spent: {t:#}");
+        assert!(t["merge"]["held"].is_null(), "{t:#}");
+        assert_eq!(landings_of(&repo, id), 1);
+    }
+    let (_, events) = service.get(&format!("/v1/tasks/{}/events", ids[0])).await;
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"merge.base_red"), "{kinds:?}");
+    assert!(kinds.contains(&"merge.base_unheld"), "{kinds:?}");
+    let (_, report) = service.get("/v1/report").await;
+    assert_eq!(report["base_red"], json!([]), "{report:#}");
+    let chain = first_parent_chain(&repo);
+    assert_newest_pass(&repo, root.path(), &chain[..4]);
+}
+
+/// A change that conflicts and has no attempt left ends `MERGE_CONFLICT`; a plain
+/// `glitchlab task retry` (no `--from`) re-implements it on the current base — it does not rerun
+/// deliver into the same conflict — and it lands. `--from` is checked by the CLI.
+#[tokio::test]
+async fn a_plain_cli_retry_after_a_merge_conflict_re_implements_on_the_base_and_lands() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    std::fs::write(repo.join("shared.txt"), "original\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "a shared line"]);
+    let service = Service::start(root.path()).await;
+    let marker = root.path().join("first-implemented");
+    let first = task(
+        &repo,
+        "First rewrite",
+        &format!("echo first > shared.txt && touch {}", marker.display()),
+        "grep -q first shared.txt",
+    );
+    let mut second = task(
+        &repo,
+        "Second rewrite",
+        &format!(
+            "while [ ! -e {} ]; do sleep 0.05; done; echo second > shared.txt",
+            marker.display()
+        ),
+        "sleep 1 && grep -q second shared.txt",
+    );
+    second["max_attempts"] = json!(1);
+    let first_id = service.submit(&first).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second_id = service.submit(&second).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = service
+        .wait_finished_within(&first_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(first["status"], "done", "{first:#}");
+    let conflicted = service
+        .wait_finished_within(&second_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        conflicted["error"]["code"], "MERGE_CONFLICT",
+        "{conflicted:#}"
+    );
+
+    let (base, id) = (service.base.clone(), second_id.clone());
+    let (bad, retried) = tokio::task::spawn_blocking(move || {
+        (
+            crate::cli::glitchlab(&base, &["task", "retry", &id, "--from", "nowhere"]),
+            crate::cli::glitchlab(&base, &["task", "retry", &id, "--json"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "a usage error");
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
+    let reopened: Value = serde_json::from_slice(&retried.stdout).unwrap();
+    assert_eq!(reopened["stage"], "implement", "{reopened:#}");
+    let landed = service
+        .wait_finished_within(&second_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(landed["status"], "done", "{landed:#}");
+    assert_eq!(landings_of(&repo, &second_id), 1);
+    assert_eq!(git(&repo, &["show", "main:shared.txt"]), "second");
+}
+
+/// Waiting in a merge queue costs no slot: with `max_concurrent_tasks = 2`, three tasks lined up
+/// behind a 10 s candidate verify on repository A leave room for a quick task on repository B,
+/// which finishes while that candidate is still being verified.
+#[tokio::test]
+async fn tasks_waiting_in_a_merge_queue_hold_no_slot() {
+    let root = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let repo_a = repo_with_test_script(root.path());
+    let repo_b = git_repo(other.path());
+    let config = "[merge_queue]\nbatch_max = 1\n[compass]\nmax_concurrent_tasks = 2\n";
+    let service = Service::start_with(root.path(), with_config(config)).await;
+    // The blocker moves A's base on its first attempt, so its candidate must be verified; that
+    // verify sleeps 10 s, and only in the merge queue's scratch worktree.
+    let blocker_patch = format!(
+        "echo hi > {r}/teammate.txt && git -C {r} add teammate.txt && \
+         git -C {r} -c user.name=t -c user.email=t@t commit -q -m teammate && \
+         echo ok > f-blocker.txt",
+        r = repo_a.display()
+    );
+    let blocker_verify = "case \"$PWD\" in */merge-queue/*) sleep 10;; esac; sh test.sh";
+    let blocker = task(&repo_a, "Blocker", &blocker_patch, blocker_verify);
+    let blocker_id = service.submit(&blocker).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut waiting = Vec::new();
+    for name in ["a", "b"] {
+        let body = task(
+            &repo_a,
+            &format!("Add {name}"),
+            &format!("echo ok > f-{name}.txt"),
+            "sh test.sh",
+        );
+        waiting.push(
+            service.submit(&body).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for id in std::iter::once(&blocker_id).chain(&waiting) {
+        service
+            .wait_for_task(id, Duration::from_secs(60), |t| t["stage"] == "deliver")
+            .await;
+    }
+    let quick = service
+        .submit(&task(&repo_b, "Quick", "echo quick > quick.txt", "true"))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let quick = service
+        .wait_finished_within(&quick, Duration::from_secs(60))
+        .await;
+    assert_eq!(quick["status"], "done", "{quick:#}");
+    let (_, blocker) = service.get(&format!("/v1/tasks/{blocker_id}")).await;
+    assert_eq!(
+        blocker["status"], "running",
+        "the quick task finished while the candidate was still verified: {blocker:#}"
+    );
+    for id in std::iter::once(&blocker_id).chain(&waiting) {
+        let t = service
+            .wait_finished_within(id, Duration::from_secs(120))
+            .await;
+        assert_eq!(t["status"], "done", "{t:#}");
+    }
+}

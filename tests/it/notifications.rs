@@ -1,6 +1,9 @@
 //! Notifications from the durable outbox reach real HTTP receivers: a webhook that is down for a
 //! while then up gets every notification exactly once (also across a restart), in order, each
-//! HMAC-signed; a Slack receiver never gets more than one message a second; and
+//! HMAC-signed; a Slack receiver never gets more than one message a second; an email receiver (a
+//! fake SMTP server) gets every notification once, in order, after it recovers; an incident that
+//! still needs a person is reminded every `repeat_interval` until acknowledged (across a restart);
+//! `group_interval` holds across a restart; rejecting a gated step pages; and
 //! `GET /v1/notifications` shows the failed attempts, then the delivery.
 
 use std::path::Path;
@@ -234,4 +237,345 @@ async fn a_slack_receiver_gets_at_most_one_message_a_second() {
             "two Slack messages {gap:?} apart"
         );
     }
+}
+
+/// One mail a fake SMTP server accepted.
+#[derive(Clone, Debug)]
+struct Mail {
+    from: String,
+    to: Vec<String>,
+    data: String,
+}
+
+/// A stateful fake SMTP server on 127.0.0.1:0 speaking the subset of RFC 5321 a client needs
+/// (greeting, EHLO/HELO, MAIL, RCPT, DATA with dot-unstuffing, RSET, NOOP, QUIT; anything else
+/// `500`, commands out of order `503`). While `up` is false it answers `MAIL` with the transient
+/// `451`, as a server that is overloaded does.
+#[derive(Clone, Default)]
+struct FakeSmtp {
+    up: Arc<AtomicBool>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+    mails: Arc<Mutex<Vec<Mail>>>,
+}
+
+impl FakeSmtp {
+    /// Serves in the background; answers `smtp://127.0.0.1:port`.
+    async fn serve(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = self.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let server = server.clone();
+                tokio::spawn(async move { server.session(socket).await });
+            }
+        });
+        format!("smtp://{addr}")
+    }
+
+    async fn session(&self, socket: tokio::net::TcpStream) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let (read, mut write) = socket.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let say = |text: &str| format!("{text}\r\n").into_bytes();
+        write.write_all(&say("220 fake.test ESMTP")).await.unwrap();
+        let (mut from, mut to) = (None::<String>, Vec::<String>::new());
+        while let Ok(Some(line)) = lines.next_line().await {
+            let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+            let answer = match verb.as_str() {
+                "EHLO" => "250-fake.test greets you\r\n250 8BITMIME".to_owned(),
+                "HELO" | "NOOP" => "250 OK".into(),
+                "RSET" => {
+                    (from, to) = (None, Vec::new());
+                    "250 OK".into()
+                }
+                "MAIL" if !self.up.load(Ordering::SeqCst) => {
+                    self.refused.fetch_add(1, Ordering::SeqCst);
+                    "451 4.3.0 try again later".into()
+                }
+                "MAIL" => {
+                    from = Some(line[10..].trim().to_owned());
+                    "250 2.1.0 OK".into()
+                }
+                "RCPT" if from.is_some() => {
+                    to.push(line[8..].trim().to_owned());
+                    "250 2.1.5 OK".into()
+                }
+                "DATA" if from.is_some() && !to.is_empty() => {
+                    write
+                        .write_all(&say("354 end with <CRLF>.<CRLF>"))
+                        .await
+                        .unwrap();
+                    let mut data = String::new();
+                    while let Ok(Some(l)) = lines.next_line().await {
+                        if l == "." {
+                            break;
+                        }
+                        data.push_str(
+                            l.strip_prefix('.')
+                                .filter(|_| l.starts_with(".."))
+                                .unwrap_or(&l),
+                        );
+                        data.push('\n');
+                    }
+                    self.mails.lock().unwrap().push(Mail {
+                        from: from.take().unwrap_or_default(),
+                        to: std::mem::take(&mut to),
+                        data,
+                    });
+                    "250 2.0.0 queued".into()
+                }
+                "RCPT" | "DATA" => "503 5.5.1 bad sequence of commands".into(),
+                "QUIT" => {
+                    let _ = write.write_all(&say("221 2.0.0 bye")).await;
+                    return;
+                }
+                _ => "500 5.5.2 unknown command".into(),
+            };
+            if write.write_all(&say(&answer)).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn mails(&self) -> Vec<Mail> {
+        self.mails.lock().unwrap().clone()
+    }
+}
+
+/// The notification ids a mail's body names, in order.
+fn mailed_ids(mail: &Mail) -> Vec<String> {
+    mail.data
+        .lines()
+        .filter_map(|l| l.strip_prefix("notification: "))
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_email_receiver_gets_every_notification_once_in_order_after_the_server_recovers() {
+    let root = tempfile::tempdir().unwrap();
+    let smtp = FakeSmtp::default();
+    let url = smtp.serve().await;
+    let notifications = format!(
+        "[[notifications.receivers]]\nname = \"mail\"\nkind = \"email\"\nurl = \"{url}\"\n\
+         from = \"Glitchlab <glitchlab@example.test>\"\nto = [\"oncall@example.test\", \"lead@example.test\"]\n\n\
+         [[notifications.routes]]\nreceiver = \"mail\"\nkinds = [\"incident_needs_human\"]\n"
+    );
+    let options = options(root.path(), &notifications);
+    let mut service = Service::start_with(root.path(), options.clone()).await;
+    let mut incidents = Vec::new();
+    for signal in ["first", "second", "third"] {
+        incidents.push(alert(&service, "web", signal).await);
+    }
+    wait_until(&service, "/v1/notifications", |b| {
+        b["deliveries"].as_array().is_some_and(|d| {
+            d.iter().any(|d| {
+                d["receiver_kind"] == "email"
+                    && d["last_error"].as_str().is_some_and(|e| e.contains("451"))
+            })
+        })
+    })
+    .await;
+    assert!(smtp.mails().is_empty());
+    smtp.up.store(true, Ordering::SeqCst);
+
+    let done = wait_until(&service, "/v1/notifications", |b| {
+        b["deliveries"]
+            .as_array()
+            .is_some_and(|d| d.len() == 3 && d.iter().all(|d| !d["delivered_at"].is_null()))
+    })
+    .await;
+    let mut ids_by_incident = std::collections::HashMap::new();
+    for d in done["deliveries"].as_array().unwrap() {
+        ids_by_incident.insert(
+            d["notification_id"].as_str().unwrap().to_owned(),
+            d["subject"].as_str().unwrap().to_owned(),
+        );
+    }
+    let mails = smtp.mails();
+    assert!(smtp.refused.load(Ordering::SeqCst) >= 1);
+    let mut subjects = Vec::new();
+    for mail in &mails {
+        assert_eq!(mail.from, "<glitchlab@example.test>", "{mail:?}");
+        assert_eq!(
+            mail.to,
+            vec!["<oncall@example.test>", "<lead@example.test>"],
+            "{mail:?}"
+        );
+        assert!(
+            mail.data
+                .contains("Subject: [glitchlab] incident_needs_human web:"),
+            "{}",
+            mail.data
+        );
+        for id in mailed_ids(mail) {
+            subjects.push(ids_by_incident[&id].clone());
+        }
+    }
+    assert_eq!(subjects, incidents, "each once, in order");
+
+    service.terminate(Duration::from_secs(10));
+    let _service = Service::start_with(root.path(), options).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        smtp.mails().len(),
+        mails.len(),
+        "nothing mailed again after a restart"
+    );
+}
+
+/// The `repeat` numbers of the acknowledged webhook messages, in arrival order, with when.
+fn repeats(got: &[Received]) -> Vec<(u64, Instant)> {
+    got.iter()
+        .filter(|r| r.answered_ok)
+        .flat_map(|r| {
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            body["notifications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| (n["repeat"].as_u64().unwrap(), r.at))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_incident_that_needs_a_person_is_reminded_every_repeat_interval_until_acknowledged() {
+    let root = tempfile::tempdir().unwrap();
+    let receiver = Receiver::default();
+    receiver.up.store(true, Ordering::SeqCst);
+    let url = receiver.serve().await;
+    let notifications = format!(
+        "[[notifications.receivers]]\nname = \"pager\"\nkind = \"webhook\"\nurl = \"{url}\"\n\
+         secret_env = \"NOTIFY_SECRET\"\n\n[[notifications.routes]]\nreceiver = \"pager\"\n\
+         kinds = [\"incident_needs_human\"]\nrepeat_interval = \"2s\"\n"
+    );
+    let options = options(root.path(), &notifications);
+    let mut service = Service::start_with(root.path(), options.clone()).await;
+    let incident = alert(&service, "web", "mystery").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while repeats(&receiver.got()).len() < 2 {
+        assert!(Instant::now() < deadline, "no reminder: {}", service.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The schedule is in the outbox: a restart keeps reminding.
+    service.terminate(Duration::from_secs(10));
+    let service = Service::start_with(root.path(), options).await;
+    while repeats(&receiver.got()).len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no reminder after the restart: {}",
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, acked) = service
+        .post(&format!("/v1/incidents/{incident}/ack"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{acked}");
+    let at_ack = repeats(&receiver.got()).len();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let seen = repeats(&receiver.got());
+    assert!(
+        seen.len() <= at_ack + 1,
+        "at most one reminder in flight at the ack, then none: {} then {}",
+        at_ack,
+        seen.len()
+    );
+    let numbers: Vec<u64> = seen.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        numbers,
+        (0..seen.len() as u64).collect::<Vec<_>>(),
+        "counted up, once each"
+    );
+    for pair in seen.windows(2) {
+        let gap = pair[1].1.duration_since(pair[0].1);
+        assert!(
+            gap >= Duration::from_millis(1800),
+            "reminders {gap:?} apart"
+        );
+    }
+    delivered_subjects(&receiver.got());
+}
+
+#[tokio::test]
+async fn group_interval_holds_across_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let receiver = Receiver::default();
+    receiver.up.store(true, Ordering::SeqCst);
+    let url = receiver.serve().await;
+    let notifications = format!(
+        "[[notifications.receivers]]\nname = \"pager\"\nkind = \"webhook\"\nurl = \"{url}\"\n\
+         secret_env = \"NOTIFY_SECRET\"\n\n[[notifications.routes]]\nreceiver = \"pager\"\n\
+         kinds = [\"incident_needs_human\"]\ngroup_interval = \"1h\"\n"
+    );
+    let options = options(root.path(), &notifications);
+    let mut service = Service::start_with(root.path(), options.clone()).await;
+    alert(&service, "web", "first").await;
+    wait_until(&service, "/v1/notifications", |b| {
+        b["deliveries"][0]["delivered_at"].is_string()
+    })
+    .await;
+    service.terminate(Duration::from_secs(10));
+    let service = Service::start_with(root.path(), options).await;
+    let second = alert(&service, "web", "second").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, listed) = service.get("/v1/notifications").await;
+    let pending = listed["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["subject"] == second.as_str())
+        .cloned()
+        .unwrap();
+    assert!(
+        pending["delivered_at"].is_null(),
+        "sent before group_interval: {pending}"
+    );
+    assert_eq!(
+        receiver.got().len(),
+        1,
+        "one message of the group in the hour"
+    );
+}
+
+#[tokio::test]
+async fn rejecting_a_gated_step_tells_people_the_incident_needs_a_human() {
+    let root = tempfile::tempdir().unwrap();
+    let receiver = Receiver::default();
+    receiver.up.store(true, Ordering::SeqCst);
+    let url = receiver.serve().await;
+    let notifications = format!(
+        "[[notifications.receivers]]\nname = \"pager\"\nkind = \"webhook\"\nurl = \"{url}\"\n\
+         secret_env = \"NOTIFY_SECRET\"\n\n[[notifications.routes]]\nreceiver = \"pager\"\n\
+         kinds = [\"incident_needs_human\"]\n"
+    );
+    let options = options(root.path(), &notifications);
+    std::fs::write(
+        root.path().join("runbooks").join("gated.yaml"),
+        "name: gated\nmatch: {signal: needs_a_person}\nclassify: outage\nsteps:\n  \
+         - {action: notify, gated: true, message: \"page\"}\n",
+    )
+    .unwrap();
+    let service = Service::start_with(root.path(), options).await;
+    let incident = alert(&service, "web", "needs_a_person").await;
+    let path = format!("/v1/incidents/{incident}");
+    wait_until(&service, &path, |i| i["awaiting"].is_object()).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        receiver.got().is_empty(),
+        "an open incident is not a needs_human page"
+    );
+    let (status, body) = service.post(&format!("{path}/reject"), &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let delivered = wait_until(&service, "/v1/notifications", |b| {
+        b["deliveries"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["delivered_at"].is_string()))
+    })
+    .await;
+    assert_eq!(delivered["deliveries"][0]["subject"], incident.as_str());
+    assert_eq!(delivered_subjects(&receiver.got()), vec![incident]);
 }

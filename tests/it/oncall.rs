@@ -556,3 +556,91 @@ async fn alert_for(service: &Service, app: &str, signal: &str) -> String {
     assert_eq!(status, 202, "{body}");
     body["incidents"][0].as_str().unwrap().to_owned()
 }
+
+/// Alertmanager grouping by instance gives every webhook its own `groupKey`: 40 of them for one
+/// app and one alert, sent 8 at a time, are one incident (the configured grouping decides), and a
+/// different alert of the same app is another.
+#[tokio::test]
+async fn per_instance_group_keys_of_one_app_and_alert_are_one_incident() {
+    let root = tempfile::tempdir().unwrap();
+    let service = std::sync::Arc::new(start(root.path(), "apps: {}\n", Vec::new()).await);
+    let webhook = |alertname: &str, instance: usize| {
+        json!({
+            "version": "4", "status": "firing", "receiver": "glitchlab",
+            "groupKey": format!("{{}}/{{}}:{{alertname=\"{alertname}\", instance=\"i-{instance}\"}}"),
+            "alerts": [{
+                "status": "firing",
+                "labels": {"alertname": alertname, "app": "web", "instance": format!("i-{instance}")},
+                "annotations": {"summary": "p99 over 2s"},
+                "startsAt": "2026-01-01T00:00:00Z",
+            }]
+        })
+    };
+    let mut incidents = std::collections::BTreeSet::new();
+    for wave in 0..5 {
+        let mut sends = Vec::new();
+        for i in 0..8 {
+            let (service, body) = (service.clone(), webhook("HighLatency", wave * 8 + i));
+            sends.push(tokio::spawn(async move {
+                service.post("/v1/alerts", &body).await
+            }));
+        }
+        for send in sends {
+            let (status, body) = send.await.unwrap();
+            assert_eq!(status, 202, "{body}");
+            incidents.insert(body["incidents"][0].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(incidents.len(), 1, "one app, one alert: {incidents:?}");
+    let id = incidents.iter().next().unwrap().clone();
+    let (_, incident) = service.get(&format!("/v1/incidents/{id}")).await;
+    assert_eq!(incident["signal_count"], 40, "{incident}");
+
+    let (status, other) = service.post("/v1/alerts", &webhook("DiskFull", 0)).await;
+    assert_eq!(status, 202, "{other}");
+    assert_ne!(other["incidents"][0].as_str().unwrap(), id);
+}
+
+/// `glitchlab incident ack|snooze|resolve` do what the buttons do, each with its principal, and
+/// an act the incident's state refuses exits 1 with the code.
+#[tokio::test]
+async fn the_cli_acknowledges_snoozes_and_resolves_an_incident() {
+    let root = tempfile::tempdir().unwrap();
+    let service = start(root.path(), "apps: {}\n", Vec::new()).await;
+    let id = alert(&service, "mystery_smell").await;
+    let (base, wanted) = (service.base.clone(), id.clone());
+    let (ack, snooze, resolve, again) = tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| crate::cli::glitchlab(&base, args);
+        (
+            run(&["incident", "ack", &wanted, "--json"]),
+            run(&["incident", "snooze", &wanted, "--minutes", "15", "--json"]),
+            run(&["incident", "resolve", &wanted, "--json"]),
+            run(&["incident", "ack", &wanted]),
+        )
+    })
+    .await
+    .unwrap();
+    for (what, out) in [("ack", &ack), ("snooze", &snooze), ("resolve", &resolve)] {
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let acked: Value = serde_json::from_slice(&ack.stdout).unwrap();
+    assert_eq!(acked["status"], "acknowledged");
+    assert_eq!(acked["acknowledged"]["by"], "bootstrap");
+    let snoozed: Value = serde_json::from_slice(&snooze.stdout).unwrap();
+    assert!(snoozed["snoozed_until"].is_string(), "{snoozed}");
+    let resolved: Value = serde_json::from_slice(&resolve.stdout).unwrap();
+    assert_eq!(resolved["status"], "resolved");
+    assert_eq!(resolved["resolved_by"]["by"], "bootstrap");
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "a resolved incident cannot be acknowledged"
+    );
+    assert!(!String::from_utf8_lossy(&again.stderr).is_empty());
+    let (_, stored) = service.get(&format!("/v1/incidents/{id}")).await;
+    assert_eq!(stored["status"], "resolved");
+}

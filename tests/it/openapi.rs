@@ -6,36 +6,39 @@ use serde_json::{json, Value};
 
 use crate::helpers::Service;
 
-/// The router's source: every route registered there must be in the document, and nothing else.
-const ROUTER_SOURCE: &str = include_str!("../../src/app/http/mod.rs");
+/// The route table's source (`src/app/http/routes.rs`): the router, the permission lookup and
+/// the document are all built from its `route!(access, module::handler)` entries, one operation
+/// each.
+const TABLE_SOURCE: &str = include_str!("../../src/app/http/routes.rs");
 
 /// Stands in for every path parameter: a UUID no record has (and a valid ledger id).
 const DUMMY_ID: &str = "00000000-0000-0000-0000-000000000000";
 
-/// The method routers axum offers; any of them inside a `.route(...)` is one operation.
+/// The methods an operation of the document may have.
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
 
-/// The `(METHOD, path)` of every `.route("path", method(handler).method(handler))` in `source`,
-/// paths as written there (relative to where the router is nested).
-fn routes_in_source(source: &str) -> Vec<(String, String)> {
-    let mut routes = Vec::new();
-    for (start, _) in source.match_indices(".route(") {
-        let call = balanced_call(&source[start + ".route".len()..]);
-        let path = call
-            .split('"')
-            .nth(1)
-            .unwrap_or_else(|| panic!("a route without a path literal: {call}"));
-        for method in METHODS {
-            for (at, _) in call.match_indices(&format!("{method}(")) {
-                let before = call[..at].chars().next_back();
-                if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
-                    continue; // part of a longer name (`tasks::get(` is not a method router).
-                }
-                routes.push((method.to_uppercase(), path.to_owned()));
-            }
+/// The `module::handler` of every `route!(access, module::handler)` entry of `source`: a line
+/// that starts with it (not a comment naming it, nor the macro's own `$`-pattern definition).
+fn handlers_in_table(source: &str) -> Vec<String> {
+    let mut handlers = Vec::new();
+    for line in source.lines().map(str::trim) {
+        if !line.starts_with("route!(") || line.contains('$') {
+            continue;
         }
+        let call = balanced_call(&line["route!".len()..]);
+        let handler = call
+            .trim_matches(|c| c == '(' || c == ')')
+            .rsplit(',')
+            .next()
+            .unwrap_or_default()
+            .trim();
+        assert!(
+            handler.contains("::"),
+            "a table entry without a handler: {call}"
+        );
+        handlers.push(handler.to_owned());
     }
-    routes
+    handlers
 }
 
 /// `text` starts with `(`: the text up to and including the matching `)`.
@@ -104,20 +107,19 @@ async fn stream_head(service: &Service, url: &str) -> (u16, Value) {
 }
 
 #[test]
-fn the_source_parser_finds_every_method_of_a_route() {
+fn the_table_parser_finds_every_entry() {
     let source = r#"
-        Router::new()
-            .route("/a", post(x::submit).get(x::list))
-            .route("/a/{id}", get(x::get))
-            .nest("/v1", v1)
+        /// `route!(access, module::handler)`: one entry.
+        macro_rules! route { ($access:expr, $module:ident :: $handler:ident) => {{}} }
+        [
+            route!(Needs(Submit), tasks::submit),
+            route!(Open, system::healthz),
+            route!(Needs(Read), tasks::events),
+        ]
     "#;
     assert_eq!(
-        routes_in_source(source),
-        vec![
-            ("GET".to_owned(), "/a".to_owned()),
-            ("POST".to_owned(), "/a".to_owned()),
-            ("GET".to_owned(), "/a/{id}".to_owned()),
-        ]
+        handlers_in_table(source),
+        vec!["tasks::submit", "system::healthz", "tasks::events"]
     );
 }
 
@@ -133,26 +135,21 @@ async fn the_document_lists_every_route_and_every_operation_answers() {
     assert_eq!(document["info"]["title"], "glitchlab");
     assert_eq!(document["info"]["version"], env!("CARGO_PKG_VERSION"));
 
-    // Exactly the routes of the router: one documented operation per registered route + method.
+    // Exactly the routes of the table: one documented operation per entry (each handler answers
+    // one method; `routes::tests` checks the router, the document and the permissions agree).
     let documented = operations(&document);
-    let registered = routes_in_source(ROUTER_SOURCE);
+    let registered = handlers_in_table(TABLE_SOURCE);
     assert!(
-        registered.len() > 30,
-        "the router parser found {registered:?}"
+        registered.len() > 50,
+        "the table parser found {registered:?}"
     );
+    let unique: std::collections::BTreeSet<&String> = registered.iter().collect();
+    assert_eq!(unique.len(), registered.len(), "a handler is routed twice");
     assert_eq!(
         documented.len(),
         registered.len(),
         "documented {documented:?}\nregistered {registered:?}"
     );
-    for (method, path) in &registered {
-        let nested = format!("/v1{path}");
-        let found = documented
-            .iter()
-            .filter(|(m, p)| m == method && (p == path || *p == nested))
-            .count();
-        assert_eq!(found, 1, "{method} {path} is not documented exactly once");
-    }
 
     // Every operation is routed: the answer is never the fallback, and its status is documented.
     for (method, path) in &documented {
@@ -191,4 +188,75 @@ async fn the_document_lists_every_route_and_every_operation_answers() {
     assert_eq!(deploys["deploys"], json!([]), "{deploys}");
     let (_, incidents) = service.get("/v1/incidents").await;
     assert_eq!(incidents["incidents"], json!([]), "{incidents}");
+}
+
+/// Without a token every protected operation answers the `401 UNAUTHENTICATED` (with its
+/// `WWW-Authenticate`) the document states, and every open one answers without asking for one
+/// (the session routes aside, which check a cookie themselves), with a documented status.
+#[tokio::test]
+async fn operations_answer_an_anonymous_caller_as_documented() {
+    let root = tempfile::tempdir().unwrap();
+    let service = Service::start(root.path()).await;
+    let (status, document) = service.get("/v1/openapi.json").await;
+    assert_eq!(status, 200, "{document}");
+    let anonymous = reqwest::Client::new();
+    let mut protected = 0;
+    for (method, path) in operations(&document) {
+        let operation = &document["paths"][&path][method.to_lowercase()];
+        let permission = operation["x-permission"].as_str().unwrap_or_default();
+        assert!(
+            !permission.is_empty(),
+            "{method} {path} states no x-permission"
+        );
+        let url = format!("{}{}", service.base, with_dummy_ids(&path));
+        let request = match method.as_str() {
+            "GET" => anonymous.get(&url),
+            "POST" => anonymous
+                .post(&url)
+                .header("content-type", "application/json")
+                .body("{}"),
+            "DELETE" => anonymous.delete(&url),
+            other => panic!("no client call for {other}"),
+        };
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let challenge = response.headers().get("www-authenticate").cloned();
+        let streams = response
+            .headers()
+            .get("content-type")
+            .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
+        let body: Value = if streams {
+            Value::Null
+        } else {
+            response.json().await.unwrap_or(Value::Null)
+        };
+        let documented = operation["responses"].get(status.to_string()).is_some();
+        assert!(
+            documented,
+            "{method} {path} answered {status} {body}, not documented"
+        );
+        if permission == "open" {
+            if !path.starts_with("/ui/") {
+                assert_ne!(status, 401, "{method} {path} is open: {body}");
+            }
+            continue;
+        }
+        protected += 1;
+        assert_eq!(
+            status, 401,
+            "{method} {path} ({permission}) without a token: {body}"
+        );
+        assert_eq!(body["error"]["code"], "UNAUTHENTICATED", "{method} {path}");
+        assert_eq!(
+            challenge.as_ref().and_then(|v| v.to_str().ok()),
+            Some("Bearer"),
+            "{method} {path}"
+        );
+        let header = &operation["responses"]["401"]["headers"]["WWW-Authenticate"];
+        assert!(
+            header.is_object(),
+            "{method} {path}: 401 without its header"
+        );
+    }
+    assert!(protected > 45, "only {protected} protected operations");
 }

@@ -145,3 +145,43 @@ async fn a_remote_that_does_not_answer_or_lacks_the_base_is_refused() {
     let (_, refused) = service.post("/v1/tasks", &body).await;
     assert_eq!(refused["error"]["code"], "UNKNOWN_BASE_BRANCH", "{refused}");
 }
+
+/// A remote that declines the task branch's push (its `pre-receive` hook says no): a git failure
+/// deep in the implement stage. The task records `GIT_FAILED` with git's message and nothing
+/// more, while the service's log carries the failure with its code and cause chain.
+#[tokio::test]
+async fn a_declined_push_fails_git_failed_with_the_chain_in_the_log_only() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let root = tempfile::tempdir().unwrap();
+    let (bare, url) = remote(root.path());
+    let hook = bare.join("hooks/pre-receive");
+    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+    std::fs::write(&hook, "#!/bin/sh\necho 'no pushes today' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let service = Service::start(root.path()).await;
+    let body = task(&url, "Declined push", "echo ok > f.txt", "test -f f.txt");
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let failed = service.wait_until_finished(&id).await;
+
+    assert_eq!(failed["status"], "failed", "{failed:#}");
+    assert_eq!(failed["error"]["code"], "GIT_FAILED", "{failed:#}");
+    let message = failed["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no pushes today"), "{message}");
+    let fields: Vec<&String> = failed["error"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        fields,
+        ["code", "message"],
+        "the envelope keeps code and message only"
+    );
+    let log = service.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("stage failed") && line.contains(&id))
+        .unwrap_or_else(|| panic!("no `stage failed` line for {id} in:\n{log}"));
+    assert!(line.contains("GIT_FAILED"), "{line}");
+    assert!(line.contains("no pushes today"), "{line}");
+}

@@ -548,7 +548,10 @@ async fn the_ops_view_silences_an_incidents_signal_and_expires_the_silence() {
     let (_driver, url) = start_driver(&chromedriver, root.path()).await;
     let client = browser(&url, &chromium).await;
 
-    let outcome = silence_in_the_ops_view(&client, &service).await;
+    let mut outcome = silence_in_the_ops_view(&client, &service).await;
+    if outcome.is_ok() {
+        outcome = own_in_the_ops_view(&client, &service).await;
+    }
     if let Err(error) = &outcome {
         if let Ok(png) = client.screenshot().await {
             std::fs::write(failure_screenshot(), png).unwrap();
@@ -557,6 +560,46 @@ async fn the_ops_view_silences_an_incidents_signal_and_expires_the_silence() {
         panic!("{error}\nservice log:\n{}", service.log());
     }
     client.close().await.unwrap();
+}
+
+/// From the incident's card: Acknowledge, Snooze 1 h, Resolve — each checked through the API.
+async fn own_in_the_ops_view(client: &Client, service: &Service) -> Step<()> {
+    let long = Duration::from_secs(60);
+    let (_, listed) = service.get("/v1/incidents").await;
+    let id = listed["incidents"][0]["id"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let path = format!("/v1/incidents/{id}");
+    let card = format!("[data-incident='{id}']");
+    let expect = |what: &'static str, ok: fn(&Value) -> bool| {
+        let path = path.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let (_, incident) = service.get(&path).await;
+                if ok(&incident) {
+                    return Ok(());
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("after {what}: {incident}"));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    click(client, &format!("{card} button[data-act=ack]"), long).await?;
+    expect("Acknowledge", |i| {
+        i["status"] == "acknowledged" && i["acknowledged"]["by"] == "bootstrap"
+    })
+    .await?;
+    click(client, &format!("{card} button[data-act=snooze]"), long).await?;
+    expect("Snooze", |i| i["snoozed_until"].is_string()).await?;
+    click(client, &format!("{card} button[data-act=resolve]"), long).await?;
+    expect("Resolve", |i| {
+        i["status"] == "resolved" && i["resolved_by"]["by"] == "bootstrap"
+    })
+    .await
 }
 
 /// Logs in, silences the incident's app and signal from its card, checks the API has the

@@ -93,6 +93,11 @@ pub enum TaskCommand {
     Retry {
         /// Task id.
         id: String,
+        /// `implement`: a fresh round of attempts (from the current base when the branch is
+        /// behind it); `deliver`: the branch as it is now goes to the merge queue. Absent: where
+        /// the failure says (a conflict or a failure on the base re-implements).
+        #[arg(long, value_parser = ["implement", "deliver"])]
+        from: Option<String>,
     },
     /// Pass a task's approval gate.
     Approve {
@@ -209,7 +214,20 @@ pub async fn run(args: TaskArgs) -> Result<u8, String> {
             Ok(0)
         }
         TaskCommand::Cancel { id } => act(&client, &tasks, &id, "cancel", None, args.json).await,
-        TaskCommand::Retry { id } => act(&client, &tasks, &id, "retry", None, args.json).await,
+        TaskCommand::Retry { id, from } => {
+            let url = format!("{tasks}/{id}/retry");
+            let body = match &from {
+                Some(from) => json!({ "from": from }),
+                None => json!({}),
+            };
+            let task = call(client.post(&url).json(&body), &url).await?;
+            if args.json {
+                print_json(&task)?;
+            } else {
+                println!("{id} {}", task["status"].as_str().unwrap_or("?"));
+            }
+            Ok(0)
+        }
         TaskCommand::Approve { id, comment } => {
             act(&client, &tasks, &id, "approve", comment, args.json).await
         }
@@ -307,8 +325,12 @@ async fn follow(
     loop {
         let task = call(client.get(&url), &url).await?;
         let status = task["status"].as_str().unwrap_or("?").to_owned();
+        let held = task["merge"]["held"]
+            .as_str()
+            .map(|why| format!(" held: {why}"))
+            .unwrap_or_default();
         let now = format!(
-            "{status} stage={} attempt={}",
+            "{status} stage={} attempt={}{held}",
             task["stage"].as_str().unwrap_or("-"),
             task["attempts"]
         );

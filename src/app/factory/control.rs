@@ -12,8 +12,9 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use uuid::Uuid;
 
-use super::Factory;
+use super::{gate, Factory};
 use crate::model::fleet::FactoryRecord;
+use crate::platform::nats;
 use crate::runtime::fleet::control::{
     self, ControlKey, FactoryMode, Stop, CONTROL_CALL_TIMEOUT, STOP_SUBJECT_PREFIX, SWITCHES_EVERY,
 };
@@ -26,7 +27,7 @@ const HOLD_TICK: Duration = Duration::from_millis(200);
 /// A job is held through a pause at most this long, then handed back (a delivery spent).
 const HOLD_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Registered factories read into the snapshot at most.
-const REGISTRY_MAX: usize = 4096;
+const REGISTRY_MAX: usize = 1000;
 
 /// What the control plane tells this factory, as last read and verified.
 #[derive(Default)]
@@ -165,20 +166,21 @@ pub(super) async fn registry_now(factory: &Factory, bound: Duration) -> Vec<Fact
     }
 }
 
+/// The registry entries, as their factories signed them ([`super::gate::read_record`]: a
+/// factory cannot check another's MAC; it only uses them as hints where a repository is warm).
 async fn read_registry(factory: &Factory) -> Result<Vec<FactoryRecord>, String> {
     let bucket = factory
         .nats
         .factories(FACTORY_TTL)
         .await
         .map_err(|e| e.to_string())?;
-    let mut names = bucket.keys().await.map_err(|e| e.to_string())?;
+    let names = nats::bucket_keys(&bucket, REGISTRY_MAX)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut records = Vec::new();
-    while let Some(Ok(name)) = names.next().await {
-        if records.len() >= REGISTRY_MAX {
-            break;
-        }
-        if let Ok(Some(bytes)) = bucket.get(&name).await {
-            if let Ok(record) = serde_json::from_slice::<FactoryRecord>(&bytes) {
+    for name in names {
+        if let Ok(Some(bytes)) = nats::bounded("a registry entry", bucket.get(&name)).await {
+            if let Some(record) = gate::read_record(&bytes) {
                 records.push(record);
             }
         }
@@ -198,11 +200,12 @@ pub(super) async fn hold(factory: &Factory, message: &jetstream::Message) -> boo
     let mut renewed = Instant::now();
     while factory.control.holds() {
         if started.elapsed() > HOLD_MAX {
-            let _ = message.ack_with(AckKind::Nak(None)).await;
+            let _ = nats::bounded("handing back", message.ack_with(AckKind::Nak(None))).await;
             return false;
         }
         if renewed.elapsed() >= renew {
-            if let Err(error) = message.ack_with(AckKind::Progress).await {
+            let progress = message.ack_with(AckKind::Progress);
+            if let Err(error) = nats::bounded("a held job's lease", progress).await {
                 tracing::warn!(%error, "a held job's lease not renewed");
             }
             renewed = Instant::now();

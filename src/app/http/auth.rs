@@ -368,50 +368,16 @@ fn write_secret_file(file: &Path, secret: &str) -> std::io::Result<()> {
     out.sync_all()
 }
 
-/// The permission a route needs; `None` for the open ones (`/healthz`, `/readyz`, and
-/// `/metrics` with `server.metrics_public`).
+/// The permission a route needs, as `routes::table` declares it; `None` for the open ones
+/// (`/healthz`, `/readyz`, the page's own routes, and `/metrics` with `server.metrics_public`).
+/// A pair the table lacks (none is routed) needs the strictest: `Read` to read, `MoveMoney` to
+/// change.
 fn permission_for(method: &Method, route: &str, metrics_public: bool) -> Option<Permission> {
-    match route {
-        "/healthz" | "/readyz" => return None,
-        // The web page and its assets hold no data; its session routes authenticate themselves.
-        route if super::ui::is_ui_route(route) => return None,
-        "/metrics" if metrics_public => return None,
-        _ => {}
+    match super::routes::access(method, route) {
+        Some(access) => access.permission(metrics_public),
+        None if method == Method::GET || method == Method::HEAD => Some(Permission::Read),
+        None => Some(Permission::MoveMoney),
     }
-    if method == Method::GET || method == Method::HEAD {
-        return Some(if route == "/v1/tokens" {
-            Permission::ManageTokens
-        } else {
-            Permission::Read
-        });
-    }
-    Some(match route {
-        "/v1/tasks" => Permission::Submit,
-        "/v1/tasks/{id}/cancel" | "/v1/tasks/{id}/retry" => Permission::ActOnOwnTasks,
-        "/v1/tasks/{id}/approve"
-        | "/v1/tasks/{id}/reject"
-        | "/v1/deploys/{id}/approve"
-        | "/v1/deploys/{id}/reject"
-        | "/v1/incidents/{id}/approve"
-        | "/v1/incidents/{id}/reject"
-        | "/v1/incidents/{id}/ack"
-        | "/v1/incidents/{id}/resolve"
-        | "/v1/incidents/{id}/snooze"
-        | "/v1/silences"
-        | "/v1/silences/{id}" => Permission::Approve,
-        "/v1/deploys" => Permission::Deploy,
-        "/v1/fleet/pause"
-        | "/v1/fleet/resume"
-        | "/v1/fleet/factories/{name}/drain"
-        | "/v1/fleet/factories/{name}/pause"
-        | "/v1/fleet/factories/{name}/resume" => Permission::ActOnAnyTask,
-        "/v1/alerts" => Permission::Alert,
-        "/v1/ledger/mint" => Permission::Mint,
-        "/v1/ledger/accounts" => Permission::ManageAccounts,
-        "/v1/tokens" | "/v1/tokens/{name}" => Permission::ManageTokens,
-        // Transfers, post, void — and any write route added later: the strictest.
-        _ => Permission::MoveMoney,
-    })
 }
 
 /// The bearer secret of a request, if it carries one.
@@ -554,11 +520,15 @@ pub(crate) struct NewTokenRequest {
     pub name: String,
     /// What it may do.
     pub role: Role,
-    /// Accounts its tasks may charge (default: `user:<name>`); ignored for admins.
+    /// Accounts its tasks may charge (default: `user:<name>`); ignored for admins. At most 64
+    /// (`SCOPE_ITEMS_MAX`), each 1..=512 bytes without control characters.
     #[serde(default)]
+    #[schema(max_items = 64)]
     pub accounts: Option<Vec<String>>,
-    /// Globs a task's repository must match (default: any), within `server.repos`.
+    /// Globs a task's repository must match (default: any), within `server.repos`. At most 64,
+    /// each 1..=512 bytes without control characters.
     #[serde(default)]
+    #[schema(max_items = 64)]
     pub repos: Option<Vec<String>>,
     /// Whether its tasks may override persona engines (default: false; admins always may).
     #[serde(default)]
@@ -748,6 +718,7 @@ pub(crate) async fn revoke_token(
 
 /// The query of `GET /v1/audit`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuditParams {
     /// Only this token's changes.
@@ -756,8 +727,7 @@ pub(crate) struct AuditParams {
     pub since: Option<chrono::DateTime<Utc>>,
     /// The previous page's `next`.
     pub after: Option<u64>,
-    /// At most this many (default and maximum 1000).
-    #[param(minimum = 1, maximum = 1000)]
+    /// At most this many: clamped to 1..=1000 (`AUDIT_PAGE_MAX`, also the default).
     pub limit: Option<usize>,
 }
 
@@ -877,5 +847,17 @@ mod tests {
             permission_for(&Method::GET, "/ui/other", false),
             Some(Permission::Read)
         );
+    }
+
+    /// The document states the scope limit the code checks.
+    #[test]
+    fn the_document_states_the_scope_limit() {
+        use utoipa::OpenApi;
+        let document = serde_json::to_value(super::super::openapi::ApiDoc::openapi())
+            .expect("the document serializes");
+        let properties = &document["components"]["schemas"]["NewTokenRequest"]["properties"];
+        for field in ["accounts", "repos"] {
+            assert_eq!(properties[field]["maxItems"], SCOPE_ITEMS_MAX, "{field}");
+        }
     }
 }

@@ -64,13 +64,17 @@ pub(crate) async fn diff(
         .task(task_id)
         .await?
         .ok_or_else(not_found)?;
-    let branch = task.branch.clone().unwrap_or_else(|| branch_name(task.id));
+    let branch = task
+        .progress
+        .branch
+        .clone()
+        .unwrap_or_else(|| branch_name(task.id));
     let repo = Git::new(
-        app.services.repo_dir(&task.repo),
+        app.services.repo_dir(&task.spec.repo),
         app.services.config.git.timeout(),
     );
     let (source, text) = if repo.branch_exists(&branch).await {
-        let range = format!("refs/heads/{}...refs/heads/{branch}", task.base_branch);
+        let range = format!("refs/heads/{}...refs/heads/{branch}", task.spec.base_branch);
         let args = [
             "diff",
             "--no-color",
@@ -80,7 +84,7 @@ pub(crate) async fn diff(
             "--",
         ];
         ("branch", run(&repo, &args).await?)
-    } else if let Some(commit) = &task.commit {
+    } else if let Some(commit) = &task.outcome.commit {
         let parent = format!("{commit}^1");
         let args = [
             "diff",
@@ -100,7 +104,7 @@ pub(crate) async fn diff(
     let (diff, truncated) = bounded(app.services.redactor.redact(&text));
     Ok(Json(TaskDiff {
         branch,
-        base: task.base_branch,
+        base: task.spec.base_branch,
         source: source.to_owned(),
         diff,
         truncated,

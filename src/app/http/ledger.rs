@@ -61,15 +61,18 @@ impl From<LedgerError> for ApiError {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MintRequest {
-    /// The account receiving the new tokens.
+    /// The account receiving the new tokens (1..=128 bytes: `ID_BYTES_MAX`).
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9:_.@-]+$")]
     pub account: String,
-    /// Micro-tokens.
+    /// Micro-tokens, at least 1.
+    #[schema(minimum = 1)]
     pub amount: u64,
     /// Why.
     #[serde(default)]
     pub memo: Option<String>,
-    /// Transfer id, to make a retry safe (default: a fresh `mint:<uuid>`).
+    /// Transfer id, to make a retry safe (default: a fresh `mint:<uuid>`); 1..=128 bytes.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9:_.@-]+$")]
     pub id: Option<String>,
 }
 
@@ -77,8 +80,9 @@ pub(crate) struct MintRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PostRequest {
-    /// How much of the reservation to move (default: all of it).
+    /// How much of the reservation to move, at least 1 (default: all of it).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub amount: Option<u64>,
 }
 
@@ -163,7 +167,8 @@ pub(crate) async fn account(
     tag = "ledger",
     params(
         ("id" = String, Path, description = "Account id."),
-        ("limit" = Option<usize>, Query, description = "1..=500 (default 50)."),
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 500,
+            description = "1..=500 (default 50)."),
         ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page."),
     ),
     responses(

@@ -4,6 +4,7 @@ pub(crate) mod auth;
 pub(crate) mod diff;
 pub(crate) mod error;
 pub(crate) mod fleet;
+pub(crate) mod fleet_factories;
 pub(crate) mod guard;
 pub(crate) mod incidents;
 pub(crate) mod json;
@@ -12,6 +13,7 @@ pub(crate) mod notifications;
 pub(crate) mod openapi;
 pub(crate) mod ops;
 pub(crate) mod report;
+pub(crate) mod routes;
 pub(crate) mod session;
 pub(crate) mod silences;
 pub(crate) mod stream;
@@ -25,7 +27,6 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
 use axum::Router;
 use ractor::ActorRef;
 use tower_http::trace::TraceLayer;
@@ -68,77 +69,13 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// The whole router.
+/// The whole router: every route of [`routes::table`], then the layers every request passes.
 pub(crate) fn router(app: AppState) -> Router {
     let body_bytes_max = app.services.config.server.body_bytes_max;
-    let v1 = Router::new()
-        .route("/tasks", post(tasks::submit).get(tasks::list))
-        .route("/tasks/{id}", get(tasks::get))
-        .route("/tasks/{id}/events", get(tasks::events))
-        .route("/tasks/{id}/events/stream", get(stream::task_events))
-        .route("/tasks/{id}/runs", get(tasks::runs))
-        .route("/tasks/{id}/diff", get(diff::diff))
-        .route("/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/tasks/{id}/approve", post(tasks::approve))
-        .route("/tasks/{id}/reject", post(tasks::reject))
-        .route("/tasks/{id}/retry", post(tasks::retry))
-        .route("/ledger/accounts", post(ledger::open_account))
-        .route("/ledger/accounts/{id}", get(ledger::account))
-        .route("/ledger/accounts/{id}/transfers", get(ledger::history))
-        .route("/ledger/transfers", post(ledger::create_transfer))
-        .route("/ledger/transfers/{id}", get(ledger::transfer))
-        .route("/ledger/transfers/{id}/post", post(ledger::post))
-        .route("/ledger/transfers/{id}/void", post(ledger::void))
-        .route("/ledger/mint", post(ledger::mint))
-        .route("/ledger/audit", get(ledger::audit))
-        .route("/actors", get(system::actors))
-        .route("/personas", get(system::personas))
-        .route("/events", get(system::service_events))
-        .route("/events/stream", get(stream::all_events))
-        .route("/report", get(report::report))
-        .route("/deploys", post(ops::create_deploy).get(ops::list_deploys))
-        .route("/deploys/{id}", get(ops::get_deploy))
-        .route("/deploys/{id}/approve", post(ops::approve_deploy))
-        .route("/deploys/{id}/reject", post(ops::reject_deploy))
-        .route("/checks", get(ops::list_checks))
-        .route("/fleet", get(fleet::fleet))
-        .route("/fleet/pause", post(fleet::pause))
-        .route("/fleet/resume", post(fleet::resume))
-        .route("/fleet/factories/{name}/drain", post(fleet::drain_factory))
-        .route("/fleet/factories/{name}/pause", post(fleet::pause_factory))
-        .route(
-            "/fleet/factories/{name}/resume",
-            post(fleet::resume_factory),
-        )
-        .route("/alerts", post(ops::alerts))
-        .route("/incidents", get(ops::list_incidents))
-        .route("/incidents/{id}", get(ops::get_incident))
-        .route("/incidents/{id}/approve", post(ops::approve_incident))
-        .route("/incidents/{id}/reject", post(ops::reject_incident))
-        .route("/incidents/{id}/ack", post(incidents::ack_incident))
-        .route("/incidents/{id}/resolve", post(incidents::resolve_incident))
-        .route("/incidents/{id}/snooze", post(incidents::snooze_incident))
-        .route(
-            "/silences",
-            post(silences::create_silence).get(silences::list_silences),
-        )
-        .route("/silences/{id}", delete(silences::expire_silence))
-        .route("/notifications", get(notifications::list_notifications))
-        .route("/openapi.json", get(openapi::document))
-        .route("/tokens", post(auth::create_token).get(auth::list_tokens))
-        .route("/tokens/{name}", delete(auth::revoke_token))
-        .route("/audit", get(auth::audit));
-    Router::new()
-        .route("/healthz", get(system::healthz))
-        .route("/readyz", get(system::readyz))
-        .route("/metrics", get(system::metrics))
-        .route("/", get(ui::index))
-        .route("/ui/app.js", get(ui::script))
-        .route("/ui/app.css", get(ui::style))
-        .route("/ui/login", post(ui::login))
-        .route("/ui/logout", post(ui::logout))
-        .route("/ui/session", get(ui::current))
-        .nest("/v1", v1)
+    let routes = routes::table()
+        .into_iter()
+        .map(|route| (route.path, route.handler));
+    routes::mount(routes)
         .route_layer(middleware::from_fn_with_state(app.clone(), auth::authorize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

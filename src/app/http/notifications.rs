@@ -35,7 +35,7 @@ pub(crate) struct NotificationQuery {
     responses(
         (status = 200, description = "`{\"deliveries\": [{notification_id, kind, app, subject, \
             summary, created_at, receiver, receiver_kind, attempts, last_error, delivered_at, \
-            next_attempt_at, gave_up}, …]}`, newest first.", body = Object),
+            next_attempt_at, gave_up, repeat, next_repeat_at}, …]}`, newest first.", body = Object),
         (status = 422, description = describe::BAD_QUERY, body = ErrorBody),
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
     )
@@ -61,7 +61,8 @@ pub(crate) async fn list_notifications(
                     "receiver": d.receiver, "receiver_kind": d.receiver_kind,
                     "attempts": d.attempts, "last_error": d.last_error,
                     "delivered_at": d.delivered_at, "next_attempt_at": d.next_attempt_at,
-                    "gave_up": d.gave_up,
+                    "gave_up": d.gave_up, "repeat": n.repeat,
+                    "next_repeat_at": d.next_repeat_at,
                 })
             })
         })

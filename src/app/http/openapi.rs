@@ -11,15 +11,14 @@ use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
 use super::error::{describe, ApiError, ErrorBody};
-use super::{
-    auth, diff, fleet, incidents, ledger, notifications, ops, report, silences, stream, system,
-    tasks, ui,
-};
+use super::routes;
 use crate::model::live::RunOutput;
 use crate::model::ops::records::{CheckResult, DeployRecord, Incident};
 use crate::model::ops::silence::Silence;
 use crate::model::task::{EngineRun, Event, Task};
 use crate::runtime::directory::ActorEntry;
+
+mod common;
 
 /// The document: every routed handler, the schemas of their bodies, one tag per area.
 #[derive(OpenApi)]
@@ -33,72 +32,7 @@ use crate::runtime::directory::ActorEntry;
             `{\"error\":{\"code\":\"...\",\"message\":\"...\"}}`. Any route answers \
             `404 NOT_FOUND` for an unknown path and `405 METHOD_NOT_ALLOWED` for a wrong method.",
     ),
-    paths(
-        tasks::submit,
-        tasks::list,
-        tasks::get,
-        tasks::events,
-        tasks::runs,
-        diff::diff,
-        tasks::cancel,
-        tasks::approve,
-        tasks::reject,
-        tasks::retry,
-        report::report,
-        ledger::open_account,
-        ledger::account,
-        ledger::history,
-        ledger::create_transfer,
-        ledger::transfer,
-        ledger::post,
-        ledger::void,
-        ledger::mint,
-        ledger::audit,
-        ops::create_deploy,
-        ops::list_deploys,
-        ops::get_deploy,
-        ops::approve_deploy,
-        ops::reject_deploy,
-        ops::list_checks,
-        fleet::fleet,
-        fleet::pause,
-        fleet::resume,
-        fleet::drain_factory,
-        fleet::pause_factory,
-        fleet::resume_factory,
-        ops::alerts,
-        ops::list_incidents,
-        ops::get_incident,
-        ops::approve_incident,
-        ops::reject_incident,
-        incidents::ack_incident,
-        incidents::resolve_incident,
-        incidents::snooze_incident,
-        silences::create_silence,
-        silences::list_silences,
-        silences::expire_silence,
-        notifications::list_notifications,
-        system::healthz,
-        system::readyz,
-        system::actors,
-        system::personas,
-        system::service_events,
-        system::metrics,
-        stream::task_events,
-        stream::all_events,
-        auth::create_token,
-        auth::list_tokens,
-        auth::revoke_token,
-        auth::audit,
-        document,
-        ui::index,
-        ui::script,
-        ui::style,
-        ui::login,
-        ui::current,
-        ui::logout,
-    ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Routes),
     security(("bearer" = [])),
     // Schemas that untyped (`Object`) answers name in their descriptions; the rest are collected
     // from the paths.
@@ -150,6 +84,28 @@ impl utoipa::Modify for BearerAuth {
             ))
             .build();
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// Adds every operation of [`routes::table`] (the paths are not listed here: the table is the
+/// one list), with the answers common to all and the schemas they reference.
+struct Routes;
+
+impl utoipa::Modify for Routes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for route in routes::table() {
+            let components = openapi.components.get_or_insert_with(Default::default);
+            for (name, schema) in &route.schemas {
+                components
+                    .schemas
+                    .entry(name.clone())
+                    .or_insert_with(|| schema.clone());
+            }
+            let (path, method) = (route.path.clone(), route.method.clone());
+            openapi
+                .paths
+                .add_path_operation(path, vec![method], common::operation(route));
+        }
     }
 }
 
@@ -272,5 +228,36 @@ mod tests {
             let key = required.as_str().expect("name");
             assert!(task.contains_key(key), "{key} is required but not served");
         }
+    }
+
+    /// The limits the document states are the constants the code checks (a schema attribute
+    /// takes only a literal).
+    #[test]
+    fn the_ledger_limits_are_the_codes() {
+        use crate::model::ledger::ID_BYTES_MAX;
+        use crate::storage::ledger::HISTORY_LIMIT_MAX;
+        let document = document();
+        let schemas = &document["components"]["schemas"];
+        for (schema, field) in [
+            ("NewAccount", "id"),
+            ("NewTransfer", "id"),
+            ("NewTransfer", "debit_account"),
+            ("NewTransfer", "credit_account"),
+            ("MintRequest", "account"),
+        ] {
+            let property = &schemas[schema]["properties"][field];
+            assert_eq!(property["maxLength"], ID_BYTES_MAX, "{schema}.{field}");
+            assert_eq!(property["minLength"], 1, "{schema}.{field}");
+        }
+        let parameters =
+            &document["paths"]["/v1/ledger/accounts/{id}/transfers"]["get"]["parameters"];
+        let limit = parameters
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .find(|parameter| parameter["name"] == "limit")
+            .expect("a limit parameter");
+        assert_eq!(limit["in"], "query");
+        assert_eq!(limit["schema"]["maximum"], HISTORY_LIMIT_MAX);
     }
 }

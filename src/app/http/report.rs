@@ -67,6 +67,9 @@ pub(crate) struct Report {
     pub finished_last_hour: FinishedSummary,
     /// What was counted: every task, or where counting stopped.
     pub coverage: Coverage,
+    /// Base branches whose own commit fails a task's verify: their merge queues hold (no
+    /// attempt spent) until the branch moves.
+    pub base_red: Vec<crate::runtime::base_health::RedBase>,
 }
 
 /// One running task.
@@ -137,7 +140,7 @@ fn status_key(status: TaskStatus) -> String {
 pub(crate) async fn report(State(app): State<AppState>) -> Result<Json<Report>, ApiError> {
     let now = Utc::now();
     let mut tasks = app.services.store.tasks(REPORT_TASKS_MAX + 1).await?;
-    let coverage = Coverage::cut(&mut tasks, REPORT_TASKS_MAX, |task| task.created_at);
+    let coverage = Coverage::cut(&mut tasks, REPORT_TASKS_MAX, |task| task.spec.created_at);
     if !coverage.complete {
         tracing::warn!(
             counted = coverage.tasks_counted,
@@ -149,17 +152,21 @@ pub(crate) async fn report(State(app): State<AppState>) -> Result<Json<Report>, 
     );
     let mut counts = BTreeMap::new();
     for task in &tasks {
-        *counts.entry(status_key(task.status)).or_insert(0) += 1;
+        *counts.entry(status_key(task.progress.status)).or_insert(0) += 1;
     }
     let mut running = Vec::new();
     let mut stalled = Vec::new();
-    for task in tasks.iter().filter(|t| t.status == TaskStatus::Running) {
+    for task in tasks
+        .iter()
+        .filter(|t| t.progress.status == TaskStatus::Running)
+    {
         running.push(RunningTask {
             id: task.id,
-            title: task.title.clone(),
-            stage: task.stage,
-            attempts: task.attempts,
-            age_secs: (now - task.started_at.unwrap_or(task.created_at)).num_seconds(),
+            title: task.spec.title.clone(),
+            stage: task.progress.stage,
+            attempts: task.progress.attempts,
+            age_secs: (now - task.progress.started_at.unwrap_or(task.spec.created_at))
+                .num_seconds(),
         });
         let last_event_at = app
             .services
@@ -168,11 +175,11 @@ pub(crate) async fn report(State(app): State<AppState>) -> Result<Json<Report>, 
             .await?
             .pop()
             .map(|e| e.ts);
-        let silent = now - last_event_at.unwrap_or(task.updated_at);
+        let silent = now - last_event_at.unwrap_or(task.progress.updated_at);
         if silent >= stall_after {
             stalled.push(StalledTask {
                 id: task.id,
-                stage: task.stage,
+                stage: task.progress.stage,
                 last_event_at,
                 silent_secs: silent.num_seconds(),
             });
@@ -180,11 +187,11 @@ pub(crate) async fn report(State(app): State<AppState>) -> Result<Json<Report>, 
     }
     let blocked = tasks
         .iter()
-        .filter(|t| t.status == TaskStatus::Blocked)
+        .filter(|t| t.progress.status == TaskStatus::Blocked)
         .map(|t| BlockedTask {
             id: t.id,
-            title: t.title.clone(),
-            blocked_by: t.blocked_by.clone(),
+            title: t.spec.title.clone(),
+            blocked_by: t.progress.blocked_by.clone(),
         })
         .collect();
     Ok(Json(Report {
@@ -196,24 +203,28 @@ pub(crate) async fn report(State(app): State<AppState>) -> Result<Json<Report>, 
         stalled,
         finished_last_hour: finished_since(&tasks, now - Duration::hours(1)),
         coverage,
+        base_red: app.services.base_health.red(),
     }))
 }
 
 fn finished_since(tasks: &[Task], since: DateTime<Utc>) -> FinishedSummary {
     let recent: Vec<&Task> = tasks
         .iter()
-        .filter(|t| t.status.is_terminal() && t.finished_at.is_some_and(|at| at >= since))
+        .filter(|t| {
+            t.progress.status.is_terminal() && t.outcome.finished_at.is_some_and(|at| at >= since)
+        })
         .collect();
     let mut counts = BTreeMap::new();
     for task in &recent {
-        *counts.entry(status_key(task.status)).or_insert(0) += 1;
+        *counts.entry(status_key(task.progress.status)).or_insert(0) += 1;
     }
     let mut durations: Vec<f64> = recent
         .iter()
-        .filter(|t| t.status == TaskStatus::Done)
+        .filter(|t| t.progress.status == TaskStatus::Done)
         .filter_map(|t| {
-            t.finished_at
-                .map(|at| (at - t.created_at).num_milliseconds() as f64 / 1000.0)
+            t.outcome
+                .finished_at
+                .map(|at| (at - t.spec.created_at).num_milliseconds() as f64 / 1000.0)
         })
         .collect();
     durations.sort_by(f64::total_cmp);

@@ -210,6 +210,24 @@ fn feeder_slot(app: &AppState) -> Result<Slot, ApiError> {
 
 type Message = Result<SseEvent, Infallible>;
 
+/// One Server-Sent Event of the event streams, as the OpenAPI document describes it: the wire
+/// is `text/event-stream` text, one `field: value` line per field and a blank line after each
+/// event; `data` is one line of JSON. Never built: axum's `Sse` writes the frames.
+#[derive(utoipa::ToSchema)]
+#[expect(
+    dead_code,
+    reason = "the document's description of a frame axum writes"
+)]
+pub(crate) struct StreamFrame {
+    /// `id:` the event's `seq`; absent on `run.output`, `run.output.lagged`, `lagged` and `end`.
+    id: Option<u64>,
+    /// `event:` the event's `kind`, or `run.output`, `run.output.lagged`, `lagged`, `end`.
+    event: String,
+    /// `data:` an `Event` as JSON; a `RunOutput` for `run.output`; `{task_id, skipped}` for
+    /// `run.output.lagged`; `{skipped}` for `lagged`; `{task_id, status}` for `end`.
+    data: String,
+}
+
 /// `GET /v1/tasks/{id}/events/stream`.
 #[utoipa::path(
     get,
@@ -230,7 +248,7 @@ type Message = Result<SseEvent, Infallible>;
             `event: run.output.lagged` with `{task_id, skipped}` when the stream fell behind on \
             those; `event: end` with `{task_id, status}` once the task is terminal and settled, \
             then the stream closes.",
-            body = String, content_type = "text/event-stream"),
+            body = StreamFrame, content_type = "text/event-stream"),
         (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
         (status = 422, description = "`INVALID_FIELD`: `after` or `Last-Event-ID` is not an \
             integer.", body = ErrorBody),
@@ -286,7 +304,7 @@ pub(crate) async fn task_events(
         (status = 200, description = "Server-Sent Events: every new event of the service (`id:` \
             seq, `event:` kind, `data:` the Event JSON); `event: lagged` with `{skipped}` for a \
             client that fell 1024 events behind. Never ends by itself.",
-            body = String, content_type = "text/event-stream"),
+            body = StreamFrame, content_type = "text/event-stream"),
         (status = 503, description = describe::TOO_MANY_STREAMS, body = ErrorBody),
     )
 )]
@@ -364,12 +382,12 @@ async fn feed_task(
             None
         };
         match task {
-            Some(task) if task.status.is_terminal() => {
+            Some(task) if task.progress.status.is_terminal() => {
                 let since = *terminal_since.get_or_insert_with(tokio::time::Instant::now);
                 if books_closed(&task) || since.elapsed() >= SETTLE_LINGER {
                     // Whatever was written up to the end goes out before `end`.
                     send_stored(store, task_id, after, &mut sent, sender).await;
-                    let end = json!({"task_id": task_id, "status": task.status});
+                    let end = json!({"task_id": task_id, "status": task.progress.status});
                     let _ = sender
                         .send(Ok(SseEvent::default().event("end").data(end.to_string())))
                         .await;
@@ -473,7 +491,7 @@ async fn send_stored(
 
 /// A task has nothing more to say once it is terminal and its reservation is settled.
 fn books_closed(task: &Task) -> bool {
-    task.settled || task.reservation.is_none()
+    task.billing.settled || task.billing.reservation.is_none()
 }
 
 fn event_message(event: &Event) -> SseEvent {

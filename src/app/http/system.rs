@@ -90,6 +90,21 @@ fn publish_store_counts(store: &Store) {
     }
 }
 
+/// One line per red base: ready, but a repository's merge queue holds.
+fn base_red_warnings(app: &AppState) -> Vec<String> {
+    app.services
+        .base_health
+        .red()
+        .into_iter()
+        .map(|red| {
+            format!(
+                "base_red: {} {} at {} fails `{}`; its merge queue holds",
+                red.repo, red.branch, red.commit, red.command
+            )
+        })
+        .collect()
+}
+
 /// `GET /readyz`: the root and every persona are running and the store writer moves; otherwise
 /// 503 naming what is not. Reads no storage: the writer's health is lock-free.
 #[utoipa::path(
@@ -98,7 +113,7 @@ fn publish_store_counts(store: &Store) {
     tag = "system",
     responses(
         (status = 200, description = "`{\"status\": \"ready\"}`: Compass and every persona are \
-            `running`.", body = Object),
+            `running`; `warnings: [\"base_red: …\"]` when a merge queue holds for a red base.", body = Object),
         (status = 503, description = "`{\"status\": \"not_ready\", \"error\": {\"code\": \
             \"NOT_READY\", \"message\"}, \"actors\": [ActorEntry, …]}` naming the actors that are \
             not running, `storage (…)` when the store writer is stalled or the disk is full or \
@@ -118,7 +133,11 @@ pub(crate) async fn readyz(State(app): State<AppState>) -> Response {
     let queue = (!loaded).then(|| "queue (loading)".to_owned());
     let silent = unanswered(&app.services.directory).await;
     if not_ready.is_empty() && storage.is_none() && queue.is_none() && silent.is_empty() {
-        return Json(json!({"status": "ready"})).into_response();
+        let warnings = base_red_warnings(&app);
+        if warnings.is_empty() {
+            return Json(json!({"status": "ready"})).into_response();
+        }
+        return Json(json!({"status": "ready", "warnings": warnings})).into_response();
     }
     let silent = silent.into_iter().map(|persona| {
         format!("{persona} (running, but did not answer a ping within {READY_PING_TIMEOUT:?})")

@@ -114,7 +114,7 @@ fn intake_error(error: IntakeError) -> ApiError {
     operation_id = "list_tasks",
     tag = "tasks",
     params(
-        ("limit" = Option<usize>, Query,
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000,
             description = "Tasks per page, 1..=`tasks.list_limit` (default and at most 1000)."),
         ("cursor" = Option<String>, Query,
             description = "The `next_cursor` of the previous page."),
@@ -159,9 +159,9 @@ pub(crate) async fn list(
     };
     let (repo, kind) = (query.repo, query.kind);
     let keep = move |task: &Task| {
-        status.is_none_or(|s| s == task.status)
-            && repo.as_ref().is_none_or(|r| *r == task.repo)
-            && kind.as_ref().is_none_or(|k| *k == task.kind)
+        status.is_none_or(|s| s == task.progress.status)
+            && repo.as_ref().is_none_or(|r| *r == task.spec.repo)
+            && kind.as_ref().is_none_or(|k| *k == task.spec.kind)
     };
     let (tasks, next) = app.services.store.tasks_page(limit, before, keep).await?;
     Ok(Json(json!({"tasks": tasks, "next_cursor": next})))
@@ -264,8 +264,9 @@ pub(crate) async fn runs(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReviewRequest {
-    /// The reviewer's note, kept in the event.
+    /// The reviewer's note, kept in the event; at most 4096 bytes (`COMMENT_BYTES_MAX`).
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub comment: Option<String>,
 }
 
@@ -308,7 +309,8 @@ fn review_comment(body: &Bytes) -> Result<Option<String>, ApiError> {
     responses(
         (status = 200, description = "The task, `cancelled`.", body = Task),
         (status = 404, description = describe::TASK_NOT_FOUND, body = ErrorBody),
-        (status = 409, description = "`TASK_FINISHED`: the task already ended.", body = ErrorBody),
+        (status = 409, description = "`TASK_FINISHED`: the task already ended; `TASK_LANDING`: \
+            the merge queue is putting its change on the base now (too late to cancel).", body = ErrorBody),
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
         (status = 503, description = describe::COMPASS_UNAVAILABLE, body = ErrorBody),
     )
@@ -420,7 +422,10 @@ pub(crate) async fn retry(
     if from == Some(RetryFrom::Deliver) {
         check_deliverable(&app, &task).await?;
     }
-    let retryable = matches!(task.status, TaskStatus::Failed | TaskStatus::DeadLetter);
+    let retryable = matches!(
+        task.progress.status,
+        TaskStatus::Failed | TaskStatus::DeadLetter
+    );
     let reservation = if retryable {
         Some(reserve_again(&app, &task).await?)
     } else {
@@ -444,14 +449,14 @@ pub(crate) async fn retry(
 
 /// A retry `from: deliver` needs a deliver stage and a branch to deliver.
 async fn check_deliverable(app: &AppState, task: &Task) -> Result<(), ApiError> {
-    if !task.stages.contains(&Stage::Deliver) || task.delivery != Delivery::Merge {
+    if !task.spec.stages.contains(&Stage::Deliver) || task.spec.delivery != Delivery::Merge {
         return Err(ApiError::invalid_field(
             "from: deliver needs a task whose template has a deliver stage and whose delivery is \
              merge",
         ));
     }
     let repo = Git::new(
-        app.services.repo_dir(&task.repo),
+        app.services.repo_dir(&task.spec.repo),
         app.services.config.git.timeout(),
     );
     if !repo.branch_exists(&branch_name(task.id)).await {
@@ -466,14 +471,14 @@ async fn check_deliverable(app: &AppState, task: &Task) -> Result<(), ApiError> 
 /// Settles the last round (if its settlement has not run yet) and reserves the next one.
 async fn reserve_again(app: &AppState, task: &Task) -> Result<String, ApiError> {
     let directory = &app.services.directory;
-    if !task.settled {
+    if !task.billing.settled {
         match metering::settle(&app.services, task).await {
             // Settled concurrently by Compass: fine.
             Ok(()) | Err(LedgerError::TransferNotPending { .. }) => {}
             Err(error) => return Err(ledger_error(error)),
         }
     }
-    metering::reserve(directory, task, task.budget_rounds + 1)
+    metering::reserve(directory, task, task.billing.budget_rounds + 1)
         .await
         .map_err(ledger_error)
 }
@@ -486,16 +491,18 @@ fn ledger_error(error: LedgerError) -> ApiError {
 fn action_error(error: TaskActionError) -> ApiError {
     match error {
         TaskActionError::NotFound(_) => ApiError::not_found(error.code(), error.to_string()),
-        TaskActionError::WrongStatus { .. } | TaskActionError::Finished(_) => {
-            ApiError::conflict(error.code(), error.to_string())
-        }
+        TaskActionError::WrongStatus { .. }
+        | TaskActionError::Finished(_)
+        | TaskActionError::Landing(_) => ApiError::conflict(error.code(), error.to_string()),
         TaskActionError::Store(inner) => inner.into(),
     }
 }
 
 /// Cancel and retry: a submitter acts on its own tasks only; an operator (or above) on any.
 fn check_own(caller: &Principal, task: &Task) -> Result<(), ApiError> {
-    if caller.may(Permission::ActOnAnyTask) || task.submitted_by.as_deref() == Some(&caller.name) {
+    if caller.may(Permission::ActOnAnyTask)
+        || task.spec.submitted_by.as_deref() == Some(&caller.name)
+    {
         return Ok(());
     }
     Err(ApiError::new(
@@ -610,5 +617,15 @@ mod tests {
         for error in errors {
             action_error(error).assert_catalogued();
         }
+    }
+
+    /// The document states the comment limit the code checks.
+    #[test]
+    fn the_document_states_the_comment_limit() {
+        use utoipa::OpenApi;
+        let document = serde_json::to_value(crate::app::http::openapi::ApiDoc::openapi())
+            .expect("the document serializes");
+        let comment = &document["components"]["schemas"]["ReviewRequest"]["properties"]["comment"];
+        assert_eq!(comment["maxLength"], super::COMMENT_BYTES_MAX);
     }
 }

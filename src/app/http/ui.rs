@@ -32,26 +32,10 @@ const APP_JS: &str = include_str!("ui/app.js");
 /// Its style sheet.
 const APP_CSS: &str = include_str!("ui/app.css");
 
-/// The page's routes, none of which the authorization middleware checks: the assets are public,
-/// and the session routes authenticate their callers themselves.
-const UI_ROUTES: [&str; 6] = [
-    "/",
-    "/ui/app.js",
-    "/ui/app.css",
-    "/ui/login",
-    "/ui/logout",
-    "/ui/session",
-];
-
 /// What the page may load and talk to: only this origin, no inline script, no framing.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
      img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
      form-action 'self'";
-
-/// Whether `route` (a matched route pattern) is one of the page's own.
-pub(crate) fn is_ui_route(route: &str) -> bool {
-    UI_ROUTES.contains(&route)
-}
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (

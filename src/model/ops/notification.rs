@@ -1,4 +1,4 @@
-//! Notifications: what reaches people (webhooks, Slack) when an incident opens or needs a human,
+//! Notifications: what reaches people (webhooks, Slack, email) when an incident opens or needs a human,
 //! a deploy fails or is rolled back, or a task is dead-lettered. Written to the outbox table
 //! before anything is sent; each receiver's delivery is tracked on the record, so a restart never
 //! sends twice what a receiver acknowledged (the dedupe key is receiver + notification id).
@@ -33,7 +33,7 @@ pub(crate) const DELIVERY_ATTEMPTS_MAX: u32 = 12;
 pub(crate) struct Delivery {
     /// The receiver's name.
     pub receiver: String,
-    /// `webhook` or `slack`.
+    /// `webhook`, `slack` or `email`.
     pub receiver_kind: String,
     /// Attempts so far.
     pub attempts: u32,
@@ -46,6 +46,10 @@ pub(crate) struct Delivery {
     /// Given up after [`DELIVERY_ATTEMPTS_MAX`] attempts.
     #[serde(default)]
     pub gave_up: bool,
+    /// When the sender looks again at whether its incident still needs a human, and if so sends
+    /// a reminder (the route's `repeat_interval`); `None`: no reminder is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_repeat_at: Option<DateTime<Utc>>,
 }
 
 impl Delivery {
@@ -75,6 +79,10 @@ pub(crate) struct Notification {
     /// Whether the routes were applied (deliveries filled in).
     #[serde(default)]
     pub routed: bool,
+    /// 0 for the first notification of its subject; n for the n-th reminder that it still needs
+    /// a human.
+    #[serde(default)]
+    pub repeat: u32,
     /// One per receiver a route sends it to.
     #[serde(default)]
     pub deliveries: Vec<Delivery>,
@@ -98,12 +106,17 @@ impl Notification {
             summary,
             created_at: Utc::now(),
             routed: false,
+            repeat: 0,
             deliveries: Vec::new(),
         }
     }
 
-    /// Whether nothing more will be sent for it.
+    /// Whether nothing more will be sent for it (a reminder still due keeps it pending).
     pub(crate) fn done(&self) -> bool {
-        self.routed && self.deliveries.iter().all(Delivery::done)
+        self.routed
+            && self
+                .deliveries
+                .iter()
+                .all(|d| d.done() && d.next_repeat_at.is_none())
     }
 }

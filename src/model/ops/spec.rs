@@ -44,7 +44,8 @@ pub struct OpsFile {
 #[serde(default, deny_unknown_fields)]
 pub struct IncidentPolicy {
     /// What makes two signals one incident: `app`, `signal` and label names. An Alertmanager
-    /// alert's own `groupKey` wins when present.
+    /// webhook's `groupKey` is kept on the signal but decides nothing (a key per instance would
+    /// split one outage into hundreds of incidents).
     pub group_by: Vec<String>,
     /// A signal for an app with an unresolved incident updated this recently joins that incident,
     /// whatever its signal (one outage, one incident).

@@ -292,6 +292,12 @@ pub(crate) async fn remove_scratch(repo: &Git, scratch_dir: &Path) -> Result<(),
 /// The scratch worktree at `dir`, detached at `base` with nothing else in it: reused when it is
 /// sound (registered at `dir`, driven through its admin dir: a verify run wrote its files and
 /// their `.git`), made again when anything about it is not.
+/// The scratch worktree at `dir` checked out at `commit` alone (detached, clean): where the
+/// merge queue verifies a bare base.
+pub(crate) async fn check_out(repo: &Git, dir: &Path, commit: &str) -> Result<Git, GitError> {
+    reset_scratch(repo, dir, commit).await
+}
+
 async fn reset_scratch(repo: &Git, dir: &Path, base: &str) -> Result<Git, GitError> {
     let scratch = repo.worktree_of(dir).await?;
     let linked = scratch.linked.clone().ok_or_else(|| GitError::Failed {

@@ -474,6 +474,19 @@ impl Git {
         Ok(true)
     }
 
+    /// Whether `branch` lacks commits `base` has (the base moved on since the branch was made, or
+    /// since it was last rebuilt on it). A missing branch is not behind anything.
+    pub(crate) async fn is_behind(&self, branch: &str, base: &str) -> bool {
+        if !self.branch_exists(branch).await {
+            return false;
+        }
+        let base = format!("refs/heads/{base}");
+        let branch = format!("refs/heads/{branch}");
+        self.run(&["merge-base", "--is-ancestor", &base, &branch])
+            .await
+            .is_err()
+    }
+
     /// Removes a worktree; the branch stays. Its files go first (never followed through a link:
     /// whatever a task left there) — even when the repository can no longer be read — then its
     /// registration (locked, so `prune` would keep it), then git forgets whatever else is stale.

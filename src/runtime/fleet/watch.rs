@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use super::control::{self, ControlKey, FactoryMode, Switches};
 use super::controller::Controller;
-use super::{Waiting, FACTORY_TTL};
+use super::gate::Gate;
+use super::{registry, Waiting};
 use crate::model::fleet::{FactoryRecord, JobResult, JOBS_STREAM};
 use crate::model::task::CapturedOutput;
 use crate::platform::metrics;
@@ -28,8 +29,6 @@ fn max_deliveries_subject() -> String {
 const METRICS_EVERY: Duration = Duration::from_secs(2);
 /// The granularity of a job's deadline clock (which stops while the fleet is paused).
 const DEADLINE_TICK: Duration = Duration::from_millis(500);
-/// Registered factories read at most (a bound on one registry read).
-const REGISTRY_MAX: usize = 4096;
 
 /// A factory as `GET /v1/fleet` shows it: its registry entry, what it is told, its health.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -49,16 +48,18 @@ pub(crate) struct FactoryView {
 pub(super) async fn start(
     nats: &Nats,
     controller: &Arc<Controller>,
-    waiting: &Waiting,
+    gate: &Arc<Gate>,
 ) -> Result<Vec<AbortOnDropHandle<()>>, NatsError> {
     let advisories = nats.subscribe(max_deliveries_subject()).await?;
     Ok(vec![
         AbortOnDropHandle::new(tokio::spawn(Arc::clone(controller).enforce())),
-        AbortOnDropHandle::new(tokio::spawn(exhausted(advisories, Arc::clone(waiting)))),
+        AbortOnDropHandle::new(tokio::spawn(exhausted(
+            advisories,
+            Arc::clone(&gate.waiting),
+        ))),
         AbortOnDropHandle::new(tokio::spawn(gauges(
-            nats.clone(),
             Arc::clone(controller),
-            Arc::clone(waiting),
+            Arc::clone(gate),
         ))),
     ])
 }
@@ -155,26 +156,6 @@ pub(super) async fn give_up(nats: Nats, key: ControlKey, job: Uuid, sequence: u6
     }
 }
 
-/// Every registered factory (heartbeat not expired), by name.
-pub(super) async fn read_registry(nats: &Nats) -> Result<Vec<FactoryRecord>, NatsError> {
-    let bucket = nats.factories(FACTORY_TTL).await?;
-    let mut names = bucket.keys().await.map_err(NatsError::js)?;
-    let mut factories = Vec::new();
-    while let Some(name) = names.next().await {
-        if factories.len() >= REGISTRY_MAX {
-            break;
-        }
-        let Ok(name) = name else { continue };
-        if let Ok(Some(bytes)) = bucket.get(&name).await {
-            if let Ok(record) = serde_json::from_slice::<FactoryRecord>(&bytes) {
-                factories.push(record);
-            }
-        }
-    }
-    factories.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(factories)
-}
-
 /// The factories with what they are told and their health at `now`.
 pub(super) fn views(
     switches: &Switches,
@@ -197,14 +178,15 @@ pub(super) fn views(
 }
 
 /// Refreshes the fleet gauges: jobs waiting per class, each factory's slots and health.
-async fn gauges(nats: Nats, controller: Arc<Controller>, waiting: Waiting) {
+async fn gauges(controller: Arc<Controller>, gate: Arc<Gate>) {
     let mut known: Vec<String> = Vec::new();
     let mut classes: Vec<String> = Vec::new();
     loop {
         tokio::time::sleep(METRICS_EVERY).await;
         let mut per_class: BTreeMap<String, usize> =
             classes.iter().map(|c| (c.clone(), 0)).collect();
-        for waiter in waiting
+        for waiter in gate
+            .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
@@ -217,7 +199,7 @@ async fn gauges(nats: Nats, controller: Arc<Controller>, waiting: Waiting) {
                 .set(*count as f64);
         }
         classes = per_class.into_keys().collect();
-        let read = tokio::time::timeout(control::CONTROL_CALL_TIMEOUT, read_registry(&nats)).await;
+        let read = tokio::time::timeout(control::CONTROL_CALL_TIMEOUT, registry(&gate)).await;
         let Ok(Ok(factories)) = read else { continue };
         let views = views(&controller.switches(), factories, Utc::now());
         for gone in known

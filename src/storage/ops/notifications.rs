@@ -43,6 +43,33 @@ impl OpsStore {
             .await
     }
 
+    /// Writes `reminder` (a new notification) and `old` (its reminder no longer due) in one
+    /// durable write: a crash never sends a reminder twice nor loses the schedule.
+    pub(crate) async fn remind(
+        &self,
+        old: Notification,
+        reminder: &Notification,
+    ) -> Result<(), StoreError> {
+        let bytes = self.store.encode(reminder)?;
+        let id = reminder.id.clone();
+        let key = old.id.clone().into_bytes();
+        self.store
+            .write(move |batch| {
+                upsert(
+                    batch,
+                    Table::Notifications,
+                    &key,
+                    None,
+                    |stored: &mut Notification| {
+                        *stored = old;
+                    },
+                )?;
+                batch.insert(Table::Notifications, id.as_bytes(), bytes);
+                prune(batch)
+            })
+            .await
+    }
+
     /// Notifications, newest first, at most `limit`; `pending_only`: those with something left
     /// to send.
     pub(crate) async fn notifications(

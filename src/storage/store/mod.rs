@@ -124,11 +124,14 @@ pub enum Table {
     /// Notifications outbox: notification id (UUID v7) → notification and its deliveries (see
     /// `storage::ops::notifications`).
     Notifications,
+    /// Fleet: factory name → its registration (the key's derivation, never the key; see
+    /// `storage::fleet_keys`).
+    FleetFactories,
 }
 
 impl Table {
     /// All tables, in index order.
-    pub const ALL: [Table; 20] = [
+    pub const ALL: [Table; 21] = [
         Table::Tasks,
         Table::Events,
         Table::Runs,
@@ -149,6 +152,7 @@ impl Table {
         Table::Recovery,
         Table::OpsSilences,
         Table::Notifications,
+        Table::FleetFactories,
     ];
 
     /// The sled tree's name (unchanged from the layout before the writer, so data dirs carry
@@ -175,6 +179,7 @@ impl Table {
             Table::Recovery => "recovery",
             Table::OpsSilences => "ops_silences",
             Table::Notifications => "notifications",
+            Table::FleetFactories => "fleet_factories",
         }
     }
 }

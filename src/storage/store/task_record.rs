@@ -1,208 +1,70 @@
 //! The stored shape of a task: the one place where a record of the `Tasks` tree is defined,
 //! versioned, and converted to and from the domain [`Task`].
 //!
-//! [`Task`]'s serde shape is what HTTP clients see; [`StoredTask`] is what sled keeps. They are
-//! separate types on purpose, so that changing one is a decision about the other, taken here in
-//! the conversions, and never an accident:
-//! - a storage change (a new layout) is a new schema version with its conversion, not an API
-//!   change;
-//! - an API change to `Task` does not silently rewrite what is on disk: the conversions destructure
-//!   both types field by field, so a field added to either fails to compile until this file says
-//!   where it goes.
+//! A record is the task's four parts side by side, each under its own key and with its own
+//! version, and the record's own version around them (version 2):
 //!
-//! Every record is written with its schema version, `{"v":1, ...}`. Records written before
-//! versions existed have no `v`; their layout is exactly version 1's (v1 was defined as that
-//! layout), so they read as version 0 and decode unchanged. A record from a newer build (a `v`
-//! above [`TASK_RECORD_VERSION`]) is refused with [`StoreError::Schema`] rather than misread.
+//! ```json
+//! {"v":2,"id":"…","spec":{…},"spec_v":1,"progress":{…},"progress_v":1,
+//!  "billing":{…},"billing_v":1,"outcome":{…},"outcome_v":1}
+//! ```
 //!
-//! The nested value types (`Plan`, `EngineOverrides`, `FailureRecord`, ...) are shared with the
-//! model for now; one that needs its own stored shape gets it here, the same way.
+//! A part's stored form is the part's own serde (`model::task`), so adding a field to a part is
+//! one edit there (with a serde default so older records read); a change of a part's layout that
+//! a default cannot absorb bumps that part's version here, with its reading of the older one.
+//!
+//! Older records still read: version 1 (`{"v":1, …}`) and version 0 (no `v`, written before
+//! versions existed) are the flat layout, exactly the served JSON of [`Task`], and decode as
+//! that. A record or a part from a newer build (a version above what this build knows) is refused
+//! with [`StoreError::Schema`] rather than misread. A record is rewritten in version 2 by its next
+//! change.
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use crate::model::task::{
-    CausedBy, Delivered, Delivery, EngineOverrides, ErrorInfo, FailureRecord, MergeState, Plan,
-    Priority, ReviewPolicy, Stage, Task, TaskBudget, TaskId, TaskStatus,
-};
+use crate::model::task::{Task, TaskBilling, TaskId, TaskOutcome, TaskProgress, TaskSpec};
 use crate::platform::redact::Redactor;
 
-/// The schema version this build writes (and the newest it reads).
-pub(super) const TASK_RECORD_VERSION: u64 = 1;
+/// The record version this build writes (and the newest it reads).
+pub(super) const TASK_RECORD_VERSION: u64 = 2;
 
-/// What [`Store`](super::Store) keeps in the `Tasks` tree for one task: schema version 1.
-///
-/// Field names, defaults and omissions are the layout of records written before versions
-/// existed, so those records read as this type (with `v` = 0). Build one with `From<Task>`; read
-/// one back with `TryFrom`, which checks the version.
+/// The newest (and written) version of each part: spec, progress, billing, outcome.
+const PART_VERSIONS: [(&str, u64); 4] = [
+    ("task spec", 1),
+    ("task progress", 1),
+    ("task billing", 1),
+    ("task outcome", 1),
+];
+
+/// What [`Store`](super::Store) keeps in the `Tasks` tree for one task: record version 2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredTask {
-    /// Schema version; absent (0) on records written before versions existed.
-    #[serde(default)]
+struct StoredTask {
     v: u64,
     id: TaskId,
-    title: String,
-    description: String,
-    repo: String,
-    base_branch: String,
-    kind: String,
-    priority: Priority,
-    verify: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    acceptance: Option<String>,
-    max_attempts: u32,
-    engines: EngineOverrides,
-    #[serde(default)]
-    deps: Vec<TaskId>,
-    #[serde(default)]
-    blocked_by: Vec<TaskId>,
-    #[serde(default)]
-    review_policy: ReviewPolicy,
-    #[serde(default)]
-    delivery: Delivery,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    caused_by: Option<CausedBy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    deploy: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    capabilities: Vec<String>,
-    #[serde(default)]
-    account: String,
-    #[serde(default)]
-    budget: TaskBudget,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    parent_task: Option<TaskId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    submitted_by: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    reservation: Option<String>,
-    #[serde(default)]
-    budget_rounds: u32,
-    #[serde(default)]
-    settled: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    idempotency_key: Option<String>,
-    status: TaskStatus,
-    stage: Option<Stage>,
-    stages: Vec<Stage>,
-    attempts: u32,
-    #[serde(default)]
-    stage_retries: u32,
-    #[serde(default)]
-    reverifications: u32,
-    #[serde(default, skip_serializing_if = "MergeState::is_empty")]
-    merge: MergeState,
-    #[serde(default)]
-    failures: Vec<FailureRecord>,
-    branch: Option<String>,
-    commit: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    delivered: Option<Delivered>,
-    plan: Option<Plan>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    feedback: Option<String>,
-    error: Option<ErrorInfo>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    started_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
+    spec: TaskSpec,
+    spec_v: u64,
+    progress: TaskProgress,
+    progress_v: u64,
+    billing: TaskBilling,
+    billing_v: u64,
+    outcome: TaskOutcome,
+    outcome_v: u64,
 }
 
 impl From<Task> for StoredTask {
     fn from(task: Task) -> Self {
-        let Task {
-            id,
-            title,
-            description,
-            repo,
-            base_branch,
-            kind,
-            priority,
-            verify,
-            acceptance,
-            max_attempts,
-            engines,
-            deps,
-            blocked_by,
-            review_policy,
-            delivery,
-            caused_by,
-            deploy,
-            capabilities,
-            account,
-            budget,
-            parent_task,
-            submitted_by,
-            reservation,
-            budget_rounds,
-            settled,
-            idempotency_key,
-            status,
-            stage,
-            stages,
-            attempts,
-            stage_retries,
-            reverifications,
-            merge,
-            failures,
-            branch,
-            commit,
-            delivered,
-            plan,
-            feedback,
-            error,
-            created_at,
-            updated_at,
-            started_at,
-            finished_at,
-        } = task;
+        let [spec_v, progress_v, billing_v, outcome_v] = PART_VERSIONS.map(|(_, v)| v);
         Self {
             v: TASK_RECORD_VERSION,
-            id,
-            title,
-            description,
-            repo,
-            base_branch,
-            kind,
-            priority,
-            verify,
-            acceptance,
-            max_attempts,
-            engines,
-            deps,
-            blocked_by,
-            review_policy,
-            delivery,
-            caused_by,
-            deploy,
-            capabilities,
-            account,
-            budget,
-            parent_task,
-            submitted_by,
-            reservation,
-            budget_rounds,
-            settled,
-            idempotency_key,
-            status,
-            stage,
-            stages,
-            attempts,
-            stage_retries,
-            reverifications,
-            merge,
-            failures,
-            branch,
-            commit,
-            delivered,
-            plan,
-            feedback,
-            error,
-            created_at,
-            updated_at,
-            started_at,
-            finished_at,
+            id: task.id,
+            spec: task.spec,
+            spec_v,
+            progress: task.progress,
+            progress_v,
+            billing: task.billing,
+            billing_v,
+            outcome: task.outcome,
+            outcome_v,
         }
     }
 }
@@ -210,104 +72,18 @@ impl From<Task> for StoredTask {
 impl TryFrom<StoredTask> for Task {
     type Error = StoreError;
 
-    /// Refuses a record of a schema version this build does not know.
-    fn try_from(record: StoredTask) -> Result<Self, Self::Error> {
-        let StoredTask {
-            v,
-            id,
-            title,
-            description,
-            repo,
-            base_branch,
-            kind,
-            priority,
-            verify,
-            acceptance,
-            max_attempts,
-            engines,
-            deps,
-            blocked_by,
-            review_policy,
-            delivery,
-            caused_by,
-            deploy,
-            capabilities,
-            account,
-            budget,
-            parent_task,
-            submitted_by,
-            reservation,
-            budget_rounds,
-            settled,
-            idempotency_key,
-            status,
-            stage,
-            stages,
-            attempts,
-            stage_retries,
-            reverifications,
-            merge,
-            failures,
-            branch,
-            commit,
-            delivered,
-            plan,
-            feedback,
-            error,
-            created_at,
-            updated_at,
-            started_at,
-            finished_at,
-        } = record;
-        // 0: written before versions existed, in version 1's layout.
-        if v > TASK_RECORD_VERSION {
-            return Err(newer_schema(v));
+    /// Refuses a record, or a part, of a version this build does not know.
+    fn try_from(r: StoredTask) -> Result<Self, Self::Error> {
+        if r.v > TASK_RECORD_VERSION {
+            return Err(newer_schema("task", r.v, TASK_RECORD_VERSION));
         }
+        check_parts([r.spec_v, r.progress_v, r.billing_v, r.outcome_v])?;
         Ok(Task {
-            id,
-            title,
-            description,
-            repo,
-            base_branch,
-            kind,
-            priority,
-            verify,
-            acceptance,
-            max_attempts,
-            engines,
-            deps,
-            blocked_by,
-            review_policy,
-            delivery,
-            caused_by,
-            deploy,
-            capabilities,
-            account,
-            budget,
-            parent_task,
-            submitted_by,
-            reservation,
-            budget_rounds,
-            settled,
-            idempotency_key,
-            status,
-            stage,
-            stages,
-            attempts,
-            stage_retries,
-            reverifications,
-            merge,
-            failures,
-            branch,
-            commit,
-            delivered,
-            plan,
-            feedback,
-            error,
-            created_at,
-            updated_at,
-            started_at,
-            finished_at,
+            id: r.id,
+            spec: r.spec,
+            progress: r.progress,
+            billing: r.billing,
+            outcome: r.outcome,
         })
     }
 }
@@ -319,14 +95,44 @@ pub(super) fn encode(task: &Task, redactor: &Redactor) -> Result<Vec<u8>, StoreE
 
 /// The task a stored record holds, whichever version wrote it (one this build knows).
 pub(super) fn decode(bytes: &[u8]) -> Result<Task, StoreError> {
-    match serde_json::from_slice::<StoredTask>(bytes) {
-        Ok(record) => Task::try_from(record),
-        // A newer build's layout may not parse as ours: say so, rather than name a field.
-        Err(error) => Err(match version_of(bytes) {
-            Some(v) if v > TASK_RECORD_VERSION => newer_schema(v),
-            _ => StoreError::Codec(error),
-        }),
+    // One pass for a readable record: one that does not look like version 2 is tried in the
+    // flat layout first (what records of earlier builds are).
+    if !names_parts(bytes) {
+        if let Ok(FlatRecord { v: 0 | 1, task }) = serde_json::from_slice(bytes) {
+            return Ok(task);
+        }
     }
+    let error = match serde_json::from_slice::<StoredTask>(bytes) {
+        Ok(record) => return Task::try_from(record),
+        Err(error) => error,
+    };
+    match version_of(bytes) {
+        // Versions 0 and 1: the flat layout, which is the served shape of `Task`.
+        Some(0 | 1) => Ok(serde_json::from_slice::<Task>(bytes)?),
+        // A newer build's layout may not parse as ours: say so, rather than name a field.
+        Some(v) if v > TASK_RECORD_VERSION => Err(newer_schema("task", v, TASK_RECORD_VERSION)),
+        // Our record version with a part from a newer build in it.
+        Some(TASK_RECORD_VERSION) => Err(part_versions(bytes)
+            .and_then(|versions| check_parts(versions).err())
+            .unwrap_or(StoreError::Codec(error))),
+        _ => Err(StoreError::Codec(error)),
+    }
+}
+
+/// A record in the flat layout of versions 0 and 1 (the served shape of `Task`), with its `v`.
+#[derive(Deserialize)]
+struct FlatRecord {
+    #[serde(default)]
+    v: u64,
+    #[serde(flatten)]
+    task: Task,
+}
+
+/// Whether the record looks like version 2 by its first key: `v` when written as is, `billing`
+/// when written through the redactor (its JSON objects sort their keys). A flat record starts
+/// with neither; a wrong guess costs only a second parse.
+fn names_parts(bytes: &[u8]) -> bool {
+    bytes.starts_with(br#"{"v":2,"#) || bytes.starts_with(br#"{"billing":"#)
 }
 
 /// The record's `v`, if it is a JSON object with a readable one (0 when it has none).
@@ -339,18 +145,44 @@ fn version_of(bytes: &[u8]) -> Option<u64> {
     serde_json::from_slice::<Version>(bytes).ok().map(|r| r.v)
 }
 
-fn newer_schema(version: u64) -> StoreError {
+/// Refuses a part whose version is newer than this build knows.
+fn check_parts(versions: [u64; 4]) -> Result<(), StoreError> {
+    for ((part, known), version) in PART_VERSIONS.into_iter().zip(versions) {
+        if version > known {
+            return Err(newer_schema(part, version, known));
+        }
+    }
+    Ok(())
+}
+
+/// The part versions of a version 2 record whose parts may not parse.
+fn part_versions(bytes: &[u8]) -> Option<[u64; 4]> {
+    #[derive(Deserialize)]
+    struct Versions {
+        spec_v: u64,
+        progress_v: u64,
+        billing_v: u64,
+        outcome_v: u64,
+    }
+    let r: Versions = serde_json::from_slice(bytes).ok()?;
+    Some([r.spec_v, r.progress_v, r.billing_v, r.outcome_v])
+}
+
+fn newer_schema(record: &'static str, version: u64, known: u64) -> StoreError {
     StoreError::Schema {
-        record: "task",
+        record,
         version,
-        known: TASK_RECORD_VERSION,
+        known,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::task::{EngineSpec, PlanStep};
+    use crate::model::task::{
+        Delivered, Delivery, EngineSpec, ErrorInfo, PlanStep, Priority, ReviewPolicy, Stage,
+        TaskBudget, TaskStatus,
+    };
 
     /// A task record exactly as the code before schema versions wrote it (`serde_json::to_vec`
     /// of the domain `Task`, no `v`): a running task with most optional fields set.
@@ -360,6 +192,9 @@ mod tests {
     /// which the old code read with their defaults.
     const LEGACY_MINIMAL_RECORD: &str = r#"{"id":"01932f6e-8c1a-7b3e-9a55-2f0c6d8e4b11","title":"t","description":"","repo":"/tmp/repo","base_branch":"main","kind":"feature","priority":"medium","verify":"true","max_attempts":3,"engines":{},"status":"queued","stage":null,"stages":["plan"],"attempts":0,"branch":null,"commit":null,"plan":null,"error":null,"created_at":"2024-11-12T10:00:00Z","updated_at":"2024-11-12T10:00:00Z","started_at":null,"finished_at":null}"#;
 
+    /// A done task exactly as the build before parts wrote it (record version 1, flat).
+    const V1_RECORD: &str = r#"{"v":1,"id":"01932f6e-8c1a-7b3e-9a55-2f0c6d8e4b12","title":"Fix the build","description":"It is red.","repo":"/srv/repos/demo","base_branch":"main","kind":"bugfix","priority":"medium","verify":"true","max_attempts":3,"engines":{},"deps":[],"blocked_by":[],"review_policy":"auto","delivery":"merge","capabilities":["os:linux"],"account":"user:local","budget":{"max_cost":1000},"submitted_by":"ci","reservation":"task:x:1","budget_rounds":1,"settled":true,"status":"done","stage":"deliver","stages":["implement","verify","deliver"],"attempts":1,"stage_retries":0,"reverifications":0,"merge":{"verified_tree":"abc","queued_at":"2026-11-12T10:00:03Z"},"failures":[],"branch":"glitchlab/01932f6e-8c1a-7b3e-9a55-2f0c6d8e4b12","commit":"4b825dc642cb6eb9a060e54bf8d69288fbee4904","delivered":"landed","plan":null,"error":null,"created_at":"2026-11-12T10:00:00Z","updated_at":"2026-11-12T10:00:05Z","started_at":"2026-11-12T10:00:01Z","finished_at":"2026-11-12T10:00:05Z"}"#;
+
     fn json(bytes: &[u8]) -> serde_json::Value {
         serde_json::from_slice(bytes).expect("valid JSON")
     }
@@ -367,31 +202,32 @@ mod tests {
     #[test]
     fn a_record_without_a_version_decodes() {
         let task = decode(LEGACY_RECORD.as_bytes()).expect("legacy record decodes");
-        // The literal is byte for byte what the writer before versions produced: `Task`'s serde.
+        // The literal is what the writer before versions produced (`Task`'s serde, which is
+        // still the served shape: the same keys and values; only their order follows the parts).
         assert_eq!(
-            serde_json::to_string(&task).expect("serializes"),
-            LEGACY_RECORD
+            serde_json::to_value(&task).expect("serializes"),
+            json(LEGACY_RECORD.as_bytes())
         );
-        assert_eq!(task.title, "Add a health endpoint");
-        assert_eq!(task.priority, Priority::High);
-        assert_eq!(task.status, TaskStatus::Running);
-        assert_eq!(task.stage, Some(Stage::Verify));
-        assert_eq!(task.review_policy, ReviewPolicy::Manual);
+        assert_eq!(task.spec.title, "Add a health endpoint");
+        assert_eq!(task.spec.priority, Priority::High);
+        assert_eq!(task.progress.status, TaskStatus::Running);
+        assert_eq!(task.progress.stage, Some(Stage::Verify));
+        assert_eq!(task.spec.review_policy, ReviewPolicy::Manual);
         assert_eq!(
-            task.engines.patch,
+            task.spec.engines.patch,
             Some(EngineSpec::Shell {
                 command: "./implement.sh".into()
             })
         );
-        assert_eq!(task.budget.max_tokens, Some(20_000));
-        assert_eq!(task.budget.max_wall_secs, None);
-        assert_eq!(task.failures.len(), 1);
+        assert_eq!(task.billing.budget.max_tokens, Some(20_000));
+        assert_eq!(task.billing.budget.max_wall_secs, None);
+        assert_eq!(task.progress.failures.len(), 1);
         assert_eq!(
-            task.failures[0].error.code,
+            task.progress.failures[0].error.code,
             crate::model::codes::VERIFY_FAILED
         );
         assert_eq!(
-            task.plan.as_ref().map(|p| p.steps.clone()),
+            task.progress.plan.as_ref().map(|p| p.steps.clone()),
             Some(vec![PlanStep {
                 title: "Add the route".into(),
                 files: vec!["src/main.rs".into()],
@@ -399,7 +235,10 @@ mod tests {
             }])
         );
         assert_eq!(
-            task.caused_by.as_ref().and_then(|c| c.deploy.as_deref()),
+            task.spec
+                .caused_by
+                .as_ref()
+                .and_then(|c| c.deploy.as_deref()),
             Some("dep-3")
         );
     }
@@ -407,31 +246,71 @@ mod tests {
     #[test]
     fn a_minimal_record_without_a_version_decodes_with_defaults() {
         let task = decode(LEGACY_MINIMAL_RECORD.as_bytes()).expect("legacy record decodes");
-        assert_eq!(task.status, TaskStatus::Queued);
-        assert!(task.deps.is_empty() && task.failures.is_empty());
-        assert_eq!(task.delivery, Delivery::Merge);
-        assert_eq!(task.account, "");
-        assert_eq!(task.budget, TaskBudget::default());
-        assert!(!task.settled);
+        assert_eq!(task.progress.status, TaskStatus::Queued);
+        assert!(task.spec.deps.is_empty() && task.progress.failures.is_empty());
+        assert_eq!(task.spec.delivery, Delivery::Merge);
+        assert_eq!(task.billing.account, "");
+        assert_eq!(task.billing.budget, TaskBudget::default());
+        assert!(!task.billing.settled);
     }
 
-    /// Re-encoding an old record changes nothing but the added version: no field is lost,
-    /// renamed or re-shaped, so version 1 is exactly the layout before versions.
+    /// Re-encoding an old record loses, renames and re-shapes nothing: its fields are spread
+    /// over the four parts, each part carries its version, and merging the parts back gives the
+    /// old record.
     #[test]
-    fn a_legacy_record_reencodes_as_version_1_unchanged_otherwise() {
+    fn a_legacy_record_reencodes_as_version_2_in_parts_unchanged_otherwise() {
         let task = decode(LEGACY_RECORD.as_bytes()).expect("legacy record decodes");
-        let mut expected = json(LEGACY_RECORD.as_bytes());
-        expected["v"] = serde_json::json!(1);
+        let stored = json(&encode(&task, &Redactor::default()).expect("encodes"));
+        assert_eq!(stored["v"], serde_json::json!(2));
+        let mut merged = serde_json::Map::new();
+        merged.insert("id".into(), stored["id"].clone());
+        for (part, known) in PART_VERSIONS.iter().map(|(name, v)| (&name[5..], *v)) {
+            assert_eq!(
+                stored[format!("{part}_v")],
+                serde_json::json!(known),
+                "{part}"
+            );
+            let fields = stored[part].as_object().expect("a part is an object");
+            for (key, value) in fields {
+                assert!(
+                    merged.insert(key.clone(), value.clone()).is_none(),
+                    "{key} twice"
+                );
+            }
+        }
         assert_eq!(
-            json(&encode(&task, &Redactor::default()).expect("encodes")),
-            expected
+            serde_json::Value::Object(merged),
+            json(LEGACY_RECORD.as_bytes())
         );
+    }
+
+    /// A record written by the build before parts (`"v":1`, the flat layout) still reads.
+    #[test]
+    fn a_version_1_record_decodes() {
+        let task = decode(V1_RECORD.as_bytes()).expect("v1 record decodes");
+        assert_eq!(task.id.to_string(), "01932f6e-8c1a-7b3e-9a55-2f0c6d8e4b12");
+        assert_eq!(task.progress.status, TaskStatus::Done);
+        assert_eq!(task.outcome.delivered, Some(Delivered::Landed));
+        assert_eq!(
+            task.outcome.commit.as_deref(),
+            Some("4b825dc642cb6eb9a060e54bf8d69288fbee4904")
+        );
+        assert_eq!(task.spec.capabilities, vec!["os:linux".to_owned()]);
+        assert_eq!(task.billing.reservation.as_deref(), Some("task:x:1"));
+        assert!(task.billing.settled);
+        assert_eq!(task.progress.merge.verified_tree.as_deref(), Some("abc"));
+        assert_eq!(task.spec.submitted_by.as_deref(), Some("ci"));
+        let mut served = json(V1_RECORD.as_bytes());
+        if let Some(object) = served.as_object_mut() {
+            object.remove("v");
+        }
+        assert_eq!(serde_json::to_value(&task).expect("serializes"), served);
     }
 
     #[test]
     fn records_carry_their_version_and_round_trip() {
         let mut task = Task::for_test("t", "d");
-        task.acceptance = Some("it works".into());
+        task.spec.acceptance = Some("it works".into());
         task.record_failure(
             Stage::Verify,
             ErrorInfo::new(crate::model::codes::VERIFY_FAILED, "no"),
@@ -441,37 +320,111 @@ mod tests {
         assert_eq!(decode(&bytes).expect("decodes"), task);
     }
 
-    /// Today the stored layout (minus `v`) and the served JSON are the same bytes; the day they
-    /// part, this test is where that is decided.
+    /// Which layout is tried first is only a guess from the first key: records of every layout,
+    /// written with and without the redactor, read the same whatever the guess.
     #[test]
-    fn version_1_is_the_served_shape_plus_its_version() {
-        let task = decode(LEGACY_RECORD.as_bytes()).expect("legacy record decodes");
-        let mut stored = json(&encode(&task, &Redactor::default()).expect("encodes"));
-        if let Some(object) = stored.as_object_mut() {
-            object.remove("v");
+    fn the_first_guess_never_decides_what_a_record_reads_as() {
+        let task = decode(V1_RECORD.as_bytes()).expect("decodes");
+        assert!(!names_parts(V1_RECORD.as_bytes()));
+        assert!(!names_parts(LEGACY_RECORD.as_bytes()));
+        let plain = encode(&task, &Redactor::default()).expect("encodes");
+        assert!(names_parts(&plain));
+        // Through a `Value` (what the redactor does): keys sorted, `billing` first.
+        let sorted = serde_json::to_vec(&json(&plain)).expect("encodes");
+        assert!(names_parts(&sorted));
+        let flat_sorted = serde_json::to_vec(&json(V1_RECORD.as_bytes())).expect("encodes");
+        assert!(!names_parts(&flat_sorted));
+        for bytes in [
+            &plain,
+            &sorted,
+            &flat_sorted,
+            &V1_RECORD.as_bytes().to_vec(),
+        ] {
+            assert_eq!(decode(bytes).expect("decodes"), task);
         }
-        assert_eq!(stored, serde_json::to_value(&task).expect("serializes"));
+        // A v2 record that does not start as expected is still read as version 2.
+        let mut reordered = String::from(r#"{"id":"#);
+        let text = String::from_utf8(plain.clone()).expect("utf-8");
+        let id_start = text.find(r#","id":"#).expect("id");
+        reordered.push_str(&text[id_start + 6..text.len() - 1]);
+        reordered.push_str(r#","v":2}"#);
+        assert!(!names_parts(reordered.as_bytes()));
+        assert_eq!(decode(reordered.as_bytes()).expect("decodes"), task);
+    }
+
+    /// The served JSON stays the flat layout clients always read, whatever the stored one is.
+    #[test]
+    fn the_served_shape_is_the_flat_version_1_layout() {
+        let task = decode(LEGACY_RECORD.as_bytes()).expect("legacy record decodes");
+        let served = serde_json::to_value(&task).expect("serializes");
+        assert_eq!(served, json(LEGACY_RECORD.as_bytes()));
+        let again: Task = serde_json::from_value(served).expect("reads back");
+        assert_eq!(again, task);
     }
 
     #[test]
     fn a_newer_version_is_refused_not_misread() {
-        let mut newer = json(LEGACY_MINIMAL_RECORD.as_bytes());
-        newer["v"] = serde_json::json!(2);
-        let error = decode(newer.to_string().as_bytes()).expect_err("v2 is refused");
+        let task = decode(LEGACY_MINIMAL_RECORD.as_bytes()).expect("decodes");
+        let mut newer = json(&encode(&task, &Redactor::default()).expect("encodes"));
+        newer["v"] = serde_json::json!(3);
+        let error = decode(newer.to_string().as_bytes()).expect_err("v3 is refused");
         assert!(
-            matches!(error, StoreError::Schema { version: 2, .. }),
+            matches!(
+                error,
+                StoreError::Schema {
+                    record: "task",
+                    version: 3,
+                    known: 2
+                }
+            ),
+            "{error}"
+        );
+        // A flat record claiming a newer version is refused too, not read as version 1.
+        let mut flat = json(LEGACY_MINIMAL_RECORD.as_bytes());
+        flat["v"] = serde_json::json!(4);
+        let error = decode(flat.to_string().as_bytes()).expect_err("v4 is refused");
+        assert!(
+            matches!(error, StoreError::Schema { version: 4, .. }),
+            "{error}"
+        );
+        // A part from a newer build is refused for that part, parseable or not.
+        let mut part = json(&encode(&task, &Redactor::default()).expect("encodes"));
+        part["billing_v"] = serde_json::json!(2);
+        let error = decode(part.to_string().as_bytes()).expect_err("billing v2 is refused");
+        assert!(
+            matches!(
+                error,
+                StoreError::Schema {
+                    record: "task billing",
+                    version: 2,
+                    known: 1
+                }
+            ),
+            "{error}"
+        );
+        part["billing"] = serde_json::json!({"account": 7});
+        let error = decode(part.to_string().as_bytes()).expect_err("billing v2 is refused");
+        assert!(
+            matches!(
+                error,
+                StoreError::Schema {
+                    record: "task billing",
+                    version: 2,
+                    ..
+                }
+            ),
             "{error}"
         );
         // A layout ours cannot parse at all is refused for its version too.
-        let error = decode(br#"{"v":3,"task":{"id":"x"}}"#).expect_err("v3 is refused");
+        let error = decode(br#"{"v":5,"task":{"id":"x"}}"#).expect_err("v5 is refused");
         assert!(
-            matches!(error, StoreError::Schema { version: 3, .. }),
+            matches!(error, StoreError::Schema { version: 5, .. }),
             "{error}"
         );
     }
 
     /// Through the store: an old record already on disk is served, reloaded at start, and
-    /// rewritten in version 1 by its next change.
+    /// rewritten in version 2 by its next change.
     #[tokio::test]
     async fn the_store_reads_a_legacy_record_and_rewrites_it_versioned() {
         use super::super::{Store, Table};
@@ -498,22 +451,24 @@ mod tests {
             vec![legacy.clone()]
         );
         let updated = store
-            .update_task(id, &[], |task| task.attempts = 1)
+            .update_task(id, &[], |task| task.progress.attempts = 1)
             .await
             .expect("update");
-        assert_eq!(updated.attempts, 1);
+        assert_eq!(updated.progress.attempts, 1);
         let raw = store
             .read(move |snapshot| snapshot.get(Table::Tasks, id.as_bytes()))
             .await
             .expect("raw read")
             .expect("present");
-        assert_eq!(json(&raw)["v"], serde_json::json!(1));
+        assert_eq!(json(&raw)["v"], serde_json::json!(2));
         assert_eq!(store.task(id).await.expect("read"), Some(updated));
     }
 
     #[test]
     fn a_damaged_record_is_a_codec_error() {
         let error = decode(br#"{"v":1,"title":"no id"}"#).expect_err("refused");
+        assert!(matches!(error, StoreError::Codec(_)), "{error}");
+        let error = decode(br#"{"v":2,"id":"01932f6e-8c1a-7b3e-9a55-2f0c6d8e4b12","spec_v":1,"progress_v":1,"billing_v":1,"outcome_v":1}"#).expect_err("refused");
         assert!(matches!(error, StoreError::Codec(_)), "{error}");
         let error = decode(b"not json").expect_err("refused");
         assert!(matches!(error, StoreError::Codec(_)), "{error}");

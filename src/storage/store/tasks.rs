@@ -133,8 +133,11 @@ impl Store {
             let mut failures = Vec::new();
             for bytes in snapshot.iter(Table::Tasks).values().rev().take(scan_max) {
                 let task = task_record::decode(&bytes?)?;
-                let failed = matches!(task.status, TaskStatus::Failed | TaskStatus::DeadLetter);
-                if failed && task.repo == repo && task.id != except {
+                let failed = matches!(
+                    task.progress.status,
+                    TaskStatus::Failed | TaskStatus::DeadLetter
+                );
+                if failed && task.spec.repo == repo && task.id != except {
                     failures.push(task);
                     if failures.len() == limit {
                         break;
@@ -149,19 +152,23 @@ impl Store {
     /// Finished tasks whose budget reservation was not settled yet (the service stopped first).
     pub async fn unsettled_tasks(&self) -> Result<Vec<Task>, StoreError> {
         self.tasks_where(|task| {
-            task.status.is_terminal() && !task.settled && task.reservation.is_some()
+            task.progress.status.is_terminal()
+                && !task.billing.settled
+                && task.billing.reservation.is_some()
         })
         .await
     }
 
     /// Every task that has not reached a terminal status: what Compass reloads on start.
     pub async fn unfinished_tasks(&self) -> Result<Vec<Task>, StoreError> {
-        self.tasks_where(|task| !task.status.is_terminal()).await
+        self.tasks_where(|task| !task.progress.status.is_terminal())
+            .await
     }
 
     /// Every task that has reached a terminal status: what the clean-up sweep at start looks at.
     pub async fn finished_tasks(&self) -> Result<Vec<Task>, StoreError> {
-        self.tasks_where(|task| task.status.is_terminal()).await
+        self.tasks_where(|task| task.progress.status.is_terminal())
+            .await
     }
 
     /// Every task `keep` accepts (a full scan: for start-up, not for requests).
@@ -195,6 +202,44 @@ impl Store {
         self.change_task(id, events, &[], change).await
     }
 
+    /// Like [`Store::update_task`], for a move the task's state may refuse: `change` (a
+    /// lifecycle move) answers `Err` and nothing is written (`Ok(Err(refusal))`). An ended task
+    /// is `Err(TaskFinished)`, answered only once that end is durable. A cancel goes through here:
+    /// the lifecycle refuses it while the merge queue has claimed the task's landing.
+    pub async fn try_update_task<R: Send + 'static>(
+        &self,
+        id: TaskId,
+        events: &[NewEvent],
+        change: impl FnOnce(&mut Task) -> Result<(), R> + Send + 'static,
+    ) -> Result<Result<Task, R>, StoreError> {
+        let events = events.to_vec();
+        let changed = self
+            .write(move |batch| -> Result<_, StoreError> {
+                let mut task = staged_task(batch, id)?.ok_or(StoreError::TaskNotFound(id))?;
+                if task.progress.status.is_terminal() {
+                    return Ok(None);
+                }
+                let before = task.progress.status;
+                if let Err(refusal) = change(&mut task) {
+                    return Ok(Some(Err(refusal)));
+                }
+                task.progress.updated_at = Utc::now();
+                put_task(batch, id, &task)?;
+                for event in &events {
+                    append(batch, id, event)?;
+                }
+                Ok(Some(Ok((before, task))))
+            })
+            .await?;
+        let (before, changed) = match changed.ok_or(StoreError::TaskFinished(id))? {
+            Ok(done) => done,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        self.writer_health()
+            .count_task_change(before, changed.progress.status);
+        Ok(Ok(changed))
+    }
+
     /// Like [`Store::update_task`], but for the one transition out of a terminal status: a
     /// client's retry of a failed or dead-lettered task.
     pub async fn reopen_task(
@@ -218,11 +263,11 @@ impl Store {
     pub async fn mark_settled(&self, id: TaskId, event: NewEvent) -> Result<Task, StoreError> {
         self.write(move |batch| {
             let mut task = staged_task(batch, id)?.ok_or(StoreError::TaskNotFound(id))?;
-            if task.settled {
+            if task.billing.settled {
                 return Ok(task);
             }
-            task.settled = true;
-            task.updated_at = Utc::now();
+            task.billing.settled = true;
+            task.progress.updated_at = Utc::now();
             put_task(batch, id, &task)?;
             append(batch, id, &event)?;
             Ok(task)
@@ -242,21 +287,23 @@ impl Store {
         let changed = self
             .write(move |batch| -> Result<_, StoreError> {
                 let mut task = staged_task(batch, id)?.ok_or(StoreError::TaskNotFound(id))?;
-                if task.status.is_terminal() && !terminal_allowed.contains(&task.status) {
+                if task.progress.status.is_terminal()
+                    && !terminal_allowed.contains(&task.progress.status)
+                {
                     // The end may be staged in this very group: refuse only once the group is
                     // durable (answered after its commit), so `TASK_FINISHED` is never said of
                     // an end that a failed commit then drops.
                     return Ok(None);
                 }
-                let before = task.status;
+                let before = task.progress.status;
                 change(&mut task);
                 // A terminal task never changes: the one way past the check above is a retry,
                 // and a retry leaves the end behind.
                 debug_assert!(
-                    !before.is_terminal() || !task.status.is_terminal(),
+                    !before.is_terminal() || !task.progress.status.is_terminal(),
                     "task {id} ended {before:?} and was changed without being reopened"
                 );
-                task.updated_at = Utc::now();
+                task.progress.updated_at = Utc::now();
                 put_task(batch, id, &task)?;
                 for event in &events {
                     append(batch, id, event)?;
@@ -267,7 +314,7 @@ impl Store {
         let (before, updated) = changed.ok_or(StoreError::TaskFinished(id))?;
         // Every status change goes through here, after its commit: a task's end is counted once.
         self.writer_health()
-            .count_task_change(before, updated.status);
+            .count_task_change(before, updated.progress.status);
         Ok(updated)
     }
 
@@ -391,7 +438,7 @@ fn create_task(
     digest: String,
     event: &NewEvent,
 ) -> Result<Submission, StoreError> {
-    if let Some(key) = &task.idempotency_key {
+    if let Some(key) = &task.spec.idempotency_key {
         let existing: Option<IdempotencyRecord> =
             batch.record(Table::Idempotency, key.as_bytes())?;
         if let Some(record) = existing {

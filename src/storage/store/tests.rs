@@ -8,7 +8,7 @@ use crate::model::task::{Task, TaskStatus};
 
 fn task(key: Option<&str>) -> Task {
     let mut task = Task::for_test("t", "");
-    task.idempotency_key = key.map(str::to_owned);
+    task.spec.idempotency_key = key.map(str::to_owned);
     task
 }
 
@@ -70,15 +70,23 @@ async fn terminal_tasks_never_change_and_events_keep_order() {
         NewEvent::new("test", "task.finished", serde_json::json!({})),
     ];
     store
-        .update_task(created.id, &events, |t| t.status = TaskStatus::Cancelled)
+        .update_task(created.id, &events, |t| {
+            t.progress.status = TaskStatus::Cancelled
+        })
         .await
         .unwrap();
     let refused = store
-        .update_task(created.id, &[], |t| t.status = TaskStatus::Running)
+        .update_task(created.id, &[], |t| t.progress.status = TaskStatus::Running)
         .await;
     assert!(matches!(refused, Err(StoreError::TaskFinished(_))));
     assert_eq!(
-        store.task(created.id).await.unwrap().unwrap().status,
+        store
+            .task(created.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .progress
+            .status,
         TaskStatus::Cancelled
     );
     let kinds: Vec<String> = store
@@ -278,12 +286,12 @@ async fn secret_values_never_reach_sled_or_subscribers() {
     let store = Store::open_redacting(dir.path(), WRITE_QUEUE_MAX, Arc::new(redactor)).unwrap();
     let mut live = store.subscribe();
     let mut task = Task::for_test(&format!("rotate {secret}"), &format!("it is {secret}"));
-    task.verify = format!("test -n {secret}");
-    task.max_attempts = 7;
+    task.spec.verify = format!("test -n {secret}");
+    task.spec.max_attempts = 7;
     let event = NewEvent::new(
         "test",
         "task.submitted",
-        serde_json::json!({"title": task.title, "n": 7}),
+        serde_json::json!({"title": task.spec.title, "n": 7}),
     );
     let Submission::Created(created) = store.create_task(task, "d", event).await.unwrap() else {
         panic!("expected a new task");
@@ -320,11 +328,11 @@ async fn secret_values_never_reach_sled_or_subscribers() {
     store.record_run(&finished).await.unwrap();
     let changed = store
         .update_task(created.id, &[], move |t| {
-            t.feedback = Some(format!("verify said {secret}"));
+            t.progress.feedback = Some(format!("verify said {secret}"));
         })
         .await
         .unwrap();
-    assert!(changed.feedback.is_some());
+    assert!(changed.progress.feedback.is_some());
 
     let raw: Vec<u8> = store
         .read(|snapshot| {
@@ -344,9 +352,9 @@ async fn secret_values_never_reach_sled_or_subscribers() {
         assert!(!raw.contains(&form), "{form} is in sled: {raw}");
     }
     let stored = store.task(created.id).await.unwrap().unwrap();
-    assert_eq!(stored.title, "rotate [REDACTED:TOKEN]");
-    assert_eq!(stored.verify, "test -n [REDACTED:TOKEN]");
-    assert_eq!(stored.max_attempts, 7);
+    assert_eq!(stored.spec.title, "rotate [REDACTED:TOKEN]");
+    assert_eq!(stored.spec.verify, "test -n [REDACTED:TOKEN]");
+    assert_eq!(stored.spec.max_attempts, 7);
     let runs = store.runs(created.id).await.unwrap();
     assert_eq!(runs[0].command.as_deref(), Some("echo [REDACTED:TOKEN]"));
     assert_eq!(runs[0].duration_ms, 12);

@@ -27,7 +27,7 @@ async fn store() -> (tempfile::TempDir, Store) {
 /// A task in `store` paid by `account`.
 async fn stored_task(store: &Store, account: &str) -> TaskId {
     let mut task = Task::for_test("t", "d");
-    task.account = account.to_owned();
+    task.billing.account = account.to_owned();
     let event = NewEvent::new("test", "task.submitted", json!({}));
     match store.create_task(task, "digest", event).await {
         Ok(Submission::Created(task)) => task.id,

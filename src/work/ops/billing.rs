@@ -61,7 +61,7 @@ pub(crate) async fn payer(services: &Services, app: &AppSpec, trigger: &str) -> 
         Some(id) => services.store.task(id).await.ok().flatten(),
         None => None,
     };
-    task.map(|task| task.account)
+    task.map(|task| task.billing.account)
         .unwrap_or_else(|| services.config.ledger.local_account.clone())
 }
 

@@ -745,7 +745,7 @@ async fn create_task(
     let reserved = if accepted.replayed && counted {
         0
     } else {
-        accepted.task.budget.max_cost
+        accepted.task.billing.budget.max_cost
     };
     let recorded = task_id.clone();
     ctx.ops

@@ -306,6 +306,7 @@ async function taskView(root, id) {
         h('span', { class: 'mono' }, task.id),
         h('span', { class: 'muted' }, task.repo, ' → ', task.base_branch)),
       task.error ? h('p', { class: 'error' }, `${task.error.code}: ${task.error.message}`) : null,
+      task.merge && task.merge.held ? h('p', { id: 'task-held', class: 'warning' }, `Held: ${task.merge.held}`) : null,
       h('details', {}, h('summary', {}, 'Description'), h('pre', {}, task.description || '')));
     const s = task.status;
     fill(actions, 
@@ -568,10 +569,10 @@ async function opsView(root) {
           x.awaiting ? [
             h('button', { class: 'primary', onclick: decide(`/v1/incidents/${x.id}/approve`, x.awaiting) }, `Approve ${x.awaiting.action}`),
             h('button', { class: 'danger', onclick: decide(`/v1/incidents/${x.id}/reject`) }, 'Reject step')] : null,
-          x.status === 'needs_human' ? h('button', { onclick: decide(`/v1/incidents/${x.id}/ack`) }, 'Acknowledge') : null,
-          h('button', { onclick: decide(`/v1/incidents/${x.id}/snooze`, { minutes: 60 }) }, 'Snooze 1 h'),
+          x.status === 'needs_human' ? h('button', { 'data-act': 'ack', onclick: decide(`/v1/incidents/${x.id}/ack`) }, 'Acknowledge') : null,
+          h('button', { 'data-act': 'snooze', onclick: decide(`/v1/incidents/${x.id}/snooze`, { minutes: 60 }) }, 'Snooze 1 h'),
           h('button', { onclick: silenceOf(x), title: 'no new incident of this app and signal for an hour' }, 'Silence 1 h'),
-          h('button', { onclick: decide(`/v1/incidents/${x.id}/resolve`) }, 'Resolve')) : null,
+          h('button', { 'data-act': 'resolve', onclick: decide(`/v1/incidents/${x.id}/resolve`) }, 'Resolve')) : null,
         h('details', {}, h('summary', {}, `${(x.events || []).length} steps and events`),
           h('ul', { class: 'timeline' }, (x.events || []).map((e) => h('li', {}, h('span', { class: 'ts' }, when(e.at)), h('span', { class: 'kind' }, e.kind), ' ',
             h('span', { class: 'muted' }, JSON.stringify(e.detail).slice(0, 300)))))),
