@@ -870,6 +870,16 @@ fn delivery_dir(data_dir: &Path, job: &FleetJob, delivery: u64) -> PathBuf {
         .join(format!("{}-{delivery}", job.job_id))
 }
 
+/// A delivery's worktree: named after its delivery dir (`<job>-<delivery>`), not a fixed name, for
+/// git names a worktree's admin dir after the worktree's own name — two jobs of one repository
+/// running at once here would share `worktrees/tree`, and the first to end would take the other's.
+fn tree_dir(work: &Path) -> PathBuf {
+    match work.file_name() {
+        Some(name) => work.join(name),
+        None => work.join("tree"),
+    }
+}
+
 fn cache_dir(data_dir: &Path, repo: &str) -> PathBuf {
     data_dir.join("repos").join(repo_digest(repo))
 }
@@ -911,7 +921,7 @@ async fn prepare(
         .await
         .map_err(|e| format!("fetching the job's commit from {}: {e}", job.repo))?;
     factory.mark_warm(&job.repo);
-    let tree = work.join("tree");
+    let tree = tree_dir(work);
     let _ = tokio::fs::remove_dir_all(work).await;
     tokio::fs::create_dir_all(work)
         .await
@@ -1182,7 +1192,7 @@ async fn clean_up(factory: &Factory, cache: &Path, work: &Path, job: &FleetJob) 
     let lock = cache_lock(factory, cache);
     let _one_at_a_time = lock.lock().await;
     let git = Git::new(cache, GIT_TIMEOUT);
-    let _ = git.remove_worktree(&work.join("tree")).await;
+    let _ = git.remove_worktree(&tree_dir(work)).await;
     let _ = tokio::fs::remove_dir_all(work).await;
     let _ = git.run(&["update-ref", "-d", &job.job_ref()]).await;
 }
