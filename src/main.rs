@@ -56,6 +56,7 @@ async fn run() -> ExitCode {
         }
         Command::Silence(args) => glitchlab::app::cli::silence::run(args).await,
         Command::Factory(args) => glitchlab::app::factory::run(args).await,
+        Command::Fleet(args) => glitchlab::app::cli::fleet::run(args).await,
         Command::Task(args) => return exit_with(glitchlab::app::cli::task::run(args).await),
         Command::Tree { url, json } => {
             return exit_with(glitchlab::app::cli::task::tree(&url, json).await)

@@ -30,11 +30,13 @@
 
 mod gate;
 
+mod control;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
@@ -45,8 +47,7 @@ use uuid::Uuid;
 use crate::model::fleet::trust::{check_factory_name, ClaimRequest, FactoryKey, LeaseRenewal};
 use crate::model::fleet::{
     repo_digest, FactoryRecord, FleetJob, JobResult, OutputChunk, RunningJob,
-    OUTPUT_SUBJECT_PREFIX, PAUSED_KEY, PLACED_FIRST_FREE, PLACED_WARM, RESULTS_SUBJECT_PREFIX,
-    WARM_MAX,
+    OUTPUT_SUBJECT_PREFIX, PLACED_FIRST_FREE, PLACED_WARM, RESULTS_SUBJECT_PREFIX, WARM_MAX,
 };
 use crate::model::live::OutputStream;
 use crate::model::task::CapturedOutput;
@@ -60,6 +61,8 @@ use crate::runtime::fleet::FACTORY_TTL;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(3);
 /// How often the job classes are looked up (a new class is served this soon).
 const CLASSES_EVERY: Duration = Duration::from_secs(1);
+/// One look-up of the job classes at most.
+const CLASSES_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one pull waits for a job before it looks at the switches again.
 const PULL_WAIT: Duration = Duration::from_secs(1);
 /// Git calls of a job at most.
@@ -86,13 +89,19 @@ const HAND_BACK_DELAY: Duration = Duration::from_millis(500);
 /// After handing a job back, the class is not pulled from for this long, so the redelivery goes
 /// to the warm factory (whose pull is waiting), not back here.
 const HAND_BACK_PAUSE: Duration = Duration::from_millis(1500);
+/// Marks every process of a job (`<variable>=<job id>`): its stop finds and kills them.
+const JOB_VARIABLE: &str = "GLITCHLAB_FLEET_JOB";
+/// A stopped job's run has this long to end once its processes are killed.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+/// A stopped job's processes are looked for this often until its run ends.
+const STOP_TICK: Duration = Duration::from_millis(100);
+/// The registry read deciding a hand-back waits this long at most (then the snapshot is used).
+const HAND_BACK_READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a class's consumer is looked at again while it cannot be opened or has settings
 /// other than the fleet's.
 const CONSUMER_RETRY: Duration = Duration::from_secs(1);
 /// Job classes looked at at most.
 const CLASSES_MAX: usize = 1000;
-/// Registry entries read at most when looking for a warm factory.
-const FACTORIES_READ_MAX: usize = 1000;
 /// Tools whose presence on `PATH` is a capability (`has:<tool>`).
 const TOOLS: [&str; 14] = [
     "python3", "node", "npm", "cargo", "go", "java", "make", "gcc", "docker", "git", "claude",
@@ -145,6 +154,10 @@ pub struct FactoryArgs {
     /// it); `GLITCHLAB_FACTORY_KEY` by default.
     #[arg(long)]
     pub key_env: Option<String>,
+    /// The environment variable holding the control key (the control plane's
+    /// `fleet.control_key_env`): pause, drain and stop are obeyed only when signed with it.
+    #[arg(long)]
+    pub control_key_env: Option<String>,
 }
 
 /// What every part of a running factory shares.
@@ -169,6 +182,8 @@ struct Factory {
     /// Wakes the heartbeat early: what the registry should say changed (a job started or
     /// ended, a cache got warm).
     changed: Notify,
+    /// What the control plane tells it (pause, drain), and when it last pulled.
+    control: control::FactoryControl,
 }
 
 impl Factory {
@@ -276,10 +291,16 @@ pub async fn run(args: FactoryArgs) -> Result<(), String> {
         caches: Mutex::default(),
         warm: Mutex::new(warm),
         changed: Notify::new(),
+        control: control::FactoryControl::new(
+            crate::runtime::fleet::control::ControlKey::from_env(args.control_key_env.as_deref()),
+        ),
     });
     tracing::info!(name = %factory.name, capabilities = ?factory.capabilities, slots = args.slots, "factory started");
     println!("glitchlab factory {} ready", factory.name);
     let heartbeat = tokio::spawn(heartbeat(Arc::clone(&factory)));
+    let _follow = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(control::follow(
+        Arc::clone(&factory),
+    )));
     let classes = tokio::spawn(serve_classes(Arc::clone(&factory)));
     wait_for_stop().await;
     tracing::info!("draining: no new jobs; finishing the running ones");
@@ -372,12 +393,15 @@ async fn heartbeat(factory: Arc<Factory>) {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
             heartbeat_at: Utc::now(),
-            draining: factory.draining.load(Ordering::SeqCst),
+            draining: factory.draining.load(Ordering::SeqCst)
+                || factory.control.mode() == crate::runtime::fleet::control::FactoryMode::Draining,
             warm: factory
                 .warm
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            last_pull_at: factory.control.last_pull(),
+            paused: factory.control.holds(),
         };
         match (
             factory.nats.factories(FACTORY_TTL).await,
@@ -401,29 +425,44 @@ async fn serve_classes(factory: Arc<Factory>) {
     let mut served = HashSet::new();
     let mut loops = Vec::new();
     loop {
-        if let Ok(bucket) = factory.nats.classes().await {
-            if let Ok(keys) = nats::bucket_keys(&bucket, CLASSES_MAX).await {
-                for class in keys {
-                    if served.contains(&class) {
-                        continue;
-                    }
-                    let Ok(Some(listed)) = nats::bounded("a class", bucket.get(&class)).await
-                    else {
-                        continue;
-                    };
-                    let needed: Vec<String> = serde_json::from_slice(&listed).unwrap_or_default();
-                    if needed.iter().all(|n| factory.capabilities.contains(n)) {
-                        tracing::info!(%class, ?needed, "serving a job class");
-                        served.insert(class.clone());
-                        loops.push(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-                            pull_loop(Arc::clone(&factory), class),
-                        )));
-                    }
-                }
-            }
+        if served.is_empty() {
+            // Nothing to pull from yet: idle by design, not stalled.
+            factory.control.pulled();
+        }
+        let read = tokio::time::timeout(CLASSES_READ_TIMEOUT, new_classes(&factory, &served));
+        for class in read.await.unwrap_or_default() {
+            served.insert(class.clone());
+            loops.push(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+                pull_loop(Arc::clone(&factory), class),
+            )));
         }
         tokio::time::sleep(CLASSES_EVERY).await;
     }
+}
+
+/// The job classes this factory can serve and does not serve yet.
+async fn new_classes(factory: &Factory, served: &HashSet<String>) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(bucket) = factory.nats.classes().await else {
+        return found;
+    };
+    let Ok(keys) = nats::bucket_keys(&bucket, CLASSES_MAX).await else {
+        return found;
+    };
+    for class in keys {
+        if served.contains(&class) || found.contains(&class) {
+            continue;
+        }
+        let Ok(Some(listed)) = nats::bounded("a class", bucket.get(&class)).await else {
+            continue;
+        };
+        let needed: Vec<String> = serde_json::from_slice(&listed).unwrap_or_default();
+        if needed.iter().all(|n| factory.capabilities.contains(n)) {
+            tracing::info!(%class, ?needed, "serving a job class");
+            found.push(class);
+        }
+    }
+    found
 }
 
 /// Takes jobs of one class while a slot is free and claiming is not paused. The class's consumer
@@ -450,23 +489,24 @@ async fn pull_loop(factory: Arc<Factory>, class: String) {
         }
         tokio::time::sleep(CONSUMER_RETRY).await;
     };
-    let mut paused_until_checked = Instant::now();
-    let mut paused = false;
     loop {
         if factory.draining.load(Ordering::SeqCst) {
             return;
         }
-        if Instant::now() >= paused_until_checked {
-            paused = is_paused(&factory.nats).await;
-            paused_until_checked = Instant::now() + Duration::from_millis(500);
-        }
-        if paused {
+        if !factory.control.takes_jobs() {
+            factory.control.pulled();
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
         let Ok(permit) = Arc::clone(&factory.slots).acquire_owned().await else {
             return;
         };
+        // Told to stop while waiting for the slot: no fetch (the kill switch leaks no job).
+        if !factory.control.takes_jobs() || factory.draining.load(Ordering::SeqCst) {
+            continue;
+        }
+        stall_for_tests().await;
+        factory.control.pulled();
         let batch = consumer
             .fetch()
             .max_messages(1)
@@ -489,9 +529,26 @@ async fn pull_loop(factory: Arc<Factory>, class: String) {
             }
             let factory = Arc::clone(&factory);
             tokio::spawn(async move {
-                handle(&factory, message).await;
+                if control::hold(&factory, &message).await {
+                    handle(&factory, message).await;
+                }
                 drop(permit);
             });
+        }
+    }
+}
+
+/// Test hook (`--features failpoints`): `FAILPOINTS=factory.pull=return(<ms>)` makes a pull loop
+/// that holds a free slot wait that long before it pulls — the stall `GET /v1/fleet` reports.
+async fn stall_for_tests() {
+    #[cfg(feature = "failpoints")]
+    {
+        let delay_ms = fail::eval("factory.pull", |value| {
+            value.and_then(|ms| ms.parse::<u64>().ok())
+        })
+        .flatten();
+        if let Some(ms) = delay_ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
     }
 }
@@ -534,19 +591,14 @@ async fn hand_back(factory: &Factory, message: &jetstream::Message) -> bool {
 /// Another live factory (fresh heartbeat, not draining, a free slot, serving the job's
 /// capabilities) with the repository `digest` cached: its name.
 async fn warm_elsewhere(factory: &Factory, job: &FleetJob, digest: &str) -> Option<String> {
-    let bucket = factory.nats.factories(FACTORY_TTL).await.ok()?;
-    let names = nats::bucket_keys(&bucket, FACTORIES_READ_MAX).await.ok()?;
+    // Read now, but bounded (a registry read here with no timeout once stalled a factory for
+    // minutes); past the bound, the snapshot `control::follow` keeps.
     let fresh_after = Utc::now() - chrono::Duration::from_std(FACTORY_TTL).ok()?;
-    for name in names {
-        if name == factory.name {
+    let records = control::registry_now(factory, HAND_BACK_READ_TIMEOUT).await;
+    for record in records {
+        if record.name == factory.name {
             continue;
         }
-        let Ok(Some(bytes)) = nats::bounded("a registry entry", bucket.get(&name)).await else {
-            continue;
-        };
-        let Some(record) = gate::read_record(&bytes) else {
-            continue;
-        };
         let takes_it = !record.draining
             && record.heartbeat_at > fresh_after
             && record.running.len() < record.slots
@@ -559,20 +611,10 @@ async fn warm_elsewhere(factory: &Factory, job: &FleetJob, digest: &str) -> Opti
     None
 }
 
-async fn is_paused(nats: &Nats) -> bool {
-    match nats.control().await {
-        Ok(bucket) => nats::bounded("the kill switch", bucket.get(PAUSED_KEY))
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|v| v.as_ref() == b"true"),
-        Err(_) => false,
-    }
-}
-
-/// One delivery of a job: claim (the control plane answers), keep the lease, run, answer. The
-/// job's message is never acknowledged here: the control plane deletes it once it accepts the
-/// answer, so nothing this delivery does can touch a successor's.
+/// One delivery of a job: claim (the control plane answers), keep the lease, run (unless the
+/// control plane stops it), answer. The job's message is never acknowledged here: the control
+/// plane deletes it once it accepts the answer (or withdraws it when it gives the job up), so
+/// nothing this delivery does can touch a successor's.
 async fn handle(factory: &Factory, message: jetstream::Message) {
     let delivery = message
         .info()
@@ -598,6 +640,8 @@ async fn handle(factory: &Factory, message: jetstream::Message) {
     } else {
         PLACED_FIRST_FREE
     };
+    // Heard before the claim: a stop sent once the control plane accepted it is not missed.
+    let stop = control::watch_stop(factory, job.job_id).await;
     let Some(secrets) = claim(factory, &message, &job, delivery, placement).await else {
         return;
     };
@@ -605,11 +649,20 @@ async fn handle(factory: &Factory, message: jetstream::Message) {
     let message = Arc::new(message);
     let keeper = keep_lease(factory, Arc::clone(&message), job.job_id, delivery);
     let redactor = Redactor::new(secrets.iter().cloned());
-    let mut result = run_job(factory, &job, delivery, &secrets, &redactor).await;
+    let run = Run {
+        job: &job,
+        delivery,
+        secrets: &secrets,
+        redactor: &redactor,
+    };
+    let (mut result, stopped) = run_or_stop(factory, run, stop).await;
     result.placement = Some(placement.to_owned());
     let answered = answer(factory, &redactor, result).await;
     drop(keeper);
-    if !answered {
+    if stopped {
+        // Not acknowledged either: the control plane withdrew the job when it gave it up.
+        tracing::info!(job = %job.job_id, "stopped job answered; the control plane withdrew it");
+    } else if !answered {
         tracing::warn!(job = %job.job_id, "result not stored: the job is left to its lease");
     }
     factory
@@ -618,6 +671,79 @@ async fn handle(factory: &Factory, message: jetstream::Message) {
         .unwrap_or_else(PoisonError::into_inner)
         .retain(|running| running.job_id != job.job_id);
     factory.changed.notify_one();
+}
+
+/// One delivery to run: the job, which delivery, its secrets and what redacts them.
+struct Run<'a> {
+    job: &'a FleetJob,
+    delivery: u64,
+    secrets: &'a [(String, String)],
+    redactor: &'a Redactor,
+}
+
+/// Runs the job unless its stop comes first: then the command's whole process group is killed
+/// (dropping the run does it), its directory goes, and the result says so. Whether it stopped.
+async fn run_or_stop(
+    factory: &Factory,
+    what: Run<'_>,
+    mut stop: Option<async_nats::Subscriber>,
+) -> (JobResult, bool) {
+    let (job, delivery) = (what.job, what.delivery);
+    let run = run_job(factory, job, delivery, what.secrets, what.redactor);
+    tokio::pin!(run);
+    let reason = tokio::select! {
+        result = &mut run => return (result, false),
+        reason = control::stopped(stop.as_mut(), factory.control.key(), job.job_id) => reason,
+    };
+    tracing::warn!(job = %job.job_id, %reason, "stopped by the control plane: killing its processes");
+    // Killed here, and the run goes on to reap them and clean up (a dropped run would leave
+    // its zombies to the runtime); a run that does not end in time is dropped (its guard kills).
+    let job_mark = job.job_id.to_string();
+    let ended = tokio::time::timeout(STOP_WAIT, async {
+        loop {
+            for group in process::groups_carrying(JOB_VARIABLE, &job_mark) {
+                // SAFETY: kill(2) on a process group that carries this job's mark.
+                unsafe {
+                    libc::kill(-group, libc::SIGKILL);
+                }
+            }
+            tokio::select! {
+                result = &mut run => return result,
+                () = tokio::time::sleep(STOP_TICK) => {}
+            }
+        }
+    })
+    .await;
+    let mut result = match ended {
+        Ok(result) => result,
+        Err(_) => {
+            let cache = cache_dir(&factory.data_dir, &job.repo);
+            let work = delivery_dir(&factory.data_dir, job, delivery);
+            clean_up(factory, &cache, &work, job).await;
+            empty_result(factory, job, delivery)
+        }
+    };
+    result.diff = None;
+    result.failure = Some(format!("stopped by the control plane: {reason}"));
+    (result, true)
+}
+
+/// A result with nothing run yet.
+fn empty_result(factory: &Factory, job: &FleetJob, delivery: u64) -> JobResult {
+    JobResult {
+        job_id: job.job_id,
+        delivery,
+        factory: factory.name.clone(),
+        exit_code: None,
+        signal: None,
+        timed_out: false,
+        stdout: CapturedOutput::default(),
+        stderr: CapturedOutput::default(),
+        duration_ms: 0,
+        diff: None,
+        failure: None,
+        placement: None,
+    }
 }
 
 /// Claims the delivery with the control plane: the job's secrets when this factory owns it now;
@@ -719,26 +845,9 @@ async fn run_job(
     secrets: &[(String, String)],
     redactor: &Redactor,
 ) -> JobResult {
-    let mut result = JobResult {
-        job_id: job.job_id,
-        delivery,
-        factory: factory.name.clone(),
-        exit_code: None,
-        signal: None,
-        timed_out: false,
-        stdout: CapturedOutput::default(),
-        stderr: CapturedOutput::default(),
-        duration_ms: 0,
-        diff: None,
-        failure: None,
-        placement: None,
-    };
+    let mut result = empty_result(factory, job, delivery);
     let cache = cache_dir(&factory.data_dir, &job.repo);
-    // Keyed by job and delivery: two deliveries of one job never share a directory.
-    let work = factory
-        .data_dir
-        .join("jobs")
-        .join(format!("{}-{delivery}", job.job_id));
+    let work = delivery_dir(&factory.data_dir, job, delivery);
     let outcome = async {
         let tree = prepare(factory, &cache, &work, job).await?;
         let secret = Secret { secrets, redactor };
@@ -751,6 +860,24 @@ async fn run_job(
     }
     clean_up(factory, &cache, &work, job).await;
     result
+}
+
+/// A delivery's own directory, keyed by job and delivery: two deliveries of one job never share
+/// one.
+fn delivery_dir(data_dir: &Path, job: &FleetJob, delivery: u64) -> PathBuf {
+    data_dir
+        .join("jobs")
+        .join(format!("{}-{delivery}", job.job_id))
+}
+
+/// A delivery's worktree: named after its delivery dir (`<job>-<delivery>`), not a fixed name, for
+/// git names a worktree's admin dir after the worktree's own name — two jobs of one repository
+/// running at once here would share `worktrees/tree`, and the first to end would take the other's.
+fn tree_dir(work: &Path) -> PathBuf {
+    match work.file_name() {
+        Some(name) => work.join(name),
+        None => work.join("tree"),
+    }
 }
 
 fn cache_dir(data_dir: &Path, repo: &str) -> PathBuf {
@@ -794,7 +921,7 @@ async fn prepare(
         .await
         .map_err(|e| format!("fetching the job's commit from {}: {e}", job.repo))?;
     factory.mark_warm(&job.repo);
-    let tree = work.join("tree");
+    let tree = tree_dir(work);
     let _ = tokio::fs::remove_dir_all(work).await;
     tokio::fs::create_dir_all(work)
         .await
@@ -852,6 +979,7 @@ async fn run_command(
         env.push((file.variable.clone(), path.display().to_string()));
     }
     env.push(("TMPDIR".into(), temp.display().to_string()));
+    env.push((JOB_VARIABLE.into(), job.job_id.to_string()));
     env.push((
         process::INSTANCE_VARIABLE.into(),
         factory.data_dir.display().to_string(),
@@ -1064,7 +1192,7 @@ async fn clean_up(factory: &Factory, cache: &Path, work: &Path, job: &FleetJob) 
     let lock = cache_lock(factory, cache);
     let _one_at_a_time = lock.lock().await;
     let git = Git::new(cache, GIT_TIMEOUT);
-    let _ = git.remove_worktree(&work.join("tree")).await;
+    let _ = git.remove_worktree(&tree_dir(work)).await;
     let _ = tokio::fs::remove_dir_all(work).await;
     let _ = git.run(&["update-ref", "-d", &job.job_ref()]).await;
 }

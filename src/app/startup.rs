@@ -203,9 +203,14 @@ impl Application {
             .map_err(StartupError::Sandbox)?;
         let fleet = match &config.fleet.nats_url {
             Some(url) => Some(
-                crate::runtime::fleet::Fleet::start(&config.fleet, url, store.clone())
-                    .await
-                    .map_err(|error| StartupError::Fleet(error.to_string()))?,
+                crate::runtime::fleet::Fleet::start(
+                    &config.fleet,
+                    url,
+                    store.clone(),
+                    &config.storage.data_dir,
+                )
+                .await
+                .map_err(|error| StartupError::Fleet(error.to_string()))?,
             ),
             None => None,
         };
@@ -225,6 +230,8 @@ impl Application {
         // Before the tree: the first admin token exists (and its file is written) before anyone
         // can be told the service listens.
         let auth = Auth::start(&services.config, &services.store).await?;
+        // Job refs a killed predecessor left in the users' repositories and remotes.
+        crate::work::fleet_refs::clean_after_restart(&services);
         let (compass, compass_done) = Actor::spawn(
             None,
             Compass,

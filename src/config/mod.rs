@@ -653,7 +653,17 @@ pub struct FleetConfig {
     /// factory handing a first delivery back to a warm one spends a delivery too, hence 4 by
     /// default: three lost leases still fit.
     pub max_deliver: u32,
+    /// The environment variable holding the key that signs pause, drain and stop for the
+    /// factories (each factory is started with the same key): without it a NATS client could
+    /// forge them.
+    pub control_key_env: Option<String>,
+    /// Replicas of each stream and bucket the fleet makes (1 on a single NATS server; 3 on a
+    /// three-node cluster, so a node lost loses nothing).
+    pub replicas: usize,
 }
+
+/// JetStream replicas of a stream at most (NATS's own limit).
+const FLEET_REPLICAS_MAX: usize = 5;
 
 impl Default for FleetConfig {
     fn default() -> Self {
@@ -663,6 +673,8 @@ impl Default for FleetConfig {
             creds_file: None,
             lease_secs: 30,
             max_deliver: 4,
+            control_key_env: None,
+            replicas: 1,
         }
     }
 }
@@ -781,6 +793,10 @@ impl Config {
             (
                 !(1..=100).contains(&self.fleet.max_deliver),
                 "fleet.max_deliver must be between 1 and 100",
+            ),
+            (
+                !(1..=FLEET_REPLICAS_MAX).contains(&self.fleet.replicas),
+                "fleet.replicas must be between 1 and 5",
             ),
             (
                 self.storage.stall_secs == 0,

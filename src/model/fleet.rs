@@ -11,8 +11,8 @@
 //!   accepts only the result of the delivery it heard claimed last: a late answer of a holder
 //!   whose lease ran out is fenced off.
 //! - Factories register in the key-value bucket [`FACTORIES_BUCKET`] (entries expire unless the
-//!   heartbeat renews them); job classes are listed in [`CLASSES_BUCKET`]; the kill switch is the
-//!   key [`PAUSED_KEY`] of [`CONTROL_BUCKET`].
+//!   heartbeat renews them); job classes are listed in [`CLASSES_BUCKET`]; the switches (pause,
+//!   drain) are the signed key `switches` of [`CONTROL_BUCKET`] (`runtime::fleet::control`).
 //! - While a job runs, its factory publishes what the command prints as [`OutputChunk`]s on the
 //!   core-NATS subject `glitchlab.output.<job id>` ([`OUTPUT_SUBJECT_PREFIX`]): best effort, not
 //!   stored, bounded in rate and size, so a chatty command never fills a stream.
@@ -43,7 +43,8 @@ pub const FACTORIES_BUCKET: &str = "glitchlab_factories";
 pub const CLASSES_BUCKET: &str = "glitchlab_classes";
 /// Fleet-wide switches.
 pub const CONTROL_BUCKET: &str = "glitchlab_control";
-/// `"true"` while claiming is paused fleet-wide.
+/// The unsigned pause key of earlier versions: no longer read (anyone on NATS could write it);
+/// the signed switches replaced it.
 pub const PAUSED_KEY: &str = "paused";
 /// The class of jobs that need no capability.
 pub const ANY_CLASS: &str = "any";
@@ -210,6 +211,13 @@ pub struct FactoryRecord {
     /// [`WARM_MAX`]): a job on one of them starts without a full fetch there.
     #[serde(default)]
     pub warm: Vec<String>,
+    /// When it last asked the jobs stream for work: a factory with a free slot that has not
+    /// pulled for a while is stalled (`GET /v1/fleet` says so).
+    #[serde(default)]
+    pub last_pull_at: Option<DateTime<Utc>>,
+    /// Whether it holds its claims now (the fleet-wide pause or its own).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl FactoryRecord {

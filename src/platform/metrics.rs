@@ -91,6 +91,27 @@ pub(crate) const STORE_FAILED: &str = "glitchlab_store_failed";
 /// then); 0 before it has.
 pub(crate) const QUEUE_RELOAD_SECONDS: &str = "glitchlab_queue_reload_seconds";
 
+/// Gauge `{class}`: fleet jobs published and not claimed yet, by job class (`any`, or the
+/// digest of a capability set: bounded by the capability sets tasks and personas use).
+pub(crate) const FLEET_JOBS_WAITING: &str = "glitchlab_fleet_jobs_waiting";
+/// Histogram: seconds from a fleet job's publication to its first claim by a factory.
+pub(crate) const FLEET_CLAIM_LATENCY_DURATION_SECONDS: &str =
+    "glitchlab_fleet_claim_latency_duration_seconds";
+/// Gauge `{factory, state}`: a registered factory's slots, `used` or `free` (factory names are
+/// the operator's, one per machine).
+pub(crate) const FLEET_FACTORY_SLOTS: &str = "glitchlab_fleet_factory_slots";
+/// Gauge `{factory}`: 1 while a factory is healthy, 0 while it is stalled (a free slot and no
+/// pull for 10 s, or no heartbeat for as long).
+pub(crate) const FLEET_FACTORY_HEALTHY: &str = "glitchlab_fleet_factory_healthy";
+/// Counter: fleet jobs that ran out of deliveries (heard from JetStream's advisory).
+pub(crate) const FLEET_DELIVERIES_EXHAUSTED_TOTAL: &str =
+    "glitchlab_fleet_deliveries_exhausted_total";
+/// Counter: stops sent to factories (a cancelled task's job, a job given up on).
+pub(crate) const FLEET_STOPS_TOTAL: &str = "glitchlab_fleet_stops_total";
+/// Counter: times the switches found in NATS differed from the control plane's (put from
+/// outside, or lost) and were written back.
+pub(crate) const FLEET_CONTROL_OVERWRITTEN_TOTAL: &str =
+    "glitchlab_fleet_control_overwritten_total";
 /// Counter: fleet messages dropped as forged — a hello, claim, lease renewal or result
 /// without a valid MAC of a registered factory, or about a delivery JetStream did not make for
 /// it (label `kind`).
@@ -198,6 +219,25 @@ fn describe() {
     describe_gauge!(STORE_WRITE_QUEUE, "Write jobs waiting for the store writer");
     describe_counter!(STORE_GROUPS_TOTAL, "Store group commits");
     describe_counter!(STORE_JOBS_TOTAL, "Store write jobs committed");
+    describe_gauge!(FLEET_JOBS_WAITING, "Fleet jobs not claimed yet, by class");
+    describe_histogram!(
+        FLEET_CLAIM_LATENCY_DURATION_SECONDS,
+        "Seconds from a fleet job's publication to its claim"
+    );
+    describe_gauge!(FLEET_FACTORY_SLOTS, "Factory slots, used or free");
+    describe_gauge!(
+        FLEET_FACTORY_HEALTHY,
+        "1 while a factory is healthy, 0 stalled"
+    );
+    describe_counter!(
+        FLEET_DELIVERIES_EXHAUSTED_TOTAL,
+        "Fleet jobs that ran out of deliveries"
+    );
+    describe_counter!(FLEET_STOPS_TOTAL, "Stops sent to factories");
+    describe_counter!(
+        FLEET_CONTROL_OVERWRITTEN_TOTAL,
+        "Fleet switches found changed outside the control plane and written back"
+    );
 }
 
 /// The Prometheus text exposition of everything recorded so far; `None` without a recorder.

@@ -79,6 +79,8 @@ pub struct Nats {
     /// The buckets opened so far, by name: opening one asks the server for its stream's info,
     /// and the registry, classes and switches are read every few hundred milliseconds.
     buckets: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, kv::Store>>>,
+    /// Replicas of the streams and buckets this connection makes (`[fleet] replicas`).
+    replicas: usize,
 }
 
 /// Splits `nats://user:password@host:port` into the address without the credentials and the
@@ -131,6 +133,7 @@ pub async fn connect(options: &NatsOptions) -> Result<Nats, NatsError> {
         js: jetstream::new(client.clone()),
         client,
         buckets: Default::default(),
+        replicas: 1,
     })
 }
 
@@ -170,6 +173,13 @@ pub async fn bucket_keys(bucket: &kv::Store, max: usize) -> Result<Vec<String>, 
 }
 
 impl Nats {
+    /// Makes the streams and buckets with `replicas` copies (a NATS cluster of at least as many
+    /// nodes); existing ones keep theirs.
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
+    }
+
     /// A request to the control plane on a core subject, answered within
     /// [`CONTROL_REQUEST_TIMEOUT`].
     pub async fn request(&self, subject: String, payload: Vec<u8>) -> Result<Vec<u8>, NatsError> {
@@ -215,6 +225,7 @@ impl Nats {
                 subjects: vec![format!("{JOBS_SUBJECT_PREFIX}>")],
                 retention: stream::RetentionPolicy::WorkQueue,
                 max_bytes: JOBS_MAX_BYTES,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await
@@ -232,6 +243,7 @@ impl Nats {
                 ],
                 max_age: RESULTS_MAX_AGE,
                 max_bytes: RESULTS_MAX_BYTES,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await
@@ -312,7 +324,7 @@ impl Nats {
                 deny_delete: true,
                 allow_direct: true,
                 discard: stream::DiscardPolicy::New,
-                num_replicas: 1,
+                num_replicas: self.replicas,
                 ..Default::default()
             })
             .await

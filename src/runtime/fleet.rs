@@ -13,9 +13,13 @@
 //! accepted result's job is deleted from the stream here (factories never acknowledge), so a
 //! late answer or acknowledgement of a superseded delivery touches nothing.
 
+pub(crate) mod control;
+mod controller;
 mod gate;
+mod watch;
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,12 +33,13 @@ use uuid::Uuid;
 use crate::config::FleetConfig;
 use crate::model::fleet::{
     class_of, FactoryRecord, FleetJob, JobClaim, JobResult, CLAIMS_SUBJECT_PREFIX,
-    JOBS_SUBJECT_PREFIX, OUTPUT_SUBJECT_PREFIX, PAUSED_KEY, PLACED_LOST_LEASE,
-    RESULTS_SUBJECT_PREFIX,
+    JOBS_SUBJECT_PREFIX, OUTPUT_SUBJECT_PREFIX, PLACED_LOST_LEASE, RESULTS_SUBJECT_PREFIX,
 };
 use crate::model::task::TaskId;
 use crate::platform::nats::{self, Nats, NatsError, NatsOptions};
 use crate::storage::store::Store;
+pub(crate) use controller::SwitchError;
+pub(crate) use watch::FactoryView;
 
 /// The control plane's durable consumer of claims and results.
 const CONTROL_CONSUMER: &str = "control";
@@ -46,6 +51,8 @@ const WAITING_MAX: usize = 10_000;
 const FACTORIES_LISTED_MAX: usize = 1000;
 /// Added to a job's own bounds before the control plane stops waiting for it.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
+/// Reading the whole factory registry takes at most this long.
+const REGISTRY_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a job did not come back.
 #[derive(Debug, thiserror::Error)]
@@ -92,9 +99,10 @@ struct Waiter {
     lease: Duration,
     /// Until when the delivery claimed last holds its lease (the control plane's clock).
     lease_until: Option<Instant>,
-    /// The job's sequence in the jobs stream, once the server stored it.
+    /// The job's sequence in the jobs stream, once the server stored it (JetStream's advisories
+    /// name it too).
     sequence: Option<u64>,
-    /// The job's class (its consumer is `jobs-<class>`).
+    /// The job's class (its consumer is `jobs-<class>`; the per-class waiting gauge).
     class: String,
     /// The secret variables, handed sealed to the factory whose claim is accepted only.
     secrets: Vec<(String, String)>,
@@ -124,17 +132,21 @@ pub struct Fleet {
     max_deliver: u32,
     waiting: Waiting,
     classes: Mutex<HashSet<String>>,
+    controller: Arc<controller::Controller>,
     _reader: AbortOnDropHandle<()>,
+    _watchers: Vec<AbortOnDropHandle<()>>,
     gate: Arc<gate::Gate>,
     _gate: Vec<AbortOnDropHandle<()>>,
 }
 
 impl Fleet {
     /// Connects, makes the streams and buckets, and starts reading results.
+    /// Factory keys are read from `store`; the switches (pause, drain) are kept in `data_dir`.
     pub(crate) async fn start(
         config: &FleetConfig,
         url: &str,
         store: Store,
+        data_dir: &Path,
     ) -> Result<Arc<Self>, NatsError> {
         let token = config
             .token_env
@@ -147,7 +159,8 @@ impl Fleet {
             name: "glitchlab-control".into(),
             inbox_prefix: None,
         })
-        .await?;
+        .await?
+        .with_replicas(config.replicas);
         nats.jobs_stream().await?;
         let results = nats.results_stream().await?;
         nats.factories(FACTORY_TTL).await?;
@@ -175,13 +188,19 @@ impl Fleet {
         });
         let reader = tokio::spawn(read_results(reader_consumer, Arc::clone(&gate)));
         let gate_tasks = gate::start(&gate).await?;
+        let key = control::ControlKey::from_env(config.control_key_env.as_deref());
+        let controller =
+            controller::Controller::start(nats.clone(), key, data_dir.to_path_buf()).await;
+        let watchers = watch::start(&nats, &controller, &gate).await?;
         Ok(Arc::new(Self {
             nats,
             lease: Duration::from_secs(config.lease_secs),
             max_deliver: config.max_deliver,
             waiting,
             classes: Mutex::default(),
+            controller,
             _reader: AbortOnDropHandle::new(reader),
+            _watchers: watchers,
             gate,
             _gate: gate_tasks,
         }))
@@ -222,41 +241,35 @@ impl Fleet {
                 },
             );
         }
-        let _forget = Forget {
+        let mut forget = Forget {
             waiting: &self.waiting,
             job: job.job_id,
+            stop: Some((self.nats.clone(), self.controller.key().clone(), None)),
         };
         let payload = serde_json::to_vec(job).map_err(NatsError::js)?;
         let sequence = self
             .nats
             .publish_stored(format!("{JOBS_SUBJECT_PREFIX}{class}"), payload)
             .await?;
-        if let Some(waiter) = self
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(&job.job_id)
-        {
-            waiter.sequence = Some(sequence);
-        }
+        forget.published(sequence);
         let deadline = Duration::from_millis(job.timeout_ms)
             + self.lease * (self.max_deliver + 1)
             + DEADLINE_MARGIN;
-        match tokio::time::timeout(deadline, result).await {
-            Ok(Ok(result)) => match &result.failure {
+        match watch::wait_unpaused(&self.controller, deadline, result).await {
+            Ok(result) => match &result.failure {
                 Some(detail) => Err(FleetError::Factory {
                     factory: result.factory.clone(),
                     job: job.job_id,
                     detail: detail.clone(),
                 }),
-                None => Ok(result),
-            },
-            _ => {
-                // No factory will be asked for it again (it may still be acknowledged by one
-                // that holds it: its answer is ignored, nobody waits for it).
-                if let Err(error) = self.nats.withdraw_job(sequence).await {
-                    tracing::warn!(job = %job.job_id, %error, "could not withdraw a job");
+                None => {
+                    forget.stop = None;
+                    Ok(result)
                 }
+            },
+            Err(()) => {
+                // No factory will be asked for it again, and one that holds it is told to stop
+                // (`forget` does both as it drops): its answer is ignored, nobody waits for it.
                 let reason = self
                     .why_waiting(&job.capabilities)
                     .await
@@ -306,18 +319,9 @@ impl Fleet {
     /// Only records signed by a factory issued a key are listed (issue 30): a made-up factory
     /// is not one.
     pub(crate) async fn factories(&self) -> Result<Vec<FactoryRecord>, NatsError> {
-        let bucket = self.nats.factories(FACTORY_TTL).await?;
-        let names = nats::bucket_keys(&bucket, FACTORIES_LISTED_MAX).await?;
-        let mut factories = Vec::new();
-        for name in names {
-            if let Ok(Some(bytes)) = nats::bounded("a registry entry", bucket.get(&name)).await {
-                if let Some(record) = self.gate.verified_record(&name, &bytes).await {
-                    factories.push(record);
-                }
-            }
-        }
-        factories.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(factories)
+        tokio::time::timeout(REGISTRY_READ_TIMEOUT, registry(&self.gate))
+            .await
+            .map_err(|_| NatsError::JetStream("the factory registry did not answer".into()))?
     }
 
     /// Why a job needing `capabilities` waits, when no live factory offers them all.
@@ -345,21 +349,53 @@ impl Fleet {
         jobs
     }
 
-    /// Stops (`true`) or restarts all claiming, fleet-wide: the kill switch.
-    pub(crate) async fn set_paused(&self, paused: bool) -> Result<(), NatsError> {
-        let value = if paused { "true" } else { "false" };
-        let control = self.nats.control().await?;
-        let put = control.put(PAUSED_KEY, value.as_bytes().to_vec().into());
-        nats::bounded("the kill switch", put).await?;
+    /// Stops (`true`) or restarts all claiming, fleet-wide: the kill switch. The state is the
+    /// control plane's (kept in its data dir) and reaches the factories signed.
+    pub(crate) async fn set_paused(&self, paused: bool) -> Result<(), SwitchError> {
+        self.controller.change(|s| s.paused = paused).await?;
         Ok(())
     }
 
-    /// Whether claiming is paused.
-    pub(crate) async fn paused(&self) -> Result<bool, NatsError> {
-        let control = self.nats.control().await?;
-        let value = nats::bounded("the kill switch", control.get(PAUSED_KEY)).await?;
-        Ok(value.is_some_and(|v| v.as_ref() == b"true"))
+    /// Whether claiming is paused fleet-wide.
+    pub(crate) fn paused(&self) -> bool {
+        self.controller.paused()
     }
+
+    /// Tells one factory to take jobs, hold its claims, or drain.
+    pub(crate) async fn set_factory_mode(
+        &self,
+        factory: &str,
+        mode: control::FactoryMode,
+    ) -> Result<(), SwitchError> {
+        self.controller
+            .change(|s| {
+                s.factories.insert(factory.to_owned(), mode);
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The registered factories with what they are told and whether they are healthy.
+    pub(crate) fn views(&self, factories: Vec<FactoryRecord>) -> Vec<FactoryView> {
+        watch::views(&self.controller.switches(), factories, Utc::now())
+    }
+}
+
+/// The registry entries signed by a factory issued a key, by name (heartbeats not expired):
+/// `GET /v1/fleet`, a waiting job's reason and the fleet gauges read it so.
+async fn registry(gate: &gate::Gate) -> Result<Vec<FactoryRecord>, NatsError> {
+    let bucket = gate.nats.factories(FACTORY_TTL).await?;
+    let names = nats::bucket_keys(&bucket, FACTORIES_LISTED_MAX).await?;
+    let mut factories = Vec::new();
+    for name in names {
+        if let Ok(Some(bytes)) = nats::bounded("a registry entry", bucket.get(&name)).await {
+            if let Some(record) = gate.verified_record(&name, &bytes).await {
+                factories.push(record);
+            }
+        }
+    }
+    factories.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(factories)
 }
 
 /// Why a job needing `capabilities` cannot be served by any of `factories`; `None` when one can.
@@ -382,10 +418,30 @@ fn reason_among(factories: &[FactoryRecord], capabilities: &[String]) -> Option<
     })
 }
 
-/// Takes a job out of the waiting map however its wait ends.
+/// Takes a job out of the waiting map however its wait ends; unless it ended with a result
+/// (`stop` taken), also withdraws the job from the stream and tells whoever runs it to stop — a
+/// cancelled task drops the wait, and that reaches the factory.
 struct Forget<'a> {
     waiting: &'a Waiting,
     job: Uuid,
+    /// The connection, the control key and the job's sequence in the stream once published.
+    stop: Option<(Nats, control::ControlKey, Option<u64>)>,
+}
+
+impl Forget<'_> {
+    fn published(&mut self, sequence: u64) {
+        if let Some((_, _, known)) = &mut self.stop {
+            *known = Some(sequence);
+        }
+        if let Some(waiter) = self
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&self.job)
+        {
+            waiter.sequence = Some(sequence);
+        }
+    }
 }
 
 impl Drop for Forget<'_> {
@@ -394,6 +450,14 @@ impl Drop for Forget<'_> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.job);
+        let Some((nats, key, Some(sequence))) = self.stop.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let job = self.job;
+        runtime.spawn(watch::give_up(nats, key, job, sequence));
     }
 }
 
@@ -449,6 +513,13 @@ fn on_claim(waiting: &Waiting, claim: JobClaim) -> bool {
         return false;
     }
     tracing::info!(job = %claim.job_id, factory = %claim.factory, delivery = claim.delivery, "fleet: job claimed");
+    if waiter.claimed.is_none() {
+        let waited = (Utc::now() - waiter.published_at)
+            .to_std()
+            .unwrap_or_default();
+        ::metrics::histogram!(crate::platform::metrics::FLEET_CLAIM_LATENCY_DURATION_SECONDS)
+            .record(waited.as_secs_f64());
+    }
     if waiter
         .claimed
         .as_ref()

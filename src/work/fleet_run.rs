@@ -86,8 +86,10 @@ pub(crate) async fn run_remote(
     git.run(&["update-ref", &reference, &commit]).await?;
     // A clone of a remote (`<data_dir>/remotes/`): the job's commit goes to the remote, where a
     // factory on another host can fetch it.
-    let remotes = services.config.storage.data_dir.join("remotes");
-    let origin = if Path::new(&repo).starts_with(&remotes) {
+    let remote = super::fleet_refs::is_remote_clone(&services.config.storage.data_dir, &repo);
+    // Deleted here and on the remote however this ends (a cancel drops this future).
+    let job_ref = super::fleet_refs::JobRef::new(git.clone(), reference.clone(), remote);
+    let origin = if remote {
         let url = git.run(&["config", "--get", "remote.origin.url"]).await?;
         let refspec = format!("+{commit}:{reference}");
         git.run(&["push", "--quiet", "origin", &refspec]).await?;
@@ -141,17 +143,7 @@ pub(crate) async fn run_remote(
         })
     }
     .await;
-    if let Err(error) = git.run(&["update-ref", "-d", &reference]).await {
-        tracing::warn!(%error, %reference, "could not delete a fleet job's ref");
-    }
-    if origin.is_some() {
-        if let Err(error) = git
-            .run(&["push", "--quiet", "origin", "--delete", &reference])
-            .await
-        {
-            tracing::warn!(%error, %reference, "could not delete a fleet job's ref on the remote");
-        }
-    }
+    job_ref.release().await;
     outcome
 }
 

@@ -6,6 +6,7 @@
 pub(crate) mod cleanup;
 pub(crate) mod deploy_stage;
 pub(crate) mod engine;
+pub(crate) mod fleet_refs;
 pub(crate) mod fleet_run;
 pub(crate) mod intake;
 pub(crate) mod merge_queue;

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::helpers::{git, git_repo, with_config, Options, Service};
 
 /// Lease of the tests' fleet: short, so a killed factory's job moves on quickly.
-const LEASE_SECS: u64 = 3;
+pub(crate) const LEASE_SECS: u64 = 3;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -23,7 +23,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn nats_server_available() -> bool {
+pub(crate) fn nats_server_available() -> bool {
     Command::new("nats-server")
         .arg("--version")
         .output()
@@ -41,15 +41,15 @@ impl Drop for Running {
 }
 
 /// A JetStream-enabled NATS server on a free loopback port, storing under `dir`.
-struct Nats {
-    url: String,
+pub(crate) struct Nats {
+    pub(crate) url: String,
     port: u16,
     dir: PathBuf,
     process: Option<Running>,
 }
 
 impl Nats {
-    fn start(dir: &Path) -> Nats {
+    pub(crate) fn start(dir: &Path) -> Nats {
         let port = free_port();
         let mut nats = Nats {
             url: format!("nats://127.0.0.1:{port}"),
@@ -91,32 +91,60 @@ impl Nats {
 }
 
 /// A `glitchlab factory` process.
-struct Factory {
+pub(crate) struct Factory {
     name: String,
     process: Option<Running>,
 }
 
 impl Factory {
     /// Issues `name` its key through the service (`POST /v1/fleet/factories`) and starts it.
-    async fn start(
+    pub(crate) async fn start(
         root: &Path,
         nats: &Nats,
         service: &Service,
         name: &str,
         extra: &[&str],
     ) -> Factory {
+        Self::start_slots(root, nats, service, name, 2, extra, &[]).await
+    }
+
+    /// Like [`Factory::start`], with `slots` slots and `env` added to its environment.
+    pub(crate) async fn start_slots(
+        root: &Path,
+        nats: &Nats,
+        service: &Service,
+        name: &str,
+        slots: usize,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Factory {
         let key = enrol(service, name).await;
-        Factory::launch(root, &nats.url, name, &key, extra)
+        Factory::launch_with(root, &nats.url, name, &key, slots, extra, env)
     }
 
     /// Starts a factory with `key` on the NATS server at `url` (credentials in it, if any).
     fn launch(root: &Path, url: &str, name: &str, key: &str, extra: &[&str]) -> Factory {
+        Factory::launch_with(root, url, name, key, 2, extra, &[])
+    }
+
+    /// Starts a factory with `key`, `slots` slots and `env` added to its environment.
+    fn launch_with(
+        root: &Path,
+        url: &str,
+        name: &str,
+        key: &str,
+        slots: usize,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Factory {
         let log = std::fs::File::create(root.join(format!("{name}.log"))).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_glitchlab"))
-            .args(["factory", "--nats", url, "--name", name, "--slots", "2"])
+            .args(["factory", "--nats", url, "--name", name])
+            .args(["--slots", &slots.to_string()])
             .args(["--lease-secs", &LEASE_SECS.to_string(), "--data-dir"])
             .arg(root.join(name))
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("GLITCHLAB_FACTORY_KEY", key)
             .stdout(Stdio::piped())
@@ -137,7 +165,7 @@ impl Factory {
         }
     }
 
-    fn kill_9(&mut self) {
+    pub(crate) fn kill_9(&mut self) {
         if let Some(mut running) = self.process.take() {
             let _ = running.0.kill();
             let _ = running.0.wait();
@@ -154,14 +182,14 @@ async fn enrol(service: &Service, name: &str) -> String {
     issued["key"].as_str().unwrap().to_owned()
 }
 
-fn fleet_config(nats: &Nats) -> String {
+pub(crate) fn fleet_config(nats: &Nats) -> String {
     format!(
         "[fleet]\nnats_url = \"{}\"\nlease_secs = {LEASE_SECS}\n[compass]\nmax_concurrent_tasks = 6\n",
         nats.url
     )
 }
 
-fn task(repo: &Path, title: &str, patch: &str, verify: &str) -> Value {
+pub(crate) fn task(repo: &Path, title: &str, patch: &str, verify: &str) -> Value {
     json!({
         "title": title,
         "description": format!("{title}."),
@@ -189,7 +217,7 @@ async fn placements(service: &Service, id: &str) -> Vec<(String, u64, String)> {
         .collect()
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done().await {
         assert!(Instant::now() < deadline, "timed out waiting: {what}");

@@ -49,7 +49,7 @@ fn factory_user(user: &str) -> String {
     }
     let publish: Vec<String> = publish.iter().map(|s| format!("\"{s}\"")).collect();
     format!(
-        "    {{ user: \"{user}\", password: \"{}\", permissions: {{\n      publish: {{ allow: [{}] }},\n      subscribe: {{ allow: [\"_INBOX_{user}.>\"] }}\n    }} }}\n",
+        "    {{ user: \"{user}\", password: \"{}\", permissions: {{\n      publish: {{ allow: [{}] }},\n      subscribe: {{ allow: [\"_INBOX_{user}.>\", \"glitchlab.stop.>\"] }}\n    }} }}\n",
         password(user),
         publish.join(", ")
     )

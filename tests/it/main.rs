@@ -19,6 +19,7 @@ mod config;
 mod containment;
 mod delivery;
 mod fleet;
+mod fleet_control;
 mod governance;
 mod helpers;
 mod hostile;

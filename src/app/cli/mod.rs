@@ -2,6 +2,7 @@
 //! against a running service `glitchlab ledger [--url URL] balance|history|audit`,
 //! `glitchlab ops deploy <app> [--commit SHA]`, `glitchlab task ...` and `glitchlab tree`.
 
+pub mod fleet;
 pub mod ledger;
 pub mod ops;
 pub mod records;
@@ -42,6 +43,8 @@ pub enum Command {
     Silence(silence::SilenceArgs),
     /// Run a fleet factory: take engine and verify jobs from NATS JetStream (docs/fleet.md).
     Factory(crate::app::factory::FactoryArgs),
+    /// The fleet of a running service: list, pause, resume, drain.
+    Fleet(fleet::FleetArgs),
     /// The supervision tree of a running service.
     Tree {
         /// Base URL of the running service.

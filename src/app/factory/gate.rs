@@ -300,6 +300,8 @@ mod tests {
             heartbeat_at: chrono::Utc::now(),
             draining: false,
             warm: Vec::new(),
+            last_pull_at: Some(chrono::Utc::now()),
+            paused: true,
         };
         let bytes = signed_record(&key, &record).unwrap();
         assert_eq!(read_record(&bytes).unwrap(), record);

@@ -1,14 +1,20 @@
-//! The fleet at the ingress: `GET /v1/fleet` (factories, what waits and why, the kill switch)
-//! and `POST /v1/fleet/pause` / `resume` (stop and restart all claiming, fleet-wide).
+//! The fleet at the ingress: `GET /v1/fleet` (factories, their health, what waits and why, the
+//! kill switch), `POST /v1/fleet/pause` / `resume` (stop and restart all claiming, fleet-wide)
+//! and `POST /v1/fleet/factories/{name}/drain|pause|resume` (one factory). Every change is
+//! audited with its principal (the ingress's audit layer) and is the control plane's state.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::{describe, ApiError, ErrorBody};
 use super::AppState;
 use crate::model::codes;
-use crate::runtime::fleet::Fleet;
+use crate::runtime::fleet::control::FactoryMode;
+use crate::runtime::fleet::{Fleet, SwitchError};
+
+/// Characters of a factory's name at most (its key in the registry bucket).
+const FACTORY_NAME_MAX: usize = 64;
 
 /// `GET /v1/fleet`.
 #[utoipa::path(
@@ -18,9 +24,11 @@ use crate::runtime::fleet::Fleet;
     responses(
         (status = 200, description = "`{\"configured\": bool, \"paused\": bool, \"factories\": \
             [FactoryRecord, …], \"waiting\": [{job_id, task_id, capabilities, since, reason}, …]}`: \
-            the registered factories (name, capabilities, slots, running jobs, last heartbeat) and \
-            the jobs no factory has claimed, with why (`no factory with has:gpu`). Without \
-            `[fleet]`: `configured: false` and nothing else.", body = Object),
+            the registered factories (name, capabilities, slots, running jobs, last heartbeat, \
+            last pull, `told`: active|paused|draining, `healthy` and why not in `unhealthy`: a \
+            free slot and no pull for 10 s) and the jobs no factory has claimed, with why (`no \
+            factory with has:gpu`). Without `[fleet]`: `configured: false` and nothing else.",
+            body = Object),
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
         (status = 503, description = "`FLEET_UNAVAILABLE`: NATS did not answer.", body = ErrorBody),
     )
@@ -32,8 +40,9 @@ pub(crate) async fn fleet(State(app): State<AppState>) -> Result<Json<Value>, Ap
         ));
     };
     let factories = fleet.factories().await.map_err(unavailable)?;
-    let paused = fleet.paused().await.map_err(unavailable)?;
+    let paused = fleet.paused();
     let waiting = fleet.unclaimed(&factories);
+    let factories = fleet.views(factories);
     Ok(Json(json!({
         "configured": true,
         "paused": paused,
@@ -77,15 +86,112 @@ pub(crate) async fn resume(State(app): State<AppState>) -> Result<Json<Value>, A
 }
 
 async fn switch(app: &AppState, paused: bool) -> Result<Json<Value>, ApiError> {
-    let fleet: &Fleet = app.services.fleet.as_deref().ok_or_else(|| {
+    let fleet = configured(app)?;
+    fleet.set_paused(paused).await.map_err(not_switched)?;
+    tracing::warn!(paused, "fleet claiming switched");
+    Ok(Json(json!({"paused": paused})))
+}
+
+fn configured(app: &AppState) -> Result<&Fleet, ApiError> {
+    app.services.fleet.as_deref().ok_or_else(|| {
         ApiError::conflict(
             codes::FLEET_NOT_CONFIGURED,
             "this service has no [fleet]: everything runs in-process",
         )
-    })?;
-    fleet.set_paused(paused).await.map_err(unavailable)?;
-    tracing::warn!(paused, "fleet claiming switched");
-    Ok(Json(json!({"paused": paused})))
+    })
+}
+
+/// `POST /v1/fleet/factories/{name}/drain`.
+#[utoipa::path(
+    post,
+    path = "/v1/fleet/factories/{name}/drain",
+    tag = "fleet",
+    params(("name" = String, Path, description = "The factory's name.")),
+    responses(
+        (status = 200, description = "`{\"factory\": name, \"told\": \"draining\"}`: the \
+            factory finishes what it runs and takes no new job until resumed.", body = Object),
+        (status = 422, description = "`INVALID_FIELD`: not a factory name.", body = ErrorBody),
+        (status = 409, description = "`FLEET_NOT_CONFIGURED`: no `[fleet]`.", body = ErrorBody),
+        (status = 503, description = "`FLEET_UNAVAILABLE`: NATS did not answer.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn drain_factory(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    tell(&app, &name, FactoryMode::Draining).await
+}
+
+/// `POST /v1/fleet/factories/{name}/pause`.
+#[utoipa::path(
+    post,
+    path = "/v1/fleet/factories/{name}/pause",
+    tag = "fleet",
+    params(("name" = String, Path, description = "The factory's name.")),
+    responses(
+        (status = 200, description = "`{\"factory\": name, \"told\": \"paused\"}`: the factory \
+            holds its claims (no delivery spent) until resumed; what it runs goes on.",
+            body = Object),
+        (status = 422, description = "`INVALID_FIELD`: not a factory name.", body = ErrorBody),
+        (status = 409, description = "`FLEET_NOT_CONFIGURED`: no `[fleet]`.", body = ErrorBody),
+        (status = 503, description = "`FLEET_UNAVAILABLE`: NATS did not answer.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn pause_factory(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    tell(&app, &name, FactoryMode::Paused).await
+}
+
+/// `POST /v1/fleet/factories/{name}/resume`.
+#[utoipa::path(
+    post,
+    path = "/v1/fleet/factories/{name}/resume",
+    tag = "fleet",
+    params(("name" = String, Path, description = "The factory's name.")),
+    responses(
+        (status = 200, description = "`{\"factory\": name, \"told\": \"active\"}`: the factory \
+            takes jobs again (ends a pause or a drain).", body = Object),
+        (status = 422, description = "`INVALID_FIELD`: not a factory name.", body = ErrorBody),
+        (status = 409, description = "`FLEET_NOT_CONFIGURED`: no `[fleet]`.", body = ErrorBody),
+        (status = 503, description = "`FLEET_UNAVAILABLE`: NATS did not answer.", body = ErrorBody),
+    )
+)]
+pub(crate) async fn resume_factory(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    tell(&app, &name, FactoryMode::Active).await
+}
+
+async fn tell(app: &AppState, name: &str, mode: FactoryMode) -> Result<Json<Value>, ApiError> {
+    let fleet = configured(app)?;
+    let valid = (1..=FACTORY_NAME_MAX).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+    if !valid {
+        return Err(ApiError::invalid_field(format!(
+            "factory name `{}` is not 1 to {FACTORY_NAME_MAX} characters of A-Z, a-z, 0-9, `-`, `_`",
+            name.escape_debug()
+        )));
+    }
+    fleet
+        .set_factory_mode(name, mode)
+        .await
+        .map_err(not_switched)?;
+    tracing::warn!(factory = name, ?mode, "fleet: factory told");
+    Ok(Json(json!({"factory": name, "told": mode})))
+}
+
+fn not_switched(error: SwitchError) -> ApiError {
+    match error {
+        SwitchError::TooMany => ApiError::invalid_field(error.to_string()),
+        SwitchError::Nats(_) | SwitchError::Save(_) => {
+            ApiError::unavailable(codes::FLEET_UNAVAILABLE, error.to_string())
+        }
+    }
 }
 
 fn unavailable(error: crate::platform::nats::NatsError) -> ApiError {

@@ -219,7 +219,7 @@ function route() {
   fill(root);
   state.view = view;
   state.refresh = null;
-  const views = { board: boardView, task: taskView, tree: treeView, ledger: ledgerView, ops: opsView };
+  const views = { board: boardView, task: taskView, tree: treeView, ledger: ledgerView, ops: opsView, fleet: fleetView };
   (views[view] || boardView)(root, decodeURIComponent(arg || '')).catch(showError);
 }
 
@@ -585,6 +585,54 @@ async function opsView(root) {
           h('td', {}, k.last ? badge(k.last.outcome) : '–'), h('td', {}, k.last ? String(k.last.detail || '').slice(0, 200) : ''),
           h('td', {}, k.last ? when(k.last.at) : '')))) :
         h('p', { class: 'muted' }, 'No checks.'));
+  };
+  state.refresh = refresh;
+  await refresh();
+}
+
+// ---- the fleet -------------------------------------------------------------------------------------------
+
+// Factories (slots, health, paused or draining, with their controls) and the jobs waiting.
+async function fleetView(root) {
+  const factories = h('div', { class: 'panel', id: 'factories' });
+  const waiting = h('div', { class: 'panel', id: 'fleet-waiting' });
+  root.append(h('h1', {}, 'Fleet'), factories, waiting);
+  const send = (path) => async (event) => {
+    event.target.disabled = true;
+    try { await api('POST', path, {}); flash('done', true); } catch (error) { showError(error); }
+    refresh().catch(showError);
+  };
+  const refresh = async () => {
+    const f = await api('GET', '/v1/fleet').catch((e) => ({ error: e }));
+    if (f.error || !f.configured) {
+      fill(factories, h('h2', {}, 'Factories'), h('p', { class: f.error ? 'error' : 'muted' },
+        f.error ? f.error.message : 'No fleet: everything runs in-process.'));
+      fill(waiting);
+      return;
+    }
+    const name = (x) => encodeURIComponent(x.name);
+    fill(factories, h('h2', {}, 'Factories ', badge(f.paused ? 'paused' : 'running'), ' ',
+      h('button', { class: f.paused ? 'primary' : 'danger', onclick: send(f.paused ? '/v1/fleet/resume' : '/v1/fleet/pause') },
+        f.paused ? 'Resume the fleet' : 'Pause the fleet')),
+      (f.factories || []).length ? h('table', {},
+        h('tr', {}, ['factory', 'slots used', 'told', 'health', 'last pull', 'heartbeat', ''].map((x) => h('th', {}, x))),
+        f.factories.map((x) => h('tr', { 'data-factory': x.name },
+          h('td', {}, h('strong', {}, x.name), h('div', { class: 'muted' }, (x.capabilities || []).join(' '))),
+          h('td', {}, `${(x.running || []).length} / ${x.slots}`),
+          h('td', {}, badge(x.told || 'active'), x.draining && x.told !== 'draining' ? h('span', { class: 'muted' }, ' stopping') : null),
+          h('td', {}, x.healthy === false ? h('span', { class: 'error', title: x.unhealthy || '' }, 'stalled: ' + (x.unhealthy || '')) : badge('healthy')),
+          h('td', {}, x.last_pull_at ? when(x.last_pull_at) : '–'),
+          h('td', {}, when(x.heartbeat_at)),
+          h('td', {}, (x.told || 'active') === 'active' ? [
+            h('button', { onclick: send(`/v1/fleet/factories/${name(x)}/pause`) }, 'Pause'), ' ',
+            h('button', { class: 'danger', onclick: send(`/v1/fleet/factories/${name(x)}/drain`) }, 'Drain')] :
+            h('button', { class: 'primary', onclick: send(`/v1/fleet/factories/${name(x)}/resume`) }, 'Resume'))))) :
+        h('p', { class: 'muted' }, 'No factory is registered.'));
+    fill(waiting, h('h2', {}, 'Waiting for a factory'), (f.waiting || []).length ? h('table', {},
+      h('tr', {}, ['task', 'needs', 'since', 'why'].map((x) => h('th', {}, x))),
+      f.waiting.map((j) => h('tr', {}, h('td', { class: 'mono' }, h('a', { href: '#/task/' + j.task_id }, short(j.task_id))),
+        h('td', { class: 'mono' }, (j.capabilities || []).join(', ') || 'any'), h('td', {}, when(j.since)),
+        h('td', {}, j.reason || '')))) : h('p', { class: 'muted' }, 'No job is waiting.'));
   };
   state.refresh = refresh;
   await refresh();
