@@ -757,6 +757,22 @@ async fn a_red_base_holds_the_queue_without_spending_attempts_and_a_fix_releases
             .contains("f-human.txt is broken"),
         "{report:#}"
     );
+    // The queue's line, in order, with the hold on the held task.
+    let line = report["merge_queues"][0]["line"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let places: Vec<u64> = line.iter().map(|p| p["place"].as_u64().unwrap()).collect();
+    assert_eq!(
+        places,
+        (1..=line.len() as u64).collect::<Vec<_>>(),
+        "{report:#}"
+    );
+    let first = line.iter().find(|p| p["id"] == ids[0].as_str()).unwrap();
+    assert!(
+        first["held"].as_str().unwrap().contains("is red"),
+        "{report:#}"
+    );
     let (status, ready) = service.get("/readyz").await;
     assert_eq!(status, 200, "{ready}");
     assert!(

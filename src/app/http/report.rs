@@ -70,6 +70,60 @@ pub(crate) struct Report {
     /// Base branches whose own commit fails a task's verify: their merge queues hold (no
     /// attempt spent) until the branch moves.
     pub base_red: Vec<crate::runtime::base_health::RedBase>,
+    /// Each merge queue's line: the tasks at `deliver`, in the order the queue serves them.
+    pub merge_queues: Vec<MergeQueueLine>,
+}
+
+/// One merge queue (a repository and base branch) and who waits in it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct MergeQueueLine {
+    /// The repository as tasks name it.
+    pub repo: String,
+    /// The base branch.
+    pub branch: String,
+    /// The tasks in line, first served first.
+    pub line: Vec<PlaceInLine>,
+}
+
+/// A task's place in its merge queue.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PlaceInLine {
+    /// The task.
+    pub id: TaskId,
+    /// 1 for the next served (or being served).
+    pub place: usize,
+    /// Why the queue holds it, if it does (a red base).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+}
+
+/// The merge queues' lines from the running tasks at `deliver`, ordered as the queue orders
+/// them (`merge_queue::Place`: priority, then when verify passed, then id).
+fn merge_queue_lines(tasks: &[Task]) -> Vec<MergeQueueLine> {
+    use crate::work::merge_queue::Place;
+    let mut queues: BTreeMap<(String, String), Vec<(Place, &Task)>> = BTreeMap::new();
+    for task in tasks.iter().filter(|t| {
+        t.progress.status == TaskStatus::Running && t.progress.stage == Some(Stage::Deliver)
+    }) {
+        let key = (task.spec.repo.clone(), task.spec.base_branch.clone());
+        queues.entry(key).or_default().push((Place::of(task), task));
+    }
+    queues
+        .into_iter()
+        .map(|((repo, branch), mut waiting)| {
+            waiting.sort_by_key(|(place, _)| *place);
+            let line = waiting
+                .iter()
+                .enumerate()
+                .map(|(n, (_, task))| PlaceInLine {
+                    id: task.id,
+                    place: n + 1,
+                    held: task.progress.merge.held.clone(),
+                })
+                .collect();
+            MergeQueueLine { repo, branch, line }
+        })
+        .collect()
 }
 
 /// One running task.
@@ -204,6 +258,7 @@ pub(crate) async fn report(State(app): State<AppState>) -> Result<Json<Report>, 
         finished_last_hour: finished_since(&tasks, now - Duration::hours(1)),
         coverage,
         base_red: app.services.base_health.red(),
+        merge_queues: merge_queue_lines(&tasks),
     }))
 }
 
