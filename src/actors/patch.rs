@@ -404,9 +404,15 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
         // A cut-off earlier run of this attempt may have left half-made edits.
         worktree.discard_uncommitted().await?;
     }
-    if task.progress.merge.restart_from_base {
-        // The last attempt no longer applied to (or passed on) the base: this one starts from
-        // the base as it is now, with the conflict or the failure as feedback.
+    let merge = &task.progress.merge;
+    let behind = merge.rebase_if_behind
+        && repo
+            .is_behind(&branch_name(task.id), &task.spec.base_branch)
+            .await;
+    if merge.restart_from_base || behind {
+        // The last attempt no longer applied to (or passed on) the base, or a retried round's
+        // branch is behind it: this one starts from the base as it is now, with the conflict or
+        // the failure as feedback.
         let base = format!("refs/heads/{}", task.spec.base_branch);
         worktree.run(&["reset", "--hard", "--quiet", &base]).await?;
         worktree.run(&["clean", "-fdq"]).await?;

@@ -476,7 +476,8 @@ async fn on_stage_done(
             }
             None => {
                 finish_stage(myself, state, &task, json!({"commit": done.commit}), |t| {
-                    t.progress.merge.restart_from_base = false
+                    t.progress.merge.restart_from_base = false;
+                    t.progress.merge.rebase_if_behind = false;
                 })
                 .await
             }
@@ -670,6 +671,8 @@ async fn failed_attempt(
             transitions::apply(t, LifecycleEvent::EnterStage { stage, attempt });
             t.progress.reverifications = 0;
             t.progress.merge.restart_from_base |= from_base;
+            // Only a retried round's first attempt looks whether its branch is behind.
+            t.progress.merge.rebase_if_behind = false;
         })
         .await?;
     myself.cast(PipelineMsg::Advance).ok();

@@ -250,6 +250,11 @@ pub struct MergeState {
     /// starts from the base as it is then, with the conflict as feedback.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub restart_from_base: bool,
+    /// A retried round of attempts: its first implement attempt starts from the base when the
+    /// branch lacks commits the base has (Patch looks, off any mailbox); a branch built on a base
+    /// since reverted could never pass.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rebase_if_behind: bool,
     /// The task came back to the queue through `retry from: deliver`: a branch with no net
     /// change against the base then ends `NO_CHANGES` rather than `done` with nothing landed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -260,17 +260,9 @@ pub(crate) async fn retry(
     };
     let to_delivery = from == Some(RetryFrom::Deliver);
     // A change that no longer applied (or failed on the base) is made again on the base as it is
-    // now, and so is one whose branch the base has moved past: a branch built on a base since
-    // reverted could never pass.
-    let from_base = restart_attempts
-        && (needs_a_new_change(&task) || {
-            let repo = Git::new(
-                services.repo_dir(&task.spec.repo),
-                services.config.git.timeout(),
-            );
-            repo.is_behind(&branch_name(task.id), &task.spec.base_branch)
-                .await
-        });
+    // now; any other fresh round does so when its branch is behind the base (Patch looks: no git
+    // runs in Compass's mailbox).
+    let from_base = restart_attempts && needs_a_new_change(&task);
     let blocked = task.progress.stage.is_none() && !task.spec.deps.is_empty() && from.is_none();
     let event = NewEvent::new(
         Persona::Compass,
@@ -290,6 +282,7 @@ pub(crate) async fn retry(
                 t.progress.stage = Some(Stage::Implement);
                 t.progress.attempts = 0;
                 t.progress.merge.restart_from_base = from_base;
+                t.progress.merge.rebase_if_behind = true;
             }
             if to_delivery {
                 t.progress.stage = Some(Stage::Deliver);

@@ -957,3 +957,40 @@ async fn tasks_waiting_in_a_merge_queue_hold_no_slot() {
         assert_eq!(t["status"], "done", "{t:#}");
     }
 }
+
+/// A retried round whose branch the base has moved past starts from the current base: the
+/// first round could not pass without a human's later commit; a plain retry sees that commit
+/// in its worktree and lands.
+#[tokio::test]
+async fn a_retry_whose_branch_is_behind_the_base_starts_from_the_current_base() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    let service = Service::start(root.path()).await;
+    let patch = "if [ -e human.txt ]; then echo ok > f-fix.txt; else echo broken > f-fix.txt; fi";
+    let mut body = task(&repo, "Needs the human's file", patch, "sh test.sh");
+    body["max_attempts"] = json!(1);
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let failed = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
+    assert_eq!(failed["error"]["code"], "VERIFY_FAILED", "{failed:#}");
+
+    std::fs::write(repo.join("human.txt"), "hello\n").unwrap();
+    git(&repo, &["add", "human.txt"]);
+    git(
+        &repo,
+        &["commit", "-q", "-m", "a human's commit the task needs"],
+    );
+    let (status, retried) = service
+        .post(&format!("/v1/tasks/{id}/retry"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{retried}");
+    let landed = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
+    assert_eq!(landed["status"], "done", "{landed:#}");
+    assert_eq!(git(&repo, &["show", "main:f-fix.txt"]), "ok");
+}
