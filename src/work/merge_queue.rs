@@ -430,15 +430,15 @@ async fn claim_landing(
     stacked: &[(&Task, String)],
     candidate: &str,
 ) -> Result<Vec<TaskId>, StageError> {
-    let mut ended = Vec::new();
-    for (task, _) in stacked {
+    // All at once: the store's writer commits them in one group (one flush, not one per task).
+    let claims = stacked.iter().map(|(task, _)| {
         let commit = candidate.to_owned();
-        let claimed = services
-            .store
-            .update_task(task.id, &[], move |t| {
-                crate::work::transitions::apply(t, LifecycleEvent::ClaimLanding(commit));
-            })
-            .await;
+        services.store.update_task(task.id, &[], move |t| {
+            crate::work::transitions::apply(t, LifecycleEvent::ClaimLanding(commit));
+        })
+    });
+    let mut ended = Vec::new();
+    for claimed in futures_util::future::join_all(claims).await {
         match claimed {
             Ok(_) => {}
             Err(StoreError::TaskFinished(id)) => ended.push(id),
@@ -450,13 +450,16 @@ async fn claim_landing(
 
 /// Drops the landing claims of `stacked` (the base did not move to them): cancels work again.
 async fn release_landing(services: &Services, stacked: &[(&Task, String)]) {
-    for (task, _) in stacked {
-        let released = services
-            .store
-            .update_task(task.id, &[], |t| {
-                crate::work::transitions::apply(t, LifecycleEvent::ReleaseLanding);
-            })
-            .await;
+    let releases = stacked.iter().map(|(task, _)| {
+        services.store.update_task(task.id, &[], |t| {
+            crate::work::transitions::apply(t, LifecycleEvent::ReleaseLanding);
+        })
+    });
+    for (released, (task, _)) in futures_util::future::join_all(releases)
+        .await
+        .into_iter()
+        .zip(stacked)
+    {
         match released {
             Ok(_) | Err(StoreError::TaskFinished(_)) => {}
             Err(error) => {

@@ -25,6 +25,8 @@ use crate::work::verify::run_verify;
 
 /// How often a held queue looks whether its base moved (and whether its tasks were cancelled).
 const BASE_RED_POLL: Duration = Duration::from_secs(1);
+/// A held queue on a remote repository fetches its base every this many polls (10 s).
+const REMOTE_POLLS_PER_FETCH: u32 = 10;
 /// Bytes of the red output put in each task's `merge.base_red` event.
 const EVENT_OUTPUT_BYTES_MAX: usize = 1024;
 
@@ -115,9 +117,16 @@ pub(super) async fn hold(services: &Services, tasks: Vec<Task>, red: RedBase) ->
         cancelled: Vec::new(),
         moved: false,
     };
+    let remote = is_remote_repo(&red.repo);
+    let mut polls: u32 = 0;
     while !held.still.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(BASE_RED_POLL).await;
         drop_cancelled(services, &mut held).await;
+        polls = polls.wrapping_add(1);
+        // A remote's base is fetched, so it is looked at less often than a local one.
+        if remote && polls % REMOTE_POLLS_PER_FETCH != 0 {
+            continue;
+        }
         if let Some(first) = held.still.first() {
             if moved(services, first, &red.commit).await {
                 held.moved = true;
