@@ -294,11 +294,11 @@ impl FakeSmtp {
                     "451 4.3.0 try again later".into()
                 }
                 "MAIL" => {
-                    from = Some(line[10..].trim().to_owned());
+                    from = Some(line.get(10..).unwrap_or("").trim().to_owned());
                     "250 2.1.0 OK".into()
                 }
                 "RCPT" if from.is_some() => {
-                    to.push(line[8..].trim().to_owned());
+                    to.push(line.get(8..).unwrap_or("").trim().to_owned());
                     "250 2.1.5 OK".into()
                 }
                 "DATA" if from.is_some() && !to.is_empty() => {
