@@ -33,20 +33,76 @@ const $ = (id) => document.getElementById(id);
 function fill(el, ...children) {
   el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false)
     .map((c) => (c instanceof Node ? c : document.createTextNode(String(c)))));
+  labelTables(el);
+}
+// On a phone a table's rows become stacked cards (app.css): each cell carries its column's name
+// (`data-label`) and the header row is marked so the narrow layout can hide it.
+function labelTables(el) {
+  for (const table of el.querySelectorAll('table')) {
+    const head = table.querySelector('tr');
+    if (!head || [...head.children].some((c) => c.tagName !== 'TH')) continue;
+    head.classList.add('head');
+    const names = [...head.children].map((c) => c.textContent.trim());
+    for (const row of table.querySelectorAll('tr:not(.head)')) {
+      [...row.children].forEach((cell, i) => { if (names[i]) cell.setAttribute('data-label', names[i]); });
+    }
+  }
 }
 const short = (id) => (id || '').slice(-8); // a UUID v7 starts with its time: the end tells tasks apart
-const tokens = (micro) => (micro === undefined || micro === null) ? '–' : (Number(micro) / 1e6).toFixed(micro % 1e6 === 0 ? 0 : 4);
+// Money is shown in one unit everywhere on the page: tokens with decimals. The JSON carries
+// integer micro-tokens (docs/api.md), so the conversion is exact: 1500000 → "1.50",
+// 1 → "0.000001", 2500000000 → "2,500.00" (at least two decimals, at most six).
+function tokens(micro) {
+  if (micro === undefined || micro === null || !Number.isFinite(Number(micro))) return '–';
+  const n = Math.round(Number(micro));
+  const abs = Math.abs(n);
+  const whole = Math.floor(abs / 1e6).toLocaleString('en-US');
+  const frac = String(abs % 1e6).padStart(6, '0').replace(/0+$/, '').padEnd(2, '0');
+  return `${n < 0 ? '-' : ''}${whole}.${frac}`;
+}
+// How long ago: "12 s", "5 min", "3 h", "2 d".
+function age(ts) {
+  const ms = Date.now() - new Date(ts).getTime();
+  if (!ts || !Number.isFinite(ms)) return '–';
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h`;
+  return `${Math.floor(s / 86400)} d`;
+}
+// Terminal escapes (colours, cursor moves, titles) and other control characters a command may
+// print: stripped, so the live output shows the text alone.
+const ANSI = /\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]|[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f]|\x1b/g;
+const plainText = (text) => String(text || '').replace(/\r\n/g, '\n').replace(/\r/g, '\n').replace(ANSI, '');
+// Roles in order: what the session's token may do decides which controls the page offers.
+const ROLES = ['viewer', 'submitter', 'approver', 'operator', 'admin'];
+const may = (role) => ROLES.indexOf((state.session && state.session.role) || 'admin') >= ROLES.indexOf(role);
+// How an engine run went, as the service's metrics label it (EngineRun::outcome).
+function runOutcome(run) {
+  if (run.status === 'interrupted') return 'interrupted';
+  if (run.status === 'running') return 'running';
+  if (run.timed_out) return 'timed_out';
+  return run.exit_code === 0 ? 'ok' : 'failed';
+}
 const when = (ts) => ts ? new Date(ts).toLocaleString() : '–';
 const time = (ts) => ts ? new Date(ts).toLocaleTimeString() : '';
 const badge = (text) => h('span', { class: 'badge ' + String(text || '') }, String(text || '–').replace(/_/g, ' '));
 
+// The banner: an error stays until the next navigation or success; a success note fades.
 function flash(message, info) {
   const el = $('flash');
   el.textContent = message;
   el.className = info ? 'flash info' : 'flash';
+  el.setAttribute('role', info ? 'status' : 'alert');
   el.hidden = false;
   clearTimeout(flash.timer);
-  flash.timer = setTimeout(() => { el.hidden = true; }, 6000);
+  if (info) flash.timer = setTimeout(clearFlash, 4000);
+}
+function clearFlash() {
+  clearTimeout(flash.timer);
+  const el = $('flash');
+  el.hidden = true;
+  el.textContent = '';
 }
 
 class ApiError extends Error {
@@ -210,8 +266,10 @@ function showError(error) {
 function route() {
   if (!state.session) return;
   if (state.taskAbort) { state.taskAbort.abort(); state.taskAbort = null; }
+  clearFlash();
   const hash = location.hash || '#/board';
-  const [, view, arg] = hash.match(/^#\/([a-z]+)\/?(.*)$/) || [null, 'board', ''];
+  const [path, query] = hash.split('?');
+  const [, view, arg] = path.match(/^#\/([a-z]+)\/?(.*)$/) || [null, 'board', ''];
   for (const link of document.querySelectorAll('#nav a')) {
     link.classList.toggle('active', link.dataset.view === view || (view === 'task' && link.dataset.view === 'board'));
   }
@@ -220,39 +278,102 @@ function route() {
   state.view = view;
   state.refresh = null;
   const views = { board: boardView, task: taskView, tree: treeView, ledger: ledgerView, ops: opsView, fleet: fleetView };
-  (views[view] || boardView)(root, decodeURIComponent(arg || '')).catch(showError);
+  (views[view] || boardView)(root, decodeURIComponent(arg || ''), new URLSearchParams(query || '')).catch(showError);
 }
 
 // ---- the board ------------------------------------------------------------------------------------
 
-const filters = { repo: '', kind: '' };
+// The board's filters live in the URL (#/board?q=…&status=…&repo=…&kind=…): a filtered board
+// can be bookmarked, shared and reloaded.
+const FILTERS = ['q', 'status', 'repo', 'kind'];
+// Cards whose cost the board looks up (one runs request each): the newest ones shown.
+const BOARD_COSTS_MAX = 60;
+// Cost lookups in flight at once.
+const BOARD_COST_CONCURRENCY = 4;
+// Ended tasks' costs, which never change again: id → micro-tokens.
+const endedCosts = new Map();
 
-async function boardView(root) {
-  const repo = h('input', { id: 'filter-repo', placeholder: 'repository path', value: filters.repo, size: 30 });
-  const kind = h('input', { id: 'filter-kind', placeholder: 'kind', value: filters.kind, size: 12 });
-  const apply = () => { filters.repo = repo.value.trim(); filters.kind = kind.value.trim(); refresh().catch(showError); };
-  repo.addEventListener('change', apply);
-  kind.addEventListener('change', apply);
+// A labelled control: the label is visible, so every input has an accessible name.
+const labelled = (text, control) => h('label', { class: 'field' }, h('span', {}, text), control);
+
+async function boardView(root, _arg, params) {
+  const filters = Object.fromEntries(FILTERS.map((k) => [k, params.get(k) || '']));
+  const q = h('input', { id: 'filter-q', type: 'search', placeholder: 'title, id or text', value: filters.q });
+  const status = h('select', { id: 'filter-status' }, h('option', { value: '' }, 'any'),
+    STATUSES.map((x) => h('option', { value: x, selected: x === filters.status }, x.replace(/_/g, ' '))));
+  const repo = h('input', { id: 'filter-repo', placeholder: 'repository path', value: filters.repo });
+  const kind = h('input', { id: 'filter-kind', placeholder: 'kind', value: filters.kind });
+  let tasks = [];
   const board = h('div', { class: 'board', id: 'board' });
-  root.append(h('div', { class: 'filters' }, h('strong', {}, 'Tasks'), repo, kind,
-    h('button', { type: 'button', onclick: apply }, 'Filter'),
-    h('span', { class: 'muted', id: 'board-count' })), board);
+  const count = h('span', { class: 'muted', id: 'board-count', role: 'status' });
+  // Writes the filters into the URL without a navigation (the inputs keep their focus).
+  const apply = (refetch) => {
+    filters.q = q.value.trim(); filters.status = status.value;
+    filters.repo = repo.value.trim(); filters.kind = kind.value.trim();
+    const query = new URLSearchParams(Object.entries(filters).filter(([, v]) => v));
+    history.replaceState(null, '', '#/board' + (String(query) ? '?' + query : ''));
+    if (refetch) refresh().catch(showError); else draw();
+  };
+  q.addEventListener('input', () => apply(false));
+  status.addEventListener('change', () => apply(false));
+  repo.addEventListener('change', () => apply(true));
+  kind.addEventListener('change', () => apply(true));
+  root.append(h('h1', { class: 'sr-only' }, 'Tasks'), submitForm(),
+    h('form', { class: 'filters', role: 'search', onsubmit: (e) => { e.preventDefault(); apply(true); } },
+      labelled('Search', q), labelled('Status', status), labelled('Repository', repo), labelled('Kind', kind),
+      h('button', { type: 'submit' }, 'Filter'), count), board);
+  const draw = () => {
+    const needle = filters.q.toLowerCase();
+    const shown = tasks.filter((t) => !needle || [t.title, t.id, t.repo, t.description, t.kind]
+      .some((x) => String(x || '').toLowerCase().includes(needle)));
+    count.textContent = `${shown.length} shown (newest 500)`;
+    const columns = filters.status ? [filters.status] : STATUSES;
+    fill(board, ...columns.map((st) => {
+      const mine = shown.filter((task) => task.status === st);
+      return h('section', { class: 'column', 'data-status': st, 'aria-label': st.replace(/_/g, ' ') },
+        h('h2', {}, h('span', {}, st.replace(/_/g, ' ')), h('span', {}, mine.length)),
+        mine.map(card));
+    }));
+    boardCosts(shown.slice(0, BOARD_COSTS_MAX)).catch(() => { /* costs are a nicety */ });
+  };
   const refresh = async () => {
     const query = new URLSearchParams({ limit: '500' });
     if (filters.repo) query.set('repo', filters.repo);
     if (filters.kind) query.set('kind', filters.kind);
     const page = await api('GET', '/v1/tasks?' + query);
-    const tasks = page.tasks || [];
-    $('board-count') && ($('board-count').textContent = `${tasks.length} shown (newest 500)`);
-    fill(board, ...STATUSES.map((status) => {
-      const mine = tasks.filter((task) => task.status === status);
-      return h('section', { class: 'column', 'data-status': status },
-        h('h2', {}, h('span', {}, status.replace(/_/g, ' ')), h('span', {}, mine.length)),
-        mine.map(card));
-    }));
+    tasks = page.tasks || [];
+    draw();
   };
   state.refresh = refresh;
   await refresh();
+}
+
+// Fills the cost of each card shown (the sum of its runs' charges), a few lookups at a time.
+async function boardCosts(tasks) {
+  const queue = tasks.slice();
+  const worker = async () => {
+    for (let task = queue.shift(); task; task = queue.shift()) {
+      let cost = endedCosts.get(task.id);
+      if (cost === undefined) {
+        const data = await api('GET', `/v1/tasks/${task.id}/runs`).catch(() => null);
+        if (!data) continue;
+        cost = (data.runs || []).reduce((sum, run) => sum + (run.cost || 0), 0);
+        if (TERMINAL.includes(task.status)) endedCosts.set(task.id, cost);
+      }
+      for (const el of document.querySelectorAll(`a.card[data-id='${task.id}'] .cost`)) el.textContent = `${tokens(cost)} tokens`;
+    }
+  };
+  await Promise.all(Array.from({ length: BOARD_COST_CONCURRENCY }, worker));
+}
+
+// Where a task waits, when it does: its place in the merge queue, a hold, a paused fleet.
+function waitingNotes(task) {
+  const merge = task.merge || {};
+  return [
+    merge.place ? `#${merge.place} in the merge queue` : null,
+    merge.held ? `held: ${merge.held}` : null,
+    task.waiting_for ? `waiting for ${task.waiting_for}` : null,
+  ].filter(Boolean);
 }
 
 function card(task) {
@@ -261,32 +382,77 @@ function card(task) {
   else if (task.stage) meta.push(task.stage);
   if (task.kind) meta.push(task.kind);
   meta.push(short(task.id));
+  const repoName = String(task.repo || '').replace(/\/+$/, '').split('/').pop();
   return h('a', { class: 'card s-' + task.status, href: '#/task/' + task.id, 'data-id': task.id, 'data-status': task.status },
     h('div', { class: 'title' }, task.title),
     h('div', { class: 'meta' }, meta.join(' · ')),
+    h('div', { class: 'meta' }, h('span', { class: 'repo', title: task.repo }, repoName), ' · ',
+      h('span', { class: 'age', title: when(task.created_at) }, age(task.created_at) + ' ago'), ' · ',
+      h('span', { class: 'cost' }, '… tokens')),
+    waitingNotes(task).map((note) => h('div', { class: 'meta warning' }, note)),
     task.error ? h('div', { class: 'meta error' }, task.error.code) : null);
+}
+
+// The submit form, for a token that may submit: a task from its title, description,
+// repository, verify command and review policy (POST /v1/tasks), then its page.
+function submitForm() {
+  if (!may('submitter')) return null;
+  const field = (name, text, control) => labelled(text, Object.assign(control, { name, id: 'new-' + name }));
+  const form = h('form', { id: 'submit-form', class: 'submit-form' },
+    field('title', 'Title', h('input', { required: true, maxlength: 200 })),
+    field('repo', 'Repository (absolute path or git URL)', h('input', { required: true })),
+    field('base_branch', 'Base branch', h('input', { value: 'main', required: true })),
+    field('verify', 'Verify command', h('input', { required: true, class: 'mono' })),
+    field('review_policy', 'Review', h('select', {}, h('option', { value: 'auto' }, 'deliver when verify passes'),
+      h('option', { value: 'manual' }, 'wait for approval'))),
+    field('description', 'Description', h('textarea', { rows: 3 })),
+    h('div', { class: 'actions' }, h('button', { type: 'submit', class: 'primary', id: 'submit-task' }, 'Submit')));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const data = Object.fromEntries(new FormData(form).entries());
+    try {
+      const task = await api('POST', '/v1/tasks', data);
+      clearFlash();
+      location.hash = '#/task/' + task.id;
+    } catch (error) { showError(error); }
+  });
+  return h('details', { class: 'panel', id: 'new-task' }, h('summary', {}, 'Submit a task'), form);
 }
 
 // ---- a task --------------------------------------------------------------------------------------
 
+// Live-output chunks kept on the page (older ones are dropped first).
+const OUTPUT_CHUNKS_MAX = 2000;
+// A diff with more lines than this starts with its files folded.
+const DIFF_OPEN_LINES_MAX = 400;
+
 async function taskView(root, id) {
   const head = h('div', { class: 'panel', id: 'task-head' }, 'Loading…');
-  const actions = h('div', { class: 'actions' });
-  const timeline = h('ul', { class: 'timeline', id: 'timeline' });
-  const output = h('pre', { id: 'live-output', class: 'mono' });
+  const stepper = h('ol', { class: 'stepper', id: 'stepper', 'aria-label': 'stages' });
+  const actions = h('div', { class: 'actions', id: 'task-actions' });
+  const timeline = h('ul', { class: 'timeline', id: 'timeline', tabindex: 0, 'aria-label': 'timeline' });
+  const output = h('pre', { id: 'live-output', class: 'mono', tabindex: 0, 'aria-label': 'live output', 'aria-live': 'off' });
   const runs = h('div', { id: 'runs' });
   const costs = h('div', { id: 'costs' });
   const diff = h('div', { id: 'diff' });
+  let follow = true;
+  const pause = h('button', { type: 'button', id: 'output-pause', 'aria-pressed': 'false' }, 'Pause scrolling');
+  pause.addEventListener('click', () => {
+    follow = !follow;
+    pause.setAttribute('aria-pressed', String(!follow));
+    pause.textContent = follow ? 'Pause scrolling' : 'Follow output';
+    if (follow) output.scrollTop = output.scrollHeight;
+  });
   root.append(
     h('p', {}, h('a', { href: '#/board' }, '← board')),
-    head, actions,
+    head, stepper,
+    h('div', { class: 'panel', id: 'diff-panel' }, h('h2', {}, 'Diff against the base'), diff),
+    actions,
     h('div', { class: 'grid2' },
-      h('div', { class: 'panel' }, h('h2', {}, 'Timeline'), timeline),
-      h('div', { class: 'panel' }, h('h2', {}, 'Live output'), output, h('h2', {}, 'Cost by persona'), costs)),
-    h('div', { class: 'panel' }, h('h2', {}, 'Runs'), runs),
-    h('div', { class: 'panel' }, h('h2', {}, 'Diff against the base'), diff));
+      h('div', { class: 'panel' }, h('h2', {}, 'Live output ', pause), output),
+      h('div', { class: 'panel' }, h('h2', {}, 'Timeline'), timeline, h('h2', {}, 'Cost by persona'), costs)),
+    h('div', { class: 'panel' }, h('h2', {}, 'Runs'), runs));
 
-  let task = null;
   const act = (name, body) => async (event) => {
     event.target.disabled = true;
     try {
@@ -296,61 +462,26 @@ async function taskView(root, id) {
     await refreshTask().catch(showError);
   };
   const refreshTask = async () => {
-    task = await api('GET', '/v1/tasks/' + id);
-    fill(head, 
-      h('h1', {}, task.title),
-      h('div', { class: 'row' },
-        h('span', {}, 'status ', h('span', { id: 'task-status', class: 'badge ' + task.status }, task.status)),
-        h('span', {}, 'stage ', h('strong', { id: 'task-stage' }, task.stage || '–')),
-        h('span', {}, 'attempt ', task.attempts || 0, ' of ', task.max_attempts || '–'),
-        h('span', { class: 'mono' }, task.id),
-        h('span', { class: 'muted' }, task.repo, ' → ', task.base_branch)),
-      task.error ? h('p', { class: 'error' }, `${task.error.code}: ${task.error.message}`) : null,
-      task.merge && task.merge.held ? h('p', { id: 'task-held', class: 'warning' }, `Held: ${task.merge.held}`) : null,
-      h('details', {}, h('summary', {}, 'Description'), h('pre', {}, task.description || '')));
-    const s = task.status;
-    fill(actions, 
-      s === 'awaiting_approval' ? h('button', { id: 'btn-approve', class: 'primary', onclick: act('approve', {}) }, 'Approve') : null,
-      s === 'awaiting_approval' ? h('button', { id: 'btn-reject', class: 'danger', onclick: act('reject', {}) }, 'Reject') : null,
-      !TERMINAL.includes(s) ? h('button', { id: 'btn-cancel', class: 'danger', onclick: act('cancel') }, 'Cancel') : null,
-      ['failed', 'dead_letter', 'cancelled'].includes(s) ? h('button', { id: 'btn-retry', onclick: act('retry', {}) }, 'Retry') : null);
+    const task = await api('GET', '/v1/tasks/' + id);
+    fill(head, taskHead(task));
+    fill(stepper, stages(task));
+    fill(actions, taskActions(task, act));
   };
   const refreshRuns = async () => {
     const data = await api('GET', `/v1/tasks/${id}/runs`);
     const list = data.runs || [];
-    fill(runs, list.length ? h('table', {},
-      h('tr', {}, ['persona', 'stage', 'attempt', 'engine', 'status', 'exit', 'duration', 'cost', 'output'].map((c) => h('th', {}, c))),
-      list.map((run) => h('tr', {},
-        h('td', {}, run.persona), h('td', {}, run.stage), h('td', { class: 'num' }, run.attempt),
-        h('td', {}, run.engine, run.sandbox ? ` (${run.sandbox})` : ''),
-        h('td', {}, badge(run.status || 'finished'), run.timed_out ? ' timed out' : ''),
-        h('td', { class: 'num' }, run.exit_code ?? (run.signal ? 'sig ' + run.signal : '–')),
-        h('td', { class: 'num' }, (run.duration_ms / 1000).toFixed(1) + ' s'),
-        h('td', { class: 'num' }, tokens(run.cost)),
-        h('td', {}, h('details', {}, h('summary', {}, run.command || 'output'),
-          run.stdout && run.stdout.text ? h('pre', {}, run.stdout.text) : null,
-          run.stderr && run.stderr.text ? h('pre', { class: 'stderr' }, run.stderr.text) : null))))) : h('p', { class: 'muted' }, 'No runs yet.'));
-    const byPersona = {};
-    for (const run of list) byPersona[run.persona] = (byPersona[run.persona] || 0) + (run.cost || 0);
-    const max = Math.max(1, ...Object.values(byPersona));
-    fill(costs, Object.keys(byPersona).length ? h('table', {},
-      Object.entries(byPersona).map(([persona, cost]) => h('tr', {},
-        h('td', {}, persona),
-        h('td', { class: 'num' }, tokens(cost)),
-        h('td', {}, h('svg', { width: 120, height: 10 }, h('rect', { x: 0, y: 0, height: 10, width: Math.round(120 * cost / max), fill: '#3056d3' })))))) :
-      h('p', { class: 'muted' }, 'Nothing charged yet.'));
+    fill(runs, list.length ? runsTable(list) : h('p', { class: 'muted' }, 'No runs yet.'));
+    fill(costs, personaCosts(list));
   };
   const refreshDiff = async () => {
     const data = await api('GET', `/v1/tasks/${id}/diff`);
     if (data.source === 'none') { fill(diff, h('p', { class: 'muted' }, 'No branch yet.')); return; }
-    const pre = h('pre', { id: 'diff-text' }, data.diff.split('\n').map((line) => {
-      const cls = line.startsWith('+++') || line.startsWith('---') || line.startsWith('diff ') ? 'file'
-        : line.startsWith('+') ? 'add' : line.startsWith('-') ? 'del' : line.startsWith('@@') ? 'hunk' : null;
-      return h('span', { class: cls }, line + '\n');
-    }));
-    fill(diff, 
+    const open = new Set([...diff.querySelectorAll('details[data-file]')].filter((d) => d.open).map((d) => d.dataset.file));
+    const first = !diff.querySelector('details[data-file]');
+    fill(diff,
       h('p', { class: 'muted' }, data.source === 'delivered' ? 'The delivered commit' : `${data.branch} against ${data.base}`,
-        data.truncated ? ' (cut to 48 KiB)' : '', data.diff ? '' : ' — no changes'), pre);
+        data.truncated ? ' (cut to 48 KiB)' : '', data.diff ? '' : ' — no changes'),
+      diffFiles(data.diff || '', first ? null : open));
   };
 
   let pending = null;
@@ -371,11 +502,16 @@ async function taskView(root, id) {
   state.taskAbort = controller;
   const onEvent = (kind, event) => {
     if (kind === 'run.output') {
-      const data = (event && event.data) || {};
-      output.append(h('span', { class: data.stream === 'stderr' ? 'stderr' : null }, data.text || ''));
-      const excess = output.childNodes.length - 2000;
+      // The chunk's fields are at the top level of the message (model::live::RunOutput).
+      const chunk = (event && typeof event === 'object') ? event : {};
+      output.append(h('span', { class: chunk.stream === 'stderr' ? 'stderr' : null }, plainText(chunk.text)));
+      const excess = output.childNodes.length - OUTPUT_CHUNKS_MAX;
       for (let i = 0; i < excess; i++) output.firstChild.remove();
-      output.scrollTop = output.scrollHeight;
+      if (follow) output.scrollTop = output.scrollHeight;
+      return;
+    }
+    if (kind === 'run.output.lagged') {
+      output.append(h('span', { class: 'stderr' }, `[${(event && event.skipped) || 'some'} chunks skipped]\n`));
       return;
     }
     if (kind === 'end' || kind === 'error' || kind === 'lagged') { refreshAll(); return; }
@@ -400,6 +536,107 @@ async function taskView(root, id) {
       }
     }
   })();
+}
+
+function taskHead(task) {
+  return [
+    h('h1', {}, task.title),
+    h('div', { class: 'row' },
+      h('span', {}, 'status ', h('span', { id: 'task-status', class: 'badge ' + task.status }, task.status)),
+      h('span', {}, 'stage ', h('strong', { id: 'task-stage' }, task.stage || '–')),
+      h('span', {}, 'attempt ', task.attempts || 0, ' of ', task.max_attempts || '–'),
+      h('span', { class: 'mono wrap' }, task.id),
+      h('span', { class: 'muted wrap' }, task.repo, ' → ', task.base_branch),
+      h('span', { class: 'muted', title: when(task.created_at) }, 'submitted ', age(task.created_at), ' ago')),
+    task.error ? h('p', { class: 'error' }, `${task.error.code}: ${task.error.message}`) : null,
+    task.merge && task.merge.place ? h('p', { id: 'task-place', class: 'warning' }, `#${task.merge.place} in the merge queue`) : null,
+    task.merge && task.merge.held ? h('p', { id: 'task-held', class: 'warning' }, `Held: ${task.merge.held}`) : null,
+    task.waiting_for ? h('p', { id: 'task-waiting', class: 'warning' }, `Waiting for ${task.waiting_for}`) : null,
+    h('details', {}, h('summary', {}, 'Description'), h('pre', {}, task.description || '')),
+  ];
+}
+
+// The stage stepper: each of the task's stages, done, current (or where it failed), or to come.
+function stages(task) {
+  const list = task.stages || [];
+  const at = list.indexOf(task.stage);
+  return list.map((stage, i) => {
+    let mark = 'todo';
+    if (task.status === 'done' || (at >= 0 && i < at)) mark = 'done';
+    else if (i === at) mark = ['failed', 'dead_letter', 'cancelled'].includes(task.status) ? 'failed'
+      : task.status === 'awaiting_approval' ? 'waiting' : 'current';
+    return h('li', { class: 'step ' + mark, 'data-stage': stage, 'aria-current': i === at && mark !== 'done' ? 'step' : null },
+      h('span', { class: 'sr-only' }, `${mark}: `), stage);
+  });
+}
+
+// The actions the task's status and the session's role allow (model::lifecycle): approve and
+// reject at the gate, cancel while unfinished (not while landing), retry once failed or dead.
+function taskActions(task, act) {
+  const s = task.status;
+  const landing = task.merge && task.merge.landing;
+  return [
+    s === 'awaiting_approval' && may('approver') ? h('button', { id: 'btn-approve', class: 'primary', onclick: act('approve', {}) }, 'Approve') : null,
+    s === 'awaiting_approval' && may('approver') ? h('button', { id: 'btn-reject', class: 'danger', onclick: act('reject', {}) }, 'Reject') : null,
+    !TERMINAL.includes(s) && !landing && may('submitter') ? h('button', { id: 'btn-cancel', class: 'danger', onclick: act('cancel') }, 'Cancel') : null,
+    ['failed', 'dead_letter'].includes(s) && may('submitter') ? h('button', { id: 'btn-retry', onclick: act('retry', {}) }, 'Retry') : null,
+  ];
+}
+
+function runsTable(list) {
+  return h('table', {},
+    h('tr', {}, ['persona', 'stage', 'attempt', 'engine', 'outcome', 'exit', 'duration', 'cost (tokens)', 'output'].map((c) => h('th', {}, c))),
+    list.map((run) => {
+      const outcome = runOutcome(run);
+      return h('tr', { 'data-run': run.id, 'data-outcome': outcome },
+        h('td', {}, run.persona), h('td', {}, run.stage), h('td', { class: 'num' }, run.attempt),
+        h('td', {}, run.engine, run.sandbox ? ` (${run.sandbox})` : ''),
+        h('td', {}, badge(outcome)),
+        h('td', { class: 'num' }, run.exit_code ?? (run.signal ? 'sig ' + run.signal : '–')),
+        h('td', { class: 'num' }, (run.duration_ms / 1000).toFixed(1) + ' s'),
+        h('td', { class: 'num' }, tokens(run.cost)),
+        h('td', {}, h('details', {}, h('summary', {}, run.command || 'output'),
+          run.stdout && run.stdout.text ? h('pre', {}, plainText(run.stdout.text)) : null,
+          run.stderr && run.stderr.text ? h('pre', { class: 'stderr' }, plainText(run.stderr.text)) : null)));
+    }));
+}
+
+function personaCosts(list) {
+  const byPersona = {};
+  for (const run of list) byPersona[run.persona] = (byPersona[run.persona] || 0) + (run.cost || 0);
+  const max = Math.max(1, ...Object.values(byPersona));
+  return Object.keys(byPersona).length ? h('table', {},
+    h('tr', {}, h('th', {}, 'persona'), h('th', { class: 'num' }, 'tokens'), h('th', {}, h('span', { class: 'sr-only' }, 'share'))),
+    Object.entries(byPersona).map(([persona, cost]) => h('tr', {},
+      h('td', {}, persona),
+      h('td', { class: 'num' }, tokens(cost)),
+      h('td', {}, h('svg', { width: 120, height: 10, 'aria-hidden': 'true' }, h('rect', { x: 0, y: 0, height: 10, width: Math.round(120 * cost / max), fill: '#3056d3' })))))) :
+    h('p', { class: 'muted' }, 'Nothing charged yet.');
+}
+
+// A unified diff split per file, each foldable, its lines coloured by kind. `open`: the files
+// to show unfolded (null: all, unless the diff is long).
+function diffFiles(text, open) {
+  const files = [];
+  for (const line of text.split('\n')) {
+    if (line.startsWith('diff ') || !files.length) files.push({ name: '', lines: [] });
+    const file = files[files.length - 1];
+    if (line.startsWith('diff --git ')) file.name = line.replace(/^diff --git a\/(.*) b\/.*$/, '$1');
+    file.lines.push(line);
+  }
+  const long = text.split('\n').length > DIFF_OPEN_LINES_MAX;
+  return h('div', { id: 'diff-text' }, files.filter((f) => f.lines.some((l) => l)).map((file) => {
+    const adds = file.lines.filter((l) => l.startsWith('+') && !l.startsWith('+++')).length;
+    const dels = file.lines.filter((l) => l.startsWith('-') && !l.startsWith('---')).length;
+    const name = file.name || 'changes';
+    return h('details', { class: 'diff-file', 'data-file': name, open: open ? open.has(name) : !long },
+      h('summary', {}, h('span', { class: 'mono' }, name), ' ', h('span', { class: 'adds' }, `+${adds}`), ' ', h('span', { class: 'dels' }, `−${dels}`)),
+      h('pre', { tabindex: 0 }, file.lines.map((line) => {
+        const cls = line.startsWith('+++') || line.startsWith('---') || line.startsWith('diff ') || line.startsWith('index ') ? 'file'
+          : line.startsWith('+') ? 'add' : line.startsWith('-') ? 'del' : line.startsWith('@@') ? 'hunk' : null;
+        return h('span', { class: cls }, line + '\n');
+      })));
+  }));
 }
 
 // ---- the supervision tree ----------------------------------------------------------------------------
@@ -433,8 +670,8 @@ async function ledgerView(root) {
   root.append(h('h1', {}, 'Ledger'), balances, chart, taskCost);
 
   const costOut = h('div');
-  const costInput = h('input', { placeholder: 'task id', size: 40 });
-  taskCost.append(h('h2', {}, "A task's cost by persona"), h('div', { class: 'filters' }, costInput,
+  const costInput = h('input', { id: 'cost-task', placeholder: 'task id' });
+  taskCost.append(h('h2', {}, "A task's cost by persona"), h('div', { class: 'filters' }, labelled('Task id', costInput),
     h('button', { type: 'button', onclick: () => showTaskCost(costInput.value.trim(), costOut).catch(showError) }, 'Show')), costOut);
 
   const refresh = async () => {
@@ -474,10 +711,11 @@ function spendChart(days, personas, spend) {
   const totals = days.map((day) => personas.reduce((sum, p) => sum + ((spend[p] || {})[day] || 0), 0));
   const max = Math.max(1, ...totals);
   const width = 760, height = 220, left = 60, bottom = 30, barWidth = (width - left) / days.length;
-  const svg = h('svg', { width, height, viewBox: `0 0 ${width} ${height}`, id: 'spend-chart', role: 'img' });
+  const svg = h('svg', { viewBox: `0 0 ${width} ${height}`, id: 'spend-chart', class: 'chart', role: 'img',
+    'aria-label': `spend per persona per day, up to ${tokens(max)} tokens a day` });
   svg.append(h('line', { x1: left, y1: height - bottom, x2: width, y2: height - bottom, stroke: '#999' }));
-  svg.append(h('text', { x: 4, y: 12, 'font-size': 11, fill: '#666' }, tokens(max)));
-  svg.append(h('text', { x: 4, y: height - bottom, 'font-size': 11, fill: '#666' }, '0'));
+  svg.append(h('text', { x: 4, y: 12, 'font-size': 11, fill: '#4b5563' }, tokens(max)));
+  svg.append(h('text', { x: 4, y: height - bottom, 'font-size': 11, fill: '#4b5563' }, '0'));
   days.forEach((day, i) => {
     let y = height - bottom;
     personas.forEach((persona, p) => {
@@ -488,7 +726,7 @@ function spendChart(days, personas, spend) {
       svg.append(h('rect', { x: left + i * barWidth + 3, y, width: barWidth - 6, height: barHeight, fill: COLOURS[p % COLOURS.length] },
         h('title', {}, `${persona} ${day}: ${tokens(amount)}`)));
     });
-    svg.append(h('text', { x: left + i * barWidth + barWidth / 2, y: height - 12, 'font-size': 10, 'text-anchor': 'middle', fill: '#666' }, day.slice(5)));
+    svg.append(h('text', { x: left + i * barWidth + barWidth / 2, y: height - 12, 'font-size': 10, 'text-anchor': 'middle', fill: '#4b5563' }, day.slice(5)));
   });
   const legend = h('div', { class: 'legend' }, personas.map((p, i) => h('span', {}, h('i', { class: 'sw' + (i % COLOURS.length) }), p)));
   return h('div', {}, svg, legend);
@@ -565,6 +803,7 @@ async function opsView(root) {
           x.acknowledged ? h('span', { class: 'muted' }, `acknowledged by ${x.acknowledged.by}`) : null,
           x.snoozed_until ? h('span', { class: 'muted' }, `snoozed until ${when(x.snoozed_until)}`) : null,
           h('span', { class: 'muted' }, when(x.created_at))),
+        incidentStory(x),
         x.status !== 'resolved' ? h('div', { class: 'actions' },
           x.awaiting ? [
             h('button', { class: 'primary', onclick: decide(`/v1/incidents/${x.id}/approve`, x.awaiting) }, `Approve ${x.awaiting.action}`),
@@ -588,6 +827,18 @@ async function opsView(root) {
   };
   state.refresh = refresh;
   await refresh();
+}
+
+// What happened, on the card itself: the signals that opened it, its latest step, its task.
+function incidentStory(x) {
+  const last = (x.events || []).slice(-1)[0];
+  return h('div', { class: 'story' },
+    h('ul', { class: 'signals' }, (x.signals || []).slice(0, 3).map((sg) => h('li', {},
+      badge(sg.severity), ' ', h('strong', {}, sg.signal), ' ', sg.summary || '', ' ', h('span', { class: 'muted' }, `(${sg.source || 'alert'}, ${when(sg.at)})`))),
+      x.signal_count > 3 ? h('li', { class: 'muted' }, `and ${x.signal_count - 3} more signals`) : null),
+    last ? h('p', {}, 'Latest: ', h('strong', {}, last.kind), ' ', h('span', { class: 'muted' }, when(last.at), ' ',
+      JSON.stringify(last.detail || {}).slice(0, 160))) : null,
+    x.task_id ? h('p', {}, 'Task: ', h('a', { href: '#/task/' + x.task_id }, short(x.task_id))) : null);
 }
 
 // ---- the fleet -------------------------------------------------------------------------------------------
