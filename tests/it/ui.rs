@@ -240,15 +240,21 @@ async fn start_driver(chromedriver: &Path, root: &Path) -> (Driver, String) {
 
 /// A headless Chromium session.
 async fn browser(driver: &str, chromium: &Path) -> Client {
+    browser_with(driver, chromium, json!({})).await
+}
+
+/// A headless Chromium session with more `goog:chromeOptions` (a phone's screen).
+async fn browser_with(driver: &str, chromium: &Path, extra: Value) -> Client {
+    let mut options = json!({
+        "binary": chromium.display().to_string(),
+        "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--disable-gpu", "--window-size=1600,1000"],
+    });
+    if let (Some(options), Some(extra)) = (options.as_object_mut(), extra.as_object()) {
+        options.extend(extra.clone());
+    }
     let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".to_owned(),
-        json!({
-            "binary": chromium.display().to_string(),
-            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=1600,1000"],
-        }),
-    );
+    capabilities.insert("goog:chromeOptions".to_owned(), options);
     ClientBuilder::rustls()
         .unwrap()
         .capabilities(capabilities)
@@ -638,6 +644,412 @@ async fn silence_in_the_ops_view(client: &Client, service: &Service) -> Step<()>
     let (_, page) = service.get("/v1/silences").await;
     if page["silences"] != json!([]) {
         return Err(format!("still active after Expire: {page}"));
+    }
+    Ok(())
+}
+
+// ---- #27: the task page, the board, a phone's screen and accessibility ------------------------
+
+/// axe-core, vendored for these tests only and injected through WebDriver, never served by the
+/// product (`tests/vendor/axe-core/README.md`).
+const AXE_JS: &str = include_str!("../vendor/axe-core/axe.min.js");
+/// The digest `tests/vendor/axe-core/README.md` records for `AXE_JS`.
+const AXE_SHA256: &str = "e9e5863c33a874f09bc01acd9234b7e3c871479f5eef8802fa582544465e6d01";
+/// What a verify command prints while it runs, for the live output to show.
+const LIVE_MARKER: &str = "glitchlab-live-marker";
+/// A phone's screen: an iPhone 12-15's CSS pixels.
+const PHONE: (u32, u32) = (390, 844);
+
+/// `chromium` and `chromedriver`, or why the browser test skips.
+fn browser_programs() -> Option<(PathBuf, PathBuf)> {
+    match (which("chromium"), which("chromedriver")) {
+        (Some(chromium), Some(chromedriver)) => Some((chromium, chromedriver)),
+        _ => {
+            eprintln!(
+                "SKIPPED: the browser test needs `chromium` and `chromedriver` on the PATH (Debian \
+                 packages chromium and chromium-driver; scripts/test installs them as root)"
+            );
+            None
+        }
+    }
+}
+
+/// Runs `body` against the client; on failure saves a screenshot and panics with the service's
+/// log.
+async fn or_screenshot(client: Client, service: &Service, outcome: Step<()>) {
+    if let Err(error) = &outcome {
+        if let Ok(png) = client.screenshot().await {
+            std::fs::write(failure_screenshot(), png).unwrap();
+            eprintln!("screenshot of the failure: {}", failure_screenshot().display());
+        }
+        let _ = client.close().await;
+        panic!("{error}\nservice log:\n{}", service.log());
+    }
+    client.close().await.unwrap();
+}
+
+/// Opens the page and logs in through the form with `token`.
+async fn log_in_page(client: &Client, service: &Service, token: &str) -> Step<()> {
+    let long = Duration::from_secs(60);
+    step(
+        "open the page",
+        client.goto(&format!("{}/", service.base)).await,
+    )?;
+    let input = wait_for(client, "input[name=token]", long).await?;
+    step("type the token", input.send_keys(token).await)?;
+    click(client, "#login-submit", long).await?;
+    wait_for(client, "#board section.column", long).await?;
+    Ok(())
+}
+
+/// Navigates to a hash route of the page (no reload) and waits for `css`.
+async fn open_view(client: &Client, route: &str, css: &str) -> Step<()> {
+    let script = "location.hash = arguments[0]; return true";
+    step(
+        &format!("go to {route}"),
+        client.execute(script, vec![json!(route)]).await,
+    )?;
+    wait_for(client, css, Duration::from_secs(60)).await?;
+    Ok(())
+}
+
+/// Runs `script` and returns its JSON answer.
+async fn eval(client: &Client, script: &str) -> Step<Value> {
+    step(script, client.execute(script, vec![]).await)
+}
+
+#[tokio::test]
+async fn the_task_page_streams_live_output_and_shows_the_diff_above_approve() {
+    let _machine = crate::helpers::heavy().await;
+    let Some((chromium, chromedriver)) = browser_programs() else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start_in_process(root.path(), Options::default()).await;
+    let (_driver, url) = start_driver(&chromedriver, root.path()).await;
+    let client = browser(&url, &chromium).await;
+    let outcome = live_output_and_diff(&client, &service, &repo).await;
+    or_screenshot(client, &service, outcome).await;
+}
+
+async fn live_output_and_diff(client: &Client, service: &Service, repo: &Path) -> Step<()> {
+    let long = Duration::from_secs(60);
+    log_in_page(client, service, ADMIN_TOKEN).await?;
+    // Verify prints, then keeps running: the text must reach the page while it runs.
+    let verify = format!("sleep 3; echo {LIVE_MARKER}; sleep 10");
+    let mut body = shell_task(repo, "echo reviewed > reviewed.txt", &verify);
+    body["review_policy"] = json!("manual");
+    let task = service.submit(&body).await;
+    let id = task["id"].as_str().unwrap_or_default().to_owned();
+    open_view(client, &format!("#/task/{id}"), "#task-status").await?;
+    wait_for_text(client, "#live-output", long, |text| text.contains(LIVE_MARKER)).await?;
+    let (_, now) = service.get(&format!("/v1/tasks/{id}")).await;
+    if now["status"] != "running" || now["stage"] != "verify" {
+        return Err(format!("the output showed only after verify: {now}"));
+    }
+
+    // At the gate the diff is on the page, above Approve.
+    wait_for_text(client, "#task-status", long, |text| {
+        text == "awaiting_approval"
+    })
+    .await?;
+    wait_for_text(client, "#diff-text", long, |text| {
+        text.contains("reviewed.txt")
+    })
+    .await?;
+    wait_for(client, "#btn-approve", long).await?;
+    let places = eval(
+        client,
+        "const d = document.querySelector('#diff-text pre').getBoundingClientRect(); \
+         const a = document.querySelector('#btn-approve').getBoundingClientRect(); \
+         return [d.top, d.height, a.top]",
+    )
+    .await?;
+    let at = |i: usize| places[i].as_f64().unwrap_or(f64::NAN);
+    if !(at(1) > 0.0 && at(0) + at(1) <= at(2)) {
+        return Err(format!(
+            "the diff (top, height) is not above Approve (top): {places}"
+        ));
+    }
+
+    // An error shows in the banner, and the next navigation clears it.
+    let missing = format!("/v1/tasks/{DUMMY_ID}/cancel");
+    let script = "api('POST', arguments[0]).catch(showError); return true";
+    step(
+        "a refused action",
+        client.execute(script, vec![json!(missing)]).await,
+    )?;
+    wait_for_text(client, "#flash", long, |text| text.contains("TASK_NOT_FOUND")).await?;
+    click(client, "#nav a[data-view=board]", long).await?;
+    wait_for(client, "#board section.column", long).await?;
+    let hidden = eval(client, "return document.querySelector('#flash').hidden").await?;
+    if hidden != json!(true) {
+        return Err("the error banner followed to the board".to_owned());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn ended_tasks_offer_only_valid_actions_failed_runs_are_red_and_the_board_filters_in_the_url()
+{
+    let _machine = crate::helpers::heavy().await;
+    let Some((chromium, chromedriver)) = browser_programs() else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start_in_process(root.path(), Options::default()).await;
+    let (_driver, url) = start_driver(&chromedriver, root.path()).await;
+    let client = browser(&url, &chromium).await;
+    let outcome = valid_actions_and_board(&client, &service, &repo).await;
+    or_screenshot(client, &service, outcome).await;
+}
+
+/// A task that fails its only attempt (it ends `failed` or `dead_letter`) and one cancelled while queued behind a dependency.
+async fn failed_and_cancelled(service: &Service, repo: &Path) -> (String, String) {
+    let mut failing = shell_task(repo, "echo broken > broken.txt", "false");
+    failing["title"] = json!("Fix the flaky parser");
+    failing["max_attempts"] = json!(1);
+    let failing = service.submit(&failing).await;
+    let failed = failing["id"].as_str().unwrap().to_owned();
+    let mut waiting = shell_task(repo, "echo later > later.txt", "true");
+    waiting["title"] = json!("Document the new API");
+    waiting["deps"] = json!([failed]);
+    let waiting = service.submit(&waiting).await;
+    let cancelled = waiting["id"].as_str().unwrap().to_owned();
+    let (status, body) = service
+        .post(&format!("/v1/tasks/{cancelled}/cancel"), &json!({}))
+        .await;
+    assert!(status < 300, "{body}");
+    service.wait_until_finished(&failed).await;
+    service.wait_until_finished(&cancelled).await;
+    (failed, cancelled)
+}
+
+async fn valid_actions_and_board(client: &Client, service: &Service, repo: &Path) -> Step<()> {
+    let long = Duration::from_secs(60);
+    let (failed, cancelled) = failed_and_cancelled(service, repo).await;
+    log_in_page(client, service, ADMIN_TOKEN).await?;
+
+    // A cancelled task offers nothing: not Retry (the service answers 409), not Cancel.
+    open_view(client, &format!("#/task/{cancelled}"), "#task-status").await?;
+    wait_for_text(client, "#task-status", long, |text| text == "cancelled").await?;
+    let offered = eval(
+        client,
+        "return [...document.querySelectorAll('#task-actions button')].map(b => b.id)",
+    )
+    .await?;
+    if offered != json!([]) {
+        return Err(format!("a cancelled task offers {offered}"));
+    }
+
+    // A failed (dead-lettered) one offers Retry, and its failed run is red, not a grey "finished".
+    open_view(client, &format!("#/task/{failed}"), "#task-status").await?;
+    wait_for_text(client, "#task-status", long, |text| {
+        text == "failed" || text == "dead_letter"
+    })
+    .await?;
+    wait_for(client, "#btn-retry", long).await?;
+    wait_for(client, "#runs tr[data-outcome=failed] .badge", long).await?;
+    let colour = eval(
+        client,
+        "const b = document.querySelector('#runs tr[data-outcome=failed] .badge'); \
+         return [b.textContent, getComputedStyle(b).color]",
+    )
+    .await?;
+    let rgb: Vec<u32> = colour[1]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("rgb(")
+        .trim_end_matches(')')
+        .split(',')
+        .filter_map(|part| part.trim().parse().ok())
+        .collect();
+    let red = matches!(rgb[..], [r, g, b] if r >= 120 && g < 80 && b < 80);
+    if colour[0] != "failed" || !red {
+        return Err(format!("the failed run's badge: {colour}"));
+    }
+
+    // The board: age, repository and cost on each card; the search in the URL survives a reload.
+    open_view(client, "#/board", &format!("a.card[data-id='{failed}'] .age")).await?;
+    let repo_name = repo.file_name().unwrap().to_string_lossy().into_owned();
+    let card = format!("a.card[data-id='{failed}']");
+    wait_for_text(client, &card, long, |text| {
+        text.contains(&repo_name)
+            && text.contains(" ago")
+            && text.contains(" tokens")
+            && !text.contains("…")
+    })
+    .await?;
+    let search = wait_for(client, "#filter-q", long).await?;
+    step("type a search", search.send_keys("flaky").await)?;
+    let hash = eval(client, "return location.hash").await?;
+    if hash != "#/board?q=flaky" {
+        return Err(format!("the search is not in the URL: {hash}"));
+    }
+    step("reload", client.refresh().await)?;
+    wait_for(client, &card, long).await?;
+    let shown = eval(
+        client,
+        "return [document.querySelector('#filter-q').value, \
+         document.querySelectorAll('#board a.card').length]",
+    )
+    .await?;
+    if shown != json!(["flaky", 1]) {
+        return Err(format!("after a reload the board shows {shown}"));
+    }
+    submit_through_the_form(client, service, repo).await
+}
+
+/// The board's form submits a task (the admin may) and opens its page; a viewer has no form.
+async fn submit_through_the_form(client: &Client, service: &Service, repo: &Path) -> Step<()> {
+    let long = Duration::from_secs(60);
+    click(client, "#new-task summary", long).await?;
+    let fields = [
+        ("#new-title", "Submitted from the page".to_owned()),
+        ("#new-repo", repo.display().to_string()),
+        ("#new-verify", "true".to_owned()),
+    ];
+    for (css, value) in fields {
+        let input = wait_for(client, css, long).await?;
+        step("type", input.send_keys(&value).await)?;
+    }
+    click(client, "#submit-task", long).await?;
+    wait_for_text(client, "#task-head h1", long, |text| {
+        text == "Submitted from the page"
+    })
+    .await?;
+    let (_, page) = service.get("/v1/tasks").await;
+    let found = page["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|task| task["title"] == "Submitted from the page" && task["verify"] == "true");
+    if !found {
+        return Err(format!("the form's task is not in {page}"));
+    }
+    let (status, token) = service
+        .post("/v1/tokens", &json!({"name": "looker", "role": "viewer"}))
+        .await;
+    assert_eq!(status, 201, "{token}");
+    click(client, "#logout", long).await?;
+    log_in_page(client, service, token["secret"].as_str().unwrap_or_default()).await?;
+    let form = eval(client, "return document.querySelector('#new-task') === null").await?;
+    if form != json!(true) {
+        return Err("a viewer is offered the submit form".to_owned());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_view_fits_a_phone_and_axe_finds_no_serious_violation() {
+    let _machine = crate::helpers::heavy().await;
+    let Some((chromium, chromedriver)) = browser_programs() else {
+        return;
+    };
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(AXE_JS.as_bytes()));
+    assert_eq!(digest, AXE_SHA256, "tests/vendor/axe-core/axe.min.js changed");
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start_in_process(root.path(), Options::default()).await;
+    let (status, posted) = service
+        .post("/v1/alerts", &json!({"app": "web", "signal": "disk_full"}))
+        .await;
+    assert_eq!(status, 202, "{posted}");
+    let (failed, _) = failed_and_cancelled(&service, &repo).await;
+    let mut gated = shell_task(&repo, "echo reviewed > reviewed.txt", "true");
+    gated["review_policy"] = json!("manual");
+    let gated = service.submit(&gated).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    service
+        .wait_for_task(&gated, Duration::from_secs(60), |task| {
+            task["status"] == "awaiting_approval"
+        })
+        .await;
+    let (_driver, url) = start_driver(&chromedriver, root.path()).await;
+    let phone = json!({"mobileEmulation": {"deviceMetrics":
+        {"width": PHONE.0, "height": PHONE.1, "pixelRatio": 3.0, "touch": true}}});
+    let client = browser_with(&url, &chromium, phone).await;
+    let outcome = every_view(&client, &service, &failed, &gated).await;
+    or_screenshot(client, &service, outcome).await;
+}
+
+async fn every_view(client: &Client, service: &Service, failed: &str, gated: &str) -> Step<()> {
+    step(
+        "open the page",
+        client.goto(&format!("{}/", service.base)).await,
+    )?;
+    wait_for(client, "input[name=token]", Duration::from_secs(60)).await?;
+    check_view(client, "the login form").await?;
+    log_in_page(client, service, ADMIN_TOKEN).await?;
+    let views = [
+        ("#/board", "#board a.card".to_owned()),
+        (
+            "#/task/gated",
+            "#diff-text pre, #btn-approve, #timeline li".to_owned(),
+        ),
+        ("#/task/failed", "#runs tr[data-outcome]".to_owned()),
+        ("#/tree", "#tree li[data-actor=compass]".to_owned()),
+        ("#/ledger", "#balances tr[data-account]".to_owned()),
+        ("#/ops", "#incidents [data-incident]".to_owned()),
+        ("#/fleet", "#factories h2".to_owned()),
+    ];
+    for (route, css) in views {
+        let route = route
+            .replace("gated", gated)
+            .replace("/failed", &format!("/{failed}"));
+        open_view(client, &route, &css).await?;
+        if route.contains(gated) {
+            wait_for(client, "#btn-approve", Duration::from_secs(60)).await?;
+            wait_for(client, "#diff-text pre", Duration::from_secs(60)).await?;
+        }
+        // Let the view's other panels arrive before it is measured.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        check_view(client, &route).await?;
+    }
+    Ok(())
+}
+
+/// The view fits the phone's width (no sideways scrolling) and axe (WCAG 2 A and AA rules) finds
+/// no serious or critical violation: contrast, labels, names, keyboard access.
+async fn check_view(client: &Client, view: &str) -> Step<()> {
+    let size = eval(
+        client,
+        "return [document.documentElement.scrollWidth, window.innerWidth]",
+    )
+    .await?;
+    let (wide, inner) = (size[0].as_u64().unwrap_or(0), size[1].as_u64().unwrap_or(0));
+    if inner == 0 || inner > u64::from(PHONE.0) {
+        return Err(format!("{view}: the window is {inner} px wide, not a phone's"));
+    }
+    if wide > inner {
+        return Err(format!(
+            "{view}: {wide} px wide on a {inner} px screen (sideways scrolling)"
+        ));
+    }
+    let injected = eval(client, "return typeof window.axe !== 'undefined'").await?;
+    if injected != json!(true) {
+        step(
+            "inject axe-core",
+            client
+                .execute(&format!("{AXE_JS}\n;return true"), vec![])
+                .await,
+        )?;
+    }
+    let script = "const done = arguments[arguments.length - 1]; \
+        axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}}) \
+          .then(r => done(r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical') \
+            .map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.slice(0, 5).map(n => n.target.join(' ') + ' ' + (n.failureSummary || '').slice(0, 200))})))) \
+          .catch(e => done([{id: 'axe-error', nodes: [String(e)]}]))";
+    let violations = step("run axe", client.execute_async(script, vec![]).await)?;
+    if violations != json!([]) {
+        return Err(format!(
+            "{view}: axe finds {}",
+            serde_json::to_string_pretty(&violations).unwrap_or_default()
+        ));
     }
     Ok(())
 }

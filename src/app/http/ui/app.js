@@ -431,7 +431,7 @@ async function taskView(root, id) {
   const stepper = h('ol', { class: 'stepper', id: 'stepper', 'aria-label': 'stages' });
   const actions = h('div', { class: 'actions', id: 'task-actions' });
   const timeline = h('ul', { class: 'timeline', id: 'timeline', tabindex: 0, 'aria-label': 'timeline' });
-  const output = h('pre', { id: 'live-output', class: 'mono', tabindex: 0, 'aria-label': 'live output', 'aria-live': 'off' });
+  const output = h('pre', { id: 'live-output', class: 'mono', tabindex: 0, role: 'log', 'aria-label': 'live output', 'aria-live': 'off' });
   const runs = h('div', { id: 'runs' });
   const costs = h('div', { id: 'costs' });
   const diff = h('div', { id: 'diff' });
