@@ -680,7 +680,10 @@ async fn or_screenshot(client: Client, service: &Service, outcome: Step<()>) {
     if let Err(error) = &outcome {
         if let Ok(png) = client.screenshot().await {
             std::fs::write(failure_screenshot(), png).unwrap();
-            eprintln!("screenshot of the failure: {}", failure_screenshot().display());
+            eprintln!(
+                "screenshot of the failure: {}",
+                failure_screenshot().display()
+            );
         }
         let _ = client.close().await;
         panic!("{error}\nservice log:\n{}", service.log());
@@ -743,7 +746,10 @@ async fn live_output_and_diff(client: &Client, service: &Service, repo: &Path) -
     let task = service.submit(&body).await;
     let id = task["id"].as_str().unwrap_or_default().to_owned();
     open_view(client, &format!("#/task/{id}"), "#task-status").await?;
-    wait_for_text(client, "#live-output", long, |text| text.contains(LIVE_MARKER)).await?;
+    wait_for_text(client, "#live-output", long, |text| {
+        text.contains(LIVE_MARKER)
+    })
+    .await?;
     let (_, now) = service.get(&format!("/v1/tasks/{id}")).await;
     if now["status"] != "running" || now["stage"] != "verify" {
         return Err(format!("the output showed only after verify: {now}"));
@@ -780,7 +786,10 @@ async fn live_output_and_diff(client: &Client, service: &Service, repo: &Path) -
         "a refused action",
         client.execute(script, vec![json!(missing)]).await,
     )?;
-    wait_for_text(client, "#flash", long, |text| text.contains("TASK_NOT_FOUND")).await?;
+    wait_for_text(client, "#flash", long, |text| {
+        text.contains("TASK_NOT_FOUND")
+    })
+    .await?;
     click(client, "#nav a[data-view=board]", long).await?;
     wait_for(client, "#board section.column", long).await?;
     let hidden = eval(client, "return document.querySelector('#flash').hidden").await?;
@@ -835,9 +844,11 @@ async fn valid_actions_and_board(client: &Client, service: &Service, repo: &Path
     // A cancelled task offers nothing: not Retry (the service answers 409), not Cancel.
     open_view(client, &format!("#/task/{cancelled}"), "#task-status").await?;
     wait_for_text(client, "#task-status", long, |text| text == "cancelled").await?;
+    wait_for(client, "#runs p, #runs table", long).await?;
     let offered = eval(
         client,
-        "return [...document.querySelectorAll('#task-actions button')].map(b => b.id)",
+        "return [...document.querySelectorAll('#btn-retry, #btn-cancel, #btn-approve, \
+         #btn-reject')].map(b => b.id)",
     )
     .await?;
     if offered != json!([]) {
@@ -872,7 +883,12 @@ async fn valid_actions_and_board(client: &Client, service: &Service, repo: &Path
     }
 
     // The board: age, repository and cost on each card; the search in the URL survives a reload.
-    open_view(client, "#/board", &format!("a.card[data-id='{failed}'] .age")).await?;
+    open_view(
+        client,
+        "#/board",
+        &format!("a.card[data-id='{failed}'] .age"),
+    )
+    .await?;
     let repo_name = repo.file_name().unwrap().to_string_lossy().into_owned();
     let card = format!("a.card[data-id='{failed}']");
     wait_for_text(client, &card, long, |text| {
@@ -934,8 +950,17 @@ async fn submit_through_the_form(client: &Client, service: &Service, repo: &Path
         .await;
     assert_eq!(status, 201, "{token}");
     click(client, "#logout", long).await?;
-    log_in_page(client, service, token["secret"].as_str().unwrap_or_default()).await?;
-    let form = eval(client, "return document.querySelector('#new-task') === null").await?;
+    log_in_page(
+        client,
+        service,
+        token["secret"].as_str().unwrap_or_default(),
+    )
+    .await?;
+    let form = eval(
+        client,
+        "return document.querySelector('#new-task') === null",
+    )
+    .await?;
     if form != json!(true) {
         return Err("a viewer is offered the submit form".to_owned());
     }
@@ -949,7 +974,10 @@ async fn every_view_fits_a_phone_and_axe_finds_no_serious_violation() {
         return;
     };
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(AXE_JS.as_bytes()));
-    assert_eq!(digest, AXE_SHA256, "tests/vendor/axe-core/axe.min.js changed");
+    assert_eq!(
+        digest, AXE_SHA256,
+        "tests/vendor/axe-core/axe.min.js changed"
+    );
     let root = tempfile::tempdir().unwrap();
     let repo = git_repo(root.path());
     let service = Service::start_in_process(root.path(), Options::default()).await;
@@ -983,53 +1011,54 @@ async fn every_view(client: &Client, service: &Service, failed: &str, gated: &st
         client.goto(&format!("{}/", service.base)).await,
     )?;
     wait_for(client, "input[name=token]", Duration::from_secs(60)).await?;
-    check_view(client, "the login form").await?;
+    // Every view is checked; the failures of all of them are reported together.
+    let mut problems: Vec<String> = check_view(client, "the login form")
+        .await
+        .err()
+        .into_iter()
+        .collect();
     log_in_page(client, service, ADMIN_TOKEN).await?;
+    let gated = format!("#/task/{gated}");
+    let failed = format!("#/task/{failed}");
     let views = [
-        ("#/board", "#board a.card".to_owned()),
+        ("#/board", &["#board a.card"][..]),
         (
-            "#/task/gated",
-            "#diff-text pre, #btn-approve, #timeline li".to_owned(),
+            &gated,
+            &["#btn-approve", "#diff-text pre", "#timeline li"][..],
         ),
-        ("#/task/failed", "#runs tr[data-outcome]".to_owned()),
-        ("#/tree", "#tree li[data-actor=compass]".to_owned()),
-        ("#/ledger", "#balances tr[data-account]".to_owned()),
-        ("#/ops", "#incidents [data-incident]".to_owned()),
-        ("#/fleet", "#factories h2".to_owned()),
+        (&failed, &["#runs tr[data-outcome]"][..]),
+        ("#/tree", &["#tree li[data-actor=compass]"][..]),
+        ("#/ledger", &["#balances tr[data-account]"][..]),
+        ("#/ops", &["#incidents [data-incident]"][..]),
+        ("#/fleet", &["#factories h2"][..]),
     ];
-    for (route, css) in views {
-        let route = route
-            .replace("gated", gated)
-            .replace("/failed", &format!("/{failed}"));
-        open_view(client, &route, &css).await?;
-        if route.contains(gated) {
-            wait_for(client, "#btn-approve", Duration::from_secs(60)).await?;
-            wait_for(client, "#diff-text pre", Duration::from_secs(60)).await?;
+    for (route, waits) in views {
+        if let Err(error) = open_and_settle(client, route, waits).await {
+            problems.push(error);
+            continue;
         }
-        // Let the view's other panels arrive before it is measured.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        check_view(client, &route).await?;
+        problems.extend(check_view(client, route).await.err());
     }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+/// Opens `route` and waits for each of `waits`, then a little for the view's other panels.
+async fn open_and_settle(client: &Client, route: &str, waits: &[&str]) -> Step<()> {
+    open_view(client, route, waits[0]).await?;
+    for css in &waits[1..] {
+        wait_for(client, css, Duration::from_secs(60)).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
     Ok(())
 }
 
 /// The view fits the phone's width (no sideways scrolling) and axe (WCAG 2 A and AA rules) finds
 /// no serious or critical violation: contrast, labels, names, keyboard access.
 async fn check_view(client: &Client, view: &str) -> Step<()> {
-    let size = eval(
-        client,
-        "return [document.documentElement.scrollWidth, window.innerWidth]",
-    )
-    .await?;
-    let (wide, inner) = (size[0].as_u64().unwrap_or(0), size[1].as_u64().unwrap_or(0));
-    if inner == 0 || inner > u64::from(PHONE.0) {
-        return Err(format!("{view}: the window is {inner} px wide, not a phone's"));
-    }
-    if wide > inner {
-        return Err(format!(
-            "{view}: {wide} px wide on a {inner} px screen (sideways scrolling)"
-        ));
-    }
     let injected = eval(client, "return typeof window.axe !== 'undefined'").await?;
     if injected != json!(true) {
         step(
@@ -1049,6 +1078,19 @@ async fn check_view(client: &Client, view: &str) -> Step<()> {
         return Err(format!(
             "{view}: axe finds {}",
             serde_json::to_string_pretty(&violations).unwrap_or_default()
+        ));
+    }
+    let size = eval(
+        client,
+        "return [document.documentElement.scrollWidth, window.innerWidth]",
+    )
+    .await?;
+    let (wide, inner) = (size[0].as_u64().unwrap_or(0), size[1].as_u64().unwrap_or(0));
+    // A page wider than the phone makes the mobile browser zoom out: innerWidth grows too.
+    if inner == 0 || wide > inner || inner > u64::from(PHONE.0) {
+        return Err(format!(
+            "{view}: {wide} px wide (viewport {inner} px) on a {} px phone: sideways scrolling",
+            PHONE.0
         ));
     }
     Ok(())
