@@ -882,6 +882,17 @@ async fn valid_actions_and_board(client: &Client, service: &Service, repo: &Path
         return Err(format!("the failed run's badge: {colour}"));
     }
 
+    // Money in one unit, tokens with decimals, exactly; terminal escapes stripped from output.
+    let shown = eval(
+        client,
+        "return [tokens(1500000), tokens(1), tokens(2500000000), tokens(0), tokens(null), \
+         plainText('\\x1b[1;31mred\\x1b[0m\\r\\nok')]",
+    )
+    .await?;
+    if shown != json!(["1.50", "0.000001", "2,500.00", "0.00", "–", "red\nok"]) {
+        return Err(format!("money and output as the page shows them: {shown}"));
+    }
+
     // The board: age, repository and cost on each card; the search in the URL survives a reload.
     open_view(
         client,
@@ -1038,12 +1049,24 @@ async fn every_view(client: &Client, service: &Service, failed: &str, gated: &st
             continue;
         }
         problems.extend(check_view(client, route).await.err());
+        phone_screenshot(client, route).await?;
     }
     if problems.is_empty() {
         Ok(())
     } else {
         Err(problems.join("\n"))
     }
+}
+
+/// With `GLITCHLAB_UI_PHONE_SCREENSHOTS=<dir>`, saves each phone view there (to look at them).
+async fn phone_screenshot(client: &Client, route: &str) -> Step<()> {
+    let Some(dir) = std::env::var_os("GLITCHLAB_UI_PHONE_SCREENSHOTS") else {
+        return Ok(());
+    };
+    let name = route.trim_start_matches("#/").replace('/', "-");
+    let name: String = name.chars().take(20).collect();
+    let png = step("phone screenshot", client.screenshot().await)?;
+    std::fs::write(Path::new(&dir).join(format!("{name}.png")), png).map_err(|e| e.to_string())
 }
 
 /// Opens `route` and waits for each of `waits`, then a little for the view's other panels.
