@@ -290,8 +290,15 @@ const FILTERS = ['q', 'status', 'repo', 'kind'];
 const BOARD_COSTS_MAX = 60;
 // Cost lookups in flight at once.
 const BOARD_COST_CONCURRENCY = 4;
-// Ended tasks' costs, which never change again: id → micro-tokens.
-const endedCosts = new Map();
+// How long an unfinished task's looked-up cost is reused before the board asks again.
+const BOARD_COST_TTL_MS = 10000;
+// Costs looked up: id → { cost (micro-tokens), at, ended }; an ended task's never changes again.
+const costCache = new Map();
+// The task's known cost, if it is fresh enough to show without asking again.
+function knownCost(task) {
+  const known = costCache.get(task.id);
+  return known && (known.ended || Date.now() - known.at < BOARD_COST_TTL_MS) ? known.cost : undefined;
+}
 
 // A labelled control: the label is visible, so every input has an accessible name.
 const labelled = (text, control) => h('label', { class: 'field' }, h('span', {}, text), control);
@@ -353,13 +360,11 @@ async function boardCosts(tasks) {
   const queue = tasks.slice();
   const worker = async () => {
     for (let task = queue.shift(); task; task = queue.shift()) {
-      let cost = endedCosts.get(task.id);
-      if (cost === undefined) {
-        const data = await api('GET', `/v1/tasks/${task.id}/runs`).catch(() => null);
-        if (!data) continue;
-        cost = (data.runs || []).reduce((sum, run) => sum + (run.cost || 0), 0);
-        if (TERMINAL.includes(task.status)) endedCosts.set(task.id, cost);
-      }
+      if (knownCost(task) !== undefined) continue; // drawn with the card already
+      const data = await api('GET', `/v1/tasks/${task.id}/runs`).catch(() => null);
+      if (!data) continue;
+      const cost = (data.runs || []).reduce((sum, run) => sum + (run.cost || 0), 0);
+      costCache.set(task.id, { cost, at: Date.now(), ended: TERMINAL.includes(task.status) });
       for (const el of document.querySelectorAll(`a.card[data-id='${task.id}'] .cost`)) el.textContent = `${tokens(cost)} tokens`;
     }
   };
@@ -388,7 +393,7 @@ function card(task) {
     h('div', { class: 'meta' }, meta.join(' · ')),
     h('div', { class: 'meta' }, h('span', { class: 'repo', title: task.repo }, repoName), ' · ',
       h('span', { class: 'age', title: when(task.created_at) }, age(task.created_at) + ' ago'), ' · ',
-      h('span', { class: 'cost' }, '… tokens')),
+      h('span', { class: 'cost' }, knownCost(task) === undefined ? '… tokens' : `${tokens(knownCost(task))} tokens`)),
     waitingNotes(task).map((note) => h('div', { class: 'meta warning' }, note)),
     task.error ? h('div', { class: 'meta error' }, task.error.code) : null);
 }
