@@ -893,6 +893,25 @@ async fn valid_actions_and_board(client: &Client, service: &Service, repo: &Path
         return Err(format!("money and output as the page shows them: {shown}"));
     }
 
+    // Where a task waits, when the task JSON says so (`merge.place`, `merge.held`, `waiting_for`):
+    // on its card (and, through the same fields, on its page).
+    let waiting = eval(
+        client,
+        "return card({id: 'x', title: 't', status: 'running', repo: '/r/app', \
+         created_at: new Date().toISOString(), waiting_for: 'fleet paused', \
+         merge: {place: 2, held: 'the base is red'}}).textContent",
+    )
+    .await?;
+    let waiting = waiting.as_str().unwrap_or_default();
+    let notes = [
+        "#2 in the merge queue",
+        "held: the base is red",
+        "waiting for fleet paused",
+    ];
+    if !notes.iter().all(|note| waiting.contains(note)) {
+        return Err(format!("a waiting task's card says {waiting}"));
+    }
+
     // The board: age, repository and cost on each card; the search in the URL survives a reload.
     open_view(
         client,
