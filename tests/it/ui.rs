@@ -716,6 +716,32 @@ async fn open_view(client: &Client, route: &str, css: &str) -> Step<()> {
     Ok(())
 }
 
+/// Tab presses from the element `from` the test allows before `target_id` has the focus.
+const TABS_MAX: usize = 60;
+
+/// From the element `from`, Tab moves the focus to the element with id `target_id`: the page
+/// works from the keyboard.
+async fn keyboard_reaches(client: &Client, from: &str, target_id: &str) -> Step<()> {
+    step(
+        "focus the start",
+        client
+            .execute(
+                "document.querySelector(arguments[0]).focus(); return true",
+                vec![json!(from)],
+            )
+            .await,
+    )?;
+    for _ in 0..TABS_MAX {
+        let active = step("the focused element", client.active_element().await)?;
+        step("press Tab", active.send_keys("\u{e004}").await)?;
+        let id = eval(client, "return document.activeElement.id").await?;
+        if id == target_id {
+            return Ok(());
+        }
+    }
+    Err(format!("{TABS_MAX} Tab presses never reach #{target_id}"))
+}
+
 /// Runs `script` and returns its JSON answer.
 async fn eval(client: &Client, script: &str) -> Step<Value> {
     step(script, client.execute(script, vec![]).await)
@@ -778,6 +804,13 @@ async fn live_output_and_diff(client: &Client, service: &Service, repo: &Path) -
             "the diff (top, height) is not above Approve (top): {places}"
         ));
     }
+
+    keyboard_reaches(
+        client,
+        "#task-head + * a, main p a[href='#/board']",
+        "btn-approve",
+    )
+    .await?;
 
     // An error shows in the banner, and the next navigation clears it.
     let missing = format!("/v1/tasks/{DUMMY_ID}/cancel");
