@@ -765,8 +765,12 @@ async fn the_task_page_streams_live_output_and_shows_the_diff_above_approve() {
 async fn live_output_and_diff(client: &Client, service: &Service, repo: &Path) -> Step<()> {
     let long = Duration::from_secs(60);
     log_in_page(client, service, ADMIN_TOKEN).await?;
-    // Verify prints, then keeps running: the text must reach the page while it runs.
-    let verify = format!("sleep 3; echo {LIVE_MARKER}; sleep 10");
+    // Verify prints (three times, so a page that subscribed late still sees one), then keeps
+    // running: the text must reach the page while it runs.
+    let verify = format!(
+        "sleep 2; echo {LIVE_MARKER}; sleep 2; echo {LIVE_MARKER}; sleep 2; echo {LIVE_MARKER}; \
+         sleep 8"
+    );
     let mut body = shell_task(repo, "echo reviewed > reviewed.txt", &verify);
     body["review_policy"] = json!("manual");
     let task = service.submit(&body).await;
