@@ -1461,6 +1461,94 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_line_runs_without_its_shell_and_anything_shell_keeps_it() {
+        let words = |line: &str| {
+            plain_argv(&CommandSpec::shell(
+                line,
+                PathBuf::from("/"),
+                Duration::from_secs(5),
+                64,
+            ))
+        };
+        if find_program("true").is_some_and(|p| SYSTEM_DIRS.iter().any(|d| p.starts_with(d))) {
+            assert_eq!(
+                words("true --x=1 a/b.txt"),
+                Some(vec!["true".to_owned(), "--x=1".to_owned(), "a/b.txt".to_owned()])
+            );
+        }
+        for shell in [
+            "true; rm -rf x",
+            "true && false",
+            "true > out",
+            "true $HOME",
+            "true *.rs",
+            "true 'a b'",
+            "true  two-spaces",
+            "true\ttab",
+            "A=1 true",
+            "./test.sh",
+            "echo hi",
+            "cd sub",
+            "no-such-program-anywhere x",
+            "",
+        ] {
+            assert_eq!(words(shell), None, "{shell:?}");
+        }
+        let mut not_shell = CommandSpec::shell("true", PathBuf::from("/"), Duration::from_secs(5), 64);
+        not_shell.program = "bash".into();
+        assert_eq!(plain_argv(&not_shell), None);
+    }
+
+    #[test]
+    fn a_launch_execs_bwrap_then_the_landlock_shim_and_stages_the_binds_of_a_root_run() {
+        let mut sandbox = sandbox_with(Some("/usr/bin/bwrap"));
+        sandbox.landlock = true;
+        sandbox.uids = Some(UidPool::new(1_900_000_000, 16));
+        let root = tempfile::tempdir().unwrap();
+        let work = root.path().join("worktrees/t");
+        std::fs::create_dir_all(&work).unwrap();
+        let shown = work.display().to_string();
+        let jail = Jail {
+            cwd: work.clone(),
+            writable: vec![work.clone(), PathBuf::from("/dev")],
+            readable: Vec::new(),
+            network: false,
+            disk: vec![work.clone()],
+        };
+        let line = "make test; true";
+        let mut spec = CommandSpec::shell(line, work.clone(), Duration::from_secs(5), 64);
+        let confined = sandbox.launch(&jail, &mut spec);
+        assert_eq!(spec.program, "/usr/bin/bwrap", "no launcher before bwrap");
+        let args = spec.args.join(" ");
+        let (options, inner) = args.split_once(" -- ").unwrap();
+        assert_eq!(
+            inner,
+            format!("/usr/bin/glitchlab sandbox-exec --write {shown} --write /dev -- sh -c {line}")
+        );
+        assert!(options.contains("--size 536870912 --tmpfs /tmp"), "{options}");
+        assert!(
+            !options.contains(&format!("--bind {shown}")) && options.contains(&format!(" {shown} ")),
+            "the worktree's bind is staged (its source under /tmp/N): {options}"
+        );
+        let launch = confined.launch.as_ref().unwrap();
+        assert!(confined.hook().is_some());
+        let uid = confined._uid.as_ref().map(|lease| lease.run_as);
+        assert!(uid.is_some());
+        assert_eq!(launch.run_as, uid);
+        assert_eq!(launch.own, vec![work.clone()]);
+        assert_eq!(launch.watch, jail.disk);
+        assert_eq!(launch.disk_bytes, 4_294_967_296);
+        assert!(launch.rlimits.contains(&("nproc", 1024)), "{:?}", launch.rlimits);
+        let sources = launch.sources.as_ref().unwrap();
+        assert!(sources.contains(&work), "{sources:?}");
+        // Without bubblewrap nor Landlock the command itself is what the service execs.
+        let mut plain = CommandSpec::shell(line, work.clone(), Duration::from_secs(5), 64);
+        let bare = sandbox_with(None).launch(&jail, &mut plain);
+        assert_eq!((plain.program.as_str(), plain.args.len()), ("sh", 2));
+        assert!(bare.launch.as_ref().is_some_and(|l| l.run_as.is_none()));
+    }
+
+    #[test]
     fn without_a_uid_drop_or_a_pids_cgroup_a_root_service_enforces_no_process_limit() {
         let plain = sandbox_with(Some("/usr/bin/bwrap"));
         let processes = |sandbox: &Sandbox, root| sandbox.enforcement(root)[0].1.clone();
