@@ -93,9 +93,12 @@ fn launch(c: &mut Criterion) {
     group.bench_function("floor: sh -c true, unsandboxed", |b| {
         b.iter(|| runtime.block_on(floor(&jail.cwd)));
     });
-    group.bench_function("before: wrap (sandbox-exec, bwrap, sandbox-exec, sh)", |b| {
-        b.iter(|| runtime.block_on(wrapped(&sandbox, &jail)));
-    });
+    group.bench_function(
+        "before: wrap (sandbox-exec, bwrap, sandbox-exec, sh)",
+        |b| {
+            b.iter(|| runtime.block_on(wrapped(&sandbox, &jail)));
+        },
+    );
     group.bench_function("after: launch (bwrap, sandbox-exec, true)", |b| {
         b.iter(|| runtime.block_on(launched(&sandbox, &jail)));
     });

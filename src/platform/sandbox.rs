@@ -575,7 +575,9 @@ impl Sandbox {
             watch: jail.disk.clone(),
             disk_bytes: self.limits.disk_bytes,
         };
-        let mut line = line.into_iter().map(|arg| arg.to_string_lossy().into_owned());
+        let mut line = line
+            .into_iter()
+            .map(|arg| arg.to_string_lossy().into_owned());
         spec.program = line.next().unwrap_or_default();
         spec.args = line.collect();
         Confined {
@@ -1473,7 +1475,11 @@ mod tests {
         if find_program("true").is_some_and(|p| SYSTEM_DIRS.iter().any(|d| p.starts_with(d))) {
             assert_eq!(
                 words("true --x=1 a/b.txt"),
-                Some(vec!["true".to_owned(), "--x=1".to_owned(), "a/b.txt".to_owned()])
+                Some(vec![
+                    "true".to_owned(),
+                    "--x=1".to_owned(),
+                    "a/b.txt".to_owned()
+                ])
             );
         }
         for shell in [
@@ -1494,7 +1500,8 @@ mod tests {
         ] {
             assert_eq!(words(shell), None, "{shell:?}");
         }
-        let mut not_shell = CommandSpec::shell("true", PathBuf::from("/"), Duration::from_secs(5), 64);
+        let mut not_shell =
+            CommandSpec::shell("true", PathBuf::from("/"), Duration::from_secs(5), 64);
         not_shell.program = "bash".into();
         assert_eq!(plain_argv(&not_shell), None);
     }
@@ -1525,9 +1532,13 @@ mod tests {
             inner,
             format!("/usr/bin/glitchlab sandbox-exec --write {shown} --write /dev -- sh -c {line}")
         );
-        assert!(options.contains("--size 536870912 --tmpfs /tmp"), "{options}");
         assert!(
-            !options.contains(&format!("--bind {shown}")) && options.contains(&format!(" {shown} ")),
+            options.contains("--size 536870912 --tmpfs /tmp"),
+            "{options}"
+        );
+        assert!(
+            !options.contains(&format!("--bind {shown}"))
+                && options.contains(&format!(" {shown} ")),
             "the worktree's bind is staged (its source under /tmp/N): {options}"
         );
         let launch = confined.launch.as_ref().unwrap();
@@ -1538,7 +1549,11 @@ mod tests {
         assert_eq!(launch.own, vec![work.clone()]);
         assert_eq!(launch.watch, jail.disk);
         assert_eq!(launch.disk_bytes, 4_294_967_296);
-        assert!(launch.rlimits.contains(&("nproc", 1024)), "{:?}", launch.rlimits);
+        assert!(
+            launch.rlimits.contains(&("nproc", 1024)),
+            "{:?}",
+            launch.rlimits
+        );
         let sources = launch.sources.as_ref().unwrap();
         assert!(sources.contains(&work), "{sources:?}");
         // Without bubblewrap nor Landlock the command itself is what the service execs.

@@ -126,7 +126,10 @@ impl SpawnHook for Launch {
         let stages: Vec<Stage> = match self.run_as {
             Some(run_as) => {
                 self.hand_over(run_as)?;
-                let sources = self.sources.as_ref().map_err(|e| std::io::Error::other(e.clone()))?;
+                let sources = self
+                    .sources
+                    .as_ref()
+                    .map_err(|e| std::io::Error::other(e.clone()))?;
                 supervise::stages(sources).map_err(std::io::Error::other)?
             }
             None => Vec::new(),
@@ -335,7 +338,10 @@ mod tests {
         let (_, nofile) = lowered("nofile", u64::MAX).unwrap();
         // SAFETY: as above.
         unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) };
-        assert_eq!((nofile.rlim_cur, nofile.rlim_max), (current.rlim_max, current.rlim_max));
+        assert_eq!(
+            (nofile.rlim_cur, nofile.rlim_max),
+            (current.rlim_max, current.rlim_max)
+        );
         assert!(lowered("stack", 1).is_err());
     }
 }
