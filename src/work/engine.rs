@@ -244,9 +244,9 @@ pub(crate) async fn run_shell(
         None => {
             let hook = confined.as_ref().and_then(|(_, confined)| confined.hook());
             run_live(services, who, open.run.id, &spec, hook)
+                .await
+                .map_err(StageError::from)
         }
-        .await
-        .map_err(StageError::from),
     };
     let mut output = match ran {
         Ok(output) => output,

@@ -220,11 +220,8 @@ fn watch_run(
     over: &Mutex<Option<(String, bool)>>,
 ) {
     let mut interval = supervise::WATCH_INTERVAL_MIN;
-    loop {
-        match stopped.recv_timeout(interval) {
-            Err(RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-        }
+    // Stopped (or its launch dropped): the run ended.
+    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
         let (used, took) = watch.over();
         if let Some(used) = used {
             kill_run(pid, pidfd);
