@@ -5,8 +5,8 @@
 //!   dirs are handed to its uid ([`super::owner`]), the bind sources looked at, every path and
 //!   limit turned into what a system call takes.
 //! - In the forked child, before it execs `bwrap` (system calls only): it joins the run's
-//!   cgroups, lowers its rlimits, stages the binds in a mount namespace of its own and drops
-//!   root ([`super::supervise::stage`], [`super::supervise::drop_root`]).
+//!   cgroups, stages the binds in a mount namespace of its own, drops root and lowers its
+//!   rlimits ([`super::supervise::stage`], [`super::supervise::drop_root`]).
 //! - In the parent while the run runs ([`SpawnHook::started`]): a thread measures the run's
 //!   dirs against `disk_bytes` and kills the run past it; once it ended
 //!   ([`SpawnHook::finished`]), one last measurement.
@@ -151,13 +151,15 @@ impl SpawnHook for Launch {
             for path in &procs {
                 join_cgroup(path)?;
             }
-            for (resource, limit) in &limits {
-                // SAFETY: setrlimit reads the struct we own.
-                check(unsafe { libc::setrlimit(*resource, limit) })?;
-            }
             if let Some(run_as) = run_as {
                 supervise::stage(&stages, &mut fds)?;
                 supervise::drop_root(run_as)?;
+            }
+            // Last: staging opens descriptors, which a lowered `RLIMIT_NOFILE` could refuse in a
+            // service holding many (lowering a limit needs no privilege).
+            for (resource, limit) in &limits {
+                // SAFETY: setrlimit reads the struct we own.
+                check(unsafe { libc::setrlimit(*resource, limit) })?;
             }
             Ok(())
         }))
