@@ -162,6 +162,62 @@ pub async fn run_tapped(
     spec: &CommandSpec,
     tap: Option<OutputTap>,
 ) -> Result<CommandOutput, SpawnError> {
+    run_hooked(spec, tap, None).await
+}
+
+/// What the child runs between `fork` and `exec`: async-signal-safe calls only (no allocation,
+/// no lock), on memory prepared before the fork.
+pub type ChildSetup = Box<dyn FnMut() -> std::io::Result<()> + Send + Sync>;
+
+/// Work around one spawn that saves an exec: the sandbox sets its limits, cgroup and uid in the
+/// forked child itself instead of in a launcher process of its own
+/// ([`crate::platform::sandbox`]).
+pub trait SpawnHook: Send + Sync {
+    /// In the parent, off the async runtime (it may walk directories), before the fork: what the
+    /// child runs after the spawn's own set-up (working dir, process group, umask) and before
+    /// `exec`. An error fails the spawn.
+    fn prepare(&self) -> std::io::Result<ChildSetup>;
+    /// In the parent, once the child runs (its pid leads its process group).
+    fn started(&self, pid: u32);
+    /// In the parent, off the async runtime, once the child was reaped and its group killed.
+    fn finished(&self);
+}
+
+/// [`run_tapped`] with a [`SpawnHook`] around the spawn.
+pub async fn run_hooked(
+    spec: &CommandSpec,
+    tap: Option<OutputTap>,
+    hook: Option<std::sync::Arc<dyn SpawnHook>>,
+) -> Result<CommandOutput, SpawnError> {
+    let spawn_error = |source| SpawnError {
+        program: spec.program.clone(),
+        cwd: spec.cwd.display().to_string(),
+        source,
+    };
+    let setup = match &hook {
+        Some(hook) => {
+            let hook = std::sync::Arc::clone(hook);
+            let prepared = tokio::task::spawn_blocking(move || hook.prepare())
+                .await
+                .map_err(|error| spawn_error(std::io::Error::other(error.to_string())))?;
+            Some(prepared.map_err(spawn_error)?)
+        }
+        None => None,
+    };
+    let output = spawn_and_wait(spec, tap, setup, hook.as_deref()).await;
+    if let Some(hook) = hook {
+        let _ = tokio::task::spawn_blocking(move || hook.finished()).await;
+    }
+    output
+}
+
+/// The spawn, capture and wait of [`run_hooked`].
+async fn spawn_and_wait(
+    spec: &CommandSpec,
+    tap: Option<OutputTap>,
+    setup: Option<ChildSetup>,
+    hook: Option<&dyn SpawnHook>,
+) -> Result<CommandOutput, SpawnError> {
     let started = Instant::now();
     let mut command = Command::new(&spec.program);
     if spec.env_clear {
@@ -177,11 +233,21 @@ pub async fn run_tapped(
         .process_group(0)
         .kill_on_drop(true);
     restore_umask(&mut command);
+    if let Some(setup) = setup {
+        // SAFETY: the hook's contract: async-signal-safe calls only, on memory prepared before
+        // the fork. Added last, it runs after the umask is restored.
+        unsafe {
+            command.pre_exec(setup);
+        }
+    }
     let mut child = command.spawn().map_err(|source| SpawnError {
         program: spec.program.clone(),
         cwd: spec.cwd.display().to_string(),
         source,
     })?;
+    if let (Some(hook), Some(pid)) = (hook, child.id()) {
+        hook.started(pid);
+    }
     let mut guard = ProcessGroupGuard {
         pgid: child.id().and_then(|pid| i32::try_from(pid).ok()),
     };

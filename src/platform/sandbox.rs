@@ -16,14 +16,22 @@
 //!    such as the JVM, may not start under); the run's dirs measured against `disk_bytes`
 //!    ([`supervise`]).
 //!
-//! Like Codex CLI's Linux sandbox, it works by re-executing this binary: the service runs
+//! Engine, verify and confined ops runs start in one step ([`Sandbox::launch`], [`launch`]):
+//! the service hands the run's dirs to its uid, then its own forked child joins the cgroups,
+//! lowers the rlimits, stages the binds and drops root (system calls only, between `fork` and
+//! `exec`) and execs `bwrap ... -- glitchlab sandbox-exec --write DIR ... -- <command>`; the
+//! inner `sandbox-exec` confines itself with Landlock (which forbids the mounts `bwrap` makes, so
+//! it cannot come earlier) and execs the command — its words directly when it needs no shell,
+//! else `sh -c`. The service watches the run's disk use from a thread. Two execs before the
+//! command (`bwrap`, the shim), where [`Sandbox::wrap`] took three and `sh`.
+//!
+//! [`Sandbox::wrap`] keeps the re-exec form, for a caller that cannot run a hook in its spawn:
 //! `glitchlab sandbox-exec [--cgroup DIR]... [--rlimit NAME=N]... [--user UID:GID --own DIR...
 //! --share DIR...] [--watch DIR... --disk-bytes N] --no-landlock -- bwrap ... -- glitchlab
 //! sandbox-exec --write DIR ... -- sh -c <command>`. The outer `sandbox-exec` hands the dirs to
 //! the run's uid, joins the cgroup and sets the limits, then execs `bwrap` — or, to drop to the
 //! uid or watch the disk, starts it (staged, as that uid) and stays as its parent; the inner one
-//! confines itself with Landlock and execs the command. Nothing runs between `fork` and `exec`
-//! in the service itself.
+//! confines itself with Landlock and execs the command.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -38,6 +46,7 @@ use landlock::{
 use crate::config::LimitsConfig;
 use crate::platform::process::{self, CommandOutput, CommandSpec};
 
+mod launch;
 mod owner;
 mod supervise;
 mod tree;
@@ -222,9 +231,19 @@ pub struct Confined {
     bwrap: bool,
     /// The run's uid, given back to the pool when the run is settled or dropped.
     _uid: Option<UidLease>,
+    /// What the service's spawn does for a one-step launch ([`Sandbox::launch`]).
+    launch: Option<Arc<launch::Launch>>,
 }
 
 impl Confined {
+    /// The hook a one-step launch needs around its spawn: pass it to
+    /// [`process::run_hooked`] (`None` for a run [`Sandbox::wrap`]ped or contained).
+    pub fn hook(&self) -> Option<Arc<dyn process::SpawnHook>> {
+        self.launch
+            .as_ref()
+            .map(|launch| Arc::clone(launch) as Arc<dyn process::SpawnHook>)
+    }
+
     fn remove_cgroups(&mut self) {
         let mut dirs: Vec<PathBuf> = self.cgroups.drain(..).map(|c| c.dir).collect();
         dirs.dedup();
@@ -385,23 +404,11 @@ impl Sandbox {
             _ => None,
         };
         let mut confined = Confined {
-            cgroups: Vec::new(),
+            cgroups: self.run_cgroups(&run),
             bwrap: self.bwrap.is_some(),
             _uid: None,
+            launch: None,
         };
-        for parent in &self.cgroups {
-            let dir = parent.parent.join(&run);
-            match self.make_cgroup(parent, &dir) {
-                Ok(()) => confined.cgroups.push(RunCgroup {
-                    controller: parent.controller,
-                    dir,
-                    v2: parent.v2,
-                }),
-                Err(error) => {
-                    tracing::warn!(dir = %dir.display(), %error, "cannot make a run's cgroup");
-                }
-            }
-        }
         let mut outer = vec![SANDBOX_SUBCOMMAND.to_owned()];
         let mut joined: Vec<&PathBuf> = Vec::new();
         for cgroup in &confined.cgroups {
@@ -506,7 +513,106 @@ impl Sandbox {
             cgroups: Vec::new(),
             bwrap: true,
             _uid: None,
+            launch: None,
         })
+    }
+
+    /// The run's cgroups, made under each writable parent (one that cannot be made is said and
+    /// left out).
+    fn run_cgroups(&self, run: &str) -> Vec<RunCgroup> {
+        let mut cgroups = Vec::new();
+        for parent in &self.cgroups {
+            let dir = parent.parent.join(run);
+            match self.make_cgroup(parent, &dir) {
+                Ok(()) => cgroups.push(RunCgroup {
+                    controller: parent.controller,
+                    dir,
+                    v2: parent.v2,
+                }),
+                Err(error) => {
+                    tracing::warn!(dir = %dir.display(), %error, "cannot make a run's cgroup");
+                }
+            }
+        }
+        cgroups
+    }
+
+    /// Rewrites `spec` to run in the sandbox in one step: the service's spawn execs `bwrap`
+    /// itself, having joined the cgroups, lowered the limits and dropped to the run's uid in the
+    /// forked child; `bwrap` execs the Landlock shim (`sandbox-exec --write ...`), which execs
+    /// the command — directly, not through `sh -c`, when the line is plain words naming a
+    /// system program ([`plain_argv`]). Run the spec with [`process::run_hooked`] and
+    /// [`Confined::hook`]; give the answer back to [`Self::settle`] with the output. Same
+    /// guarantees as [`Self::wrap`], one exec fewer (two without Landlock's shim: none).
+    pub fn launch(&self, jail: &Jail, spec: &mut CommandSpec) -> Confined {
+        let run = uuid::Uuid::now_v7().to_string();
+        let lease = match (&self.bwrap, &self.uids) {
+            (Some(_), Some(pool)) => Some(pool.lease(&jail.cwd)),
+            _ => None,
+        };
+        let cgroups = self.run_cgroups(&run);
+        let mut line = self.launch_line(jail, spec);
+        let (own, share) = match &lease {
+            Some(_) => handed_dirs(jail),
+            None => (Vec::new(), Vec::new()),
+        };
+        let sources = match &lease {
+            Some(_) => supervise::staged_args(&line).map(|(staged, sources)| {
+                line = staged;
+                sources
+            }),
+            None => Ok(Vec::new()),
+        };
+        let mut joined: Vec<PathBuf> = cgroups.iter().map(|c| c.dir.clone()).collect();
+        joined.dedup();
+        let plan = launch::LaunchPlan {
+            cgroups: joined,
+            rlimits: self.rlimits(),
+            run_as: lease.as_ref().map(|lease| lease.run_as),
+            own,
+            share,
+            sources,
+            watch: jail.disk.clone(),
+            disk_bytes: self.limits.disk_bytes,
+        };
+        let mut line = line
+            .into_iter()
+            .map(|arg| arg.to_string_lossy().into_owned());
+        spec.program = line.next().unwrap_or_default();
+        spec.args = line.collect();
+        Confined {
+            cgroups,
+            bwrap: self.bwrap.is_some(),
+            _uid: lease,
+            launch: Some(Arc::new(launch::Launch::new(plan))),
+        }
+    }
+
+    /// The command line of a one-step launch: `bwrap ... --` (when it works here), the Landlock
+    /// shim (when the kernel enforces it), then the command.
+    fn launch_line(&self, jail: &Jail, spec: &mut CommandSpec) -> Vec<OsString> {
+        let mut line: Vec<String> = Vec::new();
+        if let Some(bwrap) = &self.bwrap {
+            line.push(bwrap.display().to_string());
+            line.extend(bwrap_args(jail, &self.exe, self.limits.tmp_bytes));
+            line.push("--".to_owned());
+        }
+        if self.landlock {
+            line.push(self.exe.display().to_string());
+            line.push(SANDBOX_SUBCOMMAND.to_owned());
+            for dir in &jail.writable {
+                line.extend(["--write".to_owned(), dir.display().to_string()]);
+            }
+            line.push("--".to_owned());
+        }
+        match plain_argv(spec) {
+            Some(argv) => line.extend(argv),
+            None => {
+                line.push(std::mem::take(&mut spec.program));
+                line.append(&mut spec.args);
+            }
+        }
+        line.into_iter().map(OsString::from).collect()
     }
 
     /// Makes (or, on v2 where one dir serves every controller, reuses) a run's cgroup and
@@ -558,6 +664,16 @@ impl Sandbox {
             None
         };
         confined.remove_cgroups();
+        if let Some((line, killed)) = confined.launch.as_ref().and_then(|l| l.disk_verdict()) {
+            // As the watching `sandbox-exec` ended such a run: killed, or failed if it ended
+            // by itself; the mark in its stderr names the limit.
+            if !killed {
+                output.exit_code = Some(supervise::DISK_EXIT);
+                output.signal = None;
+            }
+            output.stderr.text.push_str(&line);
+            output.stderr.text.push('\n');
+        }
         if output.success() {
             return None;
         }
@@ -658,6 +774,41 @@ fn counted(events: &str, key: &str) -> bool {
             .and_then(|n| n.trim().parse::<u64>().ok())
             .is_some_and(|n| n > 0)
     })
+}
+
+/// Shell builtins that also exist as programs but behave differently there (`echo`'s escapes,
+/// `pwd`'s logical path, `kill`'s jobs): such a line keeps its shell.
+const SHELL_FLAVOURED: [&str; 7] = ["echo", "printf", "pwd", "kill", "test", "[", "time"];
+
+/// The words of `sh -c LINE` when LINE needs no shell: plain words (letters, digits and
+/// `_./=:,+@-`) separated by single spaces, the first of them a program found on `PATH` in a
+/// system dir (bound into every jail) and not a shell-flavoured builtin. Anything else — quotes,
+/// variables, globs, redirections, `;`, a relative path (which `sh` runs as a script when it
+/// has no `#!`) — keeps `sh -c`.
+fn plain_argv(spec: &CommandSpec) -> Option<Vec<String>> {
+    let [dash_c, line] = spec.args.as_slice() else {
+        return None;
+    };
+    if spec.program != "sh" || dash_c != "-c" || line.is_empty() {
+        return None;
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_./=:,+@-".contains(c);
+    if !line.chars().all(|c| c == ' ' || plain(c)) {
+        return None;
+    }
+    let words: Vec<String> = line.split(' ').map(str::to_owned).collect();
+    if words.iter().any(String::is_empty) {
+        return None;
+    }
+    let first = words.first()?;
+    if first.contains(['/', '=']) || SHELL_FLAVOURED.contains(&first.as_str()) {
+        return None;
+    }
+    let found = find_program(first)?;
+    SYSTEM_DIRS
+        .iter()
+        .any(|dir| found.starts_with(dir))
+        .then_some(words)
 }
 
 /// The `bwrap` arguments (before `--`) of a jail.
@@ -1309,6 +1460,107 @@ mod tests {
         assert!(parse(["--own", "/x", "--", "true"].map(OsString::from).to_vec()).is_err());
         assert!(parse(["--user", "0:0", "--", "true"].map(OsString::from).to_vec()).is_err());
         assert!(parse(["--user", "5:5", "--", "true"].map(OsString::from).to_vec()).is_err());
+    }
+
+    #[test]
+    fn a_plain_line_runs_without_its_shell_and_anything_shell_keeps_it() {
+        let words = |line: &str| {
+            plain_argv(&CommandSpec::shell(
+                line,
+                PathBuf::from("/"),
+                Duration::from_secs(5),
+                64,
+            ))
+        };
+        if find_program("true").is_some_and(|p| SYSTEM_DIRS.iter().any(|d| p.starts_with(d))) {
+            assert_eq!(
+                words("true --x=1 a/b.txt"),
+                Some(vec![
+                    "true".to_owned(),
+                    "--x=1".to_owned(),
+                    "a/b.txt".to_owned()
+                ])
+            );
+        }
+        for shell in [
+            "true; rm -rf x",
+            "true && false",
+            "true > out",
+            "true $HOME",
+            "true *.rs",
+            "true 'a b'",
+            "true  two-spaces",
+            "true\ttab",
+            "A=1 true",
+            "./test.sh",
+            "echo hi",
+            "cd sub",
+            "no-such-program-anywhere x",
+            "",
+        ] {
+            assert_eq!(words(shell), None, "{shell:?}");
+        }
+        let mut not_shell =
+            CommandSpec::shell("true", PathBuf::from("/"), Duration::from_secs(5), 64);
+        not_shell.program = "bash".into();
+        assert_eq!(plain_argv(&not_shell), None);
+    }
+
+    #[test]
+    fn a_launch_execs_bwrap_then_the_landlock_shim_and_stages_the_binds_of_a_root_run() {
+        let mut sandbox = sandbox_with(Some("/usr/bin/bwrap"));
+        sandbox.landlock = true;
+        sandbox.uids = Some(UidPool::new(1_900_000_000, 16));
+        let root = tempfile::tempdir().unwrap();
+        let work = root.path().join("worktrees/t");
+        std::fs::create_dir_all(&work).unwrap();
+        let shown = work.display().to_string();
+        let jail = Jail {
+            cwd: work.clone(),
+            writable: vec![work.clone(), PathBuf::from("/dev")],
+            readable: Vec::new(),
+            network: false,
+            disk: vec![work.clone()],
+        };
+        let line = "make test; true";
+        let mut spec = CommandSpec::shell(line, work.clone(), Duration::from_secs(5), 64);
+        let confined = sandbox.launch(&jail, &mut spec);
+        assert_eq!(spec.program, "/usr/bin/bwrap", "no launcher before bwrap");
+        let args = spec.args.join(" ");
+        let (options, inner) = args.split_once(" -- ").unwrap();
+        assert_eq!(
+            inner,
+            format!("/usr/bin/glitchlab sandbox-exec --write {shown} --write /dev -- sh -c {line}")
+        );
+        assert!(
+            options.contains("--size 536870912 --tmpfs /tmp"),
+            "{options}"
+        );
+        assert!(
+            !options.contains(&format!("--bind {shown}"))
+                && options.contains(&format!(" {shown} ")),
+            "the worktree's bind is staged (its source under /tmp/N): {options}"
+        );
+        let launch = confined.launch.as_ref().unwrap();
+        assert!(confined.hook().is_some());
+        let uid = confined._uid.as_ref().map(|lease| lease.run_as);
+        assert!(uid.is_some());
+        assert_eq!(launch.run_as, uid);
+        assert_eq!(launch.own, vec![work.clone()]);
+        assert_eq!(launch.watch, jail.disk);
+        assert_eq!(launch.disk_bytes, 4_294_967_296);
+        assert!(
+            launch.rlimits.contains(&("nproc", 1024)),
+            "{:?}",
+            launch.rlimits
+        );
+        let sources = launch.sources.as_ref().unwrap();
+        assert!(sources.contains(&work), "{sources:?}");
+        // Without bubblewrap nor Landlock the command itself is what the service execs.
+        let mut plain = CommandSpec::shell(line, work.clone(), Duration::from_secs(5), 64);
+        let bare = sandbox_with(None).launch(&jail, &mut plain);
+        assert_eq!((plain.program.as_str(), plain.args.len()), ("sh", 2));
+        assert!(bare.launch.as_ref().is_some_and(|l| l.run_as.is_none()));
     }
 
     #[test]

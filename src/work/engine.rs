@@ -200,7 +200,7 @@ pub(crate) async fn run_shell(
     let confined = match &services.sandbox {
         Some(sandbox) => {
             let jail = jail(services, who.persona, who.task_id, &run.worktree, &temp_dir);
-            Some((sandbox, sandbox.wrap(&jail, &mut spec)))
+            Some((sandbox, sandbox.launch(&jail, &mut spec)))
         }
         None => None,
     };
@@ -241,9 +241,12 @@ pub(crate) async fn run_shell(
             };
             crate::work::fleet_run::run_remote(services, fleet, &whose, remote_run).await
         }
-        None => run_live(services, who, open.run.id, &spec)
-            .await
-            .map_err(StageError::from),
+        None => {
+            let hook = confined.as_ref().and_then(|(_, confined)| confined.hook());
+            run_live(services, who, open.run.id, &spec, hook)
+                .await
+                .map_err(StageError::from)
+        }
     };
     let mut output = match ran {
         Ok(output) => output,
@@ -290,6 +293,7 @@ async fn run_live(
     who: &RunIdentity,
     run_id: Uuid,
     spec: &CommandSpec,
+    hook: Option<std::sync::Arc<dyn process::SpawnHook>>,
 ) -> Result<process::CommandOutput, process::SpawnError> {
     let (tap, taps) = process::OutputTap::channel(live_output::TAP_CAPACITY);
     let live = &services.live_output;
@@ -311,7 +315,7 @@ async fn run_live(
             });
         },
     );
-    let (output, ()) = tokio::join!(process::run_tapped(spec, Some(tap)), forward);
+    let (output, ()) = tokio::join!(process::run_hooked(spec, Some(tap), hook), forward);
     output
 }
 

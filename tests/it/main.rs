@@ -39,6 +39,7 @@ mod pipeline;
 mod poison;
 mod recovery;
 mod remote;
+mod sandbox_launch;
 mod storage_full;
 mod store;
 mod stream;

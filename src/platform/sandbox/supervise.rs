@@ -27,18 +27,18 @@ const STAGE_DIR_C: &std::ffi::CStr = c"/tmp";
 pub(crate) const DISK_MARK: &str = "disk_bytes limit exceeded";
 
 /// Exit code of a run whose dirs were past `disk_bytes` when it ended by itself.
-const DISK_EXIT: i32 = 125;
+pub(super) const DISK_EXIT: i32 = 125;
 
 /// The shortest wait between two measurements of a run's dirs.
-const WATCH_INTERVAL_MIN: Duration = Duration::from_millis(200);
+pub(super) const WATCH_INTERVAL_MIN: Duration = Duration::from_millis(200);
 
 /// The longest wait between two measurements (the most a fast writer gets past the limit is
 /// what it writes in this long, each file capped by `RLIMIT_FSIZE`).
-const WATCH_INTERVAL_MAX: Duration = Duration::from_secs(5);
+pub(super) const WATCH_INTERVAL_MAX: Duration = Duration::from_secs(5);
 
 /// A measurement waits this many times its own duration before the next, so walking the
 /// run's dirs takes at most about 1/20 of a core.
-const WATCH_COST_RATIO: u32 = 20;
+pub(super) const WATCH_COST_RATIO: u32 = 20;
 
 /// How often the exit is looked for where a pidfd cannot be had.
 const EXIT_POLL: Duration = Duration::from_millis(20);
@@ -109,14 +109,14 @@ pub(crate) fn staged_args(command: &[OsString]) -> Result<(Vec<OsString>, Vec<Pa
 }
 
 /// One bind source, staged at `target`.
-struct Stage {
+pub(super) struct Stage {
     source: CString,
     target: CString,
     dir: bool,
 }
 
 /// The stages of `sources`, in order (prepared before the fork: the child only makes calls).
-fn stages(sources: &[PathBuf]) -> Result<Vec<Stage>, String> {
+pub(super) fn stages(sources: &[PathBuf]) -> Result<Vec<Stage>, String> {
     use std::os::unix::ffi::OsStrExt;
     let cstring = |bytes: &[u8]| CString::new(bytes).map_err(|e| e.to_string());
     sources
@@ -169,7 +169,7 @@ fn check(done: libc::c_int) -> std::io::Result<()> {
 /// In the child, as root: a private mount namespace with every source bound under the staging
 /// tmpfs, reached through a descriptor opened in that namespace before the tmpfs hides it.
 /// System calls only (after `fork`; `fds` has room for every stage).
-fn stage(stages: &[Stage], fds: &mut Vec<libc::c_int>) -> std::io::Result<()> {
+pub(super) fn stage(stages: &[Stage], fds: &mut Vec<libc::c_int>) -> std::io::Result<()> {
     let none = std::ptr::null::<libc::c_char>();
     // SAFETY: each call reads NUL-terminated strings that outlive it, or null pointers where
     // the call takes none.
@@ -222,6 +222,24 @@ fn stage(stages: &[Stage], fds: &mut Vec<libc::c_int>) -> std::io::Result<()> {
 /// only (after `fork`).
 fn drop_to(run_as: RunAs, watcher: libc::pid_t) -> std::io::Result<()> {
     let refused = || std::io::Error::from_raw_os_error(libc::EPERM);
+    drop_root(run_as)?;
+    // SAFETY: prctl and getppid on the calling (only) thread.
+    unsafe {
+        // Dies with its watcher (set after the uid change, which clears it; `bwrap` is no
+        // set-id binary, so the exec keeps it).
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+        if libc::getppid() != watcher {
+            return Err(refused());
+        }
+    }
+    Ok(())
+}
+
+/// In the child: drops root for `run_as` — no supplementary groups, then the gid, then the uid,
+/// each checked, and root cannot be had back — and sets the umask that keeps new dirs writable
+/// by the runs' shared group (see `owner`). System calls only (after `fork`).
+pub(super) fn drop_root(run_as: RunAs) -> std::io::Result<()> {
+    let refused = || std::io::Error::from_raw_os_error(libc::EPERM);
     // SAFETY: credential calls on the calling (only) thread; setgroups reads no list (0).
     unsafe {
         check(libc::setgroups(0, std::ptr::null()))?;
@@ -235,14 +253,7 @@ fn drop_to(run_as: RunAs, watcher: libc::pid_t) -> std::io::Result<()> {
         {
             return Err(refused());
         }
-        // New dirs stay writable by the runs' shared group (see `owner`).
         libc::umask(0o002);
-        // Dies with its watcher (set after the uid change, which clears it; `bwrap` is no
-        // set-id binary, so the exec keeps it).
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
-        if libc::getppid() != watcher {
-            return Err(refused());
-        }
     }
     Ok(())
 }
@@ -289,15 +300,15 @@ pub(crate) fn run(supervised: Supervised) -> Result<i32, String> {
 }
 
 /// The run's dirs and their limit.
-struct Watch {
-    dirs: Vec<PathBuf>,
-    limit: u64,
+pub(super) struct Watch {
+    pub(super) dirs: Vec<PathBuf>,
+    pub(super) limit: u64,
 }
 
 impl Watch {
     /// The bytes in the dirs when past the limit (too many entries to count is past it too),
     /// and how long measuring took. An unreadable dir is skipped this time.
-    fn over(&self) -> (Option<String>, Duration) {
+    pub(super) fn over(&self) -> (Option<String>, Duration) {
         let started = Instant::now();
         let mut bytes: u64 = 0;
         for dir in &self.dirs {
@@ -314,13 +325,18 @@ impl Watch {
     }
 
     fn report(&self, used: &str, killed: bool) {
+        eprintln!("{}", self.message(used, killed));
+    }
+
+    /// The line that says the run passed the limit (read back by `Sandbox::settle`).
+    pub(super) fn message(&self, used: &str, killed: bool) -> String {
         let dirs: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
-        eprintln!(
+        format!(
             "glitchlab sandbox: {DISK_MARK} ({used} in {}, limit {}){}",
             dirs.join(", "),
             self.limit,
             if killed { "; the run was killed" } else { "" }
-        );
+        )
     }
 }
 
@@ -361,13 +377,13 @@ fn watch_until_exit(child: &mut Child, watch: &Watch) -> Result<i32, String> {
 }
 
 /// A descriptor that becomes readable when `pid` exits (`None` on kernels before 5.3).
-fn open_pidfd(pid: libc::pid_t) -> Option<libc::c_int> {
+pub(super) fn open_pidfd(pid: libc::pid_t) -> Option<libc::c_int> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     libc::c_int::try_from(fd).ok().filter(|fd| *fd >= 0)
 }
 
-fn close_pidfd(pidfd: Option<libc::c_int>) {
+pub(super) fn close_pidfd(pidfd: Option<libc::c_int>) {
     if let Some(fd) = pidfd {
         // SAFETY: the descriptor is ours and closed once.
         unsafe { libc::close(fd) };

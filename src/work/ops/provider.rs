@@ -182,15 +182,25 @@ impl ProviderContext {
     /// [`Lifetime::Contained`] and bubblewrap works, its own PID namespace.
     async fn run_governed(
         &self,
+        spec: CommandSpec,
+        lifetime: Lifetime,
+    ) -> Result<CommandOutput, OpsError> {
+        self.run_governed_hooked(spec, lifetime, None).await
+    }
+
+    /// [`Self::run_governed`] with a sandbox launch's hook around the spawn.
+    async fn run_governed_hooked(
+        &self,
         mut spec: CommandSpec,
         lifetime: Lifetime,
+        hook: Option<std::sync::Arc<dyn process::SpawnHook>>,
     ) -> Result<CommandOutput, OpsError> {
         spec.env_clear = true;
         let contained = match (&self.contain, lifetime) {
             (Some(sandbox), Lifetime::Contained) => sandbox.contain(&mut spec),
             _ => None,
         };
-        let mut output = process::run(&spec)
+        let mut output = process::run_hooked(&spec, None, hook)
             .await
             .map_err(|e| OpsError::Provider(e.to_string()))?;
         if let (Some(sandbox), Some(contained)) = (&self.contain, contained) {
@@ -241,12 +251,14 @@ impl ProviderContext {
             // Ops commands write where their app needs to: no disk budget of their own.
             disk: Vec::new(),
         };
-        let confined = confine.sandbox.wrap(&jail, &mut spec);
+        let confined = confine.sandbox.launch(&jail, &mut spec);
         if let Some(temp) = confine.writable.first() {
             spec.env.push(("TMPDIR".into(), temp.display().to_string()));
         }
         // The jail has a PID namespace of its own already (where bubblewrap works).
-        let mut output = self.run_governed(spec, Lifetime::MayOutlive).await?;
+        let mut output = self
+            .run_governed_hooked(spec, Lifetime::MayOutlive, confined.hook())
+            .await?;
         confine.sandbox.settle(confined, &mut output);
         Ok(output)
     }
