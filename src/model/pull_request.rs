@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// Checks and reviews kept on the record (the newest first); more are counted, not kept.
-pub const PR_ITEMS_KEPT_MAX: usize = 50;
+pub(crate) const PR_ITEMS_KEPT_MAX: usize = 50;
 
 /// What a push or an API failure after the retry ladder does to the task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
@@ -73,7 +73,7 @@ impl PullRequestSpec {
 }
 
 /// `owner/name` split, when both are non-empty and made of GitHub's name characters.
-pub fn parse_owner_name(repo: &str) -> Option<(&str, &str)> {
+pub(crate) fn parse_owner_name(repo: &str) -> Option<(&str, &str)> {
     let (owner, name) = repo.split_once('/')?;
     let valid = |part: &str| {
         !part.is_empty()
@@ -86,7 +86,7 @@ pub fn parse_owner_name(repo: &str) -> Option<(&str, &str)> {
 }
 
 /// `owner/name` from an `https://host/owner/name(.git)` URL.
-pub fn owner_name_from_url(url: &str) -> Option<String> {
+pub(crate) fn owner_name_from_url(url: &str) -> Option<String> {
     let rest = url.strip_prefix("https://")?;
     let (_host, path) = rest.split_once('/')?;
     let path = path.trim_end_matches('/');
@@ -185,7 +185,7 @@ fn is_zero(value: &u32) -> bool {
 
 /// The hidden marker in a pull request's body that names its task: how a pull request opened
 /// before a crash is found again.
-pub fn marker(task_id: &str) -> String {
+pub(crate) fn marker(task_id: &str) -> String {
     format!("<!-- glitchlab:task={task_id} -->")
 }
 

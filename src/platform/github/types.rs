@@ -32,9 +32,6 @@ pub(crate) struct PullRequest {
 pub(crate) struct GitRef {
     /// The commit.
     pub sha: String,
-    /// The branch name.
-    #[serde(rename = "ref")]
-    pub name: String,
 }
 
 /// `GET …/commits/{ref}/check-runs`.
@@ -114,8 +111,6 @@ pub(crate) struct CommitStatus {
 /// A review (`pull-request-review`).
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct Review {
-    /// Its id.
-    pub id: u64,
     /// Who.
     pub user: Option<User>,
     /// `APPROVED`, `CHANGES_REQUESTED`, `COMMENTED`, `DISMISSED`, `PENDING`.
@@ -140,9 +135,6 @@ pub(crate) struct User {
 pub(crate) struct ReviewComment {
     /// Its id (replies name it).
     pub id: u64,
-    /// The review it belongs to.
-    #[serde(default)]
-    pub pull_request_review_id: Option<u64>,
     /// The commit it was made on.
     pub commit_id: String,
     /// The file.
@@ -155,8 +147,6 @@ pub(crate) struct ReviewComment {
     /// The comment it answers (a thread's first comment has none).
     #[serde(default)]
     pub in_reply_to_id: Option<u64>,
-    /// Who.
-    pub user: Option<User>,
 }
 
 /// `PUT …/pulls/{n}/merge` answered 200.
@@ -164,8 +154,6 @@ pub(crate) struct ReviewComment {
 pub(crate) struct MergeResult {
     /// The base's new commit.
     pub sha: String,
-    /// Whether it merged.
-    pub merged: bool,
 }
 
 /// `GET …/branches/{b}/protection/required_status_checks`.
