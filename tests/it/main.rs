@@ -20,6 +20,8 @@ mod containment;
 mod delivery;
 mod fleet;
 mod fleet_control;
+mod github;
+mod github_fake;
 mod governance;
 mod helpers;
 mod hostile;

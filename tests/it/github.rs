@@ -1,0 +1,369 @@
+//! `delivery: pull_request` against the fake GitHub (`github_fake`): real bare repositories as
+//! the remotes, scripted CI and reviewers, rate limits, outages, App tokens, crashes.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::github_fake::{Fake, Fault, ScriptedCheck, ScriptedReview, TOKEN};
+use crate::helpers::{with_config, Options, Service};
+use crate::remote::{remote, remote_git};
+
+/// The environment variable the services read the fake's token from.
+const TOKEN_ENV: &str = "GLITCHLAB_IT_GITHUB_TOKEN";
+const REPO: &str = "acme/widgets";
+
+fn set_token_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY (edition 2021: safe fn): set once, before any service of this suite reads it.
+    ONCE.call_once(|| std::env::set_var(TOKEN_ENV, TOKEN));
+}
+
+/// `[github]` pointed at the fake, with short waits.
+fn github_config(fake: &Fake, extra: &str) -> String {
+    format!(
+        "[github]\napi_url = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\npoll_ms = 100\n\
+         write_spacing_ms = 10\nsecondary_wait_min_secs = 1\nchecks_deadline_secs = 20\n\
+         no_checks_wait_secs = 1\nretries_max = 4\nrequest_timeout_secs = 5\n{extra}",
+        fake.url
+    )
+}
+
+/// A pull-request task on `url` whose patch engine writes a new `f.txt` each attempt and keeps
+/// every prompt it was given in `<root>/prompts.txt`.
+fn pr_task(root: &Path, url: &str, pull_request: Value) -> Value {
+    let prompts = root.join("prompts.txt");
+    json!({
+        "title": "Add f",
+        "description": "Write f.txt.",
+        "repo": url,
+        "verify": "test -f f.txt",
+        "max_attempts": 3,
+        "engines": {"patch": {"kind": "shell", "command": format!(
+            "cat \"$GLITCHLAB_PROMPT_FILE\" >> {}; date +%s%N > f.txt", prompts.display())}},
+        "delivery": "pull_request",
+        "pull_request": pull_request,
+    })
+}
+
+struct Setup {
+    root: tempfile::TempDir,
+    bare: std::path::PathBuf,
+    url: String,
+    fake: Fake,
+}
+
+async fn setup() -> Setup {
+    set_token_env();
+    let root = tempfile::tempdir().unwrap();
+    let (bare, url) = remote(root.path());
+    let fake = Fake::start(&[(REPO, &bare)]).await;
+    Setup {
+        root,
+        bare,
+        url,
+        fake,
+    }
+}
+
+async fn run_task(setup: &Setup, extra_config: &str, pull_request: Value) -> Value {
+    let config = github_config(&setup.fake, extra_config);
+    let service = Service::start_in_process(setup.root.path(), with_config(&config)).await;
+    let body = pr_task(setup.root.path(), &setup.url, pull_request);
+    let (status, task) = service.post("/v1/tasks", &body).await;
+    assert_eq!(status, 201, "{task:#}");
+    let id = task["id"].as_str().unwrap().to_owned();
+    service
+        .wait_finished_within(&id, Duration::from_secs(120))
+        .await
+}
+
+fn merges(fake: &Fake) -> Vec<Value> {
+    fake.log()
+        .into_iter()
+        .filter(|e| e.method == "put" && e.template.ends_with("/merge"))
+        .map(|e| json!({"status": e.status, "request": e.request, "response": e.response}))
+        .collect()
+}
+
+/// Push → one PR (with the task's marker) → the required check green → merged with `sha` = the
+/// verified head → the base holds the squash; the task shows its `pull_request`.
+#[tokio::test]
+async fn a_pull_request_is_opened_once_checked_and_merged_with_its_head_sha() {
+    let setup = setup().await;
+    let seed_main = remote_git(&setup.bare, &["rev-parse", "main"]);
+    let done = run_task(&setup, "", json!({"repo": REPO})).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let pulls = setup.fake.pulls();
+    assert_eq!(pulls.len(), 1, "{pulls:#?}");
+    let id = done["id"].as_str().unwrap();
+    assert!(pulls[0].body.contains(&format!("<!-- glitchlab:task={id} -->")));
+    assert_eq!(pulls[0].head, format!("glitchlab/{id}"));
+    let pr = &done["pull_request"];
+    assert_eq!(pr["number"], 1, "{done:#}");
+    assert_eq!(pr["state"], "merged");
+    assert_eq!(pr["url"], format!("https://github.com/{REPO}/pull/1"));
+    assert_eq!(pr["checks"][0]["name"], "ci");
+    assert_eq!(pr["checks"][0]["conclusion"], "success");
+    let merges = merges(&setup.fake);
+    assert_eq!(merges.len(), 1, "{merges:#?}");
+    assert_eq!(merges[0]["request"]["sha"], pr["head_sha"]);
+    assert_eq!(merges[0]["request"]["merge_method"], "squash");
+    let main = remote_git(&setup.bare, &["rev-parse", "main"]);
+    assert_eq!(done["commit"], main.as_str());
+    assert_eq!(pr["merged_sha"], main.as_str());
+    assert_eq!(
+        remote_git(&setup.bare, &["rev-parse", "main^"]),
+        seed_main,
+        "one squashed commit on the base"
+    );
+    let head_tree = remote_git(
+        &setup.bare,
+        &["rev-parse", &format!("{}^{{tree}}", pr["head_sha"].as_str().unwrap())],
+    );
+    assert_eq!(remote_git(&setup.bare, &["rev-parse", "main^{tree}"]), head_tree);
+}
+
+/// Red CI: the failing check's summary and annotation reach Patch as feedback, the second
+/// attempt pushes the same branch (same PR), goes green and is merged.
+#[tokio::test]
+async fn red_checks_are_feedback_and_the_second_attempt_merges() {
+    let setup = setup().await;
+    setup.fake.with(|s| {
+        s.ci = Arc::new(|nth| {
+            if nth == 0 {
+                vec![ScriptedCheck {
+                    summary: "3 tests failed in widgets::spin".into(),
+                    annotations: vec![("src/spin.rs".into(), 7, "assertion failed: spun".into())],
+                    ..ScriptedCheck::run("ci", "failure")
+                }]
+            } else {
+                vec![ScriptedCheck::run("ci", "success")]
+            }
+        })
+    });
+    let done = run_task(&setup, "", json!({"repo": REPO})).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    assert_eq!(done["attempts"], 2, "{done:#}");
+    assert_eq!(done["failures"][0]["error"]["code"], "CHECKS_FAILED");
+    let prompts = std::fs::read_to_string(setup.root.path().join("prompts.txt")).unwrap();
+    assert!(prompts.contains("3 tests failed in widgets::spin"), "{prompts}");
+    assert!(prompts.contains("src/spin.rs:7"), "{prompts}");
+    let pulls = setup.fake.pulls();
+    assert_eq!(pulls.len(), 1, "one PR across attempts");
+    assert_eq!(pulls[0].heads.len(), 2, "{pulls:#?}");
+    assert!(pulls[0].merged);
+}
+
+/// `cancelled` and `action_required` are not green: each goes back as feedback.
+#[tokio::test]
+async fn cancelled_and_action_required_are_not_green() {
+    let setup = setup().await;
+    setup.fake.with(|s| {
+        s.ci = Arc::new(|nth| match nth {
+            0 => vec![ScriptedCheck::run("ci", "cancelled")],
+            1 => vec![ScriptedCheck::run("ci", "action_required")],
+            _ => vec![ScriptedCheck::run("ci", "success")],
+        })
+    });
+    let done = run_task(&setup, "", json!({"repo": REPO})).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let codes: Vec<&str> = done["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["error"]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["CHECKS_FAILED", "CHECKS_FAILED"], "{done:#}");
+    let messages = done["failures"].to_string();
+    assert!(messages.contains("cancelled") && messages.contains("action_required"), "{messages}");
+    assert_eq!(setup.fake.pulls()[0].heads.len(), 3);
+}
+
+/// No required checks and no check at all: `pass` merges at once, `fail` ends
+/// `CHECKS_STALLED`, `wait_secs` merges after the wait.
+#[tokio::test]
+async fn no_checks_policies() {
+    for (policy, status) in [("pass", "done"), ("fail", "failed"), ("wait_secs", "done")] {
+        let setup = setup().await;
+        setup.fake.with(|s| {
+            s.required_checks = None;
+            s.ci = Arc::new(|_| Vec::new());
+        });
+        let done = run_task(&setup, "", json!({"repo": REPO, "no_checks": policy})).await;
+        assert_eq!(done["status"], status, "{policy}: {done:#}");
+        if status == "failed" {
+            assert_eq!(done["error"]["code"], "CHECKS_STALLED", "{done:#}");
+            assert!(setup.fake.pulls()[0].state == "open");
+        } else {
+            assert!(setup.fake.pulls()[0].merged, "{policy}");
+        }
+    }
+}
+
+/// A required check that never reports ends the wait `CHECKS_STALLED`, naming it.
+#[tokio::test]
+async fn a_check_that_never_reports_stalls() {
+    let setup = setup().await;
+    setup.fake.with(|s| {
+        s.required_checks = Some(vec!["ci".into(), "e2e".into()]);
+        s.ci = Arc::new(|_| {
+            vec![
+                ScriptedCheck::run("ci", "success"),
+                ScriptedCheck {
+                    conclusion: None,
+                    ..ScriptedCheck::run("e2e", "success")
+                },
+            ]
+        })
+    });
+    let done = run_task(&setup, "checks_deadline_secs = 2\n", json!({"repo": REPO})).await;
+    assert_eq!(done["status"], "failed", "{done:#}");
+    assert_eq!(done["error"]["code"], "CHECKS_STALLED");
+    let message = done["error"]["message"].as_str().unwrap();
+    assert!(message.contains("e2e") && !message.contains("ci,"), "{message}");
+    assert!(merges(&setup.fake).is_empty());
+}
+
+/// `CHANGES_REQUESTED` with two comments → one feedback round → the fix is pushed, glitchlab
+/// replies on both threads once → the required approval → merged.
+#[tokio::test]
+async fn requested_changes_are_one_feedback_round_then_approval_merges() {
+    let setup = setup().await;
+    setup.fake.with(|s| {
+        s.required_approvals = Some(1);
+        s.reviewer = Arc::new(|nth| {
+            Some(if nth == 0 {
+                ScriptedReview {
+                    state: "CHANGES_REQUESTED".into(),
+                    body: "Please rename things.".into(),
+                    comments: vec![
+                        ("f.txt".into(), 1, "call it greeting".into()),
+                        ("f.txt".into(), 2, "add a newline".into()),
+                    ],
+                }
+            } else {
+                ScriptedReview {
+                    state: "APPROVED".into(),
+                    body: "Thanks".into(),
+                    comments: Vec::new(),
+                }
+            })
+        });
+    });
+    let done = run_task(&setup, "", json!({"repo": REPO})).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    assert_eq!(done["failures"][0]["error"]["code"], "CHANGES_REQUESTED");
+    let prompts = std::fs::read_to_string(setup.root.path().join("prompts.txt")).unwrap();
+    for text in ["Please rename things.", "call it greeting", "f.txt:2: add a newline"] {
+        assert!(prompts.contains(text), "{text}: {prompts}");
+    }
+    let replies: Vec<_> = setup
+        .fake
+        .with(|s| s.comments.clone())
+        .into_iter()
+        .filter(|c| c.in_reply_to.is_some())
+        .collect();
+    assert_eq!(replies.len(), 2, "{replies:#?}");
+    assert!(setup.fake.pulls()[0].merged);
+}
+
+/// The head moves under the merge (a human's push): 409 → the new head's checks are awaited →
+/// merged with the new head's sha.
+#[tokio::test]
+async fn a_head_moved_under_the_merge_is_verified_again() {
+    let setup = setup().await;
+    setup.fake.with(|s| s.move_head_on_merge = true);
+    let done = run_task(&setup, "", json!({"repo": REPO})).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let merges = merges(&setup.fake);
+    assert_eq!(merges.len(), 2, "{merges:#?}");
+    assert_eq!(merges[0]["status"], 409);
+    assert_eq!(merges[1]["status"], 200);
+    let pulls = setup.fake.pulls();
+    assert_eq!(pulls[0].heads.len(), 2, "CI ran on the moved head");
+    assert_eq!(merges[1]["request"]["sha"], pulls[0].heads[1].as_str());
+    assert_eq!(done["pull_request"]["head_moves"], 1);
+}
+
+/// A storm of secondary limits (with and without `retry-after`) and a 429 on the writes: one
+/// PR, one merge, and the waits the ladder asks for (the floor is 1 s here).
+#[tokio::test]
+async fn a_rate_limit_storm_makes_no_duplicate() {
+    let setup = setup().await;
+    setup.fake.with(|s| {
+        s.write_faults = [Fault::SecondaryRetryAfter(1), Fault::Secondary, Fault::TooMany]
+            .into_iter()
+            .collect()
+    });
+    let started = std::time::Instant::now();
+    let done = run_task(&setup, "", json!({"repo": REPO})).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    assert_eq!(setup.fake.pulls().len(), 1);
+    let log = setup.fake.log();
+    let creates = log.iter().filter(|e| e.method == "post" && e.status == 201).count();
+    assert_eq!(creates, 1);
+    assert_eq!(merges(&setup.fake).iter().filter(|m| m["status"] == 200).count(), 1);
+    // retry-after 1 s, then 1 s (floor), then 2 s (doubled): at least 4 s.
+    assert!(started.elapsed() >= Duration::from_secs(4), "{:?}", started.elapsed());
+}
+
+/// A forge outage: `fail_fast` fails `DELIVERY_FAILED` naming the step; `best_effort` ends with
+/// the branch pushed, `delivered: branch_only` and `delivery_error`.
+#[tokio::test]
+async fn an_outage_under_fail_fast_and_best_effort() {
+    for mode in ["fail_fast", "best_effort"] {
+        let setup = setup().await;
+        setup.fake.with(|s| s.outage = true);
+        let done = run_task(&setup, "retries_max = 1\n", json!({"repo": REPO, "mode": mode})).await;
+        let id = done["id"].as_str().unwrap();
+        let pushed = remote_git(&setup.bare, &["for-each-ref", &format!("refs/heads/glitchlab/{id}")]);
+        assert!(!pushed.is_empty(), "{mode}: the branch is pushed");
+        if mode == "fail_fast" {
+            assert_eq!(done["status"], "failed", "{done:#}");
+            assert_eq!(done["error"]["code"], "DELIVERY_FAILED");
+            let message = done["error"]["message"].as_str().unwrap();
+            assert!(message.contains("find the pull request"), "{message}");
+        } else {
+            assert_eq!(done["status"], "done", "{done:#}");
+            assert_eq!(done["delivered"], "branch_only");
+            assert_eq!(done["delivery_error"]["code"], "DELIVERY_FAILED");
+        }
+    }
+}
+
+/// `kill -9` after GitHub opened the PR but before glitchlab recorded it: the restarted service
+/// finds it by head and marker — one PR, merged.
+#[tokio::test]
+async fn a_kill_between_creating_the_pr_and_recording_it_makes_one_pr() {
+    let setup = setup().await;
+    let (created, mut told) = tokio::sync::mpsc::unbounded_channel();
+    setup.fake.with(|s| {
+        s.slow_create = Some(Duration::from_secs(30));
+        s.created = Some(created);
+    });
+    let options = Options {
+        env: vec![(TOKEN_ENV.into(), TOKEN.into())],
+        ..with_config(&github_config(&setup.fake, ""))
+    };
+    let mut service = Service::start_with(setup.root.path(), options.clone()).await;
+    let body = pr_task(setup.root.path(), &setup.url, json!({"repo": REPO}));
+    let id = service.submit(&body).await["id"].as_str().unwrap().to_owned();
+    tokio::time::timeout(Duration::from_secs(120), told.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    service.kill_9();
+    let (_, task) = {
+        let again = Service::start_with(setup.root.path(), options).await;
+        let done = again
+            .wait_finished_within(&id, Duration::from_secs(120))
+            .await;
+        (again, done)
+    };
+    assert_eq!(task["status"], "done", "{task:#}");
+    assert_eq!(setup.fake.pulls().len(), 1, "no second PR");
+    assert!(setup.fake.pulls()[0].merged);
+}
