@@ -21,14 +21,28 @@ fn set_token_env() {
     ONCE.call_once(|| std::env::set_var(TOKEN_ENV, TOKEN));
 }
 
-/// `[github]` pointed at the fake, with short waits.
+/// `[github]` pointed at the fake, with short waits; `extra` lines (`key = value`) replace the
+/// defaults of the same key.
 fn github_config(fake: &Fake, extra: &str) -> String {
-    format!(
-        "[github]\napi_url = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\npoll_ms = 100\n\
-         write_spacing_ms = 10\nsecondary_wait_min_secs = 1\nchecks_deadline_secs = 20\n\
-         no_checks_wait_secs = 1\nretries_max = 4\nrequest_timeout_secs = 5\n{extra}",
-        fake.url
-    )
+    let defaults = [
+        format!("api_url = \"{}\"", fake.url),
+        format!("token_env = \"{TOKEN_ENV}\""),
+        "poll_ms = 100".into(),
+        "write_spacing_ms = 10".into(),
+        "secondary_wait_min_secs = 1".into(),
+        "checks_deadline_secs = 20".into(),
+        "no_checks_wait_secs = 1".into(),
+        "retries_max = 4".into(),
+        "request_timeout_secs = 5".into(),
+    ];
+    let key = |line: &str| line.split('=').next().unwrap_or_default().trim().to_owned();
+    let overridden: Vec<String> = extra.lines().map(key).collect();
+    let mut lines: Vec<String> = defaults
+        .into_iter()
+        .filter(|line| !overridden.contains(&key(line)))
+        .collect();
+    lines.extend(extra.lines().map(str::to_owned));
+    format!("[github]\n{}\n", lines.join("\n"))
 }
 
 /// A pull-request task on `url` whose patch engine writes a new `f.txt` each attempt and keeps
