@@ -13,12 +13,18 @@ use crate::remote::{remote, remote_git};
 
 /// The environment variable the services read the fake's token from.
 const TOKEN_ENV: &str = "GLITCHLAB_IT_GITHUB_TOKEN";
+/// The environment variable holding the webhook secret.
+const WEBHOOK_SECRET_ENV: &str = "GLITCHLAB_IT_GITHUB_WEBHOOK_SECRET";
+const WEBHOOK_SECRET: &str = "whsec-it-0123456789";
 const REPO: &str = "acme/widgets";
 
 fn set_token_env() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    // SAFETY (edition 2021: safe fn): set once, before any service of this suite reads it.
-    ONCE.call_once(|| std::env::set_var(TOKEN_ENV, TOKEN));
+    // Set once, before any service of this suite reads them (they never change after).
+    ONCE.call_once(|| {
+        std::env::set_var(TOKEN_ENV, TOKEN);
+        std::env::set_var(WEBHOOK_SECRET_ENV, WEBHOOK_SECRET);
+    });
 }
 
 /// `[github]` pointed at the fake, with short waits; `extra` lines (`key = value`) replace the
@@ -27,6 +33,7 @@ fn github_config(fake: &Fake, extra: &str) -> String {
     let defaults = [
         format!("api_url = \"{}\"", fake.url),
         format!("token_env = \"{TOKEN_ENV}\""),
+        format!("webhook_secret_env = \"{WEBHOOK_SECRET_ENV}\""),
         "poll_ms = 100".into(),
         "write_spacing_ms = 10".into(),
         "secondary_wait_min_secs = 1".into(),
@@ -37,9 +44,12 @@ fn github_config(fake: &Fake, extra: &str) -> String {
     ];
     let key = |line: &str| line.split('=').next().unwrap_or_default().trim().to_owned();
     let overridden: Vec<String> = extra.lines().map(key).collect();
+    // An App replaces the token.
+    let app = extra.contains("app_id");
     let mut lines: Vec<String> = defaults
         .into_iter()
         .filter(|line| !overridden.contains(&key(line)))
+        .filter(|line| !(app && key(line) == "token_env"))
         .collect();
     lines.extend(extra.lines().map(str::to_owned));
     format!("[github]\n{}\n", lines.join("\n"))
@@ -89,9 +99,11 @@ async fn run_task(setup: &Setup, extra_config: &str, pull_request: Value) -> Val
     let (status, task) = service.post("/v1/tasks", &body).await;
     assert_eq!(status, 201, "{task:#}");
     let id = task["id"].as_str().unwrap().to_owned();
-    service
+    let done = service
         .wait_finished_within(&id, Duration::from_secs(120))
-        .await
+        .await;
+    crate::github_contract::check(&setup.fake.log());
+    done
 }
 
 fn merges(fake: &Fake) -> Vec<Value> {
@@ -113,7 +125,9 @@ async fn a_pull_request_is_opened_once_checked_and_merged_with_its_head_sha() {
     let pulls = setup.fake.pulls();
     assert_eq!(pulls.len(), 1, "{pulls:#?}");
     let id = done["id"].as_str().unwrap();
-    assert!(pulls[0].body.contains(&format!("<!-- glitchlab:task={id} -->")));
+    assert!(pulls[0]
+        .body
+        .contains(&format!("<!-- glitchlab:task={id} -->")));
     assert_eq!(pulls[0].head, format!("glitchlab/{id}"));
     let pr = &done["pull_request"];
     assert_eq!(pr["number"], 1, "{done:#}");
@@ -135,9 +149,15 @@ async fn a_pull_request_is_opened_once_checked_and_merged_with_its_head_sha() {
     );
     let head_tree = remote_git(
         &setup.bare,
-        &["rev-parse", &format!("{}^{{tree}}", pr["head_sha"].as_str().unwrap())],
+        &[
+            "rev-parse",
+            &format!("{}^{{tree}}", pr["head_sha"].as_str().unwrap()),
+        ],
     );
-    assert_eq!(remote_git(&setup.bare, &["rev-parse", "main^{tree}"]), head_tree);
+    assert_eq!(
+        remote_git(&setup.bare, &["rev-parse", "main^{tree}"]),
+        head_tree
+    );
 }
 
 /// Red CI: the failing check's summary and annotation reach Patch as feedback, the second
@@ -163,7 +183,10 @@ async fn red_checks_are_feedback_and_the_second_attempt_merges() {
     assert_eq!(done["attempts"], 2, "{done:#}");
     assert_eq!(done["failures"][0]["error"]["code"], "CHECKS_FAILED");
     let prompts = std::fs::read_to_string(setup.root.path().join("prompts.txt")).unwrap();
-    assert!(prompts.contains("3 tests failed in widgets::spin"), "{prompts}");
+    assert!(
+        prompts.contains("3 tests failed in widgets::spin"),
+        "{prompts}"
+    );
     assert!(prompts.contains("src/spin.rs:7"), "{prompts}");
     let pulls = setup.fake.pulls();
     assert_eq!(pulls.len(), 1, "one PR across attempts");
@@ -192,7 +215,10 @@ async fn cancelled_and_action_required_are_not_green() {
         .collect();
     assert_eq!(codes, ["CHECKS_FAILED", "CHECKS_FAILED"], "{done:#}");
     let messages = done["failures"].to_string();
-    assert!(messages.contains("cancelled") && messages.contains("action_required"), "{messages}");
+    assert!(
+        messages.contains("cancelled") && messages.contains("action_required"),
+        "{messages}"
+    );
     assert_eq!(setup.fake.pulls()[0].heads.len(), 3);
 }
 
@@ -237,7 +263,10 @@ async fn a_check_that_never_reports_stalls() {
     assert_eq!(done["status"], "failed", "{done:#}");
     assert_eq!(done["error"]["code"], "CHECKS_STALLED");
     let message = done["error"]["message"].as_str().unwrap();
-    assert!(message.contains("e2e") && !message.contains("ci,"), "{message}");
+    assert!(
+        message.contains("e2e") && !message.contains("ci,"),
+        "{message}"
+    );
     assert!(merges(&setup.fake).is_empty());
 }
 
@@ -271,7 +300,11 @@ async fn requested_changes_are_one_feedback_round_then_approval_merges() {
     assert_eq!(done["status"], "done", "{done:#}");
     assert_eq!(done["failures"][0]["error"]["code"], "CHANGES_REQUESTED");
     let prompts = std::fs::read_to_string(setup.root.path().join("prompts.txt")).unwrap();
-    for text in ["Please rename things.", "call it greeting", "f.txt:2: add a newline"] {
+    for text in [
+        "Please rename things.",
+        "call it greeting",
+        "f.txt:2: add a newline",
+    ] {
         assert!(prompts.contains(text), "{text}: {prompts}");
     }
     let replies: Vec<_> = setup
@@ -302,26 +335,46 @@ async fn a_head_moved_under_the_merge_is_verified_again() {
     assert_eq!(done["pull_request"]["head_moves"], 1);
 }
 
-/// A storm of secondary limits (with and without `retry-after`) and a 429 on the writes: one
-/// PR, one merge, and the waits the ladder asks for (the floor is 1 s here).
+/// A storm on the writes — a 502, secondary limits with and without `retry-after`, a 429: one
+/// PR, one merge, and the waits the ladder asks for (the floor is 1 s here; the exact ladder on
+/// a paused clock is `platform::github::ladder`'s unit test).
 #[tokio::test]
 async fn a_rate_limit_storm_makes_no_duplicate() {
     let setup = setup().await;
     setup.fake.with(|s| {
-        s.write_faults = [Fault::SecondaryRetryAfter(1), Fault::Secondary, Fault::TooMany]
-            .into_iter()
-            .collect()
+        s.write_faults = [
+            Fault::BadGateway,
+            Fault::SecondaryRetryAfter(1),
+            Fault::Secondary,
+            Fault::TooMany,
+        ]
+        .into_iter()
+        .collect()
     });
     let started = std::time::Instant::now();
     let done = run_task(&setup, "", json!({"repo": REPO})).await;
     assert_eq!(done["status"], "done", "{done:#}");
     assert_eq!(setup.fake.pulls().len(), 1);
     let log = setup.fake.log();
-    let creates = log.iter().filter(|e| e.method == "post" && e.status == 201).count();
+    let creates = log
+        .iter()
+        .filter(|e| e.method == "post" && e.status == 201)
+        .count();
     assert_eq!(creates, 1);
-    assert_eq!(merges(&setup.fake).iter().filter(|m| m["status"] == 200).count(), 1);
-    // retry-after 1 s, then 1 s (floor), then 2 s (doubled): at least 4 s.
-    assert!(started.elapsed() >= Duration::from_secs(4), "{:?}", started.elapsed());
+    assert_eq!(
+        merges(&setup.fake)
+            .iter()
+            .filter(|m| m["status"] == 200)
+            .count(),
+        1
+    );
+    // 502: 1 s; retry-after: 1 s; no header: the floor doubled once (2 s); 429: doubled
+    // again (4 s): at least 8 s.
+    assert!(
+        started.elapsed() >= Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// A forge outage: `fail_fast` fails `DELIVERY_FAILED` naming the step; `best_effort` ends with
@@ -331,9 +384,17 @@ async fn an_outage_under_fail_fast_and_best_effort() {
     for mode in ["fail_fast", "best_effort"] {
         let setup = setup().await;
         setup.fake.with(|s| s.outage = true);
-        let done = run_task(&setup, "retries_max = 1\n", json!({"repo": REPO, "mode": mode})).await;
+        let done = run_task(
+            &setup,
+            "retries_max = 1\n",
+            json!({"repo": REPO, "mode": mode}),
+        )
+        .await;
         let id = done["id"].as_str().unwrap();
-        let pushed = remote_git(&setup.bare, &["for-each-ref", &format!("refs/heads/glitchlab/{id}")]);
+        let pushed = remote_git(
+            &setup.bare,
+            &["for-each-ref", &format!("refs/heads/glitchlab/{id}")],
+        );
         assert!(!pushed.is_empty(), "{mode}: the branch is pushed");
         if mode == "fail_fast" {
             assert_eq!(done["status"], "failed", "{done:#}");
@@ -364,7 +425,10 @@ async fn a_kill_between_creating_the_pr_and_recording_it_makes_one_pr() {
     };
     let mut service = Service::start_with(setup.root.path(), options.clone()).await;
     let body = pr_task(setup.root.path(), &setup.url, json!({"repo": REPO}));
-    let id = service.submit(&body).await["id"].as_str().unwrap().to_owned();
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     tokio::time::timeout(Duration::from_secs(120), told.recv())
         .await
         .unwrap()
@@ -378,6 +442,131 @@ async fn a_kill_between_creating_the_pr_and_recording_it_makes_one_pr() {
         (again, done)
     };
     assert_eq!(task["status"], "done", "{task:#}");
+    crate::github_contract::check(&setup.fake.log());
     assert_eq!(setup.fake.pulls().len(), 1, "no second PR");
     assert!(setup.fake.pulls()[0].merged);
+}
+
+/// A GitHub App: the JWT (RS256, checked by the fake with the key's public half) buys an
+/// installation token; tokens that expire mid-task are renewed before they do (no call is ever
+/// refused for an expired token).
+#[tokio::test]
+async fn an_app_token_expiring_mid_task_is_renewed() {
+    let setup = setup().await;
+    let key = setup.root.path().join("app.pem");
+    let made = std::process::Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output();
+    if !made.as_ref().is_ok_and(|m| m.status.success()) {
+        eprintln!("skipped: openssl is not installed to make the App's key");
+        return;
+    }
+    let public = std::process::Command::new("openssl")
+        .args(["rsa", "-RSAPublicKey_out", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(public.status.success());
+    setup.fake.with(|s| {
+        s.app = Some(crate::github_fake::AppAuth {
+            installation_id: 7,
+            public_key: public.stdout.clone(),
+            token_life: Duration::from_secs(3),
+            minted: Vec::new(),
+        });
+        // CI takes a while: the first token expires under it.
+        s.ci = Arc::new(|_| {
+            vec![ScriptedCheck {
+                pending_reads: 25,
+                ..ScriptedCheck::run("ci", "success")
+            }]
+        });
+    });
+    let extra = format!(
+        "app_id = 42\ninstallation_id = 7\nprivate_key_file = \"{}\"\ntoken_refresh_margin_secs = 2\n",
+        key.display()
+    );
+    let done = run_task(&setup, &extra, json!({"repo": REPO})).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let (minted, refused) = setup
+        .fake
+        .with(|s| (s.app.as_ref().unwrap().minted.len(), s.unauthorized));
+    assert!(minted >= 2, "the token was renewed: {minted}");
+    assert_eq!(refused, 0, "no call went out with an expired token");
+}
+
+fn signed(body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn send_webhook(service: &Service, delivery: &str, signature: &str) -> (u16, Value) {
+    let body = json!({"action": "completed", "repository": {"full_name": REPO}}).to_string();
+    let response = service
+        .request(reqwest::Method::POST, "/v1/github/webhook")
+        .header("content-type", "application/json")
+        .header("x-github-event", "check_run")
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Webhooks wake a waiting delivery at once (the poll here is a minute), a redelivery is
+/// handled once, and a bad signature is refused `401 WEBHOOK_SIGNATURE`.
+#[tokio::test]
+async fn webhooks_wake_deliveries_once_and_bad_signatures_are_refused() {
+    let setup = setup().await;
+    let config = github_config(&setup.fake, "poll_ms = 60000\n");
+    let service = Service::start_in_process(setup.root.path(), with_config(&config)).await;
+    let payload = json!({"action": "completed", "repository": {"full_name": REPO}}).to_string();
+    let (status, answer) = send_webhook(&service, "d-bad", "sha256=00").await;
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(answer["error"]["code"], "WEBHOOK_SIGNATURE");
+    let good = signed(payload.as_bytes());
+    let (status, first) = send_webhook(&service, "d-1", &good).await;
+    assert_eq!(
+        (status, &first["duplicate"]),
+        (202, &json!(false)),
+        "{first}"
+    );
+    assert_eq!(first["woke"], REPO);
+    let (status, again) = send_webhook(&service, "d-1", &good).await;
+    assert_eq!(
+        (status, &again["duplicate"]),
+        (202, &json!(true)),
+        "{again}"
+    );
+    assert_eq!(again["woke"], Value::Null, "a redelivery wakes nothing");
+    let body = pr_task(setup.root.path(), &setup.url, json!({"repo": REPO}));
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = std::time::Instant::now();
+    let mut delivery = 0;
+    let done = loop {
+        let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+        if task["status"] == "done" || task["status"] == "failed" {
+            break task;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(50),
+            "not woken: {task:#}"
+        );
+        delivery += 1;
+        send_webhook(&service, &format!("d-wake-{delivery}"), &good).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(done["status"], "done", "{done:#}");
+    assert!(started.elapsed() < Duration::from_secs(50));
+    crate::github_contract::check(&setup.fake.log());
 }

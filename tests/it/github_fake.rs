@@ -300,10 +300,7 @@ async fn handle(
             status,
             response: response.clone(),
         });
-        (
-            (status, response, extra),
-            slow,
-        )
+        ((status, response, extra), slow)
     };
     if let Some(wait) = slow {
         tokio::time::sleep(wait).await;
@@ -357,8 +354,16 @@ fn answer(
         ("GET", ["pulls"]) => list_pulls(fake, &repo, query),
         ("POST", ["pulls"]) => create_pull(fake, &repo, request),
         ("GET", ["pulls", n]) => match find_pull(fake, &repo, n) {
-            Some(pull) => plain(&format!("{base}/pulls/{{pull_number}}"), 200, pull_json(fake, &pull, true)),
-            None => plain(&format!("{base}/pulls/{{pull_number}}"), 404, json!({"message": "Not Found"})),
+            Some(pull) => plain(
+                &format!("{base}/pulls/{{pull_number}}"),
+                200,
+                pull_json(fake, &pull, true),
+            ),
+            None => plain(
+                &format!("{base}/pulls/{{pull_number}}"),
+                404,
+                json!({"message": "Not Found"}),
+            ),
         },
         ("PUT", ["pulls", n, "merge"]) => merge(fake, &repo, n, request),
         ("GET", ["pulls", n, "reviews"]) => {
@@ -369,7 +374,11 @@ fn answer(
                 .filter(|r| r.pull == number)
                 .map(review_json)
                 .collect();
-            plain(&format!("{base}/pulls/{{pull_number}}/reviews"), 200, json!(reviews))
+            plain(
+                &format!("{base}/pulls/{{pull_number}}/reviews"),
+                200,
+                json!(reviews),
+            )
         }
         ("GET", ["pulls", n, "comments"]) => {
             let number: u64 = n.parse().unwrap_or(0);
@@ -379,40 +388,60 @@ fn answer(
                 .filter(|c| c.pull == number)
                 .map(comment_json)
                 .collect();
-            plain(&format!("{base}/pulls/{{pull_number}}/comments"), 200, json!(comments))
+            plain(
+                &format!("{base}/pulls/{{pull_number}}/comments"),
+                200,
+                json!(comments),
+            )
         }
         ("POST", ["pulls", n, "comments", id, "replies"]) => reply(fake, n, id, request),
         ("GET", ["branches", _, "protection", "required_status_checks"]) => {
             let template = format!("{base}/branches/{{branch}}/protection/required_status_checks");
             match &fake.required_checks {
-                Some(names) => plain(&template, 200, json!({
-                    "url": "https://api.github.com/x", "contexts_url": "https://api.github.com/x",
-                    "strict": false, "contexts": names,
-                    "checks": names.iter().map(|n| json!({"context": n, "app_id": null})).collect::<Vec<_>>(),
-                })),
+                Some(names) => plain(
+                    &template,
+                    200,
+                    json!({
+                        "url": "https://api.github.com/x", "contexts_url": "https://api.github.com/x",
+                        "strict": false, "contexts": names,
+                        "checks": names.iter().map(|n| json!({"context": n, "app_id": null})).collect::<Vec<_>>(),
+                    }),
+                ),
                 None => plain(&template, 404, json!({"message": "Branch not protected"})),
             }
         }
-        ("GET", ["branches", _, "protection", "required_pull_request_reviews"]) => {
-            let template = format!("{base}/branches/{{branch}}/protection/required_pull_request_reviews");
+        ("GET", ["branches", _, "protection"]) => {
+            let template = format!("{base}/branches/{{branch}}/protection");
             match fake.required_approvals {
-                Some(count) => plain(&template, 200, json!({
-                    "dismiss_stale_reviews": false, "require_code_owner_reviews": false,
-                    "required_approving_review_count": count,
-                })),
-                None => plain(&template, 404, json!({"message": "Not Found"})),
+                Some(count) => plain(
+                    &template,
+                    200,
+                    json!({
+                        "url": "https://api.github.com/x", "enabled": true,
+                        "required_pull_request_reviews": {"url": "https://api.github.com/x",
+                            "dismiss_stale_reviews": false, "require_code_owner_reviews": false,
+                            "required_approving_review_count": count},
+                    }),
+                ),
+                None => plain(&template, 404, json!({"message": "Branch not protected"})),
             }
         }
         ("GET", ["rules", "branches", _]) => {
             let rules: Vec<Value> = if fake.ruleset_checks.is_empty() {
                 Vec::new()
             } else {
-                vec![json!({"type": "required_status_checks", "ruleset_source_type": "Repository",
+                vec![
+                    json!({"type": "required_status_checks", "ruleset_source_type": "Repository",
                     "ruleset_source": repo, "ruleset_id": 1,
                     "parameters": {"strict_required_status_checks_policy": false,
-                        "required_status_checks": fake.ruleset_checks.iter().map(|c| json!({"context": c})).collect::<Vec<_>>()}})]
+                        "required_status_checks": fake.ruleset_checks.iter().map(|c| json!({"context": c})).collect::<Vec<_>>()}}),
+                ]
             };
-            plain(&format!("{base}/rules/branches/{{branch}}"), 200, json!(rules))
+            plain(
+                &format!("{base}/rules/branches/{{branch}}"),
+                200,
+                json!(rules),
+            )
         }
         ("GET", ["commits", sha, "check-runs"]) => check_runs(fake, &repo, sha),
         ("GET", ["commits", sha, "status"]) => statuses(fake, &repo, sha),
@@ -449,13 +478,22 @@ fn mint_token(fake: &mut FakeState, id: &str, headers: &HeaderMap) -> Answer {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     if id != app.installation_id.to_string() || !jwt_valid(&app.public_key, jwt) {
-        return plain(template, 401, json!({"message": "A JSON web token could not be decoded"}));
+        return plain(
+            template,
+            401,
+            json!({"message": "A JSON web token could not be decoded"}),
+        );
     }
     let token = format!("ghs_minted_{}", app.minted.len());
     let life = app.token_life;
-    app.minted.push((token.clone(), std::time::Instant::now() + life));
+    app.minted
+        .push((token.clone(), std::time::Instant::now() + life));
     let expires = chrono::Utc::now() + chrono::Duration::from_std(life).unwrap();
-    plain(template, 201, json!({"token": token, "expires_at": expires.to_rfc3339()}))
+    plain(
+        template,
+        201,
+        json!({"token": token, "expires_at": expires.to_rfc3339()}),
+    )
 }
 
 /// RS256 signature by the App's key, `exp` in the future, at most ten minutes of life.
@@ -464,7 +502,11 @@ fn jwt_valid(public_key: &[u8], jwt: &str) -> bool {
     if parts.len() != 3 {
         return false;
     }
-    let decode = |p: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok();
+    let decode = |p: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .ok()
+    };
     let (Some(header), Some(claims), Some(signature)) =
         (decode(parts[0]), decode(parts[1]), decode(parts[2]))
     else {
@@ -473,7 +515,10 @@ fn jwt_valid(public_key: &[u8], jwt: &str) -> bool {
     let header: Value = serde_json::from_slice(&header).unwrap_or_default();
     let claims: Value = serde_json::from_slice(&claims).unwrap_or_default();
     let now = chrono::Utc::now().timestamp();
-    let (iat, exp) = (claims["iat"].as_i64().unwrap_or(0), claims["exp"].as_i64().unwrap_or(0));
+    let (iat, exp) = (
+        claims["iat"].as_i64().unwrap_or(0),
+        claims["exp"].as_i64().unwrap_or(0),
+    );
     let key = aws_lc_rs::signature::UnparsedPublicKey::new(
         &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
         public_key,
@@ -504,7 +549,12 @@ fn fault_answer(fault: Fault) -> Answer {
 
 fn git(bare: &Path, args: &[&str]) -> Option<String> {
     let output = Command::new("git")
-        .args(["-c", "user.name=GitHub", "-c", "user.email=noreply@github.com"])
+        .args([
+            "-c",
+            "user.name=GitHub",
+            "-c",
+            "user.email=noreply@github.com",
+        ])
         .arg("--git-dir")
         .arg(bare)
         .args(args)
@@ -519,7 +569,15 @@ fn git(bare: &Path, args: &[&str]) -> Option<String> {
 /// The head of `branch` in `repo`'s bare repository.
 fn branch_sha(fake: &FakeState, repo: &str, branch: &str) -> Option<String> {
     let bare = fake.repos.get(repo)?;
-    git(bare, &["rev-parse", "--verify", "-q", &format!("refs/heads/{branch}")])
+    git(
+        bare,
+        &[
+            "rev-parse",
+            "--verify",
+            "-q",
+            &format!("refs/heads/{branch}"),
+        ],
+    )
 }
 
 /// The pull request `n`, its head brought up to the branch (CI and the reviewer run on a new
@@ -612,18 +670,28 @@ fn create_pull(fake: &mut FakeState, repo: &str, request: &Option<Value>) -> Ans
         return plain(template, 422, json!({"message": "Validation Failed"}));
     };
     let head = request["head"].as_str().unwrap_or_default().to_owned();
-    let head = head.split_once(':').map_or(head.clone(), |(_, b)| b.to_owned());
+    let head = head
+        .split_once(':')
+        .map_or(head.clone(), |(_, b)| b.to_owned());
     if fake
         .pulls
         .iter()
         .any(|p| p.repo == repo && p.head == head && p.state == "open")
     {
-        return plain(template, 422, json!({"message": "Validation Failed",
+        return plain(
+            template,
+            422,
+            json!({"message": "Validation Failed",
             "errors": [{"resource": "PullRequest", "code": "custom",
-                "message": format!("A pull request already exists for {head}.")}]}));
+                "message": format!("A pull request already exists for {head}.")}]}),
+        );
     }
     if branch_sha(fake, repo, &head).is_none() {
-        return plain(template, 422, json!({"message": "Validation Failed: head does not exist"}));
+        return plain(
+            template,
+            422,
+            json!({"message": "Validation Failed: head does not exist"}),
+        );
     }
     let number = fake.pulls.len() as u64 + 1;
     fake.pulls.push(Pull {
@@ -658,16 +726,31 @@ fn merge(fake: &mut FakeState, repo: &str, n: &str, request: &Option<Value>) -> 
         let head = format!("refs/heads/{}", pull.head);
         let tree = git(&bare, &["rev-parse", &format!("{head}^{{tree}}")]).unwrap();
         let old = git(&bare, &["rev-parse", &head]).unwrap();
-        let moved = git(&bare, &["commit-tree", &tree, "-p", &old, "-m", "A human's touch"]).unwrap();
+        let moved = git(
+            &bare,
+            &["commit-tree", &tree, "-p", &old, "-m", "A human's touch"],
+        )
+        .unwrap();
         git(&bare, &["update-ref", &head, &moved, &old]).unwrap();
     }
     let current = branch_sha(fake, repo, &pull.head).unwrap_or_default();
-    let sha = request.as_ref().and_then(|r| r["sha"].as_str()).unwrap_or_default();
+    let sha = request
+        .as_ref()
+        .and_then(|r| r["sha"].as_str())
+        .unwrap_or_default();
     if pull.state != "open" {
-        return plain(template, 405, json!({"message": "Pull Request is not mergeable"}));
+        return plain(
+            template,
+            405,
+            json!({"message": "Pull Request is not mergeable"}),
+        );
     }
     if sha != current {
-        return plain(template, 409, json!({"message": "Head branch was modified. Review and try the merge again."}));
+        return plain(
+            template,
+            409,
+            json!({"message": "Head branch was modified. Review and try the merge again."}),
+        );
     }
     let base_ref = format!("refs/heads/{}", pull.base);
     let base_sha = git(&bare, &["rev-parse", &base_ref]).unwrap();
@@ -680,26 +763,47 @@ fn merge(fake: &mut FakeState, repo: &str, n: &str, request: &Option<Value>) -> 
         .and_then(|r| r["commit_title"].as_str())
         .unwrap_or(&pull.title)
         .to_owned();
-    let squashed = git(&bare, &["commit-tree", &tree, "-p", &base_sha, "-m", &title]).unwrap();
+    let squashed = git(
+        &bare,
+        &["commit-tree", &tree, "-p", &base_sha, "-m", &title],
+    )
+    .unwrap();
     git(&bare, &["update-ref", &base_ref, &squashed, &base_sha]).unwrap();
-    let index = fake.pulls.iter().position(|p| p.number == pull.number).unwrap();
+    let index = fake
+        .pulls
+        .iter()
+        .position(|p| p.number == pull.number)
+        .unwrap();
     fake.pulls[index].state = "closed".into();
     fake.pulls[index].merged = true;
     fake.pulls[index].merge_commit_sha = Some(squashed.clone());
-    plain(template, 200, json!({"sha": squashed, "merged": true, "message": "Pull Request successfully merged"}))
+    plain(
+        template,
+        200,
+        json!({"sha": squashed, "merged": true, "message": "Pull Request successfully merged"}),
+    )
 }
 
 fn reply(fake: &mut FakeState, n: &str, id: &str, request: &Option<Value>) -> Answer {
     let template = "/repos/{owner}/{repo}/pulls/{pull_number}/comments/{comment_id}/replies";
     let (number, id): (u64, u64) = (n.parse().unwrap_or(0), id.parse().unwrap_or(0));
-    let Some(parent) = fake.comments.iter().find(|c| c.id == id && c.pull == number).cloned() else {
+    let Some(parent) = fake
+        .comments
+        .iter()
+        .find(|c| c.id == id && c.pull == number)
+        .cloned()
+    else {
         return plain(template, 404, json!({"message": "Not Found"}));
     };
     fake.next_id += 1;
     let comment = Comment {
         id: fake.next_id,
         in_reply_to: Some(id),
-        body: request.as_ref().and_then(|r| r["body"].as_str()).unwrap_or_default().to_owned(),
+        body: request
+            .as_ref()
+            .and_then(|r| r["body"].as_str())
+            .unwrap_or_default()
+            .to_owned(),
         user: "glitchlab[bot]".into(),
         ..parent
     };
@@ -732,7 +836,11 @@ fn completed(check: &Check) -> Option<&str> {
 
 fn check_run_json(check: &Check) -> Value {
     let conclusion = completed(check);
-    let status = if conclusion.is_some() { "completed" } else { "queued" };
+    let status = if conclusion.is_some() {
+        "completed"
+    } else {
+        "queued"
+    };
     json!({
         "id": check.id, "node_id": format!("CR_{}", check.id), "head_sha": check.sha,
         "name": check.script.name, "url": "https://api.github.com/x", "html_url": null,
@@ -763,11 +871,19 @@ fn statuses(fake: &mut FakeState, repo: &str, sha: &str) -> Answer {
                 "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"})
         })
         .collect();
-    let combined = if list.iter().all(|s| s["state"] == "success") { "success" } else { "pending" };
-    plain("/repos/{owner}/{repo}/commits/{ref}/status", 200, json!({
-        "state": combined, "sha": sha, "total_count": list.len(), "statuses": list,
-        "repository": {"id": 1}, "commit_url": "https://api.github.com/x", "url": "https://api.github.com/x",
-    }))
+    let combined = if list.iter().all(|s| s["state"] == "success") {
+        "success"
+    } else {
+        "pending"
+    };
+    plain(
+        "/repos/{owner}/{repo}/commits/{ref}/status",
+        200,
+        json!({
+            "state": combined, "sha": sha, "total_count": list.len(), "statuses": list,
+            "repository": {"id": 1}, "commit_url": "https://api.github.com/x", "url": "https://api.github.com/x",
+        }),
+    )
 }
 
 fn annotations(fake: &mut FakeState, id: &str) -> Answer {
@@ -777,11 +893,17 @@ fn annotations(fake: &mut FakeState, id: &str) -> Answer {
         .iter()
         .filter(|c| c.id == id)
         .flat_map(|c| c.script.annotations.clone())
-        .map(|(path, line, message)| json!({"path": path, "blob_href": "https://github.com/x",
+        .map(|(path, line, message)| {
+            json!({"path": path, "blob_href": "https://github.com/x",
             "start_line": line, "end_line": line, "start_column": null, "end_column": null,
-            "annotation_level": "failure", "title": null, "message": message, "raw_details": null}))
+            "annotation_level": "failure", "title": null, "message": message, "raw_details": null})
+        })
         .collect();
-    plain("/repos/{owner}/{repo}/check-runs/{check_run_id}/annotations", 200, json!(list))
+    plain(
+        "/repos/{owner}/{repo}/check-runs/{check_run_id}/annotations",
+        200,
+        json!(list),
+    )
 }
 
 fn user(login: &str) -> Value {
@@ -810,8 +932,8 @@ fn pull_json(fake: &FakeState, pull: &Pull, full: bool) -> Value {
         "closed_at": null, "merged_at": null, "merge_commit_sha": pull.merge_commit_sha,
         "assignee": null, "draft": pull.draft, "author_association": "NONE", "auto_merge": null,
         "head": {"label": format!("{}:{}", pull.repo.split('/').next().unwrap_or_default(), pull.head),
-            "ref": pull.head, "sha": sha, "user": user("owner"), "repo": null},
-        "base": {"label": pull.base, "ref": pull.base, "sha": "0", "user": user("owner"), "repo": null},
+            "ref": pull.head, "sha": sha, "user": user("owner")},
+        "base": {"label": pull.base, "ref": pull.base, "sha": "0", "user": user("owner")},
         "_links": {},
     });
     if full {

@@ -21,6 +21,7 @@ mod delivery;
 mod fleet;
 mod fleet_control;
 mod github;
+mod github_contract;
 mod github_fake;
 mod governance;
 mod helpers;

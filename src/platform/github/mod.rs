@@ -357,14 +357,14 @@ impl Client {
         repo: &str,
         base: &str,
     ) -> Result<u64, GithubError> {
-        let path =
-            format!("/repos/{repo}/branches/{base}/protection/required_pull_request_reviews");
+        let path = format!("/repos/{repo}/branches/{base}/protection");
         let reply = self.call(reqwest::Method::GET, &path, None).await?;
         if reply.status == 404 {
             return Ok(0);
         }
-        expect("read the required reviews", &reply, &[200])?;
-        Ok(reply.body["required_approving_review_count"]
+        expect("read the branch protection", &reply, &[200])?;
+        let reviews = &reply.body["required_pull_request_reviews"];
+        Ok(reviews["required_approving_review_count"]
             .as_u64()
             .unwrap_or(0))
     }
