@@ -1,6 +1,6 @@
 //! GitHub's rate-limit ladder, as GitHub documents it for integrators: on a `403` secondary limit
 //! or a `429`, wait `retry-after` if it is present, else until `x-ratelimit-reset` when
-//! `x-ratelimit-remaining` is 0, else at least a minute, doubling on each further limit; `5xx`
+//! `x-ratelimit-remaining` is 0, else at least a minute doubled per retry of the call; `5xx`
 //! and transport failures (timeouts) back off exponentially from a second. Every call is bounded
 //! by `retries_max`.
 //!
@@ -192,8 +192,9 @@ mod tests {
         .await;
         assert_eq!(last.status, 201);
         assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 4);
-        // 5 s (retry-after), then 60 s (no header, first ladder step), then 120 s (doubled).
-        assert_eq!(started.elapsed(), Duration::from_secs(5 + 60 + 120));
+        // Retry 1: 5 s (retry-after); retry 2: no header, the floor doubled once (120 s);
+        // retry 3: a 429, doubled again (240 s).
+        assert_eq!(started.elapsed(), Duration::from_secs(5 + 120 + 240));
     }
 
     #[tokio::test(start_paused = true)]

@@ -126,14 +126,14 @@ impl Driver {
         let requested: Vec<&Review> = latest
             .values()
             .filter(|r| {
-                r.state == "CHANGES_REQUESTED" && r.commit_id.as_deref() == Some(&self.head)
+                is_state(r, "changes_requested") && r.commit_id.as_deref() == Some(&self.head)
             })
             .copied()
             .collect();
         if !requested.is_empty() {
             return self.changes_requested(number, &requested).await;
         }
-        let approvals = latest.values().filter(|r| r.state == "APPROVED").count() as u64;
+        let approvals = latest.values().filter(|r| is_state(r, "approved")).count() as u64;
         let needed = match self
             .client
             .required_approvals(&repo, &self.task.spec.base_branch)
@@ -178,14 +178,17 @@ impl Driver {
     }
 }
 
+/// Whether a review is in `state` (GitHub spells states upper-case; compared without case).
+fn is_state(review: &Review, state: &str) -> bool {
+    review.state.eq_ignore_ascii_case(state)
+}
+
 /// Each reviewer's latest review that carries a verdict (comments alone change none).
 fn latest_per_user(reviews: &[Review]) -> BTreeMap<String, &Review> {
     let mut latest = BTreeMap::new();
     for review in reviews {
-        if !matches!(
-            review.state.as_str(),
-            "APPROVED" | "CHANGES_REQUESTED" | "DISMISSED"
-        ) {
+        let verdicts = ["approved", "changes_requested", "dismissed"];
+        if !verdicts.iter().any(|state| is_state(review, state)) {
             continue;
         }
         let user = review
