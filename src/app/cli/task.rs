@@ -55,7 +55,7 @@ pub struct TaskArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum TaskCommand {
     /// Submit a task; prints its id (with `--wait`, follows it to its end).
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Tasks, newest first, as a table.
     List {
         /// Only tasks in this status (`queued`, `running`, `done`, `failed`, ...).
@@ -173,7 +173,7 @@ pub async fn run(args: TaskArgs) -> Result<u8, String> {
     match args.command {
         TaskCommand::Submit(submit) => {
             let wait = submit.wait;
-            let body = submission(submit)?;
+            let body = submission(*submit)?;
             let task = call(client.post(&tasks).json(&body), &tasks).await?;
             let id = task["id"].as_str().unwrap_or_default().to_owned();
             if args.json && !wait {

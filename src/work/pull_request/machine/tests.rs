@@ -203,6 +203,14 @@ fn waited(elapsed: u64, no_checks: NoChecksPolicy) -> Waited {
     }
 }
 
+/// One row of the checks table: required names, checks, the wait, and what the verdict must be.
+type CheckRow = (
+    Vec<String>,
+    Vec<CheckView>,
+    Waited,
+    Box<dyn Fn(&ChecksVerdict) -> bool>,
+);
+
 /// What counts as green: exactly the head, required checks only when some are required,
 /// cancelled / timed out / action_required / stale / skipped never pass, a deadline stalls.
 #[test]
@@ -212,7 +220,7 @@ fn the_checks_table() {
     let none: Vec<String> = Vec::new();
     let wait = NoChecksPolicy::WaitSecs;
     let is_red = |v: &V| matches!(v, V::Red(_));
-    let rows: Vec<(Vec<String>, Vec<CheckView>, Waited, Box<dyn Fn(&V) -> bool>)> = vec![
+    let rows: Vec<CheckRow> = vec![
         (
             ci(),
             vec![check("ci", "h", Some("success"))],
