@@ -570,3 +570,45 @@ async fn webhooks_wake_deliveries_once_and_bad_signatures_are_refused() {
     assert!(started.elapsed() < Duration::from_secs(50));
     crate::github_contract::check(&setup.fake.log());
 }
+
+/// Intake refuses a pull-request task it could not deliver: no `[github]` credentials, a local
+/// path as `repo`, `pull_request` without `delivery: pull_request`, a bad `owner/name` (the
+/// default from an `https://` URL is `model::pull_request`'s unit test).
+#[tokio::test]
+async fn intake_refuses_what_it_could_not_deliver() {
+    let setup = setup().await;
+    let service = Service::start_in_process(setup.root.path(), Options::default()).await;
+    let body = pr_task(setup.root.path(), &setup.url, json!({"repo": REPO}));
+    let (status, answer) = service.post("/v1/tasks", &body).await;
+    assert_eq!(status, 422, "no [github]: {answer}");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("[github]"));
+    drop(service);
+    let root = tempfile::tempdir().unwrap();
+    let config = github_config(&setup.fake, "");
+    let service = Service::start_in_process(root.path(), with_config(&config)).await;
+    let local = crate::helpers::git_repo(root.path());
+    let cases = [
+        (json!({"repo": local.display().to_string()}), "git URL"),
+        (
+            json!({"delivery": "merge"}),
+            "needs `delivery: pull_request`",
+        ),
+        (
+            json!({"pull_request": {"repo": "not a repo"}}),
+            "owner/name",
+        ),
+    ];
+    for (change, expected) in cases {
+        let mut body = pr_task(root.path(), &setup.url, json!({"repo": REPO}));
+        for (key, value) in change.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        let (status, answer) = service.post("/v1/tasks", &body).await;
+        assert_eq!(status, 422, "{change}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{change}: {message}");
+    }
+}
