@@ -92,7 +92,7 @@ impl Turn {
 pub(crate) struct PatchState {
     services: Services,
     implementing: InFlightJobs<ImplementOutcome>,
-    /// `delivery: branch` tasks: no queue, the branch is left for a human.
+    /// `delivery: branch` and `pull_request` tasks: no queue here (a human, or GitHub, merges).
     leaving: InFlightJobs<DeliverStep>,
     /// One merge queue per repository and base branch.
     queues: HashMap<QueueKey, Line<QueuedDelivery>>,
@@ -210,6 +210,15 @@ impl Actor for Patch {
                 if task.spec.delivery == Delivery::Branch {
                     let key = (task.id, Stage::Deliver);
                     let work = leave_branch(state.services.clone(), *task);
+                    state
+                        .leaving
+                        .start(key, reply, myself, work, |key, token, result| {
+                            PatchMsg::LeaveDone { key, token, result }
+                        });
+                } else if task.spec.delivery == Delivery::PullRequest {
+                    // No queue: GitHub's merge is the compare-and-swap (`sha` = the head).
+                    let key = (task.id, Stage::Deliver);
+                    let work = crate::work::pull_request::deliver(state.services.clone(), *task);
                     state
                         .leaving
                         .start(key, reply, myself, work, |key, token, result| {

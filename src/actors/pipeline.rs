@@ -519,6 +519,19 @@ async fn on_stage_done(
         StageOutcome::Delivered(DeliverStep::Rejected(output)) => {
             failed_attempt(myself, state, &task, output, codes::VERIFY_FAILED, true).await
         }
+        // GitHub's checks or a reviewer: the next attempt fixes the same branch.
+        StageOutcome::Delivered(DeliverStep::Feedback { code, output }) => {
+            failed_attempt(myself, state, &task, output, code, false).await
+        }
+        StageOutcome::Delivered(DeliverStep::BranchOnly { head, error }) => {
+            let data = json!({"commit": head, "delivery": task.spec.delivery, "delivered": Delivered::BranchOnly, "delivery_error": error});
+            finish_stage(myself, state, &task, data, move |t| {
+                t.outcome.commit = Some(head.clone());
+                t.outcome.delivered = Some(Delivered::BranchOnly);
+                t.outcome.delivery_error = Some(error.clone());
+            })
+            .await
+        }
         StageOutcome::Deployed(deploy) => {
             finish_stage(myself, state, &task, json!({"deploy": deploy}), |_| {}).await
         }

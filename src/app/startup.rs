@@ -160,9 +160,10 @@ impl Application {
         );
         // One redactor for everything: the store scrubs each record it writes with it, the engines
         // their outputs, intake a submission's text.
-        let redactor = Arc::new(crate::platform::redact::Redactor::from_env(
-            &config.governance.secrets,
-        ));
+        // GitHub's token and webhook secret are secrets like the operator's own.
+        let mut secret_names = config.governance.secrets.clone();
+        secret_names.extend(config.github.secret_env_names());
+        let redactor = Arc::new(crate::platform::redact::Redactor::from_env(&secret_names));
         crate::platform::telemetry::redact_logs_with(redactor.clone());
         let store = Store::open_reserving(
             &config.storage.data_dir,

@@ -5,6 +5,7 @@
 
 pub mod definitions;
 pub mod embedding;
+pub mod github;
 pub mod notifications;
 pub mod transport;
 
@@ -77,6 +78,8 @@ pub struct Config {
     pub providers: std::collections::BTreeMap<String, ProviderConfig>,
     /// Where notifications of incidents, failed deploys and dead letters are sent.
     pub notifications: notifications::NotificationsConfig,
+    /// GitHub, for `delivery: pull_request` (docs/github.md).
+    pub github: github::GithubConfig,
     /// Set by a process that embeds the service (tests), never by the file.
     #[serde(skip)]
     pub embedding: embedding::Embedding,
@@ -840,6 +843,7 @@ impl Config {
             return Err((*reason).to_owned());
         }
         transport::validate(&self.server)?;
+        self.github.validate()?;
         let per_repo = self
             .governance
             .repos

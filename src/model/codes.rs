@@ -290,6 +290,22 @@ catalogue! {
     DELIVER_FAILED [] [Task]
         "Delivery failed for another reason (local edits in the checkout, the base moved outside \
          glitchlab past `merge_queue.base_moved_max`); the branch is kept.";
+    DELIVERY_FAILED [] [Task]
+        "`delivery: pull_request` in `fail_fast` mode: a push or a GitHub call failed after the \
+         retry ladder (the message names the step), GitHub refused the merge, or the head moved \
+         past `github.head_moves_max`; the branch is kept.";
+    CHECKS_STALLED [] [Task]
+        "A pull request's check never reported within `github.checks_deadline_secs` (the message \
+         names it), or `no_checks = \"fail\"` met a head with no check at all.";
+    CHECKS_FAILED [] [Task]
+        "A pull request's checks were red (failed, cancelled, timed out, `action_required`, \
+         stale) on the last allowed attempt; their names and summaries are the feedback.";
+    CHANGES_REQUESTED [] [Task]
+        "A reviewer requested changes on the pull request's head on the last allowed attempt; \
+         the reviews and their comments are the feedback.";
+    WEBHOOK_SIGNATURE [401] []
+        "`POST /v1/github/webhook`: `X-Hub-Signature-256` is missing or wrong (or no \
+         `github.webhook_secret_env` is set); nothing ran.";
     DEPLOY_FAILED [] [Task]
         "The task's deploy did not end healthy (rolled back, failed, rejected, or still waiting \
          after `compass.deploy_wait_secs`).";

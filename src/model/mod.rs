@@ -8,6 +8,7 @@
 //! - [`live`]: a running command's output as it reaches event streams (never stored).
 //! - [`ledger`]: the token books' accounts, transfers, rate card and their validation.
 //! - [`persona`]: the personas of the tree, by name.
+//! - [`pull_request`]: `delivery: pull_request`'s spec and record.
 //! - [`ops`]: what `ops.yaml` and runbooks say, and what ops records.
 
 pub(crate) mod auth;
@@ -19,4 +20,5 @@ pub(crate) mod lifecycle;
 pub(crate) mod live;
 pub(crate) mod ops;
 pub(crate) mod persona;
+pub(crate) mod pull_request;
 pub(crate) mod task;

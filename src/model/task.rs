@@ -207,6 +207,9 @@ pub enum Delivery {
     Merge,
     /// Left on `glitchlab/<task-id>` for a human to review and merge; the base is not touched.
     Branch,
+    /// Pushed to the task's remote and delivered as a GitHub pull request (`pull_request`):
+    /// merged by GitHub once its required checks pass on exactly the verified head.
+    PullRequest,
 }
 
 /// How a landed task is written onto its base branch (`[delivery] history`).
@@ -279,6 +282,9 @@ pub enum Delivered {
     /// The base already held the change: `commit` is the base commit that holds it, not a
     /// commit of this task.
     AlreadyOnBase,
+    /// `pull_request` in `best_effort` mode: the branch was pushed but the pull request could
+    /// not be carried through (`delivery_error` says why); never a plain success.
+    BranchOnly,
 }
 
 impl MergeState {
@@ -448,6 +454,9 @@ pub struct TaskSpec {
     /// Merge into the base branch, or leave the branch for review.
     #[serde(default)]
     pub delivery: Delivery,
+    /// What `delivery: pull_request` asks of the pull request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<crate::model::pull_request::PullRequestSpec>,
     /// The incident (and deploy) this task answers, if an ops persona filed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caused_by: Option<CausedBy>,
@@ -496,6 +505,10 @@ pub struct TaskProgress {
     /// The merge queue's notes on the task.
     #[serde(default, skip_serializing_if = "MergeState::is_empty")]
     pub merge: MergeState,
+    /// `delivery: pull_request`: the pull request as last seen (number, url, state, head,
+    /// checks, reviews); progress, since every step is recorded before the next side effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<crate::model::pull_request::PullRequestRecord>,
     /// Every failed try so far, oldest first (bounded by [`FAILURES_KEPT_MAX`]).
     #[serde(default)]
     pub failures: Vec<FailureRecord>,
@@ -524,6 +537,7 @@ impl TaskProgress {
             reverifications: 0,
             blocked_by,
             merge: MergeState::default(),
+            pull_request: None,
             failures: Vec::new(),
             branch: None,
             plan: None,
@@ -564,6 +578,9 @@ pub struct TaskOutcome {
     /// How deliver ended (absent before it did, and on records from before this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered: Option<Delivered>,
+    /// `delivered: branch_only`: why the pull request was not carried through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_error: Option<ErrorInfo>,
     /// When it reached a terminal status.
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -656,6 +673,7 @@ impl Task {
                 deps: Vec::new(),
                 review_policy: ReviewPolicy::Auto,
                 delivery: Delivery::Merge,
+                pull_request: None,
                 caused_by: None,
                 deploy: None,
                 capabilities: Vec::new(),

@@ -1,11 +1,12 @@
 //! Helpers that talk to the machine and the outside, knowing nothing of actors or the store:
 //! subprocesses ([`process`]) and their live output ([`live_output`]), confinement ([`sandbox`]), git ([`git`]), the governed executor's
-//! rules ([`executor`]), secret redaction ([`redact`]), the data dir's privacy ([`private`]), the model client ([`openai`]), prompts ([`prompt`]), logs
+//! rules ([`executor`]), the GitHub client ([`github`]), secret redaction ([`redact`]), the data dir's privacy ([`private`]), the model client ([`openai`]), prompts ([`prompt`]), logs
 //! ([`telemetry`]) and Prometheus metrics ([`metrics`]).
 
 pub(crate) mod beneath;
 pub(crate) mod executor;
 pub(crate) mod git;
+pub(crate) mod github;
 pub(crate) mod live_output;
 pub(crate) mod metrics;
 pub mod nats;

@@ -119,6 +119,14 @@ pub(crate) enum StageError {
     /// Delivery failed for another reason; the branch stays for a human.
     #[error("{0}")]
     DeliverFailed(String),
+    /// A forge (GitHub) delivery failed: `DELIVERY_FAILED` or `CHECKS_STALLED`.
+    #[error("{message}")]
+    Forge {
+        /// A [`codes`] constant.
+        code: &'static str,
+        /// What failed, naming the step.
+        message: String,
+    },
     /// The task's deploy did not end healthy (rolled back, failed, rejected, or still waiting
     /// past `compass.deploy_wait_secs`).
     #[error("{message}")]
@@ -181,6 +189,7 @@ impl StageError {
             Self::SecretInChange(_) => codes::SECRET_IN_CHANGE,
             Self::Git(_) => codes::GIT_FAILED,
             Self::DeliverFailed(_) => codes::DELIVER_FAILED,
+            Self::Forge { code, .. } => code,
             Self::DeployFailed { .. } => codes::DEPLOY_FAILED,
             Self::Store { .. } => codes::STORE_FAILED,
             Self::FleetUnavailable { .. } => codes::FLEET_UNAVAILABLE,

@@ -3,6 +3,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod fleet_keys;
+pub(crate) mod github_deliveries;
 pub(crate) mod ledger;
 pub(crate) mod ops;
 pub mod store;

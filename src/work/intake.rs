@@ -18,6 +18,10 @@ use crate::model::auth::Principal;
 use crate::model::codes;
 use crate::model::ledger::LedgerError;
 use crate::model::persona::Persona;
+use crate::model::pull_request::{
+    owner_name_from_url, parse_owner_name, NoChecksPolicy, PullRequestMerge, PullRequestMode,
+    PullRequestSpec,
+};
 use crate::model::task::{
     CausedBy, Delivery, EngineOverrides, EngineSpec, Priority, ReviewPolicy, Stage, Task,
     TaskBilling, TaskBudget, TaskId, TaskOutcome, TaskProgress, TaskSpec,
@@ -186,6 +190,10 @@ pub(crate) struct SubmitTaskRequest {
     /// `tasks.delivery`).
     #[serde(default)]
     pub delivery: Option<Delivery>,
+    /// `delivery: pull_request`: the GitHub repository (`owner/name`, default from an
+    /// `https://…/owner/name(.git)` `repo`), `mode`, `merge`, `draft`, `no_checks`.
+    #[serde(default)]
+    pub pull_request: Option<PullRequestRequest>,
     /// The incident (and deploy) this work answers, when an ops persona files it.
     #[serde(default)]
     pub caused_by: Option<CausedBy>,
@@ -345,6 +353,7 @@ async fn validate(
         deps,
         review_policy,
         delivery,
+        pull_request,
         caused_by,
         deploy,
         capabilities,
@@ -382,6 +391,7 @@ async fn validate(
     .await?;
     let deps = parse_deps(&services.store, deps).await?;
     let delivery = delivery.unwrap_or(config.tasks.delivery);
+    let pull_request = parse_pull_request(pull_request, delivery, &repo, &config.github)?;
     let deploy = parse_deploy(
         deploy,
         &kind,
@@ -415,6 +425,7 @@ async fn validate(
             deps: deps.clone(),
             review_policy,
             delivery,
+            pull_request,
             caused_by,
             deploy,
             capabilities,
@@ -465,6 +476,7 @@ fn redact_submission(redactor: &Redactor, request: SubmitTaskRequest) -> SubmitT
         deps,
         review_policy,
         delivery,
+        pull_request,
         caused_by,
         deploy,
         capabilities,
@@ -491,6 +503,7 @@ fn redact_submission(redactor: &Redactor, request: SubmitTaskRequest) -> SubmitT
         deps,
         review_policy,
         delivery,
+        pull_request,
         caused_by: caused_by.map(|c| CausedBy {
             incident: text(c.incident),
             deploy: c.deploy.map(text),
@@ -981,6 +994,69 @@ async fn parse_deps(store: &Store, deps: Option<Vec<String>>) -> Result<Vec<Task
         check_text("deps", dep, Text::Line)?;
     }
     check_deps(store, deps).await
+}
+
+/// The `pull_request` of a submission (its `repo` may be left out for an `https://` task repo).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PullRequestRequest {
+    /// `owner/name` on GitHub.
+    #[serde(default)]
+    #[schema(max_length = 201, nullable)]
+    pub repo: Option<String>,
+    /// `fail_fast` (default) or `best_effort`.
+    #[serde(default)]
+    pub mode: Option<PullRequestMode>,
+    /// `auto` (default) or `none`.
+    #[serde(default)]
+    pub merge: Option<PullRequestMerge>,
+    /// Open it as a draft.
+    #[serde(default)]
+    pub draft: Option<bool>,
+    /// `wait_secs`, `pass` or `fail` (default `[github] no_checks`).
+    #[serde(default)]
+    pub no_checks: Option<NoChecksPolicy>,
+}
+
+/// `pull_request`: only with `delivery: pull_request`, which needs a repository by URL (the git
+/// remote the branch is pushed to), `[github]` credentials, and an `owner/name`.
+fn parse_pull_request(
+    request: Option<PullRequestRequest>,
+    delivery: Delivery,
+    repo: &str,
+    github: &crate::config::github::GithubConfig,
+) -> Result<Option<PullRequestSpec>, IntakeError> {
+    let invalid = |message: &str| Err(IntakeError::InvalidField(message.to_owned()));
+    if delivery != Delivery::PullRequest {
+        return match request {
+            Some(_) => invalid("`pull_request` needs `delivery: pull_request`"),
+            None => Ok(None),
+        };
+    }
+    if !crate::model::task::is_remote_repo(repo) {
+        return invalid("`delivery: pull_request` needs `repo` to be the git URL it pushes to");
+    }
+    if !github.has_auth() {
+        return invalid(
+            "`delivery: pull_request` needs [github] token_env or an App in the config",
+        );
+    }
+    let request = request.unwrap_or_default();
+    let Some(gh_repo) = request.repo.or_else(|| owner_name_from_url(repo)) else {
+        return invalid(
+            "`pull_request.repo` (owner/name) is needed: `repo` is no https GitHub URL",
+        );
+    };
+    if parse_owner_name(&gh_repo).is_none() {
+        return invalid("`pull_request.repo` must be `owner/name`");
+    }
+    Ok(Some(PullRequestSpec {
+        repo: gh_repo,
+        mode: request.mode.unwrap_or_default(),
+        merge: request.merge.unwrap_or_default(),
+        draft: request.draft.unwrap_or(false),
+        no_checks: request.no_checks,
+    }))
 }
 
 /// `deploy`, when given or needed: a kind whose template ends in `deploy` must name the app, a

@@ -71,6 +71,23 @@ pub(crate) enum DeliverStep {
     Conflict(String),
     /// The candidate (the new base plus the change) failed verify: its output as feedback.
     Rejected(String),
+    /// `delivery: pull_request`: GitHub's checks were red or a reviewer requested changes on
+    /// the pushed head: feedback for another attempt on the same branch (`code`:
+    /// `CHECKS_FAILED` or `CHANGES_REQUESTED`).
+    Feedback {
+        /// The code the attempt's failure is recorded with.
+        code: &'static str,
+        /// What to fix.
+        output: String,
+    },
+    /// `delivery: pull_request` in `best_effort` mode: the branch is pushed (at `head`), the
+    /// pull request could not be carried through.
+    BranchOnly {
+        /// The pushed head.
+        head: String,
+        /// Why not.
+        error: crate::model::task::ErrorInfo,
+    },
 }
 
 /// A task's place in its queue: priority first, then when it passed verify, then its id.

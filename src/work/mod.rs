@@ -1,6 +1,6 @@
 //! The work the actors do, written as plain async functions they run in jobs: engine runs
 //! ([`engine`]), budgets and charges ([`metering`]), how a task gets in ([`intake`]), what a client
-//! may do to a task ([`transitions`]), and the ops org's machinery ([`ops`]). It reaches actors only
+//! may do to a task ([`transitions`]), GitHub pull-request delivery ([`pull_request`]), and the ops org's machinery ([`ops`]). It reaches actors only
 //! through the clients in [`crate::runtime`].
 
 pub(crate) mod cleanup;
@@ -12,6 +12,7 @@ pub(crate) mod intake;
 pub(crate) mod merge_queue;
 pub(crate) mod metering;
 pub(crate) mod ops;
+pub(crate) mod pull_request;
 pub(crate) mod remote;
 pub(crate) mod secret_scan;
 pub(crate) mod transitions;

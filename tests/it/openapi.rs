@@ -236,7 +236,13 @@ async fn operations_answer_an_anonymous_caller_as_documented() {
             "{method} {path} answered {status} {body}, not documented"
         );
         if permission == "open" {
-            if !path.starts_with("/ui/") {
+            // The GitHub webhook needs no token but checks the body's signature itself: unsigned,
+            // it is refused with its own code, never the bearer challenge.
+            if path == "/v1/github/webhook" {
+                assert_eq!(status, 401, "{method} {path}: {body}");
+                assert_eq!(body["error"]["code"], "WEBHOOK_SIGNATURE", "{body}");
+                assert!(challenge.is_none(), "{method} {path}: no bearer challenge");
+            } else if !path.starts_with("/ui/") {
                 assert_ne!(status, 401, "{method} {path} is open: {body}");
             }
             continue;

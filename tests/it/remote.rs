@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::helpers::{git, git_repo, Options, Service};
 
 /// A bare "remote" at `<root>/remote.git` with `main` holding one commit, and its `file://` URL.
-fn remote(root: &Path) -> (PathBuf, String) {
+pub(crate) fn remote(root: &Path) -> (PathBuf, String) {
     let seed = git_repo(&root.join("seed"));
     let bare = root.join("remote.git");
     git(
@@ -27,7 +27,7 @@ fn remote(root: &Path) -> (PathBuf, String) {
     (bare, url)
 }
 
-fn remote_git(bare: &Path, args: &[&str]) -> String {
+pub(crate) fn remote_git(bare: &Path, args: &[&str]) -> String {
     let mut all = vec!["--git-dir", bare.to_str().unwrap()];
     all.extend_from_slice(args);
     git(bare.parent().unwrap(), &all)

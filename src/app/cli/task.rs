@@ -55,7 +55,7 @@ pub struct TaskArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum TaskCommand {
     /// Submit a task; prints its id (with `--wait`, follows it to its end).
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Tasks, newest first, as a table.
     List {
         /// Only tasks in this status (`queued`, `running`, `done`, `failed`, ...).
@@ -150,9 +150,16 @@ pub struct SubmitArgs {
     /// Planner's engine: this shell command.
     #[arg(long)]
     pub plan_cmd: Option<String>,
-    /// `merge` (default) or `branch`.
+    /// `merge` (default), `branch` or `pull_request` (GitHub; see docs/github.md).
     #[arg(long)]
     pub delivery: Option<String>,
+    /// `--delivery pull_request`: the GitHub repository, `owner/name` (default: from an
+    /// `https://…/owner/name(.git)` `--repo`).
+    #[arg(long)]
+    pub gh_repo: Option<String>,
+    /// `--delivery pull_request`: `auto` (default: merged when green) or `none` (left open).
+    #[arg(long)]
+    pub merge: Option<String>,
     /// Follow the task until it ends; the exit code says how it ended.
     #[arg(long)]
     pub wait: bool,
@@ -166,7 +173,7 @@ pub async fn run(args: TaskArgs) -> Result<u8, String> {
     match args.command {
         TaskCommand::Submit(submit) => {
             let wait = submit.wait;
-            let body = submission(submit)?;
+            let body = submission(*submit)?;
             let task = call(client.post(&tasks).json(&body), &tasks).await?;
             let id = task["id"].as_str().unwrap_or_default().to_owned();
             if args.json && !wait {
@@ -291,6 +298,12 @@ fn submission(args: SubmitArgs) -> Result<Value, String> {
     if !args.deps.is_empty() {
         body["deps"] = json!(args.deps);
     }
+    let pull_request = [("repo", args.gh_repo), ("merge", args.merge)];
+    for (key, value) in pull_request {
+        if let Some(value) = value {
+            body["pull_request"][key] = json!(value);
+        }
+    }
     let mut engines = serde_json::Map::new();
     if let Some(command) = args.patch_cmd {
         engines.insert("patch".into(), json!({"kind": "shell", "command": command}));
@@ -329,8 +342,9 @@ async fn follow(
             .as_str()
             .map(|why| format!(" held: {why}"))
             .unwrap_or_default();
+        let pull_request = pull_request_line(&task["pull_request"]);
         let now = format!(
-            "{status} stage={} attempt={}{held}",
+            "{status} stage={} attempt={}{held}{pull_request}",
             task["stage"].as_str().unwrap_or("-"),
             task["attempts"]
         );
@@ -368,6 +382,37 @@ async fn follow(
         }
         tokio::time::sleep(WAIT_POLL).await;
     }
+}
+
+/// ` pr=#N <state> <url> checks=<name:conclusion,…>` for a `pull_request` delivery (empty
+/// without one).
+fn pull_request_line(pr: &Value) -> String {
+    let Some(number) = pr["number"].as_u64() else {
+        return String::new();
+    };
+    let checks: Vec<String> = pr["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let result = c["conclusion"].as_str().or(c["status"].as_str());
+            format!(
+                "{}:{}",
+                c["name"].as_str().unwrap_or("?"),
+                result.unwrap_or("?")
+            )
+        })
+        .collect();
+    format!(
+        " pr=#{number} {} {} checks={}",
+        pr["state"].as_str().unwrap_or("?"),
+        pr["url"].as_str().unwrap_or("-"),
+        if checks.is_empty() {
+            "-".into()
+        } else {
+            checks.join(",")
+        }
+    )
 }
 
 /// Prints the live output of a task's running commands from its event stream until the stream

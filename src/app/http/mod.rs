@@ -5,6 +5,7 @@ pub(crate) mod diff;
 pub(crate) mod error;
 pub(crate) mod fleet;
 pub(crate) mod fleet_factories;
+pub(crate) mod github;
 pub(crate) mod guard;
 pub(crate) mod incidents;
 pub(crate) mod json;

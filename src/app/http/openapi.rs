@@ -54,6 +54,8 @@ mod common;
         (name = "ops", description = "Deploys, health checks, alerts and incidents."),
         (name = "fleet", description = "Factories on other machines that run engine and verify \
             jobs from NATS JetStream (docs/fleet.md), and the fleet-wide kill switch."),
+        (name = "github", description = "GitHub's webhooks: wake-ups for pull-request \
+            deliveries (docs/github.md)."),
         (name = "system", description = "Probes, the supervision tree, personas, service events \
             and this document."),
         (name = "tokens", description = "Bearer tokens and roles (admin), and the audit log of \

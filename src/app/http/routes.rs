@@ -13,8 +13,8 @@ use axum::Router;
 
 pub(crate) use super::route::{Access, Route};
 use super::{
-    auth, diff, fleet, fleet_factories, incidents, ledger, notifications, openapi, ops, report,
-    silences, stream, system, tasks, ui,
+    auth, diff, fleet, fleet_factories, github, incidents, ledger, notifications, openapi, ops,
+    report, silences, stream, system, tasks, ui,
 };
 use crate::model::auth::Permission;
 
@@ -91,6 +91,8 @@ pub(crate) fn table() -> Vec<Route> {
         route!(Needs(ManageTokens), auth::list_tokens),
         route!(Needs(ManageTokens), auth::revoke_token),
         route!(Needs(Read), auth::audit),
+        // No bearer token: GitHub signs the body (`X-Hub-Signature-256`), checked by the handler.
+        route!(Open, github::webhook),
         route!(Open, system::healthz),
         route!(Open, system::readyz),
         route!(Metrics, system::metrics),

@@ -127,11 +127,13 @@ pub enum Table {
     /// Fleet: factory name → its registration (the key's derivation, never the key; see
     /// `storage::fleet_keys`).
     FleetFactories,
+    /// GitHub: webhook delivery id → when it was first seen (see `storage::github_deliveries`).
+    GithubDeliveries,
 }
 
 impl Table {
     /// All tables, in index order.
-    pub const ALL: [Table; 21] = [
+    pub const ALL: [Table; 22] = [
         Table::Tasks,
         Table::Events,
         Table::Runs,
@@ -153,6 +155,7 @@ impl Table {
         Table::OpsSilences,
         Table::Notifications,
         Table::FleetFactories,
+        Table::GithubDeliveries,
     ];
 
     /// The sled tree's name (unchanged from the layout before the writer, so data dirs carry
@@ -180,6 +183,7 @@ impl Table {
             Table::OpsSilences => "ops_silences",
             Table::Notifications => "notifications",
             Table::FleetFactories => "fleet_factories",
+            Table::GithubDeliveries => "github_deliveries",
         }
     }
 }

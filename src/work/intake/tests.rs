@@ -804,6 +804,7 @@ fn a_submission_is_redacted_field_by_field() {
         deps: None,
         review_policy: None,
         delivery: None,
+        pull_request: None,
         caused_by: Some(CausedBy {
             incident: with_secret("incident"),
             deploy: Some(with_secret("deploy")),

@@ -723,6 +723,7 @@ async fn create_task(
         deps: None,
         review_policy: Some(ReviewPolicy::Manual),
         delivery: None,
+        pull_request: None,
         caused_by: Some(CausedBy {
             incident: incident.id.clone(),
             deploy: incident.deploy.clone(),

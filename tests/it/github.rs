@@ -1,0 +1,614 @@
+//! `delivery: pull_request` against the fake GitHub (`github_fake`): real bare repositories as
+//! the remotes, scripted CI and reviewers, rate limits, outages, App tokens, crashes.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::github_fake::{Fake, Fault, ScriptedCheck, ScriptedReview, TOKEN};
+use crate::helpers::{with_config, Options, Service};
+use crate::remote::{remote, remote_git};
+
+/// The environment variable the services read the fake's token from.
+const TOKEN_ENV: &str = "GLITCHLAB_IT_GITHUB_TOKEN";
+/// The environment variable holding the webhook secret.
+const WEBHOOK_SECRET_ENV: &str = "GLITCHLAB_IT_GITHUB_WEBHOOK_SECRET";
+const WEBHOOK_SECRET: &str = "whsec-it-0123456789";
+const REPO: &str = "acme/widgets";
+
+fn set_token_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // Set once, before any service of this suite reads them (they never change after).
+    ONCE.call_once(|| {
+        std::env::set_var(TOKEN_ENV, TOKEN);
+        std::env::set_var(WEBHOOK_SECRET_ENV, WEBHOOK_SECRET);
+    });
+}
+
+/// `[github]` pointed at the fake, with short waits; `extra` lines (`key = value`) replace the
+/// defaults of the same key.
+fn github_config(fake: &Fake, extra: &str) -> String {
+    let defaults = [
+        format!("api_url = \"{}\"", fake.url),
+        format!("token_env = \"{TOKEN_ENV}\""),
+        format!("webhook_secret_env = \"{WEBHOOK_SECRET_ENV}\""),
+        "poll_ms = 100".into(),
+        "write_spacing_ms = 10".into(),
+        "secondary_wait_min_secs = 1".into(),
+        "checks_deadline_secs = 20".into(),
+        "no_checks_wait_secs = 1".into(),
+        "retries_max = 4".into(),
+        "request_timeout_secs = 5".into(),
+    ];
+    let key = |line: &str| line.split('=').next().unwrap_or_default().trim().to_owned();
+    let overridden: Vec<String> = extra.lines().map(key).collect();
+    // An App replaces the token.
+    let app = extra.contains("app_id");
+    let mut lines: Vec<String> = defaults
+        .into_iter()
+        .filter(|line| !overridden.contains(&key(line)))
+        .filter(|line| !(app && key(line) == "token_env"))
+        .collect();
+    lines.extend(extra.lines().map(str::to_owned));
+    format!("[github]\n{}\n", lines.join("\n"))
+}
+
+/// A pull-request task on `url` whose patch engine writes a new `f.txt` each attempt and keeps
+/// every prompt it was given in `<root>/prompts.txt`.
+fn pr_task(root: &Path, url: &str, pull_request: Value) -> Value {
+    let prompts = root.join("prompts.txt");
+    json!({
+        "title": "Add f",
+        "description": "Write f.txt.",
+        "repo": url,
+        "verify": "test -f f.txt",
+        "max_attempts": 3,
+        "engines": {"patch": {"kind": "shell", "command": format!(
+            "cat \"$GLITCHLAB_PROMPT_FILE\" >> {}; date +%s%N > f.txt", prompts.display())}},
+        "delivery": "pull_request",
+        "pull_request": pull_request,
+    })
+}
+
+struct Setup {
+    root: tempfile::TempDir,
+    bare: std::path::PathBuf,
+    url: String,
+    fake: Fake,
+}
+
+async fn setup() -> Setup {
+    set_token_env();
+    let root = tempfile::tempdir().unwrap();
+    let (bare, url) = remote(root.path());
+    let fake = Fake::start(&[(REPO, &bare)]).await;
+    Setup {
+        root,
+        bare,
+        url,
+        fake,
+    }
+}
+
+async fn run_task(setup: &Setup, extra_config: &str, pull_request: Value) -> Value {
+    let config = github_config(&setup.fake, extra_config);
+    let service = Service::start_in_process(setup.root.path(), with_config(&config)).await;
+    let body = pr_task(setup.root.path(), &setup.url, pull_request);
+    let (status, task) = service.post("/v1/tasks", &body).await;
+    assert_eq!(status, 201, "{task:#}");
+    let id = task["id"].as_str().unwrap().to_owned();
+    let done = service
+        .wait_finished_within(&id, Duration::from_secs(120))
+        .await;
+    crate::github_contract::check(&setup.fake.log());
+    done
+}
+
+fn merges(fake: &Fake) -> Vec<Value> {
+    fake.log()
+        .into_iter()
+        .filter(|e| e.method == "put" && e.template.ends_with("/merge"))
+        .map(|e| json!({"status": e.status, "request": e.request, "response": e.response}))
+        .collect()
+}
+
+/// Push → one PR (with the task's marker) → the required check green → merged with `sha` = the
+/// verified head → the base holds the squash; the task shows its `pull_request`.
+#[tokio::test]
+async fn a_pull_request_is_opened_once_checked_and_merged_with_its_head_sha() {
+    let setup = setup().await;
+    let seed_main = remote_git(&setup.bare, &["rev-parse", "main"]);
+    let done = run_task(&setup, "", json!({"repo": REPO})).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let pulls = setup.fake.pulls();
+    assert_eq!(pulls.len(), 1, "{pulls:#?}");
+    let id = done["id"].as_str().unwrap();
+    assert!(pulls[0]
+        .body
+        .contains(&format!("<!-- glitchlab:task={id} -->")));
+    assert_eq!(pulls[0].head, format!("glitchlab/{id}"));
+    let pr = &done["pull_request"];
+    assert_eq!(pr["number"], 1, "{done:#}");
+    assert_eq!(pr["state"], "merged");
+    assert_eq!(pr["url"], format!("https://github.com/{REPO}/pull/1"));
+    assert_eq!(pr["checks"][0]["name"], "ci");
+    assert_eq!(pr["checks"][0]["conclusion"], "success");
+    let merges = merges(&setup.fake);
+    assert_eq!(merges.len(), 1, "{merges:#?}");
+    assert_eq!(merges[0]["request"]["sha"], pr["head_sha"]);
+    assert_eq!(merges[0]["request"]["merge_method"], "squash");
+    let main = remote_git(&setup.bare, &["rev-parse", "main"]);
+    assert_eq!(done["commit"], main.as_str());
+    assert_eq!(pr["merged_sha"], main.as_str());
+    assert_eq!(
+        remote_git(&setup.bare, &["rev-parse", "main^"]),
+        seed_main,
+        "one squashed commit on the base"
+    );
+    let head_tree = remote_git(
+        &setup.bare,
+        &[
+            "rev-parse",
+            &format!("{}^{{tree}}", pr["head_sha"].as_str().unwrap()),
+        ],
+    );
+    assert_eq!(
+        remote_git(&setup.bare, &["rev-parse", "main^{tree}"]),
+        head_tree
+    );
+}
+
+/// Red CI: the failing check's summary and annotation reach Patch as feedback, the second
+/// attempt pushes the same branch (same PR), goes green and is merged.
+#[tokio::test]
+async fn red_checks_are_feedback_and_the_second_attempt_merges() {
+    let setup = setup().await;
+    setup.fake.with(|s| {
+        s.ci = Arc::new(|nth| {
+            if nth == 0 {
+                vec![ScriptedCheck {
+                    summary: "3 tests failed in widgets::spin".into(),
+                    annotations: vec![("src/spin.rs".into(), 7, "assertion failed: spun".into())],
+                    ..ScriptedCheck::run("ci", "failure")
+                }]
+            } else {
+                vec![ScriptedCheck::run("ci", "success")]
+            }
+        })
+    });
+    let done = run_task(&setup, "", json!({"repo": REPO})).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    assert_eq!(done["attempts"], 2, "{done:#}");
+    assert_eq!(done["failures"][0]["error"]["code"], "CHECKS_FAILED");
+    let prompts = std::fs::read_to_string(setup.root.path().join("prompts.txt")).unwrap();
+    assert!(
+        prompts.contains("3 tests failed in widgets::spin"),
+        "{prompts}"
+    );
+    assert!(prompts.contains("src/spin.rs:7"), "{prompts}");
+    let pulls = setup.fake.pulls();
+    assert_eq!(pulls.len(), 1, "one PR across attempts");
+    assert_eq!(pulls[0].heads.len(), 2, "{pulls:#?}");
+    assert!(pulls[0].merged);
+}
+
+/// `cancelled` and `action_required` are not green: each goes back as feedback.
+#[tokio::test]
+async fn cancelled_and_action_required_are_not_green() {
+    let setup = setup().await;
+    setup.fake.with(|s| {
+        s.ci = Arc::new(|nth| match nth {
+            0 => vec![ScriptedCheck::run("ci", "cancelled")],
+            1 => vec![ScriptedCheck::run("ci", "action_required")],
+            _ => vec![ScriptedCheck::run("ci", "success")],
+        })
+    });
+    let done = run_task(&setup, "", json!({"repo": REPO})).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let codes: Vec<&str> = done["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["error"]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["CHECKS_FAILED", "CHECKS_FAILED"], "{done:#}");
+    let messages = done["failures"].to_string();
+    assert!(
+        messages.contains("cancelled") && messages.contains("action_required"),
+        "{messages}"
+    );
+    assert_eq!(setup.fake.pulls()[0].heads.len(), 3);
+}
+
+/// No required checks and no check at all: `pass` merges at once, `fail` ends
+/// `CHECKS_STALLED`, `wait_secs` merges after the wait.
+#[tokio::test]
+async fn no_checks_policies() {
+    for (policy, status) in [("pass", "done"), ("fail", "failed"), ("wait_secs", "done")] {
+        let setup = setup().await;
+        setup.fake.with(|s| {
+            s.required_checks = None;
+            s.ci = Arc::new(|_| Vec::new());
+        });
+        let done = run_task(&setup, "", json!({"repo": REPO, "no_checks": policy})).await;
+        assert_eq!(done["status"], status, "{policy}: {done:#}");
+        if status == "failed" {
+            assert_eq!(done["error"]["code"], "CHECKS_STALLED", "{done:#}");
+            assert!(setup.fake.pulls()[0].state == "open");
+        } else {
+            assert!(setup.fake.pulls()[0].merged, "{policy}");
+        }
+    }
+}
+
+/// A required check that never reports ends the wait `CHECKS_STALLED`, naming it.
+#[tokio::test]
+async fn a_check_that_never_reports_stalls() {
+    let setup = setup().await;
+    setup.fake.with(|s| {
+        s.required_checks = Some(vec!["ci".into(), "e2e".into()]);
+        s.ci = Arc::new(|_| {
+            vec![
+                ScriptedCheck::run("ci", "success"),
+                ScriptedCheck {
+                    conclusion: None,
+                    ..ScriptedCheck::run("e2e", "success")
+                },
+            ]
+        })
+    });
+    let done = run_task(&setup, "checks_deadline_secs = 2\n", json!({"repo": REPO})).await;
+    assert_eq!(done["status"], "failed", "{done:#}");
+    assert_eq!(done["error"]["code"], "CHECKS_STALLED");
+    let message = done["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("e2e") && !message.contains("ci,"),
+        "{message}"
+    );
+    assert!(merges(&setup.fake).is_empty());
+}
+
+/// `CHANGES_REQUESTED` with two comments → one feedback round → the fix is pushed, glitchlab
+/// replies on both threads once → the required approval → merged.
+#[tokio::test]
+async fn requested_changes_are_one_feedback_round_then_approval_merges() {
+    let setup = setup().await;
+    setup.fake.with(|s| {
+        s.required_approvals = Some(1);
+        s.reviewer = Arc::new(|nth| {
+            Some(if nth == 0 {
+                ScriptedReview {
+                    state: "CHANGES_REQUESTED".into(),
+                    body: "Please rename things.".into(),
+                    comments: vec![
+                        ("f.txt".into(), 1, "call it greeting".into()),
+                        ("f.txt".into(), 2, "add a newline".into()),
+                    ],
+                }
+            } else {
+                ScriptedReview {
+                    state: "APPROVED".into(),
+                    body: "Thanks".into(),
+                    comments: Vec::new(),
+                }
+            })
+        });
+    });
+    let done = run_task(&setup, "", json!({"repo": REPO})).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    assert_eq!(done["failures"][0]["error"]["code"], "CHANGES_REQUESTED");
+    let prompts = std::fs::read_to_string(setup.root.path().join("prompts.txt")).unwrap();
+    for text in [
+        "Please rename things.",
+        "call it greeting",
+        "f.txt:2: add a newline",
+    ] {
+        assert!(prompts.contains(text), "{text}: {prompts}");
+    }
+    let replies: Vec<_> = setup
+        .fake
+        .with(|s| s.comments.clone())
+        .into_iter()
+        .filter(|c| c.in_reply_to.is_some())
+        .collect();
+    assert_eq!(replies.len(), 2, "{replies:#?}");
+    assert!(setup.fake.pulls()[0].merged);
+}
+
+/// The head moves under the merge (a human's push): 409 → the new head's checks are awaited →
+/// merged with the new head's sha.
+#[tokio::test]
+async fn a_head_moved_under_the_merge_is_verified_again() {
+    let setup = setup().await;
+    setup.fake.with(|s| s.move_head_on_merge = true);
+    let done = run_task(&setup, "", json!({"repo": REPO})).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let merges = merges(&setup.fake);
+    assert_eq!(merges.len(), 2, "{merges:#?}");
+    assert_eq!(merges[0]["status"], 409);
+    assert_eq!(merges[1]["status"], 200);
+    let pulls = setup.fake.pulls();
+    assert_eq!(pulls[0].heads.len(), 2, "CI ran on the moved head");
+    assert_eq!(merges[1]["request"]["sha"], pulls[0].heads[1].as_str());
+    assert_eq!(done["pull_request"]["head_moves"], 1);
+}
+
+/// A storm on the writes — a 502, secondary limits with and without `retry-after`, a 429: one
+/// PR, one merge, and the waits the ladder asks for (the floor is 1 s here; the exact ladder on
+/// a paused clock is `platform::github::ladder`'s unit test).
+#[tokio::test]
+async fn a_rate_limit_storm_makes_no_duplicate() {
+    let setup = setup().await;
+    setup.fake.with(|s| {
+        s.write_faults = [
+            Fault::BadGateway,
+            Fault::SecondaryRetryAfter(1),
+            Fault::Secondary,
+            Fault::TooMany,
+        ]
+        .into_iter()
+        .collect()
+    });
+    let started = std::time::Instant::now();
+    let done = run_task(&setup, "", json!({"repo": REPO})).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    assert_eq!(setup.fake.pulls().len(), 1);
+    let log = setup.fake.log();
+    let creates = log
+        .iter()
+        .filter(|e| e.method == "post" && e.status == 201)
+        .count();
+    assert_eq!(creates, 1);
+    assert_eq!(
+        merges(&setup.fake)
+            .iter()
+            .filter(|m| m["status"] == 200)
+            .count(),
+        1
+    );
+    // Retry 1, a 502: 1 s; retry 2, retry-after: 1 s; retry 3, no header: the 1 s floor
+    // doubled twice (4 s); retry 4, a 429: 8 s. At least 14 s in all.
+    assert!(
+        started.elapsed() >= Duration::from_secs(14),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A forge outage: `fail_fast` fails `DELIVERY_FAILED` naming the step; `best_effort` ends with
+/// the branch pushed, `delivered: branch_only` and `delivery_error`.
+#[tokio::test]
+async fn an_outage_under_fail_fast_and_best_effort() {
+    for mode in ["fail_fast", "best_effort"] {
+        let setup = setup().await;
+        setup.fake.with(|s| s.outage = true);
+        let done = run_task(
+            &setup,
+            "retries_max = 1\n",
+            json!({"repo": REPO, "mode": mode}),
+        )
+        .await;
+        let id = done["id"].as_str().unwrap();
+        let pushed = remote_git(
+            &setup.bare,
+            &["for-each-ref", &format!("refs/heads/glitchlab/{id}")],
+        );
+        assert!(!pushed.is_empty(), "{mode}: the branch is pushed");
+        if mode == "fail_fast" {
+            assert_eq!(done["status"], "failed", "{done:#}");
+            assert_eq!(done["error"]["code"], "DELIVERY_FAILED");
+            let message = done["error"]["message"].as_str().unwrap();
+            assert!(message.contains("find the pull request"), "{message}");
+        } else {
+            assert_eq!(done["status"], "done", "{done:#}");
+            assert_eq!(done["delivered"], "branch_only");
+            assert_eq!(done["delivery_error"]["code"], "DELIVERY_FAILED");
+        }
+    }
+}
+
+/// `kill -9` after GitHub opened the PR but before glitchlab recorded it: the restarted service
+/// finds it by head and marker — one PR, merged.
+#[tokio::test]
+async fn a_kill_between_creating_the_pr_and_recording_it_makes_one_pr() {
+    let setup = setup().await;
+    let (created, mut told) = tokio::sync::mpsc::unbounded_channel();
+    setup.fake.with(|s| {
+        s.slow_create = Some(Duration::from_secs(30));
+        s.created = Some(created);
+    });
+    let options = Options {
+        env: vec![(TOKEN_ENV.into(), TOKEN.into())],
+        ..with_config(&github_config(&setup.fake, ""))
+    };
+    let mut service = Service::start_with(setup.root.path(), options.clone()).await;
+    let body = pr_task(setup.root.path(), &setup.url, json!({"repo": REPO}));
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::timeout(Duration::from_secs(120), told.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    service.kill_9();
+    let (_, task) = {
+        let again = Service::start_with(setup.root.path(), options).await;
+        let done = again
+            .wait_finished_within(&id, Duration::from_secs(120))
+            .await;
+        (again, done)
+    };
+    assert_eq!(task["status"], "done", "{task:#}");
+    crate::github_contract::check(&setup.fake.log());
+    assert_eq!(setup.fake.pulls().len(), 1, "no second PR");
+    assert!(setup.fake.pulls()[0].merged);
+}
+
+/// A GitHub App: the JWT (RS256, checked by the fake with the key's public half) buys an
+/// installation token; tokens that expire mid-task are renewed before they do (no call is ever
+/// refused for an expired token).
+#[tokio::test]
+async fn an_app_token_expiring_mid_task_is_renewed() {
+    let setup = setup().await;
+    let key = setup.root.path().join("app.pem");
+    let made = std::process::Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output();
+    if !made.as_ref().is_ok_and(|m| m.status.success()) {
+        eprintln!("skipped: openssl is not installed to make the App's key");
+        return;
+    }
+    let public = std::process::Command::new("openssl")
+        .args(["rsa", "-RSAPublicKey_out", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(public.status.success());
+    setup.fake.with(|s| {
+        s.app = Some(crate::github_fake::AppAuth {
+            installation_id: 7,
+            public_key: public.stdout.clone(),
+            token_life: Duration::from_secs(3),
+            minted: Vec::new(),
+        });
+        // CI takes a while: the first token expires under it.
+        s.ci = Arc::new(|_| {
+            vec![ScriptedCheck {
+                pending_reads: 25,
+                ..ScriptedCheck::run("ci", "success")
+            }]
+        });
+    });
+    let extra = format!(
+        "app_id = 42\ninstallation_id = 7\nprivate_key_file = \"{}\"\ntoken_refresh_margin_secs = 2\n",
+        key.display()
+    );
+    let done = run_task(&setup, &extra, json!({"repo": REPO})).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let (minted, refused) = setup
+        .fake
+        .with(|s| (s.app.as_ref().unwrap().minted.len(), s.unauthorized));
+    assert!(minted >= 2, "the token was renewed: {minted}");
+    assert_eq!(refused, 0, "no call went out with an expired token");
+}
+
+fn signed(body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn send_webhook(service: &Service, delivery: &str, signature: &str) -> (u16, Value) {
+    let body = json!({"action": "completed", "repository": {"full_name": REPO}}).to_string();
+    let response = service
+        .request(reqwest::Method::POST, "/v1/github/webhook")
+        .header("content-type", "application/json")
+        .header("x-github-event", "check_run")
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Webhooks wake a waiting delivery at once (the poll here is a minute), a redelivery is
+/// handled once, and a bad signature is refused `401 WEBHOOK_SIGNATURE`.
+#[tokio::test]
+async fn webhooks_wake_deliveries_once_and_bad_signatures_are_refused() {
+    let setup = setup().await;
+    let config = github_config(&setup.fake, "poll_ms = 60000\n");
+    let service = Service::start_in_process(setup.root.path(), with_config(&config)).await;
+    let payload = json!({"action": "completed", "repository": {"full_name": REPO}}).to_string();
+    let (status, answer) = send_webhook(&service, "d-bad", "sha256=00").await;
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(answer["error"]["code"], "WEBHOOK_SIGNATURE");
+    let good = signed(payload.as_bytes());
+    let (status, first) = send_webhook(&service, "d-1", &good).await;
+    assert_eq!(
+        (status, &first["duplicate"]),
+        (202, &json!(false)),
+        "{first}"
+    );
+    assert_eq!(first["woke"], REPO);
+    let (status, again) = send_webhook(&service, "d-1", &good).await;
+    assert_eq!(
+        (status, &again["duplicate"]),
+        (202, &json!(true)),
+        "{again}"
+    );
+    assert_eq!(again["woke"], Value::Null, "a redelivery wakes nothing");
+    let body = pr_task(setup.root.path(), &setup.url, json!({"repo": REPO}));
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let started = std::time::Instant::now();
+    let mut delivery = 0;
+    let done = loop {
+        let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+        if task["status"] == "done" || task["status"] == "failed" {
+            break task;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(50),
+            "not woken: {task:#}"
+        );
+        delivery += 1;
+        send_webhook(&service, &format!("d-wake-{delivery}"), &good).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(done["status"], "done", "{done:#}");
+    assert!(started.elapsed() < Duration::from_secs(50));
+    crate::github_contract::check(&setup.fake.log());
+}
+
+/// Intake refuses a pull-request task it could not deliver: no `[github]` credentials, a local
+/// path as `repo`, `pull_request` without `delivery: pull_request`, a bad `owner/name` (the
+/// default from an `https://` URL is `model::pull_request`'s unit test).
+#[tokio::test]
+async fn intake_refuses_what_it_could_not_deliver() {
+    let setup = setup().await;
+    let service = Service::start_in_process(setup.root.path(), Options::default()).await;
+    let body = pr_task(setup.root.path(), &setup.url, json!({"repo": REPO}));
+    let (status, answer) = service.post("/v1/tasks", &body).await;
+    assert_eq!(status, 422, "no [github]: {answer}");
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("[github]"));
+    drop(service);
+    let root = tempfile::tempdir().unwrap();
+    let config = github_config(&setup.fake, "");
+    let service = Service::start_in_process(root.path(), with_config(&config)).await;
+    let local = crate::helpers::git_repo(root.path());
+    let cases = [
+        (json!({"repo": local.display().to_string()}), "git URL"),
+        (
+            json!({"delivery": "merge"}),
+            "needs `delivery: pull_request`",
+        ),
+        (
+            json!({"pull_request": {"repo": "not a repo"}}),
+            "owner/name",
+        ),
+    ];
+    for (change, expected) in cases {
+        let mut body = pr_task(root.path(), &setup.url, json!({"repo": REPO}));
+        for (key, value) in change.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        let (status, answer) = service.post("/v1/tasks", &body).await;
+        assert_eq!(status, 422, "{change}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{change}: {message}");
+    }
+}
