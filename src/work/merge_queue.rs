@@ -184,7 +184,9 @@ pub(crate) fn scratch_path(services: &Services, key: &QueueKey) -> PathBuf {
 
 /// Removes an idle queue's scratch worktree.
 pub(crate) async fn remove_scratch(services: &Services, key: &QueueKey) {
-    let repo = Git::new(&key.0, services.config.git.timeout());
+    // `key.0` is the repository as tasks name it: a `file://` or other URL is no directory;
+    // the queue's worktrees belong to its local clone.
+    let repo = Git::new(services.repo_dir(&key.0), services.config.git.timeout());
     let path = scratch_path(services, key);
     if let Err(error) = candidate::remove_scratch(&repo, &path).await {
         tracing::warn!(repo = %key.0, base = %key.1, %error, "could not remove the merge queue's scratch worktree");
