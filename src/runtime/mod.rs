@@ -56,6 +56,9 @@ pub struct Services {
     /// Fire-and-forget work (settlements, signals, cleanups, event streams), owned and capped so
     /// shutdown can wait for it.
     pub background: background::Background,
+    /// The gate every engine and verify job passes before it starts: the pause holds jobs
+    /// there, in-process and on the fleet alike ([`jobs::hold`]).
+    pub(crate) hold: Arc<jobs::hold::JobHold>,
 }
 
 impl Services {
