@@ -221,6 +221,7 @@ impl Application {
         };
         let services = Services {
             hold: Arc::new(hold),
+            merge_lines: Arc::default(),
             fleet,
             redactor,
             sandbox: sandbox.map(Arc::new),

@@ -11,6 +11,7 @@ pub mod fleet;
 pub(crate) mod jobs;
 pub mod ledger;
 pub mod live_output;
+pub mod merge_lines;
 pub(crate) mod notifier;
 pub(crate) mod repo_checks;
 pub(crate) mod supervision;
@@ -59,6 +60,8 @@ pub struct Services {
     /// The gate every engine and verify job passes before it starts: the pause holds jobs
     /// there, in-process and on the fleet alike ([`jobs::hold`]).
     pub(crate) hold: Arc<jobs::hold::JobHold>,
+    /// The merge queues' lines as Patch last published them (a task's `merge.place`).
+    pub merge_lines: Arc<merge_lines::MergeLines>,
 }
 
 impl Services {

@@ -161,6 +161,11 @@ impl<E> Line<E> {
         self.busy = false;
     }
 
+    /// The tasks waiting, first served first.
+    pub(crate) fn waiting_ids(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.waiting.keys().map(|place| place.task_id)
+    }
+
     /// Nobody waits and nothing runs.
     pub(crate) fn is_idle(&self) -> bool {
         !self.busy && self.waiting.is_empty()
