@@ -28,6 +28,7 @@ use crate::model::persona::Persona;
 use crate::model::task::TaskId;
 use crate::storage::store::Store;
 use directory::ActorDirectory;
+pub use jobs::hold::JobHold;
 
 /// What every actor of the tree shares. Cheap to clone.
 #[derive(Clone)]
@@ -59,7 +60,7 @@ pub struct Services {
     pub background: background::Background,
     /// The gate every engine and verify job passes before it starts: the pause holds jobs
     /// there, in-process and on the fleet alike ([`jobs::hold`]).
-    pub(crate) hold: Arc<jobs::hold::JobHold>,
+    pub hold: Arc<JobHold>,
     /// The merge queues' lines as Patch last published them (a task's `merge.place`).
     pub merge_lines: Arc<merge_lines::MergeLines>,
 }

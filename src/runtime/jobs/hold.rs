@@ -67,7 +67,7 @@ pub(crate) struct HeldJob {
 
 /// The gate every job start passes (see the module).
 #[derive(Debug, Default)]
-pub(crate) struct JobHold {
+pub struct JobHold {
     state: Mutex<State>,
     changed: Notify,
     /// Where the gate's own pause is kept (no fleet); `None`: the fleet keeps it.
