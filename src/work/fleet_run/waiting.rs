@@ -20,6 +20,12 @@ use crate::work::transitions;
 
 /// What a job held by the pause waits for.
 pub(crate) const PAUSED: &str = "fleet paused";
+/// Added to a held job's own timeout (with three git calls' worth) to bound its wait at the
+/// gate: the stage's bound as the pipeline counts it (its call timeout is at least this), so the
+/// gate gives up, with a reason, no later than the stage would.
+const HOLD_MARGIN: Duration = Duration::from_secs(30);
+/// Git calls a stage's bound allows for besides its job.
+const HOLD_GIT_CALLS: u32 = 3;
 /// How often a published job that no factory has claimed is looked at (and how long it may
 /// wait unclaimed before its task shows why).
 const CLAIM_WATCH_EVERY: Duration = Duration::from_secs(2);
@@ -37,8 +43,10 @@ pub(crate) struct Waiter {
 
 /// Lets a job start: at once without a pause; while the pause is on, after it ends and every
 /// job that asked earlier has started (its task shows `waiting_for: "fleet paused"` meanwhile).
-/// The wait is bounded by `timeout` (the job's own): past it the stage fails transiently
-/// (`FLEET_UNAVAILABLE`, retried with backoff). A cancel of the task drops the wait at once.
+/// The wait is bounded by the stage's timeout (`timeout`, the job's own, plus the stage's git
+/// allowance and margin: a pause longer than a job's timeout alone spends no retry): past it
+/// the stage fails transiently (`FLEET_UNAVAILABLE`, retried with backoff). A cancel of the
+/// task drops the wait at once.
 pub(crate) async fn admit(
     services: &Services,
     who: Waiter,
@@ -53,7 +61,8 @@ pub(crate) async fn admit(
     let started = Instant::now();
     let mut shown = Shown::new(services, who);
     shown.wait_for(PAUSED).await;
-    let waited = place.wait(timeout).await;
+    let bound = timeout + services.config.git.timeout() * HOLD_GIT_CALLS + HOLD_MARGIN;
+    let waited = place.wait(bound).await;
     let outcome = if waited.is_ok() {
         "released"
     } else {
