@@ -535,8 +535,12 @@ impl Task {
                 progress.waiting_for = None;
                 progress.waiting_since = None;
             }
-            LifecycleEvent::Resume
-            | LifecycleEvent::JoinQueue
+            // The restart lost the task's jobs, and with them their waits.
+            LifecycleEvent::Resume => {
+                progress.waiting_for = None;
+                progress.waiting_since = None;
+            }
+            LifecycleEvent::JoinQueue
             | LifecycleEvent::LeaveQueue
             | LifecycleEvent::AwaitApproval
             | LifecycleEvent::Approve { .. }

@@ -378,6 +378,11 @@ fn waiting_for_the_fleet_is_shown_while_running_and_cleared_by_the_end() {
         ),
         (None, None)
     );
+    // A restart lost the job that waited: the resumed task waits for nothing until a job asks.
+    task.apply(LifecycleEvent::WaitForFleet("fleet paused".into()), t1)
+        .unwrap();
+    task.apply(LifecycleEvent::Resume, t1).unwrap();
+    assert_eq!(task.progress.waiting_for, None);
     task.apply(LifecycleEvent::WaitForFleet("fleet paused".into()), t1)
         .unwrap();
     task.apply(LifecycleEvent::Cancel, t1).unwrap();
