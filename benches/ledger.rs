@@ -125,6 +125,8 @@ async fn in_process(root: &Path) -> (f64, f64) {
         base_health: Arc::default(),
         background: Default::default(),
         live_output: Default::default(),
+        hold: Arc::default(),
+        merge_lines: Arc::default(),
         config: Arc::new(config),
     };
     let arguments = LedgerArguments {

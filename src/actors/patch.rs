@@ -268,6 +268,23 @@ fn join_queue(
     let line = state.queues.entry(key.clone()).or_default();
     line.join(Place::of(&task), QueuedDelivery { task, reply });
     next_turn(myself, state, key);
+    publish_lines(state);
+}
+
+/// Publishes every line (the tasks a turn serves first, then the ones waiting) for the tasks'
+/// `merge.place` ([`crate::runtime::merge_lines`]): after each change, no store write.
+fn publish_lines(state: &PatchState) {
+    let keys: HashSet<&QueueKey> = state.queues.keys().chain(state.turns.keys()).collect();
+    let lines = keys.into_iter().map(|key| {
+        let served = state.turns.get(key).into_iter().flat_map(|t| &t.tasks);
+        let waiting = state
+            .queues
+            .get(key)
+            .into_iter()
+            .flat_map(Line::waiting_ids);
+        served.map(|task| task.id).chain(waiting).collect()
+    });
+    state.services.merge_lines.publish(lines);
 }
 
 /// Starts the queue's next turn when none runs: the first tasks in line (up to
@@ -358,6 +375,7 @@ fn turn_done(
         line.done();
     }
     next_turn(myself, state, key);
+    publish_lines(state);
 }
 
 /// A cancelled task leaves its queue. A running turn that holds it is aborted: the task hears
@@ -394,6 +412,7 @@ fn cancel_delivery(myself: &ActorRef<PatchMsg>, state: &mut PatchState, task_id:
         line.done();
         next_turn(myself, state, key);
     }
+    publish_lines(state);
 }
 
 async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, StageError> {

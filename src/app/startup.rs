@@ -215,7 +215,14 @@ impl Application {
             ),
             None => None,
         };
+        // The job gate mirrors the fleet's pause, or keeps its own without a fleet.
+        let hold = match &fleet {
+            Some(fleet) => crate::runtime::jobs::hold::JobHold::mirroring(fleet.paused()),
+            None => crate::runtime::jobs::hold::JobHold::kept_in(&config.storage.data_dir).await,
+        };
         let services = Services {
+            hold: Arc::new(hold),
+            merge_lines: Arc::default(),
             fleet,
             redactor,
             sandbox: sandbox.map(Arc::new),

@@ -16,7 +16,9 @@
 //! The merge queue's sub-states of a running task are rows too: in line without a slot
 //! (`JoinQueue`/`LeaveQueue`: effects `FreeSlot`/`TakeSlot`), held for a red base
 //! (`HoldForRedBase`/`ReleaseHold`: `merge.held`), landing (`ClaimLanding`/`ReleaseLanding`:
-//! `merge.landing`, during which a cancel is refused `TASK_LANDING`).
+//! `merge.landing`, during which a cancel is refused `TASK_LANDING`). A job waiting at the job
+//! gate (`WaitForFleet`/`StopWaiting`: `waiting_for`, the fleet paused or no factory for its
+//! capabilities) is one too: the task stays running.
 //!
 //! Refusal codes: the client's gate actions (approve, reject, retry) answer
 //! `INVALID_TASK_STATUS` in any status they do not apply to, as they always have; any other event
@@ -89,6 +91,11 @@ pub enum LifecycleEvent {
     ClaimLanding(String),
     /// The base did not move to the candidate: cancels work again.
     ReleaseLanding,
+    /// A job of the task waits before it starts (the fleet is paused, or no live factory offers
+    /// what it needs): the reason is shown on the task (`waiting_for`); it stays running.
+    WaitForFleet(String),
+    /// The job stopped waiting (it started, or its wait ended).
+    StopWaiting,
 }
 
 impl LifecycleEvent {
@@ -115,6 +122,8 @@ impl LifecycleEvent {
             Self::ReleaseHold => "release_hold",
             Self::ClaimLanding(_) => "claim_landing",
             Self::ReleaseLanding => "release_landing",
+            Self::WaitForFleet(_) => "wait_for_fleet",
+            Self::StopWaiting => "stop_waiting",
         }
     }
 
@@ -128,6 +137,7 @@ impl LifecycleEvent {
                 "running"
             }
             Self::ClaimLanding(_) | Self::ReleaseLanding => "running",
+            Self::WaitForFleet(_) | Self::StopWaiting => "running",
             Self::AwaitApproval | Self::Deliver => "running",
             Self::Approve { .. } | Self::Reject => "awaiting_approval",
             Self::Retry { .. } => "failed or dead_letter",
@@ -249,6 +259,7 @@ pub(crate) fn step(
         E::LeaveQueue => while_running(status, event, &[Effect::TakeSlot]),
         E::HoldForRedBase(_) | E::ReleaseHold => while_running(status, event, &[]),
         E::ClaimLanding(_) | E::ReleaseLanding => while_running(status, event, &[]),
+        E::WaitForFleet(_) | E::StopWaiting => while_running(status, event, &[]),
     }
 }
 
@@ -514,8 +525,22 @@ impl Task {
             LifecycleEvent::ReleaseHold => progress.merge.held = None,
             LifecycleEvent::ClaimLanding(commit) => progress.merge.landing = Some(commit),
             LifecycleEvent::ReleaseLanding => progress.merge.landing = None,
-            LifecycleEvent::Resume
-            | LifecycleEvent::JoinQueue
+            LifecycleEvent::WaitForFleet(reason) => {
+                if progress.waiting_for.as_ref() != Some(&reason) {
+                    progress.waiting_since = Some(now);
+                }
+                progress.waiting_for = Some(reason);
+            }
+            LifecycleEvent::StopWaiting => {
+                progress.waiting_for = None;
+                progress.waiting_since = None;
+            }
+            // The restart lost the task's jobs, and with them their waits.
+            LifecycleEvent::Resume => {
+                progress.waiting_for = None;
+                progress.waiting_since = None;
+            }
+            LifecycleEvent::JoinQueue
             | LifecycleEvent::LeaveQueue
             | LifecycleEvent::AwaitApproval
             | LifecycleEvent::Approve { .. }
@@ -525,6 +550,9 @@ impl Task {
         }
         if transition.to.is_terminal() {
             self.outcome.finished_at = Some(now);
+            // An ended task waits for nothing (its waiting job was dropped with it).
+            self.progress.waiting_for = None;
+            self.progress.waiting_since = None;
         }
         Ok(transition)
     }

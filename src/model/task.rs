@@ -271,6 +271,11 @@ pub struct MergeState {
     /// for a task that lands anyway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub landing: Option<String>,
+    /// The task's place in its merge queue's line (1: served next, or being served), while it
+    /// waits there. Never stored: filled in when the task is read (`GET /v1/tasks/{id}`), from
+    /// the queue's line in memory, so a shuffle of the line costs no store write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place: Option<usize>,
 }
 
 /// How deliver ended for a `done` task, so `done` never hides that nothing of it landed.
@@ -523,6 +528,14 @@ pub struct TaskProgress {
     pub updated_at: DateTime<Utc>,
     /// When a pipeline first picked it up.
     pub started_at: Option<DateTime<Utc>>,
+    /// What a job of the task waits for before it may start (`fleet paused`, `no factory with
+    /// has:gpu`); the status stays `running`. Set and cleared through `model::lifecycle`
+    /// (`WaitForFleet`/`StopWaiting`), cleared when the task ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
+    /// Since when it waits for `waiting_for`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<DateTime<Utc>>,
 }
 
 impl TaskProgress {
@@ -544,6 +557,8 @@ impl TaskProgress {
             feedback: None,
             updated_at: now,
             started_at: None,
+            waiting_for: None,
+            waiting_since: None,
         }
     }
 }

@@ -330,6 +330,15 @@ impl Fleet {
         reason_among(&factories, capabilities)
     }
 
+    /// Whether job `job` is published and no factory has claimed it yet.
+    pub(crate) fn is_unclaimed(&self, job: Uuid) -> bool {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&job)
+            .is_some_and(|w| w.claimed.is_none())
+    }
+
     /// Jobs no factory has claimed yet, with the reason when `factories` (the registry, read once
     /// by the caller) tells one.
     pub(crate) fn unclaimed(&self, factories: &[FactoryRecord]) -> Vec<WaitingJob> {

@@ -6,6 +6,10 @@
 //! - A persona runs each job with [`InFlightJobs::start`] in a spawned task whose result comes back
 //!   to the persona as a message; a panic in the job becomes an error, not a lost reply.
 //! - Dropping a job's handle aborts it, and with it the process group of any engine it runs.
+//! - Every engine and verify job passes the job gate ([`hold`]) before it starts: the pause
+//!   holds them there, in-process and on the fleet alike.
+
+pub(crate) mod hold;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -11,6 +11,7 @@ pub mod fleet;
 pub(crate) mod jobs;
 pub mod ledger;
 pub mod live_output;
+pub mod merge_lines;
 pub(crate) mod notifier;
 pub(crate) mod repo_checks;
 pub(crate) mod supervision;
@@ -27,6 +28,7 @@ use crate::model::persona::Persona;
 use crate::model::task::TaskId;
 use crate::storage::store::Store;
 use directory::ActorDirectory;
+pub use jobs::hold::JobHold;
 
 /// What every actor of the tree shares. Cheap to clone.
 #[derive(Clone)]
@@ -56,6 +58,11 @@ pub struct Services {
     /// Fire-and-forget work (settlements, signals, cleanups, event streams), owned and capped so
     /// shutdown can wait for it.
     pub background: background::Background,
+    /// The gate every engine and verify job passes before it starts: the pause holds jobs
+    /// there, in-process and on the fleet alike ([`jobs::hold`]).
+    pub hold: Arc<JobHold>,
+    /// The merge queues' lines as Patch last published them (a task's `merge.place`).
+    pub merge_lines: Arc<merge_lines::MergeLines>,
 }
 
 impl Services {

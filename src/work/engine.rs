@@ -185,6 +185,8 @@ pub(crate) async fn run_shell(
     let rules = services.definitions.tool_rules(who.persona);
     executor::check(&run.command, who.persona.name(), &rules)
         .map_err(|denied| StageError::ToolDenied(denied.to_string()))?;
+    // The job gate: while the pause is on, the run waits here (no record yet).
+    admit(services, who, &run.capabilities, run.timeout).await?;
     let temp_dir = services.temp_dir(who.task_id);
     tokio::fs::create_dir_all(&temp_dir).await?;
     let cwd = run.worktree.dir().to_path_buf();
@@ -283,6 +285,21 @@ pub(crate) async fn run_shell(
         ))),
         None => Ok(record),
     }
+}
+
+/// Passes the job gate ([`crate::work::fleet_run::waiting::admit`]) for `who`'s job.
+async fn admit(
+    services: &Services,
+    who: &RunIdentity,
+    capabilities: &[String],
+    timeout: Duration,
+) -> Result<(), StageError> {
+    let waiter = crate::work::fleet_run::waiting::Waiter {
+        task_id: who.task_id,
+        persona: who.persona,
+        stage: who.stage,
+    };
+    crate::work::fleet_run::waiting::admit(services, waiter, capabilities, timeout).await
 }
 
 /// Runs `spec` while its output goes live to the task's event streams as `run.output` chunks
@@ -400,6 +417,8 @@ pub(crate) async fn run_model(
             message: format!("no provider `{provider_name}` in [providers]"),
             source: None,
         })?;
+    let timeout = Duration::from_secs(services.config.engines.timeout_secs);
+    admit(services, who, &[], timeout).await?;
     let command = Some(format!("openai:{provider_name}/{}", provider.model));
     let mut running = who.running("openai", command);
     running.prompt_digest = Some(crate::platform::prompt::prompt_digest(&format!(
@@ -458,6 +477,12 @@ pub(crate) async fn record_builtin(
     stdout: String,
     started: Instant,
 ) -> Result<EngineRun, StageError> {
+    // A builtin engine computes in memory; its run is recorded (and the stage goes on) only
+    // once the job gate lets it, and its duration leaves the wait out.
+    let gate = Instant::now();
+    let timeout = Duration::from_secs(services.config.engines.timeout_secs);
+    admit(services, who, &[], timeout).await?;
+    let waited = gate.elapsed();
     let stdout = services.redactor.redact(&stdout);
     let record = EngineRun {
         id: Uuid::now_v7(),
@@ -475,7 +500,7 @@ pub(crate) async fn record_builtin(
             truncated_bytes: 0,
         },
         stderr: CapturedOutput::default(),
-        duration_ms: millis(started.elapsed()),
+        duration_ms: millis(started.elapsed().saturating_sub(waited)),
         tokens: None,
         prompt_digest: None,
         cost: None,

@@ -9,6 +9,8 @@
 //! goes through the same [`live_output::forward`] as a local run's output — coalesced,
 //! rate-limited, redacted — to the task's stream as `run.output` chunks of the run's record.
 
+pub(crate) mod waiting;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -182,8 +184,19 @@ async fn run_watched(
             });
         },
     );
+    let waiter = waiting::Waiter {
+        task_id: who.task_id,
+        persona: who.persona,
+        stage: who.stage,
+    };
     let run = async {
-        let result = fleet.run(job, secrets).await;
+        // While no factory claims it, the task shows why (the watch never ends by itself).
+        let result = tokio::select! {
+            result = fleet.run(job, secrets) => result,
+            never = waiting::watch_claim(services, fleet, waiter, job.job_id, &job.capabilities) => {
+                match never {}
+            }
+        };
         let _ = done.send(());
         result
     };

@@ -178,6 +178,11 @@ impl<E> Line<E> {
         self.busy = false;
     }
 
+    /// The tasks waiting, first served first.
+    pub(crate) fn waiting_ids(&self) -> impl Iterator<Item = TaskId> + '_ {
+        self.waiting.keys().map(|place| place.task_id)
+    }
+
     /// Nobody waits and nothing runs.
     pub(crate) fn is_idle(&self) -> bool {
         !self.busy && self.waiting.is_empty()
@@ -201,7 +206,9 @@ pub(crate) fn scratch_path(services: &Services, key: &QueueKey) -> PathBuf {
 
 /// Removes an idle queue's scratch worktree.
 pub(crate) async fn remove_scratch(services: &Services, key: &QueueKey) {
-    let repo = Git::new(&key.0, services.config.git.timeout());
+    // `key.0` is the repository as tasks name it: a `file://` or other URL is no directory;
+    // the queue's worktrees belong to its local clone.
+    let repo = Git::new(services.repo_dir(&key.0), services.config.git.timeout());
     let path = scratch_path(services, key);
     if let Err(error) = candidate::remove_scratch(&repo, &path).await {
         tracing::warn!(repo = %key.0, base = %key.1, %error, "could not remove the merge queue's scratch worktree");

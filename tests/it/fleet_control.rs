@@ -731,3 +731,207 @@ async fn the_fleet_cli_lists_drains_resumes_and_pauses() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("INVALID_FIELD"));
 }
+
+/// The task's engine runs recorded so far.
+async fn run_count(service: &Service, id: &str) -> usize {
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    runs["runs"].as_array().map_or(0, Vec::len)
+}
+
+/// When the task's first event of `kind` was recorded.
+async fn first_event_at(service: &Service, id: &str, kind: &str) -> Option<String> {
+    let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    events["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["kind"] == kind)
+        .and_then(|e| e["ts"].as_str().map(str::to_owned))
+}
+
+/// With two factories and the pause on, four submitted tasks start no job for 10 s — no run
+/// record, no fleet job, each shows `waiting_for: "fleet paused"` — and after resume all four
+/// finish, their jobs released in the order they asked.
+#[tokio::test]
+async fn with_two_factories_paused_four_tasks_start_no_job_until_resume() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let service = Service::start_with(root.path(), keyed(&nats, "")).await;
+    let _one = keyed_factory(root.path(), &nats, &service, "one", 2, &[]).await;
+    let _two = keyed_factory(root.path(), &nats, &service, "two", 2, &[]).await;
+    let (status, _) = service.post("/v1/fleet/pause", &json!({})).await;
+    assert_eq!(status, 200);
+    wait_factory_paused(&service, "one").await;
+    wait_factory_paused(&service, "two").await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let body = task(
+            &repo,
+            &format!("Held {n}"),
+            &format!("echo {n} > h{n}.txt"),
+            &format!("test -f h{n}.txt"),
+        );
+        ids.push(submit(&service, &body).await);
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for id in &ids {
+        let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!(task["status"], "running", "{task:#}");
+        assert_eq!(task["waiting_for"], "fleet paused", "{task:#}");
+        assert_eq!(run_count(&service, id).await, 0, "a job ran while paused");
+        let kinds = service.event_kinds(id).await;
+        assert!(kinds.contains(&"job.waiting".to_owned()), "{kinds:?}");
+        assert!(!kinds.contains(&"fleet.ran".to_owned()), "{kinds:?}");
+        assert!(waits(&service, id).await, "not listed as waiting");
+    }
+    let (_, report) = service.get("/v1/report").await;
+    let reported: Vec<&Value> = report["waiting"].as_array().unwrap().iter().collect();
+    for id in &ids {
+        assert!(
+            reported
+                .iter()
+                .any(|w| w["id"] == id.as_str() && w["reason"] == "fleet paused"),
+            "{report:#}"
+        );
+    }
+    let (status, _) = service.post("/v1/fleet/resume", &json!({})).await;
+    assert_eq!(status, 200);
+    for id in &ids {
+        let task = service
+            .wait_finished_within(id, Duration::from_secs(120))
+            .await;
+        assert_eq!(task["status"], "done", "{task:#}");
+        assert!(task.get("waiting_for").is_none(), "{task:#}");
+        assert!(run_count(&service, id).await > 0);
+    }
+    // First come, first served: the jobs held first were released first.
+    let mut asked = Vec::new();
+    let mut released = Vec::new();
+    for id in &ids {
+        asked.push((first_event_at(&service, id, "job.waiting").await, id));
+        released.push((first_event_at(&service, id, "job.released").await, id));
+    }
+    asked.sort();
+    released.sort();
+    let order =
+        |v: &[(Option<String>, &String)]| v.iter().map(|(_, id)| (*id).clone()).collect::<Vec<_>>();
+    assert_eq!(order(&asked), order(&released), "{asked:?} {released:?}");
+}
+
+/// Without a fleet, the pause holds in-process jobs too: a task starts no job (no verify, no
+/// run at all) until resume, shows why, and a cancel ends its wait at once.
+#[tokio::test]
+async fn without_a_fleet_the_pause_holds_in_process_jobs_until_resume() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start_in_process(root.path(), Options::default()).await;
+    let (status, paused) = service.post("/v1/fleet/pause", &json!({})).await;
+    assert_eq!((status, &paused["paused"]), (200, &json!(true)), "{paused}");
+    let id = submit(
+        &service,
+        &task(&repo, "Held here", "echo ok > f.txt", "test -f f.txt"),
+    )
+    .await;
+    let doomed = submit(
+        &service,
+        &task(&repo, "Cancelled while held", "echo ok > g.txt", "true"),
+    )
+    .await;
+    wait_until("the job waits", Duration::from_secs(20), async || {
+        let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+        task["waiting_for"] == "fleet paused"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(task["status"], "running", "{task:#}");
+    assert_eq!(run_count(&service, &id).await, 0, "a job ran while paused");
+    let (_, fleet) = service.get("/v1/fleet").await;
+    assert_eq!(
+        (&fleet["configured"], &fleet["paused"]),
+        (&json!(false), &json!(true))
+    );
+    assert!(waits(&service, &id).await, "{fleet:#}");
+
+    let asked = std::time::Instant::now();
+    let (status, _) = service
+        .post(&format!("/v1/tasks/{doomed}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let cancelled = service
+        .wait_finished_within(&doomed, Duration::from_secs(10))
+        .await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled:#}");
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    assert!(cancelled.get("waiting_for").is_none(), "{cancelled:#}");
+    wait_until(
+        "the cancelled job leaves the line",
+        Duration::from_secs(5),
+        async || !waits(&service, &doomed).await,
+    )
+    .await;
+
+    let (status, _) = service.post("/v1/fleet/resume", &json!({})).await;
+    assert_eq!(status, 200);
+    let done = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let kinds = service.event_kinds(&id).await;
+    assert!(kinds.contains(&"job.released".to_owned()), "{kinds:?}");
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    assert!(
+        runs["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["persona"] == "circuit"),
+        "the verify ran after resume: {runs:#}"
+    );
+}
+
+/// A task needing a capability no live factory offers shows it on the task and in the report.
+#[tokio::test]
+async fn a_job_no_factory_can_serve_shows_why_on_the_task_and_in_the_report() {
+    require_nats!();
+    let root = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&root.path().join("nats"));
+    let repo = git_repo(root.path());
+    let service = Service::start_with(root.path(), keyed(&nats, "")).await;
+    let _one = keyed_factory(root.path(), &nats, &service, "one", 2, &[]).await;
+    wait_until(
+        "the factory registers",
+        Duration::from_secs(20),
+        async || factory_view(&service, "one").await.is_some(),
+    )
+    .await;
+    let mut gpu = task(&repo, "Needs a GPU", "echo ok > gpu.txt", "true");
+    gpu["capabilities"] = json!(["has:gpu"]);
+    let id = submit(&service, &gpu).await;
+    wait_until("the task shows why", Duration::from_secs(30), async || {
+        let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+        task["waiting_for"] == "no factory with has:gpu"
+    })
+    .await;
+    let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(task["status"], "running", "{task:#}");
+    assert!(task["waiting_since"].is_string(), "{task:#}");
+    let (_, report) = service.get("/v1/report").await;
+    assert!(
+        report["waiting"].as_array().unwrap().iter().any(|w| {
+            w["id"] == id.as_str()
+                && w["reason"] == "no factory with has:gpu"
+                && w["since"].is_string()
+        }),
+        "{report:#}"
+    );
+    let (status, _) = service
+        .post(&format!("/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let ended = service
+        .wait_finished_within(&id, Duration::from_secs(10))
+        .await;
+    assert!(ended.get("waiting_for").is_none(), "{ended:#}");
+}

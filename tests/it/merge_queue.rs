@@ -994,3 +994,76 @@ async fn a_retry_whose_branch_is_behind_the_base_starts_from_the_current_base() 
     assert_eq!(landed["status"], "done", "{landed:#}");
     assert_eq!(git(&repo, &["show", "main:f-fix.txt"]), "ok");
 }
+
+/// Tasks waiting behind a slow candidate verify carry their place in line (`merge.place`, 1 for
+/// the candidate being served), as the report's line has them; a task that left the queue has
+/// none.
+#[tokio::test]
+async fn tasks_waiting_behind_a_slow_candidate_show_their_place_in_line() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    let config = "[merge_queue]\nbatch_max = 1\n";
+    let service = Service::start_in_process(root.path(), with_config(config)).await;
+    // The blocker moves the base on its first attempt, so its candidate must be verified; that
+    // verify sleeps 15 s, and only in the merge queue's scratch worktree.
+    let blocker_patch = format!(
+        "echo hi > {r}/teammate.txt && git -C {r} add teammate.txt && \
+         git -C {r} -c user.name=t -c user.email=t@t commit -q -m teammate && \
+         echo ok > f-blocker.txt",
+        r = repo.display()
+    );
+    let blocker_verify = "case \"$PWD\" in */merge-queue/*) sleep 15;; esac; sh test.sh";
+    let blocker = task(&repo, "Blocker", &blocker_patch, blocker_verify);
+    let blocker_id = service.submit(&blocker).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    service
+        .wait_for_task(&blocker_id, Duration::from_secs(60), |t| {
+            t["merge"]["place"] == 1
+        })
+        .await;
+    let mut behind = Vec::new();
+    for name in ["a", "b"] {
+        let body = task(
+            &repo,
+            &format!("Add {name}"),
+            &format!("echo ok > f-{name}.txt"),
+            "sh test.sh",
+        );
+        behind.push(
+            service.submit(&body).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for id in &behind {
+        service
+            .wait_for_task(id, Duration::from_secs(60), |t| {
+                t["merge"]["place"].is_u64()
+            })
+            .await;
+    }
+    let place = async |id: &str| {
+        let (_, t) = service.get(&format!("/v1/tasks/{id}")).await;
+        t["merge"]["place"].as_u64()
+    };
+    let (_, report) = service.get("/v1/report").await;
+    assert_eq!(place(&blocker_id).await, Some(1), "{report:#}");
+    let mut places = vec![place(&behind[0]).await, place(&behind[1]).await];
+    let line = report["merge_queues"][0]["line"].as_array().unwrap();
+    for (id, got) in behind.iter().zip(&places) {
+        let listed = line.iter().find(|p| p["id"] == id.as_str());
+        assert_eq!(listed.and_then(|p| p["place"].as_u64()), *got, "{report:#}");
+    }
+    places.sort();
+    assert_eq!(places, vec![Some(2), Some(3)], "{report:#}");
+    for id in std::iter::once(&blocker_id).chain(&behind) {
+        let t = service
+            .wait_finished_within(id, Duration::from_secs(120))
+            .await;
+        assert_eq!(t["status"], "done", "{t:#}");
+        assert!(t["merge"].get("place").is_none(), "{t:#}");
+    }
+}

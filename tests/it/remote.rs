@@ -79,6 +79,50 @@ async fn a_task_on_a_remote_lands_on_the_remotes_base() {
     }
 }
 
+/// Once a `file://` task has landed, its idle merge queue removes its scratch worktree from the
+/// service's clone of the remote: the repository's URL is never used as a directory (the log
+/// said "could not start `git` in file:///…" and the scratch worktree stayed).
+#[tokio::test]
+async fn an_idle_queue_on_a_remote_removes_its_scratch_worktree() {
+    let root = tempfile::tempdir().unwrap();
+    let (_bare, url) = remote(root.path());
+    let service = Service::start_in_process(root.path(), Options::default()).await;
+    // The queue builds every candidate in its scratch worktree (`<data>/merge-queue/<digest>`).
+    let body = task(&url, "Scratch goes", "echo ok > f.txt", "test -f f.txt");
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = service.wait_until_finished(&id).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let queues = root.path().join("data").join("merge-queue");
+    let scratch_dirs = || -> Vec<PathBuf> {
+        std::fs::read_dir(&queues)
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !scratch_dirs().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scratch worktree stayed: {:?}\n{}",
+            scratch_dirs(),
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = service.log();
+    assert!(
+        !log.contains("could not remove the merge queue's scratch worktree"),
+        "{log}"
+    );
+}
+
 /// Someone pushes to the remote's `main` while the candidate is verified: the landing's
 /// compare-and-swap push is refused, the candidate is built again on the new remote base and
 /// lands on top of the outside commit, which is kept.

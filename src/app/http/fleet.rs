@@ -1,5 +1,6 @@
 //! The fleet at the ingress: `GET /v1/fleet` (factories, their health, what waits and why, the
-//! kill switch), `POST /v1/fleet/pause` / `resume` (stop and restart all claiming, fleet-wide)
+//! kill switch), `POST /v1/fleet/pause` / `resume` (hold and release every job start, fleet-wide
+//! and in-process: the job gate, `runtime::jobs::hold`)
 //! and `POST /v1/fleet/factories/{name}/drain|pause|resume` (one factory). Every change is
 //! audited with its principal (the ingress's audit layer) and is the control plane's state.
 
@@ -11,7 +12,8 @@ use super::error::{describe, ApiError, ErrorBody};
 use super::AppState;
 use crate::model::codes;
 use crate::runtime::fleet::control::FactoryMode;
-use crate::runtime::fleet::{Fleet, SwitchError};
+use crate::runtime::fleet::{Fleet, SwitchError, WaitingJob};
+use crate::work::fleet_run::waiting::PAUSED;
 
 /// Characters of a factory's name at most (its key in the registry bucket).
 const FACTORY_NAME_MAX: usize = 64;
@@ -27,21 +29,26 @@ const FACTORY_NAME_MAX: usize = 64;
             the registered factories (name, capabilities, slots, running jobs, last heartbeat, \
             last pull, `told`: active|paused|draining, `healthy` and why not in `unhealthy`: a \
             free slot and no pull for 10 s) and the jobs no factory has claimed, with why (`no \
-            factory with has:gpu`). Without `[fleet]`: `configured: false` and nothing else.",
+            factory with has:gpu`; `fleet paused` for a job the pause holds before it starts). \
+            Without `[fleet]`: `configured: false`, `paused` (the job gate's own pause) and the \
+            jobs it holds.",
             body = Object),
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
         (status = 503, description = "`FLEET_UNAVAILABLE`: NATS did not answer.", body = ErrorBody),
     )
 )]
 pub(crate) async fn fleet(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let held = held_at_the_gate(&app);
     let Some(fleet) = app.services.fleet.as_ref() else {
+        let paused = app.services.hold.paused();
         return Ok(Json(
-            json!({"configured": false, "paused": false, "factories": [], "waiting": []}),
+            json!({"configured": false, "paused": paused, "factories": [], "waiting": held}),
         ));
     };
     let factories = fleet.factories().await.map_err(unavailable)?;
     let paused = fleet.paused();
-    let waiting = fleet.unclaimed(&factories);
+    let mut waiting = fleet.unclaimed(&factories);
+    waiting.extend(held);
     let factories = fleet.views(factories);
     Ok(Json(json!({
         "configured": true,
@@ -57,9 +64,10 @@ pub(crate) async fn fleet(State(app): State<AppState>) -> Result<Json<Value>, Ap
     path = "/v1/fleet/pause",
     tag = "fleet",
     responses(
-        (status = 200, description = "`{\"paused\": true}`: no factory claims a job until \
-            resumed; running jobs finish.", body = Object),
-        (status = 409, description = "`FLEET_NOT_CONFIGURED`: no `[fleet]`.", body = ErrorBody),
+        (status = 200, description = "`{\"paused\": true}`: no engine or verify job of any \
+            task starts until resumed, on a factory or in-process (without `[fleet]` too); they \
+            wait in line (`waiting_for: \"fleet paused\"` on the task) and go first come first \
+            served on resume. Jobs already running finish.", body = Object),
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
         (status = 503, description = "`FLEET_UNAVAILABLE`: NATS did not answer.", body = ErrorBody),
     )
@@ -74,9 +82,8 @@ pub(crate) async fn pause(State(app): State<AppState>) -> Result<Json<Value>, Ap
     path = "/v1/fleet/resume",
     tag = "fleet",
     responses(
-        (status = 200, description = "`{\"paused\": false}`: factories claim jobs again.",
-            body = Object),
-        (status = 409, description = "`FLEET_NOT_CONFIGURED`: no `[fleet]`.", body = ErrorBody),
+        (status = 200, description = "`{\"paused\": false}`: jobs start again, the held \
+            ones in the order they asked; factories claim again.", body = Object),
         (status = 500, description = describe::INTERNAL, body = ErrorBody),
         (status = 503, description = "`FLEET_UNAVAILABLE`: NATS did not answer.", body = ErrorBody),
     )
@@ -85,11 +92,37 @@ pub(crate) async fn resume(State(app): State<AppState>) -> Result<Json<Value>, A
     switch(&app, false).await
 }
 
+/// The pause: the fleet's signed switch (factories stop claiming), mirrored by the job gate,
+/// which holds every engine and verify job before it starts, in-process ones too. Without a
+/// fleet the gate's own switch is the pause.
 async fn switch(app: &AppState, paused: bool) -> Result<Json<Value>, ApiError> {
-    let fleet = configured(app)?;
-    fleet.set_paused(paused).await.map_err(not_switched)?;
-    tracing::warn!(paused, "fleet claiming switched");
+    if let Some(fleet) = app.services.fleet.as_deref() {
+        fleet.set_paused(paused).await.map_err(not_switched)?;
+    }
+    app.services
+        .hold
+        .set_paused(paused)
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::warn!(paused, "job starts and fleet claiming switched");
     Ok(Json(json!({"paused": paused})))
+}
+
+/// The jobs the pause holds at the job gate, as `waiting` lists them (their place's id: a job
+/// gets its own once it is published).
+fn held_at_the_gate(app: &AppState) -> Vec<WaitingJob> {
+    app.services
+        .hold
+        .held()
+        .into_iter()
+        .map(|held| WaitingJob {
+            job_id: held.id,
+            task_id: held.task_id,
+            capabilities: held.capabilities,
+            since: held.since,
+            reason: Some(PAUSED.to_owned()),
+        })
+        .collect()
 }
 
 fn configured(app: &AppState) -> Result<&Fleet, ApiError> {

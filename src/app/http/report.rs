@@ -72,6 +72,37 @@ pub(crate) struct Report {
     pub base_red: Vec<crate::runtime::base_health::RedBase>,
     /// Each merge queue's line: the tasks at `deliver`, in the order the queue serves them.
     pub merge_queues: Vec<MergeQueueLine>,
+    /// Running tasks one of whose jobs waits to start, and why (`fleet paused`, `no factory
+    /// with has:gpu`), longest waiting first.
+    pub waiting: Vec<WaitingTask>,
+}
+
+/// A running task whose job waits to start.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct WaitingTask {
+    /// The task.
+    pub id: TaskId,
+    /// What its job waits for (the task's `waiting_for`).
+    pub reason: String,
+    /// Since when.
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// The running tasks whose job waits, longest waiting first.
+fn waiting_tasks(tasks: &[Task]) -> Vec<WaitingTask> {
+    let mut waiting: Vec<WaitingTask> = tasks
+        .iter()
+        .filter(|t| t.progress.status == TaskStatus::Running)
+        .filter_map(|t| {
+            Some(WaitingTask {
+                id: t.id,
+                reason: t.progress.waiting_for.clone()?,
+                since: t.progress.waiting_since,
+            })
+        })
+        .collect();
+    waiting.sort_by_key(|w| w.since);
+    waiting
 }
 
 /// One merge queue (a repository and base branch) and who waits in it.
@@ -259,6 +290,7 @@ pub(crate) async fn report(State(app): State<AppState>) -> Result<Json<Report>, 
         coverage,
         base_red: app.services.base_health.red(),
         merge_queues: merge_queue_lines(&tasks),
+        waiting: waiting_tasks(&tasks),
     }))
 }
 

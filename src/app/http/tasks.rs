@@ -212,7 +212,9 @@ pub(crate) async fn get(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    parse_id(&app, &id).await.map(Json)
+    let mut task = parse_id(&app, &id).await?;
+    app.services.merge_lines.fill(&mut task);
+    Ok(Json(task))
 }
 
 /// `GET /v1/tasks/{id}/events`.

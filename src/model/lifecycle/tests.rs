@@ -83,6 +83,9 @@ fn table() -> Vec<(LifecycleEvent, [Cell; 8])> {
         (E::ReleaseHold,                  [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
         (E::ClaimLanding("c0ffee".into()),[BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
         (E::ReleaseLanding,               [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
+        (E::WaitForFleet("fleet paused".into()),
+                                          [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
+        (E::StopWaiting,                  [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
     ];
     rows
 }
@@ -111,6 +114,8 @@ fn every_event_name() -> Vec<&'static str> {
         "release_hold",
         "claim_landing",
         "release_landing",
+        "wait_for_fleet",
+        "stop_waiting",
     ];
     // Ties the list to the enum: every variant's name is in it.
     let named = |event: &LifecycleEvent| match event {
@@ -133,7 +138,9 @@ fn every_event_name() -> Vec<&'static str> {
         | LifecycleEvent::HoldForRedBase(_)
         | LifecycleEvent::ReleaseHold
         | LifecycleEvent::ClaimLanding(_)
-        | LifecycleEvent::ReleaseLanding => event.name(),
+        | LifecycleEvent::ReleaseLanding
+        | LifecycleEvent::WaitForFleet(_)
+        | LifecycleEvent::StopWaiting => event.name(),
     };
     for (event, _) in table() {
         assert!(all.contains(&named(&event)), "{} has no name", event.name());
@@ -343,4 +350,46 @@ fn a_claimed_landing_refuses_a_cancel_with_task_landing_until_released() {
         task.apply(LifecycleEvent::Cancel, Utc::now()).unwrap().to,
         Can
     );
+}
+
+#[test]
+fn waiting_for_the_fleet_is_shown_while_running_and_cleared_by_the_end() {
+    let (t0, t1) = (Utc::now(), Utc::now() + chrono::Duration::seconds(5));
+    let mut task = Task::for_test("t", "d");
+    let start = LifecycleEvent::Start {
+        stage: Stage::Verify,
+        attempt: 1,
+    };
+    task.apply(start, t0).unwrap();
+    let paused = LifecycleEvent::WaitForFleet("fleet paused".into());
+    assert_eq!(task.apply(paused.clone(), t0).unwrap().effects, vec![]);
+    assert_eq!(task.progress.waiting_for.as_deref(), Some("fleet paused"));
+    // The same reason again keeps when it began; a new reason starts a new wait.
+    task.apply(paused, t1).unwrap();
+    assert_eq!(task.progress.waiting_since, Some(t0));
+    let gpu = LifecycleEvent::WaitForFleet("no factory with has:gpu".into());
+    task.apply(gpu, t1).unwrap();
+    assert_eq!(task.progress.waiting_since, Some(t1));
+    task.apply(LifecycleEvent::StopWaiting, t1).unwrap();
+    assert_eq!(
+        (
+            task.progress.waiting_for.clone(),
+            task.progress.waiting_since
+        ),
+        (None, None)
+    );
+    // A restart lost the job that waited: the resumed task waits for nothing until a job asks.
+    task.apply(LifecycleEvent::WaitForFleet("fleet paused".into()), t1)
+        .unwrap();
+    task.apply(LifecycleEvent::Resume, t1).unwrap();
+    assert_eq!(task.progress.waiting_for, None);
+    task.apply(LifecycleEvent::WaitForFleet("fleet paused".into()), t1)
+        .unwrap();
+    task.apply(LifecycleEvent::Cancel, t1).unwrap();
+    assert_eq!(
+        task.progress.waiting_for, None,
+        "an ended task waits for nothing"
+    );
+    let refused = task.apply(LifecycleEvent::StopWaiting, t1).unwrap_err();
+    assert_eq!(refused.code, codes::TASK_FINISHED);
 }
