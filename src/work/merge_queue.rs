@@ -36,7 +36,9 @@ use sha2::{Digest, Sha256};
 use crate::model::lifecycle::LifecycleEvent;
 use crate::model::persona::Persona;
 use crate::model::task::{branch_name, is_remote_repo, History, Priority, Stage, Task, TaskId};
-use crate::platform::git::candidate::{self, Applied, BuiltCandidate, CandidateRequest, Landing};
+use crate::platform::git::candidate::{
+    self, Applied, BuiltCandidate, CandidateRequest, Checkout, Landing,
+};
 use crate::platform::git::Git;
 use crate::runtime::jobs::StageError;
 use crate::runtime::Services;
@@ -385,11 +387,12 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
             return rebuild_without(services, batch, &cancelled, decided).await;
         }
         let landing = candidate::land(&repo, &first.spec.base_branch, &built, remote).await;
-        if !matches!(landing, Ok(Landing::Landed)) {
+        if !matches!(landing, Ok(Landing::Landed(_))) {
             release_landing(services, &stacked).await;
         }
         match landing? {
-            Landing::Landed => {
+            Landing::Landed(checkout) => {
+                note_stale_checkout(services, &stacked, repo.dir(), &checkout).await;
                 for (task, commit) in stacked {
                     let data =
                         json!({"commit": commit, "base": built.base, "batch": built.changes.len()});
@@ -420,6 +423,27 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
         first.spec.base_branch,
         moves_max + 1
     )))
+}
+
+/// Records `merge.checkout_stale` on every landed task when the repository's checkout kept its
+/// files (local edits in the change's way): the developer's checkout is now behind its branch.
+async fn note_stale_checkout(
+    services: &Services,
+    stacked: &[(&Task, String)],
+    checkout: &std::path::Path,
+    outcome: &Checkout,
+) {
+    let Checkout::Stale { files } = outcome else {
+        return;
+    };
+    let data = json!({
+        "checkout": checkout.display().to_string(),
+        "files": files,
+        "note": "landed by ref; the checkout's files were left as they are and are behind its branch",
+    });
+    for (task, _) in stacked {
+        note(services, task, "merge.checkout_stale", data.clone()).await;
+    }
 }
 
 /// Claims the landing of every stacked task (`merge.landing`, durable) just before the base
