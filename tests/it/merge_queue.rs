@@ -1136,3 +1136,82 @@ async fn untracked_and_modified_files_in_the_checkout_survive_every_landing() {
         }
     }
 }
+
+/// A single task whose branch sits on the base and whose tree Circuit passed lands the quick way:
+/// no scratch worktree is made, the landed commit is one squash commit on the old base with the
+/// branch tip's tree and the task's trailers, and clean-up leaves no branch, worktree or
+/// registration behind.
+#[tokio::test]
+async fn a_single_change_on_the_base_lands_without_a_scratch_worktree() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    let service = Service::start_in_process(root.path(), Options::default()).await;
+    let base_before = git(&repo, &["rev-parse", "main"]);
+    let body = task(&repo, "Quick change", "echo ok > f1.txt", "sh test.sh");
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let commit = done["commit"].as_str().unwrap();
+    assert_eq!(git(&repo, &["rev-parse", "main"]), commit);
+    let parents = git(&repo, &["rev-list", "--parents", "-n", "1", commit]);
+    assert_eq!(
+        parents,
+        format!("{commit} {base_before}"),
+        "one squash on the old base"
+    );
+    let message = git(&repo, &["log", "-1", "--format=%B", commit]);
+    assert!(message.starts_with("Quick change\n\n"), "{message}");
+    assert!(
+        message.ends_with(&format!("Glitchlab-Task: {id}\nGlitchlab-Attempts: 1")),
+        "{message}"
+    );
+    assert_eq!(
+        git(&repo, &["log", "-1", "--format=%an <%ae>", commit]),
+        "glitchlab <glitchlab@localhost>"
+    );
+    let candidates = events_of(&service, &id, "merge.candidate").await;
+    assert_eq!(candidates.len(), 1, "{candidates:#?}");
+    assert_eq!(candidates[0]["data"]["fast"], true, "{candidates:#?}");
+    assert!(
+        !root.path().join("data/merge-queue").exists(),
+        "a scratch worktree was made"
+    );
+    // The checkout, on the base and clean, moved along.
+    assert_eq!(
+        std::fs::read_to_string(repo.join("f1.txt")).unwrap(),
+        "ok\n"
+    );
+    assert_eq!(git(&repo, &["status", "--porcelain"]), "");
+    let branch = format!("glitchlab/{id}");
+    let worktree = root.path().join("data/worktrees").join(&id);
+    let admin = repo.join(".git/worktrees").join(&id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline
+        && (worktree.exists()
+            || admin.exists()
+            || !git(&repo, &["branch", "--list", &branch]).is_empty())
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !worktree.exists() && !admin.exists(),
+        "the worktree or its registration is left"
+    );
+    assert_eq!(
+        git(&repo, &["branch", "--list", &branch]),
+        "",
+        "the branch is left"
+    );
+    assert_eq!(
+        git(&repo, &["worktree", "list", "--porcelain"])
+            .lines()
+            .filter(|l| l.starts_with("worktree "))
+            .count(),
+        1
+    );
+}

@@ -244,14 +244,15 @@ pub(crate) async fn land(
             now: facts.base_commit,
         });
     }
-    // The ref alone, by compare-and-swap: never a merge in the developer's checkout, which
-    // refuses (and fails the batch) over a local edit.
-    let moved = repo
-        .run(&["update-ref", &reference, &candidate.commit, &candidate.base])
-        .await;
+    // The ref alone, by compare-and-swap (in-process): never a merge in the developer's
+    // checkout, which refuses (and fails the batch) over a local edit.
+    let moved =
+        super::write::move_ref(&repo.dir, &reference, &candidate.commit, &candidate.base).await;
     if let Err(error) = moved {
         // Lost the race to someone else's move: build again. Anything else is a failure.
-        let now = repo.rev_parse(&reference).await?;
+        let now = read::resolve_commit(&repo.dir, &reference)
+            .await?
+            .unwrap_or_default();
         if now != candidate.commit {
             return if now != candidate.base {
                 Ok(Landing::BaseMoved { now })
@@ -266,6 +267,24 @@ pub(crate) async fn land(
     Ok(Landing::Landed(
         update_checkout(repo, &candidate.base, &candidate.commit).await,
     ))
+}
+
+/// Builds the candidate of one squashed change the quick way when it can: the change's branch
+/// sits on the base's tip and its tree needs no verify (see [`super::write::squash_on_base`]).
+/// No worktree, no merge: one commit object written in-process. `None`: build it the long way.
+pub(crate) async fn build_fast(
+    repo: &Git,
+    request: super::write::SquashRequest,
+) -> Result<Option<BuiltCandidate>, GitError> {
+    match super::write::squash_on_base(&repo.dir, request).await? {
+        super::write::FastSquash::Written { base, tree, commit } => Ok(Some(BuiltCandidate {
+            base,
+            changes: vec![Applied::Commit(commit.clone())],
+            commit,
+            tree,
+        })),
+        super::write::FastSquash::NotOnBase | super::write::FastSquash::NeedsVerify => Ok(None),
+    }
 }
 
 /// Paths named at most in a stale checkout's note.

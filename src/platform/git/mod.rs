@@ -5,6 +5,7 @@
 pub(crate) mod candidate;
 pub(crate) mod read;
 pub(crate) mod sandbox_dir;
+pub(crate) mod write;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -493,6 +494,23 @@ impl Git {
     pub(crate) async fn remove_worktree(&self, path: &Path) -> Result<(), GitError> {
         let lock = worktree_lock(&self.dir);
         let _serialized = lock.lock().await;
+        self.forget_worktree(path).await?;
+        self.run(&["worktree", "prune"]).await?;
+        Ok(())
+    }
+
+    /// Removes a worktree in-process: its files, then its registration (the admin dir with its
+    /// `locked` file, only when its `gitdir` names these files). No `git worktree prune`: what
+    /// other worktrees left stale is the sweep's ([`Self::remove_worktree`]). Serialized with
+    /// the other worktree administration of the repository.
+    pub(crate) async fn remove_worktree_now(&self, path: &Path) -> Result<(), GitError> {
+        let lock = worktree_lock(&self.dir);
+        let _serialized = lock.lock().await;
+        self.forget_worktree(path).await
+    }
+
+    /// The files and the registration of the worktree at `path` (the caller holds the lock).
+    async fn forget_worktree(&self, path: &Path) -> Result<(), GitError> {
         // Where the files are, before they go (their parent's links resolved).
         let files_at = real_location(path).await;
         remove_files(path).await;
@@ -515,7 +533,6 @@ impl Git {
                 let _ = tokio::fs::remove_dir_all(&linked.admin).await;
             }
         }
-        self.run(&["worktree", "prune"]).await?;
         Ok(())
     }
 }
