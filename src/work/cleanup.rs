@@ -1,16 +1,20 @@
-//! Cleaning up after finished tasks, never destructively.
+//! Cleaning up after finished tasks, never destructively, in-process (no `git` process on the
+//! way: the worktree's files and registration are removed as directories, a branch by one ref
+//! deletion that happens only if it still points where it was read).
 //!
 //! - A task that **landed** (`done`, delivered by merge) loses its branch `glitchlab/<id>` (its
 //!   commit is on the task record and on the base), its worktree and its prompt folder, as soon
 //!   as it is recorded `done` ([`landed_later`]). The branch is deleted only when the task's
 //!   landed commit is on the base.
-//! - A task that ended otherwise keeps its branch: a `failed` or `dead_letter` one can be retried.
-//!   The branch of a `failed`, `cancelled` or `dead_letter` task that finished more than
+//! - A task that ended otherwise keeps a branch with work on it: a `failed` or `dead_letter` one
+//!   can be retried. A branch whose tree is the base's (`NO_CHANGES`, or cancelled before any
+//!   change) has nothing a human could want and goes when the task ends. The branch of a
+//!   `failed`, `cancelled` or `dead_letter` task that finished more than
 //!   `git.keep_failed_branches_days` ago is deleted by the sweep (at start and every
 //!   `git.sweep_interval_secs`, [`sweep_later`]).
 //! - Worktrees and prompt folders of a `failed`, `dead_letter` or `cancelled` task are removed
-//!   when it ends ([`ended_later`]), and a `NO_CHANGES` branch identical to the base with them;
-//!   the sweep removes whatever that missed (a retry makes them again from the branch).
+//!   when it ends ([`ended_later`]); the sweep removes whatever that missed (a retry makes them
+//!   again from the branch).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,8 +37,8 @@ pub(crate) fn landed_later(services: &Services, task: &Task) {
 }
 
 /// When a task ends without landing (`failed`, `dead_letter`, `cancelled`): the same clean-up
-/// at once rather than at the next sweep (worktree, prompt folder, and a `NO_CHANGES` branch
-/// identical to the base); a branch with work on it stays for a human.
+/// at once rather than at the next sweep (worktree, prompt folder, and a branch identical to the
+/// base); a branch with work on it stays for a human.
 pub(crate) fn ended_later(services: &Services, task: &Task) {
     landed_later(services, task);
 }
