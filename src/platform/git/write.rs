@@ -113,28 +113,43 @@ pub(crate) async fn move_ref(
     let old = object_id(old)?;
     blocking("update-ref", move || {
         let repo = open(&dir)?;
-        let edit = RefEdit {
-            change: Change::Update {
-                log: LogChange {
-                    mode: RefLog::AndReference,
-                    force_create_reflog: false,
-                    message: "glitchlab: merge queue landing".into(),
-                },
-                expected: PreviousValue::MustExistAndMatch(Target::Object(old)),
-                new: Target::Object(new),
-            },
-            name: full_name(&reference)?,
-            deref: false,
-        };
-        let signature = signature();
-        repo.edit_references_as(
-            [edit],
-            Some(signature.to_ref(&mut gix::date::parse::TimeBuf::default())),
+        move_ref_in(
+            &repo,
+            &reference,
+            new,
+            old,
+            "glitchlab: merge queue landing",
         )
-        .map_err(failed("update-ref"))?;
-        Ok(())
     })
     .await
+}
+
+/// [`move_ref`] on an open repository (on the blocking pool already), with reflog message `log`.
+pub(super) fn move_ref_in(
+    repo: &gix::Repository,
+    reference: &str,
+    new: gix::ObjectId,
+    old: gix::ObjectId,
+    log: &str,
+) -> Result<(), GitError> {
+    let edit = RefEdit {
+        change: Change::Update {
+            log: LogChange {
+                mode: RefLog::AndReference,
+                force_create_reflog: false,
+                message: log.into(),
+            },
+            expected: PreviousValue::MustExistAndMatch(Target::Object(old)),
+            new: Target::Object(new),
+        },
+        name: full_name(reference)?,
+        deref: false,
+    };
+    let signature = signature();
+    let mut time = gix::date::parse::TimeBuf::default();
+    repo.edit_references_as([edit], Some(signature.to_ref(&mut time)))
+        .map_err(failed("update-ref"))?;
+    Ok(())
 }
 
 /// Deletes `reference` (a full name) if it still points at `expected`; answers whether it did
@@ -172,7 +187,7 @@ pub(crate) async fn delete_ref(
 
 /// The message as `git commit -m` would record it (its `whitespace` clean-up): trailing
 /// whitespace off every line, runs of blank lines made one, none at either end, one final newline.
-fn tidy(message: &str) -> String {
+pub(super) fn tidy(message: &str) -> String {
     let mut tidied = String::with_capacity(message.len() + 1);
     let mut blank_run = false;
     for line in message.lines().map(str::trim_end) {
@@ -199,7 +214,8 @@ fn tree_of(repo: &gix::Repository, id: gix::ObjectId) -> Result<gix::ObjectId, G
         .map_err(failed("read a commit's tree"))
 }
 
-fn signature() -> gix::actor::Signature {
+/// glitchlab's identity, now.
+pub(super) fn signature() -> gix::actor::Signature {
     gix::actor::Signature {
         name: NAME.into(),
         email: EMAIL.into(),
