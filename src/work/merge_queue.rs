@@ -281,8 +281,13 @@ enum BatchResult {
     },
 }
 
-/// The task's landing, if a turn cut off by a crash already moved the base.
+/// The task's landing, if a turn cut off by a crash already moved the base. Only a task with a
+/// landing claim (`merge.landing`, written durably before the base moves) can have been landed
+/// unrecorded: for any other the base's history is not searched (a process saved per delivery).
 async fn landed_already(services: &Services, task: &Task) -> Result<Option<String>, StageError> {
+    if task.progress.merge.landing.is_none() {
+        return Ok(None);
+    }
     let repo = Git::new(
         services.repo_dir(&task.spec.repo),
         services.config.git.timeout(),
