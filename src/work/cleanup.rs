@@ -1,16 +1,20 @@
-//! Cleaning up after finished tasks, never destructively.
+//! Cleaning up after finished tasks, never destructively, in-process (no `git` process on the
+//! way: the worktree's files and registration are removed as directories, a branch by one ref
+//! deletion that happens only if it still points where it was read).
 //!
 //! - A task that **landed** (`done`, delivered by merge) loses its branch `glitchlab/<id>` (its
 //!   commit is on the task record and on the base), its worktree and its prompt folder, as soon
 //!   as it is recorded `done` ([`landed_later`]). The branch is deleted only when the task's
 //!   landed commit is on the base.
-//! - A task that ended otherwise keeps its branch: a `failed` or `dead_letter` one can be retried.
-//!   The branch of a `failed`, `cancelled` or `dead_letter` task that finished more than
+//! - A task that ended otherwise keeps a branch with work on it: a `failed` or `dead_letter` one
+//!   can be retried. A branch whose tree is the base's (`NO_CHANGES`, or cancelled before any
+//!   change) has nothing a human could want and goes when the task ends. The branch of a
+//!   `failed`, `cancelled` or `dead_letter` task that finished more than
 //!   `git.keep_failed_branches_days` ago is deleted by the sweep (at start and every
 //!   `git.sweep_interval_secs`, [`sweep_later`]).
 //! - Worktrees and prompt folders of a `failed`, `dead_letter` or `cancelled` task are removed
-//!   when it ends ([`ended_later`]), and a `NO_CHANGES` branch identical to the base with them;
-//!   the sweep removes whatever that missed (a retry makes them again from the branch).
+//!   when it ends ([`ended_later`]); the sweep removes whatever that missed (a retry makes them
+//!   again from the branch).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::model::task::{branch_name, Delivery, Task, TaskId, TaskStatus};
-use crate::platform::git::{read, Git};
+use crate::platform::git::{read, write, Git, GitError};
 use crate::runtime::Services;
 
 /// After a task is recorded `done`: off the caller's mailbox, removes its worktree and prompt
@@ -33,8 +37,8 @@ pub(crate) fn landed_later(services: &Services, task: &Task) {
 }
 
 /// When a task ends without landing (`failed`, `dead_letter`, `cancelled`): the same clean-up
-/// at once rather than at the next sweep (worktree, prompt folder, and a `NO_CHANGES` branch
-/// identical to the base); a branch with work on it stays for a human.
+/// at once rather than at the next sweep (worktree, prompt folder, and a branch identical to the
+/// base); a branch with work on it stays for a human.
 pub(crate) fn ended_later(services: &Services, task: &Task) {
     landed_later(services, task);
 }
@@ -111,20 +115,20 @@ async fn clean(services: &Services, task: &Task) {
     if let Ok(Some(false)) = read::has_branch(&repo_dir, &branch).await {
         return;
     }
+    let base = &task.spec.base_branch;
     let deleted = match task.progress.status {
         // Squashed, the branch's own commits are not on the base: its landed commit is.
         TaskStatus::Done if task.spec.delivery == Delivery::Merge => match &task.outcome.commit {
-            Some(commit) if landed(&repo, commit, &task.spec.base_branch).await => {
-                repo.delete_branch(&branch, None).await
+            Some(commit) if landed(&repo_dir, commit, base).await => {
+                delete_now(&repo_dir, &branch).await
             }
             _ => Ok(false),
         },
         // Nothing on it a human could want: the branch says what the base says.
-        TaskStatus::Failed
-            if no_changes(task)
-                && identical_to_base(&repo, &branch, &task.spec.base_branch).await =>
+        TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::DeadLetter
+            if identical_to_base(&repo_dir, &branch, base).await =>
         {
-            repo.delete_branch(&branch, None).await
+            delete_now(&repo_dir, &branch).await
         }
         TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::DeadLetter
             if retention_over(services, task) =>
@@ -146,29 +150,29 @@ async fn clean(services: &Services, task: &Task) {
     }
 }
 
-/// Whether the task ended `NO_CHANGES`.
-fn no_changes(task: &Task) -> bool {
-    task.outcome
-        .error
-        .as_ref()
-        .is_some_and(|error| error.code == crate::model::codes::NO_CHANGES)
+/// Deletes the task's branch in-process (one ref transaction): its worktree is gone, so nothing
+/// has it checked out. It goes only if it still points where it pointed when read.
+async fn delete_now(repo_dir: &std::path::Path, branch: &str) -> Result<bool, GitError> {
+    let reference = format!("refs/heads/{branch}");
+    match read::resolve_commit(repo_dir, &reference).await? {
+        Some(tip) => write::delete_ref(repo_dir, &reference, &tip).await,
+        None => Ok(false),
+    }
 }
 
-/// Whether `branch`'s tree is the same as `base`'s (its deletion loses nothing).
-async fn identical_to_base(repo: &Git, branch: &str, base: &str) -> bool {
-    let base = format!("refs/heads/{base}");
-    let branch = format!("refs/heads/{branch}");
-    repo.run(&["diff", "--quiet", &base, &branch, "--"])
-        .await
-        .is_ok()
+/// Whether `branch`'s tree is the same as `base`'s (its deletion loses nothing), read in-process.
+async fn identical_to_base(repo_dir: &std::path::Path, branch: &str, base: &str) -> bool {
+    let tree = |name: String| async move { read::tree_of(repo_dir, &name).await.ok() };
+    let branch = tree(format!("refs/heads/{branch}")).await;
+    branch.is_some() && branch == tree(format!("refs/heads/{base}")).await
 }
 
 /// Whether `commit` is on `base` (the task's landing is there: its branch may go).
-async fn landed(repo: &Git, commit: &str, base: &str) -> bool {
+async fn landed(repo_dir: &std::path::Path, commit: &str, base: &str) -> bool {
     let base = format!("refs/heads/{base}");
-    repo.run(&["merge-base", "--is-ancestor", commit, &base])
+    read::is_ancestor(repo_dir, commit, &base)
         .await
-        .is_ok()
+        .unwrap_or(false)
 }
 
 async fn remove_worktree(services: &Services, repo: &Git, task: &Task) {
@@ -177,7 +181,7 @@ async fn remove_worktree(services: &Services, repo: &Git, task: &Task) {
     if !tokio::fs::try_exists(&path).await.unwrap_or(true) {
         return;
     }
-    if let Err(error) = repo.remove_worktree(&path).await {
+    if let Err(error) = repo.remove_worktree_now(&path).await {
         tracing::warn!(task = %task_id, %error, "could not remove a finished task's worktree");
         // A worktree of a repository that is gone (or broken) is only files: remove them.
         if !tokio::fs::try_exists(services.repo_dir(&task.spec.repo))

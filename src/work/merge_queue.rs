@@ -36,7 +36,9 @@ use sha2::{Digest, Sha256};
 use crate::model::lifecycle::LifecycleEvent;
 use crate::model::persona::Persona;
 use crate::model::task::{branch_name, is_remote_repo, History, Priority, Stage, Task, TaskId};
-use crate::platform::git::candidate::{self, Applied, BuiltCandidate, CandidateRequest, Landing};
+use crate::platform::git::candidate::{
+    self, Applied, BuiltCandidate, CandidateRequest, Checkout, Landing,
+};
 use crate::platform::git::Git;
 use crate::runtime::jobs::StageError;
 use crate::runtime::Services;
@@ -303,8 +305,13 @@ enum BatchResult {
     },
 }
 
-/// The task's landing, if a turn cut off by a crash already moved the base.
+/// The task's landing, if a turn cut off by a crash already moved the base. Only a task with a
+/// landing claim (`merge.landing`, written durably before the base moves) can have been landed
+/// unrecorded: for any other the base's history is not searched (a process saved per delivery).
 async fn landed_already(services: &Services, task: &Task) -> Result<Option<String>, StageError> {
+    if task.progress.merge.landing.is_none() {
+        return Ok(None);
+    }
     let repo = Git::new(
         services.repo_dir(&task.spec.repo),
         services.config.git.timeout(),
@@ -352,6 +359,13 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
             trailers: &trailers[n],
         })
         .collect();
+    if let [task] = batch {
+        if history == History::Squash && remote.is_none() {
+            if let Some(decided) = try_fast(services, &repo, task, &messages[0]).await? {
+                return Ok(BatchResult::Decided(decided));
+            }
+        }
+    }
     let moves_max = services.config.merge_queue.base_moved_max;
     for round in 0..=moves_max {
         // A remote's base as it is there now (again after a refused landing): the candidate
@@ -409,11 +423,12 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
             return rebuild_without(services, batch, &cancelled, decided).await;
         }
         let landing = candidate::land(&repo, &first.spec.base_branch, &built, remote).await;
-        if !matches!(landing, Ok(Landing::Landed)) {
+        if !matches!(landing, Ok(Landing::Landed(_))) {
             release_landing(services, &stacked).await;
         }
         match landing? {
-            Landing::Landed => {
+            Landing::Landed(checkout) => {
+                note_stale_checkout(services, &stacked, repo.dir(), &built.base, &checkout).await;
                 for (task, commit) in stacked {
                     let data =
                         json!({"commit": commit, "base": built.base, "batch": built.changes.len()});
@@ -444,6 +459,78 @@ async fn try_batch(services: &Services, batch: &[Task]) -> Result<BatchResult, S
         first.spec.base_branch,
         moves_max + 1
     )))
+}
+
+/// The fast path of a single squashed change whose branch sits on the base's tip and whose tree
+/// Circuit passed (or that has no verify): the commit is written in-process, the landing claimed,
+/// the base moved by compare-and-swap — no scratch worktree. `None` when it does not apply or the
+/// base moved meanwhile: the long way decides.
+async fn try_fast(
+    services: &Services,
+    repo: &Git,
+    task: &Task,
+    message: &str,
+) -> Result<Option<Vec<TurnOutcome>>, StageError> {
+    let request = crate::platform::git::write::SquashRequest {
+        base: task.spec.base_branch.clone(),
+        branch: branch_name(task.id),
+        message: message.to_owned(),
+        verifying: task.spec.stages.contains(&Stage::Verify),
+        verified_tree: task.progress.merge.verified_tree.clone(),
+    };
+    let Some(built) = candidate::build_fast(repo, request).await? else {
+        return Ok(None);
+    };
+    let data = json!({
+        "base": built.base, "commit": built.commit, "candidate": built.commit,
+        "batch": 1, "round": 0, "verify": false, "fast": true,
+    });
+    note(services, task, "merge.candidate", data).await;
+    let stacked = [(task, built.commit.clone())];
+    if !claim_landing(services, &stacked, &built.commit)
+        .await?
+        .is_empty()
+    {
+        release_landing(services, &stacked).await;
+        return Ok(Some(vec![(task.id, Err(StageError::Cancelled))]));
+    }
+    let landing = candidate::land(repo, &task.spec.base_branch, &built, None).await;
+    let checkout = match landing {
+        Ok(Landing::Landed(checkout)) => checkout,
+        other => {
+            release_landing(services, &stacked).await;
+            other?;
+            return Ok(None);
+        }
+    };
+    note_stale_checkout(services, &stacked, repo.dir(), &built.base, &checkout).await;
+    let data = json!({"commit": built.commit, "base": built.base, "batch": 1});
+    note(services, task, "merge.landed", data).await;
+    repo.maintain_now_and_then().await;
+    Ok(Some(vec![(task.id, Ok(DeliverStep::Landed(built.commit)))]))
+}
+
+/// Records `merge.checkout_stale` on every landed task when the repository's checkout kept its
+/// files (local edits in the change's way): the developer's checkout is now behind its branch.
+async fn note_stale_checkout(
+    services: &Services,
+    stacked: &[(&Task, String)],
+    checkout: &std::path::Path,
+    built_on: &str,
+    outcome: &Checkout,
+) {
+    let Checkout::Stale { files } = outcome else {
+        return;
+    };
+    let data = json!({
+        "checkout": checkout.display().to_string(),
+        "files": files,
+        "built_on": built_on,
+        "note": "landed by ref; the checkout's files were left as they are and are behind its branch",
+    });
+    for (task, _) in stacked {
+        note(services, task, "merge.checkout_stale", data.clone()).await;
+    }
 }
 
 /// Claims the landing of every stacked task (`merge.landing`, durable) just before the base

@@ -1067,3 +1067,225 @@ async fn tasks_waiting_behind_a_slow_candidate_show_their_place_in_line() {
         assert!(t["merge"].get("place").is_none(), "{t:#}");
     }
 }
+
+
+/// The events of `kind` recorded on the task.
+async fn events_of(service: &Service, id: &str, kind: &str) -> Vec<Value> {
+    let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .cloned()
+        .collect()
+}
+
+/// A developer's uncommitted edit in the repository's checkout (on `main`) on a file one of
+/// three approved tasks rewrites: every task lands (the base moves by ref), none fails
+/// `GIT_FAILED`, the edit is still there byte for byte, and the overlapping landing says the
+/// checkout was left behind (`merge.checkout_stale` naming the file).
+#[tokio::test]
+async fn a_local_edit_in_the_checkout_fails_no_batch_mate_and_survives() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    std::fs::write(repo.join("shared.txt"), "original\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "a shared file"]);
+    let config = "[merge_queue]\nbatch_max = 4\n[compass]\nmax_concurrent_tasks = 4\n";
+    let service = Service::start_in_process(root.path(), with_config(config)).await;
+    let patches = [
+        ("Rewrite shared", "echo changed > shared.txt"),
+        ("Add f1", "echo ok > f1.txt"),
+        ("Add f2", "echo ok > f2.txt"),
+    ];
+    let mut ids = Vec::new();
+    for (title, patch) in patches {
+        let mut body = task(&repo, title, patch, "sh test.sh");
+        body["review_policy"] = json!("manual");
+        ids.push(
+            service.submit(&body).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for id in &ids {
+        service
+            .wait_for_task(id, Duration::from_secs(60), |t| {
+                t["status"] == "awaiting_approval"
+            })
+            .await;
+    }
+    let local_edit = b"my local edit, not committed\r\nno newline at the end";
+    std::fs::write(repo.join("shared.txt"), local_edit).unwrap();
+    for id in &ids {
+        let (status, body) = service
+            .post(&format!("/v1/tasks/{id}/approve"), &json!({}))
+            .await;
+        assert_eq!(status, 200, "{body:#}");
+    }
+    for id in &ids {
+        let done = service
+            .wait_finished_within(id, Duration::from_secs(90))
+            .await;
+        assert_eq!(done["status"], "done", "{done:#}");
+        assert_eq!(landings_of(&repo, id), 1, "{done:#}");
+    }
+    assert_eq!(git(&repo, &["show", "main:shared.txt"]), "changed");
+    assert_eq!(git(&repo, &["show", "main:f1.txt"]), "ok");
+    assert_eq!(git(&repo, &["show", "main:f2.txt"]), "ok");
+    assert_eq!(std::fs::read(repo.join("shared.txt")).unwrap(), local_edit);
+    let stale = events_of(&service, &ids[0], "merge.checkout_stale").await;
+    assert_eq!(stale.len(), 1, "{stale:#?}");
+    assert_eq!(
+        stale[0]["data"]["files"],
+        json!(["shared.txt"]),
+        "{stale:#?}"
+    );
+}
+
+/// Eight landings in a row into a checkout on `main` holding a modified tracked file and an
+/// untracked one — and, every other time, an untracked file where the task adds one: the
+/// developer's files survive each landing byte for byte; a landing nothing is in the way of
+/// brings its file into the checkout, one that is in the way leaves the checkout behind and
+/// says so. (A checkout update that overwrote local files 1 time in 4 would fail here.)
+#[tokio::test]
+async fn untracked_and_modified_files_in_the_checkout_survive_every_landing() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    let service = Service::start_in_process(root.path(), Options::default()).await;
+    for n in 0..8 {
+        let readme = format!("# demo\nlocal edit {n}\n");
+        let notes = format!("untracked notes {n}");
+        let mine = format!("the developer's own f{n}");
+        std::fs::write(repo.join("README.md"), &readme).unwrap();
+        std::fs::write(repo.join("notes.txt"), &notes).unwrap();
+        let in_the_way = n % 2 == 1;
+        let file = format!("f{n}.txt");
+        if in_the_way {
+            std::fs::write(repo.join(&file), &mine).unwrap();
+        }
+        let body = task(
+            &repo,
+            &format!("Add {file}"),
+            &format!("echo ok > {file}"),
+            "sh test.sh",
+        );
+        let id = service.submit(&body).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let done = service
+            .wait_finished_within(&id, Duration::from_secs(60))
+            .await;
+        assert_eq!(done["status"], "done", "round {n}: {done:#}");
+        assert_eq!(git(&repo, &["show", &format!("main:{file}")]), "ok");
+        assert_eq!(
+            std::fs::read_to_string(repo.join("README.md")).unwrap(),
+            readme,
+            "round {n}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(repo.join("notes.txt")).unwrap(),
+            notes,
+            "round {n}"
+        );
+        let stale = events_of(&service, &id, "merge.checkout_stale").await;
+        if in_the_way {
+            assert_eq!(
+                std::fs::read_to_string(repo.join(&file)).unwrap(),
+                mine,
+                "round {n}"
+            );
+            assert_eq!(stale.len(), 1, "round {n}: {stale:#?}");
+            assert_eq!(stale[0]["data"]["files"], json!([file]), "round {n}");
+        } else {
+            assert_eq!(
+                std::fs::read_to_string(repo.join(&file)).unwrap(),
+                "ok\n",
+                "round {n}"
+            );
+            assert!(stale.is_empty(), "round {n}: {stale:#?}");
+        }
+    }
+}
+
+/// A single task whose branch sits on the base and whose tree Circuit passed lands the quick way:
+/// no scratch worktree is made, the landed commit is one squash commit on the old base with the
+/// branch tip's tree and the task's trailers, and clean-up leaves no branch, worktree or
+/// registration behind.
+#[tokio::test]
+async fn a_single_change_on_the_base_lands_without_a_scratch_worktree() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = repo_with_test_script(root.path());
+    let service = Service::start_in_process(root.path(), Options::default()).await;
+    let base_before = git(&repo, &["rev-parse", "main"]);
+    let body = task(&repo, "Quick change", "echo ok > f1.txt", "sh test.sh");
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = service
+        .wait_finished_within(&id, Duration::from_secs(60))
+        .await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let commit = done["commit"].as_str().unwrap();
+    assert_eq!(git(&repo, &["rev-parse", "main"]), commit);
+    let parents = git(&repo, &["rev-list", "--parents", "-n", "1", commit]);
+    assert_eq!(
+        parents,
+        format!("{commit} {base_before}"),
+        "one squash on the old base"
+    );
+    let message = git(&repo, &["log", "-1", "--format=%B", commit]);
+    assert!(message.starts_with("Quick change\n\n"), "{message}");
+    assert!(
+        message.ends_with(&format!("Glitchlab-Task: {id}\nGlitchlab-Attempts: 1")),
+        "{message}"
+    );
+    assert_eq!(
+        git(&repo, &["log", "-1", "--format=%an <%ae>", commit]),
+        "glitchlab <glitchlab@localhost>"
+    );
+    let candidates = events_of(&service, &id, "merge.candidate").await;
+    assert_eq!(candidates.len(), 1, "{candidates:#?}");
+    assert_eq!(candidates[0]["data"]["fast"], true, "{candidates:#?}");
+    assert!(
+        !root.path().join("data/merge-queue").exists(),
+        "a scratch worktree was made"
+    );
+    // The checkout, on the base and clean, moved along.
+    assert_eq!(
+        std::fs::read_to_string(repo.join("f1.txt")).unwrap(),
+        "ok\n"
+    );
+    assert_eq!(git(&repo, &["status", "--porcelain"]), "");
+    let branch = format!("glitchlab/{id}");
+    let worktree = root.path().join("data/worktrees").join(&id);
+    let admin = repo.join(".git/worktrees").join(&id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline
+        && (worktree.exists()
+            || admin.exists()
+            || !git(&repo, &["branch", "--list", &branch]).is_empty())
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !worktree.exists() && !admin.exists(),
+        "the worktree or its registration is left"
+    );
+    assert_eq!(
+        git(&repo, &["branch", "--list", &branch]),
+        "",
+        "the branch is left"
+    );
+    assert_eq!(
+        git(&repo, &["worktree", "list", "--porcelain"])
+            .lines()
+            .filter(|l| l.starts_with("worktree "))
+            .count(),
+        1
+    );
+}

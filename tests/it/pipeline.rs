@@ -618,6 +618,45 @@ async fn a_failed_tasks_worktree_and_prompt_folder_are_gone_when_it_ends() {
     );
 }
 
+/// A task cancelled while its engine runs, before anything was committed: its branch is the base
+/// itself, so it goes at once — with the worktree (and its registration) and the prompt folder —
+/// not 14 days later.
+#[tokio::test]
+async fn a_cancelled_tasks_branch_identical_to_the_base_is_gone_when_it_ends() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start_in_process(root.path(), Options::default()).await;
+    let marker = root.path().join("engine-started");
+    let patch = format!("touch {} && sleep 60", marker.display());
+    let id = service.submit(&shell_task(&repo, &patch, "true")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        gone_soon(|| marker.exists()).await,
+        "the engine never started"
+    );
+    let branch = format!("glitchlab/{id}");
+    assert!(!git(&repo, &["branch", "--list", &branch]).is_empty());
+    let (status, cancelled) = service
+        .post(&format!("/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    let worktree = root.path().join("data/worktrees").join(&id);
+    let prompts = root.path().join("data/prompts").join(&id);
+    let admin = repo.join(".git/worktrees").join(&id);
+    assert!(
+        gone_soon(|| {
+            git(&repo, &["branch", "--list", &branch]).is_empty()
+                && !worktree.exists()
+                && !prompts.exists()
+                && !admin.exists()
+        })
+        .await,
+        "the cancelled task's branch, worktree or prompt folder is still there"
+    );
+}
+
 /// A `NO_CHANGES` task's branch (identical to the base) is deleted when the task ends.
 #[tokio::test]
 async fn a_no_changes_tasks_branch_is_gone_when_it_ends() {

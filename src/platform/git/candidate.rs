@@ -70,8 +70,8 @@ pub(crate) struct Conflict {
 /// How a landing went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Landing {
-    /// The base points at the candidate now.
-    Landed,
+    /// The base points at the candidate now; what became of the repository's own checkout.
+    Landed(Checkout),
     /// Someone outside the queue moved the base after the candidate was built: build again.
     BaseMoved {
         /// Where the base points now.
@@ -186,8 +186,23 @@ async fn apply(
     Ok(Applied::Commit(scratch.head().await?))
 }
 
+/// What a landing did to the repository's own checkout (the developer's files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Checkout {
+    /// Bare, on another branch, or a remote's clone: only the ref moved.
+    Untouched,
+    /// On the base: its index and files moved along (local edits elsewhere kept).
+    Updated,
+    /// On the base, but local edits (or untracked files) in the way of the change: its files were
+    /// left alone and it is now behind its branch. The paths in the way (bounded).
+    Stale {
+        /// Locally edited or untracked paths the landed change also touches.
+        files: Vec<String>,
+    },
+}
+
 /// Moves `base` to `candidate.commit` if it still points at `candidate.base`. A repository whose
-/// checkout is on the base has its files moved along (never over local edits). With `remote`
+/// checkout is on the base has its files moved along, never over local edits ([`update_checkout`]). With `remote`
 /// (the repository is a clone of that URL), the compare-and-swap is a push to the remote with the
 /// expected old value (`--force-with-lease`), then the clone's own ref follows.
 pub(crate) async fn land(
@@ -221,7 +236,7 @@ pub(crate) async fn land(
         }
         repo.run(&["update-ref", &reference, &candidate.commit])
             .await?;
-        return Ok(Landing::Landed);
+        return Ok(Landing::Landed(Checkout::Untouched));
     }
     let facts = read::delivery_facts(&repo.dir, base).await?;
     if facts.base_commit != candidate.base {
@@ -229,27 +244,118 @@ pub(crate) async fn land(
             now: facts.base_commit,
         });
     }
-    let moved = if facts.repo_on_base && !facts.repo_is_bare {
-        repo.run(&["merge", "--ff-only", "--quiet", &candidate.commit])
-            .await
-    } else {
-        repo.run(&["update-ref", &reference, &candidate.commit, &candidate.base])
-            .await
-    };
-    match moved {
-        Ok(_) => Ok(Landing::Landed),
-        Err(error) => {
-            // Lost the race to someone else's move: build again. Anything else is a failure.
-            let now = repo.rev_parse(&reference).await?;
-            if now == candidate.commit {
-                Ok(Landing::Landed)
-            } else if now != candidate.base {
+    // The ref alone, by compare-and-swap (in-process): never a merge in the developer's
+    // checkout, which refuses (and fails the batch) over a local edit.
+    let moved =
+        super::write::move_ref(&repo.dir, &reference, &candidate.commit, &candidate.base).await;
+    if let Err(error) = moved {
+        // Lost the race to someone else's move: build again. Anything else is a failure.
+        let now = read::resolve_commit(&repo.dir, &reference)
+            .await?
+            .unwrap_or_default();
+        if now != candidate.commit {
+            return if now != candidate.base {
                 Ok(Landing::BaseMoved { now })
             } else {
                 Err(error)
-            }
+            };
         }
     }
+    if !facts.repo_on_base || facts.repo_is_bare {
+        return Ok(Landing::Landed(Checkout::Untouched));
+    }
+    Ok(Landing::Landed(
+        update_checkout(repo, &candidate.base, &candidate.commit).await,
+    ))
+}
+
+/// Builds the candidate of one squashed change the quick way when it can: the change's branch
+/// sits on the base's tip and its tree needs no verify (see [`super::write::squash_on_base`]).
+/// No worktree, no merge: one commit object written in-process. `None`: build it the long way.
+pub(crate) async fn build_fast(
+    repo: &Git,
+    request: super::write::SquashRequest,
+) -> Result<Option<BuiltCandidate>, GitError> {
+    match super::write::squash_on_base(&repo.dir, request).await? {
+        super::write::FastSquash::Written { base, tree, commit } => Ok(Some(BuiltCandidate {
+            base,
+            changes: vec![Applied::Commit(commit.clone())],
+            commit,
+            tree,
+        })),
+        super::write::FastSquash::NotOnBase | super::write::FastSquash::NeedsVerify => Ok(None),
+    }
+}
+
+/// Paths named at most in a stale checkout's note.
+const STALE_FILES_MAX: usize = 50;
+
+/// Moves the checkout's index and files from tree `old` to tree `new` with a two-way
+/// `read-tree -m -u`: paths the change does not touch keep whatever the developer did to them,
+/// and when a path it touches is edited, staged or untracked in the checkout git refuses the
+/// whole update and writes nothing (its stat data refreshed and tried once more, so a file only
+/// touched is no edit). Then the files stay as they are (the checkout is behind its
+/// branch) and the paths in the way are named.
+pub(crate) async fn update_checkout(repo: &Git, old: &str, new: &str) -> Checkout {
+    let two_way = ["read-tree", "-m", "-u", old, new];
+    if repo.run(&two_way).await.is_ok() {
+        return Checkout::Updated;
+    }
+    // Refused maybe only for stale stat data (a file touched, its content as committed): once
+    // git has looked at the contents, it refuses only for a real edit.
+    let _ = repo.run(&["update-index", "-q", "--refresh"]).await;
+    let Err(error) = repo.run(&two_way).await else {
+        return Checkout::Updated;
+    };
+    tracing::info!(repo = %repo.dir.display(), %error, "the checkout's files are left as they are");
+    let files = match in_the_way(repo, old, new).await {
+        Ok(files) if !files.is_empty() => files,
+        // Something else refused (another git holding the index): say what.
+        Ok(_) => vec![error.to_string()],
+        Err(error) => vec![error.to_string()],
+    };
+    Checkout::Stale { files }
+}
+
+/// The paths `old`..`new` changes that the checkout has local edits on (index or files differ
+/// from `old`) or has untracked where the change adds a file (bounded).
+async fn in_the_way(repo: &Git, old: &str, new: &str) -> Result<Vec<String>, GitError> {
+    let changed = repo
+        .run_listing(&[
+            "diff",
+            "--name-status",
+            "-z",
+            "--no-renames",
+            old,
+            new,
+            "--",
+        ])
+        .await?;
+    let mut fields = changed.split('\0');
+    let mut touched = Vec::new();
+    while let (Some(status), Some(path)) = (fields.next(), fields.next()) {
+        touched.push((status == "A", path));
+    }
+    // Porcelain `diff` compares contents where the stat data differ (plumbing would name a
+    // file that was only touched).
+    let edited = repo
+        .run_listing(&["diff", "--name-only", "-z", "--no-renames", old, "--"])
+        .await?;
+    let edited: std::collections::HashSet<&str> = edited.split('\0').collect();
+    let mut files = Vec::new();
+    for (added, path) in touched {
+        let untracked = added
+            && tokio::fs::symlink_metadata(repo.dir.join(path))
+                .await
+                .is_ok();
+        if edited.contains(path) || untracked {
+            files.push(path.to_owned());
+        }
+        if files.len() >= STALE_FILES_MAX {
+            break;
+        }
+    }
+    Ok(files)
 }
 
 /// The commit on `base`'s first-parent chain (since `since`) whose message carries the trailer
@@ -406,4 +512,91 @@ fn keep_head(text: &str, bytes_max: usize) -> String {
         &text[..end],
         text.len() - end
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A checkout on `main` with `a.txt` and `b.txt`, and `old`..`new` (the base before and
+    /// after a landing that rewrites `a.txt` and adds `c.txt`), the ref already moved.
+    async fn landed_behind_checkout(root: &Path) -> (PathBuf, Git, String, String) {
+        let dir = root.join("repo");
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo = Git::new(&dir, Duration::from_secs(30));
+        repo.run(&["init", "-q", "-b", "main"]).await.unwrap();
+        std::fs::write(dir.join("a.txt"), "a\n").unwrap();
+        std::fs::write(dir.join("b.txt"), "b\n").unwrap();
+        repo.run(&["add", "-A"]).await.unwrap();
+        repo.run(&["commit", "-qm", "old"]).await.unwrap();
+        let old = repo.rev_parse("main").await.unwrap();
+        // The new commit is made off to the side, as the queue does, and the ref moved by CAS.
+        let scratch = root.join("scratch");
+        repo.run(&[
+            "worktree",
+            "add",
+            "-q",
+            "--detach",
+            scratch.to_str().unwrap(),
+            "main",
+        ])
+        .await
+        .unwrap();
+        let side = Git::new(&scratch, Duration::from_secs(30));
+        std::fs::write(scratch.join("a.txt"), "a from the task\n").unwrap();
+        std::fs::write(scratch.join("c.txt"), "c from the task\n").unwrap();
+        side.run(&["add", "-A"]).await.unwrap();
+        side.run(&["commit", "-qm", "new"]).await.unwrap();
+        let new = side.rev_parse("HEAD").await.unwrap();
+        repo.run(&["update-ref", "refs/heads/main", &new, &old])
+            .await
+            .unwrap();
+        (dir, repo, old, new)
+    }
+
+    /// The checkout update never writes over the developer's files: a modified file and an
+    /// untracked one the change touches make it refuse (both named, both intact); local edits on
+    /// paths the change leaves alone are kept while the rest moves along. Repeated, as the
+    /// overwrite this guards against was intermittent.
+    #[tokio::test]
+    async fn the_checkout_update_refuses_rather_than_overwrites() {
+        for round in 0..8 {
+            let root = tempfile::tempdir().unwrap();
+            let (dir, repo, old, new) = landed_behind_checkout(root.path()).await;
+            let mine = format!("mine {round}, no newline");
+            std::fs::write(dir.join("a.txt"), &mine).unwrap();
+            std::fs::write(dir.join("c.txt"), "untracked c").unwrap();
+            let outcome = update_checkout(&repo, &old, &new).await;
+            let files = vec!["a.txt".to_owned(), "c.txt".to_owned()];
+            assert_eq!(outcome, Checkout::Stale { files }, "round {round}");
+            assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), mine);
+            assert_eq!(
+                std::fs::read_to_string(dir.join("c.txt")).unwrap(),
+                "untracked c"
+            );
+
+            // Only the untracked file in the way: still refused, nothing written.
+            std::fs::write(dir.join("a.txt"), "a\n").unwrap();
+            let outcome = update_checkout(&repo, &old, &new).await;
+            let files = vec!["c.txt".to_owned()];
+            assert_eq!(outcome, Checkout::Stale { files }, "round {round}");
+            assert_eq!(std::fs::read_to_string(dir.join("a.txt")).unwrap(), "a\n");
+
+            // Nothing in the way: the change arrives, the edit elsewhere and a stray file stay.
+            std::fs::remove_file(dir.join("c.txt")).unwrap();
+            std::fs::write(dir.join("b.txt"), "b edited").unwrap();
+            std::fs::write(dir.join("d.txt"), "untracked d").unwrap();
+            assert_eq!(update_checkout(&repo, &old, &new).await, Checkout::Updated);
+            let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+            assert_eq!(read("a.txt"), "a from the task\n");
+            assert_eq!(read("c.txt"), "c from the task\n");
+            assert_eq!(read("b.txt"), "b edited");
+            assert_eq!(read("d.txt"), "untracked d");
+            let status = repo.run(&["status", "--porcelain"]).await.unwrap();
+            assert_eq!(status, "M b.txt\n?? d.txt", "round {round}");
+        }
+    }
 }

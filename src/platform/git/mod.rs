@@ -5,6 +5,8 @@
 pub(crate) mod candidate;
 pub(crate) mod read;
 pub(crate) mod sandbox_dir;
+pub(crate) mod staged;
+pub(crate) mod write;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -234,6 +236,10 @@ impl Git {
     /// `HEAD`): staged edits and whatever was committed on the branch, both sides of a rename.
     /// Read NUL-separated, so no path name can hide from a check.
     pub(crate) async fn changed_since(&self, base: &str) -> Result<Vec<String>, GitError> {
+        if let Some(linked) = &self.linked {
+            // In-process, from the index the admin dir holds (no process).
+            return staged::changed_since(linked, base).await;
+        }
         let args = [
             "diff",
             "--cached",
@@ -431,6 +437,10 @@ impl Git {
     /// Commits what is staged ([`Git::stage_all`]); `None` when nothing is. The new commit's id
     /// is read in-process.
     pub(crate) async fn commit_staged(&self, message: &str) -> Result<Option<String>, GitError> {
+        if let Some(linked) = &self.linked {
+            // In-process: the index becomes a tree and a commit, the branch moves by CAS.
+            return staged::commit(linked, message).await;
+        }
         // Commit first and ask why only when it fails: the common case is one process less.
         let committed = self
             .run(&["commit", "--quiet", "--no-verify", "-m", message])
@@ -493,6 +503,23 @@ impl Git {
     pub(crate) async fn remove_worktree(&self, path: &Path) -> Result<(), GitError> {
         let lock = worktree_lock(&self.dir);
         let _serialized = lock.lock().await;
+        self.forget_worktree(path).await?;
+        self.run(&["worktree", "prune"]).await?;
+        Ok(())
+    }
+
+    /// Removes a worktree in-process: its files, then its registration (the admin dir with its
+    /// `locked` file, only when its `gitdir` names these files). No `git worktree prune`: what
+    /// other worktrees left stale is the sweep's ([`Self::remove_worktree`]). Serialized with
+    /// the other worktree administration of the repository.
+    pub(crate) async fn remove_worktree_now(&self, path: &Path) -> Result<(), GitError> {
+        let lock = worktree_lock(&self.dir);
+        let _serialized = lock.lock().await;
+        self.forget_worktree(path).await
+    }
+
+    /// The files and the registration of the worktree at `path` (the caller holds the lock).
+    async fn forget_worktree(&self, path: &Path) -> Result<(), GitError> {
         // Where the files are, before they go (their parent's links resolved).
         let files_at = real_location(path).await;
         remove_files(path).await;
@@ -515,7 +542,6 @@ impl Git {
                 let _ = tokio::fs::remove_dir_all(&linked.admin).await;
             }
         }
-        self.run(&["worktree", "prune"]).await?;
         Ok(())
     }
 }
@@ -728,6 +754,57 @@ mod tests {
             registered_branch(linked, &path).await.as_deref(),
             Some("glitchlab/t")
         );
+    }
+
+    /// The in-process commit writes exactly the tree `git write-tree` would of the same index —
+    /// nested new files, an edit, a deletion, a symlink, an executable — names every changed
+    /// path against the base, and moves only the worktree's branch; an index that stages
+    /// nothing new commits nothing.
+    #[tokio::test]
+    async fn the_in_process_commit_is_the_tree_git_would_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo_path, repo) = repository(dir.path()).await;
+        std::fs::write(repo_path.join("gone.txt"), "bye\n").unwrap();
+        repo.run(&["add", "-A"]).await.unwrap();
+        repo.run(&["commit", "-qm", "more"]).await.unwrap();
+        let base = repo.rev_parse("main").await.unwrap();
+        let path = dir.path().join("task-wt");
+        let (_, worktree) = repo
+            .ensure_worktree(&path, "glitchlab/t", "main")
+            .await
+            .unwrap();
+        std::fs::create_dir_all(path.join("a/b")).unwrap();
+        std::fs::write(path.join("a/b/deep.txt"), "deep\n").unwrap();
+        std::fs::write(path.join("README.md"), "edited\n").unwrap();
+        std::fs::remove_file(path.join("gone.txt")).unwrap();
+        std::os::unix::fs::symlink("README.md", path.join("link")).unwrap();
+        std::fs::write(path.join("run.sh"), "#!/bin/sh\n").unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(path.join("run.sh"), mode).unwrap();
+        worktree.stage_all().await.unwrap();
+        let changed = worktree.changed_since("main").await.unwrap();
+        assert_eq!(
+            changed,
+            ["README.md", "a/b/deep.txt", "gone.txt", "link", "run.sh"]
+        );
+        let expected = worktree.run(&["write-tree"]).await.unwrap();
+        let commit = worktree.commit_staged("work  \n\n").await.unwrap().unwrap();
+        assert_eq!(repo.rev_parse("glitchlab/t").await.unwrap(), commit);
+        assert_eq!(read::tree_of(&repo_path, &commit).await.unwrap(), expected);
+        let parent = repo.rev_parse(&format!("{commit}~1")).await.unwrap();
+        assert_eq!(parent, base);
+        assert_eq!(
+            repo.rev_parse("main").await.unwrap(),
+            base,
+            "the base moved"
+        );
+        let message = repo
+            .run(&["log", "-1", "--format=%B%an", &commit])
+            .await
+            .unwrap();
+        assert_eq!(message, "work\nglitchlab");
+        assert_eq!(worktree.commit_staged("again").await.unwrap(), None);
+        assert_eq!(worktree.run(&["status", "--porcelain"]).await.unwrap(), "");
     }
 
     /// What a task may write in its worktree's files — a `.git` of its own with an fsmonitor,

@@ -182,6 +182,33 @@ pub(crate) async fn candidate_tips(
     .await
 }
 
+/// Whether commit `ancestor` is `reference`'s commit or one of its ancestors (a landed task's
+/// commit is on its base, so its branch may go).
+pub(crate) async fn is_ancestor(
+    dir: &Path,
+    ancestor: &str,
+    reference: &str,
+) -> Result<bool, GitError> {
+    let dir = dir.to_path_buf();
+    let ancestor = ancestor.to_owned();
+    let spec = format!("{reference}^{{commit}}");
+    blocking("merge-base --is-ancestor", move || {
+        let repo = open(&dir)?;
+        let ancestor =
+            gix::ObjectId::from_hex(ancestor.as_bytes()).map_err(failed("read a commit id"))?;
+        let tip = repo
+            .rev_parse_single(spec.as_str())
+            .map_err(failed("rev-parse"))?
+            .detach();
+        Ok(tip == ancestor
+            || repo
+                .merge_base(ancestor, tip)
+                .map_err(failed("merge-base"))?
+                .is_some_and(|common| common.detach() == ancestor))
+    })
+    .await
+}
+
 /// Where a directory sits in a repository: what intake needs to name the repository one way,
 /// whatever path a client used for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,12 +255,13 @@ pub(crate) async fn locate(dir: &Path) -> Result<Location, GitError> {
     .await
 }
 
-fn open(dir: &PathBuf) -> Result<gix::Repository, GitError> {
+/// Opens the repository at `dir` isolated (no system or user configuration).
+pub(super) fn open(dir: &PathBuf) -> Result<gix::Repository, GitError> {
     gix::open_opts(dir, gix::open::Options::isolated()).map_err(failed("open the repository"))
 }
 
 /// Maps a gix error to [`GitError::Failed`], naming what was asked.
-fn failed<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> GitError {
+pub(super) fn failed<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> GitError {
     move |error| GitError::Failed {
         args: what.to_owned(),
         stderr: error.to_string(),
@@ -247,7 +275,7 @@ fn failed<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> GitError {
 const QUESTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs a gix question on the blocking pool, bounded by [`QUESTION_TIMEOUT`].
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     what: &'static str,
     question: impl FnOnce() -> Result<T, GitError> + Send + 'static,
 ) -> Result<T, GitError> {

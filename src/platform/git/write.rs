@@ -1,0 +1,246 @@
+//! In-process writes with gix where a `git` process would cost more than the work: the merge
+//! queue's squash commit of a branch that sits on its base, moving a base by compare-and-swap,
+//! and deleting a finished task's branch. Each is one object write or one ref transaction; like
+//! [`super::read`], they run on the blocking pool, bounded, on the repository opened isolated
+//! (never through a worktree's files, which a task wrote).
+
+use std::path::Path;
+
+use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
+use gix::refs::Target;
+
+use super::read::{blocking, failed, open};
+use super::GitError;
+
+/// Who glitchlab's commits and ref moves are by (as [`super::COMMITTER`] for the `git` binary).
+const NAME: &str = "glitchlab";
+/// The e-mail of [`NAME`].
+const EMAIL: &str = "glitchlab@localhost";
+
+/// A single change whose branch sits on the base, squashed: one commit on the base with the
+/// branch tip's tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FastSquash {
+    /// The branch does not descend from the base's tip (or adds nothing): build it the long way.
+    NotOnBase,
+    /// The tip's tree was never verified as it is: it needs a checkout to verify in.
+    NeedsVerify,
+    /// Written (no ref moved yet).
+    Written {
+        /// The base commit it is built on (its parent).
+        base: String,
+        /// The branch tip's tree, and the commit's.
+        tree: String,
+        /// The squash commit.
+        commit: String,
+    },
+}
+
+/// What [`squash_on_base`] is asked.
+#[derive(Debug, Clone)]
+pub(crate) struct SquashRequest {
+    /// The base branch (a name).
+    pub base: String,
+    /// The task's branch (a name).
+    pub branch: String,
+    /// The commit message.
+    pub message: String,
+    /// Whether the change must be verified on the base unless its tree is `verified_tree`.
+    pub verifying: bool,
+    /// The tree verify passed on the branch, if any.
+    pub verified_tree: Option<String>,
+}
+
+/// Writes the squash commit of `request.branch` onto `request.base` when the branch's tip
+/// descends from the base's tip and its tree needs no verify: parent the base, tree the tip's.
+pub(crate) async fn squash_on_base(
+    dir: &Path,
+    request: SquashRequest,
+) -> Result<FastSquash, GitError> {
+    let dir = dir.to_path_buf();
+    blocking("squash commit", move || {
+        let repo = open(&dir)?;
+        let peel = |name: &str| {
+            repo.find_reference(name)
+                .map_err(failed("find a branch"))?
+                .peel_to_id()
+                .map_err(failed("peel a branch"))
+                .map(|id| id.detach())
+        };
+        let base = peel(&format!("refs/heads/{}", request.base))?;
+        let tip = peel(&format!("refs/heads/{}", request.branch))?;
+        let on_base = tip != base
+            && repo
+                .merge_base(tip, base)
+                .map_err(failed("merge-base"))?
+                .is_some_and(|common| common.detach() == base);
+        if !on_base {
+            return Ok(FastSquash::NotOnBase);
+        }
+        let tree = tree_of(&repo, tip)?;
+        if tree == tree_of(&repo, base)? {
+            return Ok(FastSquash::NotOnBase);
+        }
+        let verified = request.verified_tree.as_deref() == Some(tree.to_string().as_str());
+        if request.verifying && !verified {
+            return Ok(FastSquash::NeedsVerify);
+        }
+        let signature = signature();
+        let mut time = gix::date::parse::TimeBuf::default();
+        let signature = signature.to_ref(&mut time);
+        let commit = repo
+            .new_commit_as(signature, signature, tidy(&request.message), tree, [base])
+            .map_err(failed("write the squash commit"))?;
+        Ok(FastSquash::Written {
+            base: base.to_string(),
+            tree: tree.to_string(),
+            commit: commit.id.to_string(),
+        })
+    })
+    .await
+}
+
+/// Moves `reference` (a full name) from `old` to `new` by compare-and-swap, with a reflog entry:
+/// an error when it does not point at `old` (the caller reads where it points).
+pub(crate) async fn move_ref(
+    dir: &Path,
+    reference: &str,
+    new: &str,
+    old: &str,
+) -> Result<(), GitError> {
+    let (dir, reference) = (dir.to_path_buf(), reference.to_owned());
+    let new = object_id(new)?;
+    let old = object_id(old)?;
+    blocking("update-ref", move || {
+        let repo = open(&dir)?;
+        move_ref_in(
+            &repo,
+            &reference,
+            new,
+            old,
+            "glitchlab: merge queue landing",
+        )
+    })
+    .await
+}
+
+/// [`move_ref`] on an open repository (on the blocking pool already), with reflog message `log`.
+pub(super) fn move_ref_in(
+    repo: &gix::Repository,
+    reference: &str,
+    new: gix::ObjectId,
+    old: gix::ObjectId,
+    log: &str,
+) -> Result<(), GitError> {
+    let edit = RefEdit {
+        change: Change::Update {
+            log: LogChange {
+                mode: RefLog::AndReference,
+                force_create_reflog: false,
+                message: log.into(),
+            },
+            expected: PreviousValue::MustExistAndMatch(Target::Object(old)),
+            new: Target::Object(new),
+        },
+        name: full_name(reference)?,
+        deref: false,
+    };
+    let signature = signature();
+    let mut time = gix::date::parse::TimeBuf::default();
+    repo.edit_references_as([edit], Some(signature.to_ref(&mut time)))
+        .map_err(failed("update-ref"))?;
+    Ok(())
+}
+
+/// Deletes `reference` (a full name) if it still points at `expected`; answers whether it did
+/// (a missing one is not an error).
+pub(crate) async fn delete_ref(
+    dir: &Path,
+    reference: &str,
+    expected: &str,
+) -> Result<bool, GitError> {
+    let (dir, reference) = (dir.to_path_buf(), reference.to_owned());
+    let expected = object_id(expected)?;
+    blocking("update-ref -d", move || {
+        let repo = open(&dir)?;
+        if repo
+            .try_find_reference(reference.as_str())
+            .map_err(failed("find the branch"))?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        let edit = RefEdit {
+            change: Change::Delete {
+                expected: PreviousValue::MustExistAndMatch(Target::Object(expected)),
+                log: RefLog::AndReference,
+            },
+            name: full_name(&reference)?,
+            deref: false,
+        };
+        repo.edit_references_as([edit], None)
+            .map_err(failed("update-ref -d"))?;
+        Ok(true)
+    })
+    .await
+}
+
+/// The message as `git commit -m` would record it (its `whitespace` clean-up): trailing
+/// whitespace off every line, runs of blank lines made one, none at either end, one final newline.
+pub(super) fn tidy(message: &str) -> String {
+    let mut tidied = String::with_capacity(message.len() + 1);
+    let mut blank_run = false;
+    for line in message.lines().map(str::trim_end) {
+        if line.is_empty() {
+            blank_run = !tidied.is_empty();
+            continue;
+        }
+        if blank_run {
+            tidied.push('\n');
+            blank_run = false;
+        }
+        tidied.push_str(line);
+        tidied.push('\n');
+    }
+    tidied
+}
+
+/// The tree of commit `id`.
+fn tree_of(repo: &gix::Repository, id: gix::ObjectId) -> Result<gix::ObjectId, GitError> {
+    let commit = repo.find_commit(id).map_err(failed("find a commit"))?;
+    commit
+        .tree_id()
+        .map(|id| id.detach())
+        .map_err(failed("read a commit's tree"))
+}
+
+/// glitchlab's identity, now.
+pub(super) fn signature() -> gix::actor::Signature {
+    gix::actor::Signature {
+        name: NAME.into(),
+        email: EMAIL.into(),
+        time: gix::date::Time::now_local_or_utc(),
+    }
+}
+
+fn object_id(hex: &str) -> Result<gix::ObjectId, GitError> {
+    gix::ObjectId::from_hex(hex.as_bytes()).map_err(failed("read a commit id"))
+}
+
+fn full_name(reference: &str) -> Result<gix::refs::FullName, GitError> {
+    gix::refs::FullName::try_from(reference).map_err(failed("name a ref"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_tidied_as_git_commit_m_does() {
+        assert_eq!(
+            tidy("\n\nTitle  \n\n\n\nBody\t\n\nA: b\n\n"),
+            "Title\n\nBody\n\nA: b\n"
+        );
+        assert_eq!(tidy("One"), "One\n");
+    }
+}
