@@ -194,6 +194,7 @@ fn ends_carry_the_effects_of_an_end() {
         cancel_running.effects,
         vec![
             KillRunningStage,
+            Dequeue,
             CleanUpWorktree,
             SettleBudget,
             NotifyDependents
@@ -202,7 +203,7 @@ fn ends_carry_the_effects_of_an_end() {
     let cancel_queued = step(Que, &LifecycleEvent::Cancel).unwrap();
     assert_eq!(
         cancel_queued.effects,
-        vec![CleanUpWorktree, SettleBudget, NotifyDependents]
+        vec![Dequeue, CleanUpWorktree, SettleBudget, NotifyDependents]
     );
     let dead = step(Run, &LifecycleEvent::DeadLetter(error())).unwrap();
     assert_eq!(
@@ -210,6 +211,7 @@ fn ends_carry_the_effects_of_an_end() {
         vec![
             StopPipeline,
             EscalateToHuman,
+            Dequeue,
             CleanUpWorktree,
             SettleBudget,
             NotifyDependents
@@ -220,6 +222,7 @@ fn ends_carry_the_effects_of_an_end() {
         done.effects,
         vec![
             StopPipeline,
+            Dequeue,
             CleanUpWorktree,
             SettleBudget,
             NotifyDependents
@@ -235,6 +238,14 @@ fn ends_carry_the_effects_of_an_end() {
                     "{status:?} × {}",
                     event.name()
                 );
+                // Every end takes the task out of Compass's lines; a move that does not end
+                // leaves them only for the queue (unblocked).
+                assert_eq!(
+                    transition.effects.contains(&Dequeue),
+                    ended || transition.effects.contains(&Enqueue) && status == Blk,
+                    "{status:?} × {}",
+                    event.name()
+                );
             }
         }
     }
@@ -244,7 +255,7 @@ fn ends_carry_the_effects_of_an_end() {
 fn moves_that_do_not_end_ask_for_their_next_step() {
     use Effect::*;
     let unblock = step(Blk, &LifecycleEvent::Unblock).unwrap();
-    assert_eq!(unblock.effects, vec![Enqueue]);
+    assert_eq!(unblock.effects, vec![Dequeue, Enqueue]);
     let retried = step(Fai, &LifecycleEvent::Retry { blocked: true }).unwrap();
     assert_eq!(retried.effects, vec![WatchDependencies]);
     let parked = step(Run, &LifecycleEvent::AwaitApproval).unwrap();
@@ -343,4 +354,30 @@ fn a_claimed_landing_refuses_a_cancel_with_task_landing_until_released() {
         task.apply(LifecycleEvent::Cancel, Utc::now()).unwrap().to,
         Can
     );
+}
+
+#[test]
+fn a_task_taken_up_without_a_move_waits_where_its_status_says() {
+    use Effect::*;
+    let expected: [(TaskStatus, &[Effect]); 8] = [
+        (Que, &[Enqueue]),
+        (Blk, &[WatchDependencies]),
+        (Run, &[ResumeFirst]),
+        (Awa, &[]),
+        (Don, &[]),
+        (Fai, &[]),
+        (Can, &[]),
+        (Dlq, &[]),
+    ];
+    for (status, effects) in expected {
+        assert_eq!(on_load(status), effects, "{status:?}");
+    }
+    // A running task taken up again is resumed by the `Resume` row: its stage runs on.
+    assert_eq!(
+        step(Run, &LifecycleEvent::Resume).unwrap().effects,
+        vec![Advance]
+    );
+    // What a submit gives a task is taken up by the same answer.
+    assert_eq!(on_load(submitted(false)), &[Enqueue]);
+    assert_eq!(on_load(submitted(true)), &[WatchDependencies]);
 }
