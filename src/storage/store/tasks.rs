@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::task_record;
 use super::{Batch, Snapshot, Store, StoreError, Table};
+use crate::model::auth::AuditEntry;
 use crate::model::task::{EngineRun, Event, RunStatus, Task, TaskId, TaskStatus};
 
 /// An event to append; the store assigns `seq` and `ts`.
@@ -77,9 +78,28 @@ impl Store {
         digest: &str,
         event: NewEvent,
     ) -> Result<Submission, StoreError> {
+        self.create_task_audited(task, digest, event, None).await
+    }
+
+    /// [`Store::create_task`], with the audit entry of the request that made it written in the
+    /// same job, so in the same group commit (a submit costs the writer one job, not two). Only a
+    /// task created is audited here; a replay or a refusal writes no entry.
+    pub(crate) async fn create_task_audited(
+        &self,
+        task: Task,
+        digest: &str,
+        event: NewEvent,
+        audit: Option<AuditEntry>,
+    ) -> Result<Submission, StoreError> {
         let digest = digest.to_owned();
-        self.write(move |batch| create_task(batch, task, digest, &event))
-            .await
+        self.write(move |batch| {
+            let submission = create_task(batch, task, digest, &event)?;
+            if let (Submission::Created(_), Some(entry)) = (&submission, audit) {
+                stage_audit(batch, entry)?;
+            }
+            Ok(submission)
+        })
+        .await
     }
 
     /// The task an idempotency key was first used for, and the digest of that submission.
@@ -462,6 +482,14 @@ fn create_task(
     put_task(batch, task.id, &task)?;
     append(batch, task.id, event)?;
     Ok(Submission::Created(task))
+}
+
+/// Adds an audit entry to `batch`, at the next `seq` (sled's counter, durable with the group).
+pub(crate) fn stage_audit(batch: &mut Batch<'_>, mut entry: AuditEntry) -> Result<(), StoreError> {
+    entry.seq = batch.generate_id()?;
+    let value = serde_json::to_vec(&entry)?;
+    batch.insert(Table::AuditLog, entry.seq.to_be_bytes(), value);
+    Ok(())
 }
 
 /// Tasks one page looks at at most: a filter that matches little stops here, and the cursor says
