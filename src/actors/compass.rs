@@ -151,9 +151,6 @@ impl Actor for Compass {
     ) -> Result<(), ActorProcessingErr> {
         let loading = Instant::now();
         slow_reload_for_tests().await;
-        for task in state.services.store.unsettled_tasks().await? {
-            settle_later(&state.services, task.id);
-        }
         metering::void_orphan_reservations_later(&state.services, state.started_at);
         crate::work::cleanup::sweep_later(&state.services, &state.sweeping);
         let every = state.services.config.git.sweep_interval_secs;
@@ -161,30 +158,7 @@ impl Actor for Compass {
             let timer = myself.send_interval(Duration::from_secs(every), || CompassMsg::Sweep);
             state.sweep_timer = Some(timer);
         }
-        let mut unfinished = state.services.store.unfinished_tasks().await?;
-        // Counting unclean stops writes; a full disk skips it this start rather than stop Compass.
-        let poisoned = poison_after_unclean_stop(&state.services, &unfinished)
-            .await
-            .unwrap_or_else(|error| {
-                tracing::error!(%error, "could not count unclean stops (storage); no task poisoned this start");
-                Vec::new()
-            });
-        unfinished.retain(|task| !poisoned.iter().any(|moved| moved.task.id == task.id));
-        let resumed = unfinished
-            .iter()
-            .filter(|t| t.progress.status == TaskStatus::Running)
-            .count();
-        tracing::info!(
-            unfinished = unfinished.len(),
-            resumed,
-            poisoned = poisoned.len(),
-            "compass reloaded unfinished tasks"
-        );
-        for task in &unfinished {
-            // Where its status waits (the lifecycle's `on_load`); its dependencies are looked
-            // at once the queue is counted, below.
-            place(state, task, lifecycle::on_load(task.progress.status));
-        }
+        let poisoned = reload_queue(state).await?;
         // The queue is counted now: the ingress admits against a true count from here on.
         let depth = state.queue.len() + state.resuming.len();
         state.services.directory.set_queue_loaded(depth);
@@ -195,6 +169,10 @@ impl Actor for Compass {
             reload_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             "compass loaded the queue; intake is open"
         );
+        // After the queue is open: a scan of every record, for budgets a stop left unsettled.
+        for task in state.services.store.unsettled_tasks().await? {
+            settle_later(&state.services, task.id);
+        }
         // Their ends' effects: budgets settle, and tasks waiting on them fail `DEPENDENCY_FAILED`.
         for moved in poisoned {
             worth_retrying(
@@ -321,6 +299,42 @@ impl Actor for Compass {
         }
         Ok(())
     }
+}
+
+/// Puts every unfinished task in the line its status says (the lifecycle's `on_load`), from the
+/// store's compact queue index: ids, statuses and priorities only. Full records are read only
+/// for the tasks that were running (the unclean-stop count needs their stage); those poisoned
+/// are ended instead (answered, for their ends' effects). Blocked tasks' dependencies are looked
+/// at once the queue is counted.
+async fn reload_queue(state: &mut CompassState) -> Result<Vec<MovedTask>, StoreError> {
+    let queued = state.services.store.queued_tasks().await?;
+    let mut running = Vec::new();
+    for entry in queued.iter().filter(|q| q.status == TaskStatus::Running) {
+        running.extend(state.services.store.task(entry.id).await?);
+    }
+    // Counting unclean stops writes; a full disk skips it this start rather than stop Compass.
+    let poisoned = poison_after_unclean_stop(&state.services, &running)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::error!(%error, "could not count unclean stops (storage); no task poisoned this start");
+            Vec::new()
+        });
+    let is_poisoned = |id: TaskId| poisoned.iter().any(|moved| moved.task.id == id);
+    for entry in queued.iter().filter(|q| !is_poisoned(q.id)) {
+        place(
+            state,
+            entry.id,
+            entry.priority,
+            lifecycle::on_load(entry.status),
+        );
+    }
+    tracing::info!(
+        unfinished = queued.len() - poisoned.len(),
+        resumed = state.resuming.len(),
+        poisoned = poisoned.len(),
+        "compass reloaded unfinished tasks"
+    );
+    Ok(poisoned)
 }
 
 /// Test hook (`--features failpoints`): `FAILPOINTS=compass.reload=return(<ms>)` makes the queue
@@ -638,7 +652,7 @@ async fn execute(
     if asks(Effect::Dequeue) {
         dequeue(state, task);
     }
-    place(state, task, &moved.effects);
+    place(state, task.id, task.spec.priority, &moved.effects);
     let stopping = asks(Effect::StopPipeline);
     let exit_ends = stop_or_clean(state, task, stopping, asks(Effect::CleanUpWorktree));
     if stopping || asks(Effect::KillRunningStage) {
@@ -675,15 +689,15 @@ fn dequeue(state: &mut CompassState, task: &Task) {
 
 /// The effects that put a task in one of Compass's lines (no IO: start-up places every task
 /// before it looks at any blocked one's dependencies).
-fn place(state: &mut CompassState, task: &Task, effects: &[Effect]) {
+fn place(state: &mut CompassState, id: TaskId, priority: Priority, effects: &[Effect]) {
     for effect in effects {
         match effect {
             Effect::Enqueue => {
-                state.queue.insert((task.spec.priority, task.id));
+                state.queue.insert((priority, id));
             }
-            Effect::ResumeFirst => state.resuming.push_back(task.id),
+            Effect::ResumeFirst => state.resuming.push_back(id),
             Effect::WatchDependencies => {
-                state.blocked.insert(task.id);
+                state.blocked.insert(id);
             }
             _ => {}
         }

@@ -36,7 +36,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 
 pub use self::recovery::StopsInFlight;
 pub(crate) use self::tasks::stage_audit;
-pub use self::tasks::{NewEvent, Submission};
+pub use self::tasks::{NewEvent, QueuedTask, Submission};
 pub use self::writer::{Batch, WriterHealth};
 use crate::model::task::Event;
 use crate::platform::redact::Redactor;
@@ -128,11 +128,15 @@ pub enum Table {
     /// Fleet: factory name → its registration (the key's derivation, never the key; see
     /// `storage::fleet_keys`).
     FleetFactories,
+    /// The compact queue: unfinished task id (16 bytes) → its status and priority, kept with
+    /// every task write, plus a marker once it indexes every task (see `store::tasks`): what
+    /// Compass loads at start instead of every full record.
+    QueueIndex,
 }
 
 impl Table {
     /// All tables, in index order.
-    pub const ALL: [Table; 21] = [
+    pub const ALL: [Table; 22] = [
         Table::Tasks,
         Table::Events,
         Table::Runs,
@@ -154,6 +158,7 @@ impl Table {
         Table::OpsSilences,
         Table::Notifications,
         Table::FleetFactories,
+        Table::QueueIndex,
     ];
 
     /// The sled tree's name (unchanged from the layout before the writer, so data dirs carry
@@ -181,6 +186,7 @@ impl Table {
             Table::OpsSilences => "ops_silences",
             Table::Notifications => "notifications",
             Table::FleetFactories => "fleet_factories",
+            Table::QueueIndex => "queue_index",
         }
     }
 }
