@@ -23,6 +23,7 @@ use serde_json::json;
 use self::children::{spawn_persona, PersonaRef};
 use super::pipeline::{Pipeline, PipelineArguments, PipelineMsg};
 use crate::model::errors::TaskActionError;
+use crate::model::lifecycle::{self, Effect};
 use crate::model::persona::Persona;
 use crate::model::task::{Priority, Stage, Task, TaskId, TaskStatus};
 use crate::platform::metrics;
@@ -32,7 +33,7 @@ use crate::runtime::supervision::{RestartDecision, RestartHistory};
 use crate::runtime::Services;
 use crate::storage::store::{NewEvent, StoreError};
 use crate::work::metering;
-use crate::work::transitions::{self, Readiness};
+use crate::work::transitions::{self, MovedTask};
 
 /// How long Compass waits for its children to stop on shutdown.
 const SHUTDOWN_CHILDREN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -150,9 +151,6 @@ impl Actor for Compass {
     ) -> Result<(), ActorProcessingErr> {
         let loading = Instant::now();
         slow_reload_for_tests().await;
-        for task in state.services.store.unsettled_tasks().await? {
-            settle_later(&state.services, task.id);
-        }
         metering::void_orphan_reservations_later(&state.services, state.started_at);
         crate::work::cleanup::sweep_later(&state.services, &state.sweeping);
         let every = state.services.config.git.sweep_interval_secs;
@@ -160,39 +158,7 @@ impl Actor for Compass {
             let timer = myself.send_interval(Duration::from_secs(every), || CompassMsg::Sweep);
             state.sweep_timer = Some(timer);
         }
-        let mut unfinished = state.services.store.unfinished_tasks().await?;
-        // Counting unclean stops writes; a full disk skips it this start rather than stop Compass.
-        let poisoned = poison_after_unclean_stop(&state.services, &unfinished)
-            .await
-            .unwrap_or_else(|error| {
-                tracing::error!(%error, "could not count unclean stops (storage); no task poisoned this start");
-                Vec::new()
-            });
-        unfinished.retain(|task| !poisoned.contains(&task.id));
-        let resumed = unfinished
-            .iter()
-            .filter(|t| t.progress.status == TaskStatus::Running)
-            .count();
-        tracing::info!(
-            unfinished = unfinished.len(),
-            resumed,
-            poisoned = poisoned.len(),
-            "compass reloaded unfinished tasks"
-        );
-        for task in unfinished {
-            match task.progress.status {
-                // It held a slot when the process stopped: it resumes at its stage, first.
-                TaskStatus::Running => state.resuming.push_back(task.id),
-                TaskStatus::Queued => {
-                    state.queue.insert((task.spec.priority, task.id));
-                }
-                TaskStatus::Blocked => {
-                    state.blocked.insert(task.id);
-                }
-                // Waits for a human; terminal ones are not reloaded.
-                _ => {}
-            }
-        }
+        let poisoned = reload_queue(state).await?;
         // The queue is counted now: the ingress admits against a true count from here on.
         let depth = state.queue.len() + state.resuming.len();
         state.services.directory.set_queue_loaded(depth);
@@ -203,11 +169,15 @@ impl Actor for Compass {
             reload_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             "compass loaded the queue; intake is open"
         );
-        // Their budgets settle, and tasks waiting on them fail `DEPENDENCY_FAILED`.
-        for task_id in poisoned {
+        // After the queue is open: a scan of every record, for budgets a stop left unsettled.
+        for task in state.services.store.unsettled_tasks().await? {
+            settle_later(&state.services, task.id);
+        }
+        // Their ends' effects: budgets settle, and tasks waiting on them fail `DEPENDENCY_FAILED`.
+        for moved in poisoned {
             worth_retrying(
                 "a poisoned task's end",
-                on_finished(&myself, state, task_id).await,
+                execute(&myself, state, &moved).await,
             );
         }
         let blocked: Vec<TaskId> = state.blocked.iter().copied().collect();
@@ -331,6 +301,42 @@ impl Actor for Compass {
     }
 }
 
+/// Puts every unfinished task in the line its status says (the lifecycle's `on_load`), from the
+/// store's compact queue index: ids, statuses and priorities only. Full records are read only
+/// for the tasks that were running (the unclean-stop count needs their stage); those poisoned
+/// are ended instead (answered, for their ends' effects). Blocked tasks' dependencies are looked
+/// at once the queue is counted.
+async fn reload_queue(state: &mut CompassState) -> Result<Vec<MovedTask>, StoreError> {
+    let queued = state.services.store.queued_tasks().await?;
+    let mut running = Vec::new();
+    for entry in queued.iter().filter(|q| q.status == TaskStatus::Running) {
+        running.extend(state.services.store.task(entry.id).await?);
+    }
+    // Counting unclean stops writes; a full disk skips it this start rather than stop Compass.
+    let poisoned = poison_after_unclean_stop(&state.services, &running)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::error!(%error, "could not count unclean stops (storage); no task poisoned this start");
+            Vec::new()
+        });
+    let is_poisoned = |id: TaskId| poisoned.iter().any(|moved| moved.task.id == id);
+    for entry in queued.iter().filter(|q| !is_poisoned(q.id)) {
+        place(
+            state,
+            entry.id,
+            entry.priority,
+            lifecycle::on_load(entry.status),
+        );
+    }
+    tracing::info!(
+        unfinished = queued.len() - poisoned.len(),
+        resumed = state.resuming.len(),
+        poisoned = poisoned.len(),
+        "compass reloaded unfinished tasks"
+    );
+    Ok(poisoned)
+}
+
 /// Test hook (`--features failpoints`): `FAILPOINTS=compass.reload=return(<ms>)` makes the queue
 /// load at start take that much longer, as a queue of 100,000 tasks does (an async wait: the
 /// runtime's workers stay free).
@@ -430,7 +436,7 @@ async fn on_persona_exit(
     }
     let restarts = slot.history.total();
     if let Some((task, crashes)) = poisoned {
-        poison_for_crashes(state, name, task, crashes).await;
+        Box::pin(poison_for_crashes(myself, state, name, task, crashes)).await;
     }
     match decision {
         RestartDecision::RestartAfter(delay) => {
@@ -465,31 +471,25 @@ async fn on_persona_exit(
 /// Ends a task whose requests crashed `persona` past its restart limit (`POISONED`), stops its
 /// pipeline and drops its jobs, so the other tasks get the persona back.
 async fn poison_for_crashes(
+    myself: &ActorRef<CompassMsg>,
     state: &mut CompassState,
     persona: Persona,
     task_id: TaskId,
     crashes: u32,
 ) {
     let why = transitions::Poison::PersonaCrashes { persona, crashes };
-    match transitions::poison(&state.services, task_id, why).await {
-        Ok(Some(_)) => metrics::task_poisoned("persona_crashes"),
+    let moved = match transitions::poison(&state.services, task_id, why).await {
+        Ok(Some(moved)) => moved,
         Ok(None) => return,
         Err(error) => {
             tracing::error!(%error, task = %task_id, "could not record a poison task; it goes on");
             return;
         }
+    };
+    metrics::task_poisoned("persona_crashes");
+    if let Err(error) = execute(myself, state, &moved).await {
+        tracing::error!(%error, task = %task_id, "a poison task's end was cut short; its pipeline's exit settles it");
     }
-    state.queue.retain(|(_, queued)| *queued != task_id);
-    state.resuming.retain(|waiting| *waiting != task_id);
-    // Its pipeline's exit frees the slot and settles the task (`on_pipeline_exit`).
-    if let Some(pipeline) = state
-        .pipelines
-        .get(&task_id)
-        .and_then(|slot| slot.actor.as_ref())
-    {
-        pipeline.stop(Some("poisoned".into()));
-    }
-    cancel_persona_jobs(state, task_id);
 }
 
 /// Tries a `failed` persona again with a fresh restart budget (a dependency it needed may be
@@ -551,7 +551,7 @@ async fn restart_persona(myself: &ActorRef<CompassMsg>, state: &mut CompassState
 async fn poison_after_unclean_stop(
     services: &Services,
     unfinished: &[Task],
-) -> Result<Vec<TaskId>, StoreError> {
+) -> Result<Vec<MovedTask>, StoreError> {
     if services.store.take_clean_stop().await? {
         return Ok(Vec::new());
     }
@@ -582,9 +582,9 @@ async fn poison_after_unclean_stop(
             limit,
             runs: stops.runs,
         };
-        if transitions::poison(services, task_id, why).await?.is_some() {
+        if let Some(moved) = transitions::poison(services, task_id, why).await? {
             metrics::task_poisoned("unclean_stops");
-            poisoned.push(task_id);
+            poisoned.push(moved);
         }
     }
     Ok(poisoned)
@@ -601,18 +601,17 @@ async fn on_submitted(
     if state.pipelines.contains_key(&task_id) {
         return Ok(());
     }
-    match task.progress.status {
-        TaskStatus::Queued => {
-            state.queue.insert((task.spec.priority, task.id));
-            dispatch(myself, state).await;
-        }
-        TaskStatus::Blocked => {
-            state.blocked.insert(task_id);
-            on_blocked(myself, state, task_id).await?;
-            dispatch(myself, state).await;
-        }
-        _ => {}
+    // A submit is no move: the task waits where the status it was accepted in says.
+    let effects = lifecycle::on_load(task.progress.status);
+    if effects.is_empty() {
+        return Ok(());
     }
+    let moved = MovedTask {
+        effects: effects.to_vec(),
+        task,
+    };
+    execute(myself, state, &moved).await?;
+    dispatch(myself, state).await;
     Ok(())
 }
 
@@ -627,15 +626,9 @@ async fn on_blocked(
         return Ok(());
     };
     match transitions::evaluate_blocked(&state.services, &task).await? {
-        Readiness::Ready => {
-            state.blocked.remove(&task_id);
-            state.queue.insert((task.spec.priority, task_id));
-        }
-        Readiness::Ended => {
-            state.blocked.remove(&task_id);
-            Box::pin(on_finished(myself, state, task_id)).await?;
-        }
-        Readiness::StillBlocked => {
+        Some(moved) => Box::pin(execute(myself, state, &moved)).await?,
+        None => {
+            // Moved by another path meanwhile: it no longer waits here.
             if task.progress.status != TaskStatus::Blocked {
                 state.blocked.remove(&task_id);
             }
@@ -644,16 +637,107 @@ async fn on_blocked(
     Ok(())
 }
 
-/// A task ended: its budget is settled, and the blocked tasks that depend on it may move now.
-async fn on_finished(
+/// Executes the effects a lifecycle move (or [`lifecycle::on_load`]) asked of Compass, for the
+/// task as the move left it — the one place Compass acts on a move, never on a status it reads
+/// back. In a fixed order: the task leaves its line and its pipeline is told before its jobs are
+/// killed, and its budget and dependents come last. `Advance` is the pipeline's; `FreeSlot` and
+/// `TakeSlot` arrive as `CompassMsg::Parked` from the pipeline that made the move.
+async fn execute(
+    myself: &ActorRef<CompassMsg>,
+    state: &mut CompassState,
+    moved: &MovedTask,
+) -> Result<(), StoreError> {
+    let task = &moved.task;
+    let asks = |effect: Effect| moved.effects.contains(&effect);
+    if asks(Effect::Dequeue) {
+        dequeue(state, task);
+    }
+    place(state, task.id, task.spec.priority, &moved.effects);
+    let stopping = asks(Effect::StopPipeline);
+    let exit_ends = stop_or_clean(state, task, stopping, asks(Effect::CleanUpWorktree));
+    if stopping || asks(Effect::KillRunningStage) {
+        // After the pipeline has been told, so its call ends as cancelled work, not as a crash.
+        cancel_persona_jobs(state, task.id);
+    }
+    if asks(Effect::EscalateToHuman) {
+        transitions::escalate(&state.services, task).await;
+    }
+    // A stopped pipeline's exit executes the rest of the end (`on_ended_by_pipeline`).
+    if asks(Effect::SettleBudget) && !exit_ends {
+        settle_later(&state.services, task.id);
+    }
+    if asks(Effect::WatchDependencies) {
+        on_blocked(myself, state, task.id).await?;
+    }
+    if asks(Effect::NotifyDependents) && !exit_ends {
+        notify_dependents(myself, state, task.id).await?;
+    }
+    set_queue_depth(state);
+    Ok(())
+}
+
+/// `Dequeue`: the task leaves whichever of Compass's lines it waited in, and the crashes it was
+/// blamed for are forgotten.
+fn dequeue(state: &mut CompassState, task: &Task) {
+    state.queue.remove(&(task.spec.priority, task.id));
+    state.resuming.retain(|waiting| *waiting != task.id);
+    state.blocked.remove(&task.id);
+    for slot in state.personas.values_mut() {
+        slot.blame.remove(&task.id);
+    }
+}
+
+/// The effects that put a task in one of Compass's lines (no IO: start-up places every task
+/// before it looks at any blocked one's dependencies).
+fn place(state: &mut CompassState, id: TaskId, priority: Priority, effects: &[Effect]) {
+    for effect in effects {
+        match effect {
+            Effect::Enqueue => {
+                state.queue.insert((priority, id));
+            }
+            Effect::ResumeFirst => state.resuming.push_back(id),
+            Effect::WatchDependencies => {
+                state.blocked.insert(id);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `StopPipeline` and `CleanUpWorktree` for a move Compass made. A live pipeline is told to stop:
+/// cancelled (it kills its stage and removes its worktree itself) or stopped (its worktree is
+/// the start sweep's, as for any task left by a crash); its exit frees the slot. With no live
+/// pipeline (queued, blocked, parked at the gate, or waiting for a restart) the slot is freed and
+/// the worktree removed now. Answers whether a stopped pipeline's exit ends the task's end.
+fn stop_or_clean(state: &mut CompassState, task: &Task, stop: bool, clean: bool) -> bool {
+    let pipeline = state
+        .pipelines
+        .get(&task.id)
+        .and_then(|slot| slot.actor.clone());
+    match pipeline {
+        Some(pipeline) if stop => {
+            pipeline.stop(Some("ended".into()));
+            return true;
+        }
+        Some(pipeline) if clean => {
+            let _ = pipeline.cast(PipelineMsg::Cancel);
+        }
+        Some(_) => {}
+        None if clean => {
+            free_slot(state, task.id);
+            transitions::clean_up(&state.services, task);
+        }
+        None => {}
+    }
+    false
+}
+
+/// `NotifyDependents`: the blocked tasks that depend on `finished` may move now.
+async fn notify_dependents(
     myself: &ActorRef<CompassMsg>,
     state: &mut CompassState,
     finished: TaskId,
 ) -> Result<(), StoreError> {
-    settle_later(&state.services, finished);
-    for slot in state.personas.values_mut() {
-        slot.blame.remove(&finished);
-    }
     let waiting: Vec<TaskId> = state.blocked.iter().copied().collect();
     for task_id in waiting {
         let depends = state
@@ -663,11 +747,25 @@ async fn on_finished(
             .await?
             .is_some_and(|task| task.spec.deps.contains(&finished));
         if depends {
-            on_blocked(myself, state, task_id).await?;
+            Box::pin(on_blocked(myself, state, task_id)).await?;
         }
     }
-    set_queue_depth(state);
     Ok(())
+}
+
+/// A task ended by a move its own pipeline made (delivered, failed) or that stopped its pipeline
+/// (poison): Compass executes the effects every end asks of it (`lifecycle::ENDED`). The clean-up
+/// among them was the pipeline's (`after_end`), or is the start sweep's for a stopped one.
+async fn on_ended_by_pipeline(
+    myself: &ActorRef<CompassMsg>,
+    state: &mut CompassState,
+    task: Task,
+) -> Result<(), StoreError> {
+    let effects = lifecycle::ENDED
+        .into_iter()
+        .filter(|effect| *effect != Effect::CleanUpWorktree)
+        .collect();
+    execute(myself, state, &MovedTask { task, effects }).await
 }
 
 /// Starts queued tasks while slots are free.
@@ -760,8 +858,8 @@ async fn on_pipeline_exit(
     if status != Some(TaskStatus::Running) {
         // Finished, parked at the approval gate, or gone: the slot is free; nothing restarts.
         free_slot(state, task_id);
-        if status.is_some_and(TaskStatus::is_terminal) {
-            on_finished(myself, state, task_id).await?;
+        if let Some(ended) = task.filter(|t| t.progress.status.is_terminal()) {
+            on_ended_by_pipeline(myself, state, ended).await?;
         }
         dispatch(myself, state).await;
         return Ok(());
@@ -782,9 +880,12 @@ async fn on_pipeline_exit(
         }
         RestartDecision::GiveUp => {
             metrics::actor_failed("pipeline");
-            transitions::give_up_pipeline(&state.services, task_id, &reason).await?;
             free_slot(state, task_id);
-            on_finished(myself, state, task_id).await?;
+            if let Some(moved) =
+                transitions::give_up_pipeline(&state.services, task_id, &reason).await?
+            {
+                execute(myself, state, &moved).await?;
+            }
             dispatch(myself, state).await;
         }
     }
@@ -839,7 +940,8 @@ fn free_slot(state: &mut CompassState, task_id: TaskId) {
         .remove(&format!("pipeline-{task_id}"));
 }
 
-/// Carries out a client's action on a task and moves the queue accordingly.
+/// Carries out a client's action on a task: the move is made in `transitions`, and Compass
+/// executes the effects the lifecycle gave it.
 async fn act(
     myself: &ActorRef<CompassMsg>,
     state: &mut CompassState,
@@ -848,8 +950,8 @@ async fn act(
     by: Option<&str>,
 ) -> Result<Task, TaskActionError> {
     let services = &state.services;
-    let task = match action {
-        TaskAction::Cancel => return cancel(myself, state, task_id, by).await,
+    let moved = match action {
+        TaskAction::Cancel => transitions::cancel(services, task_id, by).await?,
         TaskAction::Approve { comment } => {
             transitions::approve(services, task_id, comment, by).await?
         }
@@ -860,50 +962,18 @@ async fn act(
             transitions::retry(services, task_id, reservation, from, by).await?
         }
     };
-    match task.progress.status {
-        TaskStatus::Queued => {
-            state.queue.insert((task.spec.priority, task_id));
-        }
-        TaskStatus::Blocked => {
-            state.blocked.insert(task_id);
-            on_blocked(myself, state, task_id).await?;
-        }
-        _ => on_finished(myself, state, task_id).await?,
-    }
+    execute(myself, state, &moved).await?;
     dispatch(myself, state).await;
+    if moved.task.progress.status.is_terminal() {
+        return Ok(moved.task);
+    }
     // The record after any immediate move (a retried task whose dependency failed ends again).
-    Ok(state.services.store.task(task_id).await?.unwrap_or(task))
-}
-
-async fn cancel(
-    myself: &ActorRef<CompassMsg>,
-    state: &mut CompassState,
-    task_id: TaskId,
-    by: Option<&str>,
-) -> Result<Task, TaskActionError> {
-    let cancelled = transitions::cancel(&state.services, task_id, by).await?;
-    state.queue.remove(&(cancelled.spec.priority, task_id));
-    state.resuming.retain(|waiting| *waiting != task_id);
-    state.blocked.remove(&task_id);
-    match state
-        .pipelines
-        .get(&task_id)
-        .and_then(|slot| slot.actor.as_ref())
-    {
-        Some(pipeline) => {
-            let _ = pipeline.cast(PipelineMsg::Cancel);
-        }
-        None => {
-            // Queued, blocked, parked or waiting for a restart: nothing runs; free the slot now.
-            free_slot(state, task_id);
-            transitions::remove_worktree_later(&state.services, &cancelled);
-        }
-    }
-    // After the pipeline has been told, so its call ends as cancelled work, not as a crash.
-    cancel_persona_jobs(state, task_id);
-    on_finished(myself, state, task_id).await?;
-    dispatch(myself, state).await;
-    Ok(cancelled)
+    Ok(state
+        .services
+        .store
+        .task(task_id)
+        .await?
+        .unwrap_or(moved.task))
 }
 
 /// Tells Planner, Patch and Circuit to drop the task's jobs (killing their process groups).

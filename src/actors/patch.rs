@@ -427,7 +427,9 @@ async fn implement(services: Services, task: Task) -> Result<ImplementOutcome, S
             &branch_name(task.id),
             &task.spec.base_branch,
         )
-        .await?;
+        .await
+        // The repository or its base may be gone: intake asks git again at the next submit.
+        .inspect_err(|_| services.repo_checks.forget(&task.spec.repo))?;
     if made == git::Worktree::Existing {
         // A cut-off earlier run of this attempt may have left half-made edits.
         worktree.discard_uncommitted().await?;

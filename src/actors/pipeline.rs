@@ -23,7 +23,7 @@ use super::circuit::{CircuitMsg, VerifyOutcome};
 use super::patch::{ImplementOutcome, PatchMsg};
 use super::planner::PlannerMsg;
 use crate::model::codes;
-use crate::model::lifecycle::LifecycleEvent;
+use crate::model::lifecycle::{Effect, LifecycleEvent};
 use crate::model::persona::Persona;
 use crate::model::task::branch_name;
 use crate::model::task::{Delivered, ErrorInfo, Plan, Stage, Task, TaskId, TaskStatus};
@@ -134,17 +134,14 @@ impl Actor for Pipeline {
             return Ok(());
         };
         let result = match task.progress.status {
-            TaskStatus::Running => {
-                let data = json!({"stage": task.progress.stage, "attempt": task.progress.attempts});
-                let event = NewEvent::new(&state.name, "task.resumed", data);
-                state.services.store.append_event(task.id, event).await
-            }
-            TaskStatus::Queued => start_task(state, &task).await.map(drop),
+            // Left running by a stop of the service or a crash of its pipeline.
+            TaskStatus::Running => resume_task(state, &task).await,
+            TaskStatus::Queued => start_task(state, &task).await,
             _ => Err(StoreError::TaskFinished(task.id)),
         };
         match result {
-            Ok(()) => myself.cast(PipelineMsg::Advance)?,
-            Err(StoreError::TaskFinished(_)) => myself.stop(Some("not runnable".into())),
+            Ok(moved) if moved.asks(Effect::Advance) => myself.cast(PipelineMsg::Advance)?,
+            Ok(_) | Err(StoreError::TaskFinished(_)) => myself.stop(Some("not runnable".into())),
             Err(error) => return Err(error.into()),
         }
         Ok(())
@@ -201,9 +198,26 @@ impl Actor for Pipeline {
     }
 }
 
+/// Takes up a task left `running` at its stage (the lifecycle's `Resume` row, with its
+/// `task.resumed` event): the stage runs again from the stored task.
+async fn resume_task(state: &PipelineState, task: &Task) -> Result<Moved, StoreError> {
+    let data = json!({"stage": task.progress.stage, "attempt": task.progress.attempts});
+    let event = NewEvent::new(&state.name, "task.resumed", data);
+    let moved = Moved::default();
+    let slot = moved.clone();
+    state
+        .services
+        .store
+        .update_task(task.id, &[event], move |t| {
+            slot.apply(t, LifecycleEvent::Resume)
+        })
+        .await?;
+    Ok(moved)
+}
+
 /// Moves a queued task to `running` at its stage: the first of its template, or — after an
 /// approval or a retry — the stage it stopped at.
-async fn start_task(state: &PipelineState, task: &Task) -> Result<Task, StoreError> {
+async fn start_task(state: &PipelineState, task: &Task) -> Result<Moved, StoreError> {
     let first = task.spec.stages.first().copied().unwrap_or(Stage::Plan);
     let stage = task.progress.stage.unwrap_or(first);
     let attempts = if stage == Stage::Implement {
@@ -223,17 +237,20 @@ async fn start_task(state: &PipelineState, task: &Task) -> Result<Task, StoreErr
             json!({"stage": stage, "attempt": attempts}),
         ),
     ];
+    let moved = Moved::default();
+    let slot = moved.clone();
     state
         .services
         .store
         .update_task(task.id, &events, move |t| {
             let attempt = attempts;
-            transitions::apply(t, LifecycleEvent::Start { stage, attempt });
+            slot.apply(t, LifecycleEvent::Start { stage, attempt });
             if stage == Stage::Implement {
                 t.progress.branch = Some(branch_name(t.id));
             }
         })
-        .await
+        .await?;
+    Ok(moved)
 }
 
 /// While a delivery waits in its merge queue the task holds no Compass slot (the lifecycle's

@@ -164,7 +164,8 @@ async fn make_plan(services: Services, task: Task) -> Result<Plan, StageError> {
                 services.config.git.timeout(),
             )
             .ensure_worktree(&worktree, &branch_name(task.id), &task.spec.base_branch)
-            .await?;
+            .await
+            .inspect_err(|_| services.repo_checks.forget(&task.spec.repo))?;
             let config = &services.config.engines;
             let run = engine::run_shell(
                 &services,

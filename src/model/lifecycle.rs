@@ -181,10 +181,18 @@ pub enum Effect {
     FreeSlot,
     /// Compass counts it again.
     TakeSlot,
+    /// Compass takes the task out of the line it waited in (its queue, its list of tasks
+    /// resuming after a restart, or its blocked set) and forgets the crashes it was blamed for.
+    Dequeue,
+    /// Compass gives the task a pipeline slot before any queued task: it held one when the
+    /// service stopped (see [`on_load`]).
+    ResumeFirst,
 }
 
-/// Effects of every end: the task's resources go, its budget settles, its dependents move.
-const ENDED: [Effect; 3] = [
+/// Effects of every end: it leaves Compass's lines, its resources go, its budget settles, its
+/// dependents move. (Compass executes them when a pipeline's exit shows it ended a task.)
+pub(crate) const ENDED: [Effect; 4] = [
+    Effect::Dequeue,
     Effect::CleanUpWorktree,
     Effect::SettleBudget,
     Effect::NotifyDependents,
@@ -226,6 +234,22 @@ pub(crate) fn submitted(blocked: bool) -> TaskStatus {
         TaskStatus::Blocked
     } else {
         TaskStatus::Queued
+    }
+}
+
+/// What Compass does with an unfinished task it takes up without moving it: each one it reloads
+/// at start-up, and a task just submitted (in the status [`submitted`] gave it). A task that was
+/// running when the service stopped gets a slot first and its pipeline applies `Resume`; a
+/// queued one waits in the queue, a blocked one for its dependencies; one awaiting approval
+/// waits for a human, and an ended one is not taken up.
+pub(crate) fn on_load(status: TaskStatus) -> &'static [Effect] {
+    use TaskStatus as S;
+    match status {
+        S::Running => &[Effect::ResumeFirst],
+        S::Queued => &[Effect::Enqueue],
+        S::Blocked => &[Effect::WatchDependencies],
+        S::AwaitingApproval => &[],
+        S::Done | S::Failed | S::Cancelled | S::DeadLetter => &[],
     }
 }
 
@@ -317,7 +341,7 @@ fn refuse(status: TaskStatus, event: &LifecycleEvent) -> Result<Transition, Life
 fn unblock(status: TaskStatus, event: &LifecycleEvent) -> Result<Transition, LifecycleRefusal> {
     use TaskStatus as S;
     match status {
-        S::Blocked => to(status, S::Queued, &[Effect::Enqueue]),
+        S::Blocked => to(status, S::Queued, &[Effect::Dequeue, Effect::Enqueue]),
         S::Queued | S::Running | S::AwaitingApproval => refuse(status, event),
         S::Done | S::Failed | S::Cancelled | S::DeadLetter => refuse(status, event),
     }

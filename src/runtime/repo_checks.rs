@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// How long a repository and base branch found at submit stay trusted without asking git again.
-/// A branch deleted within it is caught when the worktree is made, with git's own error.
-pub(crate) const REPO_CHECK_TTL: Duration = Duration::from_secs(5);
+/// A branch deleted within it is caught when the worktree is made, with git's own error, and
+/// that failure forgets the repository ([`RepoChecks::forget`]): the next submit asks git again.
+pub(crate) const REPO_CHECK_TTL: Duration = Duration::from_secs(30);
 /// Repository/branch pairs remembered at most; past it the expired ones are dropped (all of them
 /// when that is not enough).
 pub(crate) const REPO_CHECKS_MAX: usize = 1024;
@@ -49,6 +50,38 @@ impl RepoChecks {
         found.insert(
             (path.to_owned(), branch.to_owned()),
             (top.to_owned(), Instant::now()),
+        );
+    }
+
+    /// Forgets every pair whose work tree is `top` (as a task stores its repository): a stage
+    /// could not make a worktree from it, so what git said at submit may no longer hold.
+    pub(crate) fn forget(&self, top: &str) {
+        if let Ok(mut found) = self.found.lock() {
+            found.retain(|(path, _), (found_top, _)| path != top && found_top != top);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_worktree_forgets_every_spelling_of_its_repository() {
+        let checks = RepoChecks::default();
+        checks.found("/r/link", "main", "/r/top");
+        checks.found("/r/top", "dev", "/r/top");
+        checks.found("/other", "main", "/other");
+        assert_eq!(
+            checks.recently_found("/r/link", "main"),
+            Some("/r/top".into())
+        );
+        checks.forget("/r/top");
+        assert_eq!(checks.recently_found("/r/link", "main"), None);
+        assert_eq!(checks.recently_found("/r/top", "dev"), None);
+        assert_eq!(
+            checks.recently_found("/other", "main"),
+            Some("/other".into())
         );
     }
 }

@@ -68,13 +68,8 @@ fn put(batch: &mut Batch<'_>, record: &TokenRecord) -> Result<(), StoreError> {
 /// Queues an entry for the audit log (its `seq` is assigned by the writer) without waiting for
 /// the commit: the request it records already answered once its own write was durable, so the
 /// audit line costs it no second flush. A refused or failed entry is logged.
-pub(crate) async fn queue_audit(store: &Store, mut entry: AuditEntry) {
-    let op = move |batch: &mut Batch<'_>| {
-        entry.seq = batch.generate_id()?;
-        let value = serde_json::to_vec(&entry)?;
-        batch.insert(Table::AuditLog, entry.seq.to_be_bytes(), value);
-        Ok::<_, StoreError>(())
-    };
+pub(crate) async fn queue_audit(store: &Store, entry: AuditEntry) {
+    let op = move |batch: &mut Batch<'_>| crate::storage::store::stage_audit(batch, entry);
     let done = |outcome: Result<(), StoreError>| {
         if let Err(error) = outcome {
             tracing::error!(%error, "an audit entry was not written");
@@ -174,6 +169,39 @@ mod tests {
         assert!(revoke_token(&store, "ci").await.unwrap());
         assert!(!revoke_token(&store, "ci").await.unwrap());
         assert!(tokens(&store).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_created_task_and_its_audit_entry_are_one_write_and_a_replay_adds_none() {
+        use crate::storage::store::{NewEvent, Submission};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut task = crate::model::task::Task::for_test("t", "");
+        task.spec.idempotency_key = Some("k".into());
+        let event = || NewEvent::new("test", "task.submitted", serde_json::json!({}));
+        let created = store
+            .create_task_audited(task.clone(), "d", event(), Some(entry("ci")))
+            .await
+            .unwrap();
+        assert!(matches!(created, Submission::Created(_)));
+        // Durable with the task: no wait for a later job (no `settled`).
+        let everything = || AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        };
+        let (entries, _) = audit(&store, everything()).await.unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            (entries[0].principal.as_str(), entries[0].status),
+            ("ci", 201)
+        );
+        assert!(entries[0].seq > 0);
+        let replayed = store
+            .create_task_audited(task, "d", event(), Some(entry("ci")))
+            .await
+            .unwrap();
+        assert!(matches!(replayed, Submission::Replayed(_)));
+        assert_eq!(audit(&store, everything()).await.unwrap().0.len(), 1);
     }
 
     #[tokio::test]

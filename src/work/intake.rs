@@ -14,7 +14,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::model::auth::Principal;
+use crate::model::auth::{AuditEntry, Principal};
 use crate::model::codes;
 use crate::model::ledger::LedgerError;
 use crate::model::persona::Persona;
@@ -253,6 +253,19 @@ pub(crate) async fn submit(
     request: SubmitTaskRequest,
     caller: Option<&Principal>,
 ) -> Result<Accepted, IntakeError> {
+    submit_audited(services, compass, request, caller, None).await
+}
+
+/// [`submit`], writing `audit` (the ingress's entry for this request) with the task in one
+/// store job: a created task and its audit line are durable in the same group commit. A replay
+/// stores nothing, so `Accepted::replayed` tells the caller the entry is still its to write.
+pub(crate) async fn submit_audited(
+    services: &Services,
+    compass: &ActorRef<CompassMsg>,
+    request: SubmitTaskRequest,
+    caller: Option<&Principal>,
+    audit: Option<AuditEntry>,
+) -> Result<Accepted, IntakeError> {
     // Secret values out first: what is checked, digested, stored and answered is the redacted text.
     let request = redact_submission(&services.redactor, request);
     let digest = digest_of(&request);
@@ -303,7 +316,10 @@ pub(crate) async fn submit(
         "task.submitted",
         json!({"title": task.spec.title, "kind": task.spec.kind, "priority": task.spec.priority, "caused_by": task.spec.caused_by, "principal": task.spec.submitted_by}),
     );
-    let created = services.store.create_task(task, &digest, event).await;
+    let created = services
+        .store
+        .create_task_audited(task, &digest, event, audit)
+        .await;
     if !matches!(created, Ok(Submission::Created(_))) {
         // Not stored (a concurrent twin won the key, or the write failed): free the money.
         metering::release(&services.directory, &reservation).await;

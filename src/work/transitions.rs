@@ -1,6 +1,8 @@
 //! Task transitions Compass makes outside a pipeline: dependencies resolving, the approval gate,
-//! cancel, retry, and giving up on a pipeline. Each is one flushed store update with its events;
-//! Compass owns the queue and calls these from its mailbox, so they never race each other.
+//! cancel, retry, and giving up on a pipeline. Each is one flushed store update with its events,
+//! and answers the [`MovedTask`]: the record and the lifecycle's effects, which Compass executes
+//! (it owns the queue and calls these from its mailbox, so they never race each other). Nothing
+//! here decides from a status what happens next: the lifecycle table says it.
 
 use std::sync::{Arc, OnceLock};
 
@@ -17,16 +19,23 @@ use crate::platform::git::Git;
 use crate::runtime::Services;
 use crate::storage::store::{NewEvent, StoreError};
 
-/// What a look at a blocked task found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Readiness {
-    /// Every dependency is done: the task is queued now.
-    Ready,
-    /// Some dependency is still unfinished.
-    StillBlocked,
-    /// A dependency failed: the task failed with `DEPENDENCY_FAILED` (its own dependents must
-    /// be looked at next).
-    Ended,
+/// A move made on a task: the record as the move left it, and what the lifecycle asked for
+/// (executed by the caller once the change is durable: Compass for its actions).
+#[derive(Debug, Clone)]
+pub(crate) struct MovedTask {
+    /// The record after the move.
+    pub(crate) task: Task,
+    /// The transition's effects (none when the store refused to change the record).
+    pub(crate) effects: Vec<Effect>,
+}
+
+impl MovedTask {
+    fn new(task: Task, moved: &Moved) -> Self {
+        Self {
+            task,
+            effects: moved.effects(),
+        }
+    }
 }
 
 /// The task, if the lifecycle allows `event` in its status now (what the client is answered;
@@ -70,13 +79,14 @@ pub(crate) fn apply(task: &mut Task, event: LifecycleEvent) -> Option<Transition
     }
 }
 
-/// Looks at a blocked task's dependencies and moves it on when they allow.
+/// Looks at a blocked task's dependencies and moves it on when they allow: queued when all are
+/// done (`Unblock`), failed when one ended otherwise (`DependencyFailed`); `None` while it waits.
 pub(crate) async fn evaluate_blocked(
     services: &Services,
     task: &Task,
-) -> Result<Readiness, StoreError> {
+) -> Result<Option<MovedTask>, StoreError> {
     if task.progress.status != TaskStatus::Blocked {
-        return Ok(Readiness::StillBlocked);
+        return Ok(None);
     }
     let mut unfinished = Vec::new();
     for dep in &task.spec.deps {
@@ -85,13 +95,15 @@ pub(crate) async fn evaluate_blocked(
             Some(TaskStatus::Done) => {}
             Some(ended @ (TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::DeadLetter)) => {
                 let reason = format!("dependency {dep} ended {}", status_name(ended));
-                fail_for_dependency(services, task.id, *dep, reason).await?;
-                return Ok(Readiness::Ended);
+                return fail_for_dependency(services, task.id, *dep, reason)
+                    .await
+                    .map(Some);
             }
             None => {
                 let reason = format!("dependency {dep} no longer exists");
-                fail_for_dependency(services, task.id, *dep, reason).await?;
-                return Ok(Readiness::Ended);
+                return fail_for_dependency(services, task.id, *dep, reason)
+                    .await
+                    .map(Some);
             }
             Some(_) => unfinished.push(*dep),
         }
@@ -102,13 +114,15 @@ pub(crate) async fn evaluate_blocked(
             "task.unblocked",
             json!({"deps": task.spec.deps}),
         );
-        services
+        let moved = Moved::default();
+        let slot = moved.clone();
+        let unblocked = services
             .store
-            .update_task(task.id, &[event], |t| {
-                apply(t, LifecycleEvent::Unblock);
+            .update_task(task.id, &[event], move |t| {
+                slot.apply(t, LifecycleEvent::Unblock);
             })
             .await?;
-        return Ok(Readiness::Ready);
+        return Ok(Some(MovedTask::new(unblocked, &moved)));
     }
     if unfinished != task.progress.blocked_by {
         services
@@ -118,7 +132,7 @@ pub(crate) async fn evaluate_blocked(
             })
             .await?;
     }
-    Ok(Readiness::StillBlocked)
+    Ok(None)
 }
 
 fn status_name(status: TaskStatus) -> String {
@@ -133,20 +147,22 @@ async fn fail_for_dependency(
     id: TaskId,
     dep: TaskId,
     reason: String,
-) -> Result<(), StoreError> {
+) -> Result<MovedTask, StoreError> {
     let error = ErrorInfo::new(codes::DEPENDENCY_FAILED, reason);
     let event = NewEvent::new(
         Persona::Compass,
         "task.finished",
         json!({"status": TaskStatus::Failed, "error": error, "dependency": dep}),
     );
-    services
+    let moved = Moved::default();
+    let slot = moved.clone();
+    let failed = services
         .store
         .update_task(id, &[event], move |t| {
-            apply(t, LifecycleEvent::DependencyFailed(error));
+            slot.apply(t, LifecycleEvent::DependencyFailed(error));
         })
         .await?;
-    Ok(())
+    Ok(MovedTask::new(failed, &moved))
 }
 
 /// Passes the approval gate: the task is queued at the stage after `approve` (or done, if the
@@ -156,7 +172,7 @@ pub(crate) async fn approve(
     id: TaskId,
     comment: Option<String>,
     by: Option<&str>,
-) -> Result<Task, TaskActionError> {
+) -> Result<MovedTask, TaskActionError> {
     let task = load(services, id, &LifecycleEvent::Approve { next: None }).await?;
     let next = task.stage_after(Stage::Approve);
     let mut events = vec![NewEvent::new(
@@ -179,8 +195,7 @@ pub(crate) async fn approve(
             slot.apply(t, LifecycleEvent::Approve { next });
         })
         .await?;
-    after_end(services, &updated, &moved).await;
-    Ok(updated)
+    Ok(MovedTask::new(updated, &moved))
 }
 
 /// Refuses the work at the gate: the task ends `cancelled`; its branch stays, its worktree goes.
@@ -189,7 +204,7 @@ pub(crate) async fn reject(
     id: TaskId,
     comment: Option<String>,
     by: Option<&str>,
-) -> Result<Task, TaskActionError> {
+) -> Result<MovedTask, TaskActionError> {
     load(services, id, &LifecycleEvent::Reject).await?;
     let events = [
         NewEvent::new(
@@ -211,8 +226,7 @@ pub(crate) async fn reject(
             slot.apply(t, LifecycleEvent::Reject);
         })
         .await?;
-    after_end(services, &updated, &moved).await;
-    Ok(updated)
+    Ok(MovedTask::new(updated, &moved))
 }
 
 /// Ends a task that has not finished as `cancelled`.
@@ -220,15 +234,20 @@ pub(crate) async fn cancel(
     services: &Services,
     id: TaskId,
     by: Option<&str>,
-) -> Result<Task, TaskActionError> {
+) -> Result<MovedTask, TaskActionError> {
     let event = NewEvent::new(
         Persona::Compass,
         "task.finished",
         json!({"status": TaskStatus::Cancelled, "principal": by}),
     );
-    let cancel = |t: &mut Task| t.apply(LifecycleEvent::Cancel, Utc::now()).map(|_| ());
+    let moved = Moved::default();
+    let slot = moved.clone();
+    let cancel = move |t: &mut Task| {
+        t.apply(LifecycleEvent::Cancel, Utc::now())
+            .map(|transition| slot.keep(transition))
+    };
     match services.store.try_update_task(id, &[event], cancel).await {
-        Ok(Ok(cancelled)) => Ok(cancelled),
+        Ok(Ok(cancelled)) => Ok(MovedTask::new(cancelled, &moved)),
         // The only refusal of a cancel on an unfinished task: its landing is claimed.
         Ok(Err(_landing)) => Err(TaskActionError::Landing(id)),
         Err(StoreError::TaskFinished(id)) => Err(TaskActionError::Finished(id)),
@@ -248,7 +267,7 @@ pub(crate) async fn retry(
     reservation: Option<String>,
     from: Option<RetryFrom>,
     by: Option<&str>,
-) -> Result<Task, TaskActionError> {
+) -> Result<MovedTask, TaskActionError> {
     let task = load(services, id, &LifecycleEvent::Retry { blocked: false }).await?;
     let restart_attempts = match from {
         Some(RetryFrom::Implement) => true,
@@ -269,10 +288,12 @@ pub(crate) async fn retry(
         "task.retried",
         json!({"previous_error": task.outcome.error, "principal": by, "from": from}),
     );
+    let moved = Moved::default();
+    let slot = moved.clone();
     let updated = services
         .store
         .reopen_task(id, &[event], move |t| {
-            apply(t, LifecycleEvent::Retry { blocked });
+            slot.apply(t, LifecycleEvent::Retry { blocked });
             if let Some(reservation) = &reservation {
                 t.billing.reservation = Some(reservation.clone());
                 t.billing.budget_rounds += 1;
@@ -293,7 +314,7 @@ pub(crate) async fn retry(
             }
         })
         .await?;
-    Ok(updated)
+    Ok(MovedTask::new(updated, &moved))
 }
 
 /// Whether the task failed at deliver because its change conflicts with, or fails verify on, the
@@ -305,12 +326,13 @@ fn needs_a_new_change(task: &Task) -> bool {
         })
 }
 
-/// A pipeline crashed past its restart limit: its task is dead-lettered for a human.
+/// A pipeline crashed past its restart limit: its task is dead-lettered for a human (`None`:
+/// it had ended meanwhile).
 pub(crate) async fn give_up_pipeline(
     services: &Services,
     id: TaskId,
     reason: &str,
-) -> Result<(), StoreError> {
+) -> Result<Option<MovedTask>, StoreError> {
     let error = ErrorInfo::new(
         codes::PIPELINE_FAILED,
         format!("the task's pipeline crashed past its restart limit; last: {reason}"),
@@ -338,11 +360,8 @@ pub(crate) async fn give_up_pipeline(
         })
         .await;
     match result {
-        Ok(ended) => {
-            after_end(services, &ended, &moved).await;
-            Ok(())
-        }
-        Err(StoreError::TaskFinished(_)) => Ok(()),
+        Ok(ended) => Ok(Some(MovedTask::new(ended, &moved))),
+        Err(StoreError::TaskFinished(_)) => Ok(None),
         Err(other) => Err(other),
     }
 }
@@ -385,6 +404,19 @@ impl Moved {
         }
     }
 
+    /// Keeps a transition made by hand (a refusable move, see [`cancel`]).
+    fn keep(&self, transition: Transition) {
+        let _ = self.0.set(transition);
+    }
+
+    /// The effects the move asked for (none, when nothing moved).
+    pub(crate) fn effects(&self) -> Vec<Effect> {
+        self.0
+            .get()
+            .map(|transition| transition.effects.clone())
+            .unwrap_or_default()
+    }
+
     /// Whether the move asked for `effect` (never, when nothing moved).
     pub(crate) fn asks(&self, effect: Effect) -> bool {
         self.0
@@ -393,21 +425,32 @@ impl Moved {
     }
 }
 
-/// Executes the work layer's effects of an end, for `task` as the move left it: its clean-up
-/// (landed or ended) and the dead-letter notification. Compass's (queue, dependents, budget,
-/// killing the stage) and the pipeline's (advance, stop) are theirs.
+/// Executes the work layer's effects of an end the pipeline made, for `task` as the move left
+/// it: its clean-up and the dead-letter notification. Compass executes the same two (with
+/// [`clean_up`] and [`escalate`]) for the moves it makes.
 pub(crate) async fn after_end(services: &Services, task: &Task, moved: &Moved) {
     if moved.asks(Effect::CleanUpWorktree) {
-        if task.progress.status == TaskStatus::Done {
-            crate::work::cleanup::landed_later(services, task);
-        } else {
-            crate::work::cleanup::ended_later(services, task);
-        }
+        clean_up(services, task);
     }
     if moved.asks(Effect::EscalateToHuman) {
-        if let Some(error) = &task.outcome.error {
-            crate::runtime::notifier::dead_lettered(&services.store, task.id, error).await;
-        }
+        escalate(services, task).await;
+    }
+}
+
+/// `CleanUpWorktree` for an ended task no pipeline runs for: landed or ended clean-up, off the
+/// caller's mailbox.
+pub(crate) fn clean_up(services: &Services, task: &Task) {
+    if task.progress.status == TaskStatus::Done {
+        crate::work::cleanup::landed_later(services, task);
+    } else {
+        crate::work::cleanup::ended_later(services, task);
+    }
+}
+
+/// `EscalateToHuman`: the dead-letter notification, with the task's error.
+pub(crate) async fn escalate(services: &Services, task: &Task) {
+    if let Some(error) = &task.outcome.error {
+        crate::runtime::notifier::dead_lettered(&services.store, task.id, error).await;
     }
 }
 
@@ -444,12 +487,12 @@ pub(crate) enum Poison {
 /// Ends a task whose work keeps taking the service or a persona down, instead of running it
 /// again: `dead_letter` after unclean stops (it was never resumed), `failed` after persona
 /// crashes; code `POISONED`, with a `task.poisoned` event saying why. A task that ended
-/// meanwhile is left alone.
+/// meanwhile is left alone (`None`); Compass executes the end's effects.
 pub(crate) async fn poison(
     services: &Services,
     id: TaskId,
     why: Poison,
-) -> Result<Option<Task>, StoreError> {
+) -> Result<Option<MovedTask>, StoreError> {
     let (status, message, data) = match &why {
         Poison::UncleanStops { stops, limit, runs } => (
             TaskStatus::DeadLetter,
@@ -492,16 +535,7 @@ pub(crate) async fn poison(
         })
         .await;
     match result {
-        Ok(task) => {
-            // Only the escalation: its clean-up waits for its pipeline to stop (Compass stops
-            // it next), and is the start sweep's, as for any task left by a crash.
-            if moved.asks(Effect::EscalateToHuman) {
-                if let Some(error) = &task.outcome.error {
-                    crate::runtime::notifier::dead_lettered(&services.store, id, error).await;
-                }
-            }
-            Ok(Some(task))
-        }
+        Ok(task) => Ok(Some(MovedTask::new(task, &moved))),
         Err(StoreError::TaskFinished(_)) => Ok(None),
         Err(other) => Err(other),
     }

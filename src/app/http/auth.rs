@@ -2,10 +2,13 @@
 //! limits and the audit log of every change made through the ingress.
 //!
 //! A token's secret is 256 random bits, shown once when the token is made and stored only as its
-//! SHA-256; a presented secret is hashed and compared with every stored hash in constant time. The
-//! tokens live in the store and, for the hot path, in memory ([`Tokens`]); creating or revoking
-//! one changes both before it answers, so a revoked token is refused at once.
+//! SHA-256; a presented secret is hashed and the token looked up by that hash in a keyed index
+//! (one lookup, however many tokens there are), then the hash compared in constant time. The
+//! tokens live in the store (by name, as ever: the index is built from the stored hashes, so
+//! tokens made before it need no migration) and, for the hot path, in memory ([`Tokens`]);
+//! creating or revoking one changes both before it answers, so a revoked token is refused at once.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -57,61 +60,98 @@ const EXPIRES_IN_SECS_MAX: u64 = 10 * 365 * 24 * 60 * 60;
 /// Accounts or repository globs one token may list.
 const SCOPE_ITEMS_MAX: usize = 64;
 
+/// A secret's SHA-256: the key of the token index.
+type Digest32 = [u8; 32];
+
 /// The known tokens, in memory for the hot path; the store is the truth.
 #[derive(Default)]
 pub(crate) struct Tokens {
-    /// Each token with its secret's hash decoded once, not on every request.
-    records: RwLock<Vec<(Vec<u8>, TokenRecord)>>,
+    /// The index; a std lock, never held across an await.
+    index: RwLock<TokenIndex>,
+}
+
+/// The tokens keyed by their secret's hash (what a request presents), and by name (what a
+/// revoke or a replacement names).
+#[derive(Default)]
+struct TokenIndex {
+    /// Each token by its secret's SHA-256, decoded once (a stored hash that does not decode to
+    /// 32 bytes matches nothing and is left out).
+    by_digest: HashMap<Digest32, TokenRecord>,
+    /// Each token's name → its key in `by_digest`.
+    by_name: HashMap<String, Digest32>,
+}
+
+impl TokenIndex {
+    fn insert(&mut self, record: TokenRecord) {
+        self.remove(&record.name);
+        let Some(digest) = decode_digest(&record.secret_sha256) else {
+            tracing::warn!(token = %record.name, "a stored token's hash does not decode; it opens nothing");
+            return;
+        };
+        self.by_name.insert(record.name.clone(), digest);
+        // Two names with one secret: the later one answers (as the scan it replaces did).
+        self.by_digest.insert(digest, record);
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(digest) = self.by_name.remove(name) {
+            if self
+                .by_digest
+                .get(&digest)
+                .is_some_and(|record| record.name == name)
+            {
+                self.by_digest.remove(&digest);
+            }
+        }
+    }
+}
+
+/// A hex SHA-256 as its 32 bytes.
+fn decode_digest(hex_sha256: &str) -> Option<Digest32> {
+    hex::decode(hex_sha256).ok()?.try_into().ok()
 }
 
 impl Tokens {
-    /// The token whose secret is `secret`, if it is known and not expired. Compares the secret's
-    /// hash with every stored hash, without stopping early, in constant time each.
+    /// The token whose secret is `secret`, if it is known and not expired: the secret's hash is
+    /// looked up in the index, and the hash found compared with it in constant time.
     fn authenticate(&self, secret: &str) -> Option<TokenRecord> {
-        let presented = Sha256::digest(secret.as_bytes());
-        let records = self.records.read().unwrap_or_else(PoisonError::into_inner);
-        let mut found = None;
-        for (stored, record) in records.iter() {
-            if bool::from(stored.as_slice().ct_eq(presented.as_slice())) {
-                found = Some(record.clone());
-            }
+        let presented: Digest32 = Sha256::digest(secret.as_bytes()).into();
+        let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
+        let (stored, record) = index.by_digest.get_key_value(&presented)?;
+        if !bool::from(stored.as_slice().ct_eq(presented.as_slice())) {
+            return None;
         }
-        found.filter(|record| !record.expired(Utc::now()))
+        Some(record.clone()).filter(|record| !record.expired(Utc::now()))
     }
 
     /// The token whose secret hashes to `sha256` (hex), if it is known and not expired: what a
     /// web session stands for, so a revoked or expired token ends its sessions too.
     fn by_hash(&self, sha256: &str) -> Option<TokenRecord> {
-        let records = self.records.read().unwrap_or_else(PoisonError::into_inner);
-        records
-            .iter()
-            .find(|(_, record)| record.secret_sha256 == sha256)
-            .map(|(_, record)| record.clone())
-            .filter(|record| !record.expired(Utc::now()))
-    }
-
-    /// A record with its hash decoded (a hash that does not decode matches nothing).
-    fn entry(record: TokenRecord) -> (Vec<u8>, TokenRecord) {
-        (
-            hex::decode(&record.secret_sha256).unwrap_or_default(),
-            record,
-        )
+        let digest = decode_digest(sha256)?;
+        let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
+        index
+            .by_digest
+            .get(&digest)
+            .filter(|record| record.secret_sha256 == sha256 && !record.expired(Utc::now()))
+            .cloned()
     }
 
     fn replace_all(&self, records: Vec<TokenRecord>) {
-        let entries = records.into_iter().map(Self::entry).collect();
-        *self.records.write().unwrap_or_else(PoisonError::into_inner) = entries;
+        let mut index = TokenIndex::default();
+        for record in records {
+            index.insert(record);
+        }
+        *self.index.write().unwrap_or_else(PoisonError::into_inner) = index;
     }
 
     fn upsert(&self, record: TokenRecord) {
-        let mut records = self.records.write().unwrap_or_else(PoisonError::into_inner);
-        records.retain(|(_, r)| r.name != record.name);
-        records.push(Self::entry(record));
+        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        index.insert(record);
     }
 
     fn remove(&self, name: &str) {
-        let mut records = self.records.write().unwrap_or_else(PoisonError::into_inner);
-        records.retain(|(_, r)| r.name != name);
+        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        index.remove(name);
     }
 }
 
@@ -448,8 +488,14 @@ fn unauthenticated(message: &str) -> Response {
     response
 }
 
+/// Marks an answer whose handler wrote its audit entry itself, in the same store job as the
+/// change (a submit): [`authorize`] then queues none.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AuditWritten;
+
 /// Every matched route passes here (a route layer): authenticate, authorize, limit, then — for a
-/// change that succeeded — queue who did it for the audit log before the answer leaves.
+/// change that succeeded — queue who did it for the audit log before the answer leaves (unless
+/// the handler wrote it with its change: [`AuditWritten`]).
 pub(crate) async fn authorize(
     State(app): State<AppState>,
     mut request: Request,
@@ -498,7 +544,8 @@ pub(crate) async fn authorize(
     request.extensions_mut().insert(principal);
     let response = next.run(request).await;
     let changed = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    if changed && response.status().is_success() {
+    let written = response.extensions().get::<AuditWritten>().is_some();
+    if changed && response.status().is_success() && !written {
         let entry = AuditEntry {
             seq: 0,
             at: Utc::now(),
@@ -790,6 +837,45 @@ mod tests {
         assert_eq!(tokens.authenticate("glt_nope"), None);
         tokens.remove("a");
         assert_eq!(tokens.authenticate(&a), None);
+    }
+
+    #[test]
+    fn the_keyed_index_finds_each_of_many_tokens_and_forgets_replaced_and_revoked_ones() {
+        let tokens = Tokens::default();
+        let secrets: Vec<String> = (0..500).map(|_| new_secret()).collect();
+        let records: Vec<TokenRecord> = secrets
+            .iter()
+            .enumerate()
+            .map(|(i, secret)| new_record(&format!("t{i}"), Role::Viewer, secret))
+            .collect();
+        tokens.replace_all(records.clone());
+        for (i, secret) in secrets.iter().enumerate() {
+            assert_eq!(
+                tokens.authenticate(secret).map(|r| r.name),
+                Some(format!("t{i}"))
+            );
+            let hash = &records[i].secret_sha256;
+            assert_eq!(tokens.by_hash(hash).map(|r| r.name), Some(format!("t{i}")));
+        }
+        // A token given a new secret (the bootstrap token follows its variable): the old one
+        // opens nothing.
+        let fresh = new_secret();
+        tokens.upsert(new_record("t7", Role::Admin, &fresh));
+        assert_eq!(tokens.authenticate(&secrets[7]), None);
+        assert_eq!(tokens.by_hash(&records[7].secret_sha256), None);
+        assert_eq!(
+            tokens.authenticate(&fresh).map(|r| (r.name, r.role)),
+            Some(("t7".into(), Role::Admin))
+        );
+        tokens.remove("t3");
+        assert_eq!(tokens.authenticate(&secrets[3]), None);
+        assert!(tokens.authenticate(&secrets[4]).is_some());
+        // A stored hash that does not decode opens nothing, and hides no other token.
+        let mut broken = new_record("broken", Role::Admin, &new_secret());
+        broken.secret_sha256 = "zz".into();
+        tokens.upsert(broken);
+        assert_eq!(tokens.by_hash("zz"), None);
+        assert!(tokens.authenticate(&secrets[5]).is_some());
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{MatchedPath, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use ractor::rpc::CallResult;
@@ -13,11 +13,12 @@ use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
+use super::auth::AuditWritten;
 use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::json::{JsonBody, QueryParams, RawBody};
 use super::AppState;
-use crate::model::auth::{Permission, Principal};
+use crate::model::auth::{AuditEntry, Permission, Principal};
 use crate::model::codes;
 use crate::model::errors::TaskActionError;
 use crate::model::ledger::LedgerError;
@@ -72,16 +73,39 @@ const NOT_READY_RETRY_AFTER_SECS: u64 = 1;
 pub(crate) async fn submit(
     State(app): State<AppState>,
     Extension(caller): Extension<Principal>,
+    route: MatchedPath,
+    uri: Uri,
     JsonBody(request): JsonBody<SubmitTaskRequest>,
 ) -> Result<Response, ApiError> {
-    let accepted = intake::submit(&app.services, &app.compass, request, Some(&caller))
-        .await
-        .map_err(intake_error)?;
+    // The audit line rides in the task's own write (one group commit); the ingress writes it
+    // only for a replay, which stores nothing.
+    let audit = AuditEntry {
+        seq: 0,
+        at: chrono::Utc::now(),
+        principal: caller.name.clone(),
+        method: Method::POST.to_string(),
+        route: route.as_str().to_owned(),
+        path: uri.path().to_owned(),
+        status: StatusCode::CREATED.as_u16(),
+    };
+    let accepted = intake::submit_audited(
+        &app.services,
+        &app.compass,
+        request,
+        Some(&caller),
+        Some(audit),
+    )
+    .await
+    .map_err(intake_error)?;
     let mut headers = HeaderMap::new();
     if accepted.replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok((StatusCode::CREATED, headers, Json(accepted.task)).into_response())
+    let mut response = (StatusCode::CREATED, headers, Json(accepted.task)).into_response();
+    if !accepted.replayed {
+        response.extensions_mut().insert(AuditWritten);
+    }
+    Ok(response)
 }
 
 fn intake_error(error: IntakeError) -> ApiError {

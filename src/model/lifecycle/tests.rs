@@ -201,6 +201,7 @@ fn ends_carry_the_effects_of_an_end() {
         cancel_running.effects,
         vec![
             KillRunningStage,
+            Dequeue,
             CleanUpWorktree,
             SettleBudget,
             NotifyDependents
@@ -209,7 +210,7 @@ fn ends_carry_the_effects_of_an_end() {
     let cancel_queued = step(Que, &LifecycleEvent::Cancel).unwrap();
     assert_eq!(
         cancel_queued.effects,
-        vec![CleanUpWorktree, SettleBudget, NotifyDependents]
+        vec![Dequeue, CleanUpWorktree, SettleBudget, NotifyDependents]
     );
     let dead = step(Run, &LifecycleEvent::DeadLetter(error())).unwrap();
     assert_eq!(
@@ -217,6 +218,7 @@ fn ends_carry_the_effects_of_an_end() {
         vec![
             StopPipeline,
             EscalateToHuman,
+            Dequeue,
             CleanUpWorktree,
             SettleBudget,
             NotifyDependents
@@ -227,6 +229,7 @@ fn ends_carry_the_effects_of_an_end() {
         done.effects,
         vec![
             StopPipeline,
+            Dequeue,
             CleanUpWorktree,
             SettleBudget,
             NotifyDependents
@@ -242,6 +245,14 @@ fn ends_carry_the_effects_of_an_end() {
                     "{status:?} × {}",
                     event.name()
                 );
+                // Every end takes the task out of Compass's lines; a move that does not end
+                // leaves them only for the queue (unblocked).
+                assert_eq!(
+                    transition.effects.contains(&Dequeue),
+                    ended || transition.effects.contains(&Enqueue) && status == Blk,
+                    "{status:?} × {}",
+                    event.name()
+                );
             }
         }
     }
@@ -251,7 +262,7 @@ fn ends_carry_the_effects_of_an_end() {
 fn moves_that_do_not_end_ask_for_their_next_step() {
     use Effect::*;
     let unblock = step(Blk, &LifecycleEvent::Unblock).unwrap();
-    assert_eq!(unblock.effects, vec![Enqueue]);
+    assert_eq!(unblock.effects, vec![Dequeue, Enqueue]);
     let retried = step(Fai, &LifecycleEvent::Retry { blocked: true }).unwrap();
     assert_eq!(retried.effects, vec![WatchDependencies]);
     let parked = step(Run, &LifecycleEvent::AwaitApproval).unwrap();
@@ -392,4 +403,30 @@ fn waiting_for_the_fleet_is_shown_while_running_and_cleared_by_the_end() {
     );
     let refused = task.apply(LifecycleEvent::StopWaiting, t1).unwrap_err();
     assert_eq!(refused.code, codes::TASK_FINISHED);
+}
+
+#[test]
+fn a_task_taken_up_without_a_move_waits_where_its_status_says() {
+    use Effect::*;
+    let expected: [(TaskStatus, &[Effect]); 8] = [
+        (Que, &[Enqueue]),
+        (Blk, &[WatchDependencies]),
+        (Run, &[ResumeFirst]),
+        (Awa, &[]),
+        (Don, &[]),
+        (Fai, &[]),
+        (Can, &[]),
+        (Dlq, &[]),
+    ];
+    for (status, effects) in expected {
+        assert_eq!(on_load(status), effects, "{status:?}");
+    }
+    // A running task taken up again is resumed by the `Resume` row: its stage runs on.
+    assert_eq!(
+        step(Run, &LifecycleEvent::Resume).unwrap().effects,
+        vec![Advance]
+    );
+    // What a submit gives a task is taken up by the same answer.
+    assert_eq!(on_load(submitted(false)), &[Enqueue]);
+    assert_eq!(on_load(submitted(true)), &[WatchDependencies]);
 }

@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 
 pub use self::recovery::StopsInFlight;
-pub use self::tasks::{NewEvent, Submission};
+pub(crate) use self::tasks::stage_audit;
+pub use self::tasks::{NewEvent, QueuedTask, Submission};
 pub use self::writer::{Batch, WriterHealth};
 use crate::model::task::Event;
 use crate::platform::redact::Redactor;
@@ -129,11 +130,15 @@ pub enum Table {
     FleetFactories,
     /// GitHub: webhook delivery id → when it was first seen (see `storage::github_deliveries`).
     GithubDeliveries,
+    /// The compact queue: unfinished task id (16 bytes) → its status and priority, kept with
+    /// every task write, plus a marker once it indexes every task (see `store::tasks`): what
+    /// Compass loads at start instead of every full record.
+    QueueIndex,
 }
 
 impl Table {
     /// All tables, in index order.
-    pub const ALL: [Table; 22] = [
+    pub const ALL: [Table; 23] = [
         Table::Tasks,
         Table::Events,
         Table::Runs,
@@ -156,6 +161,7 @@ impl Table {
         Table::Notifications,
         Table::FleetFactories,
         Table::GithubDeliveries,
+        Table::QueueIndex,
     ];
 
     /// The sled tree's name (unchanged from the layout before the writer, so data dirs carry
@@ -184,6 +190,7 @@ impl Table {
             Table::Notifications => "notifications",
             Table::FleetFactories => "fleet_factories",
             Table::GithubDeliveries => "github_deliveries",
+            Table::QueueIndex => "queue_index",
         }
     }
 }

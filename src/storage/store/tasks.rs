@@ -8,6 +8,9 @@
 //! - `Runs`: task id ++ run id (UUID v7) → engine run JSON; `OpenRuns` holds the keys of runs
 //!   written `running` and not finished yet.
 //! - `Idempotency`: client key → `{task_id, digest}`.
+//! - `QueueIndex`: unfinished task id → `{status, priority}` ([`QueuedTask`]), written with the
+//!   task by every task write (an end removes it), and `built` → empty once the first start that
+//!   found no marker indexed every stored task; Compass's start loads this, not the records.
 //!
 //! Every write is a writer job ([`Store::write`]): answered only once durable, so a caller that
 //! acts on a write's success may be `kill -9`ed the next instant without the write being lost.
@@ -17,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::task_record;
 use super::{Batch, Snapshot, Store, StoreError, Table};
-use crate::model::task::{EngineRun, Event, RunStatus, Task, TaskId, TaskStatus};
+use crate::model::auth::AuditEntry;
+use crate::model::task::{EngineRun, Event, Priority, RunStatus, Task, TaskId, TaskStatus};
 
 /// An event to append; the store assigns `seq` and `ts`.
 #[derive(Debug, Clone)]
@@ -77,9 +81,28 @@ impl Store {
         digest: &str,
         event: NewEvent,
     ) -> Result<Submission, StoreError> {
+        self.create_task_audited(task, digest, event, None).await
+    }
+
+    /// [`Store::create_task`], with the audit entry of the request that made it written in the
+    /// same job, so in the same group commit (a submit costs the writer one job, not two). Only a
+    /// task created is audited here; a replay or a refusal writes no entry.
+    pub(crate) async fn create_task_audited(
+        &self,
+        task: Task,
+        digest: &str,
+        event: NewEvent,
+        audit: Option<AuditEntry>,
+    ) -> Result<Submission, StoreError> {
         let digest = digest.to_owned();
-        self.write(move |batch| create_task(batch, task, digest, &event))
-            .await
+        self.write(move |batch| {
+            let submission = create_task(batch, task, digest, &event)?;
+            if let (Submission::Created(_), Some(entry)) = (&submission, audit) {
+                stage_audit(batch, entry)?;
+            }
+            Ok(submission)
+        })
+        .await
     }
 
     /// The task an idempotency key was first used for, and the digest of that submission.
@@ -169,6 +192,31 @@ impl Store {
     pub async fn finished_tasks(&self) -> Result<Vec<Task>, StoreError> {
         self.tasks_where(|task| task.progress.status.is_terminal())
             .await
+    }
+
+    /// Every unfinished task's id, status and priority, from the compact `QueueIndex`: what
+    /// Compass loads at start (a few bytes a task, not its record). A store without the index's
+    /// marker (made before it existed) is indexed first, once, from a full scan in one write.
+    pub async fn queued_tasks(&self) -> Result<Vec<QueuedTask>, StoreError> {
+        let indexed = self
+            .read(|snapshot| -> Result<Option<Vec<QueuedTask>>, StoreError> {
+                if !snapshot.contains(Table::QueueIndex, QUEUE_INDEX_BUILT)? {
+                    return Ok(None);
+                }
+                let mut queued = Vec::new();
+                for entry in snapshot.iter(Table::QueueIndex) {
+                    let (key, value) = entry?;
+                    if let Some(task) = QueuedTask::decode(&key, &value)? {
+                        queued.push(task);
+                    }
+                }
+                Ok(Some(queued))
+            })
+            .await?;
+        match indexed {
+            Some(queued) => Ok(queued),
+            None => self.write(build_queue_index).await,
+        }
     }
 
     /// Every task `keep` accepts (a full scan: for start-up, not for requests).
@@ -464,6 +512,14 @@ fn create_task(
     Ok(Submission::Created(task))
 }
 
+/// Adds an audit entry to `batch`, at the next `seq` (sled's counter, durable with the group).
+pub(crate) fn stage_audit(batch: &mut Batch<'_>, mut entry: AuditEntry) -> Result<(), StoreError> {
+    entry.seq = batch.generate_id()?;
+    let value = serde_json::to_vec(&entry)?;
+    batch.insert(Table::AuditLog, entry.seq.to_be_bytes(), value);
+    Ok(())
+}
+
 /// Tasks one page looks at at most: a filter that matches little stops here, and the cursor says
 /// where to go on.
 const TASK_PAGE_SCAN_MAX: usize = 10_000;
@@ -510,7 +566,89 @@ fn staged_task(batch: &Batch<'_>, id: TaskId) -> Result<Option<Task>, StoreError
 fn put_task(batch: &mut Batch<'_>, id: TaskId, task: &Task) -> Result<(), StoreError> {
     let bytes = task_record::encode(task, batch.redactor())?;
     batch.insert(Table::Tasks, id.as_bytes(), bytes);
+    index_task(batch, task)
+}
+
+/// `QueueIndex`'s marker: every stored task is indexed (a key no task id has: ids are 16 bytes).
+const QUEUE_INDEX_BUILT: &[u8] = b"built";
+
+/// An unfinished task as the compact queue holds it: enough to put it in Compass's lines; the
+/// rest stays in its record until its pipeline reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuedTask {
+    /// The task.
+    pub id: TaskId,
+    /// Its status (never a terminal one: an end removes the entry).
+    pub status: TaskStatus,
+    /// Its priority.
+    pub priority: Priority,
+}
+
+/// A `QueueIndex` value: short names, since there is one per unfinished task.
+#[derive(Serialize, Deserialize)]
+struct QueueEntry {
+    s: TaskStatus,
+    p: Priority,
+}
+
+impl QueuedTask {
+    /// The entry at `key`, or `None` for the marker.
+    fn decode(key: &[u8], value: &[u8]) -> Result<Option<Self>, StoreError> {
+        let Ok(id) = <[u8; 16]>::try_from(key) else {
+            return Ok(None);
+        };
+        let entry: QueueEntry = serde_json::from_slice(value)?;
+        Ok(Some(QueuedTask {
+            id: TaskId::from_bytes(id),
+            status: entry.s,
+            priority: entry.p,
+        }))
+    }
+}
+
+/// Keeps `task`'s `QueueIndex` entry in step with its record: present while it is unfinished.
+fn index_task(batch: &mut Batch<'_>, task: &Task) -> Result<(), StoreError> {
+    if task.progress.status.is_terminal() {
+        batch.remove(Table::QueueIndex, task.id.as_bytes().to_vec());
+        return Ok(());
+    }
+    let entry = QueueEntry {
+        s: task.progress.status,
+        p: task.spec.priority,
+    };
+    batch.insert(
+        Table::QueueIndex,
+        task.id.as_bytes().to_vec(),
+        serde_json::to_vec(&entry)?,
+    );
     Ok(())
+}
+
+/// Indexes every stored task (a store from before `QueueIndex`) and sets the marker; answers the
+/// unfinished ones. One write job: no task write interleaves with the scan.
+fn build_queue_index(batch: &mut Batch<'_>) -> Result<Vec<QueuedTask>, StoreError> {
+    let mut tasks = Vec::new();
+    for bytes in batch.committed().iter(Table::Tasks).values() {
+        tasks.push(task_record::decode(&bytes?)?);
+    }
+    let mut queued = Vec::new();
+    for task in &tasks {
+        index_task(batch, task)?;
+        if !task.progress.status.is_terminal() {
+            queued.push(QueuedTask {
+                id: task.id,
+                status: task.progress.status,
+                priority: task.spec.priority,
+            });
+        }
+    }
+    batch.insert(Table::QueueIndex, QUEUE_INDEX_BUILT, Vec::new());
+    tracing::info!(
+        tasks = tasks.len(),
+        queued = queued.len(),
+        "indexed the stored tasks for the compact queue"
+    );
+    Ok(queued)
 }
 
 /// Closes up to `max` open runs; answers how many were interrupted and whether more are open.

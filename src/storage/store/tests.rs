@@ -435,3 +435,64 @@ async fn an_unclean_stop_counts_only_against_a_task_whose_run_was_in_flight() {
     let stops = store.count_unclean_stops(running).await.unwrap();
     assert_eq!(count(&stops, b), (0, 0));
 }
+
+#[tokio::test]
+async fn the_compact_queue_holds_every_unfinished_task_and_is_built_once_for_an_older_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (a, b, ended) = (
+        create(&store).await,
+        create(&store).await,
+        create(&store).await,
+    );
+    store
+        .update_task(b.id, &[], |t| t.progress.status = TaskStatus::Running)
+        .await
+        .unwrap();
+    store
+        .update_task(ended.id, &[], |t| t.progress.status = TaskStatus::Done)
+        .await
+        .unwrap();
+    let status_of = |queued: &[QueuedTask]| -> Vec<(crate::model::task::TaskId, TaskStatus)> {
+        let mut pairs: Vec<_> = queued.iter().map(|q| (q.id, q.status)).collect();
+        pairs.sort_by_key(|(id, _)| *id);
+        pairs
+    };
+    let mut expected = vec![(a.id, TaskStatus::Queued), (b.id, TaskStatus::Running)];
+    expected.sort_by_key(|(id, _)| *id);
+    // A fresh store has no marker: the first load builds the index (nothing missing).
+    let first = store.queued_tasks().await.unwrap();
+    assert_eq!(status_of(&first), expected);
+    let queued_a = first.iter().find(|q| q.id == a.id).unwrap();
+    assert_eq!(queued_a.priority, a.spec.priority);
+    // From now on every task write keeps it: a new task is in, an ended one out.
+    let c = create(&store).await;
+    store
+        .update_task(a.id, &[], |t| t.progress.status = TaskStatus::Cancelled)
+        .await
+        .unwrap();
+    let mut expected = vec![(b.id, TaskStatus::Running), (c.id, TaskStatus::Queued)];
+    expected.sort_by_key(|(id, _)| *id);
+    assert_eq!(status_of(&store.queued_tasks().await.unwrap()), expected);
+    // A store written before the index existed (no entries, no marker) is indexed at its first
+    // load from the records, as they are.
+    store
+        .write(|batch| {
+            let keys: Vec<Vec<u8>> = batch
+                .committed()
+                .iter(Table::QueueIndex)
+                .keys()
+                .map(|key| key.map(|k| k.to_vec()))
+                .collect::<Result<_, _>>()?;
+            for key in keys {
+                batch.remove(Table::QueueIndex, key);
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(status_of(&store.queued_tasks().await.unwrap()), expected);
+    drop(store);
+    let reopened = Store::open(dir.path()).unwrap();
+    assert_eq!(status_of(&reopened.queued_tasks().await.unwrap()), expected);
+}
