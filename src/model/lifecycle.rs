@@ -18,7 +18,9 @@
 //! (`HoldForRedBase`/`ReleaseHold`: `merge.held`), landing (`ClaimLanding`/`ReleaseLanding`:
 //! `merge.landing`, during which a cancel is refused `TASK_LANDING`). A job waiting at the job
 //! gate (`WaitForFleet`/`StopWaiting`: `waiting_for`, the fleet paused or no factory for its
-//! capabilities) is one too: the task stays running.
+//! capabilities) is one too: the task stays running. So is a pull request's progress
+//! (`TrackPullRequest`: `pull_request`); the PR's own states (pushed, open, checks, review,
+//! merging) are the pure machine in `work::pull_request::machine`, recorded through this row.
 //!
 //! Refusal codes: the client's gate actions (approve, reject, retry) answer
 //! `INVALID_TASK_STATUS` in any status they do not apply to, as they always have; any other event
@@ -28,6 +30,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::model::codes;
+use crate::model::pull_request::PullRequestRecord;
 use crate::model::task::{ErrorInfo, Stage, Task, TaskStatus};
 
 /// Something that happens to a task and may change its status.
@@ -96,6 +99,10 @@ pub enum LifecycleEvent {
     WaitForFleet(String),
     /// The job stopped waiting (it started, or its wait ended).
     StopWaiting,
+    /// The task's pull request moved on (pushed, opened, checks, review, merging, merged): the
+    /// record on the task (`pull_request`) is replaced; it stays running (`delivery:
+    /// pull_request`, see `work::pull_request::machine` for the PR's own states).
+    TrackPullRequest(Box<PullRequestRecord>),
 }
 
 impl LifecycleEvent {
@@ -124,6 +131,7 @@ impl LifecycleEvent {
             Self::ReleaseLanding => "release_landing",
             Self::WaitForFleet(_) => "wait_for_fleet",
             Self::StopWaiting => "stop_waiting",
+            Self::TrackPullRequest(_) => "track_pull_request",
         }
     }
 
@@ -138,6 +146,7 @@ impl LifecycleEvent {
             }
             Self::ClaimLanding(_) | Self::ReleaseLanding => "running",
             Self::WaitForFleet(_) | Self::StopWaiting => "running",
+            Self::TrackPullRequest(_) => "running",
             Self::AwaitApproval | Self::Deliver => "running",
             Self::Approve { .. } | Self::Reject => "awaiting_approval",
             Self::Retry { .. } => "failed or dead_letter",
@@ -284,6 +293,7 @@ pub(crate) fn step(
         E::HoldForRedBase(_) | E::ReleaseHold => while_running(status, event, &[]),
         E::ClaimLanding(_) | E::ReleaseLanding => while_running(status, event, &[]),
         E::WaitForFleet(_) | E::StopWaiting => while_running(status, event, &[]),
+        E::TrackPullRequest(_) => while_running(status, event, &[]),
     }
 }
 
@@ -559,6 +569,7 @@ impl Task {
                 progress.waiting_for = None;
                 progress.waiting_since = None;
             }
+            LifecycleEvent::TrackPullRequest(record) => progress.pull_request = Some(*record),
             // The restart lost the task's jobs, and with them their waits.
             LifecycleEvent::Resume => {
                 progress.waiting_for = None;

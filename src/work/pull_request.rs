@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::model::lifecycle::LifecycleEvent;
 use crate::model::pull_request::{PrState, PullRequestRecord, PullRequestSpec};
 use crate::model::task::{branch_name, ErrorInfo, Task};
 use crate::platform::git::Git;
@@ -201,7 +202,8 @@ impl Driver {
         self.services
             .store
             .update_task(self.task.id, &events, move |t| {
-                t.progress.pull_request = Some(stored);
+                let track = LifecycleEvent::TrackPullRequest(Box::new(stored.clone()));
+                crate::work::transitions::apply(t, track);
             })
             .await
             .map_err(|e| StageError::Store {

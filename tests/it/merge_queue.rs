@@ -1068,7 +1068,6 @@ async fn tasks_waiting_behind_a_slow_candidate_show_their_place_in_line() {
     }
 }
 
-
 /// The events of `kind` recorded on the task.
 async fn events_of(service: &Service, id: &str, kind: &str) -> Vec<Value> {
     let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;

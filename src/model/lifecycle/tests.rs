@@ -86,6 +86,8 @@ fn table() -> Vec<(LifecycleEvent, [Cell; 8])> {
         (E::WaitForFleet("fleet paused".into()),
                                           [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
         (E::StopWaiting,                  [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
+        (E::TrackPullRequest(Box::default()),
+                                          [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
     ];
     rows
 }
@@ -116,6 +118,7 @@ fn every_event_name() -> Vec<&'static str> {
         "release_landing",
         "wait_for_fleet",
         "stop_waiting",
+        "track_pull_request",
     ];
     // Ties the list to the enum: every variant's name is in it.
     let named = |event: &LifecycleEvent| match event {
@@ -140,7 +143,8 @@ fn every_event_name() -> Vec<&'static str> {
         | LifecycleEvent::ClaimLanding(_)
         | LifecycleEvent::ReleaseLanding
         | LifecycleEvent::WaitForFleet(_)
-        | LifecycleEvent::StopWaiting => event.name(),
+        | LifecycleEvent::StopWaiting
+        | LifecycleEvent::TrackPullRequest(_) => event.name(),
     };
     for (event, _) in table() {
         assert!(all.contains(&named(&event)), "{} has no name", event.name());
