@@ -129,7 +129,10 @@ fn undecidable_program(program: &str) -> Result<(), ToolDenied> {
     let name = program.rsplit('/').next().unwrap_or(program);
     if name.contains(SUBSTITUTION_MARK) {
         let shown = program.replace(SUBSTITUTION_MARK, "$(...)");
-        return Err(undecidable(&shown, "a command substitution in command position"));
+        return Err(undecidable(
+            &shown,
+            "a command substitution in command position",
+        ));
     }
     if name.contains('$') {
         return Err(undecidable(
@@ -231,7 +234,10 @@ fn arithmetic_end(chars: &[char], start: usize) -> Option<usize> {
 /// two operand characters.
 fn is_arithmetic(content: &[char]) -> bool {
     let operand = |c: &char| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '}' | '{');
-    if content.iter().any(|c| matches!(c, ';' | '\n' | '`' | '\'' | '"')) {
+    if content
+        .iter()
+        .any(|c| matches!(c, ';' | '\n' | '`' | '\'' | '"'))
+    {
         return false;
     }
     let mut last_operand: Option<bool> = None;
@@ -278,7 +284,9 @@ fn set_aside_heredocs(line: &str) -> Result<String, ToolDenied> {
             }
             (Some(_), _) => {}
             (None, '\'' | '"') => quote = Some(c),
-            (None, '<') if chars.get(index + 1) == Some(&'<') && chars.get(index + 2) != Some(&'<') => {
+            (None, '<')
+                if chars.get(index + 1) == Some(&'<') && chars.get(index + 2) != Some(&'<') =>
+            {
                 let (delimiter, strip_tabs, end) = heredoc_delimiter(&chars, index + 2)?;
                 pending.push((delimiter, strip_tabs));
                 out.push_str("<<heredoc");
@@ -570,7 +578,12 @@ mod tests {
     fn arithmetic_expansion_runs_no_program_but_its_substitutions_are_checked() {
         let allow = rules(&["cargo", "test"], &[]);
         assert!(check("test $((1+1)) -eq 2", "circuit", &allow).is_ok());
-        assert!(check("echo \"$(( (3 * 4) % 5 ))\" && i=$((i+1))", "circuit", &allow).is_ok());
+        assert!(check(
+            "echo \"$(( (3 * 4) % 5 ))\" && i=$((i+1))",
+            "circuit",
+            &allow
+        )
+        .is_ok());
         assert!(check("echo $(( $(cargo --version | wc -c) > 0 ))", "c", &allow).is_err());
         let denied = check("echo $(( $(curl x) + 1 ))", "circuit", &allow).unwrap_err();
         assert_eq!(denied.program, "curl");
@@ -584,15 +597,30 @@ mod tests {
     fn a_program_only_known_at_run_time_is_refused_naming_the_construct() {
         let allow = rules(&["*"], &[]);
         for (line, construct) in [
-            ("$CMD --version", "a parameter expansion in command position"),
-            ("${TOOL:-curl} x", "a parameter expansion in command position"),
-            ("$(echo curl) x", "a command substitution in command position"),
-            ("`echo curl` x", "a command substitution in command position"),
+            (
+                "$CMD --version",
+                "a parameter expansion in command position",
+            ),
+            (
+                "${TOOL:-curl} x",
+                "a parameter expansion in command position",
+            ),
+            (
+                "$(echo curl) x",
+                "a command substitution in command position",
+            ),
+            (
+                "`echo curl` x",
+                "a command substitution in command position",
+            ),
             ("/usr/bin/cur? x", "a pattern in command position"),
         ] {
             let denied = check(line, "patch", &allow).unwrap_err();
             assert!(denied.rule.contains(construct), "{line}: {denied}");
-            assert!(denied.to_string().contains("hides which program runs"), "{denied}");
+            assert!(
+                denied.to_string().contains("hides which program runs"),
+                "{denied}"
+            );
         }
         assert!(check("\"$HOME/bin/tool\" x && [ -f y ]", "patch", &allow).is_ok());
         assert!(check("[ -f y ]", "patch", &rules(&[], &[])).is_ok());
@@ -601,14 +629,18 @@ mod tests {
     #[test]
     fn a_literal_here_document_is_set_aside_and_an_expanded_one_refused() {
         let allow = rules(&["cat", "grep"], &[]);
-        let literal = "cat > notes.md <<'EOF'\nhello world; curl x\n$(wget y)\nEOF\ngrep -q hello notes.md";
+        let literal =
+            "cat > notes.md <<'EOF'\nhello world; curl x\n$(wget y)\nEOF\ngrep -q hello notes.md";
         assert!(check(literal, "patch", &allow).is_ok());
         let tabs = "cat <<-\"END\"\n\tnot a command\n\tEND\ngrep x f";
         assert!(check(tabs, "patch", &allow).is_ok());
         let after = "cat <<'EOF'\ntext\nEOF\ncurl x";
         assert_eq!(check(after, "patch", &allow).unwrap_err().program, "curl");
         let bare = check("cat <<EOF\n$(curl x)\nEOF", "patch", &allow).unwrap_err();
-        assert!(bare.rule.contains("here-document with a bare delimiter"), "{bare}");
+        assert!(
+            bare.rule.contains("here-document with a bare delimiter"),
+            "{bare}"
+        );
         let open = check("cat <<'EOF'\ntext", "patch", &allow).unwrap_err();
         assert!(open.rule.contains("closing delimiter"), "{open}");
         assert!(check("echo '<<EOF' x", "patch", &allow).is_ok());

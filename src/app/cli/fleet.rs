@@ -5,9 +5,8 @@
 
 use serde_json::{json, Value};
 
-use crate::app::cli::client::{Client, CliError, EXIT_OK};
+use crate::app::cli::client::{CliError, Client, EXIT_OK};
 use crate::app::cli::{print_json, ClientArgs};
-
 
 /// Flags of `fleet`.
 #[derive(Debug, clap::Args)]

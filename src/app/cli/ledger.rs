@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::app::cli::client::{status_style, styled, tokens, Client, CliError, EXIT_OK};
+use crate::app::cli::client::{status_style, styled, tokens, CliError, Client, EXIT_OK};
 use crate::app::cli::{print_json, LedgerArgs, LedgerCommand};
 use crate::model::ledger::validate_id;
 

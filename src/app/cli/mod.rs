@@ -95,7 +95,12 @@ fn completions(shell: &str) -> Result<u8, CliError> {
         "fish" => clap_complete::Shell::Fish,
         other => return Err(CliError::Usage(format!("no completions for `{other}`"))),
     };
-    clap_complete::generate(shell, &mut Cli::command(), "glitchlab", &mut std::io::stdout());
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "glitchlab",
+        &mut std::io::stdout(),
+    );
     Ok(client::EXIT_OK)
 }
 

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::app::cli::client::{Client, CliError, EXIT_OK};
+use crate::app::cli::client::{CliError, Client, EXIT_OK};
 use crate::app::cli::{print_json, records, OpsArgs, OpsCommand};
 
 /// Runs one `ops` subcommand; `Ok` is the exit code.

@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use crate::app::cli::client::{status_style, styled, Client, CliError, EXIT_OK};
+use crate::app::cli::client::{status_style, styled, CliError, Client, EXIT_OK};
 use crate::app::cli::{print_json, ClientArgs};
 
 /// The statuses a deploy can be in (`deploy list --status`).
@@ -156,9 +156,7 @@ pub async fn run(records: Records, args: RecordArgs) -> Result<u8, CliError> {
             Records::Deploys => decide(&client, &base, &id, "approve", comment).await,
             Records::Incidents => approve_step(&client, &base, &id, digest).await,
         },
-        RecordCommand::Ack { .. } => {
-            incident_act(records, &client, &base, &id, "ack", None).await
-        }
+        RecordCommand::Ack { .. } => incident_act(records, &client, &base, &id, "ack", None).await,
         RecordCommand::Resolve { .. } => {
             incident_act(records, &client, &base, &id, "resolve", None).await
         }

@@ -195,7 +195,9 @@ pub fn runs_table(page: &Value) -> String {
             run["attempt"],
             styled(&format!("{status:<12}"), status_style(outcome)),
             exit,
-            run["duration_ms"].as_u64().map_or("-".into(), |ms| ms.to_string()),
+            run["duration_ms"]
+                .as_u64()
+                .map_or("-".into(), |ms| ms.to_string()),
             tokens(&run["cost"]),
         ));
     }
@@ -250,11 +252,17 @@ mod tests {
         let text = task_summary(&task);
         assert!(text.contains("place=2 held: base moved waiting for: the merge queue"));
         assert!(text.contains("5.00 tokens from user:local"), "{text}");
-        assert!(text.contains("plan → implement → verify → deliver"), "{text}");
+        assert!(
+            text.contains("plan → implement → verify → deliver"),
+            "{text}"
+        );
         assert!(text.contains("created 2026-11-23 09:30:03.048"), "{text}");
         assert!(!text.contains("error"), "{text}");
         let bare = task_summary(&json!({"id": "x", "status": "queued"}));
-        assert!(bare.contains("queued") && !bare.contains("queue "), "{bare}");
+        assert!(
+            bare.contains("queued") && !bare.contains("queue "),
+            "{bare}"
+        );
     }
 
     #[test]
@@ -269,7 +277,10 @@ mod tests {
              "exit_code": null, "engine": "shell"},
         ]});
         let table = runs_table(&runs);
-        assert!(table.contains("0.0015") && table.contains("echo hi"), "{table}");
+        assert!(
+            table.contains("0.0015") && table.contains("echo hi"),
+            "{table}"
+        );
         assert!(table.contains("total cost: 0.0015 tokens"), "{table}");
     }
 }

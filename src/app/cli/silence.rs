@@ -2,10 +2,10 @@
 //! `GLITCHLAB_TOKEN` (as `incident` does). Exit 1 with the service's error code and message when
 //! it refuses.
 
-use std::collections::BTreeMap;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
-use crate::app::cli::client::{Client, CliError, EXIT_OK};
+use crate::app::cli::client::{CliError, Client, EXIT_OK};
 use crate::app::cli::{print_json, ClientArgs};
 
 /// A silence's length when neither `--minutes` nor `--until` is given.

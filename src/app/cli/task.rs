@@ -15,10 +15,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use tokio_util::task::AbortOnDropHandle;
 
-pub use crate::app::cli::client::{EXIT_CANCELLED, EXIT_DEAD_LETTER, EXIT_FAILED};
 use crate::app::cli::client::{
-    status_style, stdout_is_terminal, styled, Client, CliError, EXIT_OK,
+    status_style, stdout_is_terminal, styled, CliError, Client, EXIT_OK,
 };
+pub use crate::app::cli::client::{EXIT_CANCELLED, EXIT_DEAD_LETTER, EXIT_FAILED};
 use crate::app::cli::{print_json, show, ClientArgs};
 
 /// How often `--wait` looks at the task.
@@ -262,7 +262,9 @@ async fn by_id(client: &Client, command: TaskCommand, id: &str) -> Result<u8, Cl
             } else {
                 "reject"
             };
-            let body = comment.as_ref().map_or(json!({}), |c| json!({ "comment": c }));
+            let body = comment
+                .as_ref()
+                .map_or(json!({}), |c| json!({ "comment": c }));
             client.post(&format!("{path}/{action}"), &body).await?
         }
         TaskCommand::Submit(_) | TaskCommand::List { .. } => return Ok(EXIT_OK),
@@ -299,7 +301,10 @@ fn print_diff(diff: &Value) {
     if source == "none" {
         eprintln!("nothing to show yet: no branch and no delivered commit");
     }
-    anstream::print!("{}", show::coloured_diff(diff["diff"].as_str().unwrap_or("")));
+    anstream::print!(
+        "{}",
+        show::coloured_diff(diff["diff"].as_str().unwrap_or(""))
+    );
     if diff["truncated"] == true {
         eprintln!("(the diff was cut to fit; see the branch itself for the rest)");
     }
@@ -445,7 +450,11 @@ async fn follow(client: &Client, id: &str) -> Result<u8, CliError> {
     let printer = (!client.json).then(|| {
         let stream = client.url(&format!("{path}/events/stream"));
         let bar = progress.bar.clone();
-        AbortOnDropHandle::new(tokio::spawn(print_output(client.http().clone(), stream, bar)))
+        AbortOnDropHandle::new(tokio::spawn(print_output(
+            client.http().clone(),
+            stream,
+            bar,
+        )))
     });
     loop {
         let task = client.get(&path).await?;
