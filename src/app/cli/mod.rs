@@ -142,6 +142,10 @@ pub enum OpsCommand {
         /// The commit to deploy (default: the app's branch head).
         #[arg(long)]
         commit: Option<String>,
+        /// Follow the deploy until it ends or waits for approval: exit 0 `healthy` (or
+        /// `awaiting_approval`), 2 `rolled_back` or `failed`, 4 `rejected`.
+        #[arg(long)]
+        wait: bool,
     },
 }
 

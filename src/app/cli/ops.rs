@@ -11,9 +11,13 @@ use crate::app::cli::{print_json, records, OpsArgs, OpsCommand};
 pub async fn run(args: OpsArgs) -> Result<u8, CliError> {
     let client = Client::new(&args.client)?;
     match args.command {
-        OpsCommand::Deploy { app, commit } => {
+        OpsCommand::Deploy { app, commit, wait } => {
             let body = json!({"app": app, "commit": commit, "trigger": "cli"});
             let record = client.post("/v1/deploys", &body).await?;
+            if wait {
+                let id = record["id"].as_str().unwrap_or_default().to_owned();
+                return records::wait_deploy(&client, &id).await;
+            }
             if client.json {
                 print_json(&record)?;
             } else {

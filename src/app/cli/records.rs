@@ -4,9 +4,13 @@
 //! be the full one, the web page's short id (its last 8 characters) or any unique prefix. Exit 1
 //! with the service's error code and message when it refuses; 64 for an unknown `--status`.
 
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Value};
 
-use crate::app::cli::client::{status_style, styled, CliError, Client, EXIT_OK};
+use crate::app::cli::client::{
+    status_style, styled, CliError, Client, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK,
+};
 use crate::app::cli::{print_json, ClientArgs};
 
 /// The statuses a deploy can be in (`deploy list --status`).
@@ -62,6 +66,9 @@ pub enum RecordCommand {
         /// Incidents: the digest of the step you looked at (its `awaiting.digest`).
         #[arg(long)]
         digest: Option<String>,
+        /// Deploys: follow it until it ends (as `ops deploy --wait`).
+        #[arg(long)]
+        wait: bool,
     },
     /// Incidents: you have it (`needs_human` becomes `acknowledged`).
     Ack {
@@ -151,9 +158,18 @@ pub async fn run(records: Records, args: RecordArgs) -> Result<u8, CliError> {
             Ok(EXIT_OK)
         }
         RecordCommand::Approve {
-            comment, digest, ..
+            comment,
+            digest,
+            wait,
+            ..
         } => match records {
-            Records::Deploys => decide(&client, &base, &id, "approve", comment).await,
+            Records::Deploys => {
+                let code = decide(&client, &base, &id, "approve", comment).await?;
+                if wait {
+                    return wait_deploy(&client, &id).await;
+                }
+                Ok(code)
+            }
             Records::Incidents => approve_step(&client, &base, &id, digest).await,
         },
         RecordCommand::Ack { .. } => incident_act(records, &client, &base, &id, "ack", None).await,
@@ -227,6 +243,50 @@ fn print_record(client: &Client, record: &Value) -> Result<u8, CliError> {
         anstream::println!("{}", line(record));
     }
     Ok(EXIT_OK)
+}
+
+/// How often `--wait` looks at a deploy.
+const DEPLOY_POLL: Duration = Duration::from_millis(500);
+/// How long `--wait` follows a deploy at most (its stages have their own timeouts, far less).
+const DEPLOY_WAIT_MAX: Duration = Duration::from_secs(60 * 60);
+
+/// Follows deploy `id` until it ends or waits for a human, printing each status it moves to;
+/// exit 0 `healthy`, 2 `rolled_back` or `failed`, 4 `rejected`, 0 `awaiting_approval` (the
+/// gate is the next step, not a failure). With `--json`, the last record only.
+pub(crate) async fn wait_deploy(client: &Client, id: &str) -> Result<u8, CliError> {
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let record = client.get(&format!("/v1/deploys/{id}")).await?;
+        let status = record["status"].as_str().unwrap_or("?").to_owned();
+        if status != last && !client.json {
+            anstream::println!(
+                "[{:>5.1}s] {}",
+                started.elapsed().as_secs_f64(),
+                line(&record)
+            );
+        }
+        let code = match status.as_str() {
+            "healthy" | "awaiting_approval" => Some(EXIT_OK),
+            "rolled_back" | "failed" => Some(EXIT_FAILED),
+            "rejected" => Some(EXIT_CANCELLED),
+            _ => None,
+        };
+        if let Some(code) = code {
+            if client.json {
+                print_json(&record)?;
+            }
+            return Ok(code);
+        }
+        if started.elapsed() > DEPLOY_WAIT_MAX {
+            return Err(CliError::Failed(format!(
+                "deploy {id} is still {status} after {} s",
+                DEPLOY_WAIT_MAX.as_secs()
+            )));
+        }
+        last = status;
+        tokio::time::sleep(DEPLOY_POLL).await;
+    }
 }
 
 /// Approves the gated step incident `id` shows now (printed first), or the one `digest` names.
