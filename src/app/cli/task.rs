@@ -59,7 +59,7 @@ pub struct TaskArgs {
 pub enum TaskCommand {
     /// Submit a task; prints its id (with `--wait`, follows it to its end; with `--json`, the
     /// task: the final one with `--wait`).
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Tasks, newest first, as a table.
     List {
         /// Only tasks in this status.
@@ -198,7 +198,7 @@ impl TaskCommand {
 pub async fn run(args: TaskArgs) -> Result<u8, CliError> {
     let client = Client::new(&args.client)?;
     match args.command {
-        TaskCommand::Submit(submit) => submit_task(&client, submit).await,
+        TaskCommand::Submit(submit) => submit_task(&client, *submit).await,
         TaskCommand::List { status, repo, kind } => {
             let pairs = [("status", status), ("repo", repo), ("kind", kind)];
             let page = client.get_with("/v1/tasks", &pairs).await?;
