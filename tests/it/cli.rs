@@ -564,3 +564,50 @@ async fn a_cli_user_can_review_the_diff_and_approve() {
     let task = service.wait_until_finished(&id).await;
     assert_eq!(task["status"], "done", "{task:#}");
 }
+
+/// On a terminal (a pty from util-linux `script`), `task watch` shows its progress as one line
+/// redrawn in place and colours the status; the same command on a pipe printed plain lines
+/// above. Skips, saying why, where `script` is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_watch_draws_a_progress_line_in_colour() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: util-linux `script` (a pty for the CLI) is not installed");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start_in_process(root.path(), Options::default()).await;
+    let task = service
+        .submit(&shell_task(
+            &repo,
+            "sleep 2; echo a > a.txt",
+            "test -f a.txt",
+        ))
+        .await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let base = service.base.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        let bin = env!("CARGO_BIN_EXE_glitchlab");
+        Command::new("script")
+            .args(["-qec", &format!("{bin} task watch {id}"), "/dev/null"])
+            .env("GLITCHLAB_URL", &base)
+            .env("GLITCHLAB_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .env("TERM", "xterm-256color")
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR_FORCE")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("\u{1b}["), "escapes on a terminal: {text:?}");
+    // (`script` turns every newline into `\r\n`: only the erase-line escape says "redrawn".)
+    assert!(
+        text.contains("\u{1b}[2K"),
+        "a line redrawn in place: {text:?}"
+    );
+    assert!(text.contains("done"), "{text:?}");
+}
