@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use glitchlab::app::cli::{Cli, Command, ServeArgs};
+use glitchlab::app::cli::{Cli, Command, ServeArgs, EXIT_USAGE};
 use glitchlab::app::startup::Application;
 use glitchlab::config::Config;
 
@@ -32,7 +32,10 @@ async fn run() -> ExitCode {
     glitchlab::platform::telemetry::init();
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_exit(&error),
+    };
     if !matches!(cli.command, Command::Serve(_) | Command::Factory(_)) {
         // A client command piped into `head` should end quietly when the pipe closes, as other
         // Unix tools do, instead of panicking on the write's EPIPE. (The service and the factory
@@ -44,22 +47,15 @@ async fn run() -> ExitCode {
     }
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Ledger(args) => glitchlab::app::cli::ledger::run(args).await,
-        Command::Ops(args) => glitchlab::app::cli::ops::run(args).await,
-        Command::Deploy(args) => {
-            glitchlab::app::cli::records::run(glitchlab::app::cli::records::Records::Deploys, args)
-                .await
-        }
-        Command::Incident(args) => {
-            let incidents = glitchlab::app::cli::records::Records::Incidents;
-            glitchlab::app::cli::records::run(incidents, args).await
-        }
-        Command::Silence(args) => glitchlab::app::cli::silence::run(args).await,
         Command::Factory(args) => glitchlab::app::factory::run(args).await,
-        Command::Fleet(args) => glitchlab::app::cli::fleet::run(args).await,
-        Command::Task(args) => return exit_with(glitchlab::app::cli::task::run(args).await),
-        Command::Tree { url, json } => {
-            return exit_with(glitchlab::app::cli::task::tree(&url, json).await)
+        client => {
+            return match glitchlab::app::cli::run(client).await {
+                Ok(code) => ExitCode::from(code),
+                Err(error) => {
+                    eprintln!("glitchlab: {error}");
+                    ExitCode::from(error.exit_code())
+                }
+            }
         }
     };
     match result {
@@ -71,14 +67,14 @@ async fn run() -> ExitCode {
     }
 }
 
-/// A command's own exit code, or 1 with its message.
-fn exit_with(result: Result<u8, String>) -> ExitCode {
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(message) => {
-            eprintln!("glitchlab: {message}");
-            ExitCode::FAILURE
-        }
+/// Prints clap's message; `--help` and `--version` exit 0, a usage error 64 (not clap's 2, which
+/// is also "the task failed").
+fn usage_exit(error: &clap::Error) -> ExitCode {
+    let _ = error.print();
+    if error.use_stderr() {
+        ExitCode::from(EXIT_USAGE)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -41,6 +41,41 @@ async fn curl_in_a_verify_command_fails_tool_denied_naming_the_rule() {
         .contains("the circuit allowlist"));
 }
 
+/// Valid shell the checker cannot split word by word but whose programs are still known runs:
+/// arithmetic expansion and a literal here-document; a program hidden in an expansion is refused
+/// naming the construct.
+#[tokio::test]
+async fn arithmetic_and_literal_here_documents_run_and_a_hidden_program_is_named() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start_in_process(root.path(), Options::default()).await;
+    let patch = "cat > hi.txt <<'EOF'\nhello; not a command\nEOF";
+    let task = service
+        .submit(&shell_task(
+            &repo,
+            patch,
+            "test $((1+1)) -eq 2 && grep -q 'not a command' hi.txt",
+        ))
+        .await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["status"], "done", "{task:#}");
+
+    let task = service
+        .submit(&shell_task(&repo, "echo x > x.txt", "$CHECK x.txt"))
+        .await;
+    let task = service
+        .wait_until_finished(task["id"].as_str().unwrap())
+        .await;
+    assert_eq!(task["error"]["code"], "TOOL_DENIED", "{task:#}");
+    let message = task["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("parameter expansion in command position"),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 async fn touching_a_protected_path_fails_before_anything_is_merged() {
     let root = tempfile::tempdir().unwrap();

@@ -504,9 +504,10 @@ async fn the_cli_reads_balance_history_and_audit() {
     let url = service.base.clone();
     let output = tokio::task::spawn_blocking(move || {
         [
-            cli(&["--url", &url, "balance", "user:local"]),
+            // People read tokens; `--json` keeps the service's micro-token integers.
+            cli(&["--url", &url, "balance", "user:local", "--json"]),
             cli(&["--url", &url, "history", "user:local"]),
-            cli(&["--url", &url, "audit"]),
+            cli(&["--url", &url, "audit", "--json"]),
             cli(&["--url", &url, "balance", "user:nobody"]),
             cli(&["--url", "http://127.0.0.1:9", "audit"]),
         ]

@@ -18,6 +18,7 @@ mod compass;
 mod config;
 mod containment;
 mod delivery;
+mod docs;
 mod fleet;
 mod fleet_control;
 mod github;

@@ -874,7 +874,7 @@ async fn a_plain_cli_retry_after_a_merge_conflict_re_implements_on_the_base_and_
     })
     .await
     .unwrap();
-    assert_eq!(bad.status.code(), Some(2), "a usage error");
+    assert_eq!(bad.status.code(), Some(64), "a usage error");
     assert!(
         retried.status.success(),
         "{}",

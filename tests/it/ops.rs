@@ -237,6 +237,7 @@ async fn first_deploy_waits_for_approval_then_a_bad_release_is_rolled_back() {
             &bad,
             "--url",
             &service.base,
+            "--json",
         ])
         .env("GLITCHLAB_TOKEN", crate::helpers::ADMIN_TOKEN)
         .output()

@@ -3,29 +3,17 @@
 //! factory with `--factory`; `drain` on one factory. Exit 1 with the service's error code and
 //! message when it refuses.
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 
-use crate::app::cli::{call, http_client, print_json};
-
-/// How long one request may take, connecting included.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::app::cli::client::{CliError, Client, EXIT_OK};
+use crate::app::cli::{print_json, ClientArgs};
 
 /// Flags of `fleet`.
 #[derive(Debug, clap::Args)]
 pub struct FleetArgs {
-    /// Base URL of the running service.
-    #[arg(
-        long,
-        global = true,
-        env = "GLITCHLAB_URL",
-        default_value = "http://127.0.0.1:7700"
-    )]
-    pub url: String,
-    /// Print the service's JSON instead of a table or a line.
-    #[arg(long, global = true)]
-    pub json: bool,
+    /// The service to ask and how to print.
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: FleetCommand,
@@ -55,18 +43,19 @@ pub enum FleetCommand {
     },
 }
 
-/// Runs one `fleet` subcommand; `Err` is the message to print before exit 1.
-pub async fn run(args: FleetArgs) -> Result<(), String> {
-    let client = http_client(REQUEST_TIMEOUT)?;
-    let base = format!("{}/v1/fleet", args.url.trim_end_matches('/'));
-    let url = match &args.command {
+/// Runs one `fleet` subcommand; `Ok` is the exit code.
+pub async fn run(args: FleetArgs) -> Result<u8, CliError> {
+    let client = Client::new(&args.client)?;
+    let base = "/v1/fleet";
+    let path = match &args.command {
         FleetCommand::List => {
-            let fleet = call(client.get(&base), &base).await?;
-            if args.json {
-                return print_json(&fleet);
+            let fleet = client.get(base).await?;
+            if client.json {
+                print_json(&fleet)?;
+            } else {
+                anstream::print!("{}", table(&fleet));
             }
-            print!("{}", table(&fleet));
-            return Ok(());
+            return Ok(EXIT_OK);
         }
         FleetCommand::Pause { factory: None } => format!("{base}/pause"),
         FleetCommand::Resume { factory: None } => format!("{base}/resume"),
@@ -78,15 +67,16 @@ pub async fn run(args: FleetArgs) -> Result<(), String> {
         } => format!("{base}/factories/{name}/resume"),
         FleetCommand::Drain { factory } => format!("{base}/factories/{factory}/drain"),
     };
-    let answer = call(client.post(&url).json(&json!({})), &url).await?;
-    if args.json {
-        return print_json(&answer);
+    let answer = client.post(&path, &json!({})).await?;
+    if client.json {
+        print_json(&answer)?;
+        return Ok(EXIT_OK);
     }
     match answer.get("factory").and_then(Value::as_str) {
-        Some(name) => println!("{name}: {}", text(&answer["told"])),
-        None => println!("fleet paused: {}", answer["paused"]),
+        Some(name) => anstream::println!("{name}: {}", text(&answer["told"])),
+        None => anstream::println!("fleet paused: {}", answer["paused"]),
     }
-    Ok(())
+    Ok(EXIT_OK)
 }
 
 fn text(value: &Value) -> String {

@@ -1,74 +1,112 @@
-//! `glitchlab ledger balance|history|audit`: reads the ledger of a running service over HTTP.
-//! Every request has a timeout; an unreachable service or an error answer is a clear message and
-//! a non-zero exit.
-
-use std::time::Duration;
+//! `glitchlab ledger balance|history|audit`: reads the ledger of a running service over HTTP
+//! (the shared client context). People read amounts in tokens with decimals; `--json` keeps the
+//! service's integers (micro-tokens).
 
 use serde_json::Value;
 
-use crate::app::cli::{call, http_client, print_json, LedgerArgs, LedgerCommand};
+use crate::app::cli::client::{status_style, styled, tokens, CliError, Client, EXIT_OK};
+use crate::app::cli::{print_json, LedgerArgs, LedgerCommand};
 use crate::model::ledger::validate_id;
 
-/// How long one request may take, connecting included.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Runs one `ledger` subcommand; `Err` is the message to print before exiting 1.
-pub async fn run(args: LedgerArgs) -> Result<(), String> {
-    let client = http_client(REQUEST_TIMEOUT)?;
-    let base = args.url.trim_end_matches('/');
+/// Runs one `ledger` subcommand; `Ok` is the exit code.
+pub async fn run(args: LedgerArgs) -> Result<u8, CliError> {
+    let client = Client::new(&args.client)?;
     match args.command {
         LedgerCommand::Balance { account } => {
             let account = checked(&account)?;
-            let body = get(&client, &format!("{base}/v1/ledger/accounts/{account}")).await?;
-            print_json(&body)
+            let body = client
+                .get(&format!("/v1/ledger/accounts/{account}"))
+                .await?;
+            if client.json {
+                print_json(&body)?;
+            } else {
+                print_balance(&body);
+            }
         }
         LedgerCommand::History {
             account,
             limit,
             cursor,
-            json,
         } => {
             let account = checked(&account)?;
-            let mut url = format!("{base}/v1/ledger/accounts/{account}/transfers?limit={limit}");
-            if let Some(cursor) = cursor {
-                url.push_str(&format!("&cursor={cursor}"));
-            }
-            let page = get(&client, &url).await?;
-            if json {
-                print_json(&page)
+            let path = format!("/v1/ledger/accounts/{account}/transfers");
+            let pairs = [("limit", Some(limit.to_string())), ("cursor", cursor)];
+            let page = client.get_with(&path, &pairs).await?;
+            if client.json {
+                print_json(&page)?;
             } else {
                 print_history(account, &page);
-                Ok(())
             }
         }
         LedgerCommand::Audit => {
-            let audit = get(&client, &format!("{base}/v1/ledger/audit")).await?;
-            print_json(&audit)?;
-            match audit["balanced"].as_bool() {
-                Some(true) => Ok(()),
-                _ => Err("the audit found the books unbalanced (see violations)".into()),
+            let audit = client.get("/v1/ledger/audit").await?;
+            if client.json {
+                print_json(&audit)?;
+            } else {
+                print_audit(&audit);
+            }
+            if audit["balanced"].as_bool() != Some(true) {
+                return Err(CliError::Failed(
+                    "the audit found the books unbalanced (see violations)".into(),
+                ));
             }
         }
     }
+    Ok(EXIT_OK)
 }
 
-fn checked(account: &str) -> Result<&str, String> {
-    validate_id("account", account).map_err(|error| error.to_string())?;
+fn checked(account: &str) -> Result<&str, CliError> {
+    validate_id("account", account).map_err(|error| CliError::Usage(error.to_string()))?;
     Ok(account)
 }
 
-async fn get(client: &reqwest::Client, url: &str) -> Result<Value, String> {
-    call(client.get(url), url).await
+/// An account in tokens: balance, available, and the four totals.
+fn print_balance(account: &Value) {
+    anstream::println!("account    {}", account["id"].as_str().unwrap_or("-"));
+    anstream::println!("kind       {}", account["kind"].as_str().unwrap_or("-"));
+    anstream::println!("balance    {} tokens", tokens(&account["balance"]));
+    anstream::println!("available  {} tokens", tokens(&account["available"]));
+    anstream::println!(
+        "posted     {} in, {} out",
+        tokens(&account["credits_posted"]),
+        tokens(&account["debits_posted"])
+    );
+    anstream::println!(
+        "pending    {} in, {} out",
+        tokens(&account["credits_pending"]),
+        tokens(&account["debits_pending"])
+    );
 }
 
-/// One line per transfer: when, id, direction (`-` paid, `+` received), amount, status,
-/// counterparty.
+/// Whether the books balance, what was checked, and each violation.
+fn print_audit(audit: &Value) {
+    let balanced = audit["balanced"].as_bool() == Some(true);
+    let word = if balanced { "balanced" } else { "unbalanced" };
+    let style = status_style(if balanced { "done" } else { "failed" });
+    anstream::println!(
+        "{}: {} accounts and {} transfers checked; {} tokens debited, {} credited",
+        styled(word, style),
+        audit["accounts_checked"],
+        audit["transfers_checked"],
+        tokens(&audit["total_debits"]),
+        tokens(&audit["total_credits"])
+    );
+    for violation in audit["violations"].as_array().into_iter().flatten() {
+        anstream::println!("  {violation}");
+    }
+}
+
+/// One line per transfer: when, id, direction (`-` paid, `+` received), amount in tokens,
+/// status, counterparty.
 fn print_history(account: &str, page: &Value) {
     let empty = Vec::new();
     let transfers = page["transfers"].as_array().unwrap_or(&empty);
-    println!(
+    anstream::println!(
         "{:<20} {:<40} {:>20} {:<9} counterparty",
-        "created_at", "id", "amount", "status"
+        "created_at",
+        "id",
+        "tokens",
+        "status"
     );
     for transfer in transfers {
         let paid = transfer["debit_account"] == account;
@@ -84,16 +122,17 @@ fn print_history(account: &str, page: &Value) {
             &transfer["amount"]
         };
         let created = transfer["created_at"].as_str().unwrap_or_default();
-        println!(
-            "{:<20} {:<40} {:>20} {:<9} {}",
+        let status = transfer["status"].as_str().unwrap_or_default();
+        anstream::println!(
+            "{:<20} {:<40} {:>20} {} {}",
             created.get(..19).unwrap_or(created),
             transfer["id"].as_str().unwrap_or_default(),
-            format!("{sign}{amount}"),
-            transfer["status"].as_str().unwrap_or_default(),
+            format!("{sign}{}", tokens(amount)),
+            styled(&format!("{status:<9}"), status_style(status)),
             counterparty.as_str().unwrap_or_default(),
         );
     }
     if let Some(cursor) = page["next_cursor"].as_str() {
-        println!("more: --cursor {cursor}");
+        anstream::println!("more: --cursor {cursor}");
     }
 }

@@ -1,11 +1,18 @@
 //! The command line: `glitchlab serve [--bind ADDR] [--data-dir DIR] [--config FILE]`, and
-//! against a running service `glitchlab ledger [--url URL] balance|history|audit`,
-//! `glitchlab ops deploy <app> [--commit SHA]`, `glitchlab task ...` and `glitchlab tree`.
+//! against a running service `glitchlab task|deploy|incident|silence|fleet|ledger|ops|tree`, all
+//! through one client context ([`client::Client`]: `--url`/`GLITCHLAB_URL`, `GLITCHLAB_TOKEN`,
+//! `--timeout`, `--json`), plus `glitchlab completions bash|zsh|fish`.
+//!
+//! Exit codes (docs/api.md, "The CLI"): 0 success; 1 an unreachable service, an error answer or
+//! a failed local step; 2 a followed task ended `failed`, 3 `dead_letter`, 4 `cancelled`; 64 a
+//! usage error (clap's own included: an unknown flag or value, an ambiguous id prefix).
 
+pub mod client;
 pub mod fleet;
 pub mod ledger;
 pub mod ops;
 pub mod records;
+pub mod show;
 pub mod silence;
 pub mod task;
 
@@ -13,7 +20,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+pub use client::{CliError, ClientArgs, EXIT_USAGE};
 
 /// glitchlab: an agentic software corporation engine.
 #[derive(Debug, Parser)]
@@ -33,7 +42,7 @@ pub enum Command {
     Ledger(LedgerArgs),
     /// Ops actions against a running service (deploys).
     Ops(OpsArgs),
-    /// Tasks of a running service: submit (and follow), list, show, logs, act.
+    /// Tasks of a running service: submit (and follow), list, show, logs, diff, runs, act.
     Task(task::TaskArgs),
     /// Deploys of a running service: list, show, approve, reject.
     Deploy(records::RecordArgs),
@@ -47,13 +56,52 @@ pub enum Command {
     Fleet(fleet::FleetArgs),
     /// The supervision tree of a running service.
     Tree {
-        /// Base URL of the running service.
-        #[arg(long, env = "GLITCHLAB_URL", default_value = "http://127.0.0.1:7700")]
-        url: String,
-        /// Print the service's JSON.
-        #[arg(long)]
-        json: bool,
+        /// The service to ask and how to print.
+        #[command(flatten)]
+        client: ClientArgs,
     },
+    /// Print a shell completion script (`glitchlab completions bash > /etc/bash_completion.d/glitchlab`).
+    Completions {
+        /// The shell.
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
+    },
+}
+
+/// Runs one command against a running service (or `completions`); `Ok` is the exit code.
+/// `serve` and `factory` are the binary's own.
+pub async fn run(command: Command) -> Result<u8, CliError> {
+    match command {
+        Command::Ledger(args) => ledger::run(args).await,
+        Command::Ops(args) => ops::run(args).await,
+        Command::Task(args) => task::run(args).await,
+        Command::Deploy(args) => records::run(records::Records::Deploys, args).await,
+        Command::Incident(args) => records::run(records::Records::Incidents, args).await,
+        Command::Silence(args) => silence::run(args).await,
+        Command::Fleet(args) => fleet::run(args).await,
+        Command::Tree { client } => task::tree(&client::Client::new(&client)?).await,
+        Command::Completions { shell } => completions(&shell),
+        Command::Serve(_) | Command::Factory(_) => Err(CliError::Usage(
+            "`serve` and `factory` are not client commands".into(),
+        )),
+    }
+}
+
+/// Writes the completion script of `shell` to stdout.
+fn completions(shell: &str) -> Result<u8, CliError> {
+    let shell = match shell {
+        "bash" => clap_complete::Shell::Bash,
+        "zsh" => clap_complete::Shell::Zsh,
+        "fish" => clap_complete::Shell::Fish,
+        other => return Err(CliError::Usage(format!("no completions for `{other}`"))),
+    };
+    clap_complete::generate(
+        shell,
+        &mut Cli::command(),
+        "glitchlab",
+        &mut std::io::stdout(),
+    );
+    Ok(client::EXIT_OK)
 }
 
 /// Flags of `serve`; each overrides the config file.
@@ -76,9 +124,9 @@ pub struct ServeArgs {
 /// Flags of `ops`.
 #[derive(Debug, clap::Args)]
 pub struct OpsArgs {
-    /// Base URL of the running service.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:7700")]
-    pub url: String,
+    /// The service to ask and how to print.
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: OpsCommand,
@@ -87,22 +135,26 @@ pub struct OpsArgs {
 /// Subcommands of `ops`.
 #[derive(Debug, Subcommand)]
 pub enum OpsCommand {
-    /// Request a deploy of an app (prints the deploy record as JSON).
+    /// Request a deploy of an app (prints the deploy record's line; `--json` the record).
     Deploy {
         /// The app of `ops.yaml`.
         app: String,
         /// The commit to deploy (default: the app's branch head).
         #[arg(long)]
         commit: Option<String>,
+        /// Follow the deploy until it ends or waits for approval: exit 0 `healthy` (or
+        /// `awaiting_approval`), 2 `rolled_back` or `failed`, 4 `rejected`.
+        #[arg(long)]
+        wait: bool,
     },
 }
 
 /// Flags of `ledger`.
 #[derive(Debug, clap::Args)]
 pub struct LedgerArgs {
-    /// Base URL of the running service.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:7700")]
-    pub url: String,
+    /// The service to ask and how to print.
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// What to read.
     #[command(subcommand)]
     pub command: LedgerCommand,
@@ -111,26 +163,23 @@ pub struct LedgerArgs {
 /// Subcommands of `ledger`.
 #[derive(Debug, Subcommand)]
 pub enum LedgerCommand {
-    /// An account's totals, balance and available amount (JSON).
+    /// An account's balance and available amount, in tokens (`--json`: micro-tokens).
     Balance {
         /// Account id, e.g. `user:local`.
         account: String,
     },
-    /// An account's transfers, newest first (a table; `--json` for the raw page).
+    /// An account's transfers, newest first (a table in tokens; `--json` for the raw page).
     History {
         /// Account id.
         account: String,
         /// Transfers per page (1..=500).
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=500))]
+        limit: u64,
         /// `next_cursor` of the previous page.
         #[arg(long)]
         cursor: Option<String>,
-        /// Print the page as JSON.
-        #[arg(long)]
-        json: bool,
     },
-    /// Recompute every balance from the transfers (JSON); exits 1 unless balanced.
+    /// Recompute every balance from the transfers; exits 1 unless balanced.
     Audit,
 }
 

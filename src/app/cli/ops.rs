@@ -1,26 +1,29 @@
-//! `glitchlab ops deploy <app> [--commit SHA] [--url URL]`: requests a deploy from a running
-//! service over HTTP and prints the record. Every request has a timeout; an error answer is a
-//! clear message and a non-zero exit.
-
-use std::time::Duration;
+//! `glitchlab ops deploy <app> [--commit SHA]`: requests a deploy from a running service over
+//! HTTP (the shared client context: `GLITCHLAB_URL`, `GLITCHLAB_TOKEN`, `--json`) and prints the
+//! record's line, or with `--json` the record.
 
 use serde_json::json;
 
-use crate::app::cli::{call, http_client, print_json, OpsArgs, OpsCommand};
+use crate::app::cli::client::{CliError, Client, EXIT_OK};
+use crate::app::cli::{print_json, records, OpsArgs, OpsCommand};
 
-/// How long the request may take, connecting included.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Runs one `ops` subcommand; `Err` is the message to print before exiting 1.
-pub async fn run(args: OpsArgs) -> Result<(), String> {
-    let client = http_client(REQUEST_TIMEOUT)?;
-    let base = args.url.trim_end_matches('/');
+/// Runs one `ops` subcommand; `Ok` is the exit code.
+pub async fn run(args: OpsArgs) -> Result<u8, CliError> {
+    let client = Client::new(&args.client)?;
     match args.command {
-        OpsCommand::Deploy { app, commit } => {
+        OpsCommand::Deploy { app, commit, wait } => {
             let body = json!({"app": app, "commit": commit, "trigger": "cli"});
-            let url = format!("{base}/v1/deploys");
-            let record = call(client.post(&url).json(&body), &url).await?;
-            print_json(&record)
+            let record = client.post("/v1/deploys", &body).await?;
+            if wait {
+                let id = record["id"].as_str().unwrap_or_default().to_owned();
+                return records::wait_deploy(&client, &id).await;
+            }
+            if client.json {
+                print_json(&record)?;
+            } else {
+                anstream::println!("{}", records::line(&record));
+            }
+            Ok(EXIT_OK)
         }
     }
 }

@@ -2,32 +2,21 @@
 //! `GLITCHLAB_TOKEN` (as `incident` does). Exit 1 with the service's error code and message when
 //! it refuses.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
-use crate::app::cli::{call, http_client, print_json};
+use crate::app::cli::client::{CliError, Client, EXIT_OK};
+use crate::app::cli::{print_json, ClientArgs};
 
-/// How long one request may take, connecting included.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A silence's length when neither `--minutes` nor `--until` is given.
 const DEFAULT_MINUTES: u64 = 60;
 
 /// Flags of `silence`.
 #[derive(Debug, clap::Args)]
 pub struct SilenceArgs {
-    /// Base URL of the running service.
-    #[arg(
-        long,
-        global = true,
-        env = "GLITCHLAB_URL",
-        default_value = "http://127.0.0.1:7700"
-    )]
-    pub url: String,
-    /// Print the service's JSON instead of a table or a line.
-    #[arg(long, global = true)]
-    pub json: bool,
+    /// The service to ask and how to print.
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: SilenceCommand,
@@ -79,10 +68,10 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Runs one `silence` subcommand; `Err` is the message to print before exit 1.
-pub async fn run(args: SilenceArgs) -> Result<(), String> {
-    let client = http_client(REQUEST_TIMEOUT)?;
-    let base = format!("{}/v1/silences", args.url.trim_end_matches('/'));
+/// Runs one `silence` subcommand; `Ok` is the exit code.
+pub async fn run(args: SilenceArgs) -> Result<u8, CliError> {
+    let client = Client::new(&args.client)?;
+    let base = "/v1/silences";
     let silence = match args.command {
         SilenceCommand::Add {
             app,
@@ -101,29 +90,29 @@ pub async fn run(args: SilenceArgs) -> Result<(), String> {
                 Some(until) => body["ends_at"] = json!(until),
                 None => body["minutes"] = json!(minutes.unwrap_or(DEFAULT_MINUTES)),
             }
-            call(client.post(&base).json(&body), &base).await?
+            client.post(base, &body).await?
         }
         SilenceCommand::List { all } => {
-            let url = format!("{base}?all={all}");
-            let page = call(client.get(&url), &url).await?;
-            if args.json {
-                return print_json(&page);
+            let page = client
+                .get_with(base, &[("all", Some(all.to_string()))])
+                .await?;
+            if client.json {
+                print_json(&page)?;
+                return Ok(EXIT_OK);
             }
             for silence in page["silences"].as_array().into_iter().flatten() {
-                println!("{}", line(silence));
+                anstream::println!("{}", line(silence));
             }
-            return Ok(());
+            return Ok(EXIT_OK);
         }
-        SilenceCommand::Expire { id } => {
-            let url = format!("{base}/{id}");
-            call(client.delete(&url), &url).await?
-        }
+        SilenceCommand::Expire { id } => client.delete(&format!("{base}/{id}")).await?,
     };
-    if args.json {
-        return print_json(&silence);
+    if client.json {
+        print_json(&silence)?;
+    } else {
+        anstream::println!("{}", line(&silence));
     }
-    println!("{}", line(&silence));
-    Ok(())
+    Ok(EXIT_OK)
 }
 
 /// One silence on one line: id, end, creator, matchers, comment.

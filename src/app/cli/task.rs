@@ -1,22 +1,26 @@
-//! `glitchlab task submit|list|show|watch|logs|cancel|retry|approve|reject` and `glitchlab tree`:
-//! the operator's commands against a running service, over HTTP with `GLITCHLAB_TOKEN`. Every
-//! request has a timeout; `--json` prints what the service answered. `submit --wait` and `watch`
-//! also print the running commands' live output (the task stream's `run.output` messages), each
-//! line as `  <persona>| <line>`.
+//! `glitchlab task submit|list|show|watch|logs|diff|runs|cancel|retry|approve|reject` and
+//! `glitchlab tree`: the operator's commands against a running service, through the shared
+//! client context ([`Client`]). A task id may be the full UUID, the web page's short id (its last
+//! 8 characters) or any unique prefix. `--json` prints what the service answered and nothing else
+//! (`submit --json --wait`: one document, the final task). `submit --wait` and `watch` also print
+//! the running commands' live output (the task stream's `run.output` messages), each line as
+//! `  <persona>| <line>`; on a terminal their progress is one line that updates in place.
 //!
-//! Exit codes: 0 success (for `submit --wait`: the task is `done`); 1 a usage, connection or
-//! error answer; 2 the task ended `failed`; 3 `dead_letter`; 4 `cancelled`.
+//! Exit codes: 0 success (for `--wait`/`watch`: the task is `done`); 1 a connection or error
+//! answer; 2 the task ended `failed`; 3 `dead_letter`; 4 `cancelled`; 64 a usage error.
 
 use std::time::{Duration, Instant};
 
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
-
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::app::cli::{call, http_client, print_json};
+use crate::app::cli::client::{
+    status_style, stdout_is_terminal, styled, CliError, Client, EXIT_OK,
+};
+pub use crate::app::cli::client::{EXIT_CANCELLED, EXIT_DEAD_LETTER, EXIT_FAILED};
+use crate::app::cli::{print_json, show, ClientArgs};
 
-/// How long one request may take, connecting included.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often `--wait` looks at the task.
 const WAIT_POLL: Duration = Duration::from_millis(500);
 /// How long the live output stream of `--wait` and `watch` may stay open.
@@ -25,27 +29,26 @@ const OUTPUT_STREAM_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 const OUTPUT_LINGER: Duration = Duration::from_secs(2);
 /// Bytes of one unfinished SSE message kept at most (the service's are a few KiB).
 const SSE_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
-/// Exit code of a task that ended `failed`.
-pub const EXIT_FAILED: u8 = 2;
-/// Exit code of a task that ended `dead_letter`.
-pub const EXIT_DEAD_LETTER: u8 = 3;
-/// Exit code of a task that ended `cancelled`.
-pub const EXIT_CANCELLED: u8 = 4;
+/// How often the progress line's spinner turns.
+const SPINNER_TICK: Duration = Duration::from_millis(120);
+/// The statuses a task can be in (`task list --status`).
+const TASK_STATUSES: [&str; 8] = [
+    "queued",
+    "blocked",
+    "running",
+    "awaiting_approval",
+    "done",
+    "failed",
+    "cancelled",
+    "dead_letter",
+];
 
 /// Flags of `task`.
 #[derive(Debug, clap::Args)]
 pub struct TaskArgs {
-    /// Base URL of the running service.
-    #[arg(
-        long,
-        global = true,
-        env = "GLITCHLAB_URL",
-        default_value = "http://127.0.0.1:7700"
-    )]
-    pub url: String,
-    /// Print the service's JSON instead of a table or lines.
-    #[arg(long, global = true)]
-    pub json: bool,
+    /// The service to ask and how to print.
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: TaskCommand,
@@ -54,12 +57,13 @@ pub struct TaskArgs {
 /// Subcommands of `task`.
 #[derive(Debug, clap::Subcommand)]
 pub enum TaskCommand {
-    /// Submit a task; prints its id (with `--wait`, follows it to its end).
+    /// Submit a task; prints its id (with `--wait`, follows it to its end; with `--json`, the
+    /// task: the final one with `--wait`).
     Submit(Box<SubmitArgs>),
     /// Tasks, newest first, as a table.
     List {
-        /// Only tasks in this status (`queued`, `running`, `done`, `failed`, ...).
-        #[arg(long)]
+        /// Only tasks in this status.
+        #[arg(long, value_parser = TASK_STATUSES)]
         status: Option<String>,
         /// Only tasks on this repository (its canonical path).
         #[arg(long)]
@@ -68,7 +72,7 @@ pub enum TaskCommand {
         #[arg(long)]
         kind: Option<String>,
     },
-    /// One task.
+    /// One task, as a readable summary.
     Show {
         /// Task id.
         id: String,
@@ -81,6 +85,16 @@ pub enum TaskCommand {
     },
     /// A task's events, oldest first, one per line.
     Logs {
+        /// Task id.
+        id: String,
+    },
+    /// The task's branch against its base, as a unified diff (what approving would land).
+    Diff {
+        /// Task id.
+        id: String,
+    },
+    /// The task's engine and verify runs, oldest first, with their exit and cost.
+    Runs {
         /// Task id.
         id: String,
     },
@@ -139,7 +153,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub kind: Option<String>,
     /// `critical`, `high`, `medium` (default) or `low`.
-    #[arg(long)]
+    #[arg(long, value_parser = ["critical", "high", "medium", "low"])]
     pub priority: Option<String>,
     /// A task that must be `done` first (repeatable).
     #[arg(long = "dep")]
@@ -158,100 +172,157 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub gh_repo: Option<String>,
     /// `--delivery pull_request`: `auto` (default: merged when green) or `none` (left open).
-    #[arg(long)]
+    #[arg(long, value_parser = ["auto", "none"])]
     pub merge: Option<String>,
+    /// `auto` (default: delivered once verify passes) or `manual` (an approval gate before
+    /// delivery: `task diff`, then `task approve` or `task reject`).
+    #[arg(long, value_parser = ["auto", "manual"])]
+    pub review_policy: Option<String>,
     /// Follow the task until it ends; the exit code says how it ended.
     #[arg(long)]
     pub wait: bool,
 }
 
-/// Runs one `task` subcommand; `Ok` is the exit code, `Err` the message to print before exit 1.
-pub async fn run(args: TaskArgs) -> Result<u8, String> {
-    let client = http_client(REQUEST_TIMEOUT)?;
-    let base = args.url.trim_end_matches('/').to_owned();
-    let tasks = format!("{base}/v1/tasks");
-    match args.command {
-        TaskCommand::Submit(submit) => {
-            let wait = submit.wait;
-            let body = submission(*submit)?;
-            let task = call(client.post(&tasks).json(&body), &tasks).await?;
-            let id = task["id"].as_str().unwrap_or_default().to_owned();
-            if args.json && !wait {
-                print_json(&task)?;
-            } else {
-                println!("{id}");
-            }
-            if !wait {
-                return Ok(0);
-            }
-            follow(&client, &base, &id, args.json).await
-        }
-        TaskCommand::List { status, repo, kind } => {
-            let mut url =
-                reqwest::Url::parse(&tasks).map_err(|e| format!("bad --url `{base}`: {e}"))?;
-            for (key, value) in [("status", status), ("repo", repo), ("kind", kind)] {
-                if let Some(value) = value {
-                    url.query_pairs_mut().append_pair(key, &value);
-                }
-            }
-            let page = call(client.get(url.clone()), url.as_str()).await?;
-            if args.json {
-                print_json(&page)?;
-            } else {
-                print_table(&page);
-            }
-            Ok(0)
-        }
-        TaskCommand::Show { id } => {
-            let url = format!("{tasks}/{id}");
-            print_json(&call(client.get(&url), &url).await?)?;
-            Ok(0)
-        }
-        TaskCommand::Watch { id } => follow(&client, &base, &id, args.json).await,
-        TaskCommand::Logs { id } => {
-            let url = format!("{tasks}/{id}/events");
-            let page = call(client.get(&url), &url).await?;
-            if args.json {
-                print_json(&page)?;
-            } else {
-                for event in page["events"].as_array().into_iter().flatten() {
-                    println!("{}", event_line(event));
-                }
-            }
-            Ok(0)
-        }
-        TaskCommand::Cancel { id } => act(&client, &tasks, &id, "cancel", None, args.json).await,
-        TaskCommand::Retry { id, from } => {
-            let url = format!("{tasks}/{id}/retry");
-            let body = match &from {
-                Some(from) => json!({ "from": from }),
-                None => json!({}),
-            };
-            let task = call(client.post(&url).json(&body), &url).await?;
-            if args.json {
-                print_json(&task)?;
-            } else {
-                println!("{id} {}", task["status"].as_str().unwrap_or("?"));
-            }
-            Ok(0)
-        }
-        TaskCommand::Approve { id, comment } => {
-            act(&client, &tasks, &id, "approve", comment, args.json).await
-        }
-        TaskCommand::Reject { id, comment } => {
-            act(&client, &tasks, &id, "reject", comment, args.json).await
+impl TaskCommand {
+    /// The task id the command acts on (`submit` and `list` have none).
+    fn id(&self) -> Option<&str> {
+        match self {
+            TaskCommand::Submit(_) | TaskCommand::List { .. } => None,
+            TaskCommand::Show { id }
+            | TaskCommand::Watch { id }
+            | TaskCommand::Logs { id }
+            | TaskCommand::Diff { id }
+            | TaskCommand::Runs { id }
+            | TaskCommand::Cancel { id }
+            | TaskCommand::Retry { id, .. }
+            | TaskCommand::Approve { id, .. }
+            | TaskCommand::Reject { id, .. } => Some(id),
         }
     }
 }
 
+/// Runs one `task` subcommand; `Ok` is the exit code.
+pub async fn run(args: TaskArgs) -> Result<u8, CliError> {
+    let client = Client::new(&args.client)?;
+    match args.command {
+        TaskCommand::Submit(submit) => submit_task(&client, *submit).await,
+        TaskCommand::List { status, repo, kind } => {
+            let pairs = [("status", status), ("repo", repo), ("kind", kind)];
+            let page = client.get_with("/v1/tasks", &pairs).await?;
+            if client.json {
+                print_json(&page)?;
+            } else {
+                print_table(&page);
+            }
+            Ok(EXIT_OK)
+        }
+        command => {
+            let Some(given) = command.id() else {
+                return Ok(EXIT_OK);
+            };
+            let id = client.resolve("tasks", given).await?;
+            by_id(&client, command, &id).await
+        }
+    }
+}
+
+/// Submits a task; without `--wait` prints its id (or, `--json`, the task); with it follows the
+/// task to its end.
+async fn submit_task(client: &Client, submit: SubmitArgs) -> Result<u8, CliError> {
+    let wait = submit.wait;
+    let body = submission(submit)?;
+    let task = client.post("/v1/tasks", &body).await?;
+    let id = task["id"].as_str().unwrap_or_default().to_owned();
+    if client.json && !wait {
+        print_json(&task)?;
+        return Ok(EXIT_OK);
+    }
+    if !client.json {
+        println!("{id}");
+    }
+    if !wait {
+        return Ok(EXIT_OK);
+    }
+    follow(client, &id).await
+}
+
+/// The commands on one task, its id resolved.
+async fn by_id(client: &Client, command: TaskCommand, id: &str) -> Result<u8, CliError> {
+    let path = format!("/v1/tasks/{id}");
+    let shown = match command {
+        TaskCommand::Watch { .. } => return follow(client, id).await,
+        TaskCommand::Show { .. } => client.get(&path).await?,
+        TaskCommand::Logs { .. } => client.get(&format!("{path}/events")).await?,
+        TaskCommand::Diff { .. } => client.get(&format!("{path}/diff")).await?,
+        TaskCommand::Runs { .. } => client.get(&format!("{path}/runs")).await?,
+        TaskCommand::Retry { ref from, .. } => {
+            let body = match from {
+                Some(from) => json!({ "from": from }),
+                None => json!({}),
+            };
+            client.post(&format!("{path}/retry"), &body).await?
+        }
+        TaskCommand::Cancel { .. } => client.post(&format!("{path}/cancel"), &json!({})).await?,
+        TaskCommand::Approve { ref comment, .. } | TaskCommand::Reject { ref comment, .. } => {
+            let action = if matches!(command, TaskCommand::Approve { .. }) {
+                "approve"
+            } else {
+                "reject"
+            };
+            let body = comment
+                .as_ref()
+                .map_or(json!({}), |c| json!({ "comment": c }));
+            client.post(&format!("{path}/{action}"), &body).await?
+        }
+        TaskCommand::Submit(_) | TaskCommand::List { .. } => return Ok(EXIT_OK),
+    };
+    if client.json {
+        print_json(&shown)?;
+        return Ok(EXIT_OK);
+    }
+    match command {
+        TaskCommand::Show { .. } => anstream::print!("{}", show::task_summary(&shown)),
+        TaskCommand::Logs { .. } => {
+            for event in shown["events"].as_array().into_iter().flatten() {
+                anstream::println!("{}", show::event_line(event));
+            }
+        }
+        TaskCommand::Runs { .. } => anstream::print!("{}", show::runs_table(&shown)),
+        TaskCommand::Diff { .. } => print_diff(&shown),
+        _ => {
+            let status = shown["status"].as_str().unwrap_or("?");
+            anstream::println!("{id} {}", styled(status, status_style(status)));
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// The diff on stdout (so it pipes into `git apply`), what it is against on stderr.
+fn print_diff(diff: &Value) {
+    let source = diff["source"].as_str().unwrap_or("none");
+    eprintln!(
+        "{} against {} ({source})",
+        diff["branch"].as_str().unwrap_or("-"),
+        diff["base"].as_str().unwrap_or("-")
+    );
+    if source == "none" {
+        eprintln!("nothing to show yet: no branch and no delivered commit");
+    }
+    anstream::print!(
+        "{}",
+        show::coloured_diff(diff["diff"].as_str().unwrap_or(""))
+    );
+    if diff["truncated"] == true {
+        eprintln!("(the diff was cut to fit; see the branch itself for the rest)");
+    }
+}
+
 /// `glitchlab tree`: the supervision tree, one actor per line.
-pub async fn tree(url: &str, json_out: bool) -> Result<u8, String> {
-    let client = http_client(REQUEST_TIMEOUT)?;
-    let url = format!("{}/v1/actors", url.trim_end_matches('/'));
-    let actors = call(client.get(&url), &url).await?;
-    if json_out {
+pub async fn tree(client: &Client) -> Result<u8, CliError> {
+    let actors = client.get("/v1/actors").await?;
+    if client.json {
         print_json(&actors)?;
-        return Ok(0);
+        return Ok(EXIT_OK);
     }
     let list = actors["actors"].as_array().cloned().unwrap_or_default();
     let line = |a: &Value| {
@@ -269,7 +340,7 @@ pub async fn tree(url: &str, json_out: bool) -> Result<u8, String> {
             println!("  {}", line(child));
         }
     }
-    Ok(0)
+    Ok(EXIT_OK)
 }
 
 fn submission(args: SubmitArgs) -> Result<Value, String> {
@@ -289,6 +360,7 @@ fn submission(args: SubmitArgs) -> Result<Value, String> {
         ("kind", args.kind),
         ("priority", args.priority),
         ("delivery", args.delivery),
+        ("review_policy", args.review_policy),
     ];
     for (key, value) in optional {
         if let Some(value) = value {
@@ -320,104 +392,123 @@ fn submission(args: SubmitArgs) -> Result<Value, String> {
     Ok(body)
 }
 
-/// Follows a task until it ends, printing a line each time its status, stage or attempt moves;
-/// the exit code says how it ended.
-async fn follow(
-    client: &reqwest::Client,
-    base: &str,
-    id: &str,
-    json_out: bool,
-) -> Result<u8, String> {
-    let url = format!("{base}/v1/tasks/{id}");
-    let started = Instant::now();
-    let mut last = String::new();
-    let printer = (!json_out).then(|| {
-        let stream = format!("{url}/events/stream");
-        AbortOnDropHandle::new(tokio::spawn(print_output(client.clone(), stream)))
+/// Where a followed task's progress goes: a line that updates in place on a terminal, a line
+/// per change otherwise, nothing with `--json`.
+struct Progress {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+    last: String,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(json_out: bool) -> Progress {
+        let bar = (!json_out && stdout_is_terminal()).then(|| {
+            let bar = ProgressBar::new_spinner();
+            if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed}] {msg}") {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(SPINNER_TICK);
+            bar
+        });
+        Progress {
+            bar,
+            quiet: json_out,
+            last: String::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Shows `now` if it differs from what was shown last.
+    fn update(&mut self, now: String) {
+        if now == self.last || self.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(bar) => bar.set_message(now.clone()),
+            None => anstream::println!("[{:>5.1}s] {now}", self.started.elapsed().as_secs_f64()),
+        }
+        self.last = now;
+    }
+
+    /// Clears the progress line, leaving the last state as a plain line.
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+            anstream::println!(
+                "[{:>5.1}s] {}",
+                self.started.elapsed().as_secs_f64(),
+                self.last
+            );
+        }
+    }
+}
+
+/// The exit code of a task that ended in `status`; `None` while it has not.
+fn outcome_code(status: &str) -> Option<u8> {
+    match status {
+        "done" => Some(EXIT_OK),
+        "failed" => Some(EXIT_FAILED),
+        "dead_letter" => Some(EXIT_DEAD_LETTER),
+        "cancelled" => Some(EXIT_CANCELLED),
+        _ => None,
+    }
+}
+
+/// Follows a task until it ends, showing its progress and its commands' live output; the exit
+/// code says how it ended. With `--json` the only output is the final task.
+async fn follow(client: &Client, id: &str) -> Result<u8, CliError> {
+    let path = format!("/v1/tasks/{id}");
+    let mut progress = Progress::new(client.json);
+    let printer = (!client.json).then(|| {
+        let stream = client.url(&format!("{path}/events/stream"));
+        let bar = progress.bar.clone();
+        AbortOnDropHandle::new(tokio::spawn(print_output(
+            client.http().clone(),
+            stream,
+            bar,
+        )))
     });
     loop {
-        let task = call(client.get(&url), &url).await?;
-        let status = task["status"].as_str().unwrap_or("?").to_owned();
-        let held = task["merge"]["held"]
-            .as_str()
-            .map(|why| format!(" held: {why}"))
-            .unwrap_or_default();
-        let pull_request = pull_request_line(&task["pull_request"]);
-        let now = format!(
-            "{status} stage={} attempt={}{held}{pull_request}",
-            task["stage"].as_str().unwrap_or("-"),
-            task["attempts"]
-        );
-        if now != last && !json_out {
-            println!("[{:>5.1}s] {now}", started.elapsed().as_secs_f64());
-            last = now;
-        }
-        let code = match status.as_str() {
-            "done" => Some(0),
-            "failed" => Some(EXIT_FAILED),
-            "dead_letter" => Some(EXIT_DEAD_LETTER),
-            "cancelled" => Some(EXIT_CANCELLED),
-            _ => None,
-        };
-        if let Some(code) = code {
+        let task = client.get(&path).await?;
+        progress.update(show::progress_line(&task));
+        let status = task["status"].as_str().unwrap_or("?");
+        if let Some(code) = outcome_code(status) {
             if let Some(printer) = printer {
                 // The stream ends after the task: the last lines come first.
                 let _ = tokio::time::timeout(OUTPUT_LINGER, printer).await;
             }
-            if json_out {
-                print_json(&task)?;
-            } else if let Some(delivered) = task["delivered"].as_str() {
-                // `already_on_base`: the commit is the base's, not one of this task's.
-                let commit = task["commit"].as_str().unwrap_or("-");
-                println!("task {id} ended {status}: delivered {delivered} at {commit}");
-            } else if code != 0 {
-                let error = &task["error"];
-                eprintln!(
-                    "task {id} ended {status}: {}: {}",
-                    error["code"].as_str().unwrap_or("-"),
-                    error["message"].as_str().unwrap_or("")
-                );
-            }
+            progress.finish();
+            report_end(client, id, &task, code)?;
             return Ok(code);
         }
         tokio::time::sleep(WAIT_POLL).await;
     }
 }
 
-/// ` pr=#N <state> <url> checks=<name:conclusion,…>` for a `pull_request` delivery (empty
-/// without one).
-fn pull_request_line(pr: &Value) -> String {
-    let Some(number) = pr["number"].as_u64() else {
-        return String::new();
-    };
-    let checks: Vec<String> = pr["checks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            let result = c["conclusion"].as_str().or(c["status"].as_str());
-            format!(
-                "{}:{}",
-                c["name"].as_str().unwrap_or("?"),
-                result.unwrap_or("?")
-            )
-        })
-        .collect();
-    format!(
-        " pr=#{number} {} {} checks={}",
-        pr["state"].as_str().unwrap_or("?"),
-        pr["url"].as_str().unwrap_or("-"),
-        if checks.is_empty() {
-            "-".into()
-        } else {
-            checks.join(",")
-        }
-    )
+/// The last word on a followed task: the task as JSON, how it was delivered, or its error.
+fn report_end(client: &Client, id: &str, task: &Value, code: u8) -> Result<(), CliError> {
+    let status = task["status"].as_str().unwrap_or("?");
+    if client.json {
+        print_json(task)?;
+    } else if let Some(delivered) = task["delivered"].as_str() {
+        // `already_on_base`: the commit is the base's, not one of this task's.
+        let commit = task["commit"].as_str().unwrap_or("-");
+        println!("task {id} ended {status}: delivered {delivered} at {commit}");
+    } else if code != EXIT_OK {
+        let error = &task["error"];
+        eprintln!(
+            "task {id} ended {status}: {}: {}",
+            error["code"].as_str().unwrap_or("-"),
+            error["message"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
 }
 
 /// Prints the live output of a task's running commands from its event stream until the stream
 /// ends (or the caller drops it). The stream is best effort: without it, progress still shows.
-async fn print_output(client: reqwest::Client, url: String) {
+async fn print_output(client: reqwest::Client, url: String, bar: Option<ProgressBar>) {
     let Ok(mut response) = client.get(&url).timeout(OUTPUT_STREAM_TIMEOUT).send().await else {
         return;
     };
@@ -430,7 +521,10 @@ async fn print_output(client: reqwest::Client, url: String) {
         while let Some(end) = buffer.windows(2).position(|pair| pair == b"\n\n") {
             let message: Vec<u8> = buffer.drain(..end + 2).collect();
             for line in output_lines(&String::from_utf8_lossy(&message)) {
-                println!("{line}");
+                match &bar {
+                    Some(bar) => bar.println(line),
+                    None => println!("{line}"),
+                }
             }
         }
         if buffer.len() > SSE_MESSAGE_BYTES_MAX {
@@ -481,39 +575,19 @@ fn output_lines(message: &str) -> Vec<String> {
     }
 }
 
-async fn act(
-    client: &reqwest::Client,
-    tasks: &str,
-    id: &str,
-    action: &str,
-    comment: Option<String>,
-    json_out: bool,
-) -> Result<u8, String> {
-    let url = format!("{tasks}/{id}/{action}");
-    let mut request = client.post(&url);
-    if let Some(comment) = comment {
-        request = request.json(&json!({"comment": comment}));
-    }
-    let task = call(request, &url).await?;
-    if json_out {
-        print_json(&task)?;
-    } else {
-        println!("{id} {}", task["status"].as_str().unwrap_or("?"));
-    }
-    Ok(0)
-}
-
+/// Tasks as a table: id, status (coloured on a terminal), stage, kind, title.
 fn print_table(page: &Value) {
     let header = format!(
-        "{:<36}  {:<12}  {:<10}  {:<8}  title",
+        "{:<36}  {:<17}  {:<10}  {:<8}  title",
         "id", "status", "stage", "kind"
     );
     println!("{}", header.to_uppercase());
     for task in page["tasks"].as_array().into_iter().flatten() {
-        println!(
-            "{:<36}  {:<12}  {:<10}  {:<8}  {}",
+        let status = task["status"].as_str().unwrap_or("?");
+        anstream::println!(
+            "{:<36}  {}  {:<10}  {:<8}  {}",
             task["id"].as_str().unwrap_or("?"),
-            task["status"].as_str().unwrap_or("?"),
+            styled(&format!("{status:<17}"), status_style(status)),
             task["stage"].as_str().unwrap_or("-"),
             task["kind"].as_str().unwrap_or("?"),
             task["title"].as_str().unwrap_or("")
@@ -522,16 +596,6 @@ fn print_table(page: &Value) {
     if let Some(next) = page["next_cursor"].as_str() {
         println!("(more: the service's next_cursor is {next})");
     }
-}
-
-fn event_line(event: &Value) -> String {
-    format!(
-        "{}  {:<10}  {:<20}  {}",
-        event["at"].as_str().unwrap_or("?"),
-        event["actor"].as_str().unwrap_or("?"),
-        event["kind"].as_str().unwrap_or("?"),
-        event["data"]
-    )
 }
 
 #[cfg(test)]

@@ -10,6 +10,10 @@ use super::{lookup, Code, CATALOGUE};
 /// Upper-case string literals under `src/` that are not error codes. Kept small and explicit: a
 /// new upper-case literal must be either catalogued or listed here, on purpose.
 const NOT_CODES: &[&str] = &[
+    // The CLI's colour variables and sysexits' usage code (docs/api.md, The CLI).
+    "NO_COLOR",
+    "CLICOLOR_FORCE",
+    "EX_USAGE",
     // HTTP methods (metrics labels, routing).
     "GET",
     "POST",
