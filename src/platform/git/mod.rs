@@ -625,8 +625,11 @@ async fn registered_at(linked: &Linked, path: &Path) -> bool {
 pub(crate) fn is_lock_contention(error: &GitError) -> bool {
     match error {
         GitError::Failed { stderr, .. } => {
-            stderr.contains(".lock")
-                && (stderr.contains("File exists") || stderr.contains("Unable to create"))
+            let git_cli = stderr.contains(".lock")
+                && (stderr.contains("File exists") || stderr.contains("Unable to create"));
+            // gix's ref transactions say so once their lock wait ran out.
+            let gix = stderr.contains("Could not lock");
+            git_cli || gix
         }
         _ => false,
     }

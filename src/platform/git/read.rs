@@ -257,8 +257,19 @@ pub(crate) async fn locate(dir: &Path) -> Result<Location, GitError> {
 
 /// Opens the repository at `dir` isolated (no system or user configuration).
 pub(super) fn open(dir: &PathBuf) -> Result<gix::Repository, GitError> {
-    gix::open_opts(dir, gix::open::Options::isolated()).map_err(failed("open the repository"))
+    let options = gix::open::Options::isolated().config_overrides(REF_LOCK_TIMEOUTS);
+    gix::open_opts(dir, options).map_err(failed("open the repository"))
 }
+
+/// How long a ref transaction waits (with back-off) for a ref's lock and for `packed-refs.lock`.
+/// git's defaults (100 ms, 1 s) are for one person at a terminal; here many tasks' branches move
+/// and are deleted at once in one repository (every deletion takes `packed-refs.lock`), and on a
+/// loaded machine a 1 s wait ran out and failed a task's implement. Both stay well under
+/// [`QUESTION_TIMEOUT`].
+const REF_LOCK_TIMEOUTS: [&str; 2] = [
+    "core.filesRefLockTimeout=4000",
+    "core.packedRefsTimeout=4000",
+];
 
 /// Maps a gix error to [`GitError::Failed`], naming what was asked.
 pub(super) fn failed<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> GitError {
