@@ -43,7 +43,18 @@ async fn never_more_than_max_concurrent_tasks_run_and_all_finish() {
         let working = running.clone().filter(|t| t["stage"] != "deliver").count();
         let waiting = running.filter(|t| t["stage"] == "deliver").count();
         most_running = most_running.max(working);
-        assert!(working <= 2, "{working} tasks working at once");
+        assert!(
+            working <= 2,
+            "{working} tasks working at once: {:#}",
+            tasks
+                .iter()
+                .map(|t| format!(
+                    "{} {} {} a={}",
+                    t["id"], t["status"], t["stage"], t["attempts"]
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
         assert!(
             working + waiting <= 3,
             "{working} working and {waiting} waiting in the merge queue: more than 2 slots + 1 parked"
