@@ -722,6 +722,18 @@ async fn on_stage_error(
     }
     // The whole chain for the operator; the task records (and clients see) code and message only.
     tracing::warn!(task = %task.id, stage = ?task.progress.stage, code = error.code(), error = %error.chain(), "stage failed");
+    let mut events = Vec::new();
+    if matches!(error, StageError::GitLocked(_)) {
+        // A lock nobody holds any more (its writer was killed) would refuse every retry.
+        let repo_dir = state.services.repo_dir(&task.spec.repo);
+        for lock in crate::platform::git::stale_locks::break_stale_ref_locks(&repo_dir).await {
+            events.push(NewEvent::new(
+                &state.name,
+                "git.stale_lock_removed",
+                json!({"path": lock.path.display().to_string(), "age_secs": lock.age.as_secs()}),
+            ));
+        }
+    }
     let retry = &state.services.config.retry;
     if !error.is_transient() {
         return end_task(myself, state, task, TaskStatus::Failed, error.to_info()).await;
@@ -739,15 +751,15 @@ async fn on_stage_error(
     let delay = retry.delay(retry_number);
     let info = error.to_info();
     let failure_info = info.clone();
-    let event = NewEvent::new(
+    events.push(NewEvent::new(
         &state.name,
         "stage.retry_scheduled",
         json!({"stage": stage, "attempt": task.progress.attempts, "retry": retry_number, "delay_ms": delay.as_millis(), "error": info}),
-    );
+    ));
     state
         .services
         .store
-        .update_task(task.id, &[event], move |t| {
+        .update_task(task.id, &events, move |t| {
             transitions::apply(t, LifecycleEvent::RetryStage);
             t.record_failure(stage, failure_info);
         })

@@ -35,6 +35,11 @@ pub struct CommandSpec {
     pub timeout: Duration,
     /// Per stream: bytes kept of stdout and of stderr.
     pub output_bytes_max: usize,
+    /// When set, a timeout or a cancel first asks the group to stop (`SIGTERM`) and kills it only
+    /// after this grace. git removes its lock files on `SIGTERM`; a `SIGKILL` in the middle of a
+    /// ref change leaves `packed-refs.lock` behind, and every later branch deletion or compare-
+    /// and-swap in that repository then fails until a human deletes it.
+    pub stop_grace: Option<Duration>,
 }
 
 impl CommandSpec {
@@ -53,6 +58,7 @@ impl CommandSpec {
             env_clear: false,
             timeout,
             output_bytes_max,
+            stop_grace: None,
         }
     }
 }
@@ -94,18 +100,48 @@ pub struct SpawnError {
     pub source: std::io::Error,
 }
 
-/// Kills a whole process group when dropped: a cancelled or aborted job leaves no process behind.
+/// Ends a whole process group when dropped: a cancelled or aborted job leaves no process behind.
+/// With a grace ([`CommandSpec::stop_grace`]) the group is asked first and killed after it.
 struct ProcessGroupGuard {
     /// The group id (the leader's pid, as the child is started with `process_group(0)`).
     pgid: Option<i32>,
+    /// How long the group has between `SIGTERM` and `SIGKILL`; `None` kills at once.
+    grace: Option<Duration>,
 }
 
 impl ProcessGroupGuard {
+    /// Kills the group at once: what is left once its leader has exited (background processes
+    /// that would hold the pipes open).
     fn kill(&mut self) {
         if let Some(pgid) = self.pgid.take() {
-            // SAFETY: kill(2) with a negative pid signals a process group; it touches no memory.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
+            signal_group(pgid, libc::SIGKILL);
+        }
+    }
+
+    /// Stops the group of a leader that has not exited (a timeout or a cancel): at once without a
+    /// grace; with one, `SIGTERM` now and `SIGKILL` for whatever is left when the grace is over,
+    /// from a timer that does not hold up the caller.
+    fn stop(&mut self) {
+        let Some(grace) = self.grace else {
+            return self.kill();
+        };
+        let Some(pgid) = self.pgid.take() else {
+            return;
+        };
+        signal_group(pgid, libc::SIGTERM);
+        let kill_late = move || signal_group(pgid, libc::SIGKILL);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    kill_late();
+                });
+            }
+            Err(_) => {
+                std::thread::spawn(move || {
+                    std::thread::sleep(grace);
+                    kill_late();
+                });
             }
         }
     }
@@ -113,7 +149,15 @@ impl ProcessGroupGuard {
 
 impl Drop for ProcessGroupGuard {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
+    }
+}
+
+/// Sends `signal` to the process group `pgid`; a group that is gone is not an error.
+fn signal_group(pgid: i32, signal: libc::c_int) {
+    // SAFETY: kill(2) with a negative pid signals a process group; it touches no memory.
+    unsafe {
+        libc::kill(-pgid, signal);
     }
 }
 
@@ -231,7 +275,8 @@ async fn spawn_and_wait(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true);
+        // The guard below ends the group; tokio's own kill would `SIGKILL` a leader in its grace.
+        .kill_on_drop(spec.stop_grace.is_none());
     restore_umask(&mut command);
     if let Some(setup) = setup {
         // SAFETY: the hook's contract: async-signal-safe calls only, on memory prepared before
@@ -250,6 +295,7 @@ async fn spawn_and_wait(
     }
     let mut guard = ProcessGroupGuard {
         pgid: child.id().and_then(|pid| i32::try_from(pid).ok()),
+        grace: spec.stop_grace,
     };
     // The pipe readers are owned by this run (dropped with it), not background tasks.
     let bytes_max = spec.output_bytes_max;
@@ -267,6 +313,10 @@ async fn spawn_and_wait(
     let (status, timed_out) = match tokio::time::timeout(spec.timeout, child.wait()).await {
         Ok(status) => (status.ok(), false),
         Err(_elapsed) => {
+            if let (Some(grace), Some(pgid)) = (spec.stop_grace, guard.pgid) {
+                signal_group(pgid, libc::SIGTERM);
+                let _ = tokio::time::timeout(grace, child.wait()).await;
+            }
             guard.kill();
             (child.wait().await.ok(), true)
         }
@@ -903,6 +953,69 @@ mod tests {
         assert!(output.timed_out);
         assert!(output.duration < Duration::from_secs(5));
         assert!(!output.stdout.text.contains("never"));
+    }
+
+    /// A command holding a lock file the way git does: it takes it, and its `SIGTERM` handler
+    /// removes it (git's lockfile code does the same).
+    fn lock_holder(
+        dir: &std::path::Path,
+        grace: Option<Duration>,
+        timeout: Duration,
+    ) -> CommandSpec {
+        let mut spec = CommandSpec::shell(
+            "trap 'rm -f held.lock; exit 143' TERM; : > held.lock; sleep 30 & wait",
+            dir.to_path_buf(),
+            timeout,
+            1024,
+        );
+        spec.stop_grace = grace;
+        spec
+    }
+
+    /// Polls for up to 5 s until `path` is gone.
+    async fn gone_within_5s(path: &std::path::Path) -> bool {
+        for _ in 0..100 {
+            if !path.exists() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// A cancelled run (its future dropped, as an aborted task drops it) with a grace lets the
+    /// command remove its lock; without one, `SIGKILL` leaves the lock behind for good.
+    #[tokio::test]
+    async fn a_cancel_with_a_grace_lets_the_command_remove_its_lock() {
+        for grace in [Some(Duration::from_secs(2)), None] {
+            let dir = tempfile::tempdir().unwrap();
+            let lock = dir.path().join("held.lock");
+            let spec = lock_holder(dir.path(), grace, Duration::from_secs(60));
+            let mut run = Box::pin(run(&spec));
+            let waited = tokio::time::timeout(Duration::from_millis(500), &mut run).await;
+            assert!(waited.is_err(), "the command ran to its end");
+            assert!(lock.exists(), "the command had not taken its lock yet");
+            drop(run);
+            let removed = gone_within_5s(&lock).await;
+            assert_eq!(removed, grace.is_some(), "grace {grace:?}");
+        }
+    }
+
+    /// A timeout with a grace asks first: the command removes its lock and the run still ends
+    /// promptly, marked timed out.
+    #[tokio::test]
+    async fn a_timeout_with_a_grace_lets_the_command_remove_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("held.lock");
+        let spec = lock_holder(
+            dir.path(),
+            Some(Duration::from_secs(2)),
+            Duration::from_millis(300),
+        );
+        let output = run(&spec).await.unwrap();
+        assert!(output.timed_out);
+        assert!(output.duration < Duration::from_secs(3), "{output:?}");
+        assert!(!lock.exists());
     }
 
     #[tokio::test]

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::helpers::{git, git_repo, process_group_alive, shell_task, wait_group_gone, Service};
+use crate::helpers::{
+    git, git_repo, process_group_alive, shell_task, wait_group_gone, Options, Service,
+};
 
 /// A verify command that hangs the first time it runs (recording its process group in `marker`)
 /// and passes on every later run.
@@ -115,4 +117,43 @@ async fn sigterm_stops_cleanly_and_the_next_start_resumes_in_flight_work() {
         .event_kinds(&id)
         .await
         .contains(&"task.resumed".to_owned()));
+}
+
+/// A `packed-refs.lock` whose writer died (planted here, a minute old, as a `kill -9` in the
+/// middle of a ref change leaves it) would refuse every branch change in the repository for
+/// good: the task's retry removes it, says so, and the task lands. A fresh lock is a live
+/// writer's and is left alone.
+#[tokio::test]
+async fn an_abandoned_ref_lock_is_removed_and_the_task_lands() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let lock = repo.join(".git/packed-refs.lock");
+    std::fs::write(&lock, "").unwrap();
+    let file = std::fs::File::options().write(true).open(&lock).unwrap();
+    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+        .unwrap();
+    drop(file);
+    let service = Service::start_in_process(root.path(), Options::default()).await;
+    let task = service
+        .submit(&shell_task(&repo, "echo hello > hello.txt", "true"))
+        .await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let task = service.wait_until_finished(&id).await;
+    assert_eq!(task["status"], "done", "{task:#}");
+    assert!(!lock.exists());
+    let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    let removed: Vec<&serde_json::Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["kind"] == "git.stale_lock_removed")
+        .collect();
+    assert_eq!(removed.len(), 1, "{events:#}");
+    assert!(
+        removed[0]["data"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("packed-refs.lock"),
+        "{removed:#?}"
+    );
 }

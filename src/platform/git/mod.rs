@@ -6,6 +6,7 @@ pub(crate) mod candidate;
 pub(crate) mod read;
 pub(crate) mod sandbox_dir;
 pub(crate) mod staged;
+pub(crate) mod stale_locks;
 pub(crate) mod write;
 
 use std::collections::HashMap;
@@ -28,6 +29,9 @@ const COMMITTER: [&str; 4] = [
     "-c",
     "user.email=glitchlab@localhost",
 ];
+
+/// How long git has, once a timeout or a cancel asked it to stop, to remove its lock files.
+const GIT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Every commit and merge would otherwise start `git maintenance run --auto` (a process, ≈ 3 ms,
 /// on a task's critical path twice); glitchlab runs it itself every
@@ -111,6 +115,20 @@ fn worktree_lock(repo: &Path) -> Arc<tokio::sync::Mutex<()>> {
     let lock = Arc::new(tokio::sync::Mutex::new(()));
     locks.insert(repo.to_path_buf(), Arc::downgrade(&lock));
     lock
+}
+
+/// Runs `work` to its end even when its caller stops waiting (a cancelled task's future is
+/// dropped): git interrupted in the middle of a ref change leaves a lock file behind — a
+/// `SIGTERM` that lands between git creating `packed-refs.lock` and registering it for removal
+/// does too — and every later change of a branch in that repository is refused until a human
+/// deletes it. Each piece of work is bounded by the git timeouts inside it.
+async fn to_the_end<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, GitError>> + Send + 'static,
+) -> Result<T, GitError> {
+    tokio::spawn(work).await.map_err(|error| GitError::Failed {
+        args: "(run to its end)".into(),
+        stderr: error.to_string(),
+    })?
 }
 
 /// Git in one directory, with one timeout.
@@ -296,8 +314,10 @@ impl Git {
             env_clear: true,
             timeout: self.timeout,
             output_bytes_max,
+            stop_grace: Some(GIT_STOP_GRACE),
         };
-        let output = process::run(&spec).await?;
+        let output =
+            to_the_end(async move { process::run(&spec).await.map_err(GitError::from) }).await?;
         let joined = args.join(" ");
         if output.timed_out {
             return Err(GitError::Timeout { args: joined });
@@ -366,6 +386,22 @@ impl Git {
     /// task's worktree and branch are made by one `worktree add -b`; only when that fails (the
     /// branch exists, a stale entry of a crashed run) does it prune and try the slower way.
     pub(crate) async fn ensure_worktree(
+        &self,
+        path: &Path,
+        branch: &str,
+        base: &str,
+    ) -> Result<(Worktree, Git), GitError> {
+        let (repo, path, branch, base) = (
+            self.clone(),
+            path.to_owned(),
+            branch.to_owned(),
+            base.to_owned(),
+        );
+        to_the_end(async move { repo.make_worktree(&path, &branch, &base).await }).await
+    }
+
+    /// [`Self::ensure_worktree`], run to its end whoever waits for it.
+    async fn make_worktree(
         &self,
         path: &Path,
         branch: &str,
@@ -477,11 +513,15 @@ impl Git {
                 return Ok(false);
             }
         }
-        let lock = worktree_lock(&self.dir);
-        let _serialized = lock.lock().await;
-        self.run(&["worktree", "prune"]).await?;
-        self.run(&["branch", "-D", "--quiet", branch]).await?;
-        Ok(true)
+        let (repo, branch) = (self.clone(), branch.to_owned());
+        to_the_end(async move {
+            let lock = worktree_lock(&repo.dir);
+            let _serialized = lock.lock().await;
+            repo.run(&["worktree", "prune"]).await?;
+            repo.run(&["branch", "-D", "--quiet", &branch]).await?;
+            Ok(true)
+        })
+        .await
     }
 
     /// Whether `branch` lacks commits `base` has (the base moved on since the branch was made, or
@@ -501,11 +541,15 @@ impl Git {
     /// whatever a task left there) — even when the repository can no longer be read — then its
     /// registration (locked, so `prune` would keep it), then git forgets whatever else is stale.
     pub(crate) async fn remove_worktree(&self, path: &Path) -> Result<(), GitError> {
-        let lock = worktree_lock(&self.dir);
-        let _serialized = lock.lock().await;
-        self.forget_worktree(path).await?;
-        self.run(&["worktree", "prune"]).await?;
-        Ok(())
+        let (repo, path) = (self.clone(), path.to_owned());
+        to_the_end(async move {
+            let lock = worktree_lock(&repo.dir);
+            let _serialized = lock.lock().await;
+            repo.forget_worktree(&path).await?;
+            repo.run(&["worktree", "prune"]).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Removes a worktree in-process: its files, then its registration (the admin dir with its
@@ -513,9 +557,13 @@ impl Git {
     /// other worktrees left stale is the sweep's ([`Self::remove_worktree`]). Serialized with
     /// the other worktree administration of the repository.
     pub(crate) async fn remove_worktree_now(&self, path: &Path) -> Result<(), GitError> {
-        let lock = worktree_lock(&self.dir);
-        let _serialized = lock.lock().await;
-        self.forget_worktree(path).await
+        let (repo, path) = (self.clone(), path.to_owned());
+        to_the_end(async move {
+            let lock = worktree_lock(&repo.dir);
+            let _serialized = lock.lock().await;
+            repo.forget_worktree(&path).await
+        })
+        .await
     }
 
     /// The files and the registration of the worktree at `path` (the caller holds the lock).
