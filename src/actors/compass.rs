@@ -69,6 +69,9 @@ struct PipelineSlot {
     history: RestartHistory,
     /// Its task waits in a merge queue: the slot does not count against the limit.
     parked: bool,
+    /// Its task left the queue with work to do and waits, still parked, for a slot
+    /// ([`CompassMsg::SlotWanted`]).
+    wants_slot: bool,
 }
 
 /// Compass's state.
@@ -256,13 +259,26 @@ impl Actor for Compass {
                     start_pipeline(&myself, state, task_id).await;
                 }
             }
-            CompassMsg::Parked(task_id, parked) => {
+            CompassMsg::Parked(task_id, true) => {
                 if let Some(slot) = state.pipelines.get_mut(&task_id) {
-                    slot.parked = parked;
-                    if parked {
-                        dispatch(&myself, state).await;
+                    slot.parked = true;
+                    dispatch(&myself, state).await;
+                }
+            }
+            // Unparked only if that fits: a pipeline that goes on working asks for its slot
+            // (`SlotWanted`); one that ends frees it anyway.
+            CompassMsg::Parked(task_id, false) => {
+                if fits_unparked(state, task_id) {
+                    if let Some(slot) = state.pipelines.get_mut(&task_id) {
+                        slot.parked = false;
                     }
                 }
+            }
+            CompassMsg::SlotWanted(task_id) => {
+                if let Some(slot) = state.pipelines.get_mut(&task_id) {
+                    slot.wants_slot = true;
+                }
+                dispatch(&myself, state).await;
             }
         }
         Ok(())
@@ -768,9 +784,11 @@ async fn on_ended_by_pipeline(
     execute(myself, state, &MovedTask { task, effects }).await
 }
 
-/// Starts queued tasks while slots are free.
+/// Gives free slots to pipelines back from their merge queue first (`SlotWanted`, oldest task
+/// first), then starts queued tasks while slots are free.
 async fn dispatch(myself: &ActorRef<CompassMsg>, state: &mut CompassState) {
     let slots = state.services.config.compass.max_concurrent_tasks;
+    give_back_slots(state);
     while busy_slots(state) < slots {
         let next = state
             .resuming
@@ -782,6 +800,44 @@ async fn dispatch(myself: &ActorRef<CompassMsg>, state: &mut CompassState) {
         start_pipeline(myself, state, task_id).await;
     }
     set_queue_depth(state);
+}
+
+/// Answers the pipelines waiting for their slot back (`SlotWanted`) while they fit, oldest task
+/// first: each is unparked and told to go on.
+fn give_back_slots(state: &mut CompassState) {
+    loop {
+        let next = state
+            .pipelines
+            .iter()
+            .filter(|(_, slot)| slot.wants_slot)
+            .map(|(task_id, _)| *task_id)
+            .min();
+        let Some(task_id) = next.filter(|task_id| fits_unparked(state, *task_id)) else {
+            return;
+        };
+        let Some(slot) = state.pipelines.get_mut(&task_id) else {
+            return;
+        };
+        slot.parked = false;
+        slot.wants_slot = false;
+        if let Some(pipeline) = &slot.actor {
+            let _ = pipeline.cast(PipelineMsg::Advance);
+        }
+    }
+}
+
+/// Whether `task_id`'s pipeline could hold a slot without the service going over
+/// `compass.max_concurrent_tasks` (one already holding one always fits).
+fn fits_unparked(state: &CompassState, task_id: TaskId) -> bool {
+    let Some(slot) = state.pipelines.get(&task_id) else {
+        return false;
+    };
+    if !slot.parked {
+        return true;
+    }
+    let parked = state.pipelines.values().filter(|slot| slot.parked).count() - 1;
+    let free_parked = parked.min(state.services.config.compass.max_parked_tasks);
+    state.pipelines.len() - free_parked <= state.services.config.compass.max_concurrent_tasks
 }
 
 /// Pipelines that hold a slot: every one but those waiting in a merge queue, up to
@@ -816,9 +872,11 @@ async fn start_pipeline(myself: &ActorRef<CompassMsg>, state: &mut CompassState,
             actor: None,
             history: RestartHistory::default(),
             parked: false,
+            wants_slot: false,
         });
     // A new incarnation starts its stage again; it parks again if that is a delivery.
     slot.parked = false;
+    slot.wants_slot = false;
     let restarts = slot.history.total();
     match spawned {
         Ok((actor, _)) => {

@@ -645,7 +645,7 @@ async fn finish_stage(
             }
         })
         .await?;
-    myself.cast(PipelineMsg::Advance).ok();
+    go_on(myself, &state.services, task.id, stage, next).await;
     Ok(())
 }
 
@@ -705,8 +705,33 @@ async fn failed_attempt(
             t.progress.merge.rebase_if_behind = false;
         })
         .await?;
-    myself.cast(PipelineMsg::Advance).ok();
+    go_on(myself, &state.services, task.id, stage, Stage::Implement).await;
     Ok(())
+}
+
+/// Goes on with the task's next stage. Leaving a merge-queue wait (deliver, approve: the slot was
+/// given up) for work that holds one, it asks Compass for the slot back first, and Compass
+/// answers with `Advance` once one is free — going on at once would put the service over
+/// `compass.max_concurrent_tasks` while every slot is taken.
+async fn go_on(
+    myself: &ActorRef<PipelineMsg>,
+    services: &Services,
+    task_id: TaskId,
+    from: Stage,
+    next: Stage,
+) {
+    use crate::runtime::compass::CompassMsg;
+    let parks = |stage| matches!(stage, Stage::Deliver | Stage::Approve);
+    if parks(from) && !parks(next) {
+        let compass = services
+            .directory
+            .persona::<CompassMsg>(Duration::ZERO, None)
+            .await;
+        if compass.is_ok_and(|compass| compass.cast(CompassMsg::SlotWanted(task_id)).is_ok()) {
+            return;
+        }
+    }
+    myself.cast(PipelineMsg::Advance).ok();
 }
 
 /// A stage could not produce a result: retry infrastructure trouble with backoff, end the task

@@ -188,7 +188,8 @@ pub enum Effect {
     EscalateToHuman,
     /// Compass stops counting the task's pipeline against `compass.max_concurrent_tasks`.
     FreeSlot,
-    /// Compass counts it again.
+    /// Compass counts it again once a slot is free: a task leaving the line with work to do asks
+    /// for it (`SlotWanted`) and goes on only when Compass answers, so the limit holds.
     TakeSlot,
     /// Compass takes the task out of the line it waited in (its queue, its list of tasks
     /// resuming after a restart, or its blocked set) and forgets the crashes it was blamed for.

@@ -39,6 +39,11 @@ pub(crate) enum CompassMsg {
     /// line it holds no slot of `compass.max_concurrent_tasks` (the queue's own turns bound the
     /// verify runs: one at a time per repository and base).
     Parked(TaskId, bool),
+    /// A pipeline whose task left its merge queue with more work to do (sent back to implement,
+    /// or on to deploy) asks for its slot back: Compass answers with `PipelineMsg::Advance` once
+    /// one is free, before any queued task gets it, so leaving the line never puts the service
+    /// over `compass.max_concurrent_tasks`.
+    SlotWanted(TaskId),
 }
 
 /// What a client can do to a task through Compass.

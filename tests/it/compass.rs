@@ -71,6 +71,77 @@ async fn never_more_than_max_concurrent_tasks_run_and_all_finish() {
     }
 }
 
+/// Where a task's implement and verify runs were, in ms since the epoch (a run's id is a UUID v7
+/// made when it starts; its end is that plus its duration). Merge-queue runs (stage `deliver`)
+/// hold no slot and are left out.
+async fn working_intervals(service: &Service, id: &str) -> Vec<(u64, u64, String)> {
+    let (_, runs) = service.get(&format!("/v1/tasks/{id}/runs")).await;
+    runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|run| run["stage"] == "implement" || run["stage"] == "verify")
+        .map(|run| {
+            let hex = run["id"].as_str().unwrap().replace('-', "");
+            let start = u64::from_str_radix(&hex[..12], 16).unwrap();
+            let end = start + run["duration_ms"].as_u64().unwrap();
+            let what = format!("{} attempt {}", run["stage"], run["attempt"]);
+            (start, end, what)
+        })
+        .collect()
+}
+
+/// A task its merge queue sends back to implement (the base moved under it: a conflict) while
+/// the only slot is taken waits for the slot: its second implement never runs while another
+/// task implements or verifies. Before, leaving the queue took the slot back at once and two
+/// tasks worked under `max_concurrent_tasks = 1`.
+#[tokio::test]
+async fn a_task_sent_back_from_its_merge_queue_waits_for_a_free_slot() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start_in_process(
+        root.path(),
+        with_config("[compass]\nmax_concurrent_tasks = 1\nmax_parked_tasks = 1\n"),
+    )
+    .await;
+    let conflicting = crate::pipeline::moves_base_then(
+        &repo,
+        "changed on main",
+        "echo 'changed by the task' > README.md",
+    );
+    let sent_back = id_of(
+        &service
+            .submit(&shell_task(&repo, &conflicting, "true"))
+            .await,
+    );
+    // Starts when the first one parks in its merge queue, and works for 2 s.
+    let busy = id_of(
+        &service
+            .submit(&shell_task(&repo, "sleep 2; echo busy > busy.txt", "true"))
+            .await,
+    );
+    for id in [&sent_back, &busy] {
+        let task = service.wait_until_finished(id).await;
+        assert_eq!(task["status"], "done", "{task:#}");
+    }
+    let task = service.wait_until_finished(&sent_back).await;
+    assert_eq!(
+        task["failures"][0]["error"]["code"], "MERGE_CONFLICT",
+        "{task:#}"
+    );
+    let first = working_intervals(&service, &sent_back).await;
+    let second = working_intervals(&service, &busy).await;
+    for (start, end, what) in &first {
+        for (other_start, other_end, other_what) in &second {
+            assert!(
+                end <= other_start || other_end <= start,
+                "the sent-back task's {what} ({start}..{end}) overlapped the other's \
+                 {other_what} ({other_start}..{other_end})"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_critical_task_submitted_after_a_low_one_starts_first() {
     let root = tempfile::tempdir().unwrap();

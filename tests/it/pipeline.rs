@@ -350,7 +350,11 @@ async fn cancel_kills_the_running_engine_and_ends_the_task() {
 /// A patch engine that also moves `main` in the user's repository while the task runs.
 /// A patch command that, on its first attempt only, commits `base_content` on the base (as a
 /// teammate would, after the task's branch left it), then makes the task's edit.
-fn moves_base_then(repo: &std::path::Path, base_content: &str, task_edit: &str) -> String {
+pub(crate) fn moves_base_then(
+    repo: &std::path::Path,
+    base_content: &str,
+    task_edit: &str,
+) -> String {
     format!(
         "if [ \"$GLITCHLAB_ATTEMPT\" = 1 ]; then printf '{base_content}\\n' > {r}/{file} && \
          git -C {r} -c user.name=t -c user.email=t@t add -A && \
