@@ -541,17 +541,18 @@ async fn stall_the_verify_holder(
         "the other factory runs a redelivery",
         Duration::from_secs(LEASE_SECS * 4),
         async || {
+            // A poll: an answer without the list (a loaded machine's timeout) is "not yet".
             let (_, fleet) = service.get("/v1/fleet").await;
-            fleet["factories"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|factory| {
+            fleet["factories"].as_array().is_some_and(|factories| {
+                factories.iter().any(|factory| {
                     factory["name"] != holder.as_str()
-                        && factory["running"].as_array().unwrap().iter().any(|job| {
-                            job["task_id"] == id.as_str() && job["delivery"].as_u64() >= Some(2)
+                        && factory["running"].as_array().is_some_and(|jobs| {
+                            jobs.iter().any(|job| {
+                                job["task_id"] == id.as_str() && job["delivery"].as_u64() >= Some(2)
+                            })
                         })
                 })
+            })
         },
     )
     .await;
