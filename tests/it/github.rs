@@ -270,6 +270,101 @@ async fn a_check_that_never_reports_stalls() {
     assert!(merges(&setup.fake).is_empty());
 }
 
+/// A check that never reports e2e on the head (ci passes), for the stall tests.
+fn e2e_never_reports(fake: &Fake) {
+    fake.with(|s| {
+        s.required_checks = Some(vec!["ci".into(), "e2e".into()]);
+        s.ci = Arc::new(|_| {
+            vec![
+                ScriptedCheck::run("ci", "success"),
+                ScriptedCheck {
+                    conclusion: None,
+                    ..ScriptedCheck::run("e2e", "success")
+                },
+            ]
+        })
+    });
+}
+
+fn parse_time(value: &Value) -> chrono::DateTime<chrono::Utc> {
+    let text = value.as_str().unwrap_or_else(|| panic!("no time: {value}"));
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
+
+/// The checks' deadline survives a restart: the wait began (`checks_since`, on the record) before
+/// a `kill -9`; the restarted service stalls at the original deadline, not a full deadline after
+/// it came back.
+#[tokio::test]
+async fn the_checks_deadline_counts_from_before_a_restart() {
+    const DEADLINE_SECS: i64 = 10;
+    let setup = setup().await;
+    e2e_never_reports(&setup.fake);
+    let options = Options {
+        env: vec![(TOKEN_ENV.into(), TOKEN.into())],
+        ..with_config(&github_config(
+            &setup.fake,
+            &format!("checks_deadline_secs = {DEADLINE_SECS}\n"),
+        ))
+    };
+    let mut service = Service::start_with(setup.root.path(), options.clone()).await;
+    let body = pr_task(setup.root.path(), &setup.url, json!({"repo": REPO}));
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let waiting = service
+        .wait_for_task(&id, Duration::from_secs(120), |t| {
+            t["pull_request"]["checks_since"].is_string()
+        })
+        .await;
+    let since = parse_time(&waiting["pull_request"]["checks_since"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    service.kill_9();
+    // Down long enough that "a deadline from the restart" and "the original deadline" differ.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let again = Service::start_with(setup.root.path(), options).await;
+    let restarted = chrono::Utc::now();
+    let done = again
+        .wait_finished_within(&id, Duration::from_secs(120))
+        .await;
+    assert_eq!(done["status"], "failed", "{done:#}");
+    assert_eq!(done["error"]["code"], "CHECKS_STALLED", "{done:#}");
+    assert_eq!(
+        parse_time(&done["pull_request"]["checks_since"]),
+        since,
+        "set once for the head"
+    );
+    let (_, events) = again.get(&format!("/v1/tasks/{id}/events")).await;
+    let events = events["events"].as_array().unwrap();
+    let opened = events
+        .iter()
+        .find(|e| e["kind"] == "pull_request.state" && e["data"]["state"] == "pr_open")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    let finished = events
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "task.finished")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    let (opened, finished) = (parse_time(&opened["ts"]), parse_time(&finished["ts"]));
+    assert!(
+        (opened - since).num_milliseconds().abs() < 1000,
+        "the wait began when the PR was recorded: {opened} {since}"
+    );
+    let deadline = chrono::Duration::seconds(DEADLINE_SECS);
+    assert!(
+        finished - since >= deadline,
+        "not before the deadline: {since} → {finished}"
+    );
+    assert!(
+        finished < restarted + deadline,
+        "at the original deadline, not a deadline after the restart ({restarted}): {since} → {finished}"
+    );
+    crate::github_contract::check(&setup.fake.log());
+    assert!(merges(&setup.fake).is_empty());
+}
+
 /// `CHANGES_REQUESTED` with two comments → one feedback round → the fix is pushed, glitchlab
 /// replies on both threads once → the required approval → merged.
 #[tokio::test]

@@ -30,10 +30,12 @@ impl Driver {
             };
         }
         let (number, url) = (pull.number, pull.html_url.clone());
+        let since = self.wait_began();
         let recorded = self
             .save(PrState::PrOpen, move |r| {
                 r.number = Some(number);
                 r.url = Some(url);
+                r.checks_since = Some(since);
             })
             .await;
         if let Err(error) = recorded {
@@ -43,7 +45,6 @@ impl Driver {
             };
         }
         self.reply_on_threads(number).await;
-        self.waiting_since = tokio::time::Instant::now();
         Observation::PrReady { merged: None }
     }
 
@@ -145,12 +146,13 @@ impl Driver {
         };
         tracing::info!(task = %self.task.id, from = %self.head, to = %pull.head.sha, "github: the head moved under the merge; verifying again");
         self.head = pull.head.sha;
-        self.waiting_since = tokio::time::Instant::now();
+        let since = self.wait_began();
         let moves = self.record.head_moves + 1;
         if let Err(error) = self
             .save(PrState::WaitingChecks, move |r| {
                 r.head_moves = moves;
                 r.checks.clear();
+                r.checks_since = Some(since);
             })
             .await
         {
