@@ -226,7 +226,11 @@ impl Driver {
             self.record.checks.clear();
         }
         match crate::work::remote::push_branch(&self.services, &self.task).await {
-            Ok(()) => Observation::Pushed,
+            Ok(()) => {
+                // Test hook: a crash after the push, before the record says `pushed`.
+                crate::work_failpoint!("pull_request.pushed");
+                Observation::Pushed
+            }
             Err(error) => Observation::StepFailed {
                 step: "push".into(),
                 message: error.to_string(),

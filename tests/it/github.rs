@@ -542,6 +542,99 @@ async fn a_kill_between_creating_the_pr_and_recording_it_makes_one_pr() {
     assert!(setup.fake.pulls()[0].merged);
 }
 
+/// Stops the real service at the failpoint `at` (`sleep`), once `reached(fake)` says the side
+/// effect before it happened, kills it (`kill -9`), restarts it without the failpoint, and
+/// answers the finished task.
+async fn kill_at_failpoint_and_resume(
+    setup: &Setup,
+    at: &str,
+    reached: impl Fn(&Fake) -> bool,
+) -> Value {
+    let options = Options {
+        env: vec![(TOKEN_ENV.into(), TOKEN.into())],
+        ..with_config(&github_config(&setup.fake, ""))
+    };
+    let mut stopped = options.clone();
+    stopped
+        .env
+        .push(("FAILPOINTS".into(), format!("{at}=sleep(60000)")));
+    let mut service = Service::start_with(setup.root.path(), stopped).await;
+    let body = pr_task(setup.root.path(), &setup.url, json!({"repo": REPO}));
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !reached(&setup.fake) {
+        assert!(std::time::Instant::now() < deadline, "{at} never reached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The failpoint holds the delivery: nothing after it can be recorded before the kill.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    service.kill_9();
+    let again = Service::start_with(setup.root.path(), options).await;
+    let done = again
+        .wait_finished_within(&id, Duration::from_secs(120))
+        .await;
+    crate::github_contract::check(&setup.fake.log());
+    done
+}
+
+/// After a resumed delivery: one PR, one merge call (it succeeded), no comment, and the base
+/// holds the squash of the task's head.
+fn assert_delivered_once(setup: &Setup, done: &Value) {
+    assert_eq!(done["status"], "done", "{done:#}");
+    let pulls = setup.fake.pulls();
+    assert_eq!(pulls.len(), 1, "no second PR: {pulls:#?}");
+    assert!(pulls[0].merged);
+    let merges = merges(&setup.fake);
+    assert_eq!(merges.len(), 1, "no second merge: {merges:#?}");
+    assert_eq!(merges[0]["status"], 200, "{merges:#?}");
+    let opened = setup
+        .fake
+        .log()
+        .into_iter()
+        .filter(|e| e.method == "post" && e.template.ends_with("/pulls"))
+        .count();
+    assert_eq!(opened, 1, "one create call");
+    assert!(setup.fake.with(|s| s.comments.is_empty()), "no comment");
+    let main = remote_git(&setup.bare, &["rev-parse", "main"]);
+    assert_eq!(done["commit"], main.as_str());
+    assert_eq!(done["pull_request"]["merged_sha"], main.as_str());
+    let head = done["pull_request"]["head_sha"].as_str().unwrap();
+    assert_eq!(
+        remote_git(&setup.bare, &["rev-parse", "main^{tree}"]),
+        remote_git(&setup.bare, &["rev-parse", &format!("{head}^{{tree}}")]),
+        "the base holds the squash"
+    );
+}
+
+/// `kill -9` after the push, before the record says so: the restarted service pushes the same
+/// head again (no change), opens one PR and merges it once.
+#[tokio::test]
+async fn a_kill_after_the_push_resumes_with_one_pr_and_one_merge() {
+    let setup = setup().await;
+    let bare = setup.bare.clone();
+    let pushed = move |fake: &Fake| {
+        let branches = remote_git(&bare, &["for-each-ref", "refs/heads/glitchlab/"]);
+        // Pushed, and no PR yet: the kill lands between the two.
+        !branches.is_empty() && fake.pulls().is_empty()
+    };
+    let done = kill_at_failpoint_and_resume(&setup, "pull_request.pushed", pushed).await;
+    assert_delivered_once(&setup, &done);
+}
+
+/// `kill -9` during the merge — GitHub merged, glitchlab had not recorded it: the restarted
+/// service reads the recorded PR, finds it merged and ends the task with its merge commit (no
+/// second merge call).
+#[tokio::test]
+async fn a_kill_during_the_merge_resumes_without_a_second_merge() {
+    let setup = setup().await;
+    let merged = |fake: &Fake| fake.pulls().first().is_some_and(|p| p.merged);
+    let done = kill_at_failpoint_and_resume(&setup, "pull_request.merged", merged).await;
+    assert_delivered_once(&setup, &done);
+}
+
 /// A GitHub App: the JWT (RS256, checked by the fake with the key's public half) buys an
 /// installation token; tokens that expire mid-task are renewed before they do (no call is ever
 /// refused for an expired token).
