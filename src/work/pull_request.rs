@@ -225,7 +225,7 @@ impl Driver {
         if self.record.head_sha.as_deref() != Some(self.head.as_str()) {
             self.record.checks.clear();
         }
-        match crate::work::remote::push_branch(&self.services, &self.task).await {
+        match crate::work::remote::push_head(&self.services, &self.task).await {
             Ok(()) => {
                 // Test hook: a crash after the push, before the record says `pushed`.
                 crate::work_failpoint!("pull_request.pushed");

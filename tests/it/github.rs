@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::github_fake::{Fake, Fault, ScriptedCheck, ScriptedReview, TOKEN};
@@ -799,4 +800,111 @@ async fn intake_refuses_what_it_could_not_deliver() {
         let message = answer["error"]["message"].as_str().unwrap();
         assert!(message.contains(expected), "{change}: {message}");
     }
+}
+
+/// The fake's repository over smart HTTP (`git http-backend` behind the fake's credential check).
+fn http_url(fake: &Fake) -> String {
+    format!("{}/{REPO}.git", fake.url)
+}
+
+/// Runs a pull-request task on the fake's HTTP remote with the real binary (its log is read).
+async fn run_on_http(setup: &Setup) -> (Service, Value) {
+    let options = Options {
+        env: vec![(TOKEN_ENV.into(), TOKEN.into())],
+        ..with_config(&github_config(&setup.fake, ""))
+    };
+    let service = Service::start_with(setup.root.path(), options).await;
+    let body = pr_task(
+        setup.root.path(),
+        &http_url(&setup.fake),
+        json!({"repo": REPO}),
+    );
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = service
+        .wait_finished_within(&id, Duration::from_secs(120))
+        .await;
+    crate::github_contract::check(&setup.fake.log());
+    (service, done)
+}
+
+/// Neither the token nor its Basic form is in the service's log or the task's events.
+async fn assert_token_kept_out(service: &Service, id: &str) {
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{TOKEN}"));
+    let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+    for (what, text) in [
+        ("log", service.log()),
+        ("events", events.to_string()),
+        ("task", task.to_string()),
+    ] {
+        assert!(!text.contains(TOKEN), "the token is in the {what}");
+        assert!(!text.contains(&basic), "the Basic header is in the {what}");
+    }
+}
+
+/// A private repository over HTTP(S): the clone, the fetches and the push carry the token as
+/// `Authorization: Basic x-access-token:<token>` (git's `extraHeader`, from the call's
+/// environment), the push reaches the bare repository and the PR merges; the token is nowhere in
+/// the log or the events.
+#[tokio::test]
+async fn a_private_repo_is_fetched_and_pushed_over_http_with_the_token() {
+    let setup = setup().await;
+    setup.fake.with(|s| s.git_public = false);
+    let (service, done) = run_on_http(&setup).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let requests = setup.fake.with(|s| s.git_requests.clone());
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.method == "POST" && r.path.contains("git-receive-pack") && r.status == 200),
+        "the push went over HTTP: {requests:#?}"
+    );
+    assert!(
+        requests.iter().any(|r| r.path.contains("git-upload-pack")),
+        "so did the clone: {requests:#?}"
+    );
+    assert!(
+        requests.iter().all(|r| r.authorized && r.status != 401),
+        "every git request carried the token: {requests:#?}"
+    );
+    let head = done["pull_request"]["head_sha"].as_str().unwrap();
+    let id = done["id"].as_str().unwrap();
+    assert_eq!(
+        remote_git(&setup.bare, &["rev-parse", &format!("glitchlab/{id}")]),
+        head,
+        "the pushed head is in the bare repository"
+    );
+    assert_eq!(
+        remote_git(&setup.bare, &["rev-parse", "main"]),
+        done["pull_request"]["merged_sha"].as_str().unwrap()
+    );
+    assert_token_kept_out(&service, id).await;
+}
+
+/// A token the remote refuses for writes: the (public) clone works, the push is answered 401, and
+/// the task fails `DELIVERY_FAILED` naming the push — no PR, and no token in what it says.
+#[tokio::test]
+async fn a_wrong_token_fails_the_push_as_delivery_failed() {
+    let setup = setup().await;
+    setup.fake.with(|s| {
+        s.git_public = true;
+        s.git_token = Some("ghs_the-token-git-wants".into());
+    });
+    let (service, done) = run_on_http(&setup).await;
+    assert_eq!(done["status"], "failed", "{done:#}");
+    assert_eq!(done["error"]["code"], "DELIVERY_FAILED", "{done:#}");
+    let message = done["error"]["message"].as_str().unwrap();
+    assert!(message.contains("push"), "{message}");
+    let refused = setup.fake.with(|s| {
+        s.git_requests
+            .iter()
+            .filter(|r| r.status == 401 && r.path.contains("git-receive-pack"))
+            .count()
+    });
+    assert!(refused >= 1, "the push was refused");
+    assert!(setup.fake.pulls().is_empty(), "no PR without the branch");
+    assert_token_kept_out(&service, done["id"].as_str().unwrap()).await;
 }
