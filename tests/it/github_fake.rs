@@ -3,7 +3,11 @@
 //! requests, check runs, commit statuses, reviews, review comments, branch protection, rulesets,
 //! merges, App installation tokens) from its state, runs scripted CI on each new head, can play
 //! a reviewer, rate limits, an outage, token expiry and a slow answer, and logs every exchange
-//! so `github_contract` can hold both sides to GitHub's OpenAPI description.
+//! so `github_contract` can hold both sides to GitHub's OpenAPI description. Its repositories are
+//! also served over git's smart HTTP (`/owner/name.git/…`: `git http-backend` as CGI, pushes
+//! enabled) behind GitHub's credential check — Basic `x-access-token:<token>`, else 401 with
+//! `WWW-Authenticate: Basic` — so the token git carries is tested (`git_public`, `git_token`,
+//! `git_requests`).
 //!
 //! Meant for reuse (issue intake will build on it): state is plain data behind [`Fake::state`].
 
