@@ -4,6 +4,7 @@
 //! so a restart resumes without a second PR, comment or merge). The lifecycle itself is the pure
 //! machine in `work::pull_request::machine`.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -177,6 +178,10 @@ pub struct PullRequestRecord {
     /// Times the head moved under a merge (`409`) and was verified again.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub head_moves: u32,
+    /// When the wait for `head_sha`'s checks began: set once per head and kept across restarts,
+    /// so `checks_deadline_secs` counts from it, not from the process's start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks_since: Option<DateTime<Utc>>,
 }
 
 fn is_zero(value: &u32) -> bool {

@@ -397,11 +397,16 @@ async fn validate(
         server: &config.server.repos,
         caller,
     };
+    // A pull-request task's remote on the GitHub host is asked with the token (a private repo).
+    let delivers_pr = delivery.unwrap_or(config.tasks.delivery) == Delivery::PullRequest;
+    let remote_env = crate::work::remote::auth_env(&config.github, delivers_pr, &repo)
+        .await
+        .unwrap_or_default();
     let repo = parse_repo_in(
         repo,
         &base_branch,
         &services.repo_checks,
-        config.git.timeout(),
+        (config.git.timeout(), &remote_env),
         scope,
     )
     .await?;
@@ -791,7 +796,14 @@ async fn parse_repo(
     checks: &RepoChecks,
     git_timeout: Duration,
 ) -> Result<String, IntakeError> {
-    parse_repo_in(repo, base_branch, checks, git_timeout, RepoScope::ANY).await
+    parse_repo_in(
+        repo,
+        base_branch,
+        checks,
+        (git_timeout, &[]),
+        RepoScope::ANY,
+    )
+    .await
 }
 
 /// `repo`: an absolute path in the work tree of a git repository that has `base_branch`,
@@ -809,12 +821,13 @@ async fn parse_repo_in(
     repo: String,
     base_branch: &str,
     checks: &RepoChecks,
-    git_timeout: Duration,
+    (git_timeout, remote_env): (Duration, &[(String, String)]),
     scope: RepoScope<'_>,
 ) -> Result<String, IntakeError> {
     check_text("repo", &repo, Text::Line)?;
     if crate::model::task::is_remote_repo(&repo) {
-        return parse_remote_repo(repo, base_branch, checks, git_timeout, scope).await;
+        let git = Git::new("/", git_timeout).with_env(remote_env.to_vec());
+        return parse_remote_repo(repo, base_branch, checks, git, scope).await;
     }
     let given = Path::new(&repo);
     if !given.is_absolute() {
@@ -878,8 +891,8 @@ async fn work_tree_top(
     }
 }
 
-/// A `repo` given as a git URL: the remote must answer (`git ls-remote`, bounded by git's
-/// timeout) and have the base branch. The service clones it when work starts (`work::remote`).
+/// A `repo` given as a git URL: the remote must answer (`git ls-remote` through `git`, bounded by
+/// git's timeout, with a pull-request task's token for the GitHub host) and have the base branch. The service clones it when work starts (`work::remote`).
 /// A `file://` URL is kept as the URL of its real path (what its scope was judged on, so what
 /// git reads is what was allowed); any other is kept as given, and refused with a `.` or `..`
 /// segment. The scope is checked before the remote is asked anything.
@@ -887,7 +900,7 @@ async fn parse_remote_repo(
     repo: String,
     base_branch: &str,
     checks: &RepoChecks,
-    git_timeout: Duration,
+    git: Git,
     scope: RepoScope<'_>,
 ) -> Result<String, IntakeError> {
     if repo.chars().any(char::is_whitespace) {
@@ -911,7 +924,7 @@ async fn parse_remote_repo(
         return Ok(url);
     }
     let reference = format!("refs/heads/{base_branch}");
-    let listed = Git::new("/", git_timeout)
+    let listed = git
         .run(&["ls-remote", "--heads", &url, &reference])
         .await
         .map_err(|error| {

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use crate::model::lifecycle::LifecycleEvent;
@@ -66,7 +67,8 @@ struct Driver {
     record: PullRequestRecord,
     /// The head the checks, reviews and merge are about.
     head: String,
-    /// When this head's wait began (the checks' deadline counts from it).
+    /// When this head's wait began (the checks' deadline counts from it; on the record as
+    /// `checks_since`, so it survives a restart).
     waiting_since: tokio::time::Instant,
     /// The base's required checks (read once per delivery).
     required: Option<Vec<String>>,
@@ -186,6 +188,10 @@ impl Driver {
         change: impl FnOnce(&mut PullRequestRecord),
     ) -> Result<(), StageError> {
         let mut next = self.record.clone();
+        if next.head_sha.as_deref() != Some(self.head.as_str()) {
+            // Another head: its wait has not begun.
+            next.checks_since = None;
+        }
         next.state = state;
         next.head_sha = Some(self.head.clone());
         change(&mut next);
@@ -219,13 +225,31 @@ impl Driver {
         if self.record.head_sha.as_deref() != Some(self.head.as_str()) {
             self.record.checks.clear();
         }
-        match crate::work::remote::push_branch(&self.services, &self.task).await {
-            Ok(()) => Observation::Pushed,
+        match crate::work::remote::push_head(&self.services, &self.task).await {
+            Ok(()) => {
+                // Test hook: a crash after the push, before the record says `pushed`.
+                crate::work_failpoint!("pull_request.pushed");
+                Observation::Pushed
+            }
             Err(error) => Observation::StepFailed {
                 step: "push".into(),
                 message: error.to_string(),
             },
         }
+    }
+
+    /// When the wait for the head's checks began: the recorded time for this head (a restart
+    /// keeps counting from it), else now. Sets the deadline's clock to it; the caller records it.
+    fn wait_began(&mut self) -> DateTime<Utc> {
+        let now = Utc::now();
+        let since = match self.record.checks_since {
+            Some(at) if self.record.head_sha.as_deref() == Some(self.head.as_str()) => at.min(now),
+            _ => now,
+        };
+        let ago = (now - since).to_std().unwrap_or_default();
+        let clock = tokio::time::Instant::now();
+        self.waiting_since = clock.checked_sub(ago).unwrap_or(clock);
+        since
     }
 
     /// Waits one poll, or less when a webhook wakes it.

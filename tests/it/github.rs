@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::github_fake::{Fake, Fault, ScriptedCheck, ScriptedReview, TOKEN};
@@ -270,6 +271,101 @@ async fn a_check_that_never_reports_stalls() {
     assert!(merges(&setup.fake).is_empty());
 }
 
+/// A check that never reports e2e on the head (ci passes), for the stall tests.
+fn e2e_never_reports(fake: &Fake) {
+    fake.with(|s| {
+        s.required_checks = Some(vec!["ci".into(), "e2e".into()]);
+        s.ci = Arc::new(|_| {
+            vec![
+                ScriptedCheck::run("ci", "success"),
+                ScriptedCheck {
+                    conclusion: None,
+                    ..ScriptedCheck::run("e2e", "success")
+                },
+            ]
+        })
+    });
+}
+
+fn parse_time(value: &Value) -> chrono::DateTime<chrono::Utc> {
+    let text = value.as_str().unwrap_or_else(|| panic!("no time: {value}"));
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&chrono::Utc)
+}
+
+/// The checks' deadline survives a restart: the wait began (`checks_since`, on the record) before
+/// a `kill -9`; the restarted service stalls at the original deadline, not a full deadline after
+/// it came back.
+#[tokio::test]
+async fn the_checks_deadline_counts_from_before_a_restart() {
+    const DEADLINE_SECS: i64 = 10;
+    let setup = setup().await;
+    e2e_never_reports(&setup.fake);
+    let options = Options {
+        env: vec![(TOKEN_ENV.into(), TOKEN.into())],
+        ..with_config(&github_config(
+            &setup.fake,
+            &format!("checks_deadline_secs = {DEADLINE_SECS}\n"),
+        ))
+    };
+    let mut service = Service::start_with(setup.root.path(), options.clone()).await;
+    let body = pr_task(setup.root.path(), &setup.url, json!({"repo": REPO}));
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let waiting = service
+        .wait_for_task(&id, Duration::from_secs(120), |t| {
+            t["pull_request"]["checks_since"].is_string()
+        })
+        .await;
+    let since = parse_time(&waiting["pull_request"]["checks_since"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    service.kill_9();
+    // Down long enough that "a deadline from the restart" and "the original deadline" differ.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let again = Service::start_with(setup.root.path(), options).await;
+    let restarted = chrono::Utc::now();
+    let done = again
+        .wait_finished_within(&id, Duration::from_secs(120))
+        .await;
+    assert_eq!(done["status"], "failed", "{done:#}");
+    assert_eq!(done["error"]["code"], "CHECKS_STALLED", "{done:#}");
+    assert_eq!(
+        parse_time(&done["pull_request"]["checks_since"]),
+        since,
+        "set once for the head"
+    );
+    let (_, events) = again.get(&format!("/v1/tasks/{id}/events")).await;
+    let events = events["events"].as_array().unwrap();
+    let opened = events
+        .iter()
+        .find(|e| e["kind"] == "pull_request.state" && e["data"]["state"] == "pr_open")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    let finished = events
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "task.finished")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    let (opened, finished) = (parse_time(&opened["ts"]), parse_time(&finished["ts"]));
+    assert!(
+        (opened - since).num_milliseconds().abs() < 1000,
+        "the wait began when the PR was recorded: {opened} {since}"
+    );
+    let deadline = chrono::Duration::seconds(DEADLINE_SECS);
+    assert!(
+        finished - since >= deadline,
+        "not before the deadline: {since} → {finished}"
+    );
+    assert!(
+        finished < restarted + deadline,
+        "at the original deadline, not a deadline after the restart ({restarted}): {since} → {finished}"
+    );
+    crate::github_contract::check(&setup.fake.log());
+    assert!(merges(&setup.fake).is_empty());
+}
+
 /// `CHANGES_REQUESTED` with two comments → one feedback round → the fix is pushed, glitchlab
 /// replies on both threads once → the required approval → merged.
 #[tokio::test]
@@ -447,6 +543,99 @@ async fn a_kill_between_creating_the_pr_and_recording_it_makes_one_pr() {
     assert!(setup.fake.pulls()[0].merged);
 }
 
+/// Stops the real service at the failpoint `at` (`sleep`), once `reached(fake)` says the side
+/// effect before it happened, kills it (`kill -9`), restarts it without the failpoint, and
+/// answers the finished task.
+async fn kill_at_failpoint_and_resume(
+    setup: &Setup,
+    at: &str,
+    reached: impl Fn(&Fake) -> bool,
+) -> Value {
+    let options = Options {
+        env: vec![(TOKEN_ENV.into(), TOKEN.into())],
+        ..with_config(&github_config(&setup.fake, ""))
+    };
+    let mut stopped = options.clone();
+    stopped
+        .env
+        .push(("FAILPOINTS".into(), format!("{at}=sleep(60000)")));
+    let mut service = Service::start_with(setup.root.path(), stopped).await;
+    let body = pr_task(setup.root.path(), &setup.url, json!({"repo": REPO}));
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !reached(&setup.fake) {
+        assert!(std::time::Instant::now() < deadline, "{at} never reached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The failpoint holds the delivery: nothing after it can be recorded before the kill.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    service.kill_9();
+    let again = Service::start_with(setup.root.path(), options).await;
+    let done = again
+        .wait_finished_within(&id, Duration::from_secs(120))
+        .await;
+    crate::github_contract::check(&setup.fake.log());
+    done
+}
+
+/// After a resumed delivery: one PR, one merge call (it succeeded), no comment, and the base
+/// holds the squash of the task's head.
+fn assert_delivered_once(setup: &Setup, done: &Value) {
+    assert_eq!(done["status"], "done", "{done:#}");
+    let pulls = setup.fake.pulls();
+    assert_eq!(pulls.len(), 1, "no second PR: {pulls:#?}");
+    assert!(pulls[0].merged);
+    let merges = merges(&setup.fake);
+    assert_eq!(merges.len(), 1, "no second merge: {merges:#?}");
+    assert_eq!(merges[0]["status"], 200, "{merges:#?}");
+    let opened = setup
+        .fake
+        .log()
+        .into_iter()
+        .filter(|e| e.method == "post" && e.template.ends_with("/pulls"))
+        .count();
+    assert_eq!(opened, 1, "one create call");
+    assert!(setup.fake.with(|s| s.comments.is_empty()), "no comment");
+    let main = remote_git(&setup.bare, &["rev-parse", "main"]);
+    assert_eq!(done["commit"], main.as_str());
+    assert_eq!(done["pull_request"]["merged_sha"], main.as_str());
+    let head = done["pull_request"]["head_sha"].as_str().unwrap();
+    assert_eq!(
+        remote_git(&setup.bare, &["rev-parse", "main^{tree}"]),
+        remote_git(&setup.bare, &["rev-parse", &format!("{head}^{{tree}}")]),
+        "the base holds the squash"
+    );
+}
+
+/// `kill -9` after the push, before the record says so: the restarted service pushes the same
+/// head again (no change), opens one PR and merges it once.
+#[tokio::test]
+async fn a_kill_after_the_push_resumes_with_one_pr_and_one_merge() {
+    let setup = setup().await;
+    let bare = setup.bare.clone();
+    let pushed = move |fake: &Fake| {
+        let branches = remote_git(&bare, &["for-each-ref", "refs/heads/glitchlab/"]);
+        // Pushed, and no PR yet: the kill lands between the two.
+        !branches.is_empty() && fake.pulls().is_empty()
+    };
+    let done = kill_at_failpoint_and_resume(&setup, "pull_request.pushed", pushed).await;
+    assert_delivered_once(&setup, &done);
+}
+
+/// `kill -9` during the merge — GitHub merged, glitchlab had not recorded it: the restarted
+/// service reads the recorded PR, finds it merged and ends the task with its merge commit (no
+/// second merge call).
+#[tokio::test]
+async fn a_kill_during_the_merge_resumes_without_a_second_merge() {
+    let setup = setup().await;
+    let merged = |fake: &Fake| fake.pulls().first().is_some_and(|p| p.merged);
+    let done = kill_at_failpoint_and_resume(&setup, "pull_request.merged", merged).await;
+    assert_delivered_once(&setup, &done);
+}
+
 /// A GitHub App: the JWT (RS256, checked by the fake with the key's public half) buys an
 /// installation token; tokens that expire mid-task are renewed before they do (no call is ever
 /// refused for an expired token).
@@ -611,4 +800,111 @@ async fn intake_refuses_what_it_could_not_deliver() {
         let message = answer["error"]["message"].as_str().unwrap();
         assert!(message.contains(expected), "{change}: {message}");
     }
+}
+
+/// The fake's repository over smart HTTP (`git http-backend` behind the fake's credential check).
+fn http_url(fake: &Fake) -> String {
+    format!("{}/{REPO}.git", fake.url)
+}
+
+/// Runs a pull-request task on the fake's HTTP remote with the real binary (its log is read).
+async fn run_on_http(setup: &Setup) -> (Service, Value) {
+    let options = Options {
+        env: vec![(TOKEN_ENV.into(), TOKEN.into())],
+        ..with_config(&github_config(&setup.fake, ""))
+    };
+    let service = Service::start_with(setup.root.path(), options).await;
+    let body = pr_task(
+        setup.root.path(),
+        &http_url(&setup.fake),
+        json!({"repo": REPO}),
+    );
+    let id = service.submit(&body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = service
+        .wait_finished_within(&id, Duration::from_secs(120))
+        .await;
+    crate::github_contract::check(&setup.fake.log());
+    (service, done)
+}
+
+/// Neither the token nor its Basic form is in the service's log or the task's events.
+async fn assert_token_kept_out(service: &Service, id: &str) {
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{TOKEN}"));
+    let (_, events) = service.get(&format!("/v1/tasks/{id}/events")).await;
+    let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
+    for (what, text) in [
+        ("log", service.log()),
+        ("events", events.to_string()),
+        ("task", task.to_string()),
+    ] {
+        assert!(!text.contains(TOKEN), "the token is in the {what}");
+        assert!(!text.contains(&basic), "the Basic header is in the {what}");
+    }
+}
+
+/// A private repository over HTTP(S): the clone, the fetches and the push carry the token as
+/// `Authorization: Basic x-access-token:<token>` (git's `extraHeader`, from the call's
+/// environment), the push reaches the bare repository and the PR merges; the token is nowhere in
+/// the log or the events.
+#[tokio::test]
+async fn a_private_repo_is_fetched_and_pushed_over_http_with_the_token() {
+    let setup = setup().await;
+    setup.fake.with(|s| s.git_public = false);
+    let (service, done) = run_on_http(&setup).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    let requests = setup.fake.with(|s| s.git_requests.clone());
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.method == "POST" && r.path.contains("git-receive-pack") && r.status == 200),
+        "the push went over HTTP: {requests:#?}"
+    );
+    assert!(
+        requests.iter().any(|r| r.path.contains("git-upload-pack")),
+        "so did the clone: {requests:#?}"
+    );
+    assert!(
+        requests.iter().all(|r| r.authorized && r.status != 401),
+        "every git request carried the token: {requests:#?}"
+    );
+    let head = done["pull_request"]["head_sha"].as_str().unwrap();
+    let id = done["id"].as_str().unwrap();
+    assert_eq!(
+        remote_git(&setup.bare, &["rev-parse", &format!("glitchlab/{id}")]),
+        head,
+        "the pushed head is in the bare repository"
+    );
+    assert_eq!(
+        remote_git(&setup.bare, &["rev-parse", "main"]),
+        done["pull_request"]["merged_sha"].as_str().unwrap()
+    );
+    assert_token_kept_out(&service, id).await;
+}
+
+/// A token the remote refuses for writes: the (public) clone works, the push is answered 401, and
+/// the task fails `DELIVERY_FAILED` naming the push — no PR, and no token in what it says.
+#[tokio::test]
+async fn a_wrong_token_fails_the_push_as_delivery_failed() {
+    let setup = setup().await;
+    setup.fake.with(|s| {
+        s.git_public = true;
+        s.git_token = Some("ghs_the-token-git-wants".into());
+    });
+    let (service, done) = run_on_http(&setup).await;
+    assert_eq!(done["status"], "failed", "{done:#}");
+    assert_eq!(done["error"]["code"], "DELIVERY_FAILED", "{done:#}");
+    let message = done["error"]["message"].as_str().unwrap();
+    assert!(message.contains("push"), "{message}");
+    let refused = setup.fake.with(|s| {
+        s.git_requests
+            .iter()
+            .filter(|r| r.status == 401 && r.path.contains("git-receive-pack"))
+            .count()
+    });
+    assert!(refused >= 1, "the push was refused");
+    assert!(setup.fake.pulls().is_empty(), "no PR without the branch");
+    assert_token_kept_out(&service, done["id"].as_str().unwrap()).await;
 }

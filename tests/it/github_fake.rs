@@ -3,7 +3,11 @@
 //! requests, check runs, commit statuses, reviews, review comments, branch protection, rulesets,
 //! merges, App installation tokens) from its state, runs scripted CI on each new head, can play
 //! a reviewer, rate limits, an outage, token expiry and a slow answer, and logs every exchange
-//! so `github_contract` can hold both sides to GitHub's OpenAPI description.
+//! so `github_contract` can hold both sides to GitHub's OpenAPI description. Its repositories are
+//! also served over git's smart HTTP (`/owner/name.git/…`: `git http-backend` as CGI, pushes
+//! enabled) behind GitHub's credential check — Basic `x-access-token:<token>`, else 401 with
+//! `WWW-Authenticate: Basic` — so the token git carries is tested (`git_public`, `git_token`,
+//! `git_requests`).
 //!
 //! Meant for reuse (issue intake will build on it): state is plain data behind [`Fake::state`].
 
@@ -187,6 +191,12 @@ pub struct FakeState {
     pub log: Vec<Exchange>,
     /// Times each fault was answered, and rejected tokens.
     pub unauthorized: u32,
+    /// Git over HTTP: anyone may fetch (pushes still need the token).
+    pub git_public: bool,
+    /// The token git requests must carry, when not the API's (a token the remote refuses).
+    pub git_token: Option<String>,
+    /// Every git request over HTTP.
+    pub git_requests: Vec<GitRequest>,
     next_id: u64,
 }
 
@@ -227,6 +237,9 @@ impl Fake {
             created: None,
             log: Vec::new(),
             unauthorized: 0,
+            git_public: false,
+            git_token: None,
+            git_requests: Vec::new(),
             next_id: 1000,
         };
         let state = Arc::new(Mutex::new(state));
@@ -286,6 +299,10 @@ async fn handle(
         .split('/')
         .map(str::to_owned)
         .collect();
+    let git = git_repo_of(&state.lock().unwrap(), &segments);
+    if let Some(repo) = git {
+        return git_http(state, method, uri, headers, body, repo).await;
+    }
     let (answer, slow) = {
         let mut fake = state.lock().unwrap();
         let answer = answer(&mut fake, &method, &segments, &query, &headers, &request);
@@ -968,4 +985,189 @@ fn comment_json(comment: &Comment) -> Value {
         value["in_reply_to_id"] = json!(parent);
     }
     value
+}
+
+/// The largest request body the fake's git endpoint takes (a pack of a test's few commits).
+const GIT_BODY_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// How long one `git http-backend` may run.
+const GIT_BACKEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One request to the fake's git endpoint: `(method, service path, status)`.
+#[derive(Debug, Clone)]
+pub struct GitRequest {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// Whether it carried an `Authorization` header.
+    pub authorized: bool,
+}
+
+/// The repository a `/owner/name.git/...` path names, with the rest of the path.
+fn git_repo_of(fake: &FakeState, segments: &[String]) -> Option<(PathBuf, String)> {
+    let [owner, name, rest @ ..] = segments else {
+        return None;
+    };
+    let name = name.strip_suffix(".git")?;
+    let bare = fake.repos.get(&format!("{owner}/{name}"))?.clone();
+    Some((bare, rest.join("/")))
+}
+
+impl FakeState {
+    /// Whether a git request may go on: pushes always need the token; fetches too unless the
+    /// repository is public (`git_public`). The token rides in Basic auth as GitHub's
+    /// `x-access-token:<token>`: `git_token` when set, else the API's token (or a live App
+    /// token); any other credential is refused.
+    fn git_allowed(&self, headers: &HeaderMap, push: bool) -> bool {
+        let basic = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+            .and_then(|v| String::from_utf8(v).ok());
+        if self.git_public && !push {
+            // A public repository: anyone may fetch (the fake does not judge a credential here).
+            return true;
+        }
+        let Some(pair) = basic else {
+            return false;
+        };
+        let Some(token) = pair.strip_prefix("x-access-token:") else {
+            return false;
+        };
+        match (&self.git_token, &self.app) {
+            (Some(expected), _) => token == expected,
+            (None, None) => token == self.token,
+            (None, Some(app)) => app
+                .minted
+                .iter()
+                .any(|(t, expires)| t == token && *expires > std::time::Instant::now()),
+        }
+    }
+}
+
+/// Git's smart HTTP for the fake's bare repositories: `git http-backend` as CGI, behind the same
+/// credential check GitHub makes (401 with `WWW-Authenticate: Basic` without it).
+async fn git_http(
+    state: Shared,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    (bare, rest): (PathBuf, String),
+) -> Response {
+    let query = uri.query().unwrap_or_default().to_owned();
+    let push = rest.ends_with("git-receive-pack") || query.contains("git-receive-pack");
+    let allowed = state.lock().unwrap().git_allowed(&headers, push);
+    let answer = if !allowed {
+        let mut reply = (StatusCode::UNAUTHORIZED, "Authentication required").into_response();
+        reply.headers_mut().insert(
+            "www-authenticate",
+            axum::http::HeaderValue::from_static("Basic realm=\"GitHub\""),
+        );
+        reply
+    } else if body.len() > GIT_BODY_BYTES_MAX {
+        StatusCode::PAYLOAD_TOO_LARGE.into_response()
+    } else {
+        run_http_backend(&method, &headers, &body, &bare, &rest, &query).await
+    };
+    state.lock().unwrap().git_requests.push(GitRequest {
+        method: method.as_str().to_owned(),
+        path: format!("/{rest}?{query}"),
+        status: answer.status().as_u16(),
+        authorized: headers.contains_key("authorization"),
+    });
+    answer
+}
+
+/// Runs `git http-backend` for one request and turns its CGI answer into a response.
+async fn run_http_backend(
+    method: &Method,
+    headers: &HeaderMap,
+    body: &[u8],
+    bare: &Path,
+    rest: &str,
+    query: &str,
+) -> Response {
+    use tokio::io::AsyncWriteExt as _;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let name = bare.file_name().unwrap().to_str().unwrap();
+    let mut command = tokio::process::Command::new("git");
+    command
+        .arg("http-backend")
+        .env("GIT_PROJECT_ROOT", bare.parent().unwrap())
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("PATH_INFO", format!("/{name}/{rest}"))
+        .env("QUERY_STRING", query)
+        .env("REQUEST_METHOD", method.as_str())
+        .env("CONTENT_TYPE", header("content-type"))
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+        .env("HTTP_GIT_PROTOCOL", header("git-protocol"))
+        .env("REMOTE_USER", "x-access-token")
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "http.receivepack")
+        .env("GIT_CONFIG_VALUE_0", "true")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let body = body.to_vec();
+    let writer = tokio::spawn(async move {
+        let _ = stdin.write_all(&body).await;
+    });
+    let output = tokio::time::timeout(GIT_BACKEND_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("git http-backend finished in time")
+        .unwrap();
+    let _ = writer.await;
+    cgi_response(&output.stdout)
+}
+
+/// A CGI answer (headers, a blank line, the body) as an HTTP response.
+fn cgi_response(stdout: &[u8]) -> Response {
+    let split = stdout
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| (at, at + 4))
+        .or_else(|| {
+            stdout
+                .windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|at| (at, at + 2))
+        });
+    let Some((end, start)) = split else {
+        return (StatusCode::BAD_GATEWAY, "no CGI headers").into_response();
+    };
+    let head = String::from_utf8_lossy(&stdout[..end]).into_owned();
+    let mut reply = Bytes::copy_from_slice(&stdout[start..]).into_response();
+    for line in head.lines() {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value
+                .split(' ')
+                .next()
+                .unwrap_or("200")
+                .parse()
+                .unwrap_or(200);
+            *reply.status_mut() = StatusCode::from_u16(code).unwrap();
+        } else if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(name.trim().as_bytes()),
+            axum::http::HeaderValue::from_str(value),
+        ) {
+            reply.headers_mut().insert(name, value);
+        }
+    }
+    reply
 }

@@ -139,6 +139,21 @@ pub(crate) struct Git {
     /// Set for a linked worktree: git is told where its git dir is instead of finding it from
     /// `dir/.git`, which is the sandbox's to write.
     linked: Option<Linked>,
+    /// Environment for this runner's calls only (a credential header as `GIT_CONFIG_*`): never
+    /// in argv, and left out of `Debug`.
+    call_env: CallEnv,
+}
+
+/// Extra environment of one runner; its values may be secrets, so `Debug` shows names only.
+#[derive(Clone, Default)]
+struct CallEnv(Vec<(String, String)>);
+
+impl std::fmt::Debug for CallEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name))
+            .finish()
+    }
 }
 
 /// The service-owned half of a linked worktree: what git reads instead of the files' `.git`.
@@ -160,7 +175,15 @@ impl Git {
             dir: dir.into(),
             timeout,
             linked: None,
+            call_env: CallEnv::default(),
         }
+    }
+
+    /// This runner with `env` added to every call it makes (e.g. a remote's credential header
+    /// as `GIT_CONFIG_*` config, which stays out of argv and logs).
+    pub(crate) fn with_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.call_env.0.extend(env);
+        self
     }
 
     /// The directory git runs in (a worktree's files, or the repository).
@@ -190,6 +213,7 @@ impl Git {
                 admin: common.join("worktrees").join(name),
                 common,
             }),
+            call_env: self.call_env.clone(),
         })
     }
 
@@ -306,6 +330,7 @@ impl Git {
             env.push(("GIT_DIR".into(), linked.admin.display().to_string()));
             env.push(("GIT_WORK_TREE".into(), self.dir.display().to_string()));
         }
+        env.extend(self.call_env.0.iter().cloned());
         let spec = CommandSpec {
             program: "git".into(),
             args: all_args,

@@ -25,15 +25,15 @@ impl Driver {
             },
         };
         if pull.merged == Some(true) {
-            return Observation::PrReady {
-                merged: pull.merge_commit_sha.or(Some(pull.head.sha)),
-            };
+            return self.found_merged(pull).await;
         }
         let (number, url) = (pull.number, pull.html_url.clone());
+        let since = self.wait_began();
         let recorded = self
             .save(PrState::PrOpen, move |r| {
                 r.number = Some(number);
                 r.url = Some(url);
+                r.checks_since = Some(since);
             })
             .await;
         if let Err(error) = recorded {
@@ -43,8 +43,28 @@ impl Driver {
             };
         }
         self.reply_on_threads(number).await;
-        self.waiting_since = tokio::time::Instant::now();
         Observation::PrReady { merged: None }
+    }
+
+    /// A pull request GitHub merged already (a crash during the merge, before it was recorded):
+    /// landed, recorded like a merge glitchlab saw, never merged again.
+    async fn found_merged(&mut self, pull: PullRequest) -> Observation {
+        let sha = pull.merge_commit_sha.unwrap_or(pull.head.sha);
+        let (number, url, merged) = (pull.number, pull.html_url, sha.clone());
+        let recorded = self
+            .save(PrState::Merged, move |r| {
+                r.number = Some(number);
+                r.url = Some(url);
+                r.merged_sha = Some(merged);
+            })
+            .await;
+        match recorded {
+            Ok(()) => Observation::PrReady { merged: Some(sha) },
+            Err(error) => Observation::StepFailed {
+                step: "record the merge".into(),
+                message: error.to_string(),
+            },
+        }
     }
 
     /// The recorded pull request (open, or merged by a merge cut off before it was recorded),
@@ -120,6 +140,8 @@ impl Driver {
             .await;
         match answer {
             Ok(Merge::Merged(sha)) => {
+                // Test hook: a crash after GitHub merged, before the record says `merged`.
+                crate::work_failpoint!("pull_request.merged");
                 let merged = sha.clone();
                 match self
                     .save(PrState::Merged, move |r| r.merged_sha = Some(merged))
@@ -145,12 +167,13 @@ impl Driver {
         };
         tracing::info!(task = %self.task.id, from = %self.head, to = %pull.head.sha, "github: the head moved under the merge; verifying again");
         self.head = pull.head.sha;
-        self.waiting_since = tokio::time::Instant::now();
+        let since = self.wait_began();
         let moves = self.record.head_moves + 1;
         if let Err(error) = self
             .save(PrState::WaitingChecks, move |r| {
                 r.head_moves = moves;
                 r.checks.clear();
+                r.checks_since = Some(since);
             })
             .await
         {
