@@ -408,6 +408,20 @@ pub fn git_repo(root: &Path) -> PathBuf {
     repo
 }
 
+/// Polls of [`wait_for_file_sh`] (every 50 ms: at most 120 s) before the command goes on anyway.
+const GATE_POLLS: u32 = 2400;
+
+/// A shell snippet that waits until `path` exists (polling every 50 ms, bounded by
+/// [`GATE_POLLS`]): a patch or verify command held open until the test has seen what it needs
+/// and creates the file, where a fixed `sleep` would cost its whole length on every run and
+/// still race on a slow machine.
+pub fn wait_for_file_sh(path: &Path) -> String {
+    format!(
+        "i=0; while [ ! -e '{}' ] && [ $i -lt {GATE_POLLS} ]; do sleep 0.05; i=$((i+1)); done",
+        path.display()
+    )
+}
+
 /// A task body with a shell patch engine.
 pub fn shell_task(repo: &Path, patch_command: &str, verify: &str) -> Value {
     serde_json::json!({

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{git, git_repo, with_config, Options, Service};
+use crate::helpers::{git, git_repo, wait_for_file_sh, with_config, Options, Service};
 
 /// A repository whose test script fails when any `f*.txt` holds anything but `ok`.
 fn repo_with_test_script(root: &Path) -> PathBuf {
@@ -427,16 +427,20 @@ async fn a_red_batch_is_bisected_and_only_the_culprit_is_sent_back() {
     let service = Service::start_in_process(root.path(), with_config(config)).await;
 
     // The blocker moves the base on its first attempt (so its own candidate must be verified)
-    // and its verify sleeps only in the merge queue's scratch worktree: the queue is busy for
-    // ~4 s while the others pass verify and line up.
+    // and its verify waits, only in the merge queue's scratch worktree, for the gate the test
+    // opens once the others have passed verify and lined up: the queue is busy until then.
+    let gate = root.path().join("blocker-gate");
     let blocker_patch = format!(
         "echo hi > {r}/teammate.txt && git -C {r} add teammate.txt && \
          git -C {r} -c user.name=t -c user.email=t@t commit -q -m teammate && \
          echo ok > f-blocker.txt",
         r = repo.display()
     );
-    let blocker_verify = "case \"$PWD\" in */merge-queue/*) sleep 4;; esac; sh test.sh";
-    let blocker = task(&repo, "Blocker", &blocker_patch, blocker_verify);
+    let blocker_verify = format!(
+        "case \"$PWD\" in */merge-queue/*) {};; esac; sh test.sh",
+        wait_for_file_sh(&gate)
+    );
+    let blocker = task(&repo, "Blocker", &blocker_patch, &blocker_verify);
     let blocker_id = service.submit(&blocker).await["id"]
         .as_str()
         .unwrap()
@@ -471,6 +475,14 @@ async fn a_red_batch_is_bisected_and_only_the_culprit_is_sent_back() {
         .as_str()
         .unwrap()
         .to_owned();
+    for id in good.iter().chain([&culprit_id]) {
+        service
+            .wait_for_task(id, Duration::from_secs(60), |t| {
+                t["merge"]["place"].is_u64()
+            })
+            .await;
+    }
+    std::fs::write(&gate, "").unwrap();
 
     let blocker = service
         .wait_finished_within(&blocker_id, Duration::from_secs(60))
@@ -902,15 +914,20 @@ async fn tasks_waiting_in_a_merge_queue_hold_no_slot() {
     let config = "[merge_queue]\nbatch_max = 1\n[compass]\nmax_concurrent_tasks = 2\n";
     let service = Service::start_with(root.path(), with_config(config)).await;
     // The blocker moves A's base on its first attempt, so its candidate must be verified; that
-    // verify sleeps 10 s, and only in the merge queue's scratch worktree.
+    // verify waits, only in the merge queue's scratch worktree, for the gate the test opens
+    // once the quick task is done.
+    let gate = root.path().join("blocker-gate");
     let blocker_patch = format!(
         "echo hi > {r}/teammate.txt && git -C {r} add teammate.txt && \
          git -C {r} -c user.name=t -c user.email=t@t commit -q -m teammate && \
          echo ok > f-blocker.txt",
         r = repo_a.display()
     );
-    let blocker_verify = "case \"$PWD\" in */merge-queue/*) sleep 10;; esac; sh test.sh";
-    let blocker = task(&repo_a, "Blocker", &blocker_patch, blocker_verify);
+    let blocker_verify = format!(
+        "case \"$PWD\" in */merge-queue/*) {};; esac; sh test.sh",
+        wait_for_file_sh(&gate)
+    );
+    let blocker = task(&repo_a, "Blocker", &blocker_patch, &blocker_verify);
     let blocker_id = service.submit(&blocker).await["id"]
         .as_str()
         .unwrap()
@@ -950,6 +967,7 @@ async fn tasks_waiting_in_a_merge_queue_hold_no_slot() {
         blocker["status"], "running",
         "the quick task finished while the candidate was still verified: {blocker:#}"
     );
+    std::fs::write(&gate, "").unwrap();
     for id in std::iter::once(&blocker_id).chain(&waiting) {
         let t = service
             .wait_finished_within(id, Duration::from_secs(120))
@@ -1005,15 +1023,20 @@ async fn tasks_waiting_behind_a_slow_candidate_show_their_place_in_line() {
     let config = "[merge_queue]\nbatch_max = 1\n";
     let service = Service::start_in_process(root.path(), with_config(config)).await;
     // The blocker moves the base on its first attempt, so its candidate must be verified; that
-    // verify sleeps 15 s, and only in the merge queue's scratch worktree.
+    // verify waits, only in the merge queue's scratch worktree, for the gate the test opens
+    // once the places are checked.
+    let gate = root.path().join("blocker-gate");
     let blocker_patch = format!(
         "echo hi > {r}/teammate.txt && git -C {r} add teammate.txt && \
          git -C {r} -c user.name=t -c user.email=t@t commit -q -m teammate && \
          echo ok > f-blocker.txt",
         r = repo.display()
     );
-    let blocker_verify = "case \"$PWD\" in */merge-queue/*) sleep 15;; esac; sh test.sh";
-    let blocker = task(&repo, "Blocker", &blocker_patch, blocker_verify);
+    let blocker_verify = format!(
+        "case \"$PWD\" in */merge-queue/*) {};; esac; sh test.sh",
+        wait_for_file_sh(&gate)
+    );
+    let blocker = task(&repo, "Blocker", &blocker_patch, &blocker_verify);
     let blocker_id = service.submit(&blocker).await["id"]
         .as_str()
         .unwrap()
@@ -1059,6 +1082,7 @@ async fn tasks_waiting_behind_a_slow_candidate_show_their_place_in_line() {
     }
     places.sort();
     assert_eq!(places, vec![Some(2), Some(3)], "{report:#}");
+    std::fs::write(&gate, "").unwrap();
     for id in std::iter::once(&blocker_id).chain(&behind) {
         let t = service
             .wait_finished_within(id, Duration::from_secs(120))

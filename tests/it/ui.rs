@@ -657,6 +657,9 @@ const AXE_JS: &str = include_str!("../vendor/axe-core/axe.min.js");
 const AXE_SHA256: &str = "e9e5863c33a874f09bc01acd9234b7e3c871479f5eef8802fa582544465e6d01";
 /// What a verify command prints while it runs, for the live output to show.
 const LIVE_MARKER: &str = "glitchlab-live-marker";
+/// Times (one a second) the live-output verify prints [`LIVE_MARKER`] before it ends without
+/// its gate: a bound, the test opens the gate as soon as it has seen the output.
+const LIVE_PRINTS_MAX: u32 = 120;
 /// A phone's screen: an iPhone 12-15's CSS pixels.
 const PHONE: (u32, u32) = (390, 844);
 
@@ -765,11 +768,13 @@ async fn the_task_page_streams_live_output_and_shows_the_diff_above_approve() {
 async fn live_output_and_diff(client: &Client, service: &Service, repo: &Path) -> Step<()> {
     let long = Duration::from_secs(60);
     log_in_page(client, service, ADMIN_TOKEN).await?;
-    // Verify prints (three times, so a page that subscribed late still sees one), then keeps
-    // running: the text must reach the page while it runs.
+    // Verify prints (every second, so a page that subscribed late still sees one) and keeps
+    // running until the test opens its gate: the text must reach the page while it runs.
+    let gate = service.root.join("verify-gate");
     let verify = format!(
-        "sleep 2; echo {LIVE_MARKER}; sleep 2; echo {LIVE_MARKER}; sleep 2; echo {LIVE_MARKER}; \
-         sleep 8"
+        "i=0; while [ ! -e '{}' ] && [ $i -lt {LIVE_PRINTS_MAX} ]; do sleep 1; \
+         echo {LIVE_MARKER}; i=$((i+1)); done",
+        gate.display()
     );
     let mut body = shell_task(repo, "echo reviewed > reviewed.txt", &verify);
     body["review_policy"] = json!("manual");
@@ -784,6 +789,7 @@ async fn live_output_and_diff(client: &Client, service: &Service, repo: &Path) -
     if now["status"] != "running" || now["stage"] != "verify" {
         return Err(format!("the output showed only after verify: {now}"));
     }
+    std::fs::write(&gate, "").map_err(|error| format!("opening the verify's gate: {error}"))?;
 
     // At the gate the diff is on the page, above Approve.
     wait_for_text(client, "#task-status", long, |text| {
