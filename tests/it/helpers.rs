@@ -38,8 +38,17 @@ pub fn client_builder_with(secret: &str) -> reqwest::ClientBuilder {
     let mut headers = reqwest::header::HeaderMap::new();
     let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {secret}")).unwrap();
     headers.insert(reqwest::header::AUTHORIZATION, value);
-    reqwest::Client::builder().default_headers(headers)
+    // Idle pooled connections are dropped well before the service closes them
+    // (`server.idle_timeout_secs`, 60 s by default): a request sent on one the service is closing
+    // at that instant fails with an incomplete message, a race of the client's, not the service's.
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .pool_idle_timeout(CLIENT_POOL_IDLE)
 }
+
+/// How long the test client keeps an idle connection for reuse: half the service's default idle
+/// timeout.
+const CLIENT_POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A running service: a process of the binary, or a service inside the test process.
 pub struct Service {
