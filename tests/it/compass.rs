@@ -250,8 +250,10 @@ async fn a_full_queue_answers_429_with_retry_after() {
     let repo = git_repo(root.path());
     let config = "[compass]\nmax_concurrent_tasks = 1\nmax_queued_tasks = 2\n";
     let service = Service::start_in_process(root.path(), with_config(config)).await;
+    // Busy for longer than the rest of the test takes on a loaded machine: it must still hold
+    // the only slot when the report is read (the service's stop ends it).
     let busy = service
-        .submit(&shell_task(&repo, "sleep 2; echo a > a.txt", "true"))
+        .submit(&shell_task(&repo, "sleep 30; echo a > a.txt", "true"))
         .await;
     service
         .wait_for_task(&id_of(&busy), Duration::from_secs(30), |t| {
