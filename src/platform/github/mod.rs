@@ -7,6 +7,7 @@
 //! quota. Credentials ([`auth`]) are read (or renewed) before every try.
 
 pub(crate) mod auth;
+pub(crate) mod issues;
 pub(crate) mod ladder;
 pub(crate) mod types;
 
