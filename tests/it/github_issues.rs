@@ -45,13 +45,18 @@ async fn setup() -> Setup {
 
 /// `[github]` on the fake with one intake entry; `intake` lines are added to the entry.
 fn config(setup: &Setup, intake: &str) -> String {
+    let verify = if intake.contains("verify") {
+        ""
+    } else {
+        "verify = \"test -f f.txt\"\n"
+    };
     format!(
         "[github]\napi_url = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n\
          webhook_secret_env = \"{WEBHOOK_SECRET_ENV}\"\npoll_ms = 100\nwrite_spacing_ms = 10\n\
          secondary_wait_min_secs = 1\nchecks_deadline_secs = 20\nno_checks_wait_secs = 1\n\
          retries_max = 4\nrequest_timeout_secs = 5\n\n\
          [[github.intake]]\nrepo = \"{REPO}\"\ngit_url = \"{}\"\n\
-         engines = {{ patch = {{ kind = \"shell\", command = \"{PATCH}\" }} }}\n{intake}\n",
+         engines = {{ patch = {{ kind = \"shell\", command = \"{PATCH}\" }} }}\n{verify}{intake}\n",
         setup.fake.url, setup.url
     )
 }
