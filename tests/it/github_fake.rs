@@ -331,7 +331,13 @@ impl Fake {
 
     /// One issue.
     pub fn issue(&self, number: u64) -> FakeIssue {
-        self.with(|s| s.issues.iter().find(|i| i.number == number).unwrap().clone())
+        self.with(|s| {
+            s.issues
+                .iter()
+                .find(|i| i.number == number)
+                .unwrap()
+                .clone()
+        })
     }
 
     /// The comments on issue `number`.
@@ -354,7 +360,9 @@ impl Fake {
                 .map(|start| {
                     times
                         .iter()
-                        .filter(|t| **t >= *start && t.duration_since(*start) < Duration::from_secs(60))
+                        .filter(|t| {
+                            **t >= *start && t.duration_since(*start) < Duration::from_secs(60)
+                        })
                         .count()
                 })
                 .max()
@@ -561,7 +569,11 @@ fn answer(
                 .filter(|c| c.issue == number)
                 .map(|c| issue_comment_json(&repo, c))
                 .collect();
-            plain(&format!("{base}/issues/{{issue_number}}/comments"), 200, json!(comments))
+            plain(
+                &format!("{base}/issues/{{issue_number}}/comments"),
+                200,
+                json!(comments),
+            )
         }
         ("POST", ["issues", n, "comments"]) => add_issue_comment(fake, &repo, n, request),
         ("POST", ["issues", n, "reactions"]) => react(fake, n, request),
@@ -1186,7 +1198,11 @@ fn add_issue_comment(fake: &mut FakeState, repo: &str, n: &str, request: &Option
     let comment = FakeIssueComment {
         id: fake.next_id,
         issue: number,
-        body: request.as_ref().and_then(|r| r["body"].as_str()).unwrap_or_default().into(),
+        body: request
+            .as_ref()
+            .and_then(|r| r["body"].as_str())
+            .unwrap_or_default()
+            .into(),
         user: "glitchlab[bot]".into(),
         edits: 0,
     };
@@ -1202,7 +1218,11 @@ fn edit_issue_comment(fake: &mut FakeState, id: &str, request: &Option<Value>) -
     let Some(comment) = fake.issue_comments.iter_mut().find(|c| c.id == id) else {
         return plain(template, 404, json!({"message": "Not Found"}));
     };
-    comment.body = request.as_ref().and_then(|r| r["body"].as_str()).unwrap_or_default().into();
+    comment.body = request
+        .as_ref()
+        .and_then(|r| r["body"].as_str())
+        .unwrap_or_default()
+        .into();
     comment.edits += 1;
     let comment = comment.clone();
     plain(template, 200, issue_comment_json("acme/widgets", &comment))
@@ -1227,7 +1247,11 @@ fn edit_issue(fake: &mut FakeState, repo: &str, n: &str, request: &Option<Value>
 fn react(fake: &mut FakeState, n: &str, request: &Option<Value>) -> Answer {
     let template = "/repos/{owner}/{repo}/issues/{issue_number}/reactions";
     let number: u64 = n.parse().unwrap_or(0);
-    let content = request.as_ref().and_then(|r| r["content"].as_str()).unwrap_or_default().to_owned();
+    let content = request
+        .as_ref()
+        .and_then(|r| r["content"].as_str())
+        .unwrap_or_default()
+        .to_owned();
     let answer = json!({"id": number, "node_id": "R_1", "user": user_json("glitchlab[bot]"),
         "content": content, "created_at": "2024-01-01T00:00:00Z"});
     if fake.reactions.contains(&(number, content.clone())) {
