@@ -1165,7 +1165,7 @@ fn list_issues(
         .issues
         .iter()
         .filter(|i| state == "all" || i.state == state)
-        .filter(|i| label.is_empty() || i.labels.iter().any(|l| *l == label))
+        .filter(|i| label.is_empty() || i.labels.contains(&label))
         .map(|i| issue_json(repo, i))
         .collect();
     let body = json!(issues);
