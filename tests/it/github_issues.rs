@@ -330,6 +330,42 @@ async fn a_failure_stays_open_with_its_reason_and_only_writers_may_retry() {
     contract(&setup.fake);
 }
 
+/// `/glitchlab cancel` from a writer ends the issue's running task; its comment says so.
+#[tokio::test]
+async fn a_writer_cancels_the_issues_task_with_a_comment() {
+    let setup = setup().await;
+    setup
+        .fake
+        .with(|s| s.permissions.insert("wanda".into(), "admin".into()));
+    let config = config(&setup, "poll_secs = 3600").replace(PATCH, "sleep 60");
+    let service = Service::start_in_process(setup.root.path(), with_config(&config)).await;
+    let number = setup.fake.add_issue("Slow", "Takes long.", &["glitchlab"]);
+    webhook(&service, "issues", "k-1", &labeled(&setup.fake, number)).await;
+    let task = one_task(&service).await;
+    let id = task["id"].as_str().unwrap();
+    eventually(Duration::from_secs(30), "the task running", || async {
+        service.get(&format!("/v1/tasks/{id}")).await.1["status"] == "running"
+    })
+    .await;
+    let cancel = command(number, "wanda", "/glitchlab cancel");
+    webhook(&service, "issue_comment", "k-2", &cancel).await;
+    let ended = service
+        .wait_finished_within(id, Duration::from_secs(30))
+        .await;
+    assert_eq!(ended["status"], "cancelled", "{ended:#}");
+    eventually(
+        Duration::from_secs(20),
+        "the comment to say cancelled",
+        || async {
+            let comments = setup.fake.issue_comments(number);
+            comments.len() == 1 && comments[0].body.contains("cancelled")
+        },
+    )
+    .await;
+    assert_eq!(setup.fake.issue(number).state, "open");
+    contract(&setup.fake);
+}
+
 /// 20 labelled issues at once, `max_open_tasks = 3`: never more than 3 tasks open, all done in
 /// the end, each issue with one comment, content-creating writes counted per minute.
 #[tokio::test]
@@ -340,9 +376,9 @@ async fn a_burst_of_issues_is_admitted_three_at_a_time() {
             .fake
             .add_issue(&format!("Issue {n}"), "Add f.", &["glitchlab"]);
     }
-    // Writes 100 ms apart: far above the loopback's jitter, so the spacing shows at the fake.
+    // Writes 200 ms apart: far above the loopback's jitter, so the spacing shows at the fake.
     let config = config(&setup, "poll_secs = 1\nmax_open_tasks = 3")
-        .replace("write_spacing_ms = 10", "write_spacing_ms = 100");
+        .replace("write_spacing_ms = 10", "write_spacing_ms = 200");
     let service = Service::start_in_process(setup.root.path(), with_config(&config)).await;
     let start = Instant::now();
     let mut open_max = 0;
@@ -389,14 +425,14 @@ async fn a_burst_of_issues_is_admitted_three_at_a_time() {
         per_minute, 60,
         "20 comments, 20 reactions, 20 PRs: nothing twice"
     );
-    // Spaced by the one writer: each write starts 100 ms after the previous one started (and
-    // after it was answered), so two arrive at least 100 ms less one answer's latency apart.
+    // Spaced by the one writer: each write starts 200 ms after the previous one started (and
+    // after it was answered), so two arrive at least 200 ms less one answer's latency apart.
     let mut times = setup.fake.with(|s| s.creating_writes.clone());
     times.sort();
     let closest = times.windows(2).map(|w| w[1] - w[0]).min().unwrap();
     eprintln!("closest content-creating writes: {closest:?} apart");
     assert!(
-        closest >= Duration::from_millis(50),
+        closest >= Duration::from_millis(100),
         "writes {closest:?} apart"
     );
     contract(&setup.fake);
