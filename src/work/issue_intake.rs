@@ -54,6 +54,8 @@ const NOTES_MAX: usize = 5;
 /// Bytes of an issue's title and body a task takes.
 const TITLE_BYTES_MAX: usize = 200;
 const BODY_BYTES_MAX: usize = 60 * 1024;
+/// Bytes of the issue's comments a task takes (the first page, glitchlab's own left out).
+const COMMENTS_BYTES_MAX: usize = 16 * 1024;
 /// How long Compass may take to be found and to answer a command.
 const COMPASS_WAIT: Duration = Duration::from_secs(10);
 /// The permissions that may command glitchlab on an issue.
@@ -379,7 +381,15 @@ impl RepoIntake {
             number: issue.number,
             url: issue.html_url.clone(),
         };
-        let request = self.request(issue, key);
+        let comments = match self.comments_text(issue.number).await {
+            Ok(text) => text,
+            Err(error) => {
+                tracing::warn!(repo = %self.entry.repo, number = issue.number, %error,
+                    "could not read the issue's comments; the issue waits");
+                return Considered::Wait;
+            }
+        };
+        let request = self.request(issue, key, &comments);
         let submitted =
             intake::submit_from(&self.services, &compass, request, None, None, Some(source)).await;
         match submitted {
@@ -405,16 +415,35 @@ impl RepoIntake {
         format!("{}#{}@{}", self.entry.repo, issue.number, &digest[..16])
     }
 
+    /// The issue's comments as text for the task (bounded): people's, not glitchlab's own
+    /// status comments or `/glitchlab` commands.
+    async fn comments_text(&self, number: u64) -> Result<String, github::GithubError> {
+        let comments = self.client.issue_comments(&self.entry.repo, number).await?;
+        let mut text = String::new();
+        for comment in comments {
+            let body = comment.body.unwrap_or_default();
+            if body.contains("<!-- glitchlab:") || body.trim_start().starts_with("/glitchlab") {
+                continue;
+            }
+            let who = comment.user.map(|u| u.login).unwrap_or_default();
+            text.push_str(&format!("\n\n---\nComment by @{who}:\n{body}"));
+            if text.len() >= COMMENTS_BYTES_MAX {
+                break;
+            }
+        }
+        Ok(truncate(&text, COMMENTS_BYTES_MAX))
+    }
+
     /// The submission an issue makes.
-    fn request(&self, issue: &Issue, key: String) -> SubmitTaskRequest {
+    fn request(&self, issue: &Issue, key: String, comments: &str) -> SubmitTaskRequest {
         let entry = &self.entry;
         let title = truncate(&printable(&issue.title, Text::Line), TITLE_BYTES_MAX);
         let body = issue.body.as_deref().unwrap_or_default();
         let description = truncate(
             &printable(
                 &format!(
-                    "GitHub issue {}#{} ({})\n\n{}",
-                    entry.repo, issue.number, issue.html_url, body
+                    "GitHub issue {}#{} ({})\n\n{}{}",
+                    entry.repo, issue.number, issue.html_url, body, comments
                 ),
                 Text::Lines,
             ),

@@ -321,6 +321,21 @@ impl Fake {
         })
     }
 
+    /// `user` comments on issue `number`.
+    pub fn add_issue_comment(&self, number: u64, user: &str, body: &str) {
+        self.with(|s| {
+            s.next_id += 1;
+            let comment = FakeIssueComment {
+                id: s.next_id,
+                issue: number,
+                body: body.into(),
+                user: user.into(),
+                edits: 0,
+            };
+            s.issue_comments.push(comment);
+        })
+    }
+
     /// The issue `number` as GitHub's JSON (what a webhook payload carries).
     pub fn issue_json(&self, repo: &str, number: u64) -> Value {
         self.with(|s| {
@@ -340,12 +355,12 @@ impl Fake {
         })
     }
 
-    /// The comments on issue `number`.
+    /// The comments glitchlab (the token's user) wrote on issue `number`.
     pub fn issue_comments(&self, number: u64) -> Vec<FakeIssueComment> {
         self.with(|s| {
             s.issue_comments
                 .iter()
-                .filter(|c| c.issue == number)
+                .filter(|c| c.issue == number && c.user == "glitchlab[bot]")
                 .cloned()
                 .collect()
         })

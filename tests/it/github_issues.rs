@@ -161,6 +161,12 @@ async fn a_labelled_issue_becomes_one_task_one_pr_and_one_comment_then_closes() 
         "Please add f.txt.",
         &["glitchlab", "priority:high"],
     );
+    setup
+        .fake
+        .add_issue_comment(number, "alice", "End it with a newline.");
+    setup
+        .fake
+        .add_issue_comment(number, "bob", "/glitchlab retry");
     let answer = webhook(&service, "issues", "i-1", &labeled(&setup.fake, number)).await;
     assert_eq!(answer["intake"], "issue", "{answer}");
     let task = one_task(&service).await;
@@ -172,6 +178,13 @@ async fn a_labelled_issue_becomes_one_task_one_pr_and_one_comment_then_closes() 
     );
     assert_eq!(task["delivery"], "pull_request");
     assert_eq!(task["priority"], "high");
+    let description = task["description"].as_str().unwrap();
+    assert!(description.contains("Please add f.txt."), "{description}");
+    assert!(
+        description.contains("Comment by @alice:\nEnd it with a newline."),
+        "{description}"
+    );
+    assert!(!description.contains("/glitchlab"), "{description}");
     // Re-labelled while it runs, and the first delivery redelivered.
     webhook(&service, "issues", "i-2", &labeled(&setup.fake, number)).await;
     let again = webhook(&service, "issues", "i-1", &labeled(&setup.fake, number)).await;

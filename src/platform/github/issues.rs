@@ -48,6 +48,9 @@ pub(crate) struct IssueComment {
     /// What it says.
     #[serde(default)]
     pub body: Option<String>,
+    /// Who wrote it.
+    #[serde(default)]
+    pub user: Option<super::types::User>,
 }
 
 impl Client {
