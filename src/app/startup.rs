@@ -299,6 +299,8 @@ impl Application {
             services.config.notifications.clone(),
             stop.clone(),
         ));
+        // Issue intake (`[[github.intake]]`): one loop per repository until intake stops.
+        let issue_intake = crate::work::issue_intake::start(&services, &stop);
         let compass_died = tokio::select! {
             _ = shutdown => false,
             _ = &mut compass_done => true,
@@ -309,6 +311,9 @@ impl Application {
         };
         tracing::info!("shutting down: stopping intake");
         stop.cancel();
+        for intake in issue_intake {
+            intake.abort();
+        }
         // Event streams never end by themselves; the graceful shutdown would wait for them.
         streams.close();
         if tokio::time::timeout(NOTIFIER_STOP_TIMEOUT, &mut notifier)

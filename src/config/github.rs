@@ -51,6 +51,85 @@ pub struct GithubConfig {
     pub token_refresh_margin_secs: u64,
     /// Times a head may move under a merge (`409`) and be verified again.
     pub head_moves_max: u32,
+    /// `[[github.intake]]`: repositories whose labelled issues become tasks (docs/github.md,
+    /// "Issues").
+    pub intake: Vec<IntakeRepo>,
+}
+
+/// The label that asks glitchlab to take an issue, unless an entry names another.
+const INTAKE_LABEL_DEFAULT: &str = "glitchlab";
+/// How often an intake repository is polled by default (webhooks act at once).
+const INTAKE_POLL_SECS_DEFAULT: u64 = 60;
+/// Open tasks per intake repository by default.
+const INTAKE_OPEN_TASKS_DEFAULT: usize = 3;
+/// Open tasks per intake repository at most: more is a typo, not a policy.
+const INTAKE_OPEN_TASKS_MAX: usize = 100;
+
+/// One `[[github.intake]]` entry: issues of `repo` labelled `label` become tasks delivered as pull
+/// requests on that repository.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeRepo {
+    /// `owner/name` on GitHub.
+    pub repo: String,
+    /// The remote glitchlab clones and pushes (the task's `repo`).
+    pub git_url: String,
+    /// The label that starts a task.
+    #[serde(default = "intake_label_default")]
+    pub label: String,
+    /// The tasks' verify command.
+    pub verify: String,
+    /// The ledger account that pays (default `ledger.local_account`).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// The tasks' kind (pipeline template; default `feature`).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Tasks of this repository open at once; further issues wait in order.
+    #[serde(default = "intake_open_tasks_default")]
+    pub max_open_tasks: usize,
+    /// Seconds between two polls of the repository's labelled issues.
+    #[serde(default = "intake_poll_secs_default")]
+    pub poll_secs: u64,
+    /// The tasks' engines (tests and demos use `shell`; default: each persona's own).
+    #[serde(default)]
+    pub engines: Option<crate::model::task::EngineOverrides>,
+}
+
+fn intake_label_default() -> String {
+    INTAKE_LABEL_DEFAULT.into()
+}
+
+fn intake_poll_secs_default() -> u64 {
+    INTAKE_POLL_SECS_DEFAULT
+}
+
+fn intake_open_tasks_default() -> usize {
+    INTAKE_OPEN_TASKS_DEFAULT
+}
+
+impl IntakeRepo {
+    /// The entry's rules; the message names the entry.
+    fn validate(&self, index: usize) -> Result<(), String> {
+        let owner_name = self.repo.split_once('/').is_some_and(|(owner, name)| {
+            !owner.is_empty() && !name.is_empty() && !name.contains('/')
+        });
+        let checks = [
+            (!owner_name, "repo must be `owner/name`"),
+            (self.git_url.trim().is_empty(), "git_url must be set"),
+            (self.label.trim().is_empty(), "label must not be empty"),
+            (self.verify.trim().is_empty(), "verify must not be empty"),
+            (
+                !(1..=INTAKE_OPEN_TASKS_MAX).contains(&self.max_open_tasks),
+                "max_open_tasks must be between 1 and 100",
+            ),
+            (self.poll_secs == 0, "poll_secs must be at least 1"),
+        ];
+        match checks.iter().find(|(broken, _)| *broken) {
+            Some((_, reason)) => Err(format!("github.intake[{index}] ({}): {reason}", self.repo)),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Default for GithubConfig {
@@ -72,6 +151,7 @@ impl Default for GithubConfig {
             secondary_wait_min_secs: 60,
             token_refresh_margin_secs: 300,
             head_moves_max: 5,
+            intake: Vec::new(),
         }
     }
 }
@@ -129,10 +209,25 @@ impl GithubConfig {
                 "github.retries_max must be at most 20",
             ),
         ];
-        match checks.iter().find(|(broken, _)| *broken) {
-            Some((_, reason)) => Err((*reason).to_owned()),
-            None => Ok(()),
+        if let Some((_, reason)) = checks.iter().find(|(broken, _)| *broken) {
+            return Err((*reason).to_owned());
         }
+        for (index, entry) in self.intake.iter().enumerate() {
+            entry.validate(index)?;
+            let twin = self.intake[..index]
+                .iter()
+                .any(|other| other.repo.eq_ignore_ascii_case(&entry.repo));
+            if twin {
+                return Err(format!(
+                    "github.intake[{index}] ({}): the repository has an entry already",
+                    entry.repo
+                ));
+            }
+        }
+        if !self.intake.is_empty() && !self.has_auth() {
+            return Err("github.intake needs token_env or an App".into());
+        }
+        Ok(())
     }
 }
 
@@ -153,5 +248,49 @@ mod tests {
         config.token_env = Some("T".into());
         assert!(config.validate().is_err());
         assert!(GithubConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn an_intake_entry_is_validated_by_name() {
+        let entry = |repo: &str, open: usize| IntakeRepo {
+            repo: repo.into(),
+            git_url: "https://github.com/acme/widgets.git".into(),
+            label: intake_label_default(),
+            verify: "true".into(),
+            account: None,
+            kind: None,
+            max_open_tasks: open,
+            poll_secs: 60,
+            engines: None,
+        };
+        let mut config = GithubConfig {
+            token_env: Some("T".into()),
+            intake: vec![entry("acme/widgets", 3)],
+            ..GithubConfig::default()
+        };
+        assert!(config.validate().is_ok());
+        config.intake.push(entry("acme/gadgets", 0));
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("github.intake[1] (acme/gadgets)"), "{error}");
+        assert!(error.contains("max_open_tasks"), "{error}");
+        config.intake[1] = entry("nope", 3);
+        assert!(config.validate().unwrap_err().contains("owner/name"));
+        config.intake[1] = entry("ACME/widgets", 3);
+        assert!(config.validate().unwrap_err().contains("an entry already"));
+        config.intake.pop();
+        config.token_env = None;
+        assert!(config.validate().unwrap_err().contains("token_env"));
+    }
+
+    #[test]
+    fn an_intake_entry_parses_with_its_defaults() {
+        let config: GithubConfig = toml::from_str(
+            "token_env = \"T\"\n[[intake]]\nrepo = \"acme/widgets\"\ngit_url = \"x\"\nverify = \"true\"\n",
+        )
+        .unwrap();
+        let entry = &config.intake[0];
+        assert_eq!(entry.label, "glitchlab");
+        assert_eq!(entry.poll_secs, 60);
+        assert_eq!(entry.max_open_tasks, 3);
     }
 }

@@ -310,6 +310,22 @@ pub struct CausedBy {
     pub deploy: Option<String>,
 }
 
+/// Where a task's work came from, when glitchlab took it in from another system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskSource {
+    /// `github_issue`.
+    pub kind: String,
+    /// The issue's repository (`owner/name`).
+    pub repo: String,
+    /// The issue's number.
+    pub number: u64,
+    /// The issue's page.
+    pub url: String,
+}
+
+/// `TaskSource::kind` of a task made from a GitHub issue.
+pub(crate) const SOURCE_GITHUB_ISSUE: &str = "github_issue";
+
 /// What a task may spend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -468,6 +484,10 @@ pub struct TaskSpec {
     /// The app to deploy once the task is delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<String>,
+    /// Where the work came from when glitchlab took it in itself (a GitHub issue): what the
+    /// write-back reports to, and what `task list --source` filters on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<TaskSource>,
     /// What a fleet factory must offer to run this task's engine and verify commands
     /// (`has:gpu`, `os:linux`); empty: any factory.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -691,6 +711,7 @@ impl Task {
                 pull_request: None,
                 caused_by: None,
                 deploy: None,
+                source: None,
                 capabilities: Vec::new(),
                 parent_task: None,
                 submitted_by: None,

@@ -266,6 +266,19 @@ pub(crate) async fn submit_audited(
     caller: Option<&Principal>,
     audit: Option<AuditEntry>,
 ) -> Result<Accepted, IntakeError> {
+    submit_from(services, compass, request, caller, audit, None).await
+}
+
+/// [`submit_audited`] for work glitchlab took in itself (`source`: a GitHub issue): the source
+/// is stored on the task's spec with it, in the same write as its idempotency key.
+pub(crate) async fn submit_from(
+    services: &Services,
+    compass: &ActorRef<CompassMsg>,
+    request: SubmitTaskRequest,
+    caller: Option<&Principal>,
+    audit: Option<AuditEntry>,
+    source: Option<crate::model::task::TaskSource>,
+) -> Result<Accepted, IntakeError> {
     // Secret values out first: what is checked, digested, stored and answered is the redacted text.
     let request = redact_submission(&services.redactor, request);
     let digest = digest_of(&request);
@@ -294,6 +307,7 @@ pub(crate) async fn submit_audited(
         }
     }
     let mut task = validate(services, request, caller).await?;
+    task.spec.source = source;
     // Before any money moves: a full disk (or the reserve in use) refuses new work outright.
     services.store.check_intake()?;
     let limit = services.config.compass.max_queued_tasks;
@@ -449,6 +463,7 @@ async fn validate(
             pull_request,
             caused_by,
             deploy,
+            source: None,
             capabilities,
             parent_task,
             submitted_by: caller.map(|c| c.name.clone()),

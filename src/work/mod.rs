@@ -9,6 +9,7 @@ pub(crate) mod engine;
 pub(crate) mod fleet_refs;
 pub(crate) mod fleet_run;
 pub(crate) mod intake;
+pub(crate) mod issue_intake;
 pub(crate) mod merge_queue;
 pub(crate) mod metering;
 pub(crate) mod ops;

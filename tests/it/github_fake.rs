@@ -198,6 +198,44 @@ pub struct FakeState {
     /// Every git request over HTTP.
     pub git_requests: Vec<GitRequest>,
     next_id: u64,
+    /// Issues (numbered from [`FIRST_ISSUE`], apart from the pulls' numbers).
+    pub issues: Vec<FakeIssue>,
+    /// Issue comments.
+    pub issue_comments: Vec<FakeIssueComment>,
+    /// `(issue, content)` reactions of the token's user.
+    pub reactions: Vec<(u64, String)>,
+    /// `login → permission` (others: 404, not a collaborator).
+    pub permissions: HashMap<String, String>,
+    /// When each content-creating write (a comment, a reaction, a pull request) was answered.
+    pub creating_writes: Vec<std::time::Instant>,
+    /// The repositories' default branch.
+    pub default_branch: String,
+}
+
+/// The first issue number the fake hands out.
+pub const FIRST_ISSUE: u64 = 100;
+
+/// An issue in the fake.
+#[derive(Debug, Clone)]
+pub struct FakeIssue {
+    pub number: u64,
+    pub title: String,
+    pub body: String,
+    pub state: String,
+    pub state_reason: Option<String>,
+    pub locked: bool,
+    pub labels: Vec<String>,
+}
+
+/// An issue comment in the fake.
+#[derive(Debug, Clone)]
+pub struct FakeIssueComment {
+    pub id: u64,
+    pub issue: u64,
+    pub body: String,
+    pub user: String,
+    /// Times it was edited.
+    pub edits: u32,
 }
 
 /// The running fake.
@@ -241,6 +279,12 @@ impl Fake {
             git_token: None,
             git_requests: Vec::new(),
             next_id: 1000,
+            issues: Vec::new(),
+            issue_comments: Vec::new(),
+            reactions: Vec::new(),
+            permissions: HashMap::new(),
+            creating_writes: Vec::new(),
+            default_branch: "main".into(),
         };
         let state = Arc::new(Mutex::new(state));
         let app = axum::Router::new()
@@ -271,6 +315,87 @@ impl Fake {
     /// Every exchange so far.
     pub fn log(&self) -> Vec<Exchange> {
         self.with(|s| s.log.clone())
+    }
+
+    /// Opens an issue carrying `labels`; answers its number.
+    pub fn add_issue(&self, title: &str, body: &str, labels: &[&str]) -> u64 {
+        self.with(|s| {
+            let number = FIRST_ISSUE + s.issues.len() as u64;
+            s.issues.push(FakeIssue {
+                number,
+                title: title.into(),
+                body: body.into(),
+                state: "open".into(),
+                state_reason: None,
+                locked: false,
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+            });
+            number
+        })
+    }
+
+    /// `user` comments on issue `number`.
+    pub fn add_issue_comment(&self, number: u64, user: &str, body: &str) {
+        self.with(|s| {
+            s.next_id += 1;
+            let comment = FakeIssueComment {
+                id: s.next_id,
+                issue: number,
+                body: body.into(),
+                user: user.into(),
+                edits: 0,
+            };
+            s.issue_comments.push(comment);
+        })
+    }
+
+    /// The issue `number` as GitHub's JSON (what a webhook payload carries).
+    pub fn issue_json(&self, repo: &str, number: u64) -> Value {
+        self.with(|s| {
+            let issue = s.issues.iter().find(|i| i.number == number).unwrap();
+            issue_json(repo, issue)
+        })
+    }
+
+    /// One issue.
+    pub fn issue(&self, number: u64) -> FakeIssue {
+        self.with(|s| {
+            s.issues
+                .iter()
+                .find(|i| i.number == number)
+                .unwrap()
+                .clone()
+        })
+    }
+
+    /// The comments glitchlab (the token's user) wrote on issue `number`.
+    pub fn issue_comments(&self, number: u64) -> Vec<FakeIssueComment> {
+        self.with(|s| {
+            s.issue_comments
+                .iter()
+                .filter(|c| c.issue == number && c.user == "glitchlab[bot]")
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// The most content-creating writes answered within any one minute.
+    pub fn creating_writes_per_minute_max(&self) -> usize {
+        self.with(|s| {
+            let times = &s.creating_writes;
+            times
+                .iter()
+                .map(|start| {
+                    times
+                        .iter()
+                        .filter(|t| {
+                            **t >= *start && t.duration_since(*start) < Duration::from_secs(60)
+                        })
+                        .count()
+                })
+                .max()
+                .unwrap_or(0)
+        })
     }
 }
 
@@ -459,6 +584,41 @@ fn answer(
                 200,
                 json!(rules),
             )
+        }
+        ("GET", []) => plain(
+            base,
+            200,
+            json!({"id": 1, "name": name, "full_name": repo, "default_branch": fake.default_branch}),
+        ),
+        ("GET", ["issues"]) => list_issues(fake, &repo, query, headers),
+        ("PATCH", ["issues", "comments", id]) => edit_issue_comment(fake, id, request),
+        ("PATCH", ["issues", n]) => edit_issue(fake, &repo, n, request),
+        ("GET", ["issues", n, "comments"]) => {
+            let number: u64 = n.parse().unwrap_or(0);
+            let comments: Vec<Value> = fake
+                .issue_comments
+                .iter()
+                .filter(|c| c.issue == number)
+                .map(|c| issue_comment_json(&repo, c))
+                .collect();
+            plain(
+                &format!("{base}/issues/{{issue_number}}/comments"),
+                200,
+                json!(comments),
+            )
+        }
+        ("POST", ["issues", n, "comments"]) => add_issue_comment(fake, &repo, n, request),
+        ("POST", ["issues", n, "reactions"]) => react(fake, n, request),
+        ("GET", ["collaborators", user, "permission"]) => {
+            let template = format!("{base}/collaborators/{{username}}/permission");
+            match fake.permissions.get(*user) {
+                Some(permission) => plain(
+                    &template,
+                    200,
+                    json!({"permission": permission, "role_name": permission, "user": user_json(user)}),
+                ),
+                None => plain(&template, 404, json!({"message": "Not Found"})),
+            }
         }
         ("GET", ["commits", sha, "check-runs"]) => check_runs(fake, &repo, sha),
         ("GET", ["commits", sha, "status"]) => statuses(fake, &repo, sha),
@@ -729,6 +889,7 @@ fn create_pull(fake: &mut FakeState, repo: &str, request: &Option<Value>) -> Ans
         let _ = created.send(number);
     }
     let pull = fake.pulls[fake.pulls.len() - 1].clone();
+    fake.creating_writes.push(std::time::Instant::now());
     plain(template, 201, pull_json(fake, &pull, true))
 }
 
@@ -794,6 +955,15 @@ fn merge(fake: &mut FakeState, repo: &str, n: &str, request: &Option<Value>) -> 
     fake.pulls[index].state = "closed".into();
     fake.pulls[index].merged = true;
     fake.pulls[index].merge_commit_sha = Some(squashed.clone());
+    // GitHub closes the issues a merged pull request's body `Fixes` — on the default branch only.
+    if pull.base == fake.default_branch {
+        for issue in fake.issues.iter_mut() {
+            if pull.body.contains(&format!("Fixes #{}", issue.number)) {
+                issue.state = "closed".into();
+                issue.state_reason = Some("completed".into());
+            }
+        }
+    }
     plain(
         template,
         200,
@@ -1170,4 +1340,141 @@ fn cgi_response(stdout: &[u8]) -> Response {
         }
     }
     reply
+}
+
+fn user_json(login: &str) -> Value {
+    json!({"login": login, "id": 1, "node_id": "U_1", "avatar_url": "https://github.com/a.png",
+        "gravatar_id": null, "url": "https://api.github.com/users/x", "html_url": "https://github.com/x",
+        "type": "User", "site_admin": false})
+}
+
+fn issue_json(repo: &str, issue: &FakeIssue) -> Value {
+    json!({
+        "id": issue.number, "node_id": "I_1", "number": issue.number, "title": issue.title,
+        "body": issue.body, "state": issue.state, "state_reason": issue.state_reason,
+        "locked": issue.locked,
+        "url": format!("https://api.github.com/repos/{repo}/issues/{}", issue.number),
+        "html_url": format!("https://github.com/{repo}/issues/{}", issue.number),
+        "labels": issue.labels.iter().map(|l| json!({"id": 1, "name": l})).collect::<Vec<_>>(),
+        "comments": 0,
+    })
+}
+
+fn issue_comment_json(repo: &str, comment: &FakeIssueComment) -> Value {
+    json!({
+        "id": comment.id, "node_id": "IC_1", "body": comment.body,
+        "url": format!("https://api.github.com/repos/{repo}/issues/comments/{}", comment.id),
+        "html_url": format!("https://github.com/{repo}/issues/{}#issuecomment-{}", comment.issue, comment.id),
+        "user": user_json(&comment.user),
+    })
+}
+
+fn list_issues(
+    fake: &mut FakeState,
+    repo: &str,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Answer {
+    let template = "/repos/{owner}/{repo}/issues";
+    let label = query.get("labels").cloned().unwrap_or_default();
+    let state = query.get("state").cloned().unwrap_or_else(|| "open".into());
+    let issues: Vec<Value> = fake
+        .issues
+        .iter()
+        .filter(|i| state == "all" || i.state == state)
+        .filter(|i| label.is_empty() || i.labels.contains(&label))
+        .map(|i| issue_json(repo, i))
+        .collect();
+    let body = json!(issues);
+    let etag = format!("\"{:x}\"", md5_like(&body.to_string()));
+    let matches = headers
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == etag);
+    if matches {
+        return (template.into(), 304, Value::Null, vec![("etag", etag)]);
+    }
+    (template.into(), 200, body, vec![("etag", etag)])
+}
+
+/// A stable digest for ETags (not cryptographic).
+fn md5_like(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn add_issue_comment(fake: &mut FakeState, repo: &str, n: &str, request: &Option<Value>) -> Answer {
+    let template = "/repos/{owner}/{repo}/issues/{issue_number}/comments";
+    let number: u64 = n.parse().unwrap_or(0);
+    if !fake.issues.iter().any(|i| i.number == number) {
+        return plain(template, 404, json!({"message": "Not Found"}));
+    }
+    fake.next_id += 1;
+    let comment = FakeIssueComment {
+        id: fake.next_id,
+        issue: number,
+        body: request
+            .as_ref()
+            .and_then(|r| r["body"].as_str())
+            .unwrap_or_default()
+            .into(),
+        user: "glitchlab[bot]".into(),
+        edits: 0,
+    };
+    fake.creating_writes.push(std::time::Instant::now());
+    let answer = issue_comment_json(repo, &comment);
+    fake.issue_comments.push(comment);
+    plain(template, 201, answer)
+}
+
+fn edit_issue_comment(fake: &mut FakeState, id: &str, request: &Option<Value>) -> Answer {
+    let template = "/repos/{owner}/{repo}/issues/comments/{comment_id}";
+    let id: u64 = id.parse().unwrap_or(0);
+    let Some(comment) = fake.issue_comments.iter_mut().find(|c| c.id == id) else {
+        return plain(template, 404, json!({"message": "Not Found"}));
+    };
+    comment.body = request
+        .as_ref()
+        .and_then(|r| r["body"].as_str())
+        .unwrap_or_default()
+        .into();
+    comment.edits += 1;
+    let comment = comment.clone();
+    plain(template, 200, issue_comment_json("acme/widgets", &comment))
+}
+
+fn edit_issue(fake: &mut FakeState, repo: &str, n: &str, request: &Option<Value>) -> Answer {
+    let template = "/repos/{owner}/{repo}/issues/{issue_number}";
+    let number: u64 = n.parse().unwrap_or(0);
+    let Some(issue) = fake.issues.iter_mut().find(|i| i.number == number) else {
+        return plain(template, 404, json!({"message": "Not Found"}));
+    };
+    if let Some(state) = request.as_ref().and_then(|r| r["state"].as_str()) {
+        issue.state = state.into();
+    }
+    if let Some(reason) = request.as_ref().and_then(|r| r["state_reason"].as_str()) {
+        issue.state_reason = Some(reason.into());
+    }
+    let issue = issue.clone();
+    plain(template, 200, issue_json(repo, &issue))
+}
+
+fn react(fake: &mut FakeState, n: &str, request: &Option<Value>) -> Answer {
+    let template = "/repos/{owner}/{repo}/issues/{issue_number}/reactions";
+    let number: u64 = n.parse().unwrap_or(0);
+    let content = request
+        .as_ref()
+        .and_then(|r| r["content"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let answer = json!({"id": number, "node_id": "R_1", "user": user_json("glitchlab[bot]"),
+        "content": content, "created_at": "2024-01-01T00:00:00Z"});
+    if fake.reactions.contains(&(number, content.clone())) {
+        return plain(template, 200, answer);
+    }
+    fake.creating_writes.push(std::time::Instant::now());
+    fake.reactions.push((number, content));
+    plain(template, 201, answer)
 }

@@ -24,6 +24,7 @@ mod fleet_control;
 mod github;
 mod github_contract;
 mod github_fake;
+mod github_issues;
 mod governance;
 mod helpers;
 mod hostile;

@@ -71,6 +71,9 @@ pub enum TaskCommand {
         /// Only tasks of this kind.
         #[arg(long)]
         kind: Option<String>,
+        /// Only tasks taken in from elsewhere: `github` (issues), or a source kind.
+        #[arg(long)]
+        source: Option<String>,
     },
     /// One task, as a readable summary.
     Show {
@@ -206,8 +209,18 @@ pub async fn run(args: TaskArgs) -> Result<u8, CliError> {
     let client = Client::new(&args.client)?;
     match args.command {
         TaskCommand::Submit(submit) => submit_task(&client, *submit).await,
-        TaskCommand::List { status, repo, kind } => {
-            let pairs = [("status", status), ("repo", repo), ("kind", kind)];
+        TaskCommand::List {
+            status,
+            repo,
+            kind,
+            source,
+        } => {
+            let pairs = [
+                ("status", status),
+                ("repo", repo),
+                ("kind", kind),
+                ("source", source),
+            ];
             let page = client.get_with("/v1/tasks", &pairs).await?;
             if client.json {
                 print_json(&page)?;
@@ -590,11 +603,20 @@ fn print_table(page: &Value) {
             styled(&format!("{status:<17}"), status_style(status)),
             task["stage"].as_str().unwrap_or("-"),
             task["kind"].as_str().unwrap_or("?"),
-            task["title"].as_str().unwrap_or("")
+            source_prefix(task) + task["title"].as_str().unwrap_or("")
         );
     }
     if let Some(next) = page["next_cursor"].as_str() {
         println!("(more: the service's next_cursor is {next})");
+    }
+}
+
+/// `[owner/name#n] ` before the title of a task taken in from an issue.
+fn source_prefix(task: &Value) -> String {
+    let source = &task["source"];
+    match (source["repo"].as_str(), source["number"].as_u64()) {
+        (Some(repo), Some(number)) => format!("[{repo}#{number}] "),
+        _ => String::new(),
     }
 }
 

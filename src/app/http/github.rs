@@ -3,7 +3,9 @@
 //! value) is verified in constant time; each `X-GitHub-Delivery` is acted on once (remembered in
 //! the store, bounded); `check_run`, `check_suite`, `status`, `pull_request`,
 //! `pull_request_review` and `pull_request_review_comment` wake the deliveries of the repository
-//! at once. Polling stays the truth: a lost webhook costs latency, not correctness.
+//! at once; `issues` and `issue_comment` go to issue intake (`work::issue_intake`) for the
+//! repositories of `[[github.intake]]`. Polling stays the truth: a lost webhook costs latency,
+//! not correctness.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -45,7 +47,8 @@ const WAKING_EVENTS: [&str; 6] = [
     responses(
         (status = 202, description = "`{\"delivery\", \"duplicate\", \"woke\"}`: accepted; \
             `duplicate`: seen before, nothing done; `woke`: the repository whose deliveries \
-            were woken (null when the event wakes none).", body = Object),
+            were woken (null when the event wakes none); `intake`: `issue` or `command` when \
+            issue intake took the event (null otherwise).", body = Object),
         (status = 401, description = "`WEBHOOK_SIGNATURE`: the signature is missing or wrong, \
             or no `github.webhook_secret_env` is set.", body = ErrorBody),
         (status = 422, description = "`INVALID_FIELD`: no `X-GitHub-Delivery`.", body = ErrorBody),
@@ -74,8 +77,11 @@ pub(crate) async fn webhook(
     if let Some(repo) = &woke {
         crate::work::pull_request::wake(repo);
     }
-    tracing::info!(%delivery, %event, duplicate = !first, woke = ?woke, "github webhook");
-    let answer = json!({"delivery": delivery, "duplicate": !first, "woke": woke});
+    let intake = first
+        .then(|| crate::work::issue_intake::webhook(&app.services, &event, &payload))
+        .flatten();
+    tracing::info!(%delivery, %event, duplicate = !first, woke = ?woke, ?intake, "github webhook");
+    let answer = json!({"delivery": delivery, "duplicate": !first, "woke": woke, "intake": intake});
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 

@@ -131,7 +131,7 @@ fn intake_error(error: IntakeError) -> ApiError {
     }
 }
 
-/// `GET /v1/tasks?limit=&cursor=&status=&repo=&kind=`: newest first, a page at a time.
+/// `GET /v1/tasks?limit=&cursor=&status=&repo=&kind=&source=`: newest first, a page at a time.
 #[utoipa::path(
     get,
     path = "/v1/tasks",
@@ -146,6 +146,8 @@ fn intake_error(error: IntakeError) -> ApiError {
         ("repo" = Option<String>, Query, description = "Only tasks on this repository (its \
             canonical path, as stored)."),
         ("kind" = Option<String>, Query, description = "Only tasks of this kind."),
+        ("source" = Option<String>, Query, description = "Only tasks glitchlab took in from \
+            elsewhere: `github` (any GitHub source) or a `source.kind` (`github_issue`)."),
     ),
     responses(
         (status = 200, description = "`{\"tasks\": [Task, …], \"next_cursor\": task id | null}`, \
@@ -181,11 +183,17 @@ pub(crate) async fn list(
                 .map_err(|_| ApiError::invalid_field(format!("status: unknown status `{text}`")))?,
         ),
     };
-    let (repo, kind) = (query.repo, query.kind);
+    let (repo, kind, source) = (query.repo, query.kind, query.source);
     let keep = move |task: &Task| {
         status.is_none_or(|s| s == task.progress.status)
             && repo.as_ref().is_none_or(|r| *r == task.spec.repo)
             && kind.as_ref().is_none_or(|k| *k == task.spec.kind)
+            && source.as_ref().is_none_or(|wanted| {
+                task.spec
+                    .source
+                    .as_ref()
+                    .is_some_and(|s| s.kind == *wanted || s.kind.starts_with(&format!("{wanted}_")))
+            })
     };
     let (tasks, next) = app.services.store.tasks_page(limit, before, keep).await?;
     Ok(Json(json!({"tasks": tasks, "next_cursor": next})))
@@ -206,6 +214,8 @@ pub(crate) struct ListQuery {
     repo: Option<String>,
     /// Only tasks of this kind.
     kind: Option<String>,
+    /// Only tasks from this source (`github`, or a `source.kind`).
+    source: Option<String>,
 }
 
 async fn parse_id(app: &AppState, id: &str) -> Result<Task, ApiError> {

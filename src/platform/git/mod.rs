@@ -702,7 +702,11 @@ pub(crate) fn is_lock_contention(error: &GitError) -> bool {
                 && (stderr.contains("File exists") || stderr.contains("Unable to create"));
             // gix's ref transactions say so once their lock wait ran out.
             let gix = stderr.contains("Could not lock");
-            git_cli || gix
+            // A `git worktree add` of another task half-way through registering its worktree
+            // (seen by a concurrent `git fetch` of the same clone): gone a moment later.
+            let worktree_registering =
+                stderr.contains("failed to read worktrees/") && stderr.contains("commondir");
+            git_cli || gix || worktree_registering
         }
         _ => false,
     }
@@ -711,6 +715,20 @@ pub(crate) fn is_lock_contention(error: &GitError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worktree_half_registered_is_contention_not_a_verdict() {
+        let failed = |stderr: &str| GitError::Failed {
+            args: "fetch".into(),
+            stderr: stderr.into(),
+        };
+        assert!(is_lock_contention(&failed(
+            "fatal: failed to read worktrees/01a2/commondir: Success"
+        )));
+        assert!(!is_lock_contention(&failed(
+            "fatal: couldn't find remote ref main"
+        )));
+    }
 
     /// A repository with one commit on `main`, under `root`.
     async fn repository(root: &Path) -> (PathBuf, Git) {

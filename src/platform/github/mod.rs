@@ -8,6 +8,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod git_auth;
+pub(crate) mod issues;
 pub(crate) mod ladder;
 pub(crate) mod types;
 

@@ -97,8 +97,16 @@ impl Driver {
     /// looked up again.
     async fn open(&self) -> Result<PullRequest, Observation> {
         let task = &self.task;
+        // A task made from an issue of this repository closes it when merged.
+        let fixes = task
+            .spec
+            .source
+            .as_ref()
+            .filter(|s| s.repo.eq_ignore_ascii_case(&self.spec.repo))
+            .map(|s| format!("Fixes #{}\n\n", s.number))
+            .unwrap_or_default();
         let body = format!(
-            "{}\n\nOpened by glitchlab for task `{}`.\n\n{}",
+            "{fixes}{}\n\nOpened by glitchlab for task `{}`.\n\n{}",
             task.spec.description,
             task.id,
             marker(&task.id.to_string())

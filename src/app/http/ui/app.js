@@ -395,6 +395,8 @@ function card(task) {
       h('span', { class: 'age', title: when(task.created_at) }, age(task.created_at) + ' ago'), ' · ',
       h('span', { class: 'cost' }, knownCost(task) === undefined ? '… tokens' : `${tokens(knownCost(task))} tokens`)),
     waitingNotes(task).map((note) => h('div', { class: 'meta warning' }, note)),
+    task.source ? h('div', { class: 'meta source', title: task.source.url },
+      `from ${task.source.repo}#${task.source.number}`) : null,
     task.error ? h('div', { class: 'meta error' }, task.error.code) : null);
 }
 
