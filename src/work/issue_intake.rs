@@ -182,14 +182,15 @@ async fn run_repo(services: Services, entry: IntakeRepo, stop: CancellationToken
     let poll = Duration::from_secs(intake.entry.poll_secs);
     let mut next_poll = tokio::time::Instant::now();
     while !stop.is_cancelled() {
-        if tokio::time::Instant::now() >= next_poll {
+        let sweep = tokio::time::Instant::now() >= next_poll;
+        if sweep {
             intake.poll().await;
             next_poll = tokio::time::Instant::now() + poll;
         }
         intake.take_inbox();
         intake.admit().await;
         intake.commands().await;
-        intake.report().await;
+        intake.report(sweep).await;
         tokio::select! {
             () = stop.cancelled() => break,
             () = tokio::time::sleep(REPORT_TICK) => {}
@@ -213,6 +214,10 @@ struct Linked {
     closed: bool,
     /// Ignored commands, told once each.
     notes: Vec<String>,
+    /// The task ended and its issue says so: it is read again only on the poll's cadence (a
+    /// retry from elsewhere), not every tick — a repository's thousands of finished tasks
+    /// would otherwise be read twice a second for ever.
+    quiet: bool,
 }
 
 /// Why an issue did not become a task now.

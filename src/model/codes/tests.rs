@@ -34,6 +34,8 @@ const NOT_CODES: &[&str] = &[
     "GIT_CONFIG_COUNT",
     "GIT_CONFIG_KEY_0",
     "GIT_CONFIG_VALUE_0",
+    "GIT_CONFIG_KEY_1",
+    "GIT_CONFIG_VALUE_1",
     // Environment variables a child process gets, or the build sets.
     "PATH",
     "HOME",

@@ -114,7 +114,7 @@ fn failure_lines(task: &Task) -> Vec<String> {
         .error
         .as_ref()
         .map(|e| (e.code.as_str(), e.message.as_str()))
-        .unwrap_or(("FAILED", "no reason recorded"));
+        .unwrap_or(("unknown", "no reason recorded"));
     let summary: String = message.chars().take(FAILURE_QUOTED_CHARS).collect();
     vec![
         format!("**Reason:** `{code}`"),
@@ -137,6 +137,7 @@ const FAILURE_QUOTED_CHARS: usize = 1500;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::codes;
     use crate::model::task::ErrorInfo;
 
     #[test]
@@ -144,10 +145,10 @@ mod tests {
         let mut task = Task::for_test("t", "d");
         task.progress.status = TaskStatus::Failed;
         task.progress.stage = Some(Stage::Verify);
-        task.outcome.error = Some(ErrorInfo::new("VERIFY_FAILED", "1 test failed"));
+        task.outcome.error = Some(ErrorInfo::new(codes::VERIFY_FAILED, "1 test failed"));
         let text = comment(&task, 0, &[]);
         assert!(text.starts_with(&marker(task.id)));
-        assert!(text.contains("VERIFY_FAILED") && text.contains("1 test failed"));
+        assert!(text.contains(codes::VERIFY_FAILED) && text.contains("1 test failed"));
         assert!(
             text.contains("- [x] implementing\n- [ ] ✗ verify"),
             "{text}"

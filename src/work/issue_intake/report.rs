@@ -5,8 +5,13 @@ use super::*;
 
 impl RepoIntake {
     /// Brings every linked task's comment up to date (a write only when what it says changed).
-    pub(super) async fn report(&mut self) {
-        let ids: Vec<TaskId> = self.linked.keys().copied().collect();
+    pub(super) async fn report(&mut self, sweep: bool) {
+        let ids: Vec<TaskId> = self
+            .linked
+            .iter()
+            .filter(|(_, linked)| sweep || !linked.quiet)
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             let task = match self.services.store.task(id).await {
                 Ok(Some(task)) => task,
@@ -52,6 +57,8 @@ impl RepoIntake {
             }
             self.linked_mut(task.id).closed = true;
         }
+        // Everything the issue should say of an ended task is said.
+        self.linked_mut(task.id).quiet = task.progress.status.is_terminal();
         Ok(())
     }
 
@@ -148,6 +155,7 @@ impl RepoIntake {
             let linked = self.linked_mut(task);
             if !linked.notes.contains(&note) && linked.notes.len() < NOTES_MAX {
                 linked.notes.push(note);
+                linked.quiet = false;
             }
             return Ok(());
         }
@@ -156,6 +164,7 @@ impl RepoIntake {
         let linked = self.linked_mut(task);
         linked.open = true;
         linked.closed = false;
+        linked.quiet = false;
         Ok(())
     }
 }
