@@ -282,6 +282,34 @@ async fn two_tasks_rewriting_the_same_line_both_land() {
     assert_eq!(first_parent_chain(&repo).len(), 5);
 }
 
+/// The human's `git worktree add --force <human> <branch>`, tried up to 3 times: once in CI it
+/// died "could not open '.git/worktrees/human/locked' for writing" — its admin dir gone between
+/// git's `mkdir` and its first write, while the service cleaned up the task that had just ended
+/// (which of its steps touches that window is not known yet). A person would run it again; what
+/// this test checks is what the service does with the human's commit.
+fn human_worktree_add(repo: &std::path::Path, human: &std::path::Path, branch: &str) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let output = std::process::Command::new("git")
+            .args(["worktree", "add", "-q", "--force"])
+            .arg(human)
+            .arg(branch)
+            .current_dir(repo)
+            .output()
+            .unwrap();
+        if output.status.success() {
+            return;
+        }
+        last = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            last.contains("/locked' for writing"),
+            "git worktree add failed: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("git worktree add failed 3 times: {last}");
+}
+
 /// A task that ran out of attempts keeps its branch. A human's commit that still breaks it, then
 /// `retry` from deliver: verified on the base, not landed (`VERIFY_FAILED`), base unchanged. A
 /// fixing commit, then `retry` from deliver: landed.
@@ -305,17 +333,7 @@ async fn a_retry_from_deliver_lands_a_human_fix_only_once_it_passes() {
     let human = root.path().join("human");
     let branch = format!("glitchlab/{id}");
     let human_commit = |content: &str| {
-        git(
-            &repo,
-            &[
-                "worktree",
-                "add",
-                "-q",
-                "--force",
-                human.to_str().unwrap(),
-                &branch,
-            ],
-        );
+        human_worktree_add(&repo, &human, &branch);
         std::fs::write(human.join("f1.txt"), content).unwrap();
         git(&human, &["commit", "-q", "-am", "a human's fix"]);
         git(
