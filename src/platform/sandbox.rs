@@ -1545,22 +1545,25 @@ mod tests {
         assert!(confined.hook().is_some());
         let uid = confined._uid.as_ref().map(|lease| lease.run_as);
         assert!(uid.is_some());
-        assert_eq!(launch.run_as, uid);
-        assert_eq!(launch.own, vec![work.clone()]);
-        assert_eq!(launch.watch, jail.disk);
-        assert_eq!(launch.disk_bytes, 4_294_967_296);
+        assert_eq!(launch.plan.run_as, uid);
+        assert_eq!(launch.plan.own, vec![work.clone()]);
+        assert_eq!(launch.plan.watch, jail.disk);
+        assert_eq!(launch.plan.disk_bytes, 4_294_967_296);
         assert!(
-            launch.rlimits.contains(&("nproc", 1024)),
+            launch.plan.rlimits.contains(&("nproc", 1024)),
             "{:?}",
-            launch.rlimits
+            launch.plan.rlimits
         );
-        let sources = launch.sources.as_ref().unwrap();
+        let sources = launch.plan.sources.as_ref().unwrap();
         assert!(sources.contains(&work), "{sources:?}");
         // Without bubblewrap nor Landlock the command itself is what the service execs.
         let mut plain = CommandSpec::shell(line, work.clone(), Duration::from_secs(5), 64);
         let bare = sandbox_with(None).launch(&jail, &mut plain);
         assert_eq!((plain.program.as_str(), plain.args.len()), ("sh", 2));
-        assert!(bare.launch.as_ref().is_some_and(|l| l.run_as.is_none()));
+        assert!(bare
+            .launch
+            .as_ref()
+            .is_some_and(|l| l.plan.run_as.is_none()));
     }
 
     #[test]

@@ -30,6 +30,27 @@ type Resource = libc::c_int;
 
 /// What one run's launch does around the spawn (see the module doc).
 pub(crate) struct Launch {
+    /// What the launch does.
+    pub(super) plan: LaunchPlan,
+    /// The watcher while the run runs: its stop signal and thread.
+    watcher: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    /// The watcher's verdict: the line saying the run passed `disk_bytes`, and whether it was
+    /// killed for it.
+    over: Arc<Mutex<Option<(String, bool)>>>,
+}
+
+impl std::fmt::Debug for Launch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launch")
+            .field("cgroups", &self.plan.cgroups)
+            .field("run_as", &self.plan.run_as)
+            .field("watch", &self.plan.watch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a [`Launch`] does, decided before the spawn.
+pub(super) struct LaunchPlan {
     /// The run's cgroup dirs, joined by the child.
     pub(super) cgroups: Vec<PathBuf>,
     /// The rlimits (by `sandbox-exec --rlimit` name) the child lowers.
@@ -43,47 +64,13 @@ pub(crate) struct Launch {
     /// The run's own dirs and `disk_bytes` (no dirs: not watched).
     pub(super) watch: Vec<PathBuf>,
     pub(super) disk_bytes: u64,
-    /// The watcher while the run runs: its stop signal and thread.
-    watcher: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
-    /// The watcher's verdict: the line saying the run passed `disk_bytes`, and whether it was
-    /// killed for it.
-    over: Arc<Mutex<Option<(String, bool)>>>,
-}
-
-impl std::fmt::Debug for Launch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Launch")
-            .field("cgroups", &self.cgroups)
-            .field("run_as", &self.run_as)
-            .field("watch", &self.watch)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Everything [`Launch`] is made of, but its watcher state.
-pub(super) struct LaunchPlan {
-    pub(super) cgroups: Vec<PathBuf>,
-    pub(super) rlimits: Vec<(&'static str, u64)>,
-    pub(super) run_as: Option<RunAs>,
-    pub(super) own: Vec<PathBuf>,
-    pub(super) share: Vec<PathBuf>,
-    pub(super) sources: Result<Vec<PathBuf>, String>,
-    pub(super) watch: Vec<PathBuf>,
-    pub(super) disk_bytes: u64,
 }
 
 impl Launch {
     /// A launch of `plan`, not yet started.
     pub(super) fn new(plan: LaunchPlan) -> Self {
         Self {
-            cgroups: plan.cgroups,
-            rlimits: plan.rlimits,
-            run_as: plan.run_as,
-            own: plan.own,
-            share: plan.share,
-            sources: plan.sources,
-            watch: plan.watch,
-            disk_bytes: plan.disk_bytes,
+            plan,
             watcher: Mutex::new(None),
             over: Arc::new(Mutex::new(None)),
         }
@@ -99,8 +86,8 @@ impl Launch {
 
     fn watch(&self) -> Watch {
         Watch {
-            dirs: self.watch.clone(),
-            limit: self.disk_bytes,
+            dirs: self.plan.watch.clone(),
+            limit: self.plan.disk_bytes,
         }
     }
 
@@ -115,18 +102,19 @@ impl Launch {
                 ))
             })
         };
-        handed(&self.share, Share::Group)?;
-        handed(&self.own, Share::Own)?;
+        handed(&self.plan.share, Share::Group)?;
+        handed(&self.plan.own, Share::Own)?;
         Ok(())
     }
 }
 
 impl SpawnHook for Launch {
     fn prepare(&self) -> std::io::Result<ChildSetup> {
-        let stages: Vec<Stage> = match self.run_as {
+        let stages: Vec<Stage> = match self.plan.run_as {
             Some(run_as) => {
                 self.hand_over(run_as)?;
                 let sources = self
+                    .plan
                     .sources
                     .as_ref()
                     .map_err(|e| std::io::Error::other(e.clone()))?;
@@ -135,17 +123,19 @@ impl SpawnHook for Launch {
             None => Vec::new(),
         };
         let procs = self
+            .plan
             .cgroups
             .iter()
             .map(|dir| CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(std::io::Error::other)?;
         let limits = self
+            .plan
             .rlimits
             .iter()
             .map(|(name, value)| lowered(name, *value))
             .collect::<std::io::Result<Vec<_>>>()?;
-        let run_as = self.run_as;
+        let run_as = self.plan.run_as;
         let mut fds = Vec::with_capacity(stages.len());
         Ok(Box::new(move || {
             for path in &procs {
@@ -166,7 +156,7 @@ impl SpawnHook for Launch {
     }
 
     fn started(&self, pid: u32) {
-        if self.watch.is_empty() {
+        if self.plan.watch.is_empty() {
             return;
         }
         let Ok(pid) = libc::pid_t::try_from(pid) else {
@@ -200,7 +190,7 @@ impl SpawnHook for Launch {
             drop(stop);
             let _ = thread.join();
         }
-        if self.watch.is_empty() || self.disk_verdict().is_some() {
+        if self.plan.watch.is_empty() || self.disk_verdict().is_some() {
             return;
         }
         let watch = self.watch();
