@@ -132,6 +132,16 @@ where
     }
 }
 
+/// Waits (up to `within`) until issue `number` has exactly one comment, and it says `text`.
+async fn one_comment_saying(fake: &Fake, number: u64, text: &str, within: Duration) {
+    let what = format!("one comment on #{number} saying {text:?}");
+    eventually(within, &what, || async {
+        let comments = fake.issue_comments(number);
+        comments.len() == 1 && comments[0].body.contains(text)
+    })
+    .await;
+}
+
 async fn one_task(service: &Service) -> Value {
     let start = Instant::now();
     loop {
@@ -198,15 +208,7 @@ async fn a_labelled_issue_becomes_one_task_one_pr_and_one_comment_then_closes() 
     let pulls = setup.fake.pulls();
     assert_eq!(pulls.len(), 1, "{pulls:#?}");
     assert!(pulls[0].body.starts_with(&format!("Fixes #{number}")));
-    eventually(
-        Duration::from_secs(20),
-        "the comment to say merged",
-        || async {
-            let comments = setup.fake.issue_comments(number);
-            comments.len() == 1 && comments[0].body.contains("merged (PR #")
-        },
-    )
-    .await;
+    one_comment_saying(&setup.fake, number, "merged (PR #", Duration::from_secs(20)).await;
     let comments = setup.fake.issue_comments(number);
     assert_eq!(comments.len(), 1, "{comments:#?}");
     assert!(comments[0].edits >= 1, "edited in place: {comments:#?}");
@@ -241,15 +243,7 @@ async fn polling_recovers_a_lost_webhook() {
         .wait_finished_within(id, Duration::from_secs(120))
         .await;
     assert_eq!(done["status"], "done", "{done:#}");
-    eventually(
-        Duration::from_secs(20),
-        "the comment to say merged",
-        || async {
-            let comments = setup.fake.issue_comments(number);
-            comments.len() == 1 && comments[0].body.contains("merged (PR #")
-        },
-    )
-    .await;
+    one_comment_saying(&setup.fake, number, "merged (PR #", Duration::from_secs(20)).await;
     assert_eq!(setup.fake.issue(number).state, "closed");
     assert_eq!(issue_tasks(&service).await.len(), 1);
     let polls = || {
@@ -293,10 +287,12 @@ async fn a_failure_stays_open_with_its_reason_and_only_writers_may_retry() {
         ["failed", "dead_letter"].contains(&failed["status"].as_str().unwrap()),
         "{failed:#}"
     );
-    eventually(Duration::from_secs(20), "the failure comment", || async {
-        let comments = setup.fake.issue_comments(number);
-        comments.len() == 1 && comments[0].body.contains("VERIFY_FAILED")
-    })
+    one_comment_saying(
+        &setup.fake,
+        number,
+        "VERIFY_FAILED",
+        Duration::from_secs(20),
+    )
     .await;
     let comment = &setup.fake.issue_comments(number)[0];
     assert!(comment.body.contains("stays open"), "{}", comment.body);
@@ -366,15 +362,7 @@ async fn a_writer_cancels_the_issues_task_with_a_comment() {
         .wait_finished_within(id, Duration::from_secs(30))
         .await;
     assert_eq!(ended["status"], "cancelled", "{ended:#}");
-    eventually(
-        Duration::from_secs(20),
-        "the comment to say cancelled",
-        || async {
-            let comments = setup.fake.issue_comments(number);
-            comments.len() == 1 && comments[0].body.contains("cancelled")
-        },
-    )
-    .await;
+    one_comment_saying(&setup.fake, number, "cancelled", Duration::from_secs(20)).await;
     assert_eq!(setup.fake.issue(number).state, "open");
     contract(&setup.fake);
 }
