@@ -1112,6 +1112,17 @@ pub(crate) async fn service_events(service: &Service, kind: &str) -> Vec<Value> 
         .collect()
 }
 
+/// Waits until the service's events hold at least `count` of `kind`: recovery runs after the
+/// service answers `/readyz`, so what it records can trail the start.
+pub(crate) async fn wait_for_events(service: &Service, kind: &str, count: usize) {
+    wait_until(service, "/v1/events", |body| {
+        body["events"]
+            .as_array()
+            .is_some_and(|events| events.iter().filter(|e| e["kind"] == kind).count() >= count)
+    })
+    .await;
+}
+
 /// Issue #16: apps outlive the control plane. After a `kill -9` of the service, and again after a
 /// graceful stop, the app the `local` provider started keeps serving — the same process (its own
 /// answer says its pid), not a restart — the next start adopts it (`app.adopted`), and no
@@ -1153,6 +1164,7 @@ async fn a_running_app_is_adopted_after_kill_9_and_after_a_graceful_restart() {
             "round {round}: a new process serves: {again}"
         );
         assert_eq!(again["version"], "1", "{again}");
+        wait_for_events(&service, "app.adopted", round).await;
         let adopted = service_events(&service, "app.adopted").await;
         assert_eq!(adopted.len(), round, "round {round}: {adopted:#?}");
         assert_eq!(adopted[round - 1]["data"]["pid"], group, "{adopted:#?}");

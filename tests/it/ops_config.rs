@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::config::{serve_with_config, serve_with_ops};
 use crate::ops::{
     answers_within, commit_all, deploy_healthy, free_port, group_gone, local_ops, recorded_pid,
-    sample_repo, service_events, start, wait_until, AppReaper,
+    sample_repo, service_events, start, wait_for_events, wait_until, AppReaper,
 };
 
 /// A stranger on the app's port: answers `200 ok` to every request until dropped.
@@ -217,7 +217,7 @@ async fn previous_names_keep_the_release_across_a_rename_and_restart() {
     let again = answers_within(port, Duration::from_secs(10)).await;
     assert_eq!(again["pid"], first["pid"], "a new process serves: {again}");
     // Recovery runs as the service starts: wait for its account.
-    wait_for_event(&service, "app.adopted").await;
+    wait_for_events(&service, "app.adopted", 1).await;
     let moved = service_events(&service, "app.renamed").await;
     assert_eq!(moved.len(), 1, "{moved:#?}");
     assert_eq!(moved[0]["data"], json!({"from": "web", "to": "site"}));
@@ -236,7 +236,7 @@ async fn previous_names_keep_the_release_across_a_rename_and_restart() {
         "the release of `site` still runs"
     );
     // The event is written once the group is gone: wait for it.
-    wait_for_event(&service, "app.removed_stopped").await;
+    wait_for_events(&service, "app.removed_stopped", 1).await;
     let stopped = service_events(&service, "app.removed_stopped").await;
     assert_eq!(stopped.len(), 1, "{stopped:#?}");
     assert_eq!(stopped[0]["data"]["app"], "site", "{stopped:#?}");
@@ -244,14 +244,4 @@ async fn previous_names_keep_the_release_across_a_rename_and_restart() {
     assert!(service_events(&service, "app.unaccounted_stopped")
         .await
         .is_empty());
-}
-
-/// Waits until the service's events hold one of `kind`.
-async fn wait_for_event(service: &crate::helpers::Service, kind: &str) {
-    wait_until(service, "/v1/events", |body| {
-        body["events"]
-            .as_array()
-            .is_some_and(|events| events.iter().any(|e| e["kind"] == kind))
-    })
-    .await;
 }
