@@ -23,7 +23,7 @@ use super::circuit::{CircuitMsg, VerifyOutcome};
 use super::patch::{ImplementOutcome, PatchMsg};
 use super::planner::PlannerMsg;
 use crate::model::codes;
-use crate::model::lifecycle::{Effect, LifecycleEvent};
+use crate::model::lifecycle::{self, Effect, LifecycleEvent};
 use crate::model::persona::Persona;
 use crate::model::task::branch_name;
 use crate::model::task::{Delivered, ErrorInfo, Plan, Stage, Task, TaskId, TaskStatus};
@@ -308,7 +308,17 @@ async fn advance(
     myself: &ActorRef<PipelineMsg>,
     state: &mut PipelineState,
 ) -> Result<(), StoreError> {
-    let task = load_active(state).await?;
+    let mut task = load_active(state).await?;
+    // Compass gave the slot back (`Advance`): the task works again.
+    if task.progress.waiting_for.as_deref() == Some(lifecycle::SLOT_WAIT_REASON) {
+        task = state
+            .services
+            .store
+            .update_task(task.id, &[], |t| {
+                transitions::apply(t, LifecycleEvent::StopWaiting);
+            })
+            .await?;
+    }
     let stage = task.progress.stage.unwrap_or(Stage::Plan);
     let Some(persona) = persona_of(stage) else {
         return park_for_approval(myself, state, &task).await;
@@ -627,6 +637,7 @@ async fn finish_stage(
         myself.stop(Some("finished".into()));
         return Ok(());
     };
+    let from = stage;
     let attempts = task.progress.attempts + u32::from(next == Stage::Implement);
     let started = NewEvent::new(
         &state.name,
@@ -640,6 +651,9 @@ async fn finish_stage(
             change(t);
             let (stage, attempt) = (next, attempts);
             transitions::apply(t, LifecycleEvent::EnterStage { stage, attempt });
+            if needs_slot_back(from, next) {
+                transitions::apply(t, LifecycleEvent::WaitForSlot);
+            }
             if next == Stage::Implement {
                 t.progress.branch = Some(branch_name(t.id));
             }
@@ -677,6 +691,7 @@ async fn failed_attempt(
         };
         return end_task(myself, state, task, status, ErrorInfo::new(code, message)).await;
     }
+    let from = stage;
     let next_attempt = task.progress.attempts + 1;
     let events = [
         NewEvent::new(
@@ -699,6 +714,9 @@ async fn failed_attempt(
             t.progress.feedback = Some(output.clone());
             let (stage, attempt) = (Stage::Implement, next_attempt);
             transitions::apply(t, LifecycleEvent::EnterStage { stage, attempt });
+            if needs_slot_back(from, Stage::Implement) {
+                transitions::apply(t, LifecycleEvent::WaitForSlot);
+            }
             t.progress.reverifications = 0;
             t.progress.merge.restart_from_base |= from_base;
             // Only a retried round's first attempt looks whether its branch is behind.
@@ -721,8 +739,7 @@ async fn go_on(
     next: Stage,
 ) {
     use crate::runtime::compass::CompassMsg;
-    let parks = |stage| matches!(stage, Stage::Deliver | Stage::Approve);
-    if parks(from) && !parks(next) {
+    if needs_slot_back(from, next) {
         let compass = services
             .directory
             .persona::<CompassMsg>(Duration::ZERO, None)
@@ -732,6 +749,14 @@ async fn go_on(
         }
     }
     myself.cast(PipelineMsg::Advance).ok();
+}
+
+/// Whether going from `from` to `next` leaves a merge-queue wait (deliver, approve: the slot was
+/// given up) for work that holds a slot: the task then waits for one (`WaitForSlot`, recorded
+/// with the stage change, so it never shows as working before it is).
+fn needs_slot_back(from: Stage, next: Stage) -> bool {
+    let parks = |stage| matches!(stage, Stage::Deliver | Stage::Approve);
+    parks(from) && !parks(next)
 }
 
 /// A stage could not produce a result: retry infrastructure trouble with backoff, end the task

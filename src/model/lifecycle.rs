@@ -97,6 +97,10 @@ pub enum LifecycleEvent {
     /// A job of the task waits before it starts (the fleet is paused, or no live factory offers
     /// what it needs): the reason is shown on the task (`waiting_for`); it stays running.
     WaitForFleet(String),
+    /// The task left its merge queue (deliver, approve) with work to do and waits for a free
+    /// slot (`compass.max_concurrent_tasks`): [`SLOT_WAIT_REASON`] is shown in `waiting_for`, so
+    /// a task at `implement` that is not working yet says so; it stays running.
+    WaitForSlot,
     /// The job stopped waiting (it started, or its wait ended).
     StopWaiting,
     /// The task's pull request moved on (pushed, opened, checks, review, merging, merged): the
@@ -130,6 +134,7 @@ impl LifecycleEvent {
             Self::ClaimLanding(_) => "claim_landing",
             Self::ReleaseLanding => "release_landing",
             Self::WaitForFleet(_) => "wait_for_fleet",
+            Self::WaitForSlot => "wait_for_slot",
             Self::StopWaiting => "stop_waiting",
             Self::TrackPullRequest(_) => "track_pull_request",
         }
@@ -145,7 +150,7 @@ impl LifecycleEvent {
                 "running"
             }
             Self::ClaimLanding(_) | Self::ReleaseLanding => "running",
-            Self::WaitForFleet(_) | Self::StopWaiting => "running",
+            Self::WaitForFleet(_) | Self::WaitForSlot | Self::StopWaiting => "running",
             Self::TrackPullRequest(_) => "running",
             Self::AwaitApproval | Self::Deliver => "running",
             Self::Approve { .. } | Self::Reject => "awaiting_approval",
@@ -198,6 +203,10 @@ pub enum Effect {
     /// service stopped (see [`on_load`]).
     ResumeFirst,
 }
+
+/// `waiting_for` of a task back from its merge queue until Compass gives it a slot
+/// ([`LifecycleEvent::WaitForSlot`]).
+pub(crate) const SLOT_WAIT_REASON: &str = "a free slot (compass.max_concurrent_tasks)";
 
 /// Effects of every end: it leaves Compass's lines, its resources go, its budget settles, its
 /// dependents move. (Compass executes them when a pipeline's exit shows it ended a task.)
@@ -293,7 +302,7 @@ pub(crate) fn step(
         E::LeaveQueue => while_running(status, event, &[Effect::TakeSlot]),
         E::HoldForRedBase(_) | E::ReleaseHold => while_running(status, event, &[]),
         E::ClaimLanding(_) | E::ReleaseLanding => while_running(status, event, &[]),
-        E::WaitForFleet(_) | E::StopWaiting => while_running(status, event, &[]),
+        E::WaitForFleet(_) | E::WaitForSlot | E::StopWaiting => while_running(status, event, &[]),
         E::TrackPullRequest(_) => while_running(status, event, &[]),
     }
 }
@@ -560,12 +569,8 @@ impl Task {
             LifecycleEvent::ReleaseHold => progress.merge.held = None,
             LifecycleEvent::ClaimLanding(commit) => progress.merge.landing = Some(commit),
             LifecycleEvent::ReleaseLanding => progress.merge.landing = None,
-            LifecycleEvent::WaitForFleet(reason) => {
-                if progress.waiting_for.as_ref() != Some(&reason) {
-                    progress.waiting_since = Some(now);
-                }
-                progress.waiting_for = Some(reason);
-            }
+            LifecycleEvent::WaitForFleet(reason) => progress.wait_for(reason, now),
+            LifecycleEvent::WaitForSlot => progress.wait_for(SLOT_WAIT_REASON.to_owned(), now),
             LifecycleEvent::StopWaiting => {
                 progress.waiting_for = None;
                 progress.waiting_since = None;

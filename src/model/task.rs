@@ -581,6 +581,14 @@ impl TaskProgress {
             waiting_since: None,
         }
     }
+
+    /// Shows why the task waits; the clock starts when the reason changes.
+    pub(crate) fn wait_for(&mut self, reason: String, now: DateTime<Utc>) {
+        if self.waiting_for.as_ref() != Some(&reason) {
+            self.waiting_since = Some(now);
+        }
+        self.waiting_for = Some(reason);
+    }
 }
 
 /// Who pays for a task and what is held for it.

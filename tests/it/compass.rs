@@ -7,6 +7,9 @@ use serde_json::{json, Value};
 
 use crate::helpers::{git, git_repo, shell_task, wait_group_gone, with_config, Options, Service};
 
+/// `waiting_for` of a task back from its merge queue until it has a slot again.
+const SLOT_WAIT: &str = "a free slot (compass.max_concurrent_tasks)";
+
 fn id_of(task: &Value) -> String {
     task["id"].as_str().unwrap().to_owned()
 }
@@ -17,7 +20,8 @@ fn started_at(task: &Value) -> String {
 
 /// At most `max_concurrent_tasks` tasks work at once. A task waiting in its merge queue (stage
 /// `deliver`) holds no slot (issue #23: waiting costs no slot), up to `max_parked_tasks` of them,
-/// so those are counted apart and bounded by that limit.
+/// so those are counted apart and bounded by that limit; so is one sent back from it that waits
+/// for its slot (`waiting_for`).
 #[tokio::test]
 async fn never_more_than_max_concurrent_tasks_run_and_all_finish() {
     let root = tempfile::tempdir().unwrap();
@@ -40,8 +44,16 @@ async fn never_more_than_max_concurrent_tasks_run_and_all_finish() {
         let (_, list) = service.get("/v1/tasks").await;
         let tasks = list["tasks"].as_array().unwrap();
         let running = tasks.iter().filter(|t| t["status"] == "running");
-        let working = running.clone().filter(|t| t["stage"] != "deliver").count();
-        let waiting = running.filter(|t| t["stage"] == "deliver").count();
+        // Back from its merge queue with work to do, a task says it waits for a slot until it
+        // has one (`waiting_for`): it is not working yet.
+        let for_slot = |t: &&Value| t["waiting_for"] == SLOT_WAIT;
+        let working = running
+            .clone()
+            .filter(|t| t["stage"] != "deliver" && !for_slot(t))
+            .count();
+        let waiting = running
+            .filter(|t| t["stage"] == "deliver" || for_slot(t))
+            .count();
         most_running = most_running.max(working);
         assert!(
             working <= 2,
@@ -114,12 +126,20 @@ async fn a_task_sent_back_from_its_merge_queue_waits_for_a_free_slot() {
             .submit(&shell_task(&repo, &conflicting, "true"))
             .await,
     );
-    // Starts when the first one parks in its merge queue, and works for 2 s.
+    // Starts when the first one parks in its merge queue, and works for 4 s.
     let busy = id_of(
         &service
-            .submit(&shell_task(&repo, "sleep 2; echo busy > busy.txt", "true"))
+            .submit(&shell_task(&repo, "sleep 4; echo busy > busy.txt", "true"))
             .await,
     );
+    // Sent back while the other works, it says what it waits for instead of looking busy.
+    let waiting = service
+        .wait_for_task(&sent_back, Duration::from_secs(30), |t| {
+            t["waiting_for"] == SLOT_WAIT || t["status"] != "running"
+        })
+        .await;
+    assert_eq!(waiting["waiting_for"], SLOT_WAIT, "{waiting:#}");
+    assert_eq!(waiting["stage"], "implement", "{waiting:#}");
     for id in [&sent_back, &busy] {
         let task = service.wait_until_finished(id).await;
         assert_eq!(task["status"], "done", "{task:#}");
@@ -129,6 +149,7 @@ async fn a_task_sent_back_from_its_merge_queue_waits_for_a_free_slot() {
         task["failures"][0]["error"]["code"], "MERGE_CONFLICT",
         "{task:#}"
     );
+    assert!(task.get("waiting_for").is_none(), "{task:#}");
     let first = working_intervals(&service, &sent_back).await;
     let second = working_intervals(&service, &busy).await;
     for (start, end, what) in &first {

@@ -85,6 +85,7 @@ fn table() -> Vec<(LifecycleEvent, [Cell; 8])> {
         (E::ReleaseLanding,               [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
         (E::WaitForFleet("fleet paused".into()),
                                           [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
+        (E::WaitForSlot,                  [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
         (E::StopWaiting,                  [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
         (E::TrackPullRequest(Box::default()),
                                           [BAD,      BAD,      To(Run),  BAD,      FIN,     FIN,     FIN,     FIN]),
@@ -117,6 +118,7 @@ fn every_event_name() -> Vec<&'static str> {
         "claim_landing",
         "release_landing",
         "wait_for_fleet",
+        "wait_for_slot",
         "stop_waiting",
         "track_pull_request",
     ];
@@ -143,6 +145,7 @@ fn every_event_name() -> Vec<&'static str> {
         | LifecycleEvent::ClaimLanding(_)
         | LifecycleEvent::ReleaseLanding
         | LifecycleEvent::WaitForFleet(_)
+        | LifecycleEvent::WaitForSlot
         | LifecycleEvent::StopWaiting
         | LifecycleEvent::TrackPullRequest(_) => event.name(),
     };
