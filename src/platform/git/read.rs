@@ -256,9 +256,75 @@ pub(crate) async fn locate(dir: &Path) -> Result<Location, GitError> {
 }
 
 /// Opens the repository at `dir` isolated (no system or user configuration).
+///
+/// Opening costs far more than the question (configuration parsed, the object store set up and
+/// torn down: about a third of the service's CPU under a burst of submissions), so a
+/// repository's own directory — a checkout whose `.git` is a directory, or a git dir itself — is
+/// opened once per [`OPENED_TTL`] on each blocking-pool thread and kept ([`OPENED`]). Refs,
+/// `HEAD`, the index and new objects are read from disk on every question, so keeping it changes
+/// no answer; only the configuration is the one read at open. A linked worktree (its `.git` a
+/// file its task could rewrite, its path reused when it is made again) is opened afresh.
 pub(super) fn open(dir: &PathBuf) -> Result<gix::Repository, GitError> {
+    let kept = is_repository_dir(dir);
+    if kept {
+        if let Some(repo) = OPENED.with(|opened| opened.get(dir)) {
+            return Ok(repo);
+        }
+    }
     let options = gix::open::Options::isolated().config_overrides(REF_LOCK_TIMEOUTS);
-    gix::open_opts(dir, options).map_err(failed("open the repository"))
+    let repo = gix::open_opts(dir, options).map_err(failed("open the repository"))?;
+    if kept {
+        OPENED.with(|opened| opened.keep(dir, &repo));
+    }
+    Ok(repo)
+}
+
+/// Whether `dir` is a repository's own directory: a checkout with a `.git` directory, or a git
+/// dir (bare, or a checkout's common dir) with its `objects` — not a linked worktree.
+fn is_repository_dir(dir: &Path) -> bool {
+    dir.join(".git").is_dir() || (dir.join("objects").is_dir() && dir.join("HEAD").is_file())
+}
+
+/// How long a kept repository is used before it is opened again (its configuration re-read).
+const OPENED_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Repositories one thread keeps open at most; past it the expired ones go (all of them if that
+/// is not enough).
+const OPENED_MAX: usize = 32;
+
+thread_local! {
+    /// The repositories [`open`] keeps on this thread (gix's handles are not `Send`), by the
+    /// directory asked for. A blocking-pool thread that idles out drops them.
+    static OPENED: OpenedRepositories = OpenedRepositories::default();
+}
+
+/// Open repositories and when each was opened.
+#[derive(Default)]
+struct OpenedRepositories(
+    std::cell::RefCell<std::collections::HashMap<PathBuf, (gix::Repository, std::time::Instant)>>,
+);
+
+impl OpenedRepositories {
+    /// The repository at `dir` if it was opened less than [`OPENED_TTL`] ago.
+    fn get(&self, dir: &Path) -> Option<gix::Repository> {
+        let opened = self.0.try_borrow().ok()?;
+        let (repo, at) = opened.get(dir)?;
+        (at.elapsed() < OPENED_TTL).then(|| repo.clone())
+    }
+
+    /// Keeps `repo`, just opened at `dir`.
+    fn keep(&self, dir: &Path, repo: &gix::Repository) {
+        let Ok(mut opened) = self.0.try_borrow_mut() else {
+            return;
+        };
+        if opened.len() >= OPENED_MAX {
+            opened.retain(|_, (_, at)| at.elapsed() < OPENED_TTL);
+            if opened.len() >= OPENED_MAX {
+                opened.clear();
+            }
+        }
+        let now = std::time::Instant::now();
+        opened.insert(dir.to_path_buf(), (repo.clone(), now));
+    }
 }
 
 /// How long a ref transaction waits (with back-off) for a ref's lock and for `packed-refs.lock`.
