@@ -114,11 +114,19 @@ impl Actor for Ledger {
                 let op = move |batch: &mut Batch<'_>| book::create_account(batch, &account);
                 submit(&state.store, op, reply).await;
             }
-            LedgerMsg::Transfer { transfer, reply } => {
+            LedgerMsg::Transfer {
+                transfer,
+                audit,
+                reply,
+            } => {
                 crate::work_failpoint!("ledger.handle");
                 let op = move |batch: &mut Batch<'_>| {
                     release_due(batch, now);
-                    book::apply_transfer(batch, &transfer, now)
+                    let applied = book::apply_transfer(batch, &transfer, now)?;
+                    if let (Applied::Created(_), Some(entry)) = (&applied, audit) {
+                        crate::storage::store::stage_audit(batch, entry)?;
+                    }
+                    Ok(applied)
                 };
                 // Counted once durable, like every other answer.
                 let answer = move |applied: Result<Applied<Transfer>, LedgerError>| {

@@ -220,7 +220,7 @@ impl Principal {
 
 /// One line of the audit log: a change someone made through the ingress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub(crate) struct AuditEntry {
+pub struct AuditEntry {
     /// Its place in the log (increasing, not contiguous).
     pub seq: u64,
     /// When it was answered.

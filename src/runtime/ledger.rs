@@ -35,6 +35,9 @@ pub enum LedgerMsg {
     Transfer {
         /// The transfer.
         transfer: NewTransfer,
+        /// Who asked, for the audit log: written in the transfer's own store job when it is
+        /// created (one group commit, not two), never for a replay.
+        audit: Option<crate::model::auth::AuditEntry>,
         /// The outcome, after it is durable.
         reply: LedgerReply<Applied<Transfer>>,
     },
@@ -99,7 +102,22 @@ pub async fn transfer(
     directory: &ActorDirectory,
     transfer: NewTransfer,
 ) -> Result<Applied<Transfer>, LedgerError> {
-    ask(directory, |reply| LedgerMsg::Transfer { transfer, reply }).await
+    transfer_audited(directory, transfer, None).await
+}
+
+/// [`transfer`] with the audit entry of the request that asked for it, written with the
+/// transfer when it is created.
+pub(crate) async fn transfer_audited(
+    directory: &ActorDirectory,
+    transfer: NewTransfer,
+    audit: Option<crate::model::auth::AuditEntry>,
+) -> Result<Applied<Transfer>, LedgerError> {
+    ask(directory, |reply| LedgerMsg::Transfer {
+        transfer,
+        audit,
+        reply,
+    })
+    .await
 }
 
 /// Reserves tokens (a two-phase transfer), whatever `transfer.pending` said.

@@ -141,6 +141,39 @@ async fn transfer_ids_are_idempotent() {
     assert_balanced(&service).await;
 }
 
+/// Each transfer request leaves one audit line: a created transfer's is written in the
+/// transfer's own store job (one group commit, not two), a replay's by the ingress, a refusal's
+/// by no one.
+#[tokio::test]
+async fn each_transfer_request_leaves_one_audit_line() {
+    let root = tempfile::tempdir().unwrap();
+    let service = Service::start_in_process(root.path(), Options::default()).await;
+    two_users(&service, 1_000).await;
+    let body = transfer_body("audited", "user:a", "user:b", 10);
+    assert_eq!(service.post("/v1/ledger/transfers", &body).await.0, 201);
+    assert_eq!(service.post("/v1/ledger/transfers", &body).await.0, 200);
+    let refused = transfer_body("audited", "user:a", "user:b", 11);
+    assert_eq!(service.post("/v1/ledger/transfers", &refused).await.0, 409);
+    // The replay's line is queued as its answer leaves: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let statuses = loop {
+        let (status, page) = service.get("/v1/audit").await;
+        assert_eq!(status, 200, "{page}");
+        let statuses: Vec<u64> = page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["route"] == "/v1/ledger/transfers")
+            .map(|e| e["status"].as_u64().unwrap())
+            .collect();
+        if statuses.len() >= 2 || Instant::now() > deadline {
+            break statuses;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(statuses, [201, 200]);
+}
+
 #[tokio::test]
 async fn insufficient_funds_leave_balances_untouched() {
     let root = tempfile::tempdir().unwrap();
