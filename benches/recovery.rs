@@ -35,7 +35,8 @@ const RELOAD_TASKS: usize = 100_000;
 const TASKS_ENV: &str = "RECOVERY_BENCH_TASKS";
 /// Concurrent submitting clients while filling the queue (the load bench's fastest level).
 const FILL_CLIENTS: usize = 64;
-/// The fill gives up after this (100k submits take ~20–40 s at the load bench's rates).
+/// The fill gives up after this (100k submits take ~20–50 s at the load bench's rates), or after
+/// a millisecond per task when that is longer (1,000,000 tasks: ~17 min).
 const FILL_DEADLINE: Duration = Duration::from_secs(300);
 /// Refusals (anything but `201`) the fill tolerates before it gives up.
 const FILL_ERRORS_MAX: usize = 1000;
@@ -263,7 +264,8 @@ async fn fill_queue(base: &str, repo: &str, total: usize) -> usize {
     let next = Arc::new(AtomicUsize::new(0));
     let accepted = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
-    let deadline = Instant::now() + FILL_DEADLINE;
+    let per_task = Duration::from_millis(u64::try_from(total).unwrap_or(u64::MAX));
+    let deadline = Instant::now() + FILL_DEADLINE.max(per_task);
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..FILL_CLIENTS {
         let (next, accepted, errors) = (next.clone(), accepted.clone(), errors.clone());
