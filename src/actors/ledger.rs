@@ -41,8 +41,6 @@ use crate::runtime::Services;
 use crate::storage::ledger as book;
 use crate::storage::store::{Batch, Store};
 
-/// Most expired transfers released per job, so a backlog never holds the writer long.
-const EXPIRE_BATCH_MAX: usize = 256;
 /// Shortest expiry scan interval, whatever the config says.
 const EXPIRY_SCAN_INTERVAL_MS_MIN: u64 = 10;
 
@@ -195,7 +193,7 @@ async fn submit<T: Send + 'static>(
 /// Releases a bounded batch of due pending transfers inside a write job, so an expired
 /// reservation never blocks the write; a failure is logged and left to the timer.
 fn release_due(batch: &mut Batch<'_>, now: DateTime<Utc>) {
-    if let Err(error) = book::expire_due(batch, now, EXPIRE_BATCH_MAX) {
+    if let Err(error) = book::expire_due(batch, now, book::EXPIRE_BATCH_MAX) {
         tracing::error!(%error, "could not release expired pending transfers");
     }
 }
@@ -248,12 +246,12 @@ fn open_builtin_accounts(batch: &mut Batch<'_>, config: &LedgerConfig) -> Result
 /// if it was full.
 async fn expire_due(myself: &ActorRef<LedgerMsg>, store: &Store, now: DateTime<Utc>) {
     let myself = myself.clone();
-    let op = move |batch: &mut Batch<'_>| book::expire_due(batch, now, EXPIRE_BATCH_MAX);
+    let op = move |batch: &mut Batch<'_>| book::expire_due(batch, now, book::EXPIRE_BATCH_MAX);
     let done = move |result: Result<usize, LedgerError>| match result {
         Ok(0) => {}
         Ok(released) => {
             tracing::info!(released, "released pending transfers past their timeout");
-            if released == EXPIRE_BATCH_MAX {
+            if released == book::EXPIRE_BATCH_MAX {
                 let _ = myself.cast(LedgerMsg::ExpireDue);
             }
         }

@@ -317,27 +317,36 @@ pub(crate) async fn submit_from(
     let Some(admission) = services.directory.admit(limit) else {
         return Err(IntakeError::QueueFull(limit));
     };
-    // The money first: a task that cannot be paid for is never created.
-    let reservation = metering::reserve(&services.directory, &task, 1)
-        .await
-        .map_err(|error| reservation_refused(caller, error))?;
-    // Test hook: a crash here leaves a reservation without its task (voided at the next start).
-    crate::work_failpoint!("intake.reserved");
-    task.billing.reservation = Some(reservation.clone());
+    // The money with the task, in one store job: a task that cannot be paid for is never
+    // created, and a crash leaves both or neither (no reservation without its task).
+    let (account, reservation) = metering::budget_reservation(&task, 1);
+    task.billing.reservation = Some(reservation.id.clone());
     task.billing.budget_rounds = 1;
     let event = NewEvent::new(
         "ingress",
         "task.submitted",
         json!({"title": task.spec.title, "kind": task.spec.kind, "priority": task.spec.priority, "caused_by": task.spec.caused_by, "principal": task.spec.submitted_by}),
     );
+    // Test hook: a crash here, just before the write, must leave nothing behind.
+    crate::work_failpoint!("intake.writing");
+    let now = chrono::Utc::now();
     let created = services
         .store
-        .create_task_audited(task, &digest, event, audit)
-        .await;
-    if !matches!(created, Ok(Submission::Created(_))) {
-        // Not stored (a concurrent twin won the key, or the write failed): free the money.
-        metering::release(&services.directory, &reservation).await;
-    }
+        .write(move |batch| -> Result<Submission, SubmitWriteError> {
+            let submission =
+                crate::storage::store::stage_submission(batch, task, digest, &event, audit)?;
+            // A replay or a key conflict stores nothing: no money is held for it either.
+            if matches!(submission, Submission::Created(_)) {
+                metering::stage_budget_reservation(batch, &account, &reservation, now)
+                    .map_err(SubmitWriteError::Reservation)?;
+            }
+            Ok(submission)
+        })
+        .await
+        .map_err(|error| match error {
+            SubmitWriteError::Store(error) => IntakeError::Store(error),
+            SubmitWriteError::Reservation(error) => reservation_refused(caller, error),
+        });
     let (task, replayed) = match created? {
         Submission::Created(task) => (task, false),
         Submission::Replayed(task) => (task, true),
@@ -356,6 +365,21 @@ pub(crate) async fn submit_from(
         }
     }
     Ok(Accepted { task, replayed })
+}
+
+/// Why intake's one write (the task and its budget reservation) stored nothing.
+#[derive(Debug)]
+enum SubmitWriteError {
+    /// The store refused or failed the write.
+    Store(StoreError),
+    /// The Ledger's rules refused the reservation (unknown payer, insufficient funds).
+    Reservation(LedgerError),
+}
+
+impl From<StoreError> for SubmitWriteError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
 }
 
 /// Checks a submission field by field and builds the queued (or blocked) task.

@@ -26,8 +26,8 @@ use crate::model::task::{EngineRun, Task, TaskId};
 use crate::runtime::directory::ActorDirectory;
 use crate::runtime::ledger as ledger_actor;
 use crate::runtime::Services;
-use crate::storage::ledger::Book;
-use crate::storage::store::NewEvent;
+use crate::storage::ledger::{self as book, Book};
+use crate::storage::store::{Batch, NewEvent};
 
 /// Transfer code of a task's budget reservation (and its settlement).
 pub(crate) const CODE_TASK_BUDGET: u16 = 10;
@@ -56,14 +56,23 @@ pub(crate) async fn reserve(
     task: &Task,
     round: u32,
 ) -> Result<String, LedgerError> {
+    let (account, reservation) = budget_reservation(task, round);
+    let id = reservation.id.clone();
+    ledger_actor::open_and_reserve(directory, account, reservation).await?;
+    Ok(id)
+}
+
+/// The task's account and the pending transfer that holds round `round` of its budget: what
+/// [`reserve`] asks the Ledger for, and what intake writes in the task's own job
+/// ([`stage_budget_reservation`]).
+pub(crate) fn budget_reservation(task: &Task, round: u32) -> (NewAccount, NewTransfer) {
     let account = NewAccount {
         id: task_account(task.id),
         kind: AccountKind::Project,
         allow_negative: true,
     };
-    let id = reservation_id(task.id, round);
     let mut reservation = NewTransfer::reserve(
-        &id,
+        &reservation_id(task.id, round),
         &task.billing.account,
         &task_account(task.id),
         task.billing.budget.max_cost,
@@ -72,8 +81,25 @@ pub(crate) async fn reserve(
     );
     reservation.parent_task = Some(task.id);
     reservation.memo = Some(format!("budget of task {}", task.id));
-    ledger_actor::open_and_reserve(directory, account, reservation).await?;
-    Ok(id)
+    (account, reservation)
+}
+
+/// Stages a budget reservation in the caller's store job, as the Ledger would write it (expired
+/// reservations released first, the account opened, the pending transfer applied): intake writes
+/// a new task and its reservation in one group commit, so neither exists without the other.
+pub(crate) fn stage_budget_reservation(
+    batch: &mut Batch<'_>,
+    account: &NewAccount,
+    reservation: &NewTransfer,
+    now: DateTime<Utc>,
+) -> Result<(), LedgerError> {
+    if let Err(error) = book::expire_due(batch, now, book::EXPIRE_BATCH_MAX) {
+        tracing::error!(%error, "could not release expired pending transfers");
+    }
+    if let Applied::Created(created) = book::open_and_transfer(batch, account, reservation, now)? {
+        crate::platform::metrics::ledger_transfer(created.code);
+    }
+    Ok(())
 }
 
 /// Releases a reservation whose task was never created.
@@ -101,9 +127,9 @@ pub(crate) fn void_orphan_reservations_later(services: &Services, before: DateTi
 }
 
 /// Voids every pending budget reservation (`task:<id>:budget:<n>`) made before `before` whose
-/// task does not exist. Intake reserves before it creates the task (a task that cannot be paid
-/// for is never created); a crash between the two left a reservation without a timeout holding
-/// the payer's money for a task that will never settle it. One made since `before` may still be
+/// task does not exist. Earlier versions reserved before they created the task, and a crash
+/// between the two left a reservation without a timeout holding the payer's money for a task
+/// that will never settle it (intake now writes both in one job). One made since `before` may still be
 /// getting its task, so it is left alone. Each void is a service event `ledger.orphan_voided`.
 pub(crate) async fn void_orphan_reservations(
     services: &Services,

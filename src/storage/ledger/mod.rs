@@ -180,6 +180,9 @@ pub(crate) fn apply_transfer(
     Ok(Applied::Created(transfer))
 }
 
+/// Most expired transfers released per job, so a backlog never holds the writer long.
+pub(crate) const EXPIRE_BATCH_MAX: usize = 256;
+
 /// Opens `account` (a replay if it exists alike) and applies `request` in one job: a refused
 /// transfer leaves no account behind, since the job's `Err` stages nothing.
 pub(crate) fn open_and_transfer(

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot, Semaphore};
 
 pub use self::recovery::StopsInFlight;
-pub(crate) use self::tasks::stage_audit;
+pub(crate) use self::tasks::{stage_audit, stage_submission};
 pub use self::tasks::{NewEvent, QueuedTask, Submission};
 pub use self::writer::{Batch, WriterHealth};
 use crate::model::task::Event;

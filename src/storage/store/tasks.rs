@@ -95,14 +95,8 @@ impl Store {
         audit: Option<AuditEntry>,
     ) -> Result<Submission, StoreError> {
         let digest = digest.to_owned();
-        self.write(move |batch| {
-            let submission = create_task(batch, task, digest, &event)?;
-            if let (Submission::Created(_), Some(entry)) = (&submission, audit) {
-                stage_audit(batch, entry)?;
-            }
-            Ok(submission)
-        })
-        .await
+        self.write(move |batch| stage_submission(batch, task, digest, &event, audit))
+            .await
     }
 
     /// The task an idempotency key was first used for, and the digest of that submission.
@@ -478,6 +472,23 @@ impl Store {
         })
         .await
     }
+}
+
+/// Stages a submitted task (and, if it is created, the audit line of the request) in the
+/// caller's job: [`Store::create_task_audited`]'s write, for a caller that writes more with it
+/// (intake: the task's budget reservation).
+pub(crate) fn stage_submission(
+    batch: &mut Batch<'_>,
+    task: Task,
+    digest: String,
+    event: &NewEvent,
+    audit: Option<AuditEntry>,
+) -> Result<Submission, StoreError> {
+    let submission = create_task(batch, task, digest, event)?;
+    if let (Submission::Created(_), Some(entry)) = (&submission, audit) {
+        stage_audit(batch, entry)?;
+    }
+    Ok(submission)
 }
 
 fn create_task(
