@@ -356,6 +356,7 @@ pub(crate) async fn submit_from(
     };
     if !replayed {
         crate::platform::metrics::task_submitted(&task.spec.kind);
+        crate::platform::metrics::ledger_transfer(metering::CODE_TASK_BUDGET);
         // Durable already: if Compass is down, the next start picks the task up.
         match compass.cast(CompassMsg::TaskSubmitted(task.id)) {
             Ok(()) => admission.hand_over(),

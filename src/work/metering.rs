@@ -87,6 +87,7 @@ pub(crate) fn budget_reservation(task: &Task, round: u32) -> (NewAccount, NewTra
 /// Stages a budget reservation in the caller's store job, as the Ledger would write it (expired
 /// reservations released first, the account opened, the pending transfer applied): intake writes
 /// a new task and its reservation in one group commit, so neither exists without the other.
+/// The caller counts it (`metrics::ledger_transfer`) once the job is durable.
 pub(crate) fn stage_budget_reservation(
     batch: &mut Batch<'_>,
     account: &NewAccount,
@@ -96,9 +97,7 @@ pub(crate) fn stage_budget_reservation(
     if let Err(error) = book::expire_due(batch, now, book::EXPIRE_BATCH_MAX) {
         tracing::error!(%error, "could not release expired pending transfers");
     }
-    if let Applied::Created(created) = book::open_and_transfer(batch, account, reservation, now)? {
-        crate::platform::metrics::ledger_transfer(created.code);
-    }
+    book::open_and_transfer(batch, account, reservation, now)?;
     Ok(())
 }
 
