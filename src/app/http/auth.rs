@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::extract::{MatchedPath, Path as UrlPath, Query, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -489,9 +489,23 @@ fn unauthenticated(message: &str) -> Response {
 }
 
 /// Marks an answer whose handler wrote its audit entry itself, in the same store job as the
-/// change (a submit): [`authorize`] then queues none.
+/// change (a submit, a transfer): [`authorize`] then queues none.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AuditWritten;
+
+/// The audit line of a `POST` by `caller` that will answer `201 Created`, for a handler that
+/// writes it with its change (and marks the answer [`AuditWritten`]).
+pub(crate) fn audit_of_created(caller: &Principal, route: &MatchedPath, uri: &Uri) -> AuditEntry {
+    AuditEntry {
+        seq: 0,
+        at: Utc::now(),
+        principal: caller.name.clone(),
+        method: Method::POST.to_string(),
+        route: route.as_str().to_owned(),
+        path: uri.path().to_owned(),
+        status: StatusCode::CREATED.as_u16(),
+    }
+}
 
 /// Every matched route passes here (a route layer): authenticate, authorize, limit, then — for a
 /// change that succeeded — queue who did it for the audit log before the answer leaves (unless

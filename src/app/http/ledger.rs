@@ -8,19 +8,19 @@
 use std::collections::HashMap;
 
 use axum::extract::{MatchedPath, Path, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::AuditWritten;
+use super::auth::{audit_of_created, AuditWritten};
 use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::json::{JsonBody, QueryParams};
 use super::AppState;
-use crate::model::auth::{AuditEntry, Principal};
+use crate::model::auth::Principal;
 use crate::model::ledger::{
     Account, AccountView, Applied, Audit, HistoryPage, LedgerError, NewAccount, NewTransfer,
     Transfer, CODE_MINT, MINT_ACCOUNT,
@@ -236,15 +236,7 @@ pub(crate) async fn create_transfer(
 ) -> Result<Response, ApiError> {
     request.validate()?;
     // The audit line rides in the transfer's own write; the ingress writes it only for a replay.
-    let audit = AuditEntry {
-        seq: 0,
-        at: chrono::Utc::now(),
-        principal: caller.name,
-        method: Method::POST.to_string(),
-        route: route.as_str().to_owned(),
-        path: uri.path().to_owned(),
-        status: StatusCode::CREATED.as_u16(),
-    };
+    let audit = audit_of_created(&caller, &route, &uri);
     let applied = ledger::transfer_audited(&app.services.directory, request, Some(audit)).await?;
     let created = matches!(applied, Applied::Created(_));
     let mut response = created_or_replayed(applied, StatusCode::CREATED);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use ractor::rpc::CallResult;
@@ -13,12 +13,12 @@ use serde::Deserialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::auth::AuditWritten;
+use super::auth::{audit_of_created, AuditWritten};
 use super::error::describe;
 use super::error::{ApiError, ErrorBody};
 use super::json::{JsonBody, QueryParams, RawBody};
 use super::AppState;
-use crate::model::auth::{AuditEntry, Permission, Principal};
+use crate::model::auth::{Permission, Principal};
 use crate::model::codes;
 use crate::model::errors::TaskActionError;
 use crate::model::ledger::LedgerError;
@@ -79,15 +79,7 @@ pub(crate) async fn submit(
 ) -> Result<Response, ApiError> {
     // The audit line rides in the task's own write (one group commit); the ingress writes it
     // only for a replay, which stores nothing.
-    let audit = AuditEntry {
-        seq: 0,
-        at: chrono::Utc::now(),
-        principal: caller.name.clone(),
-        method: Method::POST.to_string(),
-        route: route.as_str().to_owned(),
-        path: uri.path().to_owned(),
-        status: StatusCode::CREATED.as_u16(),
-    };
+    let audit = audit_of_created(&caller, &route, &uri);
     let accepted = intake::submit_audited(
         &app.services,
         &app.compass,
