@@ -931,12 +931,14 @@ async fn tasks_waiting_in_a_merge_queue_hold_no_slot() {
     let repo_b = git_repo(other.path());
     let config = "[merge_queue]\nbatch_max = 1\n[compass]\nmax_concurrent_tasks = 2\n";
     let service = Service::start_with(root.path(), with_config(config)).await;
-    // The blocker moves A's base on its first attempt, so its candidate must be verified; that
-    // verify waits, only in the merge queue's scratch worktree, for the gate the test opens
-    // once the quick task is done.
+    // The blocker moves A's base on each attempt (a teammate's commit, new content every time),
+    // so its candidate must be verified; that verify waits, only in the merge queue's scratch
+    // worktree, for the gate the test opens once the quick task is done. (Every attempt moves
+    // it, so a candidate sent back once — seen: git's `merge --squash` failing `fatal: stash
+    // failed`, taken for a conflict — still waits at the gate.)
     let gate = root.path().join("blocker-gate");
     let blocker_patch = format!(
-        "echo hi > {r}/teammate.txt && git -C {r} add teammate.txt && \
+        "date +%s%N > {r}/teammate.txt && git -C {r} add teammate.txt && \
          git -C {r} -c user.name=t -c user.email=t@t commit -q -m teammate && \
          echo ok > f-blocker.txt",
         r = repo_a.display()
