@@ -136,8 +136,9 @@ impl IntakeError {
     }
 }
 
-/// A submission: the body of `POST /v1/tasks`.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+/// A submission: the body of `POST /v1/tasks`. (`Default` is for work glitchlab takes in itself:
+/// the fields it sets, the rest as a client leaving them out.)
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SubmitTaskRequest {
     /// Short name of the work: one line, not blank.

@@ -41,7 +41,9 @@ use crate::platform::github::issues::Issue;
 use crate::platform::github::{self, Client};
 use crate::runtime::compass::{CompassMsg, TaskAction};
 use crate::runtime::Services;
-use crate::work::intake::{self, printable, IntakeError, SubmitTaskRequest, Text};
+use crate::work::intake::{
+    self, printable, IntakeError, PullRequestRequest, SubmitTaskRequest, Text,
+};
 
 /// How often linked tasks are looked at for a change worth a comment edit.
 const REPORT_TICK: Duration = Duration::from_millis(500);
@@ -454,47 +456,27 @@ impl RepoIntake {
             ),
             BODY_BYTES_MAX,
         );
-        let value = serde_json::json!({
-            "title": if title.trim().is_empty() { format!("Issue #{}", issue.number) } else { title },
-            "description": description,
-            "repo": entry.git_url,
-            "verify": entry.verify,
-            "kind": entry.kind,
-            "priority": priority_of(issue),
-            "engines": entry.engines,
-            "idempotency_key": key,
-            "delivery": Delivery::PullRequest,
-            "pull_request": {"repo": entry.repo},
-            "account": entry.account,
-        });
-        serde_json::from_value(value).unwrap_or_else(|_| fallback_request(entry, issue))
-    }
-}
-
-/// Never reached (the JSON above has the request's shape); a plain request rather than a panic.
-fn fallback_request(entry: &IntakeRepo, issue: &Issue) -> SubmitTaskRequest {
-    SubmitTaskRequest {
-        title: format!("Issue #{}", issue.number),
-        description: String::new(),
-        repo: entry.git_url.clone(),
-        base_branch: None,
-        kind: None,
-        priority: None,
-        verify: entry.verify.clone(),
-        max_attempts: None,
-        engines: None,
-        idempotency_key: None,
-        deps: None,
-        review_policy: None,
-        delivery: Some(Delivery::PullRequest),
-        pull_request: None,
-        caused_by: None,
-        deploy: None,
-        capabilities: None,
-        account: None,
-        budget: None,
-        parent_task: None,
-        acceptance: None,
+        SubmitTaskRequest {
+            title: if title.trim().is_empty() {
+                format!("Issue #{}", issue.number)
+            } else {
+                title
+            },
+            description,
+            repo: entry.git_url.clone(),
+            verify: entry.verify.clone(),
+            kind: entry.kind.clone(),
+            priority: Some(priority_of(issue)),
+            engines: entry.engines.clone(),
+            idempotency_key: Some(key),
+            delivery: Some(Delivery::PullRequest),
+            pull_request: Some(PullRequestRequest {
+                repo: Some(entry.repo.clone()),
+                ..PullRequestRequest::default()
+            }),
+            account: entry.account.clone(),
+            ..SubmitTaskRequest::default()
+        }
     }
 }
 

@@ -248,18 +248,7 @@ async fn no_checks_policies() {
 #[tokio::test]
 async fn a_check_that_never_reports_stalls() {
     let setup = setup().await;
-    setup.fake.with(|s| {
-        s.required_checks = Some(vec!["ci".into(), "e2e".into()]);
-        s.ci = Arc::new(|_| {
-            vec![
-                ScriptedCheck::run("ci", "success"),
-                ScriptedCheck {
-                    conclusion: None,
-                    ..ScriptedCheck::run("e2e", "success")
-                },
-            ]
-        })
-    });
+    e2e_never_reports(&setup.fake);
     let done = run_task(&setup, "checks_deadline_secs = 2\n", json!({"repo": REPO})).await;
     assert_eq!(done["status"], "failed", "{done:#}");
     assert_eq!(done["error"]["code"], "CHECKS_STALLED");
