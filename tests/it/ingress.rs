@@ -195,6 +195,63 @@ async fn idempotency_key_replays_the_same_task_and_refuses_another_body() {
     assert_eq!(service.wait_until_finished(id).await["status"], "done");
 }
 
+/// 64 clients send the same keyed submission at once: the twins meet inside the store's group
+/// commits, where the task and its budget reservation are one write. One task is made, every
+/// answer names it, and exactly one budget is held for it — a twin that lost the key holds none.
+#[tokio::test]
+async fn sixty_four_twins_of_a_keyed_submission_make_one_task_and_hold_one_budget() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let service = Service::start_in_process(root.path(), Options::default()).await;
+    let before = service.get("/v1/ledger/accounts/user:local").await.1;
+    let mut body = shell_task(&repo, "echo twin > twin.txt", "true");
+    body["idempotency_key"] = json!("twins-1");
+    let url = format!("{}/v1/tasks", service.base);
+    let mut twins = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (url, body) = (url.clone(), body.clone());
+        twins.spawn(async move {
+            let answer = crate::helpers::client()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status().as_u16();
+            let replayed = answer.headers().contains_key("idempotent-replayed");
+            (status, replayed, answer.json::<Value>().await.unwrap())
+        });
+    }
+    let answers = twins.join_all().await;
+    let mut ids = std::collections::BTreeSet::new();
+    for (status, _, task) in &answers {
+        assert_eq!(*status, 201, "{task}");
+        ids.insert(task["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    // A replay answers `201` too, marked `idempotent-replayed`: exactly one answer is not.
+    let created = answers.iter().filter(|(_, replayed, _)| !replayed).count();
+    assert_eq!(created, 1, "{created} answers say they created the task");
+    let (_, tasks) = service.get("/v1/tasks").await;
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 1, "{tasks:#}");
+    let task = &answers[0].2;
+    let budget = task["budget"]["max_cost"].as_u64().unwrap();
+    let after = service.get("/v1/ledger/accounts/user:local").await.1;
+    let held = |account: &Value| account["debits_pending"].as_u64().unwrap_or(0);
+    let settled = |account: &Value| account["debits_posted"].as_u64().unwrap_or(0);
+    // The task may have started (and even finished) since: what it holds or spent is one budget.
+    let moved = held(&after) + settled(&after) - held(&before) - settled(&before);
+    assert!(
+        moved <= budget && held(&after) - held(&before) <= budget,
+        "more than one budget moved for one task: {moved} (budget {budget}): {after:#}"
+    );
+    let reservation = task["reservation"].as_str().unwrap();
+    let (status, _) = service
+        .get(&format!("/v1/ledger/transfers/{reservation}"))
+        .await;
+    assert_eq!(status, 200);
+}
+
 #[tokio::test]
 async fn the_tree_is_listed_with_every_persona() {
     let root = tempfile::tempdir().unwrap();
