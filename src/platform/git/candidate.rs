@@ -434,19 +434,21 @@ async fn reset_scratch(repo: &Git, dir: &Path, base: &str) -> Result<Git, GitErr
     super::remove_files(dir).await;
     repo.remove_half_made_admin_dir(&linked, dir).await;
     let path = dir.display().to_string();
-    if repo
-        .run(&[
-            "worktree", "add", "--lock", "--detach", "--quiet", &path, base,
-        ])
-        .await
-        .is_err()
-    {
-        repo.run(&["worktree", "prune"]).await?;
+    let add = [
+        "worktree",
+        "add",
+        "--lock",
+        "--reason",
+        super::own_worktrees::LOCK_REASON,
+        "--detach",
+        "--quiet",
+        &path,
+        base,
+    ];
+    if repo.run(&add).await.is_err() {
+        repo.forget_own_stale_worktrees().await?;
         repo.remove_half_made_admin_dir(&linked, dir).await;
-        repo.run(&[
-            "worktree", "add", "--lock", "--detach", "--quiet", &path, base,
-        ])
-        .await?;
+        repo.run(&add).await?;
     }
     if !super::registered_at(&linked, dir).await {
         return Err(GitError::Failed {

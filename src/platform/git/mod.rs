@@ -3,6 +3,7 @@
 //! output); read-only questions are answered in-process by [`read`] (gix), a process saved each.
 
 pub(crate) mod candidate;
+pub(crate) mod own_worktrees;
 pub(crate) mod read;
 pub(crate) mod sandbox_dir;
 pub(crate) mod staged;
@@ -447,15 +448,27 @@ impl Git {
         // be: start it again. Its files go first, so the registration is stale for `prune`.
         remove_files(path).await;
         self.remove_half_made_admin_dir(&linked, path).await;
-        // Locked: `git worktree prune` (of any worktree's removal) must never take this one's
-        // registration while its files' `.git` is briefly gone or replaced.
-        let new_branch = ["worktree", "add", "--lock", "-b", branch, &path_text, base];
+        // Locked with the service's reason: a human's `git worktree prune` must never take this
+        // one's registration while its files' `.git` is briefly gone or replaced, and the
+        // service's own clean-up knows it for its own.
+        let lock_reason = ["--lock", "--reason", own_worktrees::LOCK_REASON];
+        let new_branch = [
+            &["worktree", "add"][..],
+            &lock_reason,
+            &["-b", branch, &path_text, base],
+        ]
+        .concat();
         if self.run(&new_branch).await.is_err() {
-            self.run(&["worktree", "prune"]).await?;
+            self.forget_own_stale_worktrees().await?;
             self.remove_half_made_admin_dir(&linked, path).await;
             if self.branch_exists(branch).await {
-                self.run(&["worktree", "add", "--lock", &path_text, branch])
-                    .await?;
+                let existing = [
+                    &["worktree", "add"][..],
+                    &lock_reason,
+                    &[&path_text, branch],
+                ]
+                .concat();
+                self.run(&existing).await?;
             } else {
                 self.run(&new_branch).await?;
             }
@@ -516,8 +529,9 @@ impl Git {
         self.head().await.map(Some)
     }
 
-    /// Deletes the local `branch`, first pruning registrations of worktrees whose directory is
-    /// gone (git refuses to delete a branch a worktree still has checked out). With `only_if_on`,
+    /// Deletes the local `branch`, first forgetting the service's own worktree registrations
+    /// whose directory is gone (git refuses to delete a branch a worktree still has checked
+    /// out; a human's registration is theirs to prune). With `only_if_on`,
     /// it is deleted only when its tip is on that branch (nothing would be lost); answers whether
     /// it was deleted. A branch that does not exist is not an error.
     pub(crate) async fn delete_branch(
@@ -542,7 +556,7 @@ impl Git {
         to_the_end(async move {
             let lock = worktree_lock(&repo.dir);
             let _serialized = lock.lock().await;
-            repo.run(&["worktree", "prune"]).await?;
+            repo.forget_own_stale_worktrees().await?;
             repo.run(&["branch", "-D", "--quiet", &branch]).await?;
             Ok(true)
         })
@@ -564,22 +578,22 @@ impl Git {
 
     /// Removes a worktree; the branch stays. Its files go first (never followed through a link:
     /// whatever a task left there) — even when the repository can no longer be read — then its
-    /// registration (locked, so `prune` would keep it), then git forgets whatever else is stale.
+    /// registration, then whatever other registrations of the service's own are stale
+    /// ([`own_worktrees`]; never `git worktree prune`, which races a human's `worktree add`).
     pub(crate) async fn remove_worktree(&self, path: &Path) -> Result<(), GitError> {
         let (repo, path) = (self.clone(), path.to_owned());
         to_the_end(async move {
             let lock = worktree_lock(&repo.dir);
             let _serialized = lock.lock().await;
             repo.forget_worktree(&path).await?;
-            repo.run(&["worktree", "prune"]).await?;
-            Ok(())
+            repo.forget_own_stale_worktrees().await
         })
         .await
     }
 
     /// Removes a worktree in-process: its files, then its registration (the admin dir with its
-    /// `locked` file, only when its `gitdir` names these files). No `git worktree prune`: what
-    /// other worktrees left stale is the sweep's ([`Self::remove_worktree`]). Serialized with
+    /// `locked` file, only when its `gitdir` names these files). What other worktrees left stale
+    /// is the sweep's ([`Self::remove_worktree`]). Serialized with
     /// the other worktree administration of the repository.
     pub(crate) async fn remove_worktree_now(&self, path: &Path) -> Result<(), GitError> {
         let (repo, path) = (self.clone(), path.to_owned());
@@ -589,6 +603,19 @@ impl Git {
             repo.forget_worktree(&path).await
         })
         .await
+    }
+
+    /// Removes the service's own worktree registrations whose files are gone, in-process
+    /// ([`own_worktrees::forget_stale`]; the caller holds the repository's worktree lock).
+    async fn forget_own_stale_worktrees(&self) -> Result<(), GitError> {
+        let common = read::common_dir(&self.dir).await?;
+        tokio::task::spawn_blocking(move || own_worktrees::forget_stale(&common))
+            .await
+            .map_err(|error| GitError::Failed {
+                args: "(forget stale worktrees)".into(),
+                stderr: error.to_string(),
+            })?;
+        Ok(())
     }
 
     /// The files and the registration of the worktree at `path` (the caller holds the lock).
@@ -785,6 +812,42 @@ mod tests {
             left, 0,
             "every (locked) registration went with its worktree"
         );
+    }
+
+    /// The service's worktree removals leave a human's registrations alone: one caught half-way
+    /// through the human's own `git worktree add` (its admin dir made, nothing written yet:
+    /// `git worktree prune` took it, and the human's add died "couldn't set 'HEAD'") and one
+    /// whose files are on a disk not mounted now. The service's own stale one goes.
+    #[tokio::test]
+    async fn removing_a_worktree_leaves_a_humans_registrations_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo_path, repo) = repository(dir.path()).await;
+        let registrations = repo_path.join(".git").join("worktrees");
+        let stale = dir.path().join("stale");
+        repo.ensure_worktree(&stale, "glitchlab/stale", "main")
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(&stale).unwrap();
+        let human = dir.path().join("usb").join("human");
+        repo.run(&["worktree", "add", "-q", human.to_str().unwrap(), "-b", "h"])
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(dir.path().join("usb")).unwrap();
+        std::fs::create_dir_all(registrations.join("being-added")).unwrap();
+
+        let path = dir.path().join("task-wt");
+        repo.ensure_worktree(&path, "glitchlab/t", "main")
+            .await
+            .unwrap();
+        repo.remove_worktree(&path).await.unwrap();
+        assert!(repo.delete_branch("glitchlab/stale", None).await.unwrap());
+
+        let mut left: Vec<String> = std::fs::read_dir(&registrations)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["being-added", "human"]);
     }
 
     /// A worktree whose repository was deleted meanwhile still has its files removed (the
