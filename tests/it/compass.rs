@@ -132,10 +132,15 @@ async fn a_task_sent_back_from_its_merge_queue_waits_for_a_free_slot() {
             .submit(&shell_task(&repo, "sleep 4; echo busy > busy.txt", "true"))
             .await,
     );
-    // Sent back while the other works, it says what it waits for instead of looking busy.
+    // Sent back while the other works, it says what it waits for instead of looking busy. (Not
+    // "until it stops running": right after the submit it is still `queued`.)
     let waiting = service
         .wait_for_task(&sent_back, Duration::from_secs(30), |t| {
-            t["waiting_for"] == SLOT_WAIT || t["status"] != "running"
+            t["waiting_for"] == SLOT_WAIT
+                || matches!(
+                    t["status"].as_str(),
+                    Some("done" | "failed" | "cancelled" | "dead_letter")
+                )
         })
         .await;
     assert_eq!(waiting["waiting_for"], SLOT_WAIT, "{waiting:#}");

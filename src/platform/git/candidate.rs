@@ -17,6 +17,13 @@ use crate::model::task::History;
 const CONFLICT_DETAIL_BYTES_MAX: usize = 8 * 1024;
 /// Conflicting paths named at most.
 const CONFLICT_FILES_MAX: usize = 100;
+/// Tries of a merge that fails with nothing unmerged: `git merge` runs `git stash create` before
+/// a real merge, and in the scratch worktree that child now and then exits 1 without a word
+/// ("fatal: stash failed"; seen about once in eight merge-queue suite runs, the tree clean and a
+/// second `stash create` fine right after). Taken for a conflict, it cost the task an attempt.
+const MERGE_TRIES: usize = 3;
+/// The pause before a merge is tried again.
+const MERGE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// One change to apply: a task's branch.
 #[derive(Debug, Clone)]
@@ -135,14 +142,20 @@ async fn apply(
 ) -> Result<Applied, GitError> {
     let applied = match request.history {
         History::Squash => {
-            scratch
-                .run(&["merge", "--squash", "--no-commit", "--quiet", branch])
-                .await
+            merge(
+                scratch,
+                top,
+                &["merge", "--squash", "--no-commit", "--quiet", branch],
+            )
+            .await
         }
         History::Merge => {
-            scratch
-                .run(&["merge", "--no-ff", "--no-commit", "--quiet", branch])
-                .await
+            merge(
+                scratch,
+                top,
+                &["merge", "--no-ff", "--no-commit", "--quiet", branch],
+            )
+            .await
         }
         History::Rebase => {
             // The branch's own commits: those not on the base it is landing on.
@@ -462,6 +475,41 @@ async fn reset_scratch(repo: &Git, dir: &Path, base: &str) -> Result<Git, GitErr
     Ok(scratch)
 }
 
+/// `git <args>` (a merge) in the scratch worktree at `top`, tried again from a clean `top` when
+/// it fails with no path unmerged ([`MERGE_TRIES`]). A failure that leaves unmerged paths is a
+/// conflict and is answered at once; so is the last try's.
+async fn merge(scratch: &Git, top: &str, args: &[&str]) -> Result<String, GitError> {
+    let mut tries = 1;
+    loop {
+        let merged = scratch.run(args).await;
+        let Err(error) = &merged else {
+            return merged;
+        };
+        if tries >= MERGE_TRIES || !unmerged_paths(scratch).await.is_empty() {
+            return merged;
+        }
+        tracing::warn!(%error, tries, "a merge failed with nothing unmerged; trying it again");
+        let _ = scratch.run(&["merge", "--abort"]).await;
+        scratch.run(&["reset", "--hard", "--quiet", top]).await?;
+        tokio::time::sleep(MERGE_RETRY_PAUSE).await;
+        tries += 1;
+    }
+}
+
+/// The paths a failed merge or pick left unmerged (at most [`CONFLICT_FILES_MAX`]).
+async fn unmerged_paths(scratch: &Git) -> Vec<String> {
+    let listing = scratch
+        .run(&["diff", "--name-only", "--diff-filter=U"])
+        .await
+        .unwrap_or_default();
+    listing
+        .lines()
+        .filter(|line| !line.is_empty())
+        .take(CONFLICT_FILES_MAX)
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Reads what conflicts (paths and hunks, bounded), then puts the scratch worktree back at `top`.
 async fn conflict(
     scratch: &Git,
@@ -469,16 +517,7 @@ async fn conflict(
     top: &str,
     error: GitError,
 ) -> Result<Conflict, GitError> {
-    let listing = scratch
-        .run(&["diff", "--name-only", "--diff-filter=U"])
-        .await
-        .unwrap_or_default();
-    let files: Vec<String> = listing
-        .lines()
-        .filter(|line| !line.is_empty())
-        .take(CONFLICT_FILES_MAX)
-        .map(str::to_owned)
-        .collect();
+    let files = unmerged_paths(scratch).await;
     let hunks = if files.is_empty() {
         String::new()
     } else {
