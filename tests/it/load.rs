@@ -353,8 +353,12 @@ async fn client(
                 let (reply, took) = request(&http, Method::POST, url, Some(&json!({}))).await;
                 match log.file(Op::Cancel, &what, reply, took, started) {
                     Outcome::Acked(_) => log.cancelled.push(id),
+                    // Too late (it ended), or too late because its change is going onto
+                    // the base right now (it ends `done`): documented refusals.
                     Outcome::Other(409, code)
-                        if code == "TASK_FINISHED" || code == "INVALID_TASK_STATUS" =>
+                        if code == "TASK_FINISHED"
+                            || code == "INVALID_TASK_STATUS"
+                            || code == "TASK_LANDING" =>
                     {
                         log.refused(Op::Cancel)
                     }
