@@ -656,6 +656,9 @@ pub struct FleetConfig {
     /// factory handing a first delivery back to a warm one spends a delivery too, hence 4 by
     /// default: three lost leases still fit.
     pub max_deliver: u32,
+    /// Added to a job's own bounds (its timeout and every delivery's lease) before the control
+    /// plane stops waiting for its result: room for a slow result to travel back.
+    pub deadline_margin_secs: u64,
     /// The environment variable holding the key that signs pause, drain and stop for the
     /// factories (each factory is started with the same key): without it a NATS client could
     /// forge them.
@@ -676,6 +679,7 @@ impl Default for FleetConfig {
             creds_file: None,
             lease_secs: 30,
             max_deliver: 4,
+            deadline_margin_secs: 30,
             control_key_env: None,
             replicas: 1,
         }
@@ -796,6 +800,10 @@ impl Config {
             (
                 !(1..=100).contains(&self.fleet.max_deliver),
                 "fleet.max_deliver must be between 1 and 100",
+            ),
+            (
+                !(1..=3600).contains(&self.fleet.deadline_margin_secs),
+                "fleet.deadline_margin_secs must be between 1 and 3600",
             ),
             (
                 !(1..=FLEET_REPLICAS_MAX).contains(&self.fleet.replicas),
@@ -1013,5 +1021,7 @@ mod tests {
         assert!(error.contains("max_concurrent_tasks"), "{error}");
         let error = Config::parse("[supervision]\nmax_restarts = \"many\"\n").unwrap_err();
         assert!(error.contains("max_restarts"), "{error}");
+        let error = Config::parse("[fleet]\ndeadline_margin_secs = 0\n").unwrap_err();
+        assert!(error.contains("fleet.deadline_margin_secs"), "{error}");
     }
 }

@@ -49,8 +49,6 @@ pub(crate) const FACTORY_TTL: Duration = Duration::from_secs(15);
 const WAITING_MAX: usize = 10_000;
 /// Registry entries read at most (`GET /v1/fleet`, a waiting job's reason).
 const FACTORIES_LISTED_MAX: usize = 1000;
-/// Added to a job's own bounds before the control plane stops waiting for it.
-const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
 /// Reading the whole factory registry takes at most this long.
 const REGISTRY_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -130,6 +128,9 @@ pub struct Fleet {
     nats: Nats,
     lease: Duration,
     max_deliver: u32,
+    /// Added to a job's own bounds before the control plane stops waiting for it
+    /// (`fleet.deadline_margin_secs`).
+    deadline_margin: Duration,
     waiting: Waiting,
     classes: Mutex<HashSet<String>>,
     controller: Arc<controller::Controller>,
@@ -196,6 +197,7 @@ impl Fleet {
             nats,
             lease: Duration::from_secs(config.lease_secs),
             max_deliver: config.max_deliver,
+            deadline_margin: Duration::from_secs(config.deadline_margin_secs),
             waiting,
             classes: Mutex::default(),
             controller,
@@ -254,7 +256,7 @@ impl Fleet {
         forget.published(sequence);
         let deadline = Duration::from_millis(job.timeout_ms)
             + self.lease * (self.max_deliver + 1)
-            + DEADLINE_MARGIN;
+            + self.deadline_margin;
         match watch::wait_unpaused(&self.controller, deadline, result).await {
             Ok(result) => match &result.failure {
                 Some(detail) => Err(FleetError::Factory {

@@ -190,15 +190,17 @@ async fn a_cancel_kills_the_factorys_process_within_two_seconds() {
 }
 
 /// The fleet is paused for longer than a job's whole deadline (its timeout, its leases and the
-/// margin: 5 + 3 × 2 + 30 = 41 s): the jobs wait, no stage retry and no delivery is spent, and
-/// after resume every task is done.
+/// margin: 5 + 3 × 2 + 3 = 14 s; `deadline_margin_secs = 3` instead of the default 30, so the
+/// test waits 18 s, not 45): the jobs wait, no stage retry and no delivery is spent, and after
+/// resume every task is done.
 #[tokio::test]
 async fn a_pause_longer_than_a_jobs_deadline_spends_no_retry() {
     require_nats!();
     let root = tempfile::tempdir().unwrap();
     let nats = Nats::start(&root.path().join("nats"));
     let repo = git_repo(root.path());
-    let extra = "max_deliver = 1\n[engines]\ntimeout_secs = 5\nverify_timeout_secs = 5\n";
+    let extra = "max_deliver = 1\ndeadline_margin_secs = 3\n\
+                 [engines]\ntimeout_secs = 5\nverify_timeout_secs = 5\n";
     let service = Service::start_with(root.path(), keyed(&nats, extra)).await;
     let _one = keyed_factory(root.path(), &nats, &service, "one", 2, &[]).await;
     let (status, _) = service.post("/v1/fleet/pause", &json!({})).await;
@@ -222,7 +224,8 @@ async fn a_pause_longer_than_a_jobs_deadline_spends_no_retry() {
         )
         .await;
     }
-    tokio::time::sleep(Duration::from_secs(45)).await;
+    // Past the 14 s deadline, with room.
+    tokio::time::sleep(Duration::from_secs(18)).await;
     for id in &ids {
         let (_, task) = service.get(&format!("/v1/tasks/{id}")).await;
         assert_eq!(task["status"], "running", "{task:#}");
