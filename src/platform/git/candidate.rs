@@ -564,6 +564,53 @@ mod tests {
 
     /// A checkout on `main` with `a.txt` and `b.txt`, and `old`..`new` (the base before and
     /// after a landing that rewrites `a.txt` and adds `c.txt`), the ref already moved.
+    /// A merge that fails with nothing unmerged is tried [`MERGE_TRIES`] times, each after the
+    /// pause, and leaves the scratch worktree clean at `top`; one that leaves unmerged paths is
+    /// answered at once, its conflict left for [`conflict`] to read.
+    #[tokio::test]
+    async fn only_a_merge_failing_with_nothing_unmerged_is_tried_again() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("repo");
+        std::fs::create_dir_all(&dir).unwrap();
+        let repo = Git::new(&dir, Duration::from_secs(30));
+        repo.run(&["init", "-q", "-b", "main"]).await.unwrap();
+        std::fs::write(dir.join("a.txt"), "a\n").unwrap();
+        repo.run(&["add", "-A"]).await.unwrap();
+        repo.run(&["commit", "-qm", "base"]).await.unwrap();
+        repo.run(&["checkout", "-q", "-b", "side"]).await.unwrap();
+        std::fs::write(dir.join("a.txt"), "side\n").unwrap();
+        repo.run(&["commit", "-qam", "side"]).await.unwrap();
+        repo.run(&["checkout", "-q", "main"]).await.unwrap();
+        std::fs::write(dir.join("a.txt"), "main\n").unwrap();
+        repo.run(&["commit", "-qam", "main"]).await.unwrap();
+        let top = repo.rev_parse("main").await.unwrap();
+        let scratch = check_out(&repo, &root.path().join("scratch"), &top)
+            .await
+            .unwrap();
+
+        let started = std::time::Instant::now();
+        let missing = [
+            "merge",
+            "--squash",
+            "--no-commit",
+            "--quiet",
+            "no-such-branch",
+        ];
+        assert!(merge(&scratch, &top, &missing).await.is_err());
+        assert!(MERGE_TRIES >= 2, "a try again at all");
+        let pauses = u32::try_from(MERGE_TRIES - 1).unwrap();
+        assert!(
+            started.elapsed() >= MERGE_RETRY_PAUSE * pauses,
+            "not tried again"
+        );
+        assert_eq!(scratch.head().await.unwrap(), top);
+        assert_eq!(scratch.run(&["status", "--porcelain"]).await.unwrap(), "");
+
+        let conflicting = ["merge", "--squash", "--no-commit", "--quiet", "side"];
+        assert!(merge(&scratch, &top, &conflicting).await.is_err());
+        assert_eq!(unmerged_paths(&scratch).await, ["a.txt"]);
+    }
+
     async fn landed_behind_checkout(root: &Path) -> (PathBuf, Git, String, String) {
         let dir = root.join("repo");
         std::fs::create_dir_all(&dir).unwrap();

@@ -445,7 +445,7 @@ impl Git {
         let lock = worktree_lock(&self.dir);
         let _serialized = lock.lock().await;
         // A half-made worktree from a crash, or one whose registration is not what it should
-        // be: start it again. Its files go first, so the registration is stale for `prune`.
+        // be: start it again. Its files go first, so its registration counts as stale.
         remove_files(path).await;
         self.remove_half_made_admin_dir(&linked, path).await;
         // Locked with the service's reason: a human's `git worktree prune` must never take this
