@@ -98,6 +98,16 @@ async fn waits(service: &Service, id: &str) -> bool {
         .is_some_and(|w| w.iter().any(|job| job["task_id"] == id))
 }
 
+/// Jobs on the fleet's work-queue stream now (published, not yet answered).
+async fn jobs_on_the_stream(nats: &Nats) -> u64 {
+    let client = async_nats::connect(nats.url.as_str()).await.unwrap();
+    let mut stream = jetstream::new(client)
+        .get_stream("glitchlab_jobs")
+        .await
+        .unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
 /// A bucket the service or a factory makes (waits for it a little).
 async fn bucket(js: &jetstream::Context, name: &str) -> jetstream::kv::Store {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -191,8 +201,10 @@ async fn a_cancel_kills_the_factorys_process_within_two_seconds() {
 
 /// The fleet is paused for longer than a job's whole deadline (its timeout, its leases and the
 /// margin: 5 + 3 × 2 + 3 = 14 s; `deadline_margin_secs = 3` instead of the default 30, so the
-/// test waits 18 s, not 45): the jobs wait, no stage retry and no delivery is spent, and after
-/// resume every task is done.
+/// test waits 18 s, not 45). Two jobs wait through it, each held its own way: one already
+/// published when the pause came (no factory yet; the control plane's deadline must not count
+/// paused time), one asked for after it (held at the job gate, never published). Neither spends
+/// a stage retry or a delivery, and after resume both tasks are done.
 #[tokio::test]
 async fn a_pause_longer_than_a_jobs_deadline_spends_no_retry() {
     require_nats!();
@@ -202,28 +214,38 @@ async fn a_pause_longer_than_a_jobs_deadline_spends_no_retry() {
     let extra = "max_deliver = 1\ndeadline_margin_secs = 3\n\
                  [engines]\ntimeout_secs = 5\nverify_timeout_secs = 5\n";
     let service = Service::start_with(root.path(), keyed(&nats, extra)).await;
-    let _one = keyed_factory(root.path(), &nats, &service, "one", 2, &[]).await;
-    let (status, _) = service.post("/v1/fleet/pause", &json!({})).await;
-    assert_eq!(status, 200);
-    wait_factory_paused(&service, "one").await;
-    let mut ids = Vec::new();
-    for n in 0..2 {
-        let body = task(
+    let body = |n: usize| {
+        task(
             &repo,
             &format!("Paused {n}"),
             &format!("echo {n} > p{n}.txt"),
             "true",
-        );
-        ids.push(submit(&service, &body).await);
-    }
-    for id in &ids {
-        wait_until(
-            "the job is published",
-            Duration::from_secs(30),
-            async || waits(&service, id).await,
         )
-        .await;
-    }
+    };
+    // Published before the pause: no factory is there to claim it.
+    let published = submit(&service, &body(0)).await;
+    wait_until(
+        "the job is published, unclaimed",
+        Duration::from_secs(30),
+        async || waits(&service, &published).await,
+    )
+    .await;
+    assert_eq!(jobs_on_the_stream(&nats).await, 1, "published");
+    let (status, _) = service.post("/v1/fleet/pause", &json!({})).await;
+    assert_eq!(status, 200);
+    // Asked for after the pause: held at the gate.
+    let held = submit(&service, &body(1)).await;
+    wait_until(
+        "the job is held at the gate",
+        Duration::from_secs(30),
+        async || {
+            let (_, task) = service.get(&format!("/v1/tasks/{held}")).await;
+            task["waiting_for"] == "fleet paused" && waits(&service, &held).await
+        },
+    )
+    .await;
+    assert_eq!(jobs_on_the_stream(&nats).await, 1, "held, not published");
+    let ids = [published, held];
     // Past the 14 s deadline, with room.
     tokio::time::sleep(Duration::from_secs(18)).await;
     for id in &ids {
@@ -233,8 +255,15 @@ async fn a_pause_longer_than_a_jobs_deadline_spends_no_retry() {
             task["stage_retries"], 0,
             "a retry spent while paused: {task:#}"
         );
-        assert!(waits(&service, id).await, "claimed while paused");
+        assert!(waits(&service, id).await, "gone from the line while paused");
     }
+    assert_eq!(
+        jobs_on_the_stream(&nats).await,
+        1,
+        "the published job withdrawn, or the held one published"
+    );
+    let _one = keyed_factory(root.path(), &nats, &service, "one", 2, &[]).await;
+    wait_factory_paused(&service, "one").await;
     let (status, _) = service.post("/v1/fleet/resume", &json!({})).await;
     assert_eq!(status, 200);
     for id in &ids {
