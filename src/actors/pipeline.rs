@@ -218,6 +218,10 @@ async fn resume_task(state: &PipelineState, task: &Task) -> Result<Moved, StoreE
 /// Moves a queued task to `running` at its stage: the first of its template, or — after an
 /// approval or a retry — the stage it stopped at.
 async fn start_task(state: &PipelineState, task: &Task) -> Result<Moved, StoreError> {
+    // Its engine and verify runs will launch: the sandbox gets the kernel ready for them now.
+    if let Some(sandbox) = &state.services.sandbox {
+        sandbox.expect_launches();
+    }
     let first = task.spec.stages.first().copied().unwrap_or(Stage::Plan);
     let stage = task.progress.stage.unwrap_or(first);
     let attempts = if stage == Stage::Implement {

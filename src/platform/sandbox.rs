@@ -23,7 +23,9 @@
 //! inner `sandbox-exec` confines itself with Landlock (which forbids the mounts `bwrap` makes, so
 //! it cannot come earlier) and execs the command — its words directly when it needs no shell,
 //! else `sh -c`. The service watches the run's disk use from a thread. Two execs before the
-//! command (`bwrap`, the shim), where [`Sandbox::wrap`] took three and `sh`.
+//! command (`bwrap`, the shim), where [`Sandbox::wrap`] took three and `sh`. While tasks run,
+//! [`warm`] keeps the kernel's cgroup lock ready, so the child's join does not wait out an RCU
+//! grace period (half of a launch's time otherwise).
 //!
 //! [`Sandbox::wrap`] keeps the re-exec form, for a caller that cannot run a hook in its spawn:
 //! `glitchlab sandbox-exec [--cgroup DIR]... [--rlimit NAME=N]... [--user UID:GID --own DIR...
@@ -50,6 +52,7 @@ mod launch;
 mod owner;
 mod supervise;
 mod tree;
+mod warm;
 
 use owner::{RunAs, Share, UidLease, UidPool};
 
@@ -153,6 +156,9 @@ pub struct Sandbox {
     limits: LimitsConfig,
     /// The uids runs drop to, when the service is root and an unprivileged `bwrap` works.
     uids: Option<Arc<UidPool>>,
+    /// Keeps the kernel's cgroup lock ready while runs launch ([`warm`]), when runs join
+    /// cgroups and `warm_cgroup_lock_secs` is not 0.
+    warmer: Option<Arc<warm::CgroupLockWarmer>>,
 }
 
 /// A cgroup controller a run's limits use.
@@ -306,6 +312,15 @@ impl Sandbox {
                 }
             }
         }
+        // The helper moves between cgroups of the `pids` parent when there is one: that
+        // controller kills nothing.
+        let warmer = cgroups
+            .iter()
+            .find(|c| c.controller == Controller::Pids)
+            .or(cgroups.first())
+            .filter(|_| limits.warm_cgroup_lock_secs > 0)
+            .and_then(|c| warm::CgroupLockWarmer::start(exe.clone(), c.parent.clone()))
+            .map(Arc::new);
         let sandbox = Self {
             exe,
             bwrap: bwrap.ok(),
@@ -313,6 +328,7 @@ impl Sandbox {
             cgroups,
             limits,
             uids,
+            warmer,
         };
         sandbox.log_enforcement(mode)?;
         let cgroups: Vec<String> = sandbox
@@ -384,6 +400,14 @@ impl Sandbox {
         ]
     }
 
+    /// Says sandboxed launches are coming (a task started): the cgroup lock is kept ready from
+    /// now on for `warm_cgroup_lock_secs`, so the first launch does not wait either ([`warm`]).
+    pub fn expect_launches(&self) {
+        if let Some(warmer) = &self.warmer {
+            warmer.arm(Duration::from_secs(self.limits.warm_cgroup_lock_secs));
+        }
+    }
+
     /// The layers in force, as recorded on each run: `bwrap+landlock`, `bwrap`, `landlock` or
     /// `limits`.
     pub fn name(&self) -> &'static str {
@@ -398,6 +422,7 @@ impl Sandbox {
     /// Rewrites `spec` to run its program inside the sandbox. The answer holds the run's
     /// cgroup; give it back to [`Self::settle`] with the output.
     pub fn wrap(&self, jail: &Jail, spec: &mut CommandSpec) -> Confined {
+        self.expect_launches();
         let run = uuid::Uuid::now_v7().to_string();
         let lease = match (&self.bwrap, &self.uids) {
             (Some(_), Some(pool)) => Some(pool.lease(&jail.cwd)),
@@ -545,6 +570,7 @@ impl Sandbox {
     /// [`Confined::hook`]; give the answer back to [`Self::settle`] with the output. Same
     /// guarantees as [`Self::wrap`], one exec fewer (two without Landlock's shim: none).
     pub fn launch(&self, jail: &Jail, spec: &mut CommandSpec) -> Confined {
+        self.expect_launches();
         let run = uuid::Uuid::now_v7().to_string();
         let lease = match (&self.bwrap, &self.uids) {
             (Some(_), Some(pool)) => Some(pool.lease(&jail.cwd)),
@@ -1189,6 +1215,9 @@ struct ExecArgs {
 /// exits 126 with the reason on stderr.
 pub fn exec_main(args: Vec<OsString>) -> ! {
     use std::os::unix::process::CommandExt;
+    if args.first().is_some_and(|arg| arg == warm::IDLE_FLAG) {
+        warm::idle();
+    }
     let mut parsed = match parse(args) {
         Ok(parsed) => parsed,
         Err(reason) => fail(&reason),
@@ -1368,6 +1397,7 @@ mod tests {
             cgroups: Vec::new(),
             limits: LimitsConfig::default(),
             uids: None,
+            warmer: None,
         }
     }
 

@@ -186,3 +186,145 @@ async fn a_sandboxed_command_is_at_most_two_execs_from_the_service() {
         "a plain command line runs without a shell: {execs:#?}"
     );
 }
+
+/// The service's children that are the cgroup lock warmer's idle helper
+/// (`glitchlab sandbox-exec --idle`).
+fn warm_helpers(service_pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // `pid (comm) state ppid ...`: the comm may hold spaces, the fields after it not.
+            let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+            let mut fields = after.split_whitespace();
+            let (state, ppid) = (fields.next(), fields.next());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            state != Some("Z")
+                && ppid == Some(service_pid.to_string().as_str())
+                && cmdline
+                    .windows(b"sandbox-exec\0--idle".len())
+                    .any(|w| w == b"sandbox-exec\0--idle")
+        })
+        .collect()
+}
+
+/// Whether process `pid` is gone (or a zombie nobody reaped yet: it runs nothing).
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            == Some("Z")
+    })
+}
+
+/// The cgroup dirs process `pid` is in, under the service's `glitchlab` cgroups.
+fn glitchlab_cgroups(pid: u32) -> Vec<std::path::PathBuf> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            path.contains("/glitchlab/").then(|| {
+                let mount = if controllers.is_empty() {
+                    "/sys/fs/cgroup".to_owned()
+                } else {
+                    format!("/sys/fs/cgroup/{controllers}")
+                };
+                Path::new(&mount).join(path.trim_start_matches('/'))
+            })
+        })
+        .collect()
+}
+
+/// Waits (bounded) for `done` to hold.
+async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A task's launches keep the kernel's cgroup lock ready through the warmer's idle helper
+/// (issue 29, `platform::sandbox::warm`): none while the service is quiet; there, inside
+/// cgroups of the service's own, once a task runs; gone, reaped and its cgroups removed once
+/// `warm_cgroup_lock_secs` passed without a launch; and gone with the service when that is
+/// killed (it dies with the thread that started it).
+#[tokio::test]
+async fn the_cgroup_lock_warmer_comes_with_launches_and_leaves_nothing_behind() {
+    if crate::containment::skip() {
+        return;
+    }
+    // SAFETY: geteuid reads this process's credentials and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: run cgroups need root here");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let repo = git_repo(root.path());
+    let options = crate::helpers::Options {
+        config: Some("[engines.limits]\nwarm_cgroup_lock_secs = 2\n".into()),
+        ..Default::default()
+    };
+    let mut service = Service::start_with(root.path(), options).await;
+    let pid = service.pid();
+    assert!(warm_helpers(pid).is_empty(), "a helper before any task");
+
+    let task = service
+        .submit(&shell_task(&repo, "echo hi > hi.txt", "true"))
+        .await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let mut helper = None;
+    wait_for("the helper starts with the task", TASK_TIMEOUT, || {
+        helper = warm_helpers(pid).first().copied();
+        helper.is_some()
+    })
+    .await;
+    let helper = helper.unwrap();
+    let mut cgroups = Vec::new();
+    wait_for(
+        "the helper moves into cgroups of the service's own",
+        Duration::from_secs(5),
+        || {
+            cgroups = glitchlab_cgroups(helper);
+            !cgroups.is_empty() && cgroups.iter().all(|dir| dir.is_dir())
+        },
+    )
+    .await;
+    let done = service.wait_finished_within(&id, TASK_TIMEOUT).await;
+    assert_eq!(done["status"], "done", "{done:#}");
+    wait_for(
+        "the helper stops 2 s after the last launch",
+        Duration::from_secs(15),
+        || gone(helper),
+    )
+    .await;
+    assert!(warm_helpers(pid).is_empty());
+    assert!(
+        cgroups.iter().all(|dir| !dir.exists()),
+        "its cgroups are removed: {cgroups:?}"
+    );
+
+    service
+        .submit(&shell_task(&repo, "echo again > again.txt", "true"))
+        .await;
+    let mut helper = None;
+    wait_for("the helper starts again", TASK_TIMEOUT, || {
+        helper = warm_helpers(pid).first().copied();
+        helper.is_some()
+    })
+    .await;
+    let helper = helper.unwrap();
+    service.kill_9();
+    wait_for(
+        "the helper dies with the killed service",
+        Duration::from_secs(5),
+        || gone(helper),
+    )
+    .await;
+}
