@@ -28,7 +28,8 @@
 //! [`FREEZE_PROBE_TIMEOUT`] is reported `froze` and killed (its engine processes too).
 //!
 //! Environment: `LOAD_BENCH_SECS` sets how long each load level runs (default
-//! [`DEFAULT_LEVEL_SECS`]); `TMPDIR` picks the disk (the floor, floor.sh and the services' data
+//! [`DEFAULT_LEVEL_SECS`]); `LOAD_BENCH_CONFIG` is appended to every level's config file
+//! (TOML); `TMPDIR` picks the disk (the floor, floor.sh and the services' data
 //! share one temporary directory); `LOAD_BENCH_STACKS_DIR`, if set, receives a gdb dump of every
 //! thread of a service before it is killed for freezing or for not stopping.
 
@@ -282,6 +283,11 @@ impl Service {
         }
         if let Some(max_queued) = settings.max_queued {
             config.push_str(&format!("max_queued_tasks = {max_queued}\n"));
+        }
+        // Extra config for every level's service (e.g. a setting to compare with and without).
+        if let Ok(extra) = std::env::var("LOAD_BENCH_CONFIG") {
+            config.push_str(&extra);
+            config.push('\n');
         }
         let config_path = dir.join("glitchlab.toml");
         std::fs::write(&config_path, config).expect("config file");
