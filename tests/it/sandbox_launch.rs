@@ -250,11 +250,37 @@ async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) 
     }
 }
 
+/// The warmer's helper of the service `pid`, once there is one (bounded).
+async fn helper_started(pid: u32, what: &str) -> u32 {
+    let mut helper = None;
+    wait_for(what, TASK_TIMEOUT, || {
+        helper = warm_helpers(pid).first().copied();
+        helper.is_some()
+    })
+    .await;
+    helper.unwrap()
+}
+
+/// The cgroups of the service's own that `helper` moved into (bounded wait for its first move).
+async fn placed(helper: u32) -> Vec<std::path::PathBuf> {
+    let mut cgroups = Vec::new();
+    wait_for(
+        "the helper moves into cgroups of the service's own",
+        Duration::from_secs(5),
+        || {
+            cgroups = glitchlab_cgroups(helper);
+            !cgroups.is_empty() && cgroups.iter().all(|dir| dir.is_dir())
+        },
+    )
+    .await;
+    cgroups
+}
+
 /// A task's launches keep the kernel's cgroup lock ready through the warmer's idle helper
 /// (issue 29, `platform::sandbox::warm`): none while the service is quiet; there, inside
 /// cgroups of the service's own, once a task runs; gone, reaped and its cgroups removed once
-/// `warm_cgroup_lock_secs` passed without a launch; and gone with the service when that is
-/// killed (it dies with the thread that started it).
+/// `warm_cgroup_lock_secs` passed without a launch; replaced when killed from outside; and gone
+/// with the service when that is killed (it dies with the thread that started it).
 #[tokio::test]
 async fn the_cgroup_lock_warmer_comes_with_launches_and_leaves_nothing_behind() {
     if crate::containment::skip() {
@@ -279,23 +305,25 @@ async fn the_cgroup_lock_warmer_comes_with_launches_and_leaves_nothing_behind() 
         .submit(&shell_task(&repo, "echo hi > hi.txt", "true"))
         .await;
     let id = task["id"].as_str().unwrap().to_owned();
-    let mut helper = None;
-    wait_for("the helper starts with the task", TASK_TIMEOUT, || {
-        helper = warm_helpers(pid).first().copied();
-        helper.is_some()
-    })
-    .await;
-    let helper = helper.unwrap();
-    let mut cgroups = Vec::new();
+    let helper = helper_started(pid, "the helper starts with the task").await;
+    placed(helper).await;
+    // A helper killed from outside is replaced (and reaped) while the window is open.
+    // SAFETY: kill(2) on a pid we just read; it touches no memory.
+    unsafe {
+        libc::kill(i32::try_from(helper).unwrap(), libc::SIGKILL);
+    }
+    let mut replaced = None;
     wait_for(
-        "the helper moves into cgroups of the service's own",
+        "a killed helper is replaced",
         Duration::from_secs(5),
         || {
-            cgroups = glitchlab_cgroups(helper);
-            !cgroups.is_empty() && cgroups.iter().all(|dir| dir.is_dir())
+            replaced = warm_helpers(pid).into_iter().find(|other| *other != helper);
+            replaced.is_some() && gone(helper)
         },
     )
     .await;
+    let helper = replaced.unwrap();
+    let cgroups = placed(helper).await;
     let done = service.wait_finished_within(&id, TASK_TIMEOUT).await;
     assert_eq!(done["status"], "done", "{done:#}");
     wait_for(
@@ -313,13 +341,7 @@ async fn the_cgroup_lock_warmer_comes_with_launches_and_leaves_nothing_behind() 
     service
         .submit(&shell_task(&repo, "echo again > again.txt", "true"))
         .await;
-    let mut helper = None;
-    wait_for("the helper starts again", TASK_TIMEOUT, || {
-        helper = warm_helpers(pid).first().copied();
-        helper.is_some()
-    })
-    .await;
-    let helper = helper.unwrap();
+    let helper = helper_started(pid, "the helper starts again").await;
     service.kill_9();
     wait_for(
         "the helper dies with the killed service",

@@ -158,8 +158,14 @@ impl Mover {
         })
     }
 
-    /// Moves the helper into the other cgroup (made again if a sweep removed it).
+    /// Moves the helper into the other cgroup (made again if a sweep removed it). A helper that
+    /// exited is an error (its pid, a zombie's, would move nothing).
     fn shift(&mut self) -> std::io::Result<()> {
+        if let Some(status) = self.helper.try_wait()? {
+            return Err(std::io::Error::other(format!(
+                "the helper exited: {status}"
+            )));
+        }
         let dir = &self.dirs[usize::from(self.moves % 2 == 1)];
         self.moves += 1;
         let procs = dir.join("cgroup.procs");
@@ -185,11 +191,17 @@ fn remove(dirs: &[PathBuf]) {
     }
 }
 
+/// Failures in a row (the helper cannot start, or cannot be moved: killed from outside, no
+/// permission) after which the warming ends for good.
+const FAILURES_MAX: u32 = 3;
+
 /// The warmer's thread: waits to be armed; while armed, moves the helper every [`MOVE_EVERY`];
-/// stops the helper once disarmed (a quiet service keeps no process for it). A helper or
-/// cgroup that fails ends the warming for good (launches then pay the wait, as without it).
+/// stops the helper once disarmed (a quiet service keeps no process for it). A helper that
+/// fails is started again; [`FAILURES_MAX`] failures in a row end the warming for good
+/// (launches then pay the wait, as without it).
 fn run(shared: &Shared, exe: &Path, parent: &Path) {
     let mut mover: Option<Mover> = None;
+    let mut failures = 0;
     let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
         if state.stop {
@@ -210,22 +222,26 @@ fn run(shared: &Shared, exe: &Path, parent: &Path) {
             continue;
         };
         drop(state);
-        if mover.is_none() {
-            match Mover::start(exe, parent) {
-                Ok(started) => mover = Some(started),
-                Err(error) => {
-                    tracing::warn!(%error, dir = %parent.display(), "cgroup lock warmer off: cannot start its helper; each sandboxed launch waits out a grace period to join its cgroups");
-                    return;
-                }
-            }
-        }
-        if let Some(moving) = mover.as_mut() {
-            if let Err(error) = moving.shift() {
-                tracing::warn!(%error, dir = %parent.display(), "cgroup lock warmer off: cannot move its helper");
+        let moved = match mover.as_mut() {
+            Some(moving) => moving.shift(),
+            None => Mover::start(exe, parent).and_then(|mut started| {
+                let first = started.shift();
+                mover = Some(started);
+                first
+            }),
+        };
+        match moved {
+            Ok(()) => failures = 0,
+            Err(error) => {
+                failures += 1;
                 if let Some(failed) = mover.take() {
                     failed.stop();
                 }
-                return;
+                if failures >= FAILURES_MAX {
+                    tracing::warn!(%error, dir = %parent.display(), "cgroup lock warmer off: its helper cannot start or move; each sandboxed launch waits out a grace period to join its cgroups");
+                    return;
+                }
+                tracing::debug!(%error, "the cgroup lock warmer's helper failed; starting another");
             }
         }
         state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
