@@ -408,10 +408,9 @@ impl Git {
     /// answers it as a [`Self::worktree_of`] git.
     ///
     /// The hot path spawns at most one git process: a worktree already on `branch` is recognised
-    /// from its service-owned admin dir (`gitdir` names `path`, `HEAD` the branch); a new task's
-    /// branch is made in-process ([`write::create_branch`]) and its worktree by one `worktree
-    /// add` on it; only when that fails (a stale entry of a crashed run) does it forget the
-    /// service's stale registrations and try again.
+    /// from its service-owned admin dir (`gitdir` names `path`, `HEAD` the branch), and a new
+    /// task's worktree and branch are made by one `worktree add -b`; only when that fails (the
+    /// branch exists, a stale entry of a crashed run) does it prune and try the slower way.
     pub(crate) async fn ensure_worktree(
         &self,
         path: &Path,
@@ -453,29 +452,24 @@ impl Git {
         // one's registration while its files' `.git` is briefly gone or replaced, and the
         // service's own clean-up knows it for its own.
         let lock_reason = ["--lock", "--reason", own_worktrees::LOCK_REASON];
-        let on_branch = [
+        let new_branch = [
             &["worktree", "add"][..],
             &lock_reason,
-            &[&path_text, branch],
+            &["-b", branch, &path_text, base],
         ]
         .concat();
-        // The branch first, in-process (one git process fewer than `worktree add -b`); a branch
-        // a crashed run left is taken as it is, as the slow way below does.
-        let added = write::create_branch(&self.dir, branch, base).await.is_ok()
-            && self.run(&on_branch).await.is_ok();
-        if !added {
+        if self.run(&new_branch).await.is_err() {
             self.forget_own_stale_worktrees().await?;
             self.remove_half_made_admin_dir(&linked, path).await;
             if self.branch_exists(branch).await {
-                self.run(&on_branch).await?;
-            } else {
-                // git's own words, when the base is not there.
-                let new_branch = [
+                let existing = [
                     &["worktree", "add"][..],
                     &lock_reason,
-                    &["-b", branch, &path_text, base],
+                    &[&path_text, branch],
                 ]
                 .concat();
+                self.run(&existing).await?;
+            } else {
                 self.run(&new_branch).await?;
             }
         }
@@ -787,63 +781,6 @@ mod tests {
         assert!(
             !maintenance_due(two),
             "another repository counts on its own"
-        );
-    }
-
-    /// A new task's branch is made in-process at the base's commit, with git's reflog line; an
-    /// existing one is left where it is (a crashed run's, taken as it is); a base that names
-    /// nothing is an error, and `ensure_worktree` then answers with git's own words.
-    #[tokio::test]
-    async fn a_new_branch_is_made_in_process_and_an_existing_one_is_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let (repo_path, repo) = repository(dir.path()).await;
-        let main = repo.rev_parse("main").await.unwrap();
-        assert!(write::create_branch(&repo_path, "glitchlab/a", "main")
-            .await
-            .unwrap());
-        assert_eq!(repo.rev_parse("glitchlab/a").await.unwrap(), main);
-        let reflog = repo
-            .run(&["reflog", "show", "--format=%gs", "glitchlab/a"])
-            .await
-            .unwrap();
-        assert_eq!(reflog, "branch: Created from main");
-
-        std::fs::write(repo_path.join("more.txt"), "more\n").unwrap();
-        repo.run(&["add", "-A"]).await.unwrap();
-        repo.run(&["commit", "-qm", "more"]).await.unwrap();
-        assert!(!write::create_branch(&repo_path, "glitchlab/a", "main")
-            .await
-            .unwrap());
-        assert_eq!(repo.rev_parse("glitchlab/a").await.unwrap(), main, "moved");
-        assert!(write::create_branch(&repo_path, "glitchlab/b", "nope")
-            .await
-            .is_err());
-
-        let path = dir.path().join("worktrees").join("b");
-        let error = repo
-            .ensure_worktree(&path, "glitchlab/b", "nope")
-            .await
-            .unwrap_err();
-        assert!(error.to_string().contains("nope"), "{error}");
-        assert!(!repo.branch_exists("glitchlab/b").await);
-        let (made, worktree) = repo
-            .ensure_worktree(&path, "glitchlab/b", "main")
-            .await
-            .unwrap();
-        assert_eq!(made, Worktree::Created);
-        assert_eq!(
-            worktree.head().await.unwrap(),
-            repo.rev_parse("main").await.unwrap()
-        );
-        let path = dir.path().join("worktrees").join("a");
-        let (_, kept) = repo
-            .ensure_worktree(&path, "glitchlab/a", "main")
-            .await
-            .unwrap();
-        assert_eq!(
-            kept.head().await.unwrap(),
-            main,
-            "the existing branch as it is"
         );
     }
 

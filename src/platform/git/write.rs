@@ -1,6 +1,6 @@
 //! In-process writes with gix where a `git` process would cost more than the work: the merge
 //! queue's squash commit of a branch that sits on its base, moving a base by compare-and-swap,
-//! creating a new task's branch, and deleting a finished task's branch. Each is one object write or one ref transaction; like
+//! and deleting a finished task's branch. Each is one object write or one ref transaction; like
 //! [`super::read`], they run on the blocking pool, bounded, on the repository opened isolated
 //! (never through a worktree's files, which a task wrote).
 
@@ -150,56 +150,6 @@ pub(super) fn move_ref_in(
     repo.edit_references_as([edit], Some(signature.to_ref(&mut time)))
         .map_err(failed("update-ref"))?;
     Ok(())
-}
-
-/// Creates the branch `refs/heads/{branch}` at the commit `base` names, unless it exists
-/// (`Ok(false)`), with the reflog line `git branch` writes: a new task's branch without the
-/// `git branch` process `git worktree add -b` starts (about 3 ms of a task's 13 ms
-/// `worktree add`).
-pub(crate) async fn create_branch(dir: &Path, branch: &str, base: &str) -> Result<bool, GitError> {
-    let (dir, name, base) = (
-        dir.to_path_buf(),
-        format!("refs/heads/{branch}"),
-        base.to_owned(),
-    );
-    blocking("branch", move || {
-        let repo = open(&dir)?;
-        let spec = format!("{base}^{{commit}}");
-        let commit = repo
-            .rev_parse_single(spec.as_str())
-            .map_err(failed("branch: the base"))?
-            .detach();
-        let exists = |repo: &gix::Repository| {
-            repo.try_find_reference(name.as_str())
-                .map(|found| found.is_some())
-                .map_err(failed("branch"))
-        };
-        if exists(&repo)? {
-            return Ok(false);
-        }
-        let edit = RefEdit {
-            change: Change::Update {
-                log: LogChange {
-                    mode: RefLog::AndReference,
-                    force_create_reflog: false,
-                    message: format!("branch: Created from {base}").into(),
-                },
-                expected: PreviousValue::MustNotExist,
-                new: Target::Object(commit),
-            },
-            name: full_name(&name)?,
-            deref: false,
-        };
-        let signature = signature();
-        let mut time = gix::date::parse::TimeBuf::default();
-        match repo.edit_references_as([edit], Some(signature.to_ref(&mut time))) {
-            Ok(_) => Ok(true),
-            // Made meanwhile by someone else: it exists, as when it did before.
-            Err(_) if exists(&repo)? => Ok(false),
-            Err(error) => Err(failed("branch")(error)),
-        }
-    })
-    .await
 }
 
 /// Deletes `reference` (a full name) if it still points at `expected`; answers whether it did
