@@ -484,10 +484,10 @@ pub(crate) fn run(parts: WriterParts, mut jobs: mpsc::Receiver<Job>, publish: im
         }
         match (health.fault_error(), parts.slot.current()) {
             (None, Ok(trees)) => {
-                if let Err(error) = commit_group(&trees, group, &publish) {
-                    drop(trees);
-                    enter_fault(&parts, &error, &mut probe);
-                }
+                // The fault is in force before any caller hears of it: a client told 503 that
+                // asks `/readyz` next is told not ready.
+                let fault = |error: &StoreError| enter_fault(&parts, error, &mut probe);
+                commit_group(&trees, group, &publish, fault);
             }
             (Some(error), _) | (None, Err(error)) => refuse_all(group, &error),
         }
@@ -510,12 +510,14 @@ fn refuse_all(group: Vec<Job>, error: &StoreError) {
 }
 
 /// Runs the group's jobs, commits them in one transaction and one flush, answers each caller and
-/// publishes the events once durable. Answers the commit's error (already given to the callers).
+/// publishes the events once durable. A failed commit goes to `on_failure` before the callers
+/// are answered with it.
 fn commit_group(
     trees: &Trees,
     group: Vec<Job>,
     publish: &impl Fn(Vec<Event>),
-) -> Result<(), StoreError> {
+    on_failure: impl FnOnce(&StoreError),
+) {
     let count = group.len();
     let mut batch = Batch::new(trees);
     let answers: Vec<Answer> = group
@@ -525,6 +527,7 @@ fn commit_group(
     let outcome = batch.commit();
     if let Err(error) = &outcome {
         tracing::error!(%error, jobs = count, "store: a group commit failed; nothing of it was acknowledged");
+        on_failure(error);
     }
     let events = std::mem::take(&mut batch.group_events);
     drop(batch);
@@ -535,12 +538,8 @@ fn commit_group(
             tracing::error!("store: answering a write panicked");
         }
     }
-    match outcome {
-        Ok(()) => {
-            publish(events);
-            Ok(())
-        }
-        Err(error) => Err(error),
+    if outcome.is_ok() {
+        publish(events);
     }
 }
 
