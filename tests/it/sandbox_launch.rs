@@ -306,7 +306,17 @@ async fn the_cgroup_lock_warmer_comes_with_launches_and_leaves_nothing_behind() 
         .await;
     let id = task["id"].as_str().unwrap().to_owned();
     let helper = helper_started(pid, "the helper starts with the task").await;
-    placed(helper).await;
+    let first = placed(helper).await;
+    // It keeps moving (what keeps the lock ready), not just placed once: its cgroups change.
+    wait_for(
+        "the helper moves on to its other cgroup",
+        Duration::from_secs(2),
+        || {
+            let now = glitchlab_cgroups(helper);
+            !now.is_empty() && now != first
+        },
+    )
+    .await;
     // A helper killed from outside is replaced (and reaped) while the window is open.
     // SAFETY: kill(2) on a pid we just read; it touches no memory.
     unsafe {

@@ -562,8 +562,6 @@ mod tests {
 
     use super::*;
 
-    /// A checkout on `main` with `a.txt` and `b.txt`, and `old`..`new` (the base before and
-    /// after a landing that rewrites `a.txt` and adds `c.txt`), the ref already moved.
     /// A merge that fails with nothing unmerged is tried [`MERGE_TRIES`] times, each after the
     /// pause, and leaves the scratch worktree clean at `top`; one that leaves unmerged paths is
     /// answered at once, its conflict left for [`conflict`] to read.
@@ -611,6 +609,8 @@ mod tests {
         assert_eq!(unmerged_paths(&scratch).await, ["a.txt"]);
     }
 
+    /// A checkout on `main` with `a.txt` and `b.txt`, and `old`..`new` (the base before and
+    /// after a landing that rewrites `a.txt` and adds `c.txt`), the ref already moved.
     async fn landed_behind_checkout(root: &Path) -> (PathBuf, Git, String, String) {
         let dir = root.join("repo");
         std::fs::create_dir_all(&dir).unwrap();

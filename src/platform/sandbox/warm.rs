@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 /// How often the helper moves while armed: within the ~10 ms after a join in which the next one
 /// is fast (measured: joins 10 ms apart take 0.45 ms; 20 ms apart, a grace period).
-pub(super) const MOVE_EVERY: Duration = Duration::from_millis(8);
+const MOVE_EVERY: Duration = Duration::from_millis(8);
 /// The flag of `sandbox-exec` that makes it the idle helper.
-pub(crate) const IDLE_FLAG: &str = "--idle";
+pub(super) const IDLE_FLAG: &str = "--idle";
 
 /// The warmer: its thread, and what it is told.
 #[derive(Debug)]
@@ -261,7 +261,7 @@ fn run(shared: &Shared, exe: &Path, parent: &Path) {
 }
 
 /// `sandbox-exec --idle`: the warmer's helper, which only waits until it is killed.
-pub(crate) fn idle() -> ! {
+pub(super) fn idle() -> ! {
     loop {
         // SAFETY: pause(2) takes nothing and touches no memory.
         unsafe {
