@@ -14,6 +14,8 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::model::live::OutputStream;
 use crate::model::task::CapturedOutput;
 
+mod spawn;
+
 /// After the main process exits, how long its pipes may stay open before capture gives up.
 const PIPE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -43,6 +45,17 @@ pub struct CommandSpec {
 }
 
 impl CommandSpec {
+    /// The `PATH` the child looks programs up in, when it is not the service's own: the last
+    /// `PATH` of `env`, or none at all in a cleared environment. `None` also when the child
+    /// inherits the service's (std searches that one without a fork).
+    fn child_path(&self) -> Option<std::ffi::OsString> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(name, _)| name == "PATH")
+            .map(|(_, value)| value.into())
+    }
+
     /// `sh -c <command_line>`: how engines and verify commands run.
     pub fn shell(
         command_line: &str,
@@ -263,7 +276,11 @@ async fn spawn_and_wait(
     hook: Option<&dyn SpawnHook>,
 ) -> Result<CommandOutput, SpawnError> {
     let started = Instant::now();
-    let mut command = Command::new(&spec.program);
+    let resolved = spawn::resolve(&spec.program, spec.child_path().as_deref());
+    let mut command = match &resolved {
+        Some(path) => Command::new(path),
+        None => Command::new(&spec.program),
+    };
     if spec.env_clear {
         command.env_clear();
     }
@@ -277,15 +294,21 @@ async fn spawn_and_wait(
         .process_group(0)
         // The guard below ends the group; tokio's own kill would `SIGKILL` a leader in its grace.
         .kill_on_drop(spec.stop_grace.is_none());
-    restore_umask(&mut command);
-    if let Some(setup) = setup {
-        // SAFETY: the hook's contract: async-signal-safe calls only, on memory prepared before
-        // the fork. Added last, it runs after the umask is restored.
-        unsafe {
-            command.pre_exec(setup);
+    let spawned = match setup {
+        Some(setup) => {
+            restore_umask(&mut command);
+            // SAFETY: the hook's contract: async-signal-safe calls only, on memory prepared
+            // before the fork. Added last, it runs after the umask is restored.
+            unsafe {
+                command.pre_exec(setup);
+            }
+            command.spawn()
         }
-    }
-    let mut child = command.spawn().map_err(|source| SpawnError {
+        // Nothing to run in the child: a vfork, unless this thread cannot hold the umask.
+        None => spawn::spawn_with_umask(&mut command, crate::platform::private::inherited_umask())
+            .map(|(child, _)| child),
+    };
+    let mut child = spawned.map_err(|source| SpawnError {
         program: spec.program.clone(),
         cwd: spec.cwd.display().to_string(),
         source,
@@ -797,14 +820,7 @@ pub fn keep_tail(text: &str, bytes_max: usize) -> String {
 /// [`crate::platform::private`]); nothing is added while the umask was never changed.
 fn restore_umask(command: &mut Command) {
     if let Some(mask) = crate::platform::private::inherited_umask() {
-        // SAFETY: umask(2) is async-signal-safe, cannot fail and touches no memory of the
-        // parent; it runs in the forked child before exec.
-        unsafe {
-            command.pre_exec(move || {
-                libc::umask(mask);
-                Ok(())
-            });
-        }
+        spawn::restore_in_child(command, mask);
     }
 }
 
