@@ -563,6 +563,15 @@ async fn the_service_is_private_but_its_commands_keep_the_inherited_umask() {
         format!("{expected:o}"),
         "inherited umask {inherited:o}, uid drop {uid_drop}"
     );
+    // The service's own git (`add -A`, vforked with the mask held by its spawning thread) wrote
+    // that file's blob into the user's repository with the inherited umask too.
+    let blob = crate::helpers::git(&repo, &["rev-parse", "main:mode.txt"]);
+    let object = std::path::Path::new(&repo)
+        .join(".git/objects")
+        .join(&blob[..2])
+        .join(&blob[2..]);
+    let mode = std::fs::metadata(&object).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o444 & !inherited, "{}", object.display());
     // What the service writes itself during a task is private: the builtin engine's note.
     let body = json!({"title": "t", "description": "d", "repo": repo, "verify": "true"});
     let task = service.submit(&body).await;
