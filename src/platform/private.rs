@@ -45,6 +45,84 @@ pub(crate) fn inherited_umask() -> Option<libc::mode_t> {
     }
 }
 
+/// How a piece of work in the user's territory (a child process, gix writing in the user's
+/// repository) gets the user's umask while the service keeps its own.
+pub(crate) enum UserUmask {
+    /// The service's umask was never made private: nothing to do.
+    NotPrivate,
+    /// This thread holds the inherited umask until the guard is dropped.
+    Held(HeldUmask),
+    /// This thread cannot have a umask of its own (`unshare(CLONE_FS)` refused, by a seccomp
+    /// filter say): a child sets this mask itself after a fork.
+    Unavailable(libc::mode_t),
+}
+
+/// While alive, the calling thread's umask is the inherited one; dropped, the private one again.
+/// Held for synchronous work only (a spawn call, a closure on the blocking pool): nothing else
+/// runs on the thread meanwhile.
+#[must_use]
+pub(crate) struct HeldUmask {
+    own: libc::mode_t,
+}
+
+impl Drop for HeldUmask {
+    fn drop(&mut self) {
+        // SAFETY: umask(2) cannot fail and touches no memory; the thread's fs attributes are its
+        // own (see `hold_inherited_umask`), so only its mask changes.
+        unsafe { libc::umask(self.own) };
+    }
+}
+
+#[cfg(test)]
+impl HeldUmask {
+    /// A guard restoring `own` (the caller set the thread's mask itself).
+    pub(crate) fn new_for_test(own: libc::mode_t) -> Self {
+        Self { own }
+    }
+}
+
+thread_local! {
+    /// Whether this thread's filesystem attributes are its own: `None` until first asked.
+    static OWN_FS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Gives the calling thread the inherited umask until the answer's guard is dropped. The umask
+/// is one of the filesystem attributes (with the working dir and root) a process's threads
+/// share; the thread first takes its own copy of them, once (`unshare(CLONE_FS)`), so the
+/// service's other threads keep creating private files meanwhile. A vforked child (a
+/// `posix_spawn`) copies the calling thread's attributes.
+pub(crate) fn hold_inherited_umask() -> UserUmask {
+    let Some(mask) = inherited_umask() else {
+        return UserUmask::NotPrivate;
+    };
+    if !own_fs() {
+        return UserUmask::Unavailable(mask);
+    }
+    // SAFETY: as in `HeldUmask::drop`.
+    let own = unsafe { libc::umask(mask) };
+    UserUmask::Held(HeldUmask { own })
+}
+
+/// Whether this thread has filesystem attributes of its own, taking them the first time.
+fn own_fs() -> bool {
+    OWN_FS.with(|own| match own.get() {
+        Some(known) => known,
+        None => {
+            // SAFETY: unshare(CLONE_FS) gives this thread a copy of its cwd, root and umask; it
+            // touches no memory. Refused, nothing changed.
+            let taken = unsafe { libc::unshare(libc::CLONE_FS) } == 0;
+            if !taken {
+                tracing::debug!(
+                    error = %std::io::Error::last_os_error(),
+                    "a thread cannot have its own umask: children restore it after a fork"
+                );
+            }
+            own.set(Some(taken));
+            taken
+        }
+    })
+}
+
 /// Makes `dir` [`PRIVATE_DIR_MODE`] when its mode gives group or others anything; answers the
 /// mode it had when it changed it (for the log), `None` when it was private already.
 pub fn tighten_dir(dir: &Path) -> std::io::Result<Option<u32>> {

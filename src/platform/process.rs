@@ -305,8 +305,7 @@ async fn spawn_and_wait(
             command.spawn()
         }
         // Nothing to run in the child: a vfork, unless this thread cannot hold the umask.
-        None => spawn::spawn_with_umask(&mut command, crate::platform::private::inherited_umask())
-            .map(|(child, _)| child),
+        None => spawn::spawn_with_user_umask(&mut command).map(|(child, _)| child),
     };
     let mut child = spawned.map_err(|source| SpawnError {
         program: spec.program.clone(),

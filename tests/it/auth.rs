@@ -572,6 +572,16 @@ async fn the_service_is_private_but_its_commands_keep_the_inherited_umask() {
         .join(&blob[2..]);
     let mode = std::fs::metadata(&object).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o444 & !inherited, "{}", object.display());
+    // So did the service's in-process writes there (gix, on the blocking pool): the landing's
+    // squash commit and the base it moved.
+    let landed = crate::helpers::git(&repo, &["rev-parse", "main"]);
+    let git_dir = std::path::Path::new(&repo).join(".git");
+    let commit = git_dir.join("objects").join(&landed[..2]).join(&landed[2..]);
+    let mode = std::fs::metadata(&commit).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o444 & !inherited, "{}", commit.display());
+    let main = git_dir.join("refs/heads/main");
+    let mode = std::fs::metadata(&main).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666 & !inherited, "{}", main.display());
     // What the service writes itself during a task is private: the builtin engine's note.
     let body = json!({"title": "t", "description": "d", "repo": repo, "verify": "true"});
     let task = service.submit(&body).await;

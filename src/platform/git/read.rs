@@ -351,12 +351,18 @@ pub(super) fn failed<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> 
 /// with a `GitError::Timeout` like a git call that ran out of time.
 const QUESTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Runs a gix question on the blocking pool, bounded by [`QUESTION_TIMEOUT`].
+/// Runs a gix question (or write) on the blocking pool, bounded by [`QUESTION_TIMEOUT`]. What it
+/// writes is in the user's repository, so it is written with the user's umask, as the `git`
+/// the service runs writes ([`crate::platform::private::hold_inherited_umask`]).
 pub(super) async fn blocking<T: Send + 'static>(
     what: &'static str,
     question: impl FnOnce() -> Result<T, GitError> + Send + 'static,
 ) -> Result<T, GitError> {
-    match tokio::time::timeout(QUESTION_TIMEOUT, tokio::task::spawn_blocking(question)).await {
+    let work = move || {
+        let _user = crate::platform::private::hold_inherited_umask();
+        question()
+    };
+    match tokio::time::timeout(QUESTION_TIMEOUT, tokio::task::spawn_blocking(work)).await {
         Ok(answer) => answer.map_err(failed(what))?,
         Err(_) => Err(GitError::Timeout { args: what.into() }),
     }

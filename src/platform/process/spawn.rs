@@ -5,56 +5,49 @@
 //! back the one it was started with. Set in the child (`pre_exec`), that makes std `fork`: the
 //! service's page tables are copied (about a millisecond at ~50 MB resident, measured as the
 //! gap from a git child's fork to its exec) and every page the service writes afterwards takes a
-//! copy-on-write fault. Instead, the spawning thread takes filesystem attributes of its own once
-//! (`unshare(CLONE_FS)`: its working dir, root and umask stop being shared with the other
-//! threads) and holds the inherited umask for the spawn call only; a vforked child copies the
-//! calling thread's attributes. std also forks to search a `PATH` the child's environment sets,
+//! copy-on-write fault. Instead, the spawning thread holds the inherited umask for the spawn call
+//! only ([`private::hold_inherited_umask`]); a vforked child copies the calling thread's
+//! filesystem attributes. std also forks to search a `PATH` the child's environment sets,
 //! so a program named without a `/` is looked up in that `PATH` here first.
 
-use std::cell::Cell;
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use tokio::process::{Child, Command};
 
-thread_local! {
-    /// Whether this thread's filesystem attributes are its own: `None` until first asked.
-    static OWN_FS: Cell<Option<bool>> = const { Cell::new(None) };
-}
+use crate::platform::private::{self, UserUmask};
 
 /// How a child got the umask it runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Umask {
-    /// The spawn changed nothing: the service's umask was never made private (or the caller sets
-    /// one up in the child itself).
+    /// The spawn changed nothing: the service's umask was never made private.
     Unchanged,
     /// The spawning thread held the inherited umask for the call: std may vfork.
     FromThread,
-    /// Restored in the forked child (this thread could not have attributes of its own).
+    /// Restored in the forked child (this thread could not have a umask of its own).
     InChild,
 }
 
-/// Spawns `command`, the child getting `mask` as its umask (`None`: whatever the process has).
+/// Spawns `command`, the child getting the inherited umask ([`private::hold_inherited_umask`]).
 /// Nothing else may have been added to run in the child; see the module doc.
-pub(super) fn spawn_with_umask(
-    command: &mut Command,
-    mask: Option<libc::mode_t>,
-) -> std::io::Result<(Child, Umask)> {
-    let Some(mask) = mask else {
-        return Ok((command.spawn()?, Umask::Unchanged));
-    };
-    if !own_fs() {
-        restore_in_child(command, mask);
-        return Ok((command.spawn()?, Umask::InChild));
+pub(super) fn spawn_with_user_umask(command: &mut Command) -> std::io::Result<(Child, Umask)> {
+    spawn_holding(command, private::hold_inherited_umask())
+}
+
+fn spawn_holding(command: &mut Command, umask: UserUmask) -> std::io::Result<(Child, Umask)> {
+    match umask {
+        UserUmask::NotPrivate => Ok((command.spawn()?, Umask::Unchanged)),
+        UserUmask::Held(held) => {
+            let spawned = command.spawn();
+            drop(held);
+            Ok((spawned?, Umask::FromThread))
+        }
+        UserUmask::Unavailable(mask) => {
+            restore_in_child(command, mask);
+            Ok((command.spawn()?, Umask::InChild))
+        }
     }
-    // SAFETY: umask(2) cannot fail and touches no memory; after `unshare(CLONE_FS)` it swaps
-    // only this thread's mask, and nothing else runs on this thread until it is swapped back.
-    let own = unsafe { libc::umask(mask) };
-    let spawned = command.spawn();
-    // SAFETY: as above.
-    unsafe { libc::umask(own) };
-    Ok((spawned?, Umask::FromThread))
 }
 
 /// Has the child set `mask` itself, between fork and exec.
@@ -67,26 +60,6 @@ pub(super) fn restore_in_child(command: &mut Command, mask: libc::mode_t) {
             Ok(())
         });
     }
-}
-
-/// Whether this thread has filesystem attributes of its own, taking them the first time.
-fn own_fs() -> bool {
-    OWN_FS.with(|own| match own.get() {
-        Some(known) => known,
-        None => {
-            // SAFETY: unshare(CLONE_FS) copies this thread's cwd, root and umask for it alone; it
-            // touches no memory. Refused (a seccomp filter, say), nothing changed.
-            let taken = unsafe { libc::unshare(libc::CLONE_FS) } == 0;
-            if !taken {
-                tracing::debug!(
-                    error = %std::io::Error::last_os_error(),
-                    "a spawning thread cannot have its own umask: children restore it after a fork"
-                );
-            }
-            own.set(Some(taken));
-            taken
-        }
-    })
 }
 
 /// Where `program` is in the child's `path` (its `PATH`), when std would search it itself (and
@@ -126,16 +99,16 @@ mod tests {
         u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
     }
 
-    /// The child runs with the mask asked for; the thread and the process keep theirs.
+    /// The child runs with the mask the thread holds; the thread and the process keep theirs.
     #[tokio::test(flavor = "current_thread")]
-    async fn a_child_gets_the_asked_umask_and_the_service_keeps_its_own() {
+    async fn a_child_gets_the_held_umask_and_the_service_keeps_its_own() {
         let (thread, process) = (umask_of("thread-self"), umask_of("self"));
         let asked = if thread == 0o027 { 0o037 } else { 0o027 };
         let mut command = Command::new(resolve("sh", std::env::var_os("PATH").as_deref()).unwrap());
         command
             .args(["-c", "umask"])
             .stdout(std::process::Stdio::piped());
-        let (child, way) = spawn_with_umask(&mut command, Some(asked)).unwrap();
+        let (child, way) = spawn_holding(&mut command, hold(asked)).unwrap();
         let output = child.wait_with_output().await.unwrap();
         let printed = String::from_utf8_lossy(&output.stdout);
         assert_eq!(
@@ -147,6 +120,17 @@ mod tests {
         assert_eq!(umask_of("self"), process);
         // Both ways are right; the fast one is taken wherever the kernel lets a thread unshare.
         assert!(matches!(way, Umask::FromThread | Umask::InChild), "{way:?}");
+    }
+
+    /// What `hold_inherited_umask` does, for a mask of the test's choosing (the process's own
+    /// inherited umask is set once, by `serve`).
+    fn hold(mask: libc::mode_t) -> UserUmask {
+        // SAFETY: unshare(CLONE_FS) and umask(2) touch no memory; this test's thread only.
+        if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+            return UserUmask::Unavailable(mask);
+        }
+        let own = unsafe { libc::umask(mask) };
+        UserUmask::Held(private::HeldUmask::new_for_test(own))
     }
 
     #[test]
