@@ -135,6 +135,8 @@ impl Application {
     /// Opens the store, loads the data folders, starts Compass (which starts the personas and
     /// resumes unfinished tasks) and binds `config.server.bind`.
     pub async fn build(mut config: Config) -> Result<Self, StartupError> {
+        // Before any task resumes: a task branch's lock older than this is a killed writer's.
+        crate::platform::git::stale_locks::note_process_start();
         let tls = transport_setup(&config.server)?;
         crate::app::http::auth::admin_token_var(&config).map_err(StartupError::AdminToken)?;
         crate::app::transport::raise_open_files_limit();

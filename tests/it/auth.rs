@@ -576,7 +576,10 @@ async fn the_service_is_private_but_its_commands_keep_the_inherited_umask() {
     // squash commit and the base it moved.
     let landed = crate::helpers::git(&repo, &["rev-parse", "main"]);
     let git_dir = std::path::Path::new(&repo).join(".git");
-    let commit = git_dir.join("objects").join(&landed[..2]).join(&landed[2..]);
+    let commit = git_dir
+        .join("objects")
+        .join(&landed[..2])
+        .join(&landed[2..]);
     let mode = std::fs::metadata(&commit).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o444 & !inherited, "{}", commit.display());
     let main = git_dir.join("refs/heads/main");

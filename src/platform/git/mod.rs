@@ -407,10 +407,11 @@ impl Git {
     /// Makes (or reuses) the worktree at `path` on `branch`, starting from `base` when new, and
     /// answers it as a [`Self::worktree_of`] git.
     ///
-    /// The hot path spawns at most one git process: a worktree already on `branch` is recognised
-    /// from its service-owned admin dir (`gitdir` names `path`, `HEAD` the branch), and a new
-    /// task's worktree and branch are made by one `worktree add -b`; only when that fails (the
-    /// branch exists, a stale entry of a crashed run) does it prune and try the slower way.
+    /// The hot path spawns no git process: a worktree already on `branch` is recognised from its
+    /// service-owned admin dir (`gitdir` names `path`, `HEAD` the branch); a new task's branch
+    /// and its worktree are made in-process ([`write::create_branch`], [`write::add_worktree`]);
+    /// only when that fails (a stale entry of a crashed run) does it forget the service's stale
+    /// registrations and make them with `git worktree add`.
     pub(crate) async fn ensure_worktree(
         &self,
         path: &Path,
@@ -438,6 +439,9 @@ impl Git {
             args: "worktree".into(),
             stderr: "no admin dir".into(),
         })?;
+        // A lock a killed service left on the task's branch (an in-process ref change cut off)
+        // would refuse this attempt's every change of it: gone before anything else.
+        stale_locks::break_own_branch_lock(&linked.common, branch).await;
         if registered_branch(&linked, path).await.as_deref() == Some(branch) {
             return Ok((Worktree::Existing, worktree));
         }
@@ -452,24 +456,40 @@ impl Git {
         // one's registration while its files' `.git` is briefly gone or replaced, and the
         // service's own clean-up knows it for its own.
         let lock_reason = ["--lock", "--reason", own_worktrees::LOCK_REASON];
-        let new_branch = [
+        let on_branch = [
             &["worktree", "add"][..],
             &lock_reason,
-            &["-b", branch, &path_text, base],
+            &[&path_text, branch],
         ]
         .concat();
-        if self.run(&new_branch).await.is_err() {
+        // In-process: the branch (a crashed run's is taken as it is, as the slow way below
+        // does), then the worktree on it. No git process.
+        let added = match write::create_branch(&self.dir, branch, base).await {
+            Ok(_) => match write::add_worktree(&self.dir, path, branch, own_worktrees::LOCK_REASON)
+                .await
+            {
+                Ok(_) => true,
+                Err(error) => {
+                    tracing::info!(%error, path = %path_text, "in-process worktree add failed: trying git");
+                    false
+                }
+            },
+            // No such base, say: git's own words below.
+            Err(_) => false,
+        };
+        if !added {
             self.forget_own_stale_worktrees().await?;
             self.remove_half_made_admin_dir(&linked, path).await;
             if self.branch_exists(branch).await {
-                let existing = [
+                self.run(&on_branch).await?;
+            } else {
+                // git's own words, when the base is not there.
+                let new_branch = [
                     &["worktree", "add"][..],
                     &lock_reason,
-                    &[&path_text, branch],
+                    &["-b", branch, &path_text, base],
                 ]
                 .concat();
-                self.run(&existing).await?;
-            } else {
                 self.run(&new_branch).await?;
             }
         }
@@ -781,6 +801,194 @@ mod tests {
         assert!(
             !maintenance_due(two),
             "another repository counts on its own"
+        );
+    }
+
+    /// The in-process worktree is one git takes for its own: registered under the path's name and
+    /// locked with the service's reason, checked out with modes and links, its index's stat
+    /// data matching the files (no refresh needed), `HEAD` on the branch with a reflog.
+    #[tokio::test]
+    async fn a_worktree_added_in_process_is_one_git_takes_for_its_own() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (repo_path, repo) = repository(dir.path()).await;
+        std::fs::create_dir_all(repo_path.join("bin")).unwrap();
+        std::fs::write(repo_path.join("bin/run.sh"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            repo_path.join("bin/run.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("README.md", repo_path.join("link")).unwrap();
+        repo.run(&["add", "-A"]).await.unwrap();
+        repo.run(&["commit", "-qm", "more"]).await.unwrap();
+
+        let path = dir.path().join("worktrees").join("t1");
+        assert!(write::create_branch(&repo_path, "glitchlab/t1", "main")
+            .await
+            .unwrap());
+        let admin = write::add_worktree(
+            &repo_path,
+            &path,
+            "glitchlab/t1",
+            own_worktrees::LOCK_REASON,
+        )
+        .await
+        .unwrap();
+        assert_eq!(admin, repo_path.join(".git/worktrees/t1"));
+        let worktree = repo.worktree_of(&path).await.unwrap();
+        assert_eq!(worktree.linked().unwrap().admin, admin);
+        assert_eq!(
+            std::fs::read_to_string(admin.join("locked")).unwrap(),
+            format!("{}\n", own_worktrees::LOCK_REASON)
+        );
+        assert_eq!(
+            worktree.head().await.unwrap(),
+            repo.rev_parse("main").await.unwrap()
+        );
+        assert_eq!(
+            std::fs::read_to_string(path.join("README.md")).unwrap(),
+            "x\n"
+        );
+        let mode = std::fs::metadata(path.join("bin/run.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o100, 0o100, "executable");
+        assert_eq!(
+            std::fs::read_link(path.join("link")).unwrap(),
+            Path::new("README.md")
+        );
+        // Stat data as git would have written it: nothing to refresh, nothing changed.
+        worktree.run(&["diff-files", "--quiet"]).await.unwrap();
+        assert_eq!(worktree.run(&["status", "--porcelain"]).await.unwrap(), "");
+        let listed = repo
+            .run(&["worktree", "list", "--porcelain"])
+            .await
+            .unwrap();
+        assert!(
+            listed.contains(&format!("worktree {}", path.display()))
+                && listed.contains("branch refs/heads/glitchlab/t1")
+                && listed.contains(&format!("locked {}", own_worktrees::LOCK_REASON)),
+            "{listed}"
+        );
+        let reflog = worktree
+            .run(&["reflog", "show", "--format=%H", "HEAD"])
+            .await
+            .unwrap();
+        let main = repo.rev_parse("main").await.unwrap();
+        assert!(
+            !reflog.is_empty() && reflog.lines().all(|line| line == main),
+            "{reflog}"
+        );
+        // Asked again, it is the same worktree; git can remove it as its own.
+        let (made, _) = repo
+            .ensure_worktree(&path, "glitchlab/t1", "main")
+            .await
+            .unwrap();
+        assert_eq!(made, Worktree::Existing);
+        repo.run(&["worktree", "remove", "-f", "-f", path.to_str().unwrap()])
+            .await
+            .unwrap();
+        assert!(!admin.exists());
+    }
+
+    /// A lock a killed service left on a task's branch (older than this process) goes at the next
+    /// `ensure_worktree`; a fresh one (this process's own writer) and another branch's stay.
+    #[tokio::test]
+    async fn a_task_branch_lock_older_than_the_process_goes_and_a_fresh_one_stays() {
+        stale_locks::note_process_start();
+        let dir = tempfile::tempdir().unwrap();
+        let (repo_path, repo) = repository(dir.path()).await;
+        let heads = repo_path.join(".git/refs/heads");
+        std::fs::create_dir_all(heads.join("glitchlab")).unwrap();
+        let old = heads.join("glitchlab/t2.lock");
+        let other = heads.join("feature.lock");
+        for lock in [&old, &other] {
+            std::fs::write(lock, "").unwrap();
+            let file = std::fs::File::options().write(true).open(lock).unwrap();
+            file.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+                .unwrap();
+        }
+        let path = dir.path().join("worktrees").join("t2");
+        let (made, worktree) = repo
+            .ensure_worktree(&path, "glitchlab/t2", "main")
+            .await
+            .unwrap();
+        assert_eq!(made, Worktree::Created);
+        assert!(!old.exists(), "the killed writer's lock is gone");
+        assert!(
+            other.exists(),
+            "another branch's lock is not the service's to take"
+        );
+        // A lock made after this process started is a live writer's: left alone, and the
+        // branch cannot change meanwhile.
+        let fresh = heads.join("glitchlab/t2.lock");
+        std::fs::write(&fresh, "").unwrap();
+        let linked = worktree.linked().unwrap();
+        assert!(
+            stale_locks::break_own_branch_lock(&linked.common, "glitchlab/t2")
+                .await
+                .is_none()
+        );
+        assert!(fresh.exists());
+        assert!(worktree.discard_uncommitted().await.is_err());
+    }
+
+    /// A new task's branch is made in-process at the base's commit, with git's reflog line; an
+    /// existing one is left where it is (a crashed run's, taken as it is); a base that names
+    /// nothing is an error, and `ensure_worktree` then answers with git's own words.
+    #[tokio::test]
+    async fn a_new_branch_is_made_in_process_and_an_existing_one_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo_path, repo) = repository(dir.path()).await;
+        let main = repo.rev_parse("main").await.unwrap();
+        assert!(write::create_branch(&repo_path, "glitchlab/a", "main")
+            .await
+            .unwrap());
+        assert_eq!(repo.rev_parse("glitchlab/a").await.unwrap(), main);
+        let reflog = repo
+            .run(&["reflog", "show", "--format=%gs", "glitchlab/a"])
+            .await
+            .unwrap();
+        assert_eq!(reflog, "branch: Created from main");
+
+        std::fs::write(repo_path.join("more.txt"), "more\n").unwrap();
+        repo.run(&["add", "-A"]).await.unwrap();
+        repo.run(&["commit", "-qm", "more"]).await.unwrap();
+        assert!(!write::create_branch(&repo_path, "glitchlab/a", "main")
+            .await
+            .unwrap());
+        assert_eq!(repo.rev_parse("glitchlab/a").await.unwrap(), main, "moved");
+        assert!(write::create_branch(&repo_path, "glitchlab/b", "nope")
+            .await
+            .is_err());
+
+        let path = dir.path().join("worktrees").join("b");
+        let error = repo
+            .ensure_worktree(&path, "glitchlab/b", "nope")
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("nope"), "{error}");
+        assert!(!repo.branch_exists("glitchlab/b").await);
+        let (made, worktree) = repo
+            .ensure_worktree(&path, "glitchlab/b", "main")
+            .await
+            .unwrap();
+        assert_eq!(made, Worktree::Created);
+        assert_eq!(
+            worktree.head().await.unwrap(),
+            repo.rev_parse("main").await.unwrap()
+        );
+        let path = dir.path().join("worktrees").join("a");
+        let (_, kept) = repo
+            .ensure_worktree(&path, "glitchlab/a", "main")
+            .await
+            .unwrap();
+        assert_eq!(
+            kept.head().await.unwrap(),
+            main,
+            "the existing branch as it is"
         );
     }
 

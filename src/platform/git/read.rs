@@ -279,6 +279,16 @@ pub(super) fn open(dir: &PathBuf) -> Result<gix::Repository, GitError> {
     Ok(repo)
 }
 
+/// [`open`], not kept, with glitchlab as the committer in its configuration: for gix work that
+/// opens repositories of its own from it and writes reflogs there (adding a worktree), where
+/// no signature can be handed in. The repository's own configuration is read as by `open`.
+pub(super) fn open_as_committer(dir: &PathBuf) -> Result<gix::Repository, GitError> {
+    let committer = ["user.name=glitchlab", "user.email=glitchlab@localhost"];
+    let overrides = REF_LOCK_TIMEOUTS.iter().chain(&committer).copied();
+    let options = gix::open::Options::isolated().config_overrides(overrides);
+    gix::open_opts(dir, options).map_err(failed("open the repository"))
+}
+
 /// Whether `dir` is a repository's own directory: a checkout with a `.git` directory, or a git
 /// dir (bare, or a checkout's common dir) with its `objects` — not a linked worktree.
 fn is_repository_dir(dir: &Path) -> bool {

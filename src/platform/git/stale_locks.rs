@@ -107,6 +107,59 @@ pub(crate) async fn break_stale_ref_locks(repo_dir: &Path) -> Vec<RemovedLock> {
     removed
 }
 
+/// When this process started (as far as these locks go): set at start-up
+/// ([`note_process_start`]), else at the first question, which comes before any ref change of a
+/// task's branch in this process.
+static PROCESS_STARTED: std::sync::LazyLock<SystemTime> = std::sync::LazyLock::new(SystemTime::now);
+
+/// Fixes the time [`break_own_branch_lock`] counts from; called once at start-up.
+pub(crate) fn note_process_start() {
+    std::sync::LazyLock::force(&PROCESS_STARTED);
+}
+
+/// Removes the lock of a task's own branch (`refs/heads/glitchlab/…`) when it is older than this
+/// process. Such a branch changes only in the service, one step of its task at a time, so a lock
+/// from before this process started is a killed writer's: the service `kill -9`ed during an
+/// in-process ref change (a `git` child would have finished its change and removed the lock).
+/// Waiting for [`STALE_REF_LOCK_AGE`] instead would spend the task's stage retries on it.
+/// Answers the removed lock; any other branch is left to [`break_stale_ref_locks`].
+pub(crate) async fn break_own_branch_lock(common: &Path, branch: &str) -> Option<RemovedLock> {
+    if !branch.starts_with("glitchlab/") || branch.split('/').any(|part| part == "..") {
+        return None;
+    }
+    let path = common.join("refs/heads").join(format!("{branch}.lock"));
+    let started = *PROCESS_STARTED;
+    let removed = tokio::task::spawn_blocking(move || remove_if_older(&path, started))
+        .await
+        .ok()
+        .flatten();
+    if let Some(lock) = &removed {
+        tracing::warn!(
+            lock = %lock.path.display(),
+            age_secs = lock.age.as_secs(),
+            "removed the lock a killed process left on a task's branch"
+        );
+    }
+    removed
+}
+
+/// Removes `path` when it is a file (never a link) last changed before `started`.
+fn remove_if_older(path: &Path, started: SystemTime) -> Option<RemovedLock> {
+    let metadata = std::fs::symlink_metadata(path).ok()?;
+    let modified = metadata.modified().ok()?;
+    if !metadata.is_file() || modified >= started {
+        return None;
+    }
+    std::fs::remove_file(path).ok()?;
+    let age = SystemTime::now()
+        .duration_since(modified)
+        .unwrap_or_default();
+    Some(RemovedLock {
+        path: path.to_path_buf(),
+        age,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

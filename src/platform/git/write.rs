@@ -1,15 +1,15 @@
 //! In-process writes with gix where a `git` process would cost more than the work: the merge
 //! queue's squash commit of a branch that sits on its base, moving a base by compare-and-swap,
-//! and deleting a finished task's branch. Each is one object write or one ref transaction; like
-//! [`super::read`], they run on the blocking pool, bounded, on the repository opened isolated
-//! (never through a worktree's files, which a task wrote).
+//! creating a new task's branch and its worktree, and deleting a finished task's branch. Like
+//! [`super::read`], they run on the blocking pool, bounded, with the user's umask, on the
+//! repository opened isolated (never through a worktree's files, which a task wrote).
 
 use std::path::Path;
 
 use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
 use gix::refs::Target;
 
-use super::read::{blocking, failed, open};
+use super::read::{blocking, failed, open, open_as_committer};
 use super::GitError;
 
 /// Who glitchlab's commits and ref moves are by (as [`super::COMMITTER`] for the `git` binary).
@@ -150,6 +150,92 @@ pub(super) fn move_ref_in(
     repo.edit_references_as([edit], Some(signature.to_ref(&mut time)))
         .map_err(failed("update-ref"))?;
     Ok(())
+}
+
+/// Creates the branch `refs/heads/{branch}` at the commit `base` names, unless it exists
+/// (`Ok(false)`), with the reflog line `git branch` writes: a new task's branch without the
+/// `git branch` process `git worktree add -b` starts (about 3 ms of a task's 13 ms
+/// `worktree add`).
+pub(crate) async fn create_branch(dir: &Path, branch: &str, base: &str) -> Result<bool, GitError> {
+    let (dir, name, base) = (
+        dir.to_path_buf(),
+        format!("refs/heads/{branch}"),
+        base.to_owned(),
+    );
+    blocking("branch", move || {
+        let repo = open(&dir)?;
+        let spec = format!("{base}^{{commit}}");
+        let commit = repo
+            .rev_parse_single(spec.as_str())
+            .map_err(failed("branch: the base"))?
+            .detach();
+        let exists = |repo: &gix::Repository| {
+            repo.try_find_reference(name.as_str())
+                .map(|found| found.is_some())
+                .map_err(failed("branch"))
+        };
+        if exists(&repo)? {
+            return Ok(false);
+        }
+        let edit = RefEdit {
+            change: Change::Update {
+                log: LogChange {
+                    mode: RefLog::AndReference,
+                    force_create_reflog: false,
+                    message: format!("branch: Created from {base}").into(),
+                },
+                expected: PreviousValue::MustNotExist,
+                new: Target::Object(commit),
+            },
+            name: full_name(&name)?,
+            deref: false,
+        };
+        let signature = signature();
+        let mut time = gix::date::parse::TimeBuf::default();
+        match repo.edit_references_as([edit], Some(signature.to_ref(&mut time))) {
+            Ok(_) => Ok(true),
+            // Made meanwhile by someone else: it exists, as when it did before.
+            Err(_) if exists(&repo)? => Ok(false),
+            Err(error) => Err(failed("branch")(error)),
+        }
+    })
+    .await
+}
+
+/// Adds the linked worktree at `path` on the existing local `branch` in-process (gix: the admin
+/// dir `<common>/worktrees/<name>`, the `.git` file, `HEAD` and its reflog, the checkout and its
+/// index), then locks it with `reason` as `git worktree add --lock --reason` does. It is what
+/// `git worktree add PATH BRANCH` does without that process and the `git reset --hard` it starts
+/// (about 10 ms of a task's start). A failure undoes what it made. Answers the admin dir.
+pub(crate) async fn add_worktree(
+    dir: &Path,
+    path: &Path,
+    branch: &str,
+    reason: &str,
+) -> Result<std::path::PathBuf, GitError> {
+    let (dir, path, name, reason) = (
+        dir.to_path_buf(),
+        path.to_path_buf(),
+        format!("refs/heads/{branch}"),
+        reason.to_owned(),
+    );
+    blocking("worktree add", move || {
+        let repo = open_as_committer(&dir)?;
+        let head = gix::worktree::add::Head::Attached(full_name(&name)?);
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let prepared = repo
+            .prepare_add_worktree(&path, head, &never)
+            .map_err(failed("worktree add"))?;
+        let admin = prepared.repo().git_dir().to_path_buf();
+        prepared
+            .checkout(gix::progress::Discard, &never)
+            .map_err(failed("worktree add: checkout"))?;
+        // gix removed its own `locked` ("initializing") when the checkout was complete.
+        std::fs::write(admin.join("locked"), format!("{reason}\n"))
+            .map_err(failed("worktree add: lock"))?;
+        Ok(admin)
+    })
+    .await
 }
 
 /// Deletes `reference` (a full name) if it still points at `expected`; answers whether it did
