@@ -283,7 +283,8 @@ pub(super) fn open(dir: &PathBuf) -> Result<gix::Repository, GitError> {
 /// opens repositories of its own from it and writes reflogs there (adding a worktree), where
 /// no signature can be handed in. The repository's own configuration is read as by `open`.
 pub(super) fn open_as_committer(dir: &PathBuf) -> Result<gix::Repository, GitError> {
-    let committer = ["user.name=glitchlab", "user.email=glitchlab@localhost"];
+    // `user.name=…`, `user.email=…`: who the `git` the service runs commits as.
+    let committer = [super::COMMITTER[1], super::COMMITTER[3]];
     let overrides = REF_LOCK_TIMEOUTS.iter().chain(&committer).copied();
     let options = gix::open::Options::isolated().config_overrides(overrides);
     gix::open_opts(dir, options).map_err(failed("open the repository"))
