@@ -585,6 +585,9 @@ async fn the_service_is_private_but_its_commands_keep_the_inherited_umask() {
     let main = git_dir.join("refs/heads/main");
     let mode = std::fs::metadata(&main).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o666 & !inherited, "{}", main.display());
+    // The task's worktree was one of those writes: added in-process, not by the `git` fallback.
+    let log = service.log();
+    assert!(!log.contains("in-process worktree add failed"), "{log}");
     // What the service writes itself during a task is private: the builtin engine's note.
     let body = json!({"title": "t", "description": "d", "repo": repo, "verify": "true"});
     let task = service.submit(&body).await;
