@@ -672,6 +672,19 @@ async fn real_location(path: &Path) -> Option<PathBuf> {
     Some(parent.join(path.file_name()?))
 }
 
+/// [`remove_files`], on a thread that may block.
+pub(crate) fn remove_files_now(path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+        }
+        Err(_) => {}
+    }
+}
+
 /// Removes what is at `path` (a directory tree, a file or a link, not what a link points to).
 pub(crate) async fn remove_files(path: &Path) {
     match tokio::fs::symlink_metadata(path).await {

@@ -369,10 +369,19 @@ pub(super) async fn blocking<T: Send + 'static>(
     what: &'static str,
     question: impl FnOnce() -> Result<T, GitError> + Send + 'static,
 ) -> Result<T, GitError> {
-    let work = move || {
+    blocking_private(what, move || {
         let _user = crate::platform::private::hold_inherited_umask();
         question()
-    };
+    })
+    .await
+}
+
+/// [`blocking`] for work in the service's own data dir (a worktree's disposable `.git`): what it
+/// writes gets the service's private umask.
+pub(super) async fn blocking_private<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, GitError> + Send + 'static,
+) -> Result<T, GitError> {
     match tokio::time::timeout(QUESTION_TIMEOUT, tokio::task::spawn_blocking(work)).await {
         Ok(answer) => answer.map_err(failed(what))?,
         Err(_) => Err(GitError::Timeout { args: what.into() }),
