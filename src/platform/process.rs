@@ -278,7 +278,12 @@ async fn spawn_and_wait(
     let started = Instant::now();
     let resolved = spawn::resolve(&spec.program, spec.child_path().as_deref());
     let mut command = match &resolved {
-        Some(path) => Command::new(path),
+        Some(path) => {
+            let mut command = Command::new(path);
+            // The child sees its name as it was asked for (`git`, not `/usr/bin/git`).
+            command.arg0(&spec.program);
+            command
+        }
         None => Command::new(&spec.program),
     };
     if spec.env_clear {
@@ -968,6 +973,30 @@ mod tests {
         assert!(output.timed_out);
         assert!(output.duration < Duration::from_secs(5));
         assert!(!output.stdout.text.contains("never"));
+    }
+
+    /// A program named by its bare name in a cleared environment with a `PATH` of its own is
+    /// found there (so the spawn may be a vfork), and still sees its name as asked: `sh`, not
+    /// `/usr/bin/sh`.
+    #[tokio::test]
+    async fn a_bare_name_is_found_in_the_childs_path_and_keeps_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = CommandSpec::shell(
+            "tr '\\0' ' ' < /proc/$$/cmdline",
+            dir.path().to_path_buf(),
+            Duration::from_secs(10),
+            1024,
+        );
+        spec.env_clear = true;
+        spec.env = vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())];
+        assert!(spawn::resolve(&spec.program, spec.child_path().as_deref()).is_some());
+        let output = run(&spec).await.unwrap();
+        assert!(output.success(), "{output:?}");
+        assert!(
+            output.stdout.text.starts_with("sh -c "),
+            "{:?}",
+            output.stdout.text
+        );
     }
 
     /// A command holding a lock file the way git does: it takes it, and its `SIGTERM` handler
