@@ -465,8 +465,14 @@ impl Git {
         // In-process: the branch (a crashed run's is taken as it is, as the slow way below
         // does), then the worktree on it. No git process.
         let added = match write::create_branch(&self.dir, branch, base).await {
-            Ok(_) => match write::add_worktree(&self.dir, path, branch, own_worktrees::LOCK_REASON)
-                .await
+            Ok(_) => match write::add_worktree(
+                &self.dir,
+                path,
+                branch,
+                own_worktrees::LOCK_REASON,
+                self.timeout,
+            )
+            .await
             {
                 Ok(_) => true,
                 Err(error) => {
@@ -687,15 +693,8 @@ pub(crate) fn remove_files_now(path: &Path) {
 
 /// Removes what is at `path` (a directory tree, a file or a link, not what a link points to).
 pub(crate) async fn remove_files(path: &Path) {
-    match tokio::fs::symlink_metadata(path).await {
-        Ok(meta) if meta.is_dir() => {
-            let _ = tokio::fs::remove_dir_all(path).await;
-        }
-        Ok(_) => {
-            let _ = tokio::fs::remove_file(path).await;
-        }
-        Err(_) => {}
-    }
+    let path = path.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || remove_files_now(&path)).await;
 }
 
 /// Counts a delivery into `repo`; true on every [`MAINTENANCE_EVERY_DELIVERIES`]th.
@@ -845,6 +844,7 @@ mod tests {
             &path,
             "glitchlab/t1",
             own_worktrees::LOCK_REASON,
+            Duration::from_secs(30),
         )
         .await
         .unwrap();
@@ -904,6 +904,57 @@ mod tests {
             .await
             .unwrap();
         assert!(!admin.exists());
+    }
+
+    /// An in-process add past its bound is interrupted and undone before it answers: no admin dir,
+    /// no files, nothing for the `git worktree add` fallback to race; the next try makes it whole.
+    #[tokio::test]
+    async fn an_in_process_add_past_its_bound_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo_path, repo) = repository(dir.path()).await;
+        for n in 0..2000 {
+            std::fs::write(repo_path.join(format!("f{n}.txt")), format!("{n}\n")).unwrap();
+        }
+        repo.run(&["add", "-A"]).await.unwrap();
+        repo.run(&["commit", "-qm", "many"]).await.unwrap();
+        assert!(write::create_branch(&repo_path, "glitchlab/t3", "main")
+            .await
+            .unwrap());
+        let path = dir.path().join("worktrees").join("t3");
+        for bound in [Duration::ZERO, Duration::from_millis(3)] {
+            let answer = write::add_worktree(
+                &repo_path,
+                &path,
+                "glitchlab/t3",
+                own_worktrees::LOCK_REASON,
+                bound,
+            )
+            .await;
+            if answer.is_ok() {
+                // Done within the bound on a fast machine: take it apart for the next round.
+                repo.run(&["worktree", "remove", "-f", "-f", path.to_str().unwrap()])
+                    .await
+                    .unwrap();
+                continue;
+            }
+            assert!(
+                matches!(answer, Err(GitError::Timeout { .. })),
+                "{answer:?}"
+            );
+            let admins = std::fs::read_dir(repo_path.join(".git/worktrees"))
+                .map(|entries| entries.count())
+                .unwrap_or(0);
+            assert_eq!(admins, 0, "an admin dir was left");
+            let files = std::fs::read_dir(&path).map(|e| e.count()).unwrap_or(0);
+            assert_eq!(files, 0, "files were left in {}", path.display());
+        }
+        let (made, worktree) = repo
+            .ensure_worktree(&path, "glitchlab/t3", "main")
+            .await
+            .unwrap();
+        assert_eq!(made, Worktree::Created);
+        assert_eq!(worktree.run(&["status", "--porcelain"]).await.unwrap(), "");
+        assert!(path.join("f1999.txt").exists());
     }
 
     /// A lock a killed service left on a task's branch (older than this process) goes at the next

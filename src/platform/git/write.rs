@@ -206,36 +206,56 @@ pub(crate) async fn create_branch(dir: &Path, branch: &str, base: &str) -> Resul
 /// dir `<common>/worktrees/<name>`, the `.git` file, `HEAD` and its reflog, the checkout and its
 /// index), then locks it with `reason` as `git worktree add --lock --reason` does. It is what
 /// `git worktree add PATH BRANCH` does without that process and the `git reset --hard` it starts
-/// (about 10 ms of a task's start). A failure undoes what it made. Answers the admin dir.
+/// (about 10 ms of a task's start). Answers the admin dir.
+///
+/// Bounded by `timeout` (git's, as the `git worktree add` it replaces): past it the checkout is
+/// interrupted and this returns only once gix has undone what it made, so a caller that falls
+/// back to `git worktree add` never races a checkout still writing the same path.
 pub(crate) async fn add_worktree(
     dir: &Path,
     path: &Path,
     branch: &str,
     reason: &str,
+    timeout: std::time::Duration,
 ) -> Result<std::path::PathBuf, GitError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let (dir, path, name, reason) = (
         dir.to_path_buf(),
         path.to_path_buf(),
         format!("refs/heads/{branch}"),
         reason.to_owned(),
     );
-    blocking("worktree add", move || {
+    let interrupt = std::sync::Arc::new(AtomicBool::new(false));
+    let stop = std::sync::Arc::clone(&interrupt);
+    let mut work = tokio::task::spawn_blocking(move || {
+        // In the user's repository: the user's umask, as `git worktree add` would have.
+        let _user = crate::platform::private::hold_inherited_umask();
         let repo = open_as_committer(&dir)?;
         let head = gix::worktree::add::Head::Attached(full_name(&name)?);
-        let never = std::sync::atomic::AtomicBool::new(false);
         let prepared = repo
-            .prepare_add_worktree(&path, head, &never)
+            .prepare_add_worktree(&path, head, &stop)
             .map_err(failed("worktree add"))?;
         let admin = prepared.repo().git_dir().to_path_buf();
         prepared
-            .checkout(gix::progress::Discard, &never)
+            .checkout(gix::progress::Discard, &stop)
             .map_err(failed("worktree add: checkout"))?;
         // gix removed its own `locked` ("initializing") when the checkout was complete.
         std::fs::write(admin.join("locked"), format!("{reason}\n"))
             .map_err(failed("worktree add: lock"))?;
         Ok(admin)
-    })
-    .await
+    });
+    let joined = match tokio::time::timeout(timeout, &mut work).await {
+        Ok(joined) => joined,
+        Err(_) => {
+            interrupt.store(true, Ordering::Relaxed);
+            // gix checks the flag between files and rolls back: wait for that.
+            let _ = work.await;
+            return Err(GitError::Timeout {
+                args: "worktree add (in-process)".into(),
+            });
+        }
+    };
+    joined.map_err(failed("worktree add"))?
 }
 
 /// Deletes `reference` (a full name) if it still points at `expected`; answers whether it did
