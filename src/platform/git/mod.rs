@@ -906,6 +906,156 @@ mod tests {
         assert!(!admin.exists());
     }
 
+    /// Every file of a worktree, keyed by its path under `root` (`.git` left out): a link's
+    /// target, or a file's bytes and executable bit.
+    fn checkout_of(root: &Path) -> std::collections::BTreeMap<PathBuf, (String, Vec<u8>, bool)> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut files = std::collections::BTreeMap::new();
+        let mut pending = vec![root.to_path_buf()];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let relative = path.strip_prefix(root).unwrap().to_path_buf();
+                if relative == Path::new(".git") {
+                    continue;
+                }
+                let meta = std::fs::symlink_metadata(&path).unwrap();
+                if meta.file_type().is_symlink() {
+                    let target = std::fs::read_link(&path).unwrap();
+                    files.insert(
+                        relative,
+                        (
+                            "link".into(),
+                            target.into_os_string().into_encoded_bytes(),
+                            false,
+                        ),
+                    );
+                } else if meta.is_dir() {
+                    pending.push(path);
+                } else {
+                    let executable = meta.permissions().mode() & 0o100 != 0;
+                    files.insert(
+                        relative,
+                        ("file".into(), std::fs::read(&path).unwrap(), executable),
+                    );
+                }
+            }
+        }
+        files
+    }
+
+    /// The in-process checkout writes what git's own would, byte for byte: `.gitattributes`
+    /// line endings (`eol=crlf`, `eol=lf`, `binary`), names with spaces and non-ASCII letters,
+    /// empty files, executable bits, links to files and to directories. A file written otherwise
+    /// than git writes it would be a change the task never made. `ident`, which gix expands
+    /// otherwise (`$Id: <hash>$`), is left to git: a branch whose attributes ask for it is
+    /// refused in-process, and the worktree `ensure_worktree` makes from it is git's.
+    #[tokio::test]
+    async fn an_in_process_checkout_matches_gits_own_byte_for_byte() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (repo_path, repo) = repository(dir.path()).await;
+        let write = |name: &str, bytes: &[u8]| {
+            let path = repo_path.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        };
+        write(
+            ".gitattributes",
+            b"*.txt text eol=crlf\n*.lf text eol=lf\n*.bin binary\n",
+        );
+        write("notes.txt", b"one\ntwo\n");
+        write("unix.lf", b"x\r\ny\n");
+        write("blob.bin", b"a\r\nb\n\0c\r\n");
+        write("dir with space/\u{fc}n\u{ef}c\u{f6}de.md", b"u\n");
+        write("deep/a/b/c/d/leaf.txt", b"leaf\n");
+        write("empty", b"");
+        write("tool", b"#!/bin/sh\necho hi\n");
+        std::fs::set_permissions(
+            repo_path.join("tool"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("dir with space", repo_path.join("to-dir")).unwrap();
+        std::os::unix::fs::symlink("notes.txt", repo_path.join("to-file")).unwrap();
+        repo.run(&["add", "-A"]).await.unwrap();
+        repo.run(&["commit", "-qm", "variety"]).await.unwrap();
+
+        let ours = dir.path().join("worktrees").join("t4");
+        assert!(write::create_branch(&repo_path, "glitchlab/t4", "main")
+            .await
+            .unwrap());
+        write::add_worktree(
+            &repo_path,
+            &ours,
+            "glitchlab/t4",
+            own_worktrees::LOCK_REASON,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        let gits = dir.path().join("by-git");
+        let git_add = |at: &Path| {
+            let at = at.to_str().unwrap().to_owned();
+            let repo = repo.clone();
+            async move {
+                repo.run(&["worktree", "add", "-q", "--detach", &at, "main"])
+                    .await
+                    .unwrap();
+            }
+        };
+        git_add(&gits).await;
+        let (ours_files, gits_files) = (checkout_of(&ours), checkout_of(&gits));
+        assert_eq!(ours_files.len(), 11, "{:?}", ours_files.keys());
+        assert_eq!(ours_files, gits_files);
+        // The conversions did happen (the comparison is not of two unconverted copies).
+        assert_eq!(
+            std::fs::read(ours.join("notes.txt")).unwrap(),
+            b"one\r\ntwo\r\n"
+        );
+        assert_eq!(std::fs::read(ours.join("unix.lf")).unwrap(), b"x\ny\n");
+        let worktree = repo.worktree_of(&ours).await.unwrap();
+        worktree.run(&["diff-files", "--quiet"]).await.unwrap();
+        assert_eq!(worktree.run(&["status", "--porcelain"]).await.unwrap(), "");
+
+        // `ident` in a nested `.gitattributes`: git's checkout, not gix's.
+        write("sub/.gitattributes", b"*.id ident\n");
+        write("sub/stamp.id", b"version $Id$ here\n");
+        repo.run(&["add", "-A"]).await.unwrap();
+        repo.run(&["commit", "-qm", "ident"]).await.unwrap();
+        assert!(write::create_branch(&repo_path, "glitchlab/t5", "main")
+            .await
+            .unwrap());
+        let refused = dir.path().join("worktrees").join("t5-in-process");
+        let answer = write::add_worktree(
+            &repo_path,
+            &refused,
+            "glitchlab/t5",
+            own_worktrees::LOCK_REASON,
+            Duration::from_secs(30),
+        )
+        .await;
+        assert!(
+            matches!(&answer, Err(GitError::Failed { stderr, .. }) if stderr.contains("ident")),
+            "{answer:?}"
+        );
+        assert!(!refused.exists(), "nothing was made for it");
+        let path = dir.path().join("worktrees").join("t5");
+        let (made, _) = repo
+            .ensure_worktree(&path, "glitchlab/t5", "main")
+            .await
+            .unwrap();
+        assert_eq!(made, Worktree::Created);
+        let gits_now = dir.path().join("by-git-2");
+        git_add(&gits_now).await;
+        assert_eq!(checkout_of(&path), checkout_of(&gits_now));
+        let stamp = String::from_utf8(std::fs::read(path.join("sub/stamp.id")).unwrap()).unwrap();
+        assert!(
+            stamp.starts_with("version $Id: ") && stamp.ends_with(" $ here\n"),
+            "{stamp}"
+        );
+    }
+
     /// An in-process add past its bound is interrupted and undone before it answers: no admin dir,
     /// no files, nothing for the `git worktree add` fallback to race; the next try makes it whole.
     #[tokio::test]

@@ -231,6 +231,14 @@ pub(crate) async fn add_worktree(
         // In the user's repository: the user's umask, as `git worktree add` would have.
         let _user = crate::platform::private::hold_inherited_umask();
         let repo = open_as_committer(&dir)?;
+        if attributes_ask_for_ident(&repo, &name)? {
+            return Err(GitError::Failed {
+                args: "worktree add (in-process)".into(),
+                stderr: "the attributes ask for `ident`, which gix expands otherwise than git \
+                         (`$Id: <hash>$`, not `$Id: <hash> $`)"
+                    .into(),
+            });
+        }
         let head = gix::worktree::add::Head::Attached(full_name(&name)?);
         let prepared = repo
             .prepare_add_worktree(&path, head, &stop)
@@ -256,6 +264,66 @@ pub(crate) async fn add_worktree(
         }
     };
     joined.map_err(failed("worktree add"))?
+}
+
+/// Whether any attributes the checkout of `reference` would read name `ident`: a
+/// `.gitattributes` in its tree, the repository's `info/attributes`, or the user's or the
+/// system's attributes file. gix expands `$Id$` without git's space before the closing `$`, so
+/// such a checkout is left to git (a false alarm, a file or pattern called `ident`, only costs
+/// that). Checked every time: the branch's tree is the task's, and can add one.
+fn attributes_ask_for_ident(repo: &gix::Repository, reference: &str) -> Result<bool, GitError> {
+    let names_ident = |text: &[u8]| {
+        text.split(|byte| byte.is_ascii_whitespace()).any(|token| {
+            let token = token
+                .strip_prefix(b"-")
+                .or_else(|| token.strip_prefix(b"!"))
+                .unwrap_or(token);
+            token == b"ident" || token.starts_with(b"ident=")
+        })
+    };
+    let mut files = vec![
+        repo.common_dir().join("info/attributes"),
+        "/etc/gitattributes".into(),
+    ];
+    let config = repo.config_snapshot();
+    if let Ok(Some(path)) = config.trusted_path("core.attributesFile") {
+        files.push(path);
+    }
+    if let Some(config_home) = std::env::var_os("XDG_CONFIG_HOME").filter(|home| !home.is_empty()) {
+        files.push(std::path::PathBuf::from(config_home).join("git/attributes"));
+    } else if let Some(home) = std::env::var_os("HOME") {
+        files.push(std::path::PathBuf::from(home).join(".config/git/attributes"));
+    }
+    if files
+        .iter()
+        .any(|file| std::fs::read(file).is_ok_and(|text| names_ident(&text)))
+    {
+        return Ok(true);
+    }
+    let tree = repo
+        .find_reference(reference)
+        .map_err(failed("find the branch"))?
+        .peel_to_commit()
+        .map_err(failed("read the branch's commit"))?
+        .tree()
+        .map_err(failed("read the branch's tree"))?;
+    let mut entries = gix::traverse::tree::Recorder::default();
+    tree.traverse()
+        .breadthfirst(&mut entries)
+        .map_err(failed("walk the branch's tree"))?;
+    for entry in entries.records {
+        let is_attributes = entry.mode.is_blob()
+            && entry.filepath.rsplit(|byte| *byte == b'/').next() == Some(&b".gitattributes"[..]);
+        if is_attributes {
+            let blob = repo
+                .find_object(entry.oid)
+                .map_err(failed("read a .gitattributes"))?;
+            if names_ident(&blob.data) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Deletes `reference` (a full name) if it still points at `expected`; answers whether it did
