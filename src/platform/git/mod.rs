@@ -1056,6 +1056,82 @@ mod tests {
         );
     }
 
+    /// A crashed run's branch is checked out again as the task left it, and the task wrote it:
+    /// links out of the worktree (absolute, relative with `..`, and through another link) and an
+    /// embedded repository. The in-process checkout makes the links links, writes nothing through
+    /// them, leaves the embedded repository an empty directory (git's gitlink), and nothing
+    /// outside the worktree changes.
+    #[tokio::test]
+    async fn a_hostile_branch_is_checked_out_again_without_writing_outside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo_path, repo) = repository(dir.path()).await;
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret"), "keep\n").unwrap();
+        // The branch as a crashed run left it, made here in a scratch worktree.
+        repo.run(&["branch", "glitchlab/t6", "main"]).await.unwrap();
+        let scratch = dir.path().join("scratch");
+        let scratch_text = scratch.to_str().unwrap();
+        repo.run(&["worktree", "add", "-q", scratch_text, "glitchlab/t6"])
+            .await
+            .unwrap();
+        std::os::unix::fs::symlink(&outside, scratch.join("abs-link")).unwrap();
+        std::os::unix::fs::symlink("../outside/secret", scratch.join("rel-link")).unwrap();
+        std::os::unix::fs::symlink("abs-link/secret", scratch.join("through")).unwrap();
+        let embedded = Git::new(scratch.join("embedded"), Duration::from_secs(30));
+        std::fs::create_dir_all(scratch.join("embedded")).unwrap();
+        embedded.run(&["init", "-q", "-b", "main"]).await.unwrap();
+        embedded
+            .run(&["commit", "-q", "--allow-empty", "-m", "inner"])
+            .await
+            .unwrap();
+        let task = Git::new(&scratch, Duration::from_secs(30));
+        task.run(&["add", "-A"]).await.unwrap();
+        task.run(&["commit", "-qm", "hostile"]).await.unwrap();
+        repo.run(&["worktree", "remove", "-f", "-f", scratch_text])
+            .await
+            .unwrap();
+
+        assert!(
+            !write::create_branch(&repo_path, "glitchlab/t6", "main")
+                .await
+                .unwrap(),
+            "the crashed run's branch is taken as it is"
+        );
+        let path = dir.path().join("worktrees").join("t6");
+        write::add_worktree(
+            &repo_path,
+            &path,
+            "glitchlab/t6",
+            own_worktrees::LOCK_REASON,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        for (link, target) in [
+            ("abs-link", outside.clone()),
+            ("rel-link", PathBuf::from("../outside/secret")),
+            ("through", PathBuf::from("abs-link/secret")),
+        ] {
+            let meta = std::fs::symlink_metadata(path.join(link)).unwrap();
+            assert!(meta.file_type().is_symlink(), "{link}");
+            assert_eq!(std::fs::read_link(path.join(link)).unwrap(), target);
+        }
+        let inner = std::fs::read_dir(path.join("embedded")).unwrap().count();
+        assert_eq!(inner, 0, "a gitlink is an empty directory");
+        let left: Vec<_> = std::fs::read_dir(&outside)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["secret"]);
+        assert_eq!(
+            std::fs::read_to_string(outside.join("secret")).unwrap(),
+            "keep\n"
+        );
+        let worktree = repo.worktree_of(&path).await.unwrap();
+        assert_eq!(worktree.run(&["status", "--porcelain"]).await.unwrap(), "");
+    }
+
     /// An in-process add past its bound is interrupted and undone before it answers: no admin dir,
     /// no files, nothing for the `git worktree add` fallback to race; the next try makes it whole.
     #[tokio::test]
