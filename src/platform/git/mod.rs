@@ -801,6 +801,23 @@ mod tests {
         (repo_path, repo)
     }
 
+    /// `write::add_worktree` of `branch` at `path`, as `ensure_worktree` asks it (the service's
+    /// lock reason, a 30 s bound).
+    async fn add_in_process(
+        repo_path: &Path,
+        path: &Path,
+        branch: &str,
+    ) -> Result<PathBuf, GitError> {
+        write::add_worktree(
+            repo_path,
+            path,
+            branch,
+            own_worktrees::LOCK_REASON,
+            Duration::from_secs(30),
+        )
+        .await
+    }
+
     #[test]
     fn maintenance_comes_due_every_so_many_deliveries_per_repository() {
         let (one, two) = (Path::new("/nonexistent/one"), Path::new("/nonexistent/two"));
@@ -839,15 +856,9 @@ mod tests {
         assert!(write::create_branch(&repo_path, "glitchlab/t1", "main")
             .await
             .unwrap());
-        let admin = write::add_worktree(
-            &repo_path,
-            &path,
-            "glitchlab/t1",
-            own_worktrees::LOCK_REASON,
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
+        let admin = add_in_process(&repo_path, &path, "glitchlab/t1")
+            .await
+            .unwrap();
         assert_eq!(admin, repo_path.join(".git/worktrees/t1"));
         let worktree = repo.worktree_of(&path).await.unwrap();
         assert_eq!(worktree.linked().unwrap().admin, admin);
@@ -985,15 +996,9 @@ mod tests {
         assert!(write::create_branch(&repo_path, "glitchlab/t4", "main")
             .await
             .unwrap());
-        write::add_worktree(
-            &repo_path,
-            &ours,
-            "glitchlab/t4",
-            own_worktrees::LOCK_REASON,
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
+        add_in_process(&repo_path, &ours, "glitchlab/t4")
+            .await
+            .unwrap();
         let gits = dir.path().join("by-git");
         let git_add = |at: &Path| {
             let at = at.to_str().unwrap().to_owned();
@@ -1027,14 +1032,7 @@ mod tests {
             .await
             .unwrap());
         let refused = dir.path().join("worktrees").join("t5-in-process");
-        let answer = write::add_worktree(
-            &repo_path,
-            &refused,
-            "glitchlab/t5",
-            own_worktrees::LOCK_REASON,
-            Duration::from_secs(30),
-        )
-        .await;
+        let answer = add_in_process(&repo_path, &refused, "glitchlab/t5").await;
         assert!(
             matches!(&answer, Err(GitError::Failed { stderr, .. }) if stderr.contains("ident")),
             "{answer:?}"
@@ -1099,15 +1097,9 @@ mod tests {
             "the crashed run's branch is taken as it is"
         );
         let path = dir.path().join("worktrees").join("t6");
-        write::add_worktree(
-            &repo_path,
-            &path,
-            "glitchlab/t6",
-            own_worktrees::LOCK_REASON,
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
+        add_in_process(&repo_path, &path, "glitchlab/t6")
+            .await
+            .unwrap();
         for (link, target) in [
             ("abs-link", outside.clone()),
             ("rel-link", PathBuf::from("../outside/secret")),
