@@ -269,8 +269,11 @@ impl Service {
             }
             if Instant::now() > deadline {
                 let (_, events) = self.get(&format!("/v1/tasks/{id}/events")).await;
+                let (_, actors) = self.get("/v1/actors").await;
                 panic!(
-                    "task did not reach the expected state in {timeout:?}:\n{task:#}\nevents: {events:#}\nlog:\n{}",
+                    "task did not reach the expected state in {timeout:?}:\n{task:#}\nevents: {events:#}\nactors: {actors}\nprocesses running 5 s or more below {}:\n{}\nlog:\n{}",
+                    self.process_root(),
+                    long_running_below(self.process_root()),
                     self.log()
                 );
             }
@@ -323,6 +326,14 @@ impl Service {
         self.child.as_ref().expect("service is running").id()
     }
 
+    /// The process the service's children hang from: its own, or this test process's when it
+    /// runs in-process (whose children are every in-process test's).
+    fn process_root(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map_or_else(std::process::id, std::process::Child::id)
+    }
+
     /// The service's stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.root.join("service.log")).unwrap_or_default()
@@ -369,6 +380,50 @@ impl Drop for Service {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// What a stuck test shows of the processes below `root` that have run for 5 s or more (a git
+/// call that never returned, a verify still running): `ps`'s pid, ppid, seconds and command line,
+/// at most 40 of them.
+fn long_running_below(root: u32) -> String {
+    let Ok(output) = Command::new("ps")
+        .args(["-eo", "pid=,ppid=,etimes=,args="])
+        .output()
+    else {
+        return "(ps did not run)".into();
+    };
+    let rows: Vec<(u32, u32, u64, String)> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let pid = fields.next()?.parse().ok()?;
+            let ppid = fields.next()?.parse().ok()?;
+            let seconds = fields.next()?.parse().ok()?;
+            Some((pid, ppid, seconds, fields.collect::<Vec<_>>().join(" ")))
+        })
+        .collect();
+    let mut below = std::collections::BTreeSet::from([root]);
+    // Parents come before their children in pid order only mostly: repeat until nothing is added.
+    while {
+        let before = below.len();
+        for (pid, ppid, _, _) in &rows {
+            if below.contains(ppid) {
+                below.insert(*pid);
+            }
+        }
+        below.len() > before
+    } {}
+    let lines: Vec<String> = rows
+        .iter()
+        .filter(|(pid, _, seconds, _)| *pid != root && below.contains(pid) && *seconds >= 5)
+        .take(40)
+        .map(|(pid, ppid, seconds, args)| format!("  {pid} (parent {ppid}) {seconds}s: {args}"))
+        .collect();
+    if lines.is_empty() {
+        "  none".into()
+    } else {
+        lines.join("\n")
     }
 }
 

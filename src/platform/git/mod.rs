@@ -1054,6 +1054,69 @@ mod tests {
         );
     }
 
+    /// Each attributes source the service's git reads and gix does not, or that names `ident`,
+    /// leaves the checkout to git: a user's `~/.config/git/attributes` that is not empty (unless
+    /// `core.attributesFile` points elsewhere), `ident` in `info/attributes`, in the file
+    /// `core.attributesFile` names, or in a nested `.gitattributes`. Anything else is in-process.
+    #[tokio::test]
+    async fn what_leaves_a_checkout_to_git() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo_path, repo) = repository(dir.path()).await;
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(home.join(".config/git")).unwrap();
+        let ask = |home: Option<PathBuf>| {
+            let repo_path = repo_path.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let repo = read::open_as_committer(&repo_path).unwrap();
+                    write::left_to_git(&repo, "refs/heads/main", home.as_deref()).unwrap()
+                })
+                .await
+                .unwrap()
+            }
+        };
+        let users = home.join(".config/git/attributes");
+        std::fs::write(&users, "").unwrap();
+        assert_eq!(
+            ask(Some(home.clone())).await,
+            None,
+            "an empty one is nothing"
+        );
+        std::fs::write(&users, "*.txt eol=crlf\n").unwrap();
+        assert!(ask(Some(home.clone()))
+            .await
+            .unwrap()
+            .contains("~/.config/git/attributes"));
+        assert_eq!(ask(None).await, None, "no HOME, no user's file");
+        let named = dir.path().join("named-attributes");
+        std::fs::write(&named, "*.c text\n").unwrap();
+        repo.run(&["config", "core.attributesFile", named.to_str().unwrap()])
+            .await
+            .unwrap();
+        assert_eq!(
+            ask(Some(home.clone())).await,
+            None,
+            "core.attributesFile replaces the user's file, and names no ident"
+        );
+        std::fs::write(&named, "*.c -ident\n").unwrap();
+        assert!(ask(Some(home.clone())).await.unwrap().contains("ident"));
+        std::fs::write(&named, "*.c text\n").unwrap();
+        std::fs::create_dir_all(repo_path.join(".git/info")).unwrap();
+        std::fs::write(
+            repo_path.join(".git/info/attributes"),
+            "[attr]stamp ident\n",
+        )
+        .unwrap();
+        assert!(ask(Some(home.clone())).await.unwrap().contains("ident"));
+        std::fs::remove_file(repo_path.join(".git/info/attributes")).unwrap();
+        assert_eq!(ask(Some(home.clone())).await, None);
+        std::fs::create_dir_all(repo_path.join("a/b")).unwrap();
+        std::fs::write(repo_path.join("a/b/.gitattributes"), "*.h\tident\n").unwrap();
+        repo.run(&["add", "-A"]).await.unwrap();
+        repo.run(&["commit", "-qm", "nested"]).await.unwrap();
+        assert!(ask(Some(home)).await.unwrap().contains("ident"));
+    }
+
     /// A crashed run's branch is checked out again as the task left it, and the task wrote it:
     /// links out of the worktree (absolute, relative with `..`, and through another link) and an
     /// embedded repository. The in-process checkout makes the links links, writes nothing through

@@ -231,12 +231,11 @@ pub(crate) async fn add_worktree(
         // In the user's repository: the user's umask, as `git worktree add` would have.
         let _user = crate::platform::private::hold_inherited_umask();
         let repo = open_as_committer(&dir)?;
-        if attributes_ask_for_ident(&repo, &name)? {
+        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        if let Some(why) = left_to_git(&repo, &name, home.as_deref())? {
             return Err(GitError::Failed {
                 args: "worktree add (in-process)".into(),
-                stderr: "the attributes ask for `ident`, which gix expands otherwise than git \
-                         (`$Id: <hash>$`, not `$Id: <hash> $`)"
-                    .into(),
+                stderr: why.into(),
             });
         }
         let head = gix::worktree::add::Head::Attached(full_name(&name)?);
@@ -266,12 +265,20 @@ pub(crate) async fn add_worktree(
     joined.map_err(failed("worktree add"))?
 }
 
-/// Whether any attributes the checkout of `reference` would read name `ident`: a
-/// `.gitattributes` in its tree, the repository's `info/attributes`, or the user's or the
-/// system's attributes file. gix expands `$Id$` without git's space before the closing `$`, so
-/// such a checkout is left to git (a false alarm, a file or pattern called `ident`, only costs
-/// that). Checked every time: the branch's tree is the task's, and can add one.
-fn attributes_ask_for_ident(repo: &gix::Repository, reference: &str) -> Result<bool, GitError> {
+/// Why the checkout of `reference` is left to `git worktree add`, if it is. The service's git
+/// reads the tree's `.gitattributes`, the repository's `info/attributes` and
+/// `core.attributesFile`, and (no such setting) the user's `~/.config/git/attributes`; gix,
+/// opened isolated, reads all but the last. So: a user's attributes file that is not empty, or
+/// any of them naming `ident`, which gix expands without git's space before the closing `$`
+/// (`$Id: <hash>$`, not `$Id: <hash> $`). A false alarm (a file or pattern called `ident`) only
+/// costs the git process. Checked every time: the branch's tree is the task's. `home` is the
+/// service's `HOME`, which its git gets.
+pub(super) fn left_to_git(
+    repo: &gix::Repository,
+    reference: &str,
+    home: Option<&Path>,
+) -> Result<Option<&'static str>, GitError> {
+    const IDENT: &str = "the attributes ask for `ident`, which gix expands otherwise than git";
     let names_ident = |text: &[u8]| {
         text.split(|byte| byte.is_ascii_whitespace()).any(|token| {
             let token = token
@@ -281,24 +288,23 @@ fn attributes_ask_for_ident(repo: &gix::Repository, reference: &str) -> Result<b
             token == b"ident" || token.starts_with(b"ident=")
         })
     };
-    let mut files = vec![
-        repo.common_dir().join("info/attributes"),
-        "/etc/gitattributes".into(),
-    ];
-    let config = repo.config_snapshot();
-    if let Ok(Some(path)) = config.trusted_path("core.attributesFile") {
-        files.push(path);
-    }
-    if let Some(config_home) = std::env::var_os("XDG_CONFIG_HOME").filter(|home| !home.is_empty()) {
-        files.push(std::path::PathBuf::from(config_home).join("git/attributes"));
-    } else if let Some(home) = std::env::var_os("HOME") {
-        files.push(std::path::PathBuf::from(home).join(".config/git/attributes"));
+    let mut files = vec![repo.common_dir().join("info/attributes")];
+    match repo.config_snapshot().trusted_path("core.attributesFile") {
+        Ok(Some(path)) => files.push(path),
+        _ => {
+            let users = home.map(|home| home.join(".config/git/attributes"));
+            if users.is_some_and(|file| std::fs::metadata(file).is_ok_and(|meta| meta.len() > 0)) {
+                return Ok(Some(
+                    "the user's ~/.config/git/attributes is read by git, not by gix opened isolated",
+                ));
+            }
+        }
     }
     if files
         .iter()
         .any(|file| std::fs::read(file).is_ok_and(|text| names_ident(&text)))
     {
-        return Ok(true);
+        return Ok(Some(IDENT));
     }
     let tree = repo
         .find_reference(reference)
@@ -319,11 +325,11 @@ fn attributes_ask_for_ident(repo: &gix::Repository, reference: &str) -> Result<b
                 .find_object(entry.oid)
                 .map_err(failed("read a .gitattributes"))?;
             if names_ident(&blob.data) {
-                return Ok(true);
+                return Ok(Some(IDENT));
             }
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// Deletes `reference` (a full name) if it still points at `expected`; answers whether it did
