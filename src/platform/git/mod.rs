@@ -1057,7 +1057,8 @@ mod tests {
     /// Each attributes source the service's git reads and gix does not, or that names `ident`,
     /// leaves the checkout to git: a user's `~/.config/git/attributes` that is not empty (unless
     /// `core.attributesFile` points elsewhere), `ident` in `info/attributes`, in the file
-    /// `core.attributesFile` names, or in a nested `.gitattributes`. Anything else is in-process.
+    /// `core.attributesFile` names, or in a nested `.gitattributes`, and any of them over 1 MiB
+    /// (never read to its end: `/dev/zero` answers). Anything else is in-process.
     #[tokio::test]
     async fn what_leaves_a_checkout_to_git() {
         let dir = tempfile::tempdir().unwrap();
@@ -1114,7 +1115,24 @@ mod tests {
         std::fs::write(repo_path.join("a/b/.gitattributes"), "*.h\tident\n").unwrap();
         repo.run(&["add", "-A"]).await.unwrap();
         repo.run(&["commit", "-qm", "nested"]).await.unwrap();
-        assert!(ask(Some(home)).await.unwrap().contains("ident"));
+        assert!(ask(Some(home.clone())).await.unwrap().contains("ident"));
+        // Reads are bounded: a device named as the attributes file, a task's huge one.
+        repo.run(&["config", "core.attributesFile", "/dev/zero"])
+            .await
+            .unwrap();
+        assert!(ask(Some(home.clone()))
+            .await
+            .unwrap()
+            .contains("over 1 MiB"));
+        repo.run(&["config", "core.attributesFile", named.to_str().unwrap()])
+            .await
+            .unwrap();
+        std::fs::remove_file(repo_path.join("a/b/.gitattributes")).unwrap();
+        let huge = "*.x text\n".repeat(200_000);
+        std::fs::write(repo_path.join(".gitattributes"), huge).unwrap();
+        repo.run(&["add", "-A"]).await.unwrap();
+        repo.run(&["commit", "-qm", "huge"]).await.unwrap();
+        assert!(ask(Some(home)).await.unwrap().contains("over 1 MiB"));
     }
 
     /// A crashed run's branch is checked out again as the task left it, and the task wrote it:

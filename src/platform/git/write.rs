@@ -265,6 +265,10 @@ pub(crate) async fn add_worktree(
     joined.map_err(failed("worktree add"))?
 }
 
+/// The most of one attributes file [`left_to_git`] reads; a larger one (a `core.attributesFile`
+/// naming a device, a task's huge `.gitattributes`) leaves the checkout to git unread.
+const ATTRIBUTES_BYTES_MAX: u64 = 1 << 20;
+
 /// Why the checkout of `reference` is left to `git worktree add`, if it is. The service's git
 /// reads the tree's `.gitattributes`, the repository's `info/attributes` and
 /// `core.attributesFile`, and (no such setting) the user's `~/.config/git/attributes`; gix,
@@ -279,6 +283,7 @@ pub(super) fn left_to_git(
     home: Option<&Path>,
 ) -> Result<Option<&'static str>, GitError> {
     const IDENT: &str = "the attributes ask for `ident`, which gix expands otherwise than git";
+    const TOO_LARGE: &str = "an attributes file is over 1 MiB: not read here";
     let names_ident = |text: &[u8]| {
         text.split(|byte| byte.is_ascii_whitespace()).any(|token| {
             let token = token
@@ -300,11 +305,19 @@ pub(super) fn left_to_git(
             }
         }
     }
-    if files
-        .iter()
-        .any(|file| std::fs::read(file).is_ok_and(|text| names_ident(&text)))
-    {
-        return Ok(Some(IDENT));
+    for file in &files {
+        let mut text = Vec::new();
+        let read = std::fs::File::open(file).and_then(|opened| {
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(opened, ATTRIBUTES_BYTES_MAX + 1),
+                &mut text,
+            )
+        });
+        match read {
+            Ok(bytes) if bytes as u64 > ATTRIBUTES_BYTES_MAX => return Ok(Some(TOO_LARGE)),
+            Ok(_) if names_ident(&text) => return Ok(Some(IDENT)),
+            _ => {}
+        }
     }
     let tree = repo
         .find_reference(reference)
@@ -321,6 +334,13 @@ pub(super) fn left_to_git(
         let is_attributes = entry.mode.is_blob()
             && entry.filepath.rsplit(|byte| *byte == b'/').next() == Some(&b".gitattributes"[..]);
         if is_attributes {
+            let size = repo
+                .find_header(entry.oid)
+                .map_err(failed("read a .gitattributes"))?
+                .size();
+            if size > ATTRIBUTES_BYTES_MAX {
+                return Ok(Some(TOO_LARGE));
+            }
             let blob = repo
                 .find_object(entry.oid)
                 .map_err(failed("read a .gitattributes"))?;
