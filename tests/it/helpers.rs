@@ -270,10 +270,12 @@ impl Service {
             if Instant::now() > deadline {
                 let (_, events) = self.get(&format!("/v1/tasks/{id}/events")).await;
                 let (_, actors) = self.get("/v1/actors").await;
+                let (_, report) = self.get("/v1/report").await;
                 panic!(
-                    "task did not reach the expected state in {timeout:?}:\n{task:#}\nevents: {events:#}\nactors: {actors}\nprocesses running 5 s or more below {}:\n{}\nlog:\n{}",
+                    "task did not reach the expected state in {timeout:?}:\n{task:#}\nevents: {events:#}\nactors: {actors}\nreport: {report}\nprocesses running 5 s or more below {}:\n{}\nthreads:\n{}\nlog:\n{}",
                     self.process_root(),
                     long_running_below(self.process_root()),
+                    self.thread_stacks(),
                     self.log()
                 );
             }
@@ -332,6 +334,38 @@ impl Service {
         self.child
             .as_ref()
             .map_or_else(std::process::id, std::process::Child::id)
+    }
+
+    /// Every thread's stack of a service running as its own process, when gdb is installed (at
+    /// most 60 s): where a stuck service waits, a blocking call or an idle runtime.
+    fn thread_stacks(&self) -> String {
+        let Some(child) = &self.child else {
+            return "  (in-process service: not dumped)".into();
+        };
+        let pid = child.id().to_string();
+        let dumped = Command::new("timeout")
+            .args([
+                "60",
+                "gdb",
+                "-batch",
+                "-nx",
+                "-ex",
+                "thread apply all bt 30",
+                "-p",
+                &pid,
+            ])
+            .stdin(Stdio::null())
+            .output();
+        match dumped {
+            Ok(output) if output.status.success() => {
+                String::from_utf8_lossy(&output.stdout).into_owned()
+            }
+            Ok(output) => format!(
+                "  (gdb: {})",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+            Err(error) => format!("  (no gdb: {error})"),
+        }
     }
 
     /// The service's stderr so far.
