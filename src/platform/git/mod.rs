@@ -1058,7 +1058,8 @@ mod tests {
     /// leaves the checkout to git: a user's `~/.config/git/attributes` that is not empty (unless
     /// `core.attributesFile` points elsewhere), `ident` in `info/attributes`, in the file
     /// `core.attributesFile` names, or in a nested `.gitattributes`, and any of them over 1 MiB
-    /// (never read to its end: `/dev/zero` answers). Anything else is in-process.
+    /// (never read to its end: `/dev/zero` answers), and a configured filter driver. Anything
+    /// else is in-process.
     #[tokio::test]
     async fn what_leaves_a_checkout_to_git() {
         let dir = tempfile::tempdir().unwrap();
@@ -1132,7 +1133,21 @@ mod tests {
         std::fs::write(repo_path.join(".gitattributes"), huge).unwrap();
         repo.run(&["add", "-A"]).await.unwrap();
         repo.run(&["commit", "-qm", "huge"]).await.unwrap();
-        assert!(ask(Some(home)).await.unwrap().contains("over 1 MiB"));
+        assert!(ask(Some(home.clone()))
+            .await
+            .unwrap()
+            .contains("over 1 MiB"));
+        std::fs::remove_file(repo_path.join(".gitattributes")).unwrap();
+        repo.run(&["commit", "-qam", "no attributes"])
+            .await
+            .unwrap();
+        assert_eq!(ask(Some(home.clone())).await, None);
+        // A configured filter driver (git-lfs's, say) would be started by gix outside the
+        // service's process bounds: git runs the checkout.
+        repo.run(&["config", "filter.lfs.process", "git-lfs filter-process"])
+            .await
+            .unwrap();
+        assert!(ask(Some(home)).await.unwrap().contains("filter driver"));
     }
 
     /// A crashed run's branch is checked out again as the task left it, and the task wrote it:

@@ -274,7 +274,9 @@ const ATTRIBUTES_BYTES_MAX: u64 = 1 << 20;
 /// `core.attributesFile`, and (no such setting) the user's `~/.config/git/attributes`; gix,
 /// opened isolated, reads all but the last. So: a user's attributes file that is not empty, or
 /// any of them naming `ident`, which gix expands without git's space before the closing `$`
-/// (`$Id: <hash>$`, not `$Id: <hash> $`). A false alarm (a file or pattern called `ident`) only
+/// (`$Id: <hash>$`, not `$Id: <hash> $`). Also a repository that configures a smudge or
+/// process filter driver: gix would start it outside `process::run`. A false alarm (a file or
+/// pattern called `ident`, a driver no path uses) only
 /// costs the git process. Checked every time: the branch's tree is the task's. `home` is the
 /// service's `HOME`, which its git gets.
 pub(super) fn left_to_git(
@@ -293,6 +295,22 @@ pub(super) fn left_to_git(
             token == b"ident" || token.starts_with(b"ident=")
         })
     };
+    // A checkout runs a configured smudge or process filter driver (git-lfs, say): through git
+    // it runs governed (git's timeout, its process group), from gix it would not.
+    let drives_a_filter = repo
+        .config_snapshot()
+        .plumbing()
+        .sections_by_name("filter")
+        .is_some_and(|mut sections| {
+            sections.any(|section| {
+                section.value("smudge").is_some() || section.value("process").is_some()
+            })
+        });
+    if drives_a_filter {
+        return Ok(Some(
+            "a filter driver is configured: git runs it under the service's bounds",
+        ));
+    }
     let mut files = vec![repo.common_dir().join("info/attributes")];
     match repo.config_snapshot().trusted_path("core.attributesFile") {
         Ok(Some(path)) => files.push(path),
