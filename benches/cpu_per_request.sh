@@ -4,7 +4,7 @@
 # moves ±15 % from run to run. Starts the release service BIN as the load bench does (one
 # pipeline slot held by a `sleep` blocker, so submitted tasks stay queued; rate limit off), then
 # runs `wrk -t1 -c$CLIENTS` for SECS seconds with each body, and prints one line:
-#   <label> submits: <rate>/s <cpu>µs-cpu/req <context switches>cs/req | transfers: ...
+#   <label> submits: <rate>/s <cpu>µs-cpu/req (writer <µs>) <context switches>cs/req | transfers: ...
 # CPU is the service's utime + stime (/proc/<pid>/stat) over the run ÷ the requests answered.
 # Needs `wrk` and `perf` (apt-get install wrk linux-perf). Judge a change by alternating runs:
 #   for i in 1 2 3 4; do BIN=old CLIENTS=8 bash benches/cpu_per_request.sh old
@@ -64,19 +64,33 @@ curl -sf -o /dev/null -H "Authorization: Bearer $TOKEN" -H 'content-type: applic
   -d "{\"title\":\"blocker\",\"description\":\"Hold the slot.\",\"repo\":\"$root/repo\",\"verify\":\"true\",\"engines\":{\"patch\":{\"kind\":\"shell\",\"command\":\"sleep 3600\"}}}"
 sleep 1
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+# The store writer's share: the one thread every durable write goes through, so its CPU a
+# request is the ceiling no number of cores lifts (1 s ÷ that = the most requests a second).
+writer_cpu() {
+  local task
+  for task in /proc/"$pid"/task/*; do
+    if [ "$(cat "$task/comm" 2>/dev/null)" = store-writer ]; then
+      awk '{print $14 + $15}' "$task/stat"
+      return
+    fi
+  done
+  echo 0
+}
 run() {
-  local script=$1 c0 c1 out n rate bad switches
+  local script=$1 c0 c1 w0 w1 out n rate bad switches
   c0=$(cpu)
+  w0=$(writer_cpu)
   perf stat -e context-switches -p "$pid" -o "$root/cs.txt" -- sleep "$SECS" &
   out=$(wrk -t1 -c"$CLIENTS" -d"${SECS}s" -s "$root/$script" "$base" 2>&1)
   wait
   c1=$(cpu)
+  w1=$(writer_cpu)
   n=$(echo "$out" | awk '/requests in/ {print $1}')
   rate=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   bad=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
   switches=$(awk '/context-switches/ {gsub(",", "", $1); print $1}' "$root/cs.txt")
   # Clock ticks are 1/100 s: µs a request = ticks × 10,000 ÷ requests.
-  echo "$rate/s $(( (c1 - c0) * 10000 / n ))µs-cpu/req $(awk -v s="$switches" -v n="$n" 'BEGIN {printf "%.1f", s / n}')cs/req${bad:+ NON-2XX=$bad}"
+  echo "$rate/s $(( (c1 - c0) * 10000 / n ))µs-cpu/req (writer $(( (w1 - w0) * 10000 / n ))µs) $(awk -v s="$switches" -v n="$n" 'BEGIN {printf "%.1f", s / n}')cs/req${bad:+ NON-2XX=$bad}"
 }
 wrk -t1 -c"$CLIENTS" -d1s -s "$root/submit.lua" "$base" > /dev/null 2>&1
 echo "$label submits: $(run submit.lua) | transfers: $(run transfer.lua)"

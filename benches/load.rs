@@ -152,10 +152,10 @@ const TRANSFER_CODE: u32 = 7;
 
 /// The submit level the submit-throughput target applies to.
 const SUBMIT_TARGET_CLIENTS: usize = 32;
-/// Submit target: at that level, at least the fsync floor (one durable write per submit would
-/// be the floor itself; batching several submits per flush is what can reach it with a task
-/// record, a reservation and a queue entry per submit).
-const SUBMIT_TARGET_RATIO: f64 = 1.0;
+/// Submit target (issue #29): at that level, one and a half times the fsync floor (one durable
+/// write per submit would be the floor itself; batching several submits per flush is what can
+/// pass it with a task record, a reservation and a queue entry per submit).
+const SUBMIT_TARGET_RATIO: f64 = 1.5;
 /// Ledger target: at least three times the fsync floor (group commit).
 const TRANSFER_TARGET_RATIO: f64 = 3.0;
 /// `/healthz` p99 target while 128 clients submit.

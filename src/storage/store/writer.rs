@@ -351,20 +351,26 @@ impl<'a> Batch<'a> {
             return Ok(());
         }
         fail_while_marked()?;
-        let mut touched: Vec<Table> = self.group.keys().map(|(table, _)| *table).collect();
-        touched.dedup();
-        let trees: Vec<&sled::Tree> = touched.iter().map(|t| self.trees.get(*t)).collect();
+        // One sled batch per table, in the group's (table, key) order: staged blindly, since
+        // nothing here needs the values they replace (vendored sled's `apply_batch` reads none).
+        let mut batches: Vec<(Table, sled::Batch)> = Vec::new();
+        for ((table, key), value) in &self.group {
+            if batches.last().is_none_or(|(last, _)| last != table) {
+                batches.push((*table, sled::Batch::default()));
+            }
+            if let Some((_, batch)) = batches.last_mut() {
+                match value {
+                    Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                    None => batch.remove(key.as_slice()),
+                }
+            }
+        }
+        let trees: Vec<&sled::Tree> = batches.iter().map(|(t, _)| self.trees.get(*t)).collect();
         trees
             .as_slice()
             .transaction(|views| {
-                for ((table, key), value) in &self.group {
-                    // `touched` is sorted (the map's key order), so the position is found.
-                    let index = touched.binary_search(table).unwrap_or_default();
-                    let view = &views[index];
-                    match value {
-                        Some(value) => view.insert(key.as_slice(), value.as_slice())?,
-                        None => view.remove(key.as_slice())?,
-                    };
+                for (view, (_, batch)) in views.iter().zip(&batches) {
+                    view.apply_batch(batch)?;
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             })

@@ -319,12 +319,11 @@ impl TransactionalTree {
         &self,
         batch: &Batch,
     ) -> UnabortableTransactionResult<()> {
+        // glitchlab's patch (PATCHES.md): stage the writes blindly. Going through `insert` and
+        // `remove` read every key's old value from the tree (and cached a copy) only to drop it.
+        let mut writes = self.writes.borrow_mut();
         for (k, v_opt) in &batch.writes {
-            if let Some(v) = v_opt {
-                let _old = self.insert(k, v)?;
-            } else {
-                let _old = self.remove(k)?;
-            }
+            let _last_write = writes.insert(k.clone(), v_opt.clone());
         }
         Ok(())
     }
