@@ -335,6 +335,93 @@ async fn a_group_writes_and_removes_across_tables_and_the_last_write_wins() {
     }
 }
 
+/// Keys written ascending (ids, sequence numbers: the last node of a level splits unevenly, the
+/// vendored sled's patch), descending and scattered, some removed again, read back whole and in
+/// order, point by point and by range, before and after a reopen.
+#[tokio::test]
+async fn a_table_written_in_every_order_reads_back_whole_after_a_reopen() {
+    use std::collections::BTreeMap;
+    const KEYS: u64 = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    for n in 0..KEYS {
+        // Ascending, as growing ids are; descending below them; scattered across both.
+        let ascending = [b"b".as_slice(), &n.to_be_bytes()].concat();
+        let descending = [b"a".as_slice(), &(KEYS - n).to_be_bytes()].concat();
+        let scattered = [
+            b"c".as_slice(),
+            &n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes(),
+        ]
+        .concat();
+        for key in [ascending, descending, scattered] {
+            writes.push((key, Some(n.to_be_bytes().to_vec())));
+        }
+        // Every third ascending key written so far is removed again: nodes shrink and merge.
+        if n % 3 == 2 {
+            writes.push(([b"b".as_slice(), &(n - 1).to_be_bytes()].concat(), None));
+        }
+    }
+    for (key, value) in &writes {
+        match value {
+            Some(value) => model.insert(key.clone(), value.clone()),
+            None => model.remove(key),
+        };
+    }
+    let expected: Vec<(Vec<u8>, Vec<u8>)> = model.into_iter().collect();
+    let read_all = |store: Store| async move {
+        store
+            .read(|snapshot| {
+                let all: Vec<(Vec<u8>, Vec<u8>)> = snapshot
+                    .iter(Table::Idempotency)
+                    .map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                    .collect::<Result<_, _>>()?;
+                let ascending: Vec<Vec<u8>> = snapshot
+                    .range(Table::Idempotency, b"b".to_vec()..b"c".to_vec())
+                    .keys()
+                    .map(|key| key.map(|k| k.to_vec()))
+                    .collect::<Result<_, _>>()?;
+                let newest = snapshot.get(
+                    Table::Idempotency,
+                    &[b"b".as_slice(), &(KEYS - 1).to_be_bytes()].concat(),
+                )?;
+                Ok::<_, StoreError>((all, ascending, newest.map(|v| v.to_vec())))
+            })
+            .await
+            .unwrap()
+    };
+    {
+        let store = Store::open(dir.path()).unwrap();
+        // In jobs of 64 writes, one after another: a removal comes after the write it removes.
+        for chunk in writes.chunks(64) {
+            let chunk = chunk.to_vec();
+            store
+                .write(move |batch| {
+                    for (key, value) in chunk {
+                        match value {
+                            Some(value) => batch.insert(Table::Idempotency, key, value),
+                            None => batch.remove(Table::Idempotency, key),
+                        }
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .await
+                .unwrap();
+        }
+        let (all, ascending, newest) = read_all(store).await;
+        assert_eq!(all, expected);
+        assert_eq!(
+            ascending.len(),
+            expected.iter().filter(|(k, _)| k[0] == b'b').count()
+        );
+        assert_eq!(newest, Some((KEYS - 1).to_be_bytes().to_vec()));
+    }
+    let (all, ascending, newest) = read_all(Store::open(dir.path()).unwrap()).await;
+    assert_eq!(all, expected);
+    assert!(ascending.windows(2).all(|pair| pair[0] < pair[1]));
+    assert_eq!(newest, Some((KEYS - 1).to_be_bytes().to_vec()));
+}
+
 /// In a debug build, sled on an async worker thread is a bug the store catches.
 #[cfg(debug_assertions)]
 #[tokio::test]
