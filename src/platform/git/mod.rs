@@ -439,6 +439,11 @@ impl Git {
             args: "worktree".into(),
             stderr: "no admin dir".into(),
         })?;
+        // Taken before the worktree is looked at: one being made (an attempt cut off by a
+        // persona crash runs to its end meanwhile) is registered before its files are checked
+        // out, so it is waited for, never taken as made.
+        let lock = worktree_lock(&self.dir);
+        let _serialized = lock.lock().await;
         // A lock a killed service left on the task's branch (an in-process ref change cut off)
         // would refuse this attempt's every change of it: gone before anything else.
         stale_locks::break_own_branch_lock(&linked.common, branch).await;
@@ -446,8 +451,6 @@ impl Git {
             return Ok((Worktree::Existing, worktree));
         }
         let path_text = path.display().to_string();
-        let lock = worktree_lock(&self.dir);
-        let _serialized = lock.lock().await;
         // A half-made worktree from a crash, or one whose registration is not what it should
         // be: start it again. Its files go first, so its registration counts as stale.
         remove_files(path).await;
@@ -799,6 +802,44 @@ mod tests {
         repo.run(&["add", "-A"]).await.unwrap();
         repo.run(&["commit", "-qm", "initial"]).await.unwrap();
         (repo_path, repo)
+    }
+
+    /// A worktree still being made (its first `ensure_worktree` cut off by a persona crash runs to
+    /// its end meanwhile) is waited for, not taken as made: the retried attempt's
+    /// `ensure_worktree` answers once every file is there. (Taken as made, the retry's
+    /// `git reset --hard` ran into the checkout: "unable to create file README.md".)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worktree_being_made_is_waited_for_not_taken_as_made() {
+        const FILES: usize = 3000;
+        let dir = tempfile::tempdir().unwrap();
+        let (repo_path, repo) = repository(dir.path()).await;
+        for n in 0..FILES {
+            std::fs::write(repo_path.join(format!("f{n}.txt")), format!("{n}\n")).unwrap();
+        }
+        repo.run(&["add", "-A"]).await.unwrap();
+        repo.run(&["commit", "-qm", "many files"]).await.unwrap();
+        let path = dir.path().join("worktrees").join("t7");
+        let first = {
+            let (repo, path) = (repo.clone(), path.clone());
+            tokio::spawn(async move { repo.ensure_worktree(&path, "glitchlab/t7", "main").await })
+        };
+        // The retry comes as soon as the first has registered the worktree.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !path.join(".git").exists() && !first.is_finished() {
+            assert!(std::time::Instant::now() < deadline, "never registered");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        repo.ensure_worktree(&path, "glitchlab/t7", "main")
+            .await
+            .unwrap();
+        let missing = (0..FILES)
+            .filter(|n| !path.join(format!("f{n}.txt")).exists())
+            .count();
+        assert_eq!(
+            missing, 0,
+            "the retry answered before the checkout was done"
+        );
+        first.await.unwrap().unwrap();
     }
 
     /// `write::add_worktree` of `branch` at `path`, as `ensure_worktree` asks it (the service's
