@@ -335,9 +335,10 @@ async fn a_group_writes_and_removes_across_tables_and_the_last_write_wins() {
     }
 }
 
-/// Keys written ascending (ids, sequence numbers: the last node of a level splits unevenly, the
-/// vendored sled's patch), descending and scattered, some removed again, read back whole and in
-/// order, point by point and by range, before and after a reopen.
+/// Keys written ascending (as ids and sequence numbers are: every split is at the right edge),
+/// descending and scattered, some removed again (nodes shrink and merge), read back whole and in
+/// order, point by point and by range, before and after a reopen: the tree's shape under the
+/// store's writes, whatever the vendored sled's split rule.
 #[tokio::test]
 async fn a_table_written_in_every_order_reads_back_whole_after_a_reopen() {
     use std::collections::BTreeMap;

@@ -170,23 +170,11 @@ impl Node {
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
-            merge_floor: usize,
         ) -> (IVec, u8, Vec<IVec>, Vec<T>)
         where
             T: Clone + Ord,
         {
-            // glitchlab's patch (PATCHES.md): the last node of its level (no upper bound) keeps
-            // on its right only as many keys as make a node not mergeable. Keys that keep
-            // growing (ids, sequence numbers, times) all land in that node: split in the middle,
-            // it left a half-full node behind that is never written again and split again after
-            // half a node of inserts; now the node left behind is full and the next split comes
-            // later. Any other node splits in the middle, as before.
-            let middle = keys.len() / 2 + 1;
-            let split_point = if old_hi.is_empty() {
-                keys.len().saturating_sub(merge_floor).max(middle)
-            } else {
-                middle
-            };
+            let split_point = keys.len() / 2 + 1;
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -264,7 +252,6 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         false,
-                        merge_floor(true),
                     );
 
                 (
@@ -284,7 +271,6 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
-                        merge_floor(false),
                     );
 
                 (
@@ -626,7 +612,15 @@ impl Node {
     }
 
     pub(crate) fn should_merge(&self) -> bool {
-        let size_checks = self.data.len() < merge_floor(self.data.is_index());
+        let threshold = if cfg!(any(test, feature = "lock_free_delays")) {
+            1
+        } else if self.data.is_index() {
+            64
+        } else {
+            4
+        };
+
+        let size_checks = self.data.len() < threshold;
         let safety_checks = self.merging_child.is_none() && !self.merging;
 
         size_checks && safety_checks
@@ -764,17 +758,4 @@ fn merge_uneven_nodes() {
     };
 
     left.receive_merge(&right);
-}
-
-/// The fewest keys a node (an index node when `is_index`) holds without being merged into its
-/// left sibling (`Node::should_merge`); also what a split leaves on the right of the last node of
-/// a level (glitchlab's patch, `Node::split`).
-const fn merge_floor(is_index: bool) -> usize {
-    if cfg!(any(test, feature = "lock_free_delays")) {
-        1
-    } else if is_index {
-        64
-    } else {
-        4
-    }
 }
