@@ -100,22 +100,38 @@ pub(crate) enum GitError {
     },
 }
 
-/// The lock that serializes worktree administration (`git worktree add|prune|remove`) in one
-/// repository. Concurrent ones race on `.git/worktrees/`: an add can read another add's
-/// half-written `commondir` ("failed to read ... commondir"), and a prune can delete an add in
-/// progress. Entries live while someone holds their lock, so the map is bounded by the
-/// repositories being worked on.
-fn worktree_lock(repo: &Path) -> Arc<tokio::sync::Mutex<()>> {
-    type Locks = std::sync::Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>;
-    static LOCKS: LazyLock<Locks> = LazyLock::new(Locks::default);
-    let mut locks = LOCKS.lock().unwrap_or_else(PoisonError::into_inner);
+/// In-process locks keyed by a path; an entry lives while someone holds its lock, so a map is
+/// bounded by the paths being worked on.
+type PathLocks = std::sync::Mutex<HashMap<PathBuf, Weak<tokio::sync::Mutex<()>>>>;
+
+/// The lock of `key` in `locks`.
+fn path_lock(locks: &PathLocks, key: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    let mut locks = locks.lock().unwrap_or_else(PoisonError::into_inner);
     locks.retain(|_, lock| lock.strong_count() > 0);
-    if let Some(lock) = locks.get(repo).and_then(Weak::upgrade) {
+    if let Some(lock) = locks.get(key).and_then(Weak::upgrade) {
         return lock;
     }
     let lock = Arc::new(tokio::sync::Mutex::new(()));
-    locks.insert(repo.to_path_buf(), Arc::downgrade(&lock));
+    locks.insert(key.to_path_buf(), Arc::downgrade(&lock));
     lock
+}
+
+/// The lock that serializes worktree administration (`git worktree add|prune|remove`) in one
+/// repository. Concurrent ones race on `.git/worktrees/`: an add can read another add's
+/// half-written `commondir` ("failed to read ... commondir"), and a prune can delete an add in
+/// progress.
+fn worktree_lock(repo: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: LazyLock<PathLocks> = LazyLock::new(PathLocks::default);
+    path_lock(&LOCKS, repo)
+}
+
+/// The lock of one worktree's making, held by `make_worktree` from its first look to its end. An
+/// add is registered before its files are checked out, and one cut off by a persona crash runs
+/// to its end (`to_the_end`): a retried attempt waits here instead of taking it as made, while
+/// other tasks' worktrees never wait for it.
+fn making_lock(worktree: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: LazyLock<PathLocks> = LazyLock::new(PathLocks::default);
+    path_lock(&LOCKS, worktree)
 }
 
 /// Runs `work` to its end even when its caller stops waiting (a cancelled task's future is
@@ -439,11 +455,9 @@ impl Git {
             args: "worktree".into(),
             stderr: "no admin dir".into(),
         })?;
-        // Taken before the worktree is looked at: one being made (an attempt cut off by a
-        // persona crash runs to its end meanwhile) is registered before its files are checked
-        // out, so it is waited for, never taken as made.
-        let lock = worktree_lock(&self.dir);
-        let _serialized = lock.lock().await;
+        // Before the worktree is looked at: one still being made is waited for.
+        let making = making_lock(path);
+        let _making = making.lock().await;
         // A lock a killed service left on the task's branch (an in-process ref change cut off)
         // would refuse this attempt's every change of it: gone before anything else.
         stale_locks::break_own_branch_lock(&linked.common, branch).await;
@@ -451,6 +465,8 @@ impl Git {
             return Ok((Worktree::Existing, worktree));
         }
         let path_text = path.display().to_string();
+        let lock = worktree_lock(&self.dir);
+        let _serialized = lock.lock().await;
         // A half-made worktree from a crash, or one whose registration is not what it should
         // be: start it again. Its files go first, so its registration counts as stale.
         remove_files(path).await;
@@ -840,6 +856,18 @@ mod tests {
             "the retry answered before the checkout was done"
         );
         first.await.unwrap().unwrap();
+        // Only that worktree's making is waited for: with the repository's worktree
+        // administration busy (another task's add or removal), a made one answers at once.
+        let busy = worktree_lock(&repo_path);
+        let _busy = busy.lock().await;
+        let existing = tokio::time::timeout(
+            Duration::from_secs(10),
+            repo.ensure_worktree(&path, "glitchlab/t7", "main"),
+        )
+        .await
+        .expect("a made worktree waited for the repository's administration")
+        .unwrap();
+        assert!(matches!(existing.0, Worktree::Existing));
     }
 
     /// `write::add_worktree` of `branch` at `path`, as `ensure_worktree` asks it (the service's
